@@ -1,0 +1,87 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// ClientAPI configures accounts, login and registration.
+type ClientAPI struct {
+	Registration             string     `yaml:"registration" doc:"Who may register: token (needs a registration token from 'myelin token create'), open (anyone; m.login.dummy), or closed (only admins via 'myelin user create' or shared-secret registration)."`
+	RegistrationSharedSecret string     `yaml:"registration_shared_secret" doc:"Enables /_synapse/admin/v1/register (HMAC shared-secret registration) when set. Keep it secret."`
+	GuestAccess              bool       `yaml:"guest_access" doc:"Allow guest accounts (kind=guest registration)."`
+	PasswordMinLength        int        `yaml:"password_min_length" doc:"Shortest password accepted at registration and password change (M_WEAK_PASSWORD)."`
+	LoginTokenLifetime       Duration   `yaml:"login_token_lifetime" doc:"How long an m.login.token from /login/get_token stays valid (single use)."`
+	AccessTokenLifetime      Duration   `yaml:"access_token_lifetime" doc:"Lifetime of access tokens issued with a refresh token (when the client asks for refresh_token)."`
+	IPRetention              Duration   `yaml:"ip_retention" doc:"How long a device's last-seen IP address is kept."`
+	RateLimits               RateLimits `yaml:"rate_limits" doc:"Token-bucket rate limits (per user, or per IP when unauthenticated)."`
+}
+
+func (ClientAPI) Defaults() ClientAPI {
+	return ClientAPI{
+		Registration:        "token",
+		PasswordMinLength:   8,
+		LoginTokenLifetime:  Duration(2 * time.Minute),
+		AccessTokenLifetime: Duration(5 * time.Minute),
+		IPRetention:         Duration(28 * 24 * time.Hour),
+		RateLimits:          RateLimits{}.Defaults(),
+	}
+}
+
+func (c ClientAPI) Validate() error {
+	var errs []error
+	switch c.Registration {
+	case "token", "open", "closed":
+	default:
+		errs = append(errs, fieldError("client_api.registration", fmt.Sprintf("%q is not a registration mode", c.Registration), "use token, open or closed"))
+	}
+	if c.PasswordMinLength < 0 {
+		errs = append(errs, fieldError("client_api.password_min_length", "is negative", "use 8 or more"))
+	}
+	if c.LoginTokenLifetime <= 0 {
+		errs = append(errs, fieldError("client_api.login_token_lifetime", "must be positive", "e.g. 2m"))
+	}
+	if c.AccessTokenLifetime < Duration(time.Minute) {
+		errs = append(errs, fieldError("client_api.access_token_lifetime", "must be at least 1m", "e.g. 5m"))
+	}
+	if c.IPRetention < 0 {
+		errs = append(errs, fieldError("client_api.ip_retention", "is negative", "e.g. 672h (28 days)"))
+	}
+	if err := c.RateLimits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return joinErrs(errs)
+}
+
+// RateLimits configures the token buckets.
+type RateLimits struct {
+	Enabled  bool      `yaml:"enabled" doc:"Turn rate limiting on. Only turn it off for tests and benchmarks."`
+	Register RateLimit `yaml:"register" doc:"Registration attempts, per client IP."`
+	Login    RateLimit `yaml:"login" doc:"Login attempts, per client IP."`
+	Message  RateLimit `yaml:"message" doc:"Events sent, per user."`
+}
+
+func (RateLimits) Defaults() RateLimits {
+	return RateLimits{
+		Enabled:  true,
+		Register: RateLimit{PerSecond: 0.17, Burst: 3},
+		Login:    RateLimit{PerSecond: 0.5, Burst: 5},
+		Message:  RateLimit{PerSecond: 10, Burst: 50},
+	}
+}
+
+func (r RateLimits) Validate() error {
+	var errs []error
+	for name, l := range map[string]RateLimit{"register": r.Register, "login": r.Login, "message": r.Message} {
+		if l.PerSecond <= 0 || l.Burst < 1 {
+			errs = append(errs, fieldError("client_api.rate_limits."+name, "per_second must be > 0 and burst >= 1", "e.g. per_second: 1, burst: 5"))
+		}
+	}
+	return joinErrs(errs)
+}
+
+// RateLimit is one token bucket: Burst tokens, refilled at PerSecond.
+type RateLimit struct {
+	PerSecond float64 `yaml:"per_second" doc:"Sustained rate, in requests per second."`
+	Burst     int     `yaml:"burst" doc:"Requests allowed at once before the rate applies."`
+}

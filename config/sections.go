@@ -1,0 +1,196 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Global holds settings every component shares.
+type Global struct {
+	ServerName string `yaml:"server_name" doc:"The domain in your users' IDs (@alice:server_name). Cannot change once users exist."`
+	// PublicBaseURL is where clients reach this server.
+	PublicBaseURL   string   `yaml:"public_baseurl" doc:"The URL clients use to reach this server, advertised in /.well-known/matrix/client. Empty means http://<http.listen>."`
+	SigningKeyPath  string   `yaml:"signing_key_path" doc:"The server's Ed25519 signing key. Created on first start if missing. Keep it secret and back it up."`
+	DataDir         string   `yaml:"data_dir" doc:"Directory for the signing key, the SQLite database and media, unless their own paths say otherwise."`
+	TrustedProxies  []string `yaml:"trusted_proxies" doc:"Reverse proxies (IPs or CIDRs) whose X-Forwarded-For header is believed. Empty: the TCP peer is the client."`
+	WellKnownServer string   `yaml:"well_known_server" doc:"Value of m.server in /.well-known/matrix/server (host:port). Empty: the endpoint answers 404 and peers use port 8448."`
+}
+
+func (Global) Defaults() Global {
+	return Global{
+		ServerName:     "localhost",
+		SigningKeyPath: "myelin-data/signing.key",
+		DataDir:        "myelin-data",
+		TrustedProxies: []string{},
+	}
+}
+
+// serverNameRE follows the spec's server name grammar: a hostname, IPv4
+// literal or bracketed IPv6 literal, with an optional port.
+// Spec: appendices, "Server Name".
+var serverNameRE = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,255})(:[0-9]{1,5})?$`)
+
+func (g Global) Validate() error {
+	var errs []error
+	if g.ServerName == "" || !serverNameRE.MatchString(g.ServerName) {
+		errs = append(errs, fieldError("global.server_name", fmt.Sprintf("%q is not a valid server name", g.ServerName),
+			"use your domain, e.g. example.org or matrix.example.org:8448"))
+	}
+	if g.SigningKeyPath == "" {
+		errs = append(errs, fieldError("global.signing_key_path", "is empty", "set a file path, e.g. myelin-data/signing.key"))
+	}
+	for _, p := range g.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				errs = append(errs, fieldError("global.trusted_proxies", fmt.Sprintf("%q is not an IP or CIDR", p), "write e.g. 127.0.0.1 or 10.0.0.0/8"))
+			}
+		}
+	}
+	if g.PublicBaseURL != "" && !strings.HasPrefix(g.PublicBaseURL, "http://") && !strings.HasPrefix(g.PublicBaseURL, "https://") {
+		errs = append(errs, fieldError("global.public_baseurl", "must start with http:// or https://", "e.g. https://matrix.example.org"))
+	}
+	return joinErrs(errs)
+}
+
+// HTTP is the client-facing listener.
+type HTTP struct {
+	Listen          string   `yaml:"listen" doc:"Address for the client-server API (host:port)."`
+	MaxBodyBytes    int64    `yaml:"max_body_bytes" doc:"Largest request body accepted, except media uploads (see media limits). Larger bodies get 413 M_TOO_LARGE."`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout" doc:"How long a graceful shutdown waits for in-flight requests (long-polling syncs are ended first)."`
+}
+
+func (HTTP) Defaults() HTTP {
+	return HTTP{Listen: "127.0.0.1:8008", MaxBodyBytes: 1 << 20, ShutdownTimeout: Duration(10 * time.Second)}
+}
+
+func (h HTTP) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(h.Listen); err != nil {
+		errs = append(errs, fieldError("http.listen", fmt.Sprintf("%q is not host:port", h.Listen), "e.g. 127.0.0.1:8008 or :8008"))
+	}
+	if h.MaxBodyBytes < 65536 {
+		errs = append(errs, fieldError("http.max_body_bytes", "is below 65536", "events alone may be 65536 bytes; use at least that"))
+	}
+	if h.ShutdownTimeout < 0 {
+		errs = append(errs, fieldError("http.shutdown_timeout", "is negative", "use e.g. 10s"))
+	}
+	return joinErrs(errs)
+}
+
+// Database says where data lives.
+type Database struct {
+	Engine       string `yaml:"engine" doc:"sqlite (embedded, one process or one machine) or postgres."`
+	SQLitePath   string `yaml:"sqlite_path" doc:"SQLite database file (engine: sqlite)."`
+	PostgresURL  string `yaml:"postgres_url" doc:"PostgreSQL connection string (engine: postgres), e.g. postgres://myelin:secret@localhost/myelin?sslmode=disable."`
+	MaxOpenConns int    `yaml:"max_open_conns" doc:"Connection pool size (readers on SQLite). 0 picks a default."`
+}
+
+func (Database) Defaults() Database {
+	return Database{Engine: "sqlite", SQLitePath: "myelin-data/myelin.db"}
+}
+
+func (d Database) Validate() error {
+	switch d.Engine {
+	case "sqlite":
+		if d.SQLitePath == "" {
+			return fieldError("database.sqlite_path", "is empty", "set a file path, e.g. myelin-data/myelin.db")
+		}
+	case "postgres":
+		if d.PostgresURL == "" {
+			return fieldError("database.postgres_url", "is empty while engine is postgres", "set a connection string, e.g. postgres://myelin@localhost/myelin")
+		}
+	default:
+		return fieldError("database.engine", fmt.Sprintf("%q is not an engine", d.Engine), "use sqlite or postgres")
+	}
+	if d.MaxOpenConns < 0 {
+		return fieldError("database.max_open_conns", "is negative", "use 0 for the default")
+	}
+	return nil
+}
+
+// Logging controls log output.
+type Logging struct {
+	Level  string `yaml:"level" doc:"debug, info, warn or error."`
+	Format string `yaml:"format" doc:"text or json."`
+}
+
+func (Logging) Defaults() Logging { return Logging{Level: "info", Format: "text"} }
+
+func (l Logging) Validate() error {
+	var errs []error
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fieldError("logging.level", fmt.Sprintf("%q is not a level", l.Level), "use debug, info, warn or error"))
+	}
+	switch l.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fieldError("logging.format", fmt.Sprintf("%q is not a format", l.Format), "use text or json"))
+	}
+	return joinErrs(errs)
+}
+
+// Metrics controls the Prometheus endpoint.
+type Metrics struct {
+	Enabled bool `yaml:"enabled" doc:"Serve Prometheus metrics at /metrics on the HTTP listener."`
+}
+
+func (Metrics) Defaults() Metrics { return Metrics{Enabled: true} }
+
+func (Metrics) Validate() error { return nil }
+
+// RoomServer configures rooms.
+type RoomServer struct {
+	DefaultRoomVersion  string `yaml:"default_room_version" doc:"Room version for new rooms when the client does not ask for one."`
+	EncryptPrivateRooms bool   `yaml:"encrypt_private_rooms" doc:"Turn on end-to-end encryption (m.room.encryption) in new private rooms and direct chats."`
+}
+
+func (RoomServer) Defaults() RoomServer {
+	return RoomServer{DefaultRoomVersion: "12", EncryptPrivateRooms: true}
+}
+
+func (r RoomServer) Validate() error {
+	switch r.DefaultRoomVersion {
+	case "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12":
+		return nil
+	}
+	return fieldError("room_server.default_room_version", fmt.Sprintf("%q is not a supported room version", r.DefaultRoomVersion), "use 1 to 12 (12 recommended)")
+}
+
+// Federation configures server-to-server traffic.
+type Federation struct {
+	Enabled bool   `yaml:"enabled" doc:"Talk to other homeservers."`
+	Listen  string `yaml:"listen" doc:"Address of the federation listener (TLS), e.g. :8448. Empty: no federation listener."`
+	TLSCert string `yaml:"tls_cert" doc:"PEM certificate chain for the federation listener."`
+	TLSKey  string `yaml:"tls_key" doc:"PEM private key for the federation listener."`
+}
+
+func (Federation) Defaults() Federation { return Federation{Enabled: false} }
+
+func (f Federation) Validate() error {
+	if f.Listen != "" {
+		if _, _, err := net.SplitHostPort(f.Listen); err != nil {
+			return fieldError("federation_api.listen", fmt.Sprintf("%q is not host:port", f.Listen), "e.g. :8448")
+		}
+		if f.TLSCert == "" || f.TLSKey == "" {
+			return fieldError("federation_api.tls_cert", "tls_cert and tls_key are required when listen is set", "point them at a PEM certificate and key")
+		}
+	}
+	return nil
+}
+
+func joinErrs(errs []error) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return fmt.Errorf("%s", strings.Join(msgs, "\n"))
+}

@@ -1,0 +1,99 @@
+// Package authn carries the authenticated caller of a client-server
+// request. clientapi owns access tokens and implements Verifier; every
+// component that serves authenticated endpoints wraps them in Middleware
+// and reads the caller with FromContext.
+//
+// Spec: client-server-api, "Client Authentication".
+package authn
+
+import (
+	"context"
+	"net/http"
+	"strings"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// Device is the user and device behind an access token.
+type Device struct {
+	UserID   string
+	DeviceID string
+	IsGuest  bool
+	// SessionID identifies the access token's session (for logout).
+	SessionID int64
+}
+
+// Verifier resolves an access token. It returns an *mxerr.Error with
+// M_UNKNOWN_TOKEN (soft_logout set where the spec says) for tokens that
+// are unknown, expired or belong to a deactivated account.
+type Verifier interface {
+	VerifyAccessToken(ctx context.Context, token string, r *http.Request) (*Device, error)
+}
+
+type ctxKey struct{}
+
+// WithDevice returns ctx carrying d.
+func WithDevice(ctx context.Context, d *Device) context.Context {
+	return context.WithValue(ctx, ctxKey{}, d)
+}
+
+// FromContext returns the caller Middleware authenticated, or nil.
+func FromContext(ctx context.Context) *Device {
+	d, _ := ctx.Value(ctxKey{}).(*Device)
+	return d
+}
+
+// Token extracts the access token from the Authorization header or, for
+// older clients, the access_token query parameter.
+func Token(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, token, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && token != "" {
+			return strings.TrimSpace(token), true
+		}
+		return "", false
+	}
+	if t := r.URL.Query().Get("access_token"); t != "" {
+		return t, true
+	}
+	return "", false
+}
+
+// Middleware requires a valid access token and puts its Device in the
+// request context.
+func Middleware(v Verifier) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			token, ok := Token(r)
+			if !ok {
+				httpx.WriteError(w, r, mxerr.New(mxerr.MissingToken, "missing access token"))
+				return
+			}
+			d, err := v.VerifyAccessToken(r.Context(), token, r)
+			if err != nil {
+				httpx.WriteError(w, r, err)
+				return
+			}
+			ctx := WithDevice(r.Context(), d)
+			ctx = httpx.WithLogger(ctx, httpx.Logger(ctx).With("user", d.UserID))
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// Optional is Middleware for endpoints that also serve anonymous callers:
+// a token, if present, must be valid.
+func Optional(v Verifier) func(http.Handler) http.Handler {
+	required := Middleware(v)
+	return func(next http.Handler) http.Handler {
+		withAuth := required(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := Token(r); ok {
+				withAuth.ServeHTTP(w, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}

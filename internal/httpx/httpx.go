@@ -1,0 +1,147 @@
+// Package httpx holds the HTTP plumbing every component shares: handlers
+// that return errors, JSON bodies in and out, and the middleware chain
+// (request IDs, logging, CORS, body limits, metrics, panic recovery).
+//
+// A handler is a func(w, r) error. Returning an *mxerr.Error writes the
+// Matrix error body with its status; returning any other error writes
+// 500 M_UNKNOWN and logs the error once with the request ID. 4xx errors are
+// not logged as errors.
+package httpx
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// HandlerFunc is an HTTP handler that returns an error instead of writing one.
+type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// H adapts a HandlerFunc to http.Handler.
+func H(fn HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := fn(w, r); err != nil {
+			WriteError(w, r, err)
+		}
+	})
+}
+
+// WriteError writes err as a Matrix error response. It is the one place
+// errors become responses.
+func WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	var maxBytes *http.MaxBytesError
+	if errors.As(err, &maxBytes) {
+		err = mxerr.New(mxerr.TooLarge, "request body too large")
+	}
+	e, ok := mxerr.As(err)
+	if !ok {
+		Logger(r.Context()).Error("request failed", "err", err)
+		e = mxerr.New(mxerr.Unknown, "internal server error")
+	} else if e.Status() >= 500 {
+		Logger(r.Context()).Error("request failed", "errcode", e.Code, "err", e)
+	}
+	if e.Code == mxerr.LimitExceeded {
+		if ms, ok := e.Fields["retry_after_ms"].(int64); ok {
+			// Spec v1.19: 429 responses carry Retry-After (seconds) too.
+			w.Header().Set("Retry-After", formatRetryAfter(ms))
+		}
+	}
+	WriteJSON(w, e.Status(), e.Body())
+}
+
+func formatRetryAfter(ms int64) string {
+	secs := (ms + 999) / 1000
+	if secs < 1 {
+		secs = 1
+	}
+	return itoa(secs)
+}
+
+func itoa(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// WriteJSON writes v as a JSON response with the given status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		slog.Error("encoding response", "err", err)
+		status = http.StatusInternalServerError
+		body = []byte(`{"errcode":"M_UNKNOWN","error":"internal server error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// OK writes v with status 200.
+func OK(w http.ResponseWriter, v any) error {
+	WriteJSON(w, http.StatusOK, v)
+	return nil
+}
+
+// EmptyObject is the {} body many endpoints answer with.
+var EmptyObject = struct{}{}
+
+// ReadBody reads the whole request body, mapping an over-limit body to
+// M_TOO_LARGE. The limit itself is set by the BodyLimit middleware.
+func ReadBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil {
+		return nil, nil
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var maxBytes *http.MaxBytesError
+		if errors.As(err, &maxBytes) {
+			return nil, mxerr.New(mxerr.TooLarge, "request body too large")
+		}
+		return nil, mxerr.Wrap(err, mxerr.BadJSON, "could not read request body")
+	}
+	return body, nil
+}
+
+// DecodeJSON reads the request body into v. A body that is not JSON is
+// M_NOT_JSON; JSON of the wrong shape is M_BAD_JSON. An empty body decodes
+// as {} so endpoints whose fields are all optional accept it.
+func DecodeJSON(r *http.Request, v any) error {
+	body, err := ReadBody(r)
+	if err != nil {
+		return err
+	}
+	return Unmarshal(body, v)
+}
+
+// Unmarshal decodes body into v with DecodeJSON's error mapping.
+func Unmarshal(body []byte, v any) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		body = []byte("{}")
+	}
+	if !json.Valid(body) {
+		return mxerr.New(mxerr.NotJSON, "request body is not valid JSON")
+	}
+	if body[0] != '{' {
+		return mxerr.New(mxerr.BadJSON, "request body must be a JSON object")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return mxerr.Wrap(err, mxerr.BadJSON, "request body has the wrong shape: %s", describeJSONError(err))
+	}
+	return nil
+}
+
+func describeJSONError(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		if typeErr.Field != "" {
+			return "field " + typeErr.Field + " must be " + typeErr.Type.String()
+		}
+		return "expected " + typeErr.Type.String()
+	}
+	return "invalid value"
+}

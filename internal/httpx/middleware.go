@@ -1,0 +1,259 @@
+package httpx
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += n
+	return n, err
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// RequestLog gives each request an ID (echoed in the X-Request-Id response
+// header), a logger carrying it, and one log line when it ends. It never
+// logs bodies, query strings (they may hold access tokens) or headers.
+func RequestLog(base *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			id := newRequestID()
+			w.Header().Set("X-Request-Id", id)
+			logger := base.With("req", id)
+			ctx := WithLogger(r.Context(), logger)
+			ctx = contextWithRequestID(ctx, id)
+			rec := &statusRecorder{ResponseWriter: w}
+			next.ServeHTTP(rec, r.WithContext(ctx))
+			level := slog.LevelDebug
+			if rec.status >= 500 {
+				level = slog.LevelWarn
+			}
+			logger.Log(ctx, level, "request",
+				"method", r.Method, "path", r.URL.Path, "status", rec.status,
+				"bytes", rec.bytes, "dur_ms", float64(time.Since(start).Microseconds())/1000)
+		})
+	}
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Recover turns a panic in a handler into 500 M_UNKNOWN and one log line
+// with the stack, instead of a dropped connection.
+func Recover(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				Logger(r.Context()).Error("panic in handler", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				WriteError(w, r, mxerr.New(mxerr.Unknown, "internal server error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// CORS adds the headers the spec asks every client-server response to carry
+// and answers preflight OPTIONS requests.
+//
+// Spec: client-server-api, "Web Browser Clients".
+func CORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
+		h.Set("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
+		if r.Method == http.MethodOptions {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// BodyLimit caps request bodies at max bytes; reading past it fails with
+// *http.MaxBytesError, which WriteError maps to 413 M_TOO_LARGE. A declared
+// Content-Length over the limit is refused before the body is read.
+func BodyLimit(max int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ContentLength > max {
+				WriteError(w, r, mxerr.New(mxerr.TooLarge, "request body too large"))
+				return
+			}
+			if r.Body != nil {
+				r.Body = http.MaxBytesReader(w, r.Body, max)
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// NotFound answers unknown paths with 404 M_UNRECOGNIZED.
+//
+// Spec: client-server-api, "API Standards": unknown endpoints get
+// 404 M_UNRECOGNIZED, unsupported methods 405 M_UNRECOGNIZED.
+func NotFound(w http.ResponseWriter, r *http.Request) {
+	WriteError(w, r, mxerr.New(mxerr.Unrecognized, "unrecognized request"))
+}
+
+// MethodNotAllowed answers a known path with the wrong method.
+func MethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	WriteError(w, r, mxerr.New(mxerr.Unrecognized, "method not allowed").WithStatus(http.StatusMethodNotAllowed))
+}
+
+// Metrics records request counts and latencies by route pattern (never by
+// raw path, which would hold user and room IDs).
+type Metrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// NewMetrics registers the HTTP metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "myelin_http_requests_total",
+			Help: "HTTP requests by route, method and status code.",
+		}, []string{"route", "method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "myelin_http_request_duration_seconds",
+			Help:    "HTTP request latency by route and method.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method"}),
+	}
+	reg.MustRegister(m.requests, m.latency)
+	return m
+}
+
+// Middleware observes each request once the router has matched it.
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec, ok := w.(*statusRecorder)
+		if !ok {
+			rec = &statusRecorder{ResponseWriter: w}
+		}
+		next.ServeHTTP(rec, r)
+		route := "unmatched"
+		if rctx := chi.RouteContext(r.Context()); rctx != nil {
+			if p := rctx.RoutePattern(); p != "" {
+				route = p
+			}
+		}
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, r.Method, fmt.Sprint(status)).Inc()
+		m.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+	})
+}
+
+// ClientIPResolver finds the address a request came from. X-Forwarded-For
+// is believed only when the direct peer is a configured trusted proxy, so a
+// client cannot forge its way past per-IP rate limits.
+type ClientIPResolver struct {
+	trusted []netip.Prefix
+}
+
+// NewClientIPResolver parses the trusted proxy CIDRs (or bare addresses).
+func NewClientIPResolver(trustedProxies []string) (*ClientIPResolver, error) {
+	c := &ClientIPResolver{}
+	for _, s := range trustedProxies {
+		if !strings.Contains(s, "/") {
+			addr, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("trusted proxy %q: %w", s, err)
+			}
+			c.trusted = append(c.trusted, netip.PrefixFrom(addr, addr.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("trusted proxy %q: %w", s, err)
+		}
+		c.trusted = append(c.trusted, p.Masked())
+	}
+	return c, nil
+}
+
+// ClientIP returns the client's IP address as a string.
+func (c *ClientIPResolver) ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	peer, err := netip.ParseAddr(host)
+	if err != nil || c == nil || !c.isTrusted(peer) {
+		return host
+	}
+	// Walk X-Forwarded-For from the right, skipping trusted proxies; the
+	// first untrusted hop is the client.
+	hops := strings.Split(r.Header.Get("X-Forwarded-For"), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		addr, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		if !c.isTrusted(addr) {
+			return addr.Unmap().String()
+		}
+	}
+	return host
+}
+
+func (c *ClientIPResolver) isTrusted(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range c.trusted {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,355 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	"github.com/mattn/go-sqlite3"
+)
+
+// Engine names a database engine.
+type Engine string
+
+const (
+	SQLite   Engine = "sqlite"
+	Postgres Engine = "postgres"
+)
+
+// Options says which database to open.
+type Options struct {
+	Engine Engine
+	// SQLitePath is the database file (SQLite only). Its directory is created.
+	SQLitePath string
+	// PostgresURL is a libpq-style connection string (PostgreSQL only).
+	PostgresURL string
+	// MaxOpenConns bounds the connection pool (readers on SQLite). 0 means a default.
+	MaxOpenConns int
+}
+
+// Querier runs SQL written in the common dialect (see the package doc).
+type Querier interface {
+	Exec(ctx context.Context, query string, args ...any) (sql.Result, error)
+	Query(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRow(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Tx is a write transaction.
+type Tx interface {
+	Querier
+	// AfterCommit registers fn to run after the transaction commits. It does
+	// not run if the transaction (or this function's savepoint) rolls back.
+	AfterCommit(fn func())
+}
+
+// DB is an open database.
+type DB struct {
+	engine Engine
+	// reader serves Read and Reader. On PostgreSQL it is also the writer pool.
+	reader *sql.DB
+	// writer is SQLite's single write connection; nil on PostgreSQL.
+	writer *sql.DB
+	rewrite func(string) string
+
+	queue     chan *writeRequest // SQLite group commit queue
+	closeOnce sync.Once
+	closed    chan struct{}
+	writerWG  sync.WaitGroup
+}
+
+// Open opens (and for SQLite creates) the database.
+func Open(ctx context.Context, opts Options) (*DB, error) {
+	switch opts.Engine {
+	case SQLite, "":
+		return openSQLite(ctx, opts)
+	case Postgres:
+		return openPostgres(ctx, opts)
+	default:
+		return nil, fmt.Errorf("storage: unknown engine %q (want %q or %q)", opts.Engine, SQLite, Postgres)
+	}
+}
+
+func openSQLite(ctx context.Context, opts Options) (*DB, error) {
+	if opts.SQLitePath == "" {
+		return nil, errors.New("storage: sqlite path is empty")
+	}
+	if dir := filepath.Dir(opts.SQLitePath); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("storage: creating %s: %w", dir, err)
+		}
+	}
+	// synchronous=FULL: in WAL mode every commit fsyncs the WAL, so an
+	// acknowledged write survives power loss, not only a process crash.
+	common := url.Values{}
+	common.Set("_journal_mode", "WAL")
+	common.Set("_synchronous", "FULL")
+	common.Set("_busy_timeout", "10000")
+	common.Set("_foreign_keys", "1")
+	common.Set("_cache_size", "-16000")
+
+	wq := url.Values{}
+	for k, v := range common {
+		wq[k] = v
+	}
+	wq.Set("_txlock", "immediate")
+	writer, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?"+wq.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("storage: opening sqlite writer: %w", err)
+	}
+	writer.SetMaxOpenConns(1)
+	writer.SetMaxIdleConns(1)
+	writer.SetConnMaxLifetime(0)
+	writer.SetConnMaxIdleTime(0)
+	if err := writer.PingContext(ctx); err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("storage: opening sqlite database %s: %w", opts.SQLitePath, err)
+	}
+
+	rq := url.Values{}
+	for k, v := range common {
+		rq[k] = v
+	}
+	rq.Set("_query_only", "1")
+	reader, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?"+rq.Encode())
+	if err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("storage: opening sqlite readers: %w", err)
+	}
+	n := opts.MaxOpenConns
+	if n <= 0 {
+		n = max(4, 2*runtime.NumCPU())
+	}
+	reader.SetMaxOpenConns(n)
+	reader.SetMaxIdleConns(n)
+
+	db := &DB{
+		engine:  SQLite,
+		reader:  reader,
+		writer:  writer,
+		rewrite: newRewriter(rewriteForSQLite),
+		queue:   make(chan *writeRequest, 1024),
+		closed:  make(chan struct{}),
+	}
+	db.writerWG.Add(1)
+	go db.groupCommitLoop()
+	return db, nil
+}
+
+func openPostgres(ctx context.Context, opts Options) (*DB, error) {
+	if opts.PostgresURL == "" {
+		return nil, errors.New("storage: postgres connection string is empty")
+	}
+	pool, err := sql.Open("pgx", opts.PostgresURL)
+	if err != nil {
+		return nil, fmt.Errorf("storage: opening postgres: %w", err)
+	}
+	n := opts.MaxOpenConns
+	if n <= 0 {
+		n = 20
+	}
+	pool.SetMaxOpenConns(n)
+	pool.SetMaxIdleConns(n)
+	if err := pool.PingContext(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("storage: connecting to postgres: %w", err)
+	}
+	return &DB{
+		engine:  Postgres,
+		reader:  pool,
+		rewrite: func(q string) string { return q },
+		closed:  make(chan struct{}),
+	}, nil
+}
+
+// Engine reports which engine the database runs on.
+func (db *DB) Engine() Engine { return db.engine }
+
+// Close waits for queued writes to finish and closes the database.
+func (db *DB) Close() error {
+	var err error
+	db.closeOnce.Do(func() {
+		close(db.closed)
+		db.writerWG.Wait()
+		if db.writer != nil {
+			// Fold the WAL back into the main file so a clean shutdown
+			// leaves one self-contained database file.
+			_, _ = db.writer.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+			err = errors.Join(err, db.writer.Close())
+		}
+		err = errors.Join(err, db.reader.Close())
+	})
+	return err
+}
+
+// ErrClosed is returned by Write after Close.
+var ErrClosed = errors.New("storage: database is closed")
+
+// Reader returns a Querier on the read pool, for single statements that
+// need no snapshot across statements.
+func (db *DB) Reader() Querier { return poolQuerier{db: db.reader, rewrite: db.rewrite} }
+
+// Read runs fn in a read-only transaction: every statement sees the same
+// snapshot.
+func (db *DB) Read(ctx context.Context, fn func(q Querier) error) error {
+	tx, err := db.reader.BeginTx(ctx, &sql.TxOptions{ReadOnly: db.engine == Postgres})
+	if err != nil {
+		return fmt.Errorf("storage: begin read: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only; nothing to keep
+	return fn(txQuerier{tx: tx, rewrite: db.rewrite})
+}
+
+// Write runs fn in a write transaction and returns once the transaction has
+// committed durably (or fn's work has been rolled back). If fn returns an
+// error, none of its writes are kept and that error is returned.
+func (db *DB) Write(ctx context.Context, fn func(tx Tx) error) error {
+	if db.engine == SQLite {
+		return db.enqueueWrite(ctx, fn)
+	}
+	return db.writePostgres(ctx, fn)
+}
+
+func (db *DB) writePostgres(ctx context.Context, fn func(tx Tx) error) error {
+	select {
+	case <-db.closed:
+		return ErrClosed
+	default:
+	}
+	sqlTx, err := db.reader.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("storage: begin write: %w", err)
+	}
+	tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite}}
+	if err := callWrite(fn, tx); err != nil {
+		_ = sqlTx.Rollback()
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("storage: commit: %w", err)
+	}
+	tx.runAfterCommit()
+	return nil
+}
+
+// callWrite runs fn, turning a panic into an error so one bad function
+// cannot take the writer (and everyone queued behind it) down.
+func callWrite(fn func(Tx) error, tx Tx) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("storage: panic in write function: %v", v)
+		}
+	}()
+	return fn(tx)
+}
+
+// IsUniqueViolation reports whether err is a unique or primary-key
+// constraint violation on either engine.
+func IsUniqueViolation(err error) bool {
+	var sqliteErr sqlite3.Error
+	if errors.As(err, &sqliteErr) {
+		return sqliteErr.ExtendedCode == sqlite3.ErrConstraintUnique ||
+			sqliteErr.ExtendedCode == sqlite3.ErrConstraintPrimaryKey
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "23505"
+	}
+	return false
+}
+
+// IsNoRows reports whether err is sql.ErrNoRows.
+func IsNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
+
+type poolQuerier struct {
+	db      *sql.DB
+	rewrite func(string) string
+}
+
+func (p poolQuerier) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return p.db.ExecContext(ctx, p.rewrite(q), args...)
+}
+
+func (p poolQuerier) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return p.db.QueryContext(ctx, p.rewrite(q), args...)
+}
+
+func (p poolQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return p.db.QueryRowContext(ctx, p.rewrite(q), args...)
+}
+
+type txQuerier struct {
+	tx      *sql.Tx
+	rewrite func(string) string
+}
+
+func (t txQuerier) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return t.tx.ExecContext(ctx, t.rewrite(q), args...)
+}
+
+func (t txQuerier) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return t.tx.QueryContext(ctx, t.rewrite(q), args...)
+}
+
+func (t txQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return t.tx.QueryRowContext(ctx, t.rewrite(q), args...)
+}
+
+type writeTx struct {
+	txQuerier
+	after []func()
+}
+
+func (w *writeTx) AfterCommit(fn func()) { w.after = append(w.after, fn) }
+
+func (w *writeTx) runAfterCommit() {
+	for _, fn := range w.after {
+		fn()
+	}
+}
+
+// newRewriter memoises a rewrite function: queries are a small fixed set of
+// constants, so each is rewritten once.
+func newRewriter(fn func(string) string) func(string) string {
+	var cache sync.Map
+	return func(q string) string {
+		if v, ok := cache.Load(q); ok {
+			return v.(string)
+		}
+		out := fn(q)
+		cache.Store(q, out)
+		return out
+	}
+}
+
+// rewriteForSQLite turns $N placeholders into SQLite's ?N (same numbering,
+// so a placeholder may repeat or appear out of order), leaving string
+// literals and quoted identifiers alone.
+func rewriteForSQLite(q string) string {
+	var b strings.Builder
+	b.Grow(len(q))
+	var quote byte
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"':
+			quote = c
+		case c == '$' && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9':
+			c = '?'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
