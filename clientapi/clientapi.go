@@ -93,4 +93,3 @@ func (s *Server) whoami(w http.ResponseWriter, r *http.Request) error {
 func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
 	r.Method(method, pattern, httpx.H(fn))
 }
-
