@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -230,7 +231,10 @@ func (s *Server) profileChanged(r *http.Request, key string, changed bool) {
 		return
 	}
 	if key == fieldDisplayName || key == fieldAvatarURL {
-		s.onProfileChange(r.Context(), authn.FromContext(r.Context()).UserID)
+		// The change is committed: a client hanging up must not cut the
+		// propagation to its rooms short.
+		ctx := context.WithoutCancel(r.Context())
+		s.onProfileChange(ctx, authn.FromContext(r.Context()).UserID)
 	}
 }
 
