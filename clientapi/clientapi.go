@@ -27,6 +27,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// ClientIP resolves the real client address (trusted proxies).
 	ClientIP *httpx.ClientIPResolver
+	// Notify, if non-nil, is told after commit that a stream (such as
+	// "account_data") advanced to a position. It must not block.
+	Notify func(stream string, pos int64)
 }
 
 // Server is the client API.
@@ -38,6 +41,11 @@ type Server struct {
 	log        *slog.Logger
 	clientIP   *httpx.ClientIPResolver
 	lastSeen   lastSeenCache
+	notify     func(stream string, pos int64) // nil-safe via s.streamAdvanced
+	// onProfileChange, if non-nil, is called after a user's displayname or
+	// avatar_url changed, to update their m.room.member events. Nil until
+	// the room component exists.
+	onProfileChange func(ctx context.Context, userID string)
 }
 
 // New runs clientapi's migrations and returns the server.
@@ -60,12 +68,14 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		key:        deps.Key,
 		log:        logger.With("component", "clientapi"),
 		clientIP:   deps.ClientIP,
+		notify:     deps.Notify,
 	}, nil
 }
 
 // Routes registers clientapi's endpoints on r (mounted at the root).
 func (s *Server) Routes(r chi.Router) {
 	s.discoveryRoutes(r)
+	s.userDataRoutes(r)
 	// Endpoints that need an access token.
 	r.Group(func(r chi.Router) {
 		r.Use(authn.Middleware(s))
