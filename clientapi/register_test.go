@@ -200,3 +200,36 @@ func TestThreepidEndpoints(t *testing.T) {
 	st, body = call(t, "POST", srv.URL+"/_matrix/client/v3/account/3pid/add", cli.AccessToken, map[string]any{"client_secret": "s", "sid": "x"})
 	expectError(t, "3pid/add", st, body, 403, "M_THREEPID_AUTH_FAILED")
 }
+
+// UIA sessions live in the database: a flow begun on one server process
+// finishes on another (a restart, or another replica).
+func TestUIASessionSurvivesServerChange(t *testing.T) {
+	dbPath := t.TempDir() + "/shared.db"
+	useShared := func(c *config.Config) { c.Database.SQLitePath = dbPath; c.ClientAPI.Registration = "token" }
+	first := testserver.Start(t, "sqlite", useShared)
+	if _, err := first.HS.ClientAPI.Accounts().CreateRegistrationToken(context.Background(), "carry-over", nil, timeZero); err != nil {
+		t.Fatal(err)
+	}
+	st, body := call(t, "POST", first.URL+"/_matrix/client/v3/register", "", map[string]any{
+		"username": "moved", "auth": map[string]any{"type": "m.login.registration_token", "token": "carry-over"},
+	})
+	expectError(t, "token stage without password", st, body, 400, "M_MISSING_PARAM")
+	st, body = call(t, "POST", first.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "moved"})
+	if st != 401 {
+		t.Fatalf("challenge: %d %v", st, body)
+	}
+	// Redo it properly: start a session on the first server, pass the token stage there.
+	session := body["session"].(string)
+	st, body = call(t, "POST", first.URL+"/_matrix/client/v3/register", "", map[string]any{
+		"username": "moved", "auth": map[string]any{"type": "m.login.registration_token", "token": "carry-over", "session": session},
+	})
+	expectError(t, "token stage without password", st, body, 400, "M_MISSING_PARAM")
+
+	second := testserver.Start(t, "sqlite", useShared)
+	st, body = call(t, "POST", second.URL+"/_matrix/client/v3/register", "", map[string]any{
+		"username": "moved", "password": testPassword, "auth": map[string]any{"session": session},
+	})
+	if st != 200 || body["user_id"] != "@moved:localhost" {
+		t.Fatalf("finishing on the second server: %d %v", st, body)
+	}
+}
