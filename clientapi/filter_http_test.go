@@ -25,7 +25,7 @@ func TestFilterHTTP(t *testing.T) {
 			"org.example.unknown": true
 		}`
 
-		status, body := call(t, srv, "POST", u, alice, filter)
+		status, body := callRaw(t, srv, "POST", u, alice, filter)
 		if status != 200 {
 			t.Fatalf("POST filter = %d %v", status, body)
 		}
@@ -33,12 +33,12 @@ func TestFilterHTTP(t *testing.T) {
 		if id == "" || id[0] == '{' {
 			t.Fatalf("filter_id = %v", body["filter_id"])
 		}
-		status, again := call(t, srv, "POST", "/_matrix/client/v3/user/%40alice%3Alocalhost/filter", alice, filter)
+		status, again := callRaw(t, srv, "POST", "/_matrix/client/v3/user/%40alice%3Alocalhost/filter", alice, filter)
 		if status != 200 || again["filter_id"] != id {
 			t.Errorf("uploading the same filter again = %d %v, want filter_id %s", status, again, id)
 		}
 
-		status, stored := call(t, srv, "GET", u+"/"+id, alice, "")
+		status, stored := callRaw(t, srv, "GET", u+"/"+id, alice, "")
 		var want map[string]any
 		if err := json.Unmarshal([]byte(filter), &want); err != nil {
 			t.Fatal(err)
@@ -47,7 +47,7 @@ func TestFilterHTTP(t *testing.T) {
 			t.Errorf("GET filter = %d %v, want the uploaded filter %v", status, stored, want)
 		}
 
-		_, bobBody := call(t, srv, "POST", "/_matrix/client/v3/user/@bob:localhost/filter", bob, `{}`)
+		_, bobBody := callRaw(t, srv, "POST", "/_matrix/client/v3/user/@bob:localhost/filter", bob, `{}`)
 		bobsID, _ := bobBody["filter_id"].(string)
 
 		runSteps(t, srv, []step{

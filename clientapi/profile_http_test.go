@@ -14,7 +14,7 @@ import (
 
 // call sends a request to srv and returns the status and the decoded JSON
 // object. path may carry percent-escapes, which are sent as written.
-func call(t *testing.T, srv *testserver.Server, method, path, token, body string) (int, map[string]any) {
+func callRaw(t *testing.T, srv *testserver.Server, method, path, token, body string) (int, map[string]any) {
 	t.Helper()
 	var reader io.Reader
 	if body != "" {
@@ -60,7 +60,7 @@ type step struct {
 func runSteps(t *testing.T, srv *testserver.Server, steps []step) {
 	t.Helper()
 	for _, st := range steps {
-		status, body := call(t, srv, st.method, st.path, st.token, st.body)
+		status, body := callRaw(t, srv, st.method, st.path, st.token, st.body)
 		if status != st.wantStatus {
 			t.Errorf("%s: %s %s = %d %v, want %d", st.name, st.method, st.path, status, body, st.wantStatus)
 			continue

@@ -59,12 +59,14 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		d           authn.Device
 		expires     int64
 		deactivated bool
+		prevRefresh bool
 	)
 	err := s.db.Reader().QueryRow(ctx, `
-		SELECT s.session_id, s.localpart, s.device_id, s.access_expires_ts, a.deactivated, a.is_guest
+		SELECT s.session_id, s.localpart, s.device_id, s.access_expires_ts, a.deactivated, a.is_guest,
+			s.prev_refresh_token_hash IS NOT NULL
 		FROM sessions s JOIN accounts a ON a.localpart = s.localpart
 		WHERE s.access_token_hash = $1`, hashToken(token)).
-		Scan(&d.SessionID, &d.UserID, &d.DeviceID, &expires, &deactivated, &d.IsGuest)
+		Scan(&d.SessionID, &d.UserID, &d.DeviceID, &expires, &deactivated, &d.IsGuest, &prevRefresh)
 	if storage.IsNoRows(err) {
 		return nil, mxerr.New(mxerr.UnknownToken, "unknown access token").With("soft_logout", false)
 	}
@@ -77,6 +79,17 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 	now := time.Now()
 	if expires != 0 && now.UnixMilli() >= expires {
 		return nil, mxerr.New(mxerr.UnknownToken, "access token has expired").With("soft_logout", true)
+	}
+	if prevRefresh {
+		// Spec: client-server-api, "Refreshing access tokens": the old
+		// refresh token is revoked once the new access token is used.
+		err := s.db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE sessions SET prev_refresh_token_hash = NULL WHERE session_id = $1`, d.SessionID)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	d.UserID = s.userID(d.UserID)
 	if r != nil {
@@ -99,7 +112,11 @@ func (s *Server) noteLastSeen(sessionID int64, _ string, deviceID string, r *htt
 	s.lastSeen.written[sessionID] = now
 	s.lastSeen.mu.Unlock()
 
-	ip := s.clientIP.ClientIP(r)
+	var ip *string // NULL: with ip_retention 0, addresses are not kept at all
+	if s.cfg.ClientAPI.IPRetention > 0 {
+		addr := s.clientIP.ClientIP(r)
+		ip = &addr
+	}
 	ua := r.UserAgent()
 	if len(ua) > 512 {
 		ua = ua[:512]

@@ -153,8 +153,9 @@ func (hs *Homeserver) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// Close releases the database. Call it after Serve returns.
+// Close stops the components' background work and releases the
+// database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return hs.DB.Close()
+	return errors.Join(hs.ClientAPI.Close(), hs.DB.Close())
 }
