@@ -48,6 +48,7 @@ func (c *counts) plus(o counts) {
 type failure struct {
 	*testResult
 	reason
+	viaSubtest string // set when the test failed only through this subtest
 }
 
 // render writes docs/compliance.md.
@@ -88,8 +89,11 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 				continue
 			}
 			f := failure{testResult: t, reason: rs.lookup(t)}
-			if f.reason == unclassified && !t.IsSubtest() && p.hasFailedSubtest(t) && t.Symptom == "" {
-				f.reason = reason{Why: "fails because of its subtests (listed below)", WaitsOn: "—"}
+			if sub := p.firstFailedSubtest(t); f.reason == unclassified && t.Symptom == "" && sub != nil {
+				// A test that failed only through its subtests fails for
+				// their reason.
+				f.reason = rs.lookup(sub)
+				f.viaSubtest = sub.Name
 			}
 			if t.Outcome == noResult && f.reason == unclassified {
 				f.reason = reason{Why: "no result: the package timed out or crashed", WaitsOn: "—"}
@@ -161,7 +165,11 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 		w("### `%s` (%d)\n\n", p.Name, len(rows))
 		w("| test | reason | waits on | error |\n|---|---|---|---|\n")
 		for _, f := range rows {
-			w("| `%s` | %s | %s | %s |\n", f.Name, cell(f.Why), cell(f.WaitsOn), cell(truncate(f.Symptom, 160)))
+			symptom := truncate(f.Symptom, 160)
+			if f.viaSubtest != "" {
+				symptom = "(in subtest " + strings.TrimPrefix(f.viaSubtest, f.Name+"/") + ")"
+			}
+			w("| `%s` | %s | %s | %s |\n", f.Name, cell(f.Why), cell(f.WaitsOn), cell(symptom))
 		}
 		w("\n")
 	}

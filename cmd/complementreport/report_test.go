@@ -129,6 +129,7 @@ func TestReportGolden(t *testing.T) {
 	for _, s := range []string{
 		"| `./tests/csapi` | 1 | 3 | 0 | 1 | 0 | 1 |",
 		"| `TestMystery` | unclassified |",
+		"| `TestB` | registration is not built yet | issue 2 (accounts) | (in subtest two) |", // a parent fails for its subtest's reason
 		"| `TestRoomCreate` | rooms are not built yet | issue 3 (rooms) |",
 		"on 2026-07-02", // the date of the last event
 		"panic: test timed out",
@@ -156,5 +157,21 @@ func TestStdinAndErrors(t *testing.T) {
 	}
 	if err := run([]string{"-commit", "abc", "-reasons", "testdata/reasons.tsv", "-out", "-"}, strings.NewReader("not json\n"), &stdout); err == nil {
 		t.Error("wrote a report from input without results")
+	}
+}
+
+// TestCheckedInReasons keeps the real mapping file parseable.
+func TestCheckedInReasons(t *testing.T) {
+	f, err := os.Open("../../build/complement/failure-reasons.tsv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rs, err := parseReasons(f)
+	if err != nil {
+		t.Fatalf("build/complement/failure-reasons.tsv: %v", err)
+	}
+	if len(rs.prefixes)+len(rs.outputs) == 0 {
+		t.Fatal("build/complement/failure-reasons.tsv maps nothing")
 	}
 }

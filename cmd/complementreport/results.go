@@ -186,14 +186,23 @@ func (p *packageResult) sortedTests() []*testResult {
 	return out
 }
 
-// hasFailedSubtest reports whether any subtest of t failed.
-func (p *packageResult) hasFailedSubtest(t *testResult) bool {
-	for name, sub := range p.Tests {
-		if strings.HasPrefix(name, t.Name+"/") && (sub.Outcome == failed || sub.Outcome == noResult) {
-			return true
+// firstFailedSubtest returns t's failed subtest that sorts first (one
+// that failed itself, not only through its own subtests, when possible),
+// or nil.
+func (p *packageResult) firstFailedSubtest(t *testResult) *testResult {
+	var first *testResult
+	for _, sub := range p.sortedTests() {
+		if !strings.HasPrefix(sub.Name, t.Name+"/") || (sub.Outcome != failed && sub.Outcome != noResult) {
+			continue
+		}
+		if sub.Symptom != "" {
+			return sub
+		}
+		if first == nil {
+			first = sub
 		}
 	}
-	return false
+	return first
 }
 
 var (
