@@ -75,7 +75,7 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 	w(". Every test ran: Myelin uses no blacklist build tag.\n\n")
 
 	var failures []failure
-	var panics []*testResult
+	var panics, skips []*testResult
 	var total counts
 	perPkg := map[string]counts{}
 	for _, p := range pkgs {
@@ -84,6 +84,9 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 			c.add(t)
 			if t.Panicked {
 				panics = append(panics, t)
+			}
+			if t.Outcome == skipped {
+				skips = append(skips, t)
 			}
 			if t.Outcome != failed && t.Outcome != noResult {
 				continue
@@ -172,6 +175,18 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 			w("| `%s` | %s | %s | %s |\n", f.Name, cell(f.Why), cell(f.WaitsOn), cell(symptom))
 		}
 		w("\n")
+	}
+
+	// Skips count too: a test that skips itself because a feature is
+	// missing (shared-secret registration, say) hides a failure.
+	w("## Skipped\n\n")
+	if len(skips) == 0 {
+		w("No test was skipped.\n")
+	} else {
+		w("| package | test | skip message |\n|---|---|---|\n")
+		for _, t := range skips {
+			w("| `%s` | `%s` | %s |\n", t.Package, t.Name, cell(truncate(t.Symptom, 160)))
+		}
 	}
 	return b.Bytes(), nil
 }
