@@ -2,6 +2,7 @@
 //
 //	myelin [serve]            run the server (creates myelin.yaml, the signing key and database on first run)
 //	myelin generate-config    print a documented config file
+//	myelin generate-tls       write a TLS certificate and key for the federation listener
 //	myelin version            print the version
 //
 // Every subcommand takes -config (default myelin.yaml).
@@ -43,6 +44,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"serve":           {"run the homeserver (the default)", runServe},
 		"generate-config": {"print a documented config file with the defaults", runGenerateConfig},
+		"generate-tls":    {"write a federation TLS certificate: self-signed, or issued by a CA", runGenerateTLS},
 		"version":         {"print the version", runVersion},
 		"user":            {"manage accounts: create, passwd, deactivate, list", runUser},
 		"token":           {"manage registration tokens: create, list, revoke", runToken},
@@ -68,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: myelin <command> [-config myelin.yaml] [arguments]")
-	for _, name := range []string{"serve", "generate-config", "user", "token", "version"} {
+	for _, name := range []string{"serve", "generate-config", "generate-tls", "user", "token", "version"} {
 		fmt.Fprintf(w, "  %-16s %s\n", name, commands()[name].summary)
 	}
 }
@@ -97,15 +99,16 @@ func runGenerateConfig(args []string, stdout, _ io.Writer) error {
 }
 
 // loadConfig reads the config at path. When create is set and the file does
-// not exist, it first writes the documented defaults there.
-func loadConfig(path string, create bool, stdout io.Writer) (*config.Config, error) {
+// not exist, it first writes the documented defaults there. extraEnv
+// entries (KEY=value) override the process environment.
+func loadConfig(path string, create bool, stdout io.Writer, extraEnv ...string) (*config.Config, error) {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && create {
 		if err := os.WriteFile(path, config.Sample(config.Defaults()), 0o600); err != nil {
 			return nil, fmt.Errorf("writing default config: %w", err)
 		}
 		fmt.Fprintf(stdout, "Wrote a default config to %s (edit it to change server_name, registration, ...).\n", path)
 	}
-	return config.Load(path, os.Environ())
+	return config.Load(path, append(os.Environ(), extraEnv...))
 }
 
 func newLogger(cfg config.Logging, w io.Writer) *slog.Logger {
@@ -118,13 +121,28 @@ func newLogger(cfg config.Logging, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func runServe(args []string, stdout, stderr io.Writer) error {
+// serveConfig parses serve's flags and loads the config they point at.
+func serveConfig(args []string, stdout io.Writer) (cfg *config.Config, configPath string, err error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	configPath := fs.String("config", "myelin.yaml", "config file (created with defaults if missing)")
+	fs.StringVar(&configPath, "config", "myelin.yaml", "config file (created with defaults if missing)")
+	serverNameEnv := fs.String("server-name-env", "", "read global.server_name from this environment variable (e.g. SERVER_NAME, as Complement sets it); it overrides the file and MYELIN_GLOBAL_SERVER_NAME")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, "", err
 	}
-	cfg, err := loadConfig(*configPath, true, stdout)
+	var extraEnv []string
+	if *serverNameEnv != "" {
+		name := os.Getenv(*serverNameEnv)
+		if name == "" {
+			return nil, "", fmt.Errorf("-server-name-env %s: the environment variable %s is empty or unset; set it to the server name", *serverNameEnv, *serverNameEnv)
+		}
+		extraEnv = append(extraEnv, config.EnvName([]string{"global", "server_name"})+"="+name)
+	}
+	cfg, err = loadConfig(configPath, true, stdout, extraEnv...)
+	return cfg, configPath, err
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	cfg, configPath, err := serveConfig(args, stdout)
 	if err != nil {
 		return err
 	}
@@ -144,14 +162,51 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s (http.listen): %w", cfg.HTTP.Listen, err)
 	}
+	var fedLn net.Listener
+	if cfg.Federation.Listen != "" {
+		fedLn, err = net.Listen("tcp", cfg.Federation.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening on %s (federation_api.listen): %w", cfg.Federation.Listen, err)
+		}
+	}
 	fmt.Fprintf(stdout, "Myelin %s is serving %s\n", version, cfg.Global.ServerName)
 	fmt.Fprintf(stdout, "  Client URL: http://%s  (point Element or another Matrix client here)\n", ln.Addr())
-	fmt.Fprintf(stdout, "  Create the first user: myelin user create -config %s -admin <name>\n", *configPath)
+	if fedLn != nil {
+		fmt.Fprintf(stdout, "  Federation: https://%s\n", fedLn.Addr())
+	}
+	fmt.Fprintf(stdout, "  Create the first user: myelin user create -config %s -admin <name>\n", configPath)
 	fmt.Fprintf(stdout, "  Registration: %s. Stop with Ctrl-C.\n", cfg.ClientAPI.Registration)
 	logger.Info("listening", "addr", ln.Addr().String(), "server_name", cfg.Global.ServerName)
-	if err := hs.Serve(ctx, ln); err != nil {
+	if fedLn != nil {
+		logger.Info("listening for federation (TLS)", "addr", fedLn.Addr().String())
+	}
+	if err := serveAll(ctx, hs, ln, fedLn); err != nil {
 		return err
 	}
 	logger.Info("shut down cleanly")
 	return nil
+}
+
+// serveAll runs the HTTP listener and, if fedLn is not nil, the federation
+// listener, until ctx ends or either stops; then it shuts both down and
+// returns the first error.
+func serveAll(ctx context.Context, hs *homeserver.Homeserver, ln, fedLn net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	running := 1
+	go func() { errc <- hs.Serve(ctx, ln) }()
+	if fedLn != nil {
+		running++
+		go func() { errc <- hs.ServeFederation(ctx, fedLn) }()
+	}
+	var first error
+	for ; running > 0; running-- {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+		cancel()
+	}
+	return first
 }

@@ -6,6 +6,7 @@ package homeserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,8 +34,13 @@ type Homeserver struct {
 	Key       *signing.Key
 	ClientAPI *clientapi.Server
 	Log       *slog.Logger
+	// FederationClient makes requests to other homeservers, trusting the
+	// system roots plus federation_api.trusted_ca_file.
+	FederationClient *http.Client
 
 	handler http.Handler
+	// federationTLS serves the federation listener; nil without one.
+	federationTLS *tls.Config
 	// baseCtx is the parent of every request context; it is cancelled
 	// when shutdown starts so long-polls return at once.
 	baseCtx    context.Context
@@ -53,6 +59,14 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Homeser
 	if created {
 		logger.Info("created a new server signing key", "path", cfg.Global.SigningKeyPath, "key_id", key.ID)
 	}
+	fedTLS, err := federationServerTLS(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	fedClient, err := federationClient(cfg.Federation)
+	if err != nil {
+		return nil, err
+	}
 	db, err := storage.Open(ctx, StorageOptions(cfg.Database))
 	if err != nil {
 		return nil, err
@@ -62,6 +76,8 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Homeser
 		db.Close()
 		return nil, err
 	}
+	hs.federationTLS = fedTLS
+	hs.FederationClient = fedClient
 	return hs, nil
 }
 
@@ -116,10 +132,26 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 // Handler is the HTTP handler serving every endpoint.
 func (hs *Homeserver) Handler() http.Handler { return hs.handler }
 
-// Serve answers requests on ln until ctx ends, then shuts down gracefully:
-// it stops accepting, ends long-polls, and waits up to the configured
-// shutdown timeout for in-flight requests.
+// Serve answers plain HTTP requests on ln until ctx ends, then shuts down
+// gracefully: it stops accepting, ends long-polls, and waits up to the
+// configured shutdown timeout for in-flight requests.
 func (hs *Homeserver) Serve(ctx context.Context, ln net.Listener) error {
+	return hs.serve(ctx, ln, nil)
+}
+
+// ServeFederation is Serve over TLS with the federation certificate, for
+// the federation_api.listen address. It serves the same handler (other
+// servers need the key and federation endpoints; clients may use it too)
+// and shuts down the same way. It fails if no federation listener is
+// configured.
+func (hs *Homeserver) ServeFederation(ctx context.Context, ln net.Listener) error {
+	if hs.federationTLS == nil {
+		return errors.New("no federation listener configured (set federation_api.listen, tls_cert and tls_key)")
+	}
+	return hs.serve(ctx, ln, hs.federationTLS)
+}
+
+func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
 	srv := &http.Server{
 		Handler:           hs.handler,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -128,7 +160,13 @@ func (hs *Homeserver) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(hs.Log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	if tlsConfig != nil {
+		// ServeTLS (unlike Serve on a TLS listener) also offers HTTP/2.
+		srv.TLSConfig = tlsConfig.Clone()
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
 	select {
 	case err := <-errc:
 		return err
