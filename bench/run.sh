@@ -9,7 +9,7 @@
 #
 # Sizes (environment): REGISTER_N ROOMS_N SEND_N SEND_CONC SEND_CONC_N
 # OPEN_RATE OPEN_N OPEN_WORKERS FANOUT_LISTENERS FANOUT_N FANOUT_RATE
-# IS_ROOMS IS_PER_ROOM IS_REPEAT. OUT=path writes the report elsewhere.
+# FANOUT_BIG_LISTENERS FANOUT_BIG_N IS_ROOMS IS_PER_ROOM IS_REPEAT. OUT=path writes the report elsewhere.
 # Dendrite is built with `go install` into $TOOLS (default /work/tools, or
 # ~/.cache/myelin-bench/tools) when it is not there yet.
 set -euo pipefail
@@ -26,7 +26,7 @@ MYELIN_PORT=${MYELIN_PORT:-18009}
 
 if [[ -n ${QUICK:-} ]]; then
 	: "${REGISTER_N:=10}" "${ROOMS_N:=10}" "${SEND_N:=20}" "${SEND_CONC_N:=40}" "${OPEN_N:=20}"
-	: "${FANOUT_LISTENERS:=5}" "${FANOUT_N:=10}" "${IS_ROOMS:=5}" "${IS_PER_ROOM:=2}" "${IS_REPEAT:=2}"
+	: "${FANOUT_LISTENERS:=5}" "${FANOUT_N:=10}" "${FANOUT_BIG_LISTENERS:=10}" "${FANOUT_BIG_N:=5}" "${IS_ROOMS:=5}" "${IS_PER_ROOM:=2}" "${IS_REPEAT:=2}"
 fi
 REGISTER_N=${REGISTER_N:-50}
 ROOMS_N=${ROOMS_N:-100}
@@ -39,6 +39,8 @@ OPEN_WORKERS=${OPEN_WORKERS:-16}
 FANOUT_LISTENERS=${FANOUT_LISTENERS:-20}
 FANOUT_N=${FANOUT_N:-50}
 FANOUT_RATE=${FANOUT_RATE:-2}
+FANOUT_BIG_LISTENERS=${FANOUT_BIG_LISTENERS:-200}
+FANOUT_BIG_N=${FANOUT_BIG_N:-20}
 IS_ROOMS=${IS_ROOMS:-50}
 IS_PER_ROOM=${IS_PER_ROOM:-10}
 IS_REPEAT=${IS_REPEAT:-5}
@@ -168,8 +170,10 @@ run_scenarios() { # NAME
 	bench "$name" "send: $SEND_CONC senders, own rooms" send -messages "$SEND_CONC_N" -concurrency "$SEND_CONC"
 	bench "$name" "send: $SEND_CONC senders, one room" send -messages "$SEND_CONC_N" -concurrency "$SEND_CONC" -same-room
 	bench "$name" "send: open loop $OPEN_RATE msg/s" send -messages "$OPEN_N" -rate "$OPEN_RATE" -concurrency "$OPEN_WORKERS" -same-room
-	bench "$name" "fanout: $FANOUT_LISTENERS listeners, $FANOUT_RATE msg/s" fanout -listeners "$FANOUT_LISTENERS" -messages "$FANOUT_N" -rate "$FANOUT_RATE"
 	bench "$name" "initialsync: $IS_ROOMS rooms × $IS_PER_ROOM messages" initialsync -rooms "$IS_ROOMS" -per-room "$IS_PER_ROOM" -repeat "$IS_REPEAT"
+	bench "$name" "fanout: $FANOUT_LISTENERS listeners, $FANOUT_RATE msg/s" fanout -listeners "$FANOUT_LISTENERS" -messages "$FANOUT_N" -rate "$FANOUT_RATE"
+	bench "$name" "fanout: $FANOUT_LISTENERS listeners, sender as fast as acknowledged" fanout -listeners "$FANOUT_LISTENERS" -messages "$FANOUT_N"
+	bench "$name" "fanout: $FANOUT_BIG_LISTENERS listeners, $FANOUT_RATE msg/s" fanout -listeners "$FANOUT_BIG_LISTENERS" -messages "$FANOUT_BIG_N" -rate "$FANOUT_RATE"
 }
 
 # measure NAME: start the server NAME, record idle and peak memory around the scenarios, stop it.
@@ -193,6 +197,7 @@ measure() {
 		echo "scenarios_s=$((SECONDS - started))"
 	} >"$WORK/$name.env"
 	stop_server
+	echo "fsync_after_ms=$(fsync_ms)" >>"$WORK/$name.env"
 }
 
 # --- the machine -----------------------------------------------------------
@@ -202,11 +207,16 @@ machine_facts() {
 	NPROC=$(nproc)
 	MEM_GIB=$(awk '/^MemTotal/{printf "%.0f", $2/1024/1024}' /proc/meminfo)
 	FS_TYPE=$(df -T "$WORK" | awk 'NR==2{print $2}')
-	# 500 synchronous 4 KiB writes (O_DSYNC): each is acknowledged only after it is on disk.
+	FSYNC_MS=$(fsync_ms)
+}
+
+# fsync_ms: the mean time of 1000 synchronous 4 KiB writes (O_DSYNC: each
+# returns only once it is on disk) in the temp dir, in ms.
+fsync_ms() {
 	local secs
-	secs=$(dd if=/dev/zero of="$WORK/fsync.probe" bs=4k count=500 oflag=dsync 2>&1 | awk '/copied/{for (i=1;i<=NF;i++) if ($i ~ /^s,?$/) print $(i-1)}')
-	FSYNC_MS=$(awk -v s="$secs" 'BEGIN{printf "%.2f", s*1000/500}')
+	secs=$(dd if=/dev/zero of="$WORK/fsync.probe" bs=4k count=1000 oflag=dsync 2>&1 | awk '/copied/{for (i=1;i<=NF;i++) if ($i ~ /^s,?$/) print $(i-1)}')
 	rm -f "$WORK/fsync.probe"
+	awk -v s="$secs" 'BEGIN{printf "%.2f", s*1000/1000}'
 }
 
 # --- the report ------------------------------------------------------------
@@ -229,8 +239,10 @@ write_report() {
 		echo "## Machine"
 		echo
 		echo "- $NPROC cores ($CPU_MODEL), $MEM_GIB GiB memory, Linux $(uname -r), temp dir on $FS_TYPE."
-		echo "- One synchronous 4 KiB write (\`dd bs=4k count=500 oflag=dsync\`) took $FSYNC_MS ms on average:"
-		echo "  the floor for any write that is on disk before it is acknowledged."
+		echo "- One synchronous 4 KiB write (\`dd bs=4k count=1000 oflag=dsync\`, mean) took $FSYNC_MS ms before the"
+		echo "  runs$(for name in $SERVERS; do printf ', %s ms after %s' "$(envval "$name" fsync_after_ms)" "$name"; done):"
+		echo "  the floor for any write that is on disk before it is acknowledged. This virtual disk's fsync"
+		echo "  time varies from one probe to the next, and every figure below moves with it."
 		echo "- **Shared machine.** Other engineers' builds and tests run on the same 2 cores. Before each"
 		echo "  server started, the CPUs were busy:"
 		for name in $SERVERS; do
@@ -241,7 +253,7 @@ write_report() {
 		echo
 		echo "## Servers and durability"
 		echo
-		echo "The servers ran one after the other, each alone with the tool, on 127.0.0.1, each with a fresh"
+		echo "The servers ran one after the other (never both at once) on 127.0.0.1, each with a fresh"
 		echo "data directory in a temp dir, open registration and rate limits off."
 		echo
 		for name in $SERVERS; do
