@@ -2,7 +2,6 @@ package roomserver
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -254,5 +253,3 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 
 // itoa is strconv.FormatInt for int64.
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
-
-var _ = fmt.Sprintf
