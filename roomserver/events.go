@@ -1,0 +1,368 @@
+package roomserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/gjson"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Size limits. Spec: client-server-api, "Size limits".
+const (
+	maxEventBytes = 65536
+	maxIDBytes    = 255
+	maxSafeInt    = 1<<53 - 1
+)
+
+// loadedEvent is a stored event with its parsed form.
+type loadedEvent struct {
+	row *eventRow
+	pdu gomatrixserverlib.PDU
+}
+
+// parseRow turns a stored row into a PDU of the room's version.
+func parseRow(version string, row *eventRow) (*loadedEvent, error) {
+	impl, err := roomVersion(version)
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := guard("parsing stored event", func() (gomatrixserverlib.PDU, error) {
+		return impl.NewEventFromTrustedJSONWithEventID(row.EventID, []byte(row.JSON), row.RedactedBecause != nil)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("parsing stored event %s: %w", row.EventID, err)
+	}
+	return &loadedEvent{row: row, pdu: pdu}, nil
+}
+
+// loadEvents returns the events with the given NIDs (in that order),
+// parsed, from the cache or q. When tx is non-nil the reads may see the
+// transaction's own uncommitted rows, so they are cached only after it
+// commits.
+func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.Tx, version string, nids []int64) ([]*loadedEvent, error) {
+	out := make([]*loadedEvent, len(nids))
+	var missing []int64
+	for i, nid := range nids {
+		if e := s.events.getNID(nid); e != nil {
+			out[i] = e
+		} else {
+			missing = append(missing, nid)
+		}
+	}
+	if len(missing) > 0 {
+		rows, err := eventRowsByNID(ctx, q, missing)
+		if err != nil {
+			return nil, err
+		}
+		got := make(map[int64]*loadedEvent, len(rows))
+		for _, row := range rows {
+			e, err := parseRow(version, row)
+			if err != nil {
+				return nil, err
+			}
+			got[row.NID] = e
+			if tx != nil {
+				tx.AfterCommit(func() { s.events.put(e) })
+			} else {
+				s.events.put(e)
+			}
+		}
+		for i, nid := range nids {
+			if out[i] == nil {
+				out[i] = got[nid]
+				if out[i] == nil {
+					return nil, fmt.Errorf("event NID %d not found", nid)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// loadEventsByID is loadEvents by event ID; unknown IDs are left out of
+// the map.
+func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx storage.Tx, ids []string) (map[string]*loadedEvent, error) {
+	out := make(map[string]*loadedEvent, len(ids))
+	var missing []string
+	for _, id := range ids {
+		if e := s.events.getID(id); e != nil {
+			out[id] = e
+		} else {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	rows, err := eventRowsByID(ctx, q, missing)
+	if err != nil {
+		return nil, err
+	}
+	versions := map[string]string{}
+	for _, row := range rows {
+		version, ok := versions[row.RoomID]
+		if !ok {
+			if err := q.QueryRow(ctx, `SELECT room_version FROM roomserver_rooms WHERE room_id = $1`, row.RoomID).Scan(&version); err != nil {
+				return nil, fmt.Errorf("room of event %s: %w", row.EventID, err)
+			}
+			versions[row.RoomID] = version
+		}
+		e, err := parseRow(version, row)
+		if err != nil {
+			return nil, err
+		}
+		out[row.EventID] = e
+		if tx != nil {
+			tx.AfterCommit(func() { s.events.put(e) })
+		} else {
+			s.events.put(e)
+		}
+	}
+	return out, nil
+}
+
+// toEvent converts to the API's Event.
+func toEvent(e *loadedEvent) *Event {
+	ev := &Event{
+		EventID:        e.row.EventID,
+		RoomID:         e.row.RoomID,
+		Type:           e.row.Type,
+		StateKey:       e.row.StateKey,
+		Sender:         e.row.Sender,
+		OriginServerTS: e.row.OriginServerTS,
+		Depth:          e.row.Depth,
+		StreamPos:      e.row.NID,
+		Content:        json.RawMessage(e.pdu.Content()),
+		JSON:           json.RawMessage(e.row.JSON),
+	}
+	if e.row.Redacts != nil {
+		ev.Redacts = *e.row.Redacts
+	}
+	if e.row.Membership != nil {
+		ev.Membership = *e.row.Membership
+	}
+	if e.row.RedactedBecause != nil {
+		ev.RedactedBecause = *e.row.RedactedBecause
+	}
+	return ev
+}
+
+// rowFromPDU fills the columns derived from an event.
+func rowFromPDU(pdu gomatrixserverlib.PDU) *eventRow {
+	row := &eventRow{
+		EventID:        pdu.EventID(),
+		RoomID:         pdu.RoomID().String(),
+		Type:           pdu.Type(),
+		StateKey:       pdu.StateKey(),
+		Sender:         string(pdu.SenderID()),
+		Depth:          pdu.Depth(),
+		OriginServerTS: int64(pdu.OriginServerTS()),
+		JSON:           string(pdu.JSON()),
+	}
+	if pdu.Type() == "m.room.member" && pdu.StateKey() != nil {
+		if m, err := pdu.Membership(); err == nil {
+			row.Membership = &m
+		}
+	}
+	if pdu.Type() == "m.room.redaction" {
+		row.Redacts = nullString(redactsOf(pdu))
+	}
+	return row
+}
+
+// redactsOf returns the target of a redaction: the top-level "redacts"
+// key, or content.redacts from v11 on.
+// Spec: rooms/v11, "Moving the redacts key".
+func redactsOf(pdu gomatrixserverlib.PDU) string {
+	if r := pdu.Redacts(); r != "" {
+		return r
+	}
+	return gjson.GetBytes(pdu.Content(), "redacts").Str
+}
+
+// validateClientJSON enforces the JSON rules events must obey on any
+// room version: valid UTF-8, no lone surrogate escapes, no duplicate
+// keys, and numbers that are integers in [-(2^53-1), 2^53-1].
+// Spec: appendices, "Canonical JSON"; security cases 3 and 4.
+func validateClientJSON(raw []byte) error {
+	if !utf8.Valid(raw) {
+		return mxerr.New(mxerr.BadJSON, "content is not valid UTF-8")
+	}
+	if err := checkSurrogates(raw); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := checkValue(dec, 0); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err == nil {
+		return mxerr.New(mxerr.BadJSON, "trailing data after JSON value")
+	}
+	return nil
+}
+
+const maxJSONDepth = 100
+
+func checkValue(dec *json.Decoder, depth int) error {
+	if depth > maxJSONDepth {
+		return mxerr.New(mxerr.BadJSON, "JSON nested too deeply")
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return mxerr.Wrap(err, mxerr.BadJSON, "invalid JSON")
+	}
+	switch t := tok.(type) {
+	case json.Delim:
+		switch t {
+		case '{':
+			seen := map[string]bool{}
+			for dec.More() {
+				keyTok, err := dec.Token()
+				if err != nil {
+					return mxerr.Wrap(err, mxerr.BadJSON, "invalid JSON")
+				}
+				key, _ := keyTok.(string)
+				if seen[key] {
+					return mxerr.New(mxerr.BadJSON, "duplicate key %q", key)
+				}
+				seen[key] = true
+				if err := checkValue(dec, depth+1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+		case '[':
+			for dec.More() {
+				if err := checkValue(dec, depth+1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+		}
+		if err != nil {
+			return mxerr.Wrap(err, mxerr.BadJSON, "invalid JSON")
+		}
+	case json.Number:
+		return checkNumber(string(t))
+	}
+	return nil
+}
+
+func checkNumber(s string) error {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '.' || c == 'e' || c == 'E' {
+			return mxerr.New(mxerr.BadJSON, "number %s is not an integer", s)
+		}
+	}
+	if s == "-0" {
+		return mxerr.New(mxerr.BadJSON, "-0 is not allowed")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n > maxSafeInt || n < -maxSafeInt {
+		return mxerr.New(mxerr.BadJSON, "integer %s is out of range", s)
+	}
+	return nil
+}
+
+// checkSurrogates rejects \uD800-\uDFFF escapes that are not a proper
+// high-low pair: Go would silently turn them into U+FFFD, changing the
+// canonical bytes.
+func checkSurrogates(raw []byte) error {
+	inString := false
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if !inString {
+			if c == '"' {
+				inString = true
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = false
+		case '\\':
+			if i+1 >= len(raw) {
+				return nil
+			}
+			if raw[i+1] != 'u' {
+				i++
+				continue
+			}
+			r, ok := hex4(raw, i+2)
+			if !ok {
+				return nil // the decoder reports it
+			}
+			i += 5
+			switch {
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return mxerr.New(mxerr.BadJSON, "lone low surrogate escape")
+			case r >= 0xD800 && r <= 0xDBFF:
+				if i+6 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+					return mxerr.New(mxerr.BadJSON, "lone high surrogate escape")
+				}
+				low, ok := hex4(raw, i+3)
+				if !ok || low < 0xDC00 || low > 0xDFFF {
+					return mxerr.New(mxerr.BadJSON, "lone high surrogate escape")
+				}
+				i += 6
+			}
+		}
+	}
+	return nil
+}
+
+func hex4(raw []byte, at int) (rune, bool) {
+	if at+4 > len(raw) {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(string(raw[at:at+4]), 16, 32)
+	return rune(v), err == nil
+}
+
+// checkEventLimits applies the size limits to a built event.
+// Spec: client-server-api, "Size limits".
+func checkEventLimits(pdu gomatrixserverlib.PDU) error {
+	if n := len(pdu.JSON()); n > maxEventBytes {
+		return mxerr.New(mxerr.TooLarge, "event is %d bytes, more than the %d allowed", n, maxEventBytes)
+	}
+	return checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID()))
+}
+
+func checkFieldLimits(eventType string, stateKey *string, sender string) error {
+	if len(eventType) > maxIDBytes {
+		return mxerr.New(mxerr.BadJSON, "event type is longer than %d bytes", maxIDBytes)
+	}
+	if stateKey != nil && len(*stateKey) > maxIDBytes {
+		return mxerr.New(mxerr.BadJSON, "state key is longer than %d bytes", maxIDBytes)
+	}
+	if len(sender) > maxIDBytes {
+		return mxerr.New(mxerr.BadJSON, "sender is longer than %d bytes", maxIDBytes)
+	}
+	return nil
+}
+
+// buildError maps gomatrixserverlib's build failures to Matrix errors.
+func buildError(err error) error {
+	var verr gomatrixserverlib.EventValidationError
+	if errors.As(err, &verr) {
+		if verr.Code == gomatrixserverlib.EventValidationTooLarge {
+			return mxerr.Wrap(err, mxerr.TooLarge, "event too large")
+		}
+		return mxerr.Wrap(err, mxerr.BadJSON, "invalid event")
+	}
+	var jerr gomatrixserverlib.BadJSONError
+	if errors.As(err, &jerr) {
+		return mxerr.Wrap(err, mxerr.BadJSON, "invalid event JSON")
+	}
+	return fmt.Errorf("building event: %w", err)
+}

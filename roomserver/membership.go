@@ -1,0 +1,234 @@
+package roomserver
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Join joins Sender to a room this server is in: public rooms, rooms
+// the user is invited to, and restricted rooms when the user is joined
+// to an allowed room and a local member with invite power can authorise.
+// Spec: client-server-api, "Joining rooms"; rooms/v8, "Restricted rooms".
+func (s *Server) Join(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	req.Target = req.Sender
+	content := memberContent(req, "join")
+	via, err := s.restrictedJoinAuthoriser(ctx, req.RoomID, req.Sender)
+	if err != nil {
+		return nil, err
+	}
+	if via != "" {
+		content["join_authorised_via_users_server"] = via
+	}
+	return s.sendMember(ctx, req, content)
+}
+
+// Leave leaves a room or rejects an invite or withdraws a knock.
+func (s *Server) Leave(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	req.Target = req.Sender
+	return s.sendMember(ctx, req, memberContent(req, "leave"))
+}
+
+// Invite invites Target. Spec: client-server-api, "Inviting users".
+func (s *Server) Invite(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	if err := s.needTarget(req); err != nil {
+		return nil, err
+	}
+	content := memberContent(req, "invite")
+	if req.IsDirect {
+		content["is_direct"] = true
+	}
+	return s.sendMember(ctx, req, content)
+}
+
+// Kick removes a joined, invited or knocking Target.
+func (s *Server) Kick(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	if err := s.needTarget(req); err != nil {
+		return nil, err
+	}
+	m, err := s.Membership(ctx, req.RoomID, req.Target)
+	if err != nil {
+		return nil, err
+	}
+	if m != "join" && m != "invite" && m != "knock" {
+		return nil, mxerr.New(mxerr.Forbidden, "%s is not in the room (membership %q)", req.Target, m)
+	}
+	return s.sendMember(ctx, req, memberContent(req, "leave"))
+}
+
+// Ban bans Target.
+func (s *Server) Ban(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	if err := s.needTarget(req); err != nil {
+		return nil, err
+	}
+	return s.sendMember(ctx, req, memberContent(req, "ban"))
+}
+
+// Unban lifts a ban on Target (membership leave).
+func (s *Server) Unban(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	if err := s.needTarget(req); err != nil {
+		return nil, err
+	}
+	m, err := s.Membership(ctx, req.RoomID, req.Target)
+	if err != nil {
+		return nil, err
+	}
+	if m != "ban" {
+		return nil, mxerr.New(mxerr.Forbidden, "%s is not banned", req.Target)
+	}
+	return s.sendMember(ctx, req, memberContent(req, "leave"))
+}
+
+// Knock asks to join a room whose join rule allows knocking.
+// Spec: client-server-api, "Knocking on rooms".
+func (s *Server) Knock(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
+	req.Target = req.Sender
+	return s.sendMember(ctx, req, memberContent(req, "knock"))
+}
+
+// Forget hides a room the user is no longer in from RoomsForUser.
+// Spec: client-server-api, "POST /rooms/{roomId}/forget".
+func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
+	m, err := s.Membership(ctx, roomID, userID)
+	if err != nil {
+		return err
+	}
+	if m == "join" || m == "invite" || m == "knock" {
+		return mxerr.New(mxerr.Unknown, "leave the room before forgetting it").WithStatus(http.StatusBadRequest)
+	}
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
+			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID)
+		return err
+	})
+}
+
+func (s *Server) needTarget(req MembershipRequest) error {
+	if _, err := spec.NewUserID(req.Target, true); err != nil {
+		return mxerr.New(mxerr.InvalidParam, "invalid user ID %q", req.Target)
+	}
+	return nil
+}
+
+func memberContent(req MembershipRequest, membership string) map[string]any {
+	content := map[string]any{}
+	for k, v := range req.Content {
+		content[k] = v
+	}
+	delete(content, "join_authorised_via_users_server")
+	delete(content, "third_party_invite")
+	content["membership"] = membership
+	if req.Reason != "" {
+		content["reason"] = req.Reason
+	}
+	return content
+}
+
+func (s *Server) sendMember(ctx context.Context, req MembershipRequest, content map[string]any) (*SendEventResponse, error) {
+	if domainOf(req.Sender) != string(s.serverName) {
+		return nil, mxerr.New(mxerr.Forbidden, "sender %s is not a local user", req.Sender)
+	}
+	raw, err := marshalChecked(content)
+	if err != nil {
+		return nil, err
+	}
+	target := req.Target
+	if err := checkFieldLimits("m.room.member", &target, req.Sender); err != nil {
+		return nil, err
+	}
+	proto := &gomatrixserverlib.ProtoEvent{
+		SenderID: req.Sender, RoomID: req.RoomID, Type: "m.room.member", StateKey: &target, Content: raw,
+	}
+	return s.sendProto(ctx, req.RoomID, proto, "", req.TxnID)
+}
+
+// restrictedJoinAuthoriser returns the local user to name in
+// join_authorised_via_users_server when userID joins a restricted room it
+// is not invited to, "" when no authorisation is needed, or M_FORBIDDEN
+// when the user is in none of the allowed rooms.
+// Spec: rooms/v8, "Authorization rules" 4.3.2; client-server-api,
+// "Restricted rooms".
+func (s *Server) restrictedJoinAuthoriser(ctx context.Context, roomID, userID string) (string, error) {
+	room, err := loadRoom(ctx, s.db.Reader(), roomID)
+	if err != nil {
+		return "", err
+	}
+	state, err := s.stateEventsFor(ctx, s.db.Reader(), nil, room, room.CurrentSnapshot, nil,
+		[]tuple{{"m.room.create", ""}, {"m.room.join_rules", ""}, {"m.room.power_levels", ""}, {"m.room.member", userID}})
+	if err != nil {
+		return "", err
+	}
+	var joinRules gomatrixserverlib.PDU
+	for _, e := range state {
+		switch {
+		case e.Type() == "m.room.join_rules":
+			joinRules = e
+		case e.Type() == "m.room.member":
+			if m, _ := e.Membership(); m == "join" || m == "invite" {
+				return "", nil // already joined or invited: the ordinary rules apply
+			}
+		}
+	}
+	if joinRules == nil {
+		return "", nil
+	}
+	var jr struct {
+		JoinRule string `json:"join_rule"`
+		Allow    []struct {
+			Type   string `json:"type"`
+			RoomID string `json:"room_id"`
+		} `json:"allow"`
+	}
+	if json.Unmarshal(joinRules.Content(), &jr) != nil || (jr.JoinRule != "restricted" && jr.JoinRule != "knock_restricted") {
+		return "", nil
+	}
+	inAllowed := false
+	for _, a := range jr.Allow {
+		if a.Type != "m.room_membership" || a.RoomID == "" {
+			continue
+		}
+		if m, err := s.Membership(ctx, a.RoomID, userID); err == nil && m == "join" {
+			inAllowed = true
+			break
+		}
+	}
+	if !inAllowed {
+		if jr.JoinRule == "knock_restricted" {
+			return "", nil // may still be refused by the auth rules; knocking is the other way in
+		}
+		return "", mxerr.New(mxerr.Forbidden, "you are not a member of any room that grants access to %s", roomID)
+	}
+	// Any joined local user whose power level reaches invite.
+	rows, err := s.db.Reader().Query(ctx, `SELECT state_key FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join' ORDER BY state_key`, roomID)
+	if err != nil {
+		return "", err
+	}
+	var locals []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			rows.Close()
+			return "", err
+		}
+		if domainOf(u) == string(s.serverName) {
+			locals = append(locals, u)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return "", err
+	}
+	for _, u := range locals {
+		if hasPower(room.Version, state, u, func(pl *gomatrixserverlib.PowerLevelContent) int64 { return pl.Invite }) {
+			return u, nil
+		}
+	}
+	return "", mxerr.New(mxerr.UnableToGrantJoin, "no local member can authorise your join")
+}

@@ -1,0 +1,530 @@
+package roomserver
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// visibility decides history visibility for one user across many
+// events, caching what events share (snapshots, memberships).
+// Spec: client-server-api, "Room History Visibility", "Server behaviour".
+type visibility struct {
+	s      *Server
+	q      storage.Querier
+	userID string
+	// atSnapshot caches (history_visibility, membership) per snapshot.
+	atSnapshot map[int64][2]string
+	// lastJoin caches, per room, the NID of the user's latest accepted
+	// join (0 if none); current caches their current membership.
+	lastJoin map[string]int64
+	current  map[string]string
+}
+
+func (s *Server) newVisibility(q storage.Querier, userID string) *visibility {
+	return &visibility{s: s, q: q, userID: userID, atSnapshot: map[int64][2]string{},
+		lastJoin: map[string]int64{}, current: map[string]string{}}
+}
+
+// at returns the history visibility and the user's membership in
+// snapshot nid of room.
+func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, membership string, err error) {
+	if got, ok := v.atSnapshot[nid]; ok {
+		return got[0], got[1], nil
+	}
+	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", v.userID}}
+	picked, err := loadSnapshotKeys(ctx, v.q, nid, keys)
+	if err != nil {
+		return "", "", err
+	}
+	hv = "shared"
+	for k, eventNID := range picked {
+		evs, err := v.s.loadEvents(ctx, v.q, nil, version, []int64{eventNID})
+		if err != nil {
+			return "", "", err
+		}
+		if k.Type == "m.room.history_visibility" {
+			if h, err := evs[0].pdu.HistoryVisibility(); err == nil {
+				hv = string(h)
+			}
+		} else if evs[0].row.Membership != nil {
+			membership = *evs[0].row.Membership
+		}
+	}
+	switch hv {
+	case "world_readable", "shared", "invited", "joined":
+	default:
+		hv = "shared" // unknown values mean shared
+	}
+	v.atSnapshot[nid] = [2]string{hv, membership}
+	return hv, membership, nil
+}
+
+func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership string) (bool, error) {
+	switch {
+	case hv == "world_readable", membership == "join":
+		return true, nil
+	case hv == "invited" && membership == "invite":
+		return true, nil
+	case hv == "shared":
+		// Allowed if the user joined at any point after the event.
+		cur, ok := v.current[e.row.RoomID]
+		if !ok {
+			var err error
+			if cur, err = v.s.Membership(ctx, e.row.RoomID, v.userID); err != nil {
+				return false, err
+			}
+			v.current[e.row.RoomID] = cur
+		}
+		if cur == "join" {
+			return true, nil
+		}
+		last, ok := v.lastJoin[e.row.RoomID]
+		if !ok {
+			err := v.q.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events
+				WHERE type = 'm.room.member' AND state_key = $1 AND room_id = $2 AND membership = 'join'
+				AND NOT rejected AND NOT soft_failed`, v.userID, e.row.RoomID).Scan(&last)
+			if err != nil {
+				return false, err
+			}
+			v.lastJoin[e.row.RoomID] = last
+		}
+		return last > e.row.NID, nil
+	}
+	return false, nil
+}
+
+// canSee applies the rules to one stored event. Rejected and soft-failed
+// events are never shown.
+func (v *visibility) canSee(ctx context.Context, version string, e *loadedEvent) (bool, error) {
+	if e.row.Rejected || e.row.SoftFailed {
+		return false, nil
+	}
+	hv, membership, err := v.at(ctx, version, e.row.StateBefore)
+	if err != nil {
+		return false, err
+	}
+	ok, err := v.allows(ctx, e, hv, membership)
+	if err != nil || ok {
+		return ok, err
+	}
+	// History visibility events and the user's own membership events are
+	// visible if the state before or after allows it.
+	if e.row.StateAfter != e.row.StateBefore && (e.row.Type == "m.room.history_visibility" ||
+		(e.row.Type == "m.room.member" && e.row.StateKey != nil && *e.row.StateKey == v.userID)) {
+		hv, membership, err := v.at(ctx, version, e.row.StateAfter)
+		if err != nil {
+			return false, err
+		}
+		return v.allows(ctx, e, hv, membership)
+	}
+	return false, nil
+}
+
+// loadByID loads one event with its room version.
+func (s *Server) loadByID(ctx context.Context, q storage.Querier, eventID string) (*loadedEvent, string, error) {
+	got, err := s.loadEventsByID(ctx, q, nil, []string{eventID})
+	if err != nil {
+		return nil, "", err
+	}
+	e, ok := got[eventID]
+	if !ok {
+		return nil, "", mxerr.New(mxerr.NotFound, "event not found")
+	}
+	room, err := loadRoom(ctx, q, e.row.RoomID)
+	if err != nil {
+		return nil, "", err
+	}
+	return e, room.Version, nil
+}
+
+// CanSee reports whether userID may see eventID.
+func (s *Server) CanSee(ctx context.Context, userID, eventID string) (bool, error) {
+	e, version, err := s.loadByID(ctx, s.db.Reader(), eventID)
+	if mxerr.Is(err, mxerr.NotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return s.newVisibility(s.db.Reader(), userID).canSee(ctx, version, e)
+}
+
+// Event returns an event userID may see; M_NOT_FOUND otherwise (not
+// M_FORBIDDEN, so existence does not leak).
+func (s *Server) Event(ctx context.Context, userID, eventID string) (*Event, error) {
+	e, version, err := s.loadByID(ctx, s.db.Reader(), eventID)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := s.newVisibility(s.db.Reader(), userID).canSee(ctx, version, e)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, mxerr.New(mxerr.NotFound, "event not found")
+	}
+	return toEvent(e), nil
+}
+
+// stateSnapshotFor returns the snapshot of room userID may read: the
+// current state for members and world-readable rooms, the state after
+// their leave or ban for former members; M_FORBIDDEN otherwise.
+// Spec: client-server-api, "GET /rooms/{roomId}/state".
+func (s *Server) stateSnapshotFor(ctx context.Context, q storage.Querier, userID string, room *roomRow) (int64, error) {
+	memberNID, err := currentStateNIDs(ctx, q, room.RoomID, []tuple{{"m.room.member", userID}})
+	if err != nil {
+		return 0, err
+	}
+	if nid, ok := memberNID[tuple{"m.room.member", userID}]; ok {
+		evs, err := s.loadEvents(ctx, q, nil, room.Version, []int64{nid})
+		if err != nil {
+			return 0, err
+		}
+		switch m := evs[0].row.Membership; {
+		case m != nil && *m == "join":
+			return room.CurrentSnapshot, nil
+		case m != nil && (*m == "leave" || *m == "ban"):
+			hv, _, err := s.newVisibility(q, userID).at(ctx, room.Version, room.CurrentSnapshot)
+			if err != nil {
+				return 0, err
+			}
+			if hv == "world_readable" {
+				return room.CurrentSnapshot, nil
+			}
+			return evs[0].row.StateAfter, nil
+		}
+	}
+	hv, _, err := s.newVisibility(q, userID).at(ctx, room.Version, room.CurrentSnapshot)
+	if err != nil {
+		return 0, err
+	}
+	if hv == "world_readable" {
+		return room.CurrentSnapshot, nil
+	}
+	return 0, mxerr.New(mxerr.Forbidden, "you are not a member of this room")
+}
+
+func (s *Server) snapshotEvents(ctx context.Context, q storage.Querier, version string, nid int64) ([]*Event, error) {
+	state, err := loadSnapshot(ctx, q, nid)
+	if err != nil {
+		return nil, err
+	}
+	nids := make([]int64, 0, len(state))
+	for _, k := range sortedTuples(state) {
+		nids = append(nids, state[k])
+	}
+	loaded, err := s.loadEvents(ctx, q, nil, version, nids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Event, len(loaded))
+	for i, e := range loaded {
+		out[i] = toEvent(e)
+	}
+	return out, nil
+}
+
+// CurrentState returns the room state userID may read (see
+// stateSnapshotFor), sorted by (type, state_key).
+func (s *Server) CurrentState(ctx context.Context, userID, roomID string) ([]*Event, error) {
+	var out []*Event
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		room, err := loadRoom(ctx, q, roomID)
+		if err != nil {
+			return err
+		}
+		nid, err := s.stateSnapshotFor(ctx, q, userID, room)
+		if err != nil {
+			return err
+		}
+		out, err = s.snapshotEvents(ctx, q, room.Version, nid)
+		return err
+	})
+	return out, err
+}
+
+// CurrentStateEvent returns one state event userID may read.
+func (s *Server) CurrentStateEvent(ctx context.Context, userID, roomID, eventType, stateKey string) (*Event, error) {
+	var out *Event
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		room, err := loadRoom(ctx, q, roomID)
+		if err != nil {
+			return err
+		}
+		nid, err := s.stateSnapshotFor(ctx, q, userID, room)
+		if err != nil {
+			return err
+		}
+		k := tuple{eventType, stateKey}
+		picked, err := loadSnapshotKeys(ctx, q, nid, []tuple{k})
+		if err != nil {
+			return err
+		}
+		eventNID, ok := picked[k]
+		if !ok {
+			return mxerr.New(mxerr.NotFound, "no %s state with key %q", eventType, stateKey)
+		}
+		evs, err := s.loadEvents(ctx, q, nil, room.Version, []int64{eventNID})
+		if err != nil {
+			return err
+		}
+		out = toEvent(evs[0])
+		return nil
+	})
+	return out, err
+}
+
+// StateAt returns the state before and after an event userID may see.
+func (s *Server) StateAt(ctx context.Context, userID, eventID string) (*StateAtEvent, error) {
+	out := &StateAtEvent{}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		e, version, err := s.loadByID(ctx, q, eventID)
+		if err != nil {
+			return err
+		}
+		ok, err := s.newVisibility(q, userID).canSee(ctx, version, e)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return mxerr.New(mxerr.NotFound, "event not found")
+		}
+		if out.Before, err = s.snapshotEvents(ctx, q, version, e.row.StateBefore); err != nil {
+			return err
+		}
+		out.After, err = s.snapshotEvents(ctx, q, version, e.row.StateAfter)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Membership returns userID's current membership in roomID ("" if none).
+func (s *Server) Membership(ctx context.Context, roomID, userID string) (string, error) {
+	var m *string
+	err := s.db.Reader().QueryRow(ctx, `SELECT membership FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, userID).Scan(&m)
+	if storage.IsNoRows(err) || m == nil {
+		return "", nil
+	}
+	return *m, err
+}
+
+// JoinedRooms lists the rooms userID is joined to.
+func (s *Server) JoinedRooms(ctx context.Context, userID string) ([]string, error) {
+	return s.RoomsForUser(ctx, userID, "join")
+}
+
+// RoomsForUser lists the rooms where userID's current membership is
+// membership; forgotten rooms are left out.
+func (s *Server) RoomsForUser(ctx context.Context, userID, membership string) ([]string, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id FROM roomserver_current_state c
+		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership = $2
+		AND NOT EXISTS (SELECT 1 FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
+		ORDER BY c.room_id`, userID, membership)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// Members returns the m.room.member events of the state userID may read,
+// optionally only those with the given membership.
+func (s *Server) Members(ctx context.Context, userID, roomID, membership string) ([]*Event, error) {
+	state, err := s.CurrentState(ctx, userID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Event
+	for _, e := range state {
+		if e.Type == "m.room.member" && (membership == "" || e.Membership == membership) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// EventsInRange returns the timeline events in stream positions
+// (From, To] that UserID may see, in rooms RoomIDs (default: every room
+// the user has a membership in), at most Limit. End is the position read
+// up to, which advances even when everything read was filtered out.
+func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeResponse, error) {
+	limit := req.Limit
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	to := req.To
+	if to <= 0 {
+		to = 1<<63 - 1
+	}
+	out := &RangeResponse{End: req.From}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		rooms := req.RoomIDs
+		if len(rooms) == 0 {
+			rows, err := q.Query(ctx, `SELECT room_id FROM roomserver_current_state
+				WHERE type = 'm.room.member' AND state_key = $1`, req.UserID)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					rows.Close()
+					return err
+				}
+				rooms = append(rooms, id)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+		}
+		if len(rooms) == 0 {
+			if to != 1<<63-1 {
+				out.End = to
+			}
+			return nil
+		}
+		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE room_id IN `, rooms)
+		n := len(args)
+		query += fmt.Sprintf(` AND event_nid > $%d AND event_nid <= $%d AND NOT rejected AND NOT soft_failed
+			ORDER BY event_nid LIMIT $%d`, n+1, n+2, n+3)
+		args = append(args, req.From, to, limit)
+		rows, err := queryEventRows(ctx, q, query, args...)
+		if err != nil {
+			return err
+		}
+		if out.Events, err = s.filterVisible(ctx, q, req.UserID, rows); err != nil {
+			return err
+		}
+		if len(rows) > 0 {
+			out.End = rows[len(rows)-1].NID
+		}
+		if len(rows) < limit && to != 1<<63-1 {
+			out.End = to
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// filterVisible parses rows and keeps those userID may see.
+func (s *Server) filterVisible(ctx context.Context, q storage.Querier, userID string, rows []*eventRow) ([]*Event, error) {
+	vis := s.newVisibility(q, userID)
+	versions := map[string]string{}
+	var out []*Event
+	for _, r := range rows {
+		version, ok := versions[r.RoomID]
+		if !ok {
+			room, err := loadRoom(ctx, q, r.RoomID)
+			if err != nil {
+				return nil, err
+			}
+			version = room.Version
+			versions[r.RoomID] = version
+		}
+		e := s.events.getNID(r.NID)
+		if e == nil || e.row.RedactedBecause == nil && r.RedactedBecause != nil {
+			var err error
+			if e, err = parseRow(version, r); err != nil {
+				return nil, err
+			}
+		}
+		ok, err := vis.canSee(ctx, version, e)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, toEvent(e))
+		}
+	}
+	return out, nil
+}
+
+// topoToken is a position in a room's topological order:
+// "t<depth>_<stream>". Spec: client-server-api, "Pagination".
+type topoToken struct{ depth, stream int64 }
+
+func (t topoToken) String() string { return "t" + itoa(t.depth) + "_" + itoa(t.stream) }
+
+func parseTopoToken(s string) (topoToken, error) {
+	rest, ok := strings.CutPrefix(s, "t")
+	d, st, ok2 := strings.Cut(rest, "_")
+	if !ok || !ok2 {
+		return topoToken{}, mxerr.New(mxerr.InvalidParam, "invalid pagination token %q", s)
+	}
+	depth, err1 := strconv.ParseInt(d, 10, 64)
+	stream, err2 := strconv.ParseInt(st, 10, 64)
+	if err1 != nil || err2 != nil {
+		return topoToken{}, mxerr.New(mxerr.InvalidParam, "invalid pagination token %q", s)
+	}
+	return topoToken{depth, stream}, nil
+}
+
+// Messages pages through a room's timeline in topological order (depth,
+// then stream position), returning what UserID may see. End is set even
+// when every event in the page was filtered out (security case 22).
+// Spec: client-server-api, "GET /rooms/{roomId}/messages".
+func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesResponse, error) {
+	limit := req.Limit
+	if limit <= 0 || limit > 1000 {
+		limit = 10
+	}
+	var from topoToken
+	switch {
+	case req.From != "":
+		var err error
+		if from, err = parseTopoToken(req.From); err != nil {
+			return nil, err
+		}
+	case req.Dir == Forward:
+		from = topoToken{0, 0}
+	default:
+		from = topoToken{1<<63 - 1, 1<<63 - 1}
+	}
+	out := &MessagesResponse{Start: from.String(), End: from.String()}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		if _, err := loadRoom(ctx, q, req.RoomID); err != nil {
+			return err
+		}
+		query := `SELECT ` + eventColumns + ` FROM roomserver_events WHERE room_id = $1 AND NOT rejected AND NOT soft_failed AND `
+		if req.Dir == Forward {
+			query += `(depth > $2 OR (depth = $2 AND event_nid > $3)) ORDER BY depth, event_nid LIMIT $4`
+		} else {
+			query += `(depth < $2 OR (depth = $2 AND event_nid < $3)) ORDER BY depth DESC, event_nid DESC LIMIT $4`
+		}
+		rows, err := queryEventRows(ctx, q, query, req.RoomID, from.depth, from.stream, limit)
+		if err != nil {
+			return err
+		}
+		if len(rows) > 0 {
+			last := rows[len(rows)-1]
+			out.End = topoToken{last.Depth, last.NID}.String()
+		}
+		out.Events, err = s.filterVisible(ctx, q, req.UserID, rows)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

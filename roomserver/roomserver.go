@@ -1,0 +1,175 @@
+package roomserver
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// Deps are the roomserver's dependencies.
+type Deps struct {
+	DB         *storage.DB
+	ServerName string
+	Key        *signing.Key
+	Config     config.RoomServer
+	// Notify is told that stream advanced to pos. It is called only after
+	// the transaction that wrote pos has committed. May be nil.
+	Notify func(stream string, pos int64)
+	// Now returns the current time; nil means time.Now (tests pin it).
+	Now func() time.Time
+}
+
+// Server implements API.
+type Server struct {
+	db         *storage.DB
+	serverName spec.ServerName
+	keyID      gomatrixserverlib.KeyID
+	key        *signing.Key
+	cfg        config.RoomServer
+	notify     func(string, int64)
+	now        func() time.Time
+
+	// roomLocks serialise writes per room (striped by room ID hash): the
+	// holder reads extremities and state, builds, and commits before
+	// releasing, so prev_events and extremities never race.
+	roomLocks [256]sync.Mutex
+
+	// events caches parsed events by event ID. Entries are immutable
+	// except for redaction, which replaces the entry.
+	events *eventCache
+}
+
+var _ API = (*Server)(nil)
+
+// supportedVersions is Myelin's room version table: the stable versions
+// 1–12. gomatrixserverlib also knows experimental versions (MSC4014,
+// hydra, state DAGs); they are not offered or accepted here.
+var supportedVersions = map[string]bool{
+	"1": true, "2": true, "3": true, "4": true, "5": true, "6": true,
+	"7": true, "8": true, "9": true, "10": true, "11": true, "12": true,
+}
+
+// roomVersion returns the gomatrixserverlib implementation of a supported
+// version, or M_UNSUPPORTED_ROOM_VERSION.
+func roomVersion(v string) (gomatrixserverlib.IRoomVersion, error) {
+	if !supportedVersions[v] {
+		return nil, mxerr.New(mxerr.UnsupportedRoomVersion, "room version %q is not supported", v)
+	}
+	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v))
+	if err != nil {
+		return nil, mxerr.New(mxerr.UnsupportedRoomVersion, "room version %q is not supported", v)
+	}
+	return impl, nil
+}
+
+var routeLogrusOnce sync.Once
+
+// routeLogrus sends gomatrixserverlib's logrus output to slog at debug
+// level: its warnings are about peers' events, which we report ourselves.
+func routeLogrus() {
+	routeLogrusOnce.Do(func() {
+		logrus.SetOutput(io.Discard)
+		logrus.AddHook(slogHook{})
+	})
+}
+
+type slogHook struct{}
+
+func (slogHook) Levels() []logrus.Level { return logrus.AllLevels }
+func (slogHook) Fire(e *logrus.Entry) error {
+	slog.Debug("gomatrixserverlib: "+e.Message, "level", e.Level.String())
+	return nil
+}
+
+// New migrates the roomserver's tables and returns a Server.
+func New(ctx context.Context, deps Deps) (*Server, error) {
+	if deps.DB == nil || deps.Key == nil || deps.ServerName == "" {
+		return nil, errors.New("roomserver: DB, Key and ServerName are required")
+	}
+	if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(deps.ServerName)); !ok {
+		return nil, fmt.Errorf("roomserver: invalid server name %q", deps.ServerName)
+	}
+	if deps.Config.DefaultRoomVersion == "" {
+		deps.Config.DefaultRoomVersion = config.RoomServer{}.Defaults().DefaultRoomVersion
+	}
+	if !supportedVersions[deps.Config.DefaultRoomVersion] {
+		return nil, fmt.Errorf("roomserver: default room version %q is not supported", deps.Config.DefaultRoomVersion)
+	}
+	routeLogrus()
+	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	if err := deps.DB.Migrate(ctx, "roomserver", sub); err != nil {
+		return nil, err
+	}
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Server{
+		db:         deps.DB,
+		serverName: spec.ServerName(deps.ServerName),
+		keyID:      gomatrixserverlib.KeyID(deps.Key.ID),
+		key:        deps.Key,
+		cfg:        deps.Config,
+		notify:     deps.Notify,
+		now:        now,
+		events:     newEventCache(4096),
+	}, nil
+}
+
+// lockRoom takes the write lock of roomID. Lock order: a goroutine holds
+// at most one room lock at a time.
+func (s *Server) lockRoom(roomID string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(roomID))
+	mu := &s.roomLocks[h.Sum32()%uint32(len(s.roomLocks))]
+	mu.Lock()
+	return mu.Unlock
+}
+
+// notifyAfter tells the notifier about pos once tx commits.
+func (s *Server) notifyAfter(tx storage.Tx, pos int64) {
+	if s.notify == nil || pos == 0 {
+		return
+	}
+	tx.AfterCommit(func() { s.notify(Stream, pos) })
+}
+
+// userIDForSender is the lenient sender lookup handed to
+// gomatrixserverlib: historical user IDs are allowed, so a sender that an
+// older server accepted does not make auth fail here.
+func userIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
+	return spec.NewUserID(string(senderID), true)
+}
+
+// guard runs fn, turning a gomatrixserverlib panic (it panics on some bad
+// room IDs and state sets) into an error.
+func guard[T any](what string, fn func() (T, error)) (out T, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("roomserver: %s: gomatrixserverlib panicked: %v", what, v)
+		}
+	}()
+	return fn()
+}

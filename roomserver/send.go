@@ -1,0 +1,255 @@
+package roomserver
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/sjson"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// SendEvent builds a local event on the room's forward extremities, signs
+// it, checks it against the auth rules and persists it in one write
+// transaction together with its transaction-ID mapping.
+// Spec: client-server-api, "PUT /rooms/{roomId}/send/{eventType}/{txnId}"
+// and "Transaction identifiers".
+func (s *Server) SendEvent(ctx context.Context, req SendEventRequest) (*SendEventResponse, error) {
+	if err := s.checkSendRequest(&req); err != nil {
+		return nil, err
+	}
+	if req.Type == "m.room.create" {
+		return nil, mxerr.New(mxerr.Forbidden, "m.room.create can only be sent by creating a room")
+	}
+	proto := &gomatrixserverlib.ProtoEvent{
+		SenderID: req.Sender,
+		RoomID:   req.RoomID,
+		Type:     req.Type,
+		StateKey: req.StateKey,
+		Content:  []byte(req.Content),
+	}
+	return s.sendProto(ctx, req.RoomID, proto, req.Redacts, req.TxnID)
+}
+
+func (s *Server) checkSendRequest(req *SendEventRequest) error {
+	if domainOf(req.Sender) != string(s.serverName) {
+		return mxerr.New(mxerr.Forbidden, "sender %s is not a local user", req.Sender)
+	}
+	if req.Type == "" {
+		return mxerr.New(mxerr.BadJSON, "event type is empty")
+	}
+	if err := checkFieldLimits(req.Type, req.StateKey, req.Sender); err != nil {
+		return err
+	}
+	if len(req.Content) == 0 {
+		req.Content = []byte("{}")
+	}
+	if len(req.Content) > maxEventBytes {
+		return mxerr.New(mxerr.TooLarge, "content is %d bytes, more than the %d an event may have", len(req.Content), maxEventBytes)
+	}
+	if req.Content[0] != '{' {
+		return mxerr.New(mxerr.BadJSON, "content must be a JSON object")
+	}
+	return validateClientJSON(req.Content)
+}
+
+// sendProto is the local write path shared by SendEvent and the
+// membership calls: under the room lock, build on the current state,
+// decide, and commit.
+func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
+	unlock := s.lockRoom(roomID)
+	defer unlock()
+	reader := s.db.Reader()
+	if txn != nil {
+		if id, err := lookupTxn(ctx, reader, roomID, proto.SenderID, txn); err != nil {
+			return nil, err
+		} else if id != "" {
+			return s.existingSend(ctx, id)
+		}
+	}
+	room, err := loadRoom(ctx, reader, roomID)
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := s.build(ctx, reader, nil, room, proto, redacts)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.prepare(ctx, reader, nil, room, pdu)
+	if err != nil {
+		return nil, err
+	}
+	if p.outcome != Accepted {
+		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		if err := s.commit(ctx, tx, p); err != nil {
+			return err
+		}
+		if txn != nil {
+			return insertTxn(ctx, tx, roomID, proto.SenderID, txn, p.row.EventID, s.now().UnixMilli())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
+}
+
+func (s *Server) existingSend(ctx context.Context, eventID string) (*SendEventResponse, error) {
+	row, err := eventRowByID(ctx, s.db.Reader(), eventID)
+	if err != nil {
+		return nil, err
+	}
+	return &SendEventResponse{EventID: eventID, StreamPos: row.NID}, nil
+}
+
+// build makes, hashes and signs a local event with prev_events = the
+// room's forward extremities and auth_events chosen from the current
+// state as the room version requires.
+// Spec: server-server-api, "Auth events selection".
+func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, room *roomRow, proto *gomatrixserverlib.ProtoEvent, redacts string) (gomatrixserverlib.PDU, error) {
+	impl, err := roomVersion(room.Version)
+	if err != nil {
+		return nil, err
+	}
+	if redacts != "" {
+		if room.Version == "11" || room.Version == "12" {
+			// Spec: rooms/v11, "Moving the redacts key".
+			c, err := sjson.SetBytes(proto.Content, "redacts", redacts)
+			if err != nil {
+				return nil, mxerr.Wrap(err, mxerr.BadJSON, "bad content")
+			}
+			proto.Content = c
+		} else {
+			proto.Redacts = redacts
+		}
+	}
+	proto.PrevEvents = append([]string{}, room.Extremities...)
+	proto.Depth = min(room.MaxDepth+1, maxSafeInt)
+	proto.Version = impl
+
+	needed, err := guard("auth events needed", func() (gomatrixserverlib.StateNeeded, error) {
+		return gomatrixserverlib.StateNeededForProtoEvent(proto)
+	})
+	if err != nil {
+		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid event")
+	}
+	keys := []tuple{{"m.room.create", ""}}
+	for _, t := range needed.Tuples() {
+		keys = append(keys, tuple{t.EventType, t.StateKey})
+	}
+	state, err := s.stateEventsFor(ctx, q, tx, room, room.CurrentSnapshot, nil, keys)
+	if err != nil {
+		return nil, err
+	}
+	return guard("building event", func() (gomatrixserverlib.PDU, error) {
+		eb := impl.NewEventBuilderFromProtoEvent(proto)
+		provider, err := gomatrixserverlib.NewAuthEvents(state)
+		if err != nil {
+			return nil, err
+		}
+		if err := eb.AddAuthEvents(provider); err != nil {
+			return nil, mxerr.Wrap(err, mxerr.Forbidden, "cannot select auth events")
+		}
+		return s.sign(eb)
+	})
+}
+
+// sign builds and signs eb and applies the size limits.
+func (s *Server) sign(eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU, error) {
+	pdu, err := eb.Build(s.now(), s.serverName, s.keyID, s.key.PrivateKey)
+	if err != nil {
+		return nil, buildError(err)
+	}
+	if err := checkEventLimits(pdu); err != nil {
+		return nil, err
+	}
+	return pdu, nil
+}
+
+// StreamPosition returns the latest room event stream position.
+func (s *Server) StreamPosition(ctx context.Context) (int64, error) {
+	var pos int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&pos)
+	return pos, err
+}
+
+// RoomVersion returns a room's version.
+func (s *Server) RoomVersion(ctx context.Context, roomID string) (string, error) {
+	room, err := loadRoom(ctx, s.db.Reader(), roomID)
+	if err != nil {
+		return "", err
+	}
+	return room.Version, nil
+}
+
+// InputEvent is the federation entry point: it parses a PDU of the given
+// room version and decides and stores it like a local event, except that
+// failing auth stores it as rejected instead of returning an error.
+// Spec: server-server-api, "Checks performed on receipt of a PDU".
+func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputEventResponse, error) {
+	impl, err := roomVersion(req.RoomVersion)
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) {
+		return impl.NewEventFromUntrustedJSON(req.JSON)
+	})
+	if err != nil {
+		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
+	}
+	if n := len(pdu.JSON()); n > maxEventBytes {
+		return nil, mxerr.New(mxerr.TooLarge, "PDU is %d bytes", n)
+	}
+	roomID, err := guard("room ID", func() (string, error) { return pdu.RoomID().String(), nil })
+	if err != nil {
+		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
+	}
+	unlock := s.lockRoom(roomID)
+	defer unlock()
+	reader := s.db.Reader()
+	if _, err := eventRowByID(ctx, reader, pdu.EventID()); err == nil {
+		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
+	} else if !mxerr.Is(err, mxerr.NotFound) {
+		return nil, err
+	}
+	var room *roomRow
+	if isCreate(pdu) {
+		room = &roomRow{RoomID: roomID, Version: req.RoomVersion}
+	} else if room, err = loadRoom(ctx, reader, roomID); err != nil {
+		return nil, err
+	}
+	if room.Version != req.RoomVersion {
+		return nil, mxerr.New(mxerr.BadJSON, "room %s is version %s, not %s", roomID, room.Version, req.RoomVersion)
+	}
+	p, err := s.prepare(ctx, reader, nil, room, pdu)
+	if err != nil {
+		return nil, err
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		if isCreate(pdu) && p.outcome == Accepted {
+			if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
+				return err
+			}
+		}
+		if isCreate(pdu) && p.outcome != Accepted {
+			return mxerr.New(mxerr.Forbidden, "%s", p.reason) // no room to store it in
+		}
+		return s.commit(ctx, tx, p)
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &InputEventResponse{EventID: p.row.EventID, Outcome: p.outcome, Reason: p.reason}
+	if p.outcome == Accepted {
+		resp.StreamPos = p.row.NID
+	}
+	return resp, nil
+}
+
+// itoa is strconv.FormatInt for int64.
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,178 @@
+package roomserver
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// Security cases 1–4: size and JSON limits. Nothing is stored and no
+// stream position is used by a refused event.
+func TestSendLimits(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		s := newTestServer(t, db)
+		ctx := context.Background()
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "11", Preset: PresetPublicChat}).RoomID
+		before, _ := s.StreamPosition(ctx)
+		rowsBefore := countRows(t, db, "roomserver_events")
+
+		body := func(n int) string { return `{"body":"` + strings.Repeat("x", n) + `"}` }
+		long := strings.Repeat("t", 256)
+		cases := []struct {
+			name     string
+			typ      string
+			stateKey *string
+			content  string
+			want     mxerr.Code
+		}{
+			{"event over 65536 bytes", "m.room.message", nil, body(65000), mxerr.TooLarge},
+			{"content over 65536 bytes", "m.room.message", nil, body(70000), mxerr.TooLarge},
+			{"type over 255 bytes", long, nil, `{}`, mxerr.BadJSON},
+			{"state_key over 255 bytes", "m.room.topic", &long, `{}`, mxerr.BadJSON},
+			{"2^53", "m.room.message", nil, `{"n":9007199254740992}`, mxerr.BadJSON},
+			{"-2^53", "m.room.message", nil, `{"n":-9007199254740992}`, mxerr.BadJSON},
+			{"float", "m.room.message", nil, `{"n":1.1}`, mxerr.BadJSON},
+			{"exponent", "m.room.message", nil, `{"n":1e3}`, mxerr.BadJSON},
+			{"minus zero", "m.room.message", nil, `{"n":-0}`, mxerr.BadJSON},
+			{"NaN", "m.room.message", nil, `{"n":NaN}`, mxerr.BadJSON},
+			{"duplicate keys", "m.room.message", nil, `{"body":"a","body":"b"}`, mxerr.BadJSON},
+			{"lone surrogate", "m.room.message", nil, `{"body":"\ud800"}`, mxerr.BadJSON},
+			{"invalid UTF-8", "m.room.message", nil, "{\"body\":\"\xff\"}", mxerr.BadJSON},
+			{"not an object", "m.room.message", nil, `[1]`, mxerr.BadJSON},
+		}
+		for _, c := range cases {
+			_, err := s.SendEvent(ctx, SendEventRequest{RoomID: room, Sender: alice, Type: c.typ, StateKey: c.stateKey, Content: json.RawMessage(c.content)})
+			if !mxerr.Is(err, c.want) {
+				t.Errorf("%s: got %v, want %s", c.name, err, c.want)
+			}
+			if c.want == mxerr.TooLarge {
+				if e, _ := mxerr.As(err); e == nil || e.Status() != 413 {
+					t.Errorf("%s: status is not 413", c.name)
+				}
+			}
+		}
+		// Largest safe integers and a message just under the limit pass.
+		mustSend(t, s, room, alice, "m.room.message", nil, `{"n":9007199254740991,"m":-9007199254740991,"s":"\ud83d\ude00"}`)
+		after, _ := s.StreamPosition(ctx)
+		if got := countRows(t, db, "roomserver_events"); got != rowsBefore+1 {
+			t.Fatalf("stored %d events for 1 accepted send", got-rowsBefore)
+		}
+		if db.Engine() == storage.SQLite && after != before+1 {
+			t.Fatalf("stream moved from %d to %d for one accepted event", before, after)
+		}
+	})
+}
+
+// Security case 34: a retried send with the same device and txnId
+// returns the first event, also after a restart.
+func TestTxnIdempotencyAcrossReopen(t *testing.T) {
+	for _, engine := range storagetest.Engines() {
+		t.Run(string(engine), func(t *testing.T) {
+			ctx := context.Background()
+			var opts storage.Options
+			if engine == storage.SQLite {
+				opts = storagetest.SQLiteOptions(t)
+			} else {
+				opts = storagetest.PostgresOptions(t)
+			}
+			db, err := storage.Open(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := newTestServer(t, db)
+			room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+			req := SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
+				Content: json.RawMessage(`{"body":"once"}`), TxnID: &TxnID{DeviceID: "DEV", TxnID: "t1"}}
+			first, err := s.SendEvent(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := s.SendEvent(ctx, req)
+			if err != nil || again.EventID != first.EventID {
+				t.Fatalf("retry gave %v, %v; want %s", again, err, first.EventID)
+			}
+			db.Close()
+
+			db, err = storage.Open(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			s = newTestServer(t, db)
+			n := countRows(t, db, "roomserver_events")
+			retry, err := s.SendEvent(ctx, req)
+			if err != nil || retry.EventID != first.EventID || retry.StreamPos != first.StreamPos {
+				t.Fatalf("retry after reopen gave %+v, %v; want %s", retry, err, first.EventID)
+			}
+			if got := countRows(t, db, "roomserver_events"); got != n {
+				t.Fatalf("retry stored a duplicate")
+			}
+			// Another device with the same txnId is a different request.
+			other := req
+			other.TxnID = &TxnID{DeviceID: "DEV2", TxnID: "t1"}
+			second, err := s.SendEvent(ctx, other)
+			if err != nil || second.EventID == first.EventID {
+				t.Fatalf("other device got %v, %v", second, err)
+			}
+		})
+	}
+}
+
+// Many messages share one state snapshot: the state tables do not grow.
+func TestSnapshotSharing(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		s := newTestServer(t, db)
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+		snaps, entries := countRows(t, db, "roomserver_snapshots"), countRows(t, db, "roomserver_snapshot_entries")
+		for i := 0; i < 50; i++ {
+			mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"hi"}`)
+		}
+		if s2, e2 := countRows(t, db, "roomserver_snapshots"), countRows(t, db, "roomserver_snapshot_entries"); s2 != snaps || e2 != entries {
+			t.Fatalf("50 messages grew snapshots %d->%d, entries %d->%d", snaps, s2, entries, e2)
+		}
+		// A state change adds one delta row, not a copy of the state.
+		mustSend(t, s, room, alice, "m.room.topic", ptr(""), `{"topic":"x"}`)
+		if e3 := countRows(t, db, "roomserver_snapshot_entries"); e3 != entries+1 {
+			t.Fatalf("one state event added %d snapshot entries", e3-entries)
+		}
+		// Long chains are cut by full snapshots and still read correctly.
+		for i := 0; i < 2*maxSnapshotChain; i++ {
+			mustSend(t, s, room, alice, "m.room.topic", ptr(""), `{"topic":"t`+itoa(int64(i))+`"}`)
+		}
+		if got := stateContent(t, s, alice, room, "m.room.topic", "")["topic"]; got != "t"+itoa(2*maxSnapshotChain-1) {
+			t.Fatalf("topic = %v", got)
+		}
+		state, err := s.CurrentState(context.Background(), alice, room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var maxChain int
+		if err := db.Reader().QueryRow(context.Background(), `SELECT MAX(chain_len) FROM roomserver_snapshots`).Scan(&maxChain); err != nil {
+			t.Fatal(err)
+		}
+		if maxChain >= maxSnapshotChain {
+			t.Fatalf("snapshot chain reached %d", maxChain)
+		}
+		full, err := loadSnapshot(context.Background(), db.Reader(), mustRoom(t, db, room).CurrentSnapshot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(full) != len(state) {
+			t.Fatalf("snapshot has %d entries, current state %d", len(full), len(state))
+		}
+	})
+}
+
+func mustRoom(t testing.TB, db *storage.DB, roomID string) *roomRow {
+	t.Helper()
+	r, err := loadRoom(context.Background(), db.Reader(), roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

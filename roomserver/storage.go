@@ -1,0 +1,454 @@
+package roomserver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// tuple is a state key: (event type, state key).
+type tuple struct{ Type, StateKey string }
+
+// stateMap maps each state key to the event NID holding it.
+type stateMap map[tuple]int64
+
+// maxSnapshotChain bounds how many deltas a snapshot read walks; past it
+// the next snapshot is written in full.
+const maxSnapshotChain = 32
+
+// roomRow is a row of roomserver_rooms.
+type roomRow struct {
+	RoomID          string
+	Version         string
+	CurrentSnapshot int64
+	Extremities     []string
+	MaxDepth        int64
+}
+
+func loadRoom(ctx context.Context, q storage.Querier, roomID string) (*roomRow, error) {
+	r := &roomRow{RoomID: roomID}
+	var ext string
+	err := q.QueryRow(ctx, `SELECT room_version, current_snapshot, extremities, max_depth
+		FROM roomserver_rooms WHERE room_id = $1`, roomID).Scan(&r.Version, &r.CurrentSnapshot, &ext, &r.MaxDepth)
+	if storage.IsNoRows(err) {
+		return nil, mxerr.New(mxerr.NotFound, "unknown room %s", roomID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading room %s: %w", roomID, err)
+	}
+	if err := json.Unmarshal([]byte(ext), &r.Extremities); err != nil {
+		return nil, fmt.Errorf("room %s: bad extremities: %w", roomID, err)
+	}
+	return r, nil
+}
+
+func insertRoom(ctx context.Context, tx storage.Tx, roomID, version string, ts int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO roomserver_rooms (room_id, room_version, created_ts) VALUES ($1, $2, $3)`,
+		roomID, version, ts)
+	if storage.IsUniqueViolation(err) {
+		return mxerr.New(mxerr.RoomInUse, "room %s already exists", roomID)
+	}
+	return err
+}
+
+func saveRoom(ctx context.Context, tx storage.Tx, r *roomRow) error {
+	ext, err := json.Marshal(r.Extremities)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `UPDATE roomserver_rooms SET current_snapshot = $2, extremities = $3, max_depth = $4
+		WHERE room_id = $1`, r.RoomID, r.CurrentSnapshot, string(ext), r.MaxDepth)
+	return err
+}
+
+// eventRow is a row of roomserver_events.
+type eventRow struct {
+	NID             int64
+	EventID         string
+	RoomID          string
+	Type            string
+	StateKey        *string
+	Sender          string
+	Membership      *string
+	Depth           int64
+	OriginServerTS  int64
+	Redacts         *string
+	JSON            string
+	Rejected        bool
+	SoftFailed      bool
+	RedactedBecause *string
+	StateBefore     int64
+	StateAfter      int64
+}
+
+const eventColumns = `event_nid, event_id, room_id, type, state_key, sender, membership, depth,
+	origin_server_ts, redacts, json, rejected, soft_failed, redacted_because, state_before, state_after`
+
+func scanEvent(sc interface{ Scan(...any) error }) (*eventRow, error) {
+	e := &eventRow{}
+	err := sc.Scan(&e.NID, &e.EventID, &e.RoomID, &e.Type, &e.StateKey, &e.Sender, &e.Membership, &e.Depth,
+		&e.OriginServerTS, &e.Redacts, &e.JSON, &e.Rejected, &e.SoftFailed, &e.RedactedBecause, &e.StateBefore, &e.StateAfter)
+	return e, err
+}
+
+// pgStreamLock serialises stream allocation on PostgreSQL so positions
+// become visible in order: a reader that has seen position N has seen
+// every position below it. (SQLite has one writer already.)
+const pgStreamLock = 4242101
+
+func (s *Server) insertEvent(ctx context.Context, tx storage.Tx, e *eventRow) (int64, error) {
+	if s.db.Engine() == storage.Postgres {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pgStreamLock); err != nil {
+			return 0, err
+		}
+	}
+	err := tx.QueryRow(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, state_key, sender, membership,
+		depth, origin_server_ts, redacts, json, rejected, soft_failed, state_before, state_after)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING event_nid`,
+		e.EventID, e.RoomID, e.Type, e.StateKey, e.Sender, e.Membership, e.Depth, e.OriginServerTS, e.Redacts,
+		e.JSON, e.Rejected, e.SoftFailed, e.StateBefore, e.StateAfter).Scan(&e.NID)
+	if err != nil {
+		return 0, fmt.Errorf("inserting event %s: %w", e.EventID, err)
+	}
+	return e.NID, nil
+}
+
+func eventRowByID(ctx context.Context, q storage.Querier, eventID string) (*eventRow, error) {
+	e, err := scanEvent(q.QueryRow(ctx, `SELECT `+eventColumns+` FROM roomserver_events WHERE event_id = $1`, eventID))
+	if storage.IsNoRows(err) {
+		return nil, mxerr.New(mxerr.NotFound, "unknown event %s", eventID)
+	}
+	return e, err
+}
+
+func queryEventRows(ctx context.Context, q storage.Querier, query string, args ...any) ([]*eventRow, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*eventRow
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// eventRowsByNID loads events by NID, in the order given.
+func eventRowsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]*eventRow, error) {
+	if len(nids) == 0 {
+		return nil, nil
+	}
+	byNID := make(map[int64]*eventRow, len(nids))
+	const chunk = 500
+	for start := 0; start < len(nids); start += chunk {
+		part := nids[start:min(start+chunk, len(nids))]
+		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE event_nid IN `, part)
+		rows, err := queryEventRows(ctx, q, query, args...)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			byNID[r.NID] = r
+		}
+	}
+	out := make([]*eventRow, 0, len(nids))
+	for _, nid := range nids {
+		if r, ok := byNID[nid]; ok {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// eventRowsByID loads events by ID; unknown IDs are left out.
+func eventRowsByID(ctx context.Context, q storage.Querier, ids []string) (map[string]*eventRow, error) {
+	out := make(map[string]*eventRow, len(ids))
+	const chunk = 500
+	for start := 0; start < len(ids); start += chunk {
+		part := ids[start:min(start+chunk, len(ids))]
+		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE event_id IN `, part)
+		rows, err := queryEventRows(ctx, q, query, args...)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			out[r.EventID] = r
+		}
+	}
+	return out, nil
+}
+
+// inList appends "($1, $2, ...)" for values to prefix.
+func inList[T any](prefix string, values []T) (string, []any) {
+	var b strings.Builder
+	b.WriteString(prefix)
+	b.WriteByte('(')
+	args := make([]any, len(values))
+	for i, v := range values {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d", i+1)
+		args[i] = v
+	}
+	b.WriteByte(')')
+	return b.String(), args
+}
+
+// loadSnapshot returns the state of snapshot nid (empty for 0).
+func loadSnapshot(ctx context.Context, q storage.Querier, nid int64) (stateMap, error) {
+	out := stateMap{}
+	if nid == 0 {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
+			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
+			UNION ALL
+			SELECT s.snapshot_nid, s.parent_nid, c.lvl + 1 FROM roomserver_snapshots s JOIN chain c ON s.snapshot_nid = c.parent
+		)
+		SELECT e.type, e.state_key, e.event_nid FROM chain c
+		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
+		ORDER BY c.lvl DESC`, nid)
+	if err != nil {
+		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t tuple
+		var eventNID int64
+		if err := rows.Scan(&t.Type, &t.StateKey, &eventNID); err != nil {
+			return nil, err
+		}
+		out[t] = eventNID // deeper (older) levels first; nearer ones override
+	}
+	return out, rows.Err()
+}
+
+// loadSnapshotKeys returns only the given keys of snapshot nid.
+func loadSnapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []tuple) (stateMap, error) {
+	out := stateMap{}
+	if nid == 0 || len(keys) == 0 {
+		return out, nil
+	}
+	var b strings.Builder
+	args := []any{nid}
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(" OR ")
+		}
+		fmt.Fprintf(&b, "(e.type = $%d AND e.state_key = $%d)", len(args)+1, len(args)+2)
+		args = append(args, k.Type, k.StateKey)
+	}
+	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
+			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
+			UNION ALL
+			SELECT s.snapshot_nid, s.parent_nid, c.lvl + 1 FROM roomserver_snapshots s JOIN chain c ON s.snapshot_nid = c.parent
+		)
+		SELECT e.type, e.state_key, e.event_nid FROM chain c
+		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
+		WHERE `+b.String()+` ORDER BY c.lvl DESC`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t tuple
+		var eventNID int64
+		if err := rows.Scan(&t.Type, &t.StateKey, &eventNID); err != nil {
+			return nil, err
+		}
+		out[t] = eventNID
+	}
+	return out, rows.Err()
+}
+
+// writeSnapshot stores state as a snapshot. When state equals the
+// parent's, the parent is shared and nothing is written; otherwise only
+// the changed entries are written as a delta on parent, unless entries
+// were removed or the chain is long, when the snapshot is written whole.
+func writeSnapshot(ctx context.Context, tx storage.Tx, roomID string, parent int64, parentState, state stateMap) (int64, error) {
+	delta := stateMap{}
+	removed := false
+	for k, v := range state {
+		if parentState[k] != v {
+			delta[k] = v
+		}
+	}
+	for k := range parentState {
+		if _, ok := state[k]; !ok {
+			removed = true
+			break
+		}
+	}
+	if parent != 0 && len(delta) == 0 && !removed {
+		return parent, nil
+	}
+	chainLen := int64(0)
+	if parent != 0 && !removed {
+		if err := tx.QueryRow(ctx, `SELECT chain_len FROM roomserver_snapshots WHERE snapshot_nid = $1`, parent).Scan(&chainLen); err != nil {
+			return 0, fmt.Errorf("loading snapshot %d: %w", parent, err)
+		}
+		chainLen++
+	}
+	var parentArg any
+	entries := delta
+	if parent == 0 || removed || chainLen >= maxSnapshotChain {
+		chainLen, entries = 0, state
+	} else {
+		parentArg = parent
+	}
+	var nid int64
+	if err := tx.QueryRow(ctx, `INSERT INTO roomserver_snapshots (room_id, parent_nid, chain_len) VALUES ($1, $2, $3)
+		RETURNING snapshot_nid`, roomID, parentArg, chainLen).Scan(&nid); err != nil {
+		return 0, fmt.Errorf("inserting snapshot: %w", err)
+	}
+	keys := sortedTuples(entries)
+	for _, k := range keys {
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_snapshot_entries (snapshot_nid, type, state_key, event_nid)
+			VALUES ($1, $2, $3, $4)`, nid, k.Type, k.StateKey, entries[k]); err != nil {
+			return 0, fmt.Errorf("inserting snapshot entry: %w", err)
+		}
+	}
+	return nid, nil
+}
+
+func sortedTuples(m stateMap) []tuple {
+	keys := make([]tuple, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].Type != keys[j].Type {
+			return keys[i].Type < keys[j].Type
+		}
+		return keys[i].StateKey < keys[j].StateKey
+	})
+	return keys
+}
+
+// updateCurrentState brings roomserver_current_state from old to state.
+func updateCurrentState(ctx context.Context, tx storage.Tx, roomID string, old, state stateMap, rows map[int64]*eventRow) error {
+	for k := range old {
+		if _, ok := state[k]; !ok {
+			if _, err := tx.Exec(ctx, `DELETE FROM roomserver_current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`,
+				roomID, k.Type, k.StateKey); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range sortedTuples(state) {
+		nid := state[k]
+		if old[k] == nid {
+			continue
+		}
+		row := rows[nid]
+		if row == nil {
+			return fmt.Errorf("current state: event NID %d not loaded", nid)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_current_state (room_id, type, state_key, event_nid, event_id, membership)
+			VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_nid = excluded.event_nid,
+				event_id = excluded.event_id, membership = excluded.membership`,
+			roomID, k.Type, k.StateKey, nid, row.EventID, row.Membership); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// currentStateNIDs reads the event NIDs of chosen current state keys.
+func currentStateNIDs(ctx context.Context, q storage.Querier, roomID string, keys []tuple) (stateMap, error) {
+	out := stateMap{}
+	for _, k := range keys {
+		var nid int64
+		err := q.QueryRow(ctx, `SELECT event_nid FROM roomserver_current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`,
+			roomID, k.Type, k.StateKey).Scan(&nid)
+		if storage.IsNoRows(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[k] = nid
+	}
+	return out, nil
+}
+
+func lookupTxn(ctx context.Context, q storage.Querier, roomID, userID string, txn *TxnID) (string, error) {
+	var eventID string
+	err := q.QueryRow(ctx, `SELECT event_id FROM roomserver_txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4`,
+		roomID, userID, txn.DeviceID, txn.TxnID).Scan(&eventID)
+	if storage.IsNoRows(err) {
+		return "", nil
+	}
+	return eventID, err
+}
+
+func insertTxn(ctx context.Context, tx storage.Tx, roomID, userID string, txn *TxnID, eventID string, ts int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO roomserver_txn_ids (room_id, user_id, device_id, txn_id, event_id, created_ts)
+		VALUES ($1, $2, $3, $4, $5, $6)`, roomID, userID, txn.DeviceID, txn.TxnID, eventID, ts)
+	return err
+}
+
+// eventCache holds parsed events by NID and by ID. Bounded: when full it
+// is emptied, which is crude but keeps memory flat and the hot set
+// refills quickly. An entry is replaced when its event is redacted.
+type eventCache struct {
+	mu    sync.Mutex
+	max   int
+	byNID map[int64]*loadedEvent  // guarded by mu
+	byID  map[string]*loadedEvent // guarded by mu
+}
+
+func newEventCache(max int) *eventCache {
+	return &eventCache{max: max, byNID: make(map[int64]*loadedEvent), byID: make(map[string]*loadedEvent)}
+}
+
+func (c *eventCache) getNID(nid int64) *loadedEvent {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byNID[nid]
+}
+
+func (c *eventCache) getID(id string) *loadedEvent {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byID[id]
+}
+
+func (c *eventCache) put(e *loadedEvent) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byNID) >= c.max {
+		c.byNID = make(map[int64]*loadedEvent)
+		c.byID = make(map[string]*loadedEvent)
+	}
+	c.byNID[e.row.NID] = e
+	c.byID[e.row.EventID] = e
+}
+
+func (c *eventCache) drop(nid int64, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byNID, nid)
+	delete(c.byID, id)
+}
+
+// nullString returns nil for "" so the column stores NULL.
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
