@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
@@ -146,3 +148,35 @@ func rawRequest(t testing.TB, srv *testserver.Server, u *user, method, path, bod
 	return resp.StatusCode, out
 }
 
+func mustFilter(s string) *mautrix.Filter {
+	var f mautrix.Filter
+	if err := json.Unmarshal([]byte(s), &f); err != nil {
+		panic(err)
+	}
+	return &f
+}
+
+func postgresAvailable() bool { return os.Getenv("MYELIN_TEST_POSTGRES") != "" }
+
+// startStoppable starts a server that the test may stop before it ends,
+// to start another on the same data. The server runs inside a subtest
+// whose cleanup stops it; stop ends that subtest and waits for it.
+func startStoppable(t *testing.T, engine storage.Engine, edit func(*config.Config)) (*testserver.Server, func()) {
+	t.Helper()
+	var srv *testserver.Server
+	done, started, finished := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t.Run("server", func(st *testing.T) {
+			srv = testserver.Start(st, engine, edit)
+			close(started)
+			<-done
+		})
+	}()
+	select {
+	case <-started:
+	case <-finished:
+		t.FailNow()
+	}
+	return srv, func() { close(done); <-finished }
+}
