@@ -16,7 +16,10 @@ import (
 var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5"}
 
 // unstableFeatures lists MSC feature flags that are really implemented.
-var unstableFeatures = map[string]bool{}
+var unstableFeatures = map[string]bool{
+	// Simplified sliding sync (MSC4186), served by syncapi.
+	"org.matrix.simplified_msc3575": true,
+}
 
 func (s *Server) discoveryRoutes(r chi.Router) {
 	// Spec: client-server-api, "GET /_matrix/client/versions".

@@ -23,8 +23,11 @@ import (
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/syncapi"
 )
 
 // Homeserver is a running set of components sharing one database.
@@ -33,7 +36,11 @@ type Homeserver struct {
 	DB        *storage.DB
 	Key       *signing.Key
 	ClientAPI *clientapi.Server
-	Log       *slog.Logger
+	Rooms     *roomserver.Server
+	Sync      *syncapi.Server
+	// Notifier carries "stream S advanced to N" between components.
+	Notifier *notifier.Notifier
+	Log      *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -96,9 +103,30 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, err
 	}
-	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP})
+	// baseCtx is the lifetime of background work and the parent of
+	// every request; cancelled at shutdown.
+	baseCtx, cancel := context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			cancel()
+		}
+	}()
+	notify := notifier.New()
+	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
+		Config: cfg.RoomServer, Notify: notify.Notify})
+	if err != nil {
+		return nil, fmt.Errorf("roomserver: %w", err)
+	}
+	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+		Notify: notify.Notify})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
+	}
+	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
+		Notifier: notify, Verifier: client, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("syncapi: %w", err)
 	}
 	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
 
@@ -114,14 +142,18 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	}
 	client.Routes(r)
+	syncServer.Routes(r)
 	federation.Routes(r)
 
-	baseCtx, cancel := context.WithCancel(context.Background())
+	ok = true
 	return &Homeserver{
 		Config:     cfg,
 		DB:         db,
 		Key:        key,
 		ClientAPI:  client,
+		Rooms:      rooms,
+		Sync:       syncServer,
+		Notifier:   notify,
 		Log:        logger,
 		handler:    r,
 		baseCtx:    baseCtx,

@@ -1,0 +1,361 @@
+package roomserver
+
+import (
+	"context"
+	"slices"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// This file holds the reads the sync component needs beyond API: they
+// answer from the indexed current state and the event log by position,
+// so an initial sync of many rooms never walks history or snapshots.
+// Methods that return state without a user ID do no visibility check:
+// the caller must already know the user may see the room's current
+// state (it is joined), or use the result only for what any invitee may
+// see (stripped state).
+
+// MembershipEntry is a user's current membership in one room.
+type MembershipEntry struct {
+	RoomID     string
+	Membership string // join, invite, knock, leave, ban
+	EventID    string // the m.room.member event holding it
+	StreamPos  int64  // that event's stream position
+}
+
+// UserMemberships lists userID's current memberships, leaving out
+// forgotten rooms.
+func (s *Server) UserMemberships(ctx context.Context, userID string) ([]MembershipEntry, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.event_nid
+		FROM roomserver_current_state c
+		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL
+		AND NOT EXISTS (SELECT 1 FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
+		ORDER BY c.room_id`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []MembershipEntry
+	for rows.Next() {
+		var m MembershipEntry
+		if err := rows.Scan(&m.RoomID, &m.Membership, &m.EventID, &m.StreamPos); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// RecentRequest asks for the latest timeline events of one room in
+// stream positions (From, To].
+type RecentRequest struct {
+	UserID string
+	RoomID string
+	From   int64
+	To     int64
+	Limit  int
+}
+
+// RecentResponse holds up to Limit events in stream order, whether more
+// events were left out (Limited), and a /messages token (PrevBatch)
+// that pages backwards from the first returned event.
+type RecentResponse struct {
+	Events    []*Event
+	Limited   bool
+	PrevBatch string
+}
+
+// RecentEvents returns the last Limit events of a room in (From, To]
+// that UserID may see.
+func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentResponse, error) {
+	limit := max(req.Limit, 1)
+	out := &RecentResponse{}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
+			WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
+			ORDER BY event_nid DESC LIMIT $4`, req.RoomID, req.From, req.To, limit+1)
+		if err != nil {
+			return err
+		}
+		if len(rows) > limit {
+			out.Limited = true
+			rows = rows[:limit]
+		}
+		slices.Reverse(rows)
+		if len(rows) > 0 {
+			out.PrevBatch = TopologicalToken(rows[0].Depth, rows[0].NID)
+		} else {
+			// Nothing new: page back from the latest event at or before To.
+			var depth, nid int64
+			err := q.QueryRow(ctx, `SELECT depth, event_nid FROM roomserver_events
+				WHERE room_id = $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+				ORDER BY event_nid DESC LIMIT 1`, req.RoomID, req.To).Scan(&depth, &nid)
+			if err != nil && !storage.IsNoRows(err) {
+				return err
+			}
+			out.PrevBatch = TopologicalToken(depth, nid+1)
+		}
+		out.Events, err = s.filterVisible(ctx, q, req.UserID, rows)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TopologicalToken is a /messages token for the position (depth, stream
+// position): paging backwards from it returns the events before it.
+func TopologicalToken(depth, streamPos int64) string {
+	return topoToken{depth, streamPos}.String()
+}
+
+// IndexedCurrentState returns a room's current state events from the
+// indexed current state: all of them, or only those of the given types,
+// leaving out m.room.member events when skipMembers is set (lazy-loading
+// clients ask for members separately). No visibility check: see the
+// note at the top of this file.
+func (s *Server) IndexedCurrentState(ctx context.Context, roomID string, types []string, skipMembers bool) ([]*Event, error) {
+	query, args := `SELECT event_nid FROM roomserver_current_state WHERE room_id = $1`, []any{roomID}
+	if len(types) > 0 {
+		in, typeArgs := inList("", types)
+		// inList numbers from $1; shift past room_id.
+		query += ` AND type IN ` + shiftPlaceholders(in, 1)
+		args = append(args, typeArgs...)
+	}
+	if skipMembers {
+		query += ` AND type <> 'm.room.member'`
+	}
+	return s.currentStateEvents(ctx, roomID, query+` ORDER BY type, state_key`, args...)
+}
+
+// IndexedStateKeys returns the current state events of one type with the
+// given state keys (those that exist). No visibility check: see the top
+// of this file.
+func (s *Server) IndexedStateKeys(ctx context.Context, roomID, eventType string, stateKeys []string) ([]*Event, error) {
+	if len(stateKeys) == 0 {
+		return nil, nil
+	}
+	in, keyArgs := inList("", stateKeys)
+	args := append([]any{roomID, eventType}, keyArgs...)
+	return s.currentStateEvents(ctx, roomID, `SELECT event_nid FROM roomserver_current_state
+		WHERE room_id = $1 AND type = $2 AND state_key IN `+shiftPlaceholders(in, 2)+` ORDER BY state_key`, args...)
+}
+
+// StateDelta returns the current state entries of a room whose event has
+// a stream position in (from, to]: the state that changed in that range
+// and is still current. No visibility check: see the top of this file.
+func (s *Server) StateDelta(ctx context.Context, roomID string, from, to int64) ([]*Event, error) {
+	return s.currentStateEvents(ctx, roomID, `SELECT event_nid FROM roomserver_current_state
+		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 ORDER BY type, state_key`, roomID, from, to)
+}
+
+func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, args ...any) ([]*Event, error) {
+	var out []*Event
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		room, err := loadRoom(ctx, q, roomID)
+		if err != nil {
+			return err
+		}
+		rows, err := q.Query(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		var nids []int64
+		for rows.Next() {
+			var nid int64
+			if err := rows.Scan(&nid); err != nil {
+				rows.Close()
+				return err
+			}
+			nids = append(nids, nid)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		loaded, err := s.loadEvents(ctx, q, nil, room.Version, nids)
+		if err != nil {
+			return err
+		}
+		out = make([]*Event, len(loaded))
+		for i, e := range loaded {
+			out[i] = toEvent(e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// MemberSummary is what a room summary needs: member counts and the
+// first members by join order (joined and invited first, then those who
+// left or were banned), at most 6 so the caller can drop itself.
+type MemberSummary struct {
+	Joined, Invited int
+	Heroes          []string
+}
+
+// RoomMemberSummary reads a room's member counts and hero candidates
+// from the indexed current state.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync", RoomSummary.
+func (s *Server) RoomMemberSummary(ctx context.Context, roomID string) (*MemberSummary, error) {
+	out := &MemberSummary{}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		if err := q.QueryRow(ctx, `SELECT
+			COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0),
+			COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0)
+			FROM roomserver_current_state WHERE room_id = $1 AND type = 'm.room.member'`, roomID).
+			Scan(&out.Joined, &out.Invited); err != nil {
+			return err
+		}
+		for _, memberships := range []string{`('join', 'invite')`, `('leave', 'ban')`} {
+			if len(out.Heroes) >= 6 {
+				break
+			}
+			rows, err := q.Query(ctx, `SELECT state_key FROM roomserver_current_state
+				WHERE room_id = $1 AND type = 'm.room.member' AND membership IN `+memberships+`
+				ORDER BY event_nid LIMIT $2`, roomID, 6-len(out.Heroes))
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					rows.Close()
+					return err
+				}
+				out.Heroes = append(out.Heroes, id)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// StreamTouch is one event of the log, reduced to what decides who must
+// be woken: its room and, for membership events, the member.
+type StreamTouch struct {
+	StreamPos int64
+	RoomID    string
+	Member    string // state_key of an m.room.member event, else ""
+}
+
+// StreamTouched lists the accepted events in (from, to], at most limit,
+// in stream order, without loading their JSON.
+func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) ([]StreamTouch, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT event_nid, room_id, type, state_key FROM roomserver_events
+		WHERE event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+		ORDER BY event_nid LIMIT $3`, from, to, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StreamTouch
+	for rows.Next() {
+		var t StreamTouch
+		var typ string
+		var stateKey *string
+		if err := rows.Scan(&t.StreamPos, &t.RoomID, &typ, &stateKey); err != nil {
+			return nil, err
+		}
+		if typ == "m.room.member" && stateKey != nil {
+			t.Member = *stateKey
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// LatestPositions returns, for each of roomIDs that has any, the stream
+// position of its latest accepted event at or before to, counting only
+// the given types when types is non-empty. Sync uses it to find rooms
+// with news and to order rooms by recency.
+func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(roomIDs))
+	const chunk = 400
+	for start := 0; start < len(roomIDs); start += chunk {
+		part := roomIDs[start:min(start+chunk, len(roomIDs))]
+		query, args := inList(`SELECT room_id, MAX(event_nid) FROM roomserver_events WHERE room_id IN `, part)
+		args = append(args, to)
+		query += ` AND event_nid <= ` + placeholder(len(args)) + ` AND NOT rejected AND NOT soft_failed`
+		if len(types) > 0 {
+			in, typeArgs := inList("", types)
+			query += ` AND type IN ` + shiftPlaceholders(in, len(args))
+			args = append(args, typeArgs...)
+		}
+		rows, err := s.db.Reader().Query(ctx, query+` GROUP BY room_id`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var pos int64
+			if err := rows.Scan(&id, &pos); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[id] = pos
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// TxnIDs maps those of eventIDs (all in roomID) that userID's deviceID sent with a
+// transaction ID to that ID, so sync can echo unsigned.transaction_id.
+// Spec: client-server-api, "Transaction identifiers".
+func (s *Server) TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error) {
+	out := map[string]string{}
+	if len(eventIDs) == 0 || deviceID == "" {
+		return out, nil
+	}
+	query, args := inList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
+	args = append(args, roomID, userID, deviceID)
+	query += ` AND room_id = ` + placeholder(len(args)-2) + ` AND user_id = ` + placeholder(len(args)-1) +
+		` AND device_id = ` + placeholder(len(args))
+	rows, err := s.db.Reader().Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var eventID, txnID string
+		if err := rows.Scan(&eventID, &txnID); err != nil {
+			return nil, err
+		}
+		out[eventID] = txnID
+	}
+	return out, rows.Err()
+}
+
+func placeholder(n int) string { return "$" + itoa(int64(n)) }
+
+// shiftPlaceholders renumbers "$1, $2, ..." in an inList fragment by n.
+func shiftPlaceholders(fragment string, n int) string {
+	var b []byte
+	for i := 0; i < len(fragment); i++ {
+		if fragment[i] != '$' {
+			b = append(b, fragment[i])
+			continue
+		}
+		j := i + 1
+		num := 0
+		for j < len(fragment) && fragment[j] >= '0' && fragment[j] <= '9' {
+			num = num*10 + int(fragment[j]-'0')
+			j++
+		}
+		b = append(b, placeholder(num+n)...)
+		i = j - 1
+	}
+	return string(b)
+}

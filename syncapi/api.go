@@ -1,0 +1,95 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// Stream names the notifier hears for the streams sync reads, besides
+// roomserver.Stream and clientapi.AccountDataStream. The components that
+// will own these streams notify under these names.
+const (
+	ReceiptStream    = "receipts"
+	TypingStream     = "typing"
+	PresenceStream   = "presence"
+	ToDeviceStream   = "to_device"
+	DeviceListStream = "device_lists"
+)
+
+// Rooms is what sync reads from the roomserver (*roomserver.Server).
+type Rooms interface {
+	StreamPosition(ctx context.Context) (int64, error)
+	UserMemberships(ctx context.Context, userID string) ([]roomserver.MembershipEntry, error)
+	RecentEvents(ctx context.Context, req roomserver.RecentRequest) (*roomserver.RecentResponse, error)
+	IndexedCurrentState(ctx context.Context, roomID string, types []string, skipMembers bool) ([]*roomserver.Event, error)
+	IndexedStateKeys(ctx context.Context, roomID, eventType string, stateKeys []string) ([]*roomserver.Event, error)
+	StateDelta(ctx context.Context, roomID string, from, to int64) ([]*roomserver.Event, error)
+	StateAt(ctx context.Context, userID, eventID string) (*roomserver.StateAtEvent, error)
+	RoomMemberSummary(ctx context.Context, roomID string) (*roomserver.MemberSummary, error)
+	StreamTouched(ctx context.Context, from, to int64, limit int) ([]roomserver.StreamTouch, error)
+	LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error)
+	TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
+}
+
+// AccountData is what sync reads from clientapi's account data stream
+// (*clientapi.Server).
+type AccountData interface {
+	AccountDataSince(ctx context.Context, userID string, since int64) ([]clientapi.AccountData, int64, error)
+}
+
+// Filters loads stored filters (*clientapi.Server).
+type Filters interface {
+	Filter(ctx context.Context, userID, filterID string) (*clientapi.Filter, error)
+}
+
+// EphemeralPositions are the heads of the ephemeral streams.
+type EphemeralPositions struct {
+	Receipts, Typing, Presence int64
+}
+
+// Ephemeral is the source of typing notifications, read receipts and
+// presence. It is optional: without it those sections are empty and
+// their token slots stay 0. Its streams notify as ReceiptStream,
+// TypingStream and PresenceStream.
+type Ephemeral interface {
+	// EphemeralHeads returns the current stream heads.
+	EphemeralHeads(ctx context.Context) (EphemeralPositions, error)
+	// RoomEphemeral returns, per room of roomIDs, the m.typing and
+	// m.receipt events (client format, without room_id) that changed in
+	// (since, to]; with since all zero, the full current typing and
+	// receipt state.
+	RoomEphemeral(ctx context.Context, userID string, roomIDs []string, since, to EphemeralPositions) (map[string][]json.RawMessage, error)
+	// Presence returns m.presence events of users sharing a room with
+	// userID that changed in (since, to].
+	Presence(ctx context.Context, userID string, since, to int64) ([]json.RawMessage, error)
+	// SetPresence records a sync request's set_presence (online,
+	// unavailable or offline).
+	SetPresence(ctx context.Context, userID, presence string) error
+}
+
+// DeviceLists is the device_lists section of a sync response.
+type DeviceLists struct {
+	Changed []string `json:"changed"`
+	Left    []string `json:"left"`
+}
+
+// E2EE is the key server's side of sync: to-device messages, device
+// list changes and key counts. It is optional: without it those fields
+// are present and empty and their token slots stay 0. Its streams notify
+// as ToDeviceStream and DeviceListStream.
+type E2EE interface {
+	// E2EEHeads returns the heads of the to-device and device-list streams.
+	E2EEHeads(ctx context.Context) (toDevice, deviceLists int64, err error)
+	// ToDevice returns the device's to-device messages in (since, to];
+	// messages at or before since have been delivered and may be deleted.
+	ToDevice(ctx context.Context, userID, deviceID string, since, to int64) ([]json.RawMessage, error)
+	// DeviceListChanges returns the users whose devices changed, and the
+	// users who no longer share a room with userID, in (since, to].
+	DeviceListChanges(ctx context.Context, userID string, since, to int64) (DeviceLists, error)
+	// OneTimeKeyCounts returns the device's unclaimed one-time keys per
+	// algorithm, and the algorithms of its unused fallback keys.
+	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
+}

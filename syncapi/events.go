@@ -1,0 +1,213 @@
+package syncapi
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// clientEvent is the client format of a room event without room_id, as
+// /sync returns it. Spec: client-server-api, "Room Event Format"
+// (ClientEventWithoutRoomID).
+type clientEvent struct {
+	Content        json.RawMessage `json:"content"`
+	EventID        string          `json:"event_id"`
+	OriginServerTS int64           `json:"origin_server_ts"`
+	Sender         string          `json:"sender"`
+	StateKey       *string         `json:"state_key,omitempty"`
+	Type           string          `json:"type"`
+	Redacts        string          `json:"redacts,omitempty"`
+	Unsigned       *unsigned       `json:"unsigned,omitempty"`
+}
+
+type unsigned struct {
+	Age           int64  `json:"age"`
+	TransactionID string `json:"transaction_id,omitempty"`
+	// RedactedBecause names the redaction; the full event is not loaded.
+	RedactedBy string `json:"redacted_by,omitempty"`
+}
+
+// strippedEvent is a stripped state event. Spec: client-server-api,
+// "Stripped state".
+type strippedEvent struct {
+	Content  json.RawMessage `json:"content"`
+	Sender   string          `json:"sender"`
+	StateKey string          `json:"state_key"`
+	Type     string          `json:"type"`
+}
+
+// eventFormatter renders events for one request.
+type eventFormatter struct {
+	now        time.Time
+	federation bool              // event_format: federation
+	txnIDs     map[string]string // event ID -> the requesting device's txn ID
+}
+
+func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
+	if f.federation {
+		return e.JSON
+	}
+	ce := clientEvent{
+		Content:        e.Content,
+		EventID:        e.EventID,
+		OriginServerTS: e.OriginServerTS,
+		Sender:         e.Sender,
+		StateKey:       e.StateKey,
+		Type:           e.Type,
+		Redacts:        e.Redacts,
+		Unsigned:       &unsigned{Age: max(0, f.now.UnixMilli()-e.OriginServerTS), RedactedBy: e.RedactedBecause},
+	}
+	if len(ce.Content) == 0 {
+		ce.Content = json.RawMessage("{}")
+	}
+	if id, ok := f.txnIDs[e.EventID]; ok {
+		ce.Unsigned.TransactionID = id
+	}
+	out, _ := json.Marshal(ce)
+	return out
+}
+
+func (f *eventFormatter) formatAll(events []*roomserver.Event) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(events))
+	for _, e := range events {
+		out = append(out, f.format(e))
+	}
+	return out
+}
+
+func strip(e *roomserver.Event) strippedEvent {
+	key := ""
+	if e.StateKey != nil {
+		key = *e.StateKey
+	}
+	content := e.Content
+	if len(content) == 0 {
+		content = json.RawMessage("{}")
+	}
+	return strippedEvent{Content: content, Sender: e.Sender, StateKey: key, Type: e.Type}
+}
+
+// strippedStateTypes are the state events an invitee or knocker sees.
+// Spec: client-server-api, "Stripped state" (the recommended set).
+var strippedStateTypes = []string{
+	"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+	"m.room.canonical_alias", "m.room.encryption", "m.room.topic",
+}
+
+// matchType reports whether t matches pattern, where '*' matches any
+// sequence of characters. Spec: client-server-api, "Filtering" (types).
+func matchType(pattern, t string) bool {
+	if !strings.Contains(pattern, "*") {
+		return pattern == t
+	}
+	parts := strings.Split(pattern, "*")
+	if !strings.HasPrefix(t, parts[0]) {
+		return false
+	}
+	t = t[len(parts[0]):]
+	for i, p := range parts[1:] {
+		if i == len(parts)-2 {
+			return strings.HasSuffix(t, p)
+		}
+		idx := strings.Index(t, p)
+		if idx < 0 {
+			return false
+		}
+		t = t[idx+len(p):]
+	}
+	return true
+}
+
+func matchAnyType(patterns []string, t string) bool {
+	for _, p := range patterns {
+		if matchType(p, t) {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// eventFilterAllows applies an EventFilter's type and sender rules. A nil
+// filter allows everything; an empty non-nil types or senders list
+// allows nothing. Spec: client-server-api, "Filtering".
+func eventFilterAllows(f *clientapi.EventFilter, eventType, sender string) bool {
+	if f == nil {
+		return true
+	}
+	if matchAnyType(f.NotTypes, eventType) || contains(f.NotSenders, sender) {
+		return false
+	}
+	if f.Types != nil && !matchAnyType(f.Types, eventType) {
+		return false
+	}
+	if f.Senders != nil && !contains(f.Senders, sender) {
+		return false
+	}
+	return true
+}
+
+// roomEventFilterAllows adds the RoomEventFilter's room and contains_url
+// rules.
+func roomEventFilterAllows(f *clientapi.RoomEventFilter, e *roomserver.Event) bool {
+	if f == nil {
+		return true
+	}
+	if !eventFilterAllows(&f.EventFilter, e.Type, e.Sender) {
+		return false
+	}
+	if contains(f.NotRooms, e.RoomID) || (f.Rooms != nil && !contains(f.Rooms, e.RoomID)) {
+		return false
+	}
+	if f.ContainsURL != nil {
+		has := gjson.GetBytes(e.Content, "url").Type == gjson.String
+		if has != *f.ContainsURL {
+			return false
+		}
+	}
+	return true
+}
+
+func filterEvents(f *clientapi.RoomEventFilter, events []*roomserver.Event) []*roomserver.Event {
+	if f == nil {
+		return events
+	}
+	out := events[:0:0]
+	for _, e := range events {
+		if roomEventFilterAllows(f, e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// roomAllowed applies RoomFilter.rooms / not_rooms.
+func roomAllowed(f *clientapi.Filter, roomID string) bool {
+	if f == nil || f.Room == nil {
+		return true
+	}
+	if contains(f.Room.NotRooms, roomID) {
+		return false
+	}
+	return f.Room.Rooms == nil || contains(f.Room.Rooms, roomID)
+}
+
+func stateKeyOf(e *roomserver.Event) string {
+	if e.StateKey == nil {
+		return ""
+	}
+	return *e.StateKey
+}

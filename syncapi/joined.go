@@ -1,0 +1,381 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// roomBuilder fills the rooms section of one /sync response.
+type roomBuilder struct {
+	s        *Server
+	req      *syncRequest
+	since    syncToken // zero for an initial sync
+	heads    syncToken
+	fmt      *eventFormatter
+	roomAcct map[string][]json.RawMessage // room account data by room
+}
+
+func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
+	if b.req.filter == nil || b.req.filter.Room == nil {
+		return &clientapi.RoomFilter{}
+	}
+	return b.req.filter.Room
+}
+
+func (b *roomBuilder) timelineLimit() int {
+	if tf := b.roomFilter().Timeline; tf != nil && tf.Limit != nil {
+		return min(*tf.Limit, maxTimelineLimit)
+	}
+	return defaultTimelineLimit
+}
+
+// initial reports whether rooms are sent whole (no since, or full_state).
+func (b *roomBuilder) initial() bool { return b.req.since == nil || b.req.fullState }
+
+func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.MembershipEntry, out *roomsSection) error {
+	var joined []string
+	for _, m := range memberships {
+		if !roomAllowed(b.req.filter, m.RoomID) {
+			continue
+		}
+		// newSince: the membership changed after the client's token.
+		newSince := b.req.since != nil && m.StreamPos > b.since.Room
+		var err error
+		switch m.Membership {
+		case "join":
+			joined = append(joined, m.RoomID)
+			var jr *joinedRoom
+			if jr, err = b.joined(ctx, m, b.initial() || newSince); err == nil && jr != nil {
+				out.Join[m.RoomID] = jr
+			}
+		case "invite":
+			if b.initial() || newSince {
+				var st []strippedEvent
+				if st, err = b.stripped(ctx, m.RoomID); err == nil {
+					out.Invite[m.RoomID] = &invitedRoom{InviteState: strippedList{Events: st}}
+				}
+			}
+		case "knock":
+			if b.initial() || newSince {
+				var st []strippedEvent
+				if st, err = b.stripped(ctx, m.RoomID); err == nil {
+					out.Knock[m.RoomID] = &knockedRoom{KnockState: strippedList{Events: st}}
+				}
+			}
+		case "leave", "ban":
+			// Rooms left since the token always appear, so the client
+			// learns it left; rooms left earlier only when asked for.
+			// Spec: client-server-api, "Leaving rooms" (include_leave).
+			if newSince || (b.initial() && b.roomFilter().IncludeLeave) {
+				var lr *leftRoom
+				if lr, err = b.left(ctx, m); err == nil && lr != nil {
+					out.Leave[m.RoomID] = lr
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return b.addEphemeral(ctx, joined, out)
+}
+
+// timeline reads and renders the latest events of a room in (from, to].
+func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
+	rr, err := b.s.rooms.RecentEvents(ctx, roomserver.RecentRequest{
+		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: b.timelineLimit()})
+	if err != nil {
+		return timeline{}, nil, nil, err
+	}
+	evs := filterEvents(b.roomFilter().Timeline, rr.Events)
+	var own []string
+	for _, e := range evs {
+		if e.Sender == b.req.userID {
+			own = append(own, e.EventID)
+		}
+	}
+	if b.fmt.txnIDs, err = b.s.rooms.TxnIDs(ctx, roomID, b.req.userID, b.req.deviceID, own); err != nil {
+		return timeline{}, nil, nil, err
+	}
+	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil
+}
+
+func nonNil(evs []json.RawMessage) []json.RawMessage {
+	if evs == nil {
+		return []json.RawMessage{}
+	}
+	return evs
+}
+
+// joined builds a joined room's entry; nil when an incremental sync has
+// nothing new for it. full sends the room whole (initial sync,
+// full_state, or joined since the token).
+func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, full bool) (*joinedRoom, error) {
+	from := b.since.Room
+	if full {
+		from = 0
+	}
+	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, b.heads.Room)
+	if err != nil {
+		return nil, err
+	}
+	lazy := b.lazy()
+	// base is the state the client must learn: all current state for a
+	// full room, else what changed since the token and is still current.
+	var base []*roomserver.Event
+	if full {
+		base, err = b.s.rooms.IndexedCurrentState(ctx, m.RoomID, nil, lazy)
+	} else {
+		base, err = b.s.rooms.StateDelta(ctx, m.RoomID, b.since.Room, b.heads.Room)
+	}
+	if err != nil {
+		return nil, err
+	}
+	base = upTo(base, b.heads.Room)
+	var state []*roomserver.Event
+	if b.req.stateAfter != "" {
+		// MSC4222: state_after is the state at the end of the timeline.
+		state = base
+	} else {
+		// The legacy section is the state before the timeline: what the
+		// timeline itself carries is left out of it.
+		state = minusEvents(base, tlEvents)
+	}
+	state = b.filterState(state)
+	if lazy {
+		if state, err = b.addLazyMembers(ctx, m.RoomID, state, tlEvents); err != nil {
+			return nil, err
+		}
+	}
+	acct := b.roomAcct[m.RoomID]
+	if !full && len(tl.Events) == 0 && len(state) == 0 && len(acct) == 0 {
+		return nil, nil
+	}
+	jr := &joinedRoom{
+		Timeline:    tl,
+		Ephemeral:   events(nil),
+		AccountData: events(acct),
+	}
+	b.setState(&jr.State, &jr.StateAfter, &jr.StateAfterUnstable, state)
+	if full || hasMember(tlEvents) || hasMember(base) {
+		if jr.Summary, err = b.summary(ctx, m.RoomID); err != nil {
+			return nil, err
+		}
+	}
+	return jr, nil
+}
+
+// setState puts the state events under the field the request asked for.
+func (b *roomBuilder) setState(legacy, stable, unstable **eventList, state []*roomserver.Event) {
+	list := events(b.fmt.formatAll(state))
+	switch b.req.stateAfter {
+	case "":
+		*legacy = &list
+	case "state_after":
+		*stable = &list
+	default:
+		*unstable = &list
+	}
+}
+
+func (b *roomBuilder) lazy() bool {
+	sf := b.roomFilter().State
+	return sf != nil && sf.LazyLoadMembers
+}
+
+func (b *roomBuilder) filterState(state []*roomserver.Event) []*roomserver.Event {
+	sf := b.roomFilter().State
+	if sf == nil {
+		return state
+	}
+	return filterEvents(sf, state)
+}
+
+// addLazyMembers adds the current membership events of the timeline's
+// senders (and the user's own), leaving out those this device was sent
+// before unless include_redundant_members is set.
+// Spec: client-server-api, "Lazy-loading room members".
+func (b *roomBuilder) addLazyMembers(ctx context.Context, roomID string, state, tl []*roomserver.Event) ([]*roomserver.Event, error) {
+	want := []string{b.req.userID}
+	for _, e := range tl {
+		if !contains(want, e.Sender) {
+			want = append(want, e.Sender)
+		}
+	}
+	members, err := b.s.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", want)
+	if err != nil {
+		return nil, err
+	}
+	redundantOK := b.roomFilter().State.IncludeRedundantMembers
+	inTimeline := map[string]bool{}
+	if b.req.stateAfter == "" {
+		for _, e := range tl {
+			inTimeline[e.EventID] = true
+		}
+	}
+	cacheKey := b.req.userID + "|" + b.req.deviceID + "|" + roomID
+	for _, e := range upTo(members, b.heads.Room) {
+		if inTimeline[e.EventID] || containsEvent(state, e.EventID) {
+			continue
+		}
+		if !redundantOK && !b.initial() && b.s.members.sent(cacheKey, stateKeyOf(e), e.EventID) {
+			continue
+		}
+		state = append(state, e)
+	}
+	for _, e := range state {
+		if e.Type == "m.room.member" {
+			b.s.members.remember(cacheKey, stateKeyOf(e), e.EventID)
+		}
+	}
+	return state, nil
+}
+
+// summary builds the room summary. Spec: client-server-api, RoomSummary:
+// heroes are up to 5 other members, joined and invited first.
+func (b *roomBuilder) summary(ctx context.Context, roomID string) (*roomSummary, error) {
+	ms, err := b.s.rooms.RoomMemberSummary(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	sum := &roomSummary{Joined: &ms.Joined, Invited: &ms.Invited, Heroes: heroes(ms, b.req.userID)}
+	return sum, nil
+}
+
+func heroes(ms *roomserver.MemberSummary, self string) []string {
+	out := []string{}
+	for _, h := range ms.Heroes {
+		if h != self && len(out) < 5 {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// stripped returns the stripped state an invitee or knocker sees,
+// including their own membership event.
+func (b *roomBuilder) stripped(ctx context.Context, roomID string) ([]strippedEvent, error) {
+	st, err := b.s.rooms.IndexedCurrentState(ctx, roomID, strippedStateTypes, false)
+	if err != nil {
+		return nil, err
+	}
+	own, err := b.s.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", []string{b.req.userID})
+	if err != nil {
+		return nil, err
+	}
+	out := []strippedEvent{}
+	for _, e := range append(st, own...) {
+		out = append(out, strip(e))
+	}
+	return out, nil
+}
+
+// left builds a left (or banned) room: the timeline up to the leave and
+// the state at it.
+func (b *roomBuilder) left(ctx context.Context, m roomserver.MembershipEntry) (*leftRoom, error) {
+	from := b.since.Room
+	if b.initial() {
+		from = 0
+	}
+	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, m.StreamPos)
+	if err != nil {
+		return nil, err
+	}
+	var base []*roomserver.Event
+	at, err := b.s.rooms.StateAt(ctx, b.req.userID, m.EventID)
+	switch {
+	case mxerr.Is(err, mxerr.NotFound):
+		// Banned without ever joining: nothing of the room is visible.
+	case err != nil:
+		return nil, err
+	default:
+		for _, e := range at.After {
+			if from == 0 || e.StreamPos > from {
+				base = append(base, e)
+			}
+		}
+	}
+	state := base
+	if b.req.stateAfter == "" {
+		state = minusEvents(base, tlEvents)
+	}
+	lr := &leftRoom{Timeline: tl, AccountData: events(b.roomAcct[m.RoomID])}
+	b.setState(&lr.State, &lr.StateAfter, &lr.StateAfterUnstable, b.filterState(state))
+	return lr, nil
+}
+
+// addEphemeral adds typing and receipts to joined rooms, adding rooms
+// that have only ephemeral news.
+func (b *roomBuilder) addEphemeral(ctx context.Context, joined []string, out *roomsSection) error {
+	if b.s.eph == nil || len(joined) == 0 {
+		return nil
+	}
+	var since EphemeralPositions
+	if !b.initial() {
+		since = EphemeralPositions{Receipts: b.since.Receipts, Typing: b.since.Typing, Presence: b.since.Presence}
+	}
+	to := EphemeralPositions{Receipts: b.heads.Receipts, Typing: b.heads.Typing, Presence: b.heads.Presence}
+	byRoom, err := b.s.eph.RoomEphemeral(ctx, b.req.userID, joined, since, to)
+	if err != nil {
+		return err
+	}
+	for roomID, evs := range byRoom {
+		if len(evs) == 0 || !slices.Contains(joined, roomID) {
+			continue
+		}
+		jr := out.Join[roomID]
+		if jr == nil {
+			jr = &joinedRoom{Timeline: timeline{Events: []json.RawMessage{}}, Ephemeral: events(nil), AccountData: events(nil)}
+			out.Join[roomID] = jr
+		}
+		jr.Ephemeral = events(evs)
+	}
+	return nil
+}
+
+// upTo drops events past position to (committed after the heads were read).
+func upTo(evs []*roomserver.Event, to int64) []*roomserver.Event {
+	out := evs[:0:0]
+	for _, e := range evs {
+		if e.StreamPos <= to {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func minusEvents(evs, drop []*roomserver.Event) []*roomserver.Event {
+	if len(drop) == 0 {
+		return evs
+	}
+	out := evs[:0:0]
+	for _, e := range evs {
+		if !containsEvent(drop, e.EventID) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func containsEvent(evs []*roomserver.Event, id string) bool {
+	for _, e := range evs {
+		if e.EventID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func hasMember(evs []*roomserver.Event) bool {
+	for _, e := range evs {
+		if e.Type == "m.room.member" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,377 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// Limits on a sync request.
+const (
+	defaultTimelineLimit = 10
+	maxTimelineLimit     = 100
+	maxTimeout           = 5 * time.Minute
+)
+
+// syncRequest is a parsed GET /sync.
+type syncRequest struct {
+	userID, deviceID string
+	since            *syncToken // nil: initial sync
+	filter           *clientapi.Filter
+	fullState        bool
+	timeout          time.Duration
+	// stateAfter is the field name state_after goes under ("state_after"
+	// or the MSC4222 unstable name), or "" for the legacy state section.
+	stateAfter string
+}
+
+// The /sync response. Spec: client-server-api, "GET /_matrix/client/v3/sync".
+type syncResponse struct {
+	NextBatch        string         `json:"next_batch"`
+	Rooms            roomsSection   `json:"rooms"`
+	AccountData      eventList      `json:"account_data"`
+	Presence         eventList      `json:"presence"`
+	ToDevice         eventList      `json:"to_device"`
+	DeviceLists      DeviceLists    `json:"device_lists"`
+	OneTimeKeysCount map[string]int `json:"device_one_time_keys_count"`
+	FallbackKeys     []string       `json:"device_unused_fallback_key_types"`
+}
+
+type roomsSection struct {
+	Join   map[string]*joinedRoom  `json:"join"`
+	Invite map[string]*invitedRoom `json:"invite"`
+	Knock  map[string]*knockedRoom `json:"knock"`
+	Leave  map[string]*leftRoom    `json:"leave"`
+}
+
+type eventList struct {
+	Events []json.RawMessage `json:"events"`
+}
+
+func events(evs []json.RawMessage) eventList {
+	if evs == nil {
+		evs = []json.RawMessage{}
+	}
+	return eventList{Events: evs}
+}
+
+type timeline struct {
+	Events    []json.RawMessage `json:"events"`
+	Limited   bool              `json:"limited"`
+	PrevBatch string            `json:"prev_batch,omitempty"`
+}
+
+type unreadCounts struct {
+	NotificationCount int `json:"notification_count"`
+	HighlightCount    int `json:"highlight_count"`
+}
+
+type roomSummary struct {
+	Heroes  []string `json:"m.heroes,omitempty"`
+	Joined  *int     `json:"m.joined_member_count,omitempty"`
+	Invited *int     `json:"m.invited_member_count,omitempty"`
+}
+
+type joinedRoom struct {
+	Summary            *roomSummary `json:"summary,omitempty"`
+	State              *eventList   `json:"state,omitempty"`
+	StateAfter         *eventList   `json:"state_after,omitempty"`
+	StateAfterUnstable *eventList   `json:"org.matrix.msc4222.state_after,omitempty"`
+	Timeline           timeline     `json:"timeline"`
+	Ephemeral          eventList    `json:"ephemeral"`
+	AccountData        eventList    `json:"account_data"`
+	// Unread counts are zero until push rules and notification counting
+	// exist (the push issue); the fields are present so clients parse them.
+	UnreadNotifications       unreadCounts            `json:"unread_notifications"`
+	UnreadThreadNotifications map[string]unreadCounts `json:"unread_thread_notifications,omitempty"`
+}
+
+type strippedList struct {
+	Events []strippedEvent `json:"events"`
+}
+
+type invitedRoom struct {
+	InviteState strippedList `json:"invite_state"`
+}
+
+type knockedRoom struct {
+	KnockState strippedList `json:"knock_state"`
+}
+
+type leftRoom struct {
+	State              *eventList `json:"state,omitempty"`
+	StateAfter         *eventList `json:"state_after,omitempty"`
+	StateAfterUnstable *eventList `json:"org.matrix.msc4222.state_after,omitempty"`
+	Timeline           timeline   `json:"timeline"`
+	AccountData        eventList  `json:"account_data"`
+}
+
+// empty reports whether the response carries nothing new, so a
+// long-polling request should keep waiting.
+func (r *syncResponse) empty() bool {
+	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Knock) == 0 &&
+		len(r.Rooms.Leave) == 0 && len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 &&
+		len(r.ToDevice.Events) == 0 && len(r.DeviceLists.Changed) == 0 && len(r.DeviceLists.Left) == 0
+}
+
+// sync answers GET /_matrix/client/v3/sync.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync".
+func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
+	req, err := s.parseSyncRequest(r)
+	if err != nil {
+		return err
+	}
+	if p := r.URL.Query().Get("set_presence"); p != "" {
+		if err := s.setPresence(r.Context(), req.userID, p); err != nil {
+			return err
+		}
+	} else if err := s.setPresence(r.Context(), req.userID, "online"); err != nil {
+		return err
+	}
+	resp, err := s.syncWait(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, resp)
+}
+
+// setPresence validates set_presence and passes it on. Spec: the values
+// are online, offline and unavailable; others are M_INVALID_PARAM.
+func (s *Server) setPresence(ctx context.Context, userID, presence string) error {
+	switch presence {
+	case "online", "offline", "unavailable":
+	default:
+		return mxerr.New(mxerr.InvalidParam, "set_presence must be online, offline or unavailable")
+	}
+	if s.eph == nil {
+		return nil
+	}
+	return s.eph.SetPresence(ctx, userID, presence)
+}
+
+func (s *Server) parseSyncRequest(r *http.Request) (*syncRequest, error) {
+	caller := authn.FromContext(r.Context())
+	q := r.URL.Query()
+	req := &syncRequest{userID: caller.UserID, deviceID: caller.DeviceID}
+	if v := q.Get("since"); v != "" {
+		t, err := parseSyncToken(v)
+		if err != nil {
+			return nil, err
+		}
+		req.since = &t
+	}
+	if v := q.Get("timeout"); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < 0 {
+			return nil, mxerr.New(mxerr.InvalidParam, "timeout must be a non-negative integer")
+		}
+		req.timeout = min(time.Duration(ms)*time.Millisecond, maxTimeout)
+	}
+	var err error
+	if req.fullState, err = boolParam(q.Get("full_state"), "full_state"); err != nil {
+		return nil, err
+	}
+	for _, name := range []string{"use_state_after", "org.matrix.msc4222.use_state_after"} {
+		on, err := boolParam(q.Get(name), name)
+		if err != nil {
+			return nil, err
+		}
+		if on {
+			req.stateAfter = "state_after"
+			if strings.HasPrefix(name, "org.") {
+				req.stateAfter = "org.matrix.msc4222.state_after"
+			}
+		}
+	}
+	if v := q.Get("filter"); v != "" {
+		if strings.HasPrefix(strings.TrimSpace(v), "{") {
+			req.filter, err = clientapi.ParseFilter([]byte(v))
+		} else {
+			req.filter, err = s.filters.Filter(r.Context(), req.userID, v)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return req, nil
+}
+
+func boolParam(v, name string) (bool, error) {
+	switch v {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	}
+	return false, mxerr.New(mxerr.InvalidParam, "%s must be true or false", name)
+}
+
+// syncWait computes the response and, for an incremental sync with a
+// timeout and nothing new, waits for the waker and computes again, until
+// something arrives or the timeout (or the request) ends.
+func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse, error) {
+	if req.since == nil || req.timeout <= 0 || req.fullState {
+		return s.compute(ctx, req)
+	}
+	memberships, err := s.rooms.UserMemberships(ctx, req.userID)
+	if err != nil {
+		return nil, err
+	}
+	roomIDs := make([]string, len(memberships))
+	for i, m := range memberships {
+		roomIDs[i] = m.RoomID
+	}
+	wt := s.waker.register(req.userID, roomIDs)
+	defer s.waker.unregister(wt)
+	deadline := time.NewTimer(req.timeout)
+	defer deadline.Stop()
+	for {
+		resp, err := s.compute(ctx, req)
+		if err != nil || !resp.empty() {
+			return resp, err
+		}
+		select {
+		case <-wt.wake:
+		case <-deadline.C:
+			return resp, nil
+		case <-ctx.Done():
+			return resp, nil
+		}
+	}
+}
+
+// heads reads every stream's head except account data (which comes with
+// its read) and the user's memberships. The room head is raised to the
+// newest membership seen: positions commit in order, so everything up to
+// it is readable, and the memberships are then exact as of the head.
+func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomserver.MembershipEntry, error) {
+	var h syncToken
+	var err error
+	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
+		return h, nil, err
+	}
+	if s.eph != nil {
+		p, err := s.eph.EphemeralHeads(ctx)
+		if err != nil {
+			return h, nil, err
+		}
+		h.Receipts, h.Typing, h.Presence = p.Receipts, p.Typing, p.Presence
+	}
+	if s.e2ee != nil {
+		if h.ToDevice, h.DeviceLists, err = s.e2ee.E2EEHeads(ctx); err != nil {
+			return h, nil, err
+		}
+	}
+	memberships, err := s.rooms.UserMemberships(ctx, userID)
+	if err != nil {
+		return h, nil, err
+	}
+	for _, m := range memberships {
+		h.Room = max(h.Room, m.StreamPos)
+	}
+	return h, memberships, nil
+}
+
+// compute builds one response from since (zero for an initial sync) up
+// to the current heads.
+func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, error) {
+	heads, memberships, err := s.heads(ctx, req.userID)
+	if err != nil {
+		return nil, err
+	}
+	var since syncToken
+	if req.since != nil {
+		since = *req.since
+	}
+	acct, acctHead, err := s.acct.AccountDataSince(ctx, req.userID, since.AccountData)
+	if err != nil {
+		return nil, err
+	}
+	heads.AccountData = acctHead
+	if req.since != nil {
+		if err := since.checkNotFuture(heads); err != nil {
+			return nil, err
+		}
+	}
+	resp := &syncResponse{
+		NextBatch: heads.String(),
+		Rooms: roomsSection{Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
+			Knock: map[string]*knockedRoom{}, Leave: map[string]*leftRoom{}},
+		AccountData: events(nil), Presence: events(nil), ToDevice: events(nil),
+		DeviceLists: DeviceLists{Changed: []string{}, Left: []string{}}, OneTimeKeysCount: map[string]int{},
+		FallbackKeys: []string{},
+	}
+	rb := &roomBuilder{s: s, req: req, since: since, heads: heads,
+		fmt:      &eventFormatter{now: s.now(), federation: req.filter != nil && req.filter.EventFormat == "federation"},
+		roomAcct: map[string][]json.RawMessage{}}
+	for _, a := range acct {
+		ev, _ := json.Marshal(map[string]any{"type": a.Type, "content": a.Content})
+		if a.RoomID == "" {
+			if req.filter == nil || eventFilterAllows(req.filter.AccountData, a.Type, req.userID) {
+				resp.AccountData.Events = append(resp.AccountData.Events, ev)
+			}
+		} else if req.filter == nil || req.filter.Room == nil ||
+			roomEventFilterAllows(req.filter.Room.AccountData, &roomserver.Event{RoomID: a.RoomID, Type: a.Type, Sender: req.userID}) {
+			rb.roomAcct[a.RoomID] = append(rb.roomAcct[a.RoomID], ev)
+		}
+	}
+	if err := rb.build(ctx, memberships, &resp.Rooms); err != nil {
+		return nil, err
+	}
+	if err := s.addPresenceAndE2EE(ctx, req, since, heads, resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since, heads syncToken, resp *syncResponse) error {
+	if s.eph != nil {
+		pres, err := s.eph.Presence(ctx, req.userID, since.Presence, heads.Presence)
+		if err != nil {
+			return err
+		}
+		if req.filter == nil || req.filter.Presence == nil || req.filter.Presence.Types == nil || contains(req.filter.Presence.Types, "m.presence") {
+			resp.Presence = events(pres)
+		}
+	}
+	if s.e2ee == nil {
+		return nil
+	}
+	td, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice)
+	if err != nil {
+		return err
+	}
+	resp.ToDevice = events(td)
+	if req.since != nil {
+		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists)
+		if err != nil {
+			return err
+		}
+		if dl.Changed != nil {
+			resp.DeviceLists.Changed = dl.Changed
+		}
+		if dl.Left != nil {
+			resp.DeviceLists.Left = dl.Left
+		}
+	}
+	otk, fallback, err := s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
+	if err != nil {
+		return err
+	}
+	if otk != nil {
+		resp.OneTimeKeysCount = otk
+	}
+	if fallback != nil {
+		resp.FallbackKeys = fallback
+	}
+	return nil
+}

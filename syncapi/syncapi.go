@@ -1,0 +1,83 @@
+package syncapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/notifier"
+)
+
+// Deps are the sync component's dependencies. Rooms, AccountData,
+// Filters, Notifier and Verifier are required; Ephemeral and E2EE may be
+// nil until their components exist.
+type Deps struct {
+	Rooms       Rooms
+	AccountData AccountData
+	Filters     Filters
+	Ephemeral   Ephemeral
+	E2EE        E2EE
+	Notifier    notifier.Broadcaster
+	// Verifier checks access tokens (clientapi).
+	Verifier authn.Verifier
+	Logger   *slog.Logger
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server serves /sync and sliding sync.
+type Server struct {
+	rooms    Rooms
+	acct     AccountData
+	filters  Filters
+	eph      Ephemeral // may be nil
+	e2ee     E2EE      // may be nil
+	verifier authn.Verifier
+	log      *slog.Logger
+	now      func() time.Time
+	waker    *waker
+	members  *memberCache
+	sliding  *slidingConns
+}
+
+// New builds the sync component and starts its waker, which runs until
+// ctx ends.
+func New(ctx context.Context, deps Deps) (*Server, error) {
+	if deps.Rooms == nil || deps.AccountData == nil || deps.Filters == nil || deps.Notifier == nil || deps.Verifier == nil {
+		return nil, errors.New("syncapi: Rooms, AccountData, Filters, Notifier and Verifier are required")
+	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("component", "syncapi")
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	s := &Server{
+		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
+		eph: deps.Ephemeral, e2ee: deps.E2EE, verifier: deps.Verifier,
+		log: logger, now: now,
+		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
+		members: newMemberCache(100000),
+		sliding: newSlidingConns(10000),
+	}
+	go s.waker.run(ctx)
+	return s, nil
+}
+
+// Routes registers the sync endpoints on r.
+func (s *Server) Routes(r chi.Router) {
+	r.Group(func(r chi.Router) {
+		r.Use(authn.Middleware(s.verifier))
+		r.Method(http.MethodGet, "/_matrix/client/v3/sync", httpx.H(s.sync))
+		r.Method(http.MethodPost, "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", httpx.H(s.slidingSync))
+	})
+}

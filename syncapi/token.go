@@ -1,0 +1,80 @@
+package syncapi
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// syncToken is the vector of stream positions a /sync response covers.
+// Its text form is "s" then the positions in field order joined by "_";
+// clients treat it as opaque. New streams append fields; a token with
+// fewer fields than the current form is from an older release and its
+// missing fields read as 0, so issued tokens stay valid.
+type syncToken struct {
+	Room        int64 // roomserver.Stream: events, state, invites, memberships
+	AccountData int64 // clientapi.AccountDataStream
+	Receipts    int64 // ReceiptStream
+	Typing      int64 // TypingStream
+	Presence    int64 // PresenceStream
+	ToDevice    int64 // ToDeviceStream
+	DeviceLists int64 // DeviceListStream
+}
+
+// tokenFields is the number of positions in the current form.
+const tokenFields = 7
+
+func (t *syncToken) fields() []*int64 {
+	return []*int64{&t.Room, &t.AccountData, &t.Receipts, &t.Typing, &t.Presence, &t.ToDevice, &t.DeviceLists}
+}
+
+func (t syncToken) String() string {
+	var b strings.Builder
+	b.WriteByte('s')
+	for i, f := range t.fields() {
+		if i > 0 {
+			b.WriteByte('_')
+		}
+		b.WriteString(strconv.FormatInt(*f, 10))
+	}
+	return b.String()
+}
+
+// parseSyncToken reads a token; anything this server could not have
+// issued is M_INVALID_PARAM.
+func parseSyncToken(s string) (syncToken, error) {
+	var t syncToken
+	bad := func() (syncToken, error) {
+		return syncToken{}, mxerr.New(mxerr.InvalidParam, "invalid sync token")
+	}
+	rest, ok := strings.CutPrefix(s, "s")
+	if !ok || len(s) > 200 {
+		return bad()
+	}
+	parts := strings.Split(rest, "_")
+	fields := t.fields()
+	if len(parts) < 2 || len(parts) > len(fields) {
+		return bad()
+	}
+	for i, p := range parts {
+		n, err := strconv.ParseInt(p, 10, 64)
+		if err != nil || n < 0 || strconv.FormatInt(n, 10) != p {
+			return bad()
+		}
+		*fields[i] = n
+	}
+	return t, nil
+}
+
+// checkNotFuture refuses a token past the heads: the server never issued
+// it (or its database was replaced).
+func (t syncToken) checkNotFuture(heads syncToken) error {
+	mine, theirs := t.fields(), heads.fields()
+	for i := range mine {
+		if *mine[i] > *theirs[i] {
+			return mxerr.New(mxerr.InvalidParam, "sync token is from the future")
+		}
+	}
+	return nil
+}

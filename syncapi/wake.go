@@ -1,0 +1,187 @@
+package syncapi
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"sync"
+
+	"github.com/myelin-chat/myelin/internal/notifier"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// waiter is one long-polling request's interest.
+type waiter struct {
+	userID string
+	rooms  []string
+	// wake has room for one signal; a waiter woken twice before it looks
+	// re-reads once.
+	wake chan struct{}
+}
+
+// waker turns stream notifications into wake-ups of the requests they
+// concern. Room events wake requests interested in the event's room or
+// (for membership events) its member; every other stream wakes all
+// requests, which then re-read what concerns them.
+type waker struct {
+	rooms Rooms
+	n     notifier.Broadcaster
+	log   *slog.Logger
+	// pollEvery is the fallback poll of the room stream head, for
+	// notifications lost between processes. In one process it never
+	// finds anything the notifier did not already say.
+	pollEvery time.Duration
+
+	mu       sync.Mutex
+	byRoom   map[string]map[*waiter]struct{} // guarded by mu
+	byUser   map[string]map[*waiter]struct{} // guarded by mu
+	all      map[*waiter]struct{}            // guarded by mu
+	roomDone int64                           // room stream position dispatched; guarded by mu
+	seen     notifier.Positions              // other streams' positions dispatched; guarded by mu
+}
+
+func newWaker(rooms Rooms, n notifier.Broadcaster, log *slog.Logger) *waker {
+	return &waker{
+		rooms: rooms, n: n, log: log, pollEvery: 10 * time.Second,
+		byRoom: map[string]map[*waiter]struct{}{},
+		byUser: map[string]map[*waiter]struct{}{},
+		all:    map[*waiter]struct{}{},
+		seen:   notifier.Positions{},
+	}
+}
+
+// register adds a waiter. Register before reading the streams, so that
+// anything committed after the read wakes it.
+func (w *waker) register(userID string, rooms []string) *waiter {
+	wt := &waiter{userID: userID, rooms: rooms, wake: make(chan struct{}, 1)}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.all[wt] = struct{}{}
+	add(w.byUser, userID, wt)
+	for _, r := range rooms {
+		add(w.byRoom, r, wt)
+	}
+	return wt
+}
+
+func (w *waker) unregister(wt *waiter) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.all, wt)
+	remove(w.byUser, wt.userID, wt)
+	for _, r := range wt.rooms {
+		remove(w.byRoom, r, wt)
+	}
+}
+
+func add(m map[string]map[*waiter]struct{}, key string, wt *waiter) {
+	set := m[key]
+	if set == nil {
+		set = map[*waiter]struct{}{}
+		m[key] = set
+	}
+	set[wt] = struct{}{}
+}
+
+func remove(m map[string]map[*waiter]struct{}, key string, wt *waiter) {
+	if set := m[key]; set != nil {
+		delete(set, wt)
+		if len(set) == 0 {
+			delete(m, key)
+		}
+	}
+}
+
+func signal(wt *waiter) {
+	select {
+	case wt.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run dispatches notifications until ctx ends.
+func (w *waker) run(ctx context.Context) {
+	if pos, err := w.rooms.StreamPosition(ctx); err == nil {
+		w.mu.Lock()
+		w.roomDone = pos
+		w.mu.Unlock()
+	}
+	ticker := time.NewTicker(w.pollEvery)
+	defer ticker.Stop()
+	for {
+		changed := w.n.Changed()
+		w.dispatch(ctx, w.n.Positions())
+		select {
+		case <-changed:
+		case <-ticker.C:
+			if pos, err := w.rooms.StreamPosition(ctx); err == nil {
+				w.n.Notify(roomserver.Stream, pos)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// touchBatch bounds one read of the room stream by the waker.
+const touchBatch = 1000
+
+func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
+	w.mu.Lock()
+	var wakeAll bool
+	for stream, p := range pos {
+		if stream != roomserver.Stream && p > w.seen[stream] {
+			w.seen[stream] = p
+			wakeAll = true
+		}
+	}
+	roomFrom, roomTo := w.roomDone, pos[roomserver.Stream]
+	if wakeAll {
+		for wt := range w.all {
+			signal(wt)
+		}
+	}
+	idle := len(w.all) == 0
+	if roomTo <= roomFrom || idle {
+		if roomTo > w.roomDone {
+			w.roomDone = roomTo
+		}
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+
+	for roomFrom < roomTo {
+		touched, err := w.rooms.StreamTouched(ctx, roomFrom, roomTo, touchBatch)
+		if err != nil {
+			// Wake everyone rather than lose a wake-up; they re-read.
+			w.log.Warn("sync waker: reading room stream", "err", err)
+			w.mu.Lock()
+			for wt := range w.all {
+				signal(wt)
+			}
+			w.roomDone = max(w.roomDone, roomTo)
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Lock()
+		for _, t := range touched {
+			for wt := range w.byRoom[t.RoomID] {
+				signal(wt)
+			}
+			if t.Member != "" {
+				for wt := range w.byUser[t.Member] {
+					signal(wt)
+				}
+			}
+		}
+		if len(touched) < touchBatch {
+			roomFrom = roomTo
+		} else {
+			roomFrom = touched[len(touched)-1].StreamPos
+		}
+		w.roomDone = max(w.roomDone, roomFrom)
+		w.mu.Unlock()
+	}
+}
