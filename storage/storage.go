@@ -57,7 +57,7 @@ type DB struct {
 	// reader serves Read and Reader. On PostgreSQL it is also the writer pool.
 	reader *sql.DB
 	// writer is SQLite's single write connection; nil on PostgreSQL.
-	writer *sql.DB
+	writer  *sql.DB
 	rewrite func(string) string
 
 	queue     chan *writeRequest // SQLite group commit queue
