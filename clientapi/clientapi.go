@@ -30,6 +30,8 @@ type Deps struct {
 	// Notify, if non-nil, is told after commit that a stream (such as
 	// "account_data") advanced to a position. It must not block.
 	Notify func(stream string, pos int64)
+	// Rooms is the roomserver; nil leaves the room endpoints out.
+	Rooms Rooms
 }
 
 // Server is the client API.
@@ -46,6 +48,8 @@ type Server struct {
 	// avatar_url changed, to update their m.room.member events. Nil until
 	// the room component exists.
 	onProfileChange func(ctx context.Context, userID string)
+	// rooms is the state of the room endpoints (rooms.go).
+	rooms roomsPart
 }
 
 // New runs clientapi's migrations and returns the server.
@@ -61,7 +65,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Server{
+	s := &Server{
 		cfg:        deps.Config,
 		serverName: deps.Config.Global.ServerName,
 		db:         deps.DB,
@@ -69,7 +73,11 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		log:        logger.With("component", "clientapi"),
 		clientIP:   deps.ClientIP,
 		notify:     deps.Notify,
-	}, nil
+	}
+	if err := s.initRooms(ctx, deps.Rooms); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Routes registers clientapi's endpoints on r (mounted at the root).
@@ -86,6 +94,7 @@ func (s *Server) Routes(r chi.Router) {
 // authedRoutes registers the endpoints that require an access token.
 func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodGet, "/_matrix/client/v3/account/whoami", s.whoami)
+	s.roomRoutes(r)
 }
 
 // whoami tells the caller who they are.

@@ -23,6 +23,7 @@ import (
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -32,6 +33,7 @@ type Homeserver struct {
 	DB        *storage.DB
 	Key       *signing.Key
 	ClientAPI *clientapi.Server
+	Rooms     *roomserver.Server
 	Log       *slog.Logger
 
 	handler http.Handler
@@ -80,7 +82,16 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, err
 	}
-	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP})
+	rooms, err := roomserver.New(ctx, roomserver.Deps{
+		DB:         db,
+		ServerName: cfg.Global.ServerName,
+		Key:        key,
+		Config:     cfg.RoomServer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("roomserver: %w", err)
+	}
+	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP, Rooms: rooms})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
@@ -106,6 +117,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		DB:         db,
 		Key:        key,
 		ClientAPI:  client,
+		Rooms:      rooms,
 		Log:        logger,
 		handler:    r,
 		baseCtx:    baseCtx,
