@@ -305,7 +305,7 @@ func TestRoomsFailures(t *testing.T) {
 			{name: "oversized event", method: "PUT", path: r + "/send/m.room.message/t3", token: alice.token, body: `{"body": "` + big + `"}`, wantStatus: 413, wantErrcode: "M_TOO_LARGE"},
 			{name: "createRoom bad JSON", method: "POST", path: "/_matrix/client/v3/createRoom", token: alice.token, body: `{"name": 5}`, wantStatus: 400, wantErrcode: "M_BAD_JSON"},
 			{name: "initial state auth failure", method: "POST", path: "/_matrix/client/v3/createRoom", token: alice.token,
-				body: `{"power_level_content_override": {"users": {"@alice:localhost": 0}, "state_default": 50, "events": {}}, "initial_state": [{"type": "m.room.name", "content": {"name": "x"}}]}`,
+				body:       `{"power_level_content_override": {"users": {"@alice:localhost": 0}, "state_default": 50, "events": {}}, "initial_state": [{"type": "m.room.name", "content": {"name": "x"}}]}`,
 				wantStatus: 400, wantErrcode: "M_INVALID_ROOM_STATE"},
 			{name: "invite without user_id", method: "POST", path: r + "/invite", token: alice.token, body: `{}`, wantStatus: 400, wantErrcode: "M_MISSING_PARAM"},
 			{name: "messages without dir", method: "GET", path: r + "/messages", token: alice.token, wantStatus: 400, wantErrcode: "M_MISSING_PARAM"},
