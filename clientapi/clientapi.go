@@ -84,6 +84,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 func (s *Server) Routes(r chi.Router) {
 	s.discoveryRoutes(r)
 	s.userDataRoutes(r)
+	s.roomPublicRoutes(r)
 	// Endpoints that need an access token.
 	r.Group(func(r chi.Router) {
 		r.Use(authn.Middleware(s))

@@ -73,6 +73,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	}
 	s.roomMembershipRoutes(r)
 	s.roomEventRoutes(r)
+	s.directoryRoutes(r)
 }
 
 // caller is the authenticated user of a request.
