@@ -41,6 +41,8 @@ type roomsPart struct {
 	// messageLimit limits events sent per user.
 	// Spec: client-server-api, "Rate limiting".
 	messageLimit *ratelimit.Limiter
+	// relations indexes m.relates_to of every event from the room stream.
+	relations *relationsIndexer
 }
 
 // initRooms migrates the room tables and prepares the room endpoints.
@@ -59,6 +61,7 @@ func (s *Server) initRooms(ctx context.Context, rooms Rooms) error {
 	s.rooms = roomsPart{
 		rooms:        rooms,
 		messageLimit: ratelimit.New(limit.Message.PerSecond, limit.Message.Burst, limit.Enabled),
+		relations:    &relationsIndexer{db: s.db, rooms: rooms},
 	}
 	// Spec: client-server-api, "m.room.member": a changed displayname or
 	// avatar_url is sent to every room the user is joined to.
@@ -74,6 +77,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.roomMembershipRoutes(r)
 	s.roomEventRoutes(r)
 	s.directoryRoutes(r)
+	s.relationRoutes(r)
 }
 
 // caller is the authenticated user of a request.

@@ -20,7 +20,16 @@ type eventFormatter struct {
 	userID   string
 	deviceID string
 	now      int64
+	// depth counts how deep in bundled aggregations the events being
+	// rendered are; at maxAggregationDepth none are added.
+	depth int
 }
+
+// maxAggregationDepth bounds bundled aggregations: an event's thread
+// summary carries its latest reply with that reply's own aggregations,
+// and no deeper. Spec: "child events of the latest_event should
+// themselves be aggregated ... The server should be careful to avoid loops".
+const maxAggregationDepth = 2
 
 func (s *Server) formatter(userID, deviceID string) *eventFormatter {
 	return &eventFormatter{s: s, userID: userID, deviceID: deviceID, now: time.Now().UnixMilli()}
@@ -61,6 +70,12 @@ func (f *eventFormatter) many(ctx context.Context, evs []*roomserver.Event) ([]j
 		}
 	}
 	var aggregations map[string]json.RawMessage
+	if f.depth < maxAggregationDepth {
+		var err error
+		if aggregations, err = f.bundledAggregations(ctx, evs); err != nil {
+			return nil, err
+		}
+	}
 	for _, ev := range evs {
 		raw, err := f.render(ev, txnIDs[ev.EventID], aggregations[ev.EventID])
 		if err != nil {
