@@ -78,6 +78,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.roomEventRoutes(r)
 	s.directoryRoutes(r)
 	s.relationRoutes(r)
+	s.roomExtraRoutes(r)
 }
 
 // caller is the authenticated user of a request.
