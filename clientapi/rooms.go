@@ -43,6 +43,8 @@ type roomsPart struct {
 	messageLimit *ratelimit.Limiter
 	// relations indexes m.relates_to of every event from the room stream.
 	relations *relationsIndexer
+	// typing holds typing notifications in memory.
+	typing *typingTracker
 }
 
 // initRooms migrates the room tables and prepares the room endpoints.
@@ -62,6 +64,7 @@ func (s *Server) initRooms(ctx context.Context, rooms Rooms) error {
 		rooms:        rooms,
 		messageLimit: ratelimit.New(limit.Message.PerSecond, limit.Message.Burst, limit.Enabled),
 		relations:    &relationsIndexer{db: s.db, rooms: rooms},
+		typing:       newTypingTracker(s.streamAdvanced),
 	}
 	// Spec: client-server-api, "m.room.member": a changed displayname or
 	// avatar_url is sent to every room the user is joined to.
@@ -79,6 +82,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.directoryRoutes(r)
 	s.relationRoutes(r)
 	s.roomExtraRoutes(r)
+	s.ephemeralRoutes(r)
 }
 
 // caller is the authenticated user of a request.

@@ -14,3 +14,13 @@ func (s *Server) roomExtraRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/report/{eventId}", s.reportEvent)
 	handle(r, http.MethodPost, v3+"/report", s.reportRoom)
 }
+
+// ephemeralRoutes registers typing, receipts, read markers and presence.
+func (s *Server) ephemeralRoutes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodPut, v3+"/rooms/{roomId}/typing/{userId}", s.setTyping)
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.sendReceipt)
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/read_markers", s.setReadMarkers)
+	handle(r, http.MethodGet, v3+"/presence/{userId}/status", s.getPresence)
+	handle(r, http.MethodPut, v3+"/presence/{userId}/status", s.putPresence)
+}
