@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
@@ -29,6 +30,13 @@ func (s *Server) roomPublicRoutes(r chi.Router) {
 	handle(r, http.MethodGet, v3+"/directory/room/{roomAlias}", s.getAlias)
 	handle(r, http.MethodGet, v3+"/directory/list/room/{roomId}", s.getDirectoryVisibility)
 	handle(r, http.MethodGet, v3+"/publicRooms", s.getPublicRooms)
+	// Spec: room summaries MAY be served without an access token; one,
+	// if sent, must be valid.
+	optional := r.With(authn.Optional(s))
+	optional.Method(http.MethodGet, "/_matrix/client/v1/room_summary/{roomIdOrAlias}", httpx.H(s.roomSummaryHandler))
+	// MSC3266's unstable paths, older and newer, which clients still use.
+	optional.Method(http.MethodGet, "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", httpx.H(s.roomSummaryHandler))
+	optional.Method(http.MethodGet, "/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", httpx.H(s.roomSummaryHandler))
 }
 
 func (s *Server) directoryRoutes(r chi.Router) {

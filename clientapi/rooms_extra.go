@@ -13,6 +13,7 @@ func (s *Server) roomExtraRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/upgrade", s.upgradeRoom)
 	handle(r, http.MethodPost, v3+"/report/{eventId}", s.reportEvent)
 	handle(r, http.MethodPost, v3+"/report", s.reportRoom)
+	handle(r, http.MethodGet, "/_matrix/client/v1/mutual_rooms", s.mutualRooms)
 }
 
 // ephemeralRoutes registers typing, receipts, read markers and presence.

@@ -3,7 +3,12 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
 
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
@@ -111,3 +116,115 @@ func (s *Server) summarise(ctx context.Context, roomID string) (*roomSummary, er
 	}
 	return rs, nil
 }
+
+// canPreview reports whether userID ("" for anonymous) may see rs: its
+// members and invitees, anyone when it is public, knockable or
+// world-readable, and members of a room that grants access to a
+// restricted one. Spec: client-server-api, "GET /_matrix/client/v1/room_summary/{roomIdOrAlias}"
+// and "GET /_matrix/client/v1/rooms/{roomId}/hierarchy".
+func (s *Server) canPreview(ctx context.Context, userID string, rs *roomSummary) (membership string, ok bool, err error) {
+	if userID != "" {
+		if membership, err = s.rooms.rooms.Membership(ctx, rs.RoomID, userID); err != nil {
+			return "", false, err
+		}
+	}
+	switch {
+	case membership == "join" || membership == "invite" || membership == "knock":
+		return membership, true, nil
+	case rs.WorldReadable, rs.JoinRule == "public", rs.JoinRule == "knock", rs.JoinRule == "knock_restricted":
+		return membership, true, nil
+	case userID != "" && (rs.JoinRule == "restricted"):
+		for _, allowed := range rs.allowedRoomIDs {
+			if m, err := s.rooms.rooms.Membership(ctx, allowed, userID); err != nil {
+				return "", false, err
+			} else if m == "join" {
+				return membership, true, nil
+			}
+		}
+	}
+	return membership, false, nil
+}
+
+// roomSummaryHandler answers with a room's summary.
+// Spec: client-server-api, "GET /_matrix/client/v1/room_summary/{roomIdOrAlias}" (MSC3266).
+func (s *Server) roomSummaryHandler(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := s.resolveRoom(ctx, r)
+	if err != nil {
+		return err
+	}
+	userID := ""
+	if me := caller(r); me != nil {
+		userID = me.UserID
+	}
+	rs, err := s.summarise(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	membership, ok, err := s.canPreview(ctx, userID, rs)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return mxerr.New(mxerr.NotFound, "room %s not found, or you may not see it", roomID)
+	}
+	body := map[string]any{}
+	if err := json.Unmarshal(mustJSON(rs), &body); err != nil {
+		return err
+	}
+	body["room_version"] = rs.roomVersion
+	if rs.encryption != "" {
+		body["encryption"] = rs.encryption
+	}
+	if membership != "" {
+		body["membership"] = membership
+	}
+	if len(rs.allowedRoomIDs) > 0 {
+		body["allowed_room_ids"] = rs.allowedRoomIDs
+	}
+	return httpx.OK(w, body)
+}
+
+// mutualRooms lists the rooms both the caller and another user are joined to.
+// Spec: client-server-api, "GET /_matrix/client/v1/mutual_rooms".
+func (s *Server) mutualRooms(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	other := r.URL.Query().Get("user_id")
+	me := caller(r)
+	if !validUserID(other) || other == me.UserID {
+		return mxerr.New(mxerr.InvalidParam, "user_id must be another user's ID")
+	}
+	offset := 0
+	if from := r.URL.Query().Get("from"); from != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(from, "o"))
+		if err != nil || n < 0 || !strings.HasPrefix(from, "o") {
+			return mxerr.New(mxerr.InvalidParam, "from is not a token from this server")
+		}
+		offset = n
+	}
+	mine, err := s.rooms.rooms.JoinedRooms(ctx, me.UserID)
+	if err != nil {
+		return err
+	}
+	theirs, err := s.rooms.rooms.JoinedRooms(ctx, other)
+	if err != nil {
+		return err
+	}
+	joined := []string{}
+	for _, id := range mine {
+		if contains(theirs, id) {
+			joined = append(joined, id)
+		}
+	}
+	body := map[string]any{"count": len(joined)}
+	start := min(offset, len(joined))
+	end := min(start+mutualRoomsPage, len(joined))
+	body["joined"] = joined[start:end]
+	if end < len(joined) {
+		body["next_batch"] = "o" + strconv.Itoa(end)
+	}
+	return httpx.OK(w, body)
+}
+
+// mutualRoomsPage is the page size of /mutual_rooms.
+const mutualRoomsPage = 100
