@@ -32,6 +32,8 @@ type Deps struct {
 	// Notify, if non-nil, is told after commit that a stream (such as
 	// "account_data") advanced to a position. It must not block.
 	Notify func(stream string, pos int64)
+	// Rooms is the roomserver; nil leaves the room endpoints out.
+	Rooms Rooms
 }
 
 // Server is the client API.
@@ -58,6 +60,8 @@ type Server struct {
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
 	closeOnce      sync.Once
+	// rooms is the state of the room endpoints (rooms.go).
+	rooms roomsPart
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -91,6 +95,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		defer s.background.Done()
 		s.runSweeper(bg)
 	}()
+	if err := s.initRooms(ctx, deps.Rooms); err != nil {
+		cancel()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -111,6 +119,7 @@ func (s *Server) Routes(r chi.Router) {
 	s.discoveryRoutes(r)
 	s.userDataRoutes(r)
 	s.publicRoutes(r)
+	s.roomPublicRoutes(r)
 	// Endpoints that need an access token.
 	r.Group(func(r chi.Router) {
 		r.Use(authn.Middleware(s))
@@ -158,6 +167,7 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/account/3pid/bind", threepidAuthFailed)
 	handle(r, http.MethodPost, v3+"/account/3pid/delete", threepidNotFound)
 	handle(r, http.MethodPost, v3+"/account/3pid/unbind", threepidNotFound)
+	s.roomRoutes(r)
 }
 
 // handle registers an error-returning handler. A UIA challenge is

@@ -119,7 +119,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
-		Notify: notify.Notify})
+		Notify: notify.Notify, Rooms: rooms})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}

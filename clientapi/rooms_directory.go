@@ -1,0 +1,384 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// Published room directory limits.
+const (
+	defaultPublicRoomsLimit = 100
+	maxPublicRoomsLimit     = 500
+)
+
+// roomPublicRoutes registers the room endpoints that take no access token.
+func (s *Server) roomPublicRoutes(r chi.Router) {
+	if s.rooms.rooms == nil {
+		return
+	}
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodGet, v3+"/directory/room/{roomAlias}", s.getAlias)
+	handle(r, http.MethodGet, v3+"/directory/list/room/{roomId}", s.getDirectoryVisibility)
+	handle(r, http.MethodGet, v3+"/publicRooms", s.getPublicRooms)
+	// Spec: room summaries MAY be served without an access token; one,
+	// if sent, must be valid.
+	optional := r.With(authn.Optional(s))
+	optional.Method(http.MethodGet, "/_matrix/client/v1/room_summary/{roomIdOrAlias}", httpx.H(s.roomSummaryHandler))
+	// MSC3266's unstable paths, older and newer, which clients still use.
+	optional.Method(http.MethodGet, "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", httpx.H(s.roomSummaryHandler))
+	optional.Method(http.MethodGet, "/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", httpx.H(s.roomSummaryHandler))
+}
+
+func (s *Server) directoryRoutes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodPut, v3+"/directory/room/{roomAlias}", s.putAlias)
+	handle(r, http.MethodDelete, v3+"/directory/room/{roomAlias}", s.deleteAliasHandler)
+	handle(r, http.MethodGet, v3+"/rooms/{roomId}/aliases", s.roomAliases)
+	handle(r, http.MethodPut, v3+"/directory/list/room/{roomId}", s.putDirectoryVisibility)
+	handle(r, http.MethodPost, v3+"/publicRooms", s.postPublicRooms)
+}
+
+// pathAlias reads {roomAlias} and checks its shape.
+func pathAlias(r *http.Request) (string, error) {
+	alias, err := unescapedParam(r, "roomAlias")
+	if err != nil {
+		return "", err
+	}
+	if !validAlias(alias) {
+		return "", mxerr.New(mxerr.InvalidParam, "%q is not a valid room alias", alias)
+	}
+	return alias, nil
+}
+
+// getAlias resolves an alias.
+// Spec: client-server-api, "GET /_matrix/client/v3/directory/room/{roomAlias}".
+func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
+	alias, err := pathAlias(r)
+	if err != nil {
+		return err
+	}
+	if domainOf(alias) != s.serverName {
+		return mxerr.New(mxerr.NotFound, "room alias %s is on another server; federation queries are not available yet", alias)
+	}
+	roomID, _, err := s.lookupAlias(r.Context(), alias)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{"room_id": roomID, "servers": []string{s.serverName}})
+}
+
+// putAlias creates an alias on this server for a room it knows.
+// Spec: client-server-api, "PUT /_matrix/client/v3/directory/room/{roomAlias}".
+func (s *Server) putAlias(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	alias, err := pathAlias(r)
+	if err != nil {
+		return err
+	}
+	if domainOf(alias) != s.serverName {
+		return mxerr.New(mxerr.InvalidParam, "room aliases can only be created on this server (%s)", s.serverName)
+	}
+	var body struct {
+		RoomID *string `json:"room_id"`
+	}
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if body.RoomID == nil {
+		return mxerr.New(mxerr.MissingParam, "room_id is required")
+	}
+	if !validRoomID(*body.RoomID) {
+		return mxerr.New(mxerr.InvalidParam, "%q is not a valid room ID", *body.RoomID)
+	}
+	me := caller(r)
+	if me.IsGuest {
+		return mxerr.New(mxerr.GuestAccessForbidden, "guests cannot create room aliases")
+	}
+	if _, err := s.rooms.rooms.RoomVersion(ctx, *body.RoomID); err != nil {
+		return err
+	}
+	if err := s.insertAlias(ctx, alias, *body.RoomID, me.UserID); err != nil {
+		if mxerr.Is(err, mxerr.RoomInUse) {
+			// Spec: 409 with M_UNKNOWN here (createRoom uses M_ROOM_IN_USE).
+			return mxerr.New(mxerr.Unknown, "room alias %s already exists", alias).WithStatus(http.StatusConflict)
+		}
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// deleteAliasHandler removes an alias. Its creator may, and so may
+// anyone in the room allowed to change m.room.canonical_alias.
+// Spec: client-server-api, "DELETE /_matrix/client/v3/directory/room/{roomAlias}".
+func (s *Server) deleteAliasHandler(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	alias, err := pathAlias(r)
+	if err != nil {
+		return err
+	}
+	roomID, creator, err := s.lookupAlias(ctx, alias)
+	if err != nil {
+		return err
+	}
+	me := caller(r)
+	if creator != me.UserID {
+		if err := s.requirePowerFor(ctx, me.UserID, roomID, "m.room.canonical_alias"); err != nil {
+			return err
+		}
+	}
+	if _, err := s.deleteAlias(ctx, alias); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// requirePowerFor answers M_FORBIDDEN unless userID is joined to roomID
+// with the power to send the state event type.
+func (s *Server) requirePowerFor(ctx context.Context, userID, roomID, stateType string) error {
+	if m, err := s.rooms.rooms.Membership(ctx, roomID, userID); err != nil {
+		return err
+	} else if m != "join" {
+		return mxerr.New(mxerr.Forbidden, "you are not joined to room %s", roomID)
+	}
+	level, pl, err := s.userPower(ctx, userID, roomID)
+	if err != nil {
+		return err
+	}
+	if level < pl.stateLevel(stateType) {
+		return mxerr.New(mxerr.Forbidden, "you need power level %d in %s", pl.stateLevel(stateType), roomID)
+	}
+	return nil
+}
+
+// roomAliases lists a room's local aliases to its members (to anyone if
+// the room is world-readable).
+// Spec: client-server-api, "GET /_matrix/client/v3/rooms/{roomId}/aliases".
+func (s *Server) roomAliases(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	if err := s.requireJoinedOrWorldReadable(ctx, roomID, caller(r).UserID); err != nil {
+		return err
+	}
+	aliases, err := s.aliasesOf(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{"aliases": aliases})
+}
+
+// requireJoinedOrWorldReadable answers M_FORBIDDEN unless userID is
+// joined to roomID or the room's history is world-readable.
+func (s *Server) requireJoinedOrWorldReadable(ctx context.Context, roomID, userID string) error {
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
+		return err
+	}
+	if m, err := s.rooms.rooms.Membership(ctx, roomID, userID); err != nil || m == "join" {
+		return err
+	}
+	summary, err := s.summarise(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !summary.WorldReadable {
+		return mxerr.New(mxerr.Forbidden, "you are not in room %s", roomID)
+	}
+	return nil
+}
+
+// getDirectoryVisibility answers whether a room is published.
+// Spec: client-server-api, "GET /_matrix/client/v3/directory/list/room/{roomId}".
+func (s *Server) getDirectoryVisibility(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
+		return err
+	}
+	published, err := s.isPublished(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	visibility := "private"
+	if published {
+		visibility = "public"
+	}
+	return httpx.OK(w, map[string]string{"visibility": visibility})
+}
+
+// putDirectoryVisibility publishes or unpublishes a room. It takes the
+// power to change the room's canonical alias, as room moderators have.
+// Spec: client-server-api, "PUT /_matrix/client/v3/directory/list/room/{roomId}".
+func (s *Server) putDirectoryVisibility(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Visibility string `json:"visibility"`
+	}
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if body.Visibility != "public" && body.Visibility != "private" {
+		return mxerr.New(mxerr.InvalidParam, "visibility must be public or private")
+	}
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
+		return err
+	}
+	if err := s.requirePowerFor(ctx, caller(r).UserID, roomID, "m.room.canonical_alias"); err != nil {
+		return err
+	}
+	if err := s.setPublished(ctx, roomID, body.Visibility == "public"); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// publicRoomsQuery is the request of GET and POST /publicRooms.
+type publicRoomsQuery struct {
+	Limit  *int   `json:"limit"`
+	Since  string `json:"since"`
+	Server string `json:"server"`
+	Filter struct {
+		GenericSearchTerm string             `json:"generic_search_term"`
+		RoomTypes         []*json.RawMessage `json:"room_types"`
+	} `json:"filter"`
+}
+
+// getPublicRooms lists the published rooms.
+// Spec: client-server-api, "GET /_matrix/client/v3/publicRooms".
+func (s *Server) getPublicRooms(w http.ResponseWriter, r *http.Request) error {
+	var q publicRoomsQuery
+	v := r.URL.Query()
+	if raw := v.Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			return mxerr.New(mxerr.InvalidParam, "limit must be an integer")
+		}
+		q.Limit = &n
+	}
+	q.Since, q.Server = v.Get("since"), v.Get("server")
+	return s.publicRooms(w, r, &q)
+}
+
+// postPublicRooms lists the published rooms with a filter.
+// Spec: client-server-api, "POST /_matrix/client/v3/publicRooms".
+func (s *Server) postPublicRooms(w http.ResponseWriter, r *http.Request) error {
+	var q publicRoomsQuery
+	if err := httpx.DecodeJSON(r, &q); err != nil {
+		return err
+	}
+	if server := r.URL.Query().Get("server"); server != "" {
+		q.Server = server
+	}
+	return s.publicRooms(w, r, &q)
+}
+
+func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request, q *publicRoomsQuery) error {
+	ctx := r.Context()
+	if q.Server != "" && q.Server != s.serverName {
+		return mxerr.New(mxerr.NotFound, "the directories of other servers are not available yet")
+	}
+	limit := defaultPublicRoomsLimit
+	if q.Limit != nil {
+		if *q.Limit <= 0 {
+			return mxerr.New(mxerr.InvalidParam, "limit must be positive")
+		}
+		limit = min(*q.Limit, maxPublicRoomsLimit)
+	}
+	offset := 0
+	if q.Since != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(q.Since, "o"))
+		if err != nil || n < 0 || !strings.HasPrefix(q.Since, "o") {
+			return mxerr.New(mxerr.InvalidParam, "since is not a token from this server")
+		}
+		offset = n
+	}
+	ids, err := s.publishedRooms(ctx)
+	if err != nil {
+		return err
+	}
+	term := strings.ToLower(q.Filter.GenericSearchTerm)
+	var rooms []*roomSummary
+	for _, id := range ids {
+		summary, err := s.summarise(ctx, id)
+		if mxerr.Is(err, mxerr.NotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if term != "" && !summary.matches(term) || q.Filter.RoomTypes != nil && !summary.hasType(q.Filter.RoomTypes) {
+			continue
+		}
+		rooms = append(rooms, summary)
+	}
+	// Largest rooms first, as clients have come to expect; ties by ID
+	// so pages are stable.
+	sort.SliceStable(rooms, func(i, j int) bool {
+		if rooms[i].NumJoinedMembers != rooms[j].NumJoinedMembers {
+			return rooms[i].NumJoinedMembers > rooms[j].NumJoinedMembers
+		}
+		return rooms[i].RoomID < rooms[j].RoomID
+	})
+	body := map[string]any{"total_room_count_estimate": len(rooms)}
+	start := min(offset, len(rooms))
+	end := min(start+limit, len(rooms))
+	chunk := rooms[start:end]
+	if chunk == nil {
+		chunk = []*roomSummary{}
+	}
+	body["chunk"] = chunk
+	if end < len(rooms) {
+		body["next_batch"] = "o" + strconv.Itoa(end)
+	}
+	if start > 0 {
+		body["prev_batch"] = "o" + strconv.Itoa(max(start-limit, 0))
+	}
+	return httpx.OK(w, body)
+}
+
+// matches reports whether the lower-cased term appears in the room's
+// name, topic, canonical alias or ID.
+func (rs *roomSummary) matches(term string) bool {
+	for _, field := range []string{rs.Name, rs.Topic, rs.CanonicalAlias, rs.RoomID} {
+		if strings.Contains(strings.ToLower(field), term) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasType reports whether the room's type is one of types (a JSON null
+// stands for rooms without a type).
+func (rs *roomSummary) hasType(types []*json.RawMessage) bool {
+	for _, t := range types {
+		if t == nil || string(*t) == "null" {
+			if rs.RoomType == "" {
+				return true
+			}
+			continue
+		}
+		var name string
+		if json.Unmarshal(*t, &name) == nil && name == rs.RoomType {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,102 @@
+package clientapi
+
+import (
+	"context"
+	"time"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// insertAlias maps a local alias to roomID; M_ROOM_IN_USE if the alias
+// exists. Spec: client-server-api, "PUT /_matrix/client/v3/directory/room/{roomAlias}".
+func (s *Server) insertAlias(ctx context.Context, alias, roomID, creator string) error {
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)`,
+			alias, roomID, creator, time.Now().UnixMilli())
+		return err
+	})
+	if storage.IsUniqueViolation(err) {
+		return mxerr.New(mxerr.RoomInUse, "room alias %s already exists", alias)
+	}
+	return err
+}
+
+// lookupAlias returns the room an alias maps to; M_NOT_FOUND otherwise.
+func (s *Server) lookupAlias(ctx context.Context, alias string) (roomID, creator string, err error) {
+	err = s.db.Reader().QueryRow(ctx, `SELECT room_id, creator FROM room_aliases WHERE alias = $1`, alias).Scan(&roomID, &creator)
+	if storage.IsNoRows(err) {
+		return "", "", mxerr.New(mxerr.NotFound, "room alias %s not found", alias)
+	}
+	return roomID, creator, err
+}
+
+// deleteAlias removes an alias; it reports whether it existed.
+func (s *Server) deleteAlias(ctx context.Context, alias string) (bool, error) {
+	var n int64
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		res, err := tx.Exec(ctx, `DELETE FROM room_aliases WHERE alias = $1`, alias)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n > 0, err
+}
+
+// aliasesOf lists the local aliases of a room, sorted.
+func (s *Server) aliasesOf(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias`, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// setPublished adds a room to or removes it from the published directory.
+func (s *Server) setPublished(ctx context.Context, roomID string, public bool) error {
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		if !public {
+			_, err := tx.Exec(ctx, `DELETE FROM room_directory WHERE room_id = $1`, roomID)
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO room_directory (room_id, published_ts) VALUES ($1, $2)
+			ON CONFLICT (room_id) DO NOTHING`, roomID, time.Now().UnixMilli())
+		return err
+	})
+}
+
+// isPublished reports whether a room is in the published directory.
+func (s *Server) isPublished(ctx context.Context, roomID string) (bool, error) {
+	var n int
+	err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM room_directory WHERE room_id = $1`, roomID).Scan(&n)
+	return n > 0, err
+}
+
+// publishedRooms lists every published room ID.
+func (s *Server) publishedRooms(ctx context.Context) ([]string, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id FROM room_directory ORDER BY room_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}

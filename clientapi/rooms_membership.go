@@ -1,0 +1,376 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+func (s *Server) roomMembershipRoutes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodPost, v3+"/createRoom", s.createRoom)
+	handle(r, http.MethodPost, v3+"/join/{roomIdOrAlias}", s.joinByIDOrAlias)
+	handle(r, http.MethodPost, v3+"/knock/{roomIdOrAlias}", s.knock)
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/join", s.joinRoom)
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/leave", s.leaveRoom)
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/forget", s.forgetRoom)
+	for _, action := range []string{"invite", "kick", "ban", "unban"} {
+		handle(r, http.MethodPost, v3+"/rooms/{roomId}/"+action, s.membershipAction(action))
+	}
+	handle(r, http.MethodGet, v3+"/joined_rooms", s.joinedRooms)
+	handle(r, http.MethodGet, v3+"/rooms/{roomId}/members", s.members)
+	handle(r, http.MethodGet, v3+"/rooms/{roomId}/joined_members", s.joinedMembers)
+}
+
+// membershipBody is the body of join, leave, knock, invite, kick, ban
+// and unban.
+type membershipBody struct {
+	UserID           *string         `json:"user_id"`
+	Reason           string          `json:"reason"`
+	ThirdPartySigned json.RawMessage `json:"third_party_signed"`
+	// Third-party invites (POST /invite with id_server) are refused.
+	Medium string `json:"medium"`
+}
+
+// resolveRoom turns a {roomIdOrAlias} parameter into a local room ID.
+// Aliases on other servers and rooms this server is not in need
+// federation, which this server does not offer yet: they answer 404
+// with a message that says so.
+func (s *Server) resolveRoom(ctx context.Context, r *http.Request) (string, error) {
+	target, err := unescapedParam(r, "roomIdOrAlias")
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case strings.HasPrefix(target, "#"):
+		if !validAlias(target) {
+			return "", mxerr.New(mxerr.InvalidParam, "%q is not a valid room alias", target)
+		}
+		if domainOf(target) != s.serverName {
+			return "", mxerr.New(mxerr.NotFound, "room alias %s is on another server; joining over federation is not available yet", target)
+		}
+		roomID, _, err := s.lookupAlias(ctx, target)
+		return roomID, err
+	case validRoomID(target):
+		if _, err := s.rooms.rooms.RoomVersion(ctx, target); mxerr.Is(err, mxerr.NotFound) {
+			// Spec: via/server_name name servers to join through; that
+			// needs federation.
+			return "", mxerr.New(mxerr.NotFound, "this server is not in room %s and cannot join rooms over federation yet", target)
+		} else if err != nil {
+			return "", err
+		}
+		return target, nil
+	}
+	return "", mxerr.New(mxerr.InvalidParam, "%q is neither a room ID nor a room alias", target)
+}
+
+// joinByIDOrAlias joins a room by ID or alias.
+// Spec: client-server-api, "POST /_matrix/client/v3/join/{roomIdOrAlias}".
+func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request) error {
+	roomID, err := s.resolveRoom(r.Context(), r)
+	if err != nil {
+		return err
+	}
+	return s.join(w, r, roomID)
+}
+
+// joinRoom joins a room by ID.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/join".
+func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request) error {
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.rooms.rooms.RoomVersion(r.Context(), roomID); mxerr.Is(err, mxerr.NotFound) {
+		return mxerr.New(mxerr.NotFound, "this server is not in room %s and cannot join rooms over federation yet", roomID)
+	} else if err != nil {
+		return err
+	}
+	return s.join(w, r, roomID)
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) error {
+	ctx := r.Context()
+	me := caller(r)
+	var body membershipBody
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if len(body.ThirdPartySigned) > 0 {
+		return mxerr.New(mxerr.Forbidden, "third-party invites are not supported by this server")
+	}
+	if me.IsGuest {
+		if err := s.checkGuestCanJoin(ctx, roomID); err != nil {
+			return err
+		}
+	}
+	_, err := s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
+		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: s.memberProfile(ctx, me.UserID),
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]string{"room_id": roomID})
+}
+
+// checkGuestCanJoin refuses guests unless the room's m.room.guest_access
+// is can_join. Spec: client-server-api, "Guest Access".
+func (s *Server) checkGuestCanJoin(ctx context.Context, roomID string) error {
+	state, err := s.rooms.rooms.PublicState(ctx, roomID, []string{"m.room.guest_access"})
+	if err != nil {
+		return err
+	}
+	for _, e := range state {
+		var c struct {
+			GuestAccess string `json:"guest_access"`
+		}
+		if json.Unmarshal(e.Content, &c) == nil && c.GuestAccess == "can_join" {
+			return nil
+		}
+	}
+	return mxerr.New(mxerr.GuestAccessForbidden, "guests may not join this room")
+}
+
+// knock asks to join a room.
+// Spec: client-server-api, "POST /_matrix/client/v3/knock/{roomIdOrAlias}".
+func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := s.resolveRoom(ctx, r)
+	if err != nil {
+		return err
+	}
+	var body membershipBody
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	me := caller(r)
+	_, err = s.rooms.rooms.Knock(ctx, roomserver.MembershipRequest{
+		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: s.memberProfile(ctx, me.UserID),
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]string{"room_id": roomID})
+}
+
+// leaveRoom leaves a room, rejects an invite or withdraws a knock.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/leave".
+func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	var body membershipBody
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	_, err = s.rooms.rooms.Leave(r.Context(), roomserver.MembershipRequest{RoomID: roomID, Sender: caller(r).UserID, Reason: body.Reason})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// forgetRoom forgets a room the caller has left.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/forget".
+func (s *Server) forgetRoom(w http.ResponseWriter, r *http.Request) error {
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	if err := s.rooms.rooms.Forget(r.Context(), caller(r).UserID, roomID); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// membershipAction serves invite, kick, ban and unban, which share a body
+// ({user_id, reason}) and an empty answer.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/invite",
+// ".../kick", ".../ban", ".../unban".
+func (s *Server) membershipAction(action string) httpx.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ctx := r.Context()
+		roomID, err := pathRoomID(r)
+		if err != nil {
+			return err
+		}
+		var body membershipBody
+		if err := httpx.DecodeJSON(r, &body); err != nil {
+			return err
+		}
+		if action == "invite" && body.Medium != "" {
+			return mxerr.New(mxerr.Forbidden, "third-party invites are not supported by this server")
+		}
+		if body.UserID == nil {
+			return mxerr.New(mxerr.MissingParam, "user_id is required")
+		}
+		if !validUserID(*body.UserID) {
+			return mxerr.New(mxerr.InvalidParam, "%q is not a user ID", *body.UserID)
+		}
+		me := caller(r)
+		if me.IsGuest {
+			return mxerr.New(mxerr.GuestAccessForbidden, "guests cannot %s users", action)
+		}
+		req := roomserver.MembershipRequest{RoomID: roomID, Sender: me.UserID, Target: *body.UserID, Reason: body.Reason}
+		switch action {
+		case "invite":
+			if domainOf(req.Target) == s.serverName {
+				req.Content = s.memberProfile(ctx, req.Target)
+			}
+			_, err = s.rooms.rooms.Invite(ctx, req)
+		case "kick":
+			_, err = s.rooms.rooms.Kick(ctx, req)
+		case "ban":
+			_, err = s.rooms.rooms.Ban(ctx, req)
+		case "unban":
+			_, err = s.rooms.rooms.Unban(ctx, req)
+		}
+		if err != nil {
+			return err
+		}
+		return httpx.OK(w, httpx.EmptyObject)
+	}
+}
+
+// joinedRooms lists the rooms the caller is joined to.
+// Spec: client-server-api, "GET /_matrix/client/v3/joined_rooms".
+func (s *Server) joinedRooms(w http.ResponseWriter, r *http.Request) error {
+	rooms, err := s.rooms.rooms.JoinedRooms(r.Context(), caller(r).UserID)
+	if err != nil {
+		return err
+	}
+	if rooms == nil {
+		rooms = []string{}
+	}
+	return httpx.OK(w, map[string][]string{"joined_rooms": rooms})
+}
+
+// validMemberships are the values of membership and not_membership.
+var validMemberships = map[string]bool{"join": true, "invite": true, "knock": true, "leave": true, "ban": true}
+
+// members answers with the room's m.room.member events, at a point in
+// time if asked.
+// Spec: client-server-api, "GET /_matrix/client/v3/rooms/{roomId}/members".
+func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	membership, notMembership := q.Get("membership"), q.Get("not_membership")
+	for _, m := range []string{membership, notMembership} {
+		if m != "" && !validMemberships[m] {
+			return mxerr.New(mxerr.InvalidParam, "%q is not a membership", m)
+		}
+	}
+	me := caller(r)
+	var state []*roomserver.Event
+	if at := q.Get("at"); at != "" {
+		state, err = s.stateAtToken(ctx, me.UserID, roomID, at)
+	} else {
+		state, err = s.rooms.rooms.Members(ctx, me.UserID, roomID, "")
+	}
+	if err != nil {
+		return err
+	}
+	var chunk []*roomserver.Event
+	for _, e := range state {
+		if e.Type != "m.room.member" {
+			continue
+		}
+		// Both given: "either the membership is the same as membership or
+		// is not the same as not_membership".
+		keep := membership == "" && notMembership == "" ||
+			membership != "" && e.Membership == membership ||
+			notMembership != "" && e.Membership != notMembership
+		if keep {
+			chunk = append(chunk, e)
+		}
+	}
+	f := s.formatter(me.UserID, me.DeviceID)
+	out, err := f.many(ctx, chunk)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{"chunk": out})
+}
+
+// stateAtToken returns the room state at a pagination token: the state
+// after the last event before it. A token this server cannot read as a
+// timeline position means the current state, as the spec's default.
+func (s *Server) stateAtToken(ctx context.Context, userID, roomID, token string) ([]*roomserver.Event, error) {
+	if _, ok := parseTopoToken(token); !ok {
+		return s.rooms.rooms.CurrentState(ctx, userID, roomID)
+	}
+	page, err := s.rooms.rooms.Messages(ctx, roomserver.MessagesRequest{UserID: userID, RoomID: roomID, From: token, Dir: roomserver.Backward, Limit: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(page.Events) == 0 {
+		return s.rooms.rooms.CurrentState(ctx, userID, roomID)
+	}
+	at, err := s.rooms.rooms.StateAt(ctx, userID, page.Events[0].EventID)
+	if err != nil {
+		return nil, err
+	}
+	return at.After, nil
+}
+
+// joinedMembers maps each joined user to their display name and avatar.
+// Spec: client-server-api, "GET /_matrix/client/v3/rooms/{roomId}/joined_members".
+func (s *Server) joinedMembers(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	me := caller(r)
+	if err := s.requireJoined(ctx, roomID, me.UserID); err != nil {
+		return err
+	}
+	members, err := s.rooms.rooms.Members(ctx, me.UserID, roomID, "join")
+	if err != nil {
+		return err
+	}
+	type member struct {
+		DisplayName *string `json:"display_name,omitempty"`
+		AvatarURL   *string `json:"avatar_url,omitempty"`
+	}
+	joined := map[string]member{}
+	for _, e := range members {
+		var c struct {
+			DisplayName *string `json:"displayname"`
+			AvatarURL   *string `json:"avatar_url"`
+		}
+		_ = json.Unmarshal(e.Content, &c)
+		if e.StateKey != nil {
+			joined[*e.StateKey] = member{DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
+		}
+	}
+	return httpx.OK(w, map[string]any{"joined": joined})
+}
+
+// requireJoined answers M_FORBIDDEN unless userID is joined to roomID,
+// and M_NOT_FOUND for rooms this server does not know.
+func (s *Server) requireJoined(ctx context.Context, roomID, userID string) error {
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
+		return err
+	}
+	m, err := s.rooms.rooms.Membership(ctx, roomID, userID)
+	if err != nil {
+		return err
+	}
+	if m != "join" {
+		return mxerr.New(mxerr.Forbidden, "you are not joined to room %s", roomID)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// ReceiptStream is the stream name Deps.Notify hears for receipts.
+const ReceiptStream = "receipts"
+
+// receiptLock is the PostgreSQL advisory lock that makes receipt
+// positions commit in order (see accountDataLock).
+const receiptLock = 4242102
+
+// Receipt is one read receipt as the sync component reads it.
+type Receipt struct {
+	RoomID string
+	UserID string
+	// Type is m.read or m.read.private.
+	Type    string
+	EventID string
+	// ThreadID is "" for an unthreaded receipt, "main" or a thread root.
+	ThreadID string
+	TS       int64
+	// Position is the receipt's stream position.
+	Position int64
+}
+
+// ReceiptsSince returns the receipts in roomIDs whose latest change has
+// a stream position in (since, latest], in position order, and latest,
+// the receipt stream head when read. m.read.private receipts are
+// returned only to their own user (forUserID).
+// Spec: client-server-api, "Receipts", "Private read receipts".
+func (s *Server) ReceiptsSince(ctx context.Context, forUserID string, roomIDs []string, since int64) (receipts []Receipt, latest int64, err error) {
+	err = s.db.Read(ctx, func(q storage.Querier) error {
+		if err := q.QueryRow(ctx, `SELECT COALESCE(MAX(position), 0) FROM receipts`).Scan(&latest); err != nil {
+			return err
+		}
+		if len(roomIDs) == 0 {
+			return nil
+		}
+		var b strings.Builder
+		args := []any{since, latest, forUserID}
+		b.WriteString(`SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, position FROM receipts
+			WHERE position > $1 AND position <= $2 AND (receipt_type <> 'm.read.private' OR user_id = $3) AND room_id IN (`)
+		for i, id := range roomIDs {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			args = append(args, id)
+			fmt.Fprintf(&b, "$%d", len(args))
+		}
+		b.WriteString(") ORDER BY position")
+		rows, err := q.Query(ctx, b.String(), args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var r Receipt
+			if err := rows.Scan(&r.RoomID, &r.UserID, &r.Type, &r.ThreadID, &r.EventID, &r.TS, &r.Position); err != nil {
+				return err
+			}
+			receipts = append(receipts, r)
+		}
+		return rows.Err()
+	})
+	return receipts, latest, err
+}
+
+// storeReceipt writes one receipt at a new stream position; the stream
+// is told after commit.
+func (s *Server) storeReceipt(ctx context.Context, r Receipt) error {
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		if s.db.Engine() == storage.Postgres {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, receiptLock); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM receipts WHERE room_id = $1 AND user_id = $2 AND receipt_type = $3 AND thread_id = $4`,
+			r.RoomID, r.UserID, r.Type, r.ThreadID); err != nil {
+			return err
+		}
+		var pos int64
+		if err := tx.QueryRow(ctx, `INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING position`,
+			r.RoomID, r.UserID, r.Type, r.ThreadID, r.EventID, r.TS).Scan(&pos); err != nil {
+			return err
+		}
+		tx.AfterCommit(func() { s.streamAdvanced(ReceiptStream, pos) })
+		return nil
+	})
+}
+
+// sendReceipt records a receipt or the fully-read marker.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}".
+func (s *Server) sendReceipt(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	eventID, err := pathEventID(r)
+	if err != nil {
+		return err
+	}
+	receiptType, err := unescapedParam(r, "receiptType")
+	if err != nil {
+		return err
+	}
+	var body struct {
+		ThreadID *json.RawMessage `json:"thread_id"`
+	}
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	threadID := ""
+	if body.ThreadID != nil {
+		if json.Unmarshal(*body.ThreadID, &threadID) != nil || threadID == "" {
+			return mxerr.New(mxerr.InvalidParam, "thread_id field must be a non-empty string")
+		}
+		if threadID != "main" && !strings.HasPrefix(threadID, "$") {
+			return mxerr.New(mxerr.InvalidParam, "thread_id must be main or an event ID")
+		}
+	}
+	me := caller(r)
+	switch receiptType {
+	case "m.read", "m.read.private":
+	case "m.fully_read":
+		if threadID != "" {
+			return mxerr.New(mxerr.InvalidParam, "thread_id cannot be used with m.fully_read")
+		}
+	default:
+		return mxerr.New(mxerr.InvalidParam, "unknown receipt type %q", receiptType)
+	}
+	if err := s.markRead(ctx, me.UserID, roomID, receiptType, eventID, threadID); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// markRead records one receipt type (or the m.fully_read marker) for an
+// event of a room the user is joined to and can see.
+func (s *Server) markRead(ctx context.Context, userID, roomID, receiptType, eventID, threadID string) error {
+	if err := s.requireJoined(ctx, roomID, userID); err != nil {
+		return err
+	}
+	if _, err := s.visibleEvent(ctx, userID, roomID, eventID); err != nil {
+		return err
+	}
+	if receiptType == "m.fully_read" {
+		// Spec: client-server-api, "Fully read markers": stored as room
+		// account data.
+		local := s.localpart(userID)
+		_, err := s.storeAccountData(ctx, local, roomID, "m.fully_read", mustJSON(map[string]string{"event_id": eventID}))
+		return err
+	}
+	return s.storeReceipt(ctx, Receipt{RoomID: roomID, UserID: userID, Type: receiptType, EventID: eventID, ThreadID: threadID, TS: nowMillis()})
+}
+
+// setReadMarkers sets the fully-read marker and the read receipts in one call.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/read_markers".
+func (s *Server) setReadMarkers(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	var body map[string]*string
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	me := caller(r)
+	for _, t := range []string{"m.fully_read", "m.read", "m.read.private"} {
+		eventID := body[t]
+		if eventID == nil {
+			continue
+		}
+		if !strings.HasPrefix(*eventID, "$") {
+			return mxerr.New(mxerr.InvalidParam, "%s must be an event ID", t)
+		}
+		if err := s.markRead(ctx, me.UserID, roomID, t, *eventID, ""); err != nil {
+			return err
+		}
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}

@@ -1,0 +1,108 @@
+package clientapi
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// maxReportReason bounds a report's reason, in bytes.
+const maxReportReason = 4096
+
+// reportBody is the body of both report endpoints.
+type reportBody struct {
+	Reason *string `json:"reason"`
+	Score  *int64  `json:"score"`
+}
+
+// reportEvent records a report about an event in a room the caller is
+// joined to. Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}".
+func (s *Server) reportEvent(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	eventID, err := pathEventID(r)
+	if err != nil {
+		return err
+	}
+	body, err := readReport(r)
+	if err != nil {
+		return err
+	}
+	me := caller(r)
+	notFound := mxerr.New(mxerr.NotFound, "the event was not found or you are not joined to its room")
+	if m, err := s.rooms.rooms.Membership(ctx, roomID, me.UserID); err != nil {
+		return err
+	} else if m != "join" {
+		return notFound
+	}
+	ev, err := s.visibleEvent(ctx, me.UserID, roomID, eventID)
+	if mxerr.Is(err, mxerr.NotFound) || err == nil && ev.RedactedBecause != "" {
+		return notFound
+	} else if err != nil {
+		return err
+	}
+	if err := s.storeReport(ctx, roomID, eventID, me.UserID, body); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// reportRoom records a report about a room; the caller need not be in it.
+// Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/report".
+func (s *Server) reportRoom(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	body, err := readReport(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
+		return err
+	}
+	if err := s.storeReport(ctx, roomID, "", caller(r).UserID, body); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+func readReport(r *http.Request) (*reportBody, error) {
+	var body reportBody
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return nil, err
+	}
+	if body.Reason != nil && len(*body.Reason) > maxReportReason {
+		return nil, mxerr.New(mxerr.InvalidParam, "reason is longer than %d bytes", maxReportReason)
+	}
+	if body.Score != nil && (*body.Score < -100 || *body.Score > 0) {
+		return nil, mxerr.New(mxerr.InvalidParam, "score must be between -100 and 0")
+	}
+	return &body, nil
+}
+
+func (s *Server) storeReport(ctx context.Context, roomID, eventID, reporter string, body *reportBody) error {
+	if err := s.rooms.messageLimit.Allow(reporter); err != nil {
+		return err
+	}
+	reason := ""
+	if body.Reason != nil {
+		reason = *body.Reason
+	}
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO room_reports (room_id, event_id, reporter, reason, score, received_ts)
+			VALUES ($1, $2, $3, $4, $5, $6)`, roomID, eventID, reporter, reason, body.Score, nowMillis())
+		return err
+	})
+}
+
+// nowMillis is the current time in Unix milliseconds.
+func nowMillis() int64 { return time.Now().UnixMilli() }

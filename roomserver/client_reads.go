@@ -1,0 +1,194 @@
+package roomserver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// ClientReads are reads the client API needs beyond API: transaction IDs
+// for unsigned.transaction_id, timestamp lookups, the public summary
+// state of a room (directory, hierarchy, room summary) and the raw event
+// stream for clientapi's own indexes (relations). They live in this file
+// so the room DAG code stays untouched by client concerns.
+type ClientReads interface {
+	// TransactionIDs maps those of eventIDs that userID sent from
+	// deviceID with a transaction ID to that transaction ID.
+	TransactionIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
+	// EventAtTimestamp returns the visible timeline event of roomID
+	// closest to ts in direction dir (Forward: at or after ts, Backward:
+	// at or before ts), or M_NOT_FOUND.
+	EventAtTimestamp(ctx context.Context, userID, roomID string, ts int64, dir Direction) (*Event, error)
+	// PublicState returns the current state events of roomID with the
+	// given types (every state key), without history visibility checks.
+	// Callers only show what the spec makes public to would-be joiners
+	// (names, topics, join rules, space children, ...).
+	PublicState(ctx context.Context, roomID string, types []string) ([]*Event, error)
+	// JoinedMemberCount counts the users joined to roomID.
+	JoinedMemberCount(ctx context.Context, roomID string) (int, error)
+	// EventsAfter returns up to limit accepted timeline events of every
+	// room with stream positions above after, in stream order, without
+	// visibility checks, for server-side indexers. The events are in
+	// their current (possibly redacted) form.
+	EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error)
+}
+
+var _ ClientReads = (*Server)(nil)
+
+// TransactionIDs implements ClientReads.
+func (s *Server) TransactionIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error) {
+	out := map[string]string{}
+	if len(eventIDs) == 0 || deviceID == "" {
+		return out, nil
+	}
+	query, args := inList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
+	n := len(args)
+	query += fmt.Sprintf(` AND room_id = $%d AND user_id = $%d AND device_id = $%d`, n+1, n+2, n+3)
+	args = append(args, roomID, userID, deviceID)
+	rows, err := s.db.Reader().Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var eventID, txnID string
+		if err := rows.Scan(&eventID, &txnID); err != nil {
+			return nil, err
+		}
+		out[eventID] = txnID
+	}
+	return out, rows.Err()
+}
+
+// EventAtTimestamp implements ClientReads. It walks candidates in
+// timestamp order and returns the first the user may see.
+// Spec: client-server-api, "GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event".
+func (s *Server) EventAtTimestamp(ctx context.Context, userID, roomID string, ts int64, dir Direction) (*Event, error) {
+	var out *Event
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		room, err := loadRoom(ctx, q, roomID)
+		if err != nil {
+			return err
+		}
+		query := `SELECT ` + eventColumns + ` FROM roomserver_events WHERE room_id = $1
+			AND NOT rejected AND NOT soft_failed AND `
+		if dir == Forward {
+			query += `origin_server_ts >= $2 ORDER BY origin_server_ts, event_nid LIMIT 100 OFFSET $3`
+		} else {
+			query += `origin_server_ts <= $2 ORDER BY origin_server_ts DESC, event_nid DESC LIMIT 100 OFFSET $3`
+		}
+		vis := s.newVisibility(q, userID)
+		for offset := 0; offset < 10000; offset += 100 {
+			rows, err := queryEventRows(ctx, q, query, roomID, ts, offset)
+			if err != nil {
+				return err
+			}
+			for _, r := range rows {
+				e, err := parseRow(room.Version, r)
+				if err != nil {
+					return err
+				}
+				ok, err := vis.canSee(ctx, room.Version, e)
+				if err != nil {
+					return err
+				}
+				if ok {
+					out = toEvent(e)
+					return nil
+				}
+			}
+			if len(rows) < 100 {
+				break
+			}
+		}
+		return mxerr.New(mxerr.NotFound, "no event found %s the timestamp", map[Direction]string{Forward: "after", Backward: "before"}[dir])
+	})
+	return out, err
+}
+
+// PublicState implements ClientReads.
+func (s *Server) PublicState(ctx context.Context, roomID string, types []string) ([]*Event, error) {
+	var out []*Event
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		room, err := loadRoom(ctx, q, roomID)
+		if err != nil {
+			return err
+		}
+		if len(types) == 0 {
+			return nil
+		}
+		query, args := inList(`SELECT event_nid FROM roomserver_current_state WHERE type IN `, types)
+		query += fmt.Sprintf(` AND room_id = $%d ORDER BY type, state_key`, len(args)+1)
+		args = append(args, roomID)
+		rows, err := q.Query(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		var nids []int64
+		for rows.Next() {
+			var nid int64
+			if err := rows.Scan(&nid); err != nil {
+				rows.Close()
+				return err
+			}
+			nids = append(nids, nid)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		loaded, err := s.loadEvents(ctx, q, nil, room.Version, nids)
+		if err != nil {
+			return err
+		}
+		for _, e := range loaded {
+			out = append(out, toEvent(e))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// JoinedMemberCount implements ClientReads.
+func (s *Server) JoinedMemberCount(ctx context.Context, roomID string) (int, error) {
+	var n int
+	err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID).Scan(&n)
+	return n, err
+}
+
+// EventsAfter implements ClientReads.
+func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	var out []*Event
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
+			WHERE event_nid > $1 AND NOT rejected AND NOT soft_failed ORDER BY event_nid LIMIT $2`, after, limit)
+		if err != nil {
+			return err
+		}
+		versions := map[string]string{}
+		for _, r := range rows {
+			version, ok := versions[r.RoomID]
+			if !ok {
+				room, err := loadRoom(ctx, q, r.RoomID)
+				if err != nil {
+					return err
+				}
+				version = room.Version
+				versions[r.RoomID] = version
+			}
+			e, err := parseRow(version, r)
+			if err != nil {
+				return err
+			}
+			out = append(out, toEvent(e))
+		}
+		return nil
+	})
+	return out, err
+}
