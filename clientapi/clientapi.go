@@ -32,6 +32,10 @@ type Deps struct {
 	// Notify, if non-nil, is told after commit that a stream (such as
 	// "account_data") advanced to a position. It must not block.
 	Notify func(stream string, pos int64)
+	// OnDevicesDeleted, if non-nil, runs inside every transaction that
+	// deletes devices; the key server's keyserver.DevicesDeletedHook
+	// deletes their keys there.
+	OnDevicesDeleted DevicesDeletedHook
 }
 
 // Server is the client API.
@@ -67,6 +71,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	logger := deps.Logger
 	if logger == nil {
 		logger = slog.Default()

@@ -24,6 +24,7 @@ import (
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/keyserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -33,6 +34,7 @@ type Homeserver struct {
 	DB        *storage.DB
 	Key       *signing.Key
 	ClientAPI *clientapi.Server
+	KeyServer *keyserver.Server
 	Log       *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
@@ -96,9 +98,23 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, err
 	}
-	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP})
+	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+		// Deleting a device deletes its keys in the same transaction.
+		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, nil)})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
+	}
+	keys, err := keyserver.New(ctx, keyserver.Deps{
+		ServerName:      cfg.Global.ServerName,
+		DB:              db,
+		Verifier:        client,
+		Logger:          logger,
+		UserDevices:     client.Accounts().DeviceNames,
+		RequirePassword: client.RequirePassword,
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("keyserver: %w", err)
 	}
 	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
 
@@ -114,6 +130,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	}
 	client.Routes(r)
+	keys.Routes(r)
 	federation.Routes(r)
 
 	baseCtx, cancel := context.WithCancel(context.Background())
@@ -122,6 +139,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		DB:         db,
 		Key:        key,
 		ClientAPI:  client,
+		KeyServer:  keys,
 		Log:        logger,
 		handler:    r,
 		baseCtx:    baseCtx,
