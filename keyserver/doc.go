@@ -22,6 +22,17 @@
 //     failures, and to-device messages for them wait in
 //     keyserver_to_device_outbound for the federation sender.
 //
+// Sync's part (API): per /sync of (user, device) with token positions
+// toDevice and deviceList:
+//   - AckToDevice(user, device, toDevice) when the client presents a
+//     token, then ToDeviceSince(user, device, toDevice) → to_device.events
+//     and the next token's to-device position;
+//   - DeviceListChanges(user, deviceList, DeviceListPosition(), delta) →
+//     device_lists (incremental syncs only), delta from the room stream;
+//   - OneTimeKeyCounts and UnusedFallbackKeyTypes →
+//     device_one_time_keys_count and device_unused_fallback_key_types;
+//   - wake on Deps.Notify(ToDeviceStream | DeviceListStream, pos).
+//
 // Concurrency: a Server is safe for concurrent use; all state is in the
 // database. Stream positions commit in order (an advisory lock per stream
 // on PostgreSQL, the single writer on SQLite).
