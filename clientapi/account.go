@@ -55,7 +55,7 @@ func (s *Server) changePassword(w http.ResponseWriter, r *http.Request) error {
 		if err := consumeUIASession(ctx, tx, sess); err != nil {
 			return err
 		}
-		return setPassword(ctx, tx, localpart, hash, logout, d.DeviceID)
+		return s.accounts.setPassword(ctx, tx, localpart, hash, logout, d.DeviceID)
 	})
 	if err != nil {
 		return err
@@ -89,7 +89,7 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) error {
 		if err := consumeUIASession(ctx, tx, sess); err != nil {
 			return err
 		}
-		return deactivateAccount(ctx, tx, localpart, req.Erase)
+		return s.accounts.deactivateAccount(ctx, tx, localpart, req.Erase)
 	})
 	if err != nil {
 		return err

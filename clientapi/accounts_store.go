@@ -23,7 +23,17 @@ type Accounts struct {
 	db         *storage.DB      // immutable
 	serverName string           // immutable
 	cfg        config.ClientAPI // immutable
+	// onDevicesDeleted, if non-nil, runs inside every transaction that
+	// deletes devices (Deps.OnDevicesDeleted). Set once by New.
+	onDevicesDeleted DevicesDeletedHook
 }
+
+// DevicesDeletedHook is called inside the transaction that deletes
+// userID's devices deviceIDs (logout, device deletion, password change
+// with logout, deactivation), so another component's per-device state —
+// the key server's device keys — goes in the same commit. An error rolls
+// the deletion back.
+type DevicesDeletedHook func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error
 
 // OpenAccounts runs clientapi's migrations on db and returns the store.
 func OpenAccounts(ctx context.Context, cfg *config.Config, db *storage.DB) (*Accounts, error) {
@@ -139,13 +149,29 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 
 // deleteDevices deletes the user's devices and their sessions: the listed
 // ones, or all of them when deviceIDs is nil, sparing keep (if not "").
-func deleteDevices(ctx context.Context, tx storage.Tx, localpart string, deviceIDs []string, keep string) error {
+// The devices actually deleted are passed to onDevicesDeleted.
+func (a *Accounts) deleteDevices(ctx context.Context, tx storage.Tx, localpart string, deviceIDs []string, keep string) error {
+	var deleted []string
 	if deviceIDs == nil {
 		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id <> $2`, localpart, keep); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM devices WHERE localpart = $1 AND device_id <> $2`, localpart, keep)
-		return err
+		rows, err := tx.Query(ctx, `DELETE FROM devices WHERE localpart = $1 AND device_id <> $2 RETURNING device_id`, localpart, keep)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			deleted = append(deleted, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
 	}
 	for _, id := range deviceIDs {
 		if id == keep {
@@ -154,16 +180,23 @@ func deleteDevices(ctx context.Context, tx storage.Tx, localpart string, deviceI
 		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id = $2`, localpart, id); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM devices WHERE localpart = $1 AND device_id = $2`, localpart, id); err != nil {
+		res, err := tx.Exec(ctx, `DELETE FROM devices WHERE localpart = $1 AND device_id = $2`, localpart, id)
+		if err != nil {
 			return err
 		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			deleted = append(deleted, id)
+		}
 	}
-	return nil
+	if a.onDevicesDeleted == nil || len(deleted) == 0 {
+		return nil
+	}
+	return a.onDevicesDeleted(ctx, tx, a.userID(localpart), deleted)
 }
 
 // setPassword replaces the password hash; with logoutDevices it also
 // deletes every device except keep.
-func setPassword(ctx context.Context, tx storage.Tx, localpart, passwordHash string, logoutDevices bool, keep string) error {
+func (a *Accounts) setPassword(ctx context.Context, tx storage.Tx, localpart, passwordHash string, logoutDevices bool, keep string) error {
 	res, err := tx.Exec(ctx, `UPDATE accounts SET password_hash = $1 WHERE localpart = $2 AND NOT deactivated`, passwordHash, localpart)
 	if err != nil {
 		return err
@@ -172,7 +205,7 @@ func setPassword(ctx context.Context, tx storage.Tx, localpart, passwordHash str
 		return mxerr.New(mxerr.NotFound, "no active account %q", localpart)
 	}
 	if logoutDevices {
-		return deleteDevices(ctx, tx, localpart, nil, keep)
+		return a.deleteDevices(ctx, tx, localpart, nil, keep)
 	}
 	return nil
 }
@@ -182,7 +215,7 @@ func setPassword(ctx context.Context, tx storage.Tx, localpart, passwordHash str
 // With erase, the password hash is wiped too.
 //
 // Spec: client-server-api, "POST /_matrix/client/v3/account/deactivate".
-func deactivateAccount(ctx context.Context, tx storage.Tx, localpart string, erase bool) error {
+func (a *Accounts) deactivateAccount(ctx context.Context, tx storage.Tx, localpart string, erase bool) error {
 	res, err := tx.Exec(ctx, `
 		UPDATE accounts SET deactivated = TRUE, erased = (erased OR $2),
 			password_hash = CASE WHEN $2 THEN '' ELSE password_hash END
@@ -193,7 +226,7 @@ func deactivateAccount(ctx context.Context, tx storage.Tx, localpart string, era
 	if n, _ := res.RowsAffected(); n == 0 {
 		return mxerr.New(mxerr.NotFound, "no account %q", localpart)
 	}
-	if err := deleteDevices(ctx, tx, localpart, nil, ""); err != nil {
+	if err := a.deleteDevices(ctx, tx, localpart, nil, ""); err != nil {
 		return err
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM login_tokens WHERE localpart = $1`, localpart); err != nil {

@@ -55,14 +55,14 @@ func (a *Accounts) SetPassword(ctx context.Context, localpart, password string) 
 		return err
 	}
 	return a.db.Write(ctx, func(tx storage.Tx) error {
-		return setPassword(ctx, tx, localpart, hash, true, "")
+		return a.setPassword(ctx, tx, localpart, hash, true, "")
 	})
 }
 
 // Deactivate deactivates an account and revokes all its tokens.
 func (a *Accounts) Deactivate(ctx context.Context, localpart string) error {
 	return a.db.Write(ctx, func(tx storage.Tx) error {
-		return deactivateAccount(ctx, tx, localpart, false)
+		return a.deactivateAccount(ctx, tx, localpart, false)
 	})
 }
 

@@ -34,6 +34,10 @@ type Deps struct {
 	Notify func(stream string, pos int64)
 	// Rooms is the roomserver; nil leaves the room endpoints out.
 	Rooms Rooms
+	// OnDevicesDeleted, if non-nil, runs inside every transaction that
+	// deletes devices; the key server's keyserver.DevicesDeletedHook
+	// deletes their keys there.
+	OnDevicesDeleted DevicesDeletedHook
 }
 
 // Server is the client API.
@@ -71,6 +75,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	logger := deps.Logger
 	if logger == nil {
 		logger = slog.Default()

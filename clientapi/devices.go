@@ -1,8 +1,10 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
@@ -123,10 +125,33 @@ func (s *Server) deleteDevicesUIA(w http.ResponseWriter, r *http.Request, auth j
 		if err := consumeUIASession(ctx, tx, sess); err != nil {
 			return err
 		}
-		return deleteDevices(ctx, tx, localpart, deviceIDs, "")
+		return s.accounts.deleteDevices(ctx, tx, localpart, deviceIDs, "")
 	})
 	if err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// DeviceNames returns a local user's devices: device ID → display name
+// ("" when unnamed). Other components (the key server) use it to know
+// which devices exist without reading clientapi's tables.
+func (a *Accounts) DeviceNames(ctx context.Context, userID string) (map[string]string, error) {
+	local, server, ok := strings.Cut(strings.TrimPrefix(userID, "@"), ":")
+	out := map[string]string{}
+	if !ok || server != a.serverName || !strings.HasPrefix(userID, "@") {
+		return out, nil
+	}
+	devices, err := listDevices(ctx, a.db.Reader(), local)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range devices {
+		name := ""
+		if d.DisplayName != nil {
+			name = *d.DisplayName
+		}
+		out[d.DeviceID] = name
+	}
+	return out, nil
 }

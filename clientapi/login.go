@@ -282,7 +282,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
 	ctx := r.Context()
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		return deleteDevices(ctx, tx, s.localpart(d.UserID), []string{d.DeviceID}, "")
+		return s.accounts.deleteDevices(ctx, tx, s.localpart(d.UserID), []string{d.DeviceID}, "")
 	})
 	if err != nil {
 		return err
@@ -296,7 +296,7 @@ func (s *Server) logoutAll(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
 	ctx := r.Context()
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		return deleteDevices(ctx, tx, s.localpart(d.UserID), nil, "")
+		return s.accounts.deleteDevices(ctx, tx, s.localpart(d.UserID), nil, "")
 	})
 	if err != nil {
 		return err

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"slices"
 	"time"
 
+	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -327,4 +329,31 @@ func containsAll(have, want []string) bool {
 		}
 	}
 	return true
+}
+
+// ChallengeBody is the 401 body of a UIA challenge, for components whose
+// endpoints authenticate through RequirePassword and write it themselves.
+func (c *uiaChallenge) ChallengeBody() map[string]any { return c.body }
+
+// RequirePassword runs user-interactive authentication with the
+// m.login.password flow for the caller of r, on behalf of an endpoint
+// another component serves (the key server's device_signing/upload).
+// purpose names the operation; a session started for one purpose cannot
+// authorise another. Until the flow is complete it returns an error with
+// a ChallengeBody() method whose body the caller writes with status 401.
+// Once complete it returns consume, which the caller must run inside the
+// write that performs the operation, so the session authorises it once.
+func (s *Server) RequirePassword(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (consume func(context.Context, storage.Tx) error, err error) {
+	d := authn.FromContext(ctx)
+	if d == nil {
+		return nil, mxerr.New(mxerr.MissingToken, "missing access token")
+	}
+	if d.IsGuest {
+		return nil, mxerr.New(mxerr.GuestAccessForbidden, "guests cannot authenticate with a password")
+	}
+	sess, err := s.userInteractiveAuth(ctx, s.passwordUIA(purpose, s.localpart(d.UserID), r), auth)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, tx storage.Tx) error { return consumeUIASession(ctx, tx, sess) }, nil
 }

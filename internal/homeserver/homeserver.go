@@ -25,6 +25,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/keyserver"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/syncapi"
@@ -39,8 +40,9 @@ type Homeserver struct {
 	Rooms     *roomserver.Server
 	Sync      *syncapi.Server
 	// Notifier carries "stream S advanced to N" between components.
-	Notifier *notifier.Notifier
-	Log      *slog.Logger
+	Notifier  *notifier.Notifier
+	KeyServer *keyserver.Server
+	Log       *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -119,7 +121,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
-		Notify: notify.Notify, Rooms: rooms})
+		Notify: notify.Notify, Rooms: rooms,
+		// Deleting a device deletes its keys in the same transaction.
+		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, notify.Notify)})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
@@ -127,6 +131,20 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Notifier: notify, Verifier: client, Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("syncapi: %w", err)
+	}
+	keys, err := keyserver.New(ctx, keyserver.Deps{
+		ServerName:      cfg.Global.ServerName,
+		DB:              db,
+		Verifier:        client,
+		Logger:          logger,
+		Notify:          notify.Notify,
+		UserDevices:     client.Accounts().DeviceNames,
+		RequirePassword: client.RequirePassword,
+		SharedRoomUsers: sharedRoomUsers(rooms),
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("keyserver: %w", err)
 	}
 	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
 
@@ -143,6 +161,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	client.Routes(r)
 	syncServer.Routes(r)
+	keys.Routes(r)
 	federation.Routes(r)
 
 	ok = true
@@ -154,6 +173,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Rooms:      rooms,
 		Sync:       syncServer,
 		Notifier:   notify,
+		KeyServer:  keys,
 		Log:        logger,
 		handler:    r,
 		baseCtx:    baseCtx,
@@ -228,4 +248,30 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
 	return errors.Join(hs.ClientAPI.Close(), hs.DB.Close())
+}
+
+// sharedRoomUsers lists the users who share a joined room with a user, for
+// the key server's device-list fan-out.
+func sharedRoomUsers(rooms *roomserver.Server) func(ctx context.Context, userID string) ([]string, error) {
+	return func(ctx context.Context, userID string) ([]string, error) {
+		joined, err := rooms.JoinedRooms(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		var users []string
+		for _, roomID := range joined {
+			members, err := rooms.Members(ctx, userID, roomID, "join")
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range members {
+				if m.StateKey != nil && !seen[*m.StateKey] {
+					seen[*m.StateKey] = true
+					users = append(users, *m.StateKey)
+				}
+			}
+		}
+		return users, nil
+	}
 }

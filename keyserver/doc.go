@@ -1,0 +1,44 @@
+// Package keyserver is Myelin's end-to-end encryption support: device
+// keys, one-time and fallback keys, cross-signing keys and signatures,
+// server-side key backups, to-device messages and device-list change
+// tracking. It serves /keys/*, /sendToDevice and /room_keys/*.
+//
+// The server never sees a private key or a plaintext message: it stores
+// public keys, signatures it has verified, and ciphertext the clients
+// produced (Olm to-device payloads, encrypted backup session data).
+//
+// Contract:
+//   - Device keys are accepted only for the caller's own device and only
+//     with a valid self-signature; a device's identity keys never change.
+//   - A one-time key is handed out at most once: a claim deletes it in the
+//     statement that picks it. The fallback key is handed out when none
+//     is left, and marked used.
+//   - Every signature stored has been verified against the signer's key.
+//   - To-device messages and device-list changes are streams (see API):
+//     rows at increasing positions, written in the same transaction as the
+//     data they describe, with Deps.Notify told after commit. To-device
+//     rows are deleted only when sync acknowledges them (AckToDevice).
+//   - Users on other servers: key queries and claims report them in
+//     failures, and to-device messages for them wait in
+//     keyserver_to_device_outbound for the federation sender.
+//
+// Sync's part (API): per /sync of (user, device) with token positions
+// toDevice and deviceList:
+//   - AckToDevice(user, device, toDevice) when the client presents a
+//     token, then ToDeviceSince(user, device, toDevice) → to_device.events
+//     and the next token's to-device position;
+//   - DeviceListChanges(user, deviceList, DeviceListPosition(), delta) →
+//     device_lists (incremental syncs only), delta from the room stream;
+//   - OneTimeKeyCounts and UnusedFallbackKeyTypes →
+//     device_one_time_keys_count and device_unused_fallback_key_types;
+//   - wake on Deps.Notify(ToDeviceStream | DeviceListStream, pos).
+//
+// Concurrency: a Server is safe for concurrent use; all state is in the
+// database. Stream positions commit in order (an advisory lock per stream
+// on PostgreSQL, the single writer on SQLite).
+//
+// Spec: client-server-api, "End-to-End Encryption" and "Send-to-Device
+// messaging". Dehydrated devices (MSC3814) are not implemented: neither
+// the spec text nor the MSCs shipped in the shared spec directory
+// describe them.
+package keyserver

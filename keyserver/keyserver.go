@@ -1,0 +1,193 @@
+package keyserver
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Deps is everything the key server needs. Function fields keep its view
+// of other components narrow: it never reads their tables.
+type Deps struct {
+	// ServerName is this homeserver's name; users on it are local.
+	ServerName string
+	DB         *storage.DB
+	// Verifier authenticates access tokens (clientapi).
+	Verifier authn.Verifier
+	Logger   *slog.Logger
+	// Notify, if non-nil, is told after commit that ToDeviceStream or
+	// DeviceListStream advanced to a position. It must not block.
+	Notify func(stream string, pos int64)
+	// UserDevices returns a local user's devices: device ID → display
+	// name ("" when unnamed). clientapi's Accounts.DeviceNames provides
+	// it. It decides who receives "*" to-device messages, drops messages
+	// for devices that do not exist, fills unsigned.device_display_name
+	// in /keys/query, and keeps cross-signing keys from colliding with
+	// device IDs. Required.
+	UserDevices func(ctx context.Context, userID string) (map[string]string, error)
+	// RequirePassword runs user-interactive authentication with
+	// m.login.password for the request's caller (clientapi's
+	// Server.RequirePassword). When the caller has not authenticated yet
+	// it returns an error carrying the 401 challenge (see uiaChallenge);
+	// otherwise consume, which the caller runs inside the write that does
+	// the authorised operation. Required for replacing cross-signing keys.
+	RequirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (consume func(context.Context, storage.Tx) error, err error)
+	// SharedRoomUsers returns the users who currently share at least one
+	// joined room with userID (the roomserver's membership). Nil until the
+	// roomserver exists: then only userID's own changes are reported.
+	SharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+}
+
+// Server is the key server. It is safe for concurrent use: all state is
+// in the database.
+type Server struct {
+	serverName      string      // immutable
+	db              *storage.DB // immutable
+	verifier        authn.Verifier
+	log             *slog.Logger
+	notify          func(stream string, pos int64)
+	userDevices     func(ctx context.Context, userID string) (map[string]string, error)
+	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
+	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+}
+
+// New runs the key server's migrations and returns the server.
+func New(ctx context.Context, deps Deps) (*Server, error) {
+	if deps.DB == nil || deps.Verifier == nil || deps.UserDevices == nil || deps.ServerName == "" {
+		return nil, errors.New("keyserver: DB, Verifier, UserDevices and ServerName are required")
+	}
+	if err := Migrate(ctx, deps.DB); err != nil {
+		return nil, err
+	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Server{
+		serverName:      deps.ServerName,
+		db:              deps.DB,
+		verifier:        deps.Verifier,
+		log:             logger.With("component", "keyserver"),
+		notify:          deps.Notify,
+		userDevices:     deps.UserDevices,
+		requirePassword: deps.RequirePassword,
+		sharedRoomUsers: deps.SharedRoomUsers,
+	}, nil
+}
+
+// Migrate applies the key server's migrations to db. New calls it; it is
+// exported for components that write key-server tables in their own
+// transactions (DevicesDeletedHook) before New has run.
+func Migrate(ctx context.Context, db *storage.DB) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	return db.Migrate(ctx, "keyserver", sub)
+}
+
+// Routes registers the key server's endpoints on r (mounted at the root).
+// Every one needs an access token.
+func (s *Server) Routes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	r.Group(func(r chi.Router) {
+		r.Use(authn.Middleware(s.verifier))
+		handle(r, http.MethodPost, v3+"/keys/upload", s.uploadKeys)
+		handle(r, http.MethodPost, v3+"/keys/query", s.queryKeys)
+		handle(r, http.MethodPost, v3+"/keys/claim", s.claimKeys)
+		handle(r, http.MethodGet, v3+"/keys/changes", s.keyChanges)
+		handle(r, http.MethodPost, v3+"/keys/device_signing/upload", s.uploadCrossSigningKeys)
+		handle(r, http.MethodPost, v3+"/keys/signatures/upload", s.uploadSignatures)
+
+		handle(r, http.MethodPut, v3+"/sendToDevice/{eventType}/{txnId}", s.sendToDevice)
+
+		handle(r, http.MethodPost, v3+"/room_keys/version", s.createBackupVersion)
+		handle(r, http.MethodGet, v3+"/room_keys/version", s.getBackupVersion)
+		handle(r, http.MethodGet, v3+"/room_keys/version/{version}", s.getBackupVersion)
+		handle(r, http.MethodPut, v3+"/room_keys/version/{version}", s.updateBackupVersion)
+		handle(r, http.MethodDelete, v3+"/room_keys/version/{version}", s.deleteBackupVersion)
+		for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
+			handle(r, http.MethodGet, v3+p, s.getBackupKeys)
+			handle(r, http.MethodPut, v3+p, s.putBackupKeys)
+			handle(r, http.MethodDelete, v3+p, s.deleteBackupKeys)
+		}
+	})
+}
+
+// uiaChallenge is the error Deps.RequirePassword returns while the client
+// still has to authenticate; its body is written as is with status 401
+// (a challenge carries no errcode unless a stage failed).
+type uiaChallenge interface {
+	error
+	ChallengeBody() map[string]any
+}
+
+// handle registers an error-returning handler, writing UIA challenges as
+// 401 bodies and every other error through httpx.
+func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
+	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
+		err := fn(w, r)
+		var c uiaChallenge
+		if errors.As(err, &c) {
+			httpx.WriteJSON(w, http.StatusUnauthorized, c.ChallengeBody())
+			return nil
+		}
+		return err
+	}))
+}
+
+// Advisory locks that make each stream's positions commit in order on
+// PostgreSQL (positions come from a sequence; without the lock a
+// transaction holding position 5 could commit after one holding 6, and a
+// reader that saw 6 would never see 5). SQLite has one writer.
+const (
+	deviceListLock = 4242501
+	toDeviceLock   = 4242502
+)
+
+// lockStream takes a stream's advisory lock until the transaction ends.
+func lockStream(ctx context.Context, db *storage.DB, tx storage.Tx, lock int64) error {
+	if db.Engine() != storage.Postgres {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lock)
+	return err
+}
+
+// streamAdvanced tells Deps.Notify, if set, that stream reached pos.
+func streamAdvanced(notify func(string, int64), stream string, pos int64) {
+	if notify != nil {
+		notify(stream, pos)
+	}
+}
+
+// isLocal reports whether userID is on this server.
+func (s *Server) isLocal(userID string) bool {
+	return serverOf(userID) == s.serverName
+}
+
+// serverOf returns the server name part of a user ID ("" if malformed).
+func serverOf(userID string) string {
+	if !strings.HasPrefix(userID, "@") {
+		return ""
+	}
+	_, server, ok := strings.Cut(userID, ":")
+	if !ok {
+		return ""
+	}
+	return server
+}
