@@ -46,6 +46,19 @@ type stateResV2 struct {
 
 	plContent map[string]*gomatrixserverlib.PowerLevelContent
 	authChain map[string]map[string]struct{}
+	// Diagnostics for the differential test against gomatrixserverlib,
+	// which differs from the spec in two places: fallbacks counts auth
+	// events taken from an event's auth_events because the state lacked
+	// them (gomatrixserverlib adds the event being checked instead);
+	// stepTies counts mainline-position ties between events that reach
+	// the mainline in different numbers of steps (gomatrixserverlib
+	// breaks those by step count, the spec by origin_server_ts);
+	// pulledIn counts events added to step 1's set from power events'
+	// auth chains that are not in the conflicted state set
+	// (gomatrixserverlib only follows conflicted events there).
+	fallbacks, stepTies, pulledIn int
+	// powerOrder is step 1's sorted list, kept for the same test.
+	powerOrder []string
 }
 
 // infinitePower is a room creator's power level in room version 12,
@@ -59,6 +72,21 @@ const infinitePower = math.MaxInt64
 // their auth chains (missing auth events are skipped). It returns the
 // resolved state as (type, state_key) -> event ID.
 func resolveStateV2(version string, sets []map[tuple]string, events map[string]gomatrixserverlib.PDU, rejected func(string) bool) (map[tuple]string, error) {
+	r, err := newStateResV2(version, events, rejected)
+	if err != nil {
+		return nil, err
+	}
+	for _, set := range sets {
+		for k, id := range set {
+			if _, ok := events[id]; !ok {
+				return nil, fmt.Errorf("state resolution: state event %s (%s, %q) not given", id, k.Type, k.StateKey)
+			}
+		}
+	}
+	return r.resolve(sets), nil
+}
+
+func newStateResV2(version string, events map[string]gomatrixserverlib.PDU, rejected func(string) bool) (*stateResV2, error) {
 	impl, err := roomVersion(version)
 	if err != nil {
 		return nil, err
@@ -71,7 +99,7 @@ func resolveStateV2(version string, sets []map[tuple]string, events map[string]g
 	if rejected == nil {
 		rejected = func(string) bool { return false }
 	}
-	r := &stateResV2{
+	return &stateResV2{
 		version:            version,
 		v21:                impl.StateResAlgorithm() == gomatrixserverlib.StateResV2_1,
 		privilegedCreators: impl.PrivilegedCreators(),
@@ -79,15 +107,7 @@ func resolveStateV2(version string, sets []map[tuple]string, events map[string]g
 		rejected:           rejected,
 		plContent:          map[string]*gomatrixserverlib.PowerLevelContent{},
 		authChain:          map[string]map[string]struct{}{},
-	}
-	for _, set := range sets {
-		for k, id := range set {
-			if _, ok := events[id]; !ok {
-				return nil, fmt.Errorf("state resolution: state event %s (%s, %q) not given", id, k.Type, k.StateKey)
-			}
-		}
-	}
-	return r.resolve(sets), nil
+	}, nil
 }
 
 func (r *stateResV2) resolve(sets []map[tuple]string) map[tuple]string {
@@ -151,11 +171,17 @@ func (r *stateResV2) resolve(sets []map[tuple]string) map[tuple]string {
 			for a := range r.chain(id) {
 				if _, ok := full[a]; ok {
 					x[a] = struct{}{}
+					if _, c := conflicted[a]; !c && !isPowerEvent(r.events[a]) {
+						r.pulledIn++
+					} else if _, c := conflicted[id]; !c {
+						r.pulledIn++
+					}
 				}
 			}
 		}
 	}
 	powerOrder := r.reverseTopologicalPowerOrder(x)
+	r.powerOrder = powerOrder
 
 	// Step 2: iterative auth checks from the unconflicted state map (v2)
 	// or from an empty state map (v2.1).
@@ -286,6 +312,11 @@ func (r *stateResV2) conflictedSubgraph(conflicted map[string]struct{}) map[stri
 	for id := range reachable {
 		if _, c := conflicted[id]; c || leadsToConflicted(id) {
 			out[id] = struct{}{}
+		}
+	}
+	for id := range conflicted {
+		if leadsToConflicted(id) {
+			out[id] = struct{}{} // the start of a path
 		}
 	}
 	return out
@@ -501,18 +532,22 @@ func (r *stateResV2) mainlineOrder(ids []string, pl string) []string {
 		cur = r.authEventOfType(cur, "m.room.power_levels", "")
 	}
 	const inf = math.MaxInt
-	position := func(ev gomatrixserverlib.PDU) int {
+	// position returns the mainline position of ev and the index j of
+	// the first e_j in the mainline.
+	position := func(ev gomatrixserverlib.PDU) (int, int) {
 		seen := map[string]bool{}
+		j := 1
 		for e := r.authEventOfType(ev, "m.room.power_levels", ""); e != nil; e = r.authEventOfType(e, "m.room.power_levels", "") {
 			if i, ok := mainline[e.EventID()]; ok {
-				return i
+				return i, j
 			}
 			if seen[e.EventID()] {
 				break
 			}
 			seen[e.EventID()] = true
+			j++
 		}
-		return inf
+		return inf, 0
 	}
 	type item struct {
 		id  string
@@ -520,9 +555,18 @@ func (r *stateResV2) mainlineOrder(ids []string, pl string) []string {
 		ts  spec.Timestamp
 	}
 	items := make([]item, len(ids))
+	stepsAt := map[int]int{}
 	for i, id := range ids {
 		ev := r.events[id]
-		items[i] = item{id: id, pos: position(ev), ts: ev.OriginServerTS()}
+		pos, j := position(ev)
+		items[i] = item{id: id, pos: pos, ts: ev.OriginServerTS()}
+		if pos == inf {
+			continue
+		}
+		if s, ok := stepsAt[pos]; ok && s != j {
+			r.stepTies++
+		}
+		stepsAt[pos] = j
 	}
 	sort.Slice(items, func(i, j int) bool {
 		x, y := items[i], items[j]
@@ -563,6 +607,7 @@ func (r *stateResV2) iterativeAuthChecks(state map[tuple]string, ids []string) {
 			if a == nil || r.rejected(a.EventID()) {
 				continue
 			}
+			r.fallbacks++
 			authEvents = append(authEvents, a)
 		}
 		if allowed(ev, authEvents) != nil {
