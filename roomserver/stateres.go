@@ -12,12 +12,12 @@ import (
 )
 
 // resolveStates resolves several state sets into one with the room
-// version's algorithm (v1; v2; v2.1 for v12).
-// Spec: rooms/v2, "State resolution"; rooms/v12, "State resolution".
+// version's algorithm: v1 (gomatrixserverlib, guarded); v2 and, for
+// room version 12, v2.1 (resolveStateV2, ours).
+// Spec: rooms/v1, rooms/v2 and rooms/v12, "State resolution".
 //
-// gomatrixserverlib panics when given fewer than two sets, and its
-// conflicted-subgraph walk dereferences events it was not given, so sets
-// are deduplicated first and every state and auth-chain event is passed in.
+// gomatrixserverlib panics when given fewer than two sets, so sets are
+// deduplicated first; every state and auth-chain event is passed in.
 func (s *Server) resolveStates(ctx context.Context, q storage.Querier, tx storage.Tx, version string, sets []stateMap) (stateMap, error) {
 	var uniq []stateMap
 	for _, set := range sets {
@@ -58,12 +58,6 @@ func (s *Server) resolveStates(ctx context.Context, q storage.Querier, tx storag
 	for _, e := range stateEvents {
 		byNID[e.row.NID] = e
 	}
-	pduSets := make([][]gomatrixserverlib.PDU, len(uniq))
-	for i, set := range uniq {
-		for _, k := range sortedTuples(set) {
-			pduSets[i] = append(pduSets[i], byNID[set[k]].pdu)
-		}
-	}
 	chain, err := s.authChain(ctx, q, tx, stateEvents)
 	if err != nil {
 		return nil, err
@@ -72,34 +66,51 @@ func (s *Server) resolveStates(ctx context.Context, q storage.Querier, tx storag
 	for _, e := range chain {
 		rejected[e.row.EventID] = e.row.Rejected
 	}
-	authPDUs := make([]gomatrixserverlib.PDU, 0, len(chain))
-	for _, e := range chain {
-		authPDUs = append(authPDUs, e.pdu)
-	}
-
 	isRejected := func(id string) bool { return rejected[id] }
 	impl, err := roomVersion(version)
 	if err != nil {
 		return nil, err
 	}
-	resolve := func(algo gomatrixserverlib.StateResAlgorithm) ([]gomatrixserverlib.PDU, error) {
-		return guard("state resolution", func() ([]gomatrixserverlib.PDU, error) {
-			if algo == gomatrixserverlib.StateResV1 {
-				return gomatrixserverlib.ResolveConflictsNew(gomatrixserverlib.RoomVersion(version), pduSets, authPDUs, userIDForSender, isRejected)
+	var resolved []gomatrixserverlib.PDU
+	switch impl.StateResAlgorithm() {
+	case gomatrixserverlib.StateResV2, gomatrixserverlib.StateResV2_1:
+		// Our own v2 / v2.1 (stateres_v2.go): gomatrixserverlib's panics
+		// on v12 rooms and prints to stdout.
+		events := make(map[string]gomatrixserverlib.PDU, len(chain))
+		for _, e := range chain {
+			events[e.row.EventID] = e.pdu
+		}
+		idSets := make([]map[tuple]string, len(uniq))
+		for i, set := range uniq {
+			idSets[i] = make(map[tuple]string, len(set))
+			for k, nid := range set {
+				idSets[i][k] = byNID[nid].row.EventID
 			}
-			return gomatrixserverlib.ResolveStateConflictsV2New(algo, pduSets, authPDUs, userIDForSender, isRejected), nil
+		}
+		ids, err := resolveStateV2(version, idSets, events, isRejected)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			resolved = append(resolved, events[id])
+		}
+	default:
+		pduSets := make([][]gomatrixserverlib.PDU, len(uniq))
+		for i, set := range uniq {
+			for _, k := range sortedTuples(set) {
+				pduSets[i] = append(pduSets[i], byNID[set[k]].pdu)
+			}
+		}
+		authPDUs := make([]gomatrixserverlib.PDU, 0, len(chain))
+		for _, e := range chain {
+			authPDUs = append(authPDUs, e.pdu)
+		}
+		resolved, err = guard("state resolution", func() ([]gomatrixserverlib.PDU, error) {
+			return gomatrixserverlib.ResolveConflictsNew(gomatrixserverlib.RoomVersion(version), pduSets, authPDUs, userIDForSender, isRejected)
 		})
-	}
-	// Known gap: at the pinned gomatrixserverlib, resolution in rooms
-	// with privileged creators (v12) panics as soon as power events are
-	// sorted ("missing resolved create event": the sort reads the
-	// resolved create event before any event has been applied). guard
-	// turns that into an error, so a forked v12 room refuses the event
-	// that would merge the fork instead of crashing; local sends never
-	// fork. See TestV12StateResolutionGuarded.
-	resolved, err := resolve(impl.StateResAlgorithm())
-	if err != nil {
-		return nil, err
+		if err != nil {
+			return nil, err
+		}
 	}
 	byID := make(map[string]int64, len(chain))
 	for _, e := range chain {
