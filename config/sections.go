@@ -166,22 +166,39 @@ func (r RoomServer) Validate() error {
 type Federation struct {
 	Enabled bool   `yaml:"enabled" doc:"Talk to other homeservers."`
 	Listen  string `yaml:"listen" doc:"Address of the federation listener (TLS), e.g. :8448. Empty: no federation listener."`
-	TLSCert string `yaml:"tls_cert" doc:"PEM certificate chain for the federation listener."`
-	TLSKey  string `yaml:"tls_key" doc:"PEM private key for the federation listener."`
+	TLSCert string `yaml:"tls_cert" doc:"PEM certificate chain for the federation listener. With tls_ca_cert set, Myelin writes it here."`
+	TLSKey  string `yaml:"tls_key" doc:"PEM private key for the federation listener. With tls_ca_cert set, Myelin writes it here."`
+	// TLSCACert and TLSCAKey let Myelin issue its own certificate, as
+	// test harnesses (Complement) and private federations need.
+	TLSCACert string `yaml:"tls_ca_cert" doc:"PEM certificate of a CA that issues the federation certificate. When set (with tls_ca_key), Myelin writes tls_cert and tls_key at start unless they already hold a certificate for server_name from this CA valid for another day. Leave empty with a public CA such as Let's Encrypt."`
+	TLSCAKey  string `yaml:"tls_ca_key" doc:"PEM private key (RSA, ECDSA or Ed25519) of the CA in tls_ca_cert."`
+	// TrustedCAFile adds to, never replaces, the system roots (which Go
+	// also reads from SSL_CERT_FILE and SSL_CERT_DIR).
+	TrustedCAFile string `yaml:"trusted_ca_file" doc:"PEM file of extra CA certificates to trust, besides the system's, when connecting to other homeservers. Empty: only the system's (SSL_CERT_FILE also works)."`
 }
 
 func (Federation) Defaults() Federation { return Federation{Enabled: false} }
 
 func (f Federation) Validate() error {
+	var errs []error
 	if f.Listen != "" {
 		if _, _, err := net.SplitHostPort(f.Listen); err != nil {
-			return fieldError("federation_api.listen", fmt.Sprintf("%q is not host:port", f.Listen), "e.g. :8448")
+			errs = append(errs, fieldError("federation_api.listen", fmt.Sprintf("%q is not host:port", f.Listen), "e.g. :8448"))
 		}
 		if f.TLSCert == "" || f.TLSKey == "" {
-			return fieldError("federation_api.tls_cert", "tls_cert and tls_key are required when listen is set", "point them at a PEM certificate and key")
+			errs = append(errs, fieldError("federation_api.tls_cert", "tls_cert and tls_key are required when listen is set",
+				"point them at a PEM certificate and key (or, with tls_ca_cert and tls_ca_key, at where Myelin should write them)"))
 		}
 	}
-	return nil
+	if (f.TLSCACert == "") != (f.TLSCAKey == "") {
+		errs = append(errs, fieldError("federation_api.tls_ca_cert", "tls_ca_cert and tls_ca_key must be set together",
+			"set both to the CA's PEM certificate and key, or neither"))
+	}
+	if f.TLSCACert != "" && (f.TLSCert == "" || f.TLSKey == "") {
+		errs = append(errs, fieldError("federation_api.tls_cert", "is empty while tls_ca_cert is set",
+			"set tls_cert and tls_key to the paths where the issued certificate and key should be written"))
+	}
+	return joinErrs(errs)
 }
 
 func joinErrs(errs []error) error {

@@ -10,6 +10,9 @@ type writeRequest struct {
 	ctx  context.Context
 	fn   func(Tx) error
 	done chan error // buffered, receives exactly one value
+	// tx is set by the writer when fn ran; the caller reads it (for its
+	// AfterCommit hooks) only after receiving from done.
+	tx *writeTx
 }
 
 // maxBatch bounds how many write functions share one transaction, so one
@@ -18,17 +21,34 @@ const maxBatch = 256
 
 func (db *DB) enqueueWrite(ctx context.Context, fn func(Tx) error) error {
 	req := &writeRequest{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	// Holding closeMu (shared) while sending means Close, which takes it
+	// exclusively before closing db.closed, cannot slip in between our
+	// check and our send: every request that reaches the queue is queued
+	// before the writer starts its final drain, so none is stranded.
+	db.closeMu.RLock()
 	select {
 	case <-db.closed:
+		db.closeMu.RUnlock()
 		return ErrClosed
+	default:
+	}
+	select {
 	case <-ctx.Done():
+		db.closeMu.RUnlock()
 		return ctx.Err()
 	case db.queue <- req:
 	}
+	db.closeMu.RUnlock()
 	// Once queued, wait for the outcome even if ctx ends: the function may
 	// already be running inside a transaction that will commit, and the
 	// caller must not believe a committed write failed.
-	return <-req.done
+	if err := <-req.done; err != nil {
+		return err
+	}
+	// Hooks run here, on the caller's goroutine (as on PostgreSQL), not on
+	// the writer: a hook that blocks or calls Write must not stall it.
+	req.tx.runAfterCommit()
+	return nil
 }
 
 // groupCommitLoop is the single SQLite writer. It takes every request that
@@ -38,32 +58,37 @@ func (db *DB) groupCommitLoop() {
 	defer db.writerWG.Done()
 	batch := make([]*writeRequest, 0, maxBatch)
 	for {
-		var first *writeRequest
 		select {
-		case first = <-db.queue:
+		case first := <-db.queue:
+			db.commitBatch(fillBatch(batch, first, db.queue))
 		case <-db.closed:
-			// Finish what was queued before Close.
+			// Close stops new requests before closing db.closed (see
+			// enqueueWrite), so the queue only shrinks: finish it.
 			for {
 				select {
-				case req := <-db.queue:
-					db.commitBatch([]*writeRequest{req})
+				case first := <-db.queue:
+					db.commitBatch(fillBatch(batch, first, db.queue))
 				default:
 					return
 				}
 			}
 		}
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case req := <-db.queue:
-				batch = append(batch, req)
-			default:
-				break drain
-			}
-		}
-		db.commitBatch(batch)
 	}
+}
+
+// fillBatch returns batch holding first and whatever else is waiting in
+// queue, up to maxBatch requests.
+func fillBatch(batch []*writeRequest, first *writeRequest, queue <-chan *writeRequest) []*writeRequest {
+	batch = append(batch[:0], first)
+	for len(batch) < maxBatch {
+		select {
+		case req := <-queue:
+			batch = append(batch, req)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (db *DB) commitBatch(batch []*writeRequest) {
@@ -76,14 +101,13 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		return
 	}
 	results := make([]error, len(batch))
-	txs := make([]*writeTx, len(batch))
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
 			continue
 		}
 		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite}}
-		txs[i] = tx
+		req.tx = tx
 		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
 			results[i] = fmt.Errorf("storage: savepoint: %w", err)
 			continue
@@ -115,10 +139,8 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		}
 		return
 	}
+	db.commits.Add(1)
 	for i, req := range batch {
-		if results[i] == nil {
-			txs[i].runAfterCommit()
-		}
 		req.done <- results[i]
 	}
 }

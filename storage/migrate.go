@@ -95,6 +95,18 @@ func (db *DB) Migrate(ctx context.Context, component string, fsys fs.FS) error {
 
 // SchemaVersion returns the recorded schema version of component (0 if none).
 func (db *DB) SchemaVersion(ctx context.Context, component string) (int, error) {
+	// Before the first Migrate there is no version table: version 0.
+	tableQuery := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'myelin_schema'`
+	if db.engine == Postgres {
+		tableQuery = `SELECT COUNT(*) FROM (SELECT to_regclass('myelin_schema') AS t) AS r WHERE t IS NOT NULL`
+	}
+	tables := 0
+	if err := db.Reader().QueryRow(ctx, tableQuery).Scan(&tables); err != nil {
+		return 0, err
+	}
+	if tables == 0 {
+		return 0, nil
+	}
 	v := 0
 	err := db.Reader().QueryRow(ctx, `SELECT version FROM myelin_schema WHERE component = $1`, component).Scan(&v)
 	if IsNoRows(err) {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
@@ -48,6 +49,8 @@ type Tx interface {
 	Querier
 	// AfterCommit registers fn to run after the transaction commits. It does
 	// not run if the transaction (or this function's savepoint) rolls back.
+	// Hooks run in registration order on the goroutine that called Write,
+	// before Write returns.
 	AfterCommit(fn func())
 }
 
@@ -57,13 +60,21 @@ type DB struct {
 	// reader serves Read and Reader. On PostgreSQL it is also the writer pool.
 	reader *sql.DB
 	// writer is SQLite's single write connection; nil on PostgreSQL.
-	writer *sql.DB
+	writer  *sql.DB
 	rewrite func(string) string
 
 	queue     chan *writeRequest // SQLite group commit queue
 	closeOnce sync.Once
-	closed    chan struct{}
-	writerWG  sync.WaitGroup
+	// closeMu is held shared by a Write queueing its request and
+	// exclusively by Close while it closes closed.
+	closeMu  sync.RWMutex
+	closed   chan struct{}
+	writerWG sync.WaitGroup
+
+	// commits counts the SQLite writer's successful COMMITs. Nothing in
+	// the package reads it; tests use it (export_test.go) to prove that
+	// group commit shares one COMMIT among many writes.
+	commits atomic.Int64
 }
 
 // Open opens (and for SQLite creates) the database.
@@ -177,7 +188,9 @@ func (db *DB) Engine() Engine { return db.engine }
 func (db *DB) Close() error {
 	var err error
 	db.closeOnce.Do(func() {
+		db.closeMu.Lock()
 		close(db.closed)
+		db.closeMu.Unlock()
 		db.writerWG.Wait()
 		if db.writer != nil {
 			// Fold the WAL back into the main file so a clean shutdown
@@ -332,24 +345,48 @@ func newRewriter(fn func(string) string) func(string) string {
 
 // rewriteForSQLite turns $N placeholders into SQLite's ?N (same numbering,
 // so a placeholder may repeat or appear out of order), leaving string
-// literals and quoted identifiers alone.
+// literals, quoted identifiers, comments and a $ inside an identifier
+// (legal on both engines: "a$1") alone.
 func rewriteForSQLite(q string) string {
 	var b strings.Builder
 	b.Grow(len(q))
-	var quote byte
 	for i := 0; i < len(q); i++ {
 		c := q[i]
+		var skip int // length of a literal or comment starting at i
 		switch {
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			}
 		case c == '\'' || c == '"':
-			quote = c
-		case c == '$' && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9':
+			// A doubled quote inside ('it''s') reads as close-then-open,
+			// which copies the same bytes.
+			skip = len(q) - i
+			if j := strings.IndexByte(q[i+1:], c); j >= 0 {
+				skip = j + 2
+			}
+		case c == '-' && strings.HasPrefix(q[i:], "--"):
+			skip = len(q) - i
+			if j := strings.IndexByte(q[i:], '\n'); j >= 0 {
+				skip = j + 1
+			}
+		case c == '/' && strings.HasPrefix(q[i:], "/*"):
+			skip = len(q) - i
+			if j := strings.Index(q[i+2:], "*/"); j >= 0 {
+				skip = j + 4
+			}
+		case c == '$' && i+1 < len(q) && isDigit(q[i+1]) && (i == 0 || !isIdentByte(q[i-1])):
 			c = '?'
+		}
+		if skip > 0 {
+			b.WriteString(q[i : i+skip])
+			i += skip - 1
+			continue
 		}
 		b.WriteByte(c)
 	}
 	return b.String()
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func isIdentByte(c byte) bool {
+	return isDigit(c) || c == '_' || c == '$' || c >= 0x80 ||
+		(c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
 }

@@ -107,8 +107,8 @@ func ReadBody(r *http.Request) ([]byte, error) {
 }
 
 // DecodeJSON reads the request body into v. A body that is not JSON is
-// M_NOT_JSON; JSON of the wrong shape is M_BAD_JSON. An empty body decodes
-// as {} so endpoints whose fields are all optional accept it.
+// M_NOT_JSON; JSON of the wrong shape is M_BAD_JSON. An empty or null body
+// decodes as {} so endpoints whose fields are all optional accept it.
 func DecodeJSON(r *http.Request, v any) error {
 	body, err := ReadBody(r)
 	if err != nil {
@@ -120,7 +120,8 @@ func DecodeJSON(r *http.Request, v any) error {
 // Unmarshal decodes body into v with DecodeJSON's error mapping.
 func Unmarshal(body []byte, v any) error {
 	body = bytes.TrimSpace(body)
-	if len(body) == 0 {
+	if len(body) == 0 || string(body) == "null" {
+		// Optional bodies: some clients send nothing, some send null.
 		body = []byte("{}")
 	}
 	if !json.Valid(body) {

@@ -1,0 +1,175 @@
+package clientapi
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/ratelimit"
+	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Deps is everything the client API needs.
+type Deps struct {
+	Config *config.Config
+	DB     *storage.DB
+	Key    *signing.Key
+	Logger *slog.Logger
+	// ClientIP resolves the real client address (trusted proxies).
+	ClientIP *httpx.ClientIPResolver
+	// Notify, if non-nil, is told after commit that a stream (such as
+	// "account_data") advanced to a position. It must not block.
+	Notify func(stream string, pos int64)
+}
+
+// Server is the client API.
+type Server struct {
+	cfg        *config.Config
+	serverName string
+	db         *storage.DB
+	key        *signing.Key
+	log        *slog.Logger
+	clientIP   *httpx.ClientIPResolver
+	accounts   *Accounts
+	lastSeen   lastSeenCache
+	notify     func(stream string, pos int64) // nil-safe via s.streamAdvanced
+	// onProfileChange, if non-nil, is called after a user's displayname or
+	// avatar_url changed, to update their m.room.member events. Nil until
+	// the room component exists.
+	onProfileChange func(ctx context.Context, userID string)
+
+	// Per-client-IP limits (security case 29: keyed on the trusted
+	// client IP, so a forged X-Forwarded-For does not reset them).
+	registerLimit *ratelimit.Limiter
+	loginLimit    *ratelimit.Limiter
+
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
+	closeOnce      sync.Once
+}
+
+// New runs clientapi's migrations, starts the background sweep of
+// expired state, and returns the server. Call Close to stop the sweep.
+func New(ctx context.Context, deps Deps) (*Server, error) {
+	accounts, err := OpenAccounts(ctx, deps.Config, deps.DB)
+	if err != nil {
+		return nil, err
+	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	limits := deps.Config.ClientAPI.RateLimits
+	s := &Server{
+		cfg:           deps.Config,
+		serverName:    deps.Config.Global.ServerName,
+		db:            deps.DB,
+		key:           deps.Key,
+		log:           logger.With("component", "clientapi"),
+		clientIP:      deps.ClientIP,
+		accounts:      accounts,
+		notify:        deps.Notify,
+		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
+		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	s.stopBackground = cancel
+	s.background.Add(1)
+	go func() {
+		defer s.background.Done()
+		s.runSweeper(bg)
+	}()
+	return s, nil
+}
+
+// Close stops the background work. Call it before closing the database.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.stopBackground()
+		s.background.Wait()
+	})
+	return nil
+}
+
+// Accounts is the account store behind the server, for administration.
+func (s *Server) Accounts() *Accounts { return s.accounts }
+
+// Routes registers clientapi's endpoints on r (mounted at the root).
+func (s *Server) Routes(r chi.Router) {
+	s.discoveryRoutes(r)
+	s.userDataRoutes(r)
+	s.publicRoutes(r)
+	// Endpoints that need an access token.
+	r.Group(func(r chi.Router) {
+		r.Use(authn.Middleware(s))
+		s.authedRoutes(r)
+	})
+}
+
+// publicRoutes registers the endpoints that take no access token.
+func (s *Server) publicRoutes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodGet, v3+"/login", s.loginFlows)
+	handle(r, http.MethodPost, v3+"/login", s.login)
+	handle(r, http.MethodPost, v3+"/refresh", s.refresh)
+	handle(r, http.MethodPost, v3+"/register", s.register)
+	handle(r, http.MethodGet, v3+"/register/available", s.registerAvailable)
+	handle(r, http.MethodGet, "/_matrix/client/v1/register/m.login.registration_token/validity", s.registrationTokenValidity)
+	for _, p := range []string{"/register", "/account/password", "/account/3pid"} {
+		handle(r, http.MethodPost, v3+p+"/email/requestToken", threepidDenied)
+		handle(r, http.MethodPost, v3+p+"/msisdn/requestToken", threepidDenied)
+	}
+	handle(r, http.MethodGet, "/_synapse/admin/v1/register", s.adminRegisterNonce)
+	handle(r, http.MethodPost, "/_synapse/admin/v1/register", s.adminRegister)
+}
+
+// authedRoutes registers the endpoints that require an access token.
+func (s *Server) authedRoutes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodGet, v3+"/account/whoami", s.whoami)
+	handle(r, http.MethodPost, v3+"/logout", s.logout)
+	handle(r, http.MethodPost, v3+"/logout/all", s.logoutAll)
+	handle(r, http.MethodPost, "/_matrix/client/v1/login/get_token", s.getLoginToken)
+	handle(r, http.MethodGet, v3+"/capabilities", s.capabilities)
+
+	handle(r, http.MethodGet, v3+"/devices", s.getDevices)
+	handle(r, http.MethodGet, v3+"/devices/{deviceId}", s.getDevice)
+	handle(r, http.MethodPut, v3+"/devices/{deviceId}", s.putDevice)
+	handle(r, http.MethodDelete, v3+"/devices/{deviceId}", s.deleteDevice)
+	handle(r, http.MethodPost, v3+"/delete_devices", s.deleteDevicesBulk)
+
+	handle(r, http.MethodPost, v3+"/account/password", s.changePassword)
+	handle(r, http.MethodPost, v3+"/account/deactivate", s.deactivate)
+	handle(r, http.MethodGet, v3+"/account/3pid", s.threepids)
+	handle(r, http.MethodPost, v3+"/account/3pid", threepidAuthFailed)
+	handle(r, http.MethodPost, v3+"/account/3pid/add", threepidAuthFailed)
+	handle(r, http.MethodPost, v3+"/account/3pid/bind", threepidAuthFailed)
+	handle(r, http.MethodPost, v3+"/account/3pid/delete", threepidNotFound)
+	handle(r, http.MethodPost, v3+"/account/3pid/unbind", threepidNotFound)
+}
+
+// handle registers an error-returning handler. A UIA challenge is
+// written as its own 401 body; every other error goes to httpx.
+func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
+	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
+		err := fn(w, r)
+		var c *uiaChallenge
+		if errors.As(err, &c) {
+			httpx.WriteJSON(w, http.StatusUnauthorized, c.body)
+			return nil
+		}
+		return err
+	}))
+}

@@ -1,0 +1,132 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Device management. Spec: client-server-api, "Device management".
+
+// passwordUIA is the flow of endpoints that ask the user to re-enter
+// their password.
+func (s *Server) passwordUIA(purpose, localpart string, r *http.Request) uiaSpec {
+	return uiaSpec{purpose: purpose, localpart: localpart, flows: [][]string{{stagePassword}}, clientIP: s.clientIP.ClientIP(r)}
+}
+
+// getDevices answers GET /devices.
+func (s *Server) getDevices(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	devices, err := listDevices(r.Context(), s.db.Reader(), s.localpart(d.UserID))
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{"devices": devices})
+}
+
+// getDevice answers GET /devices/{deviceId}.
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	dev, err := scanDevice(s.db.Reader().QueryRow(r.Context(), `
+		SELECT device_id, display_name, last_seen_ip, last_seen_ts
+		FROM devices WHERE localpart = $1 AND device_id = $2`, s.localpart(d.UserID), chi.URLParam(r, "deviceId")))
+	if storage.IsNoRows(err) {
+		return mxerr.New(mxerr.NotFound, "no such device")
+	}
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, dev)
+}
+
+// putDevice answers PUT /devices/{deviceId}: it renames an existing
+// device. Creating devices is reserved to application services (spec
+// v1.17), which are not supported yet, so an unknown device is 404.
+func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	var req struct {
+		DisplayName *string `json:"display_name"`
+	}
+	if err := httpx.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		var res interface{ RowsAffected() (int64, error) }
+		var err error
+		if req.DisplayName != nil {
+			res, err = tx.Exec(ctx, `UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3`,
+				*req.DisplayName, s.localpart(d.UserID), chi.URLParam(r, "deviceId"))
+		} else {
+			res, err = tx.Exec(ctx, `UPDATE devices SET display_name = display_name WHERE localpart = $1 AND device_id = $2`,
+				s.localpart(d.UserID), chi.URLParam(r, "deviceId"))
+		}
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return mxerr.New(mxerr.NotFound, "no such device")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// deleteDevice answers DELETE /devices/{deviceId} (UIA). Deleting a
+// device ends its session; a device already gone is still 200.
+func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Auth json.RawMessage `json:"auth"`
+	}
+	if err := httpx.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	return s.deleteDevicesUIA(w, r, req.Auth, []string{chi.URLParam(r, "deviceId")})
+}
+
+// deleteDevicesBulk answers POST /delete_devices (UIA).
+func (s *Server) deleteDevicesBulk(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Devices []string        `json:"devices"`
+		Auth    json.RawMessage `json:"auth"`
+	}
+	if err := httpx.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Devices == nil {
+		return mxerr.New(mxerr.MissingParam, "devices is required")
+	}
+	return s.deleteDevicesUIA(w, r, req.Auth, req.Devices)
+}
+
+func (s *Server) deleteDevicesUIA(w http.ResponseWriter, r *http.Request, auth json.RawMessage, deviceIDs []string) error {
+	d := authn.FromContext(r.Context())
+	if d.IsGuest {
+		return mxerr.New(mxerr.GuestAccessForbidden, "guests cannot delete devices")
+	}
+	ctx := r.Context()
+	localpart := s.localpart(d.UserID)
+	sess, err := s.userInteractiveAuth(ctx, s.passwordUIA("delete_devices", localpart, r), auth)
+	if err != nil {
+		return err
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		if err := consumeUIASession(ctx, tx, sess); err != nil {
+			return err
+		}
+		return deleteDevices(ctx, tx, localpart, deviceIDs, "")
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}

@@ -1,0 +1,44 @@
+package clientapi
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// specVersions lists the spec versions whose client-server surface Myelin
+// serves. It grows as capabilities land; a version is listed only when
+// what it requires is implemented.
+var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5"}
+
+// unstableFeatures lists MSC feature flags that are really implemented.
+var unstableFeatures = map[string]bool{}
+
+func (s *Server) discoveryRoutes(r chi.Router) {
+	// Spec: client-server-api, "GET /_matrix/client/versions".
+	handle(r, http.MethodGet, "/_matrix/client/versions", func(w http.ResponseWriter, r *http.Request) error {
+		return httpx.OK(w, map[string]any{"versions": specVersions, "unstable_features": unstableFeatures})
+	})
+	// Spec: client-server-api, "Well-known URIs".
+	handle(r, http.MethodGet, "/.well-known/matrix/client", func(w http.ResponseWriter, r *http.Request) error {
+		return httpx.OK(w, map[string]any{"m.homeserver": map[string]string{"base_url": s.publicBaseURL()}})
+	})
+	// Spec: server-server-api, "GET /.well-known/matrix/server".
+	handle(r, http.MethodGet, "/.well-known/matrix/server", func(w http.ResponseWriter, r *http.Request) error {
+		if s.cfg.Global.WellKnownServer == "" {
+			return mxerr.New(mxerr.NotFound, "no .well-known delegation is configured")
+		}
+		return httpx.OK(w, map[string]string{"m.server": s.cfg.Global.WellKnownServer})
+	})
+}
+
+func (s *Server) publicBaseURL() string {
+	if u := s.cfg.Global.PublicBaseURL; u != "" {
+		return strings.TrimRight(u, "/")
+	}
+	return "http://" + s.cfg.HTTP.Listen
+}

@@ -1,0 +1,5 @@
+package clientapi_test
+
+import "time"
+
+var timeZero time.Time

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// runFanout measures delivery: one sender posts -messages into a public room
+// that -listeners other users have joined, each of them long-polling /sync
+// with a filter for that room. For every message and every listener the
+// latency is the time from the send (its due time in open loop, the start
+// of the PUT in closed loop) to the moment that listener's /sync returned
+// it. A message a listener has not seen -drain after the last send counts
+// as an error, not a sample.
+func runFanout(ctx context.Context, e *env, res *Result) error {
+	o := e.opts
+	res.Params["listeners"], res.Params["messages"] = o.listeners, o.messages
+	if o.rate > 0 {
+		res.Params["rate"] = o.rate
+	}
+	sender, err := e.newUser(ctx, "f")
+	if err != nil {
+		return fmt.Errorf("registering the sender: %w", err)
+	}
+	room, err := sender.createRoom(ctx, "public_chat")
+	if err != nil {
+		return fmt.Errorf("creating the room: %w", err)
+	}
+	listeners, err := e.newUsers(ctx, "l", o.listeners)
+	if err != nil {
+		return fmt.Errorf("registering the listeners: %w", err)
+	}
+	// Spec: client-server-api, "Filtering": only this room's messages, no
+	// presence or account data, so that each /sync wakes for the messages.
+	filter := map[string]any{
+		"presence":     map[string]any{"not_types": []string{"*"}},
+		"account_data": map[string]any{"not_types": []string{"*"}},
+		"room": map[string]any{
+			"rooms":        []string{room},
+			"timeline":     map[string]any{"limit": 100, "types": []string{"m.room.message"}},
+			"state":        map[string]any{"lazy_load_members": true},
+			"ephemeral":    map[string]any{"not_types": []string{"*"}},
+			"account_data": map[string]any{"not_types": []string{"*"}},
+		},
+	}
+	filters := make([]string, len(listeners))
+	since := make([]string, len(listeners))
+	err = parallel(ctx, len(listeners), o.setupConcurrency, func(ctx context.Context, i int) error {
+		l := listeners[i]
+		if err := l.join(ctx, room); err != nil {
+			return err
+		}
+		var err error
+		if filters[i], err = l.uploadFilter(ctx, filter); err != nil {
+			return err
+		}
+		resp, _, err := l.sync(ctx, "", filters[i], 0)
+		if err != nil {
+			return err
+		}
+		since[i] = resp.NextBatch
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("joining, filtering and syncing the listeners: %w", err)
+	}
+
+	// origin[i] is when message i counts as sent; written by the sender
+	// before the PUT, read after every goroutine has finished.
+	origin := make([]time.Time, o.messages)
+	sent := make([]bool, o.messages)
+	received := make([][]time.Time, len(listeners)) // [listener][seq], each owned by its listener
+	rec := newRecorder()
+	sendAck := newRecorder()
+
+	listenCtx, stopListening := context.WithCancel(ctx)
+	defer stopListening()
+	var listening sync.WaitGroup
+	for li, l := range listeners {
+		received[li] = make([]time.Time, o.messages)
+		listening.Add(1)
+		go func() {
+			defer listening.Done()
+			e.listen(listenCtx, l, room, filters[li], since[li], received[li], rec)
+		}()
+	}
+
+	m := e.startMeasure()
+	start := time.Now()
+	for i := range o.messages {
+		due := time.Now()
+		if o.rate > 0 {
+			due = start.Add(time.Duration(float64(i) / o.rate * float64(time.Second)))
+			if wait := time.Until(due); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		origin[i] = due
+		if err := sender.send(ctx, room, e.message(i)); err != nil {
+			sendAck.fail(err)
+			continue
+		}
+		sent[i] = true
+		sendAck.ok(time.Since(due))
+	}
+
+	// Listeners stop by themselves once they have every message; give the
+	// stragglers -drain (none when nothing was sent).
+	allDone := make(chan struct{})
+	go func() { listening.Wait(); close(allDone) }()
+	if sendAck.okCount() > 0 {
+		select {
+		case <-allDone:
+		case <-time.After(o.drain):
+		case <-ctx.Done():
+		}
+	}
+	stopListening()
+	<-allDone
+
+	undelivered := 0
+	for li := range listeners {
+		for i, at := range received[li] {
+			switch {
+			case !sent[i]:
+			case at.IsZero():
+				undelivered++
+			default:
+				rec.ok(at.Sub(origin[i]))
+			}
+		}
+	}
+	rec.failN(fmt.Sprintf("deliver: not delivered within -drain %s", o.drain), undelivered)
+	e.finish(res, m, rec)
+	sendAck.mu.Lock()
+	if s := summarize(sendAck.samples); s != nil {
+		res.Other = map[string]*Summary{"send_ack": s}
+	}
+	sendAck.mu.Unlock()
+	for k, n := range sendAck.errors {
+		if res.Errors == nil {
+			res.Errors = map[string]int{}
+			res.ErrorExamples = map[string]string{}
+		}
+		res.Errors[k] += n
+		res.ErrorCount += n
+		res.ErrorExamples[k] = sendAck.example[k]
+	}
+	res.Notes = map[string]float64{"messages_sent": float64(sendAck.okCount())}
+	return nil
+}
+
+// benchMark is the myelin_bench object the tool puts in its messages.
+type benchMark struct {
+	MyelinBench *struct {
+		Run string `json:"run"`
+		Seq int    `json:"seq"`
+	} `json:"myelin_bench"`
+}
+
+// listen long-polls /sync until it has seen every message of this run or
+// ctx ends, and stamps received[seq] the first time message seq arrives.
+// Errors are recorded (and retried after a pause); the canceled poll at the
+// end is not an error.
+func (e *env) listen(ctx context.Context, l *client, room, filter, since string, received []time.Time, rec *recorder) {
+	seen := 0
+	for seen < len(received) && ctx.Err() == nil {
+		resp, _, err := l.sync(ctx, since, filter, 30*time.Second)
+		now := time.Now()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			rec.fail(err)
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		since = resp.NextBatch
+		for _, ev := range resp.Rooms.Join[room].Timeline.Events {
+			var mark benchMark
+			if ev.Type != "m.room.message" || json.Unmarshal(ev.Content, &mark) != nil || mark.MyelinBench == nil {
+				continue
+			}
+			seq := mark.MyelinBench.Seq
+			if mark.MyelinBench.Run != e.runID || seq < 0 || seq >= len(received) || !received[seq].IsZero() {
+				continue
+			}
+			received[seq] = now
+			seen++
+		}
+	}
+}

@@ -1,0 +1,199 @@
+// Package homeserver assembles every component into one process: it opens
+// the database, loads the signing key, builds the components in dependency
+// order and mounts their routes on one router. cmd/myelin and the
+// end-to-end tests both start servers through it.
+package homeserver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/federationapi"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Homeserver is a running set of components sharing one database.
+type Homeserver struct {
+	Config    *config.Config
+	DB        *storage.DB
+	Key       *signing.Key
+	ClientAPI *clientapi.Server
+	Log       *slog.Logger
+	// FederationClient makes requests to other homeservers, trusting the
+	// system roots plus federation_api.trusted_ca_file.
+	FederationClient *http.Client
+
+	handler http.Handler
+	// federationTLS serves the federation listener; nil without one.
+	federationTLS *tls.Config
+	// baseCtx is the parent of every request context; it is cancelled
+	// when shutdown starts so long-polls return at once.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+}
+
+// New opens the database and builds every component.
+func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Homeserver, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	key, created, err := signing.LoadOrCreate(cfg.Global.SigningKeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	if created {
+		logger.Info("created a new server signing key", "path", cfg.Global.SigningKeyPath, "key_id", key.ID)
+	}
+	fedTLS, err := federationServerTLS(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	fedClient, err := federationClient(cfg.Federation)
+	if err != nil {
+		return nil, err
+	}
+	db, err := storage.Open(ctx, StorageOptions(cfg.Database))
+	if err != nil {
+		return nil, err
+	}
+	hs, err := assemble(ctx, cfg, logger, db, key)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	hs.federationTLS = fedTLS
+	hs.FederationClient = fedClient
+	return hs, nil
+}
+
+// StorageOptions maps the database config section to storage options.
+func StorageOptions(d config.Database) storage.Options {
+	return storage.Options{
+		Engine:       storage.Engine(d.Engine),
+		SQLitePath:   d.SQLitePath,
+		PostgresURL:  d.PostgresURL,
+		MaxOpenConns: d.MaxOpenConns,
+	}
+}
+
+func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key) (*Homeserver, error) {
+	clientIP, err := httpx.NewClientIPResolver(cfg.Global.TrustedProxies)
+	if err != nil {
+		return nil, err
+	}
+	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP})
+	if err != nil {
+		return nil, fmt.Errorf("clientapi: %w", err)
+	}
+	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := httpx.NewMetrics(registry)
+
+	r := chi.NewRouter()
+	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, httpx.BodyLimit(cfg.HTTP.MaxBodyBytes), metrics.Middleware)
+	r.NotFound(httpx.NotFound)
+	r.MethodNotAllowed(httpx.MethodNotAllowed)
+	if cfg.Metrics.Enabled {
+		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	}
+	client.Routes(r)
+	federation.Routes(r)
+
+	baseCtx, cancel := context.WithCancel(context.Background())
+	return &Homeserver{
+		Config:     cfg,
+		DB:         db,
+		Key:        key,
+		ClientAPI:  client,
+		Log:        logger,
+		handler:    r,
+		baseCtx:    baseCtx,
+		cancelBase: cancel,
+	}, nil
+}
+
+// Handler is the HTTP handler serving every endpoint.
+func (hs *Homeserver) Handler() http.Handler { return hs.handler }
+
+// Serve answers plain HTTP requests on ln until ctx ends, then shuts down
+// gracefully: it stops accepting, ends long-polls, and waits up to the
+// configured shutdown timeout for in-flight requests.
+func (hs *Homeserver) Serve(ctx context.Context, ln net.Listener) error {
+	return hs.serve(ctx, ln, nil)
+}
+
+// ServeFederation is Serve over TLS with the federation certificate, for
+// the federation_api.listen address. It serves the same handler (other
+// servers need the key and federation endpoints; clients may use it too)
+// and shuts down the same way. It fails if no federation listener is
+// configured.
+func (hs *Homeserver) ServeFederation(ctx context.Context, ln net.Listener) error {
+	if hs.federationTLS == nil {
+		return errors.New("no federation listener configured (set federation_api.listen, tls_cert and tls_key)")
+	}
+	return hs.serve(ctx, ln, hs.federationTLS)
+}
+
+func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
+	srv := &http.Server{
+		Handler:           hs.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return hs.baseCtx },
+		ErrorLog:          slog.NewLogLogger(hs.Log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	if tlsConfig != nil {
+		// ServeTLS (unlike Serve on a TLS listener) also offers HTTP/2.
+		srv.TLSConfig = tlsConfig.Clone()
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	timeout := hs.Config.HTTP.ShutdownTimeout.D()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	// Shutdown first stops new connections; then ending the base context
+	// wakes long-polling requests so they answer and finish.
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(shutdownCtx) }()
+	hs.cancelBase()
+	err := <-done
+	if errors.Is(err, context.DeadlineExceeded) {
+		hs.Log.Warn("shutdown timeout reached; closing remaining connections", "timeout", timeout)
+		srv.Close()
+	}
+	if serveErr := <-errc; serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// Close stops the components' background work and releases the
+// database. Call it after Serve returns.
+func (hs *Homeserver) Close() error {
+	hs.cancelBase()
+	return errors.Join(hs.ClientAPI.Close(), hs.DB.Close())
+}

@@ -1,0 +1,91 @@
+// Package testserver starts a real Myelin homeserver for end-to-end tests:
+// on 127.0.0.1 with a random port, a temp dir for its key and data, and the
+// database engine chosen by the test (SQLite always; PostgreSQL when
+// MYELIN_TEST_POSTGRES is set).
+package testserver
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/homeserver"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// Server is a running test homeserver.
+type Server struct {
+	URL    string // e.g. http://127.0.0.1:41234
+	Config *config.Config
+	HS     *homeserver.Homeserver
+}
+
+// Start runs a homeserver until the test ends. edit, if non-nil, adjusts
+// the config first (defaults: server_name "localhost", open registration,
+// rate limits off, SQLite in t.TempDir()).
+func Start(t testing.TB, engine storage.Engine, edit func(*config.Config)) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := config.Defaults()
+	cfg.Global.ServerName = "localhost"
+	cfg.Global.DataDir = dir
+	cfg.Global.SigningKeyPath = filepath.Join(dir, "signing.key")
+	cfg.ClientAPI.Registration = "open"
+	cfg.ClientAPI.RateLimits.Enabled = false
+	cfg.HTTP.ShutdownTimeout = config.Duration(2 * time.Second)
+	switch engine {
+	case storage.Postgres:
+		opts := storagetest.PostgresOptions(t)
+		cfg.Database = config.Database{Engine: "postgres", PostgresURL: opts.PostgresURL, MaxOpenConns: 8}
+	default:
+		cfg.Database = config.Database{Engine: "sqlite", SQLitePath: filepath.Join(dir, "myelin.db")}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HTTP.Listen = ln.Addr().String()
+	if edit != nil {
+		edit(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("MYELIN_TEST_LOG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	hs, err := homeserver.New(ctx, &cfg, logger)
+	if err != nil {
+		cancel()
+		t.Fatalf("starting homeserver: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- hs.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		hs.Close()
+	})
+	return &Server{URL: "http://" + ln.Addr().String(), Config: &cfg, HS: hs}
+}
+
+// ForEachEngine runs fn as a subtest against a server on each engine.
+func ForEachEngine(t *testing.T, edit func(*config.Config), fn func(t *testing.T, srv *Server)) {
+	t.Helper()
+	for _, engine := range []storage.Engine{storage.SQLite, storage.Postgres} {
+		t.Run(string(engine), func(t *testing.T) {
+			fn(t, Start(t, engine, edit))
+		})
+	}
+}
