@@ -24,6 +24,7 @@ import (
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -33,7 +34,11 @@ type Homeserver struct {
 	DB        *storage.DB
 	Key       *signing.Key
 	ClientAPI *clientapi.Server
-	Log       *slog.Logger
+	Rooms     *roomserver.Server
+	// Federation is the server-server API; its Joiner and EDUQueue are
+	// what other components call to reach other servers.
+	Federation *federationapi.Server
+	Log        *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -71,7 +76,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Homeser
 	if err != nil {
 		return nil, err
 	}
-	hs, err := assemble(ctx, cfg, logger, db, key)
+	hs, err := assemble(ctx, cfg, logger, db, key, fedClient.Transport.(*http.Transport).TLSClientConfig)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -91,7 +96,7 @@ func StorageOptions(d config.Database) storage.Options {
 	}
 }
 
-func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key) (*Homeserver, error) {
+func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key, fedTLS *tls.Config) (*Homeserver, error) {
 	clientIP, err := httpx.NewClientIPResolver(cfg.Global.TrustedProxies)
 	if err != nil {
 		return nil, err
@@ -100,7 +105,38 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
-	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
+	// The roomserver tells the federation sender about new events; the
+	// sender is built after it, so the hook reads it through a variable.
+	var federation *federationapi.Server
+	rooms, err := roomserver.New(ctx, roomserver.Deps{
+		DB:         db,
+		ServerName: cfg.Global.ServerName,
+		Key:        key,
+		Config:     cfg.RoomServer,
+		Notify: func(stream string, pos int64) {
+			if federation != nil {
+				federation.Notify(stream, pos)
+			}
+		},
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("roomserver: %w", err)
+	}
+	federation, err = federationapi.New(ctx, federationapi.Deps{
+		Config:     cfg.Federation,
+		ServerName: cfg.Global.ServerName,
+		Key:        key,
+		DB:         db,
+		Rooms:      rooms,
+		TLSConfig:  fedTLS,
+		Profiles:   client,
+		Logger:     logger,
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("federationapi: %w", err)
+	}
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -122,6 +158,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		DB:         db,
 		Key:        key,
 		ClientAPI:  client,
+		Rooms:      rooms,
+		Federation: federation,
 		Log:        logger,
 		handler:    r,
 		baseCtx:    baseCtx,
@@ -195,5 +233,5 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.ClientAPI.Close(), hs.DB.Close())
+	return errors.Join(hs.Federation.Close(), hs.ClientAPI.Close(), hs.DB.Close())
 }
