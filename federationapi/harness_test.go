@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -311,3 +312,15 @@ func mustJSON(v any) []byte {
 }
 
 var _ = bytes.NewReader
+
+func pathEscape(s string) string { return url.PathEscape(s) }
+
+func unescape(s string) (string, error) { return url.PathUnescape(s) }
+
+func tlsKeyPair(certPEM, keyPEM []byte) (*tls.Config, error) {
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
+}

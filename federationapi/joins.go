@@ -203,7 +203,7 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 	if head.Type != "m.room.member" || domainOf(head.StateKey) != s.serverName {
 		return mxerr.New(mxerr.Forbidden, "not an invite for a user of this server")
 	}
-	p, _, err := s.checkPDUVersion(ctx, req.Event, req.RoomVersion)
+	p, _, err := s.checkPDUWith(ctx, req.Event, req.RoomVersion, true)
 	if err != nil {
 		return mxerr.Wrap(err, mxerr.Forbidden, "invalid invite: %v", err)
 	}

@@ -147,6 +147,12 @@ func (s *Server) checkPDU(ctx context.Context, raw json.RawMessage, wantRoom str
 }
 
 func (s *Server) checkPDUVersion(ctx context.Context, raw json.RawMessage, version string) (*parsedPDU, string, error) {
+	return s.checkPDUWith(ctx, raw, version, false)
+}
+
+// checkPDUWith is checkPDUVersion; senderOnly checks only the sender's
+// server's signature (for an invite we have yet to sign ourselves).
+func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version string, senderOnly bool) (*parsedPDU, string, error) {
 	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
 	if err != nil {
 		return nil, "", err
@@ -170,9 +176,17 @@ func (s *Server) checkPDUVersion(ctx context.Context, raw json.RawMessage, versi
 	if _, err := spec.NewUserID(string(pdu.SenderID()), true); err != nil {
 		return nil, eventID, fmt.Errorf("invalid sender %q", pdu.SenderID())
 	}
-	err = gomatrixserverlib.VerifyEventSignatures(ctx, pdu, s.keys, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
-		return spec.NewUserID(string(sender), true)
-	})
+	if senderOnly {
+		redacted, rerr := impl.RedactEventJSON(pdu.JSON())
+		if rerr != nil {
+			return nil, eventID, rerr
+		}
+		err = s.keys.verify(ctx, domainOf(string(pdu.SenderID())), redacted, pdu.OriginServerTS(), impl.SignatureValidityCheck)
+	} else {
+		err = gomatrixserverlib.VerifyEventSignatures(ctx, pdu, s.keys, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
+			return spec.NewUserID(string(sender), true)
+		})
+	}
 	if err != nil {
 		return nil, eventID, fmt.Errorf("bad signature: %w", err)
 	}
