@@ -35,7 +35,10 @@ func BenchmarkInboundTransaction(b *testing.B) {
 			var edit func(*gomatrixserverlib.ProtoEvent)
 			if prev != nil {
 				p := prev
-				edit = func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents = []string{p.EventID()}; pe.Depth = p.Depth() + 1 }
+				edit = func(pe *gomatrixserverlib.ProtoEvent) {
+					pe.PrevEvents = []string{p.EventID()}
+					pe.Depth = p.Depth() + 1
+				}
 			}
 			prev = buildPDU(b, a, roomID, bob, "m.room.message", nil, map[string]any{"body": "bench", "n": j}, remote.Name, remote.HS.Key, edit)
 			pdus = append(pdus, prev.JSON())

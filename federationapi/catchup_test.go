@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 	"time"
-
 )
 
 // TestThreeServersCatchUp: B and C join A's room; C is stopped while A
@@ -50,4 +49,3 @@ func TestThreeServersCatchUp(t *testing.T) {
 		}
 	})
 }
-
