@@ -175,9 +175,40 @@ type Federation struct {
 	// TrustedCAFile adds to, never replaces, the system roots (which Go
 	// also reads from SSL_CERT_FILE and SSL_CERT_DIR).
 	TrustedCAFile string `yaml:"trusted_ca_file" doc:"PEM file of extra CA certificates to trust, besides the system's, when connecting to other homeservers. Empty: only the system's (SSL_CERT_FILE also works)."`
+	// TrustedKeyServers are notaries asked for keys a server cannot give
+	// us itself; each entry pins one of the notary's own keys.
+	TrustedKeyServers []string `yaml:"trusted_key_servers" doc:"Notary servers asked for other servers' signing keys when a server cannot be reached directly, one entry per notary key: \"<server_name> <key_id> <unpadded base64 public key>\", e.g. \"matrix.org ed25519:auto Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\". Empty: keys are only fetched from their own servers."`
+	KeyValidity       Duration `yaml:"key_validity" doc:"How long other servers may cache this server's signing key (valid_until_ts in GET /_matrix/key/v2/server)."`
+	// MaxBackoff caps the per-destination retry interval of the sender.
+	MinBackoff Duration `yaml:"min_backoff" doc:"First wait before retrying an unreachable server; it doubles on each failure up to max_backoff."`
+	MaxBackoff Duration `yaml:"max_backoff" doc:"Longest wait between retries to an unreachable server."`
 }
 
-func (Federation) Defaults() Federation { return Federation{Enabled: false} }
+func (Federation) Defaults() Federation {
+	return Federation{Enabled: false, TrustedKeyServers: []string{}, KeyValidity: Duration(7 * 24 * time.Hour),
+		MinBackoff: Duration(10 * time.Second), MaxBackoff: Duration(24 * time.Hour)}
+}
+
+// TrustedKeyServer is a parsed trusted_key_servers entry.
+type TrustedKeyServer struct {
+	ServerName string
+	KeyID      string
+	PublicKey  string // unpadded base64
+}
+
+// ParseTrustedKeyServers parses trusted_key_servers.
+func (f Federation) ParseTrustedKeyServers() ([]TrustedKeyServer, error) {
+	var out []TrustedKeyServer
+	for _, entry := range f.TrustedKeyServers {
+		fields := strings.Fields(entry)
+		if len(fields) != 3 || !serverNameRE.MatchString(fields[0]) || !strings.HasPrefix(fields[1], "ed25519:") {
+			return nil, fieldError("federation_api.trusted_key_servers", fmt.Sprintf("%q is not \"<server_name> ed25519:<id> <base64 key>\"", entry),
+				"e.g. \"matrix.org ed25519:auto Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\"")
+		}
+		out = append(out, TrustedKeyServer{ServerName: fields[0], KeyID: fields[1], PublicKey: strings.TrimRight(fields[2], "=")})
+	}
+	return out, nil
+}
 
 func (f Federation) Validate() error {
 	var errs []error
@@ -193,6 +224,12 @@ func (f Federation) Validate() error {
 	if (f.TLSCACert == "") != (f.TLSCAKey == "") {
 		errs = append(errs, fieldError("federation_api.tls_ca_cert", "tls_ca_cert and tls_ca_key must be set together",
 			"set both to the CA's PEM certificate and key, or neither"))
+	}
+	if _, err := f.ParseTrustedKeyServers(); err != nil {
+		errs = append(errs, err)
+	}
+	if f.KeyValidity < 0 || f.MaxBackoff < 0 || f.MinBackoff < 0 {
+		errs = append(errs, fieldError("federation_api.key_validity", "key_validity and max_backoff must not be negative", "use e.g. 168h and 24h"))
 	}
 	if f.TLSCACert != "" && (f.TLSCert == "" || f.TLSKey == "") {
 		errs = append(errs, fieldError("federation_api.tls_cert", "is empty while tls_ca_cert is set",

@@ -1,8 +1,25 @@
 // Package federationapi serves the server-server API (/_matrix/federation/*)
-// and the server key API (/_matrix/key/*), and sends to other servers.
+// and the key API (/_matrix/key/*), and talks to other servers.
 //
-// So far it publishes this server's signing key (GET /_matrix/key/v2/server).
+// Inbound: every /_matrix/federation request passes X-Matrix
+// authentication (auth.go: origin, destination must be us, key,
+// signature; else 401 M_UNAUTHORIZED) and room-scoped routes pass the
+// room's server ACL. /send checks each PDU on its own (format, sizes,
+// depth, the sender's server's signature, content hash → redaction) and
+// hands it to roomserver.InputEvent, fetching missing prev events with
+// get_missing_events; EDUs reach the EDUSinks only when the user they
+// concern belongs to the origin. Transactions are deduplicated by
+// (origin, txnId) in federation_inbound_txns. Reads answer for the
+// requesting server's view of the room (roomserver's *ForServer reads).
 //
-// Concurrency: a Server is safe for concurrent use; it holds only
-// immutable configuration.
+// Outbound: client.go resolves server names as the spec says
+// (discovery.go), signs requests and bounds answers; keyring.go caches
+// other servers' keys with their validity and fetches them directly or
+// through trusted_key_servers; sender.go is the persistent per-destination
+// queue (see its doc). Joiner.JoinRemote runs make_join/send_join,
+// refusing any template that changes what we asked for.
+//
+// Concurrency: a Server is safe for concurrent use. Inbound transactions
+// are serialised per origin; the sender runs one goroutine for fan-out and
+// one per destination with queued work.
 package federationapi

@@ -42,7 +42,10 @@ type Homeserver struct {
 	// Notifier carries "stream S advanced to N" between components.
 	Notifier  *notifier.Notifier
 	KeyServer *keyserver.Server
-	Log       *slog.Logger
+	// Federation is the server-server API; its Joiner and EDUQueue are
+	// what other components call to reach other servers.
+	Federation *federationapi.Server
+	Log        *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -80,7 +83,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Homeser
 	if err != nil {
 		return nil, err
 	}
-	hs, err := assemble(ctx, cfg, logger, db, key)
+	hs, err := assemble(ctx, cfg, logger, db, key, fedClient.Transport.(*http.Transport).TLSClientConfig)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -100,7 +103,7 @@ func StorageOptions(d config.Database) storage.Options {
 	}
 }
 
-func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key) (*Homeserver, error) {
+func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key, fedTLS *tls.Config) (*Homeserver, error) {
 	clientIP, err := httpx.NewClientIPResolver(cfg.Global.TrustedProxies)
 	if err != nil {
 		return nil, err
@@ -115,8 +118,18 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		}
 	}()
 	notify := notifier.New()
+	// The roomserver tells the notifier and the federation sender about
+	// new events; the sender needs the roomserver, so it is built after it
+	// and the hook reads it through a variable set before any event can be
+	// written (nothing writes until assemble returns).
+	var federation *federationapi.Server
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
-		Config: cfg.RoomServer, Notify: notify.Notify})
+		Config: cfg.RoomServer, Notify: func(stream string, pos int64) {
+			notify.Notify(stream, pos)
+			if federation != nil {
+				federation.Notify(stream, pos)
+			}
+		}})
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
@@ -146,7 +159,20 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		client.Close()
 		return nil, fmt.Errorf("keyserver: %w", err)
 	}
-	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
+	federation, err = federationapi.New(ctx, federationapi.Deps{
+		Config:     cfg.Federation,
+		ServerName: cfg.Global.ServerName,
+		Key:        key,
+		DB:         db,
+		Rooms:      rooms,
+		TLSConfig:  fedTLS,
+		Profiles:   client,
+		Logger:     logger,
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("federationapi: %w", err)
+	}
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -174,6 +200,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Sync:       syncServer,
 		Notifier:   notify,
 		KeyServer:  keys,
+		Federation: federation,
 		Log:        logger,
 		handler:    r,
 		baseCtx:    baseCtx,
@@ -247,7 +274,7 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.ClientAPI.Close(), hs.DB.Close())
+	return errors.Join(hs.Federation.Close(), hs.ClientAPI.Close(), hs.DB.Close())
 }
 
 // sharedRoomUsers lists the users who share a joined room with a user, for

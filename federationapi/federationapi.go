@@ -1,0 +1,187 @@
+package federationapi
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// OldKey is a signing key this server used before, published in
+// old_verify_keys so events signed with it still verify.
+type OldKey struct {
+	KeyID     string
+	Key       ed25519.PublicKey
+	ExpiredTS int64
+}
+
+// Deps is what the federation API needs.
+type Deps struct {
+	Config     config.Federation
+	ServerName string
+	Key        *signing.Key
+	OldKeys    []OldKey
+	DB         *storage.DB
+	Rooms      Rooms
+	// TLSConfig is the client TLS config for other servers (the trusted
+	// roots). Nil: system roots.
+	TLSConfig *tls.Config
+	Profiles  Profiles
+	Aliases   Aliases
+	Directory PublicRoomDirectory
+	EDUs      EDUSinks
+	Logger    *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Dial and LookupSRV replace the network for tests (custom server
+	// names, fake SRV records). Nil: the real ones.
+	Dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	LookupSRV func(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
+}
+
+// Server is the federation API.
+type Server struct {
+	cfg         config.Federation
+	serverName  string
+	key         *signing.Key
+	oldKeys     []OldKey
+	keyValidity time.Duration
+	db          *storage.DB
+	rooms       Rooms
+	profiles    Profiles
+	aliases     Aliases
+	directory   PublicRoomDirectory
+	edus        EDUSinks
+	log         *slog.Logger
+	now         func() time.Time
+
+	keys   *keyRing
+	client *client
+	sender *sender
+
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+var (
+	_ Joiner            = (*Server)(nil)
+	_ EDUQueue          = (*Server)(nil)
+	_ RemoteMemberships = (*Server)(nil)
+)
+
+// New migrates the federation tables and returns the federation API. With
+// Config.Enabled it also starts the sender; call Close to stop it.
+func New(ctx context.Context, deps Deps) (*Server, error) {
+	if deps.DB == nil || deps.Key == nil || deps.ServerName == "" || deps.Rooms == nil {
+		return nil, errors.New("federationapi: DB, Key, ServerName and Rooms are required")
+	}
+	notaries, err := deps.Config.ParseTrustedKeyServers()
+	if err != nil {
+		return nil, err
+	}
+	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	if err := deps.DB.Migrate(ctx, "federationapi", sub); err != nil {
+		return nil, fmt.Errorf("federationapi: %w", err)
+	}
+	s := &Server{
+		cfg:         deps.Config,
+		serverName:  deps.ServerName,
+		key:         deps.Key,
+		oldKeys:     deps.OldKeys,
+		keyValidity: deps.Config.KeyValidity.D(),
+		db:          deps.DB,
+		rooms:       deps.Rooms,
+		profiles:    deps.Profiles,
+		aliases:     deps.Aliases,
+		directory:   deps.Directory,
+		edus:        deps.EDUs,
+		log:         deps.Logger,
+		now:         deps.Now,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.keyValidity <= 0 {
+		s.keyValidity = 7 * 24 * time.Hour
+	}
+	tlsConfig := deps.TLSConfig
+	if tlsConfig == nil {
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	s.keys = &keyRing{s: s, notaries: notaries, lastFetch: map[string]time.Time{}, fetching: map[string]*sync.Mutex{}}
+	s.client = newClient(s, tlsConfig, deps.Dial)
+	if deps.LookupSRV != nil {
+		s.client.resolver.lookupSRV = deps.LookupSRV
+	}
+	s.sender = newSender(s)
+	bg, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	if deps.Config.Enabled {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.sender.run(bg)
+		}()
+	}
+	return s, nil
+}
+
+// Close stops the sender and waits for it.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.stop()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// Notify tells the sender the room event stream advanced. It never
+// blocks; the roomserver's Deps.Notify should call it.
+func (s *Server) Notify(stream string, pos int64) {
+	if stream == "room_events" {
+		s.sender.wake()
+	}
+}
+
+// Routes registers the key endpoints and, when federation is enabled, the
+// federation endpoints.
+func (s *Server) Routes(r chi.Router) {
+	r.Method(http.MethodGet, "/_matrix/key/v2/server", httpx.H(s.serverKey))
+	r.Method(http.MethodGet, "/_matrix/key/v2/server/{keyID}", httpx.H(s.serverKey))
+	r.Method(http.MethodPost, "/_matrix/key/v2/query", httpx.H(s.notaryQuery))
+	r.Method(http.MethodGet, "/_matrix/key/v2/query/{serverName}", httpx.H(s.notaryQueryOne))
+	r.Method(http.MethodGet, "/_matrix/key/v2/query/{serverName}/{keyID}", httpx.H(s.notaryQueryOne))
+	if !s.cfg.Enabled {
+		return
+	}
+	r.Method(http.MethodGet, "/_matrix/federation/v1/version", httpx.H(s.version))
+	r.Route("/_matrix/federation", func(r chi.Router) {
+		r.Use(s.authenticate)
+		s.federationRoutes(r)
+	})
+}

@@ -1,0 +1,293 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Outbound membership handshakes: joining and leaving rooms held by
+// other servers. Spec: server-server-api, "Joining Rooms".
+
+var supportedVersionsQuery = func() string {
+	v := url.Values{}
+	for i := 1; i <= 12; i++ {
+		v.Add("ver", itoa(int64(i)))
+	}
+	return v.Encode()
+}()
+
+// template is a make_* answer.
+type template struct {
+	RoomVersion string          `json:"room_version"`
+	Event       json.RawMessage `json:"event"`
+}
+
+// JoinRemote implements Joiner.
+func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, via []string) (string, error) {
+	if domainOf(userID) != s.serverName {
+		return "", mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
+	}
+	roomID := roomIDOrAlias
+	if strings.HasPrefix(roomIDOrAlias, "#") {
+		server := domainOf(roomIDOrAlias)
+		var dir struct {
+			RoomID  string   `json:"room_id"`
+			Servers []string `json:"servers"`
+		}
+		q := url.Values{"room_alias": {roomIDOrAlias}}
+		if err := s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/query/directory?"+q.Encode(), nil, &dir); err != nil {
+			return "", ClientError(err)
+		}
+		roomID = dir.RoomID
+		via = append(append([]string{}, via...), dir.Servers...)
+		via = append(via, server)
+	} else if d := domainOf(roomID); d != "" {
+		via = append(append([]string{}, via...), d) // pre-v12 room IDs name their creating server
+	}
+	if !strings.HasPrefix(roomID, "!") {
+		return "", mxerr.New(mxerr.InvalidParam, "invalid room ID or alias %q", roomIDOrAlias)
+	}
+	var errs []error
+	seen := map[string]bool{s.serverName: true}
+	for _, server := range via {
+		if server == "" || seen[server] {
+			continue
+		}
+		seen[server] = true
+		err := s.joinVia(ctx, server, roomID, userID)
+		if err == nil {
+			return roomID, nil
+		}
+		var te *templateError
+		if errors.As(err, &te) {
+			// Security case 14: a tampered template aborts the join.
+			return "", mxerr.Wrap(err, mxerr.Forbidden, "join aborted: %s sent a bad template: %v", server, te)
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", server, err))
+	}
+	if len(errs) == 0 {
+		return "", mxerr.New(mxerr.NotFound, "no server to join %s through", roomID)
+	}
+	s.log.Info("remote join failed", "room_id", roomID, "err", errors.Join(errs...))
+	return "", ClientError(errs[len(errs)-1])
+}
+
+// templateError marks a make_* template that asks us to sign something
+// other than what we asked for.
+type templateError struct{ msg string }
+
+func (e *templateError) Error() string { return e.msg }
+
+// signTemplate checks a make_* template and builds our own event from
+// it: type, sender, state_key, room_id and content are ours; only
+// prev_events, auth_events and depth (and a restricted-join authoriser)
+// come from the template. Anything in the template that differs from what
+// we asked for aborts (security case 14).
+func (s *Server) signTemplate(t *template, roomID, userID, membership string) (gomatrixserverlib.PDU, error) {
+	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(t.RoomVersion))
+	if err != nil || t.RoomVersion == "" {
+		return nil, &templateError{fmt.Sprintf("unsupported room version %q", t.RoomVersion)}
+	}
+	var tmpl struct {
+		Type       string          `json:"type"`
+		Sender     string          `json:"sender"`
+		StateKey   *string         `json:"state_key"`
+		RoomID     string          `json:"room_id"`
+		Content    json.RawMessage `json:"content"`
+		PrevEvents json.RawMessage `json:"prev_events"`
+		AuthEvents json.RawMessage `json:"auth_events"`
+		Depth      int64           `json:"depth"`
+	}
+	if err := json.Unmarshal(t.Event, &tmpl); err != nil {
+		return nil, &templateError{"unreadable template"}
+	}
+	var content map[string]json.RawMessage
+	if err := json.Unmarshal(tmpl.Content, &content); err != nil {
+		return nil, &templateError{"template content is not an object"}
+	}
+	var m string
+	_ = json.Unmarshal(content["membership"], &m)
+	switch {
+	case tmpl.Type != "m.room.member":
+		return nil, &templateError{"template type is " + tmpl.Type}
+	case tmpl.Sender != userID:
+		return nil, &templateError{"template sender is " + tmpl.Sender}
+	case tmpl.StateKey == nil || *tmpl.StateKey != userID:
+		return nil, &templateError{"template state_key is not the user"}
+	case tmpl.RoomID != roomID:
+		return nil, &templateError{"template room is " + tmpl.RoomID}
+	case m != membership:
+		return nil, &templateError{"template membership is " + m}
+	case tmpl.Depth < 1 || tmpl.Depth > maxSafeInt:
+		return nil, &templateError{"template depth out of range"}
+	}
+	ours := map[string]any{"membership": membership}
+	for k, v := range content {
+		switch k {
+		case "membership":
+		case "join_authorised_via_users_server":
+			var via string
+			if json.Unmarshal(v, &via) != nil || membership != "join" {
+				return nil, &templateError{"bad join_authorised_via_users_server"}
+			}
+			if _, err := spec.NewUserID(via, true); err != nil {
+				return nil, &templateError{"bad join_authorised_via_users_server"}
+			}
+			ours[k] = via
+		default:
+			return nil, &templateError{"template content has unexpected key " + k}
+		}
+	}
+	raw, err := json.Marshal(ours)
+	if err != nil {
+		return nil, err
+	}
+	var prev, auth any
+	if json.Unmarshal(tmpl.PrevEvents, &prev) != nil || json.Unmarshal(tmpl.AuthEvents, &auth) != nil {
+		return nil, &templateError{"bad prev_events or auth_events"}
+	}
+	stateKey := userID
+	proto := &gomatrixserverlib.ProtoEvent{
+		SenderID: userID, RoomID: roomID, Type: "m.room.member", StateKey: &stateKey, Content: raw,
+		PrevEvents: prev, AuthEvents: auth, Depth: tmpl.Depth, Version: impl,
+	}
+	return guard(func() (gomatrixserverlib.PDU, error) {
+		eb := impl.NewEventBuilderFromProtoEvent(proto)
+		return eb.Build(s.now(), spec.ServerName(s.serverName), gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
+	})
+}
+
+// joinVia runs make_join and send_join against server, verifies the
+// answer and persists the room.
+func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) error {
+	var t template
+	uri := "/_matrix/federation/v1/make_join/" + pathEscape(roomID) + "/" + pathEscape(userID) + "?" + supportedVersionsQuery
+	if err := s.client.signed(ctx, server, http.MethodGet, uri, nil, &t); err != nil {
+		return err
+	}
+	join, err := s.signTemplate(&t, roomID, userID, "join")
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		State     []json.RawMessage `json:"state"`
+		AuthChain []json.RawMessage `json:"auth_chain"`
+		Event     json.RawMessage   `json:"event"`
+	}
+	uri = "/_matrix/federation/v2/send_join/" + pathEscape(roomID) + "/" + pathEscape(join.EventID())
+	if err := s.client.signed(ctx, server, http.MethodPut, uri, json.RawMessage(join.JSON()), &resp); err != nil {
+		return err
+	}
+	joinJSON := json.RawMessage(join.JSON())
+	if len(resp.Event) > 0 {
+		// A restricted join countersigned by the resident server: it must
+		// be our event, with the extra signature.
+		p, _, err := s.checkPDUVersion(ctx, resp.Event, t.RoomVersion)
+		if err != nil || p.pdu.EventID() != join.EventID() {
+			return fmt.Errorf("send_join returned a different event")
+		}
+		joinJSON = p.pdu.JSON()
+	}
+	// Verify every returned event's signatures and hashes.
+	verify := func(list []json.RawMessage) ([]json.RawMessage, error) {
+		out := make([]json.RawMessage, 0, len(list))
+		for _, raw := range list {
+			p, id, err := s.checkPDUVersion(ctx, raw, t.RoomVersion)
+			if err != nil {
+				return nil, fmt.Errorf("send_join event %s: %w", id, err)
+			}
+			out = append(out, p.pdu.JSON())
+		}
+		return out, nil
+	}
+	state, err := verify(resp.State)
+	if err != nil {
+		return err
+	}
+	chain, err := verify(resp.AuthChain)
+	if err != nil {
+		return err
+	}
+	res, err := s.rooms.ImportJoinedRoom(ctx, roomserver.ImportRoomRequest{
+		RoomVersion: t.RoomVersion, Join: joinJSON, State: state, AuthChain: chain,
+	})
+	if err != nil {
+		return err
+	}
+	if res.Outcome == roomserver.Rejected {
+		return mxerr.New(mxerr.Forbidden, "join rejected: %s", res.Reason)
+	}
+	s.dropRemoteInvite(ctx, userID, roomID)
+	return nil
+}
+
+// LeaveRemote implements RemoteMemberships: make_leave and send_leave
+// through via, for a room this server does not hold (rejecting an invite).
+func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []string) error {
+	if domainOf(userID) != s.serverName {
+		return mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
+	}
+	var inviteSender string
+	_ = s.db.Reader().QueryRow(ctx, `SELECT event FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+		userID, roomID).Scan(&inviteSender)
+	if inviteSender != "" {
+		var ev struct {
+			Sender string `json:"sender"`
+		}
+		if json.Unmarshal([]byte(inviteSender), &ev) == nil {
+			via = append(append([]string{}, via...), domainOf(ev.Sender))
+		}
+	}
+	var errs []error
+	seen := map[string]bool{s.serverName: true}
+	for _, server := range via {
+		if server == "" || seen[server] {
+			continue
+		}
+		seen[server] = true
+		var t template
+		uri := "/_matrix/federation/v1/make_leave/" + pathEscape(roomID) + "/" + pathEscape(userID)
+		if err := s.client.signed(ctx, server, http.MethodGet, uri, nil, &t); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		leave, err := s.signTemplate(&t, roomID, userID, "leave")
+		if err != nil {
+			return mxerr.Wrap(err, mxerr.Forbidden, "leave aborted: %s sent a bad template: %v", server, err)
+		}
+		uri = "/_matrix/federation/v2/send_leave/" + pathEscape(roomID) + "/" + pathEscape(leave.EventID())
+		if err := s.client.signed(ctx, server, http.MethodPut, uri, json.RawMessage(leave.JSON()), nil); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.dropRemoteInvite(ctx, userID, roomID)
+		return nil
+	}
+	if len(errs) == 0 {
+		return mxerr.New(mxerr.NotFound, "no server to leave %s through", roomID)
+	}
+	return ClientError(errs[len(errs)-1])
+}
+
+// dropRemoteInvite forgets a pending remote invite once answered.
+func (s *Server) dropRemoteInvite(ctx context.Context, userID, roomID string) {
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+		return err
+	})
+	if err != nil {
+		s.log.Warn("dropping remote invite", "err", err)
+	}
+}

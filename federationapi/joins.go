@@ -1,0 +1,293 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Serving the membership handshakes of other servers' users.
+// Spec: server-server-api, "Joining Rooms", "Knocking upon a room",
+// "Inviting to a room", "Leaving Rooms (Rejecting Invites)".
+
+// makeMembership is GET /v1/make_{join,leave,knock}/{roomId}/{userId}.
+func (s *Server) makeMembership(membership string) httpx.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ctx := r.Context()
+		origin := originOf(ctx)
+		userID := pathParam(r, "userID")
+		if domainOf(userID) != origin {
+			return mxerr.New(mxerr.Forbidden, "%s may only ask for its own users, not %s", origin, userID)
+		}
+		vers := r.URL.Query()["ver"]
+		if membership == "leave" {
+			vers = nil // make_leave has no ver: any version will do
+		}
+		req := roomserver.TemplateRequest{RoomID: roomParam(r), UserID: userID, Membership: membership, SupportedVersions: vers}
+		if membership == "leave" {
+			v, err := s.rooms.RoomVersion(ctx, req.RoomID)
+			if err != nil {
+				return err
+			}
+			req.SupportedVersions = []string{v}
+		}
+		version, template, err := s.rooms.MembershipTemplate(ctx, req)
+		if err != nil {
+			return err
+		}
+		return httpx.OK(w, map[string]any{"room_version": version, "event": template})
+	}
+}
+
+// sendMembership is PUT /v2/send_join, /v2/send_leave and /v1/send_knock:
+// the event must be the membership asked for, of its own sender, who is
+// a user of the origin (security case 12); nothing is stored otherwise.
+func (s *Server) sendMembership(membership string) httpx.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ctx := r.Context()
+		origin := originOf(ctx)
+		roomID, eventID := roomParam(r), pathParam(r, "eventID")
+		body, err := httpx.ReadBody(r)
+		if err != nil {
+			return err
+		}
+		version, err := s.rooms.RoomVersion(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		p, _, err := s.checkPDUVersion(ctx, body, version)
+		if err != nil {
+			return mxerr.Wrap(err, mxerr.BadJSON, "invalid event: %v", err)
+		}
+		pdu := p.pdu
+		if err := checkMembershipEvent(pdu, roomID, membership); err != nil {
+			return err
+		}
+		if pdu.EventID() != eventID {
+			return mxerr.New(mxerr.BadJSON, "event ID is %s, not %s", pdu.EventID(), eventID)
+		}
+		if domainOf(string(pdu.SenderID())) != origin {
+			return mxerr.New(mxerr.Forbidden, "%s may not send a membership event for %s", origin, pdu.SenderID())
+		}
+		signed := false
+		if membership == "join" {
+			// Restricted joins name one of our users as authoriser: we
+			// must sign before persisting. Spec: rooms/v8.
+			var c struct {
+				Via string `json:"join_authorised_via_users_server"`
+			}
+			if json.Unmarshal(pdu.Content(), &c) == nil && c.Via != "" && domainOf(c.Via) == s.serverName {
+				pdu = pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
+				p.json = pdu.JSON()
+				signed = true
+			}
+		}
+		resp, err := s.input(ctx, p)
+		if err != nil {
+			return err
+		}
+		if resp.Outcome != roomserver.Accepted && resp.Outcome != roomserver.Duplicate {
+			return mxerr.New(mxerr.Forbidden, "the %s is not allowed: %s", membership, resp.Reason)
+		}
+		switch membership {
+		case "join":
+			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
+			if err != nil {
+				return err
+			}
+			servers, err := s.rooms.JoinedServers(ctx, roomID)
+			if err != nil {
+				return err
+			}
+			out := map[string]any{
+				"origin": s.serverName, "state": pdus(state), "auth_chain": pdus(chain),
+				"members_omitted": false, "servers_in_room": servers,
+			}
+			if signed {
+				out["event"] = json.RawMessage(pdu.JSON())
+			}
+			return httpx.OK(w, out)
+		case "knock":
+			state, err := s.strippedState(r, roomID)
+			if err != nil {
+				return err
+			}
+			return httpx.OK(w, map[string]any{"knock_room_state": state})
+		}
+		return httpx.OK(w, httpx.EmptyObject)
+	}
+}
+
+// checkMembershipEvent: an m.room.member event in roomID whose state_key
+// is its sender and whose membership is want.
+func checkMembershipEvent(pdu gomatrixserverlib.PDU, roomID, want string) error {
+	if pdu.Type() != "m.room.member" {
+		return mxerr.New(mxerr.BadJSON, "not an m.room.member event")
+	}
+	if pdu.RoomID().String() != roomID {
+		return mxerr.New(mxerr.BadJSON, "event is in room %s, not %s", pdu.RoomID().String(), roomID)
+	}
+	if pdu.StateKey() == nil || *pdu.StateKey() != string(pdu.SenderID()) {
+		return mxerr.New(mxerr.BadJSON, "state_key must be the sender")
+	}
+	if m, err := pdu.Membership(); err != nil || m != want {
+		return mxerr.New(mxerr.BadJSON, "membership must be %s", want)
+	}
+	return nil
+}
+
+// strippedState is the state a knocker or invitee may see: the room's
+// name, avatar, topic, join rules, canonical alias, create and
+// encryption events. Spec: client-server-api, "Stripped state".
+func (s *Server) strippedState(r *http.Request, roomID string) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	for _, t := range []string{"m.room.create", "m.room.name", "m.room.avatar", "m.room.topic", "m.room.join_rules",
+		"m.room.canonical_alias", "m.room.encryption"} {
+		ev, err := s.rooms.RoomStateEvent(r.Context(), roomID, t, "")
+		if mxerr.Is(err, mxerr.NotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		stripped, err := json.Marshal(map[string]any{"type": ev.Type, "state_key": "", "sender": ev.Sender, "content": ev.Content})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, stripped)
+	}
+	return out, nil
+}
+
+// invite is PUT /v2/invite/{roomId}/{eventId}: only an m.room.member
+// invite for one of our users, sent by a user of the origin (security
+// case 13). We sign it and return it; nothing is signed otherwise.
+func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	origin := originOf(ctx)
+	roomID, eventID := pathParam(r, "roomID"), pathParam(r, "eventID")
+	var req struct {
+		RoomVersion     string            `json:"room_version"`
+		Event           json.RawMessage   `json:"event"`
+		InviteRoomState []json.RawMessage `json:"invite_room_state"`
+	}
+	if err := httpx.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}, req.RoomVersion) {
+		return mxerr.New(mxerr.IncompatibleRoomVersion, "room version %q is not supported", req.RoomVersion).
+			With("room_version", req.RoomVersion)
+	}
+	// Cheap checks before any key fetch.
+	var head struct {
+		Type     string `json:"type"`
+		Sender   string `json:"sender"`
+		StateKey string `json:"state_key"`
+	}
+	if err := json.Unmarshal(req.Event, &head); err != nil {
+		return mxerr.New(mxerr.BadJSON, "invalid event")
+	}
+	if domainOf(head.Sender) != origin {
+		return mxerr.New(mxerr.Forbidden, "%s may not send an invite from %s", origin, head.Sender)
+	}
+	if head.Type != "m.room.member" || domainOf(head.StateKey) != s.serverName {
+		return mxerr.New(mxerr.Forbidden, "not an invite for a user of this server")
+	}
+	p, _, err := s.checkPDUWith(ctx, req.Event, req.RoomVersion, true)
+	if err != nil {
+		return mxerr.Wrap(err, mxerr.Forbidden, "invalid invite: %v", err)
+	}
+	pdu := p.pdu
+	if m, err := pdu.Membership(); err != nil || m != "invite" || pdu.Type() != "m.room.member" {
+		return mxerr.New(mxerr.Forbidden, "not an invite")
+	}
+	if pdu.RoomID().String() != roomID || pdu.EventID() != eventID {
+		return mxerr.New(mxerr.BadJSON, "event does not match the path")
+	}
+	if domainOf(string(pdu.SenderID())) != origin || pdu.StateKey() == nil || domainOf(*pdu.StateKey()) != s.serverName {
+		return mxerr.New(mxerr.Forbidden, "invite sender or target does not match")
+	}
+	if _, err := spec.NewUserID(*pdu.StateKey(), true); err != nil {
+		return mxerr.New(mxerr.BadJSON, "invalid invitee")
+	}
+	// Security case 8: keep only well-formed stripped state objects.
+	var stripped []json.RawMessage
+	for _, st := range req.InviteRoomState {
+		var e struct {
+			Type     string          `json:"type"`
+			StateKey *string         `json:"state_key"`
+			Sender   string          `json:"sender"`
+			Content  json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(st, &e) == nil && e.Type != "" && e.StateKey != nil && strings.HasPrefix(string(e.Content), "{") {
+			stripped = append(stripped, st)
+		}
+	}
+	signedPDU := pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
+	signedJSON := signedPDU.JSON()
+	if _, err := s.rooms.RoomVersion(ctx, roomID); err == nil {
+		// A room we hold: the invite goes through the roomserver.
+		if _, err := s.rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: req.RoomVersion, JSON: signedJSON}); err != nil {
+			s.log.Info("storing signed invite failed", "room_id", roomID, "err", err)
+		}
+	} else {
+		strippedJSON, err := json.Marshal(stripped)
+		if err != nil {
+			return err
+		}
+		err = s.db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state, received_ts)
+				VALUES ($1, $2, $3, $4, $5, $6, $7)
+				ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
+					event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts`,
+				*pdu.StateKey(), roomID, eventID, req.RoomVersion, string(signedJSON), string(strippedJSON), s.now().UnixMilli())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return httpx.OK(w, map[string]any{"event": json.RawMessage(signedJSON)})
+}
+
+// RemoteInvite is an invite of a local user to a room this server is not
+// in, as received from the inviting server.
+type RemoteInvite struct {
+	RoomID          string
+	EventID         string
+	RoomVersion     string
+	Event           json.RawMessage
+	InviteRoomState json.RawMessage
+}
+
+// RemoteInvites lists userID's pending invites to rooms this server does
+// not hold (for /sync's invite section).
+func (s *Server) RemoteInvites(ctx context.Context, userID string) ([]RemoteInvite, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state
+		FROM federation_remote_invites WHERE user_id = $1 ORDER BY received_ts`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []RemoteInvite
+	for rows.Next() {
+		var inv RemoteInvite
+		var ev, st string
+		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st); err != nil {
+			return nil, err
+		}
+		inv.Event, inv.InviteRoomState = json.RawMessage(ev), json.RawMessage(st)
+		out = append(out, inv)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,350 @@
+package federationapi
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// keyRing finds other servers' signing keys and verifies signatures with
+// them. Keys are cached in federation_server_keys with their validity;
+// a key that is unknown, or not valid at the time asked about, is fetched
+// from its server (GET /_matrix/key/v2/server) and, failing that, from
+// each trusted notary (POST /_matrix/key/v2/query).
+// Spec: server-server-api, "Retrieving server keys".
+//
+// It implements gomatrixserverlib.JSONVerifier, so event signature checks
+// use it too.
+type keyRing struct {
+	s        *Server
+	notaries []config.TrustedKeyServer
+
+	mu sync.Mutex
+	// lastFetch limits fetches per server so an unknown key ID in a
+	// forged request cannot make us hammer a server. Guarded by mu.
+	lastFetch map[string]time.Time
+	// fetching serialises fetches per server. Guarded by mu.
+	fetching map[string]*sync.Mutex
+}
+
+// minRefetch is how soon a server's keys may be fetched again.
+const minRefetch = 5 * time.Second
+
+// cachedKey is a row of federation_server_keys.
+type cachedKey struct {
+	key          ed25519.PublicKey
+	validUntilTS int64
+	expiredTS    int64
+}
+
+// validAt applies the validity rules: an old key verifies what was
+// signed before it expired; a current key is judged by check (the room
+// version's rule; for requests the strict one: signed no later than
+// valid_until_ts, capped at seven days from now).
+// Spec: rooms/v5, "Signing key validity period".
+func (k cachedKey) validAt(at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc) bool {
+	if k.expiredTS != 0 {
+		return int64(at) < k.expiredTS
+	}
+	return check(at, spec.Timestamp(k.validUntilTS))
+}
+
+func (r *keyRing) serverLock(server string) *sync.Mutex {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.fetching[server]
+	if m == nil {
+		m = &sync.Mutex{}
+		r.fetching[server] = m
+	}
+	return m
+}
+
+// VerifyJSONs implements gomatrixserverlib.JSONVerifier: a message is
+// valid for a server if one of its signatures by that server verifies
+// with a key valid at AtTS.
+func (r *keyRing) VerifyJSONs(ctx context.Context, reqs []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
+	out := make([]gomatrixserverlib.VerifyJSONResult, len(reqs))
+	for i, req := range reqs {
+		check := req.ValidityCheckingFunc
+		if check == nil {
+			check = gomatrixserverlib.StrictValiditySignatureCheck
+		}
+		out[i].Error = r.verify(ctx, string(req.ServerName), req.Message, req.AtTS, check)
+	}
+	return out, nil
+}
+
+// verify checks message's signature by server at time at.
+func (r *keyRing) verify(ctx context.Context, server string, message []byte, at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc) error {
+	keyIDs, err := gomatrixserverlib.ListKeyIDs(server, message)
+	if err != nil {
+		return fmt.Errorf("reading signatures: %w", err)
+	}
+	if len(keyIDs) == 0 {
+		return fmt.Errorf("not signed by %s", server)
+	}
+	var lastErr error
+	for _, keyID := range keyIDs {
+		if !strings.HasPrefix(string(keyID), "ed25519:") {
+			continue
+		}
+		key, err := r.key(ctx, server, string(keyID), at, check)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if err := gomatrixserverlib.VerifyJSON(server, keyID, key, message); err != nil {
+			lastErr = fmt.Errorf("bad signature by %s %s: %w", server, keyID, err)
+			continue
+		}
+		return nil
+	}
+	if lastErr == nil {
+		lastErr = fmt.Errorf("no ed25519 signature by %s", server)
+	}
+	return lastErr
+}
+
+// key returns server's key keyID if it is valid at at, fetching it when
+// the cache does not have a valid copy.
+func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc) (ed25519.PublicKey, error) {
+	if server == r.s.serverName {
+		if keyID == r.s.key.ID {
+			return r.s.key.Public(), nil
+		}
+		for _, old := range r.s.oldKeys {
+			if old.KeyID == keyID && int64(at) < old.ExpiredTS {
+				return old.Key, nil
+			}
+		}
+		return nil, fmt.Errorf("unknown key %s of this server", keyID)
+	}
+	k, ok, err := r.cached(ctx, server, keyID)
+	if err != nil {
+		return nil, err
+	}
+	if ok && k.validAt(at, check) {
+		return k.key, nil
+	}
+	// Not cached or not valid at that time: maybe the server has a newer
+	// document (a refreshed valid_until_ts or a new key).
+	if err := r.fetch(ctx, server); err != nil {
+		r.s.log.Debug("fetching server keys failed", "server", server, "err", err)
+	}
+	k, ok, err = r.cached(ctx, server, keyID)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("unknown key %s of %s", keyID, server)
+	}
+	if !k.validAt(at, check) {
+		return nil, fmt.Errorf("key %s of %s is not valid at %d", keyID, server, at)
+	}
+	return k.key, nil
+}
+
+func (r *keyRing) cached(ctx context.Context, server, keyID string) (cachedKey, bool, error) {
+	var pub string
+	var k cachedKey
+	err := r.s.db.Reader().QueryRow(ctx, `SELECT public_key, valid_until_ts, expired_ts FROM federation_server_keys
+		WHERE server_name = $1 AND key_id = $2`, server, keyID).Scan(&pub, &k.validUntilTS, &k.expiredTS)
+	if storage.IsNoRows(err) {
+		return k, false, nil
+	}
+	if err != nil {
+		return k, false, err
+	}
+	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(pub, "="))
+	if err != nil || len(raw) != ed25519.PublicKeySize {
+		return k, false, nil
+	}
+	k.key = raw
+	return k, true, nil
+}
+
+// fetch asks server for its keys, then the notaries, storing what
+// verifies. At most one fetch per server runs at a time, and a server is
+// not asked again within minRefetch.
+func (r *keyRing) fetch(ctx context.Context, server string) error {
+	lock := r.serverLock(server)
+	lock.Lock()
+	defer lock.Unlock()
+	r.mu.Lock()
+	last := r.lastFetch[server]
+	now := r.s.now()
+	if now.Sub(last) < minRefetch {
+		r.mu.Unlock()
+		return nil
+	}
+	r.lastFetch[server] = now
+	r.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var errs []error
+	doc, err := r.fetchDirect(ctx, server)
+	if err == nil {
+		return r.store(ctx, doc)
+	}
+	errs = append(errs, fmt.Errorf("direct: %w", err))
+	for _, notary := range r.notaries {
+		docs, err := r.fetchFromNotary(ctx, notary, server)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("notary %s: %w", notary.ServerName, err))
+			continue
+		}
+		for _, d := range docs {
+			if err := r.store(ctx, d); err != nil {
+				return err
+			}
+		}
+		if len(docs) > 0 {
+			return nil
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fetchDirect reads GET /_matrix/key/v2/server from server.
+func (r *keyRing) fetchDirect(ctx context.Context, server string) (gomatrixserverlib.ServerKeys, error) {
+	var raw json.RawMessage
+	if err := r.s.client.unsigned(ctx, server, "GET", "/_matrix/key/v2/server", nil, &raw); err != nil {
+		return gomatrixserverlib.ServerKeys{}, err
+	}
+	return checkKeyDocument(server, raw, r.s.now())
+}
+
+// fetchFromNotary asks a notary for server's keys. The response must be
+// signed by the notary with the pinned key and each document by its own
+// server.
+func (r *keyRing) fetchFromNotary(ctx context.Context, notary config.TrustedKeyServer, server string) ([]gomatrixserverlib.ServerKeys, error) {
+	body := map[string]any{"server_keys": map[string]any{server: map[string]any{}}}
+	var resp struct {
+		ServerKeys []json.RawMessage `json:"server_keys"`
+	}
+	if err := r.s.client.unsigned(ctx, notary.ServerName, "POST", "/_matrix/key/v2/query", body, &resp); err != nil {
+		return nil, err
+	}
+	pinned, err := base64.RawStdEncoding.DecodeString(notary.PublicKey)
+	if err != nil || len(pinned) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("configured key of notary %s is not an ed25519 key", notary.ServerName)
+	}
+	var out []gomatrixserverlib.ServerKeys
+	for _, raw := range resp.ServerKeys {
+		if err := gomatrixserverlib.VerifyJSON(notary.ServerName, gomatrixserverlib.KeyID(notary.KeyID), pinned, raw); err != nil {
+			return nil, fmt.Errorf("response not signed by the notary's pinned key: %w", err)
+		}
+		doc, err := checkKeyDocument(server, raw, r.s.now())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, doc)
+	}
+	return out, nil
+}
+
+// checkKeyDocument parses a server key document and checks it names
+// server, is still valid, and is signed by each of its verify_keys.
+// Spec: server-server-api, "Publishing Keys".
+func checkKeyDocument(server string, raw []byte, now time.Time) (gomatrixserverlib.ServerKeys, error) {
+	var doc gomatrixserverlib.ServerKeys
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return doc, fmt.Errorf("bad key document: %w", err)
+	}
+	if string(doc.ServerName) != server {
+		return doc, fmt.Errorf("key document names %q, not %q", doc.ServerName, server)
+	}
+	if !doc.ValidUntilTS.Time().After(now) {
+		return doc, fmt.Errorf("key document of %s expired at %d", server, doc.ValidUntilTS)
+	}
+	if len(doc.VerifyKeys) == 0 {
+		return doc, fmt.Errorf("key document of %s has no verify_keys", server)
+	}
+	for keyID, vk := range doc.VerifyKeys {
+		if !strings.HasPrefix(string(keyID), "ed25519:") {
+			continue
+		}
+		if len(vk.Key) != ed25519.PublicKeySize {
+			return doc, fmt.Errorf("key %s of %s is not an ed25519 key", keyID, server)
+		}
+		if err := gomatrixserverlib.VerifyJSON(server, keyID, ed25519.PublicKey(vk.Key), raw); err != nil {
+			return doc, fmt.Errorf("key document of %s not signed by %s: %w", server, keyID, err)
+		}
+	}
+	return doc, nil
+}
+
+// store caches a verified key document: its current keys, its old keys,
+// and the document itself for the notary endpoint.
+func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) error {
+	now := r.s.now().UnixMilli()
+	server := string(doc.ServerName)
+	return r.s.db.Write(ctx, func(tx storage.Tx) error {
+		upsert := func(keyID string, key spec.Base64Bytes, validUntil, expired int64) error {
+			_, err := tx.Exec(ctx, `INSERT INTO federation_server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts)
+				VALUES ($1, $2, $3, $4, $5, $6)
+				ON CONFLICT (server_name, key_id) DO UPDATE SET public_key = excluded.public_key,
+					valid_until_ts = excluded.valid_until_ts, expired_ts = excluded.expired_ts, fetched_ts = excluded.fetched_ts`,
+				server, keyID, base64.RawStdEncoding.EncodeToString(key), validUntil, expired, now)
+			return err
+		}
+		for keyID, vk := range doc.VerifyKeys {
+			if err := upsert(string(keyID), vk.Key, int64(doc.ValidUntilTS), 0); err != nil {
+				return err
+			}
+		}
+		for keyID, ok := range doc.OldVerifyKeys {
+			if err := upsert(string(keyID), ok.Key, 0, int64(ok.ExpiredTS)); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO federation_key_documents (server_name, document, valid_until_ts) VALUES ($1, $2, $3)
+			ON CONFLICT (server_name) DO UPDATE SET document = excluded.document, valid_until_ts = excluded.valid_until_ts
+			WHERE excluded.valid_until_ts >= federation_key_documents.valid_until_ts`,
+			server, string(doc.Raw), int64(doc.ValidUntilTS))
+		return err
+	})
+}
+
+// document returns the cached key document of server valid until at
+// least minValidUntil, fetching it if needed; nil if none.
+func (r *keyRing) document(ctx context.Context, server string, minValidUntil int64) (json.RawMessage, error) {
+	read := func() (json.RawMessage, error) {
+		var doc string
+		var until int64
+		err := r.s.db.Reader().QueryRow(ctx, `SELECT document, valid_until_ts FROM federation_key_documents WHERE server_name = $1`,
+			server).Scan(&doc, &until)
+		if storage.IsNoRows(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if until < minValidUntil || until <= r.s.now().UnixMilli() {
+			return nil, nil
+		}
+		return json.RawMessage(doc), nil
+	}
+	doc, err := read()
+	if err != nil || doc != nil {
+		return doc, err
+	}
+	if err := r.fetch(ctx, server); err != nil {
+		r.s.log.Debug("notary: fetching keys failed", "server", server, "err", err)
+	}
+	return read()
+}

@@ -1,0 +1,287 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"sync"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Transaction limits. Spec: server-server-api, "Transactions".
+const (
+	maxTxnPDUs = 50
+	maxTxnEDUs = 100
+	maxSafeInt = 1<<53 - 1
+	// maxMissingEvents bounds one get_missing_events request.
+	maxMissingEvents = 20
+)
+
+// txnLocks serialise transactions per origin, so a retried transaction
+// racing its first attempt is processed once.
+var txnLocks [64]sync.Mutex
+
+func lockOrigin(origin string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(origin))
+	mu := &txnLocks[h.Sum32()%uint32(len(txnLocks))]
+	mu.Lock()
+	return mu.Unlock
+}
+
+type transaction struct {
+	Origin         string            `json:"origin"`
+	OriginServerTS int64             `json:"origin_server_ts"`
+	PDUs           []json.RawMessage `json:"pdus"`
+	EDUs           []json.RawMessage `json:"edus"`
+}
+
+// pduResult is one entry of the /send response's pdus map.
+type pduResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// sendTransaction is PUT /_matrix/federation/v1/send/{txnId}.
+// Spec: server-server-api, "PUT /_matrix/federation/v1/send/{txnId}".
+func (s *Server) sendTransaction(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	origin := originOf(ctx)
+	txnID := chi.URLParam(r, "txnID")
+	var txn transaction
+	if err := httpx.DecodeJSON(r, &txn); err != nil {
+		return err
+	}
+	if len(txn.PDUs) > maxTxnPDUs || len(txn.EDUs) > maxTxnEDUs {
+		return mxerr.New(mxerr.BadJSON, "a transaction holds at most %d PDUs and %d EDUs", maxTxnPDUs, maxTxnEDUs)
+	}
+	unlock := lockOrigin(origin)
+	defer unlock()
+	var stored string
+	err := s.db.Reader().QueryRow(ctx, `SELECT response FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2`,
+		origin, txnID).Scan(&stored)
+	if err == nil {
+		w.Header().Set("Content-Type", "application/json")
+		_, err = w.Write([]byte(stored))
+		return err
+	}
+	if !storage.IsNoRows(err) {
+		return err
+	}
+	results := s.processTransaction(ctx, origin, &txn)
+	body, err := json.Marshal(map[string]any{"pdus": results})
+	if err != nil {
+		return err
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO federation_inbound_txns (origin, txn_id, response, received_ts) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (origin, txn_id) DO NOTHING`, origin, txnID, string(body), s.now().UnixMilli())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err = w.Write(body)
+	return err
+}
+
+// processTransaction handles each PDU on its own (one bad PDU never fails
+// the rest: security case 6), then the EDUs.
+func (s *Server) processTransaction(ctx context.Context, origin string, txn *transaction) map[string]pduResult {
+	results := map[string]pduResult{}
+	for i, raw := range txn.PDUs {
+		eventID, err := s.processPDU(ctx, origin, raw)
+		if eventID == "" {
+			eventID = fmt.Sprintf("unparsable-pdu-%d", i)
+		}
+		if err != nil {
+			s.log.Debug("inbound PDU not accepted", "origin", origin, "event_id", eventID, "err", err)
+			results[eventID] = pduResult{Error: err.Error()}
+			continue
+		}
+		results[eventID] = pduResult{}
+	}
+	for _, raw := range txn.EDUs {
+		s.processEDU(ctx, origin, raw)
+	}
+	return results
+}
+
+// parsedPDU is an inbound PDU that passed the format, signature and hash
+// checks.
+type parsedPDU struct {
+	pdu     gomatrixserverlib.PDU
+	version string
+	json    json.RawMessage
+}
+
+// checkPDU runs checks 1–3 of "Checks performed on receipt of a PDU":
+// a valid event of the room's version (sizes, depth, canonical JSON),
+// signed by the sender's server (security case 9), and with a content
+// hash that matches (or else it is redacted: security case 10).
+func (s *Server) checkPDU(ctx context.Context, raw json.RawMessage, wantRoom string) (*parsedPDU, string, error) {
+	roomID := gjson.GetBytes(raw, "room_id").Str
+	if roomID == "" {
+		return nil, "", errors.New("PDU has no room_id")
+	}
+	if wantRoom != "" && roomID != wantRoom {
+		return nil, "", fmt.Errorf("PDU is in room %s, not %s", roomID, wantRoom)
+	}
+	version, err := s.rooms.RoomVersion(ctx, roomID)
+	if err != nil {
+		return nil, "", fmt.Errorf("room %s: %w", roomID, err)
+	}
+	return s.checkPDUVersion(ctx, raw, version)
+}
+
+func (s *Server) checkPDUVersion(ctx context.Context, raw json.RawMessage, version string) (*parsedPDU, string, error) {
+	return s.checkPDUWith(ctx, raw, version, false)
+}
+
+// checkPDUWith is checkPDUVersion; senderOnly checks only the sender's
+// server's signature (for an invite we have yet to sign ourselves).
+func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version string, senderOnly bool) (*parsedPDU, string, error) {
+	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil {
+		return nil, "", err
+	}
+	// Security case 5: depth must be a safe, non-negative integer. Read
+	// before parsing so a huge depth is never normalised.
+	if d := gjson.GetBytes(raw, "depth"); d.Exists() && (d.Type != gjson.Number || d.Int() < 0 || d.Int() > maxSafeInt || d.Raw != itoa(d.Int())) {
+		return nil, "", fmt.Errorf("depth %s out of range", d.Raw)
+	}
+	pdu, err := guard(func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+	if err != nil {
+		return nil, "", fmt.Errorf("invalid PDU: %w", err)
+	}
+	eventID := pdu.EventID()
+	if len(pdu.JSON()) > 65536 {
+		return nil, eventID, errors.New("PDU larger than 65536 bytes")
+	}
+	if len(pdu.Type()) > 255 || len(pdu.SenderID()) > 255 || pdu.StateKey() != nil && len(*pdu.StateKey()) > 255 {
+		return nil, eventID, errors.New("type, sender or state_key longer than 255 bytes")
+	}
+	if _, err := spec.NewUserID(string(pdu.SenderID()), true); err != nil {
+		return nil, eventID, fmt.Errorf("invalid sender %q", pdu.SenderID())
+	}
+	if senderOnly {
+		redacted, rerr := impl.RedactEventJSON(pdu.JSON())
+		if rerr != nil {
+			return nil, eventID, rerr
+		}
+		err = s.keys.verify(ctx, domainOf(string(pdu.SenderID())), redacted, pdu.OriginServerTS(), impl.SignatureValidityCheck)
+	} else {
+		err = gomatrixserverlib.VerifyEventSignatures(ctx, pdu, s.keys, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
+			return spec.NewUserID(string(sender), true)
+		})
+	}
+	if err != nil {
+		return nil, eventID, fmt.Errorf("bad signature: %w", err)
+	}
+	return &parsedPDU{pdu: pdu, version: version, json: raw}, eventID, nil
+}
+
+// processPDU checks and persists one PDU, fetching missing prev events
+// from origin when the roomserver lacks them.
+func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMessage) (string, error) {
+	p, eventID, err := s.checkPDU(ctx, raw, "")
+	if err != nil {
+		return eventID, err
+	}
+	roomID := p.pdu.RoomID().String()
+	if err := s.checkACL(ctx, roomID, origin); err != nil {
+		return eventID, err
+	}
+	resp, err := s.input(ctx, p)
+	if mxerr.Is(err, mxerr.NotFound) {
+		// Unknown prev or auth events: fetch what lies between our
+		// forward extremities and this event, then retry.
+		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
+			return eventID, fmt.Errorf("%v; fetching missing events: %v", err, ferr)
+		}
+		resp, err = s.input(ctx, p)
+	}
+	if err != nil {
+		return eventID, err
+	}
+	switch resp.Outcome {
+	case roomserver.Rejected:
+		return eventID, fmt.Errorf("rejected: %s", resp.Reason)
+	}
+	return eventID, nil
+}
+
+func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEventResponse, error) {
+	return s.rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: p.version, JSON: p.json})
+}
+
+// fetchMissing asks origin for the events between our forward
+// extremities and p (POST /get_missing_events) and inputs them oldest
+// first. Spec: server-server-api, "Retrieving events" (get_missing_events).
+func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) error {
+	roomID := p.pdu.RoomID().String()
+	earliest, err := s.rooms.Extremities(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	body := map[string]any{
+		"earliest_events": earliest,
+		"latest_events":   []string{p.pdu.EventID()},
+		"limit":           maxMissingEvents,
+		"min_depth":       0,
+	}
+	if err := s.client.signed(ctx, origin, http.MethodPost, "/_matrix/federation/v1/get_missing_events/"+pathEscape(roomID), body, &resp); err != nil {
+		return err
+	}
+	if len(resp.Events) > maxMissingEvents {
+		resp.Events = resp.Events[:maxMissingEvents]
+	}
+	var parsed []*parsedPDU
+	for _, raw := range resp.Events {
+		mp, _, err := s.checkPDU(ctx, raw, roomID)
+		if err != nil {
+			continue
+		}
+		parsed = append(parsed, mp)
+	}
+	sortByDepth(parsed)
+	for _, mp := range parsed {
+		if _, err := s.input(ctx, mp); err != nil {
+			s.log.Debug("missing event not accepted", "event_id", mp.pdu.EventID(), "err", err)
+		}
+	}
+	return nil
+}
+
+func sortByDepth(ps []*parsedPDU) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && ps[j].pdu.Depth() < ps[j-1].pdu.Depth(); j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}
+
+// guard turns a gomatrixserverlib panic into an error.
+func guard[T any](fn func() (T, error)) (out T, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("gomatrixserverlib panicked: %v", v)
+		}
+	}()
+	return fn()
+}

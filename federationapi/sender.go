@@ -1,0 +1,471 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// sender delivers local events and queued EDUs to other servers.
+//
+// The database is the log: fanOut reads the roomserver event stream from
+// federation_sender_state.fanout_pos and, in the transaction that
+// advances it, writes a federation_queue_pdus row per (destination,
+// event). One worker per destination with queued rows sends them in
+// transactions of at most 50 PDUs and 100 EDUs; a transaction is recorded
+// in federation_destinations before it is sent and its rows are deleted
+// only after a 200, so a restart resends it with the same txnId (the
+// receiver deduplicates) and an outage is caught up from the queue.
+// Failures back off per destination: min_backoff doubling to max_backoff,
+// reset on success or when the destination talks to us.
+//
+// Lock order: sender.mu is never held while calling the database or the
+// network.
+type sender struct {
+	s      *Server
+	wakeCh chan struct{}
+
+	mu      sync.Mutex
+	ctx     context.Context        // set by run; guarded by mu
+	workers map[string]*destWorker // guarded by mu
+	wg      sync.WaitGroup
+}
+
+type destWorker struct {
+	kick chan struct{}
+}
+
+func newSender(s *Server) *sender {
+	return &sender{s: s, wakeCh: make(chan struct{}, 1), workers: map[string]*destWorker{}}
+}
+
+func (q *sender) wake() {
+	select {
+	case q.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// run fans out new events until ctx ends, then waits for the workers.
+func (q *sender) run(ctx context.Context) {
+	q.mu.Lock()
+	q.ctx = ctx
+	q.mu.Unlock()
+	defer q.wg.Wait()
+	if err := q.init(ctx); err != nil {
+		q.s.log.Error("federation sender: init", "err", err)
+	}
+	// Resume destinations with queued work from before a restart.
+	if dests, err := q.queuedDestinations(ctx); err == nil {
+		for _, d := range dests {
+			q.kick(d)
+		}
+	}
+	ticker := time.NewTicker(2 * time.Second)
+	defer ticker.Stop()
+	for {
+		if err := q.fanOut(ctx); err != nil && ctx.Err() == nil {
+			q.s.log.Warn("federation sender: fan-out", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.wakeCh:
+		case <-ticker.C:
+		}
+	}
+}
+
+// init stores the starting position on first start: the current end of
+// the stream (history from before federation was enabled is not sent).
+func (q *sender) init(ctx context.Context) error {
+	var pos int64
+	err := q.s.db.Reader().QueryRow(ctx, `SELECT fanout_pos FROM federation_sender_state WHERE id = 1`).Scan(&pos)
+	if err == nil || !storage.IsNoRows(err) {
+		return err
+	}
+	if pos, err = q.s.rooms.StreamPosition(ctx); err != nil {
+		return err
+	}
+	return q.s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO federation_sender_state (id, fanout_pos) VALUES (1, $1) ON CONFLICT (id) DO NOTHING`, pos)
+		return err
+	})
+}
+
+func (q *sender) queuedDestinations(ctx context.Context) ([]string, error) {
+	rows, err := q.s.db.Reader().Query(ctx, `SELECT DISTINCT destination FROM federation_queue_pdus
+		UNION SELECT DISTINCT destination FROM federation_queue_edus`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// fanOut queues the events after fanout_pos for their destinations.
+func (q *sender) fanOut(ctx context.Context) error {
+	for {
+		var pos int64
+		if err := q.s.db.Reader().QueryRow(ctx, `SELECT fanout_pos FROM federation_sender_state WHERE id = 1`).Scan(&pos); err != nil {
+			return err
+		}
+		events, end, err := q.s.rooms.LocalEventsAfter(ctx, pos, 200)
+		if err != nil {
+			return err
+		}
+		if end == pos {
+			return nil
+		}
+		touched := map[string]bool{}
+		err = q.s.db.Write(ctx, func(tx storage.Tx) error {
+			for _, ev := range events {
+				for _, d := range ev.Destinations {
+					if _, err := tx.Exec(ctx, `INSERT INTO federation_queue_pdus (destination, event_nid) VALUES ($1, $2)
+						ON CONFLICT (destination, event_nid) DO NOTHING`, d, ev.Pos); err != nil {
+						return err
+					}
+					touched[d] = true
+				}
+			}
+			_, err := tx.Exec(ctx, `UPDATE federation_sender_state SET fanout_pos = $1 WHERE id = 1 AND fanout_pos = $2`, end, pos)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for d := range touched {
+			q.kick(d)
+		}
+	}
+}
+
+// QueueEDU implements EDUQueue.
+func (s *Server) QueueEDU(ctx context.Context, destinations []string, eduType string, content any) error {
+	raw, err := json.Marshal(map[string]any{"edu_type": eduType, "content": content})
+	if err != nil {
+		return err
+	}
+	var dests []string
+	for _, d := range destinations {
+		if d != "" && d != s.serverName {
+			dests = append(dests, d)
+		}
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, d := range dests {
+			if _, err := tx.Exec(ctx, `INSERT INTO federation_queue_edus (destination, edu, created_ts) VALUES ($1, $2, $3)`,
+				d, string(raw), s.now().UnixMilli()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range dests {
+		s.sender.kick(d)
+	}
+	return nil
+}
+
+// kick wakes destination's worker, starting one if none runs.
+func (q *sender) kick(destination string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.ctx == nil || q.ctx.Err() != nil {
+		return
+	}
+	if w, ok := q.workers[destination]; ok {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	w := &destWorker{kick: make(chan struct{}, 1)}
+	q.workers[destination] = w
+	q.wg.Add(1)
+	go q.work(q.ctx, destination, w)
+}
+
+// destinationUp resets the backoff of a server that just talked to us and
+// wakes its worker.
+func (q *sender) destinationUp(ctx context.Context, destination string) {
+	var failures int
+	err := q.s.db.Reader().QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`, destination).Scan(&failures)
+	if err != nil || failures == 0 {
+		return
+	}
+	err = q.s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE federation_destinations SET failures = 0, retry_at_ts = 0 WHERE server_name = $1`, destination)
+		return err
+	})
+	if err == nil {
+		q.kick(destination)
+	}
+}
+
+// batch is one outbound transaction.
+type batch struct {
+	txnID  string
+	pdus   []json.RawMessage
+	pduMax int64
+	edus   []json.RawMessage
+	eduMax int64
+}
+
+// work sends destination's queue until it is empty, then exits.
+func (q *sender) work(ctx context.Context, destination string, w *destWorker) {
+	defer q.wg.Done()
+	log := q.s.log.With("destination", destination)
+	idle := time.NewTimer(0)
+	defer idle.Stop()
+	for {
+		wait, err := q.retryWait(ctx, destination)
+		if err != nil {
+			wait = time.Second
+		}
+		if wait > 0 {
+			idle.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-idle.C:
+			case <-w.kick:
+			}
+			continue
+		}
+		b, err := q.nextBatch(ctx, destination)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("federation sender: reading queue", "err", err)
+			b = nil
+		}
+		if b == nil {
+			// Nothing to send: exit, unless a kick raced in.
+			q.mu.Lock()
+			select {
+			case <-w.kick:
+				q.mu.Unlock()
+				continue
+			default:
+			}
+			delete(q.workers, destination)
+			q.mu.Unlock()
+			return
+		}
+		err = q.send(ctx, destination, b)
+		if ctx.Err() != nil {
+			return
+		}
+		if err := q.record(ctx, destination, b, err, log); err != nil {
+			log.Warn("federation sender: recording result", "err", err)
+		}
+	}
+}
+
+// retryWait returns how long to wait before destination may be tried.
+func (q *sender) retryWait(ctx context.Context, destination string) (time.Duration, error) {
+	var retryAt int64
+	err := q.s.db.Reader().QueryRow(ctx, `SELECT retry_at_ts FROM federation_destinations WHERE server_name = $1`, destination).Scan(&retryAt)
+	if storage.IsNoRows(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(retryAt-q.s.now().UnixMilli()) * time.Millisecond, nil
+}
+
+// nextBatch returns the transaction in flight for destination, if any,
+// or records a new one from the head of its queue; nil when empty.
+func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, error) {
+	var b *batch
+	err := q.s.db.Write(ctx, func(tx storage.Tx) error {
+		var txnID *string
+		var pduMax, eduMax, seq int64
+		err := tx.QueryRow(ctx, `SELECT txn_id, pending_pdu_max, pending_edu_max, txn_seq FROM federation_destinations WHERE server_name = $1`,
+			destination).Scan(&txnID, &pduMax, &eduMax, &seq)
+		if storage.IsNoRows(err) {
+			if _, err := tx.Exec(ctx, `INSERT INTO federation_destinations (server_name) VALUES ($1)`, destination); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+		pending := txnID != nil && *txnID != ""
+		var nids []int64
+		pduQuery := `SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 ORDER BY event_nid LIMIT $2`
+		args := []any{destination, maxTxnPDUs}
+		if pending {
+			pduQuery = `SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 AND event_nid <= $3 ORDER BY event_nid LIMIT $2`
+			args = append(args, pduMax)
+		}
+		rows, err := tx.Query(ctx, pduQuery, args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var nid int64
+			if err := rows.Scan(&nid); err != nil {
+				rows.Close()
+				return err
+			}
+			nids = append(nids, nid)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		eduQuery := `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 ORDER BY edu_nid LIMIT $2`
+		args = []any{destination, maxTxnEDUs}
+		if pending {
+			eduQuery = `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 AND edu_nid <= $3 ORDER BY edu_nid LIMIT $2`
+			args = append(args, eduMax)
+		}
+		rows, err = tx.Query(ctx, eduQuery, args...)
+		if err != nil {
+			return err
+		}
+		var edus []json.RawMessage
+		var lastEDU int64
+		for rows.Next() {
+			var edu string
+			if err := rows.Scan(&lastEDU, &edu); err != nil {
+				rows.Close()
+				return err
+			}
+			edus = append(edus, json.RawMessage(edu))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(nids) == 0 && len(edus) == 0 {
+			if pending {
+				_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL WHERE server_name = $1`, destination)
+				return err
+			}
+			return nil
+		}
+		b = &batch{edus: edus, eduMax: lastEDU}
+		if len(nids) > 0 {
+			b.pduMax = nids[len(nids)-1]
+		}
+		if pending {
+			b.txnID = *txnID
+			b.pduMax, b.eduMax = max(b.pduMax, pduMax), max(b.eduMax, eduMax)
+		} else {
+			seq++
+			b.txnID = "m" + itoa(q.s.now().UnixMilli()) + "." + itoa(seq)
+			if _, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = $2, txn_seq = $3, pending_pdu_max = $4, pending_edu_max = $5
+				WHERE server_name = $1`, destination, b.txnID, seq, b.pduMax, b.eduMax); err != nil {
+				return err
+			}
+		}
+		if b.pdus, err = q.pduJSON(ctx, nids); err != nil {
+			return err
+		}
+		return nil
+	})
+	return b, err
+}
+
+func (q *sender) pduJSON(ctx context.Context, nids []int64) ([]json.RawMessage, error) {
+	if len(nids) == 0 {
+		return nil, nil
+	}
+	return q.s.rooms.EventsByPosition(ctx, nids)
+}
+
+// send PUTs one transaction.
+func (q *sender) send(ctx context.Context, destination string, b *batch) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	body := map[string]any{
+		"origin": q.s.serverName, "origin_server_ts": q.s.now().UnixMilli(),
+		"pdus": nonNil(b.pdus), "edus": nonNil(b.edus),
+	}
+	return q.s.client.signed(ctx, destination, http.MethodPut, "/_matrix/federation/v1/send/"+pathEscape(b.txnID), body, nil)
+}
+
+func nonNil(v []json.RawMessage) []json.RawMessage {
+	if v == nil {
+		return []json.RawMessage{}
+	}
+	return v
+}
+
+// record applies a send's outcome: on success (or a 4xx that retrying
+// cannot fix, so the queue never wedges: security case 7) the batch's rows
+// go and the backoff resets; otherwise the destination backs off and the
+// same transaction is retried later.
+func (q *sender) record(ctx context.Context, destination string, b *batch, sendErr error, log interface {
+	Info(string, ...any)
+}) error {
+	var re *RemoteError
+	permanent := errors.As(sendErr, &re) && re.Status >= 400 && re.Status < 500 &&
+		re.Status != http.StatusUnauthorized && re.Status != http.StatusTooManyRequests && re.Status != http.StatusNotFound
+	if sendErr != nil && !permanent {
+		var failures int
+		if err := q.s.db.Reader().QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`,
+			destination).Scan(&failures); err != nil {
+			return err
+		}
+		failures++
+		wait := q.backoff(failures)
+		log.Info("federation sender: transaction failed; backing off", "err", sendErr, "failures", failures, "retry_in", wait)
+		return q.s.db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE federation_destinations SET failures = $2, retry_at_ts = $3 WHERE server_name = $1`,
+				destination, failures, q.s.now().Add(wait).UnixMilli())
+			return err
+		})
+	}
+	if permanent {
+		log.Info("federation sender: destination refused the transaction; dropping it", "err", sendErr, "txn_id", b.txnID)
+	}
+	return q.s.db.Write(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_pdus WHERE destination = $1 AND event_nid <= $2`, destination, b.pduMax); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_edus WHERE destination = $1 AND edu_nid <= $2`, destination, b.eduMax); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL, pending_pdu_max = 0, pending_edu_max = 0,
+			failures = 0, retry_at_ts = 0 WHERE server_name = $1`, destination)
+		return err
+	})
+}
+
+// backoff is min_backoff × 2^(failures-1), capped at max_backoff.
+func (q *sender) backoff(failures int) time.Duration {
+	base, limit := q.s.cfg.MinBackoff.D(), q.s.cfg.MaxBackoff.D()
+	if base <= 0 {
+		base = 10 * time.Second
+	}
+	if limit <= 0 {
+		limit = 24 * time.Hour
+	}
+	wait := base
+	for i := 1; i < failures && wait < limit; i++ {
+		wait *= 2
+	}
+	return min(wait, limit)
+}
