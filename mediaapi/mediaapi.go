@@ -62,6 +62,7 @@ type Server struct {
 	remote     RemoteFetcher
 	// previewClient fetches pages and og:images, through the guarded dialer.
 	previewClient *http.Client
+	outbound      *ipPolicy
 	sizes         []config.ThumbnailSize
 	// freeze: media created at or after it is not served by the legacy
 	// unauthenticated endpoints.
@@ -133,6 +134,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.outbound = policy
 	s.previewClient = guardedClient(nil, policy, 5)
 	s.remote = deps.Remote
 	if s.remote == nil {
@@ -142,7 +144,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 				return nil, err
 			}
 		}
-		s.remote = &httpFetcher{client: guardedClient(deps.FederationClient, policy, 3), resolve: resolve, sign: deps.SignFederationRequest}
+		s.remote = &httpFetcher{client: guardedClient(deps.FederationClient, policy, 3), resolve: resolve, policy: policy, sign: deps.SignFederationRequest}
 	}
 	if n, err := blobs.sweepTemp(now().Add(-time.Hour)); err != nil {
 		return nil, err

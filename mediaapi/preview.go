@@ -81,6 +81,9 @@ func (s *Server) fetch(ctx context.Context, u *url.URL, accept string) (*http.Re
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.InvalidParam, "invalid URL")
 	}
+	if err := s.outbound.checkLiteral(u.Hostname()); err != nil {
+		return nil, mxerr.Wrap(err, mxerr.Forbidden, "URL previews of this address are not allowed")
+	}
 	req.Header.Set("Accept", accept)
 	req.Header.Set("User-Agent", "Myelin URL preview (Matrix homeserver)")
 	resp, err := s.previewClient.Do(req)

@@ -116,6 +116,7 @@ func staticResolver(entries []string) (Resolver, error) {
 // when falling back.
 type httpFetcher struct {
 	client  *http.Client // guarded: connects only to allowed addresses
+	policy  *ipPolicy    // the client's; also checks IP literals in URLs
 	resolve Resolver
 	// sign, if non-nil, adds the X-Matrix Authorization header to a
 	// federation request for destination. Without it the request is sent
@@ -163,6 +164,9 @@ func (f *httpFetcher) get(ctx context.Context, rawURL, destination string, feder
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return nil, err
+	}
+	if err := f.policy.checkLiteral(req.URL.Hostname()); err != nil {
+		return nil, mxerr.Wrap(err, mxerr.Forbidden, "fetching media from this address is not allowed").WithStatus(http.StatusBadGateway)
 	}
 	if federation && f.sign != nil {
 		if err := f.sign(req, destination); err != nil {

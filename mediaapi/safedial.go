@@ -57,6 +57,7 @@ func mustPrefixes(list ...string) []netip.Prefix {
 
 // ipPolicy decides which addresses outbound fetches may connect to.
 type ipPolicy struct {
+	// Both lists are immutable after newIPPolicy.
 	deny  []netip.Prefix // configured; always wins
 	allow []netip.Prefix // configured exemptions from builtinDeny
 }
@@ -111,6 +112,21 @@ func (p *ipPolicy) allowed(addr netip.Addr) bool {
 	return true
 }
 
+// checkLiteral refuses a URL host that is a forbidden IP literal. The
+// dialer checks every connection anyway; this catches literals the
+// dialer would see in another form (Go dials an IPv4-mapped IPv6 literal
+// as plain IPv4), so that "[::ffff:127.0.0.1]" is refused as written.
+func (p *ipPolicy) checkLiteral(host string) error {
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil // a name: judged after resolution, at connect time
+	}
+	if !p.allowed(addr) {
+		return fmt.Errorf("%w: %s", errForbiddenAddress, addr)
+	}
+	return nil
+}
+
 // errForbiddenAddress is returned (wrapped) by the guarded dialer.
 var errForbiddenAddress = errors.New("connection to a forbidden address refused")
 
@@ -160,7 +176,7 @@ func guardedClient(base *http.Client, policy *ipPolicy, maxRedirects int) *http.
 			if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
 				return fmt.Errorf("redirect to a %q URL refused", req.URL.Scheme)
 			}
-			return nil
+			return policy.checkLiteral(req.URL.Hostname())
 		},
 	}
 }
