@@ -27,6 +27,7 @@ type Config struct {
 	ClientAPI  ClientAPI  `yaml:"client_api" doc:"Accounts, login, registration and the client-server API."`
 	RoomServer RoomServer `yaml:"room_server" doc:"Rooms and events."`
 	Federation Federation `yaml:"federation_api" doc:"Talking to other homeservers."`
+	MediaAPI   MediaAPI   `yaml:"media_api" doc:"Uploads, downloads, thumbnails, URL previews and remote media."`
 }
 
 // Defaults returns the configuration used for anything the file leaves out.
@@ -40,6 +41,7 @@ func Defaults() Config {
 		ClientAPI:  ClientAPI{}.Defaults(),
 		RoomServer: RoomServer{}.Defaults(),
 		Federation: Federation{}.Defaults(),
+		MediaAPI:   MediaAPI{}.Defaults(),
 	}
 }
 
@@ -54,6 +56,7 @@ func (c *Config) Validate() error {
 		c.ClientAPI.Validate(),
 		c.RoomServer.Validate(),
 		c.Federation.Validate(),
+		c.MediaAPI.Validate(),
 	)
 }
 

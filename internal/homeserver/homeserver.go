@@ -26,6 +26,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/keyserver"
+	"github.com/myelin-chat/myelin/mediaapi"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/syncapi"
@@ -45,6 +46,7 @@ type Homeserver struct {
 	// Federation is the server-server API; its Joiner and EDUQueue are
 	// what other components call to reach other servers.
 	Federation *federationapi.Server
+	Media      *mediaapi.Server
 	Log        *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
@@ -83,13 +85,12 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Homeser
 	if err != nil {
 		return nil, err
 	}
-	hs, err := assemble(ctx, cfg, logger, db, key, fedClient.Transport.(*http.Transport).TLSClientConfig)
+	hs, err := assemble(ctx, cfg, logger, db, key, fedClient)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	hs.federationTLS = fedTLS
-	hs.FederationClient = fedClient
 	return hs, nil
 }
 
@@ -103,7 +104,7 @@ func StorageOptions(d config.Database) storage.Options {
 	}
 }
 
-func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key, fedTLS *tls.Config) (*Homeserver, error) {
+func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *storage.DB, key *signing.Key, fedClient *http.Client) (*Homeserver, error) {
 	clientIP, err := httpx.NewClientIPResolver(cfg.Global.TrustedProxies)
 	if err != nil {
 		return nil, err
@@ -165,7 +166,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Key:        key,
 		DB:         db,
 		Rooms:      rooms,
-		TLSConfig:  fedTLS,
+		TLSConfig:  fedClient.Transport.(*http.Transport).TLSClientConfig,
 		Profiles:   client,
 		Logger:     logger,
 	})
@@ -173,13 +174,22 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		client.Close()
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
+	// Federation request signing (SignFederationRequest) and server
+	// discovery (Resolve) are federationapi's to provide; until then remote
+	// media is fetched unsigned from media_api.remote_base_urls or
+	// https://<name>:8448.
+	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("mediaapi: %w", err)
+	}
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := httpx.NewMetrics(registry)
 
 	r := chi.NewRouter()
-	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, httpx.BodyLimit(cfg.HTTP.MaxBodyBytes), metrics.Middleware)
+	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware)
 	r.NotFound(httpx.NotFound)
 	r.MethodNotAllowed(httpx.MethodNotAllowed)
 	if cfg.Metrics.Enabled {
@@ -189,22 +199,29 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	syncServer.Routes(r)
 	keys.Routes(r)
 	federation.Routes(r)
+	media.Routes(r)
+	// The federation media endpoints need X-Matrix request authentication:
+	// media.FederationRoutes(r, <federationapi's origin authenticator>) once
+	// it exists. Until then peers get 404 M_UNRECOGNIZED there and fall back
+	// to /_matrix/media/v3/download, as the spec directs.
 
 	ok = true
 	return &Homeserver{
-		Config:     cfg,
-		DB:         db,
-		Key:        key,
-		ClientAPI:  client,
-		Rooms:      rooms,
-		Sync:       syncServer,
-		Notifier:   notify,
-		KeyServer:  keys,
-		Federation: federation,
-		Log:        logger,
-		handler:    r,
-		baseCtx:    baseCtx,
-		cancelBase: cancel,
+		Config:           cfg,
+		DB:               db,
+		Key:              key,
+		ClientAPI:        client,
+		Rooms:            rooms,
+		Sync:             syncServer,
+		Notifier:         notify,
+		KeyServer:        keys,
+		Federation:       federation,
+		Media:            media,
+		FederationClient: fedClient,
+		Log:              logger,
+		handler:          r,
+		baseCtx:          baseCtx,
+		cancelBase:       cancel,
 	}, nil
 }
 
@@ -274,7 +291,7 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.Federation.Close(), hs.ClientAPI.Close(), hs.DB.Close())
+	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.ClientAPI.Close(), hs.DB.Close())
 }
 
 // sharedRoomUsers lists the users who share a joined room with a user, for
@@ -300,5 +317,22 @@ func sharedRoomUsers(rooms *roomserver.Server) func(ctx context.Context, userID 
 			}
 		}
 		return users, nil
+	}
+}
+
+// bodyLimitExcept is httpx.BodyLimit(max) for every request except those
+// skip reports, such as media uploads, whose handlers apply their own
+// (larger) limit while streaming.
+func bodyLimitExcept(max int64, skip func(*http.Request) bool) func(http.Handler) http.Handler {
+	limit := httpx.BodyLimit(max)
+	return func(next http.Handler) http.Handler {
+		limited := limit(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if skip(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			limited.ServeHTTP(w, r)
+		})
 	}
 }
