@@ -309,6 +309,8 @@ func TestSyncPresence(t *testing.T) {
 			t.Fatalf("Carol's own presence after a default sync = %v, want online", p)
 		}
 
+		carolSince := nextBatch(t, body)
+
 		// Syncing again with the same presence does not move the stream.
 		_, head, err := srv.HS.ClientAPI.PresenceSince(ctx, 0)
 		if err != nil {
@@ -334,10 +336,25 @@ func TestSyncPresence(t *testing.T) {
 			t.Fatalf("after PUT presence, Bob sees %v", p)
 		}
 		since = nextBatch(t, body)
+		_, carolBody := rawSync(t, srv, carol, "since="+url.QueryEscape(carolSince))
+		if p := presenceOf(carolBody, alice.id); p != nil {
+			t.Fatalf("Carol's incremental sync has Alice's presence change %v", p)
+		}
 		rawSync(t, srv, alice, "set_presence=online")
 		_, body = rawSync(t, srv, bob, "set_presence=offline&since="+url.QueryEscape(since))
 		if p := presenceOf(body, alice.id); p == nil || p["presence"] != "online" || p["status_msg"] != "lunch" {
 			t.Fatalf("after Alice synced online again, Bob sees %v", p)
+		}
+
+		// An initial sync sees the current presence of everyone sharing a
+		// room (here more users changed than Bob has rooms, which asks the
+		// rooms rather than the users).
+		_, body = rawSync(t, srv, bob, "set_presence=offline")
+		if p := presenceOf(body, alice.id); p == nil || p["presence"] != "online" {
+			t.Fatalf("Bob's initial sync has Alice's presence %v", p)
+		}
+		if p := presenceOf(body, carol.id); p != nil {
+			t.Fatalf("Bob's initial sync has the presence of Carol, who shares no room: %v", p)
 		}
 	})
 }
