@@ -45,6 +45,8 @@ type roomsPart struct {
 	relations *relationsIndexer
 	// typing holds typing notifications in memory.
 	typing *typingTracker
+	// presenceSeen spares syncs with an unchanged set_presence a write.
+	presenceSeen *presenceCache
 }
 
 // initRooms migrates the room tables and prepares the room endpoints.
@@ -65,6 +67,7 @@ func (s *Server) initRooms(ctx context.Context, rooms Rooms) error {
 		messageLimit: ratelimit.New(limit.Message.PerSecond, limit.Message.Burst, limit.Enabled),
 		relations:    &relationsIndexer{db: s.db, rooms: rooms},
 		typing:       newTypingTracker(s.streamAdvanced),
+		presenceSeen: newPresenceCache(),
 	}
 	// Spec: client-server-api, "m.room.member": a changed displayname or
 	// avatar_url is sent to every room the user is joined to.

@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"net/http"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
@@ -91,24 +92,7 @@ func (s *Server) putPresence(w http.ResponseWriter, r *http.Request) error {
 	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
 		return err
 	}
-	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if s.db.Engine() == storage.Postgres {
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, presenceLock); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM presence WHERE user_id = $1`, me.UserID); err != nil {
-			return err
-		}
-		var pos int64
-		if err := tx.QueryRow(ctx, `INSERT INTO presence (user_id, presence, status_msg, last_active_ts)
-			VALUES ($1, $2, $3, $4) RETURNING position`, me.UserID, body.Presence, body.StatusMsg, nowMillis()).Scan(&pos); err != nil {
-			return err
-		}
-		tx.AfterCommit(func() { s.streamAdvanced(PresenceStream, pos) })
-		return nil
-	})
-	if err != nil {
+	if err := s.writePresence(ctx, me.UserID, body.Presence, body.StatusMsg, nowMillis()); err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
@@ -135,11 +119,131 @@ func (s *Server) getPresence(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ago := max(nowMillis()-p.LastActiveTS, 0)
+	return httpx.OK(w, p.Content(nowMillis()))
+}
+
+// Content is the presence as an m.presence content (and the body of
+// GET /presence/{userId}/status) as of now, in milliseconds.
+// Spec: client-server-api, "m.presence", "Last active ago".
+func (p Presence) Content(now int64) map[string]any {
+	ago := max(now-p.LastActiveTS, 0)
 	body := map[string]any{"presence": p.Presence, "last_active_ago": ago,
 		"currently_active": p.Presence == "online" && ago < currentlyActiveWindow}
 	if p.StatusMsg != nil {
 		body["status_msg"] = *p.StatusMsg
 	}
-	return httpx.OK(w, body)
+	return body
+}
+
+// writePresence stores a user's presence at a new stream position; the
+// stream is told after commit.
+func (s *Server) writePresence(ctx context.Context, userID, presence string, statusMsg *string, now int64) error {
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		if s.db.Engine() == storage.Postgres {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, presenceLock); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM presence WHERE user_id = $1`, userID); err != nil {
+			return err
+		}
+		var pos int64
+		if err := tx.QueryRow(ctx, `INSERT INTO presence (user_id, presence, status_msg, last_active_ts)
+			VALUES ($1, $2, $3, $4) RETURNING position`, userID, presence, statusMsg, now).Scan(&pos); err != nil {
+			return err
+		}
+		tx.AfterCommit(func() { s.streamAdvanced(PresenceStream, pos) })
+		return nil
+	})
+	if err == nil {
+		s.rooms.presenceSeen.set(userID, presence, now)
+	}
+	return err
+}
+
+// presenceRefresh is how often, at most, a syncing user's unchanged
+// presence is written (to refresh last_active_ts).
+const presenceRefresh = 60 * 1000 // ms
+
+// SyncPresence applies a sync request's set_presence. Spec:
+// client-server-api, "GET /_matrix/client/v3/sync", set_presence:
+// "online" (the default) marks the user online, "unavailable" marks them
+// idle, and "offline" leaves their presence alone. The status message is
+// kept.
+//
+// Clients sync continuously, so an unchanged presence is not written on
+// every request: within presenceRefresh of the last write nothing is
+// read or written, and after it an unchanged presence whose user still
+// counts as currently active only has last_active_ts refreshed in place,
+// without a new stream position (Spec: "Last active ago": while
+// currently_active, updates to the last active time need not be sent).
+func (s *Server) SyncPresence(ctx context.Context, userID, presence string) error {
+	if presence == "offline" || s.rooms.rooms == nil {
+		return nil
+	}
+	now := nowMillis()
+	if s.rooms.presenceSeen.fresh(userID, presence, now) {
+		return nil
+	}
+	var cur Presence
+	err := s.db.Reader().QueryRow(ctx, `SELECT presence, status_msg, last_active_ts FROM presence WHERE user_id = $1`, userID).
+		Scan(&cur.Presence, &cur.StatusMsg, &cur.LastActiveTS)
+	switch {
+	case storage.IsNoRows(err):
+		return s.writePresence(ctx, userID, presence, nil, now)
+	case err != nil:
+		return err
+	}
+	if cur.Presence != presence || now-cur.LastActiveTS >= currentlyActiveWindow {
+		// A new state, or a user who no longer counted as currently
+		// active becoming so again: both are news for other users.
+		return s.writePresence(ctx, userID, presence, cur.StatusMsg, now)
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE presence SET last_active_ts = $1 WHERE user_id = $2 AND presence = $3`, now, userID, presence)
+		return err
+	})
+	if err == nil {
+		s.rooms.presenceSeen.set(userID, presence, now)
+	}
+	return err
+}
+
+// presenceCache remembers, per user, the presence last stored and when,
+// so that syncs with an unchanged set_presence skip the database. It is
+// per process: a write by another process is seen at the latest after
+// presenceRefresh.
+//
+// Concurrency: guarded by mu.
+type presenceCache struct {
+	mu    sync.Mutex
+	users map[string]presenceSeen // guarded by mu
+}
+
+type presenceSeen struct {
+	presence string
+	ts       int64 // ms
+}
+
+// maxPresenceCache bounds the cache; it is emptied when full.
+const maxPresenceCache = 100000
+
+func newPresenceCache() *presenceCache { return &presenceCache{users: map[string]presenceSeen{}} }
+
+// fresh reports whether userID's presence was stored as presence less
+// than presenceRefresh before now.
+func (c *presenceCache) fresh(userID, presence string, now int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen, ok := c.users[userID]
+	return ok && seen.presence == presence && now-seen.ts < presenceRefresh
+}
+
+func (c *presenceCache) set(userID, presence string, now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.users) >= maxPresenceCache {
+		clear(c.users)
+	}
+	c.users[userID] = presenceSeen{presence: presence, ts: now}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"slices"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
@@ -324,7 +326,12 @@ func (b *roomBuilder) addEphemeral(ctx context.Context, joined []string, out *ro
 	if err != nil {
 		return err
 	}
+	var f *clientapi.RoomEventFilter
+	if b.req.filter != nil && b.req.filter.Room != nil {
+		f = b.req.filter.Room.Ephemeral
+	}
 	for roomID, evs := range byRoom {
+		evs = ephemeralFilter(f, roomID, evs)
 		if len(evs) == 0 || !slices.Contains(joined, roomID) {
 			continue
 		}
@@ -336,6 +343,26 @@ func (b *roomBuilder) addEphemeral(ctx context.Context, joined []string, out *ro
 		jr.Ephemeral = events(evs)
 	}
 	return nil
+}
+
+// ephemeralFilter applies a filter's room.ephemeral types, not_types,
+// rooms and not_rooms to a room's ephemeral events. Senders do not
+// apply: m.typing and m.receipt have none.
+func ephemeralFilter(f *clientapi.RoomEventFilter, roomID string, evs []json.RawMessage) []json.RawMessage {
+	if f == nil {
+		return evs
+	}
+	if contains(f.NotRooms, roomID) || (f.Rooms != nil && !contains(f.Rooms, roomID)) {
+		return nil
+	}
+	var out []json.RawMessage
+	for _, e := range evs {
+		t := gjson.GetBytes(e, "type").Str
+		if !matchAnyType(f.NotTypes, t) && (f.Types == nil || matchAnyType(f.Types, t)) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // upTo drops events past position to (committed after the heads were read).

@@ -72,6 +72,11 @@ type slidingFilters struct {
 type slidingExtensionReq struct {
 	Enabled *bool  `json:"enabled"`
 	Since   string `json:"since"` // to_device
+	// Lists and Rooms scope the room extensions (typing, receipts) to
+	// the rooms of these lists and these room subscriptions; "*" is all
+	// of them, and absent means ["*"].
+	Lists []string `json:"lists"`
+	Rooms []string `json:"rooms"`
 }
 
 type slidingResponse struct {
@@ -307,7 +312,13 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 			resp.Rooms[c.m.RoomID] = room
 		}
 	}
-	if err := s.slidingExtensions(ctx, caller, req, prev, heads, acct, resp); err != nil {
+	var joined []string
+	for _, c := range cands {
+		if c.m.Membership == "join" && configs[c.m.RoomID] != nil {
+			joined = append(joined, c.m.RoomID)
+		}
+	}
+	if err := s.slidingExtensions(ctx, caller, req, prev, heads, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
 		return nil, nil, err
 	}
 	return resp, next, nil

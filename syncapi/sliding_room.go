@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 
 	"github.com/tidwall/gjson"
@@ -224,7 +225,7 @@ func enabled(req *slidingRequest, name string) bool {
 // names (to-device MSC3885, e2ee MSC3884, account data MSC3959,
 // receipts MSC3960, typing MSC3961).
 func (s *Server) slidingExtensions(ctx context.Context, caller *authn.Device, req *slidingRequest, prev *connState,
-	heads syncToken, acct []clientapi.AccountData, resp *slidingResponse) error {
+	heads syncToken, acct []clientapi.AccountData, scope slidingScope, resp *slidingResponse) error {
 	if enabled(req, "account_data") {
 		global := []json.RawMessage{}
 		rooms := map[string][]json.RawMessage{}
@@ -283,43 +284,87 @@ func (s *Server) slidingExtensions(ctx context.Context, caller *authn.Device, re
 		resp.Extensions["e2ee"] = map[string]any{"device_lists": lists, "device_one_time_keys_count": otk,
 			"device_unused_fallback_key_types": fallback}
 	}
-	if enabled(req, "typing") || enabled(req, "receipts") {
-		typing, receipts := map[string]json.RawMessage{}, map[string]json.RawMessage{}
-		if s.eph != nil {
-			var joined []string
-			for id := range resp.Rooms {
-				joined = append(joined, id)
-			}
-			for id, sr := range prev.rooms {
-				if _, ok := resp.Rooms[id]; !ok && sr.pos > 0 {
-					joined = append(joined, id)
-				}
-			}
-			since := EphemeralPositions{Receipts: prev.heads.Receipts, Typing: prev.heads.Typing}
-			to := EphemeralPositions{Receipts: heads.Receipts, Typing: heads.Typing, Presence: heads.Presence}
-			byRoom, err := s.eph.RoomEphemeral(ctx, caller.UserID, joined, since, to)
+	for _, name := range []string{"typing", "receipts"} {
+		if enabled(req, name) {
+			rooms, err := s.slidingEphemeral(ctx, caller.UserID, req, name, prev, heads, scope)
 			if err != nil {
 				return err
 			}
-			for id, evs := range byRoom {
-				for _, e := range evs {
-					switch gjson.GetBytes(e, "type").Str {
-					case "m.typing":
-						typing[id] = e
-					case "m.receipt":
-						receipts[id] = e
-					}
-				}
-			}
-		}
-		if enabled(req, "typing") {
-			resp.Extensions["typing"] = map[string]any{"rooms": typing}
-		}
-		if enabled(req, "receipts") {
-			resp.Extensions["receipts"] = map[string]any{"rooms": receipts}
+			resp.Extensions[name] = map[string]any{"rooms": rooms}
 		}
 	}
 	return nil
+}
+
+// slidingScope is what the room extensions need of a response: the
+// joined rooms in the lists' ranges and the room subscriptions, and
+// which lists each room is in.
+type slidingScope struct {
+	joined  []string
+	configs map[string]*roomConfig
+}
+
+// rooms returns the joined rooms an extension applies to: those in its
+// lists and its room subscriptions ("*" or absent: all of them).
+// Spec: MSC3960 and MSC3961, the core extension arguments lists and rooms.
+func (sc slidingScope) rooms(req *slidingRequest, x slidingExtensionReq) []string {
+	allLists := x.Lists == nil || contains(x.Lists, "*")
+	allRooms := x.Rooms == nil || contains(x.Rooms, "*")
+	var out []string
+	for _, id := range sc.joined {
+		inLists := slices.ContainsFunc(sc.configs[id].lists, func(l string) bool { return allLists || contains(x.Lists, l) })
+		_, subscribed := req.RoomSubscriptions[id]
+		if inLists || (subscribed && (allRooms || contains(x.Rooms, id))) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// slidingEphemeral returns the m.typing or m.receipt event (name is
+// "typing" or "receipts") of each room in the extension's scope that has
+// news since prev: for a room this connection has not sent before, the
+// current typing state and all receipts.
+// Spec: MSC3961 (typing), MSC3960 (receipts).
+func (s *Server) slidingEphemeral(ctx context.Context, userID string, req *slidingRequest, name string,
+	prev *connState, heads syncToken, scope slidingScope) (map[string]json.RawMessage, error) {
+	out := map[string]json.RawMessage{}
+	if s.eph == nil {
+		return out, nil
+	}
+	var known, fresh []string
+	for _, id := range scope.rooms(req, req.Extensions[name]) {
+		if _, sent := prev.rooms[id]; sent {
+			known = append(known, id)
+		} else {
+			fresh = append(fresh, id)
+		}
+	}
+	to := EphemeralPositions{Receipts: heads.Receipts, Typing: heads.Typing, Presence: heads.Presence}
+	want := map[string]string{"typing": "m.typing", "receipts": "m.receipt"}[name]
+	for _, part := range []struct {
+		rooms []string
+		since EphemeralPositions
+	}{
+		{known, EphemeralPositions{Receipts: prev.heads.Receipts, Typing: prev.heads.Typing}},
+		{fresh, EphemeralPositions{}},
+	} {
+		if len(part.rooms) == 0 {
+			continue
+		}
+		byRoom, err := s.eph.RoomEphemeral(ctx, userID, part.rooms, part.since, to)
+		if err != nil {
+			return nil, err
+		}
+		for id, evs := range byRoom {
+			for _, e := range evs {
+				if gjson.GetBytes(e, "type").Str == want {
+					out[id] = e
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // extensionsHaveData reports whether any extension carries news, so a

@@ -141,8 +141,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
+	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Notifier: notify, Verifier: client, Logger: logger})
+		Ephemeral: eph, Notifier: notify, Verifier: client, Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
