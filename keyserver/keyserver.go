@@ -50,6 +50,11 @@ type Deps struct {
 	// joined room with userID (the roomserver's membership). Nil until the
 	// roomserver exists: then only userID's own changes are reported.
 	SharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	// MembershipDelta returns who started or stopped sharing a room with
+	// userID between two room-stream positions (syncapi's
+	// MembershipChanges), for GET /keys/changes. Nil: that endpoint
+	// reports device changes only, without the window's joins and leaves.
+	MembershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -63,6 +68,7 @@ type Server struct {
 	userDevices     func(ctx context.Context, userID string) (map[string]string, error)
 	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
 	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	membershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
 }
 
 // New runs the key server's migrations and returns the server.
@@ -86,6 +92,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		userDevices:     deps.UserDevices,
 		requirePassword: deps.RequirePassword,
 		sharedRoomUsers: deps.SharedRoomUsers,
+		membershipDelta: deps.MembershipDelta,
 	}, nil
 }
 

@@ -72,6 +72,7 @@ type slidingFilters struct {
 type slidingExtensionReq struct {
 	Enabled *bool  `json:"enabled"`
 	Since   string `json:"since"` // to_device
+	Limit   *int   `json:"limit"` // to_device
 }
 
 type slidingResponse struct {
@@ -307,7 +308,7 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 			resp.Rooms[c.m.RoomID] = room
 		}
 	}
-	if err := s.slidingExtensions(ctx, caller, req, prev, heads, acct, resp); err != nil {
+	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, resp); err != nil {
 		return nil, nil, err
 	}
 	return resp, next, nil

@@ -127,8 +127,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
+	e2ee := &syncE2EE{} // keys set below
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Notifier: notify, Verifier: client, Logger: logger})
+		Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
@@ -141,11 +142,13 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		UserDevices:     client.Accounts().DeviceNames,
 		RequirePassword: client.RequirePassword,
 		SharedRoomUsers: sharedRoomUsers(rooms),
+		MembershipDelta: keyChangesDelta(rooms),
 	})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("keyserver: %w", err)
 	}
+	e2ee.keys = keys
 	federation := federationapi.New(federationapi.Deps{ServerName: cfg.Global.ServerName, Key: key})
 
 	registry := prometheus.NewRegistry()
