@@ -8,12 +8,14 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -145,8 +147,21 @@ type uiaChallenge interface {
 
 // handle registers an error-returning handler, writing UIA challenges as
 // 401 bodies and every other error through httpx.
+//
+// Path parameters reach fn with their percent-escapes decoded: chi
+// matches on the raw path when the client escaped characters (a room
+// ID's '!', a session ID's '/'), and its parameters then keep them.
 func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
 	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
+		if rctx := chi.RouteContext(r.Context()); rctx != nil {
+			for i, v := range rctx.URLParams.Values {
+				u, err := url.PathUnescape(v)
+				if err != nil {
+					return mxerr.New(mxerr.InvalidParam, "path parameter %s is not correctly escaped", rctx.URLParams.Keys[i])
+				}
+				rctx.URLParams.Values[i] = u
+			}
+		}
 		err := fn(w, r)
 		var c uiaChallenge
 		if errors.As(err, &c) {
