@@ -4,13 +4,13 @@ import (
 	"context"
 	"net/http"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/syncapi"
 )
 
 // Device lists. Spec: client-server-api, "Tracking the device list for a
@@ -145,11 +145,10 @@ func sortedKeys(m map[string]bool) []string {
 // keyChanges answers GET /keys/changes.
 //
 // Spec: client-server-api, "GET /_matrix/client/v3/keys/changes". from
-// and to are sync tokens; until the sync component's token format is
-// merged they are read as plain device-list positions. Without the
-// roomserver's membership history the window's joins and leaves are
-// unknown here, so left is empty and changed covers users sharing a room
-// now (Deps.SharedRoomUsers).
+// and to are sync tokens (next_batch values): the device-list positions
+// in them bound the device changes, and their room positions the window
+// whose joins and leaves (Deps.MembershipDelta) add to changed and left,
+// as in /sync.
 func (s *Server) keyChanges(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
 	q := r.URL.Query()
@@ -164,18 +163,24 @@ func (s *Server) keyChanges(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	changed, left, err := s.DeviceListChanges(r.Context(), d.UserID, from, to, MembershipDelta{})
+	var delta MembershipDelta
+	if s.membershipDelta != nil && to.Room > from.Room {
+		if delta, err = s.membershipDelta(r.Context(), d.UserID, from.Room, to.Room); err != nil {
+			return err
+		}
+	}
+	changed, left, err := s.DeviceListChanges(r.Context(), d.UserID, from.DeviceLists, to.DeviceLists, delta)
 	if err != nil {
 		return err
 	}
 	return httpx.OK(w, map[string]any{"changed": changed, "left": left})
 }
 
-// parsePosition reads a device-list position token.
-func parsePosition(token string) (int64, error) {
-	pos, err := strconv.ParseInt(token, 10, 64)
-	if err != nil || pos < 0 {
-		return 0, mxerr.New(mxerr.InvalidParam, "invalid token %q", token)
+// parsePosition reads a sync token given to GET /keys/changes.
+func parsePosition(token string) (syncapi.TokenPositions, error) {
+	pos, err := syncapi.DecodeToken(token)
+	if err != nil {
+		return pos, mxerr.New(mxerr.InvalidParam, "invalid token %q: want a sync token (next_batch)", token)
 	}
 	return pos, nil
 }

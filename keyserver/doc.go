@@ -22,16 +22,21 @@
 //     failures, and to-device messages for them wait in
 //     keyserver_to_device_outbound for the federation sender.
 //
-// Sync's part (API): per /sync of (user, device) with token positions
-// toDevice and deviceList:
+// Sync's part (API, adapted to syncapi.E2EE in internal/homeserver): per
+// /sync of (user, device) with token positions toDevice and deviceList:
 //   - AckToDevice(user, device, toDevice) when the client presents a
 //     token, then ToDeviceSince(user, device, toDevice) → to_device.events
-//     and the next token's to-device position;
+//     and the next token's to-device position (ToDevicePosition is the
+//     head: rows are deleted, so it is kept in keyserver_stream_heads);
 //   - DeviceListChanges(user, deviceList, DeviceListPosition(), delta) →
-//     device_lists (incremental syncs only), delta from the room stream;
+//     device_lists (incremental syncs only), delta from the room stream
+//     (syncapi.MembershipChanges);
 //   - OneTimeKeyCounts and UnusedFallbackKeyTypes →
 //     device_one_time_keys_count and device_unused_fallback_key_types;
 //   - wake on Deps.Notify(ToDeviceStream | DeviceListStream, pos).
+//
+// GET /keys/changes takes sync tokens (syncapi.DecodeToken) and answers
+// like /sync's device_lists for the window between them.
 //
 // Concurrency: a Server is safe for concurrent use; all state is in the
 // database. Stream positions commit in order (an advisory lock per stream

@@ -8,12 +8,14 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -50,6 +52,11 @@ type Deps struct {
 	// joined room with userID (the roomserver's membership). Nil until the
 	// roomserver exists: then only userID's own changes are reported.
 	SharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	// MembershipDelta returns who started or stopped sharing a room with
+	// userID between two room-stream positions (syncapi's
+	// MembershipChanges), for GET /keys/changes. Nil: that endpoint
+	// reports device changes only, without the window's joins and leaves.
+	MembershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -63,6 +70,7 @@ type Server struct {
 	userDevices     func(ctx context.Context, userID string) (map[string]string, error)
 	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
 	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	membershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
 }
 
 // New runs the key server's migrations and returns the server.
@@ -86,6 +94,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		userDevices:     deps.UserDevices,
 		requirePassword: deps.RequirePassword,
 		sharedRoomUsers: deps.SharedRoomUsers,
+		membershipDelta: deps.MembershipDelta,
 	}, nil
 }
 
@@ -138,8 +147,21 @@ type uiaChallenge interface {
 
 // handle registers an error-returning handler, writing UIA challenges as
 // 401 bodies and every other error through httpx.
+//
+// Path parameters reach fn with their percent-escapes decoded: chi
+// matches on the raw path when the client escaped characters (a room
+// ID's '!', a session ID's '/'), and its parameters then keep them.
 func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
 	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
+		if rctx := chi.RouteContext(r.Context()); rctx != nil {
+			for i, v := range rctx.URLParams.Values {
+				u, err := url.PathUnescape(v)
+				if err != nil {
+					return mxerr.New(mxerr.InvalidParam, "path parameter %s is not correctly escaped", rctx.URLParams.Keys[i])
+				}
+				rctx.URLParams.Values[i] = u
+			}
+		}
 		err := fn(w, r)
 		var c uiaChallenge
 		if errors.As(err, &c) {

@@ -113,6 +113,9 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 					return err
 				}
 			}
+			if _, err := tx.Exec(ctx, `UPDATE keyserver_stream_heads SET position = $1 WHERE stream = 'to_device'`, pos); err != nil {
+				return err
+			}
 			tx.AfterCommit(func() { streamAdvanced(s.notify, ToDeviceStream, pos) })
 		}
 		for server, messages := range remote {
@@ -139,6 +142,13 @@ func newMessageID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// ToDevicePosition implements API.
+func (s *Server) ToDevicePosition(ctx context.Context) (int64, error) {
+	var pos int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT position FROM keyserver_stream_heads WHERE stream = 'to_device'`).Scan(&pos)
+	return pos, err
 }
 
 // ToDeviceSince implements API.
@@ -168,6 +178,16 @@ func (s *Server) ToDeviceSince(ctx context.Context, userID, deviceID string, sin
 
 // AckToDevice implements API.
 func (s *Server) AckToDevice(ctx context.Context, userID, deviceID string, upTo int64) error {
+	// Every /sync acknowledges; most have nothing left to delete, and a
+	// read spares them the write.
+	var n int
+	if err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM keyserver_to_device
+		WHERE user_id = $1 AND device_id = $2 AND position <= $3 LIMIT 1) AS waiting`, userID, deviceID, upTo).Scan(&n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		_, err := tx.Exec(ctx, `DELETE FROM keyserver_to_device WHERE user_id = $1 AND device_id = $2 AND position <= $3`,
 			userID, deviceID, upTo)

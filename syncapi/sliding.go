@@ -77,6 +77,7 @@ type slidingExtensionReq struct {
 	// of them, and absent means ["*"].
 	Lists []string `json:"lists"`
 	Rooms []string `json:"rooms"`
+	Limit *int     `json:"limit"` // to_device
 }
 
 type slidingResponse struct {
@@ -318,7 +319,7 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 			joined = append(joined, c.m.RoomID)
 		}
 	}
-	if err := s.slidingExtensions(ctx, caller, req, prev, heads, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
+	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
 		return nil, nil, err
 	}
 	return resp, next, nil

@@ -32,6 +32,9 @@ type syncRequest struct {
 	// stateAfter is the field name state_after goes under ("state_after"
 	// or the MSC4222 unstable name), or "" for the legacy state section.
 	stateAfter string
+	// acked is set once the token's to-device position has been
+	// acknowledged, so a long-poll does it once.
+	acked bool
 }
 
 // The /sync response. Spec: client-server-api, "GET /_matrix/client/v3/sync".
@@ -303,7 +306,6 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		}
 	}
 	resp := &syncResponse{
-		NextBatch: heads.String(),
 		Rooms: roomsSection{Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
 			Knock: map[string]*knockedRoom{}, Leave: map[string]*leftRoom{}},
 		AccountData: events(nil), Presence: events(nil), ToDevice: events(nil),
@@ -327,13 +329,20 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := rb.build(ctx, memberships, &resp.Rooms); err != nil {
 		return nil, err
 	}
-	if err := s.addPresenceAndE2EE(ctx, req, since, heads, resp); err != nil {
+	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, resp); err != nil {
 		return nil, err
 	}
+	resp.NextBatch = heads.String()
 	return resp, nil
 }
 
-func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since, heads syncToken, resp *syncResponse) error {
+// addPresenceAndE2EE fills presence and the E2EE sections. It may lower
+// heads.ToDevice (more messages wait than one response carries) or raise
+// it (messages committed after the heads were read).
+// Spec: client-server-api, "Extensions to /sync" of send-to-device
+// messaging and of end-to-end encryption.
+func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since syncToken, heads *syncToken,
+	memberships []roomserver.MembershipEntry, resp *syncResponse) error {
 	if s.eph != nil {
 		pres, err := s.eph.Presence(ctx, req.userID, since.Presence, heads.Presence)
 		if err != nil {
@@ -346,13 +355,29 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 	if s.e2ee == nil {
 		return nil
 	}
-	td, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice)
+	// The client presenting a token has received the to-device messages
+	// up to its position: delete them. A response lost in transit is
+	// answered again from the same token, with the same messages.
+	if req.since != nil && !req.acked {
+		if since.ToDevice > 0 {
+			if err := s.e2ee.AckToDevice(ctx, req.userID, req.deviceID, since.ToDevice); err != nil {
+				return err
+			}
+		}
+		req.acked = true
+	}
+	td, next, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice, toDeviceLimit)
 	if err != nil {
 		return err
 	}
 	resp.ToDevice = events(td)
+	heads.ToDevice = next
 	if req.since != nil {
-		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists)
+		delta, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
+		if err != nil {
+			return err
+		}
+		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists, delta)
 		if err != nil {
 			return err
 		}

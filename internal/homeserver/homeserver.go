@@ -141,9 +141,10 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
+	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Notifier: notify, Verifier: client, Logger: logger})
+		Ephemeral: eph, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
@@ -156,11 +157,13 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		UserDevices:     client.Accounts().DeviceNames,
 		RequirePassword: client.RequirePassword,
 		SharedRoomUsers: sharedRoomUsers(rooms),
+		MembershipDelta: keyChangesDelta(rooms),
 	})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("keyserver: %w", err)
 	}
+	e2ee.keys = keys
 	federation, err = federationapi.New(ctx, federationapi.Deps{
 		Config:     cfg.Federation,
 		ServerName: cfg.Global.ServerName,
