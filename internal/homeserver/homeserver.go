@@ -134,8 +134,12 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
+	var remote *remoteServers
+	if cfg.Federation.Enabled {
+		remote = &remoteServers{fed: &federation}
+	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
-		Notify: notify.Notify, Rooms: rooms,
+		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		// Deleting a device deletes its keys in the same transaction.
 		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, notify.Notify)})
 	if err != nil {
@@ -169,6 +173,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Rooms:      rooms,
 		TLSConfig:  fedClient.Transport.(*http.Transport).TLSClientConfig,
 		Profiles:   client,
+		Aliases:    client,
+		Directory:  client,
 		Logger:     logger,
 	})
 	if err != nil {
