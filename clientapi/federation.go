@@ -8,6 +8,7 @@ import (
 
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // Federation is what the client API asks of other servers
@@ -22,6 +23,11 @@ type Federation interface {
 	// LeaveRemote leaves, or rejects an invite to, a room this server is
 	// not in.
 	LeaveRemote(ctx context.Context, roomID, userID string, via []string) error
+	// InviteRemote invites a user of another server to a room held here,
+	// through their server (invite v2), and returns the invite's event ID.
+	InviteRemote(ctx context.Context, req roomserver.MembershipRequest) (string, error)
+	// QueueEDU queues an EDU for other servers; delivery is persistent.
+	QueueEDU(ctx context.Context, destinations []string, eduType string, content any) error
 	// QueryDirectory resolves an alias of another server.
 	QueryDirectory(ctx context.Context, alias string) (roomID string, servers []string, err error)
 	// RemotePublicRooms reads another server's published room list (the

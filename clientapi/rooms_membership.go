@@ -258,10 +258,17 @@ func (s *Server) membershipAction(action string) httpx.HandlerFunc {
 		req := roomserver.MembershipRequest{RoomID: roomID, Sender: me.UserID, Target: *body.UserID, Reason: body.Reason}
 		switch action {
 		case "invite":
-			if domainOf(req.Target) == s.serverName {
+			switch {
+			case domainOf(req.Target) == s.serverName:
 				req.Content = s.memberProfile(ctx, req.Target)
+				_, err = s.rooms.rooms.Invite(ctx, req)
+			case s.federation != nil:
+				// Spec: server-server-api, "Inviting to a room": the
+				// invitee's server signs the invite first.
+				_, err = s.federation.InviteRemote(ctx, req)
+			default:
+				err = mxerr.New(mxerr.Forbidden, "%s is on another server and federation is off", req.Target)
 			}
-			_, err = s.rooms.rooms.Invite(ctx, req)
 		case "kick":
 			_, err = s.rooms.rooms.Kick(ctx, req)
 		case "ban":

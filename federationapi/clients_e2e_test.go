@@ -4,13 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/keyserver"
 )
 
 // These tests drive two servers only through their client APIs, with
@@ -178,4 +184,189 @@ func httpStatusIs(err error, status int) bool {
 		return false
 	}
 	return he.Response.StatusCode == status
+}
+
+// TestClientInviteRemoteUser: alice on A invites bob on B to a private
+// room; the invite reaches bob's /sync on B, bob joins through A, and
+// they talk.
+func TestClientInviteRemoteUser(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b := n.start(), n.start()
+		ctx := context.Background()
+		alice, bob := a.register("alice"), b.register("bob")
+		created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "secret"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roomID := created.RoomID
+		bob.syncOnce() // an incremental sync must bring the invite
+
+		if _, err := alice.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.id()}); err != nil {
+			t.Fatalf("inviting bob: %v", err)
+		}
+		if m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id())); m != "invite" {
+			t.Fatalf("bob's membership on A is %q, want invite", m)
+		}
+		bob.await("the invite", func() bool { return bob.invites[roomID] })
+
+		if _, err := bob.cli.JoinRoomByID(ctx, roomID); err != nil {
+			t.Fatalf("bob joining: %v", err)
+		}
+		bob.send(roomID, "thanks for the invite")
+		alice.await("bob's message", func() bool { return alice.sawMessage(roomID, bob.id(), "thanks for the invite") })
+		alice.send(roomID, "welcome")
+		bob.await("alice's message", func() bool { return bob.sawMessage(roomID, alice.id(), "welcome") })
+		if bob.invites[roomID] {
+			t.Fatal("the invite is still pending after the join")
+		}
+	})
+}
+
+// TestClientRejectRemoteInvite: bob rejects an invite to a room only A
+// holds; A sees the leave.
+func TestClientRejectRemoteInvite(t *testing.T) {
+	n := newNetwork(t, "sqlite")
+	a, b := n.start(), n.start()
+	ctx := context.Background()
+	alice, bob := a.register("alice"), b.register("bob")
+	created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.cli.InviteUser(ctx, created.RoomID, &mautrix.ReqInviteUser{UserID: bob.id()}); err != nil {
+		t.Fatal(err)
+	}
+	bob.await("the invite", func() bool { return bob.invites[created.RoomID] })
+	if _, err := bob.cli.LeaveRoom(ctx, created.RoomID); err != nil {
+		t.Fatalf("rejecting: %v", err)
+	}
+	eventually(t, "A to see the rejection", func() bool {
+		m, _ := a.HS.Rooms.Membership(ctx, string(created.RoomID), string(bob.id()))
+		return m == "leave"
+	})
+}
+
+// sawEphemeral reports whether an ephemeral event of type t in roomID
+// mentions who (in its content).
+func (u *syncer) sawEphemeral(roomID id.RoomID, t event.Type, who id.UserID) bool {
+	return slices.ContainsFunc(u.ephemeral[roomID], func(e *event.Event) bool {
+		return e.Type.Type == t.Type && strings.Contains(string(e.Content.VeryRaw), string(who))
+	})
+}
+
+// clientPair makes alice on A and bob on B share a public room on A.
+func clientPair(t *testing.T, n *network) (a, b *fedServer, alice, bob *syncer, roomID id.RoomID) {
+	a, b = n.start(), n.start()
+	alice, bob = a.register("alice"), b.register("bob")
+	roomID = alice.publicAliasedRoom("pair")
+	if _, err := bob.cli.JoinRoom(context.Background(), "#pair:"+a.Name, nil); err != nil {
+		t.Fatalf("bob joining: %v", err)
+	}
+	eventually(t, "A to see bob's join", func() bool {
+		m, _ := a.HS.Rooms.Membership(context.Background(), string(roomID), string(bob.id()))
+		return m == "join"
+	})
+	return a, b, alice, bob, roomID
+}
+
+// TestClientEphemeralAcrossServers: alice's typing and read receipt on A
+// reach bob's /sync on B, and bob's typing reaches alice.
+func TestClientEphemeralAcrossServers(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		_, _, alice, bob, roomID := clientPair(t, n)
+		bob.syncOnce()
+
+		if _, err := alice.cli.UserTyping(ctx, roomID, true, 30*time.Second); err != nil {
+			t.Fatalf("typing: %v", err)
+		}
+		bob.await("alice typing", func() bool { return bob.sawEphemeral(roomID, event.EphemeralEventTyping, alice.id()) })
+
+		msg := bob.send(roomID, "read me")
+		alice.await("bob's message", func() bool { return alice.sawMessage(roomID, bob.id(), "read me") })
+		if err := alice.cli.SendReceipt(ctx, roomID, msg, event.ReceiptTypeRead, nil); err != nil {
+			t.Fatalf("receipt: %v", err)
+		}
+		bob.await("alice's receipt", func() bool { return bob.sawEphemeral(roomID, event.EphemeralEventReceipt, alice.id()) })
+
+		alice.syncOnce()
+		if _, err := bob.cli.UserTyping(ctx, roomID, true, 30*time.Second); err != nil {
+			t.Fatalf("typing: %v", err)
+		}
+		alice.await("bob typing", func() bool { return alice.sawEphemeral(roomID, event.EphemeralEventTyping, bob.id()) })
+	})
+}
+
+// TestClientToDeviceAcrossServers: a to-device message from alice on A
+// reaches bob's device on B.
+func TestClientToDeviceAcrossServers(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		bob.syncOnce()
+		req := &mautrix.ReqSendToDevice{Messages: map[id.UserID]map[id.DeviceID]*event.Content{
+			bob.id(): {bob.cli.DeviceID: {Raw: map[string]any{"hello": "from A"}}},
+		}}
+		if _, err := alice.cli.SendToDevice(ctx, event.NewEventType("org.example.ping"), req); err != nil {
+			t.Fatalf("sendToDevice: %v", err)
+		}
+		// Read bob's to-device stream on B from the key server: /sync
+		// shows it once the key server is sync's E2EE source.
+		eventually(t, "the to-device message in bob's inbox on B", func() bool {
+			msgs, _, err := b.HS.KeyServer.ToDeviceSince(ctx, string(bob.id()), string(bob.cli.DeviceID), 0)
+			return err == nil && slices.ContainsFunc(msgs, func(m keyserver.ToDeviceEvent) bool {
+				return m.Sender == string(alice.id()) && m.Type == "org.example.ping" && strings.Contains(string(m.Content), "from A")
+			})
+		})
+	})
+}
+
+// TestClientRemoteMedia: bob on B downloads through B's authenticated
+// media endpoint what alice uploaded on A; B fetches it from A over the
+// federation media API, signed, and caches it.
+func TestClientRemoteMedia(t *testing.T) {
+	n := newNetwork(t, "sqlite")
+	n.editEachConfig = func(c *config.Config) {
+		c.MediaAPI.OutboundIPAllow = []string{"127.0.0.1/32"} // the test servers are on loopback
+	}
+	a, b := n.start(), n.start()
+	alice, bob := a.register("alice"), b.register("bob")
+	ctx := context.Background()
+	payload := []byte("a small file that crosses servers")
+	up, err := alice.cli.UploadBytes(ctx, payload, "text/plain")
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if up.ContentURI.Homeserver != a.Name {
+		t.Fatalf("uploaded to %s", up.ContentURI)
+	}
+	get := func(who *syncer, path string) (int, []byte) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+b.Name+path, nil)
+		if who != nil {
+			req.Header.Set("Authorization", "Bearer "+who.cli.AccessToken)
+		}
+		resp, err := n.httpClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, body
+	}
+	path := "/_matrix/client/v1/media/download/" + up.ContentURI.Homeserver + "/" + up.ContentURI.FileID
+	status, body := get(bob, path)
+	if status != http.StatusOK || string(body) != string(payload) {
+		t.Fatalf("download on B: %d %q", status, body)
+	}
+	// Unsigned requests to A's federation media API are refused.
+	code, _ := n.request(a, b.Name, nil, a.Name, http.MethodGet, "/_matrix/federation/v1/media/download/"+up.ContentURI.FileID, nil)
+	if code != http.StatusUnauthorized {
+		t.Fatalf("unsigned federation media request: %d, want 401", code)
+	}
+	// Signed ones are served (multipart).
+	code, data := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodGet, "/_matrix/federation/v1/media/download/"+up.ContentURI.FileID, nil)
+	if code != http.StatusOK || !strings.Contains(string(data), string(payload)) {
+		t.Fatalf("signed federation media request: %d %q", code, data)
+	}
 }

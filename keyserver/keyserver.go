@@ -50,6 +50,10 @@ type Deps struct {
 	// joined room with userID (the roomserver's membership). Nil until the
 	// roomserver exists: then only userID's own changes are reported.
 	SharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	// QueueEDU hands EDUs for other servers to the federation sender. Nil:
+	// to-device messages for remote users wait in
+	// keyserver_to_device_outbound.
+	QueueEDU EDUQueue
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -63,6 +67,8 @@ type Server struct {
 	userDevices     func(ctx context.Context, userID string) (map[string]string, error)
 	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
 	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	queueEDU        EDUQueue // may be nil
+	flush           outboundFlush
 }
 
 // New runs the key server's migrations and returns the server.
@@ -86,6 +92,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		userDevices:     deps.UserDevices,
 		requirePassword: deps.RequirePassword,
 		sharedRoomUsers: deps.SharedRoomUsers,
+		queueEDU:        deps.QueueEDU,
 	}, nil
 }
 
