@@ -370,3 +370,32 @@ func TestClientRemoteMedia(t *testing.T) {
 		t.Fatalf("signed federation media request: %d %q", code, data)
 	}
 }
+
+// TestClientRemoteProfileAndDirectory: B's client API answers for A's
+// users and aliases by asking A over federation; A's public room list is
+// readable from B.
+func TestClientRemoteProfileAndDirectory(t *testing.T) {
+	n := newNetwork(t, "sqlite")
+	a, b := n.start(), n.start()
+	alice, bob := a.register("alice"), b.register("bob")
+	ctx := context.Background()
+	if err := alice.cli.SetDisplayName(ctx, "Alice of A"); err != nil {
+		t.Fatal(err)
+	}
+	profile, err := bob.cli.GetProfile(ctx, alice.id())
+	if err != nil || profile.DisplayName != "Alice of A" {
+		t.Fatalf("remote profile: %+v, %v", profile, err)
+	}
+	if _, err := bob.cli.GetProfile(ctx, id.UserID("@nobody:"+a.Name)); !httpStatusIs(err, 404) {
+		t.Fatalf("unknown remote user: %v, want 404", err)
+	}
+	roomID := alice.publicAliasedRoom("hall")
+	res, err := bob.cli.ResolveAlias(ctx, id.RoomAlias("#hall:"+a.Name))
+	if err != nil || res.RoomID != roomID || !slices.Contains(res.Servers, a.Name) {
+		t.Fatalf("remote alias: %+v, %v", res, err)
+	}
+	list, err := bob.cli.PublicRooms(ctx, &mautrix.ReqPublicRooms{Server: a.Name})
+	if err != nil || !slices.ContainsFunc(list.Chunk, func(r *mautrix.PublicRoomInfo) bool { return r.RoomID == roomID }) {
+		t.Fatalf("A's public rooms from B: %+v, %v", list, err)
+	}
+}
