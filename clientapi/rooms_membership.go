@@ -39,46 +39,45 @@ type membershipBody struct {
 	Medium string `json:"medium"`
 }
 
-// resolveRoom turns a {roomIdOrAlias} parameter into a local room ID.
-// Aliases on other servers and rooms this server is not in need
-// federation, which this server does not offer yet: they answer 404
-// with a message that says so.
-func (s *Server) resolveRoom(ctx context.Context, r *http.Request) (string, error) {
-	target, err := unescapedParam(r, "roomIdOrAlias")
+// resolveRoom turns a {roomIdOrAlias} parameter into a room ID. A local
+// alias is looked up here; an alias on another server is returned as
+// is, for the caller to take over federation. remote reports that the
+// room is not held here (another server's alias, or a room with no
+// joined user of this server).
+func (s *Server) resolveRoom(ctx context.Context, r *http.Request) (target string, remote bool, err error) {
+	target, err = unescapedParam(r, "roomIdOrAlias")
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	switch {
 	case strings.HasPrefix(target, "#"):
 		if !validAlias(target) {
-			return "", mxerr.New(mxerr.InvalidParam, "%q is not a valid room alias", target)
+			return "", false, mxerr.New(mxerr.InvalidParam, "%q is not a valid room alias", target)
 		}
 		if domainOf(target) != s.serverName {
-			return "", mxerr.New(mxerr.NotFound, "room alias %s is on another server; joining over federation is not available yet", target)
+			return target, true, nil
 		}
 		roomID, _, err := s.lookupAlias(ctx, target)
-		return roomID, err
+		return roomID, false, err
 	case validRoomID(target):
-		if _, err := s.rooms.rooms.RoomVersion(ctx, target); mxerr.Is(err, mxerr.NotFound) {
-			// Spec: via/server_name name servers to join through; that
-			// needs federation.
-			return "", mxerr.New(mxerr.NotFound, "this server is not in room %s and cannot join rooms over federation yet", target)
-		} else if err != nil {
-			return "", err
-		}
-		return target, nil
+		held, err := s.heldHere(ctx, target)
+		return target, !held, err
 	}
-	return "", mxerr.New(mxerr.InvalidParam, "%q is neither a room ID nor a room alias", target)
+	return "", false, mxerr.New(mxerr.InvalidParam, "%q is neither a room ID nor a room alias", target)
 }
 
-// joinByIDOrAlias joins a room by ID or alias.
+// joinByIDOrAlias joins a room by ID or alias, over federation when the
+// room is held elsewhere.
 // Spec: client-server-api, "POST /_matrix/client/v3/join/{roomIdOrAlias}".
 func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request) error {
-	roomID, err := s.resolveRoom(r.Context(), r)
+	target, remote, err := s.resolveRoom(r.Context(), r)
 	if err != nil {
 		return err
 	}
-	return s.join(w, r, roomID)
+	if remote {
+		return s.joinElsewhere(w, r, target, joinVia(r))
+	}
+	return s.join(w, r, target)
 }
 
 // joinRoom joins a room by ID.
@@ -88,12 +87,34 @@ func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.rooms.rooms.RoomVersion(r.Context(), roomID); mxerr.Is(err, mxerr.NotFound) {
-		return mxerr.New(mxerr.NotFound, "this server is not in room %s and cannot join rooms over federation yet", roomID)
-	} else if err != nil {
+	held, err := s.heldHere(r.Context(), roomID)
+	if err != nil {
 		return err
 	}
+	if !held {
+		return s.joinElsewhere(w, r, roomID, nil)
+	}
 	return s.join(w, r, roomID)
+}
+
+// joinElsewhere joins a room held by other servers.
+func (s *Server) joinElsewhere(w http.ResponseWriter, r *http.Request, target string, via []string) error {
+	var body membershipBody
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if len(body.ThirdPartySigned) > 0 {
+		return mxerr.New(mxerr.Forbidden, "third-party invites are not supported by this server")
+	}
+	me := caller(r)
+	if me.IsGuest {
+		return mxerr.New(mxerr.GuestAccessForbidden, "guests may not join rooms on other servers")
+	}
+	roomID, err := s.joinRemote(r.Context(), target, me.UserID, via)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]string{"room_id": roomID})
 }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) error {
@@ -142,9 +163,12 @@ func (s *Server) checkGuestCanJoin(ctx context.Context, roomID string) error {
 // Spec: client-server-api, "POST /_matrix/client/v3/knock/{roomIdOrAlias}".
 func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := s.resolveRoom(ctx, r)
+	roomID, remote, err := s.resolveRoom(ctx, r)
 	if err != nil {
 		return err
+	}
+	if remote {
+		return mxerr.New(mxerr.NotFound, "knocking on rooms held by other servers is not supported yet")
 	}
 	var body membershipBody
 	if err := httpx.DecodeJSON(r, &body); err != nil {
@@ -171,7 +195,19 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 	if err := httpx.DecodeJSON(r, &body); err != nil {
 		return err
 	}
-	_, err = s.rooms.rooms.Leave(r.Context(), roomserver.MembershipRequest{RoomID: roomID, Sender: caller(r).UserID, Reason: body.Reason})
+	ctx := r.Context()
+	held, err := s.heldHere(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !held && s.federation != nil {
+		// Rejecting an invite to a room only other servers hold.
+		if err := s.federation.LeaveRemote(ctx, roomID, caller(r).UserID, nil); err != nil {
+			return err
+		}
+		return httpx.OK(w, httpx.EmptyObject)
+	}
+	_, err = s.rooms.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: caller(r).UserID, Reason: body.Reason})
 	if err != nil {
 		return err
 	}
@@ -222,10 +258,17 @@ func (s *Server) membershipAction(action string) httpx.HandlerFunc {
 		req := roomserver.MembershipRequest{RoomID: roomID, Sender: me.UserID, Target: *body.UserID, Reason: body.Reason}
 		switch action {
 		case "invite":
-			if domainOf(req.Target) == s.serverName {
+			switch {
+			case domainOf(req.Target) == s.serverName:
 				req.Content = s.memberProfile(ctx, req.Target)
+				_, err = s.rooms.rooms.Invite(ctx, req)
+			case s.federation != nil:
+				// Spec: server-server-api, "Inviting to a room": the
+				// invitee's server signs the invite first.
+				_, err = s.federation.InviteRemote(ctx, req)
+			default:
+				err = mxerr.New(mxerr.Forbidden, "%s is on another server and federation is off", req.Target)
 			}
-			_, err = s.rooms.rooms.Invite(ctx, req)
 		case "kick":
 			_, err = s.rooms.rooms.Kick(ctx, req)
 		case "ban":

@@ -162,7 +162,14 @@ func (s *Server) markRead(ctx context.Context, userID, roomID, receiptType, even
 		_, err := s.storeAccountData(ctx, local, roomID, "m.fully_read", mustJSON(map[string]string{"event_id": eventID}))
 		return err
 	}
-	return s.storeReceipt(ctx, Receipt{RoomID: roomID, UserID: userID, Type: receiptType, EventID: eventID, ThreadID: threadID, TS: nowMillis()})
+	receipt := Receipt{RoomID: roomID, UserID: userID, Type: receiptType, EventID: eventID, ThreadID: threadID, TS: nowMillis()}
+	if err := s.storeReceipt(ctx, receipt); err != nil {
+		return err
+	}
+	if receiptType == "m.read" {
+		s.sendReceiptEDU(ctx, receipt) // m.read.private stays here
+	}
+	return nil
 }
 
 // setReadMarkers sets the fully-read marker and the read receipts in one call.

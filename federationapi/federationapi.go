@@ -48,7 +48,10 @@ type Deps struct {
 	Aliases   Aliases
 	Directory PublicRoomDirectory
 	EDUs      EDUSinks
-	Logger    *slog.Logger
+	// Notify, if non-nil, is told after commit that a stream of the
+	// federation API (RemoteInviteStream) advanced. It must not block.
+	Notify func(stream string, pos int64)
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Dial and LookupSRV replace the network for tests (custom server
@@ -70,6 +73,7 @@ type Server struct {
 	aliases     Aliases
 	directory   PublicRoomDirectory
 	edus        EDUSinks
+	notify      func(stream string, pos int64) // may be nil
 	log         *slog.Logger
 	now         func() time.Time
 
@@ -117,6 +121,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		aliases:     deps.Aliases,
 		directory:   deps.Directory,
 		edus:        deps.EDUs,
+		notify:      deps.Notify,
 		log:         deps.Logger,
 		now:         deps.Now,
 	}

@@ -56,6 +56,9 @@ func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, v
 	} else if d := domainOf(roomID); d != "" {
 		via = append(append([]string{}, via...), d) // pre-v12 room IDs name their creating server
 	}
+	if inviter := s.inviterServer(ctx, userID, roomID); inviter != "" {
+		via = append(via, inviter) // an invited user joins through the inviter's server
+	}
 	if !strings.HasPrefix(roomID, "!") {
 		return "", mxerr.New(mxerr.InvalidParam, "invalid room ID or alias %q", roomIDOrAlias)
 	}
@@ -239,16 +242,8 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 	if domainOf(userID) != s.serverName {
 		return mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
 	}
-	var inviteSender string
-	_ = s.db.Reader().QueryRow(ctx, `SELECT event FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
-		userID, roomID).Scan(&inviteSender)
-	if inviteSender != "" {
-		var ev struct {
-			Sender string `json:"sender"`
-		}
-		if json.Unmarshal([]byte(inviteSender), &ev) == nil {
-			via = append(append([]string{}, via...), domainOf(ev.Sender))
-		}
+	if inviter := s.inviterServer(ctx, userID, roomID); inviter != "" {
+		via = append(append([]string{}, via...), inviter)
 	}
 	var errs []error
 	seen := map[string]bool{s.serverName: true}
@@ -279,6 +274,24 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 		return mxerr.New(mxerr.NotFound, "no server to leave %s through", roomID)
 	}
 	return ClientError(errs[len(errs)-1])
+}
+
+// inviterServer is the server of whoever sent userID's pending remote
+// invite to roomID, "" if there is none.
+func (s *Server) inviterServer(ctx context.Context, userID, roomID string) string {
+	var event string
+	err := s.db.Reader().QueryRow(ctx, `SELECT event FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+		userID, roomID).Scan(&event)
+	if err != nil {
+		return ""
+	}
+	var ev struct {
+		Sender string `json:"sender"`
+	}
+	if json.Unmarshal([]byte(event), &ev) != nil {
+		return ""
+	}
+	return domainOf(ev.Sender)
 }
 
 // dropRemoteInvite forgets a pending remote invite once answered.

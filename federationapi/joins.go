@@ -118,7 +118,7 @@ func (s *Server) sendMembership(membership string) httpx.HandlerFunc {
 			}
 			return httpx.OK(w, out)
 		case "knock":
-			state, err := s.strippedState(r, roomID)
+			state, err := s.strippedState(r.Context(), roomID)
 			if err != nil {
 				return err
 			}
@@ -149,11 +149,11 @@ func checkMembershipEvent(pdu gomatrixserverlib.PDU, roomID, want string) error 
 // strippedState is the state a knocker or invitee may see: the room's
 // name, avatar, topic, join rules, canonical alias, create and
 // encryption events. Spec: client-server-api, "Stripped state".
-func (s *Server) strippedState(r *http.Request, roomID string) ([]json.RawMessage, error) {
+func (s *Server) strippedState(ctx context.Context, roomID string) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	for _, t := range []string{"m.room.create", "m.room.name", "m.room.avatar", "m.room.topic", "m.room.join_rules",
 		"m.room.canonical_alias", "m.room.encryption"} {
-		ev, err := s.rooms.RoomStateEvent(r.Context(), roomID, t, "")
+		ev, err := s.rooms.RoomStateEvent(ctx, roomID, t, "")
 		if mxerr.Is(err, mxerr.NotFound) {
 			continue
 		}
@@ -245,20 +245,33 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		var pos int64
 		err = s.db.Write(ctx, func(tx storage.Tx) error {
-			_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state, received_ts)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
+			if err := tx.QueryRow(ctx, `INSERT INTO federation_remote_invite_positions (user_id, room_id) VALUES ($1, $2)
+				RETURNING stream_pos`, *pdu.StateKey(), roomID).Scan(&pos); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state, received_ts, stream_pos)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 				ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
-					event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts`,
-				*pdu.StateKey(), roomID, eventID, req.RoomVersion, string(signedJSON), string(strippedJSON), s.now().UnixMilli())
+					event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts,
+					stream_pos = excluded.stream_pos`,
+				*pdu.StateKey(), roomID, eventID, req.RoomVersion, string(signedJSON), string(strippedJSON), s.now().UnixMilli(), pos)
 			return err
 		})
 		if err != nil {
 			return err
 		}
+		if s.notify != nil {
+			s.notify(RemoteInviteStream, pos)
+		}
 	}
 	return httpx.OK(w, map[string]any{"event": json.RawMessage(signedJSON)})
 }
+
+// RemoteInviteStream is the name under which Deps.Notify is told that a
+// remote invite arrived.
+const RemoteInviteStream = "remote_invites"
 
 // RemoteInvite is an invite of a local user to a room this server is not
 // in, as received from the inviting server.
@@ -268,13 +281,27 @@ type RemoteInvite struct {
 	RoomVersion     string
 	Event           json.RawMessage
 	InviteRoomState json.RawMessage
+	// StreamPos is the invite's position in the remote invite stream.
+	StreamPos int64
 }
 
 // RemoteInvites lists userID's pending invites to rooms this server does
-// not hold (for /sync's invite section).
+// not hold.
 func (s *Server) RemoteInvites(ctx context.Context, userID string) ([]RemoteInvite, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state
-		FROM federation_remote_invites WHERE user_id = $1 ORDER BY received_ts`, userID)
+	return s.RemoteInvitesSince(ctx, userID, -1, 0)
+}
+
+// RemoteInvitesSince lists userID's pending remote invites received in
+// stream positions (since, to]; since < 0 means from the start and to 0
+// means no upper bound. An invite
+// answered (joined or rejected) is no longer pending.
+func (s *Server) RemoteInvitesSince(ctx context.Context, userID string, since, to int64) ([]RemoteInvite, error) {
+	if to <= 0 {
+		to = maxSafeInt
+	}
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state, stream_pos
+		FROM federation_remote_invites WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos`,
+		userID, since, to)
 	if err != nil {
 		return nil, err
 	}
@@ -283,11 +310,18 @@ func (s *Server) RemoteInvites(ctx context.Context, userID string) ([]RemoteInvi
 	for rows.Next() {
 		var inv RemoteInvite
 		var ev, st string
-		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st); err != nil {
+		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st, &inv.StreamPos); err != nil {
 			return nil, err
 		}
 		inv.Event, inv.InviteRoomState = json.RawMessage(ev), json.RawMessage(st)
 		out = append(out, inv)
 	}
 	return out, rows.Err()
+}
+
+// RemoteInviteHead is the newest position of the remote invite stream.
+func (s *Server) RemoteInviteHead(ctx context.Context) (int64, error) {
+	var pos int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT COALESCE(MAX(stream_pos), 0) FROM federation_remote_invite_positions`).Scan(&pos)
+	return pos, err
 }

@@ -57,6 +57,10 @@ type Deps struct {
 	// MembershipChanges), for GET /keys/changes. Nil: that endpoint
 	// reports device changes only, without the window's joins and leaves.
 	MembershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
+	// QueueEDU hands EDUs for other servers to the federation sender. Nil:
+	// to-device messages for remote users wait in
+	// keyserver_to_device_outbound.
+	QueueEDU EDUQueue
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -71,6 +75,8 @@ type Server struct {
 	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
 	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
 	membershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
+	queueEDU        EDUQueue // may be nil
+	flush           outboundFlush
 }
 
 // New runs the key server's migrations and returns the server.
@@ -95,6 +101,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		requirePassword: deps.RequirePassword,
 		sharedRoomUsers: deps.SharedRoomUsers,
 		membershipDelta: deps.MembershipDelta,
+		queueEDU:        deps.QueueEDU,
 	}, nil
 }
 

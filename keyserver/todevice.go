@@ -42,10 +42,6 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 	if req.Messages == nil {
 		return mxerr.New(mxerr.MissingParam, "messages is required")
 	}
-	type delivery struct {
-		userID, deviceID string
-		content          []byte
-	}
 	var local []delivery
 	remote := map[string]map[string]map[string]json.RawMessage{} // server → user → device → content
 	for userID, devices := range req.Messages {
@@ -66,26 +62,11 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 			remote[server][userID] = devices
 			continue
 		}
-		// Only devices that exist receive messages: "*" fans out to all
-		// of them, and a message for an unknown device is dropped.
-		existing, err := s.userDevices(ctx, userID)
+		deliveries, err := s.localDeliveries(ctx, userID, devices)
 		if err != nil {
 			return err
 		}
-		ids := make([]string, 0, len(existing))
-		for id := range existing {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for deviceID, content := range devices {
-			if deviceID == "*" {
-				for _, id := range ids {
-					local = append(local, delivery{userID, id, content})
-				}
-			} else if _, ok := existing[deviceID]; ok {
-				local = append(local, delivery{userID, deviceID, content})
-			}
-		}
+		local = append(local, deliveries...)
 	}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		// The transaction ID is recorded with the messages: a retry finds
@@ -100,23 +81,8 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 		now := time.Now().UnixMilli()
-		if len(local) > 0 {
-			if err := lockStream(ctx, s.db, tx, toDeviceLock); err != nil {
-				return err
-			}
-			var pos int64
-			for _, m := range local {
-				if err := tx.QueryRow(ctx, `
-					INSERT INTO keyserver_to_device (user_id, device_id, sender, event_type, content, created_ts)
-					VALUES ($1, $2, $3, $4, $5, $6) RETURNING position`,
-					m.userID, m.deviceID, d.UserID, eventType, string(m.content), now).Scan(&pos); err != nil {
-					return err
-				}
-			}
-			if _, err := tx.Exec(ctx, `UPDATE keyserver_stream_heads SET position = $1 WHERE stream = 'to_device'`, pos); err != nil {
-				return err
-			}
-			tx.AfterCommit(func() { streamAdvanced(s.notify, ToDeviceStream, pos) })
+		if err := s.insertToDevice(ctx, tx, d.UserID, eventType, local); err != nil {
+			return err
 		}
 		for server, messages := range remote {
 			body, err := json.Marshal(messages)
@@ -134,7 +100,70 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if len(remote) > 0 {
+		s.flushOutbound(ctx)
+	}
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// delivery is one to-device message for one local device.
+type delivery struct {
+	userID, deviceID string
+	content          []byte
+}
+
+// localDeliveries expands one local user's messages (device ID or "*")
+// to their devices. Only devices that exist receive messages: "*" fans
+// out to all of them, and a message for an unknown device is dropped.
+func (s *Server) localDeliveries(ctx context.Context, userID string, devices map[string]json.RawMessage) ([]delivery, error) {
+	existing, err := s.userDevices(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(existing))
+	for id := range existing {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var out []delivery
+	for deviceID, content := range devices {
+		if deviceID == "*" {
+			for _, id := range ids {
+				out = append(out, delivery{userID, id, content})
+			}
+		} else if _, ok := existing[deviceID]; ok {
+			out = append(out, delivery{userID, deviceID, content})
+		}
+	}
+	return out, nil
+}
+
+// insertToDevice appends messages from sender to the recipients'
+// to-device streams inside tx and tells the stream after commit.
+func (s *Server) insertToDevice(ctx context.Context, tx storage.Tx, sender, eventType string, messages []delivery) error {
+	if len(messages) == 0 {
+		return nil
+	}
+	if err := lockStream(ctx, s.db, tx, toDeviceLock); err != nil {
+		return err
+	}
+	now := time.Now().UnixMilli()
+	var pos int64
+	for _, m := range messages {
+		if err := tx.QueryRow(ctx, `
+			INSERT INTO keyserver_to_device (user_id, device_id, sender, event_type, content, created_ts)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING position`,
+			m.userID, m.deviceID, sender, eventType, string(m.content), now).Scan(&pos); err != nil {
+			return err
+		}
+	}
+	// Acknowledged rows are deleted, so the head is kept apart (it must
+	// never go backwards).
+	if _, err := tx.Exec(ctx, `UPDATE keyserver_stream_heads SET position = $1 WHERE stream = 'to_device'`, pos); err != nil {
+		return err
+	}
+	tx.AfterCommit(func() { streamAdvanced(s.notify, ToDeviceStream, pos) })
+	return nil
 }
 
 // newMessageID returns a random message_id for an m.direct_to_device EDU.

@@ -33,6 +33,9 @@ type ClientReads interface {
 	// visibility checks, for server-side indexers. The events are in
 	// their current (possibly redacted) form.
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error)
+	// JoinedServers lists the servers with a user joined to roomID, this
+	// one included, sorted.
+	JoinedServers(ctx context.Context, roomID string) ([]string, error)
 }
 
 var _ ClientReads = (*Server)(nil)

@@ -134,6 +134,15 @@ func (s *Server) sendMember(ctx context.Context, req MembershipRequest, content 
 	if domainOf(req.Sender) != string(s.serverName) {
 		return nil, mxerr.New(mxerr.Forbidden, "sender %s is not a local user", req.Sender)
 	}
+	proto, err := memberProto(req, content)
+	if err != nil {
+		return nil, err
+	}
+	return s.sendProto(ctx, req.RoomID, proto, "", req.TxnID)
+}
+
+// memberProto is the m.room.member event of req with content.
+func memberProto(req MembershipRequest, content map[string]any) (*gomatrixserverlib.ProtoEvent, error) {
 	raw, err := marshalChecked(content)
 	if err != nil {
 		return nil, err
@@ -142,10 +151,9 @@ func (s *Server) sendMember(ctx context.Context, req MembershipRequest, content 
 	if err := checkFieldLimits("m.room.member", &target, req.Sender); err != nil {
 		return nil, err
 	}
-	proto := &gomatrixserverlib.ProtoEvent{
+	return &gomatrixserverlib.ProtoEvent{
 		SenderID: req.Sender, RoomID: req.RoomID, Type: "m.room.member", StateKey: &target, Content: raw,
-	}
-	return s.sendProto(ctx, req.RoomID, proto, "", req.TxnID)
+	}, nil
 }
 
 // restrictedJoinAuthoriser returns the local user to name in

@@ -274,6 +274,11 @@ func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomser
 			return h, nil, err
 		}
 	}
+	if s.invites != nil {
+		if h.RemoteInvites, err = s.invites.RemoteInviteHead(ctx); err != nil {
+			return h, nil, err
+		}
+	}
 	memberships, err := s.rooms.UserMemberships(ctx, userID)
 	if err != nil {
 		return h, nil, err
@@ -327,6 +332,9 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		}
 	}
 	if err := rb.build(ctx, memberships, &resp.Rooms); err != nil {
+		return nil, err
+	}
+	if err := rb.addRemoteInvites(ctx, memberships, &resp.Rooms); err != nil {
 		return nil, err
 	}
 	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, resp); err != nil {

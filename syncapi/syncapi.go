@@ -23,6 +23,7 @@ type Deps struct {
 	Filters     Filters
 	Ephemeral   Ephemeral
 	E2EE        E2EE
+	Invites     RemoteInvites
 	Notifier    notifier.Broadcaster
 	// Verifier checks access tokens (clientapi).
 	Verifier authn.Verifier
@@ -36,8 +37,9 @@ type Server struct {
 	rooms    Rooms
 	acct     AccountData
 	filters  Filters
-	eph      Ephemeral // may be nil
-	e2ee     E2EE      // may be nil
+	eph      Ephemeral     // may be nil
+	e2ee     E2EE          // may be nil
+	invites  RemoteInvites // may be nil
 	verifier authn.Verifier
 	log      *slog.Logger
 	now      func() time.Time
@@ -63,7 +65,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s := &Server{
 		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
-		eph: deps.Ephemeral, e2ee: deps.E2EE, verifier: deps.Verifier,
+		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, verifier: deps.Verifier,
 		log: logger, now: now,
 		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
 		members: newMemberCache(100000),

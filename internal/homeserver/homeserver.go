@@ -134,8 +134,12 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
+	var remote *remoteServers
+	if cfg.Federation.Enabled {
+		remote = &remoteServers{fed: &federation}
+	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
-		Notify: notify.Notify, Rooms: rooms,
+		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		// Deleting a device deletes its keys in the same transaction.
 		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, notify.Notify)})
 	if err != nil {
@@ -144,7 +148,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+		Ephemeral: eph, Invites: remote.syncAPI(), Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
@@ -158,6 +162,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		RequirePassword: client.RequirePassword,
 		SharedRoomUsers: sharedRoomUsers(rooms),
 		MembershipDelta: keyChangesDelta(rooms),
+		QueueEDU:        remote.keyServer(),
 	})
 	if err != nil {
 		client.Close()
@@ -172,17 +177,20 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Rooms:      rooms,
 		TLSConfig:  fedClient.Transport.(*http.Transport).TLSClientConfig,
 		Profiles:   client,
-		Logger:     logger,
+		Aliases:    client,
+		Directory:  client,
+		Notify:     notify.Notify,
+		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
+			ToDevice: keys, DeviceLists: keys},
+		Logger: logger,
 	})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
-	// Federation request signing (SignFederationRequest) and server
-	// discovery (Resolve) are federationapi's to provide; until then remote
-	// media is fetched unsigned from media_api.remote_base_urls or
-	// https://<name>:8448.
-	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient})
+	// Remote media is fetched with federationapi's signing and discovery.
+	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient,
+		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("mediaapi: %w", err)
@@ -204,10 +212,16 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	keys.Routes(r)
 	federation.Routes(r)
 	media.Routes(r)
-	// The federation media endpoints need X-Matrix request authentication:
-	// media.FederationRoutes(r, <federationapi's origin authenticator>) once
-	// it exists. Until then peers get 404 M_UNRECOGNIZED there and fall back
-	// to /_matrix/media/v3/download, as the spec directs.
+	if cfg.Federation.Enabled {
+		media.FederationRoutes(r, federation.AuthenticateOrigin)
+	}
+
+	// To-device messages for other servers that a crash left unqueued.
+	go func() {
+		if err := keys.FlushOutbound(baseCtx); err != nil {
+			logger.Warn("queueing leftover to-device messages", "err", err)
+		}
+	}()
 
 	ok = true
 	return &Homeserver{
