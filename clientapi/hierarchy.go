@@ -33,7 +33,7 @@ type hierarchyParams struct {
 	offset int
 }
 
-// hierarchyToken is the next_batch of a page: the rooms already returned
+// token is the next_batch of a page: the rooms already returned
 // and the parameters that must not change between pages. The tree is
 // walked again from the root for each page, so no state is kept.
 func (p hierarchyParams) token(offset int) string {
