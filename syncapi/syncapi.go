@@ -23,7 +23,9 @@ type Deps struct {
 	Filters     Filters
 	Ephemeral   Ephemeral
 	E2EE        E2EE
-	Notifier    notifier.Broadcaster
+	// Push supplies unread counts and default push rules; may be nil.
+	Push     Push
+	Notifier notifier.Broadcaster
 	// Verifier checks access tokens (clientapi).
 	Verifier authn.Verifier
 	Logger   *slog.Logger
@@ -38,6 +40,7 @@ type Server struct {
 	filters  Filters
 	eph      Ephemeral // may be nil
 	e2ee     E2EE      // may be nil
+	push     Push      // may be nil
 	verifier authn.Verifier
 	log      *slog.Logger
 	now      func() time.Time
@@ -63,7 +66,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s := &Server{
 		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
-		eph: deps.Ephemeral, e2ee: deps.E2EE, verifier: deps.Verifier,
+		eph: deps.Ephemeral, e2ee: deps.E2EE, push: deps.Push, verifier: deps.Verifier,
 		log: logger, now: now,
 		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
 		members: newMemberCache(100000),
