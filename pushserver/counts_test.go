@@ -140,3 +140,27 @@ func escKey(s string) string {
 	}
 	return string(out)
 }
+
+// TestSlidingSyncCounts checks notification_count and highlight_count in
+// simplified sliding sync, and that a receipt resets them.
+func TestSlidingSyncCounts(t *testing.T) {
+	testserver.ForEachEngine(t, pushConfig, func(t *testing.T, srv *testserver.Server) {
+		alice, bob, carol := register(t, srv, "alice"), register(t, srv, "bob"), register(t, srv, "carol")
+		roomID := room(t, alice, bob, carol)
+		alice.text(t, roomID, "one")
+		last := alice.send(t, roomID, "m.room.message", map[string]any{"msgtype": "m.text", "body": "two",
+			"m.mentions": map[string]any{"user_ids": []string{bob.id}}})
+		req := map[string]any{"lists": map[string]any{"all": map[string]any{"ranges": [][]int{{0, 10}}, "timeline_limit": 1}}}
+		const path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+		r := bob.must(t, http.MethodPost, path, req).Get("rooms." + escKey(roomID))
+		if r.Get("notification_count").Int() != 2 || r.Get("highlight_count").Int() != 1 {
+			t.Fatalf("sliding sync counts: notification_count %d, highlight_count %d; want 2, 1",
+				r.Get("notification_count").Int(), r.Get("highlight_count").Int())
+		}
+		bob.must(t, http.MethodPost, "/_matrix/client/v3/rooms/"+esc(roomID)+"/receipt/m.read/"+esc(last), map[string]any{})
+		r = bob.must(t, http.MethodPost, path, req).Get("rooms." + escKey(roomID))
+		if r.Get("notification_count").Int() != 0 || r.Get("highlight_count").Int() != 0 {
+			t.Errorf("after the receipt: %s", r.Raw)
+		}
+	})
+}

@@ -122,12 +122,6 @@ func (s *Server) findRule(r *http.Request) (*Rule, error) {
 	if rule == nil {
 		return nil, mxerr.New(mxerr.NotFound, "no push rule %s/%s", kind, ruleID)
 	}
-	if kind == "override" || kind == "underride" {
-		if rule.Conditions == nil {
-			rule.Conditions = []json.RawMessage{}
-		}
-		return rule, nil
-	}
 	return rule, nil
 }
 
