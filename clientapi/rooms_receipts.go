@@ -199,3 +199,25 @@ func (s *Server) setReadMarkers(w http.ResponseWriter, r *http.Request) error {
 	}
 	return httpx.OK(w, httpx.EmptyObject)
 }
+
+// ReceiptsAfter returns every receipt (m.read and m.read.private, all
+// rooms and users) whose latest change has a stream position above
+// since, at most limit, in position order. It is for server-side
+// consumers of the receipt stream (push counts), never for clients.
+func (s *Server) ReceiptsAfter(ctx context.Context, since int64, limit int) ([]Receipt, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, position
+		FROM receipts WHERE position > $1 ORDER BY position LIMIT $2`, since, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Receipt
+	for rows.Next() {
+		var r Receipt
+		if err := rows.Scan(&r.RoomID, &r.UserID, &r.Type, &r.ThreadID, &r.EventID, &r.TS, &r.Position); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -70,6 +70,33 @@ type Ephemeral interface {
 	SetPresence(ctx context.Context, userID, presence string) error
 }
 
+// UnreadCounts are the unread notification counts of a room or thread.
+type UnreadCounts struct {
+	Notifications, Highlights int
+}
+
+// RoomUnread is one room's unread counts: in total, in the main
+// timeline, and per thread root.
+type RoomUnread struct {
+	Total, Main UnreadCounts
+	Threads     map[string]UnreadCounts
+}
+
+// Push is the push component's side of sync. It is optional: without it
+// unread counts are zero and an initial sync has no m.push_rules until
+// the user changes a rule.
+type Push interface {
+	// UnreadCounts must answer with counts that include every event up
+	// to roomPos and every receipt up to receiptPos, so an event and the
+	// count it raised arrive in the same response.
+	// Spec: client-server-api, "Receiving notifications".
+	UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomUnread, error)
+	// PushRules returns the content of userID's m.push_rules, for an
+	// initial sync when none is stored in account data yet (the user
+	// never changed a rule). Spec: client-server-api, "Push Rules: Events".
+	PushRules(ctx context.Context, userID string) (json.RawMessage, error)
+}
+
 // DeviceLists is the device_lists section of a sync response.
 type DeviceLists struct {
 	Changed []string `json:"changed"`

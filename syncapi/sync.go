@@ -92,8 +92,7 @@ type joinedRoom struct {
 	Timeline           timeline     `json:"timeline"`
 	Ephemeral          eventList    `json:"ephemeral"`
 	AccountData        eventList    `json:"account_data"`
-	// Unread counts are zero until push rules and notification counting
-	// exist (the push issue); the fields are present so clients parse them.
+	// Unread counts come from Deps.Push (fillUnread).
 	UnreadNotifications       unreadCounts            `json:"unread_notifications"`
 	UnreadThreadNotifications map[string]unreadCounts `json:"unread_thread_notifications,omitempty"`
 }
@@ -305,6 +304,11 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		return nil, err
 	}
 	heads.AccountData = acctHead
+	if req.since == nil {
+		if acct, err = s.withPushRules(ctx, req.userID, acct); err != nil {
+			return nil, err
+		}
+	}
 	if req.since != nil {
 		if err := since.checkNotFuture(heads); err != nil {
 			return nil, err
@@ -332,6 +336,9 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		}
 	}
 	if err := rb.build(ctx, memberships, &resp.Rooms); err != nil {
+		return nil, err
+	}
+	if err := s.fillUnread(ctx, req, heads, resp.Rooms.Join); err != nil {
 		return nil, err
 	}
 	if err := rb.addRemoteInvites(ctx, memberships, &resp.Rooms); err != nil {
@@ -407,4 +414,61 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		resp.FallbackKeys = fallback
 	}
 	return nil
+}
+
+// fillUnread sets the unread counts of the joined rooms in a response.
+// With the filter's unread_thread_notifications, unread_notifications
+// counts the main timeline and each thread gets its own entry;
+// otherwise unread_notifications counts everything.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync", JoinedRoom.
+func (s *Server) fillUnread(ctx context.Context, req *syncRequest, heads syncToken, joined map[string]*joinedRoom) error {
+	if s.push == nil || len(joined) == 0 {
+		return nil
+	}
+	roomIDs := make([]string, 0, len(joined))
+	for id := range joined {
+		roomIDs = append(roomIDs, id)
+	}
+	counts, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, heads.Room, heads.Receipts)
+	if err != nil {
+		return err
+	}
+	threaded := req.filter != nil && req.filter.Room != nil && req.filter.Room.Timeline != nil &&
+		req.filter.Room.Timeline.UnreadThreadNotifications
+	for id, jr := range joined {
+		c, ok := counts[id]
+		if !ok {
+			continue
+		}
+		if !threaded {
+			jr.UnreadNotifications = unreadCounts{NotificationCount: c.Total.Notifications, HighlightCount: c.Total.Highlights}
+			continue
+		}
+		jr.UnreadNotifications = unreadCounts{NotificationCount: c.Main.Notifications, HighlightCount: c.Main.Highlights}
+		for root, tc := range c.Threads {
+			if jr.UnreadThreadNotifications == nil {
+				jr.UnreadThreadNotifications = map[string]unreadCounts{}
+			}
+			jr.UnreadThreadNotifications[root] = unreadCounts{NotificationCount: tc.Notifications, HighlightCount: tc.Highlights}
+		}
+	}
+	return nil
+}
+
+// withPushRules adds the user's m.push_rules to an initial sync's
+// account data when none is stored (Deps.Push renders the defaults).
+func (s *Server) withPushRules(ctx context.Context, userID string, acct []clientapi.AccountData) ([]clientapi.AccountData, error) {
+	if s.push == nil {
+		return acct, nil
+	}
+	for _, a := range acct {
+		if a.RoomID == "" && a.Type == "m.push_rules" {
+			return acct, nil
+		}
+	}
+	content, err := s.push.PushRules(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	return append(acct, clientapi.AccountData{Type: "m.push_rules", Content: content}), nil
 }

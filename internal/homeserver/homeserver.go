@@ -27,6 +27,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/keyserver"
 	"github.com/myelin-chat/myelin/mediaapi"
+	"github.com/myelin-chat/myelin/pushserver"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/syncapi"
@@ -47,7 +48,10 @@ type Homeserver struct {
 	// what other components call to reach other servers.
 	Federation *federationapi.Server
 	Media      *mediaapi.Server
-	Log        *slog.Logger
+	// Push evaluates push rules, counts unread notifications and
+	// delivers to push gateways.
+	Push *pushserver.Server
+	Log  *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -140,16 +144,25 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
-		// Deleting a device deletes its keys in the same transaction.
-		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, notify.Notify)})
+		// Deleting a device deletes its keys and pushers in the same transaction.
+		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, notify.Notify), pushserver.DeletePushersForDevices)})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
+	}
+	push, err := pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
+		Rooms: rooms, Receipts: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
+		Verifier: client, Logger: logger})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("pushserver: %w", err)
 	}
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Invites: remote.syncAPI(), Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
+		push.Close()
+		client.Close()
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
 	keys, err := keyserver.New(ctx, keyserver.Deps{
@@ -165,6 +178,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		QueueEDU:        remote.keyServer(),
 	})
 	if err != nil {
+		push.Close()
 		client.Close()
 		return nil, fmt.Errorf("keyserver: %w", err)
 	}
@@ -185,6 +199,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Logger: logger,
 	})
 	if err != nil {
+		push.Close()
 		client.Close()
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
@@ -192,6 +207,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient,
 		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
+		push.Close()
 		client.Close()
 		return nil, fmt.Errorf("mediaapi: %w", err)
 	}
@@ -212,6 +228,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	keys.Routes(r)
 	federation.Routes(r)
 	media.Routes(r)
+	push.Routes(r)
 	if cfg.Federation.Enabled {
 		media.FederationRoutes(r, federation.AuthenticateOrigin)
 	}
@@ -235,6 +252,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		KeyServer:        keys,
 		Federation:       federation,
 		Media:            media,
+		Push:             push,
 		FederationClient: fedClient,
 		Log:              logger,
 		handler:          r,
@@ -309,7 +327,7 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.ClientAPI.Close(), hs.DB.Close())
+	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), hs.DB.Close())
 }
 
 // sharedRoomUsers lists the users who share a joined room with a user, for
@@ -352,5 +370,17 @@ func bodyLimitExcept(max int64, skip func(*http.Request) bool) func(http.Handler
 			}
 			limited.ServeHTTP(w, r)
 		})
+	}
+}
+
+// devicesDeleted runs each hook in the transaction that deletes devices.
+func devicesDeleted(hooks ...clientapi.DevicesDeletedHook) clientapi.DevicesDeletedHook {
+	return func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
+		for _, h := range hooks {
+			if err := h(ctx, tx, userID, deviceIDs); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 }
