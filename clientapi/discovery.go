@@ -13,7 +13,7 @@ import (
 // specVersions lists the spec versions whose client-server surface Myelin
 // serves. It grows as capabilities land; a version is listed only when
 // what it requires is implemented.
-var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5"}
+var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"}
 
 // unstableFeatures lists MSC feature flags that are really implemented.
 var unstableFeatures = map[string]bool{
