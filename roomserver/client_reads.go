@@ -33,6 +33,11 @@ type ClientReads interface {
 	// visibility checks, for server-side indexers. The events are in
 	// their current (possibly redacted) form.
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error)
+	// TopologicalTokenAt converts a stream position (as in a /sync
+	// token) into a /messages token of roomID for paging in dir: paging
+	// Backward from it returns the room's events at or before streamPos,
+	// paging Forward the events after the last of those.
+	TopologicalTokenAt(ctx context.Context, roomID string, streamPos int64, dir Direction) (string, error)
 }
 
 var _ ClientReads = (*Server)(nil)
@@ -191,4 +196,24 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 		return nil
 	})
 	return out, err
+}
+
+// TopologicalTokenAt implements ClientReads. The token is placed at the
+// room's latest accepted event at or before streamPos; an event stored
+// later at a lower depth (a fork) pages as if it came before it.
+func (s *Server) TopologicalTokenAt(ctx context.Context, roomID string, streamPos int64, dir Direction) (string, error) {
+	var depth, nid int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT depth, event_nid FROM roomserver_events
+		WHERE room_id = $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+		ORDER BY event_nid DESC LIMIT 1`, roomID, streamPos).Scan(&depth, &nid)
+	if storage.IsNoRows(err) {
+		return topoToken{0, 0}.String(), nil // before the room: nothing back, everything forward
+	}
+	if err != nil {
+		return "", err
+	}
+	if dir == Backward {
+		nid++ // Messages pages backwards from a token exclusively
+	}
+	return topoToken{depth, nid}.String(), nil
 }

@@ -189,6 +189,19 @@ func (s *Server) stateSnapshotFor(ctx context.Context, q storage.Querier, userID
 		case m != nil && *m == "join":
 			return room.CurrentSnapshot, nil
 		case m != nil && (*m == "leave" || *m == "ban"):
+			// A former member who forgot the room reads it as a
+			// non-member: "After this API is called, however, a user
+			// will no longer be able to retrieve history for this room."
+			// (POST /rooms/{roomId}/forget).
+			var forgotten int
+			err := q.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_forgotten
+				WHERE user_id = $1 AND room_id = $2`, userID, room.RoomID).Scan(&forgotten)
+			if err != nil {
+				return 0, err
+			}
+			if forgotten > 0 {
+				break
+			}
 			hv, _, err := s.newVisibility(q, userID).at(ctx, room.Version, room.CurrentSnapshot)
 			if err != nil {
 				return 0, err

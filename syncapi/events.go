@@ -33,12 +33,19 @@ type unsigned struct {
 }
 
 // strippedEvent is a stripped state event. Spec: client-server-api,
-// "Stripped state".
+// "Stripped state". The m.room.create event keeps the fields of a full
+// client event (event_id, origin_server_ts, room_id): since v1.16 it is
+// required in invite and knock state and, per MSC4311, carried whole so
+// that a room ID can be checked against its create event (Complement:
+// TestMSC4311FullCreateEventOnStrippedState).
 type strippedEvent struct {
-	Content  json.RawMessage `json:"content"`
-	Sender   string          `json:"sender"`
-	StateKey string          `json:"state_key"`
-	Type     string          `json:"type"`
+	Content        json.RawMessage `json:"content"`
+	Sender         string          `json:"sender"`
+	StateKey       string          `json:"state_key"`
+	Type           string          `json:"type"`
+	EventID        string          `json:"event_id,omitempty"`
+	OriginServerTS int64           `json:"origin_server_ts,omitempty"`
+	RoomID         string          `json:"room_id,omitempty"`
 }
 
 // eventFormatter renders events for one request.
@@ -89,7 +96,11 @@ func strip(e *roomserver.Event) strippedEvent {
 	if len(content) == 0 {
 		content = json.RawMessage("{}")
 	}
-	return strippedEvent{Content: content, Sender: e.Sender, StateKey: key, Type: e.Type}
+	out := strippedEvent{Content: content, Sender: e.Sender, StateKey: key, Type: e.Type}
+	if e.Type == "m.room.create" && key == "" {
+		out.EventID, out.OriginServerTS, out.RoomID = e.EventID, e.OriginServerTS, e.RoomID
+	}
+	return out
 }
 
 // strippedStateTypes are the state events an invitee or knocker sees.
