@@ -357,3 +357,129 @@ func TestCreatorsAndCreateEventAreMalformed(t *testing.T) {
 		}
 	})
 }
+
+// TestUnsignedMembership: events carry the caller's membership at the
+// event (after it), "leave" before they joined, on /messages, /event,
+// /context and the /sync timeline.
+// Spec: client-server-api, "Room Event Format", unsigned.membership
+// (MSC4115). Complement: TestMembershipOnEvents.
+func TestUnsignedMembership(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		created, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		ok(t, "createRoom", err)
+		roomID := created.RoomID
+		pre, err := alice.SendText(bg, roomID, "prejoin")
+		ok(t, "send", err)
+		_, err = bob.JoinRoomByID(bg, roomID)
+		ok(t, "join", err)
+		post, err := alice.SendText(bg, roomID, "postjoin")
+		ok(t, "send", err)
+		want := map[id.EventID]string{pre.EventID: "leave", post.EventID: "join"}
+
+		membershipOf := func(ev map[string]any) any {
+			u, _ := ev["unsigned"].(map[string]any)
+			return u["membership"]
+		}
+		room := srv.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(roomID.String())
+		for evID, m := range want {
+			st, body := call(t, "GET", room+"/event/"+url.PathEscape(evID.String()), bob.token, nil)
+			if st != 200 || membershipOf(body) != m {
+				t.Fatalf("/event %s: %d unsigned.membership %v, want %s", evID, st, membershipOf(body), m)
+			}
+		}
+		st, body := call(t, "GET", room+"/context/"+url.PathEscape(post.EventID.String())+"?limit=2", bob.token, nil)
+		if st != 200 || membershipOf(body["event"].(map[string]any)) != "join" {
+			t.Fatalf("/context: %d %v", st, body["event"])
+		}
+		seen := 0
+		st, body = call(t, "GET", room+"/messages?dir=b&limit=50", bob.token, nil)
+		if st != 200 {
+			t.Fatalf("/messages: %d %v", st, body)
+		}
+		for _, e := range body["chunk"].([]any) {
+			ev := e.(map[string]any)
+			if m, ok := want[id.EventID(ev["event_id"].(string))]; ok {
+				seen++
+				if membershipOf(ev) != m {
+					t.Fatalf("/messages %s: unsigned.membership %v, want %s", ev["event_id"], membershipOf(ev), m)
+				}
+			} else if membershipOf(ev) == nil {
+				t.Fatalf("/messages %s without unsigned.membership", ev["event_id"])
+			}
+		}
+		if seen != 2 {
+			t.Fatalf("/messages showed %d of the two messages", seen)
+		}
+
+		// /sync: "leave" for every event up to bob's join, "join" after.
+		st, body = call(t, "GET", srv.URL+"/_matrix/client/v3/sync?timeout=0", bob.token, nil)
+		if st != 200 {
+			t.Fatalf("sync: %d %v", st, body)
+		}
+		joinedSeen := false
+		events := body["rooms"].(map[string]any)["join"].(map[string]any)[roomID.String()].(map[string]any)["timeline"].(map[string]any)["events"].([]any)
+		for _, e := range events {
+			ev := e.(map[string]any)
+			if ev["type"] == "m.room.member" && ev["state_key"] == bob.id.String() {
+				joinedSeen = true
+			}
+			expect := "leave"
+			if joinedSeen {
+				expect = "join"
+			}
+			if membershipOf(ev) != expect {
+				t.Fatalf("sync timeline %s (%s): unsigned.membership %v, want %s", ev["event_id"], ev["type"], membershipOf(ev), expect)
+			}
+		}
+		if !joinedSeen {
+			t.Fatalf("sync timeline without bob's join: %v", events)
+		}
+	})
+}
+
+// TestMessagesLazyLoadMembers: /messages with lazy_load_members between
+// two /sync tokens answers 200 with state holding the member events of
+// the chunk's senders, and nobody else's.
+// Spec: client-server-api, GET /rooms/{roomId}/messages (state), "Lazy-
+// loading room members". Complement: TestRoomMessagesLazyLoading,
+// TestRoomMessagesLazyLoadingLocalUser.
+func TestMessagesLazyLoadMembers(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob, charlie := newUser(t, srv, "alice"), newUser(t, srv, "bob"), newUser(t, srv, "charlie")
+		created, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		ok(t, "createRoom", err)
+		roomID := created.RoomID
+		for _, u := range []*user{bob, charlie} {
+			_, err = u.JoinRoomByID(bg, roomID)
+			ok(t, "join", err)
+		}
+		_, err = bob.SendText(bg, roomID, "from bob")
+		ok(t, "send", err)
+		resp, err := alice.SyncRequest(bg, 0, "", "", false, "")
+		ok(t, "sync", err)
+		before := resp.NextBatch
+		_, err = charlie.SendText(bg, roomID, "from charlie")
+		ok(t, "send", err)
+		resp, err = alice.SyncRequest(bg, 0, before, "", false, "")
+		ok(t, "sync", err)
+		after := resp.NextBatch
+
+		q := url.Values{"dir": {"f"}, "filter": {`{ "lazy_load_members" : true }`}, "from": {before}, "to": {after}}
+		st, body := call(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(roomID.String())+"/messages?"+q.Encode(), alice.token, nil)
+		if st != 200 {
+			t.Fatalf("lazy-loading /messages: %d %v", st, body)
+		}
+		if chunk := body["chunk"].([]any); len(chunk) != 1 || chunk[0].(map[string]any)["sender"] != charlie.id.String() {
+			t.Fatalf("chunk = %v, want charlie's message alone", chunk)
+		}
+		state, _ := body["state"].([]any)
+		if len(state) != 1 {
+			t.Fatalf("state = %v, want charlie's member event alone", state)
+		}
+		ev := state[0].(map[string]any)
+		if ev["type"] != "m.room.member" || ev["state_key"] != charlie.id.String() || ev["content"].(map[string]any)["membership"] != "join" {
+			t.Fatalf("state = %v, want charlie's join", ev)
+		}
+	})
+}

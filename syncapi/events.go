@@ -28,6 +28,9 @@ type clientEvent struct {
 type unsigned struct {
 	Age           int64  `json:"age"`
 	TransactionID string `json:"transaction_id,omitempty"`
+	// Membership is the requesting user's membership after the event
+	// (MSC4115, spec v1.11 "unsigned.membership").
+	Membership string `json:"membership,omitempty"`
 	// RedactedBecause names the redaction; the full event is not loaded.
 	RedactedBy string `json:"redacted_by,omitempty"`
 }
@@ -53,6 +56,9 @@ type eventFormatter struct {
 	now        time.Time
 	federation bool              // event_format: federation
 	txnIDs     map[string]string // event ID -> the requesting device's txn ID
+	// memberships maps event ID -> the requesting user's membership
+	// after it, for unsigned.membership.
+	memberships map[string]string
 }
 
 func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
@@ -75,6 +81,7 @@ func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
 	if id, ok := f.txnIDs[e.EventID]; ok {
 		ce.Unsigned.TransactionID = id
 	}
+	ce.Unsigned.Membership = f.memberships[e.EventID]
 	out, _ := json.Marshal(ce)
 	return out
 }

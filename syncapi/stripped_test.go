@@ -1,6 +1,8 @@
 package syncapi_test
 
 import (
+	"context"
+	"net/url"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/testserver"
@@ -50,5 +52,49 @@ func TestStrippedStateCarriesFullCreateEvent(t *testing.T) {
 		}
 		check(bob, "invite", "invite_state", invited)
 		check(carol, "knock", "knock_state", knocked)
+	})
+}
+
+// TestForgottenRoomLeaveInIncrementalSync: after leave then forget, an
+// incremental sync from before the leave still reports the room under
+// leave; an initial sync (even with include_leave) and a sync from after
+// the leave do not.
+// Spec: client-server-api, "Leaving rooms", POST /forget. Complement:
+// TestRoomForget "Leave for forgotten room shows up in v2 incremental
+// /sync" and "Forgetting room does not show up in v2 initial /sync".
+func TestForgottenRoomLeaveInIncrementalSync(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", bob, bob.id, roomID)
+		sendText(t, srv, alice, roomID, "Hello world!")
+		_, body := rawSync(t, srv, alice, "timeout=0")
+		before := body["next_batch"].(string)
+		membership(t, srv, "leave", alice, alice.id, roomID)
+		_, body = rawSync(t, srv, alice, "timeout=0&since="+before)
+		afterLeave := body["next_batch"].(string)
+		if err := srv.HS.Rooms.Forget(context.Background(), alice.id, roomID); err != nil {
+			t.Fatalf("forget: %v", err)
+		}
+		sendText(t, srv, bob, roomID, "Hello again")
+
+		inLeave := func(query string) bool {
+			t.Helper()
+			st, body := rawSync(t, srv, alice, "timeout=0&filter="+url.QueryEscape(`{"room":{"include_leave":true}}`)+query)
+			if st != 200 {
+				t.Fatalf("sync %s: %d %v", query, st, body)
+			}
+			_, ok := body["rooms"].(map[string]any)["leave"].(map[string]any)[roomID]
+			return ok
+		}
+		if !inLeave("&since=" + before) {
+			t.Fatal("incremental sync from before the leave does not show the forgotten room's leave")
+		}
+		if inLeave("") {
+			t.Fatal("initial sync shows a forgotten room")
+		}
+		if inLeave("&since=" + afterLeave) {
+			t.Fatal("incremental sync from after the leave shows a forgotten room")
+		}
 	})
 }
