@@ -98,3 +98,57 @@ func TestForgottenRoomLeaveInIncrementalSync(t *testing.T) {
 		}
 	})
 }
+
+// TestRejectedInviteLeavesSync: rejecting an invite moves the room from
+// invite to leave in the next incremental sync, with the rejection in
+// the timeline, even with history_visibility joined and the inviter
+// gone; the room's state is not revealed with it.
+// Spec: client-server-api, "Leaving rooms", "History visibility" (own
+// membership events). Complement: TestRoomsInvite "Invited user can
+// reject invite for empty room", TestLeaveEventInviteRejection.
+func TestRejectedInviteLeavesSync(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "private_chat"})
+		sendState(t, srv, alice, roomID, "m.room.history_visibility", "", `{"history_visibility":"joined"}`)
+		sendState(t, srv, alice, roomID, "m.room.topic", "", `{"topic":"secret"}`)
+		_, body := rawSync(t, srv, bob, "timeout=0")
+		since := body["next_batch"].(string)
+		membership(t, srv, "invite", alice, bob.id, roomID)
+		membership(t, srv, "leave", alice, alice.id, roomID)
+		membership(t, srv, "leave", bob, bob.id, roomID)
+
+		st, body := rawSync(t, srv, bob, "timeout=0&since="+since)
+		if st != 200 {
+			t.Fatalf("sync: %d %v", st, body)
+		}
+		rooms := body["rooms"].(map[string]any)
+		if _, ok := rooms["invite"].(map[string]any)[roomID]; ok {
+			t.Fatal("rejected invite still under invite")
+		}
+		left, _ := rooms["leave"].(map[string]any)[roomID].(map[string]any)
+		if left == nil {
+			t.Fatalf("rejected invite not under leave: %v", rooms)
+		}
+		var sawLeave bool
+		for _, e := range left["timeline"].(map[string]any)["events"].([]any) {
+			ev := e.(map[string]any)
+			if ev["type"] == "m.room.member" && ev["state_key"] == bob.id && ev["content"].(map[string]any)["membership"] == "leave" {
+				sawLeave = true
+			}
+			if ev["type"] == "m.room.topic" {
+				t.Fatalf("timeline of a rejected invite shows room history: %v", ev)
+			}
+		}
+		if !sawLeave {
+			t.Fatalf("rejection not in the leave timeline: %v", left)
+		}
+		if st, ok := left["state"].(map[string]any); ok {
+			for _, e := range st["events"].([]any) {
+				if e.(map[string]any)["type"] == "m.room.topic" {
+					t.Fatalf("state of a rejected invite shows room state: %v", st)
+				}
+			}
+		}
+	})
+}
