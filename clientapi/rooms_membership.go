@@ -120,8 +120,16 @@ func (s *Server) joinElsewhere(w http.ResponseWriter, r *http.Request, target st
 func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) error {
 	ctx := r.Context()
 	me := caller(r)
+	raw, err := httpx.ReadBody(r)
+	if err != nil {
+		return err
+	}
 	var body membershipBody
-	if err := httpx.DecodeJSON(r, &body); err != nil {
+	var extra map[string]any
+	if err := httpx.Unmarshal(raw, &body); err != nil {
+		return err
+	}
+	if err := httpx.Unmarshal(raw, &extra); err != nil {
 		return err
 	}
 	if len(body.ThirdPartySigned) > 0 {
@@ -132,13 +140,36 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 			return err
 		}
 	}
-	_, err := s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
-		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: s.memberProfile(ctx, me.UserID),
+	_, err = s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
+		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: joinContent(extra, s.memberProfile(ctx, me.UserID)),
 	})
 	if err != nil {
 		return err
 	}
 	return httpx.OK(w, map[string]string{"room_id": roomID})
+}
+
+// joinContent is the content of a join: the keys of the request body
+// beyond those the endpoint defines, then the user's profile. The spec
+// names only reason and third_party_signed, but servers (Synapse) copy
+// other keys of the body into the m.room.member content, which clients
+// and Complement ("POST /join/:room_id can join a room with custom
+// content") rely on. The profile wins over the body, and the roomserver
+// overwrites membership and drops the keys that carry authorisation
+// (join_authorised_via_users_server, third_party_invite).
+func joinContent(body, profile map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range body {
+		switch k {
+		case "reason", "third_party_signed", "membership":
+			continue
+		}
+		out[k] = v
+	}
+	for k, v := range profile {
+		out[k] = v
+	}
+	return out
 }
 
 // checkGuestCanJoin refuses guests unless the room's m.room.guest_access
@@ -347,19 +378,29 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, map[string]any{"chunk": out})
 }
 
-// stateAtToken returns the room state at a pagination token: the state
-// after the last event before it. A token this server cannot read as a
-// timeline position means the current state, as the spec's default.
+// stateAtToken returns the room state at a pagination token (a /sync
+// prev_batch or next_batch, or a /messages token): the state after the
+// last event before it that userID may see. A token no such event
+// precedes names no point of the room: M_NOT_FOUND, as Synapse answers,
+// rather than the current state, which would list members who joined
+// after it. Complement: TestGetRoomMembersAtPoint.
 func (s *Server) stateAtToken(ctx context.Context, userID, roomID, token string) ([]*roomserver.Event, error) {
-	if _, ok := parseTopoToken(token); !ok {
-		return s.rooms.rooms.CurrentState(ctx, userID, roomID)
+	if err := s.requireReadable(ctx, userID, roomID); err != nil {
+		return nil, err
 	}
-	page, err := s.rooms.rooms.Messages(ctx, roomserver.MessagesRequest{UserID: userID, RoomID: roomID, From: token, Dir: roomserver.Backward, Limit: 1})
+	topo, ok, err := s.paginationToken(ctx, roomID, token, roomserver.Backward)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, mxerr.New(mxerr.InvalidParam, "at is not a valid pagination token")
+	}
+	page, err := s.rooms.rooms.Messages(ctx, roomserver.MessagesRequest{UserID: userID, RoomID: roomID, From: topo, Dir: roomserver.Backward, Limit: 1})
 	if err != nil {
 		return nil, err
 	}
 	if len(page.Events) == 0 {
-		return s.rooms.rooms.CurrentState(ctx, userID, roomID)
+		return nil, mxerr.New(mxerr.NotFound, "no event of the room you may see precedes %s", token)
 	}
 	at, err := s.rooms.rooms.StateAt(ctx, userID, page.Events[0].EventID)
 	if err != nil {
@@ -384,9 +425,13 @@ func (s *Server) joinedMembers(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Both keys are always present, null when the member event has no
+	// value, as Synapse answers and Complement ("joined_members fetches
+	// my membership") checks; clients read a missing and a null value
+	// alike.
 	type member struct {
-		DisplayName *string `json:"display_name,omitempty"`
-		AvatarURL   *string `json:"avatar_url,omitempty"`
+		DisplayName *string `json:"display_name"`
+		AvatarURL   *string `json:"avatar_url"`
 	}
 	joined := map[string]member{}
 	for _, e := range members {

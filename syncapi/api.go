@@ -32,6 +32,7 @@ type Rooms interface {
 	StreamTouched(ctx context.Context, from, to int64, limit int) ([]roomserver.StreamTouch, error)
 	LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error)
 	TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
+	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
 }
 
 // AccountData is what sync reads from clientapi's account data stream

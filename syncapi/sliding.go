@@ -336,6 +336,9 @@ func (s *Server) candidates(ctx context.Context, memberships []roomserver.Member
 	var cands []*candidate
 	var joined []string
 	for _, m := range memberships {
+		if m.Forgotten {
+			continue // forgotten rooms are not listed (client-server-api, "Leaving rooms")
+		}
 		_, wasSent := prev.rooms[m.RoomID]
 		switch m.Membership {
 		case "leave":

@@ -217,7 +217,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	metrics := httpx.NewMetrics(registry)
 
 	r := chi.NewRouter()
-	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware)
+	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware, httpx.LegacyClientPrefix)
 	r.NotFound(httpx.NotFound)
 	r.MethodNotAllowed(httpx.MethodNotAllowed)
 	if cfg.Metrics.Enabled {
