@@ -134,14 +134,21 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
+	var keys *keyserver.Server // set below; hooks read it only after assemble returns
 	var remote *remoteServers
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
-		// Deleting a device deletes its keys in the same transaction.
-		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, notify.Notify)})
+		// Deleting a device deletes its keys in the same transaction
+		// (and wakes the key server's device-list update sender).
+		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, func(stream string, pos int64) {
+			notify.Notify(stream, pos)
+			if keys != nil {
+				keys.Notified(stream, pos)
+			}
+		})})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
@@ -152,7 +159,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
-	keys, err := keyserver.New(ctx, keyserver.Deps{
+	keys, err = keyserver.New(ctx, keyserver.Deps{
 		ServerName:      cfg.Global.ServerName,
 		DB:              db,
 		Verifier:        client,
@@ -163,6 +170,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		SharedRoomUsers: sharedRoomUsers(rooms),
 		MembershipDelta: keyChangesDelta(rooms),
 		QueueEDU:        remote.keyServer(),
+		Federation:      remote.remoteKeys(),
+		SharedServers:   sharedServers(rooms),
 	})
 	if err != nil {
 		client.Close()
@@ -182,7 +191,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Notify:     notify.Notify,
 		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
 			ToDevice: keys, DeviceLists: keys},
-		Logger: logger,
+		UserKeys: keys,
+		Logger:   logger,
 	})
 	if err != nil {
 		client.Close()
@@ -216,6 +226,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		media.FederationRoutes(r, federation.AuthenticateOrigin)
 	}
 
+	if cfg.Federation.Enabled {
+		keys.StartFederation(baseCtx)
+	}
 	// To-device messages for other servers that a crash left unqueued.
 	go func() {
 		if err := keys.FlushOutbound(baseCtx); err != nil {
