@@ -228,6 +228,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 
 	if cfg.Federation.Enabled {
 		keys.StartFederation(baseCtx)
+		rooms.SetBackfiller(federation)
 	}
 	// To-device messages for other servers that a crash left unqueued.
 	go func() {
