@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
@@ -40,6 +41,9 @@ func (s *Server) SetBackfiller(b Backfiller) { s.backfiller = b }
 // pgBackfillLock serialises the allocation of negative event NIDs.
 const pgBackfillLock = 4242103
 
+// backfillTimeout bounds the remote requests of one /messages.
+const backfillTimeout = 5 * time.Second
+
 // maxOutlierWalk bounds the walk through outliers looking for the
 // events to backfill from.
 const maxOutlierWalk = 200
@@ -62,6 +66,9 @@ func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from topo
 	if err != nil || len(missing) == 0 {
 		return
 	}
+	// A client waits for this; an unreachable server must not hold it.
+	ctx, cancel := context.WithTimeout(ctx, backfillTimeout)
+	defer cancel()
 	evs, err := s.backfiller.Backfill(ctx, roomID, missing, max(limit, 20))
 	if err != nil {
 		return
