@@ -17,7 +17,11 @@
 // other servers' keys with their validity and fetches them directly or
 // through trusted_key_servers; sender.go is the persistent per-destination
 // queue (see its doc). Joiner.JoinRemote runs make_join/send_join,
-// refusing any template that changes what we asked for.
+// refusing any template that changes what we asked for. Backfill
+// (backfill_out.go) fetches history for the roomserver when /messages
+// reaches the oldest event held. userkeys.go serves /user/keys/query,
+// /user/keys/claim and /user/devices from the key server and makes those
+// requests for it.
 //
 // Concurrency: a Server is safe for concurrent use. Inbound transactions
 // are serialised per origin; the sender runs one goroutine for fan-out and

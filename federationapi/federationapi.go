@@ -48,6 +48,8 @@ type Deps struct {
 	Aliases   Aliases
 	Directory PublicRoomDirectory
 	EDUs      EDUSinks
+	// UserKeys serves /user/keys/* and /user/devices (the key server).
+	UserKeys UserKeys
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
@@ -73,6 +75,7 @@ type Server struct {
 	aliases     Aliases
 	directory   PublicRoomDirectory
 	edus        EDUSinks
+	userKeys    UserKeys
 	notify      func(stream string, pos int64) // may be nil
 	log         *slog.Logger
 	now         func() time.Time
@@ -121,6 +124,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		aliases:     deps.Aliases,
 		directory:   deps.Directory,
 		edus:        deps.EDUs,
+		userKeys:    deps.UserKeys,
 		notify:      deps.Notify,
 		log:         deps.Logger,
 		now:         deps.Now,

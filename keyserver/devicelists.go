@@ -17,9 +17,29 @@ import (
 // user" and "Extensions to /sync".
 
 // recordDeviceListChange appends one change per user to the device-list
-// stream inside tx, and tells notify after commit.
+// stream inside tx, and tells notify after commit. For local users such a
+// change (no device) means their cross-signing keys or signatures changed.
 func recordDeviceListChange(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), userIDs ...string) error {
-	if len(userIDs) == 0 {
+	changes := make([][2]string, len(userIDs))
+	for i, u := range userIDs {
+		changes[i] = [2]string{u, ""}
+	}
+	return recordChanges(ctx, db, tx, notify, changes)
+}
+
+// recordDeviceChanges appends one change per device of a local user (its
+// keys were uploaded or it was deleted).
+func recordDeviceChanges(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), userID string, deviceIDs ...string) error {
+	changes := make([][2]string, len(deviceIDs))
+	for i, d := range deviceIDs {
+		changes[i] = [2]string{userID, d}
+	}
+	return recordChanges(ctx, db, tx, notify, changes)
+}
+
+// recordChanges appends (user, device) changes to the stream.
+func recordChanges(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), changes [][2]string) error {
+	if len(changes) == 0 {
 		return nil
 	}
 	if err := lockStream(ctx, db, tx, deviceListLock); err != nil {
@@ -27,10 +47,10 @@ func recordDeviceListChange(ctx context.Context, db *storage.DB, tx storage.Tx, 
 	}
 	now := time.Now().UnixMilli()
 	var pos int64
-	for _, u := range userIDs {
+	for _, c := range changes {
 		if err := tx.QueryRow(ctx, `
-			INSERT INTO keyserver_device_list_changes (user_id, changed_ts) VALUES ($1, $2)
-			RETURNING position`, u, now).Scan(&pos); err != nil {
+			INSERT INTO keyserver_device_list_changes (user_id, device_id, changed_ts) VALUES ($1, $2, $3)
+			RETURNING position`, c[0], c[1], now).Scan(&pos); err != nil {
 			return err
 		}
 	}
@@ -68,7 +88,7 @@ func DevicesDeletedHook(db *storage.DB, notify func(stream string, pos int64)) f
 				return err
 			}
 		}
-		return recordDeviceListChange(ctx, db, tx, notify, userID)
+		return recordDeviceChanges(ctx, db, tx, notify, userID, deviceIDs...)
 	}
 }
 

@@ -48,28 +48,6 @@ func (s *Server) RemoteToDevice(ctx context.Context, sender, eventType, messageI
 	})
 }
 
-// RemoteDeviceListUpdate records that a remote user's devices changed, so
-// local users sharing a room with them see the user in
-// device_lists.changed and query the keys again.
-func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, update json.RawMessage) error {
-	return s.remoteKeysChanged(ctx, userID)
-}
-
-// RemoteSigningKeyUpdate records that a remote user's cross-signing keys
-// changed; clients learn it the same way as a device change.
-func (s *Server) RemoteSigningKeyUpdate(ctx context.Context, userID string, update json.RawMessage) error {
-	return s.remoteKeysChanged(ctx, userID)
-}
-
-func (s *Server) remoteKeysChanged(ctx context.Context, userID string) error {
-	if s.isLocal(userID) || serverOf(userID) == "" {
-		return nil
-	}
-	return s.db.Write(ctx, func(tx storage.Tx) error {
-		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
-	})
-}
-
 // outboundBatch bounds one read of keyserver_to_device_outbound.
 const outboundBatch = 100
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/go-chi/chi/v5"
 
@@ -61,6 +62,14 @@ type Deps struct {
 	// to-device messages for remote users wait in
 	// keyserver_to_device_outbound.
 	QueueEDU EDUQueue
+	// Federation reaches other servers' key endpoints (/keys/query and
+	// /keys/claim fan-out, device-list resyncs). Nil: remote users are
+	// reported in failures.
+	Federation RemoteKeys
+	// SharedServers lists the other servers with a user joined to a room
+	// userID is joined to: where m.device_list_update and
+	// m.signing_key_update about userID go. Nil: no updates are sent.
+	SharedServers func(ctx context.Context, userID string) ([]string, error)
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -77,6 +86,14 @@ type Server struct {
 	membershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
 	queueEDU        EDUQueue // may be nil
 	flush           outboundFlush
+	fed             RemoteKeys // may be nil
+	sharedServers   func(ctx context.Context, userID string) ([]string, error)
+	// deviceListWake wakes the device-list sender (capacity 1).
+	deviceListWake chan struct{}
+
+	resyncMu  sync.Mutex
+	bg        context.Context // set by StartFederation; resyncs run under it
+	resyncing map[string]bool // users being resynced
 }
 
 // New runs the key server's migrations and returns the server.
@@ -91,7 +108,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Server{
+	s := &Server{
 		serverName:      deps.ServerName,
 		db:              deps.DB,
 		verifier:        deps.Verifier,
@@ -102,7 +119,16 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		sharedRoomUsers: deps.SharedRoomUsers,
 		membershipDelta: deps.MembershipDelta,
 		queueEDU:        deps.QueueEDU,
-	}, nil
+		fed:             deps.Federation,
+		sharedServers:   deps.SharedServers,
+		deviceListWake:  make(chan struct{}, 1),
+		resyncing:       map[string]bool{},
+	}
+	s.notify = func(stream string, pos int64) {
+		streamAdvanced(deps.Notify, stream, pos)
+		s.Notified(stream, pos)
+	}
+	return s, nil
 }
 
 // Migrate applies the key server's migrations to db. New calls it; it is

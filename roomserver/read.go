@@ -533,6 +533,9 @@ func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesRe
 	default:
 		from = topoToken{1<<63 - 1, 1<<63 - 1}
 	}
+	if req.Dir == Backward {
+		s.backfillIfAtStart(ctx, req.RoomID, from, limit) // federation_backfill.go
+	}
 	out := &MessagesResponse{Start: from.String(), End: from.String()}
 	err := s.db.Read(ctx, func(q storage.Querier) error {
 		if _, err := loadRoom(ctx, q, req.RoomID); err != nil {

@@ -56,6 +56,8 @@ type Server struct {
 	// events caches parsed events by event ID. Entries are immutable
 	// except for redaction, which replaces the entry.
 	events *eventCache
+
+	backfiller Backfiller // federation_backfill.go; set before serving
 }
 
 var _ API = (*Server)(nil)

@@ -76,3 +76,49 @@ func (r *remoteServers) keyServer() keyserver.EDUQueue {
 	}
 	return r.QueueEDU
 }
+
+func (r remoteServers) QueryRemoteKeys(ctx context.Context, server string, deviceKeys map[string][]string) (json.RawMessage, error) {
+	return (*r.fed).QueryRemoteKeys(ctx, server, deviceKeys)
+}
+
+func (r remoteServers) ClaimRemoteKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (json.RawMessage, error) {
+	return (*r.fed).ClaimRemoteKeys(ctx, server, oneTimeKeys)
+}
+
+func (r remoteServers) RemoteUserDevices(ctx context.Context, server, userID string) (json.RawMessage, error) {
+	return (*r.fed).RemoteUserDevices(ctx, server, userID)
+}
+
+// remoteKeys is r as the key server's RemoteKeys; nil when federation is off.
+func (r *remoteServers) remoteKeys() keyserver.RemoteKeys {
+	if r == nil {
+		return nil
+	}
+	return r
+}
+
+// sharedServers lists the servers sharing a joined room with a user, for
+// the key server's device-list updates.
+func sharedServers(rooms *roomserver.Server) func(ctx context.Context, userID string) ([]string, error) {
+	return func(ctx context.Context, userID string) ([]string, error) {
+		joined, err := rooms.JoinedRooms(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		var out []string
+		for _, roomID := range joined {
+			servers, err := rooms.JoinedServers(ctx, roomID)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range servers {
+				if !seen[s] {
+					seen[s] = true
+					out = append(out, s)
+				}
+			}
+		}
+		return out, nil
+	}
+}

@@ -138,14 +138,21 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
+	var keys *keyserver.Server // set below; hooks read it only after assemble returns
 	var remote *remoteServers
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
-		// Deleting a device deletes its keys and pushers in the same transaction.
-		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, notify.Notify), pushserver.DeletePushersForDevices)})
+		// Deleting a device deletes its keys and pushers in the same
+		// transaction (and wakes the key server's device-list update sender).
+		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, func(stream string, pos int64) {
+			notify.Notify(stream, pos)
+			if keys != nil {
+				keys.Notified(stream, pos)
+			}
+		}), pushserver.DeletePushersForDevices)})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
@@ -165,7 +172,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		client.Close()
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
-	keys, err := keyserver.New(ctx, keyserver.Deps{
+	keys, err = keyserver.New(ctx, keyserver.Deps{
 		ServerName:      cfg.Global.ServerName,
 		DB:              db,
 		Verifier:        client,
@@ -176,6 +183,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		SharedRoomUsers: sharedRoomUsers(rooms),
 		MembershipDelta: keyChangesDelta(rooms),
 		QueueEDU:        remote.keyServer(),
+		Federation:      remote.remoteKeys(),
+		SharedServers:   sharedServers(rooms),
 	})
 	if err != nil {
 		push.Close()
@@ -196,7 +205,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Notify:     notify.Notify,
 		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
 			ToDevice: keys, DeviceLists: keys},
-		Logger: logger,
+		UserKeys: keys,
+		Logger:   logger,
 	})
 	if err != nil {
 		push.Close()
@@ -233,6 +243,10 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		media.FederationRoutes(r, federation.AuthenticateOrigin)
 	}
 
+	if cfg.Federation.Enabled {
+		keys.StartFederation(baseCtx)
+		rooms.SetBackfiller(federation)
+	}
 	// To-device messages for other servers that a crash left unqueued.
 	go func() {
 		if err := keys.FlushOutbound(baseCtx); err != nil {
