@@ -16,6 +16,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -370,4 +371,40 @@ func rawRequest(t *testing.T, n *network, s, origin *fedServer, method, uri stri
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, data
+}
+
+// TestSenderRestartDeliversPersistedEvents (security case 35): A
+// persists events while B is down, then A itself is stopped before it
+// could deliver them and started again; when B returns it receives them
+// all, once. The queue is A's database, not its memory.
+func TestSenderRestartDeliversPersistedEvents(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b, roomID := joinedPair(t, n)
+		ctx := context.Background()
+		alice, bob := a.user("alice"), b.user("bob")
+		b.stop()
+		var sent []string
+		for i := 0; i < 3; i++ {
+			sent = append(sent, sendText(t, a, roomID, alice, "sent while B is down"))
+		}
+		a.restart()
+		b.restart()
+		for _, id := range sent {
+			eventually(t, "B to receive "+id, func() bool { return hasEvent(b, bob, id) })
+		}
+		// Exactly once in B's timeline.
+		page, err := b.HS.Rooms.Messages(ctx, roomserver.MessagesRequest{UserID: bob, RoomID: roomID, Dir: roomserver.Backward, Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]int{}
+		for _, e := range page.Events {
+			seen[e.EventID]++
+		}
+		for _, id := range sent {
+			if seen[id] != 1 {
+				t.Errorf("%s appears %d times in B's timeline", id, seen[id])
+			}
+		}
+	})
 }
