@@ -162,6 +162,11 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 	if d := gjson.GetBytes(raw, "depth"); d.Exists() && (d.Type != gjson.Number || d.Int() < 0 || d.Int() > maxSafeInt || d.Raw != itoa(d.Int())) {
 		return nil, "", fmt.Errorf("depth %s out of range", d.Raw)
 	}
+	// Security case 4: bytes others could read differently are refused,
+	// never normalised.
+	if err := roomserver.CheckPDUJSON(raw); err != nil {
+		return nil, gjson.GetBytes(raw, "event_id").Str, fmt.Errorf("invalid PDU: %w", err)
+	}
 	pdu, err := guard(func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
 	if err != nil {
 		return nil, "", fmt.Errorf("invalid PDU: %w", err)

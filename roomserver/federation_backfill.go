@@ -137,7 +137,7 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 	}
 	byID := map[string]gomatrixserverlib.PDU{}
 	for _, raw := range raws {
-		pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+		pdu, err := parseUntrustedPDU(impl, raw)
 		if err != nil || pdu.RoomID().String() != roomID || checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID())) != nil {
 			continue
 		}

@@ -207,9 +207,7 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 	if err != nil {
 		return nil, err
 	}
-	pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) {
-		return impl.NewEventFromUntrustedJSON(req.JSON)
-	})
+	pdu, err := parseUntrustedPDU(impl, req.JSON)
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
 	}
