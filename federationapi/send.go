@@ -197,6 +197,13 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 // from origin when the roomserver lacks them.
 func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMessage) (string, error) {
 	p, eventID, err := s.checkPDU(ctx, raw, "")
+	if mxerr.Is(err, mxerr.NotFound) {
+		// A room we do not hold: only the answer to a pending remote
+		// invite or knock of one of our users is of interest.
+		if id, handled, perr := s.pendingMembershipPDU(ctx, origin, raw); handled {
+			return id, perr
+		}
+	}
 	if err != nil {
 		return eventID, err
 	}
