@@ -219,6 +219,15 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 			return eventID, fmt.Errorf("%v; fetching missing events: %v", err, ferr)
 		}
 		resp, err = s.input(ctx, p)
+		if mxerr.Is(err, mxerr.NotFound) {
+			// Still not connected: take the state at the missing prev
+			// events from origin (gap.go).
+			var gerr error
+			if resp, gerr = s.fillGap(ctx, origin, p); gerr != nil {
+				return eventID, fmt.Errorf("%v; filling the gap: %v", err, gerr)
+			}
+			err = nil
+		}
 	}
 	if err != nil {
 		return eventID, err
