@@ -26,6 +26,10 @@ type Federation interface {
 	// InviteRemote invites a user of another server to a room held here,
 	// through their server (invite v2), and returns the invite's event ID.
 	InviteRemote(ctx context.Context, req roomserver.MembershipRequest) (string, error)
+	// KnockRemote knocks on a room this server is not in, through via
+	// (or the alias's server), with content (reason, profile) in the
+	// knock event, and returns the room ID.
+	KnockRemote(ctx context.Context, roomIDOrAlias, userID string, content map[string]any, via []string) (string, error)
 	// QueueEDU queues an EDU for other servers; delivery is persistent.
 	QueueEDU(ctx context.Context, destinations []string, eduType string, content any) error
 	// QueryDirectory resolves an alias of another server.

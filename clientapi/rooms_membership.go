@@ -198,14 +198,28 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if remote {
-		return mxerr.New(mxerr.NotFound, "knocking on rooms held by other servers is not supported yet")
-	}
 	var body membershipBody
 	if err := httpx.DecodeJSON(r, &body); err != nil {
 		return err
 	}
 	me := caller(r)
+	if remote {
+		if s.federation == nil {
+			return mxerr.New(mxerr.NotFound, "%s is held by other servers and federation is off", roomID)
+		}
+		if me.IsGuest {
+			return mxerr.New(mxerr.GuestAccessForbidden, "guests may not knock on rooms on other servers")
+		}
+		content := s.memberProfile(ctx, me.UserID)
+		if body.Reason != "" {
+			content["reason"] = body.Reason
+		}
+		roomID, err = s.federation.KnockRemote(ctx, roomID, me.UserID, content, joinVia(r))
+		if err != nil {
+			return err
+		}
+		return httpx.OK(w, map[string]string{"room_id": roomID})
+	}
 	_, err = s.rooms.rooms.Knock(ctx, roomserver.MembershipRequest{
 		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: s.memberProfile(ctx, me.UserID),
 	})

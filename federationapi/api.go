@@ -59,6 +59,7 @@ type Rooms interface {
 	StateAndAuthChainBefore(ctx context.Context, eventID string) (state, authChain []*roomserver.Event, err error)
 	ImportJoinedRoom(ctx context.Context, req roomserver.ImportRoomRequest) (*roomserver.InputEventResponse, error)
 	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)
+	InputWithState(ctx context.Context, req roomserver.InputWithStateRequest) (*roomserver.InputEventResponse, error)
 	PersistRemoteInvite(ctx context.Context, invite *roomserver.RemoteInvite, signed json.RawMessage) (*roomserver.SendEventResponse, error)
 }
 

@@ -33,7 +33,11 @@ type syncer struct {
 	timeline  map[id.RoomID][]*event.Event
 	ephemeral map[id.RoomID][]*event.Event
 	invites   map[id.RoomID]bool
-	toDevice  []*event.Event
+	// knocks are the knock_state of pending knocks; left the rooms seen
+	// in rooms.leave.
+	knocks   map[id.RoomID][]*event.Event
+	left     map[id.RoomID]bool
+	toDevice []*event.Event
 }
 
 // register makes a user on s with a mautrix client for it.
@@ -52,7 +56,8 @@ func (s *fedServer) register(local string) *syncer {
 	cli.SetCredentials(resp.UserID, resp.AccessToken)
 	cli.DeviceID = resp.DeviceID
 	return &syncer{t: t, cli: cli, timeline: map[id.RoomID][]*event.Event{},
-		ephemeral: map[id.RoomID][]*event.Event{}, invites: map[id.RoomID]bool{}}
+		ephemeral: map[id.RoomID][]*event.Event{}, invites: map[id.RoomID]bool{},
+		knocks: map[id.RoomID][]*event.Event{}, left: map[id.RoomID]bool{}}
 }
 
 func (u *syncer) id() id.UserID { return u.cli.UserID }
@@ -74,6 +79,15 @@ func (u *syncer) syncOnce() {
 	}
 	for roomID := range resp.Rooms.Invite {
 		u.invites[roomID] = true
+		delete(u.knocks, roomID)
+	}
+	for roomID, room := range resp.Rooms.Knock {
+		u.knocks[roomID] = room.State.Events
+	}
+	for roomID := range resp.Rooms.Leave {
+		u.left[roomID] = true
+		delete(u.knocks, roomID)
+		delete(u.invites, roomID)
 	}
 	u.toDevice = append(u.toDevice, resp.ToDevice.Events...)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -13,7 +12,6 @@ import (
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
-	"github.com/myelin-chat/myelin/storage"
 )
 
 // Serving the membership handshakes of other servers' users.
@@ -221,18 +219,7 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 		return mxerr.New(mxerr.BadJSON, "invalid invitee")
 	}
 	// Security case 8: keep only well-formed stripped state objects.
-	var stripped []json.RawMessage
-	for _, st := range req.InviteRoomState {
-		var e struct {
-			Type     string          `json:"type"`
-			StateKey *string         `json:"state_key"`
-			Sender   string          `json:"sender"`
-			Content  json.RawMessage `json:"content"`
-		}
-		if json.Unmarshal(st, &e) == nil && e.Type != "" && e.StateKey != nil && strings.HasPrefix(string(e.Content), "{") {
-			stripped = append(stripped, st)
-		}
-	}
+	stripped := wellFormedStripped(req.InviteRoomState)
 	signedPDU := pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
 	signedJSON := signedPDU.JSON()
 	if _, err := s.rooms.RoomVersion(ctx, roomID); err == nil {
@@ -245,25 +232,12 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		var pos int64
-		err = s.db.Write(ctx, func(tx storage.Tx) error {
-			if err := tx.QueryRow(ctx, `INSERT INTO federation_remote_invite_positions (user_id, room_id) VALUES ($1, $2)
-				RETURNING stream_pos`, *pdu.StateKey(), roomID).Scan(&pos); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state, received_ts, stream_pos)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-				ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
-					event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts,
-					stream_pos = excluded.stream_pos`,
-				*pdu.StateKey(), roomID, eventID, req.RoomVersion, string(signedJSON), string(strippedJSON), s.now().UnixMilli(), pos)
-			return err
+		err = s.storePendingMembership(ctx, pendingMembership{
+			userID: *pdu.StateKey(), roomID: roomID, eventID: eventID, roomVersion: req.RoomVersion,
+			event: signedJSON, strippedState: strippedJSON, membership: "invite",
 		})
 		if err != nil {
 			return err
-		}
-		if s.notify != nil {
-			s.notify(RemoteInviteStream, pos)
 		}
 	}
 	return httpx.OK(w, map[string]any{"event": json.RawMessage(signedJSON)})
@@ -276,6 +250,10 @@ const RemoteInviteStream = "remote_invites"
 // RemoteInvite is an invite of a local user to a room this server is not
 // in, as received from the inviting server.
 type RemoteInvite struct {
+	// Membership is invite, or knock for a knock of the user's on a
+	// room held elsewhere (InviteRoomState is then the knock_room_state
+	// the resident server answered).
+	Membership      string
 	RoomID          string
 	EventID         string
 	RoomVersion     string
@@ -285,21 +263,30 @@ type RemoteInvite struct {
 	StreamPos int64
 }
 
-// RemoteInvites lists userID's pending invites to rooms this server does
-// not hold.
+// RemoteInvites lists userID's pending invites to (and knocks on) rooms
+// this server does not hold.
 func (s *Server) RemoteInvites(ctx context.Context, userID string) ([]RemoteInvite, error) {
-	return s.RemoteInvitesSince(ctx, userID, -1, 0)
+	all, err := s.RemoteInvitesSince(ctx, userID, -1, 0)
+	var out []RemoteInvite
+	for _, inv := range all {
+		if inv.Membership != "leave" {
+			out = append(out, inv)
+		}
+	}
+	return out, err
 }
 
 // RemoteInvitesSince lists userID's pending remote invites received in
 // stream positions (since, to]; since < 0 means from the start and to 0
 // means no upper bound. An invite
-// answered (joined or rejected) is no longer pending.
+// answered (joined or rejected) is no longer pending; one the room's
+// server withdrew (or a knock it rejected) is listed with Membership
+// leave.
 func (s *Server) RemoteInvitesSince(ctx context.Context, userID string, since, to int64) ([]RemoteInvite, error) {
 	if to <= 0 {
 		to = maxSafeInt
 	}
-	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state, stream_pos
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state, stream_pos, membership
 		FROM federation_remote_invites WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos`,
 		userID, since, to)
 	if err != nil {
@@ -310,7 +297,7 @@ func (s *Server) RemoteInvitesSince(ctx context.Context, userID string, since, t
 	for rows.Next() {
 		var inv RemoteInvite
 		var ev, st string
-		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st, &inv.StreamPos); err != nil {
+		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st, &inv.StreamPos, &inv.Membership); err != nil {
 			return nil, err
 		}
 		inv.Event, inv.InviteRoomState = json.RawMessage(ev), json.RawMessage(st)

@@ -20,8 +20,9 @@ type RemoteInvites interface {
 	RemoteInvitesSince(ctx context.Context, userID string, since, to int64) ([]federationapi.RemoteInvite, error)
 }
 
-// addRemoteInvites puts the remote invites new since the token (all
-// pending ones on an initial sync) in the invite section, unless the
+// addRemoteInvites puts the remote invites and knocks new since the
+// token (all pending ones on an initial sync) in the invite and knock
+// sections, unless the
 // roomserver already has a membership of the user in that room.
 // Spec: client-server-api, "GET /_matrix/client/v3/sync" (rooms.invite).
 func (b *roomBuilder) addRemoteInvites(ctx context.Context, memberships []roomserver.MembershipEntry, out *roomsSection) error {
@@ -42,6 +43,23 @@ func (b *roomBuilder) addRemoteInvites(ctx context.Context, memberships []roomse
 	}
 	for _, inv := range invites {
 		if held[inv.RoomID] || !roomAllowed(b.req.filter, inv.RoomID) {
+			continue
+		}
+		if inv.Membership == "leave" {
+			// A pending invite or knock the room's server answered with
+			// a leave (knock rejected, invite withdrawn). New news only.
+			if since >= 0 {
+				out.Leave[inv.RoomID] = &leftRoom{
+					Timeline:    timeline{Events: []json.RawMessage{remoteLeaveEvent(inv)}},
+					AccountData: events(nil),
+				}
+			}
+			continue
+		}
+		if inv.Membership == "knock" {
+			// Spec: client-server-api, "GET /_matrix/client/v3/sync"
+			// (rooms.knock): a knock on a room only other servers hold.
+			out.Knock[inv.RoomID] = &knockedRoom{KnockState: strippedList{Events: remoteInviteState(inv)}}
 			continue
 		}
 		out.Invite[inv.RoomID] = &invitedRoom{InviteState: strippedList{Events: remoteInviteState(inv)}}
@@ -65,5 +83,23 @@ func remoteInviteState(inv federationapi.RemoteInvite) []strippedEvent {
 	if json.Unmarshal(inv.Event, &self) == nil {
 		out = append(out, self)
 	}
+	return out
+}
+
+// remoteLeaveEvent is a remote leave in the client format: the PDU's
+// client-visible keys and its event ID.
+func remoteLeaveEvent(inv federationapi.RemoteInvite) json.RawMessage {
+	var pdu struct {
+		Type           string          `json:"type"`
+		StateKey       *string         `json:"state_key"`
+		Sender         string          `json:"sender"`
+		Content        json.RawMessage `json:"content"`
+		OriginServerTS int64           `json:"origin_server_ts"`
+	}
+	_ = json.Unmarshal(inv.Event, &pdu)
+	out, _ := json.Marshal(map[string]any{
+		"type": pdu.Type, "state_key": pdu.StateKey, "sender": pdu.Sender, "content": pdu.Content,
+		"origin_server_ts": pdu.OriginServerTS, "event_id": inv.EventID, "room_id": inv.RoomID,
+	})
 	return out
 }

@@ -45,6 +45,10 @@ func (r remoteServers) QueryProfile(ctx context.Context, userID, field string) (
 	return (*r.fed).QueryProfile(ctx, userID, field)
 }
 
+func (r remoteServers) KnockRemote(ctx context.Context, roomIDOrAlias, userID string, content map[string]any, via []string) (string, error) {
+	return (*r.fed).KnockRemote(ctx, roomIDOrAlias, userID, content, via)
+}
+
 func (r remoteServers) InviteRemote(ctx context.Context, req roomserver.MembershipRequest) (string, error) {
 	return (*r.fed).InviteRemote(ctx, req)
 }
