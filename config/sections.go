@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Global holds settings every component shares.
@@ -21,6 +24,9 @@ type Global struct {
 	AdminMatrixID   string   `yaml:"admin_matrix_id" doc:"The administrator's Matrix ID, published in /.well-known/matrix/support. With admin_email and support_page all empty, that endpoint answers 404."`
 	AdminEmail      string   `yaml:"admin_email" doc:"The administrator's email address, published in /.well-known/matrix/support."`
 	SupportPage     string   `yaml:"support_page" doc:"A URL of a support page for this server's users, published in /.well-known/matrix/support."`
+	// RedisURL switches stream notifications from in-process to Redis.
+	RedisURL    string `yaml:"redis_url" doc:"Redis for split deployments (several Myelin processes on one database): redis://[:password@]host:port/db (rediss:// for TLS). Processes tell each other through it that a stream advanced. Empty: one process, notifications stay in memory."`
+	RedisPrefix string `yaml:"redis_prefix" doc:"Prefix of Myelin's Redis keys and channels, so several deployments can share one Redis. Processes of one deployment must use the same prefix."`
 }
 
 func (Global) Defaults() Global {
@@ -29,6 +35,7 @@ func (Global) Defaults() Global {
 		SigningKeyPath: "myelin-data/signing.key",
 		DataDir:        "myelin-data",
 		TrustedProxies: []string{},
+		RedisPrefix:    "myelin:",
 	}
 }
 
@@ -58,6 +65,17 @@ func (g Global) Validate() error {
 	}
 	if g.PublicBaseURL != "" && !strings.HasPrefix(g.PublicBaseURL, "http://") && !strings.HasPrefix(g.PublicBaseURL, "https://") {
 		errs = append(errs, fieldError("global.public_baseurl", "must start with http:// or https://", "e.g. https://matrix.example.org"))
+	}
+	if g.RedisURL != "" {
+		if !strings.HasPrefix(g.RedisURL, "redis://") && !strings.HasPrefix(g.RedisURL, "rediss://") {
+			errs = append(errs, fieldError("global.redis_url", "must start with redis:// or rediss://", "e.g. redis://127.0.0.1:6379/0, or leave it empty for one process"))
+		} else if _, err := redis.ParseURL(g.RedisURL); err != nil {
+			// The parser's message may quote the URL; do not echo a password.
+			errs = append(errs, fieldError("global.redis_url", "is not a valid Redis URL ("+redactRedisErr(err, g.RedisURL)+")", "write redis://[:password@]host:port/db, e.g. redis://127.0.0.1:6379/0"))
+		}
+		if g.RedisPrefix == "" {
+			errs = append(errs, fieldError("global.redis_prefix", "is empty", `set a prefix such as "myelin:"`))
+		}
 	}
 	return joinErrs(errs)
 }
@@ -253,4 +271,18 @@ func joinErrs(errs []error) error {
 		msgs[i] = e.Error()
 	}
 	return fmt.Errorf("%s", strings.Join(msgs, "\n"))
+}
+
+// redactRedisErr is err's message without the password in raw, which
+// the URL parser may quote.
+func redactRedisErr(err error, raw string) string {
+	u, perr := url.Parse(raw)
+	if perr != nil {
+		return "not a URL"
+	}
+	msg := err.Error()
+	if p, ok := u.User.Password(); ok && p != "" {
+		msg = strings.ReplaceAll(msg, p, "xxxxx")
+	}
+	return msg
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -41,8 +42,9 @@ type Homeserver struct {
 	ClientAPI *clientapi.Server
 	Rooms     *roomserver.Server
 	Sync      *syncapi.Server
-	// Notifier carries "stream S advanced to N" between components.
-	Notifier  *notifier.Notifier
+	// Notifier carries "stream S advanced to N" between components (and,
+	// with global.redis_url, between processes).
+	Notifier  notifier.Broadcaster
 	KeyServer *keyserver.Server
 	// Federation is the server-server API; its Joiner and EDUQueue are
 	// what other components call to reach other servers.
@@ -117,12 +119,23 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// every request; cancelled at shutdown.
 	baseCtx, cancel := context.WithCancel(context.Background())
 	ok := false
+	var notify notifier.Broadcaster = notifier.New()
+	if cfg.Global.RedisURL != "" {
+		// Typing positions are per process (kept in memory), so they stay local.
+		r, err := notifier.NewRedis(ctx, notifier.RedisOptions{URL: cfg.Global.RedisURL, Prefix: cfg.Global.RedisPrefix,
+			LocalStreams: []string{clientapi.TypingStream}, Logger: logger})
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		notify = r
+	}
 	defer func() {
 		if !ok {
 			cancel()
+			closeNotifier(notify)
 		}
 	}()
-	notify := notifier.New()
 	// The roomserver tells the notifier and the federation sender about
 	// new events; the sender needs the roomserver, so it is built after it
 	// and the hook reads it through a variable set before any event can be
@@ -341,7 +354,15 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), hs.DB.Close())
+	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier), hs.DB.Close())
+}
+
+// closeNotifier stops a notifier that has background work (Redis).
+func closeNotifier(n notifier.Broadcaster) error {
+	if c, ok := n.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // sharedRoomUsers lists the users who share a joined room with a user, for

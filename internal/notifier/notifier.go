@@ -8,9 +8,9 @@
 // delays a reader until the next one (or its own fallback poll).
 //
 // Broadcaster is the contract. Notifier implements it in memory for one
-// process; a Redis implementation (PUBLISH "stream pos" on Notify, a
-// SUBSCRIBE loop feeding the same max-per-stream table and closing the
-// Changed channel) fits behind the same interface for split deployments.
+// process; Redis (redis.go: PUBLISH "stream pos" on Notify, a SUBSCRIBE
+// loop feeding the same max-per-stream table and closing the Changed
+// channel) implements it for split deployments.
 //
 // Concurrency: every method is safe for concurrent use. Notify never
 // blocks on readers: it records the position and closes a channel.
