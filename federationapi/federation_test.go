@@ -146,3 +146,28 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("version: %d %s", status, body)
 	}
 }
+
+// TestUnknownFederationEndpoints: an unknown path under
+// /_matrix/federation is 404 M_UNRECOGNIZED even unsigned (the
+// authentication middleware runs only for known routes), a known path
+// with the wrong method is 405, and known routes still need a signature.
+func TestUnknownFederationEndpoints(t *testing.T) {
+	n := newNetwork(t, storage.SQLite)
+	a, b := n.start(), n.start()
+	for _, uri := range []string{"/_matrix/federation/unknown", "/_matrix/federation/v1/unknown", "/_matrix/federation/v2/send_join"} {
+		for _, key := range []*signing.Key{nil, b.HS.Key} {
+			status, body := n.request(a, b.Name, key, a.Name, http.MethodGet, uri, nil)
+			if status != http.StatusNotFound || !strings.Contains(string(body), "M_UNRECOGNIZED") {
+				t.Errorf("GET %s (signed %v): %d %s, want 404 M_UNRECOGNIZED", uri, key != nil, status, body)
+			}
+		}
+	}
+	status, body := n.request(a, "", nil, a.Name, http.MethodPut, "/_matrix/federation/v1/version", nil)
+	if status != http.StatusMethodNotAllowed || !strings.Contains(string(body), "M_UNRECOGNIZED") {
+		t.Errorf("PUT version: %d %s, want 405 M_UNRECOGNIZED", status, body)
+	}
+	status, body = n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/federation/v1/event/$x", nil)
+	if status != http.StatusUnauthorized {
+		t.Errorf("unsigned GET of a known route: %d %s, want 401", status, body)
+	}
+}
