@@ -10,6 +10,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
@@ -170,4 +171,41 @@ func TestUnknownFederationEndpoints(t *testing.T) {
 	if status != http.StatusUnauthorized {
 		t.Errorf("unsigned GET of a known route: %d %s, want 401", status, body)
 	}
+}
+
+// TestRemoteJoinNotSentBack: after B joins A's room through send_join,
+// B's sender does not queue the join for anyone (A has it and sends it
+// on), while B's later events, including a second local user's join,
+// go to A.
+func TestRemoteJoinNotSentBack(t *testing.T) {
+	n := newNetwork(t, storage.SQLite)
+	a, b := n.start(), n.start()
+	ctx := context.Background()
+	alice, bob, carol := a.user("alice"), b.user("bob"), b.user("carol")
+	roomID := publicRoom(t, a, alice)
+	if _, err := b.HS.Federation.JoinRemote(ctx, roomID, bob, []string{a.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.HS.Rooms.Join(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: carol, Target: carol}); err != nil {
+		t.Fatalf("carol's local join: %v", err)
+	}
+	msg := sendText(t, b, roomID, bob, "first")
+	evs, _, err := b.HS.Rooms.LocalEventsAfter(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent []string
+	for _, ev := range evs {
+		var e struct {
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+		}
+		_ = json.Unmarshal(ev.JSON, &e)
+		sent = append(sent, e.Type+" "+e.StateKey+" -> "+strings.Join(ev.Destinations, ","))
+	}
+	want := []string{"m.room.member " + carol + " -> " + a.Name, "m.room.message  -> " + a.Name}
+	if strings.Join(sent, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("B queues:\n%s\nwant:\n%s", strings.Join(sent, "\n"), strings.Join(want, "\n"))
+	}
+	eventually(t, "A to receive bob's message", func() bool { return hasEvent(a, alice, msg) })
 }

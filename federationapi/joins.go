@@ -118,6 +118,11 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		if resp.Outcome != roomserver.Accepted && resp.Outcome != roomserver.Duplicate {
 			return mxerr.New(mxerr.Forbidden, "the %s is not allowed: %s", membership, resp.Reason)
 		}
+		if resp.Outcome == roomserver.Accepted && resp.StreamPos > 0 && s.cfg.Enabled {
+			if err := s.relay(ctx, roomID, resp.StreamPos, origin); err != nil {
+				httpx.Logger(ctx).Warn("relaying a membership event to the room", "event_id", eventID, "err", err)
+			}
+		}
 		switch membership {
 		case "join":
 			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
