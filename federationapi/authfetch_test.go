@@ -162,8 +162,9 @@ func TestInboundFetchesMissingAuthEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// withAuth rebuilds ev with auth event replace swapped for with.
-	withAuth := func(ev gomatrixserverlib.PDU, replace, with string) gomatrixserverlib.PDU {
+	// withAuth rebuilds ev with auth event replace swapped for with (and
+	// prev_events set to prev, if given).
+	withAuth := func(ev gomatrixserverlib.PDU, replace, with string, prev ...string) gomatrixserverlib.PDU {
 		t.Helper()
 		var auth []string
 		for _, id := range ev.AuthEventIDs() {
@@ -176,13 +177,16 @@ func TestInboundFetchesMissingAuthEvents(t *testing.T) {
 			auth = append(auth, id)
 		}
 		impl := gomatrixserverlib.MustGetRoomVersion(ev.Version())
+		if prev == nil {
+			prev = ev.PrevEventIDs()
+		}
 		proto := &gomatrixserverlib.ProtoEvent{SenderID: string(ev.SenderID()), RoomID: roomID, Type: ev.Type(), StateKey: ev.StateKey(),
-			Content: ev.Content(), PrevEvents: ev.PrevEventIDs(), AuthEvents: auth, Depth: ev.Depth(), Version: impl}
+			Content: ev.Content(), PrevEvents: prev, AuthEvents: auth, Depth: ev.Depth(), Version: impl}
 		out, err := impl.NewEventBuilderFromProtoEvent(proto).Build(time.Now(), spec.ServerName(f.name), gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(out.AuthEventIDs(), with) {
+		if with != "" && !slices.Contains(out.AuthEventIDs(), with) {
 			t.Fatalf("%s not among the auth events of the rebuilt event", with)
 		}
 		return out
@@ -211,6 +215,17 @@ func TestInboundFetchesMissingAuthEvents(t *testing.T) {
 	}
 	if f.count("/_matrix/federation/v1/event_auth") == 0 {
 		t.Errorf("/event_auth was not asked")
+	}
+
+	// Z, an ordinary message built on the rejected X, is accepted: X
+	// left the state as it was.
+	zBase := buildPDU(t, a, roomID, charlie, "m.room.message", nil, map[string]string{"body": "z"}, f.name, f.key, nil)
+	z := withAuth(zBase, "", "", x.EventID())
+	if e := send("z", z)[z.EventID()]; e != "" {
+		t.Fatalf("Z (after the rejected X): %q, want accepted", e)
+	}
+	if !hasEvent(a, alice, z.EventID()) {
+		t.Errorf("alice cannot see Z")
 	}
 
 	res = send("y", y)
