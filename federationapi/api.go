@@ -58,6 +58,8 @@ type Rooms interface {
 	MembershipTemplate(ctx context.Context, req roomserver.TemplateRequest) (string, json.RawMessage, error)
 	StateAndAuthChainBefore(ctx context.Context, eventID string) (state, authChain []*roomserver.Event, err error)
 	ImportJoinedRoom(ctx context.Context, req roomserver.ImportRoomRequest) (*roomserver.InputEventResponse, error)
+	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
+	InputOutliers(ctx context.Context, roomID string, events []json.RawMessage) (map[string]roomserver.InputOutcome, error)
 	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)
 	InputWithState(ctx context.Context, req roomserver.InputWithStateRequest) (*roomserver.InputEventResponse, error)
 	PersistRemoteInvite(ctx context.Context, invite *roomserver.RemoteInvite, signed json.RawMessage) (*roomserver.SendEventResponse, error)

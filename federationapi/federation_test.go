@@ -10,6 +10,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
@@ -145,4 +146,66 @@ func TestVersion(t *testing.T) {
 	if status != http.StatusOK || !strings.Contains(string(body), "Myelin") {
 		t.Fatalf("version: %d %s", status, body)
 	}
+}
+
+// TestUnknownFederationEndpoints: an unknown path under
+// /_matrix/federation is 404 M_UNRECOGNIZED even unsigned (the
+// authentication middleware runs only for known routes), a known path
+// with the wrong method is 405, and known routes still need a signature.
+func TestUnknownFederationEndpoints(t *testing.T) {
+	n := newNetwork(t, storage.SQLite)
+	a, b := n.start(), n.start()
+	for _, uri := range []string{"/_matrix/federation/unknown", "/_matrix/federation/v1/unknown", "/_matrix/federation/v2/send_join"} {
+		for _, key := range []*signing.Key{nil, b.HS.Key} {
+			status, body := n.request(a, b.Name, key, a.Name, http.MethodGet, uri, nil)
+			if status != http.StatusNotFound || !strings.Contains(string(body), "M_UNRECOGNIZED") {
+				t.Errorf("GET %s (signed %v): %d %s, want 404 M_UNRECOGNIZED", uri, key != nil, status, body)
+			}
+		}
+	}
+	status, body := n.request(a, "", nil, a.Name, http.MethodPut, "/_matrix/federation/v1/version", nil)
+	if status != http.StatusMethodNotAllowed || !strings.Contains(string(body), "M_UNRECOGNIZED") {
+		t.Errorf("PUT version: %d %s, want 405 M_UNRECOGNIZED", status, body)
+	}
+	status, body = n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/federation/v1/event/$x", nil)
+	if status != http.StatusUnauthorized {
+		t.Errorf("unsigned GET of a known route: %d %s, want 401", status, body)
+	}
+}
+
+// TestRemoteJoinNotSentBack: after B joins A's room through send_join,
+// B's sender does not queue the join for anyone (A has it and sends it
+// on), while B's later events, including a second local user's join,
+// go to A.
+func TestRemoteJoinNotSentBack(t *testing.T) {
+	n := newNetwork(t, storage.SQLite)
+	a, b := n.start(), n.start()
+	ctx := context.Background()
+	alice, bob, carol := a.user("alice"), b.user("bob"), b.user("carol")
+	roomID := publicRoom(t, a, alice)
+	if _, err := b.HS.Federation.JoinRemote(ctx, roomID, bob, []string{a.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.HS.Rooms.Join(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: carol, Target: carol}); err != nil {
+		t.Fatalf("carol's local join: %v", err)
+	}
+	msg := sendText(t, b, roomID, bob, "first")
+	evs, _, err := b.HS.Rooms.LocalEventsAfter(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent []string
+	for _, ev := range evs {
+		var e struct {
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+		}
+		_ = json.Unmarshal(ev.JSON, &e)
+		sent = append(sent, e.Type+" "+e.StateKey+" -> "+strings.Join(ev.Destinations, ","))
+	}
+	want := []string{"m.room.member " + carol + " -> " + a.Name, "m.room.message  -> " + a.Name}
+	if strings.Join(sent, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("B queues:\n%s\nwant:\n%s", strings.Join(sent, "\n"), strings.Join(want, "\n"))
+	}
+	eventually(t, "A to receive bob's message", func() bool { return hasEvent(a, alice, msg) })
 }

@@ -188,9 +188,15 @@ func (s *Server) Routes(r chi.Router) {
 	if !s.cfg.Enabled {
 		return
 	}
-	r.Method(http.MethodGet, "/_matrix/federation/v1/version", httpx.H(s.version))
 	r.Route("/_matrix/federation", func(r chi.Router) {
-		r.Use(s.authenticate)
-		s.federationRoutes(r)
+		r.Method(http.MethodGet, "/v1/version", httpx.H(s.version))
+		// A Group's middleware runs only once a route matched, so an
+		// unknown path is 404 M_UNRECOGNIZED (and a known path with the
+		// wrong method 405) before any X-Matrix authentication; a Use on
+		// the subrouter itself would answer 401 for those.
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticate)
+			s.federationRoutes(r)
+		})
 	})
 }

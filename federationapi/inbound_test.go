@@ -312,3 +312,60 @@ func (n *network) fakeServer(t *testing.T, setup func(name string, mux *http.Ser
 }
 
 func ptr(s string) *string { return &s }
+
+// TestSendMembershipV1: the deprecated v1 send_join and send_leave apply
+// the v2 validation (400 for anything but the right membership of the
+// sender itself) and answer a good event with the v1 shape [200, {...}].
+func TestSendMembershipV1(t *testing.T) {
+	n := newNetwork(t, storage.SQLite)
+	a, b := n.start(), n.start()
+	ctx := context.Background()
+	roomID := publicRoom(t, a, a.user("alice"))
+	bob := b.user("bob")
+	put := func(kind string, pdu gomatrixserverlib.PDU) (int, []byte) {
+		return n.request(a, b.Name, b.HS.Key, a.Name, http.MethodPut,
+			"/_matrix/federation/v1/send_"+kind+"/"+pathEscape(roomID)+"/"+pathEscape(pdu.EventID()), json.RawMessage(pdu.JSON()))
+	}
+	for _, kind := range []string{"join", "leave"} {
+		other := map[string]string{"join": "leave", "leave": "join"}[kind]
+		bad := map[string]gomatrixserverlib.PDU{
+			"message":       buildPDU(t, a, roomID, bob, "m.room.message", nil, map[string]string{"body": "x"}, b.Name, b.HS.Key, nil),
+			"non-state":     buildPDU(t, a, roomID, bob, "m.room.member", nil, map[string]string{"membership": kind}, b.Name, b.HS.Key, nil),
+			other:           buildPDU(t, a, roomID, bob, "m.room.member", &bob, map[string]string{"membership": other}, b.Name, b.HS.Key, nil),
+			"invite":        buildPDU(t, a, roomID, bob, "m.room.member", &bob, map[string]string{"membership": "invite"}, b.Name, b.HS.Key, nil),
+			"knock":         buildPDU(t, a, roomID, bob, "m.room.member", &bob, map[string]string{"membership": "knock"}, b.Name, b.HS.Key, nil),
+			"other's state": buildPDU(t, a, roomID, bob, "m.room.member", ptr(b.user("doris")), map[string]string{"membership": kind}, b.Name, b.HS.Key, nil),
+		}
+		for name, pdu := range bad {
+			if status, body := put(kind, pdu); status != http.StatusBadRequest {
+				t.Errorf("v1 send_%s of %s: %d %s, want 400", kind, name, status, body)
+			}
+		}
+	}
+
+	join := buildPDU(t, a, roomID, bob, "m.room.member", &bob, map[string]string{"membership": "join"}, b.Name, b.HS.Key, nil)
+	status, body := put("join", join)
+	var resp []json.RawMessage
+	if status != http.StatusOK || json.Unmarshal(body, &resp) != nil || len(resp) != 2 || string(resp[0]) != "200" {
+		t.Fatalf("v1 send_join: %d %s, want [200, {...}]", status, body)
+	}
+	var res struct {
+		State     []json.RawMessage `json:"state"`
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	if err := json.Unmarshal(resp[1], &res); err != nil || len(res.State) == 0 || len(res.AuthChain) == 0 {
+		t.Fatalf("v1 send_join body %s", resp[1])
+	}
+	if m, _ := a.HS.Rooms.Membership(ctx, roomID, bob); m != "join" {
+		t.Fatalf("after v1 send_join bob is %q", m)
+	}
+
+	leave := buildPDU(t, a, roomID, bob, "m.room.member", &bob, map[string]string{"membership": "leave"}, b.Name, b.HS.Key, nil)
+	status, body = put("leave", leave)
+	if status != http.StatusOK || strings.ReplaceAll(string(body), " ", "") != "[200,{}]" {
+		t.Fatalf("v1 send_leave: %d %s, want [200,{}]", status, body)
+	}
+	if m, _ := a.HS.Rooms.Membership(ctx, roomID, bob); m != "leave" {
+		t.Fatalf("after v1 send_leave bob is %q", m)
+	}
+}

@@ -51,6 +51,25 @@ func (s *Server) makeMembership(membership string) httpx.HandlerFunc {
 // the event must be the membership asked for, of its own sender, who is
 // a user of the origin (security case 12); nothing is stored otherwise.
 func (s *Server) sendMembership(membership string) httpx.HandlerFunc {
+	return s.sendMembershipAs(membership, false)
+}
+
+// sendMembershipV1 is the deprecated PUT /v1/send_join and /v1/send_leave:
+// the same validation and effect as v2, but the answer is the array
+// [200, body] the v1 endpoints specify.
+// Spec: server-server-api, "PUT /_matrix/federation/v1/send_join" and
+// "PUT /_matrix/federation/v1/send_leave".
+func (s *Server) sendMembershipV1(membership string) httpx.HandlerFunc {
+	return s.sendMembershipAs(membership, true)
+}
+
+func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc {
+	ok := func(w http.ResponseWriter, body any) error {
+		if v1 {
+			return httpx.OK(w, []any{http.StatusOK, body})
+		}
+		return httpx.OK(w, body)
+	}
 	return func(w http.ResponseWriter, r *http.Request) error {
 		ctx := r.Context()
 		origin := originOf(ctx)
@@ -97,6 +116,11 @@ func (s *Server) sendMembership(membership string) httpx.HandlerFunc {
 		if resp.Outcome != roomserver.Accepted && resp.Outcome != roomserver.Duplicate {
 			return mxerr.New(mxerr.Forbidden, "the %s is not allowed: %s", membership, resp.Reason)
 		}
+		if resp.Outcome == roomserver.Accepted && resp.StreamPos > 0 && s.cfg.Enabled {
+			if err := s.relay(ctx, roomID, resp.StreamPos, origin); err != nil {
+				httpx.Logger(ctx).Warn("relaying a membership event to the room", "event_id", eventID, "err", err)
+			}
+		}
 		switch membership {
 		case "join":
 			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
@@ -114,15 +138,15 @@ func (s *Server) sendMembership(membership string) httpx.HandlerFunc {
 			if signed {
 				out["event"] = json.RawMessage(pdu.JSON())
 			}
-			return httpx.OK(w, out)
+			return ok(w, out)
 		case "knock":
 			state, err := s.strippedState(r.Context(), roomID)
 			if err != nil {
 				return err
 			}
-			return httpx.OK(w, map[string]any{"knock_room_state": state})
+			return ok(w, map[string]any{"knock_room_state": state})
 		}
-		return httpx.OK(w, httpx.EmptyObject)
+		return ok(w, httpx.EmptyObject)
 	}
 }
 

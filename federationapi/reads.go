@@ -40,6 +40,8 @@ func (s *Server) federationRoutes(r chi.Router) {
 		r.Method(http.MethodPut, "/v2/send_join/{roomID}/{eventID}", httpx.H(s.sendMembership("join")))
 		r.Method(http.MethodPut, "/v2/send_leave/{roomID}/{eventID}", httpx.H(s.sendMembership("leave")))
 		r.Method(http.MethodPut, "/v1/send_knock/{roomID}/{eventID}", httpx.H(s.sendMembership("knock")))
+		r.Method(http.MethodPut, "/v1/send_join/{roomID}/{eventID}", httpx.H(s.sendMembershipV1("join")))
+		r.Method(http.MethodPut, "/v1/send_leave/{roomID}/{eventID}", httpx.H(s.sendMembershipV1("leave")))
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
+	"slices"
 	"sync"
 
 	"github.com/go-chi/chi/v5"
@@ -216,9 +217,9 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return eventID, err
 	}
-	resp, err := s.input(ctx, p)
+	resp, err := s.inputFetchingAuth(ctx, origin, p)
 	if mxerr.Is(err, mxerr.NotFound) {
-		// Unknown prev or auth events: fetch what lies between our
+		// Unknown prev events: fetch what lies between our
 		// forward extremities and this event, then retry.
 		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
 			return eventID, fmt.Errorf("%v; fetching missing events: %v", err, ferr)
@@ -282,8 +283,119 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 	}
 	sortByDepth(parsed)
 	for _, mp := range parsed {
-		if _, err := s.input(ctx, mp); err != nil {
+		if _, err := s.inputFetchingAuth(ctx, origin, mp); err != nil {
 			s.log.Debug("missing event not accepted", "event_id", mp.pdu.EventID(), "err", err)
+		}
+	}
+	return nil
+}
+
+// Bounds on completing one PDU's auth chain.
+const (
+	maxAuthFetchEvents = 200
+	maxAuthFetchRounds = 8
+)
+
+// inputFetchingAuth inputs p; if some of its auth events are unknown it
+// first fetches them from origin, checks their signatures and hashes and
+// stores them as outliers authorised by their own auth events (so a
+// rejected auth event rejects p), then inputs p again.
+// Spec: server-server-api, "Checks performed on receipt of a PDU" and
+// "GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}".
+func (s *Server) inputFetchingAuth(ctx context.Context, origin string, p *parsedPDU) (*roomserver.InputEventResponse, error) {
+	resp, err := s.input(ctx, p)
+	if !mxerr.Is(err, mxerr.NotFound) {
+		return resp, err
+	}
+	missing, uerr := s.rooms.UnknownEvents(ctx, p.pdu.AuthEventIDs())
+	if uerr != nil || len(missing) == 0 {
+		return resp, err
+	}
+	if ferr := s.fetchAuthEvents(ctx, origin, p, missing); ferr != nil {
+		return nil, fmt.Errorf("%v; fetching auth events: %v", err, ferr)
+	}
+	return s.input(ctx, p)
+}
+
+// fetchAuthEvents completes p's auth chain from origin: its /event_auth
+// answer first, then /event for whatever is still missing (a server may
+// not serve /event_auth, or serve an incomplete chain), round by round
+// down the chain. Events that fail the signature or hash checks or are
+// of another room are dropped.
+func (s *Server) fetchAuthEvents(ctx context.Context, origin string, p *parsedPDU, missing []string) error {
+	roomID := p.pdu.RoomID().String()
+	got := map[string]gomatrixserverlib.PDU{}
+	var order []string
+	add := func(raw json.RawMessage, want string) {
+		mp, id, err := s.checkPDUVersion(ctx, raw, p.version)
+		if err != nil || mp.pdu.RoomID().String() != roomID || (want != "" && id != want) {
+			s.log.Debug("fetched auth event dropped", "origin", origin, "event_id", id, "err", err)
+			return
+		}
+		if _, ok := got[id]; !ok && len(got) < maxAuthFetchEvents {
+			got[id] = mp.pdu
+			order = append(order, id)
+		}
+	}
+	var chain struct {
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	uri := "/_matrix/federation/v1/event_auth/" + pathEscape(roomID) + "/" + pathEscape(p.pdu.EventID())
+	if err := s.client.signed(ctx, origin, http.MethodGet, uri, nil, &chain); err != nil {
+		s.log.Debug("event_auth failed; fetching auth events one by one", "origin", origin, "event_id", p.pdu.EventID(), "err", err)
+	}
+	for _, raw := range chain.AuthChain {
+		add(raw, "")
+	}
+	// Whatever the chain lacks, by /event, following auth_events.
+	want := missing
+	for round := 0; round < maxAuthFetchRounds && len(want) > 0 && len(got) < maxAuthFetchEvents; round++ {
+		var next []string
+		for _, id := range want {
+			if _, ok := got[id]; ok {
+				continue
+			}
+			var txn struct {
+				PDUs []json.RawMessage `json:"pdus"`
+			}
+			if err := s.client.signed(ctx, origin, http.MethodGet, "/_matrix/federation/v1/event/"+pathEscape(id), nil, &txn); err != nil || len(txn.PDUs) != 1 {
+				s.log.Debug("fetching auth event failed", "origin", origin, "event_id", id, "err", err)
+				continue
+			}
+			add(txn.PDUs[0], id)
+		}
+		// The auth events of what we have that are neither fetched nor stored.
+		var refs []string
+		for _, id := range order {
+			for _, a := range got[id].AuthEventIDs() {
+				if _, ok := got[a]; !ok && !slices.Contains(refs, a) {
+					refs = append(refs, a)
+				}
+			}
+		}
+		if len(refs) > 0 {
+			unknown, err := s.rooms.UnknownEvents(ctx, refs)
+			if err != nil {
+				return err
+			}
+			next = unknown
+		}
+		want = next
+	}
+	if len(got) == 0 {
+		return fmt.Errorf("%s gave none of the auth events %v", origin, missing)
+	}
+	events := make([]json.RawMessage, 0, len(order))
+	for _, id := range order {
+		events = append(events, got[id].JSON())
+	}
+	outcomes, err := s.rooms.InputOutliers(ctx, roomID, events)
+	if err != nil {
+		return err
+	}
+	for id, o := range outcomes {
+		if o == roomserver.Rejected {
+			s.log.Debug("fetched auth event rejected", "origin", origin, "event_id", id)
 		}
 	}
 	return nil

@@ -153,6 +153,44 @@ func (q *sender) fanOut(ctx context.Context) error {
 	}
 }
 
+// relay queues an event another server sent us through send_join,
+// send_leave or send_knock for the other servers in the room: that
+// server talked only to us, so we send the event on its behalf (it is
+// not ours, so fanOut skips it). The origin already has it.
+// Spec: server-server-api, "Joining Rooms" (the resident server sends
+// the join to the other servers), "Leaving Rooms", "Knocking".
+func (s *Server) relay(ctx context.Context, roomID string, pos int64, origin string) error {
+	servers, err := s.rooms.JoinedServers(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	var dests []string
+	for _, d := range servers {
+		if d != "" && d != s.serverName && d != origin {
+			dests = append(dests, d)
+		}
+	}
+	if len(dests) == 0 {
+		return nil
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, d := range dests {
+			if _, err := tx.Exec(ctx, `INSERT INTO federation_queue_pdus (destination, event_nid) VALUES ($1, $2)
+				ON CONFLICT (destination, event_nid) DO NOTHING`, d, pos); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range dests {
+		s.sender.kick(d)
+	}
+	return nil
+}
+
 // QueueEDU implements EDUQueue.
 func (s *Server) QueueEDU(ctx context.Context, destinations []string, eduType string, content any) error {
 	raw, err := json.Marshal(map[string]any{"edu_type": eduType, "content": content})

@@ -226,6 +226,13 @@ func (s *Server) planRoom(req *CreateRoomRequest) ([]*gomatrixserverlib.ProtoEve
 		}{"m.room.encryption", map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}})
 	}
 	for _, e := range presetEvents {
+		if e.t == "m.room.guest_access" && guest == "forbidden" {
+			// An absent m.room.guest_access means forbidden (spec:
+			// client-server-api, "m.room.guest_access"); like Synapse,
+			// public_chat sends none, so the room's first events are the
+			// ones other servers expect.
+			continue
+		}
 		if !inInitial(e.t) {
 			plan = append(plan, stateProto(req.Creator, e.t, "", e.content))
 		}

@@ -10,6 +10,8 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -174,10 +176,17 @@ func (s *Server) FederationEvent(ctx context.Context, eventID string) (*Event, s
 	return toEvent(e), version, nil
 }
 
-// EventForServer returns an event server may see: M_NOT_FOUND if unknown
-// or rejected, M_FORBIDDEN if the server may not read the room or the
-// event.
+// EventForServer returns an event for GET /event: M_NOT_FOUND if unknown
+// or rejected, M_FORBIDDEN if the server may not read the room, and a
+// redacted copy if history visibility hides the event from the server.
+// Spec: server-server-api, "Retrieving events".
 func (s *Server) EventForServer(ctx context.Context, server, eventID string) (*Event, error) {
+	return s.eventForServer(ctx, server, eventID, true)
+}
+
+// eventForServer is EventForServer; an event hidden from the server is
+// redacted, or without redact M_FORBIDDEN.
+func (s *Server) eventForServer(ctx context.Context, server, eventID string, redact bool) (*Event, error) {
 	q := s.db.Reader()
 	e, _, err := s.loadByID(ctx, q, eventID)
 	if err != nil {
@@ -197,16 +206,45 @@ func (s *Server) EventForServer(ctx context.Context, server, eventID string) (*E
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
+	if ok {
+		return toEvent(e), nil
+	}
+	if !redact {
 		return nil, mxerr.New(mxerr.Forbidden, "%s may not see event %s", server, eventID)
 	}
-	return toEvent(e), nil
+	return redactedCopy(room.Version, e)
+}
+
+// redactedCopy is e as served to a server that history visibility hides
+// it from: the redaction algorithm applied, hashes and signatures kept
+// (the signatures cover the redacted form; the content hash tells the
+// receiver the event was redacted).
+// Spec: server-server-api, "Retrieving events" and "Redactions".
+func redactedCopy(version string, e *loadedEvent) (*Event, error) {
+	impl, err := roomVersion(version)
+	if err != nil {
+		return nil, err
+	}
+	redacted, err := impl.RedactEventJSON([]byte(e.row.JSON))
+	if err != nil {
+		return nil, fmt.Errorf("redacting %s: %w", e.row.EventID, err)
+	}
+	ev := toEvent(e)
+	ev.JSON = redacted
+	var parsed struct {
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(redacted, &parsed); err != nil {
+		return nil, err
+	}
+	ev.Content = parsed.Content
+	return ev, nil
 }
 
 // StateForServer returns the state before eventID in roomID and the auth
 // chain of those state events, for GET /state and /state_ids.
 func (s *Server) StateForServer(ctx context.Context, server, roomID, eventID string) (state, authChain []*Event, err error) {
-	ev, err := s.EventForServer(ctx, server, eventID)
+	ev, err := s.eventForServer(ctx, server, eventID, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -371,6 +409,14 @@ func (s *Server) walkPrev(ctx context.Context, server, roomID string, from, stop
 			}
 			if ok {
 				out = append(out, toEvent(e))
+			} else if !e.row.Rejected {
+				// Hidden by history visibility: a redacted copy keeps the
+				// DAG walkable. Spec: server-server-api, "Retrieving events".
+				red, err := redactedCopy(room.Version, e)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, red)
 			}
 			for _, p := range e.pdu.PrevEventIDs() {
 				if !seen[p] {
@@ -488,6 +534,11 @@ type OutboundEvent struct {
 // positions after pos (at most limit rows read), with the servers each
 // must go to: those with a joined user in the state after the event,
 // plus the target's server for membership events, minus this server.
+// A local user's join into a room where no user of ours was joined
+// before it went through make_join/send_join (a local join needs a
+// joined local user; see clientapi heldHere): the resident server
+// already has it and sends it to the rest of the room, so it goes
+// nowhere. Spec: server-server-api, "Joining Rooms".
 // end is the position read up to, which advances past filtered rows.
 func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (out []*OutboundEvent, end int64, err error) {
 	end = pos
@@ -498,37 +549,54 @@ func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (ou
 		return nil, pos, err
 	}
 	servers := map[int64][]string{} // snapshot -> joined servers
+	joinedAt := func(snapshot int64) ([]string, error) {
+		if joined, ok := servers[snapshot]; ok {
+			return joined, nil
+		}
+		state, err := loadSnapshot(ctx, q, snapshot)
+		if err != nil {
+			return nil, err
+		}
+		var nids []int64
+		for k, nid := range state {
+			if k.Type == "m.room.member" {
+				nids = append(nids, nid)
+			}
+		}
+		members, err := eventRowsByNID(ctx, q, nids)
+		if err != nil {
+			return nil, err
+		}
+		joined := []string{}
+		seen := map[string]bool{}
+		for _, m := range members {
+			if m.Membership != nil && *m.Membership == "join" && m.StateKey != nil {
+				if d := domainOf(*m.StateKey); !seen[d] {
+					seen[d] = true
+					joined = append(joined, d)
+				}
+			}
+		}
+		servers[snapshot] = joined
+		return joined, nil
+	}
 	for _, r := range rows {
 		end = r.NID
 		if r.Rejected || r.SoftFailed || domainOf(r.Sender) != string(s.serverName) {
 			continue
 		}
-		joined, ok := servers[r.StateAfter]
-		if !ok {
-			state, err := loadSnapshot(ctx, q, r.StateAfter)
+		if r.Type == "m.room.member" && r.Membership != nil && *r.Membership == "join" && r.StateKey != nil && *r.StateKey == r.Sender {
+			before, err := joinedAt(r.StateBefore)
 			if err != nil {
 				return nil, pos, err
 			}
-			var nids []int64
-			for k, nid := range state {
-				if k.Type == "m.room.member" {
-					nids = append(nids, nid)
-				}
+			if !slices.Contains(before, string(s.serverName)) {
+				continue // joined through send_join
 			}
-			members, err := eventRowsByNID(ctx, q, nids)
-			if err != nil {
-				return nil, pos, err
-			}
-			seen := map[string]bool{}
-			for _, m := range members {
-				if m.Membership != nil && *m.Membership == "join" && m.StateKey != nil {
-					if d := domainOf(*m.StateKey); !seen[d] {
-						seen[d] = true
-						joined = append(joined, d)
-					}
-				}
-			}
-			servers[r.StateAfter] = joined
+		}
+		joined, err := joinedAt(r.StateAfter)
+		if err != nil {
+			return nil, pos, err
 		}
 		dests := append([]string{}, joined...)
 		if r.Type == "m.room.member" && r.StateKey != nil {

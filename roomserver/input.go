@@ -63,6 +63,17 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 	}
 
 	// Auth against the event's own auth_events. Security cases 11, 20.
+	// An event rejected here still gets the state before it (when its
+	// prev events are known): a rejected event leaves the state as it
+	// was, and events built on it take that state.
+	rejectByAuth := func(format string, args ...any) (*prepared, error) {
+		if nid, state, reason, err := s.stateFromPrevs(ctx, q, tx, room, pdu); err == nil && reason == "" {
+			p.beforeNID, p.beforeState = nid, state
+		} else if err != nil && !mxerr.Is(err, mxerr.NotFound) {
+			return nil, err
+		}
+		return reject(format, args...)
+	}
 	authIDs := pdu.AuthEventIDs()
 	authEvents, err := s.loadEventsByID(ctx, q, tx, authIDs)
 	if err != nil {
@@ -76,64 +87,34 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 			return nil, mxerr.New(mxerr.NotFound, "auth event %s of %s is unknown", id, row.EventID)
 		}
 		if ae.row.RoomID != room.RoomID {
-			return reject("auth event %s is in another room", id)
+			return rejectByAuth("auth event %s is in another room", id)
 		}
 		if ae.row.Rejected {
-			return reject("auth event %s was rejected", id)
+			return rejectByAuth("auth event %s was rejected", id)
 		}
 		if ae.row.StateKey == nil {
-			return reject("auth event %s is not a state event", id)
+			return rejectByAuth("auth event %s is not a state event", id)
 		}
 		k := tuple{ae.row.Type, *ae.row.StateKey}
 		if seen[k] {
-			return reject("two auth events for (%s, %s)", k.Type, k.StateKey)
+			return rejectByAuth("two auth events for (%s, %s)", k.Type, k.StateKey)
 		}
 		seen[k] = true
 		authList = append(authList, ae.pdu)
 	}
 	if err := allowed(pdu, authList); err != nil {
-		return reject("not allowed by its auth events: %v", err)
+		return rejectByAuth("not allowed by its auth events: %v", err)
 	}
 
 	// The state before the event, from its prev_events.
-	prevIDs := pdu.PrevEventIDs()
-	if len(prevIDs) == 0 {
-		return reject("no prev_events")
+	nid, state, reason, err := s.stateFromPrevs(ctx, q, tx, room, pdu)
+	if err != nil {
+		return nil, err
 	}
-	if sameSet(prevIDs, room.Extremities) {
-		p.beforeNID = room.CurrentSnapshot
-	} else {
-		prevs, err := s.loadEventsByID(ctx, q, tx, prevIDs)
-		if err != nil {
-			return nil, err
-		}
-		var snaps []int64
-		for _, id := range prevIDs {
-			pe, ok := prevs[id]
-			if !ok {
-				return nil, mxerr.New(mxerr.NotFound, "prev event %s of %s is unknown", id, row.EventID)
-			}
-			if pe.row.RoomID != room.RoomID {
-				return reject("prev event %s is in another room", id)
-			}
-			if !slices.Contains(snaps, pe.row.StateAfter) {
-				snaps = append(snaps, pe.row.StateAfter)
-			}
-		}
-		if len(snaps) == 1 {
-			p.beforeNID = snaps[0]
-		} else {
-			sets := make([]stateMap, len(snaps))
-			for i, nid := range snaps {
-				if sets[i], err = loadSnapshot(ctx, q, nid); err != nil {
-					return nil, err
-				}
-			}
-			if p.beforeState, err = s.resolveStates(ctx, q, tx, room.Version, sets); err != nil {
-				return nil, err
-			}
-		}
+	if reason != "" {
+		return reject("%s", reason)
 	}
+	p.beforeNID, p.beforeState = nid, state
 
 	// Auth against the state before the event.
 	needed := neededTuples(pdu)
@@ -157,6 +138,50 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 		}
 	}
 	return p, nil
+}
+
+// stateFromPrevs is the state before pdu from its prev_events: a stored
+// snapshot (nid) or, when they disagree, a resolved state. reason says
+// why pdu is to be rejected instead; an unknown prev event is
+// M_NOT_FOUND.
+func (s *Server) stateFromPrevs(ctx context.Context, q storage.Querier, tx storage.Tx, room *roomRow, pdu gomatrixserverlib.PDU) (nid int64, state stateMap, reason string, err error) {
+	prevIDs := pdu.PrevEventIDs()
+	if len(prevIDs) == 0 {
+		return 0, nil, "no prev_events", nil
+	}
+	if sameSet(prevIDs, room.Extremities) {
+		return room.CurrentSnapshot, nil, "", nil
+	}
+	prevs, err := s.loadEventsByID(ctx, q, tx, prevIDs)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	var snaps []int64
+	for _, id := range prevIDs {
+		pe, ok := prevs[id]
+		if !ok {
+			return 0, nil, "", mxerr.New(mxerr.NotFound, "prev event %s of %s is unknown", id, pdu.EventID())
+		}
+		if pe.row.RoomID != room.RoomID {
+			return 0, nil, fmt.Sprintf("prev event %s is in another room", id), nil
+		}
+		if !slices.Contains(snaps, pe.row.StateAfter) {
+			snaps = append(snaps, pe.row.StateAfter)
+		}
+	}
+	if len(snaps) == 1 {
+		return snaps[0], nil, "", nil
+	}
+	sets := make([]stateMap, len(snaps))
+	for i, nid := range snaps {
+		if sets[i], err = loadSnapshot(ctx, q, nid); err != nil {
+			return 0, nil, "", err
+		}
+	}
+	if state, err = s.resolveStates(ctx, q, tx, room.Version, sets); err != nil {
+		return 0, nil, "", err
+	}
+	return 0, state, "", nil
 }
 
 // neededTuples lists the state keys auth rules look at for pdu, always

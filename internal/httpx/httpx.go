@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
@@ -124,7 +125,9 @@ func Unmarshal(body []byte, v any) error {
 		// Optional bodies: some clients send nothing, some send null.
 		body = []byte("{}")
 	}
-	if !json.Valid(body) {
+	// JSON text is UTF-8 (RFC 8259 §8.1); encoding/json would accept
+	// invalid bytes in strings and decode them as U+FFFD.
+	if !utf8.Valid(body) || !json.Valid(body) {
 		return mxerr.New(mxerr.NotJSON, "request body is not valid JSON")
 	}
 	if body[0] != '{' {
