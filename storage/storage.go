@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,11 @@ const (
 	SQLite   Engine = "sqlite"
 	Postgres Engine = "postgres"
 )
+
+// stmtCacheSize is how many prepared statements each SQLite connection
+// keeps. The roomserver, sync and client API together use a few hundred
+// distinct texts; the hot paths use a few dozen per connection.
+const stmtCacheSize = 256
 
 // Options says which database to open.
 type Options struct {
@@ -106,6 +112,14 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	common.Set("_busy_timeout", "10000")
 	common.Set("_foreign_keys", "1")
 	common.Set("_cache_size", "-16000")
+	// Prepared statements are cached per connection (the driver keeps an
+	// LRU keyed by query text, reset and unbound between uses), so a
+	// query's SQL is parsed and planned once per connection instead of on
+	// every call: queries are a small fixed set of constants. Statements
+	// built with a variable-length IN list fall out of the LRU first.
+	// (On PostgreSQL, pgx caches prepared statements per connection by
+	// default, so both engines parse each query text once.)
+	common.Set("_stmt_cache_size", strconv.Itoa(stmtCacheSize))
 
 	wq := url.Values{}
 	for k, v := range common {
