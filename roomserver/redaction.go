@@ -31,13 +31,17 @@ func (s *Server) applyRedactions(ctx context.Context, tx storage.Tx, room *roomR
 			}
 		}
 	}
+	// The room is checked in Go, not in SQL: with room_id in the WHERE
+	// clause SQLite's planner walks the room's (room_id, event_nid) index,
+	// reading every event of the room on every send, instead of the
+	// partial redacts index, which finds the (almost always zero) rows.
 	rows, err := queryEventRows(ctx, tx, `SELECT `+eventColumns+` FROM roomserver_events
-		WHERE redacts = $1 AND room_id = $2 AND NOT rejected AND NOT soft_failed ORDER BY event_nid`, ev.row.EventID, room.RoomID)
+		WHERE redacts = $1 AND NOT rejected AND NOT soft_failed ORDER BY event_nid`, ev.row.EventID)
 	if err != nil {
 		return err
 	}
 	for _, r := range rows {
-		if r.NID == ev.row.NID {
+		if r.NID == ev.row.NID || r.RoomID != room.RoomID {
 			continue
 		}
 		redaction, err := parseRow(room.Version, r)

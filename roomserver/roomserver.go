@@ -56,6 +56,8 @@ type Server struct {
 	// events caches parsed events by event ID. Entries are immutable
 	// except for redaction, which replaces the entry.
 	events *eventCache
+	// snapKeys caches state lookups by (immutable) snapshot NID.
+	snapKeys *snapshotKeyCache
 }
 
 var _ API = (*Server)(nil)
@@ -135,6 +137,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		notify:     deps.Notify,
 		now:        now,
 		events:     newEventCache(4096),
+		snapKeys:   newSnapshotKeyCache(4096),
 	}, nil
 }
 

@@ -1,0 +1,47 @@
+package roomserver
+
+import (
+	"errors"
+	"testing"
+)
+
+// The snapshot key cache loads each (snapshot, key) once, remembers
+// absent keys too, and never caches a failed load.
+func TestSnapshotKeyCache(t *testing.T) {
+	c := newSnapshotKeyCache(2)
+	create, power, member := tuple{"m.room.create", ""}, tuple{"m.room.power_levels", ""}, tuple{"m.room.member", "@a:x"}
+	var loads [][]tuple
+	load := func(missing []tuple) (stateMap, error) {
+		loads = append(loads, missing)
+		out := stateMap{}
+		for _, k := range missing {
+			if k != member { // the member key is absent from the state
+				out[k] = int64(len(k.Type))
+			}
+		}
+		return out, nil
+	}
+	got, err := c.lookup(7, []tuple{create, member}, load)
+	if err != nil || len(got) != 1 || got[create] == 0 {
+		t.Fatalf("first lookup = %v, %v", got, err)
+	}
+	got, err = c.lookup(7, []tuple{create, power, member}, load)
+	if err != nil || len(got) != 2 || got[power] == 0 {
+		t.Fatalf("second lookup = %v, %v", got, err)
+	}
+	if len(loads) != 2 || len(loads[1]) != 1 || loads[1][0] != power {
+		t.Fatalf("loads = %v, want the second to ask only for power levels", loads)
+	}
+	if _, err := c.lookup(8, []tuple{create}, func([]tuple) (stateMap, error) { return nil, errors.New("boom") }); err == nil {
+		t.Fatal("a failed load returned no error")
+	}
+	if _, ok := c.byID[8]; ok {
+		t.Fatal("a failed load was cached")
+	}
+	// Bounded: a third snapshot empties the cache first.
+	_, _ = c.lookup(9, []tuple{create}, load)
+	_, _ = c.lookup(10, []tuple{create}, load)
+	if len(c.byID) > 2 {
+		t.Fatalf("cache holds %d snapshots, bound is 2", len(c.byID))
+	}
+}
