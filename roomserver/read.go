@@ -11,7 +11,8 @@ import (
 )
 
 // visibility decides history visibility for one user across many
-// events, caching what events share (snapshots, memberships).
+// events, caching what events share (snapshots, memberships). Its q
+// reads committed data only: never a write transaction.
 // Spec: client-server-api, "Room History Visibility", "Server behaviour".
 type visibility struct {
 	s      *Server
@@ -37,7 +38,11 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 		return got[0], got[1], nil
 	}
 	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", v.userID}}
-	picked, err := loadSnapshotKeys(ctx, v.q, nid, keys)
+	// v.q only ever reads committed data (visibility is for reads), so
+	// the snapshot key cache may answer and be filled.
+	picked, err := v.s.snapKeys.lookup(nid, keys, func(missing []tuple) (stateMap, error) {
+		return loadSnapshotKeys(ctx, v.q, nid, missing)
+	})
 	if err != nil {
 		return "", "", err
 	}
