@@ -3,6 +3,7 @@ package roomserver
 import (
 	"context"
 	"slices"
+	"strings"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -29,8 +30,7 @@ func (s *Server) UserMemberships(ctx context.Context, userID string) ([]Membersh
 	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.event_nid
 		FROM roomserver_current_state c
 		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL
-		AND NOT EXISTS (SELECT 1 FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
-		ORDER BY c.room_id`, userID)
+		AND NOT EXISTS (SELECT 1 FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)`, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -43,6 +43,10 @@ func (s *Server) UserMemberships(ctx context.Context, userID string) ([]Membersh
 		}
 		out = append(out, m)
 	}
+	// Sorted here rather than with ORDER BY: every /sync (and every
+	// wake-up of a waiting one) reads this, and a SQLite sorter costs
+	// more than the indexed lookup itself.
+	slices.SortFunc(out, func(a, b MembershipEntry) int { return strings.Compare(a.RoomID, b.RoomID) })
 	return out, rows.Err()
 }
 
@@ -271,6 +275,37 @@ func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) (
 		out = append(out, t)
 	}
 	return out, rows.Err()
+}
+
+// RoomsWithEvents returns the rooms that have any event (accepted or
+// not) with a stream position in (from, to], mapped to whether any of
+// those is a state event, reading at most limit events; complete is false
+// when there were more, and the caller must then assume every room may
+// have news. Incremental sync uses it to skip rooms with nothing new: a
+// room's timeline in (from, to] is events of that room in the range, and
+// its state changes there (StateDelta) are state events in the range.
+func (s *Server) RoomsWithEvents(ctx context.Context, from, to int64, limit int) (rooms map[string]bool, complete bool, err error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, state_key IS NOT NULL FROM roomserver_events
+		WHERE event_nid > $1 AND event_nid <= $2 LIMIT $3`, from, to, limit+1)
+	if err != nil {
+		return nil, false, err
+	}
+	defer rows.Close()
+	rooms = map[string]bool{}
+	n := 0
+	for rows.Next() {
+		var roomID string
+		var state bool
+		if err := rows.Scan(&roomID, &state); err != nil {
+			return nil, false, err
+		}
+		rooms[roomID] = rooms[roomID] || state
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	return rooms, n <= limit, nil
 }
 
 // LatestPositions returns, for each of roomIDs that has any, the stream
