@@ -58,6 +58,11 @@ type Server struct {
 	events *eventCache
 	// snapKeys caches state lookups by (immutable) snapshot NID.
 	snapKeys *snapshotKeyCache
+
+	// createMu guards lastCreateMS, the timestamp of the last create
+	// event built with a hash-derived room ID (see createTime).
+	createMu     sync.Mutex
+	lastCreateMS int64
 }
 
 var _ API = (*Server)(nil)

@@ -3,6 +3,9 @@ package roomserver
 import (
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 // The snapshot key cache loads each (snapshot, key) once, remembers
@@ -43,5 +46,19 @@ func TestSnapshotKeyCache(t *testing.T) {
 	_, _ = c.lookup(10, []tuple{create}, load)
 	if len(c.byID) > 2 {
 		t.Fatalf("cache holds %d snapshots, bound is 2", len(c.byID))
+	}
+}
+
+// Two identical room creations within one millisecond (a pinned clock)
+// still get distinct v12 room IDs: the create event's hash is the ID.
+func TestCreateSameMillisecond(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	s := newTestServer(t, db)
+	pinned := time.UnixMilli(1_700_000_000_000)
+	s.now = func() time.Time { return pinned }
+	a := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPrivateChat}).RoomID
+	b := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPrivateChat}).RoomID
+	if a == b {
+		t.Fatalf("two creations got the same room ID %s", a)
 	}
 }
