@@ -232,7 +232,14 @@ func (db *DB) Reader() Querier { return poolQuerier{db: db.reader, rewrite: db.r
 // Read runs fn in a read-only transaction: every statement sees the same
 // snapshot.
 func (db *DB) Read(ctx context.Context, fn func(q Querier) error) error {
-	tx, err := db.reader.BeginTx(ctx, &sql.TxOptions{ReadOnly: db.engine == Postgres})
+	opts := &sql.TxOptions{}
+	if db.engine == Postgres {
+		// PostgreSQL's default, READ COMMITTED, takes a new snapshot per
+		// statement; REPEATABLE READ keeps one for the transaction, as a
+		// SQLite read transaction does.
+		opts = &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead}
+	}
+	tx, err := db.reader.BeginTx(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("storage: begin read: %w", err)
 	}
