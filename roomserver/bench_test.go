@@ -101,3 +101,38 @@ func benchmarkSendParallel(b *testing.B, nRooms int) {
 	})
 	m.report(b)
 }
+
+// BenchmarkLoadSnapshot reads a snapshot at the end of a 20-delta chain:
+// two keys (what history visibility asks per user), and the whole state.
+func BenchmarkLoadSnapshot(b *testing.B) {
+	db := storagetest.OpenSQLite(b)
+	s := newTestServer(b, db)
+	ctx := context.Background()
+	room := mustCreate(b, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
+	for i := 0; i < 20; i++ {
+		key := ""
+		if _, err := s.SendEvent(ctx, SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.topic", StateKey: &key,
+			Content: json.RawMessage(`{"topic":"t` + itoa(int64(i)) + `"}`)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r, err := loadRoom(ctx, db.Reader(), room)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", alice}}
+	b.Run("keys", func(b *testing.B) {
+		for b.Loop() {
+			if got, err := loadSnapshotKeys(ctx, db.Reader(), r.CurrentSnapshot, keys); err != nil || len(got) != 2 {
+				b.Fatal(got, err)
+			}
+		}
+	})
+	b.Run("all", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := loadSnapshot(ctx, db.Reader(), r.CurrentSnapshot); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -75,9 +76,7 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 	limit := max(req.Limit, 1)
 	out := &RecentResponse{}
 	err := s.db.Read(ctx, func(q storage.Querier) error {
-		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
-			WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
-			ORDER BY event_nid DESC LIMIT $4`, req.RoomID, req.From, req.To, limit+1)
+		rows, err := s.recentRows(ctx, q, req.RoomID, req.From, req.To, limit+1)
 		if err != nil {
 			return err
 		}
@@ -104,6 +103,64 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// recentRows returns the rows of a room's last limit accepted events in
+// (from, to], newest first. It reads only positions (and redaction
+// status) from the table and takes the rows of recent events, the hot
+// set, from the event cache: a timeline read does not copy every event's
+// JSON out of SQLite again. A cached entry whose redaction status differs
+// from the table's is stale and read again.
+func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID string, from, to int64, limit int) ([]*eventRow, error) {
+	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because FROM roomserver_events
+		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
+		ORDER BY event_nid DESC LIMIT $4`, roomID, from, to, limit)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*eventRow
+	var missing []int64
+	for rs.Next() {
+		var nid int64
+		var redactedBecause *string
+		if err := rs.Scan(&nid, &redactedBecause); err != nil {
+			rs.Close()
+			return nil, err
+		}
+		e := s.events.getNID(nid)
+		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) {
+			rows = append(rows, e.row)
+		} else {
+			rows = append(rows, nil)
+			missing = append(missing, nid)
+		}
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	if len(missing) == 0 {
+		return rows, nil
+	}
+	loaded, err := eventRowsByNID(ctx, q, missing)
+	if err != nil {
+		return nil, err
+	}
+	byNID := make(map[int64]*eventRow, len(loaded))
+	for _, r := range loaded {
+		byNID[r.NID] = r
+	}
+	out := rows[:0]
+	for _, r := range rows {
+		if r == nil {
+			if r = byNID[missing[0]]; r == nil {
+				return nil, fmt.Errorf("event NID %d vanished", missing[0])
+			}
+			missing = missing[1:]
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }
