@@ -69,6 +69,50 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 	return hv, membership, nil
 }
 
+// currentMembership is the user's current membership in roomID.
+func (v *visibility) currentMembership(ctx context.Context, roomID string) (string, error) {
+	cur, ok := v.current[roomID]
+	if !ok {
+		var err error
+		if cur, err = v.s.Membership(ctx, roomID, v.userID); err != nil {
+			return "", err
+		}
+		v.current[roomID] = cur
+	}
+	return cur, nil
+}
+
+// historyVisibilityAt is the history visibility of snapshot nid, as at
+// returns it, without the user's membership.
+func (v *visibility) historyVisibilityAt(ctx context.Context, version string, nid int64) (string, error) {
+	if got, ok := v.atSnapshot[nid]; ok {
+		return got[0], nil
+	}
+	k := tuple{"m.room.history_visibility", ""}
+	picked, err := v.s.snapKeys.lookup(nid, []tuple{k}, func(missing []tuple) (stateMap, error) {
+		return loadSnapshotKeys(ctx, v.q, nid, missing)
+	})
+	if err != nil {
+		return "", err
+	}
+	hv := "shared"
+	if eventNID, ok := picked[k]; ok {
+		evs, err := v.s.loadEvents(ctx, v.q, nil, version, []int64{eventNID})
+		if err != nil {
+			return "", err
+		}
+		if h, err := evs[0].pdu.HistoryVisibility(); err == nil {
+			hv = string(h)
+		}
+	}
+	switch hv {
+	case "world_readable", "shared", "invited", "joined":
+	default:
+		hv = "shared" // unknown values mean shared
+	}
+	return hv, nil
+}
+
 func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership string) (bool, error) {
 	switch {
 	case hv == "world_readable", membership == "join":
@@ -77,13 +121,9 @@ func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership 
 		return true, nil
 	case hv == "shared":
 		// Allowed if the user joined at any point after the event.
-		cur, ok := v.current[e.row.RoomID]
-		if !ok {
-			var err error
-			if cur, err = v.s.Membership(ctx, e.row.RoomID, v.userID); err != nil {
-				return false, err
-			}
-			v.current[e.row.RoomID] = cur
+		cur, err := v.currentMembership(ctx, e.row.RoomID)
+		if err != nil {
+			return false, err
 		}
 		if cur == "join" {
 			return true, nil
@@ -108,6 +148,22 @@ func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership 
 func (v *visibility) canSee(ctx context.Context, version string, e *loadedEvent) (bool, error) {
 	if e.row.Rejected || e.row.SoftFailed {
 		return false, nil
+	}
+	// Fast path: under world_readable, or shared with the user joined
+	// now, every event is visible. That needs only the snapshot's history
+	// visibility, which every user shares (and the snapshot cache keeps),
+	// not the user's own membership at the snapshot: a room full of new
+	// members has a new snapshot per join, and reading each one per
+	// reader made a busy room's timeline quadratic.
+	if hv, err := v.historyVisibilityAt(ctx, version, e.row.StateBefore); err != nil {
+		return false, err
+	} else if hv == "world_readable" {
+		return true, nil
+	} else if hv == "shared" {
+		cur, err := v.currentMembership(ctx, e.row.RoomID)
+		if err != nil || cur == "join" {
+			return err == nil, err
+		}
 	}
 	hv, membership, err := v.at(ctx, version, e.row.StateBefore)
 	if err != nil {

@@ -78,6 +78,9 @@ func BenchmarkWakeLatency(b *testing.B) {
 // one fsync, is in them).
 func BenchmarkFanout20(b *testing.B) { benchmarkFanout(b, 20) }
 
+// BenchmarkFanout200 is BenchmarkFanout20 with 200 listeners.
+func BenchmarkFanout200(b *testing.B) { benchmarkFanout(b, 200) }
+
 func benchmarkFanout(b *testing.B, listeners int) {
 	srv := testserver.Start(b, storage.SQLite, nil)
 	alice := newUser(b, srv, "alice")
