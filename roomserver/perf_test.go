@@ -1,10 +1,12 @@
 package roomserver
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
 
+	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
@@ -60,5 +62,33 @@ func TestCreateSameMillisecond(t *testing.T) {
 	b := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPrivateChat}).RoomID
 	if a == b {
 		t.Fatalf("two creations got the same room ID %s", a)
+	}
+}
+
+// A timeline read holds one pooled connection for its Read; visibility
+// must not need a second (it would deadlock once every connection is held
+// by a reader waiting for another). With a pool of one connection, a
+// joined member's RecentEvents must still answer.
+func TestRecentEventsOnOneConnection(t *testing.T) {
+	opts := storagetest.SQLiteOptions(t)
+	opts.MaxOpenConns = 1
+	db, err := storage.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	s := newTestServer(t, db)
+	room := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
+	if _, err := s.SendEvent(context.Background(), benchSendRequest(room)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := s.RecentEvents(ctx, RecentRequest{UserID: alice, RoomID: room, To: 1 << 62, Limit: 10})
+	if err != nil {
+		t.Fatalf("RecentEvents on one connection: %v", err)
+	}
+	if len(resp.Events) == 0 {
+		t.Fatal("no events")
 	}
 }

@@ -69,16 +69,25 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 	return hv, membership, nil
 }
 
-// currentMembership is the user's current membership in roomID.
+// currentMembership is the user's current membership in roomID, read
+// through v.q: a visibility inside a Read holds a pooled connection, and
+// taking a second one here (Server.Membership uses the pool) could
+// exhaust the pool with every holder waiting for another.
 func (v *visibility) currentMembership(ctx context.Context, roomID string) (string, error) {
-	cur, ok := v.current[roomID]
-	if !ok {
-		var err error
-		if cur, err = v.s.Membership(ctx, roomID, v.userID); err != nil {
-			return "", err
-		}
-		v.current[roomID] = cur
+	if cur, ok := v.current[roomID]; ok {
+		return cur, nil
 	}
+	var m *string
+	err := v.q.QueryRow(ctx, `SELECT membership FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, v.userID).Scan(&m)
+	if err != nil && !storage.IsNoRows(err) {
+		return "", err
+	}
+	cur := ""
+	if m != nil {
+		cur = *m
+	}
+	v.current[roomID] = cur
 	return cur, nil
 }
 
