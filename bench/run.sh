@@ -294,6 +294,16 @@ write_report() {
 		echo "## Results"
 		echo
 		"$BENCH" report "${columns[@]}"
+		echo
+		echo "## In-process benchmarks"
+		echo
+		echo "\`go test -run '^\$' -bench . -benchtime 20000x ./pushserver/\` (Myelin only): push rule"
+		echo "evaluation per event per recipient, the spec's default rules plus a content and a room rule"
+		echo "per user, 100 recipients per event, the event flattened once and shared."
+		echo
+		echo '```'
+		cat "$WORK/gobench.txt"
+		echo '```'
 	} >"$OUT.tmp"
 	mv "$OUT.tmp" "$OUT"
 	log "wrote $OUT"
@@ -304,4 +314,5 @@ machine_facts
 for name in $SERVERS; do
 	measure "$name"
 done
+(cd "$ROOT" && go test -run '^$' -bench . -benchtime 20000x ./pushserver/) | grep -E '^(Benchmark|cpu:)' >"$WORK/gobench.txt"
 write_report

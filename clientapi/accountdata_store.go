@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -91,27 +92,51 @@ func (s *Server) loadAccountData(ctx context.Context, local, roomID, dataType st
 func (s *Server) storeAccountData(ctx context.Context, local, roomID, dataType string, content json.RawMessage) (int64, error) {
 	var position int64
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		if s.db.Engine() == storage.Postgres {
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, accountDataLock); err != nil {
-				return err
-			}
-		}
-		// Delete and insert rather than update: the new row draws a new
-		// position, and the old position leaves the stream.
-		if _, err := tx.Exec(ctx, `
-			DELETE FROM account_data WHERE localpart = $1 AND room_id = $2 AND type = $3`,
-			local, roomID, dataType); err != nil {
-			return err
-		}
-		if err := tx.QueryRow(ctx, `
-			INSERT INTO account_data (localpart, room_id, type, content) VALUES ($1, $2, $3, $4)
-			RETURNING position`, local, roomID, dataType, string(content)).Scan(&position); err != nil {
-			return err
-		}
-		tx.AfterCommit(func() { s.streamAdvanced(AccountDataStream, position) })
-		return nil
+		var err error
+		position, err = s.storeAccountDataTx(ctx, tx, local, roomID, dataType, content)
+		return err
 	})
 	return position, err
+}
+
+// WriteServerAccountData stores global account data of a type the server
+// manages (m.push_rules) inside the caller's transaction, so the caller's
+// own writes and the account data stream advance together. Clients cannot
+// set these types (putAccountData refuses them), so this is their only
+// writer.
+func (s *Server) WriteServerAccountData(ctx context.Context, tx storage.Tx, userID, dataType string, content json.RawMessage) error {
+	if !serverManagedAccountData[dataType] {
+		return fmt.Errorf("clientapi: %s is not server-managed account data", dataType)
+	}
+	local := s.localpart(userID)
+	if local == "" {
+		return mxerr.New(mxerr.NotFound, "%q is not a local user", userID)
+	}
+	_, err := s.storeAccountDataTx(ctx, tx, local, "", dataType, content)
+	return err
+}
+
+func (s *Server) storeAccountDataTx(ctx context.Context, tx storage.Tx, local, roomID, dataType string, content json.RawMessage) (int64, error) {
+	if s.db.Engine() == storage.Postgres {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, accountDataLock); err != nil {
+			return 0, err
+		}
+	}
+	// Delete and insert rather than update: the new row draws a new
+	// position, and the old position leaves the stream.
+	if _, err := tx.Exec(ctx, `
+		DELETE FROM account_data WHERE localpart = $1 AND room_id = $2 AND type = $3`,
+		local, roomID, dataType); err != nil {
+		return 0, err
+	}
+	var position int64
+	if err := tx.QueryRow(ctx, `
+		INSERT INTO account_data (localpart, room_id, type, content) VALUES ($1, $2, $3, $4)
+		RETURNING position`, local, roomID, dataType, string(content)).Scan(&position); err != nil {
+		return 0, err
+	}
+	tx.AfterCommit(func() { s.streamAdvanced(AccountDataStream, position) })
+	return position, nil
 }
 
 // streamAdvanced tells Deps.Notify, if set, that stream reached pos.

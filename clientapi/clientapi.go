@@ -38,6 +38,9 @@ type Deps struct {
 	// deletes devices; the key server's keyserver.DevicesDeletedHook
 	// deletes their keys there.
 	OnDevicesDeleted DevicesDeletedHook
+	// Federation reaches rooms and users on other servers; nil keeps the
+	// client API to this server.
+	Federation Federation
 }
 
 // Server is the client API.
@@ -66,6 +69,8 @@ type Server struct {
 	closeOnce      sync.Once
 	// rooms is the state of the room endpoints (rooms.go).
 	rooms roomsPart
+	// federation is nil when federation is off; immutable.
+	federation Federation
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -90,6 +95,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		clientIP:      deps.ClientIP,
 		accounts:      accounts,
 		notify:        deps.Notify,
+		federation:    deps.Federation,
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}

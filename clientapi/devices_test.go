@@ -61,11 +61,17 @@ func TestDevices(t *testing.T) {
 		if st != 401 || body["errcode"] != "M_FORBIDDEN" || body["flows"] == nil {
 			t.Fatalf("delete with wrong password: %d %v", st, body)
 		}
-		// Another user's identifier does not authenticate this one.
+		// Another user's identifier does not authenticate this one: a
+		// plain 403, not a stage to retry (Complement: "DELETE
+		// /device/{deviceId} requires UI auth user to match device owner"),
+		// and the device stays.
 		registerUser(t, srv, "eve")
 		st, body = call(t, "DELETE", deviceURL, cli.AccessToken, map[string]any{"auth": passwordAuth(session, "eve", testPassword)})
-		if st != 401 || body["errcode"] != "M_FORBIDDEN" {
+		if st != 403 || body["errcode"] != "M_FORBIDDEN" || body["flows"] != nil {
 			t.Fatalf("delete with another user's password: %d %v", st, body)
+		}
+		if _, err := cli.GetDeviceInfo(ctx, laptop.DeviceID); err != nil {
+			t.Fatalf("device after a refused delete: %v", err)
 		}
 		err = cli.DeleteDevice(ctx, laptop.DeviceID, &mautrix.ReqDeleteDevice[any]{Auth: passwordAuth(session, "dora", testPassword)})
 		if err != nil {

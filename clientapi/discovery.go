@@ -13,7 +13,7 @@ import (
 // specVersions lists the spec versions whose client-server surface Myelin
 // serves. It grows as capabilities land; a version is listed only when
 // what it requires is implemented.
-var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5"}
+var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"}
 
 // unstableFeatures lists MSC feature flags that are really implemented.
 var unstableFeatures = map[string]bool{
@@ -30,6 +30,7 @@ func (s *Server) discoveryRoutes(r chi.Router) {
 	handle(r, http.MethodGet, "/.well-known/matrix/client", func(w http.ResponseWriter, r *http.Request) error {
 		return httpx.OK(w, map[string]any{"m.homeserver": map[string]string{"base_url": s.publicBaseURL()}})
 	})
+	handle(r, http.MethodGet, "/.well-known/matrix/support", s.supportInfo)
 	// Spec: server-server-api, "GET /.well-known/matrix/server".
 	handle(r, http.MethodGet, "/.well-known/matrix/server", func(w http.ResponseWriter, r *http.Request) error {
 		if s.cfg.Global.WellKnownServer == "" {
@@ -37,6 +38,31 @@ func (s *Server) discoveryRoutes(r chi.Router) {
 		}
 		return httpx.OK(w, map[string]string{"m.server": s.cfg.Global.WellKnownServer})
 	})
+}
+
+// supportInfo answers /.well-known/matrix/support from the config.
+// Spec: client-server-api, "GET /.well-known/matrix/support" (v1.10): at
+// least one of contacts or support_page; 404 when nothing is configured.
+func (s *Server) supportInfo(w http.ResponseWriter, r *http.Request) error {
+	g := s.cfg.Global
+	body := map[string]any{}
+	if g.AdminMatrixID != "" || g.AdminEmail != "" {
+		contact := map[string]string{"role": "m.role.admin"}
+		if g.AdminMatrixID != "" {
+			contact["matrix_id"] = g.AdminMatrixID
+		}
+		if g.AdminEmail != "" {
+			contact["email_address"] = g.AdminEmail
+		}
+		body["contacts"] = []any{contact}
+	}
+	if g.SupportPage != "" {
+		body["support_page"] = g.SupportPage
+	}
+	if len(body) == 0 {
+		return mxerr.New(mxerr.NotFound, "no support information is configured")
+	}
+	return httpx.OK(w, body)
 }
 
 func (s *Server) publicBaseURL() string {

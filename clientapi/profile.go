@@ -116,6 +116,13 @@ func (s *Server) getProfile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if s.localpart(userID) == "" && s.federation != nil {
+		fields, err := s.federation.QueryProfile(r.Context(), userID, "")
+		if err != nil {
+			return err
+		}
+		return httpx.OK(w, fields)
+	}
 	fields, err := s.Profile(r.Context(), userID)
 	if err != nil {
 		return err
@@ -133,6 +140,18 @@ func (s *Server) getProfileField(w http.ResponseWriter, r *http.Request) error {
 	key, err := unescapedParam(r, "keyName")
 	if err != nil {
 		return err
+	}
+	if s.localpart(userID) == "" && s.federation != nil {
+		// Spec: client-server-api, "Profiles": ask the user's server.
+		fields, err := s.federation.QueryProfile(r.Context(), userID, key)
+		if err != nil {
+			return err
+		}
+		value, ok := fields[key]
+		if !ok {
+			return mxerr.New(mxerr.NotFound, "the user has no profile field %q", key)
+		}
+		return httpx.OK(w, map[string]json.RawMessage{key: value})
 	}
 	local, err := s.localProfileOwner(userID)
 	if err != nil {
@@ -303,14 +322,12 @@ func validMXCURI(s string) bool {
 }
 
 // localProfileOwner returns the localpart of a local user ID. Remote
-// profiles answer 404 until federation profile queries exist.
+// profiles are asked of their server (getProfile); without federation
+// they answer 404, which the spec allows for users a server cannot find.
 func (s *Server) localProfileOwner(userID string) (string, error) {
 	local := s.localpart(userID)
 	if local == "" {
-		// Spec: client-server-api, "Profiles": servers SHOULD ask the
-		// remote server; Myelin cannot yet (no federation client), and the
-		// spec allows 404 for users it cannot find.
-		return "", mxerr.New(mxerr.NotFound, "profiles of users on other servers are not available")
+		return "", mxerr.New(mxerr.NotFound, "profiles of users on other servers are out of reach: federation is off")
 	}
 	return local, nil
 }

@@ -86,6 +86,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.relationRoutes(r)
 	s.roomExtraRoutes(r)
 	s.ephemeralRoutes(r)
+	s.searchRoutes(r)
 }
 
 // caller is the authenticated user of a request.

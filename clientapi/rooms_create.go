@@ -95,7 +95,26 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	s.inviteRemoteAfterCreate(ctx, resp.RoomID, me.UserID, req)
 	return httpx.OK(w, map[string]string{"room_id": resp.RoomID})
+}
+
+// inviteRemoteAfterCreate sends the invites of other servers' users named
+// in createRoom, each through the invitee's server (invite v2), as
+// POST /rooms/{roomId}/invite does. The room exists by now, so a failed
+// invite does not fail the request (the client could not learn the room
+// ID otherwise); it is logged, and the creator can invite again.
+// Spec: client-server-api, "POST /createRoom" (invite); server-server-api,
+// "Inviting to a room".
+func (s *Server) inviteRemoteAfterCreate(ctx context.Context, roomID, creator string, req *roomserver.CreateRoomRequest) {
+	for _, u := range req.RemoteInvites {
+		_, err := s.federation.InviteRemote(ctx, roomserver.MembershipRequest{
+			RoomID: roomID, Sender: creator, Target: u, IsDirect: req.IsDirect,
+		})
+		if err != nil {
+			s.log.Warn("createRoom: remote invite failed", "room_id", roomID, "invitee", u, "err", err)
+		}
+	}
 }
 
 // createRoomRequest validates the body and maps it to the roomserver's
@@ -109,10 +128,19 @@ func (s *Server) createRoomRequest(ctx context.Context, creator string, body *cr
 	if len(body.Invite3PID) > 0 {
 		return nil, mxerr.New(mxerr.InvalidParam, "third-party invites (invite_3pid) are not supported by this server")
 	}
+	var local, remote []string
 	for _, u := range body.Invite {
 		if !validUserID(u) {
 			return nil, mxerr.New(mxerr.InvalidParam, "%q in invite is not a user ID", u)
 		}
+		if domainOf(u) == s.serverName {
+			local = append(local, u)
+			continue
+		}
+		if s.federation == nil {
+			return nil, mxerr.New(mxerr.Forbidden, "%s is on another server and federation is off", u)
+		}
+		remote = append(remote, u)
 	}
 	creation, err := objectOf("creation_content", body.CreationContent)
 	if err != nil {
@@ -130,7 +158,8 @@ func (s *Server) createRoomRequest(ctx context.Context, creator string, body *cr
 		RoomAliasName:             body.RoomAliasName,
 		Name:                      body.Name,
 		Topic:                     body.Topic,
-		Invite:                    body.Invite,
+		Invite:                    local,
+		RemoteInvites:             remote,
 		IsDirect:                  body.IsDirect,
 		CreationContent:           creation,
 		PowerLevelContentOverride: override,

@@ -68,7 +68,7 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if domainOf(alias) != s.serverName {
-		return mxerr.New(mxerr.NotFound, "room alias %s is on another server; federation queries are not available yet", alias)
+		return s.remoteAlias(w, r, alias)
 	}
 	roomID, _, err := s.lookupAlias(r.Context(), alias)
 	if err != nil {
@@ -291,14 +291,23 @@ func (s *Server) postPublicRooms(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request, q *publicRoomsQuery) error {
-	ctx := r.Context()
 	if q.Server != "" && q.Server != s.serverName {
-		return mxerr.New(mxerr.NotFound, "the directories of other servers are not available yet")
+		return s.remotePublicRooms(w, r, q)
 	}
+	body, err := s.publicRoomsPage(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, body)
+}
+
+// publicRoomsPage is one page of this server's published rooms, in the
+// shape of the spec's PublicRoomsResponse.
+func (s *Server) publicRoomsPage(ctx context.Context, q *publicRoomsQuery) (map[string]any, error) {
 	limit := defaultPublicRoomsLimit
 	if q.Limit != nil {
 		if *q.Limit <= 0 {
-			return mxerr.New(mxerr.InvalidParam, "limit must be positive")
+			return nil, mxerr.New(mxerr.InvalidParam, "limit must be positive")
 		}
 		limit = min(*q.Limit, maxPublicRoomsLimit)
 	}
@@ -306,13 +315,13 @@ func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request, q *publicRo
 	if q.Since != "" {
 		n, err := strconv.Atoi(strings.TrimPrefix(q.Since, "o"))
 		if err != nil || n < 0 || !strings.HasPrefix(q.Since, "o") {
-			return mxerr.New(mxerr.InvalidParam, "since is not a token from this server")
+			return nil, mxerr.New(mxerr.InvalidParam, "since is not a token from this server")
 		}
 		offset = n
 	}
 	ids, err := s.publishedRooms(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	term := strings.ToLower(q.Filter.GenericSearchTerm)
 	var rooms []*roomSummary
@@ -322,7 +331,7 @@ func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request, q *publicRo
 			continue
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if term != "" && !summary.matches(term) || q.Filter.RoomTypes != nil && !summary.hasType(q.Filter.RoomTypes) {
 			continue
@@ -351,7 +360,7 @@ func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request, q *publicRo
 	if start > 0 {
 		body["prev_batch"] = "o" + strconv.Itoa(max(start-limit, 0))
 	}
-	return httpx.OK(w, body)
+	return body, nil
 }
 
 // matches reports whether the lower-cased term appears in the room's

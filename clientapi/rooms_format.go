@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/tidwall/sjson"
+
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
@@ -69,6 +71,19 @@ func (f *eventFormatter) many(ctx context.Context, evs []*roomserver.Event) ([]j
 			txnIDs[k] = v
 		}
 	}
+	// Spec: unsigned.membership, the caller's membership at each event
+	// (MSC4115); only for top-level events, not bundled ones.
+	var memberships map[string]string
+	if f.depth == 0 {
+		ids := make([]string, len(evs))
+		for i, ev := range evs {
+			ids[i] = ev.EventID
+		}
+		var err error
+		if memberships, err = f.s.rooms.rooms.MembershipsAt(ctx, f.userID, ids); err != nil {
+			return nil, err
+		}
+	}
 	var aggregations map[string]json.RawMessage
 	if f.depth < maxAggregationDepth {
 		var err error
@@ -77,7 +92,7 @@ func (f *eventFormatter) many(ctx context.Context, evs []*roomserver.Event) ([]j
 		}
 	}
 	for _, ev := range evs {
-		raw, err := f.render(ev, txnIDs[ev.EventID], aggregations[ev.EventID])
+		raw, err := f.render(ev, txnIDs[ev.EventID], aggregations[ev.EventID], memberships[ev.EventID])
 		if err != nil {
 			return nil, err
 		}
@@ -87,8 +102,12 @@ func (f *eventFormatter) many(ctx context.Context, evs []*roomserver.Event) ([]j
 }
 
 // render turns one federation-format event into a ClientEvent.
-func (f *eventFormatter) render(ev *roomserver.Event, txnID string, relations json.RawMessage) (json.RawMessage, error) {
-	return clientFormat(ev.JSON, ev.EventID, ev.RoomID, ev.RedactedBecause, f.now, txnID, relations)
+func (f *eventFormatter) render(ev *roomserver.Event, txnID string, relations json.RawMessage, membership string) (json.RawMessage, error) {
+	out, err := clientFormat(ev.JSON, ev.EventID, ev.RoomID, ev.RedactedBecause, f.now, txnID, relations)
+	if err != nil || membership == "" {
+		return out, err
+	}
+	return sjson.SetBytes(out, "unsigned.membership", membership)
 }
 
 // clientFormat converts PDU JSON to the client format: federation-only

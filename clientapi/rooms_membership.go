@@ -39,46 +39,45 @@ type membershipBody struct {
 	Medium string `json:"medium"`
 }
 
-// resolveRoom turns a {roomIdOrAlias} parameter into a local room ID.
-// Aliases on other servers and rooms this server is not in need
-// federation, which this server does not offer yet: they answer 404
-// with a message that says so.
-func (s *Server) resolveRoom(ctx context.Context, r *http.Request) (string, error) {
-	target, err := unescapedParam(r, "roomIdOrAlias")
+// resolveRoom turns a {roomIdOrAlias} parameter into a room ID. A local
+// alias is looked up here; an alias on another server is returned as
+// is, for the caller to take over federation. remote reports that the
+// room is not held here (another server's alias, or a room with no
+// joined user of this server).
+func (s *Server) resolveRoom(ctx context.Context, r *http.Request) (target string, remote bool, err error) {
+	target, err = unescapedParam(r, "roomIdOrAlias")
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	switch {
 	case strings.HasPrefix(target, "#"):
 		if !validAlias(target) {
-			return "", mxerr.New(mxerr.InvalidParam, "%q is not a valid room alias", target)
+			return "", false, mxerr.New(mxerr.InvalidParam, "%q is not a valid room alias", target)
 		}
 		if domainOf(target) != s.serverName {
-			return "", mxerr.New(mxerr.NotFound, "room alias %s is on another server; joining over federation is not available yet", target)
+			return target, true, nil
 		}
 		roomID, _, err := s.lookupAlias(ctx, target)
-		return roomID, err
+		return roomID, false, err
 	case validRoomID(target):
-		if _, err := s.rooms.rooms.RoomVersion(ctx, target); mxerr.Is(err, mxerr.NotFound) {
-			// Spec: via/server_name name servers to join through; that
-			// needs federation.
-			return "", mxerr.New(mxerr.NotFound, "this server is not in room %s and cannot join rooms over federation yet", target)
-		} else if err != nil {
-			return "", err
-		}
-		return target, nil
+		held, err := s.heldHere(ctx, target)
+		return target, !held, err
 	}
-	return "", mxerr.New(mxerr.InvalidParam, "%q is neither a room ID nor a room alias", target)
+	return "", false, mxerr.New(mxerr.InvalidParam, "%q is neither a room ID nor a room alias", target)
 }
 
-// joinByIDOrAlias joins a room by ID or alias.
+// joinByIDOrAlias joins a room by ID or alias, over federation when the
+// room is held elsewhere.
 // Spec: client-server-api, "POST /_matrix/client/v3/join/{roomIdOrAlias}".
 func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request) error {
-	roomID, err := s.resolveRoom(r.Context(), r)
+	target, remote, err := s.resolveRoom(r.Context(), r)
 	if err != nil {
 		return err
 	}
-	return s.join(w, r, roomID)
+	if remote {
+		return s.joinElsewhere(w, r, target, joinVia(r))
+	}
+	return s.join(w, r, target)
 }
 
 // joinRoom joins a room by ID.
@@ -88,19 +87,49 @@ func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.rooms.rooms.RoomVersion(r.Context(), roomID); mxerr.Is(err, mxerr.NotFound) {
-		return mxerr.New(mxerr.NotFound, "this server is not in room %s and cannot join rooms over federation yet", roomID)
-	} else if err != nil {
+	held, err := s.heldHere(r.Context(), roomID)
+	if err != nil {
 		return err
 	}
+	if !held {
+		return s.joinElsewhere(w, r, roomID, nil)
+	}
 	return s.join(w, r, roomID)
+}
+
+// joinElsewhere joins a room held by other servers.
+func (s *Server) joinElsewhere(w http.ResponseWriter, r *http.Request, target string, via []string) error {
+	var body membershipBody
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if len(body.ThirdPartySigned) > 0 {
+		return mxerr.New(mxerr.Forbidden, "third-party invites are not supported by this server")
+	}
+	me := caller(r)
+	if me.IsGuest {
+		return mxerr.New(mxerr.GuestAccessForbidden, "guests may not join rooms on other servers")
+	}
+	roomID, err := s.joinRemote(r.Context(), target, me.UserID, via)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]string{"room_id": roomID})
 }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) error {
 	ctx := r.Context()
 	me := caller(r)
+	raw, err := httpx.ReadBody(r)
+	if err != nil {
+		return err
+	}
 	var body membershipBody
-	if err := httpx.DecodeJSON(r, &body); err != nil {
+	var extra map[string]any
+	if err := httpx.Unmarshal(raw, &body); err != nil {
+		return err
+	}
+	if err := httpx.Unmarshal(raw, &extra); err != nil {
 		return err
 	}
 	if len(body.ThirdPartySigned) > 0 {
@@ -111,13 +140,36 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 			return err
 		}
 	}
-	_, err := s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
-		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: s.memberProfile(ctx, me.UserID),
+	_, err = s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
+		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: joinContent(extra, s.memberProfile(ctx, me.UserID)),
 	})
 	if err != nil {
 		return err
 	}
 	return httpx.OK(w, map[string]string{"room_id": roomID})
+}
+
+// joinContent is the content of a join: the keys of the request body
+// beyond those the endpoint defines, then the user's profile. The spec
+// names only reason and third_party_signed, but servers (Synapse) copy
+// other keys of the body into the m.room.member content, which clients
+// and Complement ("POST /join/:room_id can join a room with custom
+// content") rely on. The profile wins over the body, and the roomserver
+// overwrites membership and drops the keys that carry authorisation
+// (join_authorised_via_users_server, third_party_invite).
+func joinContent(body, profile map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range body {
+		switch k {
+		case "reason", "third_party_signed", "membership":
+			continue
+		}
+		out[k] = v
+	}
+	for k, v := range profile {
+		out[k] = v
+	}
+	return out
 }
 
 // checkGuestCanJoin refuses guests unless the room's m.room.guest_access
@@ -142,7 +194,7 @@ func (s *Server) checkGuestCanJoin(ctx context.Context, roomID string) error {
 // Spec: client-server-api, "POST /_matrix/client/v3/knock/{roomIdOrAlias}".
 func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := s.resolveRoom(ctx, r)
+	roomID, remote, err := s.resolveRoom(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -151,6 +203,23 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	me := caller(r)
+	if remote {
+		if s.federation == nil {
+			return mxerr.New(mxerr.NotFound, "%s is held by other servers and federation is off", roomID)
+		}
+		if me.IsGuest {
+			return mxerr.New(mxerr.GuestAccessForbidden, "guests may not knock on rooms on other servers")
+		}
+		content := s.memberProfile(ctx, me.UserID)
+		if body.Reason != "" {
+			content["reason"] = body.Reason
+		}
+		roomID, err = s.federation.KnockRemote(ctx, roomID, me.UserID, content, joinVia(r))
+		if err != nil {
+			return err
+		}
+		return httpx.OK(w, map[string]string{"room_id": roomID})
+	}
 	_, err = s.rooms.rooms.Knock(ctx, roomserver.MembershipRequest{
 		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: s.memberProfile(ctx, me.UserID),
 	})
@@ -171,7 +240,19 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 	if err := httpx.DecodeJSON(r, &body); err != nil {
 		return err
 	}
-	_, err = s.rooms.rooms.Leave(r.Context(), roomserver.MembershipRequest{RoomID: roomID, Sender: caller(r).UserID, Reason: body.Reason})
+	ctx := r.Context()
+	held, err := s.heldHere(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !held && s.federation != nil {
+		// Rejecting an invite to a room only other servers hold.
+		if err := s.federation.LeaveRemote(ctx, roomID, caller(r).UserID, nil); err != nil {
+			return err
+		}
+		return httpx.OK(w, httpx.EmptyObject)
+	}
+	_, err = s.rooms.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: caller(r).UserID, Reason: body.Reason})
 	if err != nil {
 		return err
 	}
@@ -222,10 +303,17 @@ func (s *Server) membershipAction(action string) httpx.HandlerFunc {
 		req := roomserver.MembershipRequest{RoomID: roomID, Sender: me.UserID, Target: *body.UserID, Reason: body.Reason}
 		switch action {
 		case "invite":
-			if domainOf(req.Target) == s.serverName {
+			switch {
+			case domainOf(req.Target) == s.serverName:
 				req.Content = s.memberProfile(ctx, req.Target)
+				_, err = s.rooms.rooms.Invite(ctx, req)
+			case s.federation != nil:
+				// Spec: server-server-api, "Inviting to a room": the
+				// invitee's server signs the invite first.
+				_, err = s.federation.InviteRemote(ctx, req)
+			default:
+				err = mxerr.New(mxerr.Forbidden, "%s is on another server and federation is off", req.Target)
 			}
-			_, err = s.rooms.rooms.Invite(ctx, req)
 		case "kick":
 			_, err = s.rooms.rooms.Kick(ctx, req)
 		case "ban":
@@ -304,19 +392,29 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, map[string]any{"chunk": out})
 }
 
-// stateAtToken returns the room state at a pagination token: the state
-// after the last event before it. A token this server cannot read as a
-// timeline position means the current state, as the spec's default.
+// stateAtToken returns the room state at a pagination token (a /sync
+// prev_batch or next_batch, or a /messages token): the state after the
+// last event before it that userID may see. A token no such event
+// precedes names no point of the room: M_NOT_FOUND, as Synapse answers,
+// rather than the current state, which would list members who joined
+// after it. Complement: TestGetRoomMembersAtPoint.
 func (s *Server) stateAtToken(ctx context.Context, userID, roomID, token string) ([]*roomserver.Event, error) {
-	if _, ok := parseTopoToken(token); !ok {
-		return s.rooms.rooms.CurrentState(ctx, userID, roomID)
+	if err := s.requireReadable(ctx, userID, roomID); err != nil {
+		return nil, err
 	}
-	page, err := s.rooms.rooms.Messages(ctx, roomserver.MessagesRequest{UserID: userID, RoomID: roomID, From: token, Dir: roomserver.Backward, Limit: 1})
+	topo, ok, err := s.paginationToken(ctx, roomID, token, roomserver.Backward)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, mxerr.New(mxerr.InvalidParam, "at is not a valid pagination token")
+	}
+	page, err := s.rooms.rooms.Messages(ctx, roomserver.MessagesRequest{UserID: userID, RoomID: roomID, From: topo, Dir: roomserver.Backward, Limit: 1})
 	if err != nil {
 		return nil, err
 	}
 	if len(page.Events) == 0 {
-		return s.rooms.rooms.CurrentState(ctx, userID, roomID)
+		return nil, mxerr.New(mxerr.NotFound, "no event of the room you may see precedes %s", token)
 	}
 	at, err := s.rooms.rooms.StateAt(ctx, userID, page.Events[0].EventID)
 	if err != nil {
@@ -341,9 +439,13 @@ func (s *Server) joinedMembers(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Both keys are always present, null when the member event has no
+	// value, as Synapse answers and Complement ("joined_members fetches
+	// my membership") checks; clients read a missing and a null value
+	// alike.
 	type member struct {
-		DisplayName *string `json:"display_name,omitempty"`
-		AvatarURL   *string `json:"avatar_url,omitempty"`
+		DisplayName *string `json:"display_name"`
+		AvatarURL   *string `json:"avatar_url"`
 	}
 	joined := map[string]member{}
 	for _, e := range members {

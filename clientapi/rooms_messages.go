@@ -46,6 +46,41 @@ func parseTopoToken(s string) (topoToken, bool) {
 	return topoToken{depth, stream}, true
 }
 
+// syncTokenRoomPos reads the room stream position out of a /sync
+// next_batch token: "s<room position>_<other streams>..." (syncapi's
+// syncToken; the room position is the roomserver stream, the event
+// stream positions of roomserver.Event.StreamPos). The spec lets clients
+// pass that token as from/to of /messages and /relations and as at of
+// /members.
+func syncTokenRoomPos(s string) (int64, bool) {
+	rest, ok := strings.CutPrefix(s, "s")
+	if !ok {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(rest, "_")
+	n, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || n < 0 || strconv.FormatInt(n, 10) != first {
+		return 0, false
+	}
+	return n, true
+}
+
+// paginationToken turns a from/to/at token into a topological one: a
+// /messages token as is, a /sync token into the position of roomID's
+// timeline at that stream position, for paging in direction dir. ok is
+// false for anything else.
+func (s *Server) paginationToken(ctx context.Context, roomID, token string, dir roomserver.Direction) (string, bool, error) {
+	if _, ok := parseTopoToken(token); ok {
+		return token, true, nil
+	}
+	pos, ok := syncTokenRoomPos(token)
+	if !ok {
+		return "", false, nil
+	}
+	t, err := s.rooms.rooms.TopologicalTokenAt(ctx, roomID, pos, dir)
+	return t, err == nil, err
+}
+
 // tokenOf is the position of an event itself.
 func tokenOf(ev *roomserver.Event) topoToken { return topoToken{ev.Depth, ev.StreamPos} }
 
@@ -215,6 +250,13 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	me := caller(r)
+	// Access first, so a caller who may not read the room learns nothing
+	// from parameter errors (Complement: "Forgotten room messages cannot
+	// be paginated" sends no dir and wants 403).
+	if err := s.requireReadable(ctx, me.UserID, roomID); err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	var dir roomserver.Direction
 	switch q.Get("dir") {
@@ -238,23 +280,25 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) error {
 	if filter != nil && filter.Limit != nil && *filter.Limit < limit {
 		limit = *filter.Limit
 	}
-	for _, name := range []string{"from", "to"} {
+	// Spec: from "can be a prev_batch or next_batch token returned by
+	// /sync, or a start or end token from a previous request"; to, the
+	// other way, stops there. A /sync token as `to` stops after the
+	// events up to its position either way, which is the position a
+	// backwards page from it starts at.
+	tokens := map[string]string{}
+	for name, tdir := range map[string]roomserver.Direction{"from": dir, "to": roomserver.Backward} {
 		if t := q.Get(name); t != "" {
-			if _, ok := parseTopoToken(t); !ok {
+			topo, ok, err := s.paginationToken(ctx, roomID, t, tdir)
+			if err != nil {
+				return err
+			}
+			if !ok {
 				return mxerr.New(mxerr.InvalidParam, "%s is not a valid pagination token", name)
 			}
+			tokens[name] = topo
 		}
 	}
-	me := caller(r)
-	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
-		return err
-	}
-	// Only users who are or were in the room (or anyone in a
-	// world-readable one) may page through it.
-	if _, err := s.rooms.rooms.CurrentStateEvent(ctx, me.UserID, roomID, "m.room.create", ""); err != nil {
-		return err
-	}
-	p, err := s.paginate(ctx, me.UserID, roomID, q.Get("from"), q.Get("to"), dir, limit, filter)
+	p, err := s.paginate(ctx, me.UserID, roomID, tokens["from"], tokens["to"], dir, limit, filter)
 	if err != nil {
 		return err
 	}
@@ -277,6 +321,23 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return httpx.OK(w, body)
+}
+
+// requireReadable answers M_FORBIDDEN unless userID may read roomID's
+// history: members, former members who have not forgotten the room, and
+// anyone in a world-readable room. A room this server does not know is
+// M_FORBIDDEN too, so room existence does not leak.
+// Spec: client-server-api, "GET /rooms/{roomId}/messages" (403 "You
+// aren't a member of the room") and "POST /rooms/{roomId}/forget" (after
+// it "a user will no longer be able to retrieve history for this room").
+func (s *Server) requireReadable(ctx context.Context, userID, roomID string) error {
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); mxerr.Is(err, mxerr.NotFound) {
+		return mxerr.New(mxerr.Forbidden, "you are not a member of room %s", roomID)
+	} else if err != nil {
+		return err
+	}
+	_, err := s.rooms.rooms.CurrentStateEvent(ctx, userID, roomID, "m.room.create", "")
+	return err
 }
 
 // senderMembers returns the current m.room.member events of the senders
@@ -421,6 +482,12 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request) error 
 		return mxerr.New(mxerr.MissingParam, "dir is required")
 	default:
 		return mxerr.New(mxerr.InvalidParam, "dir must be f or b")
+	}
+	// Spec: timestamp_to_event, like /messages, is for users who may read
+	// the room; others get 403 (Complement: TestJumpToDateEndpoint "should
+	// not be able to query a private/public room you are not a member of").
+	if err := s.requireReadable(r.Context(), caller(r).UserID, roomID); err != nil {
+		return err
 	}
 	ev, err := s.rooms.rooms.EventAtTimestamp(r.Context(), caller(r).UserID, roomID, ts, dir)
 	if err != nil {

@@ -157,6 +157,7 @@ func (s *Server) writePresence(ctx context.Context, userID, presence string, sta
 	})
 	if err == nil {
 		s.rooms.presenceSeen.set(userID, presence, now)
+		s.sendPresenceEDU(ctx, Presence{UserID: userID, Presence: presence, StatusMsg: statusMsg, LastActiveTS: now})
 	}
 	return err
 }

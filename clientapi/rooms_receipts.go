@@ -162,7 +162,14 @@ func (s *Server) markRead(ctx context.Context, userID, roomID, receiptType, even
 		_, err := s.storeAccountData(ctx, local, roomID, "m.fully_read", mustJSON(map[string]string{"event_id": eventID}))
 		return err
 	}
-	return s.storeReceipt(ctx, Receipt{RoomID: roomID, UserID: userID, Type: receiptType, EventID: eventID, ThreadID: threadID, TS: nowMillis()})
+	receipt := Receipt{RoomID: roomID, UserID: userID, Type: receiptType, EventID: eventID, ThreadID: threadID, TS: nowMillis()}
+	if err := s.storeReceipt(ctx, receipt); err != nil {
+		return err
+	}
+	if receiptType == "m.read" {
+		s.sendReceiptEDU(ctx, receipt) // m.read.private stays here
+	}
+	return nil
 }
 
 // setReadMarkers sets the fully-read marker and the read receipts in one call.
@@ -191,4 +198,26 @@ func (s *Server) setReadMarkers(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// ReceiptsAfter returns every receipt (m.read and m.read.private, all
+// rooms and users) whose latest change has a stream position above
+// since, at most limit, in position order. It is for server-side
+// consumers of the receipt stream (push counts), never for clients.
+func (s *Server) ReceiptsAfter(ctx context.Context, since int64, limit int) ([]Receipt, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, position
+		FROM receipts WHERE position > $1 ORDER BY position LIMIT $2`, since, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Receipt
+	for rows.Next() {
+		var r Receipt
+		if err := rows.Scan(&r.RoomID, &r.UserID, &r.Type, &r.ThreadID, &r.EventID, &r.TS, &r.Position); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }

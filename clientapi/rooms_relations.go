@@ -39,6 +39,17 @@ func parseStreamToken(name, s string) (int64, error) {
 	if s == "" {
 		return 0, nil
 	}
+	// A /sync next_batch or a /messages token also names a stream
+	// position. Spec: GET /rooms/{roomId}/relations/...: from "can be a
+	// next_batch or prev_batch token from a previous call, or a returned
+	// start token from /messages, or a next_batch token from /sync".
+	// Complement: TestRelationsPaginationSync.
+	if pos, ok := syncTokenRoomPos(s); ok {
+		return pos, nil
+	}
+	if t, ok := parseTopoToken(s); ok && t.stream > 0 {
+		return t.stream, nil
+	}
 	n, err := strconv.ParseInt(strings.TrimPrefix(s, "r"), 10, 64)
 	if err != nil || !strings.HasPrefix(s, "r") || n <= 0 {
 		return 0, mxerr.New(mxerr.InvalidParam, "%s is not a valid token", name)

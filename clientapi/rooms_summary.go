@@ -149,9 +149,14 @@ func (s *Server) canPreview(ctx context.Context, userID string, rs *roomSummary)
 // Spec: client-server-api, "GET /_matrix/client/v1/room_summary/{roomIdOrAlias}" (MSC3266).
 func (s *Server) roomSummaryHandler(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := s.resolveRoom(ctx, r)
+	roomID, remote, err := s.resolveRoom(ctx, r)
 	if err != nil {
 		return err
+	}
+	if remote && strings.HasPrefix(roomID, "#") {
+		// Summaries of rooms held elsewhere come from the room's servers
+		// (federation hierarchy); this server answers for its own.
+		return mxerr.New(mxerr.NotFound, "room alias %s is on another server", roomID)
 	}
 	userID := ""
 	if me := caller(r); me != nil {

@@ -147,5 +147,6 @@ func (s *Server) setTyping(w http.ResponseWriter, r *http.Request) error {
 		timeout = min(time.Duration(*body.Timeout)*time.Millisecond, maxTypingTimeout)
 	}
 	s.rooms.typing.set(roomID, me.UserID, *body.Typing, timeout)
+	s.sendTypingEDU(ctx, roomID, me.UserID, *body.Typing)
 	return httpx.OK(w, httpx.EmptyObject)
 }

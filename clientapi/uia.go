@@ -130,6 +130,13 @@ func (s *Server) userInteractiveAuth(ctx context.Context, spec uiaSpec, raw json
 		if !flowsOffer(spec.flows, auth.Type) {
 			return nil, s.challenge(spec, sess, mxerr.New(mxerr.Forbidden, "authentication type %q is not offered here", auth.Type))
 		}
+		// Auth naming another user than the one authenticating is not a
+		// failed stage to retry but a refusal: 403, as Synapse answers
+		// and as Complement's "DELETE /device/{deviceId} requires UI auth
+		// user to match device owner" expects.
+		if err := s.checkStageUser(spec, auth); err != nil {
+			return nil, err
+		}
 		if err := s.runStage(ctx, spec, &sess, auth, now); err != nil {
 			var mx *mxerr.Error
 			if errors.As(err, &mx) && mx.Code == mxerr.Forbidden {
@@ -146,6 +153,23 @@ func (s *Server) userInteractiveAuth(ctx context.Context, spec uiaSpec, raw json
 	return nil, s.challenge(spec, sess, nil)
 }
 
+// checkStageUser refuses a password stage whose identifier names a
+// user other than the one the request authenticates (spec.localpart is
+// "" for registration, where there is none yet).
+func (s *Server) checkStageUser(spec uiaSpec, auth authDict) error {
+	if auth.Type != stagePassword || spec.localpart == "" || auth.Identifier == nil && auth.User == "" {
+		return nil
+	}
+	named, err := s.identifiedLocalpart(auth.Identifier, auth.User)
+	if err != nil {
+		return nil // runStage answers an unreadable identifier
+	}
+	if named != spec.localpart {
+		return mxerr.New(mxerr.Forbidden, "the identifier does not name the authenticated user")
+	}
+	return nil
+}
+
 // runStage attempts one stage and records it as completed.
 func (s *Server) runStage(ctx context.Context, spec uiaSpec, sess *storedSession, auth authDict, now time.Time) error {
 	completed := append(slices.Clone(sess.completed), auth.Type)
@@ -160,12 +184,8 @@ func (s *Server) runStage(ctx context.Context, spec uiaSpec, sess *storedSession
 		}
 		localpart := spec.localpart
 		if auth.Identifier != nil || auth.User != "" {
-			named, err := s.identifiedLocalpart(auth.Identifier, auth.User)
-			if err != nil {
+			if _, err := s.identifiedLocalpart(auth.Identifier, auth.User); err != nil {
 				return mxerr.New(mxerr.Forbidden, "invalid user or password")
-			}
-			if named != spec.localpart {
-				return mxerr.New(mxerr.Forbidden, "the identifier does not name the authenticated user")
 			}
 		}
 		acct, ok, err := lookupAccount(ctx, s.db.Reader(), localpart)

@@ -28,6 +28,7 @@ type Config struct {
 	RoomServer RoomServer `yaml:"room_server" doc:"Rooms and events."`
 	Federation Federation `yaml:"federation_api" doc:"Talking to other homeservers."`
 	MediaAPI   MediaAPI   `yaml:"media_api" doc:"Uploads, downloads, thumbnails, URL previews and remote media."`
+	Push       Push       `yaml:"push" doc:"Notifications: unread counts and delivery to push gateways."`
 }
 
 // Defaults returns the configuration used for anything the file leaves out.
@@ -42,6 +43,7 @@ func Defaults() Config {
 		RoomServer: RoomServer{}.Defaults(),
 		Federation: Federation{}.Defaults(),
 		MediaAPI:   MediaAPI{}.Defaults(),
+		Push:       Push{}.Defaults(),
 	}
 }
 
@@ -57,6 +59,7 @@ func (c *Config) Validate() error {
 		c.RoomServer.Validate(),
 		c.Federation.Validate(),
 		c.MediaAPI.Validate(),
+		c.Push.Validate(),
 	)
 }
 

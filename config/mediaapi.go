@@ -36,9 +36,9 @@ type MediaAPI struct {
 	RemoteMaxBytes     int64    `yaml:"remote_max_bytes" doc:"Largest remote media file fetched and cached, in bytes. Larger ones get 502 M_TOO_LARGE."`
 	RemoteCacheTTL     Duration `yaml:"remote_cache_ttl" doc:"Cached remote media not downloaded for this long is deleted (and fetched again when asked for)."`
 	RemoteFetchTimeout Duration `yaml:"remote_fetch_timeout" doc:"Time limit for fetching one remote media file."`
-	// RemoteBaseURLs stands in for server discovery until the federation
-	// component provides it (and stays useful for private federations).
-	RemoteBaseURLs []string `yaml:"remote_base_urls" doc:"Where to fetch remote media from, as \"server_name=https://host:port\". Other servers are reached at https://<server_name> (port 8448 unless the name has one)."`
+	// RemoteBaseURLs override server discovery per server (useful for
+	// private federations).
+	RemoteBaseURLs []string `yaml:"remote_base_urls" doc:"Where to fetch remote media from, as \"server_name=https://host:port\". Other servers are found by federation server discovery (without federation: https://<server_name>, port 8448 unless the name has one)."`
 }
 
 func (MediaAPI) Defaults() MediaAPI {

@@ -18,6 +18,9 @@ type Global struct {
 	DataDir         string   `yaml:"data_dir" doc:"Directory for the signing key, the SQLite database and media, unless their own paths say otherwise."`
 	TrustedProxies  []string `yaml:"trusted_proxies" doc:"Reverse proxies (IPs or CIDRs) whose X-Forwarded-For header is believed. Empty: the TCP peer is the client."`
 	WellKnownServer string   `yaml:"well_known_server" doc:"Value of m.server in /.well-known/matrix/server (host:port). Empty: the endpoint answers 404 and peers use port 8448."`
+	AdminMatrixID   string   `yaml:"admin_matrix_id" doc:"The administrator's Matrix ID, published in /.well-known/matrix/support. With admin_email and support_page all empty, that endpoint answers 404."`
+	AdminEmail      string   `yaml:"admin_email" doc:"The administrator's email address, published in /.well-known/matrix/support."`
+	SupportPage     string   `yaml:"support_page" doc:"A URL of a support page for this server's users, published in /.well-known/matrix/support."`
 }
 
 func (Global) Defaults() Global {
@@ -49,6 +52,9 @@ func (g Global) Validate() error {
 				errs = append(errs, fieldError("global.trusted_proxies", fmt.Sprintf("%q is not an IP or CIDR", p), "write e.g. 127.0.0.1 or 10.0.0.0/8"))
 			}
 		}
+	}
+	if g.AdminMatrixID != "" && (!strings.HasPrefix(g.AdminMatrixID, "@") || !strings.Contains(g.AdminMatrixID, ":")) {
+		errs = append(errs, fieldError("global.admin_matrix_id", fmt.Sprintf("%q is not a user ID", g.AdminMatrixID), "write e.g. @admin:example.org"))
 	}
 	if g.PublicBaseURL != "" && !strings.HasPrefix(g.PublicBaseURL, "http://") && !strings.HasPrefix(g.PublicBaseURL, "https://") {
 		errs = append(errs, fieldError("global.public_baseurl", "must start with http:// or https://", "e.g. https://matrix.example.org"))

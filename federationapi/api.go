@@ -24,6 +24,10 @@ type RemoteMemberships interface {
 	// LeaveRemote leaves (or rejects an invite to) a room this server
 	// does not hold, through make_leave/send_leave on via servers.
 	LeaveRemote(ctx context.Context, roomID, userID string, via []string) error
+	// InviteRemote invites a user of another server to a room held here:
+	// the invite goes to the invitee's server (invite v2), and the copy it
+	// signed is persisted (and sent to the room's other servers).
+	InviteRemote(ctx context.Context, req roomserver.MembershipRequest) (string, error)
 }
 
 // EDUQueue lets other components send EDUs (typing, receipts, presence,
@@ -54,6 +58,9 @@ type Rooms interface {
 	MembershipTemplate(ctx context.Context, req roomserver.TemplateRequest) (string, json.RawMessage, error)
 	StateAndAuthChainBefore(ctx context.Context, eventID string) (state, authChain []*roomserver.Event, err error)
 	ImportJoinedRoom(ctx context.Context, req roomserver.ImportRoomRequest) (*roomserver.InputEventResponse, error)
+	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)
+	InputWithState(ctx context.Context, req roomserver.InputWithStateRequest) (*roomserver.InputEventResponse, error)
+	PersistRemoteInvite(ctx context.Context, invite *roomserver.RemoteInvite, signed json.RawMessage) (*roomserver.SendEventResponse, error)
 }
 
 var _ Rooms = (*roomserver.Server)(nil)

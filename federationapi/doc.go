@@ -7,7 +7,11 @@
 // room's server ACL. /send checks each PDU on its own (format, sizes,
 // depth, the sender's server's signature, content hash → redaction) and
 // hands it to roomserver.InputEvent, fetching missing prev events with
-// get_missing_events; EDUs reach the EDUSinks only when the user they
+// get_missing_events; when that does not connect the PDU to what we hold,
+// gap.go takes the state at the missing prev events from the origin
+// (state_ids, then the events we lack) and inputs the PDU with it
+// (roomserver.InputWithState). A leave or ban for a room we do not hold
+// ends a local user's pending remote invite or knock. EDUs reach the EDUSinks only when the user they
 // concern belongs to the origin. Transactions are deduplicated by
 // (origin, txnId) in federation_inbound_txns. Reads answer for the
 // requesting server's view of the room (roomserver's *ForServer reads).
@@ -17,7 +21,13 @@
 // other servers' keys with their validity and fetches them directly or
 // through trusted_key_servers; sender.go is the persistent per-destination
 // queue (see its doc). Joiner.JoinRemote runs make_join/send_join,
-// refusing any template that changes what we asked for.
+// refusing any template that changes what we asked for; KnockRemote does
+// the same with make_knock/send_knock and keeps the knock (with the
+// answer's stripped state) as a pending membership for /sync. Backfill
+// (backfill_out.go) fetches history for the roomserver when /messages
+// reaches the oldest event held. userkeys.go serves /user/keys/query,
+// /user/keys/claim and /user/devices from the key server and makes those
+// requests for it.
 //
 // Concurrency: a Server is safe for concurrent use. Inbound transactions
 // are serialised per origin; the sender runs one goroutine for fan-out and

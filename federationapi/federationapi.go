@@ -48,7 +48,12 @@ type Deps struct {
 	Aliases   Aliases
 	Directory PublicRoomDirectory
 	EDUs      EDUSinks
-	Logger    *slog.Logger
+	// UserKeys serves /user/keys/* and /user/devices (the key server).
+	UserKeys UserKeys
+	// Notify, if non-nil, is told after commit that a stream of the
+	// federation API (RemoteInviteStream) advanced. It must not block.
+	Notify func(stream string, pos int64)
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Dial and LookupSRV replace the network for tests (custom server
@@ -70,6 +75,8 @@ type Server struct {
 	aliases     Aliases
 	directory   PublicRoomDirectory
 	edus        EDUSinks
+	userKeys    UserKeys
+	notify      func(stream string, pos int64) // may be nil
 	log         *slog.Logger
 	now         func() time.Time
 
@@ -117,6 +124,8 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		aliases:     deps.Aliases,
 		directory:   deps.Directory,
 		edus:        deps.EDUs,
+		userKeys:    deps.UserKeys,
+		notify:      deps.Notify,
 		log:         deps.Logger,
 		now:         deps.Now,
 	}

@@ -252,6 +252,32 @@ func TestTamperedTemplateAbortsJoin(t *testing.T) {
 // evilServer runs a fake homeserver named localhost:PORT that answers
 // make_join with a template whose path is set to value.
 func evilServer(t *testing.T, n *network, path, value string) (string, *atomic.Int32) {
+	var sendJoins atomic.Int32
+	name, _ := n.fakeServer(t, func(name string, mux *http.ServeMux) {
+		mux.HandleFunc("/_matrix/federation/v1/make_join/", func(w http.ResponseWriter, r *http.Request) {
+			parts := strings.Split(r.URL.EscapedPath(), "/")
+			roomID, _ := unescape(parts[5])
+			userID, _ := unescape(parts[6])
+			tmpl := mustJSON(map[string]any{"type": "m.room.member", "sender": userID, "state_key": userID, "room_id": roomID,
+				"content": map[string]string{"membership": "join"}, "prev_events": []string{"$prev"}, "auth_events": []string{"$create"},
+				"depth": 5, "origin": name, "origin_server_ts": 1})
+			tmpl, _ = sjson.SetBytes(tmpl, path, value)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(mustJSON(map[string]any{"room_version": "10", "event": json.RawMessage(tmpl)}))
+		})
+		mux.HandleFunc("/_matrix/federation/v2/send_join/", func(w http.ResponseWriter, r *http.Request) {
+			sendJoins.Add(1)
+			w.WriteHeader(http.StatusInternalServerError)
+		})
+	})
+	return name, &sendJoins
+}
+
+// fakeServer runs a fake homeserver named localhost:PORT with a TLS
+// certificate from the network's CA and a signing key it publishes at
+// /_matrix/key/v2/server; setup adds the routes it answers (unsigned
+// requests are not refused: it trusts whoever calls).
+func (n *network) fakeServer(t *testing.T, setup func(name string, mux *http.ServeMux)) (string, *signing.Key) {
 	key, err := signing.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +287,6 @@ func evilServer(t *testing.T, n *network, path, value string) (string, *atomic.I
 		t.Fatal(err)
 	}
 	name := "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	var sendJoins atomic.Int32
 	mux := http.NewServeMux()
 	mux.HandleFunc("/_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
 		doc := mustJSON(map[string]any{"server_name": name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
@@ -269,21 +294,7 @@ func evilServer(t *testing.T, n *network, path, value string) (string, *atomic.I
 		signed, _ := gomatrixserverlib.SignJSON(name, gomatrixserverlib.KeyID(key.ID), key.PrivateKey, doc)
 		_, _ = w.Write(signed)
 	})
-	mux.HandleFunc("/_matrix/federation/v1/make_join/", func(w http.ResponseWriter, r *http.Request) {
-		parts := strings.Split(r.URL.EscapedPath(), "/")
-		roomID, _ := unescape(parts[5])
-		userID, _ := unescape(parts[6])
-		tmpl := mustJSON(map[string]any{"type": "m.room.member", "sender": userID, "state_key": userID, "room_id": roomID,
-			"content": map[string]string{"membership": "join"}, "prev_events": []string{"$prev"}, "auth_events": []string{"$create"},
-			"depth": 5, "origin": name, "origin_server_ts": 1})
-		tmpl, _ = sjson.SetBytes(tmpl, path, value)
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(mustJSON(map[string]any{"room_version": "10", "event": json.RawMessage(tmpl)}))
-	})
-	mux.HandleFunc("/_matrix/federation/v2/send_join/", func(w http.ResponseWriter, r *http.Request) {
-		sendJoins.Add(1)
-		w.WriteHeader(http.StatusInternalServerError)
-	})
+	setup(name, mux)
 	pair, err := n.ca.Issue(name, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +308,7 @@ func evilServer(t *testing.T, n *network, path, value string) (string, *atomic.I
 	srv.TLS = cert
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return name, &sendJoins
+	return name, key
 }
 
 func ptr(s string) *string { return &s }

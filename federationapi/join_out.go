@@ -39,22 +39,12 @@ func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, v
 	if domainOf(userID) != s.serverName {
 		return "", mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
 	}
-	roomID := roomIDOrAlias
-	if strings.HasPrefix(roomIDOrAlias, "#") {
-		server := domainOf(roomIDOrAlias)
-		var dir struct {
-			RoomID  string   `json:"room_id"`
-			Servers []string `json:"servers"`
-		}
-		q := url.Values{"room_alias": {roomIDOrAlias}}
-		if err := s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/query/directory?"+q.Encode(), nil, &dir); err != nil {
-			return "", ClientError(err)
-		}
-		roomID = dir.RoomID
-		via = append(append([]string{}, via...), dir.Servers...)
-		via = append(via, server)
-	} else if d := domainOf(roomID); d != "" {
-		via = append(append([]string{}, via...), d) // pre-v12 room IDs name their creating server
+	roomID, via, err := s.resolveRemoteRoom(ctx, roomIDOrAlias, via)
+	if err != nil {
+		return "", err
+	}
+	if inviter := s.inviterServer(ctx, userID, roomID); inviter != "" {
+		via = append(via, inviter) // an invited user joins through the inviter's server
 	}
 	if !strings.HasPrefix(roomID, "!") {
 		return "", mxerr.New(mxerr.InvalidParam, "invalid room ID or alias %q", roomIDOrAlias)
@@ -84,6 +74,30 @@ func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, v
 	return "", ClientError(errs[len(errs)-1])
 }
 
+// resolveRemoteRoom turns a room ID or another server's alias into a
+// room ID and the servers to try: via, then the alias's answer and
+// server, or the server a pre-v12 room ID names.
+func (s *Server) resolveRemoteRoom(ctx context.Context, roomIDOrAlias string, via []string) (string, []string, error) {
+	roomID := roomIDOrAlias
+	if strings.HasPrefix(roomIDOrAlias, "#") {
+		server := domainOf(roomIDOrAlias)
+		var dir struct {
+			RoomID  string   `json:"room_id"`
+			Servers []string `json:"servers"`
+		}
+		q := url.Values{"room_alias": {roomIDOrAlias}}
+		if err := s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/query/directory?"+q.Encode(), nil, &dir); err != nil {
+			return "", nil, ClientError(err)
+		}
+		roomID = dir.RoomID
+		via = append(append([]string{}, via...), dir.Servers...)
+		via = append(via, server)
+	} else if d := domainOf(roomID); d != "" {
+		via = append(append([]string{}, via...), d) // pre-v12 room IDs name their creating server
+	}
+	return roomID, via, nil
+}
+
 // templateError marks a make_* template that asks us to sign something
 // other than what we asked for.
 type templateError struct{ msg string }
@@ -95,7 +109,9 @@ func (e *templateError) Error() string { return e.msg }
 // prev_events, auth_events and depth (and a restricted-join authoriser)
 // come from the template. Anything in the template that differs from what
 // we asked for aborts (security case 14).
-func (s *Server) signTemplate(t *template, roomID, userID, membership string) (gomatrixserverlib.PDU, error) {
+// extra holds keys of our own for the content (a knock's reason and
+// profile); membership is always ours.
+func (s *Server) signTemplate(t *template, roomID, userID, membership string, extra map[string]any) (gomatrixserverlib.PDU, error) {
 	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(t.RoomVersion))
 	if err != nil || t.RoomVersion == "" {
 		return nil, &templateError{fmt.Sprintf("unsupported room version %q", t.RoomVersion)}
@@ -133,7 +149,11 @@ func (s *Server) signTemplate(t *template, roomID, userID, membership string) (g
 	case tmpl.Depth < 1 || tmpl.Depth > maxSafeInt:
 		return nil, &templateError{"template depth out of range"}
 	}
-	ours := map[string]any{"membership": membership}
+	ours := map[string]any{}
+	for k, v := range extra {
+		ours[k] = v
+	}
+	ours["membership"] = membership
 	for k, v := range content {
 		switch k {
 		case "membership":
@@ -177,7 +197,7 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 	if err := s.client.signed(ctx, server, http.MethodGet, uri, nil, &t); err != nil {
 		return err
 	}
-	join, err := s.signTemplate(&t, roomID, userID, "join")
+	join, err := s.signTemplate(&t, roomID, userID, "join", nil)
 	if err != nil {
 		return err
 	}
@@ -239,16 +259,8 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 	if domainOf(userID) != s.serverName {
 		return mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
 	}
-	var inviteSender string
-	_ = s.db.Reader().QueryRow(ctx, `SELECT event FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
-		userID, roomID).Scan(&inviteSender)
-	if inviteSender != "" {
-		var ev struct {
-			Sender string `json:"sender"`
-		}
-		if json.Unmarshal([]byte(inviteSender), &ev) == nil {
-			via = append(append([]string{}, via...), domainOf(ev.Sender))
-		}
+	if inviter := s.inviterServer(ctx, userID, roomID); inviter != "" {
+		via = append(append([]string{}, via...), inviter)
 	}
 	var errs []error
 	seen := map[string]bool{s.serverName: true}
@@ -263,7 +275,7 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 			errs = append(errs, err)
 			continue
 		}
-		leave, err := s.signTemplate(&t, roomID, userID, "leave")
+		leave, err := s.signTemplate(&t, roomID, userID, "leave", nil)
 		if err != nil {
 			return mxerr.Wrap(err, mxerr.Forbidden, "leave aborted: %s sent a bad template: %v", server, err)
 		}
@@ -279,6 +291,28 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 		return mxerr.New(mxerr.NotFound, "no server to leave %s through", roomID)
 	}
 	return ClientError(errs[len(errs)-1])
+}
+
+// inviterServer is the server of whoever sent userID's pending remote
+// invite to roomID, or the server a pending remote knock went through;
+// "" if there is neither.
+func (s *Server) inviterServer(ctx context.Context, userID, roomID string) string {
+	var event, viaServer string
+	err := s.db.Reader().QueryRow(ctx, `SELECT event, via_server FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+		userID, roomID).Scan(&event, &viaServer)
+	if err != nil {
+		return ""
+	}
+	if viaServer != "" {
+		return viaServer // a knock: the server knocked through
+	}
+	var ev struct {
+		Sender string `json:"sender"`
+	}
+	if json.Unmarshal([]byte(event), &ev) != nil {
+		return ""
+	}
+	return domainOf(ev.Sender)
 }
 
 // dropRemoteInvite forgets a pending remote invite once answered.

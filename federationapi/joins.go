@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -13,7 +12,6 @@ import (
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
-	"github.com/myelin-chat/myelin/storage"
 )
 
 // Serving the membership handshakes of other servers' users.
@@ -118,7 +116,7 @@ func (s *Server) sendMembership(membership string) httpx.HandlerFunc {
 			}
 			return httpx.OK(w, out)
 		case "knock":
-			state, err := s.strippedState(r, roomID)
+			state, err := s.strippedState(r.Context(), roomID)
 			if err != nil {
 				return err
 			}
@@ -149,11 +147,11 @@ func checkMembershipEvent(pdu gomatrixserverlib.PDU, roomID, want string) error 
 // strippedState is the state a knocker or invitee may see: the room's
 // name, avatar, topic, join rules, canonical alias, create and
 // encryption events. Spec: client-server-api, "Stripped state".
-func (s *Server) strippedState(r *http.Request, roomID string) ([]json.RawMessage, error) {
+func (s *Server) strippedState(ctx context.Context, roomID string) ([]json.RawMessage, error) {
 	var out []json.RawMessage
 	for _, t := range []string{"m.room.create", "m.room.name", "m.room.avatar", "m.room.topic", "m.room.join_rules",
 		"m.room.canonical_alias", "m.room.encryption"} {
-		ev, err := s.rooms.RoomStateEvent(r.Context(), roomID, t, "")
+		ev, err := s.rooms.RoomStateEvent(ctx, roomID, t, "")
 		if mxerr.Is(err, mxerr.NotFound) {
 			continue
 		}
@@ -221,18 +219,7 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 		return mxerr.New(mxerr.BadJSON, "invalid invitee")
 	}
 	// Security case 8: keep only well-formed stripped state objects.
-	var stripped []json.RawMessage
-	for _, st := range req.InviteRoomState {
-		var e struct {
-			Type     string          `json:"type"`
-			StateKey *string         `json:"state_key"`
-			Sender   string          `json:"sender"`
-			Content  json.RawMessage `json:"content"`
-		}
-		if json.Unmarshal(st, &e) == nil && e.Type != "" && e.StateKey != nil && strings.HasPrefix(string(e.Content), "{") {
-			stripped = append(stripped, st)
-		}
-	}
+	stripped := wellFormedStripped(req.InviteRoomState)
 	signedPDU := pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
 	signedJSON := signedPDU.JSON()
 	if _, err := s.rooms.RoomVersion(ctx, roomID); err == nil {
@@ -245,13 +232,9 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		err = s.db.Write(ctx, func(tx storage.Tx) error {
-			_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state, received_ts)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
-				ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
-					event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts`,
-				*pdu.StateKey(), roomID, eventID, req.RoomVersion, string(signedJSON), string(strippedJSON), s.now().UnixMilli())
-			return err
+		err = s.storePendingMembership(ctx, pendingMembership{
+			userID: *pdu.StateKey(), roomID: roomID, eventID: eventID, roomVersion: req.RoomVersion,
+			event: signedJSON, strippedState: strippedJSON, membership: "invite",
 		})
 		if err != nil {
 			return err
@@ -260,21 +243,52 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, map[string]any{"event": json.RawMessage(signedJSON)})
 }
 
+// RemoteInviteStream is the name under which Deps.Notify is told that a
+// remote invite arrived.
+const RemoteInviteStream = "remote_invites"
+
 // RemoteInvite is an invite of a local user to a room this server is not
 // in, as received from the inviting server.
 type RemoteInvite struct {
+	// Membership is invite, or knock for a knock of the user's on a
+	// room held elsewhere (InviteRoomState is then the knock_room_state
+	// the resident server answered).
+	Membership      string
 	RoomID          string
 	EventID         string
 	RoomVersion     string
 	Event           json.RawMessage
 	InviteRoomState json.RawMessage
+	// StreamPos is the invite's position in the remote invite stream.
+	StreamPos int64
 }
 
-// RemoteInvites lists userID's pending invites to rooms this server does
-// not hold (for /sync's invite section).
+// RemoteInvites lists userID's pending invites to (and knocks on) rooms
+// this server does not hold.
 func (s *Server) RemoteInvites(ctx context.Context, userID string) ([]RemoteInvite, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state
-		FROM federation_remote_invites WHERE user_id = $1 ORDER BY received_ts`, userID)
+	all, err := s.RemoteInvitesSince(ctx, userID, -1, 0)
+	var out []RemoteInvite
+	for _, inv := range all {
+		if inv.Membership != "leave" {
+			out = append(out, inv)
+		}
+	}
+	return out, err
+}
+
+// RemoteInvitesSince lists userID's pending remote invites received in
+// stream positions (since, to]; since < 0 means from the start and to 0
+// means no upper bound. An invite
+// answered (joined or rejected) is no longer pending; one the room's
+// server withdrew (or a knock it rejected) is listed with Membership
+// leave.
+func (s *Server) RemoteInvitesSince(ctx context.Context, userID string, since, to int64) ([]RemoteInvite, error) {
+	if to <= 0 {
+		to = maxSafeInt
+	}
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, event_id, room_version, event, invite_room_state, stream_pos, membership
+		FROM federation_remote_invites WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos`,
+		userID, since, to)
 	if err != nil {
 		return nil, err
 	}
@@ -283,11 +297,18 @@ func (s *Server) RemoteInvites(ctx context.Context, userID string) ([]RemoteInvi
 	for rows.Next() {
 		var inv RemoteInvite
 		var ev, st string
-		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st); err != nil {
+		if err := rows.Scan(&inv.RoomID, &inv.EventID, &inv.RoomVersion, &ev, &st, &inv.StreamPos, &inv.Membership); err != nil {
 			return nil, err
 		}
 		inv.Event, inv.InviteRoomState = json.RawMessage(ev), json.RawMessage(st)
 		out = append(out, inv)
 	}
 	return out, rows.Err()
+}
+
+// RemoteInviteHead is the newest position of the remote invite stream.
+func (s *Server) RemoteInviteHead(ctx context.Context) (int64, error) {
+	var pos int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT COALESCE(MAX(stream_pos), 0) FROM federation_remote_invite_positions`).Scan(&pos)
+	return pos, err
 }

@@ -162,6 +162,11 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 	if d := gjson.GetBytes(raw, "depth"); d.Exists() && (d.Type != gjson.Number || d.Int() < 0 || d.Int() > maxSafeInt || d.Raw != itoa(d.Int())) {
 		return nil, "", fmt.Errorf("depth %s out of range", d.Raw)
 	}
+	// Security case 4: bytes others could read differently are refused,
+	// never normalised.
+	if err := roomserver.CheckPDUJSON(raw); err != nil {
+		return nil, gjson.GetBytes(raw, "event_id").Str, fmt.Errorf("invalid PDU: %w", err)
+	}
 	pdu, err := guard(func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
 	if err != nil {
 		return nil, "", fmt.Errorf("invalid PDU: %w", err)
@@ -197,6 +202,13 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 // from origin when the roomserver lacks them.
 func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMessage) (string, error) {
 	p, eventID, err := s.checkPDU(ctx, raw, "")
+	if mxerr.Is(err, mxerr.NotFound) {
+		// A room we do not hold: only the answer to a pending remote
+		// invite or knock of one of our users is of interest.
+		if id, handled, perr := s.pendingMembershipPDU(ctx, origin, raw); handled {
+			return id, perr
+		}
+	}
 	if err != nil {
 		return eventID, err
 	}
@@ -212,6 +224,15 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 			return eventID, fmt.Errorf("%v; fetching missing events: %v", err, ferr)
 		}
 		resp, err = s.input(ctx, p)
+		if mxerr.Is(err, mxerr.NotFound) {
+			// Still not connected: take the state at the missing prev
+			// events from origin (gap.go).
+			var gerr error
+			if resp, gerr = s.fillGap(ctx, origin, p); gerr != nil {
+				return eventID, fmt.Errorf("%v; filling the gap: %v", err, gerr)
+			}
+			err = nil
+		}
 	}
 	if err != nil {
 		return eventID, err

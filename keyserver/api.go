@@ -18,6 +18,9 @@ const (
 // API is what the sync component reads from the key server. *Server
 // implements it.
 type API interface {
+	// ToDevicePosition is the to-device stream head, for sync tokens: no
+	// message stored later has a position at or below it.
+	ToDevicePosition(ctx context.Context) (int64, error)
 	// ToDeviceSince returns the to-device messages waiting for the device
 	// with a position above since, oldest first, at most
 	// ToDeviceBatchLimit of them, and latest, the position of the last one

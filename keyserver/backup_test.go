@@ -2,6 +2,7 @@ package keyserver_test
 
 import (
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/testserver"
@@ -158,5 +159,34 @@ func TestKeyBackup(t *testing.T) {
 		bob := register(t, srv, "bob")
 		status, body = bob.do(t, http.MethodGet, v3+"/room_keys/keys?version=1", nil)
 		expect("bob reading alice's backup", status, body, 404, "M_NOT_FOUND")
+	})
+}
+
+// TestKeyBackupEscapedPath: room and session IDs travel percent-escaped
+// in the path (session IDs are base64 and may hold '/'); the key is
+// stored, listed and found under the unescaped IDs.
+func TestKeyBackupEscapedPath(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice := register(t, srv, "alice")
+		const v3 = "/_matrix/client/v3"
+		const roomID, sessionID = "!room:localhost", "ab/cd+ef"
+		status, body := alice.do(t, http.MethodPost, v3+"/room_keys/version", map[string]any{"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+			"auth_data": map[string]any{"public_key": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo"}})
+		if status != 200 {
+			t.Fatalf("create backup: %d %v", status, body)
+		}
+		path := v3 + "/room_keys/keys/" + url.PathEscape(roomID) + "/" + url.PathEscape(sessionID) + "?version=" + body["version"].(string)
+		key := map[string]any{"first_message_index": 0, "forwarded_count": 0, "is_verified": true,
+			"session_data": map[string]any{"ciphertext": "c", "ephemeral": "e", "mac": "m"}}
+		if status, body := alice.do(t, http.MethodPut, path, key); status != 200 {
+			t.Fatalf("put with an escaped path: %d %v", status, body)
+		}
+		_, body = alice.do(t, http.MethodGet, v3+"/room_keys/keys?version=1", nil)
+		if dig(body, "rooms", roomID, "sessions", sessionID, "session_data") == nil {
+			t.Errorf("all keys: %v, want the session under %q in %q", body, sessionID, roomID)
+		}
+		if status, body := alice.do(t, http.MethodGet, path, nil); status != 200 || dig(body, "session_data", "ciphertext") != "c" {
+			t.Errorf("get with an escaped path: %d %v", status, body)
+		}
 	})
 }

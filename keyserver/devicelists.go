@@ -4,22 +4,42 @@ import (
 	"context"
 	"net/http"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/syncapi"
 )
 
 // Device lists. Spec: client-server-api, "Tracking the device list for a
 // user" and "Extensions to /sync".
 
 // recordDeviceListChange appends one change per user to the device-list
-// stream inside tx, and tells notify after commit.
+// stream inside tx, and tells notify after commit. For local users such a
+// change (no device) means their cross-signing keys or signatures changed.
 func recordDeviceListChange(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), userIDs ...string) error {
-	if len(userIDs) == 0 {
+	changes := make([][2]string, len(userIDs))
+	for i, u := range userIDs {
+		changes[i] = [2]string{u, ""}
+	}
+	return recordChanges(ctx, db, tx, notify, changes)
+}
+
+// recordDeviceChanges appends one change per device of a local user (its
+// keys were uploaded or it was deleted).
+func recordDeviceChanges(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), userID string, deviceIDs ...string) error {
+	changes := make([][2]string, len(deviceIDs))
+	for i, d := range deviceIDs {
+		changes[i] = [2]string{userID, d}
+	}
+	return recordChanges(ctx, db, tx, notify, changes)
+}
+
+// recordChanges appends (user, device) changes to the stream.
+func recordChanges(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), changes [][2]string) error {
+	if len(changes) == 0 {
 		return nil
 	}
 	if err := lockStream(ctx, db, tx, deviceListLock); err != nil {
@@ -27,10 +47,10 @@ func recordDeviceListChange(ctx context.Context, db *storage.DB, tx storage.Tx, 
 	}
 	now := time.Now().UnixMilli()
 	var pos int64
-	for _, u := range userIDs {
+	for _, c := range changes {
 		if err := tx.QueryRow(ctx, `
-			INSERT INTO keyserver_device_list_changes (user_id, changed_ts) VALUES ($1, $2)
-			RETURNING position`, u, now).Scan(&pos); err != nil {
+			INSERT INTO keyserver_device_list_changes (user_id, device_id, changed_ts) VALUES ($1, $2, $3)
+			RETURNING position`, c[0], c[1], now).Scan(&pos); err != nil {
 			return err
 		}
 	}
@@ -68,7 +88,7 @@ func DevicesDeletedHook(db *storage.DB, notify func(stream string, pos int64)) f
 				return err
 			}
 		}
-		return recordDeviceListChange(ctx, db, tx, notify, userID)
+		return recordDeviceChanges(ctx, db, tx, notify, userID, deviceIDs...)
 	}
 }
 
@@ -145,11 +165,10 @@ func sortedKeys(m map[string]bool) []string {
 // keyChanges answers GET /keys/changes.
 //
 // Spec: client-server-api, "GET /_matrix/client/v3/keys/changes". from
-// and to are sync tokens; until the sync component's token format is
-// merged they are read as plain device-list positions. Without the
-// roomserver's membership history the window's joins and leaves are
-// unknown here, so left is empty and changed covers users sharing a room
-// now (Deps.SharedRoomUsers).
+// and to are sync tokens (next_batch values): the device-list positions
+// in them bound the device changes, and their room positions the window
+// whose joins and leaves (Deps.MembershipDelta) add to changed and left,
+// as in /sync.
 func (s *Server) keyChanges(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
 	q := r.URL.Query()
@@ -164,18 +183,24 @@ func (s *Server) keyChanges(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	changed, left, err := s.DeviceListChanges(r.Context(), d.UserID, from, to, MembershipDelta{})
+	var delta MembershipDelta
+	if s.membershipDelta != nil && to.Room > from.Room {
+		if delta, err = s.membershipDelta(r.Context(), d.UserID, from.Room, to.Room); err != nil {
+			return err
+		}
+	}
+	changed, left, err := s.DeviceListChanges(r.Context(), d.UserID, from.DeviceLists, to.DeviceLists, delta)
 	if err != nil {
 		return err
 	}
 	return httpx.OK(w, map[string]any{"changed": changed, "left": left})
 }
 
-// parsePosition reads a device-list position token.
-func parsePosition(token string) (int64, error) {
-	pos, err := strconv.ParseInt(token, 10, 64)
-	if err != nil || pos < 0 {
-		return 0, mxerr.New(mxerr.InvalidParam, "invalid token %q", token)
+// parsePosition reads a sync token given to GET /keys/changes.
+func parsePosition(token string) (syncapi.TokenPositions, error) {
+	pos, err := syncapi.DecodeToken(token)
+	if err != nil {
+		return pos, mxerr.New(mxerr.InvalidParam, "invalid token %q: want a sync token (next_batch)", token)
 	}
 	return pos, nil
 }

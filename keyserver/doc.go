@@ -18,20 +18,35 @@
 //     rows at increasing positions, written in the same transaction as the
 //     data they describe, with Deps.Notify told after commit. To-device
 //     rows are deleted only when sync acknowledges them (AckToDevice).
-//   - Users on other servers: key queries and claims report them in
-//     failures, and to-device messages for them wait in
-//     keyserver_to_device_outbound for the federation sender.
+//   - Users on other servers (remote.go, federation_keys.go): /keys/query
+//     and /keys/claim ask their servers in parallel within the request's
+//     timeout (default 10 s) and report a server that fails in failures;
+//     a remote user sharing a room with a local user is tracked — their
+//     keys cached from GET /user/devices and kept current by
+//     m.device_list_update (applied when prev_id is the stream ID held,
+//     else a resync) — and answered from the cache while it is fresh.
+//     Local users' changes go out as m.device_list_update (stream_id, the
+//     change's position; prev_id, the user's previous one; deleted) and
+//     m.signing_key_update to the servers sharing a room with them.
+//     To-device messages for them wait in keyserver_to_device_outbound
+//     for the federation sender. Signatures by local users of remote
+//     users' keys are not supported yet (refused per key).
 //
-// Sync's part (API): per /sync of (user, device) with token positions
-// toDevice and deviceList:
+// Sync's part (API, adapted to syncapi.E2EE in internal/homeserver): per
+// /sync of (user, device) with token positions toDevice and deviceList:
 //   - AckToDevice(user, device, toDevice) when the client presents a
 //     token, then ToDeviceSince(user, device, toDevice) → to_device.events
-//     and the next token's to-device position;
+//     and the next token's to-device position (ToDevicePosition is the
+//     head: rows are deleted, so it is kept in keyserver_stream_heads);
 //   - DeviceListChanges(user, deviceList, DeviceListPosition(), delta) →
-//     device_lists (incremental syncs only), delta from the room stream;
+//     device_lists (incremental syncs only), delta from the room stream
+//     (syncapi.MembershipChanges);
 //   - OneTimeKeyCounts and UnusedFallbackKeyTypes →
 //     device_one_time_keys_count and device_unused_fallback_key_types;
 //   - wake on Deps.Notify(ToDeviceStream | DeviceListStream, pos).
+//
+// GET /keys/changes takes sync tokens (syncapi.DecodeToken) and answers
+// like /sync's device_lists for the window between them.
 //
 // Concurrency: a Server is safe for concurrent use; all state is in the
 // database. Stream positions commit in order (an advisory lock per stream

@@ -184,3 +184,14 @@ func dig(v any, path ...string) any {
 	}
 	return v
 }
+
+// nextBatch is u's next_batch from an immediate /sync: a sync token.
+func nextBatch(t *testing.T, u *user) string {
+	t.Helper()
+	status, body := u.do(t, http.MethodGet, "/_matrix/client/v3/sync?timeout=0", nil)
+	token, _ := body["next_batch"].(string)
+	if status != http.StatusOK || token == "" {
+		t.Fatalf("/sync: %d %v", status, body)
+	}
+	return token
+}

@@ -8,12 +8,15 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -50,6 +53,23 @@ type Deps struct {
 	// joined room with userID (the roomserver's membership). Nil until the
 	// roomserver exists: then only userID's own changes are reported.
 	SharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	// MembershipDelta returns who started or stopped sharing a room with
+	// userID between two room-stream positions (syncapi's
+	// MembershipChanges), for GET /keys/changes. Nil: that endpoint
+	// reports device changes only, without the window's joins and leaves.
+	MembershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
+	// QueueEDU hands EDUs for other servers to the federation sender. Nil:
+	// to-device messages for remote users wait in
+	// keyserver_to_device_outbound.
+	QueueEDU EDUQueue
+	// Federation reaches other servers' key endpoints (/keys/query and
+	// /keys/claim fan-out, device-list resyncs). Nil: remote users are
+	// reported in failures.
+	Federation RemoteKeys
+	// SharedServers lists the other servers with a user joined to a room
+	// userID is joined to: where m.device_list_update and
+	// m.signing_key_update about userID go. Nil: no updates are sent.
+	SharedServers func(ctx context.Context, userID string) ([]string, error)
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -63,6 +83,17 @@ type Server struct {
 	userDevices     func(ctx context.Context, userID string) (map[string]string, error)
 	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
 	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	membershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
+	queueEDU        EDUQueue // may be nil
+	flush           outboundFlush
+	fed             RemoteKeys // may be nil
+	sharedServers   func(ctx context.Context, userID string) ([]string, error)
+	// deviceListWake wakes the device-list sender (capacity 1).
+	deviceListWake chan struct{}
+
+	resyncMu  sync.Mutex
+	bg        context.Context // set by StartFederation; resyncs run under it
+	resyncing map[string]bool // users being resynced
 }
 
 // New runs the key server's migrations and returns the server.
@@ -77,7 +108,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Server{
+	s := &Server{
 		serverName:      deps.ServerName,
 		db:              deps.DB,
 		verifier:        deps.Verifier,
@@ -86,7 +117,18 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		userDevices:     deps.UserDevices,
 		requirePassword: deps.RequirePassword,
 		sharedRoomUsers: deps.SharedRoomUsers,
-	}, nil
+		membershipDelta: deps.MembershipDelta,
+		queueEDU:        deps.QueueEDU,
+		fed:             deps.Federation,
+		sharedServers:   deps.SharedServers,
+		deviceListWake:  make(chan struct{}, 1),
+		resyncing:       map[string]bool{},
+	}
+	s.notify = func(stream string, pos int64) {
+		streamAdvanced(deps.Notify, stream, pos)
+		s.Notified(stream, pos)
+	}
+	return s, nil
 }
 
 // Migrate applies the key server's migrations to db. New calls it; it is
@@ -138,8 +180,21 @@ type uiaChallenge interface {
 
 // handle registers an error-returning handler, writing UIA challenges as
 // 401 bodies and every other error through httpx.
+//
+// Path parameters reach fn with their percent-escapes decoded: chi
+// matches on the raw path when the client escaped characters (a room
+// ID's '!', a session ID's '/'), and its parameters then keep them.
 func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
 	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
+		if rctx := chi.RouteContext(r.Context()); rctx != nil {
+			for i, v := range rctx.URLParams.Values {
+				u, err := url.PathUnescape(v)
+				if err != nil {
+					return mxerr.New(mxerr.InvalidParam, "path parameter %s is not correctly escaped", rctx.URLParams.Keys[i])
+				}
+				rctx.URLParams.Values[i] = u
+			}
+		}
 		err := fn(w, r)
 		var c uiaChallenge
 		if errors.As(err, &c) {

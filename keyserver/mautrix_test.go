@@ -147,6 +147,7 @@ func TestMautrixCrossSigning(t *testing.T) {
 		bob := newOlmDevice(t, register(t, srv, "bob"))
 		ks := srv.HS.KeyServer
 		before, _ := ks.DeviceListPosition(ctx)
+		beforeToken := nextBatch(t, alice.user)
 
 		aliceKeys, err := alice.mach.GenerateCrossSigningKeys()
 		if err != nil {
@@ -254,7 +255,7 @@ func TestMautrixCrossSigning(t *testing.T) {
 		if !slices.Equal(changed, []string{alice.userID, bob.userID}) || !slices.Equal(left, []string{"@carol:localhost"}) {
 			t.Errorf("with bob newly sharing a room and carol gone: changed %v left %v", changed, left)
 		}
-		status, body = alice.do(t, http.MethodGet, "/_matrix/client/v3/keys/changes?from="+itoa(before)+"&to="+itoa(after), nil)
+		status, body = alice.do(t, http.MethodGet, "/_matrix/client/v3/keys/changes?from="+beforeToken+"&to="+nextBatch(t, alice.user), nil)
 		if status != 200 || !slices.Equal(toStrings(body["changed"]), []string{alice.userID}) {
 			t.Errorf("/keys/changes: %d %v", status, body)
 		}

@@ -12,13 +12,11 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
-// remoteFailure is what failures holds for a server whose users were
-// asked for: federation is not wired into the key server yet, so every
-// remote server is reported unreachable rather than silently omitted.
-var remoteFailure = map[string]any{"status": http.StatusServiceUnavailable, "message": "federation key queries are not available yet"}
-
 // queryKeys answers POST /keys/query: device keys and cross-signing keys
-// with the signatures the caller may see.
+// with the signatures the caller may see. Users of other servers are
+// answered from the cache of their keys when it is fresh, else asked
+// from their servers in parallel, each for at most timeout (default 10
+// s); a server that fails or does not answer in time is in failures.
 //
 // Spec: client-server-api, "POST /_matrix/client/v3/keys/query" and
 // "Key and signature security": a user sees signatures made by their own
@@ -29,55 +27,77 @@ func (s *Server) queryKeys(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
-		// Timeout bounds waiting on remote servers; with federation not
-		// yet wired there is nothing to wait for.
-		Timeout *int64 `json:"timeout"`
+		Timeout    *int64              `json:"timeout"`
 	}
 	if err := httpx.DecodeJSON(r, &req); err != nil {
 		return err
 	}
-	resp := map[string]any{}
-	deviceKeys := map[string]map[string]json.RawMessage{}
-	masters := map[string]json.RawMessage{}
-	selfSigning := map[string]json.RawMessage{}
-	userSigning := map[string]json.RawMessage{}
-	failures := map[string]any{}
+	out := newKeysResult()
+	remote := map[string]map[string][]string{}
 	for userID, wanted := range req.DeviceKeys {
 		if !s.isLocal(userID) {
 			if server := serverOf(userID); server != "" {
-				failures[server] = remoteFailure
+				if remote[server] == nil {
+					remote[server] = map[string][]string{}
+				}
+				remote[server][userID] = wanted
 			}
 			continue
 		}
-		devices, err := s.queryUserDevices(ctx, d.UserID, userID, wanted)
-		if err != nil {
+		if err := s.localKeys(ctx, d.UserID, userID, wanted, out); err != nil {
 			return err
-		}
-		deviceKeys[userID] = devices
-		keys, err := loadCrossSigningKeys(ctx, s.db.Reader(), userID)
-		if err != nil {
-			return err
-		}
-		for keyType, out := range map[string]map[string]json.RawMessage{
-			keyTypeMaster: masters, keyTypeSelfSigning: selfSigning, keyTypeUserSigning: userSigning,
-		} {
-			k := keys[keyType]
-			if k == nil || (keyType == keyTypeUserSigning && userID != d.UserID) {
-				continue
-			}
-			obj, err := s.withVisibleSignatures(ctx, d.UserID, userID, k.publicKey, k.canonical, nil)
-			if err != nil {
-				return err
-			}
-			out[userID] = obj
 		}
 	}
-	resp["device_keys"] = deviceKeys
-	resp["master_keys"] = masters
-	resp["self_signing_keys"] = selfSigning
-	resp["user_signing_keys"] = userSigning
-	resp["failures"] = failures
-	return httpx.OK(w, resp)
+	if err := s.queryRemote(ctx, remote, requestTimeout(req.Timeout), out); err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{
+		"device_keys": out.DeviceKeys, "master_keys": out.MasterKeys, "self_signing_keys": out.SelfSigningKeys,
+		"user_signing_keys": out.UserSigningKeys, "failures": out.Failures,
+	})
+}
+
+// keysResult is a /keys/query answer being built.
+type keysResult struct {
+	DeviceKeys      map[string]map[string]json.RawMessage
+	MasterKeys      map[string]json.RawMessage
+	SelfSigningKeys map[string]json.RawMessage
+	UserSigningKeys map[string]json.RawMessage
+	Failures        map[string]any
+}
+
+func newKeysResult() *keysResult {
+	return &keysResult{DeviceKeys: map[string]map[string]json.RawMessage{}, MasterKeys: map[string]json.RawMessage{},
+		SelfSigningKeys: map[string]json.RawMessage{}, UserSigningKeys: map[string]json.RawMessage{}, Failures: map[string]any{}}
+}
+
+// localKeys adds a local user's keys to out as requester may see them
+// (requester "" is another server: the owner's signatures only, and no
+// user-signing key).
+func (s *Server) localKeys(ctx context.Context, requester, userID string, wanted []string, out *keysResult) error {
+	devices, err := s.queryUserDevices(ctx, requester, userID, wanted)
+	if err != nil {
+		return err
+	}
+	out.DeviceKeys[userID] = devices
+	keys, err := loadCrossSigningKeys(ctx, s.db.Reader(), userID)
+	if err != nil {
+		return err
+	}
+	for keyType, dst := range map[string]map[string]json.RawMessage{
+		keyTypeMaster: out.MasterKeys, keyTypeSelfSigning: out.SelfSigningKeys, keyTypeUserSigning: out.UserSigningKeys,
+	} {
+		k := keys[keyType]
+		if k == nil || (keyType == keyTypeUserSigning && userID != requester) {
+			continue
+		}
+		obj, err := s.withVisibleSignatures(ctx, requester, userID, k.publicKey, k.canonical, nil)
+		if err != nil {
+			return err
+		}
+		dst[userID] = obj
+	}
+	return nil
 }
 
 // queryUserDevices returns userID's device keys (all devices, or those in
@@ -177,14 +197,32 @@ func (s *Server) claimKeys(w http.ResponseWriter, r *http.Request) error {
 	if req.OneTimeKeys == nil {
 		return mxerr.New(mxerr.MissingParam, "one_time_keys is required")
 	}
+	local := map[string]map[string]string{}
+	remote := map[string]map[string]map[string]string{}
+	for userID, devices := range req.OneTimeKeys {
+		if s.isLocal(userID) {
+			local[userID] = devices
+		} else if server := serverOf(userID); server != "" {
+			if remote[server] == nil {
+				remote[server] = map[string]map[string]string{}
+			}
+			remote[server][userID] = devices
+		}
+	}
+	result, err := s.claimLocal(ctx, local)
+	if err != nil {
+		return err
+	}
+	failures := s.claimRemote(ctx, remote, requestTimeout(req.Timeout), result)
+	return httpx.OK(w, map[string]any{"one_time_keys": result, "failures": failures})
+}
+
+// claimLocal claims one key per requested device of local users.
+func (s *Server) claimLocal(ctx context.Context, req map[string]map[string]string) (map[string]map[string]map[string]json.RawMessage, error) {
 	type claim struct{ userID, deviceID, algorithm string }
 	var claims []claim
-	failures := map[string]any{}
-	for userID, devices := range req.OneTimeKeys {
+	for userID, devices := range req {
 		if !s.isLocal(userID) {
-			if server := serverOf(userID); server != "" {
-				failures[server] = remoteFailure
-			}
 			continue
 		}
 		for deviceID, alg := range devices {
@@ -218,10 +256,7 @@ func (s *Server) claimKeys(w http.ResponseWriter, r *http.Request) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return httpx.OK(w, map[string]any{"one_time_keys": result, "failures": failures})
+	return result, err
 }
 
 // claimOneTimeKey deletes and returns one of the device's one-time keys

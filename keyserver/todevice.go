@@ -42,10 +42,6 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 	if req.Messages == nil {
 		return mxerr.New(mxerr.MissingParam, "messages is required")
 	}
-	type delivery struct {
-		userID, deviceID string
-		content          []byte
-	}
 	var local []delivery
 	remote := map[string]map[string]map[string]json.RawMessage{} // server → user → device → content
 	for userID, devices := range req.Messages {
@@ -66,26 +62,11 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 			remote[server][userID] = devices
 			continue
 		}
-		// Only devices that exist receive messages: "*" fans out to all
-		// of them, and a message for an unknown device is dropped.
-		existing, err := s.userDevices(ctx, userID)
+		deliveries, err := s.localDeliveries(ctx, userID, devices)
 		if err != nil {
 			return err
 		}
-		ids := make([]string, 0, len(existing))
-		for id := range existing {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for deviceID, content := range devices {
-			if deviceID == "*" {
-				for _, id := range ids {
-					local = append(local, delivery{userID, id, content})
-				}
-			} else if _, ok := existing[deviceID]; ok {
-				local = append(local, delivery{userID, deviceID, content})
-			}
-		}
+		local = append(local, deliveries...)
 	}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		// The transaction ID is recorded with the messages: a retry finds
@@ -100,20 +81,8 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 		now := time.Now().UnixMilli()
-		if len(local) > 0 {
-			if err := lockStream(ctx, s.db, tx, toDeviceLock); err != nil {
-				return err
-			}
-			var pos int64
-			for _, m := range local {
-				if err := tx.QueryRow(ctx, `
-					INSERT INTO keyserver_to_device (user_id, device_id, sender, event_type, content, created_ts)
-					VALUES ($1, $2, $3, $4, $5, $6) RETURNING position`,
-					m.userID, m.deviceID, d.UserID, eventType, string(m.content), now).Scan(&pos); err != nil {
-					return err
-				}
-			}
-			tx.AfterCommit(func() { streamAdvanced(s.notify, ToDeviceStream, pos) })
+		if err := s.insertToDevice(ctx, tx, d.UserID, eventType, local); err != nil {
+			return err
 		}
 		for server, messages := range remote {
 			body, err := json.Marshal(messages)
@@ -131,7 +100,70 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if len(remote) > 0 {
+		s.flushOutbound(ctx)
+	}
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// delivery is one to-device message for one local device.
+type delivery struct {
+	userID, deviceID string
+	content          []byte
+}
+
+// localDeliveries expands one local user's messages (device ID or "*")
+// to their devices. Only devices that exist receive messages: "*" fans
+// out to all of them, and a message for an unknown device is dropped.
+func (s *Server) localDeliveries(ctx context.Context, userID string, devices map[string]json.RawMessage) ([]delivery, error) {
+	existing, err := s.userDevices(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(existing))
+	for id := range existing {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var out []delivery
+	for deviceID, content := range devices {
+		if deviceID == "*" {
+			for _, id := range ids {
+				out = append(out, delivery{userID, id, content})
+			}
+		} else if _, ok := existing[deviceID]; ok {
+			out = append(out, delivery{userID, deviceID, content})
+		}
+	}
+	return out, nil
+}
+
+// insertToDevice appends messages from sender to the recipients'
+// to-device streams inside tx and tells the stream after commit.
+func (s *Server) insertToDevice(ctx context.Context, tx storage.Tx, sender, eventType string, messages []delivery) error {
+	if len(messages) == 0 {
+		return nil
+	}
+	if err := lockStream(ctx, s.db, tx, toDeviceLock); err != nil {
+		return err
+	}
+	now := time.Now().UnixMilli()
+	var pos int64
+	for _, m := range messages {
+		if err := tx.QueryRow(ctx, `
+			INSERT INTO keyserver_to_device (user_id, device_id, sender, event_type, content, created_ts)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING position`,
+			m.userID, m.deviceID, sender, eventType, string(m.content), now).Scan(&pos); err != nil {
+			return err
+		}
+	}
+	// Acknowledged rows are deleted, so the head is kept apart (it must
+	// never go backwards).
+	if _, err := tx.Exec(ctx, `UPDATE keyserver_stream_heads SET position = $1 WHERE stream = 'to_device'`, pos); err != nil {
+		return err
+	}
+	tx.AfterCommit(func() { streamAdvanced(s.notify, ToDeviceStream, pos) })
+	return nil
 }
 
 // newMessageID returns a random message_id for an m.direct_to_device EDU.
@@ -139,6 +171,13 @@ func newMessageID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// ToDevicePosition implements API.
+func (s *Server) ToDevicePosition(ctx context.Context) (int64, error) {
+	var pos int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT position FROM keyserver_stream_heads WHERE stream = 'to_device'`).Scan(&pos)
+	return pos, err
 }
 
 // ToDeviceSince implements API.
@@ -168,6 +207,16 @@ func (s *Server) ToDeviceSince(ctx context.Context, userID, deviceID string, sin
 
 // AckToDevice implements API.
 func (s *Server) AckToDevice(ctx context.Context, userID, deviceID string, upTo int64) error {
+	// Every /sync acknowledges; most have nothing left to delete, and a
+	// read spares them the write.
+	var n int
+	if err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM keyserver_to_device
+		WHERE user_id = $1 AND device_id = $2 AND position <= $3 LIMIT 1) AS waiting`, userID, deviceID, upTo).Scan(&n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		_, err := tx.Exec(ctx, `DELETE FROM keyserver_to_device WHERE user_id = $1 AND device_id = $2 AND position <= $3`,
 			userID, deviceID, upTo)

@@ -218,7 +218,7 @@ func (s *Server) storeDeviceKeys(ctx context.Context, tx storage.Tx, d *authn.De
 			}
 		}
 	}
-	return pub, recordDeviceListChange(ctx, s.db, tx, s.notify, d.UserID)
+	return pub, recordDeviceChanges(ctx, s.db, tx, s.notify, d.UserID, d.DeviceID)
 }
 
 // putSignature stores (or replaces) one signature.

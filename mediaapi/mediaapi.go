@@ -36,8 +36,9 @@ type Deps struct {
 	// media: its TLS settings are kept, its dialer is replaced by the
 	// guarded one. Nil: http.DefaultTransport's settings.
 	FederationClient *http.Client
-	// Resolve maps server names to federation base URLs. Nil: the
-	// media_api.remote_base_urls entries, then https://<name>:8448.
+	// Resolve maps server names to federation base URLs (federationapi's
+	// discovery); media_api.remote_base_urls entries come first. Nil: those
+	// entries, then https://<name>:8448.
 	Resolve Resolver
 	// SignFederationRequest adds X-Matrix authentication to a request
 	// for destination's federation API (federationapi provides it). Nil:
@@ -138,11 +139,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	s.previewClient = guardedClient(nil, policy, 5)
 	s.remote = deps.Remote
 	if s.remote == nil {
-		resolve := deps.Resolve
-		if resolve == nil {
-			if resolve, err = staticResolver(cfg.RemoteBaseURLs); err != nil {
-				return nil, err
-			}
+		// media_api.remote_base_urls entries win over discovery.
+		resolve, err := staticResolver(cfg.RemoteBaseURLs, deps.Resolve)
+		if err != nil {
+			return nil, err
 		}
 		s.remote = &httpFetcher{client: guardedClient(deps.FederationClient, policy, 3), resolve: resolve, policy: policy, sign: deps.SignFederationRequest}
 	}

@@ -83,7 +83,7 @@ func (s *Server) fetchRemote(ctx context.Context, serverName, mediaID string) (*
 //
 // Spec: server-server-api, "Resolving server names", steps 1, 2 and the
 // final fallback to port 8448.
-func staticResolver(entries []string) (Resolver, error) {
+func staticResolver(entries []string, discover Resolver) (Resolver, error) {
 	static := map[string]string{}
 	for _, e := range entries {
 		name, u, err := config.ParseRemoteBaseURL(e)
@@ -92,9 +92,12 @@ func staticResolver(entries []string) (Resolver, error) {
 		}
 		static[name] = strings.TrimRight(u.String(), "/")
 	}
-	return func(_ context.Context, serverName string) (string, error) {
+	return func(ctx context.Context, serverName string) (string, error) {
 		if base, ok := static[serverName]; ok {
 			return base, nil
+		}
+		if discover != nil {
+			return discover(ctx, serverName)
 		}
 		if !validServerName(serverName) {
 			return "", fmt.Errorf("invalid server name %q", serverName)

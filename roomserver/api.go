@@ -107,10 +107,16 @@ type CreateRoomRequest struct {
 	// RoomAliasName is the alias local part; the full alias becomes the
 	// canonical alias. Claiming it in the directory is the caller's job,
 	// done in ReserveAlias before any event is written.
-	RoomAliasName             string
-	Name                      string
-	Topic                     string
-	Invite                    []string
+	RoomAliasName string
+	Name          string
+	Topic         string
+	Invite        []string
+	// RemoteInvites are invitees on other servers. They count as Invite
+	// does for the power levels and creators of the trusted_private_chat
+	// preset, but their invite events are not built here: an invite to
+	// another server's user must be signed by that server first (invite
+	// v2), which the caller does once the room exists.
+	RemoteInvites             []string
 	IsDirect                  bool
 	CreationContent           map[string]any
 	InitialState              []StateEvent

@@ -33,6 +33,18 @@ type ClientReads interface {
 	// visibility checks, for server-side indexers. The events are in
 	// their current (possibly redacted) form.
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error)
+	// JoinedServers lists the servers with a user joined to roomID, this
+	// one included, sorted.
+	JoinedServers(ctx context.Context, roomID string) ([]string, error)
+	// TopologicalTokenAt converts a stream position (as in a /sync
+	// token) into a /messages token of roomID for paging in dir: paging
+	// Backward from it returns the room's events at or before streamPos,
+	// paging Forward the events after the last of those.
+	TopologicalTokenAt(ctx context.Context, roomID string, streamPos int64, dir Direction) (string, error)
+	// MembershipsAt maps each of eventIDs (known to this server) to
+	// userID's membership in the state after that event, "leave" when
+	// the user had none, for unsigned.membership.
+	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
 }
 
 var _ ClientReads = (*Server)(nil)
@@ -187,6 +199,68 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 				return err
 			}
 			out = append(out, toEvent(e))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// TopologicalTokenAt implements ClientReads. The token is placed at the
+// room's latest accepted event at or before streamPos; an event stored
+// later at a lower depth (a fork) pages as if it came before it.
+func (s *Server) TopologicalTokenAt(ctx context.Context, roomID string, streamPos int64, dir Direction) (string, error) {
+	var depth, nid int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT depth, event_nid FROM roomserver_events
+		WHERE room_id = $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+		ORDER BY event_nid DESC LIMIT 1`, roomID, streamPos).Scan(&depth, &nid)
+	if storage.IsNoRows(err) {
+		return topoToken{0, 0}.String(), nil // before the room: nothing back, everything forward
+	}
+	if err != nil {
+		return "", err
+	}
+	if dir == Backward {
+		nid++ // Messages pages backwards from a token exclusively
+	}
+	return topoToken{depth, nid}.String(), nil
+}
+
+// MembershipsAt implements ClientReads. It reads one snapshot per
+// distinct state, so a page of messages sharing a state costs one read.
+// Spec: client-server-api, "Room Event Format", unsigned.membership ("the
+// membership property of the requesting user's m.room.member state at
+// the point of the event, including any changes caused by the event ...
+// set to leave" when there is none).
+func (s *Server) MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error) {
+	out := make(map[string]string, len(eventIDs))
+	if len(eventIDs) == 0 {
+		return out, nil
+	}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		loaded, err := s.loadEventsByID(ctx, q, nil, eventIDs)
+		if err != nil {
+			return err
+		}
+		vis := s.newVisibility(q, userID)
+		versions := map[string]string{}
+		for id, e := range loaded {
+			version, ok := versions[e.row.RoomID]
+			if !ok {
+				room, err := loadRoom(ctx, q, e.row.RoomID)
+				if err != nil {
+					return err
+				}
+				version = room.Version
+				versions[e.row.RoomID] = version
+			}
+			_, m, err := vis.at(ctx, version, e.row.StateAfter)
+			if err != nil {
+				return err
+			}
+			if m == "" {
+				m = "leave"
+			}
+			out[id] = m
 		}
 		return nil
 	})

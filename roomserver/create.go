@@ -125,7 +125,8 @@ func (s *Server) planRoom(req *CreateRoomRequest) ([]*gomatrixserverlib.ProtoEve
 	if preset != PresetPrivateChat && preset != PresetTrustedPrivateChat && preset != PresetPublicChat {
 		return nil, mxerr.New(mxerr.BadJSON, "unknown preset %q", preset)
 	}
-	for _, u := range req.Invite {
+	invitees := append(append([]string{}, req.Invite...), req.RemoteInvites...)
+	for _, u := range invitees {
 		if _, err := spec.NewUserID(u, true); err != nil {
 			return nil, mxerr.New(mxerr.InvalidParam, "invalid user ID %q in invite", u)
 		}
@@ -165,7 +166,7 @@ func (s *Server) planRoom(req *CreateRoomRequest) ([]*gomatrixserverlib.ProtoEve
 			}
 		}
 		if preset == PresetTrustedPrivateChat {
-			for _, u := range req.Invite {
+			for _, u := range invitees {
 				if !contains(extra, u) && u != req.Creator {
 					extra = append(extra, u)
 				}
@@ -188,7 +189,7 @@ func (s *Server) planRoom(req *CreateRoomRequest) ([]*gomatrixserverlib.ProtoEve
 	plan = append(plan, stateProto(req.Creator, "m.room.member", req.Creator, join))
 
 	// 3. Power levels.
-	pl := defaultPowerLevels(req.Creator, preset, privileged, req.Invite)
+	pl := defaultPowerLevels(req.Creator, preset, privileged, invitees)
 	for k, v := range req.PowerLevelContentOverride {
 		pl[k] = v
 	}
@@ -260,7 +261,7 @@ func (s *Server) planRoom(req *CreateRoomRequest) ([]*gomatrixserverlib.ProtoEve
 		}))
 	}
 
-	// 8. Invites.
+	// 8. Invites (of this server's users; RemoteInvites are the caller's).
 	for _, u := range req.Invite {
 		content := map[string]any{"membership": "invite"}
 		if req.IsDirect {

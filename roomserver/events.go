@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -200,9 +201,27 @@ func validateClientJSON(raw []byte) error {
 	if err := checkSurrogates(raw); err != nil {
 		return err
 	}
+	return walkJSON(raw, jsonRules{numbers: true})
+}
+
+// jsonRules says what walkJSON enforces beyond valid JSON without
+// duplicate keys.
+type jsonRules struct {
+	// numbers: integers in [-(2^53-1), 2^53-1] only.
+	numbers bool
+	// caseFold: in the top-level object and its "content" (the objects
+	// Go decodes into structs), no two keys equal under case folding
+	// (encoding/json would read either into the same field), and the
+	// keys of topKeys and contentKeys spelt exactly, not in another case.
+	// Other objects are decoded into maps, which are case-sensitive.
+	caseFold             bool
+	topKeys, contentKeys map[string]bool
+}
+
+func walkJSON(raw []byte, rules jsonRules) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
-	if err := checkValue(dec, 0); err != nil {
+	if err := checkValue(dec, 0, rules, rules.topKeys); err != nil {
 		return err
 	}
 	if _, err := dec.Token(); err == nil {
@@ -213,7 +232,9 @@ func validateClientJSON(raw []byte) error {
 
 const maxJSONDepth = 100
 
-func checkValue(dec *json.Decoder, depth int) error {
+// checkValue checks the next value of dec; exact, when not nil, lists
+// the keys that must not appear in another case in this object.
+func checkValue(dec *json.Decoder, depth int, rules jsonRules, exact map[string]bool) error {
 	if depth > maxJSONDepth {
 		return mxerr.New(mxerr.BadJSON, "JSON nested too deeply")
 	}
@@ -235,15 +256,33 @@ func checkValue(dec *json.Decoder, depth int) error {
 				if seen[key] {
 					return mxerr.New(mxerr.BadJSON, "duplicate key %q", key)
 				}
+				if rules.caseFold && exact != nil {
+					for other := range seen {
+						if strings.EqualFold(other, key) {
+							return mxerr.New(mxerr.BadJSON, "keys %q and %q differ only in case", other, key)
+						}
+					}
+					if !exact[key] {
+						for want := range exact {
+							if strings.EqualFold(want, key) {
+								return mxerr.New(mxerr.BadJSON, "key %q must be spelt %q", key, want)
+							}
+						}
+					}
+				}
 				seen[key] = true
-				if err := checkValue(dec, depth+1); err != nil {
+				var next map[string]bool
+				if depth == 0 && key == "content" {
+					next = rules.contentKeys
+				}
+				if err := checkValue(dec, depth+1, rules, next); err != nil {
 					return err
 				}
 			}
 			_, err = dec.Token()
 		case '[':
 			for dec.More() {
-				if err := checkValue(dec, depth+1); err != nil {
+				if err := checkValue(dec, depth+1, rules, nil); err != nil {
 					return err
 				}
 			}
@@ -253,7 +292,9 @@ func checkValue(dec *json.Decoder, depth int) error {
 			return mxerr.Wrap(err, mxerr.BadJSON, "invalid JSON")
 		}
 	case json.Number:
-		return checkNumber(string(t))
+		if rules.numbers {
+			return checkNumber(string(t))
+		}
 	}
 	return nil
 }

@@ -162,7 +162,7 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		return nil, err
 	}
 	parse := func(raw json.RawMessage) (gomatrixserverlib.PDU, error) {
-		return guard("parsing PDU", func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+		return parseUntrustedPDU(impl, raw)
 	}
 	join, err := parse(req.Join)
 	if err != nil {

@@ -234,7 +234,8 @@ func (s *Server) stateBeforeWithAuthChain(ctx context.Context, eventID string) (
 }
 
 // AuthChain returns the auth chain of the given events: their auth
-// events, recursively (not the events themselves), sorted by depth.
+// events, recursively (not the events themselves, unless one is an auth
+// event of another), sorted by depth.
 func (s *Server) AuthChain(ctx context.Context, eventIDs []string) ([]*Event, error) {
 	q := s.db.Reader()
 	seen := map[string]bool{}
@@ -244,6 +245,10 @@ func (s *Server) AuthChain(ctx context.Context, eventIDs []string) ([]*Event, er
 	for _, id := range eventIDs {
 		start[id] = true
 	}
+	// A start event is in the chain too when another one's auth events
+	// reach it (the create event always is): servers such as Dendrite
+	// refuse a send_join auth_chain without the create event.
+	emitted := map[string]bool{}
 	for len(frontier) > 0 {
 		got, err := s.loadEventsByID(ctx, q, nil, frontier)
 		if err != nil {
@@ -255,7 +260,8 @@ func (s *Server) AuthChain(ctx context.Context, eventIDs []string) ([]*Event, er
 			if !ok {
 				continue
 			}
-			if !start[id] {
+			if (!start[id] || seen[id]) && !emitted[id] {
+				emitted[id] = true
 				out = append(out, e)
 			}
 			for _, a := range e.pdu.AuthEventIDs() {

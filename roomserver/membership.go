@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"reflect"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -19,6 +20,16 @@ import (
 func (s *Server) Join(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
 	req.Target = req.Sender
 	content := memberContent(req, "join")
+	// Joining again with the same content changes nothing: answer with
+	// the current join instead of a new event (Synapse does the same; a
+	// changed displayname, avatar or extra key still sends a new one).
+	// Complement: TestRoomCreationReportsEventsToMyself "Joining room
+	// twice is idempotent".
+	if cur, err := s.IndexedStateKeys(ctx, req.RoomID, "m.room.member", []string{req.Sender}); err != nil {
+		return nil, err
+	} else if len(cur) == 1 && cur[0].Membership == "join" && sameContent(cur[0].Content, content) {
+		return &SendEventResponse{EventID: cur[0].EventID, StreamPos: cur[0].StreamPos}, nil
+	}
 	via, err := s.restrictedJoinAuthoriser(ctx, req.RoomID, req.Sender)
 	if err != nil {
 		return nil, err
@@ -116,6 +127,24 @@ func (s *Server) needTarget(req MembershipRequest) error {
 	return nil
 }
 
+// sameContent reports whether the JSON content raw holds exactly the
+// keys and values of content.
+func sameContent(raw json.RawMessage, content map[string]any) bool {
+	var have map[string]any
+	if json.Unmarshal(raw, &have) != nil {
+		return false
+	}
+	want, err := json.Marshal(content)
+	if err != nil {
+		return false
+	}
+	var norm map[string]any
+	if json.Unmarshal(want, &norm) != nil {
+		return false
+	}
+	return reflect.DeepEqual(have, norm)
+}
+
 func memberContent(req MembershipRequest, membership string) map[string]any {
 	content := map[string]any{}
 	for k, v := range req.Content {
@@ -134,6 +163,15 @@ func (s *Server) sendMember(ctx context.Context, req MembershipRequest, content 
 	if domainOf(req.Sender) != string(s.serverName) {
 		return nil, mxerr.New(mxerr.Forbidden, "sender %s is not a local user", req.Sender)
 	}
+	proto, err := memberProto(req, content)
+	if err != nil {
+		return nil, err
+	}
+	return s.sendProto(ctx, req.RoomID, proto, "", req.TxnID)
+}
+
+// memberProto is the m.room.member event of req with content.
+func memberProto(req MembershipRequest, content map[string]any) (*gomatrixserverlib.ProtoEvent, error) {
 	raw, err := marshalChecked(content)
 	if err != nil {
 		return nil, err
@@ -142,10 +180,9 @@ func (s *Server) sendMember(ctx context.Context, req MembershipRequest, content 
 	if err := checkFieldLimits("m.room.member", &target, req.Sender); err != nil {
 		return nil, err
 	}
-	proto := &gomatrixserverlib.ProtoEvent{
+	return &gomatrixserverlib.ProtoEvent{
 		SenderID: req.Sender, RoomID: req.RoomID, Type: "m.room.member", StateKey: &target, Content: raw,
-	}
-	return s.sendProto(ctx, req.RoomID, proto, "", req.TxnID)
+	}, nil
 }
 
 // restrictedJoinAuthoriser returns the local user to name in

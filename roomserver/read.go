@@ -24,6 +24,10 @@ type visibility struct {
 	// join (0 if none); current caches their current membership.
 	lastJoin map[string]int64
 	current  map[string]string
+	// ownRejections shows the user their own rejection of an invite (or
+	// withdrawal of a knock). Only timelines set it: the event, not the
+	// room state around it, is what the user may then see.
+	ownRejections bool
 }
 
 func (s *Server) newVisibility(q storage.Querier, userID string) *visibility {
@@ -190,6 +194,20 @@ func (v *visibility) canSee(ctx context.Context, version string, e *loadedEvent)
 		if err != nil {
 			return false, err
 		}
+		if v.ownRejections && e.row.Type == "m.room.member" && membership == "leave" {
+			// The user's own rejection of an invite or withdrawal of a
+			// knock: without it the room could not leave their /sync
+			// (it would stay under invite). Synapse shows it too.
+			// Complement: TestRoomsInvite "Invited user can reject
+			// invite for empty room", TestLeaveEventInviteRejection.
+			_, before, err := v.at(ctx, version, e.row.StateBefore)
+			if err != nil {
+				return false, err
+			}
+			if before == "invite" || before == "knock" {
+				return true, nil
+			}
+		}
 		return v.allows(ctx, e, hv, membership)
 	}
 	return false, nil
@@ -259,6 +277,19 @@ func (s *Server) stateSnapshotFor(ctx context.Context, q storage.Querier, userID
 		case m != nil && *m == "join":
 			return room.CurrentSnapshot, nil
 		case m != nil && (*m == "leave" || *m == "ban"):
+			// A former member who forgot the room reads it as a
+			// non-member: "After this API is called, however, a user
+			// will no longer be able to retrieve history for this room."
+			// (POST /rooms/{roomId}/forget).
+			var forgotten int
+			err := q.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_forgotten
+				WHERE user_id = $1 AND room_id = $2`, userID, room.RoomID).Scan(&forgotten)
+			if err != nil {
+				return 0, err
+			}
+			if forgotten > 0 {
+				break
+			}
 			hv, _, err := s.newVisibility(q, userID).at(ctx, room.Version, room.CurrentSnapshot)
 			if err != nil {
 				return 0, err
@@ -500,6 +531,7 @@ func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeRes
 // filterVisible parses rows and keeps those userID may see.
 func (s *Server) filterVisible(ctx context.Context, q storage.Querier, userID string, rows []*eventRow) ([]*Event, error) {
 	vis := s.newVisibility(q, userID)
+	vis.ownRejections = true
 	versions := map[string]string{}
 	var out []*Event
 	for _, r := range rows {
@@ -570,6 +602,9 @@ func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesRe
 		from = topoToken{0, 0}
 	default:
 		from = topoToken{1<<63 - 1, 1<<63 - 1}
+	}
+	if req.Dir == Backward {
+		s.backfillIfAtStart(ctx, req.RoomID, from, limit) // federation_backfill.go
 	}
 	out := &MessagesResponse{Start: from.String(), End: from.String()}
 	err := s.db.Read(ctx, func(q storage.Querier) error {

@@ -63,6 +63,8 @@ type Server struct {
 	// event built with a hash-derived room ID (see createTime).
 	createMu     sync.Mutex
 	lastCreateMS int64
+
+	backfiller Backfiller // federation_backfill.go; set before serving
 }
 
 var _ API = (*Server)(nil)

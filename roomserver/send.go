@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"strconv"
 	"time"
 
@@ -21,8 +22,18 @@ func (s *Server) SendEvent(ctx context.Context, req SendEventRequest) (*SendEven
 	if err := s.checkSendRequest(&req); err != nil {
 		return nil, err
 	}
+	// A second m.room.create is malformed for every room version, not a
+	// matter of power: 400, as Complement's
+	// TestMSC4291RoomIDAsHashOfCreateEvent_CannotSendCreateEvent expects.
+	// Spec: client-server-api, PUT /rooms/{roomId}/state/... ("400: The
+	// sender's request is malformed").
 	if req.Type == "m.room.create" {
-		return nil, mxerr.New(mxerr.Forbidden, "m.room.create can only be sent by creating a room")
+		return nil, mxerr.New(mxerr.BadJSON, "m.room.create can only be sent by creating a room")
+	}
+	if req.Type == "m.room.power_levels" && req.StateKey != nil && *req.StateKey == "" {
+		if err := s.checkCreatorsNotListed(ctx, req.RoomID, req.Content); err != nil {
+			return nil, err
+		}
 	}
 	proto := &gomatrixserverlib.ProtoEvent{
 		SenderID: req.Sender,
@@ -214,9 +225,7 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 	if err != nil {
 		return nil, err
 	}
-	pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) {
-		return impl.NewEventFromUntrustedJSON(req.JSON)
-	})
+	pdu, err := parseUntrustedPDU(impl, req.JSON)
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
 	}
@@ -271,3 +280,48 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 
 // itoa is strconv.FormatInt for int64.
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// checkCreatorsNotListed refuses, in room versions with privileged
+// creators, power levels that give a room creator a level: "Room
+// creators have infinitely high power level and cannot be specified in
+// the m.room.power_levels event" (rooms/v12). The auth rules reject such
+// an event (rooms/v12, "Authorization rules" 10.4); from a client it is
+// a malformed request, 400 M_BAD_JSON, as Complement's
+// TestMSC4289PrivilegedRoomCreators ("creator cannot set self in PL
+// event") and TestMSC4289PrivilegedRoomCreators_Additional expect.
+func (s *Server) checkCreatorsNotListed(ctx context.Context, roomID string, content []byte) error {
+	version, err := s.RoomVersion(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	impl, err := roomVersion(version)
+	if err != nil || !impl.PrivilegedCreators() {
+		return err
+	}
+	creates, err := s.IndexedStateKeys(ctx, roomID, "m.room.create", []string{""})
+	if err != nil || len(creates) == 0 {
+		return err
+	}
+	var pl struct {
+		Users map[string]json.RawMessage `json:"users"`
+	}
+	if json.Unmarshal(content, &pl) != nil {
+		return nil // the auth rules judge malformed levels
+	}
+	var c struct {
+		AdditionalCreators []any `json:"additional_creators"`
+	}
+	_ = json.Unmarshal(creates[0].Content, &c)
+	creators := []string{creates[0].Sender}
+	for _, a := range c.AdditionalCreators {
+		if u, ok := a.(string); ok {
+			creators = append(creators, u)
+		}
+	}
+	for _, u := range creators {
+		if _, listed := pl.Users[u]; listed {
+			return mxerr.New(mxerr.BadJSON, "%s is a creator of this room: creators have unlimited power and cannot be listed in users", u)
+		}
+	}
+	return nil
+}

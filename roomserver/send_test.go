@@ -176,3 +176,42 @@ func mustRoom(t testing.TB, db *storage.DB, roomID string) *roomRow {
 	}
 	return r
 }
+
+// Security case 4, federation side: CheckPDUJSON refuses what another
+// server could read differently, and nothing an honest server sends.
+func TestCheckPDUJSON(t *testing.T) {
+	refused := map[string]string{
+		"duplicate top-level key":   `{"type":"m.room.message","type":"m.room.member","content":{}}`,
+		"duplicate content key":     `{"type":"m.room.message","content":{"body":"a","body":"b"}}`,
+		"nested duplicate":          `{"type":"m.room.message","content":{"x":{"k":1,"k":2}}}`,
+		"case-variant top key":      `{"type":"m.room.message","Type":"m.room.member","content":{}}`,
+		"lone case-variant top key": `{"Sender":"@a:b","type":"m.room.message","content":{}}`,
+		"Membership":                `{"type":"m.room.member","content":{"Membership":"join"}}`,
+		"membership and Membership": `{"type":"m.room.member","content":{"membership":"leave","Membership":"join"}}`,
+		// U+017F folds to 's' in Go's (and encoding/json's) case folding.
+		"long s in membership": `{"type":"m.room.member","content":{"member\u017fhip":"join"}}`,
+		"JOIN_RULE":            `{"type":"m.room.join_rules","content":{"JOIN_RULE":"public"}}`,
+		"Users in levels":      `{"type":"m.room.power_levels","content":{"Users":{"@a:b":100}}}`,
+		"lone high surrogate":  `{"type":"m.room.message","content":{"body":"\ud800"}}`,
+		"lone low surrogate":   `{"type":"m.room.message","content":{"body":"\udc00x"}}`,
+		"invalid UTF-8":        "{\"type\":\"m.room.message\",\"content\":{\"body\":\"\xc3\x28\"}}",
+		"trailing data":        `{"type":"m.room.message","content":{}} {}`,
+	}
+	for name, raw := range refused {
+		if err := CheckPDUJSON([]byte(raw)); !mxerr.Is(err, mxerr.BadJSON) {
+			t.Errorf("%s: got %v, want M_BAD_JSON", name, err)
+		}
+	}
+	accepted := map[string]string{
+		"plain":                       `{"type":"m.room.member","state_key":"@a:b","content":{"membership":"join","displayname":"A"}}`,
+		"surrogate pair":              `{"type":"m.room.message","content":{"body":"\ud83d\ude00"}}`,
+		"message keys differing case": `{"type":"m.room.message","content":{"a":1,"A":2,"Body":"x"}}`,
+		"user IDs in levels":          `{"type":"m.room.power_levels","content":{"users":{"@a:b":1,"@A:b":2}}}`,
+		"old-room numbers":            `{"type":"m.room.message","depth":3,"content":{"n":1.5,"m":9007199254740993}}`,
+	}
+	for name, raw := range accepted {
+		if err := CheckPDUJSON([]byte(raw)); err != nil {
+			t.Errorf("%s: refused: %v", name, err)
+		}
+	}
+}

@@ -23,15 +23,19 @@ type MembershipEntry struct {
 	Membership string // join, invite, knock, leave, ban
 	EventID    string // the m.room.member event holding it
 	StreamPos  int64  // that event's stream position
+	// Forgotten: the user left and forgot the room. Sync still reports
+	// the leave to a client whose token predates it, so other devices
+	// learn of it; nothing else of the room is shown.
+	Forgotten bool
 }
 
-// UserMemberships lists userID's current memberships, leaving out
-// forgotten rooms.
+// UserMemberships lists userID's current memberships, forgotten rooms
+// marked.
 func (s *Server) UserMemberships(ctx context.Context, userID string) ([]MembershipEntry, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.event_nid
+	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.event_nid,
+		(SELECT COUNT(*) FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
 		FROM roomserver_current_state c
-		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL
-		AND NOT EXISTS (SELECT 1 FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)`, userID)
+		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL`, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -39,9 +43,11 @@ func (s *Server) UserMemberships(ctx context.Context, userID string) ([]Membersh
 	var out []MembershipEntry
 	for rows.Next() {
 		var m MembershipEntry
-		if err := rows.Scan(&m.RoomID, &m.Membership, &m.EventID, &m.StreamPos); err != nil {
+		var forgotten int
+		if err := rows.Scan(&m.RoomID, &m.Membership, &m.EventID, &m.StreamPos, &forgotten); err != nil {
 			return nil, err
 		}
+		m.Forgotten = forgotten > 0
 		out = append(out, m)
 	}
 	// Sorted here rather than with ORDER BY: every /sync (and every

@@ -16,7 +16,7 @@ const (
 	TypingStream     = "typing"
 	PresenceStream   = "presence"
 	ToDeviceStream   = "to_device"
-	DeviceListStream = "device_lists"
+	DeviceListStream = "device_list"
 )
 
 // Rooms is what sync reads from the roomserver (*roomserver.Server).
@@ -33,6 +33,7 @@ type Rooms interface {
 	RoomsWithEvents(ctx context.Context, from, to int64, limit int) (map[string]bool, bool, error)
 	LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error)
 	TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
+	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
 }
 
 // AccountData is what sync reads from clientapi's account data stream
@@ -71,10 +72,51 @@ type Ephemeral interface {
 	SetPresence(ctx context.Context, userID, presence string) error
 }
 
+// UnreadCounts are the unread notification counts of a room or thread.
+type UnreadCounts struct {
+	Notifications, Highlights int
+}
+
+// RoomUnread is one room's unread counts: in total, in the main
+// timeline, and per thread root.
+type RoomUnread struct {
+	Total, Main UnreadCounts
+	Threads     map[string]UnreadCounts
+}
+
+// Push is the push component's side of sync. It is optional: without it
+// unread counts are zero and an initial sync has no m.push_rules until
+// the user changes a rule.
+type Push interface {
+	// UnreadCounts must answer with counts that include every event up
+	// to roomPos and every receipt up to receiptPos, so an event and the
+	// count it raised arrive in the same response.
+	// Spec: client-server-api, "Receiving notifications".
+	UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomUnread, error)
+	// PushRules returns the content of userID's m.push_rules, for an
+	// initial sync when none is stored in account data yet (the user
+	// never changed a rule). Spec: client-server-api, "Push Rules: Events".
+	PushRules(ctx context.Context, userID string) (json.RawMessage, error)
+}
+
 // DeviceLists is the device_lists section of a sync response.
 type DeviceLists struct {
 	Changed []string `json:"changed"`
 	Left    []string `json:"left"`
+}
+
+// MembershipDelta is what the room stream says about who started or
+// stopped sharing a room with the syncing user in a sync window; see
+// membershipDelta for how it is computed.
+//
+//   - Joined: users who joined one of the user's rooms, and every member
+//     of a room the user joined.
+//   - Left: users who left (or were kicked or banned from) one of the
+//     user's rooms, and every member of a room the user left. The E2EE
+//     source drops those who still share another room.
+type MembershipDelta struct {
+	Joined []string
+	Left   []string
 }
 
 // E2EE is the key server's side of sync: to-device messages, device
@@ -84,13 +126,19 @@ type DeviceLists struct {
 type E2EE interface {
 	// E2EEHeads returns the heads of the to-device and device-list streams.
 	E2EEHeads(ctx context.Context) (toDevice, deviceLists int64, err error)
-	// ToDevice returns the device's to-device messages in (since, to];
-	// messages at or before since have been delivered and may be deleted.
-	ToDevice(ctx context.Context, userID, deviceID string, since, to int64) ([]json.RawMessage, error)
-	// DeviceListChanges returns the users whose devices changed, and the
-	// users who no longer share a room with userID, in (since, to].
-	DeviceListChanges(ctx context.Context, userID string, since, to int64) (DeviceLists, error)
-	// OneTimeKeyCounts returns the device's unclaimed one-time keys per
+	// AckToDevice deletes the device's to-device messages at positions up
+	// to upTo: the client presented a token saying it has them.
+	AckToDevice(ctx context.Context, userID, deviceID string, upTo int64) error
+	// ToDevice returns the device's to-device messages after since, oldest
+	// first, at most limit of them, and next, the to-device position of
+	// the next token: the last message returned when more may be waiting,
+	// else at least to (the head read for this response).
+	ToDevice(ctx context.Context, userID, deviceID string, since, to int64, limit int) (events []json.RawMessage, next int64, err error)
+	// DeviceListChanges returns device_lists for userID's sync between
+	// device-list positions since and to, given the window's membership
+	// changes.
+	DeviceListChanges(ctx context.Context, userID string, since, to int64, rooms MembershipDelta) (DeviceLists, error)
+	// KeyCounts returns the device's unclaimed one-time keys per
 	// algorithm, and the algorithms of its unused fallback keys.
 	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
 }

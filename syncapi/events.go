@@ -28,17 +28,27 @@ type clientEvent struct {
 type unsigned struct {
 	Age           int64  `json:"age"`
 	TransactionID string `json:"transaction_id,omitempty"`
+	// Membership is the requesting user's membership after the event
+	// (MSC4115, spec v1.11 "unsigned.membership").
+	Membership string `json:"membership,omitempty"`
 	// RedactedBecause names the redaction; the full event is not loaded.
 	RedactedBy string `json:"redacted_by,omitempty"`
 }
 
 // strippedEvent is a stripped state event. Spec: client-server-api,
-// "Stripped state".
+// "Stripped state". The m.room.create event keeps the fields of a full
+// client event (event_id, origin_server_ts, room_id): since v1.16 it is
+// required in invite and knock state and, per MSC4311, carried whole so
+// that a room ID can be checked against its create event (Complement:
+// TestMSC4311FullCreateEventOnStrippedState).
 type strippedEvent struct {
-	Content  json.RawMessage `json:"content"`
-	Sender   string          `json:"sender"`
-	StateKey string          `json:"state_key"`
-	Type     string          `json:"type"`
+	Content        json.RawMessage `json:"content"`
+	Sender         string          `json:"sender"`
+	StateKey       string          `json:"state_key"`
+	Type           string          `json:"type"`
+	EventID        string          `json:"event_id,omitempty"`
+	OriginServerTS int64           `json:"origin_server_ts,omitempty"`
+	RoomID         string          `json:"room_id,omitempty"`
 }
 
 // eventFormatter renders events for one request.
@@ -46,6 +56,9 @@ type eventFormatter struct {
 	now        time.Time
 	federation bool              // event_format: federation
 	txnIDs     map[string]string // event ID -> the requesting device's txn ID
+	// memberships maps event ID -> the requesting user's membership
+	// after it, for unsigned.membership.
+	memberships map[string]string
 }
 
 func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
@@ -68,6 +81,7 @@ func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
 	if id, ok := f.txnIDs[e.EventID]; ok {
 		ce.Unsigned.TransactionID = id
 	}
+	ce.Unsigned.Membership = f.memberships[e.EventID]
 	out, _ := json.Marshal(ce)
 	return out
 }
@@ -89,7 +103,11 @@ func strip(e *roomserver.Event) strippedEvent {
 	if len(content) == 0 {
 		content = json.RawMessage("{}")
 	}
-	return strippedEvent{Content: content, Sender: e.Sender, StateKey: key, Type: e.Type}
+	out := strippedEvent{Content: content, Sender: e.Sender, StateKey: key, Type: e.Type}
+	if e.Type == "m.room.create" && key == "" {
+		out.EventID, out.OriginServerTS, out.RoomID = e.EventID, e.OriginServerTS, e.RoomID
+	}
+	return out
 }
 
 // strippedStateTypes are the state events an invitee or knocker sees.

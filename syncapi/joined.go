@@ -70,6 +70,14 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		}
 		// newSince: the membership changed after the client's token.
 		newSince := b.req.since != nil && m.StreamPos > b.since.Room
+		// A forgotten room only shows its leave, to a client that has
+		// not seen it yet; the spec's "Leaving rooms" would hide it
+		// entirely, but then the user's other devices could not learn
+		// they left (Complement: TestRoomForget "Leave for forgotten
+		// room shows up in v2 incremental /sync").
+		if m.Forgotten && (!newSince || b.req.fullState) {
+			continue
+		}
 		var err error
 		switch m.Membership {
 		case "join":
@@ -128,6 +136,15 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		}
 	}
 	if b.fmt.txnIDs, err = b.s.rooms.TxnIDs(ctx, roomID, b.req.userID, b.req.deviceID, own); err != nil {
+		return timeline{}, nil, nil, err
+	}
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		ids[i] = e.EventID
+	}
+	// Spec: unsigned.membership, the caller's membership at each event.
+	// Complement: TestMembershipOnEvents.
+	if b.fmt.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids); err != nil {
 		return timeline{}, nil, nil, err
 	}
 	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil

@@ -77,6 +77,7 @@ type slidingExtensionReq struct {
 	// of them, and absent means ["*"].
 	Lists []string `json:"lists"`
 	Rooms []string `json:"rooms"`
+	Limit *int     `json:"limit"` // to_device
 }
 
 type slidingResponse struct {
@@ -110,8 +111,8 @@ type slidingRoomResult struct {
 	NumLive          *int              `json:"num_live,omitempty"`
 	JoinedCount      *int              `json:"joined_count,omitempty"`
 	InvitedCount     *int              `json:"invited_count,omitempty"`
-	// Zero until push lands. MSC4186 dropped these; Element X releases
-	// built against the earlier draft still read them.
+	// From Deps.Push (all threads together). MSC4186 dropped these;
+	// Element X releases built against the earlier draft still read them.
 	NotificationCount int             `json:"notification_count"`
 	HighlightCount    int             `json:"highlight_count"`
 	BumpStamp         int64           `json:"bump_stamp,omitempty"`
@@ -318,7 +319,10 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 			joined = append(joined, c.m.RoomID)
 		}
 	}
-	if err := s.slidingExtensions(ctx, caller, req, prev, heads, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
+	if err := s.slidingUnread(ctx, userID, heads, resp.Rooms); err != nil {
+		return nil, nil, err
+	}
+	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
 		return nil, nil, err
 	}
 	return resp, next, nil
@@ -332,6 +336,9 @@ func (s *Server) candidates(ctx context.Context, memberships []roomserver.Member
 	var cands []*candidate
 	var joined []string
 	for _, m := range memberships {
+		if m.Forgotten {
+			continue // forgotten rooms are not listed (client-server-api, "Leaving rooms")
+		}
 		_, wasSent := prev.rooms[m.RoomID]
 		switch m.Membership {
 		case "leave":
@@ -504,4 +511,28 @@ func (s *Server) roomMeta(ctx context.Context, c *candidate) (*roomMeta, error) 
 		}
 	}
 	return c.meta, nil
+}
+
+// slidingUnread sets notification_count and highlight_count of the
+// joined rooms in a sliding sync response.
+func (s *Server) slidingUnread(ctx context.Context, userID string, heads syncToken, rooms map[string]*slidingRoomResult) error {
+	if s.push == nil || len(rooms) == 0 {
+		return nil
+	}
+	roomIDs := make([]string, 0, len(rooms))
+	for id, r := range rooms {
+		if r.Membership == "join" {
+			roomIDs = append(roomIDs, id)
+		}
+	}
+	counts, err := s.push.UnreadCounts(ctx, userID, roomIDs, heads.Room, heads.Receipts)
+	if err != nil {
+		return err
+	}
+	for id, c := range counts {
+		if r := rooms[id]; r != nil {
+			r.NotificationCount, r.HighlightCount = c.Total.Notifications, c.Total.Highlights
+		}
+	}
+	return nil
 }

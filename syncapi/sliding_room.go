@@ -225,7 +225,7 @@ func enabled(req *slidingRequest, name string) bool {
 // names (to-device MSC3885, e2ee MSC3884, account data MSC3959,
 // receipts MSC3960, typing MSC3961).
 func (s *Server) slidingExtensions(ctx context.Context, caller *authn.Device, req *slidingRequest, prev *connState,
-	heads syncToken, acct []clientapi.AccountData, scope slidingScope, resp *slidingResponse) error {
+	heads syncToken, memberships []roomserver.MembershipEntry, acct []clientapi.AccountData, scope slidingScope, resp *slidingResponse) error {
 	if enabled(req, "account_data") {
 		global := []json.RawMessage{}
 		rooms := map[string][]json.RawMessage{}
@@ -243,23 +243,49 @@ func (s *Server) slidingExtensions(ctx context.Context, caller *authn.Device, re
 		resp.Extensions["account_data"] = map[string]any{"global": global, "rooms": rooms}
 	}
 	if enabled(req, "to_device") {
-		since, _ := strconv.ParseInt(req.Extensions["to_device"].Since, 10, 64)
-		evs := []json.RawMessage{}
-		if s.e2ee != nil && since >= 0 && since <= heads.ToDevice {
-			got, err := s.e2ee.ToDevice(ctx, caller.UserID, caller.DeviceID, since, heads.ToDevice)
+		// The extension has its own token: the to-device position. A
+		// request with since acknowledges (deletes) the messages up to it;
+		// without since (a new connection) everything waiting is sent.
+		ext := req.Extensions["to_device"]
+		var since int64
+		if ext.Since != "" {
+			var err error
+			if since, err = strconv.ParseInt(ext.Since, 10, 64); err != nil || since < 0 {
+				return mxerr.New(mxerr.InvalidParam, "extensions.to_device.since is not a to-device token")
+			}
+		}
+		limit := toDeviceLimit
+		if ext.Limit != nil && *ext.Limit > 0 && *ext.Limit < limit {
+			limit = *ext.Limit
+		}
+		evs, next := []json.RawMessage{}, heads.ToDevice
+		if s.e2ee != nil {
+			if since > heads.ToDevice {
+				return mxerr.New(mxerr.InvalidParam, "extensions.to_device.since is from the future")
+			}
+			if since > 0 {
+				if err := s.e2ee.AckToDevice(ctx, caller.UserID, caller.DeviceID, since); err != nil {
+					return err
+				}
+			}
+			got, n, err := s.e2ee.ToDevice(ctx, caller.UserID, caller.DeviceID, since, heads.ToDevice, limit)
 			if err != nil {
 				return err
 			}
-			evs = nonNil(got)
+			evs, next = nonNil(got), n
 		}
-		resp.Extensions["to_device"] = map[string]any{"next_batch": strconv.FormatInt(heads.ToDevice, 10), "events": evs}
+		resp.Extensions["to_device"] = map[string]any{"next_batch": strconv.FormatInt(next, 10), "events": evs}
 	}
 	if enabled(req, "e2ee") {
 		lists := DeviceLists{Changed: []string{}, Left: []string{}}
 		otk, fallback := map[string]int{}, []string{}
 		if s.e2ee != nil {
 			if prev.heads.Room > 0 {
-				dl, err := s.e2ee.DeviceListChanges(ctx, caller.UserID, prev.heads.DeviceLists, heads.DeviceLists)
+				delta, err := MembershipChanges(ctx, s.rooms, caller.UserID, memberships, prev.heads.Room, heads.Room)
+				if err != nil {
+					return err
+				}
+				dl, err := s.e2ee.DeviceListChanges(ctx, caller.UserID, prev.heads.DeviceLists, heads.DeviceLists, delta)
 				if err != nil {
 					return err
 				}

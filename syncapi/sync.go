@@ -32,6 +32,9 @@ type syncRequest struct {
 	// stateAfter is the field name state_after goes under ("state_after"
 	// or the MSC4222 unstable name), or "" for the legacy state section.
 	stateAfter string
+	// acked is set once the token's to-device position has been
+	// acknowledged, so a long-poll does it once.
+	acked bool
 }
 
 // The /sync response. Spec: client-server-api, "GET /_matrix/client/v3/sync".
@@ -89,8 +92,7 @@ type joinedRoom struct {
 	Timeline           timeline     `json:"timeline"`
 	Ephemeral          eventList    `json:"ephemeral"`
 	AccountData        eventList    `json:"account_data"`
-	// Unread counts are zero until push rules and notification counting
-	// exist (the push issue); the fields are present so clients parse them.
+	// Unread counts come from Deps.Push (fillUnread).
 	UnreadNotifications       unreadCounts            `json:"unread_notifications"`
 	UnreadThreadNotifications map[string]unreadCounts `json:"unread_thread_notifications,omitempty"`
 }
@@ -271,6 +273,11 @@ func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomser
 			return h, nil, err
 		}
 	}
+	if s.invites != nil {
+		if h.RemoteInvites, err = s.invites.RemoteInviteHead(ctx); err != nil {
+			return h, nil, err
+		}
+	}
 	memberships, err := s.rooms.UserMemberships(ctx, userID)
 	if err != nil {
 		return h, nil, err
@@ -297,13 +304,17 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		return nil, err
 	}
 	heads.AccountData = acctHead
+	if req.since == nil {
+		if acct, err = s.withPushRules(ctx, req.userID, acct); err != nil {
+			return nil, err
+		}
+	}
 	if req.since != nil {
 		if err := since.checkNotFuture(heads); err != nil {
 			return nil, err
 		}
 	}
 	resp := &syncResponse{
-		NextBatch: heads.String(),
 		Rooms: roomsSection{Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
 			Knock: map[string]*knockedRoom{}, Leave: map[string]*leftRoom{}},
 		AccountData: events(nil), Presence: events(nil), ToDevice: events(nil),
@@ -327,13 +338,26 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := rb.build(ctx, memberships, &resp.Rooms); err != nil {
 		return nil, err
 	}
-	if err := s.addPresenceAndE2EE(ctx, req, since, heads, resp); err != nil {
+	if err := s.fillUnread(ctx, req, heads, resp.Rooms.Join); err != nil {
 		return nil, err
 	}
+	if err := rb.addRemoteInvites(ctx, memberships, &resp.Rooms); err != nil {
+		return nil, err
+	}
+	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, resp); err != nil {
+		return nil, err
+	}
+	resp.NextBatch = heads.String()
 	return resp, nil
 }
 
-func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since, heads syncToken, resp *syncResponse) error {
+// addPresenceAndE2EE fills presence and the E2EE sections. It may lower
+// heads.ToDevice (more messages wait than one response carries) or raise
+// it (messages committed after the heads were read).
+// Spec: client-server-api, "Extensions to /sync" of send-to-device
+// messaging and of end-to-end encryption.
+func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since syncToken, heads *syncToken,
+	memberships []roomserver.MembershipEntry, resp *syncResponse) error {
 	// An incremental sync whose presence head has not moved has no
 	// presence news: (since, head] is empty.
 	if s.eph != nil && (req.since == nil || heads.Presence != since.Presence) {
@@ -348,13 +372,29 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 	if s.e2ee == nil {
 		return nil
 	}
-	td, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice)
+	// The client presenting a token has received the to-device messages
+	// up to its position: delete them. A response lost in transit is
+	// answered again from the same token, with the same messages.
+	if req.since != nil && !req.acked {
+		if since.ToDevice > 0 {
+			if err := s.e2ee.AckToDevice(ctx, req.userID, req.deviceID, since.ToDevice); err != nil {
+				return err
+			}
+		}
+		req.acked = true
+	}
+	td, next, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice, toDeviceLimit)
 	if err != nil {
 		return err
 	}
 	resp.ToDevice = events(td)
+	heads.ToDevice = next
 	if req.since != nil {
-		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists)
+		delta, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
+		if err != nil {
+			return err
+		}
+		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists, delta)
 		if err != nil {
 			return err
 		}
@@ -376,4 +416,61 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		resp.FallbackKeys = fallback
 	}
 	return nil
+}
+
+// fillUnread sets the unread counts of the joined rooms in a response.
+// With the filter's unread_thread_notifications, unread_notifications
+// counts the main timeline and each thread gets its own entry;
+// otherwise unread_notifications counts everything.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync", JoinedRoom.
+func (s *Server) fillUnread(ctx context.Context, req *syncRequest, heads syncToken, joined map[string]*joinedRoom) error {
+	if s.push == nil || len(joined) == 0 {
+		return nil
+	}
+	roomIDs := make([]string, 0, len(joined))
+	for id := range joined {
+		roomIDs = append(roomIDs, id)
+	}
+	counts, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, heads.Room, heads.Receipts)
+	if err != nil {
+		return err
+	}
+	threaded := req.filter != nil && req.filter.Room != nil && req.filter.Room.Timeline != nil &&
+		req.filter.Room.Timeline.UnreadThreadNotifications
+	for id, jr := range joined {
+		c, ok := counts[id]
+		if !ok {
+			continue
+		}
+		if !threaded {
+			jr.UnreadNotifications = unreadCounts{NotificationCount: c.Total.Notifications, HighlightCount: c.Total.Highlights}
+			continue
+		}
+		jr.UnreadNotifications = unreadCounts{NotificationCount: c.Main.Notifications, HighlightCount: c.Main.Highlights}
+		for root, tc := range c.Threads {
+			if jr.UnreadThreadNotifications == nil {
+				jr.UnreadThreadNotifications = map[string]unreadCounts{}
+			}
+			jr.UnreadThreadNotifications[root] = unreadCounts{NotificationCount: tc.Notifications, HighlightCount: tc.Highlights}
+		}
+	}
+	return nil
+}
+
+// withPushRules adds the user's m.push_rules to an initial sync's
+// account data when none is stored (Deps.Push renders the defaults).
+func (s *Server) withPushRules(ctx context.Context, userID string, acct []clientapi.AccountData) ([]clientapi.AccountData, error) {
+	if s.push == nil {
+		return acct, nil
+	}
+	for _, a := range acct {
+		if a.RoomID == "" && a.Type == "m.push_rules" {
+			return acct, nil
+		}
+	}
+	content, err := s.push.PushRules(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	return append(acct, clientapi.AccountData{Type: "m.push_rules", Content: content}), nil
 }

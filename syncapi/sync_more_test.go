@@ -241,7 +241,7 @@ func TestBadTokens(t *testing.T) {
 		createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "private_chat"})
 		_, body := rawSync(t, srv, alice, "")
 		next := body["next_batch"].(string)
-		for _, tok := range []string{"garbage", "s", "s1", "s-1_0", "s1_2_3_4_5_6_7_8", "s01_0", "t5_6", "s99999999_0", "s1_99999"} {
+		for _, tok := range []string{"garbage", "s", "s1", "s-1_0", "s1_2_3_4_5_6_7_8_9", "s01_0", "t5_6", "s99999999_0", "s1_99999"} {
 			code, body := rawSync(t, srv, alice, "since="+url.QueryEscape(tok))
 			if code != 400 || body["errcode"] != "M_INVALID_PARAM" {
 				t.Errorf("since=%q: %d %v", tok, code, body)

@@ -23,7 +23,10 @@ type Deps struct {
 	Filters     Filters
 	Ephemeral   Ephemeral
 	E2EE        E2EE
+	Invites     RemoteInvites
 	Notifier    notifier.Broadcaster
+	// Push supplies unread counts and default push rules; may be nil.
+	Push Push
 	// Verifier checks access tokens (clientapi).
 	Verifier authn.Verifier
 	Logger   *slog.Logger
@@ -36,8 +39,10 @@ type Server struct {
 	rooms    Rooms
 	acct     AccountData
 	filters  Filters
-	eph      Ephemeral // may be nil
-	e2ee     E2EE      // may be nil
+	eph      Ephemeral     // may be nil
+	e2ee     E2EE          // may be nil
+	invites  RemoteInvites // may be nil
+	push     Push          // may be nil
 	verifier authn.Verifier
 	log      *slog.Logger
 	now      func() time.Time
@@ -63,7 +68,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s := &Server{
 		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
-		eph: deps.Ephemeral, e2ee: deps.E2EE, verifier: deps.Verifier,
+		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, verifier: deps.Verifier,
 		log: logger, now: now,
 		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
 		members: newMemberCache(100000),

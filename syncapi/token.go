@@ -20,13 +20,15 @@ type syncToken struct {
 	Presence    int64 // PresenceStream
 	ToDevice    int64 // ToDeviceStream
 	DeviceLists int64 // DeviceListStream
+	// RemoteInvites is federationapi.RemoteInviteStream.
+	RemoteInvites int64
 }
 
 // tokenFields is the number of positions in the current form.
-const tokenFields = 7
+const tokenFields = 8
 
 func (t *syncToken) fields() []*int64 {
-	return []*int64{&t.Room, &t.AccountData, &t.Receipts, &t.Typing, &t.Presence, &t.ToDevice, &t.DeviceLists}
+	return []*int64{&t.Room, &t.AccountData, &t.Receipts, &t.Typing, &t.Presence, &t.ToDevice, &t.DeviceLists, &t.RemoteInvites}
 }
 
 func (t syncToken) String() string {

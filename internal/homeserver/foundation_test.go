@@ -293,3 +293,24 @@ func raw(t *testing.T, method, url, token, body string) (int, map[string]any) {
 // authTypeRegistrationToken is the UIA stage mautrix-go has no constant for.
 // Spec: client-server-api, "Token-authenticated registration".
 const authTypeRegistrationToken mautrix.AuthType = "m.login.registration_token"
+
+// TestSupportWellKnown checks /.well-known/matrix/support (spec v1.10):
+// 404 until the admin configures a contact, then the contact.
+func TestSupportWellKnown(t *testing.T) {
+	bare := testserver.Start(t, "sqlite", nil)
+	if status, body := raw(t, http.MethodGet, bare.URL+"/.well-known/matrix/support", "", ""); status != 404 || body["errcode"] != "M_NOT_FOUND" {
+		t.Errorf("unconfigured support: %d %v, want 404 M_NOT_FOUND", status, body)
+	}
+	srv := testserver.Start(t, "sqlite", func(c *config.Config) {
+		c.Global.AdminMatrixID = "@admin:example.org"
+		c.Global.SupportPage = "https://example.org/help"
+	})
+	status, body := raw(t, http.MethodGet, srv.URL+"/.well-known/matrix/support", "", "")
+	contacts, _ := body["contacts"].([]any)
+	if status != 200 || len(contacts) != 1 || body["support_page"] != "https://example.org/help" {
+		t.Fatalf("support: %d %v", status, body)
+	}
+	if c := contacts[0].(map[string]any); c["matrix_id"] != "@admin:example.org" || c["role"] != "m.role.admin" {
+		t.Errorf("contact: %v", c)
+	}
+}

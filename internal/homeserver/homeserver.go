@@ -27,6 +27,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/keyserver"
 	"github.com/myelin-chat/myelin/mediaapi"
+	"github.com/myelin-chat/myelin/pushserver"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/syncapi"
@@ -47,7 +48,10 @@ type Homeserver struct {
 	// what other components call to reach other servers.
 	Federation *federationapi.Server
 	Media      *mediaapi.Server
-	Log        *slog.Logger
+	// Push evaluates push rules, counts unread notifications and
+	// delivers to push gateways.
+	Push *pushserver.Server
+	Log  *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -134,20 +138,41 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
+	var keys *keyserver.Server // set below; hooks read it only after assemble returns
+	var remote *remoteServers
+	if cfg.Federation.Enabled {
+		remote = &remoteServers{fed: &federation}
+	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
-		Notify: notify.Notify, Rooms: rooms,
-		// Deleting a device deletes its keys in the same transaction.
-		OnDevicesDeleted: keyserver.DevicesDeletedHook(db, notify.Notify)})
+		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
+		// Deleting a device deletes its keys and pushers in the same
+		// transaction (and wakes the key server's device-list update sender).
+		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, func(stream string, pos int64) {
+			notify.Notify(stream, pos)
+			if keys != nil {
+				keys.Notified(stream, pos)
+			}
+		}), pushserver.DeletePushersForDevices)})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
+	push, err := pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
+		Rooms: rooms, Receipts: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
+		Verifier: client, Logger: logger})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("pushserver: %w", err)
+	}
+	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Notifier: notify, Verifier: client, Logger: logger})
+		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
+		push.Close()
+		client.Close()
 		return nil, fmt.Errorf("syncapi: %w", err)
 	}
-	keys, err := keyserver.New(ctx, keyserver.Deps{
+	keys, err = keyserver.New(ctx, keyserver.Deps{
 		ServerName:      cfg.Global.ServerName,
 		DB:              db,
 		Verifier:        client,
@@ -156,11 +181,17 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		UserDevices:     client.Accounts().DeviceNames,
 		RequirePassword: client.RequirePassword,
 		SharedRoomUsers: sharedRoomUsers(rooms),
+		MembershipDelta: keyChangesDelta(rooms),
+		QueueEDU:        remote.keyServer(),
+		Federation:      remote.remoteKeys(),
+		SharedServers:   sharedServers(rooms),
 	})
 	if err != nil {
+		push.Close()
 		client.Close()
 		return nil, fmt.Errorf("keyserver: %w", err)
 	}
+	e2ee.keys = keys
 	federation, err = federationapi.New(ctx, federationapi.Deps{
 		Config:     cfg.Federation,
 		ServerName: cfg.Global.ServerName,
@@ -169,18 +200,24 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Rooms:      rooms,
 		TLSConfig:  fedClient.Transport.(*http.Transport).TLSClientConfig,
 		Profiles:   client,
-		Logger:     logger,
+		Aliases:    client,
+		Directory:  client,
+		Notify:     notify.Notify,
+		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
+			ToDevice: keys, DeviceLists: keys},
+		UserKeys: keys,
+		Logger:   logger,
 	})
 	if err != nil {
+		push.Close()
 		client.Close()
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
-	// Federation request signing (SignFederationRequest) and server
-	// discovery (Resolve) are federationapi's to provide; until then remote
-	// media is fetched unsigned from media_api.remote_base_urls or
-	// https://<name>:8448.
-	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient})
+	// Remote media is fetched with federationapi's signing and discovery.
+	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient,
+		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
+		push.Close()
 		client.Close()
 		return nil, fmt.Errorf("mediaapi: %w", err)
 	}
@@ -190,7 +227,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	metrics := httpx.NewMetrics(registry)
 
 	r := chi.NewRouter()
-	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware)
+	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware, httpx.LegacyClientPrefix)
 	r.NotFound(httpx.NotFound)
 	r.MethodNotAllowed(httpx.MethodNotAllowed)
 	if cfg.Metrics.Enabled {
@@ -201,10 +238,21 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	keys.Routes(r)
 	federation.Routes(r)
 	media.Routes(r)
-	// The federation media endpoints need X-Matrix request authentication:
-	// media.FederationRoutes(r, <federationapi's origin authenticator>) once
-	// it exists. Until then peers get 404 M_UNRECOGNIZED there and fall back
-	// to /_matrix/media/v3/download, as the spec directs.
+	push.Routes(r)
+	if cfg.Federation.Enabled {
+		media.FederationRoutes(r, federation.AuthenticateOrigin)
+	}
+
+	if cfg.Federation.Enabled {
+		keys.StartFederation(baseCtx)
+		rooms.SetBackfiller(federation)
+	}
+	// To-device messages for other servers that a crash left unqueued.
+	go func() {
+		if err := keys.FlushOutbound(baseCtx); err != nil {
+			logger.Warn("queueing leftover to-device messages", "err", err)
+		}
+	}()
 
 	ok = true
 	return &Homeserver{
@@ -218,6 +266,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		KeyServer:        keys,
 		Federation:       federation,
 		Media:            media,
+		Push:             push,
 		FederationClient: fedClient,
 		Log:              logger,
 		handler:          r,
@@ -292,7 +341,7 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.ClientAPI.Close(), hs.DB.Close())
+	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), hs.DB.Close())
 }
 
 // sharedRoomUsers lists the users who share a joined room with a user, for
@@ -335,5 +384,17 @@ func bodyLimitExcept(max int64, skip func(*http.Request) bool) func(http.Handler
 			}
 			limited.ServeHTTP(w, r)
 		})
+	}
+}
+
+// devicesDeleted runs each hook in the transaction that deletes devices.
+func devicesDeleted(hooks ...clientapi.DevicesDeletedHook) clientapi.DevicesDeletedHook {
+	return func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
+		for _, h := range hooks {
+			if err := h(ctx, tx, userID, deviceIDs); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 }

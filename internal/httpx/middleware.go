@@ -257,3 +257,27 @@ func (c *ClientIPResolver) isTrusted(addr netip.Addr) bool {
 	}
 	return false
 }
+
+// legacyClientPrefix is the prefix of the client-server API before spec
+// v1.1 re-versioned every endpoint from r0 to v3 (MSC2844) with the same
+// semantics.
+const legacyClientPrefix = "/_matrix/client/r0/"
+
+// LegacyClientPrefix serves /_matrix/client/r0/... as the v3 endpoint of
+// the same path, as Synapse and Dendrite still do: older clients, and
+// Complement, call r0 paths. It must run before routing (Router.Use).
+func LegacyClientPrefix(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rest, ok := strings.CutPrefix(r.URL.Path, legacyClientPrefix); ok {
+			u := *r.URL
+			u.Path = "/_matrix/client/v3/" + rest
+			if raw, ok := strings.CutPrefix(u.RawPath, legacyClientPrefix); ok {
+				u.RawPath = "/_matrix/client/v3/" + raw
+			}
+			r2 := r.Clone(r.Context())
+			r2.URL = &u
+			r = r2
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ type Server struct {
 	URL    string // e.g. http://127.0.0.1:41234
 	Config *config.Config
 	HS     *homeserver.Homeserver
+	stop   func()
 }
 
 // Start runs a homeserver until the test ends. edit, if non-nil, adjusts
@@ -47,15 +49,33 @@ func Start(t testing.TB, engine storage.Engine, edit func(*config.Config)) *Serv
 	default:
 		cfg.Database = config.Database{Engine: "sqlite", SQLitePath: filepath.Join(dir, "myelin.db")}
 	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv := &Server{Config: &cfg}
+	srv.run(t)
+	t.Cleanup(func() { srv.stop() })
+	return srv
+}
+
+// Restart stops the server as a shutdown would and starts a new one on
+// the same config, database and signing key, at a new URL. Nothing held
+// in memory survives.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.stop()
+	s.run(t)
+}
+
+// run starts a homeserver on s.Config, listening on a new port.
+func (s *Server) run(t testing.TB) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.HTTP.Listen = ln.Addr().String()
-	if edit != nil {
-		edit(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
+	s.Config.HTTP.Listen = ln.Addr().String()
+	if err := s.Config.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -63,21 +83,24 @@ func Start(t testing.TB, engine storage.Engine, edit func(*config.Config)) *Serv
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	hs, err := homeserver.New(ctx, &cfg, logger)
+	hs, err := homeserver.New(ctx, s.Config, logger)
 	if err != nil {
 		cancel()
 		t.Fatalf("starting homeserver: %v", err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		hs.Close()
-	})
-	return &Server{URL: "http://" + ln.Addr().String(), Config: &cfg, HS: hs}
+	var once sync.Once
+	s.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			hs.Close()
+		})
+	}
+	s.URL, s.HS = "http://"+ln.Addr().String(), hs
 }
 
 // ForEachEngine runs fn as a subtest against a server on each engine.

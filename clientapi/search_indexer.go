@@ -1,0 +1,67 @@
+package clientapi
+
+import (
+	"context"
+	"sync"
+
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// streamIndexer keeps one of clientapi's indexes (full-text search, the
+// user directory) in step with the room event stream, the way the
+// relations indexer does: it reads the events after its stored position
+// and writes their index rows and the new position in one transaction,
+// so a crash repeats work but loses none. It catches up lazily, before
+// every read of its index, so a read sees every event already sent.
+//
+// Concurrency: mu serialises catch-ups within a process; across
+// processes the position row is written with the index rows, and each
+// index function is idempotent.
+type streamIndexer struct {
+	// name is the indexer's row in room_indexer_positions. Immutable.
+	name  string
+	db    *storage.DB
+	rooms Rooms
+	// index writes the index rows of one event inside tx. Immutable.
+	index func(ctx context.Context, tx storage.Tx, ev *roomserver.Event) error
+	mu    sync.Mutex
+}
+
+// streamIndexerBatch is how many events one catch-up transaction indexes.
+const streamIndexerBatch = 500
+
+// catchUp indexes every event sent since the stored position.
+func (ix *streamIndexer) catchUp(ctx context.Context) error {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	var pos int64
+	err := ix.db.Reader().QueryRow(ctx, `SELECT position FROM room_indexer_positions WHERE name = $1`, ix.name).Scan(&pos)
+	if err != nil && !storage.IsNoRows(err) {
+		return err
+	}
+	for {
+		evs, err := ix.rooms.EventsAfter(ctx, pos, streamIndexerBatch)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		last := evs[len(evs)-1].StreamPos
+		err = ix.db.Write(ctx, func(tx storage.Tx) error {
+			for _, ev := range evs {
+				if err := ix.index(ctx, tx, ev); err != nil {
+					return err
+				}
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO room_indexer_positions (name, position) VALUES ($1, $2)
+				ON CONFLICT (name) DO UPDATE SET position = excluded.position`, ix.name, last)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		pos = last
+	}
+}

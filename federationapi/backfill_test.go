@@ -1,0 +1,75 @@
+package federationapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+)
+
+// TestBackfillOnMessages: bob on B joins alice's room on A, which has 30
+// messages from before (history_visibility shared); paginating /messages
+// backwards on B fetches them from A with /backfill, in order, once.
+// They are history: bob's next incremental /sync does not bring them.
+// Complement: TestMessagesOverFederation, "Visible shared history after
+// joining new room (backfill)".
+func TestBackfillOnMessages(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		roomID := alice.publicAliasedRoom("history")
+		const prior = 30
+		for i := 0; i < prior; i++ {
+			alice.send(roomID, fmt.Sprintf("old message %02d", i))
+		}
+		if _, err := bob.cli.JoinRoom(ctx, "#history:"+a.Name, nil); err != nil {
+			t.Fatalf("bob joining: %v", err)
+		}
+		bob.syncOnce()
+		before := len(bob.timeline[roomID])
+
+		var bodies []string
+		from := ""
+		for page := 0; page < 20; page++ {
+			resp, err := bob.cli.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 10)
+			if err != nil {
+				t.Fatalf("/messages on B: %v", err)
+			}
+			for _, ev := range resp.Chunk {
+				if ev.Type == event.EventMessage {
+					var c struct {
+						Body string `json:"body"`
+					}
+					_ = json.Unmarshal(ev.Content.VeryRaw, &c)
+					bodies = append(bodies, c.Body)
+				}
+			}
+			if resp.End == "" {
+				break
+			}
+			from = resp.End
+		}
+		if len(bodies) != prior {
+			t.Fatalf("bob paginated %d old messages, want %d: %q", len(bodies), prior, bodies)
+		}
+		for i, body := range bodies {
+			if want := fmt.Sprintf("old message %02d", prior-1-i); body != want {
+				t.Fatalf("message %d going back is %q, want %q", i, body, want)
+			}
+		}
+		// The backfilled events are not new timeline events.
+		bob.syncOnce()
+		for _, ev := range bob.timeline[roomID][before:] {
+			if ev.Type == event.EventMessage {
+				t.Fatalf("backfilled event %s came down /sync as new", ev.ID)
+			}
+		}
+		// And B still follows the room: a new message arrives.
+		alice.send(roomID, "after backfill")
+		bob.await("the message after backfill", func() bool { return bob.sawMessage(roomID, alice.id(), "after backfill") })
+	})
+}

@@ -1,0 +1,193 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// Gap filling for inbound PDUs. When get_missing_events does not connect
+// a PDU to the events we hold, we ask the origin for the state at each
+// missing prev event (GET /state_ids, plus the prev event itself), fetch
+// the events of it we lack (GET /event), and input the PDU with that
+// state (roomserver.InputWithState), which resolves it against ours.
+// Spec: server-server-api, "Retrieving events", "GET /state_ids".
+
+const (
+	// maxGapFetch bounds the events fetched to fill one gap.
+	maxGapFetch = 2000
+	// gapFetchers is how many /event requests run at once.
+	gapFetchers = 8
+)
+
+// fillGap inputs p with the state after its missing prev events, from
+// origin.
+func (s *Server) fillGap(ctx context.Context, origin string, p *parsedPDU) (*roomserver.InputEventResponse, error) {
+	roomID := p.pdu.RoomID().String()
+	var missing []string
+	for _, id := range p.pdu.PrevEventIDs() {
+		if _, _, err := s.rooms.FederationEvent(ctx, id); mxerr.Is(err, mxerr.NotFound) {
+			missing = append(missing, id)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if len(missing) == 0 {
+		return nil, fmt.Errorf("no prev event of %s is missing", p.pdu.EventID())
+	}
+	f := &gapFetch{s: s, origin: origin, roomID: roomID, version: p.version, got: map[string]json.RawMessage{}}
+	req := roomserver.InputWithStateRequest{RoomVersion: p.version, JSON: p.json}
+	authIDs := map[string]bool{}
+	for _, prev := range missing {
+		var ids struct {
+			PDUIDs       []string `json:"pdu_ids"`
+			AuthChainIDs []string `json:"auth_chain_ids"`
+		}
+		uri := "/_matrix/federation/v1/state_ids/" + pathEscape(roomID) + "?" + url.Values{"event_id": {prev}}.Encode()
+		if err := s.client.signed(ctx, origin, http.MethodGet, uri, nil, &ids); err != nil {
+			return nil, fmt.Errorf("state_ids at %s: %w", prev, err)
+		}
+		if len(ids.PDUIDs)+len(ids.AuthChainIDs)+1 > maxGapFetch {
+			return nil, fmt.Errorf("state at %s is too large (%d events)", prev, len(ids.PDUIDs)+len(ids.AuthChainIDs))
+		}
+		// The state after prev: the state at (before) it, with prev
+		// itself if it is a state event.
+		evs, err := f.events(ctx, append([]string{prev}, ids.PDUIDs...))
+		if err != nil {
+			return nil, err
+		}
+		state := map[string]json.RawMessage{}
+		keyOf := map[[2]string]string{}
+		for i, id := range append([]string{prev}, ids.PDUIDs...) {
+			var head struct {
+				Type     string  `json:"type"`
+				StateKey *string `json:"state_key"`
+			}
+			if json.Unmarshal(evs[i], &head) != nil || head.StateKey == nil {
+				if i == 0 {
+					continue // prev is not a state event
+				}
+				return nil, fmt.Errorf("state_ids at %s names %s, not a state event", prev, id)
+			}
+			k := [2]string{head.Type, *head.StateKey}
+			if old, ok := keyOf[k]; ok {
+				if i > 0 && old != prev {
+					return nil, fmt.Errorf("state_ids at %s names two events for (%s, %s)", prev, k[0], k[1])
+				}
+				continue // prev replaces the state before it
+			}
+			keyOf[k] = id
+			state[id] = evs[i]
+		}
+		list := make([]json.RawMessage, 0, len(state))
+		for _, raw := range state {
+			list = append(list, raw)
+		}
+		req.PrevStates = append(req.PrevStates, list)
+		for _, id := range ids.AuthChainIDs {
+			authIDs[id] = true
+		}
+	}
+	var chain []string
+	for id := range authIDs {
+		chain = append(chain, id)
+	}
+	auth, err := f.events(ctx, chain)
+	if err != nil {
+		return nil, err
+	}
+	req.AuthEvents = auth
+	return s.rooms.InputWithState(ctx, req)
+}
+
+// gapFetch fetches events of one room from one server, skipping those
+// the roomserver holds and checking each (format, signatures, hash).
+type gapFetch struct {
+	s               *Server
+	origin, roomID  string
+	version         string
+	mu              sync.Mutex
+	got             map[string]json.RawMessage
+	fetched, failed int
+}
+
+// events returns the JSON of each of ids, in order: held ones from the
+// roomserver, the others from the origin. Any event that cannot be had
+// or fails its checks fails the whole.
+func (f *gapFetch) events(ctx context.Context, ids []string) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, len(ids))
+	var todo []int
+	for i, id := range ids {
+		f.mu.Lock()
+		raw, ok := f.got[id]
+		f.mu.Unlock()
+		if ok {
+			out[i] = raw
+			continue
+		}
+		ev, _, err := f.s.rooms.FederationEvent(ctx, id)
+		switch {
+		case err == nil && ev.RoomID == f.roomID:
+			out[i] = ev.JSON
+		case err == nil:
+			return nil, fmt.Errorf("event %s is in another room", id)
+		case mxerr.Is(err, mxerr.NotFound):
+			todo = append(todo, i)
+		default:
+			return nil, err
+		}
+	}
+	if f.fetched+len(todo) > maxGapFetch {
+		return nil, fmt.Errorf("more than %d events to fetch", maxGapFetch)
+	}
+	f.fetched += len(todo)
+	errs := make([]error, len(ids))
+	sem := make(chan struct{}, gapFetchers)
+	var wg sync.WaitGroup
+	for _, i := range todo {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			out[i], errs[i] = f.fetch(ctx, ids[i])
+		}(i)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// fetch is GET /event/{eventId} from the origin, checked.
+func (f *gapFetch) fetch(ctx context.Context, id string) (json.RawMessage, error) {
+	var resp struct {
+		PDUs []json.RawMessage `json:"pdus"`
+	}
+	if err := f.s.client.signed(ctx, f.origin, http.MethodGet, "/_matrix/federation/v1/event/"+pathEscape(id), nil, &resp); err != nil {
+		return nil, fmt.Errorf("event %s: %w", id, err)
+	}
+	if len(resp.PDUs) != 1 {
+		return nil, fmt.Errorf("event %s: %d PDUs in the answer", id, len(resp.PDUs))
+	}
+	p, got, err := f.s.checkPDUVersion(ctx, resp.PDUs[0], f.version)
+	if err != nil {
+		return nil, fmt.Errorf("event %s: %w", id, err)
+	}
+	if got != id || p.pdu.RoomID().String() != f.roomID {
+		return nil, fmt.Errorf("asked for %s in %s, got %s", id, f.roomID, got)
+	}
+	raw := json.RawMessage(p.pdu.JSON())
+	f.mu.Lock()
+	f.got[id] = raw
+	f.mu.Unlock()
+	return raw, nil
+}

@@ -1,0 +1,162 @@
+package federationapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/internal/signing"
+)
+
+// TestInboundGapFilledFromState: a server sends A a PDU whose prev events
+// lie 40 events back in a history A never received, beyond what one
+// get_missing_events (limit 20) returns. A then asks for the state at
+// the missing prev event (state_ids), fetches what it lacks of it (a
+// display name change made inside the gap), and accepts the PDU with
+// that state: the PDU is in the timeline and the gap's member event is
+// in A's current state.
+func TestInboundGapFilledFromState(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		ctx := context.Background()
+		alice := a.user("alice")
+		roomID := publicRoom(t, a, alice)
+
+		var (
+			mu       sync.Mutex
+			byID     = map[string]gomatrixserverlib.PDU{}
+			gap      []gomatrixserverlib.PDU // oldest first
+			stateIDs []string                // state_ids at the last gap event
+			asked    = map[string]int{}
+		)
+		var key *signing.Key
+		var name string
+		name, key = n.fakeServer(t, func(_ string, mux *http.ServeMux) {
+			mux.HandleFunc("/_matrix/federation/v1/get_missing_events/", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				asked["get_missing_events"]++
+				var body struct {
+					Limit int `json:"limit"`
+				}
+				_ = json.NewDecoder(r.Body).Decode(&body)
+				var out []json.RawMessage
+				for _, e := range gap[max(len(gap)-body.Limit, 0):] {
+					out = append(out, e.JSON())
+				}
+				_, _ = w.Write(mustJSON(map[string]any{"events": out}))
+			})
+			mux.HandleFunc("/_matrix/federation/v1/state_ids/", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				asked["state_ids"]++
+				if r.URL.Query().Get("event_id") != gap[len(gap)-1].EventID() {
+					http.NotFound(w, r)
+					return
+				}
+				_, _ = w.Write(mustJSON(map[string]any{"pdu_ids": stateIDs, "auth_chain_ids": stateIDs}))
+			})
+			mux.HandleFunc("/_matrix/federation/v1/event/", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				id, _ := unescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/federation/v1/event/"))
+				asked["event"]++
+				e, ok := byID[id]
+				if !ok {
+					http.NotFound(w, r)
+					return
+				}
+				_, _ = w.Write(mustJSON(map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(),
+					"pdus": []json.RawMessage{e.JSON()}}))
+			})
+		})
+		mallory := "@mallory:" + name
+		send := func(pdus ...gomatrixserverlib.PDU) map[string]string {
+			t.Helper()
+			var raw []json.RawMessage
+			for _, p := range pdus {
+				raw = append(raw, p.JSON())
+			}
+			status, body := n.request(a, name, key, a.Name, http.MethodPut,
+				"/_matrix/federation/v1/send/"+strings.ReplaceAll(pdus[0].EventID(), "$", "t"),
+				map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(), "pdus": raw})
+			if status != http.StatusOK {
+				t.Fatalf("send: %d %s", status, body)
+			}
+			var resp sendResponse
+			_ = json.Unmarshal(body, &resp)
+			out := map[string]string{}
+			for id, r := range resp.PDUs {
+				out[id] = r.Error
+			}
+			return out
+		}
+		join := buildPDU(t, a, roomID, mallory, "m.room.member", &mallory, map[string]string{"membership": "join"}, name, key, nil)
+		if res := send(join); res[join.EventID()] != "" {
+			t.Fatalf("mallory's join: %s", res[join.EventID()])
+		}
+
+		// The gap: 40 events A never gets, a display name change among
+		// them, then the PDU that reaches A.
+		prev := join
+		var rename gomatrixserverlib.PDU
+		mu.Lock()
+		for i := 0; i < 40; i++ {
+			p := prev
+			chain := func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents, pe.Depth = []string{p.EventID()}, p.Depth()+1 }
+			if i == 5 {
+				prev = buildPDU(t, a, roomID, mallory, "m.room.member", &mallory,
+					map[string]string{"membership": "join", "displayname": "Mallory in the gap"}, name, key, chain)
+				rename = prev
+			} else {
+				prev = buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]any{"body": "unseen", "n": i}, name, key, chain)
+			}
+			gap = append(gap, prev)
+			byID[prev.EventID()] = prev
+		}
+		state, err := a.HS.Rooms.CurrentState(ctx, alice, roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range state {
+			if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == mallory {
+				stateIDs = append(stateIDs, rename.EventID())
+				continue
+			}
+			stateIDs = append(stateIDs, e.EventID)
+		}
+		last := prev
+		mu.Unlock()
+		tip := buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "after the gap"}, name, key,
+			func(pe *gomatrixserverlib.ProtoEvent) {
+				pe.PrevEvents, pe.Depth = []string{last.EventID()}, last.Depth()+1
+			})
+
+		if res := send(tip); res[tip.EventID()] != "" {
+			t.Fatalf("the PDU after the gap: %s", res[tip.EventID()])
+		}
+		mu.Lock()
+		if asked["get_missing_events"] == 0 || asked["state_ids"] == 0 || asked["event"] == 0 {
+			t.Errorf("requests made: %v", asked)
+		}
+		mu.Unlock()
+		if !hasEvent(a, alice, tip.EventID()) {
+			t.Fatal("alice cannot see the PDU after the gap")
+		}
+		ev, err := a.HS.Rooms.CurrentStateEvent(ctx, alice, roomID, "m.room.member", mallory)
+		if err != nil || ev.EventID != rename.EventID() {
+			t.Fatalf("mallory's member event on A: %+v, %v; want the gap's %s", ev, err, rename.EventID())
+		}
+		// The room goes on: alice's next message builds on the new tip.
+		msg := sendText(t, a, roomID, alice, "welcome back")
+		if !hasEvent(a, alice, msg) {
+			t.Fatal("alice's message after the gap is missing")
+		}
+	})
+}

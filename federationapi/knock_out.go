@@ -1,0 +1,204 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// maxKnockRoomState bounds the stripped state kept from a send_knock
+// answer, as maxInviteRoomState bounds what we send with an invite.
+const maxKnockRoomState = 64 << 10
+
+// KnockRemote knocks on a room this server does not hold, for local user
+// userID: make_knock then send_knock on the via servers (for an alias,
+// its server and the servers it names), refusing any template that
+// changes what we asked for (security case 14). content is merged into
+// the knock's content (reason, displayname, avatar_url). The knock is
+// kept as a pending membership, with the stripped state the resident
+// server answered, for /sync's rooms.knock, until the room's admins
+// answer it (an invite replaces it) or the user withdraws it
+// (LeaveRemote through the same server). It returns the room ID.
+// Spec: server-server-api, "Knocking upon a room".
+func (s *Server) KnockRemote(ctx context.Context, roomIDOrAlias, userID string, content map[string]any, via []string) (string, error) {
+	if domainOf(userID) != s.serverName {
+		return "", mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
+	}
+	roomID, via, err := s.resolveRemoteRoom(ctx, roomIDOrAlias, via)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(roomID, "!") {
+		return "", mxerr.New(mxerr.InvalidParam, "invalid room ID or alias %q", roomIDOrAlias)
+	}
+	var errs []error
+	seen := map[string]bool{s.serverName: true}
+	for _, server := range via {
+		if server == "" || seen[server] {
+			continue
+		}
+		seen[server] = true
+		err := s.knockVia(ctx, server, roomID, userID, content)
+		if err == nil {
+			return roomID, nil
+		}
+		var te *templateError
+		if errors.As(err, &te) {
+			return "", mxerr.Wrap(err, mxerr.Forbidden, "knock aborted: %s sent a bad template: %v", server, te)
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", server, err))
+	}
+	if len(errs) == 0 {
+		return "", mxerr.New(mxerr.NotFound, "no server to knock on %s through", roomID)
+	}
+	s.log.Info("remote knock failed", "room_id", roomID, "err", errors.Join(errs...))
+	var me *mxerr.Error
+	if errors.As(errs[len(errs)-1], &me) {
+		return "", me
+	}
+	return "", ClientError(errs[len(errs)-1])
+}
+
+// knockVia runs make_knock and send_knock against server and stores the
+// pending knock.
+func (s *Server) knockVia(ctx context.Context, server, roomID, userID string, content map[string]any) error {
+	var t template
+	uri := "/_matrix/federation/v1/make_knock/" + pathEscape(roomID) + "/" + pathEscape(userID) + "?" + supportedVersionsQuery
+	if err := s.client.signed(ctx, server, http.MethodGet, uri, nil, &t); err != nil {
+		return err
+	}
+	knock, err := s.signTemplate(&t, roomID, userID, "knock", content)
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		KnockRoomState []json.RawMessage `json:"knock_room_state"`
+	}
+	uri = "/_matrix/federation/v1/send_knock/" + pathEscape(roomID) + "/" + pathEscape(knock.EventID())
+	if err := s.client.signed(ctx, server, http.MethodPut, uri, json.RawMessage(knock.JSON()), &resp); err != nil {
+		return err
+	}
+	stripped := wellFormedStripped(resp.KnockRoomState)
+	for size := 0; ; {
+		size = 0
+		for _, st := range stripped {
+			size += len(st)
+		}
+		if size <= maxKnockRoomState || len(stripped) == 0 {
+			break
+		}
+		stripped = stripped[:len(stripped)-1]
+	}
+	strippedJSON, err := json.Marshal(stripped)
+	if err != nil {
+		return err
+	}
+	return s.storePendingMembership(ctx, pendingMembership{
+		userID: userID, roomID: roomID, eventID: knock.EventID(), roomVersion: t.RoomVersion,
+		event: knock.JSON(), strippedState: strippedJSON, membership: "knock", viaServer: server,
+	})
+}
+
+// pendingMembership is a row of federation_remote_invites: a local
+// user's invite to, or knock on, a room this server does not hold.
+type pendingMembership struct {
+	userID, roomID, eventID, roomVersion string
+	event, strippedState                 []byte
+	membership                           string // invite or knock
+	viaServer                            string // knocks: the server knocked through
+}
+
+// storePendingMembership writes (or replaces) a pending membership at the
+// next position of the remote invite stream and wakes /sync.
+func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership) error {
+	var pos int64
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		if err := tx.QueryRow(ctx, `INSERT INTO federation_remote_invite_positions (user_id, room_id) VALUES ($1, $2)
+			RETURNING stream_pos`, m.userID, m.roomID).Scan(&pos); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state,
+				received_ts, stream_pos, membership, via_server)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+			ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
+				event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts,
+				stream_pos = excluded.stream_pos, membership = excluded.membership, via_server = excluded.via_server`,
+			m.userID, m.roomID, m.eventID, m.roomVersion, string(m.event), string(m.strippedState), s.now().UnixMilli(), pos,
+			m.membership, m.viaServer)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if s.notify != nil {
+		s.notify(RemoteInviteStream, pos)
+	}
+	return nil
+}
+
+// wellFormedStripped keeps the entries of a stripped state list that are
+// objects with a type, a state_key and an object content (security case
+// 8), whatever else they carry.
+func wellFormedStripped(list []json.RawMessage) []json.RawMessage {
+	var out []json.RawMessage
+	for _, st := range list {
+		var e struct {
+			Type     string          `json:"type"`
+			StateKey *string         `json:"state_key"`
+			Content  json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(st, &e) == nil && e.Type != "" && e.StateKey != nil && strings.HasPrefix(string(e.Content), "{") {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// pendingMembershipPDU takes a PDU for a room this server does not hold
+// when it is the room's answer to a pending remote invite or knock of a
+// local user: a leave or ban of that user (a rejected knock, a withdrawn
+// invite), sent by the server that handled the invite or knock and
+// signed by its sender's server. We hold no state to auth it against, so
+// it only ends the pending membership, which /sync then shows in
+// rooms.leave. handled is false for any other PDU.
+func (s *Server) pendingMembershipPDU(ctx context.Context, origin string, raw json.RawMessage) (eventID string, handled bool, err error) {
+	var head struct {
+		RoomID   string  `json:"room_id"`
+		Type     string  `json:"type"`
+		StateKey *string `json:"state_key"`
+	}
+	if json.Unmarshal(raw, &head) != nil || head.Type != "m.room.member" || head.StateKey == nil || domainOf(*head.StateKey) != s.serverName {
+		return "", false, nil
+	}
+	userID := *head.StateKey
+	var version, membership, strippedState string
+	err = s.db.Reader().QueryRow(ctx, `SELECT room_version, membership, invite_room_state FROM federation_remote_invites
+		WHERE user_id = $1 AND room_id = $2`, userID, head.RoomID).Scan(&version, &membership, &strippedState)
+	if err != nil || membership == "leave" {
+		return "", false, nil
+	}
+	if server := s.inviterServer(ctx, userID, head.RoomID); server != origin {
+		return "", true, fmt.Errorf("%s did not handle %s's pending %s", origin, userID, membership)
+	}
+	p, eventID, err := s.checkPDUVersion(ctx, raw, version)
+	if err != nil {
+		return eventID, true, err
+	}
+	m, err := p.pdu.Membership()
+	if err != nil || (m != "leave" && m != "ban") {
+		return eventID, true, fmt.Errorf("not a leave or ban of %s", userID)
+	}
+	if sender := string(p.pdu.SenderID()); sender == userID || domainOf(sender) != origin {
+		return eventID, true, fmt.Errorf("sender %s may not answer %s's %s", sender, userID, membership)
+	}
+	return eventID, true, s.storePendingMembership(ctx, pendingMembership{
+		userID: userID, roomID: head.RoomID, eventID: eventID, roomVersion: version,
+		event: p.pdu.JSON(), strippedState: []byte(strippedState), membership: "leave", viaServer: origin,
+	})
+}

@@ -1,0 +1,506 @@
+package keyserver
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Keys of users on other servers. Spec: server-server-api, "Device
+// Management" and "End-to-End Encryption"; client-server-api, "POST
+// /_matrix/client/v3/keys/query" (timeout, failures).
+//
+// The cache: for a remote user who shares a room with a local user, the
+// key server keeps the devices and cross-signing keys their server
+// served through GET /user/devices, with the stream ID that answer
+// carried. An m.device_list_update whose prev_id names the stream ID we
+// hold is applied to the cache; any other (an unknown prev_id, a
+// signing-key update, an update without keys) marks the cache stale and
+// starts a resync. /keys/query answers from the cache only while it is
+// not stale and the user still shares a room with a local user; else it
+// asks the user's server (POST /user/keys/query) and starts tracking.
+
+// RemoteKeys reaches other servers' key endpoints (federationapi.Server).
+// Each returns the answer's JSON body, or an error for an unreachable
+// server or a non-2xx answer.
+type RemoteKeys interface {
+	QueryRemoteKeys(ctx context.Context, server string, deviceKeys map[string][]string) (json.RawMessage, error)
+	ClaimRemoteKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (json.RawMessage, error)
+	RemoteUserDevices(ctx context.Context, server, userID string) (json.RawMessage, error)
+}
+
+// defaultRemoteTimeout is the spec's recommended wait for remote
+// servers when the client gives no timeout; maxRemoteTimeout caps it.
+const (
+	defaultRemoteTimeout = 10 * time.Second
+	maxRemoteTimeout     = time.Minute
+	resyncTimeout        = 30 * time.Second
+)
+
+func requestTimeout(ms *int64) time.Duration {
+	if ms == nil || *ms <= 0 {
+		return defaultRemoteTimeout
+	}
+	return min(time.Duration(*ms)*time.Millisecond, maxRemoteTimeout)
+}
+
+// remoteFailure is the failures entry for a server that could not
+// answer.
+func remoteFailure(ctx context.Context, err error) map[string]any {
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		return map[string]any{"status": http.StatusGatewayTimeout, "message": "the server did not answer in time"}
+	}
+	return map[string]any{"status": http.StatusServiceUnavailable, "message": err.Error()}
+}
+
+// fanOut runs fn for each server in parallel, bounded by timeout, and
+// returns the failures.
+func fanOut[T any](ctx context.Context, timeout time.Duration, byServer map[string]T, fn func(ctx context.Context, server string, req T) error) map[string]any {
+	failures := map[string]any{}
+	if len(byServer) == 0 {
+		return failures
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for server, req := range byServer {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx, server, req); err != nil {
+				mu.Lock()
+				failures[server] = remoteFailure(ctx, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return failures
+}
+
+// queryRemote adds remote users' keys to out: from the cache when fresh,
+// else from their servers.
+func (s *Server) queryRemote(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, out *keysResult) error {
+	for server, users := range remote {
+		for userID, wanted := range users {
+			ok, err := s.cachedKeys(ctx, userID, wanted, out)
+			if err != nil {
+				return err
+			}
+			if ok {
+				delete(users, userID)
+			}
+		}
+		if len(users) == 0 {
+			delete(remote, server)
+		}
+	}
+	if s.fed == nil {
+		for server := range remote {
+			out.Failures[server] = map[string]any{"status": http.StatusServiceUnavailable, "message": "federation is disabled"}
+		}
+		return nil
+	}
+	var mu sync.Mutex
+	failures := fanOut(ctx, timeout, remote, func(ctx context.Context, server string, users map[string][]string) error {
+		raw, err := s.fed.QueryRemoteKeys(ctx, server, users)
+		if err != nil {
+			return err
+		}
+		var resp struct {
+			DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
+			MasterKeys      map[string]json.RawMessage            `json:"master_keys"`
+			SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys"`
+		}
+		if err := json.Unmarshal(raw, &resp); err != nil {
+			return fmt.Errorf("bad /user/keys/query answer from %s: %w", server, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		// Only what was asked for, and only keys that say they belong
+		// to the user (and device) they are filed under.
+		for userID := range users {
+			devices := map[string]json.RawMessage{}
+			for deviceID, k := range resp.DeviceKeys[userID] {
+				if keyOwnerIs(k, userID, deviceID) {
+					devices[deviceID] = k
+				}
+			}
+			out.DeviceKeys[userID] = devices
+			if k := resp.MasterKeys[userID]; keyOwnerIs(k, userID, "") {
+				out.MasterKeys[userID] = k
+			}
+			if k := resp.SelfSigningKeys[userID]; keyOwnerIs(k, userID, "") {
+				out.SelfSigningKeys[userID] = k
+			}
+		}
+		return nil
+	})
+	for server, f := range failures {
+		out.Failures[server] = f
+	}
+	for _, users := range remote {
+		for userID := range users {
+			s.startTracking(userID)
+		}
+	}
+	return nil
+}
+
+// keyOwnerIs reports whether a key object names userID (and deviceID,
+// if not "") as its owner.
+func keyOwnerIs(raw json.RawMessage, userID, deviceID string) bool {
+	var k struct {
+		UserID   string `json:"user_id"`
+		DeviceID string `json:"device_id"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &k) != nil {
+		return false
+	}
+	return k.UserID == userID && (deviceID == "" || k.DeviceID == deviceID)
+}
+
+// claimRemote claims remote users' keys from their servers into result
+// and returns the failures.
+func (s *Server) claimRemote(ctx context.Context, remote map[string]map[string]map[string]string, timeout time.Duration,
+	result map[string]map[string]map[string]json.RawMessage) map[string]any {
+	if s.fed == nil {
+		failures := map[string]any{}
+		for server := range remote {
+			failures[server] = map[string]any{"status": http.StatusServiceUnavailable, "message": "federation is disabled"}
+		}
+		return failures
+	}
+	var mu sync.Mutex
+	return fanOut(ctx, timeout, remote, func(ctx context.Context, server string, users map[string]map[string]string) error {
+		raw, err := s.fed.ClaimRemoteKeys(ctx, server, users)
+		if err != nil {
+			return err
+		}
+		var resp struct {
+			OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
+		}
+		if err := json.Unmarshal(raw, &resp); err != nil {
+			return fmt.Errorf("bad /user/keys/claim answer from %s: %w", server, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for userID, devices := range users {
+			for deviceID := range devices {
+				if keys := resp.OneTimeKeys[userID][deviceID]; len(keys) > 0 {
+					if result[userID] == nil {
+						result[userID] = map[string]map[string]json.RawMessage{}
+					}
+					result[userID][deviceID] = keys
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// tracked reports whether userID shares a joined room with a local user.
+func (s *Server) tracked(ctx context.Context, userID string) (bool, error) {
+	if s.sharedRoomUsers == nil {
+		return false, nil
+	}
+	users, err := s.sharedRoomUsers(ctx, userID)
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(users, s.isLocal), nil
+}
+
+// cachedKeys adds userID's cached keys to out if the cache is fresh.
+func (s *Server) cachedKeys(ctx context.Context, userID string, wanted []string, out *keysResult) (bool, error) {
+	var stale bool
+	err := s.db.Reader().QueryRow(ctx, `SELECT stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stale)
+	if storage.IsNoRows(err) || (err == nil && stale) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if ok, err := s.tracked(ctx, userID); err != nil || !ok {
+		return false, err
+	}
+	devices := map[string]json.RawMessage{}
+	rows, err := s.db.Reader().Query(ctx, `SELECT device_id, key_json FROM keyserver_remote_device_keys WHERE user_id = $1`, userID)
+	if err != nil {
+		return false, err
+	}
+	for rows.Next() {
+		var deviceID, keyJSON string
+		if err := rows.Scan(&deviceID, &keyJSON); err != nil {
+			rows.Close()
+			return false, err
+		}
+		if len(wanted) == 0 || slices.Contains(wanted, deviceID) {
+			devices[deviceID] = json.RawMessage(keyJSON)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	rows, err = s.db.Reader().Query(ctx, `SELECT key_type, key_json FROM keyserver_remote_cross_signing_keys WHERE user_id = $1`, userID)
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var keyType, keyJSON string
+		if err := rows.Scan(&keyType, &keyJSON); err != nil {
+			return false, err
+		}
+		switch keyType {
+		case keyTypeMaster:
+			out.MasterKeys[userID] = json.RawMessage(keyJSON)
+		case keyTypeSelfSigning:
+			out.SelfSigningKeys[userID] = json.RawMessage(keyJSON)
+		}
+	}
+	out.DeviceKeys[userID] = devices
+	return true, rows.Err()
+}
+
+// startTracking resyncs userID's keys in the background if they share a
+// room with a local user and the cache is missing or stale. At most one
+// resync per user runs at a time.
+func (s *Server) startTracking(userID string) {
+	bg := s.background()
+	if bg == nil || s.fed == nil || s.isLocal(userID) {
+		return
+	}
+	s.resyncMu.Lock()
+	if s.resyncing[userID] {
+		s.resyncMu.Unlock()
+		return
+	}
+	s.resyncing[userID] = true
+	s.resyncMu.Unlock()
+	go func() {
+		defer func() {
+			s.resyncMu.Lock()
+			delete(s.resyncing, userID)
+			s.resyncMu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(bg, resyncTimeout)
+		defer cancel()
+		if ok, err := s.tracked(ctx, userID); err != nil || !ok {
+			return
+		}
+		if err := s.Resync(ctx, userID); err != nil && bg.Err() == nil {
+			s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
+		}
+	}()
+}
+
+func (s *Server) background() context.Context {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	return s.bg
+}
+
+// Resync replaces the cache of a remote user's keys with what their
+// server's GET /user/devices answers, and tells local clients the user's
+// devices changed.
+func (s *Server) Resync(ctx context.Context, userID string) error {
+	if s.fed == nil {
+		return errors.New("federation is disabled")
+	}
+	raw, err := s.fed.RemoteUserDevices(ctx, serverOf(userID), userID)
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		UserID   string `json:"user_id"`
+		StreamID int64  `json:"stream_id"`
+		Devices  []struct {
+			DeviceID    string          `json:"device_id"`
+			DisplayName string          `json:"device_display_name"`
+			Keys        json.RawMessage `json:"keys"`
+		} `json:"devices"`
+		MasterKey      json.RawMessage `json:"master_key"`
+		SelfSigningKey json.RawMessage `json:"self_signing_key"`
+	}
+	if err := json.Unmarshal(raw, &resp); err != nil {
+		return fmt.Errorf("bad /user/devices answer: %w", err)
+	}
+	if resp.UserID != userID {
+		return fmt.Errorf("/user/devices answered for %q, not %q", resp.UserID, userID)
+	}
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, q := range []string{
+			`DELETE FROM keyserver_remote_device_keys WHERE user_id = $1`,
+			`DELETE FROM keyserver_remote_cross_signing_keys WHERE user_id = $1`,
+		} {
+			if _, err := tx.Exec(ctx, q, userID); err != nil {
+				return err
+			}
+		}
+		for _, d := range resp.Devices {
+			keyJSON, err := remoteDeviceJSON(userID, d.DeviceID, d.DisplayName, d.Keys)
+			if err != nil {
+				continue // a device without (valid) keys is not one to encrypt for
+			}
+			if err := putRemoteDevice(ctx, tx, userID, d.DeviceID, keyJSON); err != nil {
+				return err
+			}
+		}
+		for keyType, k := range map[string]json.RawMessage{keyTypeMaster: resp.MasterKey, keyTypeSelfSigning: resp.SelfSigningKey} {
+			if !keyOwnerIs(k, userID, "") {
+				continue
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_cross_signing_keys (user_id, key_type, key_json)
+				VALUES ($1, $2, $3)`, userID, keyType, string(k)); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, FALSE, $3)
+			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = FALSE, updated_ts = excluded.updated_ts`,
+			userID, resp.StreamID, time.Now().UnixMilli()); err != nil {
+			return err
+		}
+		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
+	})
+}
+
+// remoteDeviceJSON checks a remote device's keys name it and returns
+// them with unsigned.device_display_name set as /keys/query shows it.
+func remoteDeviceJSON(userID, deviceID, displayName string, keys json.RawMessage) (string, error) {
+	if !keyOwnerIs(keys, userID, deviceID) {
+		return "", errors.New("the keys do not belong to the device")
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(keys, &obj); err != nil {
+		return "", err
+	}
+	delete(obj, "unsigned")
+	if displayName != "" {
+		obj["unsigned"], _ = json.Marshal(map[string]string{"device_display_name": displayName})
+	}
+	out, err := json.Marshal(obj)
+	return string(out), err
+}
+
+func putRemoteDevice(ctx context.Context, tx storage.Tx, userID, deviceID, keyJSON string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json`, userID, deviceID, keyJSON)
+	return err
+}
+
+// RemoteDeviceListUpdate takes an m.device_list_update about a remote
+// user (the federation API checked the user belongs to the origin):
+// applied to the cache when its prev_id is the stream ID we hold, else
+// the cache is marked stale and resynced. Local clients sharing a room
+// with the user see them in device_lists.changed either way.
+func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, update json.RawMessage) error {
+	if s.isLocal(userID) || serverOf(userID) == "" {
+		return nil
+	}
+	var u struct {
+		DeviceID    string          `json:"device_id"`
+		DisplayName string          `json:"device_display_name"`
+		StreamID    int64           `json:"stream_id"`
+		PrevID      []int64         `json:"prev_id"`
+		Deleted     bool            `json:"deleted"`
+		Keys        json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(update, &u); err != nil {
+		return mxerr.New(mxerr.BadJSON, "m.device_list_update: %v", err)
+	}
+	applied := false
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		applied = false
+		var stored int64
+		var stale bool
+		err := tx.QueryRow(ctx, `SELECT stream_id, stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stored, &stale)
+		if err != nil && !storage.IsNoRows(err) {
+			return err
+		}
+		cached := err == nil && !stale
+		if cached && u.StreamID <= stored {
+			applied = true // seen already
+			return nil
+		}
+		follows := slices.Contains(u.PrevID, stored) || (len(u.PrevID) == 0 && stored == 0)
+		if cached && follows && u.DeviceID != "" {
+			switch {
+			case u.Deleted:
+				if _, err := tx.Exec(ctx, `DELETE FROM keyserver_remote_device_keys WHERE user_id = $1 AND device_id = $2`,
+					userID, u.DeviceID); err != nil {
+					return err
+				}
+				applied = true
+			case len(u.Keys) > 0:
+				if keyJSON, err := remoteDeviceJSON(userID, u.DeviceID, u.DisplayName, u.Keys); err == nil {
+					if err := putRemoteDevice(ctx, tx, userID, u.DeviceID, keyJSON); err != nil {
+						return err
+					}
+					applied = true
+				}
+			}
+		}
+		if applied {
+			if _, err := tx.Exec(ctx, `UPDATE keyserver_remote_users SET stream_id = $2, updated_ts = $3 WHERE user_id = $1`,
+				userID, u.StreamID, time.Now().UnixMilli()); err != nil {
+				return err
+			}
+		} else if err := markStale(ctx, tx, userID); err != nil {
+			return err
+		}
+		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
+	})
+	if err == nil && !applied {
+		s.startTracking(userID)
+	}
+	return err
+}
+
+// RemoteSigningKeyUpdate takes an m.signing_key_update: the user's
+// cross-signing keys (and so their devices' signatures) changed, so the
+// cache is resynced; clients learn it as a device change.
+func (s *Server) RemoteSigningKeyUpdate(ctx context.Context, userID string, update json.RawMessage) error {
+	if s.isLocal(userID) || serverOf(userID) == "" {
+		return nil
+	}
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		if err := markStale(ctx, tx, userID); err != nil {
+			return err
+		}
+		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
+	})
+	if err == nil {
+		s.startTracking(userID)
+	}
+	return err
+}
+
+func markStale(ctx context.Context, tx storage.Tx, userID string) error {
+	_, err := tx.Exec(ctx, `UPDATE keyserver_remote_users SET stale = TRUE WHERE user_id = $1`, userID)
+	return err
+}
+
+// latestPosition is the user's last device-list stream position before
+// (below) pos, or 0; with pos 0, their last one.
+func latestPosition(ctx context.Context, q storage.Querier, userID string, below int64) (int64, error) {
+	var p sql.NullInt64
+	query := `SELECT MAX(position) FROM keyserver_device_list_changes WHERE user_id = $1 AND position < $2`
+	if below == 0 {
+		query = `SELECT MAX(position) FROM keyserver_device_list_changes WHERE user_id = $1 AND $2 = 0`
+	}
+	err := q.QueryRow(ctx, query, userID, below).Scan(&p)
+	return p.Int64, err
+}

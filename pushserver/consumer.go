@@ -1,0 +1,435 @@
+package pushserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// mainThread is the thread ID of the main timeline.
+const mainThread = "main"
+
+// Batch sizes and the fallback poll of the consumers.
+const (
+	eventBatch   = 200
+	receiptBatch = 500
+	pollEvery    = 2 * time.Second
+)
+
+// runConsumer processes the room event and receipt streams until ctx
+// ends, woken by the notifier and by a fallback poll.
+func (s *Server) runConsumer(ctx context.Context) {
+	for {
+		changed := s.notifier.Changed()
+		more, err := s.consumeOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.log.Error("push consumer failed; retrying", "err", err)
+			more = false
+		}
+		if more {
+			continue
+		}
+		select {
+		case <-changed:
+		case <-time.After(pollEvery):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// consumeOnce runs one batch of each stream and reports whether either
+// had more to read.
+func (s *Server) consumeOnce(ctx context.Context) (bool, error) {
+	moreEvents, err := s.consumeEvents(ctx)
+	if err != nil {
+		return false, err
+	}
+	moreReceipts, err := s.consumeReceipts(ctx)
+	return moreEvents || moreReceipts, err
+}
+
+// notification is one row of push_notifications about to be written.
+type notification struct {
+	userID    string
+	event     *roomserver.Event
+	thread    string
+	highlight bool
+	actions   []json.RawMessage
+	room      *roomInfo
+	flat      flatEvent
+}
+
+// readMark is a read marker about to be moved forward.
+type readMark struct {
+	userID, roomID, thread string
+	pos                    int64
+}
+
+// consumeEvents evaluates the next batch of room events and writes the
+// notifications, queued pushes and new position in one transaction.
+func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
+	from := s.eventsPos.Load()
+	head, err := s.rooms.StreamPosition(ctx)
+	if err != nil || head <= from {
+		return false, err
+	}
+	evs, err := s.rooms.EventsAfter(ctx, from, eventBatch)
+	if err != nil {
+		return false, err
+	}
+	to, more := head, false
+	if len(evs) == eventBatch && evs[len(evs)-1].StreamPos < head {
+		to, more = evs[len(evs)-1].StreamPos, true
+	}
+	var notes []notification
+	var marks []readMark
+	for _, ev := range evs {
+		if ev.StreamPos > to {
+			break
+		}
+		n, mark, err := s.evaluateEvent(ctx, ev)
+		if err != nil {
+			return false, err
+		}
+		notes = append(notes, n...)
+		if mark != nil {
+			marks = append(marks, *mark)
+		}
+	}
+	now := s.now().UnixMilli()
+	queued := false
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, n := range notes {
+			actions, _ := json.Marshal(n.actions)
+			if _, err := tx.Exec(ctx, `INSERT INTO push_notifications
+				(user_id, room_id, event_id, stream_pos, thread_id, highlight, actions, ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+				n.userID, n.event.RoomID, n.event.EventID, n.event.StreamPos, n.thread, n.highlight, string(actions), now); err != nil {
+				return err
+			}
+		}
+		for _, m := range marks {
+			if err := moveReadMark(ctx, tx, m); err != nil {
+				return err
+			}
+		}
+		for _, n := range notes {
+			q, err := s.enqueue(ctx, tx, n, now)
+			if err != nil {
+				return err
+			}
+			queued = queued || q
+		}
+		return advancePosition(ctx, tx, eventsStream, from, to)
+	})
+	if errors.Is(err, errMoved) {
+		// Another instance advanced it: continue from what is stored.
+		evPos, rcPos, lerr := s.loadPositions(ctx)
+		if lerr != nil {
+			return false, lerr
+		}
+		s.advanced(evPos, rcPos)
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.advanced(to, 0)
+	if queued {
+		s.kickSender()
+	}
+	return more, nil
+}
+
+// moveReadMark moves a read marker forward, never back.
+func moveReadMark(ctx context.Context, tx storage.Tx, m readMark) error {
+	_, err := tx.Exec(ctx, `INSERT INTO push_read (user_id, room_id, thread_id, read_pos) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET read_pos = excluded.read_pos
+		WHERE push_read.read_pos < excluded.read_pos`, m.userID, m.roomID, m.thread, m.pos)
+	return err
+}
+
+// evaluateEvent decides who ev notifies. A local sender's own event
+// also counts as their reading up to it (their client shows it read).
+// Spec: client-server-api, "Server behaviour" (push): evaluate for the
+// local users in the room except the sender.
+func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]notification, *readMark, error) {
+	thread := s.threadOf(ev)
+	var mark *readMark
+	if s.isLocal(ev.Sender) {
+		mark = &readMark{userID: ev.Sender, roomID: ev.RoomID, thread: thread, pos: ev.StreamPos}
+	}
+	room, err := s.roomInfo(ctx, ev.RoomID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if changesRoomInfo(ev) {
+		// The next event sees the new members or power levels.
+		delete(s.roomInfos, ev.RoomID)
+	}
+	recipients := make([]string, 0, len(room.local)+1)
+	for _, u := range room.local {
+		if u != ev.Sender {
+			recipients = append(recipients, u)
+		}
+	}
+	if ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership == "invite" &&
+		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) {
+		recipients = append(recipients, *ev.StateKey)
+	}
+	if len(recipients) == 0 {
+		return nil, mark, nil
+	}
+	flat, err := flatten(ev.JSON)
+	if err != nil {
+		return nil, mark, nil // not an object: nothing can match
+	}
+	flat["event_id"] = ev.EventID
+	flat["room_id"] = ev.RoomID
+	ec := evalContext{event: flat, memberCount: room.joined, senderPower: room.power.userLevel(ev.Sender),
+		notificationPower: room.power.notificationLevel}
+	var out []notification
+	for _, userID := range recipients {
+		rules, err := s.rulesFor(ctx, userID)
+		if err != nil {
+			return nil, nil, err
+		}
+		ec.displayName = room.names[userID]
+		r := rules.evaluate(&ec)
+		if r == nil || !r.outcome.notify {
+			continue
+		}
+		out = append(out, notification{userID: userID, event: ev, thread: thread, highlight: r.outcome.highlight,
+			actions: r.actions, room: room, flat: flat})
+	}
+	return out, mark, nil
+}
+
+// maxThreadCache bounds the event-to-thread memory.
+const maxThreadCache = 100000
+
+// threadOf returns the thread ev belongs to: the root of an m.thread
+// relation, or the thread of the event it relates to (reactions, edits:
+// up to three hops, as the spec recommends), else the main timeline.
+// Spec: client-server-api, "Marking notifications as read" (threads).
+func (s *Server) threadOf(ev *roomserver.Event) string {
+	thread := mainThread
+	rel := gjson.GetBytes(ev.Content, `m\.relates_to`)
+	switch {
+	case rel.Get("rel_type").Str == "m.thread" && rel.Get("event_id").Str != "":
+		thread = rel.Get("event_id").Str
+	case rel.Get("event_id").Str != "":
+		// The related event's own thread was resolved when it was
+		// consumed (it came earlier in the stream), so one lookup
+		// covers the chain.
+		if t, ok := s.threads[rel.Get("event_id").Str]; ok {
+			thread = t
+		}
+	}
+	if len(s.threads) >= maxThreadCache {
+		clear(s.threads)
+	}
+	s.threads[ev.EventID] = thread
+	return thread
+}
+
+// roomInfo is what evaluation needs to know about a room, cached per
+// room until a member, power-levels or create event arrives in it.
+type roomInfo struct {
+	local  []string          // joined local users
+	joined int               // joined members, local or not
+	names  map[string]string // display names of joined local users
+	power  powerLevels
+	name   string
+	alias  string
+}
+
+func changesRoomInfo(ev *roomserver.Event) bool {
+	if ev.StateKey == nil {
+		return false
+	}
+	switch ev.Type {
+	case "m.room.member", "m.room.power_levels", "m.room.create", "m.room.name", "m.room.canonical_alias":
+		return true
+	}
+	return false
+}
+
+// maxRoomCache bounds the number of rooms kept.
+const maxRoomCache = 10000
+
+func (s *Server) roomInfo(ctx context.Context, roomID string) (*roomInfo, error) {
+	if info := s.roomInfos[roomID]; info != nil {
+		return info, nil
+	}
+	state, err := s.rooms.IndexedCurrentState(ctx, roomID,
+		[]string{"m.room.member", "m.room.power_levels", "m.room.create", "m.room.name", "m.room.canonical_alias"}, false)
+	if err != nil {
+		return nil, err
+	}
+	info := &roomInfo{names: map[string]string{}}
+	var create, levels json.RawMessage
+	var creator string
+	for _, e := range state {
+		switch e.Type {
+		case "m.room.member":
+			if e.Membership != "join" || e.StateKey == nil {
+				continue
+			}
+			info.joined++
+			if s.isLocal(*e.StateKey) {
+				info.local = append(info.local, *e.StateKey)
+				info.names[*e.StateKey] = gjson.GetBytes(e.Content, "displayname").Str
+			}
+		case "m.room.power_levels":
+			levels = e.Content
+		case "m.room.create":
+			create, creator = e.Content, e.Sender
+		case "m.room.name":
+			info.name = gjson.GetBytes(e.Content, "name").Str
+		case "m.room.canonical_alias":
+			info.alias = gjson.GetBytes(e.Content, "alias").Str
+		}
+	}
+	info.power = parsePowerLevels(levels, create, creator)
+	if len(s.roomInfos) >= maxRoomCache {
+		clear(s.roomInfos)
+	}
+	s.roomInfos[roomID] = info
+	return info, nil
+}
+
+// powerLevels is the part of m.room.power_levels that
+// sender_notification_permission reads.
+type powerLevels struct {
+	users         map[string]int64
+	usersDefault  int64
+	notifications map[string]int64
+	// creators have unlimited power (room version 12's privileged
+	// creators).
+	creators map[string]bool
+}
+
+// parsePowerLevels reads power levels; without an m.room.power_levels
+// event the creator has 100 and everyone else 0.
+// Spec: client-server-api, "m.room.power_levels"; room version 12.
+func parsePowerLevels(levels, create json.RawMessage, creator string) powerLevels {
+	p := powerLevels{users: map[string]int64{}, notifications: map[string]int64{}, creators: map[string]bool{}}
+	if gjson.GetBytes(create, "room_version").Str == "12" {
+		p.creators[creator] = true
+		for _, c := range gjson.GetBytes(create, "additional_creators").Array() {
+			p.creators[c.Str] = true
+		}
+	}
+	if levels == nil {
+		if creator != "" {
+			p.users[creator] = 100
+		}
+		return p
+	}
+	root := gjson.ParseBytes(levels)
+	root.Get("users").ForEach(func(k, v gjson.Result) bool {
+		if n, ok := powerInt(v); ok {
+			p.users[k.Str] = n
+		}
+		return true
+	})
+	if n, ok := powerInt(root.Get("users_default")); ok {
+		p.usersDefault = n
+	}
+	root.Get("notifications").ForEach(func(k, v gjson.Result) bool {
+		if n, ok := powerInt(v); ok {
+			p.notifications[k.Str] = n
+		}
+		return true
+	})
+	return p
+}
+
+// powerInt reads a power level: an integer, or (in old room versions) a
+// string holding one.
+func powerInt(v gjson.Result) (int64, bool) {
+	switch v.Type {
+	case gjson.Number:
+		return v.Int(), float64(v.Int()) == v.Num
+	case gjson.String:
+		n, err := strconv.ParseInt(v.Str, 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+func (p *powerLevels) userLevel(userID string) int64 {
+	if p.creators[userID] {
+		return math.MaxInt64
+	}
+	if n, ok := p.users[userID]; ok {
+		return n
+	}
+	return p.usersDefault
+}
+
+// notificationLevel is the level needed to trigger a notification of
+// kind key; 50 unless power_levels.notifications says otherwise.
+func (p *powerLevels) notificationLevel(key string) int64 {
+	if n, ok := p.notifications[key]; ok {
+		return n
+	}
+	return 50
+}
+
+// consumeReceipts moves read markers for local users' receipts.
+// Spec: client-server-api, "Marking notifications as read": m.read and
+// m.read.private both count, and whichever is further ahead wins; a
+// threaded receipt reads only its thread.
+func (s *Server) consumeReceipts(ctx context.Context) (bool, error) {
+	from := s.receiptsPos.Load()
+	receipts, err := s.receipts.ReceiptsAfter(ctx, from, receiptBatch)
+	if err != nil || len(receipts) == 0 {
+		return false, err
+	}
+	to := receipts[len(receipts)-1].Position
+	var marks []readMark
+	for _, r := range receipts {
+		if !s.isLocal(r.UserID) || (r.Type != "m.read" && r.Type != "m.read.private") {
+			continue
+		}
+		ev, err := s.rooms.Event(ctx, r.UserID, r.EventID)
+		if err != nil {
+			continue // unknown or no longer visible: reads nothing
+		}
+		marks = append(marks, readMark{userID: r.UserID, roomID: r.RoomID, thread: r.ThreadID, pos: ev.StreamPos})
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, m := range marks {
+			if err := moveReadMark(ctx, tx, m); err != nil {
+				return err
+			}
+		}
+		return advancePosition(ctx, tx, receiptsStream, from, to)
+	})
+	if errors.Is(err, errMoved) {
+		evPos, rcPos, lerr := s.loadPositions(ctx)
+		if lerr != nil {
+			return false, lerr
+		}
+		s.advanced(evPos, rcPos)
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.advanced(0, to)
+	return len(receipts) == receiptBatch, nil
+}

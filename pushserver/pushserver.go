@@ -1,0 +1,220 @@
+package pushserver
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/notifier"
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Rooms is what push reads from the roomserver (*roomserver.Server).
+type Rooms interface {
+	StreamPosition(ctx context.Context) (int64, error)
+	EventsAfter(ctx context.Context, after int64, limit int) ([]*roomserver.Event, error)
+	IndexedCurrentState(ctx context.Context, roomID string, types []string, skipMembers bool) ([]*roomserver.Event, error)
+	Event(ctx context.Context, userID, eventID string) (*roomserver.Event, error)
+}
+
+// Receipts is clientapi's receipt stream (*clientapi.Server).
+type Receipts interface {
+	ReceiptsAfter(ctx context.Context, since int64, limit int) ([]clientapi.Receipt, error)
+}
+
+// Deps are the push component's dependencies; all are required except
+// Logger, HTTPClient and Now.
+type Deps struct {
+	DB         *storage.DB
+	ServerName string
+	Config     config.Push
+	Rooms      Rooms
+	Receipts   Receipts
+	// WriteAccountData stores server-managed global account data inside
+	// the caller's transaction (clientapi.Server.WriteServerAccountData).
+	WriteAccountData func(ctx context.Context, tx storage.Tx, userID, dataType string, content json.RawMessage) error
+	// Notifier wakes the consumers when the room or receipt stream advances.
+	Notifier notifier.Broadcaster
+	Verifier authn.Verifier
+	Logger   *slog.Logger
+	// HTTPClient sends to push gateways; nil means a client that refuses
+	// non-public addresses except Config.OutboundIPAllow.
+	HTTPClient *http.Client
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is the push component.
+type Server struct {
+	db         *storage.DB
+	serverName string
+	cfg        config.Push
+	rooms      Rooms
+	receipts   Receipts
+	writeAcct  func(ctx context.Context, tx storage.Tx, userID, dataType string, content json.RawMessage) error
+	notifier   notifier.Broadcaster
+	verifier   authn.Verifier
+	log        *slog.Logger
+	client     *http.Client
+	now        func() time.Time
+
+	rules *rulesCache
+
+	// Consumer progress, for UnreadCounts to wait on. Updated after
+	// the consumer's transaction commits.
+	eventsPos   atomic.Int64
+	receiptsPos atomic.Int64
+	progressMu  sync.Mutex
+	progress    chan struct{} // guarded by progressMu; closed and replaced on advance
+
+	// consumer-only state (the consumer goroutine alone touches it).
+	roomInfos map[string]*roomInfo
+	threads   map[string]string // event ID -> thread ("main" or root)
+
+	wakeSender chan struct{} // buffered 1
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+}
+
+// New runs the migrations, reads the consumers' positions and starts
+// the consumer and the sender; Close stops them.
+func New(ctx context.Context, deps Deps) (*Server, error) {
+	if deps.DB == nil || deps.Rooms == nil || deps.Receipts == nil || deps.WriteAccountData == nil ||
+		deps.Notifier == nil || deps.Verifier == nil || deps.ServerName == "" {
+		return nil, errors.New("pushserver: DB, ServerName, Rooms, Receipts, WriteAccountData, Notifier and Verifier are required")
+	}
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	if err := deps.DB.Migrate(ctx, "pushserver", sub); err != nil {
+		return nil, err
+	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	client := deps.HTTPClient
+	if client == nil {
+		if client, err = gatewayClient(deps.Config); err != nil {
+			return nil, err
+		}
+	}
+	s := &Server{
+		db: deps.DB, serverName: deps.ServerName, cfg: deps.Config, rooms: deps.Rooms, receipts: deps.Receipts,
+		writeAcct: deps.WriteAccountData, notifier: deps.Notifier, verifier: deps.Verifier,
+		log: logger.With("component", "pushserver"), client: client, now: now,
+		rules:      newRulesCache(),
+		progress:   make(chan struct{}),
+		roomInfos:  map[string]*roomInfo{},
+		threads:    map[string]string{},
+		wakeSender: make(chan struct{}, 1),
+	}
+	evPos, rcPos, err := s.loadPositions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.eventsPos.Store(evPos)
+	s.receiptsPos.Store(rcPos)
+	bg, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.runConsumer(bg)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.runSender(bg)
+	}()
+	return s, nil
+}
+
+// Close stops the background work. Call it before closing the database.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.stop()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// Routes registers the push endpoints on r.
+func (s *Server) Routes(r chi.Router) {
+	r.Group(func(r chi.Router) {
+		r.Use(authn.Middleware(s.verifier))
+		s.ruleRoutes(r)
+		s.pusherRoutes(r)
+		s.notificationRoutes(r)
+	})
+}
+
+// advanced records the consumers' new positions and wakes waiters.
+func (s *Server) advanced(eventsPos, receiptsPos int64) {
+	if eventsPos > 0 {
+		s.eventsPos.Store(eventsPos)
+	}
+	if receiptsPos > 0 {
+		s.receiptsPos.Store(receiptsPos)
+	}
+	s.progressMu.Lock()
+	ch := s.progress
+	s.progress = make(chan struct{})
+	s.progressMu.Unlock()
+	close(ch)
+}
+
+// maxCountWait bounds how long UnreadCounts waits for the consumers.
+const maxCountWait = 3 * time.Second
+
+// waitCaughtUp waits until the consumers have processed the room event
+// stream to roomPos and the receipt stream to receiptPos, at most
+// maxCountWait; after that counts are served as they are.
+func (s *Server) waitCaughtUp(ctx context.Context, roomPos, receiptPos int64) {
+	deadline := time.NewTimer(maxCountWait)
+	defer deadline.Stop()
+	for {
+		s.progressMu.Lock()
+		ch := s.progress
+		s.progressMu.Unlock()
+		if s.eventsPos.Load() >= roomPos && s.receiptsPos.Load() >= receiptPos {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			s.log.Warn("unread counts served before push caught up", "room_pos", roomPos,
+				"consumed", s.eventsPos.Load(), "receipt_pos", receiptPos, "receipts_consumed", s.receiptsPos.Load())
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// isLocal reports whether userID belongs to this server.
+func (s *Server) isLocal(userID string) bool {
+	n := len(userID) - len(s.serverName)
+	return n > 1 && userID[0] == '@' && userID[n-1] == ':' && userID[n:] == s.serverName
+}

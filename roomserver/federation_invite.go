@@ -1,0 +1,86 @@
+package roomserver
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// Inviting a user of another server takes two steps, because the spec
+// has the invitee's server sign the invite before the room sees it.
+// Spec: server-server-api, "Inviting to a room".
+
+// RemoteInvite is an invite built for a user of another server, signed by
+// this server and checked against the room's current state, but not
+// persisted.
+type RemoteInvite struct {
+	RoomVersion string
+	EventID     string
+	JSON        json.RawMessage
+}
+
+// BuildRemoteInvite builds, signs and auth-checks the invite of
+// req.Target (a user of another server) by req.Sender without persisting
+// it. Send it to the invitee's server (invite v2), then persist the copy
+// it returns with PersistRemoteInvite.
+func (s *Server) BuildRemoteInvite(ctx context.Context, req MembershipRequest) (*RemoteInvite, error) {
+	if err := s.needTarget(req); err != nil {
+		return nil, err
+	}
+	if domainOf(req.Target) == string(s.serverName) {
+		return nil, mxerr.New(mxerr.InvalidParam, "%s is a user of this server", req.Target)
+	}
+	if domainOf(req.Sender) != string(s.serverName) {
+		return nil, mxerr.New(mxerr.Forbidden, "sender %s is not a local user", req.Sender)
+	}
+	content := memberContent(req, "invite")
+	if req.IsDirect {
+		content["is_direct"] = true
+	}
+	proto, err := memberProto(req, content)
+	if err != nil {
+		return nil, err
+	}
+	unlock := s.lockRoom(req.RoomID)
+	defer unlock()
+	reader := s.db.Reader()
+	room, err := loadRoom(ctx, reader, req.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := s.build(ctx, reader, nil, room, proto, "")
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.prepare(ctx, reader, nil, room, pdu)
+	if err != nil {
+		return nil, err
+	}
+	if p.outcome != Accepted {
+		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
+	}
+	return &RemoteInvite{RoomVersion: room.Version, EventID: pdu.EventID(), JSON: pdu.JSON()}, nil
+}
+
+// PersistRemoteInvite stores the invite built by BuildRemoteInvite as the
+// invitee's server returned it (with that server's signature, which the
+// caller has verified). It must be the same event: anything else is
+// M_FORBIDDEN. The invite is checked against the state again, since the
+// room may have moved on while the invitee's server answered.
+func (s *Server) PersistRemoteInvite(ctx context.Context, invite *RemoteInvite, signed json.RawMessage) (*SendEventResponse, error) {
+	res, err := s.InputEvent(ctx, InputEventRequest{RoomVersion: invite.RoomVersion, JSON: signed})
+	if err != nil {
+		return nil, err
+	}
+	if res.EventID != invite.EventID {
+		return nil, mxerr.New(mxerr.Forbidden, "the invitee's server returned a different event")
+	}
+	switch res.Outcome {
+	case Accepted:
+		return &SendEventResponse{EventID: res.EventID, StreamPos: res.StreamPos}, nil
+	case Duplicate:
+		return s.existingSend(ctx, res.EventID)
+	}
+	return nil, mxerr.New(mxerr.Forbidden, "invite %s: %s", res.Outcome, res.Reason)
+}

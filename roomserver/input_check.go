@@ -1,0 +1,55 @@
+package roomserver
+
+import (
+	"context"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+)
+
+// CheckInputEvent runs the checks InputEvent runs on a federation event
+// (auth against its auth events, the state before it and the current
+// state) and reports the outcome InputEvent would have, writing nothing.
+// A missing prev or auth event is M_NOT_FOUND, as for InputEvent. It lets
+// callers (and benchmarks, which time it apart from the write) learn an
+// event's fate without persisting it.
+func (s *Server) CheckInputEvent(ctx context.Context, req InputEventRequest) (*InputEventResponse, error) {
+	impl, err := roomVersion(req.RoomVersion)
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) {
+		return impl.NewEventFromUntrustedJSON(req.JSON)
+	})
+	if err != nil {
+		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
+	}
+	if n := len(pdu.JSON()); n > maxEventBytes {
+		return nil, mxerr.New(mxerr.TooLarge, "PDU is %d bytes", n)
+	}
+	roomID, err := guard("room ID", func() (string, error) { return pdu.RoomID().String(), nil })
+	if err != nil {
+		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
+	}
+	reader := s.db.Reader()
+	if _, err := eventRowByID(ctx, reader, pdu.EventID()); err == nil {
+		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
+	} else if !mxerr.Is(err, mxerr.NotFound) {
+		return nil, err
+	}
+	room := &roomRow{RoomID: roomID, Version: req.RoomVersion}
+	if !isCreate(pdu) {
+		if room, err = loadRoom(ctx, reader, roomID); err != nil {
+			return nil, err
+		}
+	}
+	if room.Version != req.RoomVersion {
+		return nil, mxerr.New(mxerr.BadJSON, "room %s is version %s, not %s", roomID, room.Version, req.RoomVersion)
+	}
+	p, err := s.prepare(ctx, reader, nil, room, pdu)
+	if err != nil {
+		return nil, err
+	}
+	return &InputEventResponse{EventID: p.row.EventID, Outcome: p.outcome, Reason: p.reason}, nil
+}
