@@ -92,3 +92,38 @@ func TestRecentEventsOnOneConnection(t *testing.T) {
 		t.Fatal("no events")
 	}
 }
+
+// CurrentState of a joined member reads the indexed current state; it
+// must equal the current snapshot's state, in (type, state_key) order.
+func TestCurrentStateMatchesSnapshot(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		s := newTestServer(t, db)
+		ctx := context.Background()
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat, Name: "n", Topic: "t"}).RoomID
+		key := ""
+		if _, err := s.SendEvent(ctx, SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.topic", StateKey: &key,
+			Content: []byte(`{"topic":"changed"}`)}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.CurrentState(ctx, alice, room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := loadRoom(ctx, db.Reader(), room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := s.snapshotEvents(ctx, db.Reader(), r.Version, r.CurrentSnapshot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("CurrentState has %d events, the snapshot %d", len(got), len(want))
+		}
+		for i := range got {
+			if got[i].EventID != want[i].EventID {
+				t.Fatalf("event %d: %s (%s) vs snapshot %s (%s)", i, got[i].EventID, got[i].Type, want[i].EventID, want[i].Type)
+			}
+		}
+	})
+}

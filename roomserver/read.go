@@ -315,6 +315,32 @@ func (s *Server) snapshotEvents(ctx context.Context, q storage.Querier, version 
 	if err != nil {
 		return nil, err
 	}
+	return s.stateEvents(ctx, q, version, state)
+}
+
+// currentStateMap reads a room's current state from the indexed
+// current-state table: the state of the room's current snapshot when read
+// in the same Read as the room row, without walking the snapshot chain.
+func currentStateMap(ctx context.Context, q storage.Querier, roomID string) (stateMap, error) {
+	rows, err := q.Query(ctx, `SELECT type, state_key, event_nid FROM roomserver_current_state WHERE room_id = $1`, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := stateMap{}
+	for rows.Next() {
+		var k tuple
+		var nid int64
+		if err := rows.Scan(&k.Type, &k.StateKey, &nid); err != nil {
+			return nil, err
+		}
+		out[k] = nid
+	}
+	return out, rows.Err()
+}
+
+// stateEvents loads state's events, sorted by (type, state_key).
+func (s *Server) stateEvents(ctx context.Context, q storage.Querier, version string, state stateMap) ([]*Event, error) {
 	nids := make([]int64, 0, len(state))
 	for _, k := range sortedTuples(state) {
 		nids = append(nids, state[k])
@@ -341,6 +367,15 @@ func (s *Server) CurrentState(ctx context.Context, userID, roomID string) ([]*Ev
 		}
 		nid, err := s.stateSnapshotFor(ctx, q, userID, room)
 		if err != nil {
+			return err
+		}
+		if nid == room.CurrentSnapshot {
+			// Members (device lists, on every woken /sync) land here.
+			state, err := currentStateMap(ctx, q, roomID)
+			if err != nil {
+				return err
+			}
+			out, err = s.stateEvents(ctx, q, room.Version, state)
 			return err
 		}
 		out, err = s.snapshotEvents(ctx, q, room.Version, nid)
