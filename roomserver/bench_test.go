@@ -3,11 +3,55 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
+
+// cpuTime is the process's user+system CPU time so far. CPU per event is
+// a steadier figure than wall time on a machine shared with builds.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measure reports events/s, CPU µs per event and events per COMMIT (one
+// COMMIT is one fsync) for a benchmark that sends b.N events.
+type measure struct {
+	db      *storage.DB
+	start   time.Time
+	cpu     time.Duration
+	commits int64
+}
+
+func startMeasure(b *testing.B, db *storage.DB) *measure {
+	b.ResetTimer()
+	return &measure{db: db, start: time.Now(), cpu: cpuTime(b), commits: db.CommitCount()}
+}
+
+func (m *measure) report(b *testing.B) {
+	b.StopTimer()
+	wall := time.Since(m.start)
+	cpu := cpuTime(b) - m.cpu
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "events/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
+	if c := m.db.CommitCount() - m.commits; c > 0 {
+		b.ReportMetric(float64(b.N)/float64(c), "events/commit")
+	}
+}
+
+func benchSendRequest(room string) SendEventRequest {
+	return SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
+		Content: json.RawMessage(`{"msgtype":"m.text","body":"benchmark message"}`)}
+}
 
 // BenchmarkSendEvent measures one local message end to end: build on the
 // extremities, hash, sign, auth-check and persist (SQLite, fsync on).
@@ -16,37 +60,78 @@ func BenchmarkSendEvent(b *testing.B) {
 	s := newTestServer(b, db)
 	room := mustCreate(b, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
 	ctx := context.Background()
-	req := SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
-		Content: json.RawMessage(`{"msgtype":"m.text","body":"benchmark message"}`)}
-	b.ResetTimer()
+	req := benchSendRequest(room)
+	m := startMeasure(b, db)
 	for i := 0; i < b.N; i++ {
 		if _, err := s.SendEvent(ctx, req); err != nil {
 			b.Fatal(err)
 		}
 	}
+	m.report(b)
 }
 
-// BenchmarkSendEventParallel sends into 8 rooms at once, so group commit
-// shares fsyncs between rooms.
-func BenchmarkSendEventParallel(b *testing.B) {
+// BenchmarkSendEventParallel has 8 senders, each in its own room, so
+// group commit shares fsyncs between rooms.
+func BenchmarkSendEventParallel(b *testing.B) { benchmarkSendParallel(b, 8) }
+
+// BenchmarkSendEventParallelOneRoom has 8 senders in one room: they
+// serialise on the room lock, so this measures what a send does under it.
+func BenchmarkSendEventParallelOneRoom(b *testing.B) { benchmarkSendParallel(b, 1) }
+
+// benchmarkSendParallel runs 8 sending goroutines spread over nRooms rooms.
+func benchmarkSendParallel(b *testing.B, nRooms int) {
 	db := storagetest.OpenSQLite(b)
 	s := newTestServer(b, db)
 	var rooms []string
-	for i := 0; i < 8; i++ {
+	for i := 0; i < nRooms; i++ {
 		rooms = append(rooms, mustCreate(b, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID)
 	}
 	ctx := context.Background()
 	var n atomic.Int64
-	b.SetParallelism(4)
-	b.ResetTimer()
+	b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+	m := startMeasure(b, db)
 	b.RunParallel(func(pb *testing.PB) {
-		room := rooms[int(n.Add(1))%len(rooms)]
-		req := SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
-			Content: json.RawMessage(`{"msgtype":"m.text","body":"benchmark message"}`)}
+		req := benchSendRequest(rooms[int(n.Add(1))%len(rooms)])
 		for pb.Next() {
 			if _, err := s.SendEvent(ctx, req); err != nil {
 				b.Error(err)
 				return
+			}
+		}
+	})
+	m.report(b)
+}
+
+// BenchmarkLoadSnapshot reads a snapshot at the end of a 20-delta chain:
+// two keys (what history visibility asks per user), and the whole state.
+func BenchmarkLoadSnapshot(b *testing.B) {
+	db := storagetest.OpenSQLite(b)
+	s := newTestServer(b, db)
+	ctx := context.Background()
+	room := mustCreate(b, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
+	for i := 0; i < 20; i++ {
+		key := ""
+		if _, err := s.SendEvent(ctx, SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.topic", StateKey: &key,
+			Content: json.RawMessage(`{"topic":"t` + itoa(int64(i)) + `"}`)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r, err := loadRoom(ctx, db.Reader(), room)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", alice}}
+	b.Run("keys", func(b *testing.B) {
+		for b.Loop() {
+			if got, err := loadSnapshotKeys(ctx, db.Reader(), r.CurrentSnapshot, keys); err != nil || len(got) != 2 {
+				b.Fatal(got, err)
+			}
+		}
+	})
+	b.Run("all", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := loadSnapshot(ctx, db.Reader(), r.CurrentSnapshot); err != nil {
+				b.Fatal(err)
 			}
 		}
 	})

@@ -11,7 +11,8 @@ import (
 )
 
 // visibility decides history visibility for one user across many
-// events, caching what events share (snapshots, memberships).
+// events, caching what events share (snapshots, memberships). Its q
+// reads committed data only: never a write transaction.
 // Spec: client-server-api, "Room History Visibility", "Server behaviour".
 type visibility struct {
 	s      *Server
@@ -41,7 +42,11 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 		return got[0], got[1], nil
 	}
 	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", v.userID}}
-	picked, err := loadSnapshotKeys(ctx, v.q, nid, keys)
+	// v.q only ever reads committed data (visibility is for reads), so
+	// the snapshot key cache may answer and be filled.
+	picked, err := v.s.snapKeys.lookup(nid, keys, func(missing []tuple) (stateMap, error) {
+		return loadSnapshotKeys(ctx, v.q, nid, missing)
+	})
 	if err != nil {
 		return "", "", err
 	}
@@ -68,6 +73,59 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 	return hv, membership, nil
 }
 
+// currentMembership is the user's current membership in roomID, read
+// through v.q: a visibility inside a Read holds a pooled connection, and
+// taking a second one here (Server.Membership uses the pool) could
+// exhaust the pool with every holder waiting for another.
+func (v *visibility) currentMembership(ctx context.Context, roomID string) (string, error) {
+	if cur, ok := v.current[roomID]; ok {
+		return cur, nil
+	}
+	var m *string
+	err := v.q.QueryRow(ctx, `SELECT membership FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, v.userID).Scan(&m)
+	if err != nil && !storage.IsNoRows(err) {
+		return "", err
+	}
+	cur := ""
+	if m != nil {
+		cur = *m
+	}
+	v.current[roomID] = cur
+	return cur, nil
+}
+
+// historyVisibilityAt is the history visibility of snapshot nid, as at
+// returns it, without the user's membership.
+func (v *visibility) historyVisibilityAt(ctx context.Context, version string, nid int64) (string, error) {
+	if got, ok := v.atSnapshot[nid]; ok {
+		return got[0], nil
+	}
+	k := tuple{"m.room.history_visibility", ""}
+	picked, err := v.s.snapKeys.lookup(nid, []tuple{k}, func(missing []tuple) (stateMap, error) {
+		return loadSnapshotKeys(ctx, v.q, nid, missing)
+	})
+	if err != nil {
+		return "", err
+	}
+	hv := "shared"
+	if eventNID, ok := picked[k]; ok {
+		evs, err := v.s.loadEvents(ctx, v.q, nil, version, []int64{eventNID})
+		if err != nil {
+			return "", err
+		}
+		if h, err := evs[0].pdu.HistoryVisibility(); err == nil {
+			hv = string(h)
+		}
+	}
+	switch hv {
+	case "world_readable", "shared", "invited", "joined":
+	default:
+		hv = "shared" // unknown values mean shared
+	}
+	return hv, nil
+}
+
 func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership string) (bool, error) {
 	switch {
 	case hv == "world_readable", membership == "join":
@@ -76,13 +134,9 @@ func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership 
 		return true, nil
 	case hv == "shared":
 		// Allowed if the user joined at any point after the event.
-		cur, ok := v.current[e.row.RoomID]
-		if !ok {
-			var err error
-			if cur, err = v.s.Membership(ctx, e.row.RoomID, v.userID); err != nil {
-				return false, err
-			}
-			v.current[e.row.RoomID] = cur
+		cur, err := v.currentMembership(ctx, e.row.RoomID)
+		if err != nil {
+			return false, err
 		}
 		if cur == "join" {
 			return true, nil
@@ -107,6 +161,22 @@ func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership 
 func (v *visibility) canSee(ctx context.Context, version string, e *loadedEvent) (bool, error) {
 	if e.row.Rejected || e.row.SoftFailed {
 		return false, nil
+	}
+	// Fast path: under world_readable, or shared with the user joined
+	// now, every event is visible. That needs only the snapshot's history
+	// visibility, which every user shares (and the snapshot cache keeps),
+	// not the user's own membership at the snapshot: a room full of new
+	// members has a new snapshot per join, and reading each one per
+	// reader made a busy room's timeline quadratic.
+	if hv, err := v.historyVisibilityAt(ctx, version, e.row.StateBefore); err != nil {
+		return false, err
+	} else if hv == "world_readable" {
+		return true, nil
+	} else if hv == "shared" {
+		cur, err := v.currentMembership(ctx, e.row.RoomID)
+		if err != nil || cur == "join" {
+			return err == nil, err
+		}
 	}
 	hv, membership, err := v.at(ctx, version, e.row.StateBefore)
 	if err != nil {
@@ -245,6 +315,32 @@ func (s *Server) snapshotEvents(ctx context.Context, q storage.Querier, version 
 	if err != nil {
 		return nil, err
 	}
+	return s.stateEvents(ctx, q, version, state)
+}
+
+// currentStateMap reads a room's current state from the indexed
+// current-state table: the state of the room's current snapshot when read
+// in the same Read as the room row, without walking the snapshot chain.
+func currentStateMap(ctx context.Context, q storage.Querier, roomID string) (stateMap, error) {
+	rows, err := q.Query(ctx, `SELECT type, state_key, event_nid FROM roomserver_current_state WHERE room_id = $1`, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := stateMap{}
+	for rows.Next() {
+		var k tuple
+		var nid int64
+		if err := rows.Scan(&k.Type, &k.StateKey, &nid); err != nil {
+			return nil, err
+		}
+		out[k] = nid
+	}
+	return out, rows.Err()
+}
+
+// stateEvents loads state's events, sorted by (type, state_key).
+func (s *Server) stateEvents(ctx context.Context, q storage.Querier, version string, state stateMap) ([]*Event, error) {
 	nids := make([]int64, 0, len(state))
 	for _, k := range sortedTuples(state) {
 		nids = append(nids, state[k])
@@ -271,6 +367,15 @@ func (s *Server) CurrentState(ctx context.Context, userID, roomID string) ([]*Ev
 		}
 		nid, err := s.stateSnapshotFor(ctx, q, userID, room)
 		if err != nil {
+			return err
+		}
+		if nid == room.CurrentSnapshot {
+			// Members (device lists, on every woken /sync) land here.
+			state, err := currentStateMap(ctx, q, roomID)
+			if err != nil {
+				return err
+			}
+			out, err = s.stateEvents(ctx, q, room.Version, state)
 			return err
 		}
 		out, err = s.snapshotEvents(ctx, q, room.Version, nid)

@@ -56,6 +56,13 @@ type Server struct {
 	// events caches parsed events by event ID. Entries are immutable
 	// except for redaction, which replaces the entry.
 	events *eventCache
+	// snapKeys caches state lookups by (immutable) snapshot NID.
+	snapKeys *snapshotKeyCache
+
+	// createMu guards lastCreateMS, the timestamp of the last create
+	// event built with a hash-derived room ID (see createTime).
+	createMu     sync.Mutex
+	lastCreateMS int64
 
 	backfiller Backfiller // federation_backfill.go; set before serving
 }
@@ -137,6 +144,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		notify:     deps.Notify,
 		now:        now,
 		events:     newEventCache(4096),
+		snapKeys:   newSnapshotKeyCache(4096),
 	}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/tidwall/sjson"
@@ -172,7 +173,11 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 
 // sign builds and signs eb and applies the size limits.
 func (s *Server) sign(eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU, error) {
-	pdu, err := eb.Build(s.now(), s.serverName, s.keyID, s.key.PrivateKey)
+	ts := s.now()
+	if eb.Type == "m.room.create" && eb.RoomID == "" {
+		ts = s.createTime(ts)
+	}
+	pdu, err := eb.Build(ts, s.serverName, s.keyID, s.key.PrivateKey)
 	if err != nil {
 		return nil, buildError(err)
 	}
@@ -180,6 +185,19 @@ func (s *Server) sign(eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU
 		return nil, err
 	}
 	return pdu, nil
+}
+
+// createTime returns a timestamp for a create event whose hash becomes
+// the room ID (room v12): now, or a millisecond past the last one handed
+// out. Two rooms created by one user with the same options within one
+// millisecond would otherwise have identical create events — the same
+// room ID — and the second would fail with M_ROOM_IN_USE.
+func (s *Server) createTime(now time.Time) time.Time {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	ms := max(now.UnixMilli(), s.lastCreateMS+1)
+	s.lastCreateMS = ms
+	return time.UnixMilli(ms)
 }
 
 // StreamPosition returns the latest room event stream position.

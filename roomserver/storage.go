@@ -452,3 +452,64 @@ func nullString(s string) *string {
 	}
 	return &s
 }
+
+// snapshotKeyCache remembers, per committed state snapshot, the event NID
+// at each state key looked up (0: the key is not in the state). A
+// snapshot never changes once committed, so an entry is never stale; it
+// saves the per-key queries of building and auth-checking every event on
+// the same current state. Only reads outside a write transaction fill it
+// (a transaction's own snapshots may roll back and their NIDs be reused).
+// Bounded: when full it is emptied.
+type snapshotKeyCache struct {
+	mu   sync.Mutex
+	max  int
+	byID map[int64]stateMap // guarded by mu
+}
+
+func newSnapshotKeyCache(max int) *snapshotKeyCache {
+	return &snapshotKeyCache{max: max, byID: make(map[int64]stateMap)}
+}
+
+// lookup returns snapshot nid's entries at keys, calling load (outside the
+// lock) for the keys it does not know yet.
+func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []tuple) (stateMap, error)) (stateMap, error) {
+	out := make(stateMap, len(keys))
+	var missing []tuple
+	c.mu.Lock()
+	known := c.byID[nid]
+	for _, k := range keys {
+		if v, ok := known[k]; ok {
+			if v != 0 {
+				out[k] = v
+			}
+		} else {
+			missing = append(missing, k)
+		}
+	}
+	c.mu.Unlock()
+	if len(missing) == 0 {
+		return out, nil
+	}
+	got, err := load(missing)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byID) >= c.max {
+		c.byID = make(map[int64]stateMap)
+	}
+	known = c.byID[nid]
+	if known == nil {
+		known = make(stateMap, len(missing))
+		c.byID[nid] = known
+	}
+	for _, k := range missing {
+		v := got[k] // 0 when absent
+		known[k] = v
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out, nil
+}

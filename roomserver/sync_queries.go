@@ -2,7 +2,9 @@ package roomserver
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -33,8 +35,7 @@ func (s *Server) UserMemberships(ctx context.Context, userID string) ([]Membersh
 	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.event_nid,
 		(SELECT COUNT(*) FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
 		FROM roomserver_current_state c
-		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL
-		ORDER BY c.room_id`, userID)
+		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL`, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -49,6 +50,10 @@ func (s *Server) UserMemberships(ctx context.Context, userID string) ([]Membersh
 		m.Forgotten = forgotten > 0
 		out = append(out, m)
 	}
+	// Sorted here rather than with ORDER BY: every /sync (and every
+	// wake-up of a waiting one) reads this, and a SQLite sorter costs
+	// more than the indexed lookup itself.
+	slices.SortFunc(out, func(a, b MembershipEntry) int { return strings.Compare(a.RoomID, b.RoomID) })
 	return out, rows.Err()
 }
 
@@ -77,9 +82,7 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 	limit := max(req.Limit, 1)
 	out := &RecentResponse{}
 	err := s.db.Read(ctx, func(q storage.Querier) error {
-		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
-			WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
-			ORDER BY event_nid DESC LIMIT $4`, req.RoomID, req.From, req.To, limit+1)
+		rows, err := s.recentRows(ctx, q, req.RoomID, req.From, req.To, limit+1)
 		if err != nil {
 			return err
 		}
@@ -106,6 +109,64 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// recentRows returns the rows of a room's last limit accepted events in
+// (from, to], newest first. It reads only positions (and redaction
+// status) from the table and takes the rows of recent events, the hot
+// set, from the event cache: a timeline read does not copy every event's
+// JSON out of SQLite again. A cached entry whose redaction status differs
+// from the table's is stale and read again.
+func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID string, from, to int64, limit int) ([]*eventRow, error) {
+	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because FROM roomserver_events
+		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
+		ORDER BY event_nid DESC LIMIT $4`, roomID, from, to, limit)
+	if err != nil {
+		return nil, err
+	}
+	var rows []*eventRow
+	var missing []int64
+	for rs.Next() {
+		var nid int64
+		var redactedBecause *string
+		if err := rs.Scan(&nid, &redactedBecause); err != nil {
+			rs.Close()
+			return nil, err
+		}
+		e := s.events.getNID(nid)
+		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) {
+			rows = append(rows, e.row)
+		} else {
+			rows = append(rows, nil)
+			missing = append(missing, nid)
+		}
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	if len(missing) == 0 {
+		return rows, nil
+	}
+	loaded, err := eventRowsByNID(ctx, q, missing)
+	if err != nil {
+		return nil, err
+	}
+	byNID := make(map[int64]*eventRow, len(loaded))
+	for _, r := range loaded {
+		byNID[r.NID] = r
+	}
+	out := rows[:0]
+	for _, r := range rows {
+		if r == nil {
+			if r = byNID[missing[0]]; r == nil {
+				return nil, fmt.Errorf("event NID %d vanished", missing[0])
+			}
+			missing = missing[1:]
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }
@@ -277,6 +338,37 @@ func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) (
 		out = append(out, t)
 	}
 	return out, rows.Err()
+}
+
+// RoomsWithEvents returns the rooms that have any event (accepted or
+// not) with a stream position in (from, to], mapped to whether any of
+// those is a state event, reading at most limit events; complete is false
+// when there were more, and the caller must then assume every room may
+// have news. Incremental sync uses it to skip rooms with nothing new: a
+// room's timeline in (from, to] is events of that room in the range, and
+// its state changes there (StateDelta) are state events in the range.
+func (s *Server) RoomsWithEvents(ctx context.Context, from, to int64, limit int) (rooms map[string]bool, complete bool, err error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, state_key IS NOT NULL FROM roomserver_events
+		WHERE event_nid > $1 AND event_nid <= $2 LIMIT $3`, from, to, limit+1)
+	if err != nil {
+		return nil, false, err
+	}
+	defer rows.Close()
+	rooms = map[string]bool{}
+	n := 0
+	for rows.Next() {
+		var roomID string
+		var state bool
+		if err := rows.Scan(&roomID, &state); err != nil {
+			return nil, false, err
+		}
+		rooms[roomID] = rooms[roomID] || state
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	return rooms, n <= limit, nil
 }
 
 // LatestPositions returns, for each of roomIDs that has any, the stream

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 
@@ -54,5 +55,66 @@ func BenchmarkWriteParallel(b *testing.B) {
 				}
 			}
 		})
+	})
+}
+
+// BenchmarkReadRow measures one indexed single-row read on the read pool,
+// the shape of most lookups on the send and sync paths (statement
+// preparation dominates it unless statements are cached).
+func BenchmarkReadRow(b *testing.B) {
+	db := storagetest.OpenSQLite(b)
+	ctx := context.Background()
+	exec(b, db, `CREATE TABLE t (id BIGINT PRIMARY KEY, room TEXT NOT NULL, body TEXT NOT NULL)`)
+	if err := db.Write(ctx, func(tx storage.Tx) error {
+		for i := 0; i < 1000; i++ {
+			if _, err := tx.Exec(ctx, `INSERT INTO t (id, room, body) VALUES ($1, $2, $3)`, i, fmt.Sprint("!room", i%10), "hello"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		var body string
+		i++
+		if err := db.Reader().QueryRow(ctx, `SELECT body FROM t WHERE id = $1 AND room = $2`, i%1000, fmt.Sprint("!room", i%10)).Scan(&body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkWriteTxStatements measures a write function running several
+// statements (the shape of an event commit), sequentially.
+func BenchmarkWriteTxStatements(b *testing.B) {
+	db := storagetest.OpenSQLite(b)
+	ctx := context.Background()
+	exec(b, db, `CREATE TABLE t (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`)
+	exec(b, db, `CREATE TABLE h (k TEXT PRIMARY KEY, v BIGINT NOT NULL)`)
+	var next int64
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			err := db.Write(ctx, func(tx storage.Tx) error {
+				next++ // the writer runs one function at a time
+				id := next
+				if _, err := tx.Exec(ctx, `INSERT INTO t (id, body) VALUES ($1, $2)`, id, "x"); err != nil {
+					return err
+				}
+				var v int64
+				if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(id), 0) FROM t WHERE id <= $1`, id).Scan(&v); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `INSERT INTO h (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, "head", v)
+				return err
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
 	})
 }

@@ -6,8 +6,5 @@ package storage
 // RewriteForSQLite exposes the $N -> ?N rewrite.
 var RewriteForSQLite = rewriteForSQLite
 
-// CommitCount reports how many COMMITs the SQLite writer has done.
-func (db *DB) CommitCount() int64 { return db.commits.Load() }
-
 // QueuedWrites reports how many Write calls wait for the SQLite writer.
 func (db *DB) QueuedWrites() int { return len(db.queue) }

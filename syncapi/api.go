@@ -30,6 +30,7 @@ type Rooms interface {
 	StateAt(ctx context.Context, userID, eventID string) (*roomserver.StateAtEvent, error)
 	RoomMemberSummary(ctx context.Context, roomID string) (*roomserver.MemberSummary, error)
 	StreamTouched(ctx context.Context, from, to int64, limit int) ([]roomserver.StreamTouch, error)
+	RoomsWithEvents(ctx context.Context, from, to int64, limit int) (map[string]bool, bool, error)
 	LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error)
 	TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
 	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)

@@ -20,6 +20,10 @@ type roomBuilder struct {
 	heads    syncToken
 	fmt      *eventFormatter
 	roomAcct map[string][]json.RawMessage // room account data by room
+	// news, for an incremental sync, maps the rooms with events since the
+	// token to whether any is a state event; nil when unknown (initial
+	// sync, or too many events to list).
+	news map[string]bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -39,7 +43,26 @@ func (b *roomBuilder) timelineLimit() int {
 // initial reports whether rooms are sent whole (no since, or full_state).
 func (b *roomBuilder) initial() bool { return b.req.since == nil || b.req.fullState }
 
+// newsScanLimit bounds how many events an incremental sync reads to find
+// its rooms with news; past it every room is read.
+const newsScanLimit = 1000
+
 func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.MembershipEntry, out *roomsSection) error {
+	// An incremental sync skips joined rooms without any event since the
+	// token (nothing for their timeline or state), so a woken request
+	// costs what changed, not three queries per room the user is in.
+	if !b.initial() && b.heads.Room > b.since.Room {
+		rooms, complete, err := b.s.rooms.RoomsWithEvents(ctx, b.since.Room, b.heads.Room, newsScanLimit)
+		if err != nil {
+			return err
+		}
+		if complete {
+			b.news = rooms
+		}
+	} else if !b.initial() {
+		b.news = map[string]bool{}
+	}
+	news := b.news
 	var joined []string
 	for _, m := range memberships {
 		if !roomAllowed(b.req.filter, m.RoomID) {
@@ -59,6 +82,9 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		switch m.Membership {
 		case "join":
 			joined = append(joined, m.RoomID)
+			if _, ok := news[m.RoomID]; news != nil && !ok && !newSince && len(b.roomAcct[m.RoomID]) == 0 {
+				break // nothing new in it (its ephemeral news are added below)
+			}
 			var jr *joinedRoom
 			if jr, err = b.joined(ctx, m, b.initial() || newSince); err == nil && jr != nil {
 				out.Join[m.RoomID] = jr
@@ -147,9 +173,12 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 	// base is the state the client must learn: all current state for a
 	// full room, else what changed since the token and is still current.
 	var base []*roomserver.Event
-	if full {
+	switch {
+	case full:
 		base, err = b.s.rooms.IndexedCurrentState(ctx, m.RoomID, nil, lazy)
-	} else {
+	case b.news != nil && !b.news[m.RoomID]:
+		// No state event in the room since the token: no state delta.
+	default:
 		base, err = b.s.rooms.StateDelta(ctx, m.RoomID, b.since.Room, b.heads.Room)
 	}
 	if err != nil {
@@ -339,6 +368,9 @@ func (b *roomBuilder) addEphemeral(ctx context.Context, joined []string, out *ro
 		since = EphemeralPositions{Receipts: b.since.Receipts, Typing: b.since.Typing, Presence: b.since.Presence}
 	}
 	to := EphemeralPositions{Receipts: b.heads.Receipts, Typing: b.heads.Typing, Presence: b.heads.Presence}
+	if !b.initial() && since == to {
+		return nil // the range (since, to] is empty: no typing or receipt news
+	}
 	byRoom, err := b.s.eph.RoomEphemeral(ctx, b.req.userID, joined, since, to)
 	if err != nil {
 		return err

@@ -358,7 +358,9 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 // messaging and of end-to-end encryption.
 func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since syncToken, heads *syncToken,
 	memberships []roomserver.MembershipEntry, resp *syncResponse) error {
-	if s.eph != nil {
+	// An incremental sync whose presence head has not moved has no
+	// presence news: (since, head] is empty.
+	if s.eph != nil && (req.since == nil || heads.Presence != since.Presence) {
 		pres, err := s.eph.Presence(ctx, req.userID, since.Presence, heads.Presence)
 		if err != nil {
 			return err
