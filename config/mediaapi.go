@@ -25,6 +25,12 @@ type MediaAPI struct {
 	ThumbnailSizes   []string `yaml:"thumbnail_sizes" doc:"Thumbnail sizes generated on demand, each \"WIDTHxHEIGHT crop|scale\". A request gets the smallest size at least as big as it asked for."`
 	MaxThumbnailJobs int      `yaml:"max_thumbnail_jobs" doc:"Thumbnails decoded at once; more requests wait. Bounds memory use."`
 
+	// The download budget is a token bucket of bytes per authenticated
+	// user (/_matrix/client/v1/media/download and /thumbnail) and per
+	// client IP (the unauthenticated /_matrix/media/v3 ones).
+	DownloadBytesPerSecond int64 `yaml:"download_bytes_per_second" doc:"Bytes per second each user (authenticated download and thumbnail endpoints) or client IP (legacy unauthenticated endpoints) may download on average. A download that would pass the budget gets 429 M_LIMIT_EXCEEDED with retry_after_ms before any byte is sent. 0: no budget."`
+	DownloadBurstBytes     int64 `yaml:"download_burst_bytes" doc:"Bytes a user or client IP may download at once before download_bytes_per_second applies (the size of the bucket). A single file larger than this needs a full bucket."`
+
 	URLPreviews        bool     `yaml:"url_previews" doc:"Serve /media/preview_url. Pages are fetched through a client that refuses private and internal addresses (see outbound_ip_deny)."`
 	URLPreviewMaxBytes int64    `yaml:"url_preview_max_bytes" doc:"Most bytes of a page read for a URL preview; the rest is ignored."`
 	URLPreviewTimeout  Duration `yaml:"url_preview_timeout" doc:"Time limit for fetching a page (and its og:image) for a URL preview."`
@@ -43,24 +49,27 @@ type MediaAPI struct {
 
 func (MediaAPI) Defaults() MediaAPI {
 	return MediaAPI{
-		MaxUploadBytes:     50 << 20,
-		UserQuotaBytes:     10 << 30,
-		MaxPendingUploads:  10,
-		UnusedExpiry:       Duration(24 * time.Hour),
-		MaxDownloadWait:    Duration(60 * time.Second),
-		MaxImagePixels:     32_000_000,
-		ThumbnailSizes:     []string{"32x32 crop", "96x96 crop", "320x240 scale", "640x480 scale", "800x600 scale"},
-		MaxThumbnailJobs:   2,
-		URLPreviews:        true,
-		URLPreviewMaxBytes: 2 << 20,
-		URLPreviewTimeout:  Duration(10 * time.Second),
-		URLPreviewCacheTTL: Duration(24 * time.Hour),
-		OutboundIPDeny:     []string{},
-		OutboundIPAllow:    []string{},
-		RemoteMaxBytes:     50 << 20,
-		RemoteCacheTTL:     Duration(30 * 24 * time.Hour),
-		RemoteFetchTimeout: Duration(60 * time.Second),
-		RemoteBaseURLs:     []string{},
+		MaxUploadBytes:    50 << 20,
+		UserQuotaBytes:    10 << 30,
+		MaxPendingUploads: 10,
+		UnusedExpiry:      Duration(24 * time.Hour),
+		MaxDownloadWait:   Duration(60 * time.Second),
+		MaxImagePixels:    32_000_000,
+		ThumbnailSizes:    []string{"32x32 crop", "96x96 crop", "320x240 scale", "640x480 scale", "800x600 scale"},
+		MaxThumbnailJobs:  2,
+		// About 36 GB an hour sustained, 1 GiB at once.
+		DownloadBytesPerSecond: 10 << 20,
+		DownloadBurstBytes:     1 << 30,
+		URLPreviews:            true,
+		URLPreviewMaxBytes:     2 << 20,
+		URLPreviewTimeout:      Duration(10 * time.Second),
+		URLPreviewCacheTTL:     Duration(24 * time.Hour),
+		OutboundIPDeny:         []string{},
+		OutboundIPAllow:        []string{},
+		RemoteMaxBytes:         50 << 20,
+		RemoteCacheTTL:         Duration(30 * 24 * time.Hour),
+		RemoteFetchTimeout:     Duration(60 * time.Second),
+		RemoteBaseURLs:         []string{},
 	}
 }
 
@@ -138,6 +147,12 @@ func (m MediaAPI) Validate() error {
 	}
 	if m.MaxThumbnailJobs < 1 {
 		errs = append(errs, fieldError("media_api.max_thumbnail_jobs", "must be at least 1", "e.g. 2"))
+	}
+	if m.DownloadBytesPerSecond < 0 {
+		errs = append(errs, fieldError("media_api.download_bytes_per_second", "is negative", "use 0 for no budget, or e.g. 10485760 (10 MiB/s)"))
+	}
+	if m.DownloadBytesPerSecond > 0 && m.DownloadBurstBytes < 1 {
+		errs = append(errs, fieldError("media_api.download_burst_bytes", "must be positive when download_bytes_per_second is set", "e.g. 1073741824 (1 GiB)"))
 	}
 	if m.URLPreviewMaxBytes < 1024 {
 		errs = append(errs, fieldError("media_api.url_preview_max_bytes", "is below 1024", "e.g. 2097152 (2 MiB)"))

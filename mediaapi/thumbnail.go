@@ -243,11 +243,15 @@ func (s *Server) thumbnail(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	key := s.userBudgetKey(r)
+	if err := s.budget.take(key, 0); err != nil {
+		return err
+	}
 	m, err := s.resolve(r.Context(), req)
 	if err != nil {
 		return err
 	}
-	return s.serveThumbnail(w, r, m, tr)
+	return s.serveThumbnail(w, r, m, tr, key)
 }
 
 // legacyThumbnail is the deprecated, frozen GET /_matrix/media/v3/thumbnail.
@@ -256,20 +260,28 @@ func (s *Server) legacyThumbnail(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	key := s.ipBudgetKey(r)
+	if err := s.budget.take(key, 0); err != nil {
+		return err
+	}
 	m, err := s.legacyResolve(r)
 	if err != nil {
 		return err
 	}
-	return s.serveThumbnail(w, r, m, tr)
+	return s.serveThumbnail(w, r, m, tr, key)
 }
 
 // serveThumbnail writes the thumbnail, always inline.
 //
 // Spec: GET /thumbnail, "Content-Disposition": MUST be inline, SHOULD
-// contain a file name.
-func (s *Server) serveThumbnail(w http.ResponseWriter, r *http.Request, m *mediaRow, tr *thumbRequest) error {
+// contain a file name. Its bytes are charged to budgetKey's download
+// budget before any is sent.
+func (s *Server) serveThumbnail(w http.ResponseWriter, r *http.Request, m *mediaRow, tr *thumbRequest, budgetKey string) error {
 	t, err := s.thumbnailFor(r.Context(), m, tr)
 	if err != nil {
+		return err
+	}
+	if err := s.budget.take(budgetKey, servedBytes(r, t.size)); err != nil {
 		return err
 	}
 	f, err := s.blobs.open(t.sha)
