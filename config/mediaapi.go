@@ -39,9 +39,10 @@ type MediaAPI struct {
 	OutboundIPDeny  []string `yaml:"outbound_ip_deny" doc:"Extra IPs or CIDRs that URL previews and remote media fetches must never connect to, on top of the built-in list (loopback, private, link-local, CGNAT, multicast, 169.254.169.254, 6to4, NAT64, ULA and more)."`
 	OutboundIPAllow []string `yaml:"outbound_ip_allow" doc:"IPs or CIDRs exempt from the built-in deny list (not from outbound_ip_deny), e.g. a federation peer on a private network."`
 
-	RemoteMaxBytes     int64    `yaml:"remote_max_bytes" doc:"Largest remote media file fetched and cached, in bytes. Larger ones get 502 M_TOO_LARGE."`
-	RemoteCacheTTL     Duration `yaml:"remote_cache_ttl" doc:"Cached remote media not downloaded for this long is deleted (and fetched again when asked for)."`
-	RemoteFetchTimeout Duration `yaml:"remote_fetch_timeout" doc:"Time limit for fetching one remote media file."`
+	RemoteMaxBytes      int64    `yaml:"remote_max_bytes" doc:"Largest remote media file fetched and cached, in bytes. Larger ones get 502 M_TOO_LARGE."`
+	RemoteCacheTTL      Duration `yaml:"remote_cache_ttl" doc:"Cached remote media not downloaded for this long is deleted (and fetched again when asked for)."`
+	RemoteCacheMaxBytes int64    `yaml:"remote_cache_max_bytes" doc:"Most bytes of cached remote media (with their thumbnails). After caching a file past it, the least recently downloaded remote files are deleted until the cache fits; local uploads never are. 0: no cap (remote_cache_ttl still applies)."`
+	RemoteFetchTimeout  Duration `yaml:"remote_fetch_timeout" doc:"Time limit for fetching one remote media file."`
 	// RemoteBaseURLs override server discovery per server (useful for
 	// private federations).
 	RemoteBaseURLs []string `yaml:"remote_base_urls" doc:"Where to fetch remote media from, as \"server_name=https://host:port\". Other servers are found by federation server discovery (without federation: https://<server_name>, port 8448 unless the name has one)."`
@@ -69,6 +70,7 @@ func (MediaAPI) Defaults() MediaAPI {
 		RemoteMaxBytes:         50 << 20,
 		RemoteCacheTTL:         Duration(30 * 24 * time.Hour),
 		RemoteFetchTimeout:     Duration(60 * time.Second),
+		RemoteCacheMaxBytes:    10 << 30,
 		RemoteBaseURLs:         []string{},
 	}
 }
@@ -175,6 +177,9 @@ func (m MediaAPI) Validate() error {
 	}
 	if m.RemoteCacheTTL < Duration(time.Minute) {
 		errs = append(errs, fieldError("media_api.remote_cache_ttl", "must be at least 1m", "e.g. 720h (30 days)"))
+	}
+	if m.RemoteCacheMaxBytes < 0 {
+		errs = append(errs, fieldError("media_api.remote_cache_max_bytes", "is negative", "use 0 for no cap, or e.g. 10737418240 (10 GiB)"))
 	}
 	if m.RemoteFetchTimeout <= 0 {
 		errs = append(errs, fieldError("media_api.remote_fetch_timeout", "must be positive", "e.g. 60s"))

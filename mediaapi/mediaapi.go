@@ -213,12 +213,9 @@ func (s *Server) sweep(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, sha := range orphans {
-		// Files touched in the last hour may be about to gain a row
-		// (an identical upload in flight): spare them.
-		errs = append(errs, s.blobs.remove(sha, now.Add(-time.Hour)))
-	}
+	// Files touched recently may be about to gain a row (an identical
+	// upload in flight): removeOrphans spares them until a later sweep.
+	errs := []error{s.removeOrphans(ctx, orphans)}
 	_, err = s.blobs.sweepTemp(now.Add(-time.Hour))
 	return errors.Join(append(errs, err)...)
 }
