@@ -31,6 +31,17 @@ func (s *Server) enforceRemoteCap(ctx context.Context, keepServer, keepID string
 	return s.removeOrphans(ctx, candidates)
 }
 
+// thumbnailAdded keeps the remote cache within its cap after a thumbnail
+// of remote media m (which counts towards it) was stored. m is kept.
+func (s *Server) thumbnailAdded(ctx context.Context, m *mediaRow) {
+	if m.ServerName == s.serverName {
+		return
+	}
+	if err := s.enforceRemoteCap(ctx, m.ServerName, m.MediaID); err != nil {
+		s.log.Warn("evicting remote media over remote_cache_max_bytes", "err", err)
+	}
+}
+
 // removeOrphans removes the files of candidates, and of earlier garbage,
 // that no row references, recording those too recent to remove (see
 // orphanGrace) for a later attempt.

@@ -122,3 +122,38 @@ func TestRemoteCacheCapEvictsLeastRecentlyAccessed(t *testing.T) {
 		}
 	})
 }
+
+// Thumbnails of remote media count towards the cap: storing one evicts.
+func TestRemoteCacheCapCountsThumbnails(t *testing.T) {
+	a := testserver.Start(t, "sqlite", func(c *config.Config) { c.Global.ServerName = "servera" })
+	var fedHits atomic.Int64
+	front := federationFront(t, a, acceptAnyOrigin, &fedHits)
+	blob, img := randomBytes(20_000), pngBytes(t, 400, 300)
+	b := testserver.Start(t, "sqlite", func(c *config.Config) {
+		c.Global.ServerName = "serverb"
+		c.MediaAPI.RemoteBaseURLs = []string{"servera=" + front.URL}
+		c.MediaAPI.OutboundIPAllow = []string{"127.0.0.1"}
+		c.MediaAPI.RemoteCacheMaxBytes = int64(len(blob)+len(img)) + 16 // both files, no thumbnail
+	})
+	alice, bob := register(t, a.URL), register(t, b.URL)
+	blobID := upload(t, a.URL, alice, "application/octet-stream", "", blob)
+	imgID := upload(t, a.URL, alice, "image/png", "", img)
+	for _, id := range []string{blobID, imgID} {
+		if resp, _ := do(t, http.MethodGet, b.URL+v1+"/download/servera/"+id, bob, nil, nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("caching %s: %d", id, resp.StatusCode)
+		}
+	}
+	if resp, _ := do(t, http.MethodGet, b.URL+v1+"/download/servera/"+blobID+"?allow_remote=false", bob, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("both files fit the cap, but the first is gone: %d", resp.StatusCode)
+	}
+	resp, _ := do(t, http.MethodGet, b.URL+v1+"/thumbnail/servera/"+imgID+"?width=96&height=96&method=crop", bob, nil, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("remote thumbnail: %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, http.MethodGet, b.URL+v1+"/download/servera/"+blobID+"?allow_remote=false", bob, nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("after the thumbnail passed the cap, the least recently used file: %d, want 404", resp.StatusCode)
+	}
+	if resp, _ := do(t, http.MethodGet, b.URL+v1+"/download/servera/"+imgID+"?allow_remote=false", bob, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("the thumbnailed file itself: %d, want 200", resp.StatusCode)
+	}
+}

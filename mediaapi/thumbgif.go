@@ -185,5 +185,6 @@ func (s *Server) generateAnimatedThumbnail(ctx context.Context, m *mediaRow, key
 	if err := s.store.putThumbnail(ctx, m.ServerName, m.MediaID, key, row, s.now().UnixMilli()); err != nil {
 		return nil, err
 	}
+	s.thumbnailAdded(ctx, m)
 	return &servedThumb{contentType: "image/gif", sha: sha, size: size, modified: m.Uploaded}, nil
 }

@@ -237,6 +237,7 @@ func (s *Server) generateThumbnail(ctx context.Context, m *mediaRow, key thumbKe
 	if err := s.store.putThumbnail(ctx, m.ServerName, m.MediaID, key, row, s.now().UnixMilli()); err != nil {
 		return nil, err
 	}
+	s.thumbnailAdded(ctx, m)
 	return &servedThumb{contentType: contentType, sha: sha, size: size, modified: m.Uploaded}, nil
 }
 
