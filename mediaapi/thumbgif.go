@@ -36,8 +36,9 @@ var errGIFStructure = errors.New("gif: malformed block structure")
 
 // gifFrameCount counts the image descriptors of a GIF by walking its
 // blocks, skipping colour tables and data sub-blocks without decoding
-// anything. More than limit frames is an error.
-func gifFrameCount(r io.Reader, limit int) (int, error) {
+// anything. More than limit frames is an error. On an error it returns
+// the frames seen so far (limit+1 for too many).
+func gifFrameCount(r io.Reader, limit int) (frames int, err error) {
 	br := bufio.NewReader(r)
 	var head [13]byte // header and logical screen descriptor
 	if _, err := io.ReadFull(br, head[:]); err != nil {
@@ -49,42 +50,41 @@ func gifFrameCount(r io.Reader, limit int) (int, error) {
 	if err := skipColorTable(br, head[10]); err != nil {
 		return 0, err
 	}
-	frames := 0
 	for {
 		b, err := br.ReadByte()
 		if err != nil {
-			return 0, err
+			return frames, err
 		}
 		switch b {
 		case 0x21: // extension: label, then sub-blocks
 			if _, err := br.ReadByte(); err != nil {
-				return 0, err
+				return frames, err
 			}
 		case 0x2C: // image descriptor
 			frames++
 			if frames > limit {
-				return 0, errors.New("gif: too many frames")
+				return frames, errors.New("gif: too many frames")
 			}
 			var desc [9]byte
 			if _, err := io.ReadFull(br, desc[:]); err != nil {
-				return 0, err
+				return frames, err
 			}
 			if err := skipColorTable(br, desc[8]); err != nil {
-				return 0, err
+				return frames, err
 			}
 			if _, err := br.ReadByte(); err != nil { // LZW minimum code size
-				return 0, err
+				return frames, err
 			}
 		case 0x3B: // trailer
 			if frames == 0 {
-				return 0, errGIFStructure
+				return frames, errGIFStructure
 			}
 			return frames, nil
 		default:
-			return 0, errGIFStructure
+			return frames, errGIFStructure
 		}
 		if err := skipSubBlocks(br); err != nil {
-			return 0, err
+			return frames, err
 		}
 	}
 }

@@ -138,17 +138,18 @@ func (s *Server) thumbnailFor(ctx context.Context, m *mediaRow, req *thumbReques
 	// Whether a GIF is animated, and whether animating its thumbnail is
 	// within the decode budget, is read from its block structure without
 	// decompressing anything.
-	frames := 1
+	// A GIF the walk cannot finish (truncated, too many frames) is never
+	// animated, but may still have a static thumbnail, as before.
+	frames, framesErr := 1, error(nil)
 	if format == "gif" {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return nil, err
 		}
-		if frames, err = gifFrameCount(f, maxGIFFrames); err != nil {
-			return nil, mxerr.Wrap(err, mxerr.Unknown, "cannot generate thumbnails for the requested content").WithStatus(http.StatusBadRequest)
-		}
+		frames, framesErr = gifFrameCount(f, maxGIFFrames)
+		frames = max(frames, 1)
 	}
 	animatedSource := frames > 1
-	animate := key.Animated && animatedSource &&
+	animate := key.Animated && animatedSource && framesErr == nil &&
 		int64(frames)*int64(cfg.Width)*int64(cfg.Height) <= s.cfg.MaxImagePixels*animatedPixelFactor
 	if key.Animated && !animate {
 		key.Animated = false
