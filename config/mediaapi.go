@@ -25,6 +25,12 @@ type MediaAPI struct {
 	ThumbnailSizes   []string `yaml:"thumbnail_sizes" doc:"Thumbnail sizes generated on demand, each \"WIDTHxHEIGHT crop|scale\". A request gets the smallest size at least as big as it asked for."`
 	MaxThumbnailJobs int      `yaml:"max_thumbnail_jobs" doc:"Thumbnails decoded at once; more requests wait. Bounds memory use."`
 
+	// The download budget is a token bucket of bytes per authenticated
+	// user (/_matrix/client/v1/media/download and /thumbnail) and per
+	// client IP (the unauthenticated /_matrix/media/v3 ones).
+	DownloadBytesPerSecond int64 `yaml:"download_bytes_per_second" doc:"Bytes per second each user (authenticated download and thumbnail endpoints) or client IP (legacy unauthenticated endpoints) may download on average. A download that would pass the budget gets 429 M_LIMIT_EXCEEDED with retry_after_ms before any byte is sent. 0: no budget."`
+	DownloadBurstBytes     int64 `yaml:"download_burst_bytes" doc:"Bytes a user or client IP may download at once before download_bytes_per_second applies (the size of the bucket). A single file larger than this needs a full bucket."`
+
 	URLPreviews        bool     `yaml:"url_previews" doc:"Serve /media/preview_url. Pages are fetched through a client that refuses private and internal addresses (see outbound_ip_deny)."`
 	URLPreviewMaxBytes int64    `yaml:"url_preview_max_bytes" doc:"Most bytes of a page read for a URL preview; the rest is ignored."`
 	URLPreviewTimeout  Duration `yaml:"url_preview_timeout" doc:"Time limit for fetching a page (and its og:image) for a URL preview."`
@@ -33,9 +39,10 @@ type MediaAPI struct {
 	OutboundIPDeny  []string `yaml:"outbound_ip_deny" doc:"Extra IPs or CIDRs that URL previews and remote media fetches must never connect to, on top of the built-in list (loopback, private, link-local, CGNAT, multicast, 169.254.169.254, 6to4, NAT64, ULA and more)."`
 	OutboundIPAllow []string `yaml:"outbound_ip_allow" doc:"IPs or CIDRs exempt from the built-in deny list (not from outbound_ip_deny), e.g. a federation peer on a private network."`
 
-	RemoteMaxBytes     int64    `yaml:"remote_max_bytes" doc:"Largest remote media file fetched and cached, in bytes. Larger ones get 502 M_TOO_LARGE."`
-	RemoteCacheTTL     Duration `yaml:"remote_cache_ttl" doc:"Cached remote media not downloaded for this long is deleted (and fetched again when asked for)."`
-	RemoteFetchTimeout Duration `yaml:"remote_fetch_timeout" doc:"Time limit for fetching one remote media file."`
+	RemoteMaxBytes      int64    `yaml:"remote_max_bytes" doc:"Largest remote media file fetched and cached, in bytes. Larger ones get 502 M_TOO_LARGE."`
+	RemoteCacheTTL      Duration `yaml:"remote_cache_ttl" doc:"Cached remote media not downloaded for this long is deleted (and fetched again when asked for)."`
+	RemoteCacheMaxBytes int64    `yaml:"remote_cache_max_bytes" doc:"Most bytes of cached remote media (with their thumbnails). After caching a file past it, the least recently downloaded remote files are deleted until the cache fits; local uploads never are. 0: no cap (remote_cache_ttl still applies)."`
+	RemoteFetchTimeout  Duration `yaml:"remote_fetch_timeout" doc:"Time limit for fetching one remote media file."`
 	// RemoteBaseURLs override server discovery per server (useful for
 	// private federations).
 	RemoteBaseURLs []string `yaml:"remote_base_urls" doc:"Where to fetch remote media from, as \"server_name=https://host:port\". Other servers are found by federation server discovery (without federation: https://<server_name>, port 8448 unless the name has one)."`
@@ -43,24 +50,28 @@ type MediaAPI struct {
 
 func (MediaAPI) Defaults() MediaAPI {
 	return MediaAPI{
-		MaxUploadBytes:     50 << 20,
-		UserQuotaBytes:     10 << 30,
-		MaxPendingUploads:  10,
-		UnusedExpiry:       Duration(24 * time.Hour),
-		MaxDownloadWait:    Duration(60 * time.Second),
-		MaxImagePixels:     32_000_000,
-		ThumbnailSizes:     []string{"32x32 crop", "96x96 crop", "320x240 scale", "640x480 scale", "800x600 scale"},
-		MaxThumbnailJobs:   2,
-		URLPreviews:        true,
-		URLPreviewMaxBytes: 2 << 20,
-		URLPreviewTimeout:  Duration(10 * time.Second),
-		URLPreviewCacheTTL: Duration(24 * time.Hour),
-		OutboundIPDeny:     []string{},
-		OutboundIPAllow:    []string{},
-		RemoteMaxBytes:     50 << 20,
-		RemoteCacheTTL:     Duration(30 * 24 * time.Hour),
-		RemoteFetchTimeout: Duration(60 * time.Second),
-		RemoteBaseURLs:     []string{},
+		MaxUploadBytes:    50 << 20,
+		UserQuotaBytes:    10 << 30,
+		MaxPendingUploads: 10,
+		UnusedExpiry:      Duration(24 * time.Hour),
+		MaxDownloadWait:   Duration(60 * time.Second),
+		MaxImagePixels:    32_000_000,
+		ThumbnailSizes:    []string{"32x32 crop", "96x96 crop", "320x240 scale", "640x480 scale", "800x600 scale"},
+		MaxThumbnailJobs:  2,
+		// About 36 GB an hour sustained, 1 GiB at once.
+		DownloadBytesPerSecond: 10 << 20,
+		DownloadBurstBytes:     1 << 30,
+		URLPreviews:            true,
+		URLPreviewMaxBytes:     2 << 20,
+		URLPreviewTimeout:      Duration(10 * time.Second),
+		URLPreviewCacheTTL:     Duration(24 * time.Hour),
+		OutboundIPDeny:         []string{},
+		OutboundIPAllow:        []string{},
+		RemoteMaxBytes:         50 << 20,
+		RemoteCacheTTL:         Duration(30 * 24 * time.Hour),
+		RemoteFetchTimeout:     Duration(60 * time.Second),
+		RemoteCacheMaxBytes:    10 << 30,
+		RemoteBaseURLs:         []string{},
 	}
 }
 
@@ -139,6 +150,12 @@ func (m MediaAPI) Validate() error {
 	if m.MaxThumbnailJobs < 1 {
 		errs = append(errs, fieldError("media_api.max_thumbnail_jobs", "must be at least 1", "e.g. 2"))
 	}
+	if m.DownloadBytesPerSecond < 0 {
+		errs = append(errs, fieldError("media_api.download_bytes_per_second", "is negative", "use 0 for no budget, or e.g. 10485760 (10 MiB/s)"))
+	}
+	if m.DownloadBytesPerSecond > 0 && m.DownloadBurstBytes < 1 {
+		errs = append(errs, fieldError("media_api.download_burst_bytes", "must be positive when download_bytes_per_second is set", "e.g. 1073741824 (1 GiB)"))
+	}
 	if m.URLPreviewMaxBytes < 1024 {
 		errs = append(errs, fieldError("media_api.url_preview_max_bytes", "is below 1024", "e.g. 2097152 (2 MiB)"))
 	}
@@ -160,6 +177,9 @@ func (m MediaAPI) Validate() error {
 	}
 	if m.RemoteCacheTTL < Duration(time.Minute) {
 		errs = append(errs, fieldError("media_api.remote_cache_ttl", "must be at least 1m", "e.g. 720h (30 days)"))
+	}
+	if m.RemoteCacheMaxBytes < 0 {
+		errs = append(errs, fieldError("media_api.remote_cache_max_bytes", "is negative", "use 0 for no cap, or e.g. 10737418240 (10 GiB)"))
 	}
 	if m.RemoteFetchTimeout <= 0 {
 		errs = append(errs, fieldError("media_api.remote_fetch_timeout", "must be positive", "e.g. 60s"))

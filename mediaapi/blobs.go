@@ -110,6 +110,12 @@ func (b *blobStore) open(sha string) (*os.File, error) {
 	return f, err
 }
 
+// exists reports whether the file for sha is stored.
+func (b *blobStore) exists(sha string) bool {
+	_, err := os.Stat(b.path(sha))
+	return err == nil
+}
+
 // remove deletes the file for sha if it was not touched since before.
 func (b *blobStore) remove(sha string, before time.Time) error {
 	p := b.path(sha)

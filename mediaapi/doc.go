@@ -22,7 +22,12 @@
 // image.DecodeConfig before any decode and refused past max_image_pixels.
 // Outbound fetches (URL previews, remote media) go through a dialer that
 // checks every resolved address at connect time, so neither redirects nor
-// DNS rebinding reach internal addresses.
+// DNS rebinding reach internal addresses. Downloads are charged to a byte
+// budget per user (per client IP on the legacy endpoints) before any byte
+// is sent. The remote media cache is bounded by remote_cache_max_bytes:
+// least recently downloaded remote files are evicted first; files whose
+// rows are gone are removed once no upload can be about to reuse them
+// (media_blob_garbage remembers the ones still too recent).
 //
 // Concurrency. A Server is safe for concurrent use. Thumbnail decodes are
 // bounded by a semaphore (max_thumbnail_jobs); concurrent requests for the

@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
 
@@ -90,11 +91,26 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	key := s.userBudgetKey(r)
+	if err := s.budget.take(key, 0); err != nil {
+		return err
+	}
 	m, err := s.resolve(r.Context(), req)
 	if err != nil {
 		return err
 	}
-	return s.serveMedia(w, r, m)
+	return s.serveMedia(w, r, m, key)
+}
+
+// userBudgetKey is the download budget key of an authenticated request.
+func (s *Server) userBudgetKey(r *http.Request) string {
+	return "user\x00" + authn.FromContext(r.Context()).UserID
+}
+
+// ipBudgetKey is the download budget key of an unauthenticated request:
+// the client's IP, believing X-Forwarded-For only from trusted proxies.
+func (s *Server) ipBudgetKey(r *http.Request) string {
+	return "ip\x00" + s.clientIP.ClientIP(r)
 }
 
 // legacyDownload is the deprecated GET /_matrix/media/v3/download/...: it
@@ -105,11 +121,15 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) error {
 // and GET /_matrix/media/v3/download: "MAY return 404 M_NOT_FOUND for media
 // which exists, but is after the server froze unauthenticated media access".
 func (s *Server) legacyDownload(w http.ResponseWriter, r *http.Request) error {
+	key := s.ipBudgetKey(r)
+	if err := s.budget.take(key, 0); err != nil {
+		return err
+	}
 	m, err := s.legacyResolve(r)
 	if err != nil {
 		return err
 	}
-	return s.serveMedia(w, r, m)
+	return s.serveMedia(w, r, m, key)
 }
 
 func (s *Server) legacyResolve(r *http.Request) (*mediaRow, error) {
@@ -156,7 +176,13 @@ func setSafeHeaders(h http.Header) {
 //
 // Spec: client-server-api, GET /download "Content-Disposition" and
 // "Serving inline content".
-func (s *Server) serveMedia(w http.ResponseWriter, r *http.Request, m *mediaRow) error {
+//
+// The bytes it will send are charged to budgetKey's download budget
+// first; past the budget it sends nothing but 429 M_LIMIT_EXCEEDED.
+func (s *Server) serveMedia(w http.ResponseWriter, r *http.Request, m *mediaRow, budgetKey string) error {
+	if err := s.budget.take(budgetKey, servedBytes(r, m.Size)); err != nil {
+		return err
+	}
 	f, err := s.blobs.open(m.SHA256)
 	if err != nil {
 		return err

@@ -48,6 +48,10 @@ type Deps struct {
 	// Remote fetches remote media. Nil: an HTTP fetcher built from
 	// FederationClient, Resolve and SignFederationRequest.
 	Remote RemoteFetcher
+	// ClientIP finds the client address of unauthenticated (legacy)
+	// downloads, whose byte budget is per IP. Nil: a resolver trusting
+	// global.trusted_proxies, as the HTTP server's.
+	ClientIP *httpx.ClientIPResolver
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -69,6 +73,11 @@ type Server struct {
 	// unauthenticated endpoints.
 	freeze time.Time
 	now    clock
+
+	// budget limits download bytes per user, and per client IP (found
+	// by clientIP) on the legacy endpoints.
+	budget   *byteBudget
+	clientIP *httpx.ClientIPResolver
 
 	thumbJobs chan struct{} // semaphore bounding concurrent decodes
 	flights   singleflight.Group
@@ -115,6 +124,13 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		verifier:   deps.Verifier,
 		now:        now,
 		thumbJobs:  make(chan struct{}, cfg.MaxThumbnailJobs),
+		budget:     newByteBudget(cfg.DownloadBytesPerSecond, cfg.DownloadBurstBytes, now),
+		clientIP:   deps.ClientIP,
+	}
+	if s.clientIP == nil {
+		if s.clientIP, err = httpx.NewClientIPResolver(deps.Config.Global.TrustedProxies); err != nil {
+			return nil, err
+		}
 	}
 	for _, raw := range cfg.ThumbnailSizes {
 		size, err := config.ParseThumbnailSize(raw)
@@ -197,12 +213,9 @@ func (s *Server) sweep(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, sha := range orphans {
-		// Files touched in the last hour may be about to gain a row
-		// (an identical upload in flight): spare them.
-		errs = append(errs, s.blobs.remove(sha, now.Add(-time.Hour)))
-	}
+	// Files touched recently may be about to gain a row (an identical
+	// upload in flight): removeOrphans spares them until a later sweep.
+	errs := []error{s.removeOrphans(ctx, orphans)}
 	_, err = s.blobs.sweepTemp(now.Add(-time.Hour))
 	return errors.Join(append(errs, err)...)
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -29,7 +30,7 @@ func (s *Server) resolveRemote(ctx context.Context, req *mediaRequest) (*mediaRo
 		return nil, err
 	}
 	if m != nil && !m.pending() {
-		if err := s.store.touchRemote(ctx, m.ServerName, m.MediaID, s.now().UnixMilli()); err != nil {
+		if err := s.store.touchRemote(ctx, m.ServerName, m.MediaID, s.now().UnixMilli(), s.accessResolution()); err != nil {
 			s.log.Warn("noting remote media access", "err", err)
 		}
 		return m, nil
@@ -73,7 +74,21 @@ func (s *Server) fetchRemote(ctx context.Context, serverName, mediaID string) (*
 	if err := s.store.insertRemote(ctx, m); err != nil {
 		return nil, err
 	}
+	if err := s.enforceRemoteCap(ctx, serverName, mediaID); err != nil {
+		s.log.Warn("evicting remote media over remote_cache_max_bytes", "err", err)
+	}
 	return m, nil
+}
+
+// accessResolution is how stale a cached remote file's last access time
+// may be. Expiry (remote_cache_ttl) needs it to the hour; least recently
+// used eviction (remote_cache_max_bytes) to the second, at the cost of a
+// write per download of each file at most once a second.
+func (s *Server) accessResolution() time.Duration {
+	if s.cfg.RemoteCacheMaxBytes > 0 {
+		return time.Second
+	}
+	return time.Hour
 }
 
 // staticResolver resolves the names in media_api.remote_base_urls to

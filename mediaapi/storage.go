@@ -151,12 +151,12 @@ func (s *store) insertRemote(ctx context.Context, m *mediaRow) error {
 	})
 }
 
-// touchRemote notes a download of cached remote media (for expiry). It
-// writes at most once an hour per file.
-func (s *store) touchRemote(ctx context.Context, serverName, mediaID string, now int64) error {
+// touchRemote notes a download of cached remote media (for expiry and
+// eviction). It writes at most once per resolution per file.
+func (s *store) touchRemote(ctx context.Context, serverName, mediaID string, now int64, resolution time.Duration) error {
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		_, err := tx.Exec(ctx, `UPDATE media SET last_access_ts = $3 WHERE server_name = $1 AND media_id = $2 AND last_access_ts < $4`,
-			serverName, mediaID, now, now-int64(time.Hour/time.Millisecond))
+			serverName, mediaID, now, now-resolution.Milliseconds())
 		return err
 	})
 }

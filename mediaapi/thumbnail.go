@@ -5,7 +5,7 @@ import (
 	"context"
 	"fmt"
 	"image"
-	_ "image/gif" // registers the GIF decoder (first frame)
+	_ "image/gif" // registers the GIF decoder (first frame; DecodeAll in thumbgif.go)
 	"image/jpeg"
 	"image/png"
 	"io"
@@ -91,10 +91,8 @@ func (s *Server) pickSize(req *thumbRequest) (thumbKey, bool) {
 			best, found = thumbKey{Width: size.Width, Height: size.Height, Method: size.Method}, true
 		}
 	}
-	// Animated thumbnails are not generated: "animated=true" is answered
-	// as "false" (spec: the server SHOULD return an animated thumbnail "if
-	// possible and supported"), except that an original small enough to
-	// need no thumbnail is returned as it is, animation included.
+	// Animated thumbnails (animated=true) use the same sizes; see
+	// thumbnailFor for which sources get them.
 	return best, found
 }
 
@@ -112,13 +110,12 @@ type servedThumb struct {
 // Spec: client-server-api, "Thumbnails" and "Security considerations".
 func (s *Server) thumbnailFor(ctx context.Context, m *mediaRow, req *thumbRequest) (*servedThumb, error) {
 	key, found := s.pickSize(req)
+	// An animated request looks for an animated thumbnail first; only GIFs
+	// have them, so for other sources it falls through to the static one.
+	key.Animated = req.animated
 	if found {
-		cached, err := s.store.getThumbnail(ctx, m.ServerName, m.MediaID, key)
-		if err != nil {
-			return nil, err
-		}
-		if cached != nil {
-			return &servedThumb{contentType: cached.ContentType, sha: cached.SHA256, size: cached.Size, modified: m.Uploaded}, nil
+		if t, err := s.cachedThumbnail(ctx, m, key); t != nil || err != nil {
+			return t, err
 		}
 	}
 	f, err := s.blobs.open(m.SHA256)
@@ -138,21 +135,67 @@ func (s *Server) thumbnailFor(ctx context.Context, m *mediaRow, req *thumbReques
 		}
 		return nil, e
 	}
+	// Whether a GIF is animated, and whether animating its thumbnail is
+	// within the decode budget, is read from its block structure without
+	// decompressing anything.
+	// A GIF the walk cannot finish (truncated, too many frames) is never
+	// animated, but may still have a static thumbnail, as before.
+	frames, framesErr := 1, error(nil)
+	if format == "gif" {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+		frames, framesErr = gifFrameCount(f, maxGIFFrames)
+		frames = max(frames, 1)
+	}
+	animatedSource := frames > 1
+	animate := key.Animated && animatedSource && framesErr == nil &&
+		int64(frames)*int64(cfg.Width)*int64(cfg.Height) <= s.cfg.MaxImagePixels*animatedPixelFactor
+	if key.Animated && !animate {
+		key.Animated = false
+		if found {
+			if t, err := s.cachedThumbnail(ctx, m, key); t != nil || err != nil {
+				return t, err
+			}
+		}
+	}
 	original := &servedThumb{contentType: "image/" + format, sha: m.SHA256, size: m.Size, modified: m.Uploaded}
 	// Spec: "When the content is smaller than the requested dimensions,
 	// servers should return the original content"; and no configured size
-	// is large enough only when the original is the best answer.
+	// is large enough only when the original is the best answer. But with
+	// animated=false the server "MUST NOT return animated thumbnails": an
+	// animated original is then replaced by its first frame.
 	if !found || (cfg.Width <= key.Width && cfg.Height <= key.Height) {
-		return original, nil
+		if !animatedSource || animate {
+			return original, nil
+		}
+		if !found {
+			key = thumbKey{Width: cfg.Width, Height: cfg.Height, Method: "scale"}
+			if t, err := s.cachedThumbnail(ctx, m, key); t != nil || err != nil {
+				return t, err
+			}
+		}
 	}
-	flightKey := fmt.Sprintf("thumb\x00%s\x00%s\x00%d\x00%d\x00%s", m.ServerName, m.MediaID, key.Width, key.Height, key.Method)
+	flightKey := fmt.Sprintf("thumb\x00%s\x00%s\x00%d\x00%d\x00%s\x00%t", m.ServerName, m.MediaID, key.Width, key.Height, key.Method, key.Animated)
 	v, err, _ := s.flights.Do(flightKey, func() (any, error) {
+		if key.Animated {
+			return s.generateAnimatedThumbnail(context.WithoutCancel(ctx), m, key)
+		}
 		return s.generateThumbnail(context.WithoutCancel(ctx), m, key, format)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return v.(*servedThumb), nil
+}
+
+// cachedThumbnail returns the stored thumbnail of m for key, or nil.
+func (s *Server) cachedThumbnail(ctx context.Context, m *mediaRow, key thumbKey) (*servedThumb, error) {
+	cached, err := s.store.getThumbnail(ctx, m.ServerName, m.MediaID, key)
+	if err != nil || cached == nil {
+		return nil, err
+	}
+	return &servedThumb{contentType: cached.ContentType, sha: cached.SHA256, size: cached.Size, modified: m.Uploaded}, nil
 }
 
 // thumbnailFormats are the formats decoded for thumbnails.
@@ -195,6 +238,7 @@ func (s *Server) generateThumbnail(ctx context.Context, m *mediaRow, key thumbKe
 	if err := s.store.putThumbnail(ctx, m.ServerName, m.MediaID, key, row, s.now().UnixMilli()); err != nil {
 		return nil, err
 	}
+	s.thumbnailAdded(ctx, m)
 	return &servedThumb{contentType: contentType, sha: sha, size: size, modified: m.Uploaded}, nil
 }
 
@@ -243,11 +287,15 @@ func (s *Server) thumbnail(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	key := s.userBudgetKey(r)
+	if err := s.budget.take(key, 0); err != nil {
+		return err
+	}
 	m, err := s.resolve(r.Context(), req)
 	if err != nil {
 		return err
 	}
-	return s.serveThumbnail(w, r, m, tr)
+	return s.serveThumbnail(w, r, m, tr, key)
 }
 
 // legacyThumbnail is the deprecated, frozen GET /_matrix/media/v3/thumbnail.
@@ -256,20 +304,28 @@ func (s *Server) legacyThumbnail(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	key := s.ipBudgetKey(r)
+	if err := s.budget.take(key, 0); err != nil {
+		return err
+	}
 	m, err := s.legacyResolve(r)
 	if err != nil {
 		return err
 	}
-	return s.serveThumbnail(w, r, m, tr)
+	return s.serveThumbnail(w, r, m, tr, key)
 }
 
 // serveThumbnail writes the thumbnail, always inline.
 //
 // Spec: GET /thumbnail, "Content-Disposition": MUST be inline, SHOULD
-// contain a file name.
-func (s *Server) serveThumbnail(w http.ResponseWriter, r *http.Request, m *mediaRow, tr *thumbRequest) error {
+// contain a file name. Its bytes are charged to budgetKey's download
+// budget before any is sent.
+func (s *Server) serveThumbnail(w http.ResponseWriter, r *http.Request, m *mediaRow, tr *thumbRequest, budgetKey string) error {
 	t, err := s.thumbnailFor(r.Context(), m, tr)
 	if err != nil {
+		return err
+	}
+	if err := s.budget.take(budgetKey, servedBytes(r, t.size)); err != nil {
 		return err
 	}
 	f, err := s.blobs.open(t.sha)
