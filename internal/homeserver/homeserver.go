@@ -227,7 +227,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
 	// Remote media is fetched with federationapi's signing and discovery.
-	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient,
+	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
 		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
 		push.Close()
