@@ -6,6 +6,8 @@
 #   bench/run.sh                      # both servers, default sizes (~5 min)
 #   SERVERS=dendrite bench/run.sh     # one server only
 #   QUICK=1 bench/run.sh              # small sizes, for trying the script
+#   MYELIN_BENCH_POSTGRES=postgres://user:pass@127.0.0.1/db?sslmode=disable bench/run.sh
+#                                     # adds a Myelin-on-PostgreSQL column (fresh schema, dropped after)
 #
 # Sizes (environment): REGISTER_N ROOMS_N SEND_N SEND_CONC SEND_CONC_N
 # OPEN_RATE OPEN_N OPEN_WORKERS FANOUT_LISTENERS FANOUT_N FANOUT_RATE
@@ -15,7 +17,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SERVERS=${SERVERS:-"dendrite myelin"}
+if [[ -z ${SERVERS:-} ]]; then
+	SERVERS="dendrite myelin"
+	# A PostgreSQL column when a database is given (bench/run.sh prints no figure it did not measure).
+	if [[ -n ${MYELIN_BENCH_POSTGRES:-} ]]; then SERVERS="$SERVERS myelin_pg"; fi
+fi
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
 DENDRITE_VERSION=v0.13.8
 if [[ -z ${TOOLS:-} ]]; then
@@ -49,6 +55,7 @@ WORK=$(mktemp -d /tmp/myelin-bench.XXXXXX)
 SERVER_PID=
 cleanup() {
 	if [[ -n $SERVER_PID ]]; then stop_server; fi
+	if [[ -n ${PG_SCHEMA:-} ]]; then psql -q "$MYELIN_BENCH_POSTGRES" -c "DROP SCHEMA $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -119,6 +126,29 @@ start_myelin() {
 	port_free "$MYELIN_PORT" || { log "port $MYELIN_PORT is taken"; return 1; }
 	MYELIN_CMD="MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn myelin serve -config myelin.yaml"
 	(cd "$dir" && MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false \
+		MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn \
+		exec "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
+	SERVER_PID=$!
+	wait_up "http://127.0.0.1:$MYELIN_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
+}
+
+# start_myelin_pg: Myelin on PostgreSQL, in a fresh schema of the database
+# MYELIN_BENCH_POSTGRES names (a postgres:// URL); the schema is dropped at exit.
+start_myelin_pg() {
+	local dir=$WORK/myelin_pg
+	mkdir -p "$dir"
+	port_free "$MYELIN_PORT" || { log "port $MYELIN_PORT is taken"; return 1; }
+	PG_SCHEMA=bench_$$_$RANDOM
+	psql -q -v ON_ERROR_STOP=1 "$MYELIN_BENCH_POSTGRES" -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null
+	local sep='?'
+	[[ $MYELIN_BENCH_POSTGRES == *\?* ]] && sep='&'
+	local url="$MYELIN_BENCH_POSTGRES${sep}search_path=$PG_SCHEMA"
+	PG_VERSION=$(psql -tA "$MYELIN_BENCH_POSTGRES" -c "SHOW server_version" | awk '{print $1}')
+	PG_SYNC=$(psql -tA "$MYELIN_BENCH_POSTGRES" -c "SHOW synchronous_commit")
+	PG_FSYNC=$(psql -tA "$MYELIN_BENCH_POSTGRES" -c "SHOW fsync")
+	MYELIN_PG_CMD="MYELIN_DATABASE_ENGINE=postgres MYELIN_DATABASE_POSTGRES_URL=<\$MYELIN_BENCH_POSTGRES, fresh schema> MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn myelin serve -config myelin.yaml"
+	(cd "$dir" && MYELIN_DATABASE_ENGINE=postgres MYELIN_DATABASE_POSTGRES_URL="$url" \
+		MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false \
 		MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn \
 		exec "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
@@ -226,7 +256,11 @@ envval() { sed -n "s/^$2=//p" "$WORK/$1.env" 2>/dev/null; }
 write_report() {
 	local columns=() name title
 	for name in $SERVERS; do
-		if [[ $name == dendrite ]]; then title="Dendrite $DENDRITE_VERSION"; else title="Myelin $MYELIN_COMMIT"; fi
+		case $name in
+		dendrite) title="Dendrite $DENDRITE_VERSION" ;;
+		myelin_pg) title="Myelin $MYELIN_COMMIT (PostgreSQL)" ;;
+		*) title="Myelin $MYELIN_COMMIT (SQLite)" ;;
+		esac
 		columns+=(-column "$title=$WORK/$name.jsonl")
 	done
 	mkdir -p "$(dirname "$OUT")"
@@ -265,8 +299,12 @@ write_report() {
 				echo "  Durability: SQLite (one file per component) in its default rollback-journal mode with"
 				echo "  \`synchronous=FULL\` (Dendrite sets no pragma), so every commit is fsynced; JetStream on disk"
 				echo "  with \`SyncAlways\` (Dendrite's embedded NATS), so every stream write is fsynced too."
+			elif [[ $name == myelin_pg ]]; then
+				echo "- **Myelin $MYELIN_COMMIT (PostgreSQL)**, \`go build ./cmd/myelin\`. Run: \`$MYELIN_PG_CMD\`."
+				echo "  Durability: PostgreSQL $PG_VERSION on this machine with \`synchronous_commit=$PG_SYNC\`, \`fsync=$PG_FSYNC\`:"
+				echo "  every commit is flushed to the WAL on disk before the request is acknowledged."
 			else
-				echo "- **Myelin $MYELIN_COMMIT**, \`go build ./cmd/myelin\`. Run: \`$MYELIN_CMD\` (config created on first run)."
+				echo "- **Myelin $MYELIN_COMMIT (SQLite)**, \`go build ./cmd/myelin\`. Run: \`$MYELIN_CMD\` (config created on first run)."
 				echo "  Durability: SQLite in WAL mode with \`synchronous=FULL\`: every commit fsyncs the WAL before"
 				echo "  the request is acknowledged (group commit lets concurrent requests share an fsync)."
 			fi
@@ -304,6 +342,21 @@ write_report() {
 		echo '```'
 		cat "$WORK/gobench.txt"
 		echo '```'
+		echo
+		echo "The send path (build, sign, auth-check and commit one local message, SQLite with"
+		echo "\`synchronous=FULL\`: one sender; 8 rooms in parallel; 8 senders in one room), sync fan-out and"
+		echo "initial sync in process, and inbound federation transactions (50 signed PDUs from a fake remote"
+		echo "server; signature, auth and storage µs per PDU), run right after the scenarios above:"
+		echo
+		echo '```'
+		echo "go test -run '^\$' -bench 'BenchmarkSendEvent' -benchtime 2000x ./roomserver/"
+		echo "go test -run '^\$' -bench 'BenchmarkFanout20\$|BenchmarkInitialSync100Rooms' -benchtime 20x ./syncapi/"
+		echo "go test -run '^\$' -bench 'BenchmarkInboundTransaction' -benchtime 5x ./federationapi/"
+		echo '```'
+		echo
+		echo '```'
+		cat "$WORK/gobench2.txt"
+		echo '```'
 	} >"$OUT.tmp"
 	mv "$OUT.tmp" "$OUT"
 	log "wrote $OUT"
@@ -315,4 +368,8 @@ for name in $SERVERS; do
 	measure "$name"
 done
 (cd "$ROOT" && go test -run '^$' -bench . -benchtime 20000x ./pushserver/) | grep -E '^(Benchmark|cpu:)' >"$WORK/gobench.txt"
+(cd "$ROOT" && go test -run '^$' -bench 'BenchmarkSendEvent' -benchtime 2000x ./roomserver/ &&
+	go test -run '^$' -bench 'BenchmarkFanout20$|BenchmarkInitialSync100Rooms' -benchtime 20x ./syncapi/ &&
+	go test -run '^$' -bench 'BenchmarkInboundTransaction' -benchtime 5x ./federationapi/) |
+	grep -E '^(Benchmark|cpu:)' >"$WORK/gobench2.txt" || true
 write_report
