@@ -40,6 +40,8 @@ type Rooms interface {
 // (*clientapi.Server).
 type AccountData interface {
 	AccountDataSince(ctx context.Context, userID string, since int64) ([]clientapi.AccountData, int64, error)
+	// GlobalAccountData returns one global entry's content, nil if unset.
+	GlobalAccountData(ctx context.Context, userID, dataType string) (json.RawMessage, error)
 }
 
 // Filters loads stored filters (*clientapi.Server).

@@ -306,6 +306,10 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		return nil, err
 	}
 	heads.AccountData = acctHead
+	ignored, err := s.ignoredUsers(ctx, req.userID, acct, since.AccountData, acctHead)
+	if err != nil {
+		return nil, err
+	}
 	if req.since == nil {
 		if acct, err = s.withPushRules(ctx, req.userID, acct); err != nil {
 			return nil, err
@@ -325,7 +329,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	}
 	rb := &roomBuilder{s: s, req: req, since: since, heads: heads,
 		fmt:      &eventFormatter{now: s.now(), federation: req.filter != nil && req.filter.EventFormat == "federation"},
-		roomAcct: map[string][]json.RawMessage{}}
+		roomAcct: map[string][]json.RawMessage{}, ignored: ignored}
 	for _, a := range acct {
 		ev, _ := json.Marshal(map[string]any{"type": a.Type, "content": a.Content})
 		if a.RoomID == "" {

@@ -48,6 +48,7 @@ type Server struct {
 	now      func() time.Time
 	waker    *waker
 	members  *memberCache
+	ignores  *ignoreCache
 	sliding  *slidingConns
 }
 
@@ -72,6 +73,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		log: logger, now: now,
 		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
 		members: newMemberCache(100000),
+		ignores: newIgnoreCache(100000),
 		sliding: newSlidingConns(10000),
 	}
 	go s.waker.run(ctx)
