@@ -151,6 +151,16 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 	if b.fmt.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids); err != nil {
 		return timeline{}, nil, nil, err
 	}
+	// A limited timeline's events carry their bundled aggregations: the
+	// client has not seen the child events that the gap hides.
+	// Spec: client-server-api, "Aggregations of child events" (GET /sync
+	// when the relevant section has a limited value).
+	b.fmt.relations = nil
+	if rr.Limited && b.s.aggs != nil && !b.fmt.federation && len(evs) > 0 {
+		if b.fmt.relations, err = b.s.aggs.BundledAggregations(ctx, b.req.userID, b.req.deviceID, evs); err != nil {
+			return timeline{}, nil, nil, err
+		}
+	}
 	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil
 }
 
