@@ -72,6 +72,16 @@ func (s *Server) AccountDataSince(ctx context.Context, userID string, since int6
 	return entries, latest, nil
 }
 
+// GlobalAccountData returns the content of one of userID's global
+// account data entries, or nil if it is not set.
+func (s *Server) GlobalAccountData(ctx context.Context, userID, dataType string) (json.RawMessage, error) {
+	local := s.localpart(userID)
+	if local == "" {
+		return nil, mxerr.New(mxerr.NotFound, "%q is not a local user", userID)
+	}
+	return s.loadAccountData(ctx, local, "", dataType)
+}
+
 // loadAccountData returns the content of one entry, or nil if it is not set.
 func (s *Server) loadAccountData(ctx context.Context, local, roomID, dataType string) (json.RawMessage, error) {
 	var content string

@@ -272,6 +272,13 @@ func (s *Server) threads(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, body)
 }
 
+// BundledAggregations is bundledAggregations for another component's
+// rendering of events to userID's device deviceID (sync): the content
+// of unsigned.m.relations by event ID, for the events that have any.
+func (s *Server) BundledAggregations(ctx context.Context, userID, deviceID string, evs []*roomserver.Event) (map[string]json.RawMessage, error) {
+	return s.formatter(userID, deviceID).bundledAggregations(ctx, evs)
+}
+
 // bundledAggregations computes unsigned.m.relations for evs: m.thread
 // (latest_event, count, current_user_participated), m.replace (the most
 // recent valid edit) and m.reference (the referencing event IDs).

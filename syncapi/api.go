@@ -40,11 +40,23 @@ type Rooms interface {
 // (*clientapi.Server).
 type AccountData interface {
 	AccountDataSince(ctx context.Context, userID string, since int64) ([]clientapi.AccountData, int64, error)
+	// GlobalAccountData returns one global entry's content, nil if unset.
+	GlobalAccountData(ctx context.Context, userID, dataType string) (json.RawMessage, error)
 }
 
 // Filters loads stored filters (*clientapi.Server).
 type Filters interface {
 	Filter(ctx context.Context, userID, filterID string) (*clientapi.Filter, error)
+}
+
+// Aggregations computes bundled aggregations (*clientapi.Server). It is
+// optional: without it /sync bundles none.
+type Aggregations interface {
+	// BundledAggregations returns the content of unsigned.m.relations
+	// by event ID, for those of evs that have any, as userID's device
+	// deviceID sees them.
+	// Spec: client-server-api, "Aggregations of child events".
+	BundledAggregations(ctx context.Context, userID, deviceID string, evs []*roomserver.Event) (map[string]json.RawMessage, error)
 }
 
 // EphemeralPositions are the heads of the ephemeral streams.

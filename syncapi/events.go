@@ -33,6 +33,8 @@ type unsigned struct {
 	Membership string `json:"membership,omitempty"`
 	// RedactedBecause names the redaction; the full event is not loaded.
 	RedactedBy string `json:"redacted_by,omitempty"`
+	// Relations are the event's bundled aggregations.
+	Relations json.RawMessage `json:"m.relations,omitempty"`
 }
 
 // strippedEvent is a stripped state event. Spec: client-server-api,
@@ -59,6 +61,8 @@ type eventFormatter struct {
 	// memberships maps event ID -> the requesting user's membership
 	// after it, for unsigned.membership.
 	memberships map[string]string
+	// relations maps event ID -> its bundled aggregations.
+	relations map[string]json.RawMessage
 }
 
 func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
@@ -82,6 +86,7 @@ func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
 		ce.Unsigned.TransactionID = id
 	}
 	ce.Unsigned.Membership = f.memberships[e.EventID]
+	ce.Unsigned.Relations = f.relations[e.EventID]
 	out, _ := json.Marshal(ce)
 	return out
 }

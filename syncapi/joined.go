@@ -24,6 +24,10 @@ type roomBuilder struct {
 	// token to whether any is a state event; nil when unknown (initial
 	// sync, or too many events to list).
 	news map[string]bool
+	// ignored are the users the syncing user ignores: their non-state
+	// timeline events and their invites are left out.
+	// Spec: client-server-api, "Ignoring Users".
+	ignored map[string]bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -92,7 +96,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		case "invite":
 			if b.initial() || newSince {
 				var st []strippedEvent
-				if st, err = b.stripped(ctx, m.RoomID); err == nil {
+				if st, err = b.stripped(ctx, m.RoomID); err == nil && !b.ignored[inviter(st, b.req.userID)] {
 					out.Invite[m.RoomID] = &invitedRoom{InviteState: strippedList{Events: st}}
 				}
 			}
@@ -128,7 +132,7 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 	if err != nil {
 		return timeline{}, nil, nil, err
 	}
-	evs := filterEvents(b.roomFilter().Timeline, rr.Events)
+	evs := b.withoutIgnored(filterEvents(b.roomFilter().Timeline, rr.Events))
 	var own []string
 	for _, e := range evs {
 		if e.Sender == b.req.userID {
@@ -146,6 +150,16 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 	// Complement: TestMembershipOnEvents.
 	if b.fmt.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids); err != nil {
 		return timeline{}, nil, nil, err
+	}
+	// A limited timeline's events carry their bundled aggregations: the
+	// client has not seen the child events that the gap hides.
+	// Spec: client-server-api, "Aggregations of child events" (GET /sync
+	// when the relevant section has a limited value).
+	b.fmt.relations = nil
+	if rr.Limited && b.s.aggs != nil && !b.fmt.federation && len(evs) > 0 {
+		if b.fmt.relations, err = b.s.aggs.BundledAggregations(ctx, b.req.userID, b.req.deviceID, evs); err != nil {
+			return timeline{}, nil, nil, err
+		}
 	}
 	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil
 }
@@ -412,6 +426,31 @@ func ephemeralFilter(f *clientapi.RoomEventFilter, roomID string, evs []json.Raw
 		}
 	}
 	return out
+}
+
+// withoutIgnored drops the non-state events of ignored senders; state
+// events stay, as the spec excepts them.
+func (b *roomBuilder) withoutIgnored(evs []*roomserver.Event) []*roomserver.Event {
+	if len(b.ignored) == 0 {
+		return evs
+	}
+	out := evs[:0:0]
+	for _, e := range evs {
+		if e.StateKey != nil || !b.ignored[e.Sender] {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// inviter is the sender of userID's member event in stripped state.
+func inviter(st []strippedEvent, userID string) string {
+	for _, e := range st {
+		if e.Type == "m.room.member" && e.StateKey == userID {
+			return e.Sender
+		}
+	}
+	return ""
 }
 
 // upTo drops events past position to (committed after the heads were read).

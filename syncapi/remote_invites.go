@@ -62,7 +62,11 @@ func (b *roomBuilder) addRemoteInvites(ctx context.Context, memberships []roomse
 			out.Knock[inv.RoomID] = &knockedRoom{KnockState: strippedList{Events: remoteInviteState(inv)}}
 			continue
 		}
-		out.Invite[inv.RoomID] = &invitedRoom{InviteState: strippedList{Events: remoteInviteState(inv)}}
+		st := remoteInviteState(inv)
+		if b.ignored[inviter(st, b.req.userID)] {
+			continue // Spec: client-server-api, "Ignoring Users"
+		}
+		out.Invite[inv.RoomID] = &invitedRoom{InviteState: strippedList{Events: st}}
 	}
 	return nil
 }

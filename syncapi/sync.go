@@ -92,8 +92,10 @@ type joinedRoom struct {
 	Timeline           timeline     `json:"timeline"`
 	Ephemeral          eventList    `json:"ephemeral"`
 	AccountData        eventList    `json:"account_data"`
-	// Unread counts come from Deps.Push (fillUnread).
-	UnreadNotifications       unreadCounts            `json:"unread_notifications"`
+	// Unread counts come from Deps.Push (fillUnread). An incremental
+	// sync leaves them out (they are optional) for a room whose counts
+	// cannot have changed: no event in it and no receipt since the token.
+	UnreadNotifications       *unreadCounts           `json:"unread_notifications,omitempty"`
 	UnreadThreadNotifications map[string]unreadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
@@ -304,6 +306,10 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		return nil, err
 	}
 	heads.AccountData = acctHead
+	ignored, err := s.ignoredUsers(ctx, req.userID, acct, since.AccountData, acctHead)
+	if err != nil {
+		return nil, err
+	}
 	if req.since == nil {
 		if acct, err = s.withPushRules(ctx, req.userID, acct); err != nil {
 			return nil, err
@@ -323,7 +329,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	}
 	rb := &roomBuilder{s: s, req: req, since: since, heads: heads,
 		fmt:      &eventFormatter{now: s.now(), federation: req.filter != nil && req.filter.EventFormat == "federation"},
-		roomAcct: map[string][]json.RawMessage{}}
+		roomAcct: map[string][]json.RawMessage{}, ignored: ignored}
 	for _, a := range acct {
 		ev, _ := json.Marshal(map[string]any{"type": a.Type, "content": a.Content})
 		if a.RoomID == "" {
@@ -338,26 +344,58 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := rb.build(ctx, memberships, &resp.Rooms); err != nil {
 		return nil, err
 	}
-	if err := s.fillUnread(ctx, req, heads, resp.Rooms.Join); err != nil {
+	if err := s.fillUnread(ctx, rb, memberships, resp.Rooms.Join); err != nil {
 		return nil, err
 	}
 	if err := rb.addRemoteInvites(ctx, memberships, &resp.Rooms); err != nil {
 		return nil, err
 	}
-	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, resp); err != nil {
+	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, rb.membershipMoved(memberships), resp); err != nil {
 		return nil, err
 	}
 	resp.NextBatch = heads.String()
 	return resp, nil
 }
 
+// membershipMoved reports whether any membership may have changed in an
+// incremental sync's room-stream window: no event at all, or only
+// non-state events in rooms the user's own membership did not change in,
+// means none did. Unknown (too many events to list) counts as moved.
+func (b *roomBuilder) membershipMoved(memberships []roomserver.MembershipEntry) bool {
+	if b.initial() || b.heads.Room <= b.since.Room {
+		return b.heads.Room > b.since.Room
+	}
+	if b.news == nil {
+		return true
+	}
+	for _, m := range memberships {
+		if m.StreamPos > b.since.Room {
+			return true
+		}
+	}
+	for _, state := range b.news {
+		if state {
+			return true
+		}
+	}
+	return false
+}
+
 // addPresenceAndE2EE fills presence and the E2EE sections. It may lower
 // heads.ToDevice (more messages wait than one response carries) or raise
-// it (messages committed after the heads were read).
+// it (messages committed after the heads were read). moved is
+// membershipMoved: whether the window may hold membership changes.
+//
+// An incremental sync skips the to-device read when the to-device head
+// has not moved past the token (every message is at or below the head
+// read for this response, and those at or below the token are
+// acknowledged), and the device-list read when neither the device-list
+// head nor any membership moved (DeviceListChanges of an empty window
+// and an empty MembershipDelta is empty).
 // Spec: client-server-api, "Extensions to /sync" of send-to-device
 // messaging and of end-to-end encryption.
 func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since syncToken, heads *syncToken,
-	memberships []roomserver.MembershipEntry, resp *syncResponse) error {
+	memberships []roomserver.MembershipEntry, moved bool, resp *syncResponse) error {
 	// An incremental sync whose presence head has not moved has no
 	// presence news: (since, head] is empty.
 	if s.eph != nil && (req.since == nil || heads.Presence != since.Presence) {
@@ -383,13 +421,15 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		}
 		req.acked = true
 	}
-	td, next, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice, toDeviceLimit)
-	if err != nil {
-		return err
+	if req.since == nil || heads.ToDevice > since.ToDevice {
+		td, next, err := s.e2ee.ToDevice(ctx, req.userID, req.deviceID, since.ToDevice, heads.ToDevice, toDeviceLimit)
+		if err != nil {
+			return err
+		}
+		resp.ToDevice = events(td)
+		heads.ToDevice = next
 	}
-	resp.ToDevice = events(td)
-	heads.ToDevice = next
-	if req.since != nil {
+	if req.since != nil && (heads.DeviceLists > since.DeviceLists || moved) {
 		delta, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
 		if err != nil {
 			return err
@@ -423,13 +463,40 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 // counts the main timeline and each thread gets its own entry;
 // otherwise unread_notifications counts everything.
 // Spec: client-server-api, "GET /_matrix/client/v3/sync", JoinedRoom.
-func (s *Server) fillUnread(ctx context.Context, req *syncRequest, heads syncToken, joined map[string]*joinedRoom) error {
-	if s.push == nil || len(joined) == 0 {
+//
+// Counts move only with the room's events and the user's receipts, so
+// an incremental sync whose receipt head did not move reads them only
+// for the rooms with events (or a membership change of the user) in its
+// window; the others go without unread_notifications. Without push
+// every room gets zero counts.
+func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []roomserver.MembershipEntry, joined map[string]*joinedRoom) error {
+	req, heads := b.req, b.heads
+	if len(joined) == 0 {
 		return nil
 	}
-	roomIDs := make([]string, 0, len(joined))
-	for id := range joined {
-		roomIDs = append(roomIDs, id)
+	var roomIDs []string
+	if b.initial() || heads.Receipts > b.since.Receipts || b.news == nil {
+		for id := range joined {
+			roomIDs = append(roomIDs, id)
+		}
+	} else {
+		ownChange := map[string]bool{}
+		for _, m := range memberships {
+			if m.StreamPos > b.since.Room {
+				ownChange[m.RoomID] = true
+			}
+		}
+		for id := range joined {
+			if _, ok := b.news[id]; ok || ownChange[id] {
+				roomIDs = append(roomIDs, id)
+			}
+		}
+	}
+	for _, id := range roomIDs {
+		joined[id].UnreadNotifications = &unreadCounts{}
+	}
+	if s.push == nil || len(roomIDs) == 0 {
+		return nil
 	}
 	counts, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, heads.Room, heads.Receipts)
 	if err != nil {
@@ -437,16 +504,17 @@ func (s *Server) fillUnread(ctx context.Context, req *syncRequest, heads syncTok
 	}
 	threaded := req.filter != nil && req.filter.Room != nil && req.filter.Room.Timeline != nil &&
 		req.filter.Room.Timeline.UnreadThreadNotifications
-	for id, jr := range joined {
+	for _, id := range roomIDs {
+		jr := joined[id]
 		c, ok := counts[id]
 		if !ok {
 			continue
 		}
 		if !threaded {
-			jr.UnreadNotifications = unreadCounts{NotificationCount: c.Total.Notifications, HighlightCount: c.Total.Highlights}
+			jr.UnreadNotifications = &unreadCounts{NotificationCount: c.Total.Notifications, HighlightCount: c.Total.Highlights}
 			continue
 		}
-		jr.UnreadNotifications = unreadCounts{NotificationCount: c.Main.Notifications, HighlightCount: c.Main.Highlights}
+		jr.UnreadNotifications = &unreadCounts{NotificationCount: c.Main.Notifications, HighlightCount: c.Main.Highlights}
 		for root, tc := range c.Threads {
 			if jr.UnreadThreadNotifications == nil {
 				jr.UnreadThreadNotifications = map[string]unreadCounts{}

@@ -25,6 +25,8 @@ type Deps struct {
 	E2EE        E2EE
 	Invites     RemoteInvites
 	Notifier    notifier.Broadcaster
+	// Aggregations bundles relations into limited timelines; may be nil.
+	Aggregations Aggregations
 	// Push supplies unread counts and default push rules; may be nil.
 	Push Push
 	// Verifier checks access tokens (clientapi).
@@ -43,11 +45,13 @@ type Server struct {
 	e2ee     E2EE          // may be nil
 	invites  RemoteInvites // may be nil
 	push     Push          // may be nil
+	aggs     Aggregations  // may be nil
 	verifier authn.Verifier
 	log      *slog.Logger
 	now      func() time.Time
 	waker    *waker
 	members  *memberCache
+	ignores  *ignoreCache
 	sliding  *slidingConns
 }
 
@@ -68,10 +72,11 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s := &Server{
 		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
-		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, verifier: deps.Verifier,
+		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, aggs: deps.Aggregations, verifier: deps.Verifier,
 		log: logger, now: now,
 		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
 		members: newMemberCache(100000),
+		ignores: newIgnoreCache(100000),
 		sliding: newSlidingConns(10000),
 	}
 	go s.waker.run(ctx)

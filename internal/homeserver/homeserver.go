@@ -179,7 +179,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
 		push.Close()
 		client.Close()
