@@ -134,21 +134,8 @@ func (s *Server) PublicState(ctx context.Context, roomID string, types []string)
 		query, args := inList(`SELECT event_nid FROM roomserver_current_state WHERE type IN `, types)
 		query += fmt.Sprintf(` AND room_id = $%d ORDER BY type, state_key`, len(args)+1)
 		args = append(args, roomID)
-		rows, err := q.Query(ctx, query, args...)
+		nids, err := storage.QueryColumn[int64](ctx, q, query, args...)
 		if err != nil {
-			return err
-		}
-		var nids []int64
-		for rows.Next() {
-			var nid int64
-			if err := rows.Scan(&nid); err != nil {
-				rows.Close()
-				return err
-			}
-			nids = append(nids, nid)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		loaded, err := s.loadEvents(ctx, q, nil, room.Version, nids)
