@@ -149,18 +149,9 @@ func eventRowsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]*ev
 	if len(nids) == 0 {
 		return nil, nil
 	}
-	byNID := make(map[int64]*eventRow, len(nids))
-	const chunk = 500
-	for start := 0; start < len(nids); start += chunk {
-		part := nids[start:min(start+chunk, len(nids))]
-		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE event_nid IN `, part)
-		rows, err := queryEventRows(ctx, q, query, args...)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range rows {
-			byNID[r.NID] = r
-		}
+	byNID, err := eventRowsIn(ctx, q, "event_nid", nids, func(r *eventRow) int64 { return r.NID })
+	if err != nil {
+		return nil, err
 	}
 	out := make([]*eventRow, 0, len(nids))
 	for _, nid := range nids {
@@ -173,17 +164,23 @@ func eventRowsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]*ev
 
 // eventRowsByID loads events by ID; unknown IDs are left out.
 func eventRowsByID(ctx context.Context, q storage.Querier, ids []string) (map[string]*eventRow, error) {
-	out := make(map[string]*eventRow, len(ids))
+	return eventRowsIn(ctx, q, "event_id", ids, func(r *eventRow) string { return r.EventID })
+}
+
+// eventRowsIn loads the events whose column is one of keys, 500 keys to a
+// query, by key (column's value, as key reads it from a row).
+func eventRowsIn[K comparable](ctx context.Context, q storage.Querier, column string, keys []K, key func(*eventRow) K) (map[K]*eventRow, error) {
+	out := make(map[K]*eventRow, len(keys))
 	const chunk = 500
-	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE event_id IN `, part)
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE `+column+` IN `, part)
 		rows, err := queryEventRows(ctx, q, query, args...)
 		if err != nil {
 			return nil, err
 		}
 		for _, r := range rows {
-			out[r.EventID] = r
+			out[key(r)] = r
 		}
 	}
 	return out, nil
