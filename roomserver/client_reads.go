@@ -49,29 +49,10 @@ type ClientReads interface {
 
 var _ ClientReads = (*Server)(nil)
 
-// TransactionIDs implements ClientReads.
+// TransactionIDs implements ClientReads; it is TxnIDs under the name
+// clientapi's interface gives it.
 func (s *Server) TransactionIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error) {
-	out := map[string]string{}
-	if len(eventIDs) == 0 || deviceID == "" {
-		return out, nil
-	}
-	query, args := inList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
-	n := len(args)
-	query += fmt.Sprintf(` AND room_id = $%d AND user_id = $%d AND device_id = $%d`, n+1, n+2, n+3)
-	args = append(args, roomID, userID, deviceID)
-	rows, err := s.db.Reader().Query(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var eventID, txnID string
-		if err := rows.Scan(&eventID, &txnID); err != nil {
-			return nil, err
-		}
-		out[eventID] = txnID
-	}
-	return out, rows.Err()
+	return s.TxnIDs(ctx, roomID, userID, deviceID, eventIDs)
 }
 
 // EventAtTimestamp implements ClientReads. It walks candidates in

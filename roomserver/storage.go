@@ -205,48 +205,34 @@ func inList[T any](prefix string, values []T) (string, []any) {
 
 // loadSnapshot returns the state of snapshot nid (empty for 0).
 func loadSnapshot(ctx context.Context, q storage.Querier, nid int64) (stateMap, error) {
-	out := stateMap{}
 	if nid == 0 {
-		return out, nil
+		return stateMap{}, nil
 	}
-	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
-			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
-			UNION ALL
-			SELECT s.snapshot_nid, s.parent_nid, c.lvl + 1 FROM roomserver_snapshots s JOIN chain c ON s.snapshot_nid = c.parent
-		)
-		SELECT e.type, e.state_key, e.event_nid FROM chain c
-		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
-		ORDER BY c.lvl DESC`, nid)
-	if err != nil {
-		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var t tuple
-		var eventNID int64
-		if err := rows.Scan(&t.Type, &t.StateKey, &eventNID); err != nil {
-			return nil, err
-		}
-		out[t] = eventNID // deeper (older) levels first; nearer ones override
-	}
-	return out, rows.Err()
+	return querySnapshot(ctx, q, nid, "")
 }
 
 // loadSnapshotKeys returns only the given keys of snapshot nid.
 func loadSnapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []tuple) (stateMap, error) {
-	out := stateMap{}
 	if nid == 0 || len(keys) == 0 {
-		return out, nil
+		return stateMap{}, nil
 	}
 	var b strings.Builder
-	args := []any{nid}
+	var args []any
 	for i, k := range keys {
 		if i > 0 {
 			b.WriteString(" OR ")
 		}
-		fmt.Fprintf(&b, "(e.type = $%d AND e.state_key = $%d)", len(args)+1, len(args)+2)
+		fmt.Fprintf(&b, "(e.type = $%d AND e.state_key = $%d)", len(args)+2, len(args)+3)
 		args = append(args, k.Type, k.StateKey)
 	}
+	return querySnapshot(ctx, q, nid, "WHERE "+b.String(), args...)
+}
+
+// querySnapshot reads the entries of snapshot nid ($1) and its ancestors
+// that match where (an optional WHERE clause over e, whose placeholders
+// for args start at $2), deeper (older) levels first so that nearer ones
+// override.
+func querySnapshot(ctx context.Context, q storage.Querier, nid int64, where string, args ...any) (stateMap, error) {
 	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
 			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
 			UNION ALL
@@ -254,11 +240,12 @@ func loadSnapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []
 		)
 		SELECT e.type, e.state_key, e.event_nid FROM chain c
 		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
-		WHERE `+b.String()+` ORDER BY c.lvl DESC`, args...)
+		`+where+` ORDER BY c.lvl DESC`, append([]any{nid}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
 	}
 	defer rows.Close()
+	out := stateMap{}
 	for rows.Next() {
 		var t tuple
 		var eventNID int64
