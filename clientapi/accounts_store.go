@@ -156,20 +156,9 @@ func (a *Accounts) deleteDevices(ctx context.Context, tx storage.Tx, localpart s
 		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id <> $2`, localpart, keep); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `DELETE FROM devices WHERE localpart = $1 AND device_id <> $2 RETURNING device_id`, localpart, keep)
+		var err error
+		deleted, err = storage.QueryColumn[string](ctx, tx, `DELETE FROM devices WHERE localpart = $1 AND device_id <> $2 RETURNING device_id`, localpart, keep)
 		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			deleted = append(deleted, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 	}

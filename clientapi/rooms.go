@@ -104,16 +104,18 @@ func pathRoomID(r *http.Request) (string, error) {
 	return roomID, nil
 }
 
-// pathEventID reads {eventId} and checks its shape.
-func pathEventID(r *http.Request) (string, error) {
-	eventID, err := unescapedParam(r, "eventId")
-	if err != nil {
-		return "", err
+// pathRoomEventIDs reads {roomId} and {eventId} and checks their shapes.
+func pathRoomEventIDs(r *http.Request) (roomID, eventID string, err error) {
+	if roomID, err = pathRoomID(r); err != nil {
+		return "", "", err
+	}
+	if eventID, err = unescapedParam(r, "eventId"); err != nil {
+		return "", "", err
 	}
 	if len(eventID) < 2 || len(eventID) > 255 || eventID[0] != '$' {
-		return "", mxerr.New(mxerr.InvalidParam, "%q is not a valid event ID", eventID)
+		return "", "", mxerr.New(mxerr.InvalidParam, "%q is not a valid event ID", eventID)
 	}
-	return eventID, nil
+	return roomID, eventID, nil
 }
 
 // validAlias reports whether a has a room alias's shape:

@@ -85,18 +85,5 @@ func (s *Server) isPublished(ctx context.Context, roomID string) (bool, error) {
 
 // publishedRooms lists every published room ID.
 func (s *Server) publishedRooms(ctx context.Context) ([]string, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT room_id FROM room_directory ORDER BY room_id`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT room_id FROM room_directory ORDER BY room_id`)
 }

@@ -230,11 +230,7 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) error {
 // redact redacts an event.
 // Spec: client-server-api, "PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}".
 func (s *Server) redact(w http.ResponseWriter, r *http.Request) error {
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		return err
-	}
-	eventID, err := pathEventID(r)
+	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err
 	}
@@ -286,11 +282,7 @@ func (s *Server) visibleEvent(ctx context.Context, userID, roomID, eventID strin
 // Spec: client-server-api, "GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}".
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		return err
-	}
-	eventID, err := pathEventID(r)
+	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err
 	}

@@ -367,11 +367,7 @@ func (s *Server) senderMembers(ctx context.Context, userID, roomID string, evs [
 // Spec: client-server-api, "GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}".
 func (s *Server) eventContext(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		return err
-	}
-	eventID, err := pathEventID(r)
+	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err
 	}

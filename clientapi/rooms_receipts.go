@@ -103,11 +103,7 @@ func (s *Server) storeReceipt(ctx context.Context, r Receipt) error {
 // Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}".
 func (s *Server) sendReceipt(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		return err
-	}
-	eventID, err := pathEventID(r)
+	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err
 	}

@@ -61,11 +61,7 @@ func parseStreamToken(name, s string) (int64, error) {
 // Spec: client-server-api, "GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}".
 func (s *Server) relations(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		return err
-	}
-	eventID, err := pathEventID(r)
+	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err
 	}

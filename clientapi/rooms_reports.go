@@ -23,11 +23,7 @@ type reportBody struct {
 // joined to. Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}".
 func (s *Server) reportEvent(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		return err
-	}
-	eventID, err := pathEventID(r)
+	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,22 @@ func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, v
 	if !strings.HasPrefix(roomID, "!") {
 		return "", mxerr.New(mxerr.InvalidParam, "invalid room ID or alias %q", roomIDOrAlias)
 	}
+	err = s.tryVia(via, roomID, "join", "no server to join %s through", func(server string) error {
+		return s.joinVia(ctx, server, roomID, userID)
+	})
+	if err != nil {
+		return "", ClientError(err)
+	}
+	return roomID, nil
+}
+
+// tryVia runs attempt (a make_* then send_* exchange) against each server
+// of via in turn, skipping blanks, repeats and our own name, and returns
+// nil at the first success. A tampered template aborts at once with
+// M_FORBIDDEN (security case 14). Otherwise it logs every server's failure
+// and returns the last one, or M_NOT_FOUND (noServer, formatted with
+// roomID) if there was no server to try. op names the membership ("join").
+func (s *Server) tryVia(via []string, roomID, op, noServer string, attempt func(server string) error) error {
 	var errs []error
 	seen := map[string]bool{s.serverName: true}
 	for _, server := range via {
@@ -56,22 +72,21 @@ func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, v
 			continue
 		}
 		seen[server] = true
-		err := s.joinVia(ctx, server, roomID, userID)
+		err := attempt(server)
 		if err == nil {
-			return roomID, nil
+			return nil
 		}
 		var te *templateError
 		if errors.As(err, &te) {
-			// Security case 14: a tampered template aborts the join.
-			return "", mxerr.Wrap(err, mxerr.Forbidden, "join aborted: %s sent a bad template: %v", server, te)
+			return mxerr.Wrap(err, mxerr.Forbidden, "%s aborted: %s sent a bad template: %v", op, server, te)
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", server, err))
 	}
 	if len(errs) == 0 {
-		return "", mxerr.New(mxerr.NotFound, "no server to join %s through", roomID)
+		return mxerr.New(mxerr.NotFound, noServer, roomID)
 	}
-	s.log.Info("remote join failed", "room_id", roomID, "err", errors.Join(errs...))
-	return "", ClientError(errs[len(errs)-1])
+	s.log.Info("remote "+op+" failed", "room_id", roomID, "err", errors.Join(errs...))
+	return errs[len(errs)-1]
 }
 
 // resolveRemoteRoom turns a room ID or another server's alias into a

@@ -37,32 +37,17 @@ func (s *Server) KnockRemote(ctx context.Context, roomIDOrAlias, userID string, 
 	if !strings.HasPrefix(roomID, "!") {
 		return "", mxerr.New(mxerr.InvalidParam, "invalid room ID or alias %q", roomIDOrAlias)
 	}
-	var errs []error
-	seen := map[string]bool{s.serverName: true}
-	for _, server := range via {
-		if server == "" || seen[server] {
-			continue
+	err = s.tryVia(via, roomID, "knock", "no server to knock on %s through", func(server string) error {
+		return s.knockVia(ctx, server, roomID, userID, content)
+	})
+	if err != nil {
+		var me *mxerr.Error
+		if errors.As(err, &me) {
+			return "", me
 		}
-		seen[server] = true
-		err := s.knockVia(ctx, server, roomID, userID, content)
-		if err == nil {
-			return roomID, nil
-		}
-		var te *templateError
-		if errors.As(err, &te) {
-			return "", mxerr.Wrap(err, mxerr.Forbidden, "knock aborted: %s sent a bad template: %v", server, te)
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", server, err))
+		return "", ClientError(err)
 	}
-	if len(errs) == 0 {
-		return "", mxerr.New(mxerr.NotFound, "no server to knock on %s through", roomID)
-	}
-	s.log.Info("remote knock failed", "room_id", roomID, "err", errors.Join(errs...))
-	var me *mxerr.Error
-	if errors.As(errs[len(errs)-1], &me) {
-		return "", me
-	}
-	return "", ClientError(errs[len(errs)-1])
+	return roomID, nil
 }
 
 // knockVia runs make_knock and send_knock against server and stores the

@@ -99,21 +99,8 @@ func (q *sender) init(ctx context.Context) error {
 }
 
 func (q *sender) queuedDestinations(ctx context.Context) ([]string, error) {
-	rows, err := q.s.db.Reader().Query(ctx, `SELECT DISTINCT destination FROM federation_queue_pdus
+	return storage.QueryColumn[string](ctx, q.s.db.Reader(), `SELECT DISTINCT destination FROM federation_queue_pdus
 		UNION SELECT DISTINCT destination FROM federation_queue_edus`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var d string
-		if err := rows.Scan(&d); err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
 }
 
 // fanOut queues the events after fanout_pos for their destinations.
@@ -349,27 +336,14 @@ func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, err
 			return err
 		}
 		pending := txnID != nil && *txnID != ""
-		var nids []int64
 		pduQuery := `SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 ORDER BY event_nid LIMIT $2`
 		args := []any{destination, maxTxnPDUs}
 		if pending {
 			pduQuery = `SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 AND event_nid <= $3 ORDER BY event_nid LIMIT $2`
 			args = append(args, pduMax)
 		}
-		rows, err := tx.Query(ctx, pduQuery, args...)
+		nids, err := storage.QueryColumn[int64](ctx, tx, pduQuery, args...)
 		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var nid int64
-			if err := rows.Scan(&nid); err != nil {
-				rows.Close()
-				return err
-			}
-			nids = append(nids, nid)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		eduQuery := `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 ORDER BY edu_nid LIMIT $2`
@@ -378,7 +352,7 @@ func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, err
 			eduQuery = `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 AND edu_nid <= $3 ORDER BY edu_nid LIMIT $2`
 			args = append(args, eduMax)
 		}
-		rows, err = tx.Query(ctx, eduQuery, args...)
+		rows, err := tx.Query(ctx, eduQuery, args...)
 		if err != nil {
 			return err
 		}

@@ -81,6 +81,19 @@ func backupByVersion(ctx context.Context, q storage.Querier, userID, version str
 		WHERE user_id = $1 AND version = $2 AND NOT deleted`, userID, v))
 }
 
+// knownBackup is backupByVersion with M_NOT_FOUND for a version that does
+// not exist or was deleted.
+func knownBackup(ctx context.Context, q storage.Querier, userID, version string) (*backupVersion, error) {
+	b, err := backupByVersion(ctx, q, userID, version)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, mxerr.New(mxerr.NotFound, "unknown backup version")
+	}
+	return b, nil
+}
+
 func scanBackup(row interface{ Scan(...any) error }) (*backupVersion, error) {
 	var b backupVersion
 	err := row.Scan(&b.version, &b.algorithm, &b.authData, &b.etag)
@@ -182,12 +195,9 @@ func (s *Server) updateBackupVersion(w http.ResponseWriter, r *http.Request) err
 		return err
 	}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		b, err := backupByVersion(ctx, tx, d.UserID, version)
+		b, err := knownBackup(ctx, tx, d.UserID, version)
 		if err != nil {
 			return err
-		}
-		if b == nil {
-			return mxerr.New(mxerr.NotFound, "unknown backup version")
 		}
 		if b.algorithm != body.Algorithm {
 			return mxerr.New(mxerr.InvalidParam, "the algorithm does not match the backup's")
@@ -208,12 +218,9 @@ func (s *Server) deleteBackupVersion(w http.ResponseWriter, r *http.Request) err
 	d := authn.FromContext(r.Context())
 	ctx := r.Context()
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		b, err := backupByVersion(ctx, tx, d.UserID, chi.URLParam(r, "version"))
+		b, err := knownBackup(ctx, tx, d.UserID, chi.URLParam(r, "version"))
 		if err != nil {
 			return err
-		}
-		if b == nil {
-			return mxerr.New(mxerr.NotFound, "unknown backup version")
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM keyserver_backup_keys WHERE user_id = $1 AND version = $2`, d.UserID, b.version); err != nil {
 			return err
@@ -407,12 +414,9 @@ func (s *Server) getBackupKeys(w http.ResponseWriter, r *http.Request) error {
 	}
 	rooms := map[string]roomSessions{}
 	err := s.db.Read(ctx, func(q storage.Querier) error {
-		b, err := backupByVersion(ctx, q, d.UserID, version)
+		b, err := knownBackup(ctx, q, d.UserID, version)
 		if err != nil {
 			return err
-		}
-		if b == nil {
-			return mxerr.New(mxerr.NotFound, "unknown backup version")
 		}
 		rows, err := q.Query(ctx, `
 			SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data
@@ -469,12 +473,9 @@ func (s *Server) deleteBackupKeys(w http.ResponseWriter, r *http.Request) error 
 	}
 	var etag, count int64
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		b, err := backupByVersion(ctx, tx, d.UserID, version)
+		b, err := knownBackup(ctx, tx, d.UserID, version)
 		if err != nil {
 			return err
-		}
-		if b == nil {
-			return mxerr.New(mxerr.NotFound, "unknown backup version")
 		}
 		res, err := tx.Exec(ctx, `
 			DELETE FROM keyserver_backup_keys

@@ -173,21 +173,8 @@ func (s *store) orphans(ctx context.Context, candidates []string, now int64) ([]
 				return err
 			}
 		}
-		rows, err := tx.Query(ctx, `SELECT sha256 FROM media_blob_garbage`)
+		garbage, err := storage.QueryColumn[string](ctx, tx, `SELECT sha256 FROM media_blob_garbage`)
 		if err != nil {
-			return err
-		}
-		var garbage []string
-		for rows.Next() {
-			var sha string
-			if err := rows.Scan(&sha); err != nil {
-				rows.Close()
-				return err
-			}
-			garbage = append(garbage, sha)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		for _, sha := range garbage {

@@ -234,23 +234,10 @@ func (s *store) expire(ctx context.Context, ourName string, now, remoteBefore, p
 	var orphans []string
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		orphans = orphans[:0]
-		rows, err := tx.Query(ctx, `SELECT sha256 FROM media WHERE server_name <> $1 AND last_access_ts < $2 AND sha256 <> ''
+		candidates, err := storage.QueryColumn[string](ctx, tx, `SELECT sha256 FROM media WHERE server_name <> $1 AND last_access_ts < $2 AND sha256 <> ''
 			UNION SELECT t.sha256 FROM media_thumbnails t JOIN media m ON m.server_name = t.server_name AND m.media_id = t.media_id
 			WHERE m.server_name <> $1 AND m.last_access_ts < $2`, ourName, remoteBefore)
 		if err != nil {
-			return err
-		}
-		var candidates []string
-		for rows.Next() {
-			var sha string
-			if err := rows.Scan(&sha); err != nil {
-				rows.Close()
-				return err
-			}
-			candidates = append(candidates, sha)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		// Their thumbnails go with them.

@@ -240,9 +240,17 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) error {
 	if strings.HasPrefix(ruleID, ".") {
 		return mxerr.New(mxerr.InvalidParam, "server-default rules cannot be deleted; disable them instead")
 	}
+	return s.updateRule(w, r, kind, ruleID, func(u *userRules, userID string) bool {
+		return u.deleteRule(kind, ruleID)
+	})
+}
+
+// updateRule applies change to one of the caller's rules, kind/ruleID, and
+// answers {}; M_NOT_FOUND if change reports that there is no such rule.
+func (s *Server) updateRule(w http.ResponseWriter, r *http.Request, kind, ruleID string, change func(u *userRules, userID string) bool) error {
 	userID := authn.FromContext(r.Context()).UserID
-	err = s.updateRules(r.Context(), userID, func(u *userRules) error {
-		if !u.deleteRule(kind, ruleID) {
+	err := s.updateRules(r.Context(), userID, func(u *userRules) error {
+		if !change(u, userID) {
 			return mxerr.New(mxerr.NotFound, "no push rule %s/%s", kind, ruleID)
 		}
 		return nil
@@ -268,17 +276,9 @@ func (s *Server) putRuleEnabled(w http.ResponseWriter, r *http.Request) error {
 	if req.Enabled == nil {
 		return mxerr.New(mxerr.MissingParam, "enabled is required")
 	}
-	userID := authn.FromContext(r.Context()).UserID
-	err = s.updateRules(r.Context(), userID, func(u *userRules) error {
-		if !u.setEnabled(userID, kind, ruleID, *req.Enabled) {
-			return mxerr.New(mxerr.NotFound, "no push rule %s/%s", kind, ruleID)
-		}
-		return nil
+	return s.updateRule(w, r, kind, ruleID, func(u *userRules, userID string) bool {
+		return u.setEnabled(userID, kind, ruleID, *req.Enabled)
 	})
-	if err != nil {
-		return err
-	}
-	return httpx.OK(w, httpx.EmptyObject)
 }
 
 // putRuleActions answers PUT .../actions.
@@ -300,15 +300,7 @@ func (s *Server) putRuleActions(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return mxerr.New(mxerr.BadJSON, "actions must be notify or set_tweak objects (at most %d)", maxActions)
 	}
-	userID := authn.FromContext(r.Context()).UserID
-	err = s.updateRules(r.Context(), userID, func(u *userRules) error {
-		if !u.setActions(userID, kind, ruleID, actions) {
-			return mxerr.New(mxerr.NotFound, "no push rule %s/%s", kind, ruleID)
-		}
-		return nil
+	return s.updateRule(w, r, kind, ruleID, func(u *userRules, userID string) bool {
+		return u.setActions(userID, kind, ruleID, actions)
 	})
-	if err != nil {
-		return err
-	}
-	return httpx.OK(w, httpx.EmptyObject)
 }

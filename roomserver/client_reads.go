@@ -49,29 +49,10 @@ type ClientReads interface {
 
 var _ ClientReads = (*Server)(nil)
 
-// TransactionIDs implements ClientReads.
+// TransactionIDs implements ClientReads; it is TxnIDs under the name
+// clientapi's interface gives it.
 func (s *Server) TransactionIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error) {
-	out := map[string]string{}
-	if len(eventIDs) == 0 || deviceID == "" {
-		return out, nil
-	}
-	query, args := inList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
-	n := len(args)
-	query += fmt.Sprintf(` AND room_id = $%d AND user_id = $%d AND device_id = $%d`, n+1, n+2, n+3)
-	args = append(args, roomID, userID, deviceID)
-	rows, err := s.db.Reader().Query(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var eventID, txnID string
-		if err := rows.Scan(&eventID, &txnID); err != nil {
-			return nil, err
-		}
-		out[eventID] = txnID
-	}
-	return out, rows.Err()
+	return s.TxnIDs(ctx, roomID, userID, deviceID, eventIDs)
 }
 
 // EventAtTimestamp implements ClientReads. It walks candidates in
@@ -134,21 +115,8 @@ func (s *Server) PublicState(ctx context.Context, roomID string, types []string)
 		query, args := inList(`SELECT event_nid FROM roomserver_current_state WHERE type IN `, types)
 		query += fmt.Sprintf(` AND room_id = $%d ORDER BY type, state_key`, len(args)+1)
 		args = append(args, roomID)
-		rows, err := q.Query(ctx, query, args...)
+		nids, err := storage.QueryColumn[int64](ctx, q, query, args...)
 		if err != nil {
-			return err
-		}
-		var nids []int64
-		for rows.Next() {
-			var nid int64
-			if err := rows.Scan(&nid); err != nil {
-				rows.Close()
-				return err
-			}
-			nids = append(nids, nid)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		loaded, err := s.loadEvents(ctx, q, nil, room.Version, nids)

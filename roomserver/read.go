@@ -461,23 +461,10 @@ func (s *Server) JoinedRooms(ctx context.Context, userID string) ([]string, erro
 // RoomsForUser lists the rooms where userID's current membership is
 // membership; forgotten rooms are left out.
 func (s *Server) RoomsForUser(ctx context.Context, userID, membership string) ([]string, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id FROM roomserver_current_state c
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT c.room_id FROM roomserver_current_state c
 		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership = $2
 		AND NOT EXISTS (SELECT 1 FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
 		ORDER BY c.room_id`, userID, membership)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
 }
 
 // Members returns the m.room.member events of the state userID may read,
@@ -513,23 +500,12 @@ func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeRes
 	err := s.db.Read(ctx, func(q storage.Querier) error {
 		rooms := req.RoomIDs
 		if len(rooms) == 0 {
-			rows, err := q.Query(ctx, `SELECT room_id FROM roomserver_current_state
+			joined, err := storage.QueryColumn[string](ctx, q, `SELECT room_id FROM roomserver_current_state
 				WHERE type = 'm.room.member' AND state_key = $1`, req.UserID)
 			if err != nil {
 				return err
 			}
-			for rows.Next() {
-				var id string
-				if err := rows.Scan(&id); err != nil {
-					rows.Close()
-					return err
-				}
-				rooms = append(rooms, id)
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return err
-			}
+			rooms = append(rooms, joined...)
 		}
 		if len(rooms) == 0 {
 			if to != 1<<63-1 {

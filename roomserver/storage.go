@@ -149,18 +149,9 @@ func eventRowsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]*ev
 	if len(nids) == 0 {
 		return nil, nil
 	}
-	byNID := make(map[int64]*eventRow, len(nids))
-	const chunk = 500
-	for start := 0; start < len(nids); start += chunk {
-		part := nids[start:min(start+chunk, len(nids))]
-		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE event_nid IN `, part)
-		rows, err := queryEventRows(ctx, q, query, args...)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range rows {
-			byNID[r.NID] = r
-		}
+	byNID, err := eventRowsIn(ctx, q, "event_nid", nids, func(r *eventRow) int64 { return r.NID })
+	if err != nil {
+		return nil, err
 	}
 	out := make([]*eventRow, 0, len(nids))
 	for _, nid := range nids {
@@ -173,17 +164,23 @@ func eventRowsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]*ev
 
 // eventRowsByID loads events by ID; unknown IDs are left out.
 func eventRowsByID(ctx context.Context, q storage.Querier, ids []string) (map[string]*eventRow, error) {
-	out := make(map[string]*eventRow, len(ids))
+	return eventRowsIn(ctx, q, "event_id", ids, func(r *eventRow) string { return r.EventID })
+}
+
+// eventRowsIn loads the events whose column is one of keys, 500 keys to a
+// query, by key (column's value, as key reads it from a row).
+func eventRowsIn[K comparable](ctx context.Context, q storage.Querier, column string, keys []K, key func(*eventRow) K) (map[K]*eventRow, error) {
+	out := make(map[K]*eventRow, len(keys))
 	const chunk = 500
-	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE event_id IN `, part)
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE `+column+` IN `, part)
 		rows, err := queryEventRows(ctx, q, query, args...)
 		if err != nil {
 			return nil, err
 		}
 		for _, r := range rows {
-			out[r.EventID] = r
+			out[key(r)] = r
 		}
 	}
 	return out, nil
@@ -208,48 +205,34 @@ func inList[T any](prefix string, values []T) (string, []any) {
 
 // loadSnapshot returns the state of snapshot nid (empty for 0).
 func loadSnapshot(ctx context.Context, q storage.Querier, nid int64) (stateMap, error) {
-	out := stateMap{}
 	if nid == 0 {
-		return out, nil
+		return stateMap{}, nil
 	}
-	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
-			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
-			UNION ALL
-			SELECT s.snapshot_nid, s.parent_nid, c.lvl + 1 FROM roomserver_snapshots s JOIN chain c ON s.snapshot_nid = c.parent
-		)
-		SELECT e.type, e.state_key, e.event_nid FROM chain c
-		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
-		ORDER BY c.lvl DESC`, nid)
-	if err != nil {
-		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var t tuple
-		var eventNID int64
-		if err := rows.Scan(&t.Type, &t.StateKey, &eventNID); err != nil {
-			return nil, err
-		}
-		out[t] = eventNID // deeper (older) levels first; nearer ones override
-	}
-	return out, rows.Err()
+	return querySnapshot(ctx, q, nid, "")
 }
 
 // loadSnapshotKeys returns only the given keys of snapshot nid.
 func loadSnapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []tuple) (stateMap, error) {
-	out := stateMap{}
 	if nid == 0 || len(keys) == 0 {
-		return out, nil
+		return stateMap{}, nil
 	}
 	var b strings.Builder
-	args := []any{nid}
+	var args []any
 	for i, k := range keys {
 		if i > 0 {
 			b.WriteString(" OR ")
 		}
-		fmt.Fprintf(&b, "(e.type = $%d AND e.state_key = $%d)", len(args)+1, len(args)+2)
+		fmt.Fprintf(&b, "(e.type = $%d AND e.state_key = $%d)", len(args)+2, len(args)+3)
 		args = append(args, k.Type, k.StateKey)
 	}
+	return querySnapshot(ctx, q, nid, "WHERE "+b.String(), args...)
+}
+
+// querySnapshot reads the entries of snapshot nid ($1) and its ancestors
+// that match where (an optional WHERE clause over e, whose placeholders
+// for args start at $2), deeper (older) levels first so that nearer ones
+// override.
+func querySnapshot(ctx context.Context, q storage.Querier, nid int64, where string, args ...any) (stateMap, error) {
 	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
 			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
 			UNION ALL
@@ -257,11 +240,12 @@ func loadSnapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []
 		)
 		SELECT e.type, e.state_key, e.event_nid FROM chain c
 		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
-		WHERE `+b.String()+` ORDER BY c.lvl DESC`, args...)
+		`+where+` ORDER BY c.lvl DESC`, append([]any{nid}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
 	}
 	defer rows.Close()
+	out := stateMap{}
 	for rows.Next() {
 		var t tuple
 		var eventNID int64

@@ -224,21 +224,8 @@ func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, a
 		if err != nil {
 			return err
 		}
-		rows, err := q.Query(ctx, query, args...)
+		nids, err := storage.QueryColumn[int64](ctx, q, query, args...)
 		if err != nil {
-			return err
-		}
-		var nids []int64
-		for rows.Next() {
-			var nid int64
-			if err := rows.Scan(&nid); err != nil {
-				rows.Close()
-				return err
-			}
-			nids = append(nids, nid)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		loaded, err := s.loadEvents(ctx, q, nil, room.Version, nids)
@@ -279,24 +266,13 @@ func (s *Server) RoomMemberSummary(ctx context.Context, roomID string) (*MemberS
 			if len(out.Heroes) >= 6 {
 				break
 			}
-			rows, err := q.Query(ctx, `SELECT state_key FROM roomserver_current_state
+			heroes, err := storage.QueryColumn[string](ctx, q, `SELECT state_key FROM roomserver_current_state
 				WHERE room_id = $1 AND type = 'm.room.member' AND membership IN `+memberships+`
 				ORDER BY event_nid LIMIT $2`, roomID, 6-len(out.Heroes))
 			if err != nil {
 				return err
 			}
-			for rows.Next() {
-				var id string
-				if err := rows.Scan(&id); err != nil {
-					rows.Close()
-					return err
-				}
-				out.Heroes = append(out.Heroes, id)
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return err
-			}
+			out.Heroes = append(out.Heroes, heroes...)
 		}
 		return nil
 	})

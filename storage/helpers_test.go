@@ -23,20 +23,8 @@ func exec(t testing.TB, db *storage.DB, query string, args ...any) {
 // int64s returns the single int column of every row query yields.
 func int64s(t testing.TB, q storage.Querier, query string, args ...any) []int64 {
 	t.Helper()
-	rows, err := q.Query(context.Background(), query, args...)
+	out, err := storage.QueryColumn[int64](context.Background(), q, query, args...)
 	if err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	defer rows.Close()
-	var out []int64
-	for rows.Next() {
-		var v int64
-		if err := rows.Scan(&v); err != nil {
-			t.Fatalf("scanning %s: %v", query, err)
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
 		t.Fatalf("%s: %v", query, err)
 	}
 	return out

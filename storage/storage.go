@@ -308,6 +308,25 @@ func IsUniqueViolation(err error) bool {
 // IsNoRows reports whether err is sql.ErrNoRows.
 func IsNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
 
+// QueryColumn runs a query that selects one column and returns its values
+// in row order (nil when there are none).
+func QueryColumn[T any](ctx context.Context, q Querier, query string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 type poolQuerier struct {
 	db      *sql.DB
 	rewrite func(string) string
