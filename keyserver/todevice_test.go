@@ -3,90 +3,13 @@ package keyserver_test
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/myelin-chat/myelin/config"
-	"github.com/myelin-chat/myelin/internal/homeserver"
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/keyserver"
-	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
-
-// restartable is a homeserver a test can stop and start again on the
-// same data directory and database.
-type restartable struct {
-	t    *testing.T
-	cfg  config.Config
-	srv  *testserver.Server
-	stop func()
-}
-
-func newRestartable(t *testing.T, engine storage.Engine) *restartable {
-	dir := t.TempDir()
-	cfg := config.Defaults()
-	cfg.Global.ServerName = "localhost"
-	cfg.Global.DataDir = dir
-	cfg.Global.SigningKeyPath = filepath.Join(dir, "signing.key")
-	cfg.ClientAPI.Registration = "open"
-	cfg.ClientAPI.RateLimits.Enabled = false
-	cfg.HTTP.ShutdownTimeout = config.Duration(2 * time.Second)
-	if engine == storage.Postgres {
-		cfg.Database = config.Database{Engine: "postgres", PostgresURL: storagetest.PostgresOptions(t).PostgresURL, MaxOpenConns: 8}
-	} else {
-		cfg.Database = config.Database{Engine: "sqlite", SQLitePath: filepath.Join(dir, "myelin.db")}
-	}
-	r := &restartable{t: t, cfg: cfg}
-	r.start()
-	t.Cleanup(func() {
-		if r.stop != nil {
-			r.stop()
-		}
-	})
-	return r
-}
-
-func (r *restartable) start() {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	cfg := r.cfg
-	cfg.HTTP.Listen = ln.Addr().String()
-	if err := cfg.Validate(); err != nil {
-		r.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	hs, err := homeserver.New(ctx, &cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		cancel()
-		r.t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- hs.Serve(ctx, ln) }()
-	r.stop = func() {
-		cancel()
-		<-done
-		hs.Close()
-		r.stop = nil
-	}
-	if r.srv == nil {
-		r.srv = &testserver.Server{}
-	}
-	// Users hold the *testserver.Server, so they follow the restart.
-	*r.srv = testserver.Server{URL: "http://" + ln.Addr().String(), Config: &cfg, HS: hs}
-}
-
-func (r *restartable) restart() {
-	r.stop()
-	r.start()
-}
 
 // contents returns the "n" field of each event, in order.
 func contents(t *testing.T, events []keyserver.ToDeviceEvent) []float64 {
@@ -123,9 +46,9 @@ func TestToDevice(t *testing.T) {
 	for _, engine := range storagetest.Engines() {
 		t.Run(string(engine), func(t *testing.T) {
 			ctx := context.Background()
-			rs := newRestartable(t, engine)
-			alice := register(t, rs.srv, "alice")
-			bob1 := register(t, rs.srv, "bob")
+			rs := testserver.Start(t, engine, nil)
+			alice := register(t, rs, "alice")
+			bob1 := register(t, rs, "bob")
 			bob2 := bob1.login(t)
 			send := func(txn string, to map[string]any) {
 				t.Helper()
@@ -139,7 +62,7 @@ func TestToDevice(t *testing.T) {
 			send("t2", map[string]any{bob1.userID: map[string]any{bob1.deviceID: map[string]any{"n": 2}, "NOSUCHDEVICE": map[string]any{"n": 98}}})
 			send("t3", map[string]any{bob1.userID: map[string]any{bob1.deviceID: map[string]any{"n": 3}}, "@carol:example.org": map[string]any{"C": map[string]any{"n": 4}}})
 
-			ks := func() *keyserver.Server { return rs.srv.HS.KeyServer }
+			ks := func() *keyserver.Server { return rs.HS.KeyServer }
 			ev1, latest1, err := ks().ToDeviceSince(ctx, bob1.userID, bob1.deviceID, 0)
 			if err != nil || !equal(contents(t, ev1), []float64{1, 2, 3}) {
 				t.Fatalf("bob1 inbox: %v %v, want [1 2 3]", contents(t, ev1), err)
@@ -162,7 +85,7 @@ func TestToDevice(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			rs.restart()
+			rs.Restart(t)
 			after, _, err := ks().ToDeviceSince(ctx, bob1.userID, bob1.deviceID, 0)
 			if err != nil || !equal(contents(t, after), []float64{2, 3}) {
 				t.Fatalf("bob1 inbox after ack and restart: %v %v, want [2 3]", contents(t, after), err)
@@ -174,7 +97,7 @@ func TestToDevice(t *testing.T) {
 				t.Errorf("bob2 inbox after a post-restart replay: %v, want [1]", contents(t, ev2))
 			}
 			var outbound int
-			if err := rs.srv.HS.DB.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_to_device_outbound WHERE destination = 'example.org'`).Scan(&outbound); err != nil || outbound != 1 {
+			if err := rs.HS.DB.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_to_device_outbound WHERE destination = 'example.org'`).Scan(&outbound); err != nil || outbound != 1 {
 				t.Errorf("outbound queue for example.org: %d %v, want 1", outbound, err)
 			}
 			// Messages after the acknowledged position, read from there.

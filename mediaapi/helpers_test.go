@@ -10,8 +10,6 @@ import (
 	"image/png"
 	"io"
 	"io/fs"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -21,9 +19,7 @@ import (
 	"time"
 
 	"github.com/myelin-chat/myelin/config"
-	"github.com/myelin-chat/myelin/internal/homeserver"
 	"github.com/myelin-chat/myelin/storage"
-	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 var userCounter atomic.Int64
@@ -173,63 +169,4 @@ func countRows(t *testing.T, db *storage.DB, query string, args ...any) int {
 		t.Fatal(err)
 	}
 	return n
-}
-
-// restartable is a homeserver that a test can stop and start again on the
-// same data (testserver servers live until the test ends).
-type restartable struct {
-	cfg  config.Config
-	URL  string
-	HS   *homeserver.Homeserver
-	stop func()
-}
-
-func newRestartable(t *testing.T, engine storage.Engine) *restartable {
-	dir := t.TempDir()
-	cfg := config.Defaults()
-	cfg.Global.ServerName = "localhost"
-	cfg.Global.DataDir = dir
-	cfg.Global.SigningKeyPath = filepath.Join(dir, "signing.key")
-	cfg.ClientAPI.Registration = "open"
-	cfg.ClientAPI.RateLimits.Enabled = false
-	cfg.HTTP.ShutdownTimeout = config.Duration(2 * time.Second)
-	if engine == storage.Postgres {
-		opts := storagetest.PostgresOptions(t)
-		cfg.Database = config.Database{Engine: "postgres", PostgresURL: opts.PostgresURL, MaxOpenConns: 8}
-	} else {
-		cfg.Database = config.Database{Engine: "sqlite", SQLitePath: filepath.Join(dir, "myelin.db")}
-	}
-	return &restartable{cfg: cfg}
-}
-
-func (r *restartable) start(t *testing.T) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.cfg.HTTP.Listen = ln.Addr().String()
-	if err := r.cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	hs, err := homeserver.New(ctx, &r.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- hs.Serve(ctx, ln) }()
-	stopped := false
-	r.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		<-done
-		hs.Close()
-	}
-	t.Cleanup(r.stop)
-	r.URL, r.HS = "http://"+ln.Addr().String(), hs
 }

@@ -217,20 +217,18 @@ func TestURLPreviewRefusesInternalAddresses(t *testing.T) {
 func TestMediaSurvivesRestartAndSweepRemovesOldTempFiles(t *testing.T) {
 	for _, engine := range []storage.Engine{storage.SQLite, storage.Postgres} {
 		t.Run(string(engine), func(t *testing.T) {
-			hs := newRestartable(t, engine)
-			hs.start(t)
+			hs := testserver.Start(t, engine, nil)
 			token := register(t, hs.URL)
 			data := randomBytes(50_000)
 			id := upload(t, hs.URL, token, "application/pdf", "report.pdf", data)
-			orphan := filepath.Join(hs.cfg.Global.DataDir, "media", "tmp", "upload-crashed")
+			orphan := filepath.Join(hs.Config.Global.DataDir, "media", "tmp", "upload-crashed")
 			if err := os.WriteFile(orphan, []byte("partial"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			old := time.Now().Add(-2 * time.Hour)
 			_ = os.Chtimes(orphan, old, old)
-			hs.stop()
 
-			hs.start(t)
+			hs.Restart(t)
 			resp, body := do(t, http.MethodGet, hs.URL+v1+"/download/localhost/"+id, token, nil, nil)
 			if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
 				t.Fatalf("after restart: %d", resp.StatusCode)
