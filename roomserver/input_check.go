@@ -3,8 +3,6 @@ package roomserver
 import (
 	"context"
 
-	"github.com/matrix-org/gomatrixserverlib"
-
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
 
@@ -19,9 +17,9 @@ func (s *Server) CheckInputEvent(ctx context.Context, req InputEventRequest) (*I
 	if err != nil {
 		return nil, err
 	}
-	pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) {
-		return impl.NewEventFromUntrustedJSON(req.JSON)
-	})
+	// The same parse (and canonical-JSON check) as InputEvent, so both
+	// reach the same verdict.
+	pdu, err := parseUntrustedPDU(impl, req.JSON)
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
 	}
