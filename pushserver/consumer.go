@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -184,8 +185,11 @@ func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]not
 			recipients = append(recipients, u)
 		}
 	}
+	// The invitee is told of their invite. Members are read when the
+	// consumer gets to the event, so an invitee who has joined by then is
+	// already among them: add them once, never twice.
 	if ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership == "invite" &&
-		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) {
+		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) && !slices.Contains(recipients, *ev.StateKey) {
 		recipients = append(recipients, *ev.StateKey)
 	}
 	if len(recipients) == 0 {
