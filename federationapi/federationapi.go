@@ -50,6 +50,9 @@ type Deps struct {
 	EDUs      EDUSinks
 	// UserKeys serves /user/keys/* and /user/devices (the key server).
 	UserKeys UserKeys
+	// Spaces serves /hierarchy (the client API's room summaries). Nil:
+	// 404 M_NOT_FOUND for every room.
+	Spaces SpaceHierarchy
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
@@ -76,6 +79,7 @@ type Server struct {
 	directory   PublicRoomDirectory
 	edus        EDUSinks
 	userKeys    UserKeys
+	spaces      SpaceHierarchy
 	notify      func(stream string, pos int64) // may be nil
 	log         *slog.Logger
 	now         func() time.Time
@@ -125,6 +129,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		directory:   deps.Directory,
 		edus:        deps.EDUs,
 		userKeys:    deps.UserKeys,
+		spaces:      deps.Spaces,
 		notify:      deps.Notify,
 		log:         deps.Logger,
 		now:         deps.Now,

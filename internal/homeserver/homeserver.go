@@ -219,6 +219,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
 			ToDevice: keys, DeviceLists: keys},
 		UserKeys: keys,
+		Spaces:   client,
 		Logger:   logger,
 	})
 	if err != nil {
