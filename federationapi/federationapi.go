@@ -53,6 +53,9 @@ type Deps struct {
 	// Spaces serves /hierarchy (the client API's room summaries). Nil:
 	// 404 M_NOT_FOUND for every room.
 	Spaces SpaceHierarchy
+	// OpenID answers /openid/userinfo (the client API's OpenID tokens).
+	// Nil: every token is unknown.
+	OpenID OpenIDTokens
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
@@ -80,6 +83,7 @@ type Server struct {
 	edus        EDUSinks
 	userKeys    UserKeys
 	spaces      SpaceHierarchy
+	openID      OpenIDTokens
 	notify      func(stream string, pos int64) // may be nil
 	log         *slog.Logger
 	now         func() time.Time
@@ -130,6 +134,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		edus:        deps.EDUs,
 		userKeys:    deps.UserKeys,
 		spaces:      deps.Spaces,
+		openID:      deps.OpenID,
 		notify:      deps.Notify,
 		log:         deps.Logger,
 		now:         deps.Now,
@@ -195,6 +200,7 @@ func (s *Server) Routes(r chi.Router) {
 	}
 	r.Route("/_matrix/federation", func(r chi.Router) {
 		r.Method(http.MethodGet, "/v1/version", httpx.H(s.version))
+		r.Method(http.MethodGet, "/v1/openid/userinfo", httpx.H(s.openIDUserInfo))
 		// A Group's middleware runs only once a route matched, so an
 		// unknown path is 404 M_UNRECOGNIZED (and a known path with the
 		// wrong method 405) before any X-Matrix authentication; a Use on

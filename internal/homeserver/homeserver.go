@@ -220,6 +220,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 			ToDevice: keys, DeviceLists: keys},
 		UserKeys: keys,
 		Spaces:   client,
+		OpenID:   client,
 		Logger:   logger,
 	})
 	if err != nil {
