@@ -23,6 +23,7 @@ func (s *Server) federationRoutes(r chi.Router) {
 	r.Method(http.MethodGet, "/v1/publicRooms", httpx.H(s.publicRooms))
 	r.Method(http.MethodPost, "/v1/publicRooms", httpx.H(s.publicRooms))
 	r.Method(http.MethodPut, "/v2/invite/{roomID}/{eventID}", httpx.H(s.invite))
+	r.Method(http.MethodPut, "/v1/invite/{roomID}/{eventID}", httpx.H(s.inviteV1))
 	r.Method(http.MethodPost, "/v1/user/keys/query", httpx.H(s.userKeysQuery))
 	r.Method(http.MethodPost, "/v1/user/keys/claim", httpx.H(s.userKeysClaim))
 	r.Method(http.MethodGet, "/v1/user/devices/{userID}", httpx.H(s.userDevices))
