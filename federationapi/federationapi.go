@@ -201,6 +201,7 @@ func (s *Server) Routes(r chi.Router) {
 	r.Route("/_matrix/federation", func(r chi.Router) {
 		r.Method(http.MethodGet, "/v1/version", httpx.H(s.version))
 		r.Method(http.MethodGet, "/v1/openid/userinfo", httpx.H(s.openIDUserInfo))
+		r.Method(http.MethodPut, "/v1/3pid/onbind", httpx.H(s.onBind))
 		// A Group's middleware runs only once a route matched, so an
 		// unknown path is 404 M_UNRECOGNIZED (and a known path with the
 		// wrong method 405) before any X-Matrix authentication; a Use on

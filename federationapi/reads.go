@@ -36,6 +36,7 @@ func (s *Server) federationRoutes(r chi.Router) {
 		r.Method(http.MethodPost, "/v1/get_missing_events/{roomID}", httpx.H(s.getMissingEvents))
 		r.Method(http.MethodGet, "/v1/timestamp_to_event/{roomID}", httpx.H(s.timestampToEvent))
 		r.Method(http.MethodGet, "/v1/hierarchy/{roomID}", httpx.H(s.hierarchy))
+		r.Method(http.MethodPut, "/v1/exchange_third_party_invite/{roomID}", httpx.H(s.exchangeThirdPartyInvite))
 		r.Method(http.MethodGet, "/v1/make_join/{roomID}/{userID}", httpx.H(s.makeMembership("join")))
 		r.Method(http.MethodGet, "/v1/make_leave/{roomID}/{userID}", httpx.H(s.makeMembership("leave")))
 		r.Method(http.MethodGet, "/v1/make_knock/{roomID}/{userID}", httpx.H(s.makeMembership("knock")))
