@@ -18,7 +18,8 @@ type mediaRequest struct {
 	// wait is how long to wait for content still being uploaded.
 	wait time.Duration
 	// allowRemote is false when the caller asked us not to fetch
-	// (allow_remote=false, to prevent loops) or on the legacy endpoints.
+	// (allow_remote=false, to prevent loops). The legacy endpoints fetch
+	// only before the freeze (legacyResolve).
 	allowRemote bool
 }
 
