@@ -80,7 +80,6 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	logger := deps.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -99,6 +98,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
+	accounts.onDevicesDeleted = s.deviceAccountDataHook(deps.OnDevicesDeleted)
 	bg, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
 	s.background.Add(1)
