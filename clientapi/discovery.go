@@ -23,6 +23,8 @@ var unstableFeatures = map[string]bool{
 	"org.matrix.msc3391": true,
 	// Deleting a device deletes its local notification settings (MSC3890).
 	"org.matrix.msc3890": true,
+	// Filtering room events by relation type (MSC3874).
+	"org.matrix.msc3874": true,
 }
 
 func (s *Server) discoveryRoutes(r chi.Router) {
