@@ -71,6 +71,8 @@ type Server struct {
 	rooms roomsPart
 	// federation is nil when federation is off; immutable.
 	federation Federation
+	// notices is the server notices module (server_notices.go).
+	notices serverNotices
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -107,6 +109,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		s.runSweeper(bg)
 	}()
 	if err := s.initRooms(ctx, deps.Rooms); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.initServerNotices(ctx); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -179,6 +185,9 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/account/3pid/delete", threepidNotFound)
 	handle(r, http.MethodPost, v3+"/account/3pid/unbind", threepidNotFound)
 	s.roomRoutes(r)
+	if s.rooms.rooms != nil {
+		s.serverNoticeRoutes(r)
+	}
 }
 
 // handle registers an error-returning handler. A UIA challenge is

@@ -241,6 +241,9 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	if err := s.checkNotRejectingServerNotices(ctx, caller(r).UserID, roomID); err != nil {
+		return err
+	}
 	held, err := s.heldHere(ctx, roomID)
 	if err != nil {
 		return err
