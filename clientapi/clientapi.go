@@ -73,6 +73,8 @@ type Server struct {
 	federation Federation
 	// notices is the server notices module (server_notices.go).
 	notices serverNotices
+	// delayed is the delayed events module (delayed_events.go).
+	delayed delayedEvents
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -116,6 +118,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cancel()
 		return nil, err
 	}
+	s.initDelayedEvents()
+	if s.rooms.rooms != nil {
+		s.startDelayedEvents(bg)
+	}
 	return s, nil
 }
 
@@ -137,6 +143,9 @@ func (s *Server) Routes(r chi.Router) {
 	s.userDataRoutes(r)
 	s.publicRoutes(r)
 	s.roomPublicRoutes(r)
+	if s.rooms.rooms != nil {
+		s.delayedEventPublicRoutes(r)
+	}
 	// Endpoints that need an access token.
 	r.Group(func(r chi.Router) {
 		r.Use(authn.Middleware(s))
@@ -187,6 +196,7 @@ func (s *Server) authedRoutes(r chi.Router) {
 	s.roomRoutes(r)
 	if s.rooms.rooms != nil {
 		s.serverNoticeRoutes(r)
+		s.delayedEventRoutes(r)
 	}
 }
 

@@ -25,6 +25,8 @@ var unstableFeatures = map[string]bool{
 	"org.matrix.msc3890": true,
 	// Filtering room events by relation type (MSC3874).
 	"org.matrix.msc3874": true,
+	// Delayed events (MSC4140).
+	"org.matrix.msc4140": true,
 }
 
 func (s *Server) discoveryRoutes(r chi.Router) {

@@ -63,6 +63,12 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if delay, delayed, err := s.delayRequested(r); delayed || err != nil {
+		if err != nil {
+			return err
+		}
+		return s.scheduleDelayed(w, r, delayedEvent{RoomID: roomID, Type: eventType, Delay: delay}, txnID)
+	}
 	content, err := eventContent(r)
 	if err != nil {
 		return err
@@ -102,6 +108,12 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 	roomID, eventType, stateKey, err := stateParams(r)
 	if err != nil {
 		return err
+	}
+	if delay, delayed, err := s.delayRequested(r); delayed || err != nil {
+		if err != nil {
+			return err
+		}
+		return s.scheduleDelayed(w, r, delayedEvent{RoomID: roomID, Type: eventType, StateKey: &stateKey, Delay: delay}, "")
 	}
 	content, err := eventContent(r)
 	if err != nil {

@@ -19,6 +19,8 @@ type ClientAPI struct {
 
 	// Spec: client-server-api, "Server Notices".
 	ServerNotices ServerNotices `yaml:"server_notices" doc:"The server notices room: official messages from the server to a user."`
+	// MSC4140.
+	DelayedEvents DelayedEvents `yaml:"delayed_events" doc:"Delayed events (MSC4140): events the server sends for a client after a delay the client can restart or cancel."`
 }
 
 func (ClientAPI) Defaults() ClientAPI {
@@ -31,6 +33,7 @@ func (ClientAPI) Defaults() ClientAPI {
 		RateLimits:          RateLimits{}.Defaults(),
 
 		ServerNotices: ServerNotices{}.Defaults(),
+		DelayedEvents: DelayedEvents{}.Defaults(),
 	}
 }
 
@@ -58,6 +61,9 @@ func (c ClientAPI) Validate() error {
 	}
 	if err := c.ServerNotices.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.DelayedEvents.MaxDelay < 0 || c.DelayedEvents.MaxPerUser < 1 {
+		errs = append(errs, fieldError("client_api.delayed_events", "max_delay must not be negative and max_per_user must be at least 1", "e.g. max_delay: 24h, max_per_user: 100"))
 	}
 	return joinErrs(errs)
 }
@@ -120,4 +126,14 @@ func (n ServerNotices) Validate() error {
 		errs = append(errs, fieldError("client_api.server_notices.avatar_url", "is not an mxc:// URI", "upload the image and use its mxc:// URI"))
 	}
 	return joinErrs(errs)
+}
+
+// DelayedEvents limits MSC4140's delayed events.
+type DelayedEvents struct {
+	MaxDelay   Duration `yaml:"max_delay" doc:"Longest delay a client may ask for; 0 turns delayed events off."`
+	MaxPerUser int      `yaml:"max_per_user" doc:"Most delayed events one user may have waiting at once."`
+}
+
+func (DelayedEvents) Defaults() DelayedEvents {
+	return DelayedEvents{MaxDelay: Duration(24 * time.Hour), MaxPerUser: 100}
 }
