@@ -29,7 +29,6 @@ func delayedRoom(t *testing.T, srv *testserver.Server) (alice, bob *user, room i
 	return alice, bob, resp.RoomID
 }
 
-
 // schedule PUTs a delayed send (txn non-empty) or state event and returns
 // the delay ID.
 func schedule(t *testing.T, srv *testserver.Server, u *user, room id.RoomID, txn, stateKey string, delay string, content any) string {
