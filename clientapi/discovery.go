@@ -27,6 +27,8 @@ var unstableFeatures = map[string]bool{
 	"org.matrix.msc3874": true,
 	// Delayed events (MSC4140).
 	"org.matrix.msc4140": true,
+	// Invite filtering (MSC4155).
+	"org.matrix.msc4155": true,
 }
 
 func (s *Server) discoveryRoutes(r chi.Router) {

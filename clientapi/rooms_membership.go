@@ -308,6 +308,9 @@ func (s *Server) membershipAction(action string) httpx.HandlerFunc {
 		case "invite":
 			switch {
 			case domainOf(req.Target) == s.serverName:
+				if err = s.CheckInvite(ctx, req.Sender, req.Target); err != nil {
+					break
+				}
 				req.Content = s.memberProfile(ctx, req.Target)
 				_, err = s.rooms.rooms.Invite(ctx, req)
 			case s.federation != nil:

@@ -50,6 +50,10 @@ type Deps struct {
 	EDUs      EDUSinks
 	// UserKeys serves /user/keys/* and /user/devices (the key server).
 	UserKeys UserKeys
+	// CheckInvite, if non-nil, may refuse an invite of a local user from
+	// another server's user (MSC4155 invite filtering); its error is the
+	// answer to the inviting server.
+	CheckInvite func(ctx context.Context, inviter, invitee string) error
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
@@ -77,6 +81,8 @@ type Server struct {
 	edus        EDUSinks
 	userKeys    UserKeys
 	notify      func(stream string, pos int64) // may be nil
+	// checkInvite may be nil.
+	checkInvite func(ctx context.Context, inviter, invitee string) error
 	log         *slog.Logger
 	now         func() time.Time
 
@@ -126,6 +132,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		edus:        deps.EDUs,
 		userKeys:    deps.UserKeys,
 		notify:      deps.Notify,
+		checkInvite: deps.CheckInvite,
 		log:         deps.Logger,
 		now:         deps.Now,
 	}

@@ -242,6 +242,12 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 	if _, err := spec.NewUserID(*pdu.StateKey(), true); err != nil {
 		return mxerr.New(mxerr.BadJSON, "invalid invitee")
 	}
+	if s.checkInvite != nil {
+		// MSC4155: the invitee may refuse invites from this sender.
+		if err := s.checkInvite(ctx, string(pdu.SenderID()), *pdu.StateKey()); err != nil {
+			return err
+		}
+	}
 	// Security case 8: keep only well-formed stripped state objects.
 	stripped := wellFormedStripped(req.InviteRoomState)
 	signedPDU := pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
