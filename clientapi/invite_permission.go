@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -21,6 +22,23 @@ import (
 
 // InvitePermissionConfigType is the account data type of the config.
 const InvitePermissionConfigType = "org.matrix.msc4155.invite_permission_config"
+
+// StableInvitePermissionType is the spec's account data type: with
+// default_action "block" the user refuses every invite.
+// Spec: client-server-api, "Invite permission" (v1.18).
+const StableInvitePermissionType = "m.invite_permission_config"
+
+// errInviteBlocked is the spec's error for an invite the invitee blocks.
+const errInviteBlocked mxerr.Code = "M_INVITE_BLOCKED"
+
+// BlocksAllInvites reports whether m.invite_permission_config content
+// blocks every invite.
+func BlocksAllInvites(content json.RawMessage) bool {
+	var c struct {
+		DefaultAction string `json:"default_action"`
+	}
+	return len(content) > 0 && json.Unmarshal(content, &c) == nil && c.DefaultAction == "block"
+}
 
 // InviteRule is what a user's config says about one inviter.
 type InviteRule int
@@ -145,9 +163,22 @@ func (s *Server) InviteRule(ctx context.Context, inviter, invitee string) (Invit
 }
 
 // CheckInvite refuses an invite of local user invitee by inviter that the
-// invitee's config blocks, with 403 M_FORBIDDEN. The federation API runs
-// it on invites from other servers; the client API on local ones.
+// invitee blocks: every invite, with 403 M_INVITE_BLOCKED, when their
+// m.invite_permission_config says default_action "block" (spec v1.18);
+// this inviter's, with 403 M_FORBIDDEN, when their MSC4155 config blocks
+// them. The federation API runs it on invites from other servers; the
+// client API on local ones.
+// Spec: client-server-api, "Invite permission", "Server behaviour".
 func (s *Server) CheckInvite(ctx context.Context, inviter, invitee string) error {
+	if inviter != invitee && s.localpart(invitee) != "" {
+		stable, err := s.GlobalAccountData(ctx, invitee, StableInvitePermissionType)
+		if err != nil {
+			return err
+		}
+		if BlocksAllInvites(stable) {
+			return mxerr.New(errInviteBlocked, "%s does not accept invites", invitee).WithStatus(http.StatusForbidden)
+		}
+	}
 	rule, err := s.InviteRule(ctx, inviter, invitee)
 	if err != nil {
 		return err

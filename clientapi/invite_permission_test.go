@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/clientapi"
@@ -88,5 +89,45 @@ func TestInviteFilterLocal(t *testing.T) {
 		}
 		_, err = bob.InviteUser(bg, room.RoomID, &mautrix.ReqInviteUser{UserID: alice.id})
 		ok(t, "invite once unblocked", err)
+	})
+}
+
+// TestInvitePermissionBlockAll: spec v1.18 "Invite permission". With
+// m.invite_permission_config default_action "block", /invite, createRoom
+// and a PUT of an invite member event answer 403 M_INVITE_BLOCKED, and an
+// invite that arrived before is not served by /sync; without
+// default_action, invites work and the old one shows again.
+func TestInvitePermissionBlockAll(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		earlier, err := bob.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{alice.id}})
+		ok(t, "create with invite", err)
+		ok(t, "block all", alice.SetAccountData(bg, clientapi.StableInvitePermissionType, map[string]any{"default_action": "block"}))
+
+		room, err := bob.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		ok(t, "create", err)
+		_, err = bob.InviteUser(bg, room.RoomID, &mautrix.ReqInviteUser{UserID: alice.id})
+		wantErrcode(t, "/invite", err, 403, "M_INVITE_BLOCKED")
+		_, err = bob.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{alice.id}})
+		wantErrcode(t, "createRoom", err, 403, "M_INVITE_BLOCKED")
+		_, err = bob.SendStateEvent(bg, room.RoomID, event.StateMember, string(alice.id), map[string]any{"membership": "invite"})
+		wantErrcode(t, "PUT state m.room.member invite", err, 403, "M_INVITE_BLOCKED")
+		if m, _ := srv.HS.Rooms.Membership(bg, string(room.RoomID), string(alice.id)); m != "" {
+			t.Errorf("alice's membership after blocked invites = %q", m)
+		}
+		resp, err := alice.SyncRequest(bg, 0, "", "", false, "")
+		ok(t, "sync", err)
+		if len(resp.Rooms.Invite) != 0 {
+			t.Errorf("/sync serves invites while blocked: %v", resp.Rooms.Invite)
+		}
+
+		ok(t, "unblock", alice.SetAccountData(bg, clientapi.StableInvitePermissionType, map[string]any{"other": true}))
+		_, err = bob.InviteUser(bg, room.RoomID, &mautrix.ReqInviteUser{UserID: alice.id})
+		ok(t, "invite after unblocking", err)
+		resp, err = alice.SyncRequest(bg, 0, "", "", false, "")
+		ok(t, "sync", err)
+		if _, shown := resp.Rooms.Invite[earlier.RoomID]; !shown || len(resp.Rooms.Invite) != 2 {
+			t.Errorf("invites after unblocking = %v, want both rooms", resp.Rooms.Invite)
+		}
 	})
 }

@@ -30,6 +30,7 @@ type roomBuilder struct {
 	ignored map[string]bool
 	// invitePermission is the user's MSC4155 config, read by hideInvite.
 	invitePermission *clientapi.InvitePermissionConfig
+	blocksAllInvites bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
