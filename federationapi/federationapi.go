@@ -56,6 +56,10 @@ type Deps struct {
 	// OpenID answers /openid/userinfo (the client API's OpenID tokens).
 	// Nil: every token is unknown.
 	OpenID OpenIDTokens
+	// CheckInvite, if non-nil, may refuse an invite of a local user from
+	// another server's user (MSC4155 invite filtering); its error is the
+	// answer to the inviting server.
+	CheckInvite func(ctx context.Context, inviter, invitee string) error
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
@@ -85,6 +89,8 @@ type Server struct {
 	spaces      SpaceHierarchy
 	openID      OpenIDTokens
 	notify      func(stream string, pos int64) // may be nil
+	// checkInvite may be nil.
+	checkInvite func(ctx context.Context, inviter, invitee string) error
 	log         *slog.Logger
 	now         func() time.Time
 
@@ -136,6 +142,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		spaces:      deps.Spaces,
 		openID:      deps.OpenID,
 		notify:      deps.Notify,
+		checkInvite: deps.CheckInvite,
 		log:         deps.Logger,
 		now:         deps.Now,
 	}

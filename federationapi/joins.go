@@ -256,6 +256,12 @@ func (s *Server) acceptInvite(ctx context.Context, origin, roomID, eventID strin
 	if _, err := spec.NewUserID(*pdu.StateKey(), true); err != nil {
 		return nil, mxerr.New(mxerr.BadJSON, "invalid invitee")
 	}
+	if s.checkInvite != nil {
+		// MSC4155: the invitee may refuse invites from this sender.
+		if err := s.checkInvite(ctx, string(pdu.SenderID()), *pdu.StateKey()); err != nil {
+			return nil, err
+		}
+	}
 	// Security case 8: keep only well-formed stripped state objects.
 	stripped := wellFormedStripped(req.InviteRoomState)
 	signedPDU := pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
