@@ -91,7 +91,7 @@ func (s *Server) tryVia(via []string, roomID, op, noServer string, attempt func(
 
 // resolveRemoteRoom turns a room ID or another server's alias into a
 // room ID and the servers to try: via, then the alias's answer and
-// server, or the server a pre-v12 room ID names.
+// server; for a pre-v12 room ID with no via, the server it names.
 func (s *Server) resolveRemoteRoom(ctx context.Context, roomIDOrAlias string, via []string) (string, []string, error) {
 	roomID := roomIDOrAlias
 	if strings.HasPrefix(roomIDOrAlias, "#") {
@@ -107,8 +107,12 @@ func (s *Server) resolveRemoteRoom(ctx context.Context, roomIDOrAlias string, vi
 		roomID = dir.RoomID
 		via = append(append([]string{}, via...), dir.Servers...)
 		via = append(via, server)
-	} else if d := domainOf(roomID); d != "" {
-		via = append(append([]string{}, via...), d) // pre-v12 room IDs name their creating server
+	} else if d := domainOf(roomID); d != "" && len(via) == 0 {
+		// With no server named, try the one a pre-v12 room ID names (its
+		// creator's). Servers the client named are tried alone: the
+		// creator's server may have left, or may be the one the client
+		// means to avoid (Complement TestRestrictedRoomsRemoteJoinFailOver).
+		via = []string{d}
 	}
 	return roomID, via, nil
 }

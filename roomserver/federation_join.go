@@ -172,8 +172,22 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
 	}
-	if _, err := loadRoom(ctx, s.db.Reader(), roomID); err == nil {
-		return s.InputEvent(ctx, InputEventRequest{RoomVersion: req.RoomVersion, JSON: req.Join})
+	// A room we are still in takes the join as any other event. One we
+	// left is imported again: our copy of its state is stale, so the
+	// send_join state replaces it and the join is its only extremity.
+	rejoin, err := loadRoom(ctx, s.db.Reader(), roomID)
+	if err == nil {
+		servers, err := s.JoinedServers(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(servers, string(s.serverName)) {
+			return s.InputEvent(ctx, InputEventRequest{RoomVersion: req.RoomVersion, JSON: req.Join})
+		}
+	} else if !mxerr.Is(err, mxerr.NotFound) {
+		return nil, err
+	} else {
+		rejoin = nil
 	}
 	byID := map[string]gomatrixserverlib.PDU{}
 	var stateIDs []string
@@ -240,7 +254,12 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	room := &roomRow{RoomID: roomID, Version: req.RoomVersion}
 	var p *prepared
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
+		if rejoin != nil {
+			if room, err = loadRoom(ctx, tx, roomID); err != nil {
+				return err
+			}
+			room.Extremities = nil
+		} else if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
 			return err
 		}
 		known, err := eventRowsByID(ctx, tx, mapKeys(byID))
