@@ -213,20 +213,33 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		}
 	}
 	// Every event must be allowed by its own auth events, all of which
-	// must be in the response. Spec: "Checks performed on receipt of a PDU".
-	for id, pdu := range byID {
-		var auth []gomatrixserverlib.PDU
-		for _, a := range pdu.AuthEventIDs() {
-			ae, ok := byID[a]
-			if !ok {
-				return nil, mxerr.New(mxerr.BadJSON, "auth event %s of %s is missing from the response", a, id)
+	// must be in the response. One that is not (its auth event was
+	// dropped by the caller for a bad signature, say) is rejected and
+	// dropped, and so is whatever depends on it; the join needs only
+	// what remains to let it in. Spec: server-server-api, "Checks
+	// performed on receipt of a PDU"; Complement
+	// TestJoinFederatedRoomWithUnverifiableEvents.
+	for dropped := true; dropped; {
+		dropped = false
+		for _, id := range sortedByDepth(byID) {
+			pdu := byID[id]
+			var auth []gomatrixserverlib.PDU
+			complete := true
+			for _, a := range pdu.AuthEventIDs() {
+				ae, ok := byID[a]
+				if !ok {
+					complete = false
+					break
+				}
+				auth = append(auth, ae)
 			}
-			auth = append(auth, ae)
-		}
-		if err := allowed(pdu, auth); err != nil {
-			return nil, mxerr.New(mxerr.Forbidden, "event %s of the send_join response is not allowed: %v", id, err)
+			if !complete || allowed(pdu, auth) != nil {
+				delete(byID, id)
+				dropped = true
+			}
 		}
 	}
+	stateIDs = slices.DeleteFunc(stateIDs, func(id string) bool { return byID[id] == nil })
 	// The state must hold the create event, one event per key, and let
 	// the join in.
 	stateByKey := map[tuple]gomatrixserverlib.PDU{}
