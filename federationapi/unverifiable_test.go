@@ -75,7 +75,7 @@ func (r *fakeRoom) serveJoins(create, powerLevels, joinRules gomatrixserverlib.P
 			"type": "m.room.member", "sender": userID, "state_key": userID, "room_id": r.roomID,
 			"content": map[string]string{"membership": "join"}, "prev_events": []string{last.EventID()},
 			"auth_events": []string{create.EventID(), powerLevels.EventID(), joinRules.EventID()},
-			"depth": len(r.events) + 1, "origin": r.f.name, "origin_server_ts": time.Now().UnixMilli(),
+			"depth":       len(r.events) + 1, "origin": r.f.name, "origin_server_ts": time.Now().UnixMilli(),
 		}}))
 	})
 	r.f.mux.HandleFunc("/_matrix/federation/v2/send_join/", func(w http.ResponseWriter, req *http.Request) {
