@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -81,5 +82,48 @@ func TestRescindByOtherMemberIgnored(t *testing.T) {
 	fresh.syncOnce()
 	if !fresh.invites[room.RoomID] {
 		t.Fatal("an initial sync does not show bob invited any more")
+	}
+}
+
+// TestRemoteJoinPrevContent: bob joins, through A, a DM alice invited him
+// to; the join in his /sync on B carries the invite as
+// unsigned.prev_content (is_direct included) and prev_sender.
+// Complement: TestFederationRoomsInvite "Invited user has 'is_direct'
+// flag in prev_content after joining".
+func TestRemoteJoinPrevContent(t *testing.T) {
+	n := newNetwork(t, "sqlite")
+	a, b := n.start(), n.start()
+	ctx := context.Background()
+	alice, bob := a.register("alice"), b.register("bob")
+	created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.id()}, IsDirect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.await("the invite", func() bool { return bob.invites[created.RoomID] })
+	if _, err := bob.cli.JoinRoomByID(ctx, created.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	var join *event.Event
+	bob.await("his join", func() bool {
+		for _, e := range bob.timeline[created.RoomID] {
+			if e.Type == event.StateMember && e.GetStateKey() == string(bob.id()) {
+				join = e
+				return true
+			}
+		}
+		return false
+	})
+	prev := join.Unsigned.PrevContent
+	if prev == nil {
+		t.Fatalf("no unsigned.prev_content on bob's join: %+v", join.Unsigned)
+	}
+	if m := prev.Raw["membership"]; m != "invite" {
+		t.Errorf("prev_content.membership = %v, want invite", m)
+	}
+	if d := prev.Raw["is_direct"]; d != true {
+		t.Errorf("prev_content.is_direct = %v, want true", d)
+	}
+	if join.Unsigned.PrevSender != alice.id() {
+		t.Errorf("prev_sender = %q, want %s", join.Unsigned.PrevSender, alice.id())
 	}
 }
