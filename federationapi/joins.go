@@ -8,6 +8,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -82,7 +83,16 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		if err != nil {
 			return err
 		}
-		p, _, err := s.checkPDUVersion(ctx, body, version)
+		// A restricted join that names one of our users as authoriser
+		// carries no signature of ours yet: only the sender's server's is
+		// checked, and we sign once the join is known to be allowed.
+		// Spec: server-server-api, "Restricted rooms"; rooms/v8.
+		authorisedHere := false
+		if membership == "join" {
+			via := gjson.GetBytes(body, "content.join_authorised_via_users_server")
+			authorisedHere = via.Type == gjson.String && domainOf(via.Str) == s.serverName
+		}
+		p, _, err := s.checkPDUWith(ctx, body, version, authorisedHere)
 		if err != nil {
 			return mxerr.Wrap(err, mxerr.BadJSON, "invalid event: %v", err)
 		}
@@ -97,17 +107,17 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 			return mxerr.New(mxerr.Forbidden, "%s may not send a membership event for %s", origin, pdu.SenderID())
 		}
 		signed := false
-		if membership == "join" {
-			// Restricted joins name one of our users as authoriser: we
-			// must sign before persisting. Spec: rooms/v8.
-			var c struct {
-				Via string `json:"join_authorised_via_users_server"`
+		if authorisedHere {
+			// The joiner must still meet the allow conditions now, as at
+			// make_join: the auth rules only check the authoriser's power.
+			if _, _, err := s.rooms.MembershipTemplate(ctx, roomserver.TemplateRequest{
+				RoomID: roomID, UserID: string(pdu.SenderID()), Membership: "join", SupportedVersions: []string{version},
+			}); err != nil {
+				return err
 			}
-			if json.Unmarshal(pdu.Content(), &c) == nil && c.Via != "" && domainOf(c.Via) == s.serverName {
-				pdu = pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
-				p.json = pdu.JSON()
-				signed = true
-			}
+			pdu = pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
+			p.json = pdu.JSON()
+			signed = true
 		}
 		resp, err := s.input(ctx, p)
 		if err != nil {

@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -229,6 +230,71 @@ func (s *Server) MembershipsAt(ctx context.Context, userID string, eventIDs []st
 				m = "leave"
 			}
 			out[id] = m
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PrevState is the state event another one replaced at its (type,
+// state_key): what a client sees as unsigned.prev_content, prev_sender
+// and replaces_state.
+type PrevState struct {
+	EventID string
+	Sender  string
+	Content json.RawMessage
+}
+
+// PrevStates maps each state event of eventIDs (known to this server)
+// to the event it replaced, for those that replaced one. The caller has
+// already decided the events are visible.
+// Spec: client-server-api, "Room Event Format" (unsigned.prev_content);
+// Complement TestFederationRoomsInvite reads is_direct from it.
+func (s *Server) PrevStates(ctx context.Context, eventIDs []string) (map[string]*PrevState, error) {
+	out := map[string]*PrevState{}
+	if len(eventIDs) == 0 {
+		return out, nil
+	}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		loaded, err := s.loadEventsByID(ctx, q, nil, eventIDs)
+		if err != nil {
+			return err
+		}
+		replaced := map[int64][]string{} // NID of the replaced event -> events replacing it
+		for id, e := range loaded {
+			if e.row.StateKey == nil || e.row.StateBefore == 0 {
+				continue
+			}
+			k := tuple{e.row.Type, *e.row.StateKey}
+			before, err := loadSnapshotKeys(ctx, q, e.row.StateBefore, []tuple{k})
+			if err != nil {
+				return err
+			}
+			if nid := before[k]; nid != 0 && nid != e.row.NID {
+				replaced[nid] = append(replaced[nid], id)
+			}
+		}
+		if len(replaced) == 0 {
+			return nil
+		}
+		nids := make([]int64, 0, len(replaced))
+		for nid := range replaced {
+			nids = append(nids, nid)
+		}
+		rows, err := eventRowsByNID(ctx, q, nids)
+		if err != nil {
+			return err
+		}
+		for _, row := range rows {
+			var ev struct {
+				Content json.RawMessage `json:"content"`
+			}
+			if json.Unmarshal([]byte(row.JSON), &ev) != nil {
+				continue
+			}
+			for _, id := range replaced[row.NID] {
+				out[id] = &PrevState{EventID: row.EventID, Sender: row.Sender, Content: ev.Content}
+			}
 		}
 		return nil
 	})

@@ -158,6 +158,16 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 	if b.fmt.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids); err != nil {
 		return timeline{}, nil, nil, err
 	}
+	var stateIDs []string
+	for _, e := range evs {
+		if e.StateKey != nil {
+			stateIDs = append(stateIDs, e.EventID)
+		}
+	}
+	// Spec: unsigned.prev_content of the timeline's state events.
+	if b.fmt.prevStates, err = b.s.rooms.PrevStates(ctx, stateIDs); err != nil {
+		return timeline{}, nil, nil, err
+	}
 	// A limited timeline's events carry their bundled aggregations: the
 	// client has not seen the child events that the gap hides.
 	// Spec: client-server-api, "Aggregations of child events" (GET /sync
