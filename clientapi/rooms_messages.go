@@ -288,6 +288,12 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) error {
 	tokens := map[string]string{}
 	for name, tdir := range map[string]roomserver.Direction{"from": dir, "to": roomserver.Backward} {
 		if t := q.Get(name); t != "" {
+			if pos, ok := syncTokenRoomPos(t); ok && name == "from" && dir == roomserver.Backward {
+				// Backwards from a /sync token: the events this server
+				// had at that position, whatever their depth.
+				tokens[name] = roomserver.StreamToken(pos)
+				continue
+			}
 			topo, ok, err := s.paginationToken(ctx, roomID, t, tdir)
 			if err != nil {
 				return err

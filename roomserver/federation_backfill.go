@@ -51,15 +51,16 @@ const maxOutlierWalk = 200
 // backfillIfAtStart backfills roomID when fewer than limit timeline
 // events lie before token from. Errors are logged, not returned: the
 // client gets what is held.
-func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from topoToken, limit int) {
+func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from pageFrom, limit int) {
 	if s.backfiller == nil {
 		return
 	}
 	q := s.db.Reader()
 	var n int
+	cond, args := from.where(Backward)
 	if err := q.QueryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM roomserver_events WHERE room_id = $1
-		AND NOT rejected AND NOT soft_failed AND (depth < $2 OR (depth = $2 AND event_nid < $3)) LIMIT $4) AS t`,
-		roomID, from.depth, from.stream, limit).Scan(&n); err != nil || n >= limit {
+		AND NOT rejected AND NOT soft_failed AND `+cond+fmt.Sprintf(` LIMIT $%d) AS t`, len(args)+2),
+		append(append([]any{roomID}, args...), limit)...).Scan(&n); err != nil || n >= limit {
 		return
 	}
 	missing, err := s.backwardExtremities(ctx, q, roomID)
@@ -85,26 +86,7 @@ func (s *Server) backwardExtremities(ctx context.Context, q storage.Querier, roo
 	if err != nil {
 		return nil, err
 	}
-	prevsOf := func(raw string) []string {
-		var e struct {
-			Prev []json.RawMessage `json:"prev_events"`
-		}
-		_ = json.Unmarshal([]byte(raw), &e)
-		var out []string
-		for _, p := range e.Prev {
-			var id string
-			if json.Unmarshal(p, &id) == nil {
-				out = append(out, id)
-				continue
-			}
-			var pair []json.RawMessage // room versions 1 and 2: [id, hashes]
-			if json.Unmarshal(p, &pair) == nil && len(pair) > 0 && json.Unmarshal(pair[0], &id) == nil {
-				out = append(out, id)
-			}
-		}
-		return out
-	}
-	queue, seen := prevsOf(oldest), map[string]bool{}
+	queue, seen := prevEventIDsOf(oldest), map[string]bool{}
 	var missing []string
 	for len(queue) > 0 && len(seen) < maxOutlierWalk {
 		id := queue[0]
@@ -118,7 +100,7 @@ func (s *Server) backwardExtremities(ctx context.Context, q storage.Querier, roo
 			missing = append(missing, id)
 			continue
 		}
-		queue = append(queue, prevsOf(row.JSON)...)
+		queue = append(queue, prevEventIDsOf(row.JSON)...)
 	}
 	return missing, nil
 }
@@ -210,4 +192,26 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 		return nil
 	})
 	return stored, err
+}
+
+// prevEventIDsOf reads the prev_events of a stored event's JSON, in
+// either format (room versions 1 and 2: [id, hashes] pairs).
+func prevEventIDsOf(raw string) []string {
+	var e struct {
+		Prev []json.RawMessage `json:"prev_events"`
+	}
+	_ = json.Unmarshal([]byte(raw), &e)
+	var out []string
+	for _, p := range e.Prev {
+		var id string
+		if json.Unmarshal(p, &id) == nil {
+			out = append(out, id)
+			continue
+		}
+		var pair []json.RawMessage
+		if json.Unmarshal(p, &pair) == nil && len(pair) > 0 && json.Unmarshal(pair[0], &id) == nil {
+			out = append(out, id)
+		}
+	}
+	return out
 }
