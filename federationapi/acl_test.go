@@ -137,7 +137,6 @@ func nonNilPDUs(p []json.RawMessage) []json.RawMessage {
 	return p
 }
 
-
 // sawEventID reports whether eventID arrived in roomID's timeline.
 func (u *syncer) sawEventID(roomID id.RoomID, eventID string) bool {
 	for _, e := range u.timeline[roomID] {
