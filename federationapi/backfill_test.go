@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 
 	"maunium.net/go/mautrix"
@@ -71,5 +72,71 @@ func TestBackfillOnMessages(t *testing.T) {
 		// And B still follows the room: a new message arrives.
 		alice.send(roomID, "after backfill")
 		bob.await("the message after backfill", func() bool { return bob.sawMessage(roomID, alice.id(), "after backfill") })
+	})
+}
+
+// TestRejoinBackfillsTheGap: bob on B joins alice's room on A, sends,
+// leaves; alice sends 20 messages; bob joins again. B held the room, so
+// the new join's prev events are unknown there: the join goes in with
+// the send_join state. Paginating /messages backwards 10 at a time then
+// fills the gap between the join and the leave from A (/backfill) and
+// lists every message once, in order, down to bob's first message.
+// Complement: TestMessagesOverFederation, "Visible shared history after
+// re-joining room (backfill)".
+func TestRejoinBackfillsTheGap(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		roomID := alice.publicAliasedRoom("rejoin")
+		if _, err := bob.cli.JoinRoom(ctx, "#rejoin:"+a.Name, nil); err != nil {
+			t.Fatalf("bob joining: %v", err)
+		}
+		bob.send(roomID, "bob was here")
+		if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
+			t.Fatalf("bob leaving: %v", err)
+		}
+		eventually(t, "A to see bob's leave", func() bool {
+			m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
+			return m == "leave"
+		})
+		const missed = 20
+		for i := 0; i < missed; i++ {
+			alice.send(roomID, fmt.Sprintf("missed %02d", i))
+		}
+		if _, err := bob.cli.JoinRoom(ctx, "#rejoin:"+a.Name, nil); err != nil {
+			t.Fatalf("bob joining again: %v", err)
+		}
+		var bodies []string
+		from := ""
+		for page := 0; page < 20; page++ {
+			resp, err := bob.cli.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 10)
+			if err != nil {
+				t.Fatalf("/messages on B: %v", err)
+			}
+			for _, ev := range resp.Chunk {
+				if ev.Type == event.EventMessage {
+					var c struct {
+						Body string `json:"body"`
+					}
+					_ = json.Unmarshal(ev.Content.VeryRaw, &c)
+					bodies = append(bodies, c.Body)
+				}
+			}
+			if resp.End == "" {
+				break
+			}
+			from = resp.End
+		}
+		var want []string
+		for i := missed - 1; i >= 0; i-- {
+			want = append(want, fmt.Sprintf("missed %02d", i))
+		}
+		want = append(want, "bob was here")
+		if !slices.Equal(bodies, want) {
+			t.Fatalf("bob paginated %q\nwant %q", bodies, want)
+		}
+		alice.send(roomID, "welcome back")
+		bob.await("the message after the rejoin", func() bool { return bob.sawMessage(roomID, alice.id(), "welcome back") })
 	})
 }

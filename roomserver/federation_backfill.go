@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -49,8 +50,10 @@ const backfillTimeout = 5 * time.Second
 const maxOutlierWalk = 200
 
 // backfillIfAtStart backfills roomID when fewer than limit timeline
-// events lie before token from. Errors are logged, not returned: the
-// client gets what is held.
+// events lie before token from, or when one of the next limit events
+// before it has prev events not held (a gap in the middle of the
+// timeline). Errors are logged, not returned: the client gets what is
+// held.
 func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from pageFrom, limit int) {
 	if s.backfiller == nil {
 		return
@@ -58,13 +61,37 @@ func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from page
 	q := s.db.Reader()
 	var n int
 	cond, args := from.where(Backward)
-	if err := q.QueryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM roomserver_events WHERE room_id = $1
-		AND NOT rejected AND NOT soft_failed AND `+cond+fmt.Sprintf(` LIMIT $%d) AS t`, len(args)+2),
-		append(append([]any{roomID}, args...), limit)...).Scan(&n); err != nil || n >= limit {
+	rows, err := q.Query(ctx, `SELECT json FROM roomserver_events WHERE room_id = $1
+		AND NOT rejected AND NOT soft_failed AND `+cond+fmt.Sprintf(` ORDER BY depth DESC, event_nid DESC LIMIT $%d`, len(args)+2),
+		append(append([]any{roomID}, args...), limit)...)
+	if err != nil {
 		return
 	}
-	missing, err := s.backwardExtremities(ctx, q, roomID)
-	if err != nil || len(missing) == 0 {
+	var prevs []string
+	for rows.Next() {
+		var raw string
+		if rows.Scan(&raw) == nil {
+			prevs = append(prevs, prevEventIDsOf(raw)...)
+		}
+		n++
+	}
+	rows.Close()
+	if rows.Err() != nil {
+		return
+	}
+	// A gap inside the page: prev events not held at all (a room left
+	// and joined again, whose timeline went on meanwhile).
+	missing, err := s.unheld(ctx, q, prevs)
+	if err != nil {
+		return
+	}
+	if len(missing) == 0 && n < limit {
+		// The start of what is held: what precedes the oldest event.
+		if missing, err = s.backwardExtremities(ctx, q, roomID); err != nil {
+			return
+		}
+	}
+	if len(missing) == 0 {
 		return
 	}
 	// A client waits for this; an unreachable server must not hold it.
@@ -75,6 +102,25 @@ func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from page
 		return
 	}
 	_, _ = s.PersistBackfill(ctx, roomID, evs)
+}
+
+// unheld returns those of ids that are not held, outliers included.
+func (s *Server) unheld(ctx context.Context, q storage.Querier, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	query, args := inList(`SELECT event_id FROM roomserver_events WHERE event_id IN `, ids)
+	held, err := storage.QueryColumn[string](ctx, q, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, id := range ids {
+		if !slices.Contains(held, id) && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }
 
 // backwardExtremities returns the prev events of the oldest timeline

@@ -173,7 +173,21 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
 	}
 	if _, err := loadRoom(ctx, s.db.Reader(), roomID); err == nil {
-		return s.InputEvent(ctx, InputEventRequest{RoomVersion: req.RoomVersion, JSON: req.Join})
+		resp, err := s.InputEvent(ctx, InputEventRequest{RoomVersion: req.RoomVersion, JSON: req.Join})
+		if !mxerr.Is(err, mxerr.NotFound) {
+			return resp, err
+		}
+		// A room we left and join again: its timeline went on without
+		// us, so the join's prev events are unknown here. The send_join
+		// state is the state after them (the join itself left out).
+		var state []json.RawMessage
+		for _, raw := range req.State {
+			if pdu, err := parse(raw); err == nil && pdu.EventID() != join.EventID() {
+				state = append(state, raw)
+			}
+		}
+		return s.InputWithState(ctx, InputWithStateRequest{RoomVersion: req.RoomVersion, JSON: req.Join,
+			PrevStates: [][]json.RawMessage{state}, AuthEvents: req.AuthChain})
 	}
 	byID := map[string]gomatrixserverlib.PDU{}
 	var stateIDs []string
