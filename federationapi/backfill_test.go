@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 )
 
 // TestBackfillOnMessages: bob on B joins alice's room on A, which has 30
@@ -138,5 +140,61 @@ func TestRejoinBackfillsTheGap(t *testing.T) {
 		}
 		alice.send(roomID, "welcome back")
 		bob.await("the message after the rejoin", func() bool { return bob.sawMessage(roomID, alice.id(), "welcome back") })
+	})
+}
+
+// TestTimestampToEventOverFederation: bob on B joins alice's room on A
+// after alice sent messages m0, m1 and m2. B holds none of them, so its
+// timestamp_to_event asks A (GET /timestamp_to_event, then GET /event):
+// forwards from before m1 finds m1, not bob's join (B's own closest);
+// backwards from after m2 finds m2, not m1. Both are then held on B:
+// /context around m2 works and paging back from there reaches m1 and,
+// backfilled, m0.
+// Complement: TestJumpToDateEndpoint/parallel/federation.
+func TestTimestampToEventOverFederation(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		roomID := alice.publicAliasedRoom("jump")
+		m0 := alice.send(roomID, "m0")
+		time.Sleep(5 * time.Millisecond)
+		beforeM1 := time.Now()
+		time.Sleep(5 * time.Millisecond)
+		m1 := alice.send(roomID, "m1")
+		time.Sleep(5 * time.Millisecond)
+		m2 := alice.send(roomID, "m2")
+		time.Sleep(5 * time.Millisecond)
+		afterM2 := time.Now()
+		time.Sleep(5 * time.Millisecond)
+		if _, err := bob.cli.JoinRoom(ctx, "#jump:"+a.Name, nil); err != nil {
+			t.Fatalf("bob joining: %v", err)
+		}
+		if hasEvent(b, string(bob.id()), string(m1)) || hasEvent(b, string(bob.id()), string(m2)) {
+			t.Fatal("B already holds alice's messages: nothing to test")
+		}
+		fwd, err := bob.cli.TimestampToEvent(ctx, roomID, beforeM1, mautrix.DirectionForward)
+		if err != nil || fwd.EventID != m1 {
+			t.Fatalf("forwards from before m1 on B: %+v %v, want %s", fwd, err, m1)
+		}
+		back, err := bob.cli.TimestampToEvent(ctx, roomID, afterM2, mautrix.DirectionBackward)
+		if err != nil || back.EventID != m2 {
+			t.Fatalf("backwards from after m2 on B: %+v %v, want %s", back, err, m2)
+		}
+		around, err := bob.cli.Context(ctx, roomID, m2, nil, 0)
+		if err != nil {
+			t.Fatalf("/context around m2 on B: %v", err)
+		}
+		page, err := bob.cli.Messages(ctx, roomID, around.Start, "", mautrix.DirectionBackward, nil, 100)
+		if err != nil {
+			t.Fatalf("/messages back from m2 on B: %v", err)
+		}
+		// (mautrix leaves out limit=0, so /context may list m1 itself.)
+		seen := append(around.EventsBefore, page.Chunk...)
+		for _, want := range []id.EventID{m1, m0} {
+			if !slices.ContainsFunc(seen, func(e *event.Event) bool { return e.ID == want }) {
+				t.Fatalf("neither /context nor /messages back from m2 on B lists %s: %d, %d events", want, len(around.EventsBefore), len(page.Chunk))
+			}
+		}
 	})
 }

@@ -34,6 +34,10 @@ type Backfiller interface {
 	// from a server in the room, each one with signatures and hashes
 	// verified, as federation JSON.
 	Backfill(ctx context.Context, roomID string, from []string, limit int) ([]json.RawMessage, error)
+	// TimestampToEvent returns the ID and federation JSON of the event
+	// another server in roomID finds closest to ts in direction dir,
+	// with signatures and hash verified.
+	TimestampToEvent(ctx context.Context, roomID string, ts int64, dir Direction) (string, json.RawMessage, error)
 }
 
 // SetBackfiller sets the Backfiller. Call it before serving.
