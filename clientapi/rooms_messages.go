@@ -424,6 +424,14 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request) error {
 	} else if n := len(after.events); n > 0 {
 		body["end"] = tokenOf(after.events[n-1]).String()
 	}
+	if len(after.events) == 0 {
+		// Nothing after: end is the position just after the event, so
+		// paging backwards from it starts with the event itself
+		// (Complement: TestJumpToDateEndpoint, "can paginate backwards
+		// after getting remote event from timestamp to event endpoint
+		// (end)").
+		body["end"] = topoToken{ev.Depth, ev.StreamPos + 1}.String()
+	}
 	// "The state of the room at the last event returned."
 	last := ev
 	if n := len(after.events); n > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -195,6 +196,22 @@ func TestTimestampToEventOverFederation(t *testing.T) {
 			if !slices.ContainsFunc(seen, func(e *event.Event) bool { return e.ID == want }) {
 				t.Fatalf("neither /context nor /messages back from m2 on B lists %s: %d, %d events", want, len(around.EventsBefore), len(page.Chunk))
 			}
+		}
+		// /context with limit=0: its end token is just after m2, so
+		// paging back from it lists m2 itself, then m1.
+		var bare struct {
+			End string `json:"end"`
+		}
+		ctxURL := bob.cli.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "context", m2}, map[string]string{"limit": "0"})
+		if _, err := bob.cli.MakeRequest(ctx, http.MethodGet, ctxURL, nil, &bare); err != nil {
+			t.Fatalf("/context limit=0: %v", err)
+		}
+		page, err = bob.cli.Messages(ctx, roomID, bare.End, "", mautrix.DirectionBackward, nil, 100)
+		if err != nil {
+			t.Fatalf("/messages back from /context's end: %v", err)
+		}
+		if len(page.Chunk) < 2 || page.Chunk[0].ID != m2 || page.Chunk[1].ID != m1 {
+			t.Fatalf("/messages back from /context's end %s does not start m2, m1: %d events", bare.End, len(page.Chunk))
 		}
 	})
 }
