@@ -116,7 +116,9 @@ func TestPresenceAndSigningKeysAcrossServers(t *testing.T) {
 
 type presenceError struct{ p *mautrix.RespPresence }
 
-func (e presenceError) Error() string { return "presence is " + string(e.p.Presence) + " " + e.p.StatusMsg }
+func (e presenceError) Error() string {
+	return "presence is " + string(e.p.Presence) + " " + e.p.StatusMsg
+}
 
 func errPresence(p *mautrix.RespPresence) error { return presenceError{p} }
 
