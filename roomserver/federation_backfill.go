@@ -170,7 +170,7 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 	byID := map[string]gomatrixserverlib.PDU{}
 	for _, raw := range raws {
 		pdu, err := parseUntrustedPDU(impl, raw)
-		if err != nil || pdu.RoomID().String() != roomID || checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID())) != nil {
+		if err != nil || pdu.RoomID().String() != roomID || CheckPDUFieldLimits(pdu) != nil {
 			continue
 		}
 		byID[pdu.EventID()] = pdu
