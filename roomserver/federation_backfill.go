@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -247,21 +248,17 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 // prevEventIDsOf reads the prev_events of a stored event's JSON, in
 // either format (room versions 1 and 2: [id, hashes] pairs).
 func prevEventIDsOf(raw string) []string {
-	var e struct {
-		Prev []json.RawMessage `json:"prev_events"`
-	}
-	_ = json.Unmarshal([]byte(raw), &e)
 	var out []string
-	for _, p := range e.Prev {
-		var id string
-		if json.Unmarshal(p, &id) == nil {
-			out = append(out, id)
-			continue
+	gjson.Get(raw, "prev_events").ForEach(func(_, p gjson.Result) bool {
+		switch {
+		case p.Type == gjson.String:
+			out = append(out, p.Str)
+		case p.IsArray():
+			if id := p.Get("0"); id.Type == gjson.String {
+				out = append(out, id.Str)
+			}
 		}
-		var pair []json.RawMessage
-		if json.Unmarshal(p, &pair) == nil && len(pair) > 0 && json.Unmarshal(pair[0], &id) == nil {
-			out = append(out, id)
-		}
-	}
+		return true
+	})
 	return out
 }

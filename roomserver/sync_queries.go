@@ -190,22 +190,38 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 // events are looked at.
 func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*eventRow) (int, error) {
 	suffix := ":" + string(s.serverName)
-	for i := len(rows) - 1; i >= 0; i-- {
-		r := rows[i]
+	inBatch := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		inBatch[r.EventID] = true
+	}
+	// A prev event in the batch is a timeline event; only the others
+	// are looked up, all at once.
+	outside := map[int][]string{}
+	var ask []string
+	for i, r := range rows {
 		if strings.HasSuffix(r.Sender, suffix) {
 			continue
 		}
-		prevs := prevEventIDsOf(r.JSON)
-		if len(prevs) == 0 {
-			continue
+		for _, p := range prevEventIDsOf(r.JSON) {
+			if !inBatch[p] {
+				outside[i] = append(outside[i], p)
+				ask = append(ask, p)
+			}
 		}
-		query, args := inList(`SELECT COUNT(*) FROM roomserver_events WHERE state_after <> 0 AND event_id IN `, prevs)
-		var held int
-		if err := q.QueryRow(ctx, query, args...).Scan(&held); err != nil {
-			return 0, err
-		}
-		if held < len(prevs) {
-			return i, nil
+	}
+	if len(ask) == 0 {
+		return -1, nil
+	}
+	query, args := inList(`SELECT event_id FROM roomserver_events WHERE state_after <> 0 AND event_id IN `, ask)
+	held, err := storage.QueryColumn[string](ctx, q, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	for i := len(rows) - 1; i >= 0; i-- {
+		for _, p := range outside[i] {
+			if !slices.Contains(held, p) {
+				return i, nil
+			}
 		}
 	}
 	return -1, nil
