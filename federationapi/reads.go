@@ -28,14 +28,17 @@ func (s *Server) federationRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.roomACL)
 		// Spec: server-server-api, "Server Access Control Lists (ACLs)":
-		// invite is among the endpoints that MUST be protected.
+		// invite (v1 and v2) is among the endpoints that MUST be protected.
 		r.Method(http.MethodPut, "/v2/invite/{roomID}/{eventID}", httpx.H(s.invite))
+		r.Method(http.MethodPut, "/v1/invite/{roomID}/{eventID}", httpx.H(s.inviteV1))
 		r.Method(http.MethodGet, "/v1/state/{roomID}", httpx.H(s.getState))
 		r.Method(http.MethodGet, "/v1/state_ids/{roomID}", httpx.H(s.getStateIDs))
 		r.Method(http.MethodGet, "/v1/event_auth/{roomID}/{eventID}", httpx.H(s.getEventAuth))
 		r.Method(http.MethodGet, "/v1/backfill/{roomID}", httpx.H(s.backfill))
 		r.Method(http.MethodPost, "/v1/get_missing_events/{roomID}", httpx.H(s.getMissingEvents))
 		r.Method(http.MethodGet, "/v1/timestamp_to_event/{roomID}", httpx.H(s.timestampToEvent))
+		r.Method(http.MethodGet, "/v1/hierarchy/{roomID}", httpx.H(s.hierarchy))
+		r.Method(http.MethodPut, "/v1/exchange_third_party_invite/{roomID}", httpx.H(s.exchangeThirdPartyInvite))
 		r.Method(http.MethodGet, "/v1/make_join/{roomID}/{userID}", httpx.H(s.makeMembership("join")))
 		r.Method(http.MethodGet, "/v1/make_leave/{roomID}/{userID}", httpx.H(s.makeMembership("leave")))
 		r.Method(http.MethodGet, "/v1/make_knock/{roomID}/{userID}", httpx.H(s.makeMembership("knock")))
