@@ -22,13 +22,15 @@ func (s *Server) federationRoutes(r chi.Router) {
 	r.Method(http.MethodGet, "/v1/query/profile", httpx.H(s.queryProfile))
 	r.Method(http.MethodGet, "/v1/publicRooms", httpx.H(s.publicRooms))
 	r.Method(http.MethodPost, "/v1/publicRooms", httpx.H(s.publicRooms))
-	r.Method(http.MethodPut, "/v2/invite/{roomID}/{eventID}", httpx.H(s.invite))
-	r.Method(http.MethodPut, "/v1/invite/{roomID}/{eventID}", httpx.H(s.inviteV1))
 	r.Method(http.MethodPost, "/v1/user/keys/query", httpx.H(s.userKeysQuery))
 	r.Method(http.MethodPost, "/v1/user/keys/claim", httpx.H(s.userKeysClaim))
 	r.Method(http.MethodGet, "/v1/user/devices/{userID}", httpx.H(s.userDevices))
 	r.Group(func(r chi.Router) {
 		r.Use(s.roomACL)
+		// Spec: server-server-api, "Server Access Control Lists (ACLs)":
+		// invite (v1 and v2) is among the endpoints that MUST be protected.
+		r.Method(http.MethodPut, "/v2/invite/{roomID}/{eventID}", httpx.H(s.invite))
+		r.Method(http.MethodPut, "/v1/invite/{roomID}/{eventID}", httpx.H(s.inviteV1))
 		r.Method(http.MethodGet, "/v1/state/{roomID}", httpx.H(s.getState))
 		r.Method(http.MethodGet, "/v1/state_ids/{roomID}", httpx.H(s.getStateIDs))
 		r.Method(http.MethodGet, "/v1/event_auth/{roomID}/{eventID}", httpx.H(s.getEventAuth))

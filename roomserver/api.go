@@ -228,7 +228,8 @@ const (
 type MessagesRequest struct {
 	UserID string
 	RoomID string
-	// From is a token from a previous response or TopologicalToken; empty
+	// From is a token from a previous response, TopologicalToken or
+	// StreamToken; empty
 	// means the end of the room (Backward) or its start (Forward).
 	From  string
 	Dir   Direction

@@ -200,7 +200,7 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 			if pdu.RoomID().String() != roomID {
 				return nil, mxerr.New(mxerr.BadJSON, "event %s of the send_join response is in another room", pdu.EventID())
 			}
-			if err := checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID())); err != nil {
+			if err := CheckPDUFieldLimits(pdu); err != nil {
 				return nil, err
 			}
 			byID[pdu.EventID()] = pdu

@@ -38,7 +38,7 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 	if row.RoomID != room.RoomID {
 		return nil, mxerr.New(mxerr.BadJSON, "event %s is not in room %s", row.EventID, room.RoomID)
 	}
-	if err := checkFieldLimits(row.Type, row.StateKey, row.Sender); err != nil {
+	if err := CheckPDUFieldLimits(pdu); err != nil {
 		return nil, err
 	}
 	// Security case 5: depth must be a safe integer.
