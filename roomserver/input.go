@@ -262,6 +262,10 @@ func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) erro
 			return struct{}{}, err
 		}
 		var provider gomatrixserverlib.AuthEventProvider = events
+		checked, err := ownedStateCheck(pdu, events)
+		if err != nil {
+			return struct{}{}, err
+		}
 		if invite, ok, err := thirdPartyInviteOf(pdu); err != nil {
 			return struct{}{}, err
 		} else if ok {
@@ -270,7 +274,7 @@ func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) erro
 			}
 			provider = thirdPartyKeysProvider{events}
 		}
-		return struct{}{}, gomatrixserverlib.Allowed(pdu, provider, userIDForSender)
+		return struct{}{}, gomatrixserverlib.Allowed(checked, provider, userIDForSender)
 	})
 	return err
 }
