@@ -98,6 +98,9 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 	if err != nil {
 		return nil, err
 	}
+	if err := checkOwnedStateKey(room.Version, proto.Type, proto.StateKey); err != nil {
+		return nil, err
+	}
 	pdu, err := s.build(ctx, reader, nil, room, proto, redacts)
 	if err != nil {
 		return nil, err
