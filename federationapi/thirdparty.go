@@ -78,9 +78,10 @@ func (s *Server) exchangeThirdPartyInvite(w http.ResponseWriter, r *http.Request
 
 // sendThirdPartyInvite sends, as sender (a local user), the invite of
 // target that completes the room's third-party invite named by
-// signed.token, and returns its event ID. The rules the auth check
-// leaves out are applied here: the sender must be the one who made the
-// third-party invite, and a banned target is refused.
+// signed.token, and returns its event ID. The sender must be the one who
+// made the third-party invite and a banned target is refused; the
+// roomserver's auth check (roomserver/auth_thirdparty.go) enforces both
+// too, and checking here first gives the exchanging server a clear 403.
 // Spec: rooms, "Authorization rules" (m.room.member, invite with
 // third_party_invite).
 func (s *Server) sendThirdPartyInvite(ctx context.Context, roomID, sender, target string, signed thirdPartySigned) (string, error) {
