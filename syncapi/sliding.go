@@ -247,6 +247,9 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 	if err != nil {
 		return nil, nil, err
 	}
+	if cands, err = s.dropHiddenInvites(ctx, userID, cands); err != nil {
+		return nil, nil, err
+	}
 	next := &connState{heads: heads, rooms: make(map[string]sentRoom, len(prev.rooms))}
 	for id, sr := range prev.rooms {
 		next.rooms[id] = sr
