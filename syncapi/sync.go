@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
@@ -234,7 +236,7 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	for i, m := range memberships {
 		roomIDs[i] = m.RoomID
 	}
-	wt := s.waker.register(req.userID, roomIDs)
+	wt := s.waker.registerFiltered(req.userID, roomIDs, req.wantsPresence())
 	defer s.waker.unregister(wt)
 	deadline := time.NewTimer(req.timeout)
 	defer deadline.Stop()
@@ -397,15 +399,14 @@ func (b *roomBuilder) membershipMoved(memberships []roomserver.MembershipEntry) 
 func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since syncToken, heads *syncToken,
 	memberships []roomserver.MembershipEntry, moved bool, resp *syncResponse) error {
 	// An incremental sync whose presence head has not moved has no
-	// presence news: (since, head] is empty.
-	if s.eph != nil && (req.since == nil || heads.Presence != since.Presence) {
+	// presence news: (since, head] is empty. A filter that leaves
+	// m.presence out skips the read.
+	if s.eph != nil && req.wantsPresence() && (req.since == nil || heads.Presence != since.Presence) {
 		pres, err := s.eph.Presence(ctx, req.userID, since.Presence, heads.Presence)
 		if err != nil {
 			return err
 		}
-		if req.filter == nil || req.filter.Presence == nil || req.filter.Presence.Types == nil || contains(req.filter.Presence.Types, "m.presence") {
-			resp.Presence = events(pres)
-		}
+		resp.Presence = events(filterPresence(req.filter, pres))
 	}
 	if s.e2ee == nil {
 		return nil
@@ -456,6 +457,32 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		resp.FallbackKeys = fallback
 	}
 	return nil
+}
+
+// wantsPresence reports whether the request's presence filter lets
+// m.presence events through at all (its senders are checked per event).
+// Spec: client-server-api, "Filtering" (EventFilter types and not_types).
+func (req *syncRequest) wantsPresence() bool {
+	if req.filter == nil || req.filter.Presence == nil {
+		return true
+	}
+	f := req.filter.Presence
+	return !matchAnyType(f.NotTypes, "m.presence") && (f.Types == nil || matchAnyType(f.Types, "m.presence"))
+}
+
+// filterPresence keeps the m.presence events whose sender the presence
+// filter allows.
+func filterPresence(filter *clientapi.Filter, pres []json.RawMessage) []json.RawMessage {
+	if filter == nil || filter.Presence == nil {
+		return pres
+	}
+	kept := pres[:0]
+	for _, ev := range pres {
+		if eventFilterAllows(filter.Presence, "m.presence", gjson.GetBytes(ev, "sender").Str) {
+			kept = append(kept, ev)
+		}
+	}
+	return kept
 }
 
 // fillUnread sets the unread counts of the joined rooms in a response.
