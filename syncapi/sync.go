@@ -259,28 +259,17 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 // its read) and the user's memberships. The room head is raised to the
 // newest membership seen: positions commit in order, so everything up to
 // it is readable, and the memberships are then exact as of the head.
+// The heads shared by all users may come from s.sharedHeads (see
+// headsCache).
 func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomserver.MembershipEntry, error) {
-	var h syncToken
-	var err error
-	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
+	return s.readHeads(ctx, userID, false)
+}
+
+// readHeads is heads; fresh bypasses the shared heads cache.
+func (s *Server) readHeads(ctx context.Context, userID string, fresh bool) (syncToken, []roomserver.MembershipEntry, error) {
+	h, err := s.sharedHeads.get(ctx, fresh, s.readSharedHeads)
+	if err != nil {
 		return h, nil, err
-	}
-	if s.eph != nil {
-		p, err := s.eph.EphemeralHeads(ctx)
-		if err != nil {
-			return h, nil, err
-		}
-		h.Receipts, h.Typing, h.Presence = p.Receipts, p.Typing, p.Presence
-	}
-	if s.e2ee != nil {
-		if h.ToDevice, h.DeviceLists, err = s.e2ee.E2EEHeads(ctx); err != nil {
-			return h, nil, err
-		}
-	}
-	if s.invites != nil {
-		if h.RemoteInvites, err = s.invites.RemoteInviteHead(ctx); err != nil {
-			return h, nil, err
-		}
 	}
 	memberships, err := s.rooms.UserMemberships(ctx, userID)
 	if err != nil {
@@ -290,6 +279,49 @@ func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomser
 		h.Room = max(h.Room, m.StreamPos)
 	}
 	return h, memberships, nil
+}
+
+// accountDataSince is AccountDataSince for a sync request. An
+// incremental sync whose token is at the account data head read with
+// the shared heads has no account data news (nothing in (since, head])
+// and skips the read; the head stays the token's.
+func (s *Server) accountDataSince(ctx context.Context, req *syncRequest, since int64, heads syncToken) ([]clientapi.AccountData, int64, error) {
+	if req.since != nil && s.acctHead != nil && heads.AccountData == since {
+		return nil, since, nil
+	}
+	return s.acct.AccountDataSince(ctx, req.userID, since)
+}
+
+// readSharedHeads reads the heads that are the same for every user.
+func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
+	var h syncToken
+	var err error
+	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
+		return h, err
+	}
+	if s.eph != nil {
+		p, err := s.eph.EphemeralHeads(ctx)
+		if err != nil {
+			return h, err
+		}
+		h.Receipts, h.Typing, h.Presence = p.Receipts, p.Typing, p.Presence
+	}
+	if s.e2ee != nil {
+		if h.ToDevice, h.DeviceLists, err = s.e2ee.E2EEHeads(ctx); err != nil {
+			return h, err
+		}
+	}
+	if s.invites != nil {
+		if h.RemoteInvites, err = s.invites.RemoteInviteHead(ctx); err != nil {
+			return h, err
+		}
+	}
+	if s.acctHead != nil {
+		if h.AccountData, err = s.acctHead.AccountDataHead(ctx); err != nil {
+			return h, err
+		}
+	}
+	return h, nil
 }
 
 // compute builds one response from since (zero for an initial sync) up
@@ -303,7 +335,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if req.since != nil {
 		since = *req.since
 	}
-	acct, acctHead, err := s.acct.AccountDataSince(ctx, req.userID, since.AccountData)
+	acct, acctHead, err := s.accountDataSince(ctx, req, since.AccountData, heads)
 	if err != nil {
 		return nil, err
 	}
@@ -317,10 +349,19 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 			return nil, err
 		}
 	}
-	if req.since != nil {
-		if err := since.checkNotFuture(heads); err != nil {
+	if req.since != nil && since.checkNotFuture(heads) != nil {
+		// The shared heads may trail a token issued from a fresher read
+		// in the same notification generation: read them afresh before
+		// calling the token one this server never issued.
+		fresh, freshMemberships, err := s.readHeads(ctx, req.userID, true)
+		if err != nil {
 			return nil, err
 		}
+		fresh.AccountData = heads.AccountData
+		if err := since.checkNotFuture(fresh); err != nil {
+			return nil, err
+		}
+		heads, memberships = fresh, freshMemberships
 	}
 	resp := &syncResponse{
 		Rooms: roomsSection{Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
