@@ -240,19 +240,52 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	defer s.waker.unregister(wt)
 	deadline := time.NewTimer(req.timeout)
 	defer deadline.Stop()
+	// A request whose token is at every head has nothing to compute: it
+	// waits at once, and computes when woken (or at the timeout, for the
+	// empty response with its key counts).
+	idle, err := s.unchangedSince(ctx, req, memberships)
+	if err != nil {
+		return nil, err
+	}
+	var resp *syncResponse
 	for {
-		resp, err := s.compute(ctx, req)
-		if err != nil || !resp.empty() {
-			return resp, err
+		if !idle {
+			if resp, err = s.compute(ctx, req); err != nil || !resp.empty() {
+				return resp, err
+			}
 		}
+		idle = false
 		select {
 		case <-wt.wake:
+			continue
 		case <-deadline.C:
-			return resp, nil
 		case <-ctx.Done():
-			return resp, nil
 		}
+		if resp == nil {
+			return s.compute(ctx, req)
+		}
+		return resp, nil
 	}
+}
+
+// unchangedSince reports whether no stream has moved past the token of
+// an incremental request: the shared heads, with the room head raised to
+// the user's newest membership, equal the token, so compute would find
+// nothing. Called after the waiter is registered, so a commit it misses
+// wakes the waiter. False when the account data head cannot be read
+// alone (sync then cannot tell without reading the user's account data).
+func (s *Server) unchangedSince(ctx context.Context, req *syncRequest, memberships []roomserver.MembershipEntry) (bool, error) {
+	if s.acctHead == nil {
+		return false, nil
+	}
+	h, err := s.sharedHeads.get(ctx, false, s.readSharedHeads)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range memberships {
+		h.Room = max(h.Room, m.StreamPos)
+	}
+	return h == *req.since, nil
 }
 
 // heads reads every stream's head except account data (which comes with
