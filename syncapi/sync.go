@@ -202,7 +202,7 @@ func (s *Server) parseSyncRequest(r *http.Request) (*syncRequest, error) {
 		if strings.HasPrefix(strings.TrimSpace(v), "{") {
 			req.filter, err = clientapi.ParseFilter([]byte(v))
 		} else {
-			req.filter, err = s.filters.Filter(r.Context(), req.userID, v)
+			req.filter, err = s.storedFilters.Filter(r.Context(), req.userID, v)
 		}
 		if err != nil {
 			return nil, err
