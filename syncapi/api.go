@@ -45,6 +45,13 @@ type AccountData interface {
 	GlobalAccountData(ctx context.Context, userID, dataType string) (json.RawMessage, error)
 }
 
+// AccountDataHead is implemented by an AccountData that can read its
+// stream head alone (*clientapi.Server); sync then skips the account
+// data read of a request whose token is at the head.
+type AccountDataHead interface {
+	AccountDataHead(ctx context.Context) (int64, error)
+}
+
 // Filters loads stored filters (*clientapi.Server).
 type Filters interface {
 	Filter(ctx context.Context, userID, filterID string) (*clientapi.Filter, error)

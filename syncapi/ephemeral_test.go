@@ -485,3 +485,51 @@ func TestSlidingSyncTypingReceipts(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncPresenceFilter: a presence filter with not_types ["*"] leaves
+// presence out of a sync, and a long poll with it is not woken by a
+// presence change (only by the message that follows); one with senders
+// keeps only those senders' presence.
+// Spec: client-server-api, "Filtering" (Filter.presence is an EventFilter).
+func TestSyncPresenceFilter(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		ctx := context.Background()
+		alice, bob, carol := newUser(t, srv, "alice"), newUser(t, srv, "bob"), newUser(t, srv, "carol")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", bob, bob.id, roomID)
+		membership(t, srv, "join", carol, carol.id, roomID)
+		rawSync(t, srv, alice, "set_presence=online")
+		rawSync(t, srv, carol, "set_presence=online")
+
+		noPresence := "filter=" + url.QueryEscape(`{"presence":{"not_types":["*"]}}`)
+		_, body := rawSync(t, srv, bob, noPresence)
+		if evs, _ := path(body, "presence", "events").([]any); len(evs) != 0 {
+			t.Fatalf("not_types [*] still returned presence %v", evs)
+		}
+		onlyCarol := "filter=" + url.QueryEscape(`{"presence":{"senders":["`+carol.id+`"]}}`)
+		_, body = rawSync(t, srv, bob, "set_presence=offline&"+onlyCarol)
+		if p := presenceOf(body, alice.id); p != nil {
+			t.Fatalf("senders [carol] returned Alice's presence %v", p)
+		}
+		if p := presenceOf(body, carol.id); p == nil {
+			t.Fatalf("senders [carol] left Carol's presence out: %v", body["presence"])
+		}
+
+		_, body = rawSync(t, srv, bob, "set_presence=offline&"+noPresence)
+		since := nextBatch(t, body)
+		poll := startRequest(srv, bob, "GET", syncPath("set_presence=offline&timeout=20000&"+noPresence+"&since="+url.QueryEscape(since)), "")
+		stillWaiting(t, poll, 300*time.Millisecond)
+		if err := alice.client.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceUnavailable, StatusMsg: "away"}); err != nil {
+			t.Fatal(err)
+		}
+		stillWaiting(t, poll, 300*time.Millisecond)
+		sendText(t, srv, alice, roomID, "after the presence change")
+		body = awaitWake(t, poll, "message")
+		if evs, _ := path(body, "presence", "events").([]any); len(evs) != 0 {
+			t.Fatalf("woken sync with not_types [*] has presence %v", evs)
+		}
+		if !slices.Contains(timelineBodies(body, roomID), "after the presence change") {
+			t.Fatalf("woken sync lacks the message: %v", body["rooms"])
+		}
+	})
+}

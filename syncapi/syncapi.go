@@ -50,9 +50,15 @@ type Server struct {
 	log      *slog.Logger
 	now      func() time.Time
 	waker    *waker
-	members  *memberCache
-	ignores  *ignoreCache
-	sliding  *slidingConns
+	// sharedHeads caches the user-independent stream heads between
+	// notifications (heads.go).
+	sharedHeads *headsCache
+	acctHead    AccountDataHead // s.acct's, or nil
+	// storedFilters is s.filters behind a cache (filtercache.go).
+	storedFilters *filterCache
+	members       *memberCache
+	ignores       *ignoreCache
+	sliding       *slidingConns
 }
 
 // New builds the sync component and starts its waker, which runs until
@@ -74,11 +80,14 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
 		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, aggs: deps.Aggregations, verifier: deps.Verifier,
 		log: logger, now: now,
-		waker:   newWaker(deps.Rooms, deps.Notifier, logger),
-		members: newMemberCache(100000),
-		ignores: newIgnoreCache(100000),
-		sliding: newSlidingConns(10000),
+		waker:         newWaker(deps.Rooms, deps.Notifier, logger),
+		sharedHeads:   newHeadsCache(deps.Notifier),
+		storedFilters: newFilterCache(deps.Filters, 100000),
+		members:       newMemberCache(100000),
+		ignores:       newIgnoreCache(100000),
+		sliding:       newSlidingConns(10000),
 	}
+	s.acctHead, _ = deps.AccountData.(AccountDataHead)
 	go s.waker.run(ctx)
 	return s, nil
 }
