@@ -1,0 +1,147 @@
+package roomserver
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
+)
+
+// Building a local event the way gomatrixserverlib's EventBuilder.Build
+// does costs about a third of a send's CPU: it marshals the event, then
+// parses and re-marshals it for the content hash, again to redact and
+// sign, again to canonicalise, and redacts and canonicalises once more
+// for the reference hash (the event ID). buildSigned produces the same
+// bytes with one canonicalisation of the event and one of its redacted
+// form, which serves both the signature and the event ID: both are
+// computed over the redacted event without "signatures" and "unsigned"
+// (server-server-api, "Signing events" and "Calculating the reference
+// hash for an event"). TestBuildSignedMatchesBuilder checks, byte for
+// byte, that the output is what EventBuilder.Build makes.
+
+// fastEvent is an event without hashes and signatures, before
+// canonicalisation (CanonicalJSON sorts the keys).
+type fastEvent struct {
+	AuthEvents     []string        `json:"auth_events"`
+	Content        json.RawMessage `json:"content"`
+	Depth          int64           `json:"depth"`
+	Origin         string          `json:"origin"`
+	OriginServerTS spec.Timestamp  `json:"origin_server_ts"`
+	PrevEvents     []string        `json:"prev_events"`
+	PrevState      *[]string       `json:"prev_state,omitempty"`
+	Redacts        string          `json:"redacts,omitempty"`
+	RoomID         string          `json:"room_id,omitempty"`
+	Sender         string          `json:"sender"`
+	StateKey       *string         `json:"state_key,omitempty"`
+	Type           string          `json:"type"`
+}
+
+// errNoFastPath sends a builder to EventBuilder.Build.
+var errNoFastPath = errors.New("event needs the general builder")
+
+// buildSigned builds, hashes and signs eb as EventBuilder.Build would for
+// the event shape every local send after room creation has (room
+// versions with hash event IDs and no state DAG, no preset signatures or
+// unsigned data, not a create event); errNoFastPath for any other.
+func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.EventBuilder, now time.Time, origin spec.ServerName, keyID gomatrixserverlib.KeyID, key ed25519.PrivateKey) (gomatrixserverlib.PDU, error) {
+	prev, prevOK := eb.PrevEvents.([]string)
+	auth, authOK := eb.AuthEvents.([]string)
+	var idEncoding *base64.Encoding
+	switch impl.EventIDFormat() {
+	case gomatrixserverlib.EventIDFormatV2:
+		idEncoding = base64.RawStdEncoding
+	case gomatrixserverlib.EventIDFormatV3:
+		idEncoding = base64.RawURLEncoding
+	}
+	if idEncoding == nil || impl.EventFormat() != gomatrixserverlib.EventFormatV2 || impl.StateDAGs() ||
+		!prevOK || !authOK || eb.PrevStateEvents != nil || len(eb.Signature) > 0 || len(eb.Unsigned) > 0 ||
+		eb.Type == spec.MRoomCreate || len(eb.Content) == 0 {
+		return nil, errNoFastPath
+	}
+	ev := fastEvent{
+		AuthEvents: auth, Content: json.RawMessage(eb.Content), Depth: eb.Depth,
+		Origin: string(origin), OriginServerTS: spec.AsTimestamp(now), PrevEvents: prev,
+		Redacts: eb.Redacts, RoomID: eb.RoomID, Sender: eb.SenderID, StateKey: eb.StateKey, Type: eb.Type,
+	}
+	if ev.PrevEvents == nil {
+		ev.PrevEvents = []string{}
+	}
+	if ev.AuthEvents == nil {
+		ev.AuthEvents = []string{}
+	}
+	if eb.StateKey != nil {
+		// Build writes the legacy empty "prev_state" on state events.
+		ev.PrevState = &[]string{}
+	}
+	raw, err := json.Marshal(&ev)
+	if err != nil {
+		return nil, err
+	}
+	// Rejects out-of-range numbers where the room version demands it, as
+	// Build's final EnforcedCanonicalJSON does.
+	unhashed, err := gomatrixserverlib.EnforcedCanonicalJSON(raw, impl.Version())
+	if err != nil {
+		return nil, err
+	}
+	// Spec: server-server-api, "Calculating the content hash for an
+	// event": the canonical event without unsigned, signatures, hashes.
+	contentHash := sha256.Sum256(unhashed)
+	hashes := `"hashes":{"sha256":"` + base64.RawStdEncoding.EncodeToString(contentHash[:]) + `"},`
+	// "hashes" sorts right after "depth", the last key before it.
+	hashed, err := insertAfterKey(unhashed, "depth", hashes)
+	if err != nil {
+		return nil, err
+	}
+	redacted, err := impl.RedactEventJSON(hashed)
+	if err != nil {
+		return nil, err
+	}
+	redacted, err = gomatrixserverlib.CanonicalJSON(redacted)
+	if err != nil {
+		return nil, err
+	}
+	signature := ed25519.Sign(key, redacted)
+	reference := sha256.Sum256(redacted)
+	eventID := "$" + idEncoding.EncodeToString(reference[:])
+	sigs, err := json.Marshal(map[string]map[string]string{
+		string(origin): {string(keyID): base64.RawStdEncoding.EncodeToString(signature)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	// "signatures" sorts right after "sender" (then "state_key", "type").
+	signed, err := insertAfterKey(hashed, "sender", `"signatures":`+string(sigs)+`,`)
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := impl.NewEventFromTrustedJSONWithEventID(eventID, signed, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := gomatrixserverlib.CheckFields(pdu); err != nil {
+		return nil, err
+	}
+	return pdu, nil
+}
+
+// insertAfterKey returns obj (a canonical JSON object) with text inserted
+// after the top-level member key and its following comma. key must be
+// followed by another member.
+func insertAfterKey(obj []byte, key, text string) ([]byte, error) {
+	v := gjson.GetBytes(obj, key)
+	end := v.Index + len(v.Raw)
+	if !v.Exists() || v.Index == 0 || end >= len(obj) || obj[end] != ',' {
+		return nil, errNoFastPath
+	}
+	end++
+	out := make([]byte, 0, len(obj)+len(text))
+	out = append(out, obj[:end]...)
+	out = append(out, text...)
+	return append(out, obj[end:]...), nil
+}

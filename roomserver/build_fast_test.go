@@ -1,0 +1,99 @@
+package roomserver
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+)
+
+// TestBuildSignedMatchesBuilder: for every room version and a spread of
+// event shapes, buildSigned yields exactly the bytes and event ID that
+// gomatrixserverlib's EventBuilder.Build yields (ed25519 signatures are
+// deterministic), or declines so that Build is used.
+func TestBuildSignedMatchesBuilder(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, topic, member := "", "", "@bob:example.org"
+	events := []struct {
+		name     string
+		typ      string
+		stateKey *string
+		content  string
+		redacts  string
+	}{
+		{"message", "m.room.message", nil, `{"msgtype":"m.text","body":"hello"}`, ""},
+		{"escapes and unicode", "m.room.message", nil, `{"body":"<b>&amp;</b> \u2028 \"q\" \\ \u0007 é 😀","msgtype":"m.text","z":{"b":1,"a":[-9007199254740991,9007199254740991]}}`, ""},
+		{"unsorted nested content", "m.custom", nil, `{"zeta":{"y":2,"x":1},"alpha":[{"b":null,"a":true}],"mid":"\u00e9"}`, ""},
+		{"empty content", "m.custom", nil, `{}`, ""},
+		{"state topic", "m.room.topic", &topic, `{"topic":"a topic"}`, ""},
+		{"state create-key empty", "m.room.join_rules", &empty, `{"join_rule":"public"}`, ""},
+		{"member", "m.room.member", &member, `{"membership":"join","displayname":"Bob ☃"}`, ""},
+		{"power levels", "m.room.power_levels", &empty, `{"users":{"@a:example.org":100},"events":{"m.room.name":50},"ban":50}`, ""},
+		{"redaction top-level", "m.room.redaction", nil, `{"reason":"spam"}`, "$abc:example.org"},
+		{"redaction content", "m.room.redaction", nil, `{"reason":"spam","redacts":"$abc"}`, ""},
+		{"weird type", "m.\"quoted\"\u2029", nil, `{"a":"b"}`, ""},
+	}
+	versions := []string{}
+	for v := range supportedVersions {
+		versions = append(versions, v)
+	}
+	for v := range ownedStateVersions {
+		versions = append(versions, v)
+	}
+	sort.Strings(versions)
+	ts := time.UnixMilli(1_700_000_000_123)
+	fast := 0
+	for _, v := range versions {
+		impl, err := roomVersion(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range events {
+			for _, roomID := range []string{"!room:example.org", "!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"} {
+				proto := &gomatrixserverlib.ProtoEvent{
+					SenderID: "@alice:example.org", RoomID: roomID, Type: e.typ, StateKey: e.stateKey,
+					Content: []byte(e.content), Redacts: e.redacts, Depth: 7,
+					PrevEvents: []string{"$prev1", "$prev2"},
+				}
+				eb := impl.NewEventBuilderFromProtoEvent(proto)
+				eb.AuthEvents = []string{"$create", "$pl", "$member"}
+				want, wantErr := eb.Build(ts, "example.org", "ed25519:k1", key)
+				got, gotErr := buildSigned(impl, eb, ts, "example.org", "ed25519:k1", key)
+				if errors.Is(gotErr, errNoFastPath) {
+					continue
+				}
+				if (wantErr == nil) != (gotErr == nil) {
+					t.Errorf("v%s %s %s: Build error %v, buildSigned error %v", v, e.name, roomID, wantErr, gotErr)
+					continue
+				}
+				if wantErr != nil {
+					continue
+				}
+				fast++
+				if string(got.JSON()) != string(want.JSON()) {
+					t.Errorf("v%s %s %s:\n got  %s\n want %s", v, e.name, roomID, got.JSON(), want.JSON())
+				}
+				if got.EventID() != want.EventID() {
+					t.Errorf("v%s %s %s: event ID %s, want %s", v, e.name, roomID, got.EventID(), want.EventID())
+				}
+			}
+		}
+	}
+	// Versions 3 onwards (hash event IDs) must take the fast path.
+	if fast < 10*len(events) {
+		t.Errorf("only %d events took the fast path", fast)
+	}
+	// Versions 1 and 2 (random event IDs) must not.
+	impl, _ := roomVersion("1")
+	eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: "@a:example.org", RoomID: "!r:example.org", Type: "m.room.message", Content: []byte(`{}`)})
+	if _, err := buildSigned(impl, eb, ts, spec.ServerName("example.org"), "ed25519:k1", key); !errors.Is(err, errNoFastPath) {
+		t.Errorf("room v1: buildSigned error %v, want errNoFastPath", err)
+	}
+}
