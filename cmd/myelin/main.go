@@ -181,6 +181,12 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if fedLn != nil {
 		logger.Info("listening for federation (TLS)", "addr", fedLn.Addr().String())
 	}
+	// Start-up (config, migrations, key loading, caches warmed by the
+	// first queries) leaves a few MB of garbage in the Go heap, which the
+	// runtime would hand back to the OS only minutes later: an idle
+	// server would sit on it. One forced collection that returns freed
+	// pages at once takes milliseconds, before any request is served.
+	debug.FreeOSMemory()
 	if err := serveAll(ctx, hs, ln, fedLn); err != nil {
 		return err
 	}
