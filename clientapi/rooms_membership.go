@@ -364,7 +364,8 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 	var state []*roomserver.Event
 	if at := q.Get("at"); at != "" {
 		state, err = s.stateAtToken(ctx, me.UserID, roomID, at)
-	} else {
+	} else if err = s.rooms.rooms.AwaitFullState(ctx, roomID); err == nil {
+		// A partial-state room lists every member once its resync is done.
 		state, err = s.rooms.rooms.Members(ctx, me.UserID, roomID, "")
 	}
 	if err != nil {
@@ -434,6 +435,9 @@ func (s *Server) joinedMembers(w http.ResponseWriter, r *http.Request) error {
 	me := caller(r)
 	if err := s.requireJoined(ctx, roomID, me.UserID); err != nil {
 		return err
+	}
+	if err := s.rooms.rooms.AwaitFullState(ctx, roomID); err != nil {
+		return err // a partial-state room lists every member once its resync is done
 	}
 	members, err := s.rooms.rooms.Members(ctx, me.UserID, roomID, "join")
 	if err != nil {

@@ -57,7 +57,11 @@ type Rooms interface {
 	EventsByPosition(ctx context.Context, positions []int64) ([]json.RawMessage, error)
 	MembershipTemplate(ctx context.Context, req roomserver.TemplateRequest) (string, json.RawMessage, error)
 	StateAndAuthChainBefore(ctx context.Context, eventID string) (state, authChain []*roomserver.Event, err error)
+	PartialStateAndAuthChainBefore(ctx context.Context, eventID string) (*roomserver.PartialSendJoinResponse, error)
 	ImportJoinedRoom(ctx context.Context, req roomserver.ImportRoomRequest) (*roomserver.InputEventResponse, error)
+	PartialStateRooms(ctx context.Context) ([]roomserver.PartialStateRoom, error)
+	IsPartialState(ctx context.Context, roomID string) (bool, error)
+	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
 	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
 	InputOutliers(ctx context.Context, roomID string, events []json.RawMessage) (map[string]roomserver.InputOutcome, error)
 	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)

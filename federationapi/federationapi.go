@@ -84,6 +84,13 @@ type Server struct {
 	client *client
 	sender *sender
 
+	// Partial-state resyncs (partial_state_join.go): resyncCtx is set
+	// once in New; resyncing (guarded by resyncMu) holds the rooms whose
+	// resync runs.
+	resyncCtx context.Context
+	resyncMu  sync.Mutex
+	resyncing map[string]bool
+
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -156,6 +163,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 			defer s.wg.Done()
 			s.sender.run(bg)
 		}()
+		s.startResyncs(bg)
 	}
 	return s, nil
 }

@@ -32,6 +32,9 @@ func (s *Server) makeMembership(membership string) httpx.HandlerFunc {
 			vers = nil // make_leave has no ver: any version will do
 		}
 		req := roomserver.TemplateRequest{RoomID: roomParam(r), UserID: userID, Membership: membership, SupportedVersions: vers}
+		if err := s.refuseWhilePartial(ctx, req.RoomID, membership); err != nil {
+			return err
+		}
 		if membership == "leave" {
 			v, err := s.rooms.RoomVersion(ctx, req.RoomID)
 			if err != nil {
@@ -82,6 +85,9 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		if err != nil {
 			return err
 		}
+		if err := s.refuseWhilePartial(ctx, roomID, membership); err != nil {
+			return err
+		}
 		p, _, err := s.checkPDUVersion(ctx, body, version)
 		if err != nil {
 			return mxerr.Wrap(err, mxerr.BadJSON, "invalid event: %v", err)
@@ -123,6 +129,9 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		}
 		switch membership {
 		case "join":
+			if !v1 && r.URL.Query().Get("omit_members") == "true" {
+				return s.partialSendJoinAnswer(w, r, eventID, signed, pdu)
+			}
 			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
 			if err != nil {
 				return err
