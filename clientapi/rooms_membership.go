@@ -361,11 +361,14 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	me := caller(r)
+	// A partial-state room lists every member once its resync is done.
+	if err := s.rooms.rooms.AwaitFullState(ctx, roomID); err != nil {
+		return err
+	}
 	var state []*roomserver.Event
 	if at := q.Get("at"); at != "" {
 		state, err = s.stateAtToken(ctx, me.UserID, roomID, at)
-	} else if err = s.rooms.rooms.AwaitFullState(ctx, roomID); err == nil {
-		// A partial-state room lists every member once its resync is done.
+	} else {
 		state, err = s.rooms.rooms.Members(ctx, me.UserID, roomID, "")
 	}
 	if err != nil {
