@@ -90,6 +90,9 @@ type Server struct {
 	resyncCtx context.Context
 	resyncMu  sync.Mutex
 	resyncing map[string]bool
+	// beforeResync, when set (by tests, before any join), runs before a
+	// room's resync starts.
+	beforeResync func(ctx context.Context, roomID string)
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup

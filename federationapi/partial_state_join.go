@@ -97,6 +97,9 @@ func (s *Server) startResync(room roomserver.PartialStateRoom) {
 }
 
 func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialStateRoom) {
+	if s.beforeResync != nil {
+		s.beforeResync(ctx, room.RoomID)
+	}
 	wait := resyncRetryMin
 	for {
 		err := s.resync(ctx, room)

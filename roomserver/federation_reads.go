@@ -158,8 +158,14 @@ func (s *Server) JoinedServers(ctx context.Context, roomID string) ([]string, er
 			out = append(out, d)
 		}
 	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if out, err = s.withPartialStateServers(ctx, roomID, out, seen); err != nil {
+		return nil, err
+	}
 	sort.Strings(out)
-	return out, rows.Err()
+	return out, nil
 }
 
 // FederationEvent returns a stored, non-rejected event with its room
@@ -609,6 +615,9 @@ func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (ou
 				seen[d] = true
 				ev.Destinations = append(ev.Destinations, d)
 			}
+		}
+		if ev.Destinations, err = s.withPartialStateServers(ctx, r.RoomID, ev.Destinations, seen); err != nil {
+			return nil, pos, err
 		}
 		sort.Strings(ev.Destinations)
 		if len(ev.Destinations) > 0 {

@@ -379,3 +379,30 @@ func (s *Server) stateFromIDs(ctx context.Context, tx storage.Tx, room *roomRow,
 	}
 	return s.resolveStates(ctx, tx, tx, room.Version, sets)
 }
+
+// withPartialStateServers adds to servers (seen marks those in it) the
+// servers send_join said were in roomID while the room has partial
+// state: its state lacks their members, yet they must get the room's
+// events and this server's EDUs until the resync tells who is really in
+// the room.
+func (s *Server) withPartialStateServers(ctx context.Context, roomID string, servers []string, seen map[string]bool) ([]string, error) {
+	var raw string
+	err := s.db.Reader().QueryRow(ctx, `SELECT servers FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID).Scan(&raw)
+	if storage.IsNoRows(err) {
+		return servers, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var more []string
+	if err := json.Unmarshal([]byte(raw), &more); err != nil {
+		return nil, fmt.Errorf("partial state room %s: bad servers: %w", roomID, err)
+	}
+	for _, d := range more {
+		if d != "" && !seen[d] {
+			seen[d] = true
+			servers = append(servers, d)
+		}
+	}
+	return servers, nil
+}
