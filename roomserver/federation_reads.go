@@ -113,7 +113,13 @@ func (s *Server) ServerInRoom(ctx context.Context, server, roomID string) (bool,
 			return true, nil
 		}
 	}
-	return false, rows.Err()
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	// While the room's state is partial, the servers send_join named
+	// count as in the room (partial_state.go).
+	servers, err := s.withPartialStateServers(ctx, roomID, nil, map[string]bool{})
+	return slices.Contains(servers, server), err
 }
 
 // CheckServerAccess returns nil if server may read roomID now: it has a

@@ -278,8 +278,19 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 			return err
 		}
 		room.Partial = false
-		touched, err = s.replayAfterJoin(ctx, tx, room, joinEventID, full)
-		return err
+		if touched, err = s.replayAfterJoin(ctx, tx, room, joinEventID, full); err != nil {
+			return err
+		}
+		var head int64
+		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&head); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_done (room_id, stream_pos) VALUES ($1, $2)
+			ON CONFLICT (room_id) DO UPDATE SET stream_pos = excluded.stream_pos`, req.RoomID, head); err != nil {
+			return err
+		}
+		s.notifyAfter(tx, head)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -405,4 +416,40 @@ func (s *Server) withPartialStateServers(ctx context.Context, roomID string, ser
 		}
 	}
 	return servers, nil
+}
+
+// PartialStateOf tells, for the given rooms, which have partial state
+// and, for those completed, the stream position the completion happened
+// at (for /sync, which leaves partial-state rooms out of syncs that do
+// not lazy-load members).
+func (s *Server) PartialStateOf(ctx context.Context, roomIDs []string) (partial map[string]bool, done map[string]int64, err error) {
+	partial, done = map[string]bool{}, map[string]int64{}
+	if len(roomIDs) == 0 {
+		return partial, done, nil
+	}
+	in, args := inList("room_id IN ", roomIDs)
+	err = s.db.Read(ctx, func(q storage.Querier) error {
+		ids, err := storage.QueryColumn[string](ctx, q, `SELECT room_id FROM roomserver_partial_state_rooms WHERE `+in, args...)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			partial[id] = true
+		}
+		rows, err := q.Query(ctx, `SELECT room_id, stream_pos FROM roomserver_partial_state_done WHERE `+in, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			var pos int64
+			if err := rows.Scan(&id, &pos); err != nil {
+				return err
+			}
+			done[id] = pos
+		}
+		return rows.Err()
+	})
+	return partial, done, err
 }

@@ -34,6 +34,7 @@ type Rooms interface {
 	LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error)
 	TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
 	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
+	PartialStateOf(ctx context.Context, roomIDs []string) (partial map[string]bool, done map[string]int64, err error)
 }
 
 // AccountData is what sync reads from clientapi's account data stream

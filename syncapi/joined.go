@@ -67,6 +67,10 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		b.news = map[string]bool{}
 	}
 	news := b.news
+	partial, resynced, err := b.partialState(ctx, memberships)
+	if err != nil {
+		return err
+	}
 	var joined []string
 	for _, m := range memberships {
 		if !roomAllowed(b.req.filter, m.RoomID) {
@@ -85,6 +89,11 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		var err error
 		switch m.Membership {
 		case "join":
+			if partial[m.RoomID] {
+				break // left out until its resync is done (partial_state.go)
+			}
+			// A room left out while partial comes whole once resynced.
+			newSince = newSince || b.req.since != nil && resynced[m.RoomID] > b.since.Room
 			joined = append(joined, m.RoomID)
 			if _, ok := news[m.RoomID]; news != nil && !ok && !newSince && len(b.roomAcct[m.RoomID]) == 0 {
 				break // nothing new in it (its ephemeral news are added below)

@@ -11,3 +11,12 @@ CREATE TABLE roomserver_partial_state_rooms (
     servers TEXT NOT NULL,
     created_ts BIGINT NOT NULL
 );
+
+-- Rooms whose partial state was completed, with the stream position the
+-- completion happened at: a /sync that left the room out while its state
+-- was partial (one that does not lazy-load members) gets the room in full
+-- when its token is older than that position.
+CREATE TABLE roomserver_partial_state_done (
+    room_id TEXT PRIMARY KEY,
+    stream_pos BIGINT NOT NULL
+);
