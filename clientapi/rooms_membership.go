@@ -248,7 +248,12 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 	if !held && s.federation != nil {
 		// Rejecting an invite to a room only other servers hold.
 		if err := s.federation.LeaveRemote(ctx, roomID, caller(r).UserID, nil); err != nil {
-			return err
+			// Leaving again a room this server knows the user left (no
+			// invite to reject) changes nothing: success, as Synapse
+			// answers (Complement: msc3902 "Leave during resync").
+			if m, merr := s.rooms.rooms.Membership(ctx, roomID, caller(r).UserID); !mxerr.Is(err, mxerr.NotFound) || merr != nil || m != "leave" {
+				return err
+			}
 		}
 		return httpx.OK(w, httpx.EmptyObject)
 	}

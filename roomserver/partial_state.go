@@ -453,3 +453,43 @@ func (s *Server) PartialStateOf(ctx context.Context, roomIDs []string) (partial 
 	})
 	return partial, done, err
 }
+
+// SenderMembershipsFromAuth returns, for each of the given events, the
+// membership event of its sender among its auth events (once per
+// sender). A lazy-loading /sync uses it for senders a partial-state room's
+// current state has no membership for yet: the event's own auth events
+// say what the sender's membership was.
+func (s *Server) SenderMembershipsFromAuth(ctx context.Context, eventIDs []string) ([]*Event, error) {
+	q := s.db.Reader()
+	events, err := s.loadEventsByID(ctx, q, nil, eventIDs)
+	if err != nil {
+		return nil, err
+	}
+	var authIDs []string
+	for _, id := range eventIDs {
+		if e, ok := events[id]; ok {
+			authIDs = append(authIDs, e.pdu.AuthEventIDs()...)
+		}
+	}
+	auth, err := s.loadEventsByID(ctx, q, nil, authIDs)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Event
+	seen := map[string]bool{}
+	for _, id := range eventIDs {
+		e, ok := events[id]
+		if !ok || seen[e.row.Sender] {
+			continue
+		}
+		for _, a := range e.pdu.AuthEventIDs() {
+			ae, ok := auth[a]
+			if ok && !ae.row.Rejected && ae.row.Type == "m.room.member" && ae.row.StateKey != nil && *ae.row.StateKey == e.row.Sender {
+				seen[e.row.Sender] = true
+				out = append(out, toEvent(ae))
+				break
+			}
+		}
+	}
+	return out, nil
+}

@@ -282,6 +282,9 @@ func (b *roomBuilder) addLazyMembers(ctx context.Context, roomID string, state, 
 	if err != nil {
 		return nil, err
 	}
+	if members, err = b.membersFromAuth(ctx, members, tl); err != nil {
+		return nil, err
+	}
 	redundantOK := b.roomFilter().State.IncludeRedundantMembers
 	inTimeline := map[string]bool{}
 	if b.req.stateAfter == "" {

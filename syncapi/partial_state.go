@@ -26,3 +26,29 @@ func (b *roomBuilder) partialState(ctx context.Context, memberships []roomserver
 	}
 	return b.s.rooms.PartialStateOf(ctx, joined)
 }
+
+// membersFromAuth adds to members, for timeline senders the room's
+// current state has no membership for (a partial-state room lacks most),
+// the sender's membership among its event's auth events, so lazy-loading
+// still describes every sender.
+func (b *roomBuilder) membersFromAuth(ctx context.Context, members, tl []*roomserver.Event) ([]*roomserver.Event, error) {
+	known := map[string]bool{}
+	for _, m := range members {
+		known[stateKeyOf(m)] = true
+	}
+	var lacking []string
+	for _, e := range tl {
+		if !known[e.Sender] {
+			known[e.Sender] = true
+			lacking = append(lacking, e.EventID)
+		}
+	}
+	if len(lacking) == 0 {
+		return members, nil
+	}
+	extra, err := b.s.rooms.SenderMembershipsFromAuth(ctx, lacking)
+	if err != nil {
+		return nil, err
+	}
+	return append(members, extra...), nil
+}
