@@ -36,6 +36,7 @@ type Rooms interface {
 	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
 	PartialStateOf(ctx context.Context, roomIDs []string) (partial map[string]bool, done map[string]int64, err error)
 	SenderMembershipsFromAuth(ctx context.Context, eventIDs []string) ([]*roomserver.Event, error)
+	AwaitFullState(ctx context.Context, roomID string) error
 }
 
 // AccountData is what sync reads from clientapi's account data stream

@@ -67,7 +67,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		b.news = map[string]bool{}
 	}
 	news := b.news
-	partial, resynced, err := b.partialState(ctx, memberships)
+	partial, whole, err := b.partialState(ctx, memberships)
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 				break // left out until its resync is done (partial_state.go)
 			}
 			// A room left out while partial comes whole once resynced.
-			newSince = newSince || b.req.since != nil && resynced[m.RoomID] > b.since.Room
+			newSince = newSince || whole[m.RoomID]
 			joined = append(joined, m.RoomID)
 			if _, ok := news[m.RoomID]; news != nil && !ok && !newSince && len(b.roomAcct[m.RoomID]) == 0 {
 				break // nothing new in it (its ephemeral news are added below)

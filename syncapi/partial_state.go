@@ -2,19 +2,25 @@ package syncapi
 
 import (
 	"context"
+	"time"
 
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
+// maxPartialWait bounds how long a sync that does not lazy-load members
+// waits for a partial-state room's resync before leaving the room out.
+const maxPartialWait = time.Second
+
 // partialState reads, for a sync that does not lazy-load members, which
 // joined rooms have partial state (a partial-state join whose resync is
-// not done: such a sync leaves them out, since it could not list their
-// members) and the stream position at which the others' resync finished
-// (a sync from an older token gets those rooms in full, as if newly
-// joined). A lazy-loading sync gets partial-state rooms like any other.
+// not done: such a sync cannot list their members, so it leaves them
+// out) and which are to be sent whole, as if newly joined: those whose
+// resync finished after the sync's token, or during this request (it
+// waits up to its timeout, at most maxPartialWait, for them). A
+// lazy-loading sync gets partial-state rooms like any other.
 // Spec: MSC3706 ("faster joins"), as Synapse and Complement's msc3902
 // tests expect.
-func (b *roomBuilder) partialState(ctx context.Context, memberships []roomserver.MembershipEntry) (partial map[string]bool, resynced map[string]int64, err error) {
+func (b *roomBuilder) partialState(ctx context.Context, memberships []roomserver.MembershipEntry) (partial, whole map[string]bool, err error) {
 	if b.lazy() {
 		return nil, nil, nil
 	}
@@ -24,7 +30,30 @@ func (b *roomBuilder) partialState(ctx context.Context, memberships []roomserver
 			joined = append(joined, m.RoomID)
 		}
 	}
-	return b.s.rooms.PartialStateOf(ctx, joined)
+	partial, done, err := b.s.rooms.PartialStateOf(ctx, joined)
+	if err != nil {
+		return nil, nil, err
+	}
+	whole = map[string]bool{}
+	if b.req.since != nil {
+		for roomID, pos := range done {
+			if pos > b.since.Room {
+				whole[roomID] = true
+			}
+		}
+	}
+	if len(partial) == 0 {
+		return partial, whole, nil
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, min(b.req.timeout, maxPartialWait))
+	defer cancel()
+	for roomID := range partial {
+		if b.s.rooms.AwaitFullState(waitCtx, roomID) == nil {
+			delete(partial, roomID)
+			whole[roomID] = true
+		}
+	}
+	return partial, whole, ctx.Err()
 }
 
 // membersFromAuth adds to members, for timeline senders the room's
