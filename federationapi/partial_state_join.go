@@ -177,8 +177,15 @@ func (s *Server) resyncFrom(ctx context.Context, server string, room roomserver.
 		if err != nil {
 			return err
 		}
-		req.Events = append(req.Events, fetched...)
-		req.AtPrevs = append(req.AtPrevs, roomserver.PrevState{PrevEventID: prev, StateIDs: ids.PDUIDs})
+		at := roomserver.PrevState{PrevEventID: prev, StateIDs: ids.PDUIDs}
+		for _, raw := range fetched {
+			if p, _, err := s.checkPDUVersion(ctx, raw, room.RoomVersion); err == nil && p.pdu.EventID() == prev {
+				at.PrevEvent = raw // the roomserver stores it only if it is state
+				continue
+			}
+			req.Events = append(req.Events, raw)
+		}
+		req.AtPrevs = append(req.AtPrevs, at)
 	}
 	return s.rooms.CompletePartialState(ctx, req)
 }

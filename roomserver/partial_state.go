@@ -220,6 +220,11 @@ type CompletePartialStateRequest struct {
 type PrevState struct {
 	PrevEventID string
 	StateIDs    []string
+	// PrevEvent is the prev event itself when this server lacks it. It
+	// is stored (as an outlier) only when it is a state event: a message
+	// stays unknown, so that backfill can still give it its place in the
+	// timeline.
+	PrevEvent json.RawMessage
 }
 
 // CompletePartialState stores the full state before roomID's
@@ -250,6 +255,18 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 			return err
 		}
 		byID[pdu.EventID()] = pdu
+	}
+	for _, at := range req.AtPrevs {
+		if len(at.PrevEvent) == 0 {
+			continue
+		}
+		pdu, err := parseUntrustedPDU(impl, at.PrevEvent)
+		if err != nil || pdu.EventID() != at.PrevEventID || pdu.RoomID().String() != req.RoomID {
+			return mxerr.New(mxerr.BadJSON, "invalid prev event %s", at.PrevEventID)
+		}
+		if pdu.StateKey() != nil {
+			byID[pdu.EventID()] = pdu
+		}
 	}
 	unlock := s.lockRoom(req.RoomID)
 	defer unlock()
@@ -377,10 +394,10 @@ func (s *Server) stateFromIDs(ctx context.Context, tx storage.Tx, room *roomRow,
 			set[k] = r.NID
 		}
 		prev, ok := rows[at.PrevEventID]
-		if !ok {
+		if !ok && len(at.PrevEvent) == 0 {
 			return nil, mxerr.New(mxerr.BadJSON, "prev event %s is unknown", at.PrevEventID)
 		}
-		if prev.StateKey != nil && !prev.Rejected {
+		if ok && prev.StateKey != nil && !prev.Rejected {
 			set[tuple{prev.Type, *prev.StateKey}] = prev.NID
 		}
 		sets = append(sets, set)
