@@ -269,3 +269,108 @@ func containsErrcode(body []byte, code string) bool {
 	}
 	return json.Unmarshal(body, &e) == nil && e.Errcode == code
 }
+
+// TestPartialStateReplayRejects: an event accepted on partial state,
+// because its auth events vouch for a membership the partial state does
+// not hold, is rejected once the resync brings the full state (its
+// sender had left), and stays out of the room state.
+func TestPartialStateReplayRejects(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b, c := n.start(), n.start(), n.start()
+		ctx := context.Background()
+		alice, bob, carol := a.user("alice"), b.user("bob"), c.user("carol")
+		created, err := a.HS.Rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: alice, Preset: "public_chat",
+			Name: "replay", PowerLevelContentOverride: map[string]any{"users": map[string]any{carol: 50}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roomID := created.RoomID
+		if _, err := c.HS.Federation.JoinRemote(ctx, roomID, carol, []string{a.Name}); err != nil {
+			t.Fatal(err)
+		}
+		var carolJoin string
+		eventually(t, "A to see carol join", func() bool {
+			ev, err := a.HS.Rooms.RoomStateEvent(ctx, roomID, "m.room.member", carol)
+			if err == nil && ev.Membership == "join" {
+				carolJoin = ev.EventID
+				return true
+			}
+			return false
+		})
+		if err := c.HS.Rooms.AwaitFullState(ctx, roomID); err != nil {
+			t.Fatal(err)
+		}
+		// carol sets the topic: her join enters the auth chain B will
+		// get with the partial state.
+		empty := ""
+		topic, err := c.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: roomID, Sender: carol,
+			Type: "m.room.topic", StateKey: &empty, Content: json.RawMessage(`{"topic":"carol's"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "A to get carol's topic", func() bool { return hasEvent(a, alice, topic.EventID) })
+		if _, err := c.HS.Rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: carol}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "A to see carol leave", func() bool {
+			m, _ := a.HS.Rooms.Membership(ctx, roomID, carol)
+			return m == "leave"
+		})
+
+		release := make(chan struct{})
+		b.HS.Federation.HoldResyncs(release)
+		if _, err := b.HS.Federation.JoinRemote(ctx, roomID, bob, []string{a.Name}); err != nil {
+			t.Fatal(err)
+		}
+		// carol's state event claims, through its auth events, that she
+		// is still joined: B's partial state cannot tell otherwise.
+		pl, err := a.HS.Rooms.RoomStateEvent(ctx, roomID, "m.room.power_levels", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ext, err := b.HS.Rooms.Extremities(ctx, roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var depth int64
+		for _, id := range ext {
+			ev, _, err := b.HS.Rooms.FederationEvent(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			depth = max(depth, ev.Depth)
+		}
+		impl := gomatrixserverlib.MustGetRoomVersion("12")
+		proto := &gomatrixserverlib.ProtoEvent{SenderID: carol, RoomID: roomID, Type: "m.test", StateKey: &empty,
+			Content: spec.RawJSON(`{"body":"stale"}`), PrevEvents: ext, AuthEvents: []string{pl.EventID, carolJoin},
+			Depth: depth + 1, Version: impl}
+		stale, err := impl.NewEventBuilderFromProtoEvent(proto).Build(time.Now(), spec.ServerName(c.Name),
+			gomatrixserverlib.KeyID(c.HS.Key.ID), c.HS.Key.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		status, body := n.request(b, c.Name, c.HS.Key, b.Name, http.MethodPut, "/_matrix/federation/v1/send/replay1",
+			map[string]any{"origin": c.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{stale.JSON()}})
+		if status != http.StatusOK {
+			t.Fatalf("send: %d %s", status, body)
+		}
+		eventually(t, "B to accept carol's event on partial state", func() bool { return hasEvent(b, bob, stale.EventID()) })
+		if ev, err := b.HS.Rooms.RoomStateEvent(ctx, roomID, "m.test", ""); err != nil || ev.EventID != stale.EventID() {
+			t.Fatalf("partial state m.test = %v, %v; want carol's event", ev, err)
+		}
+
+		close(release)
+		if err := b.HS.Rooms.AwaitFullState(ctx, roomID); err != nil {
+			t.Fatal(err)
+		}
+		if hasEvent(b, bob, stale.EventID()) {
+			t.Fatal("carol's event is still visible after the resync")
+		}
+		if ev, err := b.HS.Rooms.RoomStateEvent(ctx, roomID, "m.test", ""); err == nil {
+			t.Fatalf("after the resync the room state holds m.test %s", ev.EventID)
+		}
+		if m, _ := b.HS.Rooms.Membership(ctx, roomID, carol); m != "leave" {
+			t.Fatalf("after the resync carol's membership on B is %q, want leave", m)
+		}
+	})
+}
