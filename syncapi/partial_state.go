@@ -2,6 +2,7 @@ package syncapi
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/myelin-chat/myelin/roomserver"
@@ -80,4 +81,29 @@ func (b *roomBuilder) membersFromAuth(ctx context.Context, members, tl []*roomse
 		return nil, err
 	}
 	return append(members, extra...), nil
+}
+
+// awaitResyncs returns a channel closed when a partial-state room among
+// roomIDs finishes its resync (nil when there is none, or the sync
+// lazy-loads members): a waiting sync that left such a room out must
+// answer then, even if the resync brought no new timeline event to wake
+// it. It stops with ctx.
+func (s *Server) awaitResyncs(ctx context.Context, req *syncRequest, roomIDs []string) <-chan struct{} {
+	if req.filter != nil && req.filter.Room != nil && req.filter.Room.State != nil && req.filter.Room.State.LazyLoadMembers {
+		return nil
+	}
+	partial, _, err := s.rooms.PartialStateOf(ctx, roomIDs)
+	if err != nil || len(partial) == 0 {
+		return nil
+	}
+	done := make(chan struct{})
+	var once sync.Once
+	for roomID := range partial {
+		go func() {
+			if s.rooms.AwaitFullState(ctx, roomID) == nil {
+				once.Do(func() { close(done) })
+			}
+		}()
+	}
+	return done
 }

@@ -238,12 +238,15 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	defer s.waker.unregister(wt)
 	deadline := time.NewTimer(req.timeout)
 	defer deadline.Stop()
+	resynced := s.awaitResyncs(ctx, req, roomIDs) // partial_state.go
 	for {
 		resp, err := s.compute(ctx, req)
 		if err != nil || !resp.empty() {
 			return resp, err
 		}
 		select {
+		case <-resynced:
+			resynced = nil
 		case <-wt.wake:
 		case <-deadline.C:
 			return resp, nil
