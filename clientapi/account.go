@@ -8,6 +8,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -132,6 +133,9 @@ func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) error {
 	versions := map[string]string{}
 	for v := 1; v <= maxRoomVersion; v++ {
 		versions[strconv.Itoa(v)] = "stable"
+	}
+	for _, v := range roomserver.UnstableRoomVersions() {
+		versions[v] = "unstable"
 	}
 	return httpx.OK(w, map[string]any{"capabilities": map[string]any{
 		"m.change_password": map[string]bool{"enabled": !d.IsGuest},

@@ -126,7 +126,8 @@ func TestCapabilities(t *testing.T) {
 	}
 	rv, _ := caps["m.room_versions"].(map[string]any)
 	available, _ := rv["available"].(map[string]any)
-	if rv["default"] != "12" || len(available) != 12 || available["1"] != "stable" || available["12"] != "stable" {
+	if rv["default"] != "12" || len(available) != 14 || available["1"] != "stable" || available["12"] != "stable" ||
+		available["org.matrix.msc3757.10"] != "unstable" || available["org.matrix.msc3757.11"] != "unstable" {
 		t.Fatalf("m.room_versions = %v", rv)
 	}
 	for name, want := range map[string]bool{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -143,10 +144,36 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 	_, err = s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
 		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: joinContent(extra, s.memberProfile(ctx, me.UserID)),
 	})
+	if (mxerr.Is(err, mxerr.UnableToGrantJoin) || mxerr.Is(err, mxerr.UnableToAuthoriseJoin)) && s.federation != nil && !me.IsGuest {
+		// A restricted room no member of ours may let the user into:
+		// join through another resident server, as a remote join.
+		// Spec: client-server-api, "Restricted rooms".
+		err = s.joinThroughOthers(ctx, roomID, me.UserID, joinVia(r), err)
+	}
 	if err != nil {
 		return err
 	}
 	return httpx.OK(w, map[string]string{"room_id": roomID})
+}
+
+// joinThroughOthers joins roomID over federation through via and the
+// other servers in the room; localErr is returned if there is none.
+func (s *Server) joinThroughOthers(ctx context.Context, roomID, userID string, via []string, localErr error) error {
+	servers, err := s.rooms.rooms.JoinedServers(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	var others []string
+	for _, server := range append(append([]string{}, via...), servers...) {
+		if server != s.serverName && !slices.Contains(others, server) {
+			others = append(others, server)
+		}
+	}
+	if len(others) == 0 {
+		return localErr
+	}
+	_, err = s.federation.JoinRemote(ctx, roomID, userID, others)
+	return err
 }
 
 // joinContent is the content of a join: the keys of the request body
@@ -241,6 +268,9 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	if err := s.checkNotRejectingServerNotices(ctx, caller(r).UserID, roomID); err != nil {
+		return err
+	}
 	held, err := s.heldHere(ctx, roomID)
 	if err != nil {
 		return err
@@ -310,6 +340,9 @@ func (s *Server) membershipAction(action string) httpx.HandlerFunc {
 		case "invite":
 			switch {
 			case domainOf(req.Target) == s.serverName:
+				if err = s.CheckInvite(ctx, req.Sender, req.Target); err != nil {
+					break
+				}
 				req.Content = s.memberProfile(ctx, req.Target)
 				_, err = s.rooms.rooms.Invite(ctx, req)
 			case s.federation != nil:

@@ -130,7 +130,7 @@ func (f *RoomEventFilter) matches(ev *roomserver.Event) bool {
 			return false
 		}
 	}
-	return true
+	return f.RelTypeAllows(ev.Content)
 }
 
 // matchesAnyType matches event types against patterns where '*' stands
@@ -288,6 +288,12 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) error {
 	tokens := map[string]string{}
 	for name, tdir := range map[string]roomserver.Direction{"from": dir, "to": roomserver.Backward} {
 		if t := q.Get(name); t != "" {
+			if pos, ok := syncTokenRoomPos(t); ok && name == "from" && dir == roomserver.Backward {
+				// Backwards from a /sync token: the events this server
+				// had at that position, whatever their depth.
+				tokens[name] = roomserver.StreamToken(pos)
+				continue
+			}
 			topo, ok, err := s.paginationToken(ctx, roomID, t, tdir)
 			if err != nil {
 				return err
@@ -417,6 +423,14 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request) error {
 		body["end"] = after.end
 	} else if n := len(after.events); n > 0 {
 		body["end"] = tokenOf(after.events[n-1]).String()
+	}
+	if len(after.events) == 0 {
+		// Nothing after: end is the position just after the event, so
+		// paging backwards from it starts with the event itself
+		// (Complement: TestJumpToDateEndpoint, "can paginate backwards
+		// after getting remote event from timestamp to event endpoint
+		// (end)").
+		body["end"] = topoToken{ev.Depth, ev.StreamPos + 1}.String()
 	}
 	// "The state of the room at the last event returned."
 	last := ev

@@ -107,13 +107,22 @@ func (s *Server) getPresence(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.Profile(ctx, userID); err != nil {
-		return mxerr.New(mxerr.NotFound, "unknown user %s", userID)
+	local := domainOf(userID) == s.serverName
+	if local {
+		if _, err := s.Profile(ctx, userID); err != nil {
+			return mxerr.New(mxerr.NotFound, "unknown user %s", userID)
+		}
 	}
+	// Other servers' users: what their m.presence EDUs said.
 	var p Presence
 	err = s.db.Reader().QueryRow(ctx, `SELECT presence, status_msg, last_active_ts FROM presence WHERE user_id = $1`, userID).
 		Scan(&p.Presence, &p.StatusMsg, &p.LastActiveTS)
 	if storage.IsNoRows(err) {
+		if !local {
+			// Spec: GET /presence/{userId}/status, 404 "There is no
+			// presence state for this user".
+			return mxerr.New(mxerr.NotFound, "no presence known for %s", userID)
+		}
 		return httpx.OK(w, map[string]any{"presence": "offline"})
 	}
 	if err != nil {

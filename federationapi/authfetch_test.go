@@ -29,6 +29,7 @@ type fakeRemote struct {
 	mux  *http.ServeMux
 	mu   sync.Mutex
 	hits map[string]int
+	edus []json.RawMessage // every EDU sent to it; guarded by mu
 }
 
 func newFakeRemote(t *testing.T, n *network) *fakeRemote {
@@ -48,6 +49,13 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 		_, _ = w.Write(signed)
 	})
 	f.mux.HandleFunc("/_matrix/federation/v1/send/", func(w http.ResponseWriter, r *http.Request) {
+		var txn struct {
+			EDUs []json.RawMessage `json:"edus"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&txn)
+		f.mu.Lock()
+		f.edus = append(f.edus, txn.EDUs...)
+		f.mu.Unlock()
 		_, _ = w.Write([]byte(`{"pdus":{}}`))
 	})
 	pair, err := n.ca.Issue(f.name, time.Hour)

@@ -103,55 +103,63 @@ func (c *olmClient) awaitText(t *testing.T, evID id.EventID, want string) {
 // as m.direct_to_device EDUs; the servers hold only ciphertext.
 func TestE2EEAcrossServers(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		ctx := context.Background()
 		a, b := n.start(), n.start()
-		alice, bob := a.olmClient(t, "alice"), b.olmClient(t, "bob")
-		empty := ""
-		created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "encrypted across servers",
-			InitialState: []*event.Event{{Type: event.StateEncryption, StateKey: &empty,
-				Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
-		if err != nil {
-			t.Fatalf("createRoom: %v", err)
-		}
-		room := created.RoomID
-		if _, err := alice.cli.InviteUser(ctx, room, &mautrix.ReqInviteUser{UserID: bob.cli.UserID}); err != nil {
-			t.Fatalf("inviting bob: %v", err)
-		}
-		eventuallyErr(t, "bob to join alice's room on A", func() error {
-			_, err := bob.cli.JoinRoomByID(ctx, room)
-			return err
-		})
-		for _, c := range []*olmClient{alice, bob} {
-			other := bob.cli.UserID
-			if c == bob {
-				other = alice.cli.UserID
-			}
-			eventually(t, fmt.Sprintf("%s's client to see the encrypted room with %s", c.cli.UserID, other), func() bool {
-				enc, _ := c.cli.StateStore.IsEncrypted(ctx, room)
-				return enc && c.cli.StateStore.IsMembership(ctx, room, other, event.MembershipJoin)
-			})
-		}
-
-		const fromAlice = "a secret that crosses from A to B"
-		sent, err := alice.cli.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: fromAlice})
-		if err != nil {
-			t.Fatalf("alice sends: %v", err)
-		}
-		bob.awaitText(t, sent.EventID, fromAlice)
-
-		const fromBob = "and one that crosses back from B to A"
-		reply, err := bob.cli.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: fromBob})
-		if err != nil {
-			t.Fatalf("bob sends: %v", err)
-		}
-		alice.awaitText(t, reply.EventID, fromBob)
-
-		// What B stored of alice's message is the ciphertext.
-		stored, err := bob.cli.GetEvent(ctx, room, sent.EventID)
-		if err != nil || stored.Type != event.EventEncrypted {
-			t.Fatalf("B's copy of alice's message: %v %v, want m.room.encrypted", stored, err)
-		}
+		e2eeConversation(t, a, b, "alice", "bob")
 	})
+}
+
+// e2eeConversation registers olm clients aliceLocal on a and bobLocal
+// on b, has them share an encrypted room on a, and checks that each
+// decrypts the other's message while b stores only ciphertext.
+func e2eeConversation(t *testing.T, a, b *fedServer, aliceLocal, bobLocal string) {
+	t.Helper()
+	ctx := context.Background()
+	alice, bob := a.olmClient(t, aliceLocal), b.olmClient(t, bobLocal)
+	empty := ""
+	created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "encrypted across servers",
+		InitialState: []*event.Event{{Type: event.StateEncryption, StateKey: &empty,
+			Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
+	if err != nil {
+		t.Fatalf("createRoom: %v", err)
+	}
+	room := created.RoomID
+	if _, err := alice.cli.InviteUser(ctx, room, &mautrix.ReqInviteUser{UserID: bob.cli.UserID}); err != nil {
+		t.Fatalf("inviting bob: %v", err)
+	}
+	eventuallyErr(t, "bob to join alice's room on A", func() error {
+		_, err := bob.cli.JoinRoomByID(ctx, room)
+		return err
+	})
+	for _, c := range []*olmClient{alice, bob} {
+		other := bob.cli.UserID
+		if c == bob {
+			other = alice.cli.UserID
+		}
+		eventually(t, fmt.Sprintf("%s's client to see the encrypted room with %s", c.cli.UserID, other), func() bool {
+			enc, _ := c.cli.StateStore.IsEncrypted(ctx, room)
+			return enc && c.cli.StateStore.IsMembership(ctx, room, other, event.MembershipJoin)
+		})
+	}
+
+	const fromAlice = "a secret that crosses from A to B"
+	sent, err := alice.cli.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: fromAlice})
+	if err != nil {
+		t.Fatalf("alice sends: %v", err)
+	}
+	bob.awaitText(t, sent.EventID, fromAlice)
+
+	const fromBob = "and one that crosses back from B to A"
+	reply, err := bob.cli.SendMessageEvent(ctx, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: fromBob})
+	if err != nil {
+		t.Fatalf("bob sends: %v", err)
+	}
+	alice.awaitText(t, reply.EventID, fromBob)
+
+	// What B stored of alice's message is the ciphertext.
+	stored, err := bob.cli.GetEvent(ctx, room, sent.EventID)
+	if err != nil || stored.Type != event.EventEncrypted {
+		t.Fatalf("B's copy of alice's message: %v %v, want m.room.encrypted", stored, err)
+	}
 }
 
 func eventuallyErr(t testing.TB, what string, fn func() error) {

@@ -199,3 +199,61 @@ func (s *Server) eduToDevice(ctx context.Context, origin string, content json.Ra
 	}
 	return s.edus.ToDevice.RemoteToDevice(ctx, c.Sender, c.Type, c.MessageID, local)
 }
+
+// announceDevices tells the servers of a room userID (local) just joined
+// over federation about the user's devices, one m.device_list_update per
+// device: those servers may share no other room with the user and so
+// would not otherwise learn of them until the next change. The updates
+// carry the user's current stream ID and no prev_id, so a receiver that
+// tracked the user before resyncs. Spec: server-server-api, "Device
+// Management"; Complement TestDeviceListsUpdateOverFederationOnRoomJoin.
+func (s *Server) announceDevices(ctx context.Context, userID, roomID string) error {
+	if s.userKeys == nil {
+		return nil
+	}
+	servers, err := s.rooms.JoinedServers(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	var dests []string
+	for _, server := range servers {
+		if server != s.serverName {
+			dests = append(dests, server)
+		}
+	}
+	if len(dests) == 0 {
+		return nil
+	}
+	resp, err := s.userKeys.FederationUserDevices(ctx, userID)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	var list struct {
+		StreamID int64 `json:"stream_id"`
+		Devices  []struct {
+			DeviceID    string          `json:"device_id"`
+			Keys        json.RawMessage `json:"keys"`
+			DisplayName string          `json:"device_display_name"`
+		} `json:"devices"`
+	}
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return err
+	}
+	for _, d := range list.Devices {
+		content := map[string]any{"user_id": userID, "device_id": d.DeviceID, "stream_id": list.StreamID, "prev_id": []int64{}}
+		if len(d.Keys) > 0 {
+			content["keys"] = d.Keys
+		}
+		if d.DisplayName != "" {
+			content["device_display_name"] = d.DisplayName
+		}
+		if err := s.QueueEDU(ctx, dests, "m.device_list_update", content); err != nil {
+			return err
+		}
+	}
+	return nil
+}

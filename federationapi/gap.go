@@ -93,6 +93,12 @@ func (s *Server) fillGap(ctx context.Context, origin string, p *parsedPDU) (*roo
 		for _, id := range ids.AuthChainIDs {
 			authIDs[id] = true
 		}
+		// The state before prev is given too, though prev replaces one
+		// of its events: prev's own auth events are among them
+		// (Complement TestMSC4297StateResolutionV2_1_*).
+		for _, id := range ids.PDUIDs {
+			authIDs[id] = true
+		}
 	}
 	var chain []string
 	for id := range authIDs {

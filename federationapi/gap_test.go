@@ -3,7 +3,9 @@ package federationapi_test
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // TestInboundGapFilledFromState: a server sends A a PDU whose prev events
@@ -138,6 +141,15 @@ func TestInboundGapFilledFromState(t *testing.T) {
 				pe.PrevEvents, pe.Depth = []string{last.EventID()}, last.Depth()+1
 			})
 
+		// A message here just before the PDU: a /sync batch holding both
+		// starts at the PDU after the gap and is limited (Complement's
+		// TestSyncTimelineGap).
+		before := sendText(t, a, roomID, alice, "before the gap closes")
+		beforeEv, err := a.HS.Rooms.Event(ctx, alice, before)
+		if err != nil {
+			t.Fatal(err)
+		}
+
 		if res := send(tip); res[tip.EventID()] != "" {
 			t.Fatalf("the PDU after the gap: %s", res[tip.EventID()])
 		}
@@ -157,6 +169,18 @@ func TestInboundGapFilledFromState(t *testing.T) {
 		msg := sendText(t, a, roomID, alice, "welcome back")
 		if !hasEvent(a, alice, msg) {
 			t.Fatal("alice's message after the gap is missing")
+		}
+		rr, err := a.HS.Rooms.RecentEvents(ctx, roomserver.RecentRequest{UserID: alice, RoomID: roomID,
+			From: beforeEv.StreamPos - 1, To: math.MaxInt64, Limit: 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range rr.Events {
+			got = append(got, e.EventID)
+		}
+		if !rr.Limited || !slices.Equal(got, []string{tip.EventID(), msg}) {
+			t.Fatalf("sync batch across the gap: limited=%v %v; want limited, [%s %s]", rr.Limited, got, tip.EventID(), msg)
 		}
 	})
 }

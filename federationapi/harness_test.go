@@ -40,6 +40,9 @@ type network struct {
 	engine         storage.Engine
 	trustedNotary  []string
 	editEachConfig func(*config.Config)
+	// wrapListener, if set, wraps each server's federation listener
+	// (partition_test.go cuts links with it).
+	wrapListener func(*fedServer, net.Listener) net.Listener
 }
 
 func newNetwork(t testing.TB, engine storage.Engine) *network {
@@ -116,6 +119,9 @@ func (n *network) start() *fedServer {
 
 func (s *fedServer) run(ln net.Listener) {
 	t := s.n.t
+	if s.n.wrapListener != nil {
+		ln = s.n.wrapListener(s, ln)
+	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("MYELIN_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("server", s.Name)

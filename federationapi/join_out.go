@@ -55,6 +55,9 @@ func (s *Server) JoinRemote(ctx context.Context, roomIDOrAlias, userID string, v
 	if err != nil {
 		return "", ClientError(err)
 	}
+	if err := s.announceDevices(ctx, userID, roomID); err != nil {
+		s.log.Warn("announcing a joiner's devices", "room_id", roomID, "err", err)
+	}
 	return roomID, nil
 }
 
@@ -91,7 +94,7 @@ func (s *Server) tryVia(via []string, roomID, op, noServer string, attempt func(
 
 // resolveRemoteRoom turns a room ID or another server's alias into a
 // room ID and the servers to try: via, then the alias's answer and
-// server, or the server a pre-v12 room ID names.
+// server; for a pre-v12 room ID with no via, the server it names.
 func (s *Server) resolveRemoteRoom(ctx context.Context, roomIDOrAlias string, via []string) (string, []string, error) {
 	roomID := roomIDOrAlias
 	if strings.HasPrefix(roomIDOrAlias, "#") {
@@ -107,8 +110,12 @@ func (s *Server) resolveRemoteRoom(ctx context.Context, roomIDOrAlias string, vi
 		roomID = dir.RoomID
 		via = append(append([]string{}, via...), dir.Servers...)
 		via = append(via, server)
-	} else if d := domainOf(roomID); d != "" {
-		via = append(append([]string{}, via...), d) // pre-v12 room IDs name their creating server
+	} else if d := domainOf(roomID); d != "" && len(via) == 0 {
+		// With no server named, try the one a pre-v12 room ID names (its
+		// creator's). Servers the client named are tried alone: the
+		// creator's server may have left, or may be the one the client
+		// means to avoid (Complement TestRestrictedRoomsRemoteJoinFailOver).
+		via = []string{d}
 	}
 	return roomID, via, nil
 }
@@ -232,26 +239,24 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 		}
 		joinJSON = p.pdu.JSON()
 	}
-	// Verify every returned event's signatures and hashes.
-	verify := func(list []json.RawMessage) ([]json.RawMessage, error) {
+	// Verify every returned event's signatures and hashes. One that fails
+	// (no or a bad signature, a key we cannot get) is dropped, not the
+	// whole join: the roomserver then drops what depended on it.
+	// Spec: server-server-api, "Checks performed on receipt of a PDU";
+	// Complement TestJoinFederatedRoomWithUnverifiableEvents.
+	verify := func(list []json.RawMessage) []json.RawMessage {
 		out := make([]json.RawMessage, 0, len(list))
 		for _, raw := range list {
 			p, id, err := s.checkPDUVersion(ctx, raw, t.RoomVersion)
 			if err != nil {
-				return nil, fmt.Errorf("send_join event %s: %w", id, err)
+				s.log.Info("send_join response: dropping an event that fails its checks", "room_id", roomID, "event_id", id, "err", err)
+				continue
 			}
 			out = append(out, p.pdu.JSON())
 		}
-		return out, nil
+		return out
 	}
-	state, err := verify(resp.State)
-	if err != nil {
-		return err
-	}
-	chain, err := verify(resp.AuthChain)
-	if err != nil {
-		return err
-	}
+	state, chain := verify(resp.State), verify(resp.AuthChain)
 	servers := resyncServers(server, resp.ServersInRoom)
 	res, err := s.rooms.ImportJoinedRoom(ctx, roomserver.ImportRoomRequest{
 		RoomVersion: t.RoomVersion, Join: joinJSON, State: state, AuthChain: chain,
@@ -301,8 +306,14 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 			errs = append(errs, err)
 			continue
 		}
-		s.dropRemoteInvite(ctx, userID, roomID)
-		return nil
+		// The invite (or knock) is answered: keep the leave in the remote
+		// invite stream so the user's /sync shows the room as left.
+		// Spec: client-server-api, "GET /_matrix/client/v3/sync"
+		// (rooms.leave); Complement TestFederationRoomsInvite.
+		return s.storePendingMembership(ctx, pendingMembership{
+			userID: userID, roomID: roomID, eventID: leave.EventID(), roomVersion: t.RoomVersion,
+			event: leave.JSON(), strippedState: []byte("[]"), membership: "leave",
+		})
 	}
 	if len(errs) == 0 {
 		return mxerr.New(mxerr.NotFound, "no server to leave %s through", roomID)

@@ -177,7 +177,7 @@ func (s *Server) resyncFrom(ctx context.Context, server string, room roomserver.
 		if err != nil {
 			return err
 		}
-		at := roomserver.PrevState{PrevEventID: prev, StateIDs: ids.PDUIDs}
+		at := roomserver.StateBeforePrev{PrevEventID: prev, StateIDs: ids.PDUIDs}
 		for _, raw := range fetched {
 			if p, _, err := s.checkPDUVersion(ctx, raw, room.RoomVersion); err == nil && p.pdu.EventID() == prev {
 				at.PrevEvent = raw // the roomserver stores it only if it is state

@@ -168,7 +168,7 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 	if err := roomserver.CheckPDUJSON(raw); err != nil {
 		return nil, gjson.GetBytes(raw, "event_id").Str, fmt.Errorf("invalid PDU: %w", err)
 	}
-	pdu, err := guard(func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+	pdu, err := roomserver.NewUntrustedPDU(impl, raw)
 	if err != nil {
 		return nil, "", fmt.Errorf("invalid PDU: %w", err)
 	}
@@ -176,8 +176,8 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 	if len(pdu.JSON()) > 65536 {
 		return nil, eventID, errors.New("PDU larger than 65536 bytes")
 	}
-	if len(pdu.Type()) > 255 || len(pdu.SenderID()) > 255 || pdu.StateKey() != nil && len(*pdu.StateKey()) > 255 {
-		return nil, eventID, errors.New("type, sender or state_key longer than 255 bytes")
+	if err := roomserver.CheckPDUFieldLimits(pdu); err != nil {
+		return nil, eventID, err
 	}
 	if _, err := spec.NewUserID(string(pdu.SenderID()), true); err != nil {
 		return nil, eventID, fmt.Errorf("invalid sender %q", pdu.SenderID())

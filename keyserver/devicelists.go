@@ -103,7 +103,8 @@ func (s *Server) DeviceListPosition(ctx context.Context) (int64, error) {
 //
 // changed holds every user who shares a room with userID now
 // (Deps.SharedRoomUsers), or is userID, and whose device list changed at
-// a position in (from, to]; plus rooms.Joined. left holds rooms.Left
+// a position in (from, to]; plus rooms.Joined (userID too, when it
+// joined a room). left holds rooms.Left
 // minus anyone who still shares a room. Both are sorted and disjoint.
 func (s *Server) DeviceListChanges(ctx context.Context, userID string, from, to int64, rooms MembershipDelta) (changed, left []string, err error) {
 	shared := map[string]bool{userID: true}
@@ -138,10 +139,12 @@ func (s *Server) DeviceListChanges(ctx context.Context, userID string, from, to 
 			return nil, nil, err
 		}
 	}
+	// Joined holds who started sharing a room with userID in the window,
+	// and userID itself when it joined a room: like Synapse, the joiner
+	// is told to refresh its own list too (Complement
+	// TestDeviceListsUpdateOverFederation).
 	for _, u := range rooms.Joined {
-		if u != userID {
-			changedSet[u] = true
-		}
+		changedSet[u] = true
 	}
 	leftSet := map[string]bool{}
 	for _, u := range rooms.Left {

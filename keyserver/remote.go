@@ -424,6 +424,22 @@ func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, upda
 	applied := false
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		applied = false
+		if len(u.Keys) == 0 && !u.Deleted {
+			// A device with no keys, of which we hold none either: it is
+			// not in /keys/query answers, so no client has anything to
+			// refresh (a server announcing a joiner's devices sends such
+			// updates; Complement TestDeviceListsUpdateOverFederation
+			// wants no change seen for them).
+			var held int
+			if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_remote_device_keys WHERE user_id = $1 AND device_id = $2`,
+				userID, u.DeviceID).Scan(&held); err != nil {
+				return err
+			}
+			if held == 0 {
+				applied = true
+				return nil
+			}
+		}
 		var stored int64
 		var stale bool
 		err := tx.QueryRow(ctx, `SELECT stream_id, stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stored, &stale)

@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -56,9 +57,56 @@ func (s *Server) TransactionIDs(ctx context.Context, roomID, userID, deviceID st
 }
 
 // EventAtTimestamp implements ClientReads. It walks candidates in
-// timestamp order and returns the first the user may see.
-// Spec: client-server-api, "GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event".
+// timestamp order and returns the first the user may see. Where this
+// server lacks part of the room's history (the room was joined over
+// federation, or has gaps), the local answer may be missing or stale:
+// then it also asks another server in the room, and when that server's
+// event is closer to ts, fetches it, stores it as history (like
+// backfill) and answers from what it now holds.
+// Spec: client-server-api, "GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event"
+// ("If the server does not have all of the room history ... it can use
+// the corresponding federation endpoint").
 func (s *Server) EventAtTimestamp(ctx context.Context, userID, roomID string, ts int64, dir Direction) (*Event, error) {
+	local, err := s.localEventAtTimestamp(ctx, userID, roomID, ts, dir)
+	if err != nil && !mxerr.Is(err, mxerr.NotFound) {
+		return nil, err
+	}
+	if s.backfiller == nil || !s.historyIncomplete(ctx, roomID) {
+		return local, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, backfillTimeout)
+	defer cancel()
+	remoteID, raw, rerr := s.backfiller.TimestampToEvent(rctx, roomID, ts, dir)
+	if rerr != nil {
+		return local, err // the local answer stands
+	}
+	var remote struct {
+		TS int64 `json:"origin_server_ts"`
+	}
+	_ = json.Unmarshal(raw, &remote)
+	closer := dir == Forward && remote.TS >= ts && (local == nil || remote.TS < local.OriginServerTS) ||
+		dir == Backward && remote.TS <= ts && (local == nil || remote.TS > local.OriginServerTS)
+	if !closer {
+		return local, err
+	}
+	if _, _, herr := s.FederationEvent(ctx, remoteID); mxerr.Is(herr, mxerr.NotFound) {
+		if _, perr := s.PersistBackfill(ctx, roomID, []json.RawMessage{raw}); perr != nil {
+			return local, err
+		}
+	}
+	return s.localEventAtTimestamp(ctx, userID, roomID, ts, dir)
+}
+
+// historyIncomplete reports whether this server lacks the start of
+// roomID's history: its oldest timeline event is not the create event.
+func (s *Server) historyIncomplete(ctx context.Context, roomID string) bool {
+	var eventType string
+	err := s.db.Reader().QueryRow(ctx, `SELECT type FROM roomserver_events WHERE room_id = $1
+		AND NOT rejected AND NOT soft_failed ORDER BY depth, event_nid LIMIT 1`, roomID).Scan(&eventType)
+	return err == nil && eventType != "m.room.create"
+}
+
+func (s *Server) localEventAtTimestamp(ctx context.Context, userID, roomID string, ts int64, dir Direction) (*Event, error) {
 	var out *Event
 	err := s.db.Read(ctx, func(q storage.Querier) error {
 		room, err := loadRoom(ctx, q, roomID)
@@ -68,9 +116,9 @@ func (s *Server) EventAtTimestamp(ctx context.Context, userID, roomID string, ts
 		query := `SELECT ` + eventColumns + ` FROM roomserver_events WHERE room_id = $1
 			AND NOT rejected AND NOT soft_failed AND `
 		if dir == Forward {
-			query += `origin_server_ts >= $2 ORDER BY origin_server_ts, event_nid LIMIT 100 OFFSET $3`
+			query += `origin_server_ts >= $2 ORDER BY origin_server_ts, depth, event_nid LIMIT 100 OFFSET $3`
 		} else {
-			query += `origin_server_ts <= $2 ORDER BY origin_server_ts DESC, event_nid DESC LIMIT 100 OFFSET $3`
+			query += `origin_server_ts <= $2 ORDER BY origin_server_ts DESC, depth DESC, event_nid DESC LIMIT 100 OFFSET $3`
 		}
 		vis := s.newVisibility(q, userID)
 		for offset := 0; offset < 10000; offset += 100 {
@@ -229,6 +277,71 @@ func (s *Server) MembershipsAt(ctx context.Context, userID string, eventIDs []st
 				m = "leave"
 			}
 			out[id] = m
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PrevState is the state event another one replaced at its (type,
+// state_key): what a client sees as unsigned.prev_content, prev_sender
+// and replaces_state.
+type PrevState struct {
+	EventID string
+	Sender  string
+	Content json.RawMessage
+}
+
+// PrevStates maps each state event of eventIDs (known to this server)
+// to the event it replaced, for those that replaced one. The caller has
+// already decided the events are visible.
+// Spec: client-server-api, "Room Event Format" (unsigned.prev_content);
+// Complement TestFederationRoomsInvite reads is_direct from it.
+func (s *Server) PrevStates(ctx context.Context, eventIDs []string) (map[string]*PrevState, error) {
+	out := map[string]*PrevState{}
+	if len(eventIDs) == 0 {
+		return out, nil
+	}
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		loaded, err := s.loadEventsByID(ctx, q, nil, eventIDs)
+		if err != nil {
+			return err
+		}
+		replaced := map[int64][]string{} // NID of the replaced event -> events replacing it
+		for id, e := range loaded {
+			if e.row.StateKey == nil || e.row.StateBefore == 0 {
+				continue
+			}
+			k := tuple{e.row.Type, *e.row.StateKey}
+			before, err := loadSnapshotKeys(ctx, q, e.row.StateBefore, []tuple{k})
+			if err != nil {
+				return err
+			}
+			if nid := before[k]; nid != 0 && nid != e.row.NID {
+				replaced[nid] = append(replaced[nid], id)
+			}
+		}
+		if len(replaced) == 0 {
+			return nil
+		}
+		nids := make([]int64, 0, len(replaced))
+		for nid := range replaced {
+			nids = append(nids, nid)
+		}
+		rows, err := eventRowsByNID(ctx, q, nids)
+		if err != nil {
+			return err
+		}
+		for _, row := range rows {
+			var ev struct {
+				Content json.RawMessage `json:"content"`
+			}
+			if json.Unmarshal([]byte(row.JSON), &ev) != nil {
+				continue
+			}
+			for _, id := range replaced[row.NID] {
+				out[id] = &PrevState{EventID: row.EventID, Sender: row.Sender, Content: ev.Content}
+			}
 		}
 		return nil
 	})

@@ -30,6 +30,8 @@
 //
 // gomatrixserverlib is used behind guard(), which turns its panics into
 // errors; its room version table is used only for the stable versions
-// 1–12 (supportedVersions); its logrus output is routed to slog at debug
-// level. Sender IDs are resolved leniently (historical user IDs allowed).
+// 1–12 (supportedVersions) and the unstable owned-state versions of
+// MSC3757 (auth_ownedstate.go); its logrus output is routed to slog at
+// debug level. Sender IDs are resolved leniently (historical user IDs
+// allowed).
 package roomserver

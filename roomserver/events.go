@@ -376,7 +376,31 @@ func checkEventLimits(pdu gomatrixserverlib.PDU) error {
 	if n := len(pdu.JSON()); n > maxEventBytes {
 		return mxerr.New(mxerr.TooLarge, "event is %d bytes, more than the %d allowed", n, maxEventBytes)
 	}
-	return checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID()))
+	return CheckPDUFieldLimits(pdu)
+}
+
+// CheckPDUFieldLimits applies the per-key size limits to an event of
+// any origin. Room versions before 11 count them in codepoints, not
+// bytes (gomatrixserverlib's StrictEventByteLimits; Synapse enforced
+// codepoints there): an event other servers accepted in such a room
+// must be accepted here too, or the room's DAG breaks here (Complement:
+// TestOutboundFederationEventSizeGetMissingEvents). Events this server
+// makes are held to bytes before they are built (checkFieldLimits).
+func CheckPDUFieldLimits(pdu gomatrixserverlib.PDU) error {
+	v, err := gomatrixserverlib.GetRoomVersion(pdu.Version())
+	if err != nil || v.StrictEventByteLimits() {
+		return checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID()))
+	}
+	over := func(s string) bool { return utf8.RuneCountInString(s) > maxIDBytes }
+	switch {
+	case over(pdu.Type()):
+		return mxerr.New(mxerr.BadJSON, "event type is longer than %d codepoints", maxIDBytes)
+	case pdu.StateKey() != nil && over(*pdu.StateKey()):
+		return mxerr.New(mxerr.BadJSON, "state key is longer than %d codepoints", maxIDBytes)
+	case over(string(pdu.SenderID())):
+		return mxerr.New(mxerr.BadJSON, "sender is longer than %d codepoints", maxIDBytes)
+	}
+	return nil
 }
 
 func checkFieldLimits(eventType string, stateKey *string, sender string) error {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -33,6 +35,10 @@ type Backfiller interface {
 	// from a server in the room, each one with signatures and hashes
 	// verified, as federation JSON.
 	Backfill(ctx context.Context, roomID string, from []string, limit int) ([]json.RawMessage, error)
+	// TimestampToEvent returns the ID and federation JSON of the event
+	// another server in roomID finds closest to ts in direction dir,
+	// with signatures and hash verified.
+	TimestampToEvent(ctx context.Context, roomID string, ts int64, dir Direction) (string, json.RawMessage, error)
 }
 
 // SetBackfiller sets the Backfiller. Call it before serving.
@@ -49,21 +55,48 @@ const backfillTimeout = 5 * time.Second
 const maxOutlierWalk = 200
 
 // backfillIfAtStart backfills roomID when fewer than limit timeline
-// events lie before token from. Errors are logged, not returned: the
-// client gets what is held.
-func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from topoToken, limit int) {
+// events lie before token from, or when one of the next limit events
+// before it has prev events not held (a gap in the middle of the
+// timeline). Errors are logged, not returned: the client gets what is
+// held.
+func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from pageFrom, limit int) {
 	if s.backfiller == nil {
 		return
 	}
 	q := s.db.Reader()
 	var n int
-	if err := q.QueryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM roomserver_events WHERE room_id = $1
-		AND NOT rejected AND NOT soft_failed AND (depth < $2 OR (depth = $2 AND event_nid < $3)) LIMIT $4) AS t`,
-		roomID, from.depth, from.stream, limit).Scan(&n); err != nil || n >= limit {
+	cond, args := from.where(Backward)
+	rows, err := q.Query(ctx, `SELECT json FROM roomserver_events WHERE room_id = $1
+		AND NOT rejected AND NOT soft_failed AND `+cond+fmt.Sprintf(` ORDER BY depth DESC, event_nid DESC LIMIT $%d`, len(args)+2),
+		append(append([]any{roomID}, args...), limit)...)
+	if err != nil {
 		return
 	}
-	missing, err := s.backwardExtremities(ctx, q, roomID)
-	if err != nil || len(missing) == 0 {
+	var prevs []string
+	for rows.Next() {
+		var raw string
+		if rows.Scan(&raw) == nil {
+			prevs = append(prevs, prevEventIDsOf(raw)...)
+		}
+		n++
+	}
+	rows.Close()
+	if rows.Err() != nil {
+		return
+	}
+	// A gap inside the page: prev events not held at all (a room left
+	// and joined again, whose timeline went on meanwhile).
+	missing, err := s.unheld(ctx, q, prevs)
+	if err != nil {
+		return
+	}
+	if len(missing) == 0 && n < limit {
+		// The start of what is held: what precedes the oldest event.
+		if missing, err = s.backwardExtremities(ctx, q, roomID); err != nil {
+			return
+		}
+	}
+	if len(missing) == 0 {
 		return
 	}
 	// A client waits for this; an unreachable server must not hold it.
@@ -76,6 +109,25 @@ func (s *Server) backfillIfAtStart(ctx context.Context, roomID string, from topo
 	_, _ = s.PersistBackfill(ctx, roomID, evs)
 }
 
+// unheld returns those of ids that are not held, outliers included.
+func (s *Server) unheld(ctx context.Context, q storage.Querier, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	query, args := inList(`SELECT event_id FROM roomserver_events WHERE event_id IN `, ids)
+	held, err := storage.QueryColumn[string](ctx, q, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, id := range ids {
+		if !slices.Contains(held, id) && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
 // backwardExtremities returns the prev events of the oldest timeline
 // event of roomID that are not held, walking through held outliers.
 func (s *Server) backwardExtremities(ctx context.Context, q storage.Querier, roomID string) ([]string, error) {
@@ -85,26 +137,7 @@ func (s *Server) backwardExtremities(ctx context.Context, q storage.Querier, roo
 	if err != nil {
 		return nil, err
 	}
-	prevsOf := func(raw string) []string {
-		var e struct {
-			Prev []json.RawMessage `json:"prev_events"`
-		}
-		_ = json.Unmarshal([]byte(raw), &e)
-		var out []string
-		for _, p := range e.Prev {
-			var id string
-			if json.Unmarshal(p, &id) == nil {
-				out = append(out, id)
-				continue
-			}
-			var pair []json.RawMessage // room versions 1 and 2: [id, hashes]
-			if json.Unmarshal(p, &pair) == nil && len(pair) > 0 && json.Unmarshal(pair[0], &id) == nil {
-				out = append(out, id)
-			}
-		}
-		return out
-	}
-	queue, seen := prevsOf(oldest), map[string]bool{}
+	queue, seen := prevEventIDsOf(oldest), map[string]bool{}
 	var missing []string
 	for len(queue) > 0 && len(seen) < maxOutlierWalk {
 		id := queue[0]
@@ -118,7 +151,7 @@ func (s *Server) backwardExtremities(ctx context.Context, q storage.Querier, roo
 			missing = append(missing, id)
 			continue
 		}
-		queue = append(queue, prevsOf(row.JSON)...)
+		queue = append(queue, prevEventIDsOf(row.JSON)...)
 	}
 	return missing, nil
 }
@@ -138,7 +171,7 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 	byID := map[string]gomatrixserverlib.PDU{}
 	for _, raw := range raws {
 		pdu, err := parseUntrustedPDU(impl, raw)
-		if err != nil || pdu.RoomID().String() != roomID || checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID())) != nil {
+		if err != nil || pdu.RoomID().String() != roomID || CheckPDUFieldLimits(pdu) != nil {
 			continue
 		}
 		byID[pdu.EventID()] = pdu
@@ -210,4 +243,22 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 		return nil
 	})
 	return stored, err
+}
+
+// prevEventIDsOf reads the prev_events of a stored event's JSON, in
+// either format (room versions 1 and 2: [id, hashes] pairs).
+func prevEventIDsOf(raw string) []string {
+	var out []string
+	gjson.Get(raw, "prev_events").ForEach(func(_, p gjson.Result) bool {
+		switch {
+		case p.Type == gjson.String:
+			out = append(out, p.Str)
+		case p.IsArray():
+			if id := p.Get("0"); id.Type == gjson.String {
+				out = append(out, id.Str)
+			}
+		}
+		return true
+	})
+	return out
 }

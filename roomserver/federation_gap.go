@@ -53,7 +53,7 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		return nil, err
 	}
 	parse := func(raw json.RawMessage) (gomatrixserverlib.PDU, error) {
-		return guard("parsing PDU", func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+		return NewUntrustedPDU(impl, raw)
 	}
 	pdu, err := parse(req.JSON)
 	if err != nil {
@@ -86,7 +86,7 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		if e.RoomID().String() != roomID {
 			return nil, mxerr.New(mxerr.BadJSON, "event %s is in another room", e.EventID())
 		}
-		if err := checkFieldLimits(e.Type(), e.StateKey(), string(e.SenderID())); err != nil {
+		if err := CheckPDUFieldLimits(e); err != nil {
 			return nil, err
 		}
 		given[e.EventID()] = e
@@ -267,7 +267,7 @@ func (s *Server) prepareWithState(ctx context.Context, tx storage.Tx, room *room
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid event")
 	}
-	if err := checkFieldLimits(row.Type, row.StateKey, row.Sender); err != nil {
+	if err := CheckPDUFieldLimits(pdu); err != nil {
 		return nil, err
 	}
 	if row.Depth < 0 || row.Depth > maxSafeInt {

@@ -178,8 +178,22 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
 	}
-	if _, err := loadRoom(ctx, s.db.Reader(), roomID); err == nil {
-		return s.InputEvent(ctx, InputEventRequest{RoomVersion: req.RoomVersion, JSON: req.Join})
+	// A room we are still in takes the join as any other event. One we
+	// left is imported again: our copy of its state is stale, so the
+	// send_join state replaces it and the join is its only extremity.
+	rejoin, err := loadRoom(ctx, s.db.Reader(), roomID)
+	if err == nil {
+		servers, err := s.JoinedServers(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(servers, string(s.serverName)) {
+			return s.InputEvent(ctx, InputEventRequest{RoomVersion: req.RoomVersion, JSON: req.Join})
+		}
+	} else if !mxerr.Is(err, mxerr.NotFound) {
+		return nil, err
+	} else {
+		rejoin = nil
 	}
 	byID := map[string]gomatrixserverlib.PDU{}
 	var stateIDs []string
@@ -192,7 +206,7 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 			if pdu.RoomID().String() != roomID {
 				return nil, mxerr.New(mxerr.BadJSON, "event %s of the send_join response is in another room", pdu.EventID())
 			}
-			if err := checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID())); err != nil {
+			if err := CheckPDUFieldLimits(pdu); err != nil {
 				return nil, err
 			}
 			byID[pdu.EventID()] = pdu
@@ -205,20 +219,33 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		}
 	}
 	// Every event must be allowed by its own auth events, all of which
-	// must be in the response. Spec: "Checks performed on receipt of a PDU".
-	for id, pdu := range byID {
-		var auth []gomatrixserverlib.PDU
-		for _, a := range pdu.AuthEventIDs() {
-			ae, ok := byID[a]
-			if !ok {
-				return nil, mxerr.New(mxerr.BadJSON, "auth event %s of %s is missing from the response", a, id)
+	// must be in the response. One that is not (its auth event was
+	// dropped by the caller for a bad signature, say) is rejected and
+	// dropped, and so is whatever depends on it; the join needs only
+	// what remains to let it in. Spec: server-server-api, "Checks
+	// performed on receipt of a PDU"; Complement
+	// TestJoinFederatedRoomWithUnverifiableEvents.
+	for dropped := true; dropped; {
+		dropped = false
+		for _, id := range sortedByDepth(byID) {
+			pdu := byID[id]
+			var auth []gomatrixserverlib.PDU
+			complete := true
+			for _, a := range pdu.AuthEventIDs() {
+				ae, ok := byID[a]
+				if !ok {
+					complete = false
+					break
+				}
+				auth = append(auth, ae)
 			}
-			auth = append(auth, ae)
-		}
-		if err := allowed(pdu, auth); err != nil {
-			return nil, mxerr.New(mxerr.Forbidden, "event %s of the send_join response is not allowed: %v", id, err)
+			if !complete || allowed(pdu, auth) != nil {
+				delete(byID, id)
+				dropped = true
+			}
 		}
 	}
+	stateIDs = slices.DeleteFunc(stateIDs, func(id string) bool { return byID[id] == nil })
 	// The state must hold the create event, one event per key, and let
 	// the join in.
 	stateByKey := map[tuple]gomatrixserverlib.PDU{}
@@ -246,7 +273,12 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	room := &roomRow{RoomID: roomID, Version: req.RoomVersion}
 	var p *prepared
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
+		if rejoin != nil {
+			if room, err = loadRoom(ctx, tx, roomID); err != nil {
+				return err
+			}
+			room.Extremities = nil
+		} else if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
 			return err
 		}
 		known, err := eventRowsByID(ctx, tx, mapKeys(byID))

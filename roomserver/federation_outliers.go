@@ -53,7 +53,7 @@ func (s *Server) InputOutliers(ctx context.Context, roomID string, events []json
 	byID := map[string]gomatrixserverlib.PDU{}
 	var ids []string
 	for _, raw := range events {
-		pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+		pdu, err := NewUntrustedPDU(impl, raw)
 		if err != nil {
 			return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid outlier")
 		}
@@ -63,7 +63,7 @@ func (s *Server) InputOutliers(ctx context.Context, roomID string, events []json
 		if n := len(pdu.JSON()); n > maxEventBytes {
 			return nil, mxerr.New(mxerr.TooLarge, "event %s is %d bytes", pdu.EventID(), n)
 		}
-		if err := checkFieldLimits(pdu.Type(), pdu.StateKey(), string(pdu.SenderID())); err != nil {
+		if err := CheckPDUFieldLimits(pdu); err != nil {
 			return nil, err
 		}
 		if _, dup := byID[pdu.EventID()]; !dup {

@@ -478,9 +478,9 @@ func (s *Server) EventNearTimestamp(ctx context.Context, server, roomID string, 
 	}
 	query := `SELECT ` + eventColumns + ` FROM roomserver_events WHERE room_id = $1 AND NOT rejected AND NOT soft_failed AND `
 	if dir == Forward {
-		query += `origin_server_ts >= $2 ORDER BY origin_server_ts, event_nid LIMIT 50`
+		query += `origin_server_ts >= $2 ORDER BY origin_server_ts, depth, event_nid LIMIT 50`
 	} else {
-		query += `origin_server_ts <= $2 ORDER BY origin_server_ts DESC, event_nid DESC LIMIT 50`
+		query += `origin_server_ts <= $2 ORDER BY origin_server_ts DESC, depth DESC, event_nid DESC LIMIT 50`
 	}
 	rows, err := queryEventRows(ctx, q, query, roomID, ts)
 	if err != nil {

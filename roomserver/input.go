@@ -38,7 +38,7 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 	if row.RoomID != room.RoomID {
 		return nil, mxerr.New(mxerr.BadJSON, "event %s is not in room %s", row.EventID, room.RoomID)
 	}
-	if err := checkFieldLimits(row.Type, row.StateKey, row.Sender); err != nil {
+	if err := CheckPDUFieldLimits(pdu); err != nil {
 		return nil, err
 	}
 	// Security case 5: depth must be a safe integer.
@@ -259,14 +259,31 @@ func (s *Server) stateEventsFor(ctx context.Context, q storage.Querier, tx stora
 }
 
 // allowed runs the room version's auth rules, turning panics into errors.
+// Every auth decision of the roomserver (auth events, state before,
+// current state, state resolution) goes through here. Rules that
+// gomatrixserverlib gets wrong are checked here as well: see
+// auth_thirdparty.go.
 // Spec: rooms/vN, "Authorization rules".
 func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) error {
 	_, err := guard("auth check", func() (struct{}, error) {
-		provider, err := gomatrixserverlib.NewAuthEvents(authEvents)
+		events, err := gomatrixserverlib.NewAuthEvents(authEvents)
 		if err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, gomatrixserverlib.Allowed(pdu, provider, userIDForSender)
+		var provider gomatrixserverlib.AuthEventProvider = events
+		checked, err := ownedStateCheck(pdu, events)
+		if err != nil {
+			return struct{}{}, err
+		}
+		if invite, ok, err := thirdPartyInviteOf(pdu); err != nil {
+			return struct{}{}, err
+		} else if ok {
+			if err := checkThirdPartyInvite(pdu, invite, events); err != nil {
+				return struct{}{}, err
+			}
+			provider = thirdPartyKeysProvider{events}
+		}
+		return struct{}{}, gomatrixserverlib.Allowed(checked, provider, userIDForSender)
 	})
 	return err
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"reflect"
+	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -152,6 +154,9 @@ func memberContent(req MembershipRequest, membership string) map[string]any {
 	}
 	delete(content, "join_authorised_via_users_server")
 	delete(content, "third_party_invite")
+	if membership == "invite" && len(req.ThirdPartyInvite) > 0 {
+		content["third_party_invite"] = req.ThirdPartyInvite
+	}
 	content["membership"] = membership
 	if req.Reason != "" {
 		content["reason"] = req.Reason
@@ -187,10 +192,14 @@ func memberProto(req MembershipRequest, content map[string]any) (*gomatrixserver
 
 // restrictedJoinAuthoriser returns the local user to name in
 // join_authorised_via_users_server when userID joins a restricted room it
-// is not invited to, "" when no authorisation is needed, or M_FORBIDDEN
-// when the user is in none of the allowed rooms.
+// is not invited to, or "" when no authorisation is needed. It fails with
+// M_FORBIDDEN when the user is in none of the allowed rooms this server
+// can see, with 400 M_UNABLE_TO_AUTHORISE_JOIN when this server is in
+// none of the allowed rooms (so it cannot tell), and with 400
+// M_UNABLE_TO_GRANT_JOIN when no local member may invite: in the last two
+// cases the joining server should ask another resident server.
 // Spec: rooms/v8, "Authorization rules" 4.3.2; client-server-api,
-// "Restricted rooms".
+// "Restricted rooms"; server-server-api, "Restricted rooms".
 func (s *Server) restrictedJoinAuthoriser(ctx context.Context, roomID, userID string) (string, error) {
 	room, err := loadRoom(ctx, s.db.Reader(), roomID)
 	if err != nil {
@@ -215,29 +224,18 @@ func (s *Server) restrictedJoinAuthoriser(ctx context.Context, roomID, userID st
 	if joinRules == nil {
 		return "", nil
 	}
-	var jr struct {
-		JoinRule string `json:"join_rule"`
-		Allow    []struct {
-			Type   string `json:"type"`
-			RoomID string `json:"room_id"`
-		} `json:"allow"`
-	}
-	if json.Unmarshal(joinRules.Content(), &jr) != nil || (jr.JoinRule != "restricted" && jr.JoinRule != "knock_restricted") {
+	rule := gjson.GetBytes(joinRules.Content(), "join_rule").Str
+	if rule != "restricted" && rule != "knock_restricted" {
 		return "", nil
 	}
-	inAllowed := false
-	for _, a := range jr.Allow {
-		if a.Type != "m.room_membership" || a.RoomID == "" {
-			continue
-		}
-		if m, err := s.Membership(ctx, a.RoomID, userID); err == nil && m == "join" {
-			inAllowed = true
-			break
-		}
+	inAllowed, unknowable, err := s.inAllowedRoom(ctx, joinRules.Content(), userID)
+	if err != nil {
+		return "", err
 	}
 	if !inAllowed {
-		if jr.JoinRule == "knock_restricted" {
-			return "", nil // may still be refused by the auth rules; knocking is the other way in
+		if unknowable {
+			return "", mxerr.New(mxerr.UnableToAuthoriseJoin, "this server is in none of the rooms that grant access to %s", roomID).
+				WithStatus(http.StatusBadRequest)
 		}
 		return "", mxerr.New(mxerr.Forbidden, "you are not a member of any room that grants access to %s", roomID)
 	}
@@ -267,5 +265,40 @@ func (s *Server) restrictedJoinAuthoriser(ctx context.Context, roomID, userID st
 			return u, nil
 		}
 	}
-	return "", mxerr.New(mxerr.UnableToGrantJoin, "no local member can authorise your join")
+	return "", mxerr.New(mxerr.UnableToGrantJoin, "no member of this server may authorise your join: try another server").
+		WithStatus(http.StatusBadRequest)
+}
+
+// inAllowedRoom reads the allow list of a restricted join rule and
+// reports whether userID is joined to one of its rooms that this server
+// is in, and whether some allowed room is one this server is not in
+// (its membership there cannot be known). Entries that do not match the
+// schema are ignored, and an allow that is not a list has no entries:
+// such conditions are failed. Spec: server-server-api, "Restricted
+// rooms"; client-server-api, "m.room.join_rules".
+func (s *Server) inAllowedRoom(ctx context.Context, joinRules json.RawMessage, userID string) (inAllowed, unknowable bool, err error) {
+	allow := gjson.GetBytes(joinRules, "allow")
+	if !allow.IsArray() {
+		return false, false, nil
+	}
+	for _, a := range allow.Array() {
+		if a.Get("type").Str != "m.room_membership" || a.Get("room_id").Type != gjson.String || a.Get("room_id").Str == "" {
+			continue
+		}
+		allowedRoom := a.Get("room_id").Str
+		servers, err := s.JoinedServers(ctx, allowedRoom)
+		if err != nil {
+			return false, false, err
+		}
+		if !slices.Contains(servers, string(s.serverName)) {
+			unknowable = true
+			continue
+		}
+		if m, err := s.Membership(ctx, allowedRoom, userID); err != nil {
+			return false, false, err
+		} else if m == "join" {
+			return true, false, nil
+		}
+	}
+	return false, unknowable, nil
 }

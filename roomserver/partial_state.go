@@ -212,12 +212,12 @@ type CompletePartialStateRequest struct {
 	// that this server may not have yet.
 	Events []json.RawMessage
 	// AtPrevs is, for each prev event of the join, the state before it.
-	AtPrevs []PrevState
+	AtPrevs []StateBeforePrev
 }
 
-// PrevState is the room state before one prev event of a join, as
+// StateBeforePrev is the room state before one prev event of a join, as
 // GET /state_ids answers for it.
-type PrevState struct {
+type StateBeforePrev struct {
 	PrevEventID string
 	StateIDs    []string
 	// PrevEvent is the prev event itself when this server lacks it. It
@@ -367,7 +367,7 @@ func (s *Server) storeStateOutliers(ctx context.Context, tx storage.Tx, byID map
 // stateFromIDs turns the state before each prev event of the join
 // (event IDs, all stored) into the state before the join: each prev
 // event applied to the state before it, resolved when there are several.
-func (s *Server) stateFromIDs(ctx context.Context, tx storage.Tx, room *roomRow, states []PrevState) (stateMap, error) {
+func (s *Server) stateFromIDs(ctx context.Context, tx storage.Tx, room *roomRow, states []StateBeforePrev) (stateMap, error) {
 	if len(states) == 0 {
 		return nil, mxerr.New(mxerr.BadJSON, "no room state")
 	}

@@ -1,6 +1,7 @@
 package roomserver
 
 import (
+	"errors"
 	"unicode/utf8"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -63,5 +64,19 @@ func parseUntrustedPDU(impl gomatrixserverlib.IRoomVersion, raw []byte) (gomatri
 	if err := CheckPDUJSON(raw); err != nil {
 		return nil, err
 	}
-	return guard("parsing PDU", func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+	return NewUntrustedPDU(impl, raw)
+}
+
+// NewUntrustedPDU parses a PDU from another server. gomatrixserverlib
+// returns an event together with a "persistable" validation error when
+// a type or state key is within the codepoint limit of room versions
+// before 11 but over 255 bytes: such an event is kept (its size is
+// checked by CheckPDUFieldLimits), as other servers kept it.
+func NewUntrustedPDU(impl gomatrixserverlib.IRoomVersion, raw []byte) (gomatrixserverlib.PDU, error) {
+	pdu, err := guard("parsing PDU", func() (gomatrixserverlib.PDU, error) { return impl.NewEventFromUntrustedJSON(raw) })
+	var verr gomatrixserverlib.EventValidationError
+	if err != nil && pdu != nil && errors.As(err, &verr) && verr.Persistable {
+		return pdu, nil
+	}
+	return pdu, err
 }

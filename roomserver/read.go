@@ -593,6 +593,50 @@ func parseTopoToken(s string) (topoToken, error) {
 	return topoToken{depth, stream}, nil
 }
 
+// pageFrom is where a /messages page starts: a topological position
+// (a "t" token), or a stream position (an "s" token, as /sync's
+// prev_batch): backwards, the events at or before it; forwards, those
+// after it; either way in topological order.
+type pageFrom struct {
+	stream bool
+	topo   topoToken
+	pos    int64
+}
+
+func parsePageFrom(s string) (pageFrom, error) {
+	if rest, ok := strings.CutPrefix(s, "s"); ok {
+		pos, err := strconv.ParseInt(rest, 10, 64)
+		if err != nil || itoa(pos) != rest {
+			return pageFrom{}, mxerr.New(mxerr.InvalidParam, "invalid pagination token %q", s)
+		}
+		return pageFrom{stream: true, pos: pos}, nil
+	}
+	t, err := parseTopoToken(s)
+	return pageFrom{topo: t}, err
+}
+
+func (f pageFrom) String() string {
+	if f.stream {
+		return StreamToken(f.pos)
+	}
+	return f.topo.String()
+}
+
+// where is the SQL condition for the events after f in direction dir,
+// with f's values as $2 and $3.
+func (f pageFrom) where(dir Direction) (string, []any) {
+	switch {
+	case f.stream && dir == Forward:
+		return `event_nid > $2`, []any{f.pos}
+	case f.stream:
+		return `event_nid <= $2`, []any{f.pos}
+	case dir == Forward:
+		return `(depth > $2 OR (depth = $2 AND event_nid > $3))`, []any{f.topo.depth, f.topo.stream}
+	default:
+		return `(depth < $2 OR (depth = $2 AND event_nid < $3))`, []any{f.topo.depth, f.topo.stream}
+	}
+}
+
 // Messages pages through a room's timeline in topological order (depth,
 // then stream position), returning what UserID may see. End is set even
 // when every event in the page was filtered out (security case 22).
@@ -602,17 +646,17 @@ func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesRe
 	if limit <= 0 || limit > 1000 {
 		limit = 10
 	}
-	var from topoToken
+	var from pageFrom
 	switch {
 	case req.From != "":
 		var err error
-		if from, err = parseTopoToken(req.From); err != nil {
+		if from, err = parsePageFrom(req.From); err != nil {
 			return nil, err
 		}
 	case req.Dir == Forward:
-		from = topoToken{0, 0}
+		from = pageFrom{topo: topoToken{0, 0}}
 	default:
-		from = topoToken{1<<63 - 1, 1<<63 - 1}
+		from = pageFrom{topo: topoToken{1<<63 - 1, 1<<63 - 1}}
 	}
 	if req.Dir == Backward {
 		s.backfillIfAtStart(ctx, req.RoomID, from, limit) // federation_backfill.go
@@ -622,13 +666,15 @@ func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesRe
 		if _, err := loadRoom(ctx, q, req.RoomID); err != nil {
 			return err
 		}
-		query := `SELECT ` + eventColumns + ` FROM roomserver_events WHERE room_id = $1 AND NOT rejected AND NOT soft_failed AND `
+		cond, args := from.where(req.Dir)
+		query := `SELECT ` + eventColumns + ` FROM roomserver_events WHERE room_id = $1 AND NOT rejected AND NOT soft_failed AND ` + cond
 		if req.Dir == Forward {
-			query += `(depth > $2 OR (depth = $2 AND event_nid > $3)) ORDER BY depth, event_nid LIMIT $4`
+			query += ` ORDER BY depth, event_nid`
 		} else {
-			query += `(depth < $2 OR (depth = $2 AND event_nid < $3)) ORDER BY depth DESC, event_nid DESC LIMIT $4`
+			query += ` ORDER BY depth DESC, event_nid DESC`
 		}
-		rows, err := queryEventRows(ctx, q, query, req.RoomID, from.depth, from.stream, limit)
+		query += fmt.Sprintf(` LIMIT $%d`, len(args)+2)
+		rows, err := queryEventRows(ctx, q, query, append(append([]any{req.RoomID}, args...), limit)...)
 		if err != nil {
 			return err
 		}

@@ -80,9 +80,10 @@ var supportedVersions = map[string]bool{
 }
 
 // roomVersion returns the gomatrixserverlib implementation of a supported
-// version, or M_UNSUPPORTED_ROOM_VERSION.
+// version (stable, or one of the unstable owned-state versions, never a
+// default: auth_ownedstate.go), or M_UNSUPPORTED_ROOM_VERSION.
 func roomVersion(v string) (gomatrixserverlib.IRoomVersion, error) {
-	if !supportedVersions[v] {
+	if _, owned := ownedStateVersions[v]; !supportedVersions[v] && !owned {
 		return nil, mxerr.New(mxerr.UnsupportedRoomVersion, "room version %q is not supported", v)
 	}
 	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -34,6 +35,18 @@ func (s *Server) SendEvent(ctx context.Context, req SendEventRequest) (*SendEven
 		if err := s.checkCreatorsNotListed(ctx, req.RoomID, req.Content); err != nil {
 			return nil, err
 		}
+	}
+	if req.Type == "m.room.member" && gjson.GetBytes(req.Content, "join_authorised_via_users_server").Exists() {
+		// Only the join handshake may name an authoriser, whose server
+		// must sign the event; one a client wrote (a join -> join profile
+		// change, say) would make other servers refuse the event. Spec:
+		// server-server-api, "Restricted rooms"; Complement
+		// TestRestrictedRoomsRemoteJoin.
+		content, err := sjson.DeleteBytes(req.Content, "join_authorised_via_users_server")
+		if err != nil {
+			return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid content")
+		}
+		req.Content = content
 	}
 	proto := &gomatrixserverlib.ProtoEvent{
 		SenderID: req.Sender,
@@ -83,6 +96,9 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 	}
 	room, err := loadRoom(ctx, reader, roomID)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkOwnedStateKey(room.Version, proto.Type, proto.StateKey); err != nil {
 		return nil, err
 	}
 	pdu, err := s.build(ctx, reader, nil, room, proto, redacts)

@@ -91,18 +91,29 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 			rows = rows[:limit]
 		}
 		slices.Reverse(rows)
+		gap, err := s.lastGapEvent(ctx, q, rows)
+		if err != nil {
+			return err
+		}
+		if gap >= 0 {
+			// Events before a gap are not continuous with it: the batch
+			// starts at the gap and is limited, so clients paginate
+			// (and the server backfills) to see what lies between.
+			// Spec: client-server-api, "Syncing" ("limited" ... the
+			// client may "fill the gap" with /messages).
+			out.Limited = true
+			rows = rows[gap:]
+		}
+		// PrevBatch pages back from just before the first event in
+		// stream order: /messages from it returns the events this
+		// server had before that point, newest first, even those whose
+		// depth is greater than the first event's (an event that
+		// arrives late over federation, Complement's
+		// TestNetworkPartitionOrdering).
 		if len(rows) > 0 {
-			out.PrevBatch = TopologicalToken(rows[0].Depth, rows[0].NID)
+			out.PrevBatch = StreamToken(rows[0].NID - 1)
 		} else {
-			// Nothing new: page back from the latest event at or before To.
-			var depth, nid int64
-			err := q.QueryRow(ctx, `SELECT depth, event_nid FROM roomserver_events
-				WHERE room_id = $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
-				ORDER BY event_nid DESC LIMIT 1`, req.RoomID, req.To).Scan(&depth, &nid)
-			if err != nil && !storage.IsNoRows(err) {
-				return err
-			}
-			out.PrevBatch = TopologicalToken(depth, nid+1)
+			out.PrevBatch = StreamToken(req.To)
 		}
 		out.Events, err = s.filterVisible(ctx, q, req.UserID, rows)
 		return err
@@ -170,6 +181,58 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 	}
 	return out, nil
 }
+
+// lastGapEvent returns the index in rows (stream order) of the last
+// event received over federation whose prev events are not all in the
+// timeline here (it was accepted with state fetched for a gap, or its
+// prev events are outliers), -1 when there is none.
+// Events sent here always extend the timeline, so only other servers'
+// events are looked at.
+func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*eventRow) (int, error) {
+	suffix := ":" + string(s.serverName)
+	inBatch := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		inBatch[r.EventID] = true
+	}
+	// A prev event in the batch is a timeline event; only the others
+	// are looked up, all at once.
+	outside := map[int][]string{}
+	var ask []string
+	for i, r := range rows {
+		if strings.HasSuffix(r.Sender, suffix) {
+			continue
+		}
+		for _, p := range prevEventIDsOf(r.JSON) {
+			if !inBatch[p] {
+				outside[i] = append(outside[i], p)
+				ask = append(ask, p)
+			}
+		}
+	}
+	if len(ask) == 0 {
+		return -1, nil
+	}
+	query, args := inList(`SELECT event_id FROM roomserver_events WHERE state_after <> 0 AND event_id IN `, ask)
+	held, err := storage.QueryColumn[string](ctx, q, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	for i := len(rows) - 1; i >= 0; i-- {
+		for _, p := range outside[i] {
+			if !slices.Contains(held, p) {
+				return i, nil
+			}
+		}
+	}
+	return -1, nil
+}
+
+// StreamToken is a /messages token for a stream position: paging
+// backwards from it returns the events at or before that position in
+// topological order (depth, then stream position, newest first); paging
+// forwards, those after it. Spec: client-server-api, "Syncing"
+// (prev_batch) and "GET /rooms/{roomId}/messages".
+func StreamToken(streamPos int64) string { return "s" + itoa(streamPos) }
 
 // TopologicalToken is a /messages token for the position (depth, stream
 // position): paging backwards from it returns the events before it.

@@ -37,6 +37,7 @@ type Rooms interface {
 	PartialStateOf(ctx context.Context, roomIDs []string) (partial map[string]bool, done map[string]int64, err error)
 	SenderMembershipsFromAuth(ctx context.Context, eventIDs []string) ([]*roomserver.Event, error)
 	AwaitFullState(ctx context.Context, roomID string) error
+	PrevStates(ctx context.Context, eventIDs []string) (map[string]*roomserver.PrevState, error)
 }
 
 // AccountData is what sync reads from clientapi's account data stream

@@ -38,7 +38,7 @@ func DecodeToken(token string) (TokenPositions, error) {
 // It reads the window's net membership changes from the current state
 // (Rooms.StateDelta of the rooms whose m.room.member events moved):
 //   - a room userID is joined to now and whose membership changed in the
-//     window: all its joined members are in Joined;
+//     window: all its joined members, userID included, are in Joined;
 //   - a room userID is joined to where others' membership changed: those
 //     now joined are in Joined, the others in Left;
 //   - a room userID left (or was removed from) in the window: its joined
@@ -50,7 +50,10 @@ func DecodeToken(token string) (TokenPositions, error) {
 // source drops from Left whoever still shares a room.
 func MembershipChanges(ctx context.Context, rooms Rooms, userID string, memberships []roomserver.MembershipEntry, from, to int64) (MembershipDelta, error) {
 	var delta MembershipDelta
-	if from <= 0 || to <= from {
+	// from 0 is a real position: a sync token taken before this server
+	// had any room event (a user whose first room is joined over
+	// federation).
+	if from < 0 || to <= from {
 		return delta, nil
 	}
 	if memberships == nil {
@@ -70,10 +73,15 @@ func MembershipChanges(ctx context.Context, rooms Rooms, userID string, membersh
 		return delta, err
 	}
 	joined, left := map[string]bool{}, map[string]bool{}
+	// A user who joined a room is in Joined too, as Synapse has it, so
+	// that the client refreshes its own device list (Complement
+	// TestDeviceListsUpdateOverFederation expects it).
+	selfJoined := false
 	for _, m := range memberships {
 		ownChange := m.StreamPos > from && m.StreamPos <= to
 		switch {
 		case m.Membership == "join" && ownChange:
+			selfJoined = true
 			members, err := joinedMembers(ctx, rooms, m.RoomID)
 			if err != nil {
 				return delta, err
@@ -115,8 +123,10 @@ func MembershipChanges(ctx context.Context, rooms Rooms, userID string, membersh
 			}
 		}
 	}
-	delete(joined, userID)
 	delete(left, userID)
+	if !selfJoined {
+		delete(joined, userID)
+	}
 	delta.Joined, delta.Left = sortedSet(joined), sortedSet(left)
 	return delta, nil
 }

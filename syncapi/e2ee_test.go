@@ -230,9 +230,11 @@ func TestSyncDeviceListsFollowMembership(t *testing.T) {
 			}
 		}
 
+		// The joiner is in its own changed list too, as Synapse has it
+		// (Complement TestDeviceListsUpdateOverFederation).
 		membership(t, srv, "join", bob, bob.id, room)
 		expect(alice, "bob joined", []string{bob.id}, []string{})
-		expect(bob, "bob joined", []string{alice.id}, []string{})
+		expect(bob, "bob joined", []string{alice.id, bob.id}, []string{})
 
 		uploadDeviceKeys(t, srv, bob)
 		uploadDeviceKeys(t, srv, carol) // shares no room with anyone
@@ -243,7 +245,7 @@ func TestSyncDeviceListsFollowMembership(t *testing.T) {
 		// Sharing a second room, then leaving one of two: still sharing.
 		membership(t, srv, "join", bob, bob.id, other)
 		expect(alice, "bob joined a second room", []string{bob.id}, []string{})
-		expect(bob, "bob joined a second room", []string{alice.id}, []string{})
+		expect(bob, "bob joined a second room", []string{alice.id, bob.id}, []string{})
 		membership(t, srv, "leave", bob, bob.id, other)
 		expect(alice, "bob left one of two shared rooms", []string{}, []string{})
 		expect(bob, "bob left one of two shared rooms", []string{}, []string{})
@@ -355,7 +357,7 @@ func TestSlidingSyncE2EEExtensions(t *testing.T) {
 		}
 		membership(t, srv, "join", bob, bob.id, room)
 		r3 := sliding(bob, r2["pos"].(string), dig(r2, "extensions", "to_device", "next_batch").(string))
-		if got := toStringList(dig(r3, "extensions", "e2ee", "device_lists", "changed")); !slices.Equal(got, []string{alice.id}) {
+		if got := toStringList(dig(r3, "extensions", "e2ee", "device_lists", "changed")); !slices.Equal(got, []string{alice.id, bob.id}) {
 			t.Errorf("e2ee device_lists after joining alice's room: %v", got)
 		}
 		if got := toDeviceNs(t, dig(r3, "extensions", "to_device", "events"), alice.id); len(got) != 0 {

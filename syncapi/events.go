@@ -35,6 +35,12 @@ type unsigned struct {
 	RedactedBy string `json:"redacted_by,omitempty"`
 	// Relations are the event's bundled aggregations.
 	Relations json.RawMessage `json:"m.relations,omitempty"`
+	// PrevContent, PrevSender and ReplacesState describe the state event
+	// a state event replaced. Spec: client-server-api, "Room Event
+	// Format" (UnsignedData).
+	PrevContent   json.RawMessage `json:"prev_content,omitempty"`
+	PrevSender    string          `json:"prev_sender,omitempty"`
+	ReplacesState string          `json:"replaces_state,omitempty"`
 }
 
 // strippedEvent is a stripped state event. Spec: client-server-api,
@@ -63,6 +69,8 @@ type eventFormatter struct {
 	memberships map[string]string
 	// relations maps event ID -> its bundled aggregations.
 	relations map[string]json.RawMessage
+	// prevStates maps a state event's ID -> the state it replaced.
+	prevStates map[string]*roomserver.PrevState
 }
 
 func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
@@ -87,6 +95,9 @@ func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
 	}
 	ce.Unsigned.Membership = f.memberships[e.EventID]
 	ce.Unsigned.Relations = f.relations[e.EventID]
+	if p := f.prevStates[e.EventID]; p != nil {
+		ce.Unsigned.PrevContent, ce.Unsigned.PrevSender, ce.Unsigned.ReplacesState = p.Content, p.Sender, p.EventID
+	}
 	out, _ := json.Marshal(ce)
 	return out
 }
@@ -201,7 +212,7 @@ func roomEventFilterAllows(f *clientapi.RoomEventFilter, e *roomserver.Event) bo
 			return false
 		}
 	}
-	return true
+	return f.RelTypeAllows(e.Content)
 }
 
 func filterEvents(f *clientapi.RoomEventFilter, events []*roomserver.Event) []*roomserver.Event {

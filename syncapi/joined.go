@@ -28,6 +28,9 @@ type roomBuilder struct {
 	// timeline events and their invites are left out.
 	// Spec: client-server-api, "Ignoring Users".
 	ignored map[string]bool
+	// invitePermission is the user's MSC4155 config, read by hideInvite.
+	invitePermission *clientapi.InvitePermissionConfig
+	blocksAllInvites bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -105,7 +108,11 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		case "invite":
 			if b.initial() || newSince {
 				var st []strippedEvent
-				if st, err = b.stripped(ctx, m.RoomID); err == nil && !b.ignored[inviter(st, b.req.userID)] {
+				var hide bool
+				if st, err = b.stripped(ctx, m.RoomID); err == nil {
+					hide, err = b.hideInvite(ctx, inviter(st, b.req.userID))
+				}
+				if err == nil && !hide {
 					out.Invite[m.RoomID] = &invitedRoom{InviteState: strippedList{Events: st}}
 				}
 			}
@@ -158,6 +165,16 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 	// Spec: unsigned.membership, the caller's membership at each event.
 	// Complement: TestMembershipOnEvents.
 	if b.fmt.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids); err != nil {
+		return timeline{}, nil, nil, err
+	}
+	var stateIDs []string
+	for _, e := range evs {
+		if e.StateKey != nil {
+			stateIDs = append(stateIDs, e.EventID)
+		}
+	}
+	// Spec: unsigned.prev_content of the timeline's state events.
+	if b.fmt.prevStates, err = b.s.rooms.PrevStates(ctx, stateIDs); err != nil {
 		return timeline{}, nil, nil, err
 	}
 	// A limited timeline's events carry their bundled aggregations: the
