@@ -264,6 +264,18 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	for _, k := range sortedKeys(stateByKey) {
 		stateList = append(stateList, stateByKey[k])
 	}
+	if req.PartialState {
+		// Partial state may lack a membership the join needs (a
+		// restricted join's authoriser): the join's own auth events
+		// fill the keys it lacks (partial_state.go).
+		for _, id := range join.AuthEventIDs() {
+			if ae, ok := byID[id]; ok && ae.StateKey() != nil {
+				if _, have := stateByKey[tuple{ae.Type(), *ae.StateKey()}]; !have {
+					stateList = append(stateList, ae)
+				}
+			}
+		}
+	}
 	if err := allowed(join, stateList); err != nil {
 		return nil, mxerr.New(mxerr.Forbidden, "the join is not allowed by the room state: %v", err)
 	}

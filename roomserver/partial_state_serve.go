@@ -46,9 +46,13 @@ func (s *Server) PartialStateAndAuthChainBefore(ctx context.Context, eventID str
 	}
 	out := &PartialSendJoinResponse{ServersInRoom: joinedServersOf(full)}
 	heroes := heroesOf(full, joiner)
+	// Memberships the join is authorised by (a restricted join's
+	// authoriser) stay: the joiner checks the join against this state.
+	authOfJoin := join.pdu.AuthEventIDs()
 	kept := map[string]bool{}
 	for _, e := range full {
-		if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey != joiner && !slices.Contains(heroes, *e.StateKey) {
+		if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey != joiner && !slices.Contains(heroes, *e.StateKey) &&
+			!slices.Contains(authOfJoin, e.EventID) {
 			continue
 		}
 		out.State = append(out.State, e)
