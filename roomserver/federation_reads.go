@@ -144,8 +144,20 @@ func (s *Server) CheckServerAccess(ctx context.Context, server, roomID string) e
 	return mxerr.New(mxerr.Forbidden, "%s is not in room %s", server, roomID)
 }
 
-// JoinedServers lists the servers with a joined user in roomID, sorted.
+// JoinedServers lists the servers with a joined user in roomID, sorted,
+// and, while the room has partial state, the servers send_join named.
 func (s *Server) JoinedServers(ctx context.Context, roomID string) ([]string, error) {
+	return s.joinedServers(ctx, roomID, true)
+}
+
+// JoinedServersInState is JoinedServers without the servers a
+// partial-state room's send_join named: only those with a joined member
+// in the state this server holds.
+func (s *Server) JoinedServersInState(ctx context.Context, roomID string) ([]string, error) {
+	return s.joinedServers(ctx, roomID, false)
+}
+
+func (s *Server) joinedServers(ctx context.Context, roomID string, withPartial bool) ([]string, error) {
 	rows, err := s.db.Reader().Query(ctx, `SELECT state_key FROM roomserver_current_state
 		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
 	if err != nil {
@@ -167,8 +179,10 @@ func (s *Server) JoinedServers(ctx context.Context, roomID string) ([]string, er
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if out, err = s.withPartialStateServers(ctx, roomID, out, seen); err != nil {
-		return nil, err
+	if withPartial {
+		if out, err = s.withPartialStateServers(ctx, roomID, out, seen); err != nil {
+			return nil, err
+		}
 	}
 	sort.Strings(out)
 	return out, nil
