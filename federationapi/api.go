@@ -44,6 +44,7 @@ type Rooms interface {
 	CheckServerAccess(ctx context.Context, server, roomID string) error
 	ServerInRoom(ctx context.Context, server, roomID string) (bool, error)
 	JoinedServers(ctx context.Context, roomID string) ([]string, error)
+	JoinedServersInState(ctx context.Context, roomID string) ([]string, error)
 	FederationEvent(ctx context.Context, eventID string) (*roomserver.Event, string, error)
 	EventForServer(ctx context.Context, server, eventID string) (*roomserver.Event, error)
 	StateForServer(ctx context.Context, server, roomID, eventID string) (state, authChain []*roomserver.Event, err error)

@@ -116,10 +116,7 @@ func sharedServers(rooms *roomserver.Server) func(ctx context.Context, userID st
 		seen := map[string]bool{}
 		var out []string
 		for _, roomID := range joined {
-			// Not a partial-state room's send_join servers: the device-list
-			// sender runs after the fact, and would tell them of changes
-			// made before the join.
-			servers, err := rooms.JoinedServersInState(ctx, roomID)
+			servers, err := rooms.JoinedServers(ctx, roomID)
 			if err != nil {
 				return nil, err
 			}
