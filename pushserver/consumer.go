@@ -210,7 +210,21 @@ func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]not
 			return nil, nil, err
 		}
 		ec.displayName = room.names[userID]
+		var subErr error
+		if thread != mainThread {
+			ec.threadSubscribed = func() bool {
+				if s.threadSubs == nil {
+					return false
+				}
+				sub, err := s.threadSubs.ThreadSubscribed(ctx, userID, ev.RoomID, thread)
+				subErr = err
+				return sub
+			}
+		}
 		r := rules.evaluate(&ec)
+		if subErr != nil {
+			return nil, nil, subErr
+		}
 		if r == nil || !r.outcome.notify {
 			continue
 		}

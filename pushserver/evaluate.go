@@ -38,7 +38,7 @@ func compile(rs Ruleset) *compiledRules {
 			}
 			cr := compiledRule{ruleID: r.RuleID, actions: r.Actions, outcome: actionOutcome(r.Actions)}
 			switch kind {
-			case "override", "underride":
+			case "override", "underride", "postcontent":
 				for _, c := range r.Conditions {
 					cr.conditions = append(cr.conditions, compileCondition(c))
 				}

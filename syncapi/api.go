@@ -111,6 +111,15 @@ type Push interface {
 	PushRules(ctx context.Context, userID string) (json.RawMessage, error)
 }
 
+// ThreadSubscriptions is clientapi's MSC4306 store (*clientapi.Server).
+type ThreadSubscriptions interface {
+	// ThreadSubscriptionsHead returns the stream head.
+	ThreadSubscriptionsHead(ctx context.Context) (int64, error)
+	// ThreadSubscriptionsBetween returns userID's changes in (from, to],
+	// newest first, at most limit, and whether older ones were left out.
+	ThreadSubscriptionsBetween(ctx context.Context, userID string, from, to int64, limit int) ([]clientapi.ThreadSubscription, bool, error)
+}
+
 // DeviceLists is the device_lists section of a sync response.
 type DeviceLists struct {
 	Changed []string `json:"changed"`

@@ -325,6 +325,9 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
 		return nil, nil, err
 	}
+	if err := s.threadSubscriptionsExtension(ctx, userID, req, prev, next, resp); err != nil {
+		return nil, nil, err
+	}
 	return resp, next, nil
 }
 

@@ -416,6 +416,10 @@ func extensionsHaveData(ext map[string]any) bool {
 			if len(m["rooms"].(map[string]json.RawMessage)) > 0 {
 				return true
 			}
+		case threadSubscriptionsExt:
+			if len(m) > 0 {
+				return true
+			}
 		}
 	}
 	return false
