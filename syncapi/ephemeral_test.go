@@ -485,3 +485,33 @@ func TestSlidingSyncTypingReceipts(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncReceiptsUnthreadedWins: with an unthreaded and a threaded
+// receipt from one user for one event, the m.receipt content (one entry
+// per user) carries the unthreaded one, in either order.
+// Spec: MSC4102; Complement TestThreadReceiptsInSyncMSC4102.
+func TestSyncReceiptsUnthreadedWins(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		ctx := context.Background()
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", bob, bob.id, roomID)
+		for i, threadFirst := range []bool{false, true} {
+			ev := sendText(t, srv, bob, roomID, fmt.Sprintf("message %d", i))
+			receipts := []map[string]any{nil, {"thread_id": "main"}}
+			if threadFirst {
+				receipts[0], receipts[1] = receipts[1], receipts[0]
+			}
+			for _, content := range receipts {
+				if err := alice.client.SendReceipt(ctx, id.RoomID(roomID), id.EventID(ev), event.ReceiptTypeRead, content); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, body := rawSync(t, srv, bob, "")
+			r, ok := path(roomEphemeral(body, roomID, "m.receipt")[0], "content", ev, "m.read", alice.id).(map[string]any)
+			if !ok || r["thread_id"] != nil {
+				t.Fatalf("threaded first %v: receipt = %v, want the unthreaded one", threadFirst, r)
+			}
+		}
+	})
+}

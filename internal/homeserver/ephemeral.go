@@ -95,6 +95,12 @@ func (e *ephemeral) RoomEphemeral(ctx context.Context, userID string, roomIDs []
 			}
 			receipt := map[string]any{"ts": r.TS}
 			if r.ThreadID != "" {
+				// One user has one receipt per event and type in this
+				// shape: an unthreaded receipt wins over a threaded one.
+				// Spec: MSC4102 (clarify threaded receipts in /sync).
+				if old, ok := users[r.UserID]; ok && old["thread_id"] == nil {
+					continue
+				}
 				receipt["thread_id"] = r.ThreadID
 			}
 			users[r.UserID] = receipt
