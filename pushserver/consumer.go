@@ -104,6 +104,9 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, err
 		}
+		if err := s.copyRulesOnUpgradeJoin(ctx, ev); err != nil {
+			return false, err
+		}
 		notes = append(notes, n...)
 		if mark != nil {
 			marks = append(marks, *mark)

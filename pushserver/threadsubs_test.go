@@ -3,6 +3,7 @@ package pushserver_test
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/tidwall/gjson"
 
@@ -194,6 +195,57 @@ func TestPollRules(t *testing.T) {
 		note := bob.must(t, http.MethodGet, "/_matrix/client/v3/notifications", nil)
 		if note.Get("notifications.0.event.event_id").Str != start || note.Get("notifications.0.actions.1.value").Str != "default" {
 			t.Errorf("the poll start's notification: %s", note.Get("notifications.0").Raw)
+		}
+	})
+}
+
+// TestPushRulesFollowRoomUpgrade: when a local user joins the room that
+// replaced one (an upgrade), their room rule and their rules matching
+// the old room's ID are copied to the new room, once.
+// Spec: client-server-api, "Room Upgrades" (server behaviour);
+// Complement TestPushRuleRoomUpgrade.
+func TestPushRulesFollowRoomUpgrade(t *testing.T) {
+	testserver.ForEachEngine(t, pushConfig, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := register(t, srv, "alice"), register(t, srv, "bob")
+		oldRoom := room(t, alice, bob)
+		for _, u := range []*user{alice, bob} {
+			u.must(t, http.MethodPut, rules+"room/"+esc(oldRoom), map[string]any{"actions": []any{"dont_notify"}})
+		}
+		bob.must(t, http.MethodPut, rules+"override/quiet-bots", map[string]any{"actions": []any{},
+			"conditions": []any{map[string]any{"kind": "event_match", "key": "room_id", "pattern": oldRoom},
+				map[string]any{"kind": "event_match", "key": "sender", "pattern": "@bot*"}}})
+		up := alice.must(t, http.MethodPost, "/_matrix/client/v3/rooms/"+esc(oldRoom)+"/upgrade", map[string]any{"new_version": "11"})
+		newRoom := up.Get("replacement_room").Str
+		bob.must(t, http.MethodPost, "/_matrix/client/v3/join/"+esc(newRoom), map[string]any{})
+
+		waitRule := func(u *user, path string) gjson.Result {
+			t.Helper()
+			for range 100 {
+				if status, body := u.call(t, http.MethodGet, rules+path, nil); status == 200 {
+					return body
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Fatalf("%s never got rule %s", u.id, path)
+			return gjson.Result{}
+		}
+		for _, u := range []*user{alice, bob} {
+			if r := waitRule(u, "room/"+esc(newRoom)); r.Get("actions").Raw != `["dont_notify"]` {
+				t.Errorf("%s's copied room rule: %s", u.id, r.Raw)
+			}
+		}
+		copied := waitRule(bob, "override/"+esc("quiet-bots-"+newRoom[1:]))
+		if copied.Get("conditions.0.pattern").Str != newRoom || copied.Get("conditions.1.pattern").Str != "@bot*" {
+			t.Errorf("copied override rule: %s", copied.Raw)
+		}
+		if old := bob.must(t, http.MethodGet, rules+"override/quiet-bots", nil); old.Get("conditions.0.pattern").Str != oldRoom {
+			t.Errorf("the original rule changed: %s", old.Raw)
+		}
+		// Copied once: the new room's events do not copy again.
+		bob.text(t, newRoom, "hello")
+		bob.wantCounts(t, newRoom, 0, 0)
+		if n := len(bob.must(t, http.MethodGet, rules, nil).Get("override").Array()); n != 11+2 {
+			t.Errorf("bob has %d override rules, want the 11 defaults and 2 of his", n)
 		}
 	})
 }
