@@ -413,3 +413,28 @@ func TestClientRemoteProfileAndDirectory(t *testing.T) {
 		t.Fatalf("A's public rooms from B: %+v, %v", list, err)
 	}
 }
+
+// TestClientRejectInviteToEmptyRoom: with federation on, an invite whose
+// inviter (the last member) has left is rejected here, not through
+// another server (there is none). Complement: TestRoomsInvite "Invited
+// user can reject invite for empty room".
+func TestClientRejectInviteToEmptyRoom(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		alice, bob := a.register("alice"), a.register("bob")
+		ctx := context.Background()
+		room, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.id()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.cli.LeaveRoom(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.cli.LeaveRoom(ctx, room.RoomID); err != nil {
+			t.Fatalf("rejecting the invite: %v", err)
+		}
+		if m, _ := a.HS.Rooms.Membership(ctx, string(room.RoomID), string(bob.id())); m != "leave" {
+			t.Fatalf("bob's membership is %q after rejecting", m)
+		}
+	})
+}
