@@ -79,6 +79,9 @@ type Ephemeral interface {
 	// Presence returns m.presence events of users sharing a room with
 	// userID that changed in (since, to].
 	Presence(ctx context.Context, userID string, since, to int64) ([]json.RawMessage, error)
+	// PresenceOf returns the current m.presence events (at positions up
+	// to to) of those of userIDs that have a presence.
+	PresenceOf(ctx context.Context, userIDs []string, to int64) ([]json.RawMessage, error)
 	// SetPresence records a sync request's set_presence (online,
 	// unavailable or offline).
 	SetPresence(ctx context.Context, userID, presence string) error

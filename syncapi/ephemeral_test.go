@@ -515,3 +515,43 @@ func TestSyncReceiptsUnthreadedWins(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncPresenceOfNewRoommates: an incremental sync in which the user
+// starts sharing a room with someone carries that someone's presence,
+// though it did not change, both for the joiner and for the existing
+// member; the next sync does not repeat it.
+// Complement: TestSync "Newly joined room includes presence in
+// incremental sync", "Get presence for newly joined members in
+// incremental sync"; TestMembersLocal.
+func TestSyncPresenceOfNewRoommates(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		// A room of bob's own, so the tokens below are past the start
+		// of the room stream.
+		createRoom(t, srv, bob, roomserver.CreateRoomRequest{Preset: "private_chat"})
+		_, body := rawSync(t, srv, alice, "set_presence=online")
+		aliceSince := nextBatch(t, body)
+		_, body = rawSync(t, srv, bob, "set_presence=online")
+		bobSince := nextBatch(t, body)
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		_, body = rawSync(t, srv, alice, "set_presence=offline&since="+url.QueryEscape(aliceSince))
+		if p := presenceOf(body, bob.id); p != nil {
+			t.Fatalf("alice sees the presence of bob, who shares no room with her: %v", p)
+		}
+		aliceSince = nextBatch(t, body)
+		membership(t, srv, "join", bob, bob.id, roomID)
+
+		_, body = rawSync(t, srv, bob, "set_presence=offline&since="+url.QueryEscape(bobSince))
+		if p := presenceOf(body, alice.id); p == nil || p["presence"] != "online" {
+			t.Fatalf("bob's sync after joining lacks alice's presence: %v", body["presence"])
+		}
+		_, body = rawSync(t, srv, bob, "set_presence=offline&since="+url.QueryEscape(nextBatch(t, body)))
+		if p := presenceOf(body, alice.id); p != nil {
+			t.Fatalf("alice's presence repeated: %v", p)
+		}
+		_, body = rawSync(t, srv, alice, "set_presence=offline&since="+url.QueryEscape(aliceSince))
+		if p := presenceOf(body, bob.id); p == nil || p["presence"] != "online" {
+			t.Fatalf("alice's sync after bob joined lacks his presence: %v", body["presence"])
+		}
+	})
+}

@@ -150,6 +150,21 @@ func (e *ephemeral) Presence(ctx context.Context, userID string, since, to int64
 	return out, nil
 }
 
+// PresenceOf returns the current m.presence events of userIDs, for the
+// users a sync starts sharing a room with.
+func (e *ephemeral) PresenceOf(ctx context.Context, userIDs []string, to int64) ([]json.RawMessage, error) {
+	ps, err := e.client.PresenceOfUsers(ctx, userIDs, to)
+	if err != nil {
+		return nil, err
+	}
+	now := e.now()
+	out := make([]json.RawMessage, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, mustMarshal(map[string]any{"type": "m.presence", "sender": p.UserID, "content": p.Content(now)}))
+	}
+	return out, nil
+}
+
 // sharingRoom returns which of users are joined to a room userID is
 // joined to. It asks per user or per room, whichever is fewer queries.
 func (e *ephemeral) sharingRoom(ctx context.Context, userID string, users []string) (map[string]bool, error) {
