@@ -394,7 +394,7 @@ func (b *roomBuilder) addEphemeral(ctx context.Context, joined []string, out *ro
 		f = b.req.filter.Room.Ephemeral
 	}
 	for roomID, evs := range byRoom {
-		evs = ephemeralFilter(f, roomID, evs)
+		evs = withoutIgnoredEphemeral(ephemeralFilter(f, roomID, evs), b.ignored)
 		if len(evs) == 0 || !slices.Contains(joined, roomID) {
 			continue
 		}
@@ -431,16 +431,7 @@ func ephemeralFilter(f *clientapi.RoomEventFilter, roomID string, evs []json.Raw
 // withoutIgnored drops the non-state events of ignored senders; state
 // events stay, as the spec excepts them.
 func (b *roomBuilder) withoutIgnored(evs []*roomserver.Event) []*roomserver.Event {
-	if len(b.ignored) == 0 {
-		return evs
-	}
-	out := evs[:0:0]
-	for _, e := range evs {
-		if e.StateKey != nil || !b.ignored[e.Sender] {
-			out = append(out, e)
-		}
-	}
-	return out
+	return withoutIgnoredSenders(evs, b.ignored)
 }
 
 // inviter is the sender of userID's member event in stripped state.
