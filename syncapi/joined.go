@@ -127,10 +127,14 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 
 // timeline reads and renders the latest events of a room in (from, to].
 func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
+	limit := b.timelineLimit()
 	rr, err := b.s.rooms.RecentEvents(ctx, roomserver.RecentRequest{
-		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: b.timelineLimit()})
+		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1)})
 	if err != nil {
 		return timeline{}, nil, nil, err
+	}
+	if limit == 0 {
+		rr = emptyTimeline(rr)
 	}
 	evs := b.withoutIgnored(filterEvents(b.roomFilter().Timeline, rr.Events))
 	var own []string
@@ -162,6 +166,19 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		}
 	}
 	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil
+}
+
+// emptyTimeline turns the one-event answer read for a timeline limit of 0
+// into no events: limited when there was an event, with a prev_batch
+// that pages back from just after it, so /messages returns it first.
+// The room's state then reaches the end of the window. Complement:
+// TestArchivedRoomsHistory "timeline is empty".
+func emptyTimeline(rr *roomserver.RecentResponse) *roomserver.RecentResponse {
+	if len(rr.Events) == 0 {
+		return &roomserver.RecentResponse{Limited: rr.Limited, PrevBatch: rr.PrevBatch}
+	}
+	last := rr.Events[len(rr.Events)-1]
+	return &roomserver.RecentResponse{Limited: true, PrevBatch: roomserver.TopologicalToken(last.Depth, last.StreamPos+1)}
 }
 
 func nonNil(evs []json.RawMessage) []json.RawMessage {

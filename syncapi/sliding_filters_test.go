@@ -3,6 +3,7 @@ package syncapi_test
 import (
 	"context"
 	"encoding/json"
+	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -179,5 +180,67 @@ func TestIgnoredUsersEphemeralAndSliding(t *testing.T) {
 			}
 		}
 		checkEphemeral("/sync", typ, rec)
+	})
+}
+
+// TestSyncTimelineLimitZero: a timeline limit of 0 gives rooms with an
+// empty, limited timeline whose state reaches the end of the window (for
+// a room left, the state at the leave) and whose prev_batch pages back
+// from the latest event. Complement: TestArchivedRoomsHistory.
+func TestSyncTimelineLimitZero(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", bob, bob.id, roomID)
+		sendState(t, srv, alice, roomID, "a.test", "", `{"k":"before"}`)
+		sendText(t, srv, alice, roomID, "hello")
+		membership(t, srv, "leave", bob, bob.id, roomID)
+		sendState(t, srv, alice, roomID, "a.test", "", `{"k":"after"}`)
+		last := sendText(t, srv, alice, roomID, "later")
+
+		filter := url.QueryEscape(`{"room":{"timeline":{"limit":0},"include_leave":true}}`)
+		check := func(u *user, section, wantK string, wantLeave, pagesFromLeave bool) {
+			t.Helper()
+			code, body := rawSync(t, srv, u, "filter="+filter)
+			if code != 200 {
+				t.Fatalf("%s: sync: %d %v", u.id, code, body)
+			}
+			room, _ := path(body, "rooms", section, roomID).(map[string]any)
+			if room == nil {
+				t.Fatalf("%s: room not in rooms.%s: %v", u.id, section, body["rooms"])
+			}
+			tl := room["timeline"].(map[string]any)
+			if evs, _ := tl["events"].([]any); len(evs) != 0 || tl["limited"] != true || tl["prev_batch"] == "" {
+				t.Fatalf("%s: timeline = %v", u.id, tl)
+			}
+			k, leave := "", false
+			for _, e := range room["state"].(map[string]any)["events"].([]any) {
+				ev := e.(map[string]any)
+				if ev["type"] == "a.test" {
+					k, _ = path(ev, "content", "k").(string)
+				}
+				if ev["type"] == "m.room.member" && ev["state_key"] == bob.id && path(ev, "content", "membership") == "leave" {
+					leave = true
+				}
+			}
+			if k != wantK || leave != wantLeave {
+				t.Errorf("%s: state has a.test %q and bob's leave %v; want %q and %v", u.id, k, leave, wantK, wantLeave)
+			}
+			code, page := rawRequest(t, srv, u, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+
+				"/messages?dir=b&limit=1&from="+url.QueryEscape(tl["prev_batch"].(string)), "")
+			chunk, _ := page["chunk"].([]any)
+			if code != 200 || len(chunk) != 1 {
+				t.Fatalf("%s: /messages from prev_batch: %d %v", u.id, code, page)
+			}
+			if pagesFromLeave {
+				if first := chunk[0].(map[string]any); first["state_key"] != bob.id {
+					t.Errorf("%s: paging back starts at %v, want bob's leave", u.id, first)
+				}
+			} else if first := chunk[0].(map[string]any); first["event_id"] != last {
+				t.Errorf("%s: paging back starts at %v, want %s", u.id, first["event_id"], last)
+			}
+		}
+		check(bob, "leave", "before", true, true)
+		check(alice, "join", "after", true, false)
 	})
 }
