@@ -12,6 +12,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // maxAccountDataTypeLength bounds an account data type, in bytes, like
@@ -31,6 +32,10 @@ func (s *Server) accountDataRoutes(r chi.Router) {
 	handle(r, http.MethodPut, "/_matrix/client/v3/user/{userId}/account_data/{type}", s.putAccountData)
 	handle(r, http.MethodGet, "/_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}", s.getAccountData)
 	handle(r, http.MethodPut, "/_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}", s.putAccountData)
+	// MSC3391: deleting account data.
+	const msc3391 = "/_matrix/client/unstable/org.matrix.msc3391"
+	handle(r, http.MethodDelete, msc3391+"/user/{userId}/account_data/{type}", s.deleteAccountData)
+	handle(r, http.MethodDelete, msc3391+"/user/{userId}/rooms/{roomId}/account_data/{type}", s.deleteAccountData)
 }
 
 // getAccountData answers with the content of one global or per-room
@@ -46,7 +51,7 @@ func (s *Server) getAccountData(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if content == nil {
+	if content == nil || isDeletedAccountData(content) {
 		if roomID != "" {
 			return mxerr.New(mxerr.NotFound, "room account data not found")
 		}
@@ -78,6 +83,26 @@ func (s *Server) putAccountData(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if _, err := s.storeAccountData(r.Context(), local, roomID, dataType, content); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// deleteAccountData deletes one global or per-room account data type.
+// MSC3391: the entry is replaced by an empty object, which incremental
+// syncs report as the deletion and which GET and initial syncs treat as
+// absent. Deleting an unset type succeeds and changes nothing.
+func (s *Server) deleteAccountData(w http.ResponseWriter, r *http.Request) error {
+	local, roomID, dataType, err := s.accountDataTarget(r)
+	if err != nil {
+		return err
+	}
+	if serverManagedAccountData[dataType] {
+		return mxerr.New(mxerr.BadJSON, "cannot delete %s through this API", dataType).WithStatus(http.StatusMethodNotAllowed)
+	}
+	if err := s.db.Write(r.Context(), func(tx storage.Tx) error {
+		return s.deleteAccountDataTx(r.Context(), tx, local, roomID, dataType)
+	}); err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)

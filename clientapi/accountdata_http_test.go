@@ -19,8 +19,8 @@ func TestAccountDataHTTP(t *testing.T) {
 			{name: "not set", method: "GET", path: u + "/account_data/m.direct", token: alice, wantStatus: 404, wantErrcode: "M_NOT_FOUND"},
 			{name: "set global", method: "PUT", path: u + "/account_data/m.direct", token: alice, body: `{"@bob:localhost": ["!dm:localhost"]}`, wantStatus: 200, wantBody: `{}`},
 			{name: "get global", method: "GET", path: u + "/account_data/m.direct", token: alice, wantStatus: 200, wantBody: `{"@bob:localhost": ["!dm:localhost"]}`},
-			{name: "overwrite global", method: "PUT", path: u + "/account_data/m.direct", token: alice, body: `{}`, wantStatus: 200},
-			{name: "get overwritten", method: "GET", path: u + "/account_data/m.direct", token: alice, wantStatus: 200, wantBody: `{}`},
+			{name: "overwrite global", method: "PUT", path: u + "/account_data/m.direct", token: alice, body: `{"@bob:localhost": []}`, wantStatus: 200},
+			{name: "get overwritten", method: "GET", path: u + "/account_data/m.direct", token: alice, wantStatus: 200, wantBody: `{"@bob:localhost": []}`},
 			{name: "escaped path and type", method: "PUT", path: "/_matrix/client/v3/user/%40alice%3Alocalhost/account_data/com.example%2Fslash", token: alice, body: `{"a": 1}`, wantStatus: 200},
 			{name: "get escaped type", method: "GET", path: u + "/account_data/com.example%2Fslash", token: alice, wantStatus: 200, wantBody: `{"a": 1}`},
 
@@ -56,7 +56,7 @@ func TestAccountDataHTTP(t *testing.T) {
 		for _, e := range entries {
 			got = append(got, e.RoomID+"|"+e.Type+"|"+string(e.Content))
 		}
-		want := []string{`|m.direct|{}`, `|com.example/slash|{"a":1}`, `!726s6s6q:localhost|m.tag|{"tags":{"u.work":{"order":0.5}}}`}
+		want := []string{`|m.direct|{"@bob:localhost":[]}`, `|com.example/slash|{"a":1}`, `!726s6s6q:localhost|m.tag|{"tags":{"u.work":{"order":0.5}}}`}
 		if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 			t.Errorf("AccountDataSince = %q, want %q", got, want)
 		}

@@ -62,6 +62,11 @@ func (s *Server) AccountDataSince(ctx context.Context, userID string, since int6
 				return err
 			}
 			e.Content = json.RawMessage(content)
+			if since == 0 && isDeletedAccountData(e.Content) {
+				// MSC3391: a deleted entry is reported to incremental
+				// syncs (as {}) and left out of initial ones.
+				continue
+			}
 			entries = append(entries, e)
 		}
 		return rows.Err()
@@ -79,10 +84,15 @@ func (s *Server) GlobalAccountData(ctx context.Context, userID, dataType string)
 	if local == "" {
 		return nil, mxerr.New(mxerr.NotFound, "%q is not a local user", userID)
 	}
-	return s.loadAccountData(ctx, local, "", dataType)
+	content, err := s.loadAccountData(ctx, local, "", dataType)
+	if err != nil || isDeletedAccountData(content) {
+		return nil, err
+	}
+	return content, nil
 }
 
-// loadAccountData returns the content of one entry, or nil if it is not set.
+// loadAccountData returns the content of one entry, or nil if it is not
+// set. A deleted entry (MSC3391) is returned as its empty object.
 func (s *Server) loadAccountData(ctx context.Context, local, roomID, dataType string) (json.RawMessage, error) {
 	var content string
 	err := s.db.Reader().QueryRow(ctx, `
@@ -154,4 +164,28 @@ func (s *Server) streamAdvanced(stream string, pos int64) {
 	if s.notify != nil {
 		s.notify(stream, pos)
 	}
+}
+
+// isDeletedAccountData reports whether content is the empty object that
+// marks a deleted entry. MSC3391: setting an entry to {} deletes it, and
+// a deletion is stored as {} so that incremental syncs carry it.
+func isDeletedAccountData(content json.RawMessage) bool {
+	return string(content) == "{}"
+}
+
+// deleteAccountDataTx deletes one entry inside tx: an existing entry is
+// replaced by {} at a new stream position; an unset one stays unset.
+func (s *Server) deleteAccountDataTx(ctx context.Context, tx storage.Tx, local, roomID, dataType string) error {
+	var content string
+	err := tx.QueryRow(ctx, `
+		SELECT content FROM account_data WHERE localpart = $1 AND room_id = $2 AND type = $3`,
+		local, roomID, dataType).Scan(&content)
+	if storage.IsNoRows(err) || (err == nil && isDeletedAccountData(json.RawMessage(content))) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = s.storeAccountDataTx(ctx, tx, local, roomID, dataType, json.RawMessage("{}"))
+	return err
 }

@@ -137,19 +137,19 @@ func TestAccountDataStream(t *testing.T) {
 
 		// Rewriting m.direct moves it to a new position: a reader that has
 		// seen up to p3 sees exactly that change, once.
-		p4 := put("alice", "", "m.direct", `{}`)
+		p4 := put("alice", "", "m.direct", `{"@carol:test":[]}`)
 		entries, latest, err = s.AccountDataSince(ctx, "@alice:test", p3)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if latest != p4 || len(entries) != 1 || entries[0].Position != p4 || string(entries[0].Content) != `{}` {
+		if latest != p4 || len(entries) != 1 || entries[0].Position != p4 || string(entries[0].Content) != `{"@carol:test":[]}` {
 			t.Fatalf("since %d: %+v, latest %d; want the rewritten m.direct at %d", p3, entries, latest, p4)
 		}
 		entries, _, err = s.AccountDataSince(ctx, "@alice:test", 0)
 		if err != nil || len(entries) != 2 || entries[0].Type != "m.tag" || entries[1].Type != "m.direct" {
 			t.Fatalf("full read after rewrite = %+v, %v; want m.tag then m.direct, no duplicate", entries, err)
 		}
-		if got, err := s.loadAccountData(ctx, "alice", "", "m.direct"); err != nil || string(got) != `{}` {
+		if got, err := s.loadAccountData(ctx, "alice", "", "m.direct"); err != nil || string(got) != `{"@carol:test":[]}` {
 			t.Errorf("loadAccountData = %s, %v", got, err)
 		}
 		if got, err := s.loadAccountData(ctx, "alice", "!room:test", "m.direct"); err != nil || got != nil {
@@ -194,7 +194,7 @@ func TestAccountDataConcurrentWrites(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := s.storeAccountData(ctx, "alice", "", fmt.Sprintf("com.example.t%d", i), json.RawMessage(`{}`)); err != nil {
+				if _, err := s.storeAccountData(ctx, "alice", "", fmt.Sprintf("com.example.t%d", i), json.RawMessage(`{"n":1}`)); err != nil {
 					t.Error(err)
 				}
 			}()

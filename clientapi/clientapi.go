@@ -71,6 +71,10 @@ type Server struct {
 	rooms roomsPart
 	// federation is nil when federation is off; immutable.
 	federation Federation
+	// notices is the server notices module (server_notices.go).
+	notices serverNotices
+	// delayed is the delayed events module (delayed_events.go).
+	delayed delayedEvents
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -80,7 +84,6 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	logger := deps.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -99,6 +102,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
+	accounts.onDevicesDeleted = s.deviceAccountDataHook(deps.OnDevicesDeleted)
 	bg, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
 	s.background.Add(1)
@@ -109,6 +113,14 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err := s.initRooms(ctx, deps.Rooms); err != nil {
 		cancel()
 		return nil, err
+	}
+	if err := s.initServerNotices(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.initDelayedEvents()
+	if s.rooms.rooms != nil {
+		s.startDelayedEvents(bg)
 	}
 	return s, nil
 }
@@ -131,6 +143,9 @@ func (s *Server) Routes(r chi.Router) {
 	s.userDataRoutes(r)
 	s.publicRoutes(r)
 	s.roomPublicRoutes(r)
+	if s.rooms.rooms != nil {
+		s.delayedEventPublicRoutes(r)
+	}
 	// Endpoints that need an access token.
 	r.Group(func(r chi.Router) {
 		r.Use(authn.Middleware(s))
@@ -162,6 +177,7 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/logout", s.logout)
 	handle(r, http.MethodPost, v3+"/logout/all", s.logoutAll)
 	handle(r, http.MethodPost, "/_matrix/client/v1/login/get_token", s.getLoginToken)
+	handle(r, http.MethodPost, v3+"/user/{userId}/openid/request_token", s.requestOpenIDToken)
 	handle(r, http.MethodGet, v3+"/capabilities", s.capabilities)
 
 	handle(r, http.MethodGet, v3+"/devices", s.getDevices)
@@ -179,6 +195,10 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/account/3pid/delete", threepidNotFound)
 	handle(r, http.MethodPost, v3+"/account/3pid/unbind", threepidNotFound)
 	s.roomRoutes(r)
+	if s.rooms.rooms != nil {
+		s.serverNoticeRoutes(r)
+		s.delayedEventRoutes(r)
+	}
 }
 
 // handle registers an error-returning handler. A UIA challenge is

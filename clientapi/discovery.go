@@ -19,6 +19,16 @@ var specVersions = []string{"v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.
 var unstableFeatures = map[string]bool{
 	// Simplified sliding sync (MSC4186), served by syncapi.
 	"org.matrix.simplified_msc3575": true,
+	// Deleting account data (MSC3391).
+	"org.matrix.msc3391": true,
+	// Deleting a device deletes its local notification settings (MSC3890).
+	"org.matrix.msc3890": true,
+	// Filtering room events by relation type (MSC3874).
+	"org.matrix.msc3874": true,
+	// Delayed events (MSC4140).
+	"org.matrix.msc4140": true,
+	// Invite filtering (MSC4155).
+	"org.matrix.msc4155": true,
 }
 
 func (s *Server) discoveryRoutes(r chi.Router) {

@@ -37,6 +37,10 @@ type Federation interface {
 	// RemotePublicRooms reads another server's published room list (the
 	// spec's PublicRoomsResponse).
 	RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string) (json.RawMessage, error)
+	// RemoteHierarchy reads another server's federation space hierarchy
+	// answer about roomID (the room, its children that server lets us
+	// see, and the inaccessible ones).
+	RemoteHierarchy(ctx context.Context, server, roomID string, suggestedOnly bool) (json.RawMessage, error)
 	// QueryProfile reads a profile (or one field of it, if field is not
 	// "") of a user of another server.
 	QueryProfile(ctx context.Context, userID, field string) (map[string]json.RawMessage, error)

@@ -57,6 +57,11 @@ type RoomEventFilter struct {
 	// ContainsURL is nil when url is not considered, else whether events
 	// must (true) or must not (false) have content.url.
 	ContainsURL *bool `json:"contains_url,omitempty"`
+	// RelTypes, if non-nil, keeps only events whose m.relates_to has one
+	// of these rel_types; NotRelTypes drops events with one of them
+	// (MSC3874, filter_reltypes.go).
+	RelTypes    []string `json:"org.matrix.msc3874.rel_types"`
+	NotRelTypes []string `json:"org.matrix.msc3874.not_rel_types"`
 }
 
 // RoomFilter is the schema's RoomFilter.

@@ -82,9 +82,9 @@ func parseHierarchyParams(r *http.Request) (hierarchyParams, error) {
 	return p, nil
 }
 
-// hierarchy pages depth-first through a space's tree of local rooms.
-// Rooms on other servers are left out: walking them needs the federation
-// hierarchy API, which Myelin does not call yet.
+// hierarchy pages depth-first through a space's tree. Rooms this server
+// is not in are described by the servers in their m.space.child via
+// (hierarchy_federation.go).
 // Spec: client-server-api, "GET /_matrix/client/v1/rooms/{roomId}/hierarchy" and "Spaces".
 func (s *Server) hierarchy(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -113,8 +113,10 @@ func (s *Server) hierarchy(w http.ResponseWriter, r *http.Request) error {
 	type pending struct {
 		roomID string
 		depth  int
+		via    []string
 	}
-	stack := []pending{{roomID, 0}}
+	spaces := s.newRemoteSpaces(p.suggestedOnly)
+	stack := []pending{{roomID, 0, nil}}
 	seen := map[string]bool{}
 	rooms := []map[string]any{}
 	listed := 0 // rooms the walk included, earlier pages' too
@@ -127,8 +129,8 @@ func (s *Server) hierarchy(w http.ResponseWriter, r *http.Request) error {
 		seen[next.roomID] = true
 		rs := root
 		if next.depth > 0 {
-			if rs, err = s.summarise(ctx, next.roomID); mxerr.Is(err, mxerr.NotFound) {
-				continue // a remote or unknown room
+			if rs, err = spaces.summary(ctx, next.roomID, next.via); mxerr.Is(err, mxerr.NotFound) {
+				continue // an unknown room no via server described
 			} else if err != nil {
 				return err
 			}
@@ -153,7 +155,7 @@ func (s *Server) hierarchy(w http.ResponseWriter, r *http.Request) error {
 		listed++
 		if next.depth < p.maxDepth {
 			for i := len(children) - 1; i >= 0; i-- {
-				stack = append(stack, pending{*children[i].StateKey, next.depth + 1})
+				stack = append(stack, pending{*children[i].StateKey, next.depth + 1, childVia(children[i])})
 			}
 		}
 	}

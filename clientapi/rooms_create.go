@@ -134,6 +134,10 @@ func (s *Server) createRoomRequest(ctx context.Context, creator string, body *cr
 			return nil, mxerr.New(mxerr.InvalidParam, "%q in invite is not a user ID", u)
 		}
 		if domainOf(u) == s.serverName {
+			// MSC4155: a local invitee who blocks the creator.
+			if err := s.CheckInvite(ctx, creator, u); err != nil {
+				return nil, err
+			}
 			local = append(local, u)
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -63,6 +64,12 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if delay, delayed, err := s.delayRequested(r); delayed || err != nil {
+		if err != nil {
+			return err
+		}
+		return s.scheduleDelayed(w, r, delayedEvent{RoomID: roomID, Type: eventType, Delay: delay}, txnID)
+	}
 	content, err := eventContent(r)
 	if err != nil {
 		return err
@@ -103,11 +110,25 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if delay, delayed, err := s.delayRequested(r); delayed || err != nil {
+		if err != nil {
+			return err
+		}
+		return s.scheduleDelayed(w, r, delayedEvent{RoomID: roomID, Type: eventType, StateKey: &stateKey, Delay: delay}, "")
+	}
 	content, err := eventContent(r)
 	if err != nil {
 		return err
 	}
 	me := caller(r)
+	if eventType == "m.room.member" && domainOf(stateKey) == s.serverName &&
+		gjson.GetBytes(content, "membership").Str == "invite" {
+		// Spec: "Invite permission" lists this endpoint among those an
+		// invitee's block applies to.
+		if err := s.CheckInvite(ctx, me.UserID, stateKey); err != nil {
+			return err
+		}
+	}
 	if eventType == "m.room.canonical_alias" {
 		if err := s.checkCanonicalAlias(ctx, roomID, content); err != nil {
 			return err

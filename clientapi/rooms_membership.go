@@ -241,6 +241,9 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	if err := s.checkNotRejectingServerNotices(ctx, caller(r).UserID, roomID); err != nil {
+		return err
+	}
 	held, err := s.heldHere(ctx, roomID)
 	if err != nil {
 		return err
@@ -318,6 +321,9 @@ func (s *Server) membershipAction(action string) httpx.HandlerFunc {
 		case "invite":
 			switch {
 			case domainOf(req.Target) == s.serverName:
+				if err = s.CheckInvite(ctx, req.Sender, req.Target); err != nil {
+					break
+				}
 				req.Content = s.memberProfile(ctx, req.Target)
 				_, err = s.rooms.rooms.Invite(ctx, req)
 			case s.federation != nil:

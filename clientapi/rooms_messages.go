@@ -130,7 +130,7 @@ func (f *RoomEventFilter) matches(ev *roomserver.Event) bool {
 			return false
 		}
 	}
-	return true
+	return f.RelTypeAllows(ev.Content)
 }
 
 // matchesAnyType matches event types against patterns where '*' stands

@@ -153,16 +153,16 @@ func (s *Server) roomSummaryHandler(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	if remote && strings.HasPrefix(roomID, "#") {
-		// Summaries of rooms held elsewhere come from the room's servers
-		// (federation hierarchy); this server answers for its own.
-		return mxerr.New(mxerr.NotFound, "room alias %s is on another server", roomID)
-	}
 	userID := ""
 	if me := caller(r); me != nil {
 		userID = me.UserID
 	}
-	rs, err := s.summarise(ctx, roomID)
+	var rs *roomSummary
+	if remote {
+		rs, err = s.remoteRoomSummary(ctx, roomID, joinVia(r))
+	} else {
+		rs, err = s.summarise(ctx, roomID)
+	}
 	if err != nil {
 		return err
 	}

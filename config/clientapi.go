@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -15,6 +16,11 @@ type ClientAPI struct {
 	AccessTokenLifetime      Duration   `yaml:"access_token_lifetime" doc:"Lifetime of access tokens issued with a refresh token (when the client asks for refresh_token)."`
 	IPRetention              Duration   `yaml:"ip_retention" doc:"How long a device's last-seen IP address is kept."`
 	RateLimits               RateLimits `yaml:"rate_limits" doc:"Token-bucket rate limits (per user, or per IP when unauthenticated)."`
+
+	// Spec: client-server-api, "Server Notices".
+	ServerNotices ServerNotices `yaml:"server_notices" doc:"The server notices room: official messages from the server to a user."`
+	// MSC4140.
+	DelayedEvents DelayedEvents `yaml:"delayed_events" doc:"Delayed events (MSC4140): events the server sends for a client after a delay the client can restart or cancel."`
 }
 
 func (ClientAPI) Defaults() ClientAPI {
@@ -25,6 +31,9 @@ func (ClientAPI) Defaults() ClientAPI {
 		AccessTokenLifetime: Duration(5 * time.Minute),
 		IPRetention:         Duration(28 * 24 * time.Hour),
 		RateLimits:          RateLimits{}.Defaults(),
+
+		ServerNotices: ServerNotices{}.Defaults(),
+		DelayedEvents: DelayedEvents{}.Defaults(),
 	}
 }
 
@@ -49,6 +58,12 @@ func (c ClientAPI) Validate() error {
 	}
 	if err := c.RateLimits.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.ServerNotices.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.DelayedEvents.MaxDelay < 0 || c.DelayedEvents.MaxPerUser < 1 {
+		errs = append(errs, fieldError("client_api.delayed_events", "max_delay must not be negative and max_per_user must be at least 1", "e.g. max_delay: 24h, max_per_user: 100"))
 	}
 	return joinErrs(errs)
 }
@@ -84,4 +99,41 @@ func (r RateLimits) Validate() error {
 type RateLimit struct {
 	PerSecond float64 `yaml:"per_second" doc:"Sustained rate, in requests per second."`
 	Burst     int     `yaml:"burst" doc:"Requests allowed at once before the rate applies."`
+}
+
+// ServerNotices configures the user that sends server notices and the
+// room it sends them in.
+type ServerNotices struct {
+	Localpart   string `yaml:"localpart" doc:"Localpart of the user that sends server notices (for example 'server'). Empty turns server notices off. The account is created at start and nobody can log in as it."`
+	DisplayName string `yaml:"display_name" doc:"Display name of the server notices user."`
+	AvatarURL   string `yaml:"avatar_url" doc:"Avatar of the server notices user, an mxc:// URI; empty for none."`
+	RoomName    string `yaml:"room_name" doc:"Name given to each user's server notices room."`
+}
+
+func (ServerNotices) Defaults() ServerNotices {
+	return ServerNotices{DisplayName: "Server Notices", RoomName: "Server Notices"}
+}
+
+func (n ServerNotices) Validate() error {
+	var errs []error
+	for _, r := range n.Localpart {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || strings.ContainsRune("._=-/+", r)) {
+			errs = append(errs, fieldError("client_api.server_notices.localpart", fmt.Sprintf("%q is not a valid localpart", n.Localpart), "use lower-case letters, digits and ._=-/+"))
+			break
+		}
+	}
+	if n.AvatarURL != "" && !strings.HasPrefix(n.AvatarURL, "mxc://") {
+		errs = append(errs, fieldError("client_api.server_notices.avatar_url", "is not an mxc:// URI", "upload the image and use its mxc:// URI"))
+	}
+	return joinErrs(errs)
+}
+
+// DelayedEvents limits MSC4140's delayed events.
+type DelayedEvents struct {
+	MaxDelay   Duration `yaml:"max_delay" doc:"Longest delay a client may ask for; 0 turns delayed events off."`
+	MaxPerUser int      `yaml:"max_per_user" doc:"Most delayed events one user may have waiting at once."`
+}
+
+func (DelayedEvents) Defaults() DelayedEvents {
+	return DelayedEvents{MaxDelay: Duration(24 * time.Hour), MaxPerUser: 100}
 }

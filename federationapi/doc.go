@@ -4,7 +4,10 @@
 // Inbound: every /_matrix/federation request passes X-Matrix
 // authentication (auth.go: origin, destination must be us, key,
 // signature; else 401 M_UNAUTHORIZED) and room-scoped routes pass the
-// room's server ACL. /send checks each PDU on its own (format, sizes,
+// room's server ACL. The exceptions are /version and the two endpoints
+// called by others than servers: /openid/userinfo (openid.go; the OpenID
+// token is the credential) and /3pid/onbind (thirdparty.go; identity
+// servers, whose signatures the auth rules check). /send checks each PDU on its own (format, sizes,
 // depth, the sender's server's signature, content hash → redaction) and
 // hands it to roomserver.InputEvent, fetching missing prev events with
 // get_missing_events; when that does not connect the PDU to what we hold,
@@ -25,7 +28,10 @@
 // the same with make_knock/send_knock and keeps the knock (with the
 // answer's stripped state) as a pending membership for /sync. Backfill
 // (backfill_out.go) fetches history for the roomserver when /messages
-// reaches the oldest event held. userkeys.go serves /user/keys/query,
+// reaches the oldest event held. hierarchy.go serves and fetches space
+// hierarchies (the summaries come from Deps.Spaces, the client API);
+// invite_v1.go serves the deprecated /v1/invite and falls back to it for
+// room versions 1 and 2. userkeys.go serves /user/keys/query,
 // /user/keys/claim and /user/devices from the key server and makes those
 // requests for it.
 //

@@ -50,6 +50,16 @@ type Deps struct {
 	EDUs      EDUSinks
 	// UserKeys serves /user/keys/* and /user/devices (the key server).
 	UserKeys UserKeys
+	// Spaces serves /hierarchy (the client API's room summaries). Nil:
+	// 404 M_NOT_FOUND for every room.
+	Spaces SpaceHierarchy
+	// OpenID answers /openid/userinfo (the client API's OpenID tokens).
+	// Nil: every token is unknown.
+	OpenID OpenIDTokens
+	// CheckInvite, if non-nil, may refuse an invite of a local user from
+	// another server's user (MSC4155 invite filtering); its error is the
+	// answer to the inviting server.
+	CheckInvite func(ctx context.Context, inviter, invitee string) error
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
@@ -76,7 +86,11 @@ type Server struct {
 	directory   PublicRoomDirectory
 	edus        EDUSinks
 	userKeys    UserKeys
+	spaces      SpaceHierarchy
+	openID      OpenIDTokens
 	notify      func(stream string, pos int64) // may be nil
+	// checkInvite may be nil.
+	checkInvite func(ctx context.Context, inviter, invitee string) error
 	log         *slog.Logger
 	now         func() time.Time
 
@@ -125,7 +139,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		directory:   deps.Directory,
 		edus:        deps.EDUs,
 		userKeys:    deps.UserKeys,
+		spaces:      deps.Spaces,
+		openID:      deps.OpenID,
 		notify:      deps.Notify,
+		checkInvite: deps.CheckInvite,
 		log:         deps.Logger,
 		now:         deps.Now,
 	}
@@ -190,6 +207,8 @@ func (s *Server) Routes(r chi.Router) {
 	}
 	r.Route("/_matrix/federation", func(r chi.Router) {
 		r.Method(http.MethodGet, "/v1/version", httpx.H(s.version))
+		r.Method(http.MethodGet, "/v1/openid/userinfo", httpx.H(s.openIDUserInfo))
+		r.Method(http.MethodPut, "/v1/3pid/onbind", httpx.H(s.onBind))
 		// A Group's middleware runs only once a route matched, so an
 		// unknown path is 404 M_UNRECOGNIZED (and a known path with the
 		// wrong method 405) before any X-Matrix authentication; a Use on

@@ -44,7 +44,12 @@ func (s *Server) InviteRemote(ctx context.Context, req roomserver.MembershipRequ
 	}
 	uri := "/_matrix/federation/v2/invite/" + pathEscape(req.RoomID) + "/" + pathEscape(invite.EventID)
 	if err := s.client.signed(ctx, server, http.MethodPut, uri, body, &resp); err != nil {
-		return "", ClientError(err)
+		if !useInviteV1(err, invite.RoomVersion) {
+			return "", ClientError(err)
+		}
+		if resp.Event, err = s.sendInviteV1(ctx, server, req.RoomID, invite.EventID, invite.JSON, stripped); err != nil {
+			return "", ClientError(err)
+		}
 	}
 	// Both signatures must hold: ours, and the invitee's server's
 	// (VerifyEventSignatures requires it for invites).

@@ -206,16 +206,30 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	origin := originOf(ctx)
 	roomID, eventID := pathParam(r, "roomID"), pathParam(r, "eventID")
-	var req struct {
-		RoomVersion     string            `json:"room_version"`
-		Event           json.RawMessage   `json:"event"`
-		InviteRoomState []json.RawMessage `json:"invite_room_state"`
-	}
+	var req inviteRequest
 	if err := httpx.DecodeJSON(r, &req); err != nil {
 		return err
 	}
+	signedJSON, err := s.acceptInvite(ctx, origin, roomID, eventID, req)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{"event": json.RawMessage(signedJSON)})
+}
+
+// inviteRequest is the body of PUT /v2/invite (v1 carries the same in
+// another shape).
+type inviteRequest struct {
+	RoomVersion     string            `json:"room_version"`
+	Event           json.RawMessage   `json:"event"`
+	InviteRoomState []json.RawMessage `json:"invite_room_state"`
+}
+
+// acceptInvite checks an invite another server sends for a local user
+// (v1 and v2), countersigns it, stores it, and returns the signed event.
+func (s *Server) acceptInvite(ctx context.Context, origin, roomID, eventID string, req inviteRequest) (json.RawMessage, error) {
 	if !slices.Contains([]string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}, req.RoomVersion) {
-		return mxerr.New(mxerr.IncompatibleRoomVersion, "room version %q is not supported", req.RoomVersion).
+		return nil, mxerr.New(mxerr.IncompatibleRoomVersion, "room version %q is not supported", req.RoomVersion).
 			With("room_version", req.RoomVersion)
 	}
 	// Cheap checks before any key fetch.
@@ -225,30 +239,36 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 		StateKey string `json:"state_key"`
 	}
 	if err := json.Unmarshal(req.Event, &head); err != nil {
-		return mxerr.New(mxerr.BadJSON, "invalid event")
+		return nil, mxerr.New(mxerr.BadJSON, "invalid event")
 	}
 	if domainOf(head.Sender) != origin {
-		return mxerr.New(mxerr.Forbidden, "%s may not send an invite from %s", origin, head.Sender)
+		return nil, mxerr.New(mxerr.Forbidden, "%s may not send an invite from %s", origin, head.Sender)
 	}
 	if head.Type != "m.room.member" || domainOf(head.StateKey) != s.serverName {
-		return mxerr.New(mxerr.Forbidden, "not an invite for a user of this server")
+		return nil, mxerr.New(mxerr.Forbidden, "not an invite for a user of this server")
 	}
 	p, _, err := s.checkPDUWith(ctx, req.Event, req.RoomVersion, true)
 	if err != nil {
-		return mxerr.Wrap(err, mxerr.Forbidden, "invalid invite: %v", err)
+		return nil, mxerr.Wrap(err, mxerr.Forbidden, "invalid invite: %v", err)
 	}
 	pdu := p.pdu
 	if m, err := pdu.Membership(); err != nil || m != "invite" || pdu.Type() != "m.room.member" {
-		return mxerr.New(mxerr.Forbidden, "not an invite")
+		return nil, mxerr.New(mxerr.Forbidden, "not an invite")
 	}
 	if pdu.RoomID().String() != roomID || pdu.EventID() != eventID {
-		return mxerr.New(mxerr.BadJSON, "event does not match the path")
+		return nil, mxerr.New(mxerr.BadJSON, "event does not match the path")
 	}
 	if domainOf(string(pdu.SenderID())) != origin || pdu.StateKey() == nil || domainOf(*pdu.StateKey()) != s.serverName {
-		return mxerr.New(mxerr.Forbidden, "invite sender or target does not match")
+		return nil, mxerr.New(mxerr.Forbidden, "invite sender or target does not match")
 	}
 	if _, err := spec.NewUserID(*pdu.StateKey(), true); err != nil {
-		return mxerr.New(mxerr.BadJSON, "invalid invitee")
+		return nil, mxerr.New(mxerr.BadJSON, "invalid invitee")
+	}
+	if s.checkInvite != nil {
+		// MSC4155: the invitee may refuse invites from this sender.
+		if err := s.checkInvite(ctx, string(pdu.SenderID()), *pdu.StateKey()); err != nil {
+			return nil, err
+		}
 	}
 	// Security case 8: keep only well-formed stripped state objects.
 	stripped := wellFormedStripped(req.InviteRoomState)
@@ -262,17 +282,17 @@ func (s *Server) invite(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		strippedJSON, err := json.Marshal(stripped)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		err = s.storePendingMembership(ctx, pendingMembership{
 			userID: *pdu.StateKey(), roomID: roomID, eventID: eventID, roomVersion: req.RoomVersion,
 			event: signedJSON, strippedState: strippedJSON, membership: "invite",
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return httpx.OK(w, map[string]any{"event": json.RawMessage(signedJSON)})
+	return signedJSON, nil
 }
 
 // RemoteInviteStream is the name under which Deps.Notify is told that a

@@ -18,7 +18,8 @@ type mediaRequest struct {
 	// wait is how long to wait for content still being uploaded.
 	wait time.Duration
 	// allowRemote is false when the caller asked us not to fetch
-	// (allow_remote=false, to prevent loops) or on the legacy endpoints.
+	// (allow_remote=false, to prevent loops). The legacy endpoints fetch
+	// only before the freeze (legacyResolve).
 	allowRemote bool
 }
 
@@ -114,8 +115,9 @@ func (s *Server) ipBudgetKey(r *http.Request) string {
 }
 
 // legacyDownload is the deprecated GET /_matrix/media/v3/download/...: it
-// serves only media created before the freeze, and never fetches remote
-// media (a fetch would make it "new").
+// serves only media created before the freeze, and fetches remote media
+// only while the freeze is still ahead (a fetch after it would make the
+// media "new").
 //
 // Spec: client-server-api, "Client behaviour" (the v1.11 freeze warning)
 // and GET /_matrix/media/v3/download: "MAY return 404 M_NOT_FOUND for media
@@ -137,7 +139,12 @@ func (s *Server) legacyResolve(r *http.Request) (*mediaRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	if req.serverName != s.serverName {
+	if req.serverName != s.serverName && !s.now().Before(s.freeze) {
+		// Past the freeze, remote media fetched now would be new media,
+		// which the legacy endpoints do not serve: only the cache is
+		// looked at. Before the freeze (a server configured with a future
+		// legacy_freeze) a fetch is allowed like on the v1 endpoints,
+		// still subject to allow_remote=false.
 		m, err := s.store.get(r.Context(), req.serverName, req.mediaID)
 		if err != nil {
 			return nil, err

@@ -1,6 +1,7 @@
 package mediaapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -155,7 +156,7 @@ func (f *httpFetcher) Fetch(ctx context.Context, serverName, mediaID string, max
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode == http.StatusNotFound && errcodeOf(resp) == string(mxerr.Unrecognized) {
+	if unknownEndpoint(resp) {
 		resp.Body.Close()
 		legacyURL := base + "/_matrix/media/v3/download/" + url.PathEscape(serverName) + "/" + url.PathEscape(mediaID) + "?allow_remote=false&timeout_ms=20000"
 		if resp, err = f.get(ctx, legacyURL, serverName, false); err != nil {
@@ -196,6 +197,38 @@ func (f *httpFetcher) get(ctx context.Context, rawURL, destination string, feder
 		return nil, mxerr.Wrap(err, mxerr.Unknown, "could not fetch remote media").WithStatus(http.StatusBadGateway)
 	}
 	return resp, nil
+}
+
+// unknownEndpoint says whether a non-200 answer to the federation media
+// endpoint means the remote server does not have it, so the deprecated
+// endpoint is tried (reading the body of such an answer).
+//
+// Spec: server-server-api, "Content Repository" names 404 M_UNRECOGNIZED,
+// the answer for unknown endpoints ("Unsupported endpoints"). Servers
+// written before that rule answer an unknown endpoint with 400 or 405
+// M_UNRECOGNIZED, or with a 400/404 whose body is not a Matrix error at
+// all (no errcode: a plain router answer); those are treated the same. A
+// Matrix error with any other errcode (M_NOT_FOUND, M_TOO_LARGE, …) is the
+// server's answer about the media and is not retried elsewhere.
+func unknownEndpoint(resp *http.Response) bool {
+	switch resp.StatusCode {
+	case http.StatusNotFound, http.StatusBadRequest, http.StatusMethodNotAllowed:
+	default:
+		return false
+	}
+	// Keep the (small) error body for remoteStatus, which reads it again.
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBytes))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	var matrixErr struct {
+		Errcode string `json:"errcode"`
+	}
+	_ = json.Unmarshal(body, &matrixErr)
+	code := matrixErr.Errcode
+	if code == string(mxerr.Unrecognized) {
+		return true
+	}
+	return code == "" && resp.StatusCode != http.StatusMethodNotAllowed
 }
 
 // errcodeOf reads the errcode of a (small) JSON error body, leaving the

@@ -54,6 +54,11 @@ func TestRemoteMediaIsFetchedFromTheOriginAndCached(t *testing.T) {
 		data := pngBytes(t, 400, 300)
 		id := upload(t, a.URL, alice, "image/png", "cat.png", data)
 
+		// Past B's freeze (its first start) the legacy endpoint never fetches.
+		resp, _ := do(t, http.MethodGet, b.URL+legacy+"/download/servera/"+id, "", nil, nil)
+		if resp.StatusCode != http.StatusNotFound || fedHits.Load() != 0 {
+			t.Fatalf("legacy download of uncached remote media after the freeze: %d, origin hits %d", resp.StatusCode, fedHits.Load())
+		}
 		resp, body := do(t, http.MethodGet, b.URL+v1+"/download/servera/"+id, bob, nil, nil)
 		if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
 			t.Fatalf("remote download: %d %s", resp.StatusCode, body[:min(len(body), 200)])
@@ -145,5 +150,107 @@ func TestFederationMediaRequiresOriginAuthentication(t *testing.T) {
 	resp, body = do(t, http.MethodGet, a.URL+"/_matrix/federation/v1/media/download/"+id, "", nil, nil)
 	if resp.StatusCode != http.StatusNotFound || errcode(t, body) != "M_UNRECOGNIZED" {
 		t.Errorf("unwired federation endpoint: %d %s", resp.StatusCode, body)
+	}
+}
+
+// Before the legacy freeze (a future media_api.legacy_freeze) the
+// deprecated endpoints fetch remote media like the v1 ones, honouring
+// allow_remote=false; past it they serve only what was cached before.
+func TestLegacyEndpointsFetchRemoteMediaOnlyBeforeTheFreeze(t *testing.T) {
+	testserver.ForEachEngine(t, func(c *config.Config) { c.Global.ServerName = "servera" }, func(t *testing.T, a *testserver.Server) {
+		var fedHits atomic.Int64
+		front := federationFront(t, a, acceptAnyOrigin, &fedHits)
+		engine := storage.Engine(a.Config.Database.Engine)
+		b := testserver.Start(t, engine, func(c *config.Config) {
+			c.Global.ServerName = "serverb"
+			c.MediaAPI.RemoteBaseURLs = []string{"servera=" + front.URL}
+			c.MediaAPI.OutboundIPAllow = []string{"127.0.0.1"}
+			c.MediaAPI.LegacyFreeze = time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		})
+		alice := register(t, a.URL)
+		data := pngBytes(t, 400, 300)
+		id := upload(t, a.URL, alice, "image/png", "Ĉu ne.png", data)
+
+		resp, _ := do(t, http.MethodGet, b.URL+legacy+"/download/servera/"+id+"?allow_remote=false", "", nil, nil)
+		if resp.StatusCode != http.StatusNotFound || fedHits.Load() != 0 {
+			t.Fatalf("legacy download with allow_remote=false: %d, origin hits %d", resp.StatusCode, fedHits.Load())
+		}
+		resp, body := do(t, http.MethodGet, b.URL+legacy+"/download/servera/"+id, "", nil, nil)
+		if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+			t.Fatalf("legacy download of remote media before the freeze: %d %s", resp.StatusCode, body[:min(len(body), 200)])
+		}
+		if got := resp.Header.Get("Content-Disposition"); got != `inline; filename="_u ne.png"; filename*=UTF-8''%C4%88u%20ne.png` {
+			t.Errorf("Content-Disposition = %q", got)
+		}
+		resp, thumb := do(t, http.MethodGet, b.URL+legacy+"/thumbnail/servera/"+id+"?width=32&height=32&method=scale", "", nil, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("legacy thumbnail of remote png: %d %s", resp.StatusCode, thumb)
+		}
+		if w, _, _ := decodeDims(t, thumb); w != 320 { // the smallest scale size, 320x240
+			t.Errorf("legacy remote thumbnail width %d", w)
+		}
+	})
+}
+
+// Which answers of the federation media endpoint send the fetch to the
+// deprecated endpoint: an unknown endpoint, however an older server words
+// it; never a Matrix error about the media itself.
+func TestRemoteFetchFallbackOnlyForUnknownEndpoints(t *testing.T) {
+	cases := []struct {
+		name           string
+		status         int
+		body           string
+		wantFallback   bool
+		wantStatusAtB  int
+		wantErrcodeAtB string
+	}{
+		{"404 M_UNRECOGNIZED", 404, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`, true, 200, ""},
+		{"400 M_UNRECOGNIZED (older servers)", 400, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`, true, 200, ""},
+		{"404 plain text router answer", 404, `404 page not found`, true, 200, ""},
+		{"400 plain text", 400, `unknown route`, true, 200, ""},
+		{"404 M_NOT_FOUND is about the media", 404, `{"errcode":"M_NOT_FOUND","error":"no such media"}`, false, 404, "M_NOT_FOUND"},
+		{"502 M_TOO_LARGE", 502, `{"errcode":"M_TOO_LARGE","error":"too big"}`, false, 502, "M_TOO_LARGE"},
+		{"403 M_FORBIDDEN", 403, `{"errcode":"M_FORBIDDEN","error":"no"}`, false, 502, "M_UNKNOWN"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var legacyHits atomic.Int64
+			origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch r.URL.Path {
+				case "/_matrix/federation/v1/media/download/someMedia":
+					w.WriteHeader(tc.status)
+					_, _ = w.Write([]byte(tc.body))
+				case "/_matrix/media/v3/download/servera/someMedia":
+					legacyHits.Add(1)
+					if r.URL.Query().Get("allow_remote") != "false" {
+						t.Errorf("legacy fallback without allow_remote=false: %s", r.URL)
+					}
+					w.Header().Set("Content-Type", "text/plain")
+					_, _ = w.Write([]byte("legacy bytes"))
+				default:
+					http.NotFound(w, r)
+				}
+			}))
+			defer origin.Close()
+			b := testserver.Start(t, "sqlite", func(c *config.Config) {
+				c.Global.ServerName = "serverb"
+				c.MediaAPI.RemoteBaseURLs = []string{"servera=" + origin.URL}
+				c.MediaAPI.OutboundIPAllow = []string{"127.0.0.1"}
+			})
+			bob := register(t, b.URL)
+			resp, body := do(t, http.MethodGet, b.URL+v1+"/download/servera/someMedia", bob, nil, nil)
+			if resp.StatusCode != tc.wantStatusAtB {
+				t.Fatalf("download: %d %s", resp.StatusCode, body)
+			}
+			if tc.wantErrcodeAtB != "" && errcode(t, body) != tc.wantErrcodeAtB {
+				t.Errorf("errcode %s, want %s", body, tc.wantErrcodeAtB)
+			}
+			if got := legacyHits.Load() == 1; got != tc.wantFallback {
+				t.Errorf("legacy endpoint asked: %v, want %v", got, tc.wantFallback)
+			}
+			if tc.wantFallback && string(body) != "legacy bytes" {
+				t.Errorf("body %q", body)
+			}
+		})
 	}
 }

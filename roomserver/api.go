@@ -95,6 +95,12 @@ type MembershipRequest struct {
 	// avatar_url); membership-controlling keys are overwritten.
 	Content map[string]any
 	TxnID   *TxnID
+	// ThirdPartyInvite, for an invite only, is the content's
+	// third_party_invite object ({display_name, signed}) completing a
+	// third-party invite; the auth rules check it against the room's
+	// m.room.third_party_invite. Only the federation API sets it (from an
+	// identity server's onbind or another server's exchange request).
+	ThirdPartyInvite json.RawMessage
 }
 
 // CreateRoomRequest mirrors POST /createRoom.

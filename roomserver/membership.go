@@ -152,6 +152,9 @@ func memberContent(req MembershipRequest, membership string) map[string]any {
 	}
 	delete(content, "join_authorised_via_users_server")
 	delete(content, "third_party_invite")
+	if membership == "invite" && len(req.ThirdPartyInvite) > 0 {
+		content["third_party_invite"] = req.ThirdPartyInvite
+	}
 	content["membership"] = membership
 	if req.Reason != "" {
 		content["reason"] = req.Reason

@@ -201,7 +201,7 @@ func roomEventFilterAllows(f *clientapi.RoomEventFilter, e *roomserver.Event) bo
 			return false
 		}
 	}
-	return true
+	return f.RelTypeAllows(e.Content)
 }
 
 func filterEvents(f *clientapi.RoomEventFilter, events []*roomserver.Event) []*roomserver.Event {

@@ -28,6 +28,9 @@ type roomBuilder struct {
 	// timeline events and their invites are left out.
 	// Spec: client-server-api, "Ignoring Users".
 	ignored map[string]bool
+	// invitePermission is the user's MSC4155 config, read by hideInvite.
+	invitePermission *clientapi.InvitePermissionConfig
+	blocksAllInvites bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -96,7 +99,11 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 		case "invite":
 			if b.initial() || newSince {
 				var st []strippedEvent
-				if st, err = b.stripped(ctx, m.RoomID); err == nil && !b.ignored[inviter(st, b.req.userID)] {
+				var hide bool
+				if st, err = b.stripped(ctx, m.RoomID); err == nil {
+					hide, err = b.hideInvite(ctx, inviter(st, b.req.userID))
+				}
+				if err == nil && !hide {
 					out.Invite[m.RoomID] = &invitedRoom{InviteState: strippedList{Events: st}}
 				}
 			}

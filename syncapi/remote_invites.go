@@ -64,8 +64,10 @@ func (b *roomBuilder) addRemoteInvites(ctx context.Context, memberships []roomse
 			continue
 		}
 		st := remoteInviteState(inv)
-		if b.ignored[inviter(st, b.req.userID)] {
-			continue // Spec: client-server-api, "Ignoring Users"
+		if hide, err := b.hideInvite(ctx, inviter(st, b.req.userID)); err != nil {
+			return err
+		} else if hide {
+			continue // ignored user, or MSC4155 invite filtering
 		}
 		out.Invite[inv.RoomID] = &invitedRoom{InviteState: strippedList{Events: st}}
 	}

@@ -123,7 +123,7 @@ func TestRejectedInviteLeavesSync(t *testing.T) {
 			t.Fatalf("sync: %d %v", st, body)
 		}
 		rooms := body["rooms"].(map[string]any)
-		if _, ok := rooms["invite"].(map[string]any)[roomID]; ok {
+		if invites, _ := rooms["invite"].(map[string]any); invites[roomID] != nil {
 			t.Fatal("rejected invite still under invite")
 		}
 		left, _ := rooms["leave"].(map[string]any)[roomID].(map[string]any)

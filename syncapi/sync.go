@@ -51,7 +51,7 @@ type syncResponse struct {
 
 type roomsSection struct {
 	Join   map[string]*joinedRoom  `json:"join"`
-	Invite map[string]*invitedRoom `json:"invite"`
+	Invite map[string]*invitedRoom `json:"invite,omitempty"`
 	Knock  map[string]*knockedRoom `json:"knock"`
 	Leave  map[string]*leftRoom    `json:"leave"`
 }

@@ -41,6 +41,10 @@ func (r remoteServers) RemotePublicRooms(ctx context.Context, server string, lim
 	return (*r.fed).RemotePublicRooms(ctx, server, limit, since, filter)
 }
 
+func (r remoteServers) RemoteHierarchy(ctx context.Context, server, roomID string, suggestedOnly bool) (json.RawMessage, error) {
+	return (*r.fed).RemoteHierarchy(ctx, server, roomID, suggestedOnly)
+}
+
 func (r remoteServers) QueryProfile(ctx context.Context, userID, field string) (map[string]json.RawMessage, error) {
 	return (*r.fed).QueryProfile(ctx, userID, field)
 }

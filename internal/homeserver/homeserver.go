@@ -216,9 +216,13 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Aliases:    client,
 		Directory:  client,
 		Notify:     notify.Notify,
+		// MSC4155: a local user's invite filter may refuse remote invites.
+		CheckInvite: client.CheckInvite,
 		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
 			ToDevice: keys, DeviceLists: keys},
 		UserKeys: keys,
+		Spaces:   client,
+		OpenID:   client,
 		Logger:   logger,
 	})
 	if err != nil {
