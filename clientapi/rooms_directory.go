@@ -139,6 +139,10 @@ func (s *Server) deleteAliasHandler(w http.ResponseWriter, r *http.Request) erro
 	if _, err := s.deleteAlias(ctx, alias); err != nil {
 		return err
 	}
+	if err := s.dropFromCanonicalAlias(ctx, me.UserID, roomID, alias); err != nil {
+		// The alias is gone, which is what was asked.
+		s.log.Warn("updating m.room.canonical_alias after deleting an alias", "room_id", roomID, "err", err)
+	}
 	return httpx.OK(w, httpx.EmptyObject)
 }
 

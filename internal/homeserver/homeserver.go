@@ -170,7 +170,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
 	push, err := pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
-		Rooms: rooms, Receipts: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
+		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger})
 	if err != nil {
 		client.Close()
@@ -179,7 +179,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
 		push.Close()
 		client.Close()
