@@ -414,11 +414,11 @@ func TestClientRemoteProfileAndDirectory(t *testing.T) {
 	}
 }
 
-// TestClientRejectInviteToEmptyRoom: with federation on, an invite whose
+// TestClientRejectLocalInviteToEmptyRoom: with federation on, an invite whose
 // inviter (the last member) has left is rejected here, not through
 // another server (there is none). Complement: TestRoomsInvite "Invited
 // user can reject invite for empty room".
-func TestClientRejectInviteToEmptyRoom(t *testing.T) {
+func TestClientRejectLocalInviteToEmptyRoom(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		alice, bob := a.register("alice"), a.register("bob")
