@@ -208,7 +208,7 @@ func (s *Server) allowMessage(me *authn.Device) error {
 	if me.AppServiceID != "" && !me.AppServiceRateLimited {
 		return nil
 	}
-	return s.allowMessage(me)
+	return s.rooms.messageLimit.Allow(me.UserID)
 }
 
 // RoomAliases lists a room's local aliases, for the application service
