@@ -237,6 +237,24 @@ func TestAppServiceRegistrationAndIdentityAssertion(t *testing.T) {
 			t.Fatalf("availability in exclusive namespace: %d %v", st, body)
 		}
 
+		// Login as a user of the namespace, without a password.
+		login := func(token, user string) (int, map[string]any) {
+			return call(t, "POST", v3+"/login", token, map[string]any{"type": "m.login.application_service",
+				"identifier": map[string]any{"type": "m.id.user", "user": user}})
+		}
+		if st, body := login(asToken, "_bridge_bob"); st != 200 || body["user_id"] != "@_bridge_bob:localhost" || body["access_token"] == nil {
+			t.Fatalf("AS login: %d %v", st, body)
+		}
+		if st, body := login(asToken, "someone"); st != 400 || body["errcode"] != "M_EXCLUSIVE" {
+			t.Fatalf("AS login outside namespace: %d %v", st, body)
+		}
+		if st, body := login("", "_bridge_bob"); st != 401 || body["errcode"] != "M_MISSING_TOKEN" {
+			t.Fatalf("AS login without token: %d %v", st, body)
+		}
+		if st, body := login(asToken, "_bridge_ghost"); st != 403 || body["errcode"] != "M_FORBIDDEN" {
+			t.Fatalf("AS login of an unregistered user: %d %v", st, body)
+		}
+
 		// Identity assertion.
 		for _, tc := range []struct {
 			query, user, errcode string

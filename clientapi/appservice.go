@@ -216,3 +216,36 @@ func (s *Server) allowMessage(me *authn.Device) error {
 func (s *Server) RoomAliases(ctx context.Context, roomID string) ([]string, error) {
 	return s.aliasesOf(ctx, roomID)
 }
+
+// appServiceLoginLocalpart checks an m.login.application_service login:
+// the as_token authenticates, and the user must be an existing account in
+// the service's namespaces.
+// Spec: application-service-api, "Server admin style permissions".
+func (s *Server) appServiceLoginLocalpart(r *http.Request, req loginRequest) (string, error) {
+	token, ok := authn.Token(r)
+	if !ok {
+		return "", mxerr.New(mxerr.MissingToken, "logging in with %s needs the as_token", loginTypeAppService)
+	}
+	reg := s.appservices.ByToken(token)
+	if reg == nil {
+		return "", mxerr.New(mxerr.UnknownToken, "unknown application service token").With("soft_logout", false)
+	}
+	localpart, err := s.identifiedLocalpart(req.Identifier, req.User)
+	if err != nil {
+		return "", err
+	}
+	if !reg.OwnsUser(s.userID(localpart), s.serverName) {
+		return "", mxerr.New(mxerr.Exclusive, "%s is outside the application service's namespaces", s.userID(localpart))
+	}
+	acct, exists, err := lookupAccount(r.Context(), s.db.Reader(), localpart)
+	if err != nil {
+		return "", err
+	}
+	if !exists {
+		return "", mxerr.New(mxerr.Forbidden, "the application service has not registered %s", s.userID(localpart))
+	}
+	if acct.deactivated {
+		return "", mxerr.New(mxerr.UserDeactivated, "this account has been deactivated")
+	}
+	return localpart, nil
+}
