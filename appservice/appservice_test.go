@@ -35,10 +35,12 @@ type fakeService struct {
 	txns []txn
 	// fail makes the transaction endpoint answer 500.
 	fail bool
-	// onUserQuery, if set, runs for a user query and says whether to 200.
-	onUserQuery func(userID string) bool
-	pings       []string
-	badAuth     int
+	// onUserQuery and onAliasQuery, if set, run for a user or alias
+	// query and say whether to answer 200.
+	onUserQuery  func(userID string) bool
+	onAliasQuery func(alias string) bool
+	pings        []string
+	badAuth      int
 }
 
 type txn struct {
@@ -83,6 +85,14 @@ func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/_matrix/app/v1/users/"):
 		userID, _ := url.PathUnescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/app/v1/users/"))
 		if f.onUserQuery != nil && f.onUserQuery(userID) {
+			_, _ = w.Write([]byte("{}"))
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"errcode":"M_NOT_FOUND"}`))
+	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/_matrix/app/v1/rooms/"):
+		alias, _ := url.PathUnescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/app/v1/rooms/"))
+		if f.onAliasQuery != nil && f.onAliasQuery(alias) {
 			_, _ = w.Write([]byte("{}"))
 			return
 		}
@@ -551,6 +561,32 @@ func TestAppServicePingAndUserQuery(t *testing.T) {
 		}
 		if len(queried) != 2 || queried[0] != "@_bridge_lazy:localhost" || queried[1] != "@_bridge_nobody:localhost" {
 			t.Fatalf("queried %v", queried)
+		}
+
+		// An unknown alias of the namespace: the service creates the room.
+		var aliasQueries []string
+		fs.mu.Lock()
+		fs.onAliasQuery = func(alias string) bool {
+			aliasQueries = append(aliasQueries, alias)
+			if alias != "#_bridge_lazyroom:localhost" {
+				return false
+			}
+			st, _ := call(t, "POST", v3+"/createRoom", asToken, map[string]any{"room_alias_name": "_bridge_lazyroom", "preset": "public_chat"})
+			return st == 200
+		}
+		fs.mu.Unlock()
+		st, body = call(t, "GET", v3+"/directory/room/"+url.PathEscape("#_bridge_lazyroom:localhost"), aliceToken, nil)
+		if st != 200 || body["room_id"] == nil {
+			t.Fatalf("lazily created alias: %d %v", st, body)
+		}
+		if st, body := call(t, "GET", v3+"/directory/room/"+url.PathEscape("#_bridge_none:localhost"), aliceToken, nil); st != 404 {
+			t.Fatalf("alias the service does not know: %d %v", st, body)
+		}
+		if st, _ := call(t, "GET", v3+"/directory/room/"+url.PathEscape("#elsewhere:localhost"), aliceToken, nil); st != 404 {
+			t.Fatalf("unknown alias outside namespaces: %d", st)
+		}
+		if len(aliasQueries) != 2 || aliasQueries[0] != "#_bridge_lazyroom:localhost" || aliasQueries[1] != "#_bridge_none:localhost" {
+			t.Fatalf("alias queries %v", aliasQueries)
 		}
 	})
 }
