@@ -2,6 +2,7 @@ package appservice_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -626,4 +627,38 @@ func TestAppServiceNotRateLimited(t *testing.T) {
 			t.Fatal("a user's messages were not rate limited; the test proves nothing")
 		}
 	})
+}
+
+// A service registered with url: null uses the client-server API only:
+// nothing is pushed to it and ping answers M_URL_NOT_SET.
+// Spec: application-service-api, "Registration" (url) and client-server-api
+// "POST /_matrix/client/v1/appservice/{appserviceId}/ping".
+func TestAppServiceWithoutURL(t *testing.T) {
+	dir := t.TempDir()
+	reg := `id: nourl
+url: null
+as_token: nourl-as
+hs_token: nourl-hs
+sender_localpart: nourl_bot
+namespaces:
+  users: []
+`
+	if err := os.WriteFile(filepath.Join(dir, "nourl.yml"), []byte(reg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testserver.ForEachEngine(t, func(c *config.Config) { c.AppService.ConfigFiles = []string{filepath.Join(dir, "nourl.yml")} },
+		func(t *testing.T, srv *testserver.Server) {
+			st, body := call(t, "POST", srv.URL+"/_matrix/client/v1/appservice/nourl/ping", "nourl-as", map[string]any{})
+			if st != 400 || body["errcode"] != "M_URL_NOT_SET" {
+				t.Fatalf("ping without url: %d %v", st, body)
+			}
+			st, body = call(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", "nourl-as", nil)
+			if st != 200 || body["user_id"] != "@nourl_bot:localhost" {
+				t.Fatalf("whoami: %d %v", st, body)
+			}
+			var n int
+			if err := srv.HS.DB.Reader().QueryRow(context.Background(), `SELECT COUNT(*) FROM appservice_positions`).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("a sender was set up for a service without url: %d %v", n, err)
+			}
+		})
 }
