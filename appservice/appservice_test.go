@@ -3,6 +3,8 @@ package appservice_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -292,6 +294,36 @@ func TestAppServiceRegistrationAndIdentityAssertion(t *testing.T) {
 		st, body = call(t, "GET", v3+"/account/whoami?user_id=@_bridge_dev:localhost&device_id=DEV1", asToken, nil)
 		if st != 200 || body["user_id"] != "@_bridge_dev:localhost" || body["device_id"] != "DEV1" {
 			t.Fatalf("whoami with device: %d %v", st, body)
+		}
+
+		// v1.17 device management: the service creates (201) and deletes
+		// (no UIA) its users' devices, and replaces cross-signing keys
+		// without UIA.
+		asDev := "?user_id=" + url.QueryEscape("@_bridge_dev:localhost")
+		if st, body := call(t, "PUT", v3+"/devices/NEWDEV"+asDev, asToken, map[string]any{"display_name": "bridge"}); st != 201 {
+			t.Fatalf("device creation: %d %v", st, body)
+		}
+		if st, body := call(t, "PUT", v3+"/devices/NEWDEV"+asDev, asToken, map[string]any{"display_name": "renamed"}); st != 200 {
+			t.Fatalf("device update: %d %v", st, body)
+		}
+		if st, body := call(t, "GET", v3+"/devices/NEWDEV"+asDev, asToken, nil); st != 200 || body["display_name"] != "renamed" {
+			t.Fatalf("created device: %d %v", st, body)
+		}
+		if st, body := call(t, "DELETE", v3+"/devices/NEWDEV"+asDev, asToken, map[string]any{}); st != 200 {
+			t.Fatalf("device deletion without UIA: %d %v", st, body)
+		}
+		if st, body := call(t, "GET", v3+"/account/whoami"+asDev+"&device_id=NEWDEV", asToken, nil); st != 400 || body["errcode"] != "M_UNKNOWN_DEVICE" {
+			t.Fatalf("deleted device still usable: %d %v", st, body)
+		}
+		for i := range 2 {
+			pub, _, _ := ed25519.GenerateKey(nil)
+			key := base64.RawStdEncoding.EncodeToString(pub)
+			st, body := call(t, "POST", v3+"/keys/device_signing/upload"+asDev, asToken, map[string]any{
+				"master_key": map[string]any{"user_id": "@_bridge_dev:localhost", "usage": []string{"master"},
+					"keys": map[string]string{"ed25519:" + key: key}}})
+			if st != 200 {
+				t.Fatalf("cross-signing upload %d without UIA: %d %v", i, st, body)
+			}
 		}
 
 		// Exclusive aliases: refused to others, allowed to the service.

@@ -249,3 +249,35 @@ func (s *Server) appServiceLoginLocalpart(r *http.Request, req loginRequest) (st
 	}
 	return localpart, nil
 }
+
+// createAppServiceDevice creates deviceID for an application service's
+// user if it does not exist yet, and reports whether it did.
+// Spec: client-server-api, "PUT /_matrix/client/v3/devices/{deviceId}"
+// (v1.17: only application services may create devices; 201 on creation).
+func (s *Server) createAppServiceDevice(ctx context.Context, d *authn.Device, deviceID string, displayName *string) (bool, error) {
+	if deviceID == "" {
+		return false, mxerr.New(mxerr.InvalidParam, "the device ID is empty")
+	}
+	if err := validateDeviceID(deviceID); err != nil {
+		return false, err
+	}
+	if d.AppServiceRateLimited {
+		if err := s.loginLimit.Allow(d.UserID); err != nil {
+			return false, err
+		}
+	}
+	localpart := s.localpart(d.UserID)
+	created := false
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		res, err := tx.Exec(ctx, `INSERT INTO devices (localpart, device_id, display_name, created_ts)
+			VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING`,
+			localpart, deviceID, displayName, time.Now().UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		created = n > 0
+		return nil
+	})
+	return created, err
+}
