@@ -285,6 +285,14 @@ func TestAppServiceRegistrationAndIdentityAssertion(t *testing.T) {
 				t.Errorf("whoami%s: %d %v, want %d %s %s", tc.query, st, body, tc.status, tc.user, tc.errcode)
 			}
 		}
+		// Without device_id there is no device: whoami leaves it out, and
+		// keys cannot be uploaded.
+		if st, body := call(t, "GET", v3+"/account/whoami", asToken, nil); st != 200 || body["device_id"] != nil {
+			t.Fatalf("whoami without device: %d %v", st, body)
+		}
+		if st, body := call(t, "POST", v3+"/keys/upload", asToken, map[string]any{}); st != 400 || body["errcode"] != "M_INVALID_PARAM" {
+			t.Fatalf("keys/upload without device: %d %v", st, body)
+		}
 		// A device of the user may be named.
 		st, body = call(t, "POST", v3+"/register", asToken, map[string]any{
 			"type": "m.login.application_service", "username": "_bridge_dev", "device_id": "DEV1"})
