@@ -253,6 +253,10 @@ fsync_ms() {
 
 envval() { sed -n "s/^$2=//p" "$WORK/$1.env" 2>/dev/null; }
 
+# HANDWRITTEN_MARK starts the hand-written part of the report, which
+# write_report keeps as it is.
+HANDWRITTEN_MARK='<!-- hand-written below: bench/run.sh keeps it -->'
+
 write_report() {
 	local columns=() name title
 	for name in $SERVERS; do
@@ -346,17 +350,27 @@ write_report() {
 		echo "The send path (build, sign, auth-check and commit one local message, SQLite with"
 		echo "\`synchronous=FULL\`: one sender; 8 rooms in parallel; 8 senders in one room), sync fan-out and"
 		echo "initial sync in process, and inbound federation transactions (50 signed PDUs from a fake remote"
-		echo "server; signature, auth and storage µs per PDU), run right after the scenarios above:"
+		echo "server; signature, auth and storage µs per PDU), run right after the scenarios above."
+		echo "\`BenchmarkDeliveryServerTime\`N is the server's share of one delivery to N waiting \`/sync\`"
+		echo "requests handed straight to the HTTP handler (no socket, no client decoding), from the"
+		echo "commit's notification to each response written (see its doc comment for each metric):"
 		echo
 		echo '```'
 		echo "go test -run '^\$' -bench 'BenchmarkSendEvent' -benchtime 2000x ./roomserver/"
 		echo "go test -run '^\$' -bench 'BenchmarkFanout20\$|BenchmarkInitialSync100Rooms' -benchtime 20x ./syncapi/"
+		echo "go test -run '^\$' -bench 'BenchmarkDeliveryServerTime(1|20|200)\$' -benchtime 30x ./syncapi/"
 		echo "go test -run '^\$' -bench 'BenchmarkInboundTransaction' -benchtime 5x ./federationapi/"
 		echo '```'
 		echo
 		echo '```'
 		cat "$WORK/gobench2.txt"
 		echo '```'
+		# Everything from the hand-written marker on (profiles, notes) is
+		# not generated: carry it over from the previous report.
+		if [[ -f $OUT ]] && grep -qxF "$HANDWRITTEN_MARK" "$OUT"; then
+			echo
+			awk -v mark="$HANDWRITTEN_MARK" '$0 == mark { keep = 1 } keep' "$OUT"
+		fi
 	} >"$OUT.tmp"
 	mv "$OUT.tmp" "$OUT"
 	log "wrote $OUT"
@@ -370,6 +384,7 @@ done
 (cd "$ROOT" && go test -run '^$' -bench . -benchtime 20000x ./pushserver/) | grep -E '^(Benchmark|cpu:)' >"$WORK/gobench.txt"
 (cd "$ROOT" && go test -run '^$' -bench 'BenchmarkSendEvent' -benchtime 2000x ./roomserver/ &&
 	go test -run '^$' -bench 'BenchmarkFanout20$|BenchmarkInitialSync100Rooms' -benchtime 20x ./syncapi/ &&
+	go test -run '^$' -bench 'BenchmarkDeliveryServerTime(1|20|200)$' -benchtime 30x ./syncapi/ &&
 	go test -run '^$' -bench 'BenchmarkInboundTransaction' -benchtime 5x ./federationapi/) |
 	grep -E '^(Benchmark|cpu:)' >"$WORK/gobench2.txt" || true
 write_report

@@ -77,6 +77,13 @@ func (s *Server) AccountDataSince(ctx context.Context, userID string, since int6
 	return entries, latest, nil
 }
 
+// AccountDataHead returns the account data stream head.
+func (s *Server) AccountDataHead(ctx context.Context) (int64, error) {
+	var latest int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT COALESCE(MAX(position), 0) FROM account_data`).Scan(&latest)
+	return latest, err
+}
+
 // GlobalAccountData returns the content of one of userID's global
 // account data entries, or nil if it is not set.
 func (s *Server) GlobalAccountData(ctx context.Context, userID, dataType string) (json.RawMessage, error) {

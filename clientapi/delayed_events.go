@@ -100,6 +100,10 @@ func (s *Server) scheduleDelayed(w http.ResponseWriter, r *http.Request, d delay
 	if err != nil {
 		return err
 	}
+	// Scheduling counts against the sender's message rate, like a send.
+	if err := s.allowMessage(me); err != nil {
+		return err
+	}
 	if err := s.requireJoined(ctx, d.RoomID, me.UserID); err != nil {
 		return err
 	}

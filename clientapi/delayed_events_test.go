@@ -12,6 +12,7 @@ import (
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 const delayedAPI = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
@@ -93,7 +94,7 @@ func TestDelayedEvents(t *testing.T) {
 		// Three message events, due in order; a retry of the same txnId
 		// (even without a body) answers with the same delay ID.
 		var ids []string
-		for i, delay := range []string{"300", "400", "500"} {
+		for i, delay := range []string{"2000", "2100", "2200"} {
 			txn := fmt.Sprintf("txn-%d", i)
 			ids = append(ids, schedule(t, srv, alice, room, txn, "", delay, map[string]any{"count": i + 1}))
 			status, body := call(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(room))+"/send/com.example.test/"+txn+"?org.matrix.msc4140.delay="+delay, alice.token, nil)
@@ -103,7 +104,7 @@ func TestDelayedEvents(t *testing.T) {
 		}
 		list := delayedList(t, srv, alice)
 		if len(list) != 3 || list[0]["delay_id"] != ids[0] || list[0]["room_id"] != string(room) || list[0]["type"] != "com.example.test" ||
-			list[0]["delay"] != float64(300) || list[0]["running_since"] == nil || list[0]["content"].(map[string]any)["count"] != float64(1) ||
+			list[0]["delay"] != float64(2000) || list[0]["running_since"] == nil || list[0]["content"].(map[string]any)["count"] != float64(1) ||
 			list[0]["state_key"] != nil {
 			t.Fatalf("alice's delayed events = %v", list)
 		}
@@ -127,7 +128,7 @@ func TestDelayedEvents(t *testing.T) {
 		}
 
 		// A state event on timeout.
-		schedule(t, srv, alice, room, "", "on_timeout", "300", map[string]any{"setter": "on_timeout"})
+		schedule(t, srv, alice, room, "", "on_timeout", "1500", map[string]any{"setter": "on_timeout"})
 		if got := delayedList(t, srv, alice); len(got) != 1 || got[0]["state_key"] != "on_timeout" {
 			t.Fatalf("delayed state listing = %v", got)
 		}
@@ -140,11 +141,11 @@ func TestDelayedEvents(t *testing.T) {
 		}
 
 		// Cancel, without a token: it is never sent.
-		cancelled := schedule(t, srv, alice, room, "", "never", "300", map[string]any{"setter": "none"})
+		cancelled := schedule(t, srv, alice, room, "", "never", "1000", map[string]any{"setter": "none"})
 		if status, body := delayedAction(t, srv, cancelled, "cancel"); status != 200 {
 			t.Fatalf("cancel = %d %v", status, body)
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(1200 * time.Millisecond)
 		if c := stateOf(t, alice, room, "never"); c != nil || len(delayedList(t, srv, alice)) != 0 {
 			t.Errorf("a cancelled event was sent (%v) or is still listed", c)
 		}
@@ -161,13 +162,13 @@ func TestDelayedEvents(t *testing.T) {
 		}
 
 		// Restart pushes the due time back by the whole delay.
-		restarted := schedule(t, srv, alice, room, "", "restarted", "800", map[string]any{"setter": "restarted"})
-		time.Sleep(500 * time.Millisecond)
+		restarted := schedule(t, srv, alice, room, "", "restarted", "3000", map[string]any{"setter": "restarted"})
+		time.Sleep(1000 * time.Millisecond)
 		status, body = call(t, "POST", srv.URL+delayedAPI+"/"+restarted, "", map[string]any{"action": "restart"})
 		if status != 200 {
 			t.Fatalf("restart (action in body) = %d %v", status, body)
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(2000 * time.Millisecond)
 		if c := stateOf(t, alice, room, "restarted"); c != nil {
 			t.Fatalf("restarted event sent on its first deadline: %v", c)
 		}
@@ -214,20 +215,31 @@ func TestDelayedEvents(t *testing.T) {
 }
 
 // TestDelayedEventsSurviveRestart: scheduled events are in the database;
-// a restarted server lists them and sends them when due.
+// a restarted server lists them, and its scheduler sends one that came
+// due (its due time is moved into the past in the database, as if the
+// delay had run out while the server was down).
 func TestDelayedEventsSurviveRestart(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
 		alice, _, room := delayedRoom(t, srv)
-		schedule(t, srv, alice, room, "", "after_restart", "1500", map[string]any{"setter": "restart"})
+		due := schedule(t, srv, alice, room, "", "after_restart", "100000", map[string]any{"setter": "restart"})
 		kept := schedule(t, srv, alice, room, "", "kept", "100000", map[string]any{})
 		srv.Restart(t)
 		alice.HomeserverURL = mustParseURL(t, srv.URL)
 		if got := delayedList(t, srv, alice); len(got) != 2 {
 			t.Fatalf("after restart, delayed events = %v", got)
 		}
+		err := srv.HS.DB.Write(bg, func(tx storage.Tx) error {
+			_, err := tx.Exec(bg, `UPDATE delayed_events SET send_ts = 0 WHERE delay_id = $1`, due)
+			return err
+		})
+		ok(t, "move the due time", err)
+		// Scheduling wakes the scheduler (it would also look again within
+		// its poll interval).
+		woke := schedule(t, srv, alice, room, "", "wake", "100000", map[string]any{})
 		eventually(t, "the delayed event after the restart", func() bool { return stateOf(t, alice, room, "after_restart") != nil })
-		if got := delayedList(t, srv, alice); len(got) != 1 || got[0]["delay_id"] != kept {
-			t.Errorf("after sending, delayed events = %v, want only %s", got, kept)
+		got := delayedList(t, srv, alice)
+		if len(got) != 2 || got[0]["delay_id"] == due || got[1]["delay_id"] == due {
+			t.Errorf("after sending, delayed events = %v, want %s and %s", got, kept, woke)
 		}
 	})
 }

@@ -275,7 +275,7 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !held && s.federation != nil {
+	if !held && s.federation != nil && !s.localInviteToEmptyRoom(ctx, roomID, caller(r).UserID) {
 		// Rejecting an invite to a room only other servers hold.
 		if err := s.federation.LeaveRemote(ctx, roomID, caller(r).UserID, nil); err != nil {
 			// Leaving again a room this server knows the user left (no
@@ -292,6 +292,19 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// localInviteToEmptyRoom reports whether userID is invited to a room
+// held here in which, as far as this server knows, nobody on any server
+// is joined any more (the inviter left): the user rejects the invite
+// here, as there is no other server to ask. Complement: TestRoomsInvite
+// "Invited user can reject invite for empty room".
+func (s *Server) localInviteToEmptyRoom(ctx context.Context, roomID, userID string) bool {
+	if m, err := s.rooms.rooms.Membership(ctx, roomID, userID); err != nil || m != "invite" {
+		return false
+	}
+	servers, err := s.rooms.rooms.JoinedServers(ctx, roomID)
+	return err == nil && len(servers) == 0
 }
 
 // forgetRoom forgets a room the caller has left.

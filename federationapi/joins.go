@@ -201,6 +201,14 @@ func (s *Server) strippedState(ctx context.Context, roomID string) ([]json.RawMe
 		if err != nil {
 			return nil, err
 		}
+		if ev.Type == "m.room.create" {
+			// MSC4311: the create event travels whole (the full PDU), so
+			// the receiver can check the room ID against it and clients
+			// get its origin_server_ts and room_id (Complement:
+			// TestMSC4311FullCreateEventOnStrippedState).
+			out = append(out, ev.JSON)
+			continue
+		}
 		stripped, err := json.Marshal(map[string]any{"type": ev.Type, "state_key": "", "sender": ev.Sender, "content": ev.Content})
 		if err != nil {
 			return nil, err

@@ -77,6 +77,10 @@ type SendEventRequest struct {
 	// room version puts it (top level before v11, content from v11).
 	Redacts string
 	TxnID   *TxnID
+	// OriginServerTS, when non-zero, is the event's origin_server_ts in
+	// place of now: application services' timestamp massaging.
+	// Spec: application-service-api, "Timestamp massaging".
+	OriginServerTS int64
 }
 
 // SendEventResponse names the event sent.

@@ -55,8 +55,14 @@ func (s *Server) SendEvent(ctx context.Context, req SendEventRequest) (*SendEven
 		StateKey: req.StateKey,
 		Content:  []byte(req.Content),
 	}
+	if req.OriginServerTS != 0 {
+		ctx = context.WithValue(ctx, originTSKey{}, time.UnixMilli(req.OriginServerTS))
+	}
 	return s.sendProto(ctx, req.RoomID, proto, req.Redacts, req.TxnID)
 }
+
+// originTSKey carries a massaged origin_server_ts from SendEvent to sign.
+type originTSKey struct{}
 
 func (s *Server) checkSendRequest(req *SendEventRequest) error {
 	if domainOf(req.Sender) != string(s.serverName) {
@@ -183,13 +189,16 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 		if err := eb.AddAuthEvents(provider); err != nil {
 			return nil, mxerr.Wrap(err, mxerr.Forbidden, "cannot select auth events")
 		}
-		return s.sign(eb)
+		return s.sign(ctx, eb)
 	})
 }
 
 // sign builds and signs eb and applies the size limits.
-func (s *Server) sign(eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU, error) {
+func (s *Server) sign(ctx context.Context, eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU, error) {
 	ts := s.now()
+	if massaged, ok := ctx.Value(originTSKey{}).(time.Time); ok {
+		ts = massaged
+	}
 	if eb.Type == "m.room.create" && eb.RoomID == "" {
 		ts = s.createTime(ts)
 	}

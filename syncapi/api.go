@@ -48,6 +48,13 @@ type AccountData interface {
 	GlobalAccountData(ctx context.Context, userID, dataType string) (json.RawMessage, error)
 }
 
+// AccountDataHead is implemented by an AccountData that can read its
+// stream head alone (*clientapi.Server); sync then skips the account
+// data read of a request whose token is at the head.
+type AccountDataHead interface {
+	AccountDataHead(ctx context.Context) (int64, error)
+}
+
 // Filters loads stored filters (*clientapi.Server).
 type Filters interface {
 	Filter(ctx context.Context, userID, filterID string) (*clientapi.Filter, error)
@@ -83,6 +90,9 @@ type Ephemeral interface {
 	// Presence returns m.presence events of users sharing a room with
 	// userID that changed in (since, to].
 	Presence(ctx context.Context, userID string, since, to int64) ([]json.RawMessage, error)
+	// PresenceOf returns the current m.presence events (at positions up
+	// to to) of those of userIDs that have a presence.
+	PresenceOf(ctx context.Context, userIDs []string, to int64) ([]json.RawMessage, error)
 	// SetPresence records a sync request's set_presence (online,
 	// unavailable or offline).
 	SetPresence(ctx context.Context, userID, presence string) error
@@ -113,6 +123,15 @@ type Push interface {
 	// initial sync when none is stored in account data yet (the user
 	// never changed a rule). Spec: client-server-api, "Push Rules: Events".
 	PushRules(ctx context.Context, userID string) (json.RawMessage, error)
+}
+
+// ThreadSubscriptions is clientapi's MSC4306 store (*clientapi.Server).
+type ThreadSubscriptions interface {
+	// ThreadSubscriptionsHead returns the stream head.
+	ThreadSubscriptionsHead(ctx context.Context) (int64, error)
+	// ThreadSubscriptionsBetween returns userID's changes in (from, to],
+	// newest first, at most limit, and whether older ones were left out.
+	ThreadSubscriptionsBetween(ctx context.Context, userID string, from, to int64, limit int) ([]clientapi.ThreadSubscription, bool, error)
 }
 
 // DeviceLists is the device_lists section of a sync response.

@@ -2,9 +2,14 @@ package syncapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -156,4 +161,156 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkDeliveryServerTime isolates the server's share of delivering a
+// committed event to waiting /sync requests (issue #4): L listeners'
+// requests are handed straight to the homeserver's HTTP handler (no
+// socket, no client-side HTTP or JSON decoding) and are all waiting in
+// the waker when one message is sent. The clock starts when the commit's
+// notification is out (the earlier of SendEvent returning — the room
+// stream is notified after the commit, before SendEvent returns — and a
+// goroutine blocked on Notifier.Changed running) and stops, per
+// listener, when the handler has written the whole response. Delivery
+// is the notifier waking the waiters: there is no polling loop on the
+// server (the waker's fallback poll runs every 10 s).
+//
+// Metrics: server-µs/delivery is the time until the last listener's
+// response was written, divided by L (for L=1, the wake latency itself);
+// wake-p50-µs and wake-max-µs are per-listener latencies from the
+// notification; cpu-µs/delivery is the process's CPU time from the send
+// to the last response, divided by L (it includes the one send);
+// cycle-cpu-µs/delivery adds the CPU time of starting the L requests
+// until they all wait (authentication, filter, the first look at the
+// streams), the whole long-poll cycle a client's delivery costs.
+func BenchmarkDeliveryServerTime1(b *testing.B)   { benchmarkDeliveryServerTime(b, 1) }
+func BenchmarkDeliveryServerTime20(b *testing.B)  { benchmarkDeliveryServerTime(b, 20) }
+func BenchmarkDeliveryServerTime200(b *testing.B) { benchmarkDeliveryServerTime(b, 200) }
+
+func benchmarkDeliveryServerTime(b *testing.B, listeners int) {
+	srv := testserver.Start(b, storage.SQLite, nil)
+	handler := srv.HS.Handler()
+	alice := newUser(b, srv, "alice")
+	roomID := createRoom(b, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+	// What myelin-bench's fanout listeners ask for: this room's messages,
+	// no presence, account data or ephemeral events.
+	filter := url.QueryEscape(`{"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]},` +
+		`"room":{"rooms":["` + roomID + `"],"timeline":{"limit":100,"types":["m.room.message"]},` +
+		`"state":{"lazy_load_members":true},"ephemeral":{"not_types":["*"]},"account_data":{"not_types":["*"]}}}`)
+	users := make([]*user, listeners)
+	since := make([]string, listeners)
+	for i := range users {
+		users[i] = newUser(b, srv, fmt.Sprintf("listener%d", i))
+		membership(b, srv, "join", users[i], users[i].id, roomID)
+	}
+	serve := func(u *user, query string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/_matrix/client/v3/sync?filter="+filter+query, nil)
+		req.Header.Set("Authorization", "Bearer "+u.token)
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, req)
+		return rec
+	}
+	type syncBody struct {
+		NextBatch string `json:"next_batch"`
+		Rooms     struct {
+			Join map[string]struct {
+				Timeline struct {
+					Events []struct {
+						Content struct {
+							Body string `json:"body"`
+						} `json:"content"`
+					} `json:"events"`
+				} `json:"timeline"`
+			} `json:"join"`
+		} `json:"rooms"`
+	}
+	decode := func(rec *httptest.ResponseRecorder) syncBody {
+		var body syncBody
+		if rec.Code != http.StatusOK {
+			b.Fatalf("sync: %d %s", rec.Code, rec.Body)
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+			b.Fatal(err)
+		}
+		return body
+	}
+	for i, u := range users {
+		since[i] = decode(serve(u, "")).NextBatch
+	}
+	var lat []time.Duration
+	var perDelivery time.Duration
+	var cpu, cycle time.Duration
+	recs := make([]*httptest.ResponseRecorder, listeners)
+	done := make([]time.Time, listeners)
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		b.StopTimer()
+		body := fmt.Sprint("ping ", n)
+		var wg sync.WaitGroup
+		var early atomic.Int32
+		setupCPU := cpuTime(b)
+		for i, u := range users {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				recs[i] = serve(u, "&timeout=30000&since="+url.QueryEscape(since[i]))
+				done[i] = time.Now()
+				early.Add(1)
+			}()
+		}
+		// Setup, not the measured path: wait until every request sits in
+		// the waker.
+		for srv.HS.Sync.Waiting() < listeners {
+			if early.Load() > 0 {
+				wg.Wait()
+				for _, rec := range recs {
+					if rec != nil {
+						b.Fatalf("a /sync returned before the send: %d %s", rec.Code, rec.Body)
+					}
+				}
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		cycle += cpuTime(b) - setupCPU
+		changed := srv.HS.Notifier.Changed()
+		notified := make(chan time.Time, 1)
+		go func() { <-changed; notified <- time.Now() }()
+		b.StartTimer()
+		cpu0 := cpuTime(b)
+		sendText(b, srv, alice, roomID, body)
+		returned := time.Now()
+		wg.Wait()
+		cpu += cpuTime(b) - cpu0
+		cycle += cpuTime(b) - cpu0
+		b.StopTimer()
+		t0 := returned
+		if woke := <-notified; woke.Before(t0) {
+			t0 = woke
+		}
+		last := t0
+		for i, rec := range recs {
+			got := decode(rec)
+			found := false
+			for _, ev := range got.Rooms.Join[roomID].Timeline.Events {
+				found = found || ev.Content.Body == body
+			}
+			if !found {
+				b.Fatalf("listener %d woke without the message: %s", i, rec.Body)
+			}
+			since[i] = got.NextBatch
+			lat = append(lat, done[i].Sub(t0))
+			if done[i].After(last) {
+				last = done[i]
+			}
+		}
+		perDelivery += last.Sub(t0) / time.Duration(listeners)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(perDelivery.Nanoseconds())/1e3/float64(b.N), "server-µs/delivery")
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "wake-p50-µs")
+	b.ReportMetric(float64(lat[len(lat)-1].Nanoseconds())/1e3, "wake-max-µs")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(len(lat)), "cpu-µs/delivery")
+	b.ReportMetric(float64(cycle.Nanoseconds())/1e3/float64(len(lat)), "cycle-cpu-µs/delivery")
 }

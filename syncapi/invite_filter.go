@@ -35,3 +35,30 @@ func (b *roomBuilder) hideInvite(ctx context.Context, inviter string) (bool, err
 	}
 	return b.blocksAllInvites || b.invitePermission.Rule(inviter) != clientapi.InviteAllowed, nil
 }
+
+// dropHiddenInvites removes from sliding sync's candidates the invites
+// hideInvite hides (apart from ignored users, which sliding sync does not
+// filter yet), so blocked and MSC4155-ignored invites are listed nowhere.
+// Spec: client-server-api, "Invite permission": blocked invites "MUST NOT
+// be served over client synchronisation endpoints".
+func (s *Server) dropHiddenInvites(ctx context.Context, userID string, cands []*candidate) ([]*candidate, error) {
+	b := &roomBuilder{s: s, req: &syncRequest{userID: userID}}
+	out := cands[:0]
+	for _, c := range cands {
+		if c.m.Membership == "invite" {
+			st, err := b.stripped(ctx, c.m.RoomID)
+			if err != nil {
+				return nil, err
+			}
+			hide, err := b.hideInvite(ctx, inviter(st, userID))
+			if err != nil {
+				return nil, err
+			}
+			if hide {
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}

@@ -247,12 +247,18 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 	if err != nil {
 		return nil, nil, err
 	}
+	if cands, err = s.dropHiddenInvites(ctx, userID, cands); err != nil {
+		return nil, nil, err
+	}
 	next := &connState{heads: heads, rooms: make(map[string]sentRoom, len(prev.rooms))}
 	for id, sr := range prev.rooms {
 		next.rooms[id] = sr
 	}
 	resp := &slidingResponse{Lists: map[string]slidingListResult{}, Rooms: map[string]*slidingRoomResult{}, Extensions: map[string]any{}}
-	dms, tags := directRooms(acct), roomTags(acct)
+	dms, tags, ignored := directRooms(acct), roomTags(acct), ignoredInAccountData(acct)
+	if cands, err = s.withoutIgnoredInvites(ctx, userID, cands, ignored); err != nil {
+		return nil, nil, err
+	}
 	configs := map[string]*roomConfig{}
 	addConfig := func(roomID string, rc slidingRoomConfig, list string) error {
 		sel, err := parseRequiredState(rc.RequiredState, userID)
@@ -304,7 +310,7 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 		if cfg == nil {
 			continue
 		}
-		room, err := s.slidingRoom(ctx, userID, caller.DeviceID, c, cfg, prev, heads, fmt, dms)
+		room, err := s.slidingRoom(ctx, userID, caller.DeviceID, c, cfg, prev, heads, fmt, dms, ignored)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -322,7 +328,10 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 	if err := s.slidingUnread(ctx, userID, heads, resp.Rooms); err != nil {
 		return nil, nil, err
 	}
-	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
+	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs, ignored: ignored}, resp); err != nil {
+		return nil, nil, err
+	}
+	if err := s.threadSubscriptionsExtension(ctx, userID, req, prev, next, resp); err != nil {
 		return nil, nil, err
 	}
 	return resp, next, nil

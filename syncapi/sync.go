@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidwall/gjson"
+
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
@@ -200,7 +202,7 @@ func (s *Server) parseSyncRequest(r *http.Request) (*syncRequest, error) {
 		if strings.HasPrefix(strings.TrimSpace(v), "{") {
 			req.filter, err = clientapi.ParseFilter([]byte(v))
 		} else {
-			req.filter, err = s.filters.Filter(r.Context(), req.userID, v)
+			req.filter, err = s.storedFilters.Filter(r.Context(), req.userID, v)
 		}
 		if err != nil {
 			return nil, err
@@ -234,54 +236,77 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	for i, m := range memberships {
 		roomIDs[i] = m.RoomID
 	}
-	wt := s.waker.register(req.userID, roomIDs)
+	wt := s.waker.registerFiltered(req.userID, roomIDs, req.wantsPresence())
 	defer s.waker.unregister(wt)
 	deadline := time.NewTimer(req.timeout)
 	defer deadline.Stop()
 	resynced := s.awaitResyncs(ctx, req, roomIDs) // partial_state.go
+	// A request whose token is at every head has nothing to compute: it
+	// waits at once, and computes when woken (or at the timeout, for the
+	// empty response with its key counts).
+	idle, err := s.unchangedSince(ctx, req, memberships)
+	if err != nil {
+		return nil, err
+	}
+	var resp *syncResponse
 	for {
-		resp, err := s.compute(ctx, req)
-		if err != nil || !resp.empty() {
-			return resp, err
+		if !idle {
+			if resp, err = s.compute(ctx, req); err != nil || !resp.empty() {
+				return resp, err
+			}
 		}
+		idle = false
 		select {
 		case <-resynced:
 			resynced = nil
+			continue
 		case <-wt.wake:
+			continue
 		case <-deadline.C:
-			return resp, nil
 		case <-ctx.Done():
-			return resp, nil
 		}
+		if resp == nil {
+			return s.compute(ctx, req)
+		}
+		return resp, nil
 	}
+}
+
+// unchangedSince reports whether no stream has moved past the token of
+// an incremental request: the shared heads, with the room head raised to
+// the user's newest membership, equal the token, so compute would find
+// nothing. Called after the waiter is registered, so a commit it misses
+// wakes the waiter. False when the account data head cannot be read
+// alone (sync then cannot tell without reading the user's account data).
+func (s *Server) unchangedSince(ctx context.Context, req *syncRequest, memberships []roomserver.MembershipEntry) (bool, error) {
+	if s.acctHead == nil {
+		return false, nil
+	}
+	h, err := s.sharedHeads.get(ctx, false, s.readSharedHeads)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range memberships {
+		h.Room = max(h.Room, m.StreamPos)
+	}
+	return h == *req.since, nil
 }
 
 // heads reads every stream's head except account data (which comes with
 // its read) and the user's memberships. The room head is raised to the
 // newest membership seen: positions commit in order, so everything up to
 // it is readable, and the memberships are then exact as of the head.
+// The heads shared by all users may come from s.sharedHeads (see
+// headsCache).
 func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomserver.MembershipEntry, error) {
-	var h syncToken
-	var err error
-	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
+	return s.readHeads(ctx, userID, false)
+}
+
+// readHeads is heads; fresh bypasses the shared heads cache.
+func (s *Server) readHeads(ctx context.Context, userID string, fresh bool) (syncToken, []roomserver.MembershipEntry, error) {
+	h, err := s.sharedHeads.get(ctx, fresh, s.readSharedHeads)
+	if err != nil {
 		return h, nil, err
-	}
-	if s.eph != nil {
-		p, err := s.eph.EphemeralHeads(ctx)
-		if err != nil {
-			return h, nil, err
-		}
-		h.Receipts, h.Typing, h.Presence = p.Receipts, p.Typing, p.Presence
-	}
-	if s.e2ee != nil {
-		if h.ToDevice, h.DeviceLists, err = s.e2ee.E2EEHeads(ctx); err != nil {
-			return h, nil, err
-		}
-	}
-	if s.invites != nil {
-		if h.RemoteInvites, err = s.invites.RemoteInviteHead(ctx); err != nil {
-			return h, nil, err
-		}
 	}
 	memberships, err := s.rooms.UserMemberships(ctx, userID)
 	if err != nil {
@@ -291,6 +316,49 @@ func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomser
 		h.Room = max(h.Room, m.StreamPos)
 	}
 	return h, memberships, nil
+}
+
+// accountDataSince is AccountDataSince for a sync request. An
+// incremental sync whose token is at the account data head read with
+// the shared heads has no account data news (nothing in (since, head])
+// and skips the read; the head stays the token's.
+func (s *Server) accountDataSince(ctx context.Context, req *syncRequest, since int64, heads syncToken) ([]clientapi.AccountData, int64, error) {
+	if req.since != nil && s.acctHead != nil && heads.AccountData == since {
+		return nil, since, nil
+	}
+	return s.acct.AccountDataSince(ctx, req.userID, since)
+}
+
+// readSharedHeads reads the heads that are the same for every user.
+func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
+	var h syncToken
+	var err error
+	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
+		return h, err
+	}
+	if s.eph != nil {
+		p, err := s.eph.EphemeralHeads(ctx)
+		if err != nil {
+			return h, err
+		}
+		h.Receipts, h.Typing, h.Presence = p.Receipts, p.Typing, p.Presence
+	}
+	if s.e2ee != nil {
+		if h.ToDevice, h.DeviceLists, err = s.e2ee.E2EEHeads(ctx); err != nil {
+			return h, err
+		}
+	}
+	if s.invites != nil {
+		if h.RemoteInvites, err = s.invites.RemoteInviteHead(ctx); err != nil {
+			return h, err
+		}
+	}
+	if s.acctHead != nil {
+		if h.AccountData, err = s.acctHead.AccountDataHead(ctx); err != nil {
+			return h, err
+		}
+	}
+	return h, nil
 }
 
 // compute builds one response from since (zero for an initial sync) up
@@ -304,7 +372,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if req.since != nil {
 		since = *req.since
 	}
-	acct, acctHead, err := s.acct.AccountDataSince(ctx, req.userID, since.AccountData)
+	acct, acctHead, err := s.accountDataSince(ctx, req, since.AccountData, heads)
 	if err != nil {
 		return nil, err
 	}
@@ -318,10 +386,19 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 			return nil, err
 		}
 	}
-	if req.since != nil {
-		if err := since.checkNotFuture(heads); err != nil {
+	if req.since != nil && since.checkNotFuture(heads) != nil {
+		// The shared heads may trail a token issued from a fresher read
+		// in the same notification generation: read them afresh before
+		// calling the token one this server never issued.
+		fresh, freshMemberships, err := s.readHeads(ctx, req.userID, true)
+		if err != nil {
 			return nil, err
 		}
+		fresh.AccountData = heads.AccountData
+		if err := since.checkNotFuture(fresh); err != nil {
+			return nil, err
+		}
+		heads, memberships = fresh, freshMemberships
 	}
 	resp := &syncResponse{
 		Rooms: roomsSection{Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
@@ -400,14 +477,29 @@ func (b *roomBuilder) membershipMoved(memberships []roomserver.MembershipEntry) 
 func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since syncToken, heads *syncToken,
 	memberships []roomserver.MembershipEntry, moved bool, resp *syncResponse) error {
 	// An incremental sync whose presence head has not moved has no
-	// presence news: (since, head] is empty.
-	if s.eph != nil && (req.since == nil || heads.Presence != since.Presence) {
+	// presence news: (since, head] is empty. A filter that leaves
+	// m.presence out skips the read.
+	var delta *MembershipDelta
+	if s.eph != nil && req.wantsPresence() && (req.since == nil || heads.Presence != since.Presence) {
 		pres, err := s.eph.Presence(ctx, req.userID, since.Presence, heads.Presence)
 		if err != nil {
 			return err
 		}
-		if req.filter == nil || req.filter.Presence == nil || req.filter.Presence.Types == nil || contains(req.filter.Presence.Types, "m.presence") {
-			resp.Presence = events(pres)
+		resp.Presence = events(filterPresence(req.filter, pres))
+	}
+	if s.eph != nil && req.wantsPresence() && req.since != nil && moved {
+		// Users the syncing user starts sharing a room with in this
+		// window: their presence is news even if it did not change.
+		// Complement: TestSync "Newly joined room includes presence in
+		// incremental sync", TestMembersLocal "Existing members see new
+		// members' presence".
+		d, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
+		if err != nil {
+			return err
+		}
+		delta = &d
+		if err := s.addJoinedPresence(ctx, req.userID, d.Joined, heads.Presence, resp); err != nil {
+			return err
 		}
 	}
 	if s.e2ee == nil {
@@ -433,11 +525,14 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		heads.ToDevice = next
 	}
 	if req.since != nil && (heads.DeviceLists > since.DeviceLists || moved) {
-		delta, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
-		if err != nil {
-			return err
+		if delta == nil {
+			d, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
+			if err != nil {
+				return err
+			}
+			delta = &d
 		}
-		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists, delta)
+		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists, *delta)
 		if err != nil {
 			return err
 		}
@@ -459,6 +554,32 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		resp.FallbackKeys = fallback
 	}
 	return nil
+}
+
+// wantsPresence reports whether the request's presence filter lets
+// m.presence events through at all (its senders are checked per event).
+// Spec: client-server-api, "Filtering" (EventFilter types and not_types).
+func (req *syncRequest) wantsPresence() bool {
+	if req.filter == nil || req.filter.Presence == nil {
+		return true
+	}
+	f := req.filter.Presence
+	return !matchAnyType(f.NotTypes, "m.presence") && (f.Types == nil || matchAnyType(f.Types, "m.presence"))
+}
+
+// filterPresence keeps the m.presence events whose sender the presence
+// filter allows.
+func filterPresence(filter *clientapi.Filter, pres []json.RawMessage) []json.RawMessage {
+	if filter == nil || filter.Presence == nil {
+		return pres
+	}
+	kept := pres[:0]
+	for _, ev := range pres {
+		if eventFilterAllows(filter.Presence, "m.presence", gjson.GetBytes(ev, "sender").Str) {
+			kept = append(kept, ev)
+		}
+	}
+	return kept
 }
 
 // fillUnread sets the unread counts of the joined rooms in a response.

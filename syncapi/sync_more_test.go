@@ -3,8 +3,10 @@ package syncapi_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -337,4 +339,37 @@ func hasStateEvent(evs []any, typ string) bool {
 		}
 	}
 	return false
+}
+
+// TestSyncTokenAheadOfSharedHeads: a token past the shared heads cache
+// (issued from a fresher read in the same notification generation) is
+// accepted — compute reads the heads afresh before refusing it — while
+// one past the database's heads is still M_INVALID_PARAM.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync" (since).
+func TestSyncTokenAheadOfSharedHeads(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice := newUser(t, srv, "alice")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "private_chat"})
+		sendText(t, srv, alice, roomID, "hello")
+		status, body := rawSync(t, srv, alice, "")
+		if status != http.StatusOK {
+			t.Fatalf("initial sync: %d %v", status, body)
+		}
+		since := nextBatch(t, body)
+		srv.HS.Sync.ZeroSharedHeads()
+		status, body = rawSync(t, srv, alice, "timeout=0&since="+url.QueryEscape(since))
+		if status != http.StatusOK {
+			t.Fatalf("sync with a token ahead of the cached heads: %d %v", status, body)
+		}
+		srv.HS.Sync.ZeroSharedHeads()
+		sendText(t, srv, alice, roomID, "after")
+		status, body = rawSync(t, srv, alice, "timeout=0&since="+url.QueryEscape(since))
+		if status != http.StatusOK || !slices.Contains(timelineBodies(body, roomID), "after") {
+			t.Fatalf("sync after a send: %d, timeline %v", status, timelineBodies(body, roomID))
+		}
+		future := "s999999_0_0_0_0_0_0_0"
+		if status, body = rawSync(t, srv, alice, "timeout=0&since="+future); status != http.StatusBadRequest || body["errcode"] != "M_INVALID_PARAM" {
+			t.Fatalf("future token: %d %v, want 400 M_INVALID_PARAM", status, body)
+		}
+	})
 }

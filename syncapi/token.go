@@ -31,6 +31,15 @@ func (t *syncToken) fields() []*int64 {
 	return []*int64{&t.Room, &t.AccountData, &t.Receipts, &t.Typing, &t.Presence, &t.ToDevice, &t.DeviceLists, &t.RemoteInvites}
 }
 
+// max returns the larger position of t and o in every field.
+func (t syncToken) max(o syncToken) syncToken {
+	theirs := o.fields()
+	for i, f := range t.fields() {
+		*f = max(*f, *theirs[i])
+	}
+	return t
+}
+
 func (t syncToken) String() string {
 	var b strings.Builder
 	b.WriteByte('s')

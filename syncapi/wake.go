@@ -15,6 +15,9 @@ import (
 type waiter struct {
 	userID string
 	rooms  []string
+	// noPresence: the request's filter leaves m.presence out, so
+	// presence notifications do not wake it (immutable).
+	noPresence bool
 	// wake has room for one signal; a waiter woken twice before it looks
 	// re-reads once.
 	wake chan struct{}
@@ -54,7 +57,15 @@ func newWaker(rooms Rooms, n notifier.Broadcaster, log *slog.Logger) *waker {
 // register adds a waiter. Register before reading the streams, so that
 // anything committed after the read wakes it.
 func (w *waker) register(userID string, rooms []string) *waiter {
-	wt := &waiter{userID: userID, rooms: rooms, wake: make(chan struct{}, 1)}
+	return w.registerFiltered(userID, rooms, true)
+}
+
+// registerFiltered is register for a request that says whether it wants
+// presence: one that does not is not woken by presence notifications
+// alone (with many listeners, every listener's own presence update
+// would otherwise wake all the others for nothing).
+func (w *waker) registerFiltered(userID string, rooms []string, presence bool) *waiter {
+	wt := &waiter{userID: userID, rooms: rooms, noPresence: !presence, wake: make(chan struct{}, 1)}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.all[wt] = struct{}{}
@@ -129,17 +140,23 @@ const touchBatch = 1000
 
 func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 	w.mu.Lock()
-	var wakeAll bool
+	var wakeAll, wakePresence bool
 	for stream, p := range pos {
 		if stream != roomserver.Stream && p > w.seen[stream] {
 			w.seen[stream] = p
-			wakeAll = true
+			if stream == PresenceStream {
+				wakePresence = true
+			} else {
+				wakeAll = true
+			}
 		}
 	}
 	roomFrom, roomTo := w.roomDone, pos[roomserver.Stream]
-	if wakeAll {
+	if wakeAll || wakePresence {
 		for wt := range w.all {
-			signal(wt)
+			if wakeAll || !wt.noPresence {
+				signal(wt)
+			}
 		}
 	}
 	idle := len(w.all) == 0

@@ -1,0 +1,49 @@
+package syncapi
+
+import (
+	"context"
+	"sync"
+
+	"github.com/myelin-chat/myelin/clientapi"
+)
+
+// filterCache remembers stored filters by user and filter ID, so that a
+// client long-polling with a filter ID (as Element does) does not load
+// and parse it on every request. A stored filter never changes — POST
+// /user/{userId}/filter gives a different filter a different ID, and
+// none is ever edited or deleted — so an entry is never stale. Failed
+// loads are not remembered. The *Filter values are shared between
+// requests and must not be modified. Bounded: emptied when full.
+// Spec: client-server-api, "POST /_matrix/client/v3/user/{userId}/filter".
+type filterCache struct {
+	mu      sync.Mutex
+	max     int
+	byKey   map[string]*clientapi.Filter // user ID + "\x00" + filter ID; guarded by mu
+	filters Filters
+}
+
+func newFilterCache(filters Filters, max int) *filterCache {
+	return &filterCache{filters: filters, max: max, byKey: map[string]*clientapi.Filter{}}
+}
+
+// Filter returns userID's stored filter filterID.
+func (c *filterCache) Filter(ctx context.Context, userID, filterID string) (*clientapi.Filter, error) {
+	key := userID + "\x00" + filterID
+	c.mu.Lock()
+	f, ok := c.byKey[key]
+	c.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	f, err := c.filters.Filter(ctx, userID, filterID)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byKey) >= c.max {
+		c.byKey = map[string]*clientapi.Filter{}
+	}
+	c.byKey[key] = f
+	return f, nil
+}
