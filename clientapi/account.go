@@ -16,7 +16,12 @@ import (
 // Spec: client-server-api, "GET /_matrix/client/v3/account/whoami".
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
-	return httpx.OK(w, map[string]any{"user_id": d.UserID, "device_id": d.DeviceID, "is_guest": d.IsGuest})
+	body := map[string]any{"user_id": d.UserID, "is_guest": d.IsGuest}
+	if d.DeviceID != "" {
+		// Spec: omitted when no device is associated (application services).
+		body["device_id"] = d.DeviceID
+	}
+	return httpx.OK(w, body)
 }
 
 // changePassword answers POST /account/password (UIA). By default every

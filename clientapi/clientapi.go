@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
@@ -41,6 +42,11 @@ type Deps struct {
 	// Federation reaches rooms and users on other servers; nil keeps the
 	// client API to this server.
 	Federation Federation
+	// AppServices are the registered application services (nil: none).
+	AppServices *appservice.Registry
+	// AppServiceQueries, if non-nil, asks services about unknown users
+	// and aliases in their namespaces.
+	AppServiceQueries AppServiceQueries
 }
 
 // Server is the client API.
@@ -75,6 +81,11 @@ type Server struct {
 	notices serverNotices
 	// delayed is the delayed events module (delayed_events.go).
 	delayed delayedEvents
+	// appservices are the registered application services; immutable.
+	appservices *appservice.Registry
+	// asQueries asks them about unknown users and aliases; nil-safe
+	// via appservice.go.
+	asQueries AppServiceQueries
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -99,10 +110,15 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		accounts:      accounts,
 		notify:        deps.Notify,
 		federation:    deps.Federation,
+		appservices:   deps.AppServices,
+		asQueries:     deps.AppServiceQueries,
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
 	accounts.onDevicesDeleted = s.deviceAccountDataHook(deps.OnDevicesDeleted)
+	if err := s.ensureAppServiceSenders(ctx); err != nil {
+		return nil, err
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
 	s.background.Add(1)

@@ -101,7 +101,7 @@ func (s *Server) scheduleDelayed(w http.ResponseWriter, r *http.Request, d delay
 		return err
 	}
 	// Scheduling counts against the sender's message rate, like a send.
-	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
+	if err := s.allowMessage(me); err != nil {
 		return err
 	}
 	if err := s.requireJoined(ctx, d.RoomID, me.UserID); err != nil {

@@ -59,6 +59,15 @@ func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	if d.AppServiceID != "" {
+		if created, err := s.createAppServiceDevice(ctx, d, chi.URLParam(r, "deviceId"), req.DisplayName); err != nil || created {
+			if err != nil {
+				return err
+			}
+			httpx.WriteJSON(w, http.StatusCreated, httpx.EmptyObject)
+			return nil
+		}
+	}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		var res interface{ RowsAffected() (int64, error) }
 		var err error
@@ -117,13 +126,20 @@ func (s *Server) deleteDevicesUIA(w http.ResponseWriter, r *http.Request, auth j
 	}
 	ctx := r.Context()
 	localpart := s.localpart(d.UserID)
-	sess, err := s.userInteractiveAuth(ctx, s.passwordUIA("delete_devices", localpart, r), auth)
-	if err != nil {
-		return err
-	}
-	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := consumeUIASession(ctx, tx, sess); err != nil {
+	// Spec: application-service-api, "Deleting devices" (v1.17): no UIA
+	// for application services.
+	var sess *uiaSession
+	if d.AppServiceID == "" {
+		var err error
+		if sess, err = s.userInteractiveAuth(ctx, s.passwordUIA("delete_devices", localpart, r), auth); err != nil {
 			return err
+		}
+	}
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		if sess != nil {
+			if err := consumeUIASession(ctx, tx, sess); err != nil {
+				return err
+			}
 		}
 		return s.accounts.deleteDevices(ctx, tx, localpart, deviceIDs, "")
 	})

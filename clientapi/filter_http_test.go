@@ -51,7 +51,8 @@ func TestFilterHTTP(t *testing.T) {
 		bobsID, _ := bobBody["filter_id"].(string)
 
 		runSteps(t, srv, []step{
-			{name: "zero limit", method: "POST", path: u, token: alice, body: `{"room": {"timeline": {"limit": 0}}}`, wantStatus: 400, wantErrcode: "M_BAD_JSON"},
+			{name: "zero limit", method: "POST", path: u, token: alice, body: `{"room": {"ephemeral": {"limit": 0}}}`, wantStatus: 400, wantErrcode: "M_BAD_JSON"},
+			{name: "zero timeline limit", method: "POST", path: u, token: alice, body: `{"room": {"timeline": {"limit": 0}}}`, wantStatus: 200},
 			{name: "bad event_format", method: "POST", path: u, token: alice, body: `{"event_format": "raw"}`, wantStatus: 400, wantErrcode: "M_BAD_JSON"},
 			{name: "wrong type", method: "POST", path: u, token: alice, body: `{"room": {"state": {"lazy_load_members": "yes"}}}`, wantStatus: 400, wantErrcode: "M_BAD_JSON"},
 			{name: "not JSON", method: "POST", path: u, token: alice, body: `{"room":`, wantStatus: 400, wantErrcode: "M_NOT_JSON"},

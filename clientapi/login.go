@@ -66,6 +66,7 @@ func (s *Server) loginFlows(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, map[string]any{"flows": []map[string]any{
 		{"type": loginPassword},
 		{"type": loginToken, "get_login_token": true},
+		{"type": loginTypeAppService},
 	}})
 }
 
@@ -140,6 +141,11 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 		}
 		if !ok || acct.deactivated {
 			return mxerr.New(mxerr.UserDeactivated, "this account has been deactivated")
+		}
+	case loginTypeAppService:
+		var err error
+		if localpart, err = s.appServiceLoginLocalpart(r, req); err != nil {
+			return err
 		}
 	default:
 		// Spec: 400 M_UNKNOWN "Bad login type".

@@ -124,6 +124,11 @@ func (s *Server) getProfile(w http.ResponseWriter, r *http.Request) error {
 		return httpx.OK(w, fields)
 	}
 	fields, err := s.Profile(r.Context(), userID)
+	if mxerr.Is(err, mxerr.NotFound) && s.asQueries != nil && s.asQueries.QueryUser(r.Context(), userID) {
+		// Spec: application-service-api, "GET /_matrix/app/v1/users/{userId}":
+		// the service has registered the user before answering 200.
+		fields, err = s.Profile(r.Context(), userID)
+	}
 	if err != nil {
 		return err
 	}

@@ -29,8 +29,7 @@ const localpartAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 //
 // Spec: appendices, "User Identifiers". Historical (non-lowercase)
 // localparts are accepted from other servers but never created here.
-// M_EXCLUSIVE (application-service namespaces) cannot arise: there are no
-// application services yet.
+// M_EXCLUSIVE (application-service namespaces) is checked by the callers.
 func (a *Accounts) validateLocalpart(localpart string) error {
 	if localpart == "" {
 		return mxerr.New(mxerr.InvalidUsername, "the username is empty")
@@ -84,12 +83,15 @@ type registerRequest struct {
 // the account is created in the same transaction that consumes the UIA
 // session (and with it the registration-token use).
 func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
-	ip := s.clientIP.ClientIP(r)
-	if err := s.registerLimit.Allow(ip); err != nil {
-		return err
-	}
 	var req registerRequest
 	if err := httpx.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Type == loginTypeAppService {
+		return s.registerAppService(w, r, req)
+	}
+	ip := s.clientIP.ClientIP(r)
+	if err := s.registerLimit.Allow(ip); err != nil {
 		return err
 	}
 	switch kind := r.URL.Query().Get("kind"); kind {
@@ -108,14 +110,14 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return mxerr.New(mxerr.Forbidden, "registration is disabled on this server")
 	}
-	if req.Type == "m.login.application_service" {
-		return mxerr.New(mxerr.UnknownToken, "no application services are registered on this server")
-	}
 	ctx := r.Context()
 	localpart := ""
 	if req.Username != "" {
 		var err error
 		if localpart, err = s.accounts.mapUsername(req.Username); err != nil {
+			return err
+		}
+		if err := s.exclusiveUser(s.userID(localpart), nil); err != nil {
 			return err
 		}
 		if _, taken, err := lookupAccount(ctx, s.db.Reader(), localpart); err != nil {
@@ -212,6 +214,9 @@ func (s *Server) registerAvailable(w http.ResponseWriter, r *http.Request) error
 	}
 	localpart, err := s.accounts.mapUsername(username)
 	if err != nil {
+		return err
+	}
+	if err := s.exclusiveUser(s.userID(localpart), nil); err != nil {
 		return err
 	}
 	_, taken, err := lookupAccount(r.Context(), s.db.Reader(), localpart)

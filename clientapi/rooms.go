@@ -87,6 +87,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.roomExtraRoutes(r)
 	s.ephemeralRoutes(r)
 	s.searchRoutes(r)
+	s.threadSubscriptionRoutes(r)
 }
 
 // caller is the authenticated user of a request.

@@ -68,6 +68,9 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	var reserved string
 	req.ReserveAlias = func(ctx context.Context, alias, roomID string) error {
+		if err := s.exclusiveAlias(alias, me.AppServiceID); err != nil {
+			return err
+		}
 		if err := s.insertAlias(ctx, alias, roomID, me.UserID); err != nil {
 			return err
 		}

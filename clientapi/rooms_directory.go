@@ -71,6 +71,11 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 		return s.remoteAlias(w, r, alias)
 	}
 	roomID, _, err := s.lookupAlias(r.Context(), alias)
+	if mxerr.Is(err, mxerr.NotFound) && s.asQueries != nil && s.asQueries.QueryAlias(r.Context(), alias) {
+		// Spec: application-service-api, "GET /_matrix/app/v1/rooms/{roomAlias}":
+		// the service has created the room and alias before answering 200.
+		roomID, _, err = s.lookupAlias(r.Context(), alias)
+	}
 	if err != nil {
 		return err
 	}
@@ -103,6 +108,9 @@ func (s *Server) putAlias(w http.ResponseWriter, r *http.Request) error {
 	me := caller(r)
 	if me.IsGuest {
 		return mxerr.New(mxerr.GuestAccessForbidden, "guests cannot create room aliases")
+	}
+	if err := s.exclusiveAlias(alias, me.AppServiceID); err != nil {
+		return err
 	}
 	if _, err := s.rooms.rooms.RoomVersion(ctx, *body.RoomID); err != nil {
 		return err
@@ -138,6 +146,10 @@ func (s *Server) deleteAliasHandler(w http.ResponseWriter, r *http.Request) erro
 	}
 	if _, err := s.deleteAlias(ctx, alias); err != nil {
 		return err
+	}
+	if err := s.dropFromCanonicalAlias(ctx, me.UserID, roomID, alias); err != nil {
+		// The alias is gone, which is what was asked.
+		s.log.Warn("updating m.room.canonical_alias after deleting an alias", "room_id", roomID, "err", err)
 	}
 	return httpx.OK(w, httpx.EmptyObject)
 }

@@ -80,6 +80,31 @@ func TestRoomsAliases(t *testing.T) {
 		_, err = alice.DeleteAlias(bg, "#bobs:localhost")
 		wantErrcode(t, "delete twice", err, 404, "M_NOT_FOUND")
 
+		// Deleting an alias takes it out of m.room.canonical_alias when
+		// the deleting user may change that event: bob may not (his
+		// #side stays in alt_aliases), alice may.
+		_, err = alice.CreateAlias(bg, "#alt:localhost", room.RoomID)
+		ok(t, "alt alias", err)
+		_, err = alice.SendStateEvent(bg, room.RoomID, event.StateCanonicalAlias, "", map[string]any{
+			"alias": "#main:localhost", "alt_aliases": []string{"#alt:localhost"}})
+		ok(t, "set canonical", err)
+		_, err = alice.DeleteAlias(bg, "#alt:localhost")
+		ok(t, "delete the alt alias", err)
+		var after map[string]any
+		ok(t, "canonical after", alice.StateEvent(bg, room.RoomID, event.StateCanonicalAlias, "", &after))
+		if len(after) != 1 || after["alias"] != "#main:localhost" {
+			t.Fatalf("after deleting the alt alias: %v", after)
+		}
+		_, err = alice.DeleteAlias(bg, "#main:localhost")
+		ok(t, "delete the canonical alias", err)
+		after = nil
+		ok(t, "canonical emptied", alice.StateEvent(bg, room.RoomID, event.StateCanonicalAlias, "", &after))
+		if len(after) != 0 {
+			t.Fatalf("after deleting the canonical alias: %v", after)
+		}
+		_, err = alice.CreateAlias(bg, "#main:localhost", room.RoomID)
+		ok(t, "alias again", err)
+
 		// Resolution needs no access token; bad aliases are 400.
 		runSteps(t, srv, []step{
 			{name: "anonymous resolve", method: "GET", path: "/_matrix/client/v3/directory/room/" + url.PathEscape("#main:localhost"), wantStatus: 200},

@@ -75,12 +75,16 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	me := caller(r)
-	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
+	if err := s.allowMessage(me); err != nil {
+		return err
+	}
+	ts, err := massagedTS(r, me)
+	if err != nil {
 		return err
 	}
 	resp, err := s.rooms.rooms.SendEvent(r.Context(), roomserver.SendEventRequest{
 		RoomID: roomID, Sender: me.UserID, Type: eventType, Content: content,
-		TxnID: &roomserver.TxnID{DeviceID: me.DeviceID, TxnID: txnID},
+		TxnID: &roomserver.TxnID{DeviceID: me.DeviceID, TxnID: txnID}, OriginServerTS: ts,
 	})
 	if err != nil {
 		return err
@@ -134,7 +138,7 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
+	if err := s.allowMessage(me); err != nil {
 		return err
 	}
 	if current, err := s.rooms.rooms.CurrentStateEvent(ctx, me.UserID, roomID, eventType, stateKey); err == nil &&
@@ -143,8 +147,12 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 			return httpx.OK(w, map[string]string{"event_id": current.EventID})
 		}
 	}
+	ts, err := massagedTS(r, me)
+	if err != nil {
+		return err
+	}
 	resp, err := s.rooms.rooms.SendEvent(ctx, roomserver.SendEventRequest{
-		RoomID: roomID, Sender: me.UserID, Type: eventType, StateKey: &stateKey, Content: content,
+		RoomID: roomID, Sender: me.UserID, Type: eventType, StateKey: &stateKey, Content: content, OriginServerTS: ts,
 	})
 	if err != nil {
 		return err
@@ -270,7 +278,7 @@ func (s *Server) redact(w http.ResponseWriter, r *http.Request) error {
 		content["reason"] = *body.Reason
 	}
 	me := caller(r)
-	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
+	if err := s.allowMessage(me); err != nil {
 		return err
 	}
 	if err := s.checkMayRedact(r.Context(), me.UserID, roomID, eventID); err != nil {

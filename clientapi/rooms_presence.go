@@ -89,7 +89,7 @@ func (s *Server) putPresence(w http.ResponseWriter, r *http.Request) error {
 	if body.StatusMsg != nil && utf8.RuneCountInString(*body.StatusMsg) > maxStatusMsg {
 		return mxerr.New(mxerr.InvalidParam, "status_msg is longer than %d characters", maxStatusMsg)
 	}
-	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
+	if err := s.allowMessage(me); err != nil {
 		return err
 	}
 	if err := s.writePresence(ctx, me.UserID, body.Presence, body.StatusMsg, nowMillis()); err != nil {

@@ -139,7 +139,7 @@ func (s *Server) setTyping(w http.ResponseWriter, r *http.Request) error {
 	if err := s.requireJoined(ctx, roomID, me.UserID); err != nil {
 		return err
 	}
-	if err := s.rooms.messageLimit.Allow(me.UserID); err != nil {
+	if err := s.allowMessage(me); err != nil {
 		return err
 	}
 	timeout := defaultTypingTimeout

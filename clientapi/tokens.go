@@ -52,6 +52,9 @@ type lastSeenCache struct {
 // Spec: client-server-api, "Using access tokens" and "Soft logout": an
 // expired token gets M_UNKNOWN_TOKEN with soft_logout true.
 func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Request) (*authn.Device, error) {
+	if reg := s.appservices.ByToken(token); reg != nil {
+		return s.verifyAppService(ctx, reg, r)
+	}
 	if !strings.HasPrefix(token, accessTokenPrefix) {
 		return nil, mxerr.New(mxerr.UnknownToken, "unknown access token").With("soft_logout", false)
 	}

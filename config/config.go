@@ -29,6 +29,7 @@ type Config struct {
 	Federation Federation `yaml:"federation_api" doc:"Talking to other homeservers."`
 	MediaAPI   MediaAPI   `yaml:"media_api" doc:"Uploads, downloads, thumbnails, URL previews and remote media."`
 	Push       Push       `yaml:"push" doc:"Notifications: unread counts and delivery to push gateways."`
+	AppService AppService `yaml:"app_service" doc:"Application services: bridges and bots registered by YAML files."`
 }
 
 // Defaults returns the configuration used for anything the file leaves out.
@@ -44,6 +45,7 @@ func Defaults() Config {
 		Federation: Federation{}.Defaults(),
 		MediaAPI:   MediaAPI{}.Defaults(),
 		Push:       Push{}.Defaults(),
+		AppService: AppService{}.Defaults(),
 	}
 }
 
@@ -60,6 +62,7 @@ func (c *Config) Validate() error {
 		c.Federation.Validate(),
 		c.MediaAPI.Validate(),
 		c.Push.Validate(),
+		c.AppService.Validate(),
 	)
 }
 

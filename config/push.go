@@ -8,12 +8,13 @@ import (
 // Push configures notifications: push rule evaluation and delivery to
 // push gateways.
 type Push struct {
-	MinBackoff            Duration `yaml:"min_backoff" doc:"First wait before retrying a push gateway that failed; it doubles on each failure up to max_backoff."`
-	MaxBackoff            Duration `yaml:"max_backoff" doc:"Longest wait between retries to a failing push gateway."`
-	GiveUpAfter           Duration `yaml:"give_up_after" doc:"A notification not delivered this long after it was queued is dropped."`
-	RequestTimeout        Duration `yaml:"request_timeout" doc:"How long one request to a push gateway may take."`
-	OutboundIPAllow       []string `yaml:"outbound_ip_allow" doc:"IPs or CIDRs push gateways may be on although they are loopback, private, link-local or otherwise not public (refused by default), e.g. a gateway on your own network."`
-	NotificationRetention Duration `yaml:"notification_retention" doc:"How long entries stay in GET /notifications; older ones are deleted, and no longer count as unread."`
+	MinBackoff              Duration `yaml:"min_backoff" doc:"First wait before retrying a push gateway that failed; it doubles on each failure up to max_backoff."`
+	MaxBackoff              Duration `yaml:"max_backoff" doc:"Longest wait between retries to a failing push gateway."`
+	GiveUpAfter             Duration `yaml:"give_up_after" doc:"A notification not delivered this long after it was queued is dropped."`
+	RequestTimeout          Duration `yaml:"request_timeout" doc:"How long one request to a push gateway may take."`
+	OutboundIPAllow         []string `yaml:"outbound_ip_allow" doc:"IPs or CIDRs push gateways may be on although they are loopback, private, link-local or otherwise not public (refused by default), e.g. a gateway on your own network."`
+	NotificationRetention   Duration `yaml:"notification_retention" doc:"How long entries stay in GET /notifications; older ones are deleted, and no longer count as unread."`
+	ThreadSubscriptionRules bool     `yaml:"thread_subscription_rules" doc:"Add MSC4306's default push rules (postcontent .io.element.msc4306.rule.unsubscribed_thread and .subscribed_thread): messages in a thread notify only when the user subscribed to it. Leave off unless your users' clients subscribe to threads; with a client that does not, thread messages stop notifying."`
 }
 
 func (Push) Defaults() Push {

@@ -44,6 +44,7 @@ type Rooms interface {
 	CheckServerAccess(ctx context.Context, server, roomID string) error
 	ServerInRoom(ctx context.Context, server, roomID string) (bool, error)
 	JoinedServers(ctx context.Context, roomID string) ([]string, error)
+	JoinedServersInState(ctx context.Context, roomID string) ([]string, error)
 	FederationEvent(ctx context.Context, eventID string) (*roomserver.Event, string, error)
 	EventForServer(ctx context.Context, server, eventID string) (*roomserver.Event, error)
 	StateForServer(ctx context.Context, server, roomID, eventID string) (state, authChain []*roomserver.Event, err error)
@@ -57,7 +58,11 @@ type Rooms interface {
 	EventsByPosition(ctx context.Context, positions []int64) ([]json.RawMessage, error)
 	MembershipTemplate(ctx context.Context, req roomserver.TemplateRequest) (string, json.RawMessage, error)
 	StateAndAuthChainBefore(ctx context.Context, eventID string) (state, authChain []*roomserver.Event, err error)
+	PartialStateAndAuthChainBefore(ctx context.Context, eventID string) (*roomserver.PartialSendJoinResponse, error)
 	ImportJoinedRoom(ctx context.Context, req roomserver.ImportRoomRequest) (*roomserver.InputEventResponse, error)
+	PartialStateRooms(ctx context.Context) ([]roomserver.PartialStateRoom, error)
+	IsPartialState(ctx context.Context, roomID string) (bool, error)
+	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
 	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
 	InputOutliers(ctx context.Context, roomID string, events []json.RawMessage) (map[string]roomserver.InputOutcome, error)
 	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)

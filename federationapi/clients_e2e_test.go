@@ -413,3 +413,65 @@ func TestClientRemoteProfileAndDirectory(t *testing.T) {
 		t.Fatalf("A's public rooms from B: %+v, %v", list, err)
 	}
 }
+
+// TestClientRejectLocalInviteToEmptyRoom: with federation on, an invite whose
+// inviter (the last member) has left is rejected here, not through
+// another server (there is none). Complement: TestRoomsInvite "Invited
+// user can reject invite for empty room".
+func TestClientRejectLocalInviteToEmptyRoom(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		alice, bob := a.register("alice"), a.register("bob")
+		ctx := context.Background()
+		room, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.id()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.cli.LeaveRoom(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.cli.LeaveRoom(ctx, room.RoomID); err != nil {
+			t.Fatalf("rejecting the invite: %v", err)
+		}
+		if m, _ := a.HS.Rooms.Membership(ctx, string(room.RoomID), string(bob.id())); m != "leave" {
+			t.Fatalf("bob's membership is %q after rejecting", m)
+		}
+	})
+}
+
+// TestClientRemoteInviteFullCreateEvent: the invite_room_state sent with
+// a remote invite carries the whole m.room.create event, so the
+// invitee's sync shows it with its origin_server_ts and room_id.
+// Spec: MSC4311; Complement TestMSC4311FullCreateEventOnStrippedState.
+func TestClientRemoteInviteFullCreateEvent(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		ctx := context.Background()
+		room, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Invite: []id.UserID{bob.id()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var create *event.Event
+		bob.await("the invite", func() bool {
+			resp, err := bob.cli.SyncRequest(ctx, 0, "", "", false, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			inv, ok := resp.Rooms.Invite[room.RoomID]
+			if !ok {
+				return false
+			}
+			for _, ev := range inv.State.Events {
+				if ev.Type == event.StateCreate {
+					create = ev
+				}
+			}
+			return true
+		})
+		if create == nil || create.Timestamp == 0 || create.RoomID != room.RoomID || create.Sender != alice.id() ||
+			create.ID != id.EventID("$"+strings.TrimPrefix(string(room.RoomID), "!")) {
+			t.Fatalf("create event in invite_state: %+v", create)
+		}
+	})
+}

@@ -211,7 +211,9 @@ func (s *Server) announceDevices(ctx context.Context, userID, roomID string) err
 	if s.userKeys == nil {
 		return nil
 	}
-	servers, err := s.rooms.JoinedServers(ctx, roomID)
+	// Not to a partial-state room's send_join servers: a partial-state
+	// join announces nothing (MSC3706; Complement's msc3902 tests).
+	servers, err := s.rooms.JoinedServersInState(ctx, roomID)
 	if err != nil {
 		return err
 	}

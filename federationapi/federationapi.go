@@ -98,6 +98,16 @@ type Server struct {
 	client *client
 	sender *sender
 
+	// Partial-state resyncs (partial_state_join.go): resyncCtx is set
+	// once in New; resyncing (guarded by resyncMu) holds the rooms whose
+	// resync runs.
+	resyncCtx context.Context
+	resyncMu  sync.Mutex
+	resyncing map[string]bool
+	// beforeResync, when set (by tests, before any join), runs before a
+	// room's resync starts.
+	beforeResync func(ctx context.Context, roomID string)
+
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -173,6 +183,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 			defer s.wg.Done()
 			s.sender.run(bg)
 		}()
+		s.startResyncs(bg)
 	}
 	return s, nil
 }

@@ -9,12 +9,12 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// TestClientRejectInviteToEmptyRoom: alice invites bob and leaves, so
+// TestClientRejectRemoteInviteToEmptyRoom: alice invites bob and leaves, so
 // the room has no member left; bob can still reject the invite through
 // A, and his /sync on B then shows the room as left.
 // Complement: TestFederationRoomsInvite "Invited user can reject invite
 // over federation for empty room".
-func TestClientRejectInviteToEmptyRoom(t *testing.T) {
+func TestClientRejectRemoteInviteToEmptyRoom(t *testing.T) {
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	ctx := context.Background()

@@ -223,12 +223,9 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 	if err != nil {
 		return err
 	}
-	var resp struct {
-		State     []json.RawMessage `json:"state"`
-		AuthChain []json.RawMessage `json:"auth_chain"`
-		Event     json.RawMessage   `json:"event"`
-	}
-	uri = "/_matrix/federation/v2/send_join/" + pathEscape(roomID) + "/" + pathEscape(join.EventID())
+	var resp sendJoinAnswer
+	// omit_members: a partial-state join (partial_state_join.go).
+	uri = "/_matrix/federation/v2/send_join/" + pathEscape(roomID) + "/" + pathEscape(join.EventID()) + "?omit_members=true"
 	if err := s.client.signed(ctx, server, http.MethodPut, uri, json.RawMessage(join.JSON()), &resp); err != nil {
 		return err
 	}
@@ -260,8 +257,10 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 		return out
 	}
 	state, chain := verify(resp.State), verify(resp.AuthChain)
+	servers := resyncServers(server, resp.ServersInRoom)
 	res, err := s.rooms.ImportJoinedRoom(ctx, roomserver.ImportRoomRequest{
 		RoomVersion: t.RoomVersion, Join: joinJSON, State: state, AuthChain: chain,
+		PartialState: resp.MembersOmitted, Servers: servers,
 	})
 	if err != nil {
 		return err
@@ -270,6 +269,9 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 		return mxerr.New(mxerr.Forbidden, "join rejected: %s", res.Reason)
 	}
 	s.dropRemoteInvite(ctx, userID, roomID)
+	if resp.MembersOmitted {
+		s.startResync(roomserver.PartialStateRoom{RoomID: roomID, RoomVersion: t.RoomVersion, JoinEventID: join.EventID(), Servers: servers})
+	}
 	return nil
 }
 

@@ -33,6 +33,9 @@ func (s *Server) makeMembership(membership string) httpx.HandlerFunc {
 			vers = nil // make_leave has no ver: any version will do
 		}
 		req := roomserver.TemplateRequest{RoomID: roomParam(r), UserID: userID, Membership: membership, SupportedVersions: vers}
+		if err := s.refuseWhilePartial(ctx, req.RoomID, membership); err != nil {
+			return err
+		}
 		if membership == "leave" {
 			v, err := s.rooms.RoomVersion(ctx, req.RoomID)
 			if err != nil {
@@ -81,6 +84,9 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		}
 		version, err := s.rooms.RoomVersion(ctx, roomID)
 		if err != nil {
+			return err
+		}
+		if err := s.refuseWhilePartial(ctx, roomID, membership); err != nil {
 			return err
 		}
 		// A restricted join that names one of our users as authoriser
@@ -133,6 +139,9 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		}
 		switch membership {
 		case "join":
+			if !v1 && r.URL.Query().Get("omit_members") == "true" {
+				return s.partialSendJoinAnswer(w, r, eventID, signed, pdu)
+			}
 			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
 			if err != nil {
 				return err
@@ -191,6 +200,14 @@ func (s *Server) strippedState(ctx context.Context, roomID string) ([]json.RawMe
 		}
 		if err != nil {
 			return nil, err
+		}
+		if ev.Type == "m.room.create" {
+			// MSC4311: the create event travels whole (the full PDU), so
+			// the receiver can check the room ID against it and clients
+			// get its origin_server_ts and room_id (Complement:
+			// TestMSC4311FullCreateEventOnStrippedState).
+			out = append(out, ev.JSON)
+			continue
 		}
 		stripped, err := json.Marshal(map[string]any{"type": ev.Type, "state_key": "", "sender": ev.Sender, "content": ev.Content})
 		if err != nil {

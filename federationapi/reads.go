@@ -103,6 +103,14 @@ func (s *Server) stateAt(r *http.Request) (state, authChain []*roomserver.Event,
 	if eventID == "" {
 		return nil, nil, mxerr.New(mxerr.MissingParam, "event_id is required")
 	}
+	// A room with partial state cannot give the full state at any event
+	// yet (partial_state_serve.go).
+	if partial, err := s.rooms.IsPartialState(r.Context(), roomParam(r)); err != nil || partial {
+		if err == nil {
+			err = mxerr.New(mxerr.Forbidden, "this server has only partial state for the room")
+		}
+		return nil, nil, err
+	}
 	return s.rooms.StateForServer(r.Context(), originOf(r.Context()), roomParam(r), eventID)
 }
 

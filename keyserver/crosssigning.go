@@ -179,6 +179,11 @@ func (s *Server) uploadCrossSigningKeys(w http.ResponseWriter, r *http.Request) 
 
 // passwordUIA asks Deps.RequirePassword to authenticate the request.
 func (s *Server) passwordUIA(ctx context.Context, r *http.Request, auth json.RawMessage) (func(context.Context, storage.Tx) error, error) {
+	if d := authn.FromContext(ctx); d != nil && d.AppServiceID != "" {
+		// Spec: application-service-api, "Cross-signing" (v1.17): no UIA
+		// for application services, even when keys already exist.
+		return func(context.Context, storage.Tx) error { return nil }, nil
+	}
 	if s.requirePassword == nil {
 		return nil, mxerr.New(mxerr.Forbidden, "replacing cross-signing keys needs user-interactive authentication, which this server cannot offer")
 	}

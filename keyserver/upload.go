@@ -56,6 +56,11 @@ type otk struct {
 // Spec: client-server-api, "POST /_matrix/client/v3/keys/upload".
 func (s *Server) uploadKeys(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
+	if d.DeviceID == "" {
+		// An application service acting without device_id has no device
+		// to hold keys. Spec: application-service-api, "Identity assertion".
+		return mxerr.New(mxerr.InvalidParam, "uploading keys needs a device: pass device_id with the as_token")
+	}
 	var req uploadRequest
 	if err := httpx.DecodeJSON(r, &req); err != nil {
 		return err

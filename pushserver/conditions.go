@@ -99,6 +99,9 @@ type evalContext struct {
 	notificationPower func(key string) int64
 	// displayName is the recipient's display name in the room, or "".
 	displayName string
+	// threadSubscribed reports whether the recipient is subscribed to the
+	// event's thread; nil when the event is not in a thread.
+	threadSubscribed func() bool
 }
 
 // condition is a compiled push condition.
@@ -118,6 +121,8 @@ func compileCondition(data json.RawMessage) condition {
 		Pattern *string         `json:"pattern"`
 		Value   json.RawMessage `json:"value"`
 		Is      *string         `json:"is"`
+		// Subscribed is MSC4306's thread_subscription argument.
+		Subscribed *bool `json:"subscribed"`
 	}
 	if json.Unmarshal(data, &c) != nil {
 		return never
@@ -175,6 +180,16 @@ func compileCondition(data json.RawMessage) condition {
 			return never
 		}
 		return func(ec *evalContext) bool { return cmp(ec.memberCount) }
+	case "io.element.msc4306.thread_subscription":
+		// Spec: MSC4306, "New Push Rules": true only for an event in a
+		// thread, when the user's subscription state equals subscribed.
+		if c.Subscribed == nil {
+			return never
+		}
+		want := *c.Subscribed
+		return func(ec *evalContext) bool {
+			return ec.threadSubscribed != nil && ec.threadSubscribed() == want
+		}
 	case "sender_notification_permission":
 		if c.Key == nil {
 			return never

@@ -104,6 +104,9 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, err
 		}
+		if err := s.copyRulesOnUpgradeJoin(ctx, ev); err != nil {
+			return false, err
+		}
 		notes = append(notes, n...)
 		if mark != nil {
 			marks = append(marks, *mark)
@@ -210,7 +213,21 @@ func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]not
 			return nil, nil, err
 		}
 		ec.displayName = room.names[userID]
+		var subErr error
+		if thread != mainThread {
+			ec.threadSubscribed = func() bool {
+				if s.threadSubs == nil {
+					return false
+				}
+				sub, err := s.threadSubs.ThreadSubscribed(ctx, userID, ev.RoomID, thread)
+				subErr = err
+				return sub
+			}
+		}
 		r := rules.evaluate(&ec)
+		if subErr != nil {
+			return nil, nil, subErr
+		}
 		if r == nil || !r.outcome.notify {
 			continue
 		}

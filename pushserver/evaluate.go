@@ -38,7 +38,7 @@ func compile(rs Ruleset) *compiledRules {
 			}
 			cr := compiledRule{ruleID: r.RuleID, actions: r.Actions, outcome: actionOutcome(r.Actions)}
 			switch kind {
-			case "override", "underride":
+			case "override", "underride", "postcontent":
 				for _, c := range r.Conditions {
 					cr.conditions = append(cr.conditions, compileCondition(c))
 				}
@@ -126,8 +126,11 @@ func tweaks(actions []json.RawMessage) map[string]any {
 	return out
 }
 
-// validateActions checks a client's actions and strips the historical
-// dont_notify and coalesce ones. Spec: "Actions", "Historical Actions".
+// validateActions checks a client's actions. The historical dont_notify
+// and coalesce are kept as the client sent them, so the client reads back
+// what it wrote (Complement TestPushRuleCacheHealth), and evaluation
+// ignores them (actionOutcome, tweaks): a rule with ["dont_notify"] acts
+// like one with []. Spec: "Actions", "Historical Actions".
 func validateActions(actions []json.RawMessage) ([]json.RawMessage, bool) {
 	out := []json.RawMessage{}
 	if len(actions) > maxActions {
@@ -140,6 +143,7 @@ func validateActions(actions []json.RawMessage) ([]json.RawMessage, bool) {
 			case "notify":
 				out = append(out, actNotify)
 			case "dont_notify", "coalesce":
+				out = append(out, a)
 			default:
 				return nil, false
 			}

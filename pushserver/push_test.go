@@ -11,7 +11,7 @@ import (
 const rules = "/_matrix/client/v3/pushrules/global/"
 
 // TestDefaultPushRules checks that a new user has exactly the spec
-// v1.19 server-default rules, in order, and sees them as m.push_rules in
+// v1.19 server-default rules (and MSC3930's poll rules), in order, and sees them as m.push_rules in
 // an initial /sync.
 func TestDefaultPushRules(t *testing.T) {
 	testserver.ForEachEngine(t, pushConfig, func(t *testing.T, srv *testserver.Server) {
@@ -27,11 +27,14 @@ func TestDefaultPushRules(t *testing.T) {
 		want := map[string]string{
 			"override": ".m.rule.master,.m.rule.suppress_notices,.m.rule.invite_for_me,.m.rule.member_event," +
 				".m.rule.is_user_mention,.m.rule.is_room_mention,.m.rule.tombstone,.m.rule.reaction," +
-				".m.rule.room.server_acl,.m.rule.suppress_edits",
-			"content":   "",
-			"room":      "",
-			"sender":    "",
-			"underride": ".m.rule.call,.m.rule.encrypted_room_one_to_one,.m.rule.room_one_to_one,.m.rule.message,.m.rule.encrypted",
+				".m.rule.room.server_acl,.m.rule.suppress_edits,.org.matrix.msc3930.rule.poll_response",
+			"content":     "",
+			"postcontent": "", // MSC4306's rules only with push.thread_subscription_rules
+			"room":        "",
+			"sender":      "",
+			"underride": ".m.rule.call,.m.rule.encrypted_room_one_to_one,.m.rule.room_one_to_one,.m.rule.message,.m.rule.encrypted," +
+				".org.matrix.msc3930.rule.poll_start_one_to_one,.org.matrix.msc3930.rule.poll_start," +
+				".org.matrix.msc3930.rule.poll_end_one_to_one,.org.matrix.msc3930.rule.poll_end",
 		}
 		for kind, w := range want {
 			if got := ids(kind); got != w {

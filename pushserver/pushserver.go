@@ -38,6 +38,13 @@ type Receipts interface {
 	ReceiptsAfter(ctx context.Context, since int64, limit int) ([]clientapi.Receipt, error)
 }
 
+// ThreadSubscriptions is clientapi's MSC4306 store (*clientapi.Server).
+type ThreadSubscriptions interface {
+	// ThreadSubscribed reports whether userID is subscribed to the
+	// thread rooted at threadRoot in roomID.
+	ThreadSubscribed(ctx context.Context, userID, roomID, threadRoot string) (bool, error)
+}
+
 // Deps are the push component's dependencies; all are required except
 // Logger, HTTPClient and Now.
 type Deps struct {
@@ -46,6 +53,9 @@ type Deps struct {
 	Config     config.Push
 	Rooms      Rooms
 	Receipts   Receipts
+	// Threads answers MSC4306's thread_subscription condition; nil means
+	// nobody is subscribed to any thread.
+	Threads ThreadSubscriptions
 	// WriteAccountData stores server-managed global account data inside
 	// the caller's transaction (clientapi.Server.WriteServerAccountData).
 	WriteAccountData func(ctx context.Context, tx storage.Tx, userID, dataType string, content json.RawMessage) error
@@ -67,6 +77,7 @@ type Server struct {
 	cfg        config.Push
 	rooms      Rooms
 	receipts   Receipts
+	threadSubs ThreadSubscriptions // may be nil
 	writeAcct  func(ctx context.Context, tx storage.Tx, userID, dataType string, content json.RawMessage) error
 	notifier   notifier.Broadcaster
 	verifier   authn.Verifier
@@ -122,7 +133,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		}
 	}
 	s := &Server{
-		db: deps.DB, serverName: deps.ServerName, cfg: deps.Config, rooms: deps.Rooms, receipts: deps.Receipts,
+		db: deps.DB, serverName: deps.ServerName, cfg: deps.Config, rooms: deps.Rooms, receipts: deps.Receipts, threadSubs: deps.Threads,
 		writeAcct: deps.WriteAccountData, notifier: deps.Notifier, verifier: deps.Verifier,
 		log: logger.With("component", "pushserver"), client: client, now: now,
 		rules:      newRulesCache(),

@@ -23,9 +23,16 @@ type Rule struct {
 	Actions []json.RawMessage `json:"actions"`
 }
 
-// The rule kinds, in the order they are checked.
-// Spec: client-server-api, "Push Rules".
-var kinds = []string{"override", "content", "room", "sender", "underride"}
+// The rule kinds, in the order they are checked. postcontent is
+// MSC4306's kind between content and room, holding general rules (with
+// conditions) such as the thread subscription rules.
+// Spec: client-server-api, "Push Rules"; MSC4306, "New Push Rules".
+var kinds = []string{"override", "content", "postcontent", "room", "sender", "underride"}
+
+// hasConditions reports whether rules of kind carry conditions.
+func hasConditions(kind string) bool {
+	return kind == "override" || kind == "underride" || kind == "postcontent"
+}
 
 func validKind(kind string) bool { return slices.Contains(kinds, kind) }
 
@@ -33,7 +40,8 @@ func validKind(kind string) bool { return slices.Contains(kinds, kind) }
 type Ruleset map[string][]Rule
 
 // MarshalJSON writes every kind, with [] for an empty one, and gives
-// override and underride rules a conditions array even when empty.
+// override, postcontent and underride rules a conditions array even
+// when empty.
 func (rs Ruleset) MarshalJSON() ([]byte, error) {
 	out := make(map[string]any, len(kinds))
 	for _, kind := range kinds {
@@ -41,7 +49,7 @@ func (rs Ruleset) MarshalJSON() ([]byte, error) {
 		if rules == nil {
 			rules = []Rule{}
 		}
-		if kind == "override" || kind == "underride" {
+		if hasConditions(kind) {
 			wire := make([]ruleWithConditions, len(rules))
 			for i, r := range rules {
 				wire[i] = ruleWithConditions{r}
@@ -99,7 +107,18 @@ var (
 // .m.rule.contains_user_name), so there are no default content rules.
 // .m.rule.master is listed here first but is placed above every user
 // rule by render.
-func defaultRules(userID string) Ruleset {
+//
+// With threadRules, MSC4306's two postcontent rules are added: events in
+// a thread the user is not subscribed to do not notify (unless an
+// override rule such as a mention matched first), events in a
+// subscribed thread always do. They are off by default because a client
+// that does not subscribe to threads would never be notified of thread
+// messages (config push.thread_subscription_rules).
+//
+// MSC3930's poll rules are included: poll responses never notify, a poll
+// start or end notifies like a message (with sound in a one-to-one
+// room). Spec: MSC3930, "Push rules".
+func defaultRules(userID string, threadRules bool) Ruleset {
 	me := quote(userID)
 	d := func(id string, conds []json.RawMessage, actions ...json.RawMessage) Rule {
 		if actions == nil {
@@ -119,7 +138,19 @@ func defaultRules(userID string) Ruleset {
 	}
 	master := d(".m.rule.master", nil)
 	master.Enabled = false
+	var postcontent []Rule
+	if threadRules {
+		// Spec: MSC4306, "New Push Rules" and "Unstable prefix".
+		postcontent = []Rule{
+			d(".io.element.msc4306.rule.unsubscribed_thread",
+				c(`{"kind":"io.element.msc4306.thread_subscription","subscribed":false}`)),
+			d(".io.element.msc4306.rule.subscribed_thread",
+				c(`{"kind":"io.element.msc4306.thread_subscription","subscribed":true}`),
+				actNotify, actSoundDefault),
+		}
+	}
 	return Ruleset{
+		"postcontent": postcontent,
 		"override": {
 			master,
 			d(".m.rule.suppress_notices", c(`{"kind":"event_match","key":"content.msgtype","pattern":"m.notice"}`)),
@@ -144,6 +175,7 @@ func defaultRules(userID string) Ruleset {
 				`{"kind":"event_match","key":"type","pattern":"m.room.server_acl"}`,
 				`{"kind":"event_match","key":"state_key","pattern":""}`)),
 			d(".m.rule.suppress_edits", c(`{"kind":"event_property_is","key":"content.m\\.relates_to.rel_type","value":"m.replace"}`)),
+			d(".org.matrix.msc3930.rule.poll_response", c(`{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.response"}`)),
 		},
 		"underride": {
 			d(".m.rule.call", c(`{"key":"type","kind":"event_match","pattern":"m.call.invite"}`),
@@ -158,6 +190,16 @@ func defaultRules(userID string) Ruleset {
 				actNotify, actSoundDefault),
 			d(".m.rule.message", c(`{"kind":"event_match","key":"type","pattern":"m.room.message"}`), actNotify),
 			d(".m.rule.encrypted", c(`{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}`), actNotify),
+			d(".org.matrix.msc3930.rule.poll_start_one_to_one", c(
+				`{"kind":"room_member_count","is":"2"}`,
+				`{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.start"}`),
+				actNotify, actSoundDefault),
+			d(".org.matrix.msc3930.rule.poll_start", c(`{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.start"}`), actNotify),
+			d(".org.matrix.msc3930.rule.poll_end_one_to_one", c(
+				`{"kind":"room_member_count","is":"2"}`,
+				`{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.end"}`),
+				actNotify, actSoundDefault),
+			d(".org.matrix.msc3930.rule.poll_end", c(`{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.end"}`), actNotify),
 		},
 	}
 }
@@ -175,6 +217,9 @@ type defaultChange struct {
 type userRules struct {
 	Rules    Ruleset                  `json:"rules,omitempty"`
 	Defaults map[string]defaultChange `json:"defaults,omitempty"`
+	// threadRules is the server's push.thread_subscription_rules: whether
+	// the MSC4306 default rules exist. Not stored.
+	threadRules bool
 }
 
 // render merges the server defaults for userID with u into the ruleset
@@ -182,7 +227,7 @@ type userRules struct {
 // other default overrides; user rules before default ones in every
 // other kind. Spec: client-server-api, "Predefined Rules".
 func (u *userRules) render(userID string) Ruleset {
-	defaults := defaultRules(userID)
+	defaults := defaultRules(userID, u.threadRules)
 	for kind, rules := range defaults {
 		for i := range rules {
 			if ch, ok := u.Defaults[kind+"/"+rules[i].RuleID]; ok {
@@ -300,7 +345,7 @@ func (u *userRules) setActions(userID, kind, ruleID string, actions []json.RawMe
 
 func (u *userRules) change(userID, kind, ruleID string, user func(*Rule), def func(*defaultChange)) bool {
 	if strings.HasPrefix(ruleID, ".") {
-		if defaultRules(userID).find(kind, ruleID) == nil {
+		if defaultRules(userID, u.threadRules).find(kind, ruleID) == nil {
 			return false
 		}
 		if u.Defaults == nil {

@@ -34,7 +34,7 @@ func (s *Server) ruleRoutes(r chi.Router) {
 
 func (s *Server) ruleset(r *http.Request) (Ruleset, error) {
 	userID := authn.FromContext(r.Context()).UserID
-	u, err := loadUserRules(r.Context(), s.db.Reader(), userID)
+	u, err := loadUserRules(r.Context(), s.db.Reader(), userID, s.cfg.ThreadSubscriptionRules)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +131,7 @@ func (s *Server) getRule(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if kind, _ := pathParam(r, "kind"); kind == "override" || kind == "underride" {
+	if kind, _ := pathParam(r, "kind"); hasConditions(kind) {
 		return httpx.OK(w, ruleWithConditions{*rule})
 	}
 	return httpx.OK(w, rule)
@@ -201,7 +201,7 @@ func (s *Server) putRule(w http.ResponseWriter, r *http.Request) error {
 			return mxerr.New(mxerr.MissingParam, "a content rule needs a pattern")
 		}
 		rule.Pattern = req.Pattern
-	case "override", "underride":
+	case "override", "underride", "postcontent":
 		conds := []json.RawMessage{}
 		if req.Conditions != nil {
 			conds = *req.Conditions

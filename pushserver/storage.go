@@ -70,10 +70,10 @@ func advancePosition(ctx context.Context, tx storage.Tx, stream string, from, to
 
 // loadUserRules reads a user's stored rules (empty when they never
 // changed any).
-func loadUserRules(ctx context.Context, q storage.Querier, userID string) (*userRules, error) {
+func loadUserRules(ctx context.Context, q storage.Querier, userID string, threadRules bool) (*userRules, error) {
 	var data string
 	err := q.QueryRow(ctx, `SELECT rules FROM push_rules WHERE user_id = $1`, userID).Scan(&data)
-	u := &userRules{}
+	u := &userRules{threadRules: threadRules}
 	if storage.IsNoRows(err) {
 		return u, nil
 	}
@@ -111,7 +111,7 @@ func (s *Server) updateRules(ctx context.Context, userID string, change func(u *
 		if err := tx.QueryRow(ctx, query, userID).Scan(&data); err != nil {
 			return err
 		}
-		u := &userRules{}
+		u := &userRules{threadRules: s.cfg.ThreadSubscriptionRules}
 		if err := json.Unmarshal([]byte(data), u); err != nil {
 			return fmt.Errorf("pushserver: stored rules of %s: %w", userID, err)
 		}
@@ -146,7 +146,7 @@ func rulesContent(rs Ruleset) (json.RawMessage, error) {
 
 // RulesContent implements API.
 func (s *Server) RulesContent(ctx context.Context, userID string) (json.RawMessage, error) {
-	u, err := loadUserRules(ctx, s.db.Reader(), userID)
+	u, err := loadUserRules(ctx, s.db.Reader(), userID, s.cfg.ThreadSubscriptionRules)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +184,7 @@ func (s *Server) rulesFor(ctx context.Context, userID string) (*compiledRules, e
 		return cr, nil
 	}
 	gen := c.gen.Load()
-	u, err := loadUserRules(ctx, s.db.Reader(), userID)
+	u, err := loadUserRules(ctx, s.db.Reader(), userID, s.cfg.ThreadSubscriptionRules)
 	if err != nil {
 		return nil, err
 	}

@@ -43,6 +43,9 @@ type API interface {
 	JoinedRooms(ctx context.Context, userID string) ([]string, error)
 	RoomsForUser(ctx context.Context, userID, membership string) ([]string, error)
 	Members(ctx context.Context, userID, roomID string, membership string) ([]*Event, error)
+	// AwaitFullState returns once the room no longer has partial state
+	// (a partial-state join's resync finished); see partial_state.go.
+	AwaitFullState(ctx context.Context, roomID string) error
 	EventsInRange(ctx context.Context, req RangeRequest) (*RangeResponse, error)
 	Messages(ctx context.Context, req MessagesRequest) (*MessagesResponse, error)
 	CanSee(ctx context.Context, userID, eventID string) (bool, error)
@@ -74,6 +77,10 @@ type SendEventRequest struct {
 	// room version puts it (top level before v11, content from v11).
 	Redacts string
 	TxnID   *TxnID
+	// OriginServerTS, when non-zero, is the event's origin_server_ts in
+	// place of now: application services' timestamp massaging.
+	// Spec: application-service-api, "Timestamp massaging".
+	OriginServerTS int64
 }
 
 // SendEventResponse names the event sent.

@@ -147,6 +147,12 @@ type ImportRoomRequest struct {
 	Join        json.RawMessage
 	State       []json.RawMessage
 	AuthChain   []json.RawMessage
+	// PartialState is set when send_join answered members_omitted: the
+	// room is stored with the partial-state flag (partial_state.go).
+	PartialState bool
+	// Servers to resync a partial-state room from: the join server,
+	// then send_join's servers_in_room.
+	Servers []string
 }
 
 // ImportJoinedRoom makes a room this server joined through another
@@ -258,6 +264,18 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	for _, k := range sortedKeys(stateByKey) {
 		stateList = append(stateList, stateByKey[k])
 	}
+	if req.PartialState {
+		// Partial state may lack a membership the join needs (a
+		// restricted join's authoriser): the join's own auth events
+		// fill the keys it lacks (partial_state.go).
+		for _, id := range join.AuthEventIDs() {
+			if ae, ok := byID[id]; ok && ae.StateKey() != nil {
+				if _, have := stateByKey[tuple{ae.Type(), *ae.StateKey()}]; !have {
+					stateList = append(stateList, ae)
+				}
+			}
+		}
+	}
 	if err := allowed(join, stateList); err != nil {
 		return nil, mxerr.New(mxerr.Forbidden, "the join is not allowed by the room state: %v", err)
 	}
@@ -296,7 +314,13 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 			before[k] = nids[pdu.EventID()]
 		}
 		p = &prepared{pdu: join, row: rowFromPDU(join), room: room, beforeState: before, outcome: Accepted}
-		return s.commit(ctx, tx, p)
+		if err := s.commit(ctx, tx, p); err != nil {
+			return err
+		}
+		if req.PartialState {
+			return s.markPartial(ctx, tx, roomID, join.EventID(), req.Servers)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err

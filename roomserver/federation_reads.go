@@ -113,7 +113,13 @@ func (s *Server) ServerInRoom(ctx context.Context, server, roomID string) (bool,
 			return true, nil
 		}
 	}
-	return false, rows.Err()
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	// While the room's state is partial, the servers send_join named
+	// count as in the room (partial_state.go).
+	servers, err := s.withPartialStateServers(ctx, roomID, nil, map[string]bool{})
+	return slices.Contains(servers, server), err
 }
 
 // CheckServerAccess returns nil if server may read roomID now: it has a
@@ -138,8 +144,20 @@ func (s *Server) CheckServerAccess(ctx context.Context, server, roomID string) e
 	return mxerr.New(mxerr.Forbidden, "%s is not in room %s", server, roomID)
 }
 
-// JoinedServers lists the servers with a joined user in roomID, sorted.
+// JoinedServers lists the servers with a joined user in roomID, sorted,
+// and, while the room has partial state, the servers send_join named.
 func (s *Server) JoinedServers(ctx context.Context, roomID string) ([]string, error) {
+	return s.joinedServers(ctx, roomID, true)
+}
+
+// JoinedServersInState is JoinedServers without the servers a
+// partial-state room's send_join named: only those with a joined member
+// in the state this server holds.
+func (s *Server) JoinedServersInState(ctx context.Context, roomID string) ([]string, error) {
+	return s.joinedServers(ctx, roomID, false)
+}
+
+func (s *Server) joinedServers(ctx context.Context, roomID string, withPartial bool) ([]string, error) {
 	rows, err := s.db.Reader().Query(ctx, `SELECT state_key FROM roomserver_current_state
 		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
 	if err != nil {
@@ -158,8 +176,16 @@ func (s *Server) JoinedServers(ctx context.Context, roomID string) ([]string, er
 			out = append(out, d)
 		}
 	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if withPartial {
+		if out, err = s.withPartialStateServers(ctx, roomID, out, seen); err != nil {
+			return nil, err
+		}
+	}
 	sort.Strings(out)
-	return out, rows.Err()
+	return out, nil
 }
 
 // FederationEvent returns a stored, non-rejected event with its room
@@ -609,6 +635,9 @@ func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (ou
 				seen[d] = true
 				ev.Destinations = append(ev.Destinations, d)
 			}
+		}
+		if ev.Destinations, err = s.withPartialStateServers(ctx, r.RoomID, ev.Destinations, seen); err != nil {
+			return nil, pos, err
 		}
 		sort.Strings(ev.Destinations)
 		if len(ev.Destinations) > 0 {

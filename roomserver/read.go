@@ -690,3 +690,10 @@ func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesRe
 	}
 	return out, nil
 }
+
+// JoinedUsers lists the users (local and remote) joined to roomID now,
+// for the application service sender's interest test.
+func (s *Server) JoinedUsers(ctx context.Context, roomID string) ([]string, error) {
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT state_key FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+}

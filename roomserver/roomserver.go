@@ -65,6 +65,8 @@ type Server struct {
 	lastCreateMS int64
 
 	backfiller Backfiller // federation_backfill.go; set before serving
+
+	partial partialWaiters // partial_state.go
 }
 
 var _ API = (*Server)(nil)

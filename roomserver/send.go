@@ -55,8 +55,14 @@ func (s *Server) SendEvent(ctx context.Context, req SendEventRequest) (*SendEven
 		StateKey: req.StateKey,
 		Content:  []byte(req.Content),
 	}
+	if req.OriginServerTS != 0 {
+		ctx = context.WithValue(ctx, originTSKey{}, time.UnixMilli(req.OriginServerTS))
+	}
 	return s.sendProto(ctx, req.RoomID, proto, req.Redacts, req.TxnID)
 }
+
+// originTSKey carries a massaged origin_server_ts from SendEvent to sign.
+type originTSKey struct{}
 
 func (s *Server) checkSendRequest(req *SendEventRequest) error {
 	if domainOf(req.Sender) != string(s.serverName) {
@@ -183,7 +189,7 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 		if err := eb.AddAuthEvents(provider); err != nil {
 			return nil, mxerr.Wrap(err, mxerr.Forbidden, "cannot select auth events")
 		}
-		return s.sign(impl, eb)
+		return s.sign(ctx, impl, eb)
 	})
 }
 
@@ -191,8 +197,11 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 // take buildSigned (same bytes, less CPU); any other event, and any event
 // buildSigned fails on, goes through EventBuilder.Build, so errors read
 // as they always did.
-func (s *Server) sign(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU, error) {
+func (s *Server) sign(ctx context.Context, impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.EventBuilder) (gomatrixserverlib.PDU, error) {
 	ts := s.now()
+	if massaged, ok := ctx.Value(originTSKey{}).(time.Time); ok {
+		ts = massaged
+	}
 	if eb.Type == "m.room.create" && eb.RoomID == "" {
 		ts = s.createTime(ts)
 	}

@@ -29,13 +29,17 @@ type roomRow struct {
 	CurrentSnapshot int64
 	Extremities     []string
 	MaxDepth        int64
+	// Partial is true while the room has partial state (a row in
+	// roomserver_partial_state_rooms); see partial_state.go.
+	Partial bool
 }
 
 func loadRoom(ctx context.Context, q storage.Querier, roomID string) (*roomRow, error) {
 	r := &roomRow{RoomID: roomID}
 	var ext string
-	err := q.QueryRow(ctx, `SELECT room_version, current_snapshot, extremities, max_depth
-		FROM roomserver_rooms WHERE room_id = $1`, roomID).Scan(&r.Version, &r.CurrentSnapshot, &ext, &r.MaxDepth)
+	err := q.QueryRow(ctx, `SELECT room_version, current_snapshot, extremities, max_depth,
+		EXISTS (SELECT 1 FROM roomserver_partial_state_rooms p WHERE p.room_id = roomserver_rooms.room_id)
+		FROM roomserver_rooms WHERE room_id = $1`, roomID).Scan(&r.Version, &r.CurrentSnapshot, &ext, &r.MaxDepth, &r.Partial)
 	if storage.IsNoRows(err) {
 		return nil, mxerr.New(mxerr.NotFound, "unknown room %s", roomID)
 	}

@@ -34,6 +34,9 @@ type Rooms interface {
 	LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error)
 	TxnIDs(ctx context.Context, roomID, userID, deviceID string, eventIDs []string) (map[string]string, error)
 	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
+	PartialStateOf(ctx context.Context, roomIDs []string) (partial map[string]bool, done map[string]int64, err error)
+	SenderMembershipsFromAuth(ctx context.Context, eventIDs []string) ([]*roomserver.Event, error)
+	AwaitFullState(ctx context.Context, roomID string) error
 	PrevStates(ctx context.Context, eventIDs []string) (map[string]*roomserver.PrevState, error)
 }
 
@@ -87,6 +90,9 @@ type Ephemeral interface {
 	// Presence returns m.presence events of users sharing a room with
 	// userID that changed in (since, to].
 	Presence(ctx context.Context, userID string, since, to int64) ([]json.RawMessage, error)
+	// PresenceOf returns the current m.presence events (at positions up
+	// to to) of those of userIDs that have a presence.
+	PresenceOf(ctx context.Context, userIDs []string, to int64) ([]json.RawMessage, error)
 	// SetPresence records a sync request's set_presence (online,
 	// unavailable or offline).
 	SetPresence(ctx context.Context, userID, presence string) error
@@ -117,6 +123,15 @@ type Push interface {
 	// initial sync when none is stored in account data yet (the user
 	// never changed a rule). Spec: client-server-api, "Push Rules: Events".
 	PushRules(ctx context.Context, userID string) (json.RawMessage, error)
+}
+
+// ThreadSubscriptions is clientapi's MSC4306 store (*clientapi.Server).
+type ThreadSubscriptions interface {
+	// ThreadSubscriptionsHead returns the stream head.
+	ThreadSubscriptionsHead(ctx context.Context) (int64, error)
+	// ThreadSubscriptionsBetween returns userID's changes in (from, to],
+	// newest first, at most limit, and whether older ones were left out.
+	ThreadSubscriptionsBetween(ctx context.Context, userID string, from, to int64, limit int) ([]clientapi.ThreadSubscription, bool, error)
 }
 
 // DeviceLists is the device_lists section of a sync response.

@@ -533,3 +533,73 @@ func TestSyncPresenceFilter(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncReceiptsUnthreadedWins: with an unthreaded and a threaded
+// receipt from one user for one event, the m.receipt content (one entry
+// per user) carries the unthreaded one, in either order.
+// Spec: MSC4102; Complement TestThreadReceiptsInSyncMSC4102.
+func TestSyncReceiptsUnthreadedWins(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		ctx := context.Background()
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", bob, bob.id, roomID)
+		for i, threadFirst := range []bool{false, true} {
+			ev := sendText(t, srv, bob, roomID, fmt.Sprintf("message %d", i))
+			receipts := []map[string]any{nil, {"thread_id": "main"}}
+			if threadFirst {
+				receipts[0], receipts[1] = receipts[1], receipts[0]
+			}
+			for _, content := range receipts {
+				if err := alice.client.SendReceipt(ctx, id.RoomID(roomID), id.EventID(ev), event.ReceiptTypeRead, content); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, body := rawSync(t, srv, bob, "")
+			r, ok := path(roomEphemeral(body, roomID, "m.receipt")[0], "content", ev, "m.read", alice.id).(map[string]any)
+			if !ok || r["thread_id"] != nil {
+				t.Fatalf("threaded first %v: receipt = %v, want the unthreaded one", threadFirst, r)
+			}
+		}
+	})
+}
+
+// TestSyncPresenceOfNewRoommates: an incremental sync in which the user
+// starts sharing a room with someone carries that someone's presence,
+// though it did not change, both for the joiner and for the existing
+// member; the next sync does not repeat it.
+// Complement: TestSync "Newly joined room includes presence in
+// incremental sync", "Get presence for newly joined members in
+// incremental sync"; TestMembersLocal.
+func TestSyncPresenceOfNewRoommates(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		// A room of bob's own, so the tokens below are past the start
+		// of the room stream.
+		createRoom(t, srv, bob, roomserver.CreateRoomRequest{Preset: "private_chat"})
+		_, body := rawSync(t, srv, alice, "set_presence=online")
+		aliceSince := nextBatch(t, body)
+		_, body = rawSync(t, srv, bob, "set_presence=online")
+		bobSince := nextBatch(t, body)
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		_, body = rawSync(t, srv, alice, "set_presence=offline&since="+url.QueryEscape(aliceSince))
+		if p := presenceOf(body, bob.id); p != nil {
+			t.Fatalf("alice sees the presence of bob, who shares no room with her: %v", p)
+		}
+		aliceSince = nextBatch(t, body)
+		membership(t, srv, "join", bob, bob.id, roomID)
+
+		_, body = rawSync(t, srv, bob, "set_presence=offline&since="+url.QueryEscape(bobSince))
+		if p := presenceOf(body, alice.id); p == nil || p["presence"] != "online" {
+			t.Fatalf("bob's sync after joining lacks alice's presence: %v", body["presence"])
+		}
+		_, body = rawSync(t, srv, bob, "set_presence=offline&since="+url.QueryEscape(nextBatch(t, body)))
+		if p := presenceOf(body, alice.id); p != nil {
+			t.Fatalf("alice's presence repeated: %v", p)
+		}
+		_, body = rawSync(t, srv, alice, "set_presence=offline&since="+url.QueryEscape(aliceSince))
+		if p := presenceOf(body, bob.id); p == nil || p["presence"] != "online" {
+			t.Fatalf("alice's sync after bob joined lacks his presence: %v", body["presence"])
+		}
+	})
+}

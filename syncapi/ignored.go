@@ -8,6 +8,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // ignoredUserListType is the global account data listing the users a
@@ -91,4 +92,124 @@ func (s *Server) ignoredUsers(ctx context.Context, userID string, acct []clienta
 	// is in the next sync's acct, which replaces this.
 	s.ignores.put(userID, ignoreEntry{ignored: ignored, pos: head})
 	return ignored, nil
+}
+
+// withoutIgnoredSenders drops the non-state events of ignored senders;
+// state events stay, as the spec excepts them.
+// Spec: client-server-api, "Ignoring Users", server behaviour.
+func withoutIgnoredSenders(evs []*roomserver.Event, ignored map[string]bool) []*roomserver.Event {
+	if len(ignored) == 0 {
+		return evs
+	}
+	out := evs[:0:0]
+	for _, e := range evs {
+		if e.StateKey != nil || !ignored[e.Sender] {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// withoutIgnoredEphemeral takes ignored users out of a room's m.typing
+// (user_ids) and m.receipt (their receipts) events: the client no longer
+// receives anything they send. A receipt event left with no receipts is
+// dropped; other events pass unchanged.
+// Spec: client-server-api, "Ignoring Users": "the client will no longer
+// receive events sent by the ignored users".
+func withoutIgnoredEphemeral(evs []json.RawMessage, ignored map[string]bool) []json.RawMessage {
+	if len(ignored) == 0 {
+		return evs
+	}
+	out := evs[:0:0]
+	for _, e := range evs {
+		switch gjson.GetBytes(e, "type").Str {
+		case "m.typing":
+			var ev struct {
+				Type    string `json:"type"`
+				Content struct {
+					UserIDs []string `json:"user_ids"`
+				} `json:"content"`
+			}
+			if json.Unmarshal(e, &ev) != nil {
+				continue
+			}
+			kept := []string{}
+			for _, u := range ev.Content.UserIDs {
+				if !ignored[u] {
+					kept = append(kept, u)
+				}
+			}
+			if len(kept) != len(ev.Content.UserIDs) {
+				ev.Content.UserIDs = kept
+				e, _ = json.Marshal(ev)
+			}
+		case "m.receipt":
+			var ev struct {
+				Type    string                                           `json:"type"`
+				Content map[string]map[string]map[string]json.RawMessage `json:"content"`
+			}
+			if json.Unmarshal(e, &ev) != nil {
+				continue
+			}
+			changed := false
+			for eventID, types := range ev.Content {
+				for rt, users := range types {
+					for u := range users {
+						if ignored[u] {
+							delete(users, u)
+							changed = true
+						}
+					}
+					if len(users) == 0 {
+						delete(types, rt)
+					}
+				}
+				if len(types) == 0 {
+					delete(ev.Content, eventID)
+				}
+			}
+			if len(ev.Content) == 0 {
+				continue
+			}
+			if changed {
+				e, _ = json.Marshal(ev)
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// ignoredInAccountData reads the ignored users from a full account data
+// listing (sliding sync reads all of it on every request).
+func ignoredInAccountData(acct []clientapi.AccountData) map[string]bool {
+	for _, a := range acct {
+		if a.RoomID == "" && a.Type == ignoredUserListType {
+			return parseIgnored(a.Content)
+		}
+	}
+	return map[string]bool{}
+}
+
+// withoutIgnoredInvites drops the invites sent by ignored users from a
+// sliding sync room list. Spec: client-server-api, "Ignoring Users":
+// "Servers must not send room invites from ignored users to clients."
+func (s *Server) withoutIgnoredInvites(ctx context.Context, userID string, cands []*candidate, ignored map[string]bool) ([]*candidate, error) {
+	if len(ignored) == 0 {
+		return cands, nil
+	}
+	out := cands[:0:0]
+	for _, c := range cands {
+		if c.m.Membership == "invite" {
+			st, err := (&roomBuilder{s: s, req: &syncRequest{userID: userID}}).stripped(ctx, c.m.RoomID)
+			if err != nil {
+				return nil, err
+			}
+			if ignored[inviter(st, userID)] {
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }

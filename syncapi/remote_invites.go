@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"strings"
 
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/roomserver"
@@ -82,6 +83,16 @@ func remoteInviteState(inv federationapi.RemoteInvite) []strippedEvent {
 	for _, r := range raw {
 		var e strippedEvent
 		if json.Unmarshal(r, &e) == nil && e.Type != "" && e.Type != "m.room.member" {
+			if e.Type == "m.room.create" && e.OriginServerTS != 0 {
+				// A whole create PDU (MSC4311): in room version 12 it has
+				// no room_id, and its event ID is the room ID's hash.
+				if e.RoomID == "" {
+					e.RoomID = inv.RoomID
+				}
+				if e.EventID == "" && inv.RoomVersion == "12" {
+					e.EventID = "$" + strings.TrimPrefix(inv.RoomID, "!")
+				}
+			}
 			out = append(out, e)
 		}
 	}

@@ -255,7 +255,10 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 		next.rooms[id] = sr
 	}
 	resp := &slidingResponse{Lists: map[string]slidingListResult{}, Rooms: map[string]*slidingRoomResult{}, Extensions: map[string]any{}}
-	dms, tags := directRooms(acct), roomTags(acct)
+	dms, tags, ignored := directRooms(acct), roomTags(acct), ignoredInAccountData(acct)
+	if cands, err = s.withoutIgnoredInvites(ctx, userID, cands, ignored); err != nil {
+		return nil, nil, err
+	}
 	configs := map[string]*roomConfig{}
 	addConfig := func(roomID string, rc slidingRoomConfig, list string) error {
 		sel, err := parseRequiredState(rc.RequiredState, userID)
@@ -307,7 +310,7 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 		if cfg == nil {
 			continue
 		}
-		room, err := s.slidingRoom(ctx, userID, caller.DeviceID, c, cfg, prev, heads, fmt, dms)
+		room, err := s.slidingRoom(ctx, userID, caller.DeviceID, c, cfg, prev, heads, fmt, dms, ignored)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -325,7 +328,10 @@ func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *
 	if err := s.slidingUnread(ctx, userID, heads, resp.Rooms); err != nil {
 		return nil, nil, err
 	}
-	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs}, resp); err != nil {
+	if err := s.slidingExtensions(ctx, caller, req, prev, heads, memberships, acct, slidingScope{joined: joined, configs: configs, ignored: ignored}, resp); err != nil {
+		return nil, nil, err
+	}
+	if err := s.threadSubscriptionsExtension(ctx, userID, req, prev, next, resp); err != nil {
 		return nil, nil, err
 	}
 	return resp, next, nil

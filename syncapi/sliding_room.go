@@ -17,7 +17,7 @@ import (
 // slidingRoom builds one room's result, or nil when the connection
 // already has everything about it. Spec: MSC4186, "Room results".
 func (s *Server) slidingRoom(ctx context.Context, userID, deviceID string, c *candidate, cfg *roomConfig,
-	prev *connState, heads syncToken, fmt *eventFormatter, dms map[string]bool) (*slidingRoomResult, error) {
+	prev *connState, heads syncToken, fmt *eventFormatter, dms map[string]bool, ignored map[string]bool) (*slidingRoomResult, error) {
 	sent, wasSent := prev.rooms[c.m.RoomID]
 	expanded := wasSent && (cfg.timelineLimit > sent.timelineLimit || cfg.signature() != sent.stateSig)
 	if wasSent && !expanded && c.latest <= sent.pos {
@@ -59,7 +59,7 @@ func (s *Server) slidingRoom(ctx context.Context, userID, deviceID string, c *ca
 		if err != nil {
 			return nil, err
 		}
-		tl = rr.Events
+		tl = withoutIgnoredSenders(rr.Events, ignored)
 		res.Limited, res.PrevBatch = rr.Limited, rr.PrevBatch
 		res.ExpandedTimeline = expanded && cfg.timelineLimit > sent.timelineLimit
 	}
@@ -328,6 +328,8 @@ func (s *Server) slidingExtensions(ctx context.Context, caller *authn.Device, re
 type slidingScope struct {
 	joined  []string
 	configs map[string]*roomConfig
+	// ignored are the users the syncing user ignores.
+	ignored map[string]bool
 }
 
 // rooms returns the joined rooms an extension applies to: those in its
@@ -383,7 +385,7 @@ func (s *Server) slidingEphemeral(ctx context.Context, userID string, req *slidi
 			return nil, err
 		}
 		for id, evs := range byRoom {
-			for _, e := range evs {
+			for _, e := range withoutIgnoredEphemeral(evs, scope.ignored) {
 				if gjson.GetBytes(e, "type").Str == want {
 					out[id] = e
 				}
@@ -414,6 +416,10 @@ func extensionsHaveData(ext map[string]any) bool {
 			}
 		case "typing", "receipts":
 			if len(m["rooms"].(map[string]json.RawMessage)) > 0 {
+				return true
+			}
+		case threadSubscriptionsExt:
+			if len(m) > 0 {
 				return true
 			}
 		}

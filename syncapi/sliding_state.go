@@ -160,6 +160,9 @@ type sentRoom struct {
 type connState struct {
 	heads syncToken
 	rooms map[string]sentRoom
+	// threadSubs is the thread subscription stream position sent
+	// (MSC4308); it is not part of the sync token.
+	threadSubs int64
 }
 
 type connKey struct{ user, device, conn string }

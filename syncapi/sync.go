@@ -240,6 +240,7 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	defer s.waker.unregister(wt)
 	deadline := time.NewTimer(req.timeout)
 	defer deadline.Stop()
+	resynced := s.awaitResyncs(ctx, req, roomIDs) // partial_state.go
 	// A request whose token is at every head has nothing to compute: it
 	// waits at once, and computes when woken (or at the timeout, for the
 	// empty response with its key counts).
@@ -256,6 +257,9 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 		}
 		idle = false
 		select {
+		case <-resynced:
+			resynced = nil
+			continue
 		case <-wt.wake:
 			continue
 		case <-deadline.C:
@@ -475,12 +479,28 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 	// An incremental sync whose presence head has not moved has no
 	// presence news: (since, head] is empty. A filter that leaves
 	// m.presence out skips the read.
+	var delta *MembershipDelta
 	if s.eph != nil && req.wantsPresence() && (req.since == nil || heads.Presence != since.Presence) {
 		pres, err := s.eph.Presence(ctx, req.userID, since.Presence, heads.Presence)
 		if err != nil {
 			return err
 		}
 		resp.Presence = events(filterPresence(req.filter, pres))
+	}
+	if s.eph != nil && req.wantsPresence() && req.since != nil && moved {
+		// Users the syncing user starts sharing a room with in this
+		// window: their presence is news even if it did not change.
+		// Complement: TestSync "Newly joined room includes presence in
+		// incremental sync", TestMembersLocal "Existing members see new
+		// members' presence".
+		d, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
+		if err != nil {
+			return err
+		}
+		delta = &d
+		if err := s.addJoinedPresence(ctx, req.userID, d.Joined, heads.Presence, resp); err != nil {
+			return err
+		}
 	}
 	if s.e2ee == nil {
 		return nil
@@ -505,11 +525,14 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		heads.ToDevice = next
 	}
 	if req.since != nil && (heads.DeviceLists > since.DeviceLists || moved) {
-		delta, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
-		if err != nil {
-			return err
+		if delta == nil {
+			d, err := MembershipChanges(ctx, s.rooms, req.userID, memberships, since.Room, heads.Room)
+			if err != nil {
+				return err
+			}
+			delta = &d
 		}
-		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists, delta)
+		dl, err := s.e2ee.DeviceListChanges(ctx, req.userID, since.DeviceLists, heads.DeviceLists, *delta)
 		if err != nil {
 			return err
 		}

@@ -29,6 +29,9 @@ type Deps struct {
 	Aggregations Aggregations
 	// Push supplies unread counts and default push rules; may be nil.
 	Push Push
+	// Threads supplies MSC4306 thread subscriptions to sliding sync's
+	// MSC4308 extension; may be nil (the extension is then empty).
+	Threads ThreadSubscriptions
 	// Verifier checks access tokens (clientapi).
 	Verifier authn.Verifier
 	Logger   *slog.Logger
@@ -41,11 +44,12 @@ type Server struct {
 	rooms    Rooms
 	acct     AccountData
 	filters  Filters
-	eph      Ephemeral     // may be nil
-	e2ee     E2EE          // may be nil
-	invites  RemoteInvites // may be nil
-	push     Push          // may be nil
-	aggs     Aggregations  // may be nil
+	eph      Ephemeral           // may be nil
+	e2ee     E2EE                // may be nil
+	invites  RemoteInvites       // may be nil
+	push     Push                // may be nil
+	threads  ThreadSubscriptions // may be nil
+	aggs     Aggregations        // may be nil
 	verifier authn.Verifier
 	log      *slog.Logger
 	now      func() time.Time
@@ -78,7 +82,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s := &Server{
 		rooms: deps.Rooms, acct: deps.AccountData, filters: deps.Filters,
-		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, aggs: deps.Aggregations, verifier: deps.Verifier,
+		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, threads: deps.Threads, aggs: deps.Aggregations, verifier: deps.Verifier,
 		log: logger, now: now,
 		waker:         newWaker(deps.Rooms, deps.Notifier, logger),
 		sharedHeads:   newHeadsCache(deps.Notifier),

@@ -22,6 +22,11 @@ type Device struct {
 	IsGuest  bool
 	// SessionID identifies the access token's session (for logout).
 	SessionID int64
+	// AppServiceID is set when an application service's as_token made
+	// the request (identity assertion); SessionID is then 0.
+	AppServiceID string
+	// AppServiceRateLimited is the service's rate_limited setting.
+	AppServiceRateLimited bool
 }
 
 // Verifier resolves an access token. It returns an *mxerr.Error with

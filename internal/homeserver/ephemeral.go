@@ -95,6 +95,12 @@ func (e *ephemeral) RoomEphemeral(ctx context.Context, userID string, roomIDs []
 			}
 			receipt := map[string]any{"ts": r.TS}
 			if r.ThreadID != "" {
+				// One user has one receipt per event and type in this
+				// shape: an unthreaded receipt wins over a threaded one.
+				// Spec: MSC4102 (clarify threaded receipts in /sync).
+				if old, ok := users[r.UserID]; ok && old["thread_id"] == nil {
+					continue
+				}
 				receipt["thread_id"] = r.ThreadID
 			}
 			users[r.UserID] = receipt
@@ -139,6 +145,21 @@ func (e *ephemeral) Presence(ctx context.Context, userID string, since, to int64
 		if p.UserID != userID && !sharing[p.UserID] {
 			continue
 		}
+		out = append(out, mustMarshal(map[string]any{"type": "m.presence", "sender": p.UserID, "content": p.Content(now)}))
+	}
+	return out, nil
+}
+
+// PresenceOf returns the current m.presence events of userIDs, for the
+// users a sync starts sharing a room with.
+func (e *ephemeral) PresenceOf(ctx context.Context, userIDs []string, to int64) ([]json.RawMessage, error) {
+	ps, err := e.client.PresenceOfUsers(ctx, userIDs, to)
+	if err != nil {
+		return nil, err
+	}
+	now := e.now()
+	out := make([]json.RawMessage, 0, len(ps))
+	for _, p := range ps {
 		out = append(out, mustMarshal(map[string]any{"type": "m.presence", "sender": p.UserID, "content": p.Content(now)}))
 	}
 	return out, nil

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/federationapi"
@@ -53,7 +54,10 @@ type Homeserver struct {
 	// Push evaluates push rules, counts unread notifications and
 	// delivers to push gateways.
 	Push *pushserver.Server
-	Log  *slog.Logger
+	// AppServices pushes transactions to application services and
+	// answers their endpoints.
+	AppServices *appservice.Server
+	Log         *slog.Logger
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
@@ -151,13 +155,19 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
-	var keys *keyserver.Server // set below; hooks read it only after assemble returns
+	asRegistry, err := appservice.Load(cfg.AppService.ConfigFiles)
+	if err != nil {
+		return nil, fmt.Errorf("application services: %w", err)
+	}
+	var appServices *appservice.Server // set below; read only by handlers
+	var keys *keyserver.Server         // set below; hooks read it only after assemble returns
 	var remote *remoteServers
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
 	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
+		AppServices: asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same
 		// transaction (and wakes the key server's device-list update sender).
 		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, func(stream string, pos int64) {
@@ -170,7 +180,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
 	push, err := pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
-		Rooms: rooms, Receipts: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
+		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger})
 	if err != nil {
 		client.Close()
@@ -179,7 +189,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
 	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 	if err != nil {
 		push.Close()
 		client.Close()
@@ -239,6 +249,16 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("mediaapi: %w", err)
 	}
 
+	appServices, err = appservice.New(ctx, appservice.Deps{DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
+		Rooms: rooms, Notifier: notify, Logger: logger, RoomAliases: client.RoomAliases,
+		MinBackoff: cfg.AppService.MinBackoff.D(), MaxBackoff: cfg.AppService.MaxBackoff.D()})
+	if err != nil {
+		media.Close()
+		push.Close()
+		client.Close()
+		return nil, fmt.Errorf("appservice: %w", err)
+	}
+
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := httpx.NewMetrics(registry)
@@ -256,6 +276,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	federation.Routes(r)
 	media.Routes(r)
 	push.Routes(r)
+	appServices.Routes(r)
 	if cfg.Federation.Enabled {
 		media.FederationRoutes(r, federation.AuthenticateOrigin)
 	}
@@ -284,6 +305,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Federation:       federation,
 		Media:            media,
 		Push:             push,
+		AppServices:      appServices,
 		FederationClient: fedClient,
 		Log:              logger,
 		handler:          r,
@@ -358,7 +380,7 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier), hs.DB.Close())
+	return errors.Join(hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier), hs.DB.Close())
 }
 
 // closeNotifier stops a notifier that has background work (Redis).
@@ -422,4 +444,17 @@ func devicesDeleted(hooks ...clientapi.DevicesDeletedHook) clientapi.DevicesDele
 		}
 		return nil
 	}
+}
+
+// asQueries gives the client API the application service queries through
+// a pointer set once the appservice component exists (handlers only run
+// after assemble returns).
+type asQueries struct{ s **appservice.Server }
+
+func (q asQueries) QueryUser(ctx context.Context, userID string) bool {
+	return *q.s != nil && (*q.s).QueryUser(ctx, userID)
+}
+
+func (q asQueries) QueryAlias(ctx context.Context, alias string) bool {
+	return *q.s != nil && (*q.s).QueryAlias(ctx, alias)
 }

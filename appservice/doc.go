@@ -1,0 +1,25 @@
+// Package appservice is the Application Service API: bridges and bots
+// registered by YAML files that the server reads at start.
+//
+// It owns three things:
+//
+//   - the registrations (Registry): who an as_token is, which user IDs,
+//     room aliases and room IDs fall in which namespace, and which are
+//     exclusive. clientapi asks the Registry when it resolves access
+//     tokens, registers users and creates aliases;
+//   - the transaction sender: one goroutine per application service with a
+//     URL reads the room event stream from its stored position, and every
+//     batch of interesting events becomes a transaction row written in the
+//     same database transaction that advances the position (the database is
+//     the log). A transaction is pushed with PUT
+//     {url}/_matrix/app/v1/transactions/{txnId} until the service answers
+//     200, with the same txnId on every retry, across restarts too;
+//   - the homeserver-to-service queries (users, room aliases, ping).
+//
+// Concurrency: the Registry is immutable after Load. Server methods are
+// safe for concurrent use; each sender goroutine is the only writer of its
+// service's rows.
+//
+// Spec: application-service-api (v1.19), and client-server-api
+// "Application Services" for identity assertion.
+package appservice

@@ -1,0 +1,257 @@
+package appservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// batchSize is how many stream events one step reads; a transaction holds
+// at most this many events.
+const batchSize = 100
+
+// pollInterval bounds how long a sender sleeps without a notification.
+const pollInterval = 5 * time.Second
+
+// sender pushes one service's transactions. Only its goroutine touches
+// its rows.
+type sender struct {
+	s   *Server
+	reg *Registration
+}
+
+// init gives a service seen for the first time a position at the current
+// end of the stream: a new bridge is not flooded with history.
+func (snd *sender) init(ctx context.Context) error {
+	pos, err := snd.s.deps.Rooms.StreamPosition(ctx)
+	if err != nil {
+		return err
+	}
+	return snd.s.deps.DB.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO appservice_positions (as_id, position, next_txn_id)
+			VALUES ($1, $2, 1) ON CONFLICT (as_id) DO NOTHING`, snd.reg.ID, pos)
+		return err
+	})
+}
+
+func (snd *sender) run(ctx context.Context) {
+	backoff := snd.s.deps.MinBackoff
+	for {
+		changed := snd.s.deps.Notifier.Changed()
+		progressed, err := snd.step(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			snd.s.log.Warn("application service transaction failed; retrying", "appservice", snd.reg.ID, "err", err, "retry_in", backoff)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, snd.s.deps.MaxBackoff)
+			continue
+		}
+		backoff = snd.s.deps.MinBackoff
+		if progressed {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// step sends the oldest pending transaction or, with none pending, turns
+// the next stream events into one. It reports whether anything moved.
+func (snd *sender) step(ctx context.Context) (bool, error) {
+	db := snd.s.deps.DB
+	var txnID int64
+	var body string
+	err := db.Reader().QueryRow(ctx, `SELECT txn_id, body FROM appservice_txns WHERE as_id = $1
+		ORDER BY txn_id LIMIT 1`, snd.reg.ID).Scan(&txnID, &body)
+	switch {
+	case err == nil:
+		if err := snd.push(ctx, txnID, []byte(body)); err != nil {
+			return false, err
+		}
+		return true, db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `DELETE FROM appservice_txns WHERE as_id = $1 AND txn_id = $2`, snd.reg.ID, txnID)
+			return err
+		})
+	case !storage.IsNoRows(err):
+		return false, err
+	}
+	var pos int64
+	if err := db.Reader().QueryRow(ctx, `SELECT position FROM appservice_positions WHERE as_id = $1`, snd.reg.ID).Scan(&pos); err != nil {
+		return false, err
+	}
+	streamPos, err := snd.s.deps.Rooms.StreamPosition(ctx)
+	if err != nil {
+		return false, err
+	}
+	events, err := snd.s.deps.Rooms.EventsAfter(ctx, pos, batchSize)
+	if err != nil {
+		return false, err
+	}
+	end := pos
+	if len(events) > 0 {
+		end = events[len(events)-1].StreamPos
+	}
+	if len(events) < batchSize {
+		// Everything up to streamPos was read (rejected events are
+		// not returned, so the last event may be before it).
+		end = max(end, streamPos)
+	}
+	if end <= pos {
+		return false, nil
+	}
+	var out []map[string]any
+	members := map[string][]string{}
+	for _, ev := range events {
+		ok, err := snd.interested(ctx, ev, members)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			out = append(out, clientEvent(ev))
+		}
+	}
+	used := 0 // transaction IDs this step hands out
+	if len(out) > 0 {
+		used = 1
+	}
+	err = db.Write(ctx, func(tx storage.Tx) error {
+		if len(out) > 0 {
+			body, err := json.Marshal(map[string]any{"events": out})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO appservice_txns (as_id, txn_id, body)
+				SELECT as_id, next_txn_id, $2 FROM appservice_positions WHERE as_id = $1`, snd.reg.ID, string(body)); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2,
+			next_txn_id = next_txn_id + $3 WHERE as_id = $1`, snd.reg.ID, end, used)
+		return err
+	})
+	return true, err
+}
+
+// interested says whether the service should see ev: its sender or (for
+// a membership) its target is in the service's user namespaces, the room
+// is in its room namespaces or has an alias in its alias namespaces, or a
+// user of its namespaces is joined to the room.
+//
+// Spec: application-service-api, "Pushing events".
+func (snd *sender) interested(ctx context.Context, ev *roomserver.Event, members map[string][]string) (bool, error) {
+	reg, server := snd.reg, snd.s.deps.ServerName
+	if reg.OwnsUser(ev.Sender, server) || reg.OwnsRoom(ev.RoomID) {
+		return true, nil
+	}
+	if ev.Type == "m.room.member" && ev.StateKey != nil && reg.OwnsUser(*ev.StateKey, server) {
+		return true, nil
+	}
+	if len(reg.Namespaces.Aliases) > 0 && snd.s.deps.RoomAliases != nil {
+		aliases, err := snd.s.deps.RoomAliases(ctx, ev.RoomID)
+		if err != nil {
+			return false, err
+		}
+		for _, a := range aliases {
+			if reg.OwnsAlias(a) {
+				return true, nil
+			}
+		}
+	}
+	joined, ok := members[ev.RoomID]
+	if !ok {
+		var err error
+		if joined, err = snd.s.deps.Rooms.JoinedUsers(ctx, ev.RoomID); err != nil {
+			return false, err
+		}
+		members[ev.RoomID] = joined
+	}
+	for _, u := range joined {
+		if reg.OwnsUser(u, server) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// clientEvent is ev in the client-server event format the transaction
+// body carries. Spec: client-server-api, "Room Event Format".
+func clientEvent(ev *roomserver.Event) map[string]any {
+	out := map[string]any{
+		"event_id":         ev.EventID,
+		"room_id":          ev.RoomID,
+		"type":             ev.Type,
+		"sender":           ev.Sender,
+		"origin_server_ts": ev.OriginServerTS,
+		"content":          ev.Content,
+		"unsigned":         map[string]any{},
+	}
+	if ev.StateKey != nil {
+		out["state_key"] = *ev.StateKey
+	}
+	if ev.Redacts != "" {
+		out["redacts"] = ev.Redacts
+	}
+	return out
+}
+
+// push sends one transaction. Only a 200 counts as delivered.
+// Spec: application-service-api, "PUT /_matrix/app/v1/transactions/{txnId}".
+func (snd *sender) push(ctx context.Context, txnID int64, body []byte) error {
+	u := snd.reg.URL + "/_matrix/app/v1/transactions/" + url.PathEscape(strconv.FormatInt(txnID, 10))
+	resp, err := snd.s.do(ctx, snd.reg, http.MethodPut, u, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("transaction %d: status %d", txnID, resp.StatusCode)
+	}
+	return nil
+}
+
+// do makes a homeserver -> service request with the hs_token.
+// Spec: application-service-api, "Authorization".
+func (s *Server) do(ctx context.Context, reg *Registration, method, u string, body []byte) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+reg.HSToken)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return s.client.Do(req)
+}

@@ -1,0 +1,247 @@
+package federationapi
+
+// The joining side of partial-state ("faster") joins, MSC3706/MSC3902:
+// joinVia asks send_join for omit_members=true; an answer with
+// members_omitted is stored as a partial-state room (the roomserver keeps
+// the flag), the join returns, and a background resync fetches the full
+// state before the join — GET /state_ids at each prev event of the join,
+// then /state (or /event) for what this server lacks — from the join
+// server, failing over to the other servers that were in the room, and
+// hands it to the roomserver, which clears the flag. Rooms still partial
+// at start (an interrupted resync) are resynced again.
+// Spec: server-server-api, "PUT /_matrix/federation/v2/send_join".
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// Resync retry bounds: a failed round over every server waits, doubling,
+// from resyncRetryMin up to resyncRetryMax before the next.
+const (
+	resyncRetryMin = time.Second
+	resyncRetryMax = time.Minute
+)
+
+// sendJoinAnswer is the body of a v2 send_join answer.
+type sendJoinAnswer struct {
+	State          []json.RawMessage `json:"state"`
+	AuthChain      []json.RawMessage `json:"auth_chain"`
+	Event          json.RawMessage   `json:"event"`
+	MembersOmitted bool              `json:"members_omitted"`
+	ServersInRoom  []string          `json:"servers_in_room"`
+}
+
+// resyncServers is the list of servers a partial-state room is resynced
+// from: the join server, then servers_in_room, without repeats.
+func resyncServers(joinServer string, inRoom []string) []string {
+	out := []string{joinServer}
+	for _, s := range inRoom {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// startResyncs resumes the resync of every room still partial (after a
+// restart) in the background; called once from New.
+func (s *Server) startResyncs(bg context.Context) {
+	s.resyncCtx = bg
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		rooms, err := s.rooms.PartialStateRooms(bg)
+		if err != nil {
+			s.log.Warn("listing partial-state rooms", "err", err)
+			return
+		}
+		for _, room := range rooms {
+			s.startResync(room)
+		}
+	}()
+}
+
+// startResync resyncs room in the background until it succeeds or the
+// server closes. At most one resync per room runs in this process.
+func (s *Server) startResync(room roomserver.PartialStateRoom) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	if s.resyncing == nil {
+		s.resyncing = map[string]bool{}
+	}
+	if s.resyncing[room.RoomID] || s.resyncCtx == nil {
+		return
+	}
+	s.resyncing[room.RoomID] = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.resyncMu.Lock()
+			delete(s.resyncing, room.RoomID)
+			s.resyncMu.Unlock()
+		}()
+		s.resyncUntilDone(s.resyncCtx, room)
+	}()
+}
+
+func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialStateRoom) {
+	if s.beforeResync != nil {
+		s.beforeResync(ctx, room.RoomID)
+	}
+	wait := resyncRetryMin
+	for {
+		err := s.resync(ctx, room)
+		if err == nil {
+			s.log.Info("partial state resync done", "room_id", room.RoomID)
+			return
+		}
+		s.log.Warn("partial state resync failed; will retry", "room_id", room.RoomID, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, resyncRetryMax)
+		if partial, err := s.rooms.IsPartialState(ctx, room.RoomID); err == nil && !partial {
+			return // done meanwhile (another process, or a rejoin)
+		}
+	}
+}
+
+// resync tries each server of room in turn.
+func (s *Server) resync(ctx context.Context, room roomserver.PartialStateRoom) error {
+	join, _, err := s.rooms.FederationEvent(ctx, room.JoinEventID)
+	if err != nil {
+		return err
+	}
+	impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(room.RoomVersion))
+	if err != nil {
+		return err
+	}
+	pdu, err := guard(func() (gomatrixserverlib.PDU, error) {
+		return impl.NewEventFromTrustedJSONWithEventID(room.JoinEventID, join.JSON, false)
+	})
+	if err != nil {
+		return err
+	}
+	prevs := pdu.PrevEventIDs()
+	var errs []error
+	for _, server := range room.Servers {
+		if server == "" || server == s.serverName {
+			continue
+		}
+		err := s.resyncFrom(ctx, server, room, prevs)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", server, err))
+	}
+	if len(errs) == 0 {
+		return errors.New("no server to resync from")
+	}
+	return errors.Join(errs...)
+}
+
+// resyncFrom fetches the state before each prev event of the join from
+// server, and what this server lacks of it, and completes the room.
+func (s *Server) resyncFrom(ctx context.Context, server string, room roomserver.PartialStateRoom, prevs []string) error {
+	req := roomserver.CompletePartialStateRequest{RoomID: room.RoomID}
+	for _, prev := range prevs {
+		var ids struct {
+			PDUIDs       []string `json:"pdu_ids"`
+			AuthChainIDs []string `json:"auth_chain_ids"`
+		}
+		q := url.Values{"event_id": {prev}}
+		uri := "/_matrix/federation/v1/state_ids/" + pathEscape(room.RoomID) + "?" + q.Encode()
+		if err := s.client.signed(ctx, server, http.MethodGet, uri, nil, &ids); err != nil {
+			return err
+		}
+		want := append(append(append([]string{}, ids.PDUIDs...), ids.AuthChainIDs...), prev)
+		unknown, err := s.rooms.UnknownEvents(ctx, want)
+		if err != nil {
+			return err
+		}
+		fetched, err := s.fetchStateEvents(ctx, server, room, prev, unknown)
+		if err != nil {
+			return err
+		}
+		at := roomserver.StateBeforePrev{PrevEventID: prev, StateIDs: ids.PDUIDs}
+		for _, raw := range fetched {
+			if p, _, err := s.checkPDUVersion(ctx, raw, room.RoomVersion); err == nil && p.pdu.EventID() == prev {
+				at.PrevEvent = raw // the roomserver stores it only if it is state
+				continue
+			}
+			req.Events = append(req.Events, raw)
+		}
+		req.AtPrevs = append(req.AtPrevs, at)
+	}
+	return s.rooms.CompletePartialState(ctx, req)
+}
+
+// fetchStateEvents fetches the events of unknown from server — the state
+// at prev with its auth chain through /state when more than prev is
+// missing, prev itself through /event — checking signatures and hashes.
+func (s *Server) fetchStateEvents(ctx context.Context, server string, room roomserver.PartialStateRoom, prev string, unknown []string) ([]json.RawMessage, error) {
+	missing := map[string]bool{}
+	for _, id := range unknown {
+		missing[id] = true
+	}
+	var out []json.RawMessage
+	take := func(list []json.RawMessage) error {
+		for _, raw := range list {
+			p, id, err := s.checkPDUVersion(ctx, raw, room.RoomVersion)
+			if err != nil {
+				if missing[id] {
+					return fmt.Errorf("event %s: %w", id, err)
+				}
+				continue
+			}
+			if missing[p.pdu.EventID()] {
+				delete(missing, p.pdu.EventID())
+				out = append(out, p.pdu.JSON())
+			}
+		}
+		return nil
+	}
+	if len(missing) > 1 || len(missing) == 1 && !missing[prev] {
+		var st struct {
+			PDUs      []json.RawMessage `json:"pdus"`
+			AuthChain []json.RawMessage `json:"auth_chain"`
+		}
+		q := url.Values{"event_id": {prev}}
+		uri := "/_matrix/federation/v1/state/" + pathEscape(room.RoomID) + "?" + q.Encode()
+		if err := s.client.signed(ctx, server, http.MethodGet, uri, nil, &st); err != nil {
+			return nil, err
+		}
+		if err := take(append(st.PDUs, st.AuthChain...)); err != nil {
+			return nil, err
+		}
+	}
+	for id := range missing {
+		var ev struct {
+			PDUs []json.RawMessage `json:"pdus"`
+		}
+		if err := s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/event/"+pathEscape(id), nil, &ev); err != nil {
+			return nil, err
+		}
+		if err := take(ev.PDUs); err != nil {
+			return nil, err
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%d events of the state are missing from %s's answers", len(missing), server)
+	}
+	return out, nil
+}
