@@ -74,6 +74,11 @@ func TestSyncLongPollUnreadCountsFollow(t *testing.T) {
 				t.Fatalf("count never reached 1 (last %v)", count)
 			}
 			r = <-poll(since, "10000")
+			if r.took > 5*time.Second {
+				// Not woken by the consumer's commit: it sat out most of
+				// its timeout.
+				t.Errorf("counts follow-up answered after %v", r.took)
+			}
 			room := dig(r.body, "rooms", "join", roomID)
 			if room == nil {
 				t.Fatalf("long poll returned without the room: %v", r.body)
