@@ -614,30 +614,21 @@ func filterPresence(filter *clientapi.Filter, pres []json.RawMessage) []json.Raw
 func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []roomserver.MembershipEntry, joined map[string]*joinedRoom) error {
 	req, heads := b.req, b.heads
 	wait := req.since == nil || req.timeout <= 0 || req.fullState
-	// target: the counts must be complete up to it. Unread is at most
-	// Room, so without the wait target is a position the consumer has
-	// already committed.
-	target := heads.Room
-	if !wait && s.push != nil {
-		target = heads.Unread
-	}
-	b.heads.Unread = 0
-	if s.push == nil {
-		b.heads.Unread = heads.Unread
-	}
+	b.heads.Unread = heads.Unread // without push: 0, as read
 	// Rooms whose counts a client with this token may not have seen in
-	// full: events in (since.Unread, min(since.Room, target)]. Later
-	// events up to heads.Room are the window's news (b.news).
+	// full: events in (since.Unread, since.Room]. Later events up to
+	// heads.Room are the window's news (b.news). So every room with an
+	// event in (since.Unread, heads.Room] is counted below, and the
+	// response's counts are complete up to where the consumer had
+	// committed when they were read.
 	var stale map[string]bool // keys only (values: a state event)
 	staleAll := false
-	if !b.initial() && s.push != nil {
-		if to := min(b.since.Room, target); b.since.Unread < to {
-			rooms, complete, err := s.rooms.RoomsWithEvents(ctx, b.since.Unread, to, newsScanLimit)
-			if err != nil {
-				return err
-			}
-			stale, staleAll = rooms, !complete
+	if !b.initial() && s.push != nil && b.since.Unread < b.since.Room {
+		rooms, complete, err := s.rooms.RoomsWithEvents(ctx, b.since.Unread, b.since.Room, newsScanLimit)
+		if err != nil {
+			return err
 		}
+		stale, staleAll = rooms, !complete
 	}
 	var roomIDs []string
 	if b.initial() || heads.Receipts > b.since.Receipts || b.news == nil {
@@ -679,21 +670,20 @@ func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []r
 		return nil
 	}
 	if len(roomIDs) == 0 {
-		// No joined room had an event in (since.Unread, target]: the
-		// client's counts are complete up to target.
-		b.heads.Unread = target
+		// No joined room had an event in (since.Unread, heads.Room]:
+		// the client's counts are complete up to the room head.
+		b.heads.Unread = heads.Room
 		return nil
 	}
-	roomPos := int64(0)
+	roomPos := int64(0) // a long poll does not wait for the consumer
 	if wait {
-		roomPos = target
+		roomPos = heads.Room
 	}
 	counts, counted, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, roomPos, heads.Receipts)
 	if err != nil {
 		return err
 	}
-	// Every room with events up to target was counted, as of counted.
-	b.heads.Unread = min(counted, target)
+	b.heads.Unread = min(counted, heads.Room)
 	threaded := req.filter != nil && req.filter.Room != nil && req.filter.Room.Timeline != nil &&
 		req.filter.Room.Timeline.UnreadThreadNotifications
 	for _, id := range roomIDs {

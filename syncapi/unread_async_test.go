@@ -89,12 +89,21 @@ func TestSyncLongPollUnreadCountsFollow(t *testing.T) {
 			count = dig(room, "unread_notifications", "notification_count")
 			since = r.body["next_batch"].(string)
 		}
-		// The client has every count: a long poll waits.
-		r = <-poll(since, "300")
-		if room := dig(r.body, "rooms", "join", roomID); room != nil || r.took < 250*time.Millisecond {
-			t.Errorf("settled long poll returned after %v with %v", r.took, room)
+		// The client has every count: a long poll waits. (A response
+		// whose counts were read just as the consumer committed may be
+		// followed by one more with the same count.)
+		for i := 0; ; i++ {
+			r = <-poll(since, "300")
+			since = r.body["next_batch"].(string)
+			room := dig(r.body, "rooms", "join", roomID)
+			if room == nil && r.took >= 250*time.Millisecond {
+				break
+			}
+			if n := dig(room, "unread_notifications", "notification_count"); n != float64(1) || i == 2 {
+				t.Fatalf("settled long poll %d returned after %v with %v", i, r.took, room)
+			}
 		}
-		settled := r.body["next_batch"].(string)
+		settled := since
 
 		// A token whose counts trail its timeline (as issued when the
 		// consumer had not committed yet) gets the room's counts at once,
