@@ -194,6 +194,24 @@ func (s *Server) advanced(eventsPos, receiptsPos int64) {
 	s.progress = make(chan struct{})
 	s.progressMu.Unlock()
 	close(ch)
+	if eventsPos > 0 {
+		// Sync answers long polls with the counts committed so far and
+		// sends the rest when this says they moved (syncapi fillUnread).
+		s.notifier.Notify(CountsStream, eventsPos)
+	}
+}
+
+// CountsStream is the notifier stream the event consumer advances after
+// each commit of notifications: its position is the room stream
+// position up to which every event's notifications are committed
+// (CountsPosition). Sync hears it as syncapi.UnreadCountsStream.
+const CountsStream = "push_counts"
+
+// CountsPosition returns the room stream position up to which every
+// event's notifications (and the read markers its sender's own event
+// moves) are committed; unread counts read now include them.
+func (s *Server) CountsPosition() int64 {
+	return s.eventsPos.Load()
 }
 
 // maxCountWait bounds how long UnreadCounts waits for the consumers.

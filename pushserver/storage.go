@@ -215,11 +215,22 @@ const unreadQuery = `SELECT n.room_id, n.thread_id, COUNT(*),
 // Spec: client-server-api, "Receiving notifications", and "GET
 // /_matrix/client/v3/sync" (unread_notifications, unread_thread_notifications).
 func (s *Server) UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomCounts, error) {
+	out, _, err := s.UnreadCountsAt(ctx, userID, roomIDs, roomPos, receiptPos)
+	return out, err
+}
+
+// UnreadCountsAt is UnreadCounts that also returns the room stream
+// position the counts include: every notification of an event up to it
+// is counted (the event consumer's committed position, read after the
+// wait and before the counts). A caller that does not want to wait for
+// the consumer passes roomPos 0 and learns how far the counts go.
+func (s *Server) UnreadCountsAt(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomCounts, int64, error) {
 	out := map[string]RoomCounts{}
 	if len(roomIDs) == 0 {
-		return out, nil
+		return out, s.eventsPos.Load(), nil
 	}
 	s.waitCaughtUp(ctx, roomPos, receiptPos)
+	counted := s.eventsPos.Load()
 	const chunk = 400
 	for start := 0; start < len(roomIDs); start += chunk {
 		part := roomIDs[start:min(start+chunk, len(roomIDs))]
@@ -234,14 +245,14 @@ func (s *Server) UnreadCounts(ctx context.Context, userID string, roomIDs []stri
 		}
 		rows, err := s.db.Reader().Query(ctx, unreadQuery+` AND n.room_id IN (`+in.String()+`) GROUP BY n.room_id, n.thread_id`, args...)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		for rows.Next() {
 			var roomID, thread string
 			var c Counts
 			if err := rows.Scan(&roomID, &thread, &c.Notifications, &c.Highlights); err != nil {
 				rows.Close()
-				return nil, err
+				return nil, 0, err
 			}
 			rc := out[roomID]
 			rc.Total.add(c)
@@ -259,10 +270,10 @@ func (s *Server) UnreadCounts(ctx context.Context, userID string, roomIDs []stri
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return out, nil
+	return out, counted, nil
 }
 
 // totalUnread counts a user's unread notifications in every room, for

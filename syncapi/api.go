@@ -17,6 +17,10 @@ const (
 	PresenceStream   = "presence"
 	ToDeviceStream   = "to_device"
 	DeviceListStream = "device_list"
+	// UnreadCountsStream advances when the push component has committed
+	// the notifications of the room events up to its position
+	// (pushserver.CountsStream).
+	UnreadCountsStream = "push_counts"
 )
 
 // Rooms is what sync reads from the roomserver (*roomserver.Server).
@@ -116,9 +120,16 @@ type RoomUnread struct {
 type Push interface {
 	// UnreadCounts must answer with counts that include every event up
 	// to roomPos and every receipt up to receiptPos, so an event and the
-	// count it raised arrive in the same response.
+	// count it raised arrive in the same response. It also returns the
+	// room stream position the counts include (at least roomPos unless
+	// the push consumer is stuck): a caller passing roomPos 0 does not
+	// wait and learns how far the counts go.
 	// Spec: client-server-api, "Receiving notifications".
-	UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomUnread, error)
+	UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomUnread, int64, error)
+	// CountsPosition returns the room stream position up to which the
+	// counts are committed. It advances after the event's own commit;
+	// the push component then notifies UnreadCountsStream.
+	CountsPosition(ctx context.Context) (int64, error)
 	// PushRules returns the content of userID's m.push_rules, for an
 	// initial sync when none is stored in account data yet (the user
 	// never changed a rule). Spec: client-server-api, "Push Rules: Events".

@@ -534,7 +534,7 @@ func (s *Server) slidingUnread(ctx context.Context, userID string, heads syncTok
 			roomIDs = append(roomIDs, id)
 		}
 	}
-	counts, err := s.push.UnreadCounts(ctx, userID, roomIDs, heads.Room, heads.Receipts)
+	counts, _, err := s.push.UnreadCounts(ctx, userID, roomIDs, heads.Room, heads.Receipts)
 	if err != nil {
 		return err
 	}

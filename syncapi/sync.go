@@ -333,9 +333,18 @@ func (s *Server) accountDataSince(ctx context.Context, req *syncRequest, since i
 func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 	var h syncToken
 	var err error
+	// The counts position first: the consumer only processes committed
+	// events, so read before the room head it never passes it.
+	var counted int64
+	if s.push != nil {
+		if counted, err = s.push.CountsPosition(ctx); err != nil {
+			return h, err
+		}
+	}
 	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
 		return h, err
 	}
+	h.Unread = min(counted, h.Room)
 	if s.eph != nil {
 		p, err := s.eph.EphemeralHeads(ctx)
 		if err != nil {
@@ -427,6 +436,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := s.fillUnread(ctx, rb, memberships, resp.Rooms.Join); err != nil {
 		return nil, err
 	}
+	heads.Unread = rb.heads.Unread
 	if err := rb.addRemoteInvites(ctx, memberships, &resp.Rooms); err != nil {
 		return nil, err
 	}
@@ -582,10 +592,11 @@ func filterPresence(filter *clientapi.Filter, pres []json.RawMessage) []json.Raw
 	return kept
 }
 
-// fillUnread sets the unread counts of the joined rooms in a response.
-// With the filter's unread_thread_notifications, unread_notifications
-// counts the main timeline and each thread gets its own entry;
-// otherwise unread_notifications counts everything.
+// fillUnread sets the unread counts of the joined rooms in a response
+// and b.heads.Unread, how far they go. With the filter's
+// unread_thread_notifications, unread_notifications counts the main
+// timeline and each thread gets its own entry; otherwise
+// unread_notifications counts everything.
 // Spec: client-server-api, "GET /_matrix/client/v3/sync", JoinedRoom.
 //
 // Counts move only with the room's events and the user's receipts, so
@@ -593,10 +604,35 @@ func filterPresence(filter *clientapi.Filter, pres []json.RawMessage) []json.Raw
 // for the rooms with events (or a membership change of the user) in its
 // window; the others go without unread_notifications. Without push
 // every room gets zero counts.
+//
+// The push consumer commits an event's notifications after the event
+// itself (a second transaction). A long poll (incremental, with a
+// timeout) does not wait for it: it answers with the counts committed
+// so far, up to the token's Unread position, and the consumer's commit
+// (UnreadCountsStream) wakes it again; the next response then carries
+// the refreshed unread_notifications of the rooms with events in
+// (since.Unread, heads.Unread], even with no new event. Any other sync
+// waits (bounded) for the consumer to reach its room head, so an
+// initial sync's counts match its timeline. Synapse likewise computes
+// counts apart from the event's persistence.
 func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []roomserver.MembershipEntry, joined map[string]*joinedRoom) error {
 	req, heads := b.req, b.heads
-	if len(joined) == 0 {
-		return nil
+	wait := req.since == nil || req.timeout <= 0 || req.fullState
+	b.heads.Unread = heads.Unread // without push: 0, as read
+	// Rooms whose counts a client with this token may not have seen in
+	// full: events in (since.Unread, since.Room]. Later events up to
+	// heads.Room are the window's news (b.news). So every room with an
+	// event in (since.Unread, heads.Room] is counted below, and the
+	// response's counts are complete up to where the consumer had
+	// committed when they were read.
+	var stale map[string]bool // keys only (values: a state event)
+	staleAll := false
+	if !b.initial() && s.push != nil && b.since.Unread < b.since.Room {
+		rooms, complete, err := s.rooms.RoomsWithEvents(ctx, b.since.Unread, b.since.Room, newsScanLimit)
+		if err != nil {
+			return err
+		}
+		stale, staleAll = rooms, !complete
 	}
 	var roomIDs []string
 	if b.initial() || heads.Receipts > b.since.Receipts || b.news == nil {
@@ -611,21 +647,47 @@ func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []r
 			}
 		}
 		for id := range joined {
-			if _, ok := b.news[id]; ok || ownChange[id] {
+			_, isNews := b.news[id]
+			_, isStale := stale[id]
+			if isNews || ownChange[id] || staleAll || isStale {
 				roomIDs = append(roomIDs, id)
 			}
+		}
+	}
+	if staleAll || len(stale) > 0 {
+		// A room with stale counts and nothing else new is not in the
+		// response yet: it comes with its counts alone.
+		for _, m := range memberships {
+			_, isStale := stale[m.RoomID]
+			if m.Membership != "join" || joined[m.RoomID] != nil || !roomAllowed(req.filter, m.RoomID) ||
+				!(staleAll || isStale) {
+				continue
+			}
+			joined[m.RoomID] = &joinedRoom{Timeline: timeline{Events: []json.RawMessage{}}, Ephemeral: events(nil), AccountData: events(nil)}
+			roomIDs = append(roomIDs, m.RoomID)
 		}
 	}
 	for _, id := range roomIDs {
 		joined[id].UnreadNotifications = &unreadCounts{}
 	}
-	if s.push == nil || len(roomIDs) == 0 {
+	if s.push == nil {
 		return nil
 	}
-	counts, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, heads.Room, heads.Receipts)
+	if len(roomIDs) == 0 {
+		// No joined room had an event in (since.Unread, heads.Room]:
+		// the client's counts are complete up to the room head.
+		b.heads.Unread = heads.Room
+		return nil
+	}
+	roomPos := int64(0) // a long poll does not wait for the consumer
+	if wait {
+		roomPos = heads.Room
+	}
+	counts, counted, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, roomPos, heads.Receipts)
 	if err != nil {
 		return err
 	}
+	b.heads.Unread = min(counted, heads.Room)
 	threaded := req.filter != nil && req.filter.Room != nil && req.filter.Room.Timeline != nil &&
 		req.filter.Room.Timeline.UnreadThreadNotifications
 	for _, id := range roomIDs {

@@ -22,13 +22,20 @@ type syncToken struct {
 	DeviceLists int64 // DeviceListStream
 	// RemoteInvites is federationapi.RemoteInviteStream.
 	RemoteInvites int64
+	// Unread is the room stream position up to which the response's
+	// unread counts are complete (never past Room). A long poll is
+	// answered with the counts committed so far, which may trail its
+	// timeline; the next sync refreshes the counts of the rooms with
+	// events in (Unread, new Unread] (fillUnread). 0 in a token from an
+	// older release: its next sync refreshes every room's counts.
+	Unread int64
 }
 
 // tokenFields is the number of positions in the current form.
-const tokenFields = 8
+const tokenFields = 9
 
 func (t *syncToken) fields() []*int64 {
-	return []*int64{&t.Room, &t.AccountData, &t.Receipts, &t.Typing, &t.Presence, &t.ToDevice, &t.DeviceLists, &t.RemoteInvites}
+	return []*int64{&t.Room, &t.AccountData, &t.Receipts, &t.Typing, &t.Presence, &t.ToDevice, &t.DeviceLists, &t.RemoteInvites, &t.Unread}
 }
 
 // max returns the larger position of t and o in every field.
@@ -80,7 +87,12 @@ func parseSyncToken(s string) (syncToken, error) {
 
 // checkNotFuture refuses a token past the heads: the server never issued
 // it (or its database was replaced).
+//
+// Unread is left out: it is the push consumer's progress as this process
+// last saw it, which another sync process may have seen further; a token
+// ahead of it only refreshes no counts.
 func (t syncToken) checkNotFuture(heads syncToken) error {
+	t.Unread, heads.Unread = 0, 0
 	mine, theirs := t.fields(), heads.fields()
 	for i := range mine {
 		if *mine[i] > *theirs[i] {

@@ -41,7 +41,9 @@ type waker struct {
 	byUser   map[string]map[*waiter]struct{} // guarded by mu
 	all      map[*waiter]struct{}            // guarded by mu
 	roomDone int64                           // room stream position dispatched; guarded by mu
-	seen     notifier.Positions              // other streams' positions dispatched; guarded by mu
+	// countsDone is UnreadCountsStream's position dispatched; guarded by mu.
+	countsDone int64
+	seen       notifier.Positions // other streams' positions dispatched; guarded by mu
 }
 
 func newWaker(rooms Rooms, n notifier.Broadcaster, log *slog.Logger) *waker {
@@ -142,7 +144,7 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 	w.mu.Lock()
 	var wakeAll, wakePresence bool
 	for stream, p := range pos {
-		if stream != roomserver.Stream && p > w.seen[stream] {
+		if stream != roomserver.Stream && stream != UnreadCountsStream && p > w.seen[stream] {
 			w.seen[stream] = p
 			if stream == PresenceStream {
 				wakePresence = true
@@ -152,6 +154,10 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 		}
 	}
 	roomFrom, roomTo := w.roomDone, pos[roomserver.Stream]
+	// The push consumer's counts position is a room stream position: its
+	// advance concerns the rooms of the events it counted, so it wakes
+	// their waiters only (their counts-only response, see fillUnread).
+	countsFrom, countsTo := w.countsDone, pos[UnreadCountsStream]
 	if wakeAll || wakePresence {
 		for wt := range w.all {
 			if wakeAll || !wt.noPresence {
@@ -159,18 +165,27 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 			}
 		}
 	}
-	idle := len(w.all) == 0
-	if roomTo <= roomFrom || idle {
-		if roomTo > w.roomDone {
-			w.roomDone = roomTo
-		}
+	if len(w.all) == 0 {
+		w.roomDone = max(w.roomDone, roomTo)
+		w.countsDone = max(w.countsDone, countsTo)
 		w.mu.Unlock()
 		return
 	}
 	w.mu.Unlock()
+	if roomTo > roomFrom {
+		w.wakeTouched(ctx, roomFrom, roomTo, true, &w.roomDone)
+	}
+	if countsTo > countsFrom {
+		w.wakeTouched(ctx, countsFrom, countsTo, false, &w.countsDone)
+	}
+}
 
-	for roomFrom < roomTo {
-		touched, err := w.rooms.StreamTouched(ctx, roomFrom, roomTo, touchBatch)
+// wakeTouched wakes the waiters of the rooms with events in (from, to]
+// (and, with members, of the users whose membership they change), and
+// records the progress in *done (guarded by mu).
+func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, done *int64) {
+	for from < to {
+		touched, err := w.rooms.StreamTouched(ctx, from, to, touchBatch)
 		if err != nil {
 			// Wake everyone rather than lose a wake-up; they re-read.
 			w.log.Warn("sync waker: reading room stream", "err", err)
@@ -178,7 +193,7 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 			for wt := range w.all {
 				signal(wt)
 			}
-			w.roomDone = max(w.roomDone, roomTo)
+			*done = max(*done, to)
 			w.mu.Unlock()
 			return
 		}
@@ -187,18 +202,18 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 			for wt := range w.byRoom[t.RoomID] {
 				signal(wt)
 			}
-			if t.Member != "" {
+			if members && t.Member != "" {
 				for wt := range w.byUser[t.Member] {
 					signal(wt)
 				}
 			}
 		}
 		if len(touched) < touchBatch {
-			roomFrom = roomTo
+			from = to
 		} else {
-			roomFrom = touched[len(touched)-1].StreamPos
+			from = touched[len(touched)-1].StreamPos
 		}
-		w.roomDone = max(w.roomDone, roomFrom)
+		*done = max(*done, from)
 		w.mu.Unlock()
 	}
 }

@@ -17,10 +17,10 @@ type syncPush struct {
 var _ syncapi.Push = syncPush{}
 
 // UnreadCounts converts pushserver's counts.
-func (p syncPush) UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]syncapi.RoomUnread, error) {
-	counts, err := p.push.UnreadCounts(ctx, userID, roomIDs, roomPos, receiptPos)
+func (p syncPush) UnreadCounts(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]syncapi.RoomUnread, int64, error) {
+	counts, counted, err := p.push.UnreadCountsAt(ctx, userID, roomIDs, roomPos, receiptPos)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	conv := func(c pushserver.Counts) syncapi.UnreadCounts {
 		return syncapi.UnreadCounts{Notifications: c.Notifications, Highlights: c.Highlights}
@@ -36,7 +36,12 @@ func (p syncPush) UnreadCounts(ctx context.Context, userID string, roomIDs []str
 		}
 		out[roomID] = ru
 	}
-	return out, nil
+	return out, counted, nil
+}
+
+// CountsPosition is how far the push consumer's counts go.
+func (p syncPush) CountsPosition(context.Context) (int64, error) {
+	return p.push.CountsPosition(), nil
 }
 
 // PushRules is the user's m.push_rules content.
