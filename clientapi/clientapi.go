@@ -39,6 +39,10 @@ type Deps struct {
 	// deletes devices; the key server's keyserver.DevicesDeletedHook
 	// deletes their keys there.
 	OnDevicesDeleted DevicesDeletedHook
+	// OnDeviceRenamed, if non-nil, runs inside the transaction that gives
+	// a device a new display name; the key server's
+	// keyserver.DeviceRenamedHook records the device-list change there.
+	OnDeviceRenamed DeviceRenamedHook
 	// Federation reaches rooms and users on other servers; nil keeps the
 	// client API to this server.
 	Federation Federation
@@ -60,6 +64,8 @@ type Server struct {
 	accounts   *Accounts
 	lastSeen   lastSeenCache
 	notify     func(stream string, pos int64) // nil-safe via s.streamAdvanced
+	// onDeviceRenamed is Deps.OnDeviceRenamed (nil: nothing to announce).
+	onDeviceRenamed DeviceRenamedHook
 	// onProfileChange, if non-nil, is called after a user's displayname or
 	// avatar_url changed, to update their m.room.member events. Nil until
 	// the room component exists.
@@ -116,6 +122,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
 	accounts.onDevicesDeleted = s.deviceAccountDataHook(deps.OnDevicesDeleted)
+	s.onDeviceRenamed = deps.OnDeviceRenamed
 	if err := s.ensureAppServiceSenders(ctx); err != nil {
 		return nil, err
 	}

@@ -68,21 +68,33 @@ func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
+	localpart, deviceID := s.localpart(d.UserID), chi.URLParam(r, "deviceId")
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		var res interface{ RowsAffected() (int64, error) }
-		var err error
-		if req.DisplayName != nil {
-			res, err = tx.Exec(ctx, `UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3`,
-				*req.DisplayName, s.localpart(d.UserID), chi.URLParam(r, "deviceId"))
-		} else {
-			res, err = tx.Exec(ctx, `UPDATE devices SET display_name = display_name WHERE localpart = $1 AND device_id = $2`,
-				s.localpart(d.UserID), chi.URLParam(r, "deviceId"))
+		var old *string
+		err := tx.QueryRow(ctx, `SELECT display_name FROM devices WHERE localpart = $1 AND device_id = $2`,
+			localpart, deviceID).Scan(&old)
+		if storage.IsNoRows(err) {
+			return mxerr.New(mxerr.NotFound, "no such device")
 		}
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return mxerr.New(mxerr.NotFound, "no such device")
+		// A missing display_name, or the name the device already has,
+		// changes nothing and announces nothing.
+		if req.DisplayName == nil || (old != nil && *old == *req.DisplayName) {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3`,
+			*req.DisplayName, localpart, deviceID); err != nil {
+			return err
+		}
+		// Spec: client-server-api, "Tracking the device list for a user":
+		// a new display name is a change to the user's device list, seen by
+		// users sharing a room in /sync device_lists.changed and by servers
+		// sharing a room as an m.device_list_update (server-server-api,
+		// "Device Management"). It is recorded in this same transaction.
+		if s.onDeviceRenamed != nil {
+			return s.onDeviceRenamed(ctx, tx, d.UserID, deviceID)
 		}
 		return nil
 	})
@@ -91,6 +103,11 @@ func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) error {
 	}
 	return httpx.OK(w, httpx.EmptyObject)
 }
+
+// DeviceRenamedHook is called inside the transaction that gives userID's
+// device deviceID a new display name, so the device-list change it makes
+// commits with the rename. An error rolls the rename back.
+type DeviceRenamedHook func(ctx context.Context, tx storage.Tx, userID, deviceID string) error
 
 // deleteDevice answers DELETE /devices/{deviceId} (UIA). Deleting a
 // device ends its session; a device already gone is still 200.

@@ -92,6 +92,19 @@ func DevicesDeletedHook(db *storage.DB, notify func(stream string, pos int64)) f
 	}
 }
 
+// DeviceRenamedHook returns the function clientapi calls (as
+// clientapi.Deps.OnDeviceRenamed) inside the transaction that renames a
+// local user's device: it records a device-list change for that device,
+// so roommates see the user in /sync device_lists.changed and the
+// federation sender sends an m.device_list_update carrying the new
+// device_display_name. Spec: client-server-api, "Tracking the device list
+// for a user"; server-server-api, "Device Management".
+func DeviceRenamedHook(db *storage.DB, notify func(stream string, pos int64)) func(ctx context.Context, tx storage.Tx, userID, deviceID string) error {
+	return func(ctx context.Context, tx storage.Tx, userID, deviceID string) error {
+		return recordDeviceChanges(ctx, db, tx, notify, userID, deviceID)
+	}
+}
+
 // DeviceListPosition is the device-list stream head.
 func (s *Server) DeviceListPosition(ctx context.Context) (int64, error) {
 	var pos int64

@@ -230,7 +230,17 @@ func (s *Server) sendDeviceListUpdate(ctx context.Context, pos int64, userID, de
 			content["device_display_name"] = dk.Unsigned.Name
 		}
 	} else {
-		content["deleted"] = true
+		// A device without keys (renamed before it uploaded any) still
+		// exists: send its name; only a device gone is "deleted".
+		names, err := s.userDevices(ctx, userID)
+		if err != nil {
+			return err
+		}
+		if name, exists := names[deviceID]; !exists {
+			content["deleted"] = true
+		} else if name != "" {
+			content["device_display_name"] = name
+		}
 	}
 	return s.queueEDU(ctx, dests, "m.device_list_update", content)
 }

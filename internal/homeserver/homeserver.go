@@ -175,7 +175,14 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 			if keys != nil {
 				keys.Notified(stream, pos)
 			}
-		}), pushserver.DeletePushersForDevices)})
+		}), pushserver.DeletePushersForDevices),
+		// Renaming a device is a device-list change, recorded with the rename.
+		OnDeviceRenamed: keyserver.DeviceRenamedHook(db, func(stream string, pos int64) {
+			notify.Notify(stream, pos)
+			if keys != nil {
+				keys.Notified(stream, pos)
+			}
+		})})
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
