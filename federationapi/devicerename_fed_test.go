@@ -1,3 +1,5 @@
+//go:build goolm
+
 package federationapi_test
 
 import (
