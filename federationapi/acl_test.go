@@ -87,6 +87,34 @@ func TestServerACLEnforced(t *testing.T) {
 			}
 		}
 
+		// One receipt EDU for a denied room and a room without an ACL:
+		// the denied room's part is dropped, the other room's delivered.
+		// Complement: TestACLsForEDUs.
+		open := alice.publicAliasedRoom("acl-sentinel")
+		openID := string(open)
+		joinOpen := buildPDU(t, a, openID, mallory, "m.room.member", &mallory, map[string]string{"membership": "join"}, f.name, f.key, nil)
+		if res := send([]json.RawMessage{joinOpen.JSON()}, nil); res.PDUs[joinOpen.EventID()].Error != "" {
+			t.Fatalf("mallory's join of the open room: %s", res.PDUs[joinOpen.EventID()].Error)
+		}
+		third := alice.send(room, "denied room, read in a mixed EDU")
+		sentinel := alice.send(open, "open room, read in a mixed EDU")
+		readBy := func(eventID string) map[string]any {
+			return map[string]any{"m.read": map[string]any{mallory: map[string]any{"event_ids": []string{eventID},
+				"data": map[string]any{"ts": time.Now().UnixMilli()}}}}
+		}
+		alice.ephemeral[room] = nil
+		send(nil, []map[string]any{{"edu_type": "m.receipt", "content": map[string]any{
+			roomID: readBy(string(third)), openID: readBy(string(sentinel))}}})
+		alice.await("mallory's receipt in the open room", func() bool {
+			return alice.sawEphemeral(open, event.EphemeralEventReceipt, id.UserID(mallory))
+		})
+		alice.syncOnce()
+		for _, e := range alice.ephemeral[room] {
+			if strings.Contains(string(e.Content.VeryRaw), mallory) {
+				t.Fatalf("the denied room's part of a mixed receipt EDU reached alice: %s", e.Content.VeryRaw)
+			}
+		}
+
 		// Every room-scoped endpoint: 403 M_FORBIDDEN.
 		r := pathEscape(roomID)
 		ev := pathEscape(string(first))

@@ -81,7 +81,13 @@ func (s *Server) eduTyping(ctx context.Context, origin string, content json.RawM
 	return s.edus.Typing.RemoteTyping(ctx, c.RoomID, c.UserID, c.Typing)
 }
 
-// eduReceipt checks every user in the EDU before delivering any of it.
+// eduReceipt checks every user in the EDU before delivering any of it
+// (one forged user rejects the whole EDU). One EDU may carry receipts for
+// several rooms: a room the origin is not in, or whose server ACL denies
+// the origin, is dropped on its own and the other rooms' receipts are
+// still delivered.
+// Spec: server-server-api, "Server Access Control Lists (ACLs)" (EDUs
+// for a room are ignored from a denied server) and "Receipts".
 func (s *Server) eduReceipt(ctx context.Context, origin string, content json.RawMessage) error {
 	var c map[string]map[string]map[string]struct {
 		EventIDs []string        `json:"event_ids"`
@@ -90,7 +96,7 @@ func (s *Server) eduReceipt(ctx context.Context, origin string, content json.Raw
 	if err := json.Unmarshal(content, &c); err != nil {
 		return err
 	}
-	for roomID, byType := range c {
+	for _, byType := range c {
 		for _, byUser := range byType {
 			for userID := range byUser {
 				if domainOf(userID) != origin {
@@ -98,12 +104,21 @@ func (s *Server) eduReceipt(ctx context.Context, origin string, content json.Raw
 				}
 			}
 		}
+	}
+	var refused error
+	for roomID := range c {
 		if in, err := s.rooms.ServerInRoom(ctx, origin, roomID); err != nil || !in {
-			return mxerr.New(mxerr.Forbidden, "%s is not in room %s", origin, roomID)
+			refused = mxerr.New(mxerr.Forbidden, "%s is not in room %s", origin, roomID)
+			delete(c, roomID)
+			continue
 		}
 		if err := s.checkACL(ctx, roomID, origin); err != nil {
-			return err
+			refused = err
+			delete(c, roomID)
 		}
+	}
+	if len(c) == 0 {
+		return refused
 	}
 	if s.edus.Receipts == nil {
 		return errNoSink
