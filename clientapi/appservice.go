@@ -8,7 +8,6 @@ import (
 
 	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/internal/authn"
-	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -156,33 +155,14 @@ func (s *Server) registerAppService(w http.ResponseWriter, r *http.Request, req 
 		return err
 	}
 	ctx := r.Context()
-	now := time.Now()
-	var out issued
-	err = s.db.Write(ctx, func(tx storage.Tx) error {
+	return s.createAccount(ctx, w, req, localpart, "", func(tx storage.Tx) error {
 		if _, taken, err := lookupAccount(ctx, tx, localpart); err != nil {
 			return err
 		} else if taken {
 			return mxerr.New(mxerr.UserInUse, "the user ID is already taken")
 		}
-		if err := insertAccount(ctx, tx, localpart, "", false, false, now); err != nil {
-			return err
-		}
-		if req.InhibitLogin {
-			return nil
-		}
-		var err error
-		out, err = s.accounts.issueSession(ctx, tx, localpart, sessionOptions{
-			deviceID: req.DeviceID, displayName: req.InitialDeviceDisplayName, refresh: req.RefreshToken,
-		}, now)
-		return err
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if req.InhibitLogin {
-		return httpx.OK(w, map[string]any{"user_id": userID})
-	}
-	return httpx.OK(w, s.sessionResponse(localpart, out))
 }
 
 // massagedTS reads the ?ts= of an application service's send or state

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -150,10 +151,21 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if localpart == "" {
 		localpart = randomString(12, localpartAlphabet)
 	}
+	return s.createAccount(ctx, w, req, localpart, hash, func(tx storage.Tx) error {
+		return consumeUIASession(ctx, tx, sess)
+	})
+}
+
+// createAccount writes the account localpart (with password hash, empty
+// for none) and, unless req.InhibitLogin, its first session, in one
+// transaction after first (which may refuse), and answers the register
+// request. Spec: client-server-api, "POST /_matrix/client/v3/register".
+func (s *Server) createAccount(ctx context.Context, w http.ResponseWriter, req registerRequest, localpart, hash string,
+	first func(tx storage.Tx) error) error {
 	now := time.Now()
 	var out issued
-	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := consumeUIASession(ctx, tx, sess); err != nil {
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		if err := first(tx); err != nil {
 			return err
 		}
 		if err := insertAccount(ctx, tx, localpart, hash, false, false, now); err != nil {

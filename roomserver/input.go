@@ -475,6 +475,12 @@ func (s *Server) moveCurrentState(ctx context.Context, tx storage.Tx, room *room
 	if err != nil {
 		return err
 	}
+	return replaceCurrentState(ctx, tx, room.RoomID, oldState, newState)
+}
+
+// replaceCurrentState moves the room's current state from oldState to
+// newState, loading the rows of the events that changed.
+func replaceCurrentState(ctx context.Context, tx storage.Tx, roomID string, oldState, newState stateMap) error {
 	var changed []int64
 	for k, v := range newState {
 		if oldState[k] != v {
@@ -489,5 +495,5 @@ func (s *Server) moveCurrentState(ctx context.Context, tx storage.Tx, room *room
 	for _, r := range rows {
 		byNID[r.NID] = r
 	}
-	return updateCurrentState(ctx, tx, room.RoomID, oldState, newState, byNID)
+	return updateCurrentState(ctx, tx, roomID, oldState, newState, byNID)
 }

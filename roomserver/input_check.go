@@ -13,22 +13,11 @@ import (
 // callers (and benchmarks, which time it apart from the write) learn an
 // event's fate without persisting it.
 func (s *Server) CheckInputEvent(ctx context.Context, req InputEventRequest) (*InputEventResponse, error) {
-	impl, err := roomVersion(req.RoomVersion)
-	if err != nil {
-		return nil, err
-	}
 	// The same parse (and canonical-JSON check) as InputEvent, so both
 	// reach the same verdict.
-	pdu, err := parseUntrustedPDU(impl, req.JSON)
+	pdu, roomID, err := parseInputPDU(req)
 	if err != nil {
-		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
-	}
-	if n := len(pdu.JSON()); n > maxEventBytes {
-		return nil, mxerr.New(mxerr.TooLarge, "PDU is %d bytes", n)
-	}
-	roomID, err := guard("room ID", func() (string, error) { return pdu.RoomID().String(), nil })
-	if err != nil {
-		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
+		return nil, err
 	}
 	reader := s.db.Reader()
 	if _, err := eventRowByID(ctx, reader, pdu.EventID()); err == nil {

@@ -196,21 +196,7 @@ func (s *Server) recomputeCurrentState(ctx context.Context, tx storage.Tx, room 
 	if err != nil {
 		return err
 	}
-	var changed []int64
-	for k, v := range state {
-		if old[k] != v {
-			changed = append(changed, v)
-		}
-	}
-	rows, err := eventRowsByNID(ctx, tx, changed)
-	if err != nil {
-		return err
-	}
-	byNID := make(map[int64]*eventRow, len(rows))
-	for _, r := range rows {
-		byNID[r.NID] = r
-	}
-	if err := updateCurrentState(ctx, tx, room.RoomID, old, state, byNID); err != nil {
+	if err := replaceCurrentState(ctx, tx, room.RoomID, old, state); err != nil {
 		return err
 	}
 	room.CurrentSnapshot = newNID

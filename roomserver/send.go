@@ -251,20 +251,9 @@ func (s *Server) RoomVersion(ctx context.Context, roomID string) (string, error)
 // failing auth stores it as rejected instead of returning an error.
 // Spec: server-server-api, "Checks performed on receipt of a PDU".
 func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputEventResponse, error) {
-	impl, err := roomVersion(req.RoomVersion)
+	pdu, roomID, err := parseInputPDU(req)
 	if err != nil {
 		return nil, err
-	}
-	pdu, err := parseUntrustedPDU(impl, req.JSON)
-	if err != nil {
-		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
-	}
-	if n := len(pdu.JSON()); n > maxEventBytes {
-		return nil, mxerr.New(mxerr.TooLarge, "PDU is %d bytes", n)
-	}
-	roomID, err := guard("room ID", func() (string, error) { return pdu.RoomID().String(), nil })
-	if err != nil {
-		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
 	}
 	unlock := s.lockRoom(roomID)
 	defer unlock()
@@ -354,4 +343,26 @@ func (s *Server) checkCreatorsNotListed(ctx context.Context, roomID string, cont
 		}
 	}
 	return nil
+}
+
+// parseInputPDU parses a federation PDU of req's room version with the
+// canonical-JSON check, refuses one over the size limit and returns its
+// room ID: the checks InputEvent and CheckInputEvent share.
+func parseInputPDU(req InputEventRequest) (gomatrixserverlib.PDU, string, error) {
+	impl, err := roomVersion(req.RoomVersion)
+	if err != nil {
+		return nil, "", err
+	}
+	pdu, err := parseUntrustedPDU(impl, req.JSON)
+	if err != nil {
+		return nil, "", mxerr.Wrap(err, mxerr.BadJSON, "invalid PDU")
+	}
+	if n := len(pdu.JSON()); n > maxEventBytes {
+		return nil, "", mxerr.New(mxerr.TooLarge, "PDU is %d bytes", n)
+	}
+	roomID, err := guard("room ID", func() (string, error) { return pdu.RoomID().String(), nil })
+	if err != nil {
+		return nil, "", mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
+	}
+	return pdu, roomID, nil
 }
