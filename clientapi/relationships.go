@@ -8,6 +8,7 @@ import (
 	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
@@ -75,4 +76,28 @@ func (s *Server) eventRelationships(w http.ResponseWriter, r *http.Request) erro
 		resp["next_batch"] = res.NextBatch
 	}
 	return httpx.OK(w, resp)
+}
+
+// checkRelationshipTarget enforces MSC2836's rules for a client's new
+// event whose content has an m.relationship: the event it names must be
+// one the server has (or can fetch from another server in the room),
+// in the same room, and one the sender may see (so a reference cannot
+// probe for hidden events). A malformed m.relationship is no
+// relationship and passes. Violations are 400 M_INVALID_PARAM.
+// Spec: MSC2836, "Making relationships", edge cases.
+func (s *Server) checkRelationshipTarget(ctx context.Context, userID, roomID string, content []byte) error {
+	parentID, _, ok := roomserver.ContentRelationship(content)
+	if !ok {
+		return nil
+	}
+	q := roomserver.RelationshipsQuery{UserID: userID, Request: &roomserver.RelationshipsRequest{
+		EventID: parentID, RoomID: roomID, Limit: 1, Direction: "up"}}
+	if remote, ok := s.federation.(RemoteRelationships); ok {
+		q.Fetch = remote.RemoteEventRelationships
+	}
+	_, err := s.rooms.rooms.EventRelationships(ctx, q)
+	if mxerr.Is(err, mxerr.NotFound) {
+		return mxerr.New(mxerr.InvalidParam, "m.relationship names %s, which is not an event of this room you may see", parentID)
+	}
+	return err
 }

@@ -209,7 +209,7 @@ func TestEventRelationshipsVisibility(t *testing.T) {
 		b := reply(t, alice, room, "B", a, "m.reference")
 		_, err = bob.JoinRoomByID(bg, room)
 		ok(t, "bob joins", err)
-		c := reply(t, bob, room, "C", b, "m.reference")
+		c := reply(t, alice, room, "C", b, "m.reference")
 		d := reply(t, alice, room, "D", c, "m.reference")
 
 		got, _ := walk(t, srv, alice, map[string]any{"event_id": a, "max_depth": -1})
@@ -224,6 +224,23 @@ func TestEventRelationshipsVisibility(t *testing.T) {
 		}
 		st, body := call(t, "POST", srv.URL+relationshipsPath, eve.token, map[string]any{"event_id": d})
 		expectError(t, "a non-member anchoring in the room", st, body, 404, "M_NOT_FOUND")
+
+		// A new event may only relate to an event of its room that the
+		// sender may see (MSC2836, "Making relationships").
+		other, err := bob.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		ok(t, "createRoom", err)
+		elsewhere := reply(t, bob, other.RoomID, "elsewhere", "", nil)
+		for _, c := range []struct {
+			what   string
+			parent id.EventID
+		}{{"an unknown event", "$unknown"}, {"an event of another room", elsewhere}, {"an event bob may not see", b}} {
+			_, err := bob.SendMessageEvent(bg, room, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "re",
+				"m.relationship": map[string]any{"rel_type": "m.reference", "event_id": c.parent}})
+			wantErrcode(t, "replying to "+c.what, err, 400, "M_INVALID_PARAM")
+			_, err = bob.SendStateEvent(bg, room, event.NewEventType("com.example.state"), "", map[string]any{
+				"m.relationship": map[string]any{"rel_type": "m.reference", "event_id": c.parent}})
+			wantErrcode(t, "a state event relating to "+c.what, err, 400, "M_INVALID_PARAM")
+		}
 
 		// A hidden event in the middle of a walk down is left out, and
 		// the walk does not go through it: X is sent while bob is away,

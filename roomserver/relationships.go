@@ -88,7 +88,21 @@ func migrateRelationships(ctx context.Context, db *storage.DB) error {
 // malformed (no rel_type, or an event_id that is not an event ID), or
 // the event names itself.
 func relationshipOf(eventID, eventJSON string) (parentID, relType string, ok bool) {
-	rel := gjson.Get(eventJSON, `content.m\.relationship`)
+	parentID, relType, ok = parseRelationship(gjson.Get(eventJSON, `content.m\.relationship`))
+	if !ok || parentID == eventID {
+		return "", "", false
+	}
+	return parentID, relType, true
+}
+
+// ContentRelationship reads the m.relationship of event content, as
+// relationshipOf does (a client's new event has no ID yet, so it cannot
+// name itself).
+func ContentRelationship(content []byte) (parentID, relType string, ok bool) {
+	return parseRelationship(gjson.GetBytes(content, `m\.relationship`))
+}
+
+func parseRelationship(rel gjson.Result) (parentID, relType string, ok bool) {
 	if !rel.IsObject() {
 		return "", "", false
 	}
@@ -97,7 +111,7 @@ func relationshipOf(eventID, eventJSON string) (parentID, relType string, ok boo
 		return "", "", false
 	}
 	parentID, relType = parent.Str, typ.Str
-	if !validEventID(parentID) || parentID == eventID || relType == "" || len(relType) > maxRelTypeLen {
+	if !validEventID(parentID) || relType == "" || len(relType) > maxRelTypeLen {
 		return "", "", false
 	}
 	return parentID, relType, true

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -26,8 +27,10 @@ const (
 	maxRelOffset = 1000
 	// maxRelVisits bounds the events one walk loads.
 	maxRelVisits = 5000
-	// maxRelFetches bounds the federation requests one client walk makes.
-	maxRelFetches = 5
+	// maxRelFetches bounds the federation requests one client walk
+	// makes, and relFetchBudget the time they may take together.
+	maxRelFetches  = 5
+	relFetchBudget = 20 * time.Second
 )
 
 // RelationshipsRequest is the body of POST /event_relationships, the
@@ -187,7 +190,8 @@ func (s *Server) EventRelationships(ctx context.Context, q RelationshipsQuery) (
 	if err != nil {
 		return nil, err
 	}
-	w := &relWalk{s: s, q: q, fetched: map[string]bool{}, rooms: map[string]*roomRow{}}
+	w := &relWalk{s: s, q: q, fetched: map[string]bool{}, rooms: map[string]*roomRow{},
+		fetchDeadline: time.Now().Add(relFetchBudget)}
 	db := s.db.Reader()
 	if q.Server != "" {
 		w.server = s.newServerVisibility(db, q.Server)
@@ -362,8 +366,10 @@ type relWalk struct {
 	user   *visibility
 	server *serverVisibility
 	rooms  map[string]*roomRow
-	// fetched holds the events other servers were asked about.
-	fetched map[string]bool
+	// fetched holds the events other servers were asked about, all
+	// before fetchDeadline.
+	fetched       map[string]bool
+	fetchDeadline time.Time
 }
 
 // load returns a stored event, asking other servers in roomHint first
@@ -387,13 +393,16 @@ func (w *relWalk) load(ctx context.Context, eventID, roomHint string) (*loadedEv
 // within the walk's budget) and reports whether it did. A failure only
 // means the walk goes on with what is stored.
 func (w *relWalk) fetch(ctx context.Context, roomID, eventID string) bool {
-	if w.q.Fetch == nil || w.fetched[eventID] || len(w.fetched) >= maxRelFetches {
+	if w.q.Fetch == nil || w.fetched[eventID] || len(w.fetched) >= maxRelFetches || !time.Now().Before(w.fetchDeadline) {
 		return false
 	}
 	w.fetched[eventID] = true
 	sub := *w.q.Request
 	sub.EventID, sub.RoomID, sub.Batch = eventID, roomID, ""
-	if err := w.q.Fetch(ctx, roomID, sub); err != nil {
+	fetchCtx, cancel := context.WithDeadline(ctx, w.fetchDeadline)
+	err := w.q.Fetch(fetchCtx, roomID, sub)
+	cancel()
+	if err != nil {
 		slog.DebugContext(ctx, "event_relationships: asking other servers failed", "event_id", eventID, "err", err)
 	}
 	// Explored whatever the answer: a server that cannot supply the
