@@ -70,6 +70,14 @@ func (s *Server) eventRelationships(w http.ResponseWriter, r *http.Request) erro
 		if out[i], err = sjson.SetBytes(out[i], "unsigned.children_hash", e.Children.Hash); err != nil {
 			return err
 		}
+		if e.Outlier {
+			// The user's membership at an event fetched from another
+			// server is not known here (MSC4115 asks for it "at the
+			// point of the event"): left out rather than guessed.
+			if out[i], err = sjson.DeleteBytes(out[i], "unsigned.membership"); err != nil {
+				return err
+			}
+		}
 	}
 	resp := map[string]any{"events": out, "limited": res.Limited}
 	if res.NextBatch != "" {

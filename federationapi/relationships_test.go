@@ -142,6 +142,13 @@ func TestFederatedEventRelationships(t *testing.T) {
 		evs := body["events"].([]any)
 		checkChildren(t, "B1", evs[0], 2, c1, d1)
 		checkChildren(t, "A1", evs[1], 1, b1)
+		for _, ev := range evs {
+			// Fetched events are outliers on B: bob's membership at them
+			// is not known there, so unsigned.membership is left out.
+			if unsigned, _ := ev.(map[string]any)["unsigned"].(map[string]any); unsigned["membership"] != nil {
+				t.Fatalf("a fetched event carries unsigned.membership: %v", ev)
+			}
+		}
 		// The fetched events are outliers on B: they never reach bob's
 		// timeline through /sync, but the walk shows them.
 		if !hasEventStored(t, b, string(c1)) {

@@ -160,10 +160,13 @@ type RelationshipsQuery struct {
 	Fetch func(ctx context.Context, roomID string, req RelationshipsRequest) error
 }
 
-// RelatedEvent is one event of a walk with its unsigned children figures.
+// RelatedEvent is one event of a walk with its unsigned children
+// figures. Outlier is set for an event stored without a place in the
+// timeline (fetched from another server): the state at it is unknown.
 type RelatedEvent struct {
 	*Event
 	Children ChildrenSummary
+	Outlier  bool
 }
 
 // RelationshipsResponse is the walk's answer. NextBatch is set when
@@ -353,7 +356,7 @@ func (s *Server) EventRelationships(ctx context.Context, q RelationshipsQuery) (
 		if err != nil {
 			return nil, err
 		}
-		res.Events = append(res.Events, &RelatedEvent{Event: toEvent(e), Children: sum})
+		res.Events = append(res.Events, &RelatedEvent{Event: toEvent(e), Children: sum, Outlier: isOutlier(e)})
 	}
 	return res, nil
 }
@@ -536,7 +539,7 @@ func (w *relWalk) canSee(ctx context.Context, e *loadedEvent) (bool, error) {
 	if e.row.Rejected {
 		return false, nil
 	}
-	if e.row.SoftFailed && e.row.StateBefore == 0 {
+	if isOutlier(e) {
 		hv, err := w.user.historyVisibilityAt(ctx, room.Version, room.CurrentSnapshot)
 		if err != nil || hv == "world_readable" {
 			return err == nil, err
@@ -549,3 +552,8 @@ func (w *relWalk) canSee(ctx context.Context, e *loadedEvent) (bool, error) {
 	}
 	return w.user.canSee(ctx, room.Version, e)
 }
+
+// isOutlier reports whether e was stored without a place in the
+// timeline (InputOutliers, a send_join's state): soft-failed, with no
+// state before it.
+func isOutlier(e *loadedEvent) bool { return e.row.SoftFailed && e.row.StateBefore == 0 }
