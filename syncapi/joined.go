@@ -31,6 +31,10 @@ type roomBuilder struct {
 	// invitePermission is the user's MSC4155 config, read by hideInvite.
 	invitePermission *clientapi.InvitePermissionConfig
 	blocksAllInvites bool
+	// sentWhole: some joined room goes out whole in an incremental sync
+	// (joined since the token, or resynced after a partial-state join);
+	// the client has no counts for it yet.
+	sentWhole bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -59,7 +63,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 	// token (nothing for their timeline or state), so a woken request
 	// costs what changed, not three queries per room the user is in.
 	if !b.initial() && b.heads.Room > b.since.Room {
-		rooms, complete, err := b.s.rooms.RoomsWithEvents(ctx, b.since.Room, b.heads.Room, newsScanLimit)
+		rooms, complete, err := b.s.news.roomsWithEvents(ctx, b.since.Room, b.heads.Room, newsScanLimit)
 		if err != nil {
 			return err
 		}
@@ -102,6 +106,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 				break // nothing new in it (its ephemeral news are added below)
 			}
 			var jr *joinedRoom
+			b.sentWhole = b.sentWhole || newSince
 			if jr, err = b.joined(ctx, m, b.initial() || newSince); err == nil && jr != nil {
 				out.Join[m.RoomID] = jr
 			}
