@@ -374,6 +374,22 @@ func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 // compute builds one response from since (zero for an initial sync) up
 // to the current heads.
 func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, error) {
+	// The device's key counts depend on nothing else in the response:
+	// they are read while the rest is.
+	var keyCounts concurrently
+	var otk map[string]int
+	var fallback []string
+	if s.e2ee != nil {
+		keyCounts.do(func(ctx context.Context) (err error) {
+			otk, fallback, err = s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
+			return err
+		})
+		keyCounts.start(ctx)
+		// On an early return the read still ends before compute does
+		// (its error is then not news); on the normal path wait below
+		// has already collected it and this returns at once.
+		defer func() { _ = keyCounts.wait(ctx) }()
+	}
 	heads, memberships, err := s.heads(ctx, req.userID)
 	if err != nil {
 		return nil, err
@@ -444,6 +460,15 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, rb.membershipMoved(memberships), resp); err != nil {
 		return nil, err
 	}
+	if err := keyCounts.wait(ctx); err != nil {
+		return nil, err
+	}
+	if otk != nil {
+		resp.OneTimeKeysCount = otk
+	}
+	if fallback != nil {
+		resp.FallbackKeys = fallback
+	}
 	resp.NextBatch = heads.String()
 	return resp, nil
 }
@@ -472,7 +497,8 @@ func (b *roomBuilder) membershipMoved(memberships []roomserver.MembershipEntry) 
 	return false
 }
 
-// addPresenceAndE2EE fills presence and the E2EE sections. It may lower
+// addPresenceAndE2EE fills presence and the E2EE sections but the key
+// counts (compute reads them alongside). It may lower
 // heads.ToDevice (more messages wait than one response carries) or raise
 // it (messages committed after the heads were read). moved is
 // membershipMoved: whether the window may hold membership changes.
@@ -553,16 +579,6 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 		if dl.Left != nil {
 			resp.DeviceLists.Left = dl.Left
 		}
-	}
-	otk, fallback, err := s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
-	if err != nil {
-		return err
-	}
-	if otk != nil {
-		resp.OneTimeKeysCount = otk
-	}
-	if fallback != nil {
-		resp.FallbackKeys = fallback
 	}
 	return nil
 }
