@@ -278,6 +278,9 @@ func (s *Server) prepareWithState(ctx context.Context, tx storage.Tx, room *room
 		p.outcome, p.reason = Rejected, fmt.Sprintf(format, args...)
 		return p, nil
 	}
+	if listsImpliedCreate(pdu) {
+		return reject("%s", impliedCreateReason)
+	}
 	authIDs := pdu.AuthEventIDs()
 	authEvents, err := s.loadEventsByID(ctx, tx, tx, authIDs)
 	if err != nil {
