@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -79,7 +80,21 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]any{"room_id": roomID, "servers": []string{s.serverName}})
+	// servers: this server, then the other servers in the room, which a
+	// client may join through. While the room has partial state they
+	// are the servers send_join named (MSC3706), as over federation
+	// (GET /query/directory).
+	servers := []string{s.serverName}
+	inRoom, err := s.rooms.rooms.JoinedServers(r.Context(), roomID)
+	if err != nil && !mxerr.Is(err, mxerr.NotFound) {
+		return err
+	}
+	for _, server := range inRoom {
+		if !slices.Contains(servers, server) {
+			servers = append(servers, server)
+		}
+	}
+	return httpx.OK(w, map[string]any{"room_id": roomID, "servers": servers})
 }
 
 // putAlias creates an alias on this server for a room it knows.
