@@ -26,6 +26,9 @@ type Accounts struct {
 	// onDevicesDeleted, if non-nil, runs inside every transaction that
 	// deletes devices (Deps.OnDevicesDeleted). Set once by New.
 	onDevicesDeleted DevicesDeletedHook
+	// tokens caches verified access tokens (tokencache.go); nil (off) for
+	// the admin commands and with Redis. Set once by New.
+	tokens *tokenCache
 }
 
 // DevicesDeletedHook is called inside the transaction that deletes
@@ -128,6 +131,7 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 	if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id = $2`, localpart, deviceID); err != nil {
 		return issued{}, err
 	}
+	a.sessionsChanged(tx)
 	out := issued{DeviceID: deviceID, AccessToken: newToken(accessTokenPrefix)}
 	var (
 		expires     int64
@@ -152,6 +156,7 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 // The devices actually deleted are passed to onDevicesDeleted.
 func (a *Accounts) deleteDevices(ctx context.Context, tx storage.Tx, localpart string, deviceIDs []string, keep string) error {
 	var deleted []string
+	a.sessionsChanged(tx)
 	if deviceIDs == nil {
 		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id <> $2`, localpart, keep); err != nil {
 			return err
@@ -215,6 +220,7 @@ func (a *Accounts) deactivateAccount(ctx context.Context, tx storage.Tx, localpa
 	if n, _ := res.RowsAffected(); n == 0 {
 		return mxerr.New(mxerr.NotFound, "no account %q", localpart)
 	}
+	a.sessionsChanged(tx)
 	if err := a.deleteDevices(ctx, tx, localpart, nil, ""); err != nil {
 		return err
 	}

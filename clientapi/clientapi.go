@@ -101,6 +101,11 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if deps.Config.Global.RedisURL == "" {
+		// One process: every session change passes through accounts
+		// (tokencache.go).
+		accounts.tokens = newTokenCache()
+	}
 	logger := deps.Logger
 	if logger == nil {
 		logger = slog.Default()

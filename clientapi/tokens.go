@@ -58,6 +58,19 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 	if !strings.HasPrefix(token, accessTokenPrefix) {
 		return nil, mxerr.New(mxerr.UnknownToken, "unknown access token").With("soft_logout", false)
 	}
+	now := time.Now()
+	hash := sha256.Sum256([]byte(token))
+	if e, ok := s.accounts.tokens.get(hash, now); ok {
+		if e.expires != 0 && now.UnixMilli() >= e.expires {
+			return nil, mxerr.New(mxerr.UnknownToken, "access token has expired").With("soft_logout", true)
+		}
+		d := e.device
+		if r != nil {
+			s.noteLastSeen(d.SessionID, strings.TrimPrefix(d.UserID, "@"), d.DeviceID, r, now)
+		}
+		return &d, nil
+	}
+	gen := s.accounts.tokens.generation()
 	var (
 		d           authn.Device
 		expires     int64
@@ -68,7 +81,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		SELECT s.session_id, s.localpart, s.device_id, s.access_expires_ts, a.deactivated, a.is_guest,
 			s.prev_refresh_token_hash IS NOT NULL
 		FROM sessions s JOIN accounts a ON a.localpart = s.localpart
-		WHERE s.access_token_hash = $1`, hashToken(token)).
+		WHERE s.access_token_hash = $1`, hash[:]).
 		Scan(&d.SessionID, &d.UserID, &d.DeviceID, &expires, &deactivated, &d.IsGuest, &prevRefresh)
 	if storage.IsNoRows(err) {
 		return nil, mxerr.New(mxerr.UnknownToken, "unknown access token").With("soft_logout", false)
@@ -79,7 +92,6 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 	if deactivated {
 		return nil, mxerr.New(mxerr.UnknownToken, "this account has been deactivated").With("soft_logout", false)
 	}
-	now := time.Now()
 	if expires != 0 && now.UnixMilli() >= expires {
 		return nil, mxerr.New(mxerr.UnknownToken, "access token has expired").With("soft_logout", true)
 	}
@@ -95,6 +107,11 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		}
 	}
 	d.UserID = s.userID(d.UserID)
+	if !prevRefresh {
+		// A token whose session still holds the previous refresh token
+		// is not cached: its first use must revoke that (above).
+		s.accounts.tokens.put(gen, hash, tokenEntry{device: d, expires: expires, readAt: now})
+	}
 	if r != nil {
 		s.noteLastSeen(d.SessionID, strings.TrimPrefix(d.UserID, "@"), d.DeviceID, r, now)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -27,37 +28,57 @@ const (
 
 // runConsumer processes the room event and receipt streams until ctx
 // ends, woken by the notifier and by a fallback poll.
+//
+// A wake reads only the streams whose notified position moved since the
+// last read: every commit of a busy server wakes the consumer, often for
+// a stream it does not read (typing, presence, its own counts stream), or
+// for room events only; an empty read of the other stream cost as much as
+// a useful one. The first run, a run after an error or a full batch, and
+// every fallback poll read both streams, so a lost notification still
+// only delays (DESIGN.md, "The database is the log").
 func (s *Server) runConsumer(ctx context.Context) {
+	var seen notifier.Positions // positions at the last read; nil: read both
 	for {
 		changed := s.notifier.Changed()
-		more, err := s.consumeOnce(ctx)
+		now := s.notifier.Positions()
+		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
+		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
+		more, err := s.consumeOnce(ctx, events, receipts)
 		if ctx.Err() != nil {
 			return
 		}
+		seen = now
 		if err != nil {
 			s.log.Error("push consumer failed; retrying", "err", err)
-			more = false
+			more, seen = false, nil
 		}
 		if more {
+			seen = nil
 			continue
 		}
 		select {
 		case <-changed:
 		case <-time.After(pollEvery):
+			seen = nil
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// consumeOnce runs one batch of each stream and reports whether either
-// had more to read.
-func (s *Server) consumeOnce(ctx context.Context) (bool, error) {
-	moreEvents, err := s.consumeEvents(ctx)
-	if err != nil {
-		return false, err
+// consumeOnce runs one batch of each stream asked for and reports
+// whether either had more to read.
+func (s *Server) consumeOnce(ctx context.Context, events, receipts bool) (bool, error) {
+	var moreEvents, moreReceipts bool
+	var err error
+	if events {
+		if moreEvents, err = s.consumeEvents(ctx); err != nil {
+			return false, err
+		}
 	}
-	moreReceipts, err := s.consumeReceipts(ctx)
+	if receipts {
+		moreReceipts, err = s.consumeReceipts(ctx)
+	}
 	return moreEvents || moreReceipts, err
 }
 

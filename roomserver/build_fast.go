@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -98,13 +100,14 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	if err != nil {
 		return nil, err
 	}
-	redacted, err := impl.RedactEventJSON(hashed)
-	if err != nil {
-		return nil, err
-	}
-	redacted, err = gomatrixserverlib.CanonicalJSON(redacted)
-	if err != nil {
-		return nil, err
+	redacted, ok := redactStripped(impl, eb.Type, hashed)
+	if !ok {
+		if redacted, err = impl.RedactEventJSON(hashed); err != nil {
+			return nil, err
+		}
+		if redacted, err = gomatrixserverlib.CanonicalJSON(redacted); err != nil {
+			return nil, err
+		}
 	}
 	signature := ed25519.Sign(key, redacted)
 	reference := sha256.Sum256(redacted)
@@ -144,4 +147,102 @@ func insertAfterKey(obj []byte, key, text string) ([]byte, error) {
 	out = append(out, obj[:end]...)
 	out = append(out, text...)
 	return append(out, obj[end:]...), nil
+}
+
+// contentKeepingTypes are the event types whose content some room
+// version's redaction algorithm keeps in part (the union over room
+// versions 1–12; rooms/v1 to rooms/v11, "Redactions"). Every other type
+// loses its whole content.
+var contentKeepingTypes = map[string]bool{
+	"m.room.member": true, "m.room.create": true, "m.room.join_rules": true, "m.room.power_levels": true,
+	"m.room.aliases": true, "m.room.history_visibility": true, "m.room.redaction": true,
+}
+
+// redactionProbeKeys are the top-level keys a probe event carries to learn
+// which keys a room version's redaction keeps: every key buildSigned
+// writes and the others the algorithms name.
+var redactionProbeKeys = []string{"auth_events", "content", "depth", "event_id", "hashes", "membership",
+	"origin", "origin_server_ts", "prev_events", "prev_state", "redacts", "room_id", "sender",
+	"signatures", "state_key", "type", "unsigned"}
+
+// redactionKeeps caches, per room version, the top-level keys its
+// redaction keeps (nil: the version is not probed successfully, use the
+// general algorithm). Filled once per version by keptTopLevelKeys.
+var redactionKeeps sync.Map // room version -> map[string]bool
+
+// keptTopLevelKeys learns from gomatrixserverlib which top-level keys
+// impl's redaction algorithm keeps, by redacting a probe event of a type
+// whose content it must empty. nil when the probe does not behave so.
+func keptTopLevelKeys(impl gomatrixserverlib.IRoomVersion) map[string]bool {
+	if v, ok := redactionKeeps.Load(impl.Version()); ok {
+		return v.(map[string]bool)
+	}
+	probe := map[string]any{}
+	for _, k := range redactionProbeKeys {
+		probe[k] = "v"
+	}
+	probe["content"] = map[string]any{"body": "b"}
+	probe["type"] = "org.example.probe"
+	var keep map[string]bool
+	raw, err := json.Marshal(probe)
+	if err == nil {
+		if out, err := impl.RedactEventJSON(raw); err == nil {
+			var got map[string]json.RawMessage
+			if json.Unmarshal(out, &got) == nil && string(got["content"]) == "{}" {
+				keep = map[string]bool{}
+				for k := range got {
+					keep[k] = true
+				}
+			}
+		}
+	}
+	redactionKeeps.Store(impl.Version(), keep)
+	return keep
+}
+
+// redactStripped returns the canonical redacted form of the canonical
+// event hashed, of type typ, without parsing it into maps: when typ's
+// content is emptied by redaction in every room version, redaction keeps
+// the top-level keys impl keeps (learnt by keptTopLevelKeys) and
+// replaces content with {}; dropping members of a canonical object and
+// emptying one leaves it canonical. false when that does not apply (a
+// content-keeping type, an unprobed version, a key the probe did not
+// cover): the caller then runs the general algorithm.
+// TestBuildSignedMatchesBuilder and TestRedactStrippedMatchesAlgorithm
+// hold it to gomatrixserverlib's bytes.
+func redactStripped(impl gomatrixserverlib.IRoomVersion, typ string, hashed []byte) ([]byte, bool) {
+	if contentKeepingTypes[typ] {
+		return nil, false
+	}
+	keep := keptTopLevelKeys(impl)
+	if keep == nil {
+		return nil, false
+	}
+	out := make([]byte, 0, len(hashed))
+	out = append(out, '{')
+	ok := true
+	gjson.ParseBytes(hashed).ForEach(func(k, v gjson.Result) bool {
+		if !slices.Contains(redactionProbeKeys, k.Str) {
+			ok = false
+			return false
+		}
+		if !keep[k.Str] {
+			return true
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, k.Raw...)
+		out = append(out, ':')
+		if k.Str == "content" {
+			out = append(out, "{}"...)
+		} else {
+			out = append(out, v.Raw...)
+		}
+		return true
+	})
+	if !ok {
+		return nil, false
+	}
+	return append(out, '}'), true
 }

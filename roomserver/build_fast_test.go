@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 )
 
 // TestBuildSignedMatchesBuilder: for every room version and a spread of
@@ -95,5 +96,60 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 	eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: "@a:example.org", RoomID: "!r:example.org", Type: "m.room.message", Content: []byte(`{}`)})
 	if _, err := buildSigned(impl, eb, ts, spec.ServerName("example.org"), "ed25519:k1", key); !errors.Is(err, errNoFastPath) {
 		t.Errorf("room v1: buildSigned error %v, want errNoFastPath", err)
+	}
+}
+
+// TestRedactStrippedMatchesAlgorithm: for every room version,
+// redactStripped gives exactly the canonical bytes of gomatrixserverlib's
+// redaction for types whose content redaction empties, and declines the
+// content-keeping types and unknown top-level keys.
+func TestRedactStrippedMatchesAlgorithm(t *testing.T) {
+	events := []string{
+		`{"auth_events":["$a","$b"],"content":{"body":"<b>é 😀</b>","msgtype":"m.text"},"depth":3,"hashes":{"sha256":"x"},"origin":"example.org","origin_server_ts":1,"prev_events":["$p"],"room_id":"!r:example.org","sender":"@a:example.org","type":"m.room.message"}`,
+		`{"auth_events":[],"content":{"topic":"t"},"depth":9007199254740991,"hashes":{"sha256":"y"},"origin":"example.org","origin_server_ts":2,"prev_events":[],"prev_state":[],"room_id":"!r:example.org","sender":"@a:example.org","state_key":"","type":"m.room.topic"}`,
+		`{"auth_events":[],"content":{},"depth":1,"hashes":{"sha256":"z"},"origin":"example.org","origin_server_ts":3,"prev_events":[],"redacts":"$t","room_id":"!r:example.org","sender":"@a:example.org","type":"m.custom\u2029"}`,
+	}
+	versions := []string{}
+	for v := range supportedVersions {
+		versions = append(versions, v)
+	}
+	for v := range ownedStateVersions {
+		versions = append(versions, v)
+	}
+	sort.Strings(versions)
+	for _, v := range versions {
+		impl, err := roomVersion(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range events {
+			canonical, err := gomatrixserverlib.CanonicalJSON([]byte(ev))
+			if err != nil {
+				t.Fatal(err)
+			}
+			typ := gjson.GetBytes(canonical, "type").Str
+			got, ok := redactStripped(impl, typ, canonical)
+			if !ok {
+				t.Fatalf("v%s %s: redactStripped declined", v, typ)
+			}
+			want, err := impl.RedactEventJSON(canonical)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want, err = gomatrixserverlib.CanonicalJSON(want); err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) {
+				t.Errorf("v%s %s:\n got %s\nwant %s", v, typ, got, want)
+			}
+		}
+		for _, typ := range []string{"m.room.member", "m.room.power_levels", "m.room.redaction", "m.room.create"} {
+			if _, ok := redactStripped(impl, typ, []byte(events[0])); ok {
+				t.Errorf("v%s: redactStripped took content-keeping type %s", v, typ)
+			}
+		}
+		if _, ok := redactStripped(impl, "m.custom", []byte(`{"content":{},"extra_key":1,"type":"m.custom"}`)); ok {
+			t.Errorf("v%s: redactStripped took an event with a key the probe did not cover", v)
+		}
 	}
 }

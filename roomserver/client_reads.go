@@ -199,16 +199,20 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 		if err != nil {
 			return err
 		}
-		versions := map[string]string{}
 		for _, r := range rows {
-			version, ok := versions[r.RoomID]
-			if !ok {
-				room, err := loadRoom(ctx, q, r.RoomID)
-				if err != nil {
-					return err
-				}
-				version = room.Version
-				versions[r.RoomID] = version
+			// The event just sent is usually still in the cache, parsed:
+			// reuse its PDU when it was parsed from the very bytes and
+			// redaction state stored now (a redaction rewrites both), so
+			// the consumers (push, search, relations, appservices) do not
+			// parse every new event a second time.
+			if c := s.events.getNID(r.NID); c != nil && c.row.EventID == r.EventID && c.row.JSON == r.JSON &&
+				(c.row.RedactedBecause == nil) == (r.RedactedBecause == nil) {
+				out = append(out, toEvent(&loadedEvent{row: r, pdu: c.pdu}))
+				continue
+			}
+			version, err := s.committedRoomVersion(ctx, q, r.RoomID)
+			if err != nil {
+				return err
 			}
 			e, err := parseRow(version, r)
 			if err != nil {
@@ -219,6 +223,25 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 		return nil
 	})
 	return out, err
+}
+
+// committedRoomVersion returns roomID's version, from the version cache
+// or read with q, which must see only committed rows (a read outside any
+// write transaction): a room's version is fixed by its create event and
+// never changes, so a committed value cached once is never stale.
+func (s *Server) committedRoomVersion(ctx context.Context, q storage.Querier, roomID string) (string, error) {
+	if v, ok := s.versions.get(roomID); ok {
+		return v, nil
+	}
+	var version string
+	if err := q.QueryRow(ctx, `SELECT room_version FROM roomserver_rooms WHERE room_id = $1`, roomID).Scan(&version); err != nil {
+		if storage.IsNoRows(err) {
+			return "", mxerr.New(mxerr.NotFound, "unknown room %s", roomID)
+		}
+		return "", fmt.Errorf("loading the version of room %s: %w", roomID, err)
+	}
+	s.versions.put(roomID, version)
+	return version, nil
 }
 
 // TopologicalTokenAt implements ClientReads. The token is placed at the

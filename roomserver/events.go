@@ -206,7 +206,50 @@ func validateClientJSON(raw []byte) error {
 	if err := checkSurrogates(raw); err != nil {
 		return err
 	}
-	return walkJSON(raw, jsonRules{numbers: true})
+	return checkClientJSON(raw)
+}
+
+// checkClientJSON applies walkJSON's rules {numbers: true} — valid JSON,
+// no duplicate keys, nesting at most maxJSONDepth, integers in range —
+// in one pass over the bytes with gjson instead of encoding/json's token
+// stream, which cost a twentieth of a send's CPU.
+// TestClientJSONCheckMatchesDecoder holds both to the same verdicts.
+func checkClientJSON(raw []byte) error {
+	if !gjson.ValidBytes(raw) {
+		return mxerr.New(mxerr.BadJSON, "invalid JSON")
+	}
+	return checkJSONValue(gjson.ParseBytes(raw), 0)
+}
+
+func checkJSONValue(v gjson.Result, depth int) error {
+	if depth > maxJSONDepth {
+		return mxerr.New(mxerr.BadJSON, "JSON nested too deeply")
+	}
+	var err error
+	switch {
+	case v.IsObject():
+		var seen map[string]bool
+		v.ForEach(func(k, val gjson.Result) bool {
+			if seen[k.Str] {
+				err = mxerr.New(mxerr.BadJSON, "duplicate key %q", k.Str)
+				return false
+			}
+			if seen == nil {
+				seen = make(map[string]bool)
+			}
+			seen[k.Str] = true
+			err = checkJSONValue(val, depth+1)
+			return err == nil
+		})
+	case v.IsArray():
+		v.ForEach(func(_, val gjson.Result) bool {
+			err = checkJSONValue(val, depth+1)
+			return err == nil
+		})
+	case v.Type == gjson.Number:
+		err = checkNumber(v.Raw)
+	}
+	return err
 }
 
 // jsonRules says what walkJSON enforces beyond valid JSON without

@@ -58,6 +58,8 @@ type Server struct {
 	events *eventCache
 	// snapKeys caches state lookups by (immutable) snapshot NID.
 	snapKeys *snapshotKeyCache
+	// versions caches room versions (immutable per room).
+	versions *versionCache
 
 	// createMu guards lastCreateMS, the timestamp of the last create
 	// event built with a hash-derived room ID (see createTime).
@@ -151,6 +153,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		now:        now,
 		events:     newEventCache(4096),
 		snapKeys:   newSnapshotKeyCache(4096),
+		versions:   newVersionCache(65536),
 	}, nil
 }
 

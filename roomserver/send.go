@@ -3,6 +3,8 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -86,20 +88,46 @@ func (s *Server) checkSendRequest(req *SendEventRequest) error {
 	return validateClientJSON(req.Content)
 }
 
+// errTxnTaken is returned by the write of a send whose transaction ID is
+// already stored: the request is a retry.
+var errTxnTaken = errors.New("roomserver: transaction ID already used")
+
 // sendProto is the local write path shared by SendEvent and the
 // membership calls: under the room lock, build on the current state,
 // decide, and commit.
+//
+// A retried transaction ID returns the event the first request created.
+// Spec: client-server-api, "Transaction identifiers". Retries are rare,
+// so the check costs no read on the way in: the transaction-ID row is
+// inserted first in the event's write, its primary key refuses a retry
+// (the savepoint rolls the whole send back, so nothing of it is kept),
+// and only then, or when building or authorising the retry fails (the
+// room may have changed since the first request), is the stored event
+// looked up. The room lock keeps two sends of one room from racing
+// between that refusal and the lookup.
 func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
 	unlock := s.lockRoom(roomID)
 	defer unlock()
-	reader := s.db.Reader()
-	if txn != nil {
-		if id, err := lookupTxn(ctx, reader, roomID, proto.SenderID, txn); err != nil {
-			return nil, err
-		} else if id != "" {
-			return s.existingSend(ctx, id)
-		}
+	resp, err := s.buildAndCommit(ctx, roomID, proto, redacts, txn)
+	if err == nil || txn == nil || ctx.Err() != nil {
+		return resp, err
 	}
+	id, lookupErr := lookupTxn(ctx, s.db.Reader(), roomID, proto.SenderID, txn)
+	if lookupErr != nil {
+		return nil, lookupErr
+	}
+	if id != "" {
+		return s.existingSend(ctx, id)
+	}
+	if errors.Is(err, errTxnTaken) {
+		return nil, fmt.Errorf("roomserver: transaction ID %s refused as used but not found", txn.TxnID)
+	}
+	return nil, err
+}
+
+// buildAndCommit is sendProto's work under the room lock.
+func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
+	reader := s.db.Reader()
 	room, err := loadRoom(ctx, reader, roomID)
 	if err != nil {
 		return nil, err
@@ -119,13 +147,16 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
 	}
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := s.commit(ctx, tx, p); err != nil {
-			return err
-		}
 		if txn != nil {
-			return insertTxn(ctx, tx, roomID, proto.SenderID, txn, p.row.EventID, s.now().UnixMilli())
+			err := insertTxn(ctx, tx, roomID, proto.SenderID, txn, p.row.EventID, s.now().UnixMilli())
+			if storage.IsUniqueViolation(err) {
+				return errTxnTaken
+			}
+			if err != nil {
+				return err
+			}
 		}
-		return nil
+		return s.commit(ctx, tx, p)
 	})
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -214,4 +215,68 @@ func TestCheckPDUJSON(t *testing.T) {
 			t.Errorf("%s: refused: %v", name, err)
 		}
 	}
+}
+
+// A retried send returns the first event even when the same request
+// would now be refused (the sender was banned in between), and stores
+// nothing; a new transaction ID from the banned sender is refused.
+// Concurrent retries of one transaction store one event and all get its
+// ID. Spec: client-server-api, "Transaction identifiers".
+func TestTxnRetryAfterBanAndConcurrent(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+		if _, err := s.Join(ctx, MembershipRequest{RoomID: room, Sender: bob}); err != nil {
+			t.Fatal(err)
+		}
+		req := SendEventRequest{RoomID: room, Sender: bob, Type: "m.room.message",
+			Content: json.RawMessage(`{"body":"before the ban"}`), TxnID: &TxnID{DeviceID: "BOBDEV", TxnID: "b1"}}
+		first, err := s.SendEvent(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Ban(ctx, MembershipRequest{RoomID: room, Sender: alice, Target: bob}); err != nil {
+			t.Fatal(err)
+		}
+		n := countRows(t, db, "roomserver_events")
+		retry, err := s.SendEvent(ctx, req)
+		if err != nil || retry.EventID != first.EventID || retry.StreamPos != first.StreamPos {
+			t.Fatalf("retry after the ban gave %+v, %v; want %s", retry, err, first.EventID)
+		}
+		fresh := req
+		fresh.TxnID = &TxnID{DeviceID: "BOBDEV", TxnID: "b2"}
+		_, err = s.SendEvent(ctx, fresh)
+		wantCode(t, err, mxerr.Forbidden)
+		if got := countRows(t, db, "roomserver_events"); got != n {
+			t.Fatalf("the retry or the refused send stored %d events", got-n)
+		}
+
+		// Eight concurrent requests with one transaction ID.
+		same := SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
+			Content: json.RawMessage(`{"body":"once"}`), TxnID: &TxnID{DeviceID: "ADEV", TxnID: "c1"}}
+		ids := make([]string, 8)
+		errs := make([]error, 8)
+		var wg sync.WaitGroup
+		for i := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := s.SendEvent(ctx, same)
+				if err == nil {
+					ids[i] = r.EventID
+				}
+				errs[i] = err
+			}()
+		}
+		wg.Wait()
+		for i := range ids {
+			if errs[i] != nil || ids[i] != ids[0] {
+				t.Fatalf("concurrent retry %d gave %q, %v; want %q", i, ids[i], errs[i], ids[0])
+			}
+		}
+		if got := countRows(t, db, "roomserver_events"); got != n+1 {
+			t.Fatalf("8 requests with one transaction ID stored %d events", got-n)
+		}
+	})
 }

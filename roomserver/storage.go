@@ -436,6 +436,36 @@ func (c *eventCache) drop(nid int64, id string) {
 	delete(c.byID, id)
 }
 
+// versionCache maps room IDs to room versions. A room's version never
+// changes once its row is committed, so entries are never stale; only
+// committed reads fill it (committedRoomVersion). Bounded: when full it
+// is emptied.
+type versionCache struct {
+	mu   sync.Mutex
+	max  int
+	byID map[string]string // guarded by mu
+}
+
+func newVersionCache(max int) *versionCache {
+	return &versionCache{max: max, byID: make(map[string]string)}
+}
+
+func (c *versionCache) get(roomID string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.byID[roomID]
+	return v, ok
+}
+
+func (c *versionCache) put(roomID, version string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byID) >= c.max {
+		c.byID = make(map[string]string)
+	}
+	c.byID[roomID] = version
+}
+
 // nullString returns nil for "" so the column stores NULL.
 func nullString(s string) *string {
 	if s == "" {
