@@ -29,6 +29,10 @@ type Accounts struct {
 	// tokens caches verified access tokens (tokencache.go); nil (off) for
 	// the admin commands and with Redis. Set once by New.
 	tokens *tokenCache
+	// revocationMark is the file every process rewrites after it commits
+	// a change to sessions (SQLite only: every process using the database
+	// shares its directory); tokencache.go. Empty: none.
+	revocationMark string
 }
 
 // DevicesDeletedHook is called inside the transaction that deletes
@@ -47,7 +51,11 @@ func OpenAccounts(ctx context.Context, cfg *config.Config, db *storage.DB) (*Acc
 	if err := db.Migrate(ctx, "clientapi", sub); err != nil {
 		return nil, err
 	}
-	return &Accounts{db: db, serverName: cfg.Global.ServerName, cfg: cfg.ClientAPI}, nil
+	a := &Accounts{db: db, serverName: cfg.Global.ServerName, cfg: cfg.ClientAPI}
+	if cfg.Database.Engine == "sqlite" && cfg.Database.SQLitePath != "" && cfg.Database.SQLitePath != ":memory:" {
+		a.revocationMark = cfg.Database.SQLitePath + "-sessions"
+	}
+	return a, nil
 }
 
 // account is one row of the accounts table.

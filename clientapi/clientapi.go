@@ -101,10 +101,13 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if deps.Config.Global.RedisURL == "" {
-		// One process: every session change passes through accounts
-		// (tokencache.go).
-		accounts.tokens = newTokenCache()
+	if deps.Config.Global.RedisURL == "" && accounts.revocationMark != "" {
+		// One server process on SQLite: every session change in it passes
+		// through accounts, and other processes on the same database (the
+		// `myelin user` commands) rewrite the revocation mark
+		// (tokencache.go). With PostgreSQL the commands may run on another
+		// machine, so the cache is off.
+		accounts.tokens = newTokenCache(accounts.revocationMark)
 	}
 	logger := deps.Logger
 	if logger == nil {

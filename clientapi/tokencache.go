@@ -1,7 +1,11 @@
 package clientapi
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -25,15 +29,25 @@ import (
 // session table again. A read that started before the drop cannot put
 // its stale answer back: put only keeps an entry read under the current
 // generation. The expiry time is cached with the entry and checked on
-// every hit. A change made by another process (the `myelin user`
-// command run beside a live server) is seen once the entry is older than
-// maxTokenAge; with Redis configured (several processes on one
-// database) the cache is off.
+// every hit.
+//
+// Other processes. The `myelin user` commands (deactivate, passwd) change
+// sessions straight in the database while the server runs. Every process
+// rewrites the revocation mark — a file beside the SQLite database holding
+// a fresh random value — after each such commit and before it reports
+// success. The server reads the mark before reading a session and keeps
+// it with the entry; a hit is served only while the file still holds that
+// value, so once a command has said "revoked", the next request reads the
+// session table. (A command killed between its commit and the rewrite is
+// seen within maxTokenAge.) The cache exists only on SQLite without Redis:
+// with PostgreSQL the commands may run on another machine, and with Redis
+// several server processes share the database.
 //
 // Concurrency: guarded by mu.
 type tokenCache struct {
-	mu  sync.Mutex
-	gen uint64 // bumped by every drop
+	markPath string // the revocation mark; read on every lookup
+	mu       sync.Mutex
+	gen      uint64 // bumped by every drop
 	// byHash maps the token's SHA-256 to what its session said.
 	byHash map[[sha256.Size]byte]tokenEntry
 }
@@ -42,6 +56,7 @@ type tokenEntry struct {
 	device  authn.Device
 	expires int64 // access_expires_ts; 0: never
 	readAt  time.Time
+	mark    string // the revocation mark read before the session was
 }
 
 // maxTokenAge bounds how long an entry serves without a read, and so how
@@ -51,34 +66,51 @@ const maxTokenAge = time.Second
 // maxTokenEntries bounds the cache; when full it is emptied.
 const maxTokenEntries = 10000
 
-func newTokenCache() *tokenCache {
-	return &tokenCache{byHash: make(map[[sha256.Size]byte]tokenEntry)}
+func newTokenCache(markPath string) *tokenCache {
+	return &tokenCache{markPath: markPath, byHash: make(map[[sha256.Size]byte]tokenEntry)}
+}
+
+// currentMark returns the revocation mark's content ("" when there is no
+// file yet, or it cannot be read: an entry read under "" then stops
+// serving as soon as a command writes one).
+func (c *tokenCache) currentMark() string {
+	b, err := os.ReadFile(c.markPath)
+	if err != nil {
+		return ""
+	}
+	return string(b)
 }
 
 // get returns the entry of hash when there is one younger than
-// maxTokenAge. A nil cache has none.
+// maxTokenAge, read under the current revocation mark. A nil cache has
+// none.
 func (c *tokenCache) get(hash [sha256.Size]byte, now time.Time) (tokenEntry, bool) {
 	if c == nil {
 		return tokenEntry{}, false
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	e, ok := c.byHash[hash]
+	c.mu.Unlock()
 	if !ok || now.Sub(e.readAt) >= maxTokenAge || now.Before(e.readAt) {
+		return tokenEntry{}, false
+	}
+	if c.currentMark() != e.mark {
 		return tokenEntry{}, false
 	}
 	return e, true
 }
 
 // generation is read before the session is: put keeps the entry only if
-// no drop happened in between.
-func (c *tokenCache) generation() uint64 {
+// no drop happened in between. The revocation mark is read with it and
+// stored in the entry.
+func (c *tokenCache) generation() (uint64, string) {
 	if c == nil {
-		return 0
+		return 0, ""
 	}
+	mark := c.currentMark()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen
+	return c.gen, mark
 }
 
 func (c *tokenCache) put(gen uint64, hash [sha256.Size]byte, e tokenEntry) {
@@ -111,5 +143,20 @@ func (c *tokenCache) drop() {
 func (a *Accounts) sessionsChanged(tx storage.Tx) {
 	if a.tokens != nil {
 		tx.AfterCommit(a.tokens.drop)
+	}
+	if a.revocationMark != "" {
+		tx.AfterCommit(a.rewriteRevocationMark)
+	}
+}
+
+// rewriteRevocationMark writes a fresh random value to the revocation
+// mark, so that a server process sharing the database stops serving the
+// tokens it cached. A failure is logged: the server then sees the change
+// within maxTokenAge.
+func (a *Accounts) rewriteRevocationMark() {
+	var b [16]byte
+	rand.Read(b[:])
+	if err := os.WriteFile(a.revocationMark, []byte(hex.EncodeToString(b[:])), 0o600); err != nil {
+		slog.Warn("could not rewrite the access-token revocation mark", "path", a.revocationMark, "err", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"maunium.net/go/mautrix"
 
 	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/internal/homeserver"
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -15,8 +16,10 @@ import (
 // Every way this server ends a token's validity takes effect for the very
 // next request, although the token was used (and cached) just before:
 // logout, logout/all, device deletion, a login reusing the device ID, a
-// password change with logout, a refresh, deactivation. A change made
-// behind the server's back (another process) is seen within clientapi.MaxTokenAge.
+// password change with logout, a refresh, deactivation; so do the
+// deactivation and password change of another process on the same
+// database (the `myelin user` commands rewrite the revocation mark). A
+// raw SQL change is seen within clientapi.MaxTokenAge.
 func TestTokenCacheInvalidation(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
 		ctx := context.Background()
@@ -116,8 +119,36 @@ func TestTokenCacheInvalidation(t *testing.T) {
 		}
 		refused("token after deactivation", g.AccessToken)
 
-		// A session deleted behind the server's back (as another process
-		// would) is refused once the entry is clientapi.MaxTokenAge old.
+		// Another process on the same database (the `myelin user`
+		// commands): its deactivation and password change take effect
+		// for the very next request, although the tokens were cached.
+		db2, err := storage.Open(ctx, homeserver.StorageOptions(srv.Config.Database))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db2.Close()
+		outside, err := clientapi.OpenAccounts(ctx, srv.Config, db2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		registerUser(t, srv, "cached4")
+		h := login("cached4", nil)
+		used("deactivation by another process", h.AccessToken)
+		if err := outside.Deactivate(ctx, "cached4"); err != nil {
+			t.Fatal(err)
+		}
+		refused("token after deactivation by another process", h.AccessToken)
+		registerUser(t, srv, "cached5")
+		k := login("cached5", nil)
+		used("password change by another process", k.AccessToken)
+		if err := outside.SetPassword(ctx, "cached5", "a new passw0rd"); err != nil {
+			t.Fatal(err)
+		}
+		refused("token after a password change by another process", k.AccessToken)
+
+		// A session deleted behind the server's back by something that
+		// does not rewrite the revocation mark (a manual SQL statement)
+		// is refused once the entry is clientapi.MaxTokenAge old.
 		used("an outside change", keep)
 		if err := srv.HS.DB.Write(ctx, func(tx storage.Tx) error {
 			_, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = 'cached'`)

@@ -70,7 +70,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		}
 		return &d, nil
 	}
-	gen := s.accounts.tokens.generation()
+	gen, mark := s.accounts.tokens.generation()
 	var (
 		d           authn.Device
 		expires     int64
@@ -110,7 +110,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 	if !prevRefresh {
 		// A token whose session still holds the previous refresh token
 		// is not cached: its first use must revoke that (above).
-		s.accounts.tokens.put(gen, hash, tokenEntry{device: d, expires: expires, readAt: now})
+		s.accounts.tokens.put(gen, hash, tokenEntry{device: d, expires: expires, readAt: now, mark: mark})
 	}
 	if r != nil {
 		s.noteLastSeen(d.SessionID, strings.TrimPrefix(d.UserID, "@"), d.DeviceID, r, now)
