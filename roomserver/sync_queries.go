@@ -351,13 +351,18 @@ type StreamTouch struct {
 	StreamPos int64
 	RoomID    string
 	Member    string // state_key of an m.room.member event, else ""
+	// Accepted: neither rejected nor soft-failed. Only accepted events
+	// wake anyone; the others are listed so that a reader can also tell
+	// what RoomsWithEvents would answer for the same window.
+	Accepted bool
+	State    bool // a state event (state_key present), accepted or not
 }
 
-// StreamTouched lists the accepted events in (from, to], at most limit,
-// in stream order, without loading their JSON.
+// StreamTouched lists the events in (from, to], accepted or not, at most
+// limit, in stream order, without loading their JSON.
 func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) ([]StreamTouch, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT event_nid, room_id, type, state_key FROM roomserver_events
-		WHERE event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+	rows, err := s.db.Reader().Query(ctx, `SELECT event_nid, room_id, type, state_key, NOT rejected AND NOT soft_failed
+		FROM roomserver_events WHERE event_nid > $1 AND event_nid <= $2
 		ORDER BY event_nid LIMIT $3`, from, to, limit)
 	if err != nil {
 		return nil, err
@@ -368,9 +373,10 @@ func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) (
 		var t StreamTouch
 		var typ string
 		var stateKey *string
-		if err := rows.Scan(&t.StreamPos, &t.RoomID, &typ, &stateKey); err != nil {
+		if err := rows.Scan(&t.StreamPos, &t.RoomID, &typ, &stateKey, &t.Accepted); err != nil {
 			return nil, err
 		}
+		t.State = stateKey != nil
 		if typ == "m.room.member" && stateKey != nil {
 			t.Member = *stateKey
 		}
