@@ -89,4 +89,3 @@ func TestWakerSeedsNewsWindow(t *testing.T) {
 		t.Fatalf("a window read in batches was answered from the waker's reads (source read %d times, want 2)", n)
 	}
 }
-
