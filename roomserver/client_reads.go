@@ -285,11 +285,11 @@ func (s *Server) MembershipsAt(ctx context.Context, userID string, eventIDs []st
 		for id, e := range loaded {
 			version, ok := versions[e.row.RoomID]
 			if !ok {
-				room, err := loadRoom(ctx, q, e.row.RoomID)
+				v, err := s.committedRoomVersion(ctx, q, e.row.RoomID)
 				if err != nil {
 					return err
 				}
-				version = room.Version
+				version = v
 				versions[e.row.RoomID] = version
 			}
 			_, m, err := vis.at(ctx, version, e.row.StateAfter)

@@ -69,6 +69,8 @@ type Server struct {
 	backfiller Backfiller // federation_backfill.go; set before serving
 
 	partial partialWaiters // partial_state.go
+
+	versions roomVersionCache // sync_queries.go
 }
 
 var _ API = (*Server)(nil)

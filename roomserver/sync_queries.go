@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -283,7 +284,7 @@ func (s *Server) StateDelta(ctx context.Context, roomID string, from, to int64) 
 func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, args ...any) ([]*Event, error) {
 	var out []*Event
 	err := s.db.Read(ctx, func(q storage.Querier) error {
-		room, err := loadRoom(ctx, q, roomID)
+		version, err := s.committedRoomVersion(ctx, q, roomID)
 		if err != nil {
 			return err
 		}
@@ -291,7 +292,7 @@ func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, a
 		if err != nil {
 			return err
 		}
-		loaded, err := s.loadEvents(ctx, q, nil, room.Version, nids)
+		loaded, err := s.loadEvents(ctx, q, nil, version, nids)
 		if err != nil {
 			return err
 		}
@@ -351,13 +352,18 @@ type StreamTouch struct {
 	StreamPos int64
 	RoomID    string
 	Member    string // state_key of an m.room.member event, else ""
+	// Accepted: neither rejected nor soft-failed. Only accepted events
+	// wake anyone; the others are listed so that a reader can also tell
+	// what RoomsWithEvents would answer for the same window.
+	Accepted bool
+	State    bool // a state event (state_key present), accepted or not
 }
 
-// StreamTouched lists the accepted events in (from, to], at most limit,
-// in stream order, without loading their JSON.
+// StreamTouched lists the events in (from, to], accepted or not, at most
+// limit, in stream order, without loading their JSON.
 func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) ([]StreamTouch, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT event_nid, room_id, type, state_key FROM roomserver_events
-		WHERE event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+	rows, err := s.db.Reader().Query(ctx, `SELECT event_nid, room_id, type, state_key, NOT rejected AND NOT soft_failed
+		FROM roomserver_events WHERE event_nid > $1 AND event_nid <= $2
 		ORDER BY event_nid LIMIT $3`, from, to, limit)
 	if err != nil {
 		return nil, err
@@ -368,9 +374,10 @@ func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) (
 		var t StreamTouch
 		var typ string
 		var stateKey *string
-		if err := rows.Scan(&t.StreamPos, &t.RoomID, &typ, &stateKey); err != nil {
+		if err := rows.Scan(&t.StreamPos, &t.RoomID, &typ, &stateKey, &t.Accepted); err != nil {
 			return nil, err
 		}
+		t.State = stateKey != nil
 		if typ == "m.room.member" && stateKey != nil {
 			t.Member = *stateKey
 		}
@@ -495,4 +502,43 @@ func shiftPlaceholders(fragment string, n int) string {
 		i = j - 1
 	}
 	return string(b)
+}
+
+// roomVersionCache holds room versions by room ID. A room's version is
+// written with its roomserver_rooms row and that column is never
+// updated, nor the row deleted, so a version read from a committed row
+// never goes stale, in one process or in many (split mode): the cache is
+// bounded only for memory (past roomVersionCacheMax rooms, others are
+// read each time). The zero value is ready to use.
+type roomVersionCache struct {
+	mu sync.Mutex
+	m  map[string]string // guarded by mu
+}
+
+const roomVersionCacheMax = 100000
+
+// committedRoomVersion is loadRoom(roomID).Version through the cache. q
+// must read committed data only (s.db.Read, s.db.Reader()), never a
+// write transaction whose room row could still roll back.
+func (s *Server) committedRoomVersion(ctx context.Context, q storage.Querier, roomID string) (string, error) {
+	c := &s.versions
+	c.mu.Lock()
+	v, ok := c.m[roomID]
+	c.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	room, err := loadRoom(ctx, q, roomID)
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]string{}
+	}
+	if len(c.m) < roomVersionCacheMax {
+		c.m[roomID] = room.Version
+	}
+	c.mu.Unlock()
+	return room.Version, nil
 }

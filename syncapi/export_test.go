@@ -23,3 +23,7 @@ func (s *Server) ZeroSharedHeads() {
 	defer c.mu.Unlock()
 	c.gen, c.at, c.heads, c.seen = c.n.Changed(), time.Now(), syncToken{}, c.n.Positions()
 }
+
+// NewsOf is newsOf: the rooms (and whether any state event) of the
+// events the waker read.
+var NewsOf = newsOf

@@ -88,3 +88,25 @@ func (c *newsCache) roomsWithEvents(ctx context.Context, from, to int64, limit i
 	close(e.done)
 	return e.rooms, e.complete, e.err
 }
+
+// seed records the answer for a window read by someone else (the waker,
+// which reads the same events to decide whom to wake), unless the window
+// already has an entry. rooms and complete must be exactly what
+// Rooms.RoomsWithEvents(from, to, limit) returns, and to a committed
+// position: then the entry is as exact as one the cache read itself.
+func (c *newsCache) seed(from, to int64, limit int, rooms map[string]bool, complete bool) {
+	key := newsKey{from, to, limit}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[key]; ok {
+		return
+	}
+	e := &newsEntry{done: make(chan struct{}), rooms: rooms, complete: complete}
+	close(e.done)
+	c.entries[key] = e
+	c.order = append(c.order, key)
+	if len(c.order) > c.max {
+		delete(c.entries, c.order[0])
+		c.order = c.order[1:]
+	}
+}

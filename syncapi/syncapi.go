@@ -96,6 +96,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		sliding:       newSlidingConns(10000),
 	}
 	s.acctHead, _ = deps.AccountData.(AccountDataHead)
+	s.waker.news = s.news
 	go s.waker.run(ctx)
 	return s, nil
 }

@@ -35,6 +35,12 @@ type waker struct {
 	// notifications lost between processes. In one process it never
 	// finds anything the notifier did not already say.
 	pollEvery time.Duration
+	// news, when set, is given the answer for each room stream window
+	// the waker reads whole, before it wakes anyone: the requests it
+	// wakes ask which rooms have events in that same window (their
+	// token's room position, the notified head], so they need not read
+	// it again (immutable after New).
+	news *newsCache
 
 	mu       sync.Mutex
 	byRoom   map[string]map[*waiter]struct{} // guarded by mu
@@ -184,6 +190,7 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 // (and, with members, of the users whose membership they change), and
 // records the progress in *done (guarded by mu).
 func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, done *int64) {
+	start := from
 	for from < to {
 		touched, err := w.rooms.StreamTouched(ctx, from, to, touchBatch)
 		if err != nil {
@@ -197,8 +204,17 @@ func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, d
 			w.mu.Unlock()
 			return
 		}
+		if w.news != nil && from == start && len(touched) < touchBatch {
+			// The whole window in one read: it is what RoomsWithEvents
+			// would answer for (from, to] (all events, accepted or not;
+			// to is a notified, so committed, position).
+			w.news.seed(from, to, newsScanLimit, newsOf(touched), len(touched) <= newsScanLimit)
+		}
 		w.mu.Lock()
 		for _, t := range touched {
+			if !t.Accepted {
+				continue
+			}
 			for wt := range w.byRoom[t.RoomID] {
 				signal(wt)
 			}
@@ -216,4 +232,15 @@ func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, d
 		*done = max(*done, from)
 		w.mu.Unlock()
 	}
+}
+
+// newsOf is RoomsWithEvents' answer built from the events of a window:
+// each room with any event, mapped to whether any of them is a state
+// event.
+func newsOf(touched []roomserver.StreamTouch) map[string]bool {
+	rooms := make(map[string]bool, 1)
+	for _, t := range touched {
+		rooms[t.RoomID] = rooms[t.RoomID] || t.State
+	}
+	return rooms
 }
