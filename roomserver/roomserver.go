@@ -70,7 +70,6 @@ type Server struct {
 
 	partial partialWaiters // partial_state.go
 
-	versions roomVersionCache // sync_queries.go
 }
 
 var _ API = (*Server)(nil)

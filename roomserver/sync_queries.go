@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -502,43 +501,4 @@ func shiftPlaceholders(fragment string, n int) string {
 		i = j - 1
 	}
 	return string(b)
-}
-
-// roomVersionCache holds room versions by room ID. A room's version is
-// written with its roomserver_rooms row and that column is never
-// updated, nor the row deleted, so a version read from a committed row
-// never goes stale, in one process or in many (split mode): the cache is
-// bounded only for memory (past roomVersionCacheMax rooms, others are
-// read each time). The zero value is ready to use.
-type roomVersionCache struct {
-	mu sync.Mutex
-	m  map[string]string // guarded by mu
-}
-
-const roomVersionCacheMax = 100000
-
-// committedRoomVersion is loadRoom(roomID).Version through the cache. q
-// must read committed data only (s.db.Read, s.db.Reader()), never a
-// write transaction whose room row could still roll back.
-func (s *Server) committedRoomVersion(ctx context.Context, q storage.Querier, roomID string) (string, error) {
-	c := &s.versions
-	c.mu.Lock()
-	v, ok := c.m[roomID]
-	c.mu.Unlock()
-	if ok {
-		return v, nil
-	}
-	room, err := loadRoom(ctx, q, roomID)
-	if err != nil {
-		return "", err
-	}
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = map[string]string{}
-	}
-	if len(c.m) < roomVersionCacheMax {
-		c.m[roomID] = room.Version
-	}
-	c.mu.Unlock()
-	return room.Version, nil
 }

@@ -32,9 +32,7 @@ func TestRoomVersionCache(t *testing.T) {
 				if err != nil || m[evs[0].EventID] != "join" {
 					t.Fatalf("room v%s: MembershipsAt = %v, %v", v, m, err)
 				}
-				s.versions.mu.Lock()
-				got := s.versions.m[roomID]
-				s.versions.mu.Unlock()
+				got, _ := s.versions.get(roomID)
 				if got != v {
 					t.Fatalf("cached version of a v%s room: %q", v, got)
 				}
@@ -42,9 +40,9 @@ func TestRoomVersionCache(t *testing.T) {
 		}
 		_, err := s.IndexedStateKeys(ctx, "!unknown:test.local", "m.room.member", []string{alice})
 		wantCode(t, err, mxerr.NotFound)
+		_, cached := s.versions.get("!unknown:test.local")
 		s.versions.mu.Lock()
-		_, cached := s.versions.m["!unknown:test.local"]
-		n := len(s.versions.m)
+		n := len(s.versions.byID)
 		s.versions.mu.Unlock()
 		if cached || n != 2 {
 			t.Fatalf("unknown room cached (%v), %d entries, want 2", cached, n)
