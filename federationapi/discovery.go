@@ -32,6 +32,13 @@ const (
 	wellKnownDefaultTTL = 24 * time.Hour
 	wellKnownMaxTTL     = 48 * time.Hour
 	wellKnownErrorTTL   = time.Hour
+	// SRV answers are cached too: Go's resolver neither caches nor tells
+	// the record's TTL, and a lookup may stall for the resolver's timeout
+	// (5 s by default) — for every request, if uncached. An answer, or
+	// NXDOMAIN, stands for srvTTL; a failed lookup (a timeout) is
+	// retried after srvErrorTTL.
+	srvTTL      = time.Hour
+	srvErrorTTL = time.Minute
 )
 
 // resolver implements server discovery. LookupSRV and the HTTP client
@@ -44,6 +51,12 @@ type resolver struct {
 
 	mu    sync.Mutex
 	cache map[string]wellKnownEntry // guarded by mu
+	srv   map[string]srvEntry       // "_service._tcp.host"; guarded by mu
+}
+
+type srvEntry struct {
+	records []*net.SRV // nil when the lookup failed or found none
+	expires time.Time
 }
 
 type wellKnownEntry struct {
@@ -98,8 +111,8 @@ func literalOrPort(host string, port int, serverName string) (target, bool) {
 // Host header name <host> in every case.
 func (r *resolver) srvOr8448(ctx context.Context, host string) []target {
 	for _, service := range []string{"matrix-fed", "matrix"} {
-		_, records, err := r.lookupSRV(ctx, service, "tcp", host)
-		if err != nil || len(records) == 0 {
+		records := r.cachedSRV(ctx, service, host)
+		if len(records) == 0 {
 			continue
 		}
 		var out []target
@@ -115,6 +128,38 @@ func (r *resolver) srvOr8448(ctx context.Context, host string) []target {
 		}
 	}
 	return []target{{Addr: net.JoinHostPort(host, "8448"), TLSName: host, Host: host}}
+}
+
+// cachedSRV returns the SRV records of _service._tcp.host, looking them
+// up only when the cached answer has expired.
+func (r *resolver) cachedSRV(ctx context.Context, service, host string) []*net.SRV {
+	key := "_" + service + "._tcp." + host
+	now := r.now()
+	r.mu.Lock()
+	if e, ok := r.srv[key]; ok && now.Before(e.expires) {
+		r.mu.Unlock()
+		return e.records
+	}
+	r.mu.Unlock()
+	_, records, err := r.lookupSRV(ctx, service, "tcp", host)
+	ttl := srvTTL
+	var dnsErr *net.DNSError
+	if err != nil {
+		records = nil
+		if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+			ttl = srvErrorTTL
+		}
+	}
+	if ctx.Err() != nil {
+		return records // our caller gave up: nothing learnt about the name
+	}
+	r.mu.Lock()
+	if r.srv == nil || len(r.srv) > 10000 {
+		r.srv = map[string]srvEntry{}
+	}
+	r.srv[key] = srvEntry{records: records, expires: now.Add(ttl)}
+	r.mu.Unlock()
+	return records
 }
 
 // wellKnown returns the m.server of https://host/.well-known/matrix/server,

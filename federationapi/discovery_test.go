@@ -91,3 +91,82 @@ func TestResolve(t *testing.T) {
 	}
 	_ = errors.New
 }
+
+// TestResolveCachesSRV: SRV answers are looked up once per name, not per
+// request. Complement's TestACLsForEDUs failed because every outbound
+// transaction looked _matrix-fed._tcp.hs1 up again and Docker's DNS now
+// and then took its 5 s timeout to answer, holding the EDUs back. An
+// answer (or NXDOMAIN) stands for srvTTL, a failed lookup for
+// srvErrorTTL.
+func TestResolveCachesSRV(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	lookups := map[string]int{}
+	failing := map[string]bool{}
+	r := &resolver{
+		lookupSRV: func(_ context.Context, service, proto, name string) (string, []*net.SRV, error) {
+			key := "_" + service + "._" + proto + "." + name
+			lookups[key]++
+			if failing[name] {
+				return "", nil, &net.DNSError{Err: "i/o timeout", IsTimeout: true}
+			}
+			if key == "_matrix-fed._tcp.srv.example" {
+				return "", []*net.SRV{{Target: "host.example.", Port: 7000}}, nil
+			}
+			return "", nil, &net.DNSError{Err: "no such host", IsNotFound: true}
+		},
+		// No .well-known anywhere: every name falls through to SRV.
+		wellKnownClient: &http.Client{Transport: roundTripFunc(func(*http.Request) (*http.Response, error) {
+			return nil, errors.New("no .well-known")
+		})},
+		now:   func() time.Time { return now },
+		cache: map[string]wellKnownEntry{},
+	}
+	resolve := func(name string) target {
+		t.Helper()
+		got, err := r.resolve(context.Background(), name)
+		if err != nil || len(got) == 0 {
+			t.Fatalf("%s: %v %v", name, got, err)
+		}
+		return got[0]
+	}
+	failing["flaky.example"] = true
+	for i := 0; i < 3; i++ {
+		if got := resolve("srv.example"); got != (target{"host.example:7000", "srv.example", "srv.example"}) {
+			t.Fatalf("srv.example: %+v", got)
+		}
+		if got := resolve("plain.example"); got != (target{"plain.example:8448", "plain.example", "plain.example"}) {
+			t.Fatalf("plain.example: %+v", got)
+		}
+		if got := resolve("flaky.example"); got.Addr != "flaky.example:8448" {
+			t.Fatalf("flaky.example: %+v", got)
+		}
+	}
+	want := map[string]int{
+		"_matrix-fed._tcp.srv.example":   1,
+		"_matrix-fed._tcp.plain.example": 1, "_matrix._tcp.plain.example": 1,
+		"_matrix-fed._tcp.flaky.example": 1, "_matrix._tcp.flaky.example": 1,
+	}
+	for key, n := range want {
+		if lookups[key] != n {
+			t.Errorf("%s looked up %d times, want %d (all lookups: %v)", key, lookups[key], n, lookups)
+		}
+	}
+
+	// A failed lookup is retried after srvErrorTTL; answers stand longer.
+	failing["flaky.example"] = false
+	now = now.Add(srvErrorTTL + time.Second)
+	resolve("flaky.example")
+	resolve("srv.example")
+	if lookups["_matrix-fed._tcp.flaky.example"] != 2 || lookups["_matrix-fed._tcp.srv.example"] != 1 {
+		t.Errorf("after srvErrorTTL: %v", lookups)
+	}
+	now = now.Add(srvTTL)
+	resolve("srv.example")
+	if lookups["_matrix-fed._tcp.srv.example"] != 2 {
+		t.Errorf("after srvTTL the answer was not looked up again: %v", lookups)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -3,6 +3,7 @@ package federationapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -173,12 +174,51 @@ func (f *gapFetch) events(ctx context.Context, ids []string) ([]json.RawMessage,
 	return out, nil
 }
 
+// missingEvent is an event of the state or auth chain at a gap that the
+// origin, which named it, answers 404 for.
+type missingEvent struct {
+	id  string
+	err error
+}
+
+func (m missingEvent) Error() string { return fmt.Sprintf("event %s: %v", m.id, m.err) }
+
+// unobtainable reports whether a gap could not be filled because an event
+// it needs cannot be had: the origin answers 404 for an event its
+// state_ids named, or the roomserver still lacks an auth event after all
+// the origin gave. Events that need it cannot be authorised (checks 4
+// and 5 of "Checks performed on receipt of a PDU"), so the PDU is
+// rejected. A failed state_ids request, a network failure or a server
+// error is not this: the gap may yet be filled another way, or later.
+func unobtainable(err error) bool {
+	var m missingEvent
+	return errors.As(err, &m) || mxerr.Is(err, mxerr.NotFound)
+}
+
+// unobtainableGap is fillGap's failure for an event whose gap cannot be
+// filled (unobtainable). The PDU it concerns, and one that follows it,
+// are rejected.
+type unobtainableGap struct {
+	eventID, origin string
+	err             error
+}
+
+func (u *unobtainableGap) Error() string {
+	return fmt.Sprintf("the state before %s cannot be had from %s: %v", u.eventID, u.origin, u.err)
+}
+
+func (u *unobtainableGap) Unwrap() error { return u.err }
+
 // fetch is GET /event/{eventId} from the origin, checked.
 func (f *gapFetch) fetch(ctx context.Context, id string) (json.RawMessage, error) {
 	var resp struct {
 		PDUs []json.RawMessage `json:"pdus"`
 	}
 	if err := f.s.client.signed(ctx, f.origin, http.MethodGet, "/_matrix/federation/v1/event/"+pathEscape(id), nil, &resp); err != nil {
+		var re *RemoteError
+		if errors.As(err, &re) && re.Status == http.StatusNotFound {
+			return nil, missingEvent{id: id, err: err}
+		}
 		return nil, fmt.Errorf("event %s: %w", id, err)
 	}
 	if len(resp.PDUs) != 1 {

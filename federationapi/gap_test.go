@@ -184,3 +184,153 @@ func TestInboundGapFilledFromState(t *testing.T) {
 		}
 	})
 }
+
+// TestGapWithUnobtainableAuthEvent follows Complement's
+// TestCorruptedAuthChain: mallory's server sends A a PDU after a gap.
+// The state at the gap names mallory's member event E, the last of a
+// chain of display name changes A←B←C←D←E (each the auth event of the
+// next), and the origin cannot serve B. C, D and E cannot be authorised,
+// so the PDU (whose auth events name E) is rejected: it is not stored,
+// mallory keeps the member event A held, and the /send answer carries no
+// error for it, as for any rejected PDU.
+// Spec: server-server-api, "Checks performed on receipt of a PDU",
+// "Rejection", "PUT /_matrix/federation/v1/send/{txnId}".
+func TestGapWithUnobtainableAuthEvent(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		ctx := context.Background()
+		alice := a.user("alice")
+		roomID := publicRoom(t, a, alice)
+
+		var (
+			mu       sync.Mutex
+			served   = map[string]gomatrixserverlib.PDU{} // what /event answers
+			gme      gomatrixserverlib.PDU
+			atGap    gomatrixserverlib.PDU // the missing prev event of gme
+			stateIDs []string
+			chainIDs []string
+			askedB   bool
+			bID      string
+		)
+		name, key := n.fakeServer(t, func(name string, mux *http.ServeMux) {
+			mux.HandleFunc("/_matrix/federation/v1/get_missing_events/", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				_, _ = w.Write(mustJSON(map[string]any{"events": []json.RawMessage{gme.JSON()}}))
+			})
+			mux.HandleFunc("/_matrix/federation/v1/state_ids/", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				// The state before gme and before atGap: both are messages
+				// after E.
+				if id := r.URL.Query().Get("event_id"); id != atGap.EventID() && id != gme.EventID() {
+					http.NotFound(w, r)
+					return
+				}
+				_, _ = w.Write(mustJSON(map[string]any{"pdu_ids": stateIDs, "auth_chain_ids": chainIDs}))
+			})
+			mux.HandleFunc("/_matrix/federation/v1/event/", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				id, _ := unescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/federation/v1/event/"))
+				askedB = askedB || id == bID
+				e, ok := served[id]
+				if !ok {
+					http.NotFound(w, r)
+					return
+				}
+				_, _ = w.Write(mustJSON(map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(),
+					"pdus": []json.RawMessage{e.JSON()}}))
+			})
+		})
+		mallory := "@mallory:" + name
+		send := func(p gomatrixserverlib.PDU) (string, bool) {
+			t.Helper()
+			status, body := n.request(a, name, key, a.Name, http.MethodPut,
+				"/_matrix/federation/v1/send/"+strings.ReplaceAll(p.EventID(), "$", "t"),
+				map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{p.JSON()}})
+			if status != http.StatusOK {
+				t.Fatalf("send: %d %s", status, body)
+			}
+			var resp sendResponse
+			_ = json.Unmarshal(body, &resp)
+			r, ok := resp.PDUs[p.EventID()]
+			return r.Error, ok
+		}
+		join := buildPDU(t, a, roomID, mallory, "m.room.member", &mallory, map[string]string{"membership": "join"}, name, key, nil)
+		if e, _ := send(join); e != "" {
+			t.Fatalf("mallory's join: %s", e)
+		}
+		// after builds on prev, with member (mallory's member event) in
+		// place of the join among its auth events.
+		after := func(prev gomatrixserverlib.PDU, member string) func(*gomatrixserverlib.ProtoEvent) {
+			return func(pe *gomatrixserverlib.ProtoEvent) {
+				pe.PrevEvents, pe.Depth = []string{prev.EventID()}, prev.Depth()+1
+				var auth []string
+				if ids, ok := pe.AuthEvents.([]string); ok {
+					auth = ids
+				} else {
+					_ = json.Unmarshal(mustJSON(pe.AuthEvents), &auth)
+				}
+				for i, id := range auth {
+					if id == join.EventID() {
+						auth[i] = member
+					}
+				}
+				pe.AuthEvents = auth
+			}
+		}
+		mu.Lock()
+		chain := []gomatrixserverlib.PDU{join}
+		for _, dn := range []string{"A", "B", "C", "D", "E"} {
+			last := chain[len(chain)-1]
+			chain = append(chain, buildPDU(t, a, roomID, mallory, "m.room.member", &mallory,
+				map[string]string{"membership": "join", "displayname": dn}, name, key, after(last, last.EventID())))
+		}
+		e := chain[5]
+		bID = chain[2].EventID()
+		atGap = buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "for state_ids"}, name, key, after(e, e.EventID()))
+		gme = buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "for get_missing_events"}, name, key, after(atGap, e.EventID()))
+		tip := buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "for send"}, name, key, after(gme, e.EventID()))
+		for _, p := range []gomatrixserverlib.PDU{chain[1], chain[3], chain[4], e, atGap, gme, tip} {
+			served[p.EventID()] = p // not B
+		}
+		state, err := a.HS.Rooms.CurrentState(ctx, alice, roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range state {
+			if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == mallory {
+				continue
+			}
+			stateIDs = append(stateIDs, ev.EventID)
+		}
+		stateIDs = append(stateIDs, e.EventID())
+		chainIDs = append(append([]string{}, stateIDs...), chain[1].EventID(), bID, chain[3].EventID(), chain[4].EventID())
+		mu.Unlock()
+
+		errText, present := send(tip)
+		if !present || errText != "" {
+			t.Errorf("the PDU after the gap: present %v, error %q; want handled (rejected) without an error", present, errText)
+		}
+		mu.Lock()
+		if !askedB {
+			t.Errorf("A never asked for B")
+		}
+		mu.Unlock()
+		if hasEvent(a, alice, tip.EventID()) {
+			t.Errorf("the PDU whose auth chain is broken reached alice")
+		}
+		for _, p := range chain[3:] {
+			if ev, _, err := a.HS.Rooms.FederationEvent(ctx, p.EventID()); err == nil && ev != nil {
+				if m, _ := a.HS.Rooms.CurrentStateEvent(ctx, alice, roomID, "m.room.member", mallory); m != nil && m.EventID == p.EventID() {
+					t.Errorf("mallory's member event is %s, which B should authorise", p.EventID())
+				}
+			}
+		}
+		m, err := a.HS.Rooms.CurrentStateEvent(ctx, alice, roomID, "m.room.member", mallory)
+		if err != nil || m.EventID != join.EventID() {
+			t.Fatalf("mallory's member event on A: %+v, %v; want the join %s", m, err, join.EventID())
+		}
+	})
+}

@@ -221,6 +221,14 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	if mxerr.Is(err, mxerr.NotFound) {
 		resp, err = s.inputConnecting(ctx, origin, p, true)
 	}
+	var gone *unobtainableGap
+	if errors.As(err, &gone) {
+		// Rejected, not stored: the events that would authorise it
+		// cannot be had (Complement TestCorruptedAuthChain). As for any
+		// rejection, no error in the /send answer (below).
+		s.log.Debug("inbound PDU rejected", "origin", origin, "event_id", eventID, "reason", err)
+		return eventID, nil
+	}
 	if err != nil {
 		return eventID, err
 	}
@@ -258,6 +266,10 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 		// Unknown prev events: fetch what lies between our forward
 		// extremities and this event, then look again.
 		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
+			var gone *unobtainableGap
+			if errors.As(ferr, &gone) {
+				return nil, ferr // p follows an event whose gap cannot be filled
+			}
 			return nil, fmt.Errorf("prev events %v of %s are unknown; fetching missing events: %v", missing, p.pdu.EventID(), ferr)
 		}
 		if missing, err = s.rooms.UnknownEvents(ctx, p.pdu.PrevEventIDs()); err != nil {
@@ -268,6 +280,9 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 		// Still not connected: take the state at the missing prev
 		// events from origin (gap.go).
 		resp, gerr := s.fillGap(ctx, origin, p)
+		if unobtainable(gerr) {
+			return nil, &unobtainableGap{eventID: p.pdu.EventID(), origin: origin, err: gerr}
+		}
 		if gerr != nil {
 			return nil, mxerr.New(mxerr.NotFound, "prev events %v of %s are unknown; filling the gap: %v", missing, p.pdu.EventID(), gerr)
 		}
@@ -282,7 +297,9 @@ func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEven
 
 // fetchMissing asks origin for the events between our forward
 // extremities and p (POST /get_missing_events) and inputs them oldest
-// first. Spec: server-server-api, "Retrieving events" (get_missing_events).
+// first. If the gap before one of them cannot be filled (unobtainable),
+// it returns that *unobtainableGap: p follows it.
+// Spec: server-server-api, "Retrieving events" (get_missing_events).
 func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) error {
 	roomID := p.pdu.RoomID().String()
 	earliest, err := s.rooms.Extremities(ctx, roomID)
@@ -332,6 +349,12 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 					resp, err = s.inputConnecting(ctx, origin, mp, false)
 				}
 			}
+		}
+		var gone *unobtainableGap
+		if errors.As(err, &gone) {
+			// What follows it, p included, cannot be authorised either;
+			// asking for the state at a later event would not help.
+			return fmt.Errorf("%s follows it: %w", p.pdu.EventID(), err)
 		}
 		if err != nil {
 			s.log.Debug("missing event not accepted", "event_id", mp.pdu.EventID(), "err", err)

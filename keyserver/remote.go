@@ -313,12 +313,27 @@ func (s *Server) background() context.Context {
 }
 
 // Resync replaces the cache of a remote user's keys with what their
-// server's GET /user/devices answers, and tells local clients the user's
-// devices changed.
+// server's GET /user/devices answers.
+//
+// Local clients are told the user's devices changed only when the
+// answer is newer than every update they were told of: while the cache
+// is stale, its stream_id is the highest stream ID of the updates that
+// made it so (each told clients already; markStale), and a resync that
+// a /keys/query started (no row yet) follows an answer the client has.
+// Announcing again would make a client that waits for the change of a
+// later update (a device renamed just after its keys were uploaded) see
+// this announcement instead and read the cache before that update
+// arrived (Complement
+// TestFederationKeyUploadQuery/Can_query_remote_device_keys_using_POST).
+//
+// An update that arrives while the answer is on its way (markStale, or
+// an applied update, bumps updated_ts) leaves the cache stale: the
+// answer may predate it.
 func (s *Server) Resync(ctx context.Context, userID string) error {
 	if s.fed == nil {
 		return errors.New("federation is disabled")
 	}
+	fetchStart := time.Now().UnixMilli()
 	raw, err := s.fed.RemoteUserDevices(ctx, serverOf(userID), userID)
 	if err != nil {
 		return err
@@ -367,13 +382,23 @@ func (s *Server) Resync(ctx context.Context, userID string) error {
 				return err
 			}
 		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, FALSE, $3)
-			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = FALSE, updated_ts = excluded.updated_ts`,
-			userID, resp.StreamID, time.Now().UnixMilli()); err != nil {
+		var told int64
+		err := tx.QueryRow(ctx, `SELECT stream_id FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&told)
+		tracked := err == nil
+		if err != nil && !storage.IsNoRows(err) {
 			return err
 		}
-		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, FALSE, $3)
+			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id,
+				stale = (keyserver_remote_users.updated_ts >= $4), updated_ts = excluded.updated_ts`,
+			userID, resp.StreamID, time.Now().UnixMilli(), fetchStart); err != nil {
+			return err
+		}
+		if tracked && resp.StreamID > told {
+			return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
+		}
+		return nil
 	})
 }
 
@@ -474,7 +499,7 @@ func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, upda
 				userID, u.StreamID, time.Now().UnixMilli()); err != nil {
 				return err
 			}
-		} else if err := markStale(ctx, tx, userID); err != nil {
+		} else if err := markStale(ctx, tx, userID, u.StreamID); err != nil {
 			return err
 		}
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
@@ -493,7 +518,7 @@ func (s *Server) RemoteSigningKeyUpdate(ctx context.Context, userID string, upda
 		return nil
 	}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := markStale(ctx, tx, userID); err != nil {
+		if err := markStale(ctx, tx, userID, 0); err != nil {
 			return err
 		}
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
@@ -504,8 +529,16 @@ func (s *Server) RemoteSigningKeyUpdate(ctx context.Context, userID string, upda
 	return err
 }
 
-func markStale(ctx context.Context, tx storage.Tx, userID string) error {
-	_, err := tx.Exec(ctx, `UPDATE keyserver_remote_users SET stale = TRUE WHERE user_id = $1`, userID)
+// markStale marks userID's cache stale, creating the row for a user not
+// cached yet, so that a resync already under way (whose answer may
+// predate the update) leaves it stale too. streamID is the update's
+// stream ID (0 if it has none): the row keeps the highest one clients
+// were told of, which Resync compares its answer with.
+func markStale(ctx context.Context, tx storage.Tx, userID string, streamID int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, TRUE, $3)
+		ON CONFLICT (user_id) DO UPDATE SET stale = TRUE, updated_ts = excluded.updated_ts,
+			stream_id = CASE WHEN excluded.stream_id > keyserver_remote_users.stream_id THEN excluded.stream_id
+				ELSE keyserver_remote_users.stream_id END`, userID, streamID, time.Now().UnixMilli())
 	return err
 }
 
