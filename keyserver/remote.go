@@ -91,18 +91,44 @@ func fanOut[T any](ctx context.Context, timeout time.Duration, byServer map[stri
 // queryRemote adds remote users' keys to out: from the cache when fresh,
 // else from their servers.
 func (s *Server) queryRemote(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, out *keysResult) error {
-	for server, users := range remote {
-		for userID, wanted := range users {
-			ok, err := s.cachedKeys(ctx, userID, wanted, out)
-			if err != nil {
-				return err
+	fromCache := func() error {
+		for server, users := range remote {
+			for userID, wanted := range users {
+				ok, err := s.cachedKeys(ctx, userID, wanted, out)
+				if err != nil {
+					return err
+				}
+				if ok {
+					delete(users, userID)
+				}
 			}
-			if ok {
-				delete(users, userID)
+			if len(users) == 0 {
+				delete(remote, server)
 			}
 		}
-		if len(users) == 0 {
-			delete(remote, server)
+		return nil
+	}
+	if err := fromCache(); err != nil {
+		return err
+	}
+	// Tracked users without a fresh cache: resync them now, then answer
+	// from the cache; the others are asked through /user/keys/query.
+	var uncached []string
+	for _, users := range remote {
+		for userID := range users {
+			uncached = append(uncached, userID)
+		}
+	}
+	// One deadline for the resyncs and the queries after them.
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	filled, err := s.resyncTracked(ctx, uncached)
+	if err != nil {
+		return err
+	}
+	if len(filled) > 0 {
+		if err := fromCache(); err != nil {
+			return err
 		}
 	}
 	if s.fed == nil {
@@ -283,27 +309,90 @@ func (s *Server) startTracking(userID string) {
 		return
 	}
 	s.resyncMu.Lock()
-	if s.resyncing[userID] {
-		s.resyncMu.Unlock()
+	_, running := s.resyncing[userID]
+	s.resyncMu.Unlock()
+	if running {
 		return
 	}
-	s.resyncing[userID] = true
-	s.resyncMu.Unlock()
 	go func() {
-		defer func() {
-			s.resyncMu.Lock()
-			delete(s.resyncing, userID)
-			s.resyncMu.Unlock()
-		}()
 		ctx, cancel := context.WithTimeout(bg, resyncTimeout)
 		defer cancel()
 		if ok, err := s.tracked(ctx, userID); err != nil || !ok {
 			return
 		}
-		if err := s.Resync(ctx, userID); err != nil && bg.Err() == nil {
+		if err := s.resyncShared(ctx, userID); err != nil && bg.Err() == nil {
 			s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
 		}
 	}()
+}
+
+// resyncShared runs Resync for userID, or, when one is already running
+// (in the background, or for another /keys/query), waits for that one
+// instead of asking the user's server a second time. A wait that ends
+// returns nil even if the other resync failed: the caller reads the
+// cache and finds it fresh or not.
+func (s *Server) resyncShared(ctx context.Context, userID string) error {
+	s.resyncMu.Lock()
+	if done, ok := s.resyncing[userID]; ok {
+		s.resyncMu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	done := make(chan struct{})
+	s.resyncing[userID] = done
+	s.resyncMu.Unlock()
+	defer func() {
+		s.resyncMu.Lock()
+		delete(s.resyncing, userID)
+		s.resyncMu.Unlock()
+		close(done)
+	}()
+	return s.Resync(ctx, userID)
+}
+
+// resyncTracked fills the cache of those of users (all remote, none
+// cached) who share a room with a local user, in parallel, and returns
+// the ones it filled. Such a user's device list is tracked: it is
+// fetched whole once (GET /user/devices) and kept up to date by their
+// server's m.device_list_update EDUs, so later /keys/query calls ask no
+// one. Spec: client-server-api, "Tracking the device list for a user";
+// server-server-api, "Device Management".
+func (s *Server) resyncTracked(ctx context.Context, users []string) ([]string, error) {
+	if s.fed == nil || s.background() == nil {
+		return nil, nil
+	}
+	var tracked []string
+	for _, userID := range users {
+		ok, err := s.tracked(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			tracked = append(tracked, userID)
+		}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var filled []string
+	for _, userID := range tracked {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.resyncShared(ctx, userID); err != nil {
+				s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
+				return
+			}
+			mu.Lock()
+			filled = append(filled, userID)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return filled, nil
 }
 
 func (s *Server) background() context.Context {
@@ -421,15 +510,26 @@ func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, upda
 	if err := json.Unmarshal(update, &u); err != nil {
 		return mxerr.New(mxerr.BadJSON, "m.device_list_update: %v", err)
 	}
+	// Whether a local user shares a room with the user now.
+	shared, err := s.tracked(ctx, userID)
+	if err != nil {
+		return err
+	}
 	applied := false
-	err := s.db.Write(ctx, func(tx storage.Tx) error {
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		applied = false
-		if len(u.Keys) == 0 && !u.Deleted {
-			// A device with no keys, of which we hold none either: it is
-			// not in /keys/query answers, so no client has anything to
-			// refresh (a server announcing a joiner's devices sends such
+		if len(u.Keys) == 0 && !u.Deleted && shared {
+			// A device with no keys, of which we hold none either, of a
+			// user local clients already know of: it is not in
+			// /keys/query answers, so no client has anything to refresh
+			// (a server announcing a joiner's devices sends such
 			// updates; Complement TestDeviceListsUpdateOverFederation
-			// wants no change seen for them).
+			// wants no change seen for them). A user no local user
+			// shares a room with yet — a member of a partial-state room,
+			// whose state lacks them until the resync (MSC3706) — gets
+			// the change recorded: local users see it once the room's
+			// state names them (Complement msc3902
+			// CanReceiveDeviceListUpdateDuringPartialStateJoin).
 			var held int
 			if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_remote_device_keys WHERE user_id = $1 AND device_id = $2`,
 				userID, u.DeviceID).Scan(&held); err != nil {
