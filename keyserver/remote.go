@@ -620,3 +620,36 @@ func latestPosition(ctx context.Context, q storage.Querier, userID string, below
 	err := q.QueryRow(ctx, query, userID, below).Scan(&p)
 	return p.Int64, err
 }
+
+// MembersRevealed takes the remote members of a room whose partial-state
+// resync just completed (MSC3706): while the room was partial its state
+// lacked them, so a device-list update they sent meanwhile was recorded
+// when no local user shared a room with them, and a /sync that ran
+// before the resync filtered it out. Each of them with a change recorded
+// since sinceMillis (the join's time) gets a new change, after the
+// resync, which local users now sharing the room see. Members without
+// such an update are not reported: nothing of theirs changed.
+// Spec: client-server-api, "Tracking the device list for a user";
+// Complement msc3902 CanReceiveDeviceListUpdateDuringPartialStateJoin.
+func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMillis int64) error {
+	var changed []string
+	for _, userID := range userIDs {
+		if s.isLocal(userID) {
+			continue
+		}
+		var n int
+		if err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_device_list_changes
+			WHERE user_id = $1 AND changed_ts >= $2`, userID, sinceMillis).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			changed = append(changed, userID)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		return recordDeviceListChange(ctx, s.db, tx, s.notify, changed...)
+	})
+}
