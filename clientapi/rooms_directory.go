@@ -79,7 +79,21 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]any{"room_id": roomID, "servers": []string{s.serverName}})
+	// This server first, then the other servers in the room (for a
+	// partial-state room, those send_join named: MSC3706; Complement
+	// msc3902 "Room aliases can be added and queried during a resync"),
+	// any of which a client may join through.
+	servers := []string{s.serverName}
+	joined, err := s.rooms.rooms.JoinedServers(r.Context(), roomID)
+	if err != nil && !mxerr.Is(err, mxerr.NotFound) {
+		return err
+	}
+	for _, server := range joined {
+		if server != s.serverName {
+			servers = append(servers, server)
+		}
+	}
+	return httpx.OK(w, map[string]any{"room_id": roomID, "servers": servers})
 }
 
 // putAlias creates an alias on this server for a room it knows.

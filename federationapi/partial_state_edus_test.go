@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -161,9 +162,11 @@ func TestPartialStateJoinReceipt(t *testing.T) {
 // state) but not the members the partial state lacks, and the public
 // room directory counts only the members it holds; once the resync
 // completes, both know every member. A server administrator may publish
-// a room they have no power in. Complement: msc3902 "User directory is
+// a room they have no power in. An alias resolves to this server and the
+// servers send_join named. Complement: msc3902 "User directory is
 // correctly updated once state re-sync completes", "Room stats are
-// correctly updated once state re-sync completes".
+// correctly updated once state re-sync completes", "Room aliases can be
+// added and queried during a resync".
 func TestPartialStateJoinDirectories(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
@@ -219,6 +222,22 @@ func TestPartialStateJoinDirectories(t *testing.T) {
 		}
 		if got := joinedCount(); got != 1 {
 			t.Errorf("num_joined_members during the resync: %d, want 1", got)
+		}
+		// An alias made during the resync names the servers send_join
+		// named too, this one first.
+		alias := "/_matrix/client/v3/directory/room/" + url.PathEscape("#partial:"+b.Name)
+		if err := bob.rawCall(http.MethodPut, alias, map[string]string{"room_id": string(roomID)}, nil); err != nil {
+			t.Fatalf("creating an alias during the resync: %v", err)
+		}
+		var resolved struct {
+			RoomID  string   `json:"room_id"`
+			Servers []string `json:"servers"`
+		}
+		if err := bob.rawCall(http.MethodGet, alias, nil, &resolved); err != nil {
+			t.Fatal(err)
+		}
+		if resolved.RoomID != string(roomID) || !slices.Equal(resolved.Servers, []string{b.Name, a.Name}) {
+			t.Errorf("alias resolved to %+v, want %s via [%s %s]", resolved, roomID, b.Name, a.Name)
 		}
 
 		release()
