@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -125,11 +126,18 @@ func threepidNotFound(w http.ResponseWriter, r *http.Request) error {
 	return mxerr.New(mxerr.ThreepidNotFound, "no third-party identifier is bound to this account")
 }
 
-// supportedRoomVersions are the room versions offered in m.room_versions.
-const (
-	defaultRoomVersion = "12"
-	maxRoomVersion     = 12
-)
+// maxRoomVersion is the newest stable room version offered in
+// m.room_versions.
+const maxRoomVersion = 12
+
+// defaultRoomVersion is the room version new rooms get when the client
+// names none.
+func (s *Server) defaultRoomVersion() string {
+	if v := s.cfg.RoomServer.DefaultRoomVersion; v != "" {
+		return v
+	}
+	return config.RoomServer{}.Defaults().DefaultRoomVersion
+}
 
 // capabilities answers GET /capabilities.
 // Spec: client-server-api, "Capabilities negotiation".
@@ -144,7 +152,8 @@ func (s *Server) capabilities(w http.ResponseWriter, r *http.Request) error {
 	}
 	return httpx.OK(w, map[string]any{"capabilities": map[string]any{
 		"m.change_password": map[string]bool{"enabled": !d.IsGuest},
-		"m.room_versions":   map[string]any{"default": defaultRoomVersion, "available": versions},
+		// The default is the version createRoom uses (room_server.default_room_version).
+		"m.room_versions":   map[string]any{"default": s.defaultRoomVersion(), "available": versions},
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": true},
 		"m.3pid_changes":    map[string]bool{"enabled": false},

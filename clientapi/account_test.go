@@ -7,6 +7,7 @@ import (
 
 	"maunium.net/go/mautrix"
 
+	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
 )
 
@@ -138,5 +139,14 @@ func TestCapabilities(t *testing.T) {
 		if c == nil || c["enabled"] != want {
 			t.Errorf("%s = %v, want enabled %v", name, caps[name], want)
 		}
+	}
+
+	// The default is the configured one, the version createRoom uses.
+	srv11 := testserver.Start(t, "sqlite", func(c *config.Config) { c.RoomServer.DefaultRoomVersion = "11" })
+	cli11 := registerUser(t, srv11, "cap")
+	st, body = call(t, "GET", srv11.URL+"/_matrix/client/v3/capabilities", cli11.AccessToken, nil)
+	caps, _ = body["capabilities"].(map[string]any)
+	if rv, _ := caps["m.room_versions"].(map[string]any); st != 200 || rv["default"] != "11" {
+		t.Fatalf("capabilities with room_server.default_room_version 11: %d %v", st, body)
 	}
 }

@@ -21,6 +21,7 @@ import (
 type Rooms interface {
 	roomserver.API
 	roomserver.ClientReads
+	Relationships // relationships.go (MSC2836)
 }
 
 // roomMigrations are the tables of the room endpoints (aliases, the
@@ -88,6 +89,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.ephemeralRoutes(r)
 	s.searchRoutes(r)
 	s.threadSubscriptionRoutes(r)
+	s.eventRelationshipRoutes(r)
 }
 
 // caller is the authenticated user of a request.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -79,17 +80,17 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// This server first, then the other servers in the room (for a
-	// partial-state room, those send_join named: MSC3706; Complement
-	// msc3902 "Room aliases can be added and queried during a resync"),
-	// any of which a client may join through.
+	// servers: this server, then the other servers in the room, which a
+	// client may join through. While the room has partial state they
+	// are the servers send_join named (MSC3706), as over federation
+	// (GET /query/directory).
 	servers := []string{s.serverName}
-	joined, err := s.rooms.rooms.JoinedServers(r.Context(), roomID)
+	inRoom, err := s.rooms.rooms.JoinedServers(r.Context(), roomID)
 	if err != nil && !mxerr.Is(err, mxerr.NotFound) {
 		return err
 	}
-	for _, server := range joined {
-		if server != s.serverName {
+	for _, server := range inRoom {
+		if !slices.Contains(servers, server) {
 			servers = append(servers, server)
 		}
 	}

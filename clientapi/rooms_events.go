@@ -78,6 +78,9 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 	if err := s.allowMessage(me); err != nil {
 		return err
 	}
+	if err := s.checkRelationshipTarget(r.Context(), me.UserID, roomID, content); err != nil { // MSC2836
+		return err
+	}
 	ts, err := massagedTS(r, me)
 	if err != nil {
 		return err
@@ -139,6 +142,9 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if err := s.allowMessage(me); err != nil {
+		return err
+	}
+	if err := s.checkRelationshipTarget(ctx, me.UserID, roomID, content); err != nil { // MSC2836
 		return err
 	}
 	if current, err := s.rooms.rooms.CurrentStateEvent(ctx, me.UserID, roomID, eventType, stateKey); err == nil &&

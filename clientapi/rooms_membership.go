@@ -449,10 +449,13 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 
 // stateAtToken returns the room state at a pagination token (a /sync
 // prev_batch or next_batch, or a /messages token): the state after the
-// last event before it that userID may see. A token no such event
-// precedes names no point of the room: M_NOT_FOUND, as Synapse answers,
-// rather than the current state, which would list members who joined
-// after it. Complement: TestGetRoomMembersAtPoint.
+// last event before it that userID may see. A token before the room's
+// create event (the prev_batch of a /sync timeline that holds the whole
+// room) reads as the room as created: the state after its creator's
+// join (roomAsCreated). Any other token no visible event precedes names
+// no point of the room the user may read: M_NOT_FOUND, as Synapse
+// answers, rather than the current state, which would list members who
+// joined after it. Complement: TestGetRoomMembersAtPoint.
 func (s *Server) stateAtToken(ctx context.Context, userID, roomID, token string) ([]*roomserver.Event, error) {
 	if err := s.requireReadable(ctx, userID, roomID); err != nil {
 		return nil, err
@@ -468,14 +471,51 @@ func (s *Server) stateAtToken(ctx context.Context, userID, roomID, token string)
 	if err != nil {
 		return nil, err
 	}
-	if len(page.Events) == 0 {
+	point := ""
+	if len(page.Events) > 0 {
+		point = page.Events[0].EventID
+	} else if point, err = s.roomAsCreated(ctx, userID, roomID, token); err != nil {
+		return nil, err
+	}
+	if point == "" {
 		return nil, mxerr.New(mxerr.NotFound, "no event of the room you may see precedes %s", token)
 	}
-	at, err := s.rooms.rooms.StateAt(ctx, userID, page.Events[0].EventID)
+	at, err := s.rooms.rooms.StateAt(ctx, userID, point)
 	if err != nil {
 		return nil, err
 	}
 	return at.After, nil
+}
+
+// roomAsCreated returns the creator's join of roomID when token lies
+// before the room's create event ("" otherwise, or when userID may not
+// see those events). A /sync timeline that starts with the create
+// event has a prev_batch before the room existed, and the spec offers
+// exactly that token for "at"; the earliest point with members is the
+// room as its creator made it, the creator joined (the event after
+// m.room.create, by the auth rules; rooms/v1 onwards, "m.room.member":
+// the creator's join is the only member event allowed right after
+// create).
+// Spec: client-server-api, GET /rooms/{roomId}/members ("at ... can be
+// obtained from a prev_batch token returned for each room by the sync API").
+func (s *Server) roomAsCreated(ctx context.Context, userID, roomID, token string) (string, error) {
+	from, ok, err := s.paginationToken(ctx, roomID, token, roomserver.Forward)
+	if err != nil || !ok {
+		return "", err
+	}
+	page, err := s.rooms.rooms.Messages(ctx, roomserver.MessagesRequest{UserID: userID, RoomID: roomID, From: from, Dir: roomserver.Forward, Limit: 2})
+	if err != nil {
+		return "", err
+	}
+	if len(page.Events) < 2 || page.Events[0].Type != "m.room.create" {
+		return "", nil
+	}
+	join := page.Events[1]
+	if join.Type != "m.room.member" || join.StateKey == nil || *join.StateKey != join.Sender ||
+		join.Sender != page.Events[0].Sender || join.Membership != "join" {
+		return "", nil
+	}
+	return join.EventID, nil
 }
 
 // joinedMembers maps each joined user to their display name and avatar.

@@ -69,6 +69,10 @@ type Rooms interface {
 	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)
 	InputWithState(ctx context.Context, req roomserver.InputWithStateRequest) (*roomserver.InputEventResponse, error)
 	PersistRemoteInvite(ctx context.Context, invite *roomserver.RemoteInvite, signed json.RawMessage) (*roomserver.SendEventResponse, error)
+	// MSC2836 threading (relationships.go).
+	EventRelationships(ctx context.Context, q roomserver.RelationshipsQuery) (*roomserver.RelationshipsResponse, error)
+	RecordRemoteChildren(ctx context.Context, eventID string, sum roomserver.ChildrenSummary) error
+	AuthChain(ctx context.Context, eventIDs []string) ([]*roomserver.Event, error)
 }
 
 var _ Rooms = (*roomserver.Server)(nil)

@@ -221,6 +221,18 @@ func hasEvent(s *fedServer, userID, eventID string) bool {
 	return err == nil
 }
 
+// isRejected reports whether s stored eventID as rejected: known, yet
+// not served (a rejected event has no place in the room).
+func isRejected(s *fedServer, eventID string) bool {
+	ctx := context.Background()
+	unknown, err := s.HS.Rooms.UnknownEvents(ctx, []string{eventID})
+	if err != nil || len(unknown) != 0 {
+		return false
+	}
+	_, _, err = s.HS.Rooms.FederationEvent(ctx, eventID)
+	return err != nil
+}
+
 // publicRoom makes a public room on s created by local user.
 func publicRoom(t testing.TB, s *fedServer, creator string) string {
 	t.Helper()

@@ -25,6 +25,7 @@ func (s *Server) federationRoutes(r chi.Router) {
 	r.Method(http.MethodPost, "/v1/user/keys/query", httpx.H(s.userKeysQuery))
 	r.Method(http.MethodPost, "/v1/user/keys/claim", httpx.H(s.userKeysClaim))
 	r.Method(http.MethodGet, "/v1/user/devices/{userID}", httpx.H(s.userDevices))
+	r.Method(http.MethodPost, "/unstable/event_relationships", httpx.H(s.eventRelationships)) // MSC2836: relationships.go
 	r.Group(func(r chi.Router) {
 		r.Use(s.roomACL)
 		// Spec: server-server-api, "Server Access Control Lists (ACLs)":

@@ -217,32 +217,63 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return eventID, err
 	}
-	resp, err := s.inputFetchingAuth(ctx, origin, p)
+	resp, err := s.input(ctx, p)
 	if mxerr.Is(err, mxerr.NotFound) {
-		// Unknown prev events: fetch what lies between our
-		// forward extremities and this event, then retry.
-		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
-			return eventID, fmt.Errorf("%v; fetching missing events: %v", err, ferr)
-		}
-		resp, err = s.input(ctx, p)
-		if mxerr.Is(err, mxerr.NotFound) {
-			// Still not connected: take the state at the missing prev
-			// events from origin (gap.go).
-			var gerr error
-			if resp, gerr = s.fillGap(ctx, origin, p); gerr != nil {
-				return eventID, fmt.Errorf("%v; filling the gap: %v", err, gerr)
-			}
-			err = nil
-		}
+		resp, err = s.inputConnecting(ctx, origin, p, true)
 	}
 	if err != nil {
 		return eventID, err
 	}
-	switch resp.Outcome {
-	case roomserver.Rejected:
-		return eventID, fmt.Errorf("rejected: %s", resp.Reason)
+	if resp.Outcome == roomserver.Rejected {
+		// A rejected PDU was handled: checked and stored as rejected,
+		// so that events naming it are rejected too. The /send answer
+		// has no error for it: an error says the PDU was not processed
+		// (unverifiable, not connected to the room), and the sender
+		// gains nothing by retrying a rejection. Synapse answers the same,
+		// and Complement's MustSendTransaction relies on it (TestPartialStateJoin
+		// "Rejected events remain rejected after resync").
+		// Spec: server-server-api, "PUT /_matrix/federation/v1/send/{txnId}"
+		// (PDU Processing Result).
+		s.log.Debug("inbound PDU rejected", "origin", origin, "event_id", eventID, "reason", resp.Reason)
 	}
 	return eventID, nil
+}
+
+// inputConnecting inputs p, one of whose prev or auth events is unknown.
+// Prev events come first: the events between our forward extremities and
+// p (get_missing_events, when askMissing) and, for an event whose prev
+// events are still unknown after that, the state at those prev events
+// (gap.go), which holds most of the auth events too. Only an event whose
+// prev events are all known has its remaining auth events fetched
+// (inputFetchingAuth). This is the order of server-server-api, "Checks
+// performed on receipt of a PDU" (the state before the event comes from
+// its prev events), and it asks origin only for what it must serve: the
+// state at an event it sent, and the events that state names.
+func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPDU, askMissing bool) (*roomserver.InputEventResponse, error) {
+	missing, err := s.rooms.UnknownEvents(ctx, p.pdu.PrevEventIDs())
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 && askMissing {
+		// Unknown prev events: fetch what lies between our forward
+		// extremities and this event, then look again.
+		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
+			return nil, fmt.Errorf("prev events %v of %s are unknown; fetching missing events: %v", missing, p.pdu.EventID(), ferr)
+		}
+		if missing, err = s.rooms.UnknownEvents(ctx, p.pdu.PrevEventIDs()); err != nil {
+			return nil, err
+		}
+	}
+	if len(missing) > 0 {
+		// Still not connected: take the state at the missing prev
+		// events from origin (gap.go).
+		resp, gerr := s.fillGap(ctx, origin, p)
+		if gerr != nil {
+			return nil, mxerr.New(mxerr.NotFound, "prev events %v of %s are unknown; filling the gap: %v", missing, p.pdu.EventID(), gerr)
+		}
+		return resp, nil
+	}
+	return s.inputFetchingAuth(ctx, origin, p)
 }
 
 func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEventResponse, error) {
@@ -282,9 +313,30 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 		parsed = append(parsed, mp)
 	}
 	sortByDepth(parsed)
+	inBatch := map[string]bool{}
 	for _, mp := range parsed {
-		if _, err := s.inputFetchingAuth(ctx, origin, mp); err != nil {
+		inBatch[mp.pdu.EventID()] = true
+	}
+	for _, mp := range parsed {
+		// The oldest of them may still miss prev events: they get the
+		// state at those (never another get_missing_events round). One
+		// that waits on an event of this batch that failed fails too,
+		// without asking for state the failure already asked for.
+		resp, err := s.input(ctx, mp)
+		if mxerr.Is(err, mxerr.NotFound) {
+			var unknown []string
+			if unknown, err = s.rooms.UnknownEvents(ctx, mp.pdu.PrevEventIDs()); err == nil {
+				if slices.ContainsFunc(unknown, func(id string) bool { return inBatch[id] }) {
+					err = mxerr.New(mxerr.NotFound, "prev events %v of %s are unknown", unknown, mp.pdu.EventID())
+				} else {
+					resp, err = s.inputConnecting(ctx, origin, mp, false)
+				}
+			}
+		}
+		if err != nil {
 			s.log.Debug("missing event not accepted", "event_id", mp.pdu.EventID(), "err", err)
+		} else if resp.Outcome == roomserver.Rejected {
+			s.log.Debug("missing event rejected", "event_id", mp.pdu.EventID(), "reason", resp.Reason)
 		}
 	}
 	return nil

@@ -246,6 +246,15 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		}
 	}
 	stateIDs = slices.DeleteFunc(stateIDs, func(id string) bool { return byID[id] == nil })
+	// The join itself must pass the auth rules against its own auth
+	// events (the template's choice), from the response or already held:
+	// a resident server that leaves the joiner's ban out of the state it
+	// answers (partial state omits members) still named it there.
+	// Spec: server-server-api, "Checks performed on receipt of a PDU"
+	// (step 4).
+	if err := s.joinAllowedByOwnAuth(ctx, join, roomID, byID); err != nil {
+		return nil, err
+	}
 	// The state must hold the create event, one event per key, and let
 	// the join in.
 	stateByKey := map[tuple]gomatrixserverlib.PDU{}
@@ -362,4 +371,61 @@ func sortedByDepth(m map[string]gomatrixserverlib.PDU) []string {
 		return 0
 	})
 	return ids
+}
+
+// joinAllowedByOwnAuth checks a send_join's join event against its own
+// auth events, taken from the response (byID) or from the events this
+// server holds. When one is found in neither, the auth rules are not run
+// on the rest (a missing join rules event would read as "invite"): the
+// state check that follows still judges the join. One held as rejected,
+// or of another room, refuses it.
+func (s *Server) joinAllowedByOwnAuth(ctx context.Context, join gomatrixserverlib.PDU, roomID string, byID map[string]gomatrixserverlib.PDU) error {
+	if listsImpliedCreate(join) {
+		return mxerr.New(mxerr.Forbidden, "the join is not allowed: %s", impliedCreateReason)
+	}
+	var auth []gomatrixserverlib.PDU
+	var missing []string
+	complete := true
+	for _, id := range join.AuthEventIDs() {
+		if ae, ok := byID[id]; ok {
+			auth = append(auth, ae)
+		} else {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		held, err := s.loadEventsByID(ctx, s.db.Reader(), nil, missing)
+		if err != nil {
+			return err
+		}
+		for _, id := range missing {
+			he, ok := held[id]
+			if !ok {
+				complete = false
+				continue
+			}
+			if he.row.Rejected || he.row.RoomID != roomID {
+				return mxerr.New(mxerr.Forbidden, "the join names auth event %s, which is rejected or of another room", id)
+			}
+			auth = append(auth, he.pdu)
+		}
+	}
+	seen := map[tuple]bool{}
+	for _, ae := range auth {
+		if ae.StateKey() == nil {
+			return mxerr.New(mxerr.Forbidden, "the join names auth event %s, which is not a state event", ae.EventID())
+		}
+		k := tuple{ae.Type(), *ae.StateKey()}
+		if seen[k] {
+			return mxerr.New(mxerr.Forbidden, "the join names two auth events for (%s, %s)", k.Type, k.StateKey)
+		}
+		seen[k] = true
+	}
+	if !complete {
+		return nil
+	}
+	if err := allowed(join, auth); err != nil {
+		return mxerr.New(mxerr.Forbidden, "the join is not allowed by its auth events: %v", err)
+	}
+	return nil
 }

@@ -181,6 +181,9 @@ func (s *Server) outlierRejected(ctx context.Context, tx storage.Tx, room *roomR
 		}
 		auth = append(auth, ae.pdu)
 	}
+	if listsImpliedCreate(pdu) {
+		reason = impliedCreateReason
+	}
 	if reason != "" {
 		return reason, true, nil
 	}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -73,6 +75,9 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 			return nil, err
 		}
 		return reject(format, args...)
+	}
+	if listsImpliedCreate(pdu) {
+		return rejectByAuth("%s", impliedCreateReason)
 	}
 	authIDs := pdu.AuthEventIDs()
 	authEvents, err := s.loadEventsByID(ctx, q, tx, authIDs)
@@ -304,6 +309,30 @@ func sameEvents(a, b []gomatrixserverlib.PDU) bool {
 func isCreate(pdu gomatrixserverlib.PDU) bool {
 	return pdu.Type() == "m.room.create" && pdu.StateKeyEquals("")
 }
+
+// listsImpliedCreate reports whether pdu, in a room version whose room ID
+// is its create event's ID (12 and later), names the create event in its
+// auth_events itself. Such an event is rejected: "m.room.create MUST NOT
+// be selected" (rooms/v12, authorization rules 3.2). The check reads the
+// event's own auth_events, since gomatrixserverlib's AuthEventIDs adds
+// the create event implied by the room ID to them (so an event listing it
+// would otherwise look like one with two create events).
+func listsImpliedCreate(pdu gomatrixserverlib.PDU) bool {
+	impl, err := roomVersion(string(pdu.Version()))
+	if err != nil || !impl.DomainlessRoomIDs() || isCreate(pdu) {
+		return false
+	}
+	createID := "$" + strings.TrimPrefix(pdu.RoomID().String(), "!")
+	for _, id := range gjson.GetBytes(pdu.JSON(), "auth_events").Array() {
+		if id.Str == createID {
+			return true
+		}
+	}
+	return false
+}
+
+// impliedCreateReason is the rejection reason for listsImpliedCreate.
+const impliedCreateReason = "the create event is listed in auth_events, which room version 12 forbids (its room ID implies it)"
 
 func sameSet(a, b []string) bool {
 	if len(a) != len(b) {

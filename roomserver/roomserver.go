@@ -134,6 +134,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err := deps.DB.Migrate(ctx, "roomserver", sub); err != nil {
 		return nil, err
 	}
+	if err := migrateRelationships(ctx, deps.DB); err != nil {
+		return nil, err
+	}
 	now := deps.Now
 	if now == nil {
 		now = time.Now

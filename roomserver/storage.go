@@ -120,6 +120,9 @@ func (s *Server) insertEvent(ctx context.Context, tx storage.Tx, e *eventRow) (i
 	if err != nil {
 		return 0, fmt.Errorf("inserting event %s: %w", e.EventID, err)
 	}
+	if err := indexRelationship(ctx, tx, e); err != nil { // relationships.go (MSC2836)
+		return 0, err
+	}
 	return e.NID, nil
 }
 

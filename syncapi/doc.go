@@ -16,6 +16,15 @@
 // or members; other streams wake every waiter, which re-reads cheaply.
 // No request polls the database while it waits.
 //
+// Requests woken together share what is the same for all of them and
+// exact: the stream heads between notifications (heads.go, carried
+// forward by room and counts notifications, off with Redis), the rooms
+// with events in a committed window (newscache.go) and parsed filters
+// (filtercache.go). Everything a user may or may not see — memberships,
+// timeline visibility, ignored users, transaction IDs, counts — is read
+// per request; a request's independent reads run concurrently
+// (concurrently.go).
+//
 // Sliding sync keeps per-connection state (which rooms were sent, up to
 // which position, with which config) in memory, keyed by user, device
 // and conn_id. A pos the server no longer knows (after a restart, or

@@ -21,5 +21,5 @@ func (s *Server) ZeroSharedHeads() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen, c.at, c.heads = c.n.Changed(), time.Now(), syncToken{}
+	c.gen, c.at, c.heads, c.seen = c.n.Changed(), time.Now(), syncToken{}, c.n.Positions()
 }

@@ -47,3 +47,45 @@ func (c *filterCache) Filter(ctx context.Context, userID, filterID string) (*cli
 	c.byKey[key] = f
 	return f, nil
 }
+
+// Bounds of the inline filter cache: a client can send any number of
+// distinct filters, so entries and their size are limited.
+const (
+	maxInlineFilters     = 1000
+	maxInlineFilterBytes = 4096
+)
+
+// inlineFilters remembers parsed inline filters (the filter parameter
+// given as JSON) by their exact text, so a client long-polling with the
+// same inline filter does not parse it on every request. Parsing is a
+// function of the text alone, so an entry is never stale. Parse errors
+// are not remembered. The *Filter values are shared and must not be
+// modified. Bounded: emptied when full.
+type inlineFilters struct {
+	mu     sync.Mutex
+	byText map[string]*clientapi.Filter // guarded by mu
+}
+
+// parse returns clientapi.ParseFilter(text), from the cache when it can.
+func (c *inlineFilters) parse(text string) (*clientapi.Filter, error) {
+	if len(text) > maxInlineFilterBytes {
+		return clientapi.ParseFilter([]byte(text))
+	}
+	c.mu.Lock()
+	f, ok := c.byText[text]
+	c.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	f, err := clientapi.ParseFilter([]byte(text))
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byText == nil || len(c.byText) >= maxInlineFilters {
+		c.byText = map[string]*clientapi.Filter{}
+	}
+	c.byText[text] = f
+	return f, nil
+}

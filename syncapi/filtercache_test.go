@@ -2,6 +2,7 @@ package syncapi
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/myelin-chat/myelin/clientapi"
@@ -53,5 +54,41 @@ func TestFilterCache(t *testing.T) {
 	}
 	if len(c.byKey) != 1 {
 		t.Fatalf("a full cache kept %d entries, want only the new one", len(c.byKey))
+	}
+}
+
+// TestInlineFilterCache: an inline filter is parsed once per exact text
+// and the same parse answers every request with that text; a different
+// text is its own entry; a bad filter is refused every time (failures
+// are not remembered); an oversized text is parsed but not kept.
+func TestInlineFilterCache(t *testing.T) {
+	var c inlineFilters
+	text := `{"room":{"timeline":{"limit":5}}}`
+	first, err := c.parse(text)
+	if err != nil || first.Room == nil || first.Room.Timeline == nil || *first.Room.Timeline.Limit != 5 {
+		t.Fatalf("parse: %+v, %v", first, err)
+	}
+	again, err := c.parse(text)
+	if err != nil || again != first {
+		t.Fatalf("second parse of the same text = %p, %v; want the cached %p", again, err, first)
+	}
+	other, err := c.parse(`{"room":{"timeline":{"limit":6}}}`)
+	if err != nil || *other.Room.Timeline.Limit != 6 {
+		t.Fatalf("another text: %+v, %v", other, err)
+	}
+	for range 2 {
+		if _, err := c.parse(`{"event_format":"xml"}`); !mxerr.Is(err, mxerr.BadJSON) {
+			t.Fatalf("bad filter: %v, want M_BAD_JSON", err)
+		}
+	}
+	if len(c.byText) != 2 {
+		t.Fatalf("cache holds %d entries, want 2 (failures are not kept)", len(c.byText))
+	}
+	big := `{"room":{"timeline":{"types":["` + strings.Repeat("x", maxInlineFilterBytes) + `"]}}}`
+	if f, err := c.parse(big); err != nil || len(f.Room.Timeline.Types) != 1 {
+		t.Fatalf("oversized filter: %+v, %v", f, err)
+	}
+	if len(c.byText) != 2 {
+		t.Fatalf("an oversized filter was kept (%d entries)", len(c.byText))
 	}
 }

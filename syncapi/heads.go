@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/notifier"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // headsCache shares the stream heads that are the same for every user
@@ -30,26 +31,57 @@ import (
 // Only the in-process notifier qualifies: across processes (Redis) a
 // notification can be late or lost, so the heads are read every time.
 //
+// Carrying an entry forward: a message moves only the room stream and,
+// one commit later, the push consumer's counts position. When nothing
+// but those two streams was notified since an entry's read, the next
+// generation's entry is the old one with Room raised to the notified
+// room position and Unread to the notified counts position (never past
+// Room), without reading the database. That is exact for the same
+// reason as the cache itself: a notified position is committed (every
+// writer notifies after its commit; room positions and the consumer's
+// position commit in order), so everything up to it is readable, and
+// the other streams' heads are still committed positions that nothing
+// has been notified past. Any other stream's notification, or an entry
+// whose last read is maxHeadsAge old, makes the next get read afresh.
+//
 // Concurrency: guarded by mu.
 type headsCache struct {
-	n  *notifier.Notifier // nil: caching off
-	mu sync.Mutex
+	n *notifier.Notifier // nil: caching off
+	// counts: the heads' Unread is the push consumer's position, which
+	// it notifies as UnreadCountsStream (immutable).
+	counts bool
+	mu     sync.Mutex
 	// gen is the Changed channel the entry was read under; nil: empty.
-	gen   <-chan struct{}
+	gen <-chan struct{}
+	// at is the time of the entry's last database read.
 	at    time.Time
 	heads syncToken
+	// seen are the notifier's positions taken before the entry's last
+	// database read or carried with it: the heads include every
+	// notification they hold.
+	seen notifier.Positions
+	// reads counts database reads (tests).
+	reads int
 }
+
+// carriedStreams are the streams whose notified positions an entry can
+// take over without a read.
+var carriedStreams = map[string]bool{roomserver.Stream: true, UnreadCountsStream: true}
 
 // maxHeadsAge bounds an entry's life.
 const maxHeadsAge = 250 * time.Millisecond
 
-func newHeadsCache(b notifier.Broadcaster) *headsCache {
+// newHeadsCache caches the heads for the in-process notifier b; counts
+// says whether the heads' Unread follows UnreadCountsStream (sync has a
+// push component).
+func newHeadsCache(b notifier.Broadcaster, counts bool) *headsCache {
 	n, _ := b.(*notifier.Notifier)
-	return &headsCache{n: n}
+	return &headsCache{n: n, counts: counts}
 }
 
 // get returns the shared heads, read by read when the cache has no entry
-// for the current notification generation (or fresh is set).
+// for the current notification generation that it can carry forward (or
+// fresh is set).
 func (c *headsCache) get(ctx context.Context, fresh bool, read func(context.Context) (syncToken, error)) (syncToken, error) {
 	if c.n == nil {
 		return read(ctx)
@@ -58,24 +90,58 @@ func (c *headsCache) get(ctx context.Context, fresh bool, read func(context.Cont
 	now := time.Now()
 	if !fresh {
 		c.mu.Lock()
-		if c.gen == gen && now.Sub(c.at) < maxHeadsAge {
-			h := c.heads
-			c.mu.Unlock()
-			return h, nil
+		if c.gen != nil && now.Sub(c.at) < maxHeadsAge {
+			if c.gen == gen {
+				h := c.heads
+				c.mu.Unlock()
+				return h, nil
+			}
+			// Positions is taken after gen: a notification between the
+			// two retires gen, and the next get carries again.
+			if pos := c.n.Positions(); c.carry(pos) {
+				c.gen, c.seen = gen, pos
+				h := c.heads
+				c.mu.Unlock()
+				return h, nil
+			}
 		}
 		c.mu.Unlock()
 	}
+	seen := c.n.Positions()
 	h, err := read(ctx)
 	if err != nil {
 		return h, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.reads++
 	if c.gen == gen && now.Sub(c.at) < maxHeadsAge {
 		// Two reads in one generation: keep the higher of each; both
-		// are committed positions.
+		// are committed positions, and together they include every
+		// notification either saw.
 		h = h.max(c.heads)
+		for stream, p := range c.seen {
+			seen[stream] = max(seen[stream], p)
+		}
 	}
-	c.gen, c.at, c.heads = gen, now, h
+	c.gen, c.at, c.heads, c.seen = gen, now, h, seen
 	return h, nil
+}
+
+// carry raises the entry to the notifier's positions pos and reports
+// true when only carriedStreams moved past what the entry has seen;
+// otherwise it leaves the entry alone and reports false. c.mu is held.
+func (c *headsCache) carry(pos notifier.Positions) bool {
+	for stream, p := range pos {
+		if !carriedStreams[stream] && p > c.seen[stream] {
+			return false
+		}
+	}
+	h := c.heads
+	h.Room = max(h.Room, pos[roomserver.Stream])
+	if c.counts {
+		h.Unread = min(max(h.Unread, pos[UnreadCountsStream]), h.Room)
+	}
+	c.heads = h
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/notifier"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // fakeBroadcaster is a Broadcaster that is not the in-process Notifier.
@@ -19,7 +20,7 @@ type fakeBroadcaster struct{ *notifier.Notifier }
 func TestHeadsCache(t *testing.T) {
 	ctx := context.Background()
 	n := notifier.New()
-	c := newHeadsCache(n)
+	c := newHeadsCache(n, true)
 	reads := 0
 	next := syncToken{Room: 5, Receipts: 2}
 	read := func(context.Context) (syncToken, error) { reads++; return next, nil }
@@ -56,7 +57,7 @@ func TestHeadsCache(t *testing.T) {
 		t.Fatalf("get after maxHeadsAge = %+v after %d reads", h, reads)
 	}
 
-	remote := newHeadsCache(fakeBroadcaster{notifier.New()})
+	remote := newHeadsCache(fakeBroadcaster{notifier.New()}, true)
 	reads = 0
 	for range 3 {
 		if _, err := remote.get(ctx, false, read); err != nil {
@@ -65,5 +66,63 @@ func TestHeadsCache(t *testing.T) {
 	}
 	if reads != 3 {
 		t.Fatalf("a non-local notifier read %d times for 3 gets, want 3", reads)
+	}
+}
+
+// TestHeadsCacheCarriesRoomAndCounts: after a notification of the room
+// stream or the push consumer's counts alone, the next generation's
+// heads are the cached ones raised to the notified positions (Unread
+// never past Room), with no read; a notification of any other stream,
+// or an entry whose last read is maxHeadsAge old, reads again. Without
+// push, Unread does not follow the counts stream.
+func TestHeadsCacheCarriesRoomAndCounts(t *testing.T) {
+	ctx := context.Background()
+	n := notifier.New()
+	c := newHeadsCache(n, true)
+	next := syncToken{Room: 20, Receipts: 2, Unread: 18}
+	read := func(context.Context) (syncToken, error) { return next, nil }
+	get := func(want syncToken, wantReads int) {
+		t.Helper()
+		h, err := c.get(ctx, false, read)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h != want || c.reads != wantReads {
+			t.Fatalf("get = %+v after %d reads, want %+v after %d", h, c.reads, want, wantReads)
+		}
+	}
+	get(next, 1)
+	// A database read may be ahead of the notifications: a lower
+	// notified position never lowers a head.
+	n.Notify(roomserver.Stream, 15)
+	get(syncToken{Room: 20, Receipts: 2, Unread: 18}, 1)
+	n.Notify(roomserver.Stream, 22)
+	get(syncToken{Room: 22, Receipts: 2, Unread: 18}, 1)
+	n.Notify(UnreadCountsStream, 21)
+	get(syncToken{Room: 22, Receipts: 2, Unread: 21}, 1)
+	n.Notify(UnreadCountsStream, 30) // never past Room
+	get(syncToken{Room: 22, Receipts: 2, Unread: 22}, 1)
+	// Another stream: read again.
+	n.Notify(ReceiptStream, 3)
+	next = syncToken{Room: 23, Receipts: 3, Unread: 23}
+	get(next, 2)
+	// The carried entry keeps the age of its last read.
+	c.mu.Lock()
+	c.at = time.Now().Add(-maxHeadsAge)
+	c.mu.Unlock()
+	n.Notify(roomserver.Stream, 24)
+	next = syncToken{Room: 25, Receipts: 3, Unread: 24}
+	get(next, 3)
+
+	noPush := newHeadsCache(n, false)
+	next = syncToken{Room: 25, Receipts: 3}
+	h, err := noPush.get(ctx, false, read)
+	if err != nil || h != next {
+		t.Fatalf("get = %+v, %v", h, err)
+	}
+	n.Notify(UnreadCountsStream, 40)
+	n.Notify(roomserver.Stream, 26)
+	if h, err = noPush.get(ctx, false, read); err != nil || h != (syncToken{Room: 26, Receipts: 3}) || noPush.reads != 1 {
+		t.Fatalf("without push: get = %+v after %d reads, want Room 26 and Unread 0 after 1", h, noPush.reads)
 	}
 }

@@ -31,6 +31,10 @@ type roomBuilder struct {
 	// invitePermission is the user's MSC4155 config, read by hideInvite.
 	invitePermission *clientapi.InvitePermissionConfig
 	blocksAllInvites bool
+	// sentWhole: some joined room goes out whole in an incremental sync
+	// (joined since the token, or resynced after a partial-state join);
+	// the client has no counts for it yet.
+	sentWhole bool
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -59,7 +63,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 	// token (nothing for their timeline or state), so a woken request
 	// costs what changed, not three queries per room the user is in.
 	if !b.initial() && b.heads.Room > b.since.Room {
-		rooms, complete, err := b.s.rooms.RoomsWithEvents(ctx, b.since.Room, b.heads.Room, newsScanLimit)
+		rooms, complete, err := b.s.news.roomsWithEvents(ctx, b.since.Room, b.heads.Room, newsScanLimit)
 		if err != nil {
 			return err
 		}
@@ -102,6 +106,7 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 				break // nothing new in it (its ephemeral news are added below)
 			}
 			var jr *joinedRoom
+			b.sentWhole = b.sentWhole || newSince
 			if jr, err = b.joined(ctx, m, b.initial() || newSince); err == nil && jr != nil {
 				out.Join[m.RoomID] = jr
 			}
@@ -142,7 +147,12 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 }
 
 // timeline reads and renders the latest events of a room in (from, to].
-func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
+// The reads that need the events — transaction IDs, unsigned.membership,
+// prev_content, bundled aggregations — and also, when not nil (the
+// caller's own read of the same events), run concurrently: a woken
+// request's latency is then the longest of them, not their sum.
+func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64,
+	also func(context.Context, []*roomserver.Event) error) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
 	limit := b.timelineLimit()
 	rr, err := b.s.rooms.RecentEvents(ctx, roomserver.RecentRequest{
 		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1)})
@@ -153,44 +163,58 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		rr = emptyTimeline(rr)
 	}
 	evs := b.withoutIgnored(filterEvents(b.roomFilter().Timeline, rr.Events))
-	var own []string
+	var own, ids, stateIDs []string
 	for _, e := range evs {
 		if e.Sender == b.req.userID {
 			own = append(own, e.EventID)
 		}
-	}
-	if b.fmt.txnIDs, err = b.s.rooms.TxnIDs(ctx, roomID, b.req.userID, b.req.deviceID, own); err != nil {
-		return timeline{}, nil, nil, err
-	}
-	ids := make([]string, len(evs))
-	for i, e := range evs {
-		ids[i] = e.EventID
-	}
-	// Spec: unsigned.membership, the caller's membership at each event.
-	// Complement: TestMembershipOnEvents.
-	if b.fmt.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids); err != nil {
-		return timeline{}, nil, nil, err
-	}
-	var stateIDs []string
-	for _, e := range evs {
+		ids = append(ids, e.EventID)
 		if e.StateKey != nil {
 			stateIDs = append(stateIDs, e.EventID)
 		}
 	}
-	// Spec: unsigned.prev_content of the timeline's state events.
-	if b.fmt.prevStates, err = b.s.rooms.PrevStates(ctx, stateIDs); err != nil {
-		return timeline{}, nil, nil, err
+	var reads concurrently
+	var txnIDs, memberships map[string]string
+	var prevStates map[string]*roomserver.PrevState
+	var relations map[string]json.RawMessage
+	if len(own) > 0 {
+		reads.do(func(ctx context.Context) (err error) {
+			txnIDs, err = b.s.rooms.TxnIDs(ctx, roomID, b.req.userID, b.req.deviceID, own)
+			return err
+		})
+	}
+	if len(ids) > 0 {
+		// Spec: unsigned.membership, the caller's membership at each event.
+		// Complement: TestMembershipOnEvents.
+		reads.do(func(ctx context.Context) (err error) {
+			memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids)
+			return err
+		})
+	}
+	if len(stateIDs) > 0 {
+		// Spec: unsigned.prev_content of the timeline's state events.
+		reads.do(func(ctx context.Context) (err error) {
+			prevStates, err = b.s.rooms.PrevStates(ctx, stateIDs)
+			return err
+		})
 	}
 	// A limited timeline's events carry their bundled aggregations: the
 	// client has not seen the child events that the gap hides.
 	// Spec: client-server-api, "Aggregations of child events" (GET /sync
 	// when the relevant section has a limited value).
-	b.fmt.relations = nil
 	if rr.Limited && b.s.aggs != nil && !b.fmt.federation && len(evs) > 0 {
-		if b.fmt.relations, err = b.s.aggs.BundledAggregations(ctx, b.req.userID, b.req.deviceID, evs); err != nil {
-			return timeline{}, nil, nil, err
-		}
+		reads.do(func(ctx context.Context) (err error) {
+			relations, err = b.s.aggs.BundledAggregations(ctx, b.req.userID, b.req.deviceID, evs)
+			return err
+		})
 	}
+	if also != nil {
+		reads.do(func(ctx context.Context) error { return also(ctx, evs) })
+	}
+	if err := reads.wait(ctx); err != nil {
+		return timeline{}, nil, nil, err
+	}
+	b.fmt.txnIDs, b.fmt.memberships, b.fmt.prevStates, b.fmt.relations = txnIDs, memberships, prevStates, relations
 	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil
 }
 
@@ -222,21 +246,38 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 	if full {
 		from = 0
 	}
-	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, b.heads.Room)
-	if err != nil {
-		return nil, err
-	}
 	lazy := b.lazy()
 	// base is the state the client must learn: all current state for a
 	// full room, else what changed since the token and is still current.
+	// It is read while the timeline is.
 	var base []*roomserver.Event
+	var baseRead concurrently
 	switch {
 	case full:
-		base, err = b.s.rooms.IndexedCurrentState(ctx, m.RoomID, nil, lazy)
+		baseRead.do(func(ctx context.Context) (err error) {
+			base, err = b.s.rooms.IndexedCurrentState(ctx, m.RoomID, nil, lazy)
+			return err
+		})
 	case b.news != nil && !b.news[m.RoomID]:
 		// No state event in the room since the token: no state delta.
 	default:
-		base, err = b.s.rooms.StateDelta(ctx, m.RoomID, b.since.Room, b.heads.Room)
+		baseRead.do(func(ctx context.Context) (err error) {
+			base, err = b.s.rooms.StateDelta(ctx, m.RoomID, b.since.Room, b.heads.Room)
+			return err
+		})
+	}
+	baseRead.start(ctx)
+	var members []*roomserver.Event // the lazy members read with the timeline
+	var readMembers func(context.Context, []*roomserver.Event) error
+	if lazy {
+		readMembers = func(ctx context.Context, tl []*roomserver.Event) (err error) {
+			members, err = b.lazyMemberEvents(ctx, m.RoomID, tl)
+			return err
+		}
+	}
+	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, b.heads.Room, readMembers)
+	if werr := baseRead.wait(ctx); err == nil {
+		err = werr
 	}
 	if err != nil {
 		return nil, err
@@ -253,9 +294,7 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 	}
 	state = b.filterState(state)
 	if lazy {
-		if state, err = b.addLazyMembers(ctx, m.RoomID, state, tlEvents); err != nil {
-			return nil, err
-		}
+		state = b.addLazyMembers(m.RoomID, state, tlEvents, members)
 	}
 	acct := b.roomAcct[m.RoomID]
 	if !full && len(tl.Events) == 0 && len(state) == 0 && len(acct) == 0 {
@@ -301,11 +340,10 @@ func (b *roomBuilder) filterState(state []*roomserver.Event) []*roomserver.Event
 	return filterEvents(sf, state)
 }
 
-// addLazyMembers adds the current membership events of the timeline's
-// senders (and the user's own), leaving out those this device was sent
-// before unless include_redundant_members is set.
-// Spec: client-server-api, "Lazy-loading room members".
-func (b *roomBuilder) addLazyMembers(ctx context.Context, roomID string, state, tl []*roomserver.Event) ([]*roomserver.Event, error) {
+// lazyMemberEvents reads the current membership events of the timeline's
+// senders and the user's own (for senders whose membership is not in
+// the room's current state, the one their event was authorised by).
+func (b *roomBuilder) lazyMemberEvents(ctx context.Context, roomID string, tl []*roomserver.Event) ([]*roomserver.Event, error) {
 	want := []string{b.req.userID}
 	for _, e := range tl {
 		if !contains(want, e.Sender) {
@@ -316,9 +354,13 @@ func (b *roomBuilder) addLazyMembers(ctx context.Context, roomID string, state, 
 	if err != nil {
 		return nil, err
 	}
-	if members, err = b.membersFromAuth(ctx, members, tl); err != nil {
-		return nil, err
-	}
+	return b.membersFromAuth(ctx, members, tl)
+}
+
+// addLazyMembers adds members (lazyMemberEvents), leaving out those this
+// device was sent before unless include_redundant_members is set.
+// Spec: client-server-api, "Lazy-loading room members".
+func (b *roomBuilder) addLazyMembers(roomID string, state, tl, members []*roomserver.Event) []*roomserver.Event {
 	redundantOK := b.roomFilter().State.IncludeRedundantMembers
 	inTimeline := map[string]bool{}
 	if b.req.stateAfter == "" {
@@ -341,7 +383,7 @@ func (b *roomBuilder) addLazyMembers(ctx context.Context, roomID string, state, 
 			b.s.members.remember(cacheKey, stateKeyOf(e), e.EventID)
 		}
 	}
-	return state, nil
+	return state
 }
 
 // summary builds the room summary. Spec: client-server-api, RoomSummary:
@@ -390,7 +432,7 @@ func (b *roomBuilder) left(ctx context.Context, m roomserver.MembershipEntry) (*
 	if b.initial() {
 		from = 0
 	}
-	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, m.StreamPos)
+	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, m.StreamPos, nil)
 	if err != nil {
 		return nil, err
 	}

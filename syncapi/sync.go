@@ -96,7 +96,8 @@ type joinedRoom struct {
 	AccountData        eventList    `json:"account_data"`
 	// Unread counts come from Deps.Push (fillUnread). An incremental
 	// sync leaves them out (they are optional) for a room whose counts
-	// cannot have changed: no event in it and no receipt since the token.
+	// cannot have changed: no event in it and no receipt since the
+	// token, or (a long poll) nothing counted past the token's Unread.
 	UnreadNotifications       *unreadCounts           `json:"unread_notifications,omitempty"`
 	UnreadThreadNotifications map[string]unreadCounts `json:"unread_thread_notifications,omitempty"`
 }
@@ -200,7 +201,7 @@ func (s *Server) parseSyncRequest(r *http.Request) (*syncRequest, error) {
 	}
 	if v := q.Get("filter"); v != "" {
 		if strings.HasPrefix(strings.TrimSpace(v), "{") {
-			req.filter, err = clientapi.ParseFilter([]byte(v))
+			req.filter, err = s.inline.parse(v)
 		} else {
 			req.filter, err = s.storedFilters.Filter(r.Context(), req.userID, v)
 		}
@@ -373,6 +374,22 @@ func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 // compute builds one response from since (zero for an initial sync) up
 // to the current heads.
 func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, error) {
+	// The device's key counts depend on nothing else in the response:
+	// they are read while the rest is.
+	var keyCounts concurrently
+	var otk map[string]int
+	var fallback []string
+	if s.e2ee != nil {
+		keyCounts.do(func(ctx context.Context) (err error) {
+			otk, fallback, err = s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
+			return err
+		})
+		keyCounts.start(ctx)
+		// On an early return the read still ends before compute does
+		// (its error is then not news); on the normal path wait below
+		// has already collected it and this returns at once.
+		defer func() { _ = keyCounts.wait(ctx) }()
+	}
 	heads, memberships, err := s.heads(ctx, req.userID)
 	if err != nil {
 		return nil, err
@@ -443,6 +460,15 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, rb.membershipMoved(memberships), resp); err != nil {
 		return nil, err
 	}
+	if err := keyCounts.wait(ctx); err != nil {
+		return nil, err
+	}
+	if otk != nil {
+		resp.OneTimeKeysCount = otk
+	}
+	if fallback != nil {
+		resp.FallbackKeys = fallback
+	}
 	resp.NextBatch = heads.String()
 	return resp, nil
 }
@@ -471,7 +497,8 @@ func (b *roomBuilder) membershipMoved(memberships []roomserver.MembershipEntry) 
 	return false
 }
 
-// addPresenceAndE2EE fills presence and the E2EE sections. It may lower
+// addPresenceAndE2EE fills presence and the E2EE sections but the key
+// counts (compute reads them alongside). It may lower
 // heads.ToDevice (more messages wait than one response carries) or raise
 // it (messages committed after the heads were read). moved is
 // membershipMoved: whether the window may hold membership changes.
@@ -553,16 +580,6 @@ func (s *Server) addPresenceAndE2EE(ctx context.Context, req *syncRequest, since
 			resp.DeviceLists.Left = dl.Left
 		}
 	}
-	otk, fallback, err := s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
-	if err != nil {
-		return err
-	}
-	if otk != nil {
-		resp.OneTimeKeysCount = otk
-	}
-	if fallback != nil {
-		resp.FallbackKeys = fallback
-	}
 	return nil
 }
 
@@ -619,6 +636,18 @@ func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []r
 	req, heads := b.req, b.heads
 	wait := req.since == nil || req.timeout <= 0 || req.fullState
 	b.heads.Unread = heads.Unread // without push: 0, as read
+	if !wait && s.push != nil && !b.initial() && !b.sentWhole &&
+		heads.Unread <= b.since.Unread && heads.Receipts == b.since.Receipts {
+		// A long poll with no receipt since its token, whose push
+		// consumer has counted nothing past the token's Unread, and with
+		// no room sent whole: every room's counts are those the client
+		// already holds (counts move only with counted events and
+		// receipts), so they are not read and the rooms go without
+		// unread_notifications; the consumer's commit wakes the poll
+		// again with the new counts. The token keeps its Unread.
+		b.heads.Unread = b.since.Unread
+		return nil
+	}
 	// Rooms whose counts a client with this token may not have seen in
 	// full: events in (since.Unread, since.Room]. Later events up to
 	// heads.Room are the window's news (b.news). So every room with an
@@ -628,7 +657,7 @@ func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []r
 	var stale map[string]bool // keys only (values: a state event)
 	staleAll := false
 	if !b.initial() && s.push != nil && b.since.Unread < b.since.Room {
-		rooms, complete, err := s.rooms.RoomsWithEvents(ctx, b.since.Unread, b.since.Room, newsScanLimit)
+		rooms, complete, err := s.news.roomsWithEvents(ctx, b.since.Unread, b.since.Room, newsScanLimit)
 		if err != nil {
 			return err
 		}

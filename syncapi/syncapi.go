@@ -60,9 +60,12 @@ type Server struct {
 	acctHead    AccountDataHead // s.acct's, or nil
 	// storedFilters is s.filters behind a cache (filtercache.go).
 	storedFilters *filterCache
+	inline        inlineFilters
 	members       *memberCache
-	ignores       *ignoreCache
-	sliding       *slidingConns
+	// news shares RoomsWithEvents answers (newscache.go).
+	news    *newsCache
+	ignores *ignoreCache
+	sliding *slidingConns
 }
 
 // New builds the sync component and starts its waker, which runs until
@@ -85,9 +88,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		eph: deps.Ephemeral, e2ee: deps.E2EE, invites: deps.Invites, push: deps.Push, threads: deps.Threads, aggs: deps.Aggregations, verifier: deps.Verifier,
 		log: logger, now: now,
 		waker:         newWaker(deps.Rooms, deps.Notifier, logger),
-		sharedHeads:   newHeadsCache(deps.Notifier),
+		sharedHeads:   newHeadsCache(deps.Notifier, deps.Push != nil),
 		storedFilters: newFilterCache(deps.Filters, 100000),
 		members:       newMemberCache(100000),
+		news:          newNewsCache(deps.Rooms, 256),
 		ignores:       newIgnoreCache(100000),
 		sliding:       newSlidingConns(10000),
 	}

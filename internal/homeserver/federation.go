@@ -45,6 +45,10 @@ func (r remoteServers) RemoteHierarchy(ctx context.Context, server, roomID strin
 	return (*r.fed).RemoteHierarchy(ctx, server, roomID, suggestedOnly)
 }
 
+func (r remoteServers) RemoteEventRelationships(ctx context.Context, roomID string, req roomserver.RelationshipsRequest) error {
+	return (*r.fed).RemoteEventRelationships(ctx, roomID, req)
+}
+
 func (r remoteServers) QueryProfile(ctx context.Context, userID, field string) (map[string]json.RawMessage, error) {
 	return (*r.fed).QueryProfile(ctx, userID, field)
 }
