@@ -182,7 +182,9 @@ type InputEventResponse struct {
 }
 
 // Event is a room event as stored. JSON is the federation format (the
-// redacted copy once redacted).
+// redacted copy once redacted). Content and JSON may share memory with the
+// roomserver's event cache and with other callers' Events: read them, never
+// write into them (append to a copy, or build new bytes).
 type Event struct {
 	EventID        string
 	RoomID         string

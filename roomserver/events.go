@@ -131,7 +131,12 @@ func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx stora
 	return out, nil
 }
 
-// toEvent converts to the API's Event.
+// toEvent converts to the API's Event. Content and JSON are the parsed
+// event's own bytes (the same bytes as the stored row), not copies: a
+// woken /sync renders the same cached events for every listener of a room,
+// and copying each event's JSON per request was a quarter of the bytes
+// allocated while 200 listeners were served (docs/benchmarks.md, "Memory at
+// idle and peak"). Callers only read them (see Event).
 func toEvent(e *loadedEvent) *Event {
 	ev := &Event{
 		EventID:        e.row.EventID,
@@ -143,7 +148,7 @@ func toEvent(e *loadedEvent) *Event {
 		Depth:          e.row.Depth,
 		StreamPos:      e.row.NID,
 		Content:        json.RawMessage(e.pdu.Content()),
-		JSON:           json.RawMessage(e.row.JSON),
+		JSON:           json.RawMessage(e.pdu.JSON()),
 	}
 	if e.row.Redacts != nil {
 		ev.Redacts = *e.row.Redacts

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -148,6 +149,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	logger := newLogger(cfg.Logging, stderr)
 	slog.SetDefault(logger)
+	if limit, fromEnv := applyMemoryLimit(cfg.Global.MemoryLimitMB, os.Getenv); limit != math.MaxInt64 {
+		source := "global.memory_limit_mb"
+		if fromEnv {
+			source = "GOMEMLIMIT"
+		}
+		logger.Info("Go soft memory limit", "mib", limit>>20, "from", source)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -192,6 +200,24 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("shut down cleanly")
 	return nil
+}
+
+// applyMemoryLimit makes global.memory_limit_mb (MiB; 0: none) the Go
+// runtime's soft memory limit, unless the GOMEMLIMIT environment variable is
+// set: the runtime has then read it at start, and an explicit environment
+// wins over the config file, as it does for every Go program. It returns the
+// limit in effect, in bytes (math.MaxInt64: none), and whether it came from
+// GOMEMLIMIT.
+func applyMemoryLimit(limitMB int64, getenv func(string) string) (limit int64, fromEnv bool) {
+	if getenv("GOMEMLIMIT") != "" {
+		return debug.SetMemoryLimit(-1), true
+	}
+	limit = math.MaxInt64
+	if limitMB > 0 && limitMB <= math.MaxInt64>>20 {
+		limit = limitMB << 20
+	}
+	debug.SetMemoryLimit(limit)
+	return limit, false
 }
 
 // serveAll runs the HTTP listener and, if fedLn is not nil, the federation

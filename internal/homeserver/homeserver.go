@@ -399,7 +399,13 @@ func closeNotifier(n notifier.Broadcaster) error {
 }
 
 // sharedRoomUsers lists the users who share a joined room with a user, for
-// the key server's device-list fan-out.
+// the key server's device-list fan-out. It reads each room's joined user IDs
+// (one indexed query) rather than the room's member events: every /sync
+// that reports device-list changes calls it, and loading, checking and
+// converting each room's whole current state to get the IDs made it the
+// largest share of the heap in flight while 200 listeners were woken
+// (docs/benchmarks.md, "Memory at idle and peak"). The rooms are the user's
+// joined rooms, whose current state the user may read anyway.
 func sharedRoomUsers(rooms *roomserver.Server) func(ctx context.Context, userID string) ([]string, error) {
 	return func(ctx context.Context, userID string) ([]string, error) {
 		joined, err := rooms.JoinedRooms(ctx, userID)
@@ -409,14 +415,14 @@ func sharedRoomUsers(rooms *roomserver.Server) func(ctx context.Context, userID 
 		seen := map[string]bool{}
 		var users []string
 		for _, roomID := range joined {
-			members, err := rooms.Members(ctx, userID, roomID, "join")
+			members, err := rooms.JoinedUsers(ctx, roomID)
 			if err != nil {
 				return nil, err
 			}
 			for _, m := range members {
-				if m.StateKey != nil && !seen[*m.StateKey] {
-					seen[*m.StateKey] = true
-					users = append(users, *m.StateKey)
+				if !seen[m] {
+					seen[m] = true
+					users = append(users, m)
 				}
 			}
 		}
