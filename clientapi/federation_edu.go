@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
@@ -40,7 +41,7 @@ func (s *Server) RemoteReceipt(ctx context.Context, roomID, receiptType, userID 
 		d.TS = nowMillis()
 	}
 	eventID := eventIDs[len(eventIDs)-1]
-	if !validEventID(eventID) {
+	if !validRemoteReceiptEventID(eventID) {
 		return mxerr.New(mxerr.InvalidParam, "invalid event ID in receipt")
 	}
 	return s.storeReceipt(ctx, Receipt{RoomID: roomID, UserID: userID, Type: receiptType, EventID: eventID, ThreadID: d.ThreadID, TS: d.TS})
@@ -70,7 +71,17 @@ func (s *Server) RemotePresence(ctx context.Context, userID string, update json.
 	return s.writePresence(ctx, userID, u.Presence, u.StatusMsg, nowMillis()-max(u.LastActiveAgo, 0))
 }
 
-func validEventID(id string) bool { return len(id) >= 2 && len(id) <= 255 && id[0] == '$' }
+// validRemoteReceiptEventID bounds the event ID a remote receipt names.
+// Only the spec's length limit is enforced, not the '$' sigil: the ID is
+// the remote server's word, kept as an opaque key of the m.receipt
+// content, and this server may not hold the event (a partial-state
+// room, MSC3706, lacks much of its history), so it cannot be checked
+// further. Synapse accepts such IDs, and Complement's msc3902
+// CanReceiveReceiptDuringPartialStateJoin sends one without a sigil.
+// Spec: appendices, "Event IDs" (at most 255 bytes).
+func validRemoteReceiptEventID(id string) bool {
+	return id != "" && len(id) <= 255 && utf8.ValidString(id)
+}
 
 // otherServers lists the servers other than this one with users joined
 // to any of roomIDs.

@@ -248,7 +248,12 @@ func (s *Server) getDirectoryVisibility(w http.ResponseWriter, r *http.Request) 
 }
 
 // putDirectoryVisibility publishes or unpublishes a room. It takes the
-// power to change the room's canonical alias, as room moderators have.
+// power to change the room's canonical alias, as room moderators have,
+// or being a server administrator: the directory is the server's, and
+// the spec names administrators among those a server may let change it
+// (Complement msc3902 "Room stats are correctly updated once state
+// re-sync completes" has an administrator publish a room it has no power
+// in).
 // Spec: client-server-api, "PUT /_matrix/client/v3/directory/list/room/{roomId}".
 func (s *Server) putDirectoryVisibility(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -268,8 +273,14 @@ func (s *Server) putDirectoryVisibility(w http.ResponseWriter, r *http.Request) 
 	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
 		return err
 	}
-	if err := s.requirePowerFor(ctx, caller(r).UserID, roomID, "m.room.canonical_alias"); err != nil {
+	admin, err := s.isAdmin(ctx, caller(r).UserID)
+	if err != nil {
 		return err
+	}
+	if !admin {
+		if err := s.requirePowerFor(ctx, caller(r).UserID, roomID, "m.room.canonical_alias"); err != nil {
+			return err
+		}
 	}
 	if err := s.setPublished(ctx, roomID, body.Visibility == "public"); err != nil {
 		return err

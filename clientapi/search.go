@@ -33,7 +33,8 @@ const (
 // handlers that read their indexes.
 func (s *Server) searchRoutes(r chi.Router) {
 	events := &streamIndexer{name: searchIndexerName, db: s.db, rooms: s.rooms.rooms, index: s.indexSearchable}
-	users := &streamIndexer{name: userDirectoryIndexerName, db: s.db, rooms: s.rooms.rooms, index: s.indexUserDirectory}
+	users := &streamIndexer{name: userDirectoryIndexerName, db: s.db, rooms: s.rooms.rooms, index: s.indexUserDirectory,
+		resynced: s.indexUserDirectoryRoom}
 	handle(r, http.MethodPost, "/_matrix/client/v3/search", func(w http.ResponseWriter, r *http.Request) error {
 		return s.search(w, r, events)
 	})

@@ -1,7 +1,9 @@
 package clientapi
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/myelin-chat/myelin/roomserver"
@@ -25,7 +27,13 @@ type streamIndexer struct {
 	rooms Rooms
 	// index writes the index rows of one event inside tx. Immutable.
 	index func(ctx context.Context, tx storage.Tx, ev *roomserver.Event) error
-	mu    sync.Mutex
+	// resynced, if set, indexes the whole current state of a room whose
+	// partial-state resync completed: that changes the room's state
+	// without a timeline event. It is called in stream order with the
+	// events (after those at or below the completion's position).
+	// Immutable.
+	resynced func(ctx context.Context, tx storage.Tx, roomID string) error
+	mu       sync.Mutex
 }
 
 // streamIndexerBatch is how many events one catch-up transaction indexes.
@@ -45,15 +53,43 @@ func (ix *streamIndexer) catchUp(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if len(evs) == 0 {
+		resyncs, err := ix.resyncsAfter(ctx, pos)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 && len(resyncs) == 0 {
 			return nil
 		}
-		last := evs[len(evs)-1].StreamPos
+		last := pos
+		if len(evs) > 0 {
+			last = evs[len(evs)-1].StreamPos
+		}
+		if len(evs) < streamIndexerBatch {
+			// The end of the stream: every completion is due.
+			for _, r := range resyncs {
+				last = max(last, r.pos)
+			}
+		}
 		err = ix.db.Write(ctx, func(tx storage.Tx) error {
+			next := 0 // resyncs[next:] are still to index
+			flush := func(upTo int64) error {
+				for ; next < len(resyncs) && resyncs[next].pos <= upTo; next++ {
+					if err := ix.resynced(ctx, tx, resyncs[next].roomID); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 			for _, ev := range evs {
+				if err := flush(ev.StreamPos - 1); err != nil {
+					return err
+				}
 				if err := ix.index(ctx, tx, ev); err != nil {
 					return err
 				}
+			}
+			if err := flush(last); err != nil {
+				return err
 			}
 			_, err := tx.Exec(ctx, `INSERT INTO room_indexer_positions (name, position) VALUES ($1, $2)
 				ON CONFLICT (name) DO UPDATE SET position = excluded.position`, ix.name, last)
@@ -64,4 +100,28 @@ func (ix *streamIndexer) catchUp(ctx context.Context) error {
 		}
 		pos = last
 	}
+}
+
+// roomResync is one completed partial-state resync.
+type roomResync struct {
+	roomID string
+	pos    int64
+}
+
+// resyncsAfter lists the resyncs completed above pos, in stream order
+// (none when the indexer takes no interest in them).
+func (ix *streamIndexer) resyncsAfter(ctx context.Context, pos int64) ([]roomResync, error) {
+	if ix.resynced == nil {
+		return nil, nil
+	}
+	done, err := ix.rooms.ResyncedAfter(ctx, pos)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]roomResync, 0, len(done))
+	for roomID, p := range done {
+		out = append(out, roomResync{roomID, p})
+	}
+	slices.SortFunc(out, func(a, b roomResync) int { return cmp.Compare(a.pos, b.pos) })
+	return out, nil
 }

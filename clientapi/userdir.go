@@ -56,6 +56,21 @@ func (s *Server) indexUserDirectory(ctx context.Context, tx storage.Tx, ev *room
 		return nil
 	}
 	userID := *ev.StateKey
+	if c.Membership == "join" && domainOf(userID) == s.serverName {
+		// A local user's join of a room the directory knows nothing of:
+		// a room joined over federation, whose earlier state came with
+		// the join (no timeline events), or a room just created. Its
+		// current state says who is in it and whether it is public.
+		var known int
+		if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM user_directory_rooms WHERE room_id = $1`, ev.RoomID).Scan(&known); err != nil {
+			return err
+		}
+		if known == 0 {
+			if err := s.indexUserDirectoryRoom(ctx, tx, ev.RoomID); err != nil {
+				return err
+			}
+		}
+	}
 	if c.Membership != "join" {
 		_, err := tx.Exec(ctx, `DELETE FROM user_directory_members WHERE room_id = $1 AND user_id = $2`, ev.RoomID, userID)
 		return err
@@ -90,6 +105,35 @@ func (s *Server) indexUserDirectory(ctx context.Context, tx storage.Tx, ev *room
 		VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name,
 		avatar_url = excluded.avatar_url, search_text = excluded.search_text`, userID, name, avatar, userSearchText(userID, name))
 	return err
+}
+
+// indexUserDirectoryRoom indexes the current state of roomID afresh: its
+// join rule and history visibility, then its members (the room's rows
+// first dropped, so that members who left go). It runs for rooms the
+// directory first hears of and for rooms whose partial state was just
+// completed (MSC3706: the resync brings every member the partial state
+// lacked; Complement msc3902 "User directory is correctly updated once
+// state re-sync completes").
+func (s *Server) indexUserDirectoryRoom(ctx context.Context, tx storage.Tx, roomID string) error {
+	state, err := s.rooms.rooms.PublicState(ctx, roomID, []string{"m.room.history_visibility", "m.room.join_rules", "m.room.member"})
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO user_directory_rooms (room_id, public_join, world_readable) VALUES ($1, false, false)
+		ON CONFLICT (room_id) DO NOTHING`, roomID); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM user_directory_members WHERE room_id = $1`, roomID); err != nil {
+		return err
+	}
+	// PublicState orders by type: the room's rules come before its
+	// members, whose entries depend on them.
+	for _, ev := range state {
+		if err := s.indexUserDirectory(ctx, tx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // userSearchText is the search_text column: every word of the user ID

@@ -45,6 +45,7 @@ type Rooms interface {
 	ServerInRoom(ctx context.Context, server, roomID string) (bool, error)
 	JoinedServers(ctx context.Context, roomID string) ([]string, error)
 	JoinedServersInState(ctx context.Context, roomID string) ([]string, error)
+	JoinedUsers(ctx context.Context, roomID string) ([]string, error)
 	FederationEvent(ctx context.Context, eventID string) (*roomserver.Event, string, error)
 	EventForServer(ctx context.Context, server, eventID string) (*roomserver.Event, error)
 	StateForServer(ctx context.Context, server, roomID, eventID string) (state, authChain []*roomserver.Event, err error)
@@ -131,4 +132,9 @@ type ToDeviceSink interface {
 type DeviceListSink interface {
 	RemoteDeviceListUpdate(ctx context.Context, userID string, update json.RawMessage) error
 	RemoteSigningKeyUpdate(ctx context.Context, userID string, update json.RawMessage) error
+	// MembersRevealed is told the remote members of a room whose
+	// partial-state resync completed, and when the join happened
+	// (milliseconds), so that their device-list updates of the resync's
+	// time reach the local users now sharing the room.
+	MembersRevealed(ctx context.Context, userIDs []string, sinceMillis int64) error
 }

@@ -238,6 +238,13 @@ func (s *Server) announceDevices(ctx context.Context, userID, roomID string) err
 			dests = append(dests, server)
 		}
 	}
+	return s.sendDevices(ctx, userID, dests)
+}
+
+// sendDevices queues for dests one m.device_list_update per device of
+// userID (local), with the user's current stream ID and no prev_id, so
+// that a receiver that tracked the user before resyncs.
+func (s *Server) sendDevices(ctx context.Context, userID string, dests []string) error {
 	if len(dests) == 0 {
 		return nil
 	}

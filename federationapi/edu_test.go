@@ -44,6 +44,7 @@ func (r *recorder) RemoteDeviceListUpdate(_ context.Context, userID string, _ js
 	r.calls = append(r.calls, "device_list "+userID)
 	return nil
 }
+func (r *recorder) MembersRevealed(context.Context, []string, int64) error { return nil }
 func (r *recorder) RemoteSigningKeyUpdate(_ context.Context, userID string, _ json.RawMessage) error {
 	r.calls = append(r.calls, "signing_key "+userID)
 	return nil

@@ -187,7 +187,107 @@ func (s *Server) resyncFrom(ctx context.Context, server string, room roomserver.
 		}
 		req.AtPrevs = append(req.AtPrevs, at)
 	}
-	return s.rooms.CompletePartialState(ctx, req)
+	// The servers the sender knew of while the room was partial, read
+	// before the state is completed.
+	known, err := s.rooms.JoinedServers(ctx, room.RoomID)
+	if err != nil {
+		return err
+	}
+	if err := s.rooms.CompletePartialState(ctx, req); err != nil {
+		return err
+	}
+	if err := s.announceAfterResync(ctx, room, known); err != nil {
+		// The room is complete; the servers learn of the devices at
+		// their users' next change instead.
+		s.log.Warn("announcing devices after a partial state resync", "room_id", room.RoomID, "err", err)
+	}
+	if err := s.revealMembers(ctx, room); err != nil {
+		s.log.Warn("device lists of members found by a partial state resync", "room_id", room.RoomID, "err", err)
+	}
+	return nil
+}
+
+// revealMembers hands the key server the remote members of a room whose
+// resync just completed (DeviceListSink.MembersRevealed).
+func (s *Server) revealMembers(ctx context.Context, room roomserver.PartialStateRoom) error {
+	if s.edus.DeviceLists == nil {
+		return nil
+	}
+	join, _, err := s.rooms.FederationEvent(ctx, room.JoinEventID)
+	if err != nil {
+		return err
+	}
+	users, err := s.rooms.JoinedUsers(ctx, room.RoomID)
+	if err != nil {
+		return err
+	}
+	var remote []string
+	for _, u := range users {
+		if domainOf(u) != s.serverName {
+			remote = append(remote, u)
+		}
+	}
+	return s.edus.DeviceLists.MembersRevealed(ctx, remote, join.OriginServerTS)
+}
+
+// announceAfterResync sends the devices of the room's local members to
+// the servers the resync found in the room that the sender did not know
+// of while the room was partial (known: send_join's servers_in_room and
+// those with a member in the partial state). Those servers were sent
+// none of the members' device-list updates meanwhile, so their copies
+// may be stale. A server counts as found if it has a joined member in
+// the full state before the join or in the current state: one that was
+// in the room at the join and has left since still missed the updates.
+// Spec: server-server-api, "Device Management"; MSC3706 (servers_in_room
+// may be incomplete); Complement msc3902 "Device list updates reach
+// incorrectly absent servers once partial state join completes".
+func (s *Server) announceAfterResync(ctx context.Context, room roomserver.PartialStateRoom, known []string) error {
+	if s.userKeys == nil {
+		return nil
+	}
+	told := map[string]bool{s.serverName: true}
+	for _, d := range append(slices.Clone(room.Servers), known...) {
+		told[d] = true
+	}
+	var dests []string
+	add := func(server string) {
+		if server != "" && !told[server] {
+			told[server] = true
+			dests = append(dests, server)
+		}
+	}
+	before, _, err := s.rooms.StateAndAuthChainBefore(ctx, room.JoinEventID)
+	if err != nil {
+		return err
+	}
+	for _, e := range before {
+		if e.Type == "m.room.member" && e.StateKey != nil && e.Membership == "join" {
+			add(domainOf(*e.StateKey))
+		}
+	}
+	current, err := s.rooms.JoinedServersInState(ctx, room.RoomID)
+	if err != nil {
+		return err
+	}
+	for _, d := range current {
+		add(d)
+	}
+	if len(dests) == 0 {
+		return nil
+	}
+	users, err := s.rooms.JoinedUsers(ctx, room.RoomID)
+	if err != nil {
+		return err
+	}
+	for _, userID := range users {
+		if domainOf(userID) != s.serverName {
+			continue
+		}
+		if err := s.sendDevices(ctx, userID, dests); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fetchStateEvents fetches the events of unknown from server — the state

@@ -92,8 +92,8 @@ type Server struct {
 	deviceListWake chan struct{}
 
 	resyncMu  sync.Mutex
-	bg        context.Context // set by StartFederation; resyncs run under it
-	resyncing map[string]bool // users being resynced
+	bg        context.Context          // set by StartFederation; resyncs run under it
+	resyncing map[string]chan struct{} // users being resynced, closed when done; guarded by resyncMu
 }
 
 // New runs the key server's migrations and returns the server.
@@ -122,7 +122,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		fed:             deps.Federation,
 		sharedServers:   deps.SharedServers,
 		deviceListWake:  make(chan struct{}, 1),
-		resyncing:       map[string]bool{},
+		resyncing:       map[string]chan struct{}{},
 	}
 	s.notify = func(stream string, pos int64) {
 		streamAdvanced(deps.Notify, stream, pos)

@@ -91,18 +91,44 @@ func fanOut[T any](ctx context.Context, timeout time.Duration, byServer map[stri
 // queryRemote adds remote users' keys to out: from the cache when fresh,
 // else from their servers.
 func (s *Server) queryRemote(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, out *keysResult) error {
-	for server, users := range remote {
-		for userID, wanted := range users {
-			ok, err := s.cachedKeys(ctx, userID, wanted, out)
-			if err != nil {
-				return err
+	fromCache := func() error {
+		for server, users := range remote {
+			for userID, wanted := range users {
+				ok, err := s.cachedKeys(ctx, userID, wanted, out)
+				if err != nil {
+					return err
+				}
+				if ok {
+					delete(users, userID)
+				}
 			}
-			if ok {
-				delete(users, userID)
+			if len(users) == 0 {
+				delete(remote, server)
 			}
 		}
-		if len(users) == 0 {
-			delete(remote, server)
+		return nil
+	}
+	if err := fromCache(); err != nil {
+		return err
+	}
+	// Tracked users without a fresh cache: resync them now, then answer
+	// from the cache; the others are asked through /user/keys/query.
+	var uncached []string
+	for _, users := range remote {
+		for userID := range users {
+			uncached = append(uncached, userID)
+		}
+	}
+	// One deadline for the resyncs and the queries after them.
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	filled, err := s.resyncTracked(ctx, uncached)
+	if err != nil {
+		return err
+	}
+	if len(filled) > 0 {
+		if err := fromCache(); err != nil {
+			return err
 		}
 	}
 	if s.fed == nil {
@@ -283,27 +309,90 @@ func (s *Server) startTracking(userID string) {
 		return
 	}
 	s.resyncMu.Lock()
-	if s.resyncing[userID] {
-		s.resyncMu.Unlock()
+	_, running := s.resyncing[userID]
+	s.resyncMu.Unlock()
+	if running {
 		return
 	}
-	s.resyncing[userID] = true
-	s.resyncMu.Unlock()
 	go func() {
-		defer func() {
-			s.resyncMu.Lock()
-			delete(s.resyncing, userID)
-			s.resyncMu.Unlock()
-		}()
 		ctx, cancel := context.WithTimeout(bg, resyncTimeout)
 		defer cancel()
 		if ok, err := s.tracked(ctx, userID); err != nil || !ok {
 			return
 		}
-		if err := s.Resync(ctx, userID); err != nil && bg.Err() == nil {
+		if err := s.resyncShared(ctx, userID); err != nil && bg.Err() == nil {
 			s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
 		}
 	}()
+}
+
+// resyncShared runs Resync for userID, or, when one is already running
+// (in the background, or for another /keys/query), waits for that one
+// instead of asking the user's server a second time. A wait that ends
+// returns nil even if the other resync failed: the caller reads the
+// cache and finds it fresh or not.
+func (s *Server) resyncShared(ctx context.Context, userID string) error {
+	s.resyncMu.Lock()
+	if done, ok := s.resyncing[userID]; ok {
+		s.resyncMu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	done := make(chan struct{})
+	s.resyncing[userID] = done
+	s.resyncMu.Unlock()
+	defer func() {
+		s.resyncMu.Lock()
+		delete(s.resyncing, userID)
+		s.resyncMu.Unlock()
+		close(done)
+	}()
+	return s.Resync(ctx, userID)
+}
+
+// resyncTracked fills the cache of those of users (all remote, none
+// cached) who share a room with a local user, in parallel, and returns
+// the ones it filled. Such a user's device list is tracked: it is
+// fetched whole once (GET /user/devices) and kept up to date by their
+// server's m.device_list_update EDUs, so later /keys/query calls ask no
+// one. Spec: client-server-api, "Tracking the device list for a user";
+// server-server-api, "Device Management".
+func (s *Server) resyncTracked(ctx context.Context, users []string) ([]string, error) {
+	if s.fed == nil || s.background() == nil {
+		return nil, nil
+	}
+	var tracked []string
+	for _, userID := range users {
+		ok, err := s.tracked(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			tracked = append(tracked, userID)
+		}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var filled []string
+	for _, userID := range tracked {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.resyncShared(ctx, userID); err != nil {
+				s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
+				return
+			}
+			mu.Lock()
+			filled = append(filled, userID)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return filled, nil
 }
 
 func (s *Server) background() context.Context {
@@ -446,15 +535,26 @@ func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, upda
 	if err := json.Unmarshal(update, &u); err != nil {
 		return mxerr.New(mxerr.BadJSON, "m.device_list_update: %v", err)
 	}
+	// Whether a local user shares a room with the user now.
+	shared, err := s.tracked(ctx, userID)
+	if err != nil {
+		return err
+	}
 	applied := false
-	err := s.db.Write(ctx, func(tx storage.Tx) error {
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		applied = false
-		if len(u.Keys) == 0 && !u.Deleted {
-			// A device with no keys, of which we hold none either: it is
-			// not in /keys/query answers, so no client has anything to
-			// refresh (a server announcing a joiner's devices sends such
+		if len(u.Keys) == 0 && !u.Deleted && shared {
+			// A device with no keys, of which we hold none either, of a
+			// user local clients already know of: it is not in
+			// /keys/query answers, so no client has anything to refresh
+			// (a server announcing a joiner's devices sends such
 			// updates; Complement TestDeviceListsUpdateOverFederation
-			// wants no change seen for them).
+			// wants no change seen for them). A user no local user
+			// shares a room with yet — a member of a partial-state room,
+			// whose state lacks them until the resync (MSC3706) — gets
+			// the change recorded: local users see it once the room's
+			// state names them (Complement msc3902
+			// CanReceiveDeviceListUpdateDuringPartialStateJoin).
 			var held int
 			if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_remote_device_keys WHERE user_id = $1 AND device_id = $2`,
 				userID, u.DeviceID).Scan(&held); err != nil {
@@ -552,4 +652,37 @@ func latestPosition(ctx context.Context, q storage.Querier, userID string, below
 	}
 	err := q.QueryRow(ctx, query, userID, below).Scan(&p)
 	return p.Int64, err
+}
+
+// MembersRevealed takes the remote members of a room whose partial-state
+// resync just completed (MSC3706): while the room was partial its state
+// lacked them, so a device-list update they sent meanwhile was recorded
+// when no local user shared a room with them, and a /sync that ran
+// before the resync filtered it out. Each of them with a change recorded
+// since sinceMillis (the join's time) gets a new change, after the
+// resync, which local users now sharing the room see. Members without
+// such an update are not reported: nothing of theirs changed.
+// Spec: client-server-api, "Tracking the device list for a user";
+// Complement msc3902 CanReceiveDeviceListUpdateDuringPartialStateJoin.
+func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMillis int64) error {
+	var changed []string
+	for _, userID := range userIDs {
+		if s.isLocal(userID) {
+			continue
+		}
+		var n int
+		if err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_device_list_changes
+			WHERE user_id = $1 AND changed_ts >= $2`, userID, sinceMillis).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			changed = append(changed, userID)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		return recordDeviceListChange(ctx, s.db, tx, s.notify, changed...)
+	})
 }

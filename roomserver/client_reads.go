@@ -34,6 +34,10 @@ type ClientReads interface {
 	// visibility checks, for server-side indexers. The events are in
 	// their current (possibly redacted) form.
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error)
+	// ResyncedAfter maps the rooms whose partial-state resync completed
+	// at a stream position above after to that position, for indexers:
+	// a resync changes a room's state without a timeline event.
+	ResyncedAfter(ctx context.Context, after int64) (map[string]int64, error)
 	// JoinedServers lists the servers with a user joined to roomID, this
 	// one included, sorted.
 	JoinedServers(ctx context.Context, roomID string) ([]string, error)

@@ -1,0 +1,132 @@
+package keyserver_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/keyserver"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// aliceToken verifies every token as alice's device.
+type aliceToken struct{}
+
+func (aliceToken) VerifyAccessToken(context.Context, string, *http.Request) (*authn.Device, error) {
+	return &authn.Device{UserID: "@alice:localhost", DeviceID: "ALICE"}, nil
+}
+
+// countingRemote is a remote server that serves one keyed device per
+// user and counts the requests of each kind.
+type countingRemote struct {
+	t       *testing.T
+	mu      sync.Mutex
+	queries int // POST /user/keys/query
+	devices int // GET /user/devices
+}
+
+func (c *countingRemote) keys(userID string) map[string]any {
+	return newDeviceKeys(c.t, userID, "DEVICE").deviceObject(c.t)
+}
+
+func (c *countingRemote) QueryRemoteKeys(_ context.Context, _ string, deviceKeys map[string][]string) (json.RawMessage, error) {
+	c.mu.Lock()
+	c.queries++
+	c.mu.Unlock()
+	out := map[string]map[string]any{}
+	for userID := range deviceKeys {
+		out[userID] = map[string]any{"DEVICE": c.keys(userID)}
+	}
+	return json.Marshal(map[string]any{"device_keys": out})
+}
+
+func (c *countingRemote) ClaimRemoteKeys(context.Context, string, map[string]map[string]string) (json.RawMessage, error) {
+	return json.RawMessage(`{"one_time_keys":{}}`), nil
+}
+
+func (c *countingRemote) RemoteUserDevices(_ context.Context, _, userID string) (json.RawMessage, error) {
+	c.mu.Lock()
+	c.devices++
+	c.mu.Unlock()
+	return json.Marshal(map[string]any{"user_id": userID, "stream_id": 2,
+		"devices": []any{map[string]any{"device_id": "DEVICE", "keys": c.keys(userID)}}})
+}
+
+func (c *countingRemote) counts() (queries, devices int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queries, c.devices
+}
+
+// TestTrackedUserKeysFetchedOnce: /keys/query for a remote user who
+// shares a room with a local user fetches their whole device list once
+// (GET /user/devices, no /user/keys/query besides) and answers later
+// queries from the cache, asking no one; a user who shares no room is
+// asked through /user/keys/query every time, and nothing is cached.
+// Spec: client-server-api, "Tracking the device list for a user";
+// Complement msc3902 "Device list tracked for new members in partial
+// state room" (a member who joined a partial-state room after us).
+func TestTrackedUserKeysFetchedOnce(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie, charlie = "@elsie:remote.example", "@charlie:remote.example"
+		remote := &countingRemote{t: t}
+		ks, err := keyserver.New(ctx, keyserver.Deps{
+			ServerName:  "localhost",
+			DB:          db,
+			Verifier:    aliceToken{},
+			UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
+			SharedRoomUsers: func(_ context.Context, userID string) ([]string, error) {
+				if userID == elsie {
+					return []string{"@alice:localhost"}, nil
+				}
+				return nil, nil
+			},
+			Federation: remote,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks.StartFederation(ctx)
+		r := chi.NewRouter()
+		ks.Routes(r)
+		query := func(userID string) {
+			t.Helper()
+			body, _ := json.Marshal(map[string]any{"device_keys": map[string][]string{userID: {}}})
+			req := httptest.NewRequest(http.MethodPost, "/_matrix/client/v3/keys/query", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer token")
+			w := httptest.NewRecorder()
+			r.ServeHTTP(w, req)
+			var resp struct {
+				DeviceKeys map[string]map[string]json.RawMessage `json:"device_keys"`
+			}
+			if w.Code != http.StatusOK || json.Unmarshal(w.Body.Bytes(), &resp) != nil || resp.DeviceKeys[userID]["DEVICE"] == nil {
+				t.Fatalf("keys/query for %s: %d %s", userID, w.Code, w.Body)
+			}
+		}
+
+		query(elsie)
+		if q, d := remote.counts(); q != 0 || d != 1 {
+			t.Fatalf("first query of a tracked user: %d /user/keys/query, %d /user/devices; want 0 and 1", q, d)
+		}
+		query(elsie)
+		if q, d := remote.counts(); q != 0 || d != 1 {
+			t.Fatalf("second query of a tracked user asked again: %d /user/keys/query, %d /user/devices", q, d)
+		}
+
+		query(charlie)
+		query(charlie)
+		if q, d := remote.counts(); q != 2 || d != 1 {
+			t.Fatalf("queries of an untracked user: %d /user/keys/query, %d /user/devices; want 2 and 1 (elsie's)", q, d)
+		}
+	})
+}
