@@ -141,10 +141,14 @@ func (c *tokenCache) drop() {
 // token cache is dropped as soon as it commits (before the caller's
 // request is answered).
 func (a *Accounts) sessionsChanged(tx storage.Tx) {
-	if a.tokens != nil {
+	switch {
+	case a.tokens != nil:
+		// The server process: dropping its own cache is enough (with
+		// SQLite and no Redis it is the only server process), so logins
+		// and logouts do not write the mark file.
 		tx.AfterCommit(a.tokens.drop)
-	}
-	if a.revocationMark != "" {
+	case a.revocationMark != "":
+		// Another process (the `myelin user` commands): tell the server.
 		tx.AfterCommit(a.rewriteRevocationMark)
 	}
 }
