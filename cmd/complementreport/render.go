@@ -120,7 +120,13 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 	pass := total.Tests[0] + total.Subtests[0]
 	w("%d of %d tests and subtests pass (%s).", pass, all, percent(pass, all))
 	w(" Top-level tests: %d of %d (%s).", total.Tests[0], sum(total.Tests), percent(total.Tests[0], sum(total.Tests)))
-	w(" Subtests: %d of %d (%s).\n\n", total.Subtests[0], sum(total.Subtests), percent(total.Subtests[0], sum(total.Subtests)))
+	w(" Subtests: %d of %d (%s).", total.Subtests[0], sum(total.Subtests), percent(total.Subtests[0], sum(total.Subtests)))
+	// Complement skips some tests itself (server-specific checks, edge
+	// cases its authors left out); the first figure counts them as not
+	// passing, this one leaves them out. Both are shown so neither is
+	// mistaken for the other.
+	skippedAll := total.Tests[2] + total.Subtests[2]
+	w(" Leaving out the %d that Complement skipped itself: %d of %d (%s).\n\n", skippedAll, pass, all-skippedAll, percent(pass, all-skippedAll))
 
 	var broken []string
 	for _, p := range pkgs {
@@ -150,6 +156,7 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 	if len(failures) == 0 {
 		w("No test failed.\n\n")
 	} else {
+		writeWaitsOnTable(w, failures)
 		writeReasonTable(w, failures)
 	}
 
@@ -189,6 +196,30 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 		}
 	}
 	return b.Bytes(), nil
+}
+
+// writeWaitsOnTable sums the failures (tests and subtests together) by
+// what they wait on, the reasons file's third column, most first.
+func writeWaitsOnTable(w func(string, ...any), failures []failure) {
+	count := map[string]int{}
+	for _, f := range failures {
+		count[f.WaitsOn]++
+	}
+	keys := make([]string, 0, len(count))
+	for k := range count {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if count[keys[i]] != count[keys[j]] {
+			return count[keys[i]] > count[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	w("| waits on | failed tests and subtests |\n|---|--:|\n")
+	for _, k := range keys {
+		w("| %s | %d |\n", cell(k), count[k])
+	}
+	w("\n")
 }
 
 func writeReasonTable(w func(string, ...any), failures []failure) {
