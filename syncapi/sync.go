@@ -37,6 +37,10 @@ type syncRequest struct {
 	// acked is set once the token's to-device position has been
 	// acknowledged, so a long-poll does it once.
 	acked bool
+	// perRoom makes a sync that sends rooms whole read each room on its
+	// own instead of all at once (initial_batch.go): the reference the
+	// batched reads are tested against.
+	perRoom bool
 }
 
 // The /sync response. Spec: client-server-api, "GET /_matrix/client/v3/sync".
