@@ -2,9 +2,12 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -41,14 +44,22 @@ type RecentRoomsRequest struct {
 	Limit   int
 }
 
+// RecentRooms answers RecentRoomsRequest.
+type RecentRooms struct {
+	Rooms map[string]*RecentResponse // by room ID, every room asked for
+	// Memberships is MembershipsAt(UserID, the IDs of every event in
+	// Rooms), read with the events.
+	Memberships map[string]string
+}
+
 // RecentEventsOfRooms is RecentEvents for many rooms in one read: the
 // answer maps each room of the request to what RecentEvents returns for
 // it. One query per batchRooms rooms reads the positions (each room's
 // part is its own indexed, limited sub-select), the rows come from the
 // event cache or one query, and one visibility check runs over all.
-func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest) (map[string]*RecentResponse, error) {
+func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest) (*RecentRooms, error) {
 	limit := max(req.Limit, 1)
-	out := make(map[string]*RecentResponse, len(req.RoomIDs))
+	out := &RecentRooms{Rooms: make(map[string]*RecentResponse, len(req.RoomIDs)), Memberships: map[string]string{}}
 	err := s.db.Read(ctx, func(q storage.Querier) error {
 		byRoom := make(map[string][]*eventRow, len(req.RoomIDs))
 		for _, part := range roomChunks(req.RoomIDs) {
@@ -83,10 +94,10 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 			} else {
 				rr.PrevBatch = StreamToken(req.To)
 			}
-			if rr.Events, err = s.filterVisibleWith(ctx, q, vis, roomID, rows); err != nil {
+			if rr.Events, err = s.filterVisibleWith(ctx, q, vis, roomID, rows, out.Memberships); err != nil {
 				return err
 			}
-			out[roomID] = rr
+			out.Rooms[roomID] = rr
 		}
 		return nil
 	})
@@ -203,8 +214,11 @@ func (v *visibility) preloadCurrent(ctx context.Context, roomIDs []string) error
 
 // filterVisibleWith is filterVisible for rows of one room, with a
 // visibility shared across rooms and the room version from the version
-// cache.
-func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *visibility, roomID string, rows []*eventRow) ([]*Event, error) {
+// cache; it adds to memberships the user's membership after each event
+// it keeps, as MembershipsAt. An event not in the cache is not parsed
+// (see eventFromRow): the visibility rules read only its row.
+func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *visibility, roomID string, rows []*eventRow,
+	memberships map[string]string) ([]*Event, error) {
 	if len(rows) == 0 {
 		return nil, nil
 	}
@@ -215,20 +229,62 @@ func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *
 	var out []*Event
 	for _, r := range rows {
 		e := s.events.getNID(r.NID)
-		if e == nil || e.row.RedactedBecause == nil && r.RedactedBecause != nil {
-			if e, err = parseRow(version, r); err != nil {
-				return nil, err
-			}
+		stale := e == nil || e.row.RedactedBecause == nil && r.RedactedBecause != nil
+		if stale {
+			e = &loadedEvent{row: r}
 		}
 		ok, err := vis.canSee(ctx, version, e)
+		if err != nil || !ok {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var ev *Event
+		if stale {
+			ev, err = eventFromRow(version, r)
+		} else {
+			ev = toEvent(e)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if ok {
-			out = append(out, toEvent(e))
+		out = append(out, ev)
+		// As MembershipsAt: the membership in the state after the event.
+		_, m, err := vis.at(ctx, version, r.StateAfter)
+		if err != nil {
+			return nil, err
 		}
+		if m == "" {
+			m = "leave"
+		}
+		memberships[r.EventID] = m
 	}
 	return out, nil
+}
+
+// eventFromRow is toEvent(parseRow(version, r)) without building the
+// PDU, for the many events a batched read renders once: Content is what
+// the PDU's Content returns (the "content" member, decoded the same way
+// gomatrixserverlib decodes it) and JSON the stored bytes, which is what
+// the PDU's JSON returns. A redacted row is parsed as before (its
+// content is the redaction algorithm's).
+func eventFromRow(version string, r *eventRow) (*Event, error) {
+	if r.RedactedBecause != nil {
+		e, err := parseRow(version, r)
+		if err != nil {
+			return nil, err
+		}
+		return toEvent(e), nil
+	}
+	js := []byte(r.JSON)
+	var fields struct {
+		Content spec.RawJSON `json:"content"`
+	}
+	if err := json.Unmarshal(js, &fields); err != nil {
+		return nil, fmt.Errorf("parsing stored event %s: %w", r.EventID, err)
+	}
+	return eventOf(r, fields.Content, js), nil
 }
 
 // CurrentStateOfRooms is IndexedCurrentState(roomID, nil, skipMembers)
@@ -263,32 +319,25 @@ func (s *Server) CurrentStateOfRooms(ctx context.Context, roomIDs []string, skip
 				return err
 			}
 		}
-		loaded, err := s.loadEventsOfRooms(ctx, q, nidsByRoom)
-		if err != nil {
-			return err
-		}
-		for roomID, evs := range loaded {
-			list := make([]*Event, len(evs))
-			for i, e := range evs {
-				list[i] = toEvent(e)
-			}
-			out[roomID] = list
-		}
-		return nil
+		var err error
+		out, err = s.loadEventsOfRooms(ctx, q, nidsByRoom)
+		return err
 	})
 	return out, err
 }
 
-// loadEventsOfRooms is loadEvents for the events of several rooms, each
-// parsed with its room's version: cached events from the cache, the
-// others with one query per 500.
-func (s *Server) loadEventsOfRooms(ctx context.Context, q storage.Querier, nidsByRoom map[string][]int64) (map[string][]*loadedEvent, error) {
-	out := make(map[string][]*loadedEvent, len(nidsByRoom))
+// loadEventsOfRooms is loadEvents and toEvent for the events of several
+// rooms: cached events from the cache, the others with one query per
+// 500, rendered by eventFromRow with their room's version.
+func (s *Server) loadEventsOfRooms(ctx context.Context, q storage.Querier, nidsByRoom map[string][]int64) (map[string][]*Event, error) {
+	out := make(map[string][]*Event, len(nidsByRoom))
 	var missing []int64
 	for roomID, nids := range nidsByRoom {
-		evs := make([]*loadedEvent, len(nids))
+		evs := make([]*Event, len(nids))
 		for i, nid := range nids {
-			if evs[i] = s.events.getNID(nid); evs[i] == nil {
+			if e := s.events.getNID(nid); e != nil {
+				evs[i] = toEvent(e)
+			} else {
 				missing = append(missing, nid)
 			}
 		}
@@ -301,18 +350,15 @@ func (s *Server) loadEventsOfRooms(ctx context.Context, q storage.Querier, nidsB
 	if err != nil {
 		return nil, err
 	}
-	got := make(map[int64]*loadedEvent, len(rows))
+	got := make(map[int64]*Event, len(rows))
 	for _, row := range rows {
 		version, err := s.committedRoomVersion(ctx, q, row.RoomID)
 		if err != nil {
 			return nil, err
 		}
-		e, err := parseRow(version, row)
-		if err != nil {
+		if got[row.NID], err = eventFromRow(version, row); err != nil {
 			return nil, err
 		}
-		got[row.NID] = e
-		s.events.put(e)
 	}
 	for roomID, evs := range out {
 		for i, e := range evs {
@@ -489,18 +535,9 @@ func (s *Server) MemberEventsOfRooms(ctx context.Context, stateKeys map[string][
 				return err
 			}
 		}
-		loaded, err := s.loadEventsOfRooms(ctx, q, nidsByRoom)
-		if err != nil {
-			return err
-		}
-		for roomID, evs := range loaded {
-			list := make([]*Event, len(evs))
-			for i, e := range evs {
-				list[i] = toEvent(e)
-			}
-			out[roomID] = list
-		}
-		return nil
+		var err error
+		out, err = s.loadEventsOfRooms(ctx, q, nidsByRoom)
+		return err
 	})
 	return out, err
 }

@@ -43,7 +43,7 @@ type Rooms interface {
 	AwaitFullState(ctx context.Context, roomID string) error
 	PrevStates(ctx context.Context, eventIDs []string) (map[string]*roomserver.PrevState, error)
 	// Batched reads of a sync that sends many rooms whole (initial_batch.go).
-	RecentEventsOfRooms(ctx context.Context, req roomserver.RecentRoomsRequest) (map[string]*roomserver.RecentResponse, error)
+	RecentEventsOfRooms(ctx context.Context, req roomserver.RecentRoomsRequest) (*roomserver.RecentRooms, error)
 	CurrentStateOfRooms(ctx context.Context, roomIDs []string, skipMembers bool) (map[string][]*roomserver.Event, error)
 	RoomMemberSummaries(ctx context.Context, roomIDs []string) (map[string]*roomserver.MemberSummary, error)
 	TxnIDsOfEvents(ctx context.Context, userID, deviceID string, roomOf map[string]string) (map[string]string, error)

@@ -19,7 +19,8 @@ type initialReads struct {
 	summaries map[string]*roomserver.MemberSummary
 	// recent is each room's RecentEvents in (0, heads.Room], limit 0
 	// already turned into emptyTimeline; events its timeline keeps, after
-	// the filter and ignored senders.
+	// the filter and ignored senders. memberships (unsigned.membership,
+	// the caller's membership after each event) comes with recent.
 	recent  map[string]*roomserver.RecentResponse
 	events  map[string][]*roomserver.Event
 	members map[string][]*roomserver.Event // lazyMemberEvents(room), when lazy
@@ -61,14 +62,18 @@ func (b *roomBuilder) prefetchInitial(ctx context.Context, rooms []string) error
 	ir := &initialReads{}
 	lazy := b.lazy()
 	limit := b.timelineLimit()
+	var read map[string]string // memberships after every event read
 	var first concurrently
 	first.do(func(ctx context.Context) (err error) {
 		ir.state, err = b.s.rooms.CurrentStateOfRooms(ctx, rooms, lazy)
 		return err
 	})
-	first.do(func(ctx context.Context) (err error) {
-		ir.recent, err = b.s.rooms.RecentEventsOfRooms(ctx, roomserver.RecentRoomsRequest{
+	first.do(func(ctx context.Context) error {
+		recent, err := b.s.rooms.RecentEventsOfRooms(ctx, roomserver.RecentRoomsRequest{
 			UserID: b.req.userID, RoomIDs: rooms, From: 0, To: b.heads.Room, Limit: max(limit, 1)})
+		if err == nil {
+			ir.recent, read = recent.Rooms, recent.Memberships
+		}
 		return err
 	})
 	first.do(func(ctx context.Context) (err error) {
@@ -80,7 +85,11 @@ func (b *roomBuilder) prefetchInitial(ctx context.Context, rooms []string) error
 	}
 	ir.events = make(map[string][]*roomserver.Event, len(rooms))
 	ownRoom := map[string]string{} // the user's own events -> room
-	var ids, stateIDs []string
+	// As timeline: unsigned.membership for the events the timelines
+	// keep, and only those (an event a filter or a limit of 0 drops may
+	// be in the state section, which then carries no membership).
+	ir.memberships = map[string]string{}
+	var stateIDs []string
 	var limitedEvents []*roomserver.Event
 	wantMembers := map[string][]string{}
 	for _, roomID := range rooms {
@@ -95,7 +104,9 @@ func (b *roomBuilder) prefetchInitial(ctx context.Context, rooms []string) error
 			if e.Sender == b.req.userID {
 				ownRoom[e.EventID] = roomID
 			}
-			ids = append(ids, e.EventID)
+			if m, ok := read[e.EventID]; ok {
+				ir.memberships[e.EventID] = m
+			}
 			if e.StateKey != nil {
 				stateIDs = append(stateIDs, e.EventID)
 			}
@@ -111,13 +122,6 @@ func (b *roomBuilder) prefetchInitial(ctx context.Context, rooms []string) error
 	if len(ownRoom) > 0 {
 		second.do(func(ctx context.Context) (err error) {
 			ir.txnIDs, err = b.s.rooms.TxnIDsOfEvents(ctx, b.req.userID, b.req.deviceID, ownRoom)
-			return err
-		})
-	}
-	if len(ids) > 0 {
-		// Spec: unsigned.membership, the caller's membership at each event.
-		second.do(func(ctx context.Context) (err error) {
-			ir.memberships, err = b.s.rooms.MembershipsAt(ctx, b.req.userID, ids)
 			return err
 		})
 	}

@@ -257,7 +257,13 @@ func compareSyncBodies(t *testing.T, what string, want, got []byte) {
 	delete(b, "presence")
 	for k, v := range a {
 		if !bytes.Equal(v, b[k]) {
-			t.Errorf("%s: %s differs:\nper room: %s\nbatched:  %s", what, k, v, b[k])
+			at := 0
+			for at < len(v) && at < len(b[k]) && v[at] == b[k][at] {
+				at++
+			}
+			from := max(at-300, 0)
+			t.Errorf("%s: %s differs from byte %d:\nper room: …%s\nbatched:  …%s", what, k, at,
+				v[from:min(at+300, len(v))], b[k][from:min(at+300, len(b[k]))])
 		}
 	}
 	for k := range b {
