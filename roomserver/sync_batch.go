@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -278,13 +279,53 @@ func eventFromRow(version string, r *eventRow) (*Event, error) {
 		return toEvent(e), nil
 	}
 	js := []byte(r.JSON)
+	content, err := eventContent(js)
+	if err != nil {
+		return nil, fmt.Errorf("parsing stored event %s: %w", r.EventID, err)
+	}
+	return eventOf(r, content, js), nil
+}
+
+// eventContent is the content a PDU parsed from js returns: the
+// "content" member as encoding/json decodes it into spec.RawJSON.
+func eventContent(js []byte) ([]byte, error) {
+	if content, ok := contentMember(js); ok {
+		return content, nil
+	}
 	var fields struct {
 		Content spec.RawJSON `json:"content"`
 	}
-	if err := json.Unmarshal(js, &fields); err != nil {
-		return nil, fmt.Errorf("parsing stored event %s: %w", r.EventID, err)
+	err := json.Unmarshal(js, &fields)
+	return fields.Content, err
+}
+
+// contentMember finds the bytes of the top-level "content" member of a
+// valid JSON object, as encoding/json hands them to spec.RawJSON (a
+// slice of js), scanning only the top level. ok is false when
+// encoding/json could pick another member (a key that differs from
+// "content" only in case, or "content" twice: it takes the last match)
+// or js is not a valid object: the caller then decodes it.
+func contentMember(js []byte) (content []byte, ok bool) {
+	if !gjson.ValidBytes(js) {
+		return nil, false
 	}
-	return eventOf(r, fields.Content, js), nil
+	root := gjson.ParseBytes(js)
+	if !root.IsObject() {
+		return nil, false
+	}
+	ok = true
+	root.ForEach(func(key, value gjson.Result) bool {
+		if !strings.EqualFold(key.Str, "content") {
+			return true
+		}
+		if content != nil || key.Str != "content" || value.Index <= 0 || value.Index+len(value.Raw) > len(js) {
+			ok = false
+			return false
+		}
+		content = js[value.Index : value.Index+len(value.Raw)]
+		return true
+	})
+	return content, ok
 }
 
 // CurrentStateOfRooms is IndexedCurrentState(roomID, nil, skipMembers)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
@@ -152,4 +154,39 @@ func TestSyncBatchReadsMatchPerRoomReads(t *testing.T) {
 			}
 		}
 	})
+}
+
+// eventContent finds an event's content by scanning the top level only,
+// and must give what decoding the whole event gives, on any input: the
+// cases where the two could part (case-insensitive keys, repeated keys,
+// escapes, null) fall back to decoding.
+func TestEventContentMatchesDecoding(t *testing.T) {
+	for _, js := range []string{
+		`{"type":"m.room.message","content":{"body":"hi"}}`,
+		`{"content":{"body":"<b>&</b> \u00e9"},"depth":3}`,
+		`{ "content" : { "a" : [1, 2] } , "x" : "content" }`,
+		`{"content":null}`,
+		`{"content":"text"}`,
+		`{"content":{}}`,
+		`{"type":"m.room.create"}`,
+		`{"unsigned":{"content":{"inner":true}},"content":{"outer":true}}`,
+		`{"content":{"first":1},"content":{"second":2}}`,
+		`{"Content":{"upper":1}}`,
+		`{"content":{"lower":1},"CONTENT":{"upper":1}}`,
+		`{"cont\u0065nt":{"escaped":1}}`,
+		`{"content":{"a":1},"cont\u0065nt":{"escaped":1}}`,
+		`[1,2]`,
+		`{"content":{"a":1}`,
+		`not json`,
+		``,
+	} {
+		var want struct {
+			Content spec.RawJSON `json:"content"`
+		}
+		wantErr := json.Unmarshal([]byte(js), &want)
+		got, err := eventContent([]byte(js))
+		if (err != nil) != (wantErr != nil) || string(got) != string(want.Content) || (got == nil) != (want.Content == nil) {
+			t.Errorf("%s: got %q (%v), decoding gives %q (%v)", js, got, err, want.Content, wantErr)
+		}
+	}
 }
