@@ -1,8 +1,10 @@
 package syncapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"time"
@@ -56,5 +58,20 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(resp)
+	body, err := json.Marshal(resp)
+	if err != nil {
+		return nil, err
+	}
+	// What the handler writes for a sync that sends rooms whole is
+	// marshalSync's: it must be these very bytes.
+	if (req.since == nil || req.fullState) && (req.filter == nil || req.filter.EventFormat != "federation") {
+		fast, err := marshalSync(resp)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(fast, body) {
+			return nil, fmt.Errorf("marshalSync differs from json.Marshal:\n%s\n%s", fast, body)
+		}
+	}
+	return body, nil
 }

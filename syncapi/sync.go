@@ -152,6 +152,19 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if (req.since == nil || req.fullState) && (req.filter == nil || req.filter.EventFormat != "federation") {
+		// A response that sends rooms whole is mostly events the
+		// formatter rendered in the client format: marshalSync copies
+		// them once rather than having json.Marshal scan them again.
+		body, err := marshalSync(resp)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body)
+		return nil
+	}
 	return httpx.OK(w, resp)
 }
 
