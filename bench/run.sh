@@ -11,7 +11,7 @@
 #
 # Sizes (environment): REGISTER_N ROOMS_N SEND_N SEND_CONC SEND_CONC_N
 # OPEN_RATE OPEN_N OPEN_WORKERS FANOUT_LISTENERS FANOUT_N FANOUT_RATE
-# FANOUT_BIG_LISTENERS FANOUT_BIG_N IS_ROOMS IS_PER_ROOM IS_REPEAT. OUT=path writes the report elsewhere.
+# FANOUT_BIG_LISTENERS FANOUT_BIG_N IS_ROOMS IS_PER_ROOM IS_REPEAT IS_BIG_ROOMS. OUT=path writes the report elsewhere.
 # Dendrite is built with `go install` into $TOOLS (default /work/tools, or
 # ~/.cache/myelin-bench/tools) when it is not there yet.
 set -euo pipefail
@@ -32,7 +32,7 @@ MYELIN_PORT=${MYELIN_PORT:-18009}
 
 if [[ -n ${QUICK:-} ]]; then
 	: "${REGISTER_N:=10}" "${ROOMS_N:=10}" "${SEND_N:=20}" "${SEND_CONC_N:=40}" "${OPEN_N:=20}"
-	: "${FANOUT_LISTENERS:=5}" "${FANOUT_N:=10}" "${FANOUT_BIG_LISTENERS:=10}" "${FANOUT_BIG_N:=5}" "${IS_ROOMS:=5}" "${IS_PER_ROOM:=2}" "${IS_REPEAT:=2}"
+	: "${FANOUT_LISTENERS:=5}" "${FANOUT_N:=10}" "${FANOUT_BIG_LISTENERS:=10}" "${FANOUT_BIG_N:=5}" "${IS_ROOMS:=5}" "${IS_PER_ROOM:=2}" "${IS_REPEAT:=2}" "${IS_BIG_ROOMS:=10}"
 fi
 REGISTER_N=${REGISTER_N:-50}
 ROOMS_N=${ROOMS_N:-100}
@@ -50,6 +50,7 @@ FANOUT_BIG_N=${FANOUT_BIG_N:-20}
 IS_ROOMS=${IS_ROOMS:-50}
 IS_PER_ROOM=${IS_PER_ROOM:-10}
 IS_REPEAT=${IS_REPEAT:-5}
+IS_BIG_ROOMS=${IS_BIG_ROOMS:-500}
 
 WORK=$(mktemp -d /tmp/myelin-bench.XXXXXX)
 SERVER_PID=
@@ -201,6 +202,7 @@ run_scenarios() { # NAME
 	bench "$name" "send: $SEND_CONC senders, one room" send -messages "$SEND_CONC_N" -concurrency "$SEND_CONC" -same-room
 	bench "$name" "send: open loop $OPEN_RATE msg/s" send -messages "$OPEN_N" -rate "$OPEN_RATE" -concurrency "$OPEN_WORKERS" -same-room
 	bench "$name" "initialsync: $IS_ROOMS rooms × $IS_PER_ROOM messages" initialsync -rooms "$IS_ROOMS" -per-room "$IS_PER_ROOM" -repeat "$IS_REPEAT"
+	bench "$name" "initialsync: $IS_BIG_ROOMS rooms × $IS_PER_ROOM messages" initialsync -rooms "$IS_BIG_ROOMS" -per-room "$IS_PER_ROOM" -repeat "$IS_REPEAT"
 	bench "$name" "fanout: $FANOUT_LISTENERS listeners, $FANOUT_RATE msg/s" fanout -listeners "$FANOUT_LISTENERS" -messages "$FANOUT_N" -rate "$FANOUT_RATE"
 	bench "$name" "fanout: $FANOUT_LISTENERS listeners, sender as fast as acknowledged" fanout -listeners "$FANOUT_LISTENERS" -messages "$FANOUT_N"
 	bench "$name" "fanout: $FANOUT_BIG_LISTENERS listeners, $FANOUT_RATE msg/s" fanout -listeners "$FANOUT_BIG_LISTENERS" -messages "$FANOUT_BIG_N" -rate "$FANOUT_RATE"

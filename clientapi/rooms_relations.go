@@ -288,6 +288,21 @@ func (f *eventFormatter) bundledAggregations(ctx context.Context, evs []*roomser
 	for _, ev := range evs {
 		byRoom[ev.RoomID] = append(byRoom[ev.RoomID], ev)
 	}
+	const limit = 10000
+	var relsByRoom map[string][]relation
+	if len(byRoom) > 1 {
+		// Many rooms (an initial /sync): their relations in one read.
+		idsByRoom := make(map[string][]string, len(byRoom))
+		for roomID, roomEvents := range byRoom {
+			for _, ev := range roomEvents {
+				idsByRoom[roomID] = append(idsByRoom[roomID], ev.EventID)
+			}
+		}
+		var err error
+		if relsByRoom, err = s.childrenOfRooms(ctx, idsByRoom, limit); err != nil {
+			return nil, err
+		}
+	}
 	out := map[string]json.RawMessage{}
 	for roomID, roomEvents := range byRoom {
 		ids := make([]string, len(roomEvents))
@@ -296,9 +311,12 @@ func (f *eventFormatter) bundledAggregations(ctx context.Context, evs []*roomser
 			ids[i] = ev.EventID
 			byID[ev.EventID] = ev
 		}
-		rels, err := s.children(ctx, relationsQuery{RoomID: roomID, Forward: true, Limit: 10000}, ids)
-		if err != nil {
-			return nil, err
+		rels := relsByRoom[roomID]
+		if relsByRoom == nil {
+			var err error
+			if rels, err = s.children(ctx, relationsQuery{RoomID: roomID, Forward: true, Limit: limit}, ids); err != nil {
+				return nil, err
+			}
 		}
 		agg := map[string]map[string]any{}
 		threads := map[string][]relation{}

@@ -138,26 +138,31 @@ func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx stora
 // allocated while 200 listeners were served (docs/benchmarks.md, "Memory at
 // idle and peak"). Callers only read them (see Event).
 func toEvent(e *loadedEvent) *Event {
+	return eventOf(e.row, e.pdu.Content(), e.pdu.JSON())
+}
+
+// eventOf is the API's Event of a row with its content and JSON.
+func eventOf(row *eventRow, content, eventJSON []byte) *Event {
 	ev := &Event{
-		EventID:        e.row.EventID,
-		RoomID:         e.row.RoomID,
-		Type:           e.row.Type,
-		StateKey:       e.row.StateKey,
-		Sender:         e.row.Sender,
-		OriginServerTS: e.row.OriginServerTS,
-		Depth:          e.row.Depth,
-		StreamPos:      e.row.NID,
-		Content:        json.RawMessage(e.pdu.Content()),
-		JSON:           json.RawMessage(e.pdu.JSON()),
+		EventID:        row.EventID,
+		RoomID:         row.RoomID,
+		Type:           row.Type,
+		StateKey:       row.StateKey,
+		Sender:         row.Sender,
+		OriginServerTS: row.OriginServerTS,
+		Depth:          row.Depth,
+		StreamPos:      row.NID,
+		Content:        json.RawMessage(content),
+		JSON:           json.RawMessage(eventJSON),
 	}
-	if e.row.Redacts != nil {
-		ev.Redacts = *e.row.Redacts
+	if row.Redacts != nil {
+		ev.Redacts = *row.Redacts
 	}
-	if e.row.Membership != nil {
-		ev.Membership = *e.row.Membership
+	if row.Membership != nil {
+		ev.Membership = *row.Membership
 	}
-	if e.row.RedactedBecause != nil {
-		ev.RedactedBecause = *e.row.RedactedBecause
+	if row.RedactedBecause != nil {
+		ev.RedactedBecause = *row.RedactedBecause
 	}
 	return ev
 }

@@ -42,6 +42,12 @@ type Rooms interface {
 	SenderMembershipsFromAuth(ctx context.Context, eventIDs []string) ([]*roomserver.Event, error)
 	AwaitFullState(ctx context.Context, roomID string) error
 	PrevStates(ctx context.Context, eventIDs []string) (map[string]*roomserver.PrevState, error)
+	// Batched reads of a sync that sends many rooms whole (initial_batch.go).
+	RecentEventsOfRooms(ctx context.Context, req roomserver.RecentRoomsRequest) (*roomserver.RecentRooms, error)
+	CurrentStateOfRooms(ctx context.Context, roomIDs []string, skipMembers bool) (map[string][]*roomserver.Event, error)
+	RoomMemberSummaries(ctx context.Context, roomIDs []string) (map[string]*roomserver.MemberSummary, error)
+	TxnIDsOfEvents(ctx context.Context, userID, deviceID string, roomOf map[string]string) (map[string]string, error)
+	MemberEventsOfRooms(ctx context.Context, stateKeys map[string][]string) (map[string][]*roomserver.Event, error)
 }
 
 // AccountData is what sync reads from clientapi's account data stream

@@ -98,7 +98,12 @@ func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
 	if p := f.prevStates[e.EventID]; p != nil {
 		ce.Unsigned.PrevContent, ce.Unsigned.PrevSender, ce.Unsigned.ReplacesState = p.Content, p.Sender, p.EventID
 	}
-	out, _ := json.Marshal(ce)
+	// Room for the whole event in one allocation, unsigned included.
+	size := len(ce.Content) + len(ce.EventID) + len(ce.Sender) + len(ce.Type) + 160
+	if out, ok := appendClientEvent(make([]byte, 0, size), &ce); ok {
+		return out
+	}
+	out, _ := json.Marshal(ce) // fails as appendClientEvent did
 	return out
 }
 

@@ -1,6 +1,16 @@
 package syncapi
 
-import "time"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"time"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+)
 
 // Waiting is the number of long-polling requests registered with the
 // waker, so tests can act once a request is waiting.
@@ -27,3 +37,41 @@ func (s *Server) ZeroSharedHeads() {
 // NewsOf is newsOf: the rooms (and whether any state event) of the
 // events the waker read.
 var NewsOf = newsOf
+
+// SyncJSON computes the response of GET /sync?query for the user's
+// device, as the handler would but without waiting, at the fixed time
+// now (events' unsigned.age), and returns its JSON. perRoom makes a sync
+// that sends rooms whole read each room on its own rather than all at
+// once: the reference the batched reads are compared with.
+func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, now time.Time, perRoom bool) ([]byte, error) {
+	r := httptest.NewRequest(http.MethodGet, "/_matrix/client/v3/sync?"+query, nil)
+	r = r.WithContext(authn.WithDevice(ctx, &authn.Device{UserID: userID, DeviceID: deviceID}))
+	req, err := s.parseSyncRequest(r)
+	if err != nil {
+		return nil, err
+	}
+	req.perRoom = perRoom
+	saved := s.now
+	s.now = func() time.Time { return now }
+	defer func() { s.now = saved }()
+	resp, err := s.compute(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(resp)
+	if err != nil {
+		return nil, err
+	}
+	// What the handler writes for a sync that sends rooms whole is
+	// marshalSync's: it must be these very bytes.
+	if (req.since == nil || req.fullState) && (req.filter == nil || req.filter.EventFormat != "federation") {
+		fast, err := marshalSync(resp)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(fast, body) {
+			return nil, fmt.Errorf("marshalSync differs from json.Marshal:\n%s\n%s", fast, body)
+		}
+	}
+	return body, nil
+}

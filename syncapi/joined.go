@@ -35,6 +35,9 @@ type roomBuilder struct {
 	// (joined since the token, or resynced after a partial-state join);
 	// the client has no counts for it yet.
 	sentWhole bool
+	// batch, when set, holds the reads of the rooms sent whole, made for
+	// all of them at once (initial_batch.go).
+	batch *initialReads
 }
 
 func (b *roomBuilder) roomFilter() *clientapi.RoomFilter {
@@ -77,6 +80,11 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 	partial, whole, err := b.partialState(ctx, memberships)
 	if err != nil {
 		return err
+	}
+	if b.initial() && !b.req.perRoom {
+		if err := b.prefetchInitial(ctx, b.batchedJoinedRooms(memberships, partial)); err != nil {
+			return err
+		}
 	}
 	var joined []string
 	for _, m := range memberships {
@@ -242,6 +250,9 @@ func nonNil(evs []json.RawMessage) []json.RawMessage {
 // nothing new for it. full sends the room whole (initial sync,
 // full_state, or joined since the token).
 func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, full bool) (*joinedRoom, error) {
+	if b.batch != nil && full && b.batch.recent[m.RoomID] != nil {
+		return b.batchedJoined(ctx, m)
+	}
 	from := b.since.Room
 	if full {
 		from = 0
@@ -282,6 +293,22 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 	if err != nil {
 		return nil, err
 	}
+	return b.joinedFrom(ctx, m.RoomID, full, base, tl, tlEvents, members)
+}
+
+// batchedJoined is joined for a room sent whole whose reads
+// prefetchInitial made.
+func (b *roomBuilder) batchedJoined(ctx context.Context, m roomserver.MembershipEntry) (*joinedRoom, error) {
+	tl, tlEvents := b.batchedTimeline(m.RoomID)
+	return b.joinedFrom(ctx, m.RoomID, true, b.batch.state[m.RoomID], tl, tlEvents, b.batch.members[m.RoomID])
+}
+
+// joinedFrom builds a joined room's entry from its reads: base, the
+// state the client must learn (before upTo), the rendered timeline and
+// its events, and the lazy-loaded members.
+func (b *roomBuilder) joinedFrom(ctx context.Context, roomID string, full bool, base []*roomserver.Event,
+	tl timeline, tlEvents, members []*roomserver.Event) (*joinedRoom, error) {
+	lazy := b.lazy()
 	base = upTo(base, b.heads.Room)
 	var state []*roomserver.Event
 	if b.req.stateAfter != "" {
@@ -294,9 +321,9 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 	}
 	state = b.filterState(state)
 	if lazy {
-		state = b.addLazyMembers(m.RoomID, state, tlEvents, members)
+		state = b.addLazyMembers(roomID, state, tlEvents, members)
 	}
-	acct := b.roomAcct[m.RoomID]
+	acct := b.roomAcct[roomID]
 	if !full && len(tl.Events) == 0 && len(state) == 0 && len(acct) == 0 {
 		return nil, nil
 	}
@@ -307,7 +334,8 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 	}
 	b.setState(&jr.State, &jr.StateAfter, &jr.StateAfterUnstable, state)
 	if full || hasMember(tlEvents) || hasMember(base) {
-		if jr.Summary, err = b.summary(ctx, m.RoomID); err != nil {
+		var err error
+		if jr.Summary, err = b.summary(ctx, roomID); err != nil {
 			return nil, err
 		}
 	}
@@ -344,13 +372,7 @@ func (b *roomBuilder) filterState(state []*roomserver.Event) []*roomserver.Event
 // senders and the user's own (for senders whose membership is not in
 // the room's current state, the one their event was authorised by).
 func (b *roomBuilder) lazyMemberEvents(ctx context.Context, roomID string, tl []*roomserver.Event) ([]*roomserver.Event, error) {
-	want := []string{b.req.userID}
-	for _, e := range tl {
-		if !contains(want, e.Sender) {
-			want = append(want, e.Sender)
-		}
-	}
-	members, err := b.s.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", want)
+	members, err := b.s.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", lazyMemberKeys(b.req.userID, tl))
 	if err != nil {
 		return nil, err
 	}
@@ -389,9 +411,15 @@ func (b *roomBuilder) addLazyMembers(roomID string, state, tl, members []*roomse
 // summary builds the room summary. Spec: client-server-api, RoomSummary:
 // heroes are up to 5 other members, joined and invited first.
 func (b *roomBuilder) summary(ctx context.Context, roomID string) (*roomSummary, error) {
-	ms, err := b.s.rooms.RoomMemberSummary(ctx, roomID)
-	if err != nil {
-		return nil, err
+	var ms *roomserver.MemberSummary
+	if b.batch != nil {
+		ms = b.batch.summaries[roomID]
+	}
+	if ms == nil {
+		var err error
+		if ms, err = b.s.rooms.RoomMemberSummary(ctx, roomID); err != nil {
+			return nil, err
+		}
 	}
 	sum := &roomSummary{Joined: &ms.Joined, Invited: &ms.Invited, Heroes: heroes(ms, b.req.userID)}
 	return sum, nil

@@ -1,0 +1,65 @@
+package syncapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+)
+
+// appendClientEvent must give json.Marshal's bytes for every event, and
+// fail exactly when json.Marshal fails.
+func TestAppendClientEventMatchesMarshal(t *testing.T) {
+	key, empty := "@bob:example.org", ""
+	cases := []clientEvent{
+		{Content: json.RawMessage(`{"body":"hi","msgtype":"m.text"}`), EventID: "$a", OriginServerTS: 1, Sender: "@a:b", Type: "m.room.message",
+			Unsigned: &unsigned{Age: 5}},
+		{Content: json.RawMessage(`{"membership":"join"}`), EventID: "$b", OriginServerTS: -3, Sender: "@a:b", StateKey: &key, Type: "m.room.member",
+			Unsigned: &unsigned{Age: 0, TransactionID: "t<1>", Membership: "join", PrevContent: json.RawMessage(`{"membership":"invite"}`),
+				PrevSender: "@c:d", ReplacesState: "$x"}},
+		{Content: json.RawMessage(`{"body":"<b>bold</b> & \u2028 \u00e9 \"q\" \\"}`), EventID: "$c", Sender: "@a:b", StateKey: &empty, Type: "m.room.topic",
+			Redacts: "$r", Unsigned: &unsigned{RedactedBy: "$red", Relations: json.RawMessage(`{"m.thread":{"count":2}}`)}},
+		{Content: json.RawMessage("{ \"spaced\" : [ 1 , 2 ],\n\t\"x\":\"a b\" }"), EventID: "$d", Sender: "@é:b", Type: "m.\x01type", Unsigned: &unsigned{}},
+		{Content: json.RawMessage("{\"line\":\"\xe2\x80\xa8\xe2\x80\xa9\",\"ok\":true}"), EventID: "$e\x7f", Sender: "bad\xffutf8", Type: "t"},
+		{Content: json.RawMessage(`{}`), EventID: "", Sender: "", Type: "", Unsigned: &unsigned{Relations: json.RawMessage(`null`)}},
+		{Content: json.RawMessage(`{"unterminated":`), EventID: "$f", Type: "t", Unsigned: &unsigned{}},
+		{Content: json.RawMessage(`{}`), EventID: "$g", Type: "t", Unsigned: &unsigned{PrevContent: json.RawMessage(`{bad}`)}},
+		{Content: json.RawMessage(`"just a string"`), EventID: "$h", Type: "t", Unsigned: &unsigned{Age: 1 << 40}},
+	}
+	for i, ce := range cases {
+		want, wantErr := json.Marshal(ce)
+		got, ok := appendClientEvent([]byte("prefix"), &ce)
+		if ok != (wantErr == nil) {
+			t.Errorf("case %d: ok %v, json.Marshal error %v", i, ok, wantErr)
+			continue
+		}
+		if !ok {
+			if string(got) != "prefix" {
+				t.Errorf("case %d: failed but appended %q", i, got)
+			}
+			continue
+		}
+		if !bytes.Equal(got, append([]byte("prefix"), want...)) {
+			t.Errorf("case %d:\ngot  %s\nwant prefix%s", i, got, want)
+		}
+	}
+}
+
+// FuzzAppendClientEvent compares appendClientEvent with json.Marshal on
+// arbitrary strings and raw members.
+func FuzzAppendClientEvent(f *testing.F) {
+	f.Add(`{"body":"x"}`, "$id", "@s:x", "m.room.message", "", `{"a":1}`, "txn")
+	f.Add("{ \"a\" : \"<&>\" }", "$\x00", "\xff", "t\u2028", "k", `null`, "")
+	f.Add(`[1, 2]`, "", "", "", "\"", ``, "\\")
+	f.Fuzz(func(t *testing.T, content, eventID, sender, typ, stateKey, prev, txn string) {
+		ce := clientEvent{Content: json.RawMessage(content), EventID: eventID, Sender: sender, Type: typ, StateKey: &stateKey,
+			Unsigned: &unsigned{Age: 7, TransactionID: txn, PrevContent: json.RawMessage(prev), PrevSender: sender}}
+		if content == "" {
+			ce.Content = json.RawMessage("{}")
+		}
+		want, err := json.Marshal(ce)
+		got, ok := appendClientEvent(nil, &ce)
+		if ok != (err == nil) || ok && !bytes.Equal(got, want) {
+			t.Fatalf("got %q (%v), json.Marshal %q (%v)", got, ok, want, err)
+		}
+	})
+}
