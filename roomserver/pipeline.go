@@ -38,9 +38,15 @@ import (
 //     the send is rebuilt on the committed room. No event is ever stored
 //     with a prev event that is not stored, and a send is acknowledged
 //     only after the commit that holds its event.
+//   - The write of a send built on an uncommitted event, or on the row a
+//     committed send left (kept instead of reading the room again), reads
+//     the room's row inside its own transaction and refuses unless it is
+//     the row the event was built on (checkBuiltOn).
 //   - Every other writer of a room (lockRoom) first waits until the
 //     room's queued writes have their outcome, so it reads committed
-//     state as before.
+//     state as before. A send that nothing may build on keeps the room
+//     lock until its commit's hooks (event cache, notification) have run,
+//     as before.
 //
 // On PostgreSQL writes are not queued (WriteQueued commits before it
 // returns), so nothing is ever built on an uncommitted event there.
@@ -107,24 +113,49 @@ func (s *Server) lockRoomStripe(roomID string) func() {
 }
 
 // roomToBuildOn returns, under the room's lock, the room row a send
-// builds on and the queued write that row depends on (nil when the row
-// is committed): the in-flight tail's row when there is one to build on,
-// otherwise the stored row once every queued write of the room has its
-// outcome.
-func (s *Server) roomToBuildOn(ctx context.Context, roomID string) (*roomRow, *storage.PendingWrite, error) {
+// builds on and whether it came from the room's last queued send (then
+// its write must check the row, see checkBuiltOn), and that send's write
+// if it has not finished. A room whose last send left nothing to build on
+// (a state event, say), or failed, is read from the database once every
+// queued write of the room has its outcome.
+func (s *Server) roomToBuildOn(ctx context.Context, roomID string) (room *roomRow, fromTail bool, inFlight *storage.PendingWrite, err error) {
 	if tail := s.tails.get(roomID); tail != nil {
-		select {
-		case <-tail.write.Done():
-		default:
-			if tail.room != nil {
-				return tail.room.clone(), tail.write, nil
+		if tail.room != nil {
+			select {
+			case <-tail.write.Done():
+				if tail.write.Committed() {
+					return tail.room.clone(), true, nil, nil
+				}
+			default:
+				return tail.room.clone(), true, tail.write, nil
 			}
-			<-tail.write.Done()
 		}
+		<-tail.write.Done()
 		s.tails.set(roomID, nil)
 	}
-	room, err := loadRoom(ctx, s.db.Reader(), roomID)
-	return room, nil, err
+	room, err = loadRoom(ctx, s.db.Reader(), roomID)
+	return room, false, nil, err
+}
+
+// checkBuiltOn is the first step of the write of a send built on the row
+// of the room's last queued send: it refuses (errPipelineBroken, and the
+// send is built again) unless that send committed or commits with this
+// one and the room's stored row, read inside this write's transaction
+// (so nothing can change it before the commit), is the row the event was
+// built on. The second check alone suffices (the first is a cheap early
+// answer); it also catches a write by another process since.
+func checkBuiltOn(ctx context.Context, tx storage.Tx, builtOn *roomRow, inFlight *storage.PendingWrite) error {
+	if inFlight != nil && inFlight.Failed() {
+		return errPipelineBroken
+	}
+	stored, err := loadRoom(ctx, tx, builtOn.RoomID)
+	if err != nil {
+		return err
+	}
+	if !sameRoomRow(stored, builtOn) {
+		return errPipelineBroken
+	}
+	return nil
 }
 
 // roomAfter predicts the room row that commit leaves after p, when a

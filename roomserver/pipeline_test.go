@@ -266,3 +266,29 @@ func TestRoomAfterMatchesCommit(t *testing.T) {
 		}
 	}
 }
+
+// TestSendOnKeptRoomRowSeesOtherWriters: a send builds on the room row
+// its room's previous send left, without reading the room; when another
+// writer (here a second Server on the same database, as another process
+// would be) has changed the room since, the send's write refuses that
+// row and the send is built again on the stored room.
+func TestSendOnKeptRoomRowSeesOtherWriters(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	s := newTestServer(t, db)
+	other := newTestServer(t, db)
+	room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+	mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"one"}`)
+	if tail := s.tails.get(room); tail == nil || tail.room == nil || !tail.write.Committed() {
+		t.Fatalf("no kept room row after a message: %+v", tail)
+	}
+	mustSend(t, other, room, alice, "m.room.message", nil, `{"body":"from elsewhere"}`)
+	mustSend(t, other, room, alice, "m.room.topic", ptr(""), `{"topic":"elsewhere"}`)
+	mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"two"}`)
+	ids := checkLinear(t, s, db, room, 0)
+	if len(ids) < 3 {
+		t.Fatalf("%d events", len(ids))
+	}
+	if got := stateContent(t, s, alice, room, "m.room.topic", "")["topic"]; got != "elsewhere" {
+		t.Fatalf("topic %v, want elsewhere", got)
+	}
+}

@@ -146,18 +146,21 @@ func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatr
 			unlock()
 		}
 	}()
-	room, builtOn, err := s.roomToBuildOn(ctx, roomID)
+	room, fromTail, inFlight, err := s.roomToBuildOn(ctx, roomID)
 	if err != nil {
 		return nil, err
 	}
+	builtOn := room.clone() // commit updates room in place
 	p, err := s.buildAndPrepare(ctx, room, proto, redacts)
 	if err != nil {
 		return nil, err
 	}
 	next := s.roomAfter(p)
 	write := s.db.WriteQueued(ctx, func(tx storage.Tx) error {
-		if builtOn != nil && builtOn.Failed() {
-			return errPipelineBroken
+		if fromTail {
+			if err := checkBuiltOn(ctx, tx, builtOn, inFlight); err != nil {
+				return err
+			}
 		}
 		if err := s.writeSend(ctx, tx, p, string(proto.SenderID), txn); err != nil {
 			return err
@@ -168,8 +171,11 @@ func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatr
 		return nil
 	})
 	s.tails.set(roomID, &roomTail{write: write, room: next})
-	unlock()
-	locked = false
+	if next != nil {
+		// The next send may build on this event now.
+		unlock()
+		locked = false
+	}
 	if err := write.Wait(); err != nil {
 		return nil, err
 	}

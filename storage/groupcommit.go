@@ -137,7 +137,7 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 			req.failed = true
 			continue
 		}
-		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite}}
+		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
 		req.tx = tx
 		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
 			results[i] = fmt.Errorf("storage: savepoint: %w", err)
@@ -220,6 +220,20 @@ func (p *PendingWrite) Done() <-chan struct{} {
 		return closedChan
 	}
 	return p.req.finished
+}
+
+// Committed reports whether the write has committed; false while it is
+// in flight (see Done) and when it failed.
+func (p *PendingWrite) Committed() bool {
+	select {
+	case <-p.Done():
+	default:
+		return false
+	}
+	if p.req == nil {
+		return p.err == nil
+	}
+	return p.req.err == nil
 }
 
 // Failed reports whether the write failed or will not commit. It may be

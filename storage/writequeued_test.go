@@ -98,3 +98,30 @@ func TestWriteQueuedFailed(t *testing.T) {
 		}
 	})
 }
+
+// TestWriteRunsToItsEnd: once a write function runs, the end of its
+// request's context does not interrupt its statements; it commits.
+func TestWriteRunsToItsEnd(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	exec(t, db, `CREATE TABLE wend (id BIGINT PRIMARY KEY)`)
+	ctx, cancel := context.WithCancel(context.Background())
+	err := db.Write(ctx, func(tx storage.Tx) error {
+		cancel()
+		_, err := tx.Exec(ctx, `INSERT INTO wend (id) VALUES (1)`)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("write whose context ended while it ran: %v", err)
+	}
+	if got := int64s(t, db.Reader(), `SELECT id FROM wend`); len(got) != 1 {
+		t.Fatalf("rows %v, want [1]", got)
+	}
+	p := db.WriteQueued(context.Background(), func(storage.Tx) error { return nil })
+	if err := p.Wait(); err != nil || !p.Committed() {
+		t.Fatalf("Wait %v, Committed %v", err, p.Committed())
+	}
+	f := db.WriteQueued(context.Background(), func(storage.Tx) error { return errors.New("no") })
+	if err := f.Wait(); err == nil || f.Committed() {
+		t.Fatalf("failed write: Wait %v, Committed %v", err, f.Committed())
+	}
+}
