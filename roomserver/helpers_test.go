@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"sync"
 	"testing"
 
 	"github.com/myelin-chat/myelin/config"
@@ -29,7 +30,18 @@ func testKey() *signing.Key {
 	return &signing.Key{ID: "ed25519:test", PrivateKey: ed25519.NewKeyFromSeed(seed)}
 }
 
-type notified struct{ last int64 }
+// notified records the highest room stream position notified, as the
+// notifier does (sends in flight together may run their hooks in any order).
+type notified struct {
+	mu   sync.Mutex
+	last int64 // guarded by mu
+}
+
+func (n *notified) get() int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.last
+}
 
 func newTestServer(t testing.TB, db *storage.DB) *Server {
 	t.Helper()
@@ -45,7 +57,9 @@ func newTestServerNotify(t testing.TB, db *storage.DB) (*Server, *notified) {
 		Config: config.RoomServer{DefaultRoomVersion: "12", EncryptPrivateRooms: true},
 		Notify: func(stream string, pos int64) {
 			if stream == Stream {
-				n.last = pos
+				n.mu.Lock()
+				n.last = max(n.last, pos)
+				n.mu.Unlock()
 			}
 		},
 	})

@@ -5,7 +5,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -50,8 +49,11 @@ type Server struct {
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
-	// releasing, so prev_events and extremities never race.
+	// releasing (a send only queues its write; see pipeline.go), so
+	// prev_events and extremities never race.
 	roomLocks [256]sync.Mutex
+	// tails holds each room's last queued send (pipeline.go).
+	tails roomTails
 
 	// events caches parsed events by event ID. Entries are immutable
 	// except for redaction, which replaces the entry.
@@ -156,16 +158,6 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		snapKeys:   newSnapshotKeyCache(4096),
 		versions:   newVersionCache(65536),
 	}, nil
-}
-
-// lockRoom takes the write lock of roomID. Lock order: a goroutine holds
-// at most one room lock at a time.
-func (s *Server) lockRoom(roomID string) func() {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(roomID))
-	mu := &s.roomLocks[h.Sum32()%uint32(len(s.roomLocks))]
-	mu.Lock()
-	return mu.Unlock
 }
 
 // notifyAfter tells the notifier about pos once tx commits.

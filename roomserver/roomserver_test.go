@@ -87,8 +87,8 @@ func TestCreateRoomVersions(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if n.last != pos {
-					t.Fatalf("notified %d, stream at %d", n.last, pos)
+				if n.get() != pos {
+					t.Fatalf("notified %d, stream at %d", n.get(), pos)
 				}
 			})
 		}

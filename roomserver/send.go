@@ -93,8 +93,9 @@ func (s *Server) checkSendRequest(req *SendEventRequest) error {
 var errTxnTaken = errors.New("roomserver: transaction ID already used")
 
 // sendProto is the local write path shared by SendEvent and the
-// membership calls: under the room lock, build on the current state,
-// decide, and commit.
+// membership calls: under the room lock, build on the current state (or
+// on the room's queued sends, see pipeline.go), decide and queue the
+// write; then wait for its commit.
 //
 // A retried transaction ID returns the event the first request created.
 // Spec: client-server-api, "Transaction identifiers". Retries are rare,
@@ -103,14 +104,24 @@ var errTxnTaken = errors.New("roomserver: transaction ID already used")
 // (the savepoint rolls the whole send back, so nothing of it is kept),
 // and only then, or when building or authorising the retry fails (the
 // room may have changed since the first request), is the stored event
-// looked up. The room lock keeps two sends of one room from racing
-// between that refusal and the lookup.
+// looked up, under the room lock once the room's queued writes have
+// committed (so the first request's row, if queued, is visible).
 func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
+	attempt := *proto
+	resp, err := s.buildAndQueue(ctx, roomID, &attempt, redacts, txn)
+	if err == nil || ctx.Err() != nil || (txn == nil && !errors.Is(err, errPipelineBroken)) {
+		return resp, err
+	}
 	unlock := s.lockRoom(roomID)
 	defer unlock()
-	resp, err := s.buildAndCommit(ctx, roomID, proto, redacts, txn)
-	if err == nil || txn == nil || ctx.Err() != nil {
-		return resp, err
+	if errors.Is(err, errPipelineBroken) {
+		// Built on a queued event that was not stored: build again on the
+		// committed room, nothing in flight.
+		attempt = *proto
+		resp, err = s.buildAndCommit(ctx, roomID, &attempt, redacts, txn)
+		if err == nil || txn == nil || ctx.Err() != nil {
+			return resp, err
+		}
 	}
 	id, lookupErr := lookupTxn(ctx, s.db.Reader(), roomID, proto.SenderID, txn)
 	if lookupErr != nil {
@@ -125,16 +136,75 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 	return nil, err
 }
 
-// buildAndCommit is sendProto's work under the room lock.
-func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
-	reader := s.db.Reader()
-	room, err := loadRoom(ctx, reader, roomID)
+// buildAndQueue builds and authorises the event under the room lock,
+// queues its write, and waits for the commit after releasing the lock.
+func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
+	unlock := s.lockRoomStripe(roomID)
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+	room, fromTail, inFlight, err := s.roomToBuildOn(ctx, roomID)
 	if err != nil {
 		return nil, err
 	}
+	builtOn := room.clone() // commit updates room in place
+	p, err := s.buildAndPrepare(ctx, room, proto, redacts)
+	if err != nil {
+		return nil, err
+	}
+	next := s.roomAfter(p)
+	write := s.db.WriteQueued(ctx, func(tx storage.Tx) error {
+		if fromTail {
+			if err := checkBuiltOn(ctx, tx, builtOn, inFlight); err != nil {
+				return err
+			}
+		}
+		if err := s.writeSend(ctx, tx, p, string(proto.SenderID), txn); err != nil {
+			return err
+		}
+		if next != nil && !sameRoomRow(p.room, next) {
+			return fmt.Errorf("roomserver: room %s after event %s is not the room the next send was to build on", roomID, p.row.EventID)
+		}
+		return nil
+	})
+	s.tails.set(roomID, &roomTail{write: write, room: next})
+	if next != nil {
+		// The next send may build on this event now.
+		unlock()
+		locked = false
+	}
+	if err := write.Wait(); err != nil {
+		return nil, err
+	}
+	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
+}
+
+// buildAndCommit is sendProto's work when the caller holds the room lock
+// (lockRoom: nothing of the room in flight): build, decide, commit.
+func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
+	room, err := loadRoom(ctx, s.db.Reader(), roomID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.buildAndPrepare(ctx, room, proto, redacts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.db.Write(ctx, func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, string(proto.SenderID), txn) }); err != nil {
+		return nil, err
+	}
+	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
+}
+
+// buildAndPrepare builds, signs and authorises a local event on room.
+func (s *Server) buildAndPrepare(ctx context.Context, room *roomRow, proto *gomatrixserverlib.ProtoEvent, redacts string) (*prepared, error) {
 	if err := checkOwnedStateKey(room.Version, proto.Type, proto.StateKey); err != nil {
 		return nil, err
 	}
+	reader := s.db.Reader()
 	pdu, err := s.build(ctx, reader, nil, room, proto, redacts)
 	if err != nil {
 		return nil, err
@@ -146,22 +216,21 @@ func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomat
 	if p.outcome != Accepted {
 		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
 	}
-	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if txn != nil {
-			err := insertTxn(ctx, tx, roomID, proto.SenderID, txn, p.row.EventID, s.now().UnixMilli())
-			if storage.IsUniqueViolation(err) {
-				return errTxnTaken
-			}
-			if err != nil {
-				return err
-			}
+	return p, nil
+}
+
+// writeSend is a send's write: its transaction-ID row, then the event.
+func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, sender string, txn *TxnID) error {
+	if txn != nil {
+		err := insertTxn(ctx, tx, p.room.RoomID, sender, txn, p.row.EventID, s.now().UnixMilli())
+		if storage.IsUniqueViolation(err) {
+			return errTxnTaken
 		}
-		return s.commit(ctx, tx, p)
-	})
-	if err != nil {
-		return nil, err
+		if err != nil {
+			return err
+		}
 	}
-	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
+	return s.commit(ctx, tx, p)
 }
 
 func (s *Server) existingSend(ctx context.Context, eventID string) (*SendEventResponse, error) {

@@ -7,12 +7,26 @@ import (
 
 // writeRequest is one Write call waiting for the SQLite writer.
 type writeRequest struct {
-	ctx  context.Context
-	fn   func(Tx) error
-	done chan error // buffered, receives exactly one value
+	ctx context.Context
+	fn  func(Tx) error
+	// err is the outcome, set by the writer before it closes finished.
+	err      error
+	finished chan struct{}
+	// failed is set by the writer (only ever read on the writer's
+	// goroutine, by later write functions: see PendingWrite.Failed) as
+	// soon as the request is known not to commit: its function failed
+	// or was skipped, or its transaction did not commit.
+	failed bool
 	// tx is set by the writer when fn ran; the caller reads it (for its
-	// AfterCommit hooks) only after receiving from done.
+	// AfterCommit hooks) only after finished is closed.
 	tx *writeTx
+}
+
+// finish records req's outcome and wakes its caller.
+func (req *writeRequest) finish(err error) {
+	req.err = err
+	req.failed = err != nil
+	close(req.finished)
 }
 
 // maxBatch bounds how many write functions share one transaction, so one
@@ -20,7 +34,16 @@ type writeRequest struct {
 const maxBatch = 256
 
 func (db *DB) enqueueWrite(ctx context.Context, fn func(Tx) error) error {
-	req := &writeRequest{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	req, err := db.queueWrite(ctx, fn)
+	if err != nil {
+		return err
+	}
+	return req.wait()
+}
+
+// queueWrite hands fn to the writer and returns without waiting for it.
+func (db *DB) queueWrite(ctx context.Context, fn func(Tx) error) (*writeRequest, error) {
+	req := &writeRequest{ctx: ctx, fn: fn, finished: make(chan struct{})}
 	// Holding closeMu (shared) while sending means Close, which takes it
 	// exclusively before closing db.closed, cannot slip in between our
 	// check and our send: every request that reaches the queue is queued
@@ -29,21 +52,28 @@ func (db *DB) enqueueWrite(ctx context.Context, fn func(Tx) error) error {
 	select {
 	case <-db.closed:
 		db.closeMu.RUnlock()
-		return ErrClosed
+		return nil, ErrClosed
 	default:
 	}
 	select {
 	case <-ctx.Done():
 		db.closeMu.RUnlock()
-		return ctx.Err()
+		return nil, ctx.Err()
 	case db.queue <- req:
 	}
 	db.closeMu.RUnlock()
+	return req, nil
+}
+
+// wait returns req's outcome once it is known and, when it committed,
+// runs its AfterCommit hooks.
+func (req *writeRequest) wait() error {
 	// Once queued, wait for the outcome even if ctx ends: the function may
 	// already be running inside a transaction that will commit, and the
 	// caller must not believe a committed write failed.
-	if err := <-req.done; err != nil {
-		return err
+	<-req.finished
+	if req.err != nil {
+		return req.err
 	}
 	// Hooks run here, on the caller's goroutine (as on PostgreSQL), not on
 	// the writer: a hook that blocks or calls Write must not stall it.
@@ -96,7 +126,7 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 	sqlTx, err := db.writer.BeginTx(ctx, nil) // BEGIN IMMEDIATE via _txlock
 	if err != nil {
 		for _, req := range batch {
-			req.done <- fmt.Errorf("storage: begin write: %w", err)
+			req.finish(fmt.Errorf("storage: begin write: %w", err))
 		}
 		return
 	}
@@ -104,9 +134,10 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
+			req.failed = true
 			continue
 		}
-		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite}}
+		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
 		req.tx = tx
 		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
 			results[i] = fmt.Errorf("storage: savepoint: %w", err)
@@ -114,6 +145,7 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		}
 		if err := callWrite(req.fn, tx); err != nil {
 			results[i] = err
+			req.failed = true
 			if _, rbErr := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); rbErr != nil {
 				// The transaction is in an unknown state: fail everyone.
 				_ = sqlTx.Rollback()
@@ -121,13 +153,14 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 					if results[j] == nil || j == i {
 						results[j] = fmt.Errorf("storage: rollback to savepoint: %w", rbErr)
 					}
-					r.done <- results[j]
+					r.finish(results[j])
 				}
 				return
 			}
 		}
 		if _, err := sqlTx.ExecContext(ctx, "RELEASE w"); err != nil && results[i] == nil {
 			results[i] = fmt.Errorf("storage: release savepoint: %w", err)
+			req.failed = true
 		}
 	}
 	if err := sqlTx.Commit(); err != nil {
@@ -135,12 +168,87 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 			if results[i] == nil {
 				results[i] = fmt.Errorf("storage: commit: %w", err)
 			}
-			req.done <- results[i]
+			req.finish(results[i])
 		}
 		return
 	}
 	db.commits.Add(1)
 	for i, req := range batch {
-		req.done <- results[i]
+		req.finish(results[i])
 	}
 }
+
+// PendingWrite is a write handed to the database by WriteQueued whose
+// outcome may not be known yet.
+type PendingWrite struct {
+	req *writeRequest // nil when the outcome was known at once
+	err error         // the outcome when req is nil
+}
+
+// WriteQueued is Write without the wait: on SQLite it queues fn for the
+// group-commit writer and returns at once; Wait then returns what Write
+// would have. Writes queued by one goroutine run, and commit, in the order
+// they were queued, so a later write function sees an earlier one's rows
+// (in the same transaction or a committed one) unless Failed says it did
+// not commit. On PostgreSQL (no shared writer) it runs fn and commits
+// before returning, as Write does.
+func (db *DB) WriteQueued(ctx context.Context, fn func(tx Tx) error) *PendingWrite {
+	if db.engine != SQLite {
+		return &PendingWrite{err: db.writePostgres(ctx, fn)}
+	}
+	req, err := db.queueWrite(ctx, fn)
+	if err != nil {
+		return &PendingWrite{err: err}
+	}
+	return &PendingWrite{req: req}
+}
+
+// Wait blocks until the write has committed or failed and returns its
+// error; after a commit it first runs the write's AfterCommit hooks on the
+// calling goroutine. Call it once.
+func (p *PendingWrite) Wait() error {
+	if p.req == nil {
+		return p.err
+	}
+	return p.req.wait()
+}
+
+// Done is closed once the write's outcome is known (its AfterCommit hooks
+// may not have run yet).
+func (p *PendingWrite) Done() <-chan struct{} {
+	if p.req == nil {
+		return closedChan
+	}
+	return p.req.finished
+}
+
+// Committed reports whether the write has committed; false while it is
+// in flight (see Done) and when it failed.
+func (p *PendingWrite) Committed() bool {
+	select {
+	case <-p.Done():
+	default:
+		return false
+	}
+	if p.req == nil {
+		return p.err == nil
+	}
+	return p.req.err == nil
+}
+
+// Failed reports whether the write failed or will not commit. It may be
+// called only from inside a write function that was queued after p (on
+// SQLite it runs on the writer's goroutine, which alone sets the answer).
+// There, false means p's writes are visible to the caller's transaction
+// and commit with it or have committed already: p ran earlier in the same
+// transaction without error (the transaction then commits or fails as a
+// whole) or in an earlier, committed one.
+func (p *PendingWrite) Failed() bool {
+	if p.req == nil {
+		return p.err != nil
+	}
+	return p.req.failed
+}
+
+// closedChan is the Done channel of a write whose outcome is known.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()

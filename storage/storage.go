@@ -347,18 +347,32 @@ func (p poolQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.R
 type txQuerier struct {
 	tx      *sql.Tx
 	rewrite func(string) string
+	// uncancellable runs statements without the caller's cancellation:
+	// set in the SQLite writer, where a write function that has started
+	// runs to its end (a request that ends before its function starts is
+	// skipped; see commitBatch). With a cancellable context go-sqlite3
+	// runs each Exec on a fresh goroutine, which the one writer then
+	// waits for.
+	uncancellable bool
+}
+
+func (t txQuerier) ctx(ctx context.Context) context.Context {
+	if t.uncancellable {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 func (t txQuerier) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return t.tx.ExecContext(ctx, t.rewrite(q), args...)
+	return t.tx.ExecContext(t.ctx(ctx), t.rewrite(q), args...)
 }
 
 func (t txQuerier) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return t.tx.QueryContext(ctx, t.rewrite(q), args...)
+	return t.tx.QueryContext(t.ctx(ctx), t.rewrite(q), args...)
 }
 
 func (t txQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	return t.tx.QueryRowContext(ctx, t.rewrite(q), args...)
+	return t.tx.QueryRowContext(t.ctx(ctx), t.rewrite(q), args...)
 }
 
 type writeTx struct {

@@ -1,0 +1,191 @@
+package roomserver
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"slices"
+	"sync"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Pipelined sends.
+//
+// A send holds its room's lock while it reads the room, builds, signs and
+// authorises its event and queues the event's write; it then releases the
+// lock and waits for the commit outside it. The next send to the room may
+// build on the queued event before it commits: prev_events = that event,
+// depth one more. So sends to one room share group commits instead of
+// taking one fsync each (server-server-api, "Forward extremities", is
+// kept: each event names the previous one).
+//
+// This is exact because:
+//   - Only events that leave the room's current state snapshot as it was
+//     (accepted, not state events, not redactions — a redaction can
+//     change a state event's content — and not in partial-state rooms)
+//     may be built on before they commit. The next event reads its auth
+//     state from the current snapshot, which is committed, exactly as it
+//     would after the commit.
+//   - The room row the next send builds on (extremities, depth) is the
+//     one the queued event's write produces; that write checks, inside
+//     its transaction, that commit computed the same row, and fails
+//     otherwise.
+//   - Writes run and commit in the order they were queued (one writer).
+//     A write built on a queued event checks first, inside its own
+//     transaction, that the event it built on did not fail
+//     (storage.PendingWrite.Failed); if it did, nothing is written and
+//     the send is rebuilt on the committed room. No event is ever stored
+//     with a prev event that is not stored, and a send is acknowledged
+//     only after the commit that holds its event.
+//   - The write of a send built on an uncommitted event, or on the row a
+//     committed send left (kept instead of reading the room again), reads
+//     the room's row inside its own transaction and refuses unless it is
+//     the row the event was built on (checkBuiltOn).
+//   - Every other writer of a room (lockRoom) first waits until the
+//     room's queued writes have their outcome, so it reads committed
+//     state as before. A send that nothing may build on keeps the room
+//     lock until its commit's hooks (event cache, notification) have run,
+//     as before.
+//
+// On PostgreSQL writes are not queued (WriteQueued commits before it
+// returns), so nothing is ever built on an uncommitted event there.
+
+// errPipelineBroken is a queued send's write refusing to run because
+// the event it was built on did not commit; the send is rebuilt.
+var errPipelineBroken = errors.New("roomserver: the event this one was built on was not stored")
+
+// roomTail is the last write queued for a room.
+type roomTail struct {
+	write *storage.PendingWrite
+	// room is the room row as it will be once write commits, when the
+	// next send may build on it before then; nil when it must wait.
+	// Never modified: users take a copy.
+	room *roomRow
+}
+
+// roomTails maps a room ID to its last queued write. Each entry is read
+// and replaced only by the holder of the room's lock.
+type roomTails struct {
+	mu sync.Mutex
+	m  map[string]*roomTail // guarded by mu
+}
+
+func (t *roomTails) get(roomID string) *roomTail {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[roomID]
+}
+
+func (t *roomTails) set(roomID string, tail *roomTail) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = make(map[string]*roomTail)
+	}
+	if tail == nil {
+		delete(t.m, roomID)
+		return
+	}
+	t.m[roomID] = tail
+}
+
+// lockRoom takes the write lock of roomID and waits until the room's
+// queued sends have committed or failed, so that the holder reads the
+// room's committed state and nothing of it is in flight. Lock order: a
+// goroutine holds at most one room lock at a time.
+func (s *Server) lockRoom(roomID string) func() {
+	unlock := s.lockRoomStripe(roomID)
+	if tail := s.tails.get(roomID); tail != nil {
+		<-tail.write.Done()
+		s.tails.set(roomID, nil)
+	}
+	return unlock
+}
+
+// lockRoomStripe takes roomID's lock without waiting for queued writes.
+func (s *Server) lockRoomStripe(roomID string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(roomID))
+	mu := &s.roomLocks[h.Sum32()%uint32(len(s.roomLocks))]
+	mu.Lock()
+	return mu.Unlock
+}
+
+// roomToBuildOn returns, under the room's lock, the room row a send
+// builds on and whether it came from the room's last queued send (then
+// its write must check the row, see checkBuiltOn), and that send's write
+// if it has not finished. A room whose last send left nothing to build on
+// (a state event, say), or failed, is read from the database once every
+// queued write of the room has its outcome.
+func (s *Server) roomToBuildOn(ctx context.Context, roomID string) (room *roomRow, fromTail bool, inFlight *storage.PendingWrite, err error) {
+	if tail := s.tails.get(roomID); tail != nil {
+		if tail.room != nil {
+			select {
+			case <-tail.write.Done():
+				if tail.write.Committed() {
+					return tail.room.clone(), true, nil, nil
+				}
+			default:
+				return tail.room.clone(), true, tail.write, nil
+			}
+		}
+		<-tail.write.Done()
+		s.tails.set(roomID, nil)
+	}
+	room, err = loadRoom(ctx, s.db.Reader(), roomID)
+	return room, false, nil, err
+}
+
+// checkBuiltOn is the first step of the write of a send built on the row
+// of the room's last queued send: it refuses (errPipelineBroken, and the
+// send is built again) unless that send committed or commits with this
+// one and the room's stored row, read inside this write's transaction
+// (so nothing can change it before the commit), is the row the event was
+// built on. The second check alone suffices (the first is a cheap early
+// answer); it also catches a write by another process since.
+func checkBuiltOn(ctx context.Context, tx storage.Tx, builtOn *roomRow, inFlight *storage.PendingWrite) error {
+	if inFlight != nil && inFlight.Failed() {
+		return errPipelineBroken
+	}
+	stored, err := loadRoom(ctx, tx, builtOn.RoomID)
+	if err != nil {
+		return err
+	}
+	if !sameRoomRow(stored, builtOn) {
+		return errPipelineBroken
+	}
+	return nil
+}
+
+// roomAfter predicts the room row that commit leaves after p, when a
+// send may build on p before it commits (see the package comment above),
+// or returns nil.
+func (s *Server) roomAfter(p *prepared) *roomRow {
+	room := p.room
+	if s.db.Engine() != storage.SQLite || p.outcome != Accepted || room.Partial ||
+		p.row.StateKey != nil || p.row.Type == "m.room.redaction" || p.row.Redacts != nil ||
+		p.beforeState != nil || p.beforeNID != room.CurrentSnapshot {
+		return nil
+	}
+	prevs := p.pdu.PrevEventIDs()
+	if !sameSet(prevs, room.Extremities) {
+		return nil
+	}
+	next := room.clone()
+	next.Extremities = []string{p.row.EventID}
+	next.MaxDepth = max(room.MaxDepth, p.row.Depth)
+	return next
+}
+
+func (r *roomRow) clone() *roomRow {
+	c := *r
+	c.Extremities = slices.Clone(r.Extremities)
+	return &c
+}
+
+// sameRoomRow reports whether a and b are the same row.
+func sameRoomRow(a, b *roomRow) bool {
+	return a.RoomID == b.RoomID && a.Version == b.Version && a.CurrentSnapshot == b.CurrentSnapshot &&
+		a.MaxDepth == b.MaxDepth && a.Partial == b.Partial && slices.Equal(a.Extremities, b.Extremities)
+}
