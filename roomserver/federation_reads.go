@@ -535,10 +535,19 @@ type OutboundEvent struct {
 	Destinations []string
 }
 
-// LocalEventsAfter reads accepted events sent by local users at stream
-// positions after pos (at most limit rows read), with the servers each
-// must go to: those with a joined user in the state after the event,
-// plus the target's server for membership events, minus this server.
+// LocalEventsAfter reads the timeline events sent by local users at
+// stream positions after pos (at most limit rows read), with the servers
+// each must go to: those with a joined user in the state after the
+// event, plus the target's server for membership events, minus this
+// server.
+// An event of ours is only ever stored accepted (a local send that fails
+// the auth rules is refused, not stored), so one marked rejected was
+// rejected later, by a partial-state resync's re-check against the full
+// state (partial_state_replay.go). It is still sent: it was acknowledged
+// to its sender, later events of ours name it as a prev event, and other
+// servers run their own checks on it (server-server-api, "Checks
+// performed on receipt of a PDU"); withholding it would make its fate
+// depend on whether the sender had read it before the resync landed.
 // A local user's join into a room where no user of ours was joined
 // before it went through make_join/send_join (a local join needs a
 // joined local user; see clientapi heldHere): the resident server
@@ -605,8 +614,8 @@ func (s *Server) localEventsAfter(ctx context.Context, q storage.Querier, pos in
 	}
 	for _, r := range rows {
 		end = r.NID
-		if r.Rejected || r.SoftFailed || domainOf(r.Sender) != string(s.serverName) {
-			continue
+		if r.SoftFailed || domainOf(r.Sender) != string(s.serverName) {
+			continue // outliers, and events of other servers
 		}
 		if r.Type == "m.room.member" && r.Membership != nil && *r.Membership == "join" && r.StateKey != nil && *r.StateKey == r.Sender {
 			before, err := joinedAt(r.StateBefore)

@@ -145,3 +145,41 @@ func TestOutboundReadAcrossResync(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalEventRejectedByResyncStillSent: carol was banned before bob's
+// partial-state join, but the send_join state left the ban out (members
+// omitted), so her local join during the resync passed the checks on
+// partial state and was acknowledged. The resync's full state shows the
+// ban: her join is now rejected here, and the room state says ban. The
+// join is still sent to other.example, as it would have been had the
+// sender read it before the resync: it is signed, other servers check it
+// themselves (server-server-api, "Checks performed on receipt of a
+// PDU") and reject it as we do, and bob's message after it names it as a
+// prev event, so withholding it would only leave a hole in their DAG.
+// Whether the event leaves must not depend on how far the sender had got
+// when the resync landed.
+func TestLocalEventRejectedByResyncStillSent(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		s := newTestServer(t, db)
+		p := newPartialRoom(t, s, [3]string{"m.room.member", psCarol, `{"membership":"ban"}`})
+		ctx := context.Background()
+		joinResp, err := s.Join(ctx, MembershipRequest{RoomID: p.roomID, Sender: psCarol, Target: psCarol})
+		if err != nil {
+			t.Fatalf("carol's local join on partial state: %v", err)
+		}
+		msg := mustSend(t, s, p.roomID, psBob, "m.room.message", nil, `{"msgtype":"m.text","body":"first"}`)
+		p.complete(t)
+		mustMember(t, s, p.roomID, psCarol, "ban")
+		if _, _, err := s.FederationEvent(ctx, joinResp.EventID); err == nil {
+			t.Fatal("carol's join is still accepted after the resync found her ban")
+		}
+		if _, _, err := s.FederationEvent(ctx, msg); err != nil {
+			t.Fatalf("bob's message after the resync: %v", err)
+		}
+		got := outbound(t, s)
+		want := []string{"m.room.member " + psCarol + " -> other.example", "m.room.message  -> other.example"}
+		if !slices.Equal(got, want) {
+			t.Fatalf("queued:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	})
+}
