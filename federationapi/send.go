@@ -217,9 +217,13 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return eventID, err
 	}
+	newServer := s.serverJoiningBy(ctx, p)
 	resp, err := s.input(ctx, p)
 	if mxerr.Is(err, mxerr.NotFound) {
 		resp, err = s.inputConnecting(ctx, origin, p, true)
+	}
+	if err == nil && resp.Outcome == roomserver.Accepted && newServer != "" {
+		s.catchUpJoinedServer(ctx, roomID, newServer)
 	}
 	var gone *unobtainableGap
 	if errors.As(err, &gone) {
