@@ -217,9 +217,13 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return eventID, err
 	}
+	newServer := s.serverJoiningBy(ctx, p)
 	resp, err := s.input(ctx, p)
 	if mxerr.Is(err, mxerr.NotFound) {
 		resp, err = s.inputConnecting(ctx, origin, p, true)
+	}
+	if err == nil && resp.Outcome == roomserver.Accepted && newServer != "" {
+		s.catchUpJoinedServer(ctx, roomID, newServer)
 	}
 	var gone *unobtainableGap
 	if errors.As(err, &gone) {
@@ -423,6 +427,7 @@ func (s *Server) fetchAuthEvents(ctx context.Context, origin string, p *parsedPD
 		add(raw, "")
 	}
 	// Whatever the chain lacks, by /event, following auth_events.
+	var others []string // the room's other servers, read on first need
 	want := missing
 	for round := 0; round < maxAuthFetchRounds && len(want) > 0 && len(got) < maxAuthFetchEvents; round++ {
 		var next []string
@@ -430,14 +435,9 @@ func (s *Server) fetchAuthEvents(ctx context.Context, origin string, p *parsedPD
 			if _, ok := got[id]; ok {
 				continue
 			}
-			var txn struct {
-				PDUs []json.RawMessage `json:"pdus"`
+			if raw := s.fetchAuthEvent(ctx, origin, roomID, id, &others); raw != nil {
+				add(raw, id)
 			}
-			if err := s.client.signed(ctx, origin, http.MethodGet, "/_matrix/federation/v1/event/"+pathEscape(id), nil, &txn); err != nil || len(txn.PDUs) != 1 {
-				s.log.Debug("fetching auth event failed", "origin", origin, "event_id", id, "err", err)
-				continue
-			}
-			add(txn.PDUs[0], id)
 		}
 		// The auth events of what we have that are neither fetched nor stored.
 		var refs []string
@@ -458,7 +458,7 @@ func (s *Server) fetchAuthEvents(ctx context.Context, origin string, p *parsedPD
 		want = next
 	}
 	if len(got) == 0 {
-		return fmt.Errorf("%s gave none of the auth events %v", origin, missing)
+		return fmt.Errorf("neither %s nor the room's other servers gave any of the auth events %v", origin, missing)
 	}
 	events := make([]json.RawMessage, 0, len(order))
 	for _, id := range order {
@@ -471,6 +471,57 @@ func (s *Server) fetchAuthEvents(ctx context.Context, origin string, p *parsedPD
 	for id, o := range outcomes {
 		if o == roomserver.Rejected {
 			s.log.Debug("fetched auth event rejected", "origin", origin, "event_id", id)
+		}
+	}
+	return nil
+}
+
+// maxAuthFetchFallbacks bounds how many of the room's other servers
+// fetchAuthEvent asks for one event the origin did not give.
+const maxAuthFetchFallbacks = 5
+
+// fetchAuthEvent fetches auth event id through /event from origin and,
+// if origin does not give it, from up to maxAuthFetchFallbacks other
+// servers of the room (*others caches their list, nil until first
+// needed). Origin may not know yet that this server is in the room (our
+// join reached it through the resident server, later than origin's event
+// reached us) and refuse; a server this server joined through knows,
+// and holds the event if origin's event is valid. Nothing the other
+// servers give is trusted more than origin's answer: the caller checks
+// signatures, hashes, room and event ID. An event given by nobody fails
+// the PDU, as before.
+// Spec: server-server-api, "GET /_matrix/federation/v1/event/{eventId}"
+// (any server may be asked for an event it holds).
+func (s *Server) fetchAuthEvent(ctx context.Context, origin, roomID, id string, others *[]string) json.RawMessage {
+	get := func(server string) json.RawMessage {
+		var txn struct {
+			PDUs []json.RawMessage `json:"pdus"`
+		}
+		err := s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/event/"+pathEscape(id), nil, &txn)
+		if err != nil || len(txn.PDUs) != 1 {
+			s.log.Debug("fetching auth event failed", "server", server, "event_id", id, "err", err)
+			return nil
+		}
+		return txn.PDUs[0]
+	}
+	if raw := get(origin); raw != nil {
+		return raw
+	}
+	if *others == nil {
+		servers, err := s.rooms.JoinedServers(ctx, roomID)
+		if err != nil {
+			s.log.Debug("listing the room's servers", "room_id", roomID, "err", err)
+		}
+		*others = []string{}
+		for _, d := range servers {
+			if d != origin && d != s.serverName && len(*others) < maxAuthFetchFallbacks {
+				*others = append(*others, d)
+			}
+		}
+	}
+	for _, server := range *others {
+		if raw := get(server); raw != nil {
+			return raw
 		}
 	}
 	return nil

@@ -178,6 +178,69 @@ func (s *Server) relay(ctx context.Context, roomID string, pos int64, origin str
 	return nil
 }
 
+// serverJoiningBy returns the server of the user p joins to its room
+// when that server is neither this one nor, as far as this server knows,
+// in the room yet; otherwise "".
+func (s *Server) serverJoiningBy(ctx context.Context, p *parsedPDU) string {
+	if p.pdu.Type() != "m.room.member" || p.pdu.StateKey() == nil {
+		return ""
+	}
+	if m, err := p.pdu.Membership(); err != nil || m != "join" {
+		return ""
+	}
+	server := domainOf(*p.pdu.StateKey())
+	if server == "" || server == s.serverName {
+		return ""
+	}
+	if in, err := s.rooms.ServerInRoom(ctx, server, p.pdu.RoomID().String()); err != nil || in {
+		return ""
+	}
+	return server
+}
+
+// catchUpJoinedServer queues for server, whose first join into roomID
+// this server has just accepted from another server (the resident server
+// relays joins made through it), this server's own events among the
+// room's forward extremities. Events of ours created before the join
+// reached us went only to the servers we knew of, so the joined server
+// may never have been sent them, and nothing it receives later need name
+// them. With the newest of them it gets their place in the DAG, and
+// fetches what lies before them with get_missing_events, as for any gap.
+// Receivers ignore an event they already have (its event ID).
+// Spec: server-server-api, "PDUs" (events are sent to every server in
+// the room) and "POST /_matrix/federation/v1/get_missing_events".
+func (s *Server) catchUpJoinedServer(ctx context.Context, roomID, server string) {
+	ids, err := s.rooms.Extremities(ctx, roomID)
+	if err != nil {
+		s.log.Warn("catch-up of a joined server: forward extremities", "room_id", roomID, "err", err)
+		return
+	}
+	var positions []int64
+	for _, id := range ids {
+		ev, _, err := s.rooms.FederationEvent(ctx, id)
+		if err == nil && domainOf(ev.Sender) == s.serverName && ev.StreamPos > 0 {
+			positions = append(positions, ev.StreamPos)
+		}
+	}
+	if len(positions) == 0 {
+		return
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, pos := range positions {
+			if _, err := tx.Exec(ctx, `INSERT INTO federation_queue_pdus (destination, event_nid) VALUES ($1, $2)
+				ON CONFLICT (destination, event_nid) DO NOTHING`, server, pos); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("catch-up of a joined server: queueing", "room_id", roomID, "server", server, "err", err)
+		return
+	}
+	s.sender.kick(server)
+}
+
 // QueueEDU implements EDUQueue.
 func (s *Server) QueueEDU(ctx context.Context, destinations []string, eduType string, content any) error {
 	raw, err := json.Marshal(map[string]any{"edu_type": eduType, "content": content})

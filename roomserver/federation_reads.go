@@ -96,29 +96,10 @@ func (v *serverVisibility) canSee(ctx context.Context, room *roomRow, e *loadedE
 	}
 }
 
-// ServerInRoom reports whether server has a joined user in roomID.
+// ServerInRoom reports whether server has a joined user in roomID or,
+// while the room has partial state, was named by send_join.
 func (s *Server) ServerInRoom(ctx context.Context, server, roomID string) (bool, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT state_key FROM roomserver_current_state
-		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
-	if err != nil {
-		return false, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return false, err
-		}
-		if domainOf(u) == server {
-			return true, nil
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return false, err
-	}
-	// While the room's state is partial, the servers send_join named
-	// count as in the room (partial_state.go).
-	servers, err := s.withPartialStateServers(ctx, roomID, nil, map[string]bool{})
+	servers, err := s.joinedServers(ctx, roomID, true)
 	return slices.Contains(servers, server), err
 }
 
@@ -157,32 +138,30 @@ func (s *Server) JoinedServersInState(ctx context.Context, roomID string) ([]str
 	return s.joinedServers(ctx, roomID, false)
 }
 
-func (s *Server) joinedServers(ctx context.Context, roomID string, withPartial bool) ([]string, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT state_key FROM roomserver_current_state
-		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+func (s *Server) joinedServers(ctx context.Context, roomID string, withPartial bool) (out []string, err error) {
+	// One snapshot for the current state and the partial-state servers
+	// (see withPartialStateServers).
+	err = s.db.Read(ctx, func(q storage.Querier) error {
+		users, err := storage.QueryColumn[string](ctx, q, `SELECT state_key FROM roomserver_current_state
+			WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		out = nil
+		for _, u := range users {
+			if d := domainOf(u); d != "" && !seen[d] {
+				seen[d] = true
+				out = append(out, d)
+			}
+		}
+		if withPartial {
+			out, err = withPartialStateServers(ctx, q, roomID, out, seen)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer rows.Close()
-	seen := map[string]bool{}
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		if d := domainOf(u); d != "" && !seen[d] {
-			seen[d] = true
-			out = append(out, d)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if withPartial {
-		if out, err = s.withPartialStateServers(ctx, roomID, out, seen); err != nil {
-			return nil, err
-		}
 	}
 	sort.Strings(out)
 	return out, nil
@@ -556,10 +535,19 @@ type OutboundEvent struct {
 	Destinations []string
 }
 
-// LocalEventsAfter reads accepted events sent by local users at stream
-// positions after pos (at most limit rows read), with the servers each
-// must go to: those with a joined user in the state after the event,
-// plus the target's server for membership events, minus this server.
+// LocalEventsAfter reads the timeline events sent by local users at
+// stream positions after pos (at most limit rows read), with the servers
+// each must go to: those with a joined user in the state after the
+// event, plus the target's server for membership events, minus this
+// server.
+// An event of ours is only ever stored accepted (a local send that fails
+// the auth rules is refused, not stored), so one marked rejected was
+// rejected later, by a partial-state resync's re-check against the full
+// state (partial_state_replay.go). It is still sent: it was acknowledged
+// to its sender, later events of ours name it as a prev event, and other
+// servers run their own checks on it (server-server-api, "Checks
+// performed on receipt of a PDU"); withholding it would make its fate
+// depend on whether the sender had read it before the resync landed.
 // A local user's join into a room where no user of ours was joined
 // before it went through make_join/send_join (a local join needs a
 // joined local user; see clientapi heldHere): the resident server
@@ -567,12 +555,30 @@ type OutboundEvent struct {
 // nowhere. Spec: server-server-api, "Joining Rooms".
 // end is the position read up to, which advances past filtered rows.
 func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (out []*OutboundEvent, end int64, err error) {
+	// One read snapshot: a partial-state resync that commits between the
+	// read of the events (with their partial state) and the read of the
+	// servers send_join named (deleted by that commit) would otherwise
+	// leave the events with no destination, and the sender would move
+	// past them for good (partial_state_outbound_test.go).
+	err = s.db.Read(ctx, func(q storage.Querier) error {
+		out, end, err = s.localEventsAfter(ctx, q, pos, limit)
+		return err
+	})
+	if err != nil {
+		return nil, pos, err
+	}
+	return out, end, nil
+}
+
+func (s *Server) localEventsAfter(ctx context.Context, q storage.Querier, pos int64, limit int) (out []*OutboundEvent, end int64, err error) {
 	end = pos
-	q := s.db.Reader()
 	rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
 		WHERE event_nid > $1 ORDER BY event_nid LIMIT $2`, pos, limit)
 	if err != nil {
 		return nil, pos, err
+	}
+	if s.afterOutboundRead != nil {
+		s.afterOutboundRead()
 	}
 	servers := map[int64][]string{} // snapshot -> joined servers
 	joinedAt := func(snapshot int64) ([]string, error) {
@@ -608,8 +614,8 @@ func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (ou
 	}
 	for _, r := range rows {
 		end = r.NID
-		if r.Rejected || r.SoftFailed || domainOf(r.Sender) != string(s.serverName) {
-			continue
+		if r.SoftFailed || domainOf(r.Sender) != string(s.serverName) {
+			continue // outliers, and events of other servers
 		}
 		if r.Type == "m.room.member" && r.Membership != nil && *r.Membership == "join" && r.StateKey != nil && *r.StateKey == r.Sender {
 			before, err := joinedAt(r.StateBefore)
@@ -636,7 +642,7 @@ func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (ou
 				ev.Destinations = append(ev.Destinations, d)
 			}
 		}
-		if ev.Destinations, err = s.withPartialStateServers(ctx, r.RoomID, ev.Destinations, seen); err != nil {
+		if ev.Destinations, err = withPartialStateServers(ctx, q, r.RoomID, ev.Destinations, seen); err != nil {
 			return nil, pos, err
 		}
 		sort.Strings(ev.Destinations)

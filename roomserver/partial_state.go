@@ -412,10 +412,13 @@ func (s *Server) stateFromIDs(ctx context.Context, tx storage.Tx, room *roomRow,
 // servers send_join said were in roomID while the room has partial
 // state: its state lacks their members, yet they must get the room's
 // events and this server's EDUs until the resync tells who is really in
-// the room.
-func (s *Server) withPartialStateServers(ctx context.Context, roomID string, servers []string, seen map[string]bool) ([]string, error) {
+// the room. q must be the snapshot the caller read the room's state in:
+// the resync clears the flag in the transaction that completes the
+// state, so one snapshot sees either the partial state and these
+// servers or the full state, never the partial state alone.
+func withPartialStateServers(ctx context.Context, q storage.Querier, roomID string, servers []string, seen map[string]bool) ([]string, error) {
 	var raw string
-	err := s.db.Reader().QueryRow(ctx, `SELECT servers FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID).Scan(&raw)
+	err := q.QueryRow(ctx, `SELECT servers FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID).Scan(&raw)
 	if storage.IsNoRows(err) {
 		return servers, nil
 	}

@@ -65,8 +65,10 @@ func (s *Server) replayAfterJoin(ctx context.Context, tx storage.Tx, room *roomR
 			return nil, err
 		}
 		if rejected != row.Rejected {
+			// An event of ours rejected here is still sent to the other
+			// servers (LocalEventsAfter).
 			slog.InfoContext(ctx, "partial state resync changed an event's fate", "room_id", room.RoomID,
-				"event_id", row.EventID, "rejected", rejected)
+				"event_id", row.EventID, "rejected", rejected, "local", domainOf(row.Sender) == string(s.serverName))
 		}
 		row.Rejected, row.StateBefore, row.StateAfter = rejected, beforeNID, stateAfter
 		after[row.EventID] = stateAfter

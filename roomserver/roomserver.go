@@ -72,6 +72,10 @@ type Server struct {
 
 	partial partialWaiters // partial_state.go
 
+	// afterOutboundRead, if set (tests only), runs in LocalEventsAfter
+	// between its read of the events and its reads of their servers, so
+	// a test can commit a write there (partial_state_outbound_test.go).
+	afterOutboundRead func()
 }
 
 var _ API = (*Server)(nil)
