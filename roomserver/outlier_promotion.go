@@ -1,0 +1,163 @@
+package roomserver
+
+import (
+	"context"
+	"slices"
+	"strings"
+
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Outlier promotion. An outlier is an event stored without a place in
+// the timeline: fetched to complete an auth chain (InputOutliers), as
+// part of a state (a send_join answer, a gap's state, the partial-state
+// resync). It is stored soft-failed with no state (isOutlierRow). When
+// the same event later arrives as a timeline event — in a /send
+// transaction, from get_missing_events, through a gap, or by backfill —
+// it is decided like a new event (auth against its auth events, the
+// state before it from its prev events, the current state for soft
+// failure) and its row is replaced by the timeline row, in the
+// transaction that commits it:
+//
+//   - the row gets a new event NID, so the event takes a new stream
+//     position: /sync delivers it once, in order of arrival, like any
+//     new event (a backfilled one gets a new negative NID instead, below
+//     the stream, like every backfilled event);
+//   - every reference to the old NID (state snapshots the outlier is
+//     part of, the current state) is moved to the new one in the same
+//     transaction, so the state it was part of is unchanged;
+//   - the caches that hold the old NID are invalidated after the commit.
+//
+// An outlier that a timeline event already names as a prev event (a gap
+// filled with the state at it, then the event itself arriving) is not a
+// forward extremity: what follows it is (commitFollowed).
+// Spec: server-server-api, "Checks performed on receipt of a PDU" (every
+// event received as a timeline event is checked this way) and "Room
+// State Resolution" (forward extremities).
+
+// isOutlierRow reports whether row is an outlier that may still become a
+// timeline event: soft-failed with no state, not rejected (an outlier
+// its own auth events reject would be rejected again).
+func isOutlierRow(row *eventRow) bool {
+	return row.SoftFailed && row.StateBefore == 0 && !row.Rejected
+}
+
+// heldOutlier looks eventID up: duplicate when it is held as anything but
+// an outlier (nothing to do), otherwise the NID of the outlier row it is
+// held as (0 when it is not held).
+func heldOutlier(ctx context.Context, q storage.Querier, eventID string) (nid int64, duplicate bool, err error) {
+	row, err := eventRowByID(ctx, q, eventID)
+	if mxerr.Is(err, mxerr.NotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if !isOutlierRow(row) {
+		return 0, true, nil
+	}
+	return row.NID, false, nil
+}
+
+// replaceOutlier replaces the outlier row oldNID by row (the same event
+// as a timeline event), which gets a new NID: a new stream position.
+func (s *Server) replaceOutlier(ctx context.Context, tx storage.Tx, oldNID int64, row *eventRow) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM roomserver_events WHERE event_nid = $1`, oldNID); err != nil {
+		return err
+	}
+	if _, err := s.insertEvent(ctx, tx, row); err != nil {
+		return err
+	}
+	return s.moveEventNID(ctx, tx, row.RoomID, row.EventID, oldNID, row.NID)
+}
+
+// moveEventNID points every reference to event NID oldNID at newNID: the
+// state snapshots and the current state of roomID. The event row itself
+// has already moved. After the commit the caches forget the old NID.
+func (s *Server) moveEventNID(ctx context.Context, tx storage.Tx, roomID, eventID string, oldNID, newNID int64) error {
+	if _, err := tx.Exec(ctx, `UPDATE roomserver_snapshot_entries SET event_nid = $1 WHERE event_nid = $2`,
+		newNID, oldNID); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE roomserver_current_state SET event_nid = $1 WHERE room_id = $2 AND event_nid = $3`,
+		newNID, roomID, oldNID); err != nil {
+		return err
+	}
+	// Dropped before commit's own AfterCommit puts the new row: hooks run
+	// in the order they were registered.
+	tx.AfterCommit(func() {
+		s.events.drop(oldNID, eventID)
+		s.snapKeys.invalidate()
+	})
+	return nil
+}
+
+// followedInTimeline reports whether an accepted timeline event of row's
+// room names row's event as a prev event. Such events sit deeper: a
+// candidate is found by its JSON naming the ID, then its prev_events are
+// read to be sure.
+func followedInTimeline(ctx context.Context, q storage.Querier, row *eventRow) (bool, error) {
+	like := "%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(row.EventID) + "%"
+	rows, err := q.Query(ctx, `SELECT json FROM roomserver_events WHERE room_id = $1 AND depth > $2
+		AND NOT rejected AND NOT soft_failed AND json LIKE $3 ESCAPE '\'`, row.RoomID, row.Depth, like)
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var raw string
+		if err := rows.Scan(&raw); err != nil {
+			return false, err
+		}
+		if slices.Contains(prevEventIDsOf(raw), row.EventID) {
+			return true, nil
+		}
+	}
+	return false, rows.Err()
+}
+
+// commitFollowed finishes commit for an accepted promoted outlier that
+// timeline events already follow: it does not become a forward
+// extremity, but those of its prev events that were extremities are
+// retired (the event now follows them), and the current state becomes
+// the resolution of the remaining extremities' states.
+func (s *Server) commitFollowed(ctx context.Context, tx storage.Tx, p *prepared, loaded *loadedEvent) error {
+	room := p.room
+	prevs := p.pdu.PrevEventIDs()
+	var ext []string
+	for _, id := range room.Extremities {
+		if !slices.Contains(prevs, id) {
+			ext = append(ext, id)
+		}
+	}
+	if len(ext) > 0 && len(ext) < len(room.Extremities) {
+		newCurrent, err := s.resolveExtremities(ctx, tx, room, ext, nil)
+		if err != nil {
+			return err
+		}
+		if newCurrent != room.CurrentSnapshot {
+			oldState, err := loadSnapshot(ctx, tx, room.CurrentSnapshot)
+			if err != nil {
+				return err
+			}
+			newState, err := loadSnapshot(ctx, tx, newCurrent)
+			if err != nil {
+				return err
+			}
+			if err := replaceCurrentState(ctx, tx, room.RoomID, oldState, newState); err != nil {
+				return err
+			}
+		}
+		room.Extremities = ext
+		room.CurrentSnapshot = newCurrent
+		if err := saveRoom(ctx, tx, room); err != nil {
+			return err
+		}
+	}
+	if err := s.applyRedactions(ctx, tx, room, loaded); err != nil {
+		return err
+	}
+	s.notifyAfter(tx, p.row.NID)
+	return nil
+}
