@@ -1,6 +1,7 @@
 package roomserver
 
 import (
+	"container/heap"
 	"context"
 	"slices"
 	"strings"
@@ -160,4 +161,67 @@ func (s *Server) commitFollowed(ctx context.Context, tx storage.Tx, p *prepared,
 	}
 	s.notifyAfter(tx, p.row.NID)
 	return nil
+}
+
+// inDAGOrder orders rows (given in stream order) so that every event
+// comes after those of its prev events that are among rows, otherwise
+// keeping stream order. Stream order is the DAG's order until an outlier
+// is promoted: the promoted event takes a new, later stream position
+// although events already stored follow it (the partial-state replay
+// must still check it before them).
+func inDAGOrder(rows []*eventRow) []*eventRow {
+	index := make(map[string]int, len(rows))
+	for i, r := range rows {
+		index[r.EventID] = i
+	}
+	waiting := make([]int, len(rows))    // prev events among rows not yet placed
+	children := make([][]int, len(rows)) // rows naming row i as a prev event
+	for i, r := range rows {
+		for _, p := range prevEventIDsOf(r.JSON) {
+			if j, ok := index[p]; ok && j != i {
+				waiting[i]++
+				children[j] = append(children[j], i)
+			}
+		}
+	}
+	ready := &intHeap{}
+	for i := range rows {
+		if waiting[i] == 0 {
+			heap.Push(ready, i)
+		}
+	}
+	out := make([]*eventRow, 0, len(rows))
+	placed := make([]bool, len(rows))
+	for ready.Len() > 0 {
+		i := heap.Pop(ready).(int)
+		out = append(out, rows[i])
+		placed[i] = true
+		for _, c := range children[i] {
+			if waiting[c]--; waiting[c] == 0 {
+				heap.Push(ready, c)
+			}
+		}
+	}
+	// A prev-event cycle (impossible with hashed event IDs): the rest in
+	// stream order.
+	for i, r := range rows {
+		if !placed[i] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// intHeap is a min-heap of ints (container/heap).
+type intHeap []int
+
+func (h intHeap) Len() int           { return len(h) }
+func (h intHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h intHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *intHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *intHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

@@ -278,3 +278,40 @@ func (s *Server) eventNID(ctx context.Context, eventID string) (int64, error) {
 	}
 	return row.NID, nil
 }
+
+// TestInDAGOrder: the partial-state replay reads events in stream order,
+// but a promoted outlier's stream position comes after events that name
+// it as a prev event; inDAGOrder puts every event after its prev events
+// and otherwise keeps stream order.
+func TestInDAGOrder(t *testing.T) {
+	row := func(id string, prevs ...string) *eventRow {
+		raw, _ := json.Marshal(map[string]any{"prev_events": prevs})
+		return &eventRow{EventID: id, JSON: string(raw)}
+	}
+	// Stream order: join, t1 (follows o2), late, o1, o2 (promoted late), m.
+	rows := []*eventRow{row("join"), row("t1", "o2"), row("late", "join"), row("o1", "late"), row("o2", "o1"), row("m", "t1")}
+	var got []string
+	for _, r := range inDAGOrder(rows) {
+		got = append(got, r.EventID)
+	}
+	if want := []string{"join", "late", "o1", "o2", "t1", "m"}; !slices.Equal(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
+	}
+	// Already in DAG order: unchanged; room version 1 prev_events ([id, hashes]) read too.
+	v1 := &eventRow{EventID: "b", JSON: `{"prev_events":[["a",{"sha256":"x"}]]}`}
+	got = nil
+	for _, r := range inDAGOrder([]*eventRow{row("a"), v1, row("c", "a")}) {
+		got = append(got, r.EventID)
+	}
+	if want := []string{"a", "b", "c"}; !slices.Equal(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
+	}
+	// Reversed v1 pair: b first in the stream, after a in the DAG.
+	got = nil
+	for _, r := range inDAGOrder([]*eventRow{v1, row("a")}) {
+		got = append(got, r.EventID)
+	}
+	if want := []string{"a", "b"}; !slices.Equal(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
+	}
+}
