@@ -188,6 +188,11 @@ func (s *Server) stateFromPrevs(ctx context.Context, q storage.Querier, tx stora
 		if pe.row.RoomID != room.RoomID {
 			return 0, nil, fmt.Sprintf("prev event %s is in another room", id), nil
 		}
+		if isOutlierRow(pe.row) {
+			// Its state is unknown: as unconnected as an unknown prev
+			// event (outlier_promotion.go, UnconnectedEvents).
+			return 0, nil, "", mxerr.New(mxerr.NotFound, "prev event %s of %s is held only as an outlier", id, pdu.EventID())
+		}
 		if !slices.Contains(snaps, pe.row.StateAfter) {
 			snaps = append(snaps, pe.row.StateAfter)
 		}

@@ -225,3 +225,26 @@ func (h *intHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
+
+// UnconnectedEvents returns those of ids that are not in the timeline
+// here: not stored at all, or stored only as outliers (whose state is
+// unknown), in the order given. An event whose prev events these are is
+// not connected to the room's DAG yet: the federation API fetches what
+// lies between (get_missing_events, which brings the outliers again as
+// timeline events) or the state at them. Rejected events count as
+// connected: fetching them again changes nothing.
+// Spec: server-server-api, "Checks performed on receipt of a PDU" (the
+// state before an event comes from its prev events).
+func (s *Server) UnconnectedEvents(ctx context.Context, ids []string) ([]string, error) {
+	known, err := eventRowsByID(ctx, s.db.Reader(), ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, id := range ids {
+		if row, ok := known[id]; (!ok || isOutlierRow(row)) && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}

@@ -315,3 +315,41 @@ func TestInDAGOrder(t *testing.T) {
 		t.Fatalf("order %v, want %v", got, want)
 	}
 }
+
+// TestEventAfterOutlierIsUnconnected: an event whose prev event is held
+// only as an outlier has no known state before it; it is refused as
+// unconnected (M_NOT_FOUND, nothing stored, so the federation API
+// fetches what lies before it) instead of being checked against an empty
+// state and rejected for good. Once the outlier takes its place in the
+// timeline, the event is accepted.
+func TestEventAfterOutlierIsUnconnected(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s, d := promotionRoom(t, db)
+		d.add("m1", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"an outlier"}`, "bob-join")
+		d.add("m2", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"after it"}`, "m1")
+		m1 := d.byName["m1"].EventID()
+		d.mustOutlier(t, s, "m1")
+		if got, err := s.UnconnectedEvents(ctx, []string{m1, d.byName["bob-join"].EventID(), "$unknown"}); err != nil ||
+			!slices.Equal(got, []string{m1, "$unknown"}) {
+			t.Fatalf("UnconnectedEvents: %v, %v", got, err)
+		}
+		rows := countRows(t, db, "roomserver_events")
+		_, err := s.InputEvent(ctx, InputEventRequest{RoomVersion: d.version, JSON: d.byName["m2"].JSON()})
+		if !mxerr.Is(err, mxerr.NotFound) {
+			t.Fatalf("event after an outlier: %v, want M_NOT_FOUND", err)
+		}
+		if n := countRows(t, db, "roomserver_events"); n != rows {
+			t.Fatalf("%d event rows, %d before", n, rows)
+		}
+		if r := d.input(t, s, "m1"); r.Outcome != Accepted {
+			t.Fatalf("m1: %s %s", r.Outcome, r.Reason)
+		}
+		if got, _ := s.UnconnectedEvents(ctx, []string{m1}); len(got) != 0 {
+			t.Fatalf("UnconnectedEvents after promotion: %v", got)
+		}
+		if r := d.input(t, s, "m2"); r.Outcome != Accepted {
+			t.Fatalf("m2: %s %s", r.Outcome, r.Reason)
+		}
+	})
+}
