@@ -3,6 +3,7 @@ package roomserver
 import (
 	"container/heap"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -64,8 +65,15 @@ func heldOutlier(ctx context.Context, q storage.Querier, eventID string) (nid in
 // replaceOutlier replaces the outlier row oldNID by row (the same event
 // as a timeline event), which gets a new NID: a new stream position.
 func (s *Server) replaceOutlier(ctx context.Context, tx storage.Tx, oldNID int64, row *eventRow) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM roomserver_events WHERE event_nid = $1`, oldNID); err != nil {
+	// Only the outlier row: if it changed since it was read (another
+	// process's writer), nothing is replaced and the transaction fails.
+	res, err := tx.Exec(ctx, `DELETE FROM roomserver_events WHERE event_nid = $1 AND event_id = $2
+		AND soft_failed AND state_before = 0 AND NOT rejected`, oldNID, row.EventID)
+	if err != nil {
 		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return fmt.Errorf("outlier %s (NID %d) changed before its promotion: %d rows, %v", row.EventID, oldNID, n, err)
 	}
 	if _, err := s.insertEvent(ctx, tx, row); err != nil {
 		return err
