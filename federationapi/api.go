@@ -65,6 +65,7 @@ type Rooms interface {
 	IsPartialState(ctx context.Context, roomID string) (bool, error)
 	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
 	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
+	UnconnectedEvents(ctx context.Context, ids []string) ([]string, error)
 	InputOutliers(ctx context.Context, roomID string, events []json.RawMessage) (map[string]roomserver.InputOutcome, error)
 	BuildRemoteInvite(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.RemoteInvite, error)
 	InputWithState(ctx context.Context, req roomserver.InputWithStateRequest) (*roomserver.InputEventResponse, error)

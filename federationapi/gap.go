@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -31,9 +32,17 @@ const (
 // origin.
 func (s *Server) fillGap(ctx context.Context, origin string, p *parsedPDU) (*roomserver.InputEventResponse, error) {
 	roomID := p.pdu.RoomID().String()
+	// Prev events not held, and those held only as outliers (their state
+	// is unknown: roomserver.UnconnectedEvents).
+	unconnected, err := s.rooms.UnconnectedEvents(ctx, p.pdu.PrevEventIDs())
+	if err != nil {
+		return nil, err
+	}
 	var missing []string
 	for _, id := range p.pdu.PrevEventIDs() {
-		if _, _, err := s.rooms.FederationEvent(ctx, id); mxerr.Is(err, mxerr.NotFound) {
+		if slices.Contains(unconnected, id) {
+			missing = append(missing, id)
+		} else if _, _, err := s.rooms.FederationEvent(ctx, id); mxerr.Is(err, mxerr.NotFound) {
 			missing = append(missing, id)
 		} else if err != nil {
 			return nil, err

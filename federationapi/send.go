@@ -262,7 +262,9 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 // its prev events), and it asks origin only for what it must serve: the
 // state at an event it sent, and the events that state names.
 func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPDU, askMissing bool) (*roomserver.InputEventResponse, error) {
-	missing, err := s.rooms.UnknownEvents(ctx, p.pdu.PrevEventIDs())
+	// Prev events held only as outliers count as missing: their state is
+	// unknown (roomserver.UnconnectedEvents).
+	missing, err := s.rooms.UnconnectedEvents(ctx, p.pdu.PrevEventIDs())
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +278,7 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 			}
 			return nil, fmt.Errorf("prev events %v of %s are unknown; fetching missing events: %v", missing, p.pdu.EventID(), ferr)
 		}
-		if missing, err = s.rooms.UnknownEvents(ctx, p.pdu.PrevEventIDs()); err != nil {
+		if missing, err = s.rooms.UnconnectedEvents(ctx, p.pdu.PrevEventIDs()); err != nil {
 			return nil, err
 		}
 	}
@@ -346,7 +348,7 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 		resp, err := s.input(ctx, mp)
 		if mxerr.Is(err, mxerr.NotFound) {
 			var unknown []string
-			if unknown, err = s.rooms.UnknownEvents(ctx, mp.pdu.PrevEventIDs()); err == nil {
+			if unknown, err = s.rooms.UnconnectedEvents(ctx, mp.pdu.PrevEventIDs()); err == nil {
 				if slices.ContainsFunc(unknown, func(id string) bool { return inBatch[id] }) {
 					err = mxerr.New(mxerr.NotFound, "prev events %v of %s are unknown", unknown, mp.pdu.EventID())
 				} else {

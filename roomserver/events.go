@@ -60,6 +60,7 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 		}
 	}
 	if len(missing) > 0 {
+		gen := s.events.generation()
 		rows, err := eventRowsByNID(ctx, q, missing)
 		if err != nil {
 			return nil, err
@@ -72,9 +73,9 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 			}
 			got[row.NID] = e
 			if tx != nil {
-				tx.AfterCommit(func() { s.events.put(e) })
+				tx.AfterCommit(func() { s.events.putLoaded(e, gen) })
 			} else {
-				s.events.put(e)
+				s.events.putLoaded(e, gen)
 			}
 		}
 		for i, nid := range nids {
@@ -104,6 +105,7 @@ func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx stora
 	if len(missing) == 0 {
 		return out, nil
 	}
+	gen := s.events.generation()
 	rows, err := eventRowsByID(ctx, q, missing)
 	if err != nil {
 		return nil, err
@@ -123,9 +125,9 @@ func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx stora
 		}
 		out[row.EventID] = e
 		if tx != nil {
-			tx.AfterCommit(func() { s.events.put(e) })
+			tx.AfterCommit(func() { s.events.putLoaded(e, gen) })
 		} else {
-			s.events.put(e)
+			s.events.putLoaded(e, gen)
 		}
 	}
 	return out, nil

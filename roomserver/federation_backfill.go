@@ -157,8 +157,8 @@ func (s *Server) backwardExtremities(ctx context.Context, q storage.Querier, roo
 }
 
 // PersistBackfill stores verified backfilled events of roomID that are
-// not held yet and are allowed by their auth events, as historical
-// events (see above). It returns how many it stored.
+// not held yet, or held only as outliers, and are allowed by their auth
+// events, as historical events (see above). It returns how many it stored.
 func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json.RawMessage) (int, error) {
 	room, err := loadRoom(ctx, s.db.Reader(), roomID)
 	if err != nil {
@@ -202,7 +202,10 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 		nid = min(nid, 0)
 		// Oldest first, so a batch event's auth events come before it.
 		for _, id := range sortedByDepth(byID) {
-			if _, ok := known[id]; ok {
+			// An outlier reached by backfill takes its place in the
+			// history (outlier_promotion.go).
+			held := known[id]
+			if held != nil && !isOutlierRow(held) {
 				continue
 			}
 			pdu := byID[id]
@@ -231,12 +234,22 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 			nid--
 			row := rowFromPDU(pdu)
 			row.NID, row.StateBefore, row.StateAfter = nid, before, before
+			if held != nil {
+				if _, err := tx.Exec(ctx, `DELETE FROM roomserver_events WHERE event_nid = $1`, held.NID); err != nil {
+					return err
+				}
+			}
 			if _, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_nid, event_id, room_id, type, state_key, sender,
 				membership, depth, origin_server_ts, redacts, json, rejected, soft_failed, state_before, state_after)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, FALSE, FALSE, $12, $13)`,
 				row.NID, row.EventID, row.RoomID, row.Type, row.StateKey, row.Sender, row.Membership, row.Depth,
 				row.OriginServerTS, row.Redacts, row.JSON, row.StateBefore, row.StateAfter); err != nil {
 				return fmt.Errorf("inserting backfilled event %s: %w", id, err)
+			}
+			if held != nil {
+				if err := s.moveEventNID(ctx, tx, roomID, id, held.NID, nid); err != nil {
+					return err
+				}
 			}
 			stored++
 		}

@@ -123,10 +123,9 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 	defer unlock()
 	var p *prepared
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if _, err := eventRowByID(ctx, tx, pdu.EventID()); err == nil {
-			p = nil
-			return nil
-		} else if !mxerr.Is(err, mxerr.NotFound) {
+		p = nil
+		outlierNID, duplicate, err := heldOutlier(ctx, tx, pdu.EventID())
+		if err != nil || duplicate {
 			return err
 		}
 		room, err := loadRoom(ctx, tx, roomID)
@@ -187,6 +186,7 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		if err != nil {
 			return err
 		}
+		p.outlierNID = outlierNID // outlier_promotion.go
 		return s.commit(ctx, tx, p)
 	})
 	if err != nil {

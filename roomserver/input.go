@@ -25,6 +25,10 @@ type prepared struct {
 	beforeState stateMap
 	outcome     InputOutcome
 	reason      string
+	// outlierNID is, when the event is held only as an outlier and now
+	// arrives as a timeline event, the NID of that outlier row, which
+	// commit replaces (outlier_promotion.go); 0 for a new event.
+	outlierNID int64
 }
 
 // prepare runs the checks of server-server-api, "Checks performed on
@@ -183,6 +187,11 @@ func (s *Server) stateFromPrevs(ctx context.Context, q storage.Querier, tx stora
 		}
 		if pe.row.RoomID != room.RoomID {
 			return 0, nil, fmt.Sprintf("prev event %s is in another room", id), nil
+		}
+		if isOutlierRow(pe.row) {
+			// Its state is unknown: as unconnected as an unknown prev
+			// event (outlier_promotion.go, UnconnectedEvents).
+			return 0, nil, "", mxerr.New(mxerr.NotFound, "prev event %s of %s is held only as an outlier", id, pdu.EventID())
 		}
 		if !slices.Contains(snaps, pe.row.StateAfter) {
 			snaps = append(snaps, pe.row.StateAfter)
@@ -363,7 +372,12 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 	row.Rejected = p.outcome == Rejected
 	row.SoftFailed = p.outcome == SoftFailed
 	row.StateBefore, row.StateAfter = p.beforeNID, p.beforeNID
-	if _, err := s.insertEvent(ctx, tx, row); err != nil {
+	if p.outlierNID != 0 {
+		err = s.replaceOutlier(ctx, tx, p.outlierNID, row)
+	} else {
+		_, err = s.insertEvent(ctx, tx, row)
+	}
+	if err != nil {
 		return err
 	}
 	if !row.Rejected && row.StateKey != nil {
@@ -379,6 +393,14 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 	tx.AfterCommit(func() { s.events.put(loaded) })
 	if p.outcome != Accepted {
 		return nil
+	}
+	if p.outlierNID != 0 {
+		if followed, err := followedInTimeline(ctx, tx, row); err != nil || followed {
+			if err != nil {
+				return err
+			}
+			return s.commitFollowed(ctx, tx, p, loaded)
+		}
 	}
 
 	// Forward extremities: this event replaces its prev_events.
@@ -481,8 +503,13 @@ func (s *Server) resolveExtremities(ctx context.Context, tx storage.Tx, room *ro
 	if err != nil {
 		return 0, err
 	}
-	// Share the new event's snapshot when resolution lands on it.
-	return writeSnapshot(ctx, tx, room.RoomID, newRow.StateAfter, sets[slices.Index(snaps, newRow.StateAfter)], resolved)
+	// Share the new event's snapshot when resolution lands on it (the
+	// first extremity's when there is no new event: commitFollowed).
+	at := 0
+	if newRow != nil {
+		at = slices.Index(snaps, newRow.StateAfter)
+	}
+	return writeSnapshot(ctx, tx, room.RoomID, snaps[at], sets[at], resolved)
 }
 
 // moveCurrentState updates the current-state table from snapshot oldNID

@@ -20,10 +20,10 @@ func (s *Server) CheckInputEvent(ctx context.Context, req InputEventRequest) (*I
 		return nil, err
 	}
 	reader := s.db.Reader()
-	if _, err := eventRowByID(ctx, reader, pdu.EventID()); err == nil {
-		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
-	} else if !mxerr.Is(err, mxerr.NotFound) {
+	if _, duplicate, err := heldOutlier(ctx, reader, pdu.EventID()); err != nil {
 		return nil, err
+	} else if duplicate {
+		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
 	}
 	room := &roomRow{RoomID: roomID, Version: req.RoomVersion}
 	if !isCreate(pdu) {

@@ -27,6 +27,7 @@ func (s *Server) replayAfterJoin(ctx context.Context, tx storage.Tx, room *roomR
 	if err != nil {
 		return nil, err
 	}
+	rows = inDAGOrder(rows) // promoted outliers come after what follows them (outlier_promotion.go)
 	// Snapshots are read from tx, never from the current-state table,
 	// which still holds the partial state.
 	replayRoom := &roomRow{RoomID: room.RoomID, Version: room.Version, CurrentSnapshot: -1}

@@ -358,10 +358,12 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 	unlock := s.lockRoom(roomID)
 	defer unlock()
 	reader := s.db.Reader()
-	if _, err := eventRowByID(ctx, reader, pdu.EventID()); err == nil {
-		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
-	} else if !mxerr.Is(err, mxerr.NotFound) {
+	outlierNID, duplicate, err := heldOutlier(ctx, reader, pdu.EventID())
+	if err != nil {
 		return nil, err
+	}
+	if duplicate {
+		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
 	}
 	var room *roomRow
 	if isCreate(pdu) {
@@ -376,6 +378,7 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 	if err != nil {
 		return nil, err
 	}
+	p.outlierNID = outlierNID // outlier_promotion.go
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		if isCreate(pdu) && p.outcome == Accepted {
 			if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {

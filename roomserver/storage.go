@@ -400,6 +400,9 @@ type eventCache struct {
 	max   int
 	byNID map[int64]*loadedEvent  // guarded by mu
 	byID  map[string]*loadedEvent // guarded by mu
+	// gen counts drops (guarded by mu): a read that began before a drop
+	// may hold the dropped row, so it is not cached (putLoaded).
+	gen uint64
 }
 
 func newEventCache(max int) *eventCache {
@@ -434,6 +437,26 @@ func (c *eventCache) drop(nid int64, id string) {
 	defer c.mu.Unlock()
 	delete(c.byNID, nid)
 	delete(c.byID, id)
+	c.gen++
+}
+
+// generation is read before loading rows from the database, for
+// putLoaded.
+func (c *eventCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// putLoaded caches e, read from the database after generation returned
+// gen, unless an entry was dropped since (e may be that stale row).
+func (c *eventCache) putLoaded(e *loadedEvent, gen uint64) {
+	c.mu.Lock()
+	stale := c.gen != gen
+	c.mu.Unlock()
+	if !stale {
+		c.put(e)
+	}
 }
 
 // versionCache maps room IDs to room versions. A room's version never
@@ -485,6 +508,18 @@ type snapshotKeyCache struct {
 	mu   sync.Mutex
 	max  int
 	byID map[int64]stateMap // guarded by mu
+	// gen counts invalidations (guarded by mu): what a lookup loaded
+	// while one happened is not kept.
+	gen uint64
+}
+
+// invalidate forgets everything: an event's NID moved (outlier
+// promotion, outlier_promotion.go), so snapshots hold it under a new NID.
+func (c *snapshotKeyCache) invalidate() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.byID = make(map[int64]stateMap)
+	c.gen++
 }
 
 func newSnapshotKeyCache(max int) *snapshotKeyCache {
@@ -497,6 +532,7 @@ func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []t
 	out := make(stateMap, len(keys))
 	var missing []tuple
 	c.mu.Lock()
+	gen := c.gen
 	known := c.byID[nid]
 	for _, k := range keys {
 		if v, ok := known[k]; ok {
@@ -517,6 +553,16 @@ func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []t
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.gen != gen {
+		// Invalidated while loading: got may hold a moved NID. It is
+		// still this read's answer (the read began before the move).
+		for _, k := range missing {
+			if v := got[k]; v != 0 {
+				out[k] = v
+			}
+		}
+		return out, nil
+	}
 	if len(c.byID) >= c.max {
 		c.byID = make(map[int64]stateMap)
 	}
