@@ -539,20 +539,26 @@ func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeRes
 	return out, nil
 }
 
-// filterVisible parses rows and keeps those userID may see.
+// filterVisible parses rows and keeps those userID may see. q reads
+// committed data only (every caller's read transaction), so room
+// versions come from the version cache.
 func (s *Server) filterVisible(ctx context.Context, q storage.Querier, userID string, rows []*eventRow) ([]*Event, error) {
-	vis := s.newVisibility(q, userID)
+	return s.filterVisibleFor(ctx, s.newVisibility(q, userID), rows)
+}
+
+// filterVisibleFor is filterVisible with a visibility the caller may
+// have told more (RecentRequest.JoinedAtTo).
+func (s *Server) filterVisibleFor(ctx context.Context, vis *visibility, rows []*eventRow) ([]*Event, error) {
 	vis.ownRejections = true
 	versions := map[string]string{}
 	var out []*Event
 	for _, r := range rows {
 		version, ok := versions[r.RoomID]
 		if !ok {
-			room, err := loadRoom(ctx, q, r.RoomID)
-			if err != nil {
+			var err error
+			if version, err = s.committedRoomVersion(ctx, vis.q, r.RoomID); err != nil {
 				return nil, err
 			}
-			version = room.Version
 			versions[r.RoomID] = version
 		}
 		e := s.events.getNID(r.NID)
