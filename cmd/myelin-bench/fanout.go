@@ -104,6 +104,14 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		}()
 	}
 
+	// The listeners' first long polls are sent now: let them arrive and
+	// wait before message 0, so that its delivery is not measured
+	// together with 200 requests being set up (a listener that keeps up
+	// has its next poll waiting when a message comes).
+	select {
+	case <-time.After(o.settle):
+	case <-ctx.Done():
+	}
 	m := e.startMeasure()
 	start := time.Now()
 	for i := range o.messages {
