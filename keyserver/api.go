@@ -46,6 +46,9 @@ type API interface {
 	// UnusedFallbackKeyTypes is device_unused_fallback_key_types: the
 	// algorithms whose fallback key has not been claimed. Never nil.
 	UnusedFallbackKeyTypes(ctx context.Context, userID, deviceID string) ([]string, error)
+	// KeyCounts is OneTimeKeyCounts and UnusedFallbackKeyTypes in one
+	// query, as every /sync response carries both.
+	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
 }
 
 var _ API = (*Server)(nil)

@@ -3,7 +3,9 @@ package keyserver_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 
@@ -105,6 +107,23 @@ func TestUploadValidation(t *testing.T) {
 	})
 }
 
+// sameKeyCounts checks that KeyCounts, the one-query read /sync uses,
+// answers what OneTimeKeyCounts and UnusedFallbackKeyTypes answer apart:
+// a fallback key of an algorithm must not count as a one-time key of it.
+func sameKeyCounts(t *testing.T, srv *testserver.Server, userID, deviceID string) {
+	t.Helper()
+	ctx := context.Background()
+	wantOTK, err1 := srv.HS.KeyServer.OneTimeKeyCounts(ctx, userID, deviceID)
+	wantFallback, err2 := srv.HS.KeyServer.UnusedFallbackKeyTypes(ctx, userID, deviceID)
+	otk, fallback, err := srv.HS.KeyServer.KeyCounts(ctx, userID, deviceID)
+	if err != nil || err1 != nil || err2 != nil {
+		t.Fatalf("key counts: %v, %v, %v", err, err1, err2)
+	}
+	if !maps.Equal(otk, wantOTK) || !slices.Equal(fallback, wantFallback) || fallback == nil {
+		t.Errorf("KeyCounts = %v, %v; want %v, %v", otk, fallback, wantOTK, wantFallback)
+	}
+}
+
 // TestClaim: each one-time key goes to exactly one claimer, even when 20
 // claim at once from a device with 10; the rest get the fallback key,
 // which stays and is marked used; an unknown device yields nothing.
@@ -130,6 +149,7 @@ func TestClaim(t *testing.T) {
 		if types, err := srv.HS.KeyServer.UnusedFallbackKeyTypes(ctx, alice.userID, alice.deviceID); err != nil || len(types) != 1 || types[0] != "signed_curve25519" {
 			t.Fatalf("unused fallback key types: %v %v", types, err)
 		}
+		sameKeyCounts(t, srv, alice.userID, alice.deviceID)
 
 		const claimers = 20
 		results := make([]string, claimers)
@@ -169,11 +189,14 @@ func TestClaim(t *testing.T) {
 		if counts, _ := srv.HS.KeyServer.OneTimeKeyCounts(ctx, alice.userID, alice.deviceID); len(counts) != 0 {
 			t.Errorf("one-time key counts after exhaustion: %v", counts)
 		}
+		sameKeyCounts(t, srv, alice.userID, alice.deviceID)
 		// A new fallback key is unused again.
 		status, _ = alice.do(t, http.MethodPost, "/_matrix/client/v3/keys/upload", map[string]any{"fallback_keys": map[string]any{"signed_curve25519:FB2": keys.signedOTK(t, true)}})
 		if types, _ := srv.HS.KeyServer.UnusedFallbackKeyTypes(ctx, alice.userID, alice.deviceID); status != http.StatusOK || len(types) != 1 {
 			t.Errorf("new fallback key: %d, unused types %v", status, types)
 		}
+		sameKeyCounts(t, srv, alice.userID, alice.deviceID)
+		sameKeyCounts(t, srv, bob.userID, bob.deviceID) // no keys at all
 
 		// Unknown device, unknown user, remote user: empty, not an error.
 		status, body = bob.do(t, http.MethodPost, "/_matrix/client/v3/keys/claim", map[string]any{

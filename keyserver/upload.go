@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -392,6 +393,40 @@ func oneTimeKeyCounts(ctx context.Context, q storage.Querier, userID, deviceID s
 // OneTimeKeyCounts implements API.
 func (s *Server) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
 	return oneTimeKeyCounts(ctx, s.db.Reader(), userID, deviceID)
+}
+
+// KeyCounts implements API: both answers from one statement (a /sync
+// response reads them for every request, so one query instead of two).
+func (s *Server) KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
+	rows, err := s.db.Reader().Query(ctx, `
+		SELECT algorithm, COUNT(*), 0 FROM keyserver_one_time_keys
+		WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+		UNION ALL
+		SELECT algorithm, 0, 1 FROM keyserver_fallback_keys
+		WHERE user_id = $1 AND device_id = $2 AND NOT used`, userID, deviceID)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	counts := map[string]int{}
+	fallback := []string{}
+	for rows.Next() {
+		var alg string
+		var n, isFallback int
+		if err := rows.Scan(&alg, &n, &isFallback); err != nil {
+			return nil, nil, err
+		}
+		if isFallback == 1 {
+			fallback = append(fallback, alg)
+		} else {
+			counts[alg] = n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	slices.Sort(fallback)
+	return counts, fallback, nil
 }
 
 // UnusedFallbackKeyTypes implements API.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -101,6 +102,12 @@ func (v *visibility) historyVisibilityAt(ctx context.Context, version string, ni
 	if got, ok := v.atSnapshot[nid]; ok {
 		return got[0], nil
 	}
+	// Every reader of an event asks this of the same snapshots: the
+	// answer is shared (v.q reads committed data only, and a committed
+	// snapshot never changes).
+	if hv, ok := v.s.snapHV.get(nid); ok {
+		return hv, nil
+	}
 	k := tuple{"m.room.history_visibility", ""}
 	picked, err := v.s.snapKeys.lookup(nid, []tuple{k}, func(missing []tuple) (stateMap, error) {
 		return loadSnapshotKeys(ctx, v.q, nid, missing)
@@ -123,7 +130,39 @@ func (v *visibility) historyVisibilityAt(ctx context.Context, version string, ni
 	default:
 		hv = "shared" // unknown values mean shared
 	}
+	v.s.snapHV.put(nid, hv)
 	return hv, nil
+}
+
+// snapshotHVCache maps committed state snapshot NIDs to their history
+// visibility as historyVisibilityAt returns it. A committed snapshot
+// never changes, and only reads of committed data (visibility) fill it,
+// so an entry is never stale (a rolled-back transaction's snapshot NIDs
+// are never seen by those reads). Bounded: when full it is emptied.
+type snapshotHVCache struct {
+	mu    sync.Mutex
+	max   int
+	byNID map[int64]string // guarded by mu
+}
+
+func newSnapshotHVCache(max int) *snapshotHVCache {
+	return &snapshotHVCache{max: max, byNID: make(map[int64]string)}
+}
+
+func (c *snapshotHVCache) get(nid int64) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hv, ok := c.byNID[nid]
+	return hv, ok
+}
+
+func (c *snapshotHVCache) put(nid int64, hv string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byNID) >= c.max {
+		c.byNID = make(map[int64]string)
+	}
+	c.byNID[nid] = hv
 }
 
 func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership string) (bool, error) {
@@ -539,20 +578,26 @@ func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeRes
 	return out, nil
 }
 
-// filterVisible parses rows and keeps those userID may see.
+// filterVisible parses rows and keeps those userID may see. q reads
+// committed data only (every caller's read transaction), so room
+// versions come from the version cache.
 func (s *Server) filterVisible(ctx context.Context, q storage.Querier, userID string, rows []*eventRow) ([]*Event, error) {
-	vis := s.newVisibility(q, userID)
+	return s.filterVisibleFor(ctx, s.newVisibility(q, userID), rows)
+}
+
+// filterVisibleFor is filterVisible with a visibility the caller may
+// have told more (RecentRequest.JoinedAtTo).
+func (s *Server) filterVisibleFor(ctx context.Context, vis *visibility, rows []*eventRow) ([]*Event, error) {
 	vis.ownRejections = true
 	versions := map[string]string{}
 	var out []*Event
 	for _, r := range rows {
 		version, ok := versions[r.RoomID]
 		if !ok {
-			room, err := loadRoom(ctx, q, r.RoomID)
-			if err != nil {
+			var err error
+			if version, err = s.committedRoomVersion(ctx, vis.q, r.RoomID); err != nil {
 				return nil, err
 			}
-			version = room.Version
 			versions[r.RoomID] = version
 		}
 		e := s.events.getNID(r.NID)

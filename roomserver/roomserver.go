@@ -62,6 +62,8 @@ type Server struct {
 	snapKeys *snapshotKeyCache
 	// versions caches room versions (immutable per room).
 	versions *versionCache
+	// snapHV caches the history visibility of (immutable) snapshots.
+	snapHV *snapshotHVCache
 
 	// createMu guards lastCreateMS, the timestamp of the last create
 	// event built with a hash-derived room ID (see createTime).
@@ -161,6 +163,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		events:     newEventCache(4096),
 		snapKeys:   newSnapshotKeyCache(4096),
 		versions:   newVersionCache(65536),
+		snapHV:     newSnapshotHVCache(65536),
 	}, nil
 }
 

@@ -65,6 +65,16 @@ type RecentRequest struct {
 	From   int64
 	To     int64
 	Limit  int
+	// JoinedAtTo tells that UserID's membership in the room as of stream
+	// position To is join (the caller read it; sync's memberships are
+	// exact as of its room head). Under "shared" history visibility
+	// every event up to To is then visible — the user joined at a
+	// point after it was sent — so the user's current membership is not
+	// read again. Leave it false when unsure.
+	// Spec: client-server-api, "Room History Visibility", "Server
+	// behaviour" ("shared": the user joined the room at any point after
+	// the event was sent).
+	JoinedAtTo bool `json:",omitempty"`
 }
 
 // RecentResponse holds up to Limit events in stream order, whether more
@@ -115,7 +125,14 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 		} else {
 			out.PrevBatch = StreamToken(req.To)
 		}
-		out.Events, err = s.filterVisible(ctx, q, req.UserID, rows)
+		vis := s.newVisibility(q, req.UserID)
+		if req.JoinedAtTo {
+			// v.current is read only under "shared" history visibility
+			// (canSee's fast path, allows), where a join at To makes
+			// every row (all at or before To) visible.
+			vis.current[req.RoomID] = "join"
+		}
+		out.Events, err = s.filterVisibleFor(ctx, vis, rows)
 		return err
 	})
 	if err != nil {

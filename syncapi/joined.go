@@ -159,11 +159,13 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 // prev_content, bundled aggregations — and also, when not nil (the
 // caller's own read of the same events), run concurrently: a woken
 // request's latency is then the longest of them, not their sum.
-func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64,
+// joinedAtTo tells that the user's membership as of to is join
+// (roomserver.RecentRequest.JoinedAtTo).
+func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64, joinedAtTo bool,
 	also func(context.Context, []*roomserver.Event) error) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
 	limit := b.timelineLimit()
 	rr, err := b.s.rooms.RecentEvents(ctx, roomserver.RecentRequest{
-		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1)})
+		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1), JoinedAtTo: joinedAtTo})
 	if err != nil {
 		return timeline{}, nil, nil, err
 	}
@@ -286,7 +288,9 @@ func (b *roomBuilder) joined(ctx context.Context, m roomserver.MembershipEntry, 
 			return err
 		}
 	}
-	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, b.heads.Room, readMembers)
+	// The memberships are exact as of the room head (heads), which is
+	// where this timeline ends.
+	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, b.heads.Room, m.Membership == "join", readMembers)
 	if werr := baseRead.wait(ctx); err == nil {
 		err = werr
 	}
@@ -460,7 +464,7 @@ func (b *roomBuilder) left(ctx context.Context, m roomserver.MembershipEntry) (*
 	if b.initial() {
 		from = 0
 	}
-	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, m.StreamPos, nil)
+	tl, tlEvents, _, err := b.timeline(ctx, m.RoomID, from, m.StreamPos, false, nil)
 	if err != nil {
 		return nil, err
 	}

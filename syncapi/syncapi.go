@@ -97,6 +97,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s.acctHead, _ = deps.AccountData.(AccountDataHead)
 	s.waker.news = s.news
+	s.waker.holdCounts = deps.Push != nil
 	go s.waker.run(ctx)
 	return s, nil
 }

@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	"sync"
@@ -41,6 +42,9 @@ type waker struct {
 	// token's room position, the notified head], so they need not read
 	// it again (immutable after New).
 	news *newsCache
+	// holdCounts: the push consumer runs, so UnreadCountsStream follows
+	// the room stream (see holdForCounts; immutable after New).
+	holdCounts bool
 
 	mu       sync.Mutex
 	byRoom   map[string]map[*waiter]struct{} // guarded by mu
@@ -179,10 +183,77 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 	}
 	w.mu.Unlock()
 	if roomTo > roomFrom {
-		w.wakeTouched(ctx, roomFrom, roomTo, true, &w.roomDone)
+		first, err := w.rooms.StreamTouched(ctx, roomFrom, roomTo, touchBatch)
+		if err != nil {
+			first = nil // wakeTouched reads again and handles the error
+		} else if w.holdCounts && countsTo < roomTo && w.waitersOf(first) >= holdMinWaiters {
+			countsTo = max(countsTo, w.awaitCounts(ctx, roomTo))
+		}
+		w.wakeTouchedFrom(ctx, roomFrom, roomTo, true, &w.roomDone, first)
 	}
 	if countsTo > countsFrom {
 		w.wakeTouched(ctx, countsFrom, countsTo, false, &w.countsDone)
+	}
+}
+
+// Holding a wake for the unread counts. A long poll woken by a message
+// answers at once, with the unread counts committed so far; when the
+// push consumer commits the message's counts, the same listeners are
+// woken again for a second, counts-only response (fillUnread). With
+// many listeners in the room that second round costs a response each
+// (about as much CPU as the first) and competes with the first round's
+// deliveries. So when a window wakes at least holdMinWaiters waiters
+// and its counts are not committed yet, the waker waits for the
+// consumer's commit (at most holdMax) and wakes them once, for the
+// message and its counts together. Only when, never what: each woken
+// request still reads everything itself (its counts are then complete
+// up to the consumer's position, as its token says). Smaller wakes are
+// not held: the saving grows with the listeners (one response each)
+// while the cost, the consumer's commit (an fsync and a row per member)
+// added to every listener's latency, does not shrink; at 200 listeners
+// the second round was ~0.8 responses per delivery, at 20 it is a few
+// milliseconds of CPU after the deliveries, and one listener's wake
+// must not wait for an fsync.
+const (
+	holdMinWaiters = 64
+	holdMax        = 30 * time.Millisecond
+)
+
+// waitersOf counts the waiters the accepted events of touched would
+// wake through their rooms (a waiter in two of the rooms counts twice:
+// it is only a threshold).
+func (w *waker) waitersOf(touched []roomserver.StreamTouch) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	var counted []string
+	for _, t := range touched {
+		if t.Accepted && !slices.Contains(counted, t.RoomID) {
+			counted = append(counted, t.RoomID)
+			n += len(w.byRoom[t.RoomID])
+		}
+	}
+	return n
+}
+
+// awaitCounts waits until UnreadCountsStream reaches pos, at most
+// holdMax, and returns the counts position then heard.
+func (w *waker) awaitCounts(ctx context.Context, pos int64) int64 {
+	timer := time.NewTimer(holdMax)
+	defer timer.Stop()
+	for {
+		changed := w.n.Changed()
+		counted := w.n.Positions()[UnreadCountsStream]
+		if counted >= pos {
+			return counted
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return w.n.Positions()[UnreadCountsStream]
+		case <-ctx.Done():
+			return counted
+		}
 	}
 }
 
@@ -190,9 +261,18 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 // (and, with members, of the users whose membership they change), and
 // records the progress in *done (guarded by mu).
 func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, done *int64) {
+	w.wakeTouchedFrom(ctx, from, to, members, done, nil)
+}
+
+// wakeTouchedFrom is wakeTouched given, when not nil, the first batch
+// already read: StreamTouched(from, to, touchBatch).
+func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members bool, done *int64, first []roomserver.StreamTouch) {
 	start := from
 	for from < to {
-		touched, err := w.rooms.StreamTouched(ctx, from, to, touchBatch)
+		touched, err := first, error(nil)
+		if first == nil || from != start {
+			touched, err = w.rooms.StreamTouched(ctx, from, to, touchBatch)
+		}
 		if err != nil {
 			// Wake everyone rather than lose a wake-up; they re-read.
 			w.log.Warn("sync waker: reading room stream", "err", err)

@@ -67,6 +67,22 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 	if err != nil {
 		return fmt.Errorf("joining, filtering and syncing the listeners: %w", err)
 	}
+	// Each listener synced right after its own join, before the later
+	// listeners joined: bring every token past all the joins (not
+	// measured), so that the first long polls wait for message 0 rather
+	// than return the other listeners' joins while it is delivered (that
+	// catch-up used to be counted as message 0's delivery latency).
+	err = parallel(ctx, len(listeners), o.setupConcurrency, func(ctx context.Context, i int) error {
+		resp, _, err := listeners[i].sync(ctx, since[i], filters[i], 0)
+		if err != nil {
+			return err
+		}
+		since[i] = resp.NextBatch
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("catching the listeners up: %w", err)
+	}
 
 	// origin[i] is when message i counts as sent; written by the sender
 	// before the PUT, read after every goroutine has finished.
@@ -88,6 +104,14 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		}()
 	}
 
+	// The listeners' first long polls are sent now: let them arrive and
+	// wait before message 0, so that its delivery is not measured
+	// together with 200 requests being set up (a listener that keeps up
+	// has its next poll waiting when a message comes).
+	select {
+	case <-time.After(o.settle):
+	case <-ctx.Done():
+	}
 	m := e.startMeasure()
 	start := time.Now()
 	for i := range o.messages {

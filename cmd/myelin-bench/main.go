@@ -170,7 +170,7 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.perRoom, "per-room", 10, "initialsync: messages in each room")
 	fs.IntVar(&o.repeat, "repeat", 5, "initialsync: how many initial syncs to time")
 	fs.DurationVar(&o.drain, "drain", 15*time.Second, "fanout: how long after the last send to wait for deliveries")
-	fs.DurationVar(&o.settle, "settle", 2*time.Second, "initialsync: pause between preparing and measuring")
+	fs.DurationVar(&o.settle, "settle", 2*time.Second, "initialsync, fanout: pause between preparing and measuring (fanout: with every listener's first long poll sent)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

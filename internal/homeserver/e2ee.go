@@ -63,12 +63,7 @@ func (e *syncE2EE) DeviceListChanges(ctx context.Context, userID string, since, 
 }
 
 func (e *syncE2EE) KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
-	otk, err := e.keys.OneTimeKeyCounts(ctx, userID, deviceID)
-	if err != nil {
-		return nil, nil, err
-	}
-	fallback, err := e.keys.UnusedFallbackKeyTypes(ctx, userID, deviceID)
-	return otk, fallback, err
+	return e.keys.KeyCounts(ctx, userID, deviceID)
 }
 
 // keyChangesDelta gives GET /keys/changes the joins and leaves of a
