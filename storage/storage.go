@@ -37,11 +37,12 @@ const stmtCacheSize = 256
 // reader's cache is emptied whenever another connection has committed
 // since its last transaction, so only the writer's cache stays warm, and
 // a page it misses is read back from the kernel's page cache (one pread,
-// no disk I/O for a recently used database). 16 MiB each made SQLite's
-// caches the largest part of the process's memory after a write-heavy
-// run (14 MiB of SQLite allocations against 8.5 MiB with 4 MiB each,
-// peak RSS 6-9 MiB higher) without a measurable gain in the send path:
-// see docs/benchmarks.md, "SQLite page caches sized to the load".
+// no disk I/O for a recently used database). With 16 MiB the writer's
+// cache was SQLite's largest allocation after bench/run.sh's scenarios
+// (14 MiB of SQLite allocations against 8.5 MiB with 4 MiB; the readers'
+// size made no difference), and the send path's server CPU per message
+// moved within run-to-run noise: see docs/benchmarks.md, "SQLite page
+// caches sized to the load".
 const sqliteCacheKiB = 4000
 
 // Options says which database to open.
