@@ -8,3 +8,6 @@ var RewriteForSQLite = rewriteForSQLite
 
 // QueuedWrites reports how many Write calls wait for the SQLite writer.
 func (db *DB) QueuedWrites() int { return len(db.queue) }
+
+// SQLiteCacheKiB is the page cache size every SQLite connection is opened with.
+const SQLiteCacheKiB = sqliteCacheKiB

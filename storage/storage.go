@@ -32,6 +32,19 @@ const (
 // distinct texts; the hot paths use a few dozen per connection.
 const stmtCacheSize = 256
 
+// sqliteCacheKiB is each SQLite connection's page cache (PRAGMA
+// cache_size, in KiB), the writer's and every reader's. In WAL mode a
+// reader's cache is emptied whenever another connection has committed
+// since its last transaction, so only the writer's cache stays warm, and
+// a page it misses is read back from the kernel's page cache (one pread,
+// no disk I/O for a recently used database). With 16 MiB the writer's
+// cache was SQLite's largest allocation after bench/run.sh's scenarios
+// (14 MiB of SQLite allocations against 8.5 MiB with 4 MiB; the readers'
+// size made no difference), and the send path's server CPU per message
+// moved within run-to-run noise: see docs/benchmarks.md, "SQLite page
+// caches sized to the load".
+const sqliteCacheKiB = 4000
+
 // Options says which database to open.
 type Options struct {
 	Engine Engine
@@ -111,7 +124,7 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	common.Set("_synchronous", "FULL")
 	common.Set("_busy_timeout", "10000")
 	common.Set("_foreign_keys", "1")
-	common.Set("_cache_size", "-16000")
+	common.Set("_cache_size", strconv.Itoa(-sqliteCacheKiB)) // negative: KiB, not pages
 	// Prepared statements are cached per connection (the driver keeps an
 	// LRU keyed by query text, reset and unbound between uses), so a
 	// query's SQL is parsed and planned once per connection instead of on
