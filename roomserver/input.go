@@ -235,11 +235,12 @@ func (s *Server) stateEventsFor(ctx context.Context, q storage.Querier, tx stora
 	switch {
 	case state == nil && tx == nil && nid != 0:
 		// Snapshots are immutable, so what a committed snapshot holds at a
-		// key can be remembered by snapshot NID and never goes stale.
+		// key can be remembered by snapshot NID and never goes stale. What
+		// is remembered is read from the snapshot itself, never from the
+		// current-state table: outside the room's lock a write may move the
+		// current state past nid (room was read earlier), and its entries
+		// would then be remembered under nid.
 		picked, err = s.snapKeys.lookup(nid, keys, func(missing []tuple) (stateMap, error) {
-			if nid == room.CurrentSnapshot {
-				return currentStateNIDs(ctx, q, room.RoomID, missing)
-			}
 			return loadSnapshotKeys(ctx, q, nid, missing)
 		})
 	case state != nil:
