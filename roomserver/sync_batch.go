@@ -76,24 +76,9 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 		for _, roomID := range req.RoomIDs {
 			rr := &RecentResponse{}
 			rows := byRoom[roomID]
-			if len(rows) > limit {
-				rr.Limited = true
-				rows = rows[:limit]
-			}
-			slices.Reverse(rows)
-			gap, err := s.lastGapEvent(ctx, q, rows)
-			if err != nil {
+			var err error
+			if rows, rr.Limited, rr.PrevBatch, err = s.recentWindow(ctx, q, rows, limit, req.To); err != nil {
 				return err
-			}
-			if gap >= 0 {
-				// As RecentEvents: the batch starts at the gap.
-				rr.Limited = true
-				rows = rows[gap:]
-			}
-			if len(rows) > 0 {
-				rr.PrevBatch = StreamToken(rows[0].NID - 1)
-			} else {
-				rr.PrevBatch = StreamToken(req.To)
 			}
 			if rr.Events, err = s.filterVisibleWith(ctx, q, vis, roomID, rows, out.Memberships); err != nil {
 				return err

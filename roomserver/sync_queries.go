@@ -96,34 +96,8 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 		if err != nil {
 			return err
 		}
-		if len(rows) > limit {
-			out.Limited = true
-			rows = rows[:limit]
-		}
-		slices.Reverse(rows)
-		gap, err := s.lastGapEvent(ctx, q, rows)
-		if err != nil {
+		if rows, out.Limited, out.PrevBatch, err = s.recentWindow(ctx, q, rows, limit, req.To); err != nil {
 			return err
-		}
-		if gap >= 0 {
-			// Events before a gap are not continuous with it: the batch
-			// starts at the gap and is limited, so clients paginate
-			// (and the server backfills) to see what lies between.
-			// Spec: client-server-api, "Syncing" ("limited" ... the
-			// client may "fill the gap" with /messages).
-			out.Limited = true
-			rows = rows[gap:]
-		}
-		// PrevBatch pages back from just before the first event in
-		// stream order: /messages from it returns the events this
-		// server had before that point, newest first, even those whose
-		// depth is greater than the first event's (an event that
-		// arrives late over federation, Complement's
-		// TestNetworkPartitionOrdering).
-		if len(rows) > 0 {
-			out.PrevBatch = StreamToken(rows[0].NID - 1)
-		} else {
-			out.PrevBatch = StreamToken(req.To)
 		}
 		vis := s.newVisibility(q, req.UserID)
 		if req.JoinedAtTo {
@@ -197,6 +171,41 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// recentWindow turns the newest limit+1 rows of a room (newest first, as
+// recentRows reads them) into a timeline batch: at most limit rows,
+// oldest first, starting at the last gap if there is one, with whether
+// the batch is limited and the token that pages back from it.
+func (s *Server) recentWindow(ctx context.Context, q storage.Querier, rows []*eventRow, limit int, to int64) ([]*eventRow, bool, string, error) {
+	limited := false
+	if len(rows) > limit {
+		limited = true
+		rows = rows[:limit]
+	}
+	slices.Reverse(rows)
+	gap, err := s.lastGapEvent(ctx, q, rows)
+	if err != nil {
+		return nil, false, "", err
+	}
+	if gap >= 0 {
+		// Events before a gap are not continuous with it: the batch
+		// starts at the gap and is limited, so clients paginate
+		// (and the server backfills) to see what lies between.
+		// Spec: client-server-api, "Syncing" ("limited" ... the
+		// client may "fill the gap" with /messages).
+		limited = true
+		rows = rows[gap:]
+	}
+	// The token pages back from just before the first event in stream
+	// order: /messages from it returns the events this server had
+	// before that point, newest first, even those whose depth is
+	// greater than the first event's (an event that arrives late over
+	// federation, Complement's TestNetworkPartitionOrdering).
+	if len(rows) > 0 {
+		return rows, limited, StreamToken(rows[0].NID - 1), nil
+	}
+	return rows, limited, StreamToken(to), nil
 }
 
 // lastGapEvent returns the index in rows (stream order) of the last
