@@ -64,8 +64,14 @@ type roomTail struct {
 	room *roomRow
 }
 
+// maxRoomTails bounds roomTails: past it, the entries of rooms whose
+// last write has its outcome are dropped (their next send reads the room
+// from the database, as it would have without the entry).
+const maxRoomTails = 4096
+
 // roomTails maps a room ID to its last queued write. Each entry is read
-// and replaced only by the holder of the room's lock.
+// and replaced only by the holder of the room's lock, or dropped by set
+// once its write has its outcome and the map is full.
 type roomTails struct {
 	mu sync.Mutex
 	m  map[string]*roomTail // guarded by mu
@@ -86,6 +92,15 @@ func (t *roomTails) set(roomID string, tail *roomTail) {
 	if tail == nil {
 		delete(t.m, roomID)
 		return
+	}
+	if _, ok := t.m[roomID]; !ok && len(t.m) >= maxRoomTails {
+		for id, other := range t.m {
+			select {
+			case <-other.write.Done():
+				delete(t.m, id)
+			default: // in flight: lockRoom must still wait for it
+			}
+		}
 	}
 	t.m[roomID] = tail
 }
