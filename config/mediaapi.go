@@ -101,7 +101,7 @@ func ParseThumbnailSize(s string) (ThumbnailSize, error) {
 func ParseRemoteBaseURL(s string) (serverName string, base *url.URL, err error) {
 	name, raw, ok := strings.Cut(s, "=")
 	name = strings.TrimSpace(name)
-	if !ok || !serverNameRE.MatchString(name) {
+	if !ok || !validServerName(name) {
 		return "", nil, fmt.Errorf("%q is not server_name=URL", s)
 	}
 	u, err := url.Parse(strings.TrimSpace(raw))
