@@ -46,13 +46,18 @@ func federationServerTLS(cfg *config.Config, logger *slog.Logger) (*tls.Config, 
 // it trusts the system roots (which honour SSL_CERT_FILE) plus
 // federation_api.trusted_ca_file. Callers bound each request with its
 // context; long federation calls such as send_join make a global timeout
-// the wrong tool.
+// the wrong tool. Without trusted_ca_file, RootCAs stays nil: crypto/tls
+// then verifies against the same system roots, loaded at the first
+// handshake instead of at start (parsing them holds ~250 kB of heap, which
+// a server that never federates does not need).
 func federationClient(f config.Federation) (*http.Client, error) {
-	roots, err := x509.SystemCertPool()
-	if err != nil || roots == nil {
-		roots = x509.NewCertPool()
-	}
+	var roots *x509.CertPool
 	if f.TrustedCAFile != "" {
+		var err error
+		roots, err = x509.SystemCertPool()
+		if err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
 		pemData, err := os.ReadFile(f.TrustedCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("federation_api.trusted_ca_file: %w", err)
