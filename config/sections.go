@@ -27,8 +27,9 @@ type Global struct {
 	RedisURL    string `yaml:"redis_url" doc:"Redis for split deployments (several Myelin processes on one database): redis://[:password@]host:port/db (rediss:// for TLS). Processes tell each other through it that a stream advanced. Empty: one process, notifications stay in memory."`
 	RedisPrefix string `yaml:"redis_prefix" doc:"Prefix of Myelin's Redis keys and channels, so several deployments can share one Redis. Processes of one deployment must use the same prefix."`
 	// MemoryLimitMB becomes the Go runtime's soft memory limit
-	// (runtime/debug.SetMemoryLimit) at start.
-	MemoryLimitMB int64 `yaml:"memory_limit_mb" doc:"Soft limit, in MiB, on the memory the Go runtime manages (heap, goroutine stacks, runtime data; not SQLite's own allocations nor the mapped binary). Near it the garbage collector runs more often instead of letting the heap grow; it is never a hard cap (the collector takes at most about half the CPU, then the heap grows past it). 0 (the default): no limit, the heap may grow to twice its live size between collections. A limit near the live heap (which grows with the server's caches and traffic) makes the collector run almost continuously, so leave headroom of at least twice the heap in use. The GOMEMLIMIT environment variable, when set, takes precedence."`
+	// (runtime/debug.SetMemoryLimit) at start; cmd/myelin raises it while
+	// the steady live heap needs more (memgovernor.go).
+	MemoryLimitMB int64 `yaml:"memory_limit_mb" doc:"Soft limit, in MiB, on the memory the Go runtime manages (heap, goroutine stacks, runtime data; not SQLite's own allocations nor the mapped binary). Near it the garbage collector runs sooner and freed pages go back to the OS at once, instead of the heap growing to twice its live size during a burst (a large initial sync, a message fanned out to hundreds of long polls). It is a floor, not a cap: when the heap the server keeps live for 30 s needs more (twice the live heap, plus stacks and runtime data), the limit follows that need, so the collector never works harder than it would without a limit for a steady heap; bursts shorter than that stay under the limit at the cost of more frequent collections (the collector takes at most about half the CPU, then the heap grows past it). 0: no limit. Default 64 (measured in docs/benchmarks.md, \"Default soft memory limit\"). The GOMEMLIMIT environment variable, when set, takes precedence and is a fixed limit."`
 }
 
 func (Global) Defaults() Global {
@@ -38,6 +39,7 @@ func (Global) Defaults() Global {
 		DataDir:        "myelin-data",
 		TrustedProxies: []string{},
 		RedisPrefix:    "myelin:",
+		MemoryLimitMB:  64,
 	}
 }
 
@@ -119,7 +121,7 @@ func (g Global) Validate() error {
 		errs = append(errs, fieldError("global.public_baseurl", "must start with http:// or https://", "e.g. https://matrix.example.org"))
 	}
 	if g.MemoryLimitMB < 0 {
-		errs = append(errs, fieldError("global.memory_limit_mb", "is negative", "use 0 for no limit, or a size in MiB such as 256"))
+		errs = append(errs, fieldError("global.memory_limit_mb", "is negative", "use 0 for no limit, or a size in MiB such as 64"))
 	}
 	if g.RedisURL != "" {
 		if !strings.HasPrefix(g.RedisURL, "redis://") && !strings.HasPrefix(g.RedisURL, "rediss://") {

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/homeserver"
@@ -149,9 +150,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	logger := newLogger(cfg.Logging, stderr)
 	slog.SetDefault(logger)
-	if limit, fromEnv := applyMemoryLimit(cfg.Global.MemoryLimitMB, os.Getenv); limit != math.MaxInt64 {
+	limit, limitFromEnv := applyMemoryLimit(cfg.Global.MemoryLimitMB, os.Getenv)
+	if limit != math.MaxInt64 {
 		source := "global.memory_limit_mb"
-		if fromEnv {
+		if limitFromEnv {
 			source = "GOMEMLIMIT"
 		}
 		logger.Info("Go soft memory limit", "mib", limit>>20, "from", source)
@@ -159,6 +161,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if limit != math.MaxInt64 && !limitFromEnv {
+		// The configured limit is a floor: raised when the steady live
+		// heap needs more (memgovernor.go).
+		go governMemoryLimit(ctx, limit, time.Second, 30)
+	}
 
 	hs, err := homeserver.New(ctx, cfg, logger)
 	if err != nil {
