@@ -49,8 +49,8 @@ func TestSQLitePageCacheSize(t *testing.T) {
 		}()
 	}
 	for range readers {
-		if v := <-vals; v != want {
-			t.Errorf("reader: cache_size = %d, want %d", v, want)
+		if v := <-vals; v != int64(-storage.SQLiteReaderCacheKiB) {
+			t.Errorf("reader: cache_size = %d, want %d", v, -storage.SQLiteReaderCacheKiB)
 		}
 	}
 	close(hold)

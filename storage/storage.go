@@ -32,8 +32,8 @@ const (
 // distinct texts; the hot paths use a few dozen per connection.
 const stmtCacheSize = 256
 
-// sqliteCacheKiB is each SQLite connection's page cache (PRAGMA
-// cache_size, in KiB), the writer's and every reader's. In WAL mode a
+// sqliteCacheKiB is the SQLite writer's page cache (PRAGMA cache_size, in
+// KiB); the readers have sqliteReaderCacheKiB. In WAL mode a
 // reader's cache is emptied whenever another connection has committed
 // since its last transaction, so only the writer's cache stays warm, and
 // a page it misses is read back from the kernel's page cache (one pread,
@@ -44,6 +44,16 @@ const stmtCacheSize = 256
 // moved within run-to-run noise: see docs/benchmarks.md, "SQLite page
 // caches sized to the load".
 const sqliteCacheKiB = 4000
+
+// sqliteReaderCacheKiB is each reader connection's page cache. A reader's
+// cache survives only until another connection commits, so it serves the
+// pages one read transaction (or a run of them with no write between)
+// reads again: the B-tree's upper levels. A 500-room initial sync, a long
+// run of reads with no commit, filled every reader's cache to
+// sqliteCacheKiB: 4 readers × 4 MB of pages that glibc then kept, the
+// largest part of SQLite's memory at the process's peak
+// (docs/benchmarks.md, "Default soft memory limit").
+const sqliteReaderCacheKiB = 1000
 
 // Options says which database to open.
 type Options struct {
@@ -157,6 +167,7 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		rq[k] = v
 	}
 	rq.Set("_query_only", "1")
+	rq.Set("_cache_size", strconv.Itoa(-sqliteReaderCacheKiB))
 	reader, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?"+rq.Encode())
 	if err != nil {
 		writer.Close()
