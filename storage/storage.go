@@ -48,11 +48,12 @@ const sqliteCacheKiB = 4000
 // sqliteReaderCacheKiB is each reader connection's page cache. A reader's
 // cache survives only until another connection commits, so it serves the
 // pages one read transaction (or a run of them with no write between)
-// reads again: the B-tree's upper levels. A 500-room initial sync, a long
-// run of reads with no commit, filled every reader's cache to
-// sqliteCacheKiB: 4 readers × 4 MB of pages that glibc then kept, the
-// largest part of SQLite's memory at the process's peak
-// (docs/benchmarks.md, "Default soft memory limit").
+// reads again: the B-tree's upper levels. A 500-room initial sync is a
+// long run of reads with no commit, which let every reader's cache fill to
+// the 4 MB the readers had before; glibc kept what SQLite freed (its
+// arenas grew from ~13 to ~30 MB during that sync). With 1 MB the process's
+// peak was 10–20 MB lower and that sync's server CPU did not move
+// measurably (docs/benchmarks.md, "Default soft memory limit").
 const sqliteReaderCacheKiB = 1000
 
 // Options says which database to open.
