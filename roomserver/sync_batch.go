@@ -95,11 +95,7 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 }
 
 // recentRowsOfRooms is recentRows for each of roomIDs (at most
-// batchRooms), adding each room's rows, newest first, to byRoom. The
-// rows come whole from the one query: at 500 rooms an initial sync reads
-// more events than the parsed-event cache holds, and a second query by
-// NID for the missing ones cost more than reading every row's columns
-// here (filterVisibleWith still renders a cached event from the cache).
+// batchRooms), adding each room's rows, newest first, to byRoom.
 func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomIDs []string, from, to int64, limit int, byRoom map[string][]*eventRow) error {
 	var b strings.Builder
 	args := []any{from, to, limit}
@@ -110,16 +106,61 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 		args = append(args, roomID)
 		// Each term is the per-room query of recentRows, so each uses
 		// the (room_id, event_nid) index and stops after limit rows.
-		fmt.Fprintf(&b, `SELECT * FROM (SELECT `+eventColumns+` FROM roomserver_events
+		fmt.Fprintf(&b, `SELECT * FROM (SELECT room_id, event_nid, redacted_because FROM roomserver_events
 			WHERE room_id = $%d AND event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
 			ORDER BY event_nid DESC LIMIT $3) AS r%d`, len(args), i)
 	}
-	rows, err := queryEventRows(ctx, q, b.String(), args...)
+	rs, err := q.Query(ctx, b.String(), args...)
 	if err != nil {
 		return err
 	}
-	for _, r := range rows {
-		byRoom[r.RoomID] = append(byRoom[r.RoomID], r)
+	type pending struct {
+		roomID string
+		index  int
+		nid    int64
+	}
+	var missing []pending
+	for rs.Next() {
+		var roomID string
+		var nid int64
+		var redactedBecause *string
+		if err := rs.Scan(&roomID, &nid, &redactedBecause); err != nil {
+			rs.Close()
+			return err
+		}
+		e := s.events.getNID(nid)
+		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) {
+			byRoom[roomID] = append(byRoom[roomID], e.row)
+		} else {
+			missing = append(missing, pending{roomID, len(byRoom[roomID]), nid})
+			byRoom[roomID] = append(byRoom[roomID], nil)
+		}
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return err
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	nids := make([]int64, len(missing))
+	for i, m := range missing {
+		nids[i] = m.nid
+	}
+	loaded, err := eventRowsByNID(ctx, q, nids)
+	if err != nil {
+		return err
+	}
+	got := make(map[int64]*eventRow, len(loaded))
+	for _, r := range loaded {
+		got[r.NID] = r
+	}
+	for _, m := range missing {
+		r := got[m.nid]
+		if r == nil {
+			return fmt.Errorf("event NID %d vanished", m.nid)
+		}
+		byRoom[m.roomID][m.index] = r
 	}
 	return nil
 }
@@ -285,63 +326,82 @@ func contentMember(js []byte) (content []byte, ok bool) {
 func (s *Server) CurrentStateOfRooms(ctx context.Context, roomIDs []string, skipMembers bool) (map[string][]*Event, error) {
 	out := make(map[string][]*Event, len(roomIDs))
 	err := s.db.Read(ctx, func(q storage.Querier) error {
+		nidsByRoom := map[string][]int64{}
 		for _, part := range roomChunks(roomIDs) {
-			query, args := inList(`SELECT `+joinedEventColumns+` FROM roomserver_current_state AS cs
-				JOIN roomserver_events AS e ON e.event_nid = cs.event_nid WHERE cs.room_id IN `, part)
+			query, args := inList(`SELECT room_id, event_nid FROM roomserver_current_state WHERE room_id IN `, part)
 			if skipMembers {
-				query += ` AND cs.type <> 'm.room.member'`
+				query += ` AND type <> 'm.room.member'`
 			}
-			if err := s.eventsOfRooms(ctx, q, query+` ORDER BY cs.room_id, cs.type, cs.state_key`, args, nil, out); err != nil {
+			rows, err := q.Query(ctx, query+` ORDER BY room_id, type, state_key`, args...)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var roomID string
+				var nid int64
+				if err := rows.Scan(&roomID, &nid); err != nil {
+					rows.Close()
+					return err
+				}
+				nidsByRoom[roomID] = append(nidsByRoom[roomID], nid)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
 				return err
 			}
 		}
-		return nil
+		var err error
+		out, err = s.loadEventsOfRooms(ctx, q, nidsByRoom)
+		return err
 	})
 	return out, err
 }
 
-// joinedEventColumns are eventColumns of roomserver_events joined AS e.
-var joinedEventColumns = func() string {
-	cols := strings.Split(eventColumns, ",")
-	for i, c := range cols {
-		cols[i] = "e." + strings.TrimSpace(c)
+// loadEventsOfRooms is loadEvents and toEvent for the events of several
+// rooms: cached events from the cache, the others with one query per
+// 500, rendered by eventFromRow with their room's version.
+func (s *Server) loadEventsOfRooms(ctx context.Context, q storage.Querier, nidsByRoom map[string][]int64) (map[string][]*Event, error) {
+	out := make(map[string][]*Event, len(nidsByRoom))
+	var missing []int64
+	for roomID, nids := range nidsByRoom {
+		evs := make([]*Event, len(nids))
+		for i, nid := range nids {
+			if e := s.events.getNID(nid); e != nil {
+				evs[i] = toEvent(e)
+			} else {
+				missing = append(missing, nid)
+			}
+		}
+		out[roomID] = evs
 	}
-	return strings.Join(cols, ", ")
-}()
-
-// eventsOfRooms runs query, which selects joinedEventColumns, and adds
-// each row's event to its room in out, in the rows' order: from the
-// parsed-event cache when it holds the event (as loadEvents), else
-// rendered from the row by eventFromRow with the room's version. keep,
-// when set, decides which rows count. One query reads the rows whole:
-// an initial sync of 500 rooms needs more events than the cache holds,
-// and a second query by NID for the missing ones cost more than reading
-// every row's columns here.
-func (s *Server) eventsOfRooms(ctx context.Context, q storage.Querier, query string, args []any,
-	keep func(*eventRow) bool, out map[string][]*Event) error {
-	rows, err := queryEventRows(ctx, q, query, args...)
+	if len(missing) == 0 {
+		return out, nil
+	}
+	rows, err := eventRowsByNID(ctx, q, missing)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, r := range rows {
-		if keep != nil && !keep(r) {
-			continue
+	got := make(map[int64]*Event, len(rows))
+	for _, row := range rows {
+		version, err := s.committedRoomVersion(ctx, q, row.RoomID)
+		if err != nil {
+			return nil, err
 		}
-		var ev *Event
-		if e := s.events.getNID(r.NID); e != nil {
-			ev = toEvent(e)
-		} else {
-			version, err := s.committedRoomVersion(ctx, q, r.RoomID)
-			if err != nil {
-				return err
-			}
-			if ev, err = eventFromRow(version, r); err != nil {
-				return err
-			}
+		if got[row.NID], err = eventFromRow(version, row); err != nil {
+			return nil, err
 		}
-		out[r.RoomID] = append(out[r.RoomID], ev)
 	}
-	return nil
+	for roomID, evs := range out {
+		for i, e := range evs {
+			if e == nil {
+				nid := nidsByRoom[roomID][i]
+				if evs[i] = got[nid]; evs[i] == nil {
+					return nil, fmt.Errorf("event NID %d not found", nid) // as loadEvents
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // RoomMemberSummaries is RoomMemberSummary for each of roomIDs, with two
@@ -470,6 +530,7 @@ func (s *Server) MemberEventsOfRooms(ctx context.Context, stateKeys map[string][
 	}
 	slices.Sort(roomIDs)
 	err := s.db.Read(ctx, func(q storage.Querier) error {
+		nidsByRoom := map[string][]int64{}
 		for _, part := range roomChunks(roomIDs) {
 			// The rooms' keys together, each row then kept only if its
 			// room asked for its key.
@@ -483,16 +544,31 @@ func (s *Server) MemberEventsOfRooms(ctx context.Context, stateKeys map[string][
 			}
 			roomIn, args := inList("", part)
 			keyIn, keyArgs := inList("", keys)
-			query := `SELECT ` + joinedEventColumns + ` FROM roomserver_current_state AS cs
-				JOIN roomserver_events AS e ON e.event_nid = cs.event_nid
-				WHERE cs.type = 'm.room.member' AND cs.room_id IN ` + roomIn + ` AND cs.state_key IN ` +
-				shiftPlaceholders(keyIn, len(args)) + ` ORDER BY cs.room_id, cs.state_key`
-			keep := func(r *eventRow) bool { return r.StateKey != nil && slices.Contains(stateKeys[r.RoomID], *r.StateKey) }
-			if err := s.eventsOfRooms(ctx, q, query, append(args, keyArgs...), keep, out); err != nil {
+			rows, err := q.Query(ctx, `SELECT room_id, state_key, event_nid FROM roomserver_current_state
+				WHERE type = 'm.room.member' AND room_id IN `+roomIn+` AND state_key IN `+shiftPlaceholders(keyIn, len(args))+
+				` ORDER BY room_id, state_key`, append(args, keyArgs...)...)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var roomID, key string
+				var nid int64
+				if err := rows.Scan(&roomID, &key, &nid); err != nil {
+					rows.Close()
+					return err
+				}
+				if slices.Contains(stateKeys[roomID], key) {
+					nidsByRoom[roomID] = append(nidsByRoom[roomID], nid)
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
 				return err
 			}
 		}
-		return nil
+		var err error
+		out, err = s.loadEventsOfRooms(ctx, q, nidsByRoom)
+		return err
 	})
 	return out, err
 }
