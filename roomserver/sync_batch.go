@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
@@ -263,7 +264,10 @@ func eventFromRow(version string, r *eventRow) (*Event, error) {
 		}
 		return toEvent(e), nil
 	}
-	js := []byte(r.JSON)
+	// The Event shares the row's bytes, as toEvent shares the cached
+	// PDU's: an Event's JSON and Content are read-only, and the row's
+	// string is never written.
+	js := unsafe.Slice(unsafe.StringData(r.JSON), len(r.JSON))
 	content, err := eventContent(js)
 	if err != nil {
 		return nil, fmt.Errorf("parsing stored event %s: %w", r.EventID, err)
@@ -294,7 +298,8 @@ func contentMember(js []byte) (content []byte, ok bool) {
 	if !gjson.ValidBytes(js) {
 		return nil, false
 	}
-	root := gjson.ParseBytes(js)
+	// Parsed in place: gjson.ParseBytes would copy js to a string first.
+	root := gjson.Parse(unsafe.String(unsafe.SliceData(js), len(js)))
 	if !root.IsObject() {
 		return nil, false
 	}

@@ -75,3 +75,7 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 	}
 	return body, nil
 }
+
+// SplitTimelines makes an initial sync read its timelines in concurrent
+// parts of n rooms each (0: the default).
+func (s *Server) SplitTimelines(n int) { s.timelineSplit = n }

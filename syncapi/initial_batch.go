@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"maps"
 
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -31,6 +32,11 @@ type initialReads struct {
 	prevStates  map[string]*roomserver.PrevState
 	relations   map[string]json.RawMessage
 }
+
+// timelineSplitRooms is how many rooms one of an initial sync's
+// concurrent timeline reads covers: past it the reads are split, so 500
+// rooms are read as two parts on a machine with two cores.
+const timelineSplitRooms = 250
 
 // batchedJoinedRooms lists the rooms build will send whole through
 // joined: the joined, allowed, not forgotten and not partial-state
@@ -68,20 +74,37 @@ func (b *roomBuilder) prefetchInitial(ctx context.Context, rooms []string) error
 		ir.state, err = b.s.rooms.CurrentStateOfRooms(ctx, rooms, lazy)
 		return err
 	})
-	first.do(func(ctx context.Context) error {
-		recent, err := b.s.rooms.RecentEventsOfRooms(ctx, roomserver.RecentRoomsRequest{
-			UserID: b.req.userID, RoomIDs: rooms, From: 0, To: b.heads.Room, Limit: max(limit, 1)})
-		if err == nil {
-			ir.recent, read = recent.Rooms, recent.Memberships
-		}
-		return err
-	})
+	// The timelines are the longest of these reads (the event rows and
+	// a visibility check each): split in parts read at the same time,
+	// a large sync keeps both cores busy instead of waiting on one.
+	split := b.s.timelineSplit
+	if split <= 0 {
+		split = timelineSplitRooms
+	}
+	var parts [][]string
+	for start := 0; start < len(rooms); start += split {
+		parts = append(parts, rooms[start:min(start+split, len(rooms))])
+	}
+	recents := make([]*roomserver.RecentRooms, len(parts))
+	for i, part := range parts {
+		first.do(func(ctx context.Context) (err error) {
+			recents[i], err = b.s.rooms.RecentEventsOfRooms(ctx, roomserver.RecentRoomsRequest{
+				UserID: b.req.userID, RoomIDs: part, From: 0, To: b.heads.Room, Limit: max(limit, 1)})
+			return err
+		})
+	}
 	first.do(func(ctx context.Context) (err error) {
 		ir.summaries, err = b.s.rooms.RoomMemberSummaries(ctx, rooms)
 		return err
 	})
 	if err := first.wait(ctx); err != nil {
 		return err
+	}
+	// The parts cover disjoint rooms, and so disjoint events.
+	ir.recent, read = recents[0].Rooms, recents[0].Memberships
+	for _, r := range recents[1:] {
+		maps.Copy(ir.recent, r.Rooms)
+		maps.Copy(read, r.Memberships)
 	}
 	ir.events = make(map[string][]*roomserver.Event, len(rooms))
 	ownRoom := map[string]string{} // the user's own events -> room

@@ -208,6 +208,18 @@ func TestInitialSyncBatchedMatchesPerRoom(t *testing.T) {
 						t.Fatal(err)
 					}
 					compareSyncBodies(t, fmt.Sprintf("%s filter %d %q", u.id, fi, extra), perRoom, batched)
+					if extra != "" && extra != "use_state_after=true" {
+						continue
+					}
+					// The timelines read in concurrent parts of two
+					// rooms: merged, the parts give the same response.
+					sync.SplitTimelines(2)
+					split, err := sync.SyncJSON(ctx, u.id, string(u.client.DeviceID), q, now, false)
+					sync.SplitTimelines(0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					compareSyncBodies(t, fmt.Sprintf("%s filter %d %q, timelines split", u.id, fi, extra), perRoom, split)
 				}
 			}
 		}

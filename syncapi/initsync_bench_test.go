@@ -26,8 +26,18 @@ func BenchmarkInitialSyncServerTime50(b *testing.B) { benchmarkInitialSyncServer
 // with 500 rooms.
 func BenchmarkInitialSyncServerTime500(b *testing.B) { benchmarkInitialSyncServerTime(b, 500, 10) }
 
-func benchmarkInitialSyncServerTime(b *testing.B, rooms, perRoom int) {
+// BenchmarkInitialSyncServerTime500OnePart is
+// BenchmarkInitialSyncServerTime500 with the timelines read in one part
+// rather than in concurrent parts (initial_batch.go), to compare the two.
+func BenchmarkInitialSyncServerTime500OnePart(b *testing.B) {
+	benchmarkInitialSyncServerTime(b, 500, 10, func(srv *testserver.Server) { srv.HS.Sync.SplitTimelines(500) })
+}
+
+func benchmarkInitialSyncServerTime(b *testing.B, rooms, perRoom int, setup ...func(*testserver.Server)) {
 	srv := testserver.Start(b, storage.SQLite, nil)
+	for _, f := range setup {
+		f(srv)
+	}
 	handler := srv.HS.Handler()
 	alice := newUser(b, srv, "alice")
 	// Rooms are prepared 8 at a time: sends to different rooms share

@@ -66,6 +66,10 @@ type Server struct {
 	news    *newsCache
 	ignores *ignoreCache
 	sliding *slidingConns
+	// timelineSplit is how many rooms one of the concurrent timeline
+	// reads of an initial sync covers (initial_batch.go); 0: the default.
+	// Tests set it to make every such sync split its reads.
+	timelineSplit int
 }
 
 // New builds the sync component and starts its waker, which runs until
