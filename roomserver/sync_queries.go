@@ -119,10 +119,11 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 // (from, to], newest first. It reads only positions (and redaction
 // status) from the table and takes the rows of recent events, the hot
 // set, from the event cache: a timeline read does not copy every event's
-// JSON out of SQLite again. A cached entry whose redaction status differs
-// from the table's is stale and read again.
+// JSON out of SQLite again. A cached entry whose redaction status or
+// snapshots differ from the table's is stale (rewritten by another
+// process: cache_shared.go) and read again.
 func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID string, from, to int64, limit int) ([]*eventRow, error) {
-	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because FROM roomserver_events
+	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because, state_before, state_after FROM roomserver_events
 		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
 		ORDER BY event_nid DESC LIMIT $4`, roomID, from, to, limit)
 	if err != nil {
@@ -131,14 +132,15 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 	var rows []*eventRow
 	var missing []int64
 	for rs.Next() {
-		var nid int64
+		var nid, before, after int64
 		var redactedBecause *string
-		if err := rs.Scan(&nid, &redactedBecause); err != nil {
+		if err := rs.Scan(&nid, &redactedBecause, &before, &after); err != nil {
 			rs.Close()
 			return nil, err
 		}
 		e := s.events.getNID(nid)
-		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) {
+		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
+			e.row.StateBefore == before && e.row.StateAfter == after {
 			rows = append(rows, e.row)
 		} else {
 			rows = append(rows, nil)
