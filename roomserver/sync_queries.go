@@ -213,7 +213,9 @@ func (s *Server) recentWindow(ctx context.Context, q storage.Querier, rows []*ev
 // lastGapEvent returns the index in rows (stream order) of the last
 // event received over federation whose prev events are not all in the
 // timeline here (it was accepted with state fetched for a gap, or its
-// prev events are outliers), -1 when there is none.
+// prev events are outliers), -1 when there is none. An event deeper in
+// the room than every event before it in rows is history that arrived
+// late, not a gap between them and it: it does not count.
 // Events sent here always extend the timeline, so only other servers'
 // events are looked at.
 func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*eventRow) (int, error) {
@@ -245,7 +247,27 @@ func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*ev
 	if err != nil {
 		return 0, err
 	}
+	// shallowest[i] is the least depth among rows[:i].
+	shallowest := make([]int64, len(rows))
+	for i := 1; i < len(rows); i++ {
+		shallowest[i] = rows[i-1].Depth
+		if i > 1 {
+			shallowest[i] = min(shallowest[i], shallowest[i-1])
+		}
+	}
 	for i := len(rows) - 1; i >= 0; i-- {
+		if i > 0 && rows[i].Depth < shallowest[i] {
+			// Deeper in the room than every event before it in the
+			// batch: history that arrived late (get_missing_events
+			// brought events held as outliers, promoted to new stream
+			// positions: outlier_promotion.go). What lies behind it
+			// also lies behind the events before it, so starting the
+			// batch here would hide newer events behind old ones
+			// (issue 7's three-server flake: a joiner's initial sync
+			// showed the room's creation and not the messages after
+			// its join).
+			continue
+		}
 		for _, p := range outside[i] {
 			if !slices.Contains(held, p) {
 				return i, nil
