@@ -53,9 +53,17 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 	out := make([]*loadedEvent, len(nids))
 	var missing []int64
 	for i, nid := range nids {
-		if e := s.events.getNID(nid); e != nil {
-			out[i] = e
-		} else {
+		out[i] = s.events.getNID(nid)
+	}
+	stale, err := s.freshHits(ctx, q, out)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range stale {
+		out[i] = nil
+	}
+	for i, nid := range nids {
+		if out[i] == nil {
 			missing = append(missing, nid)
 		}
 	}
@@ -94,10 +102,21 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 // the map.
 func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx storage.Tx, ids []string) (map[string]*loadedEvent, error) {
 	out := make(map[string]*loadedEvent, len(ids))
+	hits := make([]*loadedEvent, len(ids))
+	for i, id := range ids {
+		hits[i] = s.events.getID(id)
+	}
+	stale, err := s.freshHits(ctx, q, hits)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range stale {
+		hits[i] = nil
+	}
 	var missing []string
-	for _, id := range ids {
-		if e := s.events.getID(id); e != nil {
-			out[id] = e
+	for i, id := range ids {
+		if hits[i] != nil {
+			out[id] = hits[i]
 		} else {
 			missing = append(missing, id)
 		}

@@ -240,9 +240,7 @@ func (s *Server) stateEventsFor(ctx context.Context, q storage.Querier, tx stora
 		// current-state table: outside the room's lock a write may move the
 		// current state past nid (room was read earlier), and its entries
 		// would then be remembered under nid.
-		picked, err = s.snapKeys.lookup(nid, keys, func(missing []tuple) (stateMap, error) {
-			return loadSnapshotKeys(ctx, q, nid, missing)
-		})
+		picked, err = s.snapshotKeys(ctx, q, nid, keys)
 	case state != nil:
 		picked = stateMap{}
 		for _, k := range keys {

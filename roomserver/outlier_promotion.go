@@ -29,7 +29,9 @@ import (
 //   - every reference to the old NID (state snapshots the outlier is
 //     part of, the current state) is moved to the new one in the same
 //     transaction, so the state it was part of is unchanged;
-//   - the caches that hold the old NID are invalidated after the commit.
+//   - the caches that hold the old NID are invalidated after the commit
+//     (in this process; other processes sharing the database check what
+//     they cached against the rows instead: cache_shared.go).
 //
 // An outlier that a timeline event already names as a prev event (a gap
 // filled with the state at it, then the event itself arriving) is not a

@@ -45,9 +45,7 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", v.userID}}
 	// v.q only ever reads committed data (visibility is for reads), so
 	// the snapshot key cache may answer and be filled.
-	picked, err := v.s.snapKeys.lookup(nid, keys, func(missing []tuple) (stateMap, error) {
-		return loadSnapshotKeys(ctx, v.q, nid, missing)
-	})
+	picked, err := v.s.snapshotKeys(ctx, v.q, nid, keys)
 	if err != nil {
 		return "", "", err
 	}
@@ -109,9 +107,7 @@ func (v *visibility) historyVisibilityAt(ctx context.Context, version string, ni
 		return hv, nil
 	}
 	k := tuple{"m.room.history_visibility", ""}
-	picked, err := v.s.snapKeys.lookup(nid, []tuple{k}, func(missing []tuple) (stateMap, error) {
-		return loadSnapshotKeys(ctx, v.q, nid, missing)
-	})
+	picked, err := v.s.snapshotKeys(ctx, v.q, nid, []tuple{k})
 	if err != nil {
 		return "", err
 	}
@@ -601,11 +597,17 @@ func (s *Server) filterVisibleFor(ctx context.Context, vis *visibility, rows []*
 			versions[r.RoomID] = version
 		}
 		e := s.events.getNID(r.NID)
-		if e == nil || e.row.RedactedBecause == nil && r.RedactedBecause != nil {
+		switch {
+		case e == nil || e.row.EventID != r.EventID || (e.row.RedactedBecause == nil) != (r.RedactedBecause == nil):
 			var err error
 			if e, err = parseRow(version, r); err != nil {
 				return nil, err
 			}
+		case e.row != r:
+			// The cached parse (same bytes: same redaction status), with
+			// the row just read: in split mode another process may have
+			// rewritten its other columns (cache_shared.go).
+			e = &loadedEvent{row: r, pdu: e.pdu}
 		}
 		ok, err := vis.canSee(ctx, version, e)
 		if err != nil {

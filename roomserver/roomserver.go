@@ -35,6 +35,10 @@ type Deps struct {
 	Notify func(stream string, pos int64)
 	// Now returns the current time; nil means time.Now (tests pin it).
 	Now func() time.Time
+	// Shared says other processes write the same database (split mode:
+	// global.redis_url is set): cached events are then checked against
+	// their rows before they are served (cache_shared.go).
+	Shared bool
 }
 
 // Server implements API.
@@ -46,6 +50,7 @@ type Server struct {
 	cfg        config.RoomServer
 	notify     func(string, int64)
 	now        func() time.Time
+	shared     bool // Deps.Shared; immutable
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -160,6 +165,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cfg:        deps.Config,
 		notify:     deps.Notify,
 		now:        now,
+		shared:     deps.Shared,
 		events:     newEventCache(4096),
 		snapKeys:   newSnapshotKeyCache(4096),
 		versions:   newVersionCache(65536),

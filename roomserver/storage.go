@@ -529,6 +529,16 @@ func newSnapshotKeyCache(max int) *snapshotKeyCache {
 // lookup returns snapshot nid's entries at keys, calling load (outside the
 // lock) for the keys it does not know yet.
 func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []tuple) (stateMap, error)) (stateMap, error) {
+	return c.lookupKeeping(nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
+		got, err := load(missing)
+		return got, nil, err
+	})
+}
+
+// lookupKeeping is lookup whose load also says which of the event NIDs
+// it found may be remembered (keep nil: all of them); the entries of the
+// others are this read's answer only (cache_shared.go).
+func (c *snapshotKeyCache) lookupKeeping(nid int64, keys []tuple, load func(missing []tuple) (got stateMap, keep func(eventNID int64) bool, err error)) (stateMap, error) {
 	out := make(stateMap, len(keys))
 	var missing []tuple
 	c.mu.Lock()
@@ -547,20 +557,21 @@ func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []t
 	if len(missing) == 0 {
 		return out, nil
 	}
-	got, err := load(missing)
+	got, keep, err := load(missing)
 	if err != nil {
 		return nil, err
+	}
+	for _, k := range missing {
+		if v := got[k]; v != 0 {
+			out[k] = v
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		// Invalidated while loading: got may hold a moved NID. It is
-		// still this read's answer (the read began before the move).
-		for _, k := range missing {
-			if v := got[k]; v != 0 {
-				out[k] = v
-			}
-		}
+		// still this read's answer (the read began before the move),
+		// but it is not remembered.
 		return out, nil
 	}
 	if len(c.byID) >= c.max {
@@ -573,10 +584,10 @@ func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []t
 	}
 	for _, k := range missing {
 		v := got[k] // 0 when absent
-		known[k] = v
-		if v != 0 {
-			out[k] = v
+		if v != 0 && keep != nil && !keep(v) {
+			continue
 		}
+		known[k] = v
 	}
 	return out, nil
 }

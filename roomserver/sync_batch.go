@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"unsafe"
@@ -106,7 +107,7 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 		args = append(args, roomID)
 		// Each term is the per-room query of recentRows, so each uses
 		// the (room_id, event_nid) index and stops after limit rows.
-		fmt.Fprintf(&b, `SELECT * FROM (SELECT room_id, event_nid, redacted_because FROM roomserver_events
+		fmt.Fprintf(&b, `SELECT * FROM (SELECT room_id, event_nid, redacted_because, state_before, state_after FROM roomserver_events
 			WHERE room_id = $%d AND event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
 			ORDER BY event_nid DESC LIMIT $3) AS r%d`, len(args), i)
 	}
@@ -122,14 +123,15 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 	var missing []pending
 	for rs.Next() {
 		var roomID string
-		var nid int64
+		var nid, before, after int64
 		var redactedBecause *string
-		if err := rs.Scan(&roomID, &nid, &redactedBecause); err != nil {
+		if err := rs.Scan(&roomID, &nid, &redactedBecause, &before, &after); err != nil {
 			rs.Close()
 			return err
 		}
 		e := s.events.getNID(nid)
-		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) {
+		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
+			e.row.StateBefore == before && e.row.StateAfter == after { // as recentRows
 			byRoom[roomID] = append(byRoom[roomID], e.row)
 		} else {
 			missing = append(missing, pending{roomID, len(byRoom[roomID]), nid})
@@ -363,14 +365,30 @@ func (s *Server) CurrentStateOfRooms(ctx context.Context, roomIDs []string, skip
 func (s *Server) loadEventsOfRooms(ctx context.Context, q storage.Querier, nidsByRoom map[string][]int64) (map[string][]*Event, error) {
 	out := make(map[string][]*Event, len(nidsByRoom))
 	var missing []int64
-	for roomID, nids := range nidsByRoom {
+	roomIDs := slices.Collect(maps.Keys(nidsByRoom))
+	var hits []*loadedEvent // every room's, in roomIDs' order
+	for _, roomID := range roomIDs {
+		for _, nid := range nidsByRoom[roomID] {
+			hits = append(hits, s.events.getNID(nid))
+		}
+	}
+	stale, err := s.freshHits(ctx, q, hits) // one check for every room
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range stale {
+		hits[i] = nil
+	}
+	for _, roomID := range roomIDs {
+		nids := nidsByRoom[roomID]
 		evs := make([]*Event, len(nids))
 		for i, nid := range nids {
-			if e := s.events.getNID(nid); e != nil {
+			if e := hits[0]; e != nil {
 				evs[i] = toEvent(e)
 			} else {
 				missing = append(missing, nid)
 			}
+			hits = hits[1:]
 		}
 		out[roomID] = evs
 	}

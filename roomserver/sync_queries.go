@@ -119,10 +119,11 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 // (from, to], newest first. It reads only positions (and redaction
 // status) from the table and takes the rows of recent events, the hot
 // set, from the event cache: a timeline read does not copy every event's
-// JSON out of SQLite again. A cached entry whose redaction status differs
-// from the table's is stale and read again.
+// JSON out of SQLite again. A cached entry whose redaction status or
+// snapshots differ from the table's is stale (rewritten by another
+// process: cache_shared.go) and read again.
 func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID string, from, to int64, limit int) ([]*eventRow, error) {
-	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because FROM roomserver_events
+	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because, state_before, state_after FROM roomserver_events
 		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
 		ORDER BY event_nid DESC LIMIT $4`, roomID, from, to, limit)
 	if err != nil {
@@ -131,14 +132,15 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 	var rows []*eventRow
 	var missing []int64
 	for rs.Next() {
-		var nid int64
+		var nid, before, after int64
 		var redactedBecause *string
-		if err := rs.Scan(&nid, &redactedBecause); err != nil {
+		if err := rs.Scan(&nid, &redactedBecause, &before, &after); err != nil {
 			rs.Close()
 			return nil, err
 		}
 		e := s.events.getNID(nid)
-		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) {
+		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
+			e.row.StateBefore == before && e.row.StateAfter == after {
 			rows = append(rows, e.row)
 		} else {
 			rows = append(rows, nil)
@@ -211,7 +213,9 @@ func (s *Server) recentWindow(ctx context.Context, q storage.Querier, rows []*ev
 // lastGapEvent returns the index in rows (stream order) of the last
 // event received over federation whose prev events are not all in the
 // timeline here (it was accepted with state fetched for a gap, or its
-// prev events are outliers), -1 when there is none.
+// prev events are outliers), -1 when there is none. An event deeper in
+// the room than every event before it in rows is history that arrived
+// late, not a gap between them and it: it does not count.
 // Events sent here always extend the timeline, so only other servers'
 // events are looked at.
 func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*eventRow) (int, error) {
@@ -243,7 +247,27 @@ func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*ev
 	if err != nil {
 		return 0, err
 	}
+	// shallowest[i] is the least depth among rows[:i].
+	shallowest := make([]int64, len(rows))
+	for i := 1; i < len(rows); i++ {
+		shallowest[i] = rows[i-1].Depth
+		if i > 1 {
+			shallowest[i] = min(shallowest[i], shallowest[i-1])
+		}
+	}
 	for i := len(rows) - 1; i >= 0; i-- {
+		if i > 0 && rows[i].Depth < shallowest[i] {
+			// Deeper in the room than every event before it in the
+			// batch: history that arrived late (get_missing_events
+			// brought events held as outliers, promoted to new stream
+			// positions: outlier_promotion.go). What lies behind it
+			// also lies behind the events before it, so starting the
+			// batch here would hide newer events behind old ones
+			// (issue 7's three-server flake: a joiner's initial sync
+			// showed the room's creation and not the messages after
+			// its join).
+			continue
+		}
 		for _, p := range outside[i] {
 			if !slices.Contains(held, p) {
 				return i, nil

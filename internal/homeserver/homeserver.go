@@ -146,7 +146,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// written (nothing writes until assemble returns).
 	var federation *federationapi.Server
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
-		Config: cfg.RoomServer, Notify: func(stream string, pos int64) {
+		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
 			if federation != nil {
 				federation.Notify(stream, pos)

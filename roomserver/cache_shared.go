@@ -1,0 +1,159 @@
+package roomserver
+
+import (
+	"context"
+	"slices"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Caches when other processes write the same database (split mode,
+// Deps.Shared). Three writes rewrite what the caches hold in place
+// instead of adding new rows:
+//
+//   - outlier promotion (outlier_promotion.go) deletes the outlier's row
+//     and inserts it again under a new event NID, and moves every state
+//     snapshot entry (and current-state entry) from the old NID to the
+//     new one;
+//   - a redaction (redaction.go) rewrites its target's JSON and
+//     redacted_because;
+//   - the end of a partial-state resync (partial_state_replay.go)
+//     rewrites the rejected flag and the state_before/state_after
+//     snapshots of the events after the join.
+//
+// In one process the writer drops what it changed from its own caches
+// after the commit, which is exact. Another process cannot see those
+// drops, and a message telling it to (Redis) can be lost or arrive
+// late, so in split mode nothing depends on one:
+//
+//   - an event cache hit is served only after one query (per batch, no
+//     JSON, no parsing) has read the columns these writes change — its
+//     NID, redacted_because, rejected, soft_failed, state_before,
+//     state_after — and found them as cached; a hit that differs is
+//     dropped and read again (freshHits);
+//   - the snapshot key cache remembers an entry only when its event is
+//     not an outlier (settledNIDs): promotion is the only write that
+//     moves a snapshot entry, and it only moves outliers' entries, so
+//     what is remembered can never be moved. An outlier's entry is read
+//     from the snapshot every time.
+//
+// The room version and history visibility caches hold what no write
+// changes (a room's version; a snapshot's history visibility, whose
+// event keeps history_visibility through redaction and whose snapshot
+// is never rewritten but by the NID move above).
+
+// rowStamp is what the in-place rewrites above change in an event row.
+type rowStamp struct {
+	nid                            int64
+	redacted, rejected, softFailed bool
+	stateBefore, stateAfter        int64
+}
+
+func stampOf(r *eventRow) rowStamp {
+	return rowStamp{nid: r.NID, redacted: r.RedactedBecause != nil, rejected: r.Rejected, softFailed: r.SoftFailed,
+		stateBefore: r.StateBefore, stateAfter: r.StateAfter}
+}
+
+// freshHits checks, in split mode, the cached events hits (nil entries
+// are skipped) against the rows q reads now, and returns the indexes of
+// those whose row was rewritten or is gone; these are dropped from the
+// cache, and the caller reads them again. In one process it returns
+// nothing: the writer's own drops keep the cache exact.
+func (s *Server) freshHits(ctx context.Context, q storage.Querier, hits []*loadedEvent) (stale []int, err error) {
+	if !s.shared {
+		return nil, nil
+	}
+	var ids []string
+	for _, e := range hits {
+		if e != nil {
+			ids = append(ids, e.row.EventID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	now := make(map[string]rowStamp, len(ids))
+	const chunk = 500
+	for start := 0; start < len(ids); start += chunk {
+		query, args := inList(`SELECT event_id, event_nid, redacted_because, rejected, soft_failed, state_before, state_after
+			FROM roomserver_events WHERE event_id IN `, ids[start:min(start+chunk, len(ids))])
+		rows, err := q.Query(ctx, query, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var st rowStamp
+			var redactedBecause *string
+			if err := rows.Scan(&id, &st.nid, &redactedBecause, &st.rejected, &st.softFailed, &st.stateBefore, &st.stateAfter); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			st.redacted = redactedBecause != nil
+			now[id] = st
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	for i, e := range hits {
+		if e == nil {
+			continue
+		}
+		if st, ok := now[e.row.EventID]; !ok || st != stampOf(e.row) {
+			s.events.drop(e.row.NID, e.row.EventID)
+			stale = append(stale, i)
+		}
+	}
+	return stale, nil
+}
+
+// snapshotKeys returns snapshot nid's entries at keys through the
+// snapshot key cache. q must read committed data only (the cache is
+// filled from it). In split mode only the entries of events that are not
+// outliers are remembered.
+func (s *Server) snapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []tuple) (stateMap, error) {
+	return s.snapKeys.lookupKeeping(nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		if err != nil || !s.shared {
+			return got, nil, err
+		}
+		settled, err := settledNIDs(ctx, q, got)
+		if err != nil {
+			return nil, nil, err
+		}
+		return got, func(eventNID int64) bool { return settled[eventNID] }, nil
+	})
+}
+
+// settledNIDs returns which of state's event NIDs are rows that are not
+// outliers (isOutlierRow): rows no promotion can move. A NID that is not
+// found (moved by a promotion since state was read) is not settled.
+func settledNIDs(ctx context.Context, q storage.Querier, state stateMap) (map[int64]bool, error) {
+	nids := make([]int64, 0, len(state))
+	for _, n := range state {
+		if n != 0 && !slices.Contains(nids, n) {
+			nids = append(nids, n)
+		}
+	}
+	out := make(map[int64]bool, len(nids))
+	if len(nids) == 0 {
+		return out, nil
+	}
+	query, args := inList(`SELECT event_nid FROM roomserver_events
+		WHERE NOT (soft_failed AND state_before = 0 AND NOT rejected) AND event_nid IN `, nids)
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var n int64
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out[n] = true
+	}
+	return out, rows.Err()
+}
