@@ -202,11 +202,17 @@ func (s *Server) rulesFor(ctx context.Context, userID string) (*compiledRules, e
 
 // unreadQuery counts a user's notifications past their read markers:
 // an unthreaded marker (”) reads every thread, a threaded one its own.
-const unreadFrom = `
+const unreadFrom = unreadJoins + `
+	WHERE n.user_id = $1 AND ` + unreadPast
+
+// unreadJoins and unreadPast are unreadFrom without the user: the read
+// markers joined to the notifications, and the test that a notification
+// is past them (unreadOfUsersQuery reads several users at once).
+const unreadJoins = `
 	FROM push_notifications n
 	LEFT JOIN push_read ra ON ra.user_id = n.user_id AND ra.room_id = n.room_id AND ra.thread_id = ''
-	LEFT JOIN push_read rt ON rt.user_id = n.user_id AND rt.room_id = n.room_id AND rt.thread_id = n.thread_id
-	WHERE n.user_id = $1 AND n.stream_pos > COALESCE(ra.read_pos, 0) AND n.stream_pos > COALESCE(rt.read_pos, 0)`
+	LEFT JOIN push_read rt ON rt.user_id = n.user_id AND rt.room_id = n.room_id AND rt.thread_id = n.thread_id`
+const unreadPast = `n.stream_pos > COALESCE(ra.read_pos, 0) AND n.stream_pos > COALESCE(rt.read_pos, 0)`
 
 const unreadQuery = `SELECT n.room_id, n.thread_id, COUNT(*),
 		COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0)` + unreadFrom
@@ -254,19 +260,7 @@ func (s *Server) UnreadCountsAt(ctx context.Context, userID string, roomIDs []st
 				rows.Close()
 				return nil, 0, err
 			}
-			rc := out[roomID]
-			rc.Total.add(c)
-			if thread == mainThread {
-				rc.Main.add(c)
-			} else {
-				if rc.Threads == nil {
-					rc.Threads = map[string]Counts{}
-				}
-				tc := rc.Threads[thread]
-				tc.add(c)
-				rc.Threads[thread] = tc
-			}
-			out[roomID] = rc
+			addUnread(out, roomID, thread, c)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {

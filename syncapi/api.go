@@ -142,6 +142,22 @@ type Push interface {
 	PushRules(ctx context.Context, userID string) (json.RawMessage, error)
 }
 
+// PushBatch is optional on a Push: the counts of several users in one
+// read. UnreadCountsOfUsers(ctx, queries, receiptPos) answers out[i]
+// exactly as UnreadCounts(ctx, queries[i].UserID, queries[i].RoomIDs, 0,
+// receiptPos) would at the same moment, and the room stream position
+// every answer includes. Sync's long polls woken together share such a
+// read (countsBatcher).
+type PushBatch interface {
+	UnreadCountsOfUsers(ctx context.Context, queries []UnreadQuery, receiptPos int64) ([]map[string]RoomUnread, int64, error)
+}
+
+// UnreadQuery is one user's rooms in a PushBatch read.
+type UnreadQuery struct {
+	UserID  string
+	RoomIDs []string
+}
+
 // ThreadSubscriptions is clientapi's MSC4306 store (*clientapi.Server).
 type ThreadSubscriptions interface {
 	// ThreadSubscriptionsHead returns the stream head.

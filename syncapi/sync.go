@@ -729,7 +729,15 @@ func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []r
 	if wait {
 		roomPos = heads.Room
 	}
-	counts, counted, err := s.push.UnreadCounts(ctx, req.userID, roomIDs, roomPos, heads.Receipts)
+	var counts map[string]RoomUnread
+	var counted int64
+	var err error
+	if !wait && s.counts != nil {
+		// Long polls woken together read their counts together.
+		counts, counted, err = s.counts.unreadCounts(ctx, req.userID, roomIDs, heads.Receipts)
+	} else {
+		counts, counted, err = s.push.UnreadCounts(ctx, req.userID, roomIDs, roomPos, heads.Receipts)
+	}
 	if err != nil {
 		return err
 	}

@@ -41,13 +41,16 @@ type Deps struct {
 
 // Server serves /sync and sliding sync.
 type Server struct {
-	rooms    Rooms
-	acct     AccountData
-	filters  Filters
-	eph      Ephemeral           // may be nil
-	e2ee     E2EE                // may be nil
-	invites  RemoteInvites       // may be nil
-	push     Push                // may be nil
+	rooms   Rooms
+	acct    AccountData
+	filters Filters
+	eph     Ephemeral     // may be nil
+	e2ee    E2EE          // may be nil
+	invites RemoteInvites // may be nil
+	push    Push          // may be nil
+	// counts groups the long polls' counts reads (countsbatch.go); nil
+	// when push does not implement PushBatch.
+	counts   *countsBatcher
 	threads  ThreadSubscriptions // may be nil
 	aggs     Aggregations        // may be nil
 	verifier authn.Verifier
@@ -100,6 +103,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		sliding:       newSlidingConns(10000),
 	}
 	s.acctHead, _ = deps.AccountData.(AccountDataHead)
+	if batch, ok := deps.Push.(PushBatch); ok {
+		s.counts = &countsBatcher{push: batch}
+	}
 	s.waker.news = s.news
 	s.waker.holdCounts = deps.Push != nil
 	go s.waker.run(ctx)

@@ -22,6 +22,30 @@ func (p syncPush) UnreadCounts(ctx context.Context, userID string, roomIDs []str
 	if err != nil {
 		return nil, 0, err
 	}
+	return syncUnread(counts), counted, nil
+}
+
+var _ syncapi.PushBatch = syncPush{}
+
+// UnreadCountsOfUsers converts pushserver's counts of several users.
+func (p syncPush) UnreadCountsOfUsers(ctx context.Context, queries []syncapi.UnreadQuery, receiptPos int64) ([]map[string]syncapi.RoomUnread, int64, error) {
+	users := make([]pushserver.UnreadQuery, len(queries))
+	for i, q := range queries {
+		users[i] = pushserver.UnreadQuery{UserID: q.UserID, RoomIDs: q.RoomIDs}
+	}
+	counts, counted, err := p.push.UnreadCountsOfUsers(ctx, users, receiptPos)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]map[string]syncapi.RoomUnread, len(counts))
+	for i, c := range counts {
+		out[i] = syncUnread(c)
+	}
+	return out, counted, nil
+}
+
+// syncUnread is pushserver's counts of one user in sync's types.
+func syncUnread(counts map[string]pushserver.RoomCounts) map[string]syncapi.RoomUnread {
 	conv := func(c pushserver.Counts) syncapi.UnreadCounts {
 		return syncapi.UnreadCounts{Notifications: c.Notifications, Highlights: c.Highlights}
 	}
@@ -36,7 +60,7 @@ func (p syncPush) UnreadCounts(ctx context.Context, userID string, roomIDs []str
 		}
 		out[roomID] = ru
 	}
-	return out, counted, nil
+	return out
 }
 
 // CountsPosition is how far the push consumer's counts go.
