@@ -301,16 +301,26 @@ func (s *Server) heldHere(ctx context.Context, roomID string) (bool, error) {
 // holds: first the events of the answer this server lacks, as outliers
 // (a partial state may lack the user's earlier membership, an auth event
 // of the new one), then the event, as any event from server, fetching
-// what lies between our extremities and it.
+// what lies between our extremities and it. server has the event and
+// sends it to the rest of the room: our sender leaves it out.
 func (s *Server) inputOwnMembership(ctx context.Context, server, roomID, roomVersion string, event json.RawMessage, answer []json.RawMessage) (*roomserver.InputEventResponse, error) {
-	if len(answer) > 0 {
-		if _, err := s.rooms.InputOutliers(ctx, roomID, answer); err != nil {
-			return nil, err
-		}
-	}
 	p, _, err := s.checkPDUVersion(ctx, event, roomVersion)
 	if err != nil {
 		return nil, err
+	}
+	p.delivered = true
+	var others []json.RawMessage
+	for _, raw := range answer {
+		// A server may list the event itself in its answer: it is
+		// input below, as a timeline event, not an outlier.
+		if q, _, err := s.checkPDUVersion(ctx, raw, roomVersion); err == nil && q.pdu.EventID() != p.pdu.EventID() {
+			others = append(others, raw)
+		}
+	}
+	if len(others) > 0 {
+		if _, err := s.rooms.InputOutliers(ctx, roomID, others); err != nil {
+			return nil, err
+		}
 	}
 	res, err := s.input(ctx, p)
 	if mxerr.Is(err, mxerr.NotFound) {

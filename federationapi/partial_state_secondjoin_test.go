@@ -5,8 +5,10 @@ import (
 	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -74,6 +76,24 @@ func TestPartialStateSecondJoinThroughResident(t *testing.T) {
 		}
 		if partial, err := b.HS.Rooms.IsPartialState(ctx, string(roomID)); err != nil || !partial {
 			t.Fatalf("B's room partial = %v, %v; the second join must leave the resync running", partial, err)
+		}
+		// A has the join and sends it on: B's sender must not send it
+		// (Complement fails a resident server that gets it twice).
+		join2, err := b.HS.Rooms.RoomStateEvent(ctx, string(roomID), "m.room.member", string(bob2.id()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if join2.StreamPos == 0 {
+			t.Fatal("bob2's join has no stream position")
+		}
+		outbound, _, err := b.HS.Rooms.LocalEventsAfter(ctx, 0, 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range outbound {
+			if ev.Pos == join2.StreamPos {
+				t.Fatalf("B's sender would send bob2's join %s to %v", join2.EventID, ev.Destinations)
+			}
 		}
 
 		release()
@@ -217,6 +237,61 @@ func TestPartialStateJoinAfterLeaveDuringResync(t *testing.T) {
 					t.Fatalf("after the resync B's membership of alice is %q", m)
 				}
 				sameCurrentState(t, a, b, roomID, alice.id(), bob2.id())
+			})
+		})
+	}
+}
+
+// TestPartialStateRemoteKick: a resident server's kick of B's only
+// member during the resync shows in the member's lazy-loading /sync as
+// rooms.leave, and a ban makes a rejoin through the resident server fail
+// with 403. Complement: msc3902 "Leave during resync/can be triggered by
+// remote kick", "can be triggered by remote ban".
+func TestPartialStateRemoteKick(t *testing.T) {
+	for _, action := range []string{"kick", "ban"} {
+		t.Run(action, func(t *testing.T) {
+			forEachEngine(t, func(t *testing.T, n *network) {
+				a, b := n.start(), n.start()
+				ctx := context.Background()
+				alice, bob := a.register("alice"), b.register("bob")
+				roomID := namedPublicRoom(t, alice)
+				release := partialJoin(t, a, b, bob, roomID)
+				since := lazySync(t, bob, "").NextBatch
+				var err error
+				if action == "kick" {
+					_, err = alice.cli.KickUser(ctx, roomID, &mautrix.ReqKickUser{UserID: bob.id()})
+				} else {
+					_, err = alice.cli.BanUser(ctx, roomID, &mautrix.ReqBanUser{UserID: bob.id()})
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				left := false
+				deadline := time.Now().Add(10 * time.Second)
+				for !left && time.Now().Before(deadline) {
+					resp := lazySync(t, bob, since)
+					since = resp.NextBatch
+					if lr, ok := resp.Rooms.Leave[roomID]; ok {
+						for _, e := range lr.Timeline.Events {
+							if e.Type == event.StateMember && e.GetStateKey() == string(bob.id()) {
+								left = true
+							}
+						}
+					}
+				}
+				if !left {
+					t.Fatalf("bob's lazy-loading /sync never showed the %s in rooms.leave", action)
+				}
+				if action == "ban" {
+					_, err := bob.cli.JoinRoom(ctx, string(roomID), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
+					var httpErr mautrix.HTTPError
+					if !errors.As(err, &httpErr) || httpErr.Response.StatusCode != http.StatusForbidden {
+						t.Fatalf("banned bob rejoining during the resync: %v, want 403", err)
+					}
+				}
+				// No user of B is left in the room: the resync is not
+				// awaited (it does not complete; see docs/features.md).
+				_ = release
 			})
 		})
 	}
