@@ -78,7 +78,41 @@ func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request) error {
 	if remote {
 		return s.joinElsewhere(w, r, target, joinVia(r))
 	}
+	if via, partial, err := s.partialStateVia(r.Context(), target, joinVia(r)); err != nil {
+		return err
+	} else if partial {
+		return s.joinElsewhere(w, r, target, via)
+	}
 	return s.join(w, r, target)
+}
+
+// partialStateVia reports whether roomID, held here, still has partial
+// state (a partial-state join's resync is running) and a federation to
+// reach its resident servers through. A join or knock must then go
+// through a resident server, as for a room not held here: the partial
+// state may lack the user's ban or earlier membership, so this server
+// cannot authorise it, and the resident server's answer brings what it
+// lacks. via is the servers to try: the one the partial-state join went
+// through, then those send_join named as in the room, then the client's
+// (clientVia). Synapse does the same, and Complement expects it
+// (TestPartialStateJoin "Leave during resync/works after a second
+// partial join": the resident server gets send_join, not a PDU).
+// Spec: server-server-api, "Joining Rooms"; MSC3706.
+func (s *Server) partialStateVia(ctx context.Context, roomID string, clientVia []string) ([]string, bool, error) {
+	if s.federation == nil {
+		return nil, false, nil
+	}
+	servers, partial, err := s.rooms.rooms.PartialStateServers(ctx, roomID)
+	if err != nil || !partial {
+		return nil, false, err
+	}
+	var via []string
+	for _, server := range append(servers, clientVia...) {
+		if server != "" && server != s.serverName && !slices.Contains(via, server) {
+			via = append(via, server)
+		}
+	}
+	return via, true, nil
 }
 
 // joinRoom joins a room by ID.
@@ -94,6 +128,11 @@ func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !held {
 		return s.joinElsewhere(w, r, roomID, nil)
+	}
+	if via, partial, err := s.partialStateVia(r.Context(), roomID, nil); err != nil {
+		return err
+	} else if partial {
+		return s.joinElsewhere(w, r, roomID, via)
 	}
 	return s.join(w, r, roomID)
 }
@@ -230,6 +269,14 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	me := caller(r)
+	via := joinVia(r)
+	if !remote {
+		var partial bool
+		if via, partial, err = s.partialStateVia(ctx, roomID, via); err != nil {
+			return err
+		}
+		remote = partial
+	}
 	if remote {
 		if s.federation == nil {
 			return mxerr.New(mxerr.NotFound, "%s is held by other servers and federation is off", roomID)
@@ -241,7 +288,7 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 		if body.Reason != "" {
 			content["reason"] = body.Reason
 		}
-		roomID, err = s.federation.KnockRemote(ctx, roomID, me.UserID, content, joinVia(r))
+		roomID, err = s.federation.KnockRemote(ctx, roomID, me.UserID, content, via)
 		if err != nil {
 			return err
 		}

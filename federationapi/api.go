@@ -8,7 +8,9 @@ import (
 )
 
 // Joiner joins local users to rooms on other servers. clientapi calls it
-// when POST /join/{roomIdOrAlias} names a room this server is not in.
+// when POST /join/{roomIdOrAlias} names a room this server is not in, or
+// one it holds with partial state (a resident server must authorise the
+// join; the join is then stored as an event of the room held here).
 type Joiner interface {
 	// JoinRemote joins userID (local) to roomIDOrAlias through the via
 	// servers (for an alias, its server is asked and its answer's servers
@@ -63,6 +65,7 @@ type Rooms interface {
 	ImportJoinedRoom(ctx context.Context, req roomserver.ImportRoomRequest) (*roomserver.InputEventResponse, error)
 	PartialStateRooms(ctx context.Context) ([]roomserver.PartialStateRoom, error)
 	IsPartialState(ctx context.Context, roomID string) (bool, error)
+	AddPartialStateServers(ctx context.Context, roomID string, servers []string) error
 	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
 	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
 	UnconnectedEvents(ctx context.Context, ids []string) ([]string, error)

@@ -26,7 +26,9 @@
 // queue (see its doc). Joiner.JoinRemote runs make_join/send_join,
 // refusing any template that changes what we asked for; KnockRemote does
 // the same with make_knock/send_knock and keeps the knock (with the
-// answer's stripped state) as a pending membership for /sync. Backfill
+// answer's stripped state) as a pending membership for /sync. Both also
+// serve a second local user's join or knock while a room held here has
+// partial state (join_out.go, inputOwnMembership). Backfill
 // (backfill_out.go) fetches history for the roomserver when /messages
 // reaches the oldest event held. hierarchy.go serves and fetches space
 // hierarchies (the summaries come from Deps.Spaces, the client API);

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -258,10 +259,23 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 	}
 	state, chain := verify(resp.State), verify(resp.AuthChain)
 	servers := resyncServers(server, resp.ServersInRoom)
-	res, err := s.rooms.ImportJoinedRoom(ctx, roomserver.ImportRoomRequest{
-		RoomVersion: t.RoomVersion, Join: joinJSON, State: state, AuthChain: chain,
-		PartialState: resp.MembersOmitted, Servers: servers,
-	})
+	held, err := s.heldHere(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	var res *roomserver.InputEventResponse
+	if held {
+		// Another local user is in the room, which still has partial
+		// state (the client API sends such joins here): the join is a
+		// new event of a room we hold, the answer's state and auth
+		// chain fill in what our partial state lacks.
+		res, err = s.inputOwnMembership(ctx, server, roomID, t.RoomVersion, joinJSON, append(state, chain...))
+	} else {
+		res, err = s.rooms.ImportJoinedRoom(ctx, roomserver.ImportRoomRequest{
+			RoomVersion: t.RoomVersion, Join: joinJSON, State: state, AuthChain: chain,
+			PartialState: resp.MembersOmitted, Servers: servers,
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -269,10 +283,69 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 		return mxerr.New(mxerr.Forbidden, "join rejected: %s", res.Reason)
 	}
 	s.dropRemoteInvite(ctx, userID, roomID)
-	if resp.MembersOmitted {
-		s.startResync(roomserver.PartialStateRoom{RoomID: roomID, RoomVersion: t.RoomVersion, JoinEventID: join.EventID(), Servers: servers})
-	}
+	s.keepResyncing(ctx, roomID, servers)
 	return nil
+}
+
+// heldHere reports whether a local user is joined to roomID.
+func (s *Server) heldHere(ctx context.Context, roomID string) (bool, error) {
+	servers, err := s.rooms.JoinedServers(ctx, roomID)
+	if mxerr.Is(err, mxerr.NotFound) {
+		return false, nil
+	}
+	return slices.Contains(servers, s.serverName), err
+}
+
+// inputOwnMembership stores a membership event of a local user that a
+// resident server accepted (send_join, send_knock) in a room this server
+// holds: first the events of the answer this server lacks, as outliers
+// (a partial state may lack the user's earlier membership, an auth event
+// of the new one), then the event, as any event from server, fetching
+// what lies between our extremities and it. server has the event and
+// sends it to the rest of the room: our sender leaves it out.
+func (s *Server) inputOwnMembership(ctx context.Context, server, roomID, roomVersion string, event json.RawMessage, answer []json.RawMessage) (*roomserver.InputEventResponse, error) {
+	p, _, err := s.checkPDUVersion(ctx, event, roomVersion)
+	if err != nil {
+		return nil, err
+	}
+	p.delivered = true
+	var others []json.RawMessage
+	for _, raw := range answer {
+		// A server may list the event itself in its answer: it is
+		// input below, as a timeline event, not an outlier.
+		if q, _, err := s.checkPDUVersion(ctx, raw, roomVersion); err == nil && q.pdu.EventID() != p.pdu.EventID() {
+			others = append(others, raw)
+		}
+	}
+	if len(others) > 0 {
+		if _, err := s.rooms.InputOutliers(ctx, roomID, others); err != nil {
+			return nil, err
+		}
+	}
+	res, err := s.input(ctx, p)
+	if mxerr.Is(err, mxerr.NotFound) {
+		res, err = s.inputConnecting(ctx, server, p, true)
+	}
+	return res, err
+}
+
+// keepResyncing runs after a local user joined roomID through a resident
+// server. If the room has partial state (this join's or an earlier
+// one's), the servers of this join's answer are added to those the
+// resync may use and the room's resync is started if this process runs
+// none: a resync already running goes on (a rejoin that moved the
+// room's partial-state join makes it start over, ErrPartialJoinMoved).
+// The join is stored by then: a failure here is only logged (a resync
+// not started now starts at the next start of the process).
+func (s *Server) keepResyncing(ctx context.Context, roomID string, servers []string) {
+	if err := s.rooms.AddPartialStateServers(ctx, roomID, servers); err != nil {
+		s.log.Warn("adding servers to a partial-state room", "room_id", roomID, "err", err)
+	}
+	if room, ok, err := s.partialStateRoom(ctx, roomID); err != nil {
+		s.log.Warn("reading a partial-state room", "room_id", roomID, "err", err)
+	} else if ok {
+		s.startResync(room)
+	}
 }
 
 // LeaveRemote implements RemoteMemberships: make_leave and send_leave

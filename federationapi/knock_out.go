@@ -11,6 +11,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -18,15 +19,17 @@ import (
 // answer, as maxInviteRoomState bounds what we send with an invite.
 const maxKnockRoomState = 64 << 10
 
-// KnockRemote knocks on a room this server does not hold, for local user
-// userID: make_knock then send_knock on the via servers (for an alias,
+// KnockRemote knocks on a room this server does not hold, or holds with
+// partial state, for local user userID: make_knock then send_knock on the via servers (for an alias,
 // its server and the servers it names), refusing any template that
 // changes what we asked for (security case 14). content is merged into
 // the knock's content (reason, displayname, avatar_url). The knock is
 // kept as a pending membership, with the stripped state the resident
 // server answered, for /sync's rooms.knock, until the room's admins
 // answer it (an invite replaces it) or the user withdraws it
-// (LeaveRemote through the same server). It returns the room ID.
+// (LeaveRemote through the same server). In a room held here (partial
+// state) the knock is stored as an event of the room instead. It
+// returns the room ID.
 // Spec: server-server-api, "Knocking upon a room".
 func (s *Server) KnockRemote(ctx context.Context, roomIDOrAlias, userID string, content map[string]any, via []string) (string, error) {
 	if domainOf(userID) != s.serverName {
@@ -70,6 +73,21 @@ func (s *Server) knockVia(ctx context.Context, server, roomID, userID string, co
 	uri = "/_matrix/federation/v1/send_knock/" + pathEscape(roomID) + "/" + pathEscape(knock.EventID())
 	if err := s.client.signed(ctx, server, http.MethodPut, uri, json.RawMessage(knock.JSON()), &resp); err != nil {
 		return err
+	}
+	if held, err := s.heldHere(ctx, roomID); err != nil {
+		return err
+	} else if held {
+		// A room this server holds with partial state (the client API
+		// sends knocks on those here): the knock is an event of the
+		// room like any other, not a pending membership.
+		res, err := s.inputOwnMembership(ctx, server, roomID, t.RoomVersion, knock.JSON(), nil)
+		if err != nil {
+			return err
+		}
+		if res.Outcome == roomserver.Rejected {
+			return mxerr.New(mxerr.Forbidden, "knock rejected: %s", res.Reason)
+		}
+		return nil
 	}
 	stripped := wellFormedStripped(resp.KnockRoomState)
 	for size := 0; ; {

@@ -96,6 +96,21 @@ func (s *Server) startResync(room roomserver.PartialStateRoom) {
 	}()
 }
 
+// partialStateRoom reads roomID's partial-state record; ok is false if
+// the room has full state.
+func (s *Server) partialStateRoom(ctx context.Context, roomID string) (room roomserver.PartialStateRoom, ok bool, err error) {
+	rooms, err := s.rooms.PartialStateRooms(ctx)
+	if err != nil {
+		return room, false, err
+	}
+	for _, r := range rooms {
+		if r.RoomID == roomID {
+			return r, true, nil
+		}
+	}
+	return room, false, nil
+}
+
 func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialStateRoom) {
 	if s.beforeResync != nil {
 		s.beforeResync(ctx, room.RoomID)
@@ -106,6 +121,20 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 		if err == nil {
 			s.log.Info("partial state resync done", "room_id", room.RoomID)
 			return
+		}
+		if errors.Is(err, roomserver.ErrPartialJoinMoved) {
+			// A local user rejoined through a resident server while
+			// the room was partial: resync for that join instead.
+			current, ok, rerr := s.partialStateRoom(ctx, room.RoomID)
+			if rerr == nil && !ok {
+				return
+			}
+			if rerr == nil {
+				s.log.Info("partial state join moved; resyncing for the new join", "room_id", room.RoomID, "join_event_id", current.JoinEventID)
+				room = current
+				continue
+			}
+			err = rerr
 		}
 		s.log.Warn("partial state resync failed; will retry", "room_id", room.RoomID, "err", err, "retry_in", wait)
 		select {
@@ -143,8 +172,8 @@ func (s *Server) resync(ctx context.Context, room roomserver.PartialStateRoom) e
 			continue
 		}
 		err := s.resyncFrom(ctx, server, room, prevs)
-		if err == nil {
-			return nil
+		if err == nil || errors.Is(err, roomserver.ErrPartialJoinMoved) {
+			return err
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", server, err))
 	}
@@ -157,7 +186,7 @@ func (s *Server) resync(ctx context.Context, room roomserver.PartialStateRoom) e
 // resyncFrom fetches the state before each prev event of the join from
 // server, and what this server lacks of it, and completes the room.
 func (s *Server) resyncFrom(ctx context.Context, server string, room roomserver.PartialStateRoom, prevs []string) error {
-	req := roomserver.CompletePartialStateRequest{RoomID: room.RoomID}
+	req := roomserver.CompletePartialStateRequest{RoomID: room.RoomID, JoinEventID: room.JoinEventID}
 	for _, prev := range prevs {
 		var ids struct {
 			PDUIDs       []string `json:"pdu_ids"`

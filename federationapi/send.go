@@ -126,6 +126,9 @@ type parsedPDU struct {
 	pdu     gomatrixserverlib.PDU
 	version string
 	json    json.RawMessage
+	// delivered: an event of ours a resident server took through
+	// send_join or send_knock (roomserver.InputEventRequest.Delivered).
+	delivered bool
 }
 
 // checkPDU runs checks 1–3 of "Checks performed on receipt of a PDU":
@@ -298,7 +301,7 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 }
 
 func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEventResponse, error) {
-	return s.rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: p.version, JSON: p.json})
+	return s.rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: p.version, JSON: p.json, Delivered: p.delivered})
 }
 
 // fetchMissing asks origin for the events between our forward

@@ -161,6 +161,12 @@ type CreateRoomResponse struct {
 type InputEventRequest struct {
 	RoomVersion string
 	JSON        json.RawMessage
+	// Delivered marks an event of this server that a resident server
+	// already took through send_join or send_knock (a local user's
+	// membership in a room held here with partial state): that server
+	// sends it to the rest of the room, so this server's federation
+	// sender leaves it out (LocalEventsAfter).
+	Delivered bool
 }
 
 // InputOutcome says what became of an input event.

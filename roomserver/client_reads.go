@@ -50,6 +50,12 @@ type ClientReads interface {
 	// userID's membership in the state after that event, "leave" when
 	// the user had none, for unsigned.membership.
 	MembershipsAt(ctx context.Context, userID string, eventIDs []string) (map[string]string, error)
+	// PartialStateServers reports whether roomID has partial state here
+	// (a partial-state join's resync has not finished) and, if so, the
+	// servers to reach the room through: the server the partial-state
+	// join went through, then the servers send_join said were in the
+	// room (partial_state.go).
+	PartialStateServers(ctx context.Context, roomID string) (servers []string, partial bool, err error)
 }
 
 var _ ClientReads = (*Server)(nil)

@@ -293,7 +293,9 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 	defer unlock()
 	room := &roomRow{RoomID: roomID, Version: req.RoomVersion}
 	var p *prepared
+	cleared := false
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		cleared = false
 		if rejoin != nil {
 			if room, err = loadRoom(ctx, tx, roomID); err != nil {
 				return err
@@ -326,15 +328,55 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		if err := s.commit(ctx, tx, p); err != nil {
 			return err
 		}
+		if req.PartialState && rejoin != nil && room.Partial {
+			// A rejoin of a room left while still partial. When the
+			// join follows our own timeline events, the resync of the
+			// earlier partial-state join replays it with the full state
+			// (partial_state_replay.go): the record stays, as a running
+			// resync expects. When it follows events we never got (the
+			// room went on without us), no replay reaches it: the
+			// record moves to this join, whose state is then the one to
+			// complete (ErrPartialJoinMoved tells a running resync).
+			connected, err := s.followsTimeline(ctx, tx, join)
+			if err != nil || connected {
+				return err
+			}
+		}
 		if req.PartialState {
 			return s.markPartial(ctx, tx, roomID, join.EventID(), req.Servers)
+		}
+		if rejoin != nil && room.Partial {
+			// A rejoin answered with the full state completes a room
+			// left while still partial: nothing is left to resync.
+			cleared = true
+			return s.clearPartial(ctx, tx, roomID, p.row.NID)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	if cleared {
+		s.partial.wake(roomID)
+	}
 	return &InputEventResponse{EventID: p.row.EventID, Outcome: Accepted, StreamPos: p.row.NID}, nil
+}
+
+// followsTimeline reports whether every prev event of pdu is a timeline
+// event this server holds (not an outlier, not unknown).
+func (s *Server) followsTimeline(ctx context.Context, tx storage.Tx, pdu gomatrixserverlib.PDU) (bool, error) {
+	prevs := pdu.PrevEventIDs()
+	rows, err := eventRowsByID(ctx, tx, prevs)
+	if err != nil {
+		return false, err
+	}
+	for _, id := range prevs {
+		r, ok := rows[id]
+		if !ok || isOutlierRow(r) || r.StateAfter == 0 {
+			return false, nil
+		}
+	}
+	return len(prevs) > 0, nil
 }
 
 func sortedKeys(m map[tuple]gomatrixserverlib.PDU) []tuple {

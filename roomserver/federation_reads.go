@@ -552,7 +552,9 @@ type OutboundEvent struct {
 // before it went through make_join/send_join (a local join needs a
 // joined local user; see clientapi heldHere): the resident server
 // already has it and sends it to the rest of the room, so it goes
-// nowhere. Spec: server-server-api, "Joining Rooms".
+// nowhere; so do a local user's join or knock through a resident server
+// into a room held here with partial state (InputEventRequest.Delivered).
+// Spec: server-server-api, "Joining Rooms".
 // end is the position read up to, which advances past filtered rows.
 func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (out []*OutboundEvent, end int64, err error) {
 	// One read snapshot: a partial-state resync that commits between the
@@ -579,6 +581,17 @@ func (s *Server) localEventsAfter(ctx context.Context, q storage.Querier, pos in
 	}
 	if s.afterOutboundRead != nil {
 		s.afterOutboundRead()
+	}
+	delivered := map[int64]bool{}
+	if len(rows) > 0 {
+		nids, err := storage.QueryColumn[int64](ctx, q, `SELECT event_nid FROM roomserver_delivered_events
+			WHERE event_nid > $1 AND event_nid <= $2`, pos, rows[len(rows)-1].NID)
+		if err != nil {
+			return nil, pos, err
+		}
+		for _, nid := range nids {
+			delivered[nid] = true
+		}
 	}
 	servers := map[int64][]string{} // snapshot -> joined servers
 	joinedAt := func(snapshot int64) ([]string, error) {
@@ -614,8 +627,8 @@ func (s *Server) localEventsAfter(ctx context.Context, q storage.Querier, pos in
 	}
 	for _, r := range rows {
 		end = r.NID
-		if r.SoftFailed || domainOf(r.Sender) != string(s.serverName) {
-			continue // outliers, and events of other servers
+		if r.SoftFailed || domainOf(r.Sender) != string(s.serverName) || delivered[r.NID] {
+			continue // outliers, events of other servers, and those a resident server took
 		}
 		if r.Type == "m.room.member" && r.Membership != nil && *r.Membership == "join" && r.StateKey != nil && *r.StateKey == r.Sender {
 			before, err := joinedAt(r.StateBefore)

@@ -25,6 +25,7 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -87,6 +88,66 @@ func (s *Server) IsPartialState(ctx context.Context, roomID string) (bool, error
 	err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID).Scan(&n)
 	return n > 0, err
 }
+
+// PartialStateServers implements ClientReads.
+func (s *Server) PartialStateServers(ctx context.Context, roomID string) ([]string, bool, error) {
+	var raw string
+	err := s.db.Reader().QueryRow(ctx, `SELECT servers FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID).Scan(&raw)
+	if storage.IsNoRows(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var servers []string
+	if err := json.Unmarshal([]byte(raw), &servers); err != nil {
+		return nil, false, fmt.Errorf("partial state room %s: bad servers: %w", roomID, err)
+	}
+	return servers, true, nil
+}
+
+// AddPartialStateServers appends to the servers of roomID's partial-state
+// record those of servers it lacks (a later send_join's servers_in_room):
+// the resync may fail over to them, and they get the room's events while
+// the state is partial. A room without partial state is left alone.
+func (s *Server) AddPartialStateServers(ctx context.Context, roomID string, servers []string) error {
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		var raw string
+		err := tx.QueryRow(ctx, `SELECT servers FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID).Scan(&raw)
+		if storage.IsNoRows(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var have []string
+		if err := json.Unmarshal([]byte(raw), &have); err != nil {
+			return fmt.Errorf("partial state room %s: bad servers: %w", roomID, err)
+		}
+		n := len(have)
+		for _, d := range servers {
+			if d != "" && d != string(s.serverName) && !slices.Contains(have, d) {
+				have = append(have, d)
+			}
+		}
+		if len(have) == n {
+			return nil
+		}
+		out, err := json.Marshal(have)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE roomserver_partial_state_rooms SET servers = $1 WHERE room_id = $2`, string(out), roomID)
+		return err
+	})
+}
+
+// ErrPartialJoinMoved is CompletePartialState's answer to a resync of a
+// join that is no longer the room's partial-state join: a local user
+// joined again through a resident server after every local user had
+// left, and that newer join's state is the one to complete. The caller
+// reads the room's record again (PartialStateRooms) and resyncs for it.
+var ErrPartialJoinMoved = errors.New("the room's partial-state join changed during the resync")
 
 // AwaitFullState returns once roomID no longer has partial state (at
 // once for other rooms), or ctx's error.
@@ -208,6 +269,10 @@ func (s *Server) partialAuthState(ctx context.Context, q storage.Querier, tx sto
 // verified every event's signatures and hashes.
 type CompletePartialStateRequest struct {
 	RoomID string
+	// JoinEventID is the partial-state join whose prev events AtPrevs
+	// describes. If the room's record names another join (see
+	// ErrPartialJoinMoved), nothing is stored. Empty skips the check.
+	JoinEventID string
 	// Events holds every event of StateAtPrevs and their auth chains
 	// that this server may not have yet.
 	Events []json.RawMessage
@@ -281,6 +346,9 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 			req.RoomID).Scan(&joinEventID); err != nil {
 			return err
 		}
+		if req.JoinEventID != "" && req.JoinEventID != joinEventID {
+			return ErrPartialJoinMoved
+		}
 		if err := s.storeStateOutliers(ctx, tx, byID); err != nil {
 			return err
 		}
@@ -291,6 +359,8 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 		if _, ok := full[tuple{"m.room.create", ""}]; !ok {
 			return mxerr.New(mxerr.BadJSON, "the room state has no create event")
 		}
+		// The flag goes before the replay, which must read the room as
+		// complete (clearPartial below deletes nothing more).
 		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, req.RoomID); err != nil {
 			return err
 		}
@@ -302,12 +372,7 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&head); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_done (room_id, stream_pos) VALUES ($1, $2)
-			ON CONFLICT (room_id) DO UPDATE SET stream_pos = excluded.stream_pos`, req.RoomID, head); err != nil {
-			return err
-		}
-		s.notifyAfter(tx, head)
-		return nil
+		return s.clearPartial(ctx, tx, req.RoomID, head)
 	})
 	if err != nil {
 		return err
@@ -316,6 +381,22 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 		s.events.drop(row.NID, row.EventID)
 	}
 	s.partial.wake(req.RoomID)
+	return nil
+}
+
+// clearPartial clears roomID's partial-state flag in tx and records the
+// stream position head the room's state became complete at (for /sync,
+// PartialStateOf), waking /sync once tx commits. The caller wakes
+// AwaitFullState after the commit (s.partial.wake).
+func (s *Server) clearPartial(ctx context.Context, tx storage.Tx, roomID string, head int64) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_done (room_id, stream_pos) VALUES ($1, $2)
+		ON CONFLICT (room_id) DO UPDATE SET stream_pos = excluded.stream_pos`, roomID, head); err != nil {
+		return err
+	}
+	s.notifyAfter(tx, head)
 	return nil
 }
 

@@ -388,7 +388,15 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 		if isCreate(pdu) && p.outcome != Accepted {
 			return mxerr.New(mxerr.Forbidden, "%s", p.reason) // no room to store it in
 		}
-		return s.commit(ctx, tx, p)
+		if err := s.commit(ctx, tx, p); err != nil {
+			return err
+		}
+		if req.Delivered {
+			_, err := tx.Exec(ctx, `INSERT INTO roomserver_delivered_events (event_nid) VALUES ($1)
+				ON CONFLICT (event_nid) DO NOTHING`, p.row.NID)
+			return err
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
