@@ -286,11 +286,12 @@ func (s *Server) stateEventsFor(ctx context.Context, q storage.Querier, tx stora
 // auth_thirdparty.go.
 // Spec: rooms/vN, "Authorization rules".
 func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) error {
-	key, remember := authDecisionKeyFor(pdu, authEvents)
-	if remember && authDecisions.isAllowed(key) {
-		return nil // see authcache.go
-	}
 	_, err := guard("auth check", func() (struct{}, error) {
+		// Inside the guard: reading the room ID panics on a bad one.
+		key, remember := authDecisionKeyFor(pdu, authEvents)
+		if remember && authDecisions.isAllowed(key) {
+			return struct{}{}, nil // see authcache.go
+		}
 		events, err := gomatrixserverlib.NewAuthEvents(authEvents)
 		if err != nil {
 			return struct{}{}, err
@@ -308,11 +309,14 @@ func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) erro
 			}
 			provider = thirdPartyKeysProvider{events}
 		}
-		return struct{}{}, gomatrixserverlib.Allowed(checked, provider, userIDForSender)
+		if err := gomatrixserverlib.Allowed(checked, provider, userIDForSender); err != nil {
+			return struct{}{}, err
+		}
+		if remember {
+			authDecisions.rememberAllowed(key)
+		}
+		return struct{}{}, nil
 	})
-	if err == nil && remember {
-		authDecisions.rememberAllowed(key)
-	}
 	return err
 }
 
