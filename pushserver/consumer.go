@@ -149,8 +149,9 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 				return err
 			}
 		}
+		pushers := map[string][]pusherKey{}
 		for _, n := range notes {
-			q, err := s.enqueue(ctx, tx, n, now)
+			q, err := s.enqueue(ctx, tx, n, now, pushers)
 			if err != nil {
 				return err
 			}

@@ -20,29 +20,32 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
+// pusherKey names one pusher of a user.
+type pusherKey struct{ appID, pushkey string }
+
 // enqueue queues n for each of its user's pushers and reports whether
 // anything was queued. The body is the gateway's notification object
 // without devices: counts.unread is the user's unread count once n is
 // written (same transaction).
+//
+// known holds the pushers already read in this transaction, by user:
+// one write of the consumer queues the notifications of a whole batch
+// of events, usually for the same members again and again, and nothing
+// in the transaction changes the pushers table, so each user's pushers
+// are read once per transaction. The caller makes a new map for each
+// transaction (and each attempt of it).
 // Spec: push-gateway-api, "POST /_matrix/push/v1/notify".
-func (s *Server) enqueue(ctx context.Context, tx storage.Tx, n notification, now int64) (bool, error) {
-	rows, err := tx.Query(ctx, `SELECT app_id, pushkey FROM pushers WHERE user_id = $1`, n.userID)
-	if err != nil {
-		return false, err
-	}
-	type key struct{ appID, pushkey string }
-	var pushers []key
-	for rows.Next() {
-		var k key
-		if err := rows.Scan(&k.appID, &k.pushkey); err != nil {
-			rows.Close()
+func (s *Server) enqueue(ctx context.Context, tx storage.Tx, n notification, now int64, known map[string][]pusherKey) (bool, error) {
+	pushers, ok := known[n.userID]
+	if !ok {
+		var err error
+		if pushers, err = readPushers(ctx, tx, n.userID); err != nil {
 			return false, err
 		}
-		pushers = append(pushers, k)
+		known[n.userID] = pushers
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(pushers) == 0 {
-		return false, err
+	if len(pushers) == 0 {
+		return false, nil
 	}
 	unread, err := totalUnread(ctx, tx, n.userID)
 	if err != nil {
@@ -87,6 +90,24 @@ func (s *Server) enqueue(ctx context.Context, tx storage.Tx, n notification, now
 		}
 	}
 	return true, nil
+}
+
+// readPushers returns userID's pushers as tx sees them.
+func readPushers(ctx context.Context, tx storage.Tx, userID string) ([]pusherKey, error) {
+	rows, err := tx.Query(ctx, `SELECT app_id, pushkey FROM pushers WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	pushers := []pusherKey{} // non-nil: read, maybe none
+	for rows.Next() {
+		var k pusherKey
+		if err := rows.Scan(&k.appID, &k.pushkey); err != nil {
+			return nil, err
+		}
+		pushers = append(pushers, k)
+	}
+	return pushers, rows.Err()
 }
 
 func (s *Server) kickSender() {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -81,13 +82,7 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 		// Build writes the legacy empty "prev_state" on state events.
 		ev.PrevState = &[]string{}
 	}
-	raw, err := json.Marshal(&ev)
-	if err != nil {
-		return nil, err
-	}
-	// Rejects out-of-range numbers where the room version demands it, as
-	// Build's final EnforcedCanonicalJSON does.
-	unhashed, err := gomatrixserverlib.EnforcedCanonicalJSON(raw, impl.Version())
+	unhashed, assembled, err := canonicalEvent(impl, &ev)
 	if err != nil {
 		return nil, err
 	}
@@ -95,9 +90,11 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	// event": the canonical event without unsigned, signatures, hashes.
 	contentHash := sha256.Sum256(unhashed)
 	hashes := `"hashes":{"sha256":"` + base64.RawStdEncoding.EncodeToString(contentHash[:]) + `"},`
-	// "hashes" sorts right after "depth", the last key before it.
-	hashed, err := insertAfterKey(unhashed, "depth", hashes)
-	if err != nil {
+	var hashed []byte
+	if assembled {
+		hashed = appendEvent(make([]byte, 0, len(unhashed)+len(hashes)), &ev, hashes, "")
+	} else if hashed, err = insertAfterKey(unhashed, "depth", hashes); err != nil {
+		// "hashes" sorts right after "depth", the last key before it.
 		return nil, err
 	}
 	redacted, ok := redactStripped(impl, eb.Type, hashed)
@@ -112,16 +109,21 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	signature := ed25519.Sign(key, redacted)
 	reference := sha256.Sum256(redacted)
 	eventID := "$" + idEncoding.EncodeToString(reference[:])
-	sigs, err := json.Marshal(map[string]map[string]string{
-		string(origin): {string(keyID): base64.RawStdEncoding.EncodeToString(signature)},
-	})
-	if err != nil {
-		return nil, err
-	}
-	// "signatures" sorts right after "sender" (then "state_key", "type").
-	signed, err := insertAfterKey(hashed, "sender", `"signatures":`+string(sigs)+`,`)
-	if err != nil {
-		return nil, err
+	var signed []byte
+	if assembled && plainJSONString(string(origin)) && plainJSONString(string(keyID)) {
+		sigs := `"signatures":{"` + string(origin) + `":{"` + string(keyID) + `":"` + base64.RawStdEncoding.EncodeToString(signature) + `"}},`
+		signed = appendEvent(make([]byte, 0, len(hashed)+len(sigs)), &ev, hashes, sigs)
+	} else {
+		sigs, err := json.Marshal(map[string]map[string]string{
+			string(origin): {string(keyID): base64.RawStdEncoding.EncodeToString(signature)},
+		})
+		if err != nil {
+			return nil, err
+		}
+		// "signatures" sorts right after "sender" (then "state_key", "type").
+		if signed, err = insertAfterKey(hashed, "sender", `"signatures":`+string(sigs)+`,`); err != nil {
+			return nil, err
+		}
 	}
 	pdu, err := impl.NewEventFromTrustedJSONWithEventID(eventID, signed, false)
 	if err != nil {
@@ -131,6 +133,123 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 		return nil, err
 	}
 	return pdu, nil
+}
+
+// canonicalEvent returns the canonical JSON of ev (its content as the
+// client sent it), and whether it was assembled by appendEvent: when
+// every string outside the content is plain (plainJSONString), only the
+// content needs canonicalising, and the members are written in their
+// sorted order around it, which is what canonicalising the whole event
+// yields (the content is canonicalised as a value of its own either way,
+// and plain strings encode the same in both). Otherwise the event is
+// marshalled and canonicalised whole. Either way numbers outside the
+// room version's range are refused, as Build's EnforcedCanonicalJSON
+// refuses them.
+func canonicalEvent(impl gomatrixserverlib.IRoomVersion, ev *fastEvent) ([]byte, bool, error) {
+	if eventStringsPlain(ev) && ev.Depth >= -maxSafeInt && ev.Depth <= maxSafeInt &&
+		int64(ev.OriginServerTS) >= -maxSafeInt && int64(ev.OriginServerTS) <= maxSafeInt {
+		content, err := gomatrixserverlib.EnforcedCanonicalJSON(ev.Content, impl.Version())
+		if err != nil {
+			return nil, false, err
+		}
+		ev.Content = content
+		return appendEvent(make([]byte, 0, 256+len(content)), ev, "", ""), true, nil
+	}
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return nil, false, err
+	}
+	out, err := gomatrixserverlib.EnforcedCanonicalJSON(raw, impl.Version())
+	return out, false, err
+}
+
+// appendEvent appends ev as canonical JSON, with the members hashes and
+// sigs (each "key":value, with a trailing comma, or empty) in their
+// sorted places. ev's content must be canonical and its strings plain.
+func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
+	str := func(key, v string) {
+		dst = append(dst, '"')
+		dst = append(dst, key...)
+		dst = append(dst, `":"`...)
+		dst = append(dst, v...)
+		dst = append(dst, `",`...)
+	}
+	list := func(key string, ids []string) {
+		dst = append(dst, '"')
+		dst = append(dst, key...)
+		dst = append(dst, `":[`...)
+		for i, id := range ids {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, '"')
+			dst = append(dst, id...)
+			dst = append(dst, '"')
+		}
+		dst = append(dst, `],`...)
+	}
+	dst = append(dst, '{')
+	list("auth_events", ev.AuthEvents)
+	dst = append(dst, `"content":`...)
+	dst = append(dst, ev.Content...)
+	dst = append(dst, `,"depth":`...)
+	dst = strconv.AppendInt(dst, ev.Depth, 10)
+	dst = append(dst, ',')
+	dst = append(dst, hashes...)
+	str("origin", ev.Origin)
+	dst = append(dst, `"origin_server_ts":`...)
+	dst = strconv.AppendInt(dst, int64(ev.OriginServerTS), 10)
+	dst = append(dst, ',')
+	list("prev_events", ev.PrevEvents)
+	if ev.PrevState != nil {
+		list("prev_state", *ev.PrevState)
+	}
+	if ev.Redacts != "" {
+		str("redacts", ev.Redacts)
+	}
+	if ev.RoomID != "" {
+		str("room_id", ev.RoomID)
+	}
+	str("sender", ev.Sender)
+	dst = append(dst, sigs...)
+	if ev.StateKey != nil {
+		str("state_key", *ev.StateKey)
+	}
+	dst = append(dst, `"type":"`...)
+	dst = append(dst, ev.Type...)
+	return append(dst, `"}`...)
+}
+
+// eventStringsPlain reports whether every string of ev outside its
+// content is plain.
+func eventStringsPlain(ev *fastEvent) bool {
+	for _, ids := range [][]string{ev.AuthEvents, ev.PrevEvents} {
+		for _, id := range ids {
+			if !plainJSONString(id) {
+				return false
+			}
+		}
+	}
+	if ev.PrevState != nil && len(*ev.PrevState) > 0 {
+		return false
+	}
+	if ev.StateKey != nil && !plainJSONString(*ev.StateKey) {
+		return false
+	}
+	return plainJSONString(ev.Origin) && plainJSONString(ev.Redacts) && plainJSONString(ev.RoomID) &&
+		plainJSONString(ev.Sender) && plainJSONString(ev.Type)
+}
+
+// plainJSONString reports whether s is printable ASCII without a quote
+// or a backslash: such a string is written as itself between quotes by canonical
+// JSON and by encoding/json alike (appendEvent writes it so).
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // insertAfterKey returns obj (a canonical JSON object) with text inserted

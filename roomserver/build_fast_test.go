@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"sort"
 	"testing"
@@ -40,6 +41,12 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 		{"redaction top-level", "m.room.redaction", nil, `{"reason":"spam"}`, "$abc:example.org"},
 		{"redaction content", "m.room.redaction", nil, `{"reason":"spam","redacts":"$abc"}`, ""},
 		{"weird type", "m.\"quoted\"\u2029", nil, `{"a":"b"}`, ""},
+		{"state key with a quote", "m.custom.state", ptr(`a"b\\c`), `{"a":1}`, ""},
+		{"state key non-ASCII", "m.custom.state", ptr("é\u2028<&>"), `{"a":1}`, ""},
+		{"control character in type", "m.custom\u0001", nil, `{}`, ""},
+		{"HTML characters everywhere", "m.<&>", ptr("<&>"), `{"<":"&>"}`, ""},
+		{"number out of range", "m.room.message", nil, `{"n":9007199254740992}`, ""},
+		{"float", "m.room.message", nil, `{"n":1.5}`, ""},
 	}
 	versions := []string{}
 	for v := range supportedVersions {
@@ -96,6 +103,60 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 	eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: "@a:example.org", RoomID: "!r:example.org", Type: "m.room.message", Content: []byte(`{}`)})
 	if _, err := buildSigned(impl, eb, ts, spec.ServerName("example.org"), "ed25519:k1", key); !errors.Is(err, errNoFastPath) {
 		t.Errorf("room v1: buildSigned error %v, want errNoFastPath", err)
+	}
+}
+
+// TestCanonicalEventAssembled: canonicalEvent's assembled form (content
+// canonicalised alone, members written in order) is byte for byte the
+// canonicalisation of the whole marshalled event, with every optional
+// member present or absent, and it is used for plain strings.
+func TestCanonicalEventAssembled(t *testing.T) {
+	impl, err := roomVersion("10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := "@bob:example.org"
+	empty := ""
+	for i, ev := range []fastEvent{
+		{AuthEvents: []string{"$a", "$b"}, Content: []byte(`{"z":1,"a":{"y":[3,{"k":"v","b":null}],"x":"\u00e9"}}`), Depth: 12,
+			Origin: "example.org", OriginServerTS: 1700000000123, PrevEvents: []string{"$p"}, RoomID: "!r:example.org",
+			Sender: "@alice:example.org", Type: "m.room.message"},
+		{AuthEvents: []string{}, Content: []byte(`{}`), Depth: 0, Origin: "o", PrevEvents: []string{},
+			Sender: "@a:o", Type: "t"},
+		{AuthEvents: []string{"$a"}, Content: []byte(`{"membership":"join"}`), Depth: maxSafeInt, Origin: "o",
+			OriginServerTS: 5, PrevEvents: []string{"$p", "$q"}, PrevState: &[]string{}, Redacts: "$x",
+			RoomID: "!r:o", Sender: "@a:o", StateKey: &sk, Type: "m.room.member"},
+		{AuthEvents: []string{"$a"}, Content: []byte(`{"a":"<&>\u2028"}`), Depth: 3, Origin: "o", PrevEvents: []string{"$p"},
+			PrevState: &[]string{}, Sender: "@a:o", StateKey: &empty, Type: "m.room.topic"},
+	} {
+		whole := ev
+		raw, err := json.Marshal(&whole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := gomatrixserverlib.EnforcedCanonicalJSON(raw, impl.Version())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, assembled, err := canonicalEvent(impl, &ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !assembled {
+			t.Errorf("event %d: not assembled", i)
+		}
+		if string(got) != string(want) {
+			t.Errorf("event %d:\n got  %s\n want %s", i, got, want)
+		}
+	}
+	// A string that is not plain, a number out of range: the whole path.
+	for _, ev := range []fastEvent{
+		{Content: []byte(`{}`), Origin: "o", Sender: "@a:o", Type: "m.\"q\""},
+		{Content: []byte(`{}`), Origin: "o", Sender: "@a:o", Type: "t", Depth: maxSafeInt + 1},
+	} {
+		if _, assembled, _ := canonicalEvent(impl, &ev); assembled {
+			t.Errorf("%+v was assembled", ev)
+		}
 	}
 }
 

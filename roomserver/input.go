@@ -25,6 +25,12 @@ type prepared struct {
 	beforeState stateMap
 	outcome     InputOutcome
 	reason      string
+	// builtOn, when set, is the room row the event was built on without
+	// reading it (a pipelined send, see pipeline.go): commit saves the
+	// room only if its stored row is still builtOn (saveRoomIf) and then
+	// sets builtOnChecked.
+	builtOn        *roomRow
+	builtOnChecked bool
 	// outlierNID is, when the event is held only as an outlier and now
 	// arrives as a timeline event, the NID of that outlier row, which
 	// commit replaces (outlier_promotion.go); 0 for a new event.
@@ -279,6 +285,11 @@ func (s *Server) stateEventsFor(ctx context.Context, q storage.Querier, tx stora
 // Spec: rooms/vN, "Authorization rules".
 func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) error {
 	_, err := guard("auth check", func() (struct{}, error) {
+		// Inside the guard: reading the room ID panics on a bad one.
+		key, remember := authDecisionKeyFor(pdu, authEvents)
+		if remember && authDecisions.isAllowed(key) {
+			return struct{}{}, nil // see authcache.go
+		}
 		events, err := gomatrixserverlib.NewAuthEvents(authEvents)
 		if err != nil {
 			return struct{}{}, err
@@ -296,7 +307,13 @@ func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) erro
 			}
 			provider = thirdPartyKeysProvider{events}
 		}
-		return struct{}{}, gomatrixserverlib.Allowed(checked, provider, userIDForSender)
+		if err := gomatrixserverlib.Allowed(checked, provider, userIDForSender); err != nil {
+			return struct{}{}, err
+		}
+		if remember {
+			authDecisions.rememberAllowed(key)
+		}
+		return struct{}{}, nil
 	})
 	return err
 }
@@ -424,7 +441,14 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 	room.Extremities = ext
 	room.CurrentSnapshot = newCurrent
 	room.MaxDepth = max(room.MaxDepth, row.Depth)
-	if err := saveRoom(ctx, tx, room); err != nil {
+	if p.builtOn != nil {
+		// A pipelined send: the row must still be the one it was built on.
+		err = saveRoomIf(ctx, tx, room, p.builtOn)
+		p.builtOnChecked = err == nil
+	} else {
+		err = saveRoom(ctx, tx, room)
+	}
+	if err != nil {
 		return err
 	}
 	if row.Membership != nil && (*row.Membership == "join" || *row.Membership == "invite" || *row.Membership == "knock") {

@@ -39,9 +39,11 @@ import (
 //     with a prev event that is not stored, and a send is acknowledged
 //     only after the commit that holds its event.
 //   - The write of a send built on an uncommitted event, or on the row a
-//     committed send left (kept instead of reading the room again), reads
-//     the room's row inside its own transaction and refuses unless it is
-//     the row the event was built on (checkBuiltOn).
+//     committed send left (kept instead of reading the room again),
+//     updates the room's row inside its own transaction only where it is
+//     still the row the event was built on (saveRoomIf: one conditional
+//     UPDATE instead of a read and an UPDATE), and refuses otherwise; the
+//     savepoint then rolls back everything the write did.
 //   - Every other writer of a room (lockRoom) first waits until the
 //     room's queued writes have their outcome, so it reads committed
 //     state as before. A send that nothing may build on keeps the room
@@ -152,13 +154,15 @@ func (s *Server) roomToBuildOn(ctx context.Context, roomID string) (room *roomRo
 	return room, false, nil, err
 }
 
-// checkBuiltOn is the first step of the write of a send built on the row
-// of the room's last queued send: it refuses (errPipelineBroken, and the
-// send is built again) unless that send committed or commits with this
-// one and the room's stored row, read inside this write's transaction
-// (so nothing can change it before the commit), is the row the event was
-// built on. The second check alone suffices (the first is a cheap early
-// answer); it also catches a write by another process since.
+// checkBuiltOn refuses (errPipelineBroken, and the send is built again)
+// the write of a send built on the row of the room's last queued send
+// unless that send committed or commits with this one and the room's
+// stored row, read inside this write's transaction (so nothing can change
+// it before the commit), is the row the event was built on. The second
+// check alone suffices; it also catches a write by another process since.
+// A send's write normally makes the same check in its room update
+// (saveRoomIf); this read is the fallback for a write that did not update
+// the room.
 func checkBuiltOn(ctx context.Context, tx storage.Tx, builtOn *roomRow, inFlight *storage.PendingWrite) error {
 	if inFlight != nil && inFlight.Failed() {
 		return errPipelineBroken

@@ -158,12 +158,20 @@ func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatr
 	next := s.roomAfter(p)
 	write := s.db.WriteQueued(ctx, func(tx storage.Tx) error {
 		if fromTail {
-			if err := checkBuiltOn(ctx, tx, builtOn, inFlight); err != nil {
-				return err
+			if inFlight != nil && inFlight.Failed() {
+				return errPipelineBroken // cheap early answer; saveRoomIf decides
 			}
+			p.builtOn, p.builtOnChecked = builtOn, false
 		}
 		if err := s.writeSend(ctx, tx, p, string(proto.SenderID), txn); err != nil {
 			return err
+		}
+		if fromTail && !p.builtOnChecked {
+			// commit did not save the room (it always does for an
+			// accepted send; kept so that no path skips the check).
+			if err := checkBuiltOn(ctx, tx, builtOn, nil); err != nil {
+				return err
+			}
 		}
 		if next != nil && !sameRoomRow(p.room, next) {
 			return fmt.Errorf("roomserver: room %s after event %s is not the room the next send was to build on", roomID, p.row.EventID)

@@ -3,6 +3,7 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -69,6 +70,40 @@ func saveRoom(ctx context.Context, tx storage.Tx, r *roomRow) error {
 	_, err = tx.Exec(ctx, `UPDATE roomserver_rooms SET current_snapshot = $2, extremities = $3, max_depth = $4
 		WHERE room_id = $1`, r.RoomID, r.CurrentSnapshot, string(ext), r.MaxDepth)
 	return err
+}
+
+// saveRoomIf is saveRoom for a write that must refuse unless the stored
+// row is still was (a room without partial state): it updates the row
+// only where every column still holds was's value and returns
+// errPipelineBroken when none did. The stored extremities are compared
+// as the text saveRoom writes for them (the only writer of that column);
+// a row equal in meaning but not in text is refused too, which only
+// costs a rebuild.
+func saveRoomIf(ctx context.Context, tx storage.Tx, r, was *roomRow) error {
+	if was.Partial {
+		return errors.New("roomserver: saveRoomIf on a room with partial state")
+	}
+	ext, err := json.Marshal(r.Extremities)
+	if err != nil {
+		return err
+	}
+	wasExt, err := json.Marshal(was.Extremities)
+	if err != nil {
+		return err
+	}
+	res, err := tx.Exec(ctx, `UPDATE roomserver_rooms SET current_snapshot = $2, extremities = $3, max_depth = $4
+		WHERE room_id = $1 AND room_version = $5 AND current_snapshot = $6 AND extremities = $7 AND max_depth = $8
+		AND NOT EXISTS (SELECT 1 FROM roomserver_partial_state_rooms p WHERE p.room_id = $1)`,
+		r.RoomID, r.CurrentSnapshot, string(ext), r.MaxDepth, was.Version, was.CurrentSnapshot, string(wasExt), was.MaxDepth)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != 1 {
+		return errPipelineBroken
+	}
+	return nil
 }
 
 // eventRow is a row of roomserver_events.
