@@ -276,6 +276,21 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		remote = partial
+		if partial {
+			// The auth rules refuse a knock from a user whose membership
+			// is ban, invite or join (rooms/v7+, "Authorization rules",
+			// m.room.member knock). Such a membership of our own user in
+			// the state held here is known without asking a resident
+			// server; what the partial state may lack is only the
+			// memberships of users not yet in it.
+			m, err := s.rooms.rooms.Membership(ctx, roomID, me.UserID)
+			if err != nil {
+				return err
+			}
+			if m == "ban" || m == "invite" || m == "join" {
+				return mxerr.New(mxerr.Forbidden, "%s cannot knock on %s: their membership is %s", me.UserID, roomID, m)
+			}
+		}
 	}
 	if remote {
 		if s.federation == nil {

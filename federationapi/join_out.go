@@ -90,6 +90,15 @@ func (s *Server) tryVia(via []string, roomID, op, noServer string, attempt func(
 		return mxerr.New(mxerr.NotFound, noServer, roomID)
 	}
 	s.log.Info("remote "+op+" failed", "room_id", roomID, "err", errors.Join(errs...))
+	// A resident server's refusal (403, e.g. "already in the room" or a
+	// ban) says more than a later server that does not know the room or
+	// cannot be reached: the client gets the refusal.
+	for _, err := range errs {
+		var re *RemoteError
+		if errors.As(err, &re) && re.Status == http.StatusForbidden {
+			return err
+		}
+	}
 	return errs[len(errs)-1]
 }
 

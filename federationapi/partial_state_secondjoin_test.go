@@ -296,3 +296,43 @@ func TestPartialStateRemoteKick(t *testing.T) {
 		})
 	}
 }
+
+// TestPartialStateKnockRefusals: during a resync, a knock by a user of B
+// whose membership B holds as join is refused at once with 403 (the knock
+// auth rule), and a knock refused by the resident server (mallory, banned
+// there, a ban B's partial state omits) answers the client with that
+// server's 403 even when a later server tried (C, which does not hold the
+// room) fails otherwise. Complement: TestKnocking "A user cannot knock on
+// a room they are already in" over federation.
+func TestPartialStateKnockRefusals(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b, c := n.start(), n.start(), n.start()
+		ctx := context.Background()
+		alice, bob, mallory := a.register("alice"), b.register("bob"), b.register("mallory")
+		roomID := namedPublicRoom(t, alice)
+		if _, err := alice.cli.BanUser(ctx, roomID, &mautrix.ReqBanUser{UserID: mallory.id(), Reason: "spam"}); err != nil {
+			t.Fatal(err)
+		}
+		release := partialJoin(t, a, b, bob, roomID)
+		defer release()
+
+		forbidden := func(who string, err error) {
+			t.Helper()
+			var httpErr mautrix.HTTPError
+			if !errors.As(err, &httpErr) || httpErr.RespError == nil || httpErr.RespError.ErrCode != "M_FORBIDDEN" ||
+				httpErr.Response.StatusCode != http.StatusForbidden {
+				t.Fatalf("%s knocking during the resync: %v, want 403 M_FORBIDDEN", who, err)
+			}
+		}
+		_, err := bob.cli.KnockRoom(ctx, string(roomID), &mautrix.ReqKnockRoom{Via: []string{c.Name}})
+		forbidden("joined bob", err)
+		if m, _ := b.HS.Rooms.Membership(ctx, string(roomID), string(bob.id())); m != "join" {
+			t.Fatalf("B's membership of bob after his knock is %q", m)
+		}
+		_, err = mallory.cli.KnockRoom(ctx, string(roomID), &mautrix.ReqKnockRoom{Via: []string{c.Name}})
+		forbidden("banned mallory", err)
+		if m, _ := b.HS.Rooms.Membership(ctx, string(roomID), string(mallory.id())); m != "" {
+			t.Fatalf("B stored mallory's membership %q after the knock", m)
+		}
+	})
+}
