@@ -22,3 +22,11 @@ func (s *Server) HoldResyncs(release <-chan struct{}) {
 		}
 	}
 }
+
+// ResyncRunning reports whether a partial-state resync of roomID runs
+// in s.
+func (s *Server) ResyncRunning(roomID string) bool {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	return s.resyncing[roomID]
+}

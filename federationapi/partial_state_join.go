@@ -87,13 +87,43 @@ func (s *Server) startResync(room roomserver.PartialStateRoom) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer func() {
-			s.resyncMu.Lock()
-			delete(s.resyncing, room.RoomID)
-			s.resyncMu.Unlock()
-		}()
-		s.resyncUntilDone(s.resyncCtx, room)
+		if s.resyncUntilDone(s.resyncCtx, room) {
+			return // abandonResync removed the room from resyncing
+		}
+		s.resyncMu.Lock()
+		delete(s.resyncing, room.RoomID)
+		s.resyncMu.Unlock()
 	}()
+}
+
+// abandonResync reports whether roomID's resync is to stop because no
+// local user is joined to the room any more (each left, or was kicked or
+// banned, while the room was partial): this server is then out of the
+// room, a resident server need not answer its /state_ids, and nobody
+// here can read the state. The room stays partial: a later local join
+// goes through a resident server (joinVia) and starts a new resync
+// (keepResyncing, or startResyncs at the next start). On true the room
+// is no longer in resyncing; the check and that removal happen under
+// resyncMu, so a join stored before keepResyncing calls startResync is
+// either seen here or finds no resync running.
+// Synapse behaves alike: it stops the resync of a partial-state room it
+// no longer has a member in (and purges the room; Myelin keeps it).
+// Spec: MSC3706; Complement msc3902 "Leave during resync/can be
+// triggered by remote kick".
+func (s *Server) abandonResync(ctx context.Context, roomID string) (bool, error) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	users, err := s.rooms.JoinedUsers(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	for _, u := range users {
+		if domainOf(u) == s.serverName {
+			return false, nil
+		}
+	}
+	delete(s.resyncing, roomID)
+	return true, nil
 }
 
 // partialStateRoom reads roomID's partial-state record; ok is false if
@@ -111,23 +141,36 @@ func (s *Server) partialStateRoom(ctx context.Context, roomID string) (room room
 	return room, false, nil
 }
 
-func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialStateRoom) {
+// resyncUntilDone resyncs room until it succeeds, ctx ends, or no local
+// user is left in the room; it returns true in the last case
+// (abandonResync).
+func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialStateRoom) bool {
 	if s.beforeResync != nil {
 		s.beforeResync(ctx, room.RoomID)
 	}
 	wait := resyncRetryMin
 	for {
-		err := s.resync(ctx, room)
+		if ctx.Err() != nil {
+			return false
+		}
+		abandoned, err := s.abandonResync(ctx, room.RoomID)
+		if abandoned {
+			s.log.Info("partial state resync abandoned: no local user is in the room", "room_id", room.RoomID)
+			return true
+		}
+		if err == nil {
+			err = s.resync(ctx, room)
+		}
 		if err == nil {
 			s.log.Info("partial state resync done", "room_id", room.RoomID)
-			return
+			return false
 		}
 		if errors.Is(err, roomserver.ErrPartialJoinMoved) {
 			// A local user rejoined through a resident server while
 			// the room was partial: resync for that join instead.
 			current, ok, rerr := s.partialStateRoom(ctx, room.RoomID)
 			if rerr == nil && !ok {
-				return
+				return false
 			}
 			if rerr == nil {
 				s.log.Info("partial state join moved; resyncing for the new join", "room_id", room.RoomID, "join_event_id", current.JoinEventID)
@@ -139,12 +182,12 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 		s.log.Warn("partial state resync failed; will retry", "room_id", room.RoomID, "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, resyncRetryMax)
 		if partial, err := s.rooms.IsPartialState(ctx, room.RoomID); err == nil && !partial {
-			return // done meanwhile (another process, or a rejoin)
+			return false // done meanwhile (another process, or a rejoin)
 		}
 	}
 }
