@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/roomserver"
@@ -51,22 +52,7 @@ func TestRemoteJoinAndMessages(t *testing.T) {
 		eventually(t, "A to receive bob's message", func() bool { return hasEvent(a, alice, fromBob) })
 
 		// Both servers agree on the room's current state.
-		sa, err := a.HS.Rooms.CurrentState(ctx, alice, roomID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sb, err := b.HS.Rooms.CurrentState(ctx, bob, roomID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(sa) != len(sb) {
-			t.Fatalf("state differs: A has %d events, B %d", len(sa), len(sb))
-		}
-		for i := range sa {
-			if sa[i].EventID != sb[i].EventID {
-				t.Fatalf("state differs at %s/%v: %s vs %s", sa[i].Type, sa[i].StateKey, sa[i].EventID, sb[i].EventID)
-			}
-		}
+		sameCurrentState(t, a, b, id.RoomID(roomID), id.UserID(alice), id.UserID(bob))
 	})
 }
 
