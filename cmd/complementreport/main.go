@@ -35,6 +35,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs.StringVar(&m.Myelin, "myelin", "", "the Myelin version or commit under test")
 	reasonsPath := fs.String("reasons", "build/complement/failure-reasons.tsv", "the failure-reason mapping file")
 	out := fs.String("out", "docs/compliance.md", `where to write the report ("-" for standard output)`)
+	dockerfile := fs.String("dockerfile", "build/complement/Dockerfile", `the image's Dockerfile, whose MYELIN_* settings the report lists ("" to leave them out)`)
 	module := fs.String("module", "github.com/matrix-org/complement", "Complement's module path, stripped from package names")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -71,6 +72,17 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	rs, err := parseReasons(rf)
 	if err != nil {
 		return fmt.Errorf("%s: %w", *reasonsPath, err)
+	}
+
+	if *dockerfile != "" {
+		df, err := os.Open(*dockerfile)
+		if err != nil {
+			return err
+		}
+		defer df.Close()
+		if m.Image, err = imageSettings(df); err != nil {
+			return fmt.Errorf("%s: %w", *dockerfile, err)
+		}
 	}
 
 	report, err := render(results, rs, m)

@@ -9,10 +9,11 @@ import (
 
 // meta describes the run, from the generator's flags.
 type meta struct {
-	Commit     string // Complement commit hash
-	CommitDate string // its date, YYYY-MM-DD
-	RunDate    string // when the suite ran, YYYY-MM-DD
-	Myelin     string // Myelin version or commit under test; optional
+	Commit     string    // Complement commit hash
+	CommitDate string    // its date, YYYY-MM-DD
+	RunDate    string    // when the suite ran, YYYY-MM-DD
+	Myelin     string    // Myelin version or commit under test; optional
+	Image      []setting // the image's MYELIN_* settings; nil leaves the section out
 }
 
 // counts of one package (or of all of them).
@@ -139,6 +140,7 @@ func render(r *suiteRun, rs *reasons, m meta) ([]byte, error) {
 			}
 		}
 	}
+	renderImage(w, m.Image)
 	w("## Panics and timeouts\n\n")
 	if len(broken) == 0 && len(panics) == 0 {
 		w("None: no package timed out or crashed, and no test output (which includes the server logs of failed tests) shows a panic.\n\n")

@@ -104,7 +104,7 @@ func TestReportGolden(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "compliance.md")
 	err := run([]string{
 		"-commit", "50044edb68c37c7ee4c1506f76d904d3d513fe2c", "-commit-date", "2026-07-01",
-		"-myelin", "test", "-reasons", "testdata/reasons.tsv", "-out", out, "testdata/run.json",
+		"-myelin", "test", "-reasons", "testdata/reasons.tsv", "-dockerfile", "testdata/Dockerfile", "-out", out, "testdata/run.json",
 	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +136,7 @@ func TestReportGolden(t *testing.T) {
 		"| `./tests` | `TestC` | needs a second homeserver image |",          // skips are listed with their message
 		"Leaving out the 2 that Complement skipped itself: 5 of 11 (45.5%).", // skips left out of the second figure
 		"| issue 2 (accounts) | 3 |",                                         // failures summed by what they wait on
+		"| `MYELIN_ROOM_SERVER_DEFAULT_ROOM_VERSION` | `11` |",               // the image's settings
 	} {
 		if !strings.Contains(string(got), s) {
 			t.Errorf("report lacks %q", s)
@@ -149,16 +150,16 @@ func TestStdinAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout bytes.Buffer
-	if err := run([]string{"-commit", "abc", "-reasons", "testdata/reasons.tsv", "-out", "-"}, bytes.NewReader(fixture), &stdout); err != nil {
+	if err := run([]string{"-commit", "abc", "-reasons", "testdata/reasons.tsv", "-dockerfile", "", "-out", "-"}, bytes.NewReader(fixture), &stdout); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(stdout.String(), "# Complement compliance") {
 		t.Error("no report on stdout")
 	}
-	if err := run([]string{"-reasons", "testdata/reasons.tsv", "-out", "-"}, bytes.NewReader(fixture), &stdout); err == nil {
+	if err := run([]string{"-reasons", "testdata/reasons.tsv", "-dockerfile", "", "-out", "-"}, bytes.NewReader(fixture), &stdout); err == nil {
 		t.Error("ran without -commit")
 	}
-	if err := run([]string{"-commit", "abc", "-reasons", "testdata/reasons.tsv", "-out", "-"}, strings.NewReader("not json\n"), &stdout); err == nil {
+	if err := run([]string{"-commit", "abc", "-reasons", "testdata/reasons.tsv", "-dockerfile", "", "-out", "-"}, strings.NewReader("not json\n"), &stdout); err == nil {
 		t.Error("wrote a report from input without results")
 	}
 }
@@ -176,5 +177,21 @@ func TestCheckedInReasons(t *testing.T) {
 	}
 	if len(rs.prefixes)+len(rs.outputs) == 0 {
 		t.Fatal("build/complement/failure-reasons.tsv maps nothing")
+	}
+}
+
+// TestCheckedInDockerfile keeps the real image's settings readable.
+func TestCheckedInDockerfile(t *testing.T) {
+	f, err := os.Open("../../build/complement/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s, err := imageSettings(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s) == 0 {
+		t.Error("no MYELIN_* settings read from build/complement/Dockerfile")
 	}
 }
