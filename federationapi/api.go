@@ -47,6 +47,7 @@ type Rooms interface {
 	ServerInRoom(ctx context.Context, server, roomID string) (bool, error)
 	JoinedServers(ctx context.Context, roomID string) ([]string, error)
 	JoinedServersInState(ctx context.Context, roomID string) ([]string, error)
+	ServersJoinedSince(ctx context.Context, roomID, eventID string) ([]string, error)
 	JoinedUsers(ctx context.Context, roomID string) ([]string, error)
 	FederationEvent(ctx context.Context, eventID string) (*roomserver.Event, string, error)
 	EventForServer(ctx context.Context, server, eventID string) (*roomserver.Event, error)
@@ -141,4 +142,9 @@ type DeviceListSink interface {
 	// (milliseconds), so that their device-list updates of the resync's
 	// time reach the local users now sharing the room.
 	MembersRevealed(ctx context.Context, userIDs []string, sinceMillis int64) error
+	// MembersDropped is told the remote users a room's partial state
+	// held as joined whom its completed resync shows were not, so that
+	// it stops tracking the device lists of those who now share no room
+	// with a local user.
+	MembersDropped(ctx context.Context, userIDs []string) error
 }

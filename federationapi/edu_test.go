@@ -45,6 +45,7 @@ func (r *recorder) RemoteDeviceListUpdate(_ context.Context, userID string, _ js
 	return nil
 }
 func (r *recorder) MembersRevealed(context.Context, []string, int64) error { return nil }
+func (r *recorder) MembersDropped(context.Context, []string) error         { return nil }
 func (r *recorder) RemoteSigningKeyUpdate(_ context.Context, userID string, _ json.RawMessage) error {
 	r.calls = append(r.calls, "signing_key "+userID)
 	return nil

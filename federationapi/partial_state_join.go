@@ -265,8 +265,16 @@ func (s *Server) resyncFrom(ctx context.Context, server string, room roomserver.
 	if err != nil {
 		return err
 	}
+	// The members the partial state holds as joined, for dropMembers.
+	partialMembers, err := s.rooms.JoinedUsers(ctx, room.RoomID)
+	if err != nil {
+		return err
+	}
 	if err := s.rooms.CompletePartialState(ctx, req); err != nil {
 		return err
+	}
+	if err := s.dropMembers(ctx, room.RoomID, partialMembers); err != nil {
+		s.log.Warn("device lists of members a partial state resync removed", "room_id", room.RoomID, "err", err)
 	}
 	if err := s.announceAfterResync(ctx, room, known); err != nil {
 		// The room is complete; the servers learn of the devices at
@@ -308,11 +316,16 @@ func (s *Server) revealMembers(ctx context.Context, room roomserver.PartialState
 // those with a member in the partial state). Those servers were sent
 // none of the members' device-list updates meanwhile, so their copies
 // may be stale. A server counts as found if it has a joined member in
-// the full state before the join or in the current state: one that was
-// in the room at the join and has left since still missed the updates.
+// the full state before the join or in the current state, or a join
+// since ours that the resync upheld (ServersJoinedSince): one that was
+// in the room at the join, or joined later and was wrongly held out of
+// it by the partial state (an event the resync rejects kicked its
+// member), still missed the updates if it has left since.
 // Spec: server-server-api, "Device Management"; MSC3706 (servers_in_room
 // may be incomplete); Complement msc3902 "Device list updates reach
-// incorrectly absent servers once partial state join completes".
+// incorrectly absent servers once partial state join completes" and
+// "... incorrectly kicked servers ... even though remote server left
+// room".
 func (s *Server) announceAfterResync(ctx context.Context, room roomserver.PartialStateRoom, known []string) error {
 	if s.userKeys == nil {
 		return nil
@@ -341,7 +354,11 @@ func (s *Server) announceAfterResync(ctx context.Context, room roomserver.Partia
 	if err != nil {
 		return err
 	}
-	for _, d := range current {
+	since, err := s.rooms.ServersJoinedSince(ctx, room.RoomID, room.JoinEventID)
+	if err != nil {
+		return err
+	}
+	for _, d := range append(current, since...) {
 		add(d)
 	}
 	if len(dests) == 0 {

@@ -686,3 +686,48 @@ func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMil
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, changed...)
 	})
 }
+
+// MembersDropped takes the remote users a room's partial state held as
+// joined whom its completed resync shows were not (MSC3706). Those who
+// now share no room with a local user are no longer tracked: their
+// cached device lists and cross-signing keys are dropped, for their
+// server sends no more updates about them, so that tracking them again
+// — they join a room with a local user — fetches the lists afresh
+// instead of serving a copy nothing kept current. Users still sharing a
+// room keep theirs: they are still tracked.
+// Spec: client-server-api, "Tracking the device list for a user" (a user
+// who stops sharing rooms may change devices unseen); Complement msc3902
+// "Device list tracking for user incorrectly believed to be in room when
+// they rejoin after partial state join completes".
+func (s *Server) MembersDropped(ctx context.Context, userIDs []string) error {
+	var untracked []string
+	for _, userID := range userIDs {
+		if s.isLocal(userID) || serverOf(userID) == "" {
+			continue
+		}
+		ok, err := s.tracked(ctx, userID)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			untracked = append(untracked, userID)
+		}
+	}
+	if len(untracked) == 0 {
+		return nil
+	}
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		for _, userID := range untracked {
+			for _, q := range []string{
+				`DELETE FROM keyserver_remote_device_keys WHERE user_id = $1`,
+				`DELETE FROM keyserver_remote_cross_signing_keys WHERE user_id = $1`,
+				`DELETE FROM keyserver_remote_users WHERE user_id = $1`,
+			} {
+				if _, err := tx.Exec(ctx, q, userID); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}

@@ -167,6 +167,31 @@ func (s *Server) joinedServers(ctx context.Context, roomID string, withPartial b
 	return out, nil
 }
 
+// ServersJoinedSince lists, sorted, the servers of the users whose join
+// to roomID at or after eventID (a timeline event of the room) is
+// accepted: each had a member in the room at some point since eventID,
+// even if that member has left again. After a partial-state resync
+// (whose replay decided which of those joins stand) it names the servers
+// that were in the room while it was partial.
+func (s *Server) ServersJoinedSince(ctx context.Context, roomID, eventID string) ([]string, error) {
+	users, err := storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT DISTINCT e.state_key FROM roomserver_events e
+		WHERE e.room_id = $1 AND e.type = 'm.room.member' AND e.membership = 'join'
+			AND NOT e.rejected AND NOT e.soft_failed AND e.state_before != 0
+			AND e.event_nid >= (SELECT j.event_nid FROM roomserver_events j WHERE j.event_id = $2 AND j.room_id = $1)`,
+		roomID, eventID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, u := range users {
+		if d := domainOf(u); d != "" && !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // FederationEvent returns a stored, non-rejected event with its room
 // version, without any visibility check (for the federation API's own
 // checks and for building requests).
