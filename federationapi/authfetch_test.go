@@ -36,6 +36,10 @@ type fakeRemote struct {
 	// status to answer (200: accepted); it may block (until the
 	// request's context ends, say). Guarded by mu.
 	sendGate func(r *http.Request) int
+	// hideKeys makes GET /_matrix/key/v2/server answer 404; keyValidity
+	// (default an hour) is the valid_until_ts it publishes. Guarded by mu.
+	hideKeys    bool
+	keyValidity time.Duration
 }
 
 // fakeTxn is one /send attempt a fakeRemote saw.
@@ -56,7 +60,17 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 	}
 	f := &fakeRemote{name: "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), key: key, mux: http.NewServeMux(), hits: map[string]int{}}
 	f.mux.HandleFunc("/_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
-		doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+		f.mu.Lock()
+		hide, validity := f.hideKeys, f.keyValidity
+		f.mu.Unlock()
+		if hide {
+			http.Error(w, `{"errcode":"M_NOT_FOUND"}`, http.StatusNotFound)
+			return
+		}
+		if validity == 0 {
+			validity = time.Hour
+		}
+		doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(validity).UnixMilli(),
 			"verify_keys": map[string]any{key.ID: map[string]string{"key": key.PublicBase64()}}})
 		signed, _ := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(key.ID), key.PrivateKey, doc)
 		_, _ = w.Write(signed)
