@@ -265,7 +265,7 @@ type Federation struct {
 	// them lets other servers verify events signed before a rotation.
 	// Spec: server-server-api, "Publishing Keys" (old_verify_keys).
 	OldVerifyKeys []string `yaml:"old_verify_keys" doc:"Signing keys this server used before, published in old_verify_keys so that events signed with them still verify, one entry per key: \"ed25519:<id> <unpadded base64 public key> <expired_ts>\" (expired_ts: milliseconds since 1970 when the key stopped being used). To rotate the key: note the current key's ID and public key (GET /_matrix/key/v2/server), move signing_key_path aside, add them here with the current time, and restart; a new key is created. Empty: no former keys."`
-	KeyValidity       Duration `yaml:"key_validity" doc:"How long other servers may cache this server's signing key (valid_until_ts in GET /_matrix/key/v2/server)."`
+	KeyValidity   Duration `yaml:"key_validity" doc:"How long other servers may cache this server's signing key (valid_until_ts in GET /_matrix/key/v2/server)."`
 	// MaxBackoff caps the per-destination retry interval of the sender.
 	MinBackoff Duration `yaml:"min_backoff" doc:"First wait before retrying an unreachable server; it doubles on each failure up to max_backoff."`
 	MaxBackoff Duration `yaml:"max_backoff" doc:"Longest wait between retries to an unreachable server."`
