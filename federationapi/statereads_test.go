@@ -20,7 +20,9 @@ import (
 // event — not the current state, which a later topic change made
 // different — with the auth chain of those state events, closed under
 // auth_events and the same in both forms; /event_auth the event's auth
-// chain without the event itself. A missing event_id is 400
+// chain without the event itself. At an event history visibility hides
+// from the server (joined history, before its users joined) /state and
+// /state_ids are 403 M_FORBIDDEN. A missing event_id is 400
 // M_MISSING_PARAM.
 // Spec: server-server-api, "GET /_matrix/federation/v1/state/{roomId}",
 // ".../state_ids/{roomId}", ".../event_auth/{roomId}/{eventId}".
@@ -158,6 +160,25 @@ func TestStateReadsForServers(t *testing.T) {
 		for id, e := range msgChain {
 			if e.Type() == "m.room.message" || id == secondTopic || id == firstTopic {
 				t.Errorf("event_auth of the message holds %s (%s), not an auth event of it", id, e.Type())
+			}
+		}
+
+		// At an event history visibility hides from the asking server
+		// (joined history, from before its users joined): 403, no state.
+		hidden := publicRoom(t, a, alice)
+		if _, err := a.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: hidden, Sender: alice,
+			Type: "m.room.history_visibility", StateKey: ptr(""), Content: mustJSON(map[string]string{"history_visibility": "joined"})}); err != nil {
+			t.Fatal(err)
+		}
+		secret := sendText(t, a, hidden, alice, "before bob")
+		if _, err := b.HS.Federation.JoinRemote(ctx, hidden, b.user("bob"), []string{a.Name}); err != nil {
+			t.Fatal(err)
+		}
+		for _, path := range []string{"state", "state_ids"} {
+			status, body := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodGet,
+				"/_matrix/federation/v1/"+path+"/"+pathEscape(hidden)+"?event_id="+pathEscape(secret), nil)
+			if status != http.StatusForbidden || !strings.Contains(string(body), "M_FORBIDDEN") {
+				t.Errorf("%s at an event hidden from B: %d %s, want 403 M_FORBIDDEN", path, status, body)
 			}
 		}
 
