@@ -47,3 +47,35 @@ func TestFederationEnv(t *testing.T) {
 		t.Fatalf("env overrides not applied: %+v", f)
 	}
 }
+
+func TestOldVerifyKeys(t *testing.T) {
+	const pub = "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw"
+	good := Federation{OldVerifyKeys: []string{"ed25519:a_old " + pub + " 1790000000000", "ed25519:older " + pub + "= 1780000000000"}}
+	keys, err := good.ParseOldVerifyKeys()
+	if err != nil || good.Validate() != nil {
+		t.Fatalf("good entries: %v / %v", err, good.Validate())
+	}
+	if len(keys) != 2 || keys[0].KeyID != "ed25519:a_old" || len(keys[0].PublicKey) != 32 || keys[0].ExpiredTS != 1790000000000 ||
+		keys[1].KeyID != "ed25519:older" || keys[1].ExpiredTS != 1780000000000 {
+		t.Fatalf("parsed %+v", keys)
+	}
+	for _, entry := range []string{
+		"ed25519:a_old " + pub,                        // no expired_ts
+		"curve25519:x " + pub + " 1790000000000",      // not an ed25519 key ID
+		"ed25519: " + pub + " 1790000000000",          // empty ID
+		"ed25519:a_old notbase64! 1790000000000",      // bad key
+		"ed25519:a_old AAAA 1790000000000",            // key too short
+		"ed25519:a_old " + pub + " soon",              // bad expired_ts
+		"ed25519:a_old " + pub + " -5",                // negative expired_ts
+		"ed25519:a_old " + pub + " 1790000000000 and", // extra field
+	} {
+		f := Federation{OldVerifyKeys: []string{entry}}
+		if err := f.Validate(); err == nil || !strings.Contains(err.Error(), "federation_api.old_verify_keys") {
+			t.Errorf("%q: %v, want a federation_api.old_verify_keys error", entry, err)
+		}
+	}
+	dup := Federation{OldVerifyKeys: []string{"ed25519:a " + pub + " 1", "ed25519:a " + pub + " 2"}}
+	if err := dup.Validate(); err == nil {
+		t.Errorf("a key ID listed twice was accepted")
+	}
+}

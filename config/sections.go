@@ -1,10 +1,12 @@
 package config
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -259,14 +261,18 @@ type Federation struct {
 	// TrustedKeyServers are notaries asked for keys a server cannot give
 	// us itself; each entry pins one of the notary's own keys.
 	TrustedKeyServers []string `yaml:"trusted_key_servers" doc:"Notary servers asked for other servers' signing keys when a server cannot be reached directly, one entry per notary key: \"<server_name> <key_id> <unpadded base64 public key>\", e.g. \"matrix.org ed25519:auto Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\". Empty: keys are only fetched from their own servers."`
-	KeyValidity       Duration `yaml:"key_validity" doc:"How long other servers may cache this server's signing key (valid_until_ts in GET /_matrix/key/v2/server)."`
+	// OldVerifyKeys are this server's former signing keys: publishing
+	// them lets other servers verify events signed before a rotation.
+	// Spec: server-server-api, "Publishing Keys" (old_verify_keys).
+	OldVerifyKeys []string `yaml:"old_verify_keys" doc:"Signing keys this server used before, published in old_verify_keys so that events signed with them still verify, one entry per key: \"ed25519:<id> <unpadded base64 public key> <expired_ts>\" (expired_ts: milliseconds since 1970 when the key stopped being used). To rotate the key: note the current key's ID and public key (GET /_matrix/key/v2/server), move signing_key_path aside, add them here with the current time, and restart; a new key is created. Empty: no former keys."`
+	KeyValidity   Duration `yaml:"key_validity" doc:"How long other servers may cache this server's signing key (valid_until_ts in GET /_matrix/key/v2/server)."`
 	// MaxBackoff caps the per-destination retry interval of the sender.
 	MinBackoff Duration `yaml:"min_backoff" doc:"First wait before retrying an unreachable server; it doubles on each failure up to max_backoff."`
 	MaxBackoff Duration `yaml:"max_backoff" doc:"Longest wait between retries to an unreachable server."`
 }
 
 func (Federation) Defaults() Federation {
-	return Federation{Enabled: false, TrustedKeyServers: []string{}, KeyValidity: Duration(7 * 24 * time.Hour),
+	return Federation{Enabled: false, TrustedKeyServers: []string{}, OldVerifyKeys: []string{}, KeyValidity: Duration(7 * 24 * time.Hour),
 		MinBackoff: Duration(10 * time.Second), MaxBackoff: Duration(24 * time.Hour)}
 }
 
@@ -291,6 +297,46 @@ func (f Federation) ParseTrustedKeyServers() ([]TrustedKeyServer, error) {
 	return out, nil
 }
 
+// OldVerifyKey is a parsed old_verify_keys entry.
+type OldVerifyKey struct {
+	KeyID     string
+	PublicKey []byte // 32 bytes of Ed25519 public key
+	ExpiredTS int64
+}
+
+// ParseOldVerifyKeys parses old_verify_keys.
+func (f Federation) ParseOldVerifyKeys() ([]OldVerifyKey, error) {
+	var out []OldVerifyKey
+	seen := map[string]bool{}
+	for _, entry := range f.OldVerifyKeys {
+		fields := strings.Fields(entry)
+		bad := func(why string) error {
+			return fieldError("federation_api.old_verify_keys", fmt.Sprintf("%q: %s", entry, why),
+				"write \"ed25519:<id> <unpadded base64 public key> <expired_ts in ms>\", e.g. \"ed25519:a_Xy12 Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw 1790000000000\"")
+		}
+		if len(fields) != 3 {
+			return nil, bad("want three fields")
+		}
+		if !strings.HasPrefix(fields[0], "ed25519:") || len(fields[0]) == len("ed25519:") {
+			return nil, bad("the key ID must start with ed25519:")
+		}
+		if seen[fields[0]] {
+			return nil, bad("key ID listed twice")
+		}
+		seen[fields[0]] = true
+		key, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(fields[1], "="))
+		if err != nil || len(key) != 32 {
+			return nil, bad("the public key is not 32 bytes of base64")
+		}
+		expired, err := strconv.ParseInt(fields[2], 10, 64)
+		if err != nil || expired <= 0 {
+			return nil, bad("expired_ts is not a positive integer")
+		}
+		out = append(out, OldVerifyKey{KeyID: fields[0], PublicKey: key, ExpiredTS: expired})
+	}
+	return out, nil
+}
+
 func (f Federation) Validate() error {
 	var errs []error
 	if f.Listen != "" {
@@ -307,6 +353,9 @@ func (f Federation) Validate() error {
 			"set both to the CA's PEM certificate and key, or neither"))
 	}
 	if _, err := f.ParseTrustedKeyServers(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := f.ParseOldVerifyKeys(); err != nil {
 		errs = append(errs, err)
 	}
 	if f.KeyValidity < 0 || f.MaxBackoff < 0 || f.MinBackoff < 0 {

@@ -30,6 +30,23 @@ type fakeRemote struct {
 	mu   sync.Mutex
 	hits map[string]int
 	edus []json.RawMessage // every EDU sent to it; guarded by mu
+	// txns records every /send attempt, answered or not; guarded by mu.
+	txns []fakeTxn
+	// sendGate, if set, runs before a /send is answered and returns the
+	// status to answer (200: accepted); it may block (until the
+	// request's context ends, say). Guarded by mu.
+	sendGate func(r *http.Request) int
+	// hideKeys makes GET /_matrix/key/v2/server answer 404; keyValidity
+	// (default an hour) is the valid_until_ts it publishes. Guarded by mu.
+	hideKeys    bool
+	keyValidity time.Duration
+}
+
+// fakeTxn is one /send attempt a fakeRemote saw.
+type fakeTxn struct {
+	id         string
+	pdus, edus []json.RawMessage
+	status     int
 }
 
 func newFakeRemote(t *testing.T, n *network) *fakeRemote {
@@ -43,19 +60,45 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 	}
 	f := &fakeRemote{name: "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), key: key, mux: http.NewServeMux(), hits: map[string]int{}}
 	f.mux.HandleFunc("/_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
-		doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+		f.mu.Lock()
+		hide, validity := f.hideKeys, f.keyValidity
+		f.mu.Unlock()
+		if hide {
+			http.Error(w, `{"errcode":"M_NOT_FOUND"}`, http.StatusNotFound)
+			return
+		}
+		if validity == 0 {
+			validity = time.Hour
+		}
+		doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(validity).UnixMilli(),
 			"verify_keys": map[string]any{key.ID: map[string]string{"key": key.PublicBase64()}}})
 		signed, _ := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(key.ID), key.PrivateKey, doc)
 		_, _ = w.Write(signed)
 	})
 	f.mux.HandleFunc("/_matrix/federation/v1/send/", func(w http.ResponseWriter, r *http.Request) {
 		var txn struct {
+			PDUs []json.RawMessage `json:"pdus"`
 			EDUs []json.RawMessage `json:"edus"`
 		}
 		_ = json.NewDecoder(r.Body).Decode(&txn)
+		id, _ := unescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/federation/v1/send/"))
 		f.mu.Lock()
-		f.edus = append(f.edus, txn.EDUs...)
+		gate := f.sendGate
 		f.mu.Unlock()
+		status := http.StatusOK
+		if gate != nil {
+			status = gate(r)
+		}
+		f.mu.Lock()
+		f.txns = append(f.txns, fakeTxn{id: id, pdus: txn.PDUs, edus: txn.EDUs, status: status})
+		if status == http.StatusOK {
+			f.edus = append(f.edus, txn.EDUs...)
+		}
+		f.mu.Unlock()
+		if status != http.StatusOK {
+			http.Error(w, `{"errcode":"M_UNKNOWN","error":"the test says no"}`, status)
+			return
+		}
 		_, _ = w.Write([]byte(`{"pdus":{}}`))
 	})
 	pair, err := n.ca.Issue(f.name, time.Hour)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -129,6 +130,20 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Former keys come from Deps and from federation_api.old_verify_keys.
+	oldKeys := slices.Clone(deps.OldKeys)
+	configured, err := deps.Config.ParseOldVerifyKeys()
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range configured {
+		oldKeys = append(oldKeys, OldKey{KeyID: k.KeyID, Key: ed25519.PublicKey(k.PublicKey), ExpiredTS: k.ExpiredTS})
+	}
+	for _, k := range oldKeys {
+		if k.KeyID == deps.Key.ID {
+			return nil, fmt.Errorf("federationapi: old_verify_keys lists %s, the current signing key", k.KeyID)
+		}
+	}
 	sub, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
 		return nil, err
@@ -140,7 +155,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cfg:         deps.Config,
 		serverName:  deps.ServerName,
 		key:         deps.Key,
-		oldKeys:     deps.OldKeys,
+		oldKeys:     oldKeys,
 		keyValidity: deps.Config.KeyValidity.D(),
 		db:          deps.DB,
 		rooms:       deps.Rooms,

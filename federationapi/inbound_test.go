@@ -110,38 +110,76 @@ func TestSendMixedPDUs(t *testing.T) {
 }
 
 // TestDuplicateTransaction: the same (origin, txnId) is processed once;
-// a retry gets the first answer and its new contents are ignored.
+// a retry gets the first answer and its new contents are ignored. A
+// transaction over the spec's limits (50 PDUs, 100 EDUs) is refused
+// whole with 400 M_BAD_JSON and none of it is processed.
+// Spec: server-server-api, "Transactions".
 func TestDuplicateTransaction(t *testing.T) {
-	n := newNetwork(t, storage.SQLite)
-	a, b, roomID := joinedPair(t, n)
-	bob := b.user("bob")
-	first := buildPDU(t, a, roomID, bob, "m.room.message", nil, map[string]string{"body": "1"}, b.Name, b.HS.Key, nil)
-	second := buildPDU(t, a, roomID, bob, "m.room.message", nil, map[string]string{"body": "2"}, b.Name, b.HS.Key, nil)
-	send := func(pdu gomatrixserverlib.PDU) []byte {
-		status, body := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodPut, "/_matrix/federation/v1/send/dup1",
-			map[string]any{"origin": b.Name, "origin_server_ts": 1, "pdus": []json.RawMessage{pdu.JSON()}})
-		if status != http.StatusOK {
-			t.Fatalf("send: %d %s", status, body)
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b, roomID := joinedPair(t, n)
+		bob := b.user("bob")
+		first := buildPDU(t, a, roomID, bob, "m.room.message", nil, map[string]string{"body": "1"}, b.Name, b.HS.Key, nil)
+		second := buildPDU(t, a, roomID, bob, "m.room.message", nil, map[string]string{"body": "2"}, b.Name, b.HS.Key, nil)
+		send := func(pdu gomatrixserverlib.PDU) []byte {
+			status, body := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodPut, "/_matrix/federation/v1/send/dup1",
+				map[string]any{"origin": b.Name, "origin_server_ts": 1, "pdus": []json.RawMessage{pdu.JSON()}})
+			if status != http.StatusOK {
+				t.Fatalf("send: %d %s", status, body)
+			}
+			return body
 		}
-		return body
-	}
-	r1, r2 := send(first), send(second)
-	if string(r1) != string(r2) {
-		t.Errorf("retry answered %s, first answer was %s", r2, r1)
-	}
-	if _, _, err := a.HS.Rooms.FederationEvent(context.Background(), second.EventID()); err == nil {
-		t.Errorf("the retried transaction's new PDU was processed")
-	}
-	// Over the limits: 400.
-	many := make([]json.RawMessage, 51)
-	for i := range many {
-		many[i] = first.JSON()
-	}
-	status, _ := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodPut, "/_matrix/federation/v1/send/big",
-		map[string]any{"origin": b.Name, "origin_server_ts": 1, "pdus": many})
-	if status != http.StatusBadRequest {
-		t.Errorf("51 PDUs: status %d, want 400", status)
-	}
+		r1, r2 := send(first), send(second)
+		if string(r1) != string(r2) {
+			t.Errorf("retry answered %s, first answer was %s", r2, r1)
+		}
+		if _, _, err := a.HS.Rooms.FederationEvent(context.Background(), first.EventID()); err != nil {
+			t.Errorf("the first transaction's PDU was not stored: %v", err)
+		}
+		if _, _, err := a.HS.Rooms.FederationEvent(context.Background(), second.EventID()); err == nil {
+			t.Errorf("the retried transaction's new PDU was processed")
+		}
+
+		// Over the limits: 400 M_BAD_JSON, nothing processed.
+		third := buildPDU(t, a, roomID, bob, "m.room.message", nil, map[string]string{"body": "3"}, b.Name, b.HS.Key, nil)
+		many := make([]json.RawMessage, 51)
+		for i := range many {
+			many[i] = third.JSON()
+		}
+		typing := json.RawMessage(`{"edu_type":"m.typing","content":{"room_id":"` + roomID + `","user_id":"` + bob + `","typing":true}}`)
+		manyEDUs := make([]json.RawMessage, 101)
+		for i := range manyEDUs {
+			manyEDUs[i] = typing
+		}
+		for _, c := range []struct {
+			name       string
+			pdus, edus []json.RawMessage
+		}{
+			{"51 PDUs", many, nil},
+			{"101 EDUs", []json.RawMessage{third.JSON()}, manyEDUs},
+		} {
+			status, body := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodPut, "/_matrix/federation/v1/send/big"+strconv.Itoa(len(c.edus)),
+				map[string]any{"origin": b.Name, "origin_server_ts": 1, "pdus": c.pdus, "edus": c.edus})
+			if status != http.StatusBadRequest || !strings.Contains(string(body), "M_BAD_JSON") {
+				t.Errorf("%s: %d %s, want 400 M_BAD_JSON", c.name, status, body)
+			}
+		}
+		if _, _, err := a.HS.Rooms.FederationEvent(context.Background(), third.EventID()); err == nil {
+			t.Errorf("a PDU of a refused transaction was processed")
+		}
+		// Exactly the limits are accepted.
+		atLimit := make([]json.RawMessage, 50)
+		for i := range atLimit {
+			atLimit[i] = third.JSON()
+		}
+		status, body := n.request(a, b.Name, b.HS.Key, a.Name, http.MethodPut, "/_matrix/federation/v1/send/atlimit",
+			map[string]any{"origin": b.Name, "origin_server_ts": 1, "pdus": atLimit, "edus": manyEDUs[:100]})
+		if status != http.StatusOK {
+			t.Fatalf("50 PDUs and 100 EDUs: %d %s", status, body)
+		}
+		if _, _, err := a.HS.Rooms.FederationEvent(context.Background(), third.EventID()); err != nil {
+			t.Errorf("the PDU of a transaction at the limits was not stored: %v", err)
+		}
+	})
 }
 
 // TestInviteForgery: PUT /v2/invite from an origin that is not the
