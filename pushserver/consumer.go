@@ -24,6 +24,15 @@ const (
 	eventBatch   = 200
 	receiptBatch = 500
 	pollEvery    = 2 * time.Second
+	// passEvery spaces the passes of a busy consumer: a wake that comes
+	// sooner than this after the previous pass began waits out the rest.
+	// Under load every commit (a few hundred µs apart) wakes the consumer,
+	// and each pass costs two reads and a write of its own in the shared
+	// writer whether it carries one event or twenty; spaced, a burst is
+	// read and written in one pass. A wake after a quiet spell (a pass
+	// longer ago than this) is served at once, so an idle server's
+	// notifications are not delayed.
+	passEvery = 2 * time.Millisecond
 )
 
 // runConsumer processes the room event and receipt streams until ctx
@@ -35,7 +44,8 @@ const (
 // for room events only; an empty read of the other stream cost as much as
 // a useful one. The first run, a run after an error or a full batch, and
 // every fallback poll read both streams, so a lost notification still
-// only delays (DESIGN.md, "The database is the log").
+// only delays (DESIGN.md, "The database is the log"). Passes of a busy
+// consumer are at least passEvery apart (see there).
 func (s *Server) runConsumer(ctx context.Context) {
 	var seen notifier.Positions // positions at the last read; nil: read both
 	for {
@@ -43,6 +53,7 @@ func (s *Server) runConsumer(ctx context.Context) {
 		now := s.notifier.Positions()
 		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
 		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
+		passStarted := time.Now()
 		more, err := s.consumeOnce(ctx, events, receipts)
 		if ctx.Err() != nil {
 			return
@@ -58,6 +69,13 @@ func (s *Server) runConsumer(ctx context.Context) {
 		}
 		select {
 		case <-changed:
+			if rest := passEvery - time.Since(passStarted); rest > 0 {
+				select {
+				case <-time.After(rest):
+				case <-ctx.Done():
+					return
+				}
+			}
 		case <-time.After(pollEvery):
 			seen = nil
 		case <-ctx.Done():

@@ -17,9 +17,11 @@ import (
 type countingStreams struct {
 	Rooms
 	eventReads, receiptReads atomic.Int64
+	lastEventRead            atomic.Int64 // time.Now().UnixNano()
 }
 
 func (c *countingStreams) StreamPosition(context.Context) (int64, error) {
+	c.lastEventRead.Store(time.Now().UnixNano())
 	c.eventReads.Add(1)
 	return 0, nil
 }
@@ -71,4 +73,71 @@ func TestConsumerReadsOnlyAdvancedStreams(t *testing.T) {
 	want("a receipt", 1, 2)
 	n.Notify(roomserver.Stream, 1)
 	want("a room event", 2, 2)
+}
+
+// A busy consumer's passes are at least passEvery apart: 200 room-event
+// notifications 100µs apart (a commit every 100µs) are read in a handful
+// of passes, not one per notification, and the last one is read: nothing
+// is left behind. A wake after a quiet spell is served at once.
+func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
+	streams := &countingStreams{}
+	n := notifier.New()
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.runConsumer(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	waitReads := func(what string, atLeast int64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for streams.eventReads.Load() < atLeast {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d room event reads, want at least %d", what, streams.eventReads.Load(), atLeast)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	waitReads("start", 1)
+	time.Sleep(10 * time.Millisecond) // quiet: the next wake is served at once
+	before := streams.eventReads.Load()
+	start := time.Now()
+	n.Notify(roomserver.Stream, 1)
+	waitReads("a wake after a quiet spell", before+1)
+	if d := time.Since(start); d >= time.Second {
+		t.Fatalf("a wake after a quiet spell was read after %v", d)
+	}
+	time.Sleep(10 * time.Millisecond)
+	before = streams.eventReads.Load()
+	const notifications = 200
+	start = time.Now()
+	var last time.Time
+	for i := range notifications {
+		last = time.Now()
+		n.Notify(roomserver.Stream, int64(2+i))
+		for time.Since(last) < 100*time.Microsecond {
+		}
+	}
+	elapsed := time.Since(start)
+	time.Sleep(4 * passEvery)
+	reads := streams.eventReads.Load() - before
+	// One pass per passEvery while the burst lasted, plus the one for
+	// its last notification; the burst lasts at least 20ms.
+	if limit := int64(elapsed/passEvery) + 2; reads > limit || reads >= notifications/2 {
+		t.Fatalf("%d passes for %d notifications over %v, want at most %d", reads, notifications, elapsed, limit)
+	}
+	if read := time.Unix(0, streams.lastEventRead.Load()); !read.After(last) {
+		t.Fatalf("no read after the last notification (last read %v before it)", last.Sub(read))
+	}
+	before = streams.eventReads.Load()
+	time.Sleep(3 * passEvery)
+	if got := streams.eventReads.Load(); got != before {
+		t.Fatalf("passes went on after the burst: %d more", got-before)
+	}
+	t.Logf("%d passes for %d notifications over %v", reads, notifications, elapsed)
 }

@@ -7,10 +7,11 @@
 //     holds both texts side by side and picks one with DB.Engine.
 //   - Write runs a function in a write transaction. On SQLite all writes
 //     go through one connection and are group-committed: the functions
-//     queued while the previous commit was syncing run in one transaction,
-//     each inside its own savepoint (so one failing function rolls back only
-//     its own work), and share one COMMIT — one fsync. No Write returns
-//     before its commit is durable (synchronous=FULL in WAL mode).
+//     queued while the previous commit was syncing, and those queued while
+//     they run, run in one transaction, each inside its own savepoint (so
+//     one failing function rolls back only its own work), and share one
+//     COMMIT — one fsync. No Write returns before its commit is durable
+//     (synchronous=FULL in WAL mode).
 //   - Read and Reader use a pool of read connections that never block
 //     the writer (WAL).
 //   - Migrate applies a component's numbered .sql migrations, embedded in

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 )
 
@@ -82,22 +83,22 @@ func (req *writeRequest) wait() error {
 }
 
 // groupCommitLoop is the single SQLite writer. It takes every request that
-// is waiting, runs them in one transaction (each in its own savepoint) and
-// commits once.
+// is waiting, runs them in one transaction (each in its own savepoint),
+// takes in those that arrived meanwhile (see runBatch) and commits once.
 func (db *DB) groupCommitLoop() {
 	defer db.writerWG.Done()
 	batch := make([]*writeRequest, 0, maxBatch)
 	for {
 		select {
 		case first := <-db.queue:
-			db.commitBatch(fillBatch(batch, first, db.queue))
+			db.commitBatch(append(batch[:0], first))
 		case <-db.closed:
 			// Close stops new requests before closing db.closed (see
 			// enqueueWrite), so the queue only shrinks: finish it.
 			for {
 				select {
 				case first := <-db.queue:
-					db.commitBatch(fillBatch(batch, first, db.queue))
+					db.commitBatch(append(batch[:0], first))
 				default:
 					return
 				}
@@ -106,10 +107,9 @@ func (db *DB) groupCommitLoop() {
 	}
 }
 
-// fillBatch returns batch holding first and whatever else is waiting in
-// queue, up to maxBatch requests.
-func fillBatch(batch []*writeRequest, first *writeRequest, queue <-chan *writeRequest) []*writeRequest {
-	batch = append(batch[:0], first)
+// takeWaiting appends to batch whatever is waiting in queue, up to
+// maxBatch requests in all.
+func takeWaiting(batch []*writeRequest, queue <-chan *writeRequest) []*writeRequest {
 	for len(batch) < maxBatch {
 		select {
 		case req := <-queue:
@@ -121,47 +121,20 @@ func fillBatch(batch []*writeRequest, first *writeRequest, queue <-chan *writeRe
 	return batch
 }
 
+// commitBatch runs batch and whatever joins it (runBatch) in one
+// transaction and commits once; then every request's outcome is known.
 func (db *DB) commitBatch(batch []*writeRequest) {
 	ctx := context.Background()
 	sqlTx, err := db.writer.BeginTx(ctx, nil) // BEGIN IMMEDIATE via _txlock
 	if err != nil {
-		for _, req := range batch {
+		for _, req := range takeWaiting(batch, db.queue) {
 			req.finish(fmt.Errorf("storage: begin write: %w", err))
 		}
 		return
 	}
-	results := make([]error, len(batch))
-	for i, req := range batch {
-		if err := req.ctx.Err(); err != nil {
-			results[i] = err
-			req.failed = true
-			continue
-		}
-		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
-		req.tx = tx
-		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
-			results[i] = fmt.Errorf("storage: savepoint: %w", err)
-			continue
-		}
-		if err := callWrite(req.fn, tx); err != nil {
-			results[i] = err
-			req.failed = true
-			if _, rbErr := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); rbErr != nil {
-				// The transaction is in an unknown state: fail everyone.
-				_ = sqlTx.Rollback()
-				for j, r := range batch {
-					if results[j] == nil || j == i {
-						results[j] = fmt.Errorf("storage: rollback to savepoint: %w", rbErr)
-					}
-					r.finish(results[j])
-				}
-				return
-			}
-		}
-		if _, err := sqlTx.ExecContext(ctx, "RELEASE w"); err != nil && results[i] == nil {
-			results[i] = fmt.Errorf("storage: release savepoint: %w", err)
-			req.failed = true
-		}
+	batch, results, ok := db.runBatch(ctx, sqlTx, batch)
+	if !ok {
+		return // runBatch finished every request
 	}
 	if err := sqlTx.Commit(); err != nil {
 		for i, req := range batch {
@@ -175,6 +148,59 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 	db.commits.Add(1)
 	for i, req := range batch {
 		req.finish(results[i])
+	}
+}
+
+// runBatch runs each request of batch in its own savepoint of sqlTx, in
+// order. Before it commits, it takes in the requests queued while it ran
+// (up to maxBatch in all), and runs them too: a write that arrives while
+// a batch is still running shares that batch's commit instead of waiting
+// for the commit and then a whole batch of its own. Nothing is committed
+// here, so no request is answered before the commit that holds it. It
+// returns the whole batch and each request's outcome so far; ok is false
+// when the transaction was rolled back and every request finished.
+func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, batch []*writeRequest) (_ []*writeRequest, results []error, ok bool) {
+	results = make([]error, 0, cap(batch))
+	for i := 0; ; i++ {
+		if i == len(batch) {
+			if batch = takeWaiting(batch, db.queue); i == len(batch) {
+				return batch, results, true
+			}
+		}
+		req := batch[i]
+		results = append(results, nil)
+		if err := req.ctx.Err(); err != nil {
+			results[i] = err
+			req.failed = true
+			continue
+		}
+		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
+		req.tx = tx
+		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+			results[i] = fmt.Errorf("storage: savepoint: %w", err)
+			req.failed = true
+			continue
+		}
+		if err := callWrite(req.fn, tx); err != nil {
+			results[i] = err
+			req.failed = true
+			if _, rbErr := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); rbErr != nil {
+				// The transaction is in an unknown state: fail everyone.
+				_ = sqlTx.Rollback()
+				for j, r := range batch {
+					if j < i && results[j] != nil {
+						r.finish(results[j])
+					} else {
+						r.finish(fmt.Errorf("storage: rollback to savepoint: %w", rbErr))
+					}
+				}
+				return batch, nil, false
+			}
+		}
+		if _, err := sqlTx.ExecContext(ctx, "RELEASE w"); err != nil && results[i] == nil {
+			results[i] = fmt.Errorf("storage: release savepoint: %w", err)
+			req.failed = true
+		}
 	}
 }
 

@@ -125,3 +125,71 @@ func TestWriteRunsToItsEnd(t *testing.T) {
 		t.Fatalf("failed write: Wait %v, Committed %v", err, f.Committed())
 	}
 }
+
+// TestWriteQueuedWhileBatchRunsJoinsIt: a write queued while the writer
+// is running a batch's functions joins that batch (one COMMIT for both)
+// instead of waiting for its commit and then a commit of its own, runs
+// after the batch's earlier functions, and neither is acknowledged before
+// the commit: when Wait returns, a reader sees both rows. A joiner whose
+// function fails rolls back only its own savepoint.
+func TestWriteQueuedWhileBatchRunsJoinsIt(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	ctx := context.Background()
+	exec(t, db, `CREATE TABLE wj (id BIGINT PRIMARY KEY)`)
+	insert := func(id int) func(storage.Tx) error {
+		return func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO wj (id) VALUES ($1)`, id)
+			return err
+		}
+	}
+	before := db.CommitCount()
+	running := make(chan struct{})
+	release := make(chan struct{})
+	first := db.WriteQueued(ctx, func(tx storage.Tx) error {
+		close(running)
+		<-release
+		return insert(1)(tx)
+	})
+	<-running
+	var sawFirst []int64
+	joiner := db.WriteQueued(ctx, func(tx storage.Tx) error {
+		var err error
+		sawFirst, err = storage.QueryColumn[int64](ctx, tx, `SELECT id FROM wj`)
+		if err != nil {
+			return err
+		}
+		return insert(2)(tx)
+	})
+	refused := db.WriteQueued(ctx, func(tx storage.Tx) error {
+		if err := insert(3)(tx); err != nil {
+			return err
+		}
+		return errors.New("refused")
+	})
+	select {
+	case <-joiner.Done():
+		t.Fatal("a write finished before the batch it joined committed")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(release)
+	within(t, 10*time.Second, "batch", func() {
+		if err := first.Wait(); err != nil {
+			t.Errorf("first: %v", err)
+		}
+		if err := joiner.Wait(); err != nil {
+			t.Errorf("joiner: %v", err)
+		}
+		if err := refused.Wait(); err == nil || err.Error() != "refused" {
+			t.Errorf("refused: %v, want refused", err)
+		}
+	})
+	if got := int64s(t, db.Reader(), `SELECT id FROM wj ORDER BY id`); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("rows after the acknowledgements %v, want [1 2]", got)
+	}
+	if len(sawFirst) != 1 || sawFirst[0] != 1 {
+		t.Fatalf("the joiner saw rows %v, want [1] (it runs after the batch's earlier functions)", sawFirst)
+	}
+	if commits := db.CommitCount() - before; commits != 1 {
+		t.Fatalf("%d commits for a batch and the writes queued while it ran, want 1", commits)
+	}
+}
