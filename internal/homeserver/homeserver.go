@@ -263,10 +263,16 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("appservice: %w", err)
 	}
 
+	// Requests are observed only when /metrics is served: with metrics off
+	// (the default) the middleware would keep series nobody reads.
 	metrics := httpx.NewMetrics()
+	observe := func(next http.Handler) http.Handler { return next }
+	if cfg.Metrics.Enabled {
+		observe = metrics.Middleware
+	}
 
 	r := chi.NewRouter()
-	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware, httpx.LegacyClientPrefix)
+	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), observe, httpx.LegacyClientPrefix)
 	r.NotFound(httpx.NotFound)
 	r.MethodNotAllowed(httpx.MethodNotAllowed)
 	if cfg.Metrics.Enabled {
