@@ -16,9 +16,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/clientapi"
@@ -266,16 +263,20 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("appservice: %w", err)
 	}
 
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := httpx.NewMetrics(registry)
+	// Requests are observed only when /metrics is served: with metrics off
+	// (the default) the middleware would keep series nobody reads.
+	metrics := httpx.NewMetrics()
+	observe := func(next http.Handler) http.Handler { return next }
+	if cfg.Metrics.Enabled {
+		observe = metrics.Middleware
+	}
 
 	r := chi.NewRouter()
-	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), metrics.Middleware, httpx.LegacyClientPrefix)
+	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), observe, httpx.LegacyClientPrefix)
 	r.NotFound(httpx.NotFound)
 	r.MethodNotAllowed(httpx.MethodNotAllowed)
 	if cfg.Metrics.Enabled {
-		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+		r.Method(http.MethodGet, "/metrics", metrics)
 	}
 	client.Routes(r)
 	syncServer.Routes(r)

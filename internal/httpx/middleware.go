@@ -12,9 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
 
@@ -145,54 +142,6 @@ func NotFound(w http.ResponseWriter, r *http.Request) {
 // MethodNotAllowed answers a known path with the wrong method.
 func MethodNotAllowed(w http.ResponseWriter, r *http.Request) {
 	WriteError(w, r, mxerr.New(mxerr.Unrecognized, "method not allowed").WithStatus(http.StatusMethodNotAllowed))
-}
-
-// Metrics records request counts and latencies by route pattern (never by
-// raw path, which would hold user and room IDs).
-type Metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-}
-
-// NewMetrics registers the HTTP metrics with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "myelin_http_requests_total",
-			Help: "HTTP requests by route, method and status code.",
-		}, []string{"route", "method", "code"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "myelin_http_request_duration_seconds",
-			Help:    "HTTP request latency by route and method.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"route", "method"}),
-	}
-	reg.MustRegister(m.requests, m.latency)
-	return m
-}
-
-// Middleware observes each request once the router has matched it.
-func (m *Metrics) Middleware(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec, ok := w.(*statusRecorder)
-		if !ok {
-			rec = &statusRecorder{ResponseWriter: w}
-		}
-		next.ServeHTTP(rec, r)
-		route := "unmatched"
-		if rctx := chi.RouteContext(r.Context()); rctx != nil {
-			if p := rctx.RoutePattern(); p != "" {
-				route = p
-			}
-		}
-		status := rec.status
-		if status == 0 {
-			status = http.StatusOK
-		}
-		m.requests.WithLabelValues(route, r.Method, fmt.Sprint(status)).Inc()
-		m.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
-	})
 }
 
 // ClientIPResolver finds the address a request came from. X-Forwarded-For
