@@ -136,3 +136,90 @@ func TestSyncLongPollUnreadCountsFollow(t *testing.T) {
 		}
 	})
 }
+
+// TestLongPollWaitsForDeferredCounts: while a message's woken requests
+// are still computing, the push consumer's counts are not dispatched
+// (the waker defers them, here until a stand-in for a slow request is
+// released). A follow-up long poll whose token has everything but those
+// counts then waits for that dispatch instead of answering at once, and
+// the dispatch wakes it with the message's count, in a counts-only
+// response.
+func TestLongPollWaitsForDeferredCounts(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		roomID := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", bob, bob.id, roomID)
+		since := syncOK(t, srv, bob, "timeout=0")["next_batch"].(string)
+		release := srv.HS.Sync.HoldCounts("@slow:test", []string{roomID}, time.Minute)
+		defer func() { release() }()
+
+		type result struct {
+			status int
+			body   map[string]any
+		}
+		poll := func(since string) <-chan result {
+			ch := make(chan result, 1)
+			go func() {
+				status, body := rawSync(t, srv, bob, "timeout=20000&since="+url.QueryEscape(since))
+				ch <- result{status, body}
+			}()
+			return ch
+		}
+		// A message whose woken response comes before its counts (the
+		// usual order; retried when the consumer won the race).
+		var count any = float64(1)
+		for i := 0; count == float64(1); i++ {
+			if i == 5 {
+				t.Fatal("the counts came with every woken response: nothing to defer")
+			}
+			waiting := srv.HS.Sync.Waiting()
+			woken := poll(since)
+			for srv.HS.Sync.Waiting() == waiting {
+				time.Sleep(time.Millisecond)
+			}
+			sendText(t, srv, alice, roomID, "hello")
+			r := <-woken
+			if r.status != 200 {
+				t.Fatalf("/sync: %d %v", r.status, r.body)
+			}
+			if evs, _ := dig(r.body, "rooms", "join", roomID, "timeline", "events").([]any); len(evs) != 1 {
+				t.Fatalf("woken long poll: %v, want the message", dig(r.body, "rooms", "join", roomID))
+			}
+			count = dig(r.body, "rooms", "join", roomID, "unread_notifications", "notification_count")
+			since = r.body["next_batch"].(string)
+		}
+		// The consumer commits; its counts stay undispatched.
+		deadline := time.Now().Add(10 * time.Second)
+		for !srv.HS.Sync.CountsDeferred() {
+			if time.Now().After(deadline) {
+				t.Fatal("the counts were never deferred")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		followUp := poll(since)
+		select {
+		case r := <-followUp:
+			t.Fatalf("follow-up answered while its counts were still to be dispatched: %d %v", r.status, r.body)
+		case <-time.After(300 * time.Millisecond):
+		}
+		released := time.Now()
+		release()
+		release = func() {}
+		var r result
+		select {
+		case r = <-followUp:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the dispatch of the counts did not wake the follow-up")
+		}
+		if took := time.Since(released); r.status != 200 || took > 5*time.Second {
+			t.Fatalf("follow-up: %d after %v: %v", r.status, took, r.body)
+		}
+		room := dig(r.body, "rooms", "join", roomID)
+		if evs, _ := dig(room, "timeline", "events").([]any); len(evs) != 0 {
+			t.Errorf("counts-only response carries events: %v", evs)
+		}
+		if n := dig(room, "unread_notifications", "notification_count"); n == nil || n.(float64) < 1 {
+			t.Fatalf("follow-up: count %v, want the message's (at least 1)", n)
+		}
+	})
+}

@@ -44,7 +44,7 @@ func TestWakerHoldsManyForCounts(t *testing.T) {
 	dispatched := func() chan time.Duration {
 		done := make(chan time.Duration, 1)
 		start := time.Now()
-		go func() { w.dispatch(ctx, n.Positions()); done <- time.Since(start) }()
+		go func() { _, _ = w.dispatch(ctx, n.Positions()); done <- time.Since(start) }()
 		return done
 	}
 
