@@ -128,7 +128,8 @@ func (*streamRooms) StreamPosition(context.Context) (int64, error) { return 0, n
 // TestWakerRunDispatchesDeferredCounts: the run loop dispatches a
 // deferred counts window as soon as the last woken request answers,
 // without waiting for another notification or for the deferral's limit
-// (lengthened here so that only the answer can end it).
+// (lengthened here, and the fallback poll with it, so that only the
+// answer can end it).
 func TestWakerRunDispatchesDeferredCounts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -136,6 +137,7 @@ func TestWakerRunDispatchesDeferredCounts(t *testing.T) {
 	w := newWaker(&streamRooms{}, n, slog.Default())
 	w.holdCounts = true
 	w.countsDefer = time.Minute
+	w.pollEvery = time.Hour // no fallback poll either
 	a := w.register("@a:test", []string{"!r1"})
 	go w.run(ctx)
 	woken := func(within time.Duration) bool {
