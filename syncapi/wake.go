@@ -267,12 +267,18 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) (idle <-ch
 	if roomTo > roomFrom {
 		roomWoken = true
 		first, err := w.rooms.StreamTouched(ctx, roomFrom, roomTo, touchBatch)
+		// A wake of many is held for its counts instead (or was too
+		// long in coming): its requests are not tracked for deferCounts.
+		many := false
 		if err != nil {
 			first = nil // wakeTouched reads again and handles the error
-		} else if w.holdCounts && countsTo < roomTo && w.waitersOf(first) >= holdMinWaiters {
-			countsTo = max(countsTo, w.awaitCounts(ctx, roomTo))
+		} else if w.holdCounts && w.waitersOf(first) >= holdMinWaiters {
+			many = true
+			if countsTo < roomTo {
+				countsTo = max(countsTo, w.awaitCounts(ctx, roomTo))
+			}
 		}
-		w.wakeTouchedFrom(ctx, roomFrom, roomTo, true, &w.roomDone, first)
+		w.wakeTouchedFrom(ctx, roomFrom, roomTo, true, !many, &w.roomDone, first)
 	}
 	if countsTo > countsFrom {
 		if !roomWoken {
@@ -297,7 +303,10 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) (idle <-ch
 // delivery. So a counts window waits while any request woken by a room
 // window has not computed its response yet, for at most countsDeferMax,
 // and is then dispatched whole (several commits' counts in one round
-// when they queue up). Only when, never what: the counts are still read
+// when they queue up). A wake of holdMinWaiters or more is held for its
+// counts instead and is not tracked: when its counts came too late for
+// the hold, they are dispatched at once as before. Only when, never
+// what: the counts are still read
 // by each woken request. A long poll that arrives meanwhile with only
 // the counts moved waits for this wake (countsWillWake) rather than
 // computing the counts-only response at once.
@@ -389,12 +398,13 @@ func (w *waker) awaitCounts(ctx context.Context, pos int64) int64 {
 // (and, with members, of the users whose membership they change), and
 // records the progress in *done (guarded by mu).
 func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, done *int64) {
-	w.wakeTouchedFrom(ctx, from, to, members, done, nil)
+	w.wakeTouchedFrom(ctx, from, to, members, false, done, nil)
 }
 
 // wakeTouchedFrom is wakeTouched given, when not nil, the first batch
 // already read: StreamTouched(from, to, touchBatch).
-func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members bool, done *int64, first []roomserver.StreamTouch) {
+// With track, the waiters it signals count as in flight (signalPending).
+func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members, track bool, done *int64, first []roomserver.StreamTouch) {
 	start := from
 	for from < to {
 		touched, err := first, error(nil)
@@ -424,7 +434,7 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members boo
 				continue
 			}
 			for wt := range w.byRoom[t.RoomID] {
-				if members {
+				if track {
 					w.signalPending(wt)
 				} else {
 					signal(wt)
@@ -432,7 +442,11 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members boo
 			}
 			if members && t.Member != "" {
 				for wt := range w.byUser[t.Member] {
-					w.signalPending(wt)
+					if track {
+						w.signalPending(wt)
+					} else {
+						signal(wt)
+					}
 				}
 			}
 		}
