@@ -79,29 +79,3 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 // SplitTimelines makes an initial sync read its timelines in concurrent
 // parts of n rooms each (0: the default).
 func (s *Server) SplitTimelines(n int) { s.timelineSplit = n }
-
-// HoldCounts registers a waiter for userID in rooms that room windows
-// wake but that never answers, like a request still computing its
-// response, so that counts windows are deferred (countsDeferMax) for
-// up to d. release unregisters it and restores the limit.
-func (s *Server) HoldCounts(userID string, rooms []string, d time.Duration) (release func()) {
-	s.waker.mu.Lock()
-	s.waker.countsDefer = d
-	s.waker.mu.Unlock()
-	wt := s.waker.register(userID, rooms)
-	return func() {
-		s.waker.unregister(wt)
-		s.waker.mu.Lock()
-		s.waker.countsDefer = countsDeferMax
-		s.waker.mu.Unlock()
-	}
-}
-
-// CountsDeferred reports whether the waker has heard of counts it has
-// not dispatched yet.
-func (s *Server) CountsDeferred() bool {
-	heard := s.waker.n.Positions()[UnreadCountsStream]
-	s.waker.mu.Lock()
-	defer s.waker.mu.Unlock()
-	return heard > s.waker.countsDone
-}

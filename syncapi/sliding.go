@@ -206,7 +206,6 @@ func (s *Server) slidingWait(ctx context.Context, caller *authn.Device, req *sli
 	defer deadline.Stop()
 	for {
 		resp, next, err := s.slidingCompute(ctx, caller, req, prev)
-		s.waker.answered(wt)
 		if err != nil || len(resp.Rooms) > 0 || extensionsHaveData(resp.Extensions) {
 			return resp, next, err
 		}

@@ -269,9 +269,7 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	var resp *syncResponse
 	for {
 		if !idle {
-			resp, err = s.compute(ctx, req)
-			s.waker.answered(wt)
-			if err != nil || !resp.empty() {
+			if resp, err = s.compute(ctx, req); err != nil || !resp.empty() {
 				return resp, err
 			}
 		}
@@ -298,14 +296,6 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 // nothing. Called after the waiter is registered, so a commit it misses
 // wakes the waiter. False when the account data head cannot be read
 // alone (sync then cannot tell without reading the user's account data).
-//
-// When only the counts head moved and the waker has still to dispatch
-// it (it defers counts windows while a message's deliveries are being
-// computed, see countsDeferMax), the request waits too: that dispatch
-// wakes it for the counts of its rooms with events in the window, and
-// a room without any has no new counts. In process only, where every
-// notification arrives; across processes a late notification would
-// hold the counts until the timeout.
 func (s *Server) unchangedSince(ctx context.Context, req *syncRequest, memberships []roomserver.MembershipEntry) (bool, error) {
 	if s.acctHead == nil {
 		return false, nil
@@ -316,9 +306,6 @@ func (s *Server) unchangedSince(ctx context.Context, req *syncRequest, membershi
 	}
 	for _, m := range memberships {
 		h.Room = max(h.Room, m.StreamPos)
-	}
-	if s.sharedHeads.n != nil && h.Unread > req.since.Unread && s.waker.countsWillWake(req.since.Unread, h.Unread) {
-		h.Unread = req.since.Unread
 	}
 	return h == *req.since, nil
 }

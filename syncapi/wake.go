@@ -22,10 +22,6 @@ type waiter struct {
 	// wake has room for one signal; a waiter woken twice before it looks
 	// re-reads once.
 	wake chan struct{}
-	// pending: a room window's dispatch signalled this waiter and its
-	// request has not computed since (see deferCounts); guarded by the
-	// waker's mu.
-	pending bool
 }
 
 // waker turns stream notifications into wake-ups of the requests they
@@ -58,28 +54,15 @@ type waker struct {
 	// countsDone is UnreadCountsStream's position dispatched; guarded by mu.
 	countsDone int64
 	seen       notifier.Positions // other streams' positions dispatched; guarded by mu
-	// inflight counts the pending waiters; idle is closed whenever it is
-	// zero and replaced when it becomes one (both guarded by mu).
-	inflight int
-	idle     chan struct{}
-	// countsDefer is countsDeferMax (tests lengthen it); guarded by mu.
-	countsDefer time.Duration
-	// countsDeferredAt is when the counts window waiting to be dispatched
-	// was first deferred, zero when none is (used by the dispatching
-	// goroutine only).
-	countsDeferredAt time.Time
 }
 
 func newWaker(rooms Rooms, n notifier.Broadcaster, log *slog.Logger) *waker {
-	idle := make(chan struct{})
-	close(idle)
 	return &waker{
 		rooms: rooms, n: n, log: log, pollEvery: 10 * time.Second,
 		byRoom: map[string]map[*waiter]struct{}{},
 		byUser: map[string]map[*waiter]struct{}{},
 		all:    map[*waiter]struct{}{},
 		seen:   notifier.Positions{},
-		idle:   idle, countsDefer: countsDeferMax,
 	}
 }
 
@@ -108,7 +91,6 @@ func (w *waker) registerFiltered(userID string, rooms []string, presence bool) *
 func (w *waker) unregister(wt *waiter) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.answeredLocked(wt)
 	delete(w.all, wt)
 	remove(w.byUser, wt.userID, wt)
 	for _, r := range wt.rooms {
@@ -141,54 +123,6 @@ func signal(wt *waiter) {
 	}
 }
 
-// signalPending signals wt for a room window and counts it as in flight
-// until its request has computed (answered) or ended (unregister).
-// Called with mu held.
-func (w *waker) signalPending(wt *waiter) {
-	signal(wt)
-	if wt.pending {
-		return
-	}
-	wt.pending = true
-	if w.inflight == 0 {
-		w.idle = make(chan struct{})
-	}
-	w.inflight++
-}
-
-// answered says that wt's request has computed a response since it was
-// last signalled.
-func (w *waker) answered(wt *waiter) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.answeredLocked(wt)
-}
-
-func (w *waker) answeredLocked(wt *waiter) {
-	if !wt.pending {
-		return
-	}
-	wt.pending = false
-	w.inflight--
-	if w.inflight == 0 {
-		close(w.idle)
-	}
-}
-
-// countsWillWake reports whether a request registered before the call,
-// whose token has unread counts complete up to since, will be woken by
-// the dispatch of every counts window up to upTo (a position sync read
-// as the counts head): nothing past since is dispatched yet, and upTo
-// has been notified, so its window is still to be dispatched (at the
-// latest countsDeferMax after the notification). Such a request has
-// nothing to compute until then: its counts come with that wake.
-func (w *waker) countsWillWake(since, upTo int64) bool {
-	heard := w.n.Positions()[UnreadCountsStream]
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.countsDone <= since && heard >= upTo
-}
-
 // run dispatches notifications until ctx ends.
 func (w *waker) run(ctx context.Context) {
 	if pos, err := w.rooms.StreamPosition(ctx); err == nil {
@@ -198,20 +132,11 @@ func (w *waker) run(ctx context.Context) {
 	}
 	ticker := time.NewTicker(w.pollEvery)
 	defer ticker.Stop()
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
 	for {
 		changed := w.n.Changed()
-		idle, left := w.dispatch(ctx, w.n.Positions())
-		var retried <-chan time.Time
-		if idle != nil {
-			retry.Reset(left)
-			retried = retry.C
-		}
+		w.dispatch(ctx, w.n.Positions())
 		select {
 		case <-changed:
-		case <-idle:
-		case <-retried:
 		case <-ticker.C:
 			if pos, err := w.rooms.StreamPosition(ctx); err == nil {
 				w.n.Notify(roomserver.Stream, pos)
@@ -219,18 +144,13 @@ func (w *waker) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		retry.Stop()
 	}
 }
 
 // touchBatch bounds one read of the room stream by the waker.
 const touchBatch = 1000
 
-// dispatch wakes the waiters of what pos says advanced. When it defers
-// a counts window (deferCounts), it returns a channel closed once no
-// woken request is in flight and the time left until the deferral ends:
-// dispatch again at the first of the two or at a new notification.
-func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) (idle <-chan struct{}, left time.Duration) {
+func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 	w.mu.Lock()
 	var wakeAll, wakePresence bool
 	for stream, p := range pos {
@@ -259,78 +179,21 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) (idle <-ch
 		w.roomDone = max(w.roomDone, roomTo)
 		w.countsDone = max(w.countsDone, countsTo)
 		w.mu.Unlock()
-		w.countsDeferredAt = time.Time{}
-		return nil, 0
+		return
 	}
 	w.mu.Unlock()
-	roomWoken := false
 	if roomTo > roomFrom {
-		roomWoken = true
 		first, err := w.rooms.StreamTouched(ctx, roomFrom, roomTo, touchBatch)
-		// A wake of many is held for its counts instead (or was too
-		// long in coming): its requests are not tracked for deferCounts.
-		many := false
 		if err != nil {
 			first = nil // wakeTouched reads again and handles the error
-		} else if w.holdCounts && w.waitersOf(first) >= holdMinWaiters {
-			many = true
-			if countsTo < roomTo {
-				countsTo = max(countsTo, w.awaitCounts(ctx, roomTo))
-			}
+		} else if w.holdCounts && countsTo < roomTo && w.waitersOf(first) >= holdMinWaiters {
+			countsTo = max(countsTo, w.awaitCounts(ctx, roomTo))
 		}
-		w.wakeTouchedFrom(ctx, roomFrom, roomTo, true, !many, &w.roomDone, first)
+		w.wakeTouchedFrom(ctx, roomFrom, roomTo, true, &w.roomDone, first)
 	}
 	if countsTo > countsFrom {
-		if !roomWoken {
-			if idle, left := w.deferCounts(); idle != nil {
-				return idle, left
-			}
-		}
-		w.countsDeferredAt = time.Time{}
 		w.wakeTouched(ctx, countsFrom, countsTo, false, &w.countsDone)
 	}
-	return nil, 0
-}
-
-// Deliveries before counts. A message wakes its room's long polls at
-// once (below holdMinWaiters); the push consumer commits the message's
-// unread counts a few milliseconds later, and that commit wakes the same
-// listeners again, for a counts-only response each. When it comes while
-// the message's own wake is still being answered, the second round's
-// responses (and the polls they end) compete for the CPU with the
-// deliveries still being computed: with 20 listeners on 2 cores, about
-// one counts response in three was computed before the message's last
-// delivery. So a counts window waits while any request woken by a room
-// window has not computed its response yet, for at most countsDeferMax,
-// and is then dispatched whole (several commits' counts in one round
-// when they queue up). A wake of holdMinWaiters or more is held for its
-// counts instead and is not tracked: when its counts came too late for
-// the hold, they are dispatched at once as before. Only when, never
-// what: the counts are still read
-// by each woken request. A long poll that arrives meanwhile with only
-// the counts moved waits for this wake (countsWillWake) rather than
-// computing the counts-only response at once.
-const countsDeferMax = 50 * time.Millisecond
-
-// deferCounts decides whether the counts window to dispatch now waits
-// (see countsDeferMax); if so it returns the channel closed when no
-// woken request is in flight and the time left.
-func (w *waker) deferCounts() (<-chan struct{}, time.Duration) {
-	w.mu.Lock()
-	idle, busy, limit := w.idle, w.inflight > 0, w.countsDefer
-	w.mu.Unlock()
-	if !busy {
-		return nil, 0
-	}
-	now := time.Now()
-	if w.countsDeferredAt.IsZero() {
-		w.countsDeferredAt = now
-	}
-	left := limit - now.Sub(w.countsDeferredAt)
-	if left <= 0 {
-		return nil, 0
-	}
-	return idle, left
 }
 
 // Holding a wake for the unread counts. A long poll woken by a message
@@ -398,13 +261,12 @@ func (w *waker) awaitCounts(ctx context.Context, pos int64) int64 {
 // (and, with members, of the users whose membership they change), and
 // records the progress in *done (guarded by mu).
 func (w *waker) wakeTouched(ctx context.Context, from, to int64, members bool, done *int64) {
-	w.wakeTouchedFrom(ctx, from, to, members, false, done, nil)
+	w.wakeTouchedFrom(ctx, from, to, members, done, nil)
 }
 
 // wakeTouchedFrom is wakeTouched given, when not nil, the first batch
 // already read: StreamTouched(from, to, touchBatch).
-// With track, the waiters it signals count as in flight (signalPending).
-func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members, track bool, done *int64, first []roomserver.StreamTouch) {
+func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members bool, done *int64, first []roomserver.StreamTouch) {
 	start := from
 	for from < to {
 		touched, err := first, error(nil)
@@ -434,19 +296,11 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members, tr
 				continue
 			}
 			for wt := range w.byRoom[t.RoomID] {
-				if track {
-					w.signalPending(wt)
-				} else {
-					signal(wt)
-				}
+				signal(wt)
 			}
 			if members && t.Member != "" {
 				for wt := range w.byUser[t.Member] {
-					if track {
-						w.signalPending(wt)
-					} else {
-						signal(wt)
-					}
+					signal(wt)
 				}
 			}
 		}
