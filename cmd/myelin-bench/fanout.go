@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -91,6 +92,7 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 	received := make([][]time.Time, len(listeners)) // [listener][seq], each owned by its listener
 	rec := newRecorder()
 	sendAck := newRecorder()
+	var responses atomic.Int64 // the listeners' /sync responses while measuring
 
 	listenCtx, stopListening := context.WithCancel(ctx)
 	defer stopListening()
@@ -100,7 +102,7 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		listening.Add(1)
 		go func() {
 			defer listening.Done()
-			e.listen(listenCtx, l, room, filters[li], since[li], received[li], rec)
+			e.listen(listenCtx, l, room, filters[li], since[li], received[li], rec, &responses)
 		}()
 	}
 
@@ -179,7 +181,11 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		res.ErrorCount += n
 		res.ErrorExamples[k] = sendAck.example[k]
 	}
-	res.Notes = map[string]float64{"messages_sent": float64(sendAck.okCount())}
+	// sync_responses: how many /sync answers the listeners got (from
+	// their first long poll on, the settle pause included); above
+	// listeners × messages, the server answered some polls with
+	// something else (such as unread counts alone).
+	res.Notes = map[string]float64{"messages_sent": float64(sendAck.okCount()), "sync_responses": float64(responses.Load())}
 	return nil
 }
 
@@ -195,7 +201,7 @@ type benchMark struct {
 // ctx ends, and stamps received[seq] the first time message seq arrives.
 // Errors are recorded (and retried after a pause); the canceled poll at the
 // end is not an error.
-func (e *env) listen(ctx context.Context, l *client, room, filter, since string, received []time.Time, rec *recorder) {
+func (e *env) listen(ctx context.Context, l *client, room, filter, since string, received []time.Time, rec *recorder, responses *atomic.Int64) {
 	seen := 0
 	for seen < len(received) && ctx.Err() == nil {
 		resp, _, err := l.sync(ctx, since, filter, 30*time.Second)
@@ -211,6 +217,7 @@ func (e *env) listen(ctx context.Context, l *client, room, filter, since string,
 			}
 			continue
 		}
+		responses.Add(1)
 		since = resp.NextBatch
 		for _, ev := range resp.Rooms.Join[room].Timeline.Events {
 			var mark benchMark
