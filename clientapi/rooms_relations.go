@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -305,6 +306,12 @@ func (f *eventFormatter) bundledAggregations(ctx context.Context, evs []*roomser
 	}
 	out := map[string]json.RawMessage{}
 	for roomID, roomEvents := range byRoom {
+		if relsByRoom != nil && len(relsByRoom[roomID]) == 0 {
+			// No child of any of the room's events: nothing to bundle
+			// (most rooms of an initial /sync), so their contents are
+			// not decoded for latestEdit.
+			continue
+		}
 		ids := make([]string, len(roomEvents))
 		byID := map[string]*roomserver.Event{}
 		for i, ev := range roomEvents {
@@ -404,6 +411,13 @@ func (f *eventFormatter) threadAggregation(ctx context.Context, root *roomserver
 	return map[string]any{"latest_event": rendered, "count": len(replies), "current_user_participated": participated}, nil
 }
 
+// isEditOf reports whether rel may replace original: an m.replace of it
+// by its sender, of its event type.
+func isEditOf(rel *relation, original *roomserver.Event) bool {
+	return rel.RelatesTo == original.EventID && rel.RelType == "m.replace" && rel.Sender == original.Sender &&
+		rel.EventType == original.Type
+}
+
 // latestEdit is the m.replace bundle of original: the most recent valid
 // replacement the caller may see, rendered in full; nil if none, or if
 // the original is redacted.
@@ -413,13 +427,18 @@ func (f *eventFormatter) latestEdit(ctx context.Context, original *roomserver.Ev
 	if original.RedactedBecause != "" || original.StateKey != nil {
 		return nil, nil
 	}
+	// An edit's candidates first: they are few, and relationOf decodes
+	// the original's content.
+	if !slices.ContainsFunc(rels, func(rel relation) bool { return isEditOf(&rel, original) }) {
+		return nil, nil
+	}
 	if own, ok := relationOf(original); ok && own.RelType == "m.replace" {
 		return nil, nil
 	}
 	var best *relation
 	for i := range rels {
 		rel := &rels[i]
-		if rel.RelatesTo != original.EventID || rel.RelType != "m.replace" || rel.Sender != original.Sender || rel.EventType != original.Type {
+		if !isEditOf(rel, original) {
 			continue
 		}
 		if best == nil || rel.OriginServerTS > best.OriginServerTS ||

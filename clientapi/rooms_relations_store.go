@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -197,21 +198,18 @@ func (s *Server) childrenOfRooms(ctx context.Context, byRoom map[string][]string
 		}
 	}
 	var all []relation
+	var query string // the text for a part of len(args) parents
+	args := make([]any, 0, min(len(parents), 500))
 	for start := 0; start < len(parents); start += 500 {
 		part := parents[start:min(start+500, len(parents))]
-		var b strings.Builder
-		args := make([]any, len(part))
-		b.WriteString(`SELECT event_id, room_id, relates_to, rel_type, event_type, sender, stream_pos, origin_server_ts
-		FROM room_relations WHERE relates_to IN (`)
-		for i, p := range part {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			args[i] = p
-			fmt.Fprintf(&b, "$%d", i+1)
+		args = args[:0]
+		for _, p := range part {
+			args = append(args, p)
 		}
-		b.WriteString(")")
-		rows, err := s.db.Reader().Query(ctx, b.String(), args...)
+		if query == "" || len(part) < 500 {
+			query = childrenOfRoomsQuery(len(part))
+		}
+		rows, err := s.db.Reader().Query(ctx, query, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -238,6 +236,21 @@ func (s *Server) childrenOfRooms(ctx context.Context, byRoom map[string][]string
 		}
 	}
 	return out, nil
+}
+
+// childrenOfRoomsQuery is childrenOfRooms' query for n parents.
+func childrenOfRoomsQuery(n int) string {
+	b := make([]byte, 0, 160+n*6)
+	b = append(b, `SELECT event_id, room_id, relates_to, rel_type, event_type, sender, stream_pos, origin_server_ts
+		FROM room_relations WHERE relates_to IN (`...)
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '$')
+		b = strconv.AppendInt(b, int64(i), 10)
+	}
+	return string(append(b, ')'))
 }
 
 // threadRoot is a thread and its latest activity.

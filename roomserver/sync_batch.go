@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -98,20 +99,12 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 // recentRowsOfRooms is recentRows for each of roomIDs (at most
 // batchRooms), adding each room's rows, newest first, to byRoom.
 func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomIDs []string, from, to int64, limit int, byRoom map[string][]*eventRow) error {
-	var b strings.Builder
-	args := []any{from, to, limit}
-	for i, roomID := range roomIDs {
-		if i > 0 {
-			b.WriteString(" UNION ALL ")
-		}
+	args := make([]any, 0, 3+len(roomIDs))
+	args = append(args, from, to, limit)
+	for _, roomID := range roomIDs {
 		args = append(args, roomID)
-		// Each term is the per-room query of recentRows, so each uses
-		// the (room_id, event_nid) index and stops after limit rows.
-		fmt.Fprintf(&b, `SELECT * FROM (SELECT room_id, event_nid, redacted_because, state_before, state_after FROM roomserver_events
-			WHERE room_id = $%d AND event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
-			ORDER BY event_nid DESC LIMIT $3) AS r%d`, len(args), i)
 	}
-	rs, err := q.Query(ctx, b.String(), args...)
+	rs, err := q.Query(ctx, recentRowsOfRoomsQuery(len(roomIDs)), args...)
 	if err != nil {
 		return err
 	}
@@ -165,6 +158,26 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 		byRoom[m.roomID][m.index] = r
 	}
 	return nil
+}
+
+// recentRowsOfRoomsQuery is recentRowsOfRooms' query for n rooms ($4
+// onwards; $1, $2, $3 are from, to and the limit). Each term is the
+// per-room query of recentRows, so each reads only the index
+// roomserver_events_room_stream_covering and stops after limit rows.
+func recentRowsOfRoomsQuery(n int) string {
+	b := make([]byte, 0, n*260)
+	for i := range n {
+		if i > 0 {
+			b = append(b, " UNION ALL "...)
+		}
+		b = append(b, `SELECT * FROM (SELECT room_id, event_nid, redacted_because, state_before, state_after FROM roomserver_events
+			WHERE room_id = $`...)
+		b = strconv.AppendInt(b, int64(i+4), 10)
+		b = append(b, ` AND event_nid > $1 AND event_nid <= $2 AND NOT rejected AND NOT soft_failed
+			ORDER BY event_nid DESC LIMIT $3) AS r`...)
+		b = strconv.AppendInt(b, int64(i), 10)
+	}
+	return string(b)
 }
 
 // preloadCurrent reads the user's current membership in every one of

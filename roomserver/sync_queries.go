@@ -122,10 +122,16 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 // JSON out of SQLite again. A cached entry whose redaction status or
 // snapshots differ from the table's is stale (rewritten by another
 // process: cache_shared.go) and read again.
-func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID string, from, to int64, limit int) ([]*eventRow, error) {
-	rs, err := q.Query(ctx, `SELECT event_nid, redacted_because, state_before, state_after FROM roomserver_events
+// recentRowsQuery reads a room's ($1) latest events in (from, to] ($2,
+// $3), at most $4, newest first. The index
+// roomserver_events_room_stream_covering holds every column it reads
+// (migration 007): it never reads the table.
+const recentRowsQuery = `SELECT event_nid, redacted_because, state_before, state_after FROM roomserver_events
 		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 AND NOT rejected AND NOT soft_failed
-		ORDER BY event_nid DESC LIMIT $4`, roomID, from, to, limit)
+		ORDER BY event_nid DESC LIMIT $4`
+
+func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID string, from, to int64, limit int) ([]*eventRow, error) {
+	rs, err := q.Query(ctx, recentRowsQuery, roomID, from, to, limit)
 	if err != nil {
 		return nil, err
 	}

@@ -99,9 +99,20 @@ func TestInitialSyncBatchedMatchesPerRoom(t *testing.T) {
 		edited := send(bob, readable, "typo", "")
 		membership(t, srv, "join", alice, alice.id, readable)
 		sendJSON(alice, readable, "m.room.message", `{"msgtype":"m.text","body":"in thread","m.relates_to":{"rel_type":"m.thread","event_id":"`+root+`"}}`)
-		sendJSON(bob, readable, "m.room.message", `{"msgtype":"m.text","body":"* fixed","m.new_content":{"msgtype":"m.text","body":"fixed"},"m.relates_to":{"rel_type":"m.replace","event_id":"`+edited+`"}}`)
+		edit := func(target, body string) string {
+			return sendJSON(bob, readable, "m.room.message", `{"msgtype":"m.text","body":"* `+body+`","m.new_content":{"msgtype":"m.text","body":"`+body+`"},"m.relates_to":{"rel_type":"m.replace","event_id":"`+target+`"}}`)
+		}
+		fixed := edit(edited, "fixed")
 		sendJSON(bob, readable, "m.room.message", `{"msgtype":"m.text","body":"see above","m.relates_to":{"rel_type":"m.reference","event_id":"`+edited+`"}}`)
 		sendJSON(bob, readable, "m.reaction", `{"m.relates_to":{"rel_type":"m.annotation","event_id":"`+root+`","key":"👍"}}`)
+		// An edit of the edit (an edit's own edits are not bundled) and
+		// a later edit, redacted (its relation is gone with its content).
+		edit(fixed, "fixed again")
+		redacted := edit(edited, "redacted later")
+		if _, err := rs.SendEvent(ctx, roomserver.SendEventRequest{RoomID: readable, Sender: bob.id, Type: "m.room.redaction",
+			Redacts: redacted, Content: json.RawMessage(`{}`)}); err != nil {
+			t.Fatalf("redacting: %v", err)
+		}
 		// 5. alice invited and not answering.
 		invite := createRoom(t, srv, bob, roomserver.CreateRoomRequest{Preset: "private_chat", Name: "invite"})
 		membership(t, srv, "invite", bob, alice.id, invite)
@@ -250,6 +261,30 @@ func TestInitialSyncBatchedMatchesPerRoom(t *testing.T) {
 		}
 		if !bytes.Contains(body, []byte(`"m.thread"`)) || !bytes.Contains(body, []byte(`"m.replace"`)) || !bytes.Contains(body, []byte(`"m.reference"`)) {
 			t.Error("alice's initial sync bundles no thread, edit or reference")
+		}
+		// The edits: the original bundles the first (the later one is
+		// redacted), the edit bundles none of its own.
+		replaced := map[string]string{}
+		for _, raw := range resp.Rooms.Join[readable].Timeline.Events {
+			var ev struct {
+				EventID  string `json:"event_id"`
+				Unsigned struct {
+					Relations struct {
+						Replace *struct {
+							EventID string `json:"event_id"`
+						} `json:"m.replace"`
+					} `json:"m.relations"`
+				} `json:"unsigned"`
+			}
+			if err := json.Unmarshal(raw, &ev); err != nil {
+				t.Fatal(err)
+			}
+			if r := ev.Unsigned.Relations.Replace; r != nil {
+				replaced[ev.EventID] = r.EventID
+			}
+		}
+		if len(replaced) != 1 || replaced[edited] != fixed {
+			t.Errorf("edits bundled in alice's initial sync: %v, want %s replaced by %s only", replaced, edited, fixed)
 		}
 		for _, r := range []string{own, joinedOnly, invited, readable, ignoring} {
 			if jr := resp.Rooms.Join[r]; len(jr.Timeline.Events) == 0 || len(jr.State.Events)+len(jr.Timeline.Events) < 6 {

@@ -31,7 +31,6 @@ func marshalSync(resp *syncResponse) ([]byte, error) {
 	}
 	at += len(marker) - 2 // at the join map's "{}"
 	roomIDs := make([]string, 0, len(joined))
-	size := len(top)
 	for id, jr := range joined {
 		if jr == nil || jr.Timeline.Events == nil || (jr.State != nil && jr.State.Events == nil) ||
 			(jr.StateAfter != nil && jr.StateAfter.Events == nil) ||
@@ -39,14 +38,21 @@ func marshalSync(resp *syncResponse) ([]byte, error) {
 			return json.Marshal(resp) // a null list: not what the slots hold
 		}
 		roomIDs = append(roomIDs, id)
-		size += len(id) + 256
-		for _, l := range [][]json.RawMessage{jr.Timeline.Events, stateEvents(jr)} {
-			for _, e := range l {
-				size += len(e) + 1
-			}
-		}
 	}
 	slices.Sort(roomIDs) // encoding/json's order of string map keys
+	// Every room's shell first, so that the response is allocated once at
+	// its exact size: a buffer that grows copies the whole response again
+	// and holds both copies meanwhile (at 500 rooms, ~3 MB each).
+	shells := make([]roomShell, len(roomIDs))
+	size := len(top) + max(len(roomIDs)-1, 0) // the rooms' commas
+	for i, id := range roomIDs {
+		if shells[i], err = joinedRoomShell(joined[id]); err != nil {
+			return nil, err
+		}
+		// The ID quoted and ':'; an ID with characters to escape (none
+		// in practice) only makes append grow the buffer.
+		size += len(id) + 3 + shells[i].size()
+	}
 	out := make([]byte, 0, size)
 	out = append(out, top[:at]...)
 	out = append(out, '{')
@@ -56,7 +62,7 @@ func marshalSync(resp *syncResponse) ([]byte, error) {
 		}
 		out = appendString(out, id)
 		out = append(out, ':')
-		if out, err = appendJoinedRoom(out, joined[id]); err != nil {
+		if out, err = shells[i].appendTo(out); err != nil {
 			return nil, err
 		}
 	}
@@ -75,12 +81,17 @@ func stateEvents(jr *joinedRoom) []json.RawMessage {
 	return nil
 }
 
-// appendJoinedRoom appends json.Marshal(jr): jr is marshalled with its
-// state and timeline lists empty, and their events go where the two
-// `"events":[]` are (in field order the state list comes before the
-// timeline and nothing before them has an "events" member; inside a
-// string the quotes would be escaped).
-func appendJoinedRoom(dst []byte, jr *joinedRoom) ([]byte, error) {
+// roomShell is a joined room marshalled with its state and timeline
+// lists empty, and the events that go where those lists' `"events":[]`
+// are (in field order the state list comes before the timeline and
+// nothing before them has an "events" member; inside a string the quotes
+// would be escaped).
+type roomShell struct {
+	body  []byte
+	lists [][]json.RawMessage
+}
+
+func joinedRoomShell(jr *joinedRoom) (roomShell, error) {
 	shell := *jr
 	empty := []json.RawMessage{}
 	var lists [][]json.RawMessage
@@ -93,11 +104,26 @@ func appendJoinedRoom(dst []byte, jr *joinedRoom) ([]byte, error) {
 	lists = append(lists, jr.Timeline.Events)
 	shell.Timeline.Events = empty
 	body, err := json.Marshal(&shell)
-	if err != nil {
-		return nil, err
+	return roomShell{body: body, lists: lists}, err
+}
+
+// size is the length of what appendTo appends.
+func (r roomShell) size() int {
+	n := len(r.body)
+	for _, events := range r.lists {
+		n += max(len(events)-1, 0) // commas
+		for _, e := range events {
+			n += len(e)
+		}
 	}
+	return n
+}
+
+// appendTo appends json.Marshal(jr) for the room r is the shell of.
+func (r roomShell) appendTo(dst []byte) ([]byte, error) {
 	const slot = `"events":[]`
-	for _, events := range lists {
+	body := r.body
+	for _, events := range r.lists {
 		at := bytes.Index(body, []byte(slot))
 		if at < 0 {
 			return nil, errNoSlot
