@@ -30,3 +30,11 @@ func (s *Server) ResyncRunning(roomID string) bool {
 	defer s.resyncMu.Unlock()
 	return s.resyncing[roomID]
 }
+
+// ObserveResyncs makes fn hear of every attempt of any server of this
+// process to fetch a partial-state room's full state, until the test
+// ends.
+func ObserveResyncs(t interface{ Cleanup(func()) }, fn func(serverName, roomID string)) {
+	resyncObserver.Store(&fn)
+	t.Cleanup(func() { resyncObserver.Store(nil) })
+}

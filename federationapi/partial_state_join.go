@@ -19,12 +19,20 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
 )
+
+// resyncObserver, when set (by tests, through ObserveResyncs), is told
+// of each attempt to fetch a room's full state, by any server of the
+// process: a server started again after a restart runs its first
+// attempts before a test could reach the new Server.
+var resyncObserver atomic.Pointer[func(serverName, roomID string)]
 
 // Resync retry bounds: a failed round over every server waits, doubling,
 // from resyncRetryMin up to resyncRetryMax before the next.
@@ -100,14 +108,15 @@ func (s *Server) startResync(room roomserver.PartialStateRoom) {
 // local user is joined to the room any more (each left, or was kicked or
 // banned, while the room was partial): this server is then out of the
 // room, a resident server need not answer its /state_ids, and nobody
-// here can read the state. The room stays partial: a later local join
-// goes through a resident server (joinVia) and starts a new resync
-// (keepResyncing, or startResyncs at the next start). On true the room
-// is no longer in resyncing; the check and that removal happen under
-// resyncMu, so a join stored before keepResyncing calls startResync is
-// either seen here or finds no resync running.
+// here can read the state. The caller then purges the room's
+// partial-state bookkeeping (purgeAbandoned): a later local join goes
+// through make_join/send_join like any join of a room this server left
+// and, if answered with partial state, starts a new resync. On true the
+// room is no longer in resyncing; the check and that removal happen
+// under resyncMu, so a join stored before keepResyncing calls
+// startResync is either seen here or finds no resync running.
 // Synapse behaves alike: it stops the resync of a partial-state room it
-// no longer has a member in (and purges the room; Myelin keeps it).
+// no longer has a member in (and purges the room).
 // Spec: MSC3706; Complement msc3902 "Leave during resync/can be
 // triggered by remote kick".
 func (s *Server) abandonResync(ctx context.Context, roomID string) (bool, error) {
@@ -124,6 +133,47 @@ func (s *Server) abandonResync(ctx context.Context, roomID string) (bool, error)
 	}
 	delete(s.resyncing, roomID)
 	return true, nil
+}
+
+// purgeWait bounds how long purgeAbandoned waits between two tries
+// while the federation sender has not read the room's last events.
+const purgeWait = 200 * time.Millisecond
+
+// purgeAbandoned drops the partial-state bookkeeping of roomID, whose
+// resync abandonResync stopped (roomserver.PurgePartialState says what
+// goes and what stays). It first waits until the sender has queued
+// every event of the room for its destinations: the room's last events
+// (the local users' leaves) go to the servers the partial-state record
+// names, which the purge deletes. A local user who joins meanwhile keeps
+// the record (the purge checks it under the room's lock); a purge that
+// fails is retried at the next start (startResyncs, then abandonResync).
+func (s *Server) purgeAbandoned(ctx context.Context, roomID string) {
+	for {
+		var sent int64
+		err := s.db.Reader().QueryRow(ctx, `SELECT fanout_pos FROM federation_sender_state WHERE id = 1`).Scan(&sent)
+		if err == nil {
+			var purged bool
+			purged, err = s.rooms.PurgePartialState(ctx, roomID, sent)
+			if err == nil {
+				if purged {
+					s.log.Info("partial state purged: every local user left before the resync completed", "room_id", roomID)
+				}
+				return
+			}
+		}
+		if !errors.Is(err, roomserver.ErrPurgeBeforeSent) && !storage.IsNoRows(err) {
+			if ctx.Err() == nil {
+				s.log.Warn("purging the partial state of a room every local user left", "room_id", roomID, "err", err)
+			}
+			return
+		}
+		s.sender.wake()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(purgeWait):
+		}
+	}
 }
 
 // partialStateRoom reads roomID's partial-state record; ok is false if
@@ -156,9 +206,13 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 		abandoned, err := s.abandonResync(ctx, room.RoomID)
 		if abandoned {
 			s.log.Info("partial state resync abandoned: no local user is in the room", "room_id", room.RoomID)
+			s.purgeAbandoned(ctx, room.RoomID)
 			return true
 		}
 		if err == nil {
+			if observe := resyncObserver.Load(); observe != nil {
+				(*observe)(s.serverName, room.RoomID)
+			}
 			err = s.resync(ctx, room)
 		}
 		if err == nil {
