@@ -28,6 +28,26 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
+// A partial-state join is given up when its resync cannot complete at
+// all: every server of the room failed (unreachable, or refusing the
+// state) in at least resyncGiveUpRounds rounds in a row spanning at
+// least resyncGiveUp. Each local user still in the room then leaves it
+// (abortPartialJoin), which stops the resync and purges the room's
+// partial state (abandonResync, purgeAbandoned): the room was never
+// usable in full here (member lists wait, eager /syncs leave it out), and
+// nothing else would ever end it. The users see their leave and may
+// join again. The streak is counted in memory: a restart starts it over.
+// Synapse has no such abort yet; Complement msc3902 "Device list no
+// longer tracked when failing to complete partial state join" expects
+// it (the server stops sharing the room with its remote members).
+const (
+	resyncGiveUp       = 6 * time.Hour
+	resyncGiveUpRounds = 10
+)
+
+// abortReason is the reason of the leaves abortPartialJoin sends.
+const abortReason = "no server of the room gave its full state; the partial-state join was given up"
+
 // resyncObserver, when set (by tests, through ObserveResyncs), is told
 // of each attempt to fetch a room's full state, by any server of the
 // process: a server started again after a restart runs its first
@@ -135,6 +155,37 @@ func (s *Server) abandonResync(ctx context.Context, roomID string) (bool, error)
 	return true, nil
 }
 
+// resyncGiveUpAfter is the failure streak after which a resync is
+// given up: resyncGiveUp and resyncGiveUpRounds unless a test set
+// others (SetResyncGiveUp).
+func (s *Server) resyncGiveUpAfter() (time.Duration, int) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	if s.giveUpRounds > 0 {
+		return s.giveUpAfter, s.giveUpRounds
+	}
+	return resyncGiveUp, resyncGiveUpRounds
+}
+
+// abortPartialJoin makes every local user joined to roomID leave it
+// (see resyncGiveUp). The leaves are ordinary local events: stored,
+// shown to the users' clients, and queued for the room's servers.
+func (s *Server) abortPartialJoin(ctx context.Context, roomID string) error {
+	users, err := s.rooms.JoinedUsers(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	for _, userID := range users {
+		if domainOf(userID) != s.serverName {
+			continue
+		}
+		if _, err := s.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: userID, Reason: abortReason}); err != nil {
+			return fmt.Errorf("leave of %s: %w", userID, err)
+		}
+	}
+	return nil
+}
+
 // purgeWait bounds how long purgeAbandoned waits between two tries
 // while the federation sender has not read the room's last events.
 const purgeWait = 200 * time.Millisecond
@@ -199,6 +250,8 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 		s.beforeResync(ctx, room.RoomID)
 	}
 	wait := resyncRetryMin
+	var failingSince time.Time // start of the current streak of failed rounds
+	failedRounds := 0
 	for {
 		if ctx.Err() != nil {
 			return false
@@ -229,9 +282,24 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 			if rerr == nil {
 				s.log.Info("partial state join moved; resyncing for the new join", "room_id", room.RoomID, "join_event_id", current.JoinEventID)
 				room = current
+				failingSince, failedRounds = time.Time{}, 0
 				continue
 			}
 			err = rerr
+		}
+		if failedRounds == 0 {
+			failingSince = s.now()
+		}
+		failedRounds++
+		giveUp, giveUpRounds := s.resyncGiveUpAfter()
+		if failedRounds >= giveUpRounds && s.now().Sub(failingSince) >= giveUp {
+			s.log.Warn("partial state resync failed on every server too long; giving the join up", "room_id", room.RoomID,
+				"err", err, "failed_rounds", failedRounds, "since", failingSince)
+			if aerr := s.abortPartialJoin(ctx, room.RoomID); aerr == nil {
+				continue // abandonResync sees no local user now, and purges
+			} else if ctx.Err() == nil {
+				s.log.Warn("giving a partial state join up", "room_id", room.RoomID, "err", aerr)
+			}
 		}
 		s.log.Warn("partial state resync failed; will retry", "room_id", room.RoomID, "err", err, "retry_in", wait)
 		select {

@@ -2,6 +2,7 @@ package federationapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"sync"
 	"testing"
@@ -277,6 +278,60 @@ func TestPartialStateLeftBeforeRestart(t *testing.T) {
 		}
 		eventually(t, "A to see carol's leave", func() bool {
 			m, _ := a.HS.Rooms.Membership(ctx, string(left), string(carol.id()))
+			return m == "leave"
+		})
+	})
+}
+
+// TestPartialStateJoinGivenUp: bob of B joins A's room with partial
+// state, and A, the only server of the room, goes down before B's resync
+// starts. Once the resync has failed long enough (shortened here), B
+// gives the join up: bob leaves the room with a reason saying why, his
+// /sync shows it, the resync stops and the room's partial state is
+// purged. When A is back, it gets bob's leave. Complement: msc3902
+// "Device list no longer tracked when failing to complete partial state
+// join" (the room is no longer shared with A's users).
+func TestPartialStateJoinGivenUp(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b := n.start(), n.start()
+		ctx := context.Background()
+		alice, bob := a.register("alice"), b.register("bob")
+		roomID := namedPublicRoom(t, alice)
+		release := partialJoin(t, a, b, bob, roomID)
+		since := eagerSync(t, bob, "").NextBatch
+		b.HS.Federation.SetResyncGiveUp(500*time.Millisecond, 2)
+		a.stop()
+		go release() // the resync starts and fails: A is down
+
+		eventually(t, "B to give bob's partial join up", func() bool {
+			m, _ := b.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
+			return m == "leave"
+		})
+		eventually(t, "B to purge the room's partial state", func() bool {
+			partial, err := b.HS.Rooms.IsPartialState(ctx, string(roomID))
+			return err == nil && !partial && !b.HS.Federation.ResyncRunning(string(roomID))
+		})
+		leave, err := b.HS.Rooms.CurrentStateEvent(ctx, string(bob.id()), string(roomID), "m.room.member", string(bob.id()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var content struct {
+			Membership string `json:"membership"`
+			Reason     string `json:"reason"`
+		}
+		if err := json.Unmarshal(leave.Content, &content); err != nil || content.Membership != "leave" || content.Reason == "" {
+			t.Fatalf("bob's membership on B = %s (%v), want a leave with a reason", leave.Content, err)
+		}
+		if resp := eagerSync(t, bob, since); !leftIn(resp, roomID, bob.id()) {
+			t.Fatal("bob's /sync does not show the leave")
+		}
+		if servers, err := b.HS.Rooms.JoinedServers(ctx, string(roomID)); err != nil || slices.Contains(servers, a.Name) {
+			t.Fatalf("after giving up B's servers of the room = %v, %v; want A gone", servers, err)
+		}
+
+		a.restart()
+		eventually(t, "A to get bob's leave once back", func() bool {
+			m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
 			return m == "leave"
 		})
 	})
