@@ -297,11 +297,21 @@ func TestPartialStateJoinGivenUp(t *testing.T) {
 		ctx := context.Background()
 		alice, bob := a.register("alice"), b.register("bob")
 		roomID := namedPublicRoom(t, alice)
-		release := partialJoin(t, a, b, bob, roomID)
+		hold := make(chan struct{})
+		b.HS.Federation.HoldResyncs(hold)
+		var once sync.Once
+		release := func() { once.Do(func() { close(hold) }) }
+		t.Cleanup(release)
+		if _, err := bob.cli.JoinRoom(ctx, string(roomID), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+			t.Fatalf("bob joining: %v", err)
+		}
+		if partial, err := b.HS.Rooms.IsPartialState(ctx, string(roomID)); err != nil || !partial {
+			t.Fatalf("B's room partial = %v, %v; want partial", partial, err)
+		}
 		since := eagerSync(t, bob, "").NextBatch
 		b.HS.Federation.SetResyncGiveUp(500*time.Millisecond, 2)
 		a.stop()
-		go release() // the resync starts and fails: A is down
+		release() // the resync starts and fails: A is down
 
 		eventually(t, "B to give bob's partial join up", func() bool {
 			m, _ := b.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
