@@ -68,6 +68,8 @@ type Rooms interface {
 	IsPartialState(ctx context.Context, roomID string) (bool, error)
 	AddPartialStateServers(ctx context.Context, roomID string, servers []string) error
 	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
+	PurgePartialState(ctx context.Context, roomID string, sentThrough int64) (bool, error)
+	Leave(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.SendEventResponse, error)
 	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
 	UnconnectedEvents(ctx context.Context, ids []string) ([]string, error)
 	InputOutliers(ctx context.Context, roomID string, events []json.RawMessage) (map[string]roomserver.InputOutcome, error)

@@ -3,6 +3,7 @@ package federationapi
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 // VerifyPDU runs the checks /send makes before the roomserver sees a PDU
@@ -29,4 +30,20 @@ func (s *Server) ResyncRunning(roomID string) bool {
 	s.resyncMu.Lock()
 	defer s.resyncMu.Unlock()
 	return s.resyncing[roomID]
+}
+
+// ObserveResyncs makes fn hear of every attempt of any server of this
+// process to fetch a partial-state room's full state, until the test
+// ends.
+func ObserveResyncs(t interface{ Cleanup(func()) }, fn func(serverName, roomID string)) {
+	resyncObserver.Store(&fn)
+	t.Cleanup(func() { resyncObserver.Store(nil) })
+}
+
+// SetResyncGiveUp makes s give a partial-state join up after its resync
+// failed on every server in rounds rounds in a row spanning after.
+func (s *Server) SetResyncGiveUp(after time.Duration, rounds int) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	s.giveUpAfter, s.giveUpRounds = after, rounds
 }

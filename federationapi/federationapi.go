@@ -105,6 +105,11 @@ type Server struct {
 	resyncCtx context.Context
 	resyncMu  sync.Mutex
 	resyncing map[string]bool
+	// giveUpAfter and giveUpRounds, when giveUpRounds > 0 (tests set
+	// them, guarded by resyncMu), replace resyncGiveUp and
+	// resyncGiveUpRounds.
+	giveUpAfter  time.Duration
+	giveUpRounds int
 	// beforeResync, when set (by tests, before any join), runs before a
 	// room's resync starts.
 	beforeResync func(ctx context.Context, roomID string)

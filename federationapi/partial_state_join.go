@@ -19,12 +19,40 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/storage"
 )
+
+// A partial-state join is given up when its resync cannot complete at
+// all: every server of the room failed (unreachable, or refusing the
+// state) in at least resyncGiveUpRounds rounds in a row spanning at
+// least resyncGiveUp. Each local user still in the room then leaves it
+// (abortPartialJoin), which stops the resync and purges the room's
+// partial state (abandonResync, purgeAbandoned): the room was never
+// usable in full here (member lists wait, eager /syncs leave it out), and
+// nothing else would ever end it. The users see their leave and may
+// join again. The streak is counted in memory: a restart starts it over.
+// Synapse has no such abort yet; Complement msc3902 "Device list no
+// longer tracked when failing to complete partial state join" expects
+// it (the server stops sharing the room with its remote members).
+const (
+	resyncGiveUp       = 6 * time.Hour
+	resyncGiveUpRounds = 10
+)
+
+// abortReason is the reason of the leaves abortPartialJoin sends.
+const abortReason = "no server of the room gave its full state; the partial-state join was given up"
+
+// resyncObserver, when set (by tests, through ObserveResyncs), is told
+// of each attempt to fetch a room's full state, by any server of the
+// process: a server started again after a restart runs its first
+// attempts before a test could reach the new Server.
+var resyncObserver atomic.Pointer[func(serverName, roomID string)]
 
 // Resync retry bounds: a failed round over every server waits, doubling,
 // from resyncRetryMin up to resyncRetryMax before the next.
@@ -100,14 +128,15 @@ func (s *Server) startResync(room roomserver.PartialStateRoom) {
 // local user is joined to the room any more (each left, or was kicked or
 // banned, while the room was partial): this server is then out of the
 // room, a resident server need not answer its /state_ids, and nobody
-// here can read the state. The room stays partial: a later local join
-// goes through a resident server (joinVia) and starts a new resync
-// (keepResyncing, or startResyncs at the next start). On true the room
-// is no longer in resyncing; the check and that removal happen under
-// resyncMu, so a join stored before keepResyncing calls startResync is
-// either seen here or finds no resync running.
+// here can read the state. The caller then purges the room's
+// partial-state bookkeeping (purgeAbandoned): a later local join goes
+// through make_join/send_join like any join of a room this server left
+// and, if answered with partial state, starts a new resync. On true the
+// room is no longer in resyncing; the check and that removal happen
+// under resyncMu, so a join stored before keepResyncing calls
+// startResync is either seen here or finds no resync running.
 // Synapse behaves alike: it stops the resync of a partial-state room it
-// no longer has a member in (and purges the room; Myelin keeps it).
+// no longer has a member in (and purges the room).
 // Spec: MSC3706; Complement msc3902 "Leave during resync/can be
 // triggered by remote kick".
 func (s *Server) abandonResync(ctx context.Context, roomID string) (bool, error) {
@@ -124,6 +153,78 @@ func (s *Server) abandonResync(ctx context.Context, roomID string) (bool, error)
 	}
 	delete(s.resyncing, roomID)
 	return true, nil
+}
+
+// resyncGiveUpAfter is the failure streak after which a resync is
+// given up: resyncGiveUp and resyncGiveUpRounds unless a test set
+// others (SetResyncGiveUp).
+func (s *Server) resyncGiveUpAfter() (time.Duration, int) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	if s.giveUpRounds > 0 {
+		return s.giveUpAfter, s.giveUpRounds
+	}
+	return resyncGiveUp, resyncGiveUpRounds
+}
+
+// abortPartialJoin makes every local user joined to roomID leave it
+// (see resyncGiveUp). The leaves are ordinary local events: stored,
+// shown to the users' clients, and queued for the room's servers.
+func (s *Server) abortPartialJoin(ctx context.Context, roomID string) error {
+	users, err := s.rooms.JoinedUsers(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	for _, userID := range users {
+		if domainOf(userID) != s.serverName {
+			continue
+		}
+		if _, err := s.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: userID, Reason: abortReason}); err != nil {
+			return fmt.Errorf("leave of %s: %w", userID, err)
+		}
+	}
+	return nil
+}
+
+// purgeWait bounds how long purgeAbandoned waits between two tries
+// while the federation sender has not read the room's last events.
+const purgeWait = 200 * time.Millisecond
+
+// purgeAbandoned drops the partial-state bookkeeping of roomID, whose
+// resync abandonResync stopped (roomserver.PurgePartialState says what
+// goes and what stays). It first waits until the sender has queued
+// every event of the room for its destinations: the room's last events
+// (the local users' leaves) go to the servers the partial-state record
+// names, which the purge deletes. A local user who joins meanwhile keeps
+// the record (the purge checks it under the room's lock); a purge that
+// fails is retried at the next start (startResyncs, then abandonResync).
+func (s *Server) purgeAbandoned(ctx context.Context, roomID string) {
+	for {
+		var sent int64
+		err := s.db.Reader().QueryRow(ctx, `SELECT fanout_pos FROM federation_sender_state WHERE id = 1`).Scan(&sent)
+		if err == nil {
+			var purged bool
+			purged, err = s.rooms.PurgePartialState(ctx, roomID, sent)
+			if err == nil {
+				if purged {
+					s.log.Info("partial state purged: every local user left before the resync completed", "room_id", roomID)
+				}
+				return
+			}
+		}
+		if !errors.Is(err, roomserver.ErrPurgeBeforeSent) && !storage.IsNoRows(err) {
+			if ctx.Err() == nil {
+				s.log.Warn("purging the partial state of a room every local user left", "room_id", roomID, "err", err)
+			}
+			return
+		}
+		s.sender.wake()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(purgeWait):
+		}
+	}
 }
 
 // partialStateRoom reads roomID's partial-state record; ok is false if
@@ -149,6 +250,8 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 		s.beforeResync(ctx, room.RoomID)
 	}
 	wait := resyncRetryMin
+	var failingSince time.Time // start of the current streak of failed rounds
+	failedRounds := 0
 	for {
 		if ctx.Err() != nil {
 			return false
@@ -156,9 +259,13 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 		abandoned, err := s.abandonResync(ctx, room.RoomID)
 		if abandoned {
 			s.log.Info("partial state resync abandoned: no local user is in the room", "room_id", room.RoomID)
+			s.purgeAbandoned(ctx, room.RoomID)
 			return true
 		}
 		if err == nil {
+			if observe := resyncObserver.Load(); observe != nil {
+				(*observe)(s.serverName, room.RoomID)
+			}
 			err = s.resync(ctx, room)
 		}
 		if err == nil {
@@ -175,9 +282,24 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 			if rerr == nil {
 				s.log.Info("partial state join moved; resyncing for the new join", "room_id", room.RoomID, "join_event_id", current.JoinEventID)
 				room = current
+				failingSince, failedRounds = time.Time{}, 0
 				continue
 			}
 			err = rerr
+		}
+		if failedRounds == 0 {
+			failingSince = s.now()
+		}
+		failedRounds++
+		giveUp, giveUpRounds := s.resyncGiveUpAfter()
+		if failedRounds >= giveUpRounds && s.now().Sub(failingSince) >= giveUp {
+			s.log.Warn("partial state resync failed on every server too long; giving the join up", "room_id", room.RoomID,
+				"err", err, "failed_rounds", failedRounds, "since", failingSince)
+			if aerr := s.abortPartialJoin(ctx, room.RoomID); aerr == nil {
+				continue // abandonResync sees no local user now, and purges
+			} else if ctx.Err() == nil {
+				s.log.Warn("giving a partial state join up", "room_id", room.RoomID, "err", aerr)
+			}
 		}
 		s.log.Warn("partial state resync failed; will retry", "room_id", room.RoomID, "err", err, "retry_in", wait)
 		select {

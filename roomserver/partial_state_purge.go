@@ -1,0 +1,103 @@
+package roomserver
+
+// Purging the partial-state bookkeeping of a room this server left.
+//
+// A partial-state join whose local users all left (leave, kick or ban)
+// before the resync completed leaves this server out of the room with a
+// state it never completed. The resync then stops (federationapi), and
+// what only served the resync and the partial room goes:
+//
+//   - the partial-state record (roomserver_partial_state_rooms): the
+//     flag, the join to resync for and the servers send_join named. The
+//     room no longer counts as partial (no resync at start, readers that
+//     wait for the full state stop waiting, a local join goes through
+//     make_join/send_join as for any room this server left) and its
+//     events and device-list updates stop going to the servers only the
+//     record named;
+//   - the delivered marks (roomserver_delivered_events) of the room's
+//     events: they only tell the federation sender which local events a
+//     resident server sent for us, and the sender is past all of them.
+//
+// What stays: every event (the local users' joins and leaves, the
+// messages they saw) and its stream position, so /sync, /messages and
+// the users' history are as before, and nothing acknowledged is lost.
+// The state those events were stored with is the partial state; a later
+// join starts from a new send_join answer (ImportJoinedRoom replaces the
+// stale state) and, if partial again, a new resync.
+//
+// Synapse stops such a resync too and deletes the whole room, leave
+// events included; Myelin keeps the history its users saw.
+// Spec: MSC3706, MSC3902 (partial-state joins); client-server-api,
+// "GET /_matrix/client/v3/sync" (rooms.leave).
+
+import (
+	"context"
+	"errors"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// ErrPurgeBeforeSent is PurgePartialState's answer when the room has an
+// event past the position the caller's sender has read: that event's
+// destinations may still need the partial-state record's servers
+// (LocalEventsAfter). The caller waits for its sender and asks again.
+var ErrPurgeBeforeSent = errors.New("the federation sender has not read every event of the room yet")
+
+// PurgePartialState drops roomID's partial-state bookkeeping (see the
+// file comment) if the room still has partial state, no local user is
+// joined to it, and sentThrough — the stream position up to which the
+// federation sender has queued local events for their destinations — is
+// at or past the room's last event (else ErrPurgeBeforeSent). It
+// reports whether it purged: false, with no error, when the room has
+// full state or a local user is joined (a rejoin won the race; its
+// resync goes on). The checks and the deletes are one transaction under
+// the room's lock, so a concurrent local join either comes first and
+// keeps the record or comes after and finds a room that is not partial.
+func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrough int64) (bool, error) {
+	unlock := s.lockRoom(roomID)
+	defer unlock()
+	purged := false
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		purged = false
+		room, err := loadRoom(ctx, tx, roomID)
+		if err != nil || !room.Partial {
+			return err
+		}
+		joined, err := storage.QueryColumn[string](ctx, tx, `SELECT state_key FROM roomserver_current_state
+			WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+		if err != nil {
+			return err
+		}
+		for _, userID := range joined {
+			if domainOf(userID) == string(s.serverName) {
+				return nil
+			}
+		}
+		var last int64
+		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events WHERE room_id = $1`,
+			roomID).Scan(&last); err != nil {
+			return err
+		}
+		if last > sentThrough {
+			return ErrPurgeBeforeSent
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_delivered_events WHERE event_nid IN
+			(SELECT event_nid FROM roomserver_events WHERE room_id = $1)`, roomID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID); err != nil {
+			return err
+		}
+		purged = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	if purged {
+		// AwaitFullState callers (a left user's /members) stop waiting:
+		// no resync will complete this room.
+		s.partial.wake(roomID)
+	}
+	return purged, nil
+}
