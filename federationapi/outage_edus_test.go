@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/myelin-chat/myelin/storage"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -20,15 +19,6 @@ import (
 // device-list EDUs retried until acknowledged".
 func TestToDeviceAndDeviceListsAcrossOutage(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		if n.engine == storage.Postgres {
-			// Known defect, not understood yet: run after the SQLite
-			// variant in the same process, B never caches alice's
-			// device (the first eventually below times out); run alone
-			// (-run 'TestToDeviceAndDeviceListsAcrossOutage$/postgres')
-			// it passes. Something process-wide leaks between the two
-			// networks. Skipped, not counted as passing: see issue 7's note.
-			t.Skip("known order-dependent failure on PostgreSQL after the SQLite variant; passes when run alone")
-		}
 		ctx := context.Background()
 		a, b, alice, bob, _ := clientPair(t, n)
 		alice.uploadDeviceKeys()
