@@ -445,13 +445,8 @@ func (s *Server) Resync(ctx context.Context, userID string) error {
 		return fmt.Errorf("/user/devices answered for %q, not %q", resp.UserID, userID)
 	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
-		for _, q := range []string{
-			`DELETE FROM keyserver_remote_device_keys WHERE user_id = $1`,
-			`DELETE FROM keyserver_remote_cross_signing_keys WHERE user_id = $1`,
-		} {
-			if _, err := tx.Exec(ctx, q, userID); err != nil {
-				return err
-			}
+		if err := dropRemoteKeys(ctx, tx, userID); err != nil {
+			return err
 		}
 		for _, d := range resp.Devices {
 			keyJSON, err := remoteDeviceJSON(userID, d.DeviceID, d.DisplayName, d.Keys)
@@ -718,16 +713,27 @@ func (s *Server) MembersDropped(ctx context.Context, userIDs []string) error {
 	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		for _, userID := range untracked {
-			for _, q := range []string{
-				`DELETE FROM keyserver_remote_device_keys WHERE user_id = $1`,
-				`DELETE FROM keyserver_remote_cross_signing_keys WHERE user_id = $1`,
-				`DELETE FROM keyserver_remote_users WHERE user_id = $1`,
-			} {
-				if _, err := tx.Exec(ctx, q, userID); err != nil {
-					return err
-				}
+			if err := dropRemoteKeys(ctx, tx, userID); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM keyserver_remote_users WHERE user_id = $1`, userID); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
+}
+
+// dropRemoteKeys deletes userID's cached device keys and cross-signing
+// keys (not the record of when they were fetched).
+func dropRemoteKeys(ctx context.Context, tx storage.Tx, userID string) error {
+	for _, q := range []string{
+		`DELETE FROM keyserver_remote_device_keys WHERE user_id = $1`,
+		`DELETE FROM keyserver_remote_cross_signing_keys WHERE user_id = $1`,
+	} {
+		if _, err := tx.Exec(ctx, q, userID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
