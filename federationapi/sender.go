@@ -18,9 +18,11 @@ import (
 // advances it, writes a federation_queue_pdus row per (destination,
 // event). One worker per destination with queued rows sends them in
 // transactions of at most 50 PDUs and 100 EDUs; a transaction is recorded
-// in federation_destinations before it is sent and its rows are deleted
-// only after a 200, so a restart resends it with the same txnId (the
-// receiver deduplicates) and an outage is caught up from the queue.
+// in federation_destinations and its queue rows are marked with its txnId
+// before it is sent, and exactly those rows are deleted only after a 200,
+// so a retry or a restart resends the same rows with the same txnId (the
+// receiver deduplicates), rows queued meanwhile wait for the next
+// transaction, and an outage is caught up from the queue.
 // Failures back off per destination: min_backoff doubling to max_backoff,
 // reset on success or when the destination talks to us.
 //
@@ -308,13 +310,11 @@ func (q *sender) destinationUp(ctx context.Context, destination string) {
 	}
 }
 
-// batch is one outbound transaction.
+// batch is one outbound transaction: the queue rows marked with txnID.
 type batch struct {
-	txnID  string
-	pdus   []json.RawMessage
-	pduMax int64
-	edus   []json.RawMessage
-	eduMax int64
+	txnID string
+	pdus  []json.RawMessage
+	edus  []json.RawMessage
 }
 
 // work sends destination's queue until it is empty, then exits.
@@ -384,13 +384,24 @@ func (q *sender) retryWait(ctx context.Context, destination string) (time.Durati
 
 // nextBatch returns the transaction in flight for destination, if any,
 // or records a new one from the head of its queue; nil when empty.
+//
+// A transaction is the set of queue rows marked with its txn_id, never a
+// range of positions: rows can be queued below the positions of a
+// transaction in flight (a relayed join, a joined server's catch-up, an
+// EDU whose PostgreSQL id was drawn before a sent one's but committed
+// after it). They stay unmarked, so a retry carries the same rows under
+// the same txnId and the next transaction takes them.
+// Spec: server-server-api, "Transactions" (the receiver deduplicates by
+// transaction ID, so a txnId's contents must not change).
 func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, error) {
-	var b *batch
+	var txnID string
+	var nids []int64
+	var edus []json.RawMessage
 	err := q.s.db.Write(ctx, func(tx storage.Tx) error {
-		var txnID *string
-		var pduMax, eduMax, seq int64
-		err := tx.QueryRow(ctx, `SELECT txn_id, pending_pdu_max, pending_edu_max, txn_seq FROM federation_destinations WHERE server_name = $1`,
-			destination).Scan(&txnID, &pduMax, &eduMax, &seq)
+		var pending *string
+		var seq int64
+		err := tx.QueryRow(ctx, `SELECT txn_id, txn_seq FROM federation_destinations WHERE server_name = $1`,
+			destination).Scan(&pending, &seq)
 		if storage.IsNoRows(err) {
 			if _, err := tx.Exec(ctx, `INSERT INTO federation_destinations (server_name) VALUES ($1)`, destination); err != nil {
 				return err
@@ -398,69 +409,72 @@ func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, err
 		} else if err != nil {
 			return err
 		}
-		pending := txnID != nil && *txnID != ""
-		pduQuery := `SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 ORDER BY event_nid LIMIT $2`
-		args := []any{destination, maxTxnPDUs}
-		if pending {
-			pduQuery = `SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 AND event_nid <= $3 ORDER BY event_nid LIMIT $2`
-			args = append(args, pduMax)
-		}
-		nids, err := storage.QueryColumn[int64](ctx, tx, pduQuery, args...)
-		if err != nil {
-			return err
-		}
-		eduQuery := `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 ORDER BY edu_nid LIMIT $2`
-		args = []any{destination, maxTxnEDUs}
-		if pending {
-			eduQuery = `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 AND edu_nid <= $3 ORDER BY edu_nid LIMIT $2`
-			args = append(args, eduMax)
-		}
-		rows, err := tx.Query(ctx, eduQuery, args...)
-		if err != nil {
-			return err
-		}
-		var edus []json.RawMessage
-		var lastEDU int64
-		for rows.Next() {
-			var edu string
-			if err := rows.Scan(&lastEDU, &edu); err != nil {
-				rows.Close()
+		if pending != nil && *pending != "" {
+			if nids, edus, err = markedRows(ctx, tx, destination, *pending); err != nil {
 				return err
 			}
-			edus = append(edus, json.RawMessage(edu))
+			if len(nids) > 0 || len(edus) > 0 {
+				txnID = *pending
+				return nil
+			}
+			// Its rows are gone: the transaction is over.
+			if _, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL WHERE server_name = $1`, destination); err != nil {
+				return err
+			}
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		seq++
+		id := "m" + itoa(q.s.now().UnixMilli()) + "." + itoa(seq)
+		// Each UPDATE reads and marks the head of the queue in one
+		// statement, so exactly the rows it read are marked.
+		if _, err := tx.Exec(ctx, `UPDATE federation_queue_pdus SET txn_id = $2 WHERE destination = $1 AND event_nid IN (
+			SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 AND txn_id IS NULL ORDER BY event_nid LIMIT $3)`,
+			destination, id, maxTxnPDUs); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE federation_queue_edus SET txn_id = $2 WHERE edu_nid IN (
+			SELECT edu_nid FROM federation_queue_edus WHERE destination = $1 AND txn_id IS NULL ORDER BY edu_nid LIMIT $3)`,
+			destination, id, maxTxnEDUs); err != nil {
+			return err
+		}
+		if nids, edus, err = markedRows(ctx, tx, destination, id); err != nil {
 			return err
 		}
 		if len(nids) == 0 && len(edus) == 0 {
-			if pending {
-				_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL WHERE server_name = $1`, destination)
-				return err
-			}
 			return nil
 		}
-		b = &batch{edus: edus, eduMax: lastEDU}
-		if len(nids) > 0 {
-			b.pduMax = nids[len(nids)-1]
-		}
-		if pending {
-			b.txnID = *txnID
-			b.pduMax, b.eduMax = max(b.pduMax, pduMax), max(b.eduMax, eduMax)
-		} else {
-			seq++
-			b.txnID = "m" + itoa(q.s.now().UnixMilli()) + "." + itoa(seq)
-			if _, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = $2, txn_seq = $3, pending_pdu_max = $4, pending_edu_max = $5
-				WHERE server_name = $1`, destination, b.txnID, seq, b.pduMax, b.eduMax); err != nil {
-				return err
-			}
-		}
-		if b.pdus, err = q.pduJSON(ctx, nids); err != nil {
-			return err
-		}
-		return nil
+		txnID = id
+		_, err = tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = $2, txn_seq = $3 WHERE server_name = $1`,
+			destination, id, seq)
+		return err
 	})
-	return b, err
+	if err != nil || txnID == "" {
+		return nil, err
+	}
+	b := &batch{txnID: txnID, edus: edus}
+	if b.pdus, err = q.pduJSON(ctx, nids); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// markedRows returns the event positions and EDUs of destination's queue
+// rows marked with txnID, each in queue order.
+func markedRows(ctx context.Context, tx storage.Querier, destination, txnID string) ([]int64, []json.RawMessage, error) {
+	nids, err := storage.QueryColumn[int64](ctx, tx, `SELECT event_nid FROM federation_queue_pdus
+		WHERE destination = $1 AND txn_id = $2 ORDER BY event_nid`, destination, txnID)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, err := storage.QueryColumn[string](ctx, tx, `SELECT edu FROM federation_queue_edus
+		WHERE destination = $1 AND txn_id = $2 ORDER BY edu_nid`, destination, txnID)
+	if err != nil {
+		return nil, nil, err
+	}
+	var edus []json.RawMessage
+	for _, edu := range raw {
+		edus = append(edus, json.RawMessage(edu))
+	}
+	return nids, edus, nil
 }
 
 func (q *sender) pduJSON(ctx context.Context, nids []int64) ([]json.RawMessage, error) {
@@ -517,14 +531,15 @@ func (q *sender) record(ctx context.Context, destination string, b *batch, sendE
 		log.Info("federation sender: destination refused the transaction; dropping it", "err", sendErr, "txn_id", b.txnID)
 	}
 	return q.s.db.Write(ctx, func(tx storage.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_pdus WHERE destination = $1 AND event_nid <= $2`, destination, b.pduMax); err != nil {
+		// Exactly the transaction's rows: those queued while it was in
+		// flight wait for the next one.
+		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_pdus WHERE destination = $1 AND txn_id = $2`, destination, b.txnID); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_edus WHERE destination = $1 AND edu_nid <= $2`, destination, b.eduMax); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_edus WHERE destination = $1 AND txn_id = $2`, destination, b.txnID); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL, pending_pdu_max = 0, pending_edu_max = 0,
-			failures = 0, retry_at_ts = 0 WHERE server_name = $1`, destination)
+		_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL, failures = 0, retry_at_ts = 0 WHERE server_name = $1`, destination)
 		return err
 	})
 }
