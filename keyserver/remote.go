@@ -655,8 +655,11 @@ func latestPosition(ctx context.Context, q storage.Querier, userID string, below
 // when no local user shared a room with them, and a /sync that ran
 // before the resync filtered it out. Each of them with a change recorded
 // since sinceMillis (the join's time) gets a new change, after the
-// resync, which local users now sharing the room see. Members without
-// such an update are not reported: nothing of theirs changed.
+// resync, which local users now sharing the room see, and their device
+// list is tracked from now on: the update could not be applied to a
+// cache this server did not hold, and nothing else would fetch it.
+// Members without such an update are not reported: nothing of theirs
+// changed.
 // Spec: client-server-api, "Tracking the device list for a user";
 // Complement msc3902 CanReceiveDeviceListUpdateDuringPartialStateJoin.
 func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMillis int64) error {
@@ -677,9 +680,15 @@ func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMil
 	if len(changed) == 0 {
 		return nil
 	}
-	return s.db.Write(ctx, func(tx storage.Tx) error {
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, changed...)
 	})
+	if err == nil {
+		for _, userID := range changed {
+			s.startTracking(userID)
+		}
+	}
+	return err
 }
 
 // MembersDropped takes the remote users a room's partial state held as
