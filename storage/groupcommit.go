@@ -146,6 +146,13 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		return
 	}
 	db.commits.Add(1)
+	// The OnCommit hooks of the writes that committed, in the order the
+	// writes ran, before any of them is acknowledged.
+	for i, req := range batch {
+		if results[i] == nil && req.tx != nil {
+			req.tx.runOnCommit()
+		}
+	}
 	for i, req := range batch {
 		req.finish(results[i])
 	}
