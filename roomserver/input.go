@@ -406,7 +406,18 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 		}
 	}
 	loaded := &loadedEvent{row: row, pdu: p.pdu}
-	tx.AfterCommit(func() { s.events.put(loaded) })
+	if p.outlierNID != 0 {
+		// After moveEventNID's AfterCommit drop of the outlier's entries
+		// (hooks run in registration order).
+		tx.AfterCommit(func() { s.events.put(loaded) })
+	} else {
+		// Cached by the committing goroutine before the send is answered
+		// or anyone is notified: a consumer woken by this commit (push,
+		// sync) finds the event parsed instead of parsing it again. A
+		// redaction later in the same batch drops it again after this
+		// (applyRedaction's OnCommit runs in batch order).
+		tx.OnCommit(func() { s.events.put(loaded) })
+	}
 	if p.outcome != Accepted {
 		return nil
 	}

@@ -85,6 +85,12 @@ func (s *Server) redact(ctx context.Context, tx storage.Tx, room *roomRow, redac
 	}
 	nid, id := target.row.NID, target.row.EventID
 	s.events.drop(nid, id)
+	// Once more right after the commit, on the committing goroutine: an
+	// earlier write of the same batch may have cached the target's
+	// unredacted parse in its own OnCommit hook, which runs before this
+	// one. And again after the commit on this caller's goroutine, after
+	// anything a reader put meanwhile from a read begun before the commit.
+	tx.OnCommit(func() { s.events.drop(nid, id) })
 	tx.AfterCommit(func() { s.events.drop(nid, id) })
 	return nil
 }

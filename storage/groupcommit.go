@@ -83,8 +83,9 @@ func (req *writeRequest) wait() error {
 }
 
 // groupCommitLoop is the single SQLite writer. It takes every request that
-// is waiting, runs them in one transaction (each in its own savepoint),
-// takes in those that arrived meanwhile (see runBatch) and commits once.
+// is waiting, runs them in one transaction (each but the first in its own
+// savepoint), takes in those that arrived meanwhile (see runBatch) and
+// commits once.
 func (db *DB) groupCommitLoop() {
 	defer db.writerWG.Done()
 	batch := make([]*writeRequest, 0, maxBatch)
@@ -146,13 +147,20 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		return
 	}
 	db.commits.Add(1)
+	// The OnCommit hooks of the writes that committed, in the order the
+	// writes ran, before any of them is acknowledged.
+	for i, req := range batch {
+		if results[i] == nil && req.tx != nil {
+			req.tx.runOnCommit()
+		}
+	}
 	for i, req := range batch {
 		req.finish(results[i])
 	}
 }
 
-// runBatch runs each request of batch in its own savepoint of sqlTx, in
-// order. Before it commits, it takes in the requests queued while it ran
+// runBatch runs the requests of batch in order in sqlTx, each after the
+// first in its own savepoint (see below for the first). Before it commits, it takes in the requests queued while it ran
 // (up to maxBatch in all), and runs them too: a write that arrives while
 // a batch is still running shares that batch's commit instead of waiting
 // for the commit and then a whole batch of its own. Nothing is committed
@@ -176,6 +184,19 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, batch []*writeRequest
 		}
 		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
 		req.tx = tx
+		if i == 0 {
+			// The first write of the transaction needs no savepoint of
+			// its own: if it fails, nothing else has run in the
+			// transaction, so the whole of it is rolled back and the
+			// write answered; the writer then starts afresh with
+			// whatever is queued. (Half the statements of a lone write.)
+			if err := callWrite(req.fn, tx); err != nil {
+				_ = sqlTx.Rollback()
+				req.finish(err)
+				return batch, nil, false
+			}
+			continue
+		}
 		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
 			results[i] = fmt.Errorf("storage: savepoint: %w", err)
 			req.failed = true

@@ -82,6 +82,15 @@ type Tx interface {
 	// Hooks run in registration order on the goroutine that called Write,
 	// before Write returns.
 	AfterCommit(fn func())
+	// OnCommit registers fn to run right after the transaction commits,
+	// on the goroutine that committed it, before any write it holds is
+	// acknowledged and before every AfterCommit hook. On SQLite that is
+	// the shared writer, which runs a batch's hooks in the order its
+	// writes ran, so an in-memory cache updated here follows the commits
+	// in order, however late each caller's goroutine wakes. fn must be
+	// quick and must not block, Read or Write. It does not run if the
+	// transaction (or this function's savepoint) rolls back.
+	OnCommit(fn func())
 }
 
 // DB is an open database.
@@ -300,6 +309,7 @@ func (db *DB) writePostgres(ctx context.Context, fn func(tx Tx) error) error {
 	if err := sqlTx.Commit(); err != nil {
 		return fmt.Errorf("storage: commit: %w", err)
 	}
+	tx.runOnCommit()
 	tx.runAfterCommit()
 	return nil
 }
@@ -402,10 +412,19 @@ func (t txQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.Row
 
 type writeTx struct {
 	txQuerier
-	after []func()
+	onCommit []func()
+	after    []func()
 }
 
 func (w *writeTx) AfterCommit(fn func()) { w.after = append(w.after, fn) }
+
+func (w *writeTx) OnCommit(fn func()) { w.onCommit = append(w.onCommit, fn) }
+
+func (w *writeTx) runOnCommit() {
+	for _, fn := range w.onCommit {
+		fn()
+	}
+}
 
 func (w *writeTx) runAfterCommit() {
 	for _, fn := range w.after {
