@@ -522,9 +522,19 @@ func (s *Server) TxnIDsOfEvents(ctx context.Context, userID, deviceID string, ro
 		ids = append(ids, id)
 	}
 	for start := 0; start < len(ids); start += 500 {
-		query, args := inList(`SELECT event_id, room_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, ids[start:min(start+500, len(ids))])
-		args = append(args, userID, deviceID)
-		query += ` AND user_id = ` + placeholder(len(args)-1) + ` AND device_id = ` + placeholder(len(args))
+		batch := ids[start:min(start+500, len(ids))]
+		// The table's key starts with room_id: naming the rooms lets both
+		// engines seek to each room's rows of this device instead of
+		// scanning every transaction ID of the server.
+		seen := map[string]bool{}
+		var rooms []string
+		for _, id := range batch {
+			if r := roomOf[id]; !seen[r] {
+				seen[r] = true
+				rooms = append(rooms, r)
+			}
+		}
+		query, args := txnIDsOfEventsQuery(rooms, batch, userID, deviceID)
 		rows, err := s.db.Reader().Query(ctx, query, args...)
 		if err != nil {
 			return nil, err
@@ -545,6 +555,18 @@ func (s *Server) TxnIDsOfEvents(ctx context.Context, userID, deviceID string, ro
 		}
 	}
 	return out, nil
+}
+
+// txnIDsOfEventsQuery selects the transaction IDs userID's deviceID sent
+// events with, among eventIDs, in rooms.
+func txnIDsOfEventsQuery(rooms, eventIDs []string, userID, deviceID string) (string, []any) {
+	query, args := inList(`SELECT event_id, room_id, txn_id FROM roomserver_txn_ids WHERE room_id IN `, rooms)
+	events, eventArgs := inList(` AND event_id IN `, eventIDs)
+	query += shiftPlaceholders(events, len(args))
+	args = append(args, eventArgs...)
+	args = append(args, userID, deviceID)
+	query += ` AND user_id = ` + placeholder(len(args)-1) + ` AND device_id = ` + placeholder(len(args))
+	return query, args
 }
 
 // MemberEventsOfRooms is IndexedStateKeys(room, "m.room.member", keys)
