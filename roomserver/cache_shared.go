@@ -114,7 +114,7 @@ func (s *Server) freshHits(ctx context.Context, q storage.Querier, hits []*loade
 // filled from it). In split mode only the entries of events that are not
 // outliers are remembered.
 func (s *Server) snapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []tuple) (stateMap, error) {
-	return s.snapKeys.lookupKeeping(nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
+	return s.snapKeys.lookupKeeping(s.snapKeyGeneration(q), nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
 		got, err := loadSnapshotKeys(ctx, q, nid, missing)
 		if err != nil || !s.shared {
 			return got, nil, err

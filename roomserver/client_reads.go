@@ -118,7 +118,7 @@ func (s *Server) historyIncomplete(ctx context.Context, roomID string) bool {
 
 func (s *Server) localEventAtTimestamp(ctx context.Context, userID, roomID string, ts int64, dir Direction) (*Event, error) {
 	var out *Event
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		room, err := loadRoom(ctx, q, roomID)
 		if err != nil {
 			return err
@@ -162,7 +162,7 @@ func (s *Server) localEventAtTimestamp(ctx context.Context, userID, roomID strin
 // PublicState implements ClientReads.
 func (s *Server) PublicState(ctx context.Context, roomID string, types []string) ([]*Event, error) {
 	var out []*Event
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		room, err := loadRoom(ctx, q, roomID)
 		if err != nil {
 			return err
@@ -203,7 +203,7 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 		limit = 1000
 	}
 	var out []*Event
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
 			WHERE event_nid > $1 AND NOT rejected AND NOT soft_failed ORDER BY event_nid LIMIT $2`, after, limit)
 		if err != nil {
@@ -285,7 +285,7 @@ func (s *Server) MembershipsAt(ctx context.Context, userID string, eventIDs []st
 	if len(eventIDs) == 0 {
 		return out, nil
 	}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		loaded, err := s.loadEventsByID(ctx, q, nil, eventIDs)
 		if err != nil {
 			return err
@@ -335,7 +335,7 @@ func (s *Server) PrevStates(ctx context.Context, eventIDs []string) (map[string]
 	if len(eventIDs) == 0 {
 		return out, nil
 	}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		loaded, err := s.loadEventsByID(ctx, q, nil, eventIDs)
 		if err != nil {
 			return err

@@ -68,7 +68,7 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 		}
 	}
 	if len(missing) > 0 {
-		gen := s.events.generation()
+		gen := s.eventGeneration(q)
 		rows, err := eventRowsByNID(ctx, q, missing)
 		if err != nil {
 			return nil, err
@@ -124,7 +124,7 @@ func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx stora
 	if len(missing) == 0 {
 		return out, nil
 	}
-	gen := s.events.generation()
+	gen := s.eventGeneration(q)
 	rows, err := eventRowsByID(ctx, q, missing)
 	if err != nil {
 		return nil, err

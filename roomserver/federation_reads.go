@@ -141,7 +141,7 @@ func (s *Server) JoinedServersInState(ctx context.Context, roomID string) ([]str
 func (s *Server) joinedServers(ctx context.Context, roomID string, withPartial bool) (out []string, err error) {
 	// One snapshot for the current state and the partial-state servers
 	// (see withPartialStateServers).
-	err = s.db.Read(ctx, func(q storage.Querier) error {
+	err = s.read(ctx, func(q storage.Querier) error {
 		users, err := storage.QueryColumn[string](ctx, q, `SELECT state_key FROM roomserver_current_state
 			WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
 		if err != nil {
@@ -587,7 +587,7 @@ func (s *Server) LocalEventsAfter(ctx context.Context, pos int64, limit int) (ou
 	// servers send_join named (deleted by that commit) would otherwise
 	// leave the events with no destination, and the sender would move
 	// past them for good (partial_state_outbound_test.go).
-	err = s.db.Read(ctx, func(q storage.Querier) error {
+	err = s.read(ctx, func(q storage.Querier) error {
 		out, end, err = s.localEventsAfter(ctx, q, pos, limit)
 		return err
 	})

@@ -395,7 +395,7 @@ func (s *Server) stateEvents(ctx context.Context, q storage.Querier, version str
 // stateSnapshotFor), sorted by (type, state_key).
 func (s *Server) CurrentState(ctx context.Context, userID, roomID string) ([]*Event, error) {
 	var out []*Event
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		room, err := loadRoom(ctx, q, roomID)
 		if err != nil {
 			return err
@@ -422,7 +422,7 @@ func (s *Server) CurrentState(ctx context.Context, userID, roomID string) ([]*Ev
 // CurrentStateEvent returns one state event userID may read.
 func (s *Server) CurrentStateEvent(ctx context.Context, userID, roomID, eventType, stateKey string) (*Event, error) {
 	var out *Event
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		room, err := loadRoom(ctx, q, roomID)
 		if err != nil {
 			return err
@@ -453,7 +453,7 @@ func (s *Server) CurrentStateEvent(ctx context.Context, userID, roomID, eventTyp
 // StateAt returns the state before and after an event userID may see.
 func (s *Server) StateAt(ctx context.Context, userID, eventID string) (*StateAtEvent, error) {
 	out := &StateAtEvent{}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		e, version, err := s.loadByID(ctx, q, eventID)
 		if err != nil {
 			return err
@@ -532,7 +532,7 @@ func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeRes
 		to = 1<<63 - 1
 	}
 	out := &RangeResponse{End: req.From}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		rooms := req.RoomIDs
 		if len(rooms) == 0 {
 			joined, err := storage.QueryColumn[string](ctx, q, `SELECT room_id FROM roomserver_current_state
@@ -709,7 +709,7 @@ func (s *Server) Messages(ctx context.Context, req MessagesRequest) (*MessagesRe
 		s.backfillIfAtStart(ctx, req.RoomID, from, limit) // federation_backfill.go
 	}
 	out := &MessagesResponse{Start: from.String(), End: from.String()}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		if _, err := loadRoom(ctx, q, req.RoomID); err != nil {
 			return err
 		}

@@ -557,6 +557,14 @@ func (c *snapshotKeyCache) invalidate() {
 	c.gen++
 }
 
+// generation is read before loading entries from the database, for
+// lookupKeeping.
+func (c *snapshotKeyCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
 func newSnapshotKeyCache(max int) *snapshotKeyCache {
 	return &snapshotKeyCache{max: max, byID: make(map[int64]stateMap)}
 }
@@ -564,7 +572,7 @@ func newSnapshotKeyCache(max int) *snapshotKeyCache {
 // lookup returns snapshot nid's entries at keys, calling load (outside the
 // lock) for the keys it does not know yet.
 func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []tuple) (stateMap, error)) (stateMap, error) {
-	return c.lookupKeeping(nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
+	return c.lookupKeeping(c.generation(), nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
 		got, err := load(missing)
 		return got, nil, err
 	})
@@ -572,12 +580,13 @@ func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []t
 
 // lookupKeeping is lookup whose load also says which of the event NIDs
 // it found may be remembered (keep nil: all of them); the entries of the
-// others are this read's answer only (cache_shared.go).
-func (c *snapshotKeyCache) lookupKeeping(nid int64, keys []tuple, load func(missing []tuple) (got stateMap, keep func(eventNID int64) bool, err error)) (stateMap, error) {
+// others are this read's answer only (cache_shared.go). gen is the
+// cache's generation when the read load uses began (snapshot_read.go):
+// what it loads is not remembered if the cache was invalidated since.
+func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, load func(missing []tuple) (got stateMap, keep func(eventNID int64) bool, err error)) (stateMap, error) {
 	out := make(stateMap, len(keys))
 	var missing []tuple
 	c.mu.Lock()
-	gen := c.gen
 	known := c.byID[nid]
 	for _, k := range keys {
 		if v, ok := known[k]; ok {

@@ -64,7 +64,7 @@ type RecentRooms struct {
 func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest) (*RecentRooms, error) {
 	limit := max(req.Limit, 1)
 	out := &RecentRooms{Rooms: make(map[string]*RecentResponse, len(req.RoomIDs)), Memberships: map[string]string{}}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		byRoom := make(map[string][]*eventRow, len(req.RoomIDs))
 		for _, part := range roomChunks(req.RoomIDs) {
 			if err := s.recentRowsOfRooms(ctx, q, part, req.From, req.To, limit+1, byRoom); err != nil {
@@ -340,7 +340,7 @@ func contentMember(js []byte) (content []byte, ok bool) {
 // sync_queries.go.
 func (s *Server) CurrentStateOfRooms(ctx context.Context, roomIDs []string, skipMembers bool) (map[string][]*Event, error) {
 	out := make(map[string][]*Event, len(roomIDs))
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		nidsByRoom := map[string][]int64{}
 		for _, part := range roomChunks(roomIDs) {
 			query, args := inList(`SELECT room_id, event_nid FROM roomserver_current_state WHERE room_id IN `, part)
@@ -445,7 +445,7 @@ func (s *Server) RoomMemberSummaries(ctx context.Context, roomIDs []string) (map
 	for _, roomID := range roomIDs {
 		out[roomID] = &MemberSummary{}
 	}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		for _, part := range roomChunks(roomIDs) {
 			query, args := inList(`SELECT room_id,
 				COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0),
@@ -582,7 +582,7 @@ func (s *Server) MemberEventsOfRooms(ctx context.Context, stateKeys map[string][
 		}
 	}
 	slices.Sort(roomIDs)
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		nidsByRoom := map[string][]int64{}
 		for _, part := range roomChunks(roomIDs) {
 			// The rooms' keys together, each row then kept only if its

@@ -91,7 +91,7 @@ type RecentResponse struct {
 func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentResponse, error) {
 	limit := max(req.Limit, 1)
 	out := &RecentResponse{}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		rows, err := s.recentRows(ctx, q, req.RoomID, req.From, req.To, limit+1)
 		if err != nil {
 			return err
@@ -338,7 +338,7 @@ func (s *Server) StateDelta(ctx context.Context, roomID string, from, to int64) 
 
 func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, args ...any) ([]*Event, error) {
 	var out []*Event
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		version, err := s.committedRoomVersion(ctx, q, roomID)
 		if err != nil {
 			return err
@@ -373,7 +373,7 @@ type MemberSummary struct {
 // Spec: client-server-api, "GET /_matrix/client/v3/sync", RoomSummary.
 func (s *Server) RoomMemberSummary(ctx context.Context, roomID string) (*MemberSummary, error) {
 	out := &MemberSummary{}
-	err := s.db.Read(ctx, func(q storage.Querier) error {
+	err := s.read(ctx, func(q storage.Querier) error {
 		if err := q.QueryRow(ctx, `SELECT
 			COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0),
 			COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0)
