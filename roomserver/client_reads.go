@@ -99,7 +99,18 @@ func (s *Server) EventAtTimestamp(ctx context.Context, userID, roomID string, ts
 	if !closer {
 		return local, err
 	}
-	if _, _, herr := s.FederationEvent(ctx, remoteID); mxerr.Is(herr, mxerr.NotFound) {
+	// The remote event is backfilled unless it already has a place in
+	// the timeline. An event held only as an outlier (the state and auth
+	// chain a join brought, the create event among them) has none: no
+	// local lookup can return it, so it is promoted like any backfilled
+	// outlier. Spec: server-server-api, "GET /timestamp_to_event" ("it
+	// should try to backfill this event ... so that it is available for a
+	// client to query").
+	_, timeline, herr := heldOutlier(ctx, s.db.Reader(), remoteID)
+	if herr != nil {
+		return local, err
+	}
+	if !timeline {
 		if _, perr := s.PersistBackfill(ctx, roomID, []json.RawMessage{raw}); perr != nil {
 			return local, err
 		}
@@ -107,12 +118,16 @@ func (s *Server) EventAtTimestamp(ctx context.Context, userID, roomID string, ts
 	return s.localEventAtTimestamp(ctx, userID, roomID, ts, dir)
 }
 
-// historyIncomplete reports whether this server lacks the start of
-// roomID's history: its oldest timeline event is not the create event.
+// historyIncomplete reports whether this server lacks part of roomID's
+// history: the oldest event it received as part of the live timeline
+// (positive NID) is not the create event, so the room was joined over
+// federation. Backfilled events (negative NIDs) do not change that: they
+// fill the history in pieces (a timestamp lookup backfills one event,
+// possibly the create event), never proving that no gap is left.
 func (s *Server) historyIncomplete(ctx context.Context, roomID string) bool {
 	var eventType string
 	err := s.db.Reader().QueryRow(ctx, `SELECT type FROM roomserver_events WHERE room_id = $1
-		AND NOT rejected AND NOT soft_failed ORDER BY depth, event_nid LIMIT 1`, roomID).Scan(&eventType)
+		AND NOT rejected AND NOT soft_failed AND event_nid > 0 ORDER BY depth, event_nid LIMIT 1`, roomID).Scan(&eventType)
 	return err == nil && eventType != "m.room.create"
 }
 
