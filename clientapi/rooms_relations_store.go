@@ -57,6 +57,14 @@ func relationOf(ev *roomserver.Event) (relation, bool) {
 	}, true
 }
 
+// relationsIndexerBatch is how many events one catch-up transaction reads
+// and indexes. Its events are all in memory at once, parsed: the first
+// read after a burst of sends (bench/run.sh's 500-room initial sync
+// follows ~8,500 new events) catches up inside that request, and 1,000
+// parsed events at a time added several MB to the sync's own live heap
+// and the process's peak (docs/benchmarks.md, "Memory, part 3").
+const relationsIndexerBatch = 200
+
 // catchUp indexes every event sent since the stored position.
 func (ix *relationsIndexer) catchUp(ctx context.Context) error {
 	ix.mu.Lock()
@@ -67,7 +75,7 @@ func (ix *relationsIndexer) catchUp(ctx context.Context) error {
 		return err
 	}
 	for {
-		evs, err := ix.rooms.EventsAfter(ctx, pos, 1000)
+		evs, err := ix.rooms.EventsAfter(ctx, pos, relationsIndexerBatch)
 		if err != nil {
 			return err
 		}

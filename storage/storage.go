@@ -15,8 +15,9 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"github.com/mattn/go-sqlite3"
+
+	"github.com/myelin-chat/myelin/storage/pgdriver"
 )
 
 // Engine names a database engine.
@@ -150,8 +151,8 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	// query's SQL is parsed and planned once per connection instead of on
 	// every call: queries are a small fixed set of constants. Statements
 	// built with a variable-length IN list fall out of the LRU first.
-	// (On PostgreSQL, pgx caches prepared statements per connection by
-	// default, so both engines parse each query text once.)
+	// (On PostgreSQL, pgdriver caches prepared statements per connection,
+	// so both engines parse each query text once.)
 	common.Set("_stmt_cache_size", strconv.Itoa(stmtCacheSize))
 
 	wq := url.Values{}
@@ -207,10 +208,15 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 	if opts.PostgresURL == "" {
 		return nil, errors.New("storage: postgres connection string is empty")
 	}
-	pool, err := sql.Open("pgx", opts.PostgresURL)
+	connector, err := pgdriver.NewConnector(opts.PostgresURL)
 	if err != nil {
 		return nil, fmt.Errorf("storage: opening postgres: %w", err)
 	}
+	// pgdriver, not pgx's stdlib adapter: the same connection layer
+	// without pgx's type system, ~2.6 MiB less resident in every binary
+	// (docs/benchmarks.md, "Memory, part 3"). Like pgx, it caches
+	// prepared statements per connection.
+	pool := sql.OpenDB(connector)
 	n := opts.MaxOpenConns
 	if n <= 0 {
 		n = 20

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/pgdriver"
 )
 
 // PostgresEnv names the environment variable holding the PostgreSQL
@@ -75,7 +76,7 @@ func PostgresOptions(t testing.TB) storage.Options {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	schema := "t_" + hex.EncodeToString(b[:])
-	admin, err := sql.Open("pgx", base)
+	admin, err := sql.Open(pgdriver.DriverName, base)
 	if err != nil {
 		t.Fatalf("opening postgres: %v", err)
 	}
@@ -84,7 +85,7 @@ func PostgresOptions(t testing.TB) storage.Options {
 		t.Fatalf("creating schema: %v", err)
 	}
 	t.Cleanup(func() {
-		admin, err := sql.Open("pgx", base)
+		admin, err := sql.Open(pgdriver.DriverName, base)
 		if err != nil {
 			return
 		}
