@@ -301,6 +301,9 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 				return err
 			}
 			room.Extremities = nil
+			if err := closePartialStateLeft(ctx, tx, roomID); err != nil {
+				return err
+			}
 		} else if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
 			return err
 		}
