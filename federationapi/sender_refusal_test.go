@@ -1,6 +1,7 @@
 package federationapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -12,8 +13,8 @@ import (
 // 408 Request Timeout and 425 Too Early are transient: the same
 // transaction (same txnId, same PDUs) is sent again until accepted. A
 // 400 refuses the transaction's very bytes: it is dropped, not retried,
-// and the destination's queue goes on with the next event in a new
-// transaction.
+// the destination is not marked down (no backoff), and its queue goes on
+// with the next event in a new transaction.
 // Spec: server-server-api, "PUT /_matrix/federation/v1/send/{txnId}"
 // (retry until a 200 before another txnId); security case 7 (a refused
 // transaction never wedges the queue).
@@ -83,6 +84,20 @@ func TestSenderRefusalsByStatus(t *testing.T) {
 		refuseFirst(http.StatusBadRequest)
 		dropped := sendText(t, a, roomID, alice, "refused with 400")
 		eventually(t, "the 400 answer", func() bool { return len(withEvent(dropped)) == 1 })
+		// Dropped, and the destination not marked down (no backoff).
+		eventually(t, "A to drop the refused transaction without backing off", func() bool {
+			var rows, failures int
+			q := a.HS.DB.Reader()
+			if err := q.QueryRow(context.Background(), `SELECT COUNT(*) FROM federation_queue_pdus WHERE destination = $1`,
+				f.name).Scan(&rows); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.QueryRow(context.Background(), `SELECT failures FROM federation_destinations WHERE server_name = $1`,
+				f.name).Scan(&failures); err != nil {
+				t.Fatal(err)
+			}
+			return rows == 0 && failures == 0
+		})
 		f.mu.Lock()
 		f.sendGate = nil
 		f.mu.Unlock()
