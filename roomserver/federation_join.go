@@ -345,6 +345,13 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 				return err
 			}
 		}
+		if rejoin != nil && room.Partial {
+			// The earlier partial-state join's events keep their
+			// partial state: no replay will reach them.
+			if err := keepPartialStretch(ctx, tx, roomID, p.row.NID-1); err != nil {
+				return err
+			}
+		}
 		if req.PartialState {
 			return s.markPartial(ctx, tx, roomID, join.EventID(), req.Servers)
 		}

@@ -27,7 +27,9 @@ package roomserver
 //
 // Which events have that partial state stays known: the purge records
 // the stretch from the partial-state join on (roomserver_partial_state_left),
-// open until a later join imports the room's state again. Another
+// open until a later join imports the room's state again (so does a
+// rejoin that ends a partial-state join without a replay, closed at once:
+// keepPartialStretch). Another
 // server's GET /state and /state_ids at an event of a stretch are
 // refused as they were while the room was partial (MSC3706: a server
 // must not answer partial state as if it were the full state), and
@@ -153,6 +155,20 @@ func leftPartialServer(ctx context.Context, q storage.Querier, roomID, server st
 		}
 	}
 	return false, nil
+}
+
+// keepPartialStretch records, closed at through, the stretch of roomID's
+// events from its partial-state join on, when a rejoin ends that join's
+// partial state without a replay: the record moves to a later partial
+// join that does not follow our timeline, or a rejoin answered with the
+// full state clears it (ImportJoinedRoom). Those events keep their
+// partial state, as after a purge.
+func keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
+		SELECT p.room_id, e.event_nid, $2, p.servers FROM roomserver_partial_state_rooms p
+		JOIN roomserver_events e ON e.event_id = p.join_event_id WHERE p.room_id = $1
+		ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, through)
+	return err
 }
 
 // closePartialStateLeft ends roomID's open stretch at the last event

@@ -1,11 +1,12 @@
--- Stretches of a room's events stored with partial state whose
--- partial-state record was purged (partial_state_purge.go): every local
--- user left before the resync completed, so their state never will be.
+-- Stretches of a room's events stored with partial state that no resync
+-- will complete (partial_state_purge.go): the partial-state record was
+-- purged (every local user left before the resync completed), or a
+-- rejoin ended that partial-state join without a replay of its events.
 -- GET /state and /state_ids at them are refused, as while the room was
--- partial. A stretch starts at the partial-state join and stays open
--- (through_nid NULL: every event stored meanwhile is computed from the
--- partial state) until a later join imports the room's state again,
--- which closes it at the last event stored before that join.
+-- partial. A stretch starts at the partial-state join; after a purge it
+-- stays open (through_nid NULL: every event stored meanwhile is computed
+-- from the partial state) until a later join imports the room's state
+-- again, which closes it at the last event stored before that join.
 CREATE TABLE roomserver_partial_state_left (
     room_id TEXT NOT NULL,
     from_nid BIGINT NOT NULL,
