@@ -348,7 +348,8 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		if rejoin != nil && room.Partial {
 			// The earlier partial-state join's events keep their
 			// partial state: no replay will reach them.
-			if err := keepPartialStretch(ctx, tx, roomID, p.row.NID-1); err != nil {
+			through := p.row.NID - 1
+			if err := keepPartialStretch(ctx, tx, roomID, &through); err != nil {
 				return err
 			}
 		}

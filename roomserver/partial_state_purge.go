@@ -27,15 +27,15 @@ package roomserver
 //
 // Which events have that partial state stays known: the purge records
 // the stretch from the partial-state join on (roomserver_partial_state_left),
-// open until a later join imports the room's state again (so does a
-// rejoin that ends a partial-state join without a replay, closed at once:
-// keepPartialStretch). Another
-// server's GET /state and /state_ids at an event of a stretch are
-// refused as they were while the room was partial (MSC3706: a server
-// must not answer partial state as if it were the full state), and
-// while the stretch is open the servers the record named keep reading
-// the room's events (/event, /backfill, ...) as before the purge, since
-// the partial current state lacks their members.
+// open until a later join imports the room's state again; a rejoin that
+// ends a partial-state join without replaying its events records its
+// stretch too, closed at once (ImportJoinedRoom). Another server's GET
+// /state and /state_ids at an event of a stretch are refused as they
+// were while the room was partial (MSC3706: a server must not answer
+// partial state as if it were the full state), and while a stretch is
+// open the servers the record named keep reading the room's events
+// (/event, /backfill, ...) as before the purge, since the partial
+// current state lacks their members.
 //
 // Synapse stops such a resync too and deletes the whole room, leave
 // events included; Myelin keeps the history its users saw.
@@ -103,10 +103,7 @@ func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrou
 		// The events from the partial-state join on keep their partial
 		// state: remember them (and the servers the record named) so
 		// that reads of that state stay refused (StateForServer).
-		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
-			SELECT p.room_id, e.event_nid, NULL, p.servers FROM roomserver_partial_state_rooms p
-			JOIN roomserver_events e ON e.event_id = p.join_event_id WHERE p.room_id = $1
-			ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID); err != nil {
+		if err := keepPartialStretch(ctx, tx, roomID, nil); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID); err != nil {
@@ -127,8 +124,8 @@ func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrou
 }
 
 // partialStateLeftAt reports whether the event numbered nid of roomID
-// lies in a stretch of events stored with partial state whose record was
-// purged (see the file comment).
+// lies in a stretch of events stored with partial state that no resync
+// will complete (see the file comment).
 func partialStateLeftAt(ctx context.Context, q storage.Querier, roomID string, nid int64) (bool, error) {
 	var n int
 	err := q.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_partial_state_left WHERE room_id = $1
@@ -157,13 +154,14 @@ func leftPartialServer(ctx context.Context, q storage.Querier, roomID, server st
 	return false, nil
 }
 
-// keepPartialStretch records, closed at through, the stretch of roomID's
-// events from its partial-state join on, when a rejoin ends that join's
-// partial state without a replay: the record moves to a later partial
-// join that does not follow our timeline, or a rejoin answered with the
-// full state clears it (ImportJoinedRoom). Those events keep their
-// partial state, as after a purge.
-func keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through int64) error {
+// keepPartialStretch records the stretch of roomID's events from its
+// partial-state join on, with the servers of its partial-state record,
+// before the record goes or moves: open (through nil) when the purge
+// drops it, closed at *through when a rejoin ends that join's partial
+// state without a replay (the record moves to a later partial join that
+// does not follow our timeline, or a rejoin answered with the full state
+// clears it: ImportJoinedRoom). Those events keep their partial state.
+func keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through *int64) error {
 	_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
 		SELECT p.room_id, e.event_nid, $2, p.servers FROM roomserver_partial_state_rooms p
 		JOIN roomserver_events e ON e.event_id = p.join_event_id WHERE p.room_id = $1
