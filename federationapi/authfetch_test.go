@@ -37,7 +37,9 @@ type fakeRemote struct {
 	// request's context ends, say). Guarded by mu.
 	sendGate func(r *http.Request) int
 	// hideKeys makes GET /_matrix/key/v2/server answer 404; keyValidity
-	// (default an hour) is the valid_until_ts it publishes. Guarded by mu.
+	// (default an hour) is the valid_until_ts it publishes, key the key
+	// it publishes (key is set before the fake serves, or under mu).
+	// Guarded by mu.
 	hideKeys    bool
 	keyValidity time.Duration
 }
@@ -61,7 +63,7 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 	f := &fakeRemote{name: "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), key: key, mux: http.NewServeMux(), hits: map[string]int{}}
 	f.mux.HandleFunc("/_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
-		hide, validity := f.hideKeys, f.keyValidity
+		hide, validity, key := f.hideKeys, f.keyValidity, f.key
 		f.mu.Unlock()
 		if hide {
 			http.Error(w, `{"errcode":"M_NOT_FOUND"}`, http.StatusNotFound)

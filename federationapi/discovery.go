@@ -31,7 +31,22 @@ const (
 	wellKnownTimeout    = 10 * time.Second
 	wellKnownDefaultTTL = 24 * time.Hour
 	wellKnownMaxTTL     = 48 * time.Hour
-	wellKnownErrorTTL   = time.Hour
+	// A .well-known that answers without a valid m.server (404, another
+	// 4xx, bad JSON, no or an invalid m.server, too large) is an answer:
+	// the host delegates nowhere. It stands for wellKnownErrorTTL, the
+	// spec's "errors are recommended to be cached for up to an hour"
+	// (Synapse caches an invalid .well-known for an hour too).
+	wellKnownErrorTTL = time.Hour
+	// A lookup that gets no answer (no connection, a TLS failure, a
+	// timeout, a 5xx from a proxy whose backend is down) tells nothing
+	// about the delegation. It is retried after wellKnownRetryMin, then
+	// after twice as long for each further failure in a row, up to
+	// wellKnownErrorTTL: the spec encourages exponential back-off for
+	// repeated failures. Two minutes at first, as Synapse waits before
+	// asking again a host it recently had a valid .well-known from: for
+	// an hour of a brief outage, every request to a delegated server
+	// would go to <host>:8448, which is usually not where it listens.
+	wellKnownRetryMin = 2 * time.Minute
 	// SRV answers are cached too: Go's resolver neither caches nor tells
 	// the record's TTL, and a lookup may stall for the resolver's timeout
 	// (5 s by default) — for every request, if uncached. An answer, or
@@ -62,6 +77,9 @@ type srvEntry struct {
 type wellKnownEntry struct {
 	server  string // m.server, "" when the lookup failed
 	expires time.Time
+	// failures counts the lookups in a row that got no answer (their
+	// back-off doubles with each); 0 after an answer.
+	failures int
 }
 
 // resolve returns the targets for serverName, in the order to try them.
@@ -164,26 +182,48 @@ func (r *resolver) cachedSRV(ctx context.Context, service, host string) []*net.S
 
 // wellKnown returns the m.server of https://host/.well-known/matrix/server,
 // or "" when there is none; results (failures too) are cached.
+// Spec: server-server-api, "Resolving server names" (step 3).
 func (r *resolver) wellKnown(ctx context.Context, host string) string {
 	now := r.now()
 	r.mu.Lock()
-	if e, ok := r.cache[host]; ok && now.Before(e.expires) {
+	prev, ok := r.cache[host]
+	if ok && now.Before(prev.expires) {
 		r.mu.Unlock()
-		return e.server
+		return prev.server
 	}
 	r.mu.Unlock()
 	server, ttl, err := r.fetchWellKnown(ctx, host)
-	if err != nil {
+	failures := 0
+	var noAnswer *wellKnownNoAnswer
+	switch {
+	case err == nil:
+	case errors.As(err, &noAnswer):
+		if ctx.Err() != nil {
+			return "" // our caller gave up: nothing learnt about the host
+		}
+		failures = prev.failures + 1
+		server, ttl = "", wellKnownErrorTTL
+		if shift := failures - 1; shift < 6 {
+			ttl = min(wellKnownRetryMin<<shift, wellKnownErrorTTL)
+		}
+	default:
 		server, ttl = "", wellKnownErrorTTL
 	}
 	r.mu.Lock()
-	if len(r.cache) > 10000 {
+	if r.cache == nil || len(r.cache) > 10000 {
 		r.cache = map[string]wellKnownEntry{}
 	}
-	r.cache[host] = wellKnownEntry{server: server, expires: now.Add(ttl)}
+	r.cache[host] = wellKnownEntry{server: server, expires: now.Add(ttl), failures: failures}
 	r.mu.Unlock()
 	return server
 }
+
+// wellKnownNoAnswer is a .well-known lookup that got no answer from the
+// host (see wellKnownRetryMin), as opposed to an invalid answer.
+type wellKnownNoAnswer struct{ err error }
+
+func (e *wellKnownNoAnswer) Error() string { return "well-known: no answer: " + e.err.Error() }
+func (e *wellKnownNoAnswer) Unwrap() error { return e.err }
 
 func (r *resolver) fetchWellKnown(ctx context.Context, host string) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, wellKnownTimeout)
@@ -194,15 +234,18 @@ func (r *resolver) fetchWellKnown(ctx context.Context, host string) (string, tim
 	}
 	resp, err := r.wellKnownClient.Do(req)
 	if err != nil {
-		return "", 0, err
+		return "", 0, &wellKnownNoAnswer{err}
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return "", 0, &wellKnownNoAnswer{fmt.Errorf("status %d", resp.StatusCode)}
+	}
 	if resp.StatusCode != http.StatusOK {
 		return "", 0, fmt.Errorf("well-known: status %d", resp.StatusCode)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, wellKnownMaxBytes+1))
 	if err != nil {
-		return "", 0, err
+		return "", 0, &wellKnownNoAnswer{err} // the connection broke or timed out
 	}
 	if len(body) > wellKnownMaxBytes {
 		return "", 0, errors.New("well-known: response too large")

@@ -170,3 +170,116 @@ func TestResolveCachesSRV(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestWellKnownFailuresCached: a .well-known lookup that gets no answer
+// (the host is down) is cached, so requests meanwhile do not wait on it,
+// and retried after wellKnownRetryMin, then after twice as long for each
+// failure in a row, never more than wellKnownErrorTTL; once the host
+// answers, its delegation is used. An invalid answer (404) stands for
+// wellKnownErrorTTL. A lookup the caller gave up on is not cached.
+// Spec: server-server-api, "Resolving server names" (step 3: errors
+// cached for up to an hour, exponential back-off for repeated failures).
+func TestWellKnownFailuresCached(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	fetches := map[string]int{}
+	up := map[string]bool{}
+	r := &resolver{
+		lookupSRV: func(context.Context, string, string, string) (string, []*net.SRV, error) {
+			return "", nil, &net.DNSError{Err: "no such host", IsNotFound: true}
+		},
+		wellKnownClient: &http.Client{Transport: roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			fetches[req.URL.Host]++
+			if err := req.Context().Err(); err != nil {
+				return nil, err
+			}
+			switch {
+			case req.URL.Host == "none.example":
+				return &http.Response{StatusCode: http.StatusNotFound, Body: http.NoBody, Request: req}, nil
+			case req.URL.Host == "proxy.example":
+				return &http.Response{StatusCode: http.StatusBadGateway, Body: http.NoBody, Request: req}, nil
+			case up[req.URL.Host]:
+				rec := httptest.NewRecorder()
+				_, _ = rec.WriteString(`{"m.server":"real.example:8008"}`)
+				resp := rec.Result()
+				resp.Request = req
+				return resp, nil
+			}
+			return nil, errors.New("connection refused")
+		})},
+		now:   func() time.Time { return now },
+		cache: map[string]wellKnownEntry{},
+	}
+	resolve := func(name string) string {
+		t.Helper()
+		got, err := r.resolve(context.Background(), name)
+		if err != nil || len(got) == 0 {
+			t.Fatalf("%s: %v %v", name, got, err)
+		}
+		return got[0].Addr
+	}
+	start := now
+	at := func(d time.Duration) { now = start.Add(d) }
+	expect := func(host string, n int, when string) {
+		t.Helper()
+		if fetches[host] != n {
+			t.Fatalf("%s: %s fetched %d times, want %d", when, host, fetches[host], n)
+		}
+	}
+
+	// down.example: no answer at 0, retried at 2 min, then 4 min
+	// later, then 8 min later (each failure in between served from the
+	// cache), then up.
+	for _, host := range []string{"down.example", "proxy.example", "none.example"} {
+		if got := resolve(host); got != host+":8448" {
+			t.Fatalf("%s without .well-known resolved to %s", host, got)
+		}
+		resolve(host)
+		expect(host, 1, "right after the first failure")
+	}
+	at(wellKnownRetryMin - time.Second)
+	resolve("down.example")
+	resolve("proxy.example")
+	expect("down.example", 1, "before wellKnownRetryMin")
+	expect("proxy.example", 1, "before wellKnownRetryMin")
+	at(wellKnownRetryMin + time.Second)
+	resolve("down.example")
+	resolve("proxy.example") // a 5xx is no answer either
+	expect("down.example", 2, "after wellKnownRetryMin")
+	expect("proxy.example", 2, "after wellKnownRetryMin")
+	at(wellKnownRetryMin + 2*wellKnownRetryMin - time.Second)
+	resolve("down.example")
+	expect("down.example", 2, "before the doubled back-off")
+	at(wellKnownRetryMin + 2*wellKnownRetryMin + 2*time.Second)
+	resolve("down.example")
+	expect("down.example", 3, "after the doubled back-off")
+	up["down.example"] = true
+	at(wellKnownRetryMin + 2*wellKnownRetryMin + 4*wellKnownRetryMin + 3*time.Second)
+	if got := resolve("down.example"); got != "real.example:8008" {
+		t.Fatalf("once up, down.example resolved to %s, want its delegation", got)
+	}
+	expect("down.example", 4, "once up")
+	// The back-off never exceeds wellKnownErrorTTL.
+	r.cache["flaky.example"] = wellKnownEntry{failures: 40}
+	resolve("flaky.example")
+	if e := r.cache["flaky.example"]; e.failures != 41 || e.expires != now.Add(wellKnownErrorTTL) {
+		t.Fatalf("after 41 failures in a row the entry is %+v, want a retry after wellKnownErrorTTL", e)
+	}
+
+	// An invalid answer stands for wellKnownErrorTTL.
+	at(wellKnownErrorTTL - time.Second)
+	resolve("none.example")
+	expect("none.example", 1, "before wellKnownErrorTTL")
+	at(wellKnownErrorTTL + time.Second)
+	resolve("none.example")
+	expect("none.example", 2, "after wellKnownErrorTTL")
+
+	// A lookup whose caller gave up teaches nothing.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.resolve(ctx, "gone.example"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.cache["gone.example"]; ok {
+		t.Fatal("a lookup cut short by the caller was cached")
+	}
+}

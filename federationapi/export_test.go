@@ -47,3 +47,11 @@ func (s *Server) SetResyncGiveUp(after time.Duration, rounds int) {
 	defer s.resyncMu.Unlock()
 	s.giveUpAfter, s.giveUpRounds = after, rounds
 }
+
+// ForgetKeyFetches lets s fetch any server's keys again at once (it
+// otherwise waits minRefetch between two fetches of one server's keys).
+func (s *Server) ForgetKeyFetches() {
+	s.keys.mu.Lock()
+	defer s.keys.mu.Unlock()
+	clear(s.keys.lastFetch)
+}

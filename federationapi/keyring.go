@@ -320,31 +320,54 @@ func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) e
 	})
 }
 
-// document returns the cached key document of server valid until at
-// least minValidUntil, fetching it if needed; nil if none.
-func (r *keyRing) document(ctx context.Context, server string, minValidUntil int64) (json.RawMessage, error) {
-	read := func() (json.RawMessage, error) {
-		var doc string
+// document returns the key document of server for the notary endpoint:
+// the cached one when it is valid until at least minValidUntil (and now)
+// and holds every key of keyIDs (current or old), else a fresh one
+// fetched from the server. When the server cannot be reached the cached
+// document is returned all the same, nil only if there is none: the
+// requester judges its valid_until_ts itself.
+// Spec: server-server-api, "Querying Keys Through Another Server" (keys
+// SHOULD be valid until minimum_valid_until_ts; notaries answer for
+// servers that are offline with cached responses; no key IDs: all keys).
+func (r *keyRing) document(ctx context.Context, server string, keyIDs []string, minValidUntil int64) (json.RawMessage, error) {
+	read := func() (doc json.RawMessage, enough bool, err error) {
+		var raw string
 		var until int64
-		err := r.s.db.Reader().QueryRow(ctx, `SELECT document, valid_until_ts FROM federation_key_documents WHERE server_name = $1`,
-			server).Scan(&doc, &until)
+		err = r.s.db.Reader().QueryRow(ctx, `SELECT document, valid_until_ts FROM federation_key_documents WHERE server_name = $1`,
+			server).Scan(&raw, &until)
 		if storage.IsNoRows(err) {
-			return nil, nil
+			return nil, false, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
+		doc = json.RawMessage(raw)
 		if until < minValidUntil || until <= r.s.now().UnixMilli() {
-			return nil, nil
+			return doc, false, nil
 		}
-		return json.RawMessage(doc), nil
+		if len(keyIDs) > 0 {
+			var keys struct {
+				VerifyKeys    map[string]json.RawMessage `json:"verify_keys"`
+				OldVerifyKeys map[string]json.RawMessage `json:"old_verify_keys"`
+			}
+			if err := json.Unmarshal(doc, &keys); err != nil {
+				return nil, false, fmt.Errorf("cached key document of %s: %w", server, err)
+			}
+			for _, id := range keyIDs {
+				if keys.VerifyKeys[id] == nil && keys.OldVerifyKeys[id] == nil {
+					return doc, false, nil
+				}
+			}
+		}
+		return doc, true, nil
 	}
-	doc, err := read()
-	if err != nil || doc != nil {
+	doc, enough, err := read()
+	if err != nil || enough {
 		return doc, err
 	}
 	if err := r.fetch(ctx, server); err != nil {
 		r.s.log.Debug("notary: fetching keys failed", "server", server, "err", err)
 	}
-	return read()
+	doc, _, err = read()
+	return doc, err
 }

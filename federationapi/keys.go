@@ -67,10 +67,12 @@ func (s *Server) notaryQuery(w http.ResponseWriter, r *http.Request) error {
 	out := []json.RawMessage{}
 	for server, keys := range req.ServerKeys {
 		var minValid int64
-		for _, c := range keys {
+		keyIDs := make([]string, 0, len(keys))
+		for keyID, c := range keys {
+			keyIDs = append(keyIDs, keyID)
 			minValid = max(minValid, c.MinimumValidUntilTS)
 		}
-		doc, err := s.notaryDocument(r, server, minValid)
+		doc, err := s.notaryDocument(r, server, keyIDs, minValid)
 		if err != nil {
 			return err
 		}
@@ -85,7 +87,7 @@ func (s *Server) notaryQuery(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) notaryQueryOne(w http.ResponseWriter, r *http.Request) error {
 	server := chi.URLParam(r, "serverName")
 	minValid, _ := strconv.ParseInt(r.URL.Query().Get("minimum_valid_until_ts"), 10, 64)
-	doc, err := s.notaryDocument(r, server, minValid)
+	doc, err := s.notaryDocument(r, server, nil, minValid)
 	if err != nil {
 		return err
 	}
@@ -96,14 +98,14 @@ func (s *Server) notaryQueryOne(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, map[string]any{"server_keys": out})
 }
 
-func (s *Server) notaryDocument(r *http.Request, server string, minValid int64) (json.RawMessage, error) {
+func (s *Server) notaryDocument(r *http.Request, server string, keyIDs []string, minValid int64) (json.RawMessage, error) {
 	if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(server)); !ok {
 		return nil, mxerr.New(mxerr.InvalidParam, "invalid server name %q", server)
 	}
 	if server == s.serverName {
 		return s.SignedServerKey(s.now())
 	}
-	doc, err := s.keys.document(r.Context(), server, minValid)
+	doc, err := s.keys.document(r.Context(), server, keyIDs, minValid)
 	if err != nil || doc == nil {
 		return nil, err
 	}

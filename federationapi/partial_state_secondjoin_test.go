@@ -199,6 +199,10 @@ func TestPartialStateJoinAfterLeaveDuringResync(t *testing.T) {
 				if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
 					t.Fatal(err)
 				}
+				leave, err := b.HS.Rooms.RoomStateEvent(ctx, string(roomID), "m.room.member", string(bob.id()))
+				if err != nil {
+					t.Fatal(err)
+				}
 				eventually(t, "A to see bob leave", func() bool {
 					m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
 					return m == "leave"
@@ -237,6 +241,18 @@ func TestPartialStateJoinAfterLeaveDuringResync(t *testing.T) {
 					t.Fatalf("after the resync B's membership of alice is %q", m)
 				}
 				sameCurrentState(t, a, b, roomID, alice.id(), bob2.id())
+				// The state at bob's leave: when bob2's join kept the
+				// resync, its replay gave the leave the full state;
+				// when the join moved, nothing completes the leave's
+				// partial state, so A's /state_ids there is refused.
+				want := http.StatusOK
+				if missed {
+					want = http.StatusForbidden
+				}
+				if status, body := n.request(b, a.Name, a.HS.Key, b.Name, http.MethodGet, "/_matrix/federation/v1/state_ids/"+
+					pathEscape(string(roomID))+"?event_id="+pathEscape(leave.EventID), nil); status != want {
+					t.Fatalf("/state_ids at bob's leave = %d %.200s, want %d", status, body, want)
+				}
 			})
 		})
 	}

@@ -506,12 +506,26 @@ func nonNil(v []json.RawMessage) []json.RawMessage {
 // cannot fix, so the queue never wedges: security case 7) the batch's rows
 // go and the backoff resets; otherwise the destination backs off and the
 // same transaction is retried later.
+//
+// Spec: server-server-api, "PUT /_matrix/federation/v1/send/{txnId}":
+// the sender must retry until a 200 before it sends another txnId. That
+// holds for whatever can pass: no answer, 5xx, 401 (our key not yet
+// known there), 404 (a server being set up or taken down), 429, and the
+// 4xx that HTTP defines as transient (408 Request Timeout, 425 Too
+// Early). Any other 4xx (400, 403, 413, ...) refuses these very bytes,
+// which a retry sends again unchanged, so retrying could only block
+// every later event and EDU for the destination: the transaction is
+// dropped. Its events still reach the destination through the
+// prev_events of later ones (get_missing_events); its EDUs are lost for
+// it. Synapse does not resend a refused transaction either: it sends the
+// rooms' latest events later instead (catch-up).
 func (q *sender) record(ctx context.Context, destination string, b *batch, sendErr error, log interface {
 	Info(string, ...any)
 }) error {
 	var re *RemoteError
 	permanent := errors.As(sendErr, &re) && re.Status >= 400 && re.Status < 500 &&
-		re.Status != http.StatusUnauthorized && re.Status != http.StatusTooManyRequests && re.Status != http.StatusNotFound
+		re.Status != http.StatusUnauthorized && re.Status != http.StatusTooManyRequests && re.Status != http.StatusNotFound &&
+		re.Status != http.StatusRequestTimeout && re.Status != http.StatusTooEarly
 	if sendErr != nil && !permanent {
 		var failures int
 		if err := q.s.db.Reader().QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`,

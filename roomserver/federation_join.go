@@ -301,6 +301,9 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 				return err
 			}
 			room.Extremities = nil
+			if err := closePartialStateLeft(ctx, tx, roomID); err != nil {
+				return err
+			}
 		} else if err := insertRoom(ctx, tx, roomID, req.RoomVersion, s.now().UnixMilli()); err != nil {
 			return err
 		}
@@ -339,6 +342,14 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 			// complete (ErrPartialJoinMoved tells a running resync).
 			connected, err := s.followsTimeline(ctx, tx, join)
 			if err != nil || connected {
+				return err
+			}
+		}
+		if rejoin != nil && room.Partial {
+			// The earlier partial-state join's events keep their
+			// partial state: no replay will reach them.
+			through := p.row.NID - 1
+			if err := keepPartialStretch(ctx, tx, roomID, &through); err != nil {
 				return err
 			}
 		}

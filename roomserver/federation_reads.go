@@ -115,6 +115,13 @@ func (s *Server) CheckServerAccess(ctx context.Context, server, roomID string) e
 	if err != nil || in {
 		return err
 	}
+	// A room every local user left while its state was partial keeps
+	// that partial state as its current state: the servers send_join
+	// named read it as they did while it was partial
+	// (partial_state_purge.go).
+	if in, err := leftPartialServer(ctx, s.db.Reader(), roomID, server); err != nil || in {
+		return err
+	}
 	hv, _, err := s.newServerVisibility(s.db.Reader(), server).at(ctx, room.Version, room.CurrentSnapshot)
 	if err != nil {
 		return err
@@ -280,6 +287,15 @@ func (s *Server) StateForServer(ctx context.Context, server, roomID, eventID str
 	}
 	if ev.RoomID != roomID {
 		return nil, nil, mxerr.New(mxerr.NotFound, "event %s is not in room %s", eventID, roomID)
+	}
+	// An event stored with partial state in a room whose partial state
+	// was purged has no full state here: refused, as while the room was
+	// partial (federationapi checks that flag). Spec: MSC3706.
+	if partial, err := partialStateLeftAt(ctx, s.db.Reader(), roomID, ev.StreamPos); err != nil || partial {
+		if err == nil {
+			err = mxerr.New(mxerr.Forbidden, "this server has only partial state at event %s", eventID)
+		}
+		return nil, nil, err
 	}
 	return s.stateBeforeWithAuthChain(ctx, eventID)
 }

@@ -25,6 +25,18 @@ package roomserver
 // join starts from a new send_join answer (ImportJoinedRoom replaces the
 // stale state) and, if partial again, a new resync.
 //
+// Which events have that partial state stays known: the purge records
+// the stretch from the partial-state join on (roomserver_partial_state_left),
+// open until a later join imports the room's state again; a rejoin that
+// ends a partial-state join without replaying its events records its
+// stretch too, closed at once (ImportJoinedRoom). Another server's GET
+// /state and /state_ids at an event of a stretch are refused as they
+// were while the room was partial (MSC3706: a server must not answer
+// partial state as if it were the full state), and while a stretch is
+// open the servers the record named keep reading the room's events
+// (/event, /backfill, ...) as before the purge, since the partial
+// current state lacks their members.
+//
 // Synapse stops such a resync too and deletes the whole room, leave
 // events included; Myelin keeps the history its users saw.
 // Spec: MSC3706, MSC3902 (partial-state joins); client-server-api,
@@ -32,7 +44,10 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -85,6 +100,12 @@ func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrou
 			(SELECT event_nid FROM roomserver_events WHERE room_id = $1)`, roomID); err != nil {
 			return err
 		}
+		// The events from the partial-state join on keep their partial
+		// state: remember them (and the servers the record named) so
+		// that reads of that state stay refused (StateForServer).
+		if err := keepPartialStretch(ctx, tx, roomID, nil); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID); err != nil {
 			return err
 		}
@@ -100,4 +121,61 @@ func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrou
 		s.partial.wake(roomID)
 	}
 	return purged, nil
+}
+
+// partialStateLeftAt reports whether the event numbered nid of roomID
+// lies in a stretch of events stored with partial state that no resync
+// will complete (see the file comment).
+func partialStateLeftAt(ctx context.Context, q storage.Querier, roomID string, nid int64) (bool, error) {
+	var n int
+	err := q.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_partial_state_left WHERE room_id = $1
+		AND from_nid <= $2 AND (through_nid IS NULL OR through_nid >= $2)`, roomID, nid).Scan(&n)
+	return n > 0, err
+}
+
+// leftPartialServer reports whether server is among the servers of an
+// open stretch of roomID: one whose partial state is still the room's
+// current state, which lacks that server's members.
+func leftPartialServer(ctx context.Context, q storage.Querier, roomID, server string) (bool, error) {
+	lists, err := storage.QueryColumn[string](ctx, q, `SELECT servers FROM roomserver_partial_state_left
+		WHERE room_id = $1 AND through_nid IS NULL`, roomID)
+	if err != nil {
+		return false, err
+	}
+	for _, raw := range lists {
+		var servers []string
+		if err := json.Unmarshal([]byte(raw), &servers); err != nil {
+			return false, fmt.Errorf("partial state left in room %s: bad servers: %w", roomID, err)
+		}
+		if slices.Contains(servers, server) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// keepPartialStretch records the stretch of roomID's events from its
+// partial-state join on, with the servers of its partial-state record,
+// before the record goes or moves: open (through nil) when the purge
+// drops it, closed at *through when a rejoin ends that join's partial
+// state without a replay (the record moves to a later partial join that
+// does not follow our timeline, or a rejoin answered with the full state
+// clears it: ImportJoinedRoom). Those events keep their partial state.
+func keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through *int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
+		SELECT p.room_id, e.event_nid, $2, p.servers FROM roomserver_partial_state_rooms p
+		JOIN roomserver_events e ON e.event_id = p.join_event_id WHERE p.room_id = $1
+		ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, through)
+	return err
+}
+
+// closePartialStateLeft ends roomID's open stretch at the last event
+// stored so far: a join is importing the room's state again (in tx,
+// before it stores anything), and events from then on are computed from
+// that state.
+func closePartialStateLeft(ctx context.Context, tx storage.Tx, roomID string) error {
+	_, err := tx.Exec(ctx, `UPDATE roomserver_partial_state_left SET through_nid =
+		(SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events WHERE room_id = $1)
+		WHERE room_id = $1 AND through_nid IS NULL`, roomID)
+	return err
 }
