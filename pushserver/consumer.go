@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -37,7 +38,10 @@ const (
 	// consumer's in-memory position runs ahead of its stored one when a
 	// pass has nothing else to write (see consumeEvents).
 	lazyStoreEvents = 1000
-	lazyStoreEvery  = 5 * time.Second
+	// notificationRows bounds the rows of one push_notifications insert
+	// (8 placeholders each).
+	notificationRows = 100
+	lazyStoreEvery   = 5 * time.Second
 )
 
 // runConsumer processes the room event and receipt streams until ctx
@@ -206,11 +210,30 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 // push_queue rows (for the users' pushers as tx sees them) and moves
 // marks, in tx; it reports whether anything was queued for a gateway.
 func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []notification, marks []readMark, now int64) (bool, error) {
-	for _, n := range notes {
-		actions, _ := json.Marshal(n.actions)
-		if _, err := tx.Exec(ctx, `INSERT INTO push_notifications
-			(user_id, room_id, event_id, stream_pos, thread_id, highlight, actions, ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			n.userID, n.event.RoomID, n.event.EventID, n.event.StreamPos, n.thread, n.highlight, string(actions), now); err != nil {
+	// Several rows per statement: a message to a room of N local
+	// members is N rows, written inside the message's transaction.
+	for start := 0; start < len(notes); start += notificationRows {
+		part := notes[start:min(start+notificationRows, len(notes))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO push_notifications
+			(user_id, room_id, event_id, stream_pos, thread_id, highlight, actions, ts) VALUES `)
+		args := make([]any, 0, 8*len(part))
+		for i, n := range part {
+			actions, _ := json.Marshal(n.actions)
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(")
+			for j := range 8 {
+				if j > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString("$" + strconv.Itoa(len(args)+j+1))
+			}
+			q.WriteString(")")
+			args = append(args, n.userID, n.event.RoomID, n.event.EventID, n.event.StreamPos, n.thread, n.highlight, string(actions), now)
+		}
+		if _, err := tx.Exec(ctx, q.String(), args...); err != nil {
 			return false, err
 		}
 	}
@@ -220,7 +243,10 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 		}
 	}
 	queued := false
-	pushers := map[string][]pusherKey{}
+	pushers, err := readPushersOf(ctx, tx, notes)
+	if err != nil {
+		return false, err
+	}
 	for _, n := range notes {
 		q, err := s.enqueue(ctx, tx, n, now, pushers)
 		if err != nil {
