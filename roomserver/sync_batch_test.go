@@ -221,23 +221,7 @@ func TestRecentRowsReadOnlyTheIndex(t *testing.T) {
 			if query != recentRowsQuery {
 				args = []any{0, 100, 10, "!a:example.org", "!b:example.org", "!c:example.org"}
 			}
-			rows, err := db.Reader().Query(ctx, "EXPLAIN QUERY PLAN "+query, args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var plan []string
-			for rows.Next() {
-				var id, parent, unused int
-				var detail string
-				if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-					t.Fatal(err)
-				}
-				plan = append(plan, detail)
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
-			}
+			plan := sqlitePlan(t, db, query, args...)
 			uses := 0
 			for _, step := range plan {
 				if strings.Contains(step, "USING COVERING INDEX roomserver_events_room_stream_covering") {
@@ -264,23 +248,7 @@ func TestTxnIDsOfEventsSeeksByRoom(t *testing.T) {
 		s := newTestServer(t, db) // migrates
 		query, args := txnIDsOfEventsQuery([]string{"!a:example.org", "!b:example.org"}, []string{"$1", "$2", "$3"}, "@bob:example.org", "BOBDEV")
 		if db.Engine() == storage.SQLite {
-			rows, err := db.Reader().Query(ctx, "EXPLAIN QUERY PLAN "+query, args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var plan []string
-			for rows.Next() {
-				var id, parent, unused int
-				var detail string
-				if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-					t.Fatal(err)
-				}
-				plan = append(plan, detail)
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
-			}
+			plan := sqlitePlan(t, db, query, args...)
 			joined := strings.Join(plan, "\n")
 			if strings.Contains(joined, "SCAN roomserver_txn_ids") || !strings.Contains(joined, "SEARCH roomserver_txn_ids USING PRIMARY KEY (room_id=? AND user_id=? AND device_id=?") {
 				t.Errorf("plan does not seek by room, user and device:\n%s", joined)
@@ -291,4 +259,27 @@ func TestTxnIDsOfEventsSeeksByRoom(t *testing.T) {
 			t.Errorf("TxnIDsOfEvents of an unknown event: %v, %v", got, err)
 		}
 	})
+}
+
+// sqlitePlan returns the detail lines of SQLite's EXPLAIN QUERY PLAN for query.
+func sqlitePlan(t *testing.T, db *storage.DB, query string, args ...any) []string {
+	t.Helper()
+	rows, err := db.Reader().Query(context.Background(), "EXPLAIN QUERY PLAN "+query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return plan
 }
