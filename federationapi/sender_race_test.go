@@ -13,6 +13,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/pgdriver"
 )
 
 // The sender's transactions are sets of queue rows, not ranges of
@@ -135,7 +136,7 @@ func TestSenderKeepsEDUsCommittedBelowATransactionInFlight(t *testing.T) {
 				late := `{"edu_type":"org.example.race","content":{"i":2}}`
 				var lateID int64
 				if n.engine == storage.Postgres {
-					db, err := sql.Open("pgx", a.cfg.Database.PostgresURL)
+					db, err := sql.Open(pgdriver.DriverName, a.cfg.Database.PostgresURL)
 					if err != nil {
 						t.Fatal(err)
 					}
