@@ -14,11 +14,16 @@ import (
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
-// Gap filling for inbound PDUs. When get_missing_events does not connect
-// a PDU to the events we hold, we ask the origin for the state at each
-// missing prev event (GET /state_ids, plus the prev event itself), fetch
-// the events of it we lack (GET /event), and input the PDU with that
-// state (roomserver.InputWithState), which resolves it against ours.
+// Gap filling for inbound events. For an event pulled by
+// get_missing_events (the oldest it returned) whose own prev events we
+// lack, and for a local user's membership event a resident server
+// accepted, we ask the origin for the state at each missing prev event
+// (GET /state_ids, plus the prev event itself), fetch the events of it we
+// lack (GET /event), and input the event with that state
+// (roomserver.InputWithState), which resolves it against ours. A PUSHED
+// PDU never gets here: if get_missing_events does not connect it, it is
+// refused (send.go, arrival), as the pusher's claim about the state would
+// otherwise become the room's state.
 // Spec: server-server-api, "Retrieving events", "GET /state_ids".
 
 const (

@@ -20,10 +20,12 @@ import (
 // TestInboundGapFilledFromState: a server sends A a PDU whose prev events
 // lie 40 events back in a history A never received, beyond what one
 // get_missing_events (limit 20) returns. A then asks for the state at
-// the missing prev event (state_ids), fetches what it lacks of it (a
-// display name change made inside the gap), and accepts the PDU with
-// that state: the PDU is in the timeline and the gap's member event is
-// in A's current state.
+// the missing prev event of the oldest event get_missing_events returned
+// (state_ids; never at the pushed PDU's own prev event, which the
+// returned events connect), fetches what it lacks of it (a display name
+// change made inside the gap), and accepts the returned events and the
+// PDU: they are in the timeline and the gap's member event is in A's
+// current state.
 func TestInboundGapFilledFromState(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
@@ -35,8 +37,9 @@ func TestInboundGapFilledFromState(t *testing.T) {
 			mu       sync.Mutex
 			byID     = map[string]gomatrixserverlib.PDU{}
 			gap      []gomatrixserverlib.PDU // oldest first
-			stateIDs []string                // state_ids at the last gap event
+			stateIDs []string                // state_ids at the gap events after the rename
 			asked    = map[string]int{}
+			stateAt  []string // the event_id of each state_ids request
 		)
 		var key *signing.Key
 		var name string
@@ -59,7 +62,9 @@ func TestInboundGapFilledFromState(t *testing.T) {
 				mu.Lock()
 				defer mu.Unlock()
 				asked["state_ids"]++
-				if r.URL.Query().Get("event_id") != gap[len(gap)-1].EventID() {
+				at := r.URL.Query().Get("event_id")
+				stateAt = append(stateAt, at)
+				if i := slices.IndexFunc(gap, func(e gomatrixserverlib.PDU) bool { return e.EventID() == at }); i < 5 {
 					http.NotFound(w, r)
 					return
 				}
@@ -141,9 +146,9 @@ func TestInboundGapFilledFromState(t *testing.T) {
 				pe.PrevEvents, pe.Depth = []string{last.EventID()}, last.Depth()+1
 			})
 
-		// A message here just before the PDU: a /sync batch holding both
-		// starts at the PDU after the gap and is limited (Complement's
-		// TestSyncTimelineGap).
+		// A message here just before the PDU: a /sync batch holding it
+		// and what closes the gap starts at the first event after the gap
+		// and is limited (Complement's TestSyncTimelineGap).
 		before := sendText(t, a, roomID, alice, "before the gap closes")
 		beforeEv, err := a.HS.Rooms.Event(ctx, alice, before)
 		if err != nil {
@@ -157,9 +162,20 @@ func TestInboundGapFilledFromState(t *testing.T) {
 		if asked["get_missing_events"] == 0 || asked["state_ids"] == 0 || asked["event"] == 0 {
 			t.Errorf("requests made: %v", asked)
 		}
+		// get_missing_events returned gap[20:]: the state asked for is
+		// the state at gap[19], the prev event of the oldest of them.
+		if want := []string{gap[len(gap)-21].EventID()}; !slices.Equal(stateAt, want) {
+			t.Errorf("state_ids asked at %v; want %v (the prev event of the oldest returned event)", stateAt, want)
+		}
+		pulled := gap[len(gap)-20:]
 		mu.Unlock()
 		if !hasEvent(a, alice, tip.EventID()) {
 			t.Fatal("alice cannot see the PDU after the gap")
+		}
+		for _, e := range pulled {
+			if !hasEvent(a, alice, e.EventID()) {
+				t.Fatalf("alice cannot see %s, returned by get_missing_events", e.EventID())
+			}
 		}
 		ev, err := a.HS.Rooms.CurrentStateEvent(ctx, alice, roomID, "m.room.member", mallory)
 		if err != nil || ev.EventID != rename.EventID() {
@@ -171,16 +187,22 @@ func TestInboundGapFilledFromState(t *testing.T) {
 			t.Fatal("alice's message after the gap is missing")
 		}
 		rr, err := a.HS.Rooms.RecentEvents(ctx, roomserver.RecentRequest{UserID: alice, RoomID: roomID,
-			From: beforeEv.StreamPos - 1, To: math.MaxInt64, Limit: 20})
+			From: beforeEv.StreamPos - 1, To: math.MaxInt64, Limit: 30})
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
+		var got, want []string
 		for _, e := range rr.Events {
 			got = append(got, e.EventID)
 		}
-		if !rr.Limited || !slices.Equal(got, []string{tip.EventID(), msg}) {
-			t.Fatalf("sync batch across the gap: limited=%v %v; want limited, [%s %s]", rr.Limited, got, tip.EventID(), msg)
+		// The batch starts at the first event after the gap: the oldest
+		// event get_missing_events returned.
+		for _, e := range pulled {
+			want = append(want, e.EventID())
+		}
+		want = append(want, tip.EventID(), msg)
+		if !rr.Limited || !slices.Equal(got, want) {
+			t.Fatalf("sync batch across the gap: limited=%v %v; want limited, %v", rr.Limited, got, want)
 		}
 	})
 }

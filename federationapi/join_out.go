@@ -333,7 +333,7 @@ func (s *Server) inputOwnMembership(ctx context.Context, server, roomID, roomVer
 	}
 	res, err := s.input(ctx, p)
 	if mxerr.Is(err, mxerr.NotFound) {
-		res, err = s.inputConnecting(ctx, server, p, true)
+		res, err = s.inputConnecting(ctx, server, p, ownMembership)
 	}
 	return res, err
 }

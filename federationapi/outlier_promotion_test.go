@@ -18,17 +18,20 @@ import (
 )
 
 // outlierGap is a room on A that mallory's server joined, then sent a
-// message whose prev event (a display name change) A lacked: with
-// get_missing_events giving nothing older, A filled the gap with the
+// message (tip) after two events A lacked: a display name change and a
+// message (between) after it. get_missing_events gave only between, whose
+// prev event (the change) is still unknown; A filled that gap with the
 // state at the change, which holds the change itself, so A holds it only
-// as an outlier.
+// as an outlier. (A pushed PDU is never connected that way: the state_ids
+// fallback is for the oldest event get_missing_events returned.)
 type outlierGap struct {
 	a       *fedServer
 	alice   *syncer
 	roomID  string
 	mallory string
 	rename  gomatrixserverlib.PDU // held as an outlier
-	tip     gomatrixserverlib.PDU // after the rename, in the timeline
+	between gomatrixserverlib.PDU // after the rename, pulled by get_missing_events
+	tip     gomatrixserverlib.PDU // after between, in the timeline
 	build   func(eventType string, stateKey *string, content any, prev gomatrixserverlib.PDU) gomatrixserverlib.PDU
 	send    func(p gomatrixserverlib.PDU)
 	// setMissing sets what get_missing_events answers.
@@ -115,7 +118,8 @@ func newOutlierGap(t *testing.T, n *network) *outlierGap {
 	g.alice.syncOnce()
 
 	g.rename = g.build("m.room.member", &g.mallory, map[string]string{"membership": "join", "displayname": "Mallory"}, join)
-	g.tip = g.build("m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "after the rename"}, g.rename)
+	g.between = g.build("m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "after the rename"}, g.rename)
+	g.tip = g.build("m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "after that"}, g.between)
 	state, err := g.a.HS.Rooms.CurrentState(ctx, string(g.alice.id()), g.roomID)
 	if err != nil {
 		t.Fatal(err)
@@ -123,14 +127,15 @@ func newOutlierGap(t *testing.T, n *network) *outlierGap {
 	mu.Lock()
 	byID[g.rename.EventID()] = g.rename
 	stateAt = g.rename.EventID()
+	missing = []gomatrixserverlib.PDU{g.between}
 	for _, e := range state {
 		stateIDs = append(stateIDs, e.EventID) // the state before the rename: mallory's join
 	}
 	mu.Unlock()
 
 	g.send(g.tip)
-	if !hasEvent(g.a, string(g.alice.id()), g.tip.EventID()) {
-		t.Fatal("alice cannot see the message after the gap")
+	if !hasEvent(g.a, string(g.alice.id()), g.tip.EventID()) || !hasEvent(g.a, string(g.alice.id()), g.between.EventID()) {
+		t.Fatal("alice cannot see the messages after the gap")
 	}
 	if hasEvent(g.a, string(g.alice.id()), g.rename.EventID()) {
 		t.Fatal("the rename, stored as an outlier, is visible before it arrives")

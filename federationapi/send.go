@@ -223,7 +223,7 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	newServer := s.serverJoiningBy(ctx, p)
 	resp, err := s.input(ctx, p)
 	if mxerr.Is(err, mxerr.NotFound) {
-		resp, err = s.inputConnecting(ctx, origin, p, true)
+		resp, err = s.inputConnecting(ctx, origin, p, pushed)
 	}
 	if err == nil && resp.Outcome == roomserver.Accepted && newServer != "" {
 		s.catchUpJoinedServer(ctx, roomID, newServer)
@@ -254,24 +254,57 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	return eventID, nil
 }
 
+// arrival is how an event whose prev events are unknown reached this
+// server. It decides what may stand in for prev events that stay
+// unknown: the state at them, which the origin claims (GET /state_ids).
+type arrival int
+
+const (
+	// pushed: sent to us (PUT /send). What lies between our forward
+	// extremities and it is fetched (get_missing_events); a prev event
+	// still unconnected after that refuses the PDU (not stored, an error
+	// in the /send answer). Taking the pusher's word for the state at its
+	// prev events would let any server in the room choose the room's
+	// state: the PDU would become a forward extremity resting on nothing
+	// but that claim. A server that sends an event can serve its prev
+	// events, so refusing costs an honest server nothing; Synapse refuses
+	// the same way ("isn't divulging details about prev_events"), and
+	// Complement TestOutboundFederationIgnoresMissingEventWithBadJSONForRoomVersion6
+	// forbids the state_ids request.
+	pushed arrival = iota
+	// ownMembership: a membership event of a local user that a resident server
+	// accepted (send_join, send_knock). get_missing_events first, then,
+	// for prev events still unconnected, the state at them from that
+	// server, which this server trusts for the room's state at its join
+	// anyway (the send_join answer).
+	ownMembership
+	// pulled: the oldest event get_missing_events returned, whose own
+	// prev events lie beyond what it returned. The state at those comes
+	// from the origin (never another get_missing_events round): the gap
+	// is bounded by a PDU that was pushed and whose prev events it
+	// connects, and the state is resolved against ours (gap.go).
+	pulled
+)
+
 // inputConnecting inputs p, one of whose prev or auth events is unknown.
 // Prev events come first: the events between our forward extremities and
-// p (get_missing_events, when askMissing) and, for an event whose prev
-// events are still unknown after that, the state at those prev events
-// (gap.go), which holds most of the auth events too. Only an event whose
-// prev events are all known has its remaining auth events fetched
-// (inputFetchingAuth). This is the order of server-server-api, "Checks
-// performed on receipt of a PDU" (the state before the event comes from
-// its prev events), and it asks origin only for what it must serve: the
-// state at an event it sent, and the events that state names.
-func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPDU, askMissing bool) (*roomserver.InputEventResponse, error) {
+// p (get_missing_events, unless p was pulled) and, for an event whose
+// prev events are still unknown after that, the state at those prev
+// events (gap.go) unless p was pushed (see arrival), which holds most of
+// the auth events too. Only an event whose prev events are all known has
+// its remaining auth events fetched (inputFetchingAuth). This is the
+// order of server-server-api, "Checks performed on receipt of a PDU"
+// (the state before the event comes from its prev events), and it asks
+// origin only for what it must serve: the state at an event it sent, and
+// the events that state names.
+func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPDU, how arrival) (*roomserver.InputEventResponse, error) {
 	// Prev events held only as outliers count as missing: their state is
 	// unknown (roomserver.UnconnectedEvents).
 	missing, err := s.rooms.UnconnectedEvents(ctx, p.pdu.PrevEventIDs())
 	if err != nil {
 		return nil, err
 	}
-	if len(missing) > 0 && askMissing {
+	if len(missing) > 0 && how != pulled {
 		// Unknown prev events: fetch what lies between our forward
 		// extremities and this event, then look again.
 		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
@@ -284,6 +317,10 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 		if missing, err = s.rooms.UnconnectedEvents(ctx, p.pdu.PrevEventIDs()); err != nil {
 			return nil, err
 		}
+	}
+	if len(missing) > 0 && how == pushed {
+		return nil, mxerr.New(mxerr.Forbidden, "prev events %v of %s cannot be had from %s (get_missing_events did not reach them)",
+			missing, p.pdu.EventID(), origin)
 	}
 	if len(missing) > 0 {
 		// Still not connected: take the state at the missing prev
@@ -355,7 +392,7 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 				if slices.ContainsFunc(unknown, func(id string) bool { return inBatch[id] }) {
 					err = mxerr.New(mxerr.NotFound, "prev events %v of %s are unknown", unknown, mp.pdu.EventID())
 				} else {
-					resp, err = s.inputConnecting(ctx, origin, mp, false)
+					resp, err = s.inputConnecting(ctx, origin, mp, pulled)
 				}
 			}
 		}
