@@ -9,6 +9,9 @@ import (
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // TestLateKnownJoinerSeesEveryHello is TestThreeServerScenario's hello
@@ -64,4 +67,73 @@ func TestLateKnownJoinerSeesEveryHello(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestJoinPulledByMissingEventsCatchesUpJoinedServer: a server that
+// first hears of another server's join through get_missing_events (not
+// the resident server's relay) still sends the joined server its own
+// events the joined server could not have been sent. B is cut off while
+// carol on C joins through A and bob on B says hello, which B sends only
+// to A (the servers it knows). A backs off from B for a minute, so after
+// the cut heals carol's hello, retried by C, reaches B first: B pulls
+// carol's join from C (get_missing_events) and must then send bob's
+// hello to C, which nothing else would ever make C fetch.
+func TestJoinPulledByMissingEventsCatchesUpJoinedServer(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		cut := partitionable(n)
+		n.editEachConfig = func(cfg *config.Config) {
+			cfg.Federation.MinBackoff = config.Duration(time.Minute)
+			cfg.Federation.MaxBackoff = config.Duration(time.Minute)
+		}
+		a := n.start()
+		n.editEachConfig = nil
+		b, c := n.start(), n.start()
+		alice, bob, carol := a.register("alice"), b.register("bob"), c.register("carol")
+		room := alice.publicAliasedRoom("pulled")
+		if _, err := bob.cli.JoinRoom(ctx, "#pulled:"+a.Name, nil); err != nil {
+			t.Fatalf("bob's join: %v", err)
+		}
+
+		// C learns B's key now: while B is cut off, C could not fetch
+		// it, and would refuse B's get_missing_events for a while after.
+		if _, err := bob.cli.GetProfile(ctx, carol.id()); err != nil {
+			t.Fatalf("bob reading carol's profile: %v", err)
+		}
+
+		cut(true, b)
+		if _, err := carol.cli.JoinRoom(ctx, string(room), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+			t.Fatalf("carol's join through A: %v", err)
+		}
+		carolHello := string(carol.send(room, "hello from "+string(carol.id())))
+		// B's own requests still go out: its hello reaches A, not C.
+		bobHello := sendText(t, b, string(room), string(bob.id()), "hello from "+string(bob.id()))
+		eventually(t, "A to accept bob's hello", func() bool { return hasEvent(a, string(alice.id()), bobHello) })
+		// A's relay of carol's join and C's hello have both failed to
+		// reach B: A waits a minute before retrying, C at most a second.
+		eventually(t, "A and C to back off from B", func() bool {
+			return destinationFailures(t, a, b.Name) > 0 && destinationFailures(t, c, b.Name) > 0
+		})
+		cut(false, b)
+
+		eventually(t, "B to accept carol's hello", func() bool { return hasEvent(b, string(bob.id()), carolHello) })
+		eventually(t, "C to accept bob's hello", func() bool { return hasEvent(c, string(carol.id()), bobHello) })
+		// B had carol's join from C: A's relay of it still waits.
+		if destinationFailures(t, a, b.Name) == 0 {
+			t.Fatal("A reached B again: B may have had carol's join from A, not through get_missing_events")
+		}
+	})
+}
+
+// destinationFailures is s's count of failed transactions in a row to
+// destination.
+func destinationFailures(t testing.TB, s *fedServer, destination string) int {
+	t.Helper()
+	var failures int
+	err := s.HS.DB.Reader().QueryRow(context.Background(), `SELECT failures FROM federation_destinations WHERE server_name = $1`,
+		destination).Scan(&failures)
+	if err != nil && !storage.IsNoRows(err) {
+		t.Fatal(err)
+	}
+	return failures
 }

@@ -307,7 +307,7 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 	if len(missing) > 0 && how != pulled {
 		// Unknown prev events: fetch what lies between our forward
 		// extremities and this event, then look again.
-		if ferr := s.fetchMissing(ctx, origin, p); ferr != nil {
+		if ferr := s.fetchMissing(ctx, origin, p, how == pushed); ferr != nil {
 			var gone *unobtainableGap
 			if errors.As(ferr, &gone) {
 				return nil, ferr // p follows an event whose gap cannot be filled
@@ -345,8 +345,17 @@ func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEven
 // extremities and p (POST /get_missing_events) and inputs them oldest
 // first. If the gap before one of them cannot be filled (unobtainable),
 // it returns that *unobtainableGap: p follows it.
+//
+// catchUp (p was pushed): a server whose first join reaches this server
+// among those events is caught up (catchUpJoinedServer), as for a join
+// pushed to us (processPDU). Which copy of a join arrives first is a
+// race: the resident server relays it, and the joined server's own next
+// event names it as a prev event, so a server cut off for a while often
+// pulls the join from the joined server before the relay's retry
+// arrives; the relay's copy, a duplicate by then, no longer shows a new
+// server (TestJoinPulledByMissingEventsCatchesUpJoinedServer).
 // Spec: server-server-api, "Retrieving events" (get_missing_events).
-func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) error {
+func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, catchUp bool) error {
 	roomID := p.pdu.RoomID().String()
 	earliest, err := s.rooms.Extremities(ctx, roomID)
 	if err != nil {
@@ -376,6 +385,13 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 		parsed = append(parsed, mp)
 	}
 	sortByDepth(parsed)
+	if catchUp && len(parsed) > 0 {
+		before, err := s.rooms.JoinedServers(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		defer s.catchUpServersJoinedSince(ctx, roomID, before)
+	}
 	inBatch := map[string]bool{}
 	for _, mp := range parsed {
 		inBatch[mp.pdu.EventID()] = true
@@ -409,6 +425,21 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU) 
 		}
 	}
 	return nil
+}
+
+// catchUpServersJoinedSince catches up (catchUpJoinedServer) each
+// server joined to roomID now that was not among before.
+func (s *Server) catchUpServersJoinedSince(ctx context.Context, roomID string, before []string) {
+	now, err := s.rooms.JoinedServers(ctx, roomID)
+	if err != nil {
+		s.log.Warn("catch-up of joined servers: listing the room's servers", "room_id", roomID, "err", err)
+		return
+	}
+	for _, server := range now {
+		if server != s.serverName && !slices.Contains(before, server) {
+			s.catchUpJoinedServer(ctx, roomID, server)
+		}
+	}
 }
 
 // Bounds on completing one PDU's auth chain.
