@@ -301,6 +301,9 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 				return err
 			}
 			room.Extremities = nil
+			if err := refuseForeignCreate(ctx, tx, roomID, byID); err != nil {
+				return err
+			}
 			if err := closePartialStateLeft(ctx, tx, roomID); err != nil {
 				return err
 			}
