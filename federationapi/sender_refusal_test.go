@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,25 +22,11 @@ import (
 // transaction never wedges the queue).
 func TestSenderRefusalsByStatus(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a := n.start()
-		f := newFakeRemote(t, n)
-		alice := a.user("alice")
-		charlie := "@charlie:" + f.name
-		roomID := publicRoom(t, a, alice)
-		join := buildPDU(t, a, roomID, charlie, "m.room.member", &charlie, map[string]string{"membership": "join"}, f.name, f.key, nil)
-		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodPut,
-			"/_matrix/federation/v2/send_join/"+pathEscape(roomID)+"/"+pathEscape(join.EventID()), json.RawMessage(join.JSON())); status != http.StatusOK {
-			t.Fatalf("send_join: %d %s", status, body)
-		}
-		attempts := func() []fakeTxn {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			return slices.Clone(f.txns)
-		}
+		a, f, alice, roomID := fakeDestination(t, n)
 		// withEvent lists the attempts of transactions holding eventID.
 		withEvent := func(eventID string) []fakeTxn {
 			var out []fakeTxn
-			for _, txn := range attempts() {
+			for _, txn := range f.attempts() {
 				for _, raw := range txn.pdus {
 					if string(eventIDOf(t, a, raw)) == eventID {
 						out = append(out, txn)
@@ -139,16 +124,7 @@ func statuses(txns []fakeTxn) []int {
 func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
-		a := n.start()
-		f := newFakeRemote(t, n)
-		alice := a.user("alice")
-		roomID := publicRoom(t, a, alice)
-		fakeSendJoin(t, n, a, f, roomID, "@charlie:"+f.name)
-		attempts := func() []fakeTxn {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			return slices.Clone(f.txns)
-		}
+		a, f, alice, roomID := fakeDestination(t, n)
 		holds := func(raws []json.RawMessage, marker string) bool {
 			for _, raw := range raws {
 				if strings.Contains(string(raw), marker) {
@@ -160,7 +136,7 @@ func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 		// withMarker lists the attempts whose PDUs or EDUs contain marker.
 		withMarker := func(marker string) []fakeTxn {
 			var out []fakeTxn
-			for _, txn := range attempts() {
+			for _, txn := range f.attempts() {
 				if holds(txn.pdus, marker) || holds(txn.edus, marker) {
 					out = append(out, txn)
 				}
@@ -195,14 +171,6 @@ func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 			}
 			return arrived
 		}
-		waitFor := func(what string, ch chan struct{}) {
-			t.Helper()
-			select {
-			case <-ch:
-			case <-time.After(20 * time.Second):
-				t.Fatalf("timed out waiting for %s", what)
-			}
-		}
 		queueEDU := func(eduType, marker string) {
 			t.Helper()
 			if err := a.HS.Federation.QueueEDU(ctx, []string{f.name}, eduType, map[string]string{"marker": marker}); err != nil {
@@ -228,7 +196,7 @@ func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 		release := make(chan struct{})
 		arrived := refuseAfterHold("hold-1", "poison-1", "", release)
 		sendText(t, a, roomID, alice, "hold-1")
-		waitFor("the held transaction", arrived)
+		waitClosed(t, "the held transaction", arrived)
 		sendText(t, a, roomID, alice, "poison-1")
 		must := map[string]string{"m.direct_to_device": "todevice-1", "m.device_list_update": "devicelist-1",
 			"m.signing_key_update": "signingkey-1"}
@@ -259,7 +227,7 @@ func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 		release = make(chan struct{})
 		arrived = refuseAfterHold("hold-2", "poison-2", "todevice-2", release)
 		sendText(t, a, roomID, alice, "hold-2")
-		waitFor("the second held transaction", arrived)
+		waitClosed(t, "the second held transaction", arrived)
 		sendText(t, a, roomID, alice, "poison-2")
 		queueEDU("m.direct_to_device", "todevice-2")
 		close(release)
