@@ -36,6 +36,9 @@ type fakeRemote struct {
 	// status to answer (200: accepted); it may block (until the
 	// request's context ends, say). Guarded by mu.
 	sendGate func(r *http.Request) int
+	// txnGate, if set, is asked instead of sendGate, with the attempt's
+	// transaction ID and contents. Guarded by mu.
+	txnGate func(txn fakeTxn) int
 	// hideKeys makes GET /_matrix/key/v2/server answer 404; keyValidity
 	// (default an hour) is the valid_until_ts it publishes, key the key
 	// it publishes (key is set before the fake serves, or under mu).
@@ -85,10 +88,12 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 		_ = json.NewDecoder(r.Body).Decode(&txn)
 		id, _ := unescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/federation/v1/send/"))
 		f.mu.Lock()
-		gate := f.sendGate
+		gate, txnGate := f.sendGate, f.txnGate
 		f.mu.Unlock()
 		status := http.StatusOK
-		if gate != nil {
+		if txnGate != nil {
+			status = txnGate(fakeTxn{id: id, pdus: txn.PDUs, edus: txn.EDUs})
+		} else if gate != nil {
 			status = gate(r)
 		}
 		f.mu.Lock()

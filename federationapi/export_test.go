@@ -55,3 +55,9 @@ func (s *Server) ForgetKeyFetches() {
 	defer s.keys.mu.Unlock()
 	clear(s.keys.lastFetch)
 }
+
+// ServeFullStateJoins makes s answer every send_join with the full
+// state, omit_members or not (a server without partial-state joins).
+func (s *Server) ServeFullStateJoins(on bool) {
+	s.fullStateJoins.Store(on)
+}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -113,6 +114,11 @@ type Server struct {
 	// beforeResync, when set (by tests, before any join), runs before a
 	// room's resync starts.
 	beforeResync func(ctx context.Context, roomID string)
+	// fullStateJoins, when set (by tests), makes send_join ignore
+	// omit_members and answer the full state, as a server without
+	// partial-state joins does (the parameter is a request it may
+	// decline: server-server-api, "PUT /_matrix/federation/v2/send_join").
+	fullStateJoins atomic.Bool
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -189,7 +195,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if tlsConfig == nil {
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	s.keys = &keyRing{s: s, notaries: notaries, lastFetch: map[string]time.Time{}, fetching: map[string]*sync.Mutex{}}
+	s.keys = &keyRing{s: s, notaries: notaries, lastFetch: map[string]fetchOutcome{}, fetching: map[string]*sync.Mutex{}}
 	s.client = newClient(s, tlsConfig, deps.Dial)
 	if deps.LookupSRV != nil {
 		s.client.resolver.lookupSRV = deps.LookupSRV

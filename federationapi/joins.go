@@ -139,7 +139,7 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		}
 		switch membership {
 		case "join":
-			if !v1 && r.URL.Query().Get("omit_members") == "true" {
+			if !v1 && r.URL.Query().Get("omit_members") == "true" && !s.fullStateJoins.Load() {
 				return s.partialSendJoinAnswer(w, r, eventID, signed, pdu)
 			}
 			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)

@@ -3,6 +3,7 @@ package federationapi_test
 import (
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,6 +94,80 @@ func TestKeyCacheValidity(t *testing.T) {
 		}
 		if got := f.count("/_matrix/key/v2/server"); got <= fetched {
 			t.Errorf("the expired key was not fetched again")
+		}
+	})
+}
+
+// TestKeyFetchAfterOutage: a server whose key document cannot be had (an
+// outage, a partition) and that meanwhile signs with a key A has never
+// seen is refused (401) while it stays unreachable; once it is back, the
+// next request signed with that key makes A fetch the keys once and is
+// accepted, not refused for the seconds a failed fetch used to block
+// the next one. A burst of requests naming keys A lacks, while the
+// server is unreachable, makes one fetch at a time and takes the
+// outcome of the fetch it waited for (at most one fetch a second).
+// Spec: server-server-api, "Retrieving server keys"; issue 7.
+func TestKeyFetchAfterOutage(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		const keyPath = "/_matrix/key/v2/server"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		// That successful fetch is long past (minRefetch, 5 s, is not
+		// under test here).
+		a.HS.Federation.ForgetKeyFetches()
+		rotated, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		f.hideKeys, f.key = true, rotated // unreachable, and signing with a new key
+		f.mu.Unlock()
+		before := f.count(keyPath)
+		if status, body := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key A cannot fetch: %d %s, want 401", status, body)
+		}
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Fatalf("the unknown key made A fetch %d times, want once", got)
+		}
+
+		// A burst while unreachable: one fetch at a time, waiters take
+		// its outcome.
+		before = f.count(keyPath)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				other, err := signing.Generate()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+					t.Errorf("request signed with an unknown key while unreachable: %d %s, want 401", status, body)
+				}
+			}()
+		}
+		wg.Wait()
+		if got, most := f.count(keyPath)-before, 1+int(time.Since(start)/time.Second); got < 1 || got > most {
+			t.Errorf("a burst of 6 requests naming unknown keys made %d fetches in %v, want 1 to %d", got, time.Since(start), most)
+		}
+
+		// Back: the next request is accepted after one fetch.
+		f.mu.Lock()
+		f.hideKeys = false
+		f.mu.Unlock()
+		before = f.count(keyPath)
+		if status, body := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request once the server is reachable again: %d %s, want it accepted (404 for the unknown event)", status, body)
+		}
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("A fetched the keys %d times to accept it, want once", got)
 		}
 	})
 }

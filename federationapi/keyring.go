@@ -32,15 +32,31 @@ type keyRing struct {
 	notaries []config.TrustedKeyServer
 
 	mu sync.Mutex
-	// lastFetch limits fetches per server so an unknown key ID in a
-	// forged request cannot make us hammer a server. Guarded by mu.
-	lastFetch map[string]time.Time
+	// lastFetch is the last fetch of each server's keys, so an unknown
+	// key ID in a forged request cannot make us hammer a server. Guarded
+	// by mu.
+	lastFetch map[string]fetchOutcome
 	// fetching serialises fetches per server. Guarded by mu.
 	fetching map[string]*sync.Mutex
 }
 
-// minRefetch is how soon a server's keys may be fetched again.
+// fetchOutcome is how a fetch of one server's keys ended.
+type fetchOutcome struct {
+	ended time.Time
+	err   error // nil: the server's (or a notary's) document was stored
+}
+
+// minRefetch is how soon a server's keys may be fetched again after a
+// fetch that succeeded: a key ID its fresh document lacks is unknown.
 const minRefetch = 5 * time.Second
+
+// failedRefetch is how soon a server's keys may be fetched again after
+// a fetch that failed (the server unreachable, say). It only delays the
+// next fetch: a request signed with a key we lack waits for it rather
+// than failing, so a server is trusted again as soon as it is reachable
+// (not minRefetch later), and a stream of requests naming unknown keys
+// still makes at most one fetch a second.
+const failedRefetch = time.Second
 
 // cachedKey is a row of federation_server_keys.
 type cachedKey struct {
@@ -177,22 +193,43 @@ func (r *keyRing) cached(ctx context.Context, server, keyID string) (cachedKey, 
 }
 
 // fetch asks server for its keys, then the notaries, storing what
-// verifies. At most one fetch per server runs at a time, and a server is
-// not asked again within minRefetch.
+// verifies. At most one fetch per server runs at a time; a caller that
+// waited for a fetch to end takes its outcome instead of fetching again;
+// a server is not asked again within minRefetch of a fetch that
+// succeeded, and one that failed delays the next by failedRefetch.
+// Spec: server-server-api, "Retrieving server keys".
 func (r *keyRing) fetch(ctx context.Context, server string) error {
+	asked := r.s.now()
 	lock := r.serverLock(server)
 	lock.Lock()
 	defer lock.Unlock()
 	r.mu.Lock()
-	last := r.lastFetch[server]
-	now := r.s.now()
-	if now.Sub(last) < minRefetch {
-		r.mu.Unlock()
-		return nil
-	}
-	r.lastFetch[server] = now
+	last, fetched := r.lastFetch[server]
 	r.mu.Unlock()
+	if fetched {
+		since := r.s.now().Sub(last.ended)
+		switch {
+		case last.ended.After(asked):
+			return last.err // it ended while this caller waited
+		case last.err == nil && since < minRefetch:
+			return nil
+		case last.err != nil && since < failedRefetch:
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(failedRefetch - since):
+			}
+		}
+	}
+	err := r.fetchNow(ctx, server)
+	r.mu.Lock()
+	r.lastFetch[server] = fetchOutcome{ended: r.s.now(), err: err}
+	r.mu.Unlock()
+	return err
+}
 
+// fetchNow asks server for its keys, then the notaries.
+func (r *keyRing) fetchNow(ctx context.Context, server string) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	var errs []error

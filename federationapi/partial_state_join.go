@@ -263,6 +263,12 @@ func (s *Server) resyncUntilDone(ctx context.Context, room roomserver.PartialSta
 			return true
 		}
 		if err == nil {
+			// A rejoin answered with the full state may have ended the
+			// partial state while this resync waited (beforeResync, a
+			// retry): nothing is left to fetch.
+			if partial, perr := s.rooms.IsPartialState(ctx, room.RoomID); perr == nil && !partial {
+				return false
+			}
 			if observe := resyncObserver.Load(); observe != nil {
 				(*observe)(s.serverName, room.RoomID)
 			}

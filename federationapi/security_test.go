@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -346,35 +344,7 @@ func buildWithAuth(t *testing.T, s *fedServer, roomID, sender string, authEvents
 // X-Matrix signature over it.
 func rawRequest(t *testing.T, n *network, s, origin *fedServer, method, uri string, body []byte) (int, []byte) {
 	t.Helper()
-	message, err := json.Marshal(map[string]any{"method": method, "uri": uri, "origin": origin.Name,
-		"destination": s.Name, "content": json.RawMessage(body)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, err := gomatrixserverlib.SignJSON(origin.Name, gomatrixserverlib.KeyID(origin.HS.Key.ID), origin.HS.Key.PrivateKey, message)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sigs struct {
-		Signatures map[string]map[string]string `json:"signatures"`
-	}
-	if err := json.Unmarshal(signed, &sigs); err != nil {
-		t.Fatal(err)
-	}
-	req, err := http.NewRequest(method, "https://"+s.Name+uri, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", fmt.Sprintf(`X-Matrix origin="%s",destination="%s",key="%s",sig="%s"`,
-		origin.Name, s.Name, origin.HS.Key.ID, sigs.Signatures[origin.Name][origin.HS.Key.ID]))
-	resp, err := n.httpClient().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, data
+	return signedThenSent(t, n, s, origin, method, uri, body, uri, body)
 }
 
 // TestSenderRestartDeliversPersistedEvents (security case 35): A

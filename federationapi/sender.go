@@ -315,6 +315,9 @@ type batch struct {
 	txnID string
 	pdus  []json.RawMessage
 	edus  []json.RawMessage
+	// hasPDUs: queue rows of events are marked with txnID (b.pdus may
+	// hold fewer if an event could not be read).
+	hasPDUs bool
 }
 
 // work sends destination's queue until it is empty, then exits.
@@ -424,17 +427,33 @@ func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, err
 		}
 		seq++
 		id := "m" + itoa(q.s.now().UnixMilli()) + "." + itoa(seq)
-		// Each UPDATE reads and marks the head of the queue in one
-		// statement, so exactly the rows it read are marked.
-		if _, err := tx.Exec(ctx, `UPDATE federation_queue_pdus SET txn_id = $2 WHERE destination = $1 AND event_nid IN (
-			SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 AND txn_id IS NULL ORDER BY event_nid LIMIT $3)`,
-			destination, id, maxTxnPDUs); err != nil {
+		// EDUs kept from a refused transaction go first, alone (see
+		// record): if the destination refuses them again, they are the
+		// cause, not the PDUs they came with.
+		var resend int
+		if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM federation_queue_edus
+			WHERE destination = $1 AND txn_id IS NULL AND resend = 1`, destination).Scan(&resend); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE federation_queue_edus SET txn_id = $2 WHERE edu_nid IN (
-			SELECT edu_nid FROM federation_queue_edus WHERE destination = $1 AND txn_id IS NULL ORDER BY edu_nid LIMIT $3)`,
-			destination, id, maxTxnEDUs); err != nil {
-			return err
+		if resend > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE federation_queue_edus SET txn_id = $2 WHERE edu_nid IN (
+				SELECT edu_nid FROM federation_queue_edus WHERE destination = $1 AND txn_id IS NULL AND resend = 1
+				ORDER BY edu_nid LIMIT $3)`, destination, id, maxTxnEDUs); err != nil {
+				return err
+			}
+		} else {
+			// Each UPDATE reads and marks the head of the queue in one
+			// statement, so exactly the rows it read are marked.
+			if _, err := tx.Exec(ctx, `UPDATE federation_queue_pdus SET txn_id = $2 WHERE destination = $1 AND event_nid IN (
+				SELECT event_nid FROM federation_queue_pdus WHERE destination = $1 AND txn_id IS NULL ORDER BY event_nid LIMIT $3)`,
+				destination, id, maxTxnPDUs); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE federation_queue_edus SET txn_id = $2 WHERE edu_nid IN (
+				SELECT edu_nid FROM federation_queue_edus WHERE destination = $1 AND txn_id IS NULL ORDER BY edu_nid LIMIT $3)`,
+				destination, id, maxTxnEDUs); err != nil {
+				return err
+			}
 		}
 		if nids, edus, err = markedRows(ctx, tx, destination, id); err != nil {
 			return err
@@ -450,7 +469,7 @@ func (q *sender) nextBatch(ctx context.Context, destination string) (*batch, err
 	if err != nil || txnID == "" {
 		return nil, err
 	}
-	b := &batch{txnID: txnID, edus: edus}
+	b := &batch{txnID: txnID, edus: edus, hasPDUs: len(nids) > 0}
 	if b.pdus, err = q.pduJSON(ctx, nids); err != nil {
 		return nil, err
 	}
@@ -516,9 +535,15 @@ func nonNil(v []json.RawMessage) []json.RawMessage {
 // which a retry sends again unchanged, so retrying could only block
 // every later event and EDU for the destination: the transaction is
 // dropped. Its events still reach the destination through the
-// prev_events of later ones (get_missing_events); its EDUs are lost for
-// it. Synapse does not resend a refused transaction either: it sends the
-// rooms' latest events later instead (catch-up).
+// prev_events of later ones (get_missing_events). Synapse does not resend
+// a refused transaction either: it sends the rooms' latest events later
+// instead (catch-up). Its EDUs that must be delivered (to-device
+// messages, device-list and signing-key updates: issue 7, "retried until
+// acknowledged") are kept and sent again in a transaction of their own
+// (nextBatch); the others (typing, receipts, presence) are ephemeral and
+// go with it. A refused transaction that held no PDUs was refused for
+// its EDUs, so it is dropped whole: kept EDUs are sent alone at most once
+// more, never in a loop.
 func (q *sender) record(ctx context.Context, destination string, b *batch, sendErr error, log interface {
 	Info(string, ...any)
 }) error {
@@ -541,10 +566,15 @@ func (q *sender) record(ctx context.Context, destination string, b *batch, sendE
 			return err
 		})
 	}
-	if permanent {
-		log.Info("federation sender: destination refused the transaction; dropping it", "err", sendErr, "txn_id", b.txnID)
-	}
-	return q.s.db.Write(ctx, func(tx storage.Tx) error {
+	kept := 0
+	err := q.s.db.Write(ctx, func(tx storage.Tx) error {
+		kept = 0
+		if permanent && b.hasPDUs {
+			var err error
+			if kept, err = keepMustDeliverEDUs(ctx, tx, destination, b.txnID); err != nil {
+				return err
+			}
+		}
 		// Exactly the transaction's rows: those queued while it was in
 		// flight wait for the next one.
 		if _, err := tx.Exec(ctx, `DELETE FROM federation_queue_pdus WHERE destination = $1 AND txn_id = $2`, destination, b.txnID); err != nil {
@@ -556,6 +586,63 @@ func (q *sender) record(ctx context.Context, destination string, b *batch, sendE
 		_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL, failures = 0, retry_at_ts = 0 WHERE server_name = $1`, destination)
 		return err
 	})
+	if err == nil && permanent {
+		if b.hasPDUs {
+			log.Info("federation sender: destination refused the transaction; dropped its PDUs and ephemeral EDUs",
+				"err", sendErr, "txn_id", b.txnID, "edus_kept", kept)
+		} else {
+			log.Info("federation sender: destination refused a transaction of EDUs only; dropped it",
+				"err", sendErr, "txn_id", b.txnID, "edus", len(b.edus))
+		}
+	}
+	return err
+}
+
+// mustDeliverEDU lists the EDU types a refused transaction does not drop.
+// Spec: server-server-api, "Send-to-device messaging" and "Device
+// Management" (a missed device-list update leaves the receiver's cache
+// stale until the next one); issue 7.
+var mustDeliverEDU = map[string]bool{
+	"m.direct_to_device":   true,
+	"m.device_list_update": true,
+	"m.signing_key_update": true,
+}
+
+// keepMustDeliverEDUs unmarks the must-deliver EDUs of the refused
+// transaction txnID and flags them for a transaction of their own, in
+// the caller's transaction that then deletes the rows still marked. It
+// returns how many it kept.
+func keepMustDeliverEDUs(ctx context.Context, tx storage.Tx, destination, txnID string) (int, error) {
+	rows, err := tx.Query(ctx, `SELECT edu_nid, edu FROM federation_queue_edus WHERE destination = $1 AND txn_id = $2`,
+		destination, txnID)
+	if err != nil {
+		return 0, err
+	}
+	var keep []int64
+	for rows.Next() {
+		var nid int64
+		var raw string
+		if err := rows.Scan(&nid, &raw); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		var edu struct {
+			Type string `json:"edu_type"`
+		}
+		if json.Unmarshal([]byte(raw), &edu) == nil && mustDeliverEDU[edu.Type] {
+			keep = append(keep, nid)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, nid := range keep {
+		if _, err := tx.Exec(ctx, `UPDATE federation_queue_edus SET txn_id = NULL, resend = 1 WHERE edu_nid = $1`, nid); err != nil {
+			return 0, err
+		}
+	}
+	return len(keep), nil
 }
 
 // backoff is min_backoff × 2^(failures-1), capped at max_backoff.

@@ -26,25 +26,11 @@ import (
 func TestSenderTransactionLimitsAndRetries(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
-		a := n.start()
-		f := newFakeRemote(t, n)
-		alice := a.user("alice")
-		charlie := "@charlie:" + f.name
-		roomID := publicRoom(t, a, alice)
-		join := buildPDU(t, a, roomID, charlie, "m.room.member", &charlie, map[string]string{"membership": "join"}, f.name, f.key, nil)
-		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodPut,
-			"/_matrix/federation/v2/send_join/"+pathEscape(roomID)+"/"+pathEscape(join.EventID()), json.RawMessage(join.JSON())); status != http.StatusOK {
-			t.Fatalf("send_join: %d %s", status, body)
-		}
+		a, f, alice, roomID := fakeDestination(t, n)
 		setGate := func(gate func(*http.Request) int) {
 			f.mu.Lock()
 			f.sendGate = gate
 			f.mu.Unlock()
-		}
-		attempts := func() []fakeTxn {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			return slices.Clone(f.txns)
 		}
 		setGate(func(*http.Request) int { return http.StatusInternalServerError })
 
@@ -61,7 +47,7 @@ func TestSenderTransactionLimitsAndRetries(t *testing.T) {
 		// A refused transaction is tried again unchanged.
 		var refused []fakeTxn
 		eventually(t, "two attempts of one refused transaction", func() bool {
-			refused = attempts()
+			refused = f.attempts()
 			last := len(refused) - 1
 			return last >= 1 && refused[last].id == refused[last-1].id
 		})
@@ -78,7 +64,7 @@ func TestSenderTransactionLimitsAndRetries(t *testing.T) {
 		var full bool
 		collect := func() {
 			got, eduOrder, full = map[string]int{}, nil, false
-			for _, txn := range attempts() {
+			for _, txn := range f.attempts() {
 				if len(txn.pdus) > 50 || len(txn.edus) > 100 {
 					t.Fatalf("transaction %s holds %d PDUs and %d EDUs (at most 50 and 100)", txn.id, len(txn.pdus), len(txn.edus))
 				}
@@ -136,7 +122,7 @@ func TestSenderTransactionLimitsAndRetries(t *testing.T) {
 			<-r.Context().Done() // never answered: A goes down first
 			return http.StatusServiceUnavailable
 		})
-		before := len(attempts())
+		before := len(f.attempts())
 		lastWord := sendText(t, a, roomID, alice, "sent as A goes down")
 		<-inFlight
 		// A goes down with the transaction unanswered (stopping ends the
@@ -145,7 +131,7 @@ func TestSenderTransactionLimitsAndRetries(t *testing.T) {
 		a.restart()
 		var hung fakeTxn
 		eventually(t, "the unanswered attempt to be recorded", func() bool {
-			for _, txn := range attempts()[before:] {
+			for _, txn := range f.attempts()[before:] {
 				if txn.status == http.StatusServiceUnavailable {
 					hung = txn
 					return true
@@ -154,14 +140,14 @@ func TestSenderTransactionLimitsAndRetries(t *testing.T) {
 			return false
 		})
 		eventually(t, "the in-flight transaction to be sent again after the restart", func() bool {
-			for _, txn := range attempts()[before+1:] {
+			for _, txn := range f.attempts()[before+1:] {
 				if txn.status == http.StatusOK && txn.id == hung.id {
 					return true
 				}
 			}
 			return false
 		})
-		for _, txn := range attempts()[before+1:] {
+		for _, txn := range f.attempts()[before+1:] {
 			if txn.id == hung.id && !sameRaw(txn.pdus, hung.pdus) {
 				t.Fatalf("transaction %s resent with other PDUs after the restart", txn.id)
 			}

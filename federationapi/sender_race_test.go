@@ -198,6 +198,20 @@ func TestSenderKeepsEDUsCommittedBelowATransactionInFlight(t *testing.T) {
 	}
 }
 
+// fakeDestination starts server A and a fake remote F, and makes a
+// public room of alice on A that @charlie of F joins through send_join:
+// every event of the room is then for F, whose /send attempts
+// (f.attempts) and answers (f.sendGate, f.txnGate) the test controls.
+func fakeDestination(t *testing.T, n *network) (a *fedServer, f *fakeRemote, alice, roomID string) {
+	t.Helper()
+	a = n.start()
+	f = newFakeRemote(t, n)
+	alice = a.user("alice")
+	roomID = publicRoom(t, a, alice)
+	fakeSendJoin(t, n, a, f, roomID, "@charlie:"+f.name)
+	return a, f, alice, roomID
+}
+
 // fakeSendJoin joins user of fake remote f to roomID on s through
 // send_join and returns the join.
 func fakeSendJoin(t *testing.T, n *network, s *fedServer, f *fakeRemote, roomID, user string) gomatrixserverlib.PDU {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestSenderRefusalsByStatus: how A's federation sender treats a
@@ -20,25 +22,11 @@ import (
 // transaction never wedges the queue).
 func TestSenderRefusalsByStatus(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a := n.start()
-		f := newFakeRemote(t, n)
-		alice := a.user("alice")
-		charlie := "@charlie:" + f.name
-		roomID := publicRoom(t, a, alice)
-		join := buildPDU(t, a, roomID, charlie, "m.room.member", &charlie, map[string]string{"membership": "join"}, f.name, f.key, nil)
-		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodPut,
-			"/_matrix/federation/v2/send_join/"+pathEscape(roomID)+"/"+pathEscape(join.EventID()), json.RawMessage(join.JSON())); status != http.StatusOK {
-			t.Fatalf("send_join: %d %s", status, body)
-		}
-		attempts := func() []fakeTxn {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			return slices.Clone(f.txns)
-		}
+		a, f, alice, roomID := fakeDestination(t, n)
 		// withEvent lists the attempts of transactions holding eventID.
 		withEvent := func(eventID string) []fakeTxn {
 			var out []fakeTxn
-			for _, txn := range attempts() {
+			for _, txn := range f.attempts() {
 				for _, raw := range txn.pdus {
 					if string(eventIDOf(t, a, raw)) == eventID {
 						out = append(out, txn)
@@ -122,4 +110,140 @@ func statuses(txns []fakeTxn) []int {
 		out[i] = txn.status
 	}
 	return out
+}
+
+// TestSenderKeepsMustDeliverEDUsOfARefusedTransaction: when a
+// destination refuses a transaction with a permanent 4xx, its PDUs and
+// ephemeral EDUs (typing) are dropped, but its to-device, device-list
+// and signing-key EDUs are sent again in a transaction of their own
+// without the refused PDUs. If that EDU-only transaction is refused with
+// a 4xx too, it is dropped (no loop) and the queue goes on.
+// Spec: server-server-api, "PUT /_matrix/federation/v1/send/{txnId}",
+// "Send-to-device messaging", "Device Management"; issue 7 (to-device and
+// device-list EDUs retried until acknowledged); security case 7.
+func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, f, alice, roomID := fakeDestination(t, n)
+		holds := func(raws []json.RawMessage, marker string) bool {
+			for _, raw := range raws {
+				if strings.Contains(string(raw), marker) {
+					return true
+				}
+			}
+			return false
+		}
+		// withMarker lists the attempts whose PDUs or EDUs contain marker.
+		withMarker := func(marker string) []fakeTxn {
+			var out []fakeTxn
+			for _, txn := range f.attempts() {
+				if holds(txn.pdus, marker) || holds(txn.edus, marker) {
+					out = append(out, txn)
+				}
+			}
+			return out
+		}
+		// refuseAfterHold holds the transaction carrying the event
+		// marked hold until release is closed (so that what is queued
+		// meanwhile goes in one transaction), then accepts it; it
+		// answers 400 to a transaction whose PDUs hold poison or whose
+		// EDUs hold badEDU, 200 to the others.
+		// The channel returned is closed when the held transaction has
+		// arrived.
+		refuseAfterHold := func(hold, poison, badEDU string, release chan struct{}) chan struct{} {
+			arrived := make(chan struct{})
+			var once sync.Once
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.txnGate = func(txn fakeTxn) int {
+				switch {
+				case holds(txn.pdus, hold):
+					once.Do(func() { close(arrived) })
+					select {
+					case <-release:
+					case <-time.After(30 * time.Second): // the test failed
+					}
+					return http.StatusOK
+				case holds(txn.pdus, poison), badEDU != "" && holds(txn.edus, badEDU):
+					return http.StatusBadRequest
+				}
+				return http.StatusOK
+			}
+			return arrived
+		}
+		queueEDU := func(eduType, marker string) {
+			t.Helper()
+			if err := a.HS.Federation.QueueEDU(ctx, []string{f.name}, eduType, map[string]string{"marker": marker}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		queueEmpty := func() bool {
+			var pdus, edus, failures int
+			q := a.HS.DB.Reader()
+			if err := q.QueryRow(ctx, `SELECT COUNT(*) FROM federation_queue_pdus WHERE destination = $1`, f.name).Scan(&pdus); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.QueryRow(ctx, `SELECT COUNT(*) FROM federation_queue_edus WHERE destination = $1`, f.name).Scan(&edus); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`, f.name).Scan(&failures); err != nil {
+				t.Fatal(err)
+			}
+			return pdus == 0 && edus == 0 && failures == 0
+		}
+
+		// 1. A refused PDU batch: the must-deliver EDUs come through.
+		release := make(chan struct{})
+		arrived := refuseAfterHold("hold-1", "poison-1", "", release)
+		sendText(t, a, roomID, alice, "hold-1")
+		waitClosed(t, "the held transaction", arrived)
+		sendText(t, a, roomID, alice, "poison-1")
+		must := map[string]string{"m.direct_to_device": "todevice-1", "m.device_list_update": "devicelist-1",
+			"m.signing_key_update": "signingkey-1"}
+		for eduType, marker := range must {
+			queueEDU(eduType, marker)
+		}
+		queueEDU("m.typing", "typing-1")
+		close(release)
+		eventually(t, "the refused transaction and the EDUs' resend", func() bool {
+			return queueEmpty() && len(withMarker("todevice-1")) >= 2
+		})
+		refused := withMarker("poison-1")
+		if len(refused) != 1 || refused[0].status != http.StatusBadRequest {
+			t.Fatalf("attempts holding the refused event answered %v; want one 400", statuses(refused))
+		}
+		for eduType, marker := range must {
+			txns := withMarker(marker)
+			if len(txns) != 2 || txns[0].id != refused[0].id || txns[1].status != http.StatusOK || len(txns[1].pdus) != 0 {
+				t.Fatalf("%s: attempts holding it answered %v; want the refused transaction, then one accepted without PDUs",
+					eduType, statuses(txns))
+			}
+		}
+		if txns := withMarker("typing-1"); len(txns) != 1 || txns[0].id != refused[0].id {
+			t.Fatalf("the typing EDU went in %d attempts; want only the refused transaction", len(txns))
+		}
+
+		// 2. The EDU-only resend refused too: dropped, not retried.
+		release = make(chan struct{})
+		arrived = refuseAfterHold("hold-2", "poison-2", "todevice-2", release)
+		sendText(t, a, roomID, alice, "hold-2")
+		waitClosed(t, "the second held transaction", arrived)
+		sendText(t, a, roomID, alice, "poison-2")
+		queueEDU("m.direct_to_device", "todevice-2")
+		close(release)
+		eventually(t, "A to drop the refused EDU-only transaction", func() bool {
+			return queueEmpty() && len(withMarker("todevice-2")) == 2
+		})
+		sendText(t, a, roomID, alice, "after-2")
+		eventually(t, "the next event to be accepted", func() bool {
+			txns := withMarker("after-2")
+			return len(txns) > 0 && txns[len(txns)-1].status == http.StatusOK
+		})
+		txns := withMarker("todevice-2")
+		if len(txns) != 2 || txns[0].status != http.StatusBadRequest || txns[1].status != http.StatusBadRequest ||
+			len(txns[1].pdus) != 0 || txns[1].id == txns[0].id {
+			t.Fatalf("attempts holding the refused to-device EDU answered %v; want the refused PDU batch, then one refused EDU-only transaction",
+				statuses(txns))
+		}
+	})
 }

@@ -135,6 +135,9 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		if room.Version != req.RoomVersion {
 			return mxerr.New(mxerr.BadJSON, "room %s is version %s, not %s", roomID, room.Version, req.RoomVersion)
 		}
+		if err := refuseForeignCreate(ctx, tx, roomID, given); err != nil {
+			return err
+		}
 		nids, err := s.storeGapOutliers(ctx, tx, room, given)
 		if err != nil {
 			return err

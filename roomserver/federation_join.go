@@ -301,6 +301,9 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 				return err
 			}
 			room.Extremities = nil
+			if err := refuseForeignCreate(ctx, tx, roomID, byID); err != nil {
+				return err
+			}
 			if err := closePartialStateLeft(ctx, tx, roomID); err != nil {
 				return err
 			}
@@ -327,7 +330,7 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		for k, pdu := range stateByKey {
 			before[k] = nids[pdu.EventID()]
 		}
-		p = &prepared{pdu: join, row: rowFromPDU(join), room: room, beforeState: before, outcome: Accepted}
+		p = &prepared{pdu: join, row: rowFromPDU(join), room: room, beforeState: before, outcome: Accepted, stateGiven: true}
 		if err := s.commit(ctx, tx, p); err != nil {
 			return err
 		}

@@ -35,6 +35,11 @@ type prepared struct {
 	// arrives as a timeline event, the NID of that outlier row, which
 	// commit replaces (outlier_promotion.go); 0 for a new event.
 	outlierNID int64
+	// stateGiven: beforeState is a whole state given by another server
+	// (a send_join answer), not derived from the prev events, so the
+	// prev events' partial state does not reach it (commit,
+	// markAfterPartialStretch).
+	stateGiven bool
 }
 
 // prepare runs the checks of server-server-api, "Checks performed on
@@ -402,6 +407,11 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE roomserver_events SET state_after = $1 WHERE event_nid = $2`, row.StateAfter, row.NID); err != nil {
+			return err
+		}
+	}
+	if !p.stateGiven {
+		if err := markAfterPartialStretch(ctx, tx, room.RoomID, p.pdu.PrevEventIDs(), row.NID); err != nil {
 			return err
 		}
 	}

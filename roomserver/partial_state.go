@@ -349,6 +349,9 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 		if req.JoinEventID != "" && req.JoinEventID != joinEventID {
 			return ErrPartialJoinMoved
 		}
+		if err := refuseForeignCreate(ctx, tx, req.RoomID, byID); err != nil {
+			return err
+		}
 		if err := s.storeStateOutliers(ctx, tx, byID); err != nil {
 			return err
 		}

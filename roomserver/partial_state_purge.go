@@ -29,7 +29,10 @@ package roomserver
 // the stretch from the partial-state join on (roomserver_partial_state_left),
 // open until a later join imports the room's state again; a rejoin that
 // ends a partial-state join without replaying its events records its
-// stretch too, closed at once (ImportJoinedRoom). Another server's GET
+// stretch too, closed at once (ImportJoinedRoom). An event stored after
+// a stretch was closed whose state derives from it (one of its prev
+// events lies in a stretch) is recorded as a stretch of its own
+// (markAfterPartialStretch), and so on down the DAG. Another server's GET
 // /state and /state_ids at an event of a stretch are refused as they
 // were while the room was partial (MSC3706: a server must not answer
 // partial state as if it were the full state), and while a stretch is
@@ -178,4 +181,49 @@ func closePartialStateLeft(ctx context.Context, tx storage.Tx, roomID string) er
 		(SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events WHERE room_id = $1)
 		WHERE room_id = $1 AND through_nid IS NULL`, roomID)
 	return err
+}
+
+// markAfterPartialStretch records the event numbered nid of roomID, just
+// stored with a state derived from its prev events (prevIDs), as a
+// stretch of its own (closed, no servers) when one of those prev events
+// lies in a stretch: its state then derives from a partial state too,
+// wholly or in part (state resolution with a state that lacks members
+// need not give the room's state), so GET /state and /state_ids at it
+// are refused like at the stretch's events. That happens after a
+// rejoin closed a stretch: an event of another server, or ours built on
+// one, whose prev events are events of the stretch. Events whose prev
+// events follow the rejoin take the state the rejoin imported and are
+// served. Spec: MSC3706 (no partial state answered as the full state).
+func markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, prevIDs []string, nid int64) error {
+	if len(prevIDs) == 0 {
+		return nil
+	}
+	var stretches int
+	if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_partial_state_left WHERE room_id = $1`,
+		roomID).Scan(&stretches); err != nil || stretches == 0 {
+		return err
+	}
+	if covered, err := partialStateLeftAt(ctx, tx, roomID, nid); err != nil || covered {
+		return err // an open stretch holds it already
+	}
+	prevs, err := eventRowsByID(ctx, tx, prevIDs)
+	if err != nil {
+		return err
+	}
+	for _, id := range prevIDs {
+		pe, ok := prevs[id]
+		if !ok || pe.RoomID != roomID || isOutlierRow(pe) {
+			continue // not a state this event's state derives from here
+		}
+		partial, err := partialStateLeftAt(ctx, tx, roomID, pe.NID)
+		if err != nil {
+			return err
+		}
+		if partial {
+			_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
+				VALUES ($1, $2, $2, '[]') ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, nid)
+			return err
+		}
+	}
+	return nil
 }
