@@ -11,16 +11,18 @@ import (
 
 // maxCachedStatementArgs is the most arguments a statement may take and
 // still be kept in its SQLite connection's statement cache. A statement
-// with more is built from a list (an IN list, one UNION ALL term per
-// room): its text, and so its cache entry, differs with the list's length,
-// and its compiled program is large — 100–250 KiB for the 100- to
-// 500-element lists sync and the roomserver read in one query. Kept in a
-// 256-entry cache per connection, each list length a new entry, they held
+// with more is built from a long list (an IN list of up to 500 event IDs
+// or rooms): its text, and so its cache entry, differs with the list's
+// length, and its compiled program is 100–250 KiB. Kept in a 256-entry
+// cache per connection, each length a new entry, such statements held
 // ~10 MiB of the four readers' memory after one 500-room initial sync and
-// were never released (docs/benchmarks.md, "Memory, part 4"). The fixed
-// statements of the hot paths take a handful of arguments; every list of
-// up to this many elements still has one cached statement per length.
-const maxCachedStatementArgs = 32
+// were never released (docs/benchmarks.md, "Memory, part 4"); compiling
+// one takes ~0.2 ms. The fixed statements of the hot paths take a handful
+// of arguments, and the batched sync reads name at most 100 rooms per
+// statement (roomserver's batchRooms): those come back with every large
+// sync, and compiling the largest of them, a 100-term UNION ALL, takes
+// ~2.5 ms, so they stay cached.
+const maxCachedStatementArgs = 128
 
 // sqliteConnector opens go-sqlite3 connections wrapped in sqliteConn.
 type sqliteConnector struct {
