@@ -14,3 +14,12 @@ const SQLiteCacheKiB = sqliteCacheKiB
 
 // SQLiteReaderCacheKiB is the page cache size every SQLite reader is opened with.
 const SQLiteReaderCacheKiB = sqliteReaderCacheKiB
+
+// SQLiteMemoryUsed reports SQLite's allocated bytes in this process.
+var SQLiteMemoryUsed = sqliteMemoryUsed
+
+// MaxCachedStatementArgs is the most arguments a cached SQLite statement takes.
+const MaxCachedStatementArgs = maxCachedStatementArgs
+
+// NewRewriter exposes the memoising wrapper of a query rewrite.
+var NewRewriter = newRewriter

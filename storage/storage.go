@@ -150,7 +150,8 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	// LRU keyed by query text, reset and unbound between uses), so a
 	// query's SQL is parsed and planned once per connection instead of on
 	// every call: queries are a small fixed set of constants. Statements
-	// built with a variable-length IN list fall out of the LRU first.
+	// built from a list of more than maxCachedStatementArgs elements are
+	// not cached (sqlitedriver.go).
 	// (On PostgreSQL, pgdriver caches prepared statements per connection,
 	// so both engines parse each query text once.)
 	common.Set("_stmt_cache_size", strconv.Itoa(stmtCacheSize))
@@ -160,10 +161,7 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		wq[k] = v
 	}
 	wq.Set("_txlock", "immediate")
-	writer, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?"+wq.Encode())
-	if err != nil {
-		return nil, fmt.Errorf("storage: opening sqlite writer: %w", err)
-	}
+	writer := openSQLiteDB("file:" + opts.SQLitePath + "?" + wq.Encode())
 	writer.SetMaxOpenConns(1)
 	writer.SetMaxIdleConns(1)
 	writer.SetConnMaxLifetime(0)
@@ -179,11 +177,7 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	}
 	rq.Set("_query_only", "1")
 	rq.Set("_cache_size", strconv.Itoa(-sqliteReaderCacheKiB))
-	reader, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?"+rq.Encode())
-	if err != nil {
-		writer.Close()
-		return nil, fmt.Errorf("storage: opening sqlite readers: %w", err)
-	}
+	reader := openSQLiteDB("file:" + opts.SQLitePath + "?" + rq.Encode())
 	n := opts.MaxOpenConns
 	if n <= 0 {
 		n = max(4, 2*runtime.NumCPU())
@@ -439,7 +433,11 @@ func (w *writeTx) runAfterCommit() {
 }
 
 // newRewriter memoises a rewrite function: queries are a small fixed set of
-// constants, so each is rewritten once.
+// constants, so each is rewritten once. A text with more than
+// maxCachedStatementArgs placeholders is built from a list and differs
+// with its length: it is rewritten on every use instead of being kept for
+// the process's life (a 500-element IN list is a few KB of text, held
+// twice, for every length ever queried).
 func newRewriter(fn func(string) string) func(string) string {
 	var cache sync.Map
 	return func(q string) string {
@@ -447,7 +445,9 @@ func newRewriter(fn func(string) string) func(string) string {
 			return v.(string)
 		}
 		out := fn(q)
-		cache.Store(q, out)
+		if strings.Count(q, "$") <= maxCachedStatementArgs { // an upper bound of the placeholders
+			cache.Store(q, out)
+		}
 		return out
 	}
 }

@@ -72,10 +72,10 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 		if !bytes.Equal(fast, body) {
 			return nil, fmt.Errorf("marshalSync differs from json.Marshal:\n%s\n%s", fast, body)
 		}
-		// Allocated once at its size: the room IDs here need no escape,
-		// so the buffer never grew.
+		// Allocated once at the size syncBody computed (the
+		// Content-Length the handler sends): it must be exact.
 		if cap(fast) != len(fast) {
-			return nil, fmt.Errorf("marshalSync allocated %d bytes for %d", cap(fast), len(fast))
+			return nil, fmt.Errorf("syncBody's size is %d, its body %d bytes", cap(fast), len(fast))
 		}
 	}
 	return body, nil

@@ -154,15 +154,17 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
 	}
 	if (req.since == nil || req.fullState) && (req.filter == nil || req.filter.EventFormat != "federation") {
 		// A response that sends rooms whole is mostly events the
-		// formatter rendered in the client format: marshalSync copies
-		// them once rather than having json.Marshal scan them again.
-		body, err := marshalSync(resp)
+		// formatter rendered in the client format: syncBody copies
+		// them once, straight to the connection, rather than having
+		// json.Marshal scan them again into a buffer of the whole body.
+		body, err := newSyncBody(resp)
 		if err != nil {
 			return err
 		}
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(body.size))
 		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(body)
+		_ = body.writeTo(w) // the client has gone: nothing to tell it
 		return nil
 	}
 	return httpx.OK(w, resp)

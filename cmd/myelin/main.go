@@ -159,9 +159,6 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		logger.Info("Go soft memory limit", "mib", limit>>20, "from", source)
 	}
 
-	// Before the database opens: SQLite's allocations go through malloc.
-	limitMallocArenas(os.Getenv)
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if limit != math.MaxInt64 && !limitFromEnv {

@@ -9,15 +9,9 @@ package main
 // bench/run.sh's scenarios glibc held ~20 MB spread over the arenas of
 // many threads. Two arenas keep the writer and the readers from sharing
 // one lock while letting freed pages be reused across connections
-// (docs/benchmarks.md, "Memory, part 3").
+// (docs/benchmarks.md, "Memory, part 3" and "Memory, part 4").
+//
+// The cap is set when the program is loaded, before the Go runtime starts
+// its threads (mallocarenas_glibc.go), unless MALLOC_ARENA_MAX is set:
+// glibc has then read it at start and an explicit environment wins.
 const mallocArenas = 2
-
-// limitMallocArenas applies mallocArenas unless MALLOC_ARENA_MAX is set:
-// glibc has then read it at start and an explicit environment wins. It
-// reports whether this call set the cap.
-func limitMallocArenas(getenv func(string) string) bool {
-	if getenv("MALLOC_ARENA_MAX") != "" {
-		return false
-	}
-	return setMallocArenaMax(mallocArenas)
-}

@@ -4,6 +4,27 @@ package main
 
 /*
 #include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MYELIN_MALLOC_ARENAS 2
+
+// myelin_cap_arenas_at_load caps glibc's malloc arenas before the Go
+// runtime starts its threads. glibc fixes its arena limit when the first
+// thread beyond the main one needs an arena; the runtime's threads
+// allocate (thread-local storage for the threads they create) before
+// main.main runs, so a cap set from Go came after four or five arenas
+// already existed, each keeping what SQLite freed in it. A constructor
+// runs when the program is loaded, before any of that. MALLOC_ARENA_MAX
+// in the environment wins: glibc has read it already.
+__attribute__((constructor)) static void myelin_cap_arenas_at_load(void) {
+#ifdef M_ARENA_MAX
+	if (getenv("MALLOC_ARENA_MAX") == NULL) {
+		mallopt(M_ARENA_MAX, MYELIN_MALLOC_ARENAS);
+	}
+#endif
+}
 
 // myelin_set_arena_max caps glibc's malloc arenas; it returns mallopt's
 // result (1 on success) or -1 where the C library has no such setting.
@@ -15,9 +36,51 @@ static int myelin_set_arena_max(int n) {
 	return -1;
 #endif
 }
+
+// myelin_malloc_touch allocates and frees a little from the calling
+// thread, so that glibc gives the thread an arena (tests).
+static void myelin_malloc_touch(void) {
+	void *p = malloc(512);
+	if (p != NULL) {
+		memset(p, 1, 512);
+	}
+	free(p);
+}
+
+// myelin_malloc_arenas counts the arenas malloc_info reports (tests):
+// one <heap nr="..."> element per arena; -1 if it cannot be read.
+static int myelin_malloc_arenas(void) {
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (f == NULL) {
+		return -1;
+	}
+	if (malloc_info(0, f) != 0) {
+		fclose(f);
+		free(buf);
+		return -1;
+	}
+	fclose(f);
+	int n = 0;
+	for (char *p = buf; (p = strstr(p, "<heap nr=")) != NULL; p++) {
+		n++;
+	}
+	free(buf);
+	return n;
+}
 */
 import "C"
+
+// mallocArenasAtLoad is the cap the constructor above sets.
+const mallocArenasAtLoad = C.MYELIN_MALLOC_ARENAS
 
 // setMallocArenaMax caps how many malloc arenas glibc creates (M_ARENA_MAX)
 // and reports whether the C library took the setting.
 func setMallocArenaMax(n int) bool { return C.myelin_set_arena_max(C.int(n)) == 1 }
+
+// mallocTouch makes the calling OS thread allocate from malloc.
+func mallocTouch() { C.myelin_malloc_touch() }
+
+// mallocArenaCount is how many arenas glibc has (-1: unknown).
+func mallocArenaCount() int { return int(C.myelin_malloc_arenas()) }

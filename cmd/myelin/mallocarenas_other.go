@@ -2,5 +2,12 @@
 
 package main
 
-// setMallocArenaMax: no glibc here, nothing to cap.
+// No glibc here, nothing to cap.
+
+const mallocArenasAtLoad = mallocArenas
+
 func setMallocArenaMax(int) bool { return false }
+
+func mallocTouch() {}
+
+func mallocArenaCount() int { return -1 }

@@ -3,26 +3,50 @@ package main
 import (
 	"os"
 	"runtime"
+	"strconv"
+	"sync"
 	"testing"
 )
 
-// TestLimitMallocArenas: on Linux with cgo (every Myelin build: SQLite is
-// cgo) glibc takes the arena cap, and an explicit MALLOC_ARENA_MAX is left
-// alone.
-func TestLimitMallocArenas(t *testing.T) {
-	env := func(v string) func(string) string {
-		return func(k string) string {
-			if k == "MALLOC_ARENA_MAX" {
-				return v
-			}
-			return os.Getenv(k)
+// TestMallocArenasCappedAtLoad: on Linux with cgo (every Myelin build:
+// SQLite is cgo) glibc keeps at most mallocArenas arenas however many
+// threads allocate, because the cap is set when the program is loaded —
+// before the Go runtime's own threads take arenas. Sixteen OS threads
+// allocating at once would otherwise get an arena each (up to 8 per core).
+func TestMallocArenasCappedAtLoad(t *testing.T) {
+	if mallocArenasAtLoad != mallocArenas {
+		t.Fatalf("the constructor caps at %d arenas, mallocArenas is %d", mallocArenasAtLoad, mallocArenas)
+	}
+	if runtime.GOOS != "linux" || mallocArenaCount() < 0 {
+		if runtime.GOOS == "linux" {
+			t.Fatal("malloc_info could not be read on Linux")
 		}
+		return // no glibc: nothing is capped
 	}
-	if limitMallocArenas(env("4")) {
-		t.Error("MALLOC_ARENA_MAX=4 set, yet the cap was applied over it")
+	want := mallocArenas
+	if v := os.Getenv("MALLOC_ARENA_MAX"); v != "" {
+		want, _ = strconv.Atoi(v) // the environment wins
 	}
-	got := limitMallocArenas(env(""))
-	if runtime.GOOS == "linux" && !got {
-		t.Error("mallopt(M_ARENA_MAX) was not applied on Linux")
+	const threads = 16
+	var ready, done sync.WaitGroup
+	ready.Add(threads)
+	done.Add(threads)
+	release := make(chan struct{})
+	for range threads {
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread() // a thread of its own, kept until the goroutine ends
+			mallocTouch()
+			ready.Done()
+			<-release
+		}()
 	}
+	ready.Wait()
+	got := mallocArenaCount()
+	close(release)
+	done.Wait()
+	if got > want {
+		t.Errorf("glibc has %d malloc arenas after %d threads allocated; the cap is %d", got, threads, want)
+	}
+	t.Logf("%d arenas (cap %d)", got, want)
 }
