@@ -129,32 +129,50 @@ type stateKey struct {
 	nid    int64
 }
 
-// stateInfoCache holds roomInfo by committed state snapshot. Entries
-// never go stale (a committed snapshot never changes); the map is
-// cleared when full.
+// stateInfoCache holds, per room, the roomInfo of one committed state
+// snapshot: the last one stored. Entries never go stale (a committed
+// snapshot never changes); a lookup of any other snapshot of the room
+// misses. One entry per room, not one per snapshot: a room's events
+// are written against its current state, so the older snapshots' infos
+// are not asked for again, and keeping them made the cache grow with
+// every membership change (a room that 200 users join held 200 infos
+// of up to 200 members each, kept alive long after, which a long-running
+// server paid for in garbage collection; docs/benchmarks.md, "Fan-out
+// delivery, part 5"). The map is cleared when it holds limit rooms.
 type stateInfoCache struct {
-	mu    sync.Mutex
-	byKey map[stateKey]*roomInfo // guarded by mu
-	limit int
+	mu     sync.Mutex
+	byRoom map[string]stateInfo // guarded by mu
+	limit  int
+}
+
+// stateInfo is a room's cached roomInfo and the snapshot it describes.
+type stateInfo struct {
+	nid  int64
+	info *roomInfo
 }
 
 func newStateInfoCache() *stateInfoCache {
-	return &stateInfoCache{byKey: map[stateKey]*roomInfo{}, limit: maxRoomCache}
+	return &stateInfoCache{byRoom: map[string]stateInfo{}, limit: maxRoomCache}
 }
 
 func (c *stateInfoCache) get(k stateKey) *roomInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.byKey[k]
+	if e, ok := c.byRoom[k.roomID]; ok && e.nid == k.nid {
+		return e.info
+	}
+	return nil
 }
 
+// put stores info as the room's entry, replacing the one for any other
+// snapshot of the room.
 func (c *stateInfoCache) put(k stateKey, info *roomInfo) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.byKey) >= c.limit {
-		clear(c.byKey)
+	if _, ok := c.byRoom[k.roomID]; !ok && len(c.byRoom) >= c.limit {
+		clear(c.byRoom)
 	}
-	c.byKey[k] = info
+	c.byRoom[k.roomID] = stateInfo{nid: k.nid, info: info}
 }
 
 // txRulesReader reads recipients' rules for one CountInTx call: the
