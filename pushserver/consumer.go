@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -33,6 +34,14 @@ const (
 	// longer ago than this) is served at once, so an idle server's
 	// notifications are not delayed.
 	passEvery = 2 * time.Millisecond
+	// lazyStoreEvents and lazyStoreEvery bound how far the events
+	// consumer's in-memory position runs ahead of its stored one when a
+	// pass has nothing else to write (see consumeEvents).
+	lazyStoreEvents = 1000
+	// notificationRows bounds the rows of one push_notifications insert
+	// (8 placeholders each).
+	notificationRows = 100
+	lazyStoreEvery   = 5 * time.Second
 )
 
 // runConsumer processes the room event and receipt streams until ctx
@@ -139,6 +148,13 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 		if ev.StreamPos > to {
 			break
 		}
+		if ev.StreamPos > s.inTxFrom {
+			// Counted in its own transaction (CountInTx).
+			if err := s.copyRulesOnUpgradeJoin(ctx, ev); err != nil {
+				return false, err
+			}
+			continue
+		}
 		n, mark, err := s.evaluateEvent(ctx, ev)
 		if err != nil {
 			return false, err
@@ -151,31 +167,23 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 			marks = append(marks, *mark)
 		}
 	}
+	if len(notes) == 0 && len(marks) == 0 && to-s.eventsStored < lazyStoreEvents && time.Since(s.eventsStoredAt) < lazyStoreEvery {
+		// Nothing to write but the position, and what a pass past
+		// inTxFrom does (copyRulesOnUpgradeJoin) changes nothing when
+		// repeated: store it now and then, not with every message (a
+		// commit, an fsync, each).
+		s.advanced(to, 0)
+		return more, nil
+	}
 	now := s.now().UnixMilli()
 	queued := false
+	stored := s.eventsStored
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		for _, n := range notes {
-			actions, _ := json.Marshal(n.actions)
-			if _, err := tx.Exec(ctx, `INSERT INTO push_notifications
-				(user_id, room_id, event_id, stream_pos, thread_id, highlight, actions, ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				n.userID, n.event.RoomID, n.event.EventID, n.event.StreamPos, n.thread, n.highlight, string(actions), now); err != nil {
-				return err
-			}
+		var err error
+		if queued, err = s.writeNotifications(ctx, tx, notes, marks, now); err != nil {
+			return err
 		}
-		for _, m := range marks {
-			if err := moveReadMark(ctx, tx, m); err != nil {
-				return err
-			}
-		}
-		pushers := map[string][]pusherKey{}
-		for _, n := range notes {
-			q, err := s.enqueue(ctx, tx, n, now, pushers)
-			if err != nil {
-				return err
-			}
-			queued = queued || q
-		}
-		return advancePosition(ctx, tx, eventsStream, from, to)
+		return advancePosition(ctx, tx, eventsStream, stored, to)
 	})
 	if errors.Is(err, errMoved) {
 		// Another instance advanced it: continue from what is stored.
@@ -183,17 +191,70 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 		if lerr != nil {
 			return false, lerr
 		}
+		s.eventsStored, s.eventsStoredAt = evPos, time.Now()
 		s.advanced(evPos, rcPos)
 		return true, nil
 	}
 	if err != nil {
 		return false, err
 	}
+	s.eventsStored, s.eventsStoredAt = to, time.Now()
 	s.advanced(to, 0)
 	if queued {
 		s.kickSender()
 	}
 	return more, nil
+}
+
+// writeNotifications writes notes as push_notifications rows and their
+// push_queue rows (for the users' pushers as tx sees them) and moves
+// marks, in tx; it reports whether anything was queued for a gateway.
+func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []notification, marks []readMark, now int64) (bool, error) {
+	// Several rows per statement: a message to a room of N local
+	// members is N rows, written inside the message's transaction.
+	for start := 0; start < len(notes); start += notificationRows {
+		part := notes[start:min(start+notificationRows, len(notes))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO push_notifications
+			(user_id, room_id, event_id, stream_pos, thread_id, highlight, actions, ts) VALUES `)
+		args := make([]any, 0, 8*len(part))
+		for i, n := range part {
+			actions, _ := json.Marshal(n.actions)
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(")
+			for j := range 8 {
+				if j > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString("$" + strconv.Itoa(len(args)+j+1))
+			}
+			q.WriteString(")")
+			args = append(args, n.userID, n.event.RoomID, n.event.EventID, n.event.StreamPos, n.thread, n.highlight, string(actions), now)
+		}
+		if _, err := tx.Exec(ctx, q.String(), args...); err != nil {
+			return false, err
+		}
+	}
+	for _, m := range marks {
+		if err := moveReadMark(ctx, tx, m); err != nil {
+			return false, err
+		}
+	}
+	queued := false
+	pushers, err := readPushersOf(ctx, tx, notes)
+	if err != nil {
+		return false, err
+	}
+	for _, n := range notes {
+		q, err := s.enqueue(ctx, tx, n, now, pushers)
+		if err != nil {
+			return false, err
+		}
+		queued = queued || q
+	}
+	return queued, nil
 }
 
 // moveReadMark moves a read marker forward, never back.
@@ -210,10 +271,6 @@ func moveReadMark(ctx context.Context, tx storage.Tx, m readMark) error {
 // local users in the room except the sender.
 func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]notification, *readMark, error) {
 	thread := s.threadOf(ev)
-	var mark *readMark
-	if s.isLocal(ev.Sender) {
-		mark = &readMark{userID: ev.Sender, roomID: ev.RoomID, thread: thread, pos: ev.StreamPos}
-	}
 	room, err := s.roomInfo(ctx, ev.RoomID)
 	if err != nil {
 		return nil, nil, err
@@ -221,6 +278,19 @@ func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]not
 	if changesRoomInfo(ev) {
 		// The next event sees the new members or power levels.
 		delete(s.roomInfos, ev.RoomID)
+	}
+	return s.evaluateIn(ctx, ev, thread, room, s.rulesFor)
+}
+
+// evaluateIn decides who ev, in thread, notifies, given its room's
+// members and power levels and each user's rules from rulesFor.
+// Spec: client-server-api, "Server behaviour" (push): evaluate for the
+// local users in the room except the sender.
+func (s *Server) evaluateIn(ctx context.Context, ev *roomserver.Event, thread string, room *roomInfo,
+	rulesFor func(ctx context.Context, userID string) (*compiledRules, error)) ([]notification, *readMark, error) {
+	var mark *readMark
+	if s.isLocal(ev.Sender) {
+		mark = &readMark{userID: ev.Sender, roomID: ev.RoomID, thread: thread, pos: ev.StreamPos}
 	}
 	recipients := make([]string, 0, len(room.local)+1)
 	for _, u := range room.local {
@@ -248,7 +318,7 @@ func (s *Server) evaluateEvent(ctx context.Context, ev *roomserver.Event) ([]not
 		notificationPower: room.power.notificationLevel}
 	var out []notification
 	for _, userID := range recipients {
-		rules, err := s.rulesFor(ctx, userID)
+		rules, err := rulesFor(ctx, userID)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -292,16 +362,20 @@ func (s *Server) threadOf(ev *roomserver.Event) string {
 		thread = rel.Get("event_id").Str
 	case rel.Get("event_id").Str != "":
 		// The related event's own thread was resolved when it was
-		// consumed (it came earlier in the stream), so one lookup
+		// counted (it came earlier in the stream), so one lookup
 		// covers the chain.
+		s.threadsMu.Lock()
 		if t, ok := s.threads[rel.Get("event_id").Str]; ok {
 			thread = t
 		}
+		s.threadsMu.Unlock()
 	}
+	s.threadsMu.Lock()
 	if len(s.threads) >= maxThreadCache {
 		clear(s.threads)
 	}
 	s.threads[ev.EventID] = thread
+	s.threadsMu.Unlock()
 	return thread
 }
 
@@ -334,11 +408,24 @@ func (s *Server) roomInfo(ctx context.Context, roomID string) (*roomInfo, error)
 	if info := s.roomInfos[roomID]; info != nil {
 		return info, nil
 	}
-	state, err := s.rooms.IndexedCurrentState(ctx, roomID,
-		[]string{"m.room.member", "m.room.power_levels", "m.room.create", "m.room.name", "m.room.canonical_alias"}, false)
+	state, err := s.rooms.IndexedCurrentState(ctx, roomID, roomInfoTypes, false)
 	if err != nil {
 		return nil, err
 	}
+	info := s.roomInfoOf(state)
+	if len(s.roomInfos) >= maxRoomCache {
+		clear(s.roomInfos)
+	}
+	s.roomInfos[roomID] = info
+	return info, nil
+}
+
+// roomInfoTypes are the state types roomInfoOf reads.
+var roomInfoTypes = []string{"m.room.member", "m.room.power_levels", "m.room.create", "m.room.name", "m.room.canonical_alias"}
+
+// roomInfoOf builds a room's roomInfo from its state events of
+// roomInfoTypes.
+func (s *Server) roomInfoOf(state []*roomserver.Event) *roomInfo {
 	info := &roomInfo{names: map[string]string{}}
 	var create, levels json.RawMessage
 	var creator string
@@ -364,11 +451,7 @@ func (s *Server) roomInfo(ctx context.Context, roomID string) (*roomInfo, error)
 		}
 	}
 	info.power = parsePowerLevels(levels, create, creator)
-	if len(s.roomInfos) >= maxRoomCache {
-		clear(s.roomInfos)
-	}
-	s.roomInfos[roomID] = info
-	return info, nil
+	return info
 }
 
 // powerLevels is the part of m.room.power_levels that

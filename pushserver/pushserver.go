@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -96,7 +97,23 @@ type Server struct {
 
 	// consumer-only state (the consumer goroutine alone touches it).
 	roomInfos map[string]*roomInfo
-	threads   map[string]string // event ID -> thread ("main" or root)
+	// eventsStored is the events consumer's stored position, written at
+	// eventsStoredAt; eventsPos may run ahead of it (consumeEvents).
+	eventsStored   int64
+	eventsStoredAt time.Time
+
+	threadsMu sync.Mutex
+	threads   map[string]string // event ID -> thread ("main" or root); guarded by threadsMu
+
+	// inTxFrom is the room stream position after which every event's
+	// notifications are written in the event's own transaction
+	// (CountInTx); the consumer counts only the events up to it, left
+	// from before this way of counting (immutable after New).
+	inTxFrom int64
+	// atState caches roomInfo by committed state snapshot (CountInTx).
+	atState *stateInfoCache
+	// txRules caches compiled rules for CountInTx.
+	txRules *versionedRules
 
 	wakeSender chan struct{} // buffered 1
 	stop       context.CancelFunc
@@ -137,16 +154,22 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		writeAcct: deps.WriteAccountData, notifier: deps.Notifier, verifier: deps.Verifier,
 		log: logger.With("component", "pushserver"), client: client, now: now,
 		rules:      newRulesCache(),
+		atState:    newStateInfoCache(),
+		txRules:    newVersionedRules(),
 		progress:   make(chan struct{}),
 		roomInfos:  map[string]*roomInfo{},
 		threads:    map[string]string{},
 		wakeSender: make(chan struct{}, 1),
+	}
+	if s.inTxFrom, err = s.loadInTxFrom(ctx); err != nil {
+		return nil, err
 	}
 	evPos, rcPos, err := s.loadPositions(ctx)
 	if err != nil {
 		return nil, err
 	}
 	s.eventsPos.Store(evPos)
+	s.eventsStored, s.eventsStoredAt = evPos, time.Now()
 	s.receiptsPos.Store(rcPos)
 	bg, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
@@ -194,10 +217,13 @@ func (s *Server) advanced(eventsPos, receiptsPos int64) {
 	s.progress = make(chan struct{})
 	s.progressMu.Unlock()
 	close(ch)
-	if eventsPos > 0 {
+	if n := min(eventsPos, s.inTxFrom); n > 0 {
 		// Sync answers long polls with the counts committed so far and
 		// sends the rest when this says they moved (syncapi fillUnread).
-		s.notifier.Notify(CountsStream, eventsPos)
+		// Past inTxFrom the events' own commits say it (CountInTx): the
+		// consumer, which may read an event before the roomserver has
+		// notified it, must not announce its counts first.
+		s.notifier.Notify(CountsStream, n)
 	}
 }
 
@@ -210,8 +236,21 @@ const CountsStream = "push_counts"
 // CountsPosition returns the room stream position up to which every
 // event's notifications (and the read markers its sender's own event
 // moves) are committed; unread counts read now include them.
+//
+// Once the consumer has counted the events left from before inTxFrom,
+// every committed event's notifications are committed with it, so the
+// counts include every committed position: CountsPosition then returns
+// math.MaxInt64 (callers take the lower of it and their room position).
 func (s *Server) CountsPosition() int64 {
-	return s.eventsPos.Load()
+	return s.countedPos()
+}
+
+// countedPos is CountsPosition.
+func (s *Server) countedPos() int64 {
+	if p := s.eventsPos.Load(); p < s.inTxFrom {
+		return p
+	}
+	return math.MaxInt64
 }
 
 // maxCountWait bounds how long UnreadCounts waits for the consumers.
@@ -227,7 +266,7 @@ func (s *Server) waitCaughtUp(ctx context.Context, roomPos, receiptPos int64) {
 		s.progressMu.Lock()
 		ch := s.progress
 		s.progressMu.Unlock()
-		if s.eventsPos.Load() >= roomPos && s.receiptsPos.Load() >= receiptPos {
+		if s.countedPos() >= roomPos && s.receiptsPos.Load() >= receiptPos {
 			return
 		}
 		select {

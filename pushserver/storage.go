@@ -128,6 +128,9 @@ func (s *Server) updateRules(ctx context.Context, userID string, change func(u *
 		if _, err := tx.Exec(ctx, `UPDATE push_rules SET rules = $1 WHERE user_id = $2`, string(stored), userID); err != nil {
 			return err
 		}
+		if _, err := tx.Exec(ctx, `UPDATE push_rules_version SET version = version + 1 WHERE id = 1`); err != nil {
+			return err
+		}
 		content, err := rulesContent(u.render(userID))
 		if err != nil {
 			return err
@@ -233,10 +236,10 @@ func (s *Server) UnreadCounts(ctx context.Context, userID string, roomIDs []stri
 func (s *Server) UnreadCountsAt(ctx context.Context, userID string, roomIDs []string, roomPos, receiptPos int64) (map[string]RoomCounts, int64, error) {
 	out := map[string]RoomCounts{}
 	if len(roomIDs) == 0 {
-		return out, s.eventsPos.Load(), nil
+		return out, s.countedPos(), nil
 	}
 	s.waitCaughtUp(ctx, roomPos, receiptPos)
-	counted := s.eventsPos.Load()
+	counted := s.countedPos()
 	const chunk = 400
 	for start := 0; start < len(roomIDs); start += chunk {
 		part := roomIDs[start:min(start+chunk, len(roomIDs))]

@@ -38,7 +38,7 @@ func (s *Server) UnreadCountsOfUsers(ctx context.Context, users []UnreadQuery, r
 		out[i] = map[string]RoomCounts{}
 	}
 	s.waitCaughtUp(ctx, 0, receiptPos)
-	counted := s.eventsPos.Load()
+	counted := s.countedPos()
 	// Chunks of users whose user and room lists fit unreadBatchVars.
 	for start := 0; start < len(users); {
 		end, vars := start, 0

@@ -440,6 +440,12 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 		}
 	}
 
+	// The hook sees the room's current state before the event moves it.
+	afterNotify, err := s.runTimelineHook(ctx, tx, room, loaded)
+	if err != nil {
+		return err
+	}
+
 	// Forward extremities: this event replaces its prev_events.
 	// Spec: server-server-api, "Forward extremities" (room DAG).
 	prevs := p.pdu.PrevEventIDs()
@@ -481,7 +487,7 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 	if err := s.applyRedactions(ctx, tx, room, loaded); err != nil {
 		return err
 	}
-	s.notifyAfter(tx, row.NID)
+	s.notifyAfterThen(tx, row.NID, afterNotify)
 	return nil
 }
 

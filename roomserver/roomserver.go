@@ -39,6 +39,10 @@ type Deps struct {
 	// global.redis_url is set): cached events are then checked against
 	// their rows before they are served (cache_shared.go).
 	Shared bool
+	// OnTimeline, when set, is called inside the write transaction of
+	// every new event that enters a room's timeline (timeline_hook.go).
+	// May be nil.
+	OnTimeline TimelineHook
 }
 
 // Server implements API.
@@ -50,7 +54,8 @@ type Server struct {
 	cfg        config.RoomServer
 	notify     func(string, int64)
 	now        func() time.Time
-	shared     bool // Deps.Shared; immutable
+	shared     bool         // Deps.Shared; immutable
+	onTimeline TimelineHook // Deps.OnTimeline; immutable, may be nil
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -164,6 +169,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		key:        deps.Key,
 		cfg:        deps.Config,
 		notify:     deps.Notify,
+		onTimeline: deps.OnTimeline,
 		now:        now,
 		shared:     deps.Shared,
 		events:     newEventCache(4096),
@@ -175,10 +181,24 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 
 // notifyAfter tells the notifier about pos once tx commits.
 func (s *Server) notifyAfter(tx storage.Tx, pos int64) {
-	if s.notify == nil || pos == 0 {
+	s.notifyAfterThen(tx, pos, nil)
+}
+
+// notifyAfterThen is notifyAfter followed, once the stream is notified,
+// by then (when not nil; it runs after the commit even without a
+// notifier).
+func (s *Server) notifyAfterThen(tx storage.Tx, pos int64, then func()) {
+	if (s.notify == nil || pos == 0) && then == nil {
 		return
 	}
-	tx.AfterCommit(func() { s.notify(Stream, pos) })
+	tx.AfterCommit(func() {
+		if s.notify != nil && pos != 0 {
+			s.notify(Stream, pos)
+		}
+		if then != nil {
+			then()
+		}
+	})
 }
 
 // userIDForSender is the lenient sender lookup handed to

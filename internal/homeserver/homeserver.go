@@ -142,12 +142,21 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// and the hook reads it through a variable set before any event can be
 	// written (nothing writes until assemble returns).
 	var federation *federationapi.Server
+	// A new timeline event's unread counts are written in its own
+	// transaction by the push component, built below (the same "set
+	// before any write" holds).
+	var push *pushserver.Server
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
 		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
 			if federation != nil {
 				federation.Notify(stream, pos)
 			}
+		}, OnTimeline: func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) (func(), error) {
+			if push == nil {
+				return nil, errors.New("homeserver: room event written before the push component was built")
+			}
+			return push.CountInTx(ctx, tx, ev)
 		}})
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
@@ -183,7 +192,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
-	push, err := pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
+	push, err = pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
 		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger})
 	if err != nil {
