@@ -29,8 +29,8 @@ func TestSharedSecretMAC(t *testing.T) {
 func TestSendConnMatchesClient(t *testing.T) {
 	type seen struct {
 		method, path, auth, ctype, ua string
-		body                         map[string]any
-		remote                       string
+		body                          map[string]any
+		remote                        string
 	}
 	var mu sync.Mutex
 	var got []seen
