@@ -52,16 +52,6 @@ IS_PER_ROOM=${IS_PER_ROOM:-10}
 IS_REPEAT=${IS_REPEAT:-5}
 IS_BIG_ROOMS=${IS_BIG_ROOMS:-500}
 
-# Priority. On a shared machine other processes' CPU is what moves a short
-# run's figures most (docs/benchmarks.md, "Concurrent senders, part 5": a
-# 400-message run lasts 0.13-0.3 s, and one other process's burst in it
-# halved the throughput). Both servers and the load tool therefore run at
-# nice $NICE when this script may raise their priority (root, CAP_SYS_NICE);
-# NICE=0 turns it off. Every server is treated alike.
-NICE=${NICE:--10}
-PRIO=()
-if [[ $NICE != 0 ]] && [[ $(nice -n "$NICE" nice 2>/dev/null) == "$NICE" ]]; then PRIO=(nice -n "$NICE"); fi
-
 WORK=$(mktemp -d /tmp/myelin-bench.XXXXXX)
 SERVER_PID=
 cleanup() {
@@ -125,7 +115,7 @@ start_dendrite() {
 	grep -A1 '^  rate_limiting:' "$dir/dendrite.yaml" | grep -q 'enabled: false'
 	grep -q 'in_memory: false' "$dir/dendrite.yaml"
 	DENDRITE_CMD="dendrite -config dendrite.yaml -http-bind-address 127.0.0.1:$DENDRITE_PORT -really-enable-open-registration"
-	(cd "$dir" && exec "${PRIO[@]}" "$TOOLS/dendrite" -config dendrite.yaml -http-bind-address "127.0.0.1:$DENDRITE_PORT" \
+	(cd "$dir" && exec "$TOOLS/dendrite" -config dendrite.yaml -http-bind-address "127.0.0.1:$DENDRITE_PORT" \
 		-really-enable-open-registration >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
 	wait_up "http://127.0.0.1:$DENDRITE_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
@@ -138,7 +128,7 @@ start_myelin() {
 	MYELIN_CMD="MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn myelin serve -config myelin.yaml"
 	(cd "$dir" && MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false \
 		MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn \
-		exec "${PRIO[@]}" "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
+		exec "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
 	wait_up "http://127.0.0.1:$MYELIN_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
 }
@@ -161,7 +151,7 @@ start_myelin_pg() {
 	(cd "$dir" && MYELIN_DATABASE_ENGINE=postgres MYELIN_DATABASE_POSTGRES_URL="$url" \
 		MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false \
 		MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn \
-		exec "${PRIO[@]}" "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
+		exec "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
 	wait_up "http://127.0.0.1:$MYELIN_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
 }
@@ -195,7 +185,7 @@ machine_busy_pct() {
 bench() {
 	local name=$1 label=$2 scenario=$3
 	shift 3
-	local cmd=("${PRIO[@]}" "$BENCH" "$scenario" -url "$URL" -pid "$SERVER_PID" -json -label "$label" -timeout 3m "$@")
+	local cmd=("$BENCH" "$scenario" -url "$URL" -pid "$SERVER_PID" -json -label "$label" -timeout 3m "$@")
 	echo "myelin-bench $scenario -url \$URL -pid \$PID -json -label '$label' -timeout 3m $*" >>"$WORK/$name.commands"
 	log "$name: $label"
 	"${cmd[@]}" >>"$WORK/$name.jsonl" 2> >(tee -a "$WORK/$name.log" >&2) || true
@@ -305,12 +295,6 @@ write_report() {
 		echo
 		echo "The servers ran one after the other (never both at once) on 127.0.0.1, each with a fresh"
 		echo "data directory in a temp dir, open registration and rate limits off."
-		if [[ ${#PRIO[@]} -gt 0 ]]; then
-			echo "Each server and \`myelin-bench\` ran at \`nice -n $NICE\` (\`bench/run.sh\`'s \`NICE\`), so that other"
-			echo "processes on this shared machine took less of their CPU; the servers were treated alike."
-		else
-			echo "Servers and \`myelin-bench\` ran at the default priority."
-		fi
 		echo
 		for name in $SERVERS; do
 			if [[ $name == dendrite ]]; then
