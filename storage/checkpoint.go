@@ -19,7 +19,7 @@ import (
 // waits for the database file's fsync while every queued write (and every
 // caller waiting for its acknowledgement) waits too. Under 8 concurrent
 // senders that was a 3–17 ms stall every ~40 ms (docs/benchmarks.md,
-// "Concurrent senders, part 5").
+// "Concurrent senders, part 6").
 //
 // Here a connection of its own runs PRAGMA wal_checkpoint(PASSIVE) at
 // most every checkpointEvery while commits happen; the writer keeps an
