@@ -14,10 +14,3 @@ const SQLiteCacheKiB = sqliteCacheKiB
 
 // SQLiteReaderCacheKiB is the page cache size every SQLite reader is opened with.
 const SQLiteReaderCacheKiB = sqliteReaderCacheKiB
-
-// BackgroundCheckpoints reports how many checkpoints the SQLite
-// checkpointer has run.
-func (db *DB) BackgroundCheckpoints() int64 { return db.checkpoints.Load() }
-
-// WriterAutoCheckpointPages is the writer's own automatic checkpoint threshold.
-const WriterAutoCheckpointPages = writerAutoCheckpointPages

@@ -147,7 +147,6 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		return
 	}
 	db.commits.Add(1)
-	db.kickCheckpointer()
 	// The OnCommit hooks of the writes that committed, in the order the
 	// writes ran, before any of them is acknowledged.
 	for i, req := range batch {

@@ -115,13 +115,6 @@ type DB struct {
 	// tests and benchmarks use it to show that group commit shares one
 	// COMMIT among many writes.
 	commits atomic.Int64
-
-	// checkpointer is SQLite's WAL checkpoint connection, run by
-	// checkpointLoop (see checkpoint.go); nil on PostgreSQL.
-	checkpointer   *sql.DB
-	checkpointKick chan struct{} // a commit happened (cap 1, never blocks)
-	checkpointDone chan struct{} // closed when checkpointLoop returns
-	checkpoints    atomic.Int64  // background checkpoints run (tests)
 }
 
 // Open opens (and for SQLite creates) the database.
@@ -206,11 +199,6 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		queue:   make(chan *writeRequest, 1024),
 		closed:  make(chan struct{}),
 	}
-	if err := db.openCheckpointer(ctx, opts.SQLitePath, common); err != nil {
-		writer.Close()
-		reader.Close()
-		return nil, err
-	}
 	db.writerWG.Add(1)
 	go db.groupCommitLoop()
 	return db, nil
@@ -263,10 +251,6 @@ func (db *DB) Close() error {
 		close(db.closed)
 		db.closeMu.Unlock()
 		db.writerWG.Wait()
-		if db.checkpointer != nil {
-			<-db.checkpointDone
-			err = errors.Join(err, db.checkpointer.Close())
-		}
 		if db.writer != nil {
 			// Fold the WAL back into the main file so a clean shutdown
 			// leaves one self-contained database file.
