@@ -83,7 +83,24 @@ func runSend(ctx context.Context, e *env, res *Result) error {
 			return fmt.Errorf("creating the rooms: %w", err)
 		}
 	}
+	// Each worker sends over its own connection (sendConn: less of the
+	// tool's CPU per request than net/http's client, on the cores the
+	// server uses too); https falls back to net/http.
+	conns := make([]*sendConn, len(senders))
+	for i, s := range senders {
+		conns[i] = newSendConn(s)
+	}
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.close()
+			}
+		}
+	}()
 	send := func(ctx context.Context, worker, i int) error {
+		if c := conns[worker]; c != nil {
+			return c.send(ctx, rooms[worker], e.message(i))
+		}
 		return senders[worker].send(ctx, rooms[worker], e.message(i))
 	}
 	rec := newRecorder()
