@@ -655,13 +655,24 @@ func latestPosition(ctx context.Context, q storage.Querier, userID string, below
 // when no local user shared a room with them, and a /sync that ran
 // before the resync filtered it out. Each of them with a change recorded
 // since sinceMillis (the join's time) gets a new change, after the
-// resync, which local users now sharing the room see, and their device
-// list is tracked from now on: the update could not be applied to a
-// cache this server did not hold, and nothing else would fetch it.
-// Members without such an update are not reported: nothing of theirs
-// changed.
+// resync, which local users now sharing the room see; nothing of theirs
+// is fetched here.
+//
+// Nothing is lost by not fetching: an update that could not be applied
+// (no cache, or a stream ID that does not follow ours) or a signing-key
+// update marked the user's cache stale when it arrived (markStale), and
+// one that was applied kept the cache current. So the client told of the
+// change re-queries, and /keys/query, finding no fresh cache for a user
+// now tracked, asks their server and caches the answer (resyncTracked).
+// Fetching eagerly instead sends GET /user/devices unasked, which the
+// spec does not call for and servers may not serve (Complement msc3902
+// CanReceiveDeviceListUpdateDuringPartialStateJoin,
+// CanReceiveSigningKeyUpdateDuringPartialStateJoin and "Device list
+// tracked for new members in partial state room", whose fake server
+// fails on it). Members without such an update are not reported:
+// nothing of theirs changed.
 // Spec: client-server-api, "Tracking the device list for a user";
-// Complement msc3902 CanReceiveDeviceListUpdateDuringPartialStateJoin.
+// server-server-api, "Device Management".
 func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMillis int64) error {
 	var changed []string
 	for _, userID := range userIDs {
@@ -680,15 +691,9 @@ func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMil
 	if len(changed) == 0 {
 		return nil
 	}
-	err := s.db.Write(ctx, func(tx storage.Tx) error {
+	return s.db.Write(ctx, func(tx storage.Tx) error {
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, changed...)
 	})
-	if err == nil {
-		for _, userID := range changed {
-			s.startTracking(userID)
-		}
-	}
-	return err
 }
 
 // MembersDropped takes the remote users a room's partial state held as
