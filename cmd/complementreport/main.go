@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 func main() {
@@ -59,6 +60,9 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	results, err := readRun(*module, inputs...)
 	if err != nil {
 		return err
+	}
+	if cached := results.cachedPackages(); len(cached) > 0 {
+		return fmt.Errorf("go test replayed %s from its cache (it cannot see that the image changed): run Complement with -count=1", strings.Join(cached, ", "))
 	}
 	if m.RunDate == "" && !results.Last.IsZero() {
 		m.RunDate = results.Last.UTC().Format("2006-01-02")

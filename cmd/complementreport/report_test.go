@@ -195,3 +195,40 @@ func TestCheckedInDockerfile(t *testing.T) {
 		t.Error("no MYELIN_* settings read from build/complement/Dockerfile")
 	}
 }
+
+// TestCachedRunRefused: a package go test replayed from its cache ("ok
+// <pkg> (cached)") is refused: its results may come from an older image.
+func TestCachedRunRefused(t *testing.T) {
+	dir := t.TempDir()
+	jsonl := `{"Time":"2026-11-27T10:36:53Z","Action":"start","Package":"github.com/matrix-org/complement/tests"}
+{"Time":"2026-11-27T10:36:53Z","Action":"output","Package":"github.com/matrix-org/complement/tests","Test":"TestA","Output":"=== RUN   TestA\n"}
+{"Time":"2026-11-27T10:36:53Z","Action":"pass","Package":"github.com/matrix-org/complement/tests","Test":"TestA","Elapsed":0}
+{"Time":"2026-11-27T10:36:53Z","Action":"output","Package":"github.com/matrix-org/complement/tests","Output":"ok  \tgithub.com/matrix-org/complement/tests\t(cached)\n"}
+{"Time":"2026-11-27T10:36:53Z","Action":"pass","Package":"github.com/matrix-org/complement/tests","Elapsed":0.008}
+`
+	in := filepath.Join(dir, "run.json")
+	if err := os.WriteFile(in, []byte(jsonl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "compliance.md")
+	args := []string{"-commit", "abc", "-reasons", "testdata/reasons.tsv", "-out", out, "-dockerfile", "", in}
+	err := run_(args)
+	if err == nil || !strings.Contains(err.Error(), "-count=1") {
+		t.Fatalf("a cached run: err = %v, want a refusal naming -count=1", err)
+	}
+	if _, statErr := os.Stat(out); !os.IsNotExist(statErr) {
+		t.Fatalf("a report was written for a cached run (stat: %v)", statErr)
+	}
+	// The same run, really executed, is reported.
+	fresh := strings.Replace(jsonl, "\\t(cached)", "\\t0.008s", 1)
+	if err := os.WriteFile(in, []byte(fresh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := run_(args); err != nil {
+		t.Fatalf("an executed run: %v", err)
+	}
+}
+
+func run_(args []string) error {
+	return run(args, strings.NewReader(""), &bytes.Buffer{})
+}

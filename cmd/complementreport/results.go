@@ -254,3 +254,21 @@ func panicked(output []string) bool {
 	}
 	return false
 }
+
+// cachedPackages names the packages whose result go test replayed from
+// its build cache ("ok <pkg> (cached)") instead of running them: its
+// cache key holds the environment, not the image the tests start, so a
+// rebuilt image under the same name can be reported with an older
+// image's results.
+func (r *suiteRun) cachedPackages() []string {
+	var names []string
+	for _, p := range r.sortedPackages() {
+		for _, line := range p.Output {
+			if strings.HasSuffix(strings.TrimRight(line, "\n"), "\t(cached)") {
+				names = append(names, p.Name)
+				break
+			}
+		}
+	}
+	return names
+}
