@@ -4,16 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"math"
-	"net/http"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
-	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
@@ -28,105 +23,29 @@ import (
 // current state.
 func TestInboundGapFilledFromState(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a := n.start()
+		o := newGapOrigin(t, n)
+		a, alice, roomID, mallory := o.a, o.alice, o.roomID, o.mallory
 		ctx := context.Background()
-		alice := a.user("alice")
-		roomID := publicRoom(t, a, alice)
-
-		var (
-			mu       sync.Mutex
-			byID     = map[string]gomatrixserverlib.PDU{}
-			gap      []gomatrixserverlib.PDU // oldest first
-			stateIDs []string                // state_ids at the gap events after the rename
-			asked    = map[string]int{}
-			stateAt  []string // the event_id of each state_ids request
-		)
-		var key *signing.Key
-		var name string
-		name, key = n.fakeServer(t, func(_ string, mux *http.ServeMux) {
-			mux.HandleFunc("/_matrix/federation/v1/get_missing_events/", func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				asked["get_missing_events"]++
-				var body struct {
-					Limit int `json:"limit"`
-				}
-				_ = json.NewDecoder(r.Body).Decode(&body)
-				var out []json.RawMessage
-				for _, e := range gap[max(len(gap)-body.Limit, 0):] {
-					out = append(out, e.JSON())
-				}
-				_, _ = w.Write(mustJSON(map[string]any{"events": out}))
-			})
-			mux.HandleFunc("/_matrix/federation/v1/state_ids/", func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				asked["state_ids"]++
-				at := r.URL.Query().Get("event_id")
-				stateAt = append(stateAt, at)
-				if i := slices.IndexFunc(gap, func(e gomatrixserverlib.PDU) bool { return e.EventID() == at }); i < 5 {
-					http.NotFound(w, r)
-					return
-				}
-				_, _ = w.Write(mustJSON(map[string]any{"pdu_ids": stateIDs, "auth_chain_ids": stateIDs}))
-			})
-			mux.HandleFunc("/_matrix/federation/v1/event/", func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				id, _ := unescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/federation/v1/event/"))
-				asked["event"]++
-				e, ok := byID[id]
-				if !ok {
-					http.NotFound(w, r)
-					return
-				}
-				_, _ = w.Write(mustJSON(map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(),
-					"pdus": []json.RawMessage{e.JSON()}}))
-			})
-		})
-		mallory := "@mallory:" + name
-		send := func(pdus ...gomatrixserverlib.PDU) map[string]string {
-			t.Helper()
-			var raw []json.RawMessage
-			for _, p := range pdus {
-				raw = append(raw, p.JSON())
-			}
-			status, body := n.request(a, name, key, a.Name, http.MethodPut,
-				"/_matrix/federation/v1/send/"+strings.ReplaceAll(pdus[0].EventID(), "$", "t"),
-				map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(), "pdus": raw})
-			if status != http.StatusOK {
-				t.Fatalf("send: %d %s", status, body)
-			}
-			var resp sendResponse
-			_ = json.Unmarshal(body, &resp)
-			out := map[string]string{}
-			for id, r := range resp.PDUs {
-				out[id] = r.Error
-			}
-			return out
-		}
-		join := buildPDU(t, a, roomID, mallory, "m.room.member", &mallory, map[string]string{"membership": "join"}, name, key, nil)
-		if res := send(join); res[join.EventID()] != "" {
-			t.Fatalf("mallory's join: %s", res[join.EventID()])
-		}
 
 		// The gap: 40 events A never gets, a display name change among
 		// them, then the PDU that reaches A.
-		prev := join
+		prev := o.join
 		var rename gomatrixserverlib.PDU
-		mu.Lock()
+		var gap []gomatrixserverlib.PDU // oldest first
+		o.mu.Lock()
 		for i := 0; i < 40; i++ {
-			p := prev
-			chain := func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents, pe.Depth = []string{p.EventID()}, p.Depth()+1 }
 			if i == 5 {
-				prev = buildPDU(t, a, roomID, mallory, "m.room.member", &mallory,
-					map[string]string{"membership": "join", "displayname": "Mallory in the gap"}, name, key, chain)
+				prev = o.build("m.room.member", &mallory,
+					map[string]string{"membership": "join", "displayname": "Mallory in the gap"}, childOf(prev))
 				rename = prev
 			} else {
-				prev = buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]any{"body": "unseen", "n": i}, name, key, chain)
+				prev = o.build("m.room.message", nil, map[string]any{"body": "unseen", "n": i}, childOf(prev))
 			}
 			gap = append(gap, prev)
-			byID[prev.EventID()] = prev
+			o.served[prev.EventID()] = prev
+			o.missing = append(o.missing, prev.JSON())
+			// state_ids at the gap events after the rename; 404 before.
+			o.stateAt[prev.EventID()] = i >= 5
 		}
 		state, err := a.HS.Rooms.CurrentState(ctx, alice, roomID)
 		if err != nil {
@@ -134,17 +53,14 @@ func TestInboundGapFilledFromState(t *testing.T) {
 		}
 		for _, e := range state {
 			if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == mallory {
-				stateIDs = append(stateIDs, rename.EventID())
+				o.stateIDs = append(o.stateIDs, rename.EventID())
 				continue
 			}
-			stateIDs = append(stateIDs, e.EventID)
+			o.stateIDs = append(o.stateIDs, e.EventID)
 		}
-		last := prev
-		mu.Unlock()
-		tip := buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "after the gap"}, name, key,
-			func(pe *gomatrixserverlib.ProtoEvent) {
-				pe.PrevEvents, pe.Depth = []string{last.EventID()}, last.Depth()+1
-			})
+		o.authIDs = o.stateIDs
+		o.mu.Unlock()
+		tip := o.build("m.room.message", nil, map[string]string{"body": "after the gap"}, childOf(prev))
 
 		// A message here just before the PDU: a /sync batch holding it
 		// and what closes the gap starts at the first event after the gap
@@ -155,20 +71,20 @@ func TestInboundGapFilledFromState(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		if res := send(tip); res[tip.EventID()] != "" {
-			t.Fatalf("the PDU after the gap: %s", res[tip.EventID()])
+		if e, _ := o.send(tip); e != "" {
+			t.Fatalf("the PDU after the gap: %s", e)
 		}
-		mu.Lock()
-		if asked["get_missing_events"] == 0 || asked["state_ids"] == 0 || asked["event"] == 0 {
+		o.mu.Lock()
+		if asked := o.asked; asked["get_missing_events"] == 0 || asked["state_ids"] == 0 || asked["event"] == 0 {
 			t.Errorf("requests made: %v", asked)
 		}
+		o.mu.Unlock()
 		// get_missing_events returned gap[20:]: the state asked for is
 		// the state at gap[19], the prev event of the oldest of them.
-		if want := []string{gap[len(gap)-21].EventID()}; !slices.Equal(stateAt, want) {
+		if stateAt, want := o.stateIDsAsked(), []string{gap[len(gap)-21].EventID()}; !slices.Equal(stateAt, want) {
 			t.Errorf("state_ids asked at %v; want %v (the prev event of the oldest returned event)", stateAt, want)
 		}
 		pulled := gap[len(gap)-20:]
-		mu.Unlock()
 		if !hasEvent(a, alice, tip.EventID()) {
 			t.Fatal("alice cannot see the PDU after the gap")
 		}
@@ -219,75 +135,14 @@ func TestInboundGapFilledFromState(t *testing.T) {
 // "Rejection", "PUT /_matrix/federation/v1/send/{txnId}".
 func TestGapWithUnobtainableAuthEvent(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a := n.start()
+		o := newGapOrigin(t, n)
+		a, alice, roomID, mallory, join := o.a, o.alice, o.roomID, o.mallory, o.join
 		ctx := context.Background()
-		alice := a.user("alice")
-		roomID := publicRoom(t, a, alice)
-
-		var (
-			mu       sync.Mutex
-			served   = map[string]gomatrixserverlib.PDU{} // what /event answers
-			gme      gomatrixserverlib.PDU
-			atGap    gomatrixserverlib.PDU // the missing prev event of gme
-			stateIDs []string
-			chainIDs []string
-			askedB   bool
-			bID      string
-		)
-		name, key := n.fakeServer(t, func(name string, mux *http.ServeMux) {
-			mux.HandleFunc("/_matrix/federation/v1/get_missing_events/", func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				_, _ = w.Write(mustJSON(map[string]any{"events": []json.RawMessage{gme.JSON()}}))
-			})
-			mux.HandleFunc("/_matrix/federation/v1/state_ids/", func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				// The state before gme and before atGap: both are messages
-				// after E.
-				if id := r.URL.Query().Get("event_id"); id != atGap.EventID() && id != gme.EventID() {
-					http.NotFound(w, r)
-					return
-				}
-				_, _ = w.Write(mustJSON(map[string]any{"pdu_ids": stateIDs, "auth_chain_ids": chainIDs}))
-			})
-			mux.HandleFunc("/_matrix/federation/v1/event/", func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				id, _ := unescape(strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/federation/v1/event/"))
-				askedB = askedB || id == bID
-				e, ok := served[id]
-				if !ok {
-					http.NotFound(w, r)
-					return
-				}
-				_, _ = w.Write(mustJSON(map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(),
-					"pdus": []json.RawMessage{e.JSON()}}))
-			})
-		})
-		mallory := "@mallory:" + name
-		send := func(p gomatrixserverlib.PDU) (string, bool) {
-			t.Helper()
-			status, body := n.request(a, name, key, a.Name, http.MethodPut,
-				"/_matrix/federation/v1/send/"+strings.ReplaceAll(p.EventID(), "$", "t"),
-				map[string]any{"origin": name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{p.JSON()}})
-			if status != http.StatusOK {
-				t.Fatalf("send: %d %s", status, body)
-			}
-			var resp sendResponse
-			_ = json.Unmarshal(body, &resp)
-			r, ok := resp.PDUs[p.EventID()]
-			return r.Error, ok
-		}
-		join := buildPDU(t, a, roomID, mallory, "m.room.member", &mallory, map[string]string{"membership": "join"}, name, key, nil)
-		if e, _ := send(join); e != "" {
-			t.Fatalf("mallory's join: %s", e)
-		}
 		// after builds on prev, with member (mallory's member event) in
 		// place of the join among its auth events.
 		after := func(prev gomatrixserverlib.PDU, member string) func(*gomatrixserverlib.ProtoEvent) {
 			return func(pe *gomatrixserverlib.ProtoEvent) {
-				pe.PrevEvents, pe.Depth = []string{prev.EventID()}, prev.Depth()+1
+				childOf(prev)(pe)
 				var auth []string
 				if ids, ok := pe.AuthEvents.([]string); ok {
 					auth = ids
@@ -302,21 +157,24 @@ func TestGapWithUnobtainableAuthEvent(t *testing.T) {
 				pe.AuthEvents = auth
 			}
 		}
-		mu.Lock()
+		o.mu.Lock()
 		chain := []gomatrixserverlib.PDU{join}
 		for _, dn := range []string{"A", "B", "C", "D", "E"} {
 			last := chain[len(chain)-1]
-			chain = append(chain, buildPDU(t, a, roomID, mallory, "m.room.member", &mallory,
-				map[string]string{"membership": "join", "displayname": dn}, name, key, after(last, last.EventID())))
+			chain = append(chain, o.build("m.room.member", &mallory,
+				map[string]string{"membership": "join", "displayname": dn}, after(last, last.EventID())))
 		}
 		e := chain[5]
-		bID = chain[2].EventID()
-		atGap = buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "for state_ids"}, name, key, after(e, e.EventID()))
-		gme = buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "for get_missing_events"}, name, key, after(atGap, e.EventID()))
-		tip := buildPDU(t, a, roomID, mallory, "m.room.message", nil, map[string]string{"body": "for send"}, name, key, after(gme, e.EventID()))
+		bID := chain[2].EventID()
+		atGap := o.build("m.room.message", nil, map[string]string{"body": "for state_ids"}, after(e, e.EventID()))
+		gme := o.build("m.room.message", nil, map[string]string{"body": "for get_missing_events"}, after(atGap, e.EventID()))
+		tip := o.build("m.room.message", nil, map[string]string{"body": "for send"}, after(gme, e.EventID()))
 		for _, p := range []gomatrixserverlib.PDU{chain[1], chain[3], chain[4], e, atGap, gme, tip} {
-			served[p.EventID()] = p // not B
+			o.served[p.EventID()] = p // not B
 		}
+		o.missing = []json.RawMessage{gme.JSON()}
+		// The state before gme and before atGap: both are messages after E.
+		o.stateAt[atGap.EventID()], o.stateAt[gme.EventID()] = true, true
 		state, err := a.HS.Rooms.CurrentState(ctx, alice, roomID)
 		if err != nil {
 			t.Fatal(err)
@@ -325,21 +183,21 @@ func TestGapWithUnobtainableAuthEvent(t *testing.T) {
 			if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == mallory {
 				continue
 			}
-			stateIDs = append(stateIDs, ev.EventID)
+			o.stateIDs = append(o.stateIDs, ev.EventID)
 		}
-		stateIDs = append(stateIDs, e.EventID())
-		chainIDs = append(append([]string{}, stateIDs...), chain[1].EventID(), bID, chain[3].EventID(), chain[4].EventID())
-		mu.Unlock()
+		o.stateIDs = append(o.stateIDs, e.EventID())
+		o.authIDs = append(append([]string{}, o.stateIDs...), chain[1].EventID(), bID, chain[3].EventID(), chain[4].EventID())
+		o.mu.Unlock()
 
-		errText, present := send(tip)
+		errText, present := o.send(tip)
 		if !present || errText != "" {
 			t.Errorf("the PDU after the gap: present %v, error %q; want handled (rejected) without an error", present, errText)
 		}
-		mu.Lock()
-		if !askedB {
+		o.mu.Lock()
+		if !slices.Contains(o.eventAsked, bID) {
 			t.Errorf("A never asked for B")
 		}
-		mu.Unlock()
+		o.mu.Unlock()
 		if hasEvent(a, alice, tip.EventID()) {
 			t.Errorf("the PDU whose auth chain is broken reached alice")
 		}
