@@ -230,7 +230,7 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 			// redaction state stored now (a redaction rewrites both), so
 			// the consumers (push, search, relations, appservices) do not
 			// parse every new event a second time.
-			if c := s.events.getNID(r.NID); c != nil && c.row.EventID == r.EventID && c.row.JSON == r.JSON &&
+			if c := s.events.getNID(r.NID, eventsSeen(q)); c != nil && c.row.EventID == r.EventID && c.row.JSON == r.JSON &&
 				(c.row.RedactedBecause == nil) == (r.RedactedBecause == nil) {
 				out = append(out, toEvent(&loadedEvent{row: r, pdu: c.pdu}))
 				continue

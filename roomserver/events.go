@@ -52,8 +52,9 @@ func parseRow(version string, row *eventRow) (*loadedEvent, error) {
 func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.Tx, version string, nids []int64) ([]*loadedEvent, error) {
 	out := make([]*loadedEvent, len(nids))
 	var missing []int64
+	seen := eventsSeen(q)
 	for i, nid := range nids {
-		out[i] = s.events.getNID(nid)
+		out[i] = s.events.getNID(nid, seen)
 	}
 	stale, err := s.freshHits(ctx, q, out)
 	if err != nil {
@@ -103,8 +104,9 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx storage.Tx, ids []string) (map[string]*loadedEvent, error) {
 	out := make(map[string]*loadedEvent, len(ids))
 	hits := make([]*loadedEvent, len(ids))
+	seen := eventsSeen(q)
 	for i, id := range ids {
-		hits[i] = s.events.getID(id)
+		hits[i] = s.events.getID(id, seen)
 	}
 	stale, err := s.freshHits(ctx, q, hits)
 	if err != nil {

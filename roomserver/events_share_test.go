@@ -3,6 +3,7 @@ package roomserver
 import (
 	"bytes"
 	"context"
+	"math"
 	"testing"
 	"unsafe"
 
@@ -42,7 +43,7 @@ func TestEventReadsShareCachedJSON(t *testing.T) {
 			t.Error("two reads of a cached event returned separate copies of its JSON")
 		}
 
-		cached := s.events.getID(id)
+		cached := s.events.getID(id, math.MaxUint64)
 		if cached == nil {
 			t.Fatal("the event is not in the event cache after a read")
 		}

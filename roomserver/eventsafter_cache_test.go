@@ -3,6 +3,7 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"testing"
 
 	"github.com/myelin-chat/myelin/storage"
@@ -26,7 +27,7 @@ func TestEventsAfterCacheMatchesStore(t *testing.T) {
 		mustSend(t, s, room, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"two"}`)
 
 		// The unredacted parse of the target, as the send cached it.
-		stale := s.events.getID(target)
+		stale := s.events.getID(target, math.MaxUint64)
 		if stale == nil {
 			t.Fatal("the target is not cached after its send")
 		}

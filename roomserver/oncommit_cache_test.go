@@ -3,6 +3,7 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"testing"
 	"time"
 
@@ -48,7 +49,7 @@ func TestSentEventCachedAtCommit(t *testing.T) {
 		if !w.Committed() {
 			t.Fatal("the send did not commit")
 		}
-		cached := s.events.getNID(p.row.NID)
+		cached := s.events.getNID(p.row.NID, math.MaxUint64)
 		if cached == nil || cached.row.EventID != p.row.EventID || cached.pdu == nil {
 			t.Fatalf("event %s (NID %d) is not cached when its write is acknowledged", p.row.EventID, p.row.NID)
 		}
@@ -81,7 +82,7 @@ func TestSentEventCachedAtCommit(t *testing.T) {
 			}
 		}
 		// Checked before the callers' AfterCommit hooks run (Wait).
-		if c := s.events.getID(target.row.EventID); c != nil && c.row.RedactedBecause == nil {
+		if c := s.events.getID(target.row.EventID, math.MaxUint64); c != nil && c.row.RedactedBecause == nil {
 			t.Fatal("the redacted target's unredacted parse is cached when the writes are acknowledged")
 		}
 		if err := tw.Wait(); err != nil {
@@ -90,7 +91,7 @@ func TestSentEventCachedAtCommit(t *testing.T) {
 		if err := rw.Wait(); err != nil {
 			t.Fatal(err)
 		}
-		if c := s.events.getID(target.row.EventID); c != nil && c.row.RedactedBecause == nil {
+		if c := s.events.getID(target.row.EventID, math.MaxUint64); c != nil && c.row.RedactedBecause == nil {
 			t.Fatal("the redacted target's unredacted parse is still cached")
 		}
 		got, err := s.loadEventsByID(ctx, db.Reader(), nil, []string{target.row.EventID})

@@ -596,7 +596,7 @@ func (s *Server) filterVisibleFor(ctx context.Context, vis *visibility, rows []*
 			}
 			versions[r.RoomID] = version
 		}
-		e := s.events.getNID(r.NID)
+		e := s.events.getNID(r.NID, eventsSeen(vis.q))
 		switch {
 		case e == nil || e.row.EventID != r.EventID || (e.row.RedactedBecause == nil) != (r.RedactedBecause == nil):
 			var err error

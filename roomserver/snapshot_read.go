@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"math"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -20,6 +21,34 @@ import (
 //
 // So s.read notes the caches' generations before the transaction
 // begins, and the loads made through its Querier use those.
+//
+// The other way round, such a read must not be served what the caches
+// took in after its snapshot: a row loaded after a rewrite the snapshot
+// predates (the promoted row, whose NID and state snapshots the snapshot
+// does not hold; the redacted row, whose redaction is not in the
+// snapshot's timeline; the rows a partial-state resync rewrote, whose
+// new state_before it cannot read), or a snapshot entry moved by a
+// promotion to a NID the snapshot has no row for. Every such rewrite
+// drops what it changed after its commit, which moves the generation
+// on, so an event cache entry carries the generation it was stored at
+// and is served only to reads at that generation or later (eventsSeen),
+// and the snapshot key cache, which a move empties, is not read at all
+// by a read begun before the move. Hits at the read's own generation
+// are rows no rewrite has touched since the read began, as its snapshot
+// holds them. An event inserted after the snapshot is cached at the
+// same generation, but these reads do not reach it: their statements
+// name events from their own snapshot, and the ones that look an event
+// up by an ID from the request (StateAt) do so before their first
+// statement, so that statement's snapshot holds whatever the cache did.
+//
+// The other caches read inside these reads need none of this: the
+// room version cache (a room's version never changes; a room created
+// after the snapshot is one the read's statements find nothing of,
+// whatever version the cache gives), the snapshot
+// history visibility cache (a committed snapshot's history visibility
+// never changes: a move keeps the event, a redaction keeps
+// history_visibility) and the auth decision cache (keyed by the parsed
+// auth events themselves, so a rewritten event is another key).
 
 // snapshotQuerier is the Querier of a read transaction begun by s.read.
 type snapshotQuerier struct {
@@ -53,4 +82,15 @@ func (s *Server) snapKeyGeneration(q storage.Querier) uint64 {
 		return sq.snapKeyGen
 	}
 	return s.snapKeys.generation()
+}
+
+// eventsSeen is the newest event cache generation whose entries a read
+// through q may be served: for a snapshot read, the generation when its
+// transaction began; for any other read (each statement sees the latest
+// commit), every entry.
+func eventsSeen(q storage.Querier) uint64 {
+	if sq, ok := q.(snapshotQuerier); ok {
+		return sq.eventGen
+	}
+	return math.MaxUint64
 }

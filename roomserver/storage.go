@@ -433,38 +433,60 @@ func insertTxn(ctx context.Context, tx storage.Tx, roomID, userID string, txn *T
 type eventCache struct {
 	mu    sync.Mutex
 	max   int
-	byNID map[int64]*loadedEvent  // guarded by mu
-	byID  map[string]*loadedEvent // guarded by mu
+	byNID map[int64]cachedEvent  // guarded by mu
+	byID  map[string]cachedEvent // guarded by mu
 	// gen counts drops (guarded by mu): a read that began before a drop
 	// may hold the dropped row, so it is not cached (putLoaded).
 	gen uint64
 }
 
+// cachedEvent is an entry of the event cache with the generation it was
+// stored at: a read whose snapshot was taken at an earlier generation
+// may not see that row yet (snapshot_read.go), so it is not served one.
+type cachedEvent struct {
+	e   *loadedEvent
+	gen uint64
+}
+
 func newEventCache(max int) *eventCache {
-	return &eventCache{max: max, byNID: make(map[int64]*loadedEvent), byID: make(map[string]*loadedEvent)}
+	return &eventCache{max: max, byNID: make(map[int64]cachedEvent), byID: make(map[string]cachedEvent)}
 }
 
-func (c *eventCache) getNID(nid int64) *loadedEvent {
+// getNID returns the entry of event NID nid if it was stored at
+// generation seen or before (Server.eventsSeen), else nil.
+func (c *eventCache) getNID(nid int64, seen uint64) *loadedEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.byNID[nid]
+	if ce, ok := c.byNID[nid]; ok && ce.gen <= seen {
+		return ce.e
+	}
+	return nil
 }
 
-func (c *eventCache) getID(id string) *loadedEvent {
+// getID is getNID by event ID.
+func (c *eventCache) getID(id string, seen uint64) *loadedEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.byID[id]
+	if ce, ok := c.byID[id]; ok && ce.gen <= seen {
+		return ce.e
+	}
+	return nil
 }
 
 func (c *eventCache) put(e *loadedEvent) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.putLocked(e)
+}
+
+func (c *eventCache) putLocked(e *loadedEvent) {
 	if len(c.byNID) >= c.max {
-		c.byNID = make(map[int64]*loadedEvent)
-		c.byID = make(map[string]*loadedEvent)
+		c.byNID = make(map[int64]cachedEvent)
+		c.byID = make(map[string]cachedEvent)
 	}
-	c.byNID[e.row.NID] = e
-	c.byID[e.row.EventID] = e
+	ce := cachedEvent{e: e, gen: c.gen}
+	c.byNID[e.row.NID] = ce
+	c.byID[e.row.EventID] = ce
 }
 
 func (c *eventCache) drop(nid int64, id string) {
@@ -487,10 +509,9 @@ func (c *eventCache) generation() uint64 {
 // gen, unless an entry was dropped since (e may be that stale row).
 func (c *eventCache) putLoaded(e *loadedEvent, gen uint64) {
 	c.mu.Lock()
-	stale := c.gen != gen
-	c.mu.Unlock()
-	if !stale {
-		c.put(e)
+	defer c.mu.Unlock()
+	if c.gen == gen {
+		c.putLocked(e)
 	}
 }
 
@@ -587,7 +608,14 @@ func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, lo
 	out := make(stateMap, len(keys))
 	var missing []tuple
 	c.mu.Lock()
-	known := c.byID[nid]
+	var known stateMap
+	if c.gen == gen {
+		// Every entry was stored at c.gen (invalidate empties the
+		// cache), after the last move of a NID; a read whose snapshot
+		// is older (gen < c.gen) may not see that move, so it reads
+		// every key from its snapshot (snapshot_read.go).
+		known = c.byID[nid]
+	}
 	for _, k := range keys {
 		if v, ok := known[k]; ok {
 			if v != 0 {

@@ -113,6 +113,7 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 		index  int
 		nid    int64
 	}
+	seen := eventsSeen(q)
 	var missing []pending
 	for rs.Next() {
 		var roomID string
@@ -122,7 +123,7 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 			rs.Close()
 			return err
 		}
-		e := s.events.getNID(nid)
+		e := s.events.getNID(nid, seen)
 		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
 			e.row.StateBefore == before && e.row.StateAfter == after { // as recentRows
 			byRoom[roomID] = append(byRoom[roomID], e.row)
@@ -229,8 +230,9 @@ func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *
 		return nil, err
 	}
 	var out []*Event
+	seen := eventsSeen(q)
 	for _, r := range rows {
-		e := s.events.getNID(r.NID)
+		e := s.events.getNID(r.NID, seen)
 		stale := e == nil || e.row.RedactedBecause == nil && r.RedactedBecause != nil
 		if stale {
 			e = &loadedEvent{row: r}
@@ -380,9 +382,10 @@ func (s *Server) loadEventsOfRooms(ctx context.Context, q storage.Querier, nidsB
 	var missing []int64
 	roomIDs := slices.Collect(maps.Keys(nidsByRoom))
 	var hits []*loadedEvent // every room's, in roomIDs' order
+	seen := eventsSeen(q)
 	for _, roomID := range roomIDs {
 		for _, nid := range nidsByRoom[roomID] {
-			hits = append(hits, s.events.getNID(nid))
+			hits = append(hits, s.events.getNID(nid, seen))
 		}
 	}
 	stale, err := s.freshHits(ctx, q, hits) // one check for every room

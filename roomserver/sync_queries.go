@@ -137,6 +137,7 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 	}
 	var rows []*eventRow
 	var missing []int64
+	seen := eventsSeen(q)
 	for rs.Next() {
 		var nid, before, after int64
 		var redactedBecause *string
@@ -144,7 +145,7 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 			rs.Close()
 			return nil, err
 		}
-		e := s.events.getNID(nid)
+		e := s.events.getNID(nid, seen)
 		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
 			e.row.StateBefore == before && e.row.StateAfter == after {
 			rows = append(rows, e.row)
