@@ -95,12 +95,19 @@ func (s *Server) moveEventNID(ctx context.Context, tx storage.Tx, roomID, eventI
 		newNID, roomID, oldNID); err != nil {
 		return err
 	}
-	// Dropped before commit's own AfterCommit puts the new row: hooks run
-	// in the order they were registered.
-	tx.AfterCommit(func() {
+	// Dropped right at the commit, on the committing goroutine: a read
+	// whose snapshot is taken from then on sees the move, and must find
+	// neither the outlier's entry nor a snapshot entry naming its old
+	// NID (snapshot_read.go). Again after the commit, before commit's own
+	// AfterCommit puts the new row (hooks run in the order they were
+	// registered): a read begun before the commit may have cached the
+	// outlier meanwhile.
+	drop := func() {
 		s.events.drop(oldNID, eventID)
 		s.snapKeys.invalidate()
-	})
+	}
+	tx.OnCommit(drop)
+	tx.AfterCommit(drop)
 	return nil
 }
 

@@ -283,3 +283,67 @@ func rowOf(e *loadedEvent) string {
 	}
 	return fmt.Sprintf("%s %+v outlier=%v", e.row.EventID, stampOf(e.row), isOutlierRow(e.row))
 }
+
+// TestPromotionDropsAtCommit: from the moment an outlier's promotion
+// commits, a read taking its snapshot sees the promoted row, so the
+// caches must no longer hold the outlier's row nor a snapshot entry
+// naming its old NID — not only once the promoting caller's AfterCommit
+// hooks run, later, on its own goroutine. Observed from an OnCommit hook
+// the promotion's own transaction registers after its writes (through
+// the timeline hook, which runs for a promoted event that becomes the
+// room's newest).
+func TestPromotionDropsAtCommit(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s, d := promotionRoom(t, db)
+		d.add("topic", bob, "m.room.topic", ptr(""), `{"topic":"an outlier first"}`, "bob-join")
+		topic := d.byName["topic"].EventID()
+		d.mustOutlier(t, s, "topic")
+		room, err := loadRoom(ctx, db.Reader(), d.roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Cache the outlier's row and a snapshot entry (the current
+		// state's member key: any entry, as a move empties the cache).
+		if got, err := s.loadEventsByID(ctx, db.Reader(), nil, []string{topic}); err != nil || got[topic] == nil || !isOutlierRow(got[topic].row) {
+			t.Fatalf("the outlier: %v, %v", got, err)
+		}
+		k := tuple{"m.room.member", bob}
+		if _, err := s.snapshotKeys(ctx, db.Reader(), room.CurrentSnapshot, []tuple{k}); err != nil {
+			t.Fatal(err)
+		}
+		if s.events.getID(topic, math.MaxUint64) == nil || s.snapKeys.byID[room.CurrentSnapshot] == nil {
+			t.Fatal("the outlier or the snapshot entry is not cached; the test needs them cached")
+		}
+
+		var atCommit []string
+		ran := false
+		s.onTimeline = func(ctx context.Context, tx storage.Tx, ev TimelineEvent) (func(), error) {
+			if ev.Event.EventID != topic {
+				return nil, nil
+			}
+			tx.OnCommit(func() {
+				ran = true
+				if e := s.events.getID(topic, math.MaxUint64); e != nil && isOutlierRow(e.row) {
+					atCommit = append(atCommit, "the event cache serves the outlier's row")
+				}
+				s.snapKeys.mu.Lock()
+				if len(s.snapKeys.byID) != 0 {
+					atCommit = append(atCommit, "the snapshot key cache still holds entries read before the move")
+				}
+				s.snapKeys.mu.Unlock()
+			})
+			return nil, nil
+		}
+		if r := d.input(t, s, "topic"); r.Outcome != Accepted {
+			t.Fatalf("promotion of the topic: %s %s", r.Outcome, r.Reason)
+		}
+		s.onTimeline = nil
+		if !ran {
+			t.Fatal("the promotion's OnCommit hook did not run")
+		}
+		if len(atCommit) != 0 {
+			t.Errorf("at the promotion's commit: %s", strings.Join(atCommit, "; "))
+		}
+	})
+}
