@@ -3,6 +3,9 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/myelin-chat/myelin/config"
@@ -124,5 +127,58 @@ func TestSplitModeSeesRewrites(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("B: the state before m3 lacks the promoted event at position %d", r.StreamPos)
+	}
+}
+
+// TestSplitModeOldSnapshotKeepsUnredacted: process B caches a message
+// that process A has redacted (B's cache was told nothing: no drop, no
+// new generation), while a read transaction of B whose snapshot predates
+// the redaction renders that message for /sync (filterVisibleWith). Its
+// row is unredacted in that snapshot, and the redaction is not in its
+// timeline: the read serves it unredacted, as its snapshot has it, not
+// the cached redacted parse.
+func TestSplitModeOldSnapshotKeepsUnredacted(t *testing.T) {
+	ctx := context.Background()
+	a, b := splitPair(t)
+	d := baseRoom(t, "10")
+	for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join"} {
+		if r := d.input(t, a, name); r.Outcome != Accepted {
+			t.Fatalf("%s: %s %s", name, r.Outcome, r.Reason)
+		}
+	}
+	secret, err := a.SendEvent(ctx, SendEventRequest{RoomID: d.roomID, Sender: bob, Type: "m.room.message",
+		Content: json.RawMessage(`{"msgtype":"m.text","body":"a secret"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.read(ctx, func(q storage.Querier) error {
+		byID, err := eventRowsByID(ctx, q, []string{secret.EventID}) // takes the snapshot
+		r := byID[secret.EventID]
+		if err != nil || r == nil || r.RedactedBecause != nil {
+			return fmt.Errorf("the secret before its redaction: %v, %v", r, err)
+		}
+		rows := []*eventRow{r}
+		if _, err := a.SendEvent(ctx, SendEventRequest{RoomID: d.roomID, Sender: alice, Type: "m.room.redaction",
+			Content: json.RawMessage(`{}`), Redacts: secret.EventID}); err != nil {
+			t.Fatal(err)
+		}
+		fresh, err := b.loadEventsByID(ctx, b.db.Reader(), nil, []string{secret.EventID})
+		if err != nil {
+			return err
+		}
+		if e := fresh[secret.EventID]; e == nil || e.row.RedactedBecause == nil || b.events.getID(secret.EventID, math.MaxUint64) == nil {
+			t.Fatalf("B after the redaction: %s, want the redacted row cached", rowOf(e))
+		}
+		evs, err := b.filterVisibleWith(ctx, q, b.newVisibility(q, alice), d.roomID, rows, map[string]string{})
+		if err != nil {
+			return err
+		}
+		if len(evs) != 1 || evs[0].RedactedBecause != "" || !strings.Contains(string(evs[0].Content), "a secret") {
+			t.Errorf("B's old snapshot renders the secret as %d events %v, want it unredacted", len(evs), evs)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

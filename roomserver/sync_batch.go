@@ -233,7 +233,12 @@ func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *
 	seen := eventsSeen(q)
 	for _, r := range rows {
 		e := s.events.getNID(r.NID, seen)
-		stale := e == nil || e.row.RedactedBecause == nil && r.RedactedBecause != nil
+		// r is the row as this read's snapshot has it. A cached parse
+		// of another version of it (redacted, or with other snapshots
+		// or status) is not this read's event: in split mode another
+		// process's rewrite moves no generation here, so a row cached
+		// after it can be newer than the snapshot (snapshot_read.go).
+		stale := e == nil || e.row != r && stampOf(e.row) != stampOf(r)
 		if stale {
 			e = &loadedEvent{row: r}
 		}
