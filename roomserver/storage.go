@@ -453,7 +453,7 @@ func newEventCache(max int) *eventCache {
 }
 
 // getNID returns the entry of event NID nid if it was stored at
-// generation seen or before (Server.eventsSeen), else nil.
+// generation seen or before (eventsSeen), else nil.
 func (c *eventCache) getNID(nid int64, seen uint64) *loadedEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
