@@ -65,6 +65,9 @@ type Server struct {
 	storedFilters *filterCache
 	inline        inlineFilters
 	members       *memberCache
+	// memberReads groups the lazy-loaded members reads of requests
+	// asking for the same room at once (membersbatch.go).
+	memberReads *memberBatcher
 	// news shares RoomsWithEvents answers (newscache.go).
 	news    *newsCache
 	ignores *ignoreCache
@@ -99,6 +102,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		storedFilters: newFilterCache(deps.Filters, 100000),
 		members:       newMemberCache(100000),
 		news:          newNewsCache(deps.Rooms, 256),
+		memberReads:   newMemberBatcher(deps.Rooms),
 		ignores:       newIgnoreCache(100000),
 		sliding:       newSlidingConns(10000),
 	}
