@@ -49,6 +49,9 @@ type API interface {
 	// KeyCounts is OneTimeKeyCounts and UnusedFallbackKeyTypes in one
 	// query, as every /sync response carries both.
 	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
+	// KeyCountsOfDevices is KeyCounts for several devices in one read:
+	// out[i] answers devices[i].
+	KeyCountsOfDevices(ctx context.Context, devices []DeviceRef) ([]DeviceKeyCounts, error)
 }
 
 var _ API = (*Server)(nil)

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/keyserver"
 )
 
 // TestUploadValidation covers security case 31: keys for another user or
@@ -121,6 +122,26 @@ func sameKeyCounts(t *testing.T, srv *testserver.Server, userID, deviceID string
 	}
 	if !maps.Equal(otk, wantOTK) || !slices.Equal(fallback, wantFallback) || fallback == nil {
 		t.Errorf("KeyCounts = %v, %v; want %v, %v", otk, fallback, wantOTK, wantFallback)
+	}
+	// KeyCountsOfDevices, the grouped read of the long polls woken
+	// together, answers each device as KeyCounts does: this device
+	// beside another of the same user, the same device ID of another
+	// user (neither has keys), and this device twice.
+	devs := []keyserver.DeviceRef{{UserID: userID, DeviceID: "OTHERDEVICE"}, {UserID: userID, DeviceID: deviceID},
+		{UserID: "@nobody:example.org", DeviceID: deviceID}, {UserID: userID, DeviceID: deviceID}}
+	got, err := srv.HS.KeyServer.KeyCountsOfDevices(ctx, devs)
+	if err != nil || len(got) != len(devs) {
+		t.Fatalf("KeyCountsOfDevices: %v, %v", got, err)
+	}
+	for i, d := range devs {
+		want := keyserver.DeviceKeyCounts{OneTimeKeys: map[string]int{}, UnusedFallback: []string{}}
+		if d.UserID == userID && d.DeviceID == deviceID {
+			want = keyserver.DeviceKeyCounts{OneTimeKeys: otk, UnusedFallback: fallback}
+		}
+		if !maps.Equal(got[i].OneTimeKeys, want.OneTimeKeys) || !slices.Equal(got[i].UnusedFallback, want.UnusedFallback) ||
+			got[i].UnusedFallback == nil || got[i].OneTimeKeys == nil {
+			t.Errorf("KeyCountsOfDevices[%d] (%v) = %+v, want %+v", i, d, got[i], want)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -447,4 +448,99 @@ func (s *Server) UnusedFallbackKeyTypes(ctx context.Context, userID, deviceID st
 		out = append(out, alg)
 	}
 	return out, rows.Err()
+}
+
+// DeviceRef names one device.
+type DeviceRef struct{ UserID, DeviceID string }
+
+// DeviceKeyCounts is KeyCounts' answer for one device.
+type DeviceKeyCounts struct {
+	OneTimeKeys    map[string]int
+	UnusedFallback []string
+}
+
+// maxKeyCountsDevices bounds the devices of one KeyCountsOfDevices
+// query (two IN lists of at most this many values each).
+const maxKeyCountsDevices = 500
+
+// KeyCountsOfDevices is KeyCounts for several devices, in as few reads
+// as their number allows (one per maxKeyCountsDevices): out[i] answers
+// devices[i], exactly as KeyCounts(devices[i]) would. /sync uses it for
+// the long polls woken together by one message.
+func (s *Server) KeyCountsOfDevices(ctx context.Context, devices []DeviceRef) ([]DeviceKeyCounts, error) {
+	out := make([]DeviceKeyCounts, len(devices))
+	at := make(map[DeviceRef][]int, len(devices))
+	for i, d := range devices {
+		out[i] = DeviceKeyCounts{OneTimeKeys: map[string]int{}, UnusedFallback: []string{}}
+		at[d] = append(at[d], i)
+	}
+	for start := 0; start < len(devices); start += maxKeyCountsDevices {
+		part := devices[start:min(start+maxKeyCountsDevices, len(devices))]
+		// The tables' keys start with (user_id, device_id): both lists
+		// seek through them; the pairs asked for are picked below.
+		var users, devs []any
+		seenU, seenD := map[string]bool{}, map[string]bool{}
+		for _, d := range part {
+			if !seenU[d.UserID] {
+				seenU[d.UserID] = true
+				users = append(users, d.UserID)
+			}
+			if !seenD[d.DeviceID] {
+				seenD[d.DeviceID] = true
+				devs = append(devs, d.DeviceID)
+			}
+		}
+		uIn, dIn := placeholders(1, len(users)), placeholders(1+len(users), len(devs))
+		rows, err := s.db.Reader().Query(ctx, `
+			SELECT user_id, device_id, algorithm, COUNT(*), 0 FROM keyserver_one_time_keys
+			WHERE user_id IN `+uIn+` AND device_id IN `+dIn+` GROUP BY user_id, device_id, algorithm
+			UNION ALL
+			SELECT user_id, device_id, algorithm, 0, 1 FROM keyserver_fallback_keys
+			WHERE user_id IN `+uIn+` AND device_id IN `+dIn+` AND NOT used`, append(users, devs...)...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var d DeviceRef
+			var alg string
+			var n, isFallback int
+			if err := rows.Scan(&d.UserID, &d.DeviceID, &alg, &n, &isFallback); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			for _, i := range at[d] {
+				if i < start || i >= start+len(part) {
+					continue // answered by its own part's read
+				}
+				if isFallback == 1 {
+					out[i].UnusedFallback = append(out[i].UnusedFallback, alg)
+				} else {
+					out[i].OneTimeKeys[alg] = n
+				}
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	for i := range out {
+		slices.Sort(out[i].UnusedFallback)
+	}
+	return out, nil
+}
+
+// placeholders is "($from, …, $from+n-1)".
+func placeholders(from, n int) string {
+	var b strings.Builder
+	b.WriteByte('(')
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("$" + strconv.Itoa(from+i))
+	}
+	b.WriteByte(')')
+	return b.String()
 }

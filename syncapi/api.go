@@ -210,3 +210,20 @@ type E2EE interface {
 	// algorithm, and the algorithms of its unused fallback keys.
 	KeyCounts(ctx context.Context, userID, deviceID string) (otk map[string]int, unusedFallback []string, err error)
 }
+
+// E2EEBatch is optional on an E2EE: the key counts of several devices
+// in one read (keyCountsBatcher).
+type E2EEBatch interface {
+	// KeyCountsOfDevices answers each device as KeyCounts would: out[i]
+	// for devices[i].
+	KeyCountsOfDevices(ctx context.Context, devices []DeviceRef) ([]DeviceKeyCounts, error)
+}
+
+// DeviceRef names one device.
+type DeviceRef struct{ UserID, DeviceID string }
+
+// DeviceKeyCounts is KeyCounts' answer for one device.
+type DeviceKeyCounts struct {
+	OneTimeKeys    map[string]int
+	UnusedFallback []string
+}

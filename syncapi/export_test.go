@@ -84,3 +84,43 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 // SplitTimelines makes an initial sync read its timelines in concurrent
 // parts of n rooms each (0: the default).
 func (s *Server) SplitTimelines(n int) { s.timelineSplit = n }
+
+// HoldSharedReads makes the lazy-loaded members reads of roomID and the
+// key counts reads queue as if a read of each were under way, until
+// release: the requests made meanwhile are then answered by one grouped
+// read each. waiting reports how many requests have queued for each.
+func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCounts int), release func()) {
+	c, k := s.memberReads, s.keyCounts
+	c.mu.Lock()
+	c.byRoom[roomID] = &memberRoom{}
+	c.mu.Unlock()
+	k.mu.Lock()
+	k.running = true
+	k.mu.Unlock()
+	waiting = func() (int, int) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		var m, n int
+		if g := c.byRoom[roomID].next; g != nil {
+			m = len(g.keys)
+		}
+		if k.next != nil {
+			n = len(k.next.devices)
+		}
+		return m, n
+	}
+	release = func() {
+		c.finish(context.Background(), roomID)
+		k.mu.Lock()
+		next := k.next
+		k.next = nil
+		k.running = next != nil
+		k.mu.Unlock()
+		if next != nil {
+			go k.read(context.Background(), next)
+		}
+	}
+	return waiting, release
+}

@@ -376,7 +376,7 @@ func (b *roomBuilder) filterState(state []*roomserver.Event) []*roomserver.Event
 // senders and the user's own (for senders whose membership is not in
 // the room's current state, the one their event was authorised by).
 func (b *roomBuilder) lazyMemberEvents(ctx context.Context, roomID string, tl []*roomserver.Event) ([]*roomserver.Event, error) {
-	members, err := b.s.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", lazyMemberKeys(b.req.userID, tl))
+	members, err := b.s.memberReads.members(ctx, roomID, lazyMemberKeys(b.req.userID, tl))
 	if err != nil {
 		return nil, err
 	}

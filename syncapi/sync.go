@@ -400,6 +400,11 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	var fallback []string
 	if s.e2ee != nil {
 		keyCounts.do(func(ctx context.Context) (err error) {
+			if s.keyCounts != nil {
+				// Requests computed together read their counts together.
+				otk, fallback, err = s.keyCounts.keyCounts(ctx, req.userID, req.deviceID)
+				return err
+			}
 			otk, fallback, err = s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
 			return err
 		})

@@ -50,13 +50,16 @@ type Server struct {
 	push    Push          // may be nil
 	// counts groups the long polls' counts reads (countsbatch.go); nil
 	// when push does not implement PushBatch.
-	counts   *countsBatcher
-	threads  ThreadSubscriptions // may be nil
-	aggs     Aggregations        // may be nil
-	verifier authn.Verifier
-	log      *slog.Logger
-	now      func() time.Time
-	waker    *waker
+	counts *countsBatcher
+	// keyCounts groups the key counts reads (keycountsbatch.go); nil
+	// when the E2EE has no batched read.
+	keyCounts *keyCountsBatcher
+	threads   ThreadSubscriptions // may be nil
+	aggs      Aggregations        // may be nil
+	verifier  authn.Verifier
+	log       *slog.Logger
+	now       func() time.Time
+	waker     *waker
 	// sharedHeads caches the user-independent stream heads between
 	// notifications (heads.go).
 	sharedHeads *headsCache
@@ -65,6 +68,9 @@ type Server struct {
 	storedFilters *filterCache
 	inline        inlineFilters
 	members       *memberCache
+	// memberReads groups the lazy-loaded members reads of requests
+	// asking for the same room at once (membersbatch.go).
+	memberReads *memberBatcher
 	// news shares RoomsWithEvents answers (newscache.go).
 	news    *newsCache
 	ignores *ignoreCache
@@ -99,12 +105,16 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		storedFilters: newFilterCache(deps.Filters, 100000),
 		members:       newMemberCache(100000),
 		news:          newNewsCache(deps.Rooms, 256),
+		memberReads:   newMemberBatcher(deps.Rooms),
 		ignores:       newIgnoreCache(100000),
 		sliding:       newSlidingConns(10000),
 	}
 	s.acctHead, _ = deps.AccountData.(AccountDataHead)
 	if batch, ok := deps.Push.(PushBatch); ok {
 		s.counts = &countsBatcher{push: batch}
+	}
+	if batch, ok := deps.E2EE.(E2EEBatch); ok {
+		s.keyCounts = &keyCountsBatcher{e2ee: batch}
 	}
 	s.waker.news = s.news
 	s.waker.holdCounts = deps.Push != nil

@@ -66,6 +66,23 @@ func (e *syncE2EE) KeyCounts(ctx context.Context, userID, deviceID string) (map[
 	return e.keys.KeyCounts(ctx, userID, deviceID)
 }
 
+// KeyCountsOfDevices implements syncapi.E2EEBatch.
+func (e *syncE2EE) KeyCountsOfDevices(ctx context.Context, devices []syncapi.DeviceRef) ([]syncapi.DeviceKeyCounts, error) {
+	refs := make([]keyserver.DeviceRef, len(devices))
+	for i, d := range devices {
+		refs[i] = keyserver.DeviceRef{UserID: d.UserID, DeviceID: d.DeviceID}
+	}
+	counts, err := e.keys.KeyCountsOfDevices(ctx, refs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]syncapi.DeviceKeyCounts, len(counts))
+	for i, c := range counts {
+		out[i] = syncapi.DeviceKeyCounts{OneTimeKeys: c.OneTimeKeys, UnusedFallback: c.UnusedFallback}
+	}
+	return out, nil
+}
+
 // keyChangesDelta gives GET /keys/changes the joins and leaves of a
 // room-stream window, computed as /sync does.
 func keyChangesDelta(rooms *roomserver.Server) func(ctx context.Context, userID string, from, to int64) (keyserver.MembershipDelta, error) {

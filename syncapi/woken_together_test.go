@@ -1,0 +1,172 @@
+package syncapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// TestWokenTogetherSameAsAlone: long polls woken together by one
+// message share reads (the lazy-loaded members, the key counts), yet
+// each gets what its user would get alone: the sender its
+// transaction_id, a user who ignores the sender nothing of the message,
+// a user with another filter that filter's view, and a user who joined
+// late (history visibility "joined") the same as the others. Each woken
+// response's room and key-count sections are compared with the same
+// sync computed alone afterwards (unsigned.age aside, which follows the
+// clock).
+func TestWokenTogetherSameAsAlone(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		ctx := context.Background()
+		sender := newUser(t, srv, "sender")
+		plain := newUser(t, srv, "plain")
+		ignorer := newUser(t, srv, "ignorer")
+		filtered := newUser(t, srv, "filtered")
+		late := newUser(t, srv, "late")
+		room := createRoom(t, srv, sender, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		sendState(t, srv, sender, room, "m.room.history_visibility", "", `{"history_visibility":"joined"}`)
+		for _, u := range []*user{plain, ignorer, filtered} {
+			membership(t, srv, "join", u, u.id, room)
+		}
+		sendText(t, srv, sender, room, "before the late join")
+		membership(t, srv, "join", late, late.id, room)
+		if err := ignorer.client.SetAccountData(ctx, "m.ignored_user_list", map[string]any{
+			"ignored_users": map[string]any{sender.id: map[string]any{}}}); err != nil {
+			t.Fatal(err)
+		}
+		lazy := `{"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]},"room":{"rooms":["` + room +
+			`"],"timeline":{"limit":100,"types":["m.room.message"]},"state":{"lazy_load_members":true,"include_redundant_members":true},` +
+			`"ephemeral":{"not_types":["*"]},"account_data":{"not_types":["*"]}}}`
+		filters := map[*user]string{
+			sender: lazy, plain: lazy, ignorer: lazy, late: lazy,
+			filtered: `{"presence":{"not_types":["*"]},"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true,"include_redundant_members":true}}}`,
+		}
+		users := []*user{sender, plain, ignorer, filtered, late}
+		since := map[*user]string{}
+		for _, u := range users {
+			status, body := rawSync(t, srv, u, "filter="+url.QueryEscape(filters[u]))
+			if status != http.StatusOK {
+				t.Fatalf("initial sync of %s: %d %v", u.id, status, body)
+			}
+			since[u] = body["next_batch"].(string)
+		}
+		woken := make([]map[string]any, len(users))
+		var wg sync.WaitGroup
+		for i, u := range users {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, woken[i] = rawSync(t, srv, u, "timeout=3000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
+			}()
+		}
+		for srv.HS.Sync.Waiting() < len(users) {
+			time.Sleep(time.Millisecond)
+		}
+		// Stray wakes (the push consumer's counts of the events before
+		// the tokens) settle first, so that every request computes once
+		// the message is in.
+		time.Sleep(300 * time.Millisecond)
+		// The woken requests' member and key counts reads wait for one
+		// grouped read each (every user's own member key; every device).
+		waiting, release := srv.HS.Sync.HoldSharedReads(room)
+		if status, body := rawRequest(t, srv, sender, http.MethodPut, "/_matrix/client/v3/rooms/"+url.PathEscape(room)+
+			"/send/m.room.message/txn-together", `{"msgtype":"m.text","body":"together"}`); status != http.StatusOK {
+			t.Fatalf("send: %d %v", status, body)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for m, k := waiting(); m < len(users) || k < len(users); m, k = waiting() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d member keys and %d devices queued, want %d each", m, k, len(users))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		release()
+		wg.Wait()
+		for i, u := range users {
+			alone, err := srv.HS.Sync.SyncJSON(ctx, u.id, string(u.client.DeviceID),
+				"timeout=3000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]), time.Now(), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want map[string]any
+			if err := json.Unmarshal(alone, &want); err != nil {
+				t.Fatal(err)
+			}
+			got := woken[i]
+			for _, m := range []map[string]any{got, want} {
+				delete(m, "next_batch")
+				if j, _ := dig(m, "rooms", "join", room).(map[string]any); j != nil {
+					delete(j, "unread_notifications") // the counts consumer commits on its own time
+				}
+				dropAges(m)
+			}
+			if !reflect.DeepEqual(got, want) {
+				g, _ := json.Marshal(got)
+				w, _ := json.Marshal(want)
+				t.Errorf("%s woken with the others:\n%s\nalone:\n%s", u.id, g, w)
+			}
+			// The key counts are the device's own, as the key server
+			// gives them for it alone.
+			otk, fallback, err := srv.HS.KeyServer.KeyCounts(ctx, u.id, string(u.client.DeviceID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantKeys, _ := json.Marshal(map[string]any{"otk": otk, "fallback": fallback})
+			gotKeys, _ := json.Marshal(map[string]any{"otk": got["device_one_time_keys_count"], "fallback": got["device_unused_fallback_key_types"]})
+			if string(gotKeys) != string(wantKeys) {
+				t.Errorf("%s woken got the key counts %s, want %s", u.id, gotKeys, wantKeys)
+			}
+			// And the per-user parts are there at all.
+			evs, _ := dig(got, "rooms", "join", room, "timeline", "events").([]any)
+			switch u {
+			case ignorer:
+				if len(evs) != 0 {
+					t.Errorf("the ignorer got %v", evs)
+				}
+			case sender:
+				if len(evs) != 1 || dig(evs[0].(map[string]any), "unsigned", "transaction_id") != "txn-together" {
+					t.Errorf("the sender got %v, want the message with its transaction_id", evs)
+				}
+			default:
+				if len(evs) != 1 || dig(evs[0].(map[string]any), "unsigned", "transaction_id") != nil {
+					t.Errorf("%s got %v, want the message without a transaction_id", u.id, evs)
+				}
+			}
+			if u != ignorer {
+				members := map[string]bool{}
+				state, _ := dig(got, "rooms", "join", room, "state", "events").([]any)
+				for _, e := range state {
+					members[e.(map[string]any)["state_key"].(string)] = true
+				}
+				if len(members) != len(map[string]bool{u.id: true, sender.id: true}) || !members[u.id] || !members[sender.id] {
+					t.Errorf("%s got the lazy-loaded members %v, want its own and the sender's", u.id, members)
+				}
+			}
+		}
+	})
+}
+
+// dropAges removes every unsigned.age below v.
+func dropAges(v any) {
+	switch x := v.(type) {
+	case map[string]any:
+		if u, ok := x["unsigned"].(map[string]any); ok {
+			delete(u, "age")
+		}
+		for _, c := range x {
+			dropAges(c)
+		}
+	case []any:
+		for _, c := range x {
+			dropAges(c)
+		}
+	}
+}
