@@ -106,7 +106,7 @@ func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrou
 		// The events from the partial-state join on keep their partial
 		// state: remember them (and the servers the record named) so
 		// that reads of that state stay refused (StateForServer).
-		if err := keepPartialStretch(ctx, tx, roomID, nil); err != nil {
+		if err := s.keepPartialStretch(ctx, tx, roomID, nil); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID); err != nil {
@@ -164,7 +164,8 @@ func leftPartialServer(ctx context.Context, q storage.Querier, roomID, server st
 // state without a replay (the record moves to a later partial join that
 // does not follow our timeline, or a rejoin answered with the full state
 // clears it: ImportJoinedRoom). Those events keep their partial state.
-func keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through *int64) error {
+func (s *Server) keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through *int64) error {
+	s.stretches.added(roomID) // before the commit: see stretchCache
 	_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
 		SELECT p.room_id, e.event_nid, $2, p.servers FROM roomserver_partial_state_rooms p
 		JOIN roomserver_events e ON e.event_id = p.join_event_id WHERE p.room_id = $1
@@ -194,13 +195,11 @@ func closePartialStateLeft(ctx context.Context, tx storage.Tx, roomID string) er
 // one, whose prev events are events of the stretch. Events whose prev
 // events follow the rejoin take the state the rejoin imported and are
 // served. Spec: MSC3706 (no partial state answered as the full state).
-func markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, prevIDs []string, nid int64) error {
+func (s *Server) markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, prevIDs []string, nid int64) error {
 	if len(prevIDs) == 0 {
 		return nil
 	}
-	var stretches int
-	if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_partial_state_left WHERE room_id = $1`,
-		roomID).Scan(&stretches); err != nil || stretches == 0 {
+	if has, err := s.roomHasStretches(ctx, tx, roomID); err != nil || !has {
 		return err
 	}
 	if covered, err := partialStateLeftAt(ctx, tx, roomID, nid); err != nil || covered {
@@ -220,9 +219,14 @@ func markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, 
 			return err
 		}
 		if partial {
-			_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
-				VALUES ($1, $2, $2, '[]') ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, nid)
-			return err
+			if _, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
+				VALUES ($1, $2, $2, '[]') ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, nid); err != nil {
+				return err
+			}
+			// The state at the prev events in a stretch is fetched
+			// again in the background (partial_state_refetch.go), never
+			// on this path.
+			return s.queueStretchRefetch(ctx, tx, roomID, nid)
 		}
 	}
 	return nil
