@@ -100,6 +100,11 @@ func (s *Server) refetchStretchState(ctx context.Context, job roomserver.Stretch
 	if h := s.refetchHooks.Load(); h != nil && h.before != nil {
 		h.before(ctx, job.EventID)
 	}
+	if len(job.WaitsFor) > 0 {
+		// Completed with the events it is built on (the roomserver
+		// completes an event's descendants with it), never fetched.
+		return fmt.Errorf("waits for the state of %v", job.WaitsFor)
+	}
 	if len(job.Prevs) == 0 {
 		// Its prev events' states were completed meanwhile.
 		return s.rooms.CompleteStretchState(ctx, roomserver.StretchStateRequest{EventID: job.EventID})

@@ -64,10 +64,17 @@ type StretchRefetch struct {
 	RoomVersion string
 	EventID     string
 	Sender      string
-	// Prevs are its prev events that lie in a stretch now: the state at
-	// each is to be fetched. Empty when the event can be completed from
-	// what is held (CompleteStretchState with no states).
-	Prevs    []string
+	// Prevs are its prev events that lie in a stretch of partial state
+	// left by a join (not marked for being built on one): the state at
+	// each is to be fetched. Empty, with WaitsFor empty too, when the
+	// event can be completed from what is held (CompleteStretchState
+	// with no states).
+	Prevs []string
+	// WaitsFor are its prev events that are themselves queued here:
+	// their state is completed first (and then this event's, from
+	// theirs), never fetched, so that a state another server gives is
+	// only ever taken at an event of a stretch, checked against it.
+	WaitsFor []string
 	Attempts int
 }
 
@@ -112,38 +119,48 @@ func (s *Server) DueStretchRefetches(ctx context.Context, limit int) ([]StretchR
 		if err != nil {
 			return nil, err
 		}
-		prevs, err := prevsInStretch(ctx, q, ev.row.RoomID, ev.pdu.PrevEventIDs())
+		prevs, waits, err := prevsInStretch(ctx, q, ev.row.RoomID, ev.pdu.PrevEventIDs())
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, StretchRefetch{RoomID: ev.row.RoomID, RoomVersion: version, EventID: j.eventID,
-			Sender: ev.row.Sender, Prevs: prevs, Attempts: j.attempts})
+			Sender: ev.row.Sender, Prevs: prevs, WaitsFor: waits, Attempts: j.attempts})
 	}
 	return out, nil
 }
 
 // prevsInStretch returns those of prevIDs that are timeline events of
-// roomID lying in a stretch of partial state.
-func prevsInStretch(ctx context.Context, q storage.Querier, roomID string, prevIDs []string) ([]string, error) {
+// roomID lying in a stretch of partial state: in one left by a join
+// (left), or queued for StretchRefetch themselves (queued).
+func prevsInStretch(ctx context.Context, q storage.Querier, roomID string, prevIDs []string) (left, queued []string, err error) {
 	rows, err := eventRowsByID(ctx, q, prevIDs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []string
 	for _, id := range prevIDs {
 		r, ok := rows[id]
 		if !ok || r.RoomID != roomID || isOutlierRow(r) {
 			continue
 		}
 		in, err := partialStateLeftAt(ctx, q, roomID, r.NID)
-		if err != nil {
-			return nil, err
+		if err != nil || !in {
+			if err != nil {
+				return nil, nil, err
+			}
+			continue
 		}
-		if in {
-			out = append(out, id)
+		var n int
+		if err := q.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_stretch_refetch WHERE event_nid = $1`,
+			r.NID).Scan(&n); err != nil {
+			return nil, nil, err
+		}
+		if n > 0 {
+			queued = append(queued, id)
+		} else {
+			left = append(left, id)
 		}
 	}
-	return out, nil
+	return left, queued, nil
 }
 
 // StretchRefetchFailed records a failed attempt to complete eventID's
@@ -237,9 +254,12 @@ func (s *Server) CompleteStretchState(ctx context.Context, req StretchStateReque
 		if err != nil {
 			return err
 		}
-		inStretch, err := prevsInStretch(ctx, tx, roomID, prevIDs)
+		inStretch, waits, err := prevsInStretch(ctx, tx, roomID, prevIDs)
 		if err != nil {
 			return err
+		}
+		if len(waits) > 0 {
+			return mxerr.New(mxerr.NotFound, "the state of %v, on which %s is built, is not complete yet", waits, req.EventID)
 		}
 		prevRows, err := eventRowsByID(ctx, tx, prevIDs)
 		if err != nil {
@@ -333,6 +353,22 @@ func (s *Server) givenStateAfter(ctx context.Context, tx storage.Tx, room *roomR
 	loaded, err := parseRow(room.Version, prev)
 	if err != nil {
 		return nil, err
+	}
+	// The state before prev is the state its auth events were picked
+	// from (server-server-api, "Auth events selection"): a state that
+	// holds another event at one of their keys is not the state at it.
+	authRows, err := eventRowsByID(ctx, tx, loaded.pdu.AuthEventIDs())
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range loaded.pdu.AuthEventIDs() {
+		ar := authRows[id]
+		if ar == nil || ar.StateKey == nil {
+			continue
+		}
+		if nid := before[tuple{ar.Type, *ar.StateKey}]; nid != ar.NID {
+			return nil, mxerr.New(mxerr.Forbidden, "the state given at %s does not hold its auth event %s", prev.EventID, id)
+		}
 	}
 	checkRoom := &roomRow{RoomID: room.RoomID, Version: room.Version, CurrentSnapshot: -1}
 	if !prev.Rejected {
