@@ -46,7 +46,9 @@ func TestStretchStateRefetchRefusesALie(t *testing.T) {
 		// state_ids.
 		var mu sync.Mutex
 		asked := map[string]int{}
-		relay := func(uri string) (int, []byte) { return n.request(a, b.Name, b.HS.Key, a.Name, http.MethodGet, uri, nil) }
+		relay := func(uri string) (int, []byte) {
+			return n.request(a, b.Name, b.HS.Key, a.Name, http.MethodGet, uri, nil)
+		}
 		liar, _ := n.fakeServer(t, func(_ string, mux *http.ServeMux) {
 			mux.HandleFunc("/_matrix/federation/v1/state_ids/", func(w http.ResponseWriter, r *http.Request) {
 				mu.Lock()
