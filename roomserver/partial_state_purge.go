@@ -32,7 +32,9 @@ package roomserver
 // stretch too, closed at once (ImportJoinedRoom). An event stored after
 // a stretch was closed whose state derives from it (one of its prev
 // events lies in a stretch) is recorded as a stretch of its own
-// (markAfterPartialStretch), and so on down the DAG. Another server's GET
+// (markAfterPartialStretch), and so on down the DAG, until its state is
+// completed from the state at those prev events fetched again from a
+// server in the room (partial_state_refetch.go). Another server's GET
 // /state and /state_ids at an event of a stretch are refused as they
 // were while the room was partial (MSC3706: a server must not answer
 // partial state as if it were the full state), and while a stretch is
@@ -190,7 +192,10 @@ func closePartialStateLeft(ctx context.Context, tx storage.Tx, roomID string) er
 // lies in a stretch: its state then derives from a partial state too,
 // wholly or in part (state resolution with a state that lacks members
 // need not give the room's state), so GET /state and /state_ids at it
-// are refused like at the stretch's events. That happens after a
+// are refused like at the stretch's events, until the event's state is
+// completed (it is queued for that: partial_state_refetch.go). Whether
+// the room has stretches at all is known without a query for nearly
+// every event (stretch_cache.go). That happens after a
 // rejoin closed a stretch: an event of another server, or ours built on
 // one, whose prev events are events of the stretch. Events whose prev
 // events follow the rejoin take the state the rejoin imported and are
