@@ -193,13 +193,13 @@ func closePartialStateLeft(ctx context.Context, tx storage.Tx, roomID string) er
 // wholly or in part (state resolution with a state that lacks members
 // need not give the room's state), so GET /state and /state_ids at it
 // are refused like at the stretch's events, until the event's state is
-// completed (it is queued for that: partial_state_refetch.go). Whether
-// the room has stretches at all is known without a query for nearly
-// every event (stretch_cache.go). That happens after a
-// rejoin closed a stretch: an event of another server, or ours built on
-// one, whose prev events are events of the stretch. Events whose prev
-// events follow the rejoin take the state the rejoin imported and are
-// served. Spec: MSC3706 (no partial state answered as the full state).
+// completed (it is queued for that: partial_state_refetch.go). That
+// happens after a rejoin closed a stretch: an event of another server,
+// or ours built on one, whose prev events are events of the stretch.
+// Events whose prev events follow the rejoin take the state the rejoin
+// imported and are served. Whether the room has stretches at all is
+// known without a query for nearly every event (stretch_cache.go).
+// Spec: MSC3706 (no partial state answered as the full state).
 func (s *Server) markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, prevIDs []string, nid int64) error {
 	if len(prevIDs) == 0 {
 		return nil
