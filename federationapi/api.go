@@ -69,6 +69,9 @@ type Rooms interface {
 	AddPartialStateServers(ctx context.Context, roomID string, servers []string) error
 	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
 	PurgePartialState(ctx context.Context, roomID string, sentThrough int64) (bool, error)
+	DueStretchRefetches(ctx context.Context, limit int) ([]roomserver.StretchRefetch, error)
+	CompleteStretchState(ctx context.Context, req roomserver.StretchStateRequest) error
+	StretchRefetchFailed(ctx context.Context, eventID string, cause error) error
 	Leave(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.SendEventResponse, error)
 	UnknownEvents(ctx context.Context, ids []string) ([]string, error)
 	UnconnectedEvents(ctx context.Context, ids []string) ([]string, error)

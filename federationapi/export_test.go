@@ -61,3 +61,20 @@ func (s *Server) ForgetKeyFetches() {
 func (s *Server) ServeFullStateJoins(on bool) {
 	s.fullStateJoins.Store(on)
 }
+
+// HoldStretchRefetches makes every attempt of s to complete the state of
+// an event built on a stretch of partial state wait until release is
+// closed (or s closes); after, if not nil, hears of each attempt's
+// outcome; servers, if not nil, replaces the servers asked.
+func (s *Server) HoldStretchRefetches(release <-chan struct{}, after func(eventID string, err error), servers func(roomID string) []string) {
+	s.refetchHooks.Store(&stretchRefetchHooks{
+		before: func(ctx context.Context, _ string) {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		},
+		after:   after,
+		servers: servers,
+	})
+}

@@ -119,6 +119,9 @@ type Server struct {
 	// partial-state joins does (the parameter is a request it may
 	// decline: server-server-api, "PUT /_matrix/federation/v2/send_join").
 	fullStateJoins atomic.Bool
+	// refetchHooks, when set (tests only), change the stretch refetch
+	// worker (partial_state_refetch.go).
+	refetchHooks atomic.Pointer[stretchRefetchHooks]
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -210,6 +213,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 			s.sender.run(bg)
 		}()
 		s.startResyncs(bg)
+		s.startStretchRefetch(bg)
 	}
 	return s, nil
 }

@@ -60,31 +60,24 @@ func (s *Server) fillGap(ctx context.Context, origin string, p *parsedPDU) (*roo
 	req := roomserver.InputWithStateRequest{RoomVersion: p.version, JSON: p.json}
 	authIDs := map[string]bool{}
 	for _, prev := range missing {
-		var ids struct {
-			PDUIDs       []string `json:"pdu_ids"`
-			AuthChainIDs []string `json:"auth_chain_ids"`
-		}
-		uri := "/_matrix/federation/v1/state_ids/" + pathEscape(roomID) + "?" + url.Values{"event_id": {prev}}.Encode()
-		if err := s.client.signed(ctx, origin, http.MethodGet, uri, nil, &ids); err != nil {
-			return nil, fmt.Errorf("state_ids at %s: %w", prev, err)
-		}
-		if len(ids.PDUIDs)+len(ids.AuthChainIDs)+1 > maxGapFetch {
-			return nil, fmt.Errorf("state at %s is too large (%d events)", prev, len(ids.PDUIDs)+len(ids.AuthChainIDs))
-		}
-		// The state after prev: the state at (before) it, with prev
-		// itself if it is a state event.
-		evs, err := f.events(ctx, append([]string{prev}, ids.PDUIDs...))
+		at, err := f.stateAt(ctx, prev)
 		if err != nil {
 			return nil, err
 		}
+		// The state after prev: the state at (before) it, with prev
+		// itself if it is a state event.
 		state := map[string]json.RawMessage{}
 		keyOf := map[[2]string]string{}
-		for i, id := range append([]string{prev}, ids.PDUIDs...) {
+		for i, id := range append([]string{prev}, at.stateIDs...) {
+			raw := at.event
+			if i > 0 {
+				raw = at.state[i-1]
+			}
 			var head struct {
 				Type     string  `json:"type"`
 				StateKey *string `json:"state_key"`
 			}
-			if json.Unmarshal(evs[i], &head) != nil || head.StateKey == nil {
+			if json.Unmarshal(raw, &head) != nil || head.StateKey == nil {
 				if i == 0 {
 					continue // prev is not a state event
 				}
@@ -98,20 +91,14 @@ func (s *Server) fillGap(ctx context.Context, origin string, p *parsedPDU) (*roo
 				continue // prev replaces the state before it
 			}
 			keyOf[k] = id
-			state[id] = evs[i]
+			state[id] = raw
 		}
 		list := make([]json.RawMessage, 0, len(state))
 		for _, raw := range state {
 			list = append(list, raw)
 		}
 		req.PrevStates = append(req.PrevStates, list)
-		for _, id := range ids.AuthChainIDs {
-			authIDs[id] = true
-		}
-		// The state before prev is given too, though prev replaces one
-		// of its events: prev's own auth events are among them
-		// (Complement TestMSC4297StateResolutionV2_1_*).
-		for _, id := range ids.PDUIDs {
+		for _, id := range at.authIDs() {
 			authIDs[id] = true
 		}
 	}
@@ -136,6 +123,46 @@ type gapFetch struct {
 	mu              sync.Mutex
 	got             map[string]json.RawMessage
 	fetched, failed int
+}
+
+// stateAtEvent is the state at (before) an event as the origin gave it.
+type stateAtEvent struct {
+	event        json.RawMessage   // the event itself
+	stateIDs     []string          // pdu_ids
+	state        []json.RawMessage // the events of stateIDs, in order
+	authChainIDs []string          // auth_chain_ids
+}
+
+// authIDs are the events the state's events need for their own auth
+// checks: the auth chain, and the state itself — the state before the
+// event is given too, though the event may replace one of its events:
+// the event's own auth events are among them (Complement
+// TestMSC4297StateResolutionV2_1_*).
+func (a *stateAtEvent) authIDs() []string {
+	return append(slices.Clone(a.authChainIDs), a.stateIDs...)
+}
+
+// stateAt asks the origin for the state at eventID (GET /state_ids) and
+// fetches the event and the state's events (events: those held are not
+// fetched, the others are checked).
+// Spec: server-server-api, "GET /_matrix/federation/v1/state_ids/{roomId}".
+func (f *gapFetch) stateAt(ctx context.Context, eventID string) (*stateAtEvent, error) {
+	var ids struct {
+		PDUIDs       []string `json:"pdu_ids"`
+		AuthChainIDs []string `json:"auth_chain_ids"`
+	}
+	uri := "/_matrix/federation/v1/state_ids/" + pathEscape(f.roomID) + "?" + url.Values{"event_id": {eventID}}.Encode()
+	if err := f.s.client.signed(ctx, f.origin, http.MethodGet, uri, nil, &ids); err != nil {
+		return nil, fmt.Errorf("state_ids at %s: %w", eventID, err)
+	}
+	if len(ids.PDUIDs)+len(ids.AuthChainIDs)+1 > maxGapFetch {
+		return nil, fmt.Errorf("state at %s is too large (%d events)", eventID, len(ids.PDUIDs)+len(ids.AuthChainIDs))
+	}
+	evs, err := f.events(ctx, append([]string{eventID}, ids.PDUIDs...))
+	if err != nil {
+		return nil, err
+	}
+	return &stateAtEvent{event: evs[0], stateIDs: ids.PDUIDs, state: evs[1:], authChainIDs: ids.AuthChainIDs}, nil
 }
 
 // events returns the JSON of each of ids, in order: held ones from the

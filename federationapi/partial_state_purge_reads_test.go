@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // fedAnswer is one federation read's status and body, the body's
@@ -59,43 +59,18 @@ func TestPartialStateReadsAfterPurge(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
-		alice, bob := a.register("alice"), b.register("bob")
-		roomID := namedPublicRoom(t, alice)
-		hold := make(chan struct{})
-		b.HS.Federation.HoldResyncs(hold)
-		var once sync.Once
-		release := func() { once.Do(func() { close(hold) }) }
-		t.Cleanup(release)
-		if _, err := bob.cli.JoinRoom(ctx, string(roomID), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-			t.Fatalf("bob joining: %v", err)
-		}
-		sent, err := bob.cli.SendText(ctx, roomID, "said on partial state")
-		if err != nil {
-			t.Fatal(err)
-		}
-		msg := sent.EventID.String()
-		if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
-			t.Fatal(err)
-		}
-		leave, err := b.HS.Rooms.CurrentStateEvent(ctx, string(bob.id()), string(roomID), "m.room.member", string(bob.id()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "A to get bob's leave", func() bool {
-			m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
-			return m == "leave"
-		})
-		r := pathEscape(string(roomID))
+		p := leftWhilePartial(t, n, a, b, func(alice *syncer) id.RoomID { return namedPublicRoom(t, alice) })
+		roomID, bob, r, msg := p.roomID, p.bob, p.r, p.msg
 		ts := strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)
 		reads := []struct {
 			name, method, uri string
 			body              any
 		}{
 			{"event", http.MethodGet, "/_matrix/federation/v1/event/" + pathEscape(msg), nil},
-			{"event_auth", http.MethodGet, "/_matrix/federation/v1/event_auth/" + r + "/" + pathEscape(leave.EventID), nil},
-			{"backfill", http.MethodGet, "/_matrix/federation/v1/backfill/" + r + "?limit=20&v=" + pathEscape(leave.EventID), nil},
+			{"event_auth", http.MethodGet, "/_matrix/federation/v1/event_auth/" + r + "/" + pathEscape(p.leave), nil},
+			{"backfill", http.MethodGet, "/_matrix/federation/v1/backfill/" + r + "?limit=20&v=" + pathEscape(p.leave), nil},
 			{"get_missing_events", http.MethodPost, "/_matrix/federation/v1/get_missing_events/" + r,
-				map[string]any{"earliest_events": []string{}, "latest_events": []string{leave.EventID}, "limit": 20}},
+				map[string]any{"earliest_events": []string{}, "latest_events": []string{p.leave}, "limit": 20}},
 			{"timestamp_to_event", http.MethodGet, "/_matrix/federation/v1/timestamp_to_event/" + r + "?dir=b&ts=" + ts, nil},
 		}
 		ask := func(method, uri string, body any) fedAnswer {
@@ -103,27 +78,7 @@ func TestPartialStateReadsAfterPurge(t *testing.T) {
 			status, raw := n.request(b, a.Name, a.HS.Key, b.Name, method, uri, body)
 			return readAnswer(t, status, raw)
 		}
-		stateReads := func(eventID string) map[string]fedAnswer {
-			out := map[string]fedAnswer{}
-			for _, kind := range []string{"state", "state_ids"} {
-				out[kind] = ask(http.MethodGet, "/_matrix/federation/v1/"+kind+"/"+r+"?event_id="+pathEscape(eventID), nil)
-			}
-			return out
-		}
-		refused := func(when, eventID string) {
-			t.Helper()
-			for kind, got := range stateReads(eventID) {
-				var e struct {
-					Errcode string `json:"errcode"`
-				}
-				_ = json.Unmarshal([]byte(got.body), &e)
-				if got.status != http.StatusForbidden || e.Errcode != "M_FORBIDDEN" {
-					t.Errorf("%s: /%s at %s = %s, want 403 M_FORBIDDEN (B has only partial state there)",
-						when, kind, eventID, got.short())
-				}
-			}
-		}
-		partialEvents := []string{msg, leave.EventID}
+		partialEvents := []string{msg, p.leave}
 		before := map[string]fedAnswer{}
 		for _, rd := range reads {
 			before[rd.name] = ask(rd.method, rd.uri, rd.body)
@@ -132,16 +87,12 @@ func TestPartialStateReadsAfterPurge(t *testing.T) {
 			}
 		}
 		for _, ev := range partialEvents {
-			refused("before the purge", ev)
+			p.refused(t, ev+" before the purge", ev)
 		}
 
-		release()
-		eventually(t, "B to purge the room's partial state", func() bool {
-			partial, err := b.HS.Rooms.IsPartialState(ctx, string(roomID))
-			return err == nil && !partial && !b.HS.Federation.ResyncRunning(string(roomID))
-		})
+		p.purge(t)
 		for _, ev := range partialEvents {
-			refused("after the purge", ev)
+			p.refused(t, ev+" after the purge", ev)
 		}
 		for _, rd := range reads {
 			if got := ask(rd.method, rd.uri, rd.body); got != before[rd.name] {
@@ -151,7 +102,7 @@ func TestPartialStateReadsAfterPurge(t *testing.T) {
 		// After a restart B still knows (the knowledge is stored).
 		b.restart()
 		for _, ev := range partialEvents {
-			refused("after a restart", ev)
+			p.refused(t, ev+" after a restart", ev)
 		}
 
 		// Bob joins again and this time B gets the full state (the resync
@@ -169,13 +120,14 @@ func TestPartialStateReadsAfterPurge(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for kind, got := range stateReads(join.EventID) {
+		for _, kind := range []string{"state", "state_ids"} {
+			got := ask(http.MethodGet, "/_matrix/federation/v1/"+kind+"/"+r+"?event_id="+pathEscape(join.EventID), nil)
 			if got.status != http.StatusOK {
 				t.Errorf("/%s at bob's new join (full state) = %s, want 200", kind, got.short())
 			}
 		}
 		for _, ev := range partialEvents {
-			refused("after the full rejoin", ev)
+			p.refused(t, ev+" after the full rejoin", ev)
 		}
 	})
 }

@@ -2,10 +2,6 @@ package federationapi_test
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +10,7 @@ import (
 	"maunium.net/go/mautrix"
 
 	"github.com/myelin-chat/myelin/federationapi"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // TestPartialStateReadsAfterRejoin: bob of B joins A's room with
@@ -25,11 +22,15 @@ import (
 // with the full state. A's GET /state_ids and /state on B:
 //   - at bob's new join and at a later event of A: served, the same
 //     state A serves at them (B has the full state there);
-//   - at the events of the purged stretch: refused (403 M_FORBIDDEN);
+//   - at the events of the purged stretch: refused (403 M_FORBIDDEN),
+//     for good;
 //   - at an event of A built on bob's leave (its prev event lies in the
-//     stretch), at an event built on that one, and at bob's next event
-//     on B (its prev events include them): refused, as their state
-//     derives from the stretch's partial state.
+//     stretch), at an event built on that one, at a merge event of A
+//     whose prev events are bob's leave and a later event, and at bob's
+//     next event on B (its prev events include them): refused while B
+//     has not fetched the state at bob's leave again (held here), as
+//     their state derives from the stretch's partial state; then, once
+//     B has fetched it from A, served, with the state A serves at them.
 //
 // Spec: server-server-api, "GET /_matrix/federation/v1/state_ids/{roomId}",
 // "PUT /_matrix/federation/v2/send_join" (omit_members); MSC3706.
@@ -56,41 +57,13 @@ func TestPartialStateReadsAfterRejoin(t *testing.T) {
 func partialStateReadsAfterRejoin(t *testing.T, n *network, fullRejoin, purgeFirst bool) {
 	a, b := n.start(), n.start()
 	ctx := context.Background()
-	alice, bob := a.register("alice"), b.register("bob")
-	// No room name: alice is a hero, so B's partial state holds her
-	// membership and her events built on the stretch pass auth on B.
-	created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roomID := created.RoomID
-	r := pathEscape(string(roomID))
-	hold := make(chan struct{})
-	b.HS.Federation.HoldResyncs(hold)
-	var once sync.Once
-	release := func() { once.Do(func() { close(hold) }) }
-	t.Cleanup(release)
-	if _, err := bob.cli.JoinRoom(ctx, string(roomID), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("bob joining: %v", err)
-	}
-	msg := bob.send(roomID, "said on partial state").String()
-	if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
-		t.Fatal(err)
-	}
-	leave, err := b.HS.Rooms.CurrentStateEvent(ctx, string(bob.id()), string(roomID), "m.room.member", string(bob.id()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "A to get bob's leave", func() bool {
-		m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
-		return m == "leave"
-	})
+	p := leftWhilePartial(t, n, a, b, unnamedPublicRoom(t))
+	roomID, alice, bob := p.roomID, p.alice, p.bob
+	// B fetches the state at the stretch again only when the test says.
+	refetch := make(chan struct{})
+	b.HS.Federation.HoldStretchRefetches(refetch, nil, nil)
 	if purgeFirst {
-		release()
-		eventually(t, "B to purge the room's partial state", func() bool {
-			partial, err := b.HS.Rooms.IsPartialState(ctx, string(roomID))
-			return err == nil && !partial && !b.HS.Federation.ResyncRunning(string(roomID))
-		})
+		p.purge(t)
 	}
 
 	var resyncs atomic.Int32
@@ -115,7 +88,7 @@ func partialStateReadsAfterRejoin(t *testing.T, n *network, fullRejoin, purgeFir
 		}
 	}
 	if !purgeFirst {
-		release()
+		p.releaseHeld()
 		eventually(t, "B's held resync to stop", func() bool { return !b.HS.Federation.ResyncRunning(string(roomID)) })
 	}
 	if got := resyncs.Load(); (got == 0) != fullRejoin {
@@ -126,87 +99,94 @@ func partialStateReadsAfterRejoin(t *testing.T, n *network, fullRejoin, purgeFir
 		t.Fatal(err)
 	}
 
-	// stateIDs is the answer of dest's /state_ids at eventID, asked by
-	// origin, with its ID lists sorted.
-	stateIDs := func(dest, origin *fedServer, eventID string) (int, string) {
-		t.Helper()
-		status, raw := n.request(dest, origin.Name, origin.HS.Key, dest.Name, http.MethodGet,
-			"/_matrix/federation/v1/state_ids/"+r+"?event_id="+pathEscape(eventID), nil)
-		if status != http.StatusOK {
-			return status, string(raw)
-		}
-		var body struct {
-			PDUIDs       []string `json:"pdu_ids"`
-			AuthChainIDs []string `json:"auth_chain_ids"`
-		}
-		if err := json.Unmarshal(raw, &body); err != nil {
-			t.Fatalf("/state_ids at %s: %v", eventID, err)
-		}
-		slices.Sort(body.PDUIDs)
-		slices.Sort(body.AuthChainIDs)
-		return status, string(mustJSON(body))
-	}
-	served := func(what, eventID string) {
-		t.Helper()
-		status, got := stateIDs(b, a, eventID)
-		wantStatus, want := stateIDs(a, b, eventID)
-		if status != http.StatusOK || wantStatus != http.StatusOK || got != want {
-			t.Errorf("/state_ids at %s: B answers %d %.300s; A answers %d %.300s; want both 200 and the same",
-				what, status, got, wantStatus, want)
-		}
-		if status, raw := n.request(b, a.Name, a.HS.Key, b.Name, http.MethodGet,
-			"/_matrix/federation/v1/state/"+r+"?event_id="+pathEscape(eventID), nil); status != http.StatusOK {
-			t.Errorf("/state at %s: %d %.200s, want 200", what, status, raw)
-		}
-	}
-	refused := func(what, eventID string) {
-		t.Helper()
-		for _, kind := range []string{"state", "state_ids"} {
-			status, raw := n.request(b, a.Name, a.HS.Key, b.Name, http.MethodGet,
-				"/_matrix/federation/v1/"+kind+"/"+r+"?event_id="+pathEscape(eventID), nil)
-			var e struct {
-				Errcode string `json:"errcode"`
-			}
-			_ = json.Unmarshal(raw, &e)
-			if status != http.StatusForbidden || e.Errcode != "M_FORBIDDEN" {
-				t.Errorf("/%s at %s = %d %.200s, want 403 M_FORBIDDEN (B has only partial state there)", kind, what, status, raw)
-			}
-		}
-	}
-
-	served("bob's new join", join.EventID)
-	refused("bob's message of the purged stretch", msg)
-	refused("bob's leave of the purged stretch", leave.EventID)
+	p.served(t, "bob's new join", join.EventID)
+	p.refused(t, "bob's message of the purged stretch", p.msg)
+	p.refused(t, "bob's leave of the purged stretch", p.leave)
 	later := alice.send(roomID, "after bob's return").String()
 	eventually(t, "B to get alice's message", func() bool { return hasEvent(b, string(bob.id()), later) })
-	served("alice's message after the rejoin", later)
+	p.served(t, "alice's message after the rejoin", later)
 
-	// An event of A built on bob's leave (a fork from before the
-	// rejoin), then one built on it, pushed to B.
-	leaveEv, _, err := b.HS.Rooms.FederationEvent(ctx, leave.EventID)
+	// Events of A built on bob's leave (a fork from before the rejoin):
+	// one on it, one built on that, and a merge of the leave and alice's
+	// later message. A stores them (so it answers /state_ids at them)
+	// and they are pushed to B.
+	fork := forkOnLeave(t, p, later)
+	refusedUntilRefetch := map[string]string{
+		"alice's event built on the stretch":   fork.onStretch.EventID(),
+		"alice's event built on that one":      fork.afterIt.EventID(),
+		"alice's merge of the stretch and now": fork.merge.EventID(),
+	}
+	for what, id := range refusedUntilRefetch {
+		p.refused(t, what, id)
+	}
+	// Bob's next event on B has them among its prev events.
+	next := bob.send(roomID, "after the fork").String()
+	eventually(t, "A to get bob's event", func() bool { return hasEvent(a, string(alice.id()), next) })
+	refusedUntilRefetch["bob's event after the fork"] = next
+	p.refused(t, "bob's event after the fork", next)
+	// What came before stays as it was.
+	p.served(t, "bob's new join, after the fork", join.EventID)
+	p.served(t, "alice's message after the rejoin, after the fork", later)
+
+	// B fetches the state at bob's leave from A: the events built on the
+	// stretch get their full state, the stretch itself stays refused.
+	close(refetch)
+	for what, id := range refusedUntilRefetch {
+		eventually(t, "B to serve the state at "+what, func() bool {
+			ok, _, _ := p.servedNow(t, id)
+			return ok
+		})
+		p.served(t, what, id)
+	}
+	p.refused(t, "bob's message of the purged stretch, after the refetch", p.msg)
+	p.refused(t, "bob's leave of the purged stretch, after the refetch", p.leave)
+	p.served(t, "bob's new join, after the refetch", join.EventID)
+}
+
+// stretchFork is events of A built on bob's leave, of the stretch.
+type stretchFork struct {
+	onStretch, afterIt, merge gomatrixserverlib.PDU
+}
+
+// forkOnLeave has A store events built on bob's leave (onStretch, then
+// afterIt on it, and merge of the leave and later) and pushes them to B,
+// waiting until B holds them.
+func forkOnLeave(t *testing.T, p *partialStretch, later string) stretchFork {
+	t.Helper()
+	ctx := context.Background()
+	a, b, roomID, alice := p.a, p.b, string(p.roomID), string(p.alice.id())
+	leaveEv, _, err := b.HS.Rooms.FederationEvent(ctx, p.leave)
 	if err != nil {
 		t.Fatal(err)
 	}
-	onStretch := buildPDU(t, a, string(roomID), string(alice.id()), "m.room.message", nil,
-		map[string]string{"msgtype": "m.text", "body": "built on bob's leave"}, a.Name, a.HS.Key,
-		func(p *gomatrixserverlib.ProtoEvent) {
-			p.PrevEvents, p.Depth = []string{leave.EventID}, leaveEv.Depth+1
-		})
-	afterIt := buildPDU(t, a, string(roomID), string(alice.id()), "m.room.message", nil,
-		map[string]string{"msgtype": "m.text", "body": "built on that"}, a.Name, a.HS.Key,
-		func(p *gomatrixserverlib.ProtoEvent) {
-			p.PrevEvents, p.Depth = []string{onStretch.EventID()}, leaveEv.Depth+2
-		})
-	sendPDUs(t, n, b, a, "on-stretch-"+time.Now().Format("150405.000"), onStretch, afterIt)
-	for _, ev := range []gomatrixserverlib.PDU{onStretch, afterIt} {
-		eventually(t, "B to store "+ev.EventID(), func() bool { return hasEvent(b, string(bob.id()), ev.EventID()) })
+	laterEv, _, err := a.HS.Rooms.FederationEvent(ctx, later)
+	if err != nil {
+		t.Fatal(err)
 	}
-	refused("alice's event built on the stretch", onStretch.EventID())
-	refused("alice's event built on that one", afterIt.EventID())
-	// Bob's next event on B has them among its prev events.
-	next := bob.send(roomID, "after the fork").String()
-	refused("bob's event after the fork", next)
-	// What came before stays as it was.
-	served("bob's new join, after the fork", join.EventID)
-	served("alice's message after the rejoin, after the fork", later)
+	text := func(body string) map[string]string { return map[string]string{"msgtype": "m.text", "body": body} }
+	var f stretchFork
+	f.onStretch = buildPDU(t, a, roomID, alice, "m.room.message", nil, text("built on bob's leave"), a.Name, a.HS.Key,
+		func(pe *gomatrixserverlib.ProtoEvent) {
+			pe.PrevEvents, pe.Depth = []string{p.leave}, leaveEv.Depth+1
+		})
+	f.afterIt = buildPDU(t, a, roomID, alice, "m.room.message", nil, text("built on that"), a.Name, a.HS.Key,
+		func(pe *gomatrixserverlib.ProtoEvent) {
+			pe.PrevEvents, pe.Depth = []string{f.onStretch.EventID()}, leaveEv.Depth+2
+		})
+	f.merge = buildPDU(t, a, roomID, alice, "m.room.message", nil, text("a merge of bob's leave and now"), a.Name, a.HS.Key,
+		func(pe *gomatrixserverlib.ProtoEvent) {
+			pe.PrevEvents, pe.Depth = []string{p.leave, later}, max(leaveEv.Depth, laterEv.Depth)+1
+		})
+	pdus := []gomatrixserverlib.PDU{f.onStretch, f.afterIt, f.merge}
+	for _, ev := range pdus {
+		res, err := a.HS.Rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: string(ev.Version()), JSON: ev.JSON()})
+		if err != nil || res.Outcome != roomserver.Accepted {
+			t.Fatalf("A storing %s: %+v %v", ev.EventID(), res, err)
+		}
+	}
+	sendPDUs(t, p.n, b, a, "on-stretch-"+time.Now().Format("150405.000"), pdus...)
+	for _, ev := range pdus {
+		eventually(t, "B to store "+ev.EventID(), func() bool { return hasEvent(b, string(p.bob.id()), ev.EventID()) })
+	}
+	return f
 }

@@ -69,54 +69,9 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 	if err != nil {
 		return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid room ID")
 	}
-	total := len(req.AuthEvents)
-	for _, st := range req.PrevStates {
-		total += len(st)
-	}
-	if total > maxGapEvents {
-		return nil, mxerr.New(mxerr.TooLarge, "%d state and auth events, more than %d", total, maxGapEvents)
-	}
-	// Parse everything given.
-	given := map[string]gomatrixserverlib.PDU{}
-	add := func(raw json.RawMessage) (gomatrixserverlib.PDU, error) {
-		e, err := parse(raw)
-		if err != nil {
-			return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid state or auth event")
-		}
-		if e.RoomID().String() != roomID {
-			return nil, mxerr.New(mxerr.BadJSON, "event %s is in another room", e.EventID())
-		}
-		if err := CheckPDUFieldLimits(e); err != nil {
-			return nil, err
-		}
-		given[e.EventID()] = e
-		return e, nil
-	}
-	prevStates := make([]map[tuple]string, len(req.PrevStates))
-	for i, list := range req.PrevStates {
-		prevStates[i] = map[tuple]string{}
-		for _, raw := range list {
-			e, err := add(raw)
-			if err != nil {
-				return nil, err
-			}
-			if e.StateKey() == nil {
-				return nil, mxerr.New(mxerr.BadJSON, "state event %s has no state key", e.EventID())
-			}
-			k := tuple{e.Type(), *e.StateKey()}
-			if _, dup := prevStates[i][k]; dup {
-				return nil, mxerr.New(mxerr.BadJSON, "two state events for (%s, %s)", k.Type, k.StateKey)
-			}
-			prevStates[i][k] = e.EventID()
-		}
-		if _, ok := prevStates[i][tuple{"m.room.create", ""}]; !ok {
-			return nil, mxerr.New(mxerr.BadJSON, "a given state has no create event")
-		}
-	}
-	for _, raw := range req.AuthEvents {
-		if _, err := add(raw); err != nil {
-			return nil, err
-		}
+	given, prevStates, err := parseGivenStates(impl, roomID, req.PrevStates, req.AuthEvents)
+	if err != nil {
+		return nil, err
 	}
 
 	unlock := s.lockRoom(roomID)
@@ -145,13 +100,9 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		// The state sets: the given ones, and ours after each held prev.
 		var sets []stateMap
 		for _, st := range prevStates {
-			m := stateMap{}
-			for k, id := range st {
-				nid, ok := nids[id]
-				if !ok {
-					return mxerr.New(mxerr.Forbidden, "state event %s was rejected", id)
-				}
-				m[k] = nid
+			m, err := givenStateMap(st, nids)
+			if err != nil {
+				return err
 			}
 			sets = append(sets, m)
 		}
@@ -203,6 +154,76 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		resp.StreamPos = p.row.NID
 	}
 	return resp, nil
+}
+
+// parseGivenStates parses states another server gave (each a whole room
+// state: one create event, one event per state key) and further auth
+// events, all of roomID, into the events by ID and each state by key.
+// The events are only parsed: storeGapOutliers checks them.
+func parseGivenStates(impl gomatrixserverlib.IRoomVersion, roomID string, states [][]json.RawMessage, authEvents []json.RawMessage) (map[string]gomatrixserverlib.PDU, []map[tuple]string, error) {
+	total := len(authEvents)
+	for _, st := range states {
+		total += len(st)
+	}
+	if total > maxGapEvents {
+		return nil, nil, mxerr.New(mxerr.TooLarge, "%d state and auth events, more than %d", total, maxGapEvents)
+	}
+	given := map[string]gomatrixserverlib.PDU{}
+	add := func(raw json.RawMessage) (gomatrixserverlib.PDU, error) {
+		e, err := NewUntrustedPDU(impl, raw)
+		if err != nil {
+			return nil, mxerr.Wrap(err, mxerr.BadJSON, "invalid state or auth event")
+		}
+		if e.RoomID().String() != roomID {
+			return nil, mxerr.New(mxerr.BadJSON, "event %s is in another room", e.EventID())
+		}
+		if err := CheckPDUFieldLimits(e); err != nil {
+			return nil, err
+		}
+		given[e.EventID()] = e
+		return e, nil
+	}
+	sets := make([]map[tuple]string, len(states))
+	for i, list := range states {
+		sets[i] = map[tuple]string{}
+		for _, raw := range list {
+			e, err := add(raw)
+			if err != nil {
+				return nil, nil, err
+			}
+			if e.StateKey() == nil {
+				return nil, nil, mxerr.New(mxerr.BadJSON, "state event %s has no state key", e.EventID())
+			}
+			k := tuple{e.Type(), *e.StateKey()}
+			if _, dup := sets[i][k]; dup {
+				return nil, nil, mxerr.New(mxerr.BadJSON, "two state events for (%s, %s)", k.Type, k.StateKey)
+			}
+			sets[i][k] = e.EventID()
+		}
+		if _, ok := sets[i][tuple{"m.room.create", ""}]; !ok {
+			return nil, nil, mxerr.New(mxerr.BadJSON, "a given state has no create event")
+		}
+	}
+	for _, raw := range authEvents {
+		if _, err := add(raw); err != nil {
+			return nil, nil, err
+		}
+	}
+	return given, sets, nil
+}
+
+// givenStateMap is a given state (by event ID) as NIDs of the events
+// storeGapOutliers kept; an event it refused makes the state refused.
+func givenStateMap(st map[tuple]string, nids map[string]int64) (stateMap, error) {
+	m := stateMap{}
+	for k, id := range st {
+		nid, ok := nids[id]
+		if !ok {
+			return nil, mxerr.New(mxerr.Forbidden, "state event %s was rejected", id)
+		}
+		m[k] = nid
+	}
+	return m, nil
 }
 
 // storeGapOutliers stores the given events not held as outliers, each

@@ -352,7 +352,7 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 			// The earlier partial-state join's events keep their
 			// partial state: no replay will reach them.
 			through := p.row.NID - 1
-			if err := keepPartialStretch(ctx, tx, roomID, &through); err != nil {
+			if err := s.keepPartialStretch(ctx, tx, roomID, &through); err != nil {
 				return err
 			}
 		}

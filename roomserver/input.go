@@ -411,7 +411,7 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 		}
 	}
 	if !p.stateGiven {
-		if err := markAfterPartialStretch(ctx, tx, room.RoomID, p.pdu.PrevEventIDs(), row.NID); err != nil {
+		if err := s.markAfterPartialStretch(ctx, tx, room.RoomID, p.pdu.PrevEventIDs(), row.NID); err != nil {
 			return err
 		}
 	}

@@ -32,7 +32,9 @@ package roomserver
 // stretch too, closed at once (ImportJoinedRoom). An event stored after
 // a stretch was closed whose state derives from it (one of its prev
 // events lies in a stretch) is recorded as a stretch of its own
-// (markAfterPartialStretch), and so on down the DAG. Another server's GET
+// (markAfterPartialStretch), and so on down the DAG, until its state is
+// completed from the state at those prev events fetched again from a
+// server in the room (partial_state_refetch.go). Another server's GET
 // /state and /state_ids at an event of a stretch are refused as they
 // were while the room was partial (MSC3706: a server must not answer
 // partial state as if it were the full state), and while a stretch is
@@ -106,7 +108,7 @@ func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrou
 		// The events from the partial-state join on keep their partial
 		// state: remember them (and the servers the record named) so
 		// that reads of that state stay refused (StateForServer).
-		if err := keepPartialStretch(ctx, tx, roomID, nil); err != nil {
+		if err := s.keepPartialStretch(ctx, tx, roomID, nil); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_partial_state_rooms WHERE room_id = $1`, roomID); err != nil {
@@ -164,7 +166,8 @@ func leftPartialServer(ctx context.Context, q storage.Querier, roomID, server st
 // state without a replay (the record moves to a later partial join that
 // does not follow our timeline, or a rejoin answered with the full state
 // clears it: ImportJoinedRoom). Those events keep their partial state.
-func keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through *int64) error {
+func (s *Server) keepPartialStretch(ctx context.Context, tx storage.Tx, roomID string, through *int64) error {
+	s.stretches.added(roomID) // before the commit: see stretchCache
 	_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
 		SELECT p.room_id, e.event_nid, $2, p.servers FROM roomserver_partial_state_rooms p
 		JOIN roomserver_events e ON e.event_id = p.join_event_id WHERE p.room_id = $1
@@ -189,18 +192,19 @@ func closePartialStateLeft(ctx context.Context, tx storage.Tx, roomID string) er
 // lies in a stretch: its state then derives from a partial state too,
 // wholly or in part (state resolution with a state that lacks members
 // need not give the room's state), so GET /state and /state_ids at it
-// are refused like at the stretch's events. That happens after a
-// rejoin closed a stretch: an event of another server, or ours built on
-// one, whose prev events are events of the stretch. Events whose prev
-// events follow the rejoin take the state the rejoin imported and are
-// served. Spec: MSC3706 (no partial state answered as the full state).
-func markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, prevIDs []string, nid int64) error {
+// are refused like at the stretch's events, until the event's state is
+// completed (it is queued for that: partial_state_refetch.go). That
+// happens after a rejoin closed a stretch: an event of another server,
+// or ours built on one, whose prev events are events of the stretch.
+// Events whose prev events follow the rejoin take the state the rejoin
+// imported and are served. Whether the room has stretches at all is
+// known without a query for nearly every event (stretch_cache.go).
+// Spec: MSC3706 (no partial state answered as the full state).
+func (s *Server) markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, prevIDs []string, nid int64) error {
 	if len(prevIDs) == 0 {
 		return nil
 	}
-	var stretches int
-	if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_partial_state_left WHERE room_id = $1`,
-		roomID).Scan(&stretches); err != nil || stretches == 0 {
+	if has, err := s.roomHasStretches(ctx, tx, roomID); err != nil || !has {
 		return err
 	}
 	if covered, err := partialStateLeftAt(ctx, tx, roomID, nid); err != nil || covered {
@@ -220,9 +224,14 @@ func markAfterPartialStretch(ctx context.Context, tx storage.Tx, roomID string, 
 			return err
 		}
 		if partial {
-			_, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
-				VALUES ($1, $2, $2, '[]') ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, nid)
-			return err
+			if _, err := tx.Exec(ctx, `INSERT INTO roomserver_partial_state_left (room_id, from_nid, through_nid, servers)
+				VALUES ($1, $2, $2, '[]') ON CONFLICT (room_id, from_nid) DO NOTHING`, roomID, nid); err != nil {
+				return err
+			}
+			// The state at the prev events in a stretch is fetched
+			// again in the background (partial_state_refetch.go), never
+			// on this path.
+			return s.queueStretchRefetch(ctx, tx, roomID, nid)
 		}
 	}
 	return nil

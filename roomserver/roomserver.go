@@ -83,6 +83,9 @@ type Server struct {
 	backfiller Backfiller // federation_backfill.go; set before serving
 
 	partial partialWaiters // partial_state.go
+	// stretches knows which rooms have stretches of partial state
+	// (stretch_cache.go).
+	stretches *stretchCache
 
 	// afterOutboundRead, if set (tests only), runs in LocalEventsAfter
 	// between its read of the events and its reads of their servers, so
@@ -176,6 +179,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		snapKeys:   newSnapshotKeyCache(4096),
 		versions:   newVersionCache(65536),
 		snapHV:     newSnapshotHVCache(65536),
+		stretches:  newStretchCache(),
 	}, nil
 }
 
