@@ -120,6 +120,13 @@ type Server struct {
 	// decline: server-server-api, "PUT /_matrix/federation/v2/send_join").
 	fullStateJoins atomic.Bool
 
+	// Kept pushed PDUs (gap_pending.go): pendingWake wakes the retry
+	// loop; pendingRooms (guarded by pendingMu) are the rooms whose kept
+	// PDUs it checks before their time.
+	pendingWake  chan struct{}
+	pendingMu    sync.Mutex
+	pendingRooms map[string]bool
+
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -181,6 +188,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		checkInvite: deps.CheckInvite,
 		log:         deps.Logger,
 		now:         deps.Now,
+		pendingWake: make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -210,6 +218,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 			s.sender.run(bg)
 		}()
 		s.startResyncs(bg)
+		s.startPendingRetries(bg)
 	}
 	return s, nil
 }
