@@ -157,7 +157,9 @@ func TestGapFilledByAnotherServer(t *testing.T) {
 		// signed by the origin, so it does not count (no trust in the
 		// relaying server), and the PDU is kept, not accepted.
 		forged := buildPDU(t, g.a, g.roomID, origin.user, "m.room.message", nil, map[string]string{"body": "forged"}, other.name, other.key,
-			func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents, pe.Depth = hidden.PrevEventIDs(), hidden.Depth() })
+			func(pe *gomatrixserverlib.ProtoEvent) {
+				pe.PrevEvents, pe.Depth = hidden.PrevEventIDs(), hidden.Depth()
+			})
 		var forgedJSON map[string]any
 		_ = json.Unmarshal(forged.JSON(), &forgedJSON)
 		var hiddenJSON map[string]any
@@ -172,7 +174,9 @@ func TestGapFilledByAnotherServer(t *testing.T) {
 		}
 
 		tip2 := buildPDU(t, g.a, g.roomID, origin.user, "m.room.message", nil, map[string]string{"body": "after a, again"}, origin.name, origin.key,
-			func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents, pe.Depth = []string{tip.EventID()}, tip.Depth()+1 })
+			func(pe *gomatrixserverlib.ProtoEvent) {
+				pe.PrevEvents, pe.Depth = []string{tip.EventID()}, tip.Depth()+1
+			})
 		other.gme.set(false, hidden.JSON(), tip.JSON())
 		res := g.send(t, origin, tip2)
 		if res[tip2.EventID()] != "" {
@@ -267,7 +271,9 @@ func TestGapKeptPDUInputByLaterEvent(t *testing.T) {
 		}
 		// other's next event follows hidden, which other now serves.
 		later := buildPDU(t, g.a, g.roomID, other.user, "m.room.message", nil, map[string]string{"body": "later"}, other.name, other.key,
-			func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents, pe.Depth = []string{hidden.EventID()}, hidden.Depth()+1 })
+			func(pe *gomatrixserverlib.ProtoEvent) {
+				pe.PrevEvents, pe.Depth = []string{hidden.EventID()}, hidden.Depth()+1
+			})
 		other.gme.set(false, hidden.JSON())
 		if res := g.send(t, other, later); res[later.EventID()] != "" {
 			t.Fatalf("later event: %q", res[later.EventID()])
