@@ -78,3 +78,25 @@ func (s *Server) HoldStretchRefetches(release <-chan struct{}, after func(eventI
 		servers: servers,
 	})
 }
+
+// SetPendingLimits replaces, for every server of this process until the
+// test ends, the bounds of the kept pushed PDUs (per origin, per room,
+// in total) and their retry backoff.
+func SetPendingLimits(t interface{ Cleanup(func()) }, perOrigin, perRoom, total int, minBackoff, maxBackoff time.Duration) {
+	pendingOverride.Store(&pendingLimits{perOrigin: perOrigin, perRoom: perRoom, total: total, minBackoff: minBackoff, maxBackoff: maxBackoff})
+	t.Cleanup(func() { pendingOverride.Store(nil) })
+}
+
+// PendingPDUs lists the event IDs of the pushed PDUs s keeps for a retry
+// of their gap, per origin.
+func (s *Server) PendingPDUs(ctx context.Context) (map[string][]string, error) {
+	rows, err := s.queryPending(ctx, `SELECT `+pendingColumns+` FROM federation_pending_pdus ORDER BY received_ts, event_id`)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, r := range rows {
+		out[r.origin] = append(out[r.origin], r.eventID)
+	}
+	return out, nil
+}

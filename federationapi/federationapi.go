@@ -123,6 +123,13 @@ type Server struct {
 	// worker (partial_state_refetch.go).
 	refetchHooks atomic.Pointer[stretchRefetchHooks]
 
+	// Kept pushed PDUs (gap_pending.go): pendingWake wakes the retry
+	// loop; pendingRooms (guarded by pendingMu) are the rooms whose kept
+	// PDUs it checks before their time.
+	pendingWake  chan struct{}
+	pendingMu    sync.Mutex
+	pendingRooms map[string]bool
+
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -184,6 +191,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		checkInvite: deps.CheckInvite,
 		log:         deps.Logger,
 		now:         deps.Now,
+		pendingWake: make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -214,6 +222,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		}()
 		s.startResyncs(bg)
 		s.startStretchRefetch(bg)
+		s.startPendingRetries(bg)
 	}
 	return s, nil
 }

@@ -220,13 +220,16 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 	if err := s.checkACL(ctx, roomID, origin); err != nil {
 		return eventID, err
 	}
-	newServer := s.serverJoiningBy(ctx, p)
-	resp, err := s.input(ctx, p)
-	if mxerr.Is(err, mxerr.NotFound) {
-		resp, err = s.inputConnecting(ctx, origin, p, pushed)
+	resp, err := s.inputPushed(ctx, origin, p)
+	var unanswered *gapUnanswered
+	if errors.As(err, &unanswered) {
+		// Nobody could fill the gap now: keep the PDU and retry in the
+		// background (gap_pending.go). The /send answer still has an
+		// error for it: it is not processed yet.
+		return eventID, s.keepPending(ctx, origin, p, err)
 	}
-	if err == nil && resp.Outcome == roomserver.Accepted && newServer != "" {
-		s.catchUpJoinedServer(ctx, roomID, newServer)
+	if err == nil {
+		s.recheckPending(ctx, roomID)
 	}
 	var gone *unobtainableGap
 	if errors.As(err, &gone) {
@@ -252,6 +255,21 @@ func (s *Server) processPDU(ctx context.Context, origin string, raw json.RawMess
 		s.log.Debug("inbound PDU rejected", "origin", origin, "event_id", eventID, "reason", resp.Reason)
 	}
 	return eventID, nil
+}
+
+// inputPushed inputs p, pushed to us by origin, connecting it to the
+// room if its prev or auth events are unknown; a server whose first join
+// it is gets caught up.
+func (s *Server) inputPushed(ctx context.Context, origin string, p *parsedPDU) (*roomserver.InputEventResponse, error) {
+	newServer := s.serverJoiningBy(ctx, p)
+	resp, err := s.input(ctx, p)
+	if mxerr.Is(err, mxerr.NotFound) {
+		resp, err = s.inputConnecting(ctx, origin, p, pushed)
+	}
+	if err == nil && resp.Outcome == roomserver.Accepted && newServer != "" {
+		s.catchUpJoinedServer(ctx, p.pdu.RoomID().String(), newServer)
+	}
+	return resp, err
 }
 
 // arrival is how an event whose prev events are unknown reached this
@@ -304,19 +322,33 @@ func (s *Server) inputConnecting(ctx context.Context, origin string, p *parsedPD
 	if err != nil {
 		return nil, err
 	}
+	answeredBy := origin
 	if len(missing) > 0 && how != pulled {
 		// Unknown prev events: fetch what lies between our forward
 		// extremities and this event, then look again.
-		if ferr := s.fetchMissing(ctx, origin, p, how == pushed); ferr != nil {
+		by, ferr := s.fetchMissing(ctx, origin, p, how == pushed)
+		if ferr != nil {
 			var gone *unobtainableGap
+			var unanswered *gapUnanswered
 			if errors.As(ferr, &gone) {
 				return nil, ferr // p follows an event whose gap cannot be filled
 			}
+			if errors.As(ferr, &unanswered) {
+				return nil, fmt.Errorf("prev events %v of %s are unknown: %w", missing, p.pdu.EventID(), ferr)
+			}
 			return nil, fmt.Errorf("prev events %v of %s are unknown; fetching missing events: %v", missing, p.pdu.EventID(), ferr)
 		}
+		answeredBy = by
 		if missing, err = s.rooms.UnconnectedEvents(ctx, p.pdu.PrevEventIDs()); err != nil {
 			return nil, err
 		}
+	}
+	if len(missing) > 0 && how == pushed && answeredBy != origin {
+		// The origin did not answer; the server that did may not hold
+		// the origin's newest events yet. Not a refusal by the origin:
+		// the PDU is kept and the origin asked again later.
+		return nil, fmt.Errorf("prev events %v of %s are unknown: %w", missing, p.pdu.EventID(),
+			&gapUnanswered{asked: []string{origin, answeredBy}, err: fmt.Errorf("%s answered without reaching them", answeredBy)})
 	}
 	if len(missing) > 0 && how == pushed {
 		return nil, mxerr.New(mxerr.Forbidden, "prev events %v of %s cannot be had from %s (get_missing_events did not reach them)",
@@ -343,8 +375,11 @@ func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEven
 
 // fetchMissing asks origin for the events between our forward
 // extremities and p (POST /get_missing_events) and inputs them oldest
-// first. If the gap before one of them cannot be filled (unobtainable),
-// it returns that *unobtainableGap: p follows it.
+// first; if origin does not answer, a few of the room's other servers are
+// asked the same (askMissingEvents), and answeredBy is the server that
+// answered. If none answers, it returns a *gapUnanswered. If the gap
+// before one of the events cannot be filled (unobtainable), it returns
+// that *unobtainableGap: p follows it.
 //
 // catchUp (p was pushed): a server whose first join reaches this server
 // among those events is caught up (catchUpJoinedServer), as for a join
@@ -355,14 +390,11 @@ func (s *Server) input(ctx context.Context, p *parsedPDU) (*roomserver.InputEven
 // arrives; the relay's copy, a duplicate by then, no longer shows a new
 // server (TestJoinPulledByMissingEventsCatchesUpJoinedServer).
 // Spec: server-server-api, "Retrieving events" (get_missing_events).
-func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, catchUp bool) error {
+func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, catchUp bool) (answeredBy string, _ error) {
 	roomID := p.pdu.RoomID().String()
 	earliest, err := s.rooms.Extremities(ctx, roomID)
 	if err != nil {
-		return err
-	}
-	var resp struct {
-		Events []json.RawMessage `json:"events"`
+		return "", err
 	}
 	body := map[string]any{
 		"earliest_events": earliest,
@@ -370,14 +402,21 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, 
 		"limit":           maxMissingEvents,
 		"min_depth":       0,
 	}
-	if err := s.client.signed(ctx, origin, http.MethodPost, "/_matrix/federation/v1/get_missing_events/"+pathEscape(roomID), body, &resp); err != nil {
-		return err
+	events, answeredBy, err := s.askMissingEvents(ctx, origin, roomID, body)
+	if err != nil {
+		return "", err
 	}
-	if len(resp.Events) > maxMissingEvents {
-		resp.Events = resp.Events[:maxMissingEvents]
+	// Events another server gave are checked as the origin's are: each
+	// signed by its sender's server, its hash, then the auth rules
+	// (checkPDU, input); the server that relays them vouches for nothing.
+	// The state at the oldest of them, if its prev events are unknown
+	// too, comes from the server that answered (pulled, gap.go).
+	origin = answeredBy
+	if len(events) > maxMissingEvents {
+		events = events[:maxMissingEvents]
 	}
 	var parsed []*parsedPDU
-	for _, raw := range resp.Events {
+	for _, raw := range events {
 		mp, _, err := s.checkPDU(ctx, raw, roomID)
 		if err != nil {
 			continue
@@ -388,7 +427,7 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, 
 	if catchUp && len(parsed) > 0 {
 		before, err := s.rooms.JoinedServers(ctx, roomID)
 		if err != nil {
-			return err
+			return "", err
 		}
 		defer s.catchUpServersJoinedSince(ctx, roomID, before)
 	}
@@ -416,7 +455,7 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, 
 		if errors.As(err, &gone) {
 			// What follows it, p included, cannot be authorised either;
 			// asking for the state at a later event would not help.
-			return fmt.Errorf("%s follows it: %w", p.pdu.EventID(), err)
+			return "", fmt.Errorf("%s follows it: %w", p.pdu.EventID(), err)
 		}
 		if err != nil {
 			s.log.Debug("missing event not accepted", "event_id", mp.pdu.EventID(), "err", err)
@@ -424,7 +463,7 @@ func (s *Server) fetchMissing(ctx context.Context, origin string, p *parsedPDU, 
 			s.log.Debug("missing event rejected", "event_id", mp.pdu.EventID(), "reason", resp.Reason)
 		}
 	}
-	return nil
+	return answeredBy, nil
 }
 
 // catchUpServersJoinedSince catches up (catchUpJoinedServer) each
