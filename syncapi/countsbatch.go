@@ -3,7 +3,6 @@ package syncapi
 import (
 	"context"
 	"errors"
-	"sync"
 )
 
 // countsBatcher shares the unread counts reads of long polls woken
@@ -23,81 +22,64 @@ import (
 // user's rows and rooms only). The group's read waits for the largest
 // receipt position of its members (each member's own is then met).
 //
-// Concurrency: guarded by mu; a group's fields are set before its done
-// is closed and never written after.
+// The grouping is groupedReads': one group at a time for all users.
 type countsBatcher struct {
-	push PushBatch
-	mu   sync.Mutex
-	// running: a group's read is under way; guarded by mu.
-	running bool
-	// next collects the requests that wait for the running read to end;
-	// guarded by mu.
-	next *countsGroup
+	push  PushBatch
+	reads groupedReads[struct{}, countsQueries, countsAnswer]
 }
 
-// countsGroup is the requests one read answers.
-type countsGroup struct {
+// countsQueries is the requests one read answers.
+type countsQueries struct {
 	queries    []UnreadQuery
 	receiptPos int64
-	done       chan struct{} // closed once out, counted and err are set
-	out        []map[string]RoomUnread
-	counted    int64
-	err        error
+}
+
+// countsAnswer is one read's answer: one map per query, in order.
+type countsAnswer struct {
+	out     []map[string]RoomUnread
+	counted int64
 }
 
 // unreadCounts is Push.UnreadCounts(ctx, userID, roomIDs, 0, receiptPos),
 // read together with the requests that ask at the same time.
 func (c *countsBatcher) unreadCounts(ctx context.Context, userID string, roomIDs []string, receiptPos int64) (map[string]RoomUnread, int64, error) {
-	c.mu.Lock()
-	var g *countsGroup
-	lead := !c.running
+	q := UnreadQuery{UserID: userID, RoomIDs: roomIDs}
+	var i int
+	g, lead := c.reads.join(struct{}{}, func(g *countsQueries) bool {
+		i = len(g.queries)
+		g.queries = append(g.queries, q)
+		g.receiptPos = max(g.receiptPos, receiptPos)
+		return true
+	})
 	if lead {
 		// Nothing is being read: this request reads at once, alone.
-		c.running = true
-		g = &countsGroup{done: make(chan struct{})}
-	} else {
-		if c.next == nil {
-			c.next = &countsGroup{done: make(chan struct{})}
-		}
-		g = c.next
-	}
-	i := len(g.queries)
-	g.queries = append(g.queries, UnreadQuery{UserID: userID, RoomIDs: roomIDs})
-	g.receiptPos = max(g.receiptPos, receiptPos)
-	c.mu.Unlock()
-	if lead {
 		// The read outlives this request if it ends: others may join
 		// the groups read after it.
-		c.read(context.WithoutCancel(ctx), g)
+		ctx = context.WithoutCancel(ctx)
+		a, err := c.read(ctx, struct{}{}, &countsQueries{queries: []UnreadQuery{q}, receiptPos: receiptPos})
+		c.reads.finish(ctx, struct{}{}, c.read)
+		if err != nil {
+			return nil, 0, err
+		}
+		return a.out[0], a.counted, nil
 	}
-	select {
-	case <-g.done:
-	case <-ctx.Done():
-		return nil, 0, ctx.Err()
+	a, err := c.reads.wait(ctx, g)
+	if err != nil {
+		return nil, 0, err
 	}
-	if g.err != nil {
-		return nil, 0, g.err
-	}
-	return g.out[i], g.counted, nil
+	return a.out[i], a.counted, nil
 }
 
-// read answers g, then starts the read of the group that collected
-// meanwhile, if any, on its own goroutine (so g's members are not kept
-// waiting for it).
-func (c *countsBatcher) read(ctx context.Context, g *countsGroup) {
-	g.out, g.counted, g.err = c.push.UnreadCountsOfUsers(ctx, g.queries, g.receiptPos)
-	if g.err == nil && len(g.out) != len(g.queries) {
-		g.err = errCountsAnswer
+// read answers the queries of a group.
+func (c *countsBatcher) read(ctx context.Context, _ struct{}, g *countsQueries) (countsAnswer, error) {
+	out, counted, err := c.push.UnreadCountsOfUsers(ctx, g.queries, g.receiptPos)
+	if err == nil && len(out) != len(g.queries) {
+		err = errCountsAnswer
 	}
-	close(g.done)
-	c.mu.Lock()
-	next := c.next
-	c.next = nil
-	c.running = next != nil
-	c.mu.Unlock()
-	if next != nil {
-		go c.read(ctx, next)
+	if err != nil {
+		return countsAnswer{}, err
 	}
+	return countsAnswer{out: out, counted: counted}, nil
 }
 
 // errCountsAnswer: a PushBatch answered a different number of queries

@@ -74,9 +74,11 @@ func TestCountsBatcher(t *testing.T) {
 		later = append(later, ask(context.Background(), u, rooms...))
 	}
 	waitFor(t, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.next != nil && len(c.next.queries) == 5
+		var ok bool
+		c.reads.inspect(struct{}{}, func(_ bool, next *countsQueries) {
+			ok = next != nil && len(next.queries) == 5
+		})
+		return ok
 	})
 	cancelLead() // the first request ends; the reads go on
 	push.release <- struct{}{}
@@ -105,9 +107,10 @@ func TestCountsBatcher(t *testing.T) {
 		t.Fatalf("reads: %v", push.reads)
 	}
 	// Nothing runs now: the next request reads at once.
-	c.mu.Lock()
-	idle := !c.running && c.next == nil
-	c.mu.Unlock()
+	var idle bool
+	c.reads.inspect(struct{}{}, func(running bool, next *countsQueries) {
+		idle = !running && next == nil
+	})
 	if !idle {
 		t.Fatal("batcher still busy after the last read")
 	}

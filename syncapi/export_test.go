@@ -91,36 +91,49 @@ func (s *Server) SplitTimelines(n int) { s.timelineSplit = n }
 // read each. waiting reports how many requests have queued for each.
 func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCounts int), release func()) {
 	c, k := s.memberReads, s.keyCounts
-	c.mu.Lock()
-	c.byRoom[roomID] = &memberRoom{}
-	c.mu.Unlock()
-	k.mu.Lock()
-	k.running = true
-	k.mu.Unlock()
+	c.reads.hold(roomID)
+	k.reads.hold(struct{}{})
 	waiting = func() (int, int) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		k.mu.Lock()
-		defer k.mu.Unlock()
 		var m, n int
-		if g := c.byRoom[roomID].next; g != nil {
-			m = len(g.keys)
-		}
-		if k.next != nil {
-			n = len(k.next.devices)
-		}
+		c.reads.inspect(roomID, func(_ bool, next *memberKeys) {
+			if next != nil {
+				m = len(next.keys)
+			}
+		})
+		k.reads.inspect(struct{}{}, func(_ bool, next *[]DeviceRef) {
+			if next != nil {
+				n = len(*next)
+			}
+		})
 		return m, n
 	}
 	release = func() {
-		c.finish(context.Background(), roomID)
-		k.mu.Lock()
-		next := k.next
-		k.next = nil
-		k.running = next != nil
-		k.mu.Unlock()
-		if next != nil {
-			go k.read(context.Background(), next)
-		}
+		c.reads.finish(context.Background(), roomID, c.read)
+		k.reads.finish(context.Background(), struct{}{}, k.read)
 	}
 	return waiting, release
+}
+
+// hold makes key's requests queue as if a read of key were under way,
+// until finish.
+func (r *groupedReads[K, G, A]) hold(key K) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byKey == nil {
+		r.byKey = map[K]*readGroup[G, A]{}
+	}
+	r.byKey[key] = nil
+}
+
+// inspect calls f, under r's lock, with whether a read of key is under
+// way and the queries of the group waiting behind it (nil if none).
+func (r *groupedReads[K, G, A]) inspect(key K, f func(running bool, next *G)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	g, running := r.byKey[key]
+	if g == nil {
+		f(running, nil)
+		return
+	}
+	f(running, &g.q)
 }

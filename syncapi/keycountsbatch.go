@@ -3,7 +3,6 @@ package syncapi
 import (
 	"context"
 	"errors"
-	"sync"
 )
 
 // keyCountsBatcher shares the key counts reads of /sync requests made
@@ -23,24 +22,10 @@ import (
 // request's own read would have been at that moment; E2EEBatch answers
 // each device as KeyCounts does (that device's keys only).
 //
-// Concurrency: guarded by mu; a group's fields are set before its done
-// is closed and never written after.
+// The grouping is groupedReads': one group at a time for all devices.
 type keyCountsBatcher struct {
-	e2ee E2EEBatch
-	mu   sync.Mutex
-	// running: a group's read is under way; guarded by mu.
-	running bool
-	// next collects the requests that wait for the running read to end;
-	// guarded by mu.
-	next *keyCountsGroup
-}
-
-// keyCountsGroup is the requests one read answers.
-type keyCountsGroup struct {
-	devices []DeviceRef
-	done    chan struct{} // closed once out and err are set
-	out     []DeviceKeyCounts
-	err     error
+	e2ee  E2EEBatch
+	reads groupedReads[struct{}, []DeviceRef, []DeviceKeyCounts]
 }
 
 // maxKeyCountsGroup bounds the devices of one grouped read; a request
@@ -51,70 +36,52 @@ const maxKeyCountsGroup = 500
 // with the requests that ask at the same time.
 func (c *keyCountsBatcher) keyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
 	dev := DeviceRef{UserID: userID, DeviceID: deviceID}
-	c.mu.Lock()
-	var g *keyCountsGroup
-	lead := !c.running
+	var i int
+	g, lead := c.reads.join(struct{}{}, func(g *[]DeviceRef) bool {
+		if len(*g) >= maxKeyCountsGroup {
+			return false
+		}
+		i = len(*g)
+		*g = append(*g, dev)
+		return true
+	})
 	if lead {
 		// Nothing is being read: this request reads at once, alone.
-		c.running = true
-		g = &keyCountsGroup{done: make(chan struct{})}
-	} else {
-		if c.next == nil {
-			c.next = &keyCountsGroup{done: make(chan struct{})}
-		}
-		g = c.next
-		if len(g.devices) >= maxKeyCountsGroup {
-			c.mu.Unlock()
-			return c.readAlone(ctx, dev)
-		}
-	}
-	i := len(g.devices)
-	g.devices = append(g.devices, dev)
-	c.mu.Unlock()
-	if lead {
 		// The read outlives this request if it ends: others may join
 		// the groups read after it.
-		c.read(context.WithoutCancel(ctx), g)
+		ctx = context.WithoutCancel(ctx)
+		out, err := c.read(ctx, struct{}{}, &[]DeviceRef{dev})
+		c.reads.finish(ctx, struct{}{}, c.read)
+		if err != nil {
+			return nil, nil, err
+		}
+		return out[0].OneTimeKeys, out[0].UnusedFallback, nil
 	}
-	select {
-	case <-g.done:
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+	if g == nil {
+		// The next group is full.
+		out, err := c.read(ctx, struct{}{}, &[]DeviceRef{dev})
+		if err != nil {
+			return nil, nil, err
+		}
+		return out[0].OneTimeKeys, out[0].UnusedFallback, nil
 	}
-	if g.err != nil {
-		return nil, nil, g.err
-	}
-	return g.out[i].OneTimeKeys, g.out[i].UnusedFallback, nil
-}
-
-func (c *keyCountsBatcher) readAlone(ctx context.Context, dev DeviceRef) (map[string]int, []string, error) {
-	out, err := c.e2ee.KeyCountsOfDevices(ctx, []DeviceRef{dev})
-	if err == nil && len(out) != 1 {
-		err = errKeyCountsAnswer
-	}
+	out, err := c.reads.wait(ctx, g)
 	if err != nil {
 		return nil, nil, err
 	}
-	return out[0].OneTimeKeys, out[0].UnusedFallback, nil
+	return out[i].OneTimeKeys, out[i].UnusedFallback, nil
 }
 
-// read answers g, then starts the read of the group that collected
-// meanwhile, if any, on its own goroutine (so g's members are not kept
-// waiting for it).
-func (c *keyCountsBatcher) read(ctx context.Context, g *keyCountsGroup) {
-	g.out, g.err = c.e2ee.KeyCountsOfDevices(ctx, g.devices)
-	if g.err == nil && len(g.out) != len(g.devices) {
-		g.err = errKeyCountsAnswer
+// read answers the devices of a group, one answer per device in order.
+func (c *keyCountsBatcher) read(ctx context.Context, _ struct{}, devices *[]DeviceRef) ([]DeviceKeyCounts, error) {
+	out, err := c.e2ee.KeyCountsOfDevices(ctx, *devices)
+	if err == nil && len(out) != len(*devices) {
+		err = errKeyCountsAnswer
 	}
-	close(g.done)
-	c.mu.Lock()
-	next := c.next
-	c.next = nil
-	c.running = next != nil
-	c.mu.Unlock()
-	if next != nil {
-		go c.read(ctx, next)
+	if err != nil {
+		return nil, err
 	}
+	return out, nil
 }
 
 // errKeyCountsAnswer: an E2EEBatch answered a different number of

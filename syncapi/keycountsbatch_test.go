@@ -69,9 +69,11 @@ func TestKeyCountsBatcher(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	dropped := ask(cancelled, "@u9:x", "D9")
 	waitFor(t, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.next != nil && len(c.next.devices) == 5
+		var ok bool
+		c.reads.inspect(struct{}{}, func(_ bool, next *[]DeviceRef) {
+			ok = next != nil && len(*next) == 5
+		})
+		return ok
 	})
 	cancel()
 	if a := <-dropped; a.err == nil {
@@ -97,9 +99,11 @@ func TestKeyCountsBatcher(t *testing.T) {
 	}
 	src.mu.Unlock()
 	waitFor(t, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return !c.running && c.next == nil
+		var idle bool
+		c.reads.inspect(struct{}{}, func(running bool, next *[]DeviceRef) {
+			idle = !running && next == nil
+		})
+		return idle
 	})
 	again := ask(context.Background(), "@u5:x", "D5")
 	if n := <-src.started; n != 3 {

@@ -2,7 +2,6 @@ package syncapi
 
 import (
 	"context"
-	"sync"
 
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -32,28 +31,16 @@ import (
 // The returned events are shared between requests: callers must not
 // modify them (no caller in this package does).
 //
-// Concurrency: guarded by mu; a group's fields are set before its done
-// is closed and never written after.
+// The grouping is groupedReads', by room.
 type memberBatcher struct {
 	rooms Rooms
-	mu    sync.Mutex
-	// byRoom holds the rooms with a read under way; guarded by mu.
-	byRoom map[string]*memberRoom
+	reads groupedReads[string, memberKeys, []*roomserver.Event]
 }
 
-// memberRoom is one room's read under way and the group collecting
-// behind it.
-type memberRoom struct {
-	next *memberGroup // nil until a request waits behind the running read
-}
-
-// memberGroup is the requests one read answers.
-type memberGroup struct {
+// memberKeys is the union of the state keys of a group's requests.
+type memberKeys struct {
 	keys   []string
 	wanted map[string]bool
-	done   chan struct{} // closed once out and err are set
-	out    []*roomserver.Event
-	err    error
 }
 
 // maxMemberGroupKeys bounds the state keys of one grouped read (one IN
@@ -61,7 +48,7 @@ type memberGroup struct {
 const maxMemberGroupKeys = 500
 
 func newMemberBatcher(rooms Rooms) *memberBatcher {
-	return &memberBatcher{rooms: rooms, byRoom: map[string]*memberRoom{}}
+	return &memberBatcher{rooms: rooms}
 }
 
 // members is Rooms.IndexedStateKeys(ctx, roomID, "m.room.member",
@@ -71,72 +58,48 @@ func (c *memberBatcher) members(ctx context.Context, roomID string, stateKeys []
 	if len(stateKeys) == 0 {
 		return nil, nil
 	}
-	c.mu.Lock()
-	r := c.byRoom[roomID]
-	if r == nil {
+	g, lead := c.reads.join(roomID, func(g *memberKeys) bool {
+		added := 0
+		for _, k := range stateKeys {
+			if !g.wanted[k] {
+				added++
+			}
+		}
+		if len(g.keys)+added > maxMemberGroupKeys {
+			return false
+		}
+		if g.wanted == nil {
+			g.wanted = map[string]bool{}
+		}
+		for _, k := range stateKeys {
+			if !g.wanted[k] {
+				g.wanted[k] = true
+				g.keys = append(g.keys, k)
+			}
+		}
+		return true
+	})
+	if lead {
 		// Nothing of this room is being read: this request reads at
 		// once, alone, and later ones queue behind it.
-		c.byRoom[roomID] = &memberRoom{}
-		c.mu.Unlock()
 		out, err := c.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", stateKeys)
-		c.finish(context.WithoutCancel(ctx), roomID)
+		c.reads.finish(context.WithoutCancel(ctx), roomID, c.read)
 		return out, err
 	}
-	g := r.next
 	if g == nil {
-		g = &memberGroup{wanted: map[string]bool{}, done: make(chan struct{})}
-		r.next = g
-	}
-	added := 0
-	for _, k := range stateKeys {
-		if !g.wanted[k] {
-			added++
-		}
-	}
-	if len(g.keys)+added > maxMemberGroupKeys {
-		c.mu.Unlock()
+		// The room's next group would pass the bound.
 		return c.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", stateKeys)
 	}
-	for _, k := range stateKeys {
-		if !g.wanted[k] {
-			g.wanted[k] = true
-			g.keys = append(g.keys, k)
-		}
+	all, err := c.reads.wait(ctx, g)
+	if err != nil {
+		return nil, err
 	}
-	c.mu.Unlock()
-	select {
-	case <-g.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if g.err != nil {
-		return nil, g.err
-	}
-	return membersOf(g.out, stateKeys), nil
+	return membersOf(all, stateKeys), nil
 }
 
-// finish ends the room's running read: the group that collected behind
-// it, if any, is read next, on its own goroutine (so that the finished
-// read's request is not kept waiting for it); else the room is idle.
-func (c *memberBatcher) finish(ctx context.Context, roomID string) {
-	c.mu.Lock()
-	r := c.byRoom[roomID]
-	g := r.next
-	r.next = nil
-	if g == nil {
-		delete(c.byRoom, roomID)
-	}
-	c.mu.Unlock()
-	if g != nil {
-		go c.read(ctx, roomID, g)
-	}
-}
-
-// read answers g, then lets the room's next group, if any, read.
-func (c *memberBatcher) read(ctx context.Context, roomID string, g *memberGroup) {
-	g.out, g.err = c.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", g.keys)
-	close(g.done)
-	c.finish(ctx, roomID)
+// read answers the state keys of a room's group.
+func (c *memberBatcher) read(ctx context.Context, roomID string, g *memberKeys) ([]*roomserver.Event, error) {
+	return c.rooms.IndexedStateKeys(ctx, roomID, "m.room.member", g.keys)
 }
 
 // membersOf keeps the events of all whose state key is one of keys, in

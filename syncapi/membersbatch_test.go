@@ -90,10 +90,11 @@ func TestMemberBatcher(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	dropped := ask(cancelled, "!a:x", "@s:x", "@u9:x")
 	waitFor(t, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		r := c.byRoom["!a:x"]
-		return r != nil && r.next != nil && len(r.next.keys) == 6
+		var ok bool
+		c.reads.inspect("!a:x", func(_ bool, next *memberKeys) {
+			ok = next != nil && len(next.keys) == 6
+		})
+		return ok
 	})
 	// Another room reads at once.
 	other := ask(context.Background(), "!b:x", "@s:x")
@@ -149,9 +150,9 @@ func TestMemberBatcher(t *testing.T) {
 		t.Errorf("the group read %v, want %v", keys, want)
 	}
 	waitFor(t, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return len(c.byRoom) == 0
+		c.reads.mu.Lock()
+		defer c.reads.mu.Unlock()
+		return len(c.reads.byKey) == 0
 	})
 	// Idle again: the next request reads at once, alone.
 	again := ask(context.Background(), "!a:x", "@u5:x")
