@@ -150,19 +150,7 @@ func TestOutlierPromotedBySend(t *testing.T) {
 func TestOutlierPromotionKeepsState(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		s, d := promotionRoom(t, db)
-		d.add("topic", bob, "m.room.topic", ptr(""), `{"topic":"from the gap"}`, "bob-join")
-		d.add("m3", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"after the topic"}`, "topic")
-		topic, m3 := d.byName["topic"].EventID(), d.byName["m3"].EventID()
-		var state []json.RawMessage
-		for _, e := range d.stateAfter["topic"] {
-			state = append(state, e.JSON())
-		}
-		r, err := s.InputWithState(ctx, InputWithStateRequest{RoomVersion: "10", JSON: d.byName["m3"].JSON(),
-			PrevStates: [][]json.RawMessage{state}})
-		if err != nil || r.Outcome != Accepted {
-			t.Fatalf("m3 with the gap's state: %+v, %v", r, err)
-		}
+		s, d, topic, m3 := topicOutlierRoom(t, db)
 		if _, err := s.Event(ctx, alice, topic); !mxerr.Is(err, mxerr.NotFound) {
 			t.Fatalf("outlier topic: %v, want M_NOT_FOUND", err)
 		}
@@ -352,4 +340,25 @@ func TestEventAfterOutlierIsUnconnected(t *testing.T) {
 			t.Fatalf("m2: %s %s", r.Outcome, r.Reason)
 		}
 	})
+}
+
+// topicOutlierRoom is promotionRoom with bob's topic known only as an
+// outlier of a gap's state: m3, built on it, was input with that state.
+func topicOutlierRoom(t *testing.T, db *storage.DB) (s *Server, d *dag, topic, m3 string) {
+	t.Helper()
+	ctx := context.Background()
+	s, d = promotionRoom(t, db)
+	d.add("topic", bob, "m.room.topic", ptr(""), `{"topic":"from the gap"}`, "bob-join")
+	d.add("m3", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"after the topic"}`, "topic")
+	topic, m3 = d.byName["topic"].EventID(), d.byName["m3"].EventID()
+	var state []json.RawMessage
+	for _, e := range d.stateAfter["topic"] {
+		state = append(state, e.JSON())
+	}
+	r, err := s.InputWithState(ctx, InputWithStateRequest{RoomVersion: "10", JSON: d.byName["m3"].JSON(),
+		PrevStates: [][]json.RawMessage{state}})
+	if err != nil || r.Outcome != Accepted {
+		t.Fatalf("m3 with the gap's state: %+v, %v", r, err)
+	}
+	return s, d, topic, m3
 }

@@ -166,22 +166,10 @@ func TestSnapshotReadIgnoresNewerCachedEvent(t *testing.T) {
 func TestSnapshotReadIgnoresNewerSnapshotKeys(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		s, d := promotionRoom(t, db)
-		d.add("topic", bob, "m.room.topic", ptr(""), `{"topic":"from the gap"}`, "bob-join")
-		d.add("m3", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"after the topic"}`, "topic")
-		topic, m3 := d.byName["topic"].EventID(), d.byName["m3"].EventID()
-		var state []json.RawMessage
-		for _, e := range d.stateAfter["topic"] {
-			state = append(state, e.JSON())
-		}
-		r, err := s.InputWithState(ctx, InputWithStateRequest{RoomVersion: "10", JSON: d.byName["m3"].JSON(),
-			PrevStates: [][]json.RawMessage{state}})
-		if err != nil || r.Outcome != Accepted {
-			t.Fatalf("m3 with the gap's state: %+v, %v", r, err)
-		}
+		s, d, topic, m3 := topicOutlierRoom(t, db)
 		k := tuple{"m.room.topic", ""}
 
-		err = s.read(ctx, func(q storage.Querier) error {
+		err := s.read(ctx, func(q storage.Querier) error {
 			var oldNID, before int64
 			if err := q.QueryRow(ctx, `SELECT event_nid FROM roomserver_events WHERE event_id = $1`, topic).Scan(&oldNID); err != nil {
 				return err
