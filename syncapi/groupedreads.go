@@ -60,8 +60,14 @@ func (r *groupedReads[K, G, A]) join(key K, add func(q *G) bool) (g *readGroup[G
 		return nil, true
 	}
 	if next == nil {
-		next = &readGroup[G, A]{done: make(chan struct{})}
-		r.byKey[key] = next
+		// The group is stored only once add has taken the request: a
+		// group refused by its first request would be read for nobody.
+		fresh := &readGroup[G, A]{done: make(chan struct{})}
+		if !add(&fresh.q) {
+			return nil, false
+		}
+		r.byKey[key] = fresh
+		return fresh, false
 	}
 	if !add(&next.q) {
 		return nil, false

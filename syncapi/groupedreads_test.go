@@ -288,3 +288,33 @@ func TestGroupedReads(t *testing.T) {
 		t.Fatal("no answer from the lead's failed read")
 	}
 }
+
+// TestGroupedReadsRefusedFirstJoinLeavesNoGroup: when the first request
+// to queue behind a running read is refused by the group (it would pass
+// the bound) and reads alone, no empty group is left behind to be read
+// for nobody once the running read ends.
+func TestGroupedReadsRefusedFirstJoinLeavesNoGroup(t *testing.T) {
+	bg := context.Background()
+	s := newGatedReads(0) // every join is refused
+
+	lead := s.askAsync(bg, "a", 0)
+	r1 := s.next(t)
+	alone := s.askAsync(bg, "a", 1)
+	r2 := s.next(t)
+	if r2.key != "a" || len(r2.qs) != 1 || r2.qs[0] != 1 {
+		t.Fatalf("the refused request's own read: %+v", r2)
+	}
+	if qs := s.waiting("a"); len(qs) != 0 {
+		t.Fatalf("queued behind the running read: %v", qs)
+	}
+	r2.release <- nil
+	wantAnswer(t, alone, fmt.Sprintf("read %d a 1", r2.n))
+	r1.release <- nil
+	wantAnswer(t, lead, fmt.Sprintf("read %d a 0", r1.n))
+	s.noRead(t)
+	var running bool
+	s.r.inspect("a", func(r bool, _ *[]int) { running = r })
+	if running {
+		t.Fatal("key a still marked running after its read ended")
+	}
+}
