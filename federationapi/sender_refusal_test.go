@@ -192,12 +192,29 @@ func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 			return pdus == 0 && edus == 0 && failures == 0
 		}
 
+		// queuedBehind waits until the event just sent is queued for f
+		// behind the held transaction: events reach the queue through
+		// the sender's fan-out, after the client's send has returned,
+		// and one queued after the release would go alone.
+		queuedBehind := func() {
+			t.Helper()
+			eventually(t, "the event to be queued behind the held transaction", func() bool {
+				var n int
+				if err := a.HS.DB.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM federation_queue_pdus
+					WHERE destination = $1 AND txn_id IS NULL`, f.name).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n > 0
+			})
+		}
+
 		// 1. A refused PDU batch: the must-deliver EDUs come through.
 		release := make(chan struct{})
 		arrived := refuseAfterHold("hold-1", "poison-1", "", release)
 		sendText(t, a, roomID, alice, "hold-1")
 		waitClosed(t, "the held transaction", arrived)
 		sendText(t, a, roomID, alice, "poison-1")
+		queuedBehind()
 		must := map[string]string{"m.direct_to_device": "todevice-1", "m.device_list_update": "devicelist-1",
 			"m.signing_key_update": "signingkey-1"}
 		for eduType, marker := range must {
@@ -229,6 +246,7 @@ func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
 		sendText(t, a, roomID, alice, "hold-2")
 		waitClosed(t, "the second held transaction", arrived)
 		sendText(t, a, roomID, alice, "poison-2")
+		queuedBehind()
 		queueEDU("m.direct_to_device", "todevice-2")
 		close(release)
 		eventually(t, "A to drop the refused EDU-only transaction", func() bool {
