@@ -20,6 +20,12 @@ func TestWakerHoldsManyForCounts(t *testing.T) {
 	n := notifier.New()
 	w := newWaker(&touchRooms{}, n, slog.Default())
 	w.holdCounts = true
+	// A hold far longer than holdMax (30 ms): the test's sleeps and the
+	// dispatch goroutine's start may each take tens of milliseconds on a
+	// loaded machine, and a 30 ms hold then ran out while the test slept
+	// (a loaded run: "a wake of many waiters was not held for the counts").
+	hold := 2 * time.Second
+	w.holdFor = hold
 	var many []*waiter // in !r1: odd positions
 	for i := 0; i < holdMinWaiters; i++ {
 		many = append(many, w.register("@l:test", []string{"!r1"}))
@@ -51,7 +57,7 @@ func TestWakerHoldsManyForCounts(t *testing.T) {
 	// Position 1 (!r1) wakes many: held until the counts reach 1.
 	n.Notify(roomserver.Stream, 1)
 	done := dispatched()
-	time.Sleep(holdMax / 3)
+	time.Sleep(hold / 10)
 	select {
 	case <-done:
 		t.Fatal("a wake of many waiters was not held for the counts")
@@ -74,21 +80,21 @@ func TestWakerHoldsManyForCounts(t *testing.T) {
 
 	// Position 2 (!r0) wakes one waiter: not held, counts or not.
 	n.Notify(roomserver.Stream, 2)
-	if took := <-dispatched(); took >= holdMax/2 || !signalled(few) {
+	if took := <-dispatched(); took >= hold/2 || !signalled(few) {
 		t.Fatalf("one waiter: woken %v after %v, want at once", false, took)
 	}
 
-	// Position 3 (!r1): the counts never come; woken after holdMax.
+	// Position 3 (!r1): the counts never come; woken after the hold.
 	n.Notify(roomserver.Stream, 3)
-	if took := <-dispatched(); took < holdMax || !all(many) {
-		t.Fatalf("counts that never come: the wake took %v (want at least %v) or missed waiters", took, holdMax)
+	if took := <-dispatched(); took < hold || !all(many) {
+		t.Fatalf("counts that never come: the wake took %v (want at least %v) or missed waiters", took, hold)
 	}
 
 	// Without a push consumer, no hold.
 	w.holdCounts = false
 	n.Notify(roomserver.Stream, 5) // 4 (!r0) and 5 (!r1, rejected)... 5%5 == 0
 	n.Notify(roomserver.Stream, 7) // 7 (!r1) wakes many
-	if took := <-dispatched(); took >= holdMax/2 || !all(many) {
+	if took := <-dispatched(); took >= hold/2 || !all(many) {
 		t.Fatalf("no push consumer: the wake took %v, want at once", took)
 	}
 }
