@@ -73,7 +73,18 @@ func TestCloseDrainsQueuedWrites(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- db.Close() }()
 	// Close is waiting for the writer; new writes are refused meanwhile.
-	time.Sleep(20 * time.Millisecond)
+	// Wait until Close has begun: a Write that came first would be
+	// queued behind the blocker, which is released only after it, and
+	// the test would hang until the go test timeout (a fixed 20 ms sleep
+	// left that to the scheduler).
+	deadline = time.Now().Add(10 * time.Second)
+	for !db.Closing() {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("Close did not begin")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err := db.Write(ctx, func(tx storage.Tx) error { return nil }); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("Write during Close = %v, want ErrClosed", err)
 	}

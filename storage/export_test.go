@@ -9,6 +9,16 @@ var RewriteForSQLite = rewriteForSQLite
 // QueuedWrites reports how many Write calls wait for the SQLite writer.
 func (db *DB) QueuedWrites() int { return len(db.queue) }
 
+// Closing reports whether Close has begun: from then on Write refuses.
+func (db *DB) Closing() bool {
+	select {
+	case <-db.closed:
+		return true
+	default:
+		return false
+	}
+}
+
 // SQLiteCacheKiB is the page cache size the SQLite writer is opened with.
 const SQLiteCacheKiB = sqliteCacheKiB
 
