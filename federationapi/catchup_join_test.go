@@ -50,6 +50,10 @@ func TestLateJoinCaughtUp(t *testing.T) {
 			t.Fatalf("carol joining again: %v", err)
 		}
 		hello := sendText(t, b, roomID, bob, "hello")
+		// B fans the hello out after the send has returned; once A has
+		// it, B sent it while it still knew nothing of carol's join (A's
+		// relay of it cannot reach B), so to A only.
+		eventually(t, "A to get bob's hello", func() bool { return hasEvent(a, alice, hello) })
 		cut(false, b)
 		eventually(t, "B to see carol's second join", func() bool {
 			m, _ := b.HS.Rooms.Membership(ctx, roomID, carol)

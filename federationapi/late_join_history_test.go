@@ -46,6 +46,12 @@ func TestLateKnownJoinerSeesEveryHello(t *testing.T) {
 		// B's listener also serves its clients: bob's hello is sent
 		// through its roomserver.
 		hellos[bob.id()] = sendText(t, b, string(room), string(bob.id()), "hello from "+string(bob.id()))
+		// B's sender fans the hello out after the send has returned; it
+		// must do so while B still knows nothing of carol's join (else
+		// it sends the hello to C directly and the test shows nothing).
+		// B's own requests still go out: once A has it, B has fanned it
+		// out, to A only.
+		eventually(t, "A to accept bob's hello", func() bool { return hasEvent(a, string(alice.id()), hellos[bob.id()]) })
 		cut(false, b)
 
 		// C gets bob's hello only once B has heard of carol's join.
