@@ -3,7 +3,8 @@ package federationapi_test
 import (
 	"context"
 	"testing"
-	"time"
+
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // TestThreeServersCatchUp: B and C join A's room; C is stopped while A
@@ -42,10 +43,24 @@ func TestThreeServersCatchUp(t *testing.T) {
 			sent = append(sent, sendText(t, a, roomID, alice, "while C is down"))
 		}
 		eventually(t, "B to get the messages", func() bool { return hasEvent(b, bob, sent[len(sent)-1]) })
-		time.Sleep(500 * time.Millisecond) // let A fail against C and back off
+		// A has failed against C (and backs off) before C is back.
+		eventually(t, "A to fail against C", func() bool { return destinationFailures(t, a, c.Name) > 0 })
 		c.restart()
 		for _, id := range sent {
 			eventually(t, "C to catch up on "+id, func() bool { return hasEvent(c, carol, id) })
 		}
 	})
+}
+
+// destinationFailures is s's count of failed transactions in a row to
+// destination.
+func destinationFailures(t testing.TB, s *fedServer, destination string) int {
+	t.Helper()
+	var failures int
+	err := s.HS.DB.Reader().QueryRow(context.Background(), `SELECT failures FROM federation_destinations WHERE server_name = $1`,
+		destination).Scan(&failures)
+	if err != nil && !storage.IsNoRows(err) {
+		t.Fatal(err)
+	}
+	return failures
 }

@@ -126,7 +126,7 @@ func TestThreeServerScenario(t *testing.T) {
 			alice.send(room, whileDown[i])
 		}
 		dave.await("the messages while C was down", func() bool { return dave.sawMessage(room, alice.id(), whileDown[4]) })
-		time.Sleep(500 * time.Millisecond) // A fails against C and backs off
+		eventually(t, "A to fail against C", func() bool { return destinationFailures(t, a, c.Name) > 0 })
 		c.restart()
 		erin.await("everything sent while C was down", func() bool {
 			for _, body := range whileDown {

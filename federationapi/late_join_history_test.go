@@ -11,7 +11,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/config"
-	"github.com/myelin-chat/myelin/storage"
 )
 
 // TestLateKnownJoinerSeesEveryHello is TestThreeServerScenario's hello
@@ -129,17 +128,4 @@ func TestJoinPulledByMissingEventsCatchesUpJoinedServer(t *testing.T) {
 			t.Fatal("A reached B again: B may have had carol's join from A, not through get_missing_events")
 		}
 	})
-}
-
-// destinationFailures is s's count of failed transactions in a row to
-// destination.
-func destinationFailures(t testing.TB, s *fedServer, destination string) int {
-	t.Helper()
-	var failures int
-	err := s.HS.DB.Reader().QueryRow(context.Background(), `SELECT failures FROM federation_destinations WHERE server_name = $1`,
-		destination).Scan(&failures)
-	if err != nil && !storage.IsNoRows(err) {
-		t.Fatal(err)
-	}
-	return failures
 }

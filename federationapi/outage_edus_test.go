@@ -47,7 +47,7 @@ func TestToDeviceAndDeviceListsAcrossOutage(t *testing.T) {
 		}
 		alice2 := a.login("alice")
 		alice2.uploadDeviceKeys()
-		time.Sleep(700 * time.Millisecond) // A tries B, fails and backs off
+		eventually(t, "A to try B and fail", func() bool { return destinationFailures(t, a, b.Name) > 0 })
 		b.restart()
 
 		eventually(t, "the to-device message in bob's inbox on B", func() bool {
