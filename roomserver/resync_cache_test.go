@@ -90,3 +90,66 @@ func TestResyncDropsAtCommit(t *testing.T) {
 		}
 	})
 }
+
+// TestSplitModeTimelineSeesAcceptedAgain: process B has cached a message
+// its room rejected (carol, not a member, sent it); process A's
+// partial-state resync then accepts it, keeping its state snapshots (as
+// replayStateBefore does for an event whose prev events are not
+// timeline events here), which B is not told of. B's timeline reads,
+// which take the rows of the events they find in the table from the
+// event cache, must not take that rejected row for the accepted event:
+// the message is in B's timeline, as in A's.
+func TestSplitModeTimelineSeesAcceptedAgain(t *testing.T) {
+	ctx := context.Background()
+	a, b := splitPair(t)
+	d := baseRoom(t, "10")
+	for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join"} {
+		if r := d.input(t, a, name); r.Outcome != Accepted {
+			t.Fatalf("%s: %s %s", name, r.Outcome, r.Reason)
+		}
+	}
+	d.add("carol-msg", psCarol, "m.room.message", nil, `{"msgtype":"m.text","body":"from a non-member"}`, "bob-join")
+	if r := d.input(t, a, "carol-msg"); r.Outcome != Rejected {
+		t.Fatalf("carol's message: %s %s, want it rejected", r.Outcome, r.Reason)
+	}
+	msg := d.byName["carol-msg"].EventID()
+	got, err := b.loadEventsByID(ctx, b.db.Reader(), nil, []string{msg})
+	if err != nil || got[msg] == nil || !got[msg].row.Rejected {
+		t.Fatalf("B caches carol's message: %v, %v, want its rejected row", got[msg], err)
+	}
+	// A's resync accepts it: the replay's UPDATE, with its snapshots as
+	// they were.
+	if err := a.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE roomserver_events SET rejected = FALSE WHERE event_id = $1`, msg)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	timeline := func(evs []*Event) bool {
+		for _, ev := range evs {
+			if ev.EventID == msg {
+				return true
+			}
+		}
+		return false
+	}
+	rec, err := b.RecentEvents(ctx, RecentRequest{UserID: alice, RoomID: d.roomID, To: 1 << 62, Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !timeline(rec.Events) {
+		t.Error("B's RecentEvents leaves out the message A accepted")
+	}
+	if e := b.events.getID(msg, math.MaxUint64); e != nil && e.row.Rejected {
+		t.Error("B's event cache still holds the rejected row after its timeline read")
+	}
+	// The grouped read, with the rejected row cached again.
+	b.events.put(got[msg])
+	batch, err := b.RecentEventsOfRooms(ctx, RecentRoomsRequest{UserID: alice, RoomIDs: []string{d.roomID}, To: 1 << 62, Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rr := batch.Rooms[d.roomID]; rr == nil || !timeline(rr.Events) {
+		t.Error("B's RecentEventsOfRooms leaves out the message A accepted")
+	}
+}
