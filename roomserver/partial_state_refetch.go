@@ -318,6 +318,9 @@ func (s *Server) CompleteStretchState(ctx context.Context, req StretchStateReque
 		}
 		touched = append(touched, more...)
 		s.dropRewrittenAtCommit(tx, touched)
+		if s.inStretchWrite != nil {
+			defer s.inStretchWrite(tx)
+		}
 		for _, r := range touched {
 			if slices.Contains(room.Extremities, r.EventID) {
 				return s.recomputeCurrentState(ctx, tx, room, after)

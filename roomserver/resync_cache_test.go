@@ -153,3 +153,63 @@ func TestSplitModeTimelineSeesAcceptedAgain(t *testing.T) {
 		t.Error("B's RecentEventsOfRooms leaves out the message A accepted")
 	}
 }
+
+// TestStretchCompletionDropsAtCommit: completing the state of an event
+// queued for StretchRefetch rewrites its state_before and state_after.
+// From the commit on, a read sees the new snapshots, so the event cache
+// must no longer serve the row from before (cached when the event was
+// sent), not only once CompleteStretchState returns. Observed from an
+// OnCommit hook the completion's own transaction registers after its
+// rewrites (inStretchWrite). The event is queued as markAfterPartialStretch
+// queues one; its prev event lies in no stretch, so its state is
+// completed from what is held.
+func TestStretchCompletionDropsAtCommit(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		roomID := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
+		msg := mustSend(t, s, roomID, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"on a stretch"}`)
+		row, err := eventRowByID(ctx, db.Reader(), msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Write(ctx, func(tx storage.Tx) error { return s.queueStretchRefetch(ctx, tx, roomID, row.NID) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.loadEventsByID(ctx, db.Reader(), nil, []string{msg}); err != nil {
+			t.Fatal(err)
+		}
+		if e := s.events.getID(msg, math.MaxUint64); e == nil || stampOf(e.row) != stampOf(row) {
+			t.Fatalf("the message is not cached as stored (%v); the test needs it cached", e)
+		}
+
+		var atCommit *loadedEvent
+		ran := false
+		s.inStretchWrite = func(tx storage.Tx) {
+			tx.OnCommit(func() {
+				ran = true
+				atCommit = s.events.getID(msg, math.MaxUint64)
+			})
+		}
+		if err := s.CompleteStretchState(ctx, StretchStateRequest{EventID: msg}); err != nil {
+			t.Fatalf("CompleteStretchState: %v", err)
+		}
+		s.inStretchWrite = nil
+		if !ran {
+			t.Fatal("the completion's OnCommit hook did not run")
+		}
+		now, err := eventRowByID(ctx, db.Reader(), msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stampOf(now) == stampOf(row) {
+			t.Fatalf("the completion did not rewrite the message's row (%+v); the test needs a rewrite", stampOf(now))
+		}
+		if atCommit != nil && stampOf(atCommit.row) != stampOf(now) {
+			t.Errorf("at the completion's commit the event cache serves %s, stored %s", rowOf(atCommit), rowOf(&loadedEvent{row: now}))
+		}
+		if e := s.events.getID(msg, math.MaxUint64); e != nil && stampOf(e.row) != stampOf(now) {
+			t.Errorf("after the completion the event cache serves %s, stored %s", rowOf(e), rowOf(&loadedEvent{row: now}))
+		}
+	})
+}
