@@ -91,6 +91,60 @@ func TestResyncDropsAtCommit(t *testing.T) {
 	})
 }
 
+// TestResyncRacingReadKeepsOldRowOut: a read transaction whose snapshot
+// predates the resync loads carol's join (accepted, in that snapshot)
+// once the resync has committed, here from the commit's notification.
+// That row is this read's answer, but it must not enter the event
+// cache, where every later read would be served a join the database
+// now holds as rejected.
+func TestResyncRacingReadKeepsOldRowOut(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		p := newPartialRoom(t, s, [3]string{"m.room.member", psCarol, `{"membership":"ban"}`})
+		joinResp, err := s.Join(ctx, MembershipRequest{RoomID: p.roomID, Sender: psCarol, Target: psCarol})
+		if err != nil {
+			t.Fatalf("carol's local join on partial state: %v", err)
+		}
+		carol := joinResp.EventID
+		if e := s.events.getID(carol, math.MaxUint64); e != nil {
+			s.events.drop(e.row.NID, carol) // the read below loads it
+		}
+		ran := false
+		notify := s.notify
+		err = s.read(ctx, func(q storage.Querier) error {
+			if _, err := eventRowsByID(ctx, q, []string{p.join}); err != nil { // takes the snapshot
+				return err
+			}
+			s.notify = func(string, int64) {
+				if ran {
+					return
+				}
+				ran = true
+				got, err := s.loadEventsByID(ctx, q, nil, []string{carol})
+				if err != nil || got[carol] == nil || got[carol].row.Rejected {
+					t.Errorf("the read's snapshot: carol's join %v, %v; want it accepted", got[carol], err)
+				}
+				if e := s.events.getID(carol, math.MaxUint64); e != nil && !e.row.Rejected {
+					t.Error("at the resync's notification the event cache holds carol's join as accepted, loaded by a read older than the resync")
+				}
+			}
+			p.complete(t)
+			return nil
+		})
+		s.notify = notify
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ran {
+			t.Fatal("the resync's notification did not run")
+		}
+		if _, _, err := s.FederationEvent(ctx, carol); err == nil {
+			t.Error("carol's join is served to federation after the resync")
+		}
+	})
+}
+
 // TestSplitModeTimelineSeesAcceptedAgain: process B has cached a message
 // its room rejected (carol, not a member, sent it); process A's
 // partial-state resync then accepts it, keeping its state snapshots (as
