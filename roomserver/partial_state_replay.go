@@ -224,11 +224,7 @@ func (s *Server) dropRewrittenAtCommit(tx storage.Tx, rows []*eventRow) {
 	if len(rows) == 0 {
 		return
 	}
-	drop := func() {
-		for _, r := range rows {
-			s.events.drop(r.NID, r.EventID)
-		}
-	}
+	drop := func() { s.events.dropRows(rows) }
 	tx.OnCommit(drop)
 	tx.AfterCommit(drop)
 }
