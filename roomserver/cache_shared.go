@@ -22,7 +22,7 @@ import (
 //     snapshots of the events after the join.
 //
 // In one process the writer drops what it changed from its own caches
-// after the commit, which is exact. Another process cannot see those
+// at the commit, which is exact. Another process cannot see those
 // drops, and a message telling it to (Redis) can be lost or arrive
 // late, so in split mode nothing depends on one:
 //
@@ -30,7 +30,10 @@ import (
 //     JSON, no parsing) has read the columns these writes change — its
 //     NID, redacted_because, rejected, soft_failed, state_before,
 //     state_after — and found them as cached; a hit that differs is
-//     dropped and read again (freshHits);
+//     dropped and read again (freshHits); the timeline reads, which
+//     read the positions of a room's latest events from the table, read
+//     those columns with them (rejected and soft_failed by their
+//     condition) and compare them instead (recentHit);
 //   - the snapshot key cache remembers an entry only when its event is
 //     not an outlier (settledNIDs): promotion is the only write that
 //     moves a snapshot entry, and it only moves outliers' entries, so
@@ -156,4 +159,30 @@ func settledNIDs(ctx context.Context, q storage.Querier, state stateMap) (map[in
 		out[n] = true
 	}
 	return out, rows.Err()
+}
+
+// recentHit returns the event cache's row of event NID nid, found by
+// recentRows or recentRowsOfRooms in the table with the given columns,
+// if it is the row the table holds, else nil (the caller reads the
+// row): the same redaction status and state snapshots, and, as their
+// query returns neither rejected nor soft-failed rows, neither flag set.
+// A partial-state resync in another process can reject an event or
+// accept one it had rejected, and accepting it keeps its snapshots when
+// its prev events are not timeline events here (replayStateBefore), so
+// the flags count as well. In split mode an entry that differs is
+// dropped, as freshHits drops one.
+func (s *Server) recentHit(nid int64, seen uint64, redacted bool, stateBefore, stateAfter int64) *eventRow {
+	e := s.events.getNID(nid, seen)
+	if e == nil {
+		return nil
+	}
+	r := e.row
+	if (r.RedactedBecause != nil) == redacted && r.StateBefore == stateBefore && r.StateAfter == stateAfter &&
+		!r.Rejected && !r.SoftFailed {
+		return r
+	}
+	if s.shared {
+		s.events.drop(r.NID, r.EventID)
+	}
+	return nil
 }

@@ -335,7 +335,6 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 	}
 	unlock := s.lockRoom(req.RoomID)
 	defer unlock()
-	var touched []*eventRow
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		room, err := loadRoom(ctx, tx, req.RoomID)
 		if err != nil || !room.Partial {
@@ -368,9 +367,11 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 			return err
 		}
 		room.Partial = false
-		if touched, err = s.replayAfterJoin(ctx, tx, room, joinEventID, full); err != nil {
+		touched, err := s.replayAfterJoin(ctx, tx, room, joinEventID, full)
+		if err != nil {
 			return err
 		}
+		s.dropRewrittenAtCommit(tx, touched)
 		var head int64
 		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&head); err != nil {
 			return err
@@ -379,9 +380,6 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 	})
 	if err != nil {
 		return err
-	}
-	for _, row := range touched {
-		s.events.drop(row.NID, row.EventID)
 	}
 	s.partial.wake(req.RoomID)
 	return nil

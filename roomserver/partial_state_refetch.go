@@ -317,6 +317,10 @@ func (s *Server) CompleteStretchState(ctx context.Context, req StretchStateReque
 			return err
 		}
 		touched = append(touched, more...)
+		s.dropRewrittenAtCommit(tx, touched)
+		if s.inStretchWrite != nil {
+			defer s.inStretchWrite(tx)
+		}
 		for _, r := range touched {
 			if slices.Contains(room.Extremities, r.EventID) {
 				return s.recomputeCurrentState(ctx, tx, room, after)
@@ -331,9 +335,6 @@ func (s *Server) CompleteStretchState(ctx context.Context, req StretchStateReque
 		s.stretches.removed(roomID)
 		slog.InfoContext(ctx, "completed the state of events built on partial state", "room_id", roomID,
 			"event_id", req.EventID, "events", len(touched))
-	}
-	for _, r := range touched {
-		s.events.drop(r.NID, r.EventID)
 	}
 	return nil
 }

@@ -205,3 +205,26 @@ func (s *Server) recomputeCurrentState(ctx context.Context, tx storage.Tx, room 
 	room.CurrentSnapshot = newNID
 	return saveRoom(ctx, tx, room)
 }
+
+// dropRewrittenAtCommit drops rows, rewritten in place by tx (a resync's
+// replay, the completion of a stretch's state), from the event cache
+// once tx commits, as a promotion drops its outlier (moveEventNID):
+//
+//   - right at the commit, on the committing goroutine (OnCommit), so
+//     that no read whose statements see the commit is served a cached
+//     copy from before it: the notification of the commit (an
+//     AfterCommit hook) wakes /sync and the federation sender, which
+//     read these rows at once;
+//   - again after the commit (AfterCommit), before Write returns.
+//
+// A read that loaded an old copy before the commit cannot cache it
+// afterwards: each drop moves the cache's generation on, and a load is
+// cached only at the generation it began at (eventCache.putLoaded).
+func (s *Server) dropRewrittenAtCommit(tx storage.Tx, rows []*eventRow) {
+	if len(rows) == 0 {
+		return
+	}
+	drop := func() { s.events.dropRows(rows) }
+	tx.OnCommit(drop)
+	tx.AfterCommit(drop)
+}

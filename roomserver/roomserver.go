@@ -91,6 +91,10 @@ type Server struct {
 	// between its read of the events and its reads of their servers, so
 	// a test can commit a write there (partial_state_outbound_test.go).
 	afterOutboundRead func()
+	// inStretchWrite, if set (tests only), runs at the end of
+	// CompleteStretchState's write transaction, after its rewrites, so
+	// a test can register an OnCommit hook there (resync_cache_test.go).
+	inStretchWrite func(tx storage.Tx)
 }
 
 var _ API = (*Server)(nil)

@@ -497,6 +497,18 @@ func (c *eventCache) drop(nid int64, id string) {
 	c.gen++
 }
 
+// dropRows is drop for each of rows, under one lock (a resync's OnCommit
+// hook runs on the SQLite writer, which must not linger).
+func (c *eventCache) dropRows(rows []*eventRow) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range rows {
+		delete(c.byNID, r.NID)
+		delete(c.byID, r.EventID)
+	}
+	c.gen++
+}
+
 // generation is read before loading rows from the database, for
 // putLoaded.
 func (c *eventCache) generation() uint64 {

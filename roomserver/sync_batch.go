@@ -123,10 +123,8 @@ func (s *Server) recentRowsOfRooms(ctx context.Context, q storage.Querier, roomI
 			rs.Close()
 			return err
 		}
-		e := s.events.getNID(nid, seen)
-		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
-			e.row.StateBefore == before && e.row.StateAfter == after { // as recentRows
-			byRoom[roomID] = append(byRoom[roomID], e.row)
+		if r := s.recentHit(nid, seen, redactedBecause != nil, before, after); r != nil {
+			byRoom[roomID] = append(byRoom[roomID], r)
 		} else {
 			missing = append(missing, pending{roomID, len(byRoom[roomID]), nid})
 			byRoom[roomID] = append(byRoom[roomID], nil)

@@ -119,9 +119,9 @@ func (s *Server) RecentEvents(ctx context.Context, req RecentRequest) (*RecentRe
 // (from, to], newest first. It reads only positions (and redaction
 // status) from the table and takes the rows of recent events, the hot
 // set, from the event cache: a timeline read does not copy every event's
-// JSON out of SQLite again. A cached entry whose redaction status or
-// snapshots differ from the table's is stale (rewritten by another
-// process: cache_shared.go) and read again.
+// JSON out of SQLite again. A cached entry that differs from the table's
+// row is stale (rewritten by another process: cache_shared.go,
+// recentHit) and read again.
 // recentRowsQuery reads a room's ($1) latest events in (from, to] ($2,
 // $3), at most $4, newest first. The index
 // roomserver_events_room_stream_covering holds every column it reads
@@ -145,10 +145,8 @@ func (s *Server) recentRows(ctx context.Context, q storage.Querier, roomID strin
 			rs.Close()
 			return nil, err
 		}
-		e := s.events.getNID(nid, seen)
-		if e != nil && (e.row.RedactedBecause == nil) == (redactedBecause == nil) &&
-			e.row.StateBefore == before && e.row.StateAfter == after {
-			rows = append(rows, e.row)
+		if r := s.recentHit(nid, seen, redactedBecause != nil, before, after); r != nil {
+			rows = append(rows, r)
 		} else {
 			rows = append(rows, nil)
 			missing = append(missing, nid)
