@@ -103,12 +103,30 @@ func newClient(s *Server, tlsConfig *tls.Config, dial func(ctx context.Context, 
 // signed sends a signed request to destination and decodes the JSON
 // answer into out (if non-nil).
 func (c *client) signed(ctx context.Context, destination, method, uri string, body, out any) error {
-	return c.do(ctx, destination, method, uri, body, out, true)
+	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, true))
 }
 
 // unsigned sends a request without X-Matrix (key fetches).
 func (c *client) unsigned(ctx context.Context, destination, method, uri string, body, out any) error {
-	return c.do(ctx, destination, method, uri, body, out, false)
+	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, false))
+}
+
+// answered passes err through; when it is nil, destination has just
+// answered a request of ours with a 2xx, so it is up, and the sender's
+// backoff for it is reset and its queue sent now rather than at the
+// retry time. Otherwise a server that failed while a transaction to it
+// was in flight (restarted, or one that went away and another now
+// answers at its name) would get no event of ours until the backoff ran
+// out, however well it answers our other requests (make_join, send_join,
+// state_ids): Complement's TestPartialStateJoin saw a leave queued for
+// 40 s behind such a backoff, its servers reusing the ports of earlier
+// ones. The sender's own transactions do not come here (sender.send):
+// record resets the backoff for them.
+func (c *client) answered(ctx context.Context, destination string, err error) error {
+	if err == nil && c.s.sender != nil {
+		c.s.sender.destinationUp(ctx, destination)
+	}
+	return err
 }
 
 func (c *client) do(ctx context.Context, destination, method, uri string, body, out any, sign bool) error {

@@ -293,8 +293,8 @@ func (q *sender) kick(destination string) {
 	go q.work(q.ctx, destination, w)
 }
 
-// destinationUp resets the backoff of a server that just talked to us and
-// wakes its worker.
+// destinationUp resets the backoff of a server that just talked to us, or
+// answered a request of ours (client.answered), and wakes its worker.
 func (q *sender) destinationUp(ctx context.Context, destination string) {
 	var failures int
 	err := q.s.db.Reader().QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`, destination).Scan(&failures)
@@ -511,7 +511,8 @@ func (q *sender) send(ctx context.Context, destination string, b *batch) error {
 		"origin": q.s.serverName, "origin_server_ts": q.s.now().UnixMilli(),
 		"pdus": nonNil(b.pdus), "edus": nonNil(b.edus),
 	}
-	return q.s.client.signed(ctx, destination, http.MethodPut, "/_matrix/federation/v1/send/"+pathEscape(b.txnID), body, nil)
+	// client.do, not signed: record applies the outcome to the backoff.
+	return q.s.client.do(ctx, destination, http.MethodPut, "/_matrix/federation/v1/send/"+pathEscape(b.txnID), body, nil, true)
 }
 
 func nonNil(v []json.RawMessage) []json.RawMessage {
