@@ -100,3 +100,9 @@ func (s *Server) PendingPDUs(ctx context.Context) (map[string][]string, error) {
 	}
 	return out, nil
 }
+
+// StretchQueueReads counts the reads of the stretch refetch queue by s's
+// worker (the due events, and when the next is due).
+func (s *Server) StretchQueueReads() int64 {
+	return s.stretchReads.Load()
+}

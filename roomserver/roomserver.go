@@ -43,6 +43,11 @@ type Deps struct {
 	// every new event that enters a room's timeline (timeline_hook.go).
 	// May be nil.
 	OnTimeline TimelineHook
+	// StretchRefetchQueued, when set, is called after the commit of a
+	// transaction that queued an event for StretchRefetch (the federation
+	// API's worker waits on it instead of polling the queue). It must not
+	// block. May be nil.
+	StretchRefetchQueued func()
 }
 
 // Server implements API.
@@ -56,6 +61,8 @@ type Server struct {
 	now        func() time.Time
 	shared     bool         // Deps.Shared; immutable
 	onTimeline TimelineHook // Deps.OnTimeline; immutable, may be nil
+	// stretchQueued is Deps.StretchRefetchQueued; immutable, may be nil.
+	stretchQueued func()
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -166,20 +173,21 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		now = time.Now
 	}
 	return &Server{
-		db:         deps.DB,
-		serverName: spec.ServerName(deps.ServerName),
-		keyID:      gomatrixserverlib.KeyID(deps.Key.ID),
-		key:        deps.Key,
-		cfg:        deps.Config,
-		notify:     deps.Notify,
-		onTimeline: deps.OnTimeline,
-		now:        now,
-		shared:     deps.Shared,
-		events:     newEventCache(4096),
-		snapKeys:   newSnapshotKeyCache(4096),
-		versions:   newVersionCache(65536),
-		snapHV:     newSnapshotHVCache(65536),
-		stretches:  newStretchCache(),
+		db:            deps.DB,
+		serverName:    spec.ServerName(deps.ServerName),
+		keyID:         gomatrixserverlib.KeyID(deps.Key.ID),
+		key:           deps.Key,
+		cfg:           deps.Config,
+		notify:        deps.Notify,
+		onTimeline:    deps.OnTimeline,
+		stretchQueued: deps.StretchRefetchQueued,
+		now:           now,
+		shared:        deps.Shared,
+		events:        newEventCache(4096),
+		snapKeys:      newSnapshotKeyCache(4096),
+		versions:      newVersionCache(65536),
+		snapHV:        newSnapshotHVCache(65536),
+		stretches:     newStretchCache(),
 	}, nil
 }
 
