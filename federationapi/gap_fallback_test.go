@@ -430,3 +430,95 @@ func TestGapFallbackSkipsServersInBackoff(t *testing.T) {
 		}
 	})
 }
+
+// TestGapKeptPDUsBoundedConcurrently: the bounds on kept PDUs are exact
+// when several origins push PDUs with gaps at once (on PostgreSQL the
+// transactions that keep them run concurrently: each must see the rows
+// the others kept). First the per-room bound, then the total.
+func TestGapKeptPDUsBoundedConcurrently(t *testing.T) {
+	const origins, each = 8, 6
+	forEachEngine(t, func(t *testing.T, n *network) {
+		g := newGapScene(t, n)
+		var peers []*gapPeer
+		for range origins {
+			peers = append(peers, g.peer(t))
+		}
+		round := 0
+		// flood has every peer push each PDUs with a gap in one /send,
+		// all at once, and returns how many were kept.
+		flood := func() int {
+			t.Helper()
+			round++
+			type sent struct {
+				p    *gapPeer
+				txn  string
+				pdus []json.RawMessage
+				ids  []string
+			}
+			var all []sent
+			for i, p := range peers {
+				s := sent{p: p, txn: fmt.Sprintf("flood%d-%d", round, i)}
+				for j := range each {
+					_, tip := g.gap(t, p, g.roomID, fmt.Sprintf("flood %d %d %d", round, i, j))
+					s.pdus = append(s.pdus, tip.JSON())
+					s.ids = append(s.ids, tip.EventID())
+				}
+				all = append(all, s)
+			}
+			results := make([]map[string]string, len(all))
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i, s := range all {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					status, body := n.request(g.a, s.p.name, s.p.key, g.a.Name, http.MethodPut, "/_matrix/federation/v1/send/"+s.txn,
+						map[string]any{"origin": s.p.name, "origin_server_ts": time.Now().UnixMilli(), "pdus": s.pdus})
+					var resp sendResponse
+					if status != http.StatusOK || json.Unmarshal(body, &resp) != nil {
+						return // results[i] stays nil: reported below
+					}
+					results[i] = map[string]string{}
+					for id, r := range resp.PDUs {
+						results[i][id] = r.Error
+					}
+				}()
+			}
+			close(start)
+			wg.Wait()
+			kept := 0
+			for i, s := range all {
+				if results[i] == nil {
+					t.Fatalf("round %d: /send of %s failed", round, s.p.name)
+				}
+				for _, id := range s.ids {
+					switch e := results[i][id]; {
+					case strings.Contains(e, "not kept"):
+					case strings.Contains(e, "kept"):
+						kept++
+					default:
+						t.Errorf("round %d: PDU result %q; want kept or not kept", round, e)
+					}
+				}
+			}
+			return kept
+		}
+		count := func() int {
+			total := 0
+			for _, ids := range g.pending(t) {
+				total += len(ids)
+			}
+			return total
+		}
+
+		federationapi.SetPendingLimits(t, 50, 10, 1000, time.Hour, time.Hour)
+		if kept, rows := flood(), count(); kept != 10 || rows != 10 {
+			t.Errorf("per-room bound 10: %d PDUs said kept, %d rows kept; want 10 (%d pushed at once)", kept, rows, origins*each)
+		}
+		federationapi.SetPendingLimits(t, 50, 1000, 25, time.Hour, time.Hour)
+		if kept, rows := flood(), count(); kept != 15 || rows != 25 {
+			t.Errorf("total bound 25: %d more PDUs said kept, %d rows kept; want 15 more, 25 in all", kept, rows)
+		}
+	})
+}

@@ -201,6 +201,12 @@ func (s *Server) keepPending(ctx context.Context, origin string, p *parsedPDU, c
 	full := ""
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		full = ""
+		// Serialise with every other keepPending (migration 007), so the
+		// counts below see the rows they keep: the bounds are exact on
+		// PostgreSQL too, whatever the origins pushing at once.
+		if _, err := tx.Exec(ctx, `UPDATE federation_pending_guard SET checks = checks + 1 WHERE id = 1`); err != nil {
+			return err
+		}
 		for _, bound := range []struct {
 			what  string
 			query string
