@@ -84,8 +84,8 @@ type StretchRefetch struct {
 func (s *Server) queueStretchRefetch(ctx context.Context, tx storage.Tx, roomID string, nid int64) error {
 	_, err := tx.Exec(ctx, `INSERT INTO roomserver_stretch_refetch (event_nid, room_id, next_try_ts)
 		VALUES ($1, $2, $3) ON CONFLICT (event_nid) DO NOTHING`, nid, roomID, s.now().UnixMilli())
-	if err == nil && s.stretchQueued != nil {
-		tx.AfterCommit(s.stretchQueued)
+	if err == nil && s.onRefetch != nil {
+		tx.AfterCommit(s.onRefetch)
 	}
 	return err
 }

@@ -61,8 +61,7 @@ type Server struct {
 	now        func() time.Time
 	shared     bool         // Deps.Shared; immutable
 	onTimeline TimelineHook // Deps.OnTimeline; immutable, may be nil
-	// stretchQueued is Deps.StretchRefetchQueued; immutable, may be nil.
-	stretchQueued func()
+	onRefetch  func()       // Deps.StretchRefetchQueued; immutable, may be nil
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -173,21 +172,21 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		now = time.Now
 	}
 	return &Server{
-		db:            deps.DB,
-		serverName:    spec.ServerName(deps.ServerName),
-		keyID:         gomatrixserverlib.KeyID(deps.Key.ID),
-		key:           deps.Key,
-		cfg:           deps.Config,
-		notify:        deps.Notify,
-		onTimeline:    deps.OnTimeline,
-		stretchQueued: deps.StretchRefetchQueued,
-		now:           now,
-		shared:        deps.Shared,
-		events:        newEventCache(4096),
-		snapKeys:      newSnapshotKeyCache(4096),
-		versions:      newVersionCache(65536),
-		snapHV:        newSnapshotHVCache(65536),
-		stretches:     newStretchCache(),
+		db:         deps.DB,
+		serverName: spec.ServerName(deps.ServerName),
+		keyID:      gomatrixserverlib.KeyID(deps.Key.ID),
+		key:        deps.Key,
+		cfg:        deps.Config,
+		notify:     deps.Notify,
+		onTimeline: deps.OnTimeline,
+		onRefetch:  deps.StretchRefetchQueued,
+		now:        now,
+		shared:     deps.Shared,
+		events:     newEventCache(4096),
+		snapKeys:   newSnapshotKeyCache(4096),
+		versions:   newVersionCache(65536),
+		snapHV:     newSnapshotHVCache(65536),
+		stretches:  newStretchCache(),
 	}, nil
 }
 
