@@ -170,15 +170,13 @@ func TestStretchRefetchWakesUp(t *testing.T) {
 		later := rejoinAfterPurge(t, p)
 		var mu sync.Mutex
 		var firstTry time.Time
-		released := make(chan struct{})
-		close(released)
-		b.HS.Federation.HoldStretchRefetches(released, func(string, error) {
+		b.HS.Federation.ObserveStretchRefetches(func(string) {
 			mu.Lock()
 			defer mu.Unlock()
 			if firstTry.IsZero() {
 				firstTry = time.Now()
 			}
-		}, nil)
+		})
 		fork := forkOnLeave(t, p, later)
 		stored := time.Now() // B holds the three events (queued as they were stored)
 		eventually(t, "B to serve the state at alice's merge", func() bool {
@@ -193,7 +191,7 @@ func TestStretchRefetchWakesUp(t *testing.T) {
 			t.Fatal("the worker made no attempt")
 		}
 		if lag := tried.Sub(stored); lag > time.Second {
-			t.Errorf("the first attempt came %v after B stored the events; want it woken at once", lag)
+			t.Errorf("the first attempt started %v after B stored the events; want it woken at once", lag)
 		}
 
 		idle := b.HS.Federation.StretchQueueReads()
