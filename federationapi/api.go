@@ -3,6 +3,7 @@ package federationapi
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -70,6 +71,7 @@ type Rooms interface {
 	CompletePartialState(ctx context.Context, req roomserver.CompletePartialStateRequest) error
 	PurgePartialState(ctx context.Context, roomID string, sentThrough int64) (bool, error)
 	DueStretchRefetches(ctx context.Context, limit int) ([]roomserver.StretchRefetch, error)
+	NextStretchRefetch(ctx context.Context) (time.Time, error)
 	CompleteStretchState(ctx context.Context, req roomserver.StretchStateRequest) error
 	StretchRefetchFailed(ctx context.Context, eventID string, cause error) error
 	Leave(ctx context.Context, req roomserver.MembershipRequest) (*roomserver.SendEventResponse, error)

@@ -100,3 +100,16 @@ func (s *Server) PendingPDUs(ctx context.Context) (map[string][]string, error) {
 	}
 	return out, nil
 }
+
+// StretchQueueReads counts the reads of the stretch refetch queue by s's
+// worker (the due events, and when the next is due).
+func (s *Server) StretchQueueReads() int64 {
+	return s.stretchReads.Load()
+}
+
+// ObserveStretchRefetches makes before hear of the start of every
+// attempt of s to complete the state of an event built on a stretch of
+// partial state (the attempts are not held).
+func (s *Server) ObserveStretchRefetches(before func(eventID string)) {
+	s.refetchHooks.Store(&stretchRefetchHooks{before: func(_ context.Context, eventID string) { before(eventID) }})
+}

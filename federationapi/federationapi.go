@@ -122,6 +122,10 @@ type Server struct {
 	// refetchHooks, when set (tests only), change the stretch refetch
 	// worker (partial_state_refetch.go).
 	refetchHooks atomic.Pointer[stretchRefetchHooks]
+	// stretchWake wakes the stretch refetch worker (WakeStretchRefetch);
+	// stretchReads counts its reads of the queue (for tests).
+	stretchWake  chan struct{}
+	stretchReads atomic.Int64
 
 	// Kept pushed PDUs (gap_pending.go): pendingWake wakes the retry
 	// loop; pendingRooms (guarded by pendingMu) are the rooms whose kept
@@ -192,6 +196,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		log:         deps.Logger,
 		now:         deps.Now,
 		pendingWake: make(chan struct{}, 1),
+		stretchWake: make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.Default()

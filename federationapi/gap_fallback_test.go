@@ -15,6 +15,7 @@ import (
 
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/internal/signing"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // fakeGME is a fake server's POST /get_missing_events: it fails (500)
@@ -81,6 +82,11 @@ func (g *gapScene) peer(t *testing.T, rooms ...string) *gapPeer {
 	p := &gapPeer{gme: &fakeGME{fail: true}}
 	p.name, p.key = g.n.fakeServer(t, func(name string, mux *http.ServeMux) {
 		mux.HandleFunc("/_matrix/federation/v1/get_missing_events/", p.gme.serve)
+		// A's transactions are taken, so its sender does not back off
+		// from p (the fallback skips servers in backoff).
+		mux.HandleFunc("/_matrix/federation/v1/send/", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte(`{"pdus":{}}`))
+		})
 	})
 	p.user = "@user:" + p.name
 	if len(rooms) == 0 {
@@ -339,6 +345,180 @@ func TestGapKeptPDUsBounded(t *testing.T) {
 		got := g.pending(t)
 		if total := len(got[f.name]) + len(got[h.name]); total != 9 || len(got[f.name]) != 5 || len(got[h.name]) != 4 {
 			t.Errorf("kept per origin: %d and %d; want 5 and 4", len(got[f.name]), len(got[h.name]))
+		}
+	})
+}
+
+// setBackoff records in A's federation_destinations that A's last
+// transactions to server failed failures times and that the next may go
+// at retryAt, as the sender does, once A's queue to server is empty (so
+// the sender does not overwrite it).
+func (g *gapScene) setBackoff(t *testing.T, server string, failures int, retryAt time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	eventually(t, "A's queue to "+server+" drained", func() bool {
+		var n int
+		err := g.a.HS.DB.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM federation_queue_pdus WHERE destination = $1`, server).Scan(&n)
+		return err == nil && n == 0
+	})
+	err := g.a.HS.DB.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO federation_destinations (server_name, failures, retry_at_ts) VALUES ($1, $2, $3)
+			ON CONFLICT (server_name) DO UPDATE SET failures = excluded.failures, retry_at_ts = excluded.retry_at_ts`,
+			server, failures, retryAt.UnixMilli())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGapFallbackSkipsServersInBackoff: when the origin of a pushed PDU
+// does not answer get_missing_events, A asks up to three of the room's
+// other servers, but never one its sender is backing off from (a failed
+// transaction, retry_at_ts still ahead), and those whose last exchange
+// succeeded before those just out of backoff. Here the other servers, in
+// JoinedServers order, are: one in backoff, one out of backoff after
+// failures, two that fail get_missing_events and one that answers. A
+// asks the three healthy ones, so the last answers and the PDU is
+// accepted; the two others are not asked. Then the answering one goes
+// into backoff too: A asks the two healthy ones and the one out of
+// backoff, which answers.
+func TestGapFallbackSkipsServersInBackoff(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		g := newGapScene(t, n)
+		origin := g.peer(t)
+		var others []*gapPeer
+		for range 5 {
+			others = append(others, g.peer(t))
+		}
+		slices.SortFunc(others, func(a, b *gapPeer) int { return strings.Compare(a.name, b.name) }) // JoinedServers order
+		backedOff, recovering, answers := others[0], others[1], others[4]
+		g.setBackoff(t, backedOff.name, 3, time.Now().Add(time.Hour))
+		g.setBackoff(t, recovering.name, 4, time.Now().Add(-time.Minute))
+
+		hidden, tip := g.gap(t, origin, g.roomID, "backoff")
+		answers.gme.set(false, hidden.JSON())
+		if res := g.send(t, origin, tip); res[tip.EventID()] != "" {
+			t.Fatalf("PDU result %q; want it accepted with the answer of the fifth server (the first two skipped)", res[tip.EventID()])
+		}
+		if !hasEvent(g.a, g.alice, tip.EventID()) || !hasEvent(g.a, g.alice, hidden.EventID()) {
+			t.Error("alice cannot see the PDU and its prev event")
+		}
+		for i, p := range others {
+			want := i >= 2
+			if got := len(p.gme.asked()) == 1; got != want {
+				t.Errorf("server %d asked %v; want asked once: %v", i, p.gme.asked(), want)
+			}
+		}
+
+		g.setBackoff(t, answers.name, 1, time.Now().Add(time.Hour))
+		hidden2, tip2 := g.gap(t, origin, g.roomID, "backoff 2")
+		recovering.gme.set(false, hidden2.JSON())
+		if res := g.send(t, origin, tip2); res[tip2.EventID()] != "" {
+			t.Fatalf("second PDU result %q; want it accepted with the answer of the server out of backoff", res[tip2.EventID()])
+		}
+		if asked := backedOff.gme.asked(); len(asked) != 0 {
+			t.Errorf("the server in backoff was asked %v", asked)
+		}
+		if asked := answers.gme.asked(); len(asked) != 1 {
+			t.Errorf("the fifth server, now in backoff, asked %d times; want once (before its backoff)", len(asked))
+		}
+		for _, p := range []*gapPeer{others[2], others[3], recovering} {
+			if asked := p.gme.asked(); len(asked) == 0 || !slices.Equal(asked[len(asked)-1], []string{tip2.EventID()}) {
+				t.Errorf("%s asked %v; want asked for %s", p.name, asked, tip2.EventID())
+			}
+		}
+	})
+}
+
+// TestGapKeptPDUsBoundedConcurrently: the bounds on kept PDUs are exact
+// when several origins push PDUs with gaps at once (on PostgreSQL the
+// transactions that keep them run concurrently: each must see the rows
+// the others kept). First the per-room bound, then the total.
+func TestGapKeptPDUsBoundedConcurrently(t *testing.T) {
+	const origins, each = 8, 6
+	forEachEngine(t, func(t *testing.T, n *network) {
+		g := newGapScene(t, n)
+		var peers []*gapPeer
+		for range origins {
+			peers = append(peers, g.peer(t))
+		}
+		round := 0
+		// flood has every peer push each PDUs with a gap in one /send,
+		// all at once, and returns how many were kept.
+		flood := func() int {
+			t.Helper()
+			round++
+			type sent struct {
+				p    *gapPeer
+				txn  string
+				pdus []json.RawMessage
+				ids  []string
+			}
+			var all []sent
+			for i, p := range peers {
+				s := sent{p: p, txn: fmt.Sprintf("flood%d-%d", round, i)}
+				for j := range each {
+					_, tip := g.gap(t, p, g.roomID, fmt.Sprintf("flood %d %d %d", round, i, j))
+					s.pdus = append(s.pdus, tip.JSON())
+					s.ids = append(s.ids, tip.EventID())
+				}
+				all = append(all, s)
+			}
+			results := make([]map[string]string, len(all))
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i, s := range all {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					status, body := n.request(g.a, s.p.name, s.p.key, g.a.Name, http.MethodPut, "/_matrix/federation/v1/send/"+s.txn,
+						map[string]any{"origin": s.p.name, "origin_server_ts": time.Now().UnixMilli(), "pdus": s.pdus})
+					var resp sendResponse
+					if status != http.StatusOK || json.Unmarshal(body, &resp) != nil {
+						return // results[i] stays nil: reported below
+					}
+					results[i] = map[string]string{}
+					for id, r := range resp.PDUs {
+						results[i][id] = r.Error
+					}
+				}()
+			}
+			close(start)
+			wg.Wait()
+			kept := 0
+			for i, s := range all {
+				if results[i] == nil {
+					t.Fatalf("round %d: /send of %s failed", round, s.p.name)
+				}
+				for _, id := range s.ids {
+					switch e := results[i][id]; {
+					case strings.Contains(e, "not kept"):
+					case strings.Contains(e, "kept"):
+						kept++
+					default:
+						t.Errorf("round %d: PDU result %q; want kept or not kept", round, e)
+					}
+				}
+			}
+			return kept
+		}
+		count := func() int {
+			total := 0
+			for _, ids := range g.pending(t) {
+				total += len(ids)
+			}
+			return total
+		}
+
+		federationapi.SetPendingLimits(t, 50, 10, 1000, time.Hour, time.Hour)
+		if kept, rows := flood(), count(); kept != 10 || rows != 10 {
+			t.Errorf("per-room bound 10: %d PDUs said kept, %d rows kept; want 10 (%d pushed at once)", kept, rows, origins*each)
+		}
+		federationapi.SetPendingLimits(t, 50, 1000, 25, time.Hour, time.Hour)
+		if kept, rows := flood(), count(); kept != 15 || rows != 25 {
+			t.Errorf("total bound 25: %d more PDUs said kept, %d rows kept; want 15 more, 25 in all", kept, rows)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -100,8 +101,9 @@ func (g *gapUnanswered) Unwrap() error { return g.err }
 // askMissingEvents sends the get_missing_events request body for roomID
 // to origin and, if origin does not answer, to up to maxGMEFallbacks of
 // the room's other joined servers (current state; ours and origin
-// excluded), each with a short timeout. It returns the events of the
-// first answer and who gave it, or a *gapUnanswered.
+// excluded; none in backoff: gmeFallbacks), each with a short timeout.
+// It returns the events of the first answer and who gave it, or a
+// *gapUnanswered.
 func (s *Server) askMissingEvents(ctx context.Context, origin, roomID string, body any) ([]json.RawMessage, string, error) {
 	uri := "/_matrix/federation/v1/get_missing_events/" + pathEscape(roomID)
 	ask := func(server string, timeout time.Duration) ([]json.RawMessage, error) {
@@ -126,13 +128,12 @@ func (s *Server) askMissingEvents(ctx context.Context, origin, roomID string, bo
 	if err != nil {
 		return nil, "", err
 	}
-	for _, server := range servers {
-		if server == origin || server == s.serverName {
-			continue
-		}
-		if len(asked) > maxGMEFallbacks {
-			break
-		}
+	servers = slices.DeleteFunc(servers, func(x string) bool { return x == origin || x == s.serverName })
+	fallbacks, err := s.gmeFallbacks(ctx, servers)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, server := range fallbacks {
 		asked = append(asked, server)
 		events, err := ask(server, gmeFallbackTimeout)
 		if err == nil {
@@ -147,6 +148,50 @@ func (s *Server) askMissingEvents(ctx context.Context, origin, roomID string, bo
 	return nil, "", &gapUnanswered{asked: asked, err: firstErr}
 }
 
+// gmeFallbacks picks, from servers (in JoinedServers order), up to
+// maxGMEFallbacks to ask when the origin did not answer: never one the
+// sender is backing off from (federation_destinations.retry_at_ts still
+// ahead: it failed lately and would most likely cost a timeout for
+// nothing), those whose last exchange with us succeeded (no failures)
+// first, then those whose backoff has run out, fewest failures first.
+func (s *Server) gmeFallbacks(ctx context.Context, servers []string) ([]string, error) {
+	type candidate struct {
+		server   string
+		failures int
+	}
+	var healthy []string
+	var recovering []candidate
+	now := s.now().UnixMilli()
+	for _, server := range servers {
+		if len(healthy) == maxGMEFallbacks {
+			break // enough servers that answered lately: no need to read further
+		}
+		var failures int
+		var retryAt int64
+		err := s.db.Reader().QueryRow(ctx, `SELECT failures, retry_at_ts FROM federation_destinations
+			WHERE server_name = $1`, server).Scan(&failures, &retryAt)
+		switch {
+		case storage.IsNoRows(err), err == nil && failures == 0:
+			healthy = append(healthy, server)
+		case err != nil:
+			return nil, err
+		case retryAt > now:
+			// In backoff: skipped.
+		default:
+			recovering = append(recovering, candidate{server, failures})
+		}
+	}
+	slices.SortStableFunc(recovering, func(a, b candidate) int { return a.failures - b.failures })
+	out := healthy
+	for _, c := range recovering {
+		if len(out) == maxGMEFallbacks {
+			break
+		}
+		out = append(out, c.server)
+	}
+	return out, nil
+}
+
 // keepPending keeps p, pushed by origin, for a retry of its gap (cause
 // says why it could not be input now), unless a bound is reached. The
 // error returned is the PDU's /send result either way.
@@ -156,6 +201,12 @@ func (s *Server) keepPending(ctx context.Context, origin string, p *parsedPDU, c
 	full := ""
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		full = ""
+		// Serialise with every other keepPending (migration 007), so the
+		// counts below see the rows they keep: the bounds are exact on
+		// PostgreSQL too, whatever the origins pushing at once.
+		if _, err := tx.Exec(ctx, `UPDATE federation_pending_guard SET checks = checks + 1 WHERE id = 1`); err != nil {
+			return err
+		}
 		for _, bound := range []struct {
 			what  string
 			query string

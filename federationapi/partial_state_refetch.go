@@ -29,12 +29,16 @@ import (
 // Spec: MSC3706; server-server-api, "GET /_matrix/federation/v1/state_ids/{roomId}".
 
 const (
-	// stretchRefetchPoll is how often the queue is read.
-	stretchRefetchPoll = 2 * time.Second
 	// stretchRefetchBatch is how many queued events one read takes.
 	stretchRefetchBatch = 16
 	// stretchRefetchTimeout bounds one event's attempt on one server.
 	stretchRefetchTimeout = time.Minute
+	// stretchRefetchReadRetry is the wait after a failed read of the
+	// queue.
+	stretchRefetchReadRetry = 10 * time.Second
+	// stretchRefetchMinWait is the shortest wait between two passes
+	// that did not fill a batch.
+	stretchRefetchMinWait = time.Second
 )
 
 // stretchRefetchHooks change the worker in tests: before runs before
@@ -46,40 +50,96 @@ type stretchRefetchHooks struct {
 	servers func(roomID string) []string
 }
 
+// WakeStretchRefetch wakes the stretch refetch worker: the roomserver
+// queued an event (roomserver Deps.StretchRefetchQueued). It never
+// blocks.
+func (s *Server) WakeStretchRefetch() {
+	select {
+	case s.stretchWake <- struct{}{}:
+	default:
+	}
+}
+
 // startStretchRefetch runs the worker until bg ends; called once from New.
+// The worker never polls: it works through the due events, then sleeps
+// until the next queued event is due (its retry, with backoff) or until
+// WakeStretchRefetch, so an idle server reads nothing for it. The queue
+// is in the roomserver's database: at start the worker reads it once.
 func (s *Server) startStretchRefetch(bg context.Context) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		tick := time.NewTicker(stretchRefetchPoll)
-		defer tick.Stop()
+		timer := time.NewTimer(0)
+		defer timer.Stop()
+		<-timer.C
 		for {
-			s.refetchDueStretches(bg)
+			// A wake-up that comes while the pass reads is kept in
+			// stretchWake (buffered), so an event queued after the read
+			// is not missed.
+			worked := s.refetchDueStretches(bg)
+			wait, ok := s.nextStretchWait(bg)
+			if ok && wait == 0 && worked < stretchRefetchBatch {
+				// Every due event was tried and one is due still (its
+				// failure could not be recorded, or it was queued just
+				// now): no busy loop.
+				wait = stretchRefetchMinWait
+			}
+			var due <-chan time.Time
+			if ok {
+				timer.Reset(wait)
+				due = timer.C
+			}
 			select {
 			case <-bg.Done():
 				return
-			case <-tick.C:
+			case <-s.stretchWake:
+			case <-due:
+			}
+			if ok && !timer.Stop() {
+				select { // drain a timer that fired alongside a wake-up
+				case <-timer.C:
+				default:
+				}
 			}
 		}
 	}()
 }
 
-// refetchDueStretches works through the queued events that are due.
-func (s *Server) refetchDueStretches(ctx context.Context) {
+// nextStretchWait returns how long the worker may sleep before a queued
+// event is due; ok is false when none is queued (it sleeps until woken).
+func (s *Server) nextStretchWait(ctx context.Context) (time.Duration, bool) {
+	s.stretchReads.Add(1)
+	next, err := s.rooms.NextStretchRefetch(ctx)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			s.log.Warn("reading the stretch refetch queue", "err", err)
+		}
+		return stretchRefetchReadRetry, true
+	case next.IsZero():
+		return 0, false
+	}
+	return max(next.Sub(s.now()), 0), true
+}
+
+// refetchDueStretches works through the queued events that are due (a
+// batch of them); it returns how many it read.
+func (s *Server) refetchDueStretches(ctx context.Context) int {
+	s.stretchReads.Add(1)
 	jobs, err := s.rooms.DueStretchRefetches(ctx, stretchRefetchBatch)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("reading the stretch refetch queue", "err", err)
 		}
-		return
+		return 0
 	}
 	for _, job := range jobs {
 		if ctx.Err() != nil {
-			return
+			return len(jobs)
 		}
 		err := s.refetchStretchState(ctx, job)
 		if ctx.Err() != nil {
-			return // shutting down: not a failure of the servers asked
+			return len(jobs) // shutting down: not a failure of the servers asked
 		}
 		if err != nil {
 			s.log.Info("completing the state of an event built on partial state", "room_id", job.RoomID,
@@ -92,6 +152,7 @@ func (s *Server) refetchDueStretches(ctx context.Context) {
 			h.after(job.EventID, err)
 		}
 	}
+	return len(jobs)
 }
 
 // refetchStretchState completes job's state from the first server that

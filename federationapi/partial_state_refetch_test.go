@@ -154,3 +154,50 @@ func TestStretchMarkAfterRestart(t *testing.T) {
 		p.served(t, "alice's event built on the stretch, after the refetch", fork.onStretch.EventID())
 	})
 }
+
+// TestStretchRefetchWakesUp: the worker that completes the state of
+// events built on a stretch of partial state does not poll its queue. An
+// event queued on B (alice's events built on bob's leave, after bob's
+// rejoin) wakes it: B completes their state at once, and serves the
+// state at them, within a second of storing them (the worker used to
+// look every 2 s). Once the queue is empty, B reads nothing of it while
+// idle.
+// Spec: MSC3706.
+func TestStretchRefetchWakesUp(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b := n.start(), n.start()
+		p := leftWhilePartial(t, n, a, b, unnamedPublicRoom(t))
+		later := rejoinAfterPurge(t, p)
+		var mu sync.Mutex
+		var firstTry time.Time
+		b.HS.Federation.ObserveStretchRefetches(func(string) {
+			mu.Lock()
+			defer mu.Unlock()
+			if firstTry.IsZero() {
+				firstTry = time.Now()
+			}
+		})
+		fork := forkOnLeave(t, p, later)
+		stored := time.Now() // B holds the three events (queued as they were stored)
+		eventually(t, "B to serve the state at alice's merge", func() bool {
+			ok, _, _ := p.servedNow(t, fork.merge.EventID())
+			return ok
+		})
+		p.served(t, "alice's event built on the stretch", fork.onStretch.EventID())
+		mu.Lock()
+		tried := firstTry
+		mu.Unlock()
+		if tried.IsZero() {
+			t.Fatal("the worker made no attempt")
+		}
+		if lag := tried.Sub(stored); lag > time.Second {
+			t.Errorf("the first attempt started %v after B stored the events; want it woken at once", lag)
+		}
+
+		idle := b.HS.Federation.StretchQueueReads()
+		time.Sleep(2500 * time.Millisecond)
+		if reads := b.HS.Federation.StretchQueueReads() - idle; reads != 0 {
+			t.Errorf("B read its empty stretch refetch queue %d times in 2.5 s while idle; want none", reads)
+		}
+	})
+}

@@ -79,11 +79,28 @@ type StretchRefetch struct {
 }
 
 // queueStretchRefetch queues the event numbered nid of roomID, just
-// marked, for CompleteStretchState (in tx).
+// marked, for CompleteStretchState (in tx), and wakes the worker
+// (Deps.StretchRefetchQueued) once tx commits.
 func (s *Server) queueStretchRefetch(ctx context.Context, tx storage.Tx, roomID string, nid int64) error {
 	_, err := tx.Exec(ctx, `INSERT INTO roomserver_stretch_refetch (event_nid, room_id, next_try_ts)
 		VALUES ($1, $2, $3) ON CONFLICT (event_nid) DO NOTHING`, nid, roomID, s.now().UnixMilli())
+	if err == nil && s.onRefetch != nil {
+		tx.AfterCommit(s.onRefetch)
+	}
 	return err
+}
+
+// NextStretchRefetch returns when the queued event tried first is due
+// (it may be already); the zero time when none is queued.
+func (s *Server) NextStretchRefetch(ctx context.Context) (time.Time, error) {
+	var next *int64
+	if err := s.db.Reader().QueryRow(ctx, `SELECT MIN(next_try_ts) FROM roomserver_stretch_refetch`).Scan(&next); err != nil {
+		return time.Time{}, err
+	}
+	if next == nil {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(*next), nil
 }
 
 // DueStretchRefetches returns up to limit queued events whose next try

@@ -43,6 +43,11 @@ type Deps struct {
 	// every new event that enters a room's timeline (timeline_hook.go).
 	// May be nil.
 	OnTimeline TimelineHook
+	// StretchRefetchQueued, when set, is called after the commit of a
+	// transaction that queued an event for StretchRefetch (the federation
+	// API's worker waits on it instead of polling the queue). It must not
+	// block. May be nil.
+	StretchRefetchQueued func()
 }
 
 // Server implements API.
@@ -56,6 +61,7 @@ type Server struct {
 	now        func() time.Time
 	shared     bool         // Deps.Shared; immutable
 	onTimeline TimelineHook // Deps.OnTimeline; immutable, may be nil
+	onRefetch  func()       // Deps.StretchRefetchQueued; immutable, may be nil
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -177,6 +183,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cfg:        deps.Config,
 		notify:     deps.Notify,
 		onTimeline: deps.OnTimeline,
+		onRefetch:  deps.StretchRefetchQueued,
 		now:        now,
 		shared:     deps.Shared,
 		events:     newEventCache(4096),

@@ -157,6 +157,10 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 				return nil, errors.New("homeserver: room event written before the push component was built")
 			}
 			return push.CountInTx(ctx, tx, ev)
+		}, StretchRefetchQueued: func() {
+			if federation != nil {
+				federation.WakeStretchRefetch()
+			}
 		}})
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
