@@ -164,8 +164,19 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64, joinedAtTo bool,
 	also func(context.Context, []*roomserver.Event) error) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
 	limit := b.timelineLimit()
-	rr, err := b.s.rooms.RecentEvents(ctx, roomserver.RecentRequest{
-		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1), JoinedAtTo: joinedAtTo})
+	rreq := roomserver.RecentRequest{
+		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1), JoinedAtTo: joinedAtTo}
+	var rr *roomserver.RecentResponse
+	var memberships map[string]string // unsigned.membership, when read with the events
+	var err error
+	if b.s.timelines != nil && b.req.since != nil && joinedAtTo {
+		// A joined room of an incremental sync: its timeline ends at the
+		// room head, where the long polls woken by one message all end
+		// theirs; they read it together (timelinebatch.go).
+		rr, memberships, err = b.s.timelines.recent(ctx, rreq)
+	} else {
+		rr, err = b.s.rooms.RecentEvents(ctx, rreq)
+	}
 	if err != nil {
 		return timeline{}, nil, nil, err
 	}
@@ -184,7 +195,7 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		}
 	}
 	var reads concurrently
-	var txnIDs, memberships map[string]string
+	var txnIDs map[string]string
 	var prevStates map[string]*roomserver.PrevState
 	var relations map[string]json.RawMessage
 	if len(own) > 0 {
@@ -193,7 +204,7 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 			return err
 		})
 	}
-	if len(ids) > 0 {
+	if len(ids) > 0 && memberships == nil {
 		// Spec: unsigned.membership, the caller's membership at each event.
 		// Complement: TestMembershipOnEvents.
 		reads.do(func(ctx context.Context) (err error) {

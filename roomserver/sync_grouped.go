@@ -1,0 +1,119 @@
+package roomserver
+
+import (
+	"context"
+	"slices"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// This file holds the reads of one room for several users at once: one
+// message to a room of L members wakes L long-polling /sync requests
+// that each ask the same room for the same new events. The rows are
+// the same for every one of them; what each user may see of them
+// (history visibility) and its membership at each event stay per user.
+
+// RecentUsersRequest asks for one room's latest timeline events up to
+// To as each of Users would get them from RecentEvents.
+type RecentUsersRequest struct {
+	RoomID string
+	To     int64
+	Users  []RecentUser
+}
+
+// RecentUser is one user of a RecentUsersRequest: RecentRequest's
+// per-user fields (its window is (From, RecentUsersRequest.To]).
+type RecentUser struct {
+	UserID     string
+	From       int64
+	Limit      int
+	JoinedAtTo bool
+}
+
+// RecentOfUser is one user's answer to RecentUsersRequest.
+type RecentOfUser struct {
+	RecentResponse
+	// Memberships is MembershipsAt(UserID, the IDs of Events), read
+	// with them (the user's membership in the state after each event;
+	// "leave" when it has none). Spec: client-server-api, "Room
+	// Events", unsigned.membership.
+	Memberships map[string]string
+}
+
+// RecentEventsOfUsers answers out[i] for req.Users[i] exactly as
+// RecentEvents(RecentRequest{Users[i].UserID, RoomID, Users[i].From, To,
+// Users[i].Limit, Users[i].JoinedAtTo}) answers, with the user's
+// memberships at the events as MembershipsAt gives them, all from one
+// read: the room's newest rows up to To are read once, back to the
+// earliest From and as many as the largest limit takes. A user's rows,
+// newest first, are those of them after its own From — a prefix of the
+// read's — up to its own limit; the window and the history visibility
+// walk are then the user's own. Nothing of one user's view reaches another's answer: each has its
+// own visibility (its own caches of snapshots and memberships).
+func (s *Server) RecentEventsOfUsers(ctx context.Context, req RecentUsersRequest) ([]*RecentOfUser, error) {
+	out := make([]*RecentOfUser, len(req.Users))
+	if len(req.Users) == 0 {
+		return out, nil
+	}
+	most, earliest := 1, req.Users[0].From
+	for _, u := range req.Users {
+		most = max(most, u.Limit)
+		earliest = min(earliest, u.From)
+	}
+	err := s.read(ctx, func(q storage.Querier) error {
+		// Newest first, as recentRows gives them: for any From at or
+		// after earliest and any limit up to most, the newest limit+1
+		// rows of (From, To] are a prefix of these.
+		all, err := s.recentRows(ctx, q, req.RoomID, earliest, req.To, most+1)
+		if err != nil {
+			return err
+		}
+		// The window (and its gap check) depends on From and the limit
+		// only, not on the user.
+		type window struct {
+			rows      []*eventRow
+			limited   bool
+			prevBatch string
+		}
+		type windowKey struct{ from, limit int64 }
+		windows := map[windowKey]*window{}
+		for i, u := range req.Users {
+			limit := max(u.Limit, 1)
+			k := windowKey{u.From, int64(limit)}
+			w := windows[k]
+			if w == nil {
+				n := 0
+				for n < len(all) && n < limit+1 && all[n].NID > u.From {
+					n++
+				}
+				// recentWindow reorders its rows in place: each window
+				// gets its own copy of the prefix.
+				rows := slices.Clone(all[:n])
+				w = &window{}
+				if w.rows, w.limited, w.prevBatch, err = s.recentWindow(ctx, q, rows, limit, req.To); err != nil {
+					return err
+				}
+				windows[k] = w
+			}
+			vis := s.newVisibility(q, u.UserID)
+			vis.ownRejections = true // as filterVisibleFor, for a timeline
+			if u.JoinedAtTo {
+				// As RecentEvents: v.current is read only under "shared"
+				// history visibility, where a join at To makes every row
+				// (all at or before To) visible.
+				vis.current[req.RoomID] = "join"
+			}
+			r := &RecentOfUser{RecentResponse: RecentResponse{Limited: w.limited, PrevBatch: w.prevBatch},
+				Memberships: map[string]string{}}
+			if r.Events, err = s.filterVisibleWith(ctx, q, vis, req.RoomID, w.rows, r.Memberships); err != nil {
+				return err
+			}
+			out[i] = r
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
