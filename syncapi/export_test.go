@@ -89,8 +89,10 @@ func (s *Server) SplitTimelines(n int) { s.timelineSplit = n }
 // reads of roomID and the key counts reads queue as if a read of each
 // were under way, until release: the requests made meanwhile are then
 // answered by one grouped read each. waiting reports how many requests
-// have queued for each.
-func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCounts, timelines int), release func()) {
+// have queued for each. releaseTimelines ends the timelines' hold alone
+// (a request reads its lazy-loaded members once it has its timeline);
+// release ends the other two.
+func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCounts, timelines int), releaseTimelines, release func()) {
 	c, k, tl := s.memberReads, s.keyCounts, s.timelines
 	c.reads.hold(roomID)
 	k.reads.hold(struct{}{})
@@ -114,12 +116,12 @@ func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCou
 		})
 		return m, n, t
 	}
+	releaseTimelines = func() { tl.reads.finish(context.Background(), roomID, tl.read) }
 	release = func() {
 		c.reads.finish(context.Background(), roomID, c.read)
 		k.reads.finish(context.Background(), struct{}{}, k.read)
-		tl.reads.finish(context.Background(), roomID, tl.read)
 	}
-	return waiting, release
+	return waiting, releaseTimelines, release
 }
 
 // hold makes key's requests queue as if a read of key were under way,

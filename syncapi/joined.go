@@ -204,7 +204,12 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 			return err
 		})
 	}
-	if len(ids) > 0 && memberships == nil {
+	if memberships != nil {
+		// Read with the events for every event the user may see: only
+		// those of the timeline carry it (the state section renders
+		// with the same formatter, and MembershipsAt is asked for ids).
+		memberships = onlyKeys(memberships, ids)
+	} else if len(ids) > 0 {
 		// Spec: unsigned.membership, the caller's membership at each event.
 		// Complement: TestMembershipOnEvents.
 		reads.do(func(ctx context.Context) (err error) {
@@ -615,4 +620,15 @@ func hasMember(evs []*roomserver.Event) bool {
 		}
 	}
 	return false
+}
+
+// onlyKeys is the entries of m whose key is one of keys.
+func onlyKeys(m map[string]string, keys []string) map[string]string {
+	out := make(map[string]string, len(keys))
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
 }
