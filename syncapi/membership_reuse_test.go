@@ -1,0 +1,67 @@
+package syncapi_test
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/roomserver"
+)
+
+// TestLongPollSeesMembershipChangeAfterRegistering: a long poll reads its
+// user's memberships once to register with the waker and, when woken,
+// uses them again only while the waker vouches that no state event has
+// passed since (waker.knownMemberships). A membership change after the
+// registration — an invite to a new room, then the join — must still
+// reach the woken response, at once, not at the timeout.
+func TestLongPollSeesMembershipChangeAfterRegistering(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice := newUser(t, srv, "alice")
+		bob := newUser(t, srv, "bob")
+		home := createRoom(t, srv, bob, roomserver.CreateRoomRequest{Preset: "public_chat"})
+		membership(t, srv, "join", alice, alice.id, home)
+		other := createRoom(t, srv, bob, roomserver.CreateRoomRequest{Preset: "private_chat"})
+		status, body := rawSync(t, srv, alice, "")
+		if status != http.StatusOK {
+			t.Fatalf("initial sync: %d %v", status, body)
+		}
+		since := body["next_batch"].(string)
+		for _, step := range []struct {
+			op      string
+			section string
+		}{{"invite", "invite"}, {"join", "join"}} {
+			type answer struct {
+				status int
+				body   map[string]any
+				took   time.Duration
+			}
+			done := make(chan answer, 1)
+			start := time.Now()
+			go func() {
+				s, b := rawSync(t, srv, alice, "timeout=5000&since="+url.QueryEscape(since))
+				done <- answer{s, b, time.Since(start)}
+			}()
+			for srv.HS.Sync.Waiting() < 1 {
+				time.Sleep(time.Millisecond)
+			}
+			if step.op == "invite" {
+				membership(t, srv, "invite", bob, alice.id, other)
+			} else {
+				membership(t, srv, "join", alice, alice.id, other)
+			}
+			a := <-done
+			if a.status != http.StatusOK {
+				t.Fatalf("%s: long poll: %d %v", step.op, a.status, a.body)
+			}
+			if dig(a.body, "rooms", step.section, other) == nil {
+				t.Fatalf("%s: the woken long poll (after %v) has no %s of %s: %v", step.op, a.took, step.section, other, a.body["rooms"])
+			}
+			if a.took > 4*time.Second {
+				t.Errorf("%s: answered after %v: at the timeout, not when woken", step.op, a.took)
+			}
+			since = a.body["next_batch"].(string)
+		}
+	})
+}
