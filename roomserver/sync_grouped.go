@@ -3,6 +3,7 @@ package roomserver
 import (
 	"context"
 	"slices"
+	"strings"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -114,6 +115,49 @@ func (s *Server) RecentEventsOfUsers(ctx context.Context, req RecentUsersRequest
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// maxMembershipUsers bounds the users of one UserMembershipsOfUsers
+// query (one IN list).
+const maxMembershipUsers = 500
+
+// UserMembershipsOfUsers answers, for each of userIDs, what
+// UserMemberships answers for it (a user with none maps to nothing),
+// with one query per maxMembershipUsers users: the long polls that
+// re-register together after one message read their rooms together.
+func (s *Server) UserMembershipsOfUsers(ctx context.Context, userIDs []string) (map[string][]MembershipEntry, error) {
+	out := make(map[string][]MembershipEntry, len(userIDs))
+	for start := 0; start < len(userIDs); start += maxMembershipUsers {
+		part := userIDs[start:min(start+maxMembershipUsers, len(userIDs))]
+		in, args := inList("", part)
+		rows, err := s.db.Reader().Query(ctx, `SELECT c.state_key, c.room_id, c.membership, c.event_id, c.event_nid,
+			(SELECT COUNT(*) FROM roomserver_forgotten f WHERE f.user_id = c.state_key AND f.room_id = c.room_id)
+			FROM roomserver_current_state c
+			WHERE c.type = 'm.room.member' AND c.state_key IN `+in+` AND c.membership IS NOT NULL`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var userID string
+			var m MembershipEntry
+			var forgotten int
+			if err := rows.Scan(&userID, &m.RoomID, &m.Membership, &m.EventID, &m.StreamPos, &forgotten); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			m.Forgotten = forgotten > 0
+			out[userID] = append(out[userID], m)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	// In UserMemberships' order (by room ID).
+	for _, ms := range out {
+		slices.SortFunc(ms, func(a, b MembershipEntry) int { return strings.Compare(a.RoomID, b.RoomID) })
 	}
 	return out, nil
 }

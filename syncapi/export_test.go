@@ -147,3 +147,22 @@ func (r *groupedReads[K, G, A]) inspect(key K, f func(running bool, next *G)) {
 	}
 	f(running, &g.q)
 }
+
+// HoldMemberships makes the users' memberships reads queue as if a read
+// were under way, until release: the requests made meanwhile are then
+// answered by one grouped read. waiting reports how many users queued.
+func (s *Server) HoldMemberships() (waiting func() int, release func()) {
+	m := s.memberships
+	m.reads.hold(struct{}{})
+	waiting = func() int {
+		var n int
+		m.reads.inspect(struct{}{}, func(_ bool, next *membershipUsers) {
+			if next != nil {
+				n = len(next.ids)
+			}
+		})
+		return n
+	}
+	release = func() { m.reads.finish(context.Background(), struct{}{}, m.read) }
+	return waiting, release
+}

@@ -255,7 +255,7 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	// waker can vouch that they have not changed since, compute uses
 	// them rather than reading them again (waker.knownMemberships).
 	readAfter := s.waker.dispatched()
-	memberships, err := s.rooms.UserMemberships(ctx, req.userID)
+	memberships, err := s.userMemberships(ctx, req.userID)
 	if err != nil {
 		return nil, err
 	}
@@ -349,7 +349,7 @@ func (s *Server) readHeads(ctx context.Context, userID string, fresh bool, wt *w
 		memberships = s.waker.knownMemberships(wt, h.Room)
 	}
 	if memberships == nil {
-		if memberships, err = s.rooms.UserMemberships(ctx, userID); err != nil {
+		if memberships, err = s.userMemberships(ctx, userID); err != nil {
 			return h, nil, err
 		}
 	}
@@ -818,4 +818,13 @@ func nonNilMemberships(ms []roomserver.MembershipEntry) []roomserver.MembershipE
 		return []roomserver.MembershipEntry{}
 	}
 	return ms
+}
+
+// userMemberships is Rooms.UserMemberships, read together with other
+// requests' when Rooms can (membershipsBatcher).
+func (s *Server) userMemberships(ctx context.Context, userID string) ([]roomserver.MembershipEntry, error) {
+	if s.memberships != nil {
+		return s.memberships.memberships(ctx, userID)
+	}
+	return s.rooms.UserMemberships(ctx, userID)
 }

@@ -75,6 +75,9 @@ type Server struct {
 	// same room and window at once (timelinebatch.go); nil when rooms
 	// has no grouped read.
 	timelines *timelineBatcher
+	// memberships groups the users' memberships reads (membershipsbatch.go);
+	// nil when rooms has no grouped read.
+	memberships *membershipsBatcher
 	// news shares RoomsWithEvents answers (newscache.go).
 	news    *newsCache
 	ignores *ignoreCache
@@ -119,6 +122,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	if batch, ok := deps.Rooms.(RoomsGrouped); ok {
 		s.timelines = &timelineBatcher{rooms: deps.Rooms, batch: batch}
+		s.memberships = &membershipsBatcher{rooms: deps.Rooms, batch: batch}
 	}
 	if batch, ok := deps.E2EE.(E2EEBatch); ok {
 		s.keyCounts = &keyCountsBatcher{e2ee: batch}

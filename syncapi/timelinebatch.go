@@ -7,12 +7,14 @@ import (
 	"github.com/myelin-chat/myelin/roomserver"
 )
 
-// RoomsGrouped is optional on a Rooms (*roomserver.Server): one room's
-// timeline for several users in one read. RecentEventsOfUsers answers
-// out[i] as RecentEvents answers the request of req.Users[i], with that
-// user's MembershipsAt of the events (timelineBatcher).
+// RoomsGrouped is optional on a Rooms (*roomserver.Server): reads of
+// several users in one. RecentEventsOfUsers answers out[i] as
+// RecentEvents answers the request of req.Users[i], with that user's
+// MembershipsAt of the events (timelineBatcher); UserMembershipsOfUsers
+// answers each user as UserMemberships does (membershipsBatcher).
 type RoomsGrouped interface {
 	RecentEventsOfUsers(ctx context.Context, req roomserver.RecentUsersRequest) ([]*roomserver.RecentOfUser, error)
+	UserMembershipsOfUsers(ctx context.Context, userIDs []string) (map[string][]roomserver.MembershipEntry, error)
 }
 
 // timelineBatcher shares the timeline reads of /sync requests that ask

@@ -63,6 +63,9 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			since[u] = body["next_batch"].(string)
 		}
 		woken := make([]map[string]any, len(users))
+		// The long polls read their memberships to register in one
+		// grouped read.
+		queued, releaseMemberships := srv.HS.Sync.HoldMemberships()
 		var wg sync.WaitGroup
 		for i, u := range users {
 			wg.Add(1)
@@ -71,6 +74,8 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 				_, woken[i] = rawSync(t, srv, u, "timeout=3000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
 			}()
 		}
+		holdUntil(t, "memberships", queued, len(users))
+		releaseMemberships()
 		for srv.HS.Sync.Waiting() < len(users) {
 			time.Sleep(time.Millisecond)
 		}
@@ -149,6 +154,18 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 	})
 }
 
+// holdUntil waits until queued reports n requests, at most 5 s.
+func holdUntil(t *testing.T, what string, queued func() int, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for got := queued(); got < n; got = queued() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d %s reads queued, want %d", got, what, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // sameAsAlone checks that got, the response u received to an
 // incremental sync from since with filter, is what the same sync
 // computed alone now gives (next_batch, unsigned.age and the joined
@@ -212,6 +229,7 @@ func groupedTimelines(t *testing.T, srv *testserver.Server, room string, since, 
 	joined := []*user{sender, plain, ignorer, filtered, late, joinsLater, invitedLater}
 	users := append(slices.Clone(joined), leaver)
 	got := make([]map[string]any, len(users))
+	queued, releaseMemberships := srv.HS.Sync.HoldMemberships()
 	waiting, releaseTimelines, release := srv.HS.Sync.HoldSharedReads(room)
 	var wg sync.WaitGroup
 	for i, u := range users {
@@ -225,8 +243,11 @@ func groupedTimelines(t *testing.T, srv *testserver.Server, room string, since, 
 			}
 		}()
 	}
-	// Every joined user's timeline read queues for one grouped read
-	// (the leaver's ends at its leave: it reads alone).
+	// Every user's memberships read queues for one grouped read, then
+	// every joined user's timeline read (the leaver's ends at its
+	// leave: it reads alone).
+	holdUntil(t, "memberships", queued, len(users))
+	releaseMemberships()
 	deadline := time.Now().Add(5 * time.Second)
 	for _, _, tl := waiting(); tl < len(joined); _, _, tl = waiting() {
 		if time.Now().After(deadline) {
