@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -29,15 +30,21 @@ type RecentUser struct {
 	From       int64
 	Limit      int
 	JoinedAtTo bool
+	// Shown, when not nil, picks the events the caller will show (its
+	// filters): only those get a membership in RecentOfUser.Memberships,
+	// each costing a snapshot read. A function: in-process callers
+	// only. It is called during the read, from another goroutine than
+	// the caller's, and must only read.
+	Shown func(*Event) bool `json:"-"`
 }
 
 // RecentOfUser is one user's answer to RecentUsersRequest.
 type RecentOfUser struct {
 	RecentResponse
-	// Memberships is MembershipsAt(UserID, the IDs of Events), read
-	// with them (the user's membership in the state after each event;
-	// "leave" when it has none). Spec: client-server-api, "Room
-	// Events", unsigned.membership.
+	// Memberships is MembershipsAt(UserID, the IDs of those Events
+	// RecentUser.Shown picks), read with them (the user's membership in
+	// the state after each event; "leave" when it has none). Spec:
+	// client-server-api, "Room Events", unsigned.membership.
 	Memberships map[string]string
 }
 
@@ -106,7 +113,10 @@ func (s *Server) RecentEventsOfUsers(ctx context.Context, req RecentUsersRequest
 			}
 			r := &RecentOfUser{RecentResponse: RecentResponse{Limited: w.limited, PrevBatch: w.prevBatch},
 				Memberships: map[string]string{}}
-			if r.Events, err = s.filterVisibleWith(ctx, q, vis, req.RoomID, w.rows, r.Memberships); err != nil {
+			if r.Events, err = s.filterVisibleWith(ctx, q, vis, req.RoomID, w.rows, nil); err != nil {
+				return err
+			}
+			if err := s.membershipsAfter(ctx, q, vis, req.RoomID, w.rows, r.Events, u.Shown, r.Memberships); err != nil {
 				return err
 			}
 			out[i] = r
@@ -117,6 +127,41 @@ func (s *Server) RecentEventsOfUsers(ctx context.Context, req RecentUsersRequest
 		return nil, err
 	}
 	return out, nil
+}
+
+// membershipsAfter adds to out, for each of evs (visible rows of rows,
+// in order) that shown picks (all when nil), vis's user's membership in
+// the state after it, as MembershipsAt does.
+func (s *Server) membershipsAfter(ctx context.Context, q storage.Querier, vis *visibility, roomID string, rows []*eventRow,
+	evs []*Event, shown func(*Event) bool, out map[string]string) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	version, err := s.committedRoomVersion(ctx, q, roomID)
+	if err != nil {
+		return err
+	}
+	j := 0
+	for _, e := range evs {
+		for j < len(rows) && rows[j].EventID != e.EventID {
+			j++
+		}
+		if j == len(rows) {
+			return fmt.Errorf("event %s is not among the rows read", e.EventID)
+		}
+		if shown != nil && !shown(e) {
+			continue
+		}
+		_, m, err := vis.at(ctx, version, rows[j].StateAfter)
+		if err != nil {
+			return err
+		}
+		if m == "" {
+			m = "leave"
+		}
+		out[e.EventID] = m
+	}
+	return nil
 }
 
 // maxMembershipUsers bounds the users of one UserMembershipsOfUsers

@@ -173,7 +173,12 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		// A joined room of an incremental sync: its timeline ends at the
 		// room head, where the long polls woken by one message all end
 		// theirs; they read it together (timelinebatch.go).
-		rr, memberships, err = b.s.timelines.recent(ctx, rreq)
+		// Only the events this request shows get their membership
+		// read (the filter and ignored senders as below).
+		shown := func(e *roomserver.Event) bool {
+			return len(b.withoutIgnored(filterEvents(b.roomFilter().Timeline, []*roomserver.Event{e}))) == 1
+		}
+		rr, memberships, err = b.s.timelines.recent(ctx, rreq, shown)
 	} else {
 		rr, err = b.s.rooms.RecentEvents(ctx, rreq)
 	}

@@ -58,10 +58,12 @@ const maxTimelineGroup = 500
 
 // recent is RecentEvents(req), read together with the requests that ask
 // for the same room and window at the same time. A request answered by
-// a grouped read also gets its user's MembershipsAt of the events
-// (memberships); one that read alone gets nil and reads them itself.
-func (c *timelineBatcher) recent(ctx context.Context, req roomserver.RecentRequest) (rr *roomserver.RecentResponse, memberships map[string]string, err error) {
-	u := roomserver.RecentUser{UserID: req.UserID, From: req.From, Limit: req.Limit, JoinedAtTo: req.JoinedAtTo}
+// a grouped read also gets its user's MembershipsAt of the events shown
+// picks (memberships: shown is called during the group's read, on
+// another goroutine, and must only read); one that read alone gets nil
+// and reads them itself.
+func (c *timelineBatcher) recent(ctx context.Context, req roomserver.RecentRequest, shown func(*roomserver.Event) bool) (rr *roomserver.RecentResponse, memberships map[string]string, err error) {
+	u := roomserver.RecentUser{UserID: req.UserID, From: req.From, Limit: req.Limit, JoinedAtTo: req.JoinedAtTo, Shown: shown}
 	var i int
 	g, lead := c.reads.join(req.RoomID, func(g *timelineGroup) bool {
 		if len(g.users) == 0 {
