@@ -13,11 +13,11 @@ import (
 )
 
 // TestLongPollSeesMembershipChangeAfterRegistering: a long poll reads its
-// user's memberships once to register with the waker and, when woken,
-// uses them again only while the waker vouches that no state event has
-// passed since (waker.knownMemberships). A membership change after the
-// registration — an invite to a new room, then the join — must still
-// reach the woken response, at once, not at the timeout.
+// user's memberships to register with the waker and, when woken, reads
+// them again (grouped with other requests': membershipsBatcher). A
+// membership change after the registration — an invite to a new room,
+// then the join — must reach the woken response, at once, not at the
+// timeout: the guard for any reuse of the registration's read.
 func TestLongPollSeesMembershipChangeAfterRegistering(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
 		alice := newUser(t, srv, "alice")

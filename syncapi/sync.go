@@ -41,9 +41,6 @@ type syncRequest struct {
 	// own instead of all at once (initial_batch.go): the reference the
 	// batched reads are tested against.
 	perRoom bool
-	// waiter is the long poll's registration with the waker, which may
-	// vouch for the memberships read before it (syncWait); nil otherwise.
-	waiter *waiter
 }
 
 // The /sync response. Spec: client-server-api, "GET /_matrix/client/v3/sync".
@@ -251,10 +248,6 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	if req.since == nil || req.timeout <= 0 || req.fullState {
 		return s.compute(ctx, req)
 	}
-	// The memberships read here name the rooms to wait on; while the
-	// waker can vouch that they have not changed since, compute uses
-	// them rather than reading them again (waker.knownMemberships).
-	readAfter := s.waker.dispatched()
 	memberships, err := s.userMemberships(ctx, req.userID)
 	if err != nil {
 		return nil, err
@@ -263,18 +256,11 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	for i, m := range memberships {
 		roomIDs[i] = m.RoomID
 	}
-	wt := s.waker.registerKnowing(req.userID, roomIDs, req.wantsPresence(), nonNilMemberships(memberships), readAfter)
+	wt := s.waker.registerFiltered(req.userID, roomIDs, req.wantsPresence())
 	defer s.waker.unregister(wt)
 	deadline := time.NewTimer(req.timeout)
 	defer deadline.Stop()
 	resynced := s.awaitResyncs(ctx, req, roomIDs) // partial_state.go
-	if resynced == nil {
-		// A partial-state room's resync rewrites its state without the
-		// waker seeing each change: such a request reads its
-		// memberships each time.
-		req.waiter = wt
-	}
-	defer func() { req.waiter = nil }()
 	// A request whose token is at every head has nothing to compute: it
 	// waits at once, and computes when woken (or at the timeout, for the
 	// empty response with its key counts).
@@ -333,25 +319,18 @@ func (s *Server) unchangedSince(ctx context.Context, req *syncRequest, membershi
 // The heads shared by all users may come from s.sharedHeads (see
 // headsCache).
 func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomserver.MembershipEntry, error) {
-	return s.readHeads(ctx, userID, false, nil)
+	return s.readHeads(ctx, userID, false)
 }
 
-// readHeads is heads; fresh bypasses the shared heads cache. A long
-// poll's memberships come from its waiter wt when the waker vouches for
-// them as of the room head (waker.knownMemberships).
-func (s *Server) readHeads(ctx context.Context, userID string, fresh bool, wt *waiter) (syncToken, []roomserver.MembershipEntry, error) {
+// readHeads is heads; fresh bypasses the shared heads cache.
+func (s *Server) readHeads(ctx context.Context, userID string, fresh bool) (syncToken, []roomserver.MembershipEntry, error) {
 	h, err := s.sharedHeads.get(ctx, fresh, s.readSharedHeads)
 	if err != nil {
 		return h, nil, err
 	}
-	var memberships []roomserver.MembershipEntry
-	if wt != nil {
-		memberships = s.waker.knownMemberships(wt, h.Room)
-	}
-	if memberships == nil {
-		if memberships, err = s.userMemberships(ctx, userID); err != nil {
-			return h, nil, err
-		}
+	memberships, err := s.userMemberships(ctx, userID)
+	if err != nil {
+		return h, nil, err
 	}
 	for _, m := range memberships {
 		h.Room = max(h.Room, m.StreamPos)
@@ -435,7 +414,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		// has already collected it and this returns at once.
 		defer func() { _ = keyCounts.wait(ctx) }()
 	}
-	heads, memberships, err := s.readHeads(ctx, req.userID, false, req.waiter)
+	heads, memberships, err := s.heads(ctx, req.userID)
 	if err != nil {
 		return nil, err
 	}
@@ -461,7 +440,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		// The shared heads may trail a token issued from a fresher read
 		// in the same notification generation: read them afresh before
 		// calling the token one this server never issued.
-		fresh, freshMemberships, err := s.readHeads(ctx, req.userID, true, nil)
+		fresh, freshMemberships, err := s.readHeads(ctx, req.userID, true)
 		if err != nil {
 			return nil, err
 		}
@@ -809,15 +788,6 @@ func (s *Server) withPushRules(ctx context.Context, userID string, acct []client
 		return nil, err
 	}
 	return append(acct, clientapi.AccountData{Type: "m.push_rules", Content: content}), nil
-}
-
-// nonNilMemberships is ms, or an empty list for nil: a user in no room
-// has memberships too (the waker keeps nil as "unknown").
-func nonNilMemberships(ms []roomserver.MembershipEntry) []roomserver.MembershipEntry {
-	if ms == nil {
-		return []roomserver.MembershipEntry{}
-	}
-	return ms
 }
 
 // userMemberships is Rooms.UserMemberships, read together with other

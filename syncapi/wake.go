@@ -22,12 +22,6 @@ type waiter struct {
 	// wake has room for one signal; a waiter woken twice before it looks
 	// re-reads once.
 	wake chan struct{}
-	// memberships is the user's memberships its request read before
-	// registering, if the waker can vouch that they were current then
-	// (registerKnowing), and stateAt the waker's stateEvents at
-	// registration (immutable after it).
-	memberships []roomserver.MembershipEntry
-	stateAt     int64
 }
 
 // waker turns stream notifications into wake-ups of the requests they
@@ -59,11 +53,7 @@ type waker struct {
 	roomDone int64                           // room stream position dispatched; guarded by mu
 	// countsDone is UnreadCountsStream's position dispatched; guarded by mu.
 	countsDone int64
-	// stateEvents counts the state events (accepted or not) the room
-	// stream's dispatch has passed, and its failed reads: a user's
-	// memberships change only with one (knownMemberships). Guarded by mu.
-	stateEvents int64
-	seen        notifier.Positions // other streams' positions dispatched; guarded by mu
+	seen       notifier.Positions // other streams' positions dispatched; guarded by mu
 }
 
 func newWaker(rooms Rooms, n notifier.Broadcaster, log *slog.Logger) *waker {
@@ -87,61 +77,15 @@ func (w *waker) register(userID string, rooms []string) *waiter {
 // alone (with many listeners, every listener's own presence update
 // would otherwise wake all the others for nothing).
 func (w *waker) registerFiltered(userID string, rooms []string, presence bool) *waiter {
-	return w.registerKnowing(userID, rooms, presence, nil, 0)
-}
-
-// dispatched is the room stream position up to which the waker has
-// woken the waiters of the events' rooms and members: every position up
-// to it is committed.
-func (w *waker) dispatched() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.roomDone
-}
-
-// registerKnowing is registerFiltered for a request that read its
-// user's memberships after dispatched() returned readAfter: the waiter
-// keeps them as long as the waker sees no event of the user's
-// membership from then on (knownMemberships).
-func (w *waker) registerKnowing(userID string, rooms []string, presence bool, memberships []roomserver.MembershipEntry, readAfter int64) *waiter {
 	wt := &waiter{userID: userID, rooms: rooms, noPresence: !presence, wake: make(chan struct{}, 1)}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if memberships != nil && w.roomDone == readAfter {
-		// Nothing was dispatched between the read and now: every event
-		// the read did not see is dispatched from here on.
-		wt.memberships, wt.stateAt = memberships, w.stateEvents
-	}
 	w.all[wt] = struct{}{}
 	add(w.byUser, userID, wt)
 	for _, r := range rooms {
 		add(w.byRoom, r, wt)
 	}
 	return wt
-}
-
-// knownMemberships returns the memberships wt kept, if they are still
-// the user's memberships as of room stream position upTo: read after
-// every position up to readAfter had committed (registerKnowing), no
-// state event dispatched since, and every position up to upTo
-// dispatched. nil when the caller must read them.
-//
-// Why this is enough: the current state UserMemberships reads is
-// written only with a state event, at that event's stream position (a
-// member event of the user, a state resolution's outcome, an outlier's
-// promotion to a new position), and the waker passes every room stream
-// position in order. Counting every state event, not only the user's
-// member events, covers a state reset by another event. The forgotten
-// flag changes without a stream event, but an incremental sync looks
-// at it only for a room left after its token, which it shows whether
-// or not the room was forgotten since (roomBuilder.build).
-func (w *waker) knownMemberships(wt *waiter, upTo int64) []roomserver.MembershipEntry {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if wt.memberships == nil || w.roomDone < upTo || w.stateEvents != wt.stateAt {
-		return nil
-	}
-	return wt.memberships
 }
 
 func (w *waker) unregister(wt *waiter) {
@@ -333,9 +277,6 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members boo
 			// Wake everyone rather than lose a wake-up; they re-read.
 			w.log.Warn("sync waker: reading room stream", "err", err)
 			w.mu.Lock()
-			if members {
-				w.stateEvents++ // what changed is unknown
-			}
 			for wt := range w.all {
 				signal(wt)
 			}
@@ -351,9 +292,6 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members boo
 		}
 		w.mu.Lock()
 		for _, t := range touched {
-			if members && t.State {
-				w.stateEvents++ // even a rejected one
-			}
 			if !t.Accepted {
 				continue
 			}
