@@ -215,8 +215,8 @@ func (v *visibility) preloadCurrent(ctx context.Context, roomIDs []string) error
 
 // filterVisibleWith is filterVisible for rows of one room, with a
 // visibility shared across rooms and the room version from the version
-// cache; it adds to memberships the user's membership after each event
-// it keeps, as MembershipsAt. An event not in the cache is not parsed
+// cache; it adds to memberships (when not nil) the user's membership
+// after each event it keeps, as MembershipsAt. An event not in the cache is not parsed
 // (see eventFromRow): the visibility rules read only its row.
 func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *visibility, roomID string, rows []*eventRow,
 	memberships map[string]string) ([]*Event, error) {
@@ -257,6 +257,9 @@ func (s *Server) filterVisibleWith(ctx context.Context, q storage.Querier, vis *
 			return nil, err
 		}
 		out = append(out, ev)
+		if memberships == nil {
+			continue // the caller reads them itself (RecentEventsOfUsers)
+		}
 		// As MembershipsAt: the membership in the state after the event.
 		_, m, err := vis.at(ctx, version, r.StateAfter)
 		if err != nil {

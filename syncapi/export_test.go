@@ -85,16 +85,20 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 // parts of n rooms each (0: the default).
 func (s *Server) SplitTimelines(n int) { s.timelineSplit = n }
 
-// HoldSharedReads makes the lazy-loaded members reads of roomID and the
-// key counts reads queue as if a read of each were under way, until
-// release: the requests made meanwhile are then answered by one grouped
-// read each. waiting reports how many requests have queued for each.
-func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCounts int), release func()) {
-	c, k := s.memberReads, s.keyCounts
+// HoldSharedReads makes the lazy-loaded members reads and the timeline
+// reads of roomID and the key counts reads queue as if a read of each
+// were under way, until release: the requests made meanwhile are then
+// answered by one grouped read each. waiting reports how many requests
+// have queued for each. releaseTimelines ends the timelines' hold alone
+// (a request reads its lazy-loaded members once it has its timeline);
+// release ends the other two.
+func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCounts, timelines int), releaseTimelines, release func()) {
+	c, k, tl := s.memberReads, s.keyCounts, s.timelines
 	c.reads.hold(roomID)
 	k.reads.hold(struct{}{})
-	waiting = func() (int, int) {
-		var m, n int
+	tl.reads.hold(roomID)
+	waiting = func() (int, int, int) {
+		var m, n, t int
 		c.reads.inspect(roomID, func(_ bool, next *memberKeys) {
 			if next != nil {
 				m = len(next.keys)
@@ -105,13 +109,19 @@ func (s *Server) HoldSharedReads(roomID string) (waiting func() (members, keyCou
 				n = len(*next)
 			}
 		})
-		return m, n
+		tl.reads.inspect(roomID, func(_ bool, next *timelineGroup) {
+			if next != nil {
+				t = len(next.users)
+			}
+		})
+		return m, n, t
 	}
+	releaseTimelines = func() { tl.reads.finish(context.Background(), roomID, tl.read) }
 	release = func() {
 		c.reads.finish(context.Background(), roomID, c.read)
 		k.reads.finish(context.Background(), struct{}{}, k.read)
 	}
-	return waiting, release
+	return waiting, releaseTimelines, release
 }
 
 // hold makes key's requests queue as if a read of key were under way,
@@ -136,4 +146,23 @@ func (r *groupedReads[K, G, A]) inspect(key K, f func(running bool, next *G)) {
 		return
 	}
 	f(running, &g.q)
+}
+
+// HoldMemberships makes the users' memberships reads queue as if a read
+// were under way, until release: the requests made meanwhile are then
+// answered by one grouped read. waiting reports how many users queued.
+func (s *Server) HoldMemberships() (waiting func() int, release func()) {
+	m := s.memberships
+	m.reads.hold(struct{}{})
+	waiting = func() int {
+		var n int
+		m.reads.inspect(struct{}{}, func(_ bool, next *membershipUsers) {
+			if next != nil {
+				n = len(next.ids)
+			}
+		})
+		return n
+	}
+	release = func() { m.reads.finish(context.Background(), struct{}{}, m.read) }
+	return waiting, release
 }

@@ -164,8 +164,24 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int64, joinedAtTo bool,
 	also func(context.Context, []*roomserver.Event) error) (timeline, []*roomserver.Event, *roomserver.RecentResponse, error) {
 	limit := b.timelineLimit()
-	rr, err := b.s.rooms.RecentEvents(ctx, roomserver.RecentRequest{
-		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1), JoinedAtTo: joinedAtTo})
+	rreq := roomserver.RecentRequest{
+		UserID: b.req.userID, RoomID: roomID, From: from, To: to, Limit: max(limit, 1), JoinedAtTo: joinedAtTo}
+	var rr *roomserver.RecentResponse
+	var memberships map[string]string // unsigned.membership, when read with the events
+	var err error
+	if b.s.timelines != nil && b.req.since != nil && joinedAtTo {
+		// A joined room of an incremental sync: its timeline ends at the
+		// room head, where the long polls woken by one message all end
+		// theirs; they read it together (timelinebatch.go).
+		// Only the events this request shows get their membership
+		// read (the filter and ignored senders as below).
+		shown := func(e *roomserver.Event) bool {
+			return len(b.withoutIgnored(filterEvents(b.roomFilter().Timeline, []*roomserver.Event{e}))) == 1
+		}
+		rr, memberships, err = b.s.timelines.recent(ctx, rreq, shown)
+	} else {
+		rr, err = b.s.rooms.RecentEvents(ctx, rreq)
+	}
 	if err != nil {
 		return timeline{}, nil, nil, err
 	}
@@ -184,7 +200,7 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		}
 	}
 	var reads concurrently
-	var txnIDs, memberships map[string]string
+	var txnIDs map[string]string
 	var prevStates map[string]*roomserver.PrevState
 	var relations map[string]json.RawMessage
 	if len(own) > 0 {
@@ -193,7 +209,12 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 			return err
 		})
 	}
-	if len(ids) > 0 {
+	if memberships != nil {
+		// Read with the events for every event the user may see: only
+		// those of the timeline carry it (the state section renders
+		// with the same formatter, and MembershipsAt is asked for ids).
+		memberships = onlyKeys(memberships, ids)
+	} else if len(ids) > 0 {
 		// Spec: unsigned.membership, the caller's membership at each event.
 		// Complement: TestMembershipOnEvents.
 		reads.do(func(ctx context.Context) (err error) {
@@ -604,4 +625,15 @@ func hasMember(evs []*roomserver.Event) bool {
 		}
 	}
 	return false
+}
+
+// onlyKeys is the entries of m whose key is one of keys.
+func onlyKeys(m map[string]string, keys []string) map[string]string {
+	out := make(map[string]string, len(keys))
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
 }

@@ -248,7 +248,7 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	if req.since == nil || req.timeout <= 0 || req.fullState {
 		return s.compute(ctx, req)
 	}
-	memberships, err := s.rooms.UserMemberships(ctx, req.userID)
+	memberships, err := s.userMemberships(ctx, req.userID)
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +328,7 @@ func (s *Server) readHeads(ctx context.Context, userID string, fresh bool) (sync
 	if err != nil {
 		return h, nil, err
 	}
-	memberships, err := s.rooms.UserMemberships(ctx, userID)
+	memberships, err := s.userMemberships(ctx, userID)
 	if err != nil {
 		return h, nil, err
 	}
@@ -788,4 +788,13 @@ func (s *Server) withPushRules(ctx context.Context, userID string, acct []client
 		return nil, err
 	}
 	return append(acct, clientapi.AccountData{Type: "m.push_rules", Content: content}), nil
+}
+
+// userMemberships is Rooms.UserMemberships, read together with other
+// requests' when Rooms can (membershipsBatcher).
+func (s *Server) userMemberships(ctx context.Context, userID string) ([]roomserver.MembershipEntry, error) {
+	if s.memberships != nil {
+		return s.memberships.memberships(ctx, userID)
+	}
+	return s.rooms.UserMemberships(ctx, userID)
 }

@@ -71,6 +71,13 @@ type Server struct {
 	// memberReads groups the lazy-loaded members reads of requests
 	// asking for the same room at once (membersbatch.go).
 	memberReads *memberBatcher
+	// timelines groups the timeline reads of requests asking for the
+	// same room and window at once (timelinebatch.go); nil when rooms
+	// has no grouped read.
+	timelines *timelineBatcher
+	// memberships groups the users' memberships reads (membershipsbatch.go);
+	// nil when rooms has no grouped read.
+	memberships *membershipsBatcher
 	// news shares RoomsWithEvents answers (newscache.go).
 	news    *newsCache
 	ignores *ignoreCache
@@ -112,6 +119,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	s.acctHead, _ = deps.AccountData.(AccountDataHead)
 	if batch, ok := deps.Push.(PushBatch); ok {
 		s.counts = &countsBatcher{push: batch}
+	}
+	if batch, ok := deps.Rooms.(RoomsGrouped); ok {
+		s.timelines = &timelineBatcher{rooms: deps.Rooms, batch: batch}
+		s.memberships = &membershipsBatcher{rooms: deps.Rooms, batch: batch}
 	}
 	if batch, ok := deps.E2EE.(E2EEBatch); ok {
 		s.keyCounts = &keyCountsBatcher{e2ee: batch}
