@@ -26,6 +26,12 @@ func (c *countingStreams) StreamPosition(context.Context) (int64, error) {
 	return 0, nil
 }
 
+func (c *countingStreams) JoinsAfter(context.Context, int64, int) (int64, []*roomserver.Event, error) {
+	c.lastEventRead.Store(time.Now().UnixNano())
+	c.eventReads.Add(1)
+	return 0, nil, nil
+}
+
 func (c *countingStreams) ReceiptsAfter(context.Context, int64, int) ([]clientapi.Receipt, error) {
 	c.receiptReads.Add(1)
 	return nil, nil
@@ -140,4 +146,61 @@ func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
 		t.Fatalf("passes went on after the burst: %d more", got-before)
 	}
 	t.Logf("%d passes for %d notifications over %v", reads, notifications, elapsed)
+}
+
+// readRecorder stands in for the roomserver's event stream: a head at 10,
+// a join (of a remote user) at 7 and a message at 9, and a count of each
+// read.
+type readRecorder struct {
+	Rooms
+	streamPos, eventsAfter, joinsAfter int
+}
+
+func (r *readRecorder) StreamPosition(context.Context) (int64, error) {
+	r.streamPos++
+	return 10, nil
+}
+
+func (r *readRecorder) EventsAfter(_ context.Context, after int64, _ int) ([]*roomserver.Event, error) {
+	r.eventsAfter++
+	return []*roomserver.Event{{StreamPos: 9, Type: "m.room.message"}}, nil
+}
+
+func (r *readRecorder) JoinsAfter(_ context.Context, after int64, _ int) (int64, []*roomserver.Event, error) {
+	r.joinsAfter++
+	return 10, []*roomserver.Event{{StreamPos: 7, Type: "m.room.member", Membership: "join", StateKey: new("@x:elsewhere")}}, nil
+}
+
+// Past inTxFrom every event was counted in its own transaction, so a pass
+// reads the joins and the head in one read (JoinsAfter), not every event
+// and the head in two; before it, the consumer still reads every event.
+// Either way it advances to the head.
+func TestConsumerPastInTxReadsJoinsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		inTxFrom                int64
+		streamPos, after, joins int
+	}{
+		{"past inTxFrom", 0, 0, 0, 1},
+		{"before inTxFrom", 8, 1, 1, 0}, // from 5: the message at 9 is past it
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rooms := &readRecorder{}
+			s := &Server{rooms: rooms, notifier: notifier.New(), log: slog.Default(), inTxFrom: tc.inTxFrom,
+				serverName: "test.local", progress: make(chan struct{}), eventsStoredAt: time.Now()}
+			if tc.inTxFrom > 0 {
+				s.eventsPos.Store(5)
+			}
+			if _, err := s.consumeEvents(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if rooms.streamPos != tc.streamPos || rooms.eventsAfter != tc.after || rooms.joinsAfter != tc.joins {
+				t.Errorf("reads: StreamPosition %d, EventsAfter %d, JoinsAfter %d; want %d, %d, %d",
+					rooms.streamPos, rooms.eventsAfter, rooms.joinsAfter, tc.streamPos, tc.after, tc.joins)
+			}
+			if got := s.eventsPos.Load(); got != 10 {
+				t.Errorf("position %d after the pass, want the head 10", got)
+			}
+		})
+	}
 }
