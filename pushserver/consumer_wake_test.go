@@ -3,6 +3,7 @@ package pushserver
 import (
 	"context"
 	"log/slog"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,7 +89,9 @@ func TestConsumerReadsOnlyAdvancedStreams(t *testing.T) {
 func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
 	streams := &countingStreams{}
 	n := notifier.New()
-	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	// Still counting events from before CountInTx (inTxFrom ahead): the
+	// passes that evaluate events are passEvery apart.
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default(), inTxFrom: math.MaxInt64}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -203,4 +206,55 @@ func TestConsumerPastInTxReadsJoinsOnly(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Past inTxFrom a room-event pass only looks for joins (JoinsAfter), and
+// the passes are joinsPassEvery apart: a burst of 300 notifications at
+// least 500µs apart takes a handful of passes (at passEvery: dozens), and
+// the last notification is still read.
+func TestConsumerJoinPassesSpaced(t *testing.T) {
+	streams := &countingStreams{}
+	n := notifier.New()
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.runConsumer(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for streams.eventReads.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no first read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	before := streams.eventReads.Load()
+	const notifications = 300
+	start := time.Now()
+	var last time.Time
+	for i := range notifications {
+		last = time.Now()
+		n.Notify(roomserver.Stream, int64(2+i))
+		time.Sleep(500 * time.Microsecond) // the consumer may run meanwhile
+	}
+	elapsed := time.Since(start)
+	deadline = time.Now().Add(5 * time.Second)
+	for !time.Unix(0, streams.lastEventRead.Load()).After(last) {
+		if time.Now().After(deadline) {
+			t.Fatal("the last notification was never read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	reads := streams.eventReads.Load() - before
+	// One pass per joinsPassEvery while the burst lasted (at least
+	// 150ms), plus the one for its last notification.
+	if limit := int64(elapsed/joinsPassEvery) + 2; reads > limit {
+		t.Fatalf("%d passes for %d notifications over %v, want at most %d", reads, notifications, elapsed, limit)
+	}
+	t.Logf("%d passes for %d notifications over %v", reads, notifications, elapsed)
 }
