@@ -139,16 +139,16 @@ func (s *Server) accountDataTarget(r *http.Request) (local, roomID, dataType str
 // accountDataContent checks that body is a JSON object and returns it
 // compacted. Spec: 400 with M_NOT_JSON or M_BAD_JSON otherwise.
 func accountDataContent(body []byte) (json.RawMessage, error) {
-	body = bytes.TrimSpace(body)
-	if len(body) == 0 || !json.Valid(body) {
-		return nil, mxerr.New(mxerr.NotJSON, "content must be a JSON object")
-	}
-	if body[0] != '{' {
-		return nil, mxerr.New(mxerr.BadJSON, "content must be a JSON object")
-	}
+	// Compact validates as it goes (one pass over the body, not a
+	// json.Valid pass before it): not JSON is M_NOT_JSON, JSON that is
+	// not an object M_BAD_JSON.
 	var compact bytes.Buffer
-	if err := json.Compact(&compact, body); err != nil {
+	compact.Grow(len(body))
+	if err := json.Compact(&compact, body); err != nil || compact.Len() == 0 {
 		return nil, mxerr.New(mxerr.NotJSON, "content must be a JSON object")
+	}
+	if compact.Bytes()[0] != '{' {
+		return nil, mxerr.New(mxerr.BadJSON, "content must be a JSON object")
 	}
 	return compact.Bytes(), nil
 }

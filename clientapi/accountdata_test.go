@@ -26,6 +26,8 @@ func TestAccountDataContent(t *testing.T) {
 		{body: `42`, wantErr: mxerr.BadJSON},
 		{body: `null`, wantErr: mxerr.BadJSON},
 		{body: ``, wantErr: mxerr.NotJSON},
+		{body: " \n\t ", wantErr: mxerr.NotJSON},
+		{body: ` [1] `, wantErr: mxerr.BadJSON},
 		{body: `{"a": }`, wantErr: mxerr.NotJSON},
 		{body: `{}{}`, wantErr: mxerr.NotJSON},
 		{body: `not json`, wantErr: mxerr.NotJSON},

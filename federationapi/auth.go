@@ -46,7 +46,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		}
 		s.sender.destinationUp(r.Context(), origin)
 		ctx := context.WithValue(r.Context(), originKey{}, origin)
-		ctx = httpx.WithLogger(ctx, httpx.Logger(ctx).With("origin", origin))
+		ctx = httpx.WithLoggerAttrs(ctx, "origin", origin)
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }

@@ -261,7 +261,7 @@ func (s *Server) FederationRoutes(r chi.Router, authenticateOrigin OriginAuthent
 			if err != nil {
 				return err
 			}
-			r = r.WithContext(httpx.WithLogger(r.Context(), httpx.Logger(r.Context()).With("origin", origin)))
+			r = r.WithContext(httpx.WithLoggerAttrs(r.Context(), "origin", origin))
 			return fn(w, r)
 		})
 	}

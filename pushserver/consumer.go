@@ -34,6 +34,16 @@ const (
 	// longer ago than this) is served at once, so an idle server's
 	// notifications are not delayed.
 	passEvery = 2 * time.Millisecond
+	// joinsPassEvery spaces the room-event passes once the consumer is
+	// past inTxFrom. Every event's notifications are then written in its
+	// own transaction (CountInTx), and a pass only looks for local
+	// users' joins to copy their rules to an upgraded room (JoinsAfter):
+	// nothing waits on it but that copy. Each pass is a read transaction
+	// whose pages every commit has evicted from the reader's cache
+	// (~100 µs of CPU); at passEvery, 8 senders spent ~6 % of the
+	// server's CPU on passes that found nothing (docs/benchmarks.md,
+	// "Concurrent senders, part 7").
+	joinsPassEvery = 25 * time.Millisecond
 	// lazyStoreEvents and lazyStoreEvery bound how far the events
 	// consumer's in-memory position runs ahead of its stored one when a
 	// pass has nothing else to write (see consumeEvents).
@@ -57,15 +67,33 @@ const (
 // consumer are at least passEvery apart (see there).
 func (s *Server) runConsumer(ctx context.Context) {
 	var seen notifier.Positions // positions at the last read; nil: read both
+	var eventsReadAt time.Time  // when the last room-event pass began
 	for {
 		changed := s.notifier.Changed()
 		now := s.notifier.Positions()
 		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
 		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
+		var eventsDue <-chan time.Time // set when a room-event pass is put off
+		if events && seen != nil && s.eventsPos.Load() >= s.inTxFrom {
+			if rest := joinsPassEvery - time.Since(eventsReadAt); rest > 0 {
+				events, eventsDue = false, time.After(rest)
+			}
+		}
 		passStarted := time.Now()
-		more, err := s.consumeOnce(ctx, events, receipts)
+		if events {
+			eventsReadAt = passStarted
+		}
+		var more bool
+		var err error
+		if events || receipts {
+			more, err = s.consumeOnce(ctx, events, receipts)
+		}
 		if ctx.Err() != nil {
 			return
+		}
+		if eventsDue != nil {
+			// Still unread: the room stream stays at its last read position.
+			now[roomserver.Stream] = seen[roomserver.Stream]
 		}
 		seen = now
 		if err != nil {
@@ -85,6 +113,7 @@ func (s *Server) runConsumer(ctx context.Context) {
 					return
 				}
 			}
+		case <-eventsDue:
 		case <-time.After(pollEvery):
 			seen = nil
 		case <-ctx.Done():
@@ -130,13 +159,25 @@ type readMark struct {
 // notifications, queued pushes and new position in one transaction.
 func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 	from := s.eventsPos.Load()
-	head, err := s.rooms.StreamPosition(ctx)
-	if err != nil || head <= from {
-		return false, err
-	}
-	evs, err := s.rooms.EventsAfter(ctx, from, eventBatch)
-	if err != nil {
-		return false, err
+	var head int64
+	var evs []*roomserver.Event
+	var err error
+	if from >= s.inTxFrom {
+		// Every event above inTxFrom had its notifications written in its
+		// own transaction (CountInTx); all a pass does with it is
+		// copyRulesOnUpgradeJoin, which acts on joins only. Reading only
+		// those, with the head in the same read, spares the JSON of every
+		// message sent and a second read per pass.
+		if head, evs, err = s.rooms.JoinsAfter(ctx, from, eventBatch); err != nil || head <= from {
+			return false, err
+		}
+	} else {
+		if head, err = s.rooms.StreamPosition(ctx); err != nil || head <= from {
+			return false, err
+		}
+		if evs, err = s.rooms.EventsAfter(ctx, from, eventBatch); err != nil {
+			return false, err
+		}
 	}
 	to, more := head, false
 	if len(evs) == eventBatch && evs[len(evs)-1].StreamPos < head {

@@ -3,6 +3,7 @@ package pushserver
 import (
 	"context"
 	"log/slog"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,6 +25,12 @@ func (c *countingStreams) StreamPosition(context.Context) (int64, error) {
 	c.lastEventRead.Store(time.Now().UnixNano())
 	c.eventReads.Add(1)
 	return 0, nil
+}
+
+func (c *countingStreams) JoinsAfter(context.Context, int64, int) (int64, []*roomserver.Event, error) {
+	c.lastEventRead.Store(time.Now().UnixNano())
+	c.eventReads.Add(1)
+	return 0, nil, nil
 }
 
 func (c *countingStreams) ReceiptsAfter(context.Context, int64, int) ([]clientapi.Receipt, error) {
@@ -82,7 +89,9 @@ func TestConsumerReadsOnlyAdvancedStreams(t *testing.T) {
 func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
 	streams := &countingStreams{}
 	n := notifier.New()
-	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	// Still counting events from before CountInTx (inTxFrom ahead): the
+	// passes that evaluate events are passEvery apart.
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default(), inTxFrom: math.MaxInt64}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -147,6 +156,114 @@ func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
 	time.Sleep(3 * passEvery)
 	if got := streams.eventReads.Load(); got != before {
 		t.Fatalf("passes went on after the burst: %d more", got-before)
+	}
+	t.Logf("%d passes for %d notifications over %v", reads, notifications, elapsed)
+}
+
+// readRecorder stands in for the roomserver's event stream: a head at 10,
+// a join (of a remote user) at 7 and a message at 9, and a count of each
+// read.
+type readRecorder struct {
+	Rooms
+	streamPos, eventsAfter, joinsAfter int
+}
+
+func (r *readRecorder) StreamPosition(context.Context) (int64, error) {
+	r.streamPos++
+	return 10, nil
+}
+
+func (r *readRecorder) EventsAfter(_ context.Context, after int64, _ int) ([]*roomserver.Event, error) {
+	r.eventsAfter++
+	return []*roomserver.Event{{StreamPos: 9, Type: "m.room.message"}}, nil
+}
+
+func (r *readRecorder) JoinsAfter(_ context.Context, after int64, _ int) (int64, []*roomserver.Event, error) {
+	r.joinsAfter++
+	return 10, []*roomserver.Event{{StreamPos: 7, Type: "m.room.member", Membership: "join", StateKey: new("@x:elsewhere")}}, nil
+}
+
+// Past inTxFrom every event was counted in its own transaction, so a pass
+// reads the joins and the head in one read (JoinsAfter), not every event
+// and the head in two; before it, the consumer still reads every event.
+// Either way it advances to the head.
+func TestConsumerPastInTxReadsJoinsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		inTxFrom                int64
+		streamPos, after, joins int
+	}{
+		{"past inTxFrom", 0, 0, 0, 1},
+		{"before inTxFrom", 8, 1, 1, 0}, // from 5: the message at 9 is past it
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rooms := &readRecorder{}
+			s := &Server{rooms: rooms, notifier: notifier.New(), log: slog.Default(), inTxFrom: tc.inTxFrom,
+				serverName: "test.local", progress: make(chan struct{}), eventsStoredAt: time.Now()}
+			if tc.inTxFrom > 0 {
+				s.eventsPos.Store(5)
+			}
+			if _, err := s.consumeEvents(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if rooms.streamPos != tc.streamPos || rooms.eventsAfter != tc.after || rooms.joinsAfter != tc.joins {
+				t.Errorf("reads: StreamPosition %d, EventsAfter %d, JoinsAfter %d; want %d, %d, %d",
+					rooms.streamPos, rooms.eventsAfter, rooms.joinsAfter, tc.streamPos, tc.after, tc.joins)
+			}
+			if got := s.eventsPos.Load(); got != 10 {
+				t.Errorf("position %d after the pass, want the head 10", got)
+			}
+		})
+	}
+}
+
+// Past inTxFrom a room-event pass only looks for joins (JoinsAfter), and
+// the passes are joinsPassEvery apart: a burst of 300 notifications at
+// least 500µs apart takes a handful of passes (at passEvery: dozens), and
+// the last notification is still read.
+func TestConsumerJoinPassesSpaced(t *testing.T) {
+	streams := &countingStreams{}
+	n := notifier.New()
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.runConsumer(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for streams.eventReads.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no first read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	before := streams.eventReads.Load()
+	const notifications = 300
+	start := time.Now()
+	var last time.Time
+	for i := range notifications {
+		last = time.Now()
+		n.Notify(roomserver.Stream, int64(2+i))
+		time.Sleep(500 * time.Microsecond) // the consumer may run meanwhile
+	}
+	elapsed := time.Since(start)
+	deadline = time.Now().Add(5 * time.Second)
+	for !time.Unix(0, streams.lastEventRead.Load()).After(last) {
+		if time.Now().After(deadline) {
+			t.Fatal("the last notification was never read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	reads := streams.eventReads.Load() - before
+	// One pass per joinsPassEvery while the burst lasted (at least
+	// 150ms), plus the one for its last notification.
+	if limit := int64(elapsed/joinsPassEvery) + 2; reads > limit {
+		t.Fatalf("%d passes for %d notifications over %v, want at most %d", reads, notifications, elapsed, limit)
 	}
 	t.Logf("%d passes for %d notifications over %v", reads, notifications, elapsed)
 }

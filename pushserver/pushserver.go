@@ -30,6 +30,7 @@ var migrations embed.FS
 type Rooms interface {
 	StreamPosition(ctx context.Context) (int64, error)
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*roomserver.Event, error)
+	JoinsAfter(ctx context.Context, after int64, limit int) (int64, []*roomserver.Event, error)
 	IndexedCurrentState(ctx context.Context, roomID string, types []string, skipMembers bool) ([]*roomserver.Event, error)
 	Event(ctx context.Context, userID, eventID string) (*roomserver.Event, error)
 }

@@ -224,30 +224,77 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 		if err != nil {
 			return err
 		}
-		for _, r := range rows {
-			// The event just sent is usually still in the cache, parsed:
-			// reuse its PDU when it was parsed from the very bytes and
-			// redaction state stored now (a redaction rewrites both), so
-			// the consumers (push, search, relations, appservices) do not
-			// parse every new event a second time.
-			if c := s.events.getNID(r.NID, eventsSeen(q)); c != nil && c.row.EventID == r.EventID && c.row.JSON == r.JSON &&
-				(c.row.RedactedBecause == nil) == (r.RedactedBecause == nil) {
-				out = append(out, toEvent(&loadedEvent{row: r, pdu: c.pdu}))
-				continue
-			}
-			version, err := s.committedRoomVersion(ctx, q, r.RoomID)
-			if err != nil {
-				return err
-			}
-			e, err := parseRow(version, r)
-			if err != nil {
-				return err
-			}
-			out = append(out, toEvent(e))
-		}
-		return nil
+		out, err = s.eventsOfRows(ctx, q, rows)
+		return err
 	})
 	return out, err
+}
+
+// JoinsAfter returns the room stream's position and up to limit of the
+// accepted m.room.member events with membership "join" above after, in
+// stream order, read in one transaction (so none is above the position).
+// It is EventsAfter for a consumer that acts on joins only (push's copy
+// of a user's rules to an upgraded room): it reads no other event's JSON
+// and needs no StreamPosition read of its own.
+func (s *Server) JoinsAfter(ctx context.Context, after int64, limit int) (int64, []*Event, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	var head int64
+	var out []*Event
+	err := s.read(ctx, func(q storage.Querier) error {
+		if err := q.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&head); err != nil {
+			return err
+		}
+		if head <= after {
+			return nil
+		}
+		rows, err := queryEventRows(ctx, q, joinsAfterQuery, after, limit)
+		if err != nil {
+			return err
+		}
+		out, err = s.eventsOfRows(ctx, q, rows)
+		return err
+	})
+	return head, out, err
+}
+
+// joinsAfterQuery reads JoinsAfter's events. It walks the key's range
+// (SQLite: SEARCH USING INTEGER PRIMARY KEY), not the partial member
+// index, which would visit every member event ever stored
+// (TestJoinsAfterPlanWalksStreamRange).
+const joinsAfterQuery = `SELECT ` + eventColumns + ` FROM roomserver_events
+	WHERE event_nid > $1 AND type = 'm.room.member' AND membership = 'join'
+	AND NOT rejected AND NOT soft_failed ORDER BY event_nid LIMIT $2`
+
+// eventsOfRows turns rows read with q (a read transaction) into Events.
+func (s *Server) eventsOfRows(ctx context.Context, q storage.Querier, rows []*eventRow) ([]*Event, error) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	out := make([]*Event, 0, len(rows))
+	for _, r := range rows {
+		// The event just sent is usually still in the cache, parsed:
+		// reuse its PDU when it was parsed from the very bytes and
+		// redaction state stored now (a redaction rewrites both), so
+		// the consumers (push, search, relations, appservices) do not
+		// parse every new event a second time.
+		if c := s.events.getNID(r.NID, eventsSeen(q)); c != nil && c.row.EventID == r.EventID && c.row.JSON == r.JSON &&
+			(c.row.RedactedBecause == nil) == (r.RedactedBecause == nil) {
+			out = append(out, toEvent(&loadedEvent{row: r, pdu: c.pdu}))
+			continue
+		}
+		version, err := s.committedRoomVersion(ctx, q, r.RoomID)
+		if err != nil {
+			return nil, err
+		}
+		e, err := parseRow(version, r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, toEvent(e))
+	}
+	return out, nil
 }
 
 // committedRoomVersion returns roomID's version, from the version cache

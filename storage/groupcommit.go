@@ -89,17 +89,18 @@ func (req *writeRequest) wait() error {
 func (db *DB) groupCommitLoop() {
 	defer db.writerWG.Done()
 	batch := make([]*writeRequest, 0, maxBatch)
+	results := make([]error, 0, maxBatch) // reused: one per commit was ~4 KiB of garbage
 	for {
 		select {
 		case first := <-db.queue:
-			db.commitBatch(append(batch[:0], first))
+			db.commitBatch(append(batch[:0], first), results)
 		case <-db.closed:
 			// Close stops new requests before closing db.closed (see
 			// enqueueWrite), so the queue only shrinks: finish it.
 			for {
 				select {
 				case first := <-db.queue:
-					db.commitBatch(append(batch[:0], first))
+					db.commitBatch(append(batch[:0], first), results)
 				default:
 					return
 				}
@@ -124,7 +125,8 @@ func takeWaiting(batch []*writeRequest, queue <-chan *writeRequest) []*writeRequ
 
 // commitBatch runs batch and whatever joins it (runBatch) in one
 // transaction and commits once; then every request's outcome is known.
-func (db *DB) commitBatch(batch []*writeRequest) {
+// results is scratch space of capacity maxBatch, the writer's own.
+func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	ctx := context.Background()
 	sqlTx, err := db.writer.BeginTx(ctx, nil) // BEGIN IMMEDIATE via _txlock
 	if err != nil {
@@ -133,7 +135,8 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 		}
 		return
 	}
-	batch, results, ok := db.runBatch(ctx, sqlTx, batch)
+	batch, results, ok := db.runBatch(ctx, sqlTx, batch, results)
+	defer clear(results) // no error kept alive until the slot is reused
 	if !ok {
 		return // runBatch finished every request
 	}
@@ -167,8 +170,8 @@ func (db *DB) commitBatch(batch []*writeRequest) {
 // here, so no request is answered before the commit that holds it. It
 // returns the whole batch and each request's outcome so far; ok is false
 // when the transaction was rolled back and every request finished.
-func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, batch []*writeRequest) (_ []*writeRequest, results []error, ok bool) {
-	results = make([]error, 0, cap(batch))
+func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, batch []*writeRequest, results []error) (_ []*writeRequest, _ []error, ok bool) {
+	results = results[:0]
 	for i := 0; ; i++ {
 		if i == len(batch) {
 			if batch = takeWaiting(batch, db.queue); i == len(batch) {

@@ -55,8 +55,7 @@ func RequestLog(base *slog.Logger) func(http.Handler) http.Handler {
 			start := time.Now()
 			id := newRequestID()
 			w.Header().Set("X-Request-Id", id)
-			logger := base.With("req", id)
-			ctx := WithLogger(r.Context(), logger)
+			ctx := WithLoggerAttrs(WithLogger(r.Context(), base), "req", id)
 			ctx = contextWithRequestID(ctx, id)
 			rec := &statusRecorder{ResponseWriter: w}
 			next.ServeHTTP(rec, r.WithContext(ctx))
@@ -64,9 +63,11 @@ func RequestLog(base *slog.Logger) func(http.Handler) http.Handler {
 			if rec.status >= 500 {
 				level = slog.LevelWarn
 			}
-			logger.Log(ctx, level, "request",
-				"method", r.Method, "path", r.URL.Path, "status", rec.status,
-				"bytes", rec.bytes, "dur_ms", float64(time.Since(start).Microseconds())/1000)
+			if base.Enabled(ctx, level) {
+				Logger(ctx).Log(ctx, level, "request",
+					"method", r.Method, "path", r.URL.Path, "status", rec.status,
+					"bytes", rec.bytes, "dur_ms", float64(time.Since(start).Microseconds())/1000)
+			}
 		})
 	}
 }
