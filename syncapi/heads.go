@@ -58,7 +58,11 @@ type headsCache struct {
 	// with it. With counts written in the event's own transaction it is
 	// math.MaxInt64 and Unread follows Room, whether or not the
 	// UnreadCountsStream notification, which comes after the room
-	// stream's, has been seen yet.
+	// stream's, has been seen yet: a long poll woken by the room
+	// notification then answers with the message and the counts it
+	// raised (Spec: client-server-api, "Receiving notifications": the
+	// server MUST update the count in /sync as it changes), not with
+	// the message alone and the counts in a second response.
 	counted int64
 	// gen is the Changed channel the entry was read under; nil: empty.
 	gen <-chan struct{}
