@@ -35,8 +35,9 @@ import (
 // one commit later, the push consumer's counts position. When nothing
 // but those two streams was notified since an entry's read, the next
 // generation's entry is the old one with Room raised to the notified
-// room position and Unread to the notified counts position (never past
-// Room), without reading the database. That is exact for the same
+// room position and Unread to the notified counts position, or to the
+// counts position last read when that is higher (never past Room),
+// without reading the database. That is exact for the same
 // reason as the cache itself: a notified position is committed (every
 // writer notifies after its commit; room positions and the consumer's
 // position commit in order), so everything up to it is readable, and
@@ -51,6 +52,18 @@ type headsCache struct {
 	// it notifies as UnreadCountsStream (immutable).
 	counts bool
 	mu     sync.Mutex
+	// counted is the counts position (Push.CountsPosition) the entry's
+	// reads returned, before capping at Room: every event up to it has
+	// its counts committed, so a carried Room up to it carries Unread
+	// with it. With counts written in the event's own transaction it is
+	// math.MaxInt64 and Unread follows Room, whether or not the
+	// UnreadCountsStream notification, which comes after the room
+	// stream's, has been seen yet: a long poll woken by the room
+	// notification then answers with the message and the counts it
+	// raised (Spec: client-server-api, "Receiving notifications": the
+	// server MUST update the count in /sync as it changes), not with
+	// the message alone and the counts in a second response.
+	counted int64
 	// gen is the Changed channel the entry was read under; nil: empty.
 	gen <-chan struct{}
 	// at is the time of the entry's last database read.
@@ -82,9 +95,15 @@ func newHeadsCache(b notifier.Broadcaster, counts bool) *headsCache {
 // get returns the shared heads, read by read when the cache has no entry
 // for the current notification generation that it can carry forward (or
 // fresh is set).
+//
+// read returns the heads with Unread the counts position as read, which
+// may be past Room (math.MaxInt64 when every committed event's counts
+// are committed with it); get returns Unread capped at Room.
 func (c *headsCache) get(ctx context.Context, fresh bool, read func(context.Context) (syncToken, error)) (syncToken, error) {
 	if c.n == nil {
-		return read(ctx)
+		h, err := read(ctx)
+		h.Unread = min(h.Unread, h.Room)
+		return h, err
 	}
 	gen := c.n.Changed()
 	now := time.Now()
@@ -112,6 +131,8 @@ func (c *headsCache) get(ctx context.Context, fresh bool, read func(context.Cont
 	if err != nil {
 		return h, err
 	}
+	counted := h.Unread
+	h.Unread = min(h.Unread, h.Room)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reads++
@@ -120,11 +141,12 @@ func (c *headsCache) get(ctx context.Context, fresh bool, read func(context.Cont
 		// are committed positions, and together they include every
 		// notification either saw.
 		h = h.max(c.heads)
+		counted = max(counted, c.counted)
 		for stream, p := range c.seen {
 			seen[stream] = max(seen[stream], p)
 		}
 	}
-	c.gen, c.at, c.heads, c.seen = gen, now, h, seen
+	c.gen, c.at, c.heads, c.seen, c.counted = gen, now, h, seen, counted
 	return h, nil
 }
 
@@ -140,7 +162,7 @@ func (c *headsCache) carry(pos notifier.Positions) bool {
 	h := c.heads
 	h.Room = max(h.Room, pos[roomserver.Stream])
 	if c.counts {
-		h.Unread = min(max(h.Unread, pos[UnreadCountsStream]), h.Room)
+		h.Unread = min(max(h.Unread, pos[UnreadCountsStream], c.counted), h.Room)
 	}
 	c.heads = h
 	return true

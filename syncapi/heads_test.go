@@ -2,6 +2,7 @@ package syncapi
 
 import (
 	"context"
+	"math"
 	"testing"
 	"time"
 
@@ -124,5 +125,44 @@ func TestHeadsCacheCarriesRoomAndCounts(t *testing.T) {
 	n.Notify(roomserver.Stream, 26)
 	if h, err = noPush.get(ctx, false, read); err != nil || h != (syncToken{Room: 26, Receipts: 3}) || noPush.reads != 1 {
 		t.Fatalf("without push: get = %+v after %d reads, want Room 26 and Unread 0 after 1", h, noPush.reads)
+	}
+}
+
+// TestHeadsCacheCarriesCountsInTx: with counts written in each event's
+// own transaction the push component's counts position is
+// math.MaxInt64, and the roomserver notifies the room stream before
+// UnreadCountsStream. A get between the two notifications carries Room
+// without a read, and Unread must follow it: the counts of every
+// committed event are committed. Had Unread stayed behind, a long poll
+// woken by the room notification would answer with the message and no
+// unread_notifications (fillUnread sees nothing counted past its
+// token), and the counts notification would wake it a second time.
+// Capping: get never returns Unread past Room, read or carried.
+func TestHeadsCacheCarriesCountsInTx(t *testing.T) {
+	ctx := context.Background()
+	for _, local := range []bool{true, false} {
+		var b notifier.Broadcaster = notifier.New()
+		if !local {
+			b = fakeBroadcaster{notifier.New()}
+		}
+		c := newHeadsCache(b, true)
+		next := syncToken{Room: 20, Receipts: 2, Unread: math.MaxInt64}
+		read := func(context.Context) (syncToken, error) { return next, nil }
+		h, err := c.get(ctx, false, read)
+		if err != nil || h != (syncToken{Room: 20, Receipts: 2, Unread: 20}) {
+			t.Fatalf("local %v: first get = %+v, %v; want Unread capped at Room 20", local, h, err)
+		}
+		if !local {
+			continue
+		}
+		// The room stream is notified; UnreadCountsStream not yet.
+		b.Notify(roomserver.Stream, 21)
+		if h, err = c.get(ctx, false, read); err != nil || h != (syncToken{Room: 21, Receipts: 2, Unread: 21}) || c.reads != 1 {
+			t.Fatalf("get after the room notification alone = %+v after %d reads, want Room 21 Unread 21 after 1 (carried)", h, c.reads)
+		}
+		b.Notify(UnreadCountsStream, 21)
+		if h, err = c.get(ctx, false, read); err != nil || h != (syncToken{Room: 21, Receipts: 2, Unread: 21}) || c.reads != 1 {
+			t.Fatalf("get after the counts notification = %+v after %d reads, want Room 21 Unread 21 after 1", h, c.reads)
+		}
 	}
 }

@@ -364,7 +364,9 @@ func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 	if h.Room, err = s.rooms.StreamPosition(ctx); err != nil {
 		return h, err
 	}
-	h.Unread = min(counted, h.Room)
+	// Not capped at Room here: sharedHeads keeps the position as read
+	// (it may be past Room, see headsCache.counted) and caps Unread.
+	h.Unread = counted
 	if s.eph != nil {
 		p, err := s.eph.EphemeralHeads(ctx)
 		if err != nil {
