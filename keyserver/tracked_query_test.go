@@ -170,7 +170,7 @@ func TestMissedUpdateFetchedOnce(t *testing.T) {
 		ks.StartFederation(ctx)
 		r := chi.NewRouter()
 		ks.Routes(r)
-		query := func() {
+		query := func() map[string]json.RawMessage {
 			t.Helper()
 			body, _ := json.Marshal(map[string]any{"device_keys": map[string][]string{elsie: {}}})
 			req := httptest.NewRequest(http.MethodPost, "/_matrix/client/v3/keys/query", bytes.NewReader(body))
@@ -183,6 +183,7 @@ func TestMissedUpdateFetchedOnce(t *testing.T) {
 			if w.Code != http.StatusOK || json.Unmarshal(w.Body.Bytes(), &resp) != nil || resp.DeviceKeys[elsie]["DEVICE"] == nil {
 				t.Fatalf("keys/query: %d %s", w.Code, w.Body)
 			}
+			return resp.DeviceKeys[elsie]
 		}
 
 		query()
@@ -215,6 +216,20 @@ func TestMissedUpdateFetchedOnce(t *testing.T) {
 		query()
 		if q, d := remote.counts(); q != 0 || d != 2 {
 			t.Fatalf("queries after the resync of one update: %d /user/keys/query, %d /user/devices; want 0 and 2", q, d)
+		}
+
+		// The next update names 4, which we hold: it is applied, and
+		// nobody is asked.
+		update, _ = json.Marshal(map[string]any{"user_id": elsie, "device_id": "DEVICE2", "stream_id": 5,
+			"prev_id": []int{4}, "keys": newDeviceKeys(t, elsie, "DEVICE2").deviceObject(t)})
+		if err := ks.RemoteDeviceListUpdate(ctx, elsie, update); err != nil {
+			t.Fatal(err)
+		}
+		if devices := query(); devices["DEVICE2"] == nil {
+			t.Fatalf("the update that follows the one we hold was not applied: %v", devices)
+		}
+		if q, d := remote.counts(); q != 0 || d != 2 || keyserver.Resyncing(ks, elsie) {
+			t.Fatalf("an update that follows the one we hold made us ask: %d /user/keys/query, %d /user/devices", q, d)
 		}
 	})
 }
