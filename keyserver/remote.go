@@ -330,7 +330,10 @@ func (s *Server) startTracking(userID string) {
 // (in the background, or for another /keys/query), waits for that one
 // instead of asking the user's server a second time. A wait that ends
 // returns nil even if the other resync failed: the caller reads the
-// cache and finds it fresh or not.
+// cache and finds it fresh or not. Nor does it ask when the cache is
+// fresh by the time it would: a resync that finished just before (the
+// one an update started, and a /keys/query that saw the cache stale
+// before it finished) already fetched what there is to fetch.
 func (s *Server) resyncShared(ctx context.Context, userID string) error {
 	s.resyncMu.Lock()
 	if done, ok := s.resyncing[userID]; ok {
@@ -351,6 +354,16 @@ func (s *Server) resyncShared(ctx context.Context, userID string) error {
 		s.resyncMu.Unlock()
 		close(done)
 	}()
+	// A resync that ran before this one committed before it left
+	// s.resyncing, so this read sees what it wrote.
+	var stale bool
+	err := s.db.Reader().QueryRow(ctx, `SELECT stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stale)
+	if err == nil && !stale {
+		return nil
+	}
+	if err != nil && !storage.IsNoRows(err) {
+		return err
+	}
 	return s.Resync(ctx, userID)
 }
 

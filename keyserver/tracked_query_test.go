@@ -233,3 +233,61 @@ func TestMissedUpdateFetchedOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestResyncAfterResyncAsksNoOne: a resync that starts when another has
+// just left the cache fresh (the one an update started finished while a
+// /keys/query that had seen the cache stale was on its way to starting
+// its own) asks no one: the list was fetched already. One that finds the
+// cache stale fetches it. Spec: server-server-api, "Device Management"
+// (one fetch per missed update); Complement msc3902 "Device list
+// tracked for new members in partial state room".
+func TestResyncAfterResyncAsksNoOne(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie = "@elsie:remote.example"
+		remote := &countingRemote{t: t}
+		ks, err := keyserver.New(ctx, keyserver.Deps{
+			ServerName:  "localhost",
+			DB:          db,
+			Verifier:    aliceToken{},
+			UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
+			SharedRoomUsers: func(context.Context, string) ([]string, error) {
+				return []string{"@alice:localhost"}, nil
+			},
+			Federation: remote,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks.StartFederation(ctx)
+		if err := keyserver.ResyncShared(ctx, ks, elsie); err != nil {
+			t.Fatal(err)
+		}
+		if q, d := remote.counts(); q != 0 || d != 1 {
+			t.Fatalf("first resync: %d /user/keys/query, %d /user/devices; want 0 and 1", q, d)
+		}
+		if err := keyserver.ResyncShared(ctx, ks, elsie); err != nil {
+			t.Fatal(err)
+		}
+		if q, d := remote.counts(); q != 0 || d != 1 {
+			t.Fatalf("a resync after one that left the cache fresh asked: %d /user/keys/query, %d /user/devices; want 0 and 1", q, d)
+		}
+
+		// A signing-key update marks the cache stale: the next resync asks.
+		if err := ks.RemoteSigningKeyUpdate(ctx, elsie, json.RawMessage(`{"user_id":"`+elsie+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, d := remote.counts(); d == 2 && !keyserver.Resyncing(ks, elsie) {
+				break
+			}
+			if time.Now().After(deadline) {
+				q, d := remote.counts()
+				t.Fatalf("no resync after a signing-key update: %d /user/keys/query, %d /user/devices", q, d)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
