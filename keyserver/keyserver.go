@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -91,6 +92,10 @@ type Server struct {
 	// deviceListWake wakes the device-list sender (capacity 1).
 	deviceListWake chan struct{}
 
+	// nowMillis is the clock of keyserver_remote_users.updated_ts
+	// (tests freeze it: setClock).
+	nowMillis func() int64
+
 	resyncMu  sync.Mutex
 	bg        context.Context          // set by StartFederation; resyncs run under it
 	resyncing map[string]chan struct{} // users being resynced, closed when done; guarded by resyncMu
@@ -123,6 +128,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		sharedServers:   deps.SharedServers,
 		deviceListWake:  make(chan struct{}, 1),
 		resyncing:       map[string]chan struct{}{},
+		nowMillis:       func() int64 { return time.Now().UnixMilli() },
 	}
 	s.notify = func(stream string, pos int64) {
 		streamAdvanced(deps.Notify, stream, pos)

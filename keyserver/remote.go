@@ -330,7 +330,10 @@ func (s *Server) startTracking(userID string) {
 // (in the background, or for another /keys/query), waits for that one
 // instead of asking the user's server a second time. A wait that ends
 // returns nil even if the other resync failed: the caller reads the
-// cache and finds it fresh or not.
+// cache and finds it fresh or not. Nor does it ask when the cache is
+// fresh by the time it would: a resync that finished just before (the
+// one an update started, and a /keys/query that saw the cache stale
+// before it finished) already fetched what there is to fetch.
 func (s *Server) resyncShared(ctx context.Context, userID string) error {
 	s.resyncMu.Lock()
 	if done, ok := s.resyncing[userID]; ok {
@@ -351,6 +354,16 @@ func (s *Server) resyncShared(ctx context.Context, userID string) error {
 		s.resyncMu.Unlock()
 		close(done)
 	}()
+	// A resync that ran before this one committed before it left
+	// s.resyncing, so this read sees what it wrote.
+	var stale bool
+	err := s.db.Reader().QueryRow(ctx, `SELECT stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stale)
+	if err == nil && !stale {
+		return nil
+	}
+	if err != nil && !storage.IsNoRows(err) {
+		return err
+	}
 	return s.Resync(ctx, userID)
 }
 
@@ -417,12 +430,23 @@ func (s *Server) background() context.Context {
 //
 // An update that arrives while the answer is on its way (markStale, or
 // an applied update, bumps updated_ts) leaves the cache stale: the
-// answer may predate it.
+// answer may predate it. Whether one arrived is whether updated_ts moved
+// since the fetch began, not how it compares with the fetch's start
+// time: updated_ts only grows (bumpUpdatedTS), while an update and the
+// fetch it starts commonly fall in the same millisecond, which a time
+// comparison took for an update during the fetch — leaving the fresh
+// answer stale, so that the next /keys/query fetched the list a second
+// time for one update (Complement msc3902 "Device list tracked for new
+// members in partial state room", flaky).
 func (s *Server) Resync(ctx context.Context, userID string) error {
 	if s.fed == nil {
 		return errors.New("federation is disabled")
 	}
-	fetchStart := time.Now().UnixMilli()
+	before := int64(-1) // updated_ts is never negative: -1 stands for no row
+	err := s.db.Reader().QueryRow(ctx, `SELECT updated_ts FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&before)
+	if err != nil && !storage.IsNoRows(err) {
+		return err
+	}
 	raw, err := s.fed.RemoteUserDevices(ctx, serverOf(userID), userID)
 	if err != nil {
 		return err
@@ -475,8 +499,8 @@ func (s *Server) Resync(ctx context.Context, userID string) error {
 		if _, err := tx.Exec(ctx, `
 			INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, FALSE, $3)
 			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id,
-				stale = (keyserver_remote_users.updated_ts >= $4), updated_ts = excluded.updated_ts`,
-			userID, resp.StreamID, time.Now().UnixMilli(), fetchStart); err != nil {
+				stale = (keyserver_remote_users.updated_ts <> $4), updated_ts = `+bumpUpdatedTS("excluded.updated_ts"),
+			userID, resp.StreamID, s.nowMillis(), before); err != nil {
 			return err
 		}
 		if tracked && resp.StreamID > told {
@@ -590,11 +614,11 @@ func (s *Server) RemoteDeviceListUpdate(ctx context.Context, userID string, upda
 			}
 		}
 		if applied {
-			if _, err := tx.Exec(ctx, `UPDATE keyserver_remote_users SET stream_id = $2, updated_ts = $3 WHERE user_id = $1`,
-				userID, u.StreamID, time.Now().UnixMilli()); err != nil {
+			if _, err := tx.Exec(ctx, `UPDATE keyserver_remote_users SET stream_id = $2, updated_ts = `+bumpUpdatedTS("$3")+`
+				WHERE user_id = $1`, userID, u.StreamID, s.nowMillis()); err != nil {
 				return err
 			}
-		} else if err := markStale(ctx, tx, userID, u.StreamID); err != nil {
+		} else if err := markStale(ctx, tx, userID, u.StreamID, s.nowMillis()); err != nil {
 			return err
 		}
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
@@ -613,7 +637,7 @@ func (s *Server) RemoteSigningKeyUpdate(ctx context.Context, userID string, upda
 		return nil
 	}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := markStale(ctx, tx, userID, 0); err != nil {
+		if err := markStale(ctx, tx, userID, 0, s.nowMillis()); err != nil {
 			return err
 		}
 		return recordDeviceListChange(ctx, s.db, tx, s.notify, userID)
@@ -628,13 +652,24 @@ func (s *Server) RemoteSigningKeyUpdate(ctx context.Context, userID string, upda
 // cached yet, so that a resync already under way (whose answer may
 // predate the update) leaves it stale too. streamID is the update's
 // stream ID (0 if it has none): the row keeps the highest one clients
-// were told of, which Resync compares its answer with.
-func markStale(ctx context.Context, tx storage.Tx, userID string, streamID int64) error {
+// were told of, which Resync compares its answer with. nowMillis is the
+// time of the update.
+func markStale(ctx context.Context, tx storage.Tx, userID string, streamID, nowMillis int64) error {
 	_, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, TRUE, $3)
-		ON CONFLICT (user_id) DO UPDATE SET stale = TRUE, updated_ts = excluded.updated_ts,
+		ON CONFLICT (user_id) DO UPDATE SET stale = TRUE, updated_ts = `+bumpUpdatedTS("excluded.updated_ts")+`,
 			stream_id = CASE WHEN excluded.stream_id > keyserver_remote_users.stream_id THEN excluded.stream_id
-				ELSE keyserver_remote_users.stream_id END`, userID, streamID, time.Now().UnixMilli())
+				ELSE keyserver_remote_users.stream_id END`, userID, streamID, nowMillis)
 	return err
+}
+
+// bumpUpdatedTS is the SQL for a keyserver_remote_users row's new
+// updated_ts: now (an SQL expression), or one more than the old value
+// when now is not later, so that every write to the row changes it and
+// Resync can tell whether an update came while its fetch was under way
+// even within one millisecond (or with a clock that stepped back).
+func bumpUpdatedTS(now string) string {
+	return `CASE WHEN ` + now + ` > keyserver_remote_users.updated_ts THEN ` + now +
+		` ELSE keyserver_remote_users.updated_ts + 1 END`
 }
 
 // latestPosition is the user's last device-list stream position before
