@@ -152,19 +152,7 @@ func TestMissedUpdateFetchedOnce(t *testing.T) {
 		defer cancel()
 		const elsie = "@elsie:remote.example"
 		remote := &countingRemote{t: t}
-		ks, err := keyserver.New(ctx, keyserver.Deps{
-			ServerName:  "localhost",
-			DB:          db,
-			Verifier:    aliceToken{},
-			UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
-			SharedRoomUsers: func(context.Context, string) ([]string, error) {
-				return []string{"@alice:localhost"}, nil
-			},
-			Federation: remote,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		ks := keyServerSharingRooms(ctx, t, db, remote)
 		frozen := time.Now().UnixMilli()
 		keyserver.SetClock(ks, func() int64 { return frozen })
 		ks.StartFederation(ctx)
@@ -247,19 +235,7 @@ func TestResyncAfterResyncAsksNoOne(t *testing.T) {
 		defer cancel()
 		const elsie = "@elsie:remote.example"
 		remote := &countingRemote{t: t}
-		ks, err := keyserver.New(ctx, keyserver.Deps{
-			ServerName:  "localhost",
-			DB:          db,
-			Verifier:    aliceToken{},
-			UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
-			SharedRoomUsers: func(context.Context, string) ([]string, error) {
-				return []string{"@alice:localhost"}, nil
-			},
-			Federation: remote,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		ks := keyServerSharingRooms(ctx, t, db, remote)
 		ks.StartFederation(ctx)
 		if err := keyserver.ResyncShared(ctx, ks, elsie); err != nil {
 			t.Fatal(err)
@@ -290,4 +266,25 @@ func TestResyncAfterResyncAsksNoOne(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	})
+}
+
+// keyServerSharingRooms starts a key server whose local user
+// @alice:localhost shares a room with every remote user, so each remote
+// user's device list is tracked, and whose federation is remote.
+func keyServerSharingRooms(ctx context.Context, t *testing.T, db *storage.DB, remote *countingRemote) *keyserver.Server {
+	t.Helper()
+	ks, err := keyserver.New(ctx, keyserver.Deps{
+		ServerName:  "localhost",
+		DB:          db,
+		Verifier:    aliceToken{},
+		UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
+		SharedRoomUsers: func(context.Context, string) ([]string, error) {
+			return []string{"@alice:localhost"}, nil
+		},
+		Federation: remote,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
 }
