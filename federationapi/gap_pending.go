@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -155,6 +157,34 @@ func (s *Server) askMissingEvents(ctx context.Context, origin, roomID string, bo
 // nothing), those whose last exchange with us succeeded (no failures)
 // first, then those whose backoff has run out, fewest failures first.
 func (s *Server) gmeFallbacks(ctx context.Context, servers []string) ([]string, error) {
+	type destination struct {
+		failures int
+		retryAt  int64
+	}
+	// One read for all of them (a query per server cost a round trip
+	// each); a server without a row has never failed.
+	known := make(map[string]destination, len(servers))
+	for chunk := range slices.Chunk(servers, maxInList) {
+		in, args := inList("server_name IN ", chunk)
+		rows, err := s.db.Reader().Query(ctx, `SELECT server_name, failures, retry_at_ts FROM federation_destinations
+			WHERE `+in, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var name string
+			var d destination
+			if err := rows.Scan(&name, &d.failures, &d.retryAt); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			known[name] = d
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
 	type candidate struct {
 		server   string
 		failures int
@@ -164,21 +194,16 @@ func (s *Server) gmeFallbacks(ctx context.Context, servers []string) ([]string, 
 	now := s.now().UnixMilli()
 	for _, server := range servers {
 		if len(healthy) == maxGMEFallbacks {
-			break // enough servers that answered lately: no need to read further
+			break // enough servers that answered lately
 		}
-		var failures int
-		var retryAt int64
-		err := s.db.Reader().QueryRow(ctx, `SELECT failures, retry_at_ts FROM federation_destinations
-			WHERE server_name = $1`, server).Scan(&failures, &retryAt)
+		d := known[server]
 		switch {
-		case storage.IsNoRows(err), err == nil && failures == 0:
+		case d.failures == 0:
 			healthy = append(healthy, server)
-		case err != nil:
-			return nil, err
-		case retryAt > now:
+		case d.retryAt > now:
 			// In backoff: skipped.
 		default:
-			recovering = append(recovering, candidate{server, failures})
+			recovering = append(recovering, candidate{server, d.failures})
 		}
 	}
 	slices.SortStableFunc(recovering, func(a, b candidate) int { return a.failures - b.failures })
@@ -469,4 +494,27 @@ func (s *Server) dropPending(ctx context.Context, r pendingPDU, why string) {
 	if err != nil {
 		s.log.Warn("removing a kept PDU", "event_id", r.eventID, "err", err)
 	}
+}
+
+// maxInList bounds the values of one inList, well under the bind
+// parameter limits of both engines (SQLite 32766, PostgreSQL 65535).
+const maxInList = 1000
+
+// inList returns prefix followed by "($1, $2, …)" for values, and values
+// as arguments: one SQL text for both engines.
+func inList(prefix string, values []string) (string, []any) {
+	var b strings.Builder
+	b.WriteString(prefix)
+	b.WriteByte('(')
+	args := make([]any, len(values))
+	for i, v := range values {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('$')
+		b.WriteString(strconv.Itoa(i + 1))
+		args[i] = v
+	}
+	b.WriteByte(')')
+	return b.String(), args
 }
