@@ -3,7 +3,11 @@ package federationapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"time"
+
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // VerifyPDU runs the checks /send makes before the roomserver sees a PDU
@@ -112,4 +116,30 @@ func (s *Server) StretchQueueReads() int64 {
 // partial state (the attempts are not held).
 func (s *Server) ObserveStretchRefetches(before func(eventID string)) {
 	s.refetchHooks.Store(&stretchRefetchHooks{before: func(_ context.Context, eventID string) { before(eventID) }})
+}
+
+// DestinationReads counts the reads of federation_destinations by s
+// after an exchange with another server went well (sender.destinationUp).
+func (s *Server) DestinationReads() int64 {
+	return s.sender.reads.Load()
+}
+
+// RecordSendFailure records, as the sender does after a transaction to
+// destination failed, one more failure and its backoff.
+func (s *Server) RecordSendFailure(ctx context.Context, destination string) error {
+	if err := s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO federation_destinations (server_name) VALUES ($1) ON CONFLICT (server_name) DO NOTHING`,
+			destination)
+		return err
+	}); err != nil {
+		return err
+	}
+	return s.sender.recordFailure(ctx, destination, errors.New("test: the transaction failed"), s.log)
+}
+
+// AskVersion sends destination a signed GET /_matrix/federation/v1/version
+// (a request other than /send, as make_join or state_ids are).
+func (s *Server) AskVersion(ctx context.Context, destination string) error {
+	var out json.RawMessage
+	return s.client.signed(ctx, destination, http.MethodGet, "/_matrix/federation/v1/version", nil, &out)
 }

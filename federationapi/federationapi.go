@@ -20,6 +20,7 @@ import (
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -65,6 +66,12 @@ type Deps struct {
 	// Notify, if non-nil, is told after commit that a stream of the
 	// federation API (RemoteInviteStream) advanced. It must not block.
 	Notify func(stream string, pos int64)
+	// Wakes, in split mode (several processes on one database), carries
+	// the federation API's own wake-ups between the processes (wakes.go):
+	// a queued stretch refetch, a destination's first failure. It must be
+	// a broadcaster of its own (its streams mean nothing to /sync), and
+	// the caller closes it after Close. Nil: one process.
+	Wakes  notifier.Broadcaster
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -91,6 +98,7 @@ type Server struct {
 	spaces      SpaceHierarchy
 	openID      OpenIDTokens
 	notify      func(stream string, pos int64) // may be nil
+	wakes       notifier.Broadcaster           // Deps.Wakes; may be nil
 	// checkInvite may be nil.
 	checkInvite func(ctx context.Context, inviter, invitee string) error
 	log         *slog.Logger
@@ -126,6 +134,9 @@ type Server struct {
 	// stretchReads counts its reads of the queue (for tests).
 	stretchWake  chan struct{}
 	stretchReads atomic.Int64
+	// stretchPublish (split mode) asks for the announcement of a queued
+	// stretch refetch to the other processes (wakes.go).
+	stretchPublish chan struct{}
 
 	// Kept pushed PDUs (gap_pending.go): pendingWake wakes the retry
 	// loop; pendingRooms (guarded by pendingMu) are the rooms whose kept
@@ -192,11 +203,14 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		spaces:      deps.Spaces,
 		openID:      deps.OpenID,
 		notify:      deps.Notify,
+		wakes:       deps.Wakes,
 		checkInvite: deps.CheckInvite,
 		log:         deps.Logger,
 		now:         deps.Now,
 		pendingWake: make(chan struct{}, 1),
 		stretchWake: make(chan struct{}, 1),
+
+		stretchPublish: make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -216,7 +230,12 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if deps.LookupSRV != nil {
 		s.client.resolver.lookupSRV = deps.LookupSRV
 	}
-	s.sender = newSender(s)
+	s.sender = newSender(s, deps.Wakes != nil)
+	failing, err := failingDestinations(ctx, deps.DB)
+	if err != nil {
+		return nil, fmt.Errorf("federationapi: %w", err)
+	}
+	s.sender.view.add(failing)
 	bg, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	if deps.Config.Enabled {
@@ -228,6 +247,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		s.startResyncs(bg)
 		s.startStretchRefetch(bg)
 		s.startPendingRetries(bg)
+		s.startWakes(bg)
 	}
 	return s, nil
 }

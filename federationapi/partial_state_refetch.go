@@ -51,9 +51,21 @@ type stretchRefetchHooks struct {
 }
 
 // WakeStretchRefetch wakes the stretch refetch worker: the roomserver
-// queued an event (roomserver Deps.StretchRefetchQueued). It never
+// queued an event (roomserver Deps.StretchRefetchQueued). In split mode
+// it also has the other processes' workers woken (wakes.go). It never
 // blocks.
 func (s *Server) WakeStretchRefetch() {
+	s.wakeStretchWorker()
+	if s.wakes != nil {
+		select {
+		case s.stretchPublish <- struct{}{}:
+		default: // an announcement is due already; it covers this one
+		}
+	}
+}
+
+// wakeStretchWorker wakes this process's worker. It never blocks.
+func (s *Server) wakeStretchWorker() {
 	select {
 	case s.stretchWake <- struct{}{}:
 	default:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/myelin-chat/myelin/storage"
@@ -31,6 +32,11 @@ import (
 type sender struct {
 	s      *Server
 	wakeCh chan struct{}
+	// view holds the destinations that may have failures
+	// (backoff_view.go); reads counts destinationUp's reads of
+	// federation_destinations (for tests).
+	view  *backoffView
+	reads atomic.Int64
 
 	mu      sync.Mutex
 	ctx     context.Context        // set by run; guarded by mu
@@ -42,8 +48,8 @@ type destWorker struct {
 	kick chan struct{}
 }
 
-func newSender(s *Server) *sender {
-	return &sender{s: s, wakeCh: make(chan struct{}, 1), workers: map[string]*destWorker{}}
+func newSender(s *Server, shared bool) *sender {
+	return &sender{s: s, wakeCh: make(chan struct{}, 1), workers: map[string]*destWorker{}, view: newBackoffView(shared)}
 }
 
 func (q *sender) wake() {
@@ -294,11 +300,22 @@ func (q *sender) kick(destination string) {
 }
 
 // destinationUp resets the backoff of a server that just talked to us, or
-// answered a request of ours (client.answered), and wakes its worker.
+// answered a request of ours (client.answered), and wakes its worker. It
+// reads federation_destinations only when the view says the server may
+// have failures recorded (backoffView).
 func (q *sender) destinationUp(ctx context.Context, destination string) {
+	seq, failing := q.view.answered(destination)
+	if !failing {
+		return
+	}
+	q.reads.Add(1)
 	var failures int
 	err := q.s.db.Reader().QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`, destination).Scan(&failures)
-	if err != nil || failures == 0 {
+	if storage.IsNoRows(err) || err == nil && failures == 0 {
+		q.view.markHealthy(destination, seq)
+		return
+	}
+	if err != nil {
 		return
 	}
 	err = q.s.db.Write(ctx, func(tx storage.Tx) error {
@@ -306,6 +323,7 @@ func (q *sender) destinationUp(ctx context.Context, destination string) {
 		return err
 	})
 	if err == nil {
+		q.view.markHealthy(destination, seq)
 		q.kick(destination)
 	}
 }
@@ -553,20 +571,9 @@ func (q *sender) record(ctx context.Context, destination string, b *batch, sendE
 		re.Status != http.StatusUnauthorized && re.Status != http.StatusTooManyRequests && re.Status != http.StatusNotFound &&
 		re.Status != http.StatusRequestTimeout && re.Status != http.StatusTooEarly
 	if sendErr != nil && !permanent {
-		var failures int
-		if err := q.s.db.Reader().QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`,
-			destination).Scan(&failures); err != nil {
-			return err
-		}
-		failures++
-		wait := q.backoff(failures)
-		log.Info("federation sender: transaction failed; backing off", "err", sendErr, "failures", failures, "retry_in", wait)
-		return q.s.db.Write(ctx, func(tx storage.Tx) error {
-			_, err := tx.Exec(ctx, `UPDATE federation_destinations SET failures = $2, retry_at_ts = $3 WHERE server_name = $1`,
-				destination, failures, q.s.now().Add(wait).UnixMilli())
-			return err
-		})
+		return q.recordFailure(ctx, destination, sendErr, log)
 	}
+	healthy := q.view.snapshot()
 	kept := 0
 	err := q.s.db.Write(ctx, func(tx storage.Tx) error {
 		kept = 0
@@ -587,6 +594,9 @@ func (q *sender) record(ctx context.Context, destination string, b *batch, sendE
 		_, err := tx.Exec(ctx, `UPDATE federation_destinations SET txn_id = NULL, failures = 0, retry_at_ts = 0 WHERE server_name = $1`, destination)
 		return err
 	})
+	if err == nil {
+		q.view.markHealthy(destination, healthy)
+	}
 	if err == nil && permanent {
 		if b.hasPDUs {
 			log.Info("federation sender: destination refused the transaction; dropped its PDUs and ephemeral EDUs",
@@ -597,6 +607,45 @@ func (q *sender) record(ctx context.Context, destination string, b *batch, sendE
 		}
 	}
 	return err
+}
+
+// recordFailure counts a failed send to destination and sets when it
+// may be tried again. The view holds destination from before the write
+// (backoffView); in split mode its first failure is announced to the
+// other processes' views (backoffWakeStream).
+func (q *sender) recordFailure(ctx context.Context, destination string, sendErr error, log interface {
+	Info(string, ...any)
+}) error {
+	defer q.view.beginFailure(destination)()
+	var failures int
+	var pos int64
+	err := q.s.db.Write(ctx, func(tx storage.Tx) error {
+		pos = 0
+		if err := tx.QueryRow(ctx, `SELECT failures FROM federation_destinations WHERE server_name = $1`,
+			destination).Scan(&failures); err != nil {
+			return err
+		}
+		first := failures == 0
+		failures++
+		if _, err := tx.Exec(ctx, `UPDATE federation_destinations SET failures = $2, retry_at_ts = $3 WHERE server_name = $1`,
+			destination, failures, q.s.now().Add(q.backoff(failures)).UnixMilli()); err != nil {
+			return err
+		}
+		if first && q.s.wakes != nil {
+			var err error
+			pos, err = raiseWakePosition(ctx, tx, backoffWakeStream)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("federation sender: transaction failed; backing off", "err", sendErr, "failures", failures, "retry_in", q.backoff(failures))
+	if pos > 0 {
+		q.s.wakes.Notify(backoffWakeStream, pos)
+	}
+	return nil
 }
 
 // mustDeliverEDU lists the EDU types a refused transaction does not drop.

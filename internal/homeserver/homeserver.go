@@ -66,6 +66,9 @@ type Homeserver struct {
 	// when shutdown starts so long-polls return at once.
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
+	// fedWakes carries the federation API's wake-ups between processes
+	// (federationapi Deps.Wakes); nil in one process.
+	fedWakes notifier.Broadcaster
 }
 
 // New opens the database and builds every component.
@@ -131,10 +134,25 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		}
 		notify = r
 	}
+	// The federation API's wake-ups between processes go on a
+	// broadcaster of their own: /sync wakes every waiter at a stream it
+	// does not know.
+	var fedWakes notifier.Broadcaster
+	if cfg.Global.RedisURL != "" {
+		r, err := notifier.NewRedis(ctx, notifier.RedisOptions{URL: cfg.Global.RedisURL,
+			Prefix: cfg.Global.RedisPrefix + "federation:", Logger: logger})
+		if err != nil {
+			cancel()
+			closeNotifier(notify)
+			return nil, err
+		}
+		fedWakes = r
+	}
 	defer func() {
 		if !ok {
 			cancel()
 			closeNotifier(notify)
+			closeNotifier(fedWakes)
 		}
 	}()
 	// The roomserver tells the notifier and the federation sender about
@@ -243,6 +261,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Aliases:    client,
 		Directory:  client,
 		Notify:     notify.Notify,
+		Wakes:      fedWakes,
 		// MSC4155: a local user's invite filter may refuse remote invites.
 		CheckInvite: client.CheckInvite,
 		EDUs: federationapi.EDUSinks{Typing: client, Receipts: client, Presence: client,
@@ -332,6 +351,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		handler:          r,
 		baseCtx:          baseCtx,
 		cancelBase:       cancel,
+		fedWakes:         fedWakes,
 	}, nil
 }
 
@@ -401,7 +421,8 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier), hs.DB.Close())
+	return errors.Join(hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
+		closeNotifier(hs.fedWakes), hs.DB.Close())
 }
 
 // closeNotifier stops a notifier that has background work (Redis).
