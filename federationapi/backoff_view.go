@@ -146,6 +146,9 @@ func (q *sender) reloadLoop(ctx context.Context) {
 			return
 		case <-q.view.reload:
 		}
+		if h := q.beforeReload.Load(); h != nil {
+			(*h)(ctx)
+		}
 		if err := q.reloadView(ctx); err != nil && ctx.Err() == nil {
 			q.s.log.Warn("federation sender: reading the destinations with failures", "err", err)
 		}

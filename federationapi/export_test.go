@@ -143,3 +143,15 @@ func (s *Server) AskVersion(ctx context.Context, destination string) error {
 	var out json.RawMessage
 	return s.client.signed(ctx, destination, http.MethodGet, "/_matrix/federation/v1/version", nil, &out)
 }
+
+// HoldBackoffReloads makes every reload of s's view of the destinations
+// with failures (split mode) wait until release is closed (or s closes).
+func (s *Server) HoldBackoffReloads(release <-chan struct{}) {
+	hold := func(ctx context.Context) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	}
+	s.sender.beforeReload.Store(&hold)
+}

@@ -37,6 +37,9 @@ type sender struct {
 	// federation_destinations (for tests).
 	view  *backoffView
 	reads atomic.Int64
+	// beforeReload, when set (tests only), runs before each reload of
+	// the view.
+	beforeReload atomic.Pointer[func(context.Context)]
 
 	mu      sync.Mutex
 	ctx     context.Context        // set by run; guarded by mu

@@ -160,30 +160,40 @@ func TestAnsweredReadsBackoffOnlyAfterFailure(t *testing.T) {
 
 // TestSplitModeAnswerEndsBackoffOfOtherProcess: B runs as two processes.
 // One records that a transaction to A failed; A then answers a request
-// of the other, which ends the backoff, whether it answers before that
-// process heard of the failure (at once) or after (a moment later), as
-// it would in one process: no backoff is left that an answer should have
-// ended.
+// of the other, which ends the backoff, as it would in one process: no
+// backoff is left that an answer should have ended. A answers after the
+// other process heard of the failure (a moment later), or before (at
+// once, and with the other process's reading of the destinations with
+// failures held until A has answered).
 func TestSplitModeAnswerEndsBackoffOfOtherProcess(t *testing.T) {
 	n := postgresNetwork(t)
 	a := n.start()
 	b, other := splitServer(t, n)
 	ctx := context.Background()
-	for _, wait := range []time.Duration{0, 500 * time.Millisecond, 0} {
+	for _, tc := range []struct {
+		name string
+		wait time.Duration
+		hold bool
+	}{{"after B heard", 500 * time.Millisecond, false}, {"at once", 0, false}, {"before B read", 300 * time.Millisecond, true}} {
+		release := make(chan struct{})
+		if tc.hold {
+			b.HS.Federation.HoldBackoffReloads(release)
+		}
 		if err := other.Federation.RecordSendFailure(ctx, a.Name); err != nil {
 			t.Fatal(err)
 		}
 		if got := failures(t, other, a.Name); got != 1 {
-			t.Fatalf("A's failures: %d, want 1", got)
+			t.Fatalf("%s: A's failures: %d, want 1", tc.name, got)
 		}
-		time.Sleep(wait)
+		time.Sleep(tc.wait)
 		if err := b.HS.Federation.AskVersion(ctx, a.Name); err != nil {
-			t.Fatalf("B asking A's version: %v", err)
+			t.Fatalf("%s: B asking A's version: %v", tc.name, err)
 		}
+		close(release)
 		deadline := time.Now().Add(3 * time.Second)
 		for failures(t, other, a.Name) != 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("A answered B %v after B's other process recorded a failure; the backoff still stands 3 s later", wait)
+				t.Fatalf("%s: A answered B after B's other process recorded a failure; the backoff still stands 3 s later", tc.name)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
