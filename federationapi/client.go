@@ -121,7 +121,8 @@ func (c *client) unsigned(ctx context.Context, destination, method, uri string, 
 // state_ids): Complement's TestPartialStateJoin saw a leave queued for
 // 40 s behind such a backoff, its servers reusing the ports of earlier
 // ones. The sender's own transactions do not come here (sender.send):
-// record resets the backoff for them.
+// record resets the backoff for them. It costs nothing for a destination
+// with no failures: the sender's backoffView says which may have some.
 func (c *client) answered(ctx context.Context, destination string, err error) error {
 	if err == nil && c.s.sender != nil {
 		c.s.sender.destinationUp(ctx, destination)

@@ -70,7 +70,7 @@ func postgresNetwork(t *testing.T) *network {
 // partial state (as in TestStretchRefetchWakesUp), while its own worker
 // is held; the other process's worker, idle since its start (the queue
 // was empty), must be woken through Redis and complete their state: its
-// first attempt comes within a second of the queueing, and B then serves
+// first attempt comes within 2 s of the queueing, and B then serves
 // the state at alice's merge. Before, only the queueing process's worker
 // was woken; the other slept until a retry it did not know of.
 func TestSplitModeStretchRefetchWakesOtherProcess(t *testing.T) {
@@ -104,7 +104,9 @@ func TestSplitModeStretchRefetchWakesOtherProcess(t *testing.T) {
 	if tried.IsZero() {
 		t.Fatal("B's other process made no attempt")
 	}
-	if lag := tried.Sub(stored); lag > time.Second {
+	// Through Redis and a write of the position: up to 2 s on a loaded
+	// machine; without the wake-up it would be the minute's fallback.
+	if lag := tried.Sub(stored); lag > 2*time.Second {
 		t.Errorf("B's other process first tried %v after the events were stored; want it woken at once", lag)
 	}
 }
