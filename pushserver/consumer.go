@@ -44,6 +44,16 @@ const (
 	// server's CPU on passes that found nothing (docs/benchmarks.md,
 	// "Concurrent senders, part 7").
 	joinsPassEvery = 25 * time.Millisecond
+	// quietJoinsPassEvery spaces the room-event passes past inTxFrom
+	// while no local join has committed since the last pass began (see
+	// Server.localJoins): a message, the usual event, gives such a pass
+	// nothing to do. One pass this often still finds a join the counter
+	// did not see (one that reached the timeline another way than
+	// CountInTx). On a server sending a message every few hundred ms,
+	// a pass per message was a read transaction and two goroutine wakes
+	// per message, run while the message's delivery was being built
+	// (docs/benchmarks.md, "Low-rate sends (lowrate)").
+	quietJoinsPassEvery = pollEvery
 	// lazyStoreEvents and lazyStoreEvery bound how far the events
 	// consumer's in-memory position runs ahead of its stored one when a
 	// pass has nothing else to write (see consumeEvents).
@@ -68,20 +78,26 @@ const (
 func (s *Server) runConsumer(ctx context.Context) {
 	var seen notifier.Positions // positions at the last read; nil: read both
 	var eventsReadAt time.Time  // when the last room-event pass began
+	var joinsAtRead int64       // s.localJoins when that pass began
 	for {
 		changed := s.notifier.Changed()
 		now := s.notifier.Positions()
+		joins := s.localJoins.Load() // before the read: a join after it is read next time
 		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
 		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
 		var eventsDue <-chan time.Time // set when a room-event pass is put off
 		if events && seen != nil && s.eventsPos.Load() >= s.inTxFrom {
-			if rest := joinsPassEvery - time.Since(eventsReadAt); rest > 0 {
+			every := joinsPassEvery
+			if !s.shared && joins == joinsAtRead {
+				every = quietJoinsPassEvery
+			}
+			if rest := every - time.Since(eventsReadAt); rest > 0 {
 				events, eventsDue = false, time.After(rest)
 			}
 		}
 		passStarted := time.Now()
 		if events {
-			eventsReadAt = passStarted
+			eventsReadAt, joinsAtRead = passStarted, joins
 		}
 		var more bool
 		var err error

@@ -220,11 +220,13 @@ func TestConsumerPastInTxReadsJoinsOnly(t *testing.T) {
 // Past inTxFrom a room-event pass only looks for joins (JoinsAfter), and
 // the passes are joinsPassEvery apart: a burst of 300 notifications at
 // least 500µs apart takes a handful of passes (at passEvery: dozens), and
-// the last notification is still read.
+// the last notification is still read. Shared, so that the passes are
+// not put off further for want of a local join
+// (TestConsumerQuietWithoutLocalJoins).
 func TestConsumerJoinPassesSpaced(t *testing.T) {
 	streams := &countingStreams{}
 	n := notifier.New()
-	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default(), shared: true}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -266,4 +268,77 @@ func TestConsumerJoinPassesSpaced(t *testing.T) {
 		t.Fatalf("%d passes for %d notifications over %v, want at most %d", reads, notifications, elapsed, limit)
 	}
 	t.Logf("%d passes for %d notifications over %v", reads, notifications, elapsed)
+}
+
+// Past inTxFrom, while no local join has committed since the last pass
+// (localJoins unchanged), notifications of other events (messages) do
+// not make the consumer read: a pass then has nothing to act on, and at
+// a message every few hundred ms it was a read transaction per message.
+// A committed local join makes the next pass come joinsPassEvery after
+// the last one; and with no join counted at all, a pass still comes
+// quietJoinsPassEvery after the last, so a join the counter missed is
+// found. With Shared (another process writes joins the counter does not
+// see) the passes keep the joinsPassEvery spacing.
+func TestConsumerQuietWithoutLocalJoins(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "one process", true: "shared"}[shared], func(t *testing.T) {
+			streams := &countingStreams{}
+			n := notifier.New()
+			s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default(), shared: shared}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.runConsumer(ctx)
+			}()
+			t.Cleanup(func() {
+				cancel()
+				<-done
+			})
+			waitReads := func(want int64, within time.Duration) time.Duration {
+				t.Helper()
+				start := time.Now()
+				for streams.eventReads.Load() < want {
+					if time.Since(start) > within {
+						t.Fatalf("%d room-event reads after %v, want %d", streams.eventReads.Load(), within, want)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				return time.Since(start)
+			}
+			waitReads(1, 5*time.Second) // the first run reads
+			// 60 messages 2ms apart: 120ms or more, several joinsPassEvery.
+			start := time.Now()
+			for i := range 60 {
+				n.Notify(roomserver.Stream, int64(2+i))
+				time.Sleep(2 * time.Millisecond)
+			}
+			elapsed := time.Since(start)
+			reads := streams.eventReads.Load() - 1
+			if shared {
+				if min := int64(elapsed/joinsPassEvery) - 1; reads < min {
+					t.Fatalf("shared: %d passes in %v of messages, want at least %d (joinsPassEvery spacing)", reads, elapsed, min)
+				}
+				return
+			}
+			if elapsed < quietJoinsPassEvery/2 && reads != 0 {
+				t.Fatalf("%d passes for 60 messages and no join in %v, want none", reads, elapsed)
+			}
+			// A local join commits: the next pass comes within joinsPassEvery.
+			s.localJoins.Add(1)
+			n.Notify(roomserver.Stream, 100)
+			if took := waitReads(2, time.Second); took > joinsPassEvery+200*time.Millisecond {
+				t.Errorf("the pass after a join came %v after it", took)
+			}
+			// More messages, no join: nothing until quietJoinsPassEvery
+			// after that pass, then one pass that reads the rest.
+			n.Notify(roomserver.Stream, 101)
+			time.Sleep(100 * time.Millisecond)
+			if got := streams.eventReads.Load(); got != 2 {
+				t.Fatalf("%d reads 100ms after a message, want 2", got)
+			}
+			took := waitReads(3, quietJoinsPassEvery+time.Second)
+			t.Logf("the quiet pass came %v after the message", took+100*time.Millisecond)
+		})
+	}
 }

@@ -91,6 +91,12 @@ func (s *Server) CountInTx(ctx context.Context, tx storage.Tx, te roomserver.Tim
 			return nil, err
 		}
 	}
+	if ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership == "join" && s.isLocal(*ev.StateKey) {
+		// The consumer's next pass has a join to look at
+		// (copyRulesOnUpgradeJoin): counted before the commit is
+		// acknowledged or notified, so the wake it causes sees it.
+		tx.OnCommit(func() { s.localJoins.Add(1) })
+	}
 	pos := ev.StreamPos
 	return func() {
 		if s.eventsPos.Load() >= s.inTxFrom {

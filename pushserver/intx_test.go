@@ -2,10 +2,12 @@ package pushserver_test
 
 import (
 	"context"
+	"net/http"
 	"net/url"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/pushserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -58,5 +60,42 @@ func TestCountsFromBeforeCountingInTx(t *testing.T) {
 		bob.wantCounts(t, roomID, 3, 0)
 		alice.text(t, roomID, "four")
 		bob.wantCounts(t, roomID, 4, 0)
+	})
+}
+
+// TestLocalJoinsCounted: CountInTx counts a local user's join once its
+// transaction commits (the consumer then looks for joins promptly, and
+// otherwise spaces its passes); messages, leaves and a rejected join do
+// not count.
+func TestLocalJoinsCounted(t *testing.T) {
+	testserver.ForEachEngine(t, pushConfig, func(t *testing.T, srv *testserver.Server) {
+		push := srv.HS.Push
+		alice, bob := register(t, srv, "alice"), register(t, srv, "bob")
+		start := pushserver.LocalJoins(push)
+		roomID := room(t, alice) // alice's join
+		if got := pushserver.LocalJoins(push) - start; got != 1 {
+			t.Fatalf("%d joins counted after creating a room, want 1", got)
+		}
+		alice.text(t, roomID, "hello")
+		alice.text(t, roomID, "again")
+		if got := pushserver.LocalJoins(push) - start; got != 1 {
+			t.Fatalf("%d joins counted after two messages, want still 1", got)
+		}
+		// bob is not invited to this private room: his join is refused.
+		if status, _ := bob.call(t, http.MethodPost, "/_matrix/client/v3/join/"+esc(roomID), map[string]any{}); status != http.StatusForbidden {
+			t.Fatalf("bob's uninvited join: status %d, want 403", status)
+		}
+		if got := pushserver.LocalJoins(push) - start; got != 1 {
+			t.Fatalf("%d joins counted after a refused join, want still 1", got)
+		}
+		alice.must(t, http.MethodPost, "/_matrix/client/v3/rooms/"+esc(roomID)+"/invite", map[string]any{"user_id": bob.id})
+		bob.must(t, http.MethodPost, "/_matrix/client/v3/join/"+esc(roomID), map[string]any{})
+		if got := pushserver.LocalJoins(push) - start; got != 2 {
+			t.Fatalf("%d joins counted after bob's join, want 2", got)
+		}
+		bob.must(t, http.MethodPost, "/_matrix/client/v3/rooms/"+esc(roomID)+"/leave", map[string]any{})
+		if got := pushserver.LocalJoins(push) - start; got != 2 {
+			t.Fatalf("%d joins counted after bob's leave, want still 2", got)
+		}
 	})
 }

@@ -70,6 +70,10 @@ type Deps struct {
 	HTTPClient *http.Client
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// Shared says other processes write to the same database (Redis
+	// configured): their joins are not counted in localJoins, so the
+	// consumer does not space its passes by it.
+	Shared bool
 }
 
 // Server is the push component.
@@ -111,6 +115,14 @@ type Server struct {
 	// (CountInTx); the consumer counts only the events up to it, left
 	// from before this way of counting (immutable after New).
 	inTxFrom int64
+	// localJoins counts the local users' joins CountInTx has seen
+	// commit (bumped in OnCommit, before the commit is notified): while
+	// it has not moved since the consumer's last room-event pass, a pass
+	// would find no join to act on, and the consumer spaces its passes
+	// by quietJoinsPassEvery instead of joinsPassEvery. Not used when
+	// shared (joins written by other processes are not counted).
+	localJoins atomic.Int64
+	shared     bool
 	// atState caches roomInfo by committed state snapshot (CountInTx).
 	atState *stateInfoCache
 	// txRules caches compiled rules for CountInTx.
@@ -161,6 +173,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		roomInfos:  map[string]*roomInfo{},
 		threads:    map[string]string{},
 		wakeSender: make(chan struct{}, 1),
+		shared:     deps.Shared,
 	}
 	if s.inTxFrom, err = s.loadInTxFrom(ctx); err != nil {
 		return nil, err

@@ -217,6 +217,7 @@ func TestPushRulesFollowRoomUpgrade(t *testing.T) {
 		up := alice.must(t, http.MethodPost, "/_matrix/client/v3/rooms/"+esc(oldRoom)+"/upgrade", map[string]any{"new_version": "11"})
 		newRoom := up.Get("replacement_room").Str
 		bob.must(t, http.MethodPost, "/_matrix/client/v3/join/"+esc(newRoom), map[string]any{})
+		joined := time.Now()
 
 		waitRule := func(u *user, path string) gjson.Result {
 			t.Helper()
@@ -229,9 +230,17 @@ func TestPushRulesFollowRoomUpgrade(t *testing.T) {
 			t.Fatalf("%s never got rule %s", u.id, path)
 			return gjson.Result{}
 		}
-		for _, u := range []*user{alice, bob} {
+		for _, u := range []*user{bob, alice} {
 			if r := waitRule(u, "room/"+esc(newRoom)); r.Get("actions").Raw != `["dont_notify"]` {
 				t.Errorf("%s's copied room rule: %s", u.id, r.Raw)
+			}
+			if u == bob {
+				// The join is counted at its commit (localJoins), so the
+				// consumer's next pass comes within joinsPassEvery, not
+				// at its quiet spacing (2 s).
+				if took := time.Since(joined); took > time.Second {
+					t.Errorf("bob's rules were copied %v after his join", took)
+				}
 			}
 		}
 		copied := waitRule(bob, "override/"+esc("quiet-bots-"+newRoom[1:]))

@@ -33,3 +33,13 @@ const MaxCachedStatementArgs = maxCachedStatementArgs
 
 // NewRewriter exposes the memoising wrapper of a query rewrite.
 var NewRewriter = newRewriter
+
+// IdleCheckpoints reports how many WAL checkpoints the SQLite writer ran
+// while idle.
+func (db *DB) IdleCheckpoints() int64 { return db.idleCheckpoints.Load() }
+
+// CheckpointAfterCommits and CheckpointIdle: when the writer checkpoints.
+const (
+	CheckpointAfterCommits = checkpointAfterCommits
+	CheckpointIdle         = checkpointIdle
+)

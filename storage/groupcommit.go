@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 )
 
 // writeRequest is one Write call waiting for the SQLite writer.
@@ -82,18 +83,53 @@ func (req *writeRequest) wait() error {
 	return nil
 }
 
+// WAL checkpoints while the writer is idle.
+//
+// SQLite checkpoints the WAL by itself (wal_autocheckpoint, 1000 pages)
+// inside the COMMIT that crosses the threshold: that write's answer, and
+// the delivery of what it wrote, then wait for the whole checkpoint —
+// copying the WAL's pages into the database file and two fsyncs, 2 to 50 ms
+// on the shared test machine, where a message's commit takes 0.3–0.5 ms.
+// At a few messages a second that was one message in about a hundred,
+// and in the fan-out scenario the twenty deliveries of that one message
+// made up the slowest 2 % (docs/benchmarks.md, "Low-rate sends
+// (lowrate)"). So the writer checkpoints (PASSIVE) on its own once
+// checkpointAfterCommits commits have accumulated and no write has come
+// for checkpointIdle: every write it holds has been answered, and the
+// WAL stays far below SQLite's threshold. A server that never pauses for
+// checkpointIdle keeps SQLite's own checkpoints, as before. Durability is
+// unchanged: a write is answered after its COMMIT's fsync of the WAL; a
+// checkpoint only copies committed pages.
+const (
+	checkpointAfterCommits = 32
+	checkpointIdle         = 20 * time.Millisecond
+)
+
 // groupCommitLoop is the single SQLite writer. It takes every request that
 // is waiting, runs them in one transaction (each but the first in its own
 // savepoint), takes in those that arrived meanwhile (see runBatch) and
-// commits once.
+// commits once. When it is idle it checkpoints the WAL (see above).
 func (db *DB) groupCommitLoop() {
 	defer db.writerWG.Done()
 	batch := make([]*writeRequest, 0, maxBatch)
 	results := make([]error, 0, maxBatch) // reused: one per commit was ~4 KiB of garbage
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+	checkpointedAt := db.commits.Load() // the commit count at the last idle checkpoint
 	for {
+		var idleC <-chan time.Time
+		if db.commits.Load()-checkpointedAt >= checkpointAfterCommits {
+			idle.Reset(checkpointIdle)
+			idleC = idle.C
+		}
 		select {
 		case first := <-db.queue:
+			idle.Stop()
 			db.commitBatch(append(batch[:0], first), results)
+		case <-idleC:
+			db.checkpointIdle()
+			checkpointedAt = db.commits.Load()
 		case <-db.closed:
 			// Close stops new requests before closing db.closed (see
 			// enqueueWrite), so the queue only shrinks: finish it.
@@ -106,6 +142,17 @@ func (db *DB) groupCommitLoop() {
 				}
 			}
 		}
+	}
+}
+
+// checkpointIdle runs a PASSIVE checkpoint on the writer's connection,
+// between transactions. A failure is not reported: the next idle spell
+// or SQLite's own checkpoint does the work.
+func (db *DB) checkpointIdle() {
+	var busy, logFrames, checkpointed int64
+	err := db.writer.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &checkpointed)
+	if err == nil {
+		db.idleCheckpoints.Add(1)
 	}
 }
 

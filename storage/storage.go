@@ -115,6 +115,9 @@ type DB struct {
 	// tests and benchmarks use it to show that group commit shares one
 	// COMMIT among many writes.
 	commits atomic.Int64
+	// idleCheckpoints counts the WAL checkpoints the writer ran while
+	// idle (groupcommit.go); tests read it.
+	idleCheckpoints atomic.Int64
 }
 
 // Open opens (and for SQLite creates) the database.

@@ -216,7 +216,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	push, err = pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
 		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
-		Verifier: client, Logger: logger})
+		Verifier: client, Logger: logger, Shared: cfg.Global.RedisURL != ""})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("pushserver: %w", err)
