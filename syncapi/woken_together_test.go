@@ -55,9 +55,10 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			filtered: `{"presence":{"not_types":["*"]},"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true,"include_redundant_members":true}}}`,
 		}
 		users := []*user{sender, plain, ignorer, filtered, late}
-		// The push consumer counts the events so far before the tokens
-		// are taken, so that no count of them wakes the long polls below
-		// (however long a loaded machine makes it take).
+		// The push consumer counts the events so far, and the waker
+		// dispatches those counts, before the tokens are taken and the
+		// long polls wait: no count of them wakes the long polls below
+		// (however long a loaded machine makes either take).
 		countsCaughtUp(t, srv)
 		since := map[*user]string{}
 		for _, u := range users {
@@ -84,10 +85,6 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 		for srv.HS.Sync.Waiting() < len(users) {
 			time.Sleep(time.Millisecond)
 		}
-		// Stray wakes (the waker's dispatch of the counts above, should
-		// it come late) settle first, so that every request computes
-		// once the message is in.
-		time.Sleep(300 * time.Millisecond)
 		// The woken requests' member and key counts reads wait for one
 		// grouped read each (every user's own member key; every device).
 		waiting, releaseTimelines, release := srv.HS.Sync.HoldSharedReads(room)
@@ -160,13 +157,15 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 }
 
 // countsCaughtUp waits until the push consumer has counted every event
-// of the room stream so far (UnreadCountsStream at the stream's head).
+// of the room stream so far (UnreadCountsStream at the stream's head)
+// and the waker has dispatched both streams: from then on, until the
+// next event, nothing wakes a long poll of the room.
 func countsCaughtUp(t *testing.T, srv *testserver.Server) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		pos := srv.HS.Notifier.Positions()
-		if pos[syncapi.UnreadCountsStream] >= pos[roomserver.Stream] {
+		if pos[syncapi.UnreadCountsStream] >= pos[roomserver.Stream] && srv.HS.Sync.WakerCaughtUp() {
 			return
 		}
 		if time.Now().After(deadline) {

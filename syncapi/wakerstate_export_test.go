@@ -1,0 +1,13 @@
+package syncapi
+
+import "github.com/myelin-chat/myelin/roomserver"
+
+// WakerCaughtUp reports whether the waker has dispatched every room
+// stream and unread counts position the notifier holds, so a long poll
+// registered now is woken by nothing that came before.
+func (s *Server) WakerCaughtUp() bool {
+	pos := s.waker.n.Positions()
+	s.waker.mu.Lock()
+	defer s.waker.mu.Unlock()
+	return s.waker.roomDone >= pos[roomserver.Stream] && s.waker.countsDone >= pos[UnreadCountsStream]
+}
