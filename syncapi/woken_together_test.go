@@ -77,7 +77,10 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, woken[i] = rawSync(t, srv, u, "timeout=3000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
+				// A timeout far beyond the test's steps: a long poll that
+				// timed out before the send (3 s did on a loaded machine)
+				// computes without the message.
+				_, woken[i] = rawSync(t, srv, u, "timeout=30000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
 			}()
 		}
 		holdUntil(t, "memberships", queued, len(users))
