@@ -78,7 +78,7 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				// A timeout far beyond the test's steps: a long poll that
-				// timed out before the send (3 s did on a loaded machine)
+				// timed out before the send (3 s may, on a loaded machine)
 				// computes without the message.
 				_, woken[i] = rawSync(t, srv, u, "timeout=30000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
 			}()
