@@ -85,8 +85,15 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 		}
 		holdUntil(t, "memberships", queued, len(users))
 		releaseMemberships()
-		for srv.HS.Sync.Waiting() < len(users) {
-			time.Sleep(time.Millisecond)
+		// Every request waits for a wake-up: none is still computing an
+		// answer (a request whose token trails some head computes once
+		// before it waits), which would queue in the held reads below
+		// before the message is in. A fixed 300 ms sleep left that to
+		// the scheduler.
+		for deadline := time.Now().Add(20 * time.Second); srv.HS.Sync.Parked() < len(users) || !srv.HS.Sync.WakerCaughtUp(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d long polls waiting", srv.HS.Sync.Parked(), len(users))
+			}
 		}
 		// The woken requests' member and key counts reads wait for one
 		// grouped read each (every user's own member key; every device).
