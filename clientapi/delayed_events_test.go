@@ -93,8 +93,10 @@ func TestDelayedEvents(t *testing.T) {
 
 		// Three message events, due in order; a retry of the same txnId
 		// (even without a body) answers with the same delay ID.
+		// The delays leave a loaded machine time for the seven requests
+		// below before the first is due.
 		var ids []string
-		for i, delay := range []string{"2000", "2100", "2200"} {
+		for i, delay := range []string{"5000", "5100", "5200"} {
 			txn := fmt.Sprintf("txn-%d", i)
 			ids = append(ids, schedule(t, srv, alice, room, txn, "", delay, map[string]any{"count": i + 1}))
 			status, body := call(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(room))+"/send/com.example.test/"+txn+"?org.matrix.msc4140.delay="+delay, alice.token, nil)
@@ -104,7 +106,7 @@ func TestDelayedEvents(t *testing.T) {
 		}
 		list := delayedList(t, srv, alice)
 		if len(list) != 3 || list[0]["delay_id"] != ids[0] || list[0]["room_id"] != string(room) || list[0]["type"] != "com.example.test" ||
-			list[0]["delay"] != float64(2000) || list[0]["running_since"] == nil || list[0]["content"].(map[string]any)["count"] != float64(1) ||
+			list[0]["delay"] != float64(5000) || list[0]["running_since"] == nil || list[0]["content"].(map[string]any)["count"] != float64(1) ||
 			list[0]["state_key"] != nil {
 			t.Fatalf("alice's delayed events = %v", list)
 		}
@@ -128,7 +130,7 @@ func TestDelayedEvents(t *testing.T) {
 		}
 
 		// A state event on timeout.
-		schedule(t, srv, alice, room, "", "on_timeout", "1500", map[string]any{"setter": "on_timeout"})
+		schedule(t, srv, alice, room, "", "on_timeout", "4000", map[string]any{"setter": "on_timeout"})
 		if got := delayedList(t, srv, alice); len(got) != 1 || got[0]["state_key"] != "on_timeout" {
 			t.Fatalf("delayed state listing = %v", got)
 		}
@@ -162,15 +164,26 @@ func TestDelayedEvents(t *testing.T) {
 		}
 
 		// Restart pushes the due time back by the whole delay.
-		restarted := schedule(t, srv, alice, room, "", "restarted", "3000", map[string]any{"setter": "restarted"})
-		time.Sleep(1000 * time.Millisecond)
+		// Due 6 s after scheduled, restarted 2 s in: due again 8 s in at
+		// the earliest. Looked at 7 s in, a second from either deadline
+		// (times from the test's clock, so a loaded machine's delays
+		// count).
+		const delay = 6 * time.Second
+		scheduled := time.Now()
+		restarted := schedule(t, srv, alice, room, "", "restarted", "6000", map[string]any{"setter": "restarted"})
+		time.Sleep(time.Until(scheduled.Add(2 * time.Second)))
+		restartAt := time.Now()
 		status, body = call(t, "POST", srv.URL+delayedAPI+"/"+restarted, "", map[string]any{"action": "restart"})
 		if status != 200 {
 			t.Fatalf("restart (action in body) = %d %v", status, body)
 		}
-		time.Sleep(2000 * time.Millisecond)
+		if late := time.Since(scheduled); late > delay-time.Second {
+			t.Fatalf("the restart returned %v after the schedule, too near its first deadline to tell", late)
+		}
+		time.Sleep(time.Until(scheduled.Add(delay + time.Second)))
 		if c := stateOf(t, alice, room, "restarted"); c != nil {
-			t.Fatalf("restarted event sent on its first deadline: %v", c)
+			t.Fatalf("restarted event sent on its first deadline: %v (looked %v after the restart, which pushed it to %v)",
+				c, time.Since(restartAt), delay)
 		}
 		eventually(t, "the restarted event", func() bool { return stateOf(t, alice, room, "restarted") != nil })
 

@@ -105,7 +105,7 @@ func passwordAuth(session, user, password string) map[string]any {
 // eventually retries check until it returns true or the deadline passes.
 func eventually(t *testing.T, what string, check func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !check() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -224,13 +224,11 @@ func TestGapRetriedInBackground(t *testing.T) {
 		if len(other.gme.asked()) == 0 {
 			t.Error("the room's other server was not asked")
 		}
-		time.Sleep(time.Second) // a few retries fail
+		// A few retries fail (waited for, not slept for: on a loaded
+		// machine a second may hold fewer than two asks).
+		eventually(t, "the origin asked again", func() bool { return len(origin.gme.asked()) >= 3 })
 		if hasEvent(g.a, g.alice, tip.EventID()) {
 			t.Fatal("PDU input while nobody gave its prev event")
-		}
-		before := len(origin.gme.asked())
-		if before < 2 {
-			t.Errorf("origin asked %d times in a second; want retries", before)
 		}
 		origin.gme.set(false, hidden.JSON())
 		eventually(t, "the kept PDU input", func() bool { return hasEvent(g.a, g.alice, tip.EventID()) })

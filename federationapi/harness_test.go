@@ -153,7 +153,7 @@ func (s *fedServer) restart() {
 	s.stop()
 	var ln net.Listener
 	var err error
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 200; i++ {
 		if ln, err = net.Listen("tcp", s.addr); err == nil {
 			break
 		}

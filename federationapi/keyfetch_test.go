@@ -65,7 +65,9 @@ func TestKeyCacheValidity(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
-		const validity = 2 * time.Second
+		// Long enough that the second request below comes before the key
+		// expires even on a loaded machine.
+		const validity = 5 * time.Second
 		f.mu.Lock()
 		f.keyValidity = validity
 		f.mu.Unlock()

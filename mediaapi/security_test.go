@@ -75,7 +75,9 @@ func TestImageBombIsRefusedWithoutDecoding(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge || errcode(t, body) != "M_TOO_LARGE" {
 		t.Fatalf("thumbnail of a 40 MP image: %d %s, want 413 M_TOO_LARGE", resp.StatusCode, body)
 	}
-	if elapsed > 2*time.Second {
+	// The allocation below is what tells a decode; this bound leaves a
+	// loaded machine room for the request itself.
+	if elapsed > 5*time.Second {
 		t.Errorf("refusal took %v; it must not decode", elapsed)
 	}
 	// Decoding would allocate the 40 MB image; measuring allocates little.
@@ -258,7 +260,7 @@ func TestInterruptedUploadLeavesNothing(t *testing.T) {
 			time.Sleep(200 * time.Millisecond) // the server is mid-body
 			conn.Close()
 		}
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for {
 			blobs, temps := storeFiles(t, srv.Config)
 			if len(blobs)+len(temps) == 0 {

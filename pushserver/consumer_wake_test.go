@@ -57,7 +57,7 @@ func TestConsumerReadsOnlyAdvancedStreams(t *testing.T) {
 	})
 	want := func(what string, events, receipts int64) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for streams.eventReads.Load() != events || streams.receiptReads.Load() != receipts {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: %d room event reads, %d receipt reads; want %d, %d", what,
@@ -104,7 +104,7 @@ func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
 	})
 	waitReads := func(what string, atLeast int64) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for streams.eventReads.Load() < atLeast {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: %d room event reads, want at least %d", what, streams.eventReads.Load(), atLeast)
@@ -138,7 +138,7 @@ func TestConsumerPassesSpacedUnderLoad(t *testing.T) {
 	// Wait for that read rather than for a fixed spell: on a loaded
 	// machine the consumer goroutine can be off the CPU for longer than
 	// a few passEvery, and the read then comes later than 4*passEvery.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !time.Unix(0, streams.lastEventRead.Load()).After(last) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no read after the last notification (last read %v before it)",
@@ -237,7 +237,7 @@ func TestConsumerJoinPassesSpaced(t *testing.T) {
 		cancel()
 		<-done
 	})
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for streams.eventReads.Load() < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("no first read")
@@ -254,7 +254,7 @@ func TestConsumerJoinPassesSpaced(t *testing.T) {
 		time.Sleep(500 * time.Microsecond) // the consumer may run meanwhile
 	}
 	elapsed := time.Since(start)
-	deadline = time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for !time.Unix(0, streams.lastEventRead.Load()).After(last) {
 		if time.Now().After(deadline) {
 			t.Fatal("the last notification was never read")

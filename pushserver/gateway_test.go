@@ -138,7 +138,7 @@ func TestPushGateway(t *testing.T) {
 		g.set(0, true)
 		third := alice.text(t, roomID, "third")
 		g.waitRequests(t, third, 1)
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for {
 			if list := bob.must(t, http.MethodGet, "/_matrix/client/v3/pushers", nil); list.Get("pushers.#").Int() == 0 {
 				break

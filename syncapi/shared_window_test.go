@@ -77,9 +77,11 @@ func TestSharedWindowStaysPerUser(t *testing.T) {
 			}()
 			return ch
 		}
-		carolCh, bobCh := poll(carol, "10000"), poll(bob, "1500")
-		for srv.HS.Sync.Waiting() < 2 {
-			time.Sleep(time.Millisecond)
+		carolCh, bobCh := poll(carol, "10000"), poll(bob, "3000")
+		for deadline := time.Now().Add(20 * time.Second); srv.HS.Sync.Waiting() < 2; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d long polls waiting, want 2", srv.HS.Sync.Waiting())
+			}
 		}
 		sendText(t, srv, alice, roomB, "carol again")
 		c := <-carolCh
@@ -92,8 +94,10 @@ func TestSharedWindowStaysPerUser(t *testing.T) {
 				t.Fatalf("bob's long poll got room B under %s: %v", section, room)
 			}
 		}
-		if b.took < time.Second {
-			t.Errorf("bob's long poll returned after %v with %v; nothing was his", b.took, b.body["rooms"])
+		// Unwoken, bob's poll answers at its 3 s timeout, however long
+		// the machine took to reach the send.
+		if b.took < 2900*time.Millisecond {
+			t.Errorf("bob's long poll returned after %v with %v, before its timeout; nothing was his", b.took, b.body["rooms"])
 		}
 
 		// history_visibility joined: Dave, who joins after a message,

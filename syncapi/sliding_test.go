@@ -95,17 +95,29 @@ func TestSlidingSyncSession(t *testing.T) {
 		// Long-poll woken by a message in room 3, which moves it to the top.
 		listReq["pos"] = pos
 		listReq["timeout"] = 10000
+		// The message is sent once the request waits (a fixed sleep may
+		// be outlasted on a loaded machine).
+		sent := make(chan time.Time, 1)
 		go func() {
-			time.Sleep(150 * time.Millisecond)
+			for deadline := time.Now().Add(20 * time.Second); srv.HS.Sync.Waiting() < 1 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			sent <- time.Now()
 			sendText(t, srv, alice, rooms[3], "bump")
 		}()
-		start := time.Now()
 		code, resp = sliding(t, srv, alice, listReq)
 		if code != 200 {
 			t.Fatalf("long-poll: %d %v", code, resp)
 		}
-		if d := time.Since(start); d > 3*time.Second || d < 100*time.Millisecond {
-			t.Errorf("long-poll returned after %v", d)
+		// Unwoken, the request waits its 10 s timeout; 2 s after the send
+		// began leaves a loaded machine the send's round trip.
+		select {
+		case at := <-sent:
+			if d := time.Since(at); d > 2*time.Second {
+				t.Errorf("long-poll returned %v after the send began", d)
+			}
+		default:
+			t.Errorf("long-poll returned before the message was sent: %v", resp)
 		}
 		r3, _ := resp["rooms"].(map[string]any)[rooms[3]].(map[string]any)
 		if r3 == nil || r3["initial"] != true {

@@ -270,12 +270,14 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	}
 	var resp *syncResponse
 	for {
+		wt.parked.Store(false)
 		if !idle {
 			if resp, err = s.compute(ctx, req); err != nil || !resp.empty() {
 				return resp, err
 			}
 		}
 		idle = false
+		wt.parked.Store(true)
 		select {
 		case <-resynced:
 			resynced = nil

@@ -120,11 +120,17 @@ func TestLongPollWokenBySend(t *testing.T) {
 			resp, err := alice.client.SyncRequest(ctx, 30000, first.NextBatch, "", false, "")
 			done <- result{resp, err, time.Now()}
 		}()
-		time.Sleep(200 * time.Millisecond) // let the request start waiting
-		select {
-		case r := <-done:
-			t.Fatalf("sync returned before anything happened: %+v %v", r.resp, r.err)
-		default:
+		// Send once the request is waiting (not after a fixed sleep, which
+		// a loaded machine may outlast before the request registers).
+		for deadline := time.Now().Add(20 * time.Second); srv.HS.Sync.Waiting() < 1; time.Sleep(time.Millisecond) {
+			select {
+			case r := <-done:
+				t.Fatalf("sync returned before anything happened: %+v %v", r.resp, r.err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the long poll never started waiting")
+			}
 		}
 		sent := time.Now()
 		sendText(t, srv, alice, roomID, "wake up")
@@ -136,10 +142,14 @@ func TestLongPollWokenBySend(t *testing.T) {
 			if got := bodies(r.resp.Rooms.Join[id.RoomID(roomID)].Timeline.Events); len(got) != 1 || got[0] != "wake up" {
 				t.Fatalf("woken sync timeline = %v", got)
 			}
-			if d := r.at.Sub(sent); d > 500*time.Millisecond {
+			// Unwoken, the request waits for its 30 s timeout (or the
+			// waker's 10 s fallback poll, which a 2 s bound catches 80%
+			// of the time); 2 s leaves a loaded machine the send's own
+			// round trip.
+			if d := r.at.Sub(sent); d > 2*time.Second {
 				t.Fatalf("woken %v after the send", d)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(20 * time.Second):
 			t.Fatal("long-poll was not woken by the send")
 		}
 	})
@@ -156,17 +166,36 @@ func TestLongPollTimeoutReturnsEmpty(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		type result struct {
+			resp *mautrix.RespSync
+			err  error
+			at   time.Time
+		}
+		done := make(chan result, 1)
 		start := time.Now()
 		go func() {
-			time.Sleep(100 * time.Millisecond)
-			sendText(t, srv, bob, bobRoom, "not for alice")
+			resp, err := alice.client.SyncRequest(ctx, 3000, first.NextBatch, "", false, "")
+			done <- result{resp, err, time.Now()}
 		}()
-		resp, err := alice.client.SyncRequest(ctx, 400, first.NextBatch, "", false, "")
+		// Bob sends once alice's request is waiting, not after a fixed
+		// sleep a loaded machine may stretch past her timeout.
+		for deadline := time.Now().Add(20 * time.Second); srv.HS.Sync.Waiting() < 1; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("alice's long poll never started waiting")
+			}
+		}
+		sendText(t, srv, bob, bobRoom, "not for alice")
+		sent := time.Now()
+		r := <-done
+		resp, err := r.resp, r.err
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := time.Since(start); d < 350*time.Millisecond {
+		if d := r.at.Sub(start); d < 2900*time.Millisecond {
 			t.Fatalf("returned after %v, before the timeout; bob's room woke alice", d)
+		}
+		if r.at.Before(sent) {
+			t.Fatalf("bob's send took until %v, after alice's timeout: the test saw nothing", sent.Sub(start))
 		}
 		if len(resp.Rooms.Join) != 0 {
 			t.Fatalf("timeout response has rooms: %v", resp.Rooms.Join)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"sync"
+	"sync/atomic"
 
 	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/roomserver"
@@ -22,6 +23,9 @@ type waiter struct {
 	// wake has room for one signal; a waiter woken twice before it looks
 	// re-reads once.
 	wake chan struct{}
+	// parked: the /sync request waits for a wake-up, not computing
+	// (for tests: Server.Parked).
+	parked atomic.Bool
 }
 
 // waker turns stream notifications into wake-ups of the requests they
@@ -120,6 +124,7 @@ func remove(m map[string]map[*waiter]struct{}, key string, wt *waiter) {
 }
 
 func signal(wt *waiter) {
+	wt.parked.Store(false)
 	select {
 	case wt.wake <- struct{}{}:
 	default:

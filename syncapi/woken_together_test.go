@@ -13,6 +13,7 @@ import (
 
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/syncapi"
 )
 
 // TestWokenTogetherSameAsAlone: long polls woken together by one
@@ -54,6 +55,11 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			filtered: `{"presence":{"not_types":["*"]},"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true,"include_redundant_members":true}}}`,
 		}
 		users := []*user{sender, plain, ignorer, filtered, late}
+		// The push consumer counts the events so far, and the waker
+		// dispatches those counts, before the tokens are taken and the
+		// long polls wait: no count of them wakes the long polls below
+		// (however long a loaded machine makes either take).
+		countsCaughtUp(t, srv)
 		since := map[*user]string{}
 		for _, u := range users {
 			status, body := rawSync(t, srv, u, "filter="+url.QueryEscape(filters[u]))
@@ -71,18 +77,24 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, woken[i] = rawSync(t, srv, u, "timeout=3000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
+				// A timeout far beyond the test's steps: a long poll that
+				// timed out before the send (3 s may, on a loaded machine)
+				// computes without the message.
+				_, woken[i] = rawSync(t, srv, u, "timeout=30000&since="+url.QueryEscape(since[u])+"&filter="+url.QueryEscape(filters[u]))
 			}()
 		}
 		holdUntil(t, "memberships", queued, len(users))
 		releaseMemberships()
-		for srv.HS.Sync.Waiting() < len(users) {
-			time.Sleep(time.Millisecond)
+		// Every request waits for a wake-up: none is still computing an
+		// answer (a request whose token trails some head computes once
+		// before it waits), which would queue in the held reads below
+		// before the message is in. A fixed 300 ms sleep left that to
+		// the scheduler.
+		for deadline := time.Now().Add(20 * time.Second); srv.HS.Sync.Parked() < len(users) || !srv.HS.Sync.WakerCaughtUp(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d long polls waiting", srv.HS.Sync.Parked(), len(users))
+			}
 		}
-		// Stray wakes (the push consumer's counts of the events before
-		// the tokens) settle first, so that every request computes once
-		// the message is in.
-		time.Sleep(300 * time.Millisecond)
 		// The woken requests' member and key counts reads wait for one
 		// grouped read each (every user's own member key; every device).
 		waiting, releaseTimelines, release := srv.HS.Sync.HoldSharedReads(room)
@@ -90,7 +102,7 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 			"/send/m.room.message/txn-together", `{"msgtype":"m.text","body":"together"}`); status != http.StatusOK {
 			t.Fatalf("send: %d %v", status, body)
 		}
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for _, k, tl := waiting(); k < len(users) || tl < len(users); _, k, tl = waiting() {
 			if time.Now().After(deadline) {
 				t.Fatalf("%d devices and %d timelines queued, want %d each", k, tl, len(users))
@@ -154,10 +166,29 @@ func TestWokenTogetherSameAsAlone(t *testing.T) {
 	})
 }
 
-// holdUntil waits until queued reports n requests, at most 5 s.
+// countsCaughtUp waits until the push consumer has counted every event
+// of the room stream so far (UnreadCountsStream at the stream's head)
+// and the waker has dispatched both streams: from then on, until the
+// next event, nothing wakes a long poll of the room.
+func countsCaughtUp(t *testing.T, srv *testserver.Server) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		pos := srv.HS.Notifier.Positions()
+		if pos[syncapi.UnreadCountsStream] >= pos[roomserver.Stream] && srv.HS.Sync.WakerCaughtUp() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the push consumer counted up to %d, the room stream is at %d", pos[syncapi.UnreadCountsStream], pos[roomserver.Stream])
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// holdUntil waits until queued reports n requests, at most 20 s.
 func holdUntil(t *testing.T, what string, queued func() int, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for got := queued(); got < n; got = queued() {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d %s reads queued, want %d", got, what, n)
@@ -248,7 +279,7 @@ func groupedTimelines(t *testing.T, srv *testserver.Server, room string, since, 
 	// leave: it reads alone).
 	holdUntil(t, "memberships", queued, len(users))
 	releaseMemberships()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for _, _, tl := waiting(); tl < len(joined); _, _, tl = waiting() {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d timelines queued, want %d", tl, len(joined))

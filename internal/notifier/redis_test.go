@@ -109,7 +109,7 @@ func TestRedisNotifyWakesOtherProcess(t *testing.T) {
 	since := b.Positions()
 	woke := make(chan Positions, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		got, err := WaitPast(ctx, b, since)
 		if err != nil {
@@ -134,10 +134,13 @@ func TestRedisNotifyWakesOtherProcess(t *testing.T) {
 		if got["room_events"] != 5 {
 			t.Fatalf("b's waiter saw %v", got)
 		}
-		if d := time.Since(start); d > time.Second {
+		// Without the publish b would not wake at all (no poll here);
+		// the bound is for a delivery that lags, with room for a
+		// loaded machine.
+		if d := time.Since(start); d > 3*time.Second {
 			t.Fatalf("b woke after %v", d)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatal("b's waiter did not wake")
 	}
 	if b.Position("room_events") != 5 {
@@ -145,7 +148,7 @@ func TestRedisNotifyWakesOtherProcess(t *testing.T) {
 	}
 	// And the other way round, on another stream.
 	b.Notify("receipts", 3)
-	waitPosition(t, a, "receipts", 3, 2*time.Second)
+	waitPosition(t, a, "receipts", 3, 15*time.Second)
 }
 
 // TestRedisIgnoresSmallerPositions: positions only grow, in each process
@@ -159,7 +162,7 @@ func TestRedisIgnoresSmallerPositions(t *testing.T) {
 	ctx := context.Background()
 
 	a.Notify("s", 10)
-	waitPosition(t, b, "s", 10, 2*time.Second)
+	waitPosition(t, b, "s", 10, 15*time.Second)
 
 	// Watch every value b takes from now on.
 	var mu sync.Mutex
@@ -190,7 +193,7 @@ func TestRedisIgnoresSmallerPositions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitPosition(t, b, "s", 11, 2*time.Second)
+	waitPosition(t, b, "s", 11, 15*time.Second)
 	close(stop)
 	<-watching
 	mu.Lock()
@@ -232,8 +235,8 @@ func TestRedisLateStarterSeedsPositions(t *testing.T) {
 	a.Notify("room_events", 42)
 	a.Notify("to_device", 7)
 	b.Notify("room_events", 40) // smaller than what b hears from a: not published
-	waitPosition(t, b, "room_events", 42, 2*time.Second)
-	waitPosition(t, b, "to_device", 7, 2*time.Second)
+	waitPosition(t, b, "room_events", 42, 15*time.Second)
+	waitPosition(t, b, "to_device", 7, 15*time.Second)
 
 	c := startRedis(t, u, prefix, nil)
 	got := c.Positions()
@@ -263,7 +266,7 @@ func TestRedisLocalStreamsStayLocal(t *testing.T) {
 	}
 	_ = raw.Publish(context.Background(), prefix+redisChannelSuffix, "typing 99").Err()
 	a.Notify("room_events", 1) // a shared stream after it, as a marker
-	waitPosition(t, b, "room_events", 1, 2*time.Second)
+	waitPosition(t, b, "room_events", 1, 15*time.Second)
 	if b.Position("typing") != 5 {
 		t.Fatalf("b took typing %d from Redis", b.Position("typing"))
 	}
@@ -283,10 +286,12 @@ func TestRedisSubscriberReseedsAfterReconnect(t *testing.T) {
 	a := startRedis(t, u, prefix, nil)
 	name := "myelin-test-" + strings.Trim(strings.ReplaceAll(prefix, ":", "-"), "-")
 	b := startRedis(t, withClientName(t, u, name), prefix, func(o *RedisOptions) {
-		o.minBackoff = 1500 * time.Millisecond // long enough to publish while b is away
+		// Long enough to publish while b is away, even on a loaded
+		// machine (1.5 s was close: the publish below may take a while).
+		o.minBackoff = 5 * time.Second
 	})
 	a.Notify("s", 1)
-	waitPosition(t, b, "s", 1, 2*time.Second)
+	waitPosition(t, b, "s", 1, 15*time.Second)
 
 	id := subscriberID(t, raw, name)
 	if id == "" {
@@ -296,7 +301,7 @@ func TestRedisSubscriberReseedsAfterReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Notify("s", 2)
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(4 * time.Second)
 	for raw.HGet(ctx, prefix+redisHashSuffix, "s").Val() != "2" {
 		if time.Now().After(deadline) {
 			t.Fatal("a's Notify did not reach the hash")
@@ -311,10 +316,10 @@ func TestRedisSubscriberReseedsAfterReconnect(t *testing.T) {
 	if b.Position("s") != 1 {
 		t.Fatalf("b at %d while unsubscribed", b.Position("s"))
 	}
-	waitPosition(t, b, "s", 2, 5*time.Second)
+	waitPosition(t, b, "s", 2, 15*time.Second)
 	// And the new subscription delivers.
 	a.Notify("s", 3)
-	waitPosition(t, b, "s", 3, 2*time.Second)
+	waitPosition(t, b, "s", 3, 15*time.Second)
 }
 
 // withClientName adds client_name to a Redis URL, so the test can find
@@ -363,31 +368,35 @@ func TestRedisOutage(t *testing.T) {
 	prefix := testPrefix(t, u)
 	p := newBlackholeProxy(t, u)
 	logs := &logRecorder{}
+	// Intervals short enough for a quick test, long enough that a
+	// loaded machine answering a PING late is not taken for a dead
+	// connection (200 ms gave the answer 200 ms).
 	fast := func(o *RedisOptions) {
-		o.publishTimeout = 500 * time.Millisecond
+		o.publishTimeout = 2 * time.Second
 		o.logEvery = time.Hour
 		o.minBackoff = 50 * time.Millisecond
 		o.maxBackoff = 200 * time.Millisecond
-		o.healthEvery = 200 * time.Millisecond
+		o.healthEvery = time.Second
 		o.Logger = slog.New(logs)
 	}
 	a := startRedis(t, p.url, prefix, fast) // publishes through the proxy
 	c := startRedis(t, p.url, prefix, fast) // listens through the proxy
 	direct := startRedis(t, u, prefix, nil) // listens without the proxy
 	a.Notify("s", 1)
-	waitPosition(t, c, "s", 1, 2*time.Second)
-	waitPosition(t, direct, "s", 1, 2*time.Second)
-	// A quiet but healthy subscription survives its health checks.
-	time.Sleep(5 * 200 * time.Millisecond)
+	waitPosition(t, c, "s", 1, 15*time.Second)
+	waitPosition(t, direct, "s", 1, 15*time.Second)
+	// A quiet but healthy subscription survives its health checks
+	// (a PING after each quiet second).
+	time.Sleep(3500 * time.Millisecond)
 	if n := logs.count("notifier: redis subscription lost"); n != 0 {
 		t.Fatalf("a healthy quiet subscription was reset; logs: %v", logs.messages())
 	}
 
 	p.blackhole()
-	// Notify for longer than several publish timeouts; none may wait.
+	// Notify for longer than a publish timeout; none may wait.
 	var slowest time.Duration
 	pos := int64(1)
-	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
 		for i := 0; i < 100; i++ {
 			pos++
 			start := time.Now()
@@ -396,14 +405,16 @@ func TestRedisOutage(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if slowest > 250*time.Millisecond { // a Notify waiting on Redis would take publishTimeout (500 ms)
+	// A Notify waiting on Redis would take up to publishTimeout (2 s);
+	// one that does not takes microseconds, whatever the load.
+	if slowest > time.Second {
 		t.Errorf("a Notify took %v while Redis was unreachable", slowest)
 	}
 	if a.Position("s") != pos {
 		t.Fatalf("a's local position = %d, want %d", a.Position("s"), pos)
 	}
 	// Several publishes failed (one logged, the rest suppressed).
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		a.dropLog.mu.Lock()
 		suppressed := a.dropLog.suppressed
@@ -422,20 +433,24 @@ func TestRedisOutage(t *testing.T) {
 	if direct.Position("s") != 1 {
 		t.Fatalf("the direct listener heard %d through a black hole", direct.Position("s"))
 	}
-	if logs.count("notifier: redis subscription lost") == 0 {
-		// c's connection never closed: only its PING can have told it.
-		t.Fatalf("c did not notice the dead subscription; logs: %v", logs.messages())
+	// c's connection never closed: only its PING can tell it, within
+	// two health intervals of the black hole.
+	for deadline := time.Now().Add(20 * time.Second); logs.count("notifier: redis subscription lost") == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("c did not notice the dead subscription; logs: %v", logs.messages())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	p.restore()
 	pos++
 	a.Notify("s", pos)
-	waitPosition(t, direct, "s", pos, 5*time.Second)
-	waitPosition(t, c, "s", pos, 5*time.Second)
+	waitPosition(t, direct, "s", pos, 15*time.Second)
+	waitPosition(t, c, "s", pos, 15*time.Second)
 	// c is subscribed again (not just reseeded): a new Notify arrives.
 	pos++
 	a.Notify("s", pos)
-	waitPosition(t, c, "s", pos, 2*time.Second)
+	waitPosition(t, c, "s", pos, 15*time.Second)
 }
 
 // blackholeProxy forwards TCP to Redis until blackhole is called; then it
