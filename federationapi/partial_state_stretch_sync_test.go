@@ -29,24 +29,15 @@ import (
 // state: bob's next incremental /sync must say so (eve's membership is
 // the kick in its state).
 //
-// KNOWN FAILURE (issue 7), hence skipped: on both engines the long poll
-// is not woken and the kick is not given. The completion
-// (roomserver.CompleteStretchState, recomputeCurrentState) moves the
-// current state back to an event older than bob's token and stores no
-// event, so the room stream does not advance: there is no position to
-// notify, RoomsWithEvents/StreamTouched see nothing in the room, and
-// StateDelta (current state entries whose event position is in the
-// token's range) cannot return the kick. The same holds for the reset
-// the fork's input made (eve's old join became current unseen). A fix
-// needs a stream position for a current-state change that is not a new
-// event (e.g. a position on roomserver_current_state entries allocated
-// at the change, read by StateDelta, RoomsWithEvents and StreamTouched,
-// or a state-reset stream in the sync token). Remove the Skip with it.
+// The completion (roomserver.CompleteStretchState, recomputeCurrentState)
+// moves the current state back to an event older than bob's token and
+// stores no event: the change takes a room stream position of its own
+// (updateCurrentState), which wakes the long poll and puts the kick in
+// the state delta (issue 7).
 //
 // Spec: client-server-api, "GET /_matrix/client/v3/sync" (state: the
 // state updates since the token); MSC3706.
 func TestStretchCompletionToldToSync(t *testing.T) {
-	t.Skip("known failure, issue 7: a current-state change made by a stretch completion is not told to /sync (see the comment)")
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
