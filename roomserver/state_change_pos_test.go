@@ -1,0 +1,113 @@
+package roomserver
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// TestCurrentStateChangeWithoutEventTakesAPosition: a change of a room's
+// current state that stores no event (recomputeCurrentState, as at a
+// resync's end or a stretch completion) takes a room stream position of
+// its own, after every event before it and before every event after it:
+// the head moves to it and is notified, StateDelta returns the changed
+// entry in the window holding it (and not after it), RoomsWithEvents and
+// StreamTouched list the room and the member whose membership changed,
+// and the member's membership is dated by it (issue 7).
+func TestCurrentStateChangeWithoutEventTakesAPosition(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s, notified := newTestServerNotify(t, db)
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
+		join := mustSend(t, s, room, bob, "m.room.member", ptr(bob), `{"membership":"join"}`)
+		leave := mustSend(t, s, room, bob, "m.room.member", ptr(bob), `{"membership":"leave"}`)
+		joinRow, err := eventRowByID(ctx, db.Reader(), join)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The current-state table says bob is joined while the room's
+		// state says he left: recomputing it changes bob's entry back to
+		// his leave without any new event.
+		if err := db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE roomserver_current_state SET event_nid = $1, event_id = $2, membership = 'join'
+				WHERE room_id = $3 AND type = 'm.room.member' AND state_key = $4`, joinRow.NID, join, room, bob)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		head, err := s.StreamPosition(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Write(ctx, func(tx storage.Tx) error {
+			r, err := loadRoom(ctx, tx, room)
+			if err != nil {
+				return err
+			}
+			return s.recomputeCurrentState(ctx, tx, r, map[string]int64{})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		mustMember(t, s, room, bob, "leave")
+		pos, err := s.StreamPosition(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pos <= head {
+			t.Fatalf("stream position after the change without event: %d, want above %d", pos, head)
+		}
+		if got := notified.get(); got != pos {
+			t.Errorf("notified %d, want the change's position %d", got, pos)
+		}
+		delta, err := s.StateDelta(ctx, room, head, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(delta, func(e *Event) bool { return e.EventID == leave }) {
+			t.Errorf("StateDelta(%d, %d) = %v, want bob's leave %s", head, pos, eventIDs(delta), leave)
+		}
+		rooms, complete, err := s.RoomsWithEvents(ctx, head, pos, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !complete || !rooms[room] {
+			t.Errorf("RoomsWithEvents(%d, %d) = %v, %v; want the room with state news", head, pos, rooms, complete)
+		}
+		touched, err := s.StreamTouched(ctx, head, pos, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(touched, func(t StreamTouch) bool {
+			return t.RoomID == room && t.Member == bob && t.Accepted && t.State && t.StreamPos == pos
+		}) {
+			t.Errorf("StreamTouched(%d, %d) = %+v; want bob's membership in the room at %d", head, pos, touched, pos)
+		}
+		ms, err := s.UserMemberships(ctx, bob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) != 1 || ms[0].EventID != leave || ms[0].StreamPos != pos {
+			t.Errorf("bob's memberships: %+v; want his leave dated %d", ms, pos)
+		}
+
+		// Told once: a later event comes after the change, and the next
+		// window does not hold it again.
+		msg := mustSend(t, s, room, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"after"}`)
+		msgRow, err := eventRowByID(ctx, db.Reader(), msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgRow.NID <= pos {
+			t.Fatalf("event after the change at %d has position %d", pos, msgRow.NID)
+		}
+		if delta, err = s.StateDelta(ctx, room, pos, msgRow.NID); err != nil {
+			t.Fatal(err)
+		}
+		if len(delta) != 0 {
+			t.Errorf("StateDelta after the change = %v, want nothing", eventIDs(delta))
+		}
+	})
+}
