@@ -16,7 +16,8 @@ import (
 // the head moves to it and is notified, StateDelta returns the changed
 // entry in the window holding it (and not after it), RoomsWithEvents and
 // StreamTouched list the room and the member whose membership changed,
-// and the member's membership is dated by it (issue 7).
+// LatestPositions counts it, and the member's membership is dated by it
+// (issue 7).
 func TestCurrentStateChangeWithoutEventTakesAPosition(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
@@ -84,6 +85,15 @@ func TestCurrentStateChangeWithoutEventTakesAPosition(t *testing.T) {
 			return t.RoomID == room && t.Member == bob && t.Accepted && t.State && t.StreamPos == pos
 		}) {
 			t.Errorf("StreamTouched(%d, %d) = %+v; want bob's membership in the room at %d", head, pos, touched, pos)
+		}
+		for _, types := range [][]string{nil, {"m.room.member"}} {
+			latest, err := s.LatestPositions(ctx, []string{room}, pos, types)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if latest[room] != pos {
+				t.Errorf("LatestPositions(%v) = %d, want the change's position %d", types, latest[room], pos)
+			}
 		}
 		ms, err := s.UserMemberships(ctx, bob)
 		if err != nil {

@@ -535,9 +535,13 @@ func (s *Server) RoomsWithEvents(ctx context.Context, from, to int64, limit int)
 // LatestPositions returns, for each of roomIDs that has any, the stream
 // position of its latest accepted event at or before to, counting only
 // the given types when types is non-empty. Sync uses it to find rooms
-// with news and to order rooms by recency.
+// with news and to order rooms by recency. Current-state changes that no
+// event shows (roomserver_state_changes) count as well when types is
+// empty, and those of a membership when types holds m.room.member: the
+// room has news there too.
 func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error) {
 	out := make(map[string]int64, len(roomIDs))
+	changes := len(types) == 0 || slices.Contains(types, "m.room.member")
 	const chunk = 400
 	for start := 0; start < len(roomIDs); start += chunk {
 		part := roomIDs[start:min(start+chunk, len(roomIDs))]
@@ -549,25 +553,41 @@ func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64
 			query += ` AND type IN ` + shiftPlaceholders(in, len(args))
 			args = append(args, typeArgs...)
 		}
-		rows, err := s.db.Reader().Query(ctx, query+` GROUP BY room_id`, args...)
-		if err != nil {
+		if err := s.maxPositions(ctx, out, query+` GROUP BY room_id`, args...); err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var id string
-			var pos int64
-			if err := rows.Scan(&id, &pos); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out[id] = pos
+		if !changes {
+			continue
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		query, args = inList(`SELECT room_id, MAX(stream_pos) FROM roomserver_state_changes WHERE room_id IN `, part)
+		args = append(args, to)
+		query += ` AND stream_pos <= ` + placeholder(len(args))
+		if len(types) > 0 {
+			query += ` AND member <> ''`
+		}
+		if err := s.maxPositions(ctx, out, query+` GROUP BY room_id`, args...); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// maxPositions raises out[room] to each (room, position) row query reads.
+func (s *Server) maxPositions(ctx context.Context, out map[string]int64, query string, args ...any) error {
+	rows, err := s.db.Reader().Query(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var pos int64
+		if err := rows.Scan(&id, &pos); err != nil {
+			return err
+		}
+		out[id] = max(out[id], pos)
+	}
+	return rows.Err()
 }
 
 // TxnIDs maps those of eventIDs (all in roomID) that userID's deviceID sent with a

@@ -18,11 +18,12 @@ CREATE INDEX roomserver_current_state_room_changed ON roomserver_current_state (
 -- from the events' sequence, so it orders and commits with them), or one
 -- that set entries to events other than the event at that position. One
 -- row per changed m.room.member key (member: its state key) and one with
--- member '' per change, so that the waker, RoomsWithEvents and the head
--- of the room stream see them.
+-- member '' per change, so that the waker, RoomsWithEvents, LatestPositions
+-- and the head of the room stream see them.
 CREATE TABLE roomserver_state_changes (
     stream_pos BIGINT NOT NULL,
     member TEXT NOT NULL,
     room_id TEXT NOT NULL,
     PRIMARY KEY (stream_pos, member)
 );
+CREATE INDEX roomserver_state_changes_room ON roomserver_state_changes (room_id, stream_pos);
