@@ -121,3 +121,65 @@ func TestCurrentStateChangeWithoutEventTakesAPosition(t *testing.T) {
 		}
 	})
 }
+
+// TestStateResetByEventToldAtItsPosition: an incoming event can reset
+// the current state to an older event (here a fork demoting bob drops
+// his kick of charlie, whose join becomes current again). The reset
+// entry is dated by the incoming event's position, not by its own
+// event's: StateDelta returns it in the window holding the incoming
+// event, charlie's membership moves there, and StreamTouched names
+// charlie there so that his /sync is woken (issue 7).
+func TestStateResetByEventToldAtItsPosition(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		d := baseRoom(t, "12")
+		d.add("charlie-join", charlie, "m.room.member", ptr(charlie), `{"membership":"join"}`, "bob-join")
+		d.add("kick", bob, "m.room.member", ptr(charlie), `{"membership":"leave"}`, "charlie-join")
+		d.add("demote", alice, "m.room.power_levels", ptr(""),
+			`{"users":`+plUsers("12", `"@bob:test.local":0`)+`,"events":{"m.room.power_levels":50},"state_default":50,"ban":50,"kick":50}`,
+			"charlie-join")
+		s := newTestServer(t, db)
+		for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join", "charlie-join", "kick"} {
+			if r := d.input(t, s, name); r.Outcome != Accepted {
+				t.Fatalf("%s: %s %s", name, r.Outcome, r.Reason)
+			}
+		}
+		mustMember(t, s, d.roomID, charlie, "leave")
+		head, err := s.StreamPosition(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := d.input(t, s, "demote")
+		if r.Outcome != Accepted {
+			t.Fatalf("demote: %s %s", r.Outcome, r.Reason)
+		}
+		mustMember(t, s, d.roomID, charlie, "join") // the kick is dropped: a reset
+		join := d.byName["charlie-join"].EventID()
+		if pos, err := s.StreamPosition(ctx); err != nil || pos != r.StreamPos {
+			t.Fatalf("stream position %d (%v), want the demotion's %d", pos, err, r.StreamPos)
+		}
+		delta, err := s.StateDelta(ctx, d.roomID, head, r.StreamPos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(delta, func(e *Event) bool { return e.EventID == join }) {
+			t.Errorf("StateDelta(%d, %d) = %v, want charlie's join %s made current again", head, r.StreamPos, eventIDs(delta), join)
+		}
+		ms, err := s.UserMemberships(ctx, charlie)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) != 1 || ms[0].EventID != join || ms[0].StreamPos != r.StreamPos {
+			t.Errorf("charlie's memberships: %+v; want his join dated %d", ms, r.StreamPos)
+		}
+		touched, err := s.StreamTouched(ctx, head, r.StreamPos, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(touched, func(t StreamTouch) bool {
+			return t.RoomID == d.roomID && t.Member == charlie && t.Accepted && t.StreamPos == r.StreamPos
+		}) {
+			t.Errorf("StreamTouched(%d, %d) = %+v; want charlie's membership at %d", head, r.StreamPos, touched, r.StreamPos)
+		}
+	})
+}
