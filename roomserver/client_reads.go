@@ -243,7 +243,7 @@ func (s *Server) JoinsAfter(ctx context.Context, after int64, limit int) (int64,
 	var head int64
 	var out []*Event
 	err := s.read(ctx, func(q storage.Querier) error {
-		if err := q.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&head); err != nil {
+		if err := q.QueryRow(ctx, streamHeadQuery).Scan(&head); err != nil {
 			return err
 		}
 		if head <= after {

@@ -17,7 +17,13 @@
 // at a bounded length by writing a full snapshot, and events that do not
 // change state share their predecessor's snapshot. Each event records the
 // snapshots before and after it; roomserver_current_state mirrors the
-// room's current snapshot for indexed reads.
+// room's current snapshot for indexed reads, each entry with the stream
+// position it became current at. A change of the current state that the
+// event at its position does not show (none stored, as at a resync's end
+// or a stretch completion, or entries set to older events: a state
+// reset) is also a row of roomserver_state_changes; a change without an
+// event takes a position of its own from the events' sequence
+// (updateCurrentState), so /sync learns every change once, in order.
 //
 // Concurrency: all writes to one room run under that room's lock (a
 // striped mutex keyed by room ID); the holder reads extremities and
@@ -25,7 +31,7 @@
 // prev_events and extremities never race. A goroutine holds at most one
 // room lock. Reads take no lock. On PostgreSQL, event insertion also
 // takes a transaction-scoped advisory lock so stream positions commit in
-// order; on SQLite the single writer gives the same guarantee. In split
+// order (as does allocating a position for a change without an event); on SQLite the single writer gives the same guarantee. In split
 // mode one process must be the writer of a room (the design's Redis lock).
 //
 // gomatrixserverlib is used behind guard(), which turns its panics into

@@ -571,7 +571,7 @@ func (s *Server) moveCurrentState(ctx context.Context, tx storage.Tx, room *room
 	}
 	if oldNID == beforeNID && newNID == row.StateAfter && row.StateKey != nil {
 		k := tuple{row.Type, *row.StateKey}
-		return updateCurrentState(ctx, tx, room.RoomID, stateMap{}, stateMap{k: row.NID}, map[int64]*eventRow{row.NID: row})
+		return s.updateCurrentState(ctx, tx, room.RoomID, stateMap{}, stateMap{k: row.NID}, map[int64]*eventRow{row.NID: row}, row.NID)
 	}
 	oldState, err := loadSnapshot(ctx, tx, oldNID)
 	if err != nil {
@@ -581,12 +581,13 @@ func (s *Server) moveCurrentState(ctx context.Context, tx storage.Tx, room *room
 	if err != nil {
 		return err
 	}
-	return replaceCurrentState(ctx, tx, room.RoomID, oldState, newState)
+	return s.replaceCurrentState(ctx, tx, room.RoomID, oldState, newState, row.NID)
 }
 
 // replaceCurrentState moves the room's current state from oldState to
-// newState, loading the rows of the events that changed.
-func replaceCurrentState(ctx context.Context, tx storage.Tx, roomID string, oldState, newState stateMap) error {
+// newState, loading the rows of the events that changed; pos is the
+// position of the change (updateCurrentState: 0 when no event makes it).
+func (s *Server) replaceCurrentState(ctx context.Context, tx storage.Tx, roomID string, oldState, newState stateMap, pos int64) error {
 	var changed []int64
 	for k, v := range newState {
 		if oldState[k] != v {
@@ -601,5 +602,5 @@ func replaceCurrentState(ctx context.Context, tx storage.Tx, roomID string, oldS
 	for _, r := range rows {
 		byNID[r.NID] = r
 	}
-	return updateCurrentState(ctx, tx, roomID, oldState, newState, byNID)
+	return s.updateCurrentState(ctx, tx, roomID, oldState, newState, byNID, pos)
 }

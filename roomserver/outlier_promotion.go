@@ -91,7 +91,8 @@ func (s *Server) moveEventNID(ctx context.Context, tx storage.Tx, roomID, eventI
 		newNID, oldNID); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE roomserver_current_state SET event_nid = $1 WHERE room_id = $2 AND event_nid = $3`,
+	if _, err := tx.Exec(ctx, `UPDATE roomserver_current_state SET event_nid = $1,
+		stream_pos = CASE WHEN stream_pos < $1 THEN $1 ELSE stream_pos END WHERE room_id = $2 AND event_nid = $3`,
 		newNID, roomID, oldNID); err != nil {
 		return err
 	}
@@ -163,7 +164,7 @@ func (s *Server) commitFollowed(ctx context.Context, tx storage.Tx, p *prepared,
 			if err != nil {
 				return err
 			}
-			if err := replaceCurrentState(ctx, tx, room.RoomID, oldState, newState); err != nil {
+			if err := s.replaceCurrentState(ctx, tx, room.RoomID, oldState, newState, p.row.NID); err != nil {
 				return err
 			}
 		}

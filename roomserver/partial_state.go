@@ -373,7 +373,7 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 		}
 		s.dropRewrittenAtCommit(tx, touched)
 		var head int64
-		if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&head); err != nil {
+		if err := tx.QueryRow(ctx, streamHeadQuery).Scan(&head); err != nil {
 			return err
 		}
 		return s.clearPartial(ctx, tx, req.RoomID, head)

@@ -199,7 +199,7 @@ func (s *Server) recomputeCurrentState(ctx context.Context, tx storage.Tx, room 
 	if err != nil {
 		return err
 	}
-	if err := replaceCurrentState(ctx, tx, room.RoomID, old, state); err != nil {
+	if err := s.replaceCurrentState(ctx, tx, room.RoomID, old, state, 0); err != nil {
 		return err
 	}
 	room.CurrentSnapshot = newNID

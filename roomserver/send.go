@@ -338,10 +338,11 @@ func (s *Server) createTime(now time.Time) time.Time {
 	return time.UnixMilli(ms)
 }
 
-// StreamPosition returns the latest room event stream position.
+// StreamPosition returns the latest room stream position: of an event or
+// of a current-state change without one (updateCurrentState).
 func (s *Server) StreamPosition(ctx context.Context) (int64, error) {
 	var pos int64
-	err := s.db.Reader().QueryRow(ctx, `SELECT COALESCE(MAX(event_nid), 0) FROM roomserver_events`).Scan(&pos)
+	err := s.db.Reader().QueryRow(ctx, streamHeadQuery).Scan(&pos)
 	return pos, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -363,35 +364,117 @@ func sortedTuples(m stateMap) []tuple {
 	return keys
 }
 
-// updateCurrentState brings roomserver_current_state from old to state.
-func updateCurrentState(ctx context.Context, tx storage.Tx, roomID string, old, state stateMap, rows map[int64]*eventRow) error {
+// updateCurrentState brings roomserver_current_state from old to state,
+// a change made at room stream position pos: the position of the event
+// whose storing makes it, or 0 when no event does (a resync's end, the
+// completion of a stretch of partial state), and the change then takes a
+// position of its own (allocateStreamPos), notified after the commit.
+// Each changed entry records the position (stream_pos), so that /sync
+// tells it once, in position order, after any token below it
+// (StateDelta). A change that the event at pos does not show — one
+// without an event, or entries set to other events (a state reset, e.g.
+// a fork resolved back to older events) or removed — is also recorded in
+// roomserver_state_changes, where the room stream's readers
+// (RoomsWithEvents, StreamTouched, its head) find it.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync" (state: the
+// updates to the state since the token).
+func (s *Server) updateCurrentState(ctx context.Context, tx storage.Tx, roomID string, old, state stateMap, rows map[int64]*eventRow, pos int64) error {
+	var removed, set []tuple
 	for k := range old {
 		if _, ok := state[k]; !ok {
-			if _, err := tx.Exec(ctx, `DELETE FROM roomserver_current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`,
-				roomID, k.Type, k.StateKey); err != nil {
-				return err
-			}
+			removed = append(removed, k)
 		}
 	}
 	for _, k := range sortedTuples(state) {
-		nid := state[k]
-		if old[k] == nid {
-			continue
+		if old[k] != state[k] {
+			set = append(set, k)
 		}
+	}
+	if len(removed) == 0 && len(set) == 0 {
+		return nil
+	}
+	// unseen: keys changed otherwise than to the event at pos.
+	unseen := removed
+	for _, k := range set {
+		if state[k] != pos {
+			unseen = append(unseen, k)
+		}
+	}
+	if pos == 0 {
+		var err error
+		if pos, err = s.allocateStreamPos(ctx, tx); err != nil {
+			return err
+		}
+		s.notifyAfter(tx, pos)
+	}
+	for _, k := range removed {
+		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`,
+			roomID, k.Type, k.StateKey); err != nil {
+			return err
+		}
+	}
+	for _, k := range set {
+		nid := state[k]
 		row := rows[nid]
 		if row == nil {
 			return fmt.Errorf("current state: event NID %d not loaded", nid)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_current_state (room_id, type, state_key, event_nid, event_id, membership)
-			VALUES ($1, $2, $3, $4, $5, $6)
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_current_state (room_id, type, state_key, event_nid, event_id, membership, stream_pos)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_nid = excluded.event_nid,
-				event_id = excluded.event_id, membership = excluded.membership`,
-			roomID, k.Type, k.StateKey, nid, row.EventID, row.Membership); err != nil {
+				event_id = excluded.event_id, membership = excluded.membership, stream_pos = excluded.stream_pos`,
+			roomID, k.Type, k.StateKey, nid, row.EventID, row.Membership, pos); err != nil {
+			return err
+		}
+	}
+	if len(unseen) == 0 {
+		return nil
+	}
+	members := []string{""}
+	for _, k := range unseen {
+		if k.Type == "m.room.member" && !slices.Contains(members, k.StateKey) {
+			members = append(members, k.StateKey)
+		}
+	}
+	for _, member := range members {
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_state_changes (stream_pos, member, room_id) VALUES ($1, $2, $3)
+			ON CONFLICT (stream_pos, member) DO NOTHING`, pos, member, roomID); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// allocateStreamPos takes the next room stream position for a change
+// without an event of its own: positions are the events' NIDs, so it
+// takes one from their sequence (AUTOINCREMENT on SQLite, a sequence on
+// PostgreSQL: neither hands a NID out twice, even once its row is gone)
+// by inserting a placeholder row and deleting it in the same
+// transaction, which no reader sees. On PostgreSQL it takes the stream
+// lock as insertEvent does, so positions still become visible in order.
+// One SQL text for both engines (DESIGN.md, "Storage").
+func (s *Server) allocateStreamPos(ctx context.Context, tx storage.Tx) (int64, error) {
+	if s.db.Engine() == storage.Postgres {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pgStreamLock); err != nil {
+			return 0, err
+		}
+	}
+	var pos int64
+	if err := tx.QueryRow(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json)
+		VALUES ('', '', '', '', 0, 0, '') RETURNING event_nid`).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("allocating a stream position: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM roomserver_events WHERE event_nid = $1`, pos); err != nil {
+		return 0, fmt.Errorf("allocating a stream position: %w", err)
+	}
+	return pos, nil
+}
+
+// streamHeadQuery reads the room stream's head: its latest event or
+// current-state change (roomserver_state_changes).
+const streamHeadQuery = `SELECT COALESCE(MAX(pos), 0) FROM (
+	SELECT MAX(event_nid) AS pos FROM roomserver_events
+	UNION ALL SELECT MAX(stream_pos) AS pos FROM roomserver_state_changes) heads`
 
 // currentStateNIDs reads the event NIDs of chosen current state keys.
 func currentStateNIDs(ctx context.Context, q storage.Querier, roomID string, keys []tuple) (stateMap, error) {

@@ -22,7 +22,11 @@ type MembershipEntry struct {
 	RoomID     string
 	Membership string // join, invite, knock, leave, ban
 	EventID    string // the m.room.member event holding it
-	StreamPos  int64  // that event's stream position
+	// StreamPos is the stream position the membership became current
+	// at: its event's, or that of a later change that made the event
+	// current again without storing one (updateCurrentState), so a
+	// membership that moves is seen after any token below it.
+	StreamPos int64
 	// Forgotten: the user left and forgot the room. Sync still reports
 	// the leave to a client whose token predates it, so other devices
 	// learn of it; nothing else of the room is shown.
@@ -32,7 +36,7 @@ type MembershipEntry struct {
 // UserMemberships lists userID's current memberships, forgotten rooms
 // marked.
 func (s *Server) UserMemberships(ctx context.Context, userID string) ([]MembershipEntry, error) {
-	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.event_nid,
+	rows, err := s.db.Reader().Query(ctx, `SELECT c.room_id, c.membership, c.event_id, c.stream_pos,
 		(SELECT COUNT(*) FROM roomserver_forgotten f WHERE f.user_id = $1 AND f.room_id = c.room_id)
 		FROM roomserver_current_state c
 		WHERE c.type = 'm.room.member' AND c.state_key = $1 AND c.membership IS NOT NULL`, userID)
@@ -327,12 +331,14 @@ func (s *Server) IndexedStateKeys(ctx context.Context, roomID, eventType string,
 		WHERE room_id = $1 AND type = $2 AND state_key IN `+shiftPlaceholders(in, 2)+` ORDER BY state_key`, args...)
 }
 
-// StateDelta returns the current state entries of a room whose event has
-// a stream position in (from, to]: the state that changed in that range
-// and is still current. No visibility check: see the top of this file.
+// StateDelta returns the current state entries of a room that became
+// current at a stream position in (from, to]: the state that changed in
+// that range and is still current, whether its event was stored then or
+// earlier (a change without an event, a state reset: updateCurrentState).
+// No visibility check: see the top of this file.
 func (s *Server) StateDelta(ctx context.Context, roomID string, from, to int64) ([]*Event, error) {
 	return s.currentStateEvents(ctx, roomID, `SELECT event_nid FROM roomserver_current_state
-		WHERE room_id = $1 AND event_nid > $2 AND event_nid <= $3 ORDER BY type, state_key`, roomID, from, to)
+		WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY type, state_key`, roomID, from, to)
 }
 
 func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, args ...any) ([]*Event, error) {
@@ -414,7 +420,12 @@ type StreamTouch struct {
 }
 
 // StreamTouched lists the events in (from, to], accepted or not, at most
-// limit, in stream order, without loading their JSON.
+// limit, in stream order, without loading their JSON, and with them the
+// current-state changes their events do not show (roomserver_state_changes,
+// as accepted state touches: one per room and one per member whose
+// membership changed) up to the last event listed, or to when fewer than
+// limit events were: every touch at a listed position is listed, so a
+// reader that goes on from the last position misses none.
 func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) ([]StreamTouch, error) {
 	rows, err := s.db.Reader().Query(ctx, `SELECT event_nid, room_id, type, state_key, NOT rejected AND NOT soft_failed
 		FROM roomserver_events WHERE event_nid > $1 AND event_nid <= $2
@@ -437,16 +448,56 @@ func (s *Server) StreamTouched(ctx context.Context, from, to int64, limit int) (
 		}
 		out = append(out, t)
 	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) >= limit {
+		to = out[len(out)-1].StreamPos
+	}
+	changes, err := s.stateChanges(ctx, from, to)
+	if err != nil || len(changes) == 0 {
+		return out, err
+	}
+	merged := make([]StreamTouch, 0, len(out)+len(changes))
+	for len(out) > 0 || len(changes) > 0 {
+		if len(changes) == 0 || (len(out) > 0 && out[0].StreamPos <= changes[0].StreamPos) {
+			merged, out = append(merged, out[0]), out[1:]
+		} else {
+			merged, changes = append(merged, changes[0]), changes[1:]
+		}
+	}
+	return merged, nil
+}
+
+// stateChanges lists the rows of roomserver_state_changes in (from, to]
+// in stream order, as accepted state touches.
+func (s *Server) stateChanges(ctx context.Context, from, to int64) ([]StreamTouch, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT stream_pos, room_id, member FROM roomserver_state_changes
+		WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos, member`, from, to)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StreamTouch
+	for rows.Next() {
+		t := StreamTouch{Accepted: true, State: true}
+		if err := rows.Scan(&t.StreamPos, &t.RoomID, &t.Member); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
 	return out, rows.Err()
 }
 
 // RoomsWithEvents returns the rooms that have any event (accepted or
-// not) with a stream position in (from, to], mapped to whether any of
-// those is a state event, reading at most limit events; complete is false
+// not) or current-state change (roomserver_state_changes) with a stream
+// position in (from, to], mapped to whether any of those is a state
+// event or change, reading at most limit of them; complete is false
 // when there were more, and the caller must then assume every room may
 // have news. Incremental sync uses it to skip rooms with nothing new: a
 // room's timeline in (from, to] is events of that room in the range, and
-// its state changes there (StateDelta) are state events in the range.
+// its state changes there (StateDelta) are state events or changes in
+// the range.
 func (s *Server) RoomsWithEvents(ctx context.Context, from, to int64, limit int) (rooms map[string]bool, complete bool, err error) {
 	rows, err := s.db.Reader().Query(ctx, `SELECT room_id, state_key IS NOT NULL FROM roomserver_events
 		WHERE event_nid > $1 AND event_nid <= $2 LIMIT $3`, from, to, limit+1)
@@ -468,15 +519,29 @@ func (s *Server) RoomsWithEvents(ctx context.Context, from, to int64, limit int)
 	if err := rows.Err(); err != nil {
 		return nil, false, err
 	}
-	return rooms, n <= limit, nil
+	if n > limit {
+		return rooms, false, nil
+	}
+	changes, err := s.stateChanges(ctx, from, to)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, c := range changes {
+		rooms[c.RoomID] = true
+	}
+	return rooms, n+len(changes) <= limit, nil
 }
 
 // LatestPositions returns, for each of roomIDs that has any, the stream
 // position of its latest accepted event at or before to, counting only
 // the given types when types is non-empty. Sync uses it to find rooms
-// with news and to order rooms by recency.
+// with news and to order rooms by recency. Current-state changes that no
+// event shows (roomserver_state_changes) count as well when types is
+// empty, and those of a membership when types holds m.room.member: the
+// room has news there too.
 func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64, types []string) (map[string]int64, error) {
 	out := make(map[string]int64, len(roomIDs))
+	changes := len(types) == 0 || slices.Contains(types, "m.room.member")
 	const chunk = 400
 	for start := 0; start < len(roomIDs); start += chunk {
 		part := roomIDs[start:min(start+chunk, len(roomIDs))]
@@ -488,25 +553,41 @@ func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64
 			query += ` AND type IN ` + shiftPlaceholders(in, len(args))
 			args = append(args, typeArgs...)
 		}
-		rows, err := s.db.Reader().Query(ctx, query+` GROUP BY room_id`, args...)
-		if err != nil {
+		if err := s.maxPositions(ctx, out, query+` GROUP BY room_id`, args...); err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var id string
-			var pos int64
-			if err := rows.Scan(&id, &pos); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out[id] = pos
+		if !changes {
+			continue
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		query, args = inList(`SELECT room_id, MAX(stream_pos) FROM roomserver_state_changes WHERE room_id IN `, part)
+		args = append(args, to)
+		query += ` AND stream_pos <= ` + placeholder(len(args))
+		if len(types) > 0 {
+			query += ` AND member <> ''`
+		}
+		if err := s.maxPositions(ctx, out, query+` GROUP BY room_id`, args...); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// maxPositions raises out[room] to each (room, position) row query reads.
+func (s *Server) maxPositions(ctx context.Context, out map[string]int64, query string, args ...any) error {
+	rows, err := s.db.Reader().Query(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var pos int64
+		if err := rows.Scan(&id, &pos); err != nil {
+			return err
+		}
+		out[id] = max(out[id], pos)
+	}
+	return rows.Err()
 }
 
 // TxnIDs maps those of eventIDs (all in roomID) that userID's deviceID sent with a

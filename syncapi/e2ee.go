@@ -98,6 +98,14 @@ func MembershipChanges(ctx context.Context, rooms Rooms, userID string, membersh
 				if e.Type != "m.room.member" || e.StateKey == nil || *e.StateKey == userID {
 					continue
 				}
+				if e.StreamPos <= from {
+					// Made current again without a new member event (a
+					// resync's end revealing members that were in the
+					// room all along, a state reset): /sync's state tells
+					// it, the device lists do not (the member's own
+					// updates reach them as for any member).
+					continue
+				}
 				if e.Membership == "join" {
 					joined[*e.StateKey] = true
 				} else {
