@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -164,8 +162,8 @@ func (s *Server) gmeFallbacks(ctx context.Context, servers []string) ([]string, 
 	// One read for all of them (a query per server cost a round trip
 	// each); a server without a row has never failed.
 	known := make(map[string]destination, len(servers))
-	for chunk := range slices.Chunk(servers, maxInList) {
-		in, args := inList("server_name IN ", chunk)
+	for chunk := range slices.Chunk(servers, storage.MaxInList) {
+		in, args := storage.InList("server_name IN ", chunk)
 		rows, err := s.db.Reader().Query(ctx, `SELECT server_name, failures, retry_at_ts FROM federation_destinations
 			WHERE `+in, args...)
 		if err != nil {
@@ -494,27 +492,4 @@ func (s *Server) dropPending(ctx context.Context, r pendingPDU, why string) {
 	if err != nil {
 		s.log.Warn("removing a kept PDU", "event_id", r.eventID, "err", err)
 	}
-}
-
-// maxInList bounds the values of one inList, well under the bind
-// parameter limits of both engines (SQLite 32766, PostgreSQL 65535).
-const maxInList = 1000
-
-// inList returns prefix followed by "($1, $2, …)" for values, and values
-// as arguments: one SQL text for both engines.
-func inList(prefix string, values []string) (string, []any) {
-	var b strings.Builder
-	b.WriteString(prefix)
-	b.WriteByte('(')
-	args := make([]any, len(values))
-	for i, v := range values {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteByte('$')
-		b.WriteString(strconv.Itoa(i + 1))
-		args[i] = v
-	}
-	b.WriteByte(')')
-	return b.String(), args
 }

@@ -14,11 +14,11 @@ import (
 
 // TestGMEFallbacksReadsEveryCandidate: the servers asked when a PDU's
 // origin does not answer get_missing_events come from one read of
-// federation_destinations (in chunks of maxInList servers): never a
+// federation_destinations (in chunks of storage.MaxInList servers): never a
 // server in backoff, servers that never failed first in the room's
 // order, then those whose backoff ran out, fewest failures first. The
 // healthy servers here sit past the first chunk, behind more than
-// maxInList servers in backoff.
+// storage.MaxInList servers in backoff.
 func TestGMEFallbacksReadsEveryCandidate(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
@@ -38,7 +38,7 @@ func TestGMEFallbacksReadsEveryCandidate(t *testing.T) {
 					name, failures, retryAt.UnixMilli())
 				return err
 			}
-			for i := range maxInList + 5 {
+			for i := range storage.MaxInList + 5 {
 				name := fmt.Sprintf("down%d.example", i)
 				servers = append(servers, name)
 				if err := row(name, 1+i%3, now.Add(time.Minute)); err != nil {
@@ -69,7 +69,7 @@ func TestGMEFallbacksReadsEveryCandidate(t *testing.T) {
 			{"healthy first, then fewest failures", servers, []string{"ok.example", "new.example", "rec1.example"}},
 			{"only recovering after the healthy one", slices.DeleteFunc(slices.Clone(servers),
 				func(s string) bool { return s == "ok.example" }), []string{"new.example", "rec1.example", "rec2.example"}},
-			{"in backoff only", servers[:maxInList+5], nil},
+			{"in backoff only", servers[:storage.MaxInList+5], nil},
 			{"none", nil, nil},
 		} {
 			got, err := s.gmeFallbacks(ctx, tc.servers)

@@ -78,7 +78,7 @@ func (s *Server) freshHits(ctx context.Context, q storage.Querier, hits []*loade
 	now := make(map[string]rowStamp, len(ids))
 	const chunk = 500
 	for start := 0; start < len(ids); start += chunk {
-		query, args := inList(`SELECT event_id, event_nid, redacted_because, rejected, soft_failed, state_before, state_after
+		query, args := storage.InList(`SELECT event_id, event_nid, redacted_because, rejected, soft_failed, state_before, state_after
 			FROM roomserver_events WHERE event_id IN `, ids[start:min(start+chunk, len(ids))])
 		rows, err := q.Query(ctx, query, args...)
 		if err != nil {
@@ -144,7 +144,7 @@ func settledNIDs(ctx context.Context, q storage.Querier, state stateMap) (map[in
 	if len(nids) == 0 {
 		return out, nil
 	}
-	query, args := inList(`SELECT event_nid FROM roomserver_events
+	query, args := storage.InList(`SELECT event_nid FROM roomserver_events
 		WHERE NOT (soft_failed AND state_before = 0 AND NOT rejected) AND event_nid IN `, nids)
 	rows, err := q.Query(ctx, query, args...)
 	if err != nil {

@@ -185,7 +185,7 @@ func (s *Server) PublicState(ctx context.Context, roomID string, types []string)
 		if len(types) == 0 {
 			return nil
 		}
-		query, args := inList(`SELECT event_nid FROM roomserver_current_state WHERE type IN `, types)
+		query, args := storage.InList(`SELECT event_nid FROM roomserver_current_state WHERE type IN `, types)
 		query += fmt.Sprintf(` AND room_id = $%d ORDER BY type, state_key`, len(args)+1)
 		args = append(args, roomID)
 		nids, err := storage.QueryColumn[int64](ctx, q, query, args...)

@@ -114,7 +114,7 @@ func (s *Server) unheld(ctx context.Context, q storage.Querier, ids []string) ([
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	query, args := inList(`SELECT event_id FROM roomserver_events WHERE event_id IN `, ids)
+	query, args := storage.InList(`SELECT event_id FROM roomserver_events WHERE event_id IN `, ids)
 	held, err := storage.QueryColumn[string](ctx, q, query, args...)
 	if err != nil {
 		return nil, err

@@ -529,7 +529,7 @@ func (s *Server) PartialStateOf(ctx context.Context, roomIDs []string) (partial 
 	if len(roomIDs) == 0 {
 		return partial, done, nil
 	}
-	in, args := inList("room_id IN ", roomIDs)
+	in, args := storage.InList("room_id IN ", roomIDs)
 	err = s.read(ctx, func(q storage.Querier) error {
 		ids, err := storage.QueryColumn[string](ctx, q, `SELECT room_id FROM roomserver_partial_state_rooms WHERE `+in, args...)
 		if err != nil {

@@ -548,7 +548,7 @@ func (s *Server) EventsInRange(ctx context.Context, req RangeRequest) (*RangeRes
 			}
 			return nil
 		}
-		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE room_id IN `, rooms)
+		query, args := storage.InList(`SELECT `+eventColumns+` FROM roomserver_events WHERE room_id IN `, rooms)
 		n := len(args)
 		query += fmt.Sprintf(` AND event_nid > $%d AND event_nid <= $%d AND NOT rejected AND NOT soft_failed
 			ORDER BY event_nid LIMIT $%d`, n+1, n+2, n+3)

@@ -217,7 +217,7 @@ func eventRowsIn[K comparable](ctx context.Context, q storage.Querier, column st
 	const chunk = 500
 	for start := 0; start < len(keys); start += chunk {
 		part := keys[start:min(start+chunk, len(keys))]
-		query, args := inList(`SELECT `+eventColumns+` FROM roomserver_events WHERE `+column+` IN `, part)
+		query, args := storage.InList(`SELECT `+eventColumns+` FROM roomserver_events WHERE `+column+` IN `, part)
 		rows, err := queryEventRows(ctx, q, query, args...)
 		if err != nil {
 			return nil, err
@@ -227,23 +227,6 @@ func eventRowsIn[K comparable](ctx context.Context, q storage.Querier, column st
 		}
 	}
 	return out, nil
-}
-
-// inList appends "($1, $2, ...)" for values to prefix.
-func inList[T any](prefix string, values []T) (string, []any) {
-	var b strings.Builder
-	b.WriteString(prefix)
-	b.WriteByte('(')
-	args := make([]any, len(values))
-	for i, v := range values {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "$%d", i+1)
-		args[i] = v
-	}
-	b.WriteByte(')')
-	return b.String(), args
 }
 
 // loadSnapshot returns the state of snapshot nid (empty for 0).

@@ -184,7 +184,7 @@ func recentRowsOfRoomsQuery(n int) string {
 // would one room at a time (through the same read).
 func (v *visibility) preloadCurrent(ctx context.Context, roomIDs []string) error {
 	for _, part := range roomChunks(roomIDs) {
-		in, args := inList("", part)
+		in, args := storage.InList("", part)
 		query := `SELECT room_id, membership FROM roomserver_current_state
 			WHERE type = 'm.room.member' AND state_key = $1 AND room_id IN ` + shiftPlaceholders(in, 1)
 		rows, err := v.q.Query(ctx, query, append([]any{v.userID}, args...)...)
@@ -351,7 +351,7 @@ func (s *Server) CurrentStateOfRooms(ctx context.Context, roomIDs []string, skip
 	err := s.read(ctx, func(q storage.Querier) error {
 		nidsByRoom := map[string][]int64{}
 		for _, part := range roomChunks(roomIDs) {
-			query, args := inList(`SELECT room_id, event_nid FROM roomserver_current_state WHERE room_id IN `, part)
+			query, args := storage.InList(`SELECT room_id, event_nid FROM roomserver_current_state WHERE room_id IN `, part)
 			if skipMembers {
 				query += ` AND type <> 'm.room.member'`
 			}
@@ -456,7 +456,7 @@ func (s *Server) RoomMemberSummaries(ctx context.Context, roomIDs []string) (map
 	}
 	err := s.read(ctx, func(q storage.Querier) error {
 		for _, part := range roomChunks(roomIDs) {
-			query, args := inList(`SELECT room_id,
+			query, args := storage.InList(`SELECT room_id,
 				COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0),
 				COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0)
 				FROM roomserver_current_state WHERE type = 'm.room.member' AND room_id IN `, part)
@@ -482,7 +482,7 @@ func (s *Server) RoomMemberSummaries(ctx context.Context, roomIDs []string) (map
 			// Group 0 (join, invite) comes before group 1 (leave, ban);
 			// within a group, by event_nid, as RoomMemberSummary's two
 			// ordered reads.
-			query, args = inList(`SELECT room_id, state_key, grp FROM (
+			query, args = storage.InList(`SELECT room_id, state_key, grp FROM (
 				SELECT room_id, state_key, event_nid,
 					CASE WHEN membership IN ('join', 'invite') THEN 0 ELSE 1 END AS grp,
 					ROW_NUMBER() OVER (PARTITION BY room_id,
@@ -569,8 +569,8 @@ func (s *Server) TxnIDsOfEvents(ctx context.Context, userID, deviceID string, ro
 // txnIDsOfEventsQuery selects the transaction IDs userID's deviceID sent
 // events with, among eventIDs, in rooms.
 func txnIDsOfEventsQuery(rooms, eventIDs []string, userID, deviceID string) (string, []any) {
-	query, args := inList(`SELECT event_id, room_id, txn_id FROM roomserver_txn_ids WHERE room_id IN `, rooms)
-	events, eventArgs := inList(` AND event_id IN `, eventIDs)
+	query, args := storage.InList(`SELECT event_id, room_id, txn_id FROM roomserver_txn_ids WHERE room_id IN `, rooms)
+	events, eventArgs := storage.InList(` AND event_id IN `, eventIDs)
 	query += shiftPlaceholders(events, len(args))
 	args = append(args, eventArgs...)
 	args = append(args, userID, deviceID)
@@ -604,8 +604,8 @@ func (s *Server) MemberEventsOfRooms(ctx context.Context, stateKeys map[string][
 					}
 				}
 			}
-			roomIn, args := inList("", part)
-			keyIn, keyArgs := inList("", keys)
+			roomIn, args := storage.InList("", part)
+			keyIn, keyArgs := storage.InList("", keys)
 			rows, err := q.Query(ctx, `SELECT room_id, state_key, event_nid FROM roomserver_current_state
 				WHERE type = 'm.room.member' AND room_id IN `+roomIn+` AND state_key IN `+shiftPlaceholders(keyIn, len(args))+
 				` ORDER BY room_id, state_key`, append(args, keyArgs...)...)

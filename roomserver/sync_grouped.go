@@ -176,7 +176,7 @@ func (s *Server) UserMembershipsOfUsers(ctx context.Context, userIDs []string) (
 	out := make(map[string][]MembershipEntry, len(userIDs))
 	for start := 0; start < len(userIDs); start += maxMembershipUsers {
 		part := userIDs[start:min(start+maxMembershipUsers, len(userIDs))]
-		in, args := inList("", part)
+		in, args := storage.InList("", part)
 		rows, err := s.db.Reader().Query(ctx, `SELECT c.state_key, c.room_id, c.membership, c.event_id, c.stream_pos,
 			(SELECT COUNT(*) FROM roomserver_forgotten f WHERE f.user_id = c.state_key AND f.room_id = c.room_id)
 			FROM roomserver_current_state c

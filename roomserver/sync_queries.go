@@ -251,7 +251,7 @@ func (s *Server) lastGapEvent(ctx context.Context, q storage.Querier, rows []*ev
 	if len(ask) == 0 {
 		return -1, nil
 	}
-	query, args := inList(`SELECT event_id FROM roomserver_events WHERE state_after <> 0 AND event_id IN `, ask)
+	query, args := storage.InList(`SELECT event_id FROM roomserver_events WHERE state_after <> 0 AND event_id IN `, ask)
 	held, err := storage.QueryColumn[string](ctx, q, query, args...)
 	if err != nil {
 		return 0, err
@@ -307,7 +307,7 @@ func TopologicalToken(depth, streamPos int64) string {
 func (s *Server) IndexedCurrentState(ctx context.Context, roomID string, types []string, skipMembers bool) ([]*Event, error) {
 	query, args := `SELECT event_nid FROM roomserver_current_state WHERE room_id = $1`, []any{roomID}
 	if len(types) > 0 {
-		in, typeArgs := inList("", types)
+		in, typeArgs := storage.InList("", types)
 		// inList numbers from $1; shift past room_id.
 		query += ` AND type IN ` + shiftPlaceholders(in, 1)
 		args = append(args, typeArgs...)
@@ -325,7 +325,7 @@ func (s *Server) IndexedStateKeys(ctx context.Context, roomID, eventType string,
 	if len(stateKeys) == 0 {
 		return nil, nil
 	}
-	in, keyArgs := inList("", stateKeys)
+	in, keyArgs := storage.InList("", stateKeys)
 	args := append([]any{roomID, eventType}, keyArgs...)
 	return s.currentStateEvents(ctx, roomID, `SELECT event_nid FROM roomserver_current_state
 		WHERE room_id = $1 AND type = $2 AND state_key IN `+shiftPlaceholders(in, 2)+` ORDER BY state_key`, args...)
@@ -545,11 +545,11 @@ func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64
 	const chunk = 400
 	for start := 0; start < len(roomIDs); start += chunk {
 		part := roomIDs[start:min(start+chunk, len(roomIDs))]
-		query, args := inList(`SELECT room_id, MAX(event_nid) FROM roomserver_events WHERE room_id IN `, part)
+		query, args := storage.InList(`SELECT room_id, MAX(event_nid) FROM roomserver_events WHERE room_id IN `, part)
 		args = append(args, to)
 		query += ` AND event_nid <= ` + placeholder(len(args)) + ` AND NOT rejected AND NOT soft_failed`
 		if len(types) > 0 {
-			in, typeArgs := inList("", types)
+			in, typeArgs := storage.InList("", types)
 			query += ` AND type IN ` + shiftPlaceholders(in, len(args))
 			args = append(args, typeArgs...)
 		}
@@ -559,7 +559,7 @@ func (s *Server) LatestPositions(ctx context.Context, roomIDs []string, to int64
 		if !changes {
 			continue
 		}
-		query, args = inList(`SELECT room_id, MAX(stream_pos) FROM roomserver_state_changes WHERE room_id IN `, part)
+		query, args = storage.InList(`SELECT room_id, MAX(stream_pos) FROM roomserver_state_changes WHERE room_id IN `, part)
 		args = append(args, to)
 		query += ` AND stream_pos <= ` + placeholder(len(args))
 		if len(types) > 0 {
@@ -598,7 +598,7 @@ func (s *Server) TxnIDs(ctx context.Context, roomID, userID, deviceID string, ev
 	if len(eventIDs) == 0 || deviceID == "" {
 		return out, nil
 	}
-	query, args := inList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
+	query, args := storage.InList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
 	args = append(args, roomID, userID, deviceID)
 	query += ` AND room_id = ` + placeholder(len(args)-2) + ` AND user_id = ` + placeholder(len(args)-1) +
 		` AND device_id = ` + placeholder(len(args))

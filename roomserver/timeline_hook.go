@@ -56,7 +56,7 @@ func (s *Server) runTimelineHook(ctx context.Context, tx storage.Tx, room *roomR
 func (s *Server) currentStateInTx(ctx context.Context, tx storage.Tx, roomID, version string, types []string) ([]*Event, error) {
 	query, args := `SELECT event_nid FROM roomserver_current_state WHERE room_id = $1`, []any{roomID}
 	if len(types) > 0 {
-		in, typeArgs := inList("", types)
+		in, typeArgs := storage.InList("", types)
 		query += ` AND type IN ` + shiftPlaceholders(in, 1)
 		args = append(args, typeArgs...)
 	}
