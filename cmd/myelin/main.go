@@ -202,6 +202,12 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	// server would sit on it. One forced collection that returns freed
 	// pages at once takes milliseconds, before any request is served.
 	debug.FreeOSMemory()
+	if limit != math.MaxInt64 && !limitFromEnv {
+		// Under a governed limit, bursts get a higher GOGC, the limit
+		// bounding them (memgovernor.go); set only now, so that start-up
+		// collects at the default pace.
+		logger.Info("Go GC", "gogc", applyBurstGOGC(os.Getenv))
+	}
 	if err := serveAll(ctx, hs, ln, fedLn); err != nil {
 		return err
 	}

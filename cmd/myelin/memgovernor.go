@@ -10,14 +10,25 @@ import (
 
 // The soft memory limit that global.memory_limit_mb sets is a floor, not a
 // fixed value: a limit below what the collector needs for the server's
-// steady live heap (twice the live heap with the default GOGC, plus
-// stacks and runtime data) would make it run almost continuously, so the
-// governor raises the limit to that need once it has lasted a whole
-// window. A short burst (one large initial sync, a fan-out to hundreds of
-// listeners) does not raise it: that is where the limit is meant to bind,
-// making the collector run sooner and the scavenger hand freed pages back
-// at once instead of letting the heap overshoot. GOMEMLIMIT, when set, is
-// fixed and not governed.
+// steady live heap (twice the live heap, plus stacks and runtime data)
+// would make it run almost continuously, so the governor raises the limit
+// to that need once it has lasted a whole window. A short burst (one large
+// initial sync, a fan-out to hundreds of listeners) does not raise it:
+// that is where the limit is meant to bind, making the collector run
+// sooner and the scavenger hand freed pages back at once instead of
+// letting the heap overshoot. GOMEMLIMIT, when set, is fixed and not
+// governed.
+//
+// While the limit is governed, the server runs with GOGC=burstGOGC
+// (unless GOGC is set in the environment) and the limit does the
+// bounding: a small live heap may grow to several times its size before
+// a collection, but never past the limit. With the default GOGC of 100
+// the heap goal is twice the live heap however far below the limit that
+// is, so a fan-out burst on a server with a 15-25 MB live heap collected
+// once per message (docs/benchmarks.md, "memory"), each collection
+// costing the woken requests mark assists. The need the limit follows is
+// still measured at GOGC=100 (steadyGOGC): a higher GOGC buys headroom
+// under the limit, it does not move the limit.
 
 // memoryNeedSamples are the runtime/metrics the governor reads.
 var memoryNeedSamples = []string{
@@ -57,15 +68,38 @@ func readMemoryStats() memoryStats {
 	return memoryStats{liveHeap: v(0), gogc: v(1), nonHeap: nonHeap}
 }
 
-// need is the memory the collector's GOGC pacing needs for this live heap:
-// the heap goal plus everything else the runtime holds.
-// With GOGC=off the limit is the collector's only trigger and the need is
-// 0: the limit stays at the floor.
+// burstGOGC is the GOGC a governed server runs with: the heap goal is five
+// times the live heap, or the soft limit, whichever is lower.
+const burstGOGC = 400
+
+// steadyGOGC is the GOGC whose heap goal a steady live heap is given room
+// for: the governor's need counts at most this much, so a GOGC above it
+// (burstGOGC, or one set in the environment) is bounded by the limit
+// instead of raising it.
+const steadyGOGC = 100
+
+// applyBurstGOGC sets GOGC to burstGOGC unless the GOGC environment
+// variable is set (the runtime has read it, and an explicit environment
+// wins). It returns the GOGC in effect.
+func applyBurstGOGC(getenv func(string) string) int {
+	if getenv("GOGC") != "" {
+		p := debug.SetGCPercent(-1)
+		debug.SetGCPercent(p)
+		return p
+	}
+	debug.SetGCPercent(burstGOGC)
+	return burstGOGC
+}
+
+// need is the memory the collector's pacing needs for this live heap: the
+// heap goal at GOGC (at most steadyGOGC) plus everything else the runtime
+// holds. With GOGC=off the limit is the collector's only trigger and the
+// need is 0: the limit stays at the floor.
 func (m memoryStats) need() int64 {
 	if m.gogc > math.MaxInt32 {
 		return 0
 	}
-	goal := float64(m.liveHeap) * (1 + float64(m.gogc)/100)
+	goal := float64(m.liveHeap) * (1 + float64(min(m.gogc, steadyGOGC))/100)
 	n := goal + float64(m.nonHeap)
 	if n >= math.MaxInt64 {
 		return math.MaxInt64

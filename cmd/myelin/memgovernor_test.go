@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"runtime"
+	"runtime/debug"
 	"testing"
 
 	"github.com/myelin-chat/myelin/config"
@@ -56,8 +57,9 @@ func TestMemoryGovernor(t *testing.T) {
 	}
 }
 
-// TestMemoryNeed: the need is GOGC's heap goal plus the runtime's memory
-// outside the heap, and 0 (the floor holds) with the collector off.
+// TestMemoryNeed: the need is GOGC's heap goal (GOGC counted at most as
+// steadyGOGC) plus the runtime's memory outside the heap, and 0 (the floor
+// holds) with the collector off.
 func TestMemoryNeed(t *testing.T) {
 	m := memoryStats{liveHeap: 30 << 20, gogc: 100, nonHeap: 8 << 20}
 	if got := m.need(); got != 68<<20 {
@@ -66,6 +68,13 @@ func TestMemoryNeed(t *testing.T) {
 	m.gogc = 50
 	if got := m.need(); got != 53<<20 {
 		t.Errorf("need with GOGC=50 = %d, want %d", got, 53<<20)
+	}
+	// A GOGC above steadyGOGC (burstGOGC, or GOGC=400 from the
+	// environment) is headroom the limit bounds: the need stays twice
+	// the live heap, so the limit does not follow a five-fold goal.
+	m.gogc = burstGOGC
+	if got := m.need(); got != 68<<20 {
+		t.Errorf("need with GOGC=%d = %d, want %d (GOGC=100's)", burstGOGC, got, 68<<20)
 	}
 	m.gogc = math.MaxUint64 // GOGC=off as runtime/metrics reports it
 	if got := m.need(); got != 0 {
@@ -100,5 +109,56 @@ func TestReadMemoryStats(t *testing.T) {
 func TestDefaultMemoryLimit(t *testing.T) {
 	if got := config.Defaults().Global.MemoryLimitMB; got != 64 {
 		t.Errorf("default global.memory_limit_mb = %d, want 64", got)
+	}
+}
+
+// TestBurstGOGC: a governed server raises GOGC to burstGOGC, unless GOGC
+// is set in the environment, which wins.
+func TestBurstGOGC(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+
+	if got := applyBurstGOGC(func(string) string { return "" }); got != burstGOGC {
+		t.Errorf("applyBurstGOGC without GOGC = %d, want %d", got, burstGOGC)
+	}
+	if inEffect := debug.SetGCPercent(100); inEffect != burstGOGC {
+		t.Errorf("GOGC in effect = %d, want %d", inEffect, burstGOGC)
+	}
+
+	debug.SetGCPercent(150) // as the runtime would have read GOGC=150
+	env := func(k string) string {
+		if k == "GOGC" {
+			return "150"
+		}
+		return ""
+	}
+	if got := applyBurstGOGC(env); got != 150 {
+		t.Errorf("applyBurstGOGC with GOGC=150 = %d, want 150", got)
+	}
+	if inEffect := debug.SetGCPercent(100); inEffect != 150 {
+		t.Errorf("GOGC in effect = %d, want the environment's 150", inEffect)
+	}
+}
+
+// TestGovernorBoundsBurstGOGC: with GOGC at burstGOGC a steady live heap
+// of 20 MiB (a five-fold goal of 100 MiB plus 8 MiB outside the heap)
+// leaves the 64 MiB floor in place: the need at steadyGOGC is 48 MiB. A
+// steady live heap of 40 MiB raises it to that need (88 MiB), not to 208.
+func TestGovernorBoundsBurstGOGC(t *testing.T) {
+	const mib = 1 << 20
+	g := newMemoryGovernor(64*mib, 3, func(int64) int64 { return 0 })
+	for range 5 {
+		m := memoryStats{liveHeap: 20 * mib, gogc: burstGOGC, nonHeap: 8 * mib}
+		if got := g.observe(m.need()); got != 64*mib {
+			t.Fatalf("limit with 20 MiB live at GOGC=%d = %d MiB, want the 64 MiB floor", burstGOGC, got/mib)
+		}
+	}
+	var got int64
+	for range 3 {
+		m := memoryStats{liveHeap: 40 * mib, gogc: burstGOGC, nonHeap: 8 * mib}
+		got = g.observe(m.need())
+	}
+	if got != 88*mib {
+		t.Errorf("limit with 40 MiB steady live heap = %d MiB, want 88", got/mib)
 	}
 }
