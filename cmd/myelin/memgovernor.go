@@ -19,16 +19,17 @@ import (
 // letting the heap overshoot. GOMEMLIMIT, when set, is fixed and not
 // governed.
 //
-// While the limit is governed, the server runs with GOGC=burstGOGC
-// (unless GOGC is set in the environment) and the limit does the
-// bounding: a small live heap may grow to several times its size before
-// a collection, but never past the limit. With the default GOGC of 100
-// the heap goal is twice the live heap however far below the limit that
-// is, so a fan-out burst on a server with a 15-25 MB live heap collected
-// once per message (docs/benchmarks.md, "memory"), each collection
-// costing the woken requests mark assists. The need the limit follows is
-// still measured at GOGC=100 (steadyGOGC): a higher GOGC buys headroom
-// under the limit, it does not move the limit.
+// While the limit is governed and GOGC is not set in the environment, the
+// governor also raises GOGC while the live heap is small (gogcFor): with
+// the default of 100 the heap goal is twice the live heap however far
+// below the limit that is, so a fan-out burst collected about once per
+// message, each collection costing the woken requests mark assists
+// (docs/benchmarks.md, "memory"). The raised goal is kept within half the
+// limit, net of the runtime's memory outside the heap and of the free
+// space inside partly used spans: a goal that reached the limit itself
+// made the collector run back to back (the same section). The need the
+// limit follows is still measured at GOGC=100 (steadyGOGC): a raised GOGC
+// is headroom under the limit, it never moves the limit.
 
 // memoryNeedSamples are the runtime/metrics the governor reads.
 var memoryNeedSamples = []string{
@@ -46,6 +47,7 @@ type memoryStats struct {
 	liveHeap uint64 // heap marked live by the last collection
 	gogc     uint64 // GOGC in percent (0: collector off)
 	nonHeap  uint64 // stacks, runtime metadata and other runtime memory
+	unused   uint64 // free space in heap spans that hold live objects
 }
 
 func readMemoryStats() memoryStats {
@@ -65,30 +67,37 @@ func readMemoryStats() memoryStats {
 	if total := v(2); total > heap {
 		nonHeap = total - heap
 	}
-	return memoryStats{liveHeap: v(0), gogc: v(1), nonHeap: nonHeap}
+	return memoryStats{liveHeap: v(0), gogc: v(1), nonHeap: nonHeap, unused: v(4)}
 }
 
-// burstGOGC is the GOGC a governed server runs with: the heap goal is five
-// times the live heap, or the soft limit, whichever is lower.
-const burstGOGC = 400
+// maxGOGC is the highest GOGC the governor sets: a heap goal of five
+// times the live heap.
+const maxGOGC = 400
 
 // steadyGOGC is the GOGC whose heap goal a steady live heap is given room
-// for: the governor's need counts at most this much, so a GOGC above it
-// (burstGOGC, or one set in the environment) is bounded by the limit
+// for: the governor's need counts at most this much, so a higher GOGC
+// (the governor's, or one set in the environment) is bounded by the limit
 // instead of raising it.
 const steadyGOGC = 100
 
-// applyBurstGOGC sets GOGC to burstGOGC unless the GOGC environment
-// variable is set (the runtime has read it, and an explicit environment
-// wins). It returns the GOGC in effect.
-func applyBurstGOGC(getenv func(string) string) int {
-	if getenv("GOGC") != "" {
-		p := debug.SetGCPercent(-1)
-		debug.SetGCPercent(p)
-		return p
+// gogcFor returns the GOGC that lets the heap grow, before the next
+// collection, to what is left of half the limit once the runtime's memory
+// outside the heap and the free space in partly used spans are counted:
+// at least steadyGOGC, at most maxGOGC, in steps of 25 so that small
+// changes of the live heap do not reset it every second.
+func (m memoryStats) gogcFor(limit int64) int {
+	budget := limit/2 - int64(min(m.nonHeap+m.unused, math.MaxInt64/2))
+	if m.liveHeap == 0 {
+		return maxGOGC
 	}
-	debug.SetGCPercent(burstGOGC)
-	return burstGOGC
+	if budget <= int64(min(m.liveHeap, math.MaxInt64/2)) {
+		return steadyGOGC
+	}
+	g := float64(budget)/float64(m.liveHeap)*100 - 100
+	if g >= maxGOGC {
+		return maxGOGC
+	}
+	return max(steadyGOGC, int(g)/25*25)
 }
 
 // need is the memory the collector's pacing needs for this live heap: the
@@ -152,9 +161,11 @@ func (g *memoryGovernor) observe(need int64) int64 {
 	return g.limit
 }
 
-// governMemoryLimit samples the runtime every interval until ctx ends.
-func governMemoryLimit(ctx context.Context, floor int64, interval time.Duration, window int) {
+// governMemoryLimit samples the runtime every interval until ctx ends,
+// setting the soft limit and, when governGOGC is set, GOGC (gogcFor).
+func governMemoryLimit(ctx context.Context, floor int64, interval time.Duration, window int, governGOGC bool) {
 	g := newMemoryGovernor(floor, window, debug.SetMemoryLimit)
+	gogc := -1
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -162,7 +173,14 @@ func governMemoryLimit(ctx context.Context, floor int64, interval time.Duration,
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			g.observe(readMemoryStats().need())
+			m := readMemoryStats()
+			limit := g.observe(m.need())
+			if governGOGC {
+				if want := m.gogcFor(limit); want != gogc {
+					debug.SetGCPercent(want)
+					gogc = want
+				}
+			}
 		}
 	}
 }
