@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"testing"
+	"time"
 
 	"github.com/myelin-chat/myelin/config"
 )
@@ -165,5 +168,40 @@ func TestGovernorBoundsBurstGOGC(t *testing.T) {
 	}
 	if got != 88*mib {
 		t.Errorf("limit with 40 MiB steady live heap = %d MiB, want 88", got/mib)
+	}
+}
+
+// TestGovernMemoryLimitSetsGOGC: the governing loop raises GOGC for this
+// test process's small heap when told to govern it, and leaves GOGC alone
+// when GOGC came from the environment.
+func TestGovernMemoryLimitSetsGOGC(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	beforeLimit := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() {
+		debug.SetGCPercent(before)
+		debug.SetMemoryLimit(beforeLimit)
+	})
+	run := func(governGOGC bool, wait time.Duration) int {
+		debug.SetGCPercent(100)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { governMemoryLimit(ctx, 64<<20, time.Millisecond, 3, governGOGC); close(done) }()
+		deadline := time.Now().Add(wait)
+		got := 100
+		for time.Now().Before(deadline) {
+			if got = int(readMemoryStats().gogc); got != 100 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+		<-done
+		return debug.SetGCPercent(100)
+	}
+	if got := run(true, 5*time.Second); got <= 100 {
+		t.Errorf("GOGC with a small heap under a governed 64 MiB limit = %d, want above 100", got)
+	}
+	if got := run(false, 50*time.Millisecond); got != 100 {
+		t.Errorf("GOGC when the environment sets it = %d, want it left at 100", got)
 	}
 }
