@@ -161,6 +161,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if limit != math.MaxInt64 && !limitFromEnv {
+		// The configured limit is a floor: raised when the steady live
+		// heap needs more (memgovernor.go).
+		go governMemoryLimit(ctx, limit, time.Second, 30)
+	}
 
 	hs, err := homeserver.New(ctx, cfg, logger)
 	if err != nil {
@@ -197,13 +202,6 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	// server would sit on it. One forced collection that returns freed
 	// pages at once takes milliseconds, before any request is served.
 	debug.FreeOSMemory()
-	if limit != math.MaxInt64 && !limitFromEnv {
-		// The configured limit is a floor: raised when the steady live
-		// heap needs more; below it GOGC is raised while the heap is
-		// small, unless GOGC is set (memgovernor.go). Started only now,
-		// so that start-up collects at the default pace.
-		go governMemoryLimit(ctx, limit, time.Second, 30, os.Getenv("GOGC") == "")
-	}
 	if err := serveAll(ctx, hs, ln, fedLn); err != nil {
 		return err
 	}
