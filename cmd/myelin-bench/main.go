@@ -72,6 +72,7 @@ type options struct {
 	drain            time.Duration
 	settle           time.Duration
 	cpuProfile       string
+	listenNetHTTP    bool
 }
 
 type scenario func(ctx context.Context, e *env, res *Result) error
@@ -184,6 +185,7 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.settle, "settle", 2*time.Second, "initialsync, fanout: pause between preparing and measuring (fanout: with every listener's first long poll sent)")
 	// The tool's own CPU profile, to find what it costs the machine it shares with the server.
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile (whole run) to this file")
+	fs.BoolVar(&o.listenNetHTTP, "listen-nethttp", false, "fanout: listeners poll through net/http's client, as the tool did before syncConn (to compare the tool's own CPU)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

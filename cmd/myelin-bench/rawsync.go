@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,6 +45,8 @@ type syncConn struct {
 	// returns (stop undoes that binding).
 	ctx  context.Context
 	stop func() bool
+
+	dials *atomic.Int64 // when not nil, counts the connections dialled
 
 	req  []byte // request buffer, reused
 	body []byte // answer buffer, reused: valid until the next sync
@@ -151,6 +154,9 @@ func (s *syncConn) roundTrip(ctx context.Context) (status int, data []byte, err 
 			return 0, nil, err
 		}
 		s.conn, s.br = conn, bufio.NewReaderSize(conn, 4096)
+		if s.dials != nil {
+			s.dials.Add(1)
+		}
 	}
 	s.bind(ctx)
 	fail := func(err error) (int, []byte, error) {
