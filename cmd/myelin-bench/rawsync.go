@@ -38,7 +38,7 @@ type syncConn struct {
 	addr string // host:port to dial
 	host string // the Host header
 	conn net.Conn
-	br   *bufio.Reader
+	respReader
 
 	// ctx is the context the connection is bound to: when it ends, the
 	// connection's deadline is moved to the past so that a waiting read
@@ -48,8 +48,14 @@ type syncConn struct {
 
 	dials *atomic.Int64 // when not nil, counts the connections dialled
 
-	req  []byte // request buffer, reused
-	body []byte // answer buffer, reused: valid until the next sync
+	req []byte // request buffer, reused
+}
+
+// respReader reads HTTP/1.1 answers from a connection. body holds the last
+// answer's body, valid until the next read.
+type respReader struct {
+	br   *bufio.Reader
+	body []byte // answer buffer, reused
 	line []byte // a header line longer than br's buffer
 }
 
@@ -190,7 +196,7 @@ func (s *syncConn) roundTrip(ctx context.Context) (status int, data []byte, err 
 // readResponse reads one HTTP/1.1 answer (RFC 9112): the status line, the
 // header fields it needs, and the whole body into s.body. closeAfter says
 // the server ends the connection after it.
-func (s *syncConn) readResponse() (status int, closeAfter bool, err error) {
+func (s *respReader) readResponse() (status int, closeAfter bool, err error) {
 	for {
 		line, err := s.readLine()
 		if err != nil {
@@ -294,7 +300,7 @@ func (s *syncConn) readResponse() (status int, closeAfter bool, err error) {
 
 // readChunked reads a chunked body (RFC 9112, 7.1) into s.body, and the
 // trailer section after it.
-func (s *syncConn) readChunked() error {
+func (s *respReader) readChunked() error {
 	for {
 		line, err := s.readLine()
 		if err != nil {
@@ -337,7 +343,7 @@ func (s *syncConn) readChunked() error {
 }
 
 // readToEOF reads the rest of the connection into s.body.
-func (s *syncConn) readToEOF() error {
+func (s *respReader) readToEOF() error {
 	buf := bytes.NewBuffer(s.body)
 	_, err := buf.ReadFrom(io.LimitReader(s.br, maxSyncBody+1))
 	s.body = buf.Bytes()
@@ -359,7 +365,7 @@ func grow(b []byte, n int) []byte {
 
 // readLine returns the next line without its CRLF (or bare LF). The slice
 // is valid until the next read.
-func (s *syncConn) readLine() ([]byte, error) {
+func (s *respReader) readLine() ([]byte, error) {
 	line, err := s.br.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
 		s.line = append(s.line[:0], line...)

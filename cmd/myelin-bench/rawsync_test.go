@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -401,5 +402,31 @@ func BenchmarkListen(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(responses.Load()), "ns/answer")
 		})
+	}
+}
+
+// The message content is the JSON the tool sent before, as a map: same
+// keys, same order, same values.
+func TestMessageJSONAsBefore(t *testing.T) {
+	e := &env{runID: "0123abcd"}
+	m := e.message(7)
+	got, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(map[string]any{
+		"msgtype": "m.text",
+		"body":    "myelin-bench 0123abcd message 7",
+		"myelin_bench": map[string]any{
+			"run":     "0123abcd",
+			"seq":     7,
+			"sent_ms": m.MyelinBench.SentMS,
+		},
+	})
+	if !bytes.Equal(got, want) {
+		t.Errorf("content %s, want %s", got, want)
+	}
+	if now := time.Now().UnixMilli(); m.MyelinBench.SentMS > now || m.MyelinBench.SentMS < now-1000 {
+		t.Errorf("sent_ms %d, want about %d", m.MyelinBench.SentMS, now)
 	}
 }
