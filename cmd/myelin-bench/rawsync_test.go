@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -396,10 +397,13 @@ func BenchmarkListen(b *testing.B) {
 			l := &client{base: base, hc: newHTTPClient(), token: "syt_token_0123456789"}
 			var responses, dials atomic.Int64
 			b.ReportAllocs()
+			cpu0 := processCPU(b)
 			for b.Loop() {
 				rec := newRecorder()
 				e.listen(context.Background(), l, room, "F1", "s0", make([]time.Time, n), rec, &responses, &dials)
 			}
+			// Process CPU (user+system, the canned server's included) per answer.
+			b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(responses.Load()), "cpu-µs/answer")
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(responses.Load()), "ns/answer")
 		})
 	}
@@ -429,4 +433,13 @@ func TestMessageJSONAsBefore(t *testing.T) {
 	if now := time.Now().UnixMilli(); m.MyelinBench.SentMS > now || m.MyelinBench.SentMS < now-1000 {
 		t.Errorf("sent_ms %d, want about %d", m.MyelinBench.SentMS, now)
 	}
+}
+
+// processCPU is this process's user+system CPU time so far.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
