@@ -271,7 +271,7 @@ func (c *client) join(ctx context.Context, roomID string) error {
 }
 
 // send sends an m.room.message with a fresh transaction ID.
-func (c *client) send(ctx context.Context, roomID string, content map[string]any) error {
+func (c *client) send(ctx context.Context, roomID string, content any) error {
 	txn := fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), c.txn.Add(1))
 	path := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID) + "/send/m.room.message/" + url.PathEscape(txn)
 	var resp struct {

@@ -93,6 +93,7 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 	rec := newRecorder()
 	sendAck := newRecorder()
 	var responses atomic.Int64 // the listeners' /sync responses while measuring
+	var dials atomic.Int64     // the listeners' connections (syncConn) from their first long poll on
 
 	listenCtx, stopListening := context.WithCancel(ctx)
 	defer stopListening()
@@ -102,7 +103,7 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		listening.Add(1)
 		go func() {
 			defer listening.Done()
-			e.listen(listenCtx, l, room, filters[li], since[li], received[li], rec, &responses)
+			e.listen(listenCtx, l, room, filters[li], since[li], received[li], rec, &responses, &dials)
 		}()
 	}
 
@@ -186,6 +187,11 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 	// listeners × messages, the server answered some polls with
 	// something else (such as unread counts alone).
 	res.Notes = map[string]float64{"messages_sent": float64(sendAck.okCount()), "sync_responses": float64(responses.Load())}
+	// sync_connections: the listeners' TCP connections; equal to
+	// listeners when no poll had to reconnect (plain http only).
+	if n := dials.Load(); n > 0 {
+		res.Notes["sync_connections"] = float64(n)
+	}
 	return nil
 }
 
@@ -201,10 +207,29 @@ type benchMark struct {
 // ctx ends, and stamps received[seq] the first time message seq arrives.
 // Errors are recorded (and retried after a pause); the canceled poll at the
 // end is not an error.
-func (e *env) listen(ctx context.Context, l *client, room, filter, since string, received []time.Time, rec *recorder, responses *atomic.Int64) {
+func (e *env) listen(ctx context.Context, l *client, room, filter, since string, received []time.Time, rec *recorder, responses, dials *atomic.Int64) {
+	// Each listener polls over its own connection (syncConn: less of the
+	// tool's CPU per answer than net/http's client, on the cores the
+	// server uses too); https falls back to net/http.
+	var sc *syncConn
+	if !e.opts.listenNetHTTP {
+		sc = newSyncConn(l)
+	}
+	if sc != nil {
+		sc.dials = dials
+		defer sc.close()
+	}
+	var resp *syncResponse
+	var err error
 	seen := 0
 	for seen < len(received) && ctx.Err() == nil {
-		resp, _, err := l.sync(ctx, since, filter, 30*time.Second)
+		if sc != nil {
+			resp = &syncResponse{}
+			_, err = sc.sync(ctx, since, filter, 30*time.Second, resp)
+		} else {
+			resp, _, err = l.sync(ctx, since, filter, 30*time.Second)
+		}
+		// The answer is complete (read in full and decoded): its time.
 		now := time.Now()
 		if err != nil {
 			if ctx.Err() != nil {

@@ -43,6 +43,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,8 @@ type options struct {
 	repeat           int
 	drain            time.Duration
 	settle           time.Duration
+	cpuProfile       string
+	listenNetHTTP    bool
 }
 
 type scenario func(ctx context.Context, e *env, res *Result) error
@@ -113,6 +116,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	opts, err := parseFlags(name, args, stderr)
 	if err != nil {
 		return 1
+	}
+
+	if opts.cpuProfile != "" {
+		stop, err := startCPUProfile(opts.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "myelin-bench:", err)
+			return 1
+		}
+		defer stop()
 	}
 
 	res := &Result{Scenario: name, Label: opts.label, URL: opts.url, Started: time.Now().UTC(), Params: map[string]any{}}
@@ -171,6 +183,9 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.repeat, "repeat", 5, "initialsync: how many initial syncs to time")
 	fs.DurationVar(&o.drain, "drain", 15*time.Second, "fanout: how long after the last send to wait for deliveries")
 	fs.DurationVar(&o.settle, "settle", 2*time.Second, "initialsync, fanout: pause between preparing and measuring (fanout: with every listener's first long poll sent)")
+	// The tool's own CPU profile, to find what it costs the machine it shares with the server.
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile (whole run) to this file")
+	fs.BoolVar(&o.listenNetHTTP, "listen-nethttp", false, "fanout: listeners poll through net/http's client, as the tool did before syncConn (to compare the tool's own CPU)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -193,6 +208,23 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 		return o, err
 	}
 	return o, nil
+}
+
+// startCPUProfile starts the Go CPU profile of this process into path and
+// returns the function that stops it and closes the file.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // env is what one run shares between its workers.

@@ -2,11 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -33,8 +33,8 @@ type sendConn struct {
 	addr string // host:port to dial
 	host string // the Host header
 	conn net.Conn
-	br   *bufio.Reader
-	req  []byte // request buffer, reused
+	respReader
+	req []byte // request buffer, reused
 }
 
 // newSendConn returns a connection for c, or nil when c's base URL is not
@@ -55,7 +55,7 @@ func newSendConn(c *client) *sendConn {
 // does. A request that fails on a connection the server closed while it
 // was idle is retried once on a new connection (as net/http does for a
 // request that was not written).
-func (s *sendConn) send(ctx context.Context, roomID string, content map[string]any) error {
+func (s *sendConn) send(ctx context.Context, roomID string, content any) error {
 	body, err := json.Marshal(content)
 	if err != nil {
 		return &requestError{Op: "send", Err: err}
@@ -88,7 +88,7 @@ func (s *sendConn) send(ctx context.Context, roomID string, content map[string]a
 			Error   string `json:"error"`
 		}
 		_ = json.Unmarshal(data, &mErr)
-		return &requestError{Op: "send", Status: status, Errcode: mErr.Errcode, Msg: mErr.Error, Body: data}
+		return &requestError{Op: "send", Status: status, Errcode: mErr.Errcode, Msg: mErr.Error, Body: bytes.Clone(data)}
 	}
 	var resp struct {
 		EventID string `json:"event_id"`
@@ -137,20 +137,15 @@ func (s *sendConn) roundTrip(ctx context.Context) (status int, data []byte, err 
 			return fail(fmt.Errorf("%w: %w", errConnReused, err))
 		}
 	}
-	resp, err := http.ReadResponse(s.br, nil)
+	status, closeAfter, err := s.readResponse()
 	if err != nil {
 		return fail(err)
 	}
-	data, err = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return fail(err)
-	}
-	if resp.Close {
+	if closeAfter {
 		s.conn.Close()
 		s.conn, s.br = nil, nil
 	}
-	return resp.StatusCode, data, nil
+	return status, s.body, nil
 }
 
 // close closes the connection, if open.
