@@ -157,6 +157,16 @@ func (s *Server) DropMembershipsMemo() {
 	m.dropAll()
 }
 
+// MembershipsMemoized reports whether the memberships memo holds an
+// entry for userID.
+func (s *Server) MembershipsMemoized(userID string) bool {
+	m := s.waker.memo
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.byUser[userID]
+	return ok
+}
+
 // HoldMemberships makes the users' memberships reads queue as if a read
 // were under way, until release: the requests made meanwhile are then
 // answered by one grouped read. waiting reports how many users queued.

@@ -239,3 +239,52 @@ func TestSplitModeMembershipMemoDroppedByOtherProcess(t *testing.T) {
 		}
 	}
 }
+
+// Forgetting a room has no stream position, so it cannot drop the memo's
+// entry: an incremental sync then sees the room's Forgotten flag as it
+// was before the forget. That must not change the response (the reason
+// only incremental syncs without full_state use the memo): the leave
+// still shows to a client whose token predates it, and not to one whose
+// token follows it; an initial sync, which reads afresh, leaves the
+// forgotten room out.
+func TestMembershipMemoForgetNeedsNoDrop(t *testing.T) {
+	for _, engine := range memoEngines() {
+		t.Run(string(engine), func(t *testing.T) {
+			srv := testserver.Start(t, engine, nil)
+			alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+			room := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})
+			membership(t, srv, "join", bob, bob.id, room)
+			sendText(t, srv, alice, room, "hello")
+			before := syncBody(t, srv, alice, "", 0)["next_batch"].(string)
+			membership(t, srv, "leave", alice, alice.id, room)
+			parkedAndCaughtUp(t, srv, 0)
+			afterLeave := syncBody(t, srv, alice, before, 0)["next_batch"].(string)
+			if err := srv.HS.Rooms.Forget(context.Background(), alice.id, room); err != nil {
+				t.Fatalf("forget: %v", err)
+			}
+			if !srv.HS.Sync.MembershipsMemoized(alice.id) {
+				t.Fatal("the memo does not hold alice's memberships from before the forget: the test would not exercise it")
+			}
+			includeLeave := "&filter=" + url.QueryEscape(`{"room":{"include_leave":true}}`)
+			sections := func(query string) (leave, join bool) {
+				t.Helper()
+				code, body := rawSync(t, srv, alice, "timeout=0"+includeLeave+query)
+				if code != 200 {
+					t.Fatalf("sync %s: %d %v", query, code, body)
+				}
+				_, leave = roomsIn(body, "leave")[room]
+				_, join = roomsIn(body, "join")[room]
+				return leave, join
+			}
+			if leave, join := sections("&since=" + url.QueryEscape(before)); !leave || join {
+				t.Fatalf("from before the leave: leave %v join %v, want the leave only", leave, join)
+			}
+			if leave, join := sections("&since=" + url.QueryEscape(afterLeave)); leave || join {
+				t.Fatalf("from after the leave: leave %v join %v, want neither", leave, join)
+			}
+			if leave, join := sections(""); leave || join {
+				t.Fatalf("initial sync: leave %v join %v, want neither", leave, join)
+			}
+		})
+	}
+}
