@@ -148,6 +148,25 @@ func (r *groupedReads[K, G, A]) inspect(key K, f func(running bool, next *G)) {
 	f(running, &g.q)
 }
 
+// DropMembershipsMemo empties the memberships memo (membershipmemo.go):
+// the next memberships read of every user goes to the database.
+func (s *Server) DropMembershipsMemo() {
+	m := s.waker.memo
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dropAll()
+}
+
+// MembershipsMemoized reports whether the memberships memo holds an
+// entry for userID.
+func (s *Server) MembershipsMemoized(userID string) bool {
+	m := s.waker.memo
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.byUser[userID]
+	return ok
+}
+
 // HoldMemberships makes the users' memberships reads queue as if a read
 // were under way, until release: the requests made meanwhile are then
 // answered by one grouped read. waiting reports how many users queued.

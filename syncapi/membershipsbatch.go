@@ -26,6 +26,8 @@ import (
 type membershipsBatcher struct {
 	rooms Rooms
 	batch RoomsGrouped
+	// memo keeps what every read answers (membershipmemo.go).
+	memo  *membershipMemo
 	reads groupedReads[struct{}, membershipUsers, map[string][]roomserver.MembershipEntry]
 }
 
@@ -59,12 +61,12 @@ func (c *membershipsBatcher) memberships(ctx context.Context, userID string) ([]
 	if lead {
 		// Nothing is being read: this request reads at once, alone,
 		// and later ones queue behind it.
-		out, err := c.rooms.UserMemberships(ctx, userID)
+		out, err := readMemberships(ctx, c.rooms, c.memo, userID)
 		c.reads.finish(context.WithoutCancel(ctx), struct{}{}, c.read)
 		return out, err
 	}
 	if g == nil {
-		return c.rooms.UserMemberships(ctx, userID)
+		return readMemberships(ctx, c.rooms, c.memo, userID)
 	}
 	all, err := c.reads.wait(ctx, g)
 	if err != nil {
@@ -77,5 +79,12 @@ func (c *membershipsBatcher) memberships(ctx context.Context, userID string) ([]
 
 // read answers a group's users.
 func (c *membershipsBatcher) read(ctx context.Context, _ struct{}, g *membershipUsers) (map[string][]roomserver.MembershipEntry, error) {
-	return c.batch.UserMembershipsOfUsers(ctx, g.ids)
+	t := c.memo.begin()
+	all, err := c.batch.UserMembershipsOfUsers(ctx, g.ids)
+	if err == nil {
+		// Its callers get copies (memberships): the lists are not
+		// changed after.
+		c.memo.put(t, g.ids, all)
+	}
+	return all, err
 }

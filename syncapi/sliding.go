@@ -234,7 +234,7 @@ type roomMeta struct {
 
 func (s *Server) slidingCompute(ctx context.Context, caller *authn.Device, req *slidingRequest, prev *connState) (*slidingResponse, *connState, error) {
 	userID := caller.UserID
-	heads, memberships, err := s.heads(ctx, userID)
+	heads, memberships, err := s.heads(ctx, userID, false)
 	if err != nil {
 		return nil, nil, err
 	}

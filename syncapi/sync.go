@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -248,7 +249,10 @@ func (s *Server) syncWait(ctx context.Context, req *syncRequest) (*syncResponse,
 	if req.since == nil || req.timeout <= 0 || req.fullState {
 		return s.compute(ctx, req)
 	}
-	memberships, err := s.userMemberships(ctx, req.userID)
+	// The registration's memberships may come from the memo: one that
+	// changed after the waker's last window is not in it, but that
+	// window's dispatch wakes this request through its user.
+	memberships, err := s.userMemberships(ctx, req.userID, true, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -319,18 +323,20 @@ func (s *Server) unchangedSince(ctx context.Context, req *syncRequest, membershi
 // newest membership seen: positions commit in order, so everything up to
 // it is readable, and the memberships are then exact as of the head.
 // The heads shared by all users may come from s.sharedHeads (see
-// headsCache).
-func (s *Server) heads(ctx context.Context, userID string) (syncToken, []roomserver.MembershipEntry, error) {
-	return s.readHeads(ctx, userID, false)
+// headsCache); with memo, the memberships from the waker's memo when it
+// holds them exact at the room head (membershipmemo.go: only for an
+// incremental sync without full_state).
+func (s *Server) heads(ctx context.Context, userID string, memo bool) (syncToken, []roomserver.MembershipEntry, error) {
+	return s.readHeads(ctx, userID, false, memo)
 }
 
 // readHeads is heads; fresh bypasses the shared heads cache.
-func (s *Server) readHeads(ctx context.Context, userID string, fresh bool) (syncToken, []roomserver.MembershipEntry, error) {
+func (s *Server) readHeads(ctx context.Context, userID string, fresh, memo bool) (syncToken, []roomserver.MembershipEntry, error) {
 	h, err := s.sharedHeads.get(ctx, fresh, s.readSharedHeads)
 	if err != nil {
 		return h, nil, err
 	}
-	memberships, err := s.userMemberships(ctx, userID)
+	memberships, err := s.userMemberships(ctx, userID, memo, h.Room)
 	if err != nil {
 		return h, nil, err
 	}
@@ -418,7 +424,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		// has already collected it and this returns at once.
 		defer func() { _ = keyCounts.wait(ctx) }()
 	}
-	heads, memberships, err := s.heads(ctx, req.userID)
+	heads, memberships, err := s.heads(ctx, req.userID, req.since != nil && !req.fullState)
 	if err != nil {
 		return nil, err
 	}
@@ -444,7 +450,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		// The shared heads may trail a token issued from a fresher read
 		// in the same notification generation: read them afresh before
 		// calling the token one this server never issued.
-		fresh, freshMemberships, err := s.readHeads(ctx, req.userID, true)
+		fresh, freshMemberships, err := s.readHeads(ctx, req.userID, true, false)
 		if err != nil {
 			return nil, err
 		}
@@ -795,10 +801,29 @@ func (s *Server) withPushRules(ctx context.Context, userID string, acct []client
 }
 
 // userMemberships is Rooms.UserMemberships, read together with other
-// requests' when Rooms can (membershipsBatcher).
-func (s *Server) userMemberships(ctx context.Context, userID string) ([]roomserver.MembershipEntry, error) {
+// requests' when Rooms can (membershipsBatcher). With memo the answer
+// may come from the waker's memo (membershipmemo.go), exact at room
+// stream position room (-1: a long poll's registration); only an
+// incremental sync without full_state may pass memo. Every read
+// refreshes the memo. The list is the caller's own.
+func (s *Server) userMemberships(ctx context.Context, userID string, memo bool, room int64) ([]roomserver.MembershipEntry, error) {
+	if memo {
+		if memberships, ok := s.waker.memo.get(userID, room); ok {
+			return memberships, nil
+		}
+	}
 	if s.memberships != nil {
 		return s.memberships.memberships(ctx, userID)
 	}
-	return s.rooms.UserMemberships(ctx, userID)
+	return readMemberships(ctx, s.rooms, s.waker.memo, userID)
+}
+
+// readMemberships is rooms.UserMemberships(ctx, userID), kept in memo.
+func readMemberships(ctx context.Context, rooms Rooms, memo *membershipMemo, userID string) ([]roomserver.MembershipEntry, error) {
+	t := memo.begin()
+	memberships, err := rooms.UserMemberships(ctx, userID)
+	if err == nil {
+		memo.put(t, []string{userID}, map[string][]roomserver.MembershipEntry{userID: slices.Clone(memberships)})
+	}
+	return memberships, err
 }

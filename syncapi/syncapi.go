@@ -122,7 +122,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	if batch, ok := deps.Rooms.(RoomsGrouped); ok {
 		s.timelines = &timelineBatcher{rooms: deps.Rooms, batch: batch}
-		s.memberships = &membershipsBatcher{rooms: deps.Rooms, batch: batch}
+		s.memberships = &membershipsBatcher{rooms: deps.Rooms, batch: batch, memo: s.waker.memo}
 	}
 	if batch, ok := deps.E2EE.(E2EEBatch); ok {
 		s.keyCounts = &keyCountsBatcher{e2ee: batch}

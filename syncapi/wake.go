@@ -52,6 +52,10 @@ type waker struct {
 	// holdFor bounds a hold (holdMax; tests lengthen it so that their
 	// timing does not depend on the scheduler of a loaded machine).
 	holdFor time.Duration
+	// memo is told every membership touch the waker dispatches, before
+	// the window counts as dispatched (membershipmemo.go; immutable
+	// after New, never nil).
+	memo *membershipMemo
 
 	mu       sync.Mutex
 	byRoom   map[string]map[*waiter]struct{} // guarded by mu
@@ -66,6 +70,7 @@ type waker struct {
 func newWaker(rooms Rooms, n notifier.Broadcaster, log *slog.Logger) *waker {
 	return &waker{
 		rooms: rooms, n: n, log: log, pollEvery: 10 * time.Second, holdFor: holdMax,
+		memo:   newMembershipMemo(maxMemoUsers),
 		byRoom: map[string]map[*waiter]struct{}{},
 		byUser: map[string]map[*waiter]struct{}{},
 		all:    map[*waiter]struct{}{},
@@ -138,6 +143,10 @@ func (w *waker) run(ctx context.Context) {
 		w.roomDone = pos
 		w.mu.Unlock()
 	}
+	w.mu.Lock()
+	w.memo.start(w.roomDone)
+	w.mu.Unlock()
+	defer w.memo.stop()
 	ticker := time.NewTicker(w.pollEvery)
 	defer ticker.Stop()
 	for {
@@ -184,6 +193,11 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 		}
 	}
 	if len(w.all) == 0 {
+		if roomTo > w.roomDone {
+			// Nobody to wake: the window is not read, so the
+			// memberships memo cannot tell whose membership it changed.
+			w.memo.skipped(roomTo)
+		}
 		w.roomDone = max(w.roomDone, roomTo)
 		w.countsDone = max(w.countsDone, countsTo)
 		w.mu.Unlock()
@@ -288,6 +302,9 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members boo
 			for wt := range w.all {
 				signal(wt)
 			}
+			if members {
+				w.memo.skipped(to)
+			}
 			*done = max(*done, to)
 			w.mu.Unlock()
 			return
@@ -316,6 +333,11 @@ func (w *waker) wakeTouchedFrom(ctx context.Context, from, to int64, members boo
 			from = to
 		} else {
 			from = touched[len(touched)-1].StreamPos
+		}
+		if members {
+			// Every touch at a position up to from is in touched
+			// (StreamTouched): the memo drops their members first.
+			w.memo.dispatched(touched, from)
 		}
 		*done = max(*done, from)
 		w.mu.Unlock()
