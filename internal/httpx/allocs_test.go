@@ -18,7 +18,7 @@ type discardWriter struct {
 	body   []byte
 }
 
-func (d *discardWriter) Header() http.Header { return d.h }
+func (d *discardWriter) Header() http.Header  { return d.h }
 func (d *discardWriter) WriteHeader(code int) { d.status = code }
 func (d *discardWriter) Write(b []byte) (int, error) {
 	d.body = append(d.body[:0], b...)
