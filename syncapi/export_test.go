@@ -62,6 +62,11 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 	if err != nil {
 		return nil, err
 	}
+	// What the handler writes for any other sync is appendResponse's:
+	// it must be these very bytes too.
+	if fast, err := appendResponse(nil, resp); err != nil || !bytes.Equal(fast, body) {
+		return nil, fmt.Errorf("appendResponse differs from json.Marshal (%v):\n%s\n%s", err, fast, body)
+	}
 	// What the handler writes for a sync that sends rooms whole is
 	// marshalSync's: it must be these very bytes.
 	if (req.since == nil || req.fullState) && (req.filter == nil || req.filter.EventFormat != "federation") {

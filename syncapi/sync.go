@@ -13,7 +13,6 @@ import (
 
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/internal/authn"
-	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -171,7 +170,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
 		_ = body.writeTo(w) // the client has gone: nothing to tell it
 		return nil
 	}
-	return httpx.OK(w, resp)
+	return writeResponse(w, resp)
 }
 
 // setPresence validates set_presence and passes it on. Spec: the values

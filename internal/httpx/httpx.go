@@ -90,6 +90,14 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(body)
 }
 
+// WriteRawJSON writes body, which must be JSON, as the response with
+// the given status.
+func WriteRawJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
 // jsonContentType is the Content-Type header's value of a JSON response,
 // shared (see the CORS header values for why that is safe).
 var jsonContentType = []string{"application/json"}
