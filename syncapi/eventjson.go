@@ -85,20 +85,12 @@ func appendString(dst []byte, s string) []byte {
 
 // appendRaw appends raw JSON as json.Marshal does a json.RawMessage:
 // compacted, with <, >, &, U+2028 and U+2029 escaped. Valid JSON without
-// whitespace and without those characters is already that, and is
-// copied; anything else goes through the encoder's own steps.
+// whitespace outside its strings and without those characters is already
+// that, and is copied; anything else goes through the encoder's own
+// steps. Spaces inside strings (a message's body) do not need the
+// encoder: only whitespace between tokens is compacted away.
 func appendRaw(dst []byte, raw json.RawMessage) ([]byte, bool) {
-	plain := true
-	for _, c := range raw {
-		switch c {
-		case ' ', '\t', '\n', '\r', '<', '>', '&', 0xe2: // 0xe2 starts U+2028 and U+2029
-			plain = false
-		}
-		if !plain {
-			break
-		}
-	}
-	if plain {
+	if plainJSON(raw) {
 		if !json.Valid(raw) {
 			return dst, false
 		}
@@ -109,4 +101,31 @@ func appendRaw(dst []byte, raw json.RawMessage) ([]byte, bool) {
 		return dst, false
 	}
 	return append(dst, enc...), true
+}
+
+// plainJSON reports whether raw, if it is valid JSON, is already what
+// json.Marshal makes of it: no whitespace outside strings, and no <, >,
+// & or byte 0xe2 (which starts U+2028 and U+2029) anywhere. Strings are
+// followed by their quotes and backslash escapes; for text that is not
+// valid JSON the answer does not matter (json.Valid or the encoder
+// refuses it either way).
+func plainJSON(raw []byte) bool {
+	inString := false
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; c {
+		case '<', '>', '&', 0xe2:
+			return false
+		case ' ', '\t', '\n', '\r':
+			if !inString {
+				return false
+			}
+		case '"':
+			inString = !inString
+		case '\\':
+			if inString {
+				i++ // the escaped byte: a quote or backslash here ends nothing
+			}
+		}
+	}
+	return true
 }

@@ -63,3 +63,41 @@ func FuzzAppendClientEvent(f *testing.F) {
 		}
 	})
 }
+
+// appendRaw copies raw JSON that is already compact — spaces inside
+// strings included — without the encoder, and still compacts and escapes
+// whatever json.Marshal would change, however strings and escapes sit
+// around it.
+func TestAppendRawMatchesMarshal(t *testing.T) {
+	for _, raw := range []string{
+		`{"body":"ping 12","msgtype":"m.text"}`,
+		`{"body":"a\" b","x":1}`,
+		`{"body":"a\" b", "x":1}`,
+		`{"body":"a\\", "x":1}`,
+		`{"body":"a\\\" b\t","x":[1,2]}`,
+		"{\"body\":\"tab\\there\"}\n",
+		`{"a":"x y"} `,
+		` {"a":1}`,
+		`{"a":"<b>"}`,
+		"{\"a\":\"\xe2\x80\xa8\"}",
+		`["a b",{"c":"d e"},"\u0022 ]"]`,
+		`{"unterminated":"a b`,
+		`{"a":"b"}}`,
+	} {
+		want, wantErr := json.Marshal(json.RawMessage(raw))
+		got, ok := appendRaw([]byte("prefix"), json.RawMessage(raw))
+		if ok != (wantErr == nil) {
+			t.Errorf("%q: ok %v, json.Marshal error %v", raw, ok, wantErr)
+			continue
+		}
+		if ok && !bytes.Equal(got, append([]byte("prefix"), want...)) {
+			t.Errorf("%q:\ngot  %s\nwant prefix%s", raw, got, want)
+		}
+	}
+	// A message whose body has a space — nearly every message — is copied.
+	msg := json.RawMessage(`{"body":"hello there","msgtype":"m.text"}`)
+	buf := make([]byte, 0, 256)
+	if n := testing.AllocsPerRun(100, func() { _, _ = appendRaw(buf[:0], msg) }); n != 0 {
+		t.Errorf("appendRaw of a compact message with spaces in its body: %v allocations, want 0", n)
+	}
+}

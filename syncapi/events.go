@@ -141,25 +141,28 @@ var strippedStateTypes = []string{
 // matchType reports whether t matches pattern, where '*' matches any
 // sequence of characters. Spec: client-server-api, "Filtering" (types).
 func matchType(pattern, t string) bool {
-	if !strings.Contains(pattern, "*") {
+	first, rest, wild := strings.Cut(pattern, "*")
+	if !wild {
 		return pattern == t
 	}
-	parts := strings.Split(pattern, "*")
-	if !strings.HasPrefix(t, parts[0]) {
+	// The pieces between the stars, matched in order without splitting
+	// the pattern (a filter's patterns are checked for every event).
+	if !strings.HasPrefix(t, first) {
 		return false
 	}
-	t = t[len(parts[0]):]
-	for i, p := range parts[1:] {
-		if i == len(parts)-2 {
-			return strings.HasSuffix(t, p)
+	t = t[len(first):]
+	for {
+		piece, after, more := strings.Cut(rest, "*")
+		if !more {
+			return strings.HasSuffix(t, piece)
 		}
-		idx := strings.Index(t, p)
+		idx := strings.Index(t, piece)
 		if idx < 0 {
 			return false
 		}
-		t = t[idx+len(p):]
+		t = t[idx+len(piece):]
+		rest = after
 	}
-	return true
 }
 
 func matchAnyType(patterns []string, t string) bool {

@@ -46,7 +46,7 @@ var NewsOf = newsOf
 func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, now time.Time, perRoom bool) ([]byte, error) {
 	r := httptest.NewRequest(http.MethodGet, "/_matrix/client/v3/sync?"+query, nil)
 	r = r.WithContext(authn.WithDevice(ctx, &authn.Device{UserID: userID, DeviceID: deviceID}))
-	req, err := s.parseSyncRequest(r)
+	req, err := s.parseSyncRequest(r, r.URL.Query())
 	if err != nil {
 		return nil, err
 	}
@@ -61,6 +61,11 @@ func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, n
 	body, err := json.Marshal(resp)
 	if err != nil {
 		return nil, err
+	}
+	// What the handler writes for any other sync is appendResponse's:
+	// it must be these very bytes too.
+	if fast, err := appendResponse(nil, resp); err != nil || !bytes.Equal(fast, body) {
+		return nil, fmt.Errorf("appendResponse differs from json.Marshal (%v):\n%s\n%s", err, fast, body)
 	}
 	// What the handler writes for a sync that sends rooms whole is
 	// marshalSync's: it must be these very bytes.

@@ -18,17 +18,21 @@ import (
 type filterCache struct {
 	mu      sync.Mutex
 	max     int
-	byKey   map[string]*clientapi.Filter // user ID + "\x00" + filter ID; guarded by mu
+	byKey   map[filterKey]*clientapi.Filter // guarded by mu
 	filters Filters
 }
 
 func newFilterCache(filters Filters, max int) *filterCache {
-	return &filterCache{filters: filters, max: max, byKey: map[string]*clientapi.Filter{}}
+	return &filterCache{filters: filters, max: max, byKey: map[filterKey]*clientapi.Filter{}}
 }
+
+// filterKey names a stored filter: a struct rather than the two IDs
+// joined, which would allocate a string per request.
+type filterKey struct{ userID, filterID string }
 
 // Filter returns userID's stored filter filterID.
 func (c *filterCache) Filter(ctx context.Context, userID, filterID string) (*clientapi.Filter, error) {
-	key := userID + "\x00" + filterID
+	key := filterKey{userID, filterID}
 	c.mu.Lock()
 	f, ok := c.byKey[key]
 	c.mu.Unlock()
@@ -42,7 +46,7 @@ func (c *filterCache) Filter(ctx context.Context, userID, filterID string) (*cli
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.byKey) >= c.max {
-		c.byKey = map[string]*clientapi.Filter{}
+		c.byKey = map[filterKey]*clientapi.Filter{}
 	}
 	c.byKey[key] = f
 	return f, nil

@@ -19,7 +19,7 @@ type roomBuilder struct {
 	since    syncToken // zero for an initial sync
 	heads    syncToken
 	fmt      *eventFormatter
-	roomAcct map[string][]json.RawMessage // room account data by room
+	roomAcct map[string][]json.RawMessage // room account data by room; nil when there is none
 	// news, for an incremental sync, maps the rooms with events since the
 	// token to whether any is a state event; nil when unknown (initial
 	// sync, or too many events to list).

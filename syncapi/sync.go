@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/internal/authn"
-	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -138,11 +138,14 @@ func (r *syncResponse) empty() bool {
 // sync answers GET /_matrix/client/v3/sync.
 // Spec: client-server-api, "GET /_matrix/client/v3/sync".
 func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
-	req, err := s.parseSyncRequest(r)
+	// The query is parsed once: its filter parameter, often a long inline
+	// filter, is unescaped with it.
+	q := r.URL.Query()
+	req, err := s.parseSyncRequest(r, q)
 	if err != nil {
 		return err
 	}
-	if p := r.URL.Query().Get("set_presence"); p != "" {
+	if p := q.Get("set_presence"); p != "" {
 		if err := s.setPresence(r.Context(), req.userID, p); err != nil {
 			return err
 		}
@@ -168,7 +171,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
 		_ = body.writeTo(w) // the client has gone: nothing to tell it
 		return nil
 	}
-	return httpx.OK(w, resp)
+	return writeResponse(w, resp)
 }
 
 // setPresence validates set_presence and passes it on. Spec: the values
@@ -185,9 +188,10 @@ func (s *Server) setPresence(ctx context.Context, userID, presence string) error
 	return s.eph.SetPresence(ctx, userID, presence)
 }
 
-func (s *Server) parseSyncRequest(r *http.Request) (*syncRequest, error) {
+// parseSyncRequest reads the request's parameters from q, its parsed
+// query.
+func (s *Server) parseSyncRequest(r *http.Request, q url.Values) (*syncRequest, error) {
 	caller := authn.FromContext(r.Context())
-	q := r.URL.Query()
 	req := &syncRequest{userID: caller.UserID, deviceID: caller.DeviceID}
 	if v := q.Get("since"); v != "" {
 		t, err := parseSyncToken(v)
@@ -405,24 +409,28 @@ func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, error) {
 	// The device's key counts depend on nothing else in the response:
 	// they are read while the rest is.
-	var keyCounts concurrently
-	var otk map[string]int
-	var fallback []string
+	// One variable for the read and its results, which the read's
+	// goroutine shares: one allocation rather than one for each.
+	var keys struct {
+		read     concurrently
+		otk      map[string]int
+		fallback []string
+	}
 	if s.e2ee != nil {
-		keyCounts.do(func(ctx context.Context) (err error) {
+		keys.read.do(func(ctx context.Context) (err error) {
 			if s.keyCounts != nil {
 				// Requests computed together read their counts together.
-				otk, fallback, err = s.keyCounts.keyCounts(ctx, req.userID, req.deviceID)
+				keys.otk, keys.fallback, err = s.keyCounts.keyCounts(ctx, req.userID, req.deviceID)
 				return err
 			}
-			otk, fallback, err = s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
+			keys.otk, keys.fallback, err = s.e2ee.KeyCounts(ctx, req.userID, req.deviceID)
 			return err
 		})
-		keyCounts.start(ctx)
+		keys.read.start(ctx)
 		// On an early return the read still ends before compute does
 		// (its error is then not news); on the normal path wait below
 		// has already collected it and this returns at once.
-		defer func() { _ = keyCounts.wait(ctx) }()
+		defer func() { _ = keys.read.wait(ctx) }()
 	}
 	heads, memberships, err := s.heads(ctx, req.userID, req.since != nil && !req.fullState)
 	if err != nil {
@@ -468,8 +476,8 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		FallbackKeys: []string{},
 	}
 	rb := &roomBuilder{s: s, req: req, since: since, heads: heads,
-		fmt:      &eventFormatter{now: s.now(), federation: req.filter != nil && req.filter.EventFormat == "federation"},
-		roomAcct: map[string][]json.RawMessage{}, ignored: ignored}
+		fmt:     &eventFormatter{now: s.now(), federation: req.filter != nil && req.filter.EventFormat == "federation"},
+		ignored: ignored}
 	for _, a := range acct {
 		ev, _ := json.Marshal(map[string]any{"type": a.Type, "content": a.Content})
 		if a.RoomID == "" {
@@ -478,6 +486,9 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 			}
 		} else if req.filter == nil || req.filter.Room == nil ||
 			roomEventFilterAllows(req.filter.Room.AccountData, &roomserver.Event{RoomID: a.RoomID, Type: a.Type, Sender: req.userID}) {
+			if rb.roomAcct == nil {
+				rb.roomAcct = map[string][]json.RawMessage{}
+			}
 			rb.roomAcct[a.RoomID] = append(rb.roomAcct[a.RoomID], ev)
 		}
 	}
@@ -494,14 +505,14 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 	if err := s.addPresenceAndE2EE(ctx, req, since, &heads, memberships, rb.membershipMoved(memberships), resp); err != nil {
 		return nil, err
 	}
-	if err := keyCounts.wait(ctx); err != nil {
+	if err := keys.read.wait(ctx); err != nil {
 		return nil, err
 	}
-	if otk != nil {
-		resp.OneTimeKeysCount = otk
+	if keys.otk != nil {
+		resp.OneTimeKeysCount = keys.otk
 	}
-	if fallback != nil {
-		resp.FallbackKeys = fallback
+	if keys.fallback != nil {
+		resp.FallbackKeys = keys.fallback
 	}
 	resp.NextBatch = heads.String()
 	return resp, nil

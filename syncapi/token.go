@@ -48,19 +48,22 @@ func (t syncToken) max(o syncToken) syncToken {
 }
 
 func (t syncToken) String() string {
-	var b strings.Builder
-	b.WriteByte('s')
+	// Appended into one stack buffer: every response formats its token,
+	// and strconv.FormatInt would allocate a string per position.
+	var buf [8 + tokenFields*20]byte // "s", nine int64s and their separators
+	b := append(buf[:0], 's')
 	for i, f := range t.fields() {
 		if i > 0 {
-			b.WriteByte('_')
+			b = append(b, '_')
 		}
-		b.WriteString(strconv.FormatInt(*f, 10))
+		b = strconv.AppendInt(b, *f, 10)
 	}
-	return b.String()
+	return string(b)
 }
 
 // parseSyncToken reads a token; anything this server could not have
-// issued is M_INVALID_PARAM.
+// issued is M_INVALID_PARAM. A position is as String writes it: decimal
+// digits, with no sign and no leading zero but in "0".
 func parseSyncToken(s string) (syncToken, error) {
 	var t syncToken
 	bad := func() (syncToken, error) {
@@ -70,19 +73,38 @@ func parseSyncToken(s string) (syncToken, error) {
 	if !ok || len(s) > 200 {
 		return bad()
 	}
-	parts := strings.Split(rest, "_")
 	fields := t.fields()
-	if len(parts) < 2 || len(parts) > len(fields) {
-		return bad()
-	}
-	for i, p := range parts {
-		n, err := strconv.ParseInt(p, 10, 64)
-		if err != nil || n < 0 || strconv.FormatInt(n, 10) != p {
+	n := 0
+	for more := true; more; n++ {
+		var p string
+		p, rest, more = strings.Cut(rest, "_")
+		if n == len(fields) || !canonicalPosition(p) {
 			return bad()
 		}
-		*fields[i] = n
+		v, err := strconv.ParseInt(p, 10, 64)
+		if err != nil {
+			return bad() // out of range
+		}
+		*fields[n] = v
+	}
+	if n < 2 {
+		return bad()
 	}
 	return t, nil
+}
+
+// canonicalPosition reports whether p is a position as
+// strconv.FormatInt writes a non-negative one.
+func canonicalPosition(p string) bool {
+	if p == "" || (p[0] == '0' && len(p) > 1) {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] < '0' || p[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // checkNotFuture refuses a token past the heads: the server never issued

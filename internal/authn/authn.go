@@ -81,7 +81,7 @@ func Middleware(v Verifier) func(http.Handler) http.Handler {
 				return
 			}
 			ctx := WithDevice(r.Context(), d)
-			ctx = httpx.WithLoggerAttrs(ctx, "user", d.UserID)
+			ctx = httpx.WithLoggerAttr(ctx, "user", d.UserID)
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
 	}

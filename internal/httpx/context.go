@@ -8,10 +8,7 @@ import (
 
 type ctxKey int
 
-const (
-	loggerKey ctxKey = iota
-	requestIDKey
-)
+const loggerKey ctxKey = iota
 
 // WithLogger returns ctx carrying logger.
 func WithLogger(ctx context.Context, logger *slog.Logger) context.Context {
@@ -24,7 +21,17 @@ func WithLogger(ctx context.Context, logger *slog.Logger) context.Context {
 // (slog.TextHandler writes them out at once), which cost every request
 // its share although almost no request logs anything.
 func WithLoggerAttrs(ctx context.Context, args ...any) context.Context {
-	l := &lazyLogger{args: args}
+	return withLazyLogger(ctx, &lazyLogger{args: args})
+}
+
+// WithLoggerAttr is WithLoggerAttrs(ctx, key, value) for one string
+// attribute, without the argument slice and the boxed value that every
+// request would allocate for it (the request path adds one per request).
+func WithLoggerAttr(ctx context.Context, key, value string) context.Context {
+	return withLazyLogger(ctx, &lazyLogger{one: true, key: key, value: value})
+}
+
+func withLazyLogger(ctx context.Context, l *lazyLogger) context.Context {
 	switch parent := ctx.Value(loggerKey).(type) {
 	case *slog.Logger:
 		l.base = parent
@@ -45,11 +52,22 @@ func Logger(ctx context.Context) *slog.Logger {
 	return slog.Default()
 }
 
-// lazyLogger is a logger with attributes not yet added (WithLoggerAttrs).
+// lazyLogger is a logger with attributes not yet added (WithLoggerAttrs,
+// WithLoggerAttr, and RequestLog's request ID).
 type lazyLogger struct {
 	base   *slog.Logger // immutable; nil: parent's, or slog.Default()
 	parent *lazyLogger  // immutable
-	args   []any        // immutable
+	args   []any        // immutable; unused when one is set
+	// one: the attributes are the one string attribute key=value
+	// (WithLoggerAttr, RequestLog); immutable.
+	one        bool
+	key, value string
+	// requestID is set on the node RequestLog adds, which carries the
+	// request ID as its attribute; immutable.
+	requestID string
+	// header is the X-Request-Id header's value slice, kept here so the
+	// request's one allocation holds it too; immutable.
+	header [1]string
 	once   sync.Once
 	built  *slog.Logger // set once by logger
 }
@@ -63,17 +81,22 @@ func (l *lazyLogger) logger() *slog.Logger {
 		case base == nil:
 			base = slog.Default()
 		}
-		l.built = base.With(l.args...)
+		if l.one {
+			l.built = base.With(l.key, l.value)
+		} else {
+			l.built = base.With(l.args...)
+		}
 	})
 	return l.built
 }
 
-// RequestID returns the request ID the RequestID middleware put in ctx.
+// RequestID returns the request ID RequestLog put in ctx, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
-}
-
-func contextWithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey, id)
+	l, _ := ctx.Value(loggerKey).(*lazyLogger)
+	for ; l != nil; l = l.parent {
+		if l.requestID != "" {
+			return l.requestID
+		}
+	}
+	return ""
 }

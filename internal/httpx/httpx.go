@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -68,17 +69,64 @@ func itoa(n int64) string {
 	return string(b)
 }
 
-// WriteJSON writes v as a JSON response with the given status.
+// WriteJSON writes v as a JSON response with the given status: the bytes
+// json.Marshal(v) gives. It encodes into a pooled buffer, which is written
+// out whole, rather than having json.Marshal copy every body into a new
+// slice (every woken /sync response passes here).
 func WriteJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
+	jb := jsonBuffers.Get().(*jsonBuffer)
+	defer jb.release()
+	var body []byte
+	if err := jb.enc.Encode(v); err != nil {
 		slog.Error("encoding response", "err", err)
 		status = http.StatusInternalServerError
 		body = []byte(`{"errcode":"M_UNKNOWN","error":"internal server error"}`)
+	} else {
+		// Encode is Marshal followed by a newline.
+		body = bytes.TrimSuffix(jb.buf.Bytes(), []byte{'\n'})
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = jsonContentType
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// WriteRawJSON writes body, which must be JSON, as the response with
+// the given status.
+func WriteRawJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// jsonContentType is the Content-Type header's value of a JSON response,
+// shared (see the CORS header values for why that is safe).
+var jsonContentType = []string{"application/json"}
+
+// jsonBuffer is a buffer with an Encoder writing into it. Encoder.Encode
+// marshals with json.Marshal's options (HTML characters escaped) into the
+// encoder's own pooled state and appends it and a newline to buf, with no
+// copy in between.
+type jsonBuffer struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// maxPooledJSON bounds the buffers kept for reuse: an initial sync's
+// megabytes are not held by the pool for the small responses after it.
+const maxPooledJSON = 64 << 10
+
+var jsonBuffers = sync.Pool{New: func() any {
+	jb := &jsonBuffer{}
+	jb.enc = json.NewEncoder(&jb.buf)
+	return jb
+}}
+
+func (jb *jsonBuffer) release() {
+	if jb.buf.Cap() > maxPooledJSON {
+		return
+	}
+	jb.buf.Reset()
+	jsonBuffers.Put(jb)
 }
 
 // OK writes v with status 200.

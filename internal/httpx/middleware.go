@@ -1,6 +1,7 @@
 package httpx
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -54,9 +55,13 @@ func RequestLog(base *slog.Logger) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			id := newRequestID()
-			w.Header().Set("X-Request-Id", id)
-			ctx := WithLoggerAttrs(WithLogger(r.Context(), base), "req", id)
-			ctx = contextWithRequestID(ctx, id)
+			// One node carries the request ID, its log attribute and its
+			// header value: a request's context and headers cost one
+			// allocation here, not one per piece.
+			scope := &lazyLogger{base: base, one: true, key: "req", value: id, requestID: id}
+			scope.header[0] = id
+			w.Header()["X-Request-Id"] = scope.header[:]
+			ctx := context.WithValue(r.Context(), loggerKey, scope)
 			rec := &statusRecorder{ResponseWriter: w}
 			next.ServeHTTP(rec, r.WithContext(ctx))
 			level := slog.LevelDebug
@@ -95,6 +100,17 @@ func Recover(next http.Handler) http.Handler {
 	})
 }
 
+// The CORS headers' values, shared by every response rather than
+// allocated per response (Header.Set would make a slice for each). Each
+// has length and capacity 1, so Header.Add appends into a new array, and
+// Set replaces the slice; nothing may write into their elements.
+var (
+	corsAllowOrigin   = []string{"*"}
+	corsAllowMethods  = []string{"GET, POST, PUT, DELETE, OPTIONS"}
+	corsAllowHeaders  = []string{"X-Requested-With, Content-Type, Authorization"}
+	corsExposeHeaders = []string{"Retry-After, X-Request-Id"}
+)
+
 // CORS adds the headers the spec asks every client-server response to carry
 // and answers preflight OPTIONS requests.
 //
@@ -102,10 +118,10 @@ func Recover(next http.Handler) http.Handler {
 func CORS(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("Access-Control-Allow-Origin", "*")
-		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
-		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
-		h.Set("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
+		h["Access-Control-Allow-Origin"] = corsAllowOrigin
+		h["Access-Control-Allow-Methods"] = corsAllowMethods
+		h["Access-Control-Allow-Headers"] = corsAllowHeaders
+		h["Access-Control-Expose-Headers"] = corsExposeHeaders
 		if r.Method == http.MethodOptions {
 			w.WriteHeader(http.StatusNoContent)
 			return
@@ -124,7 +140,9 @@ func BodyLimit(max int64) func(http.Handler) http.Handler {
 				WriteError(w, r, mxerr.New(mxerr.TooLarge, "request body too large"))
 				return
 			}
-			if r.Body != nil {
+			// A request without a body (http.NoBody: most GETs, /sync's
+			// long polls among them) has nothing to limit.
+			if r.Body != nil && r.Body != http.NoBody {
 				r.Body = http.MaxBytesReader(w, r.Body, max)
 			}
 			next.ServeHTTP(w, r)
