@@ -70,7 +70,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		}
 		return &d, nil
 	}
-	gen, mark := s.accounts.tokens.generation()
+	gen, mark, keep := s.accounts.tokens.generation()
 	var (
 		d           authn.Device
 		expires     int64
@@ -107,7 +107,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		}
 	}
 	d.UserID = s.userID(d.UserID)
-	if !prevRefresh {
+	if keep && !prevRefresh {
 		// A token whose session still holds the previous refresh token
 		// is not cached: its first use must revoke that (above).
 		s.accounts.tokens.put(gen, hash, tokenEntry{device: d, expires: expires, readAt: now, mark: mark})
