@@ -284,8 +284,9 @@ func TestRevocationMarkWrites(t *testing.T) {
 		if err := a.sessionsChanged(tx); err != nil {
 			return err
 		}
-		inside = read()
-		return nil
+		b, err := os.ReadFile(mark) // no t.Fatal here: this is the writer's goroutine
+		inside = string(b)
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
