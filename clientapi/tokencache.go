@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/authn"
@@ -54,15 +55,16 @@ import (
 // server then reads the session on every request, as without a cache,
 // until the next `myelin user` passwd or deactivate ends). What remains
 // bounded only by maxTokenAge is a change no Accounts code made (a manual
-// SQL statement), and two commands overlapping with the later one killed
-// between its commit and its final write. The cache exists only on SQLite
+// SQL statement), and two overlapping commands where the one committing
+// second is killed after its commit, before its final write (the other's
+// final write may have replaced its pending mark). The cache exists only on SQLite
 // without Redis: with PostgreSQL the commands may run on another machine,
 // and with Redis several server processes share the database.
 //
 // Concurrency: guarded by mu.
 type tokenCache struct {
-	mark   *markFile     // the revocation mark; immutable
-	maxAge time.Duration // maxTokenAge; immutable (tests shorten it)
+	mark   *markFile    // the revocation mark; immutable
+	maxAge atomic.Int64 // maxTokenAge in nanoseconds (tests shorten it)
 	mu     sync.Mutex
 	gen    uint64 // bumped by every drop
 	// byHash maps the token's SHA-256 to what its session said.
@@ -99,7 +101,9 @@ func newTokenCache(markPath string) (*tokenCache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tokenCache{mark: mark, maxAge: maxTokenAge, byHash: make(map[[sha256.Size]byte]tokenEntry)}, nil
+	c := &tokenCache{mark: mark, byHash: make(map[[sha256.Size]byte]tokenEntry)}
+	c.maxAge.Store(int64(maxTokenAge))
+	return c, nil
 }
 
 // get returns the entry of hash when there is one younger than maxAge,
@@ -111,7 +115,7 @@ func (c *tokenCache) get(hash [sha256.Size]byte, now time.Time) (tokenEntry, boo
 	c.mu.Lock()
 	e, ok := c.byHash[hash]
 	c.mu.Unlock()
-	if !ok || now.Sub(e.readAt) >= c.maxAge || now.Before(e.readAt) {
+	if !ok || now.Sub(e.readAt) >= time.Duration(c.maxAge.Load()) || now.Before(e.readAt) {
 		return tokenEntry{}, false
 	}
 	var buf [maxMarkLen + 1]byte
@@ -151,8 +155,9 @@ func (c *tokenCache) put(gen uint64, hash [sha256.Size]byte, e tokenEntry) {
 		return
 	}
 	if len(c.byHash) >= maxTokenEntries {
+		maxAge := time.Duration(c.maxAge.Load())
 		for h, old := range c.byHash {
-			if e.readAt.Sub(old.readAt) >= c.maxAge || e.readAt.Before(old.readAt) {
+			if e.readAt.Sub(old.readAt) >= maxAge || e.readAt.Before(old.readAt) {
 				delete(c.byHash, h)
 			}
 		}

@@ -24,7 +24,7 @@ func (s *Server) DropTokenCache() { s.accounts.tokens.drop() }
 
 // SetMaxTokenAge shortens the server's token cache entry age (tests of
 // what only the age bounds).
-func (s *Server) SetMaxTokenAge(d time.Duration) { s.accounts.tokens.maxAge = d }
+func (s *Server) SetMaxTokenAge(d time.Duration) { s.accounts.tokens.maxAge.Store(int64(d)) }
 
 // TokenCached reports whether the server's token cache would serve
 // token now without reading its session.
