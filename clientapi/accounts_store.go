@@ -139,7 +139,9 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 	if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id = $2`, localpart, deviceID); err != nil {
 		return issued{}, err
 	}
-	a.sessionsChanged(tx)
+	if err := a.sessionsChanged(tx); err != nil {
+		return issued{}, err
+	}
 	out := issued{DeviceID: deviceID, AccessToken: newToken(accessTokenPrefix)}
 	var (
 		expires     int64
@@ -164,7 +166,9 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 // The devices actually deleted are passed to onDevicesDeleted.
 func (a *Accounts) deleteDevices(ctx context.Context, tx storage.Tx, localpart string, deviceIDs []string, keep string) error {
 	var deleted []string
-	a.sessionsChanged(tx)
+	if err := a.sessionsChanged(tx); err != nil {
+		return err
+	}
 	if deviceIDs == nil {
 		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id <> $2`, localpart, keep); err != nil {
 			return err
@@ -228,7 +232,9 @@ func (a *Accounts) deactivateAccount(ctx context.Context, tx storage.Tx, localpa
 	if n, _ := res.RowsAffected(); n == 0 {
 		return mxerr.New(mxerr.NotFound, "no account %q", localpart)
 	}
-	a.sessionsChanged(tx)
+	if err := a.sessionsChanged(tx); err != nil {
+		return err
+	}
 	if err := a.deleteDevices(ctx, tx, localpart, nil, ""); err != nil {
 		return err
 	}

@@ -54,14 +54,14 @@ func (a *Accounts) SetPassword(ctx context.Context, localpart, password string) 
 	if err != nil {
 		return err
 	}
-	return a.db.Write(ctx, func(tx storage.Tx) error {
+	return a.writeSessions(ctx, func(tx storage.Tx) error {
 		return a.setPassword(ctx, tx, localpart, hash, true, "")
 	})
 }
 
 // Deactivate deactivates an account and revokes all its tokens.
 func (a *Accounts) Deactivate(ctx context.Context, localpart string) error {
-	return a.db.Write(ctx, func(tx storage.Tx) error {
+	return a.writeSessions(ctx, func(tx storage.Tx) error {
 		return a.deactivateAccount(ctx, tx, localpart, false)
 	})
 }

@@ -101,17 +101,28 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
 	if deps.Config.Global.RedisURL == "" && accounts.revocationMark != "" {
 		// One server process on SQLite: every session change in it passes
 		// through accounts, and other processes on the same database (the
 		// `myelin user` commands) rewrite the revocation mark
 		// (tokencache.go). With PostgreSQL the commands may run on another
 		// machine, so the cache is off.
-		accounts.tokens = newTokenCache(accounts.revocationMark)
+		tokens, err := newTokenCache(accounts.revocationMark)
+		if err != nil {
+			// Without the mark the commands' revocations would go
+			// unseen: no cache (a session read per request).
+			logger.Warn("access tokens are not cached: cannot open the revocation mark", "path", accounts.revocationMark, "err", err)
+		}
+		accounts.tokens = tokens
 	}
-	logger := deps.Logger
-	if logger == nil {
-		logger = slog.Default()
+	if accounts.tokens == nil {
+		// A server process that caches nothing (Redis, or no mark) has no
+		// one to tell about its own changes: it writes no mark.
+		accounts.revocationMark = ""
 	}
 	limits := deps.Config.ClientAPI.RateLimits
 	s := &Server{

@@ -269,7 +269,9 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) error {
 		if deactivated {
 			return mxerr.New(mxerr.UserDeactivated, "this account has been deactivated")
 		}
-		s.accounts.sessionsChanged(tx)
+		if err := s.accounts.sessionsChanged(tx); err != nil {
+			return err
+		}
 		_, err = tx.Exec(ctx, `
 			UPDATE sessions SET access_token_hash = $1, access_expires_ts = $2,
 				refresh_token_hash = $3, prev_refresh_token_hash = $4

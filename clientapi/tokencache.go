@@ -1,12 +1,16 @@
 package clientapi
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/authn"
@@ -14,10 +18,11 @@ import (
 )
 
 // tokenCache remembers access tokens that VerifyAccessToken found valid,
-// so that a client sending many requests costs one session read per
-// token per maxTokenAge instead of one per request (a read on SQLite
-// under writes re-reads its pages: it was a tenth of a message send's
-// CPU).
+// so that a client sending requests costs one session read per token per
+// maxTokenAge instead of one per request (a read on SQLite under writes
+// re-reads its pages: it was a tenth of a message send's CPU, and 8 % of
+// a woken /sync response's). A hit costs a map lookup and the two system
+// calls that check the revocation mark (revocationmark_unix.go).
 //
 // Staleness. Every change in this process that can end a token's
 // validity — a device's sessions deleted (logout, logout/all, device
@@ -32,22 +37,36 @@ import (
 // every hit.
 //
 // Other processes. The `myelin user` commands (deactivate, passwd) change
-// sessions straight in the database while the server runs. Every process
-// rewrites the revocation mark — a file beside the SQLite database holding
-// a fresh random value — after each such commit and before it reports
+// sessions straight in the database while the server runs. They write the
+// revocation mark — a file beside the SQLite database — twice: inside the
+// transaction, before it commits, a "pending" value, and after it ends
+// (committed or not) a fresh random value, before the command reports
 // success. The server reads the mark before reading a session and keeps
 // it with the entry; a hit is served only while the file still holds that
-// value, so once a command has said "revoked", the next request reads the
-// session table. (A command killed between its commit and the rewrite is
-// seen within maxTokenAge.) The cache exists only on SQLite without Redis:
-// with PostgreSQL the commands may run on another machine, and with Redis
-// several server processes share the database.
+// value, and nothing read under a pending mark is kept. So:
+//   - an entry read before the command wrote its pending mark stops
+//     serving as soon as that is written;
+//   - an entry read while the command runs is never kept;
+//   - an entry kept under the final value was read after the commit.
+//
+// Hence once a command has said "revoked", the next request reads the
+// session table, and a command killed at any point leaves no stale entry
+// (a command killed between the two writes leaves the pending mark: the
+// server then reads the session on every request, as without a cache,
+// until the next `myelin user` passwd or deactivate ends). What remains
+// bounded only by maxTokenAge is a change no Accounts code made (a manual
+// SQL statement), and two overlapping commands where the one committing
+// second is killed after its commit, before its final write (the other's
+// final write may have replaced its pending mark). The cache exists only on SQLite
+// without Redis: with PostgreSQL the commands may run on another machine,
+// and with Redis several server processes share the database.
 //
 // Concurrency: guarded by mu.
 type tokenCache struct {
-	markPath string // the revocation mark; read on every lookup
-	mu       sync.Mutex
-	gen      uint64 // bumped by every drop
+	mark   *markFile    // the revocation mark; immutable
+	maxAge atomic.Int64 // maxTokenAge in nanoseconds (tests shorten it)
+	mu     sync.Mutex
+	gen    uint64 // bumped by every drop
 	// byHash maps the token's SHA-256 to what its session said.
 	byHash map[[sha256.Size]byte]tokenEntry
 }
@@ -59,31 +78,36 @@ type tokenEntry struct {
 	mark    string // the revocation mark read before the session was
 }
 
-// maxTokenAge bounds how long an entry serves without a read, and so how
-// late a change made by another process is seen.
-const maxTokenAge = time.Second
+// maxTokenAge bounds how long an entry serves without a read: how late a
+// change made by no Accounts code is seen (see above). Long enough that a
+// client polling every 30 s reads its session once in ten requests.
+const maxTokenAge = 5 * time.Minute
 
-// maxTokenEntries bounds the cache; when full it is emptied.
+// maxTokenEntries bounds the cache; when full, entries older than
+// maxTokenAge go, and if that is not enough it is emptied.
 const maxTokenEntries = 10000
 
-func newTokenCache(markPath string) *tokenCache {
-	return &tokenCache{markPath: markPath, byHash: make(map[[sha256.Size]byte]tokenEntry)}
-}
+// maxMarkLen bounds the revocation mark's content; a longer file is
+// treated as unreadable (nothing is served or kept).
+const maxMarkLen = 127
 
-// currentMark returns the revocation mark's content ("" when there is no
-// file yet, or it cannot be read: an entry read under "" then stops
-// serving as soon as a command writes one).
-func (c *tokenCache) currentMark() string {
-	b, err := os.ReadFile(c.markPath)
+// pendingMarkPrefix starts the mark a command writes before its commit.
+const pendingMarkPrefix = "pending-"
+
+// newTokenCache opens the revocation mark at markPath (creating it if
+// there is none).
+func newTokenCache(markPath string) (*tokenCache, error) {
+	mark, err := openMarkFile(markPath)
 	if err != nil {
-		return ""
+		return nil, err
 	}
-	return string(b)
+	c := &tokenCache{mark: mark, byHash: make(map[[sha256.Size]byte]tokenEntry)}
+	c.maxAge.Store(int64(maxTokenAge))
+	return c, nil
 }
 
-// get returns the entry of hash when there is one younger than
-// maxTokenAge, read under the current revocation mark. A nil cache has
-// none.
+// get returns the entry of hash when there is one younger than maxAge,
+// read under the current revocation mark. A nil cache has none.
 func (c *tokenCache) get(hash [sha256.Size]byte, now time.Time) (tokenEntry, bool) {
 	if c == nil {
 		return tokenEntry{}, false
@@ -91,10 +115,12 @@ func (c *tokenCache) get(hash [sha256.Size]byte, now time.Time) (tokenEntry, boo
 	c.mu.Lock()
 	e, ok := c.byHash[hash]
 	c.mu.Unlock()
-	if !ok || now.Sub(e.readAt) >= maxTokenAge || now.Before(e.readAt) {
+	if !ok || now.Sub(e.readAt) >= time.Duration(c.maxAge.Load()) || now.Before(e.readAt) {
 		return tokenEntry{}, false
 	}
-	if c.currentMark() != e.mark {
+	var buf [maxMarkLen + 1]byte
+	n := c.mark.read(buf[:])
+	if n < 0 || string(buf[:n]) != e.mark {
 		return tokenEntry{}, false
 	}
 	return e, true
@@ -102,15 +128,21 @@ func (c *tokenCache) get(hash [sha256.Size]byte, now time.Time) (tokenEntry, boo
 
 // generation is read before the session is: put keeps the entry only if
 // no drop happened in between. The revocation mark is read with it and
-// stored in the entry.
-func (c *tokenCache) generation() (uint64, string) {
+// stored in the entry; keep is false when nothing read now may be kept
+// (no cache, the mark unreadable or pending).
+func (c *tokenCache) generation() (gen uint64, mark string, keep bool) {
 	if c == nil {
-		return 0, ""
+		return 0, "", false
 	}
-	mark := c.currentMark()
+	var buf [maxMarkLen + 1]byte
+	n := c.mark.read(buf[:])
+	if n < 0 || strings.HasPrefix(string(buf[:n]), pendingMarkPrefix) {
+		return 0, "", false
+	}
+	mark = string(buf[:n])
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen, mark
+	return c.gen, mark, true
 }
 
 func (c *tokenCache) put(gen uint64, hash [sha256.Size]byte, e tokenEntry) {
@@ -123,7 +155,15 @@ func (c *tokenCache) put(gen uint64, hash [sha256.Size]byte, e tokenEntry) {
 		return
 	}
 	if len(c.byHash) >= maxTokenEntries {
-		c.byHash = make(map[[sha256.Size]byte]tokenEntry)
+		maxAge := time.Duration(c.maxAge.Load())
+		for h, old := range c.byHash {
+			if e.readAt.Sub(old.readAt) >= maxAge || e.readAt.Before(old.readAt) {
+				delete(c.byHash, h)
+			}
+		}
+		if len(c.byHash) >= maxTokenEntries {
+			clear(c.byHash)
+		}
 	}
 	c.byHash[hash] = e
 }
@@ -139,8 +179,10 @@ func (c *tokenCache) drop() {
 // sessionsChanged is called inside every transaction that deletes
 // sessions, replaces an access token or deactivates an account: the
 // token cache is dropped as soon as it commits (before the caller's
-// request is answered).
-func (a *Accounts) sessionsChanged(tx storage.Tx) {
+// request is answered). In another process it marks the revocation
+// pending first; an error (the mark could not be written) must roll the
+// transaction back, since the server would not see the change.
+func (a *Accounts) sessionsChanged(tx storage.Tx) error {
 	switch {
 	case a.tokens != nil:
 		// The server process: dropping its own cache is enough (with
@@ -148,19 +190,44 @@ func (a *Accounts) sessionsChanged(tx storage.Tx) {
 		// and logouts do not write the mark file.
 		tx.AfterCommit(a.tokens.drop)
 	case a.revocationMark != "":
-		// Another process (the `myelin user` commands): tell the server.
+		// Another process (the `myelin user` commands): tell the server,
+		// before the commit and after it.
+		if err := a.writeRevocationMark(pendingMarkPrefix); err != nil {
+			return fmt.Errorf("writing the access-token revocation mark: %w", err)
+		}
 		tx.AfterCommit(a.rewriteRevocationMark)
 	}
+	return nil
+}
+
+// writeSessions is db.Write for the commands' writes that may revoke
+// sessions (sessionsChanged). A write that fails after its pending mark
+// was written still ends with a fresh mark: nothing was revoked, but a
+// mark left pending would keep the server reading sessions on every
+// request.
+func (a *Accounts) writeSessions(ctx context.Context, fn func(storage.Tx) error) error {
+	err := a.db.Write(ctx, fn)
+	if err != nil && a.tokens == nil && a.revocationMark != "" {
+		a.rewriteRevocationMark()
+	}
+	return err
 }
 
 // rewriteRevocationMark writes a fresh random value to the revocation
 // mark, so that a server process sharing the database stops serving the
-// tokens it cached. A failure is logged: the server then sees the change
-// within maxTokenAge.
+// tokens it cached and caches again. A failure is logged: the mark then
+// stays pending, or is left empty by a write cut short after the commit;
+// either way the server keeps nothing read before the commit.
 func (a *Accounts) rewriteRevocationMark() {
-	var b [16]byte
-	rand.Read(b[:])
-	if err := os.WriteFile(a.revocationMark, []byte(hex.EncodeToString(b[:])), 0o600); err != nil {
+	if err := a.writeRevocationMark(""); err != nil {
 		slog.Warn("could not rewrite the access-token revocation mark", "path", a.revocationMark, "err", err)
 	}
+}
+
+// writeRevocationMark writes prefix and a fresh random value to the
+// revocation mark, in place (the server holds the file open).
+func (a *Accounts) writeRevocationMark(prefix string) error {
+	var b [16]byte
+	rand.Read(b[:])
+	return os.WriteFile(a.revocationMark, []byte(prefix+hex.EncodeToString(b[:])), 0o600)
 }

@@ -2,6 +2,7 @@ package clientapi_test
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -19,7 +20,8 @@ import (
 // password change with logout, a refresh, deactivation; so do the
 // deactivation and password change of another process on the same
 // database (the `myelin user` commands rewrite the revocation mark). A
-// raw SQL change is seen within clientapi.MaxTokenAge.
+// raw SQL change is seen within the cache's maximum age; a command killed
+// after its commit, before its final write of the mark, at once.
 func TestTokenCacheInvalidation(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
 		ctx := context.Background()
@@ -146,9 +148,40 @@ func TestTokenCacheInvalidation(t *testing.T) {
 		}
 		refused("token after a password change by another process", k.AccessToken)
 
+		// A command killed after its commit, before its final write of
+		// the mark: its pending mark (written before the commit) ends the
+		// entries read before it, and a request served while it runs
+		// (between the pending mark and the commit) is not kept.
+		if srv.Config.Database.Engine == "sqlite" {
+			registerUser(t, srv, "cached6")
+			m := login("cached6", nil)
+			used("a killed command", m.AccessToken)
+			if err := os.WriteFile(srv.Config.Database.SQLitePath+"-sessions", []byte("pending-killed"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			used("a killed command, while it runs", m.AccessToken)
+			if srv.HS.ClientAPI.TokenCached(m.AccessToken) {
+				t.Fatal("a token read under a pending mark was cached")
+			}
+			if err := db2.Write(ctx, func(tx storage.Tx) error {
+				_, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = 'cached6'`)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			refused("token after a command killed before its final mark", m.AccessToken)
+		}
+
 		// A session deleted behind the server's back by something that
-		// does not rewrite the revocation mark (a manual SQL statement)
-		// is refused once the entry is clientapi.MaxTokenAge old.
+		// does not write the revocation mark (a manual SQL statement) is
+		// refused once the entry is the cache's maximum age old (shortened
+		// here from clientapi.MaxTokenAge).
+		if srv.Config.Database.Engine == "sqlite" {
+			if err := os.WriteFile(srv.Config.Database.SQLitePath+"-sessions", []byte("settled"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			srv.HS.ClientAPI.SetMaxTokenAge(time.Second)
+		}
 		used("an outside change", keep)
 		if err := srv.HS.DB.Write(ctx, func(tx storage.Tx) error {
 			_, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = 'cached'`)
@@ -156,7 +189,7 @@ func TestTokenCacheInvalidation(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(clientapi.MaxTokenAge + 50*time.Millisecond)
+		time.Sleep(time.Second + 50*time.Millisecond)
 		refused("token whose session was deleted by another process", keep)
 	})
 }

@@ -59,7 +59,11 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		return nil, mxerr.New(mxerr.UnknownToken, "unknown access token").With("soft_logout", false)
 	}
 	now := time.Now()
-	hash := sha256.Sum256([]byte(token))
+	// The token is copied to a stack buffer to be hashed: []byte(token)
+	// would allocate (a token is longer than the conversion's 32-byte
+	// stack buffer).
+	var buf [64]byte
+	hash := sha256.Sum256(append(buf[:0], token...))
 	if e, ok := s.accounts.tokens.get(hash, now); ok {
 		if e.expires != 0 && now.UnixMilli() >= e.expires {
 			return nil, mxerr.New(mxerr.UnknownToken, "access token has expired").With("soft_logout", true)
@@ -70,7 +74,8 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		}
 		return &d, nil
 	}
-	gen, mark := s.accounts.tokens.generation()
+	gen, mark, keep := s.accounts.tokens.generation()
+	key := hash // escapes into the query's arguments: only on this path
 	var (
 		d           authn.Device
 		expires     int64
@@ -81,7 +86,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		SELECT s.session_id, s.localpart, s.device_id, s.access_expires_ts, a.deactivated, a.is_guest,
 			s.prev_refresh_token_hash IS NOT NULL
 		FROM sessions s JOIN accounts a ON a.localpart = s.localpart
-		WHERE s.access_token_hash = $1`, hash[:]).
+		WHERE s.access_token_hash = $1`, key[:]).
 		Scan(&d.SessionID, &d.UserID, &d.DeviceID, &expires, &deactivated, &d.IsGuest, &prevRefresh)
 	if storage.IsNoRows(err) {
 		return nil, mxerr.New(mxerr.UnknownToken, "unknown access token").With("soft_logout", false)
@@ -107,7 +112,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, token string, r *http.Re
 		}
 	}
 	d.UserID = s.userID(d.UserID)
-	if !prevRefresh {
+	if keep && !prevRefresh {
 		// A token whose session still holds the previous refresh token
 		// is not cached: its first use must revoke that (above).
 		s.accounts.tokens.put(gen, hash, tokenEntry{device: d, expires: expires, readAt: now, mark: mark})

@@ -122,19 +122,32 @@ func TestUserAndTokenCommands(t *testing.T) {
 		t.Fatalf("registration with a CLI token: %+v %v", resp, err)
 	}
 
-	// passwd logs the user out everywhere; deactivate blocks login.
+	// passwd logs the user out everywhere; deactivate blocks login. Each
+	// takes effect for the server's very next request, although the
+	// token was just used (and so is in the server's token cache).
+	bobCli, _ := mautrix.NewClient(srv.URL, bob.UserID, bob.AccessToken)
+	if _, err := bobCli.Whoami(ctx); err != nil {
+		t.Fatalf("token before user passwd: %v", err)
+	}
 	if _, err := runCLI(t, "another-s3cret\n", "user", "passwd", "-config", configPath, "bob"); err != nil {
 		t.Fatal(err)
 	}
-	bobCli, _ := mautrix.NewClient(srv.URL, bob.UserID, bob.AccessToken)
 	if _, err := bobCli.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
 		t.Fatalf("token after user passwd: %v", err)
 	}
-	if _, err := login("bob", "another-s3cret"); err != nil {
+	bob, err = login("bob", "another-s3cret")
+	if err != nil {
 		t.Fatalf("login with the new password: %v", err)
+	}
+	bobCli, _ = mautrix.NewClient(srv.URL, bob.UserID, bob.AccessToken)
+	if _, err := bobCli.Whoami(ctx); err != nil {
+		t.Fatalf("token before user deactivate: %v", err)
 	}
 	if _, err := runCLI(t, "", "user", "deactivate", "-config", configPath, "bob"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := bobCli.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+		t.Fatalf("token after user deactivate: %v", err)
 	}
 	if _, err := login("bob", "another-s3cret"); !errors.Is(err, mautrix.MUserDeactivated) {
 		t.Fatalf("login after user deactivate: %v", err)
