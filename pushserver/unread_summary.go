@@ -1,0 +1,279 @@
+package pushserver
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// The unread summary (push_unread).
+//
+// A user's unread count in a room's thread is the number of their
+// push_notifications rows in it past both their unthreaded read marker
+// (push_read thread '') and the thread's own marker; the highlight count
+// is the same for highlight rows. push_unread holds exactly those two
+// numbers per (user, room, thread), a row only while the count is not
+// zero, so reading counts costs one row per thread with something
+// unread, not one per notification ever counted (docs/benchmarks.md,
+// "unreadsum").
+//
+// Every transaction that changes what the summary describes changes the
+// summary with it, so a crash leaves both or neither:
+//   - writeNotifications (an event's notifications, in the event's own
+//     transaction or the consumer's): countNotes adds each new row that
+//     is past the markers as the transaction sees them;
+//   - moveReadMark (receipts, and a local sender's own event): when a
+//     marker moves, the threads it reads are counted again from the new
+//     marker on, through the push_notifications_unread_counts index
+//     (the rows still unread, not the history);
+//   - prune: the unread rows it deletes are subtracted.
+//
+// Concurrency. SQLite has one writer. On PostgreSQL (READ COMMITTED) two
+// of those transactions could each miss the other's uncommitted rows: an
+// event's notification counted against a marker a receipt is moving
+// past it, or a recount that does not see a notification being
+// inserted. Each of them therefore takes lockCounts first, one
+// transaction-scoped advisory lock, and its statements after the lock
+// see what the previous holder committed. Event transactions already
+// run one at a time on PostgreSQL (the roomserver's stream lock, taken
+// before the TimelineHook), so the lock adds no wait between them; the
+// lock order is always the stream lock, then this one.
+//
+// Spec: client-server-api, "Receiving notifications" (unread counts),
+// "Marking notifications as read" and "Threading" (threaded receipts,
+// unread_thread_notifications).
+
+// pgCountsLock is the advisory lock of lockCounts.
+const pgCountsLock = 4242301
+
+// lockCounts serialises the transactions that write push_unread (see
+// above). A no-op on SQLite.
+func lockCounts(ctx context.Context, db *storage.DB, tx storage.Tx) error {
+	if db.Engine() != storage.Postgres {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pgCountsLock)
+	return err
+}
+
+// unreadKey names one row of push_unread.
+type unreadKey struct {
+	userID, roomID, thread string
+}
+
+// unreadChunk bounds the rows of one push_unread upsert (5 placeholders
+// each) and the users of one read-marker query.
+const unreadChunk = 200
+
+// countNotes adds to push_unread the notifications of notes, just
+// inserted in tx, that are past their user's read markers as tx sees
+// them.
+func countNotes(ctx context.Context, tx storage.Tx, notes []notification) error {
+	if len(notes) == 0 {
+		return nil
+	}
+	marks, err := readMarksOf(ctx, tx, notes)
+	if err != nil {
+		return err
+	}
+	adds := map[unreadKey]Counts{}
+	var keys []unreadKey // in first-seen order
+	for _, n := range notes {
+		pos := n.event.StreamPos
+		if pos <= marks[unreadKey{n.userID, n.event.RoomID, ""}] || pos <= marks[unreadKey{n.userID, n.event.RoomID, n.thread}] {
+			continue // already read (a receipt got there first)
+		}
+		k := unreadKey{n.userID, n.event.RoomID, n.thread}
+		c, seen := adds[k]
+		if !seen {
+			keys = append(keys, k)
+		}
+		c.Notifications++
+		if n.highlight {
+			c.Highlights++
+		}
+		adds[k] = c
+	}
+	for part := range slices.Chunk(keys, unreadChunk) {
+		var q strings.Builder
+		q.WriteString(`INSERT INTO push_unread (user_id, room_id, thread_id, notifications, highlights) VALUES `)
+		args := make([]any, 0, 5*len(part))
+		for i, k := range part {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			n := len(args)
+			q.WriteString("($" + strconv.Itoa(n+1) + ", $" + strconv.Itoa(n+2) + ", $" + strconv.Itoa(n+3) +
+				", $" + strconv.Itoa(n+4) + ", $" + strconv.Itoa(n+5) + ")")
+			c := adds[k]
+			args = append(args, k.userID, k.roomID, k.thread, c.Notifications, c.Highlights)
+		}
+		q.WriteString(` ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET
+			notifications = push_unread.notifications + excluded.notifications,
+			highlights = push_unread.highlights + excluded.highlights`)
+		if _, err := tx.Exec(ctx, q.String(), args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readMarksOf returns the read markers that bound notes' rows: for each
+// notified user, in each room of notes, the unthreaded marker and those
+// of the notes' threads (a missing marker reads as 0).
+func readMarksOf(ctx context.Context, tx storage.Tx, notes []notification) (map[unreadKey]int64, error) {
+	var users, rooms []string
+	threads := []string{""}
+	seenUser, seenRoom, seenThread := map[string]bool{}, map[string]bool{}, map[string]bool{"": true}
+	for _, n := range notes {
+		if !seenUser[n.userID] {
+			seenUser[n.userID] = true
+			users = append(users, n.userID)
+		}
+		if !seenRoom[n.event.RoomID] {
+			seenRoom[n.event.RoomID] = true
+			rooms = append(rooms, n.event.RoomID)
+		}
+		if !seenThread[n.thread] {
+			seenThread[n.thread] = true
+			threads = append(threads, n.thread)
+		}
+	}
+	marks := map[unreadKey]int64{}
+	// Rooms and threads of one write are few (one each for an event's
+	// own transaction); users are chunked.
+	for userPart := range slices.Chunk(users, unreadChunk) {
+		var args []any
+		list := func(vals []string) string {
+			var b strings.Builder
+			for i, v := range vals {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				args = append(args, v)
+				b.WriteString("$" + strconv.Itoa(len(args)))
+			}
+			return b.String()
+		}
+		query := `SELECT user_id, room_id, thread_id, read_pos FROM push_read WHERE user_id IN (` + list(userPart) +
+			`) AND room_id IN (` + list(rooms) + `) AND thread_id IN (` + list(threads) + `)`
+		rows, err := tx.Query(ctx, query, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var k unreadKey
+			var pos int64
+			if err := rows.Scan(&k.userID, &k.roomID, &k.thread, &pos); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			marks[k] = pos
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return marks, nil
+}
+
+// moveReadMark moves a read marker forward, never back, and brings the
+// summary of the threads it reads down to what is still past it: the
+// marker's own thread, or every thread of the room for an unthreaded
+// marker (empty thread ID). The caller holds lockCounts.
+func moveReadMark(ctx context.Context, tx storage.Tx, m readMark) error {
+	res, err := tx.Exec(ctx, `INSERT INTO push_read (user_id, room_id, thread_id, read_pos) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET read_pos = excluded.read_pos
+		WHERE push_read.read_pos < excluded.read_pos`, m.userID, m.roomID, m.thread, m.pos)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return nil // not moved: behind or at the stored marker
+	}
+	threads := []string{m.thread}
+	if m.thread == "" {
+		// Only threads with something unread can change.
+		if threads, err = storage.QueryColumn[string](ctx, tx,
+			`SELECT thread_id FROM push_unread WHERE user_id = $1 AND room_id = $2`, m.userID, m.roomID); err != nil {
+			return err
+		}
+	}
+	for _, thread := range threads {
+		if err := recountThread(ctx, tx, unreadKey{m.userID, m.roomID, thread}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recountThread sets k's push_unread row to the notifications past its
+// read markers, counted from the later marker on (a range of the
+// push_notifications_unread_counts index: the rows still unread).
+func recountThread(ctx context.Context, tx storage.Tx, k unreadKey) error {
+	var c Counts
+	err := tx.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
+		FROM push_notifications WHERE user_id = $1 AND room_id = $2 AND thread_id = $3
+		AND stream_pos > (SELECT COALESCE(MAX(read_pos), 0) FROM push_read
+			WHERE user_id = $1 AND room_id = $2 AND thread_id IN ('', $3))`,
+		k.userID, k.roomID, k.thread).Scan(&c.Notifications, &c.Highlights)
+	if err != nil {
+		return err
+	}
+	if c.Notifications == 0 {
+		_, err = tx.Exec(ctx, `DELETE FROM push_unread WHERE user_id = $1 AND room_id = $2 AND thread_id = $3`,
+			k.userID, k.roomID, k.thread)
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO push_unread (user_id, room_id, thread_id, notifications, highlights)
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET
+		notifications = excluded.notifications, highlights = excluded.highlights`,
+		k.userID, k.roomID, k.thread, c.Notifications, c.Highlights)
+	return err
+}
+
+// pruneNotifications deletes the notifications written before cutoff
+// (ms) and subtracts those still unread from push_unread. The caller
+// holds lockCounts.
+func pruneNotifications(ctx context.Context, tx storage.Tx, cutoff int64) error {
+	rows, err := tx.Query(ctx, `SELECT n.user_id, n.room_id, n.thread_id, COUNT(*),
+		COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0)`+unreadJoins+`
+		WHERE n.ts < $1 AND `+unreadPast+` GROUP BY n.user_id, n.room_id, n.thread_id`, cutoff)
+	if err != nil {
+		return err
+	}
+	subs := map[unreadKey]Counts{}
+	for rows.Next() {
+		var k unreadKey
+		var c Counts
+		if err := rows.Scan(&k.userID, &k.roomID, &k.thread, &c.Notifications, &c.Highlights); err != nil {
+			rows.Close()
+			return err
+		}
+		subs[k] = c
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM push_notifications WHERE ts < $1`, cutoff); err != nil {
+		return err
+	}
+	for k, c := range subs {
+		if _, err := tx.Exec(ctx, `UPDATE push_unread SET notifications = notifications - $4, highlights = highlights - $5
+			WHERE user_id = $1 AND room_id = $2 AND thread_id = $3`, k.userID, k.roomID, k.thread, c.Notifications, c.Highlights); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM push_unread WHERE user_id = $1 AND room_id = $2 AND thread_id = $3
+			AND notifications <= 0`, k.userID, k.roomID, k.thread); err != nil {
+			return err
+		}
+	}
+	return nil
+}
