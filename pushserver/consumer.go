@@ -614,13 +614,8 @@ func (s *Server) consumeReceipts(ctx context.Context) (bool, error) {
 		marks = append(marks, readMark{userID: r.UserID, roomID: r.RoomID, thread: r.ThreadID, pos: ev.StreamPos})
 	}
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := lockCounts(ctx, s.db, tx); err != nil {
+		if err := s.moveReadMarks(ctx, tx, marks); err != nil {
 			return err
-		}
-		for _, m := range marks {
-			if err := moveReadMark(ctx, tx, m); err != nil {
-				return err
-			}
 		}
 		return advancePosition(ctx, tx, receiptsStream, from, to)
 	})

@@ -181,6 +181,20 @@ func readMarksOf(ctx context.Context, tx storage.Tx, notes []notification) (map[
 	return marks, nil
 }
 
+// moveReadMarks moves the read markers of receipts in tx (moveReadMark
+// under lockCounts).
+func (s *Server) moveReadMarks(ctx context.Context, tx storage.Tx, marks []readMark) error {
+	if err := lockCounts(ctx, s.db, tx); err != nil {
+		return err
+	}
+	for _, m := range marks {
+		if err := moveReadMark(ctx, tx, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // moveReadMark moves a read marker forward, never back, and brings the
 // summary of the threads it reads down to what is still past it: the
 // marker's own thread, or every thread of the room for an unthreaded
