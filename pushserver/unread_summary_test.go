@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -283,6 +285,84 @@ func TestUnreadSummaryMigration(t *testing.T) {
 		checkSummary(t, s, []string{"@a:x", "@b:x"}, []string{"!r1:x", "!r2:x"}, "migration 004")
 		if len(want["@a:x"]) == 0 || len(want["@b:x"]) == 0 {
 			t.Fatalf("nothing unread before the migration: %+v", want)
+		}
+	})
+}
+
+// TestUnreadSummaryConcurrentReceipts: receipts committed while messages
+// are being written (on PostgreSQL, in parallel transactions) leave the
+// summary equal to the count from scratch. Receipts name the newest
+// position handed out, possibly a message whose transaction has not
+// committed: the interleavings where the receipt's recount misses an
+// uncommitted notification, or the notification is counted against a
+// marker being moved past it.
+func TestUnreadSummaryConcurrentReceipts(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newBareServer(t, db, time.Now)
+		// Rounds in rooms of their own: an interleaving that loses a
+		// count does not come every time.
+		for round := range 5 {
+			users, rooms := []string{"@a:x", "@b:x"}, []string{fmt.Sprintf("!r%d:x", round)}
+			info := &roomInfo{names: map[string]string{}}
+			var next atomic.Int64
+			next.Store(int64(round * 1000))
+			base := next.Load()
+			const messages, writers = 200, 4
+			var wg sync.WaitGroup
+			errs := make(chan error, writers+1)
+			done := make(chan struct{})
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range messages / writers {
+						pos := next.Add(1)
+						thread := []string{mainThread, "$t"}[pos%2]
+						ev := &roomserver.Event{EventID: fmt.Sprintf("$e%d", pos), RoomID: rooms[0], Sender: "@remote:y", StreamPos: pos}
+						notes := []notification{{userID: users[0], event: ev, thread: thread, highlight: w == 0, room: info},
+							{userID: users[1], event: ev, thread: thread, room: info}}
+						if err := db.Write(ctx, func(tx storage.Tx) error {
+							_, err := s.writeNotifications(ctx, tx, notes, nil, 1)
+							return err
+						}); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+			}
+			receipts := 0
+			go func() {
+				defer close(done)
+				for i := 0; ; i++ {
+					select {
+					case <-errs:
+						return
+					default:
+					}
+					if next.Load() >= base+messages {
+						return
+					}
+					m := readMark{userID: users[0], roomID: rooms[0], thread: []string{"", mainThread, "$t"}[i%3], pos: next.Load() + int64(i%2)}
+					if err := db.Write(ctx, func(tx storage.Tx) error { return s.moveReadMarks(ctx, tx, []readMark{m}) }); err != nil {
+						errs <- err
+						return
+					}
+					receipts++
+				}
+			}()
+			wg.Wait()
+			<-done
+			select {
+			case err := <-errs:
+				t.Fatal(err)
+			default:
+			}
+			checkSummary(t, s, users, rooms, fmt.Sprintf("%d messages and %d receipts at once", messages, receipts))
+			if receipts < 10 {
+				t.Fatalf("only %d receipts ran alongside the messages", receipts)
+			}
 		}
 	})
 }
