@@ -271,6 +271,13 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 	if err := lockCounts(ctx, s.db, tx); err != nil {
 		return false, err
 	}
+	var lastID int64
+	if len(notes) > 0 {
+		var err error
+		if lastID, err = lastNotificationID(ctx, tx); err != nil {
+			return false, err
+		}
+	}
 	// Several rows per statement: a message to a room of N local
 	// members is N rows, written inside the message's transaction.
 	for start := 0; start < len(notes); start += notificationRows {
@@ -298,8 +305,10 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 			return false, err
 		}
 	}
-	if err := countNotes(ctx, tx, notes); err != nil {
-		return false, err
+	if len(notes) > 0 {
+		if err := countNotes(ctx, tx, lastID); err != nil {
+			return false, err
+		}
 	}
 	for _, m := range marks {
 		if err := moveReadMark(ctx, tx, m); err != nil {
