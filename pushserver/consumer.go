@@ -263,10 +263,21 @@ func (s *Server) consumeEvents(ctx context.Context) (bool, error) {
 	return more, nil
 }
 
-// writeNotifications writes notes as push_notifications rows and their
-// push_queue rows (for the users' pushers as tx sees them) and moves
-// marks, in tx; it reports whether anything was queued for a gateway.
+// writeNotifications writes notes as push_notifications rows, adds them
+// to the unread summary (push_unread), writes their push_queue rows (for
+// the users' pushers as tx sees them) and moves marks, in tx; it reports
+// whether anything was queued for a gateway.
 func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []notification, marks []readMark, now int64) (bool, error) {
+	if err := lockCounts(ctx, s.db, tx); err != nil {
+		return false, err
+	}
+	var lastID int64
+	if len(notes) > 0 {
+		var err error
+		if lastID, err = lastNotificationID(ctx, tx); err != nil {
+			return false, err
+		}
+	}
 	// Several rows per statement: a message to a room of N local
 	// members is N rows, written inside the message's transaction.
 	for start := 0; start < len(notes); start += notificationRows {
@@ -294,11 +305,18 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 			return false, err
 		}
 	}
+	if len(notes) > 0 {
+		if err := countNotes(ctx, tx, lastID); err != nil {
+			return false, err
+		}
+	}
 	for _, m := range marks {
 		if err := moveReadMark(ctx, tx, m); err != nil {
 			return false, err
 		}
 	}
+	// Queued after the summary and the markers are final: the push's
+	// counts.unread (enqueue) reads them.
 	queued := false
 	pushers, err := readPushersOf(ctx, tx, notes)
 	if err != nil {
@@ -312,14 +330,6 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 		queued = queued || q
 	}
 	return queued, nil
-}
-
-// moveReadMark moves a read marker forward, never back.
-func moveReadMark(ctx context.Context, tx storage.Tx, m readMark) error {
-	_, err := tx.Exec(ctx, `INSERT INTO push_read (user_id, room_id, thread_id, read_pos) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET read_pos = excluded.read_pos
-		WHERE push_read.read_pos < excluded.read_pos`, m.userID, m.roomID, m.thread, m.pos)
-	return err
 }
 
 // evaluateEvent decides who ev notifies. A local sender's own event
@@ -613,10 +623,8 @@ func (s *Server) consumeReceipts(ctx context.Context) (bool, error) {
 		marks = append(marks, readMark{userID: r.UserID, roomID: r.RoomID, thread: r.ThreadID, pos: ev.StreamPos})
 	}
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		for _, m := range marks {
-			if err := moveReadMark(ctx, tx, m); err != nil {
-				return err
-			}
+		if err := s.moveReadMarks(ctx, tx, marks); err != nil {
+			return err
 		}
 		return advancePosition(ctx, tx, receiptsStream, from, to)
 	})

@@ -22,9 +22,12 @@
 //     database upgraded from an older version had not counted yet.
 //   - A second consumer, of clientapi's receipt stream, moves the read
 //     markers (push_read) that unread counts are measured from. Counts
-//     are the notification rows past the markers; UnreadCounts first
-//     waits (briefly) for the receipt consumer to reach the position a
-//     /sync response covers.
+//     are the notification rows past the markers, kept per (user, room,
+//     thread) in push_unread by every transaction that writes
+//     notifications, moves markers or prunes (unread_summary.go), so a
+//     read does not grow with the backlog; UnreadCounts first waits
+//     (briefly) for the receipt consumer to reach the position a /sync
+//     response covers.
 //   - A sender drains push_queue to push gateways with exponential
 //     backoff per pusher, in order per pusher, dropping pushkeys the
 //     gateway rejects. It refuses gateways on non-public addresses unless

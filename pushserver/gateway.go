@@ -212,8 +212,10 @@ func (s *Server) runSender(ctx context.Context) {
 func (s *Server) prune(ctx context.Context) error {
 	cutoff := s.now().Add(-s.cfg.NotificationRetention.D()).UnixMilli()
 	return s.db.Write(ctx, func(tx storage.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM push_notifications WHERE ts < $1`, cutoff)
-		return err
+		if err := lockCounts(ctx, s.db, tx); err != nil {
+			return err
+		}
+		return pruneNotifications(ctx, tx, cutoff)
 	})
 }
 

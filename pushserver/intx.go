@@ -10,8 +10,9 @@ import (
 
 // Counting in the event's own transaction.
 //
-// A new timeline event's notifications (push_notifications rows, the
-// sender's read marker, push_queue rows for the recipients' pushers) are
+// A new timeline event's notifications (push_notifications rows and the
+// unread summary, the sender's read marker, push_queue rows for the
+// recipients' pushers) are
 // written by CountInTx, the roomserver's TimelineHook, inside the
 // transaction that writes the event, in whichever process writes it
 // (every process that builds the roomserver builds this component too).

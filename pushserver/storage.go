@@ -203,22 +203,20 @@ func (s *Server) rulesFor(ctx context.Context, userID string) (*compiledRules, e
 	return cr, nil
 }
 
-// unreadQuery counts a user's notifications past their read markers:
-// an unthreaded marker (”) reads every thread, a threaded one its own.
-const unreadFrom = unreadJoins + `
-	WHERE n.user_id = $1 AND ` + unreadPast
-
-// unreadJoins and unreadPast are unreadFrom without the user: the read
+// unreadJoins and unreadPast define unread from scratch: the read
 // markers joined to the notifications, and the test that a notification
-// is past them (unreadOfUsersQuery reads several users at once).
+// is past them (an unthreaded marker, thread ID empty, reads every
+// thread; a threaded one its own). Counts are read from push_unread,
+// which holds exactly that (unread_summary.go); prune uses these to find
+// the unread rows it deletes.
 const unreadJoins = `
 	FROM push_notifications n
 	LEFT JOIN push_read ra ON ra.user_id = n.user_id AND ra.room_id = n.room_id AND ra.thread_id = ''
 	LEFT JOIN push_read rt ON rt.user_id = n.user_id AND rt.room_id = n.room_id AND rt.thread_id = n.thread_id`
 const unreadPast = `n.stream_pos > COALESCE(ra.read_pos, 0) AND n.stream_pos > COALESCE(rt.read_pos, 0)`
 
-const unreadQuery = `SELECT n.room_id, n.thread_id, COUNT(*),
-		COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0)` + unreadFrom
+// unreadQuery reads a user's unread summary; the caller adds the rooms.
+const unreadQuery = `SELECT room_id, thread_id, notifications, highlights FROM push_unread WHERE user_id = $1`
 
 // UnreadCounts implements API.
 // Spec: client-server-api, "Receiving notifications", and "GET
@@ -252,7 +250,7 @@ func (s *Server) UnreadCountsAt(ctx context.Context, userID string, roomIDs []st
 			args = append(args, id)
 			fmt.Fprintf(&in, "$%d", len(args))
 		}
-		rows, err := s.db.Reader().Query(ctx, unreadQuery+` AND n.room_id IN (`+in.String()+`) GROUP BY n.room_id, n.thread_id`, args...)
+		rows, err := s.db.Reader().Query(ctx, unreadQuery+` AND room_id IN (`+in.String()+`)`, args...)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -277,7 +275,7 @@ func (s *Server) UnreadCountsAt(ctx context.Context, userID string, roomIDs []st
 // the gateway's counts.unread.
 func totalUnread(ctx context.Context, q storage.Querier, userID string) (int, error) {
 	var n int
-	err := q.QueryRow(ctx, `SELECT COUNT(*)`+unreadFrom, userID).Scan(&n)
+	err := q.QueryRow(ctx, `SELECT CAST(COALESCE(SUM(notifications), 0) AS BIGINT) FROM push_unread WHERE user_id = $1`, userID).Scan(&n)
 	return n, err
 }
 

@@ -14,9 +14,7 @@ type UnreadQuery struct {
 
 // unreadOfUsersQuery is unreadQuery for several users at once: the rows
 // carry their user, and the caller adds the user and room lists.
-const unreadOfUsersQuery = `SELECT n.user_id, n.room_id, n.thread_id, COUNT(*),
-		COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0)` + unreadJoins + `
-	WHERE ` + unreadPast
+const unreadOfUsersQuery = `SELECT user_id, room_id, thread_id, notifications, highlights FROM push_unread WHERE `
 
 // unreadBatchVars bounds the placeholders of one query of
 // UnreadCountsOfUsers (users plus rooms), well under SQLite's 32766 and
@@ -94,8 +92,8 @@ func (s *Server) unreadOfUsers(ctx context.Context, users []UnreadQuery, out []m
 	if len(userIDs) == 0 {
 		return nil
 	}
-	query := unreadOfUsersQuery + ` AND n.user_id IN (` + placeholders(userIDs) + `) AND n.room_id IN (` +
-		placeholders(roomIDs) + `) GROUP BY n.user_id, n.room_id, n.thread_id`
+	query := unreadOfUsersQuery + `user_id IN (` + placeholders(userIDs) + `) AND room_id IN (` +
+		placeholders(roomIDs) + `)`
 	rows, err := s.db.Reader().Query(ctx, query, args...)
 	if err != nil {
 		return err
