@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"time"
@@ -29,26 +25,17 @@ import (
 // A sendConn belongs to one worker of the loop (closed or open), which
 // calls send one message at a time; it is not safe for concurrent use.
 type sendConn struct {
-	c    *client
-	addr string // host:port to dial
-	host string // the Host header
-	conn net.Conn
-	respReader
-	req []byte // request buffer, reused
+	rawConn
 }
 
 // newSendConn returns a connection for c, or nil when c's base URL is not
 // plain http (https goes through net/http as before).
 func newSendConn(c *client) *sendConn {
-	u, err := url.Parse(c.base)
-	if err != nil || u.Scheme != "http" || u.Path != "" && u.Path != "/" {
+	rc, ok := newRawConn(c)
+	if !ok {
 		return nil
 	}
-	addr := u.Host
-	if u.Port() == "" {
-		addr = net.JoinHostPort(u.Hostname(), "80")
-	}
-	return &sendConn{c: c, addr: addr, host: u.Host}
+	return &sendConn{rc}
 }
 
 // send PUTs an m.room.message with a fresh transaction ID, as client.send
@@ -74,21 +61,9 @@ func (s *sendConn) send(ctx context.Context, roomID string, content any) error {
 	s.req = append(s.req, "\r\n\r\n"...)
 	s.req = append(s.req, body...)
 
-	reused := s.conn != nil
-	status, data, err := s.roundTrip(ctx)
-	if err != nil && reused && ctx.Err() == nil && errors.Is(err, errConnReused) {
-		status, data, err = s.roundTrip(ctx)
-	}
+	data, err := s.do(ctx, "send")
 	if err != nil {
-		return &requestError{Op: "send", Err: err}
-	}
-	if status != http.StatusOK {
-		var mErr struct {
-			Errcode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		_ = json.Unmarshal(data, &mErr)
-		return &requestError{Op: "send", Status: status, Errcode: mErr.Errcode, Msg: mErr.Error, Body: bytes.Clone(data)}
+		return err
 	}
 	var resp struct {
 		EventID string `json:"event_id"`
@@ -100,58 +75,4 @@ func (s *sendConn) send(ctx context.Context, roomID string, content any) error {
 		return &requestError{Op: "send", Err: errors.New("no event_id in the answer")}
 	}
 	return nil
-}
-
-// errConnReused marks a failure on a kept-alive connection before any
-// byte of the answer arrived: the server may have closed it while idle.
-var errConnReused = errors.New("kept-alive connection failed")
-
-// roundTrip writes s.req and reads the whole answer. Any failure closes
-// the connection; the next request dials a new one.
-func (s *sendConn) roundTrip(ctx context.Context) (status int, data []byte, err error) {
-	reused := s.conn != nil
-	if s.conn == nil {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", s.addr)
-		if err != nil {
-			return 0, nil, err
-		}
-		s.conn, s.br = conn, bufio.NewReaderSize(conn, 4096)
-	}
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = s.conn.SetDeadline(deadline)
-	}
-	fail := func(err error) (int, []byte, error) {
-		s.conn.Close()
-		s.conn, s.br = nil, nil
-		return 0, nil, err
-	}
-	if _, err := s.conn.Write(s.req); err != nil {
-		if reused {
-			err = fmt.Errorf("%w: %w", errConnReused, err)
-		}
-		return fail(err)
-	}
-	if reused {
-		if _, err := s.br.Peek(1); err != nil {
-			return fail(fmt.Errorf("%w: %w", errConnReused, err))
-		}
-	}
-	status, closeAfter, err := s.readResponse()
-	if err != nil {
-		return fail(err)
-	}
-	if closeAfter {
-		s.conn.Close()
-		s.conn, s.br = nil, nil
-	}
-	return status, s.body, nil
-}
-
-// close closes the connection, if open.
-func (s *sendConn) close() {
-	if s.conn != nil {
-		s.conn.Close()
-		s.conn, s.br = nil, nil
-	}
 }

@@ -9,11 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync/atomic"
 	"time"
 )
 
@@ -34,43 +32,17 @@ import (
 // A syncConn belongs to one listener goroutine; it is not safe for
 // concurrent use.
 type syncConn struct {
-	c    *client
-	addr string // host:port to dial
-	host string // the Host header
-	conn net.Conn
-	respReader
-
-	// ctx is the context the connection is bound to: when it ends, the
-	// connection's deadline is moved to the past so that a waiting read
-	// returns (stop undoes that binding).
-	ctx  context.Context
-	stop func() bool
-
-	dials *atomic.Int64 // when not nil, counts the connections dialled
-
-	req []byte // request buffer, reused
-}
-
-// respReader reads HTTP/1.1 answers from a connection. body holds the last
-// answer's body, valid until the next read.
-type respReader struct {
-	br   *bufio.Reader
-	body []byte // answer buffer, reused
-	line []byte // a header line longer than br's buffer
+	rawConn
 }
 
 // newSyncConn returns a connection for c, or nil when c's base URL is not
 // plain http (https goes through net/http as before).
 func newSyncConn(c *client) *syncConn {
-	u, err := url.Parse(c.base)
-	if err != nil || u.Scheme != "http" || u.Path != "" && u.Path != "/" {
+	rc, ok := newRawConn(c)
+	if !ok {
 		return nil
 	}
-	addr := u.Host
-	if u.Port() == "" {
-		addr = net.JoinHostPort(u.Hostname(), "80")
-	}
-	return &syncConn{c: c, addr: addr, host: u.Host}
+	return &syncConn{rc}
 }
 
 // maxSyncBody bounds an answer held in memory.
@@ -103,21 +75,9 @@ func (s *syncConn) sync(ctx context.Context, since, filter string, timeout time.
 	// still does.
 	s.req = append(s.req, "\r\nAccept-Encoding: gzip\r\n\r\n"...)
 
-	reused := s.conn != nil
-	status, data, err := s.roundTrip(ctx)
-	if err != nil && reused && ctx.Err() == nil && errors.Is(err, errConnReused) {
-		status, data, err = s.roundTrip(ctx)
-	}
+	data, err := s.do(ctx, "sync")
 	if err != nil {
-		return len(data), &requestError{Op: "sync", Err: err}
-	}
-	if status != http.StatusOK {
-		var mErr struct {
-			Errcode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		_ = json.Unmarshal(data, &mErr)
-		return len(data), &requestError{Op: "sync", Status: status, Errcode: mErr.Errcode, Msg: mErr.Error, Body: bytes.Clone(data)}
+		return len(data), err
 	}
 	if err := json.Unmarshal(data, resp); err != nil {
 		return len(data), &requestError{Op: "sync", Err: fmt.Errorf("decoding the answer: %w", err)}
@@ -126,71 +86,6 @@ func (s *syncConn) sync(ctx context.Context, since, filter string, timeout time.
 		return len(data), &requestError{Op: "sync", Err: errors.New("no next_batch in the answer")}
 	}
 	return len(data), nil
-}
-
-// bind ties the connection to ctx: its deadline, and a move of the
-// deadline to the past when ctx ends (which unblocks a waiting read).
-func (s *syncConn) bind(ctx context.Context) {
-	if s.ctx == ctx {
-		return
-	}
-	if s.stop != nil {
-		s.stop()
-	}
-	conn := s.conn
-	_ = conn.SetDeadline(time.Time{})
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(deadline)
-	}
-	s.ctx = ctx
-	s.stop = context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-}
-
-// roundTrip writes s.req and reads the whole answer into s.body. Any
-// failure closes the connection; the next request dials a new one.
-func (s *syncConn) roundTrip(ctx context.Context) (status int, data []byte, err error) {
-	if err := ctx.Err(); err != nil {
-		return 0, nil, err
-	}
-	reused := s.conn != nil
-	if s.conn == nil {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", s.addr)
-		if err != nil {
-			return 0, nil, err
-		}
-		s.conn, s.br = conn, bufio.NewReaderSize(conn, 4096)
-		if s.dials != nil {
-			s.dials.Add(1)
-		}
-	}
-	s.bind(ctx)
-	fail := func(err error) (int, []byte, error) {
-		s.close()
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			err = fmt.Errorf("%w (%w)", ctxErr, err)
-		}
-		return 0, nil, err
-	}
-	if _, err := s.conn.Write(s.req); err != nil {
-		if reused {
-			err = fmt.Errorf("%w: %w", errConnReused, err)
-		}
-		return fail(err)
-	}
-	if reused {
-		if _, err := s.br.Peek(1); err != nil {
-			return fail(fmt.Errorf("%w: %w", errConnReused, err))
-		}
-	}
-	status, closeAfter, err := s.readResponse()
-	if err != nil {
-		return fail(err)
-	}
-	if closeAfter {
-		s.close()
-	}
-	return status, s.body, nil
 }
 
 // readResponse reads one HTTP/1.1 answer (RFC 9112): the status line, the
@@ -389,16 +284,4 @@ func (s *respReader) readLine() ([]byte, error) {
 		line = line[:n-1]
 	}
 	return line, nil
-}
-
-// close closes the connection, if open.
-func (s *syncConn) close() {
-	if s.stop != nil {
-		s.stop()
-		s.stop, s.ctx = nil, nil
-	}
-	if s.conn != nil {
-		s.conn.Close()
-		s.conn, s.br = nil, nil
-	}
 }
