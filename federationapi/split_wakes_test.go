@@ -2,8 +2,6 @@ package federationapi_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"log/slog"
 	"os"
@@ -11,10 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/homeserver"
+	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -25,25 +22,13 @@ import (
 // skipped without MYELIN_TEST_REDIS; n must be a PostgreSQL network.
 func splitServer(t *testing.T, n *network) (b *fedServer, other *homeserver.Homeserver) {
 	t.Helper()
-	redisURL := os.Getenv("MYELIN_TEST_REDIS")
-	if redisURL == "" {
-		t.Skip("split-mode test skipped: set MYELIN_TEST_REDIS to a Redis URL (e.g. redis://127.0.0.1:6379/0) to run it")
-	}
-	var b6 [6]byte
-	_, _ = rand.Read(b6[:])
-	prefix := "myelin-test:" + hex.EncodeToString(b6[:]) + ":"
-	t.Cleanup(func() {
-		o, _ := redis.ParseURL(redisURL)
-		c := redis.NewClient(o)
-		defer c.Close()
-		c.Del(context.Background(), prefix+"positions", prefix+"federation:positions")
-	})
+	useRedis := testserver.UseRedis(t)
 	edit := n.editEachConfig
 	n.editEachConfig = func(c *config.Config) {
 		if edit != nil {
 			edit(c)
 		}
-		c.Global.RedisURL, c.Global.RedisPrefix = redisURL, prefix
+		useRedis(c)
 	}
 	b = n.start()
 	n.editEachConfig = edit

@@ -2,15 +2,10 @@ package syncapi_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net/url"
-	"os"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
@@ -180,23 +175,10 @@ func TestMembershipMemoDroppedOnSkippedWindow(t *testing.T) {
 // wrote it, after the notification came through Redis. Bob long-polls
 // on B; alice invites him through A.
 func TestSplitModeMembershipMemoDroppedByOtherProcess(t *testing.T) {
-	redisURL := os.Getenv("MYELIN_TEST_REDIS")
-	if redisURL == "" {
-		t.Skip("split-mode test skipped: set MYELIN_TEST_REDIS to a Redis URL (e.g. redis://127.0.0.1:6379/0) to run it")
-	}
+	useRedis := testserver.UseRedis(t)
 	if !postgresAvailable() {
 		t.Skip("split-mode test skipped: it needs PostgreSQL shared by two processes; set MYELIN_TEST_POSTGRES")
 	}
-	var b6 [6]byte
-	_, _ = rand.Read(b6[:])
-	prefix := "myelin-test:" + hex.EncodeToString(b6[:]) + ":"
-	t.Cleanup(func() {
-		o, _ := redis.ParseURL(redisURL)
-		c := redis.NewClient(o)
-		defer c.Close()
-		c.Del(context.Background(), prefix+"positions")
-	})
-	useRedis := func(c *config.Config) { c.Global.RedisURL, c.Global.RedisPrefix = redisURL, prefix }
 	a := testserver.Start(t, storage.Postgres, useRedis)
 	b := testserver.Start(t, storage.Postgres, func(c *config.Config) {
 		useRedis(c)

@@ -2,13 +2,10 @@ package notifier_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
@@ -24,25 +21,9 @@ import (
 // wake a /sync long-polling on B promptly: B only learns of it through
 // Redis (its own fallback poll runs every 10 s), three times in a row.
 func TestSplitProcessesWakeSyncThroughRedis(t *testing.T) {
-	redisURL := os.Getenv("MYELIN_TEST_REDIS")
-	if redisURL == "" {
-		t.Skip("split-mode test skipped: set MYELIN_TEST_REDIS to a Redis URL (e.g. redis://127.0.0.1:6379/0) to run it")
-	}
+	useRedis := testserver.UseRedis(t)
 	if os.Getenv(storagetest.PostgresEnv) == "" {
 		t.Skipf("split-mode test skipped: it needs PostgreSQL shared by two processes; set %s", storagetest.PostgresEnv)
-	}
-	var b6 [6]byte
-	_, _ = rand.Read(b6[:])
-	prefix := "myelin-test:" + hex.EncodeToString(b6[:]) + ":"
-	t.Cleanup(func() {
-		o, _ := redis.ParseURL(redisURL)
-		c := redis.NewClient(o)
-		defer c.Close()
-		c.Del(context.Background(), prefix+"positions")
-	})
-	useRedis := func(c *config.Config) {
-		c.Global.RedisURL = redisURL
-		c.Global.RedisPrefix = prefix
 	}
 	a := testserver.Start(t, storage.Postgres, useRedis)
 	b := testserver.Start(t, storage.Postgres, func(c *config.Config) {

@@ -1,0 +1,48 @@
+package testserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/myelin-chat/myelin/config"
+)
+
+// RedisEnv names the environment variable holding the Redis URL that
+// split-mode tests use.
+const RedisEnv = "MYELIN_TEST_REDIS"
+
+// UseRedis returns a config edit that points a server at the test Redis
+// under a key prefix of its own, so that tests running at once do not see
+// each other's wake-ups; every key under the prefix is deleted when the
+// test ends. Servers started with the same edit share the prefix, as the
+// processes of one deployment do. The test is skipped when RedisEnv is
+// not set.
+func UseRedis(t testing.TB) func(*config.Config) {
+	t.Helper()
+	redisURL := os.Getenv(RedisEnv)
+	if redisURL == "" {
+		t.Skip("split-mode test skipped: set " + RedisEnv + " to a Redis URL (e.g. redis://127.0.0.1:6379/0) to run it")
+	}
+	var b6 [6]byte
+	_, _ = rand.Read(b6[:])
+	prefix := "myelin-test:" + hex.EncodeToString(b6[:]) + ":"
+	t.Cleanup(func() {
+		o, err := redis.ParseURL(redisURL)
+		if err != nil {
+			return
+		}
+		c := redis.NewClient(o)
+		defer c.Close()
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, prefix+"*", 100).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	return func(c *config.Config) { c.Global.RedisURL, c.Global.RedisPrefix = redisURL, prefix }
+}
