@@ -31,6 +31,12 @@ var SQLiteMemoryUsed = sqliteMemoryUsed
 // MaxCachedStatementArgs is the most arguments a cached SQLite statement takes.
 const MaxCachedStatementArgs = maxCachedStatementArgs
 
+// WrapRewrite wraps db's query rewrite (memo included); tests use it to
+// see which texts reach it. Call it before the first query.
+func (db *DB) WrapRewrite(wrap func(rewrite func(string) string) func(string) string) {
+	db.rewrite = wrap(db.rewrite)
+}
+
 // NewRewriter exposes the memoising wrapper of a query rewrite.
 var NewRewriter = newRewriter
 

@@ -71,7 +71,7 @@ func (db *DB) Migrate(ctx context.Context, component string, fsys fs.FS) error {
 				if m.version <= current {
 					continue
 				}
-				if _, err := tx.Exec(ctx, m.sql); err != nil {
+				if _, err := tx.(*writeTx).execOnce(ctx, m.sql); err != nil {
 					return fmt.Errorf("applying %s migration %03d_%s: %w", component, m.version, m.name, err)
 				}
 				if _, err := tx.Exec(ctx, `INSERT INTO myelin_schema (component, version, updated_ts) VALUES ($1, $2, $3)
@@ -143,8 +143,15 @@ func (db *DB) loadMigrations(fsys fs.FS) ([]migration, error) {
 		text := string(body)
 		if engine != "" {
 			target = own
-		} else if db.engine == SQLite {
-			text = ddlForSQLite(text)
+		}
+		// Rewritten here, once, for the engine: Migrate runs the text as
+		// it is (execOnce), outside the rewriter's memo.
+		if db.engine == SQLite {
+			if engine == "" {
+				text = ddlForSQLite(text)
+			} else {
+				text = rewriteForSQLite(text)
+			}
 		}
 		if _, dup := target[version]; dup {
 			return nil, fmt.Errorf("two migrations numbered %03d", version)
