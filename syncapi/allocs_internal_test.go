@@ -1,0 +1,38 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/myelin-chat/myelin/clientapi"
+)
+
+// A user who ignores nobody costs no allocation per sync for it: every
+// woken /sync of a client that never set m.ignored_user_list takes this
+// path (since 0: its token's account data position).
+func TestIgnoredUsersNobodyAllocations(t *testing.T) {
+	s := &Server{ignores: newIgnoreCache(10)}
+	ctx := context.Background()
+	n := testing.AllocsPerRun(100, func() {
+		ignored, err := s.ignoredUsers(ctx, "@a:x", nil, 0, 7)
+		if err != nil || len(ignored) != 0 {
+			t.Fatalf("ignoredUsers = %v, %v; want none", ignored, err)
+		}
+	})
+	if n != 0 {
+		t.Errorf("ignoring nobody: %v allocations per sync, want 0", n)
+	}
+	// The list, once set, is still read.
+	acct := []clientapi.AccountData{{Type: ignoredUserListType, Content: json.RawMessage(`{"ignored_users":{"@b:x":{}}}`)}}
+	ignored, err := s.ignoredUsers(ctx, "@a:x", acct, 0, 8)
+	if err != nil || !ignored["@b:x"] || len(ignored) != 1 {
+		t.Fatalf("ignoredUsers with a list = %v, %v", ignored, err)
+	}
+	if e, ok := s.ignores.get("@a:x"); !ok || !e.ignored["@b:x"] || e.pos != 8 {
+		t.Errorf("cache entry %+v, %v", e, ok)
+	}
+	if got := parseIgnored(json.RawMessage(`{"ignored_users":{}}`)); len(got) != 0 {
+		t.Errorf("empty list parsed as %v", got)
+	}
+}
