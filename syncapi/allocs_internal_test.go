@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"testing"
 
 	"github.com/myelin-chat/myelin/clientapi"
@@ -34,5 +35,34 @@ func TestIgnoredUsersNobodyAllocations(t *testing.T) {
 	}
 	if got := parseIgnored(json.RawMessage(`{"ignored_users":{}}`)); len(got) != 0 {
 		t.Errorf("empty list parsed as %v", got)
+	}
+}
+
+// onlyKeys keeps exactly the entries of the keys asked for; when the map
+// holds nothing else (a woken timeline's memberships) it is returned as
+// it is, without a copy.
+func TestOnlyKeys(t *testing.T) {
+	m := map[string]string{"$a": "join", "$b": "leave"}
+	for _, tc := range []struct {
+		keys []string
+		want map[string]string
+	}{
+		{[]string{"$a", "$b"}, map[string]string{"$a": "join", "$b": "leave"}},
+		{[]string{"$b", "$a", "$c"}, map[string]string{"$a": "join", "$b": "leave"}},
+		{[]string{"$a"}, map[string]string{"$a": "join"}},
+		{[]string{"$c", "$d"}, map[string]string{}},
+		{nil, map[string]string{}},
+	} {
+		got := onlyKeys(m, tc.keys)
+		if !maps.Equal(got, tc.want) {
+			t.Errorf("onlyKeys(%v) = %v, want %v", tc.keys, got, tc.want)
+		}
+	}
+	if len(m) != 2 {
+		t.Fatalf("onlyKeys changed its argument: %v", m)
+	}
+	keys := []string{"$a", "$b"}
+	if n := testing.AllocsPerRun(100, func() { _ = onlyKeys(m, keys) }); n != 0 {
+		t.Errorf("nothing to leave out: %v allocations, want 0", n)
 	}
 }
