@@ -69,3 +69,54 @@ func TestSnapshotHistoryVisibilityCache(t *testing.T) {
 		}
 	})
 }
+
+// TestVisibilityAtSharedHistoryVisibility: visibility.at (a user's
+// history visibility and membership at a snapshot, asked for every
+// timeline event of every woken listener) takes the history visibility
+// from the cache shared by all users, filling it, and answers what a
+// server with empty caches answers, membership included.
+// Spec: client-server-api, "Room History Visibility".
+func TestVisibilityAtSharedHistoryVisibility(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		s := newTestServer(t, db)
+		ctx := context.Background()
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "10", Preset: PresetPublicChat}).RoomID
+		type step struct {
+			id            string
+			hv, bob, carl string // want: history visibility, bob's and charlie's memberships after it
+		}
+		steps := []step{
+			{mustSend(t, s, room, bob, "m.room.member", ptr(bob), `{"membership":"join"}`), "shared", "join", ""},
+			{mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"one"}`), "shared", "join", ""},
+			{mustSend(t, s, room, alice, "m.room.history_visibility", ptr(""), `{"history_visibility":"joined"}`), "joined", "join", ""},
+			{mustSend(t, s, room, bob, "m.room.member", ptr(bob), `{"membership":"leave"}`), "joined", "leave", ""},
+			{mustSend(t, s, room, alice, "m.room.history_visibility", ptr(""), `{"history_visibility":"sometimes"}`), "shared", "leave", ""},
+			{mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"two"}`), "shared", "leave", ""},
+		}
+		s.snapHV = newSnapshotHVCache(100) // as after a restart
+		for _, st := range steps {
+			e, version, err := s.loadByID(ctx, db.Reader(), st.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nid := e.row.StateAfter
+			for _, who := range []struct{ user, want string }{{bob, st.bob}, {charlie, st.carl}} {
+				hv, m, err := s.newVisibility(db.Reader(), who.user).at(ctx, version, nid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hv != st.hv || m != who.want {
+					t.Errorf("after %s, %s: at = %q, %q; want %q, %q", st.id, who.user, hv, m, st.hv, who.want)
+				}
+				if cached, ok := s.snapHV.get(nid); !ok || cached != st.hv {
+					t.Errorf("after %s: the shared cache holds %q, %v; want %q", st.id, cached, ok, st.hv)
+				}
+			}
+			fresh := newTestServer(t, db)
+			hv, m, err := fresh.newVisibility(db.Reader(), bob).at(ctx, version, nid)
+			if err != nil || hv != st.hv || m != st.bob {
+				t.Errorf("after %s, empty caches: at = %q, %q, %v; want %q, %q", st.id, hv, m, err, st.hv, st.bob)
+			}
+		}
+	})
+}

@@ -42,31 +42,27 @@ func (v *visibility) at(ctx context.Context, version string, nid int64) (hv, mem
 	if got, ok := v.atSnapshot[nid]; ok {
 		return got[0], got[1], nil
 	}
-	keys := []tuple{{"m.room.history_visibility", ""}, {"m.room.member", v.userID}}
+	// The history visibility is the same for every user: the shared
+	// answer (snapHV) spares each reader of the snapshot — every listener
+	// woken by one message — loading and parsing its event again.
+	if hv, err = v.historyVisibilityAt(ctx, version, nid); err != nil {
+		return "", "", err
+	}
+	k := tuple{"m.room.member", v.userID}
 	// v.q only ever reads committed data (visibility is for reads), so
 	// the snapshot key cache may answer and be filled.
-	picked, err := v.s.snapshotKeys(ctx, v.q, nid, keys)
+	picked, err := v.s.snapshotKeys(ctx, v.q, nid, []tuple{k})
 	if err != nil {
 		return "", "", err
 	}
-	hv = "shared"
-	for k, eventNID := range picked {
+	if eventNID, ok := picked[k]; ok {
 		evs, err := v.s.loadEvents(ctx, v.q, nil, version, []int64{eventNID})
 		if err != nil {
 			return "", "", err
 		}
-		if k.Type == "m.room.history_visibility" {
-			if h, err := evs[0].pdu.HistoryVisibility(); err == nil {
-				hv = string(h)
-			}
-		} else if evs[0].row.Membership != nil {
+		if evs[0].row.Membership != nil {
 			membership = *evs[0].row.Membership
 		}
-	}
-	switch hv {
-	case "world_readable", "shared", "invited", "joined":
-	default:
-		hv = "shared" // unknown values mean shared
 	}
 	v.atSnapshot[nid] = [2]string{hv, membership}
 	return hv, membership, nil

@@ -493,29 +493,49 @@ func insertTxn(ctx context.Context, tx storage.Tx, roomID, userID string, txn *T
 	return err
 }
 
-// eventCache holds parsed events by NID and by ID. Bounded: when full it
-// is emptied, which is crude but keeps memory flat and the hot set
-// refills quickly. An entry is replaced when its event is redacted.
+// eventCache holds parsed events by NID and by ID. Bounded, in two
+// generations of at most max/2 entries each: entries go into the current
+// one; when it is full it becomes the old one and the previous old one is
+// let go. A lookup that finds an entry in the old generation moves it to
+// the current one, so the events read again and again (a room's state, the
+// latest messages) survive a fill, and only what nobody read for a whole
+// generation is thrown to the collector — a little at a time, rather than
+// the whole cache at once with every hot entry missing afterwards.
+//
+// A key lives in at most one generation. An entry is replaced when its
+// event is redacted (put), and drop removes it from both.
 type eventCache struct {
-	mu    sync.Mutex
-	max   int
-	byNID map[int64]cachedEvent  // guarded by mu
-	byID  map[string]cachedEvent // guarded by mu
+	mu  sync.Mutex
+	max int
+	// cur takes every new entry; old is searched after it (guarded by mu).
+	cur, old eventGeneration
 	// gen counts drops (guarded by mu): a read that began before a drop
 	// may hold the dropped row, so it is not cached (putLoaded).
 	gen uint64
 }
 
+// eventGeneration is one generation of the event cache. Its two maps
+// normally hold the same entries; each is bounded by the cache's max/2.
+type eventGeneration struct {
+	byNID map[int64]cachedEvent
+	byID  map[string]cachedEvent
+}
+
 // cachedEvent is an entry of the event cache with the generation it was
 // stored at: a read whose snapshot was taken at an earlier generation
 // may not see that row yet (snapshot_read.go), so it is not served one.
+// An entry keeps its stamp when it moves to the current generation.
 type cachedEvent struct {
 	e   *loadedEvent
 	gen uint64
 }
 
 func newEventCache(max int) *eventCache {
-	return &eventCache{max: max, byNID: make(map[int64]cachedEvent), byID: make(map[string]cachedEvent)}
+	return &eventCache{max: max, cur: newEventGeneration(), old: newEventGeneration()}
+}
+
+func newEventGeneration() eventGeneration {
+	return eventGeneration{byNID: make(map[int64]cachedEvent), byID: make(map[string]cachedEvent)}
 }
 
 // getNID returns the entry of event NID nid if it was stored at
@@ -523,7 +543,13 @@ func newEventCache(max int) *eventCache {
 func (c *eventCache) getNID(nid int64, seen uint64) *loadedEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ce, ok := c.byNID[nid]; ok && ce.gen <= seen {
+	ce, ok := c.cur.byNID[nid]
+	if !ok {
+		if ce, ok = c.old.byNID[nid]; ok {
+			c.promote(ce)
+		}
+	}
+	if ok && ce.gen <= seen {
 		return ce.e
 	}
 	return nil
@@ -533,10 +559,58 @@ func (c *eventCache) getNID(nid int64, seen uint64) *loadedEvent {
 func (c *eventCache) getID(id string, seen uint64) *loadedEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ce, ok := c.byID[id]; ok && ce.gen <= seen {
+	ce, ok := c.cur.byID[id]
+	if !ok {
+		if ce, ok = c.old.byID[id]; ok {
+			c.promote(ce)
+		}
+	}
+	if ok && ce.gen <= seen {
 		return ce.e
 	}
 	return nil
+}
+
+// promote moves ce, found in the old generation, to the current one,
+// stamp unchanged. Each of its keys moves only if the old generation
+// holds ce itself under it, and never replaces the current generation's
+// entry: a key stays in one generation, the newer entry wins.
+func (c *eventCache) promote(ce cachedEvent) {
+	nid, id := ce.e.row.NID, ce.e.row.EventID
+	moveNID := c.old.byNID[nid].e == ce.e
+	moveID := c.old.byID[id].e == ce.e
+	if moveNID {
+		delete(c.old.byNID, nid)
+	}
+	if moveID {
+		delete(c.old.byID, id)
+	}
+	c.makeRoom()
+	if _, ok := c.cur.byNID[nid]; moveNID && !ok {
+		c.cur.byNID[nid] = ce
+	}
+	if _, ok := c.cur.byID[id]; moveID && !ok {
+		c.cur.byID[id] = ce
+	}
+}
+
+// makeRoom turns a full current generation into the old one. The old
+// one's maps, emptied, become the new current one: their storage is
+// reused rather than allocated again.
+func (c *eventCache) makeRoom() {
+	if half := max(c.max/2, 1); len(c.cur.byNID) < half && len(c.cur.byID) < half {
+		return
+	}
+	clear(c.old.byNID)
+	clear(c.old.byID)
+	c.cur, c.old = c.old, c.cur
+}
+
+// size is the number of entries by NID in both generations (tests).
+func (c *eventCache) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cur.byNID) + len(c.old.byNID)
 }
 
 func (c *eventCache) put(e *loadedEvent) {
@@ -546,21 +620,31 @@ func (c *eventCache) put(e *loadedEvent) {
 }
 
 func (c *eventCache) putLocked(e *loadedEvent) {
-	if len(c.byNID) >= c.max {
-		c.byNID = make(map[int64]cachedEvent)
-		c.byID = make(map[string]cachedEvent)
+	nid, id := e.row.NID, e.row.EventID
+	_, hasNID := c.cur.byNID[nid]
+	if _, hasID := c.cur.byID[id]; !hasNID || !hasID {
+		c.makeRoom()
 	}
+	// After makeRoom: the keys may just have moved to the old generation.
+	delete(c.old.byNID, nid)
+	delete(c.old.byID, id)
 	ce := cachedEvent{e: e, gen: c.gen}
-	c.byNID[e.row.NID] = ce
-	c.byID[e.row.EventID] = ce
+	c.cur.byNID[nid] = ce
+	c.cur.byID[id] = ce
 }
 
 func (c *eventCache) drop(nid int64, id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.byNID, nid)
-	delete(c.byID, id)
+	c.dropLocked(nid, id)
 	c.gen++
+}
+
+func (c *eventCache) dropLocked(nid int64, id string) {
+	delete(c.cur.byNID, nid)
+	delete(c.cur.byID, id)
+	delete(c.old.byNID, nid)
+	delete(c.old.byID, id)
 }
 
 // dropRows is drop for each of rows, under one lock (a resync's OnCommit
@@ -569,8 +653,7 @@ func (c *eventCache) dropRows(rows []*eventRow) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range rows {
-		delete(c.byNID, r.NID)
-		delete(c.byID, r.EventID)
+		c.dropLocked(r.NID, r.EventID)
 	}
 	c.gen++
 }

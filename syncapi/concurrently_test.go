@@ -93,3 +93,58 @@ func TestConcurrentlyDoAllocations(t *testing.T) {
 		t.Errorf("%d reads kept, want 4", len(sink.reads))
 	}
 }
+
+// One read started beside the caller (a woken response's key counts)
+// costs the concurrently and its goroutine: no channel, and no context
+// of its own, as there is no other read to cancel.
+func TestConcurrentlyStartOneAllocations(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background()) // as a request's
+	defer cancel()
+	var ran atomic.Int32
+	read := func(context.Context) error { ran.Add(1); return nil }
+	n := testing.AllocsPerRun(200, func() {
+		c := &concurrently{}
+		c.do(read)
+		c.start(ctx)
+		if err := c.wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n > 2 { // c itself and the goroutine's function value
+		t.Errorf("one read started and waited for: %v allocations, want at most 2", n)
+	}
+	if ran.Load() < 200 {
+		t.Errorf("the read ran %d times, want at least 200", ran.Load())
+	}
+}
+
+// A started read's error is returned, and with several reads started
+// the first error cancels the others.
+func TestConcurrentlyStartedError(t *testing.T) {
+	ctx := context.Background()
+	boom := errors.New("boom")
+	var one concurrently
+	one.do(func(context.Context) error { return boom })
+	one.start(ctx)
+	if err := one.wait(ctx); !errors.Is(err, boom) {
+		t.Fatalf("wait = %v, want the read's error", err)
+	}
+	if err := one.wait(ctx); err != nil {
+		t.Fatalf("second wait = %v, want nil", err)
+	}
+
+	var c concurrently
+	c.do(func(context.Context) error { return boom })
+	c.do(func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+			return errors.New("not cancelled")
+		}
+	})
+	c.start(ctx)
+	if err := c.wait(ctx); !errors.Is(err, boom) {
+		t.Fatalf("wait = %v, want the first error", err)
+	}
+}

@@ -54,10 +54,15 @@ func (c *ignoreCache) put(userID string, e ignoreEntry) {
 }
 
 // parseIgnored reads the ignored_users keys of m.ignored_user_list
-// content; nil content (unset) ignores nobody.
+// content; nil content (unset) ignores nobody. The set is only read: an
+// empty one is nil, which costs nothing (every sync of a user who
+// ignores nobody has one).
 func parseIgnored(content json.RawMessage) map[string]bool {
-	out := map[string]bool{}
+	var out map[string]bool
 	gjson.GetBytes(content, "ignored_users").ForEach(func(k, _ gjson.Result) bool {
+		if out == nil {
+			out = map[string]bool{}
+		}
 		out[k.String()] = true
 		return true
 	})
@@ -77,8 +82,8 @@ func (s *Server) ignoredUsers(ctx context.Context, userID string, acct []clienta
 	}
 	if since == 0 {
 		// acct holds every entry: the list is unset.
-		s.ignores.put(userID, ignoreEntry{ignored: map[string]bool{}, pos: head})
-		return map[string]bool{}, nil
+		s.ignores.put(userID, ignoreEntry{pos: head})
+		return nil, nil
 	}
 	if e, ok := s.ignores.get(userID); ok && e.pos >= since {
 		return e.ignored, nil // no change in (e.pos, head], which acct covers

@@ -175,8 +175,11 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		// theirs; they read it together (timelinebatch.go).
 		// Only the events this request shows get their membership
 		// read (the filter and ignored senders as below).
+		// (filterEvents and withoutIgnored for one event, without a
+		// slice for it: this runs for every event of every listener.)
+		tf := b.roomFilter().Timeline
 		shown := func(e *roomserver.Event) bool {
-			return len(b.withoutIgnored(filterEvents(b.roomFilter().Timeline, []*roomserver.Event{e}))) == 1
+			return (tf == nil || roomEventFilterAllows(tf, e)) && (e.StateKey != nil || !b.ignored[e.Sender])
 		}
 		rr, memberships, err = b.s.timelines.recent(ctx, rreq, shown)
 	} else {
@@ -629,6 +632,21 @@ func hasMember(evs []*roomserver.Event) bool {
 
 // onlyKeys is the entries of m whose key is one of keys.
 func onlyKeys(m map[string]string, keys []string) map[string]string {
+	if len(m) <= len(keys) && len(keys) <= 8 {
+		// Usually m holds keys' entries only (a grouped read answers the
+		// events shown): it is then the answer, not copied. (Checked for
+		// a short timeline only, as a woken one is.)
+		all := true
+		for k := range m {
+			if !slices.Contains(keys, k) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return m
+		}
+	}
 	out := make(map[string]string, len(keys))
 	for _, k := range keys {
 		if v, ok := m[k]; ok {

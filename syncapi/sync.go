@@ -778,11 +778,12 @@ func (s *Server) fillUnread(ctx context.Context, b *roomBuilder, memberships []r
 		if !ok {
 			continue
 		}
+		// Written into the zero counts set above (one allocation a room).
 		if !threaded {
-			jr.UnreadNotifications = &unreadCounts{NotificationCount: c.Total.Notifications, HighlightCount: c.Total.Highlights}
+			*jr.UnreadNotifications = unreadCounts{NotificationCount: c.Total.Notifications, HighlightCount: c.Total.Highlights}
 			continue
 		}
-		jr.UnreadNotifications = &unreadCounts{NotificationCount: c.Main.Notifications, HighlightCount: c.Main.Highlights}
+		*jr.UnreadNotifications = unreadCounts{NotificationCount: c.Main.Notifications, HighlightCount: c.Main.Highlights}
 		for root, tc := range c.Threads {
 			if jr.UnreadThreadNotifications == nil {
 				jr.UnreadThreadNotifications = map[string]unreadCounts{}
