@@ -78,7 +78,7 @@ type Deps struct {
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
-// in the database.
+// in the database, apart from the CountMemo's copies of key counts.
 type Server struct {
 	serverName      string      // immutable
 	db              *storage.DB // immutable
