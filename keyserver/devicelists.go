@@ -64,12 +64,16 @@ func recordChanges(ctx context.Context, db *storage.DB, tx storage.Tx, notify fu
 // keys, signatures by and of them, their to-device inbox and transaction
 // IDs, and records a device-list change, all in that same transaction,
 // so a deleted device never lingers in /keys/query. The key server's
-// tables must exist (Migrate) before the hook runs.
-func DevicesDeletedHook(db *storage.DB, notify func(stream string, pos int64)) func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
+// tables must exist (Migrate) before the hook runs. counts is the key
+// server's Deps.CountMemo (nil when it has none): the deleted devices'
+// entries are dropped when the transaction commits, so a device created
+// later with the same ID starts from its own keys.
+func DevicesDeletedHook(db *storage.DB, counts *CountMemo, notify func(stream string, pos int64)) func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
 	return func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
 		if len(deviceIDs) == 0 {
 			return nil
 		}
+		counts.dropOnCommit(tx, userID, deviceIDs...)
 		for _, d := range deviceIDs {
 			for _, q := range []string{
 				`DELETE FROM keyserver_device_keys WHERE user_id = $1 AND device_id = $2`,

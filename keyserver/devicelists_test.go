@@ -49,7 +49,7 @@ func TestDeviceListChangesSharedRooms(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hook := keyserver.DevicesDeletedHook(db, notify)
+		hook := keyserver.DevicesDeletedHook(db, nil, notify)
 		start, _ := ks.DeviceListPosition(ctx)
 		for _, u := range []string{"@alice:localhost", "@carol:localhost", "@bob:localhost"} {
 			if err := db.Write(ctx, func(tx storage.Tx) error { return hook(ctx, tx, u, []string{"DEV"}) }); err != nil {

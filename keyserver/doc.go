@@ -41,15 +41,18 @@
 //   - DeviceListChanges(user, deviceList, DeviceListPosition(), delta) →
 //     device_lists (incremental syncs only), delta from the room stream
 //     (syncapi.MembershipChanges);
-//   - OneTimeKeyCounts and UnusedFallbackKeyTypes →
-//     device_one_time_keys_count and device_unused_fallback_key_types;
+//   - KeyCounts (KeyCountsOfDevices for the long polls woken together) →
+//     device_one_time_keys_count and device_unused_fallback_key_types,
+//     from the CountMemo when the process has one (countmemo.go: every
+//     key write of this process drops the device's entry on commit; none
+//     in split mode);
 //   - wake on Deps.Notify(ToDeviceStream | DeviceListStream, pos).
 //
 // GET /keys/changes takes sync tokens (syncapi.DecodeToken) and answers
 // like /sync's device_lists for the window between them.
 //
 // Concurrency: a Server is safe for concurrent use; all state is in the
-// database. Stream positions commit in order (an advisory lock per stream
+// database, apart from the CountMemo's copies of it. Stream positions commit in order (an advisory lock per stream
 // on PostgreSQL, the single writer on SQLite).
 //
 // Spec: client-server-api, "End-to-End Encryption" and "Send-to-Device

@@ -71,10 +71,14 @@ type Deps struct {
 	// userID is joined to: where m.device_list_update and
 	// m.signing_key_update about userID go. Nil: no updates are sent.
 	SharedServers func(ctx context.Context, userID string) ([]string, error)
+	// CountMemo, if non-nil, keeps KeyCounts' answers in memory; the same
+	// memo must be given to DevicesDeletedHook. Nil when another process
+	// may write the key tables (split mode): see CountMemo.
+	CountMemo *CountMemo
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
-// in the database.
+// in the database, apart from the CountMemo's copies of key counts.
 type Server struct {
 	serverName      string      // immutable
 	db              *storage.DB // immutable
@@ -89,6 +93,7 @@ type Server struct {
 	flush           outboundFlush
 	fed             RemoteKeys // may be nil
 	sharedServers   func(ctx context.Context, userID string) ([]string, error)
+	counts          *CountMemo // may be nil
 	// deviceListWake wakes the device-list sender (capacity 1).
 	deviceListWake chan struct{}
 
@@ -126,6 +131,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		queueEDU:        deps.QueueEDU,
 		fed:             deps.Federation,
 		sharedServers:   deps.SharedServers,
+		counts:          deps.CountMemo,
 		deviceListWake:  make(chan struct{}, 1),
 		resyncing:       map[string]chan struct{}{},
 		nowMillis:       func() int64 { return time.Now().UnixMilli() },

@@ -289,6 +289,7 @@ func (s *Server) claimOne(ctx context.Context, tx storage.Tx, userID, deviceID, 
 	}
 	err = tx.QueryRow(ctx, query, userID, deviceID, algorithm).Scan(&keyID, &keyJSON)
 	if err == nil {
+		s.counts.dropOnCommit(tx, userID, deviceID)
 		return keyID, keyJSON, true, nil
 	}
 	if !storage.IsNoRows(err) {
@@ -304,5 +305,7 @@ func (s *Server) claimOne(ctx context.Context, tx storage.Tx, userID, deviceID, 
 	if err != nil {
 		return "", "", false, err
 	}
+	// A fallback key claimed for the first time stops being unused.
+	s.counts.dropOnCommit(tx, userID, deviceID)
 	return keyID, keyJSON, true, nil
 }

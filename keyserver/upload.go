@@ -81,6 +81,8 @@ func (s *Server) uploadKeys(w http.ResponseWriter, r *http.Request) error {
 	}
 	var counts map[string]int
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		// One-time and fallback keys change the device's key counts.
+		s.counts.dropOnCommit(tx, d.UserID, d.DeviceID)
 		signingKey, err := s.storeDeviceKeys(ctx, tx, d, newDevice)
 		if err != nil {
 			return err
@@ -397,8 +399,24 @@ func (s *Server) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) 
 }
 
 // KeyCounts implements API: both answers from one statement (a /sync
-// response reads them for every request, so one query instead of two).
+// response reads them for every request, so one query instead of two),
+// or from the CountMemo.
 func (s *Server) KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
+	d := DeviceRef{UserID: userID, DeviceID: deviceID}
+	if c, ok := s.counts.get(d); ok {
+		return c.OneTimeKeys, c.UnusedFallback, nil
+	}
+	gen := s.counts.begin()
+	counts, fallback, err := s.readKeyCounts(ctx, userID, deviceID)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.counts.put(gen, []DeviceRef{d}, []DeviceKeyCounts{{OneTimeKeys: counts, UnusedFallback: fallback}})
+	return counts, fallback, nil
+}
+
+// readKeyCounts is KeyCounts read from the database.
+func (s *Server) readKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
 	rows, err := s.db.Reader().Query(ctx, `
 		SELECT algorithm, COUNT(*), 0 FROM keyserver_one_time_keys
 		WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
@@ -466,8 +484,37 @@ const maxKeyCountsDevices = 500
 // KeyCountsOfDevices is KeyCounts for several devices, in as few reads
 // as their number allows (one per maxKeyCountsDevices): out[i] answers
 // devices[i], exactly as KeyCounts(devices[i]) would. /sync uses it for
-// the long polls woken together by one message.
+// the long polls woken together by one message. Devices the CountMemo
+// holds are answered from it.
 func (s *Server) KeyCountsOfDevices(ctx context.Context, devices []DeviceRef) ([]DeviceKeyCounts, error) {
+	out := make([]DeviceKeyCounts, len(devices))
+	var missing []DeviceRef
+	var at []int // at[j]: the index in devices of missing[j]
+	for i, d := range devices {
+		if c, ok := s.counts.get(d); ok {
+			out[i] = c
+			continue
+		}
+		missing = append(missing, d)
+		at = append(at, i)
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	gen := s.counts.begin()
+	read, err := s.readKeyCountsOfDevices(ctx, missing)
+	if err != nil {
+		return nil, err
+	}
+	s.counts.put(gen, missing, read)
+	for j, i := range at {
+		out[i] = read[j]
+	}
+	return out, nil
+}
+
+// readKeyCountsOfDevices is KeyCountsOfDevices read from the database.
+func (s *Server) readKeyCountsOfDevices(ctx context.Context, devices []DeviceRef) ([]DeviceKeyCounts, error) {
 	out := make([]DeviceKeyCounts, len(devices))
 	at := make(map[DeviceRef][]int, len(devices))
 	for i, d := range devices {

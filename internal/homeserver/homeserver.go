@@ -189,6 +189,13 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	var appServices *appservice.Server // set below; read only by handlers
 	var keys *keyserver.Server         // set below; hooks read it only after assemble returns
+	// The key counts of woken /sync responses come from memory, kept
+	// exact by this process's key writes; in split mode another
+	// process writes keys too, so they are read every time.
+	var keyCounts *keyserver.CountMemo
+	if cfg.Global.RedisURL == "" {
+		keyCounts = keyserver.NewCountMemo()
+	}
 	var remote *remoteServers
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
@@ -198,7 +205,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		AppServices: asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same
 		// transaction (and wakes the key server's device-list update sender).
-		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, func(stream string, pos int64) {
+		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, keyCounts, func(stream string, pos int64) {
 			notify.Notify(stream, pos)
 			if keys != nil {
 				keys.Notified(stream, pos)
@@ -243,6 +250,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		QueueEDU:        remote.keyServer(),
 		Federation:      remote.remoteKeys(),
 		SharedServers:   sharedServers(rooms),
+		CountMemo:       keyCounts,
 	})
 	if err != nil {
 		push.Close()
