@@ -169,6 +169,11 @@ type notification struct {
 type readMark struct {
 	userID, roomID, thread string
 	pos                    int64
+	// newest says no notification of the room is, or will be written
+	// by the marker's transaction, past pos: the mark is a local
+	// sender's own event in its own transaction (CountInTx), the room's
+	// newest (see moveReadMark).
+	newest bool
 }
 
 // consumeEvents evaluates the next batch of room events and writes the
