@@ -297,7 +297,7 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 	// Queued after the summary and the markers are final: the push's
 	// counts.unread (enqueue) reads them.
 	queued := false
-	pushers, err := readPushersOf(ctx, tx, notes)
+	pushers, err := readPushersOf(ctx, tx, notes, lastID)
 	if err != nil {
 		return false, err
 	}
