@@ -7,7 +7,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -58,10 +57,7 @@ const (
 	// consumer's in-memory position runs ahead of its stored one when a
 	// pass has nothing else to write (see consumeEvents).
 	lazyStoreEvents = 1000
-	// notificationRows bounds the rows of one push_notifications insert
-	// (8 placeholders each).
-	notificationRows = 100
-	lazyStoreEvery   = 5 * time.Second
+	lazyStoreEvery  = 5 * time.Second
 )
 
 // runConsumer processes the room event and receipt streams until ctx
@@ -169,6 +165,11 @@ type notification struct {
 type readMark struct {
 	userID, roomID, thread string
 	pos                    int64
+	// newest says no notification of the room is, or will be written
+	// by the marker's transaction, past pos: the mark is a local
+	// sender's own event in its own transaction (CountInTx), the room's
+	// newest (see moveReadMark).
+	newest bool
 }
 
 // consumeEvents evaluates the next batch of room events and writes the
@@ -278,30 +279,8 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 			return false, err
 		}
 	}
-	// Several rows per statement: a message to a room of N local
-	// members is N rows, written inside the message's transaction.
-	for start := 0; start < len(notes); start += notificationRows {
-		part := notes[start:min(start+notificationRows, len(notes))]
-		var q strings.Builder
-		q.WriteString(`INSERT INTO push_notifications
-			(user_id, room_id, event_id, stream_pos, thread_id, highlight, actions, ts) VALUES `)
-		args := make([]any, 0, 8*len(part))
-		for i, n := range part {
-			actions, _ := json.Marshal(n.actions)
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			q.WriteString("(")
-			for j := range 8 {
-				if j > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteString("$" + strconv.Itoa(len(args)+j+1))
-			}
-			q.WriteString(")")
-			args = append(args, n.userID, n.event.RoomID, n.event.EventID, n.event.StreamPos, n.thread, n.highlight, string(actions), now)
-		}
-		if _, err := tx.Exec(ctx, q.String(), args...); err != nil {
+	if len(notes) > 0 {
+		if err := s.insertNotes(ctx, tx, notes, now); err != nil {
 			return false, err
 		}
 	}
@@ -318,7 +297,7 @@ func (s *Server) writeNotifications(ctx context.Context, tx storage.Tx, notes []
 	// Queued after the summary and the markers are final: the push's
 	// counts.unread (enqueue) reads them.
 	queued := false
-	pushers, err := readPushersOf(ctx, tx, notes)
+	pushers, err := readPushersOf(ctx, tx, notes, lastID)
 	if err != nil {
 		return false, err
 	}

@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -94,52 +92,38 @@ func (s *Server) enqueue(ctx context.Context, tx storage.Tx, n notification, now
 	return true, nil
 }
 
-// pushersChunk bounds the users of one readPushersOf query.
-const pushersChunk = 500
-
 // readPushersOf returns the pushers of every user notes notify, as tx
 // sees them, keyed by user (an entry for each, nil when they have
-// none), in one query per pushersChunk users: a message to a room of N
-// local members would otherwise cost N reads inside its transaction.
-func readPushersOf(ctx context.Context, tx storage.Tx, notes []notification) (map[string][]pusherKey, error) {
+// none), in one query: a message to a room of N local members would
+// otherwise cost N reads inside its transaction. The users are taken
+// from the rows notes were written as, those with an id above after
+// (lastNotificationID, taken before they were inserted): one fixed
+// statement, where a list of the users as placeholders was a statement
+// of a new length, compiled afresh, for every room size
+// (docs/benchmarks.md, "sendsum").
+func readPushersOf(ctx context.Context, tx storage.Tx, notes []notification, after int64) (map[string][]pusherKey, error) {
 	known := map[string][]pusherKey{}
-	var users []string
 	for _, n := range notes {
-		if _, ok := known[n.userID]; !ok {
-			known[n.userID] = nil
-			users = append(users, n.userID)
-		}
+		known[n.userID] = nil
 	}
-	for start := 0; start < len(users); start += pushersChunk {
-		part := users[start:min(start+pushersChunk, len(users))]
-		args := make([]any, len(part))
-		var in strings.Builder
-		for i, u := range part {
-			if i > 0 {
-				in.WriteString(", ")
-			}
-			args[i] = u
-			in.WriteString("$" + strconv.Itoa(i+1))
-		}
-		rows, err := tx.Query(ctx, `SELECT user_id, app_id, pushkey FROM pushers WHERE user_id IN (`+in.String()+`)`, args...)
-		if err != nil {
+	if len(notes) == 0 {
+		return known, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT user_id, app_id, pushkey FROM pushers
+		WHERE user_id IN (SELECT user_id FROM push_notifications WHERE id > $1)`, after)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var userID string
+		var k pusherKey
+		if err := rows.Scan(&userID, &k.appID, &k.pushkey); err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var userID string
-			var k pusherKey
-			if err := rows.Scan(&userID, &k.appID, &k.pushkey); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			known[userID] = append(known[userID], k)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
+		known[userID] = append(known[userID], k)
 	}
-	return known, nil
+	return known, rows.Err()
 }
 
 // readPushers returns userID's pushers as tx sees them.

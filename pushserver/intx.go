@@ -84,6 +84,9 @@ func (s *Server) CountInTx(ctx context.Context, tx storage.Tx, te roomserver.Tim
 	}
 	var marks []readMark
 	if mark != nil {
+		// The event is the newest of the room: its position is past
+		// every notification there (moveReadMark).
+		mark.newest = true
 		marks = append(marks, *mark)
 	}
 	queued := false

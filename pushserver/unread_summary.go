@@ -135,6 +135,27 @@ func moveReadMark(ctx context.Context, tx storage.Tx, m readMark) error {
 	} else if n == 0 {
 		return nil // not moved: behind or at the stored marker
 	}
+	if m.newest && m.thread != "" {
+		// A local sender's own event, in its transaction: the marker
+		// of its thread now stands at the room's newest event, so
+		// nothing in the thread is past it and the recount would find
+		// zero. Every push_notifications row of the room has an
+		// event's position at or below the event's: rows are written
+		// for an event in its own transaction (CountInTx), and event
+		// transactions take their positions in the order they commit
+		// (SQLite's one writer; PostgreSQL's stream lock, held from the
+		// event's insert to the commit, around this hook), or by the
+		// consumer, for events up to inTxFrom, below every event
+		// counted in its own transaction; this event's own rows (the
+		// other members', written just before) sit at pos, not past
+		// it. The summary row, if any, goes without a count: a message
+		// in a room where the sender alone is notified of nothing ran
+		// a count and a delete of nothing per message
+		// (docs/benchmarks.md, "sendsum").
+		_, err := tx.Exec(ctx, `DELETE FROM push_unread WHERE user_id = $1 AND room_id = $2 AND thread_id = $3`,
+			m.userID, m.roomID, m.thread)
+		return err
+	}
 	threads := []string{m.thread}
 	if m.thread == "" {
 		// Only threads with something unread can change.
