@@ -138,7 +138,8 @@ func (s *Server) snapshotKeys(ctx context.Context, q storage.Querier, nid int64,
 var maxMemberPreload = 500 // a variable for tests
 
 // loadSnapshotKeysOrMembers loads the missing keys of snapshot nid and,
-// when one of them is a member key, every member entry of the snapshot
+// when one of them is a member key and a member key of this snapshot
+// was loaded before (membersOneMiss), every member entry of the snapshot
 // with them (membersAll), unless the snapshot has more than
 // maxMemberPreload (membersTooMany; then only the missing keys).
 //
@@ -150,7 +151,10 @@ var maxMemberPreload = 500 // a variable for tests
 // both cores), and that one message arrived 100+ ms after the others
 // (docs/benchmarks.md, "stall"). One query for all members, remembered
 // with the fact that they are all there, answers every recipient,
-// member or not.
+// member or not. Only the second member looked up at a snapshot does
+// it: one user reading history over many snapshots, or a join checking
+// its own member key at the snapshot before it, reads single keys as
+// before.
 func (s *Server) loadSnapshotKeysOrMembers(ctx context.Context, q storage.Querier, gen uint64, nid int64, missing []tuple) (stateMap, int8, error) {
 	wantMember := false
 	for _, k := range missing {
@@ -159,7 +163,15 @@ func (s *Server) loadSnapshotKeysOrMembers(ctx context.Context, q storage.Querie
 			break
 		}
 	}
-	if !wantMember || nid == 0 || s.snapKeys.membersOf(gen, nid) == membersTooMany {
+	if !wantMember || nid == 0 {
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		return got, 0, err
+	}
+	switch s.snapKeys.membersOf(gen, nid) {
+	case 0:
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		return got, membersOneMiss, err
+	case membersTooMany:
 		got, err := loadSnapshotKeys(ctx, q, nid, missing)
 		return got, 0, err
 	}

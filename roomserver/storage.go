@@ -657,9 +657,10 @@ type snapshotKeyCache struct {
 	mu   sync.Mutex
 	max  int
 	byID map[int64]stateMap // guarded by mu
-	// members says, per snapshot (guarded by mu), that byID holds every
-	// m.room.member entry of it (membersAll: a member key it lacks is
-	// not in the state) or that the snapshot has more than
+	// members says, per snapshot (guarded by mu), that one member key
+	// of it has been loaded on its own (membersOneMiss), that byID holds
+	// every m.room.member entry of it (membersAll: a member key it lacks
+	// is not in the state) or that the snapshot has more than
 	// maxMemberPreload of them (membersTooMany: load keys one by one).
 	members map[int64]int8
 	// entries counts the keys held in byID (guarded by mu): a preload
@@ -673,6 +674,7 @@ type snapshotKeyCache struct {
 
 // Values of snapshotKeyCache.members.
 const (
+	membersOneMiss int8 = 2
 	membersAll     int8 = 1
 	membersTooMany int8 = -1
 )
@@ -825,7 +827,7 @@ func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, lo
 			remember(k, 0)
 		}
 	}
-	if members != 0 {
+	if members != 0 && c.members[nid] != membersAll {
 		c.members[nid] = members
 	}
 	return out, nil
