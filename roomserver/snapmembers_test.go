@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
@@ -23,62 +24,64 @@ func TestMembershipsAtPreloadsMembers(t *testing.T) {
 		{"too many members", 5, membersTooMany},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := maxMemberPreload
-			maxMemberPreload = tc.preload
-			defer func() { maxMemberPreload = old }()
-			ctx := context.Background()
-			s := newTestServer(t, storagetest.OpenSQLite(t))
-			room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
-			users := []string{alice}
-			for i := range 12 {
-				u := fmt.Sprintf("@u%02d:%s", i, testServer)
-				if _, err := s.Join(ctx, MembershipRequest{RoomID: room, Sender: u}); err != nil {
-					t.Fatalf("join %s: %v", u, err)
-				}
-				users = append(users, u)
-			}
-			msg := mustSend(t, s, room, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"hi"}`)
-			var nid int64
-			if err := s.db.Reader().QueryRow(ctx, `SELECT state_after FROM roomserver_events WHERE event_id = $1`, msg).Scan(&nid); err != nil {
-				t.Fatal(err)
-			}
-			for i, u := range append(users, "@stranger:"+testServer) {
-				got, err := s.MembershipsAt(ctx, u, []string{msg})
-				if err != nil {
-					t.Fatalf("MembershipsAt(%s): %v", u, err)
-				}
-				want := "join"
-				if i == len(users) {
-					want = "leave"
-				}
-				if got[msg] != want {
-					t.Fatalf("MembershipsAt(%s) = %q, want %q", u, got[msg], want)
-				}
-				if i == 0 {
-					s.snapKeys.mu.Lock()
-					members := s.snapKeys.members[nid]
-					s.snapKeys.mu.Unlock()
-					if members != membersOneMiss {
-						t.Fatalf("after the first check: members mark %d, want %d (one key loaded)", members, membersOneMiss)
+			storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+				old := maxMemberPreload
+				maxMemberPreload = tc.preload
+				defer func() { maxMemberPreload = old }()
+				ctx := context.Background()
+				s := newTestServer(t, db)
+				room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
+				users := []string{alice}
+				for i := range 12 {
+					u := fmt.Sprintf("@u%02d:%s", i, testServer)
+					if _, err := s.Join(ctx, MembershipRequest{RoomID: room, Sender: u}); err != nil {
+						t.Fatalf("join %s: %v", u, err)
 					}
+					users = append(users, u)
 				}
-				if i == 1 {
-					s.snapKeys.mu.Lock()
-					members, held := s.snapKeys.members[nid], 0
-					for k := range s.snapKeys.byID[nid] {
-						if k.Type == "m.room.member" {
-							held++
+				msg := mustSend(t, s, room, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"hi"}`)
+				var nid int64
+				if err := s.db.Reader().QueryRow(ctx, `SELECT state_after FROM roomserver_events WHERE event_id = $1`, msg).Scan(&nid); err != nil {
+					t.Fatal(err)
+				}
+				for i, u := range append(users, "@stranger:"+testServer) {
+					got, err := s.MembershipsAt(ctx, u, []string{msg})
+					if err != nil {
+						t.Fatalf("MembershipsAt(%s): %v", u, err)
+					}
+					want := "join"
+					if i == len(users) {
+						want = "leave"
+					}
+					if got[msg] != want {
+						t.Fatalf("MembershipsAt(%s) = %q, want %q", u, got[msg], want)
+					}
+					if i == 0 {
+						s.snapKeys.mu.Lock()
+						members := s.snapKeys.members[nid]
+						s.snapKeys.mu.Unlock()
+						if members != membersOneMiss {
+							t.Fatalf("after the first check: members mark %d, want %d (one key loaded)", members, membersOneMiss)
 						}
 					}
-					s.snapKeys.mu.Unlock()
-					if members != tc.want {
-						t.Fatalf("after the second check: members mark %d, want %d", members, tc.want)
-					}
-					if tc.want == membersAll && held != len(users) {
-						t.Fatalf("after the second check the cache holds %d member keys of the snapshot, want all %d", held, len(users))
+					if i == 1 {
+						s.snapKeys.mu.Lock()
+						members, held := s.snapKeys.members[nid], 0
+						for k := range s.snapKeys.byID[nid] {
+							if k.Type == "m.room.member" {
+								held++
+							}
+						}
+						s.snapKeys.mu.Unlock()
+						if members != tc.want {
+							t.Fatalf("after the second check: members mark %d, want %d", members, tc.want)
+						}
+						if tc.want == membersAll && held != len(users) {
+							t.Fatalf("after the second check the cache holds %d member keys of the snapshot, want all %d", held, len(users))
+						}
 					}
 				}
-			}
+			})
 		})
 	}
 }
