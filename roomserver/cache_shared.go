@@ -2,7 +2,9 @@ package roomserver
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -117,17 +119,81 @@ func (s *Server) freshHits(ctx context.Context, q storage.Querier, hits []*loade
 // filled from it). In split mode only the entries of events that are not
 // outliers are remembered.
 func (s *Server) snapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []tuple) (stateMap, error) {
-	return s.snapKeys.lookupKeeping(s.snapKeyGeneration(q), nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
-		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+	gen := s.snapKeyGeneration(q)
+	return s.snapKeys.lookupKeeping(gen, nid, keys, func(missing []tuple) (snapshotLoad, error) {
+		got, members, err := s.loadSnapshotKeysOrMembers(ctx, q, gen, nid, missing)
 		if err != nil || !s.shared {
-			return got, nil, err
+			return snapshotLoad{got: got, members: members}, err
 		}
 		settled, err := settledNIDs(ctx, q, got)
 		if err != nil {
-			return nil, nil, err
+			return snapshotLoad{}, err
 		}
-		return got, func(eventNID int64) bool { return settled[eventNID] }, nil
+		return snapshotLoad{got: got, keep: func(eventNID int64) bool { return settled[eventNID] }, members: members}, nil
 	})
+}
+
+// maxMemberPreload bounds the member entries (rows of the snapshot chain)
+// loadSnapshotKeysOrMembers reads at once.
+var maxMemberPreload = 500 // a variable for tests
+
+// loadSnapshotKeysOrMembers loads the missing keys of snapshot nid and,
+// when one of them is a member key and a member key of this snapshot
+// was loaded before (membersOneMiss), every member entry of the snapshot
+// with them (membersAll), unless the snapshot has more than
+// maxMemberPreload (membersTooMany; then only the missing keys).
+//
+// Why: a message to a room is checked against each recipient's
+// membership in the state after it (visibility.at). The first message
+// after a membership change is at a new snapshot, which the cache knows
+// nothing of, so each of N recipients' /sync cost a query of the
+// snapshot chain of its own: 200 listeners, 200 queries (50-130 ms of
+// both cores), and that one message arrived 100+ ms after the others
+// (docs/benchmarks.md, "stall"). One query for all members, remembered
+// with the fact that they are all there, answers every recipient,
+// member or not. Only the second member looked up at a snapshot does
+// it: one user reading history over many snapshots, or a join checking
+// its own member key at the snapshot before it, reads single keys as
+// before.
+func (s *Server) loadSnapshotKeysOrMembers(ctx context.Context, q storage.Querier, gen uint64, nid int64, missing []tuple) (stateMap, int8, error) {
+	wantMember := false
+	for _, k := range missing {
+		if k.Type == "m.room.member" {
+			wantMember = true
+			break
+		}
+	}
+	if !wantMember || nid == 0 {
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		return got, 0, err
+	}
+	switch s.snapKeys.membersOf(gen, nid) {
+	case 0:
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		return got, membersOneMiss, err
+	case membersTooMany:
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		return got, 0, err
+	}
+	var b strings.Builder
+	b.WriteString("WHERE e.type = 'm.room.member'")
+	var args []any
+	for _, k := range missing {
+		if k.Type == "m.room.member" {
+			continue
+		}
+		fmt.Fprintf(&b, " OR (e.type = $%d AND e.state_key = $%d)", len(args)+2, len(args)+3)
+		args = append(args, k.Type, k.StateKey)
+	}
+	got, rows, err := querySnapshotLimit(ctx, q, nid, b.String(), maxMemberPreload+len(args)/2, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if rows > maxMemberPreload+len(args)/2 {
+		got, err := loadSnapshotKeys(ctx, q, nid, missing)
+		return got, membersTooMany, err
+	}
+	return got, membersAll, nil
 }
 
 // settledNIDs returns which of state's event NIDs are rows that are not

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -259,6 +260,18 @@ func loadSnapshotKeys(ctx context.Context, q storage.Querier, nid int64, keys []
 // for args start at $2), deeper (older) levels first so that nearer ones
 // override.
 func querySnapshot(ctx context.Context, q storage.Querier, nid int64, where string, args ...any) (stateMap, error) {
+	out, _, err := querySnapshotLimit(ctx, q, nid, where, 0, args...)
+	return out, err
+}
+
+// querySnapshotLimit is querySnapshot reading at most limit+1 rows (all
+// when limit is 0); it also returns how many it read, so that more than
+// limit means the answer is cut short.
+func querySnapshotLimit(ctx context.Context, q storage.Querier, nid int64, where string, limit int, args ...any) (stateMap, int, error) {
+	limitClause := ""
+	if limit > 0 {
+		limitClause = " LIMIT " + strconv.Itoa(limit+1)
+	}
 	rows, err := q.Query(ctx, `WITH RECURSIVE chain(nid, parent, lvl) AS (
 			SELECT snapshot_nid, parent_nid, 0 FROM roomserver_snapshots WHERE snapshot_nid = $1
 			UNION ALL
@@ -266,21 +279,23 @@ func querySnapshot(ctx context.Context, q storage.Querier, nid int64, where stri
 		)
 		SELECT e.type, e.state_key, e.event_nid FROM chain c
 		JOIN roomserver_snapshot_entries e ON e.snapshot_nid = c.nid
-		`+where+` ORDER BY c.lvl DESC`, append([]any{nid}, args...)...)
+		`+where+` ORDER BY c.lvl DESC`+limitClause, append([]any{nid}, args...)...)
 	if err != nil {
-		return nil, fmt.Errorf("loading snapshot %d: %w", nid, err)
+		return nil, 0, fmt.Errorf("loading snapshot %d: %w", nid, err)
 	}
 	defer rows.Close()
 	out := stateMap{}
+	n := 0
 	for rows.Next() {
 		var t tuple
 		var eventNID int64
 		if err := rows.Scan(&t.Type, &t.StateKey, &eventNID); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		out[t] = eventNID
+		n++
 	}
-	return out, rows.Err()
+	return out, n, rows.Err()
 }
 
 // writeSnapshot stores state as a snapshot. When state equals the
@@ -725,9 +740,38 @@ type snapshotKeyCache struct {
 	mu   sync.Mutex
 	max  int
 	byID map[int64]stateMap // guarded by mu
+	// members says, per snapshot (guarded by mu), that one member key
+	// of it has been loaded on its own (membersOneMiss), that byID holds
+	// every m.room.member entry of it (membersAll: a member key it lacks
+	// is not in the state) or that the snapshot has more than
+	// maxMemberPreload of them (membersTooMany: load keys one by one).
+	members map[int64]int8
+	// entries counts the keys held in byID (guarded by mu): a preload
+	// of all members can hold hundreds per snapshot, so the bound is on
+	// keys as well as on snapshots.
+	entries int
 	// gen counts invalidations (guarded by mu): what a lookup loaded
 	// while one happened is not kept.
 	gen uint64
+}
+
+// Values of snapshotKeyCache.members.
+const (
+	membersOneMiss int8 = 2
+	membersAll     int8 = 1
+	membersTooMany int8 = -1
+)
+
+// maxSnapshotKeyEntries bounds the keys the snapshot key cache holds in
+// all (about 100 bytes each); past it the cache is emptied, as past max
+// snapshots.
+const maxSnapshotKeyEntries = 32 << 10
+
+// reset empties the cache; c.mu is held.
+func (c *snapshotKeyCache) reset() {
+	c.byID = make(map[int64]stateMap)
+	c.members = make(map[int64]int8)
+	c.entries = 0
 }
 
 // invalidate forgets everything: an event's NID moved (outlier
@@ -735,7 +779,7 @@ type snapshotKeyCache struct {
 func (c *snapshotKeyCache) invalidate() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.byID = make(map[int64]stateMap)
+	c.reset()
 	c.gen++
 }
 
@@ -748,41 +792,71 @@ func (c *snapshotKeyCache) generation() uint64 {
 }
 
 func newSnapshotKeyCache(max int) *snapshotKeyCache {
-	return &snapshotKeyCache{max: max, byID: make(map[int64]stateMap)}
+	c := &snapshotKeyCache{max: max}
+	c.reset()
+	return c
+}
+
+// membersOf reports what the cache knows of snapshot nid's member
+// entries: membersAll, membersTooMany or 0 (nothing).
+func (c *snapshotKeyCache) membersOf(gen uint64, nid int64) int8 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return 0
+	}
+	return c.members[nid]
 }
 
 // lookup returns snapshot nid's entries at keys, calling load (outside the
 // lock) for the keys it does not know yet.
 func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []tuple) (stateMap, error)) (stateMap, error) {
-	return c.lookupKeeping(c.generation(), nid, keys, func(missing []tuple) (stateMap, func(int64) bool, error) {
+	return c.lookupKeeping(c.generation(), nid, keys, func(missing []tuple) (snapshotLoad, error) {
 		got, err := load(missing)
-		return got, nil, err
+		return snapshotLoad{got: got}, err
 	})
 }
 
+// snapshotLoad is what a lookupKeeping load found.
+type snapshotLoad struct {
+	// got holds the entries found: those of the missing keys that are in
+	// the state, and possibly more keys of the snapshot (all its
+	// members, with members set), which are remembered too.
+	got stateMap
+	// keep says which of the event NIDs found may be remembered (nil:
+	// all of them); the entries of the others are this read's answer
+	// only (cache_shared.go).
+	keep func(eventNID int64) bool
+	// members, when not 0, is what the load learnt of the snapshot's
+	// member entries (membersAll: got holds every one of them).
+	members int8
+}
+
 // lookupKeeping is lookup whose load also says which of the event NIDs
-// it found may be remembered (keep nil: all of them); the entries of the
-// others are this read's answer only (cache_shared.go). gen is the
-// cache's generation when the read load uses began (snapshot_read.go):
-// what it loads is not remembered if the cache was invalidated since.
-func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, load func(missing []tuple) (got stateMap, keep func(eventNID int64) bool, err error)) (stateMap, error) {
+// it found may be remembered, and may load more than it was asked
+// (snapshotLoad). gen is the cache's generation when the read load uses
+// began (snapshot_read.go): what it loads is not remembered if the
+// cache was invalidated since.
+func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, load func(missing []tuple) (snapshotLoad, error)) (stateMap, error) {
 	out := make(stateMap, len(keys))
 	var missing []tuple
 	c.mu.Lock()
 	var known stateMap
+	allMembers := false
 	if c.gen == gen {
 		// Every entry was stored at c.gen (invalidate empties the
 		// cache), after the last move of a NID; a read whose snapshot
 		// is older (gen < c.gen) may not see that move, so it reads
 		// every key from its snapshot (snapshot_read.go).
 		known = c.byID[nid]
+		allMembers = c.members[nid] == membersAll
 	}
 	for _, k := range keys {
 		if v, ok := known[k]; ok {
 			if v != 0 {
 				out[k] = v
 			}
-		} else {
+		} else if !(allMembers && k.Type == "m.room.member") {
 			missing = append(missing, k)
 		}
 	}
@@ -790,12 +864,12 @@ func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, lo
 	if len(missing) == 0 {
 		return out, nil
 	}
-	got, keep, err := load(missing)
+	l, err := load(missing)
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range missing {
-		if v := got[k]; v != 0 {
+		if v := l.got[k]; v != 0 {
 			out[k] = v
 		}
 	}
@@ -807,20 +881,37 @@ func (c *snapshotKeyCache) lookupKeeping(gen uint64, nid int64, keys []tuple, lo
 		// but it is not remembered.
 		return out, nil
 	}
-	if len(c.byID) >= c.max {
-		c.byID = make(map[int64]stateMap)
+	if len(c.byID) >= c.max || c.entries+len(l.got)+len(missing) > maxSnapshotKeyEntries {
+		c.reset()
 	}
 	known = c.byID[nid]
 	if known == nil {
 		known = make(stateMap, len(missing))
 		c.byID[nid] = known
 	}
-	for _, k := range missing {
-		v := got[k] // 0 when absent
-		if v != 0 && keep != nil && !keep(v) {
-			continue
+	remember := func(k tuple, v int64) bool {
+		if v != 0 && l.keep != nil && !l.keep(v) {
+			return false
+		}
+		if _, ok := known[k]; !ok {
+			c.entries++
 		}
 		known[k] = v
+		return true
+	}
+	members := l.members
+	for k, v := range l.got {
+		if !remember(k, v) && k.Type == "m.room.member" && members == membersAll {
+			members = 0 // one member entry is not remembered: not all are
+		}
+	}
+	for _, k := range missing {
+		if l.got[k] == 0 {
+			remember(k, 0)
+		}
+	}
+	if members != 0 && c.members[nid] != membersAll {
+		c.members[nid] = members
 	}
 	return out, nil
 }
