@@ -79,8 +79,9 @@ type tokenCache struct {
 	gen              uint64 // bumped by every drop
 	// byHash maps the token's SHA-256 to what its session said.
 	byHash map[[sha256.Size]byte]tokenEntry
-	// pending is the pending mark last seen (guarded by mu), since when,
-	// and whether it was logged.
+	// pending is the pending mark last seen ("" if the last mark read
+	// was not pending), pendingSince when it was first seen, and
+	// pendingLogged whether it was logged; all three guarded by mu.
 	pending       string
 	pendingSince  time.Time
 	pendingLogged bool
