@@ -111,7 +111,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		// `myelin user` commands) rewrite the revocation mark
 		// (tokencache.go). With PostgreSQL the commands may run on another
 		// machine, so the cache is off.
-		tokens, err := newTokenCache(accounts.revocationMark)
+		tokens, err := newTokenCache(accounts.revocationMark, logger)
 		if err != nil {
 			// Without the mark the commands' revocations would go
 			// unseen: no cache (a session read per request).

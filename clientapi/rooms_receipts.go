@@ -145,12 +145,29 @@ func (s *Server) sendReceipt(w http.ResponseWriter, r *http.Request) error {
 // markRead records one receipt type (or the m.fully_read marker) for an
 // event of a room the user is joined to and can see.
 func (s *Server) markRead(ctx context.Context, userID, roomID, receiptType, eventID, threadID string) error {
+	if err := s.checkReadTarget(ctx, userID, roomID, eventID); err != nil {
+		return err
+	}
+	return s.writeRead(ctx, userID, roomID, receiptType, eventID, threadID)
+}
+
+// checkReadTarget refuses a receipt or read marker unless userID is
+// joined to roomID and eventID is an event of roomID that userID can
+// see: an unknown event, or one of another room, is M_NOT_FOUND (as for
+// GET /rooms/{roomId}/event/{eventId}), and nothing is written.
+// Spec: client-server-api, "Receipts" ("The event ID to acknowledge up
+// to", an event of the room in the path), "Fully read markers".
+func (s *Server) checkReadTarget(ctx context.Context, userID, roomID, eventID string) error {
 	if err := s.requireJoined(ctx, roomID, userID); err != nil {
 		return err
 	}
-	if _, err := s.visibleEvent(ctx, userID, roomID, eventID); err != nil {
-		return err
-	}
+	_, err := s.visibleEvent(ctx, userID, roomID, eventID)
+	return err
+}
+
+// writeRead stores a checked receipt or m.fully_read marker, and sends a
+// public receipt to the room's other servers.
+func (s *Server) writeRead(ctx context.Context, userID, roomID, receiptType, eventID, threadID string) error {
 	if receiptType == "m.fully_read" {
 		// Spec: client-server-api, "Fully read markers": stored as room
 		// account data.
@@ -169,6 +186,8 @@ func (s *Server) markRead(ctx context.Context, userID, roomID, receiptType, even
 }
 
 // setReadMarkers sets the fully-read marker and the read receipts in one call.
+// Every event named is checked before anything is written, so a request
+// naming one unknown event, or an event of another room, changes nothing.
 // Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/read_markers".
 func (s *Server) setReadMarkers(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -181,7 +200,8 @@ func (s *Server) setReadMarkers(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	me := caller(r)
-	for _, t := range []string{"m.fully_read", "m.read", "m.read.private"} {
+	types := []string{"m.fully_read", "m.read", "m.read.private"}
+	for _, t := range types {
 		eventID := body[t]
 		if eventID == nil {
 			continue
@@ -189,8 +209,15 @@ func (s *Server) setReadMarkers(w http.ResponseWriter, r *http.Request) error {
 		if !strings.HasPrefix(*eventID, "$") {
 			return mxerr.New(mxerr.InvalidParam, "%s must be an event ID", t)
 		}
-		if err := s.markRead(ctx, me.UserID, roomID, t, *eventID, ""); err != nil {
+		if err := s.checkReadTarget(ctx, me.UserID, roomID, *eventID); err != nil {
 			return err
+		}
+	}
+	for _, t := range types {
+		if eventID := body[t]; eventID != nil {
+			if err := s.writeRead(ctx, me.UserID, roomID, t, *eventID, ""); err != nil {
+				return err
+			}
 		}
 	}
 	return httpx.OK(w, httpx.EmptyObject)

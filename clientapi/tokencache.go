@@ -61,14 +61,30 @@ import (
 // without Redis: with PostgreSQL the commands may run on another machine,
 // and with Redis several server processes share the database.
 //
+// A pending mark left by a killed command turns the cache off without a
+// sound, so it is logged (warn): at start, and when a pending mark seen
+// while serving is still there pendingWarnAfter later (a command that
+// runs normally replaces it within its transaction's time), once per
+// pending value; its replacement is logged at info.
+//
 // Concurrency: guarded by mu.
 type tokenCache struct {
 	mark   *markFile    // the revocation mark; immutable
 	maxAge atomic.Int64 // maxTokenAge in nanoseconds (tests shorten it)
-	mu     sync.Mutex
-	gen    uint64 // bumped by every drop
+	log    *slog.Logger // immutable
+	// pendingWarnAfter is how long a pending mark must stay before it
+	// is logged as left by a killed command (immutable; tests set 0).
+	pendingWarnAfter time.Duration
+	mu               sync.Mutex
+	gen              uint64 // bumped by every drop
 	// byHash maps the token's SHA-256 to what its session said.
 	byHash map[[sha256.Size]byte]tokenEntry
+	// pending is the pending mark last seen ("" if the last mark read
+	// was not pending), pendingSince when it was first seen, and
+	// pendingLogged whether it was logged; all three guarded by mu.
+	pending       string
+	pendingSince  time.Time
+	pendingLogged bool
 }
 
 type tokenEntry struct {
@@ -94,16 +110,56 @@ const maxMarkLen = 127
 // pendingMarkPrefix starts the mark a command writes before its commit.
 const pendingMarkPrefix = "pending-"
 
+// pendingWarnAfter: see tokenCache.pendingWarnAfter. A `myelin user`
+// command holds its pending mark for one transaction (milliseconds).
+const pendingWarnAfter = 30 * time.Second
+
 // newTokenCache opens the revocation mark at markPath (creating it if
-// there is none).
-func newTokenCache(markPath string) (*tokenCache, error) {
+// there is none). A pending mark found there is logged at once.
+func newTokenCache(markPath string, log *slog.Logger) (*tokenCache, error) {
 	mark, err := openMarkFile(markPath)
 	if err != nil {
 		return nil, err
 	}
-	c := &tokenCache{mark: mark, byHash: make(map[[sha256.Size]byte]tokenEntry)}
+	c := &tokenCache{mark: mark, log: log, pendingWarnAfter: pendingWarnAfter, byHash: make(map[[sha256.Size]byte]tokenEntry)}
 	c.maxAge.Store(int64(maxTokenAge))
+	var buf [maxMarkLen + 1]byte
+	if n := mark.read(buf[:]); n >= 0 && strings.HasPrefix(string(buf[:n]), pendingMarkPrefix) {
+		c.pending, c.pendingSince, c.pendingLogged = string(buf[:n]), time.Now(), true
+		c.warnPending()
+	}
 	return c, nil
+}
+
+// warnPending logs that the revocation mark is pending, and what the
+// administrator should do about it.
+func (c *tokenCache) warnPending() {
+	c.log.Warn("the access-token revocation mark is pending: a `myelin user` passwd or deactivate command "+
+		"was stopped before it ended, or is running now; until the mark is replaced the token cache is off "+
+		"(every request reads its session). If no such command is running, run the stopped command again "+
+		"(its end replaces the mark) or delete the mark file",
+		"path", c.mark.path)
+}
+
+// sawMark notes the mark generation read: a pending mark is logged once
+// it has stayed pendingWarnAfter, and the end of a logged one at info.
+func (c *tokenCache) sawMark(mark string, pending bool, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case pending && mark != c.pending:
+		c.pending, c.pendingSince, c.pendingLogged = mark, now, false
+	case !pending && c.pending != "":
+		if c.pendingLogged {
+			c.log.Info("the access-token revocation mark is no longer pending: tokens are cached again", "path", c.mark.path)
+		}
+		c.pending, c.pendingLogged = "", false
+		return
+	}
+	if pending && !c.pendingLogged && now.Sub(c.pendingSince) >= c.pendingWarnAfter {
+		c.pendingLogged = true
+		c.warnPending()
+	}
 }
 
 // get returns the entry of hash when there is one younger than maxAge,
@@ -136,13 +192,21 @@ func (c *tokenCache) generation() (gen uint64, mark string, keep bool) {
 	}
 	var buf [maxMarkLen + 1]byte
 	n := c.mark.read(buf[:])
-	if n < 0 || strings.HasPrefix(string(buf[:n]), pendingMarkPrefix) {
+	if n < 0 {
+		return 0, "", false
+	}
+	if strings.HasPrefix(string(buf[:n]), pendingMarkPrefix) {
+		c.sawMark(string(buf[:n]), true, time.Now())
 		return 0, "", false
 	}
 	mark = string(buf[:n])
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gen, mark, true
+	gen, wasPending := c.gen, c.pending != ""
+	c.mu.Unlock()
+	if wasPending {
+		c.sawMark(mark, false, time.Now())
+	}
+	return gen, mark, true
 }
 
 func (c *tokenCache) put(gen uint64, hash [sha256.Size]byte, e tokenEntry) {

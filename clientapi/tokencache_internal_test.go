@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +38,7 @@ func (s *Server) TokenCached(token string) bool {
 func testTokenCache(t *testing.T) (*tokenCache, string) {
 	t.Helper()
 	mark := filepath.Join(t.TempDir(), "mark")
-	c, err := newTokenCache(mark)
+	c, err := newTokenCache(mark, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,8 @@ func (s *Server) eduTyping(ctx context.Context, origin string, content json.RawM
 // (one forged user rejects the whole EDU). One EDU may carry receipts for
 // several rooms: a room the origin is not in, or whose server ACL denies
 // the origin, is dropped on its own and the other rooms' receipts are
-// still delivered.
+// still delivered; so is one user's receipt that names an event of
+// another room (receiptEventsInRoom).
 // Spec: server-server-api, "Server Access Control Lists (ACLs)" (EDUs
 // for a room are ignored from a denied server) and "Receipts".
 func (s *Server) eduReceipt(ctx context.Context, origin string, content json.RawMessage) error {
@@ -123,13 +124,46 @@ func (s *Server) eduReceipt(ctx context.Context, origin string, content json.Raw
 	if s.edus.Receipts == nil {
 		return errNoSink
 	}
+	var dropped error
 	for roomID, byType := range c {
 		for receiptType, byUser := range byType {
 			for userID, r := range byUser {
+				if err := s.receiptEventsInRoom(ctx, roomID, r.EventIDs); err != nil {
+					if !mxerr.Is(err, mxerr.InvalidParam) {
+						return err
+					}
+					dropped = err // this user's receipt only; logged by processEDU
+					continue
+				}
 				if err := s.edus.Receipts.RemoteReceipt(ctx, roomID, receiptType, userID, r.EventIDs, r.Data); err != nil {
 					return err
 				}
 			}
+		}
+	}
+	return dropped
+}
+
+// receiptEventsInRoom refuses (M_INVALID_PARAM) a receipt naming an event
+// this server holds in another room than the receipt's: a receipt marks
+// a user's place in one room, and an event of another room would give
+// that room's readers (and its unread counts) a place that is not in it.
+// An event this server does not hold is let through: in a partial-state
+// room (MSC3706) much of the history is missing, and the ID is kept as an
+// opaque key (see clientapi's RemoteReceipt).
+// Spec: server-server-api, "Receipts" (the receipts of a room are for
+// events of that room); client-server-api, "Receipts".
+func (s *Server) receiptEventsInRoom(ctx context.Context, roomID string, eventIDs []string) error {
+	for _, eventID := range eventIDs {
+		ev, _, err := s.rooms.FederationEvent(ctx, eventID)
+		if mxerr.Is(err, mxerr.NotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if ev.RoomID != roomID {
+			return mxerr.New(mxerr.InvalidParam, "receipt in %s names event %s of another room", roomID, eventID)
 		}
 	}
 	return nil

@@ -16,6 +16,9 @@ import (
 type fakeRooms struct{ Rooms }
 
 func (fakeRooms) ServerInRoom(context.Context, string, string) (bool, error) { return true, nil }
+func (fakeRooms) FederationEvent(context.Context, string) (*roomserver.Event, string, error) {
+	return nil, "", mxerr.New(mxerr.NotFound, "none")
+}
 func (fakeRooms) RoomStateEvent(context.Context, string, string, string) (*roomserver.Event, error) {
 	return nil, mxerr.New(mxerr.NotFound, "none")
 }

@@ -107,16 +107,36 @@ func (s *Server) Knock(ctx context.Context, req MembershipRequest) (*SendEventRe
 
 // Forget hides a room the user is no longer in from RoomsForUser.
 // Spec: client-server-api, "POST /rooms/{roomId}/forget".
+//
+// The membership check and the write are one transaction under the
+// room's lock, so a join (or invite, or knock) cannot commit between
+// them and be left with a forgotten row: every writer of the room's
+// membership holds that lock until its commit, and a rejoin deletes the
+// row in its own transaction (input.go). On PostgreSQL the room's row is
+// also locked FOR UPDATE, as every event write updates it, so the check
+// holds even against a writer outside this process.
 func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
-	m, err := s.Membership(ctx, roomID, userID)
-	if err != nil {
-		return err
-	}
-	if m == "join" || m == "invite" || m == "knock" {
-		return mxerr.New(mxerr.Unknown, "leave the room before forgetting it").WithStatus(http.StatusBadRequest)
-	}
+	unlock := s.lockRoom(roomID)
+	defer unlock()
 	return s.db.Write(ctx, func(tx storage.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
+		if s.db.Engine() == storage.Postgres {
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM roomserver_rooms WHERE room_id = $1 FOR UPDATE`, roomID); err != nil {
+				return err
+			}
+		}
+		var m *string
+		err := tx.QueryRow(ctx, `SELECT membership FROM roomserver_current_state
+			WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, userID).Scan(&m)
+		if err != nil && !storage.IsNoRows(err) {
+			return err
+		}
+		if s.inForget != nil {
+			s.inForget()
+		}
+		if m != nil && (*m == "join" || *m == "invite" || *m == "knock") {
+			return mxerr.New(mxerr.Unknown, "leave the room before forgetting it").WithStatus(http.StatusBadRequest)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
 			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID)
 		return err
 	})

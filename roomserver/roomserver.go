@@ -101,6 +101,10 @@ type Server struct {
 	// CompleteStretchState's write transaction, after its rewrites, so
 	// a test can register an OnCommit hook there (resync_cache_test.go).
 	inStretchWrite func(tx storage.Tx)
+	// inForget, if set (tests only), runs in Forget between its read of
+	// the membership and its write, so a test can start a join there
+	// (membership_forget_test.go).
+	inForget func()
 }
 
 var _ API = (*Server)(nil)
