@@ -24,8 +24,12 @@ type Accounts struct {
 	serverName string           // immutable
 	cfg        config.ClientAPI // immutable
 	// onDevicesDeleted, if non-nil, runs inside every transaction that
-	// deletes devices (Deps.OnDevicesDeleted). Set once by New.
+	// deletes devices (Deps.OnDevicesDeleted). Set once, by New or by
+	// SetDevicesDeletedHook, before any use.
 	onDevicesDeleted DevicesDeletedHook
+	// notify is told of the account data positions the store writes
+	// (Deps.Notify); nil for the admin commands. Set once by New.
+	notify func(stream string, pos int64)
 	// tokens caches verified access tokens (tokencache.go); nil (off) for
 	// the admin commands and with Redis. Set once by New.
 	tokens *tokenCache
@@ -56,6 +60,15 @@ func OpenAccounts(ctx context.Context, cfg *config.Config, db *storage.DB) (*Acc
 		a.revocationMark = cfg.Database.SQLitePath + "-sessions"
 	}
 	return a, nil
+}
+
+// SetDevicesDeletedHook makes h run inside every transaction that deletes
+// devices, after the devices' own account data is deleted: what
+// Deps.OnDevicesDeleted does for a server. The admin commands
+// (cmd/myelin) give it the same hook as the server
+// (homeserver.DevicesDeletedHook). Call it once, before any use.
+func (a *Accounts) SetDevicesDeletedHook(h DevicesDeletedHook) {
+	a.onDevicesDeleted = h
 }
 
 // account is one row of the accounts table.
@@ -194,7 +207,13 @@ func (a *Accounts) deleteDevices(ctx context.Context, tx storage.Tx, localpart s
 			deleted = append(deleted, id)
 		}
 	}
-	if a.onDevicesDeleted == nil || len(deleted) == 0 {
+	if len(deleted) == 0 {
+		return nil
+	}
+	if err := a.deleteDeviceAccountData(ctx, tx, localpart, deleted); err != nil {
+		return err
+	}
+	if a.onDevicesDeleted == nil {
 		return nil
 	}
 	return a.onDevicesDeleted(ctx, tx, a.userID(localpart), deleted)

@@ -140,7 +140,8 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
-	accounts.onDevicesDeleted = s.deviceAccountDataHook(deps.OnDevicesDeleted)
+	accounts.onDevicesDeleted = deps.OnDevicesDeleted
+	accounts.notify = deps.Notify
 	s.onDeviceRenamed = deps.OnDeviceRenamed
 	if err := s.ensureAppServiceSenders(ctx); err != nil {
 		return nil, err
