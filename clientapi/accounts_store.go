@@ -27,6 +27,9 @@ type Accounts struct {
 	// deletes devices (Deps.OnDevicesDeleted). Set once, by New or by
 	// SetDevicesDeletedHook, before any use.
 	onDevicesDeleted DevicesDeletedHook
+	// onDeviceCreated, if non-nil, runs inside every transaction that
+	// creates a device (Deps.OnDeviceCreated). Set once by New.
+	onDeviceCreated DeviceCreatedHook
 	// notify is told of the account data positions the store writes
 	// (Deps.Notify); nil for the admin commands. Set once by New.
 	notify func(stream string, pos int64)
@@ -45,6 +48,19 @@ type Accounts struct {
 // the key server's device keys — goes in the same commit. An error rolls
 // the deletion back.
 type DevicesDeletedHook func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error
+
+// DeviceCreatedHook is called inside the transaction that creates
+// userID's device deviceID (a login with a new device ID, or an
+// application service's device). An error rolls the creation back.
+type DeviceCreatedHook func(ctx context.Context, tx storage.Tx, userID, deviceID string) error
+
+// deviceCreated runs onDeviceCreated, if any.
+func (a *Accounts) deviceCreated(ctx context.Context, tx storage.Tx, localpart, deviceID string) error {
+	if a.onDeviceCreated == nil {
+		return nil
+	}
+	return a.onDeviceCreated(ctx, tx, a.userID(localpart), deviceID)
+}
 
 // OpenAccounts runs clientapi's migrations on db and returns the store.
 func OpenAccounts(ctx context.Context, cfg *config.Config, db *storage.DB) (*Accounts, error) {
@@ -142,12 +158,18 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 	if deviceID == "" {
 		deviceID = newDeviceID()
 	}
-	if _, err := tx.Exec(ctx, `
+	res, err := tx.Exec(ctx, `
 		INSERT INTO devices (localpart, device_id, display_name, created_ts)
 		VALUES ($1, $2, $3, $4)
 		ON CONFLICT (localpart, device_id) DO NOTHING`,
-		localpart, deviceID, opts.displayName, now.UnixMilli()); err != nil {
+		localpart, deviceID, opts.displayName, now.UnixMilli())
+	if err != nil {
 		return issued{}, err
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		if err := a.deviceCreated(ctx, tx, localpart, deviceID); err != nil {
+			return issued{}, err
+		}
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id = $2`, localpart, deviceID); err != nil {
 		return issued{}, err
@@ -167,7 +189,7 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 		out.RefreshToken = newToken(refreshTokenPrefix)
 		refreshHash = hashToken(out.RefreshToken)
 	}
-	_, err := tx.Exec(ctx, `
+	_, err = tx.Exec(ctx, `
 		INSERT INTO sessions (localpart, device_id, access_token_hash, access_expires_ts, refresh_token_hash, created_ts)
 		VALUES ($1, $2, $3, $4, $5, $6)`,
 		localpart, deviceID, hashToken(out.AccessToken), expires, refreshHash, now.UnixMilli())

@@ -39,6 +39,10 @@ type Deps struct {
 	// deletes devices; the key server's keyserver.DevicesDeletedHook
 	// deletes their keys there.
 	OnDevicesDeleted DevicesDeletedHook
+	// OnDeviceCreated, if non-nil, runs inside every transaction that
+	// creates a device; the key server's keyserver.DeviceCreatedHook
+	// forgets what it kept in memory about an earlier device of that ID.
+	OnDeviceCreated DeviceCreatedHook
 	// OnDeviceRenamed, if non-nil, runs inside the transaction that gives
 	// a device a new display name; the key server's
 	// keyserver.DeviceRenamedHook records the device-list change there.
@@ -142,6 +146,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	accounts.notify = deps.Notify
+	accounts.onDeviceCreated = deps.OnDeviceCreated
 	s.onDeviceRenamed = deps.OnDeviceRenamed
 	if err := s.ensureAppServiceSenders(ctx); err != nil {
 		return nil, err

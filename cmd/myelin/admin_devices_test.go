@@ -267,3 +267,45 @@ func TestUserDeactivateBeforeServerTables(t *testing.T) {
 		t.Errorf("%d device-list changes recorded, want 1", n)
 	}
 }
+
+// TestUserPasswdDeviceIDReuse: a running server keeps its devices'
+// one-time key counts in memory (keyserver.CountMemo), which the admin
+// commands' deletions cannot reach. A device created again with the ID
+// of one `myelin user passwd` logged out (login with device_id) must
+// start from its own keys, none, not from the deleted device's counts.
+func TestUserPasswdDeviceIDReuse(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		configPath := filepath.Join(t.TempDir(), "myelin.yaml")
+		if err := os.WriteFile(configPath, config.Sample(*srv.Config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := runCLI(t, "", "user", "create", "-config", configPath, "-password", "s3cret-password", "bob"); err != nil {
+			t.Fatal(err)
+		}
+		const bobID, device = "@bob:localhost", "REUSEDDEVICE"
+		login := func(password string) string {
+			out := mustCall(t, srv, "", http.MethodPost, "/_matrix/client/v3/login", map[string]any{
+				"type": "m.login.password", "password": password, "device_id": device,
+				"identifier": map[string]any{"type": "m.id.user", "user": "bob"},
+			})
+			return out["access_token"].(string)
+		}
+		otkCount := func(token string) any {
+			out := mustCall(t, srv, token, http.MethodGet, "/_matrix/client/v3/sync?timeout=0", nil)
+			counts, _ := out["device_one_time_keys_count"].(map[string]any)
+			return counts["signed_curve25519"]
+		}
+		token := login("s3cret-password")
+		uploadDeviceKeysAndPusher(t, srv, token, bobID, device)
+		if n := otkCount(token); n != float64(1) {
+			t.Fatalf("one-time key count before passwd: %v, want 1", n)
+		}
+		if _, err := runCLI(t, "", "user", "passwd", "-config", configPath, "-password", "another-s3cret", "bob"); err != nil {
+			t.Fatal(err)
+		}
+		token = login("another-s3cret")
+		if n := otkCount(token); n != nil && n != float64(0) {
+			t.Errorf("one-time key count of the device created again: %v, want 0", n)
+		}
+	})
+}

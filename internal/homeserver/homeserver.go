@@ -211,6 +211,10 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 				keys.Notified(stream, pos)
 			}
 		}),
+		// A new device's key counts are read afresh: another process (the
+		// `myelin user` commands) may have deleted an earlier device of
+		// that ID, and its keys, behind the key server's count memo.
+		OnDeviceCreated: keyserver.DeviceCreatedHook(keyCounts),
 		// Renaming a device is a device-list change, recorded with the rename.
 		OnDeviceRenamed: keyserver.DeviceRenamedHook(db, func(stream string, pos int64) {
 			notify.Notify(stream, pos)
