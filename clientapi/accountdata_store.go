@@ -144,7 +144,14 @@ func (s *Server) WriteServerAccountData(ctx context.Context, tx storage.Tx, user
 }
 
 func (s *Server) storeAccountDataTx(ctx context.Context, tx storage.Tx, local, roomID, dataType string, content json.RawMessage) (int64, error) {
-	if s.db.Engine() == storage.Postgres {
+	return storeAccountData(ctx, s.db, tx, s.notify, local, roomID, dataType, content)
+}
+
+// storeAccountData writes one entry inside tx and tells notify (nil: no
+// one) the new position after commit. The Server and the Accounts store
+// (device deletions, also run by the admin commands) both write through it.
+func storeAccountData(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), local, roomID, dataType string, content json.RawMessage) (int64, error) {
+	if db.Engine() == storage.Postgres {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, accountDataLock); err != nil {
 			return 0, err
 		}
@@ -162,7 +169,9 @@ func (s *Server) storeAccountDataTx(ctx context.Context, tx storage.Tx, local, r
 		RETURNING position`, local, roomID, dataType, string(content)).Scan(&position); err != nil {
 		return 0, err
 	}
-	tx.AfterCommit(func() { s.streamAdvanced(AccountDataStream, position) })
+	if notify != nil {
+		tx.AfterCommit(func() { notify(AccountDataStream, position) })
+	}
 	return position, nil
 }
 
@@ -183,6 +192,11 @@ func isDeletedAccountData(content json.RawMessage) bool {
 // deleteAccountDataTx deletes one entry inside tx: an existing entry is
 // replaced by {} at a new stream position; an unset one stays unset.
 func (s *Server) deleteAccountDataTx(ctx context.Context, tx storage.Tx, local, roomID, dataType string) error {
+	return deleteAccountData(ctx, s.db, tx, s.notify, local, roomID, dataType)
+}
+
+// deleteAccountData is deleteAccountDataTx for storeAccountData's callers.
+func deleteAccountData(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), local, roomID, dataType string) error {
 	var content string
 	err := tx.QueryRow(ctx, `
 		SELECT content FROM account_data WHERE localpart = $1 AND room_id = $2 AND type = $3`,
@@ -193,6 +207,6 @@ func (s *Server) deleteAccountDataTx(ctx context.Context, tx storage.Tx, local, 
 	if err != nil {
 		return err
 	}
-	_, err = s.storeAccountDataTx(ctx, tx, local, roomID, dataType, json.RawMessage("{}"))
+	_, err = storeAccountData(ctx, db, tx, notify, local, roomID, dataType, json.RawMessage("{}"))
 	return err
 }

@@ -24,8 +24,15 @@ type Accounts struct {
 	serverName string           // immutable
 	cfg        config.ClientAPI // immutable
 	// onDevicesDeleted, if non-nil, runs inside every transaction that
-	// deletes devices (Deps.OnDevicesDeleted). Set once by New.
+	// deletes devices (Deps.OnDevicesDeleted). Set once, by New or by
+	// SetDevicesDeletedHook, before any use.
 	onDevicesDeleted DevicesDeletedHook
+	// onDeviceCreated, if non-nil, runs inside every transaction that
+	// creates a device (Deps.OnDeviceCreated). Set once by New.
+	onDeviceCreated DeviceCreatedHook
+	// notify is told of the account data positions the store writes
+	// (Deps.Notify); nil for the admin commands. Set once by New.
+	notify func(stream string, pos int64)
 	// tokens caches verified access tokens (tokencache.go); nil (off) for
 	// the admin commands and with Redis. Set once by New.
 	tokens *tokenCache
@@ -42,6 +49,19 @@ type Accounts struct {
 // the deletion back.
 type DevicesDeletedHook func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error
 
+// DeviceCreatedHook is called inside the transaction that creates
+// userID's device deviceID (a login with a new device ID, or an
+// application service's device). An error rolls the creation back.
+type DeviceCreatedHook func(ctx context.Context, tx storage.Tx, userID, deviceID string) error
+
+// deviceCreated runs onDeviceCreated, if any.
+func (a *Accounts) deviceCreated(ctx context.Context, tx storage.Tx, localpart, deviceID string) error {
+	if a.onDeviceCreated == nil {
+		return nil
+	}
+	return a.onDeviceCreated(ctx, tx, a.userID(localpart), deviceID)
+}
+
 // OpenAccounts runs clientapi's migrations on db and returns the store.
 func OpenAccounts(ctx context.Context, cfg *config.Config, db *storage.DB) (*Accounts, error) {
 	sub, err := fs.Sub(migrations, "migrations")
@@ -56,6 +76,15 @@ func OpenAccounts(ctx context.Context, cfg *config.Config, db *storage.DB) (*Acc
 		a.revocationMark = cfg.Database.SQLitePath + "-sessions"
 	}
 	return a, nil
+}
+
+// SetDevicesDeletedHook makes h run inside every transaction that deletes
+// devices, after the devices' own account data is deleted: what
+// Deps.OnDevicesDeleted does for a server. The admin commands
+// (cmd/myelin) give it the same hook as the server
+// (homeserver.DevicesDeletedHook). Call it once, before any use.
+func (a *Accounts) SetDevicesDeletedHook(h DevicesDeletedHook) {
+	a.onDevicesDeleted = h
 }
 
 // account is one row of the accounts table.
@@ -129,12 +158,18 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 	if deviceID == "" {
 		deviceID = newDeviceID()
 	}
-	if _, err := tx.Exec(ctx, `
+	res, err := tx.Exec(ctx, `
 		INSERT INTO devices (localpart, device_id, display_name, created_ts)
 		VALUES ($1, $2, $3, $4)
 		ON CONFLICT (localpart, device_id) DO NOTHING`,
-		localpart, deviceID, opts.displayName, now.UnixMilli()); err != nil {
+		localpart, deviceID, opts.displayName, now.UnixMilli())
+	if err != nil {
 		return issued{}, err
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		if err := a.deviceCreated(ctx, tx, localpart, deviceID); err != nil {
+			return issued{}, err
+		}
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id = $2`, localpart, deviceID); err != nil {
 		return issued{}, err
@@ -154,7 +189,7 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 		out.RefreshToken = newToken(refreshTokenPrefix)
 		refreshHash = hashToken(out.RefreshToken)
 	}
-	_, err := tx.Exec(ctx, `
+	_, err = tx.Exec(ctx, `
 		INSERT INTO sessions (localpart, device_id, access_token_hash, access_expires_ts, refresh_token_hash, created_ts)
 		VALUES ($1, $2, $3, $4, $5, $6)`,
 		localpart, deviceID, hashToken(out.AccessToken), expires, refreshHash, now.UnixMilli())
@@ -194,7 +229,13 @@ func (a *Accounts) deleteDevices(ctx context.Context, tx storage.Tx, localpart s
 			deleted = append(deleted, id)
 		}
 	}
-	if a.onDevicesDeleted == nil || len(deleted) == 0 {
+	if len(deleted) == 0 {
+		return nil
+	}
+	if err := a.deleteDeviceAccountData(ctx, tx, localpart, deleted); err != nil {
+		return err
+	}
+	if a.onDevicesDeleted == nil {
 		return nil
 	}
 	return a.onDevicesDeleted(ctx, tx, a.userID(localpart), deleted)

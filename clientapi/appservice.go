@@ -257,7 +257,10 @@ func (s *Server) createAppServiceDevice(ctx context.Context, d *authn.Device, de
 		}
 		n, _ := res.RowsAffected()
 		created = n > 0
-		return nil
+		if !created {
+			return nil
+		}
+		return s.accounts.deviceCreated(ctx, tx, localpart, deviceID)
 	})
 	return created, err
 }

@@ -39,6 +39,10 @@ type Deps struct {
 	// deletes devices; the key server's keyserver.DevicesDeletedHook
 	// deletes their keys there.
 	OnDevicesDeleted DevicesDeletedHook
+	// OnDeviceCreated, if non-nil, runs inside every transaction that
+	// creates a device; the key server's keyserver.DeviceCreatedHook
+	// forgets what it kept in memory about an earlier device of that ID.
+	OnDeviceCreated DeviceCreatedHook
 	// OnDeviceRenamed, if non-nil, runs inside the transaction that gives
 	// a device a new display name; the key server's
 	// keyserver.DeviceRenamedHook records the device-list change there.
@@ -140,7 +144,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
-	accounts.onDevicesDeleted = s.deviceAccountDataHook(deps.OnDevicesDeleted)
+	accounts.onDevicesDeleted = deps.OnDevicesDeleted
+	accounts.notify = deps.Notify
+	accounts.onDeviceCreated = deps.OnDeviceCreated
 	s.onDeviceRenamed = deps.OnDeviceRenamed
 	if err := s.ensureAppServiceSenders(ctx); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package keyserver
 
 import (
+	"context"
 	"maps"
 	"slices"
 	"sync"
@@ -58,6 +59,19 @@ func (m *CountMemo) dropOnCommit(tx storage.Tx, userID string, deviceIDs ...stri
 	}
 	deviceIDs = slices.Clone(deviceIDs)
 	tx.OnCommit(func() { m.drop(userID, deviceIDs...) })
+}
+
+// DeviceCreatedHook returns the function clientapi calls (as
+// clientapi.Deps.OnDeviceCreated) inside the transaction that creates a
+// device: it drops the device's entry in counts (nil: none) when that
+// transaction commits. Another process (the `myelin user` commands) may
+// have deleted an earlier device with the same ID, and its keys, without
+// reaching this memo; a device created again starts from its own keys.
+func DeviceCreatedHook(counts *CountMemo) func(ctx context.Context, tx storage.Tx, userID, deviceID string) error {
+	return func(_ context.Context, tx storage.Tx, userID, deviceID string) error {
+		counts.dropOnCommit(tx, userID, deviceID)
+		return nil
+	}
 }
 
 func (m *CountMemo) drop(userID string, deviceIDs ...string) {

@@ -134,6 +134,18 @@ type Server struct {
 	closeOnce  sync.Once
 }
 
+// Migrate applies the push server's migrations to db. New calls it; it is
+// exported for processes that write push tables in their own
+// transactions (DeletePushersForDevices, run by the admin commands)
+// without a push server.
+func Migrate(ctx context.Context, db *storage.DB) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	return db.Migrate(ctx, "pushserver", sub)
+}
+
 // New runs the migrations, reads the consumers' positions and starts
 // the consumer and the sender; Close stops them.
 func New(ctx context.Context, deps Deps) (*Server, error) {
@@ -141,11 +153,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		deps.Notifier == nil || deps.Verifier == nil || deps.ServerName == "" {
 		return nil, errors.New("pushserver: DB, ServerName, Rooms, Receipts, WriteAccountData, Notifier and Verifier are required")
 	}
-	sub, err := fs.Sub(migrations, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	if err := deps.DB.Migrate(ctx, "pushserver", sub); err != nil {
+	if err := Migrate(ctx, deps.DB); err != nil {
 		return nil, err
 	}
 	logger := deps.Logger
@@ -157,6 +165,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		now = time.Now
 	}
 	client := deps.HTTPClient
+	var err error
 	if client == nil {
 		if client, err = gatewayClient(deps.Config); err != nil {
 			return nil, err

@@ -224,10 +224,19 @@ func openAccounts(ctx context.Context, configPath string, stdout io.Writer) (*cl
 		return nil, nil, err
 	}
 	accounts, err := clientapi.OpenAccounts(ctx, cfg, db)
+	if err == nil {
+		err = homeserver.MigrateDevicesDeletedTables(ctx, db)
+	}
 	if err != nil {
 		db.Close()
 		return nil, nil, err
 	}
+	// Deleting devices (passwd logs them out, deactivate deletes them)
+	// runs the server's hook in the same transaction: their keys,
+	// to-device inbox and pushers go and a device-list change is
+	// recorded. No one here to notify: a running server reads the
+	// change from the database (see docs/features.md, admin CLI).
+	accounts.SetDevicesDeletedHook(homeserver.DevicesDeletedHook(db, nil, nil))
 	return accounts, func() { db.Close() }, nil
 }
 

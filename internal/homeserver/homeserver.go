@@ -205,12 +205,16 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		AppServices: asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same
 		// transaction (and wakes the key server's device-list update sender).
-		OnDevicesDeleted: devicesDeleted(keyserver.DevicesDeletedHook(db, keyCounts, func(stream string, pos int64) {
+		OnDevicesDeleted: DevicesDeletedHook(db, keyCounts, func(stream string, pos int64) {
 			notify.Notify(stream, pos)
 			if keys != nil {
 				keys.Notified(stream, pos)
 			}
-		}), pushserver.DeletePushersForDevices),
+		}),
+		// A new device's key counts are read afresh: another process (the
+		// `myelin user` commands) may have deleted an earlier device of
+		// that ID, and its keys, behind the key server's count memo.
+		OnDeviceCreated: keyserver.DeviceCreatedHook(keyCounts),
 		// Renaming a device is a device-list change, recorded with the rename.
 		OnDeviceRenamed: keyserver.DeviceRenamedHook(db, func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -488,6 +492,30 @@ func bodyLimitExcept(max int64, skip func(*http.Request) bool) func(http.Handler
 			limited.ServeHTTP(w, r)
 		})
 	}
+}
+
+// DevicesDeletedHook is what runs inside every transaction that deletes a
+// user's devices, in the server (clientapi.Deps.OnDevicesDeleted) and in
+// the admin commands (cmd/myelin, clientapi.Accounts.SetDevicesDeletedHook):
+// the key server deletes the devices' keys, one-time and fallback keys,
+// signatures and to-device inbox and records a device-list change; the
+// push server deletes their pushers. counts is the key server's
+// CountMemo (nil when there is none); notify is told of the device-list
+// position after commit (nil: no one, as in the admin commands). The key
+// and push servers' tables must exist: MigrateDevicesDeletedTables.
+func DevicesDeletedHook(db *storage.DB, counts *keyserver.CountMemo, notify func(stream string, pos int64)) clientapi.DevicesDeletedHook {
+	return devicesDeleted(keyserver.DevicesDeletedHook(db, counts, notify), pushserver.DeletePushersForDevices)
+}
+
+// MigrateDevicesDeletedTables applies the migrations of the components
+// whose tables DevicesDeletedHook writes, for a process that runs the
+// hook without building them (the admin commands, which may run before
+// any server has).
+func MigrateDevicesDeletedTables(ctx context.Context, db *storage.DB) error {
+	if err := keyserver.Migrate(ctx, db); err != nil {
+		return err
+	}
+	return pushserver.Migrate(ctx, db)
 }
 
 // devicesDeleted runs each hook in the transaction that deletes devices.
