@@ -1,12 +1,10 @@
 package keyserver_test
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -60,34 +58,7 @@ func (u *user) do(t *testing.T, method, path string, body any) (int, map[string]
 // call makes a raw request and decodes the JSON object answer.
 func call(t *testing.T, srv *testserver.Server, method, path, token string, body any) (int, map[string]any) {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequest(method, srv.URL+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	out := map[string]any{}
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &out); err != nil {
-			t.Fatalf("%s %s: non-JSON answer %q", method, path, raw)
-		}
-	}
-	return resp.StatusCode, out
+	return testserver.Call(t, srv, method, path, token, body)
 }
 
 // deviceKeys is a hand-made device identity, for tests that need to

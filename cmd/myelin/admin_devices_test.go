@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,40 +22,9 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
-// clientCall makes one client-server API request with an access token
-// and returns the status and the decoded JSON body.
-func clientCall(t *testing.T, srv *testserver.Server, token, method, path string, body any) (int, map[string]any) {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, srv.URL+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	raw, _ := io.ReadAll(resp.Body)
-	_ = json.Unmarshal(raw, &out)
-	return resp.StatusCode, out
-}
-
 func mustCall(t *testing.T, srv *testserver.Server, token, method, path string, body any) map[string]any {
 	t.Helper()
-	status, out := clientCall(t, srv, token, method, path, body)
+	status, out := testserver.Call(t, srv, method, path, token, body)
 	if status != http.StatusOK {
 		t.Fatalf("%s %s: %d %v", method, path, status, out)
 	}
