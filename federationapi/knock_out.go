@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/tidwall/gjson"
@@ -182,9 +183,9 @@ func (s *Server) pendingMembershipPDU(ctx context.Context, origin string, raw js
 		return "", false, nil
 	}
 	userID := *head.StateKey
-	var version, membership, strippedState, pending string
-	err = s.db.Reader().QueryRow(ctx, `SELECT room_version, membership, invite_room_state, event FROM federation_remote_invites
-		WHERE user_id = $1 AND room_id = $2`, userID, head.RoomID).Scan(&version, &membership, &strippedState, &pending)
+	var version, membership, strippedState, pending, pendingID string
+	err = s.db.Reader().QueryRow(ctx, `SELECT room_version, membership, invite_room_state, event, event_id FROM federation_remote_invites
+		WHERE user_id = $1 AND room_id = $2`, userID, head.RoomID).Scan(&version, &membership, &strippedState, &pending, &pendingID)
 	if err != nil || membership == "leave" {
 		return "", false, nil
 	}
@@ -201,6 +202,15 @@ func (s *Server) pendingMembershipPDU(ctx context.Context, origin string, raw js
 	}
 	if sender := string(p.pdu.SenderID()); sender == userID || domainOf(sender) != origin {
 		return eventID, true, fmt.Errorf("sender %s may not answer %s's %s", sender, userID, membership)
+	}
+	// It answers the pending knock or invite only if it is built on it:
+	// a member event's auth events hold the target's current membership
+	// (spec: server-server-api, "Auth events selection"). A leave of an
+	// earlier knock or invite that arrives late — the rejection of a
+	// knock delivered after the user knocked again — is about a
+	// membership already replaced: it must not end the new one.
+	if !slices.Contains(p.pdu.AuthEventIDs(), pendingID) {
+		return eventID, true, nil
 	}
 	// Without the room's state we cannot tell whether anyone else may
 	// withdraw an invite: only its own sender's withdrawal is believed
