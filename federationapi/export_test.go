@@ -155,3 +155,10 @@ func (s *Server) HoldBackoffReloads(release <-chan struct{}) {
 	}
 	s.sender.beforeReload.Store(&hold)
 }
+
+// BeforePendingAnswer makes fn run in s's handling of a leave that
+// answers a pending remote knock or invite, between its read of the
+// pending membership and its write.
+func (s *Server) BeforePendingAnswer(fn func()) {
+	s.beforePendingAnswer = fn
+}

@@ -122,6 +122,10 @@ type Server struct {
 	// beforeResync, when set (by tests, before any join), runs before a
 	// room's resync starts.
 	beforeResync func(ctx context.Context, roomID string)
+	// beforePendingAnswer, when set (by tests), runs in
+	// pendingMembershipPDU between its read of the pending membership
+	// and its write of the answer.
+	beforePendingAnswer func()
 	// fullStateJoins, when set (by tests), makes send_join ignore
 	// omit_members and answer the full state, as a server without
 	// partial-state joins does (the parameter is a request it may

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,6 +77,57 @@ func TestLateKnockRejectionKeepsNewKnock(t *testing.T) {
 		}
 		if m := pending(); m != "knock" {
 			t.Fatalf("carol's pending membership on B after the first knock's rejection came again: %q, want knock", m)
+		}
+	})
+}
+
+// TestKnockRejectionRacingNewKnock: A's rejection of carol's first knock
+// is read on B, then carol knocks again and B stores the new knock, then
+// B writes the rejection: it must not replace the new knock (the check
+// that it answers the pending knock and the write are one step).
+func TestKnockRejectionRacingNewKnock(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a, b := n.start(), n.start()
+		ctx := context.Background()
+		alice, carol := a.register("alice"), b.register("carol")
+		roomID := knockRoom(t, alice, "knock knock")
+		carol.syncOnce()
+		if _, err := carol.cli.KnockRoom(ctx, roomID.String(), &mautrix.ReqKnockRoom{Via: []string{a.Name}}); err != nil {
+			t.Fatalf("carol knocking: %v", err)
+		}
+		carol.await("carol's first knock", func() bool { return len(carol.knocks[roomID]) > 0 })
+
+		var once sync.Once
+		secondKnock := make(chan error, 1)
+		b.HS.Federation.BeforePendingAnswer(func() {
+			once.Do(func() {
+				_, err := carol.cli.KnockRoom(ctx, roomID.String(), &mautrix.ReqKnockRoom{Via: []string{a.Name}, Reason: "again"})
+				secondKnock <- err
+			})
+		})
+		if _, err := alice.cli.KickUser(ctx, roomID, &mautrix.ReqKickUser{UserID: carol.id(), Reason: "no"}); err != nil {
+			t.Fatalf("rejecting carol: %v", err)
+		}
+		select {
+		case err := <-secondKnock:
+			if err != nil {
+				t.Fatalf("carol's second knock: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("B never handled the rejection")
+		}
+		// The rejection's write follows the hook on B's /send handler at
+		// once; give it its turn (on a slow machine a later write would
+		// make this test pass without checking, never fail wrongly).
+		time.Sleep(200 * time.Millisecond)
+		invs, err := b.HS.Federation.RemoteInvitesSince(ctx, string(carol.id()), -1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, inv := range invs {
+			if inv.RoomID == string(roomID) && inv.Membership != "knock" {
+				t.Fatalf("carol's pending membership on B: %q, want her second knock", inv.Membership)
+			}
 		}
 	})
 }

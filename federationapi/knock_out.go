@@ -118,7 +118,16 @@ type pendingMembership struct {
 	event, strippedState                 []byte
 	membership                           string // invite or knock
 	viaServer                            string // knocks: the server knocked through
+	// replaces, if set, is the event ID of the pending membership this
+	// one ends: it is written only if that row is still there (a knock
+	// stored meanwhile is not overwritten by the answer to the one
+	// before it).
+	replaces string
 }
+
+// errPendingReplaced stops the write of a pending membership whose row
+// changed since it was read (pendingMembership.replaces).
+var errPendingReplaced = errors.New("the pending membership changed meanwhile")
 
 // storePendingMembership writes (or replaces) a pending membership at the
 // next position of the remote invite stream and wakes /sync.
@@ -128,6 +137,25 @@ func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership
 		if err := tx.QueryRow(ctx, `INSERT INTO federation_remote_invite_positions (user_id, room_id) VALUES ($1, $2)
 			RETURNING stream_pos`, m.userID, m.roomID).Scan(&pos); err != nil {
 			return err
+		}
+		if m.replaces != "" {
+			// One statement, so that the check and the write are one
+			// step on both engines (PostgreSQL locks the row it updates
+			// and re-checks the condition on its newest version).
+			res, err := tx.Exec(ctx, `UPDATE federation_remote_invites SET event_id = $3, room_version = $4, event = $5,
+					invite_room_state = $6, received_ts = $7, stream_pos = $8, membership = $9, via_server = $10
+				WHERE user_id = $1 AND room_id = $2 AND event_id = $11`,
+				m.userID, m.roomID, m.eventID, m.roomVersion, string(m.event), string(m.strippedState), s.now().UnixMilli(), pos,
+				m.membership, m.viaServer, m.replaces)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return errPendingReplaced
+			}
+			return nil
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state,
 				received_ts, stream_pos, membership, via_server)
@@ -139,6 +167,9 @@ func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership
 			m.membership, m.viaServer)
 		return err
 	})
+	if errors.Is(err, errPendingReplaced) {
+		return nil // answered a membership that is no longer pending
+	}
 	if err != nil {
 		return err
 	}
@@ -220,8 +251,12 @@ func (s *Server) pendingMembershipPDU(ctx context.Context, origin string, raw js
 	if membership == "invite" && string(p.pdu.SenderID()) != gjson.Get(pending, "sender").Str {
 		return eventID, true, nil
 	}
+	if s.beforePendingAnswer != nil {
+		s.beforePendingAnswer()
+	}
 	return eventID, true, s.storePendingMembership(ctx, pendingMembership{
 		userID: userID, roomID: head.RoomID, eventID: eventID, roomVersion: version,
 		event: p.pdu.JSON(), strippedState: []byte(strippedState), membership: "leave", viaServer: origin,
+		replaces: pendingID,
 	})
 }
