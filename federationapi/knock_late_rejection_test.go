@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // TestLateKnockRejectionKeepsNewKnock: carol on B knocks on alice's room
@@ -22,20 +23,8 @@ import (
 // auth events hold the target's current membership).
 func TestLateKnockRejectionKeepsNewKnock(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a, b := n.start(), n.start()
+		a, b, alice, carol, roomID := carolKnocked(t, n)
 		ctx := context.Background()
-		alice, carol := a.register("alice"), b.register("carol")
-		roomID := knockRoom(t, alice, "knock knock")
-		carol.syncOnce()
-
-		knock := func(what string) {
-			t.Helper()
-			if _, err := carol.cli.KnockRoom(ctx, roomID.String(), &mautrix.ReqKnockRoom{Via: []string{a.Name}}); err != nil {
-				t.Fatalf("carol knocking (%s): %v", what, err)
-			}
-		}
-		knock("first")
-		carol.await("carol's first knock", func() bool { return len(carol.knocks[roomID]) > 0 })
 		_, err := alice.cli.KickUser(ctx, roomID, &mautrix.ReqKickUser{UserID: carol.id(), Reason: "no"})
 		if err != nil {
 			t.Fatalf("rejecting carol: %v", err)
@@ -50,20 +39,11 @@ func TestLateKnockRejectionKeepsNewKnock(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		knock("second")
-		carol.await("carol's second knock", func() bool { return len(carol.knocks[roomID]) > 0 })
-		pending := func() string {
-			invs, err := b.HS.Federation.RemoteInvitesSince(ctx, string(carol.id()), -1, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, inv := range invs {
-				if inv.RoomID == string(roomID) {
-					return inv.Membership
-				}
-			}
-			return ""
+		if _, err := carol.cli.KnockRoom(ctx, roomID.String(), &mautrix.ReqKnockRoom{Via: []string{a.Name}}); err != nil {
+			t.Fatalf("carol knocking again: %v", err)
 		}
+		carol.await("carol's second knock", func() bool { return len(carol.knocks[roomID]) > 0 })
+		pending := func() string { return pendingMembership(t, b, carol, roomID) }
 		if m := pending(); m != "knock" {
 			t.Fatalf("carol's pending membership on B after her second knock: %q, want knock", m)
 		}
@@ -87,15 +67,8 @@ func TestLateKnockRejectionKeepsNewKnock(t *testing.T) {
 // that it answers the pending knock and the write are one step).
 func TestKnockRejectionRacingNewKnock(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a, b := n.start(), n.start()
+		a, b, alice, carol, roomID := carolKnocked(t, n)
 		ctx := context.Background()
-		alice, carol := a.register("alice"), b.register("carol")
-		roomID := knockRoom(t, alice, "knock knock")
-		carol.syncOnce()
-		if _, err := carol.cli.KnockRoom(ctx, roomID.String(), &mautrix.ReqKnockRoom{Via: []string{a.Name}}); err != nil {
-			t.Fatalf("carol knocking: %v", err)
-		}
-		carol.await("carol's first knock", func() bool { return len(carol.knocks[roomID]) > 0 })
 
 		var once sync.Once
 		secondKnock := make(chan error, 1)
@@ -120,14 +93,39 @@ func TestKnockRejectionRacingNewKnock(t *testing.T) {
 		// once; give it its turn (on a slow machine a later write would
 		// make this test pass without checking, never fail wrongly).
 		time.Sleep(200 * time.Millisecond)
-		invs, err := b.HS.Federation.RemoteInvitesSince(ctx, string(carol.id()), -1, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, inv := range invs {
-			if inv.RoomID == string(roomID) && inv.Membership != "knock" {
-				t.Fatalf("carol's pending membership on B: %q, want her second knock", inv.Membership)
-			}
+		if m := pendingMembership(t, b, carol, roomID); m != "knock" {
+			t.Fatalf("carol's pending membership on B: %q, want her second knock", m)
 		}
 	})
+}
+
+// carolKnocked starts A and B, makes alice's knock room on A and has
+// carol on B knock on it once (B holds the knock as pending).
+func carolKnocked(t *testing.T, n *network) (a, b *fedServer, alice, carol *syncer, roomID id.RoomID) {
+	t.Helper()
+	a, b = n.start(), n.start()
+	alice, carol = a.register("alice"), b.register("carol")
+	roomID = knockRoom(t, alice, "knock knock")
+	carol.syncOnce()
+	if _, err := carol.cli.KnockRoom(context.Background(), roomID.String(), &mautrix.ReqKnockRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("carol knocking: %v", err)
+	}
+	carol.await("carol's first knock", func() bool { return len(carol.knocks[roomID]) > 0 })
+	return a, b, alice, carol, roomID
+}
+
+// pendingMembership is u's pending membership on s in roomID, as s's
+// federation API lists it ("" when there is none).
+func pendingMembership(t *testing.T, s *fedServer, u *syncer, roomID id.RoomID) string {
+	t.Helper()
+	invs, err := s.HS.Federation.RemoteInvitesSince(context.Background(), string(u.id()), -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inv := range invs {
+		if inv.RoomID == string(roomID) {
+			return inv.Membership
+		}
+	}
+	return ""
 }

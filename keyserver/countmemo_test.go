@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"os"
 	"slices"
 	"testing"
 
-	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/keyserver"
 	"github.com/myelin-chat/myelin/storage"
@@ -134,16 +132,7 @@ func TestKeyCountMemoDroppedByEveryKeyWrite(t *testing.T) {
 // through A change the counts B's /sync reads for the device at once:
 // B's key server has no key-count memo, since A's writes never reach it.
 func TestSplitModeKeyCountsSeeOtherProcess(t *testing.T) {
-	useRedis := testserver.UseRedis(t)
-	if os.Getenv("MYELIN_TEST_POSTGRES") == "" {
-		t.Skip("split-mode test skipped: it needs PostgreSQL shared by two processes; set MYELIN_TEST_POSTGRES")
-	}
-	a := testserver.Start(t, storage.Postgres, useRedis)
-	b := testserver.Start(t, storage.Postgres, func(c *config.Config) {
-		useRedis(c)
-		c.Database = a.Config.Database
-		c.Global.SigningKeyPath = a.Config.Global.SigningKeyPath
-	})
+	a, b := testserver.StartSplit(t)
 	alice, bob := register(t, a, "alice"), register(t, a, "bob")
 	onB := &user{srv: b, userID: alice.userID, deviceID: alice.deviceID, token: alice.token} // one database: the token works on B
 	keys := newDeviceKeys(t, alice.userID, alice.deviceID)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
@@ -175,16 +174,7 @@ func TestMembershipMemoDroppedOnSkippedWindow(t *testing.T) {
 // wrote it, after the notification came through Redis. Bob long-polls
 // on B; alice invites him through A.
 func TestSplitModeMembershipMemoDroppedByOtherProcess(t *testing.T) {
-	useRedis := testserver.UseRedis(t)
-	if !postgresAvailable() {
-		t.Skip("split-mode test skipped: it needs PostgreSQL shared by two processes; set MYELIN_TEST_POSTGRES")
-	}
-	a := testserver.Start(t, storage.Postgres, useRedis)
-	b := testserver.Start(t, storage.Postgres, func(c *config.Config) {
-		useRedis(c)
-		c.Database = a.Config.Database
-		c.Global.SigningKeyPath = a.Config.Global.SigningKeyPath
-	})
+	a, b := testserver.StartSplit(t)
 	alice := newUser(t, a, "alice")
 	bob := newUser(t, a, "bob") // one database: his token works on B too
 	home := createRoom(t, a, alice, roomserver.CreateRoomRequest{Preset: "public_chat"})

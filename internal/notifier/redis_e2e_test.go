@@ -2,17 +2,13 @@ package notifier_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
-	"github.com/myelin-chat/myelin/storage"
-	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 // TestSplitProcessesWakeSyncThroughRedis runs two homeserver processes
@@ -21,16 +17,7 @@ import (
 // wake a /sync long-polling on B promptly: B only learns of it through
 // Redis (its own fallback poll runs every 10 s), three times in a row.
 func TestSplitProcessesWakeSyncThroughRedis(t *testing.T) {
-	useRedis := testserver.UseRedis(t)
-	if os.Getenv(storagetest.PostgresEnv) == "" {
-		t.Skipf("split-mode test skipped: it needs PostgreSQL shared by two processes; set %s", storagetest.PostgresEnv)
-	}
-	a := testserver.Start(t, storage.Postgres, useRedis)
-	b := testserver.Start(t, storage.Postgres, func(c *config.Config) {
-		useRedis(c)
-		c.Database = a.Config.Database
-		c.Global.SigningKeyPath = a.Config.Global.SigningKeyPath
-	})
+	a, b := testserver.StartSplit(t)
 	ctx := context.Background()
 
 	cliA, _ := mautrix.NewClient(a.URL, "", "")

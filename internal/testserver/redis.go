@@ -10,6 +10,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 // RedisEnv names the environment variable holding the Redis URL that
@@ -45,4 +47,23 @@ func UseRedis(t testing.TB) func(*config.Config) {
 		}
 	})
 	return func(c *config.Config) { c.Global.RedisURL, c.Global.RedisPrefix = redisURL, prefix }
+}
+
+// StartSplit starts two processes of one split deployment: both on the
+// same PostgreSQL database with the same signing key, waking each other
+// through the test Redis (UseRedis). The test is skipped without Redis
+// or PostgreSQL.
+func StartSplit(t *testing.T) (a, b *Server) {
+	t.Helper()
+	useRedis := UseRedis(t)
+	if os.Getenv(storagetest.PostgresEnv) == "" {
+		t.Skipf("split-mode test skipped: it needs PostgreSQL shared by two processes; set %s", storagetest.PostgresEnv)
+	}
+	a = Start(t, storage.Postgres, useRedis)
+	b = Start(t, storage.Postgres, func(c *config.Config) {
+		useRedis(c)
+		c.Database = a.Config.Database
+		c.Global.SigningKeyPath = a.Config.Global.SigningKeyPath
+	})
+	return a, b
 }
