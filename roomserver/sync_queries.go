@@ -61,6 +61,27 @@ func (s *Server) UserMemberships(ctx context.Context, userID string) ([]Membersh
 	return out, rows.Err()
 }
 
+// ForgottenRooms lists the rooms userID has forgotten (POST /forget),
+// held here or not: a room only other servers hold, whose invite or knock
+// ended in a leave, can be forgotten too, and UserMemberships, which
+// lists the rooms held here, cannot tell it.
+func (s *Server) ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error) {
+	rows, err := s.db.Reader().Query(ctx, `SELECT room_id FROM roomserver_forgotten WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var roomID string
+		if err := rows.Scan(&roomID); err != nil {
+			return nil, err
+		}
+		out[roomID] = true
+	}
+	return out, rows.Err()
+}
+
 // RecentRequest asks for the latest timeline events of one room in
 // stream positions (From, To].
 type RecentRequest struct {

@@ -27,6 +27,9 @@ const (
 type Rooms interface {
 	StreamPosition(ctx context.Context) (int64, error)
 	UserMemberships(ctx context.Context, userID string) ([]roomserver.MembershipEntry, error)
+	// ForgottenRooms covers the rooms UserMemberships cannot: those only
+	// other servers hold (a remote invite or knock that ended in a leave).
+	ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error)
 	RecentEvents(ctx context.Context, req roomserver.RecentRequest) (*roomserver.RecentResponse, error)
 	IndexedCurrentState(ctx context.Context, roomID string, types []string, skipMembers bool) ([]*roomserver.Event, error)
 	IndexedStateKeys(ctx context.Context, roomID, eventType string, stateKeys []string) ([]*roomserver.Event, error)

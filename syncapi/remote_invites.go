@@ -23,9 +23,11 @@ type RemoteInvites interface {
 
 // addRemoteInvites puts the remote invites and knocks new since the
 // token (all pending ones on an initial sync) in the invite and knock
-// sections, unless the
-// roomserver already has a membership of the user in that room.
-// Spec: client-server-api, "GET /_matrix/client/v3/sync" (rooms.invite).
+// sections, and the ones that ended in a leave in the leave section as
+// rooms held here are (see "leave"), unless the roomserver already has a
+// membership of the user in that room.
+// Spec: client-server-api, "GET /_matrix/client/v3/sync" (rooms.invite,
+// rooms.leave).
 func (b *roomBuilder) addRemoteInvites(ctx context.Context, memberships []roomserver.MembershipEntry, out *roomsSection) error {
 	if b.s.invites == nil {
 		return nil
@@ -42,18 +44,39 @@ func (b *roomBuilder) addRemoteInvites(ctx context.Context, memberships []roomse
 	for _, m := range memberships {
 		held[m.RoomID] = true
 	}
+	var forgotten map[string]bool // read at the first leave that needs it
 	for _, inv := range invites {
 		if held[inv.RoomID] || !roomAllowed(b.req.filter, inv.RoomID) {
 			continue
 		}
 		if inv.Membership == "leave" {
-			// A pending invite or knock the room's server answered with
-			// a leave (knock rejected, invite withdrawn). New news only.
-			if since >= 0 {
-				out.Leave[inv.RoomID] = &leftRoom{
-					Timeline:    timeline{Events: []json.RawMessage{remoteLeaveEvent(inv)}},
-					AccountData: events(nil),
+			// A pending invite or knock that ended in a leave: the room's
+			// server withdrew the invite or rejected the knock, or the
+			// user rejected or withdrew it. As for a room held here
+			// (joined.go, "leave", "ban"): one left since the token
+			// always appears, so the client learns it left; one left
+			// earlier only when the filter asks for left rooms
+			// (include_leave) on an initial or full_state sync; a
+			// forgotten one only as news to an incremental sync.
+			// Spec: client-server-api, "Leaving rooms" (include_leave,
+			// forgotten rooms).
+			newSince := b.req.since != nil && inv.StreamPos > b.since.RemoteInvites
+			if !newSince && !(b.initial() && b.roomFilter().IncludeLeave) {
+				continue
+			}
+			if b.initial() {
+				if forgotten == nil {
+					if forgotten, err = b.s.rooms.ForgottenRooms(ctx, b.req.userID); err != nil {
+						return err
+					}
 				}
+				if forgotten[inv.RoomID] {
+					continue
+				}
+			}
+			out.Leave[inv.RoomID] = &leftRoom{
+				Timeline:    timeline{Events: []json.RawMessage{remoteLeaveEvent(inv)}},
+				AccountData: events(nil),
 			}
 			continue
 		}
