@@ -64,6 +64,10 @@ type roomsSection struct {
 
 type eventList struct {
 	Events []json.RawMessage `json:"events"`
+	// marshalled says every event of Events is already what json.Marshal
+	// makes of it (the event formatter's client-format output, see
+	// eventFormatter.marshalled): appendResponse copies them as they are.
+	marshalled bool
 }
 
 func events(evs []json.RawMessage) eventList {
@@ -77,6 +81,8 @@ type timeline struct {
 	Events    []json.RawMessage `json:"events"`
 	Limited   bool              `json:"limited"`
 	PrevBatch string            `json:"prev_batch,omitempty"`
+	// marshalled is eventList.marshalled for Events.
+	marshalled bool
 }
 
 type unreadCounts struct {
