@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // appendClientEvent must give json.Marshal's bytes for every event, and
@@ -99,5 +102,62 @@ func TestAppendRawMatchesMarshal(t *testing.T) {
 	buf := make([]byte, 0, 256)
 	if n := testing.AllocsPerRun(100, func() { _, _ = appendRaw(buf[:0], msg) }); n != 0 {
 		t.Errorf("appendRaw of a compact message with spaces in its body: %v allocations, want 0", n)
+	}
+}
+
+// TestFormatIsMarshalForm: what the client-format formatter writes is
+// already json.Marshal's form of it as a json.RawMessage, for every
+// event, so appendResponse may copy it without checking it again
+// (eventFormatter.marshalled); a formatted event that cannot be encoded
+// is nil, which both write as null. The federation format (the stored
+// JSON) is not marked.
+func TestFormatIsMarshalForm(t *testing.T) {
+	key := "@bob:example.org"
+	now := time.UnixMilli(1_000_000)
+	f := &eventFormatter{now: now,
+		txnIDs:      map[string]string{"$a": "t<1>&"},
+		memberships: map[string]string{"$a": "join", "$b": "leave"},
+		prevStates: map[string]*roomserver.PrevState{"$b": {Content: json.RawMessage("{ \"membership\" : \"invite <x>\" }"),
+			Sender: "@c:d", EventID: "$p"}},
+		relations: map[string]json.RawMessage{"$c": json.RawMessage(`{"m.thread": {"count": 2}}`)}}
+	evs := []*roomserver.Event{
+		{EventID: "$a", Sender: "@a:b", Type: "m.room.message", OriginServerTS: 999_000,
+			Content: json.RawMessage("{ \"body\" : \"<b>hi</b> & \u2028 \u00e9 \\\"q\\\" \\\\\",\n\t\"msgtype\":\"m.text\" }")},
+		{EventID: "$b", Sender: "@a:b", Type: "m.room.member", StateKey: &key, Content: json.RawMessage(`{"membership":"leave"}`)},
+		{EventID: "$c", Sender: "@é:b", Type: "m.\x01type", Redacts: "$r", RedactedBecause: "$red", Content: nil},
+		{EventID: "$d\x7f", Sender: "bad\xffutf8", Type: "t", Content: json.RawMessage("{\"line\":\"\xe2\x80\xa8\xe2\x80\xa9\"}")},
+		{EventID: "$e", Type: "t", Content: json.RawMessage(`{"unterminated":`)},
+	}
+	if !f.marshalled() {
+		t.Fatal("the client format is not marked as marshalled")
+	}
+	for i, out := range f.formatAll(evs) {
+		want, err := json.Marshal([]json.RawMessage{out})
+		if err != nil {
+			t.Fatalf("event %d: %q does not encode: %v", i, out, err)
+		}
+		if got := "[" + string(out) + "]"; out == nil && string(want) != "[null]" || out != nil && got != string(want) {
+			t.Errorf("event %d: formatted %s, json.Marshal makes %s of it", i, out, want)
+		}
+	}
+	if (&eventFormatter{federation: true}).marshalled() {
+		t.Fatal("the federation format is marked as marshalled")
+	}
+}
+
+// TestAppendRawListMarshalled: a list marked as marshalled is copied as
+// it is; an unmarked one is brought to json.Marshal's form (or refused).
+func TestAppendRawListMarshalled(t *testing.T) {
+	evs := []json.RawMessage{json.RawMessage(`{"a": "<b>"}`), nil}
+	got, err := appendRawList(nil, evs, true)
+	if err != nil || string(got) != `[{"a": "<b>"},null]` {
+		t.Fatalf("marshalled list: %s, %v; want it copied as it is", got, err)
+	}
+	got, err = appendRawList(nil, evs, false)
+	if want, _ := json.Marshal(evs); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("unmarked list: %s, %v; want %s", got, err, want)
+	}
+	if _, err := appendRawList(nil, []json.RawMessage{json.RawMessage(`{bad`)}, false); err == nil {
+		t.Fatal("an unmarked invalid event was accepted")
 	}
 }

@@ -202,5 +202,6 @@ func (b *roomBuilder) batchedTimeline(roomID string) (timeline, []*roomserver.Ev
 	ir := b.batch
 	b.fmt.txnIDs, b.fmt.memberships, b.fmt.prevStates, b.fmt.relations = ir.txnIDs, ir.memberships, ir.prevStates, ir.relations
 	rr, evs := ir.recent[roomID], ir.events[roomID]
-	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs
+	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch,
+		marshalled: b.fmt.marshalled()}, evs
 }

@@ -249,7 +249,8 @@ func (b *roomBuilder) timeline(ctx context.Context, roomID string, from, to int6
 		return timeline{}, nil, nil, err
 	}
 	b.fmt.txnIDs, b.fmt.memberships, b.fmt.prevStates, b.fmt.relations = txnIDs, memberships, prevStates, relations
-	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch}, evs, rr, nil
+	return timeline{Events: nonNil(b.fmt.formatAll(evs)), Limited: rr.Limited, PrevBatch: rr.PrevBatch,
+		marshalled: b.fmt.marshalled()}, evs, rr, nil
 }
 
 // emptyTimeline turns the one-event answer read for a timeline limit of 0
@@ -373,6 +374,7 @@ func (b *roomBuilder) joinedFrom(ctx context.Context, roomID string, full bool, 
 // setState puts the state events under the field the request asked for.
 func (b *roomBuilder) setState(legacy, stable, unstable **eventList, state []*roomserver.Event) {
 	list := events(b.fmt.formatAll(state))
+	list.marshalled = b.fmt.marshalled()
 	switch b.req.stateAfter {
 	case "":
 		*legacy = &list

@@ -134,7 +134,7 @@ func appendJoinedRoom(b []byte, jr *joinedRoom) ([]byte, error) {
 		b = append(b, ',')
 	}
 	b = append(b, `"timeline":{"events":`...)
-	if b, err = appendRawList(b, jr.Timeline.Events); err != nil {
+	if b, err = appendRawList(b, jr.Timeline.Events, jr.Timeline.marshalled); err != nil {
 		return b, err
 	}
 	b = append(b, `,"limited":`...)
@@ -169,7 +169,7 @@ func appendJoinedRoom(b []byte, jr *joinedRoom) ([]byte, error) {
 
 func appendEventList(b []byte, l eventList) ([]byte, error) {
 	b = append(b, `{"events":`...)
-	b, err := appendRawList(b, l.Events)
+	b, err := appendRawList(b, l.Events, l.marshalled)
 	if err != nil {
 		return b, err
 	}
@@ -178,8 +178,11 @@ func appendEventList(b []byte, l eventList) ([]byte, error) {
 
 // appendRawList appends raw events as json.Marshal does a
 // []json.RawMessage: a nil slice or element is null, and an element that
-// is not valid JSON (an empty one included) is an error.
-func appendRawList(b []byte, evs []json.RawMessage) ([]byte, error) {
+// is not valid JSON (an empty one included) is an error. When marshalled
+// (eventList.marshalled), the elements are already in json.Marshal's
+// form and are copied without being checked again: a woken response's
+// events were checked and encoded by the formatter moments before.
+func appendRawList(b []byte, evs []json.RawMessage, marshalled bool) ([]byte, error) {
 	if evs == nil {
 		return append(b, "null"...), nil
 	}
@@ -190,6 +193,10 @@ func appendRawList(b []byte, evs []json.RawMessage) ([]byte, error) {
 		}
 		if ev == nil {
 			b = append(b, "null"...)
+			continue
+		}
+		if marshalled {
+			b = append(b, ev...)
 			continue
 		}
 		var ok bool

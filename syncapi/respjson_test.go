@@ -101,4 +101,16 @@ func BenchmarkWokenResponseJSON(b *testing.B) {
 			buf, _ = appendResponse(buf[:0], resp)
 		}
 	})
+	// As the handler has it: the formatter's events marked marshalled.
+	formatted := wokenResponse()
+	for _, jr := range formatted.Rooms.Join {
+		jr.Timeline.marshalled, jr.State.marshalled = true, true
+	}
+	b.Run("append-marshalled", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			buf, _ = appendResponse(buf[:0], formatted)
+		}
+	})
 }

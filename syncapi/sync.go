@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +64,10 @@ type roomsSection struct {
 
 type eventList struct {
 	Events []json.RawMessage `json:"events"`
+	// marshalled says every event of Events is already what json.Marshal
+	// makes of it (the event formatter's client-format output, see
+	// eventFormatter.marshalled): appendResponse copies them as they are.
+	marshalled bool
 }
 
 func events(evs []json.RawMessage) eventList {
@@ -78,6 +81,8 @@ type timeline struct {
 	Events    []json.RawMessage `json:"events"`
 	Limited   bool              `json:"limited"`
 	PrevBatch string            `json:"prev_batch,omitempty"`
+	// marshalled is eventList.marshalled for Events.
+	marshalled bool
 }
 
 type unreadCounts struct {
@@ -138,14 +143,14 @@ func (r *syncResponse) empty() bool {
 // sync answers GET /_matrix/client/v3/sync.
 // Spec: client-server-api, "GET /_matrix/client/v3/sync".
 func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
-	// The query is parsed once: its filter parameter, often a long inline
-	// filter, is unescaped with it.
-	q := r.URL.Query()
-	req, err := s.parseSyncRequest(r, q)
+	// The query is read once, and an inline filter seen before is not
+	// unescaped again (syncquery.go).
+	q := parseSyncQuery(r.URL.RawQuery, &s.inline)
+	req, err := s.parseSyncRequest(r, &q)
 	if err != nil {
 		return err
 	}
-	if p := q.Get("set_presence"); p != "" {
+	if p := q.get(paramSetPresence); p != "" {
 		if err := s.setPresence(r.Context(), req.userID, p); err != nil {
 			return err
 		}
@@ -190,17 +195,17 @@ func (s *Server) setPresence(ctx context.Context, userID, presence string) error
 
 // parseSyncRequest reads the request's parameters from q, its parsed
 // query.
-func (s *Server) parseSyncRequest(r *http.Request, q url.Values) (*syncRequest, error) {
+func (s *Server) parseSyncRequest(r *http.Request, q *syncQuery) (*syncRequest, error) {
 	caller := authn.FromContext(r.Context())
 	req := &syncRequest{userID: caller.UserID, deviceID: caller.DeviceID}
-	if v := q.Get("since"); v != "" {
+	if v := q.get(paramSince); v != "" {
 		t, err := parseSyncToken(v)
 		if err != nil {
 			return nil, err
 		}
 		req.since = &t
 	}
-	if v := q.Get("timeout"); v != "" {
+	if v := q.get(paramTimeout); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || ms < 0 {
 			return nil, mxerr.New(mxerr.InvalidParam, "timeout must be a non-negative integer")
@@ -208,11 +213,12 @@ func (s *Server) parseSyncRequest(r *http.Request, q url.Values) (*syncRequest, 
 		req.timeout = min(time.Duration(ms)*time.Millisecond, maxTimeout)
 	}
 	var err error
-	if req.fullState, err = boolParam(q.Get("full_state"), "full_state"); err != nil {
+	if req.fullState, err = boolParam(q.get(paramFullState), "full_state"); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"use_state_after", "org.matrix.msc4222.use_state_after"} {
-		on, err := boolParam(q.Get(name), name)
+	for _, param := range []int{paramUseStateAfter, paramUseStateAfterMSC} {
+		name := syncParamNames[param]
+		on, err := boolParam(q.get(param), name)
 		if err != nil {
 			return nil, err
 		}
@@ -223,9 +229,14 @@ func (s *Server) parseSyncRequest(r *http.Request, q url.Values) (*syncRequest, 
 			}
 		}
 	}
-	if v := q.Get("filter"); v != "" {
+	if q.filter != nil {
+		req.filter = q.filter // an inline filter parsed before from the same escaped text
+	} else if v := q.get(paramFilter); v != "" {
 		if strings.HasPrefix(strings.TrimSpace(v), "{") {
 			req.filter, err = s.inline.parse(v)
+			if err == nil {
+				s.inline.rememberQuery(q.filterEscaped, req.filter)
+			}
 		} else {
 			req.filter, err = s.storedFilters.Filter(r.Context(), req.userID, v)
 		}
