@@ -106,14 +106,15 @@ func (r *countInTxRoom) unread(tb testing.TB) int {
 // BenchmarkCountInTx measures what push adds to a local message's
 // transaction (CountInTx, the roomserver's TimelineHook), one message
 // per transaction, in a room where the sender is the only member (what
-// each of myelin-bench send's concurrent senders does) and in a room of
-// 200 local members (default rules: everyone else is notified). The
+// each of myelin-bench send's concurrent senders does) and in rooms of
+// 20 and 200 local members (default rules: everyone else is notified;
+// 20 is the fan-out target's room). The
 // room's state is cached, as it is for every message after a room's
 // first. stmts/msg counts the statements CountInTx runs; cpu-µs/msg is
 // this process's CPU per message, commit included (on PostgreSQL the
 // server's CPU is not in it).
 func BenchmarkCountInTx(b *testing.B) {
-	for _, members := range []int{1, 200} {
+	for _, members := range []int{1, 20, 200} {
 		for _, engine := range storagetest.Engines() {
 			b.Run(fmt.Sprintf("%s/members=%d", engine, members), func(b *testing.B) {
 				ctx := context.Background()

@@ -25,8 +25,11 @@ func (s *Server) notificationRoutes(r chi.Router) {
 
 // getNotifications answers GET /notifications: the caller's
 // notifications, newest first, paged by from/next_token (the last
-// entry's ID), with only=highlight keeping highlighted ones. Events the
-// caller can no longer see are left out.
+// entry's stream position: a user has at most one notification per
+// event, so it names one row), with only=highlight keeping highlighted
+// ones. Events the caller can no longer see are left out. The query
+// walks push_notifications_user_pos (user, stream position) backwards:
+// no sort, a page's rows read.
 // Spec: client-server-api, "GET /_matrix/client/v3/notifications".
 func (s *Server) getNotifications(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -49,21 +52,12 @@ func (s *Server) getNotifications(w http.ResponseWriter, r *http.Request) error 
 		from = n
 	}
 	onlyHighlight := q.Get("only") == "highlight"
-	query := `SELECT n.id, n.room_id, n.event_id, n.actions, n.ts,
-			n.stream_pos <= COALESCE(ra.read_pos, 0) OR n.stream_pos <= COALESCE(rt.read_pos, 0)
-		FROM push_notifications n
-		LEFT JOIN push_read ra ON ra.user_id = n.user_id AND ra.room_id = n.room_id AND ra.thread_id = ''
-		LEFT JOIN push_read rt ON rt.user_id = n.user_id AND rt.room_id = n.room_id AND rt.thread_id = n.thread_id
-		WHERE n.user_id = $1 AND n.id < $2`
-	if onlyHighlight {
-		query += ` AND n.highlight`
-	}
-	rows, err := s.db.Reader().Query(ctx, query+` ORDER BY n.id DESC LIMIT $3`, userID, from, limit+1)
+	rows, err := s.db.Reader().Query(ctx, notificationsQuery(onlyHighlight), userID, from, limit+1)
 	if err != nil {
 		return err
 	}
 	type entry struct {
-		id           int64
+		pos          int64
 		roomID, evID string
 		actions      string
 		ts           int64
@@ -72,7 +66,7 @@ func (s *Server) getNotifications(w http.ResponseWriter, r *http.Request) error 
 	var entries []entry
 	for rows.Next() {
 		var e entry
-		if err := rows.Scan(&e.id, &e.roomID, &e.evID, &e.actions, &e.ts, &e.read); err != nil {
+		if err := rows.Scan(&e.pos, &e.roomID, &e.evID, &e.actions, &e.ts, &e.read); err != nil {
 			rows.Close()
 			return err
 		}
@@ -85,7 +79,7 @@ func (s *Server) getNotifications(w http.ResponseWriter, r *http.Request) error 
 	resp := map[string]any{}
 	if len(entries) > limit {
 		entries = entries[:limit]
-		resp["next_token"] = strconv.FormatInt(entries[len(entries)-1].id, 10)
+		resp["next_token"] = strconv.FormatInt(entries[len(entries)-1].pos, 10)
 	}
 	out := []map[string]any{}
 	for _, e := range entries {
@@ -103,6 +97,22 @@ func (s *Server) getNotifications(w http.ResponseWriter, r *http.Request) error 
 	}
 	resp["notifications"] = out
 	return httpx.OK(w, resp)
+}
+
+// notificationsQuery reads a page of GET /notifications: user $1's rows
+// below stream position $2, newest first, at most $3, each with whether
+// a read marker is at or past it.
+func notificationsQuery(onlyHighlight bool) string {
+	query := `SELECT n.stream_pos, n.room_id, n.event_id, n.actions, n.ts,
+			n.stream_pos <= COALESCE(ra.read_pos, 0) OR n.stream_pos <= COALESCE(rt.read_pos, 0)
+		FROM push_notifications n
+		LEFT JOIN push_read ra ON ra.user_id = n.user_id AND ra.room_id = n.room_id AND ra.thread_id = ''
+		LEFT JOIN push_read rt ON rt.user_id = n.user_id AND rt.room_id = n.room_id AND rt.thread_id = n.thread_id
+		WHERE n.user_id = $1 AND n.stream_pos < $2`
+	if onlyHighlight {
+		query += ` AND n.highlight`
+	}
+	return query + ` ORDER BY n.stream_pos DESC LIMIT $3`
 }
 
 // clientEvent renders an event in the client format without room_id.

@@ -25,7 +25,7 @@ import (
 //     statement;
 //   - moveReadMark (receipts, and a local sender's own event): when a
 //     marker moves, the threads it reads are counted again from the new
-//     marker on, through the push_notifications_unread_counts index
+//     marker on, through the push_notifications_user_pos index
 //     (the rows still unread, not the history);
 //   - prune: the unread rows it deletes are subtracted.
 //
@@ -69,9 +69,10 @@ type unreadKey struct {
 // reading the markers into Go and writing one row per recipient back
 // cost a few thousand allocations for a message to 200 members. The new
 // rows are taken first, by a range of the primary key (MATERIALIZED:
-// without it SQLite grouped by walking the whole
-// push_notifications_unread_counts index, every notification ever
-// written, to skip the sort). The WHERE clause keeps SQLite from reading
+// without it SQLite grouped by walking a whole index in the GROUP BY's
+// order, every notification ever written, to skip the sort; the
+// push_notifications_unread_counts index of migration 002 had that
+// order). The WHERE clause keeps SQLite from reading
 // ON CONFLICT as a join's ON.
 const countNotesQuery = `WITH fresh AS MATERIALIZED (
 		SELECT user_id, room_id, thread_id, stream_pos, highlight FROM push_notifications WHERE id > $1)
@@ -172,16 +173,21 @@ func moveReadMark(ctx context.Context, tx storage.Tx, m readMark) error {
 	return nil
 }
 
+// recountQuery counts user $1's notifications in room $2's thread $3
+// past the later of its read markers: a range of the user's entries in
+// push_notifications_user_pos, from the marker on (the user's rows in
+// every room past it, few when, as usual, a receipt names a recent
+// event), with room, thread and highlight read from the index.
+const recountQuery = `SELECT COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
+	FROM push_notifications WHERE user_id = $1 AND room_id = $2 AND thread_id = $3
+	AND stream_pos > (SELECT COALESCE(MAX(read_pos), 0) FROM push_read
+		WHERE user_id = $1 AND room_id = $2 AND thread_id IN ('', $3))`
+
 // recountThread sets k's push_unread row to the notifications past its
-// read markers, counted from the later marker on (a range of the
-// push_notifications_unread_counts index: the rows still unread).
+// read markers, counted from the later marker on (recountQuery).
 func recountThread(ctx context.Context, tx storage.Tx, k unreadKey) error {
 	var c Counts
-	err := tx.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
-		FROM push_notifications WHERE user_id = $1 AND room_id = $2 AND thread_id = $3
-		AND stream_pos > (SELECT COALESCE(MAX(read_pos), 0) FROM push_read
-			WHERE user_id = $1 AND room_id = $2 AND thread_id IN ('', $3))`,
-		k.userID, k.roomID, k.thread).Scan(&c.Notifications, &c.Highlights)
+	err := tx.QueryRow(ctx, recountQuery, k.userID, k.roomID, k.thread).Scan(&c.Notifications, &c.Highlights)
 	if err != nil {
 		return err
 	}
@@ -197,13 +203,18 @@ func recountThread(ctx context.Context, tx storage.Tx, k unreadKey) error {
 	return err
 }
 
+// pruneUnreadQuery sums, per (user, room, thread), the notifications
+// written before $1 (ms) that are still unread: push_notifications_ts's
+// range, then the read markers by push_read's primary key.
+const pruneUnreadQuery = `SELECT n.user_id, n.room_id, n.thread_id, COUNT(*),
+	COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0)` + unreadJoins + `
+	WHERE n.ts < $1 AND ` + unreadPast + ` GROUP BY n.user_id, n.room_id, n.thread_id`
+
 // pruneNotifications deletes the notifications written before cutoff
 // (ms) and subtracts those still unread from push_unread. The caller
 // holds lockCounts.
 func pruneNotifications(ctx context.Context, tx storage.Tx, cutoff int64) error {
-	rows, err := tx.Query(ctx, `SELECT n.user_id, n.room_id, n.thread_id, COUNT(*),
-		COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0)`+unreadJoins+`
-		WHERE n.ts < $1 AND `+unreadPast+` GROUP BY n.user_id, n.room_id, n.thread_id`, cutoff)
+	rows, err := tx.Query(ctx, pruneUnreadQuery, cutoff)
 	if err != nil {
 		return err
 	}
