@@ -37,6 +37,13 @@ static int myelin_set_arena_max(int n) {
 #endif
 }
 
+// myelin_malloc_trim returns the free memory of every malloc arena to
+// the kernel (malloc_trim(0) also releases free pages inside an arena,
+// not only at its top); 1 if any was released.
+static int myelin_malloc_trim(void) {
+	return malloc_trim(0);
+}
+
 // myelin_malloc_touch allocates and frees a little from the calling
 // thread, so that glibc gives the thread an arena (tests).
 static void myelin_malloc_touch(void) {
@@ -78,6 +85,10 @@ const mallocArenasAtLoad = C.MYELIN_MALLOC_ARENAS
 // setMallocArenaMax caps how many malloc arenas glibc creates (M_ARENA_MAX)
 // and reports whether the C library took the setting.
 func setMallocArenaMax(n int) bool { return C.myelin_set_arena_max(C.int(n)) == 1 }
+
+// mallocTrim hands the pages free in glibc's malloc arenas back to the
+// kernel; it reports whether any were released.
+func mallocTrim() bool { return C.myelin_malloc_trim() == 1 }
 
 // mallocTouch makes the calling OS thread allocate from malloc.
 func mallocTouch() { C.myelin_malloc_touch() }

@@ -8,6 +8,8 @@ const mallocArenasAtLoad = mallocArenas
 
 func setMallocArenaMax(int) bool { return false }
 
+func mallocTrim() bool { return false }
+
 func mallocTouch() {}
 
 func mallocArenaCount() int { return -1 }
