@@ -44,6 +44,32 @@ static int myelin_malloc_trim(void) {
 	return malloc_trim(0);
 }
 
+// myelin_malloc_hole leaves n KiB free inside the calling thread's arena
+// (tests): n blocks of 1 KiB, written so that their pages are resident,
+// then a small block after them that stays allocated, so the freed blocks
+// are not at the arena's top, which free() would trim by itself. It
+// returns that last block, for myelin_malloc_hole_done.
+static void *myelin_malloc_hole(int n) {
+	void **blocks = malloc(sizeof(void *) * (size_t)n);
+	if (blocks == NULL) {
+		return NULL;
+	}
+	for (int i = 0; i < n; i++) {
+		blocks[i] = malloc(1024);
+		if (blocks[i] != NULL) {
+			memset(blocks[i], 1, 1024);
+		}
+	}
+	void *fence = malloc(64);
+	for (int i = 0; i < n; i++) {
+		free(blocks[i]);
+	}
+	free(blocks);
+	return fence;
+}
+
+static void myelin_malloc_hole_done(void *fence) { free(fence); }
+
 // myelin_malloc_touch allocates and frees a little from the calling
 // thread, so that glibc gives the thread an arena (tests).
 static void myelin_malloc_touch(void) {
@@ -89,6 +115,13 @@ func setMallocArenaMax(n int) bool { return C.myelin_set_arena_max(C.int(n)) == 
 // mallocTrim hands the pages free in glibc's malloc arenas back to the
 // kernel; it reports whether any were released.
 func mallocTrim() bool { return C.myelin_malloc_trim() == 1 }
+
+// mallocHole leaves kib KiB free but resident inside a malloc arena and
+// returns a function that frees the block keeping it there (tests).
+func mallocHole(kib int) (done func()) {
+	fence := C.myelin_malloc_hole(C.int(kib))
+	return func() { C.myelin_malloc_hole_done(fence) }
+}
 
 // mallocTouch makes the calling OS thread allocate from malloc.
 func mallocTouch() { C.myelin_malloc_touch() }
