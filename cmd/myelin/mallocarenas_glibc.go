@@ -44,12 +44,13 @@ static int myelin_malloc_trim(void) {
 	return malloc_trim(0);
 }
 
-// myelin_malloc_hole leaves n KiB free inside the calling thread's arena
-// (tests): n blocks of 1 KiB, written so that their pages are resident,
-// then a small block after them that stays allocated, so the freed blocks
-// are not at the arena's top, which free() would trim by itself. It
-// returns that last block, for myelin_malloc_hole_done.
-static void *myelin_malloc_hole(int n) {
+// myelin_malloc_hole leaves about n KiB free inside the calling thread's
+// arena (tests): n blocks of 1 KiB, written so that their pages are
+// resident, of which every 64th stays allocated, so each freed run of 63
+// KiB lies between blocks in use and never at the arena's top, which
+// free() would trim by itself. It returns the blocks kept, for
+// myelin_malloc_hole_done.
+static void **myelin_malloc_hole(int n) {
 	void **blocks = malloc(sizeof(void *) * (size_t)n);
 	if (blocks == NULL) {
 		return NULL;
@@ -60,15 +61,24 @@ static void *myelin_malloc_hole(int n) {
 			memset(blocks[i], 1, 1024);
 		}
 	}
-	void *fence = malloc(64);
+	for (int i = 0; i < n; i++) {
+		if (i % 64 != 63) {
+			free(blocks[i]);
+			blocks[i] = NULL;
+		}
+	}
+	return blocks;
+}
+
+static void myelin_malloc_hole_done(void **blocks, int n) {
+	if (blocks == NULL) {
+		return;
+	}
 	for (int i = 0; i < n; i++) {
 		free(blocks[i]);
 	}
 	free(blocks);
-	return fence;
 }
-
-static void myelin_malloc_hole_done(void *fence) { free(fence); }
 
 // myelin_malloc_touch allocates and frees a little from the calling
 // thread, so that glibc gives the thread an arena (tests).
@@ -116,11 +126,12 @@ func setMallocArenaMax(n int) bool { return C.myelin_set_arena_max(C.int(n)) == 
 // kernel; it reports whether any were released.
 func mallocTrim() bool { return C.myelin_malloc_trim() == 1 }
 
-// mallocHole leaves kib KiB free but resident inside a malloc arena and
-// returns a function that frees the block keeping it there (tests).
+// mallocHole leaves about kib KiB free but resident inside a malloc arena,
+// between blocks still in use, and returns a function that frees those
+// blocks (tests).
 func mallocHole(kib int) (done func()) {
-	fence := C.myelin_malloc_hole(C.int(kib))
-	return func() { C.myelin_malloc_hole_done(fence) }
+	blocks := C.myelin_malloc_hole(C.int(kib))
+	return func() { C.myelin_malloc_hole_done(blocks, C.int(kib)) }
 }
 
 // mallocTouch makes the calling OS thread allocate from malloc.

@@ -29,7 +29,7 @@ func rssAnonKiB(t *testing.T) int {
 }
 
 // TestMallocTrimReleasesArenaHoles: memory freed inside a malloc arena
-// (below a block still in use, as SQLite's freed page cache is) stays
+// (between blocks still in use, as SQLite's freed page cache is) stays
 // resident until mallocTrim, which releaseStartupMemory calls; then it goes
 // back to the kernel.
 func TestMallocTrimReleasesArenaHoles(t *testing.T) {
