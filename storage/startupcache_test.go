@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 // TestReleaseStartupCache: after a start-up's writes (here ~1.5 MB of rows,
@@ -61,5 +62,20 @@ func TestReleaseStartupCache(t *testing.T) {
 	exec(t, db, `UPDATE t SET v = 'y' WHERE id <= $1`, 10)
 	if got := int64s(t, db.Reader(), `SELECT id FROM t WHERE v = 'y' ORDER BY id`); len(got) != 10 || got[0] != 1 || got[9] != 10 {
 		t.Fatalf("after release, updated rows: %v", got)
+	}
+}
+
+// TestReleaseStartupCachePostgres: on PostgreSQL there is no page cache in
+// the process; ReleaseStartupCache does nothing and the database works on.
+func TestReleaseStartupCachePostgres(t *testing.T) {
+	ctx := context.Background()
+	db := storagetest.OpenPostgres(t)
+	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+	if err := db.ReleaseStartupCache(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, db, `INSERT INTO t (id) VALUES ($1)`, 7)
+	if got := int64s(t, db.Reader(), `SELECT id FROM t`); len(got) != 1 || got[0] != 7 {
+		t.Fatalf("after ReleaseStartupCache: %v", got)
 	}
 }
