@@ -259,6 +259,29 @@ func (db *DB) Close() error {
 	return err
 }
 
+// ReleaseStartupCache empties the SQLite writer's page cache once
+// start-up is done (PRAGMA shrink_memory: SQLite frees the cached pages
+// no transaction holds). On a first start the migrations have just
+// created and written every table and index, so that cache holds the
+// whole fresh database (~1 MB), pages an idle server does not read
+// again; later writes read the pages they need back from the kernel's
+// page cache and refill the cache up to its size (sqliteCacheKiB), as
+// they would after any restart. Call it after the components are built
+// and before serving; it takes the writer's one connection, so it waits
+// for a write in flight. Readers' caches are left alone: a reader's cache
+// is dropped by the next commit anyway (see sqliteReaderCacheKiB).
+// PostgreSQL: nothing to do. What SQLite frees stays in the C library's
+// malloc arenas until they are trimmed (cmd/myelin calls malloc_trim).
+func (db *DB) ReleaseStartupCache(ctx context.Context) error {
+	if db.engine != SQLite {
+		return nil
+	}
+	if _, err := db.writer.ExecContext(ctx, "PRAGMA shrink_memory"); err != nil {
+		return fmt.Errorf("storage: releasing the writer's page cache: %w", err)
+	}
+	return nil
+}
+
 // ErrClosed is returned by Write after Close.
 var ErrClosed = errors.New("storage: database is closed")
 

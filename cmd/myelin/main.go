@@ -196,17 +196,35 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if fedLn != nil {
 		logger.Info("listening for federation (TLS)", "addr", fedLn.Addr().String())
 	}
-	// Start-up (config, migrations, key loading, caches warmed by the
-	// first queries) leaves a few MB of garbage in the Go heap, which the
-	// runtime would hand back to the OS only minutes later: an idle
-	// server would sit on it. One forced collection that returns freed
-	// pages at once takes milliseconds, before any request is served.
-	debug.FreeOSMemory()
+	releaseStartupMemory(ctx, hs, logger)
 	if err := serveAll(ctx, hs, ln, fedLn); err != nil {
 		return err
 	}
 	logger.Info("shut down cleanly")
 	return nil
+}
+
+// releaseStartupMemory hands back what start-up used and an idle server
+// does not hold on to, once, before any request is served:
+//   - the SQLite writer's page cache, which after a first start's
+//     migrations holds the whole freshly written database (~1 MB of pages
+//     nothing reads again; storage.DB.ReleaseStartupCache);
+//   - the pages that frees, and anything else free, in glibc's malloc
+//     arenas (malloc_trim): glibc returns free memory to the kernel by
+//     itself only from the top of an arena;
+//   - the Go heap's garbage from config loading, migrations, key loading
+//     and the first queries, which the runtime would return to the OS only
+//     minutes later: one forced collection that releases freed pages at
+//     once takes milliseconds.
+//
+// docs/benchmarks.md, "idlerss2", has what each saves.
+func releaseStartupMemory(ctx context.Context, hs *homeserver.Homeserver, logger *slog.Logger) {
+	if err := hs.DB.ReleaseStartupCache(ctx); err != nil {
+		// Only memory is at stake: serve anyway.
+		logger.Warn("releasing start-up memory", "err", err)
+	}
+	mallocTrim()
+	debug.FreeOSMemory()
 }
 
 // applyMemoryLimit makes global.memory_limit_mb (MiB; 0: none) the Go
