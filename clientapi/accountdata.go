@@ -112,20 +112,8 @@ func (s *Server) deleteAccountData(w http.ResponseWriter, r *http.Request) error
 // request and returns the caller's localpart, the room ID ("" for global
 // account data) and the type.
 func (s *Server) accountDataTarget(r *http.Request) (local, roomID, dataType string, err error) {
-	if caller := authn.FromContext(r.Context()); caller != nil && caller.IsGuest {
-		return "", "", "", mxerr.New(mxerr.GuestAccessForbidden, "guests cannot use account data")
-	}
-	local, err = s.ownLocalpart(r, "access account data")
-	if err != nil {
+	if local, roomID, err = s.accountDataOwner(r, "account data"); err != nil {
 		return "", "", "", err
-	}
-	if chi.URLParam(r, "roomId") != "" {
-		if roomID, err = unescapedParam(r, "roomId"); err != nil {
-			return "", "", "", err
-		}
-		if !validRoomID(roomID) {
-			return "", "", "", mxerr.New(mxerr.InvalidParam, "%q is not a valid room ID", roomID)
-		}
 	}
 	if dataType, err = unescapedParam(r, "type"); err != nil {
 		return "", "", "", err
@@ -134,6 +122,31 @@ func (s *Server) accountDataTarget(r *http.Request) (local, roomID, dataType str
 		return "", "", "", mxerr.New(mxerr.InvalidParam, "account data type must be 1 to %d bytes of UTF-8", maxAccountDataTypeLength)
 	}
 	return local, roomID, dataType, nil
+}
+
+// accountDataOwner checks the caller and the user and room of a path
+// under /user/{userId}[/rooms/{roomId}] (account data, tags) and returns
+// the caller's localpart and the room ID ("" without {roomId}). what
+// names the data in errors. Guests are refused: neither account data nor
+// tags are among the endpoints open to them.
+// Spec: client-server-api, "Guest Access", "Client behaviour".
+func (s *Server) accountDataOwner(r *http.Request, what string) (local, roomID string, err error) {
+	if caller := authn.FromContext(r.Context()); caller != nil && caller.IsGuest {
+		return "", "", mxerr.New(mxerr.GuestAccessForbidden, "guests cannot use %s", what)
+	}
+	local, err = s.ownLocalpart(r, "access "+what)
+	if err != nil {
+		return "", "", err
+	}
+	if chi.URLParam(r, "roomId") != "" {
+		if roomID, err = unescapedParam(r, "roomId"); err != nil {
+			return "", "", err
+		}
+		if !validRoomID(roomID) {
+			return "", "", mxerr.New(mxerr.InvalidParam, "%q is not a valid room ID", roomID)
+		}
+	}
+	return local, roomID, nil
 }
 
 // accountDataContent checks that body is a JSON object and returns it

@@ -147,14 +147,25 @@ func (s *Server) storeAccountDataTx(ctx context.Context, tx storage.Tx, local, r
 	return storeAccountData(ctx, s.db, tx, s.notify, local, roomID, dataType, content)
 }
 
+// lockAccountData takes the account data writers' lock inside tx (on
+// PostgreSQL; SQLite's single writer needs none), held until tx ends. A
+// read-modify-write of an entry (room tags) takes it before its read, so
+// that two such writes cannot both read the old value; taking it again in
+// the same transaction is harmless.
+func lockAccountData(ctx context.Context, db *storage.DB, tx storage.Tx) error {
+	if db.Engine() != storage.Postgres {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, accountDataLock)
+	return err
+}
+
 // storeAccountData writes one entry inside tx and tells notify (nil: no
 // one) the new position after commit. The Server and the Accounts store
 // (device deletions, also run by the admin commands) both write through it.
 func storeAccountData(ctx context.Context, db *storage.DB, tx storage.Tx, notify func(string, int64), local, roomID, dataType string, content json.RawMessage) (int64, error) {
-	if db.Engine() == storage.Postgres {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, accountDataLock); err != nil {
-			return 0, err
-		}
+	if err := lockAccountData(ctx, db, tx); err != nil {
+		return 0, err
 	}
 	// Delete and insert rather than update: the new row draws a new
 	// position, and the old position leaves the stream.

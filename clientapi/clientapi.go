@@ -227,6 +227,7 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, "/_matrix/client/v1/login/get_token", s.getLoginToken)
 	handle(r, http.MethodPost, v3+"/user/{userId}/openid/request_token", s.requestOpenIDToken)
 	handle(r, http.MethodGet, v3+"/capabilities", s.capabilities)
+	handle(r, http.MethodGet, v3+"/voip/turnServer", s.getTurnServer)
 
 	handle(r, http.MethodGet, v3+"/devices", s.getDevices)
 	handle(r, http.MethodGet, v3+"/devices/{deviceId}", s.getDevice)

@@ -49,7 +49,7 @@ const (
 // Spec: client-server-api, "PUT /_matrix/client/v3/profile/{userId}/{keyName}".
 var profileKeyPattern = regexp.MustCompile(`^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$`)
 
-// userDataRoutes registers profiles, account data and filters.
+// userDataRoutes registers profiles, account data, room tags and filters.
 func (s *Server) userDataRoutes(r chi.Router) {
 	// Spec: client-server-api, "Profiles": looking a profile up needs no
 	// access token; a token, if sent, must be valid.
@@ -64,6 +64,7 @@ func (s *Server) userDataRoutes(r chi.Router) {
 		handle(r, http.MethodPut, "/_matrix/client/v3/profile/{userId}/{keyName}", s.putProfileField)
 		handle(r, http.MethodDelete, "/_matrix/client/v3/profile/{userId}/{keyName}", s.deleteProfileField)
 		s.accountDataRoutes(r)
+		s.tagRoutes(r)
 		s.filterRoutes(r)
 	})
 }

@@ -209,31 +209,13 @@ func (s *Server) serverNoticeRoomOf(ctx context.Context, userID string) (string,
 func (s *Server) tagServerNoticeRoom(ctx context.Context, userID, roomID string) error {
 	local := s.localpart(userID)
 	return s.db.Write(ctx, func(tx storage.Tx) error {
-		var raw string
-		err := tx.QueryRow(ctx, `SELECT content FROM account_data WHERE localpart = $1 AND room_id = $2 AND type = 'm.tag'`,
-			local, roomID).Scan(&raw)
-		if err != nil && !storage.IsNoRows(err) {
-			return err
-		}
-		content := map[string]any{}
-		if raw != "" {
-			_ = json.Unmarshal([]byte(raw), &content)
-		}
-		tags, _ := content["tags"].(map[string]any)
-		if tags == nil {
-			tags = map[string]any{}
-		}
-		if _, ok := tags[serverNoticeTag]; ok {
-			return nil
-		}
-		tags[serverNoticeTag] = map[string]any{}
-		content["tags"] = tags
-		encoded, err := json.Marshal(content)
-		if err != nil {
-			return err
-		}
-		_, err = s.storeAccountDataTx(ctx, tx, local, roomID, "m.tag", encoded)
-		return err
+		return s.updateRoomTagsTx(ctx, tx, local, roomID, func(tags map[string]json.RawMessage) bool {
+			if _, ok := tags[serverNoticeTag]; ok {
+				return false
+			}
+			tags[serverNoticeTag] = json.RawMessage(`{}`)
+			return true
+		})
 	})
 }
 

@@ -21,6 +21,8 @@ type ClientAPI struct {
 	ServerNotices ServerNotices `yaml:"server_notices" doc:"The server notices room: official messages from the server to a user."`
 	// MSC4140.
 	DelayedEvents DelayedEvents `yaml:"delayed_events" doc:"Delayed events (MSC4140): events the server sends for a client after a delay the client can restart or cancel."`
+	// Spec: client-server-api, "Voice over IP", GET /voip/turnServer.
+	TURN TURN `yaml:"turn" doc:"The TURN server handed to clients for VoIP calls (GET /_matrix/client/v3/voip/turnServer)."`
 }
 
 func (ClientAPI) Defaults() ClientAPI {
@@ -34,6 +36,7 @@ func (ClientAPI) Defaults() ClientAPI {
 
 		ServerNotices: ServerNotices{}.Defaults(),
 		DelayedEvents: DelayedEvents{}.Defaults(),
+		TURN:          TURN{}.Defaults(),
 	}
 }
 
@@ -64,6 +67,9 @@ func (c ClientAPI) Validate() error {
 	}
 	if c.DelayedEvents.MaxDelay < 0 || c.DelayedEvents.MaxPerUser < 1 {
 		errs = append(errs, fieldError("client_api.delayed_events", "max_delay must not be negative and max_per_user must be at least 1", "e.g. max_delay: 24h, max_per_user: 100"))
+	}
+	if err := c.TURN.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return joinErrs(errs)
 }
@@ -136,4 +142,47 @@ type DelayedEvents struct {
 
 func (DelayedEvents) Defaults() DelayedEvents {
 	return DelayedEvents{MaxDelay: Duration(24 * time.Hour), MaxPerUser: 100}
+}
+
+// TURN configures the TURN server clients are told about. Credentials
+// are either time-limited ones derived from a secret shared with the
+// TURN server (coturn's use-auth-secret / static-auth-secret, the "TURN
+// REST API" scheme) or one fixed username and password.
+type TURN struct {
+	URIs         []string `yaml:"uris" doc:"TURN URIs (turn: or turns:), e.g. turn:turn.example.com:3478?transport=udp, turns:turn.example.com:5349?transport=tcp. Empty: no TURN server is offered."`
+	SharedSecret string   `yaml:"shared_secret" doc:"The TURN server's shared secret (coturn: static-auth-secret with use-auth-secret). Each client gets the username <expiry unix seconds>:<user ID> and the password base64(HMAC-SHA1(secret, username)), valid for ttl. Keep it secret."`
+	Username     string   `yaml:"username" doc:"A fixed TURN username for every client, used when shared_secret is empty."`
+	Password     string   `yaml:"password" doc:"The password that goes with username."`
+	TTL          Duration `yaml:"ttl" doc:"How long credentials from shared_secret stay valid, and how long clients may keep any credentials before asking again (whole seconds)."`
+	AllowGuests  bool     `yaml:"allow_guests" doc:"Also give guest accounts TURN credentials. Off: guests are refused (M_GUEST_ACCESS_FORBIDDEN), as the spec does not list this endpoint among those open to guests."`
+}
+
+func (TURN) Defaults() TURN {
+	return TURN{TTL: Duration(24 * time.Hour)}
+}
+
+func (t TURN) Validate() error {
+	var errs []error
+	for _, uri := range t.URIs {
+		// Spec: voip.yaml, uris items: pattern "^turns?:".
+		if !strings.HasPrefix(uri, "turn:") && !strings.HasPrefix(uri, "turns:") {
+			errs = append(errs, fieldError("client_api.turn.uris", fmt.Sprintf("%q is not a TURN URI", uri), "start each with turn: or turns:"))
+		}
+	}
+	if t.TTL < Duration(time.Second) {
+		errs = append(errs, fieldError("client_api.turn.ttl", "must be at least 1s", "e.g. 24h"))
+	}
+	if t.SharedSecret != "" && (t.Username != "" || t.Password != "") {
+		errs = append(errs, fieldError("client_api.turn", "shared_secret and username/password are both set", "use one of them"))
+	}
+	if (t.Username == "") != (t.Password == "") {
+		errs = append(errs, fieldError("client_api.turn", "username and password go together", "set both, or neither"))
+	}
+	if len(t.URIs) > 0 && t.SharedSecret == "" && t.Username == "" {
+		errs = append(errs, fieldError("client_api.turn", "uris are set without credentials", "set shared_secret, or username and password"))
+	}
+	if len(t.URIs) == 0 && (t.SharedSecret != "" || t.Username != "") {
+		errs = append(errs, fieldError("client_api.turn.uris", "is empty but credentials are set", "list the TURN server's URIs"))
+	}
+	return joinErrs(errs)
 }

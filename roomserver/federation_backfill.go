@@ -246,6 +246,11 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 				row.OriginServerTS, row.Redacts, row.JSON, row.StateBefore, row.StateAfter); err != nil {
 				return fmt.Errorf("inserting backfilled event %s: %w", id, err)
 			}
+			// A local user's annotation can come back in history (a room
+			// joined again): it still counts against their duplicates.
+			if err := indexAnnotation(ctx, tx, row); err != nil {
+				return err
+			}
 			if held != nil {
 				if err := s.moveEventNID(ctx, tx, roomID, id, held.NID, nid); err != nil {
 					return err

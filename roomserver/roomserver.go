@@ -175,6 +175,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err := migrateRelationships(ctx, deps.DB); err != nil {
 		return nil, err
 	}
+	if err := migrateAnnotations(ctx, deps.DB); err != nil {
+		return nil, err
+	}
 	now := deps.Now
 	if now == nil {
 		now = time.Now

@@ -227,7 +227,8 @@ func (s *Server) buildAndPrepare(ctx context.Context, room *roomRow, proto *goma
 	return p, nil
 }
 
-// writeSend is a send's write: its transaction-ID row, then the event.
+// writeSend is a send's write: its transaction-ID row, the duplicate
+// annotation check (annotations.go), then the event.
 func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, sender string, txn *TxnID) error {
 	if txn != nil {
 		err := insertTxn(ctx, tx, p.room.RoomID, sender, txn, p.row.EventID, s.now().UnixMilli())
@@ -237,6 +238,11 @@ func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, send
 		if err != nil {
 			return err
 		}
+	}
+	// After the transaction ID: a retry gets the event it first created,
+	// not this refusal.
+	if err := checkDuplicateAnnotation(ctx, tx, p.row); err != nil {
+		return err
 	}
 	return s.commit(ctx, tx, p)
 }

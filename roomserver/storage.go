@@ -160,6 +160,9 @@ func (s *Server) insertEvent(ctx context.Context, tx storage.Tx, e *eventRow) (i
 	if err := indexRelationship(ctx, tx, e); err != nil { // relationships.go (MSC2836)
 		return 0, err
 	}
+	if err := indexAnnotation(ctx, tx, e); err != nil { // annotations.go
+		return 0, err
+	}
 	return e.NID, nil
 }
 

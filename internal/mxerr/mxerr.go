@@ -63,6 +63,7 @@ const (
 	NotYetUploaded          Code = "M_NOT_YET_UPLOADED"
 	CannotOverwriteMedia    Code = "M_CANNOT_OVERWRITE_MEDIA"
 	InvalidSignature        Code = "M_INVALID_SIGNATURE"
+	DuplicateAnnotation     Code = "M_DUPLICATE_ANNOTATION"
 )
 
 // Error is a Matrix error: a code, a human-readable message, and optionally
