@@ -91,6 +91,9 @@ type Server struct {
 	notices serverNotices
 	// delayed is the delayed events module (delayed_events.go).
 	delayed delayedEvents
+	// deactivation serialises the leaves of deactivated accounts
+	// (deactivation.go).
+	deactivation deactivationLeaves
 	// appservices are the registered application services; immutable.
 	appservices *appservice.Registry
 	// asQueries asks them about unknown users and aliases; nil-safe
@@ -169,6 +172,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	s.initDelayedEvents()
 	if s.rooms.rooms != nil {
 		s.startDelayedEvents(bg)
+		s.startDeactivationLeaves(bg)
 	}
 	return s, nil
 }
