@@ -3,6 +3,7 @@ package clientapi_test
 import (
 	"net/url"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -75,5 +76,29 @@ func TestDeactivateLeavesRooms(t *testing.T) {
 		if queued != 0 {
 			t.Errorf("%d accounts still queued for leaving after the rooms were left", queued)
 		}
+	})
+}
+
+// TestDeactivationQueueTakenUpByRunningServer: an account deactivated by
+// another process (Accounts.Deactivate is what `myelin user deactivate`
+// runs; it cannot wake the server) is queued, and the running server
+// leaves its rooms at its next poll (every minute; shortened for the
+// tests), then dequeues it.
+func TestDeactivationQueueTakenUpByRunningServer(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		bob := newUser(t, srv, "bob")
+		gone := registerUser(t, srv, "gone")
+		rooms := deactivationRooms(t, srv, bob, gone)
+		ok(t, "deactivate", srv.HS.ClientAPI.Accounts().Deactivate(bg, "gone"))
+		deadline := time.Now().Add(10 * time.Second)
+		queued := 1
+		for queued != 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+			ok(t, "queue", srv.HS.DB.Reader().QueryRow(bg, `SELECT COUNT(*) FROM deactivation_leaves`).Scan(&queued))
+		}
+		if queued != 0 {
+			t.Fatalf("the running server did not take the queued account up in 10 s")
+		}
+		wantMemberships(t, bob, gone.UserID, rooms, [3]string{"leave", "leave", "leave"})
 	})
 }
