@@ -81,6 +81,9 @@ type Server struct {
 	loginLimit    *ratelimit.Limiter
 
 	stopBackground context.CancelFunc
+	// backgroundCtx is cancelled by stopBackground; Start's work runs
+	// under it.
+	backgroundCtx context.Context
 	background     sync.WaitGroup
 	closeOnce      sync.Once
 	// rooms is the state of the room endpoints (rooms.go).
@@ -155,7 +158,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.Background())
-	s.stopBackground = cancel
+	s.stopBackground, s.backgroundCtx = cancel, bg
 	s.background.Add(1)
 	go func() {
 		defer s.background.Done()
@@ -172,9 +175,18 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	s.initDelayedEvents()
 	if s.rooms.rooms != nil {
 		s.startDelayedEvents(bg)
-		s.startDeactivationLeaves(bg)
 	}
 	return s, nil
+}
+
+// Start begins the background work that writes room events on its own
+// (the leaves of deactivated accounts): call it once every component is
+// built, since a room event written earlier would miss the components
+// built later (the push component's counts in the event's transaction).
+func (s *Server) Start() {
+	if s.rooms.rooms != nil {
+		s.startDeactivationLeaves(s.backgroundCtx)
+	}
 }
 
 // Close stops the background work. Call it before closing the database.
