@@ -84,8 +84,8 @@ type Server struct {
 	// backgroundCtx is cancelled by stopBackground; Start's work runs
 	// under it.
 	backgroundCtx context.Context
-	background     sync.WaitGroup
-	closeOnce      sync.Once
+	background    sync.WaitGroup
+	closeOnce     sync.Once
 	// rooms is the state of the room endpoints (rooms.go).
 	rooms roomsPart
 	// federation is nil when federation is off; immutable.
