@@ -72,7 +72,8 @@ func (s *Server) changePassword(w http.ResponseWriter, r *http.Request) error {
 
 // deactivate answers POST /account/deactivate (UIA): the account is
 // deactivated and every token it had is revoked; logging in is refused
-// from then on.
+// from then on. The account leaves its rooms before the answer
+// (deactivation.go).
 // Spec: client-server-api, "POST /_matrix/client/v3/account/deactivate".
 func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) error {
 	d := authn.FromContext(r.Context())
@@ -100,6 +101,13 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err != nil {
 		return err
+	}
+	// The account is deactivated; its rooms are left now, and what fails
+	// here is retried by the background pass (deactivation.go).
+	if s.rooms.rooms != nil {
+		if err := s.leaveDeactivatedRooms(ctx, localpart); err != nil {
+			s.log.Warn("leaving the rooms of a deactivated account", "user", d.UserID, "err", err)
+		}
 	}
 	// No third-party identifiers are ever bound here, so there was
 	// nothing to unbind: "success".

@@ -258,8 +258,9 @@ func (a *Accounts) setPassword(ctx context.Context, tx storage.Tx, localpart, pa
 }
 
 // deactivateAccount marks the account deactivated and revokes everything
-// that could act for it: devices, sessions, login tokens and UIA sessions.
-// With erase, the password hash is wiped too.
+// that could act for it: devices, sessions, login tokens and UIA sessions,
+// and queues the leaving of its rooms (deactivation.go). With erase, the
+// password hash is wiped too.
 //
 // Spec: client-server-api, "POST /_matrix/client/v3/account/deactivate".
 func (a *Accounts) deactivateAccount(ctx context.Context, tx storage.Tx, localpart string, erase bool) error {
@@ -282,7 +283,14 @@ func (a *Accounts) deactivateAccount(ctx context.Context, tx storage.Tx, localpa
 	if _, err := tx.Exec(ctx, `DELETE FROM login_tokens WHERE localpart = $1`, localpart); err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `DELETE FROM uia_sessions WHERE localpart = $1`, localpart)
+	if _, err := tx.Exec(ctx, `DELETE FROM uia_sessions WHERE localpart = $1`, localpart); err != nil {
+		return err
+	}
+	// The rooms are left by a server process (deactivation.go), which
+	// holds the rooms' writers; queued here so that the HTTP path and
+	// the admin command, which may run while a server does, share it.
+	_, err = tx.Exec(ctx, `INSERT INTO deactivation_leaves (localpart, queued_ts) VALUES ($1, $2)
+		ON CONFLICT (localpart) DO NOTHING`, localpart, time.Now().UnixMilli())
 	return err
 }
 

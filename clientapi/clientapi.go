@@ -81,8 +81,11 @@ type Server struct {
 	loginLimit    *ratelimit.Limiter
 
 	stopBackground context.CancelFunc
-	background     sync.WaitGroup
-	closeOnce      sync.Once
+	// backgroundCtx is cancelled by stopBackground; Start's work runs
+	// under it.
+	backgroundCtx context.Context
+	background    sync.WaitGroup
+	closeOnce     sync.Once
 	// rooms is the state of the room endpoints (rooms.go).
 	rooms roomsPart
 	// federation is nil when federation is off; immutable.
@@ -91,6 +94,9 @@ type Server struct {
 	notices serverNotices
 	// delayed is the delayed events module (delayed_events.go).
 	delayed delayedEvents
+	// deactivation serialises the leaves of deactivated accounts
+	// (deactivation.go).
+	deactivation deactivationLeaves
 	// appservices are the registered application services; immutable.
 	appservices *appservice.Registry
 	// asQueries asks them about unknown users and aliases; nil-safe
@@ -152,7 +158,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.Background())
-	s.stopBackground = cancel
+	s.stopBackground, s.backgroundCtx = cancel, bg
 	s.background.Add(1)
 	go func() {
 		defer s.background.Done()
@@ -171,6 +177,16 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		s.startDelayedEvents(bg)
 	}
 	return s, nil
+}
+
+// Start begins the background work that writes room events on its own
+// (the leaves of deactivated accounts): call it once every component is
+// built, since a room event written earlier would miss the components
+// built later (the push component's counts in the event's transaction).
+func (s *Server) Start() {
+	if s.rooms.rooms != nil {
+		s.startDeactivationLeaves(s.backgroundCtx)
+	}
 }
 
 // Close stops the background work. Call it before closing the database.
@@ -243,6 +259,7 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/account/3pid/bind", threepidAuthFailed)
 	handle(r, http.MethodPost, v3+"/account/3pid/delete", threepidNotFound)
 	handle(r, http.MethodPost, v3+"/account/3pid/unbind", threepidNotFound)
+	handle(r, http.MethodGet, v3+"/admin/whois/{userId}", s.whois)
 	s.roomRoutes(r)
 	if s.rooms.rooms != nil {
 		s.serverNoticeRoutes(r)

@@ -333,27 +333,35 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkNotRejectingServerNotices(ctx, caller(r).UserID, roomID); err != nil {
 		return err
 	}
+	if err := s.leave(ctx, caller(r).UserID, roomID, body.Reason); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// leave makes userID leave roomID, reject its invite or withdraw its
+// knock: through a server holding the room when this one does not,
+// else through the roomserver. It is POST /leave's work, and a
+// deactivated account's (deactivation.go).
+func (s *Server) leave(ctx context.Context, userID, roomID, reason string) error {
 	held, err := s.heldHere(ctx, roomID)
 	if err != nil {
 		return err
 	}
-	if !held && s.federation != nil && !s.localInviteToEmptyRoom(ctx, roomID, caller(r).UserID) {
+	if !held && s.federation != nil && !s.localInviteToEmptyRoom(ctx, roomID, userID) {
 		// Rejecting an invite to a room only other servers hold.
-		if err := s.federation.LeaveRemote(ctx, roomID, caller(r).UserID, nil); err != nil {
+		if err := s.federation.LeaveRemote(ctx, roomID, userID, nil); err != nil {
 			// Leaving again a room this server knows the user left (no
 			// invite to reject) changes nothing: success, as Synapse
 			// answers (Complement: msc3902 "Leave during resync").
-			if m, merr := s.rooms.rooms.Membership(ctx, roomID, caller(r).UserID); !mxerr.Is(err, mxerr.NotFound) || merr != nil || m != "leave" {
+			if m, merr := s.rooms.rooms.Membership(ctx, roomID, userID); !mxerr.Is(err, mxerr.NotFound) || merr != nil || m != "leave" {
 				return err
 			}
 		}
-		return httpx.OK(w, httpx.EmptyObject)
+		return nil
 	}
-	_, err = s.rooms.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: caller(r).UserID, Reason: body.Reason})
-	if err != nil {
-		return err
-	}
-	return httpx.OK(w, httpx.EmptyObject)
+	_, err = s.rooms.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: userID, Reason: reason})
+	return err
 }
 
 // localInviteToEmptyRoom reports whether userID is invited to a room

@@ -136,19 +136,72 @@ func (s *Server) sendReceipt(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return mxerr.New(mxerr.InvalidParam, "unknown receipt type %q", receiptType)
 	}
-	if err := s.markRead(ctx, me.UserID, roomID, receiptType, eventID, threadID); err != nil {
+	if err := s.checkReadTarget(ctx, me.UserID, roomID, eventID); err != nil {
+		return err
+	}
+	if threadID != "" {
+		if err := s.checkReceiptThread(ctx, me.UserID, eventID, threadID); err != nil {
+			return err
+		}
+	}
+	if err := s.writeRead(ctx, me.UserID, roomID, receiptType, eventID, threadID); err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
 }
 
-// markRead records one receipt type (or the m.fully_read marker) for an
-// event of a room the user is joined to and can see.
-func (s *Server) markRead(ctx context.Context, userID, roomID, receiptType, eventID, threadID string) error {
-	if err := s.checkReadTarget(ctx, userID, roomID, eventID); err != nil {
+// maxThreadHops bounds how far threadOfEvent follows relations.
+// Spec: client-server-api, "Threaded read receipts" ("a maximum of 3
+// hops is recommended").
+const maxThreadHops = 3
+
+// checkReceiptThread refuses a threaded receipt whose event is not
+// related to its thread_id: "main" for an event in a thread, or a thread
+// root for an event that is neither that root nor in its thread. The
+// event has been checked (in the room, visible to userID).
+// Spec: client-server-api, "Threaded read receipts" (thread roots are in
+// the main timeline); receipts.yaml, 400 "The event_id is not related to
+// the thread_id" (M_INVALID_PARAM).
+func (s *Server) checkReceiptThread(ctx context.Context, userID, eventID, threadID string) error {
+	if threadID == eventID {
+		return nil // the thread root itself
+	}
+	thread, err := s.threadOfEvent(ctx, userID, eventID)
+	if err != nil {
 		return err
 	}
-	return s.writeRead(ctx, userID, roomID, receiptType, eventID, threadID)
+	if thread != threadID {
+		return mxerr.New(mxerr.InvalidParam, "event %s is not in thread %s", eventID, threadID)
+	}
+	return nil
+}
+
+// threadOfEvent returns the thread eventID is in: the root of its
+// m.thread relation, or, following its other relations (reactions,
+// edits, replies by relation) up to maxThreadHops events, the root their
+// m.thread relation names; else "main". A related event userID cannot
+// see (or unknown here) ends the walk in the main timeline.
+// Spec: client-server-api, "Threaded read receipts" (when an event is
+// "in a thread").
+func (s *Server) threadOfEvent(ctx context.Context, userID, eventID string) (string, error) {
+	for hop := 0; hop <= maxThreadHops; hop++ {
+		ev, err := s.rooms.rooms.Event(ctx, userID, eventID)
+		if mxerr.Is(err, mxerr.NotFound) {
+			return "main", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		rel, ok := relationOf(ev)
+		if !ok {
+			return "main", nil
+		}
+		if rel.RelType == "m.thread" {
+			return rel.RelatesTo, nil
+		}
+		eventID = rel.RelatesTo
+	}
+	return "main", nil
 }
 
 // checkReadTarget refuses a receipt or read marker unless userID is

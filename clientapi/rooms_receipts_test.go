@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/internal/testserver"
@@ -101,4 +102,84 @@ func unread(t *testing.T, u *user, roomID id.RoomID) int {
 		return 0
 	}
 	return r.UnreadNotifications.NotificationCount
+}
+
+// TestThreadedReceiptMustMatchThread: a threaded receipt whose event is
+// not related to its thread_id is refused with 400 M_INVALID_PARAM and
+// writes nothing: "main" for an event in a thread (by m.thread, or by a
+// relation to such an event), a thread root for an event of the main
+// timeline or of another thread. The thread root itself takes either its
+// own ID or "main" (roots are in the main timeline), and so does an event
+// related to the root by a non-thread relation ("main" only). Spec:
+// client-server-api, "Threaded read receipts"; receipts.yaml, 400 ("The
+// event_id is not related to the thread_id").
+func TestThreadedReceiptMustMatchThread(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		ok(t, "create", err)
+		_, err = bob.JoinRoomByID(bg, room.RoomID)
+		ok(t, "join", err)
+		send := func(evType string, content map[string]any) string {
+			t.Helper()
+			resp, err := alice.SendMessageEvent(bg, room.RoomID, event.NewEventType(evType), content)
+			ok(t, "send "+evType, err)
+			return resp.EventID.String()
+		}
+		rel := func(relType, to string) map[string]any {
+			r := map[string]any{"rel_type": relType, "event_id": to}
+			if relType == "m.annotation" {
+				r["key"] = "👍"
+			}
+			return r
+		}
+		root := send("m.room.message", map[string]any{"msgtype": "m.text", "body": "root"})
+		root2 := send("m.room.message", map[string]any{"msgtype": "m.text", "body": "root 2"})
+		inThread := send("m.room.message", map[string]any{"msgtype": "m.text", "body": "in thread",
+			"m.relates_to": rel("m.thread", root)})
+		inThread2 := send("m.room.message", map[string]any{"msgtype": "m.text", "body": "in thread 2",
+			"m.relates_to": rel("m.thread", root2)})
+		reactionInThread := send("m.reaction", map[string]any{"m.relates_to": rel("m.annotation", inThread)})
+		reactionToRoot := send("m.reaction", map[string]any{"m.relates_to": rel("m.annotation", root)})
+		plain := send("m.room.message", map[string]any{"msgtype": "m.text", "body": "main"})
+
+		rid := room.RoomID.String()
+		_, before, err := srv.HS.ClientAPI.ReceiptsSince(bg, bob.id.String(), []string{rid}, 0)
+		ok(t, "receipts head", err)
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(rid) + "/receipt/"
+		receipt := func(name, typ, eventID, threadID string, status int) step {
+			st := step{name: name, method: "POST", path: rp + typ + "/" + url.PathEscape(eventID), token: bob.token,
+				body: `{"thread_id": "` + threadID + `"}`, wantStatus: status}
+			if status == 400 {
+				st.wantErrcode = "M_INVALID_PARAM"
+			}
+			return st
+		}
+		runSteps(t, srv, []step{
+			receipt("main for an event in a thread", "m.read", inThread, "main", 400),
+			receipt("main for a reaction to an event in a thread", "m.read", reactionInThread, "main", 400),
+			receipt("main for an event in a thread (private)", "m.read.private", inThread2, "main", 400),
+			receipt("a root for a main-timeline event", "m.read", plain, root, 400),
+			receipt("a root for an event of another thread", "m.read", inThread2, root, 400),
+			receipt("a root for a reaction to the root", "m.read.private", reactionToRoot, root, 400),
+			receipt("a root for another root", "m.read", root2, root, 400),
+			receipt("a non-event for an event", "m.read", inThread, "$nope", 400),
+		})
+		_, head, err := srv.HS.ClientAPI.ReceiptsSince(bg, bob.id.String(), []string{rid}, before)
+		ok(t, "receipts after refusals", err)
+		if head != before {
+			t.Fatalf("refused receipts moved the receipt stream from %d to %d", before, head)
+		}
+		runSteps(t, srv, []step{
+			receipt("an event in its thread", "m.read", inThread, root, 200),
+			receipt("a reaction in its thread", "m.read", reactionInThread, root, 200),
+			receipt("an event in its thread (private)", "m.read.private", inThread2, root2, 200),
+			receipt("a root in its own thread", "m.read", root, root, 200),
+			receipt("a root in main", "m.read", root2, "main", 200),
+			receipt("a reaction to a root in main", "m.read", reactionToRoot, "main", 200),
+			receipt("a main-timeline event in main", "m.read", plain, "main", 200),
+			{name: "unthreaded", method: "POST", path: rp + "m.read/" + url.PathEscape(inThread), token: bob.token,
+				body: `{}`, wantStatus: 200},
+		})
+	})
 }

@@ -596,8 +596,11 @@ func (s *Server) consumeReceipts(ctx context.Context) (bool, error) {
 			continue
 		}
 		ev, err := s.rooms.Event(ctx, r.UserID, r.EventID)
-		if err != nil {
-			continue // unknown or no longer visible: reads nothing
+		if err != nil || ev.RoomID != r.RoomID {
+			// Unknown, no longer visible, or an event of another room
+			// (a row no check refused: an older binary's, say): reads
+			// nothing. Spec: client-server-api, "Receipts".
+			continue
 		}
 		marks = append(marks, readMark{userID: r.UserID, roomID: r.RoomID, thread: r.ThreadID, pos: ev.StreamPos})
 	}

@@ -90,7 +90,9 @@ func runUser(args []string, stdout, stderr io.Writer) error {
 		if err := accounts.Deactivate(ctx, positional[0]); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "Deactivated %s; all of its tokens were revoked.\n", positional[0])
+		// Leaving its rooms needs the server (its per-room writers and
+		// federation sender): queued for it (clientapi deactivation.go).
+		fmt.Fprintf(stdout, "Deactivated %s; all of its tokens were revoked. A running server leaves its rooms within a minute, a stopped one when it starts.\n", positional[0])
 	case "list":
 		users, err := accounts.Users(ctx)
 		if err != nil {

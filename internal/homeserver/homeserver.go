@@ -337,6 +337,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		keys.StartFederation(baseCtx)
 		rooms.SetBackfiller(federation)
 	}
+	// Every component is built: room events may be written.
+	client.Start()
 	// To-device messages for other servers that a crash left unqueued.
 	go func() {
 		if err := keys.FlushOutbound(baseCtx); err != nil {
