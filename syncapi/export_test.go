@@ -46,8 +46,7 @@ var NewsOf = newsOf
 func (s *Server) SyncJSON(ctx context.Context, userID, deviceID, query string, now time.Time, perRoom bool) ([]byte, error) {
 	r := httptest.NewRequest(http.MethodGet, "/_matrix/client/v3/sync?"+query, nil)
 	r = r.WithContext(authn.WithDevice(ctx, &authn.Device{UserID: userID, DeviceID: deviceID}))
-	q := parseSyncQuery(r.URL.RawQuery, &s.inline)
-	req, err := s.parseSyncRequest(r, &q)
+	req, err := s.parseSyncRequest(r, r.URL.Query())
 	if err != nil {
 		return nil, err
 	}

@@ -65,41 +65,9 @@ const (
 // function of the text alone, so an entry is never stale. Parse errors
 // are not remembered. The *Filter values are shared and must not be
 // modified. Bounded: emptied when full.
-//
-// byQuery holds the same parses by the filter parameter's escaped text,
-// as the URL carries it (syncquery.go): unescaping is a function of the
-// escaped text alone, so an entry is never stale either. The two maps
-// are apart because an escaped text can equal another filter's
-// unescaped text ("%41" is "A" escaped, and a text of its own).
 type inlineFilters struct {
-	mu      sync.Mutex
-	byText  map[string]*clientapi.Filter // guarded by mu
-	byQuery map[string]*clientapi.Filter // guarded by mu
-}
-
-// fromQuery returns the filter a filter parameter escaped as escaped was
-// parsed to before (rememberQuery), if it is remembered.
-func (c *inlineFilters) fromQuery(escaped string) (*clientapi.Filter, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f, ok := c.byQuery[escaped]
-	return f, ok
-}
-
-// rememberQuery records that the filter parameter escaped as escaped
-// unescapes to an inline filter whose parse is f. An escaped text
-// longer than maxInlineFilterBytes is not kept (the same bound on the
-// memory held as byText's).
-func (c *inlineFilters) rememberQuery(escaped string, f *clientapi.Filter) {
-	if escaped == "" || len(escaped) > maxInlineFilterBytes {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.byQuery == nil || len(c.byQuery) >= maxInlineFilters {
-		c.byQuery = map[string]*clientapi.Filter{}
-	}
-	c.byQuery[escaped] = f
+	mu     sync.Mutex
+	byText map[string]*clientapi.Filter // guarded by mu
 }
 
 // parse returns clientapi.ParseFilter(text), from the cache when it can.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -143,14 +144,14 @@ func (r *syncResponse) empty() bool {
 // sync answers GET /_matrix/client/v3/sync.
 // Spec: client-server-api, "GET /_matrix/client/v3/sync".
 func (s *Server) sync(w http.ResponseWriter, r *http.Request) error {
-	// The query is read once, and an inline filter seen before is not
-	// unescaped again (syncquery.go).
-	q := parseSyncQuery(r.URL.RawQuery, &s.inline)
-	req, err := s.parseSyncRequest(r, &q)
+	// The query is parsed once: its filter parameter, often a long inline
+	// filter, is unescaped with it.
+	q := r.URL.Query()
+	req, err := s.parseSyncRequest(r, q)
 	if err != nil {
 		return err
 	}
-	if p := q.get(paramSetPresence); p != "" {
+	if p := q.Get("set_presence"); p != "" {
 		if err := s.setPresence(r.Context(), req.userID, p); err != nil {
 			return err
 		}
@@ -195,17 +196,17 @@ func (s *Server) setPresence(ctx context.Context, userID, presence string) error
 
 // parseSyncRequest reads the request's parameters from q, its parsed
 // query.
-func (s *Server) parseSyncRequest(r *http.Request, q *syncQuery) (*syncRequest, error) {
+func (s *Server) parseSyncRequest(r *http.Request, q url.Values) (*syncRequest, error) {
 	caller := authn.FromContext(r.Context())
 	req := &syncRequest{userID: caller.UserID, deviceID: caller.DeviceID}
-	if v := q.get(paramSince); v != "" {
+	if v := q.Get("since"); v != "" {
 		t, err := parseSyncToken(v)
 		if err != nil {
 			return nil, err
 		}
 		req.since = &t
 	}
-	if v := q.get(paramTimeout); v != "" {
+	if v := q.Get("timeout"); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || ms < 0 {
 			return nil, mxerr.New(mxerr.InvalidParam, "timeout must be a non-negative integer")
@@ -213,12 +214,11 @@ func (s *Server) parseSyncRequest(r *http.Request, q *syncQuery) (*syncRequest, 
 		req.timeout = min(time.Duration(ms)*time.Millisecond, maxTimeout)
 	}
 	var err error
-	if req.fullState, err = boolParam(q.get(paramFullState), "full_state"); err != nil {
+	if req.fullState, err = boolParam(q.Get("full_state"), "full_state"); err != nil {
 		return nil, err
 	}
-	for _, param := range []int{paramUseStateAfter, paramUseStateAfterMSC} {
-		name := syncParamNames[param]
-		on, err := boolParam(q.get(param), name)
+	for _, name := range []string{"use_state_after", "org.matrix.msc4222.use_state_after"} {
+		on, err := boolParam(q.Get(name), name)
 		if err != nil {
 			return nil, err
 		}
@@ -229,14 +229,9 @@ func (s *Server) parseSyncRequest(r *http.Request, q *syncQuery) (*syncRequest, 
 			}
 		}
 	}
-	if q.filter != nil {
-		req.filter = q.filter // an inline filter parsed before from the same escaped text
-	} else if v := q.get(paramFilter); v != "" {
+	if v := q.Get("filter"); v != "" {
 		if strings.HasPrefix(strings.TrimSpace(v), "{") {
 			req.filter, err = s.inline.parse(v)
-			if err == nil {
-				s.inline.rememberQuery(q.filterEscaped, req.filter)
-			}
 		} else {
 			req.filter, err = s.storedFilters.Filter(r.Context(), req.userID, v)
 		}
