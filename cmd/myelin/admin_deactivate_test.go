@@ -3,12 +3,9 @@ package main
 import (
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
 )
 
@@ -23,15 +20,7 @@ import (
 // and knocking; after the command and a restart he has left all three.
 func TestUserDeactivateLeavesRoomsThroughServer(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
-		configPath := filepath.Join(t.TempDir(), "myelin.yaml")
-		if err := os.WriteFile(configPath, config.Sample(*srv.Config), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		for _, u := range []string{"carol", "bob"} {
-			if _, err := runCLI(t, "", "user", "create", "-config", configPath, "-password", "s3cret-password", u); err != nil {
-				t.Fatal(err)
-			}
-		}
+		configPath := cliConfigWithUsers(t, srv, "carol", "bob")
 		const bobID = "@bob:localhost"
 		carolToken, _ := loginDevice(t, srv, "carol", "s3cret-password")
 		bobToken, _ := loginDevice(t, srv, "bob", "s3cret-password")

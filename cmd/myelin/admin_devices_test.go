@@ -22,6 +22,23 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
+// cliConfigWithUsers writes srv's configuration where the admin
+// commands read it and creates each user through `myelin user create`
+// (password s3cret-password); it returns the configuration's path.
+func cliConfigWithUsers(t *testing.T, srv *testserver.Server, localparts ...string) string {
+	t.Helper()
+	configPath := filepath.Join(t.TempDir(), "myelin.yaml")
+	if err := os.WriteFile(configPath, config.Sample(*srv.Config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range localparts {
+		if _, err := runCLI(t, "", "user", "create", "-config", configPath, "-password", "s3cret-password", u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return configPath
+}
+
 func mustCall(t *testing.T, srv *testserver.Server, token, method, path string, body any) map[string]any {
 	t.Helper()
 	status, out := testserver.Call(t, srv, method, path, token, body)
@@ -113,15 +130,7 @@ func countRows(t *testing.T, db *storage.DB, query string, args ...any) int {
 func TestUserCommandsDeleteDeviceState(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
 		ctx := context.Background()
-		configPath := filepath.Join(t.TempDir(), "myelin.yaml")
-		if err := os.WriteFile(configPath, config.Sample(*srv.Config), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		for _, u := range []string{"alice", "bob"} {
-			if _, err := runCLI(t, "", "user", "create", "-config", configPath, "-password", "s3cret-password", u); err != nil {
-				t.Fatal(err)
-			}
-		}
+		configPath := cliConfigWithUsers(t, srv, "alice", "bob")
 		db, err := storage.Open(ctx, homeserver.StorageOptions(srv.Config.Database))
 		if err != nil {
 			t.Fatal(err)
@@ -242,13 +251,7 @@ func TestUserDeactivateBeforeServerTables(t *testing.T) {
 // start from its own keys, none, not from the deleted device's counts.
 func TestUserPasswdDeviceIDReuse(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
-		configPath := filepath.Join(t.TempDir(), "myelin.yaml")
-		if err := os.WriteFile(configPath, config.Sample(*srv.Config), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := runCLI(t, "", "user", "create", "-config", configPath, "-password", "s3cret-password", "bob"); err != nil {
-			t.Fatal(err)
-		}
+		configPath := cliConfigWithUsers(t, srv, "bob")
 		const bobID, device = "@bob:localhost", "REUSEDDEVICE"
 		login := func(password string) string {
 			out := mustCall(t, srv, "", http.MethodPost, "/_matrix/client/v3/login", map[string]any{
