@@ -255,6 +255,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Federation:      remote.remoteKeys(),
 		SharedServers:   sharedServers(rooms),
 		CountMemo:       keyCounts,
+		Devices:         client.Accounts(),
 	})
 	if err != nil {
 		push.Close()

@@ -1,0 +1,277 @@
+package keyserver
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/myelin-chat/myelin/internal/authn"
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// Dehydrated devices (MSC3814, unstable prefix org.matrix.msc3814.v1).
+//
+// A user may keep one dehydrated device: a real device of the account
+// (a row of clientapi's devices table, keys in the key tables, a
+// to-device inbox) that has no access token. Other users' clients see it
+// in /keys/query and encrypt room keys to it; when the user logs in
+// again, the new client fetches the device's encrypted private keys
+// (device_data) and reads the to-device messages that waited for it.
+//
+// The device's row is written by Deps.Devices inside the key server's
+// transaction, so a replacement (old device, its keys and inbox deleted;
+// new device and its keys stored) commits as one.
+
+// DeviceStore creates and deletes a local user's devices inside a
+// transaction of the caller's (clientapi's Accounts implements it).
+type DeviceStore interface {
+	// CreateDeviceTx creates userID's device deviceID, with no session,
+	// running the device-created hook. A device of that ID that already
+	// exists is an *mxerr.Error (M_INVALID_PARAM).
+	CreateDeviceTx(ctx context.Context, tx storage.Tx, userID, deviceID string, displayName *string) error
+	// DeleteDevicesTx deletes userID's devices deviceIDs as a device
+	// deletion does (sessions, per-device data, the devices-deleted hook:
+	// the key server's DevicesDeletedHook, which also forgets the
+	// dehydrated device).
+	DeleteDevicesTx(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error
+}
+
+// dehydratedPrefix is where the MSC's endpoints live until it is merged.
+const dehydratedPrefix = "/_matrix/client/unstable/org.matrix.msc3814.v1"
+
+// maxDeviceDataBytes bounds the stored device_data (an encrypted pickle
+// of a few hundred bytes plus one-time keys; 64 KiB is generous).
+const maxDeviceDataBytes = 64 << 10
+
+// dehydratedRoutes registers the MSC3814 endpoints on r (authenticated).
+func (s *Server) dehydratedRoutes(r chi.Router) {
+	handle(r, http.MethodPut, dehydratedPrefix+"/dehydrated_device", s.putDehydratedDevice)
+	handle(r, http.MethodGet, dehydratedPrefix+"/dehydrated_device", s.getDehydratedDevice)
+	handle(r, http.MethodDelete, dehydratedPrefix+"/dehydrated_device", s.deleteDehydratedDevice)
+	// The MSC's text says GET with next_batch in the query; clients
+	// (matrix-rust-sdk) and Synapse use POST with next_batch in the body.
+	handle(r, http.MethodPost, dehydratedPrefix+"/dehydrated_device/{deviceId}/events", s.dehydratedDeviceEvents)
+	handle(r, http.MethodGet, dehydratedPrefix+"/dehydrated_device/{deviceId}/events", s.dehydratedDeviceEvents)
+}
+
+// putDehydratedRequest is the body of PUT /dehydrated_device.
+type putDehydratedRequest struct {
+	DeviceID    *string         `json:"device_id"`
+	DeviceData  json.RawMessage `json:"device_data"`
+	DisplayName *string         `json:"initial_device_display_name"`
+	uploadRequest
+}
+
+// putDehydratedDevice answers PUT /dehydrated_device: it replaces the
+// user's dehydrated device by a new one with its keys, in one transaction.
+//
+// Spec: MSC3814, "Dehydrating a device".
+func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	if s.devices == nil {
+		return mxerr.New(mxerr.Unrecognized, "dehydrated devices are not available").WithStatus(http.StatusNotFound)
+	}
+	var req putDehydratedRequest
+	if err := httpx.DecodeJSON(r, &req); err != nil {
+		return err
+	}
+	if req.DeviceID == nil {
+		return mxerr.New(mxerr.MissingParam, "device_id is required")
+	}
+	deviceID := *req.DeviceID
+	if deviceID == "" || len(deviceID) > maxKeyIDLength {
+		return mxerr.New(mxerr.InvalidParam, "device_id must be 1-%d bytes", maxKeyIDLength)
+	}
+	if len(req.DeviceData) == 0 || string(req.DeviceData) == "null" {
+		return mxerr.New(mxerr.MissingParam, "device_data is required")
+	}
+	var data struct {
+		Algorithm *string `json:"algorithm"`
+	}
+	if err := json.Unmarshal(req.DeviceData, &data); err != nil || req.DeviceData[0] != '{' {
+		return mxerr.New(mxerr.BadJSON, "device_data must be a JSON object")
+	}
+	if data.Algorithm == nil || *data.Algorithm == "" {
+		return mxerr.New(mxerr.MissingParam, "device_data.algorithm is required")
+	}
+	if len(req.DeviceData) > maxDeviceDataBytes {
+		return mxerr.New(mxerr.TooLarge, "device_data is over %d bytes", maxDeviceDataBytes).WithStatus(http.StatusRequestEntityTooLarge)
+	}
+	if len(req.DeviceKeys) == 0 || string(req.DeviceKeys) == "null" {
+		// The MSC uploads the keys with the device so that no dehydrated
+		// device exists without them.
+		return mxerr.New(mxerr.MissingParam, "device_keys is required")
+	}
+	if len(req.OneTimeKeys) > maxOneTimeKeysPerUpload {
+		return mxerr.New(mxerr.InvalidParam, "at most %d one-time keys per upload", maxOneTimeKeysPerUpload)
+	}
+	dk, err := validateDeviceKeys(req.DeviceKeys, d.UserID, deviceID)
+	if err != nil {
+		return err
+	}
+	if req.DisplayName != nil && len(*req.DisplayName) > 1000 {
+		return mxerr.New(mxerr.InvalidParam, "initial_device_display_name is too long")
+	}
+	// The device's own identity: the keys are stored as its, not the caller's.
+	dev := &authn.Device{UserID: d.UserID, DeviceID: deviceID}
+	ctx := r.Context()
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		s.counts.dropOnCommit(tx, d.UserID, deviceID)
+		old, _, err := loadDehydrated(ctx, tx, d.UserID)
+		if err != nil {
+			return err
+		}
+		if old != "" {
+			s.counts.dropOnCommit(tx, d.UserID, old)
+			if err := s.devices.DeleteDevicesTx(ctx, tx, d.UserID, []string{old}); err != nil {
+				return err
+			}
+		}
+		// A device of that ID that is not the dehydrated one being
+		// replaced is refused: the request would otherwise take over a
+		// logged-in device's keys and inbox.
+		if err := s.devices.CreateDeviceTx(ctx, tx, d.UserID, deviceID, req.DisplayName); err != nil {
+			return err
+		}
+		signingKey, err := s.storeDeviceKeys(ctx, tx, dev, dk)
+		if err != nil {
+			return err
+		}
+		otks, err := validateOneTimeKeys(req.OneTimeKeys, dev, signingKey, false)
+		if err != nil {
+			return err
+		}
+		fallbacks, err := validateOneTimeKeys(req.FallbackKeys, dev, signingKey, true)
+		if err != nil {
+			return err
+		}
+		if err := storeOneTimeKeys(ctx, tx, dev, otks); err != nil {
+			return err
+		}
+		if err := storeFallbackKeys(ctx, tx, dev, fallbacks); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `
+			INSERT INTO keyserver_dehydrated_devices (user_id, device_id, device_data, created_ts)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (user_id) DO UPDATE SET device_id = excluded.device_id,
+				device_data = excluded.device_data, created_ts = excluded.created_ts`,
+			d.UserID, deviceID, string(req.DeviceData), time.Now().UnixMilli())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]string{"device_id": deviceID})
+}
+
+// loadDehydrated returns userID's dehydrated device ID and data ("" when
+// there is none).
+func loadDehydrated(ctx context.Context, q storage.Querier, userID string) (deviceID, data string, err error) {
+	err = q.QueryRow(ctx, `SELECT device_id, device_data FROM keyserver_dehydrated_devices WHERE user_id = $1`,
+		userID).Scan(&deviceID, &data)
+	if storage.IsNoRows(err) {
+		return "", "", nil
+	}
+	return deviceID, data, err
+}
+
+// getDehydratedDevice answers GET /dehydrated_device.
+// Spec: MSC3814, "Rehydrating a device": 404 M_NOT_FOUND when none.
+func (s *Server) getDehydratedDevice(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	deviceID, data, err := loadDehydrated(r.Context(), s.db.Reader(), d.UserID)
+	if err != nil {
+		return err
+	}
+	if deviceID == "" {
+		return mxerr.New(mxerr.NotFound, "no dehydrated device")
+	}
+	return httpx.OK(w, map[string]any{"device_id": deviceID, "device_data": json.RawMessage(data)})
+}
+
+// deleteDehydratedDevice answers DELETE /dehydrated_device: the device
+// goes as a deleted device does (keys, inbox, device-list change). No
+// user-interactive authentication, as the MSC says.
+// Spec: MSC3814, "Deleting a dehydrated device".
+func (s *Server) deleteDehydratedDevice(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	if s.devices == nil {
+		return mxerr.New(mxerr.Unrecognized, "dehydrated devices are not available").WithStatus(http.StatusNotFound)
+	}
+	ctx := r.Context()
+	var deviceID string
+	err := s.db.Write(ctx, func(tx storage.Tx) error {
+		var err error
+		deviceID, _, err = loadDehydrated(ctx, tx, d.UserID)
+		if err != nil {
+			return err
+		}
+		if deviceID == "" {
+			return mxerr.New(mxerr.NotFound, "no dehydrated device")
+		}
+		s.counts.dropOnCommit(tx, d.UserID, deviceID)
+		return s.devices.DeleteDevicesTx(ctx, tx, d.UserID, []string{deviceID})
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]string{"device_id": deviceID})
+}
+
+// dehydratedDeviceEvents answers POST (and GET) /dehydrated_device/{deviceId}/events:
+// the to-device messages waiting for the dehydrated device, a batch at a
+// time. next_batch is the position of the last message returned; the
+// last batch is followed by one more call that returns no events.
+// Messages are not deleted when read: a rehydration that is interrupted
+// can start again (the device's deletion or replacement deletes them).
+//
+// Spec: MSC3814, "Rehydrating a device": M_FORBIDDEN for a device ID that
+// is not the user's dehydrated device (M_NOT_FOUND when the user has none,
+// as GET /dehydrated_device answers).
+func (s *Server) dehydratedDeviceEvents(w http.ResponseWriter, r *http.Request) error {
+	d := authn.FromContext(r.Context())
+	ctx := r.Context()
+	deviceID := chi.URLParam(r, "deviceId")
+	token := r.URL.Query().Get("next_batch")
+	if r.Method == http.MethodPost {
+		var req struct {
+			NextBatch *string `json:"next_batch"`
+		}
+		if err := httpx.DecodeJSON(r, &req); err != nil {
+			return err
+		}
+		if req.NextBatch != nil {
+			token = *req.NextBatch
+		}
+	}
+	var since int64
+	if token != "" {
+		p, err := strconv.ParseInt(token, 10, 64)
+		if err != nil || p < 0 {
+			return mxerr.New(mxerr.InvalidParam, "next_batch is not a token this server gave")
+		}
+		since = p
+	}
+	current, _, err := loadDehydrated(ctx, s.db.Reader(), d.UserID)
+	if err != nil {
+		return err
+	}
+	if current == "" {
+		return mxerr.New(mxerr.NotFound, "no dehydrated device")
+	}
+	if current != deviceID {
+		return mxerr.New(mxerr.Forbidden, "%q is not your dehydrated device", deviceID)
+	}
+	events, latest, err := s.ToDeviceSince(ctx, d.UserID, deviceID, since)
+	if err != nil {
+		return err
+	}
+	return httpx.OK(w, map[string]any{"events": events, "next_batch": strconv.FormatInt(latest, 10)})
+}
