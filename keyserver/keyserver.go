@@ -97,7 +97,7 @@ type Server struct {
 	flush           outboundFlush
 	fed             RemoteKeys // may be nil
 	sharedServers   func(ctx context.Context, userID string) ([]string, error)
-	counts          *CountMemo // may be nil
+	counts          *CountMemo  // may be nil
 	devices         DeviceStore // may be nil
 	// deviceListWake wakes the device-list sender (capacity 1).
 	deviceListWake chan struct{}
