@@ -294,6 +294,29 @@ func TestDehydratedDevice(t *testing.T) {
 		if events, _ := body["events"].([]any); status != http.StatusOK || len(events) != 0 {
 			t.Errorf("DEHYDRATED2 inbox: %d %v", status, body)
 		}
+		// A replacement refused half-way (its one-time key is forged)
+		// leaves the current device, its keys and inbox as they were.
+		bob.do(t, http.MethodPut, "/_matrix/client/v3/sendToDevice/m.room.encrypted/keep", map[string]any{
+			"messages": map[string]any{alice.userID: map[string]any{"DEHYDRATED2": map[string]any{"n": "kept"}}}})
+		k9 := newDeviceKeys(t, alice.userID, "DEHYDRATED9")
+		b9 := dehydratedBody(t, k9, "")
+		b9["one_time_keys"] = map[string]any{"signed_curve25519:AAAAAQ": newDeviceKeys(t, alice.userID, "DEHYDRATED9").signedOTK(t, false)}
+		if status, body := alice.do(t, http.MethodPut, dehydratedPath, b9); status != http.StatusBadRequest {
+			t.Errorf("replacement with a forged one-time key: %d %v, want 400", status, body)
+		}
+		if status, body := alice.do(t, http.MethodGet, dehydratedPath, nil); status != http.StatusOK || body["device_id"] != "DEHYDRATED2" {
+			t.Errorf("GET after a refused replacement: %d %v, want DEHYDRATED2", status, body)
+		}
+		if got := deviceIDs(t, alice); !slices.Equal(got, sorted(alice.deviceID, "DEHYDRATED2")) {
+			t.Errorf("devices after a refused replacement: %v", got)
+		}
+		if q := queriedDevices(t, bob, alice.userID); q["DEHYDRATED2"] == nil || q["DEHYDRATED9"] != nil {
+			t.Errorf("keys/query after a refused replacement: %v", q)
+		}
+		status, body = dehydratedEvents(t, alice, "DEHYDRATED2", "")
+		if events, _ := body["events"].([]any); status != http.StatusOK || len(events) != 1 {
+			t.Errorf("DEHYDRATED2 inbox after a refused replacement: %d %v, want the 1 message", status, body)
+		}
 		// Replacing with the same device ID is allowed (new keys, same ID).
 		k2b := newDeviceKeys(t, alice.userID, "DEHYDRATED2")
 		if status, body := alice.do(t, http.MethodPut, dehydratedPath, dehydratedBody(t, k2b, "Again")); status != http.StatusOK {
