@@ -225,12 +225,22 @@ func (s *Server) deleteDehydratedDevice(w http.ResponseWriter, r *http.Request) 
 	return httpx.OK(w, map[string]string{"device_id": deviceID})
 }
 
-// dehydratedDeviceEvents answers POST (and GET) /dehydrated_device/{deviceId}/events:
-// the to-device messages waiting for the dehydrated device, a batch at a
-// time. next_batch is the position of the last message returned; the
-// last batch is followed by one more call that returns no events.
-// Messages are not deleted when read: a rehydration that is interrupted
-// can start again (the device's deletion or replacement deletes them).
+// dehydratedDeviceEvents answers GET and POST
+// /dehydrated_device/{deviceId}/events: the to-device messages waiting
+// for the dehydrated device, a batch at a time, oldest first. A token is
+// the position of the last message handed out. Messages are not deleted
+// when read: a rehydration that is interrupted can start again from
+// another device (the device's deletion or replacement deletes them).
+//
+// Two shapes of the endpoint are in use (MSC3814's revisions; Synapse
+// serves both):
+//   - GET ?from=TOKEN&limit=N, the current text, paged as the spec's
+//     pagination appendix says: next_batch is omitted once nothing
+//     remains. (?next_batch= is read when from is absent, as an
+//     intermediate draft had it.)
+//   - POST {"next_batch": TOKEN}, the first text, which shipped clients
+//     (matrix-rust-sdk) use: next_batch is always returned, and a call
+//     with the last one returns no events.
 //
 // Spec: MSC3814, "Rehydrating a device": M_FORBIDDEN for a device ID that
 // is not the user's dehydrated device (M_NOT_FOUND when the user has none,
@@ -239,8 +249,10 @@ func (s *Server) dehydratedDeviceEvents(w http.ResponseWriter, r *http.Request) 
 	d := authn.FromContext(r.Context())
 	ctx := r.Context()
 	deviceID := chi.URLParam(r, "deviceId")
-	token := r.URL.Query().Get("next_batch")
-	if r.Method == http.MethodPost {
+	limit := ToDeviceBatchLimit
+	var token string
+	post := r.Method == http.MethodPost
+	if post {
 		var req struct {
 			NextBatch *string `json:"next_batch"`
 		}
@@ -250,12 +262,25 @@ func (s *Server) dehydratedDeviceEvents(w http.ResponseWriter, r *http.Request) 
 		if req.NextBatch != nil {
 			token = *req.NextBatch
 		}
+	} else {
+		q := r.URL.Query()
+		token = q.Get("from")
+		if !q.Has("from") {
+			token = q.Get("next_batch")
+		}
+		if v := q.Get("limit"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return mxerr.New(mxerr.InvalidParam, "limit must be a positive integer")
+			}
+			limit = min(n, ToDeviceBatchLimit)
+		}
 	}
 	var since int64
 	if token != "" {
 		p, err := strconv.ParseInt(token, 10, 64)
 		if err != nil || p < 0 {
-			return mxerr.New(mxerr.InvalidParam, "next_batch is not a token this server gave")
+			return mxerr.New(mxerr.InvalidParam, "%q is not a token this server gave", token)
 		}
 		since = p
 	}
@@ -269,9 +294,44 @@ func (s *Server) dehydratedDeviceEvents(w http.ResponseWriter, r *http.Request) 
 	if current != deviceID {
 		return mxerr.New(mxerr.Forbidden, "%q is not your dehydrated device", deviceID)
 	}
-	events, latest, err := s.ToDeviceSince(ctx, d.UserID, deviceID, since)
+	events, latest, more, err := s.toDevicePage(ctx, d.UserID, deviceID, since, limit)
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]any{"events": events, "next_batch": strconv.FormatInt(latest, 10)})
+	resp := map[string]any{"events": events}
+	if post || more {
+		resp["next_batch"] = strconv.FormatInt(latest, 10)
+	}
+	return httpx.OK(w, resp)
+}
+
+// toDevicePage returns up to limit of the device's to-device messages
+// above position since, the position of the last one (since when none),
+// and whether more follow.
+func (s *Server) toDevicePage(ctx context.Context, userID, deviceID string, since int64, limit int) ([]ToDeviceEvent, int64, bool, error) {
+	rows, err := s.db.Reader().Query(ctx, `
+		SELECT position, sender, event_type, content FROM keyserver_to_device
+		WHERE user_id = $1 AND device_id = $2 AND position > $3
+		ORDER BY position LIMIT $4`, userID, deviceID, since, limit+1)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	defer rows.Close()
+	events := []ToDeviceEvent{}
+	latest, more := since, false
+	for rows.Next() {
+		if len(events) == limit {
+			more = true
+			break
+		}
+		var e ToDeviceEvent
+		var content string
+		if err := rows.Scan(&e.Position, &e.Sender, &e.Type, &content); err != nil {
+			return nil, 0, false, err
+		}
+		e.Content = json.RawMessage(content)
+		events = append(events, e)
+		latest = e.Position
+	}
+	return events, latest, more, rows.Err()
 }

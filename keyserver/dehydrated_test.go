@@ -238,10 +238,35 @@ func TestDehydratedDevice(t *testing.T) {
 		if again, _ := page(""); len(again) != 100 {
 			t.Errorf("reading from the start again: %d events, want 100 (messages are kept)", len(again))
 		}
-		// The MSC's text: GET with next_batch in the query.
-		status, body = alice.do(t, http.MethodGet, dehydratedPath+"/DEHYDRATED1/events?next_batch="+url.QueryEscape(n1), nil)
-		if events, _ := body["events"].([]any); status != http.StatusOK || len(events) != 5 {
-			t.Errorf("GET events?next_batch: %d, %d events, want 5", status, len(events))
+		// GET, the MSC's current text: from and limit in the query, and
+		// no next_batch once nothing remains (even when the last page is
+		// exactly full).
+		get := func(query string) (int, []any, map[string]any) {
+			t.Helper()
+			status, body := alice.do(t, http.MethodGet, dehydratedPath+"/DEHYDRATED1/events"+query, nil)
+			events, _ := body["events"].([]any)
+			return status, events, body
+		}
+		status, g1, body := get("")
+		if status != http.StatusOK || len(g1) != 100 || body["next_batch"] == nil {
+			t.Fatalf("GET events: %d, %d events, next_batch %v; want 100 and a next_batch", status, len(g1), body["next_batch"])
+		}
+		status, g2, body := get("?from=" + url.QueryEscape(body["next_batch"].(string)) + "&limit=5")
+		if _, has := body["next_batch"]; status != http.StatusOK || len(g2) != 5 || has || dig(g2[4], "content", "n") != float64(104) {
+			t.Errorf("GET events, the last 5 exactly: %d, %d events, body %v; want 5 and no next_batch", status, len(g2), body)
+		}
+		status, g3, body := get("?limit=2&from=" + url.QueryEscape(n1))
+		if status != http.StatusOK || len(g3) != 2 || body["next_batch"] == nil || dig(g3[0], "content", "n") != float64(100) {
+			t.Errorf("GET events limit=2: %d, %d events, body %v", status, len(g3), body)
+		}
+		status, g4, _ := get("?next_batch=" + url.QueryEscape(n1))
+		if status != http.StatusOK || len(g4) != 5 {
+			t.Errorf("GET events?next_batch (an earlier draft): %d, %d events, want 5", status, len(g4))
+		}
+		for _, q := range []string{"?limit=0", "?limit=x", "?from=abc"} {
+			if status, _, body := get(q); status != http.StatusBadRequest || errcode(body) != "M_INVALID_PARAM" {
+				t.Errorf("GET events%s: %d %v, want 400 M_INVALID_PARAM", q, status, body)
+			}
 		}
 		status, body = dehydratedEvents(t, alice, "DEHYDRATED1", "not-a-token")
 		if status != http.StatusBadRequest || errcode(body) != "M_INVALID_PARAM" {
