@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/go-chi/chi/v5"
 
@@ -85,8 +87,8 @@ func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) err
 		return mxerr.New(mxerr.MissingParam, "device_id is required")
 	}
 	deviceID := *req.DeviceID
-	if deviceID == "" || len(deviceID) > maxKeyIDLength {
-		return mxerr.New(mxerr.InvalidParam, "device_id must be 1-%d bytes", maxKeyIDLength)
+	if deviceID == "" || len(deviceID) > maxKeyIDLength || strings.ContainsFunc(deviceID, unicode.IsControl) {
+		return mxerr.New(mxerr.InvalidParam, "device_id must be 1-%d bytes without control characters", maxKeyIDLength)
 	}
 	if len(req.DeviceData) == 0 || string(req.DeviceData) == "null" {
 		return mxerr.New(mxerr.MissingParam, "device_data is required")
@@ -115,8 +117,8 @@ func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) err
 	if err != nil {
 		return err
 	}
-	if req.DisplayName != nil && len(*req.DisplayName) > 1000 {
-		return mxerr.New(mxerr.InvalidParam, "initial_device_display_name is too long")
+	if req.DisplayName != nil && (len(*req.DisplayName) > 1000 || strings.ContainsRune(*req.DisplayName, 0)) {
+		return mxerr.New(mxerr.InvalidParam, "initial_device_display_name must be at most 1000 bytes, without NUL")
 	}
 	// The device's own identity: the keys are stored as its, not the caller's.
 	dev := &authn.Device{UserID: d.UserID, DeviceID: deviceID}
