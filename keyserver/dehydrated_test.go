@@ -130,7 +130,11 @@ func TestDehydratedDevice(t *testing.T) {
 			code   string
 		}{
 			{"no device_id", func(b map[string]any) { delete(b, "device_id") }, 400, "M_MISSING_PARAM"},
-			{"device_id with a NUL", func(b map[string]any) { b["device_id"] = "DEHYD\x00" }, 400, "M_INVALID_PARAM"},
+			{"device_id with a NUL (keys signed for it)", func(b map[string]any) {
+				for k, v := range dehydratedBody(t, newDeviceKeys(t, alice.userID, "DEHYD\x00"), "") {
+					b[k] = v
+				}
+			}, 400, "M_INVALID_PARAM"},
 			{"display name with a NUL", func(b map[string]any) { b["initial_device_display_name"] = "a\x00b" }, 400, "M_INVALID_PARAM"},
 			{"no device_data", func(b map[string]any) { delete(b, "device_data") }, 400, "M_MISSING_PARAM"},
 			{"device_data not an object", func(b map[string]any) { b["device_data"] = "x" }, 400, "M_BAD_JSON"},
