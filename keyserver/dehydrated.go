@@ -184,6 +184,14 @@ func loadDehydrated(ctx context.Context, q storage.Querier, userID string) (devi
 	return deviceID, data, err
 }
 
+// IsDehydratedDevice reports whether deviceID is userID's dehydrated
+// device: clientapi's Deps.SessionlessDevice, so that no login hands it
+// an access token. The key server's tables must exist (Migrate).
+func IsDehydratedDevice(ctx context.Context, q storage.Querier, userID, deviceID string) (bool, error) {
+	current, _, err := loadDehydrated(ctx, q, userID)
+	return err == nil && current != "" && current == deviceID, err
+}
+
 // getDehydratedDevice answers GET /dehydrated_device.
 // Spec: MSC3814, "Rehydrating a device": 404 M_NOT_FOUND when none.
 func (s *Server) getDehydratedDevice(w http.ResponseWriter, r *http.Request) error {

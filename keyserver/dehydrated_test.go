@@ -208,8 +208,16 @@ func TestDehydratedDevice(t *testing.T) {
 		if status != http.StatusOK || dig(body, "one_time_keys", alice.userID, "DEHYDRATED1", "signed_curve25519:AAAAAQ") == nil {
 			t.Errorf("claim the dehydrated device's one-time key: %d %v", status, body)
 		}
-		// No access token: logging in never handed one out, and the
-		// device has no session to find.
+		// No access token: a login naming the device is refused (the
+		// rehydrating client keeps its own device ID), and the device has
+		// no session.
+		localpart := strings.TrimPrefix(strings.Split(alice.userID, ":")[0], "@")
+		status, body = call(t, srv, http.MethodPost, "/_matrix/client/v3/login", "", map[string]any{
+			"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": localpart},
+			"password": testPassword, "device_id": "DEHYDRATED1"})
+		if status != http.StatusBadRequest || errcode(body) != "M_INVALID_PARAM" || body["access_token"] != nil {
+			t.Errorf("login as the dehydrated device: %d %v, want 400 M_INVALID_PARAM", status, body)
+		}
 		if n := countRows(t, srv, `SELECT COUNT(*) FROM sessions WHERE device_id = 'DEHYDRATED1'`); n != 0 {
 			t.Errorf("sessions of the dehydrated device: %d, want 0", n)
 		}
