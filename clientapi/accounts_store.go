@@ -30,6 +30,9 @@ type Accounts struct {
 	// onDeviceCreated, if non-nil, runs inside every transaction that
 	// creates a device (Deps.OnDeviceCreated). Set once by New.
 	onDeviceCreated DeviceCreatedHook
+	// sessionless, if non-nil, names devices that never get a session
+	// (Deps.SessionlessDevice). Set once by New.
+	sessionless func(ctx context.Context, q storage.Querier, userID, deviceID string) (bool, error)
 	// notify is told of the account data positions the store writes
 	// (Deps.Notify); nil for the admin commands. Set once by New.
 	notify func(stream string, pos int64)
@@ -157,6 +160,16 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 	deviceID := opts.deviceID
 	if deviceID == "" {
 		deviceID = newDeviceID()
+	} else if a.sessionless != nil {
+		// MSC3814: the dehydrated device gets no access token; a client
+		// rehydrating it keeps its own device ID.
+		refused, err := a.sessionless(ctx, tx, a.userID(localpart), deviceID)
+		if err != nil {
+			return issued{}, err
+		}
+		if refused {
+			return issued{}, mxerr.New(mxerr.InvalidParam, "device %s is the account's dehydrated device, which cannot log in", deviceID)
+		}
 	}
 	res, err := tx.Exec(ctx, `
 		INSERT INTO devices (localpart, device_id, display_name, created_ts)

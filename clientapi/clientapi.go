@@ -43,6 +43,11 @@ type Deps struct {
 	// creates a device; the key server's keyserver.DeviceCreatedHook
 	// forgets what it kept in memory about an earlier device of that ID.
 	OnDeviceCreated DeviceCreatedHook
+	// SessionlessDevice, if non-nil, reports whether userID's device
+	// deviceID must never be given a session: the key server's dehydrated
+	// device (MSC3814), which has keys but no access token. A login naming
+	// it is refused.
+	SessionlessDevice func(ctx context.Context, q storage.Querier, userID, deviceID string) (bool, error)
 	// OnDeviceRenamed, if non-nil, runs inside the transaction that gives
 	// a device a new display name; the key server's
 	// keyserver.DeviceRenamedHook records the device-list change there.
@@ -153,6 +158,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	accounts.notify = deps.Notify
 	accounts.onDeviceCreated = deps.OnDeviceCreated
+	accounts.sessionless = deps.SessionlessDevice
 	s.onDeviceRenamed = deps.OnDeviceRenamed
 	if err := s.ensureAppServiceSenders(ctx); err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -187,4 +188,47 @@ func (a *Accounts) DeviceNames(ctx context.Context, userID string) (map[string]s
 		out[d.DeviceID] = name
 	}
 	return out, nil
+}
+
+// localpartOf returns the localpart of a user ID on this server.
+func (a *Accounts) localpartOf(userID string) (string, bool) {
+	local, server, ok := strings.Cut(strings.TrimPrefix(userID, "@"), ":")
+	return local, ok && server == a.serverName && strings.HasPrefix(userID, "@")
+}
+
+// CreateDeviceTx creates userID's device deviceID without a session (no
+// access token), inside tx, running the device-created hook. The key
+// server calls it for a dehydrated device (MSC3814). An existing device of
+// that ID is refused with M_INVALID_PARAM.
+func (a *Accounts) CreateDeviceTx(ctx context.Context, tx storage.Tx, userID, deviceID string, displayName *string) error {
+	local, ok := a.localpartOf(userID)
+	if !ok {
+		return mxerr.New(mxerr.InvalidParam, "%s is not a user of this server", userID)
+	}
+	res, err := tx.Exec(ctx, `
+		INSERT INTO devices (localpart, device_id, display_name, created_ts)
+		VALUES ($1, $2, $3, $4)
+		ON CONFLICT (localpart, device_id) DO NOTHING`, local, deviceID, displayName, time.Now().UnixMilli())
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return mxerr.New(mxerr.InvalidParam, "device ID %s is already one of your devices", deviceID)
+	}
+	return a.deviceCreated(ctx, tx, local, deviceID)
+}
+
+// DeleteDevicesTx deletes userID's devices deviceIDs inside tx, as a
+// device deletion does (sessions, per-device account data, the
+// devices-deleted hook). The key server calls it to replace or delete a
+// dehydrated device (MSC3814).
+func (a *Accounts) DeleteDevicesTx(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
+	local, ok := a.localpartOf(userID)
+	if !ok {
+		return mxerr.New(mxerr.InvalidParam, "%s is not a user of this server", userID)
+	}
+	if deviceIDs == nil {
+		deviceIDs = []string{} // nil would mean every device
+	}
+	return a.deleteDevices(ctx, tx, local, deviceIDs, "")
 }

@@ -29,6 +29,8 @@ var unstableFeatures = map[string]bool{
 	"org.matrix.msc4140": true,
 	// Invite filtering (MSC4155).
 	"org.matrix.msc4155": true,
+	// Dehydrated devices (MSC3814), served by the key server.
+	"org.matrix.msc3814": true,
 }
 
 func (s *Server) discoveryRoutes(r chi.Router) {

@@ -82,6 +82,9 @@ func DevicesDeletedHook(db *storage.DB, counts *CountMemo, notify func(stream st
 				`DELETE FROM keyserver_signatures WHERE target_user_id = $1 AND target_key_id = $2`,
 				`DELETE FROM keyserver_to_device WHERE user_id = $1 AND device_id = $2`,
 				`DELETE FROM keyserver_to_device_txns WHERE user_id = $1 AND device_id = $2`,
+				// MSC3814: deleting the dehydrated device by any route
+				// (DELETE /devices, /delete_devices, logout/all) ends it.
+				`DELETE FROM keyserver_dehydrated_devices WHERE user_id = $1 AND device_id = $2`,
 			} {
 				if _, err := tx.Exec(ctx, q, userID, d); err != nil {
 					return err

@@ -56,7 +56,5 @@
 // on PostgreSQL, the single writer on SQLite).
 //
 // Spec: client-server-api, "End-to-End Encryption" and "Send-to-Device
-// messaging". Dehydrated devices (MSC3814) are not implemented: neither
-// the spec text nor the MSCs shipped in the shared spec directory
-// describe them.
+// messaging"; dehydrated devices per MSC3814 (dehydrated.go).
 package keyserver

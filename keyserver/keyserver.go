@@ -75,6 +75,10 @@ type Deps struct {
 	// memo must be given to DevicesDeletedHook. Nil when another process
 	// may write the key tables (split mode): see CountMemo.
 	CountMemo *CountMemo
+	// Devices creates and deletes devices for dehydrated devices
+	// (dehydrated.go; clientapi's Accounts). Nil: the MSC3814 endpoints
+	// answer 404 M_UNRECOGNIZED.
+	Devices DeviceStore
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -93,7 +97,8 @@ type Server struct {
 	flush           outboundFlush
 	fed             RemoteKeys // may be nil
 	sharedServers   func(ctx context.Context, userID string) ([]string, error)
-	counts          *CountMemo // may be nil
+	counts          *CountMemo  // may be nil
+	devices         DeviceStore // may be nil
 	// deviceListWake wakes the device-list sender (capacity 1).
 	deviceListWake chan struct{}
 
@@ -132,6 +137,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		fed:             deps.Federation,
 		sharedServers:   deps.SharedServers,
 		counts:          deps.CountMemo,
+		devices:         deps.Devices,
 		deviceListWake:  make(chan struct{}, 1),
 		resyncing:       map[string]chan struct{}{},
 		nowMillis:       func() int64 { return time.Now().UnixMilli() },
@@ -179,6 +185,7 @@ func (s *Server) Routes(r chi.Router) {
 			handle(r, http.MethodPut, v3+p, s.putBackupKeys)
 			handle(r, http.MethodDelete, v3+p, s.deleteBackupKeys)
 		}
+		s.dehydratedRoutes(r)
 	})
 }
 

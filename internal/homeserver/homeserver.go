@@ -215,6 +215,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		// `myelin user` commands) may have deleted an earlier device of
 		// that ID, and its keys, behind the key server's count memo.
 		OnDeviceCreated: keyserver.DeviceCreatedHook(keyCounts),
+		// The dehydrated device (MSC3814) never logs in.
+		SessionlessDevice: keyserver.IsDehydratedDevice,
 		// Renaming a device is a device-list change, recorded with the rename.
 		OnDeviceRenamed: keyserver.DeviceRenamedHook(db, func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -255,6 +257,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Federation:      remote.remoteKeys(),
 		SharedServers:   sharedServers(rooms),
 		CountMemo:       keyCounts,
+		Devices:         client.Accounts(),
 	})
 	if err != nil {
 		push.Close()
