@@ -154,6 +154,9 @@ func (s *Server) registerAppService(w http.ResponseWriter, r *http.Request, req 
 	if err := validateDeviceID(req.DeviceID); err != nil {
 		return err
 	}
+	if err := validateDeviceDisplayName(req.InitialDeviceDisplayName); err != nil {
+		return err
+	}
 	ctx := r.Context()
 	return s.createAccount(ctx, w, req, localpart, "", func(tx storage.Tx) error {
 		if _, taken, err := lookupAccount(ctx, tx, localpart); err != nil {

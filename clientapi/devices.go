@@ -59,6 +59,9 @@ func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) error {
 	if err := httpx.DecodeJSON(r, &req); err != nil {
 		return err
 	}
+	if err := validateDeviceDisplayName(req.DisplayName); err != nil {
+		return err
+	}
 	ctx := r.Context()
 	if d.AppServiceID != "" {
 		if created, err := s.createAppServiceDevice(ctx, d, chi.URLParam(r, "deviceId"), req.DisplayName); err != nil || created {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
@@ -154,6 +155,9 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 	if err := validateDeviceID(req.DeviceID); err != nil {
 		return err
 	}
+	if err := validateDeviceDisplayName(req.InitialDeviceDisplayName); err != nil {
+		return err
+	}
 	var out issued
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		var err error
@@ -182,10 +186,26 @@ func (s *Server) sessionResponse(localpart string, out issued) map[string]any {
 	return body
 }
 
-// validateDeviceID bounds client-chosen device IDs.
+// validateDeviceID bounds client-chosen device IDs. A control character
+// (NUL above all: a PostgreSQL text column cannot hold it) is refused
+// too, as for dehydrated devices' IDs: device IDs travel to other users'
+// clients and other servers in device lists and key queries.
 func validateDeviceID(id string) error {
 	if len(id) > 255 {
 		return mxerr.New(mxerr.InvalidParam, "device_id is longer than 255 bytes")
+	}
+	if strings.ContainsFunc(id, unicode.IsControl) {
+		return mxerr.New(mxerr.InvalidParam, "device_id must not contain control characters")
+	}
+	return nil
+}
+
+// validateDeviceDisplayName refuses a device display name holding NUL,
+// which a PostgreSQL text column cannot store (the request would end in
+// a 500 there and succeed on SQLite).
+func validateDeviceDisplayName(name *string) error {
+	if name != nil && strings.ContainsRune(*name, 0) {
+		return mxerr.New(mxerr.InvalidParam, "the device display name must not contain NUL")
 	}
 	return nil
 }

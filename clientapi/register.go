@@ -135,6 +135,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := validateDeviceID(req.DeviceID); err != nil {
 		return err
 	}
+	if err := validateDeviceDisplayName(req.InitialDeviceDisplayName); err != nil {
+		return err
+	}
 	sess, err := s.userInteractiveAuth(ctx, uiaSpec{purpose: "register", flows: flows, clientIP: ip}, req.Auth)
 	if err != nil {
 		return err
