@@ -1,6 +1,6 @@
 #!/bin/bash
-# idle.sh BIN PORT: start BIN as bench/run.sh does, wait until up, sleep 5, print VmRSS and breakdown.
-BIN=$1; PORT=$2; D=$(mktemp -d /tmp/idlerss3/run.XXXX)
+# bench/idle-rss-breakdown.sh BIN PORT: start BIN as bench/run.sh does, wait until up, sleep 5, print VmRSS and breakdown.
+BIN=$1; PORT=$2; D=$(mktemp -d /tmp/idle-rss.XXXX)
 cd "$D"
 MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false MYELIN_HTTP_LISTEN=127.0.0.1:$PORT MYELIN_LOGGING_LEVEL=warn "$BIN" serve -config "$D/myelin.yaml" >"$D/stdout.log" 2>&1 &
 P=$!
