@@ -44,8 +44,11 @@ var NewRewriter = newRewriter
 // spell.
 func (db *DB) IdleCheckpoints() int64 { return db.idleCheckpoints.Load() }
 
-// CheckpointIdle is how long no commit must come before a checkpoint.
-const CheckpointIdle = checkpointIdle
+// CheckpointIdle and CheckpointPages: when a WAL checkpoint runs.
+const (
+	CheckpointIdle  = checkpointIdle
+	CheckpointPages = checkpointPages
+)
 
 // SetBeforeCheckpoint makes every idle checkpoint call fn once it holds
 // its connection, before it checkpoints. Call it before the first write.

@@ -83,25 +83,29 @@ func (req *writeRequest) wait() error {
 	return nil
 }
 
-// WAL checkpoints after each idle spell, off the writer.
+// WAL checkpoints in idle spells, off the writer.
 //
 // SQLite checkpoints the WAL by itself (wal_autocheckpoint, 1000 pages)
 // inside the COMMIT that crosses the threshold: that write's answer, and
 // the delivery of what it wrote, then wait for the whole checkpoint —
 // copying the WAL's pages into the database file and two fsyncs, 2 to 50 ms
 // on the shared test machine, where a message's commit takes 0.3–0.5 ms
-// (docs/benchmarks.md, "Low-rate sends (lowrate)"). So a checkpoint runs
-// once no commit has come for checkpointIdle: every write it copies has
-// been answered, and the next write restarts the WAL from its beginning,
-// so the WAL stays far below SQLite's threshold.
+// (docs/benchmarks.md, "Low-rate sends (lowrate)"). So once no commit has
+// come for checkpointIdle and the WAL holds checkpointPages pages not yet
+// in the database file, a checkpoint copies them: every write it copies
+// has been answered, and the next write restarts the WAL from its
+// beginning, so the WAL stays far below SQLite's threshold.
 //
-// It runs after every idle spell, not after some count of commits: how
-// many WAL pages a commit writes depends on the write. A message to a
-// room of 20 members writes ~36 pages and one to 200 members ~125 (its
-// push rows touch an index page per member), so the 32 commits that used
-// to be awaited came after SQLite's 1000 pages, and SQLite's checkpoint
-// ran inside the COMMIT of every 28th message at 2 msg/s to 20 listeners
-// and of every 8th to 200 (docs/benchmarks.md, "commitpath").
+// The trigger is the WAL's pages, which SQLite reports (a NOOP
+// checkpoint), not a count of commits: how many pages a commit writes
+// depends on the write. A message to a room of 20 members writes ~36 and
+// one to 200 members ~125 (its push rows touch an index page per member),
+// so the 32 commits that used to be awaited came after SQLite's 1000
+// pages, and SQLite's checkpoint ran inside the COMMIT of every 28th
+// message at 2 msg/s to 20 listeners and of every 8th to 200. Nor does it
+// run after every idle spell: the first commit after each restart of the
+// WAL syncs the WAL's new header before its frames, a second fsync in
+// that commit (docs/benchmarks.md, "commitpath").
 //
 // It runs on a reader connection, on a goroutine of its own, not on the
 // writer: a PASSIVE checkpoint takes no lock a writer waits for (it copies
@@ -112,7 +116,10 @@ func (req *writeRequest) wait() error {
 // (synchronous=FULL); a checkpoint only copies committed pages, and the
 // reader connection, synchronous=FULL too, fsyncs the WAL before copying
 // and the database file after.
-const checkpointIdle = 20 * time.Millisecond
+const (
+	checkpointIdle  = 20 * time.Millisecond
+	checkpointPages = 256 // a quarter of SQLite's wal_autocheckpoint
+)
 
 // groupCommitLoop is the single SQLite writer. It takes every request that
 // is waiting, runs them in one transaction (each but the first in its own
@@ -141,8 +148,8 @@ func (db *DB) groupCommitLoop() {
 	}
 }
 
-// checkpointLoop runs a checkpoint checkpointIdle after the last commit
-// it was told of (db.committed), until Close.
+// checkpointLoop calls checkpointIdle checkpointIdle after the last
+// commit it was told of (db.committed), until Close.
 func (db *DB) checkpointLoop() {
 	defer db.writerWG.Done()
 	idle := time.NewTimer(time.Hour)
@@ -160,7 +167,8 @@ func (db *DB) checkpointLoop() {
 	}
 }
 
-// checkpointIdle runs a PASSIVE checkpoint on a reader connection. A
+// checkpointIdle runs a PASSIVE checkpoint on a reader connection if
+// the WAL holds checkpointPages pages not yet in the database file. A
 // failure is not reported: the next idle spell or SQLite's own checkpoint
 // does the work.
 func (db *DB) checkpointIdle() {
@@ -170,11 +178,17 @@ func (db *DB) checkpointIdle() {
 		return
 	}
 	defer conn.Close()
+	// NOOP copies nothing; it reports the WAL's pages and how many of
+	// them are in the database file.
+	var busy, walPages, copied int64
+	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(NOOP)").Scan(&busy, &walPages, &copied)
+	if err != nil || walPages-copied < checkpointPages {
+		return
+	}
 	if db.beforeCheckpoint != nil {
 		db.beforeCheckpoint()
 	}
-	var busy, logFrames, checkpointed int64
-	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &checkpointed)
+	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied)
 	if err == nil {
 		db.idleCheckpoints.Add(1)
 	}
