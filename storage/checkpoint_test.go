@@ -11,15 +11,11 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
-// TestIdleCheckpoint: once CheckpointAfterCommits commits have
-// accumulated, the SQLite writer copies the WAL into the database file
-// when no write has come for CheckpointIdle, not inside a write's COMMIT:
-// the write that reaches the count is answered with nothing
-// checkpointed, writes that keep coming sooner than CheckpointIdle put
-// the checkpoint off, and the first idle spell runs it (the database
-// file then holds the rows, which SQLite's own checkpoint, at 1000 WAL
-// pages, would not have copied yet).
-func TestIdleCheckpoint(t *testing.T) {
+// openCheckpointDB opens a fresh SQLite database with a table of rows
+// big enough to take a page each, and returns it, its path and a
+// function that inserts rows [from, from+n) in one write.
+func openCheckpointDB(t *testing.T) (*storage.DB, string, func(from, n int)) {
+	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "db.sqlite")
 	db, err := storage.Open(ctx, storage.Options{Engine: storage.SQLite, SQLitePath: path})
@@ -28,45 +24,77 @@ func TestIdleCheckpoint(t *testing.T) {
 	}
 	t.Cleanup(func() { db.Close() })
 	exec(t, db, `CREATE TABLE cp (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`)
-	time.Sleep(2 * storage.CheckpointIdle) // nothing due yet: one commit
-	if n := db.IdleCheckpoints(); n != 0 {
-		t.Fatalf("%d idle checkpoints after one commit", n)
-	}
-	size := func() int64 {
-		t.Helper()
-		fi, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return fi.Size()
-	}
-	before := size()
 	body := strings.Repeat("x", 3000) // a page of its own per row
-	write := func(id int) {
+	insert := func(from, n int) {
 		t.Helper()
 		err := db.Write(ctx, func(tx storage.Tx) error {
-			_, err := tx.Exec(ctx, `INSERT INTO cp (id, body) VALUES ($1, $2)`, id, body)
-			return err
+			for id := from; id < from+n; id++ {
+				if _, err := tx.Exec(ctx, `INSERT INTO cp (id, body) VALUES ($1, $2)`, id, body); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Writes back to back, closer together than CheckpointIdle: no
-	// checkpoint while they come, though the count is reached half-way.
-	// (A phase in which the machine stalled the test for CheckpointIdle
-	// between two writes proves nothing and is run again.)
-	id := 0
+	return db, path, insert
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// waitCheckpoints waits up to 5 s for the idle checkpoint count to pass
+// after.
+func waitCheckpoints(t *testing.T, db *storage.DB, after int64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for db.IdleCheckpoints() <= after {
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestIdleCheckpoint: the WAL is copied into the database file once no
+// commit has come for CheckpointIdle and it holds CheckpointPages pages
+// not copied yet — not inside a write's COMMIT, not while commits keep
+// coming sooner than CheckpointIdle, and not for an idle spell after a
+// few pages.
+func TestIdleCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	db, path, insert := openCheckpointDB(t)
+	insert(0, 10) // ~10 pages
+	id := 10
+	time.Sleep(5 * storage.CheckpointIdle)
+	if n := db.IdleCheckpoints(); n != 0 {
+		t.Fatalf("%d idle checkpoints with ~10 pages in the WAL, want none before %d", n, storage.CheckpointPages)
+	}
+	before := fileSize(t, path)
+	// Writes back to back, closer together than CheckpointIdle, of more
+	// pages than CheckpointPages (and fewer than SQLite's 1000): no
+	// checkpoint while they come. (A phase in which the machine stalled
+	// the test for CheckpointIdle between two writes proves nothing and
+	// is run again.)
+	const writes, rows = 30, 10
 	for attempt := 0; ; attempt++ {
 		if attempt == 3 {
 			t.Fatal("three phases of writes stalled for CheckpointIdle")
 		}
-		checkpoints, grown := db.IdleCheckpoints(), size()
+		checkpoints, grown := db.IdleCheckpoints(), fileSize(t, path)
 		var maxGap time.Duration
 		last := time.Now()
-		for range 2 * storage.CheckpointAfterCommits {
-			write(id)
-			id++
+		for range writes {
+			insert(id, rows)
+			id += rows
 			maxGap, last = max(maxGap, time.Since(last)), time.Now()
 		}
 		if maxGap >= storage.CheckpointIdle {
@@ -76,29 +104,19 @@ func TestIdleCheckpoint(t *testing.T) {
 		if n := db.IdleCheckpoints() - checkpoints; n != 0 {
 			t.Fatalf("%d checkpoints while writes kept coming (at most %v apart)", n, maxGap)
 		}
-		if got := size(); got != grown {
+		if got := fileSize(t, path); got != grown {
 			t.Fatalf("the database file grew from %d to %d bytes while writes kept coming", grown, got)
 		}
 		break
 	}
 	checkpoints := db.IdleCheckpoints()
-	deadline := time.Now().Add(5 * time.Second)
-	for db.IdleCheckpoints() == checkpoints {
-		if time.Now().After(deadline) {
-			t.Fatal("no checkpoint after the writes stopped")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if got, want := size(), before+int64(id)*3000; got < want {
+	waitCheckpoints(t, db, checkpoints, "after the writes stopped")
+	if got, want := fileSize(t, path), before+int64(id)*3000; got < want {
 		t.Fatalf("the database file is %d bytes after the idle checkpoint, want at least %d (from %d)", got, want, before)
 	}
-	// Counted afresh: the next checkpoint waits for as many commits.
-	checkpoints = db.IdleCheckpoints()
-	write(id)
-	id++
-	time.Sleep(3 * storage.CheckpointIdle)
-	if n := db.IdleCheckpoints() - checkpoints; n != 0 {
-		t.Fatalf("%d more idle checkpoints after one more commit, want none", n)
+	time.Sleep(5 * storage.CheckpointIdle)
+	if n := db.IdleCheckpoints() - checkpoints; n != 1 {
+		t.Fatalf("%d idle checkpoints after the writes stopped, want 1", n)
 	}
 	var n int
 	if err := db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM cp`).Scan(&n); err != nil {
@@ -107,4 +125,103 @@ func TestIdleCheckpoint(t *testing.T) {
 	if n != id {
 		t.Fatalf("%d rows, want %d", n, id)
 	}
+}
+
+// TestIdleCheckpointsKeepWALShort: writes of ~40 pages each with a pause
+// after each — what a message to a room of a few dozen members writes at
+// a few messages a second. The first pause after the WAL reaches
+// CheckpointPages checkpoints, the next write restarts the WAL from its
+// beginning, and the WAL file stays far from the 1000 pages at which
+// SQLite checkpoints inside a write's COMMIT. (Counting commits instead,
+// 32 of them, let the WAL reach SQLite's threshold after 25 such writes.)
+func TestIdleCheckpointsKeepWALShort(t *testing.T) {
+	db, path, insert := openCheckpointDB(t)
+	const writes, rows = 30, 40
+	for i := range writes {
+		insert(i*rows, rows)
+		time.Sleep(3 * storage.CheckpointIdle)
+	}
+	// SQLite's threshold is 1000 pages of 4 KiB, each framed by a 24-byte
+	// header; the WAL may reach CheckpointPages and one write more.
+	const limit = 500 * (4096 + 24)
+	got := fileSize(t, path+"-wal")
+	t.Logf("WAL file %d bytes, %d idle checkpoints", got, db.IdleCheckpoints())
+	if got > limit {
+		t.Fatalf("the WAL file is %d bytes after %d writes of %d pages with pauses, want at most %d", got, writes, rows, limit)
+	}
+	if n := db.IdleCheckpoints(); n < writes*rows/500 {
+		t.Fatalf("%d idle checkpoints after %d writes with pauses", n, writes)
+	}
+}
+
+// TestCheckpointDoesNotHoldUpWrites: a write that comes while an idle
+// checkpoint runs commits without waiting for it, and reads go on too.
+func TestCheckpointDoesNotHoldUpWrites(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "db.sqlite")
+	db, err := storage.Open(ctx, storage.Options{Engine: storage.SQLite, SQLitePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	db.SetBeforeCheckpoint(func() {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release
+	})
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	// A first write of more than CheckpointPages pages.
+	err = db.Write(ctx, func(tx storage.Tx) error {
+		if _, err := tx.Exec(ctx, `CREATE TABLE cp (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`); err != nil {
+			return err
+		}
+		for id := range storage.CheckpointPages + 50 {
+			if _, err := tx.Exec(ctx, `INSERT INTO cp (id, body) VALUES ($1, $2)`, 1000+id, strings.Repeat("x", 3000)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no idle checkpoint began after the first commit")
+	}
+	// The checkpoint is under way (and held there): a write and a read.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- db.Write(wctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(wctx, `INSERT INTO cp (id, body) VALUES (1, '')`)
+			return err
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("write during the checkpoint: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a write waited for the checkpoint that was running")
+	}
+	var n int
+	if err := db.Reader().QueryRow(wctx, `SELECT COUNT(*) FROM cp`).Scan(&n); err != nil || n != storage.CheckpointPages+51 {
+		t.Fatalf("read during the checkpoint: %d rows, %v", n, err)
+	}
+	checkpoints := db.IdleCheckpoints()
+	close(release)
+	released = true
+	waitCheckpoints(t, db, checkpoints, "once released")
 }

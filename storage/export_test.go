@@ -40,12 +40,16 @@ func (db *DB) WrapRewrite(wrap func(rewrite func(string) string) func(string) st
 // NewRewriter exposes the memoising wrapper of a query rewrite.
 var NewRewriter = newRewriter
 
-// IdleCheckpoints reports how many WAL checkpoints the SQLite writer ran
-// while idle.
+// IdleCheckpoints reports how many WAL checkpoints ran after an idle
+// spell.
 func (db *DB) IdleCheckpoints() int64 { return db.idleCheckpoints.Load() }
 
-// CheckpointAfterCommits and CheckpointIdle: when the writer checkpoints.
+// CheckpointIdle and CheckpointPages: when a WAL checkpoint runs.
 const (
-	CheckpointAfterCommits = checkpointAfterCommits
-	CheckpointIdle         = checkpointIdle
+	CheckpointIdle  = checkpointIdle
+	CheckpointPages = checkpointPages
 )
+
+// SetBeforeCheckpoint makes every idle checkpoint call fn once it holds
+// its connection, before it checkpoints. Call it before the first write.
+func (db *DB) SetBeforeCheckpoint(fn func()) { db.beforeCheckpoint = fn }

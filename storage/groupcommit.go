@@ -83,53 +83,56 @@ func (req *writeRequest) wait() error {
 	return nil
 }
 
-// WAL checkpoints while the writer is idle.
+// WAL checkpoints in idle spells, off the writer.
 //
 // SQLite checkpoints the WAL by itself (wal_autocheckpoint, 1000 pages)
 // inside the COMMIT that crosses the threshold: that write's answer, and
 // the delivery of what it wrote, then wait for the whole checkpoint —
 // copying the WAL's pages into the database file and two fsyncs, 2 to 50 ms
-// on the shared test machine, where a message's commit takes 0.3–0.5 ms.
-// At a few messages a second that was one message in about a hundred,
-// and in the fan-out scenario the twenty deliveries of that one message
-// made up the slowest 2 % (docs/benchmarks.md, "Low-rate sends
-// (lowrate)"). So the writer checkpoints (PASSIVE) on its own once
-// checkpointAfterCommits commits have accumulated and no write has come
-// for checkpointIdle: every write it holds has been answered, and the
-// WAL stays far below SQLite's threshold. A server that never pauses for
-// checkpointIdle keeps SQLite's own checkpoints, as before. Durability is
-// unchanged: a write is answered after its COMMIT's fsync of the WAL; a
-// checkpoint only copies committed pages.
+// on the shared test machine, where a message's commit takes 0.3–0.5 ms
+// (docs/benchmarks.md, "Low-rate sends (lowrate)"). So once no commit has
+// come for checkpointIdle and the WAL holds checkpointPages pages not yet
+// in the database file, a checkpoint copies them: every write it copies
+// has been answered, and the next write restarts the WAL from its
+// beginning, so the WAL stays far below SQLite's threshold.
+//
+// The trigger is the WAL's pages, which SQLite reports (a NOOP
+// checkpoint), not a count of commits: how many pages a commit writes
+// depends on the write. A message to a room of 20 members writes ~36 and
+// one to 200 members ~125 (its push rows touch an index page per member),
+// so the 32 commits that used to be awaited came after SQLite's 1000
+// pages, and SQLite's checkpoint ran inside the COMMIT of every 28th
+// message at 2 msg/s to 20 listeners and of every 8th to 200. Nor does it
+// run after every idle spell: the first commit after each restart of the
+// WAL syncs the WAL's new header before its frames, a second fsync in
+// that commit (docs/benchmarks.md, "commitpath").
+//
+// It runs on a reader connection, on a goroutine of its own, not on the
+// writer: a PASSIVE checkpoint takes no lock a writer waits for (it copies
+// what has committed while the writer appends to the WAL), so a write
+// that comes while one runs does not wait for it. A server that never
+// pauses for checkpointIdle keeps SQLite's own checkpoints. Durability is
+// unchanged: a write is answered after its COMMIT's fsync of the WAL
+// (synchronous=FULL); a checkpoint only copies committed pages, and the
+// reader connection, synchronous=FULL too, fsyncs the WAL before copying
+// and the database file after.
 const (
-	checkpointAfterCommits = 32
-	checkpointIdle         = 20 * time.Millisecond
+	checkpointIdle  = 20 * time.Millisecond
+	checkpointPages = 256 // a quarter of SQLite's wal_autocheckpoint
 )
 
 // groupCommitLoop is the single SQLite writer. It takes every request that
 // is waiting, runs them in one transaction (each but the first in its own
 // savepoint), takes in those that arrived meanwhile (see runBatch) and
-// commits once. When it is idle it checkpoints the WAL (see above).
+// commits once.
 func (db *DB) groupCommitLoop() {
 	defer db.writerWG.Done()
 	batch := make([]*writeRequest, 0, maxBatch)
 	results := make([]error, 0, maxBatch) // reused: one per commit was ~4 KiB of garbage
-	idle := time.NewTimer(time.Hour)
-	idle.Stop()
-	defer idle.Stop()
-	checkpointedAt := db.commits.Load() // the commit count at the last idle checkpoint
 	for {
-		var idleC <-chan time.Time
-		if db.commits.Load()-checkpointedAt >= checkpointAfterCommits {
-			idle.Reset(checkpointIdle)
-			idleC = idle.C
-		}
 		select {
 		case first := <-db.queue:
-			idle.Stop()
 			db.commitBatch(append(batch[:0], first), results)
-		case <-idleC:
-			db.checkpointIdle()
-			checkpointedAt = db.commits.Load()
 		case <-db.closed:
 			// Close stops new requests before closing db.closed (see
 			// enqueueWrite), so the queue only shrinks: finish it.
@@ -145,12 +148,47 @@ func (db *DB) groupCommitLoop() {
 	}
 }
 
-// checkpointIdle runs a PASSIVE checkpoint on the writer's connection,
-// between transactions. A failure is not reported: the next idle spell
-// or SQLite's own checkpoint does the work.
+// checkpointLoop calls checkpointIdle checkpointIdle after the last
+// commit it was told of (db.committed), until Close.
+func (db *DB) checkpointLoop() {
+	defer db.writerWG.Done()
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+	for {
+		select {
+		case <-db.committed:
+			idle.Reset(checkpointIdle)
+		case <-idle.C:
+			db.checkpointIdle()
+		case <-db.closed:
+			return
+		}
+	}
+}
+
+// checkpointIdle runs a PASSIVE checkpoint on a reader connection if
+// the WAL holds checkpointPages pages not yet in the database file. A
+// failure is not reported: the next idle spell or SQLite's own checkpoint
+// does the work.
 func (db *DB) checkpointIdle() {
-	var busy, logFrames, checkpointed int64
-	err := db.writer.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &checkpointed)
+	ctx := context.Background()
+	conn, err := db.reader.Conn(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	// NOOP copies nothing; it reports the WAL's pages and how many of
+	// them are in the database file.
+	var busy, walPages, copied int64
+	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(NOOP)").Scan(&busy, &walPages, &copied)
+	if err != nil || walPages-copied < checkpointPages {
+		return
+	}
+	if db.beforeCheckpoint != nil {
+		db.beforeCheckpoint()
+	}
+	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied)
 	if err == nil {
 		db.idleCheckpoints.Add(1)
 	}
@@ -197,6 +235,10 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 		return
 	}
 	db.commits.Add(1)
+	select {
+	case db.committed <- struct{}{}: // checkpointLoop: a commit to copy
+	default: // it has been told already
+	}
 	// The OnCommit hooks of the writes that committed, in the order the
 	// writes ran, before any of them is acknowledged.
 	for i, req := range batch {

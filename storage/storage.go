@@ -107,17 +107,24 @@ type DB struct {
 	closeOnce sync.Once
 	// closeMu is held shared by a Write queueing its request and
 	// exclusively by Close while it closes closed.
-	closeMu  sync.RWMutex
-	closed   chan struct{}
+	closeMu sync.RWMutex
+	closed  chan struct{}
+	// writerWG counts the SQLite writer's goroutine and its checkpointer's.
 	writerWG sync.WaitGroup
 
 	// commits counts the SQLite writer's successful COMMITs (CommitCount):
 	// tests and benchmarks use it to show that group commit shares one
 	// COMMIT among many writes.
 	commits atomic.Int64
-	// idleCheckpoints counts the WAL checkpoints the writer ran while
-	// idle (groupcommit.go); tests read it.
+	// committed tells checkpointLoop (groupcommit.go) that the SQLite
+	// writer has committed; one slot: the writer never waits on it.
+	committed chan struct{}
+	// idleCheckpoints counts the WAL checkpoints run after an idle spell
+	// (groupcommit.go); tests read it.
 	idleCheckpoints atomic.Int64
+	// beforeCheckpoint, when set (by tests, before the first write), runs
+	// in each idle checkpoint once it holds its connection.
+	beforeCheckpoint func()
 }
 
 // Open opens (and for SQLite creates) the database.
@@ -189,15 +196,17 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	reader.SetMaxIdleConns(n)
 
 	db := &DB{
-		engine:  SQLite,
-		reader:  reader,
-		writer:  writer,
-		rewrite: newRewriter(rewriteForSQLite),
-		queue:   make(chan *writeRequest, 1024),
-		closed:  make(chan struct{}),
+		engine:    SQLite,
+		reader:    reader,
+		writer:    writer,
+		rewrite:   newRewriter(rewriteForSQLite),
+		queue:     make(chan *writeRequest, 1024),
+		closed:    make(chan struct{}),
+		committed: make(chan struct{}, 1),
 	}
-	db.writerWG.Add(1)
+	db.writerWG.Add(2)
 	go db.groupCommitLoop()
+	go db.checkpointLoop()
 	return db, nil
 }
 
