@@ -21,7 +21,10 @@ const includeLeave = `{"room":{"include_leave":true}}`
 // events, as it does for a room left that this server holds; without
 // include_leave it shows neither. A full_state /sync from a token taken
 // before the leaves shows them without include_leave (news since the
-// token). After bob forgets them, no initial sync shows them.
+// token). After bob forgets them, no initial sync shows them; once
+// alice invites him again and the new invites end the same way, an
+// initial sync with include_leave shows them again (the re-invite
+// cleared the forgotten mark).
 //
 // Before, a remote invite that ended in a leave reached only incremental
 // syncs, so Complement's TestFederationRoomsInvite "Inviter user can
@@ -102,5 +105,26 @@ func TestEndedRemoteInvitesInInitialSync(t *testing.T) {
 		}
 		wantLeft("initial sync with include_leave after forgetting", sync("", includeLeave, false), false)
 		wantLeft("full_state sync with include_leave after forgetting", sync(before, includeLeave, true), false)
+
+		// Re-invited after forgetting: the rooms are no longer forgotten
+		// (Spec: client-server-api, "Leaving rooms": forgotten rooms never
+		// appear in /sync "until the user re-joins, is re-invited, or
+		// knocks"), so the leaves ending the new invites show again.
+		// Before, the forgotten mark stayed and hid them.
+		for _, roomID := range rooms {
+			delete(bob.left, roomID)
+			if _, err := alice.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.id()}); err != nil {
+				t.Fatalf("re-inviting to %s: %v", roomID, err)
+			}
+		}
+		bob.await("both new invites", func() bool { return bob.invites[withdrawn] && bob.invites[rejected] })
+		if _, err := alice.cli.KickUser(ctx, withdrawn, &mautrix.ReqKickUser{UserID: bob.id(), Reason: "again"}); err != nil {
+			t.Fatalf("withdrawing the new invite: %v", err)
+		}
+		if _, err := bob.cli.LeaveRoom(ctx, rejected); err != nil {
+			t.Fatalf("rejecting the new invite: %v", err)
+		}
+		bob.await("both new leaves", func() bool { return bob.left[withdrawn] && bob.left[rejected] })
+		wantLeft("initial sync with include_leave after a re-invite ended", sync("", includeLeave, false), true)
 	})
 }

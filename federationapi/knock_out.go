@@ -173,6 +173,17 @@ func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership
 	if err != nil {
 		return err
 	}
+	if m.membership == "invite" || m.membership == "knock" {
+		// A forgotten room is no longer forgotten once the user is
+		// re-invited or knocks. Spec: client-server-api, "Leaving
+		// rooms" ("until the user re-joins, is re-invited, or knocks").
+		// Done before the notification, so no /sync woken by it still
+		// reads the room as forgotten. A crash between the two writes
+		// leaves the mark (the invite itself is shown regardless).
+		if err := s.rooms.Unforget(ctx, m.userID, m.roomID); err != nil {
+			return err
+		}
+	}
 	if s.notify != nil {
 		s.notify(RemoteInviteStream, pos)
 	}

@@ -28,6 +28,9 @@ type API interface {
 	Knock(ctx context.Context, req MembershipRequest) (*SendEventResponse, error)
 	// Forget hides a room the user has left from RoomsForUser.
 	Forget(ctx context.Context, userID, roomID string) error
+	// Unforget clears a forgotten mark for a new invite or knock on a
+	// room only other servers hold (Spec: client-server-api, "Leaving rooms").
+	Unforget(ctx context.Context, userID, roomID string) error
 
 	// InputEvent persists an event built elsewhere (federation), running
 	// the full checks: auth events, state before the event, current state

@@ -142,6 +142,22 @@ func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
 	})
 }
 
+// Unforget clears userID's forgotten mark on roomID, for a new invite
+// or knock this server stored outside the room's events: an invite to (or
+// a knock on) a room only other servers hold. Spec: client-server-api,
+// "Leaving rooms": rooms which have been forgotten never appear in /sync
+// "until the user re-joins, is re-invited, or knocks". A join, invite or
+// knock stored as an event of a room held here clears it in input.go.
+// It holds the room's lock, as Forget does, so the two are ordered.
+func (s *Server) Unforget(ctx context.Context, userID, roomID string) error {
+	unlock := s.lockRoom(roomID)
+	defer unlock()
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM roomserver_forgotten WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+		return err
+	})
+}
+
 func (s *Server) needTarget(req MembershipRequest) error {
 	if _, err := spec.NewUserID(req.Target, true); err != nil {
 		return mxerr.New(mxerr.InvalidParam, "invalid user ID %q", req.Target)
