@@ -141,22 +141,7 @@ func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) err
 		if err := s.devices.CreateDeviceTx(ctx, tx, d.UserID, deviceID, req.DisplayName); err != nil {
 			return err
 		}
-		signingKey, err := s.storeDeviceKeys(ctx, tx, dev, dk)
-		if err != nil {
-			return err
-		}
-		otks, err := validateOneTimeKeys(req.OneTimeKeys, dev, signingKey, false)
-		if err != nil {
-			return err
-		}
-		fallbacks, err := validateOneTimeKeys(req.FallbackKeys, dev, signingKey, true)
-		if err != nil {
-			return err
-		}
-		if err := storeOneTimeKeys(ctx, tx, dev, otks); err != nil {
-			return err
-		}
-		if err := storeFallbackKeys(ctx, tx, dev, fallbacks); err != nil {
+		if err := s.storeUploadTx(ctx, tx, dev, dk, req.OneTimeKeys, req.FallbackKeys); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `

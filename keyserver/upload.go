@@ -83,24 +83,10 @@ func (s *Server) uploadKeys(w http.ResponseWriter, r *http.Request) error {
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		// One-time and fallback keys change the device's key counts.
 		s.counts.dropOnCommit(tx, d.UserID, d.DeviceID)
-		signingKey, err := s.storeDeviceKeys(ctx, tx, d, newDevice)
-		if err != nil {
+		if err := s.storeUploadTx(ctx, tx, d, newDevice, req.OneTimeKeys, req.FallbackKeys); err != nil {
 			return err
 		}
-		otks, err := validateOneTimeKeys(req.OneTimeKeys, d, signingKey, false)
-		if err != nil {
-			return err
-		}
-		fallbacks, err := validateOneTimeKeys(req.FallbackKeys, d, signingKey, true)
-		if err != nil {
-			return err
-		}
-		if err := storeOneTimeKeys(ctx, tx, d, otks); err != nil {
-			return err
-		}
-		if err := storeFallbackKeys(ctx, tx, d, fallbacks); err != nil {
-			return err
-		}
+		var err error
 		counts, err = oneTimeKeyCounts(ctx, tx, d.UserID, d.DeviceID)
 		return err
 	})
@@ -169,6 +155,29 @@ func validateDeviceKeys(raw json.RawMessage, userID, deviceID string) (*deviceKe
 		return nil, mxerr.New(mxerr.InvalidSignature, "device_keys must be signed by the device's ed25519 key: %v", err).WithStatus(http.StatusBadRequest)
 	}
 	return dk, nil
+}
+
+// storeUploadTx stores what one upload brings for device d, in tx: its
+// device keys (nil: none), then its one-time and fallback keys, each
+// checked against the device's signing key. /keys/upload and the
+// dehydrated device's PUT both come through here.
+func (s *Server) storeUploadTx(ctx context.Context, tx storage.Tx, d *authn.Device, deviceKeys *deviceKeys, oneTime, fallback map[string]json.RawMessage) error {
+	signingKey, err := s.storeDeviceKeys(ctx, tx, d, deviceKeys)
+	if err != nil {
+		return err
+	}
+	otks, err := validateOneTimeKeys(oneTime, d, signingKey, false)
+	if err != nil {
+		return err
+	}
+	fallbacks, err := validateOneTimeKeys(fallback, d, signingKey, true)
+	if err != nil {
+		return err
+	}
+	if err := storeOneTimeKeys(ctx, tx, d, otks); err != nil {
+		return err
+	}
+	return storeFallbackKeys(ctx, tx, d, fallbacks)
 }
 
 // storeDeviceKeys stores newDevice (if any) for the caller and returns
