@@ -171,18 +171,8 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 			return issued{}, mxerr.New(mxerr.InvalidParam, "device %s is the account's dehydrated device, which cannot log in", deviceID)
 		}
 	}
-	res, err := tx.Exec(ctx, `
-		INSERT INTO devices (localpart, device_id, display_name, created_ts)
-		VALUES ($1, $2, $3, $4)
-		ON CONFLICT (localpart, device_id) DO NOTHING`,
-		localpart, deviceID, opts.displayName, now.UnixMilli())
-	if err != nil {
+	if _, err := a.insertDevice(ctx, tx, localpart, deviceID, opts.displayName, now); err != nil {
 		return issued{}, err
-	}
-	if n, _ := res.RowsAffected(); n > 0 {
-		if err := a.deviceCreated(ctx, tx, localpart, deviceID); err != nil {
-			return issued{}, err
-		}
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE localpart = $1 AND device_id = $2`, localpart, deviceID); err != nil {
 		return issued{}, err
@@ -202,7 +192,7 @@ func (a *Accounts) issueSession(ctx context.Context, tx storage.Tx, localpart st
 		out.RefreshToken = newToken(refreshTokenPrefix)
 		refreshHash = hashToken(out.RefreshToken)
 	}
-	_, err = tx.Exec(ctx, `
+	_, err := tx.Exec(ctx, `
 		INSERT INTO sessions (localpart, device_id, access_token_hash, access_expires_ts, refresh_token_hash, created_ts)
 		VALUES ($1, $2, $3, $4, $5, $6)`,
 		localpart, deviceID, hashToken(out.AccessToken), expires, refreshHash, now.UnixMilli())

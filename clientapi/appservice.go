@@ -252,18 +252,9 @@ func (s *Server) createAppServiceDevice(ctx context.Context, d *authn.Device, de
 	localpart := s.localpart(d.UserID)
 	created := false
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		res, err := tx.Exec(ctx, `INSERT INTO devices (localpart, device_id, display_name, created_ts)
-			VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING`,
-			localpart, deviceID, displayName, time.Now().UnixMilli())
-		if err != nil {
-			return err
-		}
-		n, _ := res.RowsAffected()
-		created = n > 0
-		if !created {
-			return nil
-		}
-		return s.accounts.deviceCreated(ctx, tx, localpart, deviceID)
+		var err error
+		created, err = s.accounts.insertDevice(ctx, tx, localpart, deviceID, displayName, time.Now())
+		return err
 	})
 	return created, err
 }

@@ -195,8 +195,24 @@ func (a *Accounts) DeviceNames(ctx context.Context, userID string) (map[string]s
 
 // localpartOf returns the localpart of a user ID on this server.
 func (a *Accounts) localpartOf(userID string) (string, bool) {
-	local, server, ok := strings.Cut(strings.TrimPrefix(userID, "@"), ":")
-	return local, ok && server == a.serverName && strings.HasPrefix(userID, "@")
+	local := localpartOn(userID, a.serverName)
+	return local, local != ""
+}
+
+// insertDevice adds localpart's device deviceID unless it exists, running
+// the device-created hook for a new one; created says which happened.
+func (a *Accounts) insertDevice(ctx context.Context, tx storage.Tx, localpart, deviceID string, displayName *string, now time.Time) (created bool, err error) {
+	res, err := tx.Exec(ctx, `
+		INSERT INTO devices (localpart, device_id, display_name, created_ts)
+		VALUES ($1, $2, $3, $4)
+		ON CONFLICT (localpart, device_id) DO NOTHING`, localpart, deviceID, displayName, now.UnixMilli())
+	if err != nil {
+		return false, err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return false, nil
+	}
+	return true, a.deviceCreated(ctx, tx, localpart, deviceID)
 }
 
 // CreateDeviceTx creates userID's device deviceID without a session (no
@@ -208,17 +224,14 @@ func (a *Accounts) CreateDeviceTx(ctx context.Context, tx storage.Tx, userID, de
 	if !ok {
 		return mxerr.New(mxerr.InvalidParam, "%s is not a user of this server", userID)
 	}
-	res, err := tx.Exec(ctx, `
-		INSERT INTO devices (localpart, device_id, display_name, created_ts)
-		VALUES ($1, $2, $3, $4)
-		ON CONFLICT (localpart, device_id) DO NOTHING`, local, deviceID, displayName, time.Now().UnixMilli())
+	created, err := a.insertDevice(ctx, tx, local, deviceID, displayName, time.Now())
 	if err != nil {
 		return err
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if !created {
 		return mxerr.New(mxerr.InvalidParam, "device ID %s is already one of your devices", deviceID)
 	}
-	return a.deviceCreated(ctx, tx, local, deviceID)
+	return nil
 }
 
 // DeleteDevicesTx deletes userID's devices deviceIDs inside tx, as a

@@ -3,6 +3,7 @@ package clientapi_test
 import (
 	"net/url"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -43,6 +44,10 @@ func TestRoomsRelations(t *testing.T) {
 			replies = append(replies, send(bob, relatesTo("m.thread", root.String(), body)))
 		}
 		send(alice, relatesTo("m.replace", root.String(), "* edit 1"))
+		// The most recent edit is the one with the later origin_server_ts
+		// (ties go to the larger event ID), so the second edit must not
+		// share the first one's millisecond for it to be the latest.
+		time.Sleep(2 * time.Millisecond)
 		edit2 := send(alice, relatesTo("m.replace", root.String(), "* edit 2"))
 		send(bob, relatesTo("m.replace", root.String(), "* not alice")) // invalid: another sender
 		ref := send(carol, relatesTo("m.reference", root.String(), "see"))

@@ -167,12 +167,16 @@ func (s *Server) userID(localpart string) string { return "@" + localpart + ":" 
 
 // localpart returns the localpart of a user ID on this server, or "" if
 // the ID is not a local user.
-func (s *Server) localpart(userID string) string {
+func (s *Server) localpart(userID string) string { return localpartOn(userID, s.serverName) }
+
+// localpartOn returns the localpart of a user ID on serverName, or "" if
+// the ID is not a user of that server.
+func localpartOn(userID, serverName string) string {
 	if !strings.HasPrefix(userID, "@") {
 		return ""
 	}
 	local, server, ok := strings.Cut(userID[1:], ":")
-	if !ok || server != s.serverName || local == "" {
+	if !ok || server != serverName || local == "" {
 		return ""
 	}
 	return local
