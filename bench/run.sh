@@ -220,12 +220,17 @@ measure() {
 	sleep 5 # let start-up work settle before reading the idle figure
 	local idle
 	idle=$(rss_mb "$SERVER_PID" VmRSS)
+	local idle_anon idle_file
+	idle_anon=$(rss_mb "$SERVER_PID" RssAnon)
+	idle_file=$(rss_mb "$SERVER_PID" RssFile)
 	local started=$SECONDS
 	run_scenarios "$name"
 	local peak
 	peak=$(rss_mb "$SERVER_PID" VmHWM)
 	{
 		echo "idle_rss_mb=$idle"
+		echo "idle_anon_mb=$idle_anon"
+		echo "idle_file_mb=$idle_file"
 		echo "peak_rss_mb=$peak"
 		echo "busy_before_pct=$load_before"
 		echo "scenarios_s=$((SECONDS - started))"
@@ -316,7 +321,8 @@ write_report() {
 				echo "  Durability: SQLite in WAL mode with \`synchronous=FULL\`: every commit fsyncs the WAL before"
 				echo "  the request is acknowledged (group commit lets concurrent requests share an fsync)."
 			fi
-			echo "  Idle RSS 5 s after start: $(envval "$name" idle_rss_mb) MB; peak RSS over all its runs (VmHWM):"
+			echo "  Idle RSS 5 s after start: $(envval "$name" idle_rss_mb) MB (anonymous $(envval "$name" idle_anon_mb) MB, file-backed"
+			echo "  $(envval "$name" idle_file_mb) MB: mapped pages of the binary and its libraries); peak RSS over all its runs (VmHWM):"
 			echo "  $(envval "$name" peak_rss_mb) MB; the scenarios took $(envval "$name" scenarios_s) s."
 		done
 		echo
