@@ -33,6 +33,5 @@ for pg in res:
     # package = up to last '.' before '(' etc
     m=re.match(r'^([\w\-./]*?)\.[^/]*$',name)
     pkg=m.group(1) if m else name
-    if pkg.startswith('go:') or pkg.startswith('type:') or name.startswith('runtime.') and typ in 'rR': pass
     bypkg[(typ,pkg)]+=1
 for (t,p),c in bypkg.most_common(45): print(f'{c*4:6d} KiB {t} {p}')
