@@ -86,6 +86,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.directoryRoutes(r)
 	s.relationRoutes(r)
 	s.roomExtraRoutes(r)
+	s.reportRoutes(r)
 	s.ephemeralRoutes(r)
 	s.searchRoutes(r)
 	s.threadSubscriptionRoutes(r)

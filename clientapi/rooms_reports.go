@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -17,6 +19,17 @@ const maxReportReason = 4096
 type reportBody struct {
 	Reason *string `json:"reason"`
 	Score  *int64  `json:"score"`
+}
+
+// reportRoutes registers the three report endpoints of
+// client-server-api, "Reporting content", and the administrators'
+// endpoints that read the reports (reports_admin.go).
+func (s *Server) reportRoutes(r chi.Router) {
+	const v3 = "/_matrix/client/v3"
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/report/{eventId}", s.reportEvent)
+	handle(r, http.MethodPost, v3+"/rooms/{roomId}/report", s.reportRoom)
+	handle(r, http.MethodPost, v3+"/users/{userId}/report", s.reportUser)
+	s.reportAdminRoutes(r)
 }
 
 // reportEvent records a report about an event in a room the caller is
@@ -66,6 +79,55 @@ func (s *Server) reportRoom(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := s.storeReport(ctx, roomID, "", caller(r).UserID, body); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// reportUser records a report about a user; the caller need not share a
+// room with them ("servers MUST NOT restrict user reports based on
+// whether or not the reporting user is joined to any rooms that the
+// reported user is joined to"). A user of this server that does not
+// exist is answered 200 like any other, as the spec allows ("Homeservers
+// that wish to conceal this information MAY return 200 responses
+// regardless of the existence of the reported user"), and nothing is
+// stored: the answer does not tell who has an account. A user of another
+// server cannot be checked here; the report is kept.
+// Spec: client-server-api, "POST /_matrix/client/v3/users/{userId}/report".
+func (s *Server) reportUser(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	target, err := unescapedParam(r, "userId")
+	if err != nil {
+		return err
+	}
+	if !validUserID(target) {
+		return mxerr.New(mxerr.InvalidParam, "%q is not a valid user ID", target)
+	}
+	body, err := readReport(r)
+	if err != nil {
+		return err
+	}
+	// The reason is required here (and may be blank).
+	if body.Reason == nil {
+		return mxerr.New(mxerr.MissingParam, "reason is required")
+	}
+	reporter := caller(r).UserID
+	if err := s.rooms.messageLimit.Allow(reporter); err != nil {
+		return err
+	}
+	if local := s.localpart(target); local != "" {
+		if _, found, err := lookupAccount(ctx, s.db.Reader(), local); err != nil {
+			return err
+		} else if !found {
+			return httpx.OK(w, httpx.EmptyObject)
+		}
+	}
+	err = s.db.Write(ctx, func(tx storage.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO user_reports (target_user_id, reporter, reason, received_ts)
+			VALUES ($1, $2, $3, $4)`, target, reporter, *body.Reason, nowMillis())
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)

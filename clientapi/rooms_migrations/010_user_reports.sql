@@ -1,0 +1,10 @@
+-- Reports about users, for server administrators to review.
+-- target_user_id is the reported user (of this server or another).
+-- Spec: client-server-api, "POST /_matrix/client/v3/users/{userId}/report".
+CREATE TABLE user_reports (
+    report_id      BIGSERIAL PRIMARY KEY,
+    target_user_id TEXT NOT NULL,
+    reporter       TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    received_ts    BIGINT NOT NULL
+);
