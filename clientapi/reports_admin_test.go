@@ -465,4 +465,3 @@ func TestReportUserRateLimited(t *testing.T) {
 		}
 	})
 }
-
