@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"database/sql"
+	"io/fs"
 	"strings"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -215,4 +216,15 @@ func (a *Accounts) Report(ctx context.Context, kind ReportKind, id int64) (Repor
 // it); for `myelin reports delete`.
 func (a *Accounts) DeleteReport(ctx context.Context, kind ReportKind, id int64) error {
 	return deleteReport(ctx, a.db, kind, id)
+}
+
+// MigrateReportTables brings the room endpoints' tables, the report
+// queues among them, up to date without starting a server: for the
+// `myelin reports` commands on a database no server has run on yet.
+func (a *Accounts) MigrateReportTables(ctx context.Context) error {
+	sub, err := fs.Sub(roomMigrations, "rooms_migrations")
+	if err != nil {
+		return err
+	}
+	return a.db.Migrate(ctx, roomsComponent, sub)
 }
