@@ -465,3 +465,32 @@ func TestReportUserRateLimited(t *testing.T) {
 		}
 	})
 }
+
+// TestReportRoomReasonRequired: a room report must carry a reason (it may
+// be blank); an event report need not. Nothing is stored for a refused
+// report. Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/report"
+// (reason: required) and ".../report/{eventId}" (reason: optional).
+func TestReportRoomReasonRequired(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice := newUser(t, srv, "alice")
+		room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		ok(t, "create", err)
+		msg, err := alice.SendText(bg, room.RoomID, "hello")
+		ok(t, "send", err)
+		path := srv.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID.String()) + "/report"
+		st, body := call(t, "POST", path, alice.token, map[string]any{})
+		expectError(t, "room report without reason", st, body, 400, "M_MISSING_PARAM")
+		st, body = call(t, "POST", path+"/"+url.PathEscape(msg.EventID.String()), alice.token, map[string]any{})
+		if st != 200 {
+			t.Fatalf("event report without reason: %d %v", st, body)
+		}
+		if st, body := call(t, "POST", path, alice.token, map[string]any{"reason": ""}); st != 200 {
+			t.Fatalf("room report with a blank reason: %d %v", st, body)
+		}
+		var rooms, events int
+		err = srv.HS.DB.Reader().QueryRow(bg, `SELECT COUNT(CASE WHEN event_id = '' THEN 1 END), COUNT(CASE WHEN event_id <> '' THEN 1 END) FROM room_reports`).Scan(&rooms, &events)
+		if err != nil || rooms != 1 || events != 1 {
+			t.Fatalf("%d room and %d event reports stored (%v), want 1 and 1", rooms, events, err)
+		}
+	})
+}

@@ -75,6 +75,10 @@ func (s *Server) reportRoom(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// The reason is required here (and may be blank), unlike for events.
+	if body.Reason == nil {
+		return mxerr.New(mxerr.MissingParam, "reason is required")
+	}
 	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
 		return err
 	}
