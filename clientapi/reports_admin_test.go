@@ -149,6 +149,11 @@ func TestAdminEventReports(t *testing.T) {
 			t.Fatalf("from=4: %v", body)
 		}
 
+		// A limit above the cap (1000) is lowered to it, not refused.
+		if body := list("?limit=5000"); !sameReportIDs(reportIDs(t, body, "event_reports"), []int64{5, 4, 2, 1}) {
+			t.Fatalf("limit=5000: %v", body)
+		}
+
 		// Filters match IDs that contain the value, case-sensitively; total
 		// counts the matches.
 		for _, c := range []struct {
@@ -201,6 +206,8 @@ func TestAdminEventReports(t *testing.T) {
 			{"GET", "?from=-1", 400, "M_INVALID_PARAM"},
 			{"GET", "?from=x", 400, "M_INVALID_PARAM"},
 			{"GET", "?dir=up", 400, "M_INVALID_PARAM"},
+			{"GET", "?user_id=a%00b", 400, "M_INVALID_PARAM"},
+			{"GET", "?room_id=%FF", 400, "M_INVALID_PARAM"},
 			{"GET", "/abc", 400, "M_INVALID_PARAM"},
 			{"GET", "/-1", 400, "M_INVALID_PARAM"},
 			{"DELETE", "/abc", 400, "M_INVALID_PARAM"},
@@ -495,6 +502,33 @@ func TestReportRoomReasonRequired(t *testing.T) {
 		err = srv.HS.DB.Reader().QueryRow(bg, `SELECT COUNT(CASE WHEN event_id = '' THEN 1 END), COUNT(CASE WHEN event_id <> '' THEN 1 END) FROM room_reports`).Scan(&rooms, &events)
 		if err != nil || rooms != 1 || events != 1 {
 			t.Fatalf("%d room and %d event reports stored (%v), want 1 and 1", rooms, events, err)
+		}
+	})
+}
+
+// TestReportReasonNUL: a reason holding NUL is refused with 400
+// M_INVALID_PARAM for all three kinds (a PostgreSQL text column cannot
+// hold it: it was a 500 there), and nothing is stored.
+func TestReportReasonNUL(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
+		room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		ok(t, "create", err)
+		msg, err := alice.SendText(bg, room.RoomID, "hello")
+		ok(t, "send", err)
+		roomPath := srv.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID.String()) + "/report"
+		for what, path := range map[string]string{
+			"event": roomPath + "/" + url.PathEscape(msg.EventID.String()),
+			"room":  roomPath,
+			"user":  srv.URL + "/_matrix/client/v3/users/" + url.PathEscape(bob.id.String()) + "/report",
+		} {
+			st, body := call(t, "POST", path, alice.token, `{"reason": "bad\u0000words"}`)
+			expectError(t, what+" report with NUL", st, body, 400, "M_INVALID_PARAM")
+		}
+		var n int
+		err = srv.HS.DB.Reader().QueryRow(bg, `SELECT (SELECT COUNT(*) FROM room_reports) + (SELECT COUNT(*) FROM user_reports)`).Scan(&n)
+		if err != nil || n != 0 {
+			t.Fatalf("%d reports stored (%v), want 0", n, err)
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"io/fs"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -109,6 +110,13 @@ func listReports(ctx context.Context, db *storage.DB, q ReportQuery) ([]Report, 
 	}
 	if q.From < 0 || q.Limit < 1 || q.Limit > maxReportPage {
 		return nil, 0, mxerr.New(mxerr.InvalidParam, "from must be at least 0 and limit between 1 and %d", maxReportPage)
+	}
+	for _, filter := range []string{q.Reporter, q.RoomID, q.TargetUserID} {
+		// PostgreSQL refuses text that is not UTF-8 or holds NUL; no ID
+		// does either.
+		if !utf8.ValidString(filter) || strings.ContainsRune(filter, 0) {
+			return nil, 0, mxerr.New(mxerr.InvalidParam, "the user and room filters must be UTF-8 without NUL")
+		}
 	}
 	var args sqlArgs
 	var where strings.Builder

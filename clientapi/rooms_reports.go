@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -144,6 +145,11 @@ func readReport(r *http.Request) (*reportBody, error) {
 	}
 	if body.Reason != nil && len(*body.Reason) > maxReportReason {
 		return nil, mxerr.New(mxerr.InvalidParam, "reason is longer than %d bytes", maxReportReason)
+	}
+	// A PostgreSQL text column cannot hold NUL; SQLite would keep it.
+	// Refused on both, so the engines answer alike.
+	if body.Reason != nil && strings.ContainsRune(*body.Reason, 0) {
+		return nil, mxerr.New(mxerr.InvalidParam, "reason must not contain NUL")
 	}
 	if body.Score != nil && (*body.Score < -100 || *body.Score > 0) {
 		return nil, mxerr.New(mxerr.InvalidParam, "score must be between -100 and 0")
