@@ -508,7 +508,10 @@ func TestReportRoomReasonRequired(t *testing.T) {
 
 // TestReportReasonNUL: a reason holding NUL is refused with 400
 // M_INVALID_PARAM for all three kinds (a PostgreSQL text column cannot
-// hold it: it was a 500 there), and nothing is stored.
+// hold it: it was a 500 there), and so are an event ID holding NUL or
+// bytes that are not UTF-8, and a user ID outside the printable ASCII
+// the user ID grammar allows; nothing is stored.
+// Spec: appendices, "User Identifiers" (historical user IDs: %x21-39 / %x3B-7E).
 func TestReportReasonNUL(t *testing.T) {
 	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
 		alice, bob := newUser(t, srv, "alice"), newUser(t, srv, "bob")
@@ -524,6 +527,21 @@ func TestReportReasonNUL(t *testing.T) {
 		} {
 			st, body := call(t, "POST", path, alice.token, `{"reason": "bad\u0000words"}`)
 			expectError(t, what+" report with NUL", st, body, 400, "M_INVALID_PARAM")
+		}
+		// IDs holding NUL or bytes that are not UTF-8 (no ID does): 400,
+		// not a PostgreSQL error.
+		for what, path := range map[string]string{
+			"event ID with NUL":             roomPath + "/%24a%00b",
+			"event ID not UTF-8":            roomPath + "/%24a%FFb",
+			"local user ID with NUL":        srv.URL + "/_matrix/client/v3/users/%40a%00b:localhost/report",
+			"remote user ID with NUL":       srv.URL + "/_matrix/client/v3/users/%40a%00b:remote.example/report",
+			"remote user ID not UTF-8":      srv.URL + "/_matrix/client/v3/users/%40a%FFb:remote.example/report",
+			"remote user ID with a space":   srv.URL + "/_matrix/client/v3/users/%40a%20b:remote.example/report",
+			"remote user ID, non-ASCII":     srv.URL + "/_matrix/client/v3/users/%40%C3%A9:remote.example/report",
+			"remote user ID with a newline": srv.URL + "/_matrix/client/v3/users/%40a%0Ab:remote.example/report",
+		} {
+			st, body := call(t, "POST", path, alice.token, map[string]any{"reason": "x"})
+			expectError(t, what, st, body, 400, "M_INVALID_PARAM")
 		}
 		var n int
 		err = srv.HS.DB.Reader().QueryRow(bg, `SELECT (SELECT COUNT(*) FROM room_reports) + (SELECT COUNT(*) FROM user_reports)`).Scan(&n)

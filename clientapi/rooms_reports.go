@@ -105,7 +105,7 @@ func (s *Server) reportUser(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !validUserID(target) {
+	if !validUserID(target) || !printableASCII(target) {
 		return mxerr.New(mxerr.InvalidParam, "%q is not a valid user ID", target)
 	}
 	body, err := readReport(r)
@@ -136,6 +136,19 @@ func (s *Server) reportUser(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// printableASCII reports whether s holds only %x21-7E: every byte of a
+// user ID is one (the historical localpart grammar, %x21-39 / %x3B-7E,
+// is the widest; server names are ASCII). Spec: appendices, "User
+// Identifiers".
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 func readReport(r *http.Request) (*reportBody, error) {
