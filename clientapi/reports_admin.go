@@ -15,11 +15,12 @@ import (
 // The administrators' side of the report queues, in the shape of
 // Synapse's admin API (admin tools such as synapse-admin speak it):
 //
-//	GET    /_synapse/admin/v1/event_reports[?from&limit&dir&user_id&room_id]
+//	GET    /_synapse/admin/v1/event_reports[?from&limit&dir&user_id&room_id&sender_user_id]
 //	GET    /_synapse/admin/v1/event_reports/{reportId}
 //	DELETE /_synapse/admin/v1/event_reports/{reportId}
 //
-// and the same three for room_reports (filters user_id, room_id) and
+// (sender_user_id: the reported event's sender, exactly), and the same
+// three for room_reports (filters user_id, room_id) and
 // user_reports (filters user_id, target_user_id). Only server
 // administrators may call them: anyone else is refused with 403
 // M_FORBIDDEN before any parameter is read or report looked up. Paging is
@@ -140,7 +141,8 @@ func (s *Server) deleteReportAdmin(w http.ResponseWriter, r *http.Request, kind 
 func parseReportQuery(r *http.Request, kind ReportKind) (ReportQuery, error) {
 	params := r.URL.Query()
 	q := ReportQuery{Kind: kind, Limit: defaultReportPage,
-		Reporter: params.Get("user_id"), RoomID: params.Get("room_id"), TargetUserID: params.Get("target_user_id")}
+		Reporter: params.Get("user_id"), RoomID: params.Get("room_id"), TargetUserID: params.Get("target_user_id"),
+		Sender: params.Get("sender_user_id")}
 	if v := params.Get("from"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
@@ -219,12 +221,13 @@ func (s *Server) roomInfo(ctx context.Context, roomID string, cache map[string]*
 }
 
 // reportJSON renders a report as Synapse's admin API does. An event
-// report shows the reported event's sender (and, with withEvent, the
-// event itself) as the reporter sees it now: the reporter could see the
-// event when they reported it, and an administrator is given no wider
-// view of a room's history than that. When the reporter can no longer
-// see it (they left a room whose history is hidden from former members,
-// or the event is gone), sender and event_json are null.
+// report shows the reported event's sender, recorded with the report,
+// and (with withEvent) the event itself as the reporter sees it now: the
+// reporter could see the event when they reported it, and an
+// administrator is given no wider view of a room's history than that.
+// When the reporter can no longer see it (they left a room whose history
+// is hidden from former members, or the event is gone), event_json is
+// null, and so is sender for a report made before senders were recorded.
 func (s *Server) reportJSON(ctx context.Context, rep Report, rooms map[string]*reportRoomInfo, withEvent bool) (map[string]any, error) {
 	obj := map[string]any{
 		"id":          rep.ID,
@@ -247,6 +250,12 @@ func (s *Server) reportJSON(ctx context.Context, rep Report, rooms map[string]*r
 		return obj, nil
 	}
 	obj["event_id"], obj["score"], obj["sender"] = rep.EventID, rep.Score, nil
+	if rep.Sender != "" {
+		obj["sender"] = rep.Sender
+		if !withEvent {
+			return obj, nil
+		}
+	}
 	if withEvent {
 		obj["event_json"] = nil
 	}

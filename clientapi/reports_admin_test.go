@@ -11,6 +11,7 @@ import (
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // reportIDs lists the "id" of each report of a listing.
@@ -547,6 +548,82 @@ func TestReportReasonNUL(t *testing.T) {
 		err = srv.HS.DB.Reader().QueryRow(bg, `SELECT (SELECT COUNT(*) FROM room_reports) + (SELECT COUNT(*) FROM user_reports)`).Scan(&n)
 		if err != nil || n != 0 {
 			t.Fatalf("%d reports stored (%v), want 0", n, err)
+		}
+	})
+}
+
+// TestAdminEventReportsSender: an event report records the event's
+// sender; sender_user_id lists the reports about one sender's events
+// (an exact user ID). A report stored before senders were recorded
+// (event_sender ”) still shows its sender, looked up as the reporter
+// sees the event.
+func TestAdminEventReportsSender(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice, bob, carol := newUser(t, srv, "alice"), newUser(t, srv, "bob"), newUser(t, srv, "carol")
+		admin := newAdmin(t, srv, "root").token
+		room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		ok(t, "create", err)
+		for _, u := range []*user{bob, carol} {
+			_, err := u.JoinRoomByID(bg, room.RoomID)
+			ok(t, "join", err)
+		}
+		byAlice, err := alice.SendText(bg, room.RoomID, "from alice")
+		ok(t, "alice sends", err)
+		byBob, err := bob.SendText(bg, room.RoomID, "from bob")
+		ok(t, "bob sends", err)
+		ok(t, "carol reports alice's", carol.ReportEvent(bg, room.RoomID, byAlice.EventID, "1"))
+		ok(t, "carol reports bob's", carol.ReportEvent(bg, room.RoomID, byBob.EventID, "2"))
+		ok(t, "alice reports bob's", alice.ReportEvent(bg, room.RoomID, byBob.EventID, "3"))
+		ok(t, "carol reports the room", carol.ReportRoom(bg, room.RoomID, "4"))
+
+		base := srv.URL + "/_synapse/admin/v1/event_reports"
+		for _, c := range []struct {
+			query string
+			ids   []int64
+		}{
+			{"?sender_user_id=" + url.QueryEscape(bob.id.String()), []int64{3, 2}},
+			{"?sender_user_id=" + url.QueryEscape(alice.id.String()), []int64{1}},
+			{"?sender_user_id=bob", []int64{}},
+			{"?sender_user_id=" + url.QueryEscape(bob.id.String()) + "&user_id=carol", []int64{2}},
+			{"?sender_user_id=" + url.QueryEscape(carol.id.String()), []int64{}},
+		} {
+			st, body := call(t, "GET", base+c.query, admin, nil)
+			if st != 200 || !sameReportIDs(reportIDs(t, body, "event_reports"), c.ids) || body["total"] != float64(len(c.ids)) {
+				t.Errorf("%s: %d %v, want %v", c.query, st, body, c.ids)
+			}
+		}
+		st, body := call(t, "GET", srv.URL+"/_synapse/admin/v1/room_reports?sender_user_id=nobody", admin, nil)
+		if st != 200 || !sameReportIDs(reportIDs(t, body, "room_reports"), []int64{4}) {
+			t.Errorf("room reports ignore sender_user_id: %d %v", st, body)
+		}
+
+		// A reporter who can no longer see the event (here: a stranger
+		// to the room, whose history is shared with members only): the
+		// recorded sender stays; the event is null.
+		err = srv.HS.DB.Write(bg, func(tx storage.Tx) error {
+			_, err := tx.Exec(bg, `UPDATE room_reports SET reporter = '@stranger:localhost' WHERE report_id = 1`)
+			return err
+		})
+		ok(t, "make report 1 a stranger's", err)
+		st, body = call(t, "GET", base+"/1", admin, nil)
+		if st != 200 || body["sender"] != alice.id.String() || body["event_json"] != nil {
+			t.Fatalf("GET report 1 of a stranger: %d %v, want sender alice and event_json null", st, body)
+		}
+
+		// A report from before senders were recorded.
+		err = srv.HS.DB.Write(bg, func(tx storage.Tx) error {
+			_, err := tx.Exec(bg, `UPDATE room_reports SET event_sender = '' WHERE report_id = 2`)
+			return err
+		})
+		ok(t, "forget the sender of report 2", err)
+		st, body = call(t, "GET", base+"?dir=f&limit=2", admin, nil)
+		reports, _ := body["event_reports"].([]any)
+		if st != 200 || len(reports) != 2 || reports[1].(map[string]any)["sender"] != bob.id.String() {
+			t.Fatalf("list with an unrecorded sender: %d %v", st, body)
+		}
+		st, body = call(t, "GET", base+"/2", admin, nil)
+		if ev, _ := body["event_json"].(map[string]any); st != 200 || body["sender"] != bob.id.String() || ev["sender"] != bob.id.String() {
+			t.Fatalf("GET report 2 with an unrecorded sender: %d %v", st, body)
 		}
 	})
 }

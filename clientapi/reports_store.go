@@ -40,6 +40,9 @@ type Report struct {
 	RoomID string
 	// EventID is the event of an event report.
 	EventID string
+	// Sender is the sender of an event report's event, as recorded when
+	// it was reported ("" for reports made before it was recorded).
+	Sender string
 	// TargetUserID is the reported user of a user report.
 	TargetUserID string
 	// Reporter is the user who made the report.
@@ -62,6 +65,9 @@ type ReportQuery struct {
 	RoomID string
 	// TargetUserID filters user reports on the reported user.
 	TargetUserID string
+	// Sender, unlike the others an exact user ID, filters event reports
+	// on the sender of the reported event.
+	Sender string
 	// Forwards lists the oldest report first; by default the newest is.
 	Forwards bool
 	// From is the number of matching reports to skip.
@@ -78,15 +84,15 @@ type reportTable struct {
 
 var reportTables = map[ReportKind]reportTable{
 	EventReports: {
-		columns: `report_id, room_id, event_id, '', reporter, reason, score, received_ts`,
+		columns: `report_id, room_id, event_id, event_sender, '', reporter, reason, score, received_ts`,
 		from:    `room_reports WHERE event_id <> ''`,
 	},
 	RoomReports: {
-		columns: `report_id, room_id, event_id, '', reporter, reason, score, received_ts`,
+		columns: `report_id, room_id, event_id, '', '', reporter, reason, score, received_ts`,
 		from:    `room_reports WHERE event_id = ''`,
 	},
 	UserReports: {
-		columns: `report_id, '', '', target_user_id, reporter, reason, NULL, received_ts`,
+		columns: `report_id, '', '', '', target_user_id, reporter, reason, NULL, received_ts`,
 		from:    `user_reports WHERE 1 = 1`,
 	},
 }
@@ -94,7 +100,7 @@ var reportTables = map[ReportKind]reportTable{
 func scanReport(row interface{ Scan(...any) error }, kind ReportKind) (Report, error) {
 	rep := Report{Kind: kind}
 	var score sql.NullInt64
-	err := row.Scan(&rep.ID, &rep.RoomID, &rep.EventID, &rep.TargetUserID, &rep.Reporter, &rep.Reason, &score, &rep.ReceivedTS)
+	err := row.Scan(&rep.ID, &rep.RoomID, &rep.EventID, &rep.Sender, &rep.TargetUserID, &rep.Reporter, &rep.Reason, &score, &rep.ReceivedTS)
 	if score.Valid {
 		rep.Score = &score.Int64
 	}
@@ -111,7 +117,7 @@ func listReports(ctx context.Context, db *storage.DB, q ReportQuery) ([]Report, 
 	if q.From < 0 || q.Limit < 1 || q.Limit > maxReportPage {
 		return nil, 0, mxerr.New(mxerr.InvalidParam, "from must be at least 0 and limit between 1 and %d", maxReportPage)
 	}
-	for _, filter := range []string{q.Reporter, q.RoomID, q.TargetUserID} {
+	for _, filter := range []string{q.Reporter, q.RoomID, q.TargetUserID, q.Sender} {
 		// PostgreSQL refuses text that is not UTF-8 or holds NUL; no ID
 		// does either.
 		if !utf8.ValidString(filter) || strings.ContainsRune(filter, 0) {
@@ -137,6 +143,9 @@ func listReports(ctx context.Context, db *storage.DB, q ReportQuery) ([]Report, 
 		contains("target_user_id", q.TargetUserID)
 	} else {
 		contains("room_id", q.RoomID)
+	}
+	if q.Kind == EventReports && q.Sender != "" {
+		where.WriteString(" AND event_sender = " + args.add(q.Sender))
 	}
 	order := " ORDER BY report_id DESC"
 	if q.Forwards {

@@ -58,7 +58,7 @@ func (s *Server) reportEvent(w http.ResponseWriter, r *http.Request) error {
 	} else if err != nil {
 		return err
 	}
-	if err := s.storeReport(ctx, roomID, eventID, me.UserID, body); err != nil {
+	if err := s.storeReport(ctx, roomID, eventID, ev.Sender, me.UserID, body); err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
@@ -83,7 +83,7 @@ func (s *Server) reportRoom(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
 		return err
 	}
-	if err := s.storeReport(ctx, roomID, "", caller(r).UserID, body); err != nil {
+	if err := s.storeReport(ctx, roomID, "", "", caller(r).UserID, body); err != nil {
 		return err
 	}
 	return httpx.OK(w, httpx.EmptyObject)
@@ -170,7 +170,9 @@ func readReport(r *http.Request) (*reportBody, error) {
 	return &body, nil
 }
 
-func (s *Server) storeReport(ctx context.Context, roomID, eventID, reporter string, body *reportBody) error {
+// storeReport stores an event report (eventID and its sender set) or a
+// room report (both "").
+func (s *Server) storeReport(ctx context.Context, roomID, eventID, sender, reporter string, body *reportBody) error {
 	if err := s.rooms.messageLimit.Allow(reporter); err != nil {
 		return err
 	}
@@ -179,8 +181,8 @@ func (s *Server) storeReport(ctx context.Context, roomID, eventID, reporter stri
 		reason = *body.Reason
 	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO room_reports (room_id, event_id, reporter, reason, score, received_ts)
-			VALUES ($1, $2, $3, $4, $5, $6)`, roomID, eventID, reporter, reason, body.Score, nowMillis())
+		_, err := tx.Exec(ctx, `INSERT INTO room_reports (room_id, event_id, event_sender, reporter, reason, score, received_ts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, roomID, eventID, sender, reporter, reason, body.Score, nowMillis())
 		return err
 	})
 }

@@ -8,3 +8,8 @@ CREATE TABLE user_reports (
     reason         TEXT NOT NULL,
     received_ts    BIGINT NOT NULL
 );
+
+-- The sender of an event report's event, recorded when it is reported
+-- (so administrators see it, and filter on it, whatever the reporter can
+-- see later); '' for room reports and for reports made before this column.
+ALTER TABLE room_reports ADD COLUMN event_sender TEXT NOT NULL DEFAULT '';

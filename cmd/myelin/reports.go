@@ -17,7 +17,7 @@ import (
 // in the database (the same queues as the /_synapse/admin/v1/*_reports
 // endpoints, without the room names and events those look up).
 //
-//	myelin reports list [-config f] [-kind event|room|user] [-from N] [-limit N] [-dir b|f] [-user S] [-room S] [-target S]
+//	myelin reports list [-config f] [-kind event|room|user] [-from N] [-limit N] [-dir b|f] [-user S] [-room S] [-target S] [-sender ID]
 //	myelin reports show [-config f] [-kind event|room|user] <id>
 //	myelin reports delete [-config f] [-kind event|room|user] <id>
 func runReports(args []string, stdout, stderr io.Writer) error {
@@ -31,8 +31,8 @@ func runReports(args []string, stdout, stderr io.Writer) error {
 	configPath := fs.String("config", "myelin.yaml", "config file")
 	kind := fs.String("kind", "event", "which reports: event, room or user")
 	var (
-		from, limit             *int64
-		dir, user, room, target *string
+		from, limit                     *int64
+		dir, user, room, target, sender *string
 	)
 	wantArgs := 1
 	switch sub {
@@ -44,6 +44,7 @@ func runReports(args []string, stdout, stderr io.Writer) error {
 		user = fs.String("user", "", "only reports by users whose ID contains this")
 		room = fs.String("room", "", "only event and room reports about rooms whose ID contains this")
 		target = fs.String("target", "", "only user reports about users whose ID contains this")
+		sender = fs.String("sender", "", "only event reports about events this user (exact ID) sent")
 	case "show", "delete":
 	default:
 		return fmt.Errorf("unknown reports command %q; %s", sub, usage)
@@ -80,7 +81,7 @@ func runReports(args []string, stdout, stderr io.Writer) error {
 			return errors.New("-dir must be b or f")
 		}
 		q := clientapi.ReportQuery{Kind: k, From: *from, Limit: *limit, Forwards: *dir == "f",
-			Reporter: *user, RoomID: *room, TargetUserID: *target}
+			Reporter: *user, RoomID: *room, TargetUserID: *target, Sender: *sender}
 		reports, total, err := accounts.Reports(ctx, q)
 		if err != nil {
 			return err
@@ -108,7 +109,7 @@ func runReports(args []string, stdout, stderr io.Writer) error {
 		case clientapi.UserReports:
 			fmt.Fprintf(stdout, "user: %s\n", rep.TargetUserID)
 		case clientapi.EventReports:
-			fmt.Fprintf(stdout, "room: %s\nevent: %s\n", rep.RoomID, rep.EventID)
+			fmt.Fprintf(stdout, "room: %s\nevent: %s\nsender: %s\n", rep.RoomID, rep.EventID, rep.Sender)
 			if rep.Score != nil {
 				fmt.Fprintf(stdout, "score: %d\n", *rep.Score)
 			}

@@ -45,6 +45,14 @@ func TestReportsCommands(t *testing.T) {
 		if err != nil || !strings.Contains(out, "\n2 ") || !strings.HasSuffix(out, "1 of 2 event reports; next page: -from 1\n") {
 			t.Fatalf("reports list -limit 1: %q %v", out, err)
 		}
+		out, err = runCLI(t, "", "reports", "list", "-config", configPath, "-sender", "@carol:localhost")
+		if err != nil || !strings.HasSuffix(out, "2 of 2 event reports\n") {
+			t.Fatalf("reports list -sender @carol:localhost: %q %v", out, err)
+		}
+		out, err = runCLI(t, "", "reports", "list", "-config", configPath, "-sender", "@bob:localhost")
+		if err != nil || !strings.HasSuffix(out, "0 of 0 event reports\n") {
+			t.Fatalf("reports list -sender @bob:localhost: %q %v", out, err)
+		}
 		out, err = runCLI(t, "", "reports", "list", "-config", configPath, "-kind", "room")
 		if err != nil || !strings.HasSuffix(out, "1 of 1 room reports\n") || !strings.Contains(out, "\n3 ") {
 			t.Fatalf("reports list -kind room: %q %v", out, err)
@@ -54,7 +62,7 @@ func TestReportsCommands(t *testing.T) {
 			t.Fatalf("reports show -kind user 1: %q %v", out, err)
 		}
 		out, err = runCLI(t, "", "reports", "show", "1", "-config", configPath)
-		if err != nil || !strings.Contains(out, "event: "+eventID+"\n") || !strings.Contains(out, `reason: "rude\tremark"`) {
+		if err != nil || !strings.Contains(out, "event: "+eventID+"\nsender: @carol:localhost\n") || !strings.Contains(out, `reason: "rude\tremark"`) {
 			t.Fatalf("reports show 1: %q %v", out, err)
 		}
 		if _, err := runCLI(t, "", "reports", "show", "-config", configPath, "3"); err == nil || !strings.Contains(err.Error(), "M_NOT_FOUND") {
