@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -86,6 +87,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.directoryRoutes(r)
 	s.relationRoutes(r)
 	s.roomExtraRoutes(r)
+	s.reportRoutes(r)
 	s.ephemeralRoutes(r)
 	s.searchRoutes(r)
 	s.threadSubscriptionRoutes(r)
@@ -115,7 +117,10 @@ func pathRoomEventIDs(r *http.Request) (roomID, eventID string, err error) {
 	if eventID, err = unescapedParam(r, "eventId"); err != nil {
 		return "", "", err
 	}
-	if len(eventID) < 2 || len(eventID) > 255 || eventID[0] != '$' {
+	// No event ID holds NUL or bytes that are not UTF-8 (and PostgreSQL
+	// refuses such text as a parameter).
+	if len(eventID) < 2 || len(eventID) > 255 || eventID[0] != '$' ||
+		!utf8.ValidString(eventID) || strings.ContainsRune(eventID, 0) {
 		return "", "", mxerr.New(mxerr.InvalidParam, "%q is not a valid event ID", eventID)
 	}
 	return roomID, eventID, nil

@@ -50,6 +50,7 @@ func commands() map[string]command {
 		"version":         {"print the version", runVersion},
 		"user":            {"manage accounts: create, passwd, deactivate, list", runUser},
 		"token":           {"manage registration tokens: create, list, revoke", runToken},
+		"reports":         {"read and clear content reports: list, show, delete", runReports},
 	}
 }
 
@@ -72,7 +73,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: myelin <command> [-config myelin.yaml] [arguments]")
-	for _, name := range []string{"serve", "generate-config", "generate-tls", "user", "token", "version"} {
+	for _, name := range []string{"serve", "generate-config", "generate-tls", "user", "token", "reports", "version"} {
 		fmt.Fprintf(w, "  %-16s %s\n", name, commands()[name].summary)
 	}
 }
