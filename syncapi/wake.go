@@ -57,16 +57,16 @@ type waker struct {
 	// after New, never nil).
 	memo *membershipMemo
 
-	mu       sync.Mutex
-	byRoom   map[string]map[*waiter]struct{} // guarded by mu
-	byUser   map[string]map[*waiter]struct{} // guarded by mu
+	mu     sync.Mutex
+	byRoom map[string]map[*waiter]struct{} // guarded by mu
+	byUser map[string]map[*waiter]struct{} // guarded by mu
 	// spareSets holds byUser's sets that unregister emptied, for the
 	// next registration to reuse: a user has one long poll at a time, so
 	// every registration emptied its user's set and made a new one (two
 	// allocations per /sync request). At most maxSpareSets; guarded by mu.
 	spareSets []map[*waiter]struct{}
-	all      map[*waiter]struct{}            // guarded by mu
-	roomDone int64                           // room stream position dispatched; guarded by mu
+	all       map[*waiter]struct{} // guarded by mu
+	roomDone  int64                // room stream position dispatched; guarded by mu
 	// countsDone is UnreadCountsStream's position dispatched; guarded by mu.
 	countsDone int64
 	seen       notifier.Positions // other streams' positions dispatched; guarded by mu
