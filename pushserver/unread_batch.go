@@ -2,8 +2,8 @@ package pushserver
 
 import (
 	"context"
-	"fmt"
-	"strings"
+	"slices"
+	"strconv"
 )
 
 // UnreadQuery names one user's rooms for UnreadCountsOfUsers.
@@ -55,36 +55,50 @@ func (s *Server) UnreadCountsOfUsers(ctx context.Context, users []UnreadQuery, r
 // unreadOfUsers reads the counts of users into out (one map per user):
 // one query over the users and the union of their rooms, each row then
 // kept only for the user that asked for its room.
+//
+// Sync calls this for every long poll a message wakes, most often for
+// one user and one room: the lists of who asked for what are scanned
+// when short, and the query text is appended into one buffer, so such a
+// read allocates for little besides its answer. The text and arguments
+// are the same as with maps and fmt (TestUnreadCountsOfUsers,
+// TestUnreadOfUsersAllocations).
 func (s *Server) unreadOfUsers(ctx context.Context, users []UnreadQuery, out []map[string]RoomCounts) error {
-	byUser := make(map[string][]int, len(users)) // a user may appear twice (two devices)
-	asked := make([]map[string]bool, len(users)) // per query: the rooms asked for
-	rooms := map[string]bool{}
-	var args []any
-	placeholders := func(vals []string) string {
-		var b strings.Builder
-		for i, v := range vals {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			args = append(args, v)
-			fmt.Fprintf(&b, "$%d", len(args))
-		}
-		return b.String()
+	var byUser map[string][]int // a user may appear twice (two devices); nil: look through users
+	if len(users) > smallList {
+		byUser = make(map[string][]int, len(users))
 	}
+	var rooms map[string]bool // the rooms already listed; nil while roomIDs is short
 	var userIDs, roomIDs []string
+	nArgs := 0
+	for _, u := range users {
+		nArgs += 1 + len(u.RoomIDs)
+	}
 	for i, u := range users {
 		if len(u.RoomIDs) == 0 {
 			continue
 		}
-		if byUser[u.UserID] == nil {
+		if byUser != nil {
+			if byUser[u.UserID] == nil {
+				userIDs = append(userIDs, u.UserID)
+			}
+			byUser[u.UserID] = append(byUser[u.UserID], i)
+		} else if !asksBefore(users[:i], u.UserID) {
 			userIDs = append(userIDs, u.UserID)
 		}
-		byUser[u.UserID] = append(byUser[u.UserID], i)
-		asked[i] = make(map[string]bool, len(u.RoomIDs))
 		for _, r := range u.RoomIDs {
-			asked[i][r] = true
-			if !rooms[r] {
-				rooms[r] = true
+			if rooms == nil && len(roomIDs) >= smallList {
+				rooms = make(map[string]bool, 2*smallList)
+				for _, seen := range roomIDs {
+					rooms[seen] = true
+				}
+			}
+			switch {
+			case rooms != nil:
+				if !rooms[r] {
+					rooms[r] = true
+					roomIDs = append(roomIDs, r)
+				}
+			case !slices.Contains(roomIDs, r):
 				roomIDs = append(roomIDs, r)
 			}
 		}
@@ -92,9 +106,46 @@ func (s *Server) unreadOfUsers(ctx context.Context, users []UnreadQuery, out []m
 	if len(userIDs) == 0 {
 		return nil
 	}
-	query := unreadOfUsersQuery + `user_id IN (` + placeholders(userIDs) + `) AND room_id IN (` +
-		placeholders(roomIDs) + `)`
-	rows, err := s.db.Reader().Query(ctx, query, args...)
+	args := make([]any, 0, nArgs)
+	query := make([]byte, 0, len(unreadOfUsersQuery)+48+6*(len(userIDs)+len(roomIDs)))
+	query = append(query, unreadOfUsersQuery...)
+	placeholders := func(vals []string) {
+		for i, v := range vals {
+			if i > 0 {
+				query = append(query, ", "...)
+			}
+			args = append(args, v)
+			query = append(query, '$')
+			query = strconv.AppendInt(query, int64(len(args)), 10)
+		}
+	}
+	query = append(query, "user_id IN ("...)
+	placeholders(userIDs)
+	query = append(query, ") AND room_id IN ("...)
+	placeholders(roomIDs)
+	query = append(query, ')')
+	// asked: query i wants roomID's rows; long lists get a set, made
+	// when first needed.
+	var sets map[int]map[string]bool
+	asked := func(i int, roomID string) bool {
+		ids := users[i].RoomIDs
+		if len(ids) <= smallList {
+			return slices.Contains(ids, roomID)
+		}
+		set := sets[i]
+		if set == nil {
+			if sets == nil {
+				sets = map[int]map[string]bool{}
+			}
+			set = make(map[string]bool, len(ids))
+			for _, r := range ids {
+				set[r] = true
+			}
+			sets[i] = set
+		}
+		return set[roomID]
+	}
+	rows, err := s.db.Reader().Query(ctx, string(query), args...)
 	if err != nil {
 		return err
 	}
@@ -105,13 +156,35 @@ func (s *Server) unreadOfUsers(ctx context.Context, users []UnreadQuery, out []m
 		if err := rows.Scan(&userID, &roomID, &thread, &c.Notifications, &c.Highlights); err != nil {
 			return err
 		}
-		for _, i := range byUser[userID] {
-			if asked[i][roomID] { // else another query's room
+		if byUser != nil {
+			for _, i := range byUser[userID] {
+				if asked(i, roomID) { // else another query's room
+					addUnread(out[i], roomID, thread, c)
+				}
+			}
+			continue
+		}
+		for i, u := range users {
+			if u.UserID == userID && asked(i, roomID) {
 				addUnread(out[i], roomID, thread, c)
 			}
 		}
 	}
 	return rows.Err()
+}
+
+// smallList is how long a list of users or rooms unreadOfUsers scans
+// rather than indexes with a map.
+const smallList = 8
+
+// asksBefore reports whether a query in users is userID's.
+func asksBefore(users []UnreadQuery, userID string) bool {
+	for _, u := range users {
+		if u.UserID == userID && len(u.RoomIDs) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // addUnread adds one (room, thread) row of counts to a user's answer.

@@ -2,12 +2,15 @@ package pushserver_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/testserver"
 	"github.com/myelin-chat/myelin/pushserver"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // TestUnreadCountsOfUsers: one query for several users answers each of
@@ -71,4 +74,76 @@ func TestUnreadCountsOfUsers(t *testing.T) {
 			t.Errorf("a query for no room got %+v", got[4])
 		}
 	})
+}
+
+// TestUnreadCountsOfUsersLongLists: past the short lists unreadOfUsers
+// scans (more than 8 queries, more than 8 rooms in the union and in one
+// query), every query still gets exactly UnreadCountsAt's answer.
+func TestUnreadCountsOfUsersLongLists(t *testing.T) {
+	testserver.ForEachEngine(t, pushConfig, func(t *testing.T, srv *testserver.Server) {
+		ctx := context.Background()
+		alice, bob, carol := register(t, srv, "alice"), register(t, srv, "bob"), register(t, srv, "carol")
+		first := room(t, alice, bob, carol)
+		second := room(t, alice, bob)
+		alice.text(t, first, "one")
+		alice.text(t, second, "two")
+		alice.text(t, second, "three")
+		bob.wantCounts(t, second, 2, 0)
+		carol.wantCounts(t, first, 1, 0)
+
+		var many []string // rooms nobody is in, around the two real ones
+		for i := range 12 {
+			many = append(many, fmt.Sprintf("!none%d:localhost", i))
+		}
+		bobRooms := append(append(slices.Clone(many[:6]), second), append(many[6:], first)...)
+		var queries []pushserver.UnreadQuery
+		for i := range 10 {
+			queries = append(queries, pushserver.UnreadQuery{UserID: fmt.Sprintf("@ghost%d:localhost", i), RoomIDs: many[i : i+2]})
+		}
+		queries = append(queries,
+			pushserver.UnreadQuery{UserID: bob.id, RoomIDs: bobRooms},
+			pushserver.UnreadQuery{UserID: carol.id, RoomIDs: []string{second, first}}, // second: not carol's
+			pushserver.UnreadQuery{UserID: bob.id, RoomIDs: []string{first}},
+		)
+		got, _, err := srv.HS.Push.UnreadCountsOfUsers(ctx, queries, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, q := range queries {
+			want, _, err := srv.HS.Push.UnreadCountsAt(ctx, q.UserID, q.RoomIDs, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got[i], want) {
+				t.Errorf("query %d (%s, %d rooms): batched %+v, alone %+v", i, q.UserID, len(q.RoomIDs), got[i], want)
+			}
+		}
+		if got[10][second].Total.Notifications != 2 || got[10][first].Total.Notifications != 1 ||
+			got[11][first].Total.Notifications != 1 || got[12][first].Total.Notifications != 1 {
+			t.Errorf("counts: bob %+v, carol %+v, bob's second query %+v", got[10], got[11], got[12])
+		}
+	})
+}
+
+// TestUnreadOfUsersAllocations: the read a woken long poll makes alone
+// (one user, one room) allocates for its answer and the database, not
+// for indexing two short lists and formatting the query (main: 35).
+func TestUnreadOfUsersAllocations(t *testing.T) {
+	srv := testserver.Start(t, storage.SQLite, pushConfig)
+	ctx := context.Background()
+	alice, bob := register(t, srv, "alice"), register(t, srv, "bob")
+	r := room(t, alice, bob)
+	alice.text(t, r, "one")
+	bob.wantCounts(t, r, 1, 0)
+	queries := []pushserver.UnreadQuery{{UserID: bob.id, RoomIDs: []string{r}}}
+	allocs := testing.AllocsPerRun(50, func() {
+		got, _, err := srv.HS.Push.UnreadCountsOfUsers(ctx, queries, 0)
+		if err != nil || got[0][r].Total.Notifications != 1 {
+			t.Fatalf("%+v %v", got, err)
+		}
+	})
+	t.Logf("%.0f allocations", allocs)
+	if allocs > 30 {
+		t.Errorf("%.0f allocations per read, want at most 30", allocs)
+	}
 }

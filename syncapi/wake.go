@@ -57,11 +57,16 @@ type waker struct {
 	// after New, never nil).
 	memo *membershipMemo
 
-	mu       sync.Mutex
-	byRoom   map[string]map[*waiter]struct{} // guarded by mu
-	byUser   map[string]map[*waiter]struct{} // guarded by mu
-	all      map[*waiter]struct{}            // guarded by mu
-	roomDone int64                           // room stream position dispatched; guarded by mu
+	mu     sync.Mutex
+	byRoom map[string]map[*waiter]struct{} // guarded by mu
+	byUser map[string]map[*waiter]struct{} // guarded by mu
+	// spareSets holds byUser's sets that unregister emptied, for the
+	// next registration to reuse: a user has one long poll at a time, so
+	// every registration emptied its user's set and made a new one (two
+	// allocations per /sync request). At most maxSpareSets; guarded by mu.
+	spareSets []map[*waiter]struct{}
+	all       map[*waiter]struct{} // guarded by mu
+	roomDone  int64                // room stream position dispatched; guarded by mu
 	// countsDone is UnreadCountsStream's position dispatched; guarded by mu.
 	countsDone int64
 	seen       notifier.Positions // other streams' positions dispatched; guarded by mu
@@ -93,18 +98,41 @@ func (w *waker) registerFiltered(userID string, rooms []string, presence bool) *
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.all[wt] = struct{}{}
-	add(w.byUser, userID, wt)
+	if set := w.byUser[userID]; set != nil {
+		set[wt] = struct{}{}
+	} else {
+		if n := len(w.spareSets); n > 0 {
+			set, w.spareSets = w.spareSets[n-1], w.spareSets[:n-1]
+		} else {
+			set = map[*waiter]struct{}{}
+		}
+		set[wt] = struct{}{}
+		w.byUser[userID] = set
+	}
 	for _, r := range rooms {
 		add(w.byRoom, r, wt)
 	}
 	return wt
 }
 
+// maxSpareSets bounds waker.spareSets: enough for the long polls that
+// return at once when a message wakes a room's listeners, then register
+// again.
+const maxSpareSets = 256
+
 func (w *waker) unregister(wt *waiter) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.all, wt)
-	remove(w.byUser, wt.userID, wt)
+	if set := w.byUser[wt.userID]; set != nil {
+		delete(set, wt)
+		if len(set) == 0 {
+			delete(w.byUser, wt.userID)
+			if len(w.spareSets) < maxSpareSets {
+				w.spareSets = append(w.spareSets, set)
+			}
+		}
+	}
 	for _, r := range wt.rooms {
 		remove(w.byRoom, r, wt)
 	}

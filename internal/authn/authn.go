@@ -80,8 +80,8 @@ func Middleware(v Verifier) func(http.Handler) http.Handler {
 				httpx.WriteError(w, r, err)
 				return
 			}
-			ctx := WithDevice(r.Context(), d)
-			ctx = httpx.WithLoggerAttr(ctx, "user", d.UserID)
+			// The caller and its log attribute in one context node.
+			ctx := httpx.WithValueAndLoggerAttr(r.Context(), ctxKey{}, d, "user", d.UserID)
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
 	}

@@ -100,3 +100,39 @@ func RequestID(ctx context.Context) string {
 	}
 	return ""
 }
+
+// WithValueAndLoggerAttr is context.WithValue(WithLoggerAttr(ctx,
+// logKey, logValue), key, value) in one context node and one allocation
+// (three otherwise): authn's Middleware adds the caller and its "user"
+// log attribute to every authenticated request this way. key must be
+// comparable, as for context.WithValue.
+func WithValueAndLoggerAttr(ctx context.Context, key, value any, logKey, logValue string) context.Context {
+	n := &valueLoggerCtx{Context: ctx, key: key, value: value}
+	n.log = lazyLogger{one: true, key: logKey, value: logValue}
+	switch parent := ctx.Value(loggerKey).(type) {
+	case *slog.Logger:
+		n.log.base = parent
+	case *lazyLogger:
+		n.log.parent = parent
+	}
+	return n
+}
+
+// valueLoggerCtx answers key with value and the logger key with its
+// lazyLogger; other keys, Done, Err and Deadline are its parent's.
+// Immutable but for log's once.
+type valueLoggerCtx struct {
+	context.Context
+	key, value any
+	log        lazyLogger
+}
+
+func (c *valueLoggerCtx) Value(key any) any {
+	switch key {
+	case c.key:
+		return c.value
+	case loggerKey:
+		return &c.log
+	}
+	return c.Context.Value(key)
+}
