@@ -26,6 +26,12 @@ import (
 const (
 	idleGCQuiet    = 100 * time.Millisecond
 	idleGCInterval = 50 * time.Millisecond
+	// Once a quiet spell has been judged, nothing is left to decide until
+	// the server is busy again: the loop then looks only this often (20
+	// wake-ups a second cost an idle server ~3 ms of CPU a second), so a
+	// burst after a long idle time is followed by its collection up to this
+	// much later.
+	idleGCSettledInterval = time.Second
 	// A spell in which the heap grew by more than this is not quiet, even
 	// with no request starting or ending (a long request, background work).
 	idleGCBusyAlloc = 256 << 10
@@ -87,6 +93,9 @@ type idleCollector struct {
 	cycles      uint64    // heapSample.cycles last observed
 	cycleAllocs uint64    // heapSample.allocs when the last cycle was seen or started
 	quietSince  time.Time // when the current quiet spell began
+	// settled: the last observation was in a quiet spell long enough to
+	// judge, and nothing more will happen before the server gets busy.
+	settled bool
 }
 
 func newIdleCollector() *idleCollector {
@@ -109,6 +118,7 @@ func (c *idleCollector) observe(now time.Time, activity uint64, s heapSample) bo
 	}
 	busy := activity != c.activity || s.allocs-c.allocs > c.busyAlloc
 	c.activity, c.allocs = activity, s.allocs
+	c.settled = false
 	if busy {
 		c.quietSince = now
 		return false
@@ -116,6 +126,7 @@ func (c *idleCollector) observe(now time.Time, activity uint64, s heapSample) bo
 	if now.Sub(c.quietSince) < c.quiet {
 		return false
 	}
+	c.settled = true
 	if s.gogc > math.MaxInt32 || s.goal <= s.live {
 		// GOGC=off: collections are left to the memory limit alone.
 		return false
@@ -128,12 +139,13 @@ func (c *idleCollector) observe(now time.Time, activity uint64, s heapSample) bo
 	return true
 }
 
-// collectWhenIdle observes every interval until ctx ends and runs gc when
-// the collector says so. gc runs on this goroutine, never a request's; a
-// tick that falls while it runs is dropped.
-func collectWhenIdle(ctx context.Context, interval time.Duration, activity func() uint64, read func() heapSample, gc func()) {
+// collectWhenIdle observes every interval (every settledInterval while
+// the server stays quiet after a spell was judged) until ctx ends, and runs
+// gc when the collector says so. gc runs on this goroutine, never a
+// request's, and the next observation comes an interval after it returns.
+func collectWhenIdle(ctx context.Context, interval, settledInterval time.Duration, activity func() uint64, read func() heapSample, gc func()) {
 	c := newIdleCollector()
-	t := time.NewTicker(interval)
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -143,6 +155,11 @@ func collectWhenIdle(ctx context.Context, interval time.Duration, activity func(
 			if c.observe(now, activity(), read()) {
 				gc()
 			}
+			next := interval
+			if c.settled {
+				next = settledInterval
+			}
+			t.Reset(next)
 		}
 	}
 }
@@ -150,5 +167,5 @@ func collectWhenIdle(ctx context.Context, interval time.Duration, activity func(
 // startIdleGC starts idle-time collection for the activity count.
 func startIdleGC(ctx context.Context, activity func() uint64) {
 	buf := newHeapSampleBuf()
-	go collectWhenIdle(ctx, idleGCInterval, activity, func() heapSample { return readHeapSample(buf) }, runtime.GC)
+	go collectWhenIdle(ctx, idleGCInterval, idleGCSettledInterval, activity, func() heapSample { return readHeapSample(buf) }, runtime.GC)
 }

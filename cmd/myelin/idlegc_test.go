@@ -142,6 +142,29 @@ func TestIdleGCNotRepeatedWithoutAllocation(t *testing.T) {
 	}
 }
 
+// TestIdleGCSettles: once a quiet spell has been judged (a collection
+// started, or too little growth for one) the loop may look less often;
+// activity makes it look at the normal pace again.
+func TestIdleGCSettles(t *testing.T) {
+	r := newIdleRun(t)
+	r.burst(4 * mib)
+	if r.c.settled {
+		t.Fatal("settled right after a burst")
+	}
+	if got := r.steps(quietTicks); got != 1 || !r.c.settled {
+		t.Fatalf("after the quiet spell: %d collections, settled %v; want 1, true", got, r.c.settled)
+	}
+	r.step()
+	if !r.c.settled {
+		t.Fatal("not settled while idle after the collection")
+	}
+	r.activity++
+	r.step()
+	if r.c.settled {
+		t.Fatal("still settled after a request")
+	}
+}
+
 // TestIdleGCWaitsForMeaningfulGrowth: growth under a quarter of the way
 // from the live heap to the goal (or under idleGCMinGrowth) does not start
 // one; bursts that add up to it do.
@@ -219,7 +242,7 @@ func TestCollectWhenIdleRunsGC(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		collectWhenIdle(ctx, time.Millisecond, func() uint64 { return 7 }, read, func() {
+		collectWhenIdle(ctx, time.Millisecond, time.Millisecond, func() uint64 { return 7 }, read, func() {
 			select {
 			case called <- struct{}{}:
 			default:
