@@ -26,11 +26,12 @@ import (
 const (
 	idleGCQuiet    = 100 * time.Millisecond
 	idleGCInterval = 50 * time.Millisecond
-	// Once a quiet spell has been judged, nothing is left to decide until
-	// the server is busy again: the loop then looks only this often (20
-	// wake-ups a second cost an idle server ~3 ms of CPU a second), so a
-	// burst after a long idle time is followed by its collection up to this
-	// much later.
+	// After this long without activity the server is idle, not between
+	// bursts: the loop then looks only every idleGCSettledInterval (20
+	// wake-ups a second cost an idle server ~3 ms of CPU a second), so the
+	// first burst after an idle time is followed by its collection up to
+	// that much later; bursts that come more often are each followed by it.
+	idleGCSettleAfter     = 2 * time.Second
 	idleGCSettledInterval = time.Second
 	// A spell in which the heap grew by more than this is not quiet, even
 	// with no request starting or ending (a long request, background work).
@@ -93,8 +94,8 @@ type idleCollector struct {
 	cycles      uint64    // heapSample.cycles last observed
 	cycleAllocs uint64    // heapSample.allocs when the last cycle was seen or started
 	quietSince  time.Time // when the current quiet spell began
-	// settled: the last observation was in a quiet spell long enough to
-	// judge, and nothing more will happen before the server gets busy.
+	// settled: the last observation was idleGCSettleAfter into a quiet
+	// spell; the spell has been judged and the server is idle.
 	settled bool
 }
 
@@ -126,7 +127,7 @@ func (c *idleCollector) observe(now time.Time, activity uint64, s heapSample) bo
 	if now.Sub(c.quietSince) < c.quiet {
 		return false
 	}
-	c.settled = true
+	c.settled = now.Sub(c.quietSince) >= idleGCSettleAfter
 	if s.gogc > math.MaxInt32 || s.goal <= s.live {
 		// GOGC=off: collections are left to the memory limit alone.
 		return false

@@ -142,21 +142,22 @@ func TestIdleGCNotRepeatedWithoutAllocation(t *testing.T) {
 	}
 }
 
-// TestIdleGCSettles: once a quiet spell has been judged (a collection
-// started, or too little growth for one) the loop may look less often;
-// activity makes it look at the normal pace again.
+// TestIdleGCSettles: between bursts the loop looks at the normal pace;
+// after idleGCSettleAfter without activity it may look less often, until
+// the next request.
 func TestIdleGCSettles(t *testing.T) {
 	r := newIdleRun(t)
 	r.burst(4 * mib)
-	if r.c.settled {
-		t.Fatal("settled right after a burst")
+	if got := r.steps(quietTicks); got != 1 || r.c.settled {
+		t.Fatalf("after the quiet spell: %d collections, settled %v; want 1, false", got, r.c.settled)
 	}
-	if got := r.steps(quietTicks); got != 1 || !r.c.settled {
-		t.Fatalf("after the quiet spell: %d collections, settled %v; want 1, true", got, r.c.settled)
+	r.steps(int(idleGCSettleAfter/idleGCInterval) - quietTicks - 1)
+	if r.c.settled {
+		t.Fatalf("settled before %v without activity", idleGCSettleAfter)
 	}
 	r.step()
 	if !r.c.settled {
-		t.Fatal("not settled while idle after the collection")
+		t.Fatalf("not settled after %v without activity", idleGCSettleAfter)
 	}
 	r.activity++
 	r.step()
