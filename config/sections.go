@@ -32,6 +32,9 @@ type Global struct {
 	// (runtime/debug.SetMemoryLimit) at start; cmd/myelin raises it while
 	// the steady live heap needs more (memgovernor.go).
 	MemoryLimitMB int64 `yaml:"memory_limit_mb" doc:"Soft limit, in MiB, on the memory the Go runtime manages (heap, goroutine stacks, runtime data; not SQLite's own allocations nor the mapped binary). Near it the garbage collector runs sooner and freed pages go back to the OS at once, instead of the heap growing to twice its live size during a burst (a large initial sync, a message fanned out to hundreds of long polls). It is a floor, not a cap: when the heap the server keeps live for 30 s needs more (twice the live heap, plus stacks and runtime data), the limit follows that need, so for a steady heap the collector works about as it would without a limit; bursts shorter than that stay under the limit at the cost of more frequent collections (the collector takes at most about half the CPU, then the heap grows past it). 0: no limit. Default 64 (measured in docs/benchmarks.md, \"Default soft memory limit\"). The GOMEMLIMIT environment variable, when set, takes precedence and is a fixed limit."`
+	// IdleGC starts a garbage collection in a quiet spell (cmd/myelin,
+	// idlegc.go).
+	IdleGC bool `yaml:"idle_gc" doc:"Collect garbage when the server has been quiet (no HTTP request starting or ending, little allocation) for 100 ms and the heap has grown at least a quarter of the way to the collector's next goal since the last collection, so that a burst of work (a message fanned out to hundreds of long polls) starts with a fresh heap budget instead of meeting a collection half-way. It does only what the collector would do a little later; an idle server that allocates nothing never collects. Off with GOGC=off. Default true (measured in docs/benchmarks.md, \"idlegc\")."`
 }
 
 func (Global) Defaults() Global {
@@ -42,6 +45,7 @@ func (Global) Defaults() Global {
 		TrustedProxies: []string{},
 		RedisPrefix:    "myelin:",
 		MemoryLimitMB:  64,
+		IdleGC:         true,
 	}
 }
 

@@ -173,6 +173,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer hs.Close()
+	if cfg.Global.IdleGC {
+		startIdleGC(ctx, hs.Activity.Count)
+	}
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {

@@ -58,6 +58,10 @@ type Homeserver struct {
 	// FederationClient makes requests to other homeservers, trusting the
 	// system roots plus federation_api.trusted_ca_file.
 	FederationClient *http.Client
+	// Activity counts the starts and ends of HTTP requests on every
+	// listener: cmd/myelin collects garbage when it has not moved for a
+	// while (idlegc.go).
+	Activity *httpx.Activity
 
 	handler http.Handler
 	// federationTLS serves the federation listener; nil without one.
@@ -318,8 +322,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		observe = metrics.Middleware
 	}
 
+	activity := &httpx.Activity{}
 	r := chi.NewRouter()
-	r.Use(httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), observe, httpx.LegacyClientPrefix)
+	r.Use(activity.Middleware, httpx.RequestLog(logger), httpx.Recover, httpx.CORS, bodyLimitExcept(cfg.HTTP.MaxBodyBytes, mediaapi.IsUpload), observe, httpx.LegacyClientPrefix)
 	r.NotFound(httpx.NotFound)
 	r.MethodNotAllowed(httpx.MethodNotAllowed)
 	if cfg.Metrics.Enabled {
@@ -364,6 +369,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		Push:             push,
 		AppServices:      appServices,
 		FederationClient: fedClient,
+		Activity:         activity,
 		Log:              logger,
 		handler:          r,
 		baseCtx:          baseCtx,
