@@ -50,6 +50,10 @@ type memberMemo struct {
 	rooms   map[string]map[string]int64
 	entries int // keys held in rooms (guarded by mu)
 
+	// beforeStore, when set (tests only), runs between a read from the
+	// table and the store of its answer.
+	beforeStore func()
+
 	// usable is decided once (memberMemoUsable).
 	once   sync.Once
 	usable bool
@@ -240,6 +244,9 @@ func (s *Server) memberEvents(ctx context.Context, roomID string, stateKeys []st
 	})
 	if err != nil {
 		return nil, err
+	}
+	if s.members.beforeStore != nil {
+		s.members.beforeStore()
 	}
 	s.members.store(roomID, gen, stateKeys, found)
 	return out, nil
