@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
@@ -285,5 +287,55 @@ func TestMemberMemoOffInSplitMode(t *testing.T) {
 	memoAgrees(t, b, room, keys, "after bob's join in the other process")
 	if got, err := b.IndexedStateKeys(ctx, room, "m.room.member", []string{bob}); err != nil || len(got) != 1 {
 		t.Fatalf("bob's join, seen by the other process: %v, %v", eventIDs(got), err)
+	}
+}
+
+// BenchmarkLazyMembersAfterSend is a woken /sync's lazy-loaded members
+// read: after each message (its commit not timed), IndexedStateKeys of
+// its sender and two other members of a 50-member room, answered by the
+// memo (memo) or read from the table as without it (table). SQLite.
+func BenchmarkLazyMembersAfterSend(b *testing.B) {
+	for _, mode := range []string{"memo", "table"} {
+		b.Run(mode, func(b *testing.B) {
+			ctx := context.Background()
+			db := storagetest.OpenSQLite(b)
+			s := newTestServer(b, db)
+			room := mustCreate(b, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
+			var users []string
+			for i := range 50 {
+				u := "@user" + strconv.Itoa(i) + ":test.local"
+				if _, err := s.Join(ctx, MembershipRequest{RoomID: room, Sender: u, Target: u}); err != nil {
+					b.Fatal(err)
+				}
+				users = append(users, u)
+			}
+			if !s.memberMemoUsable(ctx) {
+				b.Fatal("the memo is off")
+			}
+			if mode == "table" {
+				s.members.usable = false
+			}
+			keys := []string{alice, users[7], users[31]}
+			req := benchSendRequest(room)
+			var cpu, wall time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				if _, err := s.SendEvent(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				c, w := cpuTime(b), time.Now()
+				got, err := s.IndexedStateKeys(ctx, room, "m.room.member", keys)
+				cpu += cpuTime(b) - c
+				wall += time.Since(w)
+				if err != nil || len(got) != 3 {
+					b.Fatalf("%d events, %v", len(got), err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/read")
+			b.ReportMetric(float64(wall.Microseconds())/float64(b.N), "wall-µs/read")
+		})
 	}
 }
