@@ -96,6 +96,7 @@ func (s *Server) moveEventNID(ctx context.Context, tx storage.Tx, roomID, eventI
 		newNID, roomID, oldNID); err != nil {
 		return err
 	}
+	s.forgetMembersAt(tx, roomID)
 	// Dropped right at the commit, on the committing goroutine: a read
 	// whose snapshot is taken from then on sees the move, and must find
 	// neither the outlier's entry nor a snapshot entry naming its old

@@ -76,6 +76,8 @@ type Server struct {
 	events *eventCache
 	// snapKeys caches state lookups by (immutable) snapshot NID.
 	snapKeys *snapshotKeyCache
+	// members memoises current member entries (membermemo.go).
+	members *memberMemo
 	// versions caches room versions (immutable per room).
 	versions *versionCache
 	// snapHV caches the history visibility of (immutable) snapshots.
@@ -195,6 +197,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		shared:     deps.Shared,
 		events:     newEventCache(4096),
 		snapKeys:   newSnapshotKeyCache(4096),
+		members:    newMemberMemo(),
 		versions:   newVersionCache(65536),
 		snapHV:     newSnapshotHVCache(65536),
 		stretches:  newStretchCache(),

@@ -415,6 +415,7 @@ func (s *Server) updateCurrentState(ctx context.Context, tx storage.Tx, roomID s
 	if len(removed) == 0 && len(set) == 0 {
 		return nil
 	}
+	s.forgetMembersAt(tx, roomID)
 	// unseen: keys changed otherwise than to the event at pos.
 	unseen := removed
 	for _, k := range set {

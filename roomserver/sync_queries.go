@@ -346,6 +346,9 @@ func (s *Server) IndexedStateKeys(ctx context.Context, roomID, eventType string,
 	if len(stateKeys) == 0 {
 		return nil, nil
 	}
+	if eventType == "m.room.member" && s.memberMemoUsable(ctx) {
+		return s.memberEvents(ctx, roomID, stateKeys) // membermemo.go
+	}
 	in, keyArgs := storage.InList("", stateKeys)
 	args := append([]any{roomID, eventType}, keyArgs...)
 	return s.currentStateEvents(ctx, roomID, `SELECT event_nid FROM roomserver_current_state
@@ -365,25 +368,31 @@ func (s *Server) StateDelta(ctx context.Context, roomID string, from, to int64) 
 func (s *Server) currentStateEvents(ctx context.Context, roomID, query string, args ...any) ([]*Event, error) {
 	var out []*Event
 	err := s.read(ctx, func(q storage.Querier) error {
-		version, err := s.committedRoomVersion(ctx, q, roomID)
-		if err != nil {
-			return err
-		}
 		nids, err := storage.QueryColumn[int64](ctx, q, query, args...)
 		if err != nil {
 			return err
 		}
-		loaded, err := s.loadEvents(ctx, q, nil, version, nids)
-		if err != nil {
-			return err
-		}
-		out = make([]*Event, len(loaded))
-		for i, e := range loaded {
-			out[i] = toEvent(e)
-		}
-		return nil
+		out, err = s.eventsOfNIDs(ctx, q, roomID, nids)
+		return err
 	})
 	return out, err
+}
+
+// eventsOfNIDs loads the events of roomID with the given NIDs, in order.
+func (s *Server) eventsOfNIDs(ctx context.Context, q storage.Querier, roomID string, nids []int64) ([]*Event, error) {
+	version, err := s.committedRoomVersion(ctx, q, roomID)
+	if err != nil {
+		return nil, err
+	}
+	loaded, err := s.loadEvents(ctx, q, nil, version, nids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Event, len(loaded))
+	for i, e := range loaded {
+		out[i] = toEvent(e)
+	}
+	return out, nil
 }
 
 // MemberSummary is what a room summary needs: member counts and the
