@@ -155,6 +155,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
+	s.deactivation.wake = make(chan struct{}, 1)
 	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	accounts.notify = deps.Notify
 	accounts.onDeviceCreated = deps.OnDeviceCreated
