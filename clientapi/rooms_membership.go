@@ -264,6 +264,11 @@ func (s *Server) checkGuestCanJoin(ctx context.Context, roomID string) error {
 // Spec: client-server-api, "POST /_matrix/client/v3/knock/{roomIdOrAlias}".
 func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	if caller(r).IsGuest {
+		// Spec: client-server-api, "Guest Access", "Client behaviour":
+		// knock is not among the endpoints guests may use.
+		return mxerr.New(mxerr.GuestAccessForbidden, "guests may not knock on rooms")
+	}
 	roomID, remote, err := s.resolveRoom(ctx, r)
 	if err != nil {
 		return err
@@ -299,9 +304,6 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	if remote {
 		if s.federation == nil {
 			return mxerr.New(mxerr.NotFound, "%s is held by other servers and federation is off", roomID)
-		}
-		if me.IsGuest {
-			return mxerr.New(mxerr.GuestAccessForbidden, "guests may not knock on rooms on other servers")
 		}
 		content := s.memberProfile(ctx, me.UserID)
 		if body.Reason != "" {
