@@ -48,6 +48,11 @@ func (s *Server) WakeQueuedLeaves() {
 	}
 }
 
+// afterGuestJoinCheck, if set (tests only), runs in a guest's join
+// between the check of guest_access and the join, so that a test can
+// change guest_access there.
+var afterGuestJoinCheck func()
+
 // holdGuestLeaves, when set (tests only), makes passes leave the queue
 // alone, so that a test can restart the server between a change and its
 // leaves.

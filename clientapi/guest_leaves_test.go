@@ -199,3 +199,54 @@ func TestGuestKnockRefused(t *testing.T) {
 		})
 	})
 }
+
+// TestGuestJoinRacingGuestAccessChange: guest_access stops being
+// can_join after a guest's join checked it but before the join is in,
+// and the queued check of the change runs (finding no guest) before the
+// join commits. The join looks again once it is in: the guest leaves
+// and is answered 403 M_GUEST_ACCESS_FORBIDDEN, so no guest stays joined.
+// Spec: client-server-api, "Guest Access", "Server behaviour".
+func TestGuestJoinRacingGuestAccessChange(t *testing.T) {
+	testserver.ForEachEngine(t, guestsOn, func(t *testing.T, srv *testserver.Server) {
+		alice := newUser(t, srv, "alice")
+		resp, _, err := client(t, srv, "", "").RegisterGuest(bg, &mautrix.ReqRegister[any]{})
+		ok(t, "guest registration", err)
+		room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		ok(t, "create", err)
+		_, err = alice.SendStateEvent(bg, room.RoomID, event.StateGuestAccess, "", map[string]string{"guest_access": "can_join"})
+		ok(t, "guest_access can_join", err)
+		clientapi.SetAfterGuestJoinCheck(func() {
+			_, err := alice.SendStateEvent(bg, room.RoomID, event.StateGuestAccess, "", map[string]string{"guest_access": "forbidden"})
+			if err != nil {
+				t.Errorf("guest_access forbidden: %v", err)
+				return
+			}
+			// This runs on the join's goroutine: report, never t.Fatal.
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				var queued int
+				if err := srv.HS.DB.Reader().QueryRow(bg, `SELECT COUNT(*) FROM guest_access_leaves`).Scan(&queued); err != nil {
+					t.Errorf("queue: %v", err)
+					return
+				}
+				if queued == 0 {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("the change's queued check did not run in 20 s")
+					return
+				}
+			}
+		})
+		defer clientapi.SetAfterGuestJoinCheck(nil)
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID.String())
+		runSteps(t, srv, []step{
+			{name: "guest joins as guest_access changes", method: "POST", path: rp + "/join", token: resp.AccessToken, body: `{}`,
+				wantStatus: http.StatusForbidden, wantErrcode: "M_GUEST_ACCESS_FORBIDDEN"},
+		})
+		clientapi.SetAfterGuestJoinCheck(nil)
+		g := guestRoom{alice: alice, room: room.RoomID}
+		if m, _ := g.member(t, srv, resp.UserID); m != "leave" {
+			t.Errorf("the guest's membership = %q, want leave", m)
+		}
+	})
+}

@@ -179,6 +179,9 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 		if err := s.checkGuestCanJoin(ctx, roomID); err != nil {
 			return err
 		}
+		if afterGuestJoinCheck != nil {
+			afterGuestJoinCheck()
+		}
 	}
 	_, err = s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
 		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: joinContent(extra, s.memberProfile(ctx, me.UserID)),
