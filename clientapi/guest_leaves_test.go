@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -247,6 +248,62 @@ func TestGuestJoinRacingGuestAccessChange(t *testing.T) {
 		g := guestRoom{alice: alice, room: room.RoomID}
 		if m, _ := g.member(t, srv, resp.UserID); m != "leave" {
 			t.Errorf("the guest's membership = %q, want leave", m)
+		}
+	})
+}
+
+// TestGuestEndpointGate: a guest may call the endpoints the spec lists
+// for guests, and is refused every other one with 403
+// M_GUEST_ACCESS_FORBIDDEN before anything is written: a refused typing
+// notification, receipt, redaction or read marker leaves no trace, and a
+// refused /logout leaves the token valid.
+// Spec: client-server-api, "Guest Access", "Client behaviour".
+func TestGuestEndpointGate(t *testing.T) {
+	testserver.ForEachEngine(t, guestsOn, func(t *testing.T, srv *testserver.Server) {
+		g := newGuestRoom(t, srv, "")
+		sent, err := g.guest.SendMessageEvent(bg, g.room, event.EventMessage, map[string]string{"msgtype": "m.text", "body": "guest's message"})
+		ok(t, "guest sends", err)
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(g.room.String())
+		ev := url.PathEscape(sent.EventID.String())
+		me := url.PathEscape(g.guest.id.String())
+		refused := func(method, path, body string) step {
+			return step{name: "refused: " + method + " " + path, method: method, path: path, token: g.guest.token, body: body,
+				wantStatus: http.StatusForbidden, wantErrcode: "M_GUEST_ACCESS_FORBIDDEN"}
+		}
+		allowed := func(method, path, body string) step {
+			return step{name: "allowed: " + method + " " + path, method: method, path: path, token: g.guest.token, body: body,
+				wantStatus: http.StatusOK}
+		}
+		runSteps(t, srv, []step{
+			allowed("GET", "/_matrix/client/v3/account/whoami", ""),
+			allowed("GET", "/_matrix/client/v3/devices", ""),
+			allowed("GET", rp+"/state/m.room.guest_access/", ""),
+			allowed("GET", rp+"/event/"+ev, ""),
+			allowed("GET", rp+"/context/"+ev, ""),
+			allowed("GET", rp+"/members", ""),
+			allowed("GET", rp+"/messages?dir=b", ""),
+			allowed("PUT", "/_matrix/client/v3/profile/"+me+"/displayname", `{"displayname": "A guest"}`),
+			refused("PUT", rp+"/typing/"+me, `{"typing": true, "timeout": 30000}`),
+			refused("POST", rp+"/receipt/m.read/"+ev, `{}`),
+			refused("POST", rp+"/read_markers", `{"m.fully_read": "`+sent.EventID.String()+`"}`),
+			refused("PUT", rp+"/redact/"+ev+"/r1", `{}`),
+			refused("POST", rp+"/forget", `{}`),
+			refused("GET", "/_matrix/client/v3/joined_rooms", ""),
+			refused("POST", "/_matrix/client/v3/logout", `{}`),
+			allowed("GET", "/_matrix/client/v3/account/whoami", ""), // the token still works
+		})
+		e, err := g.alice.GetEvent(bg, g.room, sent.EventID)
+		ok(t, "read the guest's message", err)
+		if e.Unsigned.RedactedBecause != nil || !strings.Contains(string(e.Content.VeryRaw), "guest's message") {
+			t.Errorf("the guest's message was redacted by a refused request: %s", e.Content.VeryRaw)
+		}
+		resp, err := g.alice.SyncRequest(bg, 0, "", "", false, "")
+		ok(t, "alice's sync", err)
+		for _, e := range resp.Rooms.Join[g.room].Ephemeral.Events {
+			if (e.Type == event.EphemeralEventTyping || e.Type == event.EphemeralEventReceipt) &&
+				strings.Contains(string(e.Content.VeryRaw), g.guest.id.String()) {
+				t.Errorf("a refused request left %s naming the guest: %s", e.Type, e.Content.VeryRaw)
+			}
 		}
 	})
 }
