@@ -202,7 +202,10 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 		// again now that it is, and leave if the room is closed to guests.
 		if err := s.checkGuestCanJoin(ctx, roomID); err != nil {
 			if lerr := s.leave(ctx, me.UserID, roomID, ""); lerr != nil {
-				return lerr
+				// The queued check may have made the guest leave already.
+				if m, merr := s.rooms.rooms.Membership(ctx, roomID, me.UserID); merr != nil || m == "join" {
+					return lerr
+				}
 			}
 			return err
 		}
