@@ -155,6 +155,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
 		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
+	s.deactivation.wake = make(chan struct{}, 1)
 	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	accounts.notify = deps.Notify
 	accounts.onDeviceCreated = deps.OnDeviceCreated
@@ -273,10 +274,16 @@ func (s *Server) authedRoutes(r chi.Router) {
 	}
 }
 
-// handle registers an error-returning handler. A UIA challenge is
-// written as its own 401 body; every other error goes to httpx.
+// handle registers an error-returning handler. A guest is refused
+// unless the endpoint is one guests may use (guest_gate.go). A UIA
+// challenge is written as its own 401 body; every other error goes to
+// httpx.
 func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
+	guestOK := guestAllowed(method, pattern)
 	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
+		if d := authn.FromContext(r.Context()); !guestOK && d != nil && d.IsGuest {
+			return errGuestEndpoint() // guest_gate.go
+		}
 		err := fn(w, r)
 		var c *uiaChallenge
 		if errors.As(err, &c) {

@@ -32,10 +32,14 @@ var deactivationPoll = time.Minute
 // deactivationLeaves serialises a process's passes over the queue.
 type deactivationLeaves struct {
 	mu sync.Mutex
+	// wake asks the runner for a pass before its next poll
+	// (WakeQueuedLeaves); buffered, one pending wake-up is enough.
+	wake chan struct{}
 }
 
-// startDeactivationLeaves takes the queue up now and every
-// deactivationPoll until ctx ends.
+// startDeactivationLeaves takes the queues up — the deactivated
+// accounts' and the guests' of rooms closed to them (guest_leaves.go) —
+// now, every deactivationPoll and when woken, until ctx ends.
 func (s *Server) startDeactivationLeaves(ctx context.Context) {
 	s.background.Add(1)
 	go func() {
@@ -46,10 +50,14 @@ func (s *Server) startDeactivationLeaves(ctx context.Context) {
 			if err := s.leaveDeactivatedRooms(ctx, ""); err != nil && ctx.Err() == nil {
 				s.log.Warn("leaving the rooms of deactivated accounts", "err", err)
 			}
+			if err := s.leaveClosedGuestRooms(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("making guests leave rooms closed to them", "err", err)
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			case <-s.deactivation.wake:
 			}
 		}
 	}()

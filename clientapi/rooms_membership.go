@@ -179,6 +179,9 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 		if err := s.checkGuestCanJoin(ctx, roomID); err != nil {
 			return err
 		}
+		if afterGuestJoinCheck != nil {
+			afterGuestJoinCheck()
+		}
 	}
 	_, err = s.rooms.rooms.Join(ctx, roomserver.MembershipRequest{
 		RoomID: roomID, Sender: me.UserID, Reason: body.Reason, Content: joinContent(extra, s.memberProfile(ctx, me.UserID)),
@@ -191,6 +194,21 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, roomID string) err
 	}
 	if err != nil {
 		return err
+	}
+	if me.IsGuest {
+		// guest_access may have stopped being can_join between the check
+		// above and the join's commit, and the queued check of that change
+		// (guest_leaves.go) may have run before the join was in: look
+		// again now that it is, and leave if the room is closed to guests.
+		if err := s.checkGuestCanJoin(ctx, roomID); err != nil {
+			if lerr := s.leave(ctx, me.UserID, roomID, ""); lerr != nil {
+				// The queued check may have made the guest leave already.
+				if m, merr := s.rooms.rooms.Membership(ctx, roomID, me.UserID); merr != nil || m == "join" {
+					return lerr
+				}
+			}
+			return err
+		}
 	}
 	return httpx.OK(w, map[string]string{"room_id": roomID})
 }
@@ -241,17 +259,9 @@ func joinContent(body, profile map[string]any) map[string]any {
 // checkGuestCanJoin refuses guests unless the room's m.room.guest_access
 // is can_join. Spec: client-server-api, "Guest Access".
 func (s *Server) checkGuestCanJoin(ctx context.Context, roomID string) error {
-	state, err := s.rooms.rooms.PublicState(ctx, roomID, []string{"m.room.guest_access"})
-	if err != nil {
+	ok, err := s.guestsMayJoin(ctx, roomID)
+	if err != nil || ok {
 		return err
-	}
-	for _, e := range state {
-		var c struct {
-			GuestAccess string `json:"guest_access"`
-		}
-		if json.Unmarshal(e.Content, &c) == nil && c.GuestAccess == "can_join" {
-			return nil
-		}
 	}
 	return mxerr.New(mxerr.GuestAccessForbidden, "guests may not join this room")
 }
@@ -260,6 +270,11 @@ func (s *Server) checkGuestCanJoin(ctx context.Context, roomID string) error {
 // Spec: client-server-api, "POST /_matrix/client/v3/knock/{roomIdOrAlias}".
 func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	if caller(r).IsGuest {
+		// Spec: client-server-api, "Guest Access", "Client behaviour":
+		// knock is not among the endpoints guests may use.
+		return mxerr.New(mxerr.GuestAccessForbidden, "guests may not knock on rooms")
+	}
 	roomID, remote, err := s.resolveRoom(ctx, r)
 	if err != nil {
 		return err
@@ -295,9 +310,6 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request) error {
 	if remote {
 		if s.federation == nil {
 			return mxerr.New(mxerr.NotFound, "%s is held by other servers and federation is off", roomID)
-		}
-		if me.IsGuest {
-			return mxerr.New(mxerr.GuestAccessForbidden, "guests may not knock on rooms on other servers")
 		}
 		content := s.memberProfile(ctx, me.UserID)
 		if body.Reason != "" {

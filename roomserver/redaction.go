@@ -83,6 +83,12 @@ func (s *Server) redact(ctx context.Context, tx storage.Tx, room *roomRow, redac
 		string(redacted), redaction.row.EventID, target.row.NID); err != nil {
 		return err
 	}
+	if target.row.StateKey != nil {
+		// The room's guest_access may be this event, now without content.
+		if err := s.guestAccessChanged(ctx, tx, room.RoomID, []tuple{{target.row.Type, *target.row.StateKey}}); err != nil {
+			return err
+		}
+	}
 	nid, id := target.row.NID, target.row.EventID
 	s.events.drop(nid, id)
 	// Once more right after the commit, on the committing goroutine: an

@@ -48,6 +48,10 @@ type Deps struct {
 	// API's worker waits on it instead of polling the queue). It must not
 	// block. May be nil.
 	StretchRefetchQueued func()
+	// OnGuestAccess, when set, is called inside the write transaction
+	// that changes a room's current m.room.guest_access
+	// (guest_access_hook.go). May be nil.
+	OnGuestAccess GuestAccessHook
 }
 
 // Server implements API.
@@ -62,6 +66,8 @@ type Server struct {
 	shared     bool         // Deps.Shared; immutable
 	onTimeline TimelineHook // Deps.OnTimeline; immutable, may be nil
 	onRefetch  func()       // Deps.StretchRefetchQueued; immutable, may be nil
+	// onGuestAccess is Deps.OnGuestAccess; immutable, may be nil.
+	onGuestAccess GuestAccessHook
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -184,7 +190,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Server{
+	s := &Server{
 		db:         deps.DB,
 		serverName: spec.ServerName(deps.ServerName),
 		keyID:      gomatrixserverlib.KeyID(deps.Key.ID),
@@ -201,7 +207,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		versions:   newVersionCache(65536),
 		snapHV:     newSnapshotHVCache(65536),
 		stretches:  newStretchCache(),
-	}, nil
+	}
+	s.onGuestAccess = deps.OnGuestAccess
+	return s, nil
 }
 
 // notifyAfter tells the notifier about pos once tx commits.

@@ -450,6 +450,9 @@ func (s *Server) updateCurrentState(ctx context.Context, tx storage.Tx, roomID s
 			return err
 		}
 	}
+	if err := s.guestAccessChanged(ctx, tx, roomID, set, removed); err != nil {
+		return err
+	}
 	if len(unseen) == 0 {
 		return nil
 	}

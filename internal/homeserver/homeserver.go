@@ -168,6 +168,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// transaction by the push component, built below (the same "set
 	// before any write" holds).
 	var push *pushserver.Server
+	// A change of a room's guest_access queues the check of its guests
+	// in its own transaction; the client API, built below, is woken
+	// after the commit (the same "set before any write" holds; in split
+	// mode the client API's process finds the queue at its poll).
+	var client *clientapi.Server
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
 		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -183,6 +188,14 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 			if federation != nil {
 				federation.WakeStretchRefetch()
 			}
+		}, OnGuestAccess: func(ctx context.Context, tx storage.Tx, roomID string) error {
+			if err := clientapi.QueueGuestLeaves(ctx, tx, roomID); err != nil {
+				return err
+			}
+			if client != nil {
+				tx.AfterCommit(client.WakeQueuedLeaves)
+			}
+			return nil
 		}})
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
@@ -204,7 +217,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
-	client, err := clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+	client, err = clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		AppServices: asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same

@@ -1,0 +1,36 @@
+package roomserver
+
+import (
+	"context"
+
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// GuestAccessHook is called inside the write transaction that changes a
+// room's current m.room.guest_access (state key ""): set to another
+// event, removed (a state reset), or its current event redacted. It
+// says only that the entry changed, not how: the callee reads the state
+// it needs after the commit. Whatever it writes with tx commits or rolls
+// back with the change; an error fails the write.
+// Spec: client-server-api, "Guest Access", "Server behaviour" (guests
+// leave when guest_access stops being can_join).
+type GuestAccessHook func(ctx context.Context, tx storage.Tx, roomID string) error
+
+// guestAccessKey is the current-state entry GuestAccessHook watches.
+var guestAccessKey = tuple{"m.room.guest_access", ""}
+
+// guestAccessChanged calls the hook, when there is one, if any of keys
+// is the room's guest_access entry.
+func (s *Server) guestAccessChanged(ctx context.Context, tx storage.Tx, roomID string, keys ...[]tuple) error {
+	if s.onGuestAccess == nil {
+		return nil
+	}
+	for _, ks := range keys {
+		for _, k := range ks {
+			if k == guestAccessKey {
+				return s.onGuestAccess(ctx, tx, roomID)
+			}
+		}
+	}
+	return nil
+}
