@@ -14,9 +14,11 @@ import (
 // displayname, TURN unless allowed, joins of rooms not open to guests).
 //
 // Spec: client-server-api, "Guest Access", "Client behaviour", whose
-// lists are followed here; the endpoints of those lists that other
-// components serve (/sync, /events, /sendToDevice, /keys/*, media) are
-// gated there. Three additions, all as Synapse serves guests: POST
+// lists are followed here for the client API's own endpoints. The other
+// components (syncapi, keyserver, mediaapi, pushserver) serve the
+// listed /sync, /events, /sendToDevice, /keys/* and media endpoints, and
+// do not yet refuse guests on their endpoints outside the lists
+// (docs/features.md, "Guest access"). Three additions, all as Synapse serves guests: POST
 // /join/{roomIdOrAlias}, the other form of the listed join, with the
 // same guest_access check; GET /capabilities, a read clients make at
 // start that tells a guest what it may not do; GET /voip/turnServer,
