@@ -48,6 +48,13 @@ type Deps struct {
 	// API's worker waits on it instead of polling the queue). It must not
 	// block. May be nil.
 	StretchRefetchQueued func()
+	// PendingMembership, when set, reads inside Forget's transaction
+	// userID's membership of roomID as recorded outside the room's
+	// events: an invite to, or knock on, a room only other servers hold
+	// (the federation API's pending memberships,
+	// federationapi.PendingMembershipInTx). It returns "" when there is
+	// none. Nil: no such memberships exist.
+	PendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
 }
 
 // Server implements API.
@@ -62,6 +69,8 @@ type Server struct {
 	shared     bool         // Deps.Shared; immutable
 	onTimeline TimelineHook // Deps.OnTimeline; immutable, may be nil
 	onRefetch  func()       // Deps.StretchRefetchQueued; immutable, may be nil
+	// pendingMembership is Deps.PendingMembership; immutable, may be nil.
+	pendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -198,6 +207,8 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		versions:   newVersionCache(65536),
 		snapHV:     newSnapshotHVCache(65536),
 		stretches:  newStretchCache(),
+
+		pendingMembership: deps.PendingMembership,
 	}, nil
 }
 
