@@ -162,3 +162,11 @@ func (s *Server) HoldBackoffReloads(release <-chan struct{}) {
 func (s *Server) BeforePendingAnswer(fn func()) {
 	s.beforePendingAnswer = fn
 }
+
+// BeforeUnforget makes fn run in s's store of a pending remote invite or
+// knock, after the pending membership is written and before the user's
+// forgotten mark on the room is cleared. An error from fn aborts the
+// store there, as a crash would.
+func (s *Server) BeforeUnforget(fn func() error) {
+	s.beforeUnforget = fn
+}

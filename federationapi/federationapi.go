@@ -126,6 +126,11 @@ type Server struct {
 	// pendingMembershipPDU between its read of the pending membership
 	// and its write of the answer.
 	beforePendingAnswer func()
+	// beforeUnforget, when set (by tests), runs in storePendingMembership
+	// after the pending invite or knock is written and before the
+	// forgotten mark is cleared; an error it returns stands for a crash
+	// at that point.
+	beforeUnforget func() error
 	// fullStateJoins, when set (by tests), makes send_join ignore
 	// omit_members and answer the full state, as a server without
 	// partial-state joins does (the parameter is a request it may

@@ -130,42 +130,31 @@ type pendingMembership struct {
 var errPendingReplaced = errors.New("the pending membership changed meanwhile")
 
 // storePendingMembership writes (or replaces) a pending membership at the
-// next position of the remote invite stream and wakes /sync.
+// next position of the remote invite stream and wakes /sync. A new invite
+// or knock also clears the user's forgotten mark on the room, in the same
+// transaction: a forgotten room is no longer forgotten once the user is
+// re-invited or knocks. Spec: client-server-api, "Leaving rooms" ("until
+// the user re-joins, is re-invited, or knocks"). One commit holds both,
+// so no crash leaves the invite shown with the room still forgotten (its
+// later leave would then be hidden from include_leave syncs), and both
+// are committed before the notification, so no /sync woken by it still
+// reads the room as forgotten. The mark is the roomserver's, cleared by
+// its own code (UnforgetInTx).
 func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership) error {
 	var pos int64
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := tx.QueryRow(ctx, `INSERT INTO federation_remote_invite_positions (user_id, room_id) VALUES ($1, $2)
-			RETURNING stream_pos`, m.userID, m.roomID).Scan(&pos); err != nil {
+		if err := s.writePendingMembership(ctx, tx, m, &pos); err != nil {
 			return err
 		}
-		if m.replaces != "" {
-			// One statement, so that the check and the write are one
-			// step on both engines (PostgreSQL locks the row it updates
-			// and re-checks the condition on its newest version).
-			res, err := tx.Exec(ctx, `UPDATE federation_remote_invites SET event_id = $3, room_version = $4, event = $5,
-					invite_room_state = $6, received_ts = $7, stream_pos = $8, membership = $9, via_server = $10
-				WHERE user_id = $1 AND room_id = $2 AND event_id = $11`,
-				m.userID, m.roomID, m.eventID, m.roomVersion, string(m.event), string(m.strippedState), s.now().UnixMilli(), pos,
-				m.membership, m.viaServer, m.replaces)
-			if err != nil {
-				return err
-			}
-			if n, err := res.RowsAffected(); err != nil {
-				return err
-			} else if n == 0 {
-				return errPendingReplaced
-			}
+		if m.membership != "invite" && m.membership != "knock" {
 			return nil
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state,
-				received_ts, stream_pos, membership, via_server)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-			ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
-				event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts,
-				stream_pos = excluded.stream_pos, membership = excluded.membership, via_server = excluded.via_server`,
-			m.userID, m.roomID, m.eventID, m.roomVersion, string(m.event), string(m.strippedState), s.now().UnixMilli(), pos,
-			m.membership, m.viaServer)
-		return err
+		if s.beforeUnforget != nil {
+			if err := s.beforeUnforget(); err != nil {
+				return err
+			}
+		}
+		return s.rooms.UnforgetInTx(ctx, tx, m.userID, m.roomID)
 	})
 	if errors.Is(err, errPendingReplaced) {
 		return nil // answered a membership that is no longer pending
@@ -173,21 +162,63 @@ func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership
 	if err != nil {
 		return err
 	}
-	if m.membership == "invite" || m.membership == "knock" {
-		// A forgotten room is no longer forgotten once the user is
-		// re-invited or knocks. Spec: client-server-api, "Leaving
-		// rooms" ("until the user re-joins, is re-invited, or knocks").
-		// Done before the notification, so no /sync woken by it still
-		// reads the room as forgotten. A crash between the two writes
-		// leaves the mark (the invite itself is shown regardless).
-		if err := s.rooms.Unforget(ctx, m.userID, m.roomID); err != nil {
-			return err
-		}
-	}
 	if s.notify != nil {
 		s.notify(RemoteInviteStream, pos)
 	}
 	return nil
+}
+
+// writePendingMembership writes m's row in tx at the next position of
+// the remote invite stream, which it puts in *pos.
+func (s *Server) writePendingMembership(ctx context.Context, tx storage.Tx, m pendingMembership, pos *int64) error {
+	if err := tx.QueryRow(ctx, `INSERT INTO federation_remote_invite_positions (user_id, room_id) VALUES ($1, $2)
+		RETURNING stream_pos`, m.userID, m.roomID).Scan(pos); err != nil {
+		return err
+	}
+	if m.replaces != "" {
+		// One statement, so that the check and the write are one
+		// step on both engines (PostgreSQL locks the row it updates
+		// and re-checks the condition on its newest version).
+		res, err := tx.Exec(ctx, `UPDATE federation_remote_invites SET event_id = $3, room_version = $4, event = $5,
+				invite_room_state = $6, received_ts = $7, stream_pos = $8, membership = $9, via_server = $10
+			WHERE user_id = $1 AND room_id = $2 AND event_id = $11`,
+			m.userID, m.roomID, m.eventID, m.roomVersion, string(m.event), string(m.strippedState), s.now().UnixMilli(), *pos,
+			m.membership, m.viaServer, m.replaces)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return errPendingReplaced
+		}
+		return nil
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state,
+			received_ts, stream_pos, membership, via_server)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+		ON CONFLICT (user_id, room_id) DO UPDATE SET event_id = excluded.event_id, room_version = excluded.room_version,
+			event = excluded.event, invite_room_state = excluded.invite_room_state, received_ts = excluded.received_ts,
+			stream_pos = excluded.stream_pos, membership = excluded.membership, via_server = excluded.via_server`,
+		m.userID, m.roomID, m.eventID, m.roomVersion, string(m.event), string(m.strippedState), s.now().UnixMilli(), *pos,
+		m.membership, m.viaServer)
+	return err
+}
+
+// PendingMembershipInTx is userID's pending membership of roomID read in
+// tx: invite or knock while an invite to (or a knock on) a room only
+// other servers hold is pending, leave once it ended, "" if there is
+// none. The roomserver's Forget reads it (roomserver.Deps.
+// PendingMembership), so that a user cannot forget a room while still
+// invited to it or knocking on it.
+func PendingMembershipInTx(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error) {
+	var membership string
+	err := tx.QueryRow(ctx, `SELECT membership FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+		userID, roomID).Scan(&membership)
+	if storage.IsNoRows(err) {
+		return "", nil
+	}
+	return membership, err
 }
 
 // wellFormedStripped keeps the entries of a stripped state list that are

@@ -3,6 +3,8 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // API is the roomserver's front door. Errors are *mxerr.Error for anything
@@ -26,11 +28,15 @@ type API interface {
 	Ban(ctx context.Context, req MembershipRequest) (*SendEventResponse, error)
 	Unban(ctx context.Context, req MembershipRequest) (*SendEventResponse, error)
 	Knock(ctx context.Context, req MembershipRequest) (*SendEventResponse, error)
-	// Forget hides a room the user has left from RoomsForUser.
+	// Forget hides a room the user has left from RoomsForUser; 400
+	// M_UNKNOWN while the user is joined, invited or knocking (also by a
+	// pending invite or knock on a room only other servers hold).
 	Forget(ctx context.Context, userID, roomID string) error
-	// Unforget clears a forgotten mark for a new invite or knock on a
-	// room only other servers hold (Spec: client-server-api, "Leaving rooms").
-	Unforget(ctx context.Context, userID, roomID string) error
+	// UnforgetInTx clears a forgotten mark inside tx, the caller's
+	// transaction (on the same database) that stores a new invite or
+	// knock on a room only other servers hold (Spec: client-server-api,
+	// "Leaving rooms").
+	UnforgetInTx(ctx context.Context, tx storage.Tx, userID, roomID string) error
 
 	// InputEvent persists an event built elsewhere (federation), running
 	// the full checks: auth events, state before the event, current state

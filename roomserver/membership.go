@@ -12,7 +12,6 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
-	"github.com/myelin-chat/myelin/storage"
 )
 
 // Join joins Sender to a room this server is in: public rooms, rooms
@@ -103,59 +102,6 @@ func (s *Server) Unban(ctx context.Context, req MembershipRequest) (*SendEventRe
 func (s *Server) Knock(ctx context.Context, req MembershipRequest) (*SendEventResponse, error) {
 	req.Target = req.Sender
 	return s.sendMember(ctx, req, memberContent(req, "knock"))
-}
-
-// Forget hides a room the user is no longer in from RoomsForUser.
-// Spec: client-server-api, "POST /rooms/{roomId}/forget".
-//
-// The membership check and the write are one transaction under the
-// room's lock, so a join (or invite, or knock) cannot commit between
-// them and be left with a forgotten row: every writer of the room's
-// membership holds that lock until its commit, and a rejoin deletes the
-// row in its own transaction (input.go). On PostgreSQL the room's row is
-// also locked FOR UPDATE, as every event write updates it, so the check
-// holds even against a writer outside this process.
-func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
-	unlock := s.lockRoom(roomID)
-	defer unlock()
-	return s.db.Write(ctx, func(tx storage.Tx) error {
-		if s.db.Engine() == storage.Postgres {
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM roomserver_rooms WHERE room_id = $1 FOR UPDATE`, roomID); err != nil {
-				return err
-			}
-		}
-		var m *string
-		err := tx.QueryRow(ctx, `SELECT membership FROM roomserver_current_state
-			WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, userID).Scan(&m)
-		if err != nil && !storage.IsNoRows(err) {
-			return err
-		}
-		if s.inForget != nil {
-			s.inForget()
-		}
-		if m != nil && (*m == "join" || *m == "invite" || *m == "knock") {
-			return mxerr.New(mxerr.Unknown, "leave the room before forgetting it").WithStatus(http.StatusBadRequest)
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
-			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID)
-		return err
-	})
-}
-
-// Unforget clears userID's forgotten mark on roomID, for a new invite
-// or knock this server stored outside the room's events: an invite to (or
-// a knock on) a room only other servers hold. Spec: client-server-api,
-// "Leaving rooms": rooms which have been forgotten never appear in /sync
-// "until the user re-joins, is re-invited, or knocks". A join, invite or
-// knock stored as an event of a room held here clears it in input.go.
-// It holds the room's lock, as Forget does, so the two are ordered.
-func (s *Server) Unforget(ctx context.Context, userID, roomID string) error {
-	unlock := s.lockRoom(roomID)
-	defer unlock()
-	return s.db.Write(ctx, func(tx storage.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM roomserver_forgotten WHERE user_id = $1 AND room_id = $2`, userID, roomID)
-		return err
-	})
 }
 
 func (s *Server) needTarget(req MembershipRequest) error {

@@ -52,6 +52,13 @@ type Deps struct {
 	// that changes a room's current m.room.guest_access
 	// (guest_access_hook.go). May be nil.
 	OnGuestAccess GuestAccessHook
+	// PendingMembership, when set, reads inside Forget's transaction
+	// userID's membership of roomID as recorded outside the room's
+	// events: an invite to, or knock on, a room only other servers hold
+	// (the federation API's pending memberships,
+	// federationapi.PendingMembershipInTx). It returns "" when there is
+	// none. Nil: no such memberships exist.
+	PendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
 }
 
 // Server implements API.
@@ -68,6 +75,8 @@ type Server struct {
 	onRefetch  func()       // Deps.StretchRefetchQueued; immutable, may be nil
 	// onGuestAccess is Deps.OnGuestAccess; immutable, may be nil.
 	onGuestAccess GuestAccessHook
+	// pendingMembership is Deps.PendingMembership; immutable, may be nil.
+	pendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -191,24 +200,25 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		now = time.Now
 	}
 	s := &Server{
-		db:         deps.DB,
-		serverName: spec.ServerName(deps.ServerName),
-		keyID:      gomatrixserverlib.KeyID(deps.Key.ID),
-		key:        deps.Key,
-		cfg:        deps.Config,
-		notify:     deps.Notify,
-		onTimeline: deps.OnTimeline,
-		onRefetch:  deps.StretchRefetchQueued,
-		now:        now,
-		shared:     deps.Shared,
-		events:     newEventCache(4096),
-		snapKeys:   newSnapshotKeyCache(4096),
-		members:    newMemberMemo(),
-		versions:   newVersionCache(65536),
-		snapHV:     newSnapshotHVCache(65536),
-		stretches:  newStretchCache(),
+		db:                deps.DB,
+		serverName:        spec.ServerName(deps.ServerName),
+		keyID:             gomatrixserverlib.KeyID(deps.Key.ID),
+		key:               deps.Key,
+		cfg:               deps.Config,
+		notify:            deps.Notify,
+		onTimeline:        deps.OnTimeline,
+		onRefetch:         deps.StretchRefetchQueued,
+		now:               now,
+		shared:            deps.Shared,
+		events:            newEventCache(4096),
+		snapKeys:          newSnapshotKeyCache(4096),
+		members:           newMemberMemo(),
+		versions:          newVersionCache(65536),
+		snapHV:            newSnapshotHVCache(65536),
+		stretches:         newStretchCache(),
+		pendingMembership: deps.PendingMembership,
+		onGuestAccess:     deps.OnGuestAccess,
 	}
-	s.onGuestAccess = deps.OnGuestAccess
 	return s, nil
 }
 

@@ -196,7 +196,10 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 				tx.AfterCommit(client.WakeQueuedLeaves)
 			}
 			return nil
-		}})
+		},
+		// Forget refuses a room the user is invited to or knocking on
+		// outside its events (a room only other servers hold).
+		PendingMembership: federationapi.PendingMembershipInTx})
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
