@@ -99,6 +99,19 @@ func (s *Server) loadEvents(ctx context.Context, q storage.Querier, tx storage.T
 	return out, nil
 }
 
+// loadClientEvents is loadEvents with each event made an *Event.
+func (s *Server) loadClientEvents(ctx context.Context, q storage.Querier, tx storage.Tx, version string, nids []int64) ([]*Event, error) {
+	loaded, err := s.loadEvents(ctx, q, tx, version, nids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Event, len(loaded))
+	for i, e := range loaded {
+		out[i] = toEvent(e)
+	}
+	return out, nil
+}
+
 // loadEventsByID is loadEvents by event ID; unknown IDs are left out of
 // the map.
 func (s *Server) loadEventsByID(ctx context.Context, q storage.Querier, tx storage.Tx, ids []string) (map[string]*loadedEvent, error) {

@@ -376,15 +376,7 @@ func (s *Server) stateEvents(ctx context.Context, q storage.Querier, version str
 	for _, k := range sortedTuples(state) {
 		nids = append(nids, state[k])
 	}
-	loaded, err := s.loadEvents(ctx, q, nil, version, nids)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*Event, len(loaded))
-	for i, e := range loaded {
-		out[i] = toEvent(e)
-	}
-	return out, nil
+	return s.loadClientEvents(ctx, q, nil, version, nids)
 }
 
 // CurrentState returns the room state userID may read (see

@@ -384,15 +384,7 @@ func (s *Server) eventsOfNIDs(ctx context.Context, q storage.Querier, roomID str
 	if err != nil {
 		return nil, err
 	}
-	loaded, err := s.loadEvents(ctx, q, nil, version, nids)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*Event, len(loaded))
-	for i, e := range loaded {
-		out[i] = toEvent(e)
-	}
-	return out, nil
+	return s.loadClientEvents(ctx, q, nil, version, nids)
 }
 
 // MemberSummary is what a room summary needs: member counts and the

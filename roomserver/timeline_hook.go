@@ -64,13 +64,5 @@ func (s *Server) currentStateInTx(ctx context.Context, tx storage.Tx, roomID, ve
 	if err != nil {
 		return nil, err
 	}
-	loaded, err := s.loadEvents(ctx, tx, tx, version, nids)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*Event, len(loaded))
-	for i, e := range loaded {
-		out[i] = toEvent(e)
-	}
-	return out, nil
+	return s.loadClientEvents(ctx, tx, tx, version, nids)
 }
