@@ -125,29 +125,15 @@ func TestForgetRefusedWhileRemoteInviteOrKnockPending(t *testing.T) {
 // in /sync "until the user re-joins, is re-invited, or knocks").
 func TestReinviteAndUnforgetOneCommit(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a, b := n.start(), n.start()
+		_, b, alice, bob, roomID := forgottenRemoteInvite(t, n)
 		ctx := context.Background()
-		alice, bob := a.register("alice"), b.register("bob")
-		created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.id()}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		roomID := created.RoomID
-		bob.await("the invite", func() bool { return bob.invites[roomID] })
-		if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
-			t.Fatalf("rejecting the invite: %v", err)
-		}
-		bob.await("the rejection", func() bool { return bob.left[roomID] })
-		if _, err := bob.cli.ForgetRoom(ctx, roomID); err != nil {
-			t.Fatalf("forgetting: %v", err)
-		}
 
 		faults := 0
 		b.HS.Federation.BeforeUnforget(func() error {
 			faults++
 			return errors.New("injected crash between the pending invite and the forgotten mark")
 		})
-		_, err = alice.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.id()})
+		_, err := alice.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.id()})
 		if faults == 0 {
 			t.Fatalf("the re-invite did not reach the injected fault (invite: %v)", err)
 		}
@@ -195,29 +181,15 @@ func TestReinviteAndUnforgetOneCommit(t *testing.T) {
 // re-joins, is re-invited, or knocks").
 func TestRemoteJoinClearsForgottenMark(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
-		a, b := n.start(), n.start()
+		a, b, alice, bob, roomID := forgottenRemoteInvite(t, n)
 		ctx := context.Background()
-		alice, bob := a.register("alice"), b.register("bob")
-		created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.id()}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		roomID := created.RoomID
-		bob.await("the invite", func() bool { return bob.invites[roomID] })
-		if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
-			t.Fatalf("rejecting the invite: %v", err)
-		}
-		bob.await("the rejection", func() bool { return bob.left[roomID] })
-		if _, err := bob.cli.ForgetRoom(ctx, roomID); err != nil {
-			t.Fatalf("forgetting: %v", err)
-		}
 		if !forgotten(t, b, bob, roomID) {
 			t.Fatalf("%s is not recorded as forgotten", roomID)
 		}
 		if _, err := b.HS.Rooms.RoomVersion(ctx, string(roomID)); err == nil {
 			t.Fatalf("B holds %s before bob's join; the test needs a room only A holds", roomID)
 		}
-		_, err = alice.cli.SendStateEvent(ctx, roomID, event.StateJoinRules, "", map[string]any{"join_rule": "public"})
+		_, err := alice.cli.SendStateEvent(ctx, roomID, event.StateJoinRules, "", map[string]any{"join_rule": "public"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -246,4 +218,27 @@ func TestRemoteJoinClearsForgottenMark(t *testing.T) {
 			t.Fatalf("an initial sync does not show %s in rooms.join", roomID)
 		}
 	})
+}
+
+// forgottenRemoteInvite starts A and B; alice on A invites bob on B to a
+// room only A holds, bob rejects the invite and forgets the room.
+func forgottenRemoteInvite(t *testing.T, n *network) (a, b *fedServer, alice, bob *syncer, roomID id.RoomID) {
+	t.Helper()
+	a, b = n.start(), n.start()
+	ctx := context.Background()
+	alice, bob = a.register("alice"), b.register("bob")
+	created, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.id()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roomID = created.RoomID
+	bob.await("the invite", func() bool { return bob.invites[roomID] })
+	if _, err := bob.cli.LeaveRoom(ctx, roomID); err != nil {
+		t.Fatalf("rejecting the invite: %v", err)
+	}
+	bob.await("the rejection", func() bool { return bob.left[roomID] })
+	if _, err := bob.cli.ForgetRoom(ctx, roomID); err != nil {
+		t.Fatalf("forgetting: %v", err)
+	}
+	return a, b, alice, bob, roomID
 }

@@ -121,18 +121,7 @@ func TestMemberMemoFollowsMembership(t *testing.T) {
 // his: the memo, filled with the kick, must answer the join.
 func TestMemberMemoFollowsStateReset(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
-		d := baseRoom(t, "12")
-		d.add("charlie-join", charlie, "m.room.member", ptr(charlie), `{"membership":"join"}`, "bob-join")
-		d.add("kick", bob, "m.room.member", ptr(charlie), `{"membership":"leave"}`, "charlie-join")
-		d.add("demote", alice, "m.room.power_levels", ptr(""),
-			`{"users":`+plUsers("12", `"@bob:test.local":0`)+`,"events":{"m.room.power_levels":50},"state_default":50,"ban":50,"kick":50}`,
-			"charlie-join")
-		s := newTestServer(t, db)
-		for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join", "charlie-join", "kick"} {
-			if r := d.input(t, s, name); r.Outcome != Accepted {
-				t.Fatalf("%s: %s %s", name, r.Outcome, r.Reason)
-			}
-		}
+		d, s := kickedCharlieRoom(t, db)
 		keys := []string{charlie, alice}
 		memoAgrees(t, s, d.roomID, keys, "after the kick")
 		memoKnows(t, s, d.roomID, keys, "after the kick")

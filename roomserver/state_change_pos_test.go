@@ -132,18 +132,7 @@ func TestCurrentStateChangeWithoutEventTakesAPosition(t *testing.T) {
 func TestStateResetByEventToldAtItsPosition(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		d := baseRoom(t, "12")
-		d.add("charlie-join", charlie, "m.room.member", ptr(charlie), `{"membership":"join"}`, "bob-join")
-		d.add("kick", bob, "m.room.member", ptr(charlie), `{"membership":"leave"}`, "charlie-join")
-		d.add("demote", alice, "m.room.power_levels", ptr(""),
-			`{"users":`+plUsers("12", `"@bob:test.local":0`)+`,"events":{"m.room.power_levels":50},"state_default":50,"ban":50,"kick":50}`,
-			"charlie-join")
-		s := newTestServer(t, db)
-		for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join", "charlie-join", "kick"} {
-			if r := d.input(t, s, name); r.Outcome != Accepted {
-				t.Fatalf("%s: %s %s", name, r.Outcome, r.Reason)
-			}
-		}
+		d, s := kickedCharlieRoom(t, db)
 		mustMember(t, s, d.roomID, charlie, "leave")
 		head, err := s.StreamPosition(ctx)
 		if err != nil {
@@ -182,4 +171,24 @@ func TestStateResetByEventToldAtItsPosition(t *testing.T) {
 			t.Errorf("StreamTouched(%d, %d) = %+v; want charlie's membership at %d", head, r.StreamPos, touched, r.StreamPos)
 		}
 	})
+}
+
+// kickedCharlieRoom inputs a room where bob kicked charlie, with a fork
+// "demote" (alice takes bob's power to kick, built beside the kick) added
+// but not input: inputting it resets charlie's membership to his join.
+func kickedCharlieRoom(t *testing.T, db *storage.DB) (*dag, *Server) {
+	t.Helper()
+	d := baseRoom(t, "12")
+	d.add("charlie-join", charlie, "m.room.member", ptr(charlie), `{"membership":"join"}`, "bob-join")
+	d.add("kick", bob, "m.room.member", ptr(charlie), `{"membership":"leave"}`, "charlie-join")
+	d.add("demote", alice, "m.room.power_levels", ptr(""),
+		`{"users":`+plUsers("12", `"@bob:test.local":0`)+`,"events":{"m.room.power_levels":50},"state_default":50,"ban":50,"kick":50}`,
+		"charlie-join")
+	s := newTestServer(t, db)
+	for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join", "charlie-join", "kick"} {
+		if r := d.input(t, s, name); r.Outcome != Accepted {
+			t.Fatalf("%s: %s %s", name, r.Outcome, r.Reason)
+		}
+	}
+	return d, s
 }
