@@ -37,6 +37,10 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("%s answered %d %s: %s", e.Server, e.Status, e.Code, e.Message)
 }
 
+// HTTPStatus is the status the server answered (the key server retries
+// a failed resync unless it was refused with a 4xx).
+func (e *RemoteError) HTTPStatus() int { return e.Status }
+
 // ClientError turns a failed outbound request into the error a local
 // client should see: the remote's 4xx code with a 4xx status, but never a
 // 401 (the client's own token is fine: security case 32), and 502 for

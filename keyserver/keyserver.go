@@ -109,6 +109,12 @@ type Server struct {
 	resyncMu  sync.Mutex
 	bg        context.Context          // set by StartFederation; resyncs run under it
 	resyncing map[string]chan struct{} // users being resynced, closed when done; guarded by resyncMu
+	// tracking holds the users whose background resync loop
+	// (startTracking) runs; true when startTracking was called for the
+	// user since the loop last read the cache's state. Guarded by
+	// resyncMu.
+	tracking map[string]bool
+	retry    resyncRetry // guarded by resyncMu
 }
 
 // New runs the key server's migrations and returns the server.
@@ -140,6 +146,8 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		devices:         deps.Devices,
 		deviceListWake:  make(chan struct{}, 1),
 		resyncing:       map[string]chan struct{}{},
+		tracking:        map[string]bool{},
+		retry:           defaultResyncRetry,
 		nowMillis:       func() int64 { return time.Now().UnixMilli() },
 	}
 	s.notify = func(stream string, pos int64) {

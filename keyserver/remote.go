@@ -301,29 +301,138 @@ func (s *Server) cachedKeys(ctx context.Context, userID string, wanted []string,
 }
 
 // startTracking resyncs userID's keys in the background if they share a
-// room with a local user and the cache is missing or stale. At most one
-// resync per user runs at a time.
+// room with a local user and the cache is missing or stale, until the
+// cache is fresh: a resync that fails, or whose answer may predate an
+// update that came while it was on its way (the cache is left stale), is
+// tried again after a backoff (resyncRetry). Otherwise nothing would
+// fetch the list before the next /keys/query for the user, and a cache
+// that a failed fetch left empty would stay so (federationapi
+// TestDehydratedDeviceAcrossServers on a loaded machine). Spec:
+// server-server-api, "Device Management" (a server whose copy of a
+// user's list is out of date resyncs it); client-server-api, "Tracking
+// the device list for a user".
+//
+// At most one such loop per user runs; a call while it runs only tells
+// it to read the cache's state once more before it ends. It fetches
+// nothing when the cache is fresh, and waits for a resync already
+// running rather than starting a second (resyncShared), so a resync that
+// ends with the cache fresh costs one GET /user/devices. The loops end
+// with the context StartFederation was given. The retry state is not
+// stored: the stale marker is (keyserver_remote_users.stale), and a
+// stale cache is never served — after a restart /keys/query resyncs it.
 func (s *Server) startTracking(userID string) {
 	bg := s.background()
 	if bg == nil || s.fed == nil || s.isLocal(userID) {
 		return
 	}
 	s.resyncMu.Lock()
-	_, running := s.resyncing[userID]
-	s.resyncMu.Unlock()
-	if running {
+	if _, running := s.tracking[userID]; running {
+		s.tracking[userID] = true
+		s.resyncMu.Unlock()
 		return
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(bg, resyncTimeout)
-		defer cancel()
-		if ok, err := s.tracked(ctx, userID); err != nil || !ok {
+	s.tracking[userID] = false
+	retry := s.retry
+	s.resyncMu.Unlock()
+	go s.track(bg, userID, retry)
+}
+
+// resyncRetry is how often, and when, startTracking's loop tries again:
+// first after first, then after twice the previous wait up to max, for
+// at most attempts resyncs in all.
+type resyncRetry struct {
+	first, max time.Duration
+	attempts   int
+}
+
+var defaultResyncRetry = resyncRetry{first: time.Second, max: 30 * time.Second, attempts: 8}
+
+// track is startTracking's loop for userID.
+func (s *Server) track(bg context.Context, userID string, retry resyncRetry) {
+	// stop ends the loop unless again and startTracking was called since
+	// the loop last cleared the flag (before it read the cache's state).
+	stop := func(again bool) bool {
+		s.resyncMu.Lock()
+		defer s.resyncMu.Unlock()
+		if again && s.tracking[userID] {
+			return false
+		}
+		delete(s.tracking, userID)
+		return true
+	}
+	wait := retry.first
+	for attempt := 1; ; attempt++ {
+		s.resyncMu.Lock()
+		s.tracking[userID] = false
+		s.resyncMu.Unlock()
+		fresh, err := s.trackOnce(bg, userID)
+		if err == nil && fresh {
+			if stop(true) {
+				return
+			}
+			attempt, wait = 0, retry.first // a new update: a new round
+			continue
+		}
+		if bg.Err() != nil {
+			stop(false)
 			return
 		}
-		if err := s.resyncShared(ctx, userID); err != nil && bg.Err() == nil {
+		if err != nil && !retryable(err) {
 			s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
+			stop(false)
+			return
 		}
-	}()
+		if attempt >= retry.attempts {
+			// Left stale: the next /keys/query or update asks again.
+			s.log.Warn("giving up resyncing a remote user's devices", "user_id", userID, "attempts", attempt, "err", err)
+			stop(false)
+			return
+		}
+		s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err, "stale", err == nil, "retry_in", wait)
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-bg.Done():
+			timer.Stop()
+			stop(false)
+			return
+		}
+		wait = min(wait*2, retry.max)
+	}
+}
+
+// trackOnce resyncs userID unless the cache is fresh or they share no
+// room with a local user, and reports whether it is done: the cache is
+// fresh, or the user is not tracked.
+func (s *Server) trackOnce(bg context.Context, userID string) (bool, error) {
+	ctx, cancel := context.WithTimeout(bg, resyncTimeout)
+	defer cancel()
+	if ok, err := s.tracked(ctx, userID); err != nil || !ok {
+		return err == nil, err
+	}
+	if err := s.resyncShared(ctx, userID); err != nil {
+		return false, err
+	}
+	// resyncShared may have waited for another resync, which may have
+	// failed (no row) or ended stale.
+	var stale bool
+	err := s.db.Reader().QueryRow(ctx, `SELECT stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stale)
+	if storage.IsNoRows(err) {
+		return false, nil
+	}
+	return err == nil && !stale, err
+}
+
+// retryable reports whether a failed resync is worth trying again: not
+// when the user's server refused it (a 4xx answer other than 429), which
+// it would do again.
+func retryable(err error) bool {
+	var answered interface{ HTTPStatus() int }
+	if errors.As(err, &answered) {
+		status := answered.HTTPStatus()
+		return status == http.StatusTooManyRequests || status < 400 || status >= 500
+	}
+	return true
 }
 
 // resyncShared runs Resync for userID, or, when one is already running

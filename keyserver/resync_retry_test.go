@@ -1,0 +1,329 @@
+package keyserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/keyserver"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// scriptedRemote is a remote server whose GET /user/devices answers are
+// chosen per request by answer (n counts the requests, from 1).
+type scriptedRemote struct {
+	countingRemote
+	answer func(n int, userID string) (json.RawMessage, error)
+}
+
+func (s *scriptedRemote) RemoteUserDevices(_ context.Context, _, userID string) (json.RawMessage, error) {
+	s.mu.Lock()
+	s.devices++
+	n := s.devices
+	s.mu.Unlock()
+	return s.answer(n, userID)
+}
+
+// remoteStatusError is a remote server's non-2xx answer.
+type remoteStatusError int
+
+func (e remoteStatusError) Error() string   { return "the remote answered an error" }
+func (e remoteStatusError) HTTPStatus() int { return int(e) }
+
+// devicesAnswer is a /user/devices answer listing devices (each keyed).
+func devicesAnswer(t *testing.T, userID string, streamID int64, devices ...*deviceKeys) json.RawMessage {
+	list := []any{}
+	for _, d := range devices {
+		list = append(list, map[string]any{"device_id": d.deviceID, "keys": d.deviceObject(t)})
+	}
+	raw, _ := json.Marshal(map[string]any{"user_id": userID, "stream_id": streamID, "devices": list})
+	return raw
+}
+
+// deviceUpdate sends ks an m.device_list_update adding d.
+func deviceUpdate(ctx context.Context, t *testing.T, ks *keyserver.Server, d *deviceKeys, streamID int64, prevID ...int64) {
+	t.Helper()
+	update, _ := json.Marshal(map[string]any{"user_id": d.userID, "device_id": d.deviceID, "stream_id": streamID,
+		"prev_id": append([]int64{}, prevID...), "keys": d.deviceObject(t)})
+	if err := ks.RemoteDeviceListUpdate(ctx, d.userID, update); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cacheState is what the key server holds of userID: whether a row
+// exists, whether it is stale, and the cached devices.
+func cacheState(t *testing.T, db *storage.DB, userID string) (exists, stale bool, devices []string) {
+	t.Helper()
+	ctx := context.Background()
+	err := db.Reader().QueryRow(ctx, `SELECT stale FROM keyserver_remote_users WHERE user_id = $1`, userID).Scan(&stale)
+	if err != nil && !storage.IsNoRows(err) {
+		t.Fatal(err)
+	}
+	exists = err == nil
+	rows, err := db.Reader().Query(ctx, `SELECT device_id FROM keyserver_remote_device_keys WHERE user_id = $1 ORDER BY device_id`, userID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		devices = append(devices, d)
+	}
+	return exists, stale, devices
+}
+
+// waitIdle waits until no background resync of userID runs or waits to
+// retry, and fails the test after limit.
+func waitIdle(t *testing.T, ks *keyserver.Server, userID string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for keyserver.Tracking(ks, userID) || keyserver.Resyncing(ks, userID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a background resync of %s still runs after %v", userID, limit)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitFresh waits until userID's cache is fresh and holds want, and
+// fails the test, showing the cache and the fetch count, after limit.
+func waitFresh(t *testing.T, db *storage.DB, remote *scriptedRemote, userID string, limit time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		exists, stale, devices := cacheState(t, db, userID)
+		if exists && !stale && slices.Equal(devices, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			_, d := remote.counts()
+			t.Fatalf("after %v: cache row %v, stale %v, devices %v (want fresh %v); %d GET /user/devices",
+				limit, exists, stale, devices, want, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestFailedResyncRetried: a background resync whose GET /user/devices
+// fails (a remote that timed out under load) is tried again after a
+// backoff, so the tracked user's cache is filled without waiting for the
+// next /keys/query; the retry that succeeds is the last request. Spec:
+// server-server-api, "Device Management" (a server that missed updates
+// resyncs the list); client-server-api, "Tracking the device list for a
+// user". It is the flake of federationapi
+// TestDehydratedDeviceAcrossServers ("B to cache alice's dehydrated
+// device").
+func TestFailedResyncRetried(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie = "@elsie:remote.example"
+		device := newDeviceKeys(t, elsie, "DEVICE")
+		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+		remote.answer = func(n int, userID string) (json.RawMessage, error) {
+			if n == 1 {
+				return nil, context.DeadlineExceeded
+			}
+			return devicesAnswer(t, userID, 1, device), nil
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, 20*time.Millisecond, 100*time.Millisecond, 5)
+		ks.StartFederation(ctx)
+
+		deviceUpdate(ctx, t, ks, device, 1) // no cache yet: it cannot be applied, so the list is fetched
+		waitFresh(t, db, remote, elsie, 10*time.Second, "DEVICE")
+		waitIdle(t, ks, elsie, 10*time.Second)
+		if q, d := remote.counts(); q != 0 || d != 2 {
+			t.Fatalf("a failed resync and its retry: %d /user/keys/query, %d /user/devices; want 0 and 2", q, d)
+		}
+	})
+}
+
+// TestStaleResyncRetried: a resync whose answer may predate an
+// m.device_list_update that arrived while it was on its way (the update
+// could not be applied to a stale cache, and the running resync kept the
+// update from starting another) leaves the cache stale, and the list is
+// fetched again at once rather than at the next /keys/query. Spec:
+// server-server-api, "Device Management".
+func TestStaleResyncRetried(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie = "@elsie:remote.example"
+		first, second := newDeviceKeys(t, elsie, "DEVICE"), newDeviceKeys(t, elsie, "DEVICE2")
+		asked, release := make(chan struct{}), make(chan struct{})
+		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+		remote.answer = func(n int, userID string) (json.RawMessage, error) {
+			if n == 1 {
+				close(asked)
+				<-release // the second update arrives meanwhile
+				return devicesAnswer(t, userID, 1, first), nil
+			}
+			return devicesAnswer(t, userID, 2, first, second), nil
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, 20*time.Millisecond, 100*time.Millisecond, 5)
+		ks.StartFederation(ctx)
+
+		deviceUpdate(ctx, t, ks, first, 1)
+		<-asked
+		deviceUpdate(ctx, t, ks, second, 2, 1)
+		close(release)
+		waitFresh(t, db, remote, elsie, 10*time.Second, "DEVICE", "DEVICE2")
+		waitIdle(t, ks, elsie, 10*time.Second)
+		if q, d := remote.counts(); q != 0 || d != 2 {
+			t.Fatalf("a resync older than the last update, and the one after it: %d /user/keys/query, %d /user/devices; want 0 and 2", q, d)
+		}
+	})
+}
+
+// TestResyncNotRepeated: in the normal case, one update that cannot be
+// applied costs one GET /user/devices, however many resyncs are asked
+// for while it runs (a /keys/query waits for the running one), and a
+// resync that ended with a fresh cache is not followed by another
+// (Complement counts these requests: TestPartialStateJoin "Device list
+// tracking", TestDeviceListsUpdateOverFederation).
+func TestResyncNotRepeated(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie = "@elsie:remote.example"
+		device := newDeviceKeys(t, elsie, "DEVICE")
+		asked, release := make(chan struct{}), make(chan struct{})
+		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+		remote.answer = func(n int, userID string) (json.RawMessage, error) {
+			if n == 1 {
+				close(asked)
+				<-release
+			}
+			return devicesAnswer(t, userID, 1, device), nil
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, 20*time.Millisecond, 100*time.Millisecond, 5)
+		ks.StartFederation(ctx)
+
+		deviceUpdate(ctx, t, ks, device, 1)
+		<-asked
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := keyserver.ResyncShared(ctx, ks, elsie); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		time.Sleep(50 * time.Millisecond) // let them find the running resync
+		close(release)
+		wg.Wait()
+		waitFresh(t, db, remote, elsie, 10*time.Second, "DEVICE")
+		waitIdle(t, ks, elsie, 10*time.Second)
+		time.Sleep(200 * time.Millisecond) // past several backoffs
+		if q, d := remote.counts(); q != 0 || d != 1 {
+			t.Fatalf("one update and resyncs asked for while it ran: %d /user/keys/query, %d /user/devices; want 0 and 1", q, d)
+		}
+	})
+}
+
+// TestResyncRetriesBounded: a remote that keeps failing is asked a
+// bounded number of times, and the cache is left stale (so /keys/query
+// asks the server itself); a refusal (a 4xx answer) is not asked again;
+// a user who no longer shares a room with a local user is not retried;
+// and stopping the server ends a resync waiting to retry.
+func TestResyncRetriesBounded(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie, frank, gina, hank = "@elsie:remote.example", "@frank:remote.example", "@gina:remote.example",
+			"@hank:remote.example"
+		var ginaShares atomic.Bool
+		ginaShares.Store(true)
+		calls := map[string]*atomic.Int32{elsie: {}, frank: {}, gina: {}, hank: {}}
+		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+		remote.answer = func(_ int, userID string) (json.RawMessage, error) {
+			calls[userID].Add(1)
+			switch userID {
+			case frank:
+				return nil, remoteStatusError(404)
+			case gina:
+				ginaShares.Store(false) // she leaves the room while we ask
+			}
+			return nil, errors.New("connection refused")
+		}
+		ks, err := keyserver.New(ctx, keyserver.Deps{
+			ServerName:  "localhost",
+			DB:          db,
+			Verifier:    aliceToken{},
+			UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
+			SharedRoomUsers: func(_ context.Context, userID string) ([]string, error) {
+				if userID == gina && !ginaShares.Load() {
+					return nil, nil
+				}
+				return []string{"@alice:localhost"}, nil
+			},
+			Federation: remote,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyserver.SetResyncBackoff(ks, 10*time.Millisecond, 40*time.Millisecond, 4)
+		bg, stop := context.WithCancel(ctx)
+		ks.StartFederation(bg)
+
+		for _, userID := range []string{elsie, frank, gina} {
+			deviceUpdate(ctx, t, ks, newDeviceKeys(t, userID, "DEVICE"), 1)
+		}
+		for _, userID := range []string{elsie, frank, gina} {
+			waitIdle(t, ks, userID, 10*time.Second)
+		}
+		for userID, want := range map[string]int32{elsie: 4, frank: 1, gina: 1} {
+			if got := calls[userID].Load(); got != want {
+				t.Errorf("%s: %d GET /user/devices, want %d", userID, got, want)
+			}
+		}
+		if exists, stale, _ := cacheState(t, db, elsie); !exists || !stale {
+			t.Errorf("after the retries ran out the cache is not stale (row %v, stale %v)", exists, stale)
+		}
+
+		// Stopping the key server ends a resync that waits to retry.
+		keyserver.SetResyncBackoff(ks, time.Hour, time.Hour, 4)
+		deviceUpdate(ctx, t, ks, newDeviceKeys(t, hank, "DEVICE"), 1)
+		for calls[hank].Load() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		stop()
+		waitIdle(t, ks, hank, 5*time.Second)
+		if got := calls[hank].Load(); got != 1 {
+			t.Errorf("hank: %d GET /user/devices, want 1", got)
+		}
+	})
+}
+
+// keyServerWith is keyServerSharingRooms with any remote.
+func keyServerWith(ctx context.Context, t *testing.T, db *storage.DB, remote keyserver.RemoteKeys) *keyserver.Server {
+	t.Helper()
+	ks, err := keyserver.New(ctx, keyserver.Deps{
+		ServerName:  "localhost",
+		DB:          db,
+		Verifier:    aliceToken{},
+		UserDevices: func(context.Context, string) (map[string]string, error) { return map[string]string{}, nil },
+		SharedRoomUsers: func(context.Context, string) ([]string, error) {
+			return []string{"@alice:localhost"}, nil
+		},
+		Federation: remote,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
