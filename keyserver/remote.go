@@ -424,13 +424,18 @@ func (s *Server) trackOnce(bg context.Context, userID string) (bool, error) {
 }
 
 // retryable reports whether a failed resync is worth trying again: not
-// when the user's server refused it (a 4xx answer other than 429), which
-// it would do again.
+// when the user's server refused it for good — 400, 403, 404 or 405,
+// which it would answer again (a server not serving the endpoint, a user
+// it does not have). A 401 may be transient (the server could not fetch
+// our signing key to check the request), as are 429, 5xx and failures
+// to reach it.
 func retryable(err error) bool {
 	var answered interface{ HTTPStatus() int }
 	if errors.As(err, &answered) {
-		status := answered.HTTPStatus()
-		return status == http.StatusTooManyRequests || status < 400 || status >= 500
+		switch answered.HTTPStatus() {
+		case http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed:
+			return false
+		}
 	}
 	return true
 }

@@ -237,24 +237,26 @@ func TestResyncNotRepeated(t *testing.T) {
 
 // TestResyncRetriesBounded: a remote that keeps failing is asked a
 // bounded number of times, and the cache is left stale (so /keys/query
-// asks the server itself); a refusal (a 4xx answer) is not asked again;
+// asks the server itself); a refusal (404) is not asked again, a 401 is;
 // a user who no longer shares a room with a local user is not retried;
 // and stopping the server ends a resync waiting to retry.
 func TestResyncRetriesBounded(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		const elsie, frank, gina, hank = "@elsie:remote.example", "@frank:remote.example", "@gina:remote.example",
-			"@hank:remote.example"
+		const elsie, frank, gina, hank, ivan = "@elsie:remote.example", "@frank:remote.example", "@gina:remote.example",
+			"@hank:remote.example", "@ivan:remote.example"
 		var ginaShares atomic.Bool
 		ginaShares.Store(true)
-		calls := map[string]*atomic.Int32{elsie: {}, frank: {}, gina: {}, hank: {}}
+		calls := map[string]*atomic.Int32{elsie: {}, frank: {}, gina: {}, hank: {}, ivan: {}}
 		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
 		remote.answer = func(_ int, userID string) (json.RawMessage, error) {
 			calls[userID].Add(1)
 			switch userID {
 			case frank:
 				return nil, remoteStatusError(404)
+			case ivan:
+				return nil, remoteStatusError(401) // it could not fetch our key, say
 			case gina:
 				ginaShares.Store(false) // she leaves the room while we ask
 			}
@@ -280,13 +282,13 @@ func TestResyncRetriesBounded(t *testing.T) {
 		bg, stop := context.WithCancel(ctx)
 		ks.StartFederation(bg)
 
-		for _, userID := range []string{elsie, frank, gina} {
+		for _, userID := range []string{elsie, frank, gina, ivan} {
 			deviceUpdate(ctx, t, ks, newDeviceKeys(t, userID, "DEVICE"), 1)
 		}
-		for _, userID := range []string{elsie, frank, gina} {
+		for _, userID := range []string{elsie, frank, gina, ivan} {
 			waitIdle(t, ks, userID, 10*time.Second)
 		}
-		for userID, want := range map[string]int32{elsie: 4, frank: 1, gina: 1} {
+		for userID, want := range map[string]int32{elsie: 4, frank: 1, gina: 1, ivan: 4} {
 			if got := calls[userID].Load(); got != want {
 				t.Errorf("%s: %d GET /user/devices, want %d", userID, got, want)
 			}
