@@ -268,18 +268,32 @@ func (u *syncer) sawEphemeral(roomID id.RoomID, t event.Type, who id.UserID) boo
 	})
 }
 
-// clientPair makes alice on A and bob on B share a public room on A.
+// clientPair makes alice on A and bob on B share a public room on A, and
+// returns once B holds the room's full state. Until then (bob's join has
+// partial state, MSC3706) B does not know alice is in the room: it does
+// not track her device list, and the device-list updates and key queries
+// of that window leave its cache empty until bob asks again after the
+// resync (keyserver MembersRevealed; TestPartialStateJoinTracksMembers-
+// UpdatedMeanwhile). Tests of B's cache that began inside that window
+// failed when the resync lost the race (TestDehydratedDeviceAcrossServers
+// on a loaded machine).
 func clientPair(t *testing.T, n *network) (a, b *fedServer, alice, bob *syncer, roomID id.RoomID) {
+	ctx := context.Background()
 	a, b = n.start(), n.start()
 	alice, bob = a.register("alice"), b.register("bob")
 	roomID = alice.publicAliasedRoom("pair")
-	if _, err := bob.cli.JoinRoom(context.Background(), "#pair:"+a.Name, nil); err != nil {
+	if _, err := bob.cli.JoinRoom(ctx, "#pair:"+a.Name, nil); err != nil {
 		t.Fatalf("bob joining: %v", err)
 	}
 	eventually(t, "A to see bob's join", func() bool {
-		m, _ := a.HS.Rooms.Membership(context.Background(), string(roomID), string(bob.id()))
+		m, _ := a.HS.Rooms.Membership(ctx, string(roomID), string(bob.id()))
 		return m == "join"
 	})
+	awaitCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := b.HS.Rooms.AwaitFullState(awaitCtx, string(roomID)); err != nil {
+		t.Fatalf("B's resync of the room bob joined: %v", err)
+	}
 	return a, b, alice, bob, roomID
 }
 
