@@ -25,6 +25,9 @@
 //     keys cached from GET /user/devices and kept current by
 //     m.device_list_update (applied when prev_id is the stream ID held,
 //     else a resync) — and answered from the cache while it is fresh.
+//     A background resync that fails or ends stale is tried again after
+//     1 s, 2 s, 4 s … (30 s cap, 8 attempts), one loop per user, ended
+//     with the context given to StartFederation (startTracking).
 //     Local users' changes go out as m.device_list_update (stream_id, the
 //     change's position; prev_id, the user's previous one; deleted) and
 //     m.signing_key_update to the servers sharing a room with them.
