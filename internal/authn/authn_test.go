@@ -30,7 +30,7 @@ func TestMiddlewareCallerAndLogger(t *testing.T) {
 	base := slog.New(slog.NewTextHandler(&logs, nil))
 	dev := &authn.Device{UserID: "@alice:example.org", DeviceID: "D"}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := httpx.RequestLog(base)(authn.Middleware(oneToken{dev})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := httpx.RequestLog(base)(authn.Middleware(oneToken{dev}, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if got := authn.FromContext(r.Context()); got != dev {
 			t.Errorf("FromContext: %+v", got)
 		}
@@ -59,7 +59,7 @@ func TestMiddlewareCallerAndLogger(t *testing.T) {
 // 4 — a value, a logger node, another value and the copy).
 func TestMiddlewareAllocations(t *testing.T) {
 	dev := &authn.Device{UserID: "@alice:example.org", DeviceID: "D"}
-	h := authn.Middleware(oneToken{dev})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := authn.Middleware(oneToken{dev}, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if authn.FromContext(r.Context()) != dev {
 			t.Fatal("no caller")
 		}
