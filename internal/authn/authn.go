@@ -1,7 +1,8 @@
 // Package authn carries the authenticated caller of a client-server
 // request. clientapi owns access tokens and implements Verifier; every
-// component that serves authenticated endpoints wraps them in Middleware
-// and reads the caller with FromContext.
+// component that serves authenticated endpoints wraps them in Middleware,
+// handing it the list of those endpoints guests may call (Guests), and
+// reads the caller with FromContext.
 //
 // Spec: client-server-api, "Client Authentication".
 package authn

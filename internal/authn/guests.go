@@ -50,19 +50,6 @@ func (g *Guests) Allows(method, pattern string) bool {
 	return g != nil && (g.everyone || g.allowed[guestRoute{method, pattern}])
 }
 
-// Routes returns the allowed endpoints as "METHOD pattern" strings, for
-// tests and documentation.
-func (g *Guests) Routes() []string {
-	if g == nil {
-		return nil
-	}
-	out := make([]string, 0, len(g.allowed))
-	for r := range g.allowed {
-		out = append(out, r.method+" "+r.pattern)
-	}
-	return out
-}
-
 // ErrGuestForbidden is the answer to a guest calling an endpoint guests
 // may not use.
 func ErrGuestForbidden() error {
