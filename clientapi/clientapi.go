@@ -219,7 +219,7 @@ func (s *Server) Routes(r chi.Router) {
 	}
 	// Endpoints that need an access token.
 	r.Group(func(r chi.Router) {
-		r.Use(authn.Middleware(s))
+		r.Use(authn.Middleware(s, &guestEndpoints)) // guest_gate.go
 		s.authedRoutes(r)
 	})
 }
@@ -274,16 +274,11 @@ func (s *Server) authedRoutes(r chi.Router) {
 	}
 }
 
-// handle registers an error-returning handler. A guest is refused
-// unless the endpoint is one guests may use (guest_gate.go). A UIA
-// challenge is written as its own 401 body; every other error goes to
-// httpx.
+// handle registers an error-returning handler. A UIA challenge is
+// written as its own 401 body; every other error goes to httpx.
+// (Guests are refused by authn.Middleware: guest_gate.go.)
 func handle(r chi.Router, method, pattern string, fn httpx.HandlerFunc) {
-	guestOK := guestAllowed(method, pattern)
 	r.Method(method, pattern, httpx.H(func(w http.ResponseWriter, r *http.Request) error {
-		if d := authn.FromContext(r.Context()); !guestOK && d != nil && d.IsGuest {
-			return errGuestEndpoint() // guest_gate.go
-		}
 		err := fn(w, r)
 		var c *uiaChallenge
 		if errors.As(err, &c) {

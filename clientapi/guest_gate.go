@@ -3,35 +3,34 @@ package clientapi
 import (
 	"net/http"
 
-	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/internal/authn"
 )
 
 // guestEndpoints are the client API's endpoints a guest may call, by
-// method and route pattern as registered with handle. Every other
-// endpoint that takes an access token answers a guest 403
-// M_GUEST_ACCESS_FORBIDDEN before its handler runs, so nothing is
-// written. Handlers may refuse guests further (profile fields other than
-// displayname, TURN unless allowed, joins of rooms not open to guests).
+// method and route pattern as registered. authn.Middleware, which guards
+// every clientapi endpoint that needs an access token, answers a guest
+// 403 M_GUEST_ACCESS_FORBIDDEN on every other one before its handler
+// runs, so nothing is written; syncapi, keyserver, mediaapi and
+// pushserver hand it their own lists (internal/authn, Guests). Handlers
+// may refuse guests further (profile fields other than displayname,
+// TURN unless allowed, joins of rooms not open to guests). Endpoints
+// that also serve callers without a token (authn.Optional: profile
+// lookups, room summaries) serve guests too.
 //
 // Spec: client-server-api, "Guest Access", "Client behaviour", whose
-// lists are followed here for the client API's own endpoints. The other
-// components (syncapi, keyserver, mediaapi, pushserver) serve the
-// listed /sync, /events, /sendToDevice, /keys/* and media endpoints, and
-// do not yet refuse guests on their endpoints outside the lists
-// (docs/features.md, "Guest access"). Three additions, all as Synapse serves guests: POST
-// /join/{roomIdOrAlias}, the other form of the listed join, with the
-// same guest_access check; GET /capabilities, a read clients make at
-// start that tells a guest what it may not do; GET /voip/turnServer,
-// which refuses guests itself unless client_api.turn.allow_guests.
-var guestEndpoints = map[string]bool{}
+// lists are followed here for the client API's own endpoints. Three
+// additions, all as Synapse serves guests: POST /join/{roomIdOrAlias},
+// the other form of the listed join, with the same guest_access check;
+// GET /capabilities, a read clients make at start that tells a guest
+// what it may not do; GET /voip/turnServer, which refuses guests itself
+// unless client_api.turn.allow_guests. Filters (POST and GET
+// /user/{userId}/filter) are refused, as Synapse does: a guest passes
+// its filter inline to /sync.
+var guestEndpoints authn.Guests
 
 func init() {
 	const v3, room = "/_matrix/client/v3", "/_matrix/client/v3/rooms/{roomId}"
-	allow := func(method string, patterns ...string) {
-		for _, p := range patterns {
-			guestEndpoints[method+" "+p] = true
-		}
-	}
+	allow := guestEndpoints.Allow
 	state := []string{room + "/state/{eventType}", room + "/state/{eventType}/", room + "/state/{eventType}/{stateKey}"}
 	// Retrieving events.
 	allow(http.MethodGet, room+"/state", room+"/context/{eventId}", room+"/event/{eventId}", room+"/messages", room+"/members")
@@ -47,13 +46,4 @@ func init() {
 	allow(http.MethodPut, v3+"/devices/{deviceId}")
 	// Additions (see above).
 	allow(http.MethodGet, v3+"/capabilities", v3+"/voip/turnServer")
-}
-
-// guestAllowed reports whether a guest may call the endpoint registered
-// as method and pattern.
-func guestAllowed(method, pattern string) bool { return guestEndpoints[method+" "+pattern] }
-
-// errGuestEndpoint is the answer to a guest calling another endpoint.
-func errGuestEndpoint() error {
-	return mxerr.New(mxerr.GuestAccessForbidden, "guests may not use this endpoint")
 }

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync/atomic"
 
-	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/storage"
 )
 
@@ -16,9 +16,10 @@ import (
 // being the case, the server MUST set those users' m.room.member state
 // to leave."
 //
-// The roomserver calls QueueGuestLeaves (its Deps.OnGuestAccess) inside
-// the transaction that changes a room's current guest_access, so the
-// work is as durable as the change. The queue is taken up by the runner
+// The roomserver calls QueueGuestLeaves (through its Deps.OnGuestAccess)
+// inside the transaction that changes a room's current guest_access, so
+// the work is as durable as the change; a room is queued only if a local
+// guest is joined to it. The queue is taken up by the runner
 // of the deactivation leaves (deactivation.go): at start, every poll,
 // and when woken after such a commit. For each queued room it reads the
 // current guest_access and, unless it is can_join, sends a leave on
@@ -29,15 +30,47 @@ import (
 // not joined any more). A guest's join that races the change re-checks
 // guest_access after it commits (join, rooms_membership.go).
 
-// QueueGuestLeaves queues roomID's guests for the check, in tx: the
-// roomserver's GuestAccessHook.
-func QueueGuestLeaves(ctx context.Context, tx storage.Tx, roomID string) error {
-	_, err := tx.Exec(ctx, `INSERT INTO guest_access_leaves (room_id, generation) VALUES ($1, 1)
+// QueueGuestLeaves queues roomID's guests for the check, in tx, when a
+// local guest is among joinedLocal (the room's joined local users as the
+// change leaves them); the roomserver's GuestAccessHook calls it. A room
+// no local guest has joined has no one to make leave, so its change —
+// each private room's creation, which sets guest_access can_join, among
+// them — costs no queue row, runner pass or commit of the row's removal. A
+// guest whose join is not yet among joinedLocal joins after the change
+// (the roomserver writes a room's changes one at a time), and its join's
+// re-check of guest_access, after its commit, sees the change.
+// It reports whether it queued the room (then wake the runner after the
+// commit: WakeQueuedLeaves).
+func QueueGuestLeaves(ctx context.Context, tx storage.Tx, roomID string, joinedLocal []string) (queued bool, err error) {
+	if ok, err := anyGuest(ctx, tx, joinedLocal); err != nil || !ok {
+		return false, err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO guest_access_leaves (room_id, generation) VALUES ($1, 1)
 		ON CONFLICT (room_id) DO UPDATE SET generation = guest_access_leaves.generation + 1`, roomID)
-	return err
+	return err == nil, err
 }
 
-var _ roomserver.GuestAccessHook = QueueGuestLeaves
+// anyGuest reports whether any of userIDs, all local, is a guest
+// account.
+func anyGuest(ctx context.Context, q storage.Querier, userIDs []string) (bool, error) {
+	localparts := make([]string, 0, len(userIDs))
+	for _, u := range userIDs {
+		// A localpart holds no ':' (its grammar), a server name may.
+		if i := strings.IndexByte(u, ':'); i > 1 && u[0] == '@' {
+			localparts = append(localparts, u[1:i])
+		}
+	}
+	for len(localparts) > 0 {
+		n := min(len(localparts), storage.MaxInList)
+		in, args := storage.InList(`SELECT localpart FROM accounts WHERE is_guest AND localpart IN `, localparts[:n])
+		localparts = localparts[n:]
+		guests, err := storage.QueryColumn[string](ctx, q, in+` LIMIT 1`, args...)
+		if err != nil || len(guests) > 0 {
+			return len(guests) > 0, err
+		}
+	}
+	return false, nil
+}
 
 // WakeQueuedLeaves asks the runner for a pass now (after the commit of a
 // QueueGuestLeaves). It does not block.

@@ -307,3 +307,47 @@ func TestGuestEndpointGate(t *testing.T) {
 		}
 	})
 }
+
+// TestGuestLeavesQueuedOnlyWithGuests: a change of m.room.guest_access
+// in a room no local guest has joined queues nothing — not the
+// guest_access event of each preset's room creation, not a change to
+// forbidden — so it costs no queue row, runner pass or commit of its
+// removal; in a room a guest has joined, the change is still queued and
+// the guest still leaves.
+// Spec: client-server-api, "Guest Access", "Server behaviour".
+func TestGuestLeavesQueuedOnlyWithGuests(t *testing.T) {
+	testserver.ForEachEngine(t, guestsOn, func(t *testing.T, srv *testserver.Server) {
+		clientapi.HoldGuestLeaves(true)
+		defer clientapi.HoldGuestLeaves(false)
+		queued := func(room id.RoomID) int {
+			var n int
+			ok(t, "queue", srv.HS.DB.Reader().QueryRow(bg, `SELECT COUNT(*) FROM guest_access_leaves WHERE room_id = $1`, room.String()).Scan(&n))
+			return n
+		}
+		carol := newUser(t, srv, "carol")
+		for _, preset := range []string{"public_chat", "private_chat", "trusted_private_chat"} {
+			room, err := carol.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: preset})
+			ok(t, "create "+preset, err)
+			if n := queued(room.RoomID); n != 0 {
+				t.Errorf("creating a %s room queued %d guest leaves", preset, n)
+			}
+			for _, access := range []string{"can_join", "forbidden"} {
+				_, err = carol.SendStateEvent(bg, room.RoomID, event.StateGuestAccess, "", map[string]string{"guest_access": access})
+				ok(t, "guest_access "+access, err)
+				if n := queued(room.RoomID); n != 0 {
+					t.Errorf("guest_access %s in a %s room without guests queued %d guest leaves", access, preset, n)
+				}
+			}
+		}
+
+		g := newGuestRoom(t, srv, "")
+		_, err := g.alice.SendStateEvent(bg, g.room, event.StateGuestAccess, "", map[string]string{"guest_access": "forbidden"})
+		ok(t, "guest_access forbidden", err)
+		if n := queued(g.room); n != 1 {
+			t.Fatalf("guest_access forbidden in a room with a guest queued %d rows, want 1", n)
+		}
+		clientapi.HoldGuestLeaves(false)
+		srv.HS.ClientAPI.WakeQueuedLeaves()
+		g.waitGuestLeft(t, srv)
+	})
+}

@@ -58,7 +58,7 @@ func (s *Server) userDataRoutes(r chi.Router) {
 	optional.Method(http.MethodGet, "/_matrix/client/v3/profile/{userId}/{keyName}", httpx.H(s.getProfileField))
 
 	r.Group(func(r chi.Router) {
-		r.Use(authn.Middleware(s))
+		r.Use(authn.Middleware(s, &guestEndpoints)) // guest_gate.go
 		// The legacy /displayname and /avatar_url routes are this one with
 		// keyName set (spec v1.16 merged them).
 		handle(r, http.MethodPut, "/_matrix/client/v3/profile/{userId}/{keyName}", s.putProfileField)

@@ -168,12 +168,30 @@ func Migrate(ctx context.Context, db *storage.DB) error {
 	return db.Migrate(ctx, "keyserver", sub)
 }
 
+// guestEndpoints are the key server's endpoints guests may call; they
+// are refused the others (cross-signing and signature uploads, key
+// backup, dehydrated devices) before any handler runs.
+//
+// Spec: client-server-api, "Guest Access", "Client behaviour" lists POST
+// /keys/upload, /keys/query, /keys/claim and PUT /sendToDevice. One
+// addition, as Synapse serves guests: GET /keys/changes, which a client
+// reads to learn whose devices changed while it was away, and without
+// which a guest's encryption would go on with stale device lists.
+var guestEndpoints authn.Guests
+
+func init() {
+	const v3 = "/_matrix/client/v3"
+	guestEndpoints.Allow(http.MethodPost, v3+"/keys/upload", v3+"/keys/query", v3+"/keys/claim")
+	guestEndpoints.Allow(http.MethodGet, v3+"/keys/changes")
+	guestEndpoints.Allow(http.MethodPut, v3+"/sendToDevice/{eventType}/{txnId}")
+}
+
 // Routes registers the key server's endpoints on r (mounted at the root).
-// Every one needs an access token.
+// Every one needs an access token; guests may call only guestEndpoints.
 func (s *Server) Routes(r chi.Router) {
 	const v3 = "/_matrix/client/v3"
 	r.Group(func(r chi.Router) {
-		r.Use(authn.Middleware(s.verifier))
+		r.Use(authn.Middleware(s.verifier, &guestEndpoints))
 		handle(r, http.MethodPost, v3+"/keys/upload", s.uploadKeys)
 		handle(r, http.MethodPost, v3+"/keys/query", s.queryKeys)
 		handle(r, http.MethodPost, v3+"/keys/claim", s.claimKeys)

@@ -220,20 +220,41 @@ func (s *Server) sweep(ctx context.Context) error {
 	return errors.Join(append(errs, err)...)
 }
 
+// The client-facing media endpoints' path prefixes.
+const (
+	clientMediaPrefix = "/_matrix/client/v1/media"
+	legacyMediaPrefix = "/_matrix/media/v3"
+)
+
+// guestEndpoints are the authenticated media endpoints guests may call:
+// downloads and thumbnails. They are refused uploads (and /create), the
+// config and URL previews, as Synapse refuses them. The deprecated
+// unauthenticated downloads take no token and serve anyone.
+//
+// Spec: client-server-api, "Guest Access", "Client behaviour" (GET
+// /media/download/{serverName}/{mediaId}[/{fileName}] and
+// /media/thumbnail/{serverName}/{mediaId}, added in v1.12).
+var guestEndpoints authn.Guests
+
+func init() {
+	const v1 = clientMediaPrefix
+	guestEndpoints.Allow(http.MethodGet, v1+"/download/{serverName}/{mediaId}",
+		v1+"/download/{serverName}/{mediaId}/{fileName}", v1+"/thumbnail/{serverName}/{mediaId}")
+}
+
 // Routes registers the client-facing media endpoints on r.
 //
 // Spec: client-server-api, "Content repository" (authenticated
 // /_matrix/client/v1/media/* since v1.11; /_matrix/media/v3/upload and
 // /_matrix/media/v1/create; the deprecated /_matrix/media/v3/* reads).
 func (s *Server) Routes(r chi.Router) {
-	const v1 = "/_matrix/client/v1/media"
-	const legacy = "/_matrix/media/v3"
+	const v1, legacy = clientMediaPrefix, legacyMediaPrefix
 	// Deprecated and unauthenticated, frozen (see freeze).
 	r.Method(http.MethodGet, legacy+"/download/{serverName}/{mediaId}", httpx.H(s.legacyDownload))
 	r.Method(http.MethodGet, legacy+"/download/{serverName}/{mediaId}/{fileName}", httpx.H(s.legacyDownload))
 	r.Method(http.MethodGet, legacy+"/thumbnail/{serverName}/{mediaId}", httpx.H(s.legacyThumbnail))
 	r.Group(func(r chi.Router) {
-		r.Use(authn.Middleware(s.verifier))
+		r.Use(authn.Middleware(s.verifier, &guestEndpoints))
 		r.Method(http.MethodPost, legacy+"/upload", httpx.H(s.upload))
 		r.Method(http.MethodPut, legacy+"/upload/{serverName}/{mediaId}", httpx.H(s.uploadToMXC))
 		r.Method(http.MethodPost, "/_matrix/media/v1/create", httpx.H(s.create))

@@ -217,10 +217,13 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Routes registers the push endpoints on r.
+// Routes registers the push endpoints on r. Guests may call none of
+// them (push rules, pushers, notifications): the spec's guest lists
+// (client-server-api, "Guest Access", "Client behaviour") name none, and
+// Synapse refuses guests on each.
 func (s *Server) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
-		r.Use(authn.Middleware(s.verifier))
+		r.Use(authn.Middleware(s.verifier, nil))
 		s.ruleRoutes(r)
 		s.pusherRoutes(r)
 		s.notificationRoutes(r)

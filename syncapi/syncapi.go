@@ -133,11 +133,29 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	return s, nil
 }
 
+// The sync endpoints' paths.
+const (
+	syncPath        = "/_matrix/client/v3/sync"
+	slidingSyncPath = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+)
+
+// guestEndpoints are the sync endpoints guests may call: both.
+//
+// Spec: client-server-api, "Guest Access", "Client behaviour" lists GET
+// /sync. Sliding sync (MSC4186) is its replacement, which clients such
+// as Element X use alone; Synapse serves it to guests too.
+var guestEndpoints authn.Guests
+
+func init() {
+	guestEndpoints.Allow(http.MethodGet, syncPath)
+	guestEndpoints.Allow(http.MethodPost, slidingSyncPath)
+}
+
 // Routes registers the sync endpoints on r.
 func (s *Server) Routes(r chi.Router) {
 	r.Group(func(r chi.Router) {
-		r.Use(authn.Middleware(s.verifier))
-		r.Method(http.MethodGet, "/_matrix/client/v3/sync", httpx.H(s.sync))
-		r.Method(http.MethodPost, "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", httpx.H(s.slidingSync))
+		r.Use(authn.Middleware(s.verifier, &guestEndpoints))
+		r.Method(http.MethodGet, syncPath, httpx.H(s.sync))
+		r.Method(http.MethodPost, slidingSyncPath, httpx.H(s.slidingSync))
 	})
 }

@@ -1,7 +1,8 @@
 // Package authn carries the authenticated caller of a client-server
 // request. clientapi owns access tokens and implements Verifier; every
-// component that serves authenticated endpoints wraps them in Middleware
-// and reads the caller with FromContext.
+// component that serves authenticated endpoints wraps them in Middleware,
+// handing it the list of those endpoints guests may call (Guests), and
+// reads the caller with FromContext.
 //
 // Spec: client-server-api, "Client Authentication".
 package authn
@@ -66,8 +67,11 @@ func Token(r *http.Request) (string, bool) {
 }
 
 // Middleware requires a valid access token and puts its Device in the
-// request context.
-func Middleware(v Verifier) func(http.Handler) http.Handler {
+// request context. A guest's request goes on only to the endpoints
+// guests lists; on any other it is answered 403 M_GUEST_ACCESS_FORBIDDEN
+// and the handler does not run (see Guests, which also says where
+// Middleware must sit).
+func Middleware(v Verifier, guests *Guests) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			token, ok := Token(r)
@@ -80,6 +84,10 @@ func Middleware(v Verifier) func(http.Handler) http.Handler {
 				httpx.WriteError(w, r, err)
 				return
 			}
+			if d.IsGuest && !guests.guestAllowed(r) {
+				httpx.WriteError(w, r, ErrGuestForbidden())
+				return
+			}
 			// The caller and its log attribute in one context node.
 			ctx := httpx.WithValueAndLoggerAttr(r.Context(), ctxKey{}, d, "user", d.UserID)
 			next.ServeHTTP(w, r.WithContext(ctx))
@@ -88,9 +96,10 @@ func Middleware(v Verifier) func(http.Handler) http.Handler {
 }
 
 // Optional is Middleware for endpoints that also serve anonymous callers:
-// a token, if present, must be valid.
+// a token, if present, must be valid. Guests may call them all: a guest
+// could as well leave its token out.
 func Optional(v Verifier) func(http.Handler) http.Handler {
-	required := Middleware(v)
+	required := Middleware(v, everyEndpoint)
 	return func(next http.Handler) http.Handler {
 		withAuth := required(next)
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -188,11 +188,12 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 			if federation != nil {
 				federation.WakeStretchRefetch()
 			}
-		}, OnGuestAccess: func(ctx context.Context, tx storage.Tx, roomID string) error {
-			if err := clientapi.QueueGuestLeaves(ctx, tx, roomID); err != nil {
+		}, OnGuestAccess: func(ctx context.Context, tx storage.Tx, roomID string, joinedLocal []string) error {
+			queued, err := clientapi.QueueGuestLeaves(ctx, tx, roomID, joinedLocal)
+			if err != nil {
 				return err
 			}
-			if client != nil {
+			if queued && client != nil {
 				tx.AfterCommit(client.WakeQueuedLeaves)
 			}
 			return nil
