@@ -221,6 +221,39 @@ func PendingMembershipInTx(ctx context.Context, tx storage.Tx, userID, roomID st
 	return membership, err
 }
 
+// EndPendingMembershipInTx deletes, in tx, userID's pending membership
+// of roomID (an invite, a knock, or the leave that ended one), if any.
+// The roomserver calls it (roomserver.Deps.EndPendingMembership) in the
+// transaction that ends it: the commit of the user's member event in the
+// room, once held here (a join through send_join, or any membership the
+// room's own events now record), and the user's Forget of the room. So
+// a pending invite or knock never outlives the membership change that
+// ends it, and a forgotten room keeps no row.
+func (s *Server) EndPendingMembershipInTx(ctx context.Context, tx storage.Tx, userID, roomID string) error {
+	if s.beforeEndPending != nil {
+		if err := s.beforeEndPending(userID, roomID); err != nil {
+			return err
+		}
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+	return err
+}
+
+// EndPendingMembershipsInTx deletes, in tx, every pending membership of
+// userID: the client API calls it (clientapi.Deps.EndPendingMemberships)
+// in the transaction that finishes a deactivated account's leaves.
+func EndPendingMembershipsInTx(ctx context.Context, tx storage.Tx, userID string) error {
+	_, err := tx.Exec(ctx, `DELETE FROM federation_remote_invites WHERE user_id = $1`, userID)
+	return err
+}
+
+// PendingRemoteRooms lists the rooms only other servers hold in which
+// userID has a pending invite or knock.
+func (s *Server) PendingRemoteRooms(ctx context.Context, userID string) ([]string, error) {
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT room_id FROM federation_remote_invites
+		WHERE user_id = $1 AND membership IN ('invite', 'knock') ORDER BY room_id`, userID)
+}
+
 // wellFormedStripped keeps the entries of a stripped state list that are
 // objects with a type, a state_key and an object content (security case
 // 8), whatever else they carry.

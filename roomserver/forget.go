@@ -78,9 +78,18 @@ func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
 		} else if pending {
 			return notLeft(userID, roomID)
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
-			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID)
-		return err
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
+			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID); err != nil {
+			return err
+		}
+		// What is left of a pending membership — its leave, or one out
+		// of date in a room a local user is in — ends with the room
+		// forgotten: a forgotten room's leave is shown to no sync, and
+		// the row would otherwise be kept forever.
+		if s.endPendingMembership != nil {
+			return s.endPendingMembership(ctx, tx, userID, roomID)
+		}
+		return nil
 	})
 }
 
