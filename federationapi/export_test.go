@@ -172,8 +172,8 @@ func (s *Server) BeforeEndPending(fn func(userID, roomID string) error) {
 }
 
 // BeforeUnforget makes fn run in s's store of a pending remote invite or
-// knock, after the pending membership is written and before the user's
-// forgotten mark on the room is cleared. An error from fn aborts the
+// knock, after the user's forgotten mark on the room is cleared and
+// before the pending membership is written. An error from fn aborts the
 // store there, as a crash would.
 func (s *Server) BeforeUnforget(fn func() error) {
 	s.beforeUnforget = fn

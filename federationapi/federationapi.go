@@ -127,9 +127,9 @@ type Server struct {
 	// and its write of the answer.
 	beforePendingAnswer func()
 	// beforeUnforget, when set (by tests), runs in storePendingMembership
-	// after the pending invite or knock is written and before the
-	// forgotten mark is cleared; an error it returns stands for a crash
-	// at that point.
+	// after the forgotten mark is cleared and before the pending invite
+	// or knock is written; an error it returns stands for a crash at
+	// that point.
 	beforeUnforget func() error
 	// beforeEndPending, when set (by tests), runs in
 	// EndPendingMembershipInTx before the row is deleted; an error from

@@ -111,8 +111,8 @@ func TestForgetRefusedWhileRemoteInviteOrKnockPending(t *testing.T) {
 
 // TestReinviteAndUnforgetOneCommit: bob on B rejects alice's invite to a
 // room only A holds and forgets it. Alice invites him again, and B stops
-// (a fault injected) after writing the new pending invite and before
-// clearing the forgotten mark. After a restart of B the two writes must
+// (a fault injected) between clearing the forgotten mark and writing the
+// new pending invite. After a restart of B the two writes must
 // have happened together or not at all: never the invite stored with the
 // room still forgotten, which would hide the room's later leave from
 // include_leave syncs although bob was re-invited. Then a new invite,

@@ -140,21 +140,28 @@ var errPendingReplaced = errors.New("the pending membership changed meanwhile")
 // are committed before the notification, so no /sync woken by it still
 // reads the room as forgotten. The mark is the roomserver's, cleared by
 // its own code (UnforgetInTx).
+//
+// The mark is cleared first: UnforgetInTx takes the room's forget lock,
+// so the invite or knock is written under it. A Forget (which ends the
+// room's pending row, EndPendingMembershipInTx, under the same lock)
+// then either commits before the row is written, and cannot delete the
+// new invite, or reads it and refuses. Were the row written first, a
+// Forget holding the lock could wait on the row's lock while this
+// transaction waits on the forget lock: a deadlock on PostgreSQL.
 func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership) error {
 	var pos int64
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := s.writePendingMembership(ctx, tx, m, &pos); err != nil {
-			return err
-		}
-		if m.membership != "invite" && m.membership != "knock" {
-			return nil
-		}
-		if s.beforeUnforget != nil {
-			if err := s.beforeUnforget(); err != nil {
+		if m.membership == "invite" || m.membership == "knock" {
+			if err := s.rooms.UnforgetInTx(ctx, tx, m.userID, m.roomID); err != nil {
 				return err
 			}
+			if s.beforeUnforget != nil {
+				if err := s.beforeUnforget(); err != nil {
+					return err
+				}
+			}
 		}
-		return s.rooms.UnforgetInTx(ctx, tx, m.userID, m.roomID)
+		return s.writePendingMembership(ctx, tx, m, &pos)
 	})
 	if errors.Is(err, errPendingReplaced) {
 		return nil // answered a membership that is no longer pending
