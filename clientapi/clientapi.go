@@ -55,6 +55,12 @@ type Deps struct {
 	// Federation reaches rooms and users on other servers; nil keeps the
 	// client API to this server.
 	Federation Federation
+	// EndPendingMemberships, if non-nil, deletes inside tx every
+	// membership of userID kept outside room events (pending invites to
+	// and knocks on rooms only other servers hold, and their leaves;
+	// federationapi.EndPendingMembershipsInTx). A deactivated account's
+	// leaves end with it, in the transaction that dequeues the account.
+	EndPendingMemberships func(ctx context.Context, tx storage.Tx, userID string) error
 	// AppServices are the registered application services (nil: none).
 	AppServices *appservice.Registry
 	// AppServiceQueries, if non-nil, asks services about unknown users
@@ -95,6 +101,9 @@ type Server struct {
 	rooms roomsPart
 	// federation is nil when federation is off; immutable.
 	federation Federation
+	// endPendingMemberships is Deps.EndPendingMemberships; immutable,
+	// may be nil.
+	endPendingMemberships func(ctx context.Context, tx storage.Tx, userID string) error
 	// notices is the server notices module (server_notices.go).
 	notices serverNotices
 	// delayed is the delayed events module (delayed_events.go).
@@ -141,19 +150,20 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	limits := deps.Config.ClientAPI.RateLimits
 	s := &Server{
-		cfg:           deps.Config,
-		serverName:    deps.Config.Global.ServerName,
-		db:            deps.DB,
-		key:           deps.Key,
-		log:           logger.With("component", "clientapi"),
-		clientIP:      deps.ClientIP,
-		accounts:      accounts,
-		notify:        deps.Notify,
-		federation:    deps.Federation,
-		appservices:   deps.AppServices,
-		asQueries:     deps.AppServiceQueries,
-		registerLimit: ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
-		loginLimit:    ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
+		cfg:                   deps.Config,
+		serverName:            deps.Config.Global.ServerName,
+		db:                    deps.DB,
+		key:                   deps.Key,
+		log:                   logger.With("component", "clientapi"),
+		clientIP:              deps.ClientIP,
+		accounts:              accounts,
+		notify:                deps.Notify,
+		federation:            deps.Federation,
+		endPendingMemberships: deps.EndPendingMemberships,
+		appservices:           deps.AppServices,
+		asQueries:             deps.AppServiceQueries,
+		registerLimit:         ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
+		loginLimit:            ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
 	}
 	s.deactivation.wake = make(chan struct{}, 1)
 	accounts.onDevicesDeleted = deps.OnDevicesDeleted

@@ -99,6 +99,14 @@ func (s *Server) leaveDeactivatedRooms(ctx context.Context, localpart string) er
 			continue
 		}
 		err := s.db.Write(ctx, func(tx storage.Tx) error {
+			if s.endPendingMemberships != nil {
+				// Its pending invites and knocks (and their leaves) end
+				// with the account's leaves, in the commit that
+				// dequeues it: none outlives it, answered or not.
+				if err := s.endPendingMemberships(ctx, tx, s.userID(lp)); err != nil {
+					return err
+				}
+			}
 			_, err := tx.Exec(ctx, `DELETE FROM deactivation_leaves WHERE localpart = $1`, lp)
 			return err
 		})
@@ -110,9 +118,14 @@ func (s *Server) leaveDeactivatedRooms(ctx context.Context, localpart string) er
 }
 
 // leaveEveryRoom leaves, rejects or withdraws every membership of
-// userID that is join, invite or knock, going on past a failure.
+// userID that is join, invite or knock, going on past a failure. The
+// pending invites to and knocks on rooms only other servers hold are
+// rejected or withdrawn through those servers too, but a failure there
+// (a server gone for good) does not keep the account queued: those end
+// here anyway when the account is dequeued (Deps.EndPendingMemberships).
 func (s *Server) leaveEveryRoom(ctx context.Context, userID string) error {
 	var errs []error
+	done := map[string]bool{}
 	for _, membership := range []string{"join", "invite", "knock"} {
 		roomIDs, err := s.rooms.rooms.RoomsForUser(ctx, userID, membership)
 		if err != nil {
@@ -120,9 +133,25 @@ func (s *Server) leaveEveryRoom(ctx context.Context, userID string) error {
 			continue
 		}
 		for _, roomID := range roomIDs {
+			done[roomID] = true
 			if err := s.leave(ctx, userID, roomID, ""); err != nil {
 				errs = append(errs, err)
 			}
+		}
+	}
+	if s.federation == nil {
+		return errors.Join(errs...)
+	}
+	pending, err := s.federation.PendingRemoteRooms(ctx, userID)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, roomID := range pending {
+		if done[roomID] {
+			continue
+		}
+		if err := s.leave(ctx, userID, roomID, ""); err != nil {
+			s.log.Info("a deactivated account's pending invite or knock could not be answered", "room_id", roomID, "err", err)
 		}
 	}
 	return errors.Join(errs...)

@@ -23,6 +23,9 @@ type Federation interface {
 	// LeaveRemote leaves, or rejects an invite to, a room this server is
 	// not in.
 	LeaveRemote(ctx context.Context, roomID, userID string, via []string) error
+	// PendingRemoteRooms lists the rooms only other servers hold in
+	// which userID has a pending invite or knock.
+	PendingRemoteRooms(ctx context.Context, userID string) ([]string, error)
 	// InviteRemote invites a user of another server to a room held here,
 	// through their server (invite v2), and returns the invite's event ID.
 	InviteRemote(ctx context.Context, req roomserver.MembershipRequest) (string, error)

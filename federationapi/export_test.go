@@ -163,9 +163,17 @@ func (s *Server) BeforePendingAnswer(fn func()) {
 	s.beforePendingAnswer = fn
 }
 
+// BeforeEndPending makes fn run in the transaction that ends a local
+// user's pending membership of a room (EndPendingMembershipInTx), before
+// the row is deleted. An error from fn aborts that transaction there,
+// as a crash would.
+func (s *Server) BeforeEndPending(fn func(userID, roomID string) error) {
+	s.beforeEndPending = fn
+}
+
 // BeforeUnforget makes fn run in s's store of a pending remote invite or
-// knock, after the pending membership is written and before the user's
-// forgotten mark on the room is cleared. An error from fn aborts the
+// knock, after the user's forgotten mark on the room is cleared and
+// before the pending membership is written. An error from fn aborts the
 // store there, as a crash would.
 func (s *Server) BeforeUnforget(fn func() error) {
 	s.beforeUnforget = fn

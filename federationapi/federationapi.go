@@ -127,10 +127,14 @@ type Server struct {
 	// and its write of the answer.
 	beforePendingAnswer func()
 	// beforeUnforget, when set (by tests), runs in storePendingMembership
-	// after the pending invite or knock is written and before the
-	// forgotten mark is cleared; an error it returns stands for a crash
-	// at that point.
+	// after the forgotten mark is cleared and before the pending invite
+	// or knock is written; an error it returns stands for a crash at
+	// that point.
 	beforeUnforget func() error
+	// beforeEndPending, when set (by tests), runs in
+	// EndPendingMembershipInTx before the row is deleted; an error from
+	// it aborts the caller's transaction there, as a crash would.
+	beforeEndPending func(userID, roomID string) error
 	// fullStateJoins, when set (by tests), makes send_join ignore
 	// omit_members and answer the full state, as a server without
 	// partial-state joins does (the parameter is a request it may

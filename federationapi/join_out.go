@@ -15,7 +15,6 @@ import (
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/roomserver"
-	"github.com/myelin-chat/myelin/storage"
 )
 
 // Outbound membership handshakes: joining and leaving rooms held by
@@ -291,7 +290,8 @@ func (s *Server) joinVia(ctx context.Context, server, roomID, userID string) err
 	if res.Outcome == roomserver.Rejected {
 		return mxerr.New(mxerr.Forbidden, "join rejected: %s", res.Reason)
 	}
-	s.dropRemoteInvite(ctx, userID, roomID)
+	// The pending invite (or knock) ended in the join's own commit
+	// (roomserver.Deps.EndPendingMembership).
 	s.keepResyncing(ctx, roomID, servers)
 	return nil
 }
@@ -423,15 +423,4 @@ func (s *Server) inviterServer(ctx context.Context, userID, roomID string) strin
 		return ""
 	}
 	return domainOf(ev.Sender)
-}
-
-// dropRemoteInvite forgets a pending remote invite once answered.
-func (s *Server) dropRemoteInvite(ctx context.Context, userID, roomID string) {
-	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`, userID, roomID)
-		return err
-	})
-	if err != nil {
-		s.log.Warn("dropping remote invite", "err", err)
-	}
 }

@@ -140,21 +140,28 @@ var errPendingReplaced = errors.New("the pending membership changed meanwhile")
 // are committed before the notification, so no /sync woken by it still
 // reads the room as forgotten. The mark is the roomserver's, cleared by
 // its own code (UnforgetInTx).
+//
+// The mark is cleared first: UnforgetInTx takes the room's forget lock,
+// so the invite or knock is written under it. A Forget (which ends the
+// room's pending row, EndPendingMembershipInTx, under the same lock)
+// then either commits before the row is written, and cannot delete the
+// new invite, or reads it and refuses. Were the row written first, a
+// Forget holding the lock could wait on the row's lock while this
+// transaction waits on the forget lock: a deadlock on PostgreSQL.
 func (s *Server) storePendingMembership(ctx context.Context, m pendingMembership) error {
 	var pos int64
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
-		if err := s.writePendingMembership(ctx, tx, m, &pos); err != nil {
-			return err
-		}
-		if m.membership != "invite" && m.membership != "knock" {
-			return nil
-		}
-		if s.beforeUnforget != nil {
-			if err := s.beforeUnforget(); err != nil {
+		if m.membership == "invite" || m.membership == "knock" {
+			if err := s.rooms.UnforgetInTx(ctx, tx, m.userID, m.roomID); err != nil {
 				return err
 			}
+			if s.beforeUnforget != nil {
+				if err := s.beforeUnforget(); err != nil {
+					return err
+				}
+			}
 		}
-		return s.rooms.UnforgetInTx(ctx, tx, m.userID, m.roomID)
+		return s.writePendingMembership(ctx, tx, m, &pos)
 	})
 	if errors.Is(err, errPendingReplaced) {
 		return nil // answered a membership that is no longer pending
@@ -219,6 +226,39 @@ func PendingMembershipInTx(ctx context.Context, tx storage.Tx, userID, roomID st
 		return "", nil
 	}
 	return membership, err
+}
+
+// EndPendingMembershipInTx deletes, in tx, userID's pending membership
+// of roomID (an invite, a knock, or the leave that ended one), if any.
+// The roomserver calls it (roomserver.Deps.EndPendingMembership) in the
+// transaction that ends it: the commit of the user's member event in the
+// room, once held here (a join through send_join, or any membership the
+// room's own events now record), and the user's Forget of the room. So
+// a pending invite or knock never outlives the membership change that
+// ends it, and a forgotten room keeps no row.
+func (s *Server) EndPendingMembershipInTx(ctx context.Context, tx storage.Tx, userID, roomID string) error {
+	if s.beforeEndPending != nil {
+		if err := s.beforeEndPending(userID, roomID); err != nil {
+			return err
+		}
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+	return err
+}
+
+// EndPendingMembershipsInTx deletes, in tx, every pending membership of
+// userID: the client API calls it (clientapi.Deps.EndPendingMemberships)
+// in the transaction that finishes a deactivated account's leaves.
+func EndPendingMembershipsInTx(ctx context.Context, tx storage.Tx, userID string) error {
+	_, err := tx.Exec(ctx, `DELETE FROM federation_remote_invites WHERE user_id = $1`, userID)
+	return err
+}
+
+// PendingRemoteRooms lists the rooms only other servers hold in which
+// userID has a pending invite or knock.
+func (s *Server) PendingRemoteRooms(ctx context.Context, userID string) ([]string, error) {
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT room_id FROM federation_remote_invites
+		WHERE user_id = $1 AND membership IN ('invite', 'knock') ORDER BY room_id`, userID)
 }
 
 // wellFormedStripped keeps the entries of a stripped state list that are

@@ -49,6 +49,10 @@ func (s *Server) lockForget(ctx context.Context, tx storage.Tx, roomID string) e
 // also locked FOR UPDATE, as every event write updates it, so the check
 // holds even against a writer outside this process; a pending membership
 // is written under the forget lock instead (UnforgetInTx).
+//
+// A forgotten room's pending membership row, the leave that ended it (or
+// one out of date in a room a local user is in), is deleted in the same
+// transaction (Deps.EndPendingMembership): nothing is kept for it after.
 func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
 	unlock := s.lockRoom(roomID)
 	defer unlock()
@@ -78,9 +82,18 @@ func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
 		} else if pending {
 			return notLeft(userID, roomID)
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
-			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID)
-		return err
+		if _, err := tx.Exec(ctx, `INSERT INTO roomserver_forgotten (user_id, room_id) VALUES ($1, $2)
+			ON CONFLICT (user_id, room_id) DO NOTHING`, userID, roomID); err != nil {
+			return err
+		}
+		// What is left of a pending membership — its leave, or one out
+		// of date in a room a local user is in — ends with the room
+		// forgotten: a forgotten room's leave is shown to no sync, and
+		// the row would otherwise be kept forever.
+		if s.endPendingMembership != nil {
+			return s.endPendingMembership(ctx, tx, userID, roomID)
+		}
+		return nil
 	})
 }
 
@@ -133,8 +146,11 @@ func (s *Server) pendingInRoomNotHeld(ctx context.Context, tx storage.Tx, userID
 //
 // It takes the forget lock (lockForget), so a concurrent Forget either
 // commits first (and its mark is deleted here) or reads the caller's
-// pending membership once tx commits and refuses. On SQLite, tx is the
-// only write transaction running.
+// pending membership once tx commits and refuses. The caller writes its
+// invite or knock after this call, under the lock: a Forget, which ends
+// the room's pending row, then cannot delete it, nor wait on its row
+// while holding the lock. On SQLite, tx is the only write transaction
+// running.
 func (s *Server) UnforgetInTx(ctx context.Context, tx storage.Tx, userID, roomID string) error {
 	if err := s.lockForget(ctx, tx, roomID); err != nil {
 		return err

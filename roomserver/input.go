@@ -484,6 +484,16 @@ func (s *Server) commit(ctx context.Context, tx storage.Tx, p *prepared) error {
 			return err
 		}
 	}
+	if row.Membership != nil && s.endPendingMembership != nil && domainOf(*row.StateKey) == string(s.serverName) {
+		// The room's own member event now says where the local user
+		// stands: a pending invite or knock kept for the room while only
+		// other servers held it (or its leave) has ended, in this commit
+		// (a join through send_join, a join, leave, invite or ban of a
+		// room held here).
+		if err := s.endPendingMembership(ctx, tx, *row.StateKey, room.RoomID); err != nil {
+			return err
+		}
+	}
 	if err := s.applyRedactions(ctx, tx, room, loaded); err != nil {
 		return err
 	}

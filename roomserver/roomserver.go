@@ -59,6 +59,14 @@ type Deps struct {
 	// federationapi.PendingMembershipInTx). It returns "" when there is
 	// none. Nil: no such memberships exist.
 	PendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
+	// EndPendingMembership, when set, deletes inside tx userID's
+	// membership of roomID recorded outside the room's events (the one
+	// PendingMembership reads; federationapi.EndPendingMembershipInTx).
+	// It is called in the transaction that ends it: the commit of a
+	// member event of a local user (the room's events now say where the
+	// user stands), and Forget (a room forgotten after the user left
+	// it). Nil: no such memberships exist.
+	EndPendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) error
 }
 
 // Server implements API.
@@ -77,6 +85,8 @@ type Server struct {
 	onGuestAccess GuestAccessHook
 	// pendingMembership is Deps.PendingMembership; immutable, may be nil.
 	pendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
+	// endPendingMembership is Deps.EndPendingMembership; immutable, may be nil.
+	endPendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) error
 
 	// roomLocks serialise writes per room (striped by room ID hash): the
 	// holder reads extremities and state, builds, and commits before
@@ -200,24 +210,25 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		now = time.Now
 	}
 	s := &Server{
-		db:                deps.DB,
-		serverName:        spec.ServerName(deps.ServerName),
-		keyID:             gomatrixserverlib.KeyID(deps.Key.ID),
-		key:               deps.Key,
-		cfg:               deps.Config,
-		notify:            deps.Notify,
-		onTimeline:        deps.OnTimeline,
-		onRefetch:         deps.StretchRefetchQueued,
-		now:               now,
-		shared:            deps.Shared,
-		events:            newEventCache(4096),
-		snapKeys:          newSnapshotKeyCache(4096),
-		members:           newMemberMemo(),
-		versions:          newVersionCache(65536),
-		snapHV:            newSnapshotHVCache(65536),
-		stretches:         newStretchCache(),
-		pendingMembership: deps.PendingMembership,
-		onGuestAccess:     deps.OnGuestAccess,
+		db:                   deps.DB,
+		serverName:           spec.ServerName(deps.ServerName),
+		keyID:                gomatrixserverlib.KeyID(deps.Key.ID),
+		key:                  deps.Key,
+		cfg:                  deps.Config,
+		notify:               deps.Notify,
+		onTimeline:           deps.OnTimeline,
+		onRefetch:            deps.StretchRefetchQueued,
+		now:                  now,
+		shared:               deps.Shared,
+		events:               newEventCache(4096),
+		snapKeys:             newSnapshotKeyCache(4096),
+		members:              newMemberMemo(),
+		versions:             newVersionCache(65536),
+		snapHV:               newSnapshotHVCache(65536),
+		stretches:            newStretchCache(),
+		pendingMembership:    deps.PendingMembership,
+		endPendingMembership: deps.EndPendingMembership,
+		onGuestAccess:        deps.OnGuestAccess,
 	}
 	return s, nil
 }

@@ -25,6 +25,10 @@ func (r remoteServers) LeaveRemote(ctx context.Context, roomID, userID string, v
 	return (*r.fed).LeaveRemote(ctx, roomID, userID, via)
 }
 
+func (r remoteServers) PendingRemoteRooms(ctx context.Context, userID string) ([]string, error) {
+	return (*r.fed).PendingRemoteRooms(ctx, userID)
+}
+
 // clientAPI is r as clientapi.Federation; nil when federation is off.
 func (r *remoteServers) clientAPI() clientapi.Federation {
 	if r == nil {

@@ -200,7 +200,15 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		},
 		// Forget refuses a room the user is invited to or knocking on
 		// outside its events (a room only other servers hold).
-		PendingMembership: federationapi.PendingMembershipInTx})
+		PendingMembership: federationapi.PendingMembershipInTx,
+		// A member event of a local user in a room held here, or a
+		// Forget, ends the pending membership in its own transaction.
+		EndPendingMembership: func(ctx context.Context, tx storage.Tx, userID, roomID string) error {
+			if federation == nil {
+				return errors.New("homeserver: member event written before the federation API was built")
+			}
+			return federation.EndPendingMembershipInTx(ctx, tx, userID, roomID)
+		}})
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
@@ -223,7 +231,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	client, err = clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
-		AppServices: asRegistry, AppServiceQueries: asQueries{&appServices},
+		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
+		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same
 		// transaction (and wakes the key server's device-list update sender).
 		OnDevicesDeleted: DevicesDeletedHook(db, keyCounts, func(stream string, pos int64) {
