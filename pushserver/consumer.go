@@ -58,6 +58,19 @@ const (
 	// pass has nothing else to write (see consumeEvents).
 	lazyStoreEvents = 1000
 	lazyStoreEvery  = 5 * time.Second
+	// quietPassLull: a quiet room-event pass (see quietJoinsPassEvery)
+	// that has come due waits until the room stream has not moved for
+	// this long. Otherwise it ran at a fixed distance from the previous
+	// one, which had itself begun at a message's notification: at a
+	// message every 500 ms the pass (a read transaction, and every
+	// lazyStoreEvery a commit with its fsync in the shared writer) came
+	// back in step with every fourth message, at its commit or in the
+	// middle of its delivery to the room's long polls, the moment its
+	// latency is made. After a lull the delivery is over (a few ms for
+	// 20 listeners, 20-45 ms for 200: docs/benchmarks.md, "fan20"). A
+	// stream that never pauses this long gets its quiet pass anyway once
+	// it has waited a further quietJoinsPassEvery for a lull.
+	quietPassLull = 50 * time.Millisecond
 )
 
 // runConsumer processes the room event and receipt streams until ctx
@@ -75,25 +88,42 @@ func (s *Server) runConsumer(ctx context.Context) {
 	var seen notifier.Positions // positions at the last read; nil: read both
 	var eventsReadAt time.Time  // when the last room-event pass began
 	var joinsAtRead int64       // s.localJoins when that pass began
+	var roomHeard int64         // the room stream position last heard
+	var roomMovedAt time.Time   // when it was first heard (quietPassLull)
+	var lullSince time.Time     // when a due quiet pass was first put off for a lull; zero: none is
 	for {
 		changed := s.notifier.Changed()
 		now := s.notifier.Positions()
+		if p := now[roomserver.Stream]; p != roomHeard {
+			roomHeard, roomMovedAt = p, time.Now()
+		}
 		joins := s.localJoins.Load() // before the read: a join after it is read next time
 		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
 		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
 		var eventsDue <-chan time.Time // set when a room-event pass is put off
 		if events && seen != nil && s.eventsPos.Load() >= s.inTxFrom {
 			every := joinsPassEvery
-			if !s.shared && joins == joinsAtRead {
+			quiet := !s.shared && joins == joinsAtRead
+			if quiet {
 				every = quietJoinsPassEvery
 			}
-			if rest := every - time.Since(eventsReadAt); rest > 0 {
+			rest := every - time.Since(eventsReadAt)
+			if quiet && rest <= 0 {
+				// Due, but not in the middle of a message's delivery.
+				if lullSince.IsZero() {
+					lullSince = time.Now()
+				}
+				if time.Since(lullSince) < quietJoinsPassEvery {
+					rest = quietPassLull - time.Since(roomMovedAt)
+				}
+			}
+			if rest > 0 {
 				events, eventsDue = false, time.After(rest)
 			}
 		}
 		passStarted := time.Now()
 		if events {
-			eventsReadAt, joinsAtRead = passStarted, joins
+			eventsReadAt, joinsAtRead, lullSince = passStarted, joins, time.Time{}
 		}
 		var more bool
 		var err error

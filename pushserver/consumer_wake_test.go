@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -341,4 +343,94 @@ func TestConsumerQuietWithoutLocalJoins(t *testing.T) {
 			t.Logf("the quiet pass came %v after the message", took+100*time.Millisecond)
 		})
 	}
+}
+
+// timedStreams records when each room-event pass read.
+type timedStreams struct {
+	countingStreams
+	mu    sync.Mutex
+	reads []time.Time
+}
+
+func (c *timedStreams) JoinsAfter(ctx context.Context, from int64, n int) (int64, []*roomserver.Event, error) {
+	c.mu.Lock()
+	c.reads = append(c.reads, time.Now())
+	c.mu.Unlock()
+	return c.countingStreams.JoinsAfter(ctx, from, n)
+}
+
+// A quiet room-event pass that comes due while messages arrive waits for
+// a lull of quietPassLull in the room stream. Spaced from the previous
+// pass's start alone, as they were, the quiet passes after a pass run at
+// a message (here a local join's, committed with the first message) fell
+// on every twentieth message of a message every 100ms (a divisor of
+// quietJoinsPassEvery, as the fan-out benchmark's 500ms are), at its
+// commit or during its delivery. Here every quiet pass comes at least
+// quietPassLull after the message before it; the passes still come, and
+// the last message is read.
+func TestConsumerQuietPassWaitsForLull(t *testing.T) {
+	streams := &timedStreams{}
+	n := notifier.New()
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.runConsumer(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for streams.eventReads.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no first read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	const every, messages = 100 * time.Millisecond, 45
+	var sent []time.Time
+	start := time.Now()
+	for i := range messages {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+		if i == 0 {
+			// A local join commits with the first message: its pass runs
+			// at once, at the message (a join's copy is not put off),
+			// and the quiet passes after it are spaced from its start.
+			s.localJoins.Add(1)
+		}
+		sent = append(sent, time.Now())
+		n.Notify(roomserver.Stream, int64(2+i))
+	}
+	last := sent[len(sent)-1]
+	deadline = time.Now().Add(quietJoinsPassEvery + 5*time.Second)
+	for !time.Unix(0, streams.lastEventRead.Load()).After(last) {
+		if time.Now().After(deadline) {
+			t.Fatal("the last message was never read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	streams.mu.Lock()
+	reads := slices.Clone(streams.reads)
+	streams.mu.Unlock()
+	passes := 0
+	for _, r := range reads {
+		if !r.After(sent[0]) {
+			continue
+		}
+		if passes++; passes == 1 {
+			continue // the join's pass
+		}
+		i, _ := slices.BinarySearchFunc(sent, r, func(a, b time.Time) int { return a.Compare(b) })
+		if gap := r.Sub(sent[i-1]); gap < quietPassLull {
+			t.Errorf("a pass came %v after a message, want at least %v", gap, quietPassLull)
+		}
+	}
+	// 4.4s of messages: the join's pass, then a quiet pass each
+	// quietJoinsPassEvery.
+	if passes < 3 {
+		t.Fatalf("%d passes during and after %d messages over %v, want at least 3", passes, messages, last.Sub(sent[0]))
+	}
+	t.Logf("%d passes", passes)
 }
