@@ -59,17 +59,21 @@ const (
 	lazyStoreEvents = 1000
 	lazyStoreEvery  = 5 * time.Second
 	// quietPassLull: a quiet room-event pass (see quietJoinsPassEvery)
-	// that has come due waits until the room stream has not moved for
-	// this long. Otherwise it ran at a fixed distance from the previous
-	// one, which had itself begun at a message's notification: at a
-	// message every 500 ms the pass (a read transaction, and every
-	// lazyStoreEvery a commit with its fsync in the shared writer) came
-	// back in step with every fourth message, at its commit or in the
-	// middle of its delivery to the room's long polls, the moment its
-	// latency is made. After a lull the delivery is over (a few ms for
-	// 20 listeners, 20-45 ms for 200: docs/benchmarks.md, "fan20"). A
-	// stream that never pauses this long gets its quiet pass anyway once
-	// it has waited a further quietJoinsPassEvery for a lull.
+	// that comes due less than quietPassLull after the room stream last
+	// moved waits until then; one that comes due in a longer gap runs,
+	// and the next is spaced from that gap's start plus quietPassLull,
+	// so that it comes due in the lull after an event. Spaced from the
+	// previous pass's start alone, the passes kept a fixed phase, set
+	// by a pass begun at a message's notification: at a message every
+	// 500 ms the pass (a read transaction, and every lazyStoreEvery a
+	// commit with its fsync in the shared writer) came back with every
+	// fourth message, at its commit or in the middle of its delivery to
+	// the room's long polls, the moment its latency is made; and a phase
+	// late in the gap is just before the next message. quietPassLull
+	// after an event its delivery is over (a few ms for 20 listeners,
+	// 20-45 ms for 200: docs/benchmarks.md, "fan20"). A stream that
+	// never pauses this long gets its quiet pass anyway once it has
+	// waited a further quietJoinsPassEvery.
 	quietPassLull = 50 * time.Millisecond
 )
 
@@ -101,6 +105,7 @@ func (s *Server) runConsumer(ctx context.Context) {
 		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
 		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
 		var eventsDue <-chan time.Time // set when a room-event pass is put off
+		var lullAnchor time.Time       // when set, the time the next pass is spaced from
 		if events && seen != nil && s.eventsPos.Load() >= s.inTxFrom {
 			every := joinsPassEvery
 			quiet := !s.shared && joins == joinsAtRead
@@ -109,12 +114,19 @@ func (s *Server) runConsumer(ctx context.Context) {
 			}
 			rest := every - time.Since(eventsReadAt)
 			if quiet && rest <= 0 {
-				// Due, but not in the middle of a message's delivery.
+				// Due: not during a room event's commit and delivery.
 				if lullSince.IsZero() {
 					lullSince = time.Now()
 				}
-				if time.Since(lullSince) < quietJoinsPassEvery {
-					rest = quietPassLull - time.Since(roomMovedAt)
+				since := time.Since(roomMovedAt)
+				if since < quietPassLull && time.Since(lullSince) < quietJoinsPassEvery {
+					rest = quietPassLull - since
+				} else if since >= 2*quietPassLull {
+					// Due in a gap between events, where the next may
+					// come at any moment: run, but space the next pass
+					// from this gap's lull, so that it comes due in the
+					// lull after an event.
+					lullAnchor = roomMovedAt.Add(quietPassLull)
 				}
 			}
 			if rest > 0 {
@@ -124,6 +136,9 @@ func (s *Server) runConsumer(ctx context.Context) {
 		passStarted := time.Now()
 		if events {
 			eventsReadAt, joinsAtRead, lullSince = passStarted, joins, time.Time{}
+			if !lullAnchor.IsZero() {
+				eventsReadAt = lullAnchor
+			}
 		}
 		var more bool
 		var err error

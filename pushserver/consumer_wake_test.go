@@ -359,16 +359,30 @@ func (c *timedStreams) JoinsAfter(ctx context.Context, from int64, n int) (int64
 	return c.countingStreams.JoinsAfter(ctx, from, n)
 }
 
-// A quiet room-event pass that comes due while messages arrive waits for
-// a lull of quietPassLull in the room stream. Spaced from the previous
-// pass's start alone, as they were, the quiet passes after a pass run at
-// a message (here a local join's, committed with the first message) fell
-// on every twentieth message of a message every 100ms (a divisor of
-// quietJoinsPassEvery, as the fan-out benchmark's 500ms are), at its
-// commit or during its delivery. Here every quiet pass comes at least
-// quietPassLull after the message before it; the passes still come, and
-// the last message is read.
+// A quiet room-event pass runs in the lull after a message. Spaced from
+// the previous pass's start alone, as they were, the quiet passes kept
+// the phase of the pass they followed: after one run at a message (a
+// local join's, committed with it) they fell on every tenth message of a
+// message every 200ms (a divisor of quietJoinsPassEvery, as the fan-out
+// benchmark's 500ms are), at its commit or during its delivery; after one
+// run in a gap just before a message, just before every tenth message.
+// Here every quiet pass after the first in a gap comes at least
+// quietPassLull after the message before it and before the one after it;
+// the passes still come, and the last message is read.
 func TestConsumerQuietPassWaitsForLull(t *testing.T) {
+	// The join with the first message: the passes come due at a
+	// message's lull.
+	t.Run("due at a message", func(t *testing.T) { testQuietPassLull(t, 0, 1) })
+	// The join alone, 190ms after the first message, 10ms before the
+	// second: the first quiet pass comes due in the gap, just before a
+	// message, and runs there; the ones after it are spaced from the
+	// gap's lull, so they come due at a message's lull.
+	t.Run("due in a gap", func(t *testing.T) { testQuietPassLull(t, 190*time.Millisecond, 2) })
+}
+
+// testQuietPassLull sends a message every 200ms for 6.4s and a local
+// join joinAfter the first, and checks the passes after the first skip.
+func testQuietPassLull(t *testing.T, joinAfter time.Duration, skip int) {
 	streams := &timedStreams{}
 	n := notifier.New()
 	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
@@ -389,19 +403,25 @@ func TestConsumerQuietPassWaitsForLull(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	const every, messages = 100 * time.Millisecond, 45
+	const every, messages = 200 * time.Millisecond, 33
 	var sent []time.Time
+	pos := int64(1)
 	start := time.Now()
 	for i := range messages {
 		time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
-		if i == 0 {
-			// A local join commits with the first message: its pass runs
-			// at once, at the message (a join's copy is not put off),
-			// and the quiet passes after it are spaced from its start.
+		if i == 0 && joinAfter == 0 {
 			s.localJoins.Add(1)
 		}
+		pos++
 		sent = append(sent, time.Now())
-		n.Notify(roomserver.Stream, int64(2+i))
+		n.Notify(roomserver.Stream, pos)
+		if i == 0 && joinAfter > 0 {
+			time.Sleep(time.Until(start.Add(joinAfter)))
+			s.localJoins.Add(1)
+			pos++
+			sent = append(sent, time.Now())
+			n.Notify(roomserver.Stream, pos)
+		}
 	}
 	last := sent[len(sent)-1]
 	deadline = time.Now().Add(quietJoinsPassEvery + 5*time.Second)
@@ -419,18 +439,23 @@ func TestConsumerQuietPassWaitsForLull(t *testing.T) {
 		if !r.After(sent[0]) {
 			continue
 		}
-		if passes++; passes == 1 {
-			continue // the join's pass
+		if passes++; passes <= skip {
+			continue
 		}
 		i, _ := slices.BinarySearchFunc(sent, r, func(a, b time.Time) int { return a.Compare(b) })
 		if gap := r.Sub(sent[i-1]); gap < quietPassLull {
-			t.Errorf("a pass came %v after a message, want at least %v", gap, quietPassLull)
+			t.Errorf("pass %d came %v after a message, want at least %v", passes, gap, quietPassLull)
+		}
+		if i < len(sent) {
+			if gap := sent[i].Sub(r); gap < quietPassLull {
+				t.Errorf("pass %d came %v before a message, want at least %v", passes, gap, quietPassLull)
+			}
 		}
 	}
-	// 4.4s of messages: the join's pass, then a quiet pass each
-	// quietJoinsPassEvery.
-	if passes < 3 {
-		t.Fatalf("%d passes during and after %d messages over %v, want at least 3", passes, messages, last.Sub(sent[0]))
+	// 6.4s of messages: the passes skipped, then a quiet pass each
+	// quietJoinsPassEvery (and one after the last message).
+	if passes < skip+2 {
+		t.Fatalf("%d passes during and after %d messages over %v, want at least %d", passes, messages, last.Sub(sent[0]), skip+2)
 	}
 	t.Logf("%d passes", passes)
 }
