@@ -58,6 +58,23 @@ const (
 	// pass has nothing else to write (see consumeEvents).
 	lazyStoreEvents = 1000
 	lazyStoreEvery  = 5 * time.Second
+	// quietPassLull: a quiet room-event pass (see quietJoinsPassEvery)
+	// that comes due less than quietPassLull after the room stream last
+	// moved waits until then; one that comes due in a longer gap runs,
+	// and the next is spaced from that gap's start plus quietPassLull,
+	// so that it comes due in the lull after an event. Spaced from the
+	// previous pass's start alone, the passes kept a fixed phase, set
+	// by a pass begun at a message's notification: at a message every
+	// 500 ms the pass (a read transaction, and every lazyStoreEvery a
+	// commit with its fsync in the shared writer) came back with every
+	// fourth message, at its commit or in the middle of its delivery to
+	// the room's long polls, the moment its latency is made; and a phase
+	// late in the gap is just before the next message. quietPassLull
+	// after an event its delivery is over (a few ms for 20 listeners,
+	// 20-45 ms for 200: docs/benchmarks.md, "fan20"). A stream that
+	// never pauses this long gets its quiet pass anyway once it has
+	// waited a further quietJoinsPassEvery.
+	quietPassLull = 50 * time.Millisecond
 )
 
 // runConsumer processes the room event and receipt streams until ctx
@@ -75,25 +92,53 @@ func (s *Server) runConsumer(ctx context.Context) {
 	var seen notifier.Positions // positions at the last read; nil: read both
 	var eventsReadAt time.Time  // when the last room-event pass began
 	var joinsAtRead int64       // s.localJoins when that pass began
+	var roomHeard int64         // the room stream position last heard
+	var roomMovedAt time.Time   // when it was first heard (quietPassLull)
+	var lullSince time.Time     // when a due quiet pass was first put off for a lull; zero: none is
 	for {
 		changed := s.notifier.Changed()
 		now := s.notifier.Positions()
+		if p := now[roomserver.Stream]; p != roomHeard {
+			roomHeard, roomMovedAt = p, time.Now()
+		}
 		joins := s.localJoins.Load() // before the read: a join after it is read next time
 		events := seen == nil || now[roomserver.Stream] != seen[roomserver.Stream]
 		receipts := seen == nil || now[receiptsStream] != seen[receiptsStream]
 		var eventsDue <-chan time.Time // set when a room-event pass is put off
+		var lullAnchor time.Time       // when set, the time the next pass is spaced from
 		if events && seen != nil && s.eventsPos.Load() >= s.inTxFrom {
 			every := joinsPassEvery
-			if !s.shared && joins == joinsAtRead {
+			quiet := !s.shared && joins == joinsAtRead
+			if quiet {
 				every = quietJoinsPassEvery
 			}
-			if rest := every - time.Since(eventsReadAt); rest > 0 {
+			rest := every - time.Since(eventsReadAt)
+			if quiet && rest <= 0 {
+				// Due: not during a room event's commit and delivery.
+				if lullSince.IsZero() {
+					lullSince = time.Now()
+				}
+				since := time.Since(roomMovedAt)
+				if since < quietPassLull && time.Since(lullSince) < quietJoinsPassEvery {
+					rest = quietPassLull - since
+				} else if since >= 2*quietPassLull {
+					// Due in a gap between events, where the next may
+					// come at any moment: run, but space the next pass
+					// from this gap's lull, so that it comes due in the
+					// lull after an event.
+					lullAnchor = roomMovedAt.Add(quietPassLull)
+				}
+			}
+			if rest > 0 {
 				events, eventsDue = false, time.After(rest)
 			}
 		}
 		passStarted := time.Now()
 		if events {
-			eventsReadAt, joinsAtRead = passStarted, joins
+			eventsReadAt, joinsAtRead, lullSince = passStarted, joins, time.Time{}
+			if !lullAnchor.IsZero() {
+				eventsReadAt = lullAnchor
+			}
 		}
 		var more bool
 		var err error

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -341,4 +343,119 @@ func TestConsumerQuietWithoutLocalJoins(t *testing.T) {
 			t.Logf("the quiet pass came %v after the message", took+100*time.Millisecond)
 		})
 	}
+}
+
+// timedStreams records when each room-event pass read.
+type timedStreams struct {
+	countingStreams
+	mu    sync.Mutex
+	reads []time.Time
+}
+
+func (c *timedStreams) JoinsAfter(ctx context.Context, from int64, n int) (int64, []*roomserver.Event, error) {
+	c.mu.Lock()
+	c.reads = append(c.reads, time.Now())
+	c.mu.Unlock()
+	return c.countingStreams.JoinsAfter(ctx, from, n)
+}
+
+// A quiet room-event pass runs in the lull after a message. Spaced from
+// the previous pass's start alone, as they were, the quiet passes kept
+// the phase of the pass they followed: after one run at a message (a
+// local join's, committed with it) they fell on every tenth message of a
+// message every 200ms (a divisor of quietJoinsPassEvery, as the fan-out
+// benchmark's 500ms are), at its commit or during its delivery; after one
+// run in a gap just before a message, just before every tenth message.
+// Here every quiet pass after the first in a gap comes at least
+// quietPassLull after the message before it and before the one after it;
+// the passes still come, and the last message is read.
+func TestConsumerQuietPassWaitsForLull(t *testing.T) {
+	// The join with the first message: the passes come due at a
+	// message's lull.
+	t.Run("due at a message", func(t *testing.T) { testQuietPassLull(t, 0, 1) })
+	// The join alone, 190ms after the first message, 10ms before the
+	// second: the first quiet pass comes due in the gap, just before a
+	// message, and runs there; the ones after it are spaced from the
+	// gap's lull, so they come due at a message's lull.
+	t.Run("due in a gap", func(t *testing.T) { testQuietPassLull(t, 190*time.Millisecond, 2) })
+}
+
+// testQuietPassLull sends a message every 200ms for 6.4s and a local
+// join joinAfter the first, and checks the passes after the first skip.
+func testQuietPassLull(t *testing.T, joinAfter time.Duration, skip int) {
+	streams := &timedStreams{}
+	n := notifier.New()
+	s := &Server{rooms: streams, receipts: streams, notifier: n, log: slog.Default()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.runConsumer(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for streams.eventReads.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no first read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	const every, messages = 200 * time.Millisecond, 33
+	var sent []time.Time
+	pos := int64(1)
+	start := time.Now()
+	for i := range messages {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+		if i == 0 && joinAfter == 0 {
+			s.localJoins.Add(1)
+		}
+		pos++
+		sent = append(sent, time.Now())
+		n.Notify(roomserver.Stream, pos)
+		if i == 0 && joinAfter > 0 {
+			time.Sleep(time.Until(start.Add(joinAfter)))
+			s.localJoins.Add(1)
+			pos++
+			sent = append(sent, time.Now())
+			n.Notify(roomserver.Stream, pos)
+		}
+	}
+	last := sent[len(sent)-1]
+	deadline = time.Now().Add(quietJoinsPassEvery + 5*time.Second)
+	for !time.Unix(0, streams.lastEventRead.Load()).After(last) {
+		if time.Now().After(deadline) {
+			t.Fatal("the last message was never read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	streams.mu.Lock()
+	reads := slices.Clone(streams.reads)
+	streams.mu.Unlock()
+	passes := 0
+	for _, r := range reads {
+		if !r.After(sent[0]) {
+			continue
+		}
+		if passes++; passes <= skip {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(sent, r, func(a, b time.Time) int { return a.Compare(b) })
+		if gap := r.Sub(sent[i-1]); gap < quietPassLull {
+			t.Errorf("pass %d came %v after a message, want at least %v", passes, gap, quietPassLull)
+		}
+		if i < len(sent) {
+			if gap := sent[i].Sub(r); gap < quietPassLull {
+				t.Errorf("pass %d came %v before a message, want at least %v", passes, gap, quietPassLull)
+			}
+		}
+	}
+	// 6.4s of messages: the passes skipped, then a quiet pass each
+	// quietJoinsPassEvery (and one after the last message).
+	if passes < skip+2 {
+		t.Fatalf("%d passes during and after %d messages over %v, want at least %d", passes, messages, last.Sub(sent[0]), skip+2)
+	}
+	t.Logf("%d passes", passes)
 }
