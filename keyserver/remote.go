@@ -357,7 +357,11 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// serverBackoff is a server whose GET /user/devices failed (retryable):
+// serverBackoff is a server whose GET /user/devices failed (retryable).
+// It is kept here, besides the federation sender's backoff (which the
+// loops also heed: backingOff), because the sender records only its own
+// transactions' failures, and a server may be down while we have
+// nothing to send it:
 // the background resync loops of its users send it nothing until until,
 // then one of them asks (the probe) while the others wait for its
 // outcome. So while the server is down its N tracked users cost one
@@ -369,6 +373,20 @@ type serverBackoff struct {
 	wait     time.Duration
 	failures int           // failed fetches recorded, probes or not
 	probe    chan struct{} // non-nil while a probe runs; closed when it ends
+}
+
+// errBackingOff is the failed attempt of a retry skipped because the
+// federation sender is backing off from the user's server
+// (DestinationBackingOff).
+var errBackingOff = errors.New("the federation sender is backing off from the user's server")
+
+// backingOff reports whether the federation client says it is backing
+// off from server (the sender's failed transactions), when it can tell.
+func (s *Server) backingOff(ctx context.Context, server string) bool {
+	b, ok := s.fed.(interface {
+		DestinationBackingOff(ctx context.Context, server string) bool
+	})
+	return ok && b.DestinationBackingOff(ctx, server)
 }
 
 // errServerFailing is the failed attempt of a loop that waited for
@@ -468,9 +486,15 @@ func (s *Server) track(bg context.Context, userID string, retry resyncRetry) {
 		s.resyncMu.Lock()
 		s.tracking[userID] = false
 		s.resyncMu.Unlock()
-		end, err := s.awaitServer(bg, serverOf(userID))
 		var fresh bool
-		if err == nil {
+		var end func()
+		var err error
+		if attempt > 1 && s.backingOff(bg, serverOf(userID)) {
+			err = errBackingOff
+		} else {
+			end, err = s.awaitServer(bg, serverOf(userID))
+		}
+		if end != nil {
 			fresh, err = s.trackOnce(bg, userID)
 			end()
 		}

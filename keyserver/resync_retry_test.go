@@ -511,6 +511,55 @@ func TestUpdateDuringLastResyncAttempt(t *testing.T) {
 	}
 }
 
+// backingOffRemote is a scriptedRemote whose federation sender says it
+// is backing off from the servers in down.
+type backingOffRemote struct {
+	scriptedRemote
+	down map[string]bool
+}
+
+func (r *backingOffRemote) DestinationBackingOff(_ context.Context, server string) bool {
+	return r.down[server]
+}
+
+// TestResyncSkippedWhileSenderBacksOff: a background resync does not
+// retry while the federation sender is backing off from the user's
+// server (its transactions failed): one request per update, and the
+// cache is left stale for the next update or /keys/query; a user of
+// another server is retried as before.
+func TestResyncSkippedWhileSenderBacksOff(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie, frank = "@elsie:down.example", "@frank:up.example"
+		calls := map[string]*atomic.Int32{elsie: {}, frank: {}}
+		remote := &backingOffRemote{scriptedRemote: scriptedRemote{countingRemote: countingRemote{t: t}},
+			down: map[string]bool{"down.example": true}}
+		remote.answer = func(_ int, userID string) (json.RawMessage, error) {
+			calls[userID].Add(1)
+			return nil, errors.New("connection refused")
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, 10*time.Millisecond, 40*time.Millisecond, 4)
+		ks.StartFederation(ctx)
+
+		for _, id := range []string{elsie, frank} {
+			deviceUpdate(ctx, t, ks, newDeviceKeys(t, id, "DEVICE"), 1)
+		}
+		for _, id := range []string{elsie, frank} {
+			waitIdle(t, ks, id, 10*time.Second)
+		}
+		for id, want := range map[string]int32{elsie: 1, frank: 4} {
+			if got := calls[id].Load(); got != want {
+				t.Errorf("%s: %d GET /user/devices, want %d", id, got, want)
+			}
+		}
+		if exists, stale, _ := cacheState(t, db, elsie); !exists || !stale {
+			t.Errorf("elsie: the cache is not left stale (row %v, stale %v)", exists, stale)
+		}
+	})
+}
+
 // keyServerWith is keyServerSharingRooms with any remote.
 func keyServerWith(ctx context.Context, t *testing.T, db *storage.DB, remote keyserver.RemoteKeys) *keyserver.Server {
 	t.Helper()
