@@ -317,8 +317,13 @@ func (s *Server) cachedKeys(ctx context.Context, userID string, wanted []string,
 // it to read the cache's state once more before it ends. It fetches
 // nothing when the cache is fresh, and waits for a resync already
 // running rather than starting a second (resyncShared), so a resync that
-// ends with the cache fresh costs one GET /user/devices. The loops end
-// with the context StartFederation was given. The retry state is not
+// ends with the cache fresh costs one GET /user/devices. The loops of
+// one server's users share its backoff (serverBackoff) and skip retries
+// while the federation sender backs off from it (backingOff), so a
+// server that is down is not asked once per tracked user per step. A
+// loop that ends (fresh, out of attempts, or refused) starts a new round
+// if an update came during its last attempt. The loops end with the
+// context StartFederation was given. The retry state is not
 // stored: the stale marker is (keyserver_remote_users.stale), and a
 // stale cache is never served — after a restart /keys/query resyncs it.
 func (s *Server) startTracking(userID string) {
@@ -407,6 +412,14 @@ func (s *Server) noteServer(server string, err error) {
 	retry := s.retry
 	switch {
 	case b == nil:
+		// Forget the servers whose backoff ran out long ago and that no
+		// one asked since (their users' loops have ended): a later
+		// failure starts over from retry.first.
+		for name, old := range s.failing {
+			if old.probe == nil && time.Since(old.until) > retry.max {
+				delete(s.failing, name)
+			}
+		}
 		b = &serverBackoff{wait: retry.first}
 		s.failing[server] = b
 	case b.probe != nil:
