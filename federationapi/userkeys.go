@@ -110,3 +110,26 @@ func (s *Server) RemoteUserDevices(ctx context.Context, server, userID string) (
 	err := s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/user/devices/"+pathEscape(userID), nil, &out)
 	return out, err
 }
+
+// DestinationBackingOff reports whether the sender is backing off from
+// server: its last transactions to it failed and retry_at_ts is still
+// ahead (gmeFallbacks skips such servers too). The key server's
+// device-list resync loops skip a retry meanwhile rather than send the
+// server one GET /user/devices per tracked user. It reads nothing for a
+// server this process's sender holds healthy (backoffView), and answers
+// false when it cannot read.
+func (s *Server) DestinationBackingOff(ctx context.Context, server string) bool {
+	if s.sender != nil {
+		s.sender.view.mu.Lock()
+		_, failing := s.sender.view.failing[server]
+		s.sender.view.mu.Unlock()
+		if !failing && !s.sender.view.shared {
+			return false
+		}
+	}
+	var failures int
+	var retryAt int64
+	err := s.db.Reader().QueryRow(ctx, `SELECT failures, retry_at_ts FROM federation_destinations WHERE server_name = $1`,
+		server).Scan(&failures, &retryAt)
+	return err == nil && failures > 0 && retryAt > s.now().UnixMilli()
+}

@@ -115,6 +115,11 @@ type Server struct {
 	// resyncMu.
 	tracking map[string]bool
 	retry    resyncRetry // guarded by resyncMu
+	// failing holds the servers whose GET /user/devices failed (could
+	// not be reached, or answered 401, 429 or 5xx), for the background
+	// resync loops to share one backoff per server (awaitServer); guarded
+	// by resyncMu.
+	failing map[string]*serverBackoff
 }
 
 // New runs the key server's migrations and returns the server.
@@ -147,6 +152,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		deviceListWake:  make(chan struct{}, 1),
 		resyncing:       map[string]chan struct{}{},
 		tracking:        map[string]bool{},
+		failing:         map[string]*serverBackoff{},
 		retry:           defaultResyncRetry,
 		nowMillis:       func() int64 { return time.Now().UnixMilli() },
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync"
@@ -316,8 +317,13 @@ func (s *Server) cachedKeys(ctx context.Context, userID string, wanted []string,
 // it to read the cache's state once more before it ends. It fetches
 // nothing when the cache is fresh, and waits for a resync already
 // running rather than starting a second (resyncShared), so a resync that
-// ends with the cache fresh costs one GET /user/devices. The loops end
-// with the context StartFederation was given. The retry state is not
+// ends with the cache fresh costs one GET /user/devices. The loops of
+// one server's users share its backoff (serverBackoff) and skip retries
+// while the federation sender backs off from it (backingOff), so a
+// server that is down is not asked once per tracked user per step. A
+// loop that ends (fresh, out of attempts, or refused) starts a new round
+// if an update came during its last attempt. The loops end with the
+// context StartFederation was given. The retry state is not
 // stored: the stale marker is (keyserver_remote_users.stale), and a
 // stale cache is never served — after a restart /keys/query resyncs it.
 func (s *Server) startTracking(userID string) {
@@ -339,13 +345,141 @@ func (s *Server) startTracking(userID string) {
 
 // resyncRetry is how often, and when, startTracking's loop tries again:
 // first after first, then after twice the previous wait up to max, for
-// at most attempts resyncs in all.
+// at most attempts resyncs in all. Each wait is jittered (jitter), so
+// that loops started together do not retry together.
 type resyncRetry struct {
 	first, max time.Duration
 	attempts   int
 }
 
 var defaultResyncRetry = resyncRetry{first: time.Second, max: 30 * time.Second, attempts: 8}
+
+// jitter returns a duration drawn evenly from [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// serverBackoff is a server whose GET /user/devices failed (retryable).
+// It is kept here, besides the federation sender's backoff (which the
+// loops also heed: backingOff), because the sender records only its own
+// transactions' failures, and a server may be down while we have
+// nothing to send it:
+// the background resync loops of its users send it nothing until until,
+// then one of them asks (the probe) while the others wait for its
+// outcome. So while the server is down its N tracked users cost one
+// request per backoff step, not N; the step doubles from retry.first to
+// retry.max at each failed probe. The server's first answer (any status
+// retryable does not take for a failure, or a 2xx) ends it.
+type serverBackoff struct {
+	until    time.Time
+	wait     time.Duration
+	failures int           // failed fetches recorded, probes or not
+	probe    chan struct{} // non-nil while a probe runs; closed when it ends
+}
+
+// errBackingOff is the failed attempt of a retry skipped because the
+// federation sender is backing off from the user's server
+// (DestinationBackingOff).
+var errBackingOff = errors.New("the federation sender is backing off from the user's server")
+
+// backingOff reports whether the federation client says it is backing
+// off from server (the sender's failed transactions), when it can tell.
+func (s *Server) backingOff(ctx context.Context, server string) bool {
+	b, ok := s.fed.(interface {
+		DestinationBackingOff(ctx context.Context, server string) bool
+	})
+	return ok && b.DestinationBackingOff(ctx, server)
+}
+
+// errServerFailing is the failed attempt of a loop that waited for
+// another loop's probe of the user's server, which failed.
+var errServerFailing = errors.New("the user's server is failing (another resync's probe failed)")
+
+// noteServer records the outcome of a GET /user/devices to server:
+// err nil or not retryable (the server answered) ends its backoff; a
+// retryable failure starts one, or, when it is a probe's, doubles it.
+func (s *Server) noteServer(server string, err error) {
+	s.resyncMu.Lock()
+	defer s.resyncMu.Unlock()
+	b := s.failing[server]
+	if err == nil || !retryable(err) {
+		delete(s.failing, server)
+		return
+	}
+	retry := s.retry
+	switch {
+	case b == nil:
+		// Forget the servers whose backoff ran out long ago and that no
+		// one asked since (their users' loops have ended): a later
+		// failure starts over from retry.first.
+		for name, old := range s.failing {
+			if old.probe == nil && time.Since(old.until) > retry.max {
+				delete(s.failing, name)
+			}
+		}
+		b = &serverBackoff{wait: retry.first}
+		s.failing[server] = b
+	case b.probe != nil:
+		b.wait = min(b.wait*2, retry.max)
+	}
+	b.failures++
+	b.until = time.Now().Add(jitter(b.wait))
+}
+
+// awaitServer waits, before a background resync of a user of server,
+// while server is in backoff (serverBackoff). It returns end, to call
+// once the resync is over, when the caller may fetch; or
+// errServerFailing when another loop's probe failed while it waited; or
+// bg's error.
+func (s *Server) awaitServer(bg context.Context, server string) (end func(), err error) {
+	for {
+		s.resyncMu.Lock()
+		b := s.failing[server]
+		if b == nil {
+			s.resyncMu.Unlock()
+			return func() {}, nil
+		}
+		if probe := b.probe; probe != nil {
+			seen := b.failures
+			s.resyncMu.Unlock()
+			select {
+			case <-probe:
+			case <-bg.Done():
+				return nil, bg.Err()
+			}
+			s.resyncMu.Lock()
+			failed := s.failing[server] == b && b.failures > seen
+			s.resyncMu.Unlock()
+			if failed {
+				return nil, errServerFailing
+			}
+			continue // it succeeded, or fetched nothing
+		}
+		if d := time.Until(b.until); d > 0 {
+			s.resyncMu.Unlock()
+			timer := time.NewTimer(d)
+			select {
+			case <-timer.C:
+			case <-bg.Done():
+				timer.Stop()
+				return nil, bg.Err()
+			}
+			continue
+		}
+		probe := make(chan struct{})
+		b.probe = probe
+		s.resyncMu.Unlock()
+		return func() {
+			s.resyncMu.Lock()
+			b.probe = nil
+			s.resyncMu.Unlock()
+			close(probe)
+		}, nil
+	}
+}
 
 // track is startTracking's loop for userID.
 func (s *Server) track(bg context.Context, userID string, retry resyncRetry) {
@@ -365,7 +499,18 @@ func (s *Server) track(bg context.Context, userID string, retry resyncRetry) {
 		s.resyncMu.Lock()
 		s.tracking[userID] = false
 		s.resyncMu.Unlock()
-		fresh, err := s.trackOnce(bg, userID)
+		var fresh bool
+		var end func()
+		var err error
+		if attempt > 1 && s.backingOff(bg, serverOf(userID)) {
+			err = errBackingOff
+		} else {
+			end, err = s.awaitServer(bg, serverOf(userID))
+		}
+		if end != nil {
+			fresh, err = s.trackOnce(bg, userID)
+			end()
+		}
 		if err == nil && fresh {
 			if stop(true) {
 				return
@@ -379,17 +524,27 @@ func (s *Server) track(bg context.Context, userID string, retry resyncRetry) {
 		}
 		if err != nil && !retryable(err) {
 			s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err)
-			stop(false)
-			return
+			// An update that came during this attempt starts a new
+			// round (one per such update, so not an endless loop).
+			if stop(true) {
+				return
+			}
+			attempt, wait = 0, retry.first
+			continue
 		}
 		if attempt >= retry.attempts {
-			// Left stale: the next /keys/query or update asks again.
+			// Left stale: the next /keys/query or update asks again, as
+			// does an update that came during this last attempt.
 			s.log.Warn("giving up resyncing a remote user's devices", "user_id", userID, "attempts", attempt, "err", err)
-			stop(false)
-			return
+			if stop(true) {
+				return
+			}
+			attempt, wait = 0, retry.first
+			continue
 		}
-		s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err, "stale", err == nil, "retry_in", wait)
-		timer := time.NewTimer(wait)
+		d := jitter(wait)
+		s.log.Info("resyncing a remote user's devices", "user_id", userID, "err", err, "stale", err == nil, "retry_in", d)
+		timer := time.NewTimer(d)
 		select {
 		case <-timer.C:
 		case <-bg.Done():
@@ -428,8 +583,12 @@ func (s *Server) trackOnce(bg context.Context, userID string) (bool, error) {
 // which it would answer again (a server not serving the endpoint, a user
 // it does not have). A 401 may be transient (the server could not fetch
 // our signing key to check the request), as are 429, 5xx and failures
-// to reach it.
+// to reach it. An answer that is not a /user/devices answer for the
+// user (errBadAnswer) would come again: it is not retried.
 func retryable(err error) bool {
+	if errors.Is(err, errBadAnswer) {
+		return false
+	}
 	var answered interface{ HTTPStatus() int }
 	if errors.As(err, &answered) {
 		switch answered.HTTPStatus() {
@@ -439,6 +598,10 @@ func retryable(err error) bool {
 	}
 	return true
 }
+
+// errBadAnswer is a 2xx answer to GET /user/devices that does not parse,
+// or that lists another user's devices.
+var errBadAnswer = errors.New("bad /user/devices answer")
 
 // resyncShared runs Resync for userID, or, when one is already running
 // (in the background, or for another /keys/query), waits for that one
@@ -563,8 +726,12 @@ func (s *Server) Resync(ctx context.Context, userID string) error {
 	}
 	raw, err := s.fed.RemoteUserDevices(ctx, serverOf(userID), userID)
 	if err != nil {
+		if !errors.Is(err, context.Canceled) { // a timeout may be the server's
+			s.noteServer(serverOf(userID), err)
+		}
 		return err
 	}
+	s.noteServer(serverOf(userID), nil)
 	var resp struct {
 		UserID   string `json:"user_id"`
 		StreamID int64  `json:"stream_id"`
@@ -577,10 +744,10 @@ func (s *Server) Resync(ctx context.Context, userID string) error {
 		SelfSigningKey json.RawMessage `json:"self_signing_key"`
 	}
 	if err := json.Unmarshal(raw, &resp); err != nil {
-		return fmt.Errorf("bad /user/devices answer: %w", err)
+		return fmt.Errorf("%w: %w", errBadAnswer, err)
 	}
 	if resp.UserID != userID {
-		return fmt.Errorf("/user/devices answered for %q, not %q", resp.UserID, userID)
+		return fmt.Errorf("%w: it is for %q, not %q", errBadAnswer, resp.UserID, userID)
 	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		if err := dropRemoteKeys(ctx, tx, userID); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -244,8 +245,10 @@ func TestResyncRetriesBounded(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		const elsie, frank, gina, hank, ivan = "@elsie:remote.example", "@frank:remote.example", "@gina:remote.example",
-			"@hank:remote.example", "@ivan:remote.example"
+		// Each on their own server: users of one server share its
+		// backoff (TestResyncBackoffSharedPerServer).
+		const elsie, frank, gina, hank, ivan = "@elsie:e.example", "@frank:f.example", "@gina:g.example",
+			"@hank:h.example", "@ivan:i.example"
 		var ginaShares atomic.Bool
 		ginaShares.Store(true)
 		calls := map[string]*atomic.Int32{elsie: {}, frank: {}, gina: {}, hank: {}, ivan: {}}
@@ -307,6 +310,252 @@ func TestResyncRetriesBounded(t *testing.T) {
 		waitIdle(t, ks, hank, 5*time.Second)
 		if got := calls[hank].Load(); got != 1 {
 			t.Errorf("hank: %d GET /user/devices, want 1", got)
+		}
+	})
+}
+
+// TestResyncBackoffSharedPerServer: while a server fails, the
+// background resyncs of its many tracked users share one backoff: after
+// a first wave of failures (one request per user) the server
+// gets one GET /user/devices at a time, a backoff step apart, not one
+// per user per step; and every loop still ends after its attempts, leaving the caches
+// stale. Once the server answers again its users are fetched. Spec:
+// server-server-api, "Device Management".
+func TestResyncBackoffSharedPerServer(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const users, attempts, first = 40, 5, 20 * time.Millisecond
+		var down atomic.Bool
+		down.Store(true)
+		// The first wave (each loop's first request) is held until all
+		// are in flight, then fails at once. Every later request is a
+		// probe: one at a time, each at least a (jittered: halved)
+		// backoff step after the failure before it.
+		var mu sync.Mutex
+		var waveInFlight, probesInFlight, probes int
+		var released bool
+		var lastFailure time.Time
+		var problems []string
+		release := make(chan struct{})
+		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+		remote.answer = func(_ int, userID string) (json.RawMessage, error) {
+			mu.Lock()
+			probe := released
+			if probe {
+				probes++
+				if probesInFlight > 0 {
+					problems = append(problems, fmt.Sprintf("%s asked while %d probes were in flight", userID, probesInFlight))
+				}
+				if gap := time.Since(lastFailure); gap < first/2-time.Millisecond {
+					problems = append(problems, fmt.Sprintf("%s asked %v after the last failure", userID, gap))
+				}
+				probesInFlight++
+			} else {
+				waveInFlight++
+			}
+			mu.Unlock()
+			if probe {
+				time.Sleep(2 * time.Millisecond)
+			} else {
+				<-release
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if probe {
+				probesInFlight--
+			}
+			if down.Load() {
+				lastFailure = time.Now()
+				return nil, errors.New("connection refused")
+			}
+			return devicesAnswer(t, userID, 1), nil
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, first, 4*first, attempts)
+		ks.StartFederation(ctx)
+
+		var ids []string
+		for i := range users {
+			id := fmt.Sprintf("@u%d:down.example", i)
+			ids = append(ids, id)
+			deviceUpdate(ctx, t, ks, newDeviceKeys(t, id, "DEVICE"), 1)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			mu.Lock()
+			n := waveInFlight
+			if n == users {
+				released = true
+			}
+			mu.Unlock()
+			if n == users {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d first requests made", n, users)
+			}
+		}
+		close(release)
+		for _, id := range ids {
+			waitIdle(t, ks, id, 20*time.Second)
+		}
+		mu.Lock()
+		if len(problems) > 0 {
+			t.Errorf("%d users of a failing server: %v", users, problems)
+		}
+		_, total := remote.counts()
+		t.Logf("%d GET /user/devices in all, %d of them after the first wave", total, probes)
+		if probes == 0 || probes > 3*attempts {
+			t.Errorf("%d GET /user/devices after the first wave, want 1 to %d", probes, 3*attempts)
+		}
+		mu.Unlock()
+		for _, id := range ids {
+			if exists, stale, _ := cacheState(t, db, id); !exists || !stale {
+				t.Fatalf("%s: after the retries ran out the cache is not stale (row %v, stale %v)", id, exists, stale)
+			}
+		}
+
+		// The server is back: an update fetches its user's list.
+		down.Store(false)
+		time.Sleep(200 * time.Millisecond) // past the backoff
+		deviceUpdate(ctx, t, ks, newDeviceKeys(t, ids[0], "DEVICE2"), 2, 1)
+		waitFresh(t, db, remote, ids[0], 10*time.Second)
+	})
+}
+
+// TestBadResyncAnswerNotRetried: a 200 answer to GET /user/devices that
+// does not parse, or lists another user's devices, would come again:
+// one update costs one request, not one per retry.
+func TestBadResyncAnswerNotRetried(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const wrong, garbled = "@wrong:w.example", "@garbled:g.example"
+		calls := map[string]*atomic.Int32{wrong: {}, garbled: {}}
+		remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+		remote.answer = func(_ int, userID string) (json.RawMessage, error) {
+			calls[userID].Add(1)
+			if userID == garbled {
+				return json.RawMessage(`{"user_id": 5}`), nil
+			}
+			return devicesAnswer(t, "@someone_else:w.example", 1, newDeviceKeys(t, "@someone_else:w.example", "X")), nil
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, 10*time.Millisecond, 40*time.Millisecond, 4)
+		ks.StartFederation(ctx)
+
+		for _, id := range []string{wrong, garbled} {
+			deviceUpdate(ctx, t, ks, newDeviceKeys(t, id, "DEVICE"), 1)
+		}
+		for _, id := range []string{wrong, garbled} {
+			waitIdle(t, ks, id, 10*time.Second)
+		}
+		time.Sleep(100 * time.Millisecond) // past several backoffs
+		for _, id := range []string{wrong, garbled} {
+			if got := calls[id].Load(); got != 1 {
+				t.Errorf("%s: %d GET /user/devices for one update, want 1", id, got)
+			}
+			if _, _, devices := cacheState(t, db, id); len(devices) != 0 {
+				t.Errorf("%s: cached %v from a bad answer", id, devices)
+			}
+		}
+	})
+}
+
+// TestUpdateDuringLastResyncAttempt: an m.device_list_update that
+// arrives while a loop makes its last attempt (which fails) is not
+// dropped: it starts a new round of attempts, which fetches the list
+// once the server answers; and a new round needs a new update, so a
+// server that keeps failing is not asked without end.
+func TestUpdateDuringLastResyncAttempt(t *testing.T) {
+	for _, failure := range []error{errors.New("connection refused"), remoteStatusError(404)} {
+		t.Run(failure.Error(), func(t *testing.T) {
+			storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				const elsie = "@elsie:remote.example"
+				first, second := newDeviceKeys(t, elsie, "DEVICE"), newDeviceKeys(t, elsie, "DEVICE2")
+				last := 2 // the round's last attempt
+				if _, ok := failure.(remoteStatusError); ok {
+					last = 1 // not retried: its first attempt is its last
+				}
+				asked, release := make(chan struct{}), make(chan struct{})
+				remote := &scriptedRemote{countingRemote: countingRemote{t: t}}
+				remote.answer = func(n int, userID string) (json.RawMessage, error) {
+					switch {
+					case n == last:
+						close(asked)
+						<-release // the second update arrives meanwhile
+						return nil, failure
+					case n < last:
+						return nil, failure
+					}
+					return devicesAnswer(t, userID, 2, first, second), nil
+				}
+				ks := keyServerWith(ctx, t, db, remote)
+				keyserver.SetResyncBackoff(ks, 10*time.Millisecond, 40*time.Millisecond, 2)
+				ks.StartFederation(ctx)
+
+				deviceUpdate(ctx, t, ks, first, 1)
+				<-asked
+				deviceUpdate(ctx, t, ks, second, 2, 1)
+				close(release)
+				waitFresh(t, db, remote, elsie, 10*time.Second, "DEVICE", "DEVICE2")
+				waitIdle(t, ks, elsie, 10*time.Second)
+				time.Sleep(100 * time.Millisecond)
+				if _, d := remote.counts(); d != last+1 {
+					t.Fatalf("%d GET /user/devices, want %d", d, last+1)
+				}
+			})
+		})
+	}
+}
+
+// backingOffRemote is a scriptedRemote whose federation sender says it
+// is backing off from the servers in down.
+type backingOffRemote struct {
+	scriptedRemote
+	down map[string]bool
+}
+
+func (r *backingOffRemote) DestinationBackingOff(_ context.Context, server string) bool {
+	return r.down[server]
+}
+
+// TestResyncSkippedWhileSenderBacksOff: a background resync does not
+// retry while the federation sender is backing off from the user's
+// server (its transactions failed): one request per update, and the
+// cache is left stale for the next update or /keys/query; a user of
+// another server is retried as before.
+func TestResyncSkippedWhileSenderBacksOff(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const elsie, frank = "@elsie:down.example", "@frank:up.example"
+		calls := map[string]*atomic.Int32{elsie: {}, frank: {}}
+		remote := &backingOffRemote{scriptedRemote: scriptedRemote{countingRemote: countingRemote{t: t}},
+			down: map[string]bool{"down.example": true}}
+		remote.answer = func(_ int, userID string) (json.RawMessage, error) {
+			calls[userID].Add(1)
+			return nil, errors.New("connection refused")
+		}
+		ks := keyServerWith(ctx, t, db, remote)
+		keyserver.SetResyncBackoff(ks, 10*time.Millisecond, 40*time.Millisecond, 4)
+		ks.StartFederation(ctx)
+
+		for _, id := range []string{elsie, frank} {
+			deviceUpdate(ctx, t, ks, newDeviceKeys(t, id, "DEVICE"), 1)
+		}
+		for _, id := range []string{elsie, frank} {
+			waitIdle(t, ks, id, 10*time.Second)
+		}
+		for id, want := range map[string]int32{elsie: 1, frank: 4} {
+			if got := calls[id].Load(); got != want {
+				t.Errorf("%s: %d GET /user/devices, want %d", id, got, want)
+			}
+		}
+		if exists, stale, _ := cacheState(t, db, elsie); !exists || !stale {
+			t.Errorf("elsie: the cache is not left stale (row %v, stale %v)", exists, stale)
 		}
 	})
 }

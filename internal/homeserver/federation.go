@@ -138,3 +138,9 @@ func sharedServers(rooms *roomserver.Server) func(ctx context.Context, userID st
 		return out, nil
 	}
 }
+
+// DestinationBackingOff is federationapi.Server.DestinationBackingOff:
+// the key server's resync loops skip a retry while it says so.
+func (r remoteServers) DestinationBackingOff(ctx context.Context, server string) bool {
+	return (*r.fed).DestinationBackingOff(ctx, server)
+}
