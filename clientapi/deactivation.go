@@ -238,10 +238,12 @@ func (s *Server) dequeueDeactivation(ctx context.Context, localpart string) erro
 // leaveEveryRoom leaves, rejects or withdraws every membership of
 // userID that is join, invite or knock in a room held here, going on
 // past a failure, and returns the rooms only other servers hold that
-// userID is invited to or knocking on (Deps.Federation), which it leaves
-// to its caller: answering them means calling those servers.
+// userID is invited to or knocking on (Deps.Federation, or a membership
+// the roomserver knows in a room it does not hold), which it leaves to
+// its caller: answering them means calling those servers.
 func (s *Server) leaveEveryRoom(ctx context.Context, userID string) ([]string, error) {
 	var errs []error
+	var remote []string
 	done := map[string]bool{}
 	for _, membership := range []string{"join", "invite", "knock"} {
 		roomIDs, err := s.rooms.rooms.RoomsForUser(ctx, userID, membership)
@@ -250,20 +252,31 @@ func (s *Server) leaveEveryRoom(ctx context.Context, userID string) ([]string, e
 			continue
 		}
 		for _, roomID := range roomIDs {
+			if done[roomID] {
+				continue
+			}
 			done[roomID] = true
+			through, err := s.leavesThroughRemote(ctx, userID, roomID)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if through {
+				remote = append(remote, roomID)
+				continue
+			}
 			if err := s.leave(ctx, userID, roomID, ""); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
 	if s.federation == nil {
-		return nil, errors.Join(errs...)
+		return remote, errors.Join(errs...)
 	}
 	pending, err := s.federation.PendingRemoteRooms(ctx, userID)
 	if err != nil {
 		return nil, errors.Join(append(errs, err)...)
 	}
-	var remote []string
 	for _, roomID := range pending {
 		if !done[roomID] {
 			remote = append(remote, roomID)
