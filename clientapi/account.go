@@ -102,10 +102,11 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// The account is deactivated; its rooms are left now, and what fails
-	// here is retried by the background pass (deactivation.go).
+	// The account is deactivated; its rooms held here are left now, and
+	// what fails here, and its pending memberships of rooms only other
+	// servers hold, are left to the background pass (deactivation.go).
 	if s.rooms.rooms != nil {
-		if err := s.leaveDeactivatedRooms(ctx, localpart); err != nil {
+		if err := s.leaveDeactivatedRooms(ctx, localpart, false); err != nil {
 			s.log.Warn("leaving the rooms of a deactivated account", "user", d.UserID, "err", err)
 		}
 	}

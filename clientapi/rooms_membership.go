@@ -356,11 +356,11 @@ func (s *Server) leaveRoom(w http.ResponseWriter, r *http.Request) error {
 // else through the roomserver. It is POST /leave's work, and a
 // deactivated account's (deactivation.go).
 func (s *Server) leave(ctx context.Context, userID, roomID, reason string) error {
-	held, err := s.heldHere(ctx, roomID)
+	remote, err := s.leavesThroughRemote(ctx, userID, roomID)
 	if err != nil {
 		return err
 	}
-	if !held && s.federation != nil && !s.localInviteToEmptyRoom(ctx, roomID, userID) {
+	if remote {
 		// Rejecting an invite to a room only other servers hold.
 		if err := s.federation.LeaveRemote(ctx, roomID, userID, nil); err != nil {
 			// Leaving again a room this server knows the user left (no
@@ -374,6 +374,16 @@ func (s *Server) leave(ctx context.Context, userID, roomID, reason string) error
 	}
 	_, err = s.rooms.rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: roomID, Sender: userID, Reason: reason})
 	return err
+}
+
+// leavesThroughRemote reports whether leave would leave roomID through
+// another server (a room this one does not hold).
+func (s *Server) leavesThroughRemote(ctx context.Context, userID, roomID string) (bool, error) {
+	held, err := s.heldHere(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	return !held && s.federation != nil && !s.localInviteToEmptyRoom(ctx, roomID, userID), nil
 }
 
 // localInviteToEmptyRoom reports whether userID is invited to a room

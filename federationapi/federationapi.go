@@ -158,7 +158,11 @@ type Server struct {
 	pendingMu    sync.Mutex
 	pendingRooms map[string]bool
 
+	// bg, cancelled by stop (Close), is the background work's context;
+	// Start starts that work.
+	bg        context.Context
 	stop      context.CancelFunc
+	startOnce sync.Once
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -249,9 +253,21 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
 	s.sender.view.add(failing)
-	bg, cancel := context.WithCancel(context.Background())
-	s.stop = cancel
-	if deps.Config.Enabled {
+	s.bg, s.stop = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Start starts the background work (the sender, the partial-state
+// resyncs, the stretch refetches, the pending-PDU retries and the
+// wake-ups) when federation is enabled. It must be called once every
+// component the roomserver's hooks reach is built: that work writes room
+// events, whose hooks call back into this server. Later calls do nothing.
+func (s *Server) Start() {
+	s.startOnce.Do(func() {
+		if !s.cfg.Enabled {
+			return
+		}
+		bg := s.bg
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -261,8 +277,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		s.startStretchRefetch(bg)
 		s.startPendingRetries(bg)
 		s.startWakes(bg)
-	}
-	return s, nil
+	})
 }
 
 // Close stops the sender and waits for it.

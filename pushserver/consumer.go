@@ -139,6 +139,9 @@ func (s *Server) runConsumer(ctx context.Context) {
 			if !lullAnchor.IsZero() {
 				eventsReadAt = lullAnchor
 			}
+			if s.onEventsPass != nil {
+				s.onEventsPass(passStarted, roomHeard, roomMovedAt)
+			}
 		}
 		var more bool
 		var err error

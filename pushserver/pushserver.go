@@ -123,6 +123,11 @@ type Server struct {
 	// shared (joins written by other processes are not counted).
 	localJoins atomic.Int64
 	shared     bool
+	// onEventsPass, if set (tests only), is called as each room-event
+	// pass of runConsumer begins, with the room stream position it last
+	// heard and when it first heard it (quietPassLull), so that a test
+	// can check the spacing on the consumer's own clock.
+	onEventsPass func(started time.Time, roomPos int64, roomMovedAt time.Time)
 	// atState caches roomInfo by committed state snapshot (CountInTx).
 	atState *stateInfoCache
 	// txRules caches compiled rules for CountInTx.

@@ -162,7 +162,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// The roomserver tells the notifier and the federation sender about
 	// new events; the sender needs the roomserver, so it is built after it
 	// and the hook reads it through a variable set before any event can be
-	// written (nothing writes until assemble returns).
+	// written: nothing writes until the components' Start calls below,
+	// made once every one is built (federationapi.New starts nothing).
 	var federation *federationapi.Server
 	// A new timeline event's unread counts are written in its own
 	// transaction by the push component, built below (the same "set
@@ -371,8 +372,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		keys.StartFederation(baseCtx)
 		rooms.SetBackfiller(federation)
 	}
-	// Every component is built: room events may be written.
+	// Every component is built: room events may be written, and the
+	// background work that writes them (the client API's queues, the
+	// federation API's retries and resyncs) may start.
 	client.Start()
+	federation.Start()
 	// To-device messages for other servers that a crash left unqueued.
 	go func() {
 		if err := keys.FlushOutbound(baseCtx); err != nil {
