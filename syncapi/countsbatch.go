@@ -22,7 +22,9 @@ import (
 // user's rows and rooms only). The group's read waits for the largest
 // receipt position of its members (each member's own is then met).
 //
-// The grouping is groupedReads': one group at a time for all users.
+// The grouping is groupedReads': one group at a time for all users;
+// the first request of a wake gathers the others before it reads
+// (joinGathering).
 type countsBatcher struct {
 	push  PushBatch
 	reads groupedReads[struct{}, countsQueries, countsAnswer]
@@ -45,13 +47,17 @@ type countsAnswer struct {
 func (c *countsBatcher) unreadCounts(ctx context.Context, userID string, roomIDs []string, receiptPos int64) (map[string]RoomUnread, int64, error) {
 	q := UnreadQuery{UserID: userID, RoomIDs: roomIDs}
 	var i int
-	g, lead := c.reads.join(struct{}{}, func(g *countsQueries) bool {
+	g, lead := c.reads.joinGathering(struct{}{}, func(g *countsQueries) bool {
 		i = len(g.queries)
 		g.queries = append(g.queries, q)
 		g.receiptPos = max(g.receiptPos, receiptPos)
 		return true
 	})
-	if lead {
+	if lead && g != nil {
+		// The requests woken with this one joined its group: this
+		// request reads it for all of them (its own query is the first).
+		c.reads.readLed(context.WithoutCancel(ctx), struct{}{}, g, c.read)
+	} else if lead {
 		// Nothing is being read: this request reads at once, alone.
 		// The read outlives this request if it ends: others may join
 		// the groups read after it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -24,8 +25,11 @@ type gatedRead struct {
 // alone. Each read blocks until the test releases it, and answers query
 // q with "read n, key, q", so the test sees which read answered whom.
 type gatedReads struct {
-	r       groupedReads[string, []int, []string]
-	max     int
+	r   groupedReads[string, []int, []string]
+	max int
+	// gather: requests join through joinGathering, as the timeline and
+	// unread counts batchers' do.
+	gather  bool
 	started chan *gatedRead
 	n       chan int // the next read's number
 }
@@ -53,15 +57,24 @@ func (s *gatedReads) read(_ context.Context, key string, qs *[]int) ([]string, e
 
 func (s *gatedReads) ask(ctx context.Context, key string, q int) (string, error) {
 	var i int
-	g, lead := s.r.join(key, func(g *[]int) bool {
+	add := func(g *[]int) bool {
 		if len(*g) >= s.max {
 			return false
 		}
 		i = len(*g)
 		*g = append(*g, q)
 		return true
-	})
-	if lead || g == nil {
+	}
+	var g *readGroup[[]int, []string]
+	var lead bool
+	if s.gather {
+		g, lead = s.r.joinGathering(key, add)
+	} else {
+		g, lead = s.r.join(key, add)
+	}
+	if lead && g != nil {
+		s.r.readLed(context.WithoutCancel(ctx), key, g, s.read)
+	} else if lead || g == nil {
 		rctx := ctx
 		if lead {
 			rctx = context.WithoutCancel(ctx)
@@ -139,6 +152,58 @@ func wantAnswer(t *testing.T, ch chan gatedAnswer, want string) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("no answer; want %q", want)
+	}
+}
+
+// TestGroupedReadsGathering: requests made runnable at the same moment
+// (the long polls one message wakes) share one read through
+// joinGathering, the first of them reading for all; on one processor,
+// so that "runnable together" is exact: with join, each would read
+// alone, one after the other. A request alone reads alone; one asked
+// while the gathered read runs waits for the next read.
+func TestGroupedReadsGathering(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	bg := context.Background()
+	s := newGatedReads(100)
+	s.gather = true
+	const woken = 20
+	answers := make([]chan gatedAnswer, woken)
+	for q := range woken {
+		answers[q] = s.askAsync(bg, "a", q)
+	}
+	r1 := s.next(t)
+	if len(r1.qs) != woken {
+		t.Fatalf("first read of %d woken requests answers %v", woken, r1.qs)
+	}
+	// A request made while the gathered read runs is not in it.
+	late := s.askAsync(bg, "a", 99)
+	waitFor(t, func() bool { return slices.Equal(s.waiting("a"), []int{99}) })
+	r1.release <- nil
+	for q, ch := range answers {
+		wantAnswer(t, ch, fmt.Sprintf("read %d a %d", r1.n, q))
+	}
+	r2 := s.next(t)
+	if fmt.Sprint(r2.qs) != "[99]" {
+		t.Fatalf("read after the gathered one: %+v", r2)
+	}
+	r2.release <- nil
+	wantAnswer(t, late, fmt.Sprintf("read %d a 99", r2.n))
+
+	// Alone: the request reads its own query, and the key is idle after.
+	lone := s.askAsync(bg, "b", 7)
+	rb := s.next(t)
+	if fmt.Sprint(rb.qs) != "[7]" {
+		t.Fatalf("lone read: %+v", rb)
+	}
+	rb.release <- nil
+	wantAnswer(t, lone, fmt.Sprintf("read %d b 7", rb.n))
+	s.noRead(t)
+	for _, key := range []string{"a", "b"} {
+		waitFor(t, func() bool {
+			idle := false
+			s.r.inspect(key, func(running bool, next *[]int) { idle = !running && next == nil })
+			return idle
+		})
 	}
 }
 

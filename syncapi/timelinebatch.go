@@ -34,9 +34,10 @@ type RoomsGrouped interface {
 // keeps each request's own from and limit); the visibility walk is its
 // user's own. A request whose window ends elsewhere reads alone.
 //
-// The first request of a room reads alone through RecentEvents and
-// MembershipsAt, the reads every other sync makes; only the requests
-// that queue behind it are answered by RecentEventsOfUsers.
+// The first request of a room gathers the requests woken with it
+// (joinGathering); if none joined, it reads alone through RecentEvents
+// and MembershipsAt, the reads every other sync makes; only grouped
+// requests are answered by RecentEventsOfUsers.
 //
 // The grouping is groupedReads', by room.
 type timelineBatcher struct {
@@ -65,7 +66,7 @@ const maxTimelineGroup = 500
 func (c *timelineBatcher) recent(ctx context.Context, req roomserver.RecentRequest, shown func(*roomserver.Event) bool) (rr *roomserver.RecentResponse, memberships map[string]string, err error) {
 	u := roomserver.RecentUser{UserID: req.UserID, From: req.From, Limit: req.Limit, JoinedAtTo: req.JoinedAtTo, Shown: shown}
 	var i int
-	g, lead := c.reads.join(req.RoomID, func(g *timelineGroup) bool {
+	g, lead := c.reads.joinGathering(req.RoomID, func(g *timelineGroup) bool {
 		if len(g.users) == 0 {
 			g.to = req.To
 		} else if g.to != req.To || len(g.users) >= maxTimelineGroup {
@@ -75,9 +76,13 @@ func (c *timelineBatcher) recent(ctx context.Context, req roomserver.RecentReque
 		g.users = append(g.users, u)
 		return true
 	})
-	if lead {
-		// Nothing of this room is being read: this request reads at
-		// once, alone, and later ones queue behind it. Its read
+	if lead && g != nil {
+		// The requests woken with this one joined its group: this
+		// request reads it for all of them (its own is the first).
+		c.reads.readLed(context.WithoutCancel(ctx), req.RoomID, g, c.read)
+	} else if lead {
+		// Nothing of this room is being read and nobody joined: this
+		// request reads alone, and later ones queue behind it. Its read
 		// outlives it if it ends: the groups after it are read next.
 		rr, err = c.rooms.RecentEvents(ctx, req)
 		c.reads.finish(context.WithoutCancel(ctx), req.RoomID, c.read)
