@@ -240,6 +240,21 @@ func (w *waker) dispatch(ctx context.Context, pos notifier.Positions) {
 			countsTo = max(countsTo, w.awaitCounts(ctx, roomTo))
 		}
 		w.wakeTouchedFrom(ctx, roomFrom, roomTo, true, &w.roomDone, first)
+		if countsFrom >= roomFrom && countsTo <= roomTo {
+			// The counts window lies within the room window just
+			// dispatched (with counts written in the event's own
+			// transaction, the two are the same window, notified one
+			// after the other): every waiter of a room with an
+			// accepted event in it has just been woken, after both
+			// positions were committed, so it reads the counts too; a
+			// waiter that registered since reads them itself. Reading
+			// the window again and waking them a second time would only
+			// cost CPU while the woken responses are built.
+			w.mu.Lock()
+			w.countsDone = max(w.countsDone, countsTo)
+			w.mu.Unlock()
+			return
+		}
 	}
 	if countsTo > countsFrom {
 		w.wakeTouched(ctx, countsFrom, countsTo, false, &w.countsDone)
