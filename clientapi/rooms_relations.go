@@ -276,6 +276,12 @@ func (s *Server) BundledAggregations(ctx context.Context, userID, deviceID strin
 	return s.formatter(userID, deviceID).bundledAggregations(ctx, evs)
 }
 
+// CatchUpAggregations catches the relations index up to the room
+// stream's head, for a sync that reads bundled aggregations later.
+func (s *Server) CatchUpAggregations(ctx context.Context) error {
+	return s.rooms.relations.catchUp(ctx)
+}
+
 // bundledAggregations computes unsigned.m.relations for evs: m.thread
 // (latest_event, count, current_user_participated), m.replace (the most
 // recent valid edit) and m.reference (the referencing event IDs).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"strings"
 	"testing"
 
 	"github.com/myelin-chat/myelin/roomserver"
@@ -12,20 +13,29 @@ import (
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
-// streamRooms serves EventsAfter from a fixed stream and records the
-// limits asked for; the rest of Rooms is not used by the indexer.
+// streamRooms serves RelationCandidatesAfter from a fixed stream, every
+// event a candidate (the roomserver may return more than the index
+// needs) unless onlyCandidates, and records the limits asked for; the
+// rest of Rooms is not used by the indexer.
 type streamRooms struct {
 	Rooms
-	stream []*roomserver.Event // StreamPos 1..len
-	limits []int
+	stream         []*roomserver.Event // StreamPos 1..len
+	onlyCandidates bool                // only redactions and events with "m.relates_to"
+	limits         []int
 }
 
-func (r *streamRooms) EventsAfter(_ context.Context, after int64, limit int) ([]*roomserver.Event, error) {
+func (r *streamRooms) RelationCandidatesAfter(_ context.Context, after int64, limit int) (int64, []*roomserver.Event, error) {
 	r.limits = append(r.limits, limit)
-	if after >= int64(len(r.stream)) {
-		return nil, nil
+	var out []*roomserver.Event
+	for _, ev := range r.stream[min(int(after), len(r.stream)):] {
+		if len(out) == limit {
+			break
+		}
+		if !r.onlyCandidates || ev.Type == "m.room.redaction" || strings.Contains(string(ev.Content), "m.relates_to") {
+			out = append(out, ev)
+		}
 	}
-	return r.stream[after:min(int(after)+limit, len(r.stream))], nil
+	return int64(len(r.stream)), out, nil
 }
 
 // TestRelationsCatchUpInBatches: a catch-up over several batches (the
@@ -72,7 +82,7 @@ func TestRelationsCatchUpInBatches(t *testing.T) {
 		}
 		for _, l := range rooms.limits {
 			if l > relationsIndexerBatch {
-				t.Fatalf("EventsAfter asked for %d events, batch is %d", l, relationsIndexerBatch)
+				t.Fatalf("RelationCandidatesAfter asked for %d events, batch is %d", l, relationsIndexerBatch)
 			}
 		}
 		if len(rooms.limits) != 4 { // three batches with events, one empty read
@@ -99,6 +109,98 @@ func TestRelationsCatchUpInBatches(t *testing.T) {
 		if err := db.Reader().QueryRow(context.Background(), `SELECT position FROM room_indexer_positions WHERE name = $1`,
 			relationsIndexerName).Scan(&pos); err != nil || pos != n {
 			t.Errorf("stored position %d (%v), want %d", pos, err, n)
+		}
+	})
+}
+
+// TestRelationsCatchUpStoresPositionLazily: a stretch of the stream with
+// nothing to index is passed without a write (the first /sync after a
+// burst of sends makes none), the next relation is still indexed and
+// stores the position, and a stretch of relationsPositionLag events
+// without any stores it too, so a restart reads no more than that again.
+func TestRelationsCatchUpStoresPositionLazily(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		newUserDataServer(t, db, nil) // clientapi's migrations
+		sub, err := fs.Sub(roomMigrations, "rooms_migrations")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Migrate(ctx, roomsComponent, sub); err != nil {
+			t.Fatal(err)
+		}
+		rooms := &streamRooms{onlyCandidates: true}
+		add := func(n int, relation bool) {
+			for range n {
+				pos := int64(len(rooms.stream) + 1)
+				content := map[string]any{"msgtype": "m.text", "body": "x"}
+				if relation {
+					content["m.relates_to"] = map[string]any{"rel_type": "m.thread", "event_id": "$e1"}
+				}
+				ev := &roomserver.Event{EventID: fmt.Sprintf("$e%d", pos), RoomID: "!r:test", Type: "m.room.message",
+					Sender: "@a:test", StreamPos: pos, OriginServerTS: 1000 + pos}
+				ev.Content, _ = json.Marshal(content)
+				rooms.stream = append(rooms.stream, ev)
+			}
+		}
+		stored := func() int64 {
+			t.Helper()
+			var pos int64
+			err := db.Reader().QueryRow(ctx, `SELECT position FROM room_indexer_positions WHERE name = $1`,
+				relationsIndexerName).Scan(&pos)
+			if err != nil && !storage.IsNoRows(err) {
+				t.Fatal(err)
+			}
+			return pos
+		}
+		relations := func() int {
+			t.Helper()
+			got, err := storage.QueryColumn[string](ctx, db.Reader(), `SELECT event_id FROM room_relations`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(got)
+		}
+		ix := &relationsIndexer{db: db, rooms: rooms}
+		add(300, false)
+		if err := ix.catchUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p := stored(); p != 0 || ix.indexed != 300 {
+			t.Fatalf("after 300 plain events: stored %d, indexed %d; want nothing stored, 300 indexed", p, ix.indexed)
+		}
+		add(1, true)
+		add(5, false)
+		rooms.limits = nil
+		if err := ix.catchUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p, n := stored(), relations(); p != 306 || n != 1 {
+			t.Fatalf("after a relation: stored %d, %d relations; want 306 and 1", p, n)
+		}
+		add(relationsPositionLag-1, false)
+		if err := ix.catchUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p := stored(); p != 306 {
+			t.Fatalf("stored %d after a stretch short of the lag, want 306", p)
+		}
+		add(1, false)
+		if err := ix.catchUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p := stored(); p != 306+relationsPositionLag {
+			t.Fatalf("stored %d after a stretch of the lag, want %d", p, 306+relationsPositionLag)
+		}
+		// A restarted indexer goes on from the stored position.
+		add(1, true)
+		again := &relationsIndexer{db: db, rooms: rooms}
+		rooms.limits = nil
+		if err := again.catchUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := relations(); n != 2 || again.indexed != int64(len(rooms.stream)) {
+			t.Fatalf("after a restart: %d relations, indexed %d; want 2 and %d", n, again.indexed, len(rooms.stream))
 		}
 	})
 }

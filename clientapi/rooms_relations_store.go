@@ -23,13 +23,25 @@ const relationsIndexerName = "relations"
 // work but loses none. It catches up lazily, before every relations
 // read, so a read always sees the relations of every event already sent.
 //
+// It reads only the events that can change the index (the roomserver's
+// RelationCandidatesAfter: redactions and events that may hold an
+// m.relates_to), and stores its position with the relations it writes.
+// A stretch of the stream without any is passed in memory (indexed) and
+// stored only once the stored position trails by relationsPositionLag:
+// the first /sync after a burst of sends then makes no write, and a
+// restart reads at most that stretch's candidates again.
+//
 // Concurrency: mu serialises catch-ups within a process; across
 // processes the position row is updated with the rows, and re-indexing
-// an event is idempotent.
+// an event is idempotent (a redacted event is read in its redacted
+// form, and its redaction deletes again).
 type relationsIndexer struct {
 	db    *storage.DB
 	rooms Rooms
 	mu    sync.Mutex
+	// indexed is the stream position up to which this process has
+	// indexed every event, at or ahead of the one it stored; guarded by mu.
+	indexed int64
 }
 
 // relation is one indexed m.relates_to.
@@ -57,46 +69,58 @@ func relationOf(ev *roomserver.Event) (relation, bool) {
 	}, true
 }
 
-// relationsIndexerBatch is how many events one catch-up transaction reads
-// and indexes. Its events are all in memory at once, parsed: the first
-// read after a burst of sends (bench/run.sh's 500-room initial sync
-// follows ~8,500 new events) catches up inside that request, and 1,000
-// parsed events at a time added several MB to the sync's own live heap
-// and the process's peak (docs/benchmarks.md, "Memory, part 3").
+// relationsIndexerBatch is how many candidate events one catch-up
+// transaction reads and indexes. Its events are all in memory at once,
+// parsed: up to 1,000 at a time added several MB to a sync's own live
+// heap and the process's peak (docs/benchmarks.md, "Memory, part 3").
 const relationsIndexerBatch = 200
 
-// catchUp indexes every event sent since the stored position.
+// relationsPositionLag is how far the stored position may trail the
+// indexed one before a catch-up that found nothing to index stores it.
+const relationsPositionLag = 10000
+
+// catchUp indexes every event sent since the indexed position.
 func (ix *relationsIndexer) catchUp(ctx context.Context) error {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	var pos int64
-	err := ix.db.Reader().QueryRow(ctx, `SELECT position FROM room_indexer_positions WHERE name = $1`, relationsIndexerName).Scan(&pos)
+	var stored int64
+	err := ix.db.Reader().QueryRow(ctx, `SELECT position FROM room_indexer_positions WHERE name = $1`, relationsIndexerName).Scan(&stored)
 	if err != nil && !storage.IsNoRows(err) {
 		return err
 	}
+	// Another process may have stored a position past this one's.
+	pos := max(stored, ix.indexed)
 	for {
-		evs, err := ix.rooms.EventsAfter(ctx, pos, relationsIndexerBatch)
+		head, evs, err := ix.rooms.RelationCandidatesAfter(ctx, pos, relationsIndexerBatch)
 		if err != nil {
 			return err
 		}
-		if len(evs) == 0 {
+		if head <= pos {
 			return nil
 		}
-		last := evs[len(evs)-1].StreamPos
-		err = ix.db.Write(ctx, func(tx storage.Tx) error {
-			for _, ev := range evs {
-				if err := indexRelation(ctx, tx, ev); err != nil {
-					return err
-				}
-			}
-			_, err := tx.Exec(ctx, `INSERT INTO room_indexer_positions (name, position) VALUES ($1, $2)
-				ON CONFLICT (name) DO UPDATE SET position = excluded.position`, relationsIndexerName, last)
-			return err
-		})
-		if err != nil {
-			return err
+		// A full batch may stop short of the head: the next read goes on
+		// from its last event.
+		to := head
+		if len(evs) == relationsIndexerBatch && evs[len(evs)-1].StreamPos < head {
+			to = evs[len(evs)-1].StreamPos
 		}
-		pos = last
+		if len(evs) > 0 || to-stored >= relationsPositionLag {
+			err = ix.db.Write(ctx, func(tx storage.Tx) error {
+				for _, ev := range evs {
+					if err := indexRelation(ctx, tx, ev); err != nil {
+						return err
+					}
+				}
+				_, err := tx.Exec(ctx, `INSERT INTO room_indexer_positions (name, position) VALUES ($1, $2)
+					ON CONFLICT (name) DO UPDATE SET position = excluded.position`, relationsIndexerName, to)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			stored = to
+		}
+		ix.indexed, pos = to, to
 	}
 }
 

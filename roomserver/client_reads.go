@@ -34,6 +34,11 @@ type ClientReads interface {
 	// visibility checks, for server-side indexers. The events are in
 	// their current (possibly redacted) form.
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error)
+	// RelationCandidatesAfter is EventsAfter for the relations index: the
+	// room stream's position, and up to limit of the events above after
+	// that can change the index (see relationCandidatesQuery), read in
+	// one transaction so that none is above the position.
+	RelationCandidatesAfter(ctx context.Context, after int64, limit int) (int64, []*Event, error)
 	// ResyncedAfter maps the rooms whose partial-state resync completed
 	// at a stream position above after to that position, for indexers:
 	// a resync changes a room's state without a timeline event.
@@ -258,6 +263,61 @@ func (s *Server) JoinsAfter(ctx context.Context, after int64, limit int) (int64,
 	})
 	return head, out, err
 }
+
+// RelationCandidatesAfter implements ClientReads, as JoinsAfter does for
+// joins: the relations index needs only redactions and the events whose
+// content may hold an m.relates_to, so the JSON of every other message
+// is neither read into Go nor parsed (the first /sync after a burst of
+// sends caught the index up over every one of them; docs/benchmarks.md,
+// "inicold").
+func (s *Server) RelationCandidatesAfter(ctx context.Context, after int64, limit int) (int64, []*Event, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	var head int64
+	var out []*Event
+	err := s.read(ctx, func(q storage.Querier) error {
+		if err := q.QueryRow(ctx, streamHeadQuery).Scan(&head); err != nil {
+			return err
+		}
+		if head <= after {
+			return nil
+		}
+		query := relationCandidatesQuery
+		if s.db.Engine() == storage.Postgres {
+			query = relationCandidatesQueryPostgres
+		}
+		rows, err := queryEventRows(ctx, q, query, after, limit)
+		if err != nil {
+			return err
+		}
+		out, err = s.eventsOfRows(ctx, q, rows)
+		return err
+	})
+	return head, out, err
+}
+
+// relationCandidatesQuery reads RelationCandidatesAfter's events: every
+// redaction, and every event whose JSON holds "m.relate" in any ASCII
+// case or any \u escape. That is a superset of the events a relations
+// indexer keeps: a content key that decodes to m.relates_to, even under
+// encoding/json's case-insensitive field matching (the key's letters
+// m, r, e, l, a, t have no non-ASCII case folds; "s" has, so it is not
+// in the pattern), is written either with those bytes or with an
+// escape. SQLite's LIKE ignores ASCII case, PostgreSQL's ILIKE does; LIKE's
+// escape character is set to '!' so that the backslash is literal on
+// both engines (PostgreSQL's default escape is '\'). Like
+// joinsAfterQuery it walks the key's range; TestRelationCandidatesAfter
+// holds both texts to the same answer.
+const relationCandidatesQuery = `SELECT ` + eventColumns + ` FROM roomserver_events
+	WHERE event_nid > $1 AND NOT rejected AND NOT soft_failed
+	AND (type = 'm.room.redaction' OR json LIKE '%m.relate%' OR json LIKE '%\u%' ESCAPE '!')
+	ORDER BY event_nid LIMIT $2`
+
+const relationCandidatesQueryPostgres = `SELECT ` + eventColumns + ` FROM roomserver_events
+	WHERE event_nid > $1 AND NOT rejected AND NOT soft_failed
+	AND (type = 'm.room.redaction' OR json ILIKE '%m.relate%' OR json LIKE '%\u%' ESCAPE '!')
+	ORDER BY event_nid LIMIT $2`
 
 // joinsAfterQuery reads JoinsAfter's events. It walks the key's range
 // (SQLite: SEARCH USING INTEGER PRIMARY KEY), not the partial member

@@ -81,6 +81,11 @@ type Aggregations interface {
 	// deviceID sees them.
 	// Spec: client-server-api, "Aggregations of child events".
 	BundledAggregations(ctx context.Context, userID, deviceID string, evs []*roomserver.Event) (map[string]json.RawMessage, error)
+	// CatchUpAggregations brings what BundledAggregations reads up to
+	// the room stream's head, which BundledAggregations also does before
+	// reading: an initial sync calls it beside its first reads, so that
+	// catching up after a burst of sends overlaps them.
+	CatchUpAggregations(ctx context.Context) error
 }
 
 // EphemeralPositions are the heads of the ephemeral streams.

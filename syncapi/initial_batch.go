@@ -97,6 +97,12 @@ func (b *roomBuilder) prefetchInitial(ctx context.Context, rooms []string) error
 		ir.summaries, err = b.s.rooms.RoomMemberSummaries(ctx, rooms)
 		return err
 	})
+	if b.s.aggs != nil && !b.fmt.federation {
+		// The first sync after a burst of sends finds the relations
+		// index behind by every message: its catch-up (read below by
+		// BundledAggregations) runs now, beside the other reads.
+		first.do(b.s.aggs.CatchUpAggregations)
+	}
 	if err := first.wait(ctx); err != nil {
 		return err
 	}

@@ -13,7 +13,8 @@
 //	fanout       one room, -listeners users long-polling /sync with a filter,
 //	             one sender; latency from send to delivery at every listener
 //	initialsync  a user in -rooms rooms with -per-room messages each; times a
-//	             full initial /sync (-repeat times)
+//	             full initial /sync (-repeat times); the first (the user's
+//	             first, caches cold) is also reported apart, as first_ms
 //
 // Users are created with open registration (-auth dummy: the m.login.dummy
 // UIA flow) or shared-secret registration (-auth shared-secret -secret S).

@@ -110,6 +110,19 @@ var tableRows = []row{
 		}
 		return fmt.Sprintf("%s / %s", msCell(s.P50), msCell(s.P99))
 	}},
+	{"first sync (ms)", func(r *Result) string {
+		if v, ok := r.Notes["first_ms"]; ok {
+			return msCell(v)
+		}
+		return ""
+	}},
+	{"later syncs p50 / max (ms)", func(r *Result) string {
+		s := r.Other["later_syncs"]
+		if s == nil {
+			return ""
+		}
+		return fmt.Sprintf("%s / %s", msCell(s.P50), msCell(s.Max))
+	}},
 	{"response size (KiB)", func(r *Result) string {
 		if v, ok := r.Notes["response_kb"]; ok {
 			return fmt.Sprintf("%.1f", v)

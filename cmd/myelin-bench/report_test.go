@@ -50,3 +50,18 @@ func TestReportOneColumnPerServer(t *testing.T) {
 		}
 	}
 }
+
+func TestReportShowsTheFirstSync(t *testing.T) {
+	a := filepath.Join(t.TempDir(), "a.jsonl")
+	os.WriteFile(a, []byte(`{"scenario":"initialsync","label":"is","params":{"rooms":50},"ok":5,"latency_ms":{"n":5,"p50":9.5,"max":80.2},`+
+		`"notes":{"first_ms":80.2,"response_kb":320},"other_latency_ms":{"later_syncs":{"n":4,"p50":9.1,"max":12.3}}}`+"\n"), 0o600)
+	var out strings.Builder
+	if err := runReport([]string{"-column", "Myelin=" + a}, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| first sync (ms) | 80.2 |", "| later syncs p50 / max (ms) | 9.10 / 12.3 |"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+}
