@@ -122,6 +122,12 @@ func TestPolicyServerOverFederation(t *testing.T) {
 		if status != http.StatusOK {
 			t.Fatalf("send_join of the policy server's member: %d %s", status, body)
 		}
+		// Myelin is not a policy server: the endpoint is unsupported.
+		// Spec: server-server-api, "Unsupported endpoints".
+		status, body = n.request(a, ps.name, ps.fedKey, a.Name, http.MethodPost, "/_matrix/policy/v1/sign", json.RawMessage(join.JSON()))
+		if status != http.StatusNotFound || gjson.GetBytes(body, "errcode").Str != "M_UNRECOGNIZED" {
+			t.Fatalf("POST /_matrix/policy/v1/sign to Myelin: %d %s, want 404 M_UNRECOGNIZED", status, body)
+		}
 		ps.set("refuse")
 		if _, err := a.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: roomID, Sender: alice, Type: "m.room.policy", StateKey: ptr(""),
 			Content: mustJSON(map[string]any{"via": ps.name, "public_keys": map[string]string{"ed25519": ps.policyKey.PublicBase64()}})}); err != nil {
