@@ -245,7 +245,7 @@ func (s *Server) askPolicyServer(ctx context.Context, pol *roomPolicy, pdu gomat
 }
 
 // policySignTimeout bounds one request to a policy server.
-var policySignTimeout = 10 * time.Second
+const policySignTimeout = 10 * time.Second
 
 // policySignLocal gets the room's policy server signature for a local
 // event p that passed the auth rules (nothing when the room uses none)
@@ -279,6 +279,10 @@ func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prep
 	if !pol.validSignature(signed) {
 		return mxerr.New(mxerr.Unknown, "the room's policy server %s answered a signature that does not verify with the room's key", pol.via).
 			WithStatus(http.StatusBadGateway)
+	}
+	// The signature makes the event longer: it must still fit.
+	if err := checkEventLimits(signed); err != nil {
+		return err
 	}
 	p.pdu = signed
 	p.row.JSON = string(signed.JSON())

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -276,6 +278,25 @@ func TestPolicyServerOutgoing(t *testing.T) {
 		if storedSignature(t, s, id) == "" {
 			t.Fatalf("the sent event has no policy server signature")
 		}
+		// An event that fits only without the policy signature is too large.
+		pad := strings.Repeat("x", 1000)
+		padded := mustSend(t, s, roomID, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"`+pad+`"}`)
+		e, _, err := s.FederationEvent(ctx, padded)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unsigned, err := sjson.DeleteBytes(e.JSON, "signatures."+gjson.Escape(policyServer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		overhead := len(unsigned) - len(pad)
+		ps.set("sign")
+		pad = strings.Repeat("x", maxEventBytes-overhead-10)
+		if _, err := s.SendEvent(ctx, SendEventRequest{RoomID: roomID, Sender: alice, Type: "m.room.message",
+			Content: json.RawMessage(`{"msgtype":"m.text","body":"` + pad + `"}`)}); !mxerr.Is(err, mxerr.TooLarge) {
+			t.Fatalf("event over the limit with its policy signature: %v, want M_TOO_LARGE", err)
+		}
+		ps.set("sign")
 		mustSend(t, s, roomID, alice, "m.room.policy", ptr("other"), `{}`)
 		if _, err := s.Join(ctx, MembershipRequest{RoomID: roomID, Sender: bob}); err != nil {
 			t.Fatal(err)
@@ -288,7 +309,7 @@ func TestPolicyServerOutgoing(t *testing.T) {
 		if !gjson.GetBytes(invite.JSON, "signatures."+gjson.Escape(policyServer)+"."+gjson.Escape(policyKeyID)).Exists() {
 			t.Fatalf("invite for another server lacks the policy signature: %s", invite.JSON)
 		}
-		want := []string{"m.room.message", "m.room.policy/other", "m.room.member/" + bob, "m.room.member/" + remote}
+		want := []string{"m.room.policy/other", "m.room.member/" + bob, "m.room.member/" + remote}
 		if got := ps.askedFor(); !slices.Equal(got, want) {
 			t.Fatalf("asked for %v, want %v", got, want)
 		}
@@ -351,7 +372,9 @@ func TestPolicyServerIncoming(t *testing.T) {
 			{"no signature, signed", "sign", func(p gomatrixserverlib.PDU) []byte { return p.JSON() }, Accepted, 1},
 		} {
 			ps.set(c.mode)
-			pdu := remoteEvent(t, s, roomID, policyMod, "m.room.message", nil, msg)
+			// A body of its own: soft-failed events leave the extremities
+			// as they were, and the same event would be a duplicate.
+			pdu := remoteEvent(t, s, roomID, policyMod, "m.room.message", nil, `{"msgtype":"m.text","body":"`+c.name+`"}`)
 			r := mustInput(t, s, c.sign(pdu))
 			if r.Outcome != c.want {
 				t.Fatalf("%s: %s %s, want %s", c.name, r.Outcome, r.Reason, c.want)
@@ -370,7 +393,7 @@ func TestPolicyServerIncoming(t *testing.T) {
 			want InputOutcome
 		}{{"refuse", SoftFailed}, {"sign", Accepted}} {
 			ps.set(c.mode)
-			pdu := remoteEvent(t, s, roomID, policyMod, "m.room.message", nil, msg)
+			pdu := remoteEvent(t, s, roomID, policyMod, "m.room.message", nil, `{"msgtype":"m.text","body":"gap, `+c.mode+`"}`)
 			r, err := s.InputWithState(context.Background(), InputWithStateRequest{RoomVersion: "12", JSON: pdu.JSON()})
 			if err != nil || r.Outcome != c.want {
 				t.Fatalf("InputWithState, policy server %s: %+v %v, want %s", c.mode, r, err, c.want)
