@@ -77,7 +77,12 @@ func startPolicyServer(t *testing.T, n *network) *fakePolicyServer {
 				w.WriteHeader(http.StatusInternalServerError)
 				return
 			}
-			_, _ = w.Write([]byte(`{"` + name + `":` + gjson.GetBytes(signed, "signatures."+gjson.Escape(name)).Raw + `}`))
+			pad := ""
+			if mode == "huge" {
+				// A valid signature in an answer past any sane size.
+				pad = `,"pad":{"pad":"` + strings.Repeat("A", 70<<10) + `"}`
+			}
+			_, _ = w.Write([]byte(`{"` + name + `":` + gjson.GetBytes(signed, "signatures."+gjson.Escape(name)).Raw + pad + `}`))
 		})
 		mux.HandleFunc("PUT /_matrix/federation/v1/send/", func(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write([]byte(`{"pdus":{}}`))
@@ -163,6 +168,7 @@ func TestPolicyServerOverFederation(t *testing.T) {
 		}{
 			{"refuse", mxerr.Forbidden, http.StatusBadRequest, policyRefusal},
 			{"down", mxerr.Unknown, http.StatusBadGateway, ""},
+			{"huge", mxerr.Unknown, http.StatusBadGateway, ""},
 		} {
 			ps.set(c.mode)
 			_, err := a.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: roomID, Sender: alice, Type: "m.room.message",

@@ -11,6 +11,10 @@ import (
 
 var _ roomserver.PolicySigner = (*Server)(nil)
 
+// maxPolicySignBytes bounds a policy server's answer to
+// POST /_matrix/policy/v1/sign: a map of one signature, or an error.
+const maxPolicySignBytes = 64 << 10
+
 // PolicySign asks the policy server server to sign event, a PDU in
 // federation format, with a signed request, and returns the signatures
 // it answered. An error answer (a refusal: 400 M_FORBIDDEN, 404, 429, …)
@@ -20,7 +24,7 @@ var _ roomserver.PolicySigner = (*Server)(nil)
 // Spec: server-server-api, "POST /_matrix/policy/v1/sign".
 func (s *Server) PolicySign(ctx context.Context, server string, event json.RawMessage) (map[string]map[string]string, error) {
 	var sigs map[string]map[string]string
-	err := s.client.signed(ctx, server, http.MethodPost, "/_matrix/policy/v1/sign", event, &sigs)
+	err := s.client.signedLimited(ctx, server, http.MethodPost, "/_matrix/policy/v1/sign", event, &sigs, maxPolicySignBytes)
 	var re *RemoteError
 	if errors.As(err, &re) {
 		return nil, &roomserver.PolicyRefusal{Server: server, Status: re.Status, Code: re.Code, Message: re.Message}

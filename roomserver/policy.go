@@ -317,12 +317,28 @@ func (s *Server) policyPresign(ctx context.Context, roomID string, pdu gomatrixs
 	if err != nil || pol == nil || pol.validSignature(pdu) {
 		return pdu, err
 	}
+	return s.askPolicyServerIncoming(ctx, pol, pdu), nil
+}
+
+// askPolicyServerIncoming asks pol to sign the federation event pdu and
+// returns the signed event only when the signature it answered verifies
+// and the event still fits the size limits; otherwise pdu as it came
+// (then soft-failed), so that a hostile policy server's bogus signature
+// is never stored on the event.
+// Spec: server-server-api, "Validating Policy Server signatures".
+func (s *Server) askPolicyServerIncoming(ctx context.Context, pol *roomPolicy, pdu gomatrixserverlib.PDU) gomatrixserverlib.PDU {
 	signed, err := s.askPolicyServer(ctx, pol, pdu)
+	if err == nil && !pol.validSignature(signed) {
+		err = fmt.Errorf("policy server %s answered a signature that does not verify", pol.via)
+	}
+	if err == nil {
+		err = checkEventLimits(signed)
+	}
 	if err != nil {
 		slog.DebugContext(ctx, "policy server did not sign a federation event", "event_id", pdu.EventID(), "err", err)
-		return pdu, nil
+		return pdu
 	}
-	return signed, nil
+	return signed
 }
 
 // policySoftFail soft-fails an accepted federation event p that lacks a

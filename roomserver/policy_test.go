@@ -96,6 +96,9 @@ func (f *fakePolicySigner) PolicySign(ctx context.Context, server string, event 
 		return nil, errors.New("dial tcp: connection refused")
 	case "badsig":
 		key = f.other
+	case "huge":
+		// A hostile policy server: a bogus signature far past any limit.
+		return map[string]map[string]string{server: {policyKeyID: strings.Repeat("A", 70000)}}, nil
 	}
 	sig, err := signPolicy(key, event)
 	if err != nil {
@@ -368,6 +371,8 @@ func TestPolicyServerIncoming(t *testing.T) {
 			{"no signature, policy server down", "down", func(p gomatrixserverlib.PDU) []byte { return p.JSON() }, SoftFailed, 1},
 			{"bad signature, refused", "refuse", func(p gomatrixserverlib.PDU) []byte { return withPolicySignature(t, p, ps.other) }, SoftFailed, 1},
 			{"bad signature, signed again badly", "badsig", func(p gomatrixserverlib.PDU) []byte { return withPolicySignature(t, p, ps.other) }, SoftFailed, 1},
+			{"no signature, signed badly", "badsig", func(p gomatrixserverlib.PDU) []byte { return p.JSON() }, SoftFailed, 1},
+			{"no signature, huge bogus signature", "huge", func(p gomatrixserverlib.PDU) []byte { return p.JSON() }, SoftFailed, 1},
 			{"bad signature, signed again", "sign", func(p gomatrixserverlib.PDU) []byte { return withPolicySignature(t, p, ps.other) }, Accepted, 1},
 			{"no signature, signed", "sign", func(p gomatrixserverlib.PDU) []byte { return p.JSON() }, Accepted, 1},
 		} {
@@ -375,9 +380,15 @@ func TestPolicyServerIncoming(t *testing.T) {
 			// A body of its own: soft-failed events leave the extremities
 			// as they were, and the same event would be a duplicate.
 			pdu := remoteEvent(t, s, roomID, policyMod, "m.room.message", nil, `{"msgtype":"m.text","body":"`+c.name+`"}`)
-			r := mustInput(t, s, c.sign(pdu))
+			sent := c.sign(pdu)
+			r := mustInput(t, s, sent)
 			if r.Outcome != c.want {
 				t.Fatalf("%s: %s %s, want %s", c.name, r.Outcome, r.Reason, c.want)
+			}
+			// A policy server's invalid answer is not kept on the event:
+			// it is stored with the signature it arrived with.
+			if sentSig := gjson.GetBytes(sent, "signatures."+gjson.Escape(policyServer)+"."+gjson.Escape(policyKeyID)).Str; c.want == SoftFailed && storedSignature(t, s, pdu.EventID()) != sentSig {
+				t.Fatalf("%s: stored with the policy server's invalid signature", c.name)
 			}
 			if got := ps.askedFor(); len(got) != c.asked {
 				t.Fatalf("%s: asked %d times (%v), want %d", c.name, len(got), got, c.asked)
@@ -391,7 +402,7 @@ func TestPolicyServerIncoming(t *testing.T) {
 		for _, c := range []struct {
 			mode string
 			want InputOutcome
-		}{{"refuse", SoftFailed}, {"sign", Accepted}} {
+		}{{"refuse", SoftFailed}, {"badsig", SoftFailed}, {"huge", SoftFailed}, {"sign", Accepted}} {
 			ps.set(c.mode)
 			pdu := remoteEvent(t, s, roomID, policyMod, "m.room.message", nil, `{"msgtype":"m.text","body":"gap, `+c.mode+`"}`)
 			r, err := s.InputWithState(context.Background(), InputWithStateRequest{RoomVersion: "12", JSON: pdu.JSON()})
@@ -400,6 +411,9 @@ func TestPolicyServerIncoming(t *testing.T) {
 			}
 			if got := ps.askedFor(); len(got) != 1 {
 				t.Fatalf("InputWithState, policy server %s: asked %v, want once", c.mode, got)
+			}
+			if c.want == SoftFailed && storedSignature(t, s, pdu.EventID()) != "" {
+				t.Fatalf("InputWithState, policy server %s: stored with its invalid signature", c.mode)
 			}
 		}
 	})

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"time"
@@ -388,12 +387,7 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 	// ask it once, not holding the room lock, then decide again (the
 	// event is soft-failed if it still lacks one). Spec: server-server-api,
 	// "Validating Policy Server signatures".
-	signed, askErr := s.askPolicyServer(ctx, unsigned, pdu)
-	if askErr != nil {
-		slog.DebugContext(ctx, "policy server did not sign a federation event", "event_id", pdu.EventID(), "err", askErr)
-		signed = pdu
-	}
-	resp, _, err = s.inputEvent(ctx, req, signed, roomID, true)
+	resp, _, err = s.inputEvent(ctx, req, s.askPolicyServerIncoming(ctx, unsigned, pdu), roomID, true)
 	return resp, err
 }
 
