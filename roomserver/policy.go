@@ -60,20 +60,26 @@ func (e *PolicyRefusal) Error() string {
 	return fmt.Sprintf("policy server %s answered %d %s: %s", e.Server, e.Status, e.Code, e.Message)
 }
 
+// policySignErrcodes are the errcodes the spec lists for the answers of
+// POST /_matrix/policy/v1/sign (400, 403, 404, 429).
+// Spec: server-server-api, "POST /_matrix/policy/v1/sign".
+var policySignErrcodes = map[mxerr.Code]bool{
+	mxerr.BadJSON: true, mxerr.NotJSON: true, mxerr.Forbidden: true,
+	mxerr.NotFound: true, mxerr.Unrecognized: true, mxerr.LimitExceeded: true,
+}
+
 // clientError is the refusal as the client's error: the policy server's
-// errcode and message verbatim, with its status when that is a 4xx other
-// than 401 (a 401 would tell the client its own token is bad: security
-// case 32), else 502.
+// errcode, status and message when the errcode is one the endpoint lists
+// and the status a 4xx other than 401; otherwise 502 M_UNKNOWN with its
+// message. Any other errcode could make the client act on it as if its
+// homeserver had said it (M_UNKNOWN_TOKEN, M_USER_DEACTIVATED or
+// M_USER_LOCKED log the client out: security case 32).
 func (e *PolicyRefusal) clientError() *mxerr.Error {
-	status := e.Status
-	if status < 400 || status > 499 || status == http.StatusUnauthorized {
-		status = http.StatusBadGateway
-	}
 	code := mxerr.Code(e.Code)
-	if code == "" {
-		code = mxerr.Unknown
+	if !policySignErrcodes[code] || e.Status < 400 || e.Status > 499 || e.Status == http.StatusUnauthorized {
+		return (&mxerr.Error{Code: mxerr.Unknown, Message: e.Message, Err: e}).WithStatus(http.StatusBadGateway)
 	}
-	return (&mxerr.Error{Code: code, Message: e.Message, Err: e}).WithStatus(status)
+	return (&mxerr.Error{Code: code, Message: e.Message, Err: e}).WithStatus(e.Status)
 }
 
 // SetPolicySigner sets the PolicySigner. Call it before serving.

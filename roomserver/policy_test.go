@@ -492,3 +492,37 @@ func BenchmarkPolicyOfRoomWithout(b *testing.B) {
 		}
 	}
 }
+
+// TestPolicyRefusalClientError: a policy server's refusal reaches the
+// client with its errcode only when room_policy lists that errcode for
+// POST /_matrix/policy/v1/sign; any other (M_UNKNOWN_TOKEN,
+// M_USER_DEACTIVATED, … which would log the client out) becomes
+// 502 M_UNKNOWN, keeping the message.
+func TestPolicyRefusalClientError(t *testing.T) {
+	for _, c := range []struct {
+		status     int
+		code       string
+		wantStatus int
+		wantCode   mxerr.Code
+	}{
+		{400, "M_FORBIDDEN", 400, mxerr.Forbidden},
+		{403, "M_FORBIDDEN", 403, mxerr.Forbidden},
+		{400, "M_BAD_JSON", 400, mxerr.BadJSON},
+		{400, "M_NOT_JSON", 400, mxerr.NotJSON},
+		{404, "M_NOT_FOUND", 404, mxerr.NotFound},
+		{404, "M_UNRECOGNIZED", 404, mxerr.Unrecognized},
+		{429, "M_LIMIT_EXCEEDED", 429, mxerr.LimitExceeded},
+		{401, "M_UNKNOWN_TOKEN", 502, mxerr.Unknown},
+		{403, "M_UNKNOWN_TOKEN", 502, mxerr.Unknown},
+		{403, "M_USER_DEACTIVATED", 502, mxerr.Unknown},
+		{401, "M_USER_LOCKED", 502, mxerr.Unknown},
+		{400, "M_MISSING_TOKEN", 502, mxerr.Unknown},
+		{400, "", 502, mxerr.Unknown},
+		{500, "M_FORBIDDEN", 502, mxerr.Unknown},
+	} {
+		e := (&PolicyRefusal{Server: policyServer, Status: c.status, Code: c.code, Message: policyRefusalText}).clientError()
+		if e.Code != c.wantCode || e.Status() != c.wantStatus || e.Message != policyRefusalText {
+			t.Errorf("%d %s: client gets %d %s %q, want %d %s %q", c.status, c.code, e.Status(), e.Code, e.Message, c.wantStatus, c.wantCode, policyRefusalText)
+		}
+	}
+}
