@@ -276,7 +276,16 @@ func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prep
 	signed, err := s.askPolicyServer(ctx, pol, p.pdu)
 	if err != nil {
 		var refusal *PolicyRefusal
-		if errors.As(err, &refusal) {
+		isRefusal := errors.As(err, &refusal) && refusal.Status < 500
+		if !isRefusal && isOwnLeave(p.pdu) {
+			// A user can always leave: with the policy server down, the
+			// leave goes out without its signature (other servers may
+			// soft-fail it). Spec: server-server-api, "Policy Servers"
+			// (the homeserver may send a local client's event anyway).
+			slog.DebugContext(ctx, "policy server did not sign a leave; sending it unsigned", "event_id", p.pdu.EventID(), "err", err)
+			return nil
+		}
+		if isRefusal {
 			return refusal.clientError()
 		}
 		return (&mxerr.Error{Code: mxerr.Unknown, Message: fmt.Sprintf("the room's policy server %s could not be reached or failed", pol.via), Err: err}).
@@ -293,6 +302,12 @@ func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prep
 	p.pdu = signed
 	p.row.JSON = string(signed.JSON())
 	return nil
+}
+
+// isOwnLeave reports whether pdu is a user's own leave of the room.
+func isOwnLeave(pdu gomatrixserverlib.PDU) bool {
+	return pdu.Type() == "m.room.member" && pdu.StateKeyEquals(string(pdu.SenderID())) &&
+		gjson.GetBytes(pdu.Content(), "membership").Str == "leave"
 }
 
 // isPolicyConfig reports whether pdu is the m.room.policy state event

@@ -276,6 +276,25 @@ func TestPolicyServerOutgoing(t *testing.T) {
 			t.Fatalf("a send the policy server did not sign was stored: extremities %v -> %v", before, after)
 		}
 
+		// A user can always leave: with the policy server down the leave
+		// goes out without its signature; a refusal still stops it.
+		ps.set("sign")
+		if _, err := s.Join(ctx, MembershipRequest{RoomID: roomID, Sender: bob}); err != nil {
+			t.Fatal(err)
+		}
+		ps.set("refuse")
+		if _, err := s.Leave(ctx, MembershipRequest{RoomID: roomID, Sender: bob}); !mxerr.Is(err, mxerr.Forbidden) {
+			t.Fatalf("leave refused by the policy server: %v, want M_FORBIDDEN", err)
+		}
+		ps.set("down")
+		left, err := s.Leave(ctx, MembershipRequest{RoomID: roomID, Sender: bob})
+		if err != nil {
+			t.Fatalf("leave with the policy server down: %v", err)
+		}
+		if storedSignature(t, s, left.EventID) != "" {
+			t.Fatalf("the leave has a policy signature")
+		}
+
 		ps.set("sign")
 		id := mustSend(t, s, roomID, alice, "m.room.message", nil, msg)
 		if storedSignature(t, s, id) == "" {
