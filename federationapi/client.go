@@ -107,12 +107,17 @@ func newClient(s *Server, tlsConfig *tls.Config, dial func(ctx context.Context, 
 // signed sends a signed request to destination and decodes the JSON
 // answer into out (if non-nil).
 func (c *client) signed(ctx context.Context, destination, method, uri string, body, out any) error {
-	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, true))
+	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, true, maxResponseBytes))
+}
+
+// signedLimited is signed with an answer of at most limit bytes.
+func (c *client) signedLimited(ctx context.Context, destination, method, uri string, body, out any, limit int) error {
+	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, true, limit))
 }
 
 // unsigned sends a request without X-Matrix (key fetches).
 func (c *client) unsigned(ctx context.Context, destination, method, uri string, body, out any) error {
-	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, false))
+	return c.answered(ctx, destination, c.do(ctx, destination, method, uri, body, out, false, maxResponseBytes))
 }
 
 // answered passes err through; when it is nil, destination has just
@@ -134,7 +139,7 @@ func (c *client) answered(ctx context.Context, destination string, err error) er
 	return err
 }
 
-func (c *client) do(ctx context.Context, destination, method, uri string, body, out any, sign bool) error {
+func (c *client) do(ctx context.Context, destination, method, uri string, body, out any, sign bool, limit int) error {
 	if destination == c.s.serverName {
 		return fmt.Errorf("refusing to send a federation request to ourselves")
 	}
@@ -155,7 +160,7 @@ func (c *client) do(ctx context.Context, destination, method, uri string, body, 
 	}
 	var lastErr error
 	for _, t := range targets {
-		lastErr = c.try(ctx, fr, t, destination, out)
+		lastErr = c.try(ctx, fr, t, destination, out, limit)
 		var re *RemoteError
 		if lastErr == nil || errors.As(lastErr, &re) || ctx.Err() != nil {
 			return lastErr
@@ -166,7 +171,7 @@ func (c *client) do(ctx context.Context, destination, method, uri string, body, 
 
 // try sends fr to one target. Only connection failures make the caller
 // try the next target.
-func (c *client) try(ctx context.Context, fr fclient.FederationRequest, t target, destination string, out any) error {
+func (c *client) try(ctx context.Context, fr fclient.FederationRequest, t target, destination string, out any, limit int) error {
 	req, err := fr.HTTPRequest()
 	if err != nil {
 		return err
@@ -186,12 +191,12 @@ func (c *client) try(ctx context.Context, fr fclient.FederationRequest, t target
 		return fmt.Errorf("%s %s to %s: %w", fr.Method(), fr.RequestURI(), destination, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {
 		return fmt.Errorf("reading answer of %s: %w", destination, err)
 	}
-	if len(data) > maxResponseBytes {
-		return fmt.Errorf("answer of %s is larger than %d bytes", destination, maxResponseBytes)
+	if len(data) > limit {
+		return fmt.Errorf("answer of %s is larger than %d bytes", destination, limit)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		re := &RemoteError{Server: destination, Status: resp.StatusCode}

@@ -533,7 +533,7 @@ func (q *sender) send(ctx context.Context, destination string, b *batch) error {
 		"pdus": nonNil(b.pdus), "edus": nonNil(b.edus),
 	}
 	// client.do, not signed: record applies the outcome to the backoff.
-	return q.s.client.do(ctx, destination, http.MethodPut, "/_matrix/federation/v1/send/"+pathEscape(b.txnID), body, nil, true)
+	return q.s.client.do(ctx, destination, http.MethodPut, "/_matrix/federation/v1/send/"+pathEscape(b.txnID), body, nil, true, maxResponseBytes)
 }
 
 func nonNil(v []json.RawMessage) []json.RawMessage {

@@ -74,6 +74,12 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		return nil, err
 	}
 
+	// The room's policy server is asked (once) before the room lock is
+	// taken; the signature is judged again in the write.
+	if pdu, err = s.policyPresign(ctx, roomID, pdu); err != nil {
+		return nil, err
+	}
+
 	unlock := s.lockRoom(roomID)
 	defer unlock()
 	var p *prepared
@@ -138,6 +144,9 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		}
 		p, err = s.prepareWithState(ctx, tx, room, pdu, before)
 		if err != nil {
+			return err
+		}
+		if err := s.policySoftFail(ctx, tx, p); err != nil {
 			return err
 		}
 		p.outlierNID = outlierNID // outlier_promotion.go

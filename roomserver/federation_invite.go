@@ -60,7 +60,10 @@ func (s *Server) BuildRemoteInvite(ctx context.Context, req MembershipRequest) (
 	if p.outcome != Accepted {
 		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
 	}
-	return &RemoteInvite{RoomVersion: room.Version, EventID: pdu.EventID(), JSON: pdu.JSON()}, nil
+	if err := s.policySignLocal(ctx, reader, p); err != nil {
+		return nil, err
+	}
+	return &RemoteInvite{RoomVersion: room.Version, EventID: p.pdu.EventID(), JSON: p.pdu.JSON()}, nil
 }
 
 // PersistRemoteInvite stores the invite built by BuildRemoteInvite as the

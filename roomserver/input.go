@@ -138,10 +138,14 @@ func (s *Server) prepare(ctx context.Context, q storage.Querier, tx storage.Tx, 
 
 	// Auth against the state before the event.
 	needed := neededTuples(pdu)
-	beforeAuth, err := s.stateEventsFor(ctx, q, tx, room, p.beforeNID, p.beforeState, needed)
+	// With the policy server configuration: when the state before is the
+	// current state, the policy check of a federation event (inputEvent)
+	// then finds it remembered (policy.go).
+	beforeAuth, err := s.stateEventsFor(ctx, q, tx, room, p.beforeNID, p.beforeState, append(needed, policyTuple))
 	if err != nil {
 		return nil, err
 	}
+	beforeAuth = slices.DeleteFunc(beforeAuth, isPolicyConfig)
 	if room.Partial {
 		// Partial state may lack what the auth rules look at: resolve it
 		// with the event's own auth events (see partial_state.go).

@@ -11,7 +11,9 @@ import (
 // state) and reports the outcome InputEvent would have, writing nothing.
 // A missing prev or auth event is M_NOT_FOUND, as for InputEvent. It lets
 // callers (and benchmarks, which time it apart from the write) learn an
-// event's fate without persisting it.
+// event's fate without persisting it. It asks no room's policy server
+// (policy.go), so an event a policy server would have to sign is judged
+// by the auth rules alone.
 func (s *Server) CheckInputEvent(ctx context.Context, req InputEventRequest) (*InputEventResponse, error) {
 	// The same parse (and canonical-JSON check) as InputEvent, so both
 	// reach the same verdict.

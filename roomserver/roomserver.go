@@ -114,6 +114,9 @@ type Server struct {
 	lastCreateMS int64
 
 	backfiller Backfiller // federation_backfill.go; set before serving
+	// policySigner asks rooms' policy servers to sign events (policy.go);
+	// set before serving, nil when federation is off.
+	policySigner PolicySigner
 
 	partial partialWaiters // partial_state.go
 	// stretches knows which rooms have stretches of partial state

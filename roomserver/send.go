@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -224,6 +225,9 @@ func (s *Server) buildAndPrepare(ctx context.Context, room *roomRow, proto *goma
 	if p.outcome != Accepted {
 		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
 	}
+	if err := s.policySignLocal(ctx, reader, p); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -290,10 +294,15 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 	for _, t := range needed.Tuples() {
 		keys = append(keys, tuple{t.EventType, t.StateKey})
 	}
+	// The policy server configuration is read with the auth events (one
+	// query, remembered per snapshot), so that policySignLocal's read of
+	// it is a cache hit: a room without one pays nothing for it.
+	keys = append(keys, policyTuple)
 	state, err := s.stateEventsFor(ctx, q, tx, room, room.CurrentSnapshot, nil, keys)
 	if err != nil {
 		return nil, err
 	}
+	state = slices.DeleteFunc(state, isPolicyConfig)
 	return guard("building event", func() (gomatrixserverlib.PDU, error) {
 		eb := impl.NewEventBuilderFromProtoEvent(proto)
 		provider, err := gomatrixserverlib.NewAuthEvents(state)
@@ -370,28 +379,59 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 	if err != nil {
 		return nil, err
 	}
+	resp, unsigned, err := s.inputEvent(ctx, req, pdu, roomID, false)
+	if unsigned == nil {
+		return resp, err
+	}
+	// The room uses a policy server and pdu lacks its valid signature:
+	// ask it once, not holding the room lock, then decide again (the
+	// event is soft-failed if it still lacks one). Spec: server-server-api,
+	// "Validating Policy Server signatures".
+	resp, _, err = s.inputEvent(ctx, req, s.askPolicyServerIncoming(ctx, unsigned, pdu), roomID, true)
+	return resp, err
+}
+
+// inputEvent is InputEvent's work under the room lock. When the room
+// uses a policy server whose valid signature pdu lacks, it writes
+// nothing and returns that policy server, unless asked says it was
+// asked already: then pdu is soft-failed.
+func (s *Server) inputEvent(ctx context.Context, req InputEventRequest, pdu gomatrixserverlib.PDU, roomID string, asked bool) (*InputEventResponse, *roomPolicy, error) {
 	unlock := s.lockRoom(roomID)
 	defer unlock()
 	reader := s.db.Reader()
 	outlierNID, duplicate, err := heldOutlier(ctx, reader, pdu.EventID())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if duplicate {
-		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil
+		return &InputEventResponse{EventID: pdu.EventID(), Outcome: Duplicate}, nil, nil
 	}
 	var room *roomRow
 	if isCreate(pdu) {
 		room = &roomRow{RoomID: roomID, Version: req.RoomVersion}
 	} else if room, err = loadRoom(ctx, reader, roomID); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if room.Version != req.RoomVersion {
-		return nil, mxerr.New(mxerr.BadJSON, "room %s is version %s, not %s", roomID, room.Version, req.RoomVersion)
+		return nil, nil, mxerr.New(mxerr.BadJSON, "room %s is version %s, not %s", roomID, room.Version, req.RoomVersion)
 	}
 	p, err := s.prepare(ctx, reader, nil, room, pdu)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if p.outcome == Accepted && needsPolicySignature(pdu) {
+		pol, err := s.policyOf(ctx, reader, nil, room)
+		if err != nil {
+			return nil, nil, err
+		}
+		if pol != nil && !pol.validSignature(pdu) {
+			if !asked {
+				return nil, pol, nil
+			}
+			// Spec: server-server-api, "Validating Policy Server
+			// signatures": still without a valid signature, soft fail.
+			p.outcome, p.reason = SoftFailed, fmt.Sprintf("no valid signature of the room's policy server %s", pol.via)
+		}
 	}
 	p.outlierNID = outlierNID // outlier_promotion.go
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
@@ -414,13 +454,13 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	resp := &InputEventResponse{EventID: p.row.EventID, Outcome: p.outcome, Reason: p.reason}
 	if p.outcome == Accepted {
 		resp.StreamPos = p.row.NID
 	}
-	return resp, nil
+	return resp, nil, nil
 }
 
 // itoa is strconv.FormatInt for int64.

@@ -371,6 +371,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		keys.StartFederation(baseCtx)
 		rooms.SetBackfiller(federation)
+		rooms.SetPolicySigner(federation)
 	}
 	// Every component is built: room events may be written, and the
 	// background work that writes them (the client API's queues, the
