@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,19 +167,32 @@ func TestRejectWhenInviterUnreachable(t *testing.T) {
 // TestLocalLeaveOnlyForTheOtherSidesFailures drives LeaveRemote against
 // one server per kind of failure, with bob's pending invite from it:
 // every refusal (403, 404, 400, 401, 429), a 5xx, a server that does not
-// answer before the caller's deadline and a name that does not resolve
-// all end the invite with a local leave and succeed; a cancelled call
+// answer before the caller's deadline, a tampered make_leave template
+// (aborted: nothing of it signed or sent) and a name that does not
+// resolve all end the invite with a local leave and succeed; a cancelled call
 // and a room with no pending invite return their error and write
 // nothing.
 func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		b := n.start()
 		bob := b.user("bob")
+		const tampered = -1 // a make_leave template with another sender (security case 14)
+		var sendLeaves atomic.Int32
 		hang := make(chan struct{})
 		t.Cleanup(func() { close(hang) })
 		answering := func(status int) string {
 			name, _ := n.fakeServer(t, func(name string, mux *http.ServeMux) {
 				mux.HandleFunc("/_matrix/federation/v1/make_leave/", func(w http.ResponseWriter, r *http.Request) {
+					if status == tampered {
+						parts := strings.Split(r.URL.EscapedPath(), "/")
+						roomID, _ := unescape(parts[5])
+						userID, _ := unescape(parts[6])
+						_, _ = w.Write(mustJSON(map[string]any{"room_version": "10", "event": map[string]any{
+							"type": "m.room.member", "sender": "@mallory:evil.example", "state_key": userID, "room_id": roomID,
+							"content": map[string]string{"membership": "leave"}, "prev_events": []string{"$prev"},
+							"auth_events": []string{"$create"}, "depth": 5, "origin_server_ts": 1}}))
+						return
+					}
 					if status == 0 {
 						select {
 						case <-hang:
@@ -188,6 +202,10 @@ func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
 					}
 					w.WriteHeader(status)
 					_, _ = w.Write([]byte(`{"errcode":"M_FORBIDDEN","error":"no"}`))
+				})
+				mux.HandleFunc("/_matrix/federation/v2/send_leave/", func(w http.ResponseWriter, r *http.Request) {
+					sendLeaves.Add(1)
+					_, _ = w.Write([]byte(`{}`))
 				})
 			})
 			return name
@@ -228,6 +246,7 @@ func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
 			{"429", answering(http.StatusTooManyRequests)},
 			{"500", answering(http.StatusInternalServerError)},
 			{"no answer before the deadline", answering(0)},
+			{"tampered template", answering(tampered)},
 			{"unresolvable", "unresolvable.invalid"},
 		} {
 			roomID := "!" + strings.ReplaceAll(c.name, " ", "") + ":" + c.server
@@ -241,6 +260,10 @@ func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
 			if m := pending(roomID); m != "leave" {
 				t.Errorf("%s: pending membership %q, want leave", c.name, m)
 			}
+		}
+
+		if n := sendLeaves.Load(); n != 0 {
+			t.Errorf("send_leave called %d times", n)
 		}
 
 		roomID := "!cancelled:" + answering(0)
