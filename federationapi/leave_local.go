@@ -34,11 +34,6 @@ import (
 // (client-server-api, ClientEvent "unsigned": replaces_state,
 // prev_content), which syncapi passes on.
 
-// maxLocalLeaveAttempts bounds how often storeLocalLeave starts again
-// when the pending membership changed under it (a new invite or knock
-// arrived while the leave was built).
-const maxLocalLeaveAttempts = 3
-
 // localLeaveDeserved reports whether a failed remote leave may be
 // completed by a local leave. Every failure on the other side deserves
 // it: no server to ask, one that cannot be resolved or reached or does
@@ -70,41 +65,43 @@ type pendingRow struct {
 // that replaces the row, and wakes /sync. It reports whether the pending
 // membership has ended: false, writing nothing, when there is none (no
 // row, so nothing to end); true without writing when the row already
-// holds a leave.
+// holds a leave, or when it changed while the leave was built (the
+// room's server withdrew the invite, or a new invite or knock came: that
+// one is left pending for the user to see and answer).
 func (s *Server) storeLocalLeave(ctx context.Context, userID, roomID string) (bool, error) {
-	for range maxLocalLeaveAttempts {
-		row, ok, err := s.readPendingRow(ctx, userID, roomID)
-		if err != nil || !ok {
-			return false, err
-		}
-		if row.membership != "invite" && row.membership != "knock" {
-			return true, nil // already ended: nothing left to reject
-		}
-		leave, err := s.buildLocalLeave(userID, roomID, row)
-		if err != nil {
-			return false, err
-		}
-		m := pendingMembership{
-			userID: userID, roomID: roomID, eventID: leave.EventID(), roomVersion: row.roomVersion,
-			event: withReplacedState(leave.JSON(), row), strippedState: row.strippedState, membership: "leave",
-			replaces: row.eventID,
-		}
-		var pos int64
-		err = s.db.Write(ctx, func(tx storage.Tx) error { return s.writePendingMembership(ctx, tx, m, &pos) })
-		if errors.Is(err, errPendingReplaced) {
-			continue // a new invite or knock (or its answer) came meanwhile: end that one
-		}
-		if err != nil {
-			return false, err
-		}
-		s.log.Info("ended a pending membership with a local leave: no server took the remote one",
-			"room_id", roomID, "membership", row.membership)
-		if s.notify != nil {
-			s.notify(RemoteInviteStream, pos)
-		}
+	row, ok, err := s.readPendingRow(ctx, userID, roomID)
+	if err != nil || !ok {
+		return false, err
+	}
+	if row.membership != "invite" && row.membership != "knock" {
+		return true, nil // already ended: nothing left to reject
+	}
+	leave, err := s.buildLocalLeave(userID, roomID, row)
+	if err != nil {
+		return false, err
+	}
+	m := pendingMembership{
+		userID: userID, roomID: roomID, eventID: leave.EventID(), roomVersion: row.roomVersion,
+		event: withReplacedState(leave.JSON(), row), strippedState: row.strippedState, membership: "leave",
+		replaces: row.eventID,
+	}
+	if s.beforeLocalLeave != nil {
+		s.beforeLocalLeave()
+	}
+	var pos int64
+	err = s.db.Write(ctx, func(tx storage.Tx) error { return s.writePendingMembership(ctx, tx, m, &pos) })
+	if errors.Is(err, errPendingReplaced) {
 		return true, nil
 	}
-	return false, fmt.Errorf("the pending membership of %s in %s kept changing", userID, roomID)
+	if err != nil {
+		return false, err
+	}
+	s.log.Info("ended a pending membership with a local leave: no server took the remote one",
+		"room_id", roomID, "membership", row.membership)
+	if s.notify != nil {
+		s.notify(RemoteInviteStream, pos)
+	}
+	return true, nil
 }
 
 // buildLocalLeave builds and signs userID's leave of roomID on top of the

@@ -210,21 +210,24 @@ func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
 			})
 			return name
 		}
+		exec := func(query string, args ...any) {
+			t.Helper()
+			if err := b.HS.DB.Write(context.Background(), func(tx storage.Tx) error {
+				_, err := tx.Exec(context.Background(), query, args...)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		invite := func(roomID, server string) {
 			t.Helper()
 			event := mustJSON(map[string]any{"type": "m.room.member", "sender": "@carol:" + server, "state_key": bob,
 				"room_id": roomID, "content": map[string]string{"membership": "invite"}, "depth": 7,
 				"auth_events": []string{"$create", "$power"}, "prev_events": []string{"$prev"},
 				"origin_server_ts": 1, "hashes": map[string]string{"sha256": "x"}})
-			err := b.HS.DB.Write(context.Background(), func(tx storage.Tx) error {
-				_, err := tx.Exec(context.Background(), `INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version,
-					event, invite_room_state, received_ts, stream_pos, membership, via_server) VALUES ($1, $2, $3, '10', $4, '[]', 1, 0, 'invite', '')`,
-					bob, roomID, "$invite-"+strings.TrimPrefix(roomID, "!"), string(event))
-				return err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			exec(`INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version,
+				event, invite_room_state, received_ts, stream_pos, membership, via_server) VALUES ($1, $2, $3, '10', $4, '[]', 1, 0, 'invite', '')`,
+				bob, roomID, "$invite-"+strings.TrimPrefix(roomID, "!"), string(event))
 		}
 		pending := func(roomID string) string {
 			var m string
@@ -275,6 +278,24 @@ func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
 		}
 		if m := pending(roomID); m != "invite" {
 			t.Errorf("cancelled LeaveRemote: pending membership %q, want the invite kept", m)
+		}
+
+		// A new invite that comes while the local leave is built is left
+		// pending: the user rejected the one before it.
+		renewed := "!renewed:" + answering(http.StatusForbidden)
+		invite(renewed, strings.TrimPrefix(renewed, "!renewed:"))
+		b.HS.Federation.BeforeLocalLeave(func() {
+			exec(`UPDATE federation_remote_invites SET event_id = '$newer-invite' WHERE user_id = $1 AND room_id = $2`, bob, renewed)
+		})
+		err := b.HS.Federation.LeaveRemote(context.Background(), renewed, bob, nil)
+		b.HS.Federation.BeforeLocalLeave(nil)
+		if err != nil {
+			t.Errorf("LeaveRemote with a new invite come meanwhile: %v", err)
+		}
+		var eventID string
+		if err := b.HS.DB.Reader().QueryRow(context.Background(), `SELECT event_id FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+			bob, renewed).Scan(&eventID); err != nil || eventID != "$newer-invite" || pending(renewed) != "invite" {
+			t.Errorf("the new invite: %q %q, %v; want it still pending", eventID, pending(renewed), err)
 		}
 
 		none := "!none:" + answering(http.StatusForbidden)
