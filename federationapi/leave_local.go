@@ -44,12 +44,13 @@ import (
 // fix any of these for the user, and the invite is ours to end. A
 // template that breaks security case 14 aborts the remote leave (nothing
 // of it is signed) and deserves it too: the local leave is built from
-// the stored invite, not from the template. What does not deserve it is
-// on our side and is returned before any server is called — a user who
-// is not local, a room with no pending invite or knock to end (nothing
-// is written then) — or is a cancelled request: the caller gave up and
-// is told nothing, so nothing changes behind its back. A failure to
-// store the local leave is returned as it is (500), the invite kept.
+// the stored invite, not from the template. What does not get it is on
+// our side: a user who is not local (refused before any server is
+// called), a room with no pending invite or knock (nothing to end: the
+// remote failure is returned and nothing written), and a cancelled
+// request (the caller gave up and is told nothing, so nothing changes
+// behind its back). A failure to build or store the local leave is
+// returned as it is (500), the invite kept.
 func localLeaveDeserved(ctx context.Context) bool {
 	return !errors.Is(ctx.Err(), context.Canceled)
 }
