@@ -48,8 +48,9 @@ type deactivationLeaves struct {
 }
 
 // remoteAnswerTimeout bounds each rejection or withdrawal, through
-// another server, of a deactivated account's pending invite or knock. A
-// var so that tests can shorten it.
+// another server, of a deactivated account's pending invite or knock;
+// past it the federation API ends the membership with a local leave. A
+// var so that tests can shorten it (TestDeactivationRemoteAnswerLimit).
 var remoteAnswerTimeout = 20 * time.Second
 
 // startDeactivationLeaves takes the queues up — the deactivated
@@ -139,7 +140,11 @@ func (s *Server) leaveDeactivatedRooms(ctx context.Context, localpart string, re
 			err := s.leave(callCtx, userID, roomID, "")
 			cancel()
 			if err != nil {
-				// A failure (a server gone for good) does not keep the
+				// A server that is gone, refuses or stays silent past
+				// remoteAnswerTimeout is no failure: the federation API
+				// then ends the invite or knock with a local leave
+				// (federationapi.LeaveRemote), as for POST /leave. What
+				// fails is on our side (storage); it does not keep the
 				// account queued: the membership ends here anyway when
 				// the account is dequeued (Deps.EndPendingMemberships).
 				s.log.Info("a deactivated account's pending invite or knock could not be answered", "room_id", roomID, "err", err)

@@ -28,7 +28,10 @@
 // the same with make_knock/send_knock and keeps the knock (with the
 // answer's stripped state) as a pending membership for /sync. Both also
 // serve a second local user's join or knock while a room held here has
-// partial state (join_out.go, inputOwnMembership). Backfill
+// partial state (join_out.go, inputOwnMembership). LeaveRemote rejects
+// a pending invite or withdraws a knock with make_leave/send_leave and,
+// when no server takes it, ends it with an out-of-band leave of our own
+// that no other server sees (leave_local.go). Backfill
 // (backfill_out.go) fetches history for the roomserver when /messages
 // reaches the oldest event held. hierarchy.go serves and fetches space
 // hierarchies (the summaries come from Deps.Spaces, the client API);

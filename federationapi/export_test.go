@@ -178,3 +178,10 @@ func (s *Server) BeforeEndPending(fn func(userID, roomID string) error) {
 func (s *Server) BeforeUnforget(fn func() error) {
 	s.beforeUnforget = fn
 }
+
+// BeforeLocalLeave makes fn run in s's local leave of a pending remote
+// invite or knock, between its read of the pending membership and its
+// write.
+func (s *Server) BeforeLocalLeave(fn func()) {
+	s.beforeLocalLeave = fn
+}

@@ -126,6 +126,9 @@ type Server struct {
 	// pendingMembershipPDU between its read of the pending membership
 	// and its write of the answer.
 	beforePendingAnswer func()
+	// beforeLocalLeave, when set (by tests), runs in storeLocalLeave
+	// between its read of the pending membership and its write.
+	beforeLocalLeave func()
 	// beforeUnforget, when set (by tests), runs in storePendingMembership
 	// after the forgotten mark is cleared and before the pending invite
 	// or knock is written; an error it returns stands for a crash at
@@ -277,6 +280,13 @@ func (s *Server) Start() {
 		s.startStretchRefetch(bg)
 		s.startPendingRetries(bg)
 		s.startWakes(bg)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.cleanStalePending(bg); err != nil && bg.Err() == nil {
+				s.log.Warn("cleaning pending invites and knocks that had ended (retried at the next start)", "err", err)
+			}
+		}()
 	})
 }
 

@@ -358,7 +358,11 @@ func (s *Server) keepResyncing(ctx context.Context, roomID string, servers []str
 }
 
 // LeaveRemote implements RemoteMemberships: make_leave and send_leave
-// through via, for a room this server does not hold (rejecting an invite).
+// through via, for a room this server does not hold (rejecting an invite
+// or withdrawing a knock). When no server takes the leave and userID has
+// a pending invite to or knock on the room, it is ended here by a leave
+// of our own that no other server sees (storeLocalLeave), and
+// LeaveRemote succeeds; localLeaveDeserved says which failures allow it.
 func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []string) error {
 	if domainOf(userID) != s.serverName {
 		return mxerr.New(mxerr.Forbidden, "%s is not a local user", userID)
@@ -381,7 +385,10 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 		}
 		leave, err := s.signTemplate(&t, roomID, userID, "leave", nil)
 		if err != nil {
-			return mxerr.Wrap(err, mxerr.Forbidden, "leave aborted: %s sent a bad template: %v", server, err)
+			// Nothing of the template is signed or sent (security case
+			// 14), and no other server is tried.
+			errs = append(errs, mxerr.Wrap(err, mxerr.Forbidden, "leave aborted: %s sent a bad template: %v", server, err))
+			break
 		}
 		uri = "/_matrix/federation/v2/send_leave/" + pathEscape(roomID) + "/" + pathEscape(leave.EventID())
 		if err := s.client.signed(ctx, server, http.MethodPut, uri, json.RawMessage(leave.JSON()), nil); err != nil {
@@ -392,15 +399,32 @@ func (s *Server) LeaveRemote(ctx context.Context, roomID, userID string, via []s
 		// invite stream so the user's /sync shows the room as left.
 		// Spec: client-server-api, "GET /_matrix/client/v3/sync"
 		// (rooms.leave); Complement TestFederationRoomsInvite.
+		stored := leave.JSON()
+		if row, ok, err := s.readPendingRow(ctx, userID, roomID); err == nil && ok && row.membership != "leave" {
+			stored = withReplacedState(stored, row)
+		}
 		return s.storePendingMembership(ctx, pendingMembership{
 			userID: userID, roomID: roomID, eventID: leave.EventID(), roomVersion: t.RoomVersion,
-			event: leave.JSON(), strippedState: []byte("[]"), membership: "leave",
+			event: stored, strippedState: []byte("[]"), membership: "leave",
 		})
 	}
+	var err error
 	if len(errs) == 0 {
-		return mxerr.New(mxerr.NotFound, "no server to leave %s through", roomID)
+		err = mxerr.New(mxerr.NotFound, "no server to leave %s through", roomID)
+	} else {
+		s.log.Info("remote leave failed", "room_id", roomID, "err", errors.Join(errs...))
+		err = errs[len(errs)-1]
 	}
-	return ClientError(errs[len(errs)-1])
+	if localLeaveDeserved(ctx) {
+		ended, lerr := s.storeLocalLeave(context.WithoutCancel(ctx), userID, roomID)
+		if lerr != nil {
+			return lerr
+		}
+		if ended {
+			return nil
+		}
+	}
+	return ClientError(err)
 }
 
 // inviterServer is the server of whoever sent userID's pending remote

@@ -332,6 +332,11 @@ type RemoteInvite struct {
 	InviteRoomState json.RawMessage
 	// StreamPos is the invite's position in the remote invite stream.
 	StreamPos int64
+	// LeaveUnsigned, for a leave of the user's own (Membership leave,
+	// rejected or withdrawn here), is the unsigned data the client format
+	// gives it: the invite or knock it replaced (replaces_state) and that
+	// event's content (prev_content). Nil otherwise.
+	LeaveUnsigned map[string]json.RawMessage
 }
 
 // RemoteInvites lists userID's pending invites to (and knocks on) rooms
@@ -372,6 +377,9 @@ func (s *Server) RemoteInvitesSince(ctx context.Context, userID string, since, t
 			return nil, err
 		}
 		inv.Event, inv.InviteRoomState = json.RawMessage(ev), json.RawMessage(st)
+		if inv.Membership == "leave" {
+			inv.LeaveUnsigned = s.leaveUnsigned(inv.Event)
+		}
 		out = append(out, inv)
 	}
 	return out, rows.Err()

@@ -137,9 +137,18 @@ func remoteLeaveEvent(inv federationapi.RemoteInvite) json.RawMessage {
 		OriginServerTS int64           `json:"origin_server_ts"`
 	}
 	_ = json.Unmarshal(inv.Event, &pdu)
+	// Spec: client-server-api, ClientEvent "unsigned": the requesting
+	// user's membership at the event is the leave itself; a leave of the
+	// user's own also names the invite or knock it replaced.
+	unsigned := map[string]json.RawMessage{}
+	for k, v := range inv.LeaveUnsigned {
+		unsigned[k] = v
+	}
+	unsigned["membership"] = json.RawMessage(`"leave"`)
 	out, _ := json.Marshal(map[string]any{
 		"type": pdu.Type, "state_key": pdu.StateKey, "sender": pdu.Sender, "content": pdu.Content,
 		"origin_server_ts": pdu.OriginServerTS, "event_id": inv.EventID, "room_id": inv.RoomID,
+		"unsigned": unsigned,
 	})
 	return out
 }
