@@ -300,3 +300,140 @@ func testEphemeral(t *testing.T, engine storage.Engine) {
 		t.Fatalf("bob's later presence pushed %d times: %v", len(got), got)
 	}
 }
+
+// A backlog of ephemeral data goes out in transactions of at most 100
+// receipts and 100 presence changes, every item once.
+func TestAppServiceEphemeralBatches(t *testing.T) {
+	fs, plain := newFakeService(t), newFakeService(t)
+	plain.hs = "plain-hs"
+	testserver.ForEachEngine(t, withEphemeralServices(t, fs, plain), func(t *testing.T, srv *testserver.Server) {
+		fs.mu.Lock()
+		fs.txns = nil
+		fs.fail = false
+		fs.mu.Unlock()
+		v3 := srv.URL + "/_matrix/client/v3"
+		st, body := call(t, "POST", v3+"/createRoom", asToken, map[string]any{"preset": "public_chat"})
+		if st != 200 {
+			t.Fatalf("createRoom: %d %v", st, body)
+		}
+		roomID := body["room_id"].(string)
+		room := url.PathEscape(roomID)
+		st, body = call(t, "PUT", v3+"/rooms/"+room+"/send/m.room.message/b1", asToken, map[string]any{"msgtype": "m.text", "body": "x"})
+		if st != 200 {
+			t.Fatalf("send: %d %v", st, body)
+		}
+		eventID := body["event_id"].(string)
+		const users = 130
+		as := func(userID string) string { return "?user_id=" + url.QueryEscape(userID) }
+		for i := range users {
+			user := fmt.Sprintf("@_bridge_u%d:localhost", i)
+			if st, body := call(t, "POST", v3+"/register", asToken, map[string]any{
+				"type": "m.login.application_service", "username": fmt.Sprintf("_bridge_u%d", i), "inhibit_login": true}); st != 200 {
+				t.Fatalf("register: %d %v", st, body)
+			}
+			if st, body := call(t, "POST", v3+"/rooms/"+room+"/join"+as(user), asToken, map[string]any{}); st != 200 {
+				t.Fatalf("join: %d %v", st, body)
+			}
+		}
+		// The service fails while every user reads and comes online: the
+		// receipts and presence pile up behind the unacknowledged
+		// transaction.
+		fs.setFail(true)
+		before := len(fs.snapshot())
+		sb := fmt.Sprintf(`@_bridge_u%d:localhost`, 0)
+		if st, body := call(t, "PUT", v3+"/rooms/"+room+"/typing/"+url.PathEscape(sb)+as(sb), asToken, map[string]any{"typing": true, "timeout": 30000}); st != 200 {
+			t.Fatalf("typing: %d %v", st, body)
+		}
+		waitFor(t, "a failed transaction retried", func() bool {
+			seen := map[string]bool{}
+			for _, tx := range fs.snapshot()[before:] {
+				if seen[tx.ID] {
+					return true
+				}
+				seen[tx.ID] = true
+			}
+			return false
+		})
+		for i := range users {
+			user := fmt.Sprintf("@_bridge_u%d:localhost", i)
+			if st, body := call(t, "POST", v3+"/rooms/"+room+"/receipt/m.read/"+url.PathEscape(eventID)+as(user), asToken, map[string]any{}); st != 200 {
+				t.Fatalf("receipt: %d %v", st, body)
+			}
+			if st, body := call(t, "PUT", v3+"/presence/"+url.PathEscape(user)+"/status"+as(user), asToken, map[string]any{"presence": "online"}); st != 200 {
+				t.Fatalf("presence: %d %v", st, body)
+			}
+		}
+		fs.setFail(false)
+		count := func() (receipts, presence map[string]int) {
+			receipts, presence = map[string]int{}, map[string]int{}
+			for _, e := range ephemeralOf(distinct(t, fs.snapshot()), "m.receipt", func(map[string]any) bool { return true }) {
+				c, _ := e["content"].(map[string]any)
+				ev, _ := c[eventID].(map[string]any)
+				for u := range ev["m.read"].(map[string]any) {
+					receipts[u]++
+				}
+			}
+			for _, e := range ephemeralOf(distinct(t, fs.snapshot()), "m.presence", func(map[string]any) bool { return true }) {
+				presence[e["sender"].(string)]++
+			}
+			return receipts, presence
+		}
+		waitFor(t, "every receipt and presence", func() bool {
+			r, p := count()
+			return len(r) == users && len(p) == users
+		})
+		r, p := count()
+		for u, n := range r {
+			if n != 1 {
+				t.Fatalf("receipt of %s pushed %d times", u, n)
+			}
+		}
+		for u, n := range p {
+			if n != 1 {
+				t.Fatalf("presence of %s pushed %d times", u, n)
+			}
+		}
+		full := false
+		for _, tx := range fs.snapshot() {
+			nr, np := 0, 0
+			for _, e := range tx.Ephemeral {
+				switch e["type"] {
+				case "m.receipt":
+					for _, types := range e["content"].(map[string]any) {
+						for _, us := range types.(map[string]any) {
+							nr += len(us.(map[string]any))
+						}
+					}
+				case "m.presence":
+					np++
+				}
+			}
+			if nr > 100 || np > 100 {
+				t.Fatalf("transaction %s holds %d receipts and %d presence changes", tx.ID, nr, np)
+			}
+			full = full || nr == 100 && np == 100
+		}
+		if !full {
+			t.Fatal("no transaction reached the bound: the backlog did not pile up, the test proves nothing")
+		}
+	})
+}
+
+// distinct drops the retries from txns (checking that each repeats its
+// first attempt exactly).
+func distinct(t *testing.T, txns []txn) []txn {
+	t.Helper()
+	first := map[string]string{}
+	var out []txn
+	for _, tx := range txns {
+		if body, seen := first[tx.ID]; seen {
+			if body != tx.Body {
+				t.Fatalf("retry of %s altered:\nfirst %s\nretry %s", tx.ID, body, tx.Body)
+			}
+			continue
+		}
+		first[tx.ID] = tx.Body
+		out = append(out, tx)
+	}
+	return out
+}
