@@ -50,7 +50,9 @@ type Registration struct {
 	// RateLimited false exempts the service's users from rate limits.
 	RateLimited bool
 	Protocols   []string
-	// ReceiveEphemeral is MSC2409's push_ephemeral (accepted, recorded).
+	// ReceiveEphemeral: typing, receipts and presence are pushed in
+	// transactions (receive_ephemeral; push_ephemeral and
+	// de.sorunome.msc2409.push_ephemeral are its MSC2409 names).
 	ReceiveEphemeral bool
 	// Source is the file the registration came from (for errors).
 	Source string
