@@ -56,6 +56,8 @@ type txn struct {
 	// the key was there at all.
 	Ephemeral    []map[string]any
 	HasEphemeral bool
+	// Legacy is the body's de.sorunome.msc2409.ephemeral array.
+	Legacy []map[string]any
 	// Body is the request body as received.
 	Body string
 }
@@ -82,11 +84,12 @@ func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 		var b struct {
 			Events    []map[string]any  `json:"events"`
 			Ephemeral *[]map[string]any `json:"ephemeral"`
+			Legacy    []map[string]any  `json:"de.sorunome.msc2409.ephemeral"`
 		}
 		if err := json.Unmarshal(body, &b); err != nil {
 			f.t.Errorf("transaction body: %v", err)
 		}
-		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body)}
+		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body), Legacy: b.Legacy}
 		if b.Ephemeral != nil {
 			tx.Ephemeral, tx.HasEphemeral = *b.Ephemeral, true
 		}

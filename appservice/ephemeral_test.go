@@ -13,10 +13,11 @@ import (
 	"github.com/myelin-chat/myelin/storage"
 )
 
-// withEphemeralServices registers two services: "bridge" (fs, users
-// @_bridge_*, receive_ephemeral: true) and "plain" (plain, every room,
-// no receive_ephemeral).
-func withEphemeralServices(t *testing.T, fs, plain *fakeService) func(*config.Config) {
+// withEphemeralServices registers three services: "bridge" (fs, users
+// @_bridge_*, receive_ephemeral: true), "plain" (plain, every room, no
+// receive_ephemeral) and "legacy" (legacy, every room, only MSC2409's
+// de.sorunome.msc2409.push_ephemeral).
+func withEphemeralServices(t *testing.T, fs, plain, legacy *fakeService) func(*config.Config) {
 	dir := t.TempDir()
 	bridge := fmt.Sprintf(`id: bridge
 url: %s
@@ -40,7 +41,18 @@ namespaces:
     - exclusive: false
       regex: ".*"
 `, plain.srv.URL, plain.hs)
-	for name, body := range map[string]string{"bridge.yaml": bridge, "plain.yaml": other} {
+	old := fmt.Sprintf(`id: legacy
+url: %s
+as_token: legacy-as
+hs_token: %s
+sender_localpart: _legacy_bot
+de.sorunome.msc2409.push_ephemeral: true
+namespaces:
+  rooms:
+    - exclusive: false
+      regex: ".*"
+`, legacy.srv.URL, legacy.hs)
+	for name, body := range map[string]string{"bridge.yaml": bridge, "plain.yaml": other, "legacy.yaml": old} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -117,9 +129,9 @@ func TestAppServiceEphemeral(t *testing.T) {
 }
 
 func testEphemeral(t *testing.T, engine storage.Engine) {
-	fs, plain := newFakeService(t), newFakeService(t)
-	plain.hs = "plain-hs"
-	srv := testserver.Start(t, engine, withEphemeralServices(t, fs, plain))
+	fs, plain, legacy := newFakeService(t), newFakeService(t), newFakeService(t)
+	plain.hs, legacy.hs = "plain-hs", "legacy-hs"
+	srv := testserver.Start(t, engine, withEphemeralServices(t, fs, plain, legacy))
 	v3 := srv.URL + "/_matrix/client/v3"
 	st, body := call(t, "POST", v3+"/register", asToken, map[string]any{
 		"type": "m.login.application_service", "username": "_bridge_alice"})
@@ -188,6 +200,25 @@ func testEphemeral(t *testing.T, engine storage.Engine) {
 	}
 	typing(bobToken, bob, roomA, false)
 	waitFor(t, "bob stopped typing in A", func() bool { return typingIn(fs.snapshot(), roomA) })
+	// The service registered with MSC2409's name only reads MSC2409's key.
+	waitFor(t, "bob typing in A under the MSC2409 key", func() bool {
+		for _, tx := range legacy.snapshot() {
+			if typingIn([]txn{{Ephemeral: tx.Legacy}}, roomA, bob) {
+				return true
+			}
+		}
+		return false
+	})
+	for _, tx := range legacy.snapshot() {
+		if tx.HasEphemeral {
+			t.Fatalf("stable ephemeral key sent to a service registered with MSC2409's name: %s", tx.Body)
+		}
+	}
+	for _, tx := range fs.snapshot() {
+		if len(tx.Legacy) > 0 {
+			t.Fatalf("MSC2409 key sent to a service registered with receive_ephemeral: %s", tx.Body)
+		}
+	}
 
 	// Receipts: bob's private one (bob is not the service's) and one in
 	// B are dropped; bob's public and threaded ones and alice's private
@@ -304,9 +335,9 @@ func testEphemeral(t *testing.T, engine storage.Engine) {
 // A backlog of ephemeral data goes out in transactions of at most 100
 // receipts and 100 presence changes, every item once.
 func TestAppServiceEphemeralBatches(t *testing.T) {
-	fs, plain := newFakeService(t), newFakeService(t)
-	plain.hs = "plain-hs"
-	testserver.ForEachEngine(t, withEphemeralServices(t, fs, plain), func(t *testing.T, srv *testserver.Server) {
+	fs, plain, legacy := newFakeService(t), newFakeService(t), newFakeService(t)
+	plain.hs, legacy.hs = "plain-hs", "legacy-hs"
+	testserver.ForEachEngine(t, withEphemeralServices(t, fs, plain, legacy), func(t *testing.T, srv *testserver.Server) {
 		fs.mu.Lock()
 		fs.txns = nil
 		fs.fail = false

@@ -195,7 +195,11 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 			// ephemeral may be left out when empty.
 			txn := map[string]any{"events": out}
 			if len(eph) > 0 {
-				txn["ephemeral"] = eph
+				key := "ephemeral"
+				if snd.reg.LegacyEphemeralKey {
+					key = "de.sorunome.msc2409.ephemeral"
+				}
+				txn[key] = eph
 			}
 			body, err := json.Marshal(txn)
 			if err != nil {
