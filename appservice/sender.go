@@ -38,7 +38,7 @@ type sender struct {
 	typingPos int64
 }
 
-// ephemeral reports whether the service receives ephemeral data.
+// receivesEphemeral reports whether the service receives ephemeral data.
 func (snd *sender) receivesEphemeral() bool {
 	return snd.reg.ReceiveEphemeral && snd.s.deps.Ephemeral != nil && snd.s.deps.ToDevice != nil
 }
@@ -198,6 +198,13 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 	used := 0 // transaction IDs this step hands out
 	if len(out) > 0 || len(eph) > 0 || len(toDevice) > 0 {
 		used = 1
+	}
+	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence &&
+		toDeviceNext == *toDevicePos {
+		// Only typing of no interest went by: its position is in
+		// memory, so nothing is written.
+		snd.typingPos = next.typing
+		return true, nil
 	}
 	err = db.Write(ctx, func(tx storage.Tx) error {
 		if used > 0 {
