@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -23,6 +24,7 @@ type Rooms interface {
 	StreamPosition(ctx context.Context) (int64, error)
 	EventsAfter(ctx context.Context, after int64, limit int) ([]*roomserver.Event, error)
 	JoinedUsers(ctx context.Context, roomID string) ([]string, error)
+	JoinedRooms(ctx context.Context, userID string) ([]string, error)
 }
 
 // Deps is everything the application service component needs.
@@ -44,6 +46,12 @@ type Deps struct {
 	// RoomAliases, if non-nil, lists a room's local aliases, so that events
 	// in rooms with an alias in a service's alias namespace reach it.
 	RoomAliases func(ctx context.Context, roomID string) ([]string, error)
+	// Ephemeral is read for the services registered with
+	// receive_ephemeral; it is required when one has a URL.
+	Ephemeral Ephemeral
+	// ToDevice is read for the same services (MSC2409/MSC4203 to-device
+	// messages); required with Ephemeral.
+	ToDevice ToDevice
 }
 
 // Server runs the transaction senders and answers the appservice
@@ -87,6 +95,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	for _, reg := range deps.Registry.All() {
 		if reg.URL == "" {
 			continue // Spec: no URL, nothing is pushed.
+		}
+		if reg.ReceiveEphemeral && (deps.Ephemeral == nil || deps.ToDevice == nil) {
+			cancel()
+			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral or Deps.ToDevice is nil", reg.ID)
 		}
 		snd := &sender{s: s, reg: reg}
 		if err := snd.init(ctx); err != nil {

@@ -44,15 +44,28 @@ type fakeService struct {
 	onAliasQuery func(alias string) bool
 	pings        []string
 	badAuth      int
+	// hs is the hs_token the service expects (hsToken unless set before
+	// the homeserver starts).
+	hs string
 }
 
 type txn struct {
 	ID     string
 	Events []map[string]any
+	// Ephemeral is the body's ephemeral array; HasEphemeral says whether
+	// the key was there at all.
+	Ephemeral    []map[string]any
+	HasEphemeral bool
+	// Legacy is the body's de.sorunome.msc2409.ephemeral array.
+	Legacy []map[string]any
+	// ToDevice is the body's de.sorunome.msc2409.to_device array.
+	ToDevice []map[string]any
+	// Body is the request body as received.
+	Body string
 }
 
 func newFakeService(t *testing.T) *fakeService {
-	f := &fakeService{t: t}
+	f := &fakeService{t: t, hs: hsToken}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -60,7 +73,7 @@ func newFakeService(t *testing.T) *fakeService {
 
 func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	if r.Header.Get("Authorization") != "Bearer "+hsToken {
+	if r.Header.Get("Authorization") != "Bearer "+f.hs {
 		f.badAuth++
 		f.mu.Unlock()
 		w.WriteHeader(http.StatusForbidden)
@@ -71,13 +84,20 @@ func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"):
 		var b struct {
-			Events []map[string]any `json:"events"`
+			Events    []map[string]any  `json:"events"`
+			Ephemeral *[]map[string]any `json:"ephemeral"`
+			Legacy    []map[string]any  `json:"de.sorunome.msc2409.ephemeral"`
+			ToDevice  []map[string]any  `json:"de.sorunome.msc2409.to_device"`
 		}
 		if err := json.Unmarshal(body, &b); err != nil {
 			f.t.Errorf("transaction body: %v", err)
 		}
+		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body), Legacy: b.Legacy, ToDevice: b.ToDevice}
+		if b.Ephemeral != nil {
+			tx.Ephemeral, tx.HasEphemeral = *b.Ephemeral, true
+		}
 		f.mu.Lock()
-		f.txns = append(f.txns, txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events})
+		f.txns = append(f.txns, tx)
 		fail := f.fail
 		f.mu.Unlock()
 		if fail {

@@ -13,7 +13,13 @@
 //     same database transaction that advances the position (the database is
 //     the log). A transaction is pushed with PUT
 //     {url}/_matrix/app/v1/transactions/{txnId} until the service answers
-//     200, with the same txnId on every retry, across restarts too;
+//     200, with the same txnId on every retry, across restarts too. For
+//     services with receive_ephemeral the transaction also carries the
+//     typing, receipts and presence of interest (ephemeral.go); the
+//     receipt and presence positions are stored like the event position,
+//     the typing position is held in memory as typing itself is. The
+//     same services get the to-device messages of their users
+//     (MSC2409/MSC4203, todevice.go), also from a stored position;
 //   - the homeserver-to-service queries (users, room aliases, ping).
 //
 // Concurrency: the Registry is immutable after Load. Server methods are

@@ -50,8 +50,16 @@ type Registration struct {
 	// RateLimited false exempts the service's users from rate limits.
 	RateLimited bool
 	Protocols   []string
-	// ReceiveEphemeral is MSC2409's push_ephemeral (accepted, recorded).
+	// ReceiveEphemeral: typing, receipts and presence are pushed in
+	// transactions (receive_ephemeral; push_ephemeral and
+	// de.sorunome.msc2409.push_ephemeral are its MSC2409 names).
 	ReceiveEphemeral bool
+	// LegacyEphemeralKey: the service asked for ephemeral data only by an
+	// MSC2409 name (push_ephemeral, de.sorunome.msc2409.push_ephemeral),
+	// so it is sent under MSC2409's key de.sorunome.msc2409.ephemeral,
+	// the one such services read; receive_ephemeral (v1.13) gets the
+	// stable key ephemeral.
+	LegacyEphemeralKey bool
 	// Source is the file the registration came from (for errors).
 	Source string
 }
@@ -125,6 +133,7 @@ func ParseRegistration(data []byte, source string) (*Registration, error) {
 		reg.RateLimited = true
 	}
 	reg.ReceiveEphemeral = isTrue(w.PushEphemeral) || isTrue(w.ReceiveEphemeral) || isTrue(w.MSC2409PushEphemeral)
+	reg.LegacyEphemeralKey = reg.ReceiveEphemeral && !isTrue(w.ReceiveEphemeral)
 	if w.Namespaces == nil {
 		errs = append(errs, errors.New("namespaces is required"))
 	} else {

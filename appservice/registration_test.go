@@ -30,7 +30,7 @@ func TestParseRegistration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reg.ID != "irc" || reg.URL != "http://127.0.0.1:9000" || reg.RateLimited || !reg.ReceiveEphemeral ||
+	if reg.ID != "irc" || reg.URL != "http://127.0.0.1:9000" || reg.RateLimited || !reg.ReceiveEphemeral || !reg.LegacyEphemeralKey ||
 		len(reg.Protocols) != 1 || reg.SenderID("example.org") != "@_irc_bot:example.org" {
 		t.Fatalf("parsed %+v", reg)
 	}
@@ -48,6 +48,18 @@ func TestParseRegistration(t *testing.T) {
 	}
 	if !reg.OwnsAlias("#_irc_x:example.org") || reg.OwnsRoom("!a:example.org") {
 		t.Error("alias/room namespaces")
+	}
+
+	// receive_ephemeral (v1.13), alone or with the MSC2409 name: the
+	// stable transaction key.
+	for _, flags := range []string{"receive_ephemeral: true\n", "receive_ephemeral: true\nde.sorunome.msc2409.push_ephemeral: true\n"} {
+		reg, err := ParseRegistration([]byte(strings.Replace(goodRegistration, "de.sorunome.msc2409.push_ephemeral: true\n", flags, 1)), "x")
+		if err != nil || !reg.ReceiveEphemeral || reg.LegacyEphemeralKey {
+			t.Fatalf("%q: %+v %v", flags, reg, err)
+		}
+	}
+	if reg, err := ParseRegistration([]byte(strings.Replace(goodRegistration, "de.sorunome.msc2409.push_ephemeral: true\n", "", 1)), "x"); err != nil || reg.ReceiveEphemeral || reg.LegacyEphemeralKey {
+		t.Fatalf("no ephemeral flag: %+v %v", reg, err)
 	}
 
 	nullURL := strings.Replace(goodRegistration, "url: http://127.0.0.1:9000", "url: null", 1)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -27,18 +28,56 @@ const pollInterval = 5 * time.Second
 type sender struct {
 	s   *Server
 	reg *Registration
+	// typingPos is the typing stream position already turned into
+	// transactions. Typing lives in the memory of the process (clientapi's
+	// typingTracker), so its position does too: after a restart the
+	// typing stream starts afresh, empty, and so does this position. A
+	// typing notification in flight at a crash is lost, which the spec
+	// allows; a transaction already built is never altered: its body is
+	// stored. Only the sender's goroutine touches it after init.
+	typingPos int64
+}
+
+// receivesEphemeral reports whether the service receives ephemeral data.
+func (snd *sender) receivesEphemeral() bool {
+	return snd.reg.ReceiveEphemeral && snd.s.deps.Ephemeral != nil && snd.s.deps.ToDevice != nil
 }
 
 // init gives a service seen for the first time a position at the current
-// end of the stream: a new bridge is not flooded with history.
+// end of the stream: a new bridge is not flooded with history. So do the
+// ephemeral streams of a service that starts receiving them; a service
+// that stops loses its ephemeral positions.
 func (snd *sender) init(ctx context.Context) error {
 	pos, err := snd.s.deps.Rooms.StreamPosition(ctx)
 	if err != nil {
 		return err
 	}
+	var receipts, presence, toDevice *int64
+	if snd.receivesEphemeral() {
+		r, p, err := snd.s.deps.Ephemeral.Heads(ctx)
+		if err != nil {
+			return err
+		}
+		d, err := snd.s.deps.ToDevice.ToDevicePosition(ctx)
+		if err != nil {
+			return err
+		}
+		receipts, presence, toDevice = &r, &p, &d
+		_, snd.typingPos = snd.s.deps.Ephemeral.TypingChangedAfter(math.MaxInt64, 1)
+	}
 	return snd.s.deps.DB.Write(ctx, func(tx storage.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO appservice_positions (as_id, position, next_txn_id)
-			VALUES ($1, $2, 1) ON CONFLICT (as_id) DO NOTHING`, snd.reg.ID, pos)
+		if _, err := tx.Exec(ctx, `INSERT INTO appservice_positions (as_id, position, next_txn_id)
+			VALUES ($1, $2, 1) ON CONFLICT (as_id) DO NOTHING`, snd.reg.ID, pos); err != nil {
+			return err
+		}
+		if receipts == nil {
+			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = NULL, presence_pos = NULL,
+				to_device_pos = NULL WHERE as_id = $1`, snd.reg.ID)
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = COALESCE(receipt_pos, $2),
+			presence_pos = COALESCE(presence_pos, $3), to_device_pos = COALESCE(to_device_pos, $4) WHERE as_id = $1`,
+			snd.reg.ID, *receipts, *presence, *toDevice)
 		return err
 	})
 }
@@ -104,7 +143,9 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	var pos int64
-	if err := db.Reader().QueryRow(ctx, `SELECT position FROM appservice_positions WHERE as_id = $1`, snd.reg.ID).Scan(&pos); err != nil {
+	var receiptPos, presencePos, toDevicePos *int64
+	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos, to_device_pos FROM appservice_positions WHERE as_id = $1`,
+		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos, &toDevicePos); err != nil {
 		return false, err
 	}
 	streamPos, err := snd.s.deps.Rooms.StreamPosition(ctx)
@@ -124,13 +165,10 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		// not returned, so the last event may be before it).
 		end = max(end, streamPos)
 	}
-	if end <= pos {
-		return false, nil
-	}
-	var out []map[string]any
-	members := map[string][]string{}
+	out := []map[string]any{}
+	ic := newInterestCache()
 	for _, ev := range events {
-		ok, err := snd.interested(ctx, ev, members)
+		ok, err := snd.interested(ctx, ev, ic)
 		if err != nil {
 			return false, err
 		}
@@ -138,13 +176,53 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 			out = append(out, clientEvent(ev))
 		}
 	}
+	moved := end > pos
+	var eph, toDevice []map[string]any
+	var cur, next ephemeralCursor
+	var toDeviceNext int64
+	var toDeviceDone []int64
+	withEphemeral := snd.receivesEphemeral() && receiptPos != nil && presencePos != nil && toDevicePos != nil
+	if withEphemeral {
+		cur = ephemeralCursor{receipts: *receiptPos, presence: *presencePos, typing: snd.typingPos}
+		if eph, next, err = snd.ephemeral(ctx, cur, ic); err != nil {
+			return false, err
+		}
+		if toDevice, toDeviceNext, toDeviceDone, err = snd.toDevice(ctx, *toDevicePos); err != nil {
+			return false, err
+		}
+		moved = moved || next != cur || toDeviceNext != *toDevicePos
+	}
+	if !moved {
+		return false, nil
+	}
 	used := 0 // transaction IDs this step hands out
-	if len(out) > 0 {
+	if len(out) > 0 || len(eph) > 0 || len(toDevice) > 0 {
 		used = 1
 	}
+	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence &&
+		toDeviceNext == *toDevicePos {
+		// Only typing of no interest went by: its position is in
+		// memory, so nothing is written.
+		snd.typingPos = next.typing
+		return true, nil
+	}
 	err = db.Write(ctx, func(tx storage.Tx) error {
-		if len(out) > 0 {
-			body, err := json.Marshal(map[string]any{"events": out})
+		if used > 0 {
+			// Spec: application-service-api, "PUT
+			// /_matrix/app/v1/transactions/{txnId}": events is required,
+			// ephemeral may be left out when empty.
+			txn := map[string]any{"events": out}
+			if len(eph) > 0 {
+				key := "ephemeral"
+				if snd.reg.LegacyEphemeralKey {
+					key = "de.sorunome.msc2409.ephemeral"
+				}
+				txn[key] = eph
+			}
+			if len(toDevice) > 0 {
+				txn[toDeviceKey] = toDevice
+			}
+			body, err := json.Marshal(txn)
 			if err != nil {
 				return err
 			}
@@ -153,29 +231,75 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 				return err
 			}
 		}
+		if withEphemeral {
+			// The messages this transaction now holds leave the
+			// inboxes of the service's exclusive users with it.
+			if err := snd.s.deps.ToDevice.DeleteToDeviceInTx(ctx, tx, toDeviceDone); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2, next_txn_id = next_txn_id + $3,
+				receipt_pos = $4, presence_pos = $5, to_device_pos = $6 WHERE as_id = $1`,
+				snd.reg.ID, end, used, next.receipts, next.presence, toDeviceNext)
+			return err
+		}
 		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2,
 			next_txn_id = next_txn_id + $3 WHERE as_id = $1`, snd.reg.ID, end, used)
 		return err
 	})
+	if err == nil && withEphemeral {
+		snd.typingPos = next.typing
+	}
 	return true, err
 }
 
+// interestCache holds, for one step, what was learnt of rooms.
+type interestCache struct {
+	members map[string][]string // room -> joined users
+	rooms   map[string]bool     // room -> the service is interested
+}
+
+func newInterestCache() *interestCache {
+	return &interestCache{members: map[string][]string{}, rooms: map[string]bool{}}
+}
+
 // interested says whether the service should see ev: its sender or (for
-// a membership) its target is in the service's user namespaces, the room
-// is in its room namespaces or has an alias in its alias namespaces, or a
-// user of its namespaces is joined to the room.
+// a membership) its target is in the service's user namespaces, or the
+// service is interested in the room (roomInterested).
 //
 // Spec: application-service-api, "Pushing events".
-func (snd *sender) interested(ctx context.Context, ev *roomserver.Event, members map[string][]string) (bool, error) {
+func (snd *sender) interested(ctx context.Context, ev *roomserver.Event, ic *interestCache) (bool, error) {
 	reg, server := snd.reg, snd.s.deps.ServerName
-	if reg.OwnsUser(ev.Sender, server) || reg.OwnsRoom(ev.RoomID) {
+	if reg.OwnsUser(ev.Sender, server) {
 		return true, nil
 	}
 	if ev.Type == "m.room.member" && ev.StateKey != nil && reg.OwnsUser(*ev.StateKey, server) {
 		return true, nil
 	}
+	return snd.roomInterested(ctx, ev.RoomID, ic)
+}
+
+// roomInterested says whether the service is interested in a room: it is
+// in the service's room namespaces or has an alias in its alias
+// namespaces, or a user of its namespaces is joined to it.
+func (snd *sender) roomInterested(ctx context.Context, roomID string, ic *interestCache) (bool, error) {
+	if ok, known := ic.rooms[roomID]; known {
+		return ok, nil
+	}
+	ok, err := snd.roomInterestedUncached(ctx, roomID, ic)
+	if err != nil {
+		return false, err
+	}
+	ic.rooms[roomID] = ok
+	return ok, nil
+}
+
+func (snd *sender) roomInterestedUncached(ctx context.Context, roomID string, ic *interestCache) (bool, error) {
+	reg, server := snd.reg, snd.s.deps.ServerName
+	if reg.OwnsRoom(roomID) {
+		return true, nil
+	}
 	if len(reg.Namespaces.Aliases) > 0 && snd.s.deps.RoomAliases != nil {
-		aliases, err := snd.s.deps.RoomAliases(ctx, ev.RoomID)
+		aliases, err := snd.s.deps.RoomAliases(ctx, roomID)
 		if err != nil {
 			return false, err
 		}
@@ -185,13 +309,13 @@ func (snd *sender) interested(ctx context.Context, ev *roomserver.Event, members
 			}
 		}
 	}
-	joined, ok := members[ev.RoomID]
+	joined, ok := ic.members[roomID]
 	if !ok {
 		var err error
-		if joined, err = snd.s.deps.Rooms.JoinedUsers(ctx, ev.RoomID); err != nil {
+		if joined, err = snd.s.deps.Rooms.JoinedUsers(ctx, roomID); err != nil {
 			return false, err
 		}
-		members[ev.RoomID] = joined
+		ic.members[roomID] = joined
 	}
 	for _, u := range joined {
 		if reg.OwnsUser(u, server) {

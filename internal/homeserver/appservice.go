@@ -1,0 +1,92 @@
+package homeserver
+
+import (
+	"context"
+	"math"
+
+	"github.com/myelin-chat/myelin/appservice"
+	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/keyserver"
+	"github.com/myelin-chat/myelin/storage"
+)
+
+// asEphemeral is the application service senders' view of typing,
+// receipts and presence (appservice cannot import clientapi, which reads
+// its registry).
+type asEphemeral struct {
+	client *clientapi.Server
+	// now returns the current time in milliseconds, for last_active_ago.
+	now func() int64
+}
+
+var _ appservice.Ephemeral = asEphemeral{}
+
+func (e asEphemeral) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]appservice.Receipt, error) {
+	rs, err := e.client.ReceiptsAfter(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]appservice.Receipt, len(rs))
+	for i, r := range rs {
+		out[i] = appservice.Receipt{RoomID: r.RoomID, UserID: r.UserID, Type: r.Type, EventID: r.EventID,
+			ThreadID: r.ThreadID, TS: r.TS, Position: r.Position}
+	}
+	return out, nil
+}
+
+func (e asEphemeral) PresenceAfter(ctx context.Context, after int64, limit int) ([]appservice.Presence, error) {
+	ps, err := e.client.PresenceAfter(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	now := e.now()
+	out := make([]appservice.Presence, len(ps))
+	for i, p := range ps {
+		out[i] = appservice.Presence{UserID: p.UserID, Content: p.Content(now), Position: p.Position}
+	}
+	return out, nil
+}
+
+func (e asEphemeral) TypingChangedAfter(after int64, limit int) ([]appservice.TypingRoom, int64) {
+	rooms, head := e.client.TypingChangedAfter(after, limit)
+	out := make([]appservice.TypingRoom, len(rooms))
+	for i, r := range rooms {
+		out[i] = appservice.TypingRoom{RoomID: r.RoomID, UserIDs: r.UserIDs, Changed: r.Changed}
+	}
+	return out, head
+}
+
+func (e asEphemeral) Heads(ctx context.Context) (receipts, presence int64, err error) {
+	if _, receipts, err = e.client.ReceiptsSince(ctx, "", nil, 0); err != nil {
+		return 0, 0, err
+	}
+	_, presence, err = e.client.PresenceSince(ctx, math.MaxInt64)
+	return receipts, presence, err
+}
+
+// asToDevice is the application service senders' view of the to-device
+// inboxes (MSC2409/MSC4203).
+type asToDevice struct{ keys *keyserver.Server }
+
+var _ appservice.ToDevice = asToDevice{}
+
+func (d asToDevice) ToDevicePosition(ctx context.Context) (int64, error) {
+	return d.keys.ToDevicePosition(ctx)
+}
+
+func (d asToDevice) ToDeviceAfter(ctx context.Context, after int64, limit int) ([]appservice.ToDeviceMessage, error) {
+	ms, err := d.keys.ToDeviceAfter(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]appservice.ToDeviceMessage, len(ms))
+	for i, m := range ms {
+		out[i] = appservice.ToDeviceMessage{Position: m.Position, UserID: m.UserID, DeviceID: m.DeviceID,
+			Sender: m.Sender, Type: m.Type, Content: m.Content}
+	}
+	return out, nil
+}
+
+func (d asToDevice) DeleteToDeviceInTx(ctx context.Context, tx storage.Tx, positions []int64) error {
+	return keyserver.DeleteToDeviceInTx(ctx, tx, positions)
+}
