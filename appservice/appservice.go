@@ -49,9 +49,6 @@ type Deps struct {
 	// Ephemeral is read for the services registered with
 	// receive_ephemeral; it is required when one has a URL.
 	Ephemeral Ephemeral
-	// ToDevice is read for the same services (MSC2409/MSC4203 to-device
-	// messages); required with Ephemeral.
-	ToDevice ToDevice
 }
 
 // Server runs the transaction senders and answers the appservice
@@ -96,9 +93,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		if reg.URL == "" {
 			continue // Spec: no URL, nothing is pushed.
 		}
-		if reg.ReceiveEphemeral && (deps.Ephemeral == nil || deps.ToDevice == nil) {
+		if reg.ReceiveEphemeral && deps.Ephemeral == nil {
 			cancel()
-			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral or Deps.ToDevice is nil", reg.ID)
+			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral is nil", reg.ID)
 		}
 		snd := &sender{s: s, reg: reg}
 		if err := snd.init(ctx); err != nil {

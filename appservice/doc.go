@@ -17,9 +17,7 @@
 //     services with receive_ephemeral the transaction also carries the
 //     typing, receipts and presence of interest (ephemeral.go); the
 //     receipt and presence positions are stored like the event position,
-//     the typing position is held in memory as typing itself is. The
-//     same services get the to-device messages of their users
-//     (MSC2409/MSC4203, todevice.go), also from a stored position;
+//     the typing position is held in memory as typing itself is;
 //   - the homeserver-to-service queries (users, room aliases, ping).
 //
 // Concurrency: the Registry is immutable after Load. Server methods are

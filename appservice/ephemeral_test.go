@@ -15,8 +15,7 @@ import (
 
 // withEphemeralServices registers three services: "bridge" (fs, users
 // @_bridge_*, receive_ephemeral: true), "plain" (plain, every room, no
-// receive_ephemeral) and "legacy" (legacy, every room and the user
-// @dave:localhost non-exclusively, only MSC2409's
+// receive_ephemeral) and "legacy" (legacy, every room, only MSC2409's
 // de.sorunome.msc2409.push_ephemeral).
 func withEphemeralServices(t *testing.T, fs, plain, legacy *fakeService) func(*config.Config) {
 	dir := t.TempDir()
@@ -49,9 +48,6 @@ hs_token: %s
 sender_localpart: _legacy_bot
 de.sorunome.msc2409.push_ephemeral: true
 namespaces:
-  users:
-    - exclusive: false
-      regex: "@dave:localhost"
   rooms:
     - exclusive: false
       regex: ".*"

@@ -40,7 +40,7 @@ type sender struct {
 
 // receivesEphemeral reports whether the service receives ephemeral data.
 func (snd *sender) receivesEphemeral() bool {
-	return snd.reg.ReceiveEphemeral && snd.s.deps.Ephemeral != nil && snd.s.deps.ToDevice != nil
+	return snd.reg.ReceiveEphemeral && snd.s.deps.Ephemeral != nil
 }
 
 // init gives a service seen for the first time a position at the current
@@ -52,17 +52,13 @@ func (snd *sender) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var receipts, presence, toDevice *int64
+	var receipts, presence *int64
 	if snd.receivesEphemeral() {
 		r, p, err := snd.s.deps.Ephemeral.Heads(ctx)
 		if err != nil {
 			return err
 		}
-		d, err := snd.s.deps.ToDevice.ToDevicePosition(ctx)
-		if err != nil {
-			return err
-		}
-		receipts, presence, toDevice = &r, &p, &d
+		receipts, presence = &r, &p
 		_, snd.typingPos = snd.s.deps.Ephemeral.TypingChangedAfter(math.MaxInt64, 1)
 	}
 	return snd.s.deps.DB.Write(ctx, func(tx storage.Tx) error {
@@ -71,13 +67,11 @@ func (snd *sender) init(ctx context.Context) error {
 			return err
 		}
 		if receipts == nil {
-			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = NULL, presence_pos = NULL,
-				to_device_pos = NULL WHERE as_id = $1`, snd.reg.ID)
+			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = NULL, presence_pos = NULL WHERE as_id = $1`, snd.reg.ID)
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = COALESCE(receipt_pos, $2),
-			presence_pos = COALESCE(presence_pos, $3), to_device_pos = COALESCE(to_device_pos, $4) WHERE as_id = $1`,
-			snd.reg.ID, *receipts, *presence, *toDevice)
+			presence_pos = COALESCE(presence_pos, $3) WHERE as_id = $1`, snd.reg.ID, *receipts, *presence)
 		return err
 	})
 }
@@ -143,9 +137,9 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	var pos int64
-	var receiptPos, presencePos, toDevicePos *int64
-	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos, to_device_pos FROM appservice_positions WHERE as_id = $1`,
-		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos, &toDevicePos); err != nil {
+	var receiptPos, presencePos *int64
+	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos FROM appservice_positions WHERE as_id = $1`,
+		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos); err != nil {
 		return false, err
 	}
 	streamPos, err := snd.s.deps.Rooms.StreamPosition(ctx)
@@ -177,26 +171,21 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		}
 	}
 	moved := end > pos
-	var eph, toDevice []map[string]any
+	var eph []map[string]any
 	var cur, next ephemeralCursor
-	var toDeviceNext int64
-	var toDeviceDone []int64
-	withEphemeral := snd.receivesEphemeral() && receiptPos != nil && presencePos != nil && toDevicePos != nil
+	withEphemeral := snd.receivesEphemeral() && receiptPos != nil && presencePos != nil
 	if withEphemeral {
 		cur = ephemeralCursor{receipts: *receiptPos, presence: *presencePos, typing: snd.typingPos}
 		if eph, next, err = snd.ephemeral(ctx, cur, ic); err != nil {
 			return false, err
 		}
-		if toDevice, toDeviceNext, toDeviceDone, err = snd.toDevice(ctx, *toDevicePos); err != nil {
-			return false, err
-		}
-		moved = moved || next != cur || toDeviceNext != *toDevicePos
+		moved = moved || next != cur
 	}
 	if !moved {
 		return false, nil
 	}
 	used := 0 // transaction IDs this step hands out
-	if len(out) > 0 || len(eph) > 0 || len(toDevice) > 0 {
+	if len(out) > 0 || len(eph) > 0 {
 		used = 1
 	}
 	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence &&
@@ -219,9 +208,6 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 				}
 				txn[key] = eph
 			}
-			if len(toDevice) > 0 {
-				txn[toDeviceKey] = toDevice
-			}
 			body, err := json.Marshal(txn)
 			if err != nil {
 				return err
@@ -232,14 +218,8 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 			}
 		}
 		if withEphemeral {
-			// The messages this transaction now holds leave the
-			// inboxes of the service's exclusive users with it.
-			if err := snd.s.deps.ToDevice.DeleteToDeviceInTx(ctx, tx, toDeviceDone); err != nil {
-				return err
-			}
 			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2, next_txn_id = next_txn_id + $3,
-				receipt_pos = $4, presence_pos = $5, to_device_pos = $6 WHERE as_id = $1`,
-				snd.reg.ID, end, used, next.receipts, next.presence, toDeviceNext)
+				receipt_pos = $4, presence_pos = $5 WHERE as_id = $1`, snd.reg.ID, end, used, next.receipts, next.presence)
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2,
