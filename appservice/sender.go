@@ -188,8 +188,7 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 	if len(out) > 0 || len(eph) > 0 {
 		used = 1
 	}
-	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence &&
-		toDeviceNext == *toDevicePos {
+	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence {
 		// Only typing of no interest went by: its position is in
 		// memory, so nothing is written.
 		snd.typingPos = next.typing
