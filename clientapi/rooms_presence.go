@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"context"
+	"database/sql"
 	"net/http"
 	"sync"
 	"unicode/utf8"
@@ -47,17 +48,24 @@ func (s *Server) PresenceSince(ctx context.Context, since int64) (changes []Pres
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var p Presence
-			if err := rows.Scan(&p.UserID, &p.Presence, &p.StatusMsg, &p.LastActiveTS, &p.Position); err != nil {
-				return err
-			}
-			changes = append(changes, p)
-		}
-		return rows.Err()
+		changes, err = scanPresence(rows, changes[:0])
+		return err
 	})
 	return changes, latest, err
+}
+
+// scanPresence appends the presence rows (user_id, presence,
+// status_msg, last_active_ts, position) to changes and closes rows.
+func scanPresence(rows *sql.Rows, changes []Presence) ([]Presence, error) {
+	defer rows.Close()
+	for rows.Next() {
+		var p Presence
+		if err := rows.Scan(&p.UserID, &p.Presence, &p.StatusMsg, &p.LastActiveTS, &p.Position); err != nil {
+			return changes, err
+		}
+		changes = append(changes, p)
+	}
+	return changes, rows.Err()
 }
 
 // putPresence sets the caller's presence.

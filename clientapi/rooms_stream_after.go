@@ -20,15 +20,8 @@ func (s *Server) PresenceAfter(ctx context.Context, after int64, limit int) (cha
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var p Presence
-			if err := rows.Scan(&p.UserID, &p.Presence, &p.StatusMsg, &p.LastActiveTS, &p.Position); err != nil {
-				return err
-			}
-			changes = append(changes, p)
-		}
-		return rows.Err()
+		changes, err = scanPresence(rows, changes)
+		return err
 	})
 	return changes, err
 }

@@ -242,6 +242,14 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 // of a user's rules to an upgraded room): it reads no other event's JSON
 // and needs no StreamPosition read of its own.
 func (s *Server) JoinsAfter(ctx context.Context, after int64, limit int) (int64, []*Event, error) {
+	return s.selectedEventsAfter(ctx, after, limit, joinsAfterQuery)
+}
+
+// selectedEventsAfter reads the room stream's position and up to limit
+// (1000 at most) of the events query selects above after, in stream
+// order, in one transaction (so none is above the position). query
+// takes $1 = after and $2 = limit.
+func (s *Server) selectedEventsAfter(ctx context.Context, after int64, limit int, query string) (int64, []*Event, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 1000
 	}
@@ -254,7 +262,7 @@ func (s *Server) JoinsAfter(ctx context.Context, after int64, limit int) (int64,
 		if head <= after {
 			return nil
 		}
-		rows, err := queryEventRows(ctx, q, joinsAfterQuery, after, limit)
+		rows, err := queryEventRows(ctx, q, query, after, limit)
 		if err != nil {
 			return err
 		}
@@ -271,30 +279,11 @@ func (s *Server) JoinsAfter(ctx context.Context, after int64, limit int) (int64,
 // sends caught the index up over every one of them; docs/benchmarks.md,
 // "inicold").
 func (s *Server) RelationCandidatesAfter(ctx context.Context, after int64, limit int) (int64, []*Event, error) {
-	if limit <= 0 || limit > 1000 {
-		limit = 1000
+	query := relationCandidatesQuery
+	if s.db.Engine() == storage.Postgres {
+		query = relationCandidatesQueryPostgres
 	}
-	var head int64
-	var out []*Event
-	err := s.read(ctx, func(q storage.Querier) error {
-		if err := q.QueryRow(ctx, streamHeadQuery).Scan(&head); err != nil {
-			return err
-		}
-		if head <= after {
-			return nil
-		}
-		query := relationCandidatesQuery
-		if s.db.Engine() == storage.Postgres {
-			query = relationCandidatesQueryPostgres
-		}
-		rows, err := queryEventRows(ctx, q, query, after, limit)
-		if err != nil {
-			return err
-		}
-		out, err = s.eventsOfRows(ctx, q, rows)
-		return err
-	})
-	return head, out, err
+	return s.selectedEventsAfter(ctx, after, limit, query)
 }
 
 // relationCandidatesQuery reads RelationCandidatesAfter's events: every
