@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
@@ -88,6 +89,11 @@ func TestSpaceHierarchy(t *testing.T) {
 		}
 		link := func(u *user, parent, child id.RoomID, content map[string]any) {
 			t.Helper()
+			// Children without "order" are sorted by the origin_server_ts of
+			// their m.space.child event, then by room ID; two links in one
+			// millisecond would fall back to the (random) room IDs, so each
+			// link gets a millisecond of its own.
+			time.Sleep(2 * time.Millisecond)
 			_, err := u.SendStateEvent(bg, parent, event.NewEventType("m.space.child"), child.String(), content)
 			ok(t, "link", err)
 		}
@@ -206,6 +212,7 @@ func TestSpaceHierarchyJoinRules(t *testing.T) {
 		})
 		r3 := create("R3", false, "private_chat")
 		for _, l := range [][2]id.RoomID{{root, r1}, {root, ss1}, {ss1, r2}, {ss1, r3}} {
+			time.Sleep(2 * time.Millisecond) // distinct origin_server_ts: see TestSpaceHierarchy
 			_, err := alice.SendStateEvent(bg, l[0], event.NewEventType("m.space.child"), l[1].String(), map[string]any{"via": []string{"localhost"}})
 			ok(t, "link", err)
 		}
