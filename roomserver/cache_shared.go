@@ -206,25 +206,34 @@ func settledNIDs(ctx context.Context, q storage.Querier, state stateMap) (map[in
 			nids = append(nids, n)
 		}
 	}
+	return settledNIDList(ctx, q, nids)
+}
+
+// settledNIDList is settledNIDs for a list of event NIDs, 500 to a query.
+func settledNIDList(ctx context.Context, q storage.Querier, nids []int64) (map[int64]bool, error) {
 	out := make(map[int64]bool, len(nids))
-	if len(nids) == 0 {
-		return out, nil
-	}
-	query, args := storage.InList(`SELECT event_nid FROM roomserver_events
-		WHERE NOT (soft_failed AND state_before = 0 AND NOT rejected) AND event_nid IN `, nids)
-	rows, err := q.Query(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var n int64
-		if err := rows.Scan(&n); err != nil {
+	const chunk = 500
+	for start := 0; start < len(nids); start += chunk {
+		query, args := storage.InList(`SELECT event_nid FROM roomserver_events
+			WHERE NOT (soft_failed AND state_before = 0 AND NOT rejected) AND event_nid IN `, nids[start:min(start+chunk, len(nids))])
+		rows, err := q.Query(ctx, query, args...)
+		if err != nil {
 			return nil, err
 		}
-		out[n] = true
+		for rows.Next() {
+			var n int64
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[n] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // recentHit returns the event cache's row of event NID nid, found by

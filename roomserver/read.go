@@ -107,23 +107,31 @@ func (v *visibility) historyVisibilityAt(ctx context.Context, version string, ni
 	if err != nil {
 		return "", err
 	}
-	hv := "shared"
+	hv := "shared" // no history visibility event
 	if eventNID, ok := picked[k]; ok {
 		evs, err := v.s.loadEvents(ctx, v.q, nil, version, []int64{eventNID})
 		if err != nil {
 			return "", err
 		}
-		if h, err := evs[0].pdu.HistoryVisibility(); err == nil {
-			hv = string(h)
-		}
+		hv = historyVisibilityOf(evs[0])
+	}
+	v.s.snapHV.put(nid, hv)
+	return hv, nil
+}
+
+// historyVisibilityOf is the history visibility an m.room.history_visibility
+// event sets, "shared" for an unknown or unreadable value.
+func historyVisibilityOf(e *loadedEvent) string {
+	hv := "shared"
+	if h, err := e.pdu.HistoryVisibility(); err == nil {
+		hv = string(h)
 	}
 	switch hv {
 	case "world_readable", "shared", "invited", "joined":
 	default:
 		hv = "shared" // unknown values mean shared
 	}
-	v.s.snapHV.put(nid, hv)
-	return hv, nil
+	return hv
 }
 
 // snapshotHVCache maps committed state snapshot NIDs to their history

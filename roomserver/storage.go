@@ -836,6 +836,20 @@ func (c *snapshotKeyCache) membersOf(gen uint64, nid int64) int8 {
 	return c.members[nid]
 }
 
+// knows reports whether the cache answers snapshot nid's key k (as
+// lookupKeeping would without loading) for a read at generation gen.
+func (c *snapshotKeyCache) knows(gen uint64, nid int64, k tuple) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return false
+	}
+	if _, ok := c.byID[nid][k]; ok {
+		return true
+	}
+	return c.members[nid] == membersAll && k.Type == "m.room.member"
+}
+
 // lookup returns snapshot nid's entries at keys, calling load (outside the
 // lock) for the keys it does not know yet.
 func (c *snapshotKeyCache) lookup(nid int64, keys []tuple, load func(missing []tuple) (stateMap, error)) (stateMap, error) {

@@ -76,6 +76,10 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 		if err := vis.preloadCurrent(ctx, req.RoomIDs); err != nil {
 			return err
 		}
+		// Each room's window first, then the snapshots its events are
+		// checked against read for all rooms at once (preloadSnapshots),
+		// then each room's visibility check.
+		var wants []snapshotWant
 		for _, roomID := range req.RoomIDs {
 			rr := &RecentResponse{}
 			rows := byRoom[roomID]
@@ -83,10 +87,31 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 			if rows, rr.Limited, rr.PrevBatch, err = s.recentWindow(ctx, q, rows, limit, req.To); err != nil {
 				return err
 			}
-			if rr.Events, err = s.filterVisibleWith(ctx, q, vis, roomID, rows, out.Memberships); err != nil {
+			byRoom[roomID] = rows
+			out.Rooms[roomID] = rr
+			if len(rows) == 0 {
+				continue
+			}
+			version, err := s.committedRoomVersion(ctx, q, roomID)
+			if err != nil {
 				return err
 			}
-			out.Rooms[roomID] = rr
+			// canSee reads the state before each event (and the state
+			// after a state event), the memberships the state after it.
+			for _, r := range rows {
+				wants = append(wants, snapshotWant{nid: r.StateBefore, version: version, member: true},
+					snapshotWant{nid: r.StateAfter, version: version, member: true})
+			}
+		}
+		if err := vis.preloadSnapshots(ctx, wants); err != nil {
+			return err
+		}
+		for _, roomID := range req.RoomIDs {
+			rr := out.Rooms[roomID]
+			var err error
+			if rr.Events, err = s.filterVisibleWith(ctx, q, vis, roomID, byRoom[roomID], out.Memberships); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
