@@ -8,6 +8,8 @@
 #   QUICK=1 bench/run.sh              # small sizes, for trying the script
 #   MYELIN_BENCH_POSTGRES=postgres://user:pass@127.0.0.1/db?sslmode=disable bench/run.sh
 #                                     # adds a Myelin-on-PostgreSQL column (fresh schema, dropped after)
+#   FSYNC_DELAY_MS=1.8 bench/run.sh   # slow-disk mode: each fsync the servers make through the C
+#                                     # library (SQLite's) takes 1.8 ms more (bench/fsyncdelay.c)
 #
 # Sizes (environment): REGISTER_N ROOMS_N SEND_N SEND_CONC SEND_CONC_N
 # OPEN_RATE OPEN_N OPEN_WORKERS FANOUT_LISTENERS FANOUT_N FANOUT_RATE
@@ -53,6 +55,9 @@ IS_ROOMS=${IS_ROOMS:-50}
 IS_PER_ROOM=${IS_PER_ROOM:-10}
 IS_REPEAT=${IS_REPEAT:-5}
 IS_BIG_ROOMS=${IS_BIG_ROOMS:-500}
+# Slow-disk mode (issue 6's targets are for a disk whose 4 KiB fsync takes
+# ~1.8 ms): 0 or empty leaves fsyncs as fast as the disk makes them.
+FSYNC_DELAY_MS=${FSYNC_DELAY_MS:-0}
 
 WORK=$(mktemp -d /tmp/myelin-bench.XXXXXX)
 SERVER_PID=
@@ -84,6 +89,41 @@ build() {
 }
 
 # --- servers ---------------------------------------------------------------
+
+# build_fsync_tools: bench/fsyncdelay.c (preloaded into each server: counts
+# its fsyncs, and delays them by FSYNC_DELAY_MS) and bench/fsyncprobe.c.
+# Without gcc, fsyncs are neither counted nor delayed (and a delay asked
+# for is an error).
+SHIM=
+build_fsync_tools() {
+	if ! command -v gcc >/dev/null; then
+		if [[ $FSYNC_DELAY_MS != 0 ]]; then log "FSYNC_DELAY_MS needs gcc"; return 1; fi
+		log "no gcc: fsyncs are not counted"
+		return 0
+	fi
+	gcc -O2 -Wall -shared -fPIC -o "$WORK/bin/fsyncdelay.so" "$ROOT/bench/fsyncdelay.c" -ldl
+	gcc -O2 -Wall -o "$WORK/bin/fsyncprobe" "$ROOT/bench/fsyncprobe.c"
+	SHIM=$WORK/bin/fsyncdelay.so
+	FSYNC_DELAY_US=$(awk -v ms="$FSYNC_DELAY_MS" 'BEGIN{printf "%d", ms*1000}')
+	# The probe: 4 KiB write + fsync, 300 times, without and with the library.
+	PROBE_PLAIN=$("$WORK/bin/fsyncprobe" "$WORK/probe.dat" 300)
+	PROBE_SHIM=$(LD_PRELOAD=$SHIM FSYNC_DELAY_US=$FSYNC_DELAY_US "$WORK/bin/fsyncprobe" "$WORK/probe.dat" 300)
+	log "fsync probe: $PROBE_PLAIN ms plain, $PROBE_SHIM ms through fsyncdelay.so (delay $FSYNC_DELAY_US us)"
+}
+
+# server_env DIR: the environment a server starts with (the fsync library).
+server_env() {
+	if [[ -n $SHIM ]]; then
+		echo "LD_PRELOAD=$SHIM" "FSYNC_DELAY_US=$FSYNC_DELAY_US" "FSYNC_COUNT_FILE=$1/fsync.count"
+	fi
+}
+
+# fsync_count: the calls the running server made so far (0 without the library).
+fsync_count() {
+	local n
+	n=$(tr -d ' \n' <"$FSYNC_COUNT_FILE" 2>/dev/null || true)
+	echo "${n:-0}"
+}
 
 wait_up() { # URL
 	for _ in $(seq 1 120); do
@@ -117,7 +157,8 @@ start_dendrite() {
 	grep -A1 '^  rate_limiting:' "$dir/dendrite.yaml" | grep -q 'enabled: false'
 	grep -q 'in_memory: false' "$dir/dendrite.yaml"
 	DENDRITE_CMD="dendrite -config dendrite.yaml -http-bind-address 127.0.0.1:$DENDRITE_PORT -really-enable-open-registration"
-	(cd "$dir" && exec "$TOOLS/dendrite" -config dendrite.yaml -http-bind-address "127.0.0.1:$DENDRITE_PORT" \
+	FSYNC_COUNT_FILE=$dir/fsync.count
+	(cd "$dir" && exec env $(server_env "$dir") "$TOOLS/dendrite" -config dendrite.yaml -http-bind-address "127.0.0.1:$DENDRITE_PORT" \
 		-really-enable-open-registration >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
 	wait_up "http://127.0.0.1:$DENDRITE_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
@@ -128,9 +169,10 @@ start_myelin() {
 	mkdir -p "$dir"
 	port_free "$MYELIN_PORT" || { log "port $MYELIN_PORT is taken"; return 1; }
 	MYELIN_CMD="MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn myelin serve -config myelin.yaml"
+	FSYNC_COUNT_FILE=$dir/fsync.count
 	(cd "$dir" && MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false \
 		MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn \
-		exec "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
+		exec env $(server_env "$dir") "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
 	wait_up "http://127.0.0.1:$MYELIN_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
 }
@@ -141,6 +183,7 @@ start_myelin_pg() {
 	local dir=$WORK/myelin_pg
 	mkdir -p "$dir"
 	port_free "$MYELIN_PORT" || { log "port $MYELIN_PORT is taken"; return 1; }
+	FSYNC_COUNT_FILE=$dir/fsync.count
 	PG_SCHEMA=bench_$$_$RANDOM
 	psql -q -v ON_ERROR_STOP=1 "$MYELIN_BENCH_POSTGRES" -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null
 	local sep='?'
@@ -153,7 +196,7 @@ start_myelin_pg() {
 	(cd "$dir" && MYELIN_DATABASE_ENGINE=postgres MYELIN_DATABASE_POSTGRES_URL="$url" \
 		MYELIN_CLIENT_API_REGISTRATION=open MYELIN_CLIENT_API_RATE_LIMITS_ENABLED=false \
 		MYELIN_HTTP_LISTEN=127.0.0.1:$MYELIN_PORT MYELIN_LOGGING_LEVEL=warn \
-		exec "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
+		exec env $(server_env "$dir") "$WORK/bin/myelin" serve -config "$dir/myelin.yaml" >"$dir/stdout.log" 2>&1) &
 	SERVER_PID=$!
 	wait_up "http://127.0.0.1:$MYELIN_PORT" || { tail -20 "$dir/stdout.log" >&2; return 1; }
 }
@@ -190,13 +233,17 @@ bench() {
 	local cmd=("$BENCH" "$scenario" -url "$URL" -pid "$SERVER_PID" -json -label "$label" -timeout 3m "$@")
 	echo "myelin-bench $scenario -url \$URL -pid \$PID -json -label '$label' -timeout 3m $*" >>"$WORK/$name.commands"
 	log "$name: $label"
+	local before
+	before=$(fsync_count)
 	"${cmd[@]}" >>"$WORK/$name.jsonl" 2> >(tee -a "$WORK/$name.log" >&2) || true
+	printf '%s\t%s\n' "$label" "$(($(fsync_count) - before))" >>"$WORK/$name.fsyncs"
 }
 
 run_scenarios() { # NAME
 	local name=$1
 	: >"$WORK/$name.jsonl"
 	: >"$WORK/$name.commands"
+	: >"$WORK/$name.fsyncs"
 	bench "$name" "register: $REGISTER_N users, sequential" register -n "$REGISTER_N"
 	bench "$name" "rooms: $ROOMS_N private rooms, sequential" rooms -n "$ROOMS_N"
 	bench "$name" "send: 1 sender, sequential" send -messages "$SEND_N"
@@ -260,6 +307,24 @@ fsync_ms() {
 
 # --- the report ------------------------------------------------------------
 
+# fsync_table: a Markdown table of each server's fsyncs per scenario.
+fsync_table() {
+	local name first
+	first=$(set -- $SERVERS; echo "$1")
+	printf '| scenario |'
+	for name in $SERVERS; do printf ' %s |' "$name"; done
+	printf '\n|---|'
+	for name in $SERVERS; do printf -- '---:|'; done
+	printf '\n'
+	local i=0 label
+	while IFS=$'\t' read -r label _; do
+		i=$((i + 1))
+		printf '| %s |' "$label"
+		for name in $SERVERS; do printf ' %s |' "$(sed -n "${i}p" "$WORK/$name.fsyncs" | cut -f2)"; done
+		printf '\n'
+	done <"$WORK/$first.fsyncs"
+}
+
 envval() { sed -n "s/^$2=//p" "$WORK/$1.env" 2>/dev/null; }
 
 # HANDWRITTEN_MARK starts the hand-written part of the report, which
@@ -290,6 +355,17 @@ write_report() {
 		echo "  runs$(for name in $SERVERS; do printf ', %s ms after %s' "$(envval "$name" fsync_after_ms)" "$name"; done):"
 		echo "  the floor for any write that is on disk before it is acknowledged. This virtual disk's fsync"
 		echo "  time varies from one probe to the next, and every figure below moves with it."
+		if [[ $FSYNC_DELAY_MS != 0 ]]; then
+			echo "- **Slow-disk mode (\`FSYNC_DELAY_MS=$FSYNC_DELAY_MS\`).** Every \`fsync\`, \`fdatasync\` and \`syncfs\` a server"
+			echo "  made through the C library waited $FSYNC_DELAY_MS ms more after the real call (\`bench/fsyncdelay.c\`,"
+			echo "  preloaded with \`LD_PRELOAD\`): 300 writes of 4 KiB each followed by \`fsync\` (\`bench/fsyncprobe.c\`)"
+			echo "  took $PROBE_PLAIN ms each without it and $PROBE_SHIM ms with it. That covers SQLite's fsyncs (C code,"
+			echo "  Myelin's and Dendrite's). It does not cover a Go program's own \`os.File.Sync\` (a direct system"
+			echo "  call: Dendrite's JetStream, which is thus not slowed) nor another process (PostgreSQL)."
+		elif [[ -n $SHIM ]]; then
+			echo "- fsyncs were counted (not delayed) by \`bench/fsyncdelay.c\`, preloaded into each server; 300 writes"
+			echo "  of 4 KiB each followed by \`fsync\` took $PROBE_PLAIN ms each plain, $PROBE_SHIM ms through it."
+		fi
 		echo "- **Shared machine.** Other engineers' builds and tests run on the same 2 cores. Before each"
 		echo "  server started, the CPUs were busy:"
 		for name in $SERVERS; do
@@ -349,6 +425,15 @@ write_report() {
 		echo
 		"$BENCH" report "${columns[@]}"
 		echo
+		if [[ -n $SHIM ]]; then
+			echo "### fsync calls per scenario"
+			echo
+			echo "Counted by \`bench/fsyncdelay.c\` over each whole scenario run (its set-up included: users,"
+			echo "rooms, prepared messages), through the C library only (SQLite's; not Dendrite's JetStream)."
+			echo
+			fsync_table
+			echo
+		fi
 		echo "## In-process benchmarks"
 		echo
 		echo "\`go test -run '^\$' -bench 'BenchmarkEvaluate\$' -benchtime 20000x ./pushserver/\` (Myelin only): push rule"
@@ -389,6 +474,7 @@ write_report() {
 }
 
 build
+build_fsync_tools
 machine_facts
 for name in $SERVERS; do
 	measure "$name"
