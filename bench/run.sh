@@ -9,7 +9,7 @@
 #   MYELIN_BENCH_POSTGRES=postgres://user:pass@127.0.0.1/db?sslmode=disable bench/run.sh
 #                                     # adds a Myelin-on-PostgreSQL column (fresh schema, dropped after)
 #   FSYNC_DELAY_MS=1.8 bench/run.sh   # slow-disk mode: each fsync the servers make through the C
-#                                     # library (SQLite's) takes 1.8 ms more (bench/fsyncdelay.c)
+#                                     # library (SQLite's) takes at least 1.8 ms (bench/fsyncdelay.c)
 #
 # Sizes (environment): REGISTER_N ROOMS_N SEND_N SEND_CONC SEND_CONC_N
 # OPEN_RATE OPEN_N OPEN_WORKERS FANOUT_LISTENERS FANOUT_N FANOUT_RATE
@@ -357,7 +357,7 @@ write_report() {
 		echo "  time varies from one probe to the next, and every figure below moves with it."
 		if [[ $FSYNC_DELAY_MS != 0 ]]; then
 			echo "- **Slow-disk mode (\`FSYNC_DELAY_MS=$FSYNC_DELAY_MS\`).** Every \`fsync\`, \`fdatasync\` and \`syncfs\` a server"
-			echo "  made through the C library waited $FSYNC_DELAY_MS ms more after the real call (\`bench/fsyncdelay.c\`,"
+			echo "  made through the C library took at least $FSYNC_DELAY_MS ms: the real call, then a sleep until that long after it began (\`bench/fsyncdelay.c\`,"
 			echo "  preloaded with \`LD_PRELOAD\`): 300 writes of 4 KiB each followed by \`fsync\` (\`bench/fsyncprobe.c\`)"
 			echo "  took $PROBE_PLAIN ms each without it and $PROBE_SHIM ms with it. That covers SQLite's fsyncs (C code,"
 			echo "  Myelin's and Dendrite's). It does not cover a Go program's own \`os.File.Sync\` (a direct system"
