@@ -49,6 +49,9 @@ type Deps struct {
 	// Ephemeral is read for the services registered with
 	// receive_ephemeral; it is required when one has a URL.
 	Ephemeral Ephemeral
+	// ToDevice is read for the services that opted in to to-device
+	// messages (Registration.ToDevice); required when one has a URL.
+	ToDevice ToDevice
 }
 
 // Server runs the transaction senders and answers the appservice
@@ -93,9 +96,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		if reg.URL == "" {
 			continue // Spec: no URL, nothing is pushed.
 		}
-		if reg.ReceiveEphemeral && deps.Ephemeral == nil {
+		if reg.ReceiveEphemeral && deps.Ephemeral == nil || reg.ToDevice && deps.ToDevice == nil {
 			cancel()
-			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral is nil", reg.ID)
+			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral or Deps.ToDevice is nil", reg.ID)
 		}
 		snd := &sender{s: s, reg: reg}
 		if err := snd.init(ctx); err != nil {

@@ -58,6 +58,8 @@ type txn struct {
 	HasEphemeral bool
 	// Legacy is the body's de.sorunome.msc2409.ephemeral array.
 	Legacy []map[string]any
+	// ToDevice is the body's de.sorunome.msc2409.to_device array.
+	ToDevice []map[string]any
 	// Body is the request body as received.
 	Body string
 }
@@ -85,11 +87,12 @@ func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 			Events    []map[string]any  `json:"events"`
 			Ephemeral *[]map[string]any `json:"ephemeral"`
 			Legacy    []map[string]any  `json:"de.sorunome.msc2409.ephemeral"`
+			ToDevice  []map[string]any  `json:"de.sorunome.msc2409.to_device"`
 		}
 		if err := json.Unmarshal(body, &b); err != nil {
 			f.t.Errorf("transaction body: %v", err)
 		}
-		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body), Legacy: b.Legacy}
+		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body), Legacy: b.Legacy, ToDevice: b.ToDevice}
 		if b.Ephemeral != nil {
 			tx.Ephemeral, tx.HasEphemeral = *b.Ephemeral, true
 		}

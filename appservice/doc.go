@@ -17,7 +17,10 @@
 //     services with receive_ephemeral the transaction also carries the
 //     typing, receipts and presence of interest (ephemeral.go); the
 //     receipt and presence positions are stored like the event position,
-//     the typing position is held in memory as typing itself is;
+//     the typing position is held in memory as typing itself is. Services
+//     that also set org.matrix.msc3202 get the to-device messages of their
+//     users' devices (MSC2409/MSC4203, todevice.go), from a stored
+//     position, without removing them from the inboxes;
 //   - the homeserver-to-service queries (users, room aliases, ping).
 //
 // Concurrency: the Registry is immutable after Load. Server methods are

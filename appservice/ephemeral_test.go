@@ -14,8 +14,10 @@ import (
 )
 
 // withEphemeralServices registers three services: "bridge" (fs, users
-// @_bridge_*, receive_ephemeral: true), "plain" (plain, every room, no
-// receive_ephemeral) and "legacy" (legacy, every room, only MSC2409's
+// @_bridge_*, receive_ephemeral: true and org.matrix.msc3202: true, so
+// it receives to-device messages), "plain" (plain, every room, no
+// receive_ephemeral) and "legacy" (legacy, every room and the user
+// @dave:localhost non-exclusively, only MSC2409's
 // de.sorunome.msc2409.push_ephemeral).
 func withEphemeralServices(t *testing.T, fs, plain, legacy *fakeService) func(*config.Config) {
 	dir := t.TempDir()
@@ -26,6 +28,7 @@ hs_token: %s
 sender_localpart: _bridge_bot
 rate_limited: false
 receive_ephemeral: true
+org.matrix.msc3202: true
 namespaces:
   users:
     - exclusive: true
@@ -48,6 +51,9 @@ hs_token: %s
 sender_localpart: _legacy_bot
 de.sorunome.msc2409.push_ephemeral: true
 namespaces:
+  users:
+    - exclusive: false
+      regex: "@dave:localhost"
   rooms:
     - exclusive: false
       regex: ".*"

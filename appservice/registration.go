@@ -60,6 +60,13 @@ type Registration struct {
 	// the one such services read; receive_ephemeral (v1.13) gets the
 	// stable key ephemeral.
 	LegacyEphemeralKey bool
+	// ToDevice: to-device messages for devices of the service's users
+	// are pushed in transactions under de.sorunome.msc2409.to_device
+	// (MSC2409, split off as MSC4203). It is opt-in: the service receives
+	// ephemeral data and sets org.matrix.msc3202: true, the key bridges
+	// that encrypt as their users ("appservice mode" encryption) put in
+	// their registration.
+	ToDevice bool
 	// Source is the file the registration came from (for errors).
 	Source string
 }
@@ -134,6 +141,7 @@ func ParseRegistration(data []byte, source string) (*Registration, error) {
 	}
 	reg.ReceiveEphemeral = isTrue(w.PushEphemeral) || isTrue(w.ReceiveEphemeral) || isTrue(w.MSC2409PushEphemeral)
 	reg.LegacyEphemeralKey = reg.ReceiveEphemeral && !isTrue(w.ReceiveEphemeral)
+	reg.ToDevice = reg.ReceiveEphemeral && isTrue(w.MSC3202)
 	if w.Namespaces == nil {
 		errs = append(errs, errors.New("namespaces is required"))
 	} else {

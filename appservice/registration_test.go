@@ -131,3 +131,28 @@ func TestLoadRefusesClashes(t *testing.T) {
 		t.Fatal("hs_token equal to another service's as_token was accepted")
 	}
 }
+
+// To-device messages are opt-in: receive_ephemeral (or an MSC2409 name)
+// together with org.matrix.msc3202: true.
+func TestRegistrationToDeviceOptIn(t *testing.T) {
+	base := "id: b\nurl: null\nas_token: a\nhs_token: h\nsender_localpart: bot\nnamespaces: {}\n"
+	for _, c := range []struct {
+		extra string
+		want  bool
+	}{
+		{"", false},
+		{"receive_ephemeral: true\n", false},
+		{"org.matrix.msc3202: true\n", false},
+		{"receive_ephemeral: true\norg.matrix.msc3202: true\n", true},
+		{"de.sorunome.msc2409.push_ephemeral: true\norg.matrix.msc3202: true\n", true},
+		{"receive_ephemeral: true\norg.matrix.msc3202: false\n", false},
+	} {
+		reg, err := ParseRegistration([]byte(base+c.extra), "test")
+		if err != nil {
+			t.Fatalf("%q: %v", c.extra, err)
+		}
+		if reg.ToDevice != c.want {
+			t.Errorf("%q: ToDevice %v, want %v", c.extra, reg.ToDevice, c.want)
+		}
+	}
+}

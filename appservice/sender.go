@@ -43,6 +43,12 @@ func (snd *sender) receivesEphemeral() bool {
 	return snd.reg.ReceiveEphemeral && snd.s.deps.Ephemeral != nil
 }
 
+// receivesToDevice reports whether the service opted in to to-device
+// messages for its users (Registration.ToDevice).
+func (snd *sender) receivesToDevice() bool {
+	return snd.receivesEphemeral() && snd.reg.ToDevice && snd.s.deps.ToDevice != nil
+}
+
 // init gives a service seen for the first time a position at the current
 // end of the stream: a new bridge is not flooded with history. So do the
 // ephemeral streams of a service that starts receiving them; a service
@@ -52,13 +58,20 @@ func (snd *sender) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var receipts, presence *int64
+	var receipts, presence, toDevice *int64
 	if snd.receivesEphemeral() {
 		r, p, err := snd.s.deps.Ephemeral.Heads(ctx)
 		if err != nil {
 			return err
 		}
 		receipts, presence = &r, &p
+		if snd.receivesToDevice() {
+			d, err := snd.s.deps.ToDevice.ToDevicePosition(ctx)
+			if err != nil {
+				return err
+			}
+			toDevice = &d
+		}
 		_, snd.typingPos = snd.s.deps.Ephemeral.TypingChangedAfter(math.MaxInt64, 1)
 	}
 	return snd.s.deps.DB.Write(ctx, func(tx storage.Tx) error {
@@ -67,11 +80,21 @@ func (snd *sender) init(ctx context.Context) error {
 			return err
 		}
 		if receipts == nil {
-			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = NULL, presence_pos = NULL WHERE as_id = $1`, snd.reg.ID)
+			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = NULL, presence_pos = NULL,
+				to_device_pos = NULL WHERE as_id = $1`, snd.reg.ID)
 			return err
 		}
-		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = COALESCE(receipt_pos, $2),
-			presence_pos = COALESCE(presence_pos, $3) WHERE as_id = $1`, snd.reg.ID, *receipts, *presence)
+		if _, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = COALESCE(receipt_pos, $2),
+			presence_pos = COALESCE(presence_pos, $3) WHERE as_id = $1`,
+			snd.reg.ID, *receipts, *presence); err != nil {
+			return err
+		}
+		if toDevice == nil {
+			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = NULL WHERE as_id = $1`, snd.reg.ID)
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = COALESCE(to_device_pos, $2) WHERE as_id = $1`,
+			snd.reg.ID, *toDevice)
 		return err
 	})
 }
@@ -137,9 +160,9 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	var pos int64
-	var receiptPos, presencePos *int64
-	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos FROM appservice_positions WHERE as_id = $1`,
-		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos); err != nil {
+	var receiptPos, presencePos, toDevicePos *int64
+	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos, to_device_pos FROM appservice_positions WHERE as_id = $1`,
+		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos, &toDevicePos); err != nil {
 		return false, err
 	}
 	streamPos, err := snd.s.deps.Rooms.StreamPosition(ctx)
@@ -171,9 +194,11 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		}
 	}
 	moved := end > pos
-	var eph []map[string]any
+	var eph, toDevice []map[string]any
 	var cur, next ephemeralCursor
+	var toDeviceNext int64
 	withEphemeral := snd.receivesEphemeral() && receiptPos != nil && presencePos != nil
+	withToDevice := withEphemeral && snd.receivesToDevice() && toDevicePos != nil
 	if withEphemeral {
 		cur = ephemeralCursor{receipts: *receiptPos, presence: *presencePos, typing: snd.typingPos}
 		if eph, next, err = snd.ephemeral(ctx, cur, ic); err != nil {
@@ -181,14 +206,21 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		}
 		moved = moved || next != cur
 	}
+	if withToDevice {
+		if toDevice, toDeviceNext, err = snd.toDevice(ctx, *toDevicePos); err != nil {
+			return false, err
+		}
+		moved = moved || toDeviceNext != *toDevicePos
+	}
 	if !moved {
 		return false, nil
 	}
 	used := 0 // transaction IDs this step hands out
-	if len(out) > 0 || len(eph) > 0 {
+	if len(out) > 0 || len(eph) > 0 || len(toDevice) > 0 {
 		used = 1
 	}
-	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence {
+	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence &&
+		(!withToDevice || toDeviceNext == *toDevicePos) {
 		// Only typing of no interest went by: its position is in
 		// memory, so nothing is written.
 		snd.typingPos = next.typing
@@ -207,6 +239,9 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 				}
 				txn[key] = eph
 			}
+			if len(toDevice) > 0 {
+				txn[toDeviceKey] = toDevice
+			}
 			body, err := json.Marshal(txn)
 			if err != nil {
 				return err
@@ -216,9 +251,21 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 				return err
 			}
 		}
+		if withToDevice {
+			// The messages stay in the inboxes: the service's users'
+			// devices may /sync too, and an Olm or room-key message
+			// taken from a device that syncs would be lost to it. The
+			// position stored with the transaction is what keeps each
+			// message to one transaction.
+			if _, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = $2 WHERE as_id = $1`,
+				snd.reg.ID, toDeviceNext); err != nil {
+				return err
+			}
+		}
 		if withEphemeral {
 			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2, next_txn_id = next_txn_id + $3,
-				receipt_pos = $4, presence_pos = $5 WHERE as_id = $1`, snd.reg.ID, end, used, next.receipts, next.presence)
+				receipt_pos = $4, presence_pos = $5 WHERE as_id = $1`,
+				snd.reg.ID, end, used, next.receipts, next.presence)
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET position = $2,

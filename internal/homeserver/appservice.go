@@ -6,6 +6,7 @@ import (
 
 	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/clientapi"
+	"github.com/myelin-chat/myelin/keyserver"
 )
 
 // asEphemeral is the application service senders' view of typing,
@@ -60,4 +61,27 @@ func (e asEphemeral) Heads(ctx context.Context) (receipts, presence int64, err e
 	}
 	_, presence, err = e.client.PresenceSince(ctx, math.MaxInt64)
 	return receipts, presence, err
+}
+
+// asToDevice is the application service senders' view of the to-device
+// inboxes (MSC2409/MSC4203).
+type asToDevice struct{ keys *keyserver.Server }
+
+var _ appservice.ToDevice = asToDevice{}
+
+func (d asToDevice) ToDevicePosition(ctx context.Context) (int64, error) {
+	return d.keys.ToDevicePosition(ctx)
+}
+
+func (d asToDevice) ToDeviceAfter(ctx context.Context, after int64, limit int) ([]appservice.ToDeviceMessage, error) {
+	ms, err := d.keys.ToDeviceAfter(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]appservice.ToDeviceMessage, len(ms))
+	for i, m := range ms {
+		out[i] = appservice.ToDeviceMessage{Position: m.Position, UserID: m.UserID, DeviceID: m.DeviceID,
+			Sender: m.Sender, Type: m.Type, Content: m.Content}
+	}
+	return out, nil
 }

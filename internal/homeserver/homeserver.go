@@ -334,6 +334,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	appServices, err = appservice.New(ctx, appservice.Deps{DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
 		Rooms: rooms, Notifier: notify, Logger: logger, RoomAliases: client.RoomAliases,
 		Ephemeral:  asEphemeral{client: client, now: func() int64 { return time.Now().UnixMilli() }},
+		ToDevice:   asToDevice{keys: keys},
 		MinBackoff: cfg.AppService.MinBackoff.D(), MaxBackoff: cfg.AppService.MaxBackoff.D()})
 	if err != nil {
 		media.Close()
