@@ -128,3 +128,70 @@ func TestStalePendingRowsCleanedOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestStalePendingRowKeptWhilePartial: bob's pending invite, which his
+// join followed, is kept while B holds the room with partial state (its
+// state is not yet the room's), and removed once the state is full.
+func TestStalePendingRowKeptWhilePartial(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		roomID := publicRoom(t, a, string(alice.id()))
+		if _, err := alice.cli.InviteUser(ctx, id.RoomID(roomID), &mautrix.ReqInviteUser{UserID: bob.id()}); err != nil {
+			t.Fatal(err)
+		}
+		bob.await("the invite", func() bool { return bob.invites[id.RoomID(roomID)] })
+		var invite string
+		if err := b.HS.DB.Reader().QueryRow(ctx, `SELECT event_id FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+			string(bob.id()), roomID).Scan(&invite); err != nil {
+			t.Fatal(err)
+		}
+		release := make(chan struct{})
+		b.HS.Federation.HoldResyncs(release)
+		if _, err := b.HS.Federation.JoinRemote(ctx, roomID, string(bob.id()), []string{a.Name}); err != nil {
+			t.Fatal(err)
+		}
+		if partial, err := b.HS.Rooms.IsPartialState(ctx, roomID); err != nil || !partial {
+			t.Fatalf("B's room partial = %v, %v; want partial", partial, err)
+		}
+		exec := func(query string, args ...any) {
+			t.Helper()
+			if err := b.HS.DB.Write(ctx, func(tx storage.Tx) error {
+				_, err := tx.Exec(ctx, query, args...)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		has := func() bool {
+			var count int
+			if err := b.HS.DB.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM federation_remote_invites WHERE user_id = $1 AND room_id = $2`,
+				string(bob.id()), roomID).Scan(&count); err != nil {
+				t.Fatal(err)
+			}
+			return count == 1
+		}
+		exec(`INSERT INTO federation_remote_invites (user_id, room_id, event_id, room_version, event, invite_room_state,
+			received_ts, stream_pos, membership, via_server) VALUES ($1, $2, $3, '12', '{}', '[]', 1, 0, 'invite', '')`,
+			string(bob.id()), roomID, invite)
+		exec(`INSERT INTO federation_pending_cleanup (id) VALUES (1)`)
+		if err := b.HS.Federation.CleanStalePending(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !has() {
+			t.Fatal("bob's row was deleted while the room's state is partial")
+		}
+		close(release)
+		if err := b.HS.Rooms.AwaitFullState(ctx, roomID); err != nil {
+			t.Fatal(err)
+		}
+		exec(`INSERT INTO federation_pending_cleanup (id) VALUES (1)`)
+		if err := b.HS.Federation.CleanStalePending(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if has() {
+			t.Fatal("bob's row, which his join followed, is kept with the room's state full")
+		}
+	})
+}
