@@ -102,6 +102,21 @@ func TestStalePendingRowsCleanedOnce(t *testing.T) {
 		row(dave, daveInvite, "invite")
 		row(carol, "$a-later-invite", "invite")
 		exec(`INSERT INTO federation_pending_cleanup (id) VALUES (1)`)
+		// /sync never listed bob's stale row as an invite: the room is
+		// one he has a membership of here (syncapi addRemoteInvites).
+		syncShows := func() (invited, joined bool) {
+			t.Helper()
+			resp, err := bob.cli.FullSyncRequest(ctx, mautrix.ReqSync{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, invited = resp.Rooms.Invite[created.RoomID]
+			_, joined = resp.Rooms.Join[created.RoomID]
+			return invited, joined
+		}
+		if invited, joined := syncShows(); invited || !joined {
+			t.Fatalf("before the cleanup bob's /sync: invited %v, joined %v", invited, joined)
+		}
 
 		b.restart()
 		eventually(t, "the cleanup to run", func() bool { return !due() })
@@ -113,6 +128,9 @@ func TestStalePendingRowsCleanedOnce(t *testing.T) {
 		}
 		if !has(carol) {
 			t.Errorf("carol's invite newer than her current membership was deleted")
+		}
+		if invited, joined := syncShows(); invited || !joined {
+			t.Fatalf("after the cleanup bob's /sync: invited %v, joined %v", invited, joined)
 		}
 
 		row(string(bob.id()), bobInvite, "invite")
