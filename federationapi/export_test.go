@@ -185,3 +185,7 @@ func (s *Server) BeforeUnforget(fn func() error) {
 func (s *Server) BeforeLocalLeave(fn func()) {
 	s.beforeLocalLeave = fn
 }
+
+// CleanStalePending runs the once-only cleanup of pending rows now
+// (pending_cleanup.go), as a start would.
+func (s *Server) CleanStalePending(ctx context.Context) error { return s.cleanStalePending(ctx) }

@@ -280,6 +280,13 @@ func (s *Server) Start() {
 		s.startStretchRefetch(bg)
 		s.startPendingRetries(bg)
 		s.startWakes(bg)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.cleanStalePending(bg); err != nil && bg.Err() == nil {
+				s.log.Warn("cleaning pending invites and knocks that had ended (retried at the next start)", "err", err)
+			}
+		}()
 	})
 }
 
