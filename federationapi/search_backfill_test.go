@@ -186,3 +186,83 @@ func TestSearchBackfilledHistory(t *testing.T) {
 		}
 	})
 }
+
+// TestBackfilledEventRedactedFirst: alice's message on A predates bob's
+// join, her redaction of it follows the join, so B receives the
+// redaction over /send before it holds the message; when bob scrolls
+// back, B backfills the message. B must store it redacted, as the
+// redaction it already holds demands: search does not find its text,
+// and /messages, /event and /context serve it with its content pruned.
+// Spec: client-server-api, "Redactions"; "Server Side Search".
+func TestBackfilledEventRedactedFirst(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a, b := n.start(), n.start()
+		alice, bob := a.register("alice"), b.register("bob")
+		roomID := alice.publicAliasedRoom("quince")
+		alice.send(roomID, "quince kept")
+		target := alice.send(roomID, "quince secret")
+		alice.send(roomID, "quince after")
+		if _, err := bob.cli.JoinRoom(ctx, "#quince:"+a.Name, nil); err != nil {
+			t.Fatal(err)
+		}
+		bob.syncOnce()
+		redaction, err := alice.cli.RedactEvent(ctx, roomID, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bob.await("alice's redaction", func() bool {
+			return slices.ContainsFunc(bob.timeline[roomID], func(e *event.Event) bool { return e.ID == redaction.EventID })
+		})
+		bob.scrollBack(roomID)
+
+		got := bob.searchAll(map[string]any{"search_term": "quince", "order_by": "recent", "keys": []string{"content.body"}})
+		if want := []string{"quince after", "quince kept"}; !slices.Equal(got, want) {
+			t.Fatalf("search after backfilling a message whose redaction came first:\n got %q\nwant %q", got, want)
+		}
+		if hits, _ := bob.searchPage(map[string]any{"search_term": "secret"}, ""); len(hits) != 0 {
+			raw, _ := json.Marshal(hits)
+			t.Fatalf("the redacted message is found: %s", raw)
+		}
+		redacted := func(where string, e *event.Event) {
+			t.Helper()
+			if len(e.Content.Raw) != 0 {
+				t.Fatalf("%s serves the redacted message with content %v", where, e.Content.Raw)
+			}
+			if e.Unsigned.RedactedBecause == nil || e.Unsigned.RedactedBecause.ID != redaction.EventID {
+				t.Fatalf("%s: redacted_because is %+v, want %s", where, e.Unsigned.RedactedBecause, redaction.EventID)
+			}
+		}
+		ev, err := bob.cli.GetEvent(ctx, roomID, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		redacted("/event", ev)
+		c, err := bob.cli.Context(ctx, roomID, target, nil, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		redacted("/context", c.Event)
+		found := false
+		from := ""
+		for page := 0; page < 30 && !found; page++ {
+			resp, err := bob.cli.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range resp.Chunk {
+				if e.ID == target {
+					redacted("/messages", e)
+					found = true
+				}
+			}
+			if resp.End == "" {
+				break
+			}
+			from = resp.End
+		}
+		if !found {
+			t.Fatal("/messages does not list the backfilled message")
+		}
+	})
+}

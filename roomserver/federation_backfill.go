@@ -264,6 +264,19 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 					return err
 				}
 			}
+			// The rule of the normal path (input.go): a redaction already
+			// held for this event (it came first, over /send) redacts it
+			// now, in this transaction, so that it is never stored, served
+			// or indexed for search unredacted; and a backfilled redaction
+			// redacts its target if held.
+			// Spec: client-server-api, "Redactions".
+			loaded, err := parseRow(room.Version, row)
+			if err != nil {
+				return err
+			}
+			if err := s.applyRedactions(ctx, tx, room, loaded); err != nil {
+				return err
+			}
 			stored++
 		}
 		return nil
