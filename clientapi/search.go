@@ -32,7 +32,9 @@ const (
 // user directory. The two stream indexers live here, shared by the
 // handlers that read their indexes.
 func (s *Server) searchRoutes(r chi.Router) {
-	events := &streamIndexer{name: searchIndexerName, db: s.db, rooms: s.rooms.rooms, index: s.indexSearchable}
+	// Search also indexes backfilled history: a user who scrolled back
+	// through a room joined over federation searches what they read.
+	events := &streamIndexer{name: searchIndexerName, db: s.db, rooms: s.rooms.rooms, index: s.indexSearchable, history: true}
 	users := &streamIndexer{name: userDirectoryIndexerName, db: s.db, rooms: s.rooms.rooms, index: s.indexUserDirectory,
 		resynced: s.indexUserDirectoryRoom}
 	handle(r, http.MethodPost, "/_matrix/client/v3/search", func(w http.ResponseWriter, r *http.Request) error {
@@ -111,6 +113,7 @@ func (s *Server) planSearch(ctx context.Context, userID string, c *roomEventsCri
 		return nil, mxerr.New(mxerr.BadJSON, "room_events.search_term is required")
 	}
 	p := &searchPlan{filter: c.Filter, limit: defaultSearchLimit, before: -1, after: -1}
+	p.query.Before = noBefore
 	p.query.Term = *c.SearchTerm
 	switch c.OrderBy {
 	case "", "rank":
@@ -181,9 +184,9 @@ func (s *Server) planSearch(ctx context.Context, userID string, c *roomEventsCri
 	return p, nil
 }
 
-// Search pagination tokens: "t<stream position>" continues a recent
-// search below that position, "o<offset>" a ranked one after that many
-// ranked matches.
+// Search pagination tokens: "t<position>" continues a recent search
+// below that position (negative in backfilled history), "o<offset>" a
+// ranked one after that many ranked matches.
 func (p *searchPlan) parseNextBatch(token string) error {
 	if token == "" {
 		return nil
@@ -196,7 +199,7 @@ func (p *searchPlan) parseNextBatch(token string) error {
 	}
 	rest, ok := strings.CutPrefix(token, prefix)
 	n, err := strconv.ParseInt(rest, 10, 64)
-	if !ok || err != nil || n < 0 || n > 1<<31 {
+	if !ok || err != nil || p.query.ByRank && (n < 0 || n > 1<<31) {
 		return bad
 	}
 	*want = n

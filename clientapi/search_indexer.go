@@ -33,19 +33,85 @@ type streamIndexer struct {
 	// events (after those at or below the completion's position).
 	// Immutable.
 	resynced func(ctx context.Context, tx storage.Tx, roomID string) error
-	mu       sync.Mutex
+	// history, if set, has index also called for the events stored below
+	// the stream (backfilled history: HistoryBefore), read downwards from
+	// the lowest position indexed, kept in row name+historySuffix. An
+	// event reaches index once: a history position is never reused, and
+	// an event is never both in the stream and below it. Immutable.
+	history bool
+	mu      sync.Mutex
 }
+
+// historySuffix names an indexer's history position row.
+const historySuffix = ".history"
 
 // streamIndexerBatch is how many events one catch-up transaction indexes.
 const streamIndexerBatch = 500
 
-// catchUp indexes every event sent since the stored position.
+// catchUp indexes every event sent since the stored position, then (with
+// history) every event stored below the stream since the last catch-up.
 func (ix *streamIndexer) catchUp(ctx context.Context) error {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if err := ix.catchUpStream(ctx); err != nil {
+		return err
+	}
+	if !ix.history {
+		return nil
+	}
+	return ix.catchUpHistory(ctx)
+}
+
+// position reads the stored position of row name (0 when none).
+func (ix *streamIndexer) position(ctx context.Context, name string) (int64, error) {
 	var pos int64
-	err := ix.db.Reader().QueryRow(ctx, `SELECT position FROM room_indexer_positions WHERE name = $1`, ix.name).Scan(&pos)
+	err := ix.db.Reader().QueryRow(ctx, `SELECT position FROM room_indexer_positions WHERE name = $1`, name).Scan(&pos)
 	if err != nil && !storage.IsNoRows(err) {
+		return 0, err
+	}
+	return pos, nil
+}
+
+// savePosition stores pos as row name's position, inside tx.
+func savePosition(ctx context.Context, tx storage.Tx, name string, pos int64) error {
+	_, err := tx.Exec(ctx, `INSERT INTO room_indexer_positions (name, position) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET position = excluded.position`, name, pos)
+	return err
+}
+
+// catchUpHistory indexes the events stored below the stream under the
+// lowest position indexed so far, and the new lowest in the same
+// transaction.
+func (ix *streamIndexer) catchUpHistory(ctx context.Context) error {
+	name := ix.name + historySuffix
+	pos, err := ix.position(ctx, name)
+	if err != nil {
+		return err
+	}
+	for {
+		evs, err := ix.rooms.HistoryBefore(ctx, pos, streamIndexerBatch)
+		if err != nil || len(evs) == 0 {
+			return err
+		}
+		err = ix.db.Write(ctx, func(tx storage.Tx) error {
+			for _, ev := range evs {
+				if err := ix.index(ctx, tx, ev); err != nil {
+					return err
+				}
+			}
+			return savePosition(ctx, tx, name, evs[len(evs)-1].StreamPos)
+		})
+		if err != nil {
+			return err
+		}
+		pos = evs[len(evs)-1].StreamPos
+	}
+}
+
+// catchUpStream indexes the stream's events above the stored position.
+func (ix *streamIndexer) catchUpStream(ctx context.Context) error {
+	pos, err := ix.position(ctx, ix.name)
+	if err != nil {
 		return err
 	}
 	for {
@@ -91,9 +157,7 @@ func (ix *streamIndexer) catchUp(ctx context.Context) error {
 			if err := flush(last); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `INSERT INTO room_indexer_positions (name, position) VALUES ($1, $2)
-				ON CONFLICT (name) DO UPDATE SET position = excluded.position`, ix.name, last)
-			return err
+			return savePosition(ctx, tx, ix.name, last)
 		})
 		if err != nil {
 			return err

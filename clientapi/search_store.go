@@ -115,9 +115,10 @@ type searchQuery struct {
 	// Senders (nil: any) and NotSenders filter by sender.
 	Senders, NotSenders []string
 	ByRank              bool
-	// Before (recent order) is the stream position the page starts
-	// below, 0 for the newest; Offset (rank order) is how many ranked
-	// rows earlier pages consumed.
+	// Before (recent order) is the position the page starts below
+	// (noBefore: from the newest). Backfilled history sits below the
+	// stream, at negative positions. Offset (rank order) is how many
+	// ranked rows earlier pages consumed.
 	Before int64
 	Offset int
 	Limit  int
@@ -131,6 +132,9 @@ type searchHit struct {
 	// Highlights are the words of the event that matched.
 	Highlights []string
 }
+
+// noBefore is searchQuery.Before of a first page: above every position.
+const noBefore = math.MaxInt64
 
 // maxRankCandidates bounds how many of the most recent matches SQLite
 // ranks in Go for one rank-ordered page.
@@ -210,7 +214,7 @@ func (s *Server) searchPagePostgres(ctx context.Context, q searchQuery, match st
 	if q.ByRank {
 		query += ` ORDER BY 4 DESC, e.stream_pos DESC LIMIT ` + args.add(q.Limit) + ` OFFSET ` + args.add(q.Offset)
 	} else {
-		if q.Before > 0 {
+		if q.Before != noBefore {
 			query += ` AND e.stream_pos < ` + args.add(q.Before)
 		}
 		query += ` ORDER BY e.stream_pos DESC LIMIT ` + args.add(q.Limit)
@@ -237,7 +241,7 @@ func (s *Server) searchPageSQLite(ctx context.Context, q searchQuery, match stri
 	args := &sqlArgs{list: []any{match}}
 	query := `SELECT e.event_id, e.room_id, e.stream_pos, matchinfo(room_search_fts, 'pcnalx'),
 		offsets(room_search_fts), room_search_fts.body` + s.searchFrom() + searchConditions(q, args)
-	if !q.ByRank && q.Before > 0 {
+	if !q.ByRank && q.Before != noBefore {
 		query += ` AND e.stream_pos < ` + args.add(q.Before)
 	}
 	limit := q.Limit

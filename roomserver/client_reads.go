@@ -39,6 +39,14 @@ type ClientReads interface {
 	// that can change the index (see relationCandidatesQuery), read in
 	// one transaction so that none is above the position.
 	RelationCandidatesAfter(ctx context.Context, after int64, limit int) (int64, []*Event, error)
+	// HistoryBefore returns up to limit accepted events stored below the
+	// stream (backfilled history, outliers that backfill promoted: their
+	// positions are negative) with positions below before, highest
+	// first, without visibility checks, for server-side indexers. Such
+	// positions are handed out downwards, one writer at a time, so an
+	// indexer that remembers the lowest it read misses none. The events
+	// are in their current (possibly redacted) form.
+	HistoryBefore(ctx context.Context, before int64, limit int) ([]*Event, error)
 	// ResyncedAfter maps the rooms whose partial-state resync completed
 	// at a stream position above after to that position, for indexers:
 	// a resync changes a room's state without a timeline event.
@@ -226,6 +234,27 @@ func (s *Server) EventsAfter(ctx context.Context, after int64, limit int) ([]*Ev
 	err := s.read(ctx, func(q storage.Querier) error {
 		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
 			WHERE event_nid > $1 AND NOT rejected AND NOT soft_failed ORDER BY event_nid LIMIT $2`, after, limit)
+		if err != nil {
+			return err
+		}
+		out, err = s.eventsOfRows(ctx, q, rows)
+		return err
+	})
+	return out, err
+}
+
+// HistoryBefore implements ClientReads. Backfill (PersistBackfill) hands
+// out each new history position below every position held, under its
+// global lock, so they commit in descending order.
+func (s *Server) HistoryBefore(ctx context.Context, before int64, limit int) ([]*Event, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	before = min(before, 0)
+	var out []*Event
+	err := s.read(ctx, func(q storage.Querier) error {
+		rows, err := queryEventRows(ctx, q, `SELECT `+eventColumns+` FROM roomserver_events
+			WHERE event_nid < $1 AND NOT rejected AND NOT soft_failed ORDER BY event_nid DESC LIMIT $2`, before, limit)
 		if err != nil {
 			return err
 		}

@@ -200,7 +200,11 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 			return err
 		}
 		nid = min(nid, 0)
-		// Oldest first, so a batch event's auth events come before it.
+		// Decided oldest first, so a batch event's auth events come
+		// before it; stored newest first, so that history positions
+		// descend as history goes back (the order server-side search
+		// lists backfilled history in, newest first).
+		var accepted []string
 		for _, id := range sortedByDepth(byID) {
 			// An outlier reached by backfill takes its place in the
 			// history (outlier_promotion.go).
@@ -231,6 +235,10 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 				delete(byID, id) // never an auth event for later ones
 				continue
 			}
+			accepted = append(accepted, id)
+		}
+		for _, id := range slices.Backward(accepted) {
+			held, pdu := known[id], byID[id]
 			nid--
 			row := rowFromPDU(pdu)
 			row.NID, row.StateBefore, row.StateAfter = nid, before, before
@@ -255,6 +263,19 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 				if err := s.moveEventNID(ctx, tx, roomID, id, held.NID, nid); err != nil {
 					return err
 				}
+			}
+			// The rule of the normal path (input.go): a redaction already
+			// held for this event (it came first, over /send) redacts it
+			// now, in this transaction, so that it is never stored, served
+			// or indexed for search unredacted; and a backfilled redaction
+			// redacts its target if held.
+			// Spec: client-server-api, "Redactions".
+			loaded, err := parseRow(room.Version, row)
+			if err != nil {
+				return err
+			}
+			if err := s.applyRedactions(ctx, tx, room, loaded); err != nil {
+				return err
 			}
 			stored++
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
@@ -361,4 +362,52 @@ func topicOutlierRoom(t *testing.T, db *storage.DB) (s *Server, d *dag, topic, m
 		t.Fatalf("m3 with the gap's state: %+v, %v", r, err)
 	}
 	return s, d, topic, m3
+}
+
+// TestBackfillAfterItsRedaction: a redaction that came first (here
+// accepted on the normal path while its target was unknown) redacts the
+// target when backfill stores it, in the same transaction: /event and
+// the search indexer's feed (HistoryBefore) see it pruned, never its
+// text. A backfilled redaction likewise redacts its held target.
+// Spec: client-server-api, "Redactions".
+func TestBackfillAfterItsRedaction(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		d := baseRoom(t, "11")
+		d.add("old", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"secret history"}`, "bob-join")
+		d.add("red", bob, "m.room.redaction", nil, `{"redacts":"`+d.byName["old"].EventID()+`"}`, "bob-join")
+		d.add("old2", bob, "m.room.message", nil, `{"msgtype":"m.text","body":"other secret"}`, "bob-join")
+		d.add("red2", bob, "m.room.redaction", nil, `{"redacts":"`+d.byName["old2"].EventID()+`"}`, "bob-join")
+		for _, name := range []string{"create", "alice-join", "pl0", "jr", "bob-join", "red", "old2"} {
+			d.input(t, s, name)
+		}
+		old, old2 := d.byName["old"].EventID(), d.byName["old2"].EventID()
+		n, err := s.PersistBackfill(ctx, d.roomID, []json.RawMessage{d.byName["old"].JSON(), d.byName["red2"].JSON()})
+		if err != nil || n != 2 {
+			t.Fatalf("PersistBackfill: %d, %v", n, err)
+		}
+		s.events = newEventCache(4096)
+		for id, because := range map[string]string{old: d.byName["red"].EventID(), old2: d.byName["red2"].EventID()} {
+			got, err := s.loadEventsByID(ctx, db.Reader(), nil, []string{id})
+			if err != nil || got[id] == nil {
+				t.Fatalf("loading %s: %v", id, err)
+			}
+			if c := got[id].pdu.Content(); string(c) != "{}" {
+				t.Fatalf("%s stored with content %s, want it redacted", id, c)
+			}
+			if rb := got[id].row.RedactedBecause; rb == nil || *rb != because {
+				t.Fatalf("%s: redacted_because %v, want %s", id, rb, because)
+			}
+		}
+		hist, err := s.HistoryBefore(ctx, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range hist {
+			if strings.Contains(string(ev.JSON), "secret") {
+				t.Fatalf("the search indexer's feed carries redacted text: %s", ev.JSON)
+			}
+		}
+	})
 }
