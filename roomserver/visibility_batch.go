@@ -115,11 +115,15 @@ func (v *visibility) preloadSnapshots(ctx context.Context, wants []snapshotWant)
 	for _, nid := range roots {
 		n, got := needs[nid], picked[nid]
 		if n.hv {
-			hv := "shared" // no history visibility event
+			hv, known := "shared", true // no history visibility event
 			if eventNID, ok := got[tuple{"m.room.history_visibility", ""}]; ok {
-				hv = hvOf[eventNID]
+				// An event loadEvents did not return is left to the
+				// per-snapshot read rather than cached as "".
+				hv, known = hvOf[eventNID]
 			}
-			v.s.snapHV.put(nid, hv)
+			if known {
+				v.s.snapHV.put(nid, hv)
+			}
 		}
 		if !n.member {
 			continue
