@@ -52,6 +52,8 @@ func eventContent(r *http.Request) (json.RawMessage, error) {
 // sendMessage sends a message event.
 // Spec: client-server-api, "PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}".
 func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
+	r, done := s.expectWrite(r)
+	defer done()
 	roomID, err := pathRoomID(r)
 	if err != nil {
 		return err
@@ -95,6 +97,14 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 	return httpx.OK(w, map[string]string{"event_id": resp.EventID})
 }
 
+// expectWrite announces the request's event write to the database's
+// group-commit writer, so that a commit about to happen waits briefly for
+// it (storage.DB.ExpectWrite); call done when the request ends.
+func (s *Server) expectWrite(r *http.Request) (_ *http.Request, done func()) {
+	ctx, done := s.db.ExpectWrite(r.Context())
+	return r.WithContext(ctx), done
+}
+
 // stateParams reads {eventType} and the optional {stateKey}.
 func stateParams(r *http.Request) (roomID, eventType, stateKey string, err error) {
 	if roomID, err = pathRoomID(r); err != nil {
@@ -112,6 +122,8 @@ func stateParams(r *http.Request) (roomID, eventType, stateKey string, err error
 // a new one, so clients that re-send settings do not spam the room.
 // Spec: client-server-api, "PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}".
 func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
+	r, done := s.expectWrite(r)
+	defer done()
 	ctx := r.Context()
 	roomID, eventType, stateKey, err := stateParams(r)
 	if err != nil {
@@ -265,6 +277,8 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) error {
 // redact redacts an event.
 // Spec: client-server-api, "PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}".
 func (s *Server) redact(w http.ResponseWriter, r *http.Request) error {
+	r, done := s.expectWrite(r)
+	defer done()
 	roomID, eventID, err := pathRoomEventIDs(r)
 	if err != nil {
 		return err

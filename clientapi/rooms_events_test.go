@@ -14,6 +14,7 @@ import (
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/testserver"
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // TestRoomsTxnIdempotency: a retried send with the same txnId from the
@@ -335,4 +336,41 @@ func TestRoomsMessageRateLimit(t *testing.T) {
 	}
 	_, err = alice.SendText(bg, room.RoomID, "one too many")
 	wantErrcode(t, "over the limit", err, 429, "M_LIMIT_EXCEEDED")
+}
+
+// TestEventSendsAnnounceTheirWrite: a message, a state event and a
+// redaction each announce their write to the SQLite writer before they
+// build it (storage.DB.ExpectWrite), so that a commit about to happen can
+// wait for it; a read announces nothing.
+func TestEventSendsAnnounceTheirWrite(t *testing.T) {
+	srv := testserver.Start(t, storage.SQLite, nil)
+	alice := newUser(t, srv, "alice")
+	room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	ok(t, "create", err)
+	db := srv.HS.DB
+	step := func(what string, want int64, fn func() error) {
+		t.Helper()
+		before := db.AnnouncedWrites()
+		ok(t, what, fn())
+		if got := db.AnnouncedWrites() - before; got != want {
+			t.Fatalf("%s announced %d writes, want %d", what, got, want)
+		}
+	}
+	var sent *mautrix.RespSendEvent
+	step("send", 1, func() (err error) {
+		sent, err = alice.SendMessageEvent(bg, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "hi"})
+		return err
+	})
+	step("state", 1, func() error {
+		_, err := alice.SendStateEvent(bg, room.RoomID, event.StateTopic, "", map[string]any{"topic": "t"})
+		return err
+	})
+	step("redact", 1, func() error {
+		_, err := alice.RedactEvent(bg, room.RoomID, sent.EventID)
+		return err
+	})
+	step("read", 0, func() error {
+		_, err := alice.Messages(bg, room.RoomID, "", "", mautrix.DirectionBackward, nil, 10)
+		return err
+	})
 }

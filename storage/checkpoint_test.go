@@ -225,3 +225,34 @@ func TestCheckpointDoesNotHoldUpWrites(t *testing.T) {
 	released = true
 	waitCheckpoints(t, db, checkpoints, "once released")
 }
+
+// TestIdleCheckpointRestartsWAL: once an idle checkpoint has copied the
+// whole WAL, the WAL is restarted in the same idle spell (a write of
+// storage's own), so the next caller's commit does not pay for the
+// restart: the WAL then holds only that write's few frames, not the
+// hundreds the checkpoint copied.
+func TestIdleCheckpointRestartsWAL(t *testing.T) {
+	ctx := context.Background()
+	db, _, insert := openCheckpointDB(t)
+	insert(0, storage.CheckpointPages+50)
+	waitCheckpoints(t, db, 0, "after a write of more than CheckpointPages pages")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var busy, walPages, copied int64
+		if err := db.Reader().QueryRow(ctx, `PRAGMA wal_checkpoint(NOOP)`).Scan(&busy, &walPages, &copied); err != nil {
+			t.Fatal(err)
+		}
+		if walPages > 0 && walPages < 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the WAL holds %d frames (%d copied) after the idle checkpoint, want it restarted with a few", walPages, copied)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	insert(1000, 1)
+	var n int
+	if err := db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM cp`).Scan(&n); err != nil || n != storage.CheckpointPages+51 {
+		t.Fatalf("%d rows, %v", n, err)
+	}
+}

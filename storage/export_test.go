@@ -1,5 +1,7 @@
 package storage
 
+import "time"
+
 // Test hooks: the storage_test package reaches unexported internals only
 // through these.
 
@@ -53,3 +55,11 @@ const (
 // SetBeforeCheckpoint makes every idle checkpoint call fn once it holds
 // its connection, before it checkpoints. Call it before the first write.
 func (db *DB) SetBeforeCheckpoint(fn func()) { db.beforeCheckpoint = fn }
+
+// SetHoldTimes replaces the commit hold's times (intent.go): how long a
+// commit is held at most, how long an announcement counts, and the window
+// in which the writes a commit answered count as coming back. Call it
+// before the first write.
+func (db *DB) SetHoldTimes(hold, fresh, window time.Duration) {
+	db.holdTimes = holdTimes{hold: hold, fresh: fresh, window: window}
+}

@@ -22,6 +22,9 @@ type writeRequest struct {
 	// tx is set by the writer when fn ran; the caller reads it (for its
 	// AfterCommit hooks) only after finished is closed.
 	tx *writeTx
+	// announced: the request's write was announced (ExpectWrite) and
+	// this is its first write (intent.go).
+	announced bool
 }
 
 // finish records req's outcome and wakes its caller.
@@ -45,7 +48,8 @@ func (db *DB) enqueueWrite(ctx context.Context, fn func(Tx) error) error {
 
 // queueWrite hands fn to the writer and returns without waiting for it.
 func (db *DB) queueWrite(ctx context.Context, fn func(Tx) error) (*writeRequest, error) {
-	req := &writeRequest{ctx: ctx, fn: fn, finished: make(chan struct{})}
+	in := db.intentOf(ctx)
+	req := &writeRequest{ctx: ctx, fn: fn, finished: make(chan struct{}), announced: in != nil}
 	// Holding closeMu (shared) while sending means Close, which takes it
 	// exclusively before closing db.closed, cannot slip in between our
 	// check and our send: every request that reaches the queue is queued
@@ -64,6 +68,9 @@ func (db *DB) queueWrite(ctx context.Context, fn func(Tx) error) (*writeRequest,
 	case db.queue <- req:
 	}
 	db.closeMu.RUnlock()
+	if in != nil {
+		in.end() // after queueing: the writer sees one or the other
+	}
 	return req, nil
 }
 
@@ -189,9 +196,36 @@ func (db *DB) checkpointIdle() {
 		db.beforeCheckpoint()
 	}
 	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied)
-	if err == nil {
-		db.idleCheckpoints.Add(1)
+	if err != nil {
+		return
 	}
+	db.idleCheckpoints.Add(1)
+	if busy == 0 && copied == walPages {
+		db.restartWAL()
+	}
+}
+
+// restartWAL queues a one-row write, so that the WAL restarts now, in
+// the idle spell, rather than in the next write a caller waits for.
+//
+// Once a checkpoint has copied the whole WAL, the next commit writes
+// its frames from the WAL's beginning under a new header, and with
+// synchronous=FULL SQLite fsyncs that header before the frames: two
+// fsyncs in that commit instead of one. At two messages a second to 20
+// listeners that was every seventh message, ~1.8 ms more on a disk whose
+// fsync takes 1.8 ms, and it set that scenario's p99 (docs/benchmarks.md,
+// "holdcommit"). The write changes nothing anyone reads: a counter in
+// storage's own table. A write that comes meanwhile shares its commit or
+// follows it, as any other. Nobody waits for its answer; a failure is
+// not reported (the next commit restarts the WAL as before).
+func (db *DB) restartWAL() {
+	_, _ = db.queueWrite(context.Background(), func(tx Tx) error {
+		_, err := tx.Exec(context.Background(), `INSERT INTO myelin_wal_restart (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = myelin_wal_restart.n + 1`)
+		if err == nil {
+			tx.OnCommit(func() { db.walRestarts.Add(1) })
+		}
+		return err
+	})
 }
 
 // takeWaiting appends to batch whatever is waiting in queue, up to
@@ -208,11 +242,27 @@ func takeWaiting(batch []*writeRequest, queue <-chan *writeRequest) []*writeRequ
 	return batch
 }
 
+// awaitAnnounced waits up to hold for a write to queue, or for an
+// announced write to go away, and appends what queued to batch.
+func (db *DB) awaitAnnounced(batch []*writeRequest, hold time.Duration) []*writeRequest {
+	t := time.NewTimer(hold)
+	defer t.Stop()
+	select {
+	case req := <-db.queue:
+		return takeWaiting(append(batch, req), db.queue)
+	case <-db.intents.gone:
+	case <-t.C:
+	case <-db.closed:
+	}
+	return batch
+}
+
 // commitBatch runs batch and whatever joins it (runBatch) in one
 // transaction and commits once; then every request's outcome is known.
 // results is scratch space of capacity maxBatch, the writer's own.
 func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	ctx := context.Background()
+	start := time.Now()
 	sqlTx, err := db.writer.BeginTx(ctx, nil) // BEGIN IMMEDIATE via _txlock
 	if err != nil {
 		for _, req := range takeWaiting(batch, db.queue) {
@@ -220,7 +270,7 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 		}
 		return
 	}
-	batch, results, ok := db.runBatch(ctx, sqlTx, batch, results)
+	batch, results, ok := db.runBatch(ctx, sqlTx, start, batch, results)
 	defer clear(results) // no error kept alive until the slot is reused
 	if !ok {
 		return // runBatch finished every request
@@ -249,6 +299,7 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	for i, req := range batch {
 		req.finish(results[i])
 	}
+	db.answered, db.answeredAt = countAnnounced(batch), time.Now()
 }
 
 // runBatch runs the requests of batch in order in sqlTx, each after the
@@ -259,11 +310,21 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 // here, so no request is answered before the commit that holds it. It
 // returns the whole batch and each request's outcome so far; ok is false
 // when the transaction was rolled back and every request finished.
-func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, batch []*writeRequest, results []error) (_ []*writeRequest, _ []error, ok bool) {
+func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, start time.Time, batch []*writeRequest, results []error) (_ []*writeRequest, _ []error, ok bool) {
 	results = results[:0]
 	for i := 0; ; i++ {
 		if i == len(batch) {
-			if batch = takeWaiting(batch, db.queue); i == len(batch) {
+			batch = takeWaiting(batch, db.queue)
+			for i == len(batch) && len(batch) < maxBatch {
+				// Everything queued has run: hold the commit while
+				// announced writes are on their way (intent.go).
+				hold := db.holdFor(start, countAnnounced(batch))
+				if hold <= 0 {
+					break
+				}
+				batch = db.awaitAnnounced(batch, hold)
+			}
+			if i == len(batch) {
 				return batch, results, true
 			}
 		}

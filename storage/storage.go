@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/mattn/go-sqlite3"
@@ -122,9 +123,18 @@ type DB struct {
 	// idleCheckpoints counts the WAL checkpoints run after an idle spell
 	// (groupcommit.go); tests read it.
 	idleCheckpoints atomic.Int64
+	// walRestarts counts the commits of restartWAL's writes (WALRestarts).
+	walRestarts atomic.Int64
 	// beforeCheckpoint, when set (by tests, before the first write), runs
 	// in each idle checkpoint once it holds its connection.
 	beforeCheckpoint func()
+	// intents are the writes announced to the SQLite writer (intent.go).
+	intents intents
+	// answered is how many writes the SQLite writer's last commit
+	// answered, and answeredAt when (intent.go); the writer's own.
+	answered   int
+	answeredAt time.Time
+	holdTimes  holdTimes
 }
 
 // Open opens (and for SQLite creates) the database.
@@ -180,6 +190,12 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		writer.Close()
 		return nil, fmt.Errorf("storage: opening sqlite database %s: %w", opts.SQLitePath, err)
 	}
+	// The row the idle checkpointer rewrites to restart the WAL
+	// (groupcommit.go, restartWAL). Storage's own, like myelin_schema.
+	if _, err := writer.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS myelin_wal_restart (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)`); err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("storage: opening sqlite database %s: %w", opts.SQLitePath, err)
+	}
 
 	rq := url.Values{}
 	for k, v := range common {
@@ -203,6 +219,8 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		queue:     make(chan *writeRequest, 1024),
 		closed:    make(chan struct{}),
 		committed: make(chan struct{}, 1),
+		intents:   intents{gone: make(chan struct{}, 1)},
+		holdTimes: holdTimes{hold: commitHold, fresh: intentFresh, window: returnWindow},
 	}
 	db.writerWG.Add(2)
 	go db.groupCommitLoop()
@@ -245,6 +263,11 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 // done (each is one fsync); always 0 on PostgreSQL. Benchmarks divide
 // writes by it to show how many share a commit.
 func (db *DB) CommitCount() int64 { return db.commits.Load() }
+
+// WALRestarts reports how many of CommitCount's commits held a write of
+// the idle checkpointer's own (groupcommit.go, restartWAL); tests that
+// check that requests wrote nothing subtract it from CommitCount.
+func (db *DB) WALRestarts() int64 { return db.walRestarts.Load() }
 
 // Engine reports which engine the database runs on.
 func (db *DB) Engine() Engine { return db.engine }
