@@ -121,12 +121,7 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		due := time.Now()
 		if o.rate > 0 {
 			due = start.Add(time.Duration(float64(i) / o.rate * float64(time.Second)))
-			if wait := time.Until(due); wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-ctx.Done():
-				}
-			}
+			sleepUntil(ctx, due)
 		}
 		if ctx.Err() != nil {
 			break

@@ -271,12 +271,7 @@ func openLoop(ctx context.Context, total int, rate float64, workers int, rec *re
 					return
 				}
 				due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
-				if wait := time.Until(due); wait > 0 {
-					select {
-					case <-time.After(wait):
-					case <-ctx.Done():
-					}
-				}
+				sleepUntil(ctx, due)
 				if ctx.Err() != nil {
 					return
 				}

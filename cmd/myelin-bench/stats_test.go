@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -83,4 +84,26 @@ func TestRecorderCountsErrorsByKind(t *testing.T) {
 	if n := r.errors["sync: transport error"]; n != 1 {
 		t.Errorf("transport error count = %d, want 1 (errors: %v)", n, r.errors)
 	}
+}
+
+// TestSleepUntil: sleepUntil never returns before the scheduled time,
+// and returns at once when its context ends.
+func TestSleepUntil(t *testing.T) {
+	for range 20 {
+		due := time.Now().Add(3 * time.Millisecond)
+		sleepUntil(context.Background(), due)
+		if now := time.Now(); now.Before(due) {
+			t.Fatalf("returned %v before the scheduled time", due.Sub(now))
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	start := time.Now()
+	sleepUntil(ctx, start.Add(time.Hour))
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a cancelled wait took %v", d)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	sleepUntil(ctx, time.Now().Add(time.Hour)) // ends with ctx, in its spin or its sleep
 }
