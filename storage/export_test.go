@@ -58,8 +58,9 @@ func (db *DB) SetBeforeCheckpoint(fn func()) { db.beforeCheckpoint = fn }
 
 // SetHoldTimes replaces the commit hold's times (intent.go): how long a
 // commit is held at most, how long an announcement counts, and the window
-// in which the writes a commit answered count as coming back. Call it
-// before the first write.
+// in which the writes a commit answered count as coming back; the hold is
+// then not bounded by how long commits take. Call it before the first
+// write.
 func (db *DB) SetHoldTimes(hold, fresh, window time.Duration) {
-	db.holdTimes = holdTimes{hold: hold, fresh: fresh, window: window}
+	db.holdTimes = holdTimes{hold: hold, fresh: fresh, window: window, fixed: true}
 }

@@ -275,7 +275,10 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	if !ok {
 		return // runBatch finished every request
 	}
-	if err := sqlTx.Commit(); err != nil {
+	committing := time.Now()
+	err = sqlTx.Commit()
+	db.commitTime += (time.Since(committing) - db.commitTime) / 8 // intent.go
+	if err != nil {
 		for i, req := range batch {
 			if results[i] == nil {
 				results[i] = fmt.Errorf("storage: commit: %w", err)

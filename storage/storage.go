@@ -135,6 +135,10 @@ type DB struct {
 	answered   int
 	answeredAt time.Time
 	holdTimes  holdTimes
+	// commitTime is the SQLite writer's recent COMMIT duration (a moving
+	// average of 1/8 weight), which bounds a commit's hold (intent.go);
+	// the writer's own.
+	commitTime time.Duration
 }
 
 // Open opens (and for SQLite creates) the database.
