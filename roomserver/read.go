@@ -195,6 +195,23 @@ func (v *visibility) allows(ctx context.Context, e *loadedEvent, hv, membership 
 	return false, nil
 }
 
+// fastPath reports whether canSee's fast path answers (the event is
+// visible) for an event of roomID whose state before it has history
+// visibility hv: world_readable, or shared with the user joined now.
+// Only then does canSee not read the user's membership at that state;
+// preloadSnapshots asks it too, to preload the membership only where
+// canSee reads it.
+func (v *visibility) fastPath(ctx context.Context, roomID, hv string) (bool, error) {
+	switch hv {
+	case "world_readable":
+		return true, nil
+	case "shared":
+		cur, err := v.currentMembership(ctx, roomID)
+		return err == nil && cur == "join", err
+	}
+	return false, nil
+}
+
 // canSee applies the rules to one stored event. Rejected and soft-failed
 // events are never shown.
 func (v *visibility) canSee(ctx context.Context, version string, e *loadedEvent) (bool, error) {
@@ -209,13 +226,8 @@ func (v *visibility) canSee(ctx context.Context, version string, e *loadedEvent)
 	// reader made a busy room's timeline quadratic.
 	if hv, err := v.historyVisibilityAt(ctx, version, e.row.StateBefore); err != nil {
 		return false, err
-	} else if hv == "world_readable" {
-		return true, nil
-	} else if hv == "shared" {
-		cur, err := v.currentMembership(ctx, e.row.RoomID)
-		if err != nil || cur == "join" {
-			return err == nil, err
-		}
+	} else if fast, err := v.fastPath(ctx, e.row.RoomID, hv); err != nil || fast {
+		return fast, err
 	}
 	hv, membership, err := v.at(ctx, version, e.row.StateBefore)
 	if err != nil {

@@ -96,11 +96,17 @@ func (s *Server) RecentEventsOfRooms(ctx context.Context, req RecentRoomsRequest
 			if err != nil {
 				return err
 			}
-			// canSee reads the state before each event (and the state
-			// after a state event), the memberships the state after it.
+			// canSee reads the state before each event, and the user's
+			// membership in it where its fast path does not answer (and
+			// the state after a history visibility or own member event);
+			// filterVisibleWith reads the membership in the state after
+			// every event it keeps.
 			for _, r := range rows {
-				wants = append(wants, snapshotWant{nid: r.StateBefore, version: version, member: true},
-					snapshotWant{nid: r.StateAfter, version: version, member: true})
+				if r.Rejected || r.SoftFailed {
+					continue // canSee reads nothing
+				}
+				wants = append(wants, snapshotWant{nid: r.StateBefore, roomID: roomID, version: version, unlessFast: true},
+					snapshotWant{nid: r.StateAfter, roomID: roomID, version: version, member: true})
 			}
 		}
 		if err := vis.preloadSnapshots(ctx, wants); err != nil {

@@ -9,12 +9,17 @@ import (
 )
 
 // snapshotWant is a state snapshot a batched timeline read checks events
-// against (visibility.canSee, visibility.at): its room's version, and
-// whether the user's membership in it is read too.
+// against (visibility.canSee, visibility.at): its room and the room's
+// version, and whether the user's membership in it is read too: always
+// (member), or only where canSee's fast path (visibility.fastPath) does
+// not answer at the snapshot's own history visibility (unlessFast: the
+// snapshot before an event).
 type snapshotWant struct {
-	nid     int64
-	version string
-	member  bool
+	nid        int64
+	roomID     string
+	version    string
+	member     bool
+	unlessFast bool
 }
 
 // preloadSnapshots reads, with one snapshot chain query per
@@ -36,9 +41,12 @@ func (v *visibility) preloadSnapshots(ctx context.Context, wants []snapshotWant)
 	memberKey := tuple{"m.room.member", v.userID}
 	gen := v.s.snapKeyGeneration(v.q)
 	type need struct {
-		version    string
-		hv, member bool
-		members    int8 // what snapshotKeys' load would record
+		roomID, version string
+		hv, member      bool
+		// ifSlow: the member key is read only if canSee's fast path
+		// does not answer, decided once the history visibility is known.
+		ifSlow, always bool
+		members        int8 // what snapshotKeys' load would record
 	}
 	needs := map[int64]*need{}
 	for _, w := range wants {
@@ -50,12 +58,25 @@ func (v *visibility) preloadSnapshots(ctx context.Context, wants []snapshotWant)
 		}
 		n := needs[w.nid]
 		if n == nil {
-			n = &need{version: w.version}
+			n = &need{roomID: w.roomID, version: w.version}
 			_, cached := v.s.snapHV.get(w.nid)
 			n.hv = !cached
 			needs[w.nid] = n
 		}
-		if w.member && !n.member && !v.s.snapKeys.knows(gen, w.nid, memberKey) {
+		member := w.member
+		if !member && w.unlessFast {
+			if hv, ok := v.s.snapHV.get(w.nid); !ok {
+				member = true // decided after the read, unless always
+				n.ifSlow = !n.always
+			} else if fast, err := v.fastPath(ctx, w.roomID, hv); err != nil {
+				return err
+			} else {
+				member = !fast
+			}
+		} else if member {
+			n.always, n.ifSlow = true, false // read whatever the history visibility
+		}
+		if member && !n.member && !v.s.snapKeys.knows(gen, w.nid, memberKey) {
 			// As loadSnapshotKeysOrMembers: a snapshot whose member key
 			// was read once on its own has all its members read next,
 			// by snapshotKeys itself; the others read the key alone.
@@ -114,8 +135,9 @@ func (v *visibility) preloadSnapshots(ctx context.Context, wants []snapshotWant)
 	}
 	for _, nid := range roots {
 		n, got := needs[nid], picked[nid]
+		hv, known := v.s.snapHV.get(nid)
 		if n.hv {
-			hv, known := "shared", true // no history visibility event
+			hv, known = "shared", true // no history visibility event
 			if eventNID, ok := got[tuple{"m.room.history_visibility", ""}]; ok {
 				// An event loadEvents did not return is left to the
 				// per-snapshot read rather than cached as "".
@@ -124,6 +146,20 @@ func (v *visibility) preloadSnapshots(ctx context.Context, wants []snapshotWant)
 			if known {
 				v.s.snapHV.put(nid, hv)
 			}
+		}
+		if n.member && n.ifSlow {
+			// Only the snapshot before events: canSee reads the member
+			// key there only if its fast path does not answer. Not
+			// recorded, the key costs nothing; recorded, it marks the
+			// snapshot (membersOneMiss) so that its next reader loads
+			// every member. Unknown history visibility: left to canSee.
+			fast := true
+			if known {
+				if fast, err = v.fastPath(ctx, n.roomID, hv); err != nil {
+					return err
+				}
+			}
+			n.member = !fast
 		}
 		if !n.member {
 			continue

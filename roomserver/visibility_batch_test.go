@@ -98,3 +98,78 @@ func TestPreloadSnapshots(t *testing.T) {
 		}
 	})
 }
+
+// The member key of a snapshot before an event is preloaded only where
+// canSee's fast path does not answer: world_readable, or shared with
+// the user joined now, read no membership there.
+func TestPreloadSnapshotsMemberOnlyWhereRead(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		s := newTestServer(t, db)
+		ctx := context.Background()
+		hv := func(room, v string) string {
+			return mustSend(t, s, room, alice, "m.room.history_visibility", ptr(""), `{"history_visibility":"`+v+`"}`)
+		}
+		msg := func(room string) string { return mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"m"}`) }
+		room := func() string {
+			return mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "10", Preset: PresetPublicChat}).RoomID
+		}
+		readable, joinedShared, leftShared, joined := room(), room(), room(), room()
+		hv(readable, "world_readable")
+		hv(joinedShared, "shared")
+		hv(leftShared, "shared")
+		hv(joined, "joined")
+		mustSend(t, s, joinedShared, bob, "m.room.member", ptr(bob), `{"membership":"join"}`)
+		mustSend(t, s, leftShared, bob, "m.room.member", ptr(bob), `{"membership":"join"}`)
+		mustSend(t, s, leftShared, bob, "m.room.member", ptr(bob), `{"membership":"leave"}`)
+		fast := map[string]bool{readable: true, joinedShared: true, leftShared: false, joined: false}
+		// A state event each, so that the snapshot before it is no
+		// snapshot after an event asked for.
+		events := map[string]string{}
+		for r := range fast {
+			msg(r)
+			events[r] = mustSend(t, s, r, alice, "m.room.topic", ptr(""), `{"topic":"t"}`)
+		}
+		for _, cachedHV := range []bool{false, true} {
+			p := newTestServer(t, db) // empty caches
+			vis := p.newVisibility(db.Reader(), bob)
+			var wants []snapshotWant
+			before := map[string]int64{}
+			for r, id := range events {
+				e, version, err := p.loadByID(ctx, db.Reader(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.row.StateBefore == e.row.StateAfter {
+					t.Fatalf("%s: one snapshot before and after a state event", r)
+				}
+				before[r] = e.row.StateBefore
+				wants = append(wants, snapshotWant{nid: e.row.StateBefore, roomID: r, version: version, unlessFast: true})
+				if cachedHV { // the history visibility known before the preload
+					if _, err := vis.historyVisibilityAt(ctx, version, e.row.StateBefore); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := vis.preloadSnapshots(ctx, wants); err != nil {
+				t.Fatal(err)
+			}
+			gen := p.snapKeyGeneration(db.Reader())
+			for r, nid := range before {
+				if _, ok := p.snapHV.get(nid); !ok {
+					t.Errorf("cached %v, room %s: history visibility not preloaded", cachedHV, r)
+				}
+				got := p.snapKeys.knows(gen, nid, tuple{"m.room.member", bob})
+				if want := !fast[r]; got != want {
+					t.Errorf("cached %v, room %s (fast path %v): member key preloaded %v, want %v", cachedHV, r, fast[r], got, want)
+				}
+				// The preload agrees with canSee: the fast path answers
+				// exactly where the key was left out.
+				e, version, _ := p.loadByID(ctx, db.Reader(), events[r])
+				hv, _ := vis.historyVisibilityAt(ctx, version, e.row.StateBefore)
+				if f, err := vis.fastPath(ctx, r, hv); err != nil || f != fast[r] {
+					t.Errorf("room %s: fastPath = %v, %v; want %v", r, f, err, fast[r])
+				}
+			}
+		}
+	})
+}
