@@ -211,9 +211,17 @@ func (s *Server) askPolicyServer(ctx context.Context, pol *roomPolicy, pdu gomat
 	if pol.via == string(s.serverName) {
 		return nil, fmt.Errorf("the room names this server as its policy server, and this server is not one")
 	}
-	ctx, cancel := context.WithTimeout(ctx, policySignTimeout)
+	if err := s.policyBackoff.check(pol.via, s.now()); err != nil {
+		return nil, err
+	}
+	timeout := s.policyTimeout
+	if timeout == 0 {
+		timeout = policySignTimeout
+	}
+	reqCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	sigs, err := s.policySigner.PolicySign(ctx, pol.via, pdu.JSON())
+	sigs, err := s.policySigner.PolicySign(reqCtx, pol.via, pdu.JSON())
+	s.policyBackoff.record(pol.via, s.now(), err, ctx.Err() != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +261,46 @@ func (s *Server) askPolicyServer(ctx context.Context, pol *roomPolicy, pdu gomat
 // policySignTimeout bounds one request to a policy server.
 const policySignTimeout = 10 * time.Second
 
+// localPolicy returns the policy server that is to sign the local event
+// p (which passed the auth rules), or nil when its room uses none or the
+// event needs no signature.
+func (s *Server) localPolicy(ctx context.Context, q storage.Querier, p *prepared) (*roomPolicy, error) {
+	if !needsPolicySignature(p.pdu) {
+		return nil, nil
+	}
+	return s.policyOf(ctx, q, nil, p.room)
+}
+
 // policySignLocal gets the room's policy server signature for a local
 // event p that passed the auth rules (nothing when the room uses none)
-// and puts the signed event in p. Refused, unreachable or answering a
-// bad signature, the send fails: the policy server's error is the
-// client's, verbatim; otherwise 502.
+// and puts the signed event in p, asking the policy server while the
+// caller holds what it holds (see buildAndQueue for the send path, which
+// asks without the room lock).
+func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prepared) error {
+	pol, err := s.localPolicy(ctx, q, p)
+	if err != nil || pol == nil {
+		return err
+	}
+	signed, err := s.policySignedLocal(ctx, pol, p.pdu)
+	if err != nil {
+		return err
+	}
+	p.setPDU(signed)
+	return nil
+}
+
+// setPDU replaces p's event by the same event with other signatures.
+func (p *prepared) setPDU(pdu gomatrixserverlib.PDU) {
+	p.pdu = pdu
+	p.row.JSON = string(pdu.JSON())
+}
+
+// policySignedLocal asks pol to sign the local event pdu and returns the
+// event to store: pdu with the policy server's signature, or pdu itself
+// for a user's own leave the policy server could not sign. Refused,
+// unreachable (or in its failure backoff, policy_backoff.go) or
+// answering a bad signature, the send fails: the policy server's error
+// is the client's, verbatim; otherwise 502.
 // Spec: server-server-api, "Validating Policy Server signatures" (reject
 // the Client-Server API request, the policy server's error provided
 // verbatim) and "Asking for a Policy Server signature on an event" (an
@@ -265,43 +308,34 @@ const policySignTimeout = 10 * time.Second
 // stops the room too: the spec's remedy is that m.room.policy itself
 // can be changed without it (client-server-api, "Policy Servers",
 // "Security considerations").
-func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prepared) error {
-	if !needsPolicySignature(p.pdu) {
-		return nil
-	}
-	pol, err := s.policyOf(ctx, q, nil, p.room)
-	if err != nil || pol == nil {
-		return err
-	}
-	signed, err := s.askPolicyServer(ctx, pol, p.pdu)
+func (s *Server) policySignedLocal(ctx context.Context, pol *roomPolicy, pdu gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error) {
+	signed, err := s.askPolicyServer(ctx, pol, pdu)
 	if err != nil {
 		var refusal *PolicyRefusal
 		isRefusal := errors.As(err, &refusal) && refusal.Status < 500
-		if !isRefusal && isOwnLeave(p.pdu) {
+		if !isRefusal && isOwnLeave(pdu) {
 			// A user can always leave: with the policy server down, the
 			// leave goes out without its signature (other servers may
 			// soft-fail it). Spec: server-server-api, "Policy Servers"
 			// (the homeserver may send a local client's event anyway).
-			slog.DebugContext(ctx, "policy server did not sign a leave; sending it unsigned", "event_id", p.pdu.EventID(), "err", err)
-			return nil
+			slog.DebugContext(ctx, "policy server did not sign a leave; sending it unsigned", "event_id", pdu.EventID(), "err", err)
+			return pdu, nil
 		}
 		if isRefusal {
-			return refusal.clientError()
+			return nil, refusal.clientError()
 		}
-		return (&mxerr.Error{Code: mxerr.Unknown, Message: fmt.Sprintf("the room's policy server %s could not be reached or failed", pol.via), Err: err}).
+		return nil, (&mxerr.Error{Code: mxerr.Unknown, Message: fmt.Sprintf("the room's policy server %s could not be reached or failed", pol.via), Err: err}).
 			WithStatus(http.StatusBadGateway)
 	}
 	if !pol.validSignature(signed) {
-		return mxerr.New(mxerr.Unknown, "the room's policy server %s answered a signature that does not verify with the room's key", pol.via).
+		return nil, mxerr.New(mxerr.Unknown, "the room's policy server %s answered a signature that does not verify with the room's key", pol.via).
 			WithStatus(http.StatusBadGateway)
 	}
 	// The signature makes the event longer: it must still fit.
 	if err := checkEventLimits(signed); err != nil {
-		return err
+		return nil, err
 	}
-	p.pdu = signed
-	p.row.JSON = string(signed.JSON())
-	return nil
+	return signed, nil
 }
 
 // isOwnLeave reports whether pdu is a user's own leave of the room.
