@@ -107,7 +107,8 @@ func (ps *fakePolicyServer) requests() (asked, origins []string) {
 // fake remote server with a joined member). A asks it, with a signed
 // request, to sign alice's message and stores the signature with the
 // event; a refusal reaches the sender verbatim and an unreachable policy
-// server fails the send, storing nothing either way; the m.room.policy
+// server fails the send, storing nothing either way, and is not asked
+// again during its failure backoff; the m.room.policy
 // event itself is not sent for signing. A federation message (/send)
 // without the policy server's signature is soft-failed when the policy
 // server refuses it, one with a valid signature is accepted.
@@ -167,7 +168,6 @@ func TestPolicyServerOverFederation(t *testing.T) {
 			text   string
 		}{
 			{"refuse", mxerr.Forbidden, http.StatusBadRequest, policyRefusal},
-			{"down", mxerr.Unknown, http.StatusBadGateway, ""},
 			{"huge", mxerr.Unknown, http.StatusBadGateway, ""},
 		} {
 			ps.set(c.mode)
@@ -223,6 +223,31 @@ func TestPolicyServerOverFederation(t *testing.T) {
 		}
 		if asked, _ := ps.requests(); !slices.Equal(asked, []string{"m.room.message"}) {
 			t.Errorf("policy server asked for %v, want only the unsigned message, once", asked)
+		}
+
+		// Unreachable (the connection dropped): the send fails with 502
+		// M_UNKNOWN, and the policy server is not asked again during its
+		// backoff, even once it is back (roomserver/policy_backoff.go).
+		ext, err = a.HS.Rooms.Extremities(ctx, roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			mode  string
+			asked []string
+		}{{"down", []string{"m.room.message"}}, {"sign", nil}} {
+			ps.set(c.mode)
+			_, err := a.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: roomID, Sender: alice, Type: "m.room.message",
+				Content: mustJSON(map[string]string{"msgtype": "m.text", "body": c.mode})})
+			if e, ok := mxerr.As(err); !ok || e.Code != mxerr.Unknown || e.Status() != http.StatusBadGateway {
+				t.Fatalf("%s: send answered %v, want 502 M_UNKNOWN", c.mode, err)
+			}
+			if asked, _ := ps.requests(); !slices.Equal(asked, c.asked) {
+				t.Fatalf("%s: policy server asked for %v, want %v", c.mode, asked, c.asked)
+			}
+			if now, err := a.HS.Rooms.Extremities(ctx, roomID); err != nil || !slices.Equal(now, ext) {
+				t.Fatalf("%s: extremities %v -> %v (%v): the refused event was stored", c.mode, ext, now, err)
+			}
 		}
 	})
 }
