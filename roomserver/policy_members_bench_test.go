@@ -2,8 +2,12 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
@@ -54,6 +58,76 @@ func BenchmarkPolicyOfManyMembers(b *testing.B) {
 					b.Fatal(pol, err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkJoinPublicRoom is a local user's join of a public room: the
+// writes of roomserver_current_state, whose joined members the server
+// name index (migration 012) also holds.
+func BenchmarkJoinPublicRoom(b *testing.B) {
+	for _, engine := range storagetest.Engines() {
+		b.Run(string(engine), func(b *testing.B) {
+			db := storagetest.Open(b, engine)
+			s := newTestServer(b, db)
+			ctx := context.Background()
+			roomID := mustCreate(b, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := s.Join(ctx, MembershipRequest{RoomID: roomID, Sender: fmt.Sprintf("@j%d:%s", i, testServer)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// slowSigner is a fakePolicySigner that answers after delay and counts
+// the requests.
+type slowSigner struct {
+	*fakePolicySigner
+	delay time.Duration
+	asks  atomic.Int64
+}
+
+func (f *slowSigner) PolicySign(ctx context.Context, server string, event json.RawMessage) (map[string]map[string]string, error) {
+	f.asks.Add(1)
+	time.Sleep(f.delay)
+	return f.fakePolicySigner.PolicySign(ctx, server, event)
+}
+
+// BenchmarkPolicySendsOneRoom is 8 concurrent sends to one room whose
+// policy server answers each request after 20 ms: the time for all 8
+// and the requests made (asks/op).
+func BenchmarkPolicySendsOneRoom(b *testing.B) {
+	for _, engine := range storagetest.Engines() {
+		b.Run(string(engine), func(b *testing.B) {
+			db := storagetest.Open(b, engine)
+			s := newTestServer(b, db)
+			ps := &slowSigner{fakePolicySigner: newFakePolicySigner(), delay: 20 * time.Millisecond}
+			s.SetPolicySigner(ps)
+			ctx := context.Background()
+			roomID := mustCreate(b, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
+			if r := mustInput(b, s, remoteEvent(b, s, roomID, policyMod, "m.room.member", ptr(policyMod), `{"membership":"join"}`).JSON()); r.Outcome != Accepted {
+				b.Fatalf("policy server's join: %s %s", r.Outcome, r.Reason)
+			}
+			mustSend(b, s, roomID, alice, "m.room.policy", ptr(""), `{"via":"`+policyServer+`","public_keys":{"ed25519":"`+ps.publicKey()+`"}}`)
+			ps.asks.Store(0)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var wg sync.WaitGroup
+				for j := range 8 {
+					wg.Go(func() {
+						if _, err := s.SendEvent(ctx, SendEventRequest{RoomID: roomID, Sender: alice, Type: "m.room.message",
+							Content: json.RawMessage(fmt.Sprintf(`{"msgtype":"m.text","body":"%d %d"}`, i, j))}); err != nil {
+							b.Error(err)
+						}
+					})
+				}
+				wg.Wait()
+			}
+			b.ReportMetric(float64(ps.asks.Load())/float64(b.N), "asks/op")
 		})
 	}
 }
