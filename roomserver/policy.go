@@ -29,7 +29,11 @@ import (
 //     server once they pass the auth rules; its signature is checked
 //     against the room's key and added to the event before it is stored.
 //     A refusal, an error or a bad signature refuses the client's request
-//     and nothing is stored or sent.
+//     and nothing is stored or sent. A send asks without holding the
+//     room lock and stores the signed event only if the room did not move
+//     meanwhile (buildAndQueue).
+//   - A policy server that could not be reached is not asked again for a
+//     growing backoff (policy_backoff.go).
 //   - Federation events (InputEvent, InputWithState) without a valid
 //     policy signature are sent to the policy server once; still without
 //     one they are soft-failed. The auth rules are not affected.
