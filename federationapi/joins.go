@@ -139,8 +139,20 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 		}
 		switch membership {
 		case "join":
+			// The event we signed is answered as stored: with the
+			// signature of the room's policy server, which storing it
+			// asked for (roomserver/policy.go), or as it was first
+			// stored when this is a retry.
+			var event json.RawMessage
+			if signed {
+				stored, _, err := s.rooms.FederationEvent(ctx, eventID)
+				if err != nil {
+					return err
+				}
+				event = stored.JSON
+			}
 			if !v1 && r.URL.Query().Get("omit_members") == "true" && !s.fullStateJoins.Load() {
-				return s.partialSendJoinAnswer(w, r, eventID, signed, pdu)
+				return s.partialSendJoinAnswer(w, r, eventID, event)
 			}
 			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
 			if err != nil {
@@ -154,8 +166,8 @@ func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc 
 				"origin": s.serverName, "state": pdus(state), "auth_chain": pdus(chain),
 				"members_omitted": false, "servers_in_room": servers,
 			}
-			if signed {
-				out["event"] = json.RawMessage(pdu.JSON())
+			if event != nil {
+				out["event"] = event
 			}
 			return ok(w, out)
 		case "knock":

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/matrix-org/gomatrixserverlib"
-
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
@@ -14,9 +12,10 @@ import (
 // partialSendJoinAnswer answers PUT /v2/send_join?omit_members=true with
 // the reduced state: membership events left out (but for the joiner's
 // and the heroes'), the auth chain without what state already holds,
-// and the servers in the room before the join.
+// and the servers in the room before the join; event, when set, is the
+// join as this server signed and stored it.
 // Spec: server-server-api, "PUT /_matrix/federation/v2/send_join".
-func (s *Server) partialSendJoinAnswer(w http.ResponseWriter, r *http.Request, eventID string, signed bool, pdu gomatrixserverlib.PDU) error {
+func (s *Server) partialSendJoinAnswer(w http.ResponseWriter, r *http.Request, eventID string, event json.RawMessage) error {
 	resp, err := s.rooms.PartialStateAndAuthChainBefore(r.Context(), eventID)
 	if err != nil {
 		return err
@@ -29,8 +28,8 @@ func (s *Server) partialSendJoinAnswer(w http.ResponseWriter, r *http.Request, e
 		"origin": s.serverName, "state": pdus(resp.State), "auth_chain": pdus(resp.AuthChain),
 		"members_omitted": true, "servers_in_room": servers,
 	}
-	if signed {
-		out["event"] = json.RawMessage(pdu.JSON())
+	if event != nil {
+		out["event"] = event
 	}
 	return httpx.OK(w, out)
 }

@@ -107,7 +107,8 @@ func (ps *fakePolicyServer) requests() (asked, origins []string) {
 // fake remote server with a joined member). A asks it, with a signed
 // request, to sign alice's message and stores the signature with the
 // event; a refusal reaches the sender verbatim and an unreachable policy
-// server fails the send, storing nothing either way; the m.room.policy
+// server fails the send, storing nothing either way, and is not asked
+// again during its failure backoff; the m.room.policy
 // event itself is not sent for signing. A federation message (/send)
 // without the policy server's signature is soft-failed when the policy
 // server refuses it, one with a valid signature is accepted.
@@ -167,7 +168,6 @@ func TestPolicyServerOverFederation(t *testing.T) {
 			text   string
 		}{
 			{"refuse", mxerr.Forbidden, http.StatusBadRequest, policyRefusal},
-			{"down", mxerr.Unknown, http.StatusBadGateway, ""},
 			{"huge", mxerr.Unknown, http.StatusBadGateway, ""},
 		} {
 			ps.set(c.mode)
@@ -223,6 +223,95 @@ func TestPolicyServerOverFederation(t *testing.T) {
 		}
 		if asked, _ := ps.requests(); !slices.Equal(asked, []string{"m.room.message"}) {
 			t.Errorf("policy server asked for %v, want only the unsigned message, once", asked)
+		}
+
+		// Unreachable (the connection dropped): the send fails with 502
+		// M_UNKNOWN, and the policy server is not asked again during its
+		// backoff, even once it is back (roomserver/policy_backoff.go).
+		ext, err = a.HS.Rooms.Extremities(ctx, roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			mode  string
+			asked []string
+		}{{"down", []string{"m.room.message"}}, {"sign", nil}} {
+			ps.set(c.mode)
+			_, err := a.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: roomID, Sender: alice, Type: "m.room.message",
+				Content: mustJSON(map[string]string{"msgtype": "m.text", "body": c.mode})})
+			if e, ok := mxerr.As(err); !ok || e.Code != mxerr.Unknown || e.Status() != http.StatusBadGateway {
+				t.Fatalf("%s: send answered %v, want 502 M_UNKNOWN", c.mode, err)
+			}
+			if asked, _ := ps.requests(); !slices.Equal(asked, c.asked) {
+				t.Fatalf("%s: policy server asked for %v, want %v", c.mode, asked, c.asked)
+			}
+			if now, err := a.HS.Rooms.Extremities(ctx, roomID); err != nil || !slices.Equal(now, ext) {
+				t.Fatalf("%s: extremities %v -> %v (%v): the refused event was stored", c.mode, ext, now, err)
+			}
+		}
+	})
+}
+
+// TestPolicyServerRestrictedSendJoin: a restricted-room join another
+// server sends with one of A's users as authoriser is signed by A and,
+// the room using a policy server, by the policy server when A stores it;
+// send_join answers the event as stored, with both signatures (partial
+// and full answers, the second a duplicate).
+// Spec: server-server-api, "PUT /_matrix/federation/v2/send_join" (the
+// event, signed by the resident server, in the answer).
+func TestPolicyServerRestrictedSendJoin(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		ctx := context.Background()
+		a := n.start()
+		alice := a.user("alice")
+		ps := startPolicyServer(t, n)
+		mod, joiner := "@mod:"+ps.name, "@joiner:"+ps.name
+		allowed := publicRoom(t, a, alice)
+		roomID := publicRoom(t, a, alice)
+		for _, j := range []struct{ room, user string }{{roomID, mod}, {allowed, joiner}} {
+			join := buildPDU(t, a, j.room, j.user, "m.room.member", &j.user, map[string]string{"membership": "join"}, ps.name, ps.fedKey, nil)
+			status, body := n.request(a, ps.name, ps.fedKey, a.Name, http.MethodPut,
+				"/_matrix/federation/v2/send_join/"+pathEscape(j.room)+"/"+pathEscape(join.EventID()), json.RawMessage(join.JSON()))
+			if status != http.StatusOK {
+				t.Fatalf("send_join of %s: %d %s", j.user, status, body)
+			}
+		}
+		for _, ev := range []struct {
+			typ     string
+			content any
+		}{
+			{"m.room.join_rules", map[string]any{"join_rule": "restricted", "allow": []any{map[string]string{"type": "m.room_membership", "room_id": allowed}}}},
+			{"m.room.policy", map[string]any{"via": ps.name, "public_keys": map[string]string{"ed25519": ps.policyKey.PublicBase64()}}},
+		} {
+			if _, err := a.HS.Rooms.SendEvent(ctx, roomserver.SendEventRequest{RoomID: roomID, Sender: alice, Type: ev.typ, StateKey: ptr(""),
+				Content: mustJSON(ev.content)}); err != nil {
+				t.Fatalf("%s: %v", ev.typ, err)
+			}
+		}
+		ps.set("sign")
+		join := buildPDU(t, a, roomID, joiner, "m.room.member", &joiner,
+			map[string]string{"membership": "join", "join_authorised_via_users_server": alice}, ps.name, ps.fedKey, nil)
+		for _, query := range []string{"?omit_members=true", ""} {
+			status, body := n.request(a, ps.name, ps.fedKey, a.Name, http.MethodPut,
+				"/_matrix/federation/v2/send_join/"+pathEscape(roomID)+"/"+pathEscape(join.EventID())+query, json.RawMessage(join.JSON()))
+			if status != http.StatusOK {
+				t.Fatalf("restricted send_join%s: %d %s", query, status, body)
+			}
+			answered := gjson.GetBytes(body, "event")
+			sigs := answered.Get("signatures")
+			if !sigs.Get(gjson.Escape(ps.name)+".ed25519:policy_server").Exists() || !sigs.Get(gjson.Escape(a.Name)).Exists() {
+				t.Fatalf("send_join%s answered the join with signatures %s: want A's and the policy server's", query, sigs.Raw)
+			}
+			stored, _, err := a.HS.Rooms.FederationEvent(ctx, join.EventID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if answered.Raw != string(stored.JSON) {
+				t.Fatalf("send_join%s answered\n%s\nstored\n%s", query, answered.Raw, stored.JSON)
+			}
+		}
+		if asked, _ := ps.requests(); !slices.Equal(asked, []string{"m.room.member"}) {
+			t.Fatalf("policy server asked for %v, want the join once", asked)
 		}
 	})
 }

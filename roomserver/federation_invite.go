@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 
+	"github.com/matrix-org/gomatrixserverlib"
+
 	"github.com/myelin-chat/myelin/internal/mxerr"
 )
 
@@ -42,28 +44,41 @@ func (s *Server) BuildRemoteInvite(ctx context.Context, req MembershipRequest) (
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.lockRoom(req.RoomID)
+	p, pol, err := s.buildRemoteInvite(ctx, req.RoomID, proto)
+	if err != nil {
+		return nil, err
+	}
+	if pol != nil {
+		// Asked without the room lock: nothing is stored here, and
+		// PersistRemoteInvite checks the invite against the room as it
+		// is then.
+		signed, err := s.policySignedLocal(ctx, pol, p.pdu)
+		if err != nil {
+			return nil, err
+		}
+		p.setPDU(signed)
+	}
+	return &RemoteInvite{RoomVersion: p.room.Version, EventID: p.pdu.EventID(), JSON: p.pdu.JSON()}, nil
+}
+
+// buildRemoteInvite builds and authorises the invite under the room lock
+// and returns it with the policy server that is to sign it, if any.
+func (s *Server) buildRemoteInvite(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent) (*prepared, *roomPolicy, error) {
+	unlock := s.lockRoom(roomID)
 	defer unlock()
-	reader := s.db.Reader()
-	room, err := loadRoom(ctx, reader, req.RoomID)
+	room, err := loadRoom(ctx, s.db.Reader(), roomID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	pdu, err := s.build(ctx, reader, nil, room, proto, "")
+	p, err := s.buildAndAuthorise(ctx, room, proto, "")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	p, err := s.prepare(ctx, reader, nil, room, pdu)
+	pol, err := s.localPolicy(ctx, s.db.Reader(), p)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if p.outcome != Accepted {
-		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
-	}
-	if err := s.policySignLocal(ctx, reader, p); err != nil {
-		return nil, err
-	}
-	return &RemoteInvite{RoomVersion: room.Version, EventID: p.pdu.EventID(), JSON: p.pdu.JSON()}, nil
+	return p, pol, nil
 }
 
 // PersistRemoteInvite stores the invite built by BuildRemoteInvite as the

@@ -29,7 +29,11 @@ import (
 //     server once they pass the auth rules; its signature is checked
 //     against the room's key and added to the event before it is stored.
 //     A refusal, an error or a bad signature refuses the client's request
-//     and nothing is stored or sent.
+//     and nothing is stored or sent. A send asks without holding the
+//     room lock and stores the signed event only if the room did not move
+//     meanwhile (buildAndQueue).
+//   - A policy server that could not be reached is not asked again for a
+//     growing backoff (policy_backoff.go).
 //   - Federation events (InputEvent, InputWithState) without a valid
 //     policy signature are sent to the policy server once; still without
 //     one they are soft-failed. The auth rules are not affected.
@@ -119,7 +123,7 @@ func (s *Server) policyOf(ctx context.Context, q storage.Querier, tx storage.Tx,
 	if pol == nil {
 		return nil, nil
 	}
-	joined, err := serverJoined(ctx, q, room.RoomID, pol.via)
+	joined, err := s.serverJoined(ctx, q, room.RoomID, pol.via)
 	if err == nil && !joined && room.Partial {
 		// Partial state lacks most members: the servers send_join said
 		// were in the room stand in for them until the resync.
@@ -150,25 +154,29 @@ func parsePolicyContent(content []byte) *roomPolicy {
 }
 
 // serverJoined reports whether server has a joined user in roomID's
-// current state.
-func serverJoined(ctx context.Context, q storage.Querier, roomID, server string) (bool, error) {
+// current state: one probe of the index on the members' server names
+// (migration 012), whatever the number of members. The expression is the
+// index's, per engine; domainOf's split at the first colon is the same.
+func (s *Server) serverJoined(ctx context.Context, q storage.Querier, roomID, server string) (bool, error) {
 	if server == "" {
 		return false, nil
 	}
-	escaped := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(server)
-	users, err := storage.QueryColumn[string](ctx, q, `SELECT state_key FROM roomserver_current_state
-		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join' AND state_key LIKE $2 ESCAPE '\'`,
-		roomID, "%:"+escaped)
-	if err != nil {
-		return false, err
+	query := serverJoinedSQLite
+	if s.db.Engine() == storage.Postgres {
+		query = serverJoinedPostgres
 	}
-	for _, u := range users {
-		if domainOf(u) == server { // LIKE may ignore case (SQLite)
-			return true, nil
-		}
-	}
-	return false, nil
+	n, err := storage.QueryColumn[int64](ctx, q, query, roomID, server)
+	return len(n) > 0, err
 }
+
+const (
+	serverJoinedSQLite = `SELECT 1 FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'
+			AND substr(state_key, instr(state_key, ':') + 1) = $2 AND instr(state_key, ':') > 0 LIMIT 1`
+	serverJoinedPostgres = `SELECT 1 FROM roomserver_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'
+			AND substr(state_key, strpos(state_key, ':') + 1) = $2 AND strpos(state_key, ':') > 0 LIMIT 1`
+)
 
 // needsPolicySignature reports whether pdu is to be signed by the
 // room's policy server: every event but m.room.policy with empty state
@@ -211,9 +219,17 @@ func (s *Server) askPolicyServer(ctx context.Context, pol *roomPolicy, pdu gomat
 	if pol.via == string(s.serverName) {
 		return nil, fmt.Errorf("the room names this server as its policy server, and this server is not one")
 	}
-	ctx, cancel := context.WithTimeout(ctx, policySignTimeout)
+	if err := s.policyBackoff.check(pol.via, s.now()); err != nil {
+		return nil, err
+	}
+	timeout := s.policyTimeout
+	if timeout == 0 {
+		timeout = policySignTimeout
+	}
+	reqCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	sigs, err := s.policySigner.PolicySign(ctx, pol.via, pdu.JSON())
+	sigs, err := s.policySigner.PolicySign(reqCtx, pol.via, pdu.JSON())
+	s.policyBackoff.record(pol.via, s.now(), err, ctx.Err() != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +269,46 @@ func (s *Server) askPolicyServer(ctx context.Context, pol *roomPolicy, pdu gomat
 // policySignTimeout bounds one request to a policy server.
 const policySignTimeout = 10 * time.Second
 
+// localPolicy returns the policy server that is to sign the local event
+// p (which passed the auth rules), or nil when its room uses none or the
+// event needs no signature.
+func (s *Server) localPolicy(ctx context.Context, q storage.Querier, p *prepared) (*roomPolicy, error) {
+	if !needsPolicySignature(p.pdu) {
+		return nil, nil
+	}
+	return s.policyOf(ctx, q, nil, p.room)
+}
+
 // policySignLocal gets the room's policy server signature for a local
 // event p that passed the auth rules (nothing when the room uses none)
-// and puts the signed event in p. Refused, unreachable or answering a
-// bad signature, the send fails: the policy server's error is the
-// client's, verbatim; otherwise 502.
+// and puts the signed event in p, asking the policy server while the
+// caller holds what it holds (see buildAndQueue for the send path, which
+// asks without the room lock).
+func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prepared) error {
+	pol, err := s.localPolicy(ctx, q, p)
+	if err != nil || pol == nil {
+		return err
+	}
+	signed, err := s.policySignedLocal(ctx, pol, p.pdu)
+	if err != nil {
+		return err
+	}
+	p.setPDU(signed)
+	return nil
+}
+
+// setPDU replaces p's event by the same event with other signatures.
+func (p *prepared) setPDU(pdu gomatrixserverlib.PDU) {
+	p.pdu = pdu
+	p.row.JSON = string(pdu.JSON())
+}
+
+// policySignedLocal asks pol to sign the local event pdu and returns the
+// event to store: pdu with the policy server's signature, or pdu itself
+// for a user's own leave the policy server could not sign. Refused,
+// unreachable (or in its failure backoff, policy_backoff.go) or
+// answering a bad signature, the send fails: the policy server's error
+// is the client's, verbatim; otherwise 502.
 // Spec: server-server-api, "Validating Policy Server signatures" (reject
 // the Client-Server API request, the policy server's error provided
 // verbatim) and "Asking for a Policy Server signature on an event" (an
@@ -265,43 +316,34 @@ const policySignTimeout = 10 * time.Second
 // stops the room too: the spec's remedy is that m.room.policy itself
 // can be changed without it (client-server-api, "Policy Servers",
 // "Security considerations").
-func (s *Server) policySignLocal(ctx context.Context, q storage.Querier, p *prepared) error {
-	if !needsPolicySignature(p.pdu) {
-		return nil
-	}
-	pol, err := s.policyOf(ctx, q, nil, p.room)
-	if err != nil || pol == nil {
-		return err
-	}
-	signed, err := s.askPolicyServer(ctx, pol, p.pdu)
+func (s *Server) policySignedLocal(ctx context.Context, pol *roomPolicy, pdu gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error) {
+	signed, err := s.askPolicyServer(ctx, pol, pdu)
 	if err != nil {
 		var refusal *PolicyRefusal
 		isRefusal := errors.As(err, &refusal) && refusal.Status < 500
-		if !isRefusal && isOwnLeave(p.pdu) {
+		if !isRefusal && isOwnLeave(pdu) {
 			// A user can always leave: with the policy server down, the
 			// leave goes out without its signature (other servers may
 			// soft-fail it). Spec: server-server-api, "Policy Servers"
 			// (the homeserver may send a local client's event anyway).
-			slog.DebugContext(ctx, "policy server did not sign a leave; sending it unsigned", "event_id", p.pdu.EventID(), "err", err)
-			return nil
+			slog.DebugContext(ctx, "policy server did not sign a leave; sending it unsigned", "event_id", pdu.EventID(), "err", err)
+			return pdu, nil
 		}
 		if isRefusal {
-			return refusal.clientError()
+			return nil, refusal.clientError()
 		}
-		return (&mxerr.Error{Code: mxerr.Unknown, Message: fmt.Sprintf("the room's policy server %s could not be reached or failed", pol.via), Err: err}).
+		return nil, (&mxerr.Error{Code: mxerr.Unknown, Message: fmt.Sprintf("the room's policy server %s could not be reached or failed", pol.via), Err: err}).
 			WithStatus(http.StatusBadGateway)
 	}
 	if !pol.validSignature(signed) {
-		return mxerr.New(mxerr.Unknown, "the room's policy server %s answered a signature that does not verify with the room's key", pol.via).
+		return nil, mxerr.New(mxerr.Unknown, "the room's policy server %s answered a signature that does not verify with the room's key", pol.via).
 			WithStatus(http.StatusBadGateway)
 	}
 	// The signature makes the event longer: it must still fit.
 	if err := checkEventLimits(signed); err != nil {
-		return err
+		return nil, err
 	}
-	p.pdu = signed
-	p.row.JSON = string(signed.JSON())
-	return nil
+	return signed, nil
 }
 
 // isOwnLeave reports whether pdu is a user's own leave of the room.

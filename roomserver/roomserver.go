@@ -117,6 +117,16 @@ type Server struct {
 	// policySigner asks rooms' policy servers to sign events (policy.go);
 	// set before serving, nil when federation is off.
 	policySigner PolicySigner
+	// policyBackoff remembers unreachable policy servers
+	// (policy_backoff.go).
+	policyBackoff policyBackoff
+	// policyTimeout bounds one request to a policy server;
+	// policySignTimeout unless a test sets it.
+	policyTimeout time.Duration
+	// afterPolicyAsk, if set (tests only), runs in buildAndQueue after
+	// a send's policy server answered, before it takes the room lock
+	// again.
+	afterPolicyAsk func()
 
 	partial partialWaiters // partial_state.go
 	// stretches knows which rooms have stretches of partial state

@@ -139,7 +139,64 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 
 // buildAndQueue builds and authorises the event under the room lock,
 // queues its write, and waits for the commit after releasing the lock.
+//
+// In a room that uses a policy server (policy.go) the policy server is
+// asked without the room lock, so that the room's other sends do not
+// wait for it (up to policySignTimeout each): the event is built and
+// authorised under the lock, the lock is released while the policy
+// server answers, and under the lock again the signed event is
+// authorised once more and queued only if the room row it was built on
+// (forward extremities = its prev events, depth, current state snapshot
+// = its auth state) is still the row a send would build on now. Else it
+// is built again on the new row and the policy server asked again, at
+// most maxPolicyRounds times; the last time it is asked holding the
+// lock, as every send once did, so a send in a busy room still ends.
 func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID) (*SendEventResponse, error) {
+	var asked *policyAsked
+	for round := 0; ; round++ {
+		attempt := *proto
+		resp, ask, err := s.buildAndQueueOnce(ctx, roomID, &attempt, redacts, txn, asked, round < maxPolicyRounds)
+		if err != nil || ask == nil {
+			return resp, err
+		}
+		// Not holding the room lock.
+		result, err := s.policySignedLocal(ctx, ask.pol, ask.pdu)
+		if err != nil {
+			return nil, err
+		}
+		asked = &policyAsked{builtOn: ask.builtOn, result: result}
+		if s.afterPolicyAsk != nil {
+			s.afterPolicyAsk()
+		}
+	}
+}
+
+// maxPolicyRounds bounds the times a send asks its room's policy server
+// without holding the room lock (see buildAndQueue).
+const maxPolicyRounds = 3
+
+// policyAsk is a built, authorised local event its room's policy server
+// is to sign, and the room row it was built on.
+type policyAsk struct {
+	pol     *roomPolicy
+	pdu     gomatrixserverlib.PDU
+	builtOn *roomRow
+}
+
+// policyAsked is the event to store for a policyAsk (signed, or an own
+// leave left unsigned), valid while the room row is still builtOn.
+type policyAsked struct {
+	builtOn *roomRow
+	result  gomatrixserverlib.PDU
+}
+
+// buildAndQueueOnce is one round of buildAndQueue under the room lock:
+// it queues the send and waits for its commit, or, when the event needs
+// its room's policy server's signature and askOutside is set, returns
+// the event to ask for it with the lock released. asked, when its row is
+// still the room's, is the signed event to queue instead of building.
+func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID,
+	asked *policyAsked, askOutside bool) (*SendEventResponse, *policyAsk, error) {
 	unlock := s.lockRoomStripe(roomID)
 	locked := true
 	defer func() {
@@ -149,12 +206,34 @@ func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatr
 	}()
 	room, fromTail, inFlight, err := s.roomToBuildOn(ctx, roomID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	builtOn := room.clone() // commit updates room in place
-	p, err := s.buildAndPrepare(ctx, room, proto, redacts)
-	if err != nil {
-		return nil, err
+	var p *prepared
+	if asked != nil && sameRoomRow(room, asked.builtOn) {
+		// Built on this very row: the same prev events, depth and auth
+		// state. Authorised again all the same.
+		if p, err = s.authoriseLocal(ctx, room, asked.result); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if p, err = s.buildAndAuthorise(ctx, room, proto, redacts); err != nil {
+			return nil, nil, err
+		}
+		pol, err := s.localPolicy(ctx, s.db.Reader(), p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if pol != nil && askOutside {
+			return nil, &policyAsk{pol: pol, pdu: p.pdu, builtOn: builtOn}, nil
+		}
+		if pol != nil {
+			signed, err := s.policySignedLocal(ctx, pol, p.pdu)
+			if err != nil {
+				return nil, nil, err
+			}
+			p.setPDU(signed)
+		}
 	}
 	next := s.roomAfter(p)
 	write := s.db.WriteQueued(ctx, func(tx storage.Tx) error {
@@ -186,9 +265,9 @@ func (s *Server) buildAndQueue(ctx context.Context, roomID string, proto *gomatr
 		locked = false
 	}
 	if err := write.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
+	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil, nil
 }
 
 // buildAndCommit is sendProto's work when the caller holds the room lock
@@ -208,25 +287,41 @@ func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomat
 	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
 }
 
-// buildAndPrepare builds, signs and authorises a local event on room.
+// buildAndPrepare builds, signs and authorises a local event on room,
+// with its room's policy server's signature when it needs one.
 func (s *Server) buildAndPrepare(ctx context.Context, room *roomRow, proto *gomatrixserverlib.ProtoEvent, redacts string) (*prepared, error) {
-	if err := checkOwnedStateKey(room.Version, proto.Type, proto.StateKey); err != nil {
-		return nil, err
-	}
-	reader := s.db.Reader()
-	pdu, err := s.build(ctx, reader, nil, room, proto, redacts)
+	p, err := s.buildAndAuthorise(ctx, room, proto, redacts)
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.prepare(ctx, reader, nil, room, pdu)
+	if err := s.policySignLocal(ctx, s.db.Reader(), p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// buildAndAuthorise builds, signs and authorises a local event on room;
+// the policy server is not asked.
+func (s *Server) buildAndAuthorise(ctx context.Context, room *roomRow, proto *gomatrixserverlib.ProtoEvent, redacts string) (*prepared, error) {
+	if err := checkOwnedStateKey(room.Version, proto.Type, proto.StateKey); err != nil {
+		return nil, err
+	}
+	pdu, err := s.build(ctx, s.db.Reader(), nil, room, proto, redacts)
+	if err != nil {
+		return nil, err
+	}
+	return s.authoriseLocal(ctx, room, pdu)
+}
+
+// authoriseLocal checks the local event pdu, built on room, against the
+// auth rules: M_FORBIDDEN unless it is accepted.
+func (s *Server) authoriseLocal(ctx context.Context, room *roomRow, pdu gomatrixserverlib.PDU) (*prepared, error) {
+	p, err := s.prepare(ctx, s.db.Reader(), nil, room, pdu)
 	if err != nil {
 		return nil, err
 	}
 	if p.outcome != Accepted {
 		return nil, mxerr.New(mxerr.Forbidden, "%s", p.reason)
-	}
-	if err := s.policySignLocal(ctx, reader, p); err != nil {
-		return nil, err
 	}
 	return p, nil
 }
