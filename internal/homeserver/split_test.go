@@ -46,8 +46,9 @@ func splitCall(t *testing.T, method, u, token string, body any) (int, map[string
 // asRecorder is an application service that counts, per event ID, the
 // times a transaction carried the event.
 type asRecorder struct {
-	mu   sync.Mutex
-	seen map[string]int
+	mu     sync.Mutex
+	seen   map[string]int
+	typing int // m.typing ephemeral events received
 }
 
 func (a *asRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -56,16 +57,30 @@ func (a *asRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Events []struct {
 				EventID string `json:"event_id"`
 			} `json:"events"`
+			Ephemeral []struct {
+				Type string `json:"type"`
+			} `json:"ephemeral"`
 		}
 		_ = json.NewDecoder(r.Body).Decode(&txn)
 		a.mu.Lock()
 		for _, ev := range txn.Events {
 			a.seen[ev.EventID]++
 		}
+		for _, ev := range txn.Ephemeral {
+			if ev.Type == "m.typing" {
+				a.typing++
+			}
+		}
 		a.mu.Unlock()
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write([]byte("{}"))
+}
+
+func (a *asRecorder) typings() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.typing
 }
 
 func (a *asRecorder) count(eventID string) int {
@@ -81,7 +96,9 @@ func (a *asRecorder) count(eventID string) int {
 // in memory per process, relayed on Redis). Each process answers 404
 // M_UNRECOGNIZED on the routes of the components it does not run, and
 // the application service senders, a singleton, run only in A: the
-// service receives the event once.
+// service receives the event once, and the typing change once (a
+// sender in B would push it too: typing is relayed to every process's
+// memory and its positions are not shared).
 func TestSplitComponents(t *testing.T) {
 	rec := &asRecorder{seen: map[string]int{}}
 	as := httptest.NewServer(rec)
@@ -92,6 +109,7 @@ url: ` + as.URL + `
 as_token: split-as-token
 hs_token: split-hs-token
 sender_localpart: watcher
+receive_ephemeral: true
 namespaces:
   users: []
   rooms:
@@ -197,6 +215,12 @@ namespaces:
 	time.Sleep(2 * time.Second) // room for a second sender to deliver it too
 	if n := rec.count(eventID); n != 1 {
 		t.Fatalf("the application service received %s %d times, want once", eventID, n)
+	}
+	// The typing stream is held in memory by each process (and relayed
+	// to every one): a sender in each process would push each change
+	// once per process.
+	if n := rec.typings(); n != 1 {
+		t.Fatalf("the application service received %d m.typing, want the one of the single typing change", n)
 	}
 }
 
