@@ -29,6 +29,11 @@ type Rooms interface {
 
 // Deps is everything the application service component needs.
 type Deps struct {
+	// NoSenders leaves out the senders of transactions: a process of a
+	// split deployment that does not run the appservice component
+	// answers its library calls (user and alias queries) only. The
+	// senders must run in exactly one process.
+	NoSenders  bool
 	DB         *storage.DB
 	ServerName string
 	Registry   *Registry
@@ -93,6 +98,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	for _, reg := range deps.Registry.All() {
+		if deps.NoSenders {
+			break
+		}
 		if reg.URL == "" {
 			continue // Spec: no URL, nothing is pushed.
 		}

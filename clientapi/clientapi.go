@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -24,10 +25,21 @@ var migrations embed.FS
 
 // Deps is everything the client API needs.
 type Deps struct {
-	Config *config.Config
-	DB     *storage.DB
-	Key    *signing.Key
-	Logger *slog.Logger
+	// NoBackground leaves out the background work (the sweeper of
+	// expired account state, the delayed-event scheduler, the leaves of
+	// deactivated accounts and of guests): a process of a split
+	// deployment that does not run the client API serves its library
+	// calls only, and the process that runs it does that work.
+	NoBackground bool
+	// TypingRelay, when set, is told of each typing change this process
+	// takes in (PUT /typing, a remote server's m.typing EDU), so that the
+	// other processes of a split deployment apply it too (ApplyTyping):
+	// typing is kept in memory, per process.
+	TypingRelay func(roomID, userID string, typing bool, timeout time.Duration)
+	Config      *config.Config
+	DB          *storage.DB
+	Key         *signing.Key
+	Logger      *slog.Logger
 	// ClientIP resolves the real client address (trusted proxies).
 	ClientIP *httpx.ClientIPResolver
 	// Notify, if non-nil, is told after commit that a stream (such as
@@ -70,15 +82,17 @@ type Deps struct {
 
 // Server is the client API.
 type Server struct {
-	cfg        *config.Config
-	serverName string
-	db         *storage.DB
-	key        *signing.Key
-	log        *slog.Logger
-	clientIP   *httpx.ClientIPResolver
-	accounts   *Accounts
-	lastSeen   lastSeenCache
-	notify     func(stream string, pos int64) // nil-safe via s.streamAdvanced
+	noBackground bool                                                            // Deps.NoBackground; immutable
+	typingRelay  func(roomID, userID string, typing bool, timeout time.Duration) // Deps.TypingRelay; immutable
+	cfg          *config.Config
+	serverName   string
+	db           *storage.DB
+	key          *signing.Key
+	log          *slog.Logger
+	clientIP     *httpx.ClientIPResolver
+	accounts     *Accounts
+	lastSeen     lastSeenCache
+	notify       func(stream string, pos int64) // nil-safe via s.streamAdvanced
 	// onDeviceRenamed is Deps.OnDeviceRenamed (nil: nothing to announce).
 	onDeviceRenamed DeviceRenamedHook
 	// onProfileChange, if non-nil, is called after a user's displayname or
@@ -176,11 +190,15 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	s.stopBackground, s.backgroundCtx = cancel, bg
-	s.background.Add(1)
-	go func() {
-		defer s.background.Done()
-		s.runSweeper(bg)
-	}()
+	s.noBackground = deps.NoBackground
+	s.typingRelay = deps.TypingRelay
+	if !s.noBackground {
+		s.background.Add(1)
+		go func() {
+			defer s.background.Done()
+			s.runSweeper(bg)
+		}()
+	}
 	if err := s.initRooms(ctx, deps.Rooms); err != nil {
 		cancel()
 		return nil, err
@@ -190,7 +208,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.initDelayedEvents()
-	if s.rooms.rooms != nil {
+	if s.rooms.rooms != nil && !s.noBackground {
 		s.startDelayedEvents(bg)
 	}
 	return s, nil
@@ -201,7 +219,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 // built, since a room event written earlier would miss the components
 // built later (the push component's counts in the event's transaction).
 func (s *Server) Start() {
-	if s.rooms.rooms != nil {
+	if s.rooms.rooms != nil && !s.noBackground {
 		s.startDeactivationLeaves(s.backgroundCtx)
 	}
 }

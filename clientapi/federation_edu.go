@@ -23,6 +23,9 @@ func (s *Server) RemoteTyping(ctx context.Context, roomID, userID string, typing
 		return nil
 	}
 	s.rooms.typing.set(roomID, userID, typing, defaultTypingTimeout)
+	if s.typingRelay != nil {
+		s.typingRelay(roomID, userID, typing, defaultTypingTimeout)
+	}
 	return nil
 }
 

@@ -147,6 +147,24 @@ func (s *Server) setTyping(w http.ResponseWriter, r *http.Request) error {
 		timeout = min(time.Duration(*body.Timeout)*time.Millisecond, maxTypingTimeout)
 	}
 	s.rooms.typing.set(roomID, me.UserID, *body.Typing, timeout)
+	if s.typingRelay != nil {
+		s.typingRelay(roomID, me.UserID, *body.Typing, timeout)
+	}
 	s.sendTypingEDU(ctx, roomID, me.UserID, *body.Typing)
 	return httpx.OK(w, httpx.EmptyObject)
+}
+
+// ApplyTyping records a typing change another process of a split
+// deployment took in (Deps.TypingRelay there): this process's typing
+// state follows it with positions of its own, so the typing stream stays
+// monotonic per process as sync tokens require, and the timeout runs
+// here as it does there. It is not relayed again.
+func (s *Server) ApplyTyping(roomID, userID string, typing bool, timeout time.Duration) {
+	if s.rooms.rooms == nil {
+		return
+	}
+	if timeout <= 0 {
+		timeout = defaultTypingTimeout
+	}
+	s.rooms.typing.set(roomID, userID, typing, min(timeout, maxTypingTimeout))
 }

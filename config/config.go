@@ -63,6 +63,7 @@ func (c *Config) Validate() error {
 		c.MediaAPI.Validate(),
 		c.Push.Validate(),
 		c.AppService.Validate(),
+		c.validateComponents(),
 	)
 }
 

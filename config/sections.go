@@ -26,8 +26,10 @@ type Global struct {
 	AdminEmail      string   `yaml:"admin_email" doc:"The administrator's email address, published in /.well-known/matrix/support."`
 	SupportPage     string   `yaml:"support_page" doc:"A URL of a support page for this server's users, published in /.well-known/matrix/support."`
 	// RedisURL switches stream notifications from in-process to Redis.
-	RedisURL    string `yaml:"redis_url" doc:"Redis for split deployments (several Myelin processes on one database): redis://[:password@]host:port/db (rediss:// for TLS). Processes tell each other through it that a stream advanced. Empty: one process, notifications stay in memory."`
-	RedisPrefix string `yaml:"redis_prefix" doc:"Prefix of Myelin's Redis keys and channels, so several deployments can share one Redis. Processes of one deployment must use the same prefix."`
+	RedisURL string `yaml:"redis_url" doc:"Redis for split deployments (several Myelin processes on one database): redis://[:password@]host:port/db (rediss:// for TLS). Processes tell each other through it that a stream advanced. Empty: one process, notifications stay in memory."`
+	// Components are the components this process runs (config/components.go).
+	Components  []string `yaml:"components" doc:"The components this process runs: any of clientapi, syncapi, federationapi, keyserver, mediaapi, pushserver, appservice (the roomserver is a library every process has). Empty or all: every one, in this process. A subset is a split deployment: the others run in other processes on the same PostgreSQL database and Redis (both required), and a reverse proxy routes each path to the process that serves it (docs/split.md). The flag serve -components overrides it."`
+	RedisPrefix string   `yaml:"redis_prefix" doc:"Prefix of Myelin's Redis keys and channels, so several deployments can share one Redis. Processes of one deployment must use the same prefix."`
 	// MemoryLimitMB becomes the Go runtime's soft memory limit
 	// (runtime/debug.SetMemoryLimit) at start; cmd/myelin raises it while
 	// the steady live heap needs more (memgovernor.go).
@@ -43,6 +45,7 @@ func (Global) Defaults() Global {
 		SigningKeyPath: "myelin-data/signing.key",
 		DataDir:        "myelin-data",
 		TrustedProxies: []string{},
+		Components:     []string{},
 		RedisPrefix:    "myelin:",
 		MemoryLimitMB:  64,
 		IdleGC:         true,

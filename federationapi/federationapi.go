@@ -290,6 +290,23 @@ func (s *Server) Start() {
 	})
 }
 
+// StartWakes is Start for a process of a split deployment that does not
+// run the federation API (global.components): it starts only the
+// wake-ups between processes (wakes.go) — the publisher of the stretch
+// refetches this process's roomserver queues and the listener that keeps
+// this process's view of failing destinations, used by its on-demand
+// requests (remote joins, queries), fresh — and none of the work that
+// must run where the federation API runs (the sender, resyncs, stretch
+// refetches, pending-PDU retries). Later calls, and Start after it, do
+// nothing.
+func (s *Server) StartWakes() {
+	s.startOnce.Do(func() {
+		if s.cfg.Enabled {
+			s.startWakes(s.bg)
+		}
+	})
+}
+
 // Close stops the sender and waits for it.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {

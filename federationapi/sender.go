@@ -35,8 +35,12 @@ type sender struct {
 	// view holds the destinations that may have failures
 	// (backoff_view.go); reads counts destinationUp's reads of
 	// federation_destinations (for tests).
-	view  *backoffView
-	reads atomic.Int64
+	view *backoffView
+	// shared: other processes of a split deployment queue EDUs (and
+	// write the events fanned out) without a sender of their own, so
+	// run reads the queues at every tick (Deps.Wakes set); immutable.
+	shared bool
+	reads  atomic.Int64
 	// beforeReload, when set (tests only), runs before each reload of
 	// the view.
 	beforeReload atomic.Pointer[func(context.Context)]
@@ -52,7 +56,7 @@ type destWorker struct {
 }
 
 func newSender(s *Server, shared bool) *sender {
-	return &sender{s: s, wakeCh: make(chan struct{}, 1), workers: map[string]*destWorker{}, view: newBackoffView(shared)}
+	return &sender{s: s, wakeCh: make(chan struct{}, 1), workers: map[string]*destWorker{}, view: newBackoffView(shared), shared: shared}
 }
 
 func (q *sender) wake() {
@@ -88,6 +92,32 @@ func (q *sender) run(ctx context.Context) {
 			return
 		case <-q.wakeCh:
 		case <-ticker.C:
+			if q.shared {
+				q.kickQueued(ctx)
+			}
+		}
+	}
+}
+
+// kickQueued starts a worker for each destination with queued rows and
+// none running. In a split deployment a process that does not run the
+// federation API queues EDUs (typing, receipts, to-device, device
+// lists) for this process's sender, which learns of them here, within a
+// tick.
+func (q *sender) kickQueued(ctx context.Context) {
+	dests, err := q.queuedDestinations(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			q.s.log.Warn("federation sender: reading the queued destinations", "err", err)
+		}
+		return
+	}
+	for _, d := range dests {
+		q.mu.Lock()
+		_, running := q.workers[d]
+		q.mu.Unlock()
+		if !running {
+			q.kick(d)
 		}
 	}
 }

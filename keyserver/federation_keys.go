@@ -104,7 +104,7 @@ func (s *Server) StartFederation(ctx context.Context) {
 	s.resyncMu.Lock()
 	s.bg = ctx
 	s.resyncMu.Unlock()
-	if s.queueEDU == nil || s.sharedServers == nil {
+	if s.queueEDU == nil || s.sharedServers == nil || s.noBackground {
 		return
 	}
 	go func() {

@@ -27,6 +27,12 @@ var migrations embed.FS
 // Deps is everything the key server needs. Function fields keep its view
 // of other components narrow: it never reads their tables.
 type Deps struct {
+	// NoBackground leaves out the device-list update sender that
+	// StartFederation starts: a process of a split deployment that does
+	// not run the key server answers its library calls (the federation
+	// API's key queries and EDUs, /sync's key counts) only, remote
+	// resyncs included.
+	NoBackground bool
 	// ServerName is this homeserver's name; users on it are local.
 	ServerName string
 	DB         *storage.DB
@@ -84,6 +90,7 @@ type Deps struct {
 // Server is the key server. It is safe for concurrent use: all state is
 // in the database, apart from the CountMemo's copies of key counts.
 type Server struct {
+	noBackground    bool        // Deps.NoBackground; immutable
 	serverName      string      // immutable
 	db              *storage.DB // immutable
 	verifier        authn.Verifier
@@ -135,6 +142,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		logger = slog.Default()
 	}
 	s := &Server{
+		noBackground:    deps.NoBackground,
 		serverName:      deps.ServerName,
 		db:              deps.DB,
 		verifier:        deps.Verifier,

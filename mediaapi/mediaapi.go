@@ -27,9 +27,15 @@ var migrations embed.FS
 
 // Deps is everything the media repository needs.
 type Deps struct {
-	Config *config.Config
-	DB     *storage.DB
-	Logger *slog.Logger
+	// NoBackground leaves out the background work (the sweeper of
+	// expired rows and orphaned files, and the start-up removal of
+	// interrupted uploads' temporary files): a process of a split
+	// deployment that does not run the media API serves its library
+	// calls (the federation media endpoints) only.
+	NoBackground bool
+	Config       *config.Config
+	DB           *storage.DB
+	Logger       *slog.Logger
 	// Verifier checks access tokens (clientapi).
 	Verifier authn.Verifier
 	// FederationClient is the base of the client that fetches remote
@@ -162,13 +168,17 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		}
 		s.remote = &httpFetcher{client: guardedClient(deps.FederationClient, policy, 3), resolve: resolve, policy: policy, sign: deps.SignFederationRequest}
 	}
+	bg, cancel := context.WithCancel(context.Background())
+	s.stopBackground = cancel
+	if deps.NoBackground {
+		return s, nil
+	}
 	if n, err := blobs.sweepTemp(now().Add(-time.Hour)); err != nil {
+		cancel()
 		return nil, err
 	} else if n > 0 {
 		s.log.Info("removed temporary files of interrupted uploads", "count", n)
 	}
-	bg, cancel := context.WithCancel(context.Background())
-	s.stopBackground = cancel
 	s.background.Add(1)
 	go func() {
 		defer s.background.Done()

@@ -50,11 +50,18 @@ type ThreadSubscriptions interface {
 // Deps are the push component's dependencies; all are required except
 // Logger, HTTPClient and Now.
 type Deps struct {
-	DB         *storage.DB
-	ServerName string
-	Config     config.Push
-	Rooms      Rooms
-	Receipts   Receipts
+	// NoSender leaves out the gateway sender (deliveries to push
+	// gateways and the pruning of old notifications); NoConsumer the
+	// consumer that counts notifications and follows receipts, whose
+	// positions UnreadCounts waits for. A process of a split deployment
+	// runs the sender where it runs the push server, and the consumer
+	// where it runs the push server or /sync.
+	NoSender, NoConsumer bool
+	DB                   *storage.DB
+	ServerName           string
+	Config               config.Push
+	Rooms                Rooms
+	Receipts             Receipts
 	// Threads answers MSC4306's thread_subscription condition; nil means
 	// nobody is subscribed to any thread.
 	Threads ThreadSubscriptions
@@ -201,15 +208,20 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	s.receiptsPos.Store(rcPos)
 	bg, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
-	s.wg.Add(2)
-	go func() {
-		defer s.wg.Done()
-		s.runConsumer(bg)
-	}()
-	go func() {
-		defer s.wg.Done()
-		s.runSender(bg)
-	}()
+	if !deps.NoConsumer {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.runConsumer(bg)
+		}()
+	}
+	if !deps.NoSender {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.runSender(bg)
+		}()
+	}
 	return s, nil
 }
 

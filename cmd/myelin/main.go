@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -129,10 +130,14 @@ func serveConfig(args []string, stdout io.Writer) (cfg *config.Config, configPat
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&configPath, "config", "myelin.yaml", "config file (created with defaults if missing)")
 	serverNameEnv := fs.String("server-name-env", "", "read global.server_name from this environment variable (e.g. SERVER_NAME, as Complement sets it); it overrides the file and MYELIN_GLOBAL_SERVER_NAME")
+	components := fs.String("components", "", "run only these components, comma-separated ("+strings.Join(config.ComponentNames, ",")+"; or all); it overrides global.components and MYELIN_GLOBAL_COMPONENTS. A subset needs PostgreSQL and Redis shared with the processes running the others")
 	if err := fs.Parse(args); err != nil {
 		return nil, "", err
 	}
 	var extraEnv []string
+	if *components != "" {
+		extraEnv = append(extraEnv, config.EnvName([]string{"global", "components"})+"="+*components)
+	}
 	if *serverNameEnv != "" {
 		name := os.Getenv(*serverNameEnv)
 		if name == "" {

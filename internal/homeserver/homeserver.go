@@ -39,7 +39,9 @@ type Homeserver struct {
 	Key       *signing.Key
 	ClientAPI *clientapi.Server
 	Rooms     *roomserver.Server
-	Sync      *syncapi.Server
+	// Sync is nil in a process that does not run the syncapi component
+	// (global.components).
+	Sync *syncapi.Server
 	// Notifier carries "stream S advanced to N" between components (and,
 	// with global.redis_url, between processes).
 	Notifier  notifier.Broadcaster
@@ -73,6 +75,9 @@ type Homeserver struct {
 	// fedWakes carries the federation API's wake-ups between processes
 	// (federationapi Deps.Wakes); nil in one process.
 	fedWakes notifier.Broadcaster
+	// typingRelay carries typing changes between processes (with
+	// global.redis_url); nil in one process.
+	typingRelay *notifier.Relay
 }
 
 // New opens the database and builds every component.
@@ -152,13 +157,30 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		}
 		fedWakes = r
 	}
+	// Typing is kept in memory by each process; across processes every
+	// change travels on Redis with its content (typingRelay, built once
+	// the client API exists: no request or EDU reaches it before
+	// assemble returns).
+	var typingRelay *notifier.Relay
+	var relayTyping func(roomID, userID string, typing bool, timeout time.Duration)
+	if cfg.Global.RedisURL != "" {
+		relayTyping = func(roomID, userID string, typing bool, timeout time.Duration) {
+			typingRelay.Publish(encodeTyping(roomID, userID, typing, timeout))
+		}
+	}
 	defer func() {
 		if !ok {
 			cancel()
 			closeNotifier(notify)
 			closeNotifier(fedWakes)
+			if typingRelay != nil {
+				typingRelay.Close()
+			}
 		}
 	}()
+	// runs says whether this process runs a component (global.components;
+	// docs/split.md says which background work each one owns).
+	runs := cfg.Global.Runs
 	// The roomserver tells the notifier and the federation sender about
 	// new events; the sender needs the roomserver, so it is built after it
 	// and the hook reads it through a variable set before any event can be
@@ -230,7 +252,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
-	client, err = clientapi.New(ctx, clientapi.Deps{Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi"), TypingRelay: relayTyping, Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
 		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
@@ -258,7 +280,19 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
-	push, err = pushserver.New(ctx, pushserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
+	if cfg.Global.RedisURL != "" {
+		typingRelay, err = notifier.NewRelay(ctx, cfg.Global.RedisURL, cfg.Global.RedisPrefix+"typing", logger, func(payload []byte) {
+			applyTyping(client, payload, logger)
+		})
+		if err != nil {
+			client.Close()
+			return nil, err
+		}
+	}
+	// The push consumer keeps the counts /sync waits for caught up, so it
+	// runs where /sync does too; the gateway sender only with the push
+	// server.
+	push, err = pushserver.New(ctx, pushserver.Deps{NoSender: !runs("pushserver"), NoConsumer: !runs("pushserver") && !runs("syncapi"), DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
 		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger, Shared: cfg.Global.RedisURL != ""})
 	if err != nil {
@@ -267,14 +301,18 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
-	syncServer, err := syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-		Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
-	if err != nil {
-		push.Close()
-		client.Close()
-		return nil, fmt.Errorf("syncapi: %w", err)
+	var syncServer *syncapi.Server
+	if runs("syncapi") {
+		syncServer, err = syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
+			Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+		if err != nil {
+			push.Close()
+			client.Close()
+			return nil, fmt.Errorf("syncapi: %w", err)
+		}
 	}
 	keys, err = keyserver.New(ctx, keyserver.Deps{
+		NoBackground:    !runs("keyserver"),
 		ServerName:      cfg.Global.ServerName,
 		DB:              db,
 		Verifier:        client,
@@ -323,7 +361,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
 	// Remote media is fetched with federationapi's signing and discovery.
-	media, err := mediaapi.New(ctx, mediaapi.Deps{Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
+	media, err := mediaapi.New(ctx, mediaapi.Deps{NoBackground: !runs("mediaapi"), Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
 		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
 		push.Close()
@@ -331,7 +369,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("mediaapi: %w", err)
 	}
 
-	appServices, err = appservice.New(ctx, appservice.Deps{DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
+	appServices, err = appservice.New(ctx, appservice.Deps{NoSenders: !runs("appservice"), DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
 		Rooms: rooms, Notifier: notify, Logger: logger, RoomAliases: client.RoomAliases,
 		Ephemeral:  asEphemeral{client: client, now: func() int64 { return time.Now().UnixMilli() }},
 		ToDevice:   asToDevice{keys: keys},
@@ -359,15 +397,34 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Metrics.Enabled {
 		r.Method(http.MethodGet, "/metrics", metrics)
 	}
-	client.Routes(r)
-	syncServer.Routes(r)
-	keys.Routes(r)
-	federation.Routes(r)
-	media.Routes(r)
-	push.Routes(r)
-	appServices.Routes(r)
-	if cfg.Federation.Enabled {
-		media.FederationRoutes(r, federation.AuthenticateOrigin)
+	// Each process mounts only its components' routes: the others answer
+	// 404 M_UNRECOGNIZED like any unknown path, and a reverse proxy routes
+	// each path to a process that serves it (docs/split.md).
+	if runs("clientapi") {
+		client.Routes(r)
+	}
+	if runs("syncapi") {
+		syncServer.Routes(r)
+	}
+	if runs("keyserver") {
+		keys.Routes(r)
+	}
+	if runs("federationapi") {
+		federation.Routes(r)
+	}
+	if runs("mediaapi") {
+		media.Routes(r)
+		// The federation media endpoints read the media store: they
+		// are the media API's, under the federation prefix.
+		if cfg.Federation.Enabled {
+			media.FederationRoutes(r, federation.AuthenticateOrigin)
+		}
+	}
+	if runs("pushserver") {
+		push.Routes(r)
+	}
+	if runs("appservice") {
+		appServices.Routes(r)
 	}
 
 	if cfg.Federation.Enabled {
@@ -379,13 +436,24 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// background work that writes them (the client API's queues, the
 	// federation API's retries and resyncs) may start.
 	client.Start()
-	federation.Start()
-	// To-device messages for other servers that a crash left unqueued.
-	go func() {
-		if err := keys.FlushOutbound(baseCtx); err != nil {
-			logger.Warn("queueing leftover to-device messages", "err", err)
+	if runs("federationapi") {
+		federation.Start()
+		// The sender fans out the room events of every process: in a
+		// split deployment the others' are heard through the notifier.
+		if !cfg.Global.RunsAll() && cfg.Federation.Enabled {
+			go wakeSenderOnRoomEvents(baseCtx, notify, federation)
 		}
-	}()
+	} else {
+		federation.StartWakes()
+	}
+	if runs("keyserver") {
+		// To-device messages for other servers that a crash left unqueued.
+		go func() {
+			if err := keys.FlushOutbound(baseCtx); err != nil {
+				logger.Warn("queueing leftover to-device messages", "err", err)
+			}
+		}()
+	}
 
 	ok = true
 	return &Homeserver{
@@ -408,6 +476,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		baseCtx:          baseCtx,
 		cancelBase:       cancel,
 		fedWakes:         fedWakes,
+		typingRelay:      typingRelay,
 	}, nil
 }
 
@@ -477,7 +546,11 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
-	return errors.Join(hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
+	var relayErr error
+	if hs.typingRelay != nil {
+		relayErr = hs.typingRelay.Close()
+	}
+	return errors.Join(relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
 		closeNotifier(hs.fedWakes), hs.DB.Close())
 }
 

@@ -67,3 +67,28 @@ func StartSplit(t *testing.T) (a, b *Server) {
 	})
 	return a, b
 }
+
+// StartSplitWith is StartSplit with a config edit per process (after the
+// shared database, key and Redis are set), e.g. the components each runs.
+func StartSplitWith(t *testing.T, editA, editB func(*config.Config)) (a, b *Server) {
+	t.Helper()
+	useRedis := UseRedis(t)
+	if os.Getenv(storagetest.PostgresEnv) == "" {
+		t.Skipf("split-mode test skipped: it needs PostgreSQL shared by two processes; set %s", storagetest.PostgresEnv)
+	}
+	a = Start(t, storage.Postgres, func(c *config.Config) {
+		useRedis(c)
+		if editA != nil {
+			editA(c)
+		}
+	})
+	b = Start(t, storage.Postgres, func(c *config.Config) {
+		useRedis(c)
+		c.Database = a.Config.Database
+		c.Global.SigningKeyPath = a.Config.Global.SigningKeyPath
+		if editB != nil {
+			editB(c)
+		}
+	})
+	return a, b
+}

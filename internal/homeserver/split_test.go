@@ -1,0 +1,263 @@
+package homeserver_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/testserver"
+)
+
+// splitCall makes a JSON request and decodes the JSON answer.
+func splitCall(t *testing.T, method, u, token string, body any) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, u, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]any{}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// asRecorder is an application service that counts, per event ID, the
+// times a transaction carried the event.
+type asRecorder struct {
+	mu     sync.Mutex
+	seen   map[string]int
+	typing int // m.typing ephemeral events received
+}
+
+func (a *asRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/_matrix/app/v1/transactions/") {
+		var txn struct {
+			Events []struct {
+				EventID string `json:"event_id"`
+			} `json:"events"`
+			Ephemeral []struct {
+				Type string `json:"type"`
+			} `json:"ephemeral"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&txn)
+		a.mu.Lock()
+		for _, ev := range txn.Events {
+			a.seen[ev.EventID]++
+		}
+		for _, ev := range txn.Ephemeral {
+			if ev.Type == "m.typing" {
+				a.typing++
+			}
+		}
+		a.mu.Unlock()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte("{}"))
+}
+
+func (a *asRecorder) typings() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.typing
+}
+
+func (a *asRecorder) count(eventID string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seen[eventID]
+}
+
+// TestSplitComponents runs a split deployment of two processes on one
+// PostgreSQL database and Redis: A runs every component but the sync
+// API, B only the sync API. A client registers, sends and types through
+// A and syncs through B: B's /sync sees the message and the typing (held
+// in memory per process, relayed on Redis). Each process answers 404
+// M_UNRECOGNIZED on the routes of the components it does not run, and
+// the application service senders, a singleton, run only in A: the
+// service receives the event once, and the typing change once (a
+// sender in B would push it too: typing is relayed to every process's
+// memory and its positions are not shared).
+func TestSplitComponents(t *testing.T) {
+	rec := &asRecorder{seen: map[string]int{}}
+	as := httptest.NewServer(rec)
+	defer as.Close()
+	dir := t.TempDir()
+	reg := `id: watcher
+url: ` + as.URL + `
+as_token: split-as-token
+hs_token: split-hs-token
+sender_localpart: watcher
+receive_ephemeral: true
+namespaces:
+  users: []
+  rooms:
+    - exclusive: false
+      regex: "!.*"
+`
+	if err := os.WriteFile(filepath.Join(dir, "watcher.yaml"), []byte(reg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withAS := func(c *config.Config) {
+		c.AppService.ConfigFiles = []string{dir}
+		c.AppService.MinBackoff = config.Duration(30 * time.Millisecond)
+		c.AppService.MaxBackoff = config.Duration(100 * time.Millisecond)
+	}
+	a, b := testserver.StartSplitWith(t, func(c *config.Config) {
+		withAS(c)
+		c.Global.Components = []string{"clientapi", "federationapi", "keyserver", "mediaapi", "pushserver", "appservice"}
+	}, func(c *config.Config) {
+		withAS(c)
+		c.Global.Components = []string{"syncapi"}
+	})
+
+	// Routes: each process serves only its components' paths.
+	st, body := splitCall(t, "POST", b.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "x", "password": "a long password here", "auth": map[string]any{"type": "m.login.dummy"}})
+	if st != 404 || body["errcode"] != "M_UNRECOGNIZED" {
+		t.Fatalf("register on the sync-only process: %d %v, want 404 M_UNRECOGNIZED", st, body)
+	}
+	st, body = splitCall(t, "POST", a.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "alice", "password": "alice's long password", "auth": map[string]any{"type": "m.login.dummy"}})
+	if st != 200 {
+		t.Fatalf("register on A: %d %v", st, body)
+	}
+	token, userID := body["access_token"].(string), body["user_id"].(string)
+	st, body = splitCall(t, "GET", a.URL+"/_matrix/client/v3/sync?timeout=0", token, nil)
+	if st != 404 || body["errcode"] != "M_UNRECOGNIZED" {
+		t.Fatalf("sync on the process without the sync API: %d %v, want 404 M_UNRECOGNIZED", st, body)
+	}
+	st, body = splitCall(t, "POST", a.URL+"/_matrix/client/v3/createRoom", token, map[string]any{"preset": "private_chat"})
+	if st != 200 {
+		t.Fatalf("createRoom on A: %d %v", st, body)
+	}
+	roomID := body["room_id"].(string)
+
+	st, body = splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0", token, nil)
+	if st != 200 {
+		t.Fatalf("initial sync on B: %d %v", st, body)
+	}
+	since := body["next_batch"].(string)
+
+	// Typing through A wakes and shows in B's long poll.
+	type result struct {
+		st   int
+		body map[string]any
+	}
+	poll := func(since string) chan result {
+		done := make(chan result, 1)
+		go func() {
+			st, body := splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=20000&since="+url.QueryEscape(since), token, nil)
+			done <- result{st, body}
+		}()
+		time.Sleep(300 * time.Millisecond) // let the long poll start waiting
+		return done
+	}
+	done := poll(since)
+	st, body = splitCall(t, "PUT", a.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/typing/"+url.PathEscape(userID), token, map[string]any{"typing": true, "timeout": 30000})
+	if st != 200 {
+		t.Fatalf("typing on A: %d %v", st, body)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("B's long poll did not wake within 10 s of the typing on A")
+	}
+	if r.st != 200 {
+		t.Fatalf("sync on B: %d %v", r.st, r.body)
+	}
+	if typers := typingIn(r.body, roomID); len(typers) != 1 || typers[0] != userID {
+		t.Fatalf("B's sync shows typing %v in %s, want [%s]: %v", typers, roomID, userID, r.body)
+	}
+	since = r.body["next_batch"].(string)
+
+	// A message sent through A shows in B's long poll.
+	done = poll(since)
+	st, body = splitCall(t, "PUT", a.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/t1", token, map[string]any{"msgtype": "m.text", "body": "hello from A"})
+	if st != 200 {
+		t.Fatalf("send on A: %d %v", st, body)
+	}
+	eventID := body["event_id"].(string)
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("B's long poll did not wake within 10 s of the message sent on A")
+	}
+	if !timelineHas(r.body, roomID, eventID) {
+		t.Fatalf("B's sync lacks %s: %v", eventID, r.body)
+	}
+
+	// The application service gets the event once, from A's sender.
+	deadline := time.Now().Add(10 * time.Second)
+	for rec.count(eventID) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // room for a second sender to deliver it too
+	if n := rec.count(eventID); n != 1 {
+		t.Fatalf("the application service received %s %d times, want once", eventID, n)
+	}
+	// The typing stream is held in memory by each process (and relayed
+	// to every one): a sender in each process would push each change
+	// once per process.
+	if n := rec.typings(); n != 1 {
+		t.Fatalf("the application service received %d m.typing, want the one of the single typing change", n)
+	}
+}
+
+// typingIn returns the user IDs of the m.typing event of roomID in a
+// /sync response.
+func typingIn(body map[string]any, roomID string) []string {
+	join, _ := body["rooms"].(map[string]any)["join"].(map[string]any)
+	room, _ := join[roomID].(map[string]any)
+	eph, _ := room["ephemeral"].(map[string]any)
+	events, _ := eph["events"].([]any)
+	for _, e := range events {
+		ev, _ := e.(map[string]any)
+		if ev["type"] != "m.typing" {
+			continue
+		}
+		var out []string
+		ids, _ := ev["content"].(map[string]any)["user_ids"].([]any)
+		for _, id := range ids {
+			s, _ := id.(string)
+			out = append(out, s)
+		}
+		return out
+	}
+	return nil
+}
+
+// timelineHas says whether roomID's timeline in a /sync response holds
+// eventID.
+func timelineHas(body map[string]any, roomID, eventID string) bool {
+	join, _ := body["rooms"].(map[string]any)["join"].(map[string]any)
+	room, _ := join[roomID].(map[string]any)
+	tl, _ := room["timeline"].(map[string]any)
+	events, _ := tl["events"].([]any)
+	for _, e := range events {
+		if ev, _ := e.(map[string]any); ev["event_id"] == eventID {
+			return true
+		}
+	}
+	return false
+}
