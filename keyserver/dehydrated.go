@@ -144,6 +144,10 @@ func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) err
 		if err := s.storeUploadTx(ctx, tx, dev, dk, req.OneTimeKeys, req.FallbackKeys); err != nil {
 			return err
 		}
+		// After the replaced device's deletion, which removes its row.
+		if err := s.keyCountsChanged(ctx, tx, d.UserID, deviceID); err != nil {
+			return err
+		}
 		_, err = tx.Exec(ctx, `
 			INSERT INTO keyserver_dehydrated_devices (user_id, device_id, device_data, created_ts)
 			VALUES ($1, $2, $3, $4)

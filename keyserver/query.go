@@ -289,7 +289,9 @@ func (s *Server) claimOne(ctx context.Context, tx storage.Tx, userID, deviceID, 
 	}
 	err = tx.QueryRow(ctx, query, userID, deviceID, algorithm).Scan(&keyID, &keyJSON)
 	if err == nil {
-		s.counts.dropOnCommit(tx, userID, deviceID)
+		if err := s.keyCountsChanged(ctx, tx, userID, deviceID); err != nil {
+			return "", "", false, err
+		}
 		return keyID, keyJSON, true, nil
 	}
 	if !storage.IsNoRows(err) {
@@ -306,6 +308,8 @@ func (s *Server) claimOne(ctx context.Context, tx storage.Tx, userID, deviceID, 
 		return "", "", false, err
 	}
 	// A fallback key claimed for the first time stops being unused.
-	s.counts.dropOnCommit(tx, userID, deviceID)
+	if err := s.keyCountsChanged(ctx, tx, userID, deviceID); err != nil {
+		return "", "", false, err
+	}
 	return keyID, keyJSON, true, nil
 }
