@@ -23,8 +23,9 @@ type deviceLists struct {
 }
 
 // uploadKeys uploads a fresh self-signed identity for the device, with
-// otks signed one-time keys and, if fallback, a signed fallback key.
-func uploadKeys(t *testing.T, v3, token, userID, deviceID string, otks int, fallback bool) {
+// otks signed one-time keys and, if fallback, a signed fallback key. more
+// uploads n further one-time keys signed by the same identity.
+func uploadKeys(t *testing.T, v3, token, userID, deviceID string, otks int, fallback bool) (more func(n int)) {
 	t.Helper()
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	b64 := base64.RawStdEncoding.EncodeToString
@@ -59,6 +60,18 @@ func uploadKeys(t *testing.T, v3, token, userID, deviceID string, otks int, fall
 	}
 	if st, body := call(t, "POST", v3+"/keys/upload", token, req); st != 200 {
 		t.Fatalf("keys/upload for %s: %d %v", userID, st, body)
+	}
+	next := otks
+	return func(n int) {
+		t.Helper()
+		keys := map[string]any{}
+		for range n {
+			keys[fmt.Sprintf("signed_curve25519:K%d", next)] = sign(map[string]any{"key": curve()})
+			next++
+		}
+		if st, body := call(t, "POST", v3+"/keys/upload", token, map[string]any{"one_time_keys": keys}); st != 200 {
+			t.Fatalf("keys/upload for %s: %d %v", userID, st, body)
+		}
 	}
 }
 
@@ -156,7 +169,7 @@ func TestAppServiceMSC3202(t *testing.T) {
 		waitFor(t, "bob in changed after his new device's keys", func() bool { return inChanged(fs.snapshot()[k:], bob) })
 
 		// Alice's device uploads 3 one-time keys and a fallback key.
-		uploadKeys(t, v3, aliceToken, alice, aliceDevice, 3, true)
+		moreAliceKeys := uploadKeys(t, v3, aliceToken, alice, aliceDevice, 3, true)
 		waitFor(t, "alice's counts", func() bool {
 			c, f, _ := lastCounts(fs.snapshot(), alice, aliceDevice)
 			return c == "map[signed_curve25519:3]" && f == "[signed_curve25519]"
@@ -220,7 +233,9 @@ func TestAppServiceMSC3202(t *testing.T) {
 		}
 
 		// The service fails: the transaction with bob's return is
-		// retried with the same txnId and body.
+		// retried with the same txnId and body. Meanwhile carol joins,
+		// bob's third device uploads keys and alice's device 2 one-time
+		// keys: each reaches the service once, after the restart.
 		fs.setFail(true)
 		k = len(fs.snapshot())
 		join(bobToken, room)
@@ -235,6 +250,9 @@ func TestAppServiceMSC3202(t *testing.T) {
 			return false
 		})
 		join(carolToken, room)
+		bobToken3, bobDevice3 := login("bob")
+		uploadKeys(t, v3, bobToken3, bob, bobDevice3, 0, false)
+		moreAliceKeys(2)
 		k = len(fs.snapshot())
 		waitFor(t, "two more attempts", func() bool { return len(fs.snapshot()) >= k+2 })
 		for _, tx := range fs.snapshot() {
@@ -254,15 +272,24 @@ func TestAppServiceMSC3202(t *testing.T) {
 		if first := fs.snapshot()[0]; first.ID != failedID || first.Body != failedBody {
 			t.Fatalf("after restart first came %s %s, want %s %s", first.ID, first.Body, failedID, failedBody)
 		}
-		waitFor(t, "carol in changed after restart", func() bool { return inChanged(fs.snapshot(), carol) })
-		n := 0
-		for _, tx := range distinct(t, fs.snapshot()) {
+		waitFor(t, "carol in changed, bob's new device and alice's counts after restart", func() bool {
+			c, _, _ := lastCounts(fs.snapshot(), alice, aliceDevice)
+			return inChanged(fs.snapshot(), carol) && inChanged(fs.snapshot()[1:], bob) && c == "map[signed_curve25519:2]"
+		})
+		carols, bobs, counts := 0, 0, 0
+		for _, tx := range distinct(t, fs.snapshot())[1:] {
 			if tx.DeviceLists != nil && slices.Contains(tx.DeviceLists.Changed, carol) {
-				n++
+				carols++
+			}
+			if tx.DeviceLists != nil && slices.Contains(tx.DeviceLists.Changed, bob) {
+				bobs++
+			}
+			if _, ok := tx.OTKCounts[alice][aliceDevice]; ok {
+				counts++
 			}
 		}
-		if n != 1 {
-			t.Fatalf("carol in changed in %d transactions, want 1", n)
+		if carols != 1 || bobs != 1 || counts != 1 {
+			t.Fatalf("after the retried transaction: carol in changed %d times, bob %d, alice's counts %d; want each once", carols, bobs, counts)
 		}
 	})
 }
