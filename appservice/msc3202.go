@@ -34,7 +34,9 @@ type Keys interface {
 	// after, in position order; positions commit in order.
 	KeyCountChangesAfter(ctx context.Context, after int64, limit int) ([]KeyCountChange, error)
 	// KeyCounts returns the current one-time key counts (algorithms with
-	// none left out) and unused fallback key types of each device:
+	// none left out) and unused fallback key types of each device, read
+	// after every change already read from KeyCountChangesAfter (so from
+	// the database, not a cache that may lag a commit):
 	// out[i] answers devices[i]. A device without keys has an empty map
 	// and an empty list.
 	KeyCounts(ctx context.Context, devices []Device) ([]DeviceKeyCounts, error)

@@ -109,3 +109,13 @@ func (s *Server) keyCountsChanged(ctx context.Context, tx storage.Tx, userID, de
 	}
 	return nil
 }
+
+// KeyCountsOfDevicesFromDB is KeyCountsOfDevices read from the database,
+// never from the CountMemo: a key write is visible to other readers when
+// it commits, but its memo entry is dropped only right after, so a reader
+// that has seen a key-count change row could otherwise get the counts
+// from before it. A service told those would keep them until the next
+// change.
+func (s *Server) KeyCountsOfDevicesFromDB(ctx context.Context, devices []DeviceRef) ([]DeviceKeyCounts, error) {
+	return s.readKeyCountsOfDevices(ctx, devices)
+}

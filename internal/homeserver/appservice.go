@@ -129,7 +129,7 @@ func (k asKeys) KeyCounts(ctx context.Context, devices []appservice.Device) ([]a
 	for i, d := range devices {
 		refs[i] = keyserver.DeviceRef{UserID: d.UserID, DeviceID: d.DeviceID}
 	}
-	cs, err := k.keys.KeyCountsOfDevices(ctx, refs)
+	cs, err := k.keys.KeyCountsOfDevicesFromDB(ctx, refs)
 	if err != nil {
 		return nil, err
 	}
