@@ -110,6 +110,16 @@ func (s *Server) keyCountsChanged(ctx context.Context, tx storage.Tx, userID, de
 	return nil
 }
 
+// lockKeyCountHead takes the row lock of the key-count stream head until
+// tx ends (PostgreSQL; SQLite has one writer).
+func (s *Server) lockKeyCountHead(ctx context.Context, tx storage.Tx) error {
+	if s.db.Engine() != storage.Postgres {
+		return nil
+	}
+	var pos int64
+	return tx.QueryRow(ctx, `SELECT position FROM keyserver_stream_heads WHERE stream = 'key_counts' FOR UPDATE`).Scan(&pos)
+}
+
 // KeyCountsOfDevicesFromDB is KeyCountsOfDevices read from the database,
 // never from the CountMemo: a key write is visible to other readers when
 // it commits, but its memo entry is dropped only right after, so a reader
