@@ -110,7 +110,11 @@ func nonNil(s []string) []string {
 // stopped sharing a room with them in these events (either side left or
 // was banned) and now shares none. Whether rooms are shared is read at
 // build time, so a join and a leave in one step count as the later state
-// says. The service's own users are never in left.
+// says. The service's own users are never in left. As for /sync
+// (syncapi.MembershipChanges), a member event that changes no membership
+// (a new display name) counts as a join: changed may name more users than
+// strictly started sharing a room, never fewer; when one of the service's
+// users joins, every member of the room is named.
 //
 // Key counts: each device of the service's users whose one-time or
 // fallback keys changed (an upload of them, a claim of one) since the
