@@ -57,6 +57,13 @@ type Deps struct {
 	// ToDevice is read for the services that opted in to to-device
 	// messages (Registration.ToDevice); required when one has a URL.
 	ToDevice ToDevice
+	// Keys is read for the same services, for MSC3202's device lists and
+	// key counts; required when one has a URL.
+	Keys Keys
+	// KeyCountWakes, if non-nil, wakes the senders when a key count of a
+	// service's user changes (the device-list stream wakes them through
+	// Notifier). They also poll.
+	KeyCountWakes notifier.Broadcaster
 }
 
 // Server runs the transaction senders and answers the appservice
@@ -104,9 +111,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		if reg.URL == "" {
 			continue // Spec: no URL, nothing is pushed.
 		}
-		if reg.ReceiveEphemeral && deps.Ephemeral == nil || reg.ToDevice && deps.ToDevice == nil {
+		if reg.ReceiveEphemeral && deps.Ephemeral == nil || reg.ToDevice && (deps.ToDevice == nil || deps.Keys == nil) {
 			cancel()
-			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral or Deps.ToDevice is nil", reg.ID)
+			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral, Deps.ToDevice or Deps.Keys is nil", reg.ID)
 		}
 		snd := &sender{s: s, reg: reg}
 		if err := snd.init(ctx); err != nil {

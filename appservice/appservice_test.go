@@ -60,6 +60,12 @@ type txn struct {
 	Legacy []map[string]any
 	// ToDevice is the body's de.sorunome.msc2409.to_device array.
 	ToDevice []map[string]any
+	// DeviceLists, OTKCounts and Fallback are the body's MSC3202 keys
+	// (org.matrix.msc3202.device_lists, …device_one_time_keys_count,
+	// …device_unused_fallback_key_types); nil when absent.
+	DeviceLists *deviceLists
+	OTKCounts   map[string]map[string]map[string]int
+	Fallback    map[string]map[string][]string
 	// Body is the request body as received.
 	Body string
 }
@@ -88,11 +94,16 @@ func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 			Ephemeral *[]map[string]any `json:"ephemeral"`
 			Legacy    []map[string]any  `json:"de.sorunome.msc2409.ephemeral"`
 			ToDevice  []map[string]any  `json:"de.sorunome.msc2409.to_device"`
+			// MSC3202.
+			DeviceLists *deviceLists                         `json:"org.matrix.msc3202.device_lists"`
+			OTKCounts   map[string]map[string]map[string]int `json:"org.matrix.msc3202.device_one_time_keys_count"`
+			Fallback    map[string]map[string][]string       `json:"org.matrix.msc3202.device_unused_fallback_key_types"`
 		}
 		if err := json.Unmarshal(body, &b); err != nil {
 			f.t.Errorf("transaction body: %v", err)
 		}
-		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body), Legacy: b.Legacy, ToDevice: b.ToDevice}
+		tx := txn{ID: strings.TrimPrefix(r.URL.Path, "/_matrix/app/v1/transactions/"), Events: b.Events, Body: string(body), Legacy: b.Legacy, ToDevice: b.ToDevice,
+			DeviceLists: b.DeviceLists, OTKCounts: b.OTKCounts, Fallback: b.Fallback}
 		if b.Ephemeral != nil {
 			tx.Ephemeral, tx.HasEphemeral = *b.Ephemeral, true
 		}

@@ -20,7 +20,10 @@
 //     the typing position is held in memory as typing itself is. Services
 //     that also set org.matrix.msc3202 get the to-device messages of their
 //     users' devices (MSC2409/MSC4203, todevice.go), from a stored
-//     position, without removing them from the inboxes;
+//     position, without removing them from the inboxes, and MSC3202's
+//     device lists and one-time/fallback key counts (msc3202.go), from
+//     stored positions in the key server's device-list and key-count
+//     change streams;
 //   - the homeserver-to-service queries (users, room aliases, ping).
 //
 // Concurrency: the Registry is immutable after Load. Server methods are

@@ -46,7 +46,7 @@ func (snd *sender) receivesEphemeral() bool {
 // receivesToDevice reports whether the service opted in to to-device
 // messages for its users (Registration.ToDevice).
 func (snd *sender) receivesToDevice() bool {
-	return snd.receivesEphemeral() && snd.reg.ToDevice && snd.s.deps.ToDevice != nil
+	return snd.receivesEphemeral() && snd.reg.ToDevice && snd.s.deps.ToDevice != nil && snd.s.deps.Keys != nil
 }
 
 // init gives a service seen for the first time a position at the current
@@ -59,6 +59,7 @@ func (snd *sender) init(ctx context.Context) error {
 		return err
 	}
 	var receipts, presence, toDevice *int64
+	var deviceLists, keyCounts int64
 	if snd.receivesEphemeral() {
 		r, p, err := snd.s.deps.Ephemeral.Heads(ctx)
 		if err != nil {
@@ -71,6 +72,12 @@ func (snd *sender) init(ctx context.Context) error {
 				return err
 			}
 			toDevice = &d
+			if deviceLists, err = snd.s.deps.Keys.DeviceListPosition(ctx); err != nil {
+				return err
+			}
+			if keyCounts, err = snd.s.deps.Keys.KeyCountPosition(ctx); err != nil {
+				return err
+			}
 		}
 		_, snd.typingPos = snd.s.deps.Ephemeral.TypingChangedAfter(math.MaxInt64, 1)
 	}
@@ -81,7 +88,7 @@ func (snd *sender) init(ctx context.Context) error {
 		}
 		if receipts == nil {
 			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = NULL, presence_pos = NULL,
-				to_device_pos = NULL WHERE as_id = $1`, snd.reg.ID)
+				to_device_pos = NULL, device_list_pos = NULL, key_count_pos = NULL WHERE as_id = $1`, snd.reg.ID)
 			return err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE appservice_positions SET receipt_pos = COALESCE(receipt_pos, $2),
@@ -90,11 +97,13 @@ func (snd *sender) init(ctx context.Context) error {
 			return err
 		}
 		if toDevice == nil {
-			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = NULL WHERE as_id = $1`, snd.reg.ID)
+			_, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = NULL, device_list_pos = NULL,
+				key_count_pos = NULL WHERE as_id = $1`, snd.reg.ID)
 			return err
 		}
-		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = COALESCE(to_device_pos, $2) WHERE as_id = $1`,
-			snd.reg.ID, *toDevice)
+		_, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = COALESCE(to_device_pos, $2),
+			device_list_pos = COALESCE(device_list_pos, $3), key_count_pos = COALESCE(key_count_pos, $4) WHERE as_id = $1`,
+			snd.reg.ID, *toDevice, deviceLists, keyCounts)
 		return err
 	})
 }
@@ -103,6 +112,10 @@ func (snd *sender) run(ctx context.Context) {
 	backoff := snd.s.deps.MinBackoff
 	for {
 		changed := snd.s.deps.Notifier.Changed()
+		var keyCountsChanged <-chan struct{}
+		if snd.s.deps.KeyCountWakes != nil {
+			keyCountsChanged = snd.s.deps.KeyCountWakes.Changed()
+		}
 		progressed, err := snd.step(ctx)
 		if ctx.Err() != nil {
 			return
@@ -123,6 +136,7 @@ func (snd *sender) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-keyCountsChanged:
 		case <-time.After(pollInterval):
 		}
 	}
@@ -160,9 +174,10 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	var pos int64
-	var receiptPos, presencePos, toDevicePos *int64
-	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos, to_device_pos FROM appservice_positions WHERE as_id = $1`,
-		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos, &toDevicePos); err != nil {
+	var receiptPos, presencePos, toDevicePos, deviceListPos, keyCountPos *int64
+	if err := db.Reader().QueryRow(ctx, `SELECT position, receipt_pos, presence_pos, to_device_pos, device_list_pos, key_count_pos
+		FROM appservice_positions WHERE as_id = $1`,
+		snd.reg.ID).Scan(&pos, &receiptPos, &presencePos, &toDevicePos, &deviceListPos, &keyCountPos); err != nil {
 		return false, err
 	}
 	streamPos, err := snd.s.deps.Rooms.StreamPosition(ctx)
@@ -198,7 +213,9 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 	var cur, next ephemeralCursor
 	var toDeviceNext int64
 	withEphemeral := snd.receivesEphemeral() && receiptPos != nil && presencePos != nil
-	withToDevice := withEphemeral && snd.receivesToDevice() && toDevicePos != nil
+	withToDevice := withEphemeral && snd.receivesToDevice() && toDevicePos != nil && deviceListPos != nil && keyCountPos != nil
+	var keys msc3202Data
+	var keysCur, keysNext msc3202Cursor
 	if withEphemeral {
 		cur = ephemeralCursor{receipts: *receiptPos, presence: *presencePos, typing: snd.typingPos}
 		if eph, next, err = snd.ephemeral(ctx, cur, ic); err != nil {
@@ -211,16 +228,21 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 			return false, err
 		}
 		moved = moved || toDeviceNext != *toDevicePos
+		keysCur = msc3202Cursor{deviceLists: *deviceListPos, keyCounts: *keyCountPos}
+		if keys, keysNext, err = snd.msc3202(ctx, keysCur, memberChanges(events), ic); err != nil {
+			return false, err
+		}
+		moved = moved || keysNext != keysCur
 	}
 	if !moved {
 		return false, nil
 	}
 	used := 0 // transaction IDs this step hands out
-	if len(out) > 0 || len(eph) > 0 || len(toDevice) > 0 {
+	if len(out) > 0 || len(eph) > 0 || len(toDevice) > 0 || !keys.empty() {
 		used = 1
 	}
 	if used == 0 && end == pos && withEphemeral && next.receipts == cur.receipts && next.presence == cur.presence &&
-		(!withToDevice || toDeviceNext == *toDevicePos) {
+		(!withToDevice || toDeviceNext == *toDevicePos && keysNext == keysCur) {
 		// Only typing of no interest went by: its position is in
 		// memory, so nothing is written.
 		snd.typingPos = next.typing
@@ -242,6 +264,7 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 			if len(toDevice) > 0 {
 				txn[toDeviceKey] = toDevice
 			}
+			keys.addTo(txn)
 			body, err := json.Marshal(txn)
 			if err != nil {
 				return err
@@ -257,8 +280,9 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 			// taken from a device that syncs would be lost to it. The
 			// position stored with the transaction is what keeps each
 			// message to one transaction.
-			if _, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = $2 WHERE as_id = $1`,
-				snd.reg.ID, toDeviceNext); err != nil {
+			if _, err := tx.Exec(ctx, `UPDATE appservice_positions SET to_device_pos = $2, device_list_pos = $3,
+				key_count_pos = $4 WHERE as_id = $1`,
+				snd.reg.ID, toDeviceNext, keysNext.deviceLists, keysNext.keyCounts); err != nil {
 				return err
 			}
 		}
@@ -280,12 +304,15 @@ func (snd *sender) step(ctx context.Context) (bool, error) {
 
 // interestCache holds, for one step, what was learnt of rooms.
 type interestCache struct {
-	members map[string][]string // room -> joined users
-	rooms   map[string]bool     // room -> the service is interested
+	members  map[string][]string // room -> joined users
+	rooms    map[string]bool     // room -> the service is interested
+	withUser map[string]bool     // room -> one of the service's users is joined
+	sharing  map[string]bool     // user -> shares a room with one of the service's users
 }
 
 func newInterestCache() *interestCache {
-	return &interestCache{members: map[string][]string{}, rooms: map[string]bool{}}
+	return &interestCache{members: map[string][]string{}, rooms: map[string]bool{},
+		withUser: map[string]bool{}, sharing: map[string]bool{}}
 }
 
 // interested says whether the service should see ev: its sender or (for
@@ -335,13 +362,9 @@ func (snd *sender) roomInterestedUncached(ctx context.Context, roomID string, ic
 			}
 		}
 	}
-	joined, ok := ic.members[roomID]
-	if !ok {
-		var err error
-		if joined, err = snd.s.deps.Rooms.JoinedUsers(ctx, roomID); err != nil {
-			return false, err
-		}
-		ic.members[roomID] = joined
+	joined, err := snd.joinedUsers(ctx, roomID, ic)
+	if err != nil {
+		return false, err
 	}
 	for _, u := range joined {
 		if reg.OwnsUser(u, server) {

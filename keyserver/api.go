@@ -13,6 +13,10 @@ const (
 	// DeviceListStream advances when a user's devices, device keys or
 	// cross-signing keys change. Positions are device-list positions.
 	DeviceListStream = "device_list"
+	// KeyCountStream names the key-count change stream
+	// (KeyCountChangesAfter). Deps.Notify never hears it (no /sync reads
+	// it); Deps.KeyCountsNotify does.
+	KeyCountStream = "key_counts"
 )
 
 // API is what the sync component reads from the key server. *Server

@@ -124,7 +124,13 @@ func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) err
 	dev := &authn.Device{UserID: d.UserID, DeviceID: deviceID}
 	ctx := r.Context()
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
-		s.counts.dropOnCommit(tx, d.UserID, deviceID)
+		// Raised here first so that this transaction, like a claim, takes
+		// the key-count stream head before any key-count row (the
+		// replaced device's deletion below deletes its row): the same
+		// lock order everywhere, no deadlock with a concurrent claim.
+		if err := s.keyCountsChanged(ctx, tx, d.UserID, deviceID); err != nil {
+			return err
+		}
 		old, _, err := loadDehydrated(ctx, tx, d.UserID)
 		if err != nil {
 			return err
@@ -142,6 +148,11 @@ func (s *Server) putDehydratedDevice(w http.ResponseWriter, r *http.Request) err
 			return err
 		}
 		if err := s.storeUploadTx(ctx, tx, dev, dk, req.OneTimeKeys, req.FallbackKeys); err != nil {
+			return err
+		}
+		// Again after the replaced device's deletion, which removes its
+		// row when it had the same ID.
+		if err := s.keyCountsChanged(ctx, tx, d.UserID, deviceID); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `

@@ -79,6 +79,7 @@ func DevicesDeletedHook(db *storage.DB, counts *CountMemo, notify func(stream st
 				`DELETE FROM keyserver_device_keys WHERE user_id = $1 AND device_id = $2`,
 				`DELETE FROM keyserver_one_time_keys WHERE user_id = $1 AND device_id = $2`,
 				`DELETE FROM keyserver_fallback_keys WHERE user_id = $1 AND device_id = $2`,
+				`DELETE FROM keyserver_key_count_changes WHERE user_id = $1 AND device_id = $2`,
 				`DELETE FROM keyserver_signatures WHERE target_user_id = $1 AND target_key_id = $2`,
 				`DELETE FROM keyserver_to_device WHERE user_id = $1 AND device_id = $2`,
 				`DELETE FROM keyserver_to_device_txns WHERE user_id = $1 AND device_id = $2`,

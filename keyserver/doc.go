@@ -51,6 +51,13 @@
 //     in split mode);
 //   - wake on Deps.Notify(ToDeviceStream | DeviceListStream, pos).
 //
+// The application service senders (MSC3202, appservice_streams.go) read
+// the device-list stream (DeviceListChangesAfter) and the key-count change
+// stream (KeyCountChangesAfter): the devices of users a service that opted
+// in owns (Deps.WatchKeyCounts) whose one-time or fallback keys were
+// uploaded or claimed, one row per device at its latest change, its
+// position raised under the 'key_counts' row of keyserver_stream_heads.
+//
 // GET /keys/changes takes sync tokens (syncapi.DecodeToken) and answers
 // like /sync's device_lists for the window between them.
 //

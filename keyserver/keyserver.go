@@ -85,6 +85,14 @@ type Deps struct {
 	// (dehydrated.go; clientapi's Accounts). Nil: the MSC3814 endpoints
 	// answer 404 M_UNRECOGNIZED.
 	Devices DeviceStore
+	// WatchKeyCounts, if non-nil, says whether an application service
+	// that receives MSC3202's key counts owns userID: the key-count
+	// changes of that user's devices are recorded for it
+	// (KeyCountChangesAfter). Nil: none are.
+	WatchKeyCounts func(userID string) bool
+	// KeyCountsNotify, if non-nil, is told after commit that the
+	// key-count change stream advanced to pos. It must not block.
+	KeyCountsNotify func(pos int64)
 }
 
 // Server is the key server. It is safe for concurrent use: all state is
@@ -104,8 +112,10 @@ type Server struct {
 	flush           outboundFlush
 	fed             RemoteKeys // may be nil
 	sharedServers   func(ctx context.Context, userID string) ([]string, error)
-	counts          *CountMemo  // may be nil
-	devices         DeviceStore // may be nil
+	counts          *CountMemo               // may be nil
+	devices         DeviceStore              // may be nil
+	watchKeyCounts  func(userID string) bool // may be nil
+	keyCountsNotify func(pos int64)          // may be nil
 	// deviceListWake wakes the device-list sender (capacity 1).
 	deviceListWake chan struct{}
 
@@ -157,6 +167,8 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		sharedServers:   deps.SharedServers,
 		counts:          deps.CountMemo,
 		devices:         deps.Devices,
+		watchKeyCounts:  deps.WatchKeyCounts,
+		keyCountsNotify: deps.KeyCountsNotify,
 		deviceListWake:  make(chan struct{}, 1),
 		resyncing:       map[string]chan struct{}{},
 		tracking:        map[string]bool{},

@@ -241,6 +241,17 @@ func (s *Server) claimLocal(ctx context.Context, req map[string]map[string]strin
 	result := map[string]map[string]map[string]json.RawMessage{}
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		clear(result)
+		// A claim of a watched device raises the key-count stream head
+		// (keyCountsChanged): take its row lock before any key row, as
+		// uploads do, so that no two claimers wait on each other.
+		for _, c := range claims {
+			if s.watchKeyCounts != nil && s.watchKeyCounts(c.userID) {
+				if err := s.lockKeyCountHead(ctx, tx); err != nil {
+					return err
+				}
+				break
+			}
+		}
 		for _, c := range claims {
 			keyID, keyJSON, ok, err := s.claimOne(ctx, tx, c.userID, c.deviceID, c.algorithm)
 			if err != nil {
@@ -289,7 +300,9 @@ func (s *Server) claimOne(ctx context.Context, tx storage.Tx, userID, deviceID, 
 	}
 	err = tx.QueryRow(ctx, query, userID, deviceID, algorithm).Scan(&keyID, &keyJSON)
 	if err == nil {
-		s.counts.dropOnCommit(tx, userID, deviceID)
+		if err := s.keyCountsChanged(ctx, tx, userID, deviceID); err != nil {
+			return "", "", false, err
+		}
 		return keyID, keyJSON, true, nil
 	}
 	if !storage.IsNoRows(err) {
@@ -306,6 +319,8 @@ func (s *Server) claimOne(ctx context.Context, tx storage.Tx, userID, deviceID, 
 		return "", "", false, err
 	}
 	// A fallback key claimed for the first time stops being unused.
-	s.counts.dropOnCommit(tx, userID, deviceID)
+	if err := s.keyCountsChanged(ctx, tx, userID, deviceID); err != nil {
+		return "", "", false, err
+	}
 	return keyID, keyJSON, true, nil
 }

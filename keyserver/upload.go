@@ -82,7 +82,13 @@ func (s *Server) uploadKeys(w http.ResponseWriter, r *http.Request) error {
 	var counts map[string]int
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		// One-time and fallback keys change the device's key counts.
-		s.counts.dropOnCommit(tx, d.UserID, d.DeviceID)
+		if len(req.OneTimeKeys) > 0 || len(req.FallbackKeys) > 0 {
+			if err := s.keyCountsChanged(ctx, tx, d.UserID, d.DeviceID); err != nil {
+				return err
+			}
+		} else {
+			s.counts.dropOnCommit(tx, d.UserID, d.DeviceID)
+		}
 		if err := s.storeUploadTx(ctx, tx, d, newDevice, req.OneTimeKeys, req.FallbackKeys); err != nil {
 			return err
 		}

@@ -85,3 +85,79 @@ func (d asToDevice) ToDeviceAfter(ctx context.Context, after int64, limit int) (
 	}
 	return out, nil
 }
+
+// asKeys is the application service senders' view of the key server for
+// MSC3202 (device lists and key counts).
+type asKeys struct{ keys *keyserver.Server }
+
+var _ appservice.Keys = asKeys{}
+
+func (k asKeys) DeviceListPosition(ctx context.Context) (int64, error) {
+	return k.keys.DeviceListPosition(ctx)
+}
+
+func (k asKeys) DeviceListChangesAfter(ctx context.Context, after int64, limit int) ([]appservice.DeviceListChange, error) {
+	cs, err := k.keys.DeviceListChangesAfter(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]appservice.DeviceListChange, len(cs))
+	for i, c := range cs {
+		out[i] = appservice.DeviceListChange{Position: c.Position, UserID: c.UserID}
+	}
+	return out, nil
+}
+
+func (k asKeys) KeyCountPosition(ctx context.Context) (int64, error) {
+	return k.keys.KeyCountPosition(ctx)
+}
+
+func (k asKeys) KeyCountChangesAfter(ctx context.Context, after int64, limit int) ([]appservice.KeyCountChange, error) {
+	cs, err := k.keys.KeyCountChangesAfter(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]appservice.KeyCountChange, len(cs))
+	for i, c := range cs {
+		out[i] = appservice.KeyCountChange{Position: c.Position, UserID: c.UserID, DeviceID: c.DeviceID}
+	}
+	return out, nil
+}
+
+func (k asKeys) KeyCounts(ctx context.Context, devices []appservice.Device) ([]appservice.DeviceKeyCounts, error) {
+	refs := make([]keyserver.DeviceRef, len(devices))
+	for i, d := range devices {
+		refs[i] = keyserver.DeviceRef{UserID: d.UserID, DeviceID: d.DeviceID}
+	}
+	cs, err := k.keys.KeyCountsOfDevicesFromDB(ctx, refs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]appservice.DeviceKeyCounts, len(cs))
+	for i, c := range cs {
+		out[i] = appservice.DeviceKeyCounts{OneTimeKeys: c.OneTimeKeys, UnusedFallback: c.UnusedFallback}
+	}
+	return out, nil
+}
+
+// watchKeyCounts says whether a service that receives MSC3202's key
+// counts (a URL, and the to-device opt-in) owns userID.
+func watchKeyCounts(reg *appservice.Registry, serverName string) func(userID string) bool {
+	var watching []*appservice.Registration
+	for _, r := range reg.All() {
+		if r.URL != "" && r.ToDevice {
+			watching = append(watching, r)
+		}
+	}
+	if len(watching) == 0 {
+		return nil
+	}
+	return func(userID string) bool {
+		for _, r := range watching {
+			if r.OwnsUser(userID, serverName) {
+				return true
+			}
+		}
+		return false
+	}
+}

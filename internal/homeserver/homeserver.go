@@ -311,6 +311,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 			return nil, fmt.Errorf("syncapi: %w", err)
 		}
 	}
+	// Wakes the application service senders when a key count of one of
+	// their users changes (/sync does not read that stream).
+	asKeyCountWakes := notifier.New()
 	keys, err = keyserver.New(ctx, keyserver.Deps{
 		NoBackground:    !runs("keyserver"),
 		ServerName:      cfg.Global.ServerName,
@@ -327,6 +330,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		SharedServers:   sharedServers(rooms),
 		CountMemo:       keyCounts,
 		Devices:         client.Accounts(),
+		// MSC3202: key counts of the devices of services' users.
+		WatchKeyCounts:  watchKeyCounts(asRegistry, cfg.Global.ServerName),
+		KeyCountsNotify: func(pos int64) { asKeyCountWakes.Notify(keyserver.KeyCountStream, pos) },
 	})
 	if err != nil {
 		push.Close()
@@ -371,8 +377,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 
 	appServices, err = appservice.New(ctx, appservice.Deps{NoSenders: !runs("appservice"), DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
 		Rooms: rooms, Notifier: notify, Logger: logger, RoomAliases: client.RoomAliases,
-		Ephemeral:  asEphemeral{client: client, now: func() int64 { return time.Now().UnixMilli() }},
-		ToDevice:   asToDevice{keys: keys},
+		Ephemeral: asEphemeral{client: client, now: func() int64 { return time.Now().UnixMilli() }},
+		ToDevice:  asToDevice{keys: keys},
+		Keys:      asKeys{keys: keys}, KeyCountWakes: asKeyCountWakes,
 		MinBackoff: cfg.AppService.MinBackoff.D(), MaxBackoff: cfg.AppService.MaxBackoff.D()})
 	if err != nil {
 		media.Close()
