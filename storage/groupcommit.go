@@ -69,7 +69,7 @@ func (db *DB) queueWrite(ctx context.Context, fn func(Tx) error) (*writeRequest,
 	}
 	db.closeMu.RUnlock()
 	if in != nil {
-		in.end() // after queueing: the writer sees one or the other
+		in.remove() // after queueing: the writer sees one or the other
 	}
 	return req, nil
 }
@@ -249,12 +249,13 @@ func (db *DB) awaitAnnounced(batch []*writeRequest, hold time.Duration) []*write
 	defer t.Stop()
 	select {
 	case req := <-db.queue:
-		return takeWaiting(append(batch, req), db.queue)
+		batch = append(batch, req)
 	case <-db.intents.gone:
 	case <-t.C:
 	case <-db.closed:
 	}
-	return batch
+	// Whichever woke it, what queued meanwhile joins the batch.
+	return takeWaiting(batch, db.queue)
 }
 
 // commitBatch runs batch and whatever joins it (runBatch) in one

@@ -105,19 +105,29 @@ func (db *DB) ExpectWrite(ctx context.Context) (context.Context, func()) {
 	return context.WithValue(ctx, intentKey{}, in), in.end
 }
 
-// end removes the announcement (once).
+// end removes the announcement (once), as done: the request ends
+// without (more) writes, so a writer holding its commit for it is woken.
 func (in *writeIntent) end() {
+	if in.remove() {
+		select {
+		case in.db.intents.gone <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// remove removes the announcement if it is still live and reports
+// whether it was. Its write queued: the queue wakes the writer, so no
+// signal on gone (which the writer might take instead of the write).
+func (in *writeIntent) remove() bool {
 	if in.gone.Swap(true) {
-		return
+		return false
 	}
 	ins := &in.db.intents
 	ins.mu.Lock()
 	delete(ins.live, in)
 	ins.mu.Unlock()
-	select {
-	case ins.gone <- struct{}{}:
-	default:
-	}
+	return true
 }
 
 // intentOf returns the live announcement ctx carries for db, or nil.

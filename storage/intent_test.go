@@ -66,6 +66,11 @@ func TestAbandonedAnnouncementReleasesCommit(t *testing.T) {
 	_, done := db.ExpectWrite(ctx)
 	w := db.WriteQueued(ctx, insert(1))
 	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-w.Done():
+		t.Fatal("the write was answered while an announced write was still on its way")
+	default:
+	}
 	done()
 	done() // a second call changes nothing
 	within(t, 3*time.Second, "the write after the announcement ended", func() {
