@@ -291,7 +291,10 @@ func TestTokenValidAfterRestart(t *testing.T) {
 			}
 			stop1()
 
-			srv2, _ := startStoppable(t, engine, edit)
+			// Stopped at the end, or its subtest (and the cleanup of its
+			// temporary directory) would never finish.
+			srv2, stop2 := startStoppable(t, engine, edit)
+			defer stop2()
 			alice.client.HomeserverURL, _ = url.Parse(srv2.URL)
 			sendText(t, srv2, alice, roomID, "after restart")
 			resp, err := alice.client.SyncRequest(ctx, 0, first.NextBatch, "", false, "")
