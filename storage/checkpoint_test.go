@@ -141,8 +141,9 @@ func TestIdleCheckpointsKeepWALShort(t *testing.T) {
 		insert(i*rows, rows)
 		time.Sleep(3 * storage.CheckpointIdle)
 	}
-	// SQLite's threshold is 1000 pages of 4 KiB, each framed by a 24-byte
-	// header; the WAL may reach CheckpointPages and one write more.
+	// Pages are 4 KiB, each framed by a 24-byte header; the WAL may reach
+	// CheckpointPages and one write more (SQLite's own threshold,
+	// WALAutocheckpointPages, is far above).
 	const limit = 500 * (4096 + 24)
 	got := fileSize(t, path+"-wal")
 	t.Logf("WAL file %d bytes, %d idle checkpoints", got, db.IdleCheckpoints())
@@ -254,5 +255,76 @@ func TestIdleCheckpointRestartsWAL(t *testing.T) {
 	var n int
 	if err := db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM cp`).Scan(&n); err != nil || n != storage.CheckpointPages+51 {
 		t.Fatalf("%d rows, %v", n, err)
+	}
+}
+
+// walState is what a NOOP checkpoint reports: the WAL's frames since its
+// last restart and how many of them are in the database file.
+func walState(t *testing.T, db *storage.DB) (walPages, copied int64) {
+	t.Helper()
+	var busy int64
+	if err := db.Reader().QueryRow(context.Background(), `PRAGMA wal_checkpoint(NOOP)`).Scan(&busy, &walPages, &copied); err != nil {
+		t.Fatal(err)
+	}
+	return walPages, copied
+}
+
+// TestBusyCheckpointsUnderLoad: while writes keep coming (never
+// CheckpointIdle apart), SQLite's own checkpoint, which runs inside a
+// write's COMMIT and restarts the WAL, waits for WALAutocheckpointPages
+// pages (not SQLite's default 1000), and the checkpointer copies the WAL
+// into the database file from CheckpointBusyPages on, without restarting
+// it, so that the COMMIT that does checkpoint finds most of the WAL
+// copied. The WAL then restarts with the write after that COMMIT. (A
+// phase in which the machine stalled the writes for CheckpointIdle, so
+// that the idle checkpoint ran, proves nothing and is run again.)
+func TestBusyCheckpointsUnderLoad(t *testing.T) {
+	const rows = 40 // pages per write
+	for attempt := 0; ; attempt++ {
+		if attempt == 3 {
+			t.Fatal("three phases of writes stalled for CheckpointIdle")
+		}
+		db, _, insert := openCheckpointDB(t)
+		var (
+			prev, restartedAt int64         = 0, -1 // WAL pages at the last write; where it restarted
+			copiedBefore      int64                 // pages copied before SQLite's threshold
+			maxGap            time.Duration         // between writes before the restart
+			idle              int64                 // idle checkpoints before the restart
+		)
+		last := time.Now()
+		for i := 0; restartedAt < 0; i++ {
+			if i*rows > 3*storage.WALAutocheckpointPages {
+				t.Fatalf("the WAL did not restart in %d writes of %d pages (%d pages now)", i, rows, prev)
+			}
+			idleBefore := db.IdleCheckpoints()
+			insert(i*rows, rows)
+			walPages, copied := walState(t, db)
+			if walPages < prev {
+				restartedAt = prev
+				break
+			}
+			maxGap, last, idle = max(maxGap, time.Since(last)), time.Now(), idleBefore
+			if walPages < storage.WALAutocheckpointPages {
+				copiedBefore = max(copiedBefore, copied)
+			}
+			prev = walPages
+		}
+		if idle != 0 {
+			t.Logf("a write took %v (%d idle checkpoints); again", maxGap, idle)
+			continue
+		}
+		t.Logf("WAL restarted after %d pages; %d pages copied before %d; %d busy checkpoints; writes at most %v apart",
+			restartedAt, copiedBefore, storage.WALAutocheckpointPages, db.BusyCheckpoints(), maxGap)
+		if restartedAt < storage.WALAutocheckpointPages {
+			t.Fatalf("the WAL restarted after %d pages while writes kept coming, want at least %d", restartedAt, storage.WALAutocheckpointPages)
+		}
+		if restartedAt > storage.WALAutocheckpointPages+2*rows {
+			t.Fatalf("the WAL restarted after %d pages, want it after the write that passed %d", restartedAt, storage.WALAutocheckpointPages)
+		}
+		if db.BusyCheckpoints() == 0 || copiedBefore < storage.CheckpointBusyPages {
+			t.Fatalf("%d busy checkpoints, %d pages copied before the WAL reached %d pages: want the checkpointer to copy from %d pages on",
+				db.BusyCheckpoints(), copiedBefore, storage.WALAutocheckpointPages, storage.CheckpointBusyPages)
+		}
+		return
 	}
 }

@@ -46,14 +46,20 @@ var NewRewriter = newRewriter
 // spell.
 func (db *DB) IdleCheckpoints() int64 { return db.idleCheckpoints.Load() }
 
-// CheckpointIdle and CheckpointPages: when a WAL checkpoint runs.
+// BusyCheckpoints reports how many WAL checkpoints ran under load.
+func (db *DB) BusyCheckpoints() int64 { return db.busyCheckpoints.Load() }
+
+// CheckpointIdle and CheckpointPages: when a WAL checkpoint runs;
+// CheckpointBusyPages and WALAutocheckpointPages: when under load.
 const (
-	CheckpointIdle  = checkpointIdle
-	CheckpointPages = checkpointPages
+	CheckpointIdle         = checkpointIdle
+	CheckpointPages        = checkpointPages
+	CheckpointBusyPages    = checkpointBusyPages
+	WALAutocheckpointPages = walAutocheckpointPages
 )
 
-// SetBeforeCheckpoint makes every idle checkpoint call fn once it holds
-// its connection, before it checkpoints. Call it before the first write.
+// SetBeforeCheckpoint makes every checkpoint of the checkpointer's (idle
+// or busy) call fn once it holds its connection, before it checkpoints. Call it before the first write.
 func (db *DB) SetBeforeCheckpoint(fn func()) { db.beforeCheckpoint = fn }
 
 // SetHoldTimes replaces the commit hold's times (intent.go): how long a

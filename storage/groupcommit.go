@@ -90,18 +90,20 @@ func (req *writeRequest) wait() error {
 	return nil
 }
 
-// WAL checkpoints in idle spells, off the writer.
+// WAL checkpoints in idle spells and under load, off the writer.
 //
-// SQLite checkpoints the WAL by itself (wal_autocheckpoint, 1000 pages)
-// inside the COMMIT that crosses the threshold: that write's answer, and
-// the delivery of what it wrote, then wait for the whole checkpoint —
-// copying the WAL's pages into the database file and two fsyncs, 2 to 50 ms
-// on the shared test machine, where a message's commit takes 0.3–0.5 ms
-// (docs/benchmarks.md, "Low-rate sends (lowrate)"). So once no commit has
-// come for checkpointIdle and the WAL holds checkpointPages pages not yet
-// in the database file, a checkpoint copies them: every write it copies
-// has been answered, and the next write restarts the WAL from its
-// beginning, so the WAL stays far below SQLite's threshold.
+// SQLite checkpoints the WAL by itself (wal_autocheckpoint) inside the
+// COMMIT that crosses the threshold: that write's answer, and the
+// delivery of what it wrote, then wait for the whole checkpoint — copying
+// the WAL's pages into the database file and an fsync of that file, 2 to
+// 50 ms on the shared test machine, where a message's commit takes
+// 0.3–0.5 ms (docs/benchmarks.md, "Low-rate sends (lowrate)") — and the
+// next commit, the first of a restarted WAL, fsyncs the WAL's new header
+// before its frames: a second fsync on a write's path. So once no commit
+// has come for checkpointIdle and the WAL holds checkpointPages pages not
+// yet in the database file, a checkpoint copies them: every write it
+// copies has been answered, and the next write restarts the WAL from its
+// beginning, so at low rates the WAL stays far below SQLite's threshold.
 //
 // The trigger is the WAL's pages, which SQLite reports (a NOOP
 // checkpoint), not a count of commits: how many pages a commit writes
@@ -114,18 +116,44 @@ func (req *writeRequest) wait() error {
 // WAL syncs the WAL's new header before its frames, a second fsync in
 // that commit (docs/benchmarks.md, "commitpath").
 //
-// It runs on a reader connection, on a goroutine of its own, not on the
-// writer: a PASSIVE checkpoint takes no lock a writer waits for (it copies
-// what has committed while the writer appends to the WAL), so a write
-// that comes while one runs does not wait for it. A server that never
-// pauses for checkpointIdle keeps SQLite's own checkpoints. Durability is
+// A server that never pauses for checkpointIdle (eight clients sending
+// back to back) keeps SQLite's own checkpoint, the only one that can
+// restart the WAL while writes keep coming: it runs on the writer right
+// after a COMMIT, when nothing newer is in the WAL. Each costs the
+// writer's callers the copy and the fsyncs above, so it comes every
+// walAutocheckpointPages pages, not SQLite's 1000: a quarter as often
+// (eight senders write ~42 pages a commit, so with 1000 it came every
+// ~24 commits; docs/benchmarks.md, "sendwriter"). So that the copy inside
+// that COMMIT stays about as small as it was with 1000 pages, the
+// checkpointer copies the rest beforehand: every checkpointBusyCommits
+// commits, once the WAL holds checkpointBusyPages pages not yet copied,
+// a PASSIVE checkpoint runs as the idle one does, while the writer goes
+// on, and leaves the WAL's restart to SQLite's checkpoint.
+//
+// Both run on a reader connection, on a goroutine of their own, not on
+// the writer: a PASSIVE checkpoint takes no lock a writer waits for (it
+// copies what has committed while the writer appends to the WAL), so a
+// write that comes while one runs does not wait for it. Durability is
 // unchanged: a write is answered after its COMMIT's fsync of the WAL
 // (synchronous=FULL); a checkpoint only copies committed pages, and the
 // reader connection, synchronous=FULL too, fsyncs the WAL before copying
 // and the database file after.
 const (
 	checkpointIdle  = 20 * time.Millisecond
-	checkpointPages = 256 // a quarter of SQLite's wal_autocheckpoint
+	checkpointPages = 256 // a sixteenth of walAutocheckpointPages
+
+	// walAutocheckpointPages is SQLite's own checkpoint threshold on the
+	// writer connection (PRAGMA wal_autocheckpoint, storage.go).
+	walAutocheckpointPages = 4000
+	// checkpointBusyPages leaves SQLite's checkpoint the last 1000 pages,
+	// what it copied with its default threshold.
+	checkpointBusyPages = walAutocheckpointPages - 1000
+	// checkpointBusyCommits spaces the NOOP checkpoints that read the
+	// WAL's size for checkpointBusy (a reader connection's query each):
+	// one every 8 commits, so that the WAL grows by at most ~1000 pages
+	// between two (a message to 200 members writes ~125 pages), and at a
+	// few messages a second one every few seconds.
+	checkpointBusyCommits = 8
 )
 
 // groupCommitLoop is the single SQLite writer. It takes every request that
@@ -156,16 +184,23 @@ func (db *DB) groupCommitLoop() {
 }
 
 // checkpointLoop calls checkpointIdle checkpointIdle after the last
-// commit it was told of (db.committed), until Close.
+// commit it was told of (db.committed), and checkpointBusy after every
+// checkpointBusyCommits commits, until Close.
 func (db *DB) checkpointLoop() {
 	defer db.writerWG.Done()
 	idle := time.NewTimer(time.Hour)
 	idle.Stop()
 	defer idle.Stop()
+	var busyAt int64 // db.commits when checkpointBusy last ran
 	for {
 		select {
 		case <-db.committed:
 			idle.Reset(checkpointIdle)
+			// One signal may stand for several commits: count them.
+			if n := db.commits.Load(); n-busyAt >= checkpointBusyCommits {
+				busyAt = n
+				db.checkpointBusy()
+			}
 		case <-idle.C:
 			db.checkpointIdle()
 		case <-db.closed:
@@ -175,34 +210,55 @@ func (db *DB) checkpointLoop() {
 }
 
 // checkpointIdle runs a PASSIVE checkpoint on a reader connection if
-// the WAL holds checkpointPages pages not yet in the database file. A
-// failure is not reported: the next idle spell or SQLite's own checkpoint
-// does the work.
+// the WAL holds checkpointPages pages not yet in the database file, and
+// then restarts the WAL if it copied all of it. A failure is not
+// reported: the next idle spell or SQLite's own checkpoint does the work.
 func (db *DB) checkpointIdle() {
+	all, ok := db.checkpointFrom(checkpointPages)
+	if !ok {
+		return
+	}
+	db.idleCheckpoints.Add(1)
+	if all {
+		db.restartWAL()
+	}
+}
+
+// checkpointBusy runs a PASSIVE checkpoint on a reader connection if the
+// WAL holds checkpointBusyPages pages not yet in the database file. The
+// WAL is not restarted here: the writer is busy, and SQLite's checkpoint
+// after one of its COMMITs does that (see above).
+func (db *DB) checkpointBusy() {
+	if _, ok := db.checkpointFrom(checkpointBusyPages); ok {
+		db.busyCheckpoints.Add(1)
+	}
+}
+
+// checkpointFrom runs a PASSIVE checkpoint on a reader connection if the
+// WAL holds at least pages pages not yet in the database file. ok reports
+// that it ran; all, that it copied the whole WAL.
+func (db *DB) checkpointFrom(pages int64) (all, ok bool) {
 	ctx := context.Background()
 	conn, err := db.reader.Conn(ctx)
 	if err != nil {
-		return
+		return false, false
 	}
 	defer conn.Close()
 	// NOOP copies nothing; it reports the WAL's pages and how many of
 	// them are in the database file.
 	var busy, walPages, copied int64
 	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(NOOP)").Scan(&busy, &walPages, &copied)
-	if err != nil || walPages-copied < checkpointPages {
-		return
+	if err != nil || walPages-copied < pages {
+		return false, false
 	}
 	if db.beforeCheckpoint != nil {
 		db.beforeCheckpoint()
 	}
 	err = conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied)
 	if err != nil {
-		return
+		return false, false
 	}
-	db.idleCheckpoints.Add(1)
-	if busy == 0 && copied == walPages {
-		db.restartWAL()
-	}
+	return busy == 0 && copied == walPages, true
 }
 
 // restartWAL queues a one-row write, so that the WAL restarts now, in

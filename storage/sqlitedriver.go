@@ -28,13 +28,17 @@ const maxCachedStatementArgs = 128
 type sqliteConnector struct {
 	dsn    string
 	driver *sqlite3.SQLiteDriver
+	// init runs on every new connection, after the DSN's settings: the
+	// PRAGMAs go-sqlite3 takes no DSN parameter for. Run per connection,
+	// they hold on one that database/sql opens again after an error.
+	init []string
 }
 
-func openSQLiteDB(dsn string) *sql.DB {
-	return sql.OpenDB(sqliteConnector{dsn: dsn, driver: &sqlite3.SQLiteDriver{}})
+func openSQLiteDB(dsn string, init ...string) *sql.DB {
+	return sql.OpenDB(sqliteConnector{dsn: dsn, driver: &sqlite3.SQLiteDriver{}, init: init})
 }
 
-func (c sqliteConnector) Connect(context.Context) (driver.Conn, error) {
+func (c sqliteConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	conn, err := c.driver.Open(c.dsn)
 	if err != nil {
 		return nil, err
@@ -43,6 +47,12 @@ func (c sqliteConnector) Connect(context.Context) (driver.Conn, error) {
 	if !ok {
 		conn.Close()
 		return nil, fmt.Errorf("storage: sqlite driver returned %T", conn)
+	}
+	for _, q := range c.init {
+		if _, err := sc.ExecContext(ctx, q, nil); err != nil {
+			sc.Close()
+			return nil, fmt.Errorf("storage: %s: %w", q, err)
+		}
 	}
 	return sqliteConn{sc}, nil
 }

@@ -123,10 +123,14 @@ type DB struct {
 	// idleCheckpoints counts the WAL checkpoints run after an idle spell
 	// (groupcommit.go); tests read it.
 	idleCheckpoints atomic.Int64
+	// busyCheckpoints counts the WAL checkpoints run under load
+	// (checkpointBusy, groupcommit.go); tests read it.
+	busyCheckpoints atomic.Int64
 	// walRestarts counts the commits of restartWAL's writes (WALRestarts).
 	walRestarts atomic.Int64
 	// beforeCheckpoint, when set (by tests, before the first write), runs
-	// in each idle checkpoint once it holds its connection.
+	// in each checkpoint of checkpointLoop's (idle or busy) once it holds
+	// its connection and has found the WAL's pages over its threshold.
 	beforeCheckpoint func()
 	// intents are the writes announced to the SQLite writer (intent.go).
 	intents intents
@@ -185,7 +189,7 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		wq[k] = v
 	}
 	wq.Set("_txlock", "immediate")
-	writer := openSQLiteDB("file:" + opts.SQLitePath + "?" + wq.Encode())
+	writer := openSQLiteDB("file:"+opts.SQLitePath+"?"+wq.Encode(), "PRAGMA wal_autocheckpoint = "+strconv.Itoa(walAutocheckpointPages))
 	writer.SetMaxOpenConns(1)
 	writer.SetMaxIdleConns(1)
 	writer.SetConnMaxLifetime(0)
