@@ -59,7 +59,8 @@ const (
 )
 
 // SetBeforeCheckpoint makes every checkpoint of the checkpointer's (idle
-// or busy) call fn once it holds its connection, before it checkpoints. Call it before the first write.
+// or busy) call fn once it holds its connection, before it checkpoints.
+// Call it before the first write.
 func (db *DB) SetBeforeCheckpoint(fn func()) { db.beforeCheckpoint = fn }
 
 // SetHoldTimes replaces the commit hold's times (intent.go): how long a
