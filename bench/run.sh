@@ -257,11 +257,26 @@ run_scenarios() { # NAME
 	bench "$name" "fanout: $FANOUT_BIG_LISTENERS listeners, $FANOUT_RATE msg/s" fanout -listeners "$FANOUT_BIG_LISTENERS" -messages "$FANOUT_BIG_N" -rate "$FANOUT_RATE"
 }
 
+# server_binary NAME: the executable start_NAME runs.
+server_binary() { if [[ $1 == dendrite ]]; then echo "$TOOLS/dendrite"; else echo "$WORK/bin/myelin"; fi; }
+
+# evict_binary FILE: flush FILE and drop its pages from the page cache, so
+# that the server starts from a binary read from disk, as after a reboot.
+# A file just written (the build above) sits in the page cache in large
+# folios, which the kernel maps whole on the first touch: the same code then
+# reads ~3 MB more RSS (docs/benchmarks.md, "idlerss (session 17)"). Every
+# server is started this way, Dendrite too.
+evict_binary() {
+	sync -- "$1"
+	dd if="$1" iflag=nocache count=0 status=none
+}
+
 # measure NAME: start the server NAME, record idle and peak memory around the scenarios, stop it.
 measure() {
 	local name=$1
 	local load_before
 	load_before=$(machine_busy_pct 3)
+	evict_binary "$(server_binary "$name")"
 	"start_$name"
 	URL=http://127.0.0.1:$([[ $name == dendrite ]] && echo "$DENDRITE_PORT" || echo "$MYELIN_PORT")
 	sleep 5 # let start-up work settle before reading the idle figure
@@ -397,7 +412,7 @@ write_report() {
 				echo "  Durability: SQLite in WAL mode with \`synchronous=FULL\`: every commit fsyncs the WAL before"
 				echo "  the request is acknowledged (group commit lets concurrent requests share an fsync)."
 			fi
-			echo "  Idle RSS 5 s after start: $(envval "$name" idle_rss_mb) MB (anonymous $(envval "$name" idle_anon_mb) MB, file-backed"
+			echo "  Idle RSS 5 s after start (binary evicted from the page cache first, as after a reboot): $(envval "$name" idle_rss_mb) MB (anonymous $(envval "$name" idle_anon_mb) MB, file-backed"
 			echo "  $(envval "$name" idle_file_mb) MB: mapped pages of the binary and its libraries); peak RSS over all its runs (VmHWM):"
 			echo "  $(envval "$name" peak_rss_mb) MB; the scenarios took $(envval "$name" scenarios_s) s."
 		done
