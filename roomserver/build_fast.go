@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -110,7 +111,8 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	reference := sha256.Sum256(redacted)
 	eventID := "$" + idEncoding.EncodeToString(reference[:])
 	var signed []byte
-	if assembled && plainJSONString(string(origin)) && plainJSONString(string(keyID)) {
+	assembledSigned := assembled && plainJSONString(string(origin)) && plainJSONString(string(keyID))
+	if assembledSigned {
 		sigs := `"signatures":{"` + string(origin) + `":{"` + string(keyID) + `":"` + base64.RawStdEncoding.EncodeToString(signature) + `"}},`
 		signed = appendEvent(make([]byte, 0, len(hashed)+len(sigs)), &ev, hashes, sigs)
 	} else {
@@ -125,9 +127,17 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 			return nil, err
 		}
 	}
-	pdu, err := impl.NewEventFromTrustedJSONWithEventID(eventID, signed, false)
-	if err != nil {
-		return nil, err
+	var pdu gomatrixserverlib.PDU
+	if assembledSigned {
+		// Written by appendEvent from ev: its fields are the event's.
+		if local, ok := newLocalPDU(impl, eventID, signed, &ev); ok {
+			pdu = local
+		}
+	}
+	if pdu == nil {
+		if pdu, err = impl.NewEventFromTrustedJSONWithEventID(eventID, signed, false); err != nil {
+			return nil, err
+		}
 	}
 	if err := gomatrixserverlib.CheckFields(pdu); err != nil {
 		return nil, err
@@ -364,4 +374,66 @@ func redactStripped(impl gomatrixserverlib.IRoomVersion, typ string, hashed []by
 		return nil, false
 	}
 	return append(out, '}'), true
+}
+
+// stateAuthEvents is the AuthEventProvider build gives
+// EventBuilder.AddAuthEvents: gomatrixserverlib.AuthEvents over the
+// chosen state events, without the room ID AuthEvents.AddEvent parses
+// (by regular expression) from every event for Valid, which selecting
+// auth events never calls; Valid parses them when asked.
+type stateAuthEvents struct {
+	events []gomatrixserverlib.PDU
+}
+
+var _ gomatrixserverlib.AuthEventProvider = (*stateAuthEvents)(nil)
+
+// newStateAuthEvents is gomatrixserverlib.NewAuthEvents(events): the
+// same error for an event without a state key, and the last event of a
+// (type, state key) wins.
+func newStateAuthEvents(events []gomatrixserverlib.PDU) (*stateAuthEvents, error) {
+	for _, e := range events {
+		if e.StateKey() == nil {
+			return nil, fmt.Errorf("AddEvent: event %q does not have a state key", e.Type())
+		}
+	}
+	return &stateAuthEvents{events: events}, nil
+}
+
+func (a *stateAuthEvents) find(typ, stateKey string) gomatrixserverlib.PDU {
+	for i := len(a.events) - 1; i >= 0; i-- {
+		if e := a.events[i]; e.Type() == typ && *e.StateKey() == stateKey {
+			return e
+		}
+	}
+	return nil
+}
+
+func (a *stateAuthEvents) Create() (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomCreate, ""), nil
+}
+
+func (a *stateAuthEvents) JoinRules() (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomJoinRules, ""), nil
+}
+
+func (a *stateAuthEvents) PowerLevels() (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomPowerLevels, ""), nil
+}
+
+func (a *stateAuthEvents) Member(stateKey spec.SenderID) (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomMember, string(stateKey)), nil
+}
+
+func (a *stateAuthEvents) ThirdPartyInvite(stateKey string) (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomThirdPartyInvite, stateKey), nil
+}
+
+// Valid reports whether every event is in one room, as AuthEvents does.
+func (a *stateAuthEvents) Valid() bool {
+	for _, e := range a.events {
+		if e.RoomID().String() != a.events[0].RoomID().String() {
+			return false
+		}
+	}
+	return true
 }
