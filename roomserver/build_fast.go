@@ -98,7 +98,14 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 		// "hashes" sorts right after "depth", the last key before it.
 		return nil, err
 	}
-	redacted, ok := redactStripped(impl, eb.Type, hashed)
+	var redacted []byte
+	ok := false
+	if keep := keptTopLevelKeys(impl); assembled && keep != nil && !contentKeepingTypes[eb.Type] {
+		// What redactStripped would cut from hashed, written directly.
+		redacted, ok = appendEventKeeping(make([]byte, 0, len(hashed)), &ev, hashes, "", keep), true
+	} else {
+		redacted, ok = redactStripped(impl, eb.Type, hashed)
+	}
 	if !ok {
 		if redacted, err = impl.RedactEventJSON(hashed); err != nil {
 			return nil, err
@@ -177,7 +184,18 @@ func canonicalEvent(impl gomatrixserverlib.IRoomVersion, ev *fastEvent) ([]byte,
 // sigs (each "key":value, with a trailing comma, or empty) in their
 // sorted places. ev's content must be canonical and its strings plain.
 func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
+	return appendEventKeeping(dst, ev, hashes, sigs, nil)
+}
+
+// appendEventKeeping is appendEvent writing only the top-level members
+// keep names, and the content as {} (a redaction that empties it), or
+// every member as it is when keep is nil.
+func appendEventKeeping(dst []byte, ev *fastEvent, hashes, sigs string, keep map[string]bool) []byte {
+	kept := func(key string) bool { return keep == nil || keep[key] }
 	str := func(key, v string) {
+		if !kept(key) {
+			return
+		}
 		dst = append(dst, '"')
 		dst = append(dst, key...)
 		dst = append(dst, `":"`...)
@@ -185,6 +203,9 @@ func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
 		dst = append(dst, `",`...)
 	}
 	list := func(key string, ids []string) {
+		if !kept(key) {
+			return
+		}
 		dst = append(dst, '"')
 		dst = append(dst, key...)
 		dst = append(dst, `":[`...)
@@ -200,16 +221,27 @@ func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
 	}
 	dst = append(dst, '{')
 	list("auth_events", ev.AuthEvents)
-	dst = append(dst, `"content":`...)
-	dst = append(dst, ev.Content...)
-	dst = append(dst, `,"depth":`...)
-	dst = strconv.AppendInt(dst, ev.Depth, 10)
-	dst = append(dst, ',')
-	dst = append(dst, hashes...)
+	if keep == nil {
+		dst = append(dst, `"content":`...)
+		dst = append(dst, ev.Content...)
+		dst = append(dst, ',')
+	} else if keep["content"] {
+		dst = append(dst, `"content":{},`...)
+	}
+	if kept("depth") {
+		dst = append(dst, `"depth":`...)
+		dst = strconv.AppendInt(dst, ev.Depth, 10)
+		dst = append(dst, ',')
+	}
+	if kept("hashes") {
+		dst = append(dst, hashes...)
+	}
 	str("origin", ev.Origin)
-	dst = append(dst, `"origin_server_ts":`...)
-	dst = strconv.AppendInt(dst, int64(ev.OriginServerTS), 10)
-	dst = append(dst, ',')
+	if kept("origin_server_ts") {
+		dst = append(dst, `"origin_server_ts":`...)
+		dst = strconv.AppendInt(dst, int64(ev.OriginServerTS), 10)
+		dst = append(dst, ',')
+	}
 	list("prev_events", ev.PrevEvents)
 	if ev.PrevState != nil {
 		list("prev_state", *ev.PrevState)
@@ -221,13 +253,17 @@ func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
 		str("room_id", ev.RoomID)
 	}
 	str("sender", ev.Sender)
-	dst = append(dst, sigs...)
+	if kept("signatures") {
+		dst = append(dst, sigs...)
+	}
 	if ev.StateKey != nil {
 		str("state_key", *ev.StateKey)
 	}
-	dst = append(dst, `"type":"`...)
-	dst = append(dst, ev.Type...)
-	return append(dst, `"}`...)
+	str("type", ev.Type)
+	if dst[len(dst)-1] == ',' {
+		dst = dst[:len(dst)-1]
+	}
+	return append(dst, '}')
 }
 
 // eventStringsPlain reports whether every string of ev outside its
