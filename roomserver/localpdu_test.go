@@ -303,3 +303,44 @@ func TestStateAuthEventsMatchesAuthEvents(t *testing.T) {
 		t.Errorf("an event without a state key: error %v, NewAuthEvents says %v", gotErr, wantErr)
 	}
 }
+
+// TestListsImpliedCreateLocal: listsImpliedCreate answers for a localPDU
+// (read from its fields) as for the parse of its bytes, listing the
+// create event or not.
+func TestListsImpliedCreateLocal(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impl, err := roomVersion("12")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roomID := "!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	for _, c := range []struct {
+		auth []string
+		want bool
+	}{
+		{[]string{"$pl", "$member"}, false},
+		{[]string{"$pl", "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "$member"}, true},
+	} {
+		eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
+			SenderID: "@alice:example.org", RoomID: roomID, Type: "m.room.message",
+			Content: []byte(`{}`), Depth: 3, PrevEvents: []string{"$p"}, AuthEvents: c.auth,
+		})
+		pdu, err := buildSigned(impl, eb, time.UnixMilli(1_700_000_000_123), "example.org", "ed25519:k1", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := pdu.(*localPDU); !ok {
+			t.Fatalf("buildSigned returned %T", pdu)
+		}
+		parsed, err := impl.NewEventFromTrustedJSONWithEventID(pdu.EventID(), pdu.JSON(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, fromParse := listsImpliedCreate(pdu), listsImpliedCreate(parsed); got != c.want || fromParse != c.want {
+			t.Errorf("auth_events %v: localPDU %v, parsed %v, want %v", c.auth, got, fromParse, c.want)
+		}
+	}
+}
