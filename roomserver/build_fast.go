@@ -91,19 +91,21 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	// event": the canonical event without unsigned, signatures, hashes.
 	contentHash := sha256.Sum256(unhashed)
 	hashes := `"hashes":{"sha256":"` + base64.RawStdEncoding.EncodeToString(contentHash[:]) + `"},`
-	var hashed []byte
-	if assembled {
-		hashed = appendEvent(make([]byte, 0, len(unhashed)+len(hashes)), &ev, hashes, "")
-	} else if hashed, err = insertAfterKey(unhashed, "depth", hashes); err != nil {
-		// "hashes" sorts right after "depth", the last key before it.
-		return nil, err
-	}
-	var redacted []byte
+	unhashedLen := len(unhashed)
+	var redacted, hashed []byte
 	ok := false
 	if keep := keptTopLevelKeys(impl); assembled && keep != nil && !contentKeepingTypes[eb.Type] {
-		// What redactStripped would cut from hashed, written directly.
-		redacted, ok = appendEventKeeping(make([]byte, 0, len(hashed)), &ev, hashes, "", keep), true
+		// What redactStripped would cut from the hashed event, written
+		// directly, into unhashed's buffer (unhashed is not read again:
+		// the signed event is written from ev below).
+		redacted, ok = appendEventKeeping(unhashed[:0], &ev, hashes, "", keep), true
 	} else {
+		if assembled {
+			hashed = appendEvent(make([]byte, 0, len(unhashed)+len(hashes)), &ev, hashes, "")
+		} else if hashed, err = insertAfterKey(unhashed, "depth", hashes); err != nil {
+			// "hashes" sorts right after "depth", the last key before it.
+			return nil, err
+		}
 		redacted, ok = redactStripped(impl, eb.Type, hashed)
 	}
 	if !ok {
@@ -121,8 +123,11 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	assembledSigned := assembled && plainJSONString(string(origin)) && plainJSONString(string(keyID))
 	if assembledSigned {
 		sigs := `"signatures":{"` + string(origin) + `":{"` + string(keyID) + `":"` + base64.RawStdEncoding.EncodeToString(signature) + `"}},`
-		signed = appendEvent(make([]byte, 0, len(hashed)+len(sigs)), &ev, hashes, sigs)
+		signed = appendEvent(make([]byte, 0, unhashedLen+len(hashes)+len(sigs)), &ev, hashes, sigs)
 	} else {
+		if hashed == nil {
+			hashed = appendEvent(make([]byte, 0, unhashedLen+len(hashes)), &ev, hashes, "")
+		}
 		sigs, err := json.Marshal(map[string]map[string]string{
 			string(origin): {string(keyID): base64.RawStdEncoding.EncodeToString(signature)},
 		})
