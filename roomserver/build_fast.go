@@ -27,7 +27,11 @@ import (
 // computed over the redacted event without "signatures" and "unsigned"
 // (server-server-api, "Signing events" and "Calculating the reference
 // hash for an event"). TestBuildSignedMatchesBuilder checks, byte for
-// byte, that the output is what EventBuilder.Build makes.
+// byte, that the output is what EventBuilder.Build makes. For the usual
+// event (plain strings outside the content) the members are written in
+// their sorted order from the fields (appendEvent), the redacted form too
+// for types whose content redaction empties, and the result is a
+// localPDU answering from those fields, not a parse of the bytes.
 
 // fastEvent is an event without hashes and signatures, before
 // canonicalisation (CanonicalJSON sorts the keys).
