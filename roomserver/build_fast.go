@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -26,7 +27,11 @@ import (
 // computed over the redacted event without "signatures" and "unsigned"
 // (server-server-api, "Signing events" and "Calculating the reference
 // hash for an event"). TestBuildSignedMatchesBuilder checks, byte for
-// byte, that the output is what EventBuilder.Build makes.
+// byte, that the output is what EventBuilder.Build makes. For the usual
+// event (plain strings outside the content) the members are written in
+// their sorted order from the fields (appendEvent), the redacted form too
+// for types whose content redaction empties, and the result is a
+// localPDU answering from those fields, not a parse of the bytes.
 
 // fastEvent is an event without hashes and signatures, before
 // canonicalisation (CanonicalJSON sorts the keys).
@@ -90,14 +95,23 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	// event": the canonical event without unsigned, signatures, hashes.
 	contentHash := sha256.Sum256(unhashed)
 	hashes := `"hashes":{"sha256":"` + base64.RawStdEncoding.EncodeToString(contentHash[:]) + `"},`
-	var hashed []byte
-	if assembled {
-		hashed = appendEvent(make([]byte, 0, len(unhashed)+len(hashes)), &ev, hashes, "")
-	} else if hashed, err = insertAfterKey(unhashed, "depth", hashes); err != nil {
-		// "hashes" sorts right after "depth", the last key before it.
-		return nil, err
+	unhashedLen := len(unhashed)
+	var redacted, hashed []byte
+	ok := false
+	if keep := keptTopLevelKeys(impl); assembled && keep != nil && !contentKeepingTypes[eb.Type] {
+		// What redactStripped would cut from the hashed event, written
+		// directly, into unhashed's buffer (unhashed is not read again:
+		// the signed event is written from ev below).
+		redacted, ok = appendEventKeeping(unhashed[:0], &ev, hashes, "", keep), true
+	} else {
+		if assembled {
+			hashed = appendEvent(make([]byte, 0, len(unhashed)+len(hashes)), &ev, hashes, "")
+		} else if hashed, err = insertAfterKey(unhashed, "depth", hashes); err != nil {
+			// "hashes" sorts right after "depth", the last key before it.
+			return nil, err
+		}
+		redacted, ok = redactStripped(impl, eb.Type, hashed)
 	}
-	redacted, ok := redactStripped(impl, eb.Type, hashed)
 	if !ok {
 		if redacted, err = impl.RedactEventJSON(hashed); err != nil {
 			return nil, err
@@ -110,10 +124,14 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 	reference := sha256.Sum256(redacted)
 	eventID := "$" + idEncoding.EncodeToString(reference[:])
 	var signed []byte
-	if assembled && plainJSONString(string(origin)) && plainJSONString(string(keyID)) {
+	assembledSigned := assembled && plainJSONString(string(origin)) && plainJSONString(string(keyID))
+	if assembledSigned {
 		sigs := `"signatures":{"` + string(origin) + `":{"` + string(keyID) + `":"` + base64.RawStdEncoding.EncodeToString(signature) + `"}},`
-		signed = appendEvent(make([]byte, 0, len(hashed)+len(sigs)), &ev, hashes, sigs)
+		signed = appendEvent(make([]byte, 0, unhashedLen+len(hashes)+len(sigs)), &ev, hashes, sigs)
 	} else {
+		if hashed == nil {
+			hashed = appendEvent(make([]byte, 0, unhashedLen+len(hashes)), &ev, hashes, "")
+		}
 		sigs, err := json.Marshal(map[string]map[string]string{
 			string(origin): {string(keyID): base64.RawStdEncoding.EncodeToString(signature)},
 		})
@@ -125,9 +143,17 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 			return nil, err
 		}
 	}
-	pdu, err := impl.NewEventFromTrustedJSONWithEventID(eventID, signed, false)
-	if err != nil {
-		return nil, err
+	var pdu gomatrixserverlib.PDU
+	if assembledSigned {
+		// Written by appendEvent from ev: its fields are the event's.
+		if local, ok := newLocalPDU(impl, eventID, signed, &ev); ok {
+			pdu = local
+		}
+	}
+	if pdu == nil {
+		if pdu, err = impl.NewEventFromTrustedJSONWithEventID(eventID, signed, false); err != nil {
+			return nil, err
+		}
 	}
 	if err := gomatrixserverlib.CheckFields(pdu); err != nil {
 		return nil, err
@@ -167,7 +193,18 @@ func canonicalEvent(impl gomatrixserverlib.IRoomVersion, ev *fastEvent) ([]byte,
 // sigs (each "key":value, with a trailing comma, or empty) in their
 // sorted places. ev's content must be canonical and its strings plain.
 func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
+	return appendEventKeeping(dst, ev, hashes, sigs, nil)
+}
+
+// appendEventKeeping is appendEvent writing only the top-level members
+// keep names, and the content as {} (a redaction that empties it), or
+// every member as it is when keep is nil.
+func appendEventKeeping(dst []byte, ev *fastEvent, hashes, sigs string, keep map[string]bool) []byte {
+	kept := func(key string) bool { return keep == nil || keep[key] }
 	str := func(key, v string) {
+		if !kept(key) {
+			return
+		}
 		dst = append(dst, '"')
 		dst = append(dst, key...)
 		dst = append(dst, `":"`...)
@@ -175,6 +212,9 @@ func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
 		dst = append(dst, `",`...)
 	}
 	list := func(key string, ids []string) {
+		if !kept(key) {
+			return
+		}
 		dst = append(dst, '"')
 		dst = append(dst, key...)
 		dst = append(dst, `":[`...)
@@ -190,16 +230,27 @@ func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
 	}
 	dst = append(dst, '{')
 	list("auth_events", ev.AuthEvents)
-	dst = append(dst, `"content":`...)
-	dst = append(dst, ev.Content...)
-	dst = append(dst, `,"depth":`...)
-	dst = strconv.AppendInt(dst, ev.Depth, 10)
-	dst = append(dst, ',')
-	dst = append(dst, hashes...)
+	if keep == nil {
+		dst = append(dst, `"content":`...)
+		dst = append(dst, ev.Content...)
+		dst = append(dst, ',')
+	} else if keep["content"] {
+		dst = append(dst, `"content":{},`...)
+	}
+	if kept("depth") {
+		dst = append(dst, `"depth":`...)
+		dst = strconv.AppendInt(dst, ev.Depth, 10)
+		dst = append(dst, ',')
+	}
+	if kept("hashes") {
+		dst = append(dst, hashes...)
+	}
 	str("origin", ev.Origin)
-	dst = append(dst, `"origin_server_ts":`...)
-	dst = strconv.AppendInt(dst, int64(ev.OriginServerTS), 10)
-	dst = append(dst, ',')
+	if kept("origin_server_ts") {
+		dst = append(dst, `"origin_server_ts":`...)
+		dst = strconv.AppendInt(dst, int64(ev.OriginServerTS), 10)
+		dst = append(dst, ',')
+	}
 	list("prev_events", ev.PrevEvents)
 	if ev.PrevState != nil {
 		list("prev_state", *ev.PrevState)
@@ -211,13 +262,17 @@ func appendEvent(dst []byte, ev *fastEvent, hashes, sigs string) []byte {
 		str("room_id", ev.RoomID)
 	}
 	str("sender", ev.Sender)
-	dst = append(dst, sigs...)
+	if kept("signatures") {
+		dst = append(dst, sigs...)
+	}
 	if ev.StateKey != nil {
 		str("state_key", *ev.StateKey)
 	}
-	dst = append(dst, `"type":"`...)
-	dst = append(dst, ev.Type...)
-	return append(dst, `"}`...)
+	str("type", ev.Type)
+	if dst[len(dst)-1] == ',' {
+		dst = dst[:len(dst)-1]
+	}
+	return append(dst, '}')
 }
 
 // eventStringsPlain reports whether every string of ev outside its
@@ -364,4 +419,66 @@ func redactStripped(impl gomatrixserverlib.IRoomVersion, typ string, hashed []by
 		return nil, false
 	}
 	return append(out, '}'), true
+}
+
+// stateAuthEvents is the AuthEventProvider build gives
+// EventBuilder.AddAuthEvents: gomatrixserverlib.AuthEvents over the
+// chosen state events, without the room ID AuthEvents.AddEvent parses
+// (by regular expression) from every event for Valid, which selecting
+// auth events never calls; Valid parses them when asked.
+type stateAuthEvents struct {
+	events []gomatrixserverlib.PDU
+}
+
+var _ gomatrixserverlib.AuthEventProvider = (*stateAuthEvents)(nil)
+
+// newStateAuthEvents is gomatrixserverlib.NewAuthEvents(events): the
+// same error for an event without a state key, and the last event of a
+// (type, state key) wins.
+func newStateAuthEvents(events []gomatrixserverlib.PDU) (*stateAuthEvents, error) {
+	for _, e := range events {
+		if e.StateKey() == nil {
+			return nil, fmt.Errorf("AddEvent: event %q does not have a state key", e.Type())
+		}
+	}
+	return &stateAuthEvents{events: events}, nil
+}
+
+func (a *stateAuthEvents) find(typ, stateKey string) gomatrixserverlib.PDU {
+	for i := len(a.events) - 1; i >= 0; i-- {
+		if e := a.events[i]; e.Type() == typ && *e.StateKey() == stateKey {
+			return e
+		}
+	}
+	return nil
+}
+
+func (a *stateAuthEvents) Create() (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomCreate, ""), nil
+}
+
+func (a *stateAuthEvents) JoinRules() (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomJoinRules, ""), nil
+}
+
+func (a *stateAuthEvents) PowerLevels() (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomPowerLevels, ""), nil
+}
+
+func (a *stateAuthEvents) Member(stateKey spec.SenderID) (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomMember, string(stateKey)), nil
+}
+
+func (a *stateAuthEvents) ThirdPartyInvite(stateKey string) (gomatrixserverlib.PDU, error) {
+	return a.find(spec.MRoomThirdPartyInvite, stateKey), nil
+}
+
+// Valid reports whether every event is in one room, as AuthEvents does.
+func (a *stateAuthEvents) Valid() bool {
+	for _, e := range a.events {
+		if e.RoomID().String() != a.events[0].RoomID().String() {
+			return false
+		}
+	}
+	return true
 }

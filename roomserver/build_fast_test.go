@@ -214,3 +214,46 @@ func TestRedactStrippedMatchesAlgorithm(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildSignedKeyIDNotPlain: with a key ID that JSON must escape the
+// signatures are marshalled and inserted into the hashed event, which
+// buildSigned then writes for that purpose alone; the bytes are still
+// Build's, and the fast path is still taken.
+func TestBuildSignedKeyIDNotPlain(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := time.UnixMilli(1_700_000_000_123)
+	for _, v := range []string{"10", "12"} {
+		impl, err := roomVersion(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roomID := "!room:example.org"
+		if impl.DomainlessRoomIDs() {
+			roomID = "!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		}
+		for _, typ := range []string{"m.room.message", "m.room.member"} {
+			proto := &gomatrixserverlib.ProtoEvent{
+				SenderID: "@alice:example.org", RoomID: roomID, Type: typ, Content: []byte(`{"membership":"join","body":"b"}`),
+				Depth: 7, PrevEvents: []string{"$prev"}, AuthEvents: []string{"$pl"},
+			}
+			if typ == "m.room.member" {
+				proto.StateKey = ptr("@alice:example.org")
+			}
+			keyID := gomatrixserverlib.KeyID("ed25519:é1")
+			want, err := impl.NewEventBuilderFromProtoEvent(proto).Build(ts, "example.org", keyID, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := buildSigned(impl, impl.NewEventBuilderFromProtoEvent(proto), ts, "example.org", keyID, key)
+			if err != nil {
+				t.Fatalf("v%s %s: %v", v, typ, err)
+			}
+			if string(got.JSON()) != string(want.JSON()) || got.EventID() != want.EventID() {
+				t.Errorf("v%s %s:\n got  %s %s\n want %s %s", v, typ, got.EventID(), got.JSON(), want.EventID(), want.JSON())
+			}
+		}
+	}
+}

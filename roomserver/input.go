@@ -357,6 +357,10 @@ func listsImpliedCreate(pdu gomatrixserverlib.PDU) bool {
 		return false
 	}
 	createID := "$" + strings.TrimPrefix(pdu.RoomID().String(), "!")
+	if local, ok := pdu.(*localPDU); ok && !local.changed {
+		// Its own auth_events, as written.
+		return slices.Contains(local.ev.AuthEvents, createID)
+	}
 	for _, id := range gjson.GetBytes(pdu.JSON(), "auth_events").Array() {
 		if id.Str == createID {
 			return true

@@ -400,7 +400,7 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 	state = slices.DeleteFunc(state, isPolicyConfig)
 	return guard("building event", func() (gomatrixserverlib.PDU, error) {
 		eb := impl.NewEventBuilderFromProtoEvent(proto)
-		provider, err := gomatrixserverlib.NewAuthEvents(state)
+		provider, err := newStateAuthEvents(state)
 		if err != nil {
 			return nil, err
 		}
