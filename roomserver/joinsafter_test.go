@@ -97,20 +97,7 @@ func TestJoinsAfter(t *testing.T) {
 func TestJoinsAfterPlanWalksStreamRange(t *testing.T) {
 	db := storagetest.OpenSQLite(t)
 	newTestServer(t, db) // migrations
-	rows, err := db.Reader().Query(context.Background(), `EXPLAIN QUERY PLAN `+joinsAfterQuery, 0, 200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, unused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
+	plan := sqlitePlan(t, db, joinsAfterQuery, 0, 200)
 	joined := strings.Join(plan, "; ")
 	if !strings.Contains(joined, "INTEGER PRIMARY KEY") || strings.Contains(joined, "roomserver_events_member") {
 		t.Errorf("plan %q: want a range of the key, not the member index", joined)

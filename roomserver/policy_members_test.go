@@ -66,20 +66,7 @@ func TestServerJoined(t *testing.T) {
 		if db.Engine() != storage.SQLite {
 			return
 		}
-		rowsPlan, err := db.Reader().Query(ctx, `EXPLAIN QUERY PLAN `+serverJoinedSQLite, "!a:x", "policy.example")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rowsPlan.Close()
-		var details []string
-		for rowsPlan.Next() {
-			var id, parent, notused int
-			var detail string
-			if err := rowsPlan.Scan(&id, &parent, &notused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			details = append(details, detail)
-		}
+		details := sqlitePlan(t, db, serverJoinedSQLite, "!a:x", "policy.example")
 		if all := strings.Join(details, "; "); !strings.Contains(all, "USING INDEX roomserver_current_state_member_server (room_id=? AND <expr>=?)") {
 			t.Fatalf("query plan %q does not probe the server-name index", all)
 		}

@@ -264,21 +264,33 @@ func TestTxnIDsOfEventsSeeksByRoom(t *testing.T) {
 // sqlitePlan returns the detail lines of SQLite's EXPLAIN QUERY PLAN for query.
 func sqlitePlan(t *testing.T, db *storage.DB, query string, args ...any) []string {
 	t.Helper()
-	rows, err := db.Reader().Query(context.Background(), "EXPLAIN QUERY PLAN "+query, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
 	var plan []string
-	for rows.Next() {
-		var id, parent, unused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-			t.Fatal(err)
+	// In a read transaction whose first statement reads the schema: EXPLAIN
+	// alone starts no transaction, so on a reader connection opened before
+	// the migrations (the checkpointer's NOOP checkpoints open one while
+	// they run) it would plan against the schema that connection loaded
+	// then. A statement that runs re-reads a changed schema by itself.
+	err := db.Read(context.Background(), func(q storage.Querier) error {
+		var n int
+		if err := q.QueryRow(context.Background(), "SELECT count(*) FROM sqlite_schema").Scan(&n); err != nil {
+			return err
 		}
-		plan = append(plan, detail)
-	}
-	if err := rows.Err(); err != nil {
+		rows, err := q.Query(context.Background(), "EXPLAIN QUERY PLAN "+query, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				return err
+			}
+			plan = append(plan, detail)
+		}
+		return rows.Err()
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return plan
