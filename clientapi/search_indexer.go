@@ -1,9 +1,8 @@
 package clientapi
 
 import (
-	"cmp"
 	"context"
-	"slices"
+	"sort"
 	"sync"
 
 	"github.com/myelin-chat/myelin/roomserver"
@@ -186,6 +185,7 @@ func (ix *streamIndexer) resyncsAfter(ctx context.Context, pos int64) ([]roomRes
 	for roomID, p := range done {
 		out = append(out, roomResync{roomID, p})
 	}
-	slices.SortFunc(out, func(a, b roomResync) int { return cmp.Compare(a.pos, b.pos) })
+	// sort.Slice: a generic sort would link its own ~9 functions for this type.
+	sort.Slice(out, func(i, j int) bool { return out[i].pos < out[j].pos })
 	return out, nil
 }

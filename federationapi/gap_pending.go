@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -204,7 +205,8 @@ func (s *Server) gmeFallbacks(ctx context.Context, servers []string) ([]string, 
 			recovering = append(recovering, candidate{server, d.failures})
 		}
 	}
-	slices.SortStableFunc(recovering, func(a, b candidate) int { return a.failures - b.failures })
+	// sort.SliceStable: a generic sort would link its own functions for this type.
+	sort.SliceStable(recovering, func(i, j int) bool { return recovering[i].failures < recovering[j].failures })
 	out := healthy
 	for _, c := range recovering {
 		if len(out) == maxGMEFallbacks {

@@ -67,118 +67,135 @@ func (s *Server) sendMembershipV1(membership string) httpx.HandlerFunc {
 	return s.sendMembershipAs(membership, true)
 }
 
+// sendMembershipAs returns the handler as a method value, not a closure:
+// a closure returned by a function this small is copied into every caller
+// it is inlined into, and the five routes would link five copies of the
+// handler (~4.8 kB of code each; docs/benchmarks.md, "idlerss4").
 func (s *Server) sendMembershipAs(membership string, v1 bool) httpx.HandlerFunc {
-	ok := func(w http.ResponseWriter, body any) error {
-		if v1 {
-			return httpx.OK(w, []any{http.StatusOK, body})
-		}
-		return httpx.OK(w, body)
+	return (&membershipSender{s: s, membership: membership, v1: v1}).serve
+}
+
+// membershipSender is the handler of one send_join/send_leave/send_knock
+// route: the membership it accepts, and whether it answers in v1's form.
+type membershipSender struct {
+	s          *Server
+	membership string
+	v1         bool
+}
+
+// ok writes body, as v1's array [200, body] on the v1 endpoints.
+func (h *membershipSender) ok(w http.ResponseWriter, body any) error {
+	if h.v1 {
+		return httpx.OK(w, []any{http.StatusOK, body})
 	}
-	return func(w http.ResponseWriter, r *http.Request) error {
-		ctx := r.Context()
-		origin := originOf(ctx)
-		roomID, eventID := roomParam(r), pathParam(r, "eventID")
-		body, err := httpx.ReadBody(r)
-		if err != nil {
-			return err
-		}
-		version, err := s.rooms.RoomVersion(ctx, roomID)
-		if err != nil {
-			return err
-		}
-		if err := s.refuseWhilePartial(ctx, roomID, membership); err != nil {
-			return err
-		}
-		// A restricted join that names one of our users as authoriser
-		// carries no signature of ours yet: only the sender's server's is
-		// checked, and we sign once the join is known to be allowed.
-		// Spec: server-server-api, "Restricted rooms"; rooms/v8.
-		authorisedHere := false
-		if membership == "join" {
-			via := gjson.GetBytes(body, "content.join_authorised_via_users_server")
-			authorisedHere = via.Type == gjson.String && domainOf(via.Str) == s.serverName
-		}
-		p, _, err := s.checkPDUWith(ctx, body, version, authorisedHere)
-		if err != nil {
-			return mxerr.Wrap(err, mxerr.BadJSON, "invalid event: %v", err)
-		}
-		pdu := p.pdu
-		if err := checkMembershipEvent(pdu, roomID, membership); err != nil {
-			return err
-		}
-		if pdu.EventID() != eventID {
-			return mxerr.New(mxerr.BadJSON, "event ID is %s, not %s", pdu.EventID(), eventID)
-		}
-		if domainOf(string(pdu.SenderID())) != origin {
-			return mxerr.New(mxerr.Forbidden, "%s may not send a membership event for %s", origin, pdu.SenderID())
-		}
-		signed := false
-		if authorisedHere {
-			// The joiner must still meet the allow conditions now, as at
-			// make_join: the auth rules only check the authoriser's power.
-			if _, _, err := s.rooms.MembershipTemplate(ctx, roomserver.TemplateRequest{
-				RoomID: roomID, UserID: string(pdu.SenderID()), Membership: "join", SupportedVersions: []string{version},
-			}); err != nil {
-				return err
-			}
-			pdu = pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
-			p.json = pdu.JSON()
-			signed = true
-		}
-		resp, err := s.input(ctx, p)
-		if err != nil {
-			return err
-		}
-		if resp.Outcome != roomserver.Accepted && resp.Outcome != roomserver.Duplicate {
-			return mxerr.New(mxerr.Forbidden, "the %s is not allowed: %s", membership, resp.Reason)
-		}
-		if resp.Outcome == roomserver.Accepted && resp.StreamPos > 0 && s.cfg.Enabled {
-			if err := s.relay(ctx, roomID, resp.StreamPos, origin); err != nil {
-				httpx.Logger(ctx).Warn("relaying a membership event to the room", "event_id", eventID, "err", err)
-			}
-		}
-		switch membership {
-		case "join":
-			// The event we signed is answered as stored: with the
-			// signature of the room's policy server, which storing it
-			// asked for (roomserver/policy.go), or as it was first
-			// stored when this is a retry.
-			var event json.RawMessage
-			if signed {
-				stored, _, err := s.rooms.FederationEvent(ctx, eventID)
-				if err != nil {
-					return err
-				}
-				event = stored.JSON
-			}
-			if !v1 && r.URL.Query().Get("omit_members") == "true" && !s.fullStateJoins.Load() {
-				return s.partialSendJoinAnswer(w, r, eventID, event)
-			}
-			state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
-			if err != nil {
-				return err
-			}
-			servers, err := s.rooms.JoinedServers(ctx, roomID)
-			if err != nil {
-				return err
-			}
-			out := map[string]any{
-				"origin": s.serverName, "state": pdus(state), "auth_chain": pdus(chain),
-				"members_omitted": false, "servers_in_room": servers,
-			}
-			if event != nil {
-				out["event"] = event
-			}
-			return ok(w, out)
-		case "knock":
-			state, err := s.strippedState(r.Context(), roomID)
-			if err != nil {
-				return err
-			}
-			return ok(w, map[string]any{"knock_room_state": state})
-		}
-		return ok(w, httpx.EmptyObject)
+	return httpx.OK(w, body)
+}
+
+func (h *membershipSender) serve(w http.ResponseWriter, r *http.Request) error {
+	s, membership, v1 := h.s, h.membership, h.v1
+	ctx := r.Context()
+	origin := originOf(ctx)
+	roomID, eventID := roomParam(r), pathParam(r, "eventID")
+	body, err := httpx.ReadBody(r)
+	if err != nil {
+		return err
 	}
+	version, err := s.rooms.RoomVersion(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if err := s.refuseWhilePartial(ctx, roomID, membership); err != nil {
+		return err
+	}
+	// A restricted join that names one of our users as authoriser
+	// carries no signature of ours yet: only the sender's server's is
+	// checked, and we sign once the join is known to be allowed.
+	// Spec: server-server-api, "Restricted rooms"; rooms/v8.
+	authorisedHere := false
+	if membership == "join" {
+		via := gjson.GetBytes(body, "content.join_authorised_via_users_server")
+		authorisedHere = via.Type == gjson.String && domainOf(via.Str) == s.serverName
+	}
+	p, _, err := s.checkPDUWith(ctx, body, version, authorisedHere)
+	if err != nil {
+		return mxerr.Wrap(err, mxerr.BadJSON, "invalid event: %v", err)
+	}
+	pdu := p.pdu
+	if err := checkMembershipEvent(pdu, roomID, membership); err != nil {
+		return err
+	}
+	if pdu.EventID() != eventID {
+		return mxerr.New(mxerr.BadJSON, "event ID is %s, not %s", pdu.EventID(), eventID)
+	}
+	if domainOf(string(pdu.SenderID())) != origin {
+		return mxerr.New(mxerr.Forbidden, "%s may not send a membership event for %s", origin, pdu.SenderID())
+	}
+	signed := false
+	if authorisedHere {
+		// The joiner must still meet the allow conditions now, as at
+		// make_join: the auth rules only check the authoriser's power.
+		if _, _, err := s.rooms.MembershipTemplate(ctx, roomserver.TemplateRequest{
+			RoomID: roomID, UserID: string(pdu.SenderID()), Membership: "join", SupportedVersions: []string{version},
+		}); err != nil {
+			return err
+		}
+		pdu = pdu.Sign(s.serverName, gomatrixserverlib.KeyID(s.key.ID), s.key.PrivateKey)
+		p.json = pdu.JSON()
+		signed = true
+	}
+	resp, err := s.input(ctx, p)
+	if err != nil {
+		return err
+	}
+	if resp.Outcome != roomserver.Accepted && resp.Outcome != roomserver.Duplicate {
+		return mxerr.New(mxerr.Forbidden, "the %s is not allowed: %s", membership, resp.Reason)
+	}
+	if resp.Outcome == roomserver.Accepted && resp.StreamPos > 0 && s.cfg.Enabled {
+		if err := s.relay(ctx, roomID, resp.StreamPos, origin); err != nil {
+			httpx.Logger(ctx).Warn("relaying a membership event to the room", "event_id", eventID, "err", err)
+		}
+	}
+	switch membership {
+	case "join":
+		// The event we signed is answered as stored: with the
+		// signature of the room's policy server, which storing it
+		// asked for (roomserver/policy.go), or as it was first
+		// stored when this is a retry.
+		var event json.RawMessage
+		if signed {
+			stored, _, err := s.rooms.FederationEvent(ctx, eventID)
+			if err != nil {
+				return err
+			}
+			event = stored.JSON
+		}
+		if !v1 && r.URL.Query().Get("omit_members") == "true" && !s.fullStateJoins.Load() {
+			return s.partialSendJoinAnswer(w, r, eventID, event)
+		}
+		state, chain, err := s.rooms.StateAndAuthChainBefore(ctx, eventID)
+		if err != nil {
+			return err
+		}
+		servers, err := s.rooms.JoinedServers(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		out := map[string]any{
+			"origin": s.serverName, "state": pdus(state), "auth_chain": pdus(chain),
+			"members_omitted": false, "servers_in_room": servers,
+		}
+		if event != nil {
+			out["event"] = event
+		}
+		return h.ok(w, out)
+	case "knock":
+		state, err := s.strippedState(r.Context(), roomID)
+		if err != nil {
+			return err
+		}
+		return h.ok(w, map[string]any{"knock_room_state": state})
+	}
+	return h.ok(w, httpx.EmptyObject)
 }
 
 // checkMembershipEvent: an m.room.member event in roomID whose state_key

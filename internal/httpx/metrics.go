@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,20 +154,25 @@ func (m *Metrics) writeHTTP(b *bytes.Buffer) {
 	m.mu.RUnlock()
 
 	// Labels in name order, series in label order, as the client library wrote them.
-	slices.SortFunc(requests, func(a, b request) int {
-		if c := a.code - b.code; c != 0 {
-			return c
+	// sort.Slice rather than slices.SortFunc: the generic sort would link ~9
+	// functions for each element type (~18 kB for these two), for a page read
+	// by a scraper (docs/benchmarks.md, "idlerss4").
+	sort.Slice(requests, func(i, j int) bool {
+		a, b := &requests[i], &requests[j]
+		if a.code != b.code {
+			return a.code < b.code
 		}
-		if c := strings.Compare(a.method, b.method); c != 0 {
-			return c
+		if a.method != b.method {
+			return a.method < b.method
 		}
-		return strings.Compare(a.route, b.route)
+		return a.route < b.route
 	})
-	slices.SortFunc(latencies, func(a, b latency) int {
-		if c := strings.Compare(a.method, b.method); c != 0 {
-			return c
+	sort.Slice(latencies, func(i, j int) bool {
+		a, b := &latencies[i], &latencies[j]
+		if a.method != b.method {
+			return a.method < b.method
 		}
-		return strings.Compare(a.route, b.route)
+		return a.route < b.route
 	})
 
 	writeFamily(b, "myelin_http_requests_total", "counter", "HTTP requests by route, method and status code.")

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -172,5 +173,48 @@ func TestMetricsMiddleware(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%q = %v, want %v", k, got[k], v)
 		}
+	}
+}
+
+// TestMetricsSeriesOrder: the request series come out ordered by code,
+// method and route, and the latency series by method and route, whatever
+// order they were first observed in (the series live in maps).
+func TestMetricsSeriesOrder(t *testing.T) {
+	m := NewMetrics()
+	for _, o := range []struct {
+		route, method string
+		code          int
+	}{
+		{"/z", "GET", 200}, {"/a", "PUT", 200}, {"/m", "GET", 404}, {"/a", "GET", 500},
+		{"/b", "GET", 200}, {"/a", "GET", 200}, {"/c", "DELETE", 404}, {"/b", "PUT", 200},
+	} {
+		m.observe(o.route, o.method, o.code, 0.01)
+	}
+	rec := httptest.NewRecorder()
+	m.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	var requests, latencies []string
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "myelin_http_requests_total{"); ok {
+			requests = append(requests, rest[:strings.IndexByte(rest, '}')])
+		}
+		if rest, ok := strings.CutPrefix(line, "myelin_http_request_duration_seconds_count{"); ok {
+			latencies = append(latencies, rest[:strings.IndexByte(rest, '}')])
+		}
+	}
+	wantRequests := []string{
+		`code="200",method="GET",route="/a"`, `code="200",method="GET",route="/b"`, `code="200",method="GET",route="/z"`,
+		`code="200",method="PUT",route="/a"`, `code="200",method="PUT",route="/b"`,
+		`code="404",method="DELETE",route="/c"`, `code="404",method="GET",route="/m"`,
+		`code="500",method="GET",route="/a"`,
+	}
+	wantLatencies := []string{
+		`method="DELETE",route="/c"`, `method="GET",route="/a"`, `method="GET",route="/b"`,
+		`method="GET",route="/m"`, `method="GET",route="/z"`, `method="PUT",route="/a"`, `method="PUT",route="/b"`,
+	}
+	if !slices.Equal(requests, wantRequests) {
+		t.Errorf("request series in order\n%q\nwant\n%q", requests, wantRequests)
+	}
+	if !slices.Equal(latencies, wantLatencies) {
+		t.Errorf("latency series in order\n%q\nwant\n%q", latencies, wantLatencies)
 	}
 }
