@@ -78,6 +78,9 @@ type Homeserver struct {
 	// typingRelay carries typing changes between processes (with
 	// global.redis_url); nil in one process.
 	typingRelay *notifier.Relay
+	// leases runs the singletons this process may run (split mode); nil
+	// without Redis.
+	leases *leaseRunner
 }
 
 // New opens the database and builds every component.
@@ -292,7 +295,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// The push consumer keeps the counts /sync waits for caught up, so it
 	// runs where /sync does too; the gateway sender only with the push
 	// server.
-	push, err = pushserver.New(ctx, pushserver.Deps{NoSender: !runs("pushserver"), NoConsumer: !runs("pushserver") && !runs("syncapi"), DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
+	// With Redis, the singletons (appservice senders, push gateway
+	// sender, media sweeper) run under a lease (leases below), so a
+	// second process running the same component waits as a standby.
+	leased := cfg.Global.RedisURL != ""
+	push, err = pushserver.New(ctx, pushserver.Deps{NoSender: !runs("pushserver") || leased, NoConsumer: !runs("pushserver") && !runs("syncapi"), DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
 		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger, Shared: cfg.Global.RedisURL != ""})
 	if err != nil {
@@ -367,7 +374,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
 	// Remote media is fetched with federationapi's signing and discovery.
-	media, err := mediaapi.New(ctx, mediaapi.Deps{NoBackground: !runs("mediaapi"), Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
+	media, err := mediaapi.New(ctx, mediaapi.Deps{NoBackground: !runs("mediaapi") || leased, Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
 		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
 		push.Close()
@@ -375,7 +382,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("mediaapi: %w", err)
 	}
 
-	appServices, err = appservice.New(ctx, appservice.Deps{NoSenders: !runs("appservice"), DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
+	appServices, err = appservice.New(ctx, appservice.Deps{NoSenders: !runs("appservice") || leased, DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
 		Rooms: rooms, Notifier: notify, Logger: logger, RoomAliases: client.RoomAliases,
 		Ephemeral: asEphemeral{client: client, now: func() int64 { return time.Now().UnixMilli() }},
 		ToDevice:  asToDevice{keys: keys},
@@ -462,6 +469,27 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		}()
 	}
 
+	var leases *leaseRunner
+	if leased {
+		var singletons []singleton
+		if runs("appservice") {
+			singletons = append(singletons, singleton{"appservice", appServices.RunSenders})
+		}
+		if runs("pushserver") {
+			singletons = append(singletons, singleton{"pushserver", push.RunSender})
+		}
+		if runs("mediaapi") {
+			singletons = append(singletons, singleton{"mediaapi", media.RunBackground})
+		}
+		if leases, err = startLeases(baseCtx, cfg, logger, singletons); err != nil {
+			appServices.Close()
+			media.Close()
+			push.Close()
+			client.Close()
+			return nil, err
+		}
+	}
+
 	ok = true
 	return &Homeserver{
 		Config:           cfg,
@@ -484,6 +512,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		cancelBase:       cancel,
 		fedWakes:         fedWakes,
 		typingRelay:      typingRelay,
+		leases:           leases,
 	}, nil
 }
 
@@ -553,11 +582,14 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
+	// The singletons stop (and give their leases back) before the
+	// components they use close.
+	leaseErr := hs.leases.close()
 	var relayErr error
 	if hs.typingRelay != nil {
 		relayErr = hs.typingRelay.Close()
 	}
-	return errors.Join(relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
+	return errors.Join(leaseErr, relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
 		closeNotifier(hs.fedWakes), hs.DB.Close())
 }
 

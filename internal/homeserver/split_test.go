@@ -261,3 +261,86 @@ func timelineHas(body map[string]any, roomID, eventID string) bool {
 	}
 	return false
 }
+
+// TestSplitSingletonLease runs two processes with the same components,
+// the application service among them, on one PostgreSQL database and
+// Redis: the senders run in one process at a time (they hold the
+// appservice lease), so the service gets each event once; once the
+// process holding the lease stops, the other takes over and delivers the
+// next event.
+func TestSplitSingletonLease(t *testing.T) {
+	rec := &asRecorder{seen: map[string]int{}}
+	as := httptest.NewServer(rec)
+	defer as.Close()
+	dir := t.TempDir()
+	reg := `id: watcher
+url: ` + as.URL + `
+as_token: lease-as-token
+hs_token: lease-hs-token
+sender_localpart: watcher
+namespaces:
+  users: []
+  rooms:
+    - exclusive: false
+      regex: "!.*"
+`
+	if err := os.WriteFile(filepath.Join(dir, "watcher.yaml"), []byte(reg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	edit := func(c *config.Config) {
+		c.AppService.ConfigFiles = []string{dir}
+		c.AppService.MinBackoff = config.Duration(30 * time.Millisecond)
+		c.AppService.MaxBackoff = config.Duration(100 * time.Millisecond)
+		c.Global.Components = []string{"clientapi", "appservice"}
+	}
+	// A starts first, so its senders take the lease.
+	a, b := testserver.StartSplitWith(t, edit, edit)
+
+	st, body := splitCall(t, "POST", b.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "alice", "password": "alice's long password", "auth": map[string]any{"type": "m.login.dummy"}})
+	if st != 200 {
+		t.Fatalf("register: %d %v", st, body)
+	}
+	token := body["access_token"].(string)
+	st, body = splitCall(t, "POST", b.URL+"/_matrix/client/v3/createRoom", token, map[string]any{"preset": "private_chat"})
+	if st != 200 {
+		t.Fatalf("createRoom: %d %v", st, body)
+	}
+	roomID := body["room_id"].(string)
+	send := func(base, txn string) string {
+		t.Helper()
+		st, body := splitCall(t, "PUT", base+"/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/"+txn, token, map[string]any{"msgtype": "m.text", "body": txn})
+		if st != 200 {
+			t.Fatalf("send %s: %d %v", txn, st, body)
+		}
+		return body["event_id"].(string)
+	}
+	waitDelivered := func(eventID string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for rec.count(eventID) == 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if rec.count(eventID) == 0 {
+			t.Fatalf("the application service never received %s", eventID)
+		}
+	}
+	first := []string{send(a.URL, "a1"), send(b.URL, "b1")}
+	for _, id := range first {
+		waitDelivered(id)
+	}
+	time.Sleep(2 * time.Second) // room for a second sender to deliver them too
+	for _, id := range first {
+		if n := rec.count(id); n != 1 {
+			t.Fatalf("the application service received %s %d times, want once", id, n)
+		}
+	}
+
+	// The lease holder stops; the standby takes over.
+	a.Stop()
+	next := send(b.URL, "b2")
+	waitDelivered(next)
+	time.Sleep(time.Second)
+	if n := rec.count(next); n != 1 {
+		t.Fatalf("after the takeover the application service received %s %d times, want once", next, n)
+	}
+}
