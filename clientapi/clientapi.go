@@ -209,7 +209,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	}
 	s.initDelayedEvents()
 	if s.rooms.rooms != nil && !s.noBackground {
-		s.startDelayedEvents(bg)
+		s.startDelayedEvents(bg, &s.background)
 	}
 	return s, nil
 }
@@ -220,8 +220,28 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 // built later (the push component's counts in the event's transaction).
 func (s *Server) Start() {
 	if s.rooms.rooms != nil && !s.noBackground {
-		s.startDeactivationLeaves(s.backgroundCtx)
+		s.startDeactivationLeaves(s.backgroundCtx, &s.background)
 	}
+}
+
+// RunBackground runs the background work that New and Start leave out
+// with NoBackground (the sweeper of expired account state, the
+// delayed-event scheduler, the leaves of deactivated accounts and of
+// guests from rooms closed to them) until ctx ends and it has stopped,
+// for a process of a split deployment that holds the client API's lease
+// (internal/lease). Call it after Start.
+func (s *Server) RunBackground(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.runSweeper(ctx)
+	}()
+	if s.rooms.rooms != nil {
+		s.startDelayedEvents(ctx, &wg)
+		s.startDeactivationLeaves(ctx, &wg)
+	}
+	wg.Wait()
 }
 
 // Close stops the background work. Call it before closing the database.

@@ -199,6 +199,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// after the commit (the same "set before any write" holds; in split
 	// mode the client API's process finds the queue at its poll).
 	var client *clientapi.Server
+	// With Redis, the background work that must run in one process at a
+	// time (every component's but the sync API's and the push consumer's:
+	// docs/split.md) runs under a lease per component (leases below), so
+	// a second process running the same component waits as a standby.
+	leased := cfg.Global.RedisURL != ""
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
 		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -255,7 +260,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
-	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi"), TypingRelay: relayTyping, Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi") || leased, TypingRelay: relayTyping, Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
 		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
@@ -295,10 +300,6 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// The push consumer keeps the counts /sync waits for caught up, so it
 	// runs where /sync does too; the gateway sender only with the push
 	// server.
-	// With Redis, the singletons (appservice senders, push gateway
-	// sender, media sweeper) run under a lease (leases below), so a
-	// second process running the same component waits as a standby.
-	leased := cfg.Global.RedisURL != ""
 	push, err = pushserver.New(ctx, pushserver.Deps{NoSender: !runs("pushserver") || leased, NoConsumer: !runs("pushserver") && !runs("syncapi"), DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
 		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger, Shared: cfg.Global.RedisURL != ""})
@@ -322,7 +323,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// their users changes (/sync does not read that stream).
 	asKeyCountWakes := notifier.New()
 	keys, err = keyserver.New(ctx, keyserver.Deps{
-		NoBackground:    !runs("keyserver"),
+		NoBackground:    !runs("keyserver") || leased,
 		ServerName:      cfg.Global.ServerName,
 		DB:              db,
 		Verifier:        client,
@@ -451,7 +452,12 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// federation API's retries and resyncs) may start.
 	client.Start()
 	if runs("federationapi") {
-		federation.Start()
+		if leased {
+			// The sender and the rest run under the lease (below).
+			federation.StartWakes()
+		} else {
+			federation.Start()
+		}
 		// The sender fans out the room events of every process: in a
 		// split deployment the others' are heard through the notifier.
 		if !cfg.Global.RunsAll() && cfg.Federation.Enabled {
@@ -460,13 +466,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	} else {
 		federation.StartWakes()
 	}
-	if runs("keyserver") {
-		// To-device messages for other servers that a crash left unqueued.
-		go func() {
-			if err := keys.FlushOutbound(baseCtx); err != nil {
-				logger.Warn("queueing leftover to-device messages", "err", err)
-			}
-		}()
+	if runs("keyserver") && !leased {
+		go flushOutbound(baseCtx, keys, logger)
 	}
 
 	var leases *leaseRunner
@@ -480,6 +481,19 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		}
 		if runs("mediaapi") {
 			singletons = append(singletons, singleton{"mediaapi", media.RunBackground})
+		}
+		if runs("federationapi") && cfg.Federation.Enabled {
+			singletons = append(singletons, singleton{"federationapi", federation.RunSingletons})
+		}
+		if runs("clientapi") {
+			singletons = append(singletons, singleton{"clientapi", client.RunBackground})
+		}
+		if runs("keyserver") {
+			singletons = append(singletons, singleton{"keyserver", func(ctx context.Context) {
+				flushOutbound(ctx, keys, logger)
+				keys.RunDeviceListSender(ctx)
+				<-ctx.Done()
+			}})
 		}
 		if leases, err = startLeases(baseCtx, cfg, logger, singletons); err != nil {
 			appServices.Close()
@@ -591,6 +605,14 @@ func (hs *Homeserver) Close() error {
 	}
 	return errors.Join(leaseErr, relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
 		closeNotifier(hs.fedWakes), hs.DB.Close())
+}
+
+// flushOutbound queues the to-device messages for other servers that a
+// crash left unqueued.
+func flushOutbound(ctx context.Context, keys *keyserver.Server, logger *slog.Logger) {
+	if err := keys.FlushOutbound(ctx); err != nil && ctx.Err() == nil {
+		logger.Warn("queueing leftover to-device messages", "err", err)
+	}
 }
 
 // closeNotifier stops a notifier that has background work (Redis).
