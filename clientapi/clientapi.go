@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -31,15 +30,16 @@ type Deps struct {
 	// deployment that does not run the client API serves its library
 	// calls only, and the process that runs it does that work.
 	NoBackground bool
-	// TypingRelay, when set, is told of each typing change this process
-	// takes in (PUT /typing, a remote server's m.typing EDU), so that the
-	// other processes of a split deployment apply it too (ApplyTyping):
-	// typing is kept in memory, per process.
-	TypingRelay func(roomID, userID string, typing bool, timeout time.Duration)
-	Config      *config.Config
-	DB          *storage.DB
-	Key         *signing.Key
-	Logger      *slog.Logger
+	// TypingLog, when set (split mode), orders the typing changes of
+	// every process: each change this process takes in (PUT /typing, a
+	// remote server's m.typing EDU) is appended to it, and takes effect
+	// when the log hands it to ApplyTypingEntry, as every other
+	// process's change does (typingTracker).
+	TypingLog TypingLog
+	Config    *config.Config
+	DB        *storage.DB
+	Key       *signing.Key
+	Logger    *slog.Logger
 	// ClientIP resolves the real client address (trusted proxies).
 	ClientIP *httpx.ClientIPResolver
 	// Notify, if non-nil, is told after commit that a stream (such as
@@ -82,8 +82,7 @@ type Deps struct {
 
 // Server is the client API.
 type Server struct {
-	noBackground bool                                                            // Deps.NoBackground; immutable
-	typingRelay  func(roomID, userID string, typing bool, timeout time.Duration) // Deps.TypingRelay; immutable
+	noBackground bool // Deps.NoBackground; immutable
 	cfg          *config.Config
 	serverName   string
 	db           *storage.DB
@@ -191,7 +190,6 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	s.stopBackground, s.backgroundCtx = cancel, bg
 	s.noBackground = deps.NoBackground
-	s.typingRelay = deps.TypingRelay
 	if !s.noBackground {
 		s.background.Add(1)
 		go func() {
@@ -202,6 +200,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if err := s.initRooms(ctx, deps.Rooms); err != nil {
 		cancel()
 		return nil, err
+	}
+	if deps.TypingLog != nil && s.rooms.typing != nil {
+		s.rooms.typing.share(deps.TypingLog, s.log)
 	}
 	if err := s.initServerNotices(ctx); err != nil {
 		cancel()
@@ -249,6 +250,9 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.stopBackground()
 		s.background.Wait()
+		if s.rooms.typing != nil {
+			s.rooms.typing.close()
+		}
 	})
 	return nil
 }

@@ -75,9 +75,9 @@ type Homeserver struct {
 	// fedWakes carries the federation API's wake-ups between processes
 	// (federationapi Deps.Wakes); nil in one process.
 	fedWakes notifier.Broadcaster
-	// typingRelay carries typing changes between processes (with
+	// typingLog orders the typing changes of every process (with
 	// global.redis_url); nil in one process.
-	typingRelay *notifier.Relay
+	typingLog *notifier.Log
 	// leases runs the singletons this process may run (split mode); nil
 	// without Redis.
 	leases *leaseRunner
@@ -161,23 +161,21 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		fedWakes = r
 	}
 	// Typing is kept in memory by each process; across processes every
-	// change travels on Redis with its content (typingRelay, built once
-	// the client API exists: no request or EDU reaches it before
-	// assemble returns).
-	var typingRelay *notifier.Relay
-	var relayTyping func(roomID, userID string, typing bool, timeout time.Duration)
+	// change goes through a log on Redis that orders them all (typingLog,
+	// built once the client API exists: no request or EDU reaches it
+	// before assemble returns).
+	var typingLog *notifier.Log
+	var sharedTyping clientapi.TypingLog
 	if cfg.Global.RedisURL != "" {
-		relayTyping = func(roomID, userID string, typing bool, timeout time.Duration) {
-			typingRelay.Publish(encodeTyping(roomID, userID, typing, timeout))
-		}
+		sharedTyping = typingLogRef{&typingLog}
 	}
 	defer func() {
 		if !ok {
 			cancel()
 			closeNotifier(notify)
 			closeNotifier(fedWakes)
-			if typingRelay != nil {
-				typingRelay.Close()
+			if typingLog != nil {
+				typingLog.Close()
 			}
 		}
 	}()
@@ -260,7 +258,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
-	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi") || leased, TypingRelay: relayTyping, Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi") || leased, TypingLog: sharedTyping, Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
 		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
@@ -289,8 +287,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
 	if cfg.Global.RedisURL != "" {
-		typingRelay, err = notifier.NewRelay(ctx, cfg.Global.RedisURL, cfg.Global.RedisPrefix+"typing", logger, func(payload []byte) {
-			applyTyping(client, payload, logger)
+		typingLog, err = notifier.NewLog(ctx, cfg.Global.RedisURL, cfg.Global.RedisPrefix+"typing:", typingLogKeep, logger, func(e notifier.LogEntry) {
+			client.ApplyTypingEntry(e.Pos, e.At, e.Payload)
 		})
 		if err != nil {
 			client.Close()
@@ -309,10 +307,14 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
+	var syncEph syncapi.Ephemeral = eph
+	if typingLog != nil {
+		syncEph = &sharedEphemeral{ephemeral: eph, log: typingLog}
+	}
 	var syncServer *syncapi.Server
 	if runs("syncapi") {
 		syncServer, err = syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-			Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+			Ephemeral: syncEph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 		if err != nil {
 			push.Close()
 			client.Close()
@@ -525,7 +527,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		baseCtx:          baseCtx,
 		cancelBase:       cancel,
 		fedWakes:         fedWakes,
-		typingRelay:      typingRelay,
+		typingLog:        typingLog,
 		leases:           leases,
 	}, nil
 }
@@ -600,8 +602,8 @@ func (hs *Homeserver) Close() error {
 	// components they use close.
 	leaseErr := hs.leases.close()
 	var relayErr error
-	if hs.typingRelay != nil {
-		relayErr = hs.typingRelay.Close()
+	if hs.typingLog != nil {
+		relayErr = hs.typingLog.Close()
 	}
 	return errors.Join(leaseErr, relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
 		closeNotifier(hs.fedWakes), hs.DB.Close())

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -343,4 +344,115 @@ namespaces:
 	if n := rec.count(next); n != 1 {
 		t.Fatalf("after the takeover the application service received %s %d times, want once", next, n)
 	}
+}
+
+// TestSplitTypingAcrossSyncProcesses runs two processes that both serve
+// /sync and take typing changes (clientapi and syncapi in each) on one
+// PostgreSQL database and Redis, as behind a load balancer: a client
+// whose successive /sync requests alternate between them sees each
+// typing change exactly once, whichever process took it in, and each
+// process accepts the tokens the other issued. A timeout ends a
+// notification once for everyone.
+func TestSplitTypingAcrossSyncProcesses(t *testing.T) {
+	both := func(c *config.Config) { c.Global.Components = []string{"clientapi", "syncapi"} }
+	a, b := testserver.StartSplitWith(t, func(c *config.Config) {}, both)
+	register := func(name string) (token, userID string) {
+		t.Helper()
+		st, body := splitCall(t, "POST", a.URL+"/_matrix/client/v3/register", "", map[string]any{"username": name, "password": name + "'s long password", "auth": map[string]any{"type": "m.login.dummy"}})
+		if st != 200 {
+			t.Fatalf("register %s: %d %v", name, st, body)
+		}
+		return body["access_token"].(string), body["user_id"].(string)
+	}
+	alice, aliceID := register("alice")
+	bob, bobID := register("bob")
+	st, body := splitCall(t, "POST", a.URL+"/_matrix/client/v3/createRoom", alice, map[string]any{"preset": "public_chat"})
+	if st != 200 {
+		t.Fatalf("createRoom: %d %v", st, body)
+	}
+	roomID := body["room_id"].(string)
+	if st, body := splitCall(t, "POST", b.URL+"/_matrix/client/v3/join/"+url.PathEscape(roomID), bob, map[string]any{}); st != 200 {
+		t.Fatalf("bob joining: %d %v", st, body)
+	}
+	servers := map[string]string{"A": a.URL, "B": b.URL}
+	typing := func(on, token, userID string, typing bool, timeoutMS int) {
+		t.Helper()
+		st, body := splitCall(t, "PUT", servers[on]+"/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/typing/"+url.PathEscape(userID), token, map[string]any{"typing": typing, "timeout": timeoutMS})
+		if st != 200 {
+			t.Fatalf("typing on %s: %d %v", on, st, body)
+		}
+	}
+	// The client is alice's; since is her token.
+	st, body = splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0", alice, nil)
+	if st != 200 {
+		t.Fatalf("initial sync on B: %d %v", st, body)
+	}
+	since := body["next_batch"].(string)
+	// syncUntil syncs on one process with since until the room's typing
+	// shows (or the long poll ends), and returns what it showed.
+	sync := func(on string, timeoutMS int) (typers []string, shown bool) {
+		t.Helper()
+		st, body := splitCall(t, "GET", servers[on]+"/_matrix/client/v3/sync?timeout="+strconv.Itoa(timeoutMS)+"&since="+url.QueryEscape(since), alice, nil)
+		if st != 200 {
+			t.Fatalf("sync on %s with a token of the other process: %d %v", on, st, body)
+		}
+		since = body["next_batch"].(string)
+		typers = typingIn(body, roomID)
+		return typers, typingShown(body, roomID)
+	}
+	// expect syncs on process on until the change shows, then once on
+	// the other process, which must not show it again.
+	expect := func(step, on string, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, shown := sync(on, 2000)
+			if shown {
+				if strings.Join(got, ",") != strings.Join(want, ",") {
+					t.Fatalf("%s: sync on %s shows typing %v, want %v", step, on, got, want)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: sync on %s never showed the typing change", step, on)
+			}
+		}
+		other := map[string]string{"A": "B", "B": "A"}[on]
+		if got, shown := sync(other, 500); shown {
+			t.Fatalf("%s: the next sync, on %s, shows the typing change again: %v", step, other, got)
+		}
+	}
+	typing("A", alice, aliceID, true, 30000)
+	expect("alice starts on A", "B", aliceID)
+	typing("B", bob, bobID, true, 30000)
+	expect("bob starts on B", "A", aliceID, bobID)
+	typing("B", alice, aliceID, false, 0)
+	expect("alice stops on B", "B", bobID)
+	typing("A", bob, bobID, true, 1500) // renewed with a short timeout
+	typing("A", alice, aliceID, true, 30000)
+	expect("alice starts again on A", "B", aliceID, bobID)
+	expect("bob's notification times out", "A", aliceID)
+	// B would end bob's notification itself typingExpiryGrace later had
+	// A not: its stop of the ended entry changes nothing, on neither.
+	time.Sleep(3 * time.Second)
+	for _, on := range []string{"B", "A"} {
+		if got, shown := sync(on, 0); shown {
+			t.Fatalf("after the timeout, a sync on %s shows typing %v again", on, got)
+		}
+	}
+}
+
+// typingShown says whether a /sync response holds an m.typing event for
+// roomID.
+func typingShown(body map[string]any, roomID string) bool {
+	join, _ := body["rooms"].(map[string]any)["join"].(map[string]any)
+	room, _ := join[roomID].(map[string]any)
+	eph, _ := room["ephemeral"].(map[string]any)
+	events, _ := eph["events"].([]any)
+	for _, e := range events {
+		if ev, _ := e.(map[string]any); ev["type"] == "m.typing" {
+			return true
+		}
+	}
+	return false
 }
