@@ -36,10 +36,14 @@ type Deps struct {
 	// when the log hands it to ApplyTypingEntry, as every other
 	// process's change does (typingTracker).
 	TypingLog TypingLog
-	Config    *config.Config
-	DB        *storage.DB
-	Key       *signing.Key
-	Logger    *slog.Logger
+	// Shared says that other processes of a split deployment write the
+	// same database (global.redis_url): this process then keeps no
+	// memory of rows they may rewrite (the presence a /sync stored).
+	Shared bool
+	Config *config.Config
+	DB     *storage.DB
+	Key    *signing.Key
+	Logger *slog.Logger
 	// ClientIP resolves the real client address (trusted proxies).
 	ClientIP *httpx.ClientIPResolver
 	// Notify, if non-nil, is told after commit that a stream (such as
@@ -83,6 +87,7 @@ type Deps struct {
 // Server is the client API.
 type Server struct {
 	noBackground bool // Deps.NoBackground; immutable
+	shared       bool // Deps.Shared; immutable
 	cfg          *config.Config
 	serverName   string
 	db           *storage.DB
@@ -201,6 +206,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cancel()
 		return nil, err
 	}
+	s.shared = deps.Shared
 	if deps.TypingLog != nil && s.rooms.typing != nil {
 		s.rooms.typing.share(deps.TypingLog, s.log)
 	}

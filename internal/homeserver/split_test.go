@@ -456,3 +456,50 @@ func typingShown(body map[string]any, roomID string) bool {
 	}
 	return false
 }
+
+// TestSplitSyncPresenceAcrossProcesses: a /sync's set_presence=online on
+// one process marks the user online even when another process stored
+// another presence since this one last stored online (it used to trust
+// its memory of that write for a minute and skip the write).
+func TestSplitSyncPresenceAcrossProcesses(t *testing.T) {
+	a, b := testserver.StartSplitWith(t, func(c *config.Config) {}, func(c *config.Config) {
+		c.Global.Components = []string{"clientapi", "syncapi"}
+	})
+	st, body := splitCall(t, "POST", a.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "alice", "password": "alice's long password", "auth": map[string]any{"type": "m.login.dummy"}})
+	if st != 200 {
+		t.Fatalf("register: %d %v", st, body)
+	}
+	token, userID := body["access_token"].(string), body["user_id"].(string)
+	status := a.URL + "/_matrix/client/v3/presence/" + url.PathEscape(userID) + "/status"
+	presence := func() string {
+		t.Helper()
+		st, body := splitCall(t, "GET", status, token, nil)
+		if st != 200 {
+			t.Fatalf("GET presence: %d %v", st, body)
+		}
+		p, _ := body["presence"].(string)
+		return p
+	}
+	syncOnB := func() {
+		t.Helper()
+		if st, body := splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0&set_presence=online", token, nil); st != 200 {
+			t.Fatalf("sync on B: %d %v", st, body)
+		}
+	}
+	syncOnB()
+	if p := presence(); p != "online" {
+		t.Fatalf("presence after a sync with set_presence=online: %q", p)
+	}
+	if st, body := splitCall(t, "PUT", status, token, map[string]any{"presence": "unavailable"}); st != 200 {
+		t.Fatalf("PUT presence on A: %d %v", st, body)
+	}
+	if p := presence(); p != "unavailable" {
+		t.Fatalf("presence after PUT unavailable: %q", p)
+	}
+	// Spec: client-server-api, "GET /_matrix/client/v3/sync",
+	// set_presence: the client is marked online.
+	syncOnB()
+	if p := presence(); p != "online" {
+		t.Fatalf("presence after a sync on B with set_presence=online: %q, want online", p)
+	}
+}
