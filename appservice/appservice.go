@@ -139,6 +139,23 @@ func (s *Server) startSenders(ctx, bg context.Context, wg *sync.WaitGroup) error
 	return nil
 }
 
+// InitPositions gives each service seen for the first time its
+// positions at the current end of the streams (as a sender's start
+// does), for a server built with NoSenders whose senders run later under
+// a lease: events written before they start are still pushed to a new
+// service. It changes nothing for a service that has positions.
+func (s *Server) InitPositions(ctx context.Context) error {
+	for _, reg := range s.deps.Registry.All() {
+		if reg.URL == "" {
+			continue
+		}
+		if err := (&sender{s: s, reg: reg}).init(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // RunSenders runs the transaction senders until ctx ends and they have
 // stopped, for a server built with NoSenders in a process that holds the
 // senders' lease (split mode: internal/lease). Each sender starts from

@@ -476,6 +476,13 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if leased {
 		var singletons []singleton
 		if runs("appservice") {
+			if err := appServices.InitPositions(ctx); err != nil {
+				appServices.Close()
+				media.Close()
+				push.Close()
+				client.Close()
+				return nil, fmt.Errorf("appservice: %w", err)
+			}
 			singletons = append(singletons, singleton{"appservice", appServices.RunSenders})
 		}
 		if runs("pushserver") {
