@@ -461,8 +461,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 			federation.Start()
 		}
 		// The sender fans out the room events of every process: in a
-		// split deployment the others' are heard through the notifier.
-		if !cfg.Global.RunsAll() && cfg.Federation.Enabled {
+		// split deployment (or several processes running every
+		// component) the others' are heard through the notifier.
+		if cfg.Global.RedisURL != "" && cfg.Federation.Enabled {
 			go wakeSenderOnRoomEvents(baseCtx, notify, federation)
 		}
 	} else {
