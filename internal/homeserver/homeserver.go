@@ -137,7 +137,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	ok := false
 	var notify notifier.Broadcaster = notifier.New()
 	if cfg.Global.RedisURL != "" {
-		// Typing positions are per process (kept in memory), so they stay local.
+		// Typing is notified by each process as it applies the shared
+		// typing log (split.go), so its notifications stay local.
 		r, err := notifier.NewRedis(ctx, notifier.RedisOptions{URL: cfg.Global.RedisURL, Prefix: cfg.Global.RedisPrefix,
 			LocalStreams: []string{clientapi.TypingStream}, Logger: logger})
 		if err != nil {
