@@ -3,6 +3,7 @@ package homeserver
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -26,6 +27,8 @@ type singleton struct {
 type leaseRunner struct {
 	client *redis.Client
 	wg     sync.WaitGroup
+	mu     sync.Mutex
+	held   map[string]bool // the singletons running here; guarded by mu
 }
 
 // leaseOptions are the lease timings; tests shorten them.
@@ -38,17 +41,47 @@ func startLeases(ctx context.Context, cfg *config.Config, logger *slog.Logger, s
 		return nil, err
 	}
 	ropts.ContextTimeoutEnabled = true
-	l := &leaseRunner{client: redis.NewClient(ropts)}
+	l := &leaseRunner{client: redis.NewClient(ropts), held: map[string]bool{}}
 	opts := leaseOptions
 	opts.Logger = logger
 	for _, s := range singletons {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			lease.Run(ctx, l.client, cfg.Global.RedisPrefix+"lease:"+s.name, opts, s.run)
+			lease.Run(ctx, l.client, cfg.Global.RedisPrefix+"lease:"+s.name, opts, func(ctx context.Context) {
+				l.setHeld(s.name, true)
+				defer l.setHeld(s.name, false)
+				s.run(ctx)
+			})
 		}()
 	}
 	return l, nil
+}
+
+func (l *leaseRunner) setHeld(name string, held bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.held[name] = held
+}
+
+// HeldLeases returns the components whose singleton work runs in this
+// process now (it holds their lease), sorted; nil without Redis, where
+// every component's work runs in the process that runs the component.
+func (hs *Homeserver) HeldLeases() []string {
+	l := hs.leases
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var names []string
+	for name, held := range l.held {
+		if held {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // close waits for the singletons to stop once the context given to

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -294,15 +295,26 @@ namespaces:
 		c.AppService.MaxBackoff = config.Duration(100 * time.Millisecond)
 		c.Global.Components = []string{"clientapi", "appservice"}
 	}
-	// A starts first, so its senders take the lease.
 	a, b := testserver.StartSplitWith(t, edit, edit)
+	holds := func(s *testserver.Server) bool { return slices.Contains(s.HS.HeldLeases(), "appservice") }
+	deadline := time.Now().Add(5 * time.Second)
+	for !holds(a) && !holds(b) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if holds(a) == holds(b) {
+		t.Fatalf("A holds the appservice lease: %v, B: %v; want exactly one", holds(a), holds(b))
+	}
+	leader, standby := a, b
+	if holds(b) {
+		leader, standby = b, a
+	}
 
-	st, body := splitCall(t, "POST", b.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "alice", "password": "alice's long password", "auth": map[string]any{"type": "m.login.dummy"}})
+	st, body := splitCall(t, "POST", standby.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "alice", "password": "alice's long password", "auth": map[string]any{"type": "m.login.dummy"}})
 	if st != 200 {
 		t.Fatalf("register: %d %v", st, body)
 	}
 	token := body["access_token"].(string)
-	st, body = splitCall(t, "POST", b.URL+"/_matrix/client/v3/createRoom", token, map[string]any{"preset": "private_chat"})
+	st, body = splitCall(t, "POST", standby.URL+"/_matrix/client/v3/createRoom", token, map[string]any{"preset": "private_chat"})
 	if st != 200 {
 		t.Fatalf("createRoom: %d %v", st, body)
 	}
@@ -325,7 +337,7 @@ namespaces:
 			t.Fatalf("the application service never received %s", eventID)
 		}
 	}
-	first := []string{send(a.URL, "a1"), send(b.URL, "b1")}
+	first := []string{send(leader.URL, "leader1"), send(standby.URL, "standby1")}
 	for _, id := range first {
 		waitDelivered(id)
 	}
@@ -337,12 +349,15 @@ namespaces:
 	}
 
 	// The lease holder stops; the standby takes over.
-	a.Stop()
-	next := send(b.URL, "b2")
+	leader.Stop()
+	next := send(standby.URL, "standby2")
 	waitDelivered(next)
 	time.Sleep(time.Second)
 	if n := rec.count(next); n != 1 {
 		t.Fatalf("after the takeover the application service received %s %d times, want once", next, n)
+	}
+	if !holds(standby) {
+		t.Fatal("the standby delivered without holding the lease")
 	}
 }
 
