@@ -78,13 +78,13 @@ func Run(ctx context.Context, client *redis.Client, key string, opts Options, wo
 	}
 	log = log.With("lease", key)
 	for {
-		token, err := acquire(ctx, client, key, opts.TTL)
+		token, start, err := acquire(ctx, client, key, opts.TTL)
 		if err != nil && ctx.Err() == nil {
 			log.Warn("cannot reach Redis to take the lease; retrying", "err", err)
 		}
 		if token != "" {
 			log.Info("took the lease: running the singleton work here")
-			hold(ctx, client, key, token, opts, log, work)
+			hold(ctx, client, key, token, start, opts, log, work)
 		}
 		select {
 		case <-ctx.Done():
@@ -94,11 +94,13 @@ func Run(ctx context.Context, client *redis.Client, key string, opts Options, wo
 	}
 }
 
-// acquire sets key to a new token if it is free; "" if it is not.
-func acquire(ctx context.Context, client *redis.Client, key string, ttl time.Duration) (string, error) {
+// acquire sets key to a new token if it is free, and returns it with
+// the time the request was sent (the key lives at least ttl from then);
+// "" if it is not free.
+func acquire(ctx context.Context, client *redis.Client, key string, ttl time.Duration) (string, time.Time, error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	token := hex.EncodeToString(b[:])
 	start := time.Now()
@@ -106,19 +108,19 @@ func acquire(ctx context.Context, client *redis.Client, key string, ttl time.Dur
 	defer cancel()
 	ok, err := client.SetNX(cctx, key, token, ttl).Result()
 	if err != nil || !ok {
-		return "", err
+		return "", start, err
 	}
 	if time.Since(start) >= ttl/3 {
 		// Too slow to count on: give it back (or let it expire).
 		release(client, key, token)
-		return "", errors.New("taking the lease took too long")
+		return "", start, errors.New("taking the lease took too long")
 	}
-	return token, nil
+	return token, start, nil
 }
 
 // hold runs work while the lease is renewed in time, then stops it and
-// releases the lease.
-func hold(ctx context.Context, client *redis.Client, key, token string, opts Options, log *slog.Logger, work func(context.Context)) {
+// releases the lease; start is when the request that took it was sent.
+func hold(ctx context.Context, client *redis.Client, key, token string, start time.Time, opts Options, log *slog.Logger, work func(context.Context)) {
 	workCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -126,9 +128,10 @@ func hold(ctx context.Context, client *redis.Client, key, token string, opts Opt
 		work(workCtx)
 	}()
 	valid := opts.TTL * 2 / 3
-	// expiry fires when the lease may no longer be counted on. It is
-	// watched apart from the renewals, which a hung Redis can hold up.
-	expiry := time.NewTimer(valid)
+	// expiry fires when the lease may no longer be counted on, valid
+	// after the start of the request that took or last renewed it. It
+	// is watched apart from the renewals, which a hung Redis can hold up.
+	expiry := time.NewTimer(valid - time.Since(start))
 	defer expiry.Stop()
 	renewCtx, stopRenewing := context.WithCancel(ctx)
 	renewals := make(chan renewal)
