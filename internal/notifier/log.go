@@ -28,7 +28,8 @@ import (
 // keeps the messages of the last keep; a process that starts reads them
 // all, and one that was away longer finds a gap (apply sees a position
 // more than one past the last). The counter starts at Redis's clock in
-// milliseconds, so positions grow even if Redis loses its data.
+// milliseconds, so positions keep growing if Redis loses its data (as
+// long as fewer than one message a millisecond was appended on average).
 //
 // Concurrency: every method is safe for concurrent use; apply is called
 // on one goroutine of the Log, one message at a time.
