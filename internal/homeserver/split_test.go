@@ -518,3 +518,40 @@ func TestSplitSyncPresenceAcrossProcesses(t *testing.T) {
 		t.Fatalf("presence after a sync on B with set_presence=online: %q, want online", p)
 	}
 }
+
+// TestSplitTypingTokenPositions: in split mode a token's typing position
+// is valid when the shared counter has given it out — also one a single
+// process issued before the deployment was split (its clock in
+// milliseconds at start, plus its changes: the counter starts at the
+// clock) — and refused as from the future (M_INVALID_PARAM) when it has
+// not.
+func TestSplitTypingTokenPositions(t *testing.T) {
+	a, b := testserver.StartSplitWith(t, func(c *config.Config) {}, func(c *config.Config) {
+		c.Global.Components = []string{"syncapi"}
+	})
+	st, body := splitCall(t, "POST", a.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "alice", "password": "alice's long password", "auth": map[string]any{"type": "m.login.dummy"}})
+	if st != 200 {
+		t.Fatalf("register: %d %v", st, body)
+	}
+	token := body["access_token"].(string)
+	st, body = splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0", token, nil)
+	if st != 200 {
+		t.Fatalf("initial sync: %d %v", st, body)
+	}
+	fields := strings.Split(strings.TrimPrefix(body["next_batch"].(string), "s"), "_")
+	withTyping := func(pos int64) string {
+		f := slices.Clone(fields)
+		f[3] = strconv.FormatInt(pos, 10) // the typing position (syncapi/token.go)
+		return "s" + strings.Join(f, "_")
+	}
+	earlier := withTyping(time.Now().Add(-time.Hour).UnixMilli())
+	st, body = splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(earlier), token, nil)
+	if st != 200 {
+		t.Fatalf("sync with a typing position from before the split: %d %v", st, body)
+	}
+	future := withTyping(time.Now().Add(24 * time.Hour).UnixMilli())
+	st, body = splitCall(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(future), token, nil)
+	if st != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("sync with a typing position never given out: %d %v, want 400 M_INVALID_PARAM", st, body)
+	}
+}

@@ -96,13 +96,21 @@ func (l *Log) Append(ctx context.Context, payload []byte) (int64, error) {
 	return appendScript.Run(ctx, l.client, []string{l.counter, l.stream}, payload, l.keep.Milliseconds()).Int64()
 }
 
-// Head returns the last position given out (0 before the first).
+// headScript returns the counter KEYS[1], started at the clock in
+// milliseconds if it does not exist yet (as appendScript does).
+var headScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+return tonumber(redis.call('GET', KEYS[1]))`)
+
+// Head returns the last position given out. Before the first it starts
+// the counter: positions issued before the log existed (a process's
+// clock in milliseconds at its start, plus its changes) then read as
+// given out.
 func (l *Log) Head(ctx context.Context) (int64, error) {
-	n, err := l.client.Get(ctx, l.counter).Int64()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	return n, err
+	return headScript.Run(ctx, l.client, []string{l.counter}).Int64()
 }
 
 // read applies the stream's messages in order until ctx ends.

@@ -45,6 +45,15 @@ func TestLogOrdersEveryProcessAlike(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
+	// Before any message the counter starts at the clock, so positions a
+	// process gave out from its own clock before the log read as given.
+	start, err := b.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start < time.Now().Add(-time.Hour).UnixMilli() {
+		t.Fatalf("Head before any message is %d, not from the clock", start)
+	}
 	var wg sync.WaitGroup
 	for i, l := range []*Log{a, b, a, b} {
 		wg.Add(1)
@@ -86,8 +95,8 @@ func TestLogOrdersEveryProcessAlike(t *testing.T) {
 			t.Fatalf("message %d differs: %d %q, %d %q, %d %q", i, ea[i].Pos, ea[i].Payload, eb[i].Pos, eb[i].Payload, ec[i].Pos, ec[i].Payload)
 		}
 	}
-	if ea[99].Pos != head {
-		t.Fatalf("last position %d, Head %d", ea[99].Pos, head)
+	if ea[0].Pos != start+1 || ea[99].Pos != head {
+		t.Fatalf("positions %d to %d, Head %d before and %d after", ea[0].Pos, ea[99].Pos, start, head)
 	}
 	// The counter starts at the clock: positions grow even if Redis
 	// loses the counter.
