@@ -102,31 +102,87 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if s.client == nil {
 		s.client = &http.Client{Timeout: 60 * time.Second}
 	}
+	for _, reg := range deps.Registry.All() {
+		if reg.URL != "" && (reg.ReceiveEphemeral && deps.Ephemeral == nil || reg.ToDevice && (deps.ToDevice == nil || deps.Keys == nil)) {
+			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral, Deps.ToDevice or Deps.Keys is nil", reg.ID)
+		}
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
-	for _, reg := range deps.Registry.All() {
-		if deps.NoSenders {
-			break
-		}
+	if deps.NoSenders {
+		return s, nil
+	}
+	if err := s.startSenders(ctx, bg, &s.wg); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// startSenders starts one sender per registered service that has a URL,
+// each running until bg ends, counted in wg. ctx bounds their start.
+func (s *Server) startSenders(ctx, bg context.Context, wg *sync.WaitGroup) error {
+	for _, reg := range s.deps.Registry.All() {
 		if reg.URL == "" {
 			continue // Spec: no URL, nothing is pushed.
 		}
-		if reg.ReceiveEphemeral && deps.Ephemeral == nil || reg.ToDevice && (deps.ToDevice == nil || deps.Keys == nil) {
-			cancel()
-			return nil, fmt.Errorf("appservice: %s receives ephemeral data but Deps.Ephemeral, Deps.ToDevice or Deps.Keys is nil", reg.ID)
-		}
 		snd := &sender{s: s, reg: reg}
 		if err := snd.init(ctx); err != nil {
-			cancel()
-			return nil, err
+			return err
 		}
-		s.wg.Add(1)
+		wg.Add(1)
 		go func() {
-			defer s.wg.Done()
+			defer wg.Done()
 			snd.run(bg)
 		}()
 	}
-	return s, nil
+	return nil
+}
+
+// InitPositions gives each service seen for the first time its
+// positions at the current end of the streams (as a sender's start
+// does), for a server built with NoSenders whose senders run later under
+// a lease: events written before they start are still pushed to a new
+// service. It changes nothing for a service that has positions.
+func (s *Server) InitPositions(ctx context.Context) error {
+	for _, reg := range s.deps.Registry.All() {
+		if reg.URL == "" {
+			continue
+		}
+		if err := (&sender{s: s, reg: reg}).init(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RunSenders runs the transaction senders until ctx ends and they have
+// stopped, for a server built with NoSenders in a process that holds the
+// senders' lease (split mode: internal/lease). Each sender starts from
+// the positions its last holder committed, so a takeover neither skips
+// nor repeats a committed transaction; one in flight when the lease was
+// lost is sent again with its transaction ID, which the service
+// recognises. Spec: application-service-api, "Pushing events": the
+// homeserver retries a transaction with the same ID.
+func (s *Server) RunSenders(ctx context.Context) {
+	for ctx.Err() == nil {
+		var wg sync.WaitGroup
+		run, stop := context.WithCancel(ctx)
+		err := s.startSenders(ctx, run, &wg)
+		if err == nil {
+			<-ctx.Done()
+		}
+		stop()
+		wg.Wait() // a failed start stops the senders it started
+		if err == nil {
+			return
+		}
+		s.log.Error("starting the application service senders failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Close stops the senders and waits for them.

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -31,15 +30,20 @@ type Deps struct {
 	// deployment that does not run the client API serves its library
 	// calls only, and the process that runs it does that work.
 	NoBackground bool
-	// TypingRelay, when set, is told of each typing change this process
-	// takes in (PUT /typing, a remote server's m.typing EDU), so that the
-	// other processes of a split deployment apply it too (ApplyTyping):
-	// typing is kept in memory, per process.
-	TypingRelay func(roomID, userID string, typing bool, timeout time.Duration)
-	Config      *config.Config
-	DB          *storage.DB
-	Key         *signing.Key
-	Logger      *slog.Logger
+	// TypingLog, when set (split mode), orders the typing changes of
+	// every process: each change this process takes in (PUT /typing, a
+	// remote server's m.typing EDU) is appended to it, and takes effect
+	// when the log hands it to ApplyTypingEntry, as every other
+	// process's change does (typingTracker).
+	TypingLog TypingLog
+	// Shared says that other processes of a split deployment write the
+	// same database (global.redis_url): this process then keeps no
+	// memory of rows they may rewrite (the presence a /sync stored).
+	Shared bool
+	Config *config.Config
+	DB     *storage.DB
+	Key    *signing.Key
+	Logger *slog.Logger
 	// ClientIP resolves the real client address (trusted proxies).
 	ClientIP *httpx.ClientIPResolver
 	// Notify, if non-nil, is told after commit that a stream (such as
@@ -82,8 +86,8 @@ type Deps struct {
 
 // Server is the client API.
 type Server struct {
-	noBackground bool                                                            // Deps.NoBackground; immutable
-	typingRelay  func(roomID, userID string, typing bool, timeout time.Duration) // Deps.TypingRelay; immutable
+	noBackground bool // Deps.NoBackground; immutable
+	shared       bool // Deps.Shared; immutable
 	cfg          *config.Config
 	serverName   string
 	db           *storage.DB
@@ -191,7 +195,6 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	s.stopBackground, s.backgroundCtx = cancel, bg
 	s.noBackground = deps.NoBackground
-	s.typingRelay = deps.TypingRelay
 	if !s.noBackground {
 		s.background.Add(1)
 		go func() {
@@ -203,13 +206,17 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cancel()
 		return nil, err
 	}
+	s.shared = deps.Shared
+	if deps.TypingLog != nil && s.rooms.typing != nil {
+		s.rooms.typing.share(deps.TypingLog, s.log)
+	}
 	if err := s.initServerNotices(ctx); err != nil {
 		cancel()
 		return nil, err
 	}
 	s.initDelayedEvents()
 	if s.rooms.rooms != nil && !s.noBackground {
-		s.startDelayedEvents(bg)
+		s.startDelayedEvents(bg, &s.background)
 	}
 	return s, nil
 }
@@ -220,8 +227,28 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 // built later (the push component's counts in the event's transaction).
 func (s *Server) Start() {
 	if s.rooms.rooms != nil && !s.noBackground {
-		s.startDeactivationLeaves(s.backgroundCtx)
+		s.startDeactivationLeaves(s.backgroundCtx, &s.background)
 	}
+}
+
+// RunBackground runs the background work that New and Start leave out
+// with NoBackground (the sweeper of expired account state, the
+// delayed-event scheduler, the leaves of deactivated accounts and of
+// guests from rooms closed to them) until ctx ends and it has stopped,
+// for a process of a split deployment that holds the client API's lease
+// (internal/lease). Call it after Start.
+func (s *Server) RunBackground(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.runSweeper(ctx)
+	}()
+	if s.rooms.rooms != nil {
+		s.startDelayedEvents(ctx, &wg)
+		s.startDeactivationLeaves(ctx, &wg)
+	}
+	wg.Wait()
 }
 
 // Close stops the background work. Call it before closing the database.
@@ -229,6 +256,9 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.stopBackground()
 		s.background.Wait()
+		if s.rooms.typing != nil {
+			s.rooms.typing.close()
+		}
 	})
 	return nil
 }

@@ -56,10 +56,10 @@ var remoteAnswerTimeout = 20 * time.Second
 // startDeactivationLeaves takes the queues up — the deactivated
 // accounts' and the guests' of rooms closed to them (guest_leaves.go) —
 // now, every deactivationPoll and when woken, until ctx ends.
-func (s *Server) startDeactivationLeaves(ctx context.Context) {
-	s.background.Add(1)
+func (s *Server) startDeactivationLeaves(ctx context.Context, wg *sync.WaitGroup) {
+	wg.Add(1)
 	go func() {
-		defer s.background.Done()
+		defer wg.Done()
 		t := time.NewTicker(deactivationPoll)
 		defer t.Stop()
 		for {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -210,11 +211,11 @@ func (s *Server) initDelayedEvents() {
 	}
 }
 
-// startDelayedEvents runs the scheduler until ctx ends.
-func (s *Server) startDelayedEvents(ctx context.Context) {
-	s.background.Add(1)
+// startDelayedEvents runs the scheduler until ctx ends; wg counts it.
+func (s *Server) startDelayedEvents(ctx context.Context, wg *sync.WaitGroup) {
+	wg.Add(1)
 	go func() {
-		defer s.background.Done()
+		defer wg.Done()
 		s.runDelayedEvents(ctx)
 	}()
 }

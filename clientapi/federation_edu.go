@@ -22,10 +22,7 @@ func (s *Server) RemoteTyping(ctx context.Context, roomID, userID string, typing
 	if s.rooms.rooms == nil {
 		return nil
 	}
-	s.rooms.typing.set(roomID, userID, typing, defaultTypingTimeout)
-	if s.typingRelay != nil {
-		s.typingRelay(roomID, userID, typing, defaultTypingTimeout)
-	}
+	s.rooms.typing.set(ctx, roomID, userID, typing, defaultTypingTimeout)
 	return nil
 }
 

@@ -195,12 +195,17 @@ const presenceRefresh = 60 * 1000 // ms
 // counts as currently active only has last_active_ts refreshed in place,
 // without a new stream position (Spec: "Last active ago": while
 // currently_active, updates to the last active time need not be sent).
+//
+// In a split deployment (Deps.Shared) another process may have stored
+// another presence since this one's write, so the stored row is read on
+// every request instead: only the write is spared within
+// presenceRefresh of the last.
 func (s *Server) SyncPresence(ctx context.Context, userID, presence string) error {
 	if presence == "offline" || s.rooms.rooms == nil {
 		return nil
 	}
 	now := nowMillis()
-	if s.rooms.presenceSeen.fresh(userID, presence, now) {
+	if !s.shared && s.rooms.presenceSeen.fresh(userID, presence, now) {
 		return nil
 	}
 	var cur Presence
@@ -211,6 +216,9 @@ func (s *Server) SyncPresence(ctx context.Context, userID, presence string) erro
 		return s.writePresence(ctx, userID, presence, nil, now)
 	case err != nil:
 		return err
+	}
+	if s.shared && cur.Presence == presence && now-cur.LastActiveTS < presenceRefresh {
+		return nil
 	}
 	if cur.Presence != presence || now-cur.LastActiveTS >= currentlyActiveWindow {
 		// A new state, or a user who no longer counted as currently

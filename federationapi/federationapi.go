@@ -108,10 +108,12 @@ type Server struct {
 	client *client
 	sender *sender
 
-	// Partial-state resyncs (partial_state_join.go): resyncCtx is set
-	// once in New; resyncing (guarded by resyncMu) holds the rooms whose
-	// resync runs.
+	// Partial-state resyncs (partial_state_join.go): resyncCtx is the
+	// context of the resyncs, nil while this process runs none, and
+	// resyncWG counts them; resyncing holds the rooms whose resync runs
+	// (all three guarded by resyncMu).
 	resyncCtx context.Context
+	resyncWG  *sync.WaitGroup
 	resyncMu  sync.Mutex
 	resyncing map[string]bool
 	// giveUpAfter and giveUpRounds, when giveUpRounds > 0 (tests set
@@ -153,6 +155,10 @@ type Server struct {
 	// stretchPublish (split mode) asks for the announcement of a queued
 	// stretch refetch to the other processes (wakes.go).
 	stretchPublish chan struct{}
+	// resyncPublish (split mode) asks for the announcement of a
+	// partial-state room this process cannot resync itself (it does not
+	// hold the federation lease) to the process that does.
+	resyncPublish chan struct{}
 
 	// Kept pushed PDUs (gap_pending.go): pendingWake wakes the retry
 	// loop; pendingRooms (guarded by pendingMu) are the rooms whose kept
@@ -231,6 +237,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		stretchWake: make(chan struct{}, 1),
 
 		stretchPublish: make(chan struct{}, 1),
+		resyncPublish:  make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -270,24 +277,49 @@ func (s *Server) Start() {
 		if !s.cfg.Enabled {
 			return
 		}
-		bg := s.bg
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.sender.run(bg)
-		}()
-		s.startResyncs(bg)
-		s.startStretchRefetch(bg)
-		s.startPendingRetries(bg)
-		s.startWakes(bg)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := s.cleanStalePending(bg); err != nil && bg.Err() == nil {
-				s.log.Warn("cleaning pending invites and knocks that had ended (retried at the next start)", "err", err)
-			}
-		}()
+		s.startSingletons(s.bg, &s.wg)
+		s.startWakes(s.bg)
 	})
+}
+
+// startSingletons starts the work that must run in one process at a
+// time (the sender, the resyncs, the stretch refetches, the pending-PDU
+// retries and the clean-up of ended pending memberships), until bg ends;
+// wg counts its goroutines.
+func (s *Server) startSingletons(bg context.Context, wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sender.run(bg)
+	}()
+	s.startResyncs(bg, wg)
+	s.startStretchRefetch(bg, wg)
+	s.startPendingRetries(bg, wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.cleanStalePending(bg); err != nil && bg.Err() == nil {
+			s.log.Warn("cleaning pending invites and knocks that had ended (retried at the next start)", "err", err)
+		}
+	}()
+}
+
+// RunSingletons runs what Start starts but the wake-ups (the sender, the
+// resyncs, the stretch refetches, the pending-PDU retries) until ctx
+// ends and it has stopped, for a process of a split deployment that
+// holds the federation lease (internal/lease) after StartWakes. It may
+// run again after a later takeover: the sender resumes from the queues
+// and positions in the database.
+func (s *Server) RunSingletons(ctx context.Context) {
+	if !s.cfg.Enabled {
+		<-ctx.Done()
+		return
+	}
+	var wg sync.WaitGroup
+	s.startSingletons(ctx, &wg)
+	<-ctx.Done()
+	s.stopResyncs()
+	wg.Wait()
 }
 
 // StartWakes is Start for a process of a split deployment that does not

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -299,10 +300,10 @@ func (s *Server) wakePending(roomID string) {
 }
 
 // startPendingRetries runs the retry loop until bg is cancelled.
-func (s *Server) startPendingRetries(bg context.Context) {
-	s.wg.Add(1)
+func (s *Server) startPendingRetries(bg context.Context, wg *sync.WaitGroup) {
+	wg.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer wg.Done()
 		for {
 			next := s.retryPending(bg)
 			wait := pendingPoll

@@ -75,6 +75,14 @@ type fedServer struct {
 }
 
 func (n *network) start() *fedServer {
+	n.t.Helper()
+	cfg, ln := n.newConfig()
+	return n.startWith(cfg, ln)
+}
+
+// newConfig returns the config of a new server of n and the listener it
+// is to serve on (startWith).
+func (n *network) newConfig() (config.Config, net.Listener) {
 	t := n.t
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -111,6 +119,13 @@ func (n *network) start() *fedServer {
 	if n.editEachConfig != nil {
 		n.editEachConfig(&cfg)
 	}
+	return cfg, ln
+}
+
+// startWith starts a server of n on cfg, serving ln (newConfig).
+func (n *network) startWith(cfg config.Config, ln net.Listener) *fedServer {
+	t := n.t
+	t.Helper()
 	s := &fedServer{n: n, Name: cfg.Global.ServerName, cfg: cfg, addr: ln.Addr().String()}
 	s.run(ln)
 	t.Cleanup(s.stop)

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,12 +84,15 @@ func resyncServers(joinServer string, inRoom []string) []string {
 }
 
 // startResyncs resumes the resync of every room still partial (after a
-// restart) in the background; called once from New.
-func (s *Server) startResyncs(bg context.Context) {
-	s.resyncCtx = bg
-	s.wg.Add(1)
+// restart) in the background, and lets later joins start theirs, until
+// bg ends; wg counts the resyncs.
+func (s *Server) startResyncs(bg context.Context, wg *sync.WaitGroup) {
+	s.resyncMu.Lock()
+	s.resyncCtx, s.resyncWG = bg, wg
+	s.resyncMu.Unlock()
+	wg.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer wg.Done()
 		rooms, err := s.rooms.PartialStateRooms(bg)
 		if err != nil {
 			s.log.Warn("listing partial-state rooms", "err", err)
@@ -100,6 +104,36 @@ func (s *Server) startResyncs(bg context.Context) {
 	}()
 }
 
+// resumeResyncs starts the resync of every partial-state room whose
+// resync does not run in this process, if this process runs them
+// (split mode: another process joined them).
+func (s *Server) resumeResyncs(ctx context.Context) {
+	s.resyncMu.Lock()
+	running := s.resyncCtx != nil
+	s.resyncMu.Unlock()
+	if !running {
+		return
+	}
+	rooms, err := s.rooms.PartialStateRooms(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("listing partial-state rooms", "err", err)
+		}
+		return
+	}
+	for _, room := range rooms {
+		s.startResync(room)
+	}
+}
+
+// stopResyncs lets no more resyncs start (the running ones end with
+// the context given to startResyncs).
+func (s *Server) stopResyncs() {
+	s.resyncMu.Lock()
+	s.resyncCtx, s.resyncWG = nil, nil
+	s.resyncMu.Unlock()
+}
+
 // startResync resyncs room in the background until it succeeds or the
 // server closes. At most one resync per room runs in this process.
 func (s *Server) startResync(room roomserver.PartialStateRoom) {
@@ -108,14 +142,26 @@ func (s *Server) startResync(room roomserver.PartialStateRoom) {
 	if s.resyncing == nil {
 		s.resyncing = map[string]bool{}
 	}
-	if s.resyncing[room.RoomID] || s.resyncCtx == nil {
+	if s.resyncCtx == nil {
+		// Another process of a split deployment runs the resyncs: it
+		// reads the partial-state rooms when woken (wakes.go).
+		if s.wakes != nil {
+			select {
+			case s.resyncPublish <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	if s.resyncing[room.RoomID] {
 		return
 	}
 	s.resyncing[room.RoomID] = true
-	s.wg.Add(1)
+	ctx, wg := s.resyncCtx, s.resyncWG
+	wg.Add(1)
 	go func() {
-		defer s.wg.Done()
-		if s.resyncUntilDone(s.resyncCtx, room) {
+		defer wg.Done()
+		if s.resyncUntilDone(ctx, room) {
 			return // abandonResync removed the room from resyncing
 		}
 		s.resyncMu.Lock()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/myelin-chat/myelin/roomserver"
@@ -77,10 +78,10 @@ func (s *Server) wakeStretchWorker() {
 // until the next queued event is due (its retry, with backoff) or until
 // WakeStretchRefetch, so an idle server reads nothing for it. The queue
 // is in the roomserver's database: at start the worker reads it once.
-func (s *Server) startStretchRefetch(bg context.Context) {
-	s.wg.Add(1)
+func (s *Server) startStretchRefetch(bg context.Context, wg *sync.WaitGroup) {
+	wg.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer wg.Done()
 		timer := time.NewTimer(0)
 		defer timer.Stop()
 		<-timer.C

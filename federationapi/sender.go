@@ -70,6 +70,9 @@ func (q *sender) wake() {
 func (q *sender) run(ctx context.Context) {
 	q.mu.Lock()
 	q.ctx = ctx
+	// The workers of an earlier run (before a lease was lost) ended
+	// with its context.
+	clear(q.workers)
 	q.mu.Unlock()
 	defer q.wg.Wait()
 	if err := q.init(ctx); err != nil {

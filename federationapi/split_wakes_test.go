@@ -18,8 +18,11 @@ import (
 // splitServer starts server B as two processes of one split deployment:
 // b is served (other servers reach it), other runs every component too,
 // on the same PostgreSQL schema, signing key and Redis, unserved. Only
-// B's processes use Redis, under a prefix of their own. The test is
-// skipped without MYELIN_TEST_REDIS; n must be a PostgreSQL network.
+// B's processes use Redis, under a prefix of their own. other starts
+// first, so it holds the leases of the singletons (internal/lease): the
+// federation sender, resyncs and stretch refetches run there, and b
+// stands by. The test is skipped without MYELIN_TEST_REDIS; n must be a
+// PostgreSQL network.
 func splitServer(t *testing.T, n *network) (b *fedServer, other *homeserver.Homeserver) {
 	t.Helper()
 	useRedis := testserver.UseRedis(t)
@@ -30,14 +33,15 @@ func splitServer(t *testing.T, n *network) (b *fedServer, other *homeserver.Home
 		}
 		useRedis(c)
 	}
-	b = n.start()
+	cfg, ln := n.newConfig()
 	n.editEachConfig = edit
-	cfg := b.cfg
-	hs, err := homeserver.New(context.Background(), &cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	otherCfg := cfg
+	hs, err := homeserver.New(context.Background(), &otherCfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("starting B's second process: %v", err)
 	}
 	t.Cleanup(func() { hs.Close() })
+	b = n.startWith(cfg, ln)
 	return b, hs
 }
 
@@ -53,7 +57,8 @@ func postgresNetwork(t *testing.T) *network {
 // TestSplitModeStretchRefetchWakesOtherProcess: B runs as two processes.
 // The one that receives A's events queues those built on a stretch of
 // partial state (as in TestStretchRefetchWakesUp), while its own worker
-// is held; the other process's worker, idle since its start (the queue
+// is held (it stands by anyway: the other holds the federation lease);
+// the other process's worker, idle since its start (the queue
 // was empty), must be woken through Redis and complete their state: its
 // first attempt comes within 2 s of the queueing, and B then serves
 // the state at alice's merge. Before, only the queueing process's worker
@@ -62,7 +67,18 @@ func TestSplitModeStretchRefetchWakesOtherProcess(t *testing.T) {
 	n := postgresNetwork(t)
 	a := n.start()
 	b, other := splitServer(t, n)
+	// The resyncs run in the other process (it holds the federation
+	// lease): it holds them as leftWhilePartial holds B's.
+	holdOther := make(chan struct{})
+	other.Federation.HoldResyncs(holdOther)
 	p := leftWhilePartial(t, n, a, b, unnamedPublicRoom(t))
+	releaseB := p.releaseHeld
+	var once sync.Once
+	p.releaseHeld = func() {
+		releaseB()
+		once.Do(func() { close(holdOther) })
+	}
+	t.Cleanup(p.releaseHeld)
 	later := rejoinAfterPurge(t, p)
 
 	never := make(chan struct{})

@@ -37,6 +37,10 @@ const (
 	// backoffWakeStream advances when a destination with no failures
 	// recorded gets its first.
 	backoffWakeStream = "federation_backoff"
+	// resyncWakeStream advances when a process that does not run the
+	// partial-state resyncs (it does not hold the federation lease)
+	// joined a room with partial state.
+	resyncWakeStream = "federation_partial_state"
 	// wakeFallbackEvery is how often, in split mode, the worker and the
 	// view of failing destinations read again without a notification.
 	wakeFallbackEvery = time.Minute
@@ -58,35 +62,18 @@ func (s *Server) startWakes(bg context.Context) {
 	if s.wakes == nil {
 		return
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go func() {
 		defer s.wg.Done()
 		s.sender.reloadLoop(bg)
 	}()
 	go func() {
 		defer s.wg.Done()
-		for {
-			select {
-			case <-bg.Done():
-				return
-			case <-s.stretchPublish:
-			}
-			// One raise covers every queueing committed before it:
-			// kicks that came meanwhile are one more raise.
-			var pos int64
-			err := s.db.Write(bg, func(tx storage.Tx) error {
-				var err error
-				pos, err = raiseWakePosition(bg, tx, stretchWakeStream)
-				return err
-			})
-			if err != nil {
-				if bg.Err() == nil {
-					s.log.Warn("announcing a queued stretch refetch to other processes", "err", err)
-				}
-				continue
-			}
-			s.wakes.Notify(stretchWakeStream, pos)
-		}
+		s.publishWakes(bg, s.stretchPublish, stretchWakeStream, "a queued stretch refetch")
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.publishWakes(bg, s.resyncPublish, resyncWakeStream, "a room joined with partial state")
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -102,6 +89,9 @@ func (s *Server) startWakes(bg context.Context) {
 			if now[backoffWakeStream] > seen[backoffWakeStream] {
 				s.sender.view.kickReload()
 			}
+			if now[resyncWakeStream] > seen[resyncWakeStream] {
+				s.resumeResyncs(bg)
+			}
 			seen = now
 			select {
 			case <-bg.Done():
@@ -110,7 +100,35 @@ func (s *Server) startWakes(bg context.Context) {
 			case <-ticker.C:
 				s.wakeStretchWorker()
 				s.sender.view.kickReload()
+				s.resumeResyncs(bg)
 			}
 		}
 	}()
+}
+
+// publishWakes announces stream to the other processes at each kick,
+// until bg ends; what names it in the log.
+func (s *Server) publishWakes(bg context.Context, kicks <-chan struct{}, stream, what string) {
+	for {
+		select {
+		case <-bg.Done():
+			return
+		case <-kicks:
+		}
+		// One raise covers every change committed before it: kicks
+		// that came meanwhile are one more raise.
+		var pos int64
+		err := s.db.Write(bg, func(tx storage.Tx) error {
+			var err error
+			pos, err = raiseWakePosition(bg, tx, stream)
+			return err
+		})
+		if err != nil {
+			if bg.Err() == nil {
+				s.log.Warn("announcing "+what+" to other processes", "err", err)
+			}
+			continue
+		}
+		s.wakes.Notify(stream, pos)
+	}
 }

@@ -104,24 +104,34 @@ func (s *Server) StartFederation(ctx context.Context) {
 	s.resyncMu.Lock()
 	s.bg = ctx
 	s.resyncMu.Unlock()
-	if s.queueEDU == nil || s.sharedServers == nil || s.noBackground {
+	if s.noBackground {
 		return
 	}
-	go func() {
-		tick := time.NewTicker(time.Minute)
-		defer tick.Stop()
-		for {
-			if err := s.SendDeviceListUpdates(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("sending device-list updates", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.deviceListWake:
-			case <-tick.C:
-			}
+	go s.RunDeviceListSender(ctx)
+}
+
+// RunDeviceListSender runs the device-list update sender until ctx
+// ends. StartFederation runs it unless NoBackground is set; a process of
+// a split deployment that holds the key server's lease
+// (internal/lease) runs it itself, after StartFederation. Without
+// federation it returns at once.
+func (s *Server) RunDeviceListSender(ctx context.Context) {
+	if s.queueEDU == nil || s.sharedServers == nil {
+		return
+	}
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		if err := s.SendDeviceListUpdates(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("sending device-list updates", "err", err)
 		}
-	}()
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.deviceListWake:
+		case <-tick.C:
+		}
+	}
 }
 
 // deviceListHead is the keyserver_stream_heads row of the sender.

@@ -173,11 +173,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if deps.NoBackground {
 		return s, nil
 	}
-	if n, err := blobs.sweepTemp(now().Add(-time.Hour)); err != nil {
+	if err := s.sweepTempFiles(); err != nil {
 		cancel()
 		return nil, err
-	} else if n > 0 {
-		s.log.Info("removed temporary files of interrupted uploads", "count", n)
 	}
 	s.background.Add(1)
 	go func() {
@@ -185,6 +183,27 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		s.runSweeper(bg)
 	}()
 	return s, nil
+}
+
+// sweepTempFiles removes the temporary files of uploads that an earlier
+// process left behind (older than an hour: none of this process's).
+func (s *Server) sweepTempFiles() error {
+	n, err := s.blobs.sweepTemp(s.now().Add(-time.Hour))
+	if n > 0 {
+		s.log.Info("removed temporary files of interrupted uploads", "count", n)
+	}
+	return err
+}
+
+// RunBackground runs the background work (the removal of interrupted
+// uploads' temporary files, then the sweeper) until ctx ends, for a
+// server built with NoBackground in a process that holds the media
+// lease (split mode: internal/lease).
+func (s *Server) RunBackground(ctx context.Context) {
+	if err := s.sweepTempFiles(); err != nil {
+		s.log.Warn("removing temporary files of interrupted uploads", "err", err)
+	}
+	s.runSweeper(ctx)
 }
 
 // Close stops the background work. Call it before closing the database.

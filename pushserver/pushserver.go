@@ -225,6 +225,11 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	return s, nil
 }
 
+// RunSender runs the push gateway sender (and the pruning of old
+// notifications) until ctx ends, for a server built with NoSender in a
+// process that holds the sender's lease (split mode: internal/lease).
+func (s *Server) RunSender(ctx context.Context) { s.runSender(ctx) }
+
 // Close stops the background work. Call it before closing the database.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {

@@ -116,6 +116,17 @@ type Ephemeral interface {
 	SetPresence(ctx context.Context, userID, presence string) error
 }
 
+// SharedTyping is implemented by an Ephemeral whose typing positions come
+// from one counter shared by the processes of a split deployment, each
+// applying the same changes in position order (clientapi's
+// typingTracker): a token from another process may then hold a typing
+// position this process has not applied yet, which is valid here too.
+type SharedTyping interface {
+	// TypingIssued reports whether pos has been given out by the shared
+	// counter.
+	TypingIssued(ctx context.Context, pos int64) (bool, error)
+}
+
 // UnreadCounts are the unread notification counts of a room or thread.
 type UnreadCounts struct {
 	Notifications, Highlights int

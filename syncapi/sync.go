@@ -410,6 +410,35 @@ func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 	return h, nil
 }
 
+// typingFromOtherProcess raises heads' typing position to since's when
+// since holds one that the shared typing counter gave out but this
+// process has not applied yet (SharedTyping): the token comes from a
+// process of the deployment that applied more. The response then
+// reports no typing change up to it (the client saw those elsewhere; this
+// process's sets at it are the same) and keeps the position, so the
+// changes this process applies up to it are not sent again, and those
+// past it are sent once. Without Redis the position cannot be checked
+// and is taken as given: such a token only ever held positions of the
+// deployment's counter, and a forged one hides typing from its own
+// holder only.
+func (s *Server) typingFromOtherProcess(ctx context.Context, since syncToken, heads *syncToken) {
+	if since.Typing <= heads.Typing {
+		return
+	}
+	st, ok := s.eph.(SharedTyping)
+	if !ok {
+		return
+	}
+	issued, err := st.TypingIssued(ctx, since.Typing)
+	if err != nil {
+		s.log.Warn("cannot read the shared typing position; taking the token's as given", "err", err)
+		issued = true
+	}
+	if issued {
+		heads.Typing = since.Typing
+	}
+}
+
 // compute builds one response from since (zero for an initial sync) up
 // to the current heads.
 func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, error) {
@@ -460,6 +489,9 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 			return nil, err
 		}
 	}
+	if req.since != nil {
+		s.typingFromOtherProcess(ctx, since, &heads)
+	}
 	if req.since != nil && since.checkNotFuture(heads) != nil {
 		// The shared heads may trail a token issued from a fresher read
 		// in the same notification generation: read them afresh before
@@ -469,6 +501,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 			return nil, err
 		}
 		fresh.AccountData = heads.AccountData
+		s.typingFromOtherProcess(ctx, since, &fresh)
 		if err := since.checkNotFuture(fresh); err != nil {
 			return nil, err
 		}

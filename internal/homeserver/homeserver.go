@@ -75,9 +75,12 @@ type Homeserver struct {
 	// fedWakes carries the federation API's wake-ups between processes
 	// (federationapi Deps.Wakes); nil in one process.
 	fedWakes notifier.Broadcaster
-	// typingRelay carries typing changes between processes (with
+	// typingLog orders the typing changes of every process (with
 	// global.redis_url); nil in one process.
-	typingRelay *notifier.Relay
+	typingLog *notifier.Log
+	// leases runs the singletons this process may run (split mode); nil
+	// without Redis.
+	leases *leaseRunner
 }
 
 // New opens the database and builds every component.
@@ -134,7 +137,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	ok := false
 	var notify notifier.Broadcaster = notifier.New()
 	if cfg.Global.RedisURL != "" {
-		// Typing positions are per process (kept in memory), so they stay local.
+		// Typing is notified by each process as it applies the shared
+		// typing log (split.go), so its notifications stay local.
 		r, err := notifier.NewRedis(ctx, notifier.RedisOptions{URL: cfg.Global.RedisURL, Prefix: cfg.Global.RedisPrefix,
 			LocalStreams: []string{clientapi.TypingStream}, Logger: logger})
 		if err != nil {
@@ -158,23 +162,21 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		fedWakes = r
 	}
 	// Typing is kept in memory by each process; across processes every
-	// change travels on Redis with its content (typingRelay, built once
-	// the client API exists: no request or EDU reaches it before
-	// assemble returns).
-	var typingRelay *notifier.Relay
-	var relayTyping func(roomID, userID string, typing bool, timeout time.Duration)
+	// change goes through a log on Redis that orders them all (typingLog,
+	// built once the client API exists: no request or EDU reaches it
+	// before assemble returns).
+	var typingLog *notifier.Log
+	var sharedTyping clientapi.TypingLog
 	if cfg.Global.RedisURL != "" {
-		relayTyping = func(roomID, userID string, typing bool, timeout time.Duration) {
-			typingRelay.Publish(encodeTyping(roomID, userID, typing, timeout))
-		}
+		sharedTyping = typingLogRef{&typingLog}
 	}
 	defer func() {
 		if !ok {
 			cancel()
 			closeNotifier(notify)
 			closeNotifier(fedWakes)
-			if typingRelay != nil {
-				typingRelay.Close()
+			if typingLog != nil {
+				typingLog.Close()
 			}
 		}
 	}()
@@ -196,6 +198,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// after the commit (the same "set before any write" holds; in split
 	// mode the client API's process finds the queue at its poll).
 	var client *clientapi.Server
+	// With Redis, the background work that must run in one process at a
+	// time (every component's but the sync API's and the push consumer's:
+	// docs/split.md) runs under a lease per component (leases below), so
+	// a second process running the same component waits as a standby.
+	leased := cfg.Global.RedisURL != ""
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
 		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -252,7 +259,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
-	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi"), TypingRelay: relayTyping, Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
+	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi") || leased, TypingLog: sharedTyping, Shared: cfg.Global.RedisURL != "", Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
 		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
 		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
@@ -281,8 +288,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("clientapi: %w", err)
 	}
 	if cfg.Global.RedisURL != "" {
-		typingRelay, err = notifier.NewRelay(ctx, cfg.Global.RedisURL, cfg.Global.RedisPrefix+"typing", logger, func(payload []byte) {
-			applyTyping(client, payload, logger)
+		typingLog, err = notifier.NewLog(ctx, cfg.Global.RedisURL, cfg.Global.RedisPrefix+"typing:", typingLogKeep, logger, func(e notifier.LogEntry) {
+			client.ApplyTypingEntry(e.Pos, e.At, e.Payload)
 		})
 		if err != nil {
 			client.Close()
@@ -292,7 +299,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// The push consumer keeps the counts /sync waits for caught up, so it
 	// runs where /sync does too; the gateway sender only with the push
 	// server.
-	push, err = pushserver.New(ctx, pushserver.Deps{NoSender: !runs("pushserver"), NoConsumer: !runs("pushserver") && !runs("syncapi"), DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
+	push, err = pushserver.New(ctx, pushserver.Deps{NoSender: !runs("pushserver") || leased, NoConsumer: !runs("pushserver") && !runs("syncapi"), DB: db, ServerName: cfg.Global.ServerName, Config: cfg.Push,
 		Rooms: rooms, Receipts: client, Threads: client, WriteAccountData: client.WriteServerAccountData, Notifier: notify,
 		Verifier: client, Logger: logger, Shared: cfg.Global.RedisURL != ""})
 	if err != nil {
@@ -301,10 +308,14 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	e2ee := &syncE2EE{} // keys set below
 	eph := &ephemeral{client: client, rooms: rooms, now: func() int64 { return time.Now().UnixMilli() }}
+	var syncEph syncapi.Ephemeral = eph
+	if typingLog != nil {
+		syncEph = &sharedEphemeral{ephemeral: eph, log: typingLog}
+	}
 	var syncServer *syncapi.Server
 	if runs("syncapi") {
 		syncServer, err = syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-			Ephemeral: eph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+			Ephemeral: syncEph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
 		if err != nil {
 			push.Close()
 			client.Close()
@@ -315,7 +326,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// their users changes (/sync does not read that stream).
 	asKeyCountWakes := notifier.New()
 	keys, err = keyserver.New(ctx, keyserver.Deps{
-		NoBackground:    !runs("keyserver"),
+		NoBackground:    !runs("keyserver") || leased,
 		ServerName:      cfg.Global.ServerName,
 		DB:              db,
 		Verifier:        client,
@@ -367,7 +378,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("federationapi: %w", err)
 	}
 	// Remote media is fetched with federationapi's signing and discovery.
-	media, err := mediaapi.New(ctx, mediaapi.Deps{NoBackground: !runs("mediaapi"), Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
+	media, err := mediaapi.New(ctx, mediaapi.Deps{NoBackground: !runs("mediaapi") || leased, Config: cfg, DB: db, Logger: logger, Verifier: client, FederationClient: fedClient, ClientIP: clientIP,
 		SignFederationRequest: federation.SignRequest, Resolve: federation.ResolveBaseURL})
 	if err != nil {
 		push.Close()
@@ -375,7 +386,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		return nil, fmt.Errorf("mediaapi: %w", err)
 	}
 
-	appServices, err = appservice.New(ctx, appservice.Deps{NoSenders: !runs("appservice"), DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
+	appServices, err = appservice.New(ctx, appservice.Deps{NoSenders: !runs("appservice") || leased, DB: db, ServerName: cfg.Global.ServerName, Registry: asRegistry,
 		Rooms: rooms, Notifier: notify, Logger: logger, RoomAliases: client.RoomAliases,
 		Ephemeral: asEphemeral{client: client, now: func() int64 { return time.Now().UnixMilli() }},
 		ToDevice:  asToDevice{keys: keys},
@@ -444,22 +455,64 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// federation API's retries and resyncs) may start.
 	client.Start()
 	if runs("federationapi") {
-		federation.Start()
+		if leased {
+			// The sender and the rest run under the lease (below).
+			federation.StartWakes()
+		} else {
+			federation.Start()
+		}
 		// The sender fans out the room events of every process: in a
-		// split deployment the others' are heard through the notifier.
-		if !cfg.Global.RunsAll() && cfg.Federation.Enabled {
+		// split deployment (or several processes running every
+		// component) the others' are heard through the notifier.
+		if cfg.Global.RedisURL != "" && cfg.Federation.Enabled {
 			go wakeSenderOnRoomEvents(baseCtx, notify, federation)
 		}
 	} else {
 		federation.StartWakes()
 	}
-	if runs("keyserver") {
-		// To-device messages for other servers that a crash left unqueued.
-		go func() {
-			if err := keys.FlushOutbound(baseCtx); err != nil {
-				logger.Warn("queueing leftover to-device messages", "err", err)
+	if runs("keyserver") && !leased {
+		go flushOutbound(baseCtx, keys, logger)
+	}
+
+	var leases *leaseRunner
+	if leased {
+		var singletons []singleton
+		if runs("appservice") {
+			if err := appServices.InitPositions(ctx); err != nil {
+				appServices.Close()
+				media.Close()
+				push.Close()
+				client.Close()
+				return nil, fmt.Errorf("appservice: %w", err)
 			}
-		}()
+			singletons = append(singletons, singleton{"appservice", appServices.RunSenders})
+		}
+		if runs("pushserver") {
+			singletons = append(singletons, singleton{"pushserver", push.RunSender})
+		}
+		if runs("mediaapi") {
+			singletons = append(singletons, singleton{"mediaapi", media.RunBackground})
+		}
+		if runs("federationapi") && cfg.Federation.Enabled {
+			singletons = append(singletons, singleton{"federationapi", federation.RunSingletons})
+		}
+		if runs("clientapi") {
+			singletons = append(singletons, singleton{"clientapi", client.RunBackground})
+		}
+		if runs("keyserver") {
+			singletons = append(singletons, singleton{"keyserver", func(ctx context.Context) {
+				flushOutbound(ctx, keys, logger)
+				keys.RunDeviceListSender(ctx)
+				<-ctx.Done()
+			}})
+		}
+		if leases, err = startLeases(baseCtx, cfg, logger, singletons); err != nil {
+			appServices.Close()
+			media.Close()
+			push.Close()
+			client.Close()
+			return nil, err
+		}
 	}
 
 	ok = true
@@ -483,7 +536,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		baseCtx:          baseCtx,
 		cancelBase:       cancel,
 		fedWakes:         fedWakes,
-		typingRelay:      typingRelay,
+		typingLog:        typingLog,
+		leases:           leases,
 	}, nil
 }
 
@@ -553,12 +607,23 @@ func (hs *Homeserver) serve(ctx context.Context, ln net.Listener, tlsConfig *tls
 // database. Call it after Serve returns.
 func (hs *Homeserver) Close() error {
 	hs.cancelBase()
+	// The singletons stop (and give their leases back) before the
+	// components they use close.
+	leaseErr := hs.leases.close()
 	var relayErr error
-	if hs.typingRelay != nil {
-		relayErr = hs.typingRelay.Close()
+	if hs.typingLog != nil {
+		relayErr = hs.typingLog.Close()
 	}
-	return errors.Join(relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
+	return errors.Join(leaseErr, relayErr, hs.AppServices.Close(), hs.Federation.Close(), hs.Media.Close(), hs.Push.Close(), hs.ClientAPI.Close(), closeNotifier(hs.Notifier),
 		closeNotifier(hs.fedWakes), hs.DB.Close())
+}
+
+// flushOutbound queues the to-device messages for other servers that a
+// crash left unqueued.
+func flushOutbound(ctx context.Context, keys *keyserver.Server, logger *slog.Logger) {
+	if err := keys.FlushOutbound(ctx); err != nil && ctx.Err() == nil {
+		logger.Warn("queueing leftover to-device messages", "err", err)
+	}
 }
 
 // closeNotifier stops a notifier that has background work (Redis).

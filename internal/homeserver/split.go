@@ -2,40 +2,52 @@ package homeserver
 
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
+	"errors"
 	"time"
 
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/syncapi"
 )
 
 // Split deployments (global.components; docs/split.md): the pieces of
 // assemble that carry work between processes.
 
-// typingChange is a typing change on the typing relay.
-type typingChange struct {
-	RoomID    string `json:"room_id"`
-	UserID    string `json:"user_id"`
-	Typing    bool   `json:"typing"`
-	TimeoutMS int64  `json:"timeout_ms"`
-}
+// typingLogKeep is how long the shared typing log keeps a change: a
+// process that starts reads the changes of that long (every typing
+// notification times out within maxTypingTimeout, 2 minutes, so older
+// ones have ended), and one cut off from Redis for longer starts its
+// typing sets again.
+const typingLogKeep = 10 * time.Minute
 
-func encodeTyping(roomID, userID string, typing bool, timeout time.Duration) []byte {
-	return mustMarshal(typingChange{RoomID: roomID, UserID: userID, Typing: typing, TimeoutMS: timeout.Milliseconds()})
-}
+// typingLogRef is the client API's view of the shared typing log, which
+// is built after the client API (its reader applies to it).
+type typingLogRef struct{ l **notifier.Log }
 
-// applyTyping applies another process's typing change to this one's
-// typing state.
-func applyTyping(client *clientapi.Server, payload []byte, logger *slog.Logger) {
-	var c typingChange
-	if err := json.Unmarshal(payload, &c); err != nil || c.RoomID == "" || c.UserID == "" {
-		logger.Warn("ignoring a malformed typing change from another process", "err", err)
-		return
+var _ clientapi.TypingLog = typingLogRef{}
+
+func (r typingLogRef) Append(ctx context.Context, payload []byte) (int64, error) {
+	if *r.l == nil {
+		return 0, errors.New("homeserver: typing change before the typing log was built")
 	}
-	client.ApplyTyping(c.RoomID, c.UserID, c.Typing, time.Duration(c.TimeoutMS)*time.Millisecond)
+	return (*r.l).Append(ctx, payload)
+}
+
+// sharedEphemeral is sync's ephemeral source in a split deployment: its
+// typing positions come from the shared log's counter.
+type sharedEphemeral struct {
+	*ephemeral
+	log *notifier.Log
+}
+
+var _ syncapi.SharedTyping = (*sharedEphemeral)(nil)
+
+// TypingIssued reports whether the shared counter has given out pos.
+func (e *sharedEphemeral) TypingIssued(ctx context.Context, pos int64) (bool, error) {
+	head, err := e.log.Head(ctx)
+	return pos <= head, err
 }
 
 // wakeSenderOnRoomEvents wakes this process's federation sender whenever

@@ -67,6 +67,11 @@ func (s *Server) Restart(t testing.TB) {
 	s.run(t)
 }
 
+// Stop stops the server as a shutdown would, before the test ends (as
+// when an admin stops one process of a deployment). Later calls, and the
+// test's own clean-up, do nothing more.
+func (s *Server) Stop() { s.stop() }
+
 // run starts a homeserver on s.Config, listening on a new port.
 func (s *Server) run(t testing.TB) {
 	t.Helper()

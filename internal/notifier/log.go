@@ -1,0 +1,174 @@
+package notifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Log is an ordered log of messages shared by the processes of a split
+// deployment, for state that each process keeps in memory and that must
+// read the same in every process at every position (typing
+// notifications): a message gets its position from one counter, and
+// every process, the appender's included, applies every message in
+// position order. Unlike Relay, nothing is lost while a process is
+// briefly cut off from Redis: it reads on from where it stopped when it
+// is back.
+//
+// The messages are a Redis stream (<prefix>log) beside a counter
+// (<prefix>pos); Append takes the next position and adds the message in
+// one script, so the stream holds the positions in order. The stream
+// keeps the messages of the last keep; a process that starts reads them
+// all, and one that was away longer finds a gap (apply sees a position
+// more than one past the last). The counter starts at Redis's clock in
+// milliseconds, so positions keep growing if Redis loses its data (as
+// long as fewer than one message a millisecond was appended on average).
+//
+// Concurrency: every method is safe for concurrent use; apply is called
+// on one goroutine of the Log, one message at a time.
+type Log struct {
+	client  *redis.Client
+	stream  string
+	counter string
+	keep    time.Duration
+	apply   func(LogEntry)
+	log     *slog.Logger
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
+}
+
+// LogEntry is one message of a Log.
+type LogEntry struct {
+	Pos int64
+	// At is when Redis added it (Redis's clock).
+	At      time.Time
+	Payload []byte
+}
+
+// appendScript takes the next position (KEYS[1], started at the clock in
+// milliseconds) and adds ARGV[1] at it to the stream KEYS[2], trimming
+// the messages older than ARGV[2] milliseconds.
+var appendScript = redis.NewScript(`
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ms)
+end
+local p = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MINID', '~', ms - tonumber(ARGV[2]), '*', 'p', p, 'd', ARGV[1])
+return p`)
+
+// NewLog connects to Redis (url as for NewRedis) and starts reading the
+// log under prefix from its oldest kept message; apply receives every
+// message in position order until Close.
+func NewLog(ctx context.Context, url, prefix string, keep time.Duration, logger *slog.Logger, apply func(LogEntry)) (*Log, error) {
+	ropts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("notifier: redis URL: %w", err)
+	}
+	ropts.ContextTimeoutEnabled = true
+	if logger == nil {
+		logger = slog.Default()
+	}
+	l := &Log{client: redis.NewClient(ropts), stream: prefix + "log", counter: prefix + "pos", keep: keep, apply: apply, log: logger}
+	if err := l.client.Ping(ctx).Err(); err != nil {
+		l.client.Close()
+		return nil, fmt.Errorf("notifier: redis %s: %w", redactURL(url), err)
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	l.wg.Add(1)
+	go l.read(bg)
+	return l, nil
+}
+
+// Append adds payload to the log and returns its position. It takes
+// effect in this process, as in every other, when the reader applies it.
+func (l *Log) Append(ctx context.Context, payload []byte) (int64, error) {
+	return appendScript.Run(ctx, l.client, []string{l.counter, l.stream}, payload, l.keep.Milliseconds()).Int64()
+}
+
+// headScript returns the counter KEYS[1], started at the clock in
+// milliseconds if it does not exist yet (as appendScript does).
+var headScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+return tonumber(redis.call('GET', KEYS[1]))`)
+
+// Head returns the last position given out. Before the first it starts
+// the counter: positions issued before the log existed (a process's
+// clock in milliseconds at its start, plus its changes) then read as
+// given out.
+func (l *Log) Head(ctx context.Context) (int64, error) {
+	return headScript.Run(ctx, l.client, []string{l.counter}).Int64()
+}
+
+// read applies the stream's messages in order until ctx ends.
+func (l *Log) read(ctx context.Context) {
+	defer l.wg.Done()
+	last := "0-0"
+	backoff := rateLimitedLog{every: time.Minute}
+	for ctx.Err() == nil {
+		res, err := l.client.XRead(ctx, &redis.XReadArgs{Streams: []string{l.stream, last}, Count: 500, Block: 10 * time.Second}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			backoff.warn(l.log, "reading the shared log failed (Redis unreachable?); retrying", "stream", l.stream, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for _, s := range res {
+			for _, m := range s.Messages {
+				last = m.ID
+				e, ok := parseLogMessage(m)
+				if !ok {
+					l.log.Warn("ignoring a malformed message of the shared log", "stream", l.stream, "id", m.ID)
+					continue
+				}
+				l.apply(e)
+			}
+		}
+	}
+}
+
+// parseLogMessage reads a stream message written by appendScript.
+func parseLogMessage(m redis.XMessage) (LogEntry, bool) {
+	ps, _ := m.Values["p"].(string)
+	d, _ := m.Values["d"].(string)
+	pos, err := strconv.ParseInt(ps, 10, 64)
+	msPart, _, _ := strings.Cut(m.ID, "-")
+	ms, err2 := strconv.ParseInt(msPart, 10, 64)
+	if err != nil || err2 != nil || pos <= 0 {
+		return LogEntry{}, false
+	}
+	return LogEntry{Pos: pos, At: time.UnixMilli(ms), Payload: []byte(d)}, true
+}
+
+// Close stops reading and disconnects.
+func (l *Log) Close() error {
+	var err error
+	l.once.Do(func() {
+		l.cancel()
+		err = l.client.Close() // ends a blocked read
+		l.wg.Wait()
+	})
+	return err
+}
