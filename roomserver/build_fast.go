@@ -173,7 +173,7 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 // refuses them.
 func canonicalEvent(impl gomatrixserverlib.IRoomVersion, ev *fastEvent) ([]byte, bool, error) {
 	if eventStringsPlain(ev) && ev.Depth >= -maxSafeInt && ev.Depth <= maxSafeInt &&
-		int64(ev.OriginServerTS) >= -maxSafeInt && int64(ev.OriginServerTS) <= maxSafeInt {
+		uint64(ev.OriginServerTS) <= maxSafeInt {
 		content, err := gomatrixserverlib.EnforcedCanonicalJSON(ev.Content, impl.Version())
 		if err != nil {
 			return nil, false, err

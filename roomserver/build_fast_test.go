@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,6 +254,57 @@ func TestBuildSignedKeyIDNotPlain(t *testing.T) {
 			}
 			if string(got.JSON()) != string(want.JSON()) || got.EventID() != want.EventID() {
 				t.Errorf("v%s %s:\n got  %s %s\n want %s %s", v, typ, got.EventID(), got.JSON(), want.EventID(), want.JSON())
+			}
+		}
+	}
+}
+
+// TestBuildSignedRefusesWhatBuildRefuses: an origin_server_ts before 1970
+// or past 2^53 − 1, and a room ID longer than 255 bytes, are refused by
+// buildSigned exactly when Build refuses them (a negative time once
+// wrapped into a small negative number and was written as such), and what
+// both accept is the same event.
+func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	longRoom := "!" + strings.Repeat("r", 243) + ":example.org" // 256 bytes
+	cases := []struct {
+		name   string
+		ts     time.Time
+		roomID string
+	}{
+		{"ts before 1970", time.UnixMilli(-5), "!room:example.org"},
+		{"ts past 2^53", time.UnixMilli(maxSafeInt + 1), "!room:example.org"},
+		{"ts at 2^53 - 1", time.UnixMilli(maxSafeInt), "!room:example.org"},
+		{"room ID of 256 bytes", time.UnixMilli(1_700_000_000_123), longRoom},
+	}
+	for _, v := range []string{"3", "10", "11", "12"} {
+		impl, err := roomVersion(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cases {
+			newBuilder := func() *gomatrixserverlib.EventBuilder {
+				eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
+					SenderID: "@alice:example.org", RoomID: c.roomID, Type: "m.room.message",
+					Content: []byte(`{"msgtype":"m.text","body":"x"}`), Depth: 7, PrevEvents: []string{"$prev"},
+				})
+				eb.AuthEvents = []string{"$create", "$pl", "$member"}
+				return eb
+			}
+			want, wantErr := newBuilder().Build(c.ts, "example.org", "ed25519:k1", key)
+			got, gotErr := buildSigned(impl, newBuilder(), c.ts, "example.org", "ed25519:k1", key)
+			if (wantErr == nil) != (gotErr == nil) {
+				t.Errorf("v%s %s: Build error %v, buildSigned error %v", v, c.name, wantErr, gotErr)
+				continue
+			}
+			if wantErr != nil {
+				continue
+			}
+			if string(got.JSON()) != string(want.JSON()) || got.OriginServerTS() != want.OriginServerTS() {
+				t.Errorf("v%s %s:\n got  %s\n want %s", v, c.name, got.JSON(), want.JSON())
 			}
 		}
 	}

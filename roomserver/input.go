@@ -357,7 +357,7 @@ func listsImpliedCreate(pdu gomatrixserverlib.PDU) bool {
 		return false
 	}
 	createID := "$" + strings.TrimPrefix(pdu.RoomID().String(), "!")
-	if local, ok := pdu.(*localPDU); ok && !local.changed {
+	if local, ok := pdu.(*localPDU); ok && !local.changed.Load() {
 		// Its own auth_events, as written.
 		return slices.Contains(local.ev.AuthEvents, createID)
 	}

@@ -3,6 +3,7 @@ package roomserver
 import (
 	"crypto/ed25519"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -37,8 +38,9 @@ type localPDU struct {
 	once   sync.Once
 	parsed gomatrixserverlib.PDU
 	// changed: a method that changes the event in place has run on
-	// parsed, which now answers every method.
-	changed bool
+	// parsed, which now answers every method. Atomic, so that a reader
+	// that sees it set also sees parsed.
+	changed atomic.Bool
 }
 
 var _ gomatrixserverlib.PDU = (*localPDU)(nil)
@@ -91,42 +93,42 @@ func (p *localPDU) full() gomatrixserverlib.PDU {
 }
 
 func (p *localPDU) EventID() string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.EventID()
 	}
 	return p.eventID
 }
 
 func (p *localPDU) StateKey() *string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.StateKey()
 	}
 	return p.ev.StateKey
 }
 
 func (p *localPDU) StateKeyEquals(s string) bool {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.StateKeyEquals(s)
 	}
 	return p.ev.StateKey != nil && *p.ev.StateKey == s
 }
 
 func (p *localPDU) Type() string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Type()
 	}
 	return p.ev.Type
 }
 
 func (p *localPDU) Content() []byte {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Content()
 	}
 	return p.ev.Content
 }
 
 func (p *localPDU) Version() gomatrixserverlib.RoomVersion {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Version()
 	}
 	if o, ok := p.impl.(ownedStateVersion); ok {
@@ -138,63 +140,63 @@ func (p *localPDU) Version() gomatrixserverlib.RoomVersion {
 }
 
 func (p *localPDU) RoomID() spec.RoomID {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.RoomID()
 	}
 	return p.roomID
 }
 
 func (p *localPDU) Redacts() string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Redacts()
 	}
 	return p.ev.Redacts
 }
 
 func (p *localPDU) Redacted() bool {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Redacted()
 	}
 	return false
 }
 
 func (p *localPDU) PrevEventIDs() []string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.PrevEventIDs()
 	}
 	return p.ev.PrevEvents
 }
 
 func (p *localPDU) OriginServerTS() spec.Timestamp {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.OriginServerTS()
 	}
 	return p.ev.OriginServerTS
 }
 
 func (p *localPDU) SenderID() spec.SenderID {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.SenderID()
 	}
 	return spec.SenderID(p.ev.Sender)
 }
 
 func (p *localPDU) Unsigned() []byte {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Unsigned()
 	}
 	return nil // buildSigned writes no "unsigned"
 }
 
 func (p *localPDU) Depth() int64 {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.Depth()
 	}
 	return p.ev.Depth
 }
 
 func (p *localPDU) JSON() []byte {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.JSON()
 	}
 	return p.raw
@@ -206,7 +208,7 @@ func (p *localPDU) MarshalJSON() ([]byte, error) {
 }
 
 func (p *localPDU) AuthEventIDs() []string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.AuthEventIDs()
 	}
 	if p.createID != "" {
@@ -217,7 +219,7 @@ func (p *localPDU) AuthEventIDs() []string {
 }
 
 func (p *localPDU) PrevStateEventIDs() []string {
-	if p.changed {
+	if p.changed.Load() {
 		return p.parsed.PrevStateEventIDs()
 	}
 	return nil // "prev_state_events" is never written
@@ -252,12 +254,12 @@ func (p *localPDU) SetUnsigned(unsigned any) (gomatrixserverlib.PDU, error) {
 
 func (p *localPDU) Redact() {
 	p.full().Redact()
-	p.changed = true
+	p.changed.Store(true)
 }
 
 func (p *localPDU) SetUnsignedField(path string, value any) error {
 	err := p.full().SetUnsignedField(path, value)
-	p.changed = true
+	p.changed.Store(true)
 	return err
 }
 
@@ -265,6 +267,6 @@ func (p *localPDU) SetUnsignedField(path string, value any) error {
 // return themselves.
 func (p *localPDU) Sign(signingName string, keyID gomatrixserverlib.KeyID, privateKey ed25519.PrivateKey) gomatrixserverlib.PDU {
 	out := p.full().Sign(signingName, keyID, privateKey)
-	p.changed = true
+	p.changed.Store(true)
 	return out
 }
