@@ -3,7 +3,10 @@ package roomserver
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
+
+	"github.com/tidwall/gjson"
 
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/storage"
@@ -98,7 +101,7 @@ func TestRedaction(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		s := newTestServer(t, db)
 		ctx := context.Background()
-		for _, v := range []string{"10", "11", "12"} {
+		for _, v := range []string{"10", "11", "12", "org.matrix.msc3757.10", "org.matrix.msc3757.11"} {
 			t.Run("v"+v, func(t *testing.T) {
 				resp := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: v, Preset: PresetPublicChat})
 				room, createID := resp.RoomID, resp.EventIDs[0]
@@ -124,6 +127,13 @@ func TestRedaction(t *testing.T) {
 				r1 := redact(alice, m1)
 				if got := content(m1); got != "{}" {
 					t.Fatalf("redacted content = %s", got)
+				}
+				// Spec: rooms/v11, "Moving the redacts key": from v11 on
+				// (and in MSC3757's version based on v11) the target is in
+				// the content, before it at the top level.
+				inContent := gjson.Get(content(r1), "redacts").Str == m1
+				if wantInContent := strings.HasSuffix(v, "11") || v == "12"; inContent != wantInContent {
+					t.Fatalf("redaction content %s: redacts in content %v, want %v", content(r1), inContent, wantInContent)
 				}
 				if e, _ := s.Event(ctx, alice, m1); e.RedactedBecause != r1 {
 					t.Fatalf("redacted_because = %q, want %s", e.RedactedBecause, r1)

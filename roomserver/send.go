@@ -364,7 +364,11 @@ func (s *Server) build(ctx context.Context, q storage.Querier, tx storage.Tx, ro
 		return nil, err
 	}
 	if redacts != "" {
-		if room.Version == "11" || room.Version == "12" {
+		base := room.Version
+		if b, owned := ownedStateVersions[base]; owned {
+			base = b // MSC3757's versions follow their base's event format
+		}
+		if base == "11" || base == "12" {
 			// Spec: rooms/v11, "Moving the redacts key".
 			c, err := sjson.SetBytes(proto.Content, "redacts", redacts)
 			if err != nil {
