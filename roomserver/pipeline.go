@@ -110,23 +110,47 @@ func (t *roomTails) set(roomID string, tail *roomTail) {
 // lockRoom takes the write lock of roomID and waits until the room's
 // queued sends have committed or failed, so that the holder reads the
 // room's committed state and nothing of it is in flight. Lock order: a
-// goroutine holds at most one room lock at a time.
-func (s *Server) lockRoom(roomID string) func() {
-	unlock := s.lockRoomStripe(roomID)
+// goroutine holds at most one room lock at a time. While it waits, the
+// write ctx's request announced is suspended (awaitOutcome).
+func (s *Server) lockRoom(ctx context.Context, roomID string) func() {
+	unlock := s.lockRoomStripe(ctx, roomID)
 	if tail := s.tails.get(roomID); tail != nil {
-		<-tail.write.Done()
+		awaitOutcome(ctx, tail.write)
 		s.tails.set(roomID, nil)
 	}
 	return unlock
 }
 
 // lockRoomStripe takes roomID's lock without waiting for queued writes.
-func (s *Server) lockRoomStripe(roomID string) func() {
+// If it has to wait, the write ctx's request announced is suspended
+// meanwhile: the holder may keep the lock until its own write commits
+// (a send nothing may build on, every lockRoom holder), so the commit
+// must not be held for this request's write, which cannot come before
+// it (storage.SuspendAnnouncement).
+func (s *Server) lockRoomStripe(ctx context.Context, roomID string) func() {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(roomID))
 	mu := &s.roomLocks[h.Sum32()%uint32(len(s.roomLocks))]
-	mu.Lock()
+	if !mu.TryLock() {
+		resume := storage.SuspendAnnouncement(ctx)
+		mu.Lock()
+		resume()
+	}
 	return mu.Unlock
+}
+
+// awaitOutcome waits until w has its outcome, with the write ctx's
+// request announced suspended meanwhile (it cannot come before w's
+// commit, which must not be held for it).
+func awaitOutcome(ctx context.Context, w *storage.PendingWrite) {
+	select {
+	case <-w.Done():
+		return
+	default:
+	}
+	resume := storage.SuspendAnnouncement(ctx)
+	<-w.Done()
+	resume()
 }
 
 // roomToBuildOn returns, under the room's lock, the room row a send
@@ -147,7 +171,7 @@ func (s *Server) roomToBuildOn(ctx context.Context, roomID string) (room *roomRo
 				return tail.room.clone(), true, tail.write, nil
 			}
 		}
-		<-tail.write.Done()
+		awaitOutcome(ctx, tail.write)
 		s.tails.set(roomID, nil)
 	}
 	room, err = loadRoom(ctx, s.db.Reader(), roomID)
