@@ -319,9 +319,6 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	}
 	committing := time.Now()
 	err = sqlTx.Commit()
-	if err == nil {
-		db.timeCommit(time.Since(committing))
-	}
 	if err != nil {
 		for i, req := range batch {
 			if results[i] == nil {
@@ -331,6 +328,7 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 		}
 		return
 	}
+	db.timeCommit(time.Since(committing)) // a failed COMMIT is not timed (intent.go)
 	db.commits.Add(1)
 	if onlyWALRestarts(batch) {
 		db.walRestarts.Add(1)
