@@ -44,6 +44,24 @@ func TestRoomWaitsSuspendAnnouncement(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
+	// waiters waits until n requests wait for the room's lock.
+	waiters := func(t *testing.T, n int) {
+		t.Helper()
+		l := s.roomLockOf(room)
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			l.wmu.Lock()
+			got := len(l.waiting)
+			l.wmu.Unlock()
+			if got == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests wait for the room's lock, want %d", got, n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	finished := func(t *testing.T, errc <-chan error) {
 		t.Helper()
 		select {
@@ -69,9 +87,9 @@ func TestRoomWaitsSuspendAnnouncement(t *testing.T) {
 		return release
 	}
 
-	t.Run("room lock held", func(t *testing.T) {
+	t.Run("room lock held through a commit", func(t *testing.T) {
 		var once sync.Once
-		locked := s.lockRoomStripe(ctx, room)
+		locked := s.lockRoom(ctx, room) // a lockRoom holder writes under the lock
 		unlock := func() { once.Do(locked) }
 		defer unlock() // never leave the room locked
 		actx, done := db.ExpectWrite(ctx)
@@ -86,6 +104,65 @@ func TestRoomWaitsSuspendAnnouncement(t *testing.T) {
 		}
 		unlock()
 		finished(t, errc)
+		live(t, 0, "after the send's event write")
+	})
+
+	// A holder that builds a send and releases the lock once its write is
+	// queued: the waiter's write can still join the commit, so it counts
+	// until the holder starts waiting for a commit under the lock.
+	t.Run("room lock held by a send building", func(t *testing.T) {
+		var once sync.Once
+		locked := s.lockRoomStripe(ctx, room)
+		unlock := func() { once.Do(locked) }
+		defer unlock()
+		actx, done := db.ExpectWrite(ctx)
+		defer done()
+		errc := send(actx, "after the build")
+		waiters(t, 1)
+		time.Sleep(10 * time.Millisecond)
+		if n := db.LiveAnnouncements(); n != 1 {
+			t.Fatalf("%d live announcements while the holder builds, want 1", n)
+		}
+		s.roomLockOf(room).committing() // as a send nothing may build on, once queued
+		live(t, 0, "a send waiting for a holder that waits for a commit")
+		unlock()
+		finished(t, errc)
+		live(t, 0, "after the send's event write")
+	})
+
+	t.Run("room lock held by a state send until its commit", func(t *testing.T) {
+		gate := make(chan struct{})
+		var once sync.Once
+		release := func() { once.Do(func() { close(gate) }) }
+		defer release()
+		s.lockRoom(ctx, room)() // no earlier write of the room in flight, no tail
+		blocker := db.WriteQueued(ctx, func(storage.Tx) error { <-gate; return nil })
+		stateErr := make(chan error, 1)
+		go func() {
+			_, err := s.SendEvent(ctx, SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.topic",
+				StateKey: ptr(""), Content: json.RawMessage(`{"topic":"held"}`)})
+			stateErr <- err
+		}()
+		// The state send queues its write behind the blocker and keeps
+		// the room's lock until it commits.
+		deadline := time.Now().Add(3 * time.Second)
+		for s.tails.get(room) == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("the state send queued no write")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		actx, done := db.ExpectWrite(ctx)
+		defer done()
+		errc := send(actx, "after the state event")
+		waiters(t, 1)
+		live(t, 0, "a send waiting for a state send's commit")
+		release()
+		finished(t, stateErr)
+		finished(t, errc)
+		if err := blocker.Wait(); err != nil {
+			t.Fatal(err)
+		}
 		live(t, 0, "after the send's event write")
 	})
 

@@ -265,6 +265,9 @@ func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *go
 		// The next send may build on this event now.
 		unlock()
 		locked = false
+	} else {
+		// Holding the lock until the write commits.
+		s.roomLockOf(roomID).committing()
 	}
 	if err := write.Wait(); err != nil {
 		return nil, nil, err
