@@ -186,11 +186,12 @@ func TestPipelinedSendAfterFailedSend(t *testing.T) {
 		err  error
 	}
 	retried, next := make(chan result, 1), make(chan result, 1)
+	old := s.tails.get(room) // before the retry can replace it
 	go func() {
 		r, err := s.SendEvent(ctx, first) // a retry: builds a new event, its write is refused
 		retried <- result{r, err}
 	}()
-	tail := waitQueued(t, s, room, s.tails.get(room))
+	tail := waitQueued(t, s, room, old)
 	if tail.room == nil {
 		t.Fatal("a message's send left nothing to build on")
 	}
