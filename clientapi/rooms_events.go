@@ -70,6 +70,7 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		done() // no room event now: scheduling writes a delayed one
 		return s.scheduleDelayed(w, r, delayedEvent{RoomID: roomID, Type: eventType, Delay: delay}, txnID)
 	}
 	content, err := eventContent(r)
@@ -99,7 +100,9 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 
 // expectWrite announces the request's event write to the database's
 // group-commit writer, so that a commit about to happen waits briefly for
-// it (storage.DB.ExpectWrite); call done when the request ends.
+// it (storage.DB.ExpectWrite); call done as soon as the request knows it
+// will write no room event, and when it ends. The roomserver's event
+// write ends the announcement (storage.ForAnnouncedWrite).
 func (s *Server) expectWrite(r *http.Request) (_ *http.Request, done func()) {
 	ctx, done := s.db.ExpectWrite(r.Context())
 	return r.WithContext(ctx), done
@@ -133,6 +136,7 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		done() // no room event now: scheduling writes a delayed one
 		return s.scheduleDelayed(w, r, delayedEvent{RoomID: roomID, Type: eventType, StateKey: &stateKey, Delay: delay}, "")
 	}
 	content, err := eventContent(r)
@@ -162,6 +166,7 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 	if current, err := s.rooms.rooms.CurrentStateEvent(ctx, me.UserID, roomID, eventType, stateKey); err == nil &&
 		current.Sender == me.UserID && sameJSON(current.Content, content) {
 		if m, _ := s.rooms.rooms.Membership(ctx, roomID, me.UserID); m == "join" {
+			done() // nothing to write: no held commit may wait for it
 			return httpx.OK(w, map[string]string{"event_id": current.EventID})
 		}
 	}

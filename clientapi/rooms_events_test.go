@@ -3,6 +3,7 @@ package clientapi_test
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -373,4 +374,69 @@ func TestEventSendsAnnounceTheirWrite(t *testing.T) {
 		_, err := alice.Messages(bg, room.RoomID, "", "", mautrix.DirectionBackward, nil, 10)
 		return err
 	})
+}
+
+// liveAtAnswer records how many announced writes a held commit would
+// wait for (storage.DB.LiveAnnouncements) when the handler starts its
+// answer.
+type liveAtAnswer struct {
+	*httptest.ResponseRecorder
+	db       *storage.DB
+	live     int
+	answered bool
+}
+
+func (w *liveAtAnswer) WriteHeader(code int) {
+	if !w.answered {
+		w.answered, w.live = true, w.db.LiveAnnouncements()
+	}
+	w.ResponseRecorder.WriteHeader(code)
+}
+
+func (w *liveAtAnswer) Write(b []byte) (int, error) {
+	if !w.answered {
+		w.answered, w.live = true, w.db.LiveAnnouncements()
+	}
+	return w.ResponseRecorder.Write(b)
+}
+
+// TestSendsWritingNoEventEndAnnouncement: a request that learns it will
+// write no room event ends its announcement (storage.DB.ExpectWrite)
+// before it answers, so that no commit is held for it meanwhile: a
+// re-sent state event equal to the current one (answered with the
+// existing event), and a send or state event with a delay (MSC4140: it
+// writes a delayed event, not a room event).
+func TestSendsWritingNoEventEndAnnouncement(t *testing.T) {
+	srv := testserver.Start(t, storage.SQLite, nil)
+	alice := newUser(t, srv, "alice")
+	room, err := alice.CreateRoom(bg, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	ok(t, "create", err)
+	sent, err := alice.SendStateEvent(bg, room.RoomID, event.StateTopic, "", map[string]any{"topic": "same"})
+	ok(t, "topic", err)
+	db := srv.HS.DB
+	r := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID.String())
+	for _, c := range []struct{ name, path, body, want string }{
+		{"same state again", r + "/state/m.room.topic/", `{"topic": "same"}`, `"event_id":"` + sent.EventID.String() + `"`},
+		{"delayed send", r + "/send/m.room.message/d1?org.matrix.msc4140.delay=60000", `{"msgtype": "m.text", "body": "later"}`, `"delay_id"`},
+		{"delayed state", r + "/state/m.room.topic/?org.matrix.msc4140.delay=60000", `{"topic": "later"}`, `"delay_id"`},
+	} {
+		req := httptest.NewRequest(http.MethodPut, c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+alice.token)
+		req.Header.Set("Content-Type", "application/json")
+		announced := db.AnnouncedWrites()
+		w := &liveAtAnswer{ResponseRecorder: httptest.NewRecorder(), db: db}
+		srv.HS.Handler().ServeHTTP(w, req)
+		if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), c.want) {
+			t.Fatalf("%s: %d %s, want 200 with %s", c.name, w.Code, w.Body, c.want)
+		}
+		if n := db.AnnouncedWrites() - announced; n != 1 {
+			t.Fatalf("%s announced %d writes, want 1", c.name, n)
+		}
+		if w.live != 0 {
+			t.Errorf("%s: %d live announcements when it answered, want 0", c.name, w.live)
+		}
+		if n := db.LiveAnnouncements(); n != 0 {
+			t.Errorf("%s: %d live announcements after it ended, want 0", c.name, n)
+		}
+	}
 }

@@ -59,7 +59,7 @@ func (s *Server) CreateRoom(ctx context.Context, req CreateRoomRequest) (*Create
 		plan = insertAfterPowerLevels(plan, stateProto(req.Creator, "m.room.canonical_alias", "", map[string]any{"alias": resp.Alias}))
 	}
 
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		resp.EventIDs = resp.EventIDs[:0]

@@ -176,7 +176,7 @@ func (s *Server) PersistBackfill(ctx context.Context, roomID string, raws []json
 		}
 		byID[pdu.EventID()] = pdu
 	}
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	stored := 0
 	err = s.db.Write(ctx, func(tx storage.Tx) error {

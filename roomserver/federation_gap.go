@@ -80,7 +80,7 @@ func (s *Server) InputWithState(ctx context.Context, req InputWithStateRequest) 
 		return nil, err
 	}
 
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	var p *prepared
 	err = s.db.Write(ctx, func(tx storage.Tx) error {

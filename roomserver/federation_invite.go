@@ -64,7 +64,7 @@ func (s *Server) BuildRemoteInvite(ctx context.Context, req MembershipRequest) (
 // buildRemoteInvite builds and authorises the invite under the room lock
 // and returns it with the policy server that is to sign it, if any.
 func (s *Server) buildRemoteInvite(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent) (*prepared, *roomPolicy, error) {
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	room, err := loadRoom(ctx, s.db.Reader(), roomID)
 	if err != nil {

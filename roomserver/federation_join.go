@@ -289,7 +289,7 @@ func (s *Server) ImportJoinedRoom(ctx context.Context, req ImportRoomRequest) (*
 		return nil, mxerr.New(mxerr.Forbidden, "the join is not allowed by the room state: %v", err)
 	}
 
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	room := &roomRow{RoomID: roomID, Version: req.RoomVersion}
 	var p *prepared

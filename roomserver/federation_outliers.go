@@ -97,7 +97,7 @@ func (s *Server) InputOutliers(ctx context.Context, roomID string, events []json
 		visit(id)
 	}
 
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	out := map[string]InputOutcome{}
 	err = s.db.Write(ctx, func(tx storage.Tx) error {

@@ -54,7 +54,7 @@ func (s *Server) lockForget(ctx context.Context, tx storage.Tx, roomID string) e
 // one out of date in a room a local user is in), is deleted in the same
 // transaction (Deps.EndPendingMembership): nothing is kept for it after.
 func (s *Server) Forget(ctx context.Context, userID, roomID string) error {
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		if s.db.Engine() == storage.Postgres {

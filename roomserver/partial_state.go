@@ -333,7 +333,7 @@ func (s *Server) CompletePartialState(ctx context.Context, req CompletePartialSt
 			byID[pdu.EventID()] = pdu
 		}
 	}
-	unlock := s.lockRoom(req.RoomID)
+	unlock := s.lockRoom(ctx, req.RoomID)
 	defer unlock()
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		room, err := loadRoom(ctx, tx, req.RoomID)

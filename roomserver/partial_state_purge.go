@@ -74,7 +74,7 @@ var ErrPurgeBeforeSent = errors.New("the federation sender has not read every ev
 // the room's lock, so a concurrent local join either comes first and
 // keeps the record or comes after and finds a room that is not partial.
 func (s *Server) PurgePartialState(ctx context.Context, roomID string, sentThrough int64) (bool, error) {
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	purged := false
 	err := s.db.Write(ctx, func(tx storage.Tx) error {

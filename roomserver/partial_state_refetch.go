@@ -250,7 +250,7 @@ func (s *Server) CompleteStretchState(ctx context.Context, req StretchStateReque
 		return err
 	}
 
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	var touched []*eventRow
 	err = s.db.Write(ctx, func(tx storage.Tx) error {

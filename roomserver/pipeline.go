@@ -110,23 +110,125 @@ func (t *roomTails) set(roomID string, tail *roomTail) {
 // lockRoom takes the write lock of roomID and waits until the room's
 // queued sends have committed or failed, so that the holder reads the
 // room's committed state and nothing of it is in flight. Lock order: a
-// goroutine holds at most one room lock at a time.
-func (s *Server) lockRoom(roomID string) func() {
-	unlock := s.lockRoomStripe(roomID)
+// goroutine holds at most one room lock at a time. The holder counts as
+// waiting for a commit (roomLock.committing) from the start: it waits
+// for the room's queued writes and writes under the lock. While it
+// waits, the write ctx's request announced is suspended (awaitOutcome).
+func (s *Server) lockRoom(ctx context.Context, roomID string) func() {
+	unlock := s.lockRoomStripe(ctx, roomID)
+	s.roomLockOf(roomID).committing()
 	if tail := s.tails.get(roomID); tail != nil {
-		<-tail.write.Done()
+		awaitOutcome(ctx, tail.write)
 		s.tails.set(roomID, nil)
 	}
 	return unlock
 }
 
-// lockRoomStripe takes roomID's lock without waiting for queued writes.
-func (s *Server) lockRoomStripe(roomID string) func() {
+// lockRoomStripe takes roomID's lock without waiting for queued writes
+// (roomLock.lock).
+func (s *Server) lockRoomStripe(ctx context.Context, roomID string) func() {
+	return s.roomLockOf(roomID).lock(ctx)
+}
+
+// roomLockOf returns the lock stripe of roomID.
+func (s *Server) roomLockOf(roomID string) *roomLock {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(roomID))
-	mu := &s.roomLocks[h.Sum32()%uint32(len(s.roomLocks))]
-	mu.Lock()
-	return mu.Unlock
+	return &s.roomLocks[h.Sum32()%uint32(len(s.roomLocks))]
+}
+
+// roomLock is one stripe of the room locks.
+//
+// A request waiting for the lock may have announced its write to the
+// SQLite writer (storage.DB.ExpectWrite), which then holds its commits
+// for it. That is right while the holder builds a send that releases the
+// lock once its write is queued (pipeline.go): the waiter's write can
+// still join the commit. It is wrong once the holder waits for a commit
+// while holding the lock (its own write's, a send nothing may build on;
+// the room's queued write's; every lockRoom holder): the waiter's write
+// cannot come before that commit. So the holder says when it starts
+// waiting for a commit (committing), and from then until it unlocks,
+// every waiter's announcement is suspended (storage.SuspendAnnouncement);
+// each resumes its own once it holds the lock.
+type roomLock struct {
+	mu sync.Mutex // the lock itself
+	// wmu guards waiting and commitBound; taken before the storage
+	// intents' lock (SuspendAnnouncement), never while waiting for mu.
+	wmu         sync.Mutex
+	waiting     map[*lockWaiter]struct{}
+	commitBound bool // the holder waits for a commit while holding mu
+}
+
+// lockWaiter is a request waiting for a roomLock.
+type lockWaiter struct {
+	ctx    context.Context
+	resume func() // set once its announcement is suspended (guarded by wmu)
+}
+
+// lock takes the lock; while it waits behind a holder that waits for a
+// commit, the write ctx's request announced is suspended (see roomLock).
+func (l *roomLock) lock(ctx context.Context) func() {
+	if l.mu.TryLock() {
+		return l.unlock
+	}
+	w := &lockWaiter{ctx: ctx}
+	l.wmu.Lock()
+	if l.waiting == nil {
+		l.waiting = make(map[*lockWaiter]struct{})
+	}
+	l.waiting[w] = struct{}{}
+	if l.commitBound {
+		w.resume = storage.SuspendAnnouncement(ctx)
+	}
+	l.wmu.Unlock()
+	l.mu.Lock()
+	l.wmu.Lock()
+	delete(l.waiting, w)
+	resume := w.resume
+	l.wmu.Unlock()
+	if resume != nil {
+		resume()
+	}
+	return l.unlock
+}
+
+// committing is called by the holder when it starts waiting for a
+// commit while holding the lock: the announcements of the requests
+// waiting for the lock, and of those that come to wait until it is
+// unlocked, are suspended.
+func (l *roomLock) committing() {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.commitBound {
+		return
+	}
+	l.commitBound = true
+	for w := range l.waiting {
+		if w.resume == nil {
+			w.resume = storage.SuspendAnnouncement(w.ctx)
+		}
+	}
+}
+
+func (l *roomLock) unlock() {
+	l.wmu.Lock()
+	l.commitBound = false
+	l.wmu.Unlock()
+	l.mu.Unlock()
+}
+
+// awaitOutcome waits until w has its outcome, with the write ctx's
+// request announced suspended meanwhile (it cannot come before w's
+// commit, which must not be held for it).
+func awaitOutcome(ctx context.Context, w *storage.PendingWrite) {
+	select {
+	case <-w.Done():
+		return
+	default:
+	}
+	resume := storage.SuspendAnnouncement(ctx)
+	<-w.Done()
+	resume()
 }
 
 // roomToBuildOn returns, under the room's lock, the room row a send
@@ -147,7 +249,13 @@ func (s *Server) roomToBuildOn(ctx context.Context, roomID string) (room *roomRo
 				return tail.room.clone(), true, tail.write, nil
 			}
 		}
-		<-tail.write.Done()
+		select {
+		case <-tail.write.Done():
+		default:
+			// Waiting for a commit holding the lock.
+			s.roomLockOf(roomID).committing()
+			awaitOutcome(ctx, tail.write)
+		}
 		s.tails.set(roomID, nil)
 	}
 	room, err = loadRoom(ctx, s.db.Reader(), roomID)

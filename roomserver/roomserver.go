@@ -92,7 +92,7 @@ type Server struct {
 	// holder reads extremities and state, builds, and commits before
 	// releasing (a send only queues its write; see pipeline.go), so
 	// prev_events and extremities never race.
-	roomLocks [256]sync.Mutex
+	roomLocks [256]roomLock
 	// tails holds each room's last queued send (pipeline.go).
 	tails roomTails
 

@@ -113,7 +113,7 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 	if err == nil || ctx.Err() != nil || (txn == nil && !errors.Is(err, errPipelineBroken)) {
 		return resp, err
 	}
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	if errors.Is(err, errPipelineBroken) {
 		// Built on a queued event that was not stored: build again on the
@@ -197,7 +197,7 @@ type policyAsked struct {
 // still the room's, is the signed event to queue instead of building.
 func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *gomatrixserverlib.ProtoEvent, redacts string, txn *TxnID,
 	asked *policyAsked, askOutside bool) (*SendEventResponse, *policyAsk, error) {
-	unlock := s.lockRoomStripe(roomID)
+	unlock := s.lockRoomStripe(ctx, roomID)
 	locked := true
 	defer func() {
 		if locked {
@@ -236,7 +236,9 @@ func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *go
 		}
 	}
 	next := s.roomAfter(p)
-	write := s.db.WriteQueued(ctx, func(tx storage.Tx) error {
+	// The send's event write is the one its request announced, if it
+	// did (storage.DB.ExpectWrite): queueing it ends the announcement.
+	write := s.db.WriteQueued(storage.ForAnnouncedWrite(ctx), func(tx storage.Tx) error {
 		if fromTail {
 			if inFlight != nil && inFlight.Failed() {
 				return errPipelineBroken // cheap early answer; saveRoomIf decides
@@ -263,6 +265,9 @@ func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *go
 		// The next send may build on this event now.
 		unlock()
 		locked = false
+	} else {
+		// Holding the lock until the write commits.
+		s.roomLockOf(roomID).committing()
 	}
 	if err := write.Wait(); err != nil {
 		return nil, nil, err
@@ -281,7 +286,7 @@ func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomat
 	if err != nil {
 		return nil, err
 	}
-	if err := s.db.Write(ctx, func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, string(proto.SenderID), txn) }); err != nil {
+	if err := s.db.Write(storage.ForAnnouncedWrite(ctx), func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, string(proto.SenderID), txn) }); err != nil {
 		return nil, err
 	}
 	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
@@ -495,7 +500,7 @@ func (s *Server) InputEvent(ctx context.Context, req InputEventRequest) (*InputE
 // nothing and returns that policy server, unless asked says it was
 // asked already: then pdu is soft-failed.
 func (s *Server) inputEvent(ctx context.Context, req InputEventRequest, pdu gomatrixserverlib.PDU, roomID string, asked bool) (*InputEventResponse, *roomPolicy, error) {
-	unlock := s.lockRoom(roomID)
+	unlock := s.lockRoom(ctx, roomID)
 	defer unlock()
 	reader := s.db.Reader()
 	outlierNID, duplicate, err := heldOutlier(ctx, reader, pdu.EventID())

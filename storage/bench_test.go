@@ -24,11 +24,11 @@ func benchmarkWrites(b *testing.B, run func(b *testing.B, write func() error)) {
 			return err
 		})
 	}
-	before := db.CommitCount()
+	before := commitsOf(db)
 	b.ResetTimer()
 	run(b, write)
 	b.StopTimer()
-	if commits := db.CommitCount() - before; commits > 0 {
+	if commits := commitsOf(db) - before; commits > 0 {
 		b.ReportMetric(float64(next.Load())/float64(commits), "writes/commit")
 	}
 }

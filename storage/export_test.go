@@ -71,3 +71,17 @@ func (db *DB) SetBeforeCheckpoint(fn func()) { db.beforeCheckpoint = fn }
 func (db *DB) SetHoldTimes(hold, fresh, window time.Duration) {
 	db.holdTimes = holdTimes{hold: hold, fresh: fresh, window: window, fixed: true}
 }
+
+// SetBoundedHoldTimes is SetHoldTimes with the hold still bounded by how
+// long commits have taken (as in production). Call it before the first
+// write.
+func (db *DB) SetBoundedHoldTimes(hold, fresh, window time.Duration) {
+	db.holdTimes = holdTimes{hold: hold, fresh: fresh, window: window}
+}
+
+// CommitTime reports the writer's moving average of COMMIT durations;
+// read it only while no write is in flight.
+func (db *DB) CommitTime() time.Duration { return db.commitTime }
+
+// RestartWAL queues the idle checkpointer's WAL-restart write.
+func (db *DB) RestartWAL() { db.restartWAL() }

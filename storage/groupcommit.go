@@ -22,9 +22,15 @@ type writeRequest struct {
 	// tx is set by the writer when fn ran; the caller reads it (for its
 	// AfterCommit hooks) only after finished is closed.
 	tx *writeTx
-	// announced: the request's write was announced (ExpectWrite) and
-	// this is its first write (intent.go).
+	// announced: this is the write its request announced (ExpectWrite,
+	// ForAnnouncedWrite), queued while the announcement stood (intent.go).
 	announced bool
+	// resume, when set, resumes the request's announcement, suspended
+	// while it waits for this write of its own (intent.go); the caller
+	// calls it once the outcome is known.
+	resume func()
+	// walRestart: restartWAL's own write (WALRestarts).
+	walRestart bool
 }
 
 // finish records req's outcome and wakes its caller.
@@ -48,8 +54,22 @@ func (db *DB) enqueueWrite(ctx context.Context, fn func(Tx) error) error {
 
 // queueWrite hands fn to the writer and returns without waiting for it.
 func (db *DB) queueWrite(ctx context.Context, fn func(Tx) error) (*writeRequest, error) {
-	in := db.intentOf(ctx)
-	req := &writeRequest{ctx: ctx, fn: fn, finished: make(chan struct{}), announced: in != nil}
+	return db.queueWriteOf(ctx, fn, false)
+}
+
+// queueWriteOf is queueWrite; walRestart marks restartWAL's write.
+func (db *DB) queueWriteOf(ctx context.Context, fn func(Tx) error, walRestart bool) (*writeRequest, error) {
+	req := &writeRequest{ctx: ctx, fn: fn, finished: make(chan struct{}), walRestart: walRestart}
+	in, announcedWrite := db.announcementOf(ctx)
+	if in != nil && !announcedWrite && in.suspend(false) {
+		// Another write of the announcing request: the request waits for
+		// it (Write, PendingWrite.Wait), so its announced write cannot
+		// come before this one's commit, which must not be held for it.
+		req.resume = in.resume
+	}
+	if announcedWrite {
+		req.announced = in.standing()
+	}
 	// Holding closeMu (shared) while sending means Close, which takes it
 	// exclusively before closing db.closed, cannot slip in between our
 	// check and our send: every request that reaches the queue is queued
@@ -58,20 +78,30 @@ func (db *DB) queueWrite(ctx context.Context, fn func(Tx) error) (*writeRequest,
 	select {
 	case <-db.closed:
 		db.closeMu.RUnlock()
+		req.resumeAnnouncement()
 		return nil, ErrClosed
 	default:
 	}
 	select {
 	case <-ctx.Done():
 		db.closeMu.RUnlock()
+		req.resumeAnnouncement()
 		return nil, ctx.Err()
 	case db.queue <- req:
 	}
 	db.closeMu.RUnlock()
-	if in != nil {
-		in.remove() // after queueing: the writer sees one or the other
+	if announcedWrite {
+		in.queued() // after queueing: the writer sees one or the other
 	}
 	return req, nil
+}
+
+// resumeAnnouncement resumes the request's announcement if it was
+// suspended for this write (queueWrite).
+func (req *writeRequest) resumeAnnouncement() {
+	if req.resume != nil {
+		req.resume()
+	}
 }
 
 // wait returns req's outcome once it is known and, when it committed,
@@ -81,6 +111,7 @@ func (req *writeRequest) wait() error {
 	// already be running inside a transaction that will commit, and the
 	// caller must not believe a committed write failed.
 	<-req.finished
+	req.resumeAnnouncement()
 	if req.err != nil {
 		return req.err
 	}
@@ -275,13 +306,23 @@ func (db *DB) checkpointFrom(pages int64) (all, ok bool) {
 // follows it, as any other. Nobody waits for its answer; a failure is
 // not reported (the next commit restarts the WAL as before).
 func (db *DB) restartWAL() {
-	_, _ = db.queueWrite(context.Background(), func(tx Tx) error {
+	_, _ = db.queueWriteOf(context.Background(), func(tx Tx) error {
 		_, err := tx.Exec(context.Background(), `INSERT INTO myelin_wal_restart (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = myelin_wal_restart.n + 1`)
-		if err == nil {
-			tx.OnCommit(func() { db.walRestarts.Add(1) })
-		}
 		return err
-	})
+	}, true)
+}
+
+// onlyWALRestarts reports whether batch, which committed, held nothing
+// but restartWAL's writes: such a commit is counted in WALRestarts. A
+// commit that a caller's write shared is the caller's (it would have
+// happened without the restart).
+func onlyWALRestarts(batch []*writeRequest) bool {
+	for _, req := range batch {
+		if !req.walRestart {
+			return false
+		}
+	}
+	return true
 }
 
 // takeWaiting appends to batch whatever is waiting in queue, up to
@@ -334,7 +375,6 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	}
 	committing := time.Now()
 	err = sqlTx.Commit()
-	db.commitTime += (time.Since(committing) - db.commitTime) / 8 // intent.go
 	if err != nil {
 		for i, req := range batch {
 			if results[i] == nil {
@@ -344,7 +384,11 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 		}
 		return
 	}
+	db.timeCommit(time.Since(committing)) // a failed COMMIT is not timed (intent.go)
 	db.commits.Add(1)
+	if onlyWALRestarts(batch) {
+		db.walRestarts.Add(1)
+	}
 	select {
 	case db.committed <- struct{}{}: // checkpointLoop: a commit to copy
 	default: // it has been told already

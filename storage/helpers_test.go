@@ -42,3 +42,8 @@ func within(t *testing.T, d time.Duration, what string, fn func()) {
 		t.Fatalf("%s did not finish within %v", what, d)
 	}
 }
+
+// commitsOf is db's commit count less the commits of the idle
+// checkpointer's own WAL-restart writes, which may come at any idle
+// moment: the commits of the test's writes.
+func commitsOf(db *storage.DB) int64 { return db.CommitCount() - db.WALRestarts() }

@@ -23,10 +23,9 @@ import (
 // (ExpectWrite), before it has built its write (read the room, build,
 // sign, authorise), and the writer, having run everything queued, holds
 // its COMMIT, taking writes into the batch as they queue, while
-//   - an announced write is on its way (one announced within
-//     intentFresh: a request that takes longer to reach its write, such
-//     as one waiting for a room's lock or for another server, stops
-//     counting), or
+//   - an announced write is on its way (one announced, or resumed,
+//     within intentFresh: a request that takes longer to reach its
+//     write, such as one waiting for another server, stops counting), or
 //   - fewer announced writes are in the batch than the last commit
 //     answered, and the batch began within returnWindow of that answer:
 //     the clients just answered are sending again (a client that waits
@@ -34,7 +33,8 @@ import (
 //     one back would otherwise commit alone);
 //
 // and never longer than commitHold from the batch's first write, nor
-// than a COMMIT takes of late (a moving average): waiting longer than a
+// than a COMMIT takes of late (a moving average of the COMMITs that
+// succeeded; commitHold alone until one has): waiting longer than a
 // commit takes cannot pay, as the writes waited for could have had a
 // commit of their own meanwhile (on a disk whose fsync takes 0.07 ms a
 // hold is a fraction of a millisecond). This is
@@ -43,6 +43,17 @@ import (
 // that nothing is about to join, commit at once. Durability is
 // unchanged (every write is still answered after the fsync of the
 // COMMIT that holds it); a write waits at most commitHold longer.
+//
+// A request that waits for something which may itself wait for a commit
+// cannot write before that commit, so holding the commit for it only
+// delays both: a send waiting for its room's lock (held by a send that
+// keeps it until its own commit) or for the outcome of the room's queued
+// write, or a request waiting for a write of its own that is not the
+// announced one. For such a wait the announcement is suspended
+// (SuspendAnnouncement; Write does it itself) and resumed afterwards, as
+// if made then. Only the write the request announced ends it
+// (ForAnnouncedWrite); a request that learns it will write nothing ends
+// it at once (the done function ExpectWrite returns).
 const (
 	commitHold   = 1 * time.Millisecond
 	intentFresh  = 2 * time.Millisecond
@@ -57,22 +68,39 @@ type holdTimes struct {
 	fixed bool
 }
 
-// intentKey is the context key of a request's announced write.
-type intentKey struct{}
+// intentKey is the context key of a request's announced write;
+// announcedWriteKey marks the context of the write it announced.
+type (
+	intentKey         struct{}
+	announcedWriteKey struct{}
+)
+
+// intentState is where an announced write stands.
+type intentState uint8
+
+const (
+	intentLive      intentState = iota // on its way: in intents.live
+	intentSuspended                    // waiting for something that may wait for a commit
+	intentEnded                        // its write queued, or the request ended
+)
 
 // writeIntent is one announced write.
 type writeIntent struct {
-	db   *DB
-	at   time.Time
-	gone atomic.Bool
+	db *DB
+	// at is when the write was announced or last resumed; state where it
+	// stands. Both guarded by db.intents.mu.
+	at    time.Time
+	state intentState
 }
 
-// intents are the announced writes not yet queued nor abandoned.
+// intents are the announced writes.
 type intents struct {
 	mu   sync.Mutex
-	live map[*writeIntent]struct{} // guarded by mu
+	live map[*writeIntent]struct{} // guarded by mu: the announced writes in state intentLive
 	// gone wakes a writer holding its commit when an announced write
-	// went away without queueing (the request failed first). One slot.
+	// stopped being on its way without queueing (the request failed or
+	// will write nothing, or waits for something that may wait for a
+	// commit). One slot.
 	gone chan struct{}
 	// announced counts ExpectWrite calls (AnnouncedWrites).
 	announced atomic.Int64
@@ -83,13 +111,25 @@ type intents struct {
 // requests announce theirs.
 func (db *DB) AnnouncedWrites() int64 { return db.intents.announced.Load() }
 
+// LiveAnnouncements reports how many announced writes a held commit
+// would wait for now, fresh or not: announced, neither queued, ended nor
+// suspended. Always 0 on PostgreSQL. Tests use it to show when a request
+// stops counting.
+func (db *DB) LiveAnnouncements() int {
+	db.intents.mu.Lock()
+	defer db.intents.mu.Unlock()
+	return len(db.intents.live)
+}
+
 // ExpectWrite announces that the caller is about to queue a write on db
 // (SQLite's group-commit writer) and returns a context carrying the
-// announcement and a function to call when the request ends. The first
-// write queued with that context (Write, WriteQueued) ends the
+// announcement and a function to call when the request will write
+// nothing more (at the latest when it ends). The write queued (Write,
+// WriteQueued) with the context ForAnnouncedWrite makes of it ends the
 // announcement once it is in the queue; done ends it otherwise, and may
-// be called more than once. On PostgreSQL (no shared writer) it does
-// nothing.
+// be called more than once. Other writes made with the context leave it
+// standing (suspended while they run, see SuspendAnnouncement). On
+// PostgreSQL (no shared writer) it does nothing.
 func (db *DB) ExpectWrite(ctx context.Context) (context.Context, func()) {
 	if db.engine != SQLite {
 		return ctx, func() {}
@@ -105,37 +145,122 @@ func (db *DB) ExpectWrite(ctx context.Context) (context.Context, func()) {
 	return context.WithValue(ctx, intentKey{}, in), in.end
 }
 
-// end removes the announcement (once), as done: the request ends
-// without (more) writes, so a writer holding its commit for it is woken.
+// ForAnnouncedWrite returns ctx marked for the write its request
+// announced (ExpectWrite): the first write queued with the returned
+// context is taken as that write and ends the announcement. Without an
+// announcement in ctx it returns ctx.
+func ForAnnouncedWrite(ctx context.Context) context.Context {
+	in, ok := ctx.Value(intentKey{}).(*writeIntent)
+	if !ok {
+		return ctx
+	}
+	return context.WithValue(ctx, announcedWriteKey{}, in)
+}
+
+// SuspendAnnouncement takes the write ctx's request announced
+// (ExpectWrite) off what a held commit waits for while the caller waits
+// for something that may itself wait for a commit, such as a room's lock
+// or the outcome of a queued write: the commit would otherwise be held
+// for a write that cannot come before it. resume puts the announcement
+// back as if made then; call it when the wait is over, before the
+// request goes on to build its write. Without a standing announcement
+// (none, queued, ended or already suspended) both do nothing.
+func SuspendAnnouncement(ctx context.Context) (resume func()) {
+	in, ok := ctx.Value(intentKey{}).(*writeIntent)
+	if !ok || !in.suspend(true) {
+		return noResume
+	}
+	return in.resume
+}
+
+// noResume is the resume of a suspension that did not happen.
+func noResume() {}
+
+// end ends the announcement (once), as done: the request will write
+// nothing more, so a writer holding its commit for it is woken.
 func (in *writeIntent) end() {
-	if in.remove() {
-		select {
-		case in.db.intents.gone <- struct{}{}:
-		default:
-		}
+	ins := &in.db.intents
+	ins.mu.Lock()
+	wasLive := in.state == intentLive
+	if in.state != intentEnded {
+		delete(ins.live, in)
+		in.state = intentEnded
+	}
+	ins.mu.Unlock()
+	if wasLive {
+		in.db.wakeHeld()
 	}
 }
 
-// remove removes the announcement if it is still live and reports
-// whether it was. Its write queued: the queue wakes the writer, so no
-// signal on gone (which the writer might take instead of the write).
-func (in *writeIntent) remove() bool {
-	if in.gone.Swap(true) {
-		return false
-	}
+// queued ends the announcement because its write queued. The queue
+// wakes the writer, so no signal on gone (which the writer might take
+// instead of the write).
+func (in *writeIntent) queued() {
 	ins := &in.db.intents
 	ins.mu.Lock()
+	defer ins.mu.Unlock()
 	delete(ins.live, in)
+	in.state = intentEnded
+}
+
+// standing reports whether the announcement stands (live or suspended).
+func (in *writeIntent) standing() bool {
+	ins := &in.db.intents
+	ins.mu.Lock()
+	defer ins.mu.Unlock()
+	return in.state != intentEnded
+}
+
+// suspend takes a live announcement off what a held commit waits for
+// and reports whether it was live; wake wakes a writer holding its
+// commit (not for a write of the request's own about to queue: its
+// queueing wakes the writer).
+func (in *writeIntent) suspend(wake bool) bool {
+	ins := &in.db.intents
+	ins.mu.Lock()
+	if in.state != intentLive {
+		ins.mu.Unlock()
+		return false
+	}
+	delete(ins.live, in)
+	in.state = intentSuspended
 	ins.mu.Unlock()
+	if wake {
+		in.db.wakeHeld()
+	}
 	return true
 }
 
-// intentOf returns the live announcement ctx carries for db, or nil.
-func (db *DB) intentOf(ctx context.Context) *writeIntent {
-	if in, ok := ctx.Value(intentKey{}).(*writeIntent); ok && in.db == db && !in.gone.Load() {
-		return in
+// resume puts a suspended announcement back, made now.
+func (in *writeIntent) resume() {
+	ins := &in.db.intents
+	ins.mu.Lock()
+	defer ins.mu.Unlock()
+	if in.state != intentSuspended {
+		return // ended meanwhile
 	}
-	return nil
+	in.state, in.at = intentLive, time.Now()
+	ins.live[in] = struct{}{}
+}
+
+// wakeHeld wakes the writer if it holds its commit for announced writes.
+func (db *DB) wakeHeld() {
+	select {
+	case db.intents.gone <- struct{}{}:
+	default:
+	}
+}
+
+// announcementOf returns the announcement ctx carries for db, if it
+// still stands (live or suspended), and whether ctx is that of the write
+// it announced (ForAnnouncedWrite).
+func (db *DB) announcementOf(ctx context.Context) (in *writeIntent, announcedWrite bool) {
+	in, ok := ctx.Value(intentKey{}).(*writeIntent)
+	if !ok || in.db != db {
+		return nil, false
+	}
+	marked, _ := ctx.Value(announcedWriteKey{}).(*writeIntent)
+	return in, marked == in
 }
 
 // countAnnounced counts the announced writes of batch.
@@ -160,7 +285,9 @@ func (db *DB) holdFor(start time.Time, n int) time.Duration {
 	}
 	now := time.Now()
 	hold := db.holdTimes.hold
-	if !db.holdTimes.fixed {
+	if !db.holdTimes.fixed && db.commitTime > 0 {
+		// Bounded by how long a COMMIT takes once one has been timed;
+		// commitHold alone before.
 		hold = min(hold, db.commitTime)
 	}
 	limit := start.Add(hold)
@@ -186,4 +313,16 @@ func (db *DB) holdFor(start time.Time, n int) time.Duration {
 		until = limit
 	}
 	return until.Sub(now)
+}
+
+// timeCommit takes the duration of a COMMIT that succeeded into
+// commitTime (a failed one says nothing of how long commits take): the
+// first sets it, then each moves it by an eighth of the difference.
+// Called by the writer only.
+func (db *DB) timeCommit(d time.Duration) {
+	if db.commitTime == 0 {
+		db.commitTime = max(d, 1) // 0 means none timed yet
+		return
+	}
+	db.commitTime += (d - db.commitTime) / 8
 }

@@ -126,7 +126,8 @@ type DB struct {
 	// busyCheckpoints counts the WAL checkpoints run under load
 	// (checkpointBusy, groupcommit.go); tests read it.
 	busyCheckpoints atomic.Int64
-	// walRestarts counts the commits of restartWAL's writes (WALRestarts).
+	// walRestarts counts the commits that held restartWAL's writes and
+	// nothing else (WALRestarts).
 	walRestarts atomic.Int64
 	// beforeCheckpoint, when set (by tests, before the first write), runs
 	// in each checkpoint of checkpointLoop's (idle or busy) once it holds
@@ -140,7 +141,8 @@ type DB struct {
 	answeredAt time.Time
 	holdTimes  holdTimes
 	// commitTime is the SQLite writer's recent COMMIT duration (a moving
-	// average of 1/8 weight), which bounds a commit's hold (intent.go);
+	// average of 1/8 weight over the COMMITs that succeeded; 0 until
+	// one has), which bounds a commit's hold (intent.go, timeCommit);
 	// the writer's own.
 	commitTime time.Duration
 }
@@ -272,9 +274,10 @@ func openPostgres(ctx context.Context, opts Options) (*DB, error) {
 // writes by it to show how many share a commit.
 func (db *DB) CommitCount() int64 { return db.commits.Load() }
 
-// WALRestarts reports how many of CommitCount's commits held a write of
-// the idle checkpointer's own (groupcommit.go, restartWAL); tests that
-// check that requests wrote nothing subtract it from CommitCount.
+// WALRestarts reports how many of CommitCount's commits held nothing
+// but writes of the idle checkpointer's own (groupcommit.go,
+// restartWAL), which may come at any idle moment; tests that count the
+// commits of their writes subtract it from CommitCount.
 func (db *DB) WALRestarts() int64 { return db.walRestarts.Load() }
 
 // Engine reports which engine the database runs on.

@@ -158,7 +158,7 @@ func TestWriteIsolationInBatch(t *testing.T) {
 		const n = 120
 		release := make(chan struct{})
 		blockerDone := make(chan error, 1)
-		commitsBefore := db.CommitCount()
+		commitsBefore := commitsOf(db)
 		if db.Engine() == storage.SQLite {
 			running := make(chan struct{})
 			go func() {
@@ -234,7 +234,7 @@ func TestWriteIsolationInBatch(t *testing.T) {
 		if db.Engine() == storage.SQLite {
 			// The n writes queued while the blocker's batch ran join
 			// it: one commit for all (see runBatch).
-			if c := db.CommitCount() - commitsBefore; c != 1 {
+			if c := commitsOf(db) - commitsBefore; c != 1 {
 				t.Errorf("%d commits for the blocker and %d writes queued while it ran, want 1", c, n)
 			}
 		}
@@ -399,7 +399,7 @@ func TestGroupCommitBatches(t *testing.T) {
 	ctx := context.Background()
 	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
 	const n = 200
-	before := db.CommitCount()
+	before := commitsOf(db)
 	start := make(chan struct{})
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -425,7 +425,7 @@ func TestGroupCommitBatches(t *testing.T) {
 	if got := int64s(t, db.Reader(), `SELECT COUNT(*) FROM t`); got[0] != n {
 		t.Fatalf("%d rows, want %d", got[0], n)
 	}
-	commits := db.CommitCount() - before
+	commits := commitsOf(db) - before
 	t.Logf("%d writes, %d commits", n, commits)
 	if commits < 1 || commits >= n {
 		t.Errorf("%d commits for %d concurrent writes, want fewer commits than writes", commits, n)

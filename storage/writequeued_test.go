@@ -142,7 +142,7 @@ func TestWriteQueuedWhileBatchRunsJoinsIt(t *testing.T) {
 			return err
 		}
 	}
-	before := db.CommitCount()
+	before := commitsOf(db)
 	running := make(chan struct{})
 	release := make(chan struct{})
 	first := db.WriteQueued(ctx, func(tx storage.Tx) error {
@@ -189,7 +189,7 @@ func TestWriteQueuedWhileBatchRunsJoinsIt(t *testing.T) {
 	if len(sawFirst) != 1 || sawFirst[0] != 1 {
 		t.Fatalf("the joiner saw rows %v, want [1] (it runs after the batch's earlier functions)", sawFirst)
 	}
-	if commits := db.CommitCount() - before; commits != 1 {
+	if commits := commitsOf(db) - before; commits != 1 {
 		t.Fatalf("%d commits for a batch and the writes queued while it ran, want 1", commits)
 	}
 }
