@@ -107,8 +107,14 @@ func acquire(ctx context.Context, client *redis.Client, key string, ttl time.Dur
 	cctx, cancel := context.WithTimeout(ctx, ttl/3)
 	defer cancel()
 	ok, err := client.SetNX(cctx, key, token, ttl).Result()
-	if err != nil || !ok {
+	if err != nil {
+		// The key may have been set all the same (the answer was lost):
+		// give it back, or it would stand unheld for a whole ttl.
+		release(client, key, token)
 		return "", start, err
+	}
+	if !ok {
+		return "", start, nil
 	}
 	if time.Since(start) >= ttl/3 {
 		// Too slow to count on: give it back (or let it expire).
@@ -133,7 +139,9 @@ func hold(ctx context.Context, client *redis.Client, key, token string, start ti
 	// is watched apart from the renewals, which a hung Redis can hold up.
 	expiry := time.NewTimer(valid - time.Since(start))
 	defer expiry.Stop()
-	renewCtx, stopRenewing := context.WithCancel(ctx)
+	// The renewals go on after ctx ends, until the work has stopped (see
+	// below); stopRenewing ends them.
+	renewCtx, stopRenewing := context.WithCancel(context.WithoutCancel(ctx))
 	renewals := make(chan renewal)
 	go renewLoop(renewCtx, client, key, token, opts.TTL, renewals)
 	defer stopRenewing()
@@ -170,7 +178,25 @@ loop:
 		}
 	}
 	stop()
-	<-done
+	// While the cancelled work winds down (a shutdown, or work that
+	// returned), the lease is still renewed, so that a standby does not
+	// start the work while it still runs here. A lease already lost
+	// cannot be kept: the work had valid's margin (ttl/3) to stop.
+	for stopped := false; !stopped; {
+		select {
+		case <-done:
+			stopped = true
+		case r := <-renewals:
+			if r.err == nil && r.held {
+				if left := valid - time.Since(r.start); left > 0 {
+					expiry.Reset(left)
+				}
+			}
+		case <-expiry.C:
+			log.Warn("the singleton work is still stopping after its lease could no longer be counted on")
+		}
+	}
+	stopRenewing()
 	release(client, key, token)
 }
 

@@ -156,3 +156,40 @@ func TestLostLeaseStopsWork(t *testing.T) {
 		t.Fatalf("work stopped %s after the pause, the key had %s left", since, ttl)
 	}
 }
+
+// TestLeaseKeptWhileWorkStops: a holder whose work takes several TTLs
+// to return once cancelled (a shutdown) keeps renewing its lease until
+// it has returned, so that a standby never runs the work beside it.
+func TestLeaseKeptWhileWorkStops(t *testing.T) {
+	c, key := testRedis(t)
+	opts := lease.Options{TTL: 300 * time.Millisecond, Poll: 20 * time.Millisecond, Logger: quiet}
+	var running, maxRunning atomic.Int32
+	work := func(slow bool) func(ctx context.Context) {
+		return func(ctx context.Context) {
+			n := running.Add(1)
+			for m := maxRunning.Load(); n > m && !maxRunning.CompareAndSwap(m, n); m = maxRunning.Load() {
+			}
+			<-ctx.Done()
+			if slow {
+				time.Sleep(3 * opts.TTL)
+			}
+			running.Add(-1)
+		}
+	}
+	ctxA, stopA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() { lease.Run(ctxA, c, key, opts, work(true)); close(doneA) }()
+	waitFor(t, "a takes the lease", 2*time.Second, func() bool { return running.Load() == 1 })
+	ctxB, stopB := context.WithCancel(context.Background())
+	doneB := make(chan struct{})
+	go func() { lease.Run(ctxB, c, key, opts, work(false)); close(doneB) }()
+	time.Sleep(opts.TTL)
+	stopA() // a's work now takes 3 TTLs to return
+	<-doneA
+	waitFor(t, "b takes over once a has stopped", 2*time.Second, func() bool { return running.Load() == 1 })
+	stopB()
+	<-doneB
+	if m := maxRunning.Load(); m != 1 {
+		t.Fatalf("%d ran the work at once, want 1", m)
+	}
+}
