@@ -179,22 +179,29 @@ func (t *typingTracker) awaitApplied(ctx context.Context, pos int64) {
 	}
 }
 
-// apply applies the shared log's change at pos, added at at (split
-// mode). Changes come in position order; one at or below the last
-// applied is ignored. A position more than one past the last means this
-// process missed changes (it was cut off from Redis for longer than the
+// apply applies the shared log's change at pos, added at at, following
+// the change at prev (split mode). Changes come in position order; one
+// at or below the last applied is ignored. A prev other than the last
+// position applied means this process missed changes (it was cut off from Redis for longer than the
 // log keeps them): it starts again from empty sets, reporting every room
 // that had typers as changed at pos, so that no client keeps a typer the
 // others have dropped.
-func (t *typingTracker) apply(pos int64, at time.Time, c typingChange) {
+func (t *typingTracker) apply(pos, prev int64, at time.Time, c typingChange) {
 	t.mu.Lock()
 	if t.closed || pos <= t.pos {
 		t.mu.Unlock()
 		return
 	}
 	notify := false
-	if t.pos != 0 && pos > t.pos+1 {
-		t.logger.Warn("typing changes missed (cut off from Redis for too long): starting again from empty typing sets", "from", t.pos+1, "to", pos-1)
+	// A change whose predecessor is not the last one applied follows
+	// changes this process missed (prev < 0: a change that does not name
+	// its predecessor, whose positions went up by one).
+	missed := prev != t.pos
+	if prev < 0 {
+		missed = pos > t.pos+1
+	}
+	if t.pos != 0 && missed {
+		t.logger.Warn("typing changes missed (cut off from Redis for too long): starting again from empty typing sets", "after", t.pos, "next", pos)
 		for roomID, users := range t.rooms {
 			for _, e := range users {
 				e.timer.Stop()
@@ -369,7 +376,7 @@ func (s *Server) setTyping(w http.ResponseWriter, r *http.Request) error {
 // ApplyTypingEntry applies a change of the shared typing log
 // (Deps.TypingLog) at pos, added at at: the log calls it for every
 // change, in position order, in every process of a split deployment.
-func (s *Server) ApplyTypingEntry(pos int64, at time.Time, payload []byte) {
+func (s *Server) ApplyTypingEntry(pos, prev int64, at time.Time, payload []byte) {
 	if s.rooms.rooms == nil {
 		return
 	}
@@ -379,5 +386,5 @@ func (s *Server) ApplyTypingEntry(pos int64, at time.Time, payload []byte) {
 		// Its position is still taken: the sets stay the same.
 		c = typingChange{}
 	}
-	s.rooms.typing.apply(pos, at, c)
+	s.rooms.typing.apply(pos, prev, at, c)
 }

@@ -46,7 +46,7 @@ func (l *memTypingLog) deliver(e memEntry) {
 	var c typingChange
 	_ = json.Unmarshal(e.payload, &c)
 	for _, t := range l.trackers {
-		t.apply(e.pos, time.Now(), c)
+		t.apply(e.pos, e.pos-1, time.Now(), c)
 	}
 }
 
@@ -185,12 +185,35 @@ func TestSharedTypingGap(t *testing.T) {
 	_, tr := sharedTrackers(1)
 	tk := tr[0]
 	defer tk.close()
-	tk.apply(1, time.Now(), typingChange{RoomID: "!r", UserID: "@a:x", Typing: true, TimeoutMS: 60000})
-	tk.apply(5, time.Now(), typingChange{RoomID: "!s", UserID: "@b:x", Typing: true, TimeoutMS: 60000})
+	tk.apply(1, 0, time.Now(), typingChange{RoomID: "!r", UserID: "@a:x", Typing: true, TimeoutMS: 60000})
+	tk.apply(5, 3, time.Now(), typingChange{RoomID: "!s", UserID: "@b:x", Typing: true, TimeoutMS: 60000})
 	if users, changed, head := state(tk, "!r"); len(users) != 0 || changed != 5 || head != 5 {
 		t.Fatalf("!r after the gap: %v changed at %d, head %d; want none, changed at 5", users, changed, head)
 	}
 	if users, _, _ := state(tk, "!s"); len(users) != 1 {
 		t.Fatalf("!s after the gap: %v", users)
+	}
+}
+
+// TestSharedTypingJumpWithoutGap: positions follow the clock, so they may
+// jump; a change whose predecessor is the last one applied is no gap,
+// and a change that names no predecessor (an earlier version's) falls
+// back to positions one apart.
+func TestSharedTypingJumpWithoutGap(t *testing.T) {
+	_, tr := sharedTrackers(1)
+	tk := tr[0]
+	defer tk.close()
+	tk.apply(1000, 0, time.Now(), typingChange{RoomID: "!r", UserID: "@a:x", Typing: true, TimeoutMS: 60000})
+	tk.apply(5000, 1000, time.Now(), typingChange{RoomID: "!s", UserID: "@b:x", Typing: true, TimeoutMS: 60000})
+	if users, changed, head := state(tk, "!r"); len(users) != 1 || changed != 1000 || head != 5000 {
+		t.Fatalf("!r after a jump that missed nothing: %v changed at %d, head %d; want @a:x, changed at 1000", users, changed, head)
+	}
+	tk.apply(5001, -1, time.Now(), typingChange{RoomID: "!t", UserID: "@c:x", Typing: true, TimeoutMS: 60000})
+	if users, _, _ := state(tk, "!r"); len(users) != 1 {
+		t.Fatalf("!r after the next position without a predecessor: %v", users)
+	}
+	tk.apply(9000, -1, time.Now(), typingChange{RoomID: "!t", UserID: "@d:x", Typing: true, TimeoutMS: 60000})
+	if users, changed, _ := state(tk, "!r"); len(users) != 0 || changed != 9000 {
+		t.Fatalf("!r after a jump without a predecessor: %v changed at %d; want none, changed at 9000", users, changed)
 	}
 }

@@ -289,7 +289,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	}
 	if cfg.Global.RedisURL != "" {
 		typingLog, err = notifier.NewLog(ctx, cfg.Global.RedisURL, cfg.Global.RedisPrefix+"typing:", typingLogKeep, logger, func(e notifier.LogEntry) {
-			client.ApplyTypingEntry(e.Pos, e.At, e.Payload)
+			client.ApplyTypingEntry(e.Pos, e.Prev, e.At, e.Payload)
 		})
 		if err != nil {
 			client.Close()

@@ -26,10 +26,11 @@ import (
 // (<prefix>pos); Append takes the next position and adds the message in
 // one script, so the stream holds the positions in order. The stream
 // keeps the messages of the last keep; a process that starts reads them
-// all, and one that was away longer finds a gap (apply sees a position
-// more than one past the last). The counter starts at Redis's clock in
-// milliseconds, so positions keep growing if Redis loses its data (as
-// long as fewer than one message a millisecond was appended on average).
+// all, and one that was away longer finds a gap (a message whose Prev is
+// not the last position it applied). Positions are never behind Redis's
+// clock in milliseconds, so they keep growing if Redis loses its data,
+// and stay ahead of those a single process gave out (its clock at start
+// plus its changes) when a deployment goes back to several processes.
 //
 // Concurrency: every method is safe for concurrent use; apply is called
 // on one goroutine of the Log, one message at a time.
@@ -48,22 +49,38 @@ type Log struct {
 // LogEntry is one message of a Log.
 type LogEntry struct {
 	Pos int64
+	// Prev is the position of the message before it in the stream (0 if
+	// none was kept), or -1 for a message that does not say (written by
+	// an earlier version, whose positions went up by one).
+	Prev int64
 	// At is when Redis added it (Redis's clock).
 	At      time.Time
 	Payload []byte
 }
 
-// appendScript takes the next position (KEYS[1], started at the clock in
-// milliseconds) and adds ARGV[1] at it to the stream KEYS[2], trimming
-// the messages older than ARGV[2] milliseconds.
+// appendScript takes the next position and adds ARGV[1] at it to the
+// stream KEYS[2], trimming the messages older than ARGV[2] milliseconds.
+// The position is one past the counter KEYS[1], or Redis's clock in
+// milliseconds if that is later: the counter follows the clock, so it is
+// never behind the positions a single process gave out (those start at
+// its clock) when a deployment goes from one process back to several.
+// Each message also carries the position of the message before it in the
+// stream (0 if none is kept), which is how a reader knows it missed none.
 var appendScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('SET', KEYS[1], ms)
+local p = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+if p < ms then p = ms end
+local q = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local f = last[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'p' then q = tonumber(f[i + 1]) end
+  end
 end
-local p = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MINID', '~', ms - tonumber(ARGV[2]), '*', 'p', p, 'd', ARGV[1])
+redis.call('SET', KEYS[1], p)
+redis.call('XADD', KEYS[2], 'MINID', '~', ms - tonumber(ARGV[2]), '*', 'p', p, 'q', q, 'd', ARGV[1])
 return p`)
 
 // NewLog connects to Redis (url as for NewRedis) and starts reading the
@@ -96,19 +113,23 @@ func (l *Log) Append(ctx context.Context, payload []byte) (int64, error) {
 	return appendScript.Run(ctx, l.client, []string{l.counter, l.stream}, payload, l.keep.Milliseconds()).Int64()
 }
 
-// headScript returns the counter KEYS[1], started at the clock in
-// milliseconds if it does not exist yet (as appendScript does).
+// headScript returns the counter KEYS[1], first raised to Redis's clock
+// in milliseconds if it is behind it (as appendScript's positions are).
 var headScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if c < ms then
+  c = ms
+  redis.call('SET', KEYS[1], c)
 end
-return tonumber(redis.call('GET', KEYS[1]))`)
+return c`)
 
-// Head returns the last position given out. Before the first it starts
-// the counter: positions issued before the log existed (a process's
-// clock in milliseconds at its start, plus its changes) then read as
-// given out.
+// Head returns the last position given out or passed over: the counter,
+// raised to the clock first. Positions issued before the log existed, or
+// while the deployment ran as one process without it (that process's
+// clock in milliseconds at its start, plus its changes), then read as
+// given out, and every later message comes after them.
 func (l *Log) Head(ctx context.Context) (int64, error) {
 	return headScript.Run(ctx, l.client, []string{l.counter}).Int64()
 }
@@ -154,12 +175,20 @@ func parseLogMessage(m redis.XMessage) (LogEntry, bool) {
 	ps, _ := m.Values["p"].(string)
 	d, _ := m.Values["d"].(string)
 	pos, err := strconv.ParseInt(ps, 10, 64)
+	prev := int64(-1)
+	if qs, ok := m.Values["q"].(string); ok {
+		q, err := strconv.ParseInt(qs, 10, 64)
+		if err != nil || q < 0 {
+			return LogEntry{}, false
+		}
+		prev = q
+	}
 	msPart, _, _ := strings.Cut(m.ID, "-")
 	ms, err2 := strconv.ParseInt(msPart, 10, 64)
 	if err != nil || err2 != nil || pos <= 0 {
 		return LogEntry{}, false
 	}
-	return LogEntry{Pos: pos, At: time.UnixMilli(ms), Payload: []byte(d)}, true
+	return LogEntry{Pos: pos, Prev: prev, At: time.UnixMilli(ms), Payload: []byte(d)}, true
 }
 
 // Close stops reading and disconnects.

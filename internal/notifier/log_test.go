@@ -27,8 +27,9 @@ func (r *entryRecorder) seen() []LogEntry {
 
 // TestLogOrdersEveryProcessAlike: two processes append to one log; each
 // applies every message, its own included, in the same order with
-// consecutive positions; a process that starts later reads the kept
-// messages from the first; Head is the last position given out.
+// increasing positions, each naming its predecessor; a process that
+// starts later reads the kept messages from the first; Head is at least
+// the last position given out.
 func TestLogOrdersEveryProcessAlike(t *testing.T) {
 	u := testRedisURL(t)
 	prefix := testPrefix(t, u)
@@ -88,19 +89,73 @@ func TestLogOrdersEveryProcessAlike(t *testing.T) {
 		t.Fatalf("applied %d, %d and %d, want 100 each", len(ea), len(eb), len(ec))
 	}
 	for i := range ea {
-		if i > 0 && ea[i].Pos != ea[i-1].Pos+1 {
-			t.Fatalf("positions %d then %d", ea[i-1].Pos, ea[i].Pos)
+		if i > 0 && (ea[i].Pos <= ea[i-1].Pos || ea[i].Prev != ea[i-1].Pos) {
+			t.Fatalf("positions %d then %d (naming %d as its predecessor)", ea[i-1].Pos, ea[i].Pos, ea[i].Prev)
+		}
+		if ea[i].Prev != eb[i].Prev || ea[i].Prev != ec[i].Prev {
+			t.Fatalf("message %d: predecessors %d, %d, %d", i, ea[i].Prev, eb[i].Prev, ec[i].Prev)
 		}
 		if ea[i].Pos != eb[i].Pos || ea[i].Pos != ec[i].Pos || string(ea[i].Payload) != string(eb[i].Payload) || string(ea[i].Payload) != string(ec[i].Payload) {
 			t.Fatalf("message %d differs: %d %q, %d %q, %d %q", i, ea[i].Pos, ea[i].Payload, eb[i].Pos, eb[i].Payload, ec[i].Pos, ec[i].Payload)
 		}
 	}
-	if ea[0].Pos != start+1 || ea[99].Pos != head {
+	if ea[0].Pos <= start || ea[0].Prev != 0 || ea[99].Pos > head {
 		t.Fatalf("positions %d to %d, Head %d before and %d after", ea[0].Pos, ea[99].Pos, start, head)
 	}
 	// The counter starts at the clock: positions grow even if Redis
 	// loses the counter.
 	if first := ea[0].Pos; first < time.Now().Add(-time.Hour).UnixMilli() {
 		t.Fatalf("first position %d is not from the clock", first)
+	}
+}
+
+// TestLogFollowsTheClock: a counter behind Redis's clock (left by a
+// deployment that then ran as one process without Redis, whose positions
+// started at its own clock) is raised to the clock by Head and by Append,
+// so that the single process's positions read as given out and every new
+// message comes after them.
+func TestLogFollowsTheClock(t *testing.T) {
+	u := testRedisURL(t)
+	prefix := testPrefix(t, u)
+	raw := rawClient(t, u)
+	t.Cleanup(func() { raw.Del(context.Background(), prefix+"log", prefix+"pos") })
+	ctx := context.Background()
+	if err := raw.Set(ctx, prefix+"pos", 5, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var rec entryRecorder
+	l, err := NewLog(ctx, u, prefix, time.Minute, nil, rec.apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	single := time.Now().Add(-time.Second).UnixMilli() + 3 // a single process's position
+	head, err := l.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head < single {
+		t.Fatalf("Head %d is behind a position %d a single process gave out", head, single)
+	}
+	p1, err := l.Append(ctx, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := l.Append(ctx, []byte("y"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p1 <= head || p2 <= p1 {
+		t.Fatalf("positions %d, %d after Head %d", p1, p2, head)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(rec.seen()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("applied %d of 2", len(rec.seen()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if e := rec.seen(); e[0].Pos != p1 || e[0].Prev != 0 || e[1].Pos != p2 || e[1].Prev != p1 {
+		t.Fatalf("applied %+v, want %d after 0 and %d after %d", e, p1, p2, p1)
 	}
 }
