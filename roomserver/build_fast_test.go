@@ -4,7 +4,8 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,14 +50,7 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 		{"number out of range", "m.room.message", nil, `{"n":9007199254740992}`, ""},
 		{"float", "m.room.message", nil, `{"n":1.5}`, ""},
 	}
-	versions := []string{}
-	for v := range supportedVersions {
-		versions = append(versions, v)
-	}
-	for v := range ownedStateVersions {
-		versions = append(versions, v)
-	}
-	sort.Strings(versions)
+	versions := everyRoomVersion()
 	ts := time.UnixMilli(1_700_000_000_123)
 	fast := 0
 	for _, v := range versions {
@@ -171,14 +165,7 @@ func TestRedactStrippedMatchesAlgorithm(t *testing.T) {
 		`{"auth_events":[],"content":{"topic":"t"},"depth":9007199254740991,"hashes":{"sha256":"y"},"origin":"example.org","origin_server_ts":2,"prev_events":[],"prev_state":[],"room_id":"!r:example.org","sender":"@a:example.org","state_key":"","type":"m.room.topic"}`,
 		`{"auth_events":[],"content":{},"depth":1,"hashes":{"sha256":"z"},"origin":"example.org","origin_server_ts":3,"prev_events":[],"redacts":"$t","room_id":"!r:example.org","sender":"@a:example.org","type":"m.custom\u2029"}`,
 	}
-	versions := []string{}
-	for v := range supportedVersions {
-		versions = append(versions, v)
-	}
-	for v := range ownedStateVersions {
-		versions = append(versions, v)
-	}
-	sort.Strings(versions)
+	versions := everyRoomVersion()
 	for _, v := range versions {
 		impl, err := roomVersion(v)
 		if err != nil {
@@ -308,4 +295,10 @@ func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
 			}
 		}
 	}
+}
+
+// everyRoomVersion lists the room versions rooms may have here, stable
+// and unstable, sorted.
+func everyRoomVersion() []string {
+	return append(slices.Sorted(maps.Keys(supportedVersions)), UnstableRoomVersions()...)
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"reflect"
-	"sort"
 	"testing"
 	"time"
 
@@ -93,14 +92,7 @@ func TestLocalPDUMatchesParsed(t *testing.T) {
 		{"redaction top-level", "m.room.redaction", nil, `{"reason":"spam"}`, "$abc"},
 		{"redaction content", "m.room.redaction", nil, `{"reason":"spam","redacts":"$abc"}`, ""},
 	}
-	versions := []string{}
-	for v := range supportedVersions {
-		versions = append(versions, v)
-	}
-	for v := range ownedStateVersions {
-		versions = append(versions, v)
-	}
-	sort.Strings(versions)
+	versions := everyRoomVersion()
 	ts := time.UnixMilli(1_700_000_000_123)
 	local := 0
 	for _, v := range versions {

@@ -91,27 +91,21 @@ func (a *asRecorder) count(eventID string) int {
 	return a.seen[eventID]
 }
 
-// TestSplitComponents runs a split deployment of two processes on one
-// PostgreSQL database and Redis: A runs every component but the sync
-// API, B only the sync API. A client registers, sends and types through
-// A and syncs through B: B's /sync sees the message and the typing (held
-// in memory per process, relayed on Redis). Each process answers 404
-// M_UNRECOGNIZED on the routes of the components it does not run, and
-// the application service senders, a singleton, run only in A: the
-// service receives the event once, and the typing change once (a
-// sender in B would push it too: typing is relayed to every process's
-// memory and its positions are not shared).
-func TestSplitComponents(t *testing.T) {
+// watcherService starts an application service that records what it is
+// sent, and returns it with a config edit registering it (id "watcher",
+// interested in every room, receive_ephemeral as asked) and fast retries.
+func watcherService(t *testing.T, ephemeral bool) (*asRecorder, func(*config.Config)) {
+	t.Helper()
 	rec := &asRecorder{seen: map[string]int{}}
 	as := httptest.NewServer(rec)
-	defer as.Close()
+	t.Cleanup(as.Close)
 	dir := t.TempDir()
 	reg := `id: watcher
 url: ` + as.URL + `
-as_token: split-as-token
-hs_token: split-hs-token
+as_token: watcher-as-token
+hs_token: watcher-hs-token
 sender_localpart: watcher
-receive_ephemeral: true
+receive_ephemeral: ` + strconv.FormatBool(ephemeral) + `
 namespaces:
   users: []
   rooms:
@@ -121,11 +115,26 @@ namespaces:
 	if err := os.WriteFile(filepath.Join(dir, "watcher.yaml"), []byte(reg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	withAS := func(c *config.Config) {
+	return rec, func(c *config.Config) {
 		c.AppService.ConfigFiles = []string{dir}
 		c.AppService.MinBackoff = config.Duration(30 * time.Millisecond)
 		c.AppService.MaxBackoff = config.Duration(100 * time.Millisecond)
 	}
+}
+
+// TestSplitComponents runs a split deployment of two processes on one
+// PostgreSQL database and Redis: A runs every component but the sync
+// API, B only the sync API. A client registers, sends and types through
+// A and syncs through B: B's /sync sees the message and the typing (held
+// in memory per process, applied by each from the shared typing log on
+// Redis). Each process answers 404
+// M_UNRECOGNIZED on the routes of the components it does not run, and
+// the application service senders, a singleton, run only in A: the
+// service receives the event once, and the typing change once (a
+// sender in B would push it too: every process applies every typing
+// change).
+func TestSplitComponents(t *testing.T) {
+	rec, withAS := watcherService(t, true)
 	a, b := testserver.StartSplitWith(t, func(c *config.Config) {
 		withAS(c)
 		c.Global.Components = []string{"clientapi", "federationapi", "keyserver", "mediaapi", "pushserver", "appservice"}
@@ -271,28 +280,9 @@ func timelineHas(body map[string]any, roomID, eventID string) bool {
 // process holding the lease stops, the other takes over and delivers the
 // next event.
 func TestSplitSingletonLease(t *testing.T) {
-	rec := &asRecorder{seen: map[string]int{}}
-	as := httptest.NewServer(rec)
-	defer as.Close()
-	dir := t.TempDir()
-	reg := `id: watcher
-url: ` + as.URL + `
-as_token: lease-as-token
-hs_token: lease-hs-token
-sender_localpart: watcher
-namespaces:
-  users: []
-  rooms:
-    - exclusive: false
-      regex: "!.*"
-`
-	if err := os.WriteFile(filepath.Join(dir, "watcher.yaml"), []byte(reg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	rec, withAS := watcherService(t, false)
 	edit := func(c *config.Config) {
-		c.AppService.ConfigFiles = []string{dir}
-		c.AppService.MinBackoff = config.Duration(30 * time.Millisecond)
-		c.AppService.MaxBackoff = config.Duration(100 * time.Millisecond)
+		withAS(c)
 		c.Global.Components = []string{"clientapi", "appservice"}
 	}
 	a, b := testserver.StartSplitWith(t, edit, edit)
