@@ -18,7 +18,7 @@ import (
 // read the same in every process at every position (typing
 // notifications): a message gets its position from one counter, and
 // every process, the appender's included, applies every message in
-// position order. Unlike Relay, nothing is lost while a process is
+// position order. Unlike a publish/subscribe channel, nothing is lost while a process is
 // briefly cut off from Redis: it reads on from where it stopped when it
 // is back.
 //
