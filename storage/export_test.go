@@ -1,6 +1,9 @@
 package storage
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Test hooks: the storage_test package reaches unexported internals only
 // through these.
@@ -85,3 +88,20 @@ func (db *DB) CommitTime() time.Duration { return db.commitTime }
 
 // RestartWAL queues the idle checkpointer's WAL-restart write.
 func (db *DB) RestartWAL() { db.restartWAL() }
+
+// WALBacklog reports how many of the WAL's pages are not yet in the
+// database file (a NOOP checkpoint on a reader connection), and whether
+// it could read them.
+func (db *DB) WALBacklog() (int64, bool) {
+	ctx := context.Background()
+	conn, err := db.reader.Conn(ctx)
+	if err != nil {
+		return 0, false
+	}
+	defer conn.Close()
+	var busy, walPages, copied int64
+	if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(NOOP)").Scan(&busy, &walPages, &copied); err != nil {
+		return 0, false
+	}
+	return walPages - copied, true
+}
