@@ -72,23 +72,32 @@ func StartSplit(t *testing.T) (a, b *Server) {
 // shared database, key and Redis are set), e.g. the components each runs.
 func StartSplitWith(t *testing.T, editA, editB func(*config.Config)) (a, b *Server) {
 	t.Helper()
+	s := StartSplitN(t, editA, editB)
+	return s[0], s[1]
+}
+
+// StartSplitN starts one process of a split deployment per edit (nil:
+// none), all on the first one's PostgreSQL database and signing key and
+// one Redis prefix, as StartSplit does for two. The test is skipped
+// without Redis or PostgreSQL.
+func StartSplitN(t *testing.T, edits ...func(*config.Config)) []*Server {
+	t.Helper()
 	useRedis := UseRedis(t)
 	if os.Getenv(storagetest.PostgresEnv) == "" {
-		t.Skipf("split-mode test skipped: it needs PostgreSQL shared by two processes; set %s", storagetest.PostgresEnv)
+		t.Skipf("split-mode test skipped: it needs PostgreSQL shared by several processes; set %s", storagetest.PostgresEnv)
 	}
-	a = Start(t, storage.Postgres, func(c *config.Config) {
-		useRedis(c)
-		if editA != nil {
-			editA(c)
-		}
-	})
-	b = Start(t, storage.Postgres, func(c *config.Config) {
-		useRedis(c)
-		c.Database = a.Config.Database
-		c.Global.SigningKeyPath = a.Config.Global.SigningKeyPath
-		if editB != nil {
-			editB(c)
-		}
-	})
-	return a, b
+	var out []*Server
+	for i, edit := range edits {
+		out = append(out, Start(t, storage.Postgres, func(c *config.Config) {
+			useRedis(c)
+			if i > 0 {
+				c.Database = out[0].Config.Database
+				c.Global.SigningKeyPath = out[0].Config.Global.SigningKeyPath
+			}
+			if edit != nil {
+				edit(c)
+			}
+		}))
+	}
+	return out
 }
