@@ -108,6 +108,11 @@ type Server struct {
 	// client IP, so a forged X-Forwarded-For does not reset them).
 	registerLimit *ratelimit.Limiter
 	loginLimit    *ratelimit.Limiter
+	// sharedLimits, in split mode (global.redis_url) with rate limits on,
+	// keeps every limiter's buckets in Redis so that the processes count
+	// a client's requests together (internal/ratelimit.Shared); nil
+	// otherwise.
+	sharedLimits *ratelimit.Shared
 
 	stopBackground context.CancelFunc
 	// backgroundCtx is cancelled by stopBackground; Start's work runs
@@ -167,6 +172,13 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		accounts.revocationMark = ""
 	}
 	limits := deps.Config.ClientAPI.RateLimits
+	var sharedLimits *ratelimit.Shared
+	if limits.Enabled && deps.Config.Global.RedisURL != "" {
+		sharedLimits, err = ratelimit.NewShared(deps.Config.Global.RedisURL, deps.Config.Global.RedisPrefix+"ratelimit:", logger)
+		if err != nil {
+			return nil, err
+		}
+	}
 	s := &Server{
 		cfg:                   deps.Config,
 		serverName:            deps.Config.Global.ServerName,
@@ -180,9 +192,10 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		endPendingMemberships: deps.EndPendingMemberships,
 		appservices:           deps.AppServices,
 		asQueries:             deps.AppServiceQueries,
-		registerLimit:         ratelimit.New(limits.Register.PerSecond, limits.Register.Burst, limits.Enabled),
-		loginLimit:            ratelimit.New(limits.Login.PerSecond, limits.Login.Burst, limits.Enabled),
+		sharedLimits:          sharedLimits,
 	}
+	s.registerLimit = s.newLimiter("register", limits.Register.PerSecond, limits.Register.Burst)
+	s.loginLimit = s.newLimiter("login", limits.Login.PerSecond, limits.Login.Burst)
 	s.deactivation.wake = make(chan struct{}, 1)
 	accounts.onDevicesDeleted = deps.OnDevicesDeleted
 	accounts.notify = deps.Notify
@@ -259,8 +272,23 @@ func (s *Server) Close() error {
 		if s.rooms.typing != nil {
 			s.rooms.typing.close()
 		}
+		if s.sharedLimits != nil {
+			s.sharedLimits.Close()
+		}
 	})
 	return nil
+}
+
+// newLimiter returns the limiter called name (one per kind of request)
+// with the configured rate and burst; its buckets are in Redis in split
+// mode (sharedLimits), so a client behind a balancer gets the configured
+// rate, not once per process.
+func (s *Server) newLimiter(name string, perSecond float64, burst int) *ratelimit.Limiter {
+	enabled := s.cfg.ClientAPI.RateLimits.Enabled
+	if s.sharedLimits != nil {
+		return s.sharedLimits.Limiter(name, perSecond, burst, enabled)
+	}
+	return ratelimit.New(perSecond, burst, enabled)
 }
 
 // Accounts is the account store behind the server, for administration.

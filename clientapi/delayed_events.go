@@ -207,7 +207,7 @@ type delayedEvent struct {
 func (s *Server) initDelayedEvents() {
 	s.delayed = delayedEvents{
 		wake:        make(chan struct{}, 1),
-		actionLimit: ratelimit.New(s.cfg.ClientAPI.RateLimits.Login.PerSecond*4, s.cfg.ClientAPI.RateLimits.Login.Burst*4, s.cfg.ClientAPI.RateLimits.Enabled),
+		actionLimit: s.newLimiter("delayed_action", s.cfg.ClientAPI.RateLimits.Login.PerSecond*4, s.cfg.ClientAPI.RateLimits.Login.Burst*4),
 	}
 }
 

@@ -66,7 +66,7 @@ func (s *Server) initRooms(ctx context.Context, rooms Rooms) error {
 	limit := s.cfg.ClientAPI.RateLimits
 	s.rooms = roomsPart{
 		rooms:        rooms,
-		messageLimit: ratelimit.New(limit.Message.PerSecond, limit.Message.Burst, limit.Enabled),
+		messageLimit: s.newLimiter("message", limit.Message.PerSecond, limit.Message.Burst),
 		relations:    &relationsIndexer{db: s.db, rooms: rooms},
 		typing:       newTypingTracker(s.streamAdvanced),
 		presenceSeen: newPresenceCache(),

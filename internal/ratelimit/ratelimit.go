@@ -4,6 +4,10 @@
 // 429 M_LIMIT_EXCEEDED with retry_after_ms.
 //
 // Concurrency: a Limiter is safe for concurrent use; buckets are guarded by mu.
+//
+// In split mode (docs/split.md) several processes serve the same clients:
+// limiters made by a Shared keep their buckets in Redis, so a client's
+// requests count against one bucket whichever process takes them.
 package ratelimit
 
 import (
@@ -20,6 +24,12 @@ type Limiter struct {
 	burst   float64 // immutable
 	enabled bool    // immutable
 	now     func() time.Time
+
+	// shared, when set, holds the buckets in Redis under name (see
+	// Shared); the local buckets below are then used only while Redis
+	// cannot be reached.
+	shared *Shared
+	name   string
 
 	mu      sync.Mutex
 	buckets map[string]*bucket // guarded by mu
@@ -42,6 +52,16 @@ func (l *Limiter) Allow(key string) error {
 	if l == nil || !l.enabled {
 		return nil
 	}
+	if l.shared != nil {
+		if wait, ok := l.shared.take(l.name, key, l.rate, l.burst); ok {
+			if wait <= 0 {
+				return nil
+			}
+			return limitExceeded(wait)
+		}
+		// Redis did not answer: this process's own bucket, as without
+		// Redis (a client may then get up to once per process).
+	}
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -57,7 +77,11 @@ func (l *Limiter) Allow(key string) error {
 		b.tokens--
 		return nil
 	}
-	wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return limitExceeded(time.Duration((1 - b.tokens) / l.rate * float64(time.Second)))
+}
+
+// limitExceeded is the error of a request refused for wait.
+func limitExceeded(wait time.Duration) error {
 	retry := wait.Milliseconds()
 	if retry < 1 {
 		retry = 1
