@@ -155,6 +155,9 @@ func (s *Server) slidingSync(w http.ResponseWriter, r *http.Request) error {
 		return mxerr.New(mxerr.InvalidParam, "at most %d lists and %d room subscriptions", maxLists, maxSubscriptions)
 	}
 	key := connKey{caller.UserID, caller.DeviceID, req.ConnID}
+	if s.slidingRedis != nil {
+		return s.slidingSyncShared(w, r, caller, &req, key)
+	}
 	var (
 		conn    *slidingConn
 		prev    *connState
@@ -184,6 +187,41 @@ func (s *Server) slidingSync(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	seq := conn.store(fromSeq, next)
+	resp.Pos = next.heads.String() + "." + strconv.FormatInt(seq, 10)
+	return httpx.OK(w, resp)
+}
+
+// slidingSyncShared is slidingSync's continuation with the connection
+// states in Redis (split mode, sliding_redis.go).
+func (s *Server) slidingSyncShared(w http.ResponseWriter, r *http.Request, caller *authn.Device, req *slidingRequest, key connKey) error {
+	prev := &connState{rooms: map[string]sentRoom{}}
+	fromSeq := int64(-1)
+	if req.Pos != "" {
+		heads, seq, ok := splitPos(req.Pos)
+		var st *connState
+		if ok {
+			var err error
+			if st, err = s.slidingRedis.load(r.Context(), key, seq, heads); err != nil {
+				return err
+			}
+		}
+		if st == nil {
+			return mxerr.New(unknownPos, "unknown pos; start the connection again")
+		}
+		prev, fromSeq = st, seq
+	}
+	timeout := time.Duration(0)
+	if req.Timeout != nil && req.Pos != "" {
+		timeout = min(time.Duration(*req.Timeout)*time.Millisecond, maxTimeout)
+	}
+	resp, next, err := s.slidingWait(r.Context(), caller, req, prev, timeout)
+	if err != nil {
+		return err
+	}
+	seq, err := s.slidingRedis.save(r.Context(), key, fromSeq, next)
+	if err != nil {
+		return err
+	}
 	resp.Pos = next.heads.String() + "." + strconv.FormatInt(seq, 10)
 	return httpx.OK(w, resp)
 }

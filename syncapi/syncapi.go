@@ -37,6 +37,11 @@ type Deps struct {
 	Logger   *slog.Logger
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// RedisURL and RedisPrefix (global.redis_url and redis_prefix), when
+	// RedisURL is set, keep the sliding sync connections in Redis so
+	// that every sync process of a split deployment continues any of
+	// them; otherwise they stay in this process's memory.
+	RedisURL, RedisPrefix string
 }
 
 // Server serves /sync and sliding sync.
@@ -82,6 +87,9 @@ type Server struct {
 	news    *newsCache
 	ignores *ignoreCache
 	sliding *slidingConns
+	// slidingRedis holds the sliding sync connections instead of
+	// sliding in split mode (sliding_redis.go); nil in one process.
+	slidingRedis *redisConns
 	// timelineSplit is how many rooms one of the concurrent timeline
 	// reads of an initial sync covers (initial_batch.go); 0: the default.
 	// Tests set it to make every such sync split its reads.
@@ -115,6 +123,17 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		memberReads:   newMemberBatcher(deps.Rooms),
 		ignores:       newIgnoreCache(100000),
 		sliding:       newSlidingConns(10000),
+	}
+	if deps.RedisURL != "" {
+		rc, err := newRedisConns(deps.RedisURL, deps.RedisPrefix)
+		if err != nil {
+			return nil, err
+		}
+		s.slidingRedis = rc
+		go func() {
+			<-ctx.Done()
+			rc.client.Close()
+		}()
 	}
 	s.acctHead, _ = deps.AccountData.(AccountDataHead)
 	if batch, ok := deps.Push.(PushBatch); ok {

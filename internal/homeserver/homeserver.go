@@ -315,7 +315,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	var syncServer *syncapi.Server
 	if runs("syncapi") {
 		syncServer, err = syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
-			Ephemeral: syncEph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee})
+			Ephemeral: syncEph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee,
+			RedisURL: cfg.Global.RedisURL, RedisPrefix: cfg.Global.RedisPrefix})
 		if err != nil {
 			push.Close()
 			client.Close()
