@@ -69,11 +69,13 @@ func eventsURL(srv *testserver.Server, roomID, from string, timeoutMS int) strin
 // checks the snapshot holds its state and messages m1, m2 in order,
 // then that /events from messages.end blocks until m3 is sent, returns
 // it, and then returns nothing once its timeout ends.
-func previewAndPeek(t *testing.T, srv *testserver.Server, alice, token, roomID, prefix string) {
+// Alice sends through sender, which is srv or another process of its
+// split deployment.
+func previewAndPeek(t *testing.T, srv, sender *testserver.Server, alice, token, roomID, prefix string) {
 	t.Helper()
 	m1, m2, m3 := prefix+"-m1", prefix+"-m2", prefix+"-m3"
-	peekSend(t, srv, alice, roomID, m1)
-	peekSend(t, srv, alice, roomID, m2)
+	peekSend(t, sender, alice, roomID, m1)
+	peekSend(t, sender, alice, roomID, m2)
 	// limit=2: the room holds earlier messages (of another caller's run).
 	status, body := call(t, "GET", initialSyncURL(srv, roomID)+"?limit=2", token, nil)
 	if status != http.StatusOK {
@@ -140,7 +142,7 @@ func previewAndPeek(t *testing.T, srv *testserver.Server, alice, token, roomID, 
 		t.Fatalf("/events answered before anything was sent: %d %v", a.status, a.body)
 	case <-time.After(500 * time.Millisecond):
 	}
-	peekSend(t, srv, alice, roomID, m3)
+	peekSend(t, sender, alice, roomID, m3)
 	var a answer
 	select {
 	case a = <-done:
@@ -181,13 +183,13 @@ func TestRoomPreview(t *testing.T) {
 		alice := newUser(t, srv, "alice")
 		bob := newUser(t, srv, "bob")
 		roomID := peekRoom(t, srv, alice.token, "world_readable")
-		t.Run("non-member", func(t *testing.T) { previewAndPeek(t, srv, alice.token, bob.token, roomID, "bob") })
+		t.Run("non-member", func(t *testing.T) { previewAndPeek(t, srv, srv, alice.token, bob.token, roomID, "bob") })
 		status, body := call(t, "POST", srv.URL+"/_matrix/client/v3/register?kind=guest", "", map[string]any{})
 		if status != http.StatusOK {
 			t.Fatalf("guest registration: %d %v", status, body)
 		}
 		guest := body["access_token"].(string)
-		t.Run("guest", func(t *testing.T) { previewAndPeek(t, srv, alice.token, guest, roomID, "guest") })
+		t.Run("guest", func(t *testing.T) { previewAndPeek(t, srv, srv, alice.token, guest, roomID, "guest") })
 
 		// A member gets its membership.
 		status, body = call(t, "GET", initialSyncURL(srv, roomID), alice.token, nil)
@@ -195,6 +197,17 @@ func TestRoomPreview(t *testing.T) {
 			t.Fatalf("member's initialSync: %d membership %v", status, body["membership"])
 		}
 	})
+}
+
+// TestRoomPeekSplit: in a split deployment, a peek long-polling on one
+// process wakes for a message sent through another (the room stream's
+// notifications cross processes through Redis, as /sync's do).
+func TestRoomPeekSplit(t *testing.T) {
+	a, b := testserver.StartSplit(t)
+	alice := newUser(t, a, "alice")
+	bob := newUser(t, a, "bob")
+	roomID := peekRoom(t, a, alice.token, "world_readable")
+	previewAndPeek(t, a, b, alice.token, bob.token, roomID, "split")
 }
 
 // TestRoomPreviewRefused: a caller who is neither a member nor in a
