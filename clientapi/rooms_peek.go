@@ -249,7 +249,9 @@ func (s *Server) peekEvents(w http.ResponseWriter, r *http.Request) error {
 		case <-deadline:
 			return answer(nil)
 		case <-ctx.Done():
-			return ctx.Err()
+			// The client left (or the server stops): an empty answer,
+			// not an error to log.
+			return answer(nil)
 		}
 	}
 }
