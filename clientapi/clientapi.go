@@ -14,6 +14,7 @@ import (
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/internal/ratelimit"
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/storage"
@@ -51,6 +52,10 @@ type Deps struct {
 	Notify func(stream string, pos int64)
 	// Rooms is the roomserver; nil leaves the room endpoints out.
 	Rooms Rooms
+	// Wake, if non-nil, carries the room stream's notifications (as
+	// /sync's); GET /events (room previews, rooms_peek.go) waits on it,
+	// and is not served without it.
+	Wake notifier.Broadcaster
 	// OnDevicesDeleted, if non-nil, runs inside every transaction that
 	// deletes devices; the key server's keyserver.DevicesDeletedHook
 	// deletes their keys there.
@@ -219,6 +224,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		cancel()
 		return nil, err
 	}
+	s.rooms.wake = deps.Wake
 	s.shared = deps.Shared
 	if deps.TypingLog != nil && s.rooms.typing != nil {
 		s.rooms.typing.share(deps.TypingLog, s.log)

@@ -34,6 +34,8 @@ func init() {
 	state := []string{room + "/state/{eventType}", room + "/state/{eventType}/", room + "/state/{eventType}/{stateKey}"}
 	// Retrieving events.
 	allow(http.MethodGet, room+"/state", room+"/context/{eventId}", room+"/event/{eventId}", room+"/messages", room+"/members")
+	// Room previews (rooms_peek.go).
+	allow(http.MethodGet, room+"/initialSync", v3+"/events")
 	allow(http.MethodGet, state...)
 	// Sending events.
 	allow(http.MethodPost, room+"/join", room+"/leave", v3+"/join/{roomIdOrAlias}")

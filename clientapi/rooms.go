@@ -13,6 +13,7 @@ import (
 
 	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/mxerr"
+	"github.com/myelin-chat/myelin/internal/notifier"
 	"github.com/myelin-chat/myelin/internal/ratelimit"
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -49,6 +50,8 @@ type roomsPart struct {
 	typing *typingTracker
 	// presenceSeen spares syncs with an unchanged set_presence a write.
 	presenceSeen *presenceCache
+	// wake is Deps.Wake (nil: GET /events is not served).
+	wake notifier.Broadcaster
 }
 
 // initRooms migrates the room tables and prepares the room endpoints.
@@ -92,6 +95,7 @@ func (s *Server) roomRoutes(r chi.Router) {
 	s.searchRoutes(r)
 	s.threadSubscriptionRoutes(r)
 	s.eventRelationshipRoutes(r)
+	s.peekRoutes(r)
 }
 
 // caller is the authenticated user of a request.

@@ -41,6 +41,8 @@ var guestAllowedRoutes = map[string]bool{
 	"GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}":            true,
 	"GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/":           true,
 	"GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}": true,
+	"GET /_matrix/client/v3/rooms/{roomId}/initialSync":                  true,
+	"GET /_matrix/client/v3/events":                                      true,
 	// clientapi: sending events.
 	"POST /_matrix/client/v3/rooms/{roomId}/join":                        true,
 	"POST /_matrix/client/v3/rooms/{roomId}/leave":                       true,

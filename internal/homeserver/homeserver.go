@@ -260,7 +260,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		remote = &remoteServers{fed: &federation}
 	}
 	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi") || leased, TypingLog: sharedTyping, Shared: cfg.Global.RedisURL != "", Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
-		Notify: notify.Notify, Rooms: rooms, Federation: remote.clientAPI(),
+		Notify: notify.Notify, Wake: notify, Rooms: rooms, Federation: remote.clientAPI(),
 		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
 		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same
