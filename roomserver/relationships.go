@@ -83,26 +83,11 @@ func migrateRelationships(ctx context.Context, db *storage.DB) error {
 	})
 }
 
-// relationshipKey is the content key of MSC2836's relation, quoted as
-// canonical JSON writes it.
-const relationshipKey = `"m.relationship"`
-
 // relationshipOf reads an event's m.relationship: the event it relates
 // to and the relation type. ok is false when there is none, or it is
 // malformed (no rel_type, or an event_id that is not an event ID), or
 // the event names itself.
-//
-// eventJSON is a stored event, which is canonical JSON (events built here
-// and events received alike are canonicalised before they are stored),
-// and canonical JSON writes a key without escapes: an event whose text
-// does not hold the key's quoted name has no m.relationship, and is
-// answered without walking it. insertEvent asks this of every event it
-// stores, on the one writer, and almost none has one; the walk was ~1.5
-// µs of each message's write (docs/benchmarks.md, "sendcpu2").
 func relationshipOf(eventID, eventJSON string) (parentID, relType string, ok bool) {
-	if !strings.Contains(eventJSON, relationshipKey) {
-		return "", "", false
-	}
 	parentID, relType, ok = parseRelationship(gjson.Get(eventJSON, `content.m\.relationship`))
 	if !ok || parentID == eventID {
 		return "", "", false

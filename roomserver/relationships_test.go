@@ -219,49 +219,6 @@ func TestParseUnsignedChildren(t *testing.T) {
 	}
 }
 
-// TestRelationshipIndexedWhateverItsKeyLooksLike: an m.relationship is
-// indexed when the event is stored, however the key was written where
-// the event came from: a client's content and a remote server's event
-// with the key's dot escaped (JSON allows "m\u002erelationship") are
-// indexed like the plain key, because what relationshipOf reads is the
-// stored event, which is canonical JSON (no needless escapes), and it
-// looks for the key's plain text before it walks the event.
-func TestRelationshipIndexedWhateverItsKeyLooksLike(t *testing.T) {
-	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
-		s := newTestServer(t, db)
-		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: "public_chat"}).RoomID
-		a := mustSend(t, s, room, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"A"}`)
-		escaped := func(body string) string {
-			return strings.Replace(replyContent(body, a), `"m.relationship"`, `"m\u002erelationship"`, 1)
-		}
-		plain := mustSend(t, s, room, alice, "m.room.message", nil, replyContent("plain", a))
-		local := mustSend(t, s, room, alice, "m.room.message", nil, escaped("local"))
-		if r := mustInput(t, s, remoteEvent(t, s, room, policyMod, "m.room.member", ptr(policyMod), `{"membership":"join"}`).JSON()); r.Outcome != Accepted {
-			t.Fatalf("remote join: %s %s", r.Outcome, r.Reason)
-		}
-		pdu := remoteEvent(t, s, room, policyMod, "m.room.message", nil, replyContent("remote", a))
-		raw := strings.Replace(string(pdu.JSON()), `"m.relationship"`, `"m\u002erelationship"`, 1)
-		if raw == string(pdu.JSON()) {
-			t.Fatal("the remote event's key was not escaped")
-		}
-		if r := mustInput(t, s, []byte(raw)); r.Outcome != Accepted {
-			t.Fatalf("remote reply: %s %s", r.Outcome, r.Reason)
-		}
-		mustSend(t, s, room, alice, "m.room.message", nil, `{"msgtype":"m.text","body":"no relationship","m.relationships":{"rel_type":"m.reference","event_id":"`+a+`"}}`)
-		got := walkIDs(t, s, RelationshipsQuery{UserID: alice, Request: &RelationshipsRequest{
-			EventID: a, MaxDepth: 1, MaxBreadth: 10, Limit: 10, Direction: "down"}})
-		want := []string{a, plain, local, pdu.EventID()}
-		slices.Sort(got[1:])
-		slices.Sort(want[1:])
-		if !slices.Equal(got, want) {
-			t.Fatalf("children of A: %v, want %v", got, want)
-		}
-		if n := countRows(t, db, "roomserver_relationships"); n != 3 {
-			t.Fatalf("%d relationships indexed, want 3", n)
-		}
-	})
-}
-
 func TestRelationshipOf(t *testing.T) {
 	for _, c := range []struct {
 		json, parent string
