@@ -441,7 +441,8 @@ func (s *Server) evaluateIn(ctx context.Context, ev *roomserver.Event, thread st
 	return out, mark, nil
 }
 
-// maxThreadCache bounds the event-to-thread memory.
+// maxThreadCache bounds the event-to-thread memory (events in threads;
+// threadOf does not remember those of the main timeline).
 const maxThreadCache = 100000
 
 // threadOf returns the thread ev belongs to: the root of an m.thread
@@ -463,6 +464,15 @@ func (s *Server) threadOf(ev *roomserver.Event) string {
 			thread = t
 		}
 		s.threadsMu.Unlock()
+	}
+	if thread == mainThread {
+		// Not remembered: an event related to one the map does not
+		// hold is in the main timeline anyway (above). Remembering every
+		// message of the main timeline cost a map insert under the lock
+		// per event on the writer, and kept up to maxThreadCache event
+		// IDs alive for the collector to scan, to answer what the miss
+		// answers (docs/benchmarks.md, "sendcpu2").
+		return thread
 	}
 	s.threadsMu.Lock()
 	if len(s.threads) >= maxThreadCache {

@@ -115,7 +115,7 @@ type Server struct {
 	eventsStoredAt time.Time
 
 	threadsMu sync.Mutex
-	threads   map[string]string // event ID -> thread ("main" or root); guarded by threadsMu
+	threads   map[string]string // event ID -> thread root, for events in a thread (threadOf); guarded by threadsMu
 
 	// inTxFrom is the room stream position after which every event's
 	// notifications are written in the event's own transaction
