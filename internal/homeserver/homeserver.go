@@ -344,6 +344,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		UserDevices:     client.Accounts().DeviceNames,
 		RequirePassword: client.RequirePassword,
 		SharedRoomUsers: sharedRoomUsers(rooms),
+		SharedInTx: func(ctx context.Context, q storage.Querier, userIDs []string) ([]string, error) {
+			return rooms.SharingLocalRoomInTx(ctx, q, userIDs, "")
+		},
 		MembershipDelta: keyChangesDelta(rooms),
 		QueueEDU:        remote.keyServer(),
 		Federation:      remote.remoteKeys(),
