@@ -215,8 +215,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 				federation.Notify(stream, pos)
 			}
 		}, OnTimeline: func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) (func(), error) {
-			if push == nil || untrack == nil {
+			if push == nil {
 				return nil, errors.New("homeserver: room event written before the push component was built")
+			}
+			if untrack == nil {
+				return nil, errors.New("homeserver: room event written before the roomserver was built")
 			}
 			if err := untrack(ctx, tx, ev); err != nil {
 				return nil, err
