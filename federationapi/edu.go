@@ -257,7 +257,7 @@ func (s *Server) eduToDevice(ctx context.Context, origin string, content json.Ra
 // tracked the user before resyncs. Spec: server-server-api, "Device
 // Management"; Complement TestDeviceListsUpdateOverFederationOnRoomJoin.
 func (s *Server) announceDevices(ctx context.Context, userID, roomID string) error {
-	if s.userKeys == nil {
+	if s.userKeys == nil || s.silentJoins.Load() {
 		return nil
 	}
 	// Not to a partial-state room's send_join servers: a partial-state

@@ -66,6 +66,12 @@ func (s *Server) ServeFullStateJoins(on bool) {
 	s.fullStateJoins.Store(on)
 }
 
+// SilenceJoins makes s announce no device of a local user who joins a
+// room held elsewhere (announceDevices), as a server that does not.
+func (s *Server) SilenceJoins(on bool) {
+	s.silentJoins.Store(on)
+}
+
 // HoldStretchRefetches makes every attempt of s to complete the state of
 // an event built on a stretch of partial state wait until release is
 // closed (or s closes); after, if not nil, hears of each attempt's

@@ -145,6 +145,10 @@ type Server struct {
 	// partial-state joins does (the parameter is a request it may
 	// decline: server-server-api, "PUT /_matrix/federation/v2/send_join").
 	fullStateJoins atomic.Bool
+	// silentJoins, when set (by tests), makes a local user's join of a
+	// room held elsewhere announce none of their devices
+	// (announceDevices), as servers that do not announce them do.
+	silentJoins atomic.Bool
 	// refetchHooks, when set (tests only), change the stretch refetch
 	// worker (partial_state_refetch.go).
 	refetchHooks atomic.Pointer[stretchRefetchHooks]

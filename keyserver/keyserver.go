@@ -60,6 +60,12 @@ type Deps struct {
 	// joined room with userID (the roomserver's membership). Nil until the
 	// roomserver exists: then only userID's own changes are reported.
 	SharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	// SharedInTx returns those of the given users who share a joined
+	// room with a local user as a transaction sees the rooms' current
+	// state. Resync checks with it, in the transaction that stores a
+	// fetched list, that the user is still tracked (UntrackInTx). Nil:
+	// not checked.
+	SharedInTx StillShared
 	// MembershipDelta returns who started or stopped sharing a room with
 	// userID between two room-stream positions (syncapi's
 	// MembershipChanges), for GET /keys/changes. Nil: that endpoint
@@ -107,6 +113,7 @@ type Server struct {
 	userDevices     func(ctx context.Context, userID string) (map[string]string, error)
 	requirePassword func(ctx context.Context, r *http.Request, purpose string, auth json.RawMessage) (func(context.Context, storage.Tx) error, error)
 	sharedRoomUsers func(ctx context.Context, userID string) ([]string, error)
+	sharedInTx      StillShared // may be nil
 	membershipDelta func(ctx context.Context, userID string, fromRoom, toRoom int64) (MembershipDelta, error)
 	queueEDU        EDUQueue // may be nil
 	flush           outboundFlush
@@ -161,6 +168,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		userDevices:     deps.UserDevices,
 		requirePassword: deps.RequirePassword,
 		sharedRoomUsers: deps.SharedRoomUsers,
+		sharedInTx:      deps.SharedInTx,
 		membershipDelta: deps.MembershipDelta,
 		queueEDU:        deps.QueueEDU,
 		fed:             deps.Federation,

@@ -753,6 +753,19 @@ func (s *Server) Resync(ctx context.Context, userID string) error {
 		if err := dropRemoteKeys(ctx, tx, userID); err != nil {
 			return err
 		}
+		if s.sharedInTx != nil {
+			// The user may have stopped sharing every room with a local
+			// user while the answer was on its way, before they had a
+			// row for UntrackInTx to mark: the list is then tracked no
+			// longer, and this answer is not stored as a fresh copy.
+			shared, err := s.sharedInTx(ctx, tx, []string{userID})
+			if err != nil {
+				return err
+			}
+			if len(shared) == 0 {
+				return markStale(ctx, tx, userID, 0, s.nowMillis())
+			}
+		}
 		for _, d := range resp.Devices {
 			keyJSON, err := remoteDeviceJSON(userID, d.DeviceID, d.DisplayName, d.Keys)
 			if err != nil {

@@ -203,6 +203,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// docs/split.md) runs under a lease per component (leases below), so
 	// a second process running the same component waits as a standby.
 	leased := cfg.Global.RedisURL != ""
+	// A member event that leaves remote users sharing no room with a
+	// local user stops tracking their device lists, in its own
+	// transaction (devicelists.go); it reads the rooms through the
+	// roomserver, set before any write like the components above.
+	var untrack func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) error
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
 		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -212,6 +217,12 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		}, OnTimeline: func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) (func(), error) {
 			if push == nil {
 				return nil, errors.New("homeserver: room event written before the push component was built")
+			}
+			if untrack == nil {
+				return nil, errors.New("homeserver: room event written before the roomserver was built")
+			}
+			if err := untrack(ctx, tx, ev); err != nil {
+				return nil, err
 			}
 			return push.CountInTx(ctx, tx, ev)
 		}, StretchRefetchQueued: func() {
@@ -242,6 +253,7 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
+	untrack = untrackOnLeave(rooms, cfg.Global.ServerName)
 	asRegistry, err := appservice.Load(cfg.AppService.ConfigFiles)
 	if err != nil {
 		return nil, fmt.Errorf("application services: %w", err)
@@ -336,6 +348,9 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 		UserDevices:     client.Accounts().DeviceNames,
 		RequirePassword: client.RequirePassword,
 		SharedRoomUsers: sharedRoomUsers(rooms),
+		SharedInTx: func(ctx context.Context, q storage.Querier, userIDs []string) ([]string, error) {
+			return rooms.SharingLocalRoomInTx(ctx, q, userIDs, "")
+		},
 		MembershipDelta: keyChangesDelta(rooms),
 		QueueEDU:        remote.keyServer(),
 		Federation:      remote.remoteKeys(),
