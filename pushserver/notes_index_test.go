@@ -100,8 +100,16 @@ func userKeyedIndexes(ctx context.Context, db *storage.DB) ([]string, error) {
 	query := `SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'push_notifications'
 		AND sql LIKE '%push_notifications (user_id%'`
 	if db.Engine() == storage.Postgres {
-		query = `SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()
-			AND tablename = 'push_notifications' AND indexdef LIKE '%(user_id%'`
+		// From the catalogs rather than pg_indexes, whose indexdef
+		// (pg_get_indexdef) may be computed for indexes of other schemas
+		// that tests running at once are dropping ("could not open
+		// relation with OID").
+		query = `SELECT c.relname FROM pg_index i
+			JOIN pg_class c ON c.oid = i.indexrelid
+			JOIN pg_class t ON t.oid = i.indrelid
+			JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]
+			WHERE t.relnamespace = current_schema()::regnamespace
+			AND t.relname = 'push_notifications' AND a.attname = 'user_id'`
 	}
 	return storage.QueryColumn[string](ctx, db.Reader(), query)
 }
