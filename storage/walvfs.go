@@ -319,6 +319,7 @@ static int walbuf_open(myelin_vfs *vfs, const char *name, myelin_file *f, int fl
 	walbuf_file *w = (walbuf_file *)f;
 	memset(w, 0, sizeof(*w));
 	w->real = (myelin_file *)(w + 1);
+	w->real->pMethods = NULL; // read below even if the default VFS's xOpen fails early
 	int rc = PARENT->xOpen(PARENT, name, w->real, flags, out_flags);
 	const myelin_io_methods *m = w->real->pMethods;
 	if (m == NULL) {
