@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -56,6 +57,32 @@ func BenchmarkWriteParallel(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkWrite42Pages measures sequential writes of 42 pages each, the
+// size of a group commit of eight messages (section "walvfs" of
+// docs/benchmarks.md): the WAL's writes and fsync inside each COMMIT.
+// Run it with bench/fsyncdelay.c preloaded to see a slow disk.
+func BenchmarkWrite42Pages(b *testing.B) {
+	db := storagetest.OpenSQLite(b)
+	ctx := context.Background()
+	exec(b, db, `CREATE TABLE p (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`)
+	body := strings.Repeat("p", 3000) // a page of its own per row
+	next := 0
+	for b.Loop() {
+		err := db.Write(ctx, func(tx storage.Tx) error {
+			for range 42 {
+				next++
+				if _, err := tx.Exec(ctx, `INSERT INTO p (id, body) VALUES ($1, $2)`, next, body); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // BenchmarkReadRow measures one indexed single-row read on the read pool,

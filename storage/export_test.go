@@ -105,3 +105,15 @@ func (db *DB) WALBacklog() (int64, bool) {
 	}
 	return walPages - copied, true
 }
+
+// WALVFSStats reports, process-wide, the writes SQLite made to WAL files
+// through the writer's VFS (appends) and the writes the VFS made to them
+// (writes): one per held-back run.
+var WALVFSStats = walVFSStats
+
+// WALVFSFailWrites makes the next n held-back WAL runs fail to write
+// (SQLITE_IOERR_WRITE), in every database of the process.
+var WALVFSFailWrites = walVFSFailWrites
+
+// WALBufMax is the most WAL bytes the writer's VFS holds back.
+const WALBufMax = walBufMax

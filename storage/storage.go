@@ -191,6 +191,16 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 		wq[k] = v
 	}
 	wq.Set("_txlock", "immediate")
+	// The writer's WAL appends are gathered into one write per commit
+	// (walvfs.go); readers and the checkpointer, which only read frames a
+	// commit has synced, stay on the default VFS.
+	vfs, err := registerWALVFS()
+	if err != nil {
+		return nil, err
+	}
+	if vfs != "" {
+		wq.Set("vfs", vfs)
+	}
 	writer := openSQLiteDB("file:"+opts.SQLitePath+"?"+wq.Encode(), "PRAGMA wal_autocheckpoint = "+strconv.Itoa(walAutocheckpointPages))
 	writer.SetMaxOpenConns(1)
 	writer.SetMaxIdleConns(1)
@@ -199,6 +209,14 @@ func openSQLite(ctx context.Context, opts Options) (*DB, error) {
 	if err := writer.PingContext(ctx); err != nil {
 		writer.Close()
 		return nil, fmt.Errorf("storage: opening sqlite database %s: %w", opts.SQLitePath, err)
+	}
+	// The VFS holds a commit's WAL frames back until SQLite syncs the WAL,
+	// which makes a commit visible to other connections only after that
+	// sync when synchronous is FULL or EXTRA (walvfs.go).
+	var syncLevel int
+	if err := writer.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&syncLevel); err != nil || syncLevel < 2 {
+		writer.Close()
+		return nil, fmt.Errorf("storage: opening sqlite database %s: the writer needs synchronous=FULL, has %d (%v)", opts.SQLitePath, syncLevel, err)
 	}
 	// The row the idle checkpointer rewrites to restart the WAL
 	// (groupcommit.go, restartWAL). Storage's own, like myelin_schema.

@@ -1,0 +1,188 @@
+package storage_test
+
+import (
+	"context"
+	"database/sql"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	_ "github.com/mattn/go-sqlite3" // the "sqlite3" driver, to open copies on the default VFS
+
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// The writer's VFS (walvfs.go) holds WAL appends back until SQLite syncs
+// the WAL. These tests use its process-wide counters and failure hook;
+// the storage tests do not run in parallel.
+
+// copyFile copies src to dst; a missing src is an error.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWALFramesWrittenWhenWriteReturns: right after Write returns, a
+// copy of the database and WAL files, taken through other descriptors
+// (as a crash right then would leave them, the page cache aside), holds
+// the write: its frames were written before COMMIT returned, not held
+// back in the writer's VFS.
+func TestWALFramesWrittenWhenWriteReturns(t *testing.T) {
+	ctx := context.Background()
+	opts := storagetest.SQLiteOptions(t)
+	db, err := storage.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	exec(t, db, `CREATE TABLE w (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`)
+	body := strings.Repeat("y", 1000)
+	for i := 1; i <= 5; i++ {
+		err := db.Write(ctx, func(tx storage.Tx) error {
+			// Several pages a write, so a commit is many frames.
+			for j := range 8 {
+				if _, err := tx.Exec(ctx, `INSERT INTO w (id, body) VALUES ($1, $2)`, i*100+j, body); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The WAL first: a checkpoint meanwhile only copies into the
+		// database file pages the copied WAL also holds.
+		dir := t.TempDir()
+		copyFile(t, opts.SQLitePath+"-wal", filepath.Join(dir, "copy.db-wal"))
+		copyFile(t, opts.SQLitePath, filepath.Join(dir, "copy.db"))
+		cp, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, "copy.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		err = cp.QueryRow(`SELECT count(*) FROM w WHERE id / 100 = ?`, i).Scan(&n)
+		cp.Close()
+		if err != nil {
+			t.Fatalf("write %d: reading the copy: %v", i, err)
+		}
+		if n != 8 {
+			t.Fatalf("write %d: the copy taken when Write returned has %d of its 8 rows", i, n)
+		}
+	}
+}
+
+// TestFailedWALWriteFailsCommit: when the writer's VFS fails to write
+// the frames it held back (at the WAL's sync, inside COMMIT), the COMMIT
+// fails, Write reports it, the write is not in the database (before or
+// after a reopen), and the next write commits.
+func TestFailedWALWriteFailsCommit(t *testing.T) {
+	ctx := context.Background()
+	opts := storagetest.SQLiteOptions(t)
+	db, err := storage.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { db.Close() }()
+	t.Cleanup(func() { storage.WALVFSFailWrites(0) })
+	exec(t, db, `CREATE TABLE f (id BIGINT PRIMARY KEY)`)
+	insert := func(id int, fail bool) error {
+		return db.Write(ctx, func(tx storage.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO f (id) VALUES ($1)`, id); err != nil {
+				return err
+			}
+			if fail {
+				// On the writer, after the statement: the next run the
+				// VFS writes is this transaction's, at its COMMIT.
+				storage.WALVFSFailWrites(1)
+			}
+			return nil
+		})
+	}
+	if err := insert(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := insert(2, true); err == nil {
+		t.Fatal("Write returned nil although its frames failed to reach the WAL")
+	} else {
+		t.Logf("the failed write: %v", err)
+	}
+	storage.WALVFSFailWrites(0)
+	if err := insert(3, false); err != nil {
+		t.Fatalf("the write after the failed one: %v", err)
+	}
+	check := func(when string) {
+		got := int64s(t, db.Reader(), `SELECT id FROM f ORDER BY id`)
+		if len(got) != 2 || got[0] != 1 || got[1] != 3 {
+			t.Fatalf("%s: rows %v, want [1 3]", when, got)
+		}
+	}
+	check("after the failed write")
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = storage.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("after reopening")
+}
+
+// TestWALWritesPerCommit: the writer's VFS writes a commit's frames with
+// one write (two once they pass WALBufMax), where SQLite makes two
+// writes per frame (header and page).
+func TestWALWritesPerCommit(t *testing.T) {
+	ctx := context.Background()
+	db := storagetest.OpenSQLite(t)
+	exec(t, db, `CREATE TABLE c (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`)
+	body := strings.Repeat("z", 3000) // a page of its own per row
+	const writes, rows = 30, 10
+	appends0, writes0 := storage.WALVFSStats()
+	commits0 := db.CommitCount()
+	for i := range writes {
+		err := db.Write(ctx, func(tx storage.Tx) error {
+			for j := range rows {
+				if _, err := tx.Exec(ctx, `INSERT INTO c (id, body) VALUES ($1, $2)`, i*rows+j, body); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	appends1, writes1 := storage.WALVFSStats()
+	commits := db.CommitCount() - commits0
+	appends, syscalls := appends1-appends0, writes1-writes0
+	t.Logf("%d commits: SQLite wrote to the WAL %d times, the VFS %d times", commits, appends, syscalls)
+	if commits < writes {
+		t.Fatalf("%d commits for %d sequential writes", commits, writes)
+	}
+	// Each commit is at least its rows' pages: two writes a frame.
+	if appends < 2*rows*commits {
+		t.Fatalf("SQLite wrote to the WAL %d times in %d commits, want at least %d", appends, commits, 2*rows*commits)
+	}
+	// One write per commit, and one more for the WAL's header in a
+	// commit that restarts the WAL (which the idle checkpointer may allow
+	// a few times here).
+	if syscalls > commits+commits/4 {
+		t.Fatalf("the VFS wrote %d times in %d commits, want about one a commit", syscalls, commits)
+	}
+}
