@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +91,8 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 	// origin[i] is when message i counts as sent; written by the sender
 	// before the PUT, read after every goroutine has finished.
 	origin := make([]time.Time, o.messages)
+	started := make([]time.Time, o.messages) // when the PUT began (after the wait for origin)
+	acked := make([]time.Time, o.messages)
 	sent := make([]bool, o.messages)
 	received := make([][]time.Time, len(listeners)) // [listener][seq], each owned by its listener
 	rec := newRecorder()
@@ -127,12 +132,14 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 			break
 		}
 		origin[i] = due
+		started[i] = time.Now()
 		if err := sender.send(ctx, room, e.message(i)); err != nil {
 			sendAck.fail(err)
 			continue
 		}
 		sent[i] = true
-		sendAck.ok(time.Since(due))
+		acked[i] = time.Now()
+		sendAck.ok(acked[i].Sub(due))
 	}
 
 	// Listeners stop by themselves once they have every message; give the
@@ -159,6 +166,11 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 			default:
 				rec.ok(at.Sub(origin[i]))
 			}
+		}
+	}
+	if o.perMessage != "" {
+		if err := writePerMessage(o.perMessage, start, origin, started, acked, received); err != nil {
+			return err
 		}
 	}
 	rec.failN(fmt.Sprintf("deliver: not delivered within -drain %s", o.drain), undelivered)
@@ -252,4 +264,49 @@ func (e *env) listen(ctx context.Context, l *client, room, filter, since string,
 			seen++
 		}
 	}
+}
+
+// writePerMessage writes -per-message: for each message sent, its due
+// time, when its PUT began and was acknowledged, and its first and last
+// delivery among the listeners (ms from start; empty when not delivered),
+// so that a slow message can be matched against server-side timestamps.
+func writePerMessage(path string, start time.Time, origin, started, acked []time.Time, received [][]time.Time) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	ms := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return strconv.FormatFloat(float64(t.Sub(start))/float64(time.Millisecond), 'f', 3, 64)
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintf(w, "# start %s\n# seq\tdue_ms\tput_ms\tack_ms\tfirst_ms\tlast_ms\tdelivered\n", start.UTC().Format(time.RFC3339Nano))
+	for i := range origin {
+		if acked[i].IsZero() {
+			continue
+		}
+		var first, last time.Time
+		n := 0
+		for li := range received {
+			at := received[li][i]
+			if at.IsZero() {
+				continue
+			}
+			n++
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+			if at.After(last) {
+				last = at
+			}
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\n", i, ms(origin[i]), ms(started[i]), ms(acked[i]), ms(first), ms(last), n)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

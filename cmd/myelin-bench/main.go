@@ -74,6 +74,7 @@ type options struct {
 	settle           time.Duration
 	cpuProfile       string
 	listenNetHTTP    bool
+	perMessage       string
 }
 
 type scenario func(ctx context.Context, e *env, res *Result) error
@@ -186,6 +187,7 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.settle, "settle", 2*time.Second, "initialsync, fanout: pause between preparing and measuring (fanout: with every listener's first long poll sent)")
 	// The tool's own CPU profile, to find what it costs the machine it shares with the server.
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile (whole run) to this file")
+	fs.StringVar(&o.perMessage, "per-message", "", "fanout: write one line per message to this file (due, send start, acknowledgement, first and last delivery; ms from the start), to find what made one message slow")
 	fs.BoolVar(&o.listenNetHTTP, "listen-nethttp", false, "fanout: listeners poll through net/http's client, as the tool did before syncConn (to compare the tool's own CPU)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
