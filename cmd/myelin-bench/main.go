@@ -178,7 +178,7 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.setupConcurrency, "setup-concurrency", 4, "concurrent requests while preparing users, rooms and messages (not measured)")
 	fs.IntVar(&o.messages, "messages", 200, "send, fanout: messages in total")
 	fs.BoolVar(&o.sameRoom, "same-room", false, "send: all senders in one room (default: each its own)")
-	fs.Float64Var(&o.rate, "rate", 0, "send, fanout: open loop at this many messages/s, latency from the scheduled time (0: closed loop)")
+	fs.Float64Var(&o.rate, "rate", 0, "send, fanout: open loop at this many messages/s, latency from the scheduled time (fanout: from the PUT's start if the tool began it late with no send in flight) (0: closed loop)")
 	fs.IntVar(&o.listeners, "listeners", 20, "fanout: users long-polling /sync in the room")
 	fs.IntVar(&o.rooms, "rooms", 50, "initialsync: rooms the user is in")
 	fs.IntVar(&o.perRoom, "per-room", 10, "initialsync: messages in each room")
