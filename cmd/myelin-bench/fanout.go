@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,9 +88,12 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		return fmt.Errorf("catching the listeners up: %w", err)
 	}
 
-	// origin[i] is when message i counts as sent; written by the sender
+	// origin[i] is when message i counts as sent (sendOrigin); written by the sender
 	// before the PUT, read after every goroutine has finished.
 	origin := make([]time.Time, o.messages)
+	dues := make([]time.Time, o.messages)    // when message i was due
+	started := make([]time.Time, o.messages) // when its PUT began
+	acked := make([]time.Time, o.messages)
 	sent := make([]bool, o.messages)
 	received := make([][]time.Time, len(listeners)) // [listener][seq], each owned by its listener
 	rec := newRecorder()
@@ -117,6 +123,8 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 	}
 	m := e.startMeasure()
 	start := time.Now()
+	startLate := newRecorder() // open loop: how late the tool began each PUT
+	idleSince := start         // when the sender's previous PUT returned
 	for i := range o.messages {
 		due := time.Now()
 		if o.rate > 0 {
@@ -126,13 +134,20 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		if ctx.Err() != nil {
 			break
 		}
-		origin[i] = due
-		if err := sender.send(ctx, room, e.message(i)); err != nil {
+		dues[i], started[i] = due, time.Now()
+		origin[i] = sendOrigin(due, started[i], idleSince)
+		if o.rate > 0 {
+			startLate.ok(started[i].Sub(due))
+		}
+		err := sender.send(ctx, room, e.message(i))
+		idleSince = time.Now()
+		if err != nil {
 			sendAck.fail(err)
 			continue
 		}
 		sent[i] = true
-		sendAck.ok(time.Since(due))
+		acked[i] = idleSince
+		sendAck.ok(acked[i].Sub(origin[i]))
 	}
 
 	// Listeners stop by themselves once they have every message; give the
@@ -161,6 +176,11 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 			}
 		}
 	}
+	if o.perMessage != "" {
+		if err := writePerMessage(o.perMessage, start, dues, origin, started, acked, received); err != nil {
+			return err
+		}
+	}
 	rec.failN(fmt.Sprintf("deliver: not delivered within -drain %s", o.drain), undelivered)
 	e.finish(res, m, rec)
 	sendAck.mu.Lock()
@@ -168,6 +188,17 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		res.Other = map[string]*Summary{"send_ack": s}
 	}
 	sendAck.mu.Unlock()
+	// send_start_late: how long after its due time the tool began each
+	// PUT (open loop); the part of it while the sender had nothing in
+	// flight is not counted in send_ack nor delivery (sendOrigin).
+	startLate.mu.Lock()
+	if s := summarize(startLate.samples); s != nil {
+		if res.Other == nil {
+			res.Other = map[string]*Summary{}
+		}
+		res.Other["send_start_late"] = s
+	}
+	startLate.mu.Unlock()
 	for k, n := range sendAck.errors {
 		if res.Errors == nil {
 			res.Errors = map[string]int{}
@@ -188,6 +219,24 @@ func runFanout(ctx context.Context, e *env, res *Result) error {
 		res.Notes["sync_connections"] = float64(n)
 	}
 	return nil
+}
+
+// sendOrigin is when a message counts as sent, the time its send_ack and
+// deliveries are measured from: its due time, unless the tool itself began
+// the PUT late (its goroutine woke or was scheduled late: on a machine
+// whose cores the tool shares with the server and others, this reached
+// 8 ms, docs/benchmarks.md "fanout20") while the sender had nothing in
+// flight (its previous PUT had returned by the due time). Then the server
+// could not have had the message before the PUT began, so that lateness is
+// the tool's and counts from the PUT's start. A PUT that begins late
+// because the previous one was still waiting for the server is measured
+// from its due time, so that a slow server's queueing still counts (open
+// loop, no coordinated omission).
+func sendOrigin(due, putStart, idleSince time.Time) time.Time {
+	if putStart.After(due) && !idleSince.After(due) {
+		return putStart
+	}
+	return due
 }
 
 // benchMark is the myelin_bench object the tool puts in its messages.
@@ -252,4 +301,50 @@ func (e *env) listen(ctx context.Context, l *client, room, filter, since string,
 			seen++
 		}
 	}
+}
+
+// writePerMessage writes -per-message: for each message sent, its due
+// time, when its PUT began, the time it counts as sent (sendOrigin), when
+// it was acknowledged, and its first and last
+// delivery among the listeners (ms from start; empty when not delivered),
+// so that a slow message can be matched against server-side timestamps.
+func writePerMessage(path string, start time.Time, due, origin, started, acked []time.Time, received [][]time.Time) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	ms := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return strconv.FormatFloat(float64(t.Sub(start))/float64(time.Millisecond), 'f', 3, 64)
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintf(w, "# start %s\n# seq\tdue_ms\tput_ms\torigin_ms\tack_ms\tfirst_ms\tlast_ms\tdelivered\n", start.UTC().Format(time.RFC3339Nano))
+	for i := range origin {
+		if acked[i].IsZero() {
+			continue
+		}
+		var first, last time.Time
+		n := 0
+		for li := range received {
+			at := received[li][i]
+			if at.IsZero() {
+				continue
+			}
+			n++
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+			if at.After(last) {
+				last = at
+			}
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", i, ms(due[i]), ms(started[i]), ms(origin[i]), ms(acked[i]), ms(first), ms(last), n)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

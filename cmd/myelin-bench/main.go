@@ -74,6 +74,7 @@ type options struct {
 	settle           time.Duration
 	cpuProfile       string
 	listenNetHTTP    bool
+	perMessage       string
 }
 
 type scenario func(ctx context.Context, e *env, res *Result) error
@@ -177,7 +178,7 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.setupConcurrency, "setup-concurrency", 4, "concurrent requests while preparing users, rooms and messages (not measured)")
 	fs.IntVar(&o.messages, "messages", 200, "send, fanout: messages in total")
 	fs.BoolVar(&o.sameRoom, "same-room", false, "send: all senders in one room (default: each its own)")
-	fs.Float64Var(&o.rate, "rate", 0, "send, fanout: open loop at this many messages/s, latency from the scheduled time (0: closed loop)")
+	fs.Float64Var(&o.rate, "rate", 0, "send, fanout: open loop at this many messages/s, latency from the scheduled time (fanout: from the PUT's start if the tool began it late with no send in flight) (0: closed loop)")
 	fs.IntVar(&o.listeners, "listeners", 20, "fanout: users long-polling /sync in the room")
 	fs.IntVar(&o.rooms, "rooms", 50, "initialsync: rooms the user is in")
 	fs.IntVar(&o.perRoom, "per-room", 10, "initialsync: messages in each room")
@@ -186,6 +187,7 @@ func parseFlags(name string, args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.settle, "settle", 2*time.Second, "initialsync, fanout: pause between preparing and measuring (fanout: with every listener's first long poll sent)")
 	// The tool's own CPU profile, to find what it costs the machine it shares with the server.
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile (whole run) to this file")
+	fs.StringVar(&o.perMessage, "per-message", "", "fanout: write one line per message to this file (due, send start, acknowledgement, first and last delivery; ms from the start), to find what made one message slow")
 	fs.BoolVar(&o.listenNetHTTP, "listen-nethttp", false, "fanout: listeners poll through net/http's client, as the tool did before syncConn (to compare the tool's own CPU)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
