@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -44,7 +45,16 @@ type Log struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	once    sync.Once
+	// now is this process's clock (tests set another); skew is Redis's
+	// clock less it, in nanoseconds, as last measured (measureSkew), so
+	// that each entry's At reads on this process's clock.
+	now  func() time.Time
+	skew atomic.Int64
 }
+
+// skewEvery is how often the reader measures the difference between
+// Redis's clock and this process's.
+const skewEvery = 30 * time.Second
 
 // LogEntry is one message of a Log.
 type LogEntry struct {
@@ -53,7 +63,10 @@ type LogEntry struct {
 	// none was kept), or -1 for a message that does not say (written by
 	// an earlier version, whose positions went up by one).
 	Prev int64
-	// At is when Redis added it (Redis's clock).
+	// At is when Redis added it, on this process's clock: Redis's
+	// clock less the difference between the two as last measured, so
+	// that a timeout counted from At against time.Now ends when it
+	// should even where the process's clock and Redis's disagree.
 	At      time.Time
 	Payload []byte
 }
@@ -87,6 +100,11 @@ return p`)
 // log under prefix from its oldest kept message; apply receives every
 // message in position order until Close.
 func NewLog(ctx context.Context, url, prefix string, keep time.Duration, logger *slog.Logger, apply func(LogEntry)) (*Log, error) {
+	return newLog(ctx, url, prefix, keep, logger, apply, time.Now)
+}
+
+// newLog is NewLog on the clock now.
+func newLog(ctx context.Context, url, prefix string, keep time.Duration, logger *slog.Logger, apply func(LogEntry), now func() time.Time) (*Log, error) {
 	ropts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("notifier: redis URL: %w", err)
@@ -95,8 +113,12 @@ func NewLog(ctx context.Context, url, prefix string, keep time.Duration, logger 
 	if logger == nil {
 		logger = slog.Default()
 	}
-	l := &Log{client: redis.NewClient(ropts), stream: prefix + "log", counter: prefix + "pos", keep: keep, apply: apply, log: logger}
+	l := &Log{client: redis.NewClient(ropts), stream: prefix + "log", counter: prefix + "pos", keep: keep, apply: apply, log: logger, now: now}
 	if err := l.client.Ping(ctx).Err(); err != nil {
+		l.client.Close()
+		return nil, fmt.Errorf("notifier: redis %s: %w", redactURL(url), err)
+	}
+	if err := l.measureSkew(ctx); err != nil {
 		l.client.Close()
 		return nil, fmt.Errorf("notifier: redis %s: %w", redactURL(url), err)
 	}
@@ -139,7 +161,14 @@ func (l *Log) read(ctx context.Context) {
 	defer l.wg.Done()
 	last := "0-0"
 	backoff := rateLimitedLog{every: time.Minute}
+	measured := l.now()
 	for ctx.Err() == nil {
+		if l.now().Sub(measured) >= skewEvery {
+			measured = l.now()
+			if err := l.measureSkew(ctx); err != nil && ctx.Err() == nil {
+				backoff.warn(l.log, "reading Redis's clock failed; keeping the last difference", "err", err)
+			}
+		}
 		res, err := l.client.XRead(ctx, &redis.XReadArgs{Streams: []string{l.stream, last}, Count: 500, Block: 10 * time.Second}).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
@@ -164,10 +193,26 @@ func (l *Log) read(ctx context.Context) {
 					l.log.Warn("ignoring a malformed message of the shared log", "stream", l.stream, "id", m.ID)
 					continue
 				}
+				e.At = e.At.Add(-time.Duration(l.skew.Load()))
 				l.apply(e)
 			}
 		}
 	}
+}
+
+// measureSkew reads Redis's clock (TIME) and keeps its difference from
+// this process's at the midpoint of the round trip.
+func (l *Log) measureSkew(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	before := l.now()
+	redisNow, err := l.client.Time(ctx).Result()
+	if err != nil {
+		return err
+	}
+	after := l.now()
+	l.skew.Store(int64(redisNow.Sub(before.Add(after.Sub(before) / 2))))
+	return nil
 }
 
 // parseLogMessage reads a stream message written by appendScript.

@@ -159,3 +159,37 @@ func TestLogFollowsTheClock(t *testing.T) {
 		t.Fatalf("applied %+v, want %d after 0 and %d after %d", e, p1, p2, p1)
 	}
 }
+
+// TestLogEntriesOnTheProcessClock: a process whose clock is an hour ahead
+// of Redis's (and one an hour behind) reads each entry's At on its own
+// clock, so a typing timeout counted from it against its clock neither
+// ends at once nor lasts an hour too long.
+func TestLogEntriesOnTheProcessClock(t *testing.T) {
+	u := testRedisURL(t)
+	ctx := context.Background()
+	for _, off := range []time.Duration{time.Hour, -time.Hour} {
+		prefix := testPrefix(t, u)
+		t.Cleanup(func() { rawClient(t, u).Del(context.Background(), prefix+"log", prefix+"pos") })
+		clock := func() time.Time { return time.Now().Add(off) }
+		rec := &entryRecorder{}
+		l, err := newLog(ctx, u, prefix, time.Minute, nil, rec.apply, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Append(ctx, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for len(rec.seen()) == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		l.Close()
+		seen := rec.seen()
+		if len(seen) != 1 {
+			t.Fatalf("clock %v: applied %d entries, want 1", off, len(seen))
+		}
+		if d := clock().Sub(seen[0].At); d < -time.Second || d > 5*time.Second {
+			t.Fatalf("clock %v: the entry's At is %v before the process's clock, want within seconds (Redis's clock read on the process's)", off, d)
+		}
+	}
+}
