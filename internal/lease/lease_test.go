@@ -193,3 +193,39 @@ func TestLeaseKeptWhileWorkStops(t *testing.T) {
 		t.Fatalf("%d ran the work at once, want 1", m)
 	}
 }
+
+// TestLostLeaseLeftToItsNewHolder: a holder whose key another process
+// now holds stops, and neither its release nor its renewals touch that
+// process's key: the key keeps the other's token and its TTL runs on, and
+// the old holder does not run the work again until the key is free.
+func TestLostLeaseLeftToItsNewHolder(t *testing.T) {
+	c, key := testRedis(t)
+	opts := lease.Options{TTL: 600 * time.Millisecond, Poll: 20 * time.Millisecond, Logger: quiet}
+	w := &worker{}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { lease.Run(ctx, c, key, opts, w.run("a")); close(done) }()
+	defer func() { stop(); <-done }()
+	waitFor(t, "a takes the lease", 2*time.Second, func() bool { return w.holder() == "a" })
+
+	// Another process's token replaces a's (as after an expiry a missed).
+	other := 4 * opts.TTL
+	if err := c.Set(context.Background(), key, "someone-else", other).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a stops after its key was taken", opts.TTL/5+300*time.Millisecond, func() bool { return w.running.Load() == 0 })
+	// Several of a's polls (and any renewal or release it still sends).
+	time.Sleep(opts.TTL)
+	got, err := c.Get(context.Background(), key).Result()
+	if err != nil || got != "someone-else" {
+		t.Fatalf("the other process's key reads %q (%v) after a lost it, want its token kept", got, err)
+	}
+	if ttl, err := c.PTTL(context.Background(), key).Result(); err != nil || ttl > other-opts.TTL+100*time.Millisecond {
+		t.Fatalf("the other process's key has %s (%v) left: a extended it", ttl, err)
+	}
+	if s := w.starts.Load(); s != 1 {
+		t.Fatalf("a started the work %d times while the other held the key, want 1", s)
+	}
+	c.Del(context.Background(), key)
+	waitFor(t, "a takes the lease once it is free", 2*time.Second, func() bool { return w.holder() == "a" })
+}
