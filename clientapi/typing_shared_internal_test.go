@@ -217,3 +217,25 @@ func TestSharedTypingJumpWithoutGap(t *testing.T) {
 		t.Fatalf("!r after a jump without a predecessor: %v changed at %d; want none, changed at 9000", users, changed)
 	}
 }
+
+// TestSharedTypingAppliedOnce: a change handed back again (a reader that
+// reads a stretch twice) is ignored: the head does not go back and no
+// other room's typers are dropped as after a gap.
+func TestSharedTypingAppliedOnce(t *testing.T) {
+	_, tr := sharedTrackers(1)
+	tk := tr[0]
+	defer tk.close()
+	start := func(user, room string) typingChange {
+		return typingChange{RoomID: room, UserID: user, Typing: true, TimeoutMS: 60000}
+	}
+	tk.apply(1, 0, time.Now(), start("@a:x", "!r"))
+	tk.apply(2, 1, time.Now(), start("@b:x", "!s"))
+	tk.apply(1, 0, time.Now(), start("@a:x", "!r"))
+	if users, changed, head := state(tk, "!s"); len(users) != 1 || changed != 2 || head != 2 {
+		t.Fatalf("!s after change 1 came again: %v changed at %d, head %d; want @b:x changed at 2, head 2", users, changed, head)
+	}
+	tk.apply(3, 2, time.Now(), typingChange{RoomID: "!r", UserID: "@a:x"})
+	if users, changed, head := state(tk, "!r"); len(users) != 0 || changed != 3 || head != 3 {
+		t.Fatalf("!r after its stop: %v changed at %d, head %d", users, changed, head)
+	}
+}
