@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -228,4 +230,37 @@ func TestLostLeaseLeftToItsNewHolder(t *testing.T) {
 	}
 	c.Del(context.Background(), key)
 	waitFor(t, "a takes the lease once it is free", 2*time.Second, func() bool { return w.holder() == "a" })
+}
+
+// renewLoops counts the goroutines renewing a lease.
+func renewLoops() int {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return strings.Count(b.String(), "internal/lease.renewLoop(")
+}
+
+// TestNothingLeftPerHold: a holder that loses and takes its lease again
+// and again leaves no renewal goroutine behind from the holds that
+// ended, and none once Run returns.
+func TestNothingLeftPerHold(t *testing.T) {
+	c, key := testRedis(t)
+	opts := lease.Options{TTL: 300 * time.Millisecond, Poll: 20 * time.Millisecond, Logger: quiet}
+	w := &worker{}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { lease.Run(ctx, c, key, opts, w.run("a")); close(done) }()
+	defer func() { stop(); <-done }()
+	for i := range 5 {
+		waitFor(t, "a takes the lease", 2*time.Second, func() bool { return w.holder() == "a" && w.starts.Load() == int32(i+1) })
+		if err := c.Set(context.Background(), key, "someone-else", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "a stops after its key was taken", 2*time.Second, func() bool { return w.running.Load() == 0 })
+		c.Del(context.Background(), key)
+	}
+	waitFor(t, "a takes the lease a sixth time", 2*time.Second, func() bool { return w.starts.Load() == 6 && w.holder() == "a" })
+	waitFor(t, "one renewal goroutine, the current hold's", 2*time.Second, func() bool { return renewLoops() == 1 })
+	stop()
+	<-done
+	waitFor(t, "no renewal goroutine once Run returned", 2*time.Second, func() bool { return renewLoops() == 0 })
 }
