@@ -217,3 +217,53 @@ func TestSharedTypingJumpWithoutGap(t *testing.T) {
 		t.Fatalf("!r after a jump without a predecessor: %v changed at %d; want none, changed at 9000", users, changed)
 	}
 }
+
+// TestSharedTypingAppliedOnce: a change handed back again (a reader that
+// reads a stretch twice) is ignored: the head does not go back and no
+// other room's typers are dropped as after a gap.
+func TestSharedTypingAppliedOnce(t *testing.T) {
+	_, tr := sharedTrackers(1)
+	tk := tr[0]
+	defer tk.close()
+	start := func(user, room string) typingChange {
+		return typingChange{RoomID: room, UserID: user, Typing: true, TimeoutMS: 60000}
+	}
+	tk.apply(1, 0, time.Now(), start("@a:x", "!r"))
+	tk.apply(2, 1, time.Now(), start("@b:x", "!s"))
+	tk.apply(1, 0, time.Now(), start("@a:x", "!r"))
+	if users, changed, head := state(tk, "!s"); len(users) != 1 || changed != 2 || head != 2 {
+		t.Fatalf("!s after change 1 came again: %v changed at %d, head %d; want @b:x changed at 2, head 2", users, changed, head)
+	}
+	tk.apply(3, 2, time.Now(), typingChange{RoomID: "!r", UserID: "@a:x"})
+	if users, changed, head := state(tk, "!r"); len(users) != 0 || changed != 3 || head != 3 {
+		t.Fatalf("!r after its stop: %v changed at %d, head %d", users, changed, head)
+	}
+}
+
+// TestSharedTypingTimeoutFromWhenAdded: a start read late (a process
+// that starts reads the log's last minutes) keeps only what is left of
+// its timeout, counted from when the log added it, so a typer whose
+// notification has all but run out is not shown for a whole timeout
+// more.
+func TestSharedTypingTimeoutFromWhenAdded(t *testing.T) {
+	log, tr := sharedTrackers(1)
+	tk := tr[0]
+	defer tk.close()
+	added := time.Now().Add(-59900 * time.Millisecond)
+	log.pos = 1 // the start below takes the log's first position
+	tk.apply(1, 0, added, typingChange{RoomID: "!r", UserID: "@a:x", Typing: true, TimeoutMS: 60000, Origin: tk.origin})
+	if users, _, _ := state(tk, "!r"); len(users) != 1 {
+		t.Fatalf("typing %v right after the start was read, want @a:x", users)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		users, _, _ := state(tk, "!r")
+		if len(users) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("typing %v 2s after a start with 0.1s of its timeout left", users)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -177,6 +177,57 @@ func TestRoomWaitsSuspendAnnouncement(t *testing.T) {
 		live(t, 0, "after the send's event write")
 	})
 
+	// A send that waits under the lock for the room's last queued write
+	// (nothing may build on it) waits for a commit holding the lock: a
+	// send waiting for the lock behind it does not count meanwhile.
+	t.Run("room lock held by a send waiting for the queued write", func(t *testing.T) {
+		release := blockRoom(t)
+		first := send(ctx, "waits for the queued write")
+		l := s.roomLockOf(room)
+		deadline := time.Now().Add(3 * time.Second)
+		for l.mu.TryLock() { // until the first send holds the lock
+			l.mu.Unlock()
+			if time.Now().After(deadline) {
+				t.Fatal("the first send did not take the room's lock")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		actx, done := db.ExpectWrite(ctx)
+		defer done()
+		errc := send(actx, "behind it")
+		waiters(t, 1)
+		live(t, 0, "a send waiting for a holder that waits for the room's queued write")
+		release()
+		finished(t, first)
+		finished(t, errc)
+		live(t, 0, "after the send's event write")
+	})
+
+	// A request whose announcement was suspended while it waited for the
+	// lock counts again once it holds it: it goes on to build its write.
+	t.Run("the lock's waiter resumes its announcement", func(t *testing.T) {
+		holder := s.lockRoom(ctx, room) // waits for a commit under the lock
+		var once sync.Once
+		unlockHolder := func() { once.Do(holder) }
+		defer unlockHolder()
+		actx, done := db.ExpectWrite(ctx)
+		defer done()
+		locked := make(chan func(), 1)
+		go func() { locked <- s.lockRoomStripe(actx, room) }()
+		waiters(t, 1)
+		live(t, 0, "waiting for the lock")
+		unlockHolder()
+		select {
+		case unlock := <-locked:
+			defer unlock()
+		case <-time.After(5 * time.Second):
+			t.Fatal("the waiter did not get the lock")
+		}
+		if n := db.LiveAnnouncements(); n != 1 {
+			t.Fatalf("%d live announcements once the waiter holds the lock, want 1 (resumed)", n)
+		}
+	})
+
 	t.Run("lockRoom resumes the announcement", func(t *testing.T) {
 		release := blockRoom(t)
 		actx, done := db.ExpectWrite(ctx)

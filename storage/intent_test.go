@@ -377,3 +377,37 @@ func TestWALRestartsCountsOwnCommitsOnly(t *testing.T) {
 		t.Fatalf("a WAL restart sharing a caller's commit: %d commits, %d counted as restarts; want 1 and 0", c, r)
 	}
 }
+
+// A fresh announcement whose write does not come holds the commit only
+// up to the hold's limit, not for as long as it stays fresh.
+func TestHoldEndsAtItsLimit(t *testing.T) {
+	db := openHeld(t, 100*time.Millisecond, 20*time.Second, 0)
+	ctx := context.Background()
+	_, done := db.ExpectWrite(ctx)
+	defer done()
+	w := db.WriteQueued(ctx, insert(1))
+	within(t, 5*time.Second, "a write beside an announcement fresh for longer than the hold", func() {
+		if err := w.Wait(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// Another write of the announcing request that is refused before it
+// queues (its context ended) gives the announcement back: it is live
+// again afterwards, not left suspended.
+func TestRefusedOtherWriteResumesAnnouncement(t *testing.T) {
+	db := openHeld(t, time.Second, time.Second, 0)
+	actx, done := db.ExpectWrite(context.Background())
+	defer done()
+	for i := range 20 { // queueing and refusing race: either must resume
+		cctx, cancel := context.WithCancel(actx)
+		cancel()
+		if err := db.Write(cctx, insert(i)); err == nil {
+			t.Fatal("a write with an ended context succeeded")
+		}
+		if n := db.LiveAnnouncements(); n != 1 {
+			t.Fatalf("try %d: %d live announcements after the refused write, want 1", i, n)
+		}
+	}
+}

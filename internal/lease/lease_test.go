@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -192,4 +194,73 @@ func TestLeaseKeptWhileWorkStops(t *testing.T) {
 	if m := maxRunning.Load(); m != 1 {
 		t.Fatalf("%d ran the work at once, want 1", m)
 	}
+}
+
+// TestLostLeaseLeftToItsNewHolder: a holder whose key another process
+// now holds stops, and neither its release nor its renewals touch that
+// process's key: the key keeps the other's token and its TTL runs on, and
+// the old holder does not run the work again until the key is free.
+func TestLostLeaseLeftToItsNewHolder(t *testing.T) {
+	c, key := testRedis(t)
+	opts := lease.Options{TTL: 600 * time.Millisecond, Poll: 20 * time.Millisecond, Logger: quiet}
+	w := &worker{}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { lease.Run(ctx, c, key, opts, w.run("a")); close(done) }()
+	defer func() { stop(); <-done }()
+	waitFor(t, "a takes the lease", 2*time.Second, func() bool { return w.holder() == "a" })
+
+	// Another process's token replaces a's (as after an expiry a missed).
+	other := 4 * opts.TTL
+	if err := c.Set(context.Background(), key, "someone-else", other).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a stops after its key was taken", opts.TTL/5+300*time.Millisecond, func() bool { return w.running.Load() == 0 })
+	// Several of a's polls (and any renewal or release it still sends).
+	time.Sleep(opts.TTL)
+	got, err := c.Get(context.Background(), key).Result()
+	if err != nil || got != "someone-else" {
+		t.Fatalf("the other process's key reads %q (%v) after a lost it, want its token kept", got, err)
+	}
+	if ttl, err := c.PTTL(context.Background(), key).Result(); err != nil || ttl > other-opts.TTL+100*time.Millisecond {
+		t.Fatalf("the other process's key has %s (%v) left: a extended it", ttl, err)
+	}
+	if s := w.starts.Load(); s != 1 {
+		t.Fatalf("a started the work %d times while the other held the key, want 1", s)
+	}
+	c.Del(context.Background(), key)
+	waitFor(t, "a takes the lease once it is free", 2*time.Second, func() bool { return w.holder() == "a" })
+}
+
+// renewLoops counts the goroutines renewing a lease.
+func renewLoops() int {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return strings.Count(b.String(), "internal/lease.renewLoop(")
+}
+
+// TestNothingLeftPerHold: a holder that loses and takes its lease again
+// and again leaves no renewal goroutine behind from the holds that
+// ended, and none once Run returns.
+func TestNothingLeftPerHold(t *testing.T) {
+	c, key := testRedis(t)
+	opts := lease.Options{TTL: 300 * time.Millisecond, Poll: 20 * time.Millisecond, Logger: quiet}
+	w := &worker{}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { lease.Run(ctx, c, key, opts, w.run("a")); close(done) }()
+	defer func() { stop(); <-done }()
+	for i := range 5 {
+		waitFor(t, "a takes the lease", 2*time.Second, func() bool { return w.holder() == "a" && w.starts.Load() == int32(i+1) })
+		if err := c.Set(context.Background(), key, "someone-else", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "a stops after its key was taken", 2*time.Second, func() bool { return w.running.Load() == 0 })
+		c.Del(context.Background(), key)
+	}
+	waitFor(t, "a takes the lease a sixth time", 2*time.Second, func() bool { return w.starts.Load() == 6 && w.holder() == "a" })
+	waitFor(t, "one renewal goroutine, the current hold's", 2*time.Second, func() bool { return renewLoops() == 1 })
+	stop()
+	<-done
+	waitFor(t, "no renewal goroutine once Run returned", 2*time.Second, func() bool { return renewLoops() == 0 })
 }

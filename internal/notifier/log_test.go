@@ -193,3 +193,32 @@ func TestLogEntriesOnTheProcessClock(t *testing.T) {
 		}
 	}
 }
+
+// TestLogAppendFollowsTheClock: Append raises a counter behind Redis's
+// clock by itself, without a Head before it (a process whose first act
+// after the deployment went back to several processes is a typing
+// change), so its message comes after the positions a single process
+// gave out from its clock.
+func TestLogAppendFollowsTheClock(t *testing.T) {
+	u := testRedisURL(t)
+	prefix := testPrefix(t, u)
+	raw := rawClient(t, u)
+	t.Cleanup(func() { raw.Del(context.Background(), prefix+"log", prefix+"pos") })
+	ctx := context.Background()
+	if err := raw.Set(ctx, prefix+"pos", 5, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLog(ctx, u, prefix, time.Minute, nil, func(LogEntry) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	single := time.Now().Add(-time.Second).UnixMilli() + 3 // a single process's position
+	p, err := l.Append(ctx, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p <= single {
+		t.Fatalf("Append gave %d, behind a position %d a single process gave out", p, single)
+	}
+}
