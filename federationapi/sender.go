@@ -74,7 +74,16 @@ func (q *sender) run(ctx context.Context) {
 	// with its context.
 	clear(q.workers)
 	q.mu.Unlock()
-	defer q.wg.Wait()
+	defer func() {
+		// kick starts workers (wg.Add) under q.mu while q.ctx is set:
+		// once it is cleared under q.mu no Add can follow, so Wait never
+		// runs beside one (a kick that read ctx alive just before it
+		// ended would otherwise Add while Wait runs).
+		q.mu.Lock()
+		q.ctx = nil
+		q.mu.Unlock()
+		q.wg.Wait()
+	}()
 	if err := q.init(ctx); err != nil {
 		q.s.log.Error("federation sender: init", "err", err)
 	}
