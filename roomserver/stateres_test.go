@@ -290,43 +290,52 @@ func TestStateResolutionOrderIndependent(t *testing.T) {
 					d := baseRoom(t, version)
 					tips := sc.forks(d)
 					d.add("merge", alice, "m.room.message", nil, `{"body":"merge"}`, tips...)
-					orders := topoOrders(d, 100)
-					if len(orders) < 2 {
-						t.Fatalf("only %d orders", len(orders))
-					}
-					var first map[string]string
-					for i, order := range orders {
-						sdb := db
-						if i > 0 {
-							sdb = storagetest.Open(t, db.Engine())
-						}
-						s := newTestServer(t, sdb)
-						var resps []*InputEventResponse
-						out := captureStdout(t, func() {
-							for _, name := range order {
-								resps = append(resps, d.input(t, s, name))
-							}
-						})
-						if out != "" {
-							t.Fatalf("order %v printed to stdout: %q", order, out)
-						}
-						for j, r := range resps {
-							if r.Outcome == Rejected {
-								t.Fatalf("order %v: %s rejected: %s", order, order[j], r.Reason)
-							}
-						}
-						got := currentStateIDs(t, s, d.roomID)
-						if first == nil {
-							first = got
-							checkWant(t, d, got, sc.want)
-							continue
-						}
-						if !maps.Equal(first, got) {
-							t.Fatalf("order %v resolved to\n%v\nbut order %v to\n%v", orders[0], first, order, got)
-						}
-					}
+					checkEveryOrder(t, db, d, 100, sc.want)
 				})
 			})
+		}
+	}
+}
+
+// checkEveryOrder inputs d's events into a fresh server (the first on
+// db, the others on new databases of its engine) in up to limit
+// topological orders: none may be rejected or print to stdout, all must
+// end in the same current state, and that state must hold want.
+func checkEveryOrder(t *testing.T, db *storage.DB, d *dag, limit int, want map[string]string) {
+	t.Helper()
+	orders := topoOrders(d, limit)
+	if len(orders) < 2 {
+		t.Fatalf("only %d orders", len(orders))
+	}
+	var first map[string]string
+	for i, order := range orders {
+		sdb := db
+		if i > 0 {
+			sdb = storagetest.Open(t, db.Engine())
+		}
+		s := newTestServer(t, sdb)
+		var resps []*InputEventResponse
+		out := captureStdout(t, func() {
+			for _, name := range order {
+				resps = append(resps, d.input(t, s, name))
+			}
+		})
+		if out != "" {
+			t.Fatalf("order %v printed to stdout: %q", order, out)
+		}
+		for j, r := range resps {
+			if r.Outcome == Rejected {
+				t.Fatalf("order %v: %s rejected: %s", order, order[j], r.Reason)
+			}
+		}
+		got := currentStateIDs(t, s, d.roomID)
+		if first == nil {
+			first = got
+			checkWant(t, d, got, want)
+			continue
+		}
+		if !maps.Equal(first, got) {
+			t.Fatalf("order %v resolved to\n%v\nbut order %v to\n%v", orders[0], first, order, got)
 		}
 	}
 }
