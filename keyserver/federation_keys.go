@@ -49,19 +49,31 @@ func (s *Server) FederationUserDevices(ctx context.Context, userID string) (any,
 	if !s.isLocal(userID) {
 		return nil, mxerr.New(mxerr.InvalidParam, "%s is not a user of this server", userID)
 	}
+	// The stream position first, then what it covers (the device names
+	// come from another component, outside any transaction of ours): a
+	// change committed between the reads makes the answer newer than its
+	// stream_id, never older, so the m.device_list_update announcing that
+	// change (a later stream_id) is applied by the other server. Read the
+	// other way round, a rename committed after the names were read and
+	// before the position was gave an answer that claimed the rename's
+	// stream_id without it, and the other server then took the rename's
+	// update as seen already and kept the old name (Complement
+	// TestFederationKeyUploadQuery, once).
+	var streamID int64
+	err := s.db.Read(ctx, func(q storage.Querier) error {
+		var err error
+		streamID, err = latestPosition(ctx, q, userID, 0)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
 	names, err := s.userDevices(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
-	var streamID int64
 	keys := newKeysResult()
-	err = s.db.Read(ctx, func(q storage.Querier) error {
-		if streamID, err = latestPosition(ctx, q, userID, 0); err != nil {
-			return err
-		}
-		return s.localKeys(ctx, "", userID, nil, keys)
-	})
-	if err != nil {
+	if err := s.localKeys(ctx, "", userID, nil, keys); err != nil {
 		return nil, err
 	}
 	devices := []map[string]any{}
