@@ -155,28 +155,9 @@ func (s *Server) slidingSync(w http.ResponseWriter, r *http.Request) error {
 		return mxerr.New(mxerr.InvalidParam, "at most %d lists and %d room subscriptions", maxLists, maxSubscriptions)
 	}
 	key := connKey{caller.UserID, caller.DeviceID, req.ConnID}
-	if s.slidingRedis != nil {
-		return s.slidingSyncShared(w, r, caller, &req, key)
-	}
-	var (
-		conn    *slidingConn
-		prev    *connState
-		fromSeq int64
-	)
-	if req.Pos == "" {
-		conn = s.sliding.get(key, true)
-		prev = &connState{rooms: map[string]sentRoom{}}
-		fromSeq = math.MaxInt64
-	} else {
-		_, seqText, _ := strings.Cut(req.Pos, ".")
-		seq, err := strconv.ParseInt(seqText, 10, 64)
-		if conn = s.sliding.get(key, false); conn != nil && err == nil {
-			prev = conn.state(seq)
-		}
-		if prev == nil {
-			return mxerr.New(unknownPos, "unknown pos; start the connection again")
-		}
-		fromSeq = seq
+	prev, from, err := s.loadConn(r.Context(), key, req.Pos)
+	if err != nil {
+		return err
 	}
 	timeout := time.Duration(0)
 	if req.Timeout != nil && req.Pos != "" {
@@ -186,44 +167,69 @@ func (s *Server) slidingSync(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	seq := conn.store(fromSeq, next)
+	seq, err := s.saveConn(r.Context(), key, from, next)
+	if err != nil {
+		return err
+	}
 	resp.Pos = next.heads.String() + "." + strconv.FormatInt(seq, 10)
 	return httpx.OK(w, resp)
 }
 
-// slidingSyncShared is slidingSync's continuation with the connection
-// states in Redis (split mode, sliding_redis.go).
-func (s *Server) slidingSyncShared(w http.ResponseWriter, r *http.Request, caller *authn.Device, req *slidingRequest, key connKey) error {
-	prev := &connState{rooms: map[string]sentRoom{}}
-	fromSeq := int64(-1)
-	if req.Pos != "" {
-		heads, seq, ok := splitPos(req.Pos)
-		var st *connState
-		if ok {
-			var err error
-			if st, err = s.slidingRedis.load(r.Context(), key, seq, heads); err != nil {
-				return err
-			}
+// connFrom is where a request's connection state came from, for
+// saveConn: the in-memory connection and the sequence number it started
+// from (math.MaxInt64 for a new connection), or, in split mode, the
+// sequence number in Redis (-1 for a new connection).
+type connFrom struct {
+	conn *slidingConn
+	seq  int64
+}
+
+// loadConn returns the state pos names (a fresh one when pos is empty),
+// from this process's memory or, in split mode, from Redis
+// (sliding_redis.go); M_UNKNOWN_POS when it names none.
+func (s *Server) loadConn(ctx context.Context, key connKey, pos string) (*connState, connFrom, error) {
+	unknown := mxerr.New(unknownPos, "unknown pos; start the connection again")
+	if s.slidingRedis != nil {
+		if pos == "" {
+			return &connState{rooms: map[string]sentRoom{}}, connFrom{seq: -1}, nil
+		}
+		heads, seq, ok := splitPos(pos)
+		if !ok {
+			return nil, connFrom{}, unknown
+		}
+		st, err := s.slidingRedis.load(ctx, key, seq, heads)
+		if err != nil {
+			return nil, connFrom{}, err
 		}
 		if st == nil {
-			return mxerr.New(unknownPos, "unknown pos; start the connection again")
+			return nil, connFrom{}, unknown
 		}
-		prev, fromSeq = st, seq
+		return st, connFrom{seq: seq}, nil
 	}
-	timeout := time.Duration(0)
-	if req.Timeout != nil && req.Pos != "" {
-		timeout = min(time.Duration(*req.Timeout)*time.Millisecond, maxTimeout)
+	if pos == "" {
+		return &connState{rooms: map[string]sentRoom{}}, connFrom{conn: s.sliding.get(key, true), seq: math.MaxInt64}, nil
 	}
-	resp, next, err := s.slidingWait(r.Context(), caller, req, prev, timeout)
-	if err != nil {
-		return err
+	_, seqText, _ := strings.Cut(pos, ".")
+	seq, err := strconv.ParseInt(seqText, 10, 64)
+	conn := s.sliding.get(key, false)
+	if conn == nil || err != nil {
+		return nil, connFrom{}, unknown
 	}
-	seq, err := s.slidingRedis.save(r.Context(), key, fromSeq, next)
-	if err != nil {
-		return err
+	st := conn.state(seq)
+	if st == nil {
+		return nil, connFrom{}, unknown
 	}
-	resp.Pos = next.heads.String() + "." + strconv.FormatInt(seq, 10)
-	return httpx.OK(w, resp)
+	return st, connFrom{conn: conn, seq: seq}, nil
+}
+
+// saveConn stores next, the state after a response to a request that
+// started from from, where loadConn found it, and returns its sequence
+// number.
+func (s *Server) saveConn(ctx context.Context, key connKey, from connFrom, next *connState) (int64, error) {
+	if s.slidingRedis != nil {
+		return s.slidingRedis.save(ctx, key, from.seq, next)
+	}
+	return from.conn.store(from.seq, next), nil
 }
 
 func (s *Server) slidingWait(ctx context.Context, caller *authn.Device, req *slidingRequest, prev *connState, timeout time.Duration) (*slidingResponse, *connState, error) {
