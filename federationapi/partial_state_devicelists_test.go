@@ -100,12 +100,13 @@ func sendPDUs(t *testing.T, n *network, dest, origin *fedServer, txnID string, p
 	}
 }
 
-// remoteCacheHolds reports whether s's key server holds a cache row
-// (a tracked device list) for the remote user userID.
+// remoteCacheHolds reports whether s's key server holds a fresh cached
+// device list for the remote user userID (a row not marked stale: an
+// untracked user's row stays, stale, with their keys dropped).
 func remoteCacheHolds(t *testing.T, s *fedServer, userID string) bool {
 	t.Helper()
 	var n int
-	if err := s.HS.DB.Reader().QueryRow(context.Background(), `SELECT COUNT(*) FROM keyserver_remote_users WHERE user_id = $1`,
+	if err := s.HS.DB.Reader().QueryRow(context.Background(), `SELECT COUNT(*) FROM keyserver_remote_users WHERE user_id = $1 AND NOT stale`,
 		userID).Scan(&n); err != nil {
 		t.Fatal(err)
 	}

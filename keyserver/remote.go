@@ -1032,7 +1032,9 @@ func (s *Server) MembersRevealed(ctx context.Context, userIDs []string, sinceMil
 // server sends no more updates about them, so that tracking them again
 // — they join a room with a local user — fetches the lists afresh
 // instead of serving a copy nothing kept current. Users still sharing a
-// room keep theirs: they are still tracked.
+// room keep theirs: they are still tracked. As in UntrackInTx, the row is
+// kept and marked stale rather than deleted, so that a resync under way
+// finds it changed and does not store its answer as fresh.
 // Spec: client-server-api, "Tracking the device list for a user" (a user
 // who stops sharing rooms may change devices unseen); Complement msc3902
 // "Device list tracking for user incorrectly believed to be in room when
@@ -1059,7 +1061,7 @@ func (s *Server) MembersDropped(ctx context.Context, userIDs []string) error {
 			if err := dropRemoteKeys(ctx, tx, userID); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `DELETE FROM keyserver_remote_users WHERE user_id = $1`, userID); err != nil {
+			if err := markStale(ctx, tx, userID, 0, s.nowMillis()); err != nil {
 				return err
 			}
 		}
