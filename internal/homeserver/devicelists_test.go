@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/signing"
@@ -29,23 +30,7 @@ import (
 func TestUntrackOnLeave(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		key, err := signing.Generate()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := keyserver.Migrate(ctx, db); err != nil {
-			t.Fatal(err)
-		}
-		var untrack func(context.Context, storage.Tx, roomserver.TimelineEvent) error
-		rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: "test.local", Key: key,
-			Config: config.RoomServer{DefaultRoomVersion: "12"}, Notify: func(string, int64) {},
-			OnTimeline: func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) (func(), error) {
-				return nil, untrack(ctx, tx, ev)
-			}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		untrack = untrackOnLeave(rooms, "test.local")
+		rooms := untrackingRooms(t, db, nil)
 
 		const alice, bob, carol = "@alice:test.local", "@bob:test.local", "@carol:test.local"
 		const members = 520
@@ -63,9 +48,8 @@ func TestUntrackOnLeave(t *testing.T) {
 			t.Fatal(err)
 		}
 		// member writes a member event of userID: through the roomserver's
-		// own sends for a local user, and for a remote one as a PDU from
-		// remote.example (whose signature the federation API, not the
-		// roomserver, checks).
+		// own sends for a local user, and for a remote one as a PDU
+		// (inputEvent).
 		member := func(roomID, userID, membership string) {
 			t.Helper()
 			if strings.HasSuffix(userID, ":test.local") {
@@ -79,54 +63,7 @@ func TestUntrackOnLeave(t *testing.T) {
 				}
 				return
 			}
-			version, err := rooms.RoomVersion(ctx, roomID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			impl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version))
-			var auth []gomatrixserverlib.PDU
-			for _, k := range [][2]string{{"m.room.create", ""}, {"m.room.power_levels", ""}, {"m.room.join_rules", ""}, {"m.room.member", userID}} {
-				ev, err := rooms.RoomStateEvent(ctx, roomID, k[0], k[1])
-				if err != nil {
-					continue // the user's own member event, before they join
-				}
-				pdu, err := impl.NewEventFromTrustedJSONWithEventID(ev.EventID, ev.JSON, false)
-				if err != nil {
-					t.Fatal(err)
-				}
-				auth = append(auth, pdu)
-			}
-			ext, err := rooms.Extremities(ctx, roomID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var depth int64
-			for _, id := range ext {
-				ev, _, err := rooms.FederationEvent(ctx, id)
-				if err != nil {
-					t.Fatal(err)
-				}
-				depth = max(depth, ev.Depth)
-			}
-			stateKey := userID
-			eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: userID, RoomID: roomID,
-				Type: "m.room.member", StateKey: &stateKey, Content: []byte(`{"membership":"` + membership + `"}`),
-				PrevEvents: ext, Depth: depth + 1, Version: impl})
-			provider, err := gomatrixserverlib.NewAuthEvents(auth)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := eb.AddAuthEvents(provider); err != nil {
-				t.Fatal(err)
-			}
-			pdu, err := eb.Build(time.Now(), "remote.example", gomatrixserverlib.KeyID(remoteKey.ID), remoteKey.PrivateKey)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp, err := rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: version, JSON: pdu.JSON()})
-			if err != nil || resp.Outcome != roomserver.Accepted {
-				t.Fatalf("%s: %s: %v %+v", userID, membership, err, resp)
-			}
+			inputEvent(t, rooms, remoteKey, roomID, userID, "m.room.member", userID, `{"membership":"`+membership+`"}`, nil)
 		}
 		join := func(roomID, userID string) { t.Helper(); member(roomID, userID, "join") }
 		leave := func(roomID, userID string) { t.Helper(); member(roomID, userID, "leave") }
@@ -187,6 +124,228 @@ func TestUntrackOnLeave(t *testing.T) {
 		leave(other.RoomID, sharer)
 		if got := untracked(); len(got) != members {
 			t.Fatalf("%s's leave of the last room shared with a local user: %d untracked, want %d", sharer, len(got), members)
+		}
+	})
+}
+
+// inputEvent builds an event of sender's on prevs (nil: the room's
+// forward extremities), with its auth events taken from the room's
+// current state, and inputs it as a PDU from sender's server, signed with
+// key (the federation API, not the roomserver, checks signatures).
+func inputEvent(t *testing.T, rooms *roomserver.Server, key *signing.Key, roomID, sender, eventType, stateKey, content string, prevs []string) string {
+	t.Helper()
+	ctx := context.Background()
+	version, err := rooms.RoomVersion(ctx, roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	var auth []gomatrixserverlib.PDU
+	for _, k := range [][2]string{{"m.room.create", ""}, {"m.room.power_levels", ""}, {"m.room.join_rules", ""}, {"m.room.member", sender}} {
+		ev, err := rooms.RoomStateEvent(ctx, roomID, k[0], k[1])
+		if err != nil {
+			continue // the sender's own member event, before they join
+		}
+		pdu, err := impl.NewEventFromTrustedJSONWithEventID(ev.EventID, ev.JSON, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		auth = append(auth, pdu)
+	}
+	if prevs == nil {
+		if prevs, err = rooms.Extremities(ctx, roomID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var depth int64
+	for _, id := range prevs {
+		ev, _, err := rooms.FederationEvent(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		depth = max(depth, ev.Depth)
+	}
+	eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: sender, RoomID: roomID,
+		Type: eventType, StateKey: &stateKey, Content: []byte(content),
+		PrevEvents: prevs, Depth: depth + 1, Version: impl})
+	provider, err := gomatrixserverlib.NewAuthEvents(auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eb.AddAuthEvents(provider); err != nil {
+		t.Fatal(err)
+	}
+	_, origin, _ := strings.Cut(sender, ":")
+	pdu, err := eb.Build(time.Now(), spec.ServerName(origin), gomatrixserverlib.KeyID(key.ID), key.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rooms.InputEvent(ctx, roomserver.InputEventRequest{RoomVersion: version, JSON: pdu.JSON()})
+	if err != nil || resp.Outcome != roomserver.Accepted {
+		t.Fatalf("%s's %s: %v %+v", sender, eventType, err, resp)
+	}
+	return pdu.EventID()
+}
+
+// untrackingRooms starts a roomserver on db whose hooks untrack device
+// lists as the homeserver's do (untrackOnLeave, untrackOnJoinsEnded),
+// with the key server's tables in place. afterLeave, when not nil, runs
+// in each timeline event's transaction after its untracking.
+func untrackingRooms(t *testing.T, db *storage.DB, afterLeave func(tx storage.Tx, ev roomserver.TimelineEvent)) *roomserver.Server {
+	t.Helper()
+	ctx := context.Background()
+	key, err := signing.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := keyserver.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	var untrack func(context.Context, storage.Tx, roomserver.TimelineEvent) error
+	var untrackEnded roomserver.JoinsEndedHook
+	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: "test.local", Key: key,
+		Config: config.RoomServer{DefaultRoomVersion: "12"}, Notify: func(string, int64) {},
+		OnTimeline: func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) (func(), error) {
+			if err := untrack(ctx, tx, ev); err != nil {
+				return nil, err
+			}
+			if afterLeave != nil {
+				afterLeave(tx, ev)
+			}
+			return nil, nil
+		},
+		OnJoinsEnded: func(ctx context.Context, tx storage.Tx, roomID string, ended []string) error {
+			return untrackEnded(ctx, tx, roomID, ended)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	untrack = untrackOnLeave(rooms, "test.local")
+	untrackEnded = untrackOnJoinsEnded(rooms, "test.local")
+	return rooms
+}
+
+// cacheDeviceLists stores a fresh cached device list, with one device,
+// for each of userIDs, as a fetch would have.
+func cacheDeviceLists(t *testing.T, db *storage.DB, userIDs ...string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := db.Write(ctx, func(tx storage.Tx) error {
+		for _, u := range userIDs {
+			if _, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, 1, FALSE, 1)`, u); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_device_keys (user_id, device_id, key_json) VALUES ($1, 'D', '{}')`, u); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cachedFresh reports whether userID's cached device list is fresh, and
+// fails the test if a stale one still holds keys.
+func cachedFresh(t *testing.T, db *storage.DB, userID string) bool {
+	t.Helper()
+	ctx := context.Background()
+	var stale bool
+	var keys int
+	if err := db.Reader().QueryRow(ctx, `SELECT stale, (SELECT COUNT(*) FROM keyserver_remote_device_keys k WHERE k.user_id = u.user_id)
+		FROM keyserver_remote_users u WHERE user_id = $1`, userID).Scan(&stale, &keys); err != nil {
+		t.Fatal(err)
+	}
+	if stale && keys != 0 {
+		t.Fatalf("%s's stale cache still holds %d keys", userID, keys)
+	}
+	return !stale
+}
+
+// TestUntrackOnStateReset: a remote user's join ended by state
+// resolution alone — an incoming fork (alice, from before they joined,
+// makes the public room invite-only) whose resolution rejects their
+// join, with no leave event of theirs — untracks their device list, in
+// the incoming event's transaction, when they share no other room with
+// a local user (the roomserver's JoinsEndedHook); one who still shares
+// another room keeps theirs. Likewise a reset of the join of a room's
+// last local member untracks the remote members who then share no room
+// with a local user. Spec: client-server-api, "Tracking the device list
+// for a user"; rooms v2, "State resolution" (a join is authorised
+// against the resolved join rules).
+func TestUntrackOnStateReset(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		rooms := untrackingRooms(t, db, nil)
+		const alice, carol = "@alice:test.local", "@carol:test.local"
+		const gone, stays = "@gone:remote.example", "@stays:remote.example"
+		room, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: alice, Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: carol, Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		remoteKey, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		forkPoint, err := rooms.Extremities(ctx, room.RoomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{gone, stays} {
+			inputEvent(t, rooms, remoteKey, room.RoomID, u, "m.room.member", u, `{"membership":"join"}`, nil)
+		}
+		inputEvent(t, rooms, remoteKey, other.RoomID, stays, "m.room.member", stays, `{"membership":"join"}`, nil)
+		cacheDeviceLists(t, db, gone, stays)
+
+		inputEvent(t, rooms, remoteKey, room.RoomID, alice, "m.room.join_rules", "", `{"join_rule":"invite"}`, forkPoint)
+		for _, u := range []string{gone, stays} {
+			if ev, err := rooms.RoomStateEvent(ctx, room.RoomID, "m.room.member", u); err == nil && ev.Membership == "join" {
+				t.Fatalf("%s is still joined after the reset: the fork did not reset their join", u)
+			}
+		}
+		if cachedFresh(t, db, gone) {
+			t.Errorf("%s, whose join the state reset ended and who shares no other room, is still tracked", gone)
+		}
+		if !cachedFresh(t, db, stays) {
+			t.Errorf("%s, who still shares another room with a local user, lost their cache", stays)
+		}
+
+		// A local user's join reset: bob, the room's last local member
+		// (alice has left), joined after the fork point, so the same
+		// kind of fork, from the remote admin, ends his join, and the
+		// remote member still joined shares no room with a local user.
+		const bob, admin, lone = "@bob:test.local", "@admin:remote.example", "@lone:remote.example"
+		second, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: alice, Preset: "public_chat",
+			PowerLevelContentOverride: map[string]any{"users": map[string]any{admin: 100}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{admin, lone} {
+			inputEvent(t, rooms, remoteKey, second.RoomID, u, "m.room.member", u, `{"membership":"join"}`, nil)
+		}
+		if forkPoint, err = rooms.Extremities(ctx, second.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rooms.Join(ctx, roomserver.MembershipRequest{RoomID: second.RoomID, Sender: bob}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: second.RoomID, Sender: alice}); err != nil {
+			t.Fatal(err)
+		}
+		cacheDeviceLists(t, db, lone)
+		inputEvent(t, rooms, remoteKey, second.RoomID, admin, "m.room.join_rules", "", `{"join_rule":"invite"}`, forkPoint)
+		if ev, err := rooms.RoomStateEvent(ctx, second.RoomID, "m.room.member", bob); err == nil && ev.Membership == "join" {
+			t.Fatalf("%s is still joined after the reset: the fork did not reset his join", bob)
+		}
+		if ev, err := rooms.RoomStateEvent(ctx, second.RoomID, "m.room.member", lone); err != nil || ev.Membership != "join" {
+			t.Fatalf("%s: %+v, %v; want still joined", lone, ev, err)
+		}
+		if cachedFresh(t, db, lone) {
+			t.Errorf("%s, left with no local member by the reset of the last local join, is still tracked", lone)
 		}
 	})
 }
