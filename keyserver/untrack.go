@@ -2,6 +2,8 @@ package keyserver
 
 import (
 	"context"
+	"fmt"
+	"slices"
 
 	"github.com/myelin-chat/myelin/storage"
 )
@@ -43,21 +45,39 @@ type StillShared func(ctx context.Context, q storage.Querier, userIDs []string) 
 // devices"); server-server-api, "Device Management" (updates go only to
 // servers sharing a room with the user).
 //
-// On PostgreSQL, two transactions committing at once in different rooms
-// (the user's leave of one, and the last local member's leave of the
-// other) can each see the other room still shared and keep the cache;
-// SQLite writes one transaction at a time.
-func UntrackInTx(ctx context.Context, tx storage.Tx, serverName string, candidates []string, stillShared StillShared, nowMillis int64) error {
+// Two transactions that each may untrack a user (the user's leave of one
+// room, and the leave of another room's last local member, or a state
+// reset there) must not both decide on what the other has not committed
+// yet: each would see the other room still shared and keep the cache.
+// On PostgreSQL (READ COMMITTED: each statement sees what committed
+// before it started) the candidates' cache rows are locked FOR UPDATE,
+// in user ID order (so two transactions locking several rows take them
+// in the same order and cannot deadlock on them), before the rooms are
+// read: the second transaction waits for the first to commit or roll
+// back, and its later statements see the first's commit. The room
+// writer's stream lock (roomserver's pgStreamLock, held from an event's
+// insert to its commit) serialises them already; the row lock keeps
+// this correct without relying on it, and costs only writes that reach
+// here with a candidate holding a cache row (leaves, resets), never an
+// ordinary send. SQLite writes one transaction at a time, so there the
+// check always sees every earlier write (and has no FOR UPDATE).
+func UntrackInTx(ctx context.Context, tx storage.Tx, engine storage.Engine, serverName string, candidates []string, stillShared StillShared, nowMillis int64) error {
 	var remote []string
 	for _, userID := range candidates {
 		if server := serverOf(userID); server != "" && server != serverName {
 			remote = append(remote, userID)
 		}
 	}
+	slices.Sort(remote) // the lock order, across chunks too
+	remote = slices.Compact(remote)
+	query := cachedUsersSQLite
+	if engine == storage.Postgres {
+		query = cachedUsersPostgres
+	}
 	var cached []string
 	for start := 0; start < len(remote); start += storage.MaxInList {
-		in, args := storage.InList(`SELECT user_id FROM keyserver_remote_users WHERE user_id IN `, remote[start:min(start+storage.MaxInList, len(remote))])
-		held, err := storage.QueryColumn[string](ctx, tx, in, args...)
+		in, args := storage.InList("", remote[start:min(start+storage.MaxInList, len(remote))])
+		held, err := storage.QueryColumn[string](ctx, tx, fmt.Sprintf(query, in), args...)
 		if err != nil {
 			return err
 		}
@@ -87,3 +107,11 @@ func UntrackInTx(ctx context.Context, tx storage.Tx, serverName string, candidat
 	}
 	return nil
 }
+
+// The candidates holding a cache row (%s: an InList), per engine: on
+// PostgreSQL their rows are locked, in user ID order, until the
+// transaction ends (UntrackInTx says why).
+const (
+	cachedUsersSQLite   = `SELECT user_id FROM keyserver_remote_users WHERE user_id IN %s ORDER BY user_id`
+	cachedUsersPostgres = `SELECT user_id FROM keyserver_remote_users WHERE user_id IN %s ORDER BY user_id FOR UPDATE`
+)

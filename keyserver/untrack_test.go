@@ -126,7 +126,7 @@ func TestUntrackInTx(t *testing.T) {
 		var asked []string
 		if err := db.Write(ctx, func(tx storage.Tx) error {
 			asked = nil
-			return keyserver.UntrackInTx(ctx, tx, "localhost", []string{gone, stays, never, local},
+			return keyserver.UntrackInTx(ctx, tx, db.Engine(), "localhost", []string{gone, stays, never, local},
 				func(_ context.Context, _ storage.Querier, userIDs []string) ([]string, error) {
 					asked = append(asked, userIDs...)
 					return []string{stays}, nil
@@ -181,7 +181,7 @@ func TestResyncUnderwayWhenUntracked(t *testing.T) {
 		go func() { done <- ks.Resync(ctx, cached) }()
 		<-entered
 		if err := db.Write(ctx, func(tx storage.Tx) error {
-			return keyserver.UntrackInTx(ctx, tx, "localhost", []string{cached},
+			return keyserver.UntrackInTx(ctx, tx, db.Engine(), "localhost", []string{cached},
 				func(context.Context, storage.Querier, []string) ([]string, error) { return nil, nil }, time.Now().UnixMilli())
 		}); err != nil {
 			t.Fatal(err)

@@ -29,7 +29,7 @@ import (
 // still tracked; a membership ended by state resolution alone, with no
 // such event, is untrackOnJoinsEnded's.
 // Spec: client-server-api, "Tracking the device list for a user".
-func untrackOnLeave(rooms *roomserver.Server, serverName string) func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) error {
+func untrackOnLeave(rooms *roomserver.Server, engine storage.Engine, serverName string) func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) error {
 	isLocal := localTo(serverName)
 	return func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) error {
 		e := ev.Event
@@ -61,7 +61,7 @@ func untrackOnLeave(rooms *roomserver.Server, serverName string) func(ctx contex
 				return nil // a local user not joined shared nothing
 			}
 		}
-		return keyserver.UntrackInTx(ctx, tx, serverName, candidates,
+		return keyserver.UntrackInTx(ctx, tx, engine, serverName, candidates,
 			func(ctx context.Context, q storage.Querier, userIDs []string) ([]string, error) {
 				return rooms.SharingLocalRoomInTx(ctx, q, userIDs, roomID)
 			}, time.Now().UnixMilli())
@@ -79,7 +79,7 @@ func untrackOnLeave(rooms *roomserver.Server, serverName string) func(ctx contex
 // the current state holds the change, so the sharing check counts this
 // room as it now stands.
 // Spec: client-server-api, "Tracking the device list for a user".
-func untrackOnJoinsEnded(rooms *roomserver.Server, serverName string) roomserver.JoinsEndedHook {
+func untrackOnJoinsEnded(rooms *roomserver.Server, engine storage.Engine, serverName string) roomserver.JoinsEndedHook {
 	isLocal := localTo(serverName)
 	return func(ctx context.Context, tx storage.Tx, roomID string, ended []string) error {
 		var candidates []string
@@ -108,7 +108,7 @@ func untrackOnJoinsEnded(rooms *roomserver.Server, serverName string) roomserver
 		if len(candidates) == 0 {
 			return nil
 		}
-		return keyserver.UntrackInTx(ctx, tx, serverName, candidates,
+		return keyserver.UntrackInTx(ctx, tx, engine, serverName, candidates,
 			func(ctx context.Context, q storage.Querier, userIDs []string) ([]string, error) {
 				return rooms.SharingLocalRoomInTx(ctx, q, userIDs, "")
 			}, time.Now().UnixMilli())

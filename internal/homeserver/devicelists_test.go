@@ -220,8 +220,8 @@ func untrackingRooms(t *testing.T, db *storage.DB, afterLeave func(tx storage.Tx
 	if err != nil {
 		t.Fatal(err)
 	}
-	untrack = untrackOnLeave(rooms, "test.local")
-	untrackEnded = untrackOnJoinsEnded(rooms, "test.local")
+	untrack = untrackOnLeave(rooms, db.Engine(), "test.local")
+	untrackEnded = untrackOnJoinsEnded(rooms, db.Engine(), "test.local")
 	return rooms
 }
 
@@ -348,4 +348,112 @@ func TestUntrackOnStateReset(t *testing.T) {
 			t.Errorf("%s, left with no local member by the reset of the last local join, is still tracked", lone)
 		}
 	})
+}
+
+// TestUntrackRacingLeaves: on PostgreSQL, a remote user's leave of one
+// room and the leave of the last local member of the other room they
+// share, written at once, do not both keep their cached device list
+// (each seeing the other room still shared, the other's write not
+// committed). The user's leave is held open inside its transaction once
+// it has decided (the cache kept: the other room is still shared); the
+// local member's leave is started meanwhile, and runs until it waits
+// for the first (or, were nothing to order them, commits); then the
+// first is let go. The second must see the first's commit and untrack.
+// SQLite writes one transaction at a time, so this cannot happen there.
+// Spec: client-server-api, "Tracking the device list for a user".
+func TestUntrackRacingLeaves(t *testing.T) {
+	db := storagetest.OpenPostgres(t)
+	ctx := context.Background()
+	const alice, bob, user = "@alice:test.local", "@bob:test.local", "@racer:remote.example"
+	var roomA string
+	held := make(chan int64, 1) // the held transaction's backend PID
+	release := make(chan struct{})
+	rooms := untrackingRooms(t, db, func(tx storage.Tx, ev roomserver.TimelineEvent) {
+		e := ev.Event
+		if e.RoomID != roomA || e.Type != "m.room.member" || e.StateKey == nil || *e.StateKey != user || e.Membership != "leave" {
+			return
+		}
+		var pid int64
+		if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+			t.Error(err)
+		}
+		held <- pid
+		<-release
+	})
+	a, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: alice, Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: bob, Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remoteKey, err := signing.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, roomID := range []string{a.RoomID, b.RoomID} {
+		inputEvent(t, rooms, remoteKey, roomID, user, "m.room.member", user, `{"membership":"join"}`, nil)
+	}
+	cacheDeviceLists(t, db, user)
+	roomA = a.RoomID
+
+	firstDone := make(chan struct{})
+	go func() {
+		defer close(firstDone)
+		inputEvent(t, rooms, remoteKey, a.RoomID, user, "m.room.member", user, `{"membership":"leave"}`, nil)
+	}()
+	var pid int64
+	select {
+	case pid = <-held:
+	case <-time.After(30 * time.Second):
+		close(release)
+		t.Fatal("the user's leave never reached its hook")
+	}
+	if !cachedFresh(t, db, user) {
+		close(release)
+		t.Fatal("the held leave untracked before the other leave ran: the test sets nothing up")
+	}
+	secondDone := make(chan error, 1)
+	go func() {
+		_, err := rooms.Leave(ctx, roomserver.MembershipRequest{RoomID: b.RoomID, Sender: bob})
+		secondDone <- err
+	}()
+	// Wait until the second leave waits for a lock the first holds, or
+	// has committed without waiting.
+	var secondErr error
+	secondFinished := false
+	deadline := time.Now().Add(30 * time.Second)
+	for !secondFinished {
+		select {
+		case secondErr = <-secondDone:
+			secondFinished = true
+			continue
+		default:
+		}
+		var waiting int
+		if err := db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&waiting); err != nil {
+			close(release)
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("the second leave neither finished nor waited on the first")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	<-firstDone
+	if !secondFinished {
+		secondErr = <-secondDone
+	}
+	if secondErr != nil {
+		t.Fatal(secondErr)
+	}
+	if cachedFresh(t, db, user) {
+		t.Errorf("%s shares no room with a local user after both leaves, and is still tracked", user)
+	}
 }

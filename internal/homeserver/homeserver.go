@@ -260,8 +260,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
-	untrack = untrackOnLeave(rooms, cfg.Global.ServerName)
-	untrackEnded = untrackOnJoinsEnded(rooms, cfg.Global.ServerName)
+	untrack = untrackOnLeave(rooms, db.Engine(), cfg.Global.ServerName)
+	untrackEnded = untrackOnJoinsEnded(rooms, db.Engine(), cfg.Global.ServerName)
 	asRegistry, err := appservice.Load(cfg.AppService.ConfigFiles)
 	if err != nil {
 		return nil, fmt.Errorf("application services: %w", err)
