@@ -115,3 +115,59 @@ const (
 	cachedUsersSQLite   = `SELECT user_id FROM keyserver_remote_users WHERE user_id IN %s ORDER BY user_id`
 	cachedUsersPostgres = `SELECT user_id FROM keyserver_remote_users WHERE user_id IN %s ORDER BY user_id FOR UPDATE`
 )
+
+// untrackSweepBatch is how many cached users untrackUnshared checks per
+// transaction.
+const untrackSweepBatch = 500
+
+// untrackUnshared stops tracking, once (migration 006 queues it when
+// there are cached lists), the remote users whose cached device lists
+// older binaries kept although they shared no joined room with a local
+// user any more (UntrackInTx, which newer binaries run when the sharing
+// ends, says why such a cache must go). It runs before the key server
+// serves anything, so no such cache is served first. The cached users
+// are checked in batches, in user ID order, each in one transaction
+// that reads the rooms' current state (SharedInTx) and untracks those
+// sharing none; the mark goes in the last batch's transaction. A failure
+// leaves it, and the next start checks again (the check is exact: a
+// user still sharing a room keeps their cache). Without SharedInTx (a
+// process that does not see the rooms) nothing can be checked and the
+// mark stays for one that does.
+// Spec: client-server-api, "Tracking the device list for a user".
+func (s *Server) untrackUnshared(ctx context.Context) error {
+	if s.sharedInTx == nil {
+		return nil
+	}
+	var due int
+	if err := s.db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_untrack_sweep`).Scan(&due); err != nil || due == 0 {
+		return err
+	}
+	after, checked := "", 0
+	for {
+		var batch []string
+		if err := s.db.Write(ctx, func(tx storage.Tx) error {
+			var err error
+			batch, err = storage.QueryColumn[string](ctx, tx, `SELECT user_id FROM keyserver_remote_users
+				WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, untrackSweepBatch)
+			if err != nil {
+				return err
+			}
+			if err := UntrackInTx(ctx, tx, s.db.Engine(), s.serverName, batch, s.sharedInTx, s.nowMillis()); err != nil {
+				return err
+			}
+			if len(batch) < untrackSweepBatch {
+				_, err = tx.Exec(ctx, `DELETE FROM keyserver_untrack_sweep`)
+			}
+			return err
+		}); err != nil {
+			return fmt.Errorf("keyserver: dropping the device lists of users sharing no room: %w", err)
+		}
+		checked += len(batch)
+		if len(batch) < untrackSweepBatch {
+			break
+		}
+		after = batch[len(batch)-1]
+	}
+	s.log.Info("dropped the cached device lists of remote users sharing no room with a local user", "checked", checked)
+	return nil
+}
