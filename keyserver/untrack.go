@@ -17,7 +17,8 @@ type StillShared func(ctx context.Context, q storage.Querier, userIDs []string) 
 // UntrackInTx stops tracking the device lists of those of candidates
 // (remote users whom a member event being written in tx may leave
 // sharing no room with a local user: their leave, kick or ban, or the
-// leave of a room's last local member) who hold a cache row here and
+// leave of a room's last local member; or whom a state reset may leave
+// so) who hold a cache row here and
 // whom stillShared does not name. Their cached device keys and
 // cross-signing keys are deleted and their row marked stale, so that
 // tracking them again — they share a room with a local user once more —
@@ -57,10 +58,11 @@ type StillShared func(ctx context.Context, q storage.Querier, userIDs []string) 
 // back, and its later statements see the first's commit. The room
 // writer's stream lock (roomserver's pgStreamLock, held from an event's
 // insert to its commit) serialises them already; the row lock keeps
-// this correct without relying on it, and costs only writes that reach
-// here with a candidate holding a cache row (leaves, resets), never an
-// ordinary send. SQLite writes one transaction at a time, so there the
-// check always sees every earlier write (and has no FOR UPDATE).
+// this correct without relying on it. It costs no extra statement (the
+// read of the candidates' rows takes it), and only leaves and resets
+// come here, never an ordinary send. SQLite writes one transaction at a
+// time, so there the check always sees every earlier write (and has no
+// FOR UPDATE). engine is tx's database's.
 func UntrackInTx(ctx context.Context, tx storage.Tx, engine storage.Engine, serverName string, candidates []string, stillShared StillShared, nowMillis int64) error {
 	var remote []string
 	for _, userID := range candidates {
