@@ -2,7 +2,9 @@ package homeserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/authn"
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/keyserver"
 	"github.com/myelin-chat/myelin/roomserver"
@@ -456,4 +459,63 @@ func TestUntrackRacingLeaves(t *testing.T) {
 	if cachedFresh(t, db, user) {
 		t.Errorf("%s shares no room with a local user after both leaves, and is still tracked", user)
 	}
+}
+
+// TestUntrackSweepWithRooms: the key server's one-time check of the
+// device-list caches older binaries kept (keyserver migration 006),
+// reading the rooms through the roomserver as the homeserver wires it:
+// a remote user still joined to a room with a local user keeps their
+// cache; one who left before the upgrade (with no cache row then, so no
+// untracking) and one who never shared a room lose theirs. Spec:
+// client-server-api, "Tracking the device list for a user".
+func TestUntrackSweepWithRooms(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		rooms := untrackingRooms(t, db, nil)
+		const alice, joined, left, never = "@alice:test.local", "@joined:remote.example", "@left:remote.example", "@never:remote.example"
+		room, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: alice, Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		remoteKey, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{joined, left} {
+			inputEvent(t, rooms, remoteKey, room.RoomID, u, "m.room.member", u, `{"membership":"join"}`, nil)
+		}
+		inputEvent(t, rooms, remoteKey, room.RoomID, left, "m.room.member", left, `{"membership":"leave"}`, nil)
+		// The caches as an older binary left them, and the mark migration
+		// 006 writes on a database holding any (the keyserver test
+		// TestUntrackSweepAfterUpgrade runs the migration itself).
+		cacheDeviceLists(t, db, joined, left, never)
+		if err := db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO keyserver_untrack_sweep (id) VALUES (1)`)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := keyserver.New(ctx, keyserver.Deps{ServerName: "test.local", DB: db, Verifier: noTokens{},
+			UserDevices: func(context.Context, string) (map[string]string, error) { return nil, nil },
+			SharedInTx: func(ctx context.Context, q storage.Querier, userIDs []string) ([]string, error) {
+				return rooms.SharingLocalRoomInTx(ctx, q, userIDs, "")
+			}}); err != nil {
+			t.Fatal(err)
+		}
+		if !cachedFresh(t, db, joined) {
+			t.Errorf("%s, joined to a room with a local user, lost their cache", joined)
+		}
+		for _, u := range []string{left, never} {
+			if cachedFresh(t, db, u) {
+				t.Errorf("%s, sharing no room with a local user, is still tracked after the upgrade", u)
+			}
+		}
+	})
+}
+
+// noTokens is an authn.Verifier that knows no access token.
+type noTokens struct{}
+
+func (noTokens) VerifyAccessToken(context.Context, string, *http.Request) (*authn.Device, error) {
+	return nil, errors.New("no tokens here")
 }
