@@ -2,7 +2,12 @@ package keyserver
 
 import (
 	"context"
+	"io/fs"
+	"strconv"
+	"testing/fstest"
 	"time"
+
+	"github.com/myelin-chat/myelin/storage"
 )
 
 // SetClock makes s stamp keyserver_remote_users.updated_ts with
@@ -39,4 +44,29 @@ func Tracking(s *Server, userID string) bool {
 	defer s.resyncMu.Unlock()
 	_, ok := s.tracking[userID]
 	return ok
+}
+
+// MigrateTo applies the key server's migrations up to version only, as
+// an older binary did.
+func MigrateTo(ctx context.Context, db *storage.DB, version int) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	entries, err := fs.ReadDir(sub, ".")
+	if err != nil {
+		return err
+	}
+	older := fstest.MapFS{}
+	for _, e := range entries {
+		if n, err := strconv.Atoi(e.Name()[:3]); err != nil || n > version {
+			continue
+		}
+		data, err := fs.ReadFile(sub, e.Name())
+		if err != nil {
+			return err
+		}
+		older[e.Name()] = &fstest.MapFile{Data: data}
+	}
+	return db.Migrate(ctx, "keyserver", older)
 }

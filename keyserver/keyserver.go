@@ -188,6 +188,9 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		streamAdvanced(deps.Notify, stream, pos)
 		s.Notified(stream, pos)
 	}
+	if err := s.untrackUnshared(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -1056,6 +1056,9 @@ func (s *Server) MembersDropped(ctx context.Context, userIDs []string) error {
 	if len(untracked) == 0 {
 		return nil
 	}
+	// In user ID order, the order UntrackInTx locks rows in, so that the
+	// two cannot deadlock on PostgreSQL.
+	slices.Sort(untracked)
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		for _, userID := range untracked {
 			if err := dropRemoteKeys(ctx, tx, userID); err != nil {

@@ -3,6 +3,7 @@ package keyserver_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -126,7 +127,7 @@ func TestUntrackInTx(t *testing.T) {
 		var asked []string
 		if err := db.Write(ctx, func(tx storage.Tx) error {
 			asked = nil
-			return keyserver.UntrackInTx(ctx, tx, "localhost", []string{gone, stays, never, local},
+			return keyserver.UntrackInTx(ctx, tx, db.Engine(), "localhost", []string{gone, stays, never, local},
 				func(_ context.Context, _ storage.Querier, userIDs []string) ([]string, error) {
 					asked = append(asked, userIDs...)
 					return []string{stays}, nil
@@ -181,7 +182,7 @@ func TestResyncUnderwayWhenUntracked(t *testing.T) {
 		go func() { done <- ks.Resync(ctx, cached) }()
 		<-entered
 		if err := db.Write(ctx, func(tx storage.Tx) error {
-			return keyserver.UntrackInTx(ctx, tx, "localhost", []string{cached},
+			return keyserver.UntrackInTx(ctx, tx, db.Engine(), "localhost", []string{cached},
 				func(context.Context, storage.Querier, []string) ([]string, error) { return nil, nil }, time.Now().UnixMilli())
 		}); err != nil {
 			t.Fatal(err)
@@ -208,6 +209,76 @@ func TestResyncUnderwayWhenUntracked(t *testing.T) {
 		}
 		if _, stale, keys := remoteRow(t, db, uncached); !stale || keys != 0 {
 			t.Errorf("%s: a resync that ended after they stopped sharing rooms stored a fresh copy (stale %v, %d keys)", uncached, stale, keys)
+		}
+	})
+}
+
+// TestUntrackSweepAfterUpgrade: the first start after the upgrade to
+// migration 006 drops, once, the cached device lists that older binaries
+// kept for remote users who share no room with a local user (their
+// device and cross-signing keys go; the row stays, stale, so that
+// sharing a room again fetches the list afresh), and keeps those of
+// users still sharing a room; a later start checks nothing again. Rows
+// are written as the older binaries left them: fresh, with keys.
+// Spec: client-server-api, "Tracking the device list for a user".
+func TestUntrackSweepAfterUpgrade(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		const gone, stays = "@gone:remote.example", "@stays:remote.example"
+		if err := keyserver.MigrateTo(ctx, db, 5); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Write(ctx, func(tx storage.Tx) error {
+			for _, u := range []string{gone, stays} {
+				for _, q := range []string{
+					`INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, 7, FALSE, 1)`,
+					`INSERT INTO keyserver_remote_device_keys (user_id, device_id, key_json) VALUES ($1, 'DEV', '{}')`,
+					`INSERT INTO keyserver_remote_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, 'master', '{}')`,
+				} {
+					if _, err := tx.Exec(ctx, q, u); err != nil {
+						return err
+					}
+				}
+			}
+			// More than one batch of users sharing no room, with no keys.
+			for i := range 520 {
+				if _, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, 1, FALSE, 1)`,
+					fmt.Sprintf("@g%03d:remote.example", i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+
+		var mu sync.Mutex
+		shared := map[string]bool{stays: true}
+		untrackingKeyServer(ctx, t, db, &countingRemote{t: t}, &mu, shared)
+		if exists, stale, keys := remoteRow(t, db, gone); !exists || !stale || keys != 0 {
+			t.Errorf("%s, sharing no room at the upgrade: row %v, stale %v, %d keys; want a stale row and no keys", gone, exists, stale, keys)
+		}
+		if exists, stale, keys := remoteRow(t, db, stays); !exists || stale || keys != 2 {
+			t.Errorf("%s, still sharing a room: row %v, stale %v, %d keys; want the fresh cache kept", stays, exists, stale, keys)
+		}
+		var fresh int
+		if err := db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM keyserver_remote_users WHERE NOT stale`).Scan(&fresh); err != nil {
+			t.Fatal(err)
+		}
+		if fresh != 1 {
+			t.Errorf("%d fresh caches after the sweep, want 1 (%s's)", fresh, stays)
+		}
+
+		// Once: the next start leaves a cache alone even if its user
+		// shares no room (the transaction that ended the sharing is the
+		// one that untracks, from now on).
+		mu.Lock()
+		shared[stays] = false
+		mu.Unlock()
+		untrackingKeyServer(ctx, t, db, &countingRemote{t: t}, &mu, shared)
+		if _, stale, keys := remoteRow(t, db, stays); stale || keys != 2 {
+			t.Errorf("%s after a second start: stale %v, %d keys; want the sweep not run again", stays, stale, keys)
 		}
 	})
 }

@@ -52,6 +52,11 @@ type Deps struct {
 	// that changes a room's current m.room.guest_access
 	// (guest_access_hook.go). May be nil.
 	OnGuestAccess GuestAccessHook
+	// OnJoinsEnded, when set, is called inside the write transaction of
+	// a change of a room's current state that ends joins without a
+	// member event of theirs (a state reset; joins_ended_hook.go). May
+	// be nil.
+	OnJoinsEnded JoinsEndedHook
 	// PendingMembership, when set, reads inside Forget's transaction
 	// userID's membership of roomID as recorded outside the room's
 	// events: an invite to, or knock on, a room only other servers hold
@@ -83,6 +88,8 @@ type Server struct {
 	onRefetch  func()       // Deps.StretchRefetchQueued; immutable, may be nil
 	// onGuestAccess is Deps.OnGuestAccess; immutable, may be nil.
 	onGuestAccess GuestAccessHook
+	// onJoinsEnded is Deps.OnJoinsEnded; immutable, may be nil.
+	onJoinsEnded JoinsEndedHook
 	// pendingMembership is Deps.PendingMembership; immutable, may be nil.
 	pendingMembership func(ctx context.Context, tx storage.Tx, userID, roomID string) (string, error)
 	// endPendingMembership is Deps.EndPendingMembership; immutable, may be nil.
@@ -242,6 +249,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 		pendingMembership:    deps.PendingMembership,
 		endPendingMembership: deps.EndPendingMembership,
 		onGuestAccess:        deps.OnGuestAccess,
+		onJoinsEnded:         deps.OnJoinsEnded,
 	}
 	return s, nil
 }

@@ -12,7 +12,8 @@ import (
 // transaction that writes an event (and sees the room's state before
 // it), asks them to learn whom a member event leaves sharing no room
 // with a local user (the key server stops tracking their device lists;
-// internal/homeserver). Read through the transaction, they see the
+// internal/homeserver), and a JoinsEndedHook (which sees the state after
+// the change) whom a state reset leaves so. Read through the transaction, they see the
 // events an earlier part of the same group commit wrote, which the
 // reader connections do not.
 

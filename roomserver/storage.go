@@ -484,6 +484,19 @@ func (s *Server) updateCurrentState(ctx context.Context, tx storage.Tx, roomID s
 		}
 		s.notifyAfter(tx, pos)
 	}
+	// Of the members whose entry changes otherwise than to the event at
+	// pos (a state reset), those joined before: the JoinsEndedHook is
+	// told of those the change leaves not joined.
+	var resetMembers []string
+	for _, k := range unseen {
+		if k.Type == "m.room.member" {
+			resetMembers = append(resetMembers, k.StateKey)
+		}
+	}
+	joinedBefore, err := s.joinedAmong(ctx, tx, roomID, resetMembers)
+	if err != nil {
+		return err
+	}
 	for _, k := range removed {
 		if _, err := tx.Exec(ctx, `DELETE FROM roomserver_current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`,
 			roomID, k.Type, k.StateKey); err != nil {
@@ -505,6 +518,9 @@ func (s *Server) updateCurrentState(ctx context.Context, tx storage.Tx, roomID s
 		}
 	}
 	if err := s.guestAccessChanged(ctx, tx, roomID, set, removed); err != nil {
+		return err
+	}
+	if err := s.joinsEnded(ctx, tx, roomID, joinedBefore, state, rows); err != nil {
 		return err
 	}
 	if len(unseen) == 0 {

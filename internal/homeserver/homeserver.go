@@ -208,6 +208,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	// transaction (devicelists.go); it reads the rooms through the
 	// roomserver, set before any write like the components above.
 	var untrack func(ctx context.Context, tx storage.Tx, ev roomserver.TimelineEvent) error
+	// Joins ended by a state reset (no member event of theirs) likewise.
+	var untrackEnded roomserver.JoinsEndedHook
 	rooms, err := roomserver.New(ctx, roomserver.Deps{DB: db, ServerName: cfg.Global.ServerName, Key: key,
 		Config: cfg.RoomServer, Shared: cfg.Global.RedisURL != "", Notify: func(stream string, pos int64) {
 			notify.Notify(stream, pos)
@@ -225,6 +227,11 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 				return nil, err
 			}
 			return push.CountInTx(ctx, tx, ev)
+		}, OnJoinsEnded: func(ctx context.Context, tx storage.Tx, roomID string, ended []string) error {
+			if untrackEnded == nil {
+				return errors.New("homeserver: room state changed before the roomserver was built")
+			}
+			return untrackEnded(ctx, tx, roomID, ended)
 		}, StretchRefetchQueued: func() {
 			if federation != nil {
 				federation.WakeStretchRefetch()
@@ -253,7 +260,8 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
-	untrack = untrackOnLeave(rooms, cfg.Global.ServerName)
+	untrack = untrackOnLeave(rooms, db.Engine(), cfg.Global.ServerName)
+	untrackEnded = untrackOnJoinsEnded(rooms, db.Engine(), cfg.Global.ServerName)
 	asRegistry, err := appservice.Load(cfg.AppService.ConfigFiles)
 	if err != nil {
 		return nil, fmt.Errorf("application services: %w", err)
