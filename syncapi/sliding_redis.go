@@ -26,7 +26,8 @@ import (
 // still there, as is every state two concurrent requests returned. The
 // hash expires connTTL after it was last written; a pos of an expired
 // connection is M_UNKNOWN_POS, which MSC4186 allows ("the server may
-// expire connections").
+// expire connections"). A device has at most maxConnsPerDevice
+// connections, tracked in a sorted set (deviceKey, saveScript).
 type redisConns struct {
 	client *redis.Client
 	prefix string

@@ -346,14 +346,25 @@ func TestSlidingRedisConnsLeastRecentlyUsed(t *testing.T) {
 			t.Fatalf("c%d loads %v after c%d was created; want only c1 dropped", i, got != nil, maxConnsPerDevice)
 		}
 	}
-	// Expired connections free their places.
-	c.ttl = 100 * time.Millisecond
-	for i := range 3 {
-		save(100+i, -1)
+	// Expired connections leave the device's set (which itself lives
+	// as long as its latest connection) instead of counting against the
+	// bound.
+	c.ttl = 300 * time.Millisecond
+	exp := func(i int) connKey { return connKey{"@alice:x", "EXP", fmt.Sprintf("c%d", i)} }
+	for i := range 2 {
+		if _, err := c.save(ctx, exp(i), -1, st); err != nil {
+			t.Fatal(err)
+		}
 	}
-	time.Sleep(150 * time.Millisecond)
-	save(200, -1)
-	if card := c.client.ZCard(ctx, c.deviceKey(conn(0))).Val(); card != 1 {
-		t.Fatalf("after the others expired the device's set holds %d connections, want 1", card)
+	time.Sleep(200 * time.Millisecond)
+	if _, err := c.save(ctx, exp(2), -1, st); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond) // c0 and c1 expired, c2 not
+	if _, err := c.save(ctx, exp(3), -1, st); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.client.ZRange(ctx, c.deviceKey(exp(0)), 0, -1).Val(); !reflect.DeepEqual(got, []string{c.key(exp(2)), c.key(exp(3))}) {
+		t.Fatalf("after two connections expired the device's set holds %v, want c2 and c3", got)
 	}
 }
