@@ -26,7 +26,8 @@ import (
 // still there, as is every state two concurrent requests returned. The
 // hash expires connTTL after it was last written; a pos of an expired
 // connection is M_UNKNOWN_POS, which MSC4186 allows ("the server may
-// expire connections").
+// expire connections"). A device has at most maxConnsPerDevice
+// connections, tracked in a sorted set (deviceKey, saveScript).
 type redisConns struct {
 	client *redis.Client
 	prefix string
@@ -95,15 +96,40 @@ func (c *redisConns) load(ctx context.Context, k connKey, seq int64, heads strin
 	return st, nil
 }
 
+// deviceKey names the sorted set of a device's connections: each
+// member is a connection's hash key, scored by the Redis time (ms) of
+// its last save. It cannot be a connection's key: those go on with a
+// digit after the prefix.
+func (c *redisConns) deviceKey(k connKey) string {
+	return c.prefix + "d:" + strconv.Itoa(len(k.user)) + ":" + k.user + k.device
+}
+
 // saveScript stores ARGV[2] under the next sequence number of hash
 // KEYS[1] and returns that number. It drops every other state older than
 // ARGV[1] (the sequence number the request started from; -1 for a new
 // connection: all others), and past ARGV[4] others besides ARGV[1] the
 // oldest of them; the hash then expires ARGV[3] ms later.
+//
+// KEYS[2] is the device's set of connections (deviceKey): the script
+// scores KEYS[1] there with the time, forgets the members unused for
+// longer than the expiry, and past ARGV[5] members deletes the least
+// recently used ones (other than KEYS[1]) with their hashes, so a
+// device never has more than ARGV[5] connections, however many
+// processes create them at once (a script runs alone). A request from
+// a state (ARGV[1] >= 0) of a connection no longer there (dropped so,
+// or expired) stores nothing and returns 0: its pos is unknown.
+// The hashes deleted are not in KEYS: this needs one Redis, not a
+// cluster, as the rest of split mode does.
 var saveScript = redis.NewScript(`
+local from = tonumber(ARGV[1])
+if from >= 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], tostring(seq), ARGV[2])
-local from = tonumber(ARGV[1])
 local others = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if f ~= 'seq' then
@@ -124,21 +150,43 @@ if #others > maxOthers then
     redis.call('HDEL', KEYS[1], string.format('%d', others[i]))
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', now - ttl))) do
+  if m ~= KEYS[1] then
+    redis.call('DEL', m)
+  end
+  redis.call('ZREM', KEYS[2], m)
+end
+redis.call('ZADD', KEYS[2], now, KEYS[1])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if excess > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess)) do
+    if excess > 0 and m ~= KEYS[1] then
+      redis.call('DEL', m)
+      redis.call('ZREM', KEYS[2], m)
+      excess = excess - 1
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
 return seq
 `)
 
 // save stores st, the state after a response to a request that started
 // from state from (-1: a new connection), and returns its sequence
-// number.
+// number; M_UNKNOWN_POS when the connection was dropped meanwhile (its
+// device's least recently used past maxConnsPerDevice, or expired).
 func (c *redisConns) save(ctx context.Context, k connKey, from int64, st *connState) (int64, error) {
 	// The response is computed; storing it does not depend on the
 	// client still waiting.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redisConnTimeout)
 	defer cancel()
-	seq, err := saveScript.Run(ctx, c.client, []string{c.key(k)}, from, encodeConnState(st), c.ttl.Milliseconds(), maxOtherStates).Int64()
+	seq, err := saveScript.Run(ctx, c.client, []string{c.key(k), c.deviceKey(k)}, from, encodeConnState(st), c.ttl.Milliseconds(), maxOtherStates, maxConnsPerDevice).Int64()
 	if err != nil {
 		return 0, unavailable(err)
+	}
+	if seq == 0 {
+		return 0, mxerr.New(unknownPos, "unknown pos; start the connection again")
 	}
 	return seq, nil
 }

@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,4 +219,152 @@ func TestSlidingRedisUnavailable(t *testing.T) {
 	check("load", err)
 	_, err = c.save(ctx, connKey{"@a:x", "D", ""}, -1, stateAt(3))
 	check("save", err)
+}
+
+// deviceHashes counts the connection hashes of the device of k in Redis.
+func deviceHashes(t *testing.T, c *redisConns, k connKey, conns []string) int {
+	t.Helper()
+	n := 0
+	for _, id := range conns {
+		exists, err := c.client.Exists(context.Background(), c.key(connKey{k.user, k.device, id})).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += int(exists)
+	}
+	return n
+}
+
+// TestSlidingRedisConnsPerDevice: two processes (two clients on one
+// prefix) creating many connections of one device at once leave at most
+// maxConnsPerDevice of them, in the device's set and as hashes; a pos of
+// a dropped connection is unknown, and continuing from it stores
+// nothing; another device's connections stay.
+func TestSlidingRedisConnsPerDevice(t *testing.T) {
+	a := testRedisConns(t)
+	b, err := newRedisConns(os.Getenv("MYELIN_TEST_REDIS"), strings.TrimSuffix(a.prefix, "sliding:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.client.Close()
+	ctx := context.Background()
+	dev := connKey{"@alice:x", "DEV", ""}
+	other := connKey{"@alice:x", "OTHER", "main"}
+	st := stateAt(10)
+	otherSeq, err := a.save(ctx, other, -1, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 4 * maxConnsPerDevice
+	ids := make([]string, n)
+	seqs := make([]int64, n)
+	errs := make(chan error, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("conn%d", i)
+		go func() {
+			c := a
+			if i%2 == 1 {
+				c = b
+			}
+			var err error
+			seqs[i], err = c.save(ctx, connKey{dev.user, dev.device, ids[i]}, -1, st)
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := deviceHashes(t, a, dev, ids); got != maxConnsPerDevice {
+		t.Fatalf("%d connections created at once left %d hashes, want %d", n, got, maxConnsPerDevice)
+	}
+	if card := a.client.ZCard(ctx, a.deviceKey(dev)).Val(); card != maxConnsPerDevice {
+		t.Fatalf("the device's set holds %d connections, want %d", card, maxConnsPerDevice)
+	}
+	kept, dropped := 0, -1
+	for i, id := range ids {
+		k := connKey{dev.user, dev.device, id}
+		got, err := a.load(ctx, k, seqs[i], st.heads.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != nil {
+			kept++
+		} else if dropped < 0 {
+			dropped = i
+		}
+	}
+	if kept != maxConnsPerDevice || dropped < 0 {
+		t.Fatalf("%d connections still load, want %d", kept, maxConnsPerDevice)
+	}
+	// A request that started from a dropped connection's state before
+	// it was dropped stores nothing and gets M_UNKNOWN_POS.
+	k := connKey{dev.user, dev.device, ids[dropped]}
+	_, err = b.save(ctx, k, seqs[dropped], st)
+	var me *mxerr.Error
+	if !errors.As(err, &me) || me.Code != unknownPos || me.Status() != http.StatusBadRequest {
+		t.Fatalf("save from a dropped connection: %v, want 400 M_UNKNOWN_POS", err)
+	}
+	if got := deviceHashes(t, a, dev, ids); got != maxConnsPerDevice {
+		t.Fatalf("after a save from a dropped connection the device has %d hashes, want %d", got, maxConnsPerDevice)
+	}
+	if got, err := a.load(ctx, other, otherSeq, st.heads.String()); err != nil || got == nil {
+		t.Fatalf("another device's connection = %v, %v; want it kept", got, err)
+	}
+}
+
+// TestSlidingRedisConnsLeastRecentlyUsed: the connection dropped is the
+// device's least recently saved one, and connections whose hashes
+// expired leave the device's set instead of counting against the bound.
+func TestSlidingRedisConnsLeastRecentlyUsed(t *testing.T) {
+	c := testRedisConns(t)
+	ctx := context.Background()
+	st := stateAt(10)
+	conn := func(i int) connKey { return connKey{"@alice:x", "DEV", fmt.Sprintf("c%d", i)} }
+	seqs := map[int]int64{}
+	save := func(i int, from int64) {
+		t.Helper()
+		seq, err := c.save(ctx, conn(i), from, st)
+		if err != nil {
+			t.Fatalf("save c%d: %v", i, err)
+		}
+		seqs[i] = seq
+		time.Sleep(2 * time.Millisecond) // distinct Redis times
+	}
+	for i := range maxConnsPerDevice {
+		save(i, -1)
+	}
+	save(0, seqs[0]) // c0 used again: c1 is the least recently used
+	save(maxConnsPerDevice, -1)
+	for i := range maxConnsPerDevice + 1 {
+		got, err := c.load(ctx, conn(i), seqs[i], st.heads.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (got == nil) != (i == 1) {
+			t.Fatalf("c%d loads %v after c%d was created; want only c1 dropped", i, got != nil, maxConnsPerDevice)
+		}
+	}
+	// Expired connections leave the device's set (which itself lives
+	// as long as its latest connection) instead of counting against the
+	// bound.
+	c.ttl = 300 * time.Millisecond
+	exp := func(i int) connKey { return connKey{"@alice:x", "EXP", fmt.Sprintf("c%d", i)} }
+	for i := range 2 {
+		if _, err := c.save(ctx, exp(i), -1, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := c.save(ctx, exp(2), -1, st); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond) // c0 and c1 expired, c2 not
+	if _, err := c.save(ctx, exp(3), -1, st); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.client.ZRange(ctx, c.deviceKey(exp(0)), 0, -1).Val(); !reflect.DeepEqual(got, []string{c.key(exp(2)), c.key(exp(3))}) {
+		t.Fatalf("after two connections expired the device's set holds %v, want c2 and c3", got)
+	}
 }

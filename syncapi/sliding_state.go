@@ -2,6 +2,7 @@ package syncapi
 
 import (
 	"encoding/json"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -173,22 +174,42 @@ type slidingConn struct {
 	mu     sync.Mutex
 	seq    int64                // guarded by mu
 	states map[int64]*connState // guarded by mu
+	// used orders the connections of a device by their last request;
+	// guarded by slidingConns.mu.
+	used uint64
 }
 
+// maxConnsPerDevice bounds the connections (conn_ids) of one device, in
+// memory and in Redis (sliding_redis.go): a client (or a stolen token)
+// making up conn_ids cannot grow the store, nor push the other devices'
+// connections out. Spec: MSC4186, Security considerations ("limiting
+// the number of connections a device can have active"). A new
+// connection past it drops the device's least recently used one, whose
+// next request gets M_UNKNOWN_POS (MSC4186, Connections: a server may
+// expire connections), and the client starts it again.
+const maxConnsPerDevice = 10
+
+type deviceKey struct{ user, device string }
+
 // slidingConns holds every connection, bounded: past max the oldest
-// half is dropped and those clients get M_UNKNOWN_POS and start again.
+// half is dropped and those clients get M_UNKNOWN_POS and start again;
+// and past maxConnsPerDevice for one device, that device's least
+// recently used one.
 type slidingConns struct {
-	mu    sync.Mutex
-	max   int
-	conns map[connKey]*slidingConn // guarded by mu
-	order []connKey                // insertion order; guarded by mu
+	mu       sync.Mutex
+	max      int
+	conns    map[connKey]*slidingConn // guarded by mu
+	order    []connKey                // insertion order; guarded by mu
+	byDevice map[deviceKey][]string   // each device's conn_ids; guarded by mu
+	tick     uint64                   // last used value given out; guarded by mu
 }
 
 func newSlidingConns(max int) *slidingConns {
-	return &slidingConns{max: max, conns: map[connKey]*slidingConn{}}
+	return &slidingConns{max: max, conns: map[connKey]*slidingConn{}, byDevice: map[deviceKey][]string{}}
 }
 
-// get returns the connection, creating (or resetting) it when fresh.
+// get returns the connection (nil when there is none and fresh is
+// false), creating it when fresh, and marks it used.
 func (c *slidingConns) get(k connKey, fresh bool) *slidingConn {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -201,14 +222,41 @@ func (c *slidingConns) get(k connKey, fresh bool) *slidingConn {
 			drop := c.order[:len(c.order)/2]
 			for _, old := range drop {
 				delete(c.conns, old)
+				c.forgetDeviceConn(old)
 			}
 			c.order = append([]connKey(nil), c.order[len(drop):]...)
+		}
+		dk := deviceKey{k.user, k.device}
+		if ids := c.byDevice[dk]; len(ids) >= maxConnsPerDevice {
+			lru := connKey{k.user, k.device, ids[0]}
+			for _, id := range ids[1:] {
+				if other := (connKey{k.user, k.device, id}); c.conns[other].used < c.conns[lru].used {
+					lru = other
+				}
+			}
+			delete(c.conns, lru)
+			c.forgetDeviceConn(lru)
+			c.order = slices.DeleteFunc(c.order, func(o connKey) bool { return o == lru })
 		}
 		conn = &slidingConn{states: map[int64]*connState{}}
 		c.conns[k] = conn
 		c.order = append(c.order, k)
+		c.byDevice[dk] = append(c.byDevice[dk], k.conn)
 	}
+	c.tick++
+	conn.used = c.tick
 	return conn
+}
+
+// forgetDeviceConn removes k from its device's list; c.mu is held.
+func (c *slidingConns) forgetDeviceConn(k connKey) {
+	dk := deviceKey{k.user, k.device}
+	ids := slices.DeleteFunc(c.byDevice[dk], func(id string) bool { return id == k.conn })
+	if len(ids) == 0 {
+		delete(c.byDevice, dk)
+	} else {
+		c.byDevice[dk] = ids
+	}
 }
 
 func (conn *slidingConn) state(seq int64) *connState {

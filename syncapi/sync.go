@@ -417,11 +417,21 @@ func (s *Server) readSharedHeads(ctx context.Context) (syncToken, error) {
 // reports no typing change up to it (the client saw those elsewhere; this
 // process's sets at it are the same) and keeps the position, so the
 // changes this process applies up to it are not sent again, and those
-// past it are sent once. Without Redis the position cannot be checked
-// and is taken as given: such a token only ever held positions of the
-// deployment's counter, and a forged one hides typing from its own
-// holder only.
-func (s *Server) typingFromOtherProcess(ctx context.Context, since syncToken, heads *syncToken) {
+// past it are sent once.
+//
+// When the counter cannot be read (Redis unreachable), the position can
+// be neither checked nor applied (this process's reader is cut off too),
+// so the response is as of this process's typing position: since's is
+// lowered to it (no typing change is reported for this response) and the
+// token handed back carries it, never a position this process has not
+// applied. A position that was never given out (a forged token) is
+// then not taken as caught up with, which would hide every typing
+// change up to it; and once the process reads the log again, the next
+// request sends the rooms whose typing changed after its position, each
+// with its whole typing set (m.typing lists every user typing), so a
+// change the client saw elsewhere comes again, unchanged, and none is
+// skipped.
+func (s *Server) typingFromOtherProcess(ctx context.Context, since, heads *syncToken) {
 	if since.Typing <= heads.Typing {
 		return
 	}
@@ -431,8 +441,9 @@ func (s *Server) typingFromOtherProcess(ctx context.Context, since syncToken, he
 	}
 	issued, err := st.TypingIssued(ctx, since.Typing)
 	if err != nil {
-		s.log.Warn("cannot read the shared typing position; taking the token's as given", "err", err)
-		issued = true
+		s.log.Warn("cannot read the shared typing position; answering as of this process's", "err", err)
+		since.Typing = heads.Typing
+		return
 	}
 	if issued {
 		heads.Typing = since.Typing
@@ -490,7 +501,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 		}
 	}
 	if req.since != nil {
-		s.typingFromOtherProcess(ctx, since, &heads)
+		s.typingFromOtherProcess(ctx, &since, &heads)
 	}
 	if req.since != nil && since.checkNotFuture(heads) != nil {
 		// The shared heads may trail a token issued from a fresher read
@@ -501,7 +512,7 @@ func (s *Server) compute(ctx context.Context, req *syncRequest) (*syncResponse, 
 			return nil, err
 		}
 		fresh.AccountData = heads.AccountData
-		s.typingFromOtherProcess(ctx, since, &fresh)
+		s.typingFromOtherProcess(ctx, &since, &fresh)
 		if err := since.checkNotFuture(fresh); err != nil {
 			return nil, err
 		}
