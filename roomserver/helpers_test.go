@@ -130,3 +130,13 @@ func stateContent(t testing.TB, s *Server, user, roomID, eventType, stateKey str
 	}
 	return m
 }
+
+// countTxnRows counts the events stored with a client transaction ID.
+func countTxnRows(t testing.TB, db *storage.DB) int {
+	t.Helper()
+	var n int
+	if err := db.Reader().QueryRow(context.Background(), `SELECT COUNT(*) FROM roomserver_events WHERE txn_id IS NOT NULL`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -100,9 +100,9 @@ var errTxnTaken = errors.New("roomserver: transaction ID already used")
 //
 // A retried transaction ID returns the event the first request created.
 // Spec: client-server-api, "Transaction identifiers". Retries are rare,
-// so the check costs no read on the way in: the transaction-ID row is
-// inserted first in the event's write, its primary key refuses a retry
-// (the savepoint rolls the whole send back, so nothing of it is kept),
+// so the check costs no read on the way in: the transaction ID is stored
+// in the event's row, whose unique index roomserver_events_txn refuses a
+// retry (the savepoint rolls the whole send back, so nothing of it is kept),
 // and only then, or when building or authorising the retry fails (the
 // room may have changed since the first request), is the stored event
 // looked up, under the room lock once the room's queued writes have
@@ -132,7 +132,7 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 		return s.existingSend(ctx, id)
 	}
 	if errors.Is(err, errTxnTaken) {
-		return nil, fmt.Errorf("roomserver: transaction ID %s refused as used but not found", txn.TxnID)
+		return nil, fmt.Errorf("roomserver: transaction ID %s refused as used but not found: %w", txn.TxnID, err)
 	}
 	return nil, err
 }
@@ -245,7 +245,7 @@ func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *go
 			}
 			p.builtOn, p.builtOnChecked = builtOn, false
 		}
-		if err := s.writeSend(ctx, tx, p, string(proto.SenderID), txn); err != nil {
+		if err := s.writeSend(ctx, tx, p, txn); err != nil {
 			return err
 		}
 		if fromTail && !p.builtOnChecked {
@@ -286,7 +286,7 @@ func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomat
 	if err != nil {
 		return nil, err
 	}
-	if err := s.db.Write(storage.ForAnnouncedWrite(ctx), func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, string(proto.SenderID), txn) }); err != nil {
+	if err := s.db.Write(storage.ForAnnouncedWrite(ctx), func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, txn) }); err != nil {
 		return nil, err
 	}
 	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
@@ -333,22 +333,27 @@ func (s *Server) authoriseLocal(ctx context.Context, room *roomRow, pdu gomatrix
 
 // writeSend is a send's write: its transaction-ID row, the duplicate
 // annotation check (annotations.go), then the event.
-func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, sender string, txn *TxnID) error {
+func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, txn *TxnID) error {
 	if txn != nil {
-		err := insertTxn(ctx, tx, p.room.RoomID, sender, txn, p.row.EventID, s.now().UnixMilli())
-		if storage.IsUniqueViolation(err) {
-			return errTxnTaken
-		}
-		if err != nil {
-			return err
-		}
+		// Stored in the event's row; roomserver_events_txn refuses a
+		// retry at the event's INSERT (migration 013).
+		p.row.TxnDevice, p.row.TxnID = &txn.DeviceID, &txn.TxnID
 	}
-	// After the transaction ID: a retry gets the event it first created,
-	// not this refusal.
+	// A retried annotation is refused here as a duplicate of the first;
+	// sendProto then finds the first by its transaction ID and returns it,
+	// as it does after any failed write of a send with one.
 	if err := checkDuplicateAnnotation(ctx, tx, p.row); err != nil {
 		return err
 	}
-	return s.commit(ctx, tx, p)
+	err := s.commit(ctx, tx, p)
+	if txn != nil && storage.IsUniqueViolation(err) {
+		// The transaction ID's unique index, or (not seen for a
+		// send: the ID is a hash of a new event) the event ID's:
+		// sendProto looks the first event up and, if there is none,
+		// answers with this error.
+		return fmt.Errorf("%w (%w)", errTxnTaken, err)
+	}
+	return err
 }
 
 func (s *Server) existingSend(ctx context.Context, eventID string) (*SendEventResponse, error) {

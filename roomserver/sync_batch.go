@@ -563,18 +563,7 @@ func (s *Server) TxnIDsOfEvents(ctx context.Context, userID, deviceID string, ro
 	}
 	for start := 0; start < len(ids); start += 500 {
 		batch := ids[start:min(start+500, len(ids))]
-		// The table's key starts with room_id: naming the rooms lets both
-		// engines seek to each room's rows of this device instead of
-		// scanning every transaction ID of the server.
-		seen := map[string]bool{}
-		var rooms []string
-		for _, id := range batch {
-			if r := roomOf[id]; !seen[r] {
-				seen[r] = true
-				rooms = append(rooms, r)
-			}
-		}
-		query, args := txnIDsOfEventsQuery(rooms, batch, userID, deviceID)
+		query, args := txnIDsOfEventsQuery(batch, userID, deviceID)
 		rows, err := s.db.Reader().Query(ctx, query, args...)
 		if err != nil {
 			return nil, err
@@ -598,14 +587,14 @@ func (s *Server) TxnIDsOfEvents(ctx context.Context, userID, deviceID string, ro
 }
 
 // txnIDsOfEventsQuery selects the transaction IDs userID's deviceID sent
-// events with, among eventIDs, in rooms.
-func txnIDsOfEventsQuery(rooms, eventIDs []string, userID, deviceID string) (string, []any) {
-	query, args := storage.InList(`SELECT event_id, room_id, txn_id FROM roomserver_txn_ids WHERE room_id IN `, rooms)
-	events, eventArgs := storage.InList(` AND event_id IN `, eventIDs)
-	query += shiftPlaceholders(events, len(args))
-	args = append(args, eventArgs...)
+// events with, among eventIDs, with each event's room (the caller checks
+// it): each event's own row, found by its ID's unique index (migration
+// 013 keeps the transaction ID in the row).
+func txnIDsOfEventsQuery(eventIDs []string, userID, deviceID string) (string, []any) {
+	query, args := storage.InList(`SELECT event_id, room_id, txn_id FROM roomserver_events WHERE event_id IN `, eventIDs)
 	args = append(args, userID, deviceID)
-	query += ` AND user_id = ` + placeholder(len(args)-1) + ` AND device_id = ` + placeholder(len(args))
+	query += ` AND sender = ` + placeholder(len(args)-1) + ` AND txn_device = ` + placeholder(len(args)) +
+		` AND txn_id IS NOT NULL`
 	return query, args
 }
 

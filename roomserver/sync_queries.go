@@ -620,10 +620,11 @@ func (s *Server) TxnIDs(ctx context.Context, roomID, userID, deviceID string, ev
 	if len(eventIDs) == 0 || deviceID == "" {
 		return out, nil
 	}
-	query, args := storage.InList(`SELECT event_id, txn_id FROM roomserver_txn_ids WHERE event_id IN `, eventIDs)
+	// Each event's own row (migration 013), found by its ID.
+	query, args := storage.InList(`SELECT event_id, txn_id FROM roomserver_events WHERE event_id IN `, eventIDs)
 	args = append(args, roomID, userID, deviceID)
-	query += ` AND room_id = ` + placeholder(len(args)-2) + ` AND user_id = ` + placeholder(len(args)-1) +
-		` AND device_id = ` + placeholder(len(args))
+	query += ` AND room_id = ` + placeholder(len(args)-2) + ` AND sender = ` + placeholder(len(args)-1) +
+		` AND txn_device = ` + placeholder(len(args)) + ` AND txn_id IS NOT NULL`
 	rows, err := s.db.Reader().Query(ctx, query, args...)
 	if err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io/fs"
-	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -38,15 +37,17 @@ func migrationsUpTo(t *testing.T, last string) fs.FS {
 	return out
 }
 
-// Migration 008 rebuilds roomserver_txn_ids on SQLite as a WITHOUT ROWID
-// table (one B-tree written per send instead of two). The transaction IDs
-// recorded before it still answer retries afterwards, the key still
-// refuses a second row for the same (room, user, device, txnId), and the
-// queries by event ID (sync's unsigned.transaction_id) still find them.
-func TestTxnIDsSurviveWithoutRowidMigration(t *testing.T) {
+// Migration 013 moves the transaction IDs of roomserver_txn_ids into
+// their events' rows and drops the table. The IDs recorded before it
+// still answer retries afterwards (lookupTxn) and sync
+// (unsigned.transaction_id: TxnIDs, TxnIDsOfEvents), the unique index
+// still refuses a second event for the same (room, user, device, txnId),
+// a row whose event is not stored is dropped, and new sends with a
+// transaction ID store it and refuse a retry.
+func TestTxnIDsMoveIntoEventRows(t *testing.T) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		if err := db.Migrate(ctx, "roomserver", migrationsUpTo(t, "007")); err != nil {
+		if err := db.Migrate(ctx, "roomserver", migrationsUpTo(t, "012")); err != nil {
 			t.Fatal(err)
 		}
 		old := []struct{ room, user, device, txn, event string }{
@@ -58,11 +59,24 @@ func TestTxnIDsSurviveWithoutRowidMigration(t *testing.T) {
 		}
 		if err := db.Write(ctx, func(tx storage.Tx) error {
 			for _, r := range old {
-				if err := insertTxn(ctx, tx, r.room, r.user, &TxnID{DeviceID: r.device, TxnID: r.txn}, r.event, 1); err != nil {
+				if _, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json)
+					VALUES ($1, $2, 'm.room.message', $3, 1, 1, '{}')`, r.event, r.room, r.user); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `INSERT INTO roomserver_txn_ids (room_id, user_id, device_id, txn_id, event_id, created_ts)
+					VALUES ($1, $2, $3, $4, $5, 1)`, r.room, r.user, r.device, r.txn, r.event); err != nil {
 					return err
 				}
 			}
-			return nil
+			// An event sent without a transaction ID, and a transaction
+			// ID whose event is not stored.
+			if _, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json)
+				VALUES ('$plain', '!a:test', 'm.room.message', $1, 1, 1, '{}')`, alice); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO roomserver_txn_ids (room_id, user_id, device_id, txn_id, event_id, created_ts)
+				VALUES ('!a:test', $1, 'DEV', 't9', '$gone', 1)`, alice)
+			return err
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -74,40 +88,42 @@ func TestTxnIDsSurviveWithoutRowidMigration(t *testing.T) {
 				t.Fatalf("after the migration %v maps to %q, %v; want %s", r, got, err, r.event)
 			}
 		}
-		if got, err := lookupTxn(ctx, db.Reader(), "!a:test", alice, &TxnID{DeviceID: "DEV", TxnID: "t3"}); err != nil || got != "" {
-			t.Fatalf("an unrecorded txnId maps to %q, %v", got, err)
+		for _, txn := range []string{"t3", "t9"} {
+			if got, err := lookupTxn(ctx, db.Reader(), "!a:test", alice, &TxnID{DeviceID: "DEV", TxnID: txn}); err != nil || got != "" {
+				t.Fatalf("txnId %s maps to %q, %v; want none", txn, got, err)
+			}
+		}
+		var txnOfPlain *string
+		if err := db.Reader().QueryRow(ctx, `SELECT txn_id FROM roomserver_events WHERE event_id = '$plain'`).Scan(&txnOfPlain); err != nil || txnOfPlain != nil {
+			t.Fatalf("an event sent without a transaction ID has %v, %v", txnOfPlain, err)
 		}
 		err := db.Write(ctx, func(tx storage.Tx) error {
-			return insertTxn(ctx, tx, "!a:test", alice, &TxnID{DeviceID: "DEV", TxnID: "t1"}, "$dup", 2)
+			_, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json, txn_device, txn_id)
+				VALUES ('$dup', '!a:test', 'm.room.message', $1, 2, 2, '{}', 'DEV', 't1')`, alice)
+			return err
 		})
 		if !storage.IsUniqueViolation(err) {
-			t.Fatalf("a second row for the same txnId gave %v, want a unique violation", err)
+			t.Fatalf("a second event for the same txnId gave %v, want a unique violation", err)
 		}
-		got, err := s.TxnIDs(ctx, "!a:test", alice, "DEV", []string{"$old1", "$old2", "$old3", "$old5"})
+		got, err := s.TxnIDs(ctx, "!a:test", alice, "DEV", []string{"$old1", "$old2", "$old3", "$old5", "$plain"})
 		if err != nil || len(got) != 2 || got["$old1"] != "t1" || got["$old2"] != "t2" {
 			t.Fatalf("TxnIDs after the migration: %v, %v", got, err)
 		}
-
-		if db.Engine() == storage.SQLite {
-			var ddl string
-			if err := db.Reader().QueryRow(ctx, `SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'roomserver_txn_ids'`).Scan(&ddl); err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(ddl, "WITHOUT ROWID") {
-				t.Fatalf("roomserver_txn_ids is still a rowid table: %s", ddl)
-			}
-			// The rowid table's separate key index is gone with it.
-			var n int
-			if err := db.Reader().QueryRow(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'roomserver_txn_ids'`).Scan(&n); err != nil {
-				t.Fatal(err)
-			}
-			if n != 1 {
-				t.Fatalf("roomserver_txn_ids has %d schema objects, want the table alone", n)
-			}
+		got, err = s.TxnIDsOfEvents(ctx, alice, "DEV", map[string]string{"$old1": "!a:test", "$old4": "!b:test",
+			"$old3": "!a:test", "$old5": "!a:test", "$plain": "!a:test", "$old2": "!b:test"})
+		if err != nil || len(got) != 2 || got["$old1"] != "t1" || got["$old4"] != "t1" {
+			t.Fatalf("TxnIDsOfEvents after the migration: %v, %v", got, err)
+		}
+		if n := countRows(t, db, "roomserver_events"); n != 6 {
+			t.Fatalf("%d event rows after the migration, want 6", n)
+		}
+		var tables int
+		if err := db.Reader().QueryRow(ctx, tableExistsQuery(db), "roomserver_txn_ids").Scan(&tables); err != nil || tables != 0 {
+			t.Fatalf("roomserver_txn_ids still exists (%d, %v)", tables, err)
 		}
 
-		// Sends with transaction IDs work on the new table: a retry
-		// returns the first event and stores nothing.
+		// Sends with transaction IDs: a retry returns the first event and
+		// stores nothing; the ID is echoed to the sending device only.
 		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
 		req := SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
 			Content: json.RawMessage(`{"body":"once"}`), TxnID: &TxnID{DeviceID: "DEV", TxnID: "t1"}}
@@ -120,5 +136,19 @@ func TestTxnIDsSurviveWithoutRowidMigration(t *testing.T) {
 		if err != nil || again.EventID != first.EventID || countRows(t, db, "roomserver_events") != n {
 			t.Fatalf("retry gave %+v, %v; want %s and nothing stored", again, err, first.EventID)
 		}
+		if got, err := s.TxnIDs(ctx, room, alice, "DEV", []string{first.EventID}); err != nil || got[first.EventID] != "t1" {
+			t.Fatalf("TxnIDs of the new send: %v, %v", got, err)
+		}
+		if got, err := s.TxnIDs(ctx, room, alice, "DEV2", []string{first.EventID}); err != nil || len(got) != 0 {
+			t.Fatalf("TxnIDs of the new send for another device: %v, %v", got, err)
+		}
 	})
+}
+
+// tableExistsQuery counts the tables named $1.
+func tableExistsQuery(db *storage.DB) string {
+	if db.Engine() == storage.SQLite {
+		return `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1`
+	}
+	return `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1`
 }
