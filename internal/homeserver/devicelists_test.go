@@ -78,19 +78,7 @@ func TestUntrackOnLeave(t *testing.T) {
 		sharer := remote[members-3] // in the second query's share of the users
 		join(other.RoomID, sharer)
 		// Every remote member's list is cached, fresh, with one device.
-		if err := db.Write(ctx, func(tx storage.Tx) error {
-			for _, u := range remote {
-				if _, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_users (user_id, stream_id, stale, updated_ts) VALUES ($1, 1, FALSE, 1)`, u); err != nil {
-					return err
-				}
-				if _, err := tx.Exec(ctx, `INSERT INTO keyserver_remote_device_keys (user_id, device_id, key_json) VALUES ($1, 'D', '{}')`, u); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		cacheDeviceLists(t, db, remote...)
 		// untracked counts the remote users whose cache is stale, and
 		// checks those have no keys left.
 		untracked := func() map[string]bool {
