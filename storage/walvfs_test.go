@@ -312,3 +312,92 @@ func TestWALVFSWithoutPowersafeOverwrite(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedWALWriteMidTransactionFailsWrite: when a run of frames the
+// VFS held back fails to write before the COMMIT, the transaction
+// fails: Write reports it, none of its rows are in the database (before
+// or after a reopen), the database is intact, and the next write
+// commits. A transaction past the writer's cache writes its spilled
+// frames when a run is full (xWrite) and when it reads a spilled page
+// back (xRead); the failure is made to hit each.
+func TestFailedWALWriteMidTransactionFailsWrite(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// failAfter rows inserted, the next run written fails.
+		failAfter int
+	}{
+		{"run full while inserting", 0},
+		{"reading a spilled page back", 1600},
+	} {
+		t.Run(c.name, func(t *testing.T) { failMidTransaction(t, c.failAfter) })
+	}
+}
+
+func failMidTransaction(t *testing.T, failAfter int) {
+	ctx := context.Background()
+	opts := storagetest.SQLiteOptions(t)
+	db, err := storage.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { db.Close() }()
+	t.Cleanup(func() { storage.WALVFSFailWrites(0) })
+	exec(t, db, `CREATE TABLE m (id BIGINT PRIMARY KEY, body TEXT NOT NULL)`)
+	exec(t, db, `INSERT INTO m (id, body) VALUES (0, 'before')`)
+	body := strings.Repeat("m", 3500)
+	const rows = 1600
+	appends0, _ := storage.WALVFSStats()
+	err = db.Write(ctx, func(tx storage.Tx) error {
+		for id := 1; id <= rows; id++ {
+			if id-1 == failAfter {
+				storage.WALVFSFailWrites(1)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO m (id, body) VALUES ($1, $2)`, id, body); err != nil {
+				return err
+			}
+		}
+		if failAfter < rows {
+			return nil
+		}
+		// The rows inserted first were spilled: updating them reads
+		// their pages back from the WAL.
+		storage.WALVFSFailWrites(1)
+		for id := 1; id <= 200; id++ {
+			if _, err := tx.Exec(ctx, `UPDATE m SET body = $2 WHERE id = $1`, id, "u"+body); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	storage.WALVFSFailWrites(0)
+	if err == nil {
+		t.Fatal("Write returned nil although a run of its frames failed to reach the WAL")
+	}
+	t.Logf("the failed write: %v", err)
+	// It failed before SQLite wrote the frames of all its rows, as it
+	// would have by its COMMIT.
+	if appends1, _ := storage.WALVFSStats(); appends1-appends0 >= 2*rows {
+		t.Fatalf("SQLite wrote to the WAL %d times, want the failure before the COMMIT", appends1-appends0)
+	}
+	exec(t, db, `INSERT INTO m (id, body) VALUES (2000, 'after')`)
+	check := func(when string) {
+		t.Helper()
+		got := int64s(t, db.Reader(), `SELECT id FROM m ORDER BY id`)
+		if len(got) != 2 || got[0] != 0 || got[1] != 2000 {
+			t.Fatalf("%s: rows %v, want [0 2000]", when, got)
+		}
+		ok, err := storage.QueryColumn[string](ctx, db.Reader(), `PRAGMA integrity_check`)
+		if err != nil || len(ok) != 1 || ok[0] != "ok" {
+			t.Fatalf("%s: integrity_check: %v %v", when, ok, err)
+		}
+	}
+	check("after the failed write")
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = storage.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("after reopening")
+}
