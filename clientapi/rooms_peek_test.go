@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -191,10 +192,28 @@ func TestRoomPreview(t *testing.T) {
 		guest := body["access_token"].(string)
 		t.Run("guest", func(t *testing.T) { previewAndPeek(t, srv, srv, alice.token, guest, roomID, "guest") })
 
-		// A member gets its membership.
+		// A member gets its membership and its account data for the
+		// room; once the room is published, visibility is public.
+		rp := srv.URL + "/_matrix/client/v3/user/" + url.PathEscape(alice.id.String()) + "/rooms/" + url.PathEscape(roomID)
+		if status, body := call(t, "PUT", rp+"/account_data/com.example.peek", alice.token, map[string]any{"x": 1}); status != http.StatusOK {
+			t.Fatalf("room account data: %d %v", status, body)
+		}
+		if status, body := call(t, "PUT", srv.URL+"/_matrix/client/v3/directory/list/room/"+url.PathEscape(roomID), alice.token, map[string]any{"visibility": "public"}); status != http.StatusOK {
+			t.Fatalf("publishing the room: %d %v", status, body)
+		}
 		status, body = call(t, "GET", initialSyncURL(srv, roomID), alice.token, nil)
-		if status != http.StatusOK || body["membership"] != "join" {
-			t.Fatalf("member's initialSync: %d membership %v", status, body["membership"])
+		if status != http.StatusOK || body["membership"] != "join" || body["visibility"] != "public" {
+			t.Fatalf("member's initialSync: %d membership %v visibility %v", status, body["membership"], body["visibility"])
+		}
+		ad, _ := body["account_data"].([]any)
+		if len(ad) != 1 || ad[0].(map[string]any)["type"] != "com.example.peek" ||
+			fmt.Sprint(ad[0].(map[string]any)["content"]) != "map[x:1]" {
+			t.Fatalf("member's initialSync account_data: %v", body["account_data"])
+		}
+		// Bob's is his own: none.
+		status, body = call(t, "GET", initialSyncURL(srv, roomID), bob.token, nil)
+		if ad, ok := body["account_data"].([]any); status != http.StatusOK || !ok || len(ad) != 0 {
+			t.Fatalf("non-member's initialSync account_data: %d %v", status, body["account_data"])
 		}
 	})
 }
@@ -255,6 +274,7 @@ func TestRoomPreviewRefused(t *testing.T) {
 			{"from a /messages token", ev + "&from=t1_1", "M_INVALID_PARAM"},
 			{"from past the head", ev + "&from=s999999999", "M_INVALID_PARAM"},
 			{"bad timeout", ev + "&from=" + url.QueryEscape(end) + "&timeout=soon", "M_INVALID_PARAM"},
+			{"negative timeout", ev + "&from=" + url.QueryEscape(end) + "&timeout=-1", "M_INVALID_PARAM"},
 			{"no room_id", srv.URL + "/_matrix/client/v3/events?from=" + url.QueryEscape(end), "M_MISSING_PARAM"},
 			{"bad room_id", srv.URL + "/_matrix/client/v3/events?room_id=nowhere", "M_INVALID_PARAM"},
 		} {
@@ -292,6 +312,14 @@ func TestRoomPeekFollowsVisibility(t *testing.T) {
 			t.Fatalf("bob leaves: %d %v", status, body)
 		}
 		peekSend(t, srv, alice.token, roomID, "after bob left")
+		// His snapshot is the room as he left it, and says so.
+		status, body = call(t, "GET", initialSyncURL(srv, roomID), bob.token, nil)
+		if status != http.StatusOK || body["membership"] != "leave" {
+			t.Fatalf("bob's initialSync after leaving: %d membership %v", status, body["membership"])
+		}
+		if got := bodies(t, body["messages"].(map[string]any)["chunk"]); slices.Contains(got, "after bob left") {
+			t.Fatalf("bob's initialSync after leaving shows %v", got)
+		}
 		var seen []string
 		sawLeave := false
 		for range 10 {
@@ -315,5 +343,56 @@ func TestRoomPeekFollowsVisibility(t *testing.T) {
 		}
 		status, body = call(t, "GET", eventsURL(srv, roomID, "", 0), carol.token, nil)
 		expectError(t, "never a member", status, body, http.StatusForbidden, "M_FORBIDDEN")
+	})
+}
+
+// TestRoomPeekReadsPastHiddenBatch: when more than one batch (100) of
+// the room's events after from are hidden from the caller, /events reads
+// on through them at once and returns the visible event after them,
+// rather than waiting out its timeout. Bob leaves a "joined" room, misses
+// 110 messages, and rejoins: a long poll from before his rejoin answers
+// at once with his join.
+// Spec: client-server-api, "Room History Visibility" ("joined").
+func TestRoomPeekReadsPastHiddenBatch(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		alice := newUser(t, srv, "alice")
+		bob := newUser(t, srv, "bob")
+		roomID := peekRoom(t, srv, alice.token, "joined")
+		rp := srv.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(roomID)
+		if status, body := call(t, "POST", rp+"/join", bob.token, map[string]any{}); status != http.StatusOK {
+			t.Fatalf("bob joins: %d %v", status, body)
+		}
+		if status, body := call(t, "POST", rp+"/leave", bob.token, map[string]any{}); status != http.StatusOK {
+			t.Fatalf("bob leaves: %d %v", status, body)
+		}
+		// From after his leave.
+		status, body := call(t, "GET", eventsURL(srv, roomID, "", 0), bob.token, nil)
+		if status != http.StatusOK {
+			t.Fatalf("/events: %d %v", status, body)
+		}
+		from := body["end"].(string)
+		for i := range 110 {
+			peekSend(t, srv, alice.token, roomID, fmt.Sprintf("hidden %d", i))
+		}
+		if status, body := call(t, "POST", rp+"/join", bob.token, map[string]any{}); status != http.StatusOK {
+			t.Fatalf("bob rejoins: %d %v", status, body)
+		}
+		began := time.Now()
+		status, body = call(t, "GET", eventsURL(srv, roomID, from, 20000), bob.token, nil)
+		if took := time.Since(began); took > 10*time.Second {
+			t.Fatalf("/events waited %v with his join to return", took)
+		}
+		if status != http.StatusOK {
+			t.Fatalf("/events: %d %v", status, body)
+		}
+		chunk := body["chunk"].([]any)
+		if got := bodies(t, chunk); len(got) != 0 {
+			t.Fatalf("/events shows bob messages sent while he was away: %v", got)
+		}
+		if len(chunk) != 1 || chunk[0].(map[string]any)["type"] != "m.room.member" ||
+			chunk[0].(map[string]any)["state_key"] != bob.id.String() ||
+			chunk[0].(map[string]any)["content"].(map[string]any)["membership"] != "join" {
+			t.Fatalf("/events chunk: %v, want bob's join", chunk)
+		}
 	})
 }

@@ -44,7 +44,9 @@ package storage
 // of which write the run first. This holds only when every commit syncs
 // the WAL: with synchronous=NORMAL or OFF a commit is made visible
 // without an xSync, so openSQLite refuses a writer on this VFS that is
-// not synchronous=FULL or EXTRA.
+// not synchronous=FULL or EXTRA; and only when nothing of a commit is
+// written after its xSync, which SQLite does without powersafe overwrite
+// (psow=0), so such a WAL is not held back (walbuf_open).
 
 /*
 #include <stdlib.h>
@@ -119,6 +121,8 @@ struct myelin_vfs {
 // SQLite's functions (compiled in by go-sqlite3).
 extern myelin_vfs *sqlite3_vfs_find(const char *);
 extern int sqlite3_vfs_register(myelin_vfs *, int);
+extern int sqlite3_uri_boolean(const char *, const char *, int);
+extern int sqlite3_compileoption_used(const char *);
 
 // SQLite's result codes and open flag used here.
 #define MYELIN_SQLITE_OK 0
@@ -334,7 +338,17 @@ static int walbuf_open(myelin_vfs *vfs, const char *name, myelin_file *f, int fl
 	if (v > 3) {
 		v = 3;
 	}
-	w->is_wal = (flags & MYELIN_SQLITE_OPEN_WAL) != 0;
+	// Without powersafe overwrite (psow=0 on the database's URI, or a
+	// build with SQLITE_POWERSAFE_OVERWRITE=0: how the default VFS sets
+	// the database file's SQLITE_IOCAP_POWERSAFE_OVERWRITE, which decides
+	// it for the WAL), SQLite pads a commit to the next sector boundary
+	// and writes the end of its last padding frame after the WAL's xSync,
+	// then names that frame in the wal-index (wal.c, sqlite3WalFrames):
+	// held back, it would be missing from the file other connections
+	// read. Such a WAL is written straight through. (A WAL file's name
+	// carries its database's URI parameters, c3ref/uri_boolean.html.)
+	w->is_wal = (flags & MYELIN_SQLITE_OPEN_WAL) != 0 &&
+		sqlite3_uri_boolean(name, "psow", !sqlite3_compileoption_used("POWERSAFE_OVERWRITE=0"));
 	f->pMethods = &walbuf_methods[v - 1];
 	return rc;
 }
