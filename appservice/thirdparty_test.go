@@ -477,5 +477,27 @@ func TestThirdPartyRoomDirectory(t *testing.T) {
 		if got := list("POST", map[string]any{"include_all_networks": true}); !slices.Equal(got, []string{"ordinary", "other"}) {
 			t.Fatalf("all networks after unpublishing: %v", got)
 		}
+
+		// Upgrading a room moves its network listings to the new room.
+		st, body := call(t, "POST", v3+"/rooms/"+url.PathEscape(other)+"/upgrade", alice, map[string]any{"new_version": "11"})
+		if st != 200 {
+			t.Fatalf("upgrade: %d %v", st, body)
+		}
+		st, body = call(t, "POST", v3+"/publicRooms", alice, map[string]any{"third_party_instance_id": "irc1|libera"})
+		chunk, _ := body["chunk"].([]any)
+		if st != 200 || len(chunk) != 1 || chunk[0].(map[string]any)["room_id"] != replacementRoom(t, v3, alice, other) {
+			t.Fatalf("network listing after the upgrade: %d %v", st, body)
+		}
 	})
+}
+
+// replacementRoom is the room that replaced roomID (its m.room.tombstone's
+// replacement_room).
+func replacementRoom(t *testing.T, v3, token, roomID string) string {
+	t.Helper()
+	st, body := call(t, "GET", v3+"/rooms/"+url.PathEscape(roomID)+"/state/m.room.tombstone/", token, nil)
+	if st != 200 || body["replacement_room"] == nil {
+		t.Fatalf("tombstone of %s: %d %v", roomID, st, body)
+	}
+	return body["replacement_room"].(string)
 }
