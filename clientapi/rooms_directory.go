@@ -320,7 +320,8 @@ func (s *Server) getPublicRooms(w http.ResponseWriter, r *http.Request) error {
 	}
 	q.Since, q.Server = v.Get("since"), v.Get("server")
 	// The spec's GET takes neither network parameter; Synapse reads both
-	// from the query string too, and clients have used them there.
+	// from its query string as well, and so does this server. With another
+	// server named, they are not passed on (remotePublicRooms).
 	q.ThirdPartyInstanceID = v.Get("third_party_instance_id")
 	switch raw := v.Get("include_all_networks"); raw {
 	case "", "false":
@@ -429,7 +430,9 @@ func (s *Server) publicRoomsPage(ctx context.Context, q *publicRoomsQuery) (map[
 // /thirdparty/protocols. The spec names no error for one that is not;
 // Synapse answers 400 for an ID it cannot parse. Here an ID that does not
 // name a registered service bridging some protocol is 400
-// M_INVALID_PARAM, as is setting both.
+// M_INVALID_PARAM, as is setting both; the network part is not checked
+// against the service's instances (that would ask the service on every
+// listing), so a network it never published to lists no rooms.
 func (s *Server) directoryRooms(ctx context.Context, q *publicRoomsQuery) ([]string, error) {
 	switch {
 	case q.ThirdPartyInstanceID != "" && q.IncludeAllNetworks:
