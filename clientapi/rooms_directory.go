@@ -320,8 +320,9 @@ func (s *Server) getPublicRooms(w http.ResponseWriter, r *http.Request) error {
 	}
 	q.Since, q.Server = v.Get("since"), v.Get("server")
 	// The spec's GET takes neither network parameter; Synapse reads both
-	// from its query string as well, and so does this server. With another
-	// server named, they are not passed on (remotePublicRooms).
+	// from its query string as well, and mautrix-go's client sends them
+	// there. With another server named, they are passed on to it
+	// (remotePublicRooms).
 	q.ThirdPartyInstanceID = v.Get("third_party_instance_id")
 	switch raw := v.Get("include_all_networks"); raw {
 	case "", "false":
