@@ -24,7 +24,13 @@
 //     device lists and one-time/fallback key counts (msc3202.go), from
 //     stored positions in the key server's device-list and key-count
 //     change streams;
-//   - the homeserver-to-service queries (users, room aliases, ping).
+//   - the homeserver-to-service queries (users, room aliases, ping), and
+//     the third-party network queries (thirdparty.go): protocol metadata
+//     merged from every service registered for the protocol, with an
+//     instance_id per service and network ("{service id}|{network_id}",
+//     which ParseInstanceID reads back for the room directory), and user
+//     and location lookups whose results from every service are
+//     concatenated, a failing service skipped.
 //
 // Concurrency: the Registry is immutable after Load. Server methods are
 // safe for concurrent use; each sender goroutine is the only writer of its

@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -25,6 +26,11 @@ const loginTypeAppService = "m.login.application_service"
 type AppServiceQueries interface {
 	QueryUser(ctx context.Context, userID string) bool
 	QueryAlias(ctx context.Context, alias string) bool
+	// Protocols, Protocol and ThirdPartyLookup ask the services about
+	// third-party networks (thirdparty.go).
+	Protocols(ctx context.Context) map[string]map[string]any
+	Protocol(ctx context.Context, protocol string) (map[string]any, bool)
+	ThirdPartyLookup(ctx context.Context, kind appservice.ThirdPartyKind, protocol string, fields url.Values) ([]map[string]any, bool)
 }
 
 // verifyAppService authenticates an as_token: as the service's sender, or

@@ -359,6 +359,7 @@ func (s *Server) authedRoutes(r chi.Router) {
 	handle(r, http.MethodPost, v3+"/account/3pid/delete", threepidNotFound)
 	handle(r, http.MethodPost, v3+"/account/3pid/unbind", threepidNotFound)
 	handle(r, http.MethodGet, v3+"/admin/whois/{userId}", s.whois)
+	s.thirdPartyRoutes(r)
 	s.roomRoutes(r)
 	if s.rooms.rooms != nil {
 		s.serverNoticeRoutes(r)

@@ -38,8 +38,8 @@ type Federation interface {
 	// QueryDirectory resolves an alias of another server.
 	QueryDirectory(ctx context.Context, alias string) (roomID string, servers []string, err error)
 	// RemotePublicRooms reads another server's published room list (the
-	// spec's PublicRoomsResponse).
-	RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string) (json.RawMessage, error)
+	// spec's PublicRoomsResponse), with its network parameters.
+	RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string, includeAllNetworks bool, thirdPartyInstanceID string) (json.RawMessage, error)
 	// RemoteHierarchy reads another server's federation space hierarchy
 	// answer about roomID (the room, its children that server lets us
 	// see, and the inaccessible ones).
@@ -96,8 +96,8 @@ func (s *Server) ResolveAlias(ctx context.Context, alias string) (string, error)
 
 // PublicRooms answers other servers' /publicRooms from the published room
 // directory (federationapi.PublicRoomDirectory).
-func (s *Server) PublicRooms(ctx context.Context, limit int, since, filter string) (json.RawMessage, error) {
-	q := &publicRoomsQuery{Since: since}
+func (s *Server) PublicRooms(ctx context.Context, limit int, since, filter string, includeAllNetworks bool, thirdPartyInstanceID string) (json.RawMessage, error) {
+	q := &publicRoomsQuery{Since: since, IncludeAllNetworks: includeAllNetworks, ThirdPartyInstanceID: thirdPartyInstanceID}
 	if limit > 0 {
 		q.Limit = &limit
 	}
@@ -118,7 +118,7 @@ func (s *Server) remotePublicRooms(w http.ResponseWriter, r *http.Request, q *pu
 	if q.Limit != nil {
 		limit = *q.Limit
 	}
-	body, err := s.federation.RemotePublicRooms(r.Context(), q.Server, limit, q.Since, q.Filter.GenericSearchTerm)
+	body, err := s.federation.RemotePublicRooms(r.Context(), q.Server, limit, q.Since, q.Filter.GenericSearchTerm, q.IncludeAllNetworks, q.ThirdPartyInstanceID)
 	if err != nil {
 		return err
 	}

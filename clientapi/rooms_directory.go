@@ -47,6 +47,7 @@ func (s *Server) directoryRoutes(r chi.Router) {
 	handle(r, http.MethodGet, v3+"/rooms/{roomId}/aliases", s.roomAliases)
 	handle(r, http.MethodPut, v3+"/directory/list/room/{roomId}", s.putDirectoryVisibility)
 	handle(r, http.MethodPost, v3+"/publicRooms", s.postPublicRooms)
+	handle(r, http.MethodPut, v3+"/directory/list/appservice/{networkId}/{roomId}", s.putNetworkVisibility)
 }
 
 // pathAlias reads {roomAlias} and checks its shape.
@@ -297,6 +298,12 @@ type publicRoomsQuery struct {
 		GenericSearchTerm string             `json:"generic_search_term"`
 		RoomTypes         []*json.RawMessage `json:"room_types"`
 	} `json:"filter"`
+	// IncludeAllNetworks adds the rooms application services published
+	// for their third-party networks; ThirdPartyInstanceID lists those of
+	// one network instead of the homeserver's own list.
+	// Spec: client-server-api, "POST /_matrix/client/v3/publicRooms".
+	IncludeAllNetworks   bool   `json:"include_all_networks"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id"`
 }
 
 // getPublicRooms lists the published rooms.
@@ -312,6 +319,18 @@ func (s *Server) getPublicRooms(w http.ResponseWriter, r *http.Request) error {
 		q.Limit = &n
 	}
 	q.Since, q.Server = v.Get("since"), v.Get("server")
+	// The spec's GET takes neither network parameter; Synapse reads both
+	// from its query string as well, and mautrix-go's client sends them
+	// there. With another server named, they are passed on to it
+	// (remotePublicRooms).
+	q.ThirdPartyInstanceID = v.Get("third_party_instance_id")
+	switch raw := v.Get("include_all_networks"); raw {
+	case "", "false":
+	case "true":
+		q.IncludeAllNetworks = true
+	default:
+		return mxerr.New(mxerr.InvalidParam, "include_all_networks must be true or false")
+	}
 	return s.publicRooms(w, r, &q)
 }
 
@@ -357,7 +376,7 @@ func (s *Server) publicRoomsPage(ctx context.Context, q *publicRoomsQuery) (map[
 		}
 		offset = n
 	}
-	ids, err := s.publishedRooms(ctx)
+	ids, err := s.directoryRooms(ctx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -399,6 +418,79 @@ func (s *Server) publicRoomsPage(ctx context.Context, q *publicRoomsQuery) (map[
 		body["prev_batch"] = "o" + strconv.Itoa(max(start-limit, 0))
 	}
 	return body, nil
+}
+
+// directoryRooms lists the rooms a /publicRooms request covers: the
+// homeserver's own published rooms, those of one application service
+// network (third_party_instance_id), or both kinds of all networks
+// (include_all_networks).
+//
+// Spec: client-server-api, "POST /_matrix/client/v3/publicRooms":
+// third_party_instance_id "can only be used if include_all_networks is
+// false", and is the instance_id of a protocol instance from GET
+// /thirdparty/protocols. The spec names no error for one that is not;
+// Synapse answers 400 for an ID it cannot parse. Here an ID that does not
+// name a registered service bridging some protocol is 400
+// M_INVALID_PARAM, as is setting both; the network part is not checked
+// against the service's instances (that would ask the service on every
+// listing), so a network it never published to lists no rooms.
+func (s *Server) directoryRooms(ctx context.Context, q *publicRoomsQuery) ([]string, error) {
+	switch {
+	case q.ThirdPartyInstanceID != "" && q.IncludeAllNetworks:
+		return nil, mxerr.New(mxerr.InvalidParam, "third_party_instance_id can only be used if include_all_networks is false")
+	case q.ThirdPartyInstanceID != "":
+		reg, network := s.appservices.ParseInstanceID(q.ThirdPartyInstanceID)
+		if reg == nil {
+			return nil, mxerr.New(mxerr.InvalidParam, "unknown third_party_instance_id %q", q.ThirdPartyInstanceID)
+		}
+		return s.networkPublishedRooms(ctx, reg.ID, network)
+	case q.IncludeAllNetworks:
+		return s.allNetworksPublishedRooms(ctx)
+	}
+	return s.publishedRooms(ctx)
+}
+
+// putNetworkVisibility publishes a room in, or removes it from, the
+// directory of one of the calling application service's networks. Only
+// an application service's as_token may call it (a user's token is 403
+// M_FORBIDDEN; guests are refused before, by the guest gate).
+// Spec: client-server-api, "PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}".
+func (s *Server) putNetworkVisibility(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	me := caller(r)
+	if me.AppServiceID == "" || s.appservices.ByID(me.AppServiceID) == nil {
+		return mxerr.New(mxerr.Forbidden, "only application services may publish rooms in a network's directory")
+	}
+	network, err := unescapedParam(r, "networkId")
+	if err != nil {
+		return err
+	}
+	if network == "" {
+		return mxerr.New(mxerr.InvalidParam, "the network ID is empty")
+	}
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Visibility *string `json:"visibility"`
+	}
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if body.Visibility == nil {
+		return mxerr.New(mxerr.MissingParam, "visibility is required")
+	}
+	if *body.Visibility != "public" && *body.Visibility != "private" {
+		return mxerr.New(mxerr.InvalidParam, "visibility must be public or private")
+	}
+	if _, err := s.rooms.rooms.RoomVersion(ctx, roomID); err != nil {
+		return err
+	}
+	if err := s.setNetworkPublished(ctx, me.AppServiceID, network, roomID, *body.Visibility == "public"); err != nil {
+		return err
+	}
+	return httpx.OK(w, httpx.EmptyObject)
 }
 
 // matches reports whether the lower-cased term appears in the room's

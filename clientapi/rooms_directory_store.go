@@ -87,3 +87,33 @@ func (s *Server) isPublished(ctx context.Context, roomID string) (bool, error) {
 func (s *Server) publishedRooms(ctx context.Context) ([]string, error) {
 	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT room_id FROM room_directory ORDER BY room_id`)
 }
+
+// setNetworkPublished adds a room to or removes it from the directory of
+// network networkID of application service asID.
+// Spec: client-server-api, "PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}".
+func (s *Server) setNetworkPublished(ctx context.Context, asID, networkID, roomID string, public bool) error {
+	return s.db.Write(ctx, func(tx storage.Tx) error {
+		if !public {
+			_, err := tx.Exec(ctx, `DELETE FROM appservice_room_directory WHERE appservice_id = $1 AND network_id = $2 AND room_id = $3`,
+				asID, networkID, roomID)
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO appservice_room_directory (appservice_id, network_id, room_id, published_ts) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (appservice_id, network_id, room_id) DO NOTHING`, asID, networkID, roomID, time.Now().UnixMilli())
+		return err
+	})
+}
+
+// networkPublishedRooms lists the rooms published in the directory of
+// network networkID of application service asID.
+func (s *Server) networkPublishedRooms(ctx context.Context, asID, networkID string) ([]string, error) {
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT room_id FROM appservice_room_directory
+		WHERE appservice_id = $1 AND network_id = $2 ORDER BY room_id`, asID, networkID)
+}
+
+// allNetworksPublishedRooms lists the rooms of the homeserver's own
+// directory and of every application service network's, each once.
+func (s *Server) allNetworksPublishedRooms(ctx context.Context) ([]string, error) {
+	return storage.QueryColumn[string](ctx, s.db.Reader(), `SELECT room_id FROM room_directory
+		UNION SELECT room_id FROM appservice_room_directory ORDER BY room_id`)
+}

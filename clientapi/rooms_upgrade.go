@@ -172,7 +172,8 @@ func (s *Server) upgradeRequest(ctx context.Context, upgrader, oldID, version st
 }
 
 // moveAliases points oldID's local aliases at newID, and moves its
-// directory listing. Spec: "Room Upgrades", "Server behaviour" 4.
+// directory listing, and its listings in application services' network
+// directories with it. Spec: "Room Upgrades", "Server behaviour" 4.
 func (s *Server) moveAliases(ctx context.Context, oldID, newID string) error {
 	published, err := s.isPublished(ctx, oldID)
 	if err != nil {
@@ -180,6 +181,14 @@ func (s *Server) moveAliases(ctx context.Context, oldID, newID string) error {
 	}
 	return s.db.Write(ctx, func(tx storage.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE room_aliases SET room_id = $1 WHERE room_id = $2`, newID, oldID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO appservice_room_directory (appservice_id, network_id, room_id, published_ts)
+			SELECT appservice_id, network_id, $1, $2 FROM appservice_room_directory WHERE room_id = $3
+			ON CONFLICT (appservice_id, network_id, room_id) DO NOTHING`, newID, nowMillis(), oldID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM appservice_room_directory WHERE room_id = $1`, oldID); err != nil {
 			return err
 		}
 		if !published {

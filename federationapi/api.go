@@ -104,8 +104,12 @@ type Aliases interface {
 
 // PublicRoomDirectory lists published rooms for GET/POST /publicRooms.
 type PublicRoomDirectory interface {
-	// PublicRooms returns the spec's PublicRoomsResponse body.
-	PublicRooms(ctx context.Context, limit int, since, filter string) (json.RawMessage, error)
+	// PublicRooms returns the spec's PublicRoomsResponse body: the
+	// server's own list, with the rooms application services published
+	// for their networks if includeAllNetworks, or only those of one
+	// network instance if thirdPartyInstanceID is set (an error for an
+	// unknown one, and for both set).
+	PublicRooms(ctx context.Context, limit int, since, filter string, includeAllNetworks bool, thirdPartyInstanceID string) (json.RawMessage, error)
 }
 
 // Inbound EDUs go to these sinks, each only after the federation API has

@@ -56,9 +56,12 @@ func (s *Server) QueryProfile(ctx context.Context, userID, field string) (map[st
 	return fields, nil
 }
 
-// RemotePublicRooms reads another server's public room directory.
-// Spec: server-server-api, "POST /_matrix/federation/v1/publicRooms".
-func (s *Server) RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string) (json.RawMessage, error) {
+// RemotePublicRooms reads another server's public room directory,
+// passing on include_all_networks and third_party_instance_id (that
+// server's instance IDs, from its clients' protocols).
+// Spec: server-server-api, "GET /_matrix/federation/v1/publicRooms" and
+// "POST /_matrix/federation/v1/publicRooms".
+func (s *Server) RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string, includeAllNetworks bool, thirdPartyInstanceID string) (json.RawMessage, error) {
 	var out json.RawMessage
 	var err error
 	if filter == "" {
@@ -69,6 +72,12 @@ func (s *Server) RemotePublicRooms(ctx context.Context, server string, limit int
 		if since != "" {
 			q.Set("since", since)
 		}
+		if includeAllNetworks {
+			q.Set("include_all_networks", "true")
+		}
+		if thirdPartyInstanceID != "" {
+			q.Set("third_party_instance_id", thirdPartyInstanceID)
+		}
 		err = s.client.signed(ctx, server, http.MethodGet, "/_matrix/federation/v1/publicRooms?"+q.Encode(), nil, &out)
 	} else {
 		body := map[string]any{"filter": map[string]string{"generic_search_term": filter}}
@@ -77,6 +86,12 @@ func (s *Server) RemotePublicRooms(ctx context.Context, server string, limit int
 		}
 		if since != "" {
 			body["since"] = since
+		}
+		if includeAllNetworks {
+			body["include_all_networks"] = true
+		}
+		if thirdPartyInstanceID != "" {
+			body["third_party_instance_id"] = thirdPartyInstanceID
 		}
 		err = s.client.signed(ctx, server, http.MethodPost, "/_matrix/federation/v1/publicRooms", body, &out)
 	}

@@ -252,9 +252,22 @@ func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request) error {
 	if s.directory == nil {
 		return mxerr.New(mxerr.Unrecognized, "this server has no public room directory yet").WithStatus(http.StatusNotFound)
 	}
-	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-	since := r.URL.Query().Get("since")
+	q := r.URL.Query()
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	since := q.Get("since")
 	filter := ""
+	// Spec: server-server-api, "GET /_matrix/federation/v1/publicRooms"
+	// and "POST …": include_all_networks and third_party_instance_id, in
+	// the query or in the body.
+	thirdPartyInstanceID := q.Get("third_party_instance_id")
+	var includeAllNetworks bool
+	switch raw := q.Get("include_all_networks"); raw {
+	case "", "false":
+	case "true":
+		includeAllNetworks = true
+	default:
+		return mxerr.New(mxerr.InvalidParam, "include_all_networks must be true or false")
+	}
 	if r.Method == http.MethodPost {
 		var req struct {
 			Limit  int    `json:"limit"`
@@ -262,13 +275,16 @@ func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request) error {
 			Filter struct {
 				Term string `json:"generic_search_term"`
 			} `json:"filter"`
+			IncludeAllNetworks   bool   `json:"include_all_networks"`
+			ThirdPartyInstanceID string `json:"third_party_instance_id"`
 		}
 		if err := httpx.DecodeJSON(r, &req); err != nil {
 			return err
 		}
 		limit, since, filter = req.Limit, req.Since, req.Filter.Term
+		includeAllNetworks, thirdPartyInstanceID = req.IncludeAllNetworks, req.ThirdPartyInstanceID
 	}
-	body, err := s.directory.PublicRooms(r.Context(), limit, since, filter)
+	body, err := s.directory.PublicRooms(r.Context(), limit, since, filter, includeAllNetworks, thirdPartyInstanceID)
 	if err != nil {
 		return err
 	}

@@ -79,7 +79,7 @@ func TestSenderBackoffEndsWhenDestinationAnswers(t *testing.T) {
 		f.mux.HandleFunc("/_matrix/federation/v1/publicRooms", func(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write([]byte(`{"chunk":[],"total_room_count_estimate":0}`))
 		})
-		if _, err := a.HS.Federation.RemotePublicRooms(ctx, f.name, 10, "", ""); err != nil {
+		if _, err := a.HS.Federation.RemotePublicRooms(ctx, f.name, 10, "", "", false, ""); err != nil {
 			t.Fatalf("public rooms of F: %v", err)
 		}
 		eventually(t, "the held event to reach F once F answered", delivered)

@@ -41,8 +41,8 @@ func (r remoteServers) QueryDirectory(ctx context.Context, alias string) (string
 	return (*r.fed).QueryDirectory(ctx, alias)
 }
 
-func (r remoteServers) RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string) (json.RawMessage, error) {
-	return (*r.fed).RemotePublicRooms(ctx, server, limit, since, filter)
+func (r remoteServers) RemotePublicRooms(ctx context.Context, server string, limit int, since, filter string, includeAllNetworks bool, thirdPartyInstanceID string) (json.RawMessage, error) {
+	return (*r.fed).RemotePublicRooms(ctx, server, limit, since, filter, includeAllNetworks, thirdPartyInstanceID)
 }
 
 func (r remoteServers) RemoteHierarchy(ctx context.Context, server, roomID string, suggestedOnly bool) (json.RawMessage, error) {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -754,4 +755,25 @@ func (q asQueries) QueryUser(ctx context.Context, userID string) bool {
 
 func (q asQueries) QueryAlias(ctx context.Context, alias string) bool {
 	return *q.s != nil && (*q.s).QueryAlias(ctx, alias)
+}
+
+func (q asQueries) Protocols(ctx context.Context) map[string]map[string]any {
+	if *q.s == nil {
+		return map[string]map[string]any{}
+	}
+	return (*q.s).Protocols(ctx)
+}
+
+func (q asQueries) Protocol(ctx context.Context, protocol string) (map[string]any, bool) {
+	if *q.s == nil {
+		return nil, false
+	}
+	return (*q.s).Protocol(ctx, protocol)
+}
+
+func (q asQueries) ThirdPartyLookup(ctx context.Context, kind appservice.ThirdPartyKind, protocol string, fields url.Values) ([]map[string]any, bool) {
+	if *q.s == nil {
+		return []map[string]any{}, false
+	}
+	return (*q.s).ThirdPartyLookup(ctx, kind, protocol, fields)
 }
