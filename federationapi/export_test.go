@@ -58,6 +58,7 @@ func (s *Server) ForgetKeyFetches() {
 	s.keys.mu.Lock()
 	defer s.keys.mu.Unlock()
 	clear(s.keys.lastFetch)
+	clear(s.keys.missing)
 }
 
 // ServeFullStateJoins makes s answer every send_join with the full

@@ -176,3 +176,57 @@ func TestKeyFetchAfterOutage(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyRotatedRightAfterFetch: a server that signs with a new key
+// moments after A fetched its keys (a rotation, or another server now
+// on the same host and port, as in Complement's runs) is accepted once A
+// may fetch its keys again, minRefetch after the last fetch, rather than
+// refused until then; a key that fetch does not bring either is refused,
+// and the next request naming it is refused at once, without waiting for
+// or making another fetch. Spec: server-server-api, "Retrieving server
+// keys".
+func TestKeyRotatedRightAfterFetch(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		const keyPath = "/_matrix/key/v2/server"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		rotated, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		f.key = rotated // served from now on
+		f.mu.Unlock()
+		before := f.count(keyPath)
+		if status, body := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with the key rotated right after A's fetch: %d %s, want it accepted (404 for the unknown event)", status, body)
+		}
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("the rotated key made A fetch %d times, want once", got)
+		}
+
+		madeUp, err := signing.Generate() // never served
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = f.count(keyPath)
+		if status, body := n.request(a, f.name, madeUp, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key the server does not serve: %d %s, want 401", status, body)
+		}
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("the made-up key made A fetch %d times, want once", got)
+		}
+		before = f.count(keyPath)
+		start := time.Now()
+		if status, body := n.request(a, f.name, madeUp, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("second request signed with it: %d %s, want 401", status, body)
+		}
+		if got, took := f.count(keyPath)-before, time.Since(start); got != 0 || took >= 2*time.Second {
+			t.Errorf("the second request naming the missing key made %d fetches and took %v; want none, refused at once", got, took)
+		}
+	})
+}

@@ -38,7 +38,17 @@ type keyRing struct {
 	lastFetch map[string]fetchOutcome
 	// fetching serialises fetches per server. Guarded by mu.
 	fetching map[string]*sync.Mutex
+	// missing remembers, for minRefetch, the keys a fetch made after they
+	// were asked for did not bring (server + "\x00" + key ID → when it
+	// ended), so that the next request naming one is refused at once
+	// instead of waiting for yet another fetch. Guarded by mu.
+	missing map[string]time.Time
 }
+
+// maxMissing bounds keyRing.missing (requests naming made-up key IDs):
+// past it, entries older than minRefetch are dropped, and none is added
+// while it stays full (such a request then waits for a fetch again).
+const maxMissing = 10000
 
 // fetchOutcome is how a fetch of one server's keys ended.
 type fetchOutcome struct {
@@ -47,7 +57,10 @@ type fetchOutcome struct {
 }
 
 // minRefetch is how soon a server's keys may be fetched again after a
-// fetch that succeeded: a key ID its fresh document lacks is unknown.
+// fetch that succeeded: a request signed with a key ID its fresh
+// document lacks waits that long for the next fetch (one per server at a
+// time, whose outcome every waiter takes), so a stream of requests naming
+// unknown keys makes at most one fetch every minRefetch.
 const minRefetch = 5 * time.Second
 
 // failedRefetch is how soon a server's keys may be fetched again after
@@ -156,15 +169,23 @@ func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timesta
 		return k.key, nil
 	}
 	// Not cached or not valid at that time: maybe the server has a newer
-	// document (a refreshed valid_until_ts or a new key).
-	if err := r.fetch(ctx, server); err != nil {
-		r.s.log.Debug("fetching server keys failed", "server", server, "err", err)
+	// document (a refreshed valid_until_ts or a new key), unless a fetch
+	// made since this key was first asked for did not have it.
+	if !ok && r.knownMissing(server, keyID) {
+		return nil, fmt.Errorf("unknown key %s of %s", keyID, server)
+	}
+	fetchErr := r.fetch(ctx, server, !ok)
+	if fetchErr != nil {
+		r.s.log.Debug("fetching server keys failed", "server", server, "err", fetchErr)
 	}
 	k, ok, err = r.cached(ctx, server, keyID)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
+		if fetchErr == nil { // the document was had, and lacks it
+			r.noteMissing(server, keyID)
+		}
 		return nil, fmt.Errorf("unknown key %s of %s", keyID, server)
 	}
 	if !k.validAt(at, check) {
@@ -198,7 +219,40 @@ func (r *keyRing) cached(ctx context.Context, server, keyID string) (cachedKey, 
 // a server is not asked again within minRefetch of a fetch that
 // succeeded, and one that failed delays the next by failedRefetch.
 // Spec: server-server-api, "Retrieving server keys".
-func (r *keyRing) fetch(ctx context.Context, server string) error {
+// knownMissing reports whether a fetch of server's keys that ended less
+// than minRefetch ago, after keyID was asked for, lacked it.
+func (r *keyRing) knownMissing(server, keyID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.missing[server+"\x00"+keyID]
+	return ok && r.s.now().Sub(at) < minRefetch
+}
+
+// noteMissing records that server's keys, fetched after keyID was asked
+// for, lack it.
+func (r *keyRing) noteMissing(server, keyID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.s.now()
+	if len(r.missing) >= maxMissing {
+		for k, at := range r.missing {
+			if now.Sub(at) >= minRefetch {
+				delete(r.missing, k)
+			}
+		}
+		if len(r.missing) >= maxMissing {
+			return
+		}
+	}
+	r.missing[server+"\x00"+keyID] = now
+}
+
+// fetch fetches server's keys, at most once per minRefetch after a
+// fetch that succeeded and once per failedRefetch after one that failed;
+// a caller that comes sooner waits for the next fetch when newKey (it
+// asks for a key ID the cache lacks) or after a failure, and otherwise
+// (a cached key not valid at the time asked) returns at once.
+func (r *keyRing) fetch(ctx context.Context, server string, newKey bool) error {
 	asked := r.s.now()
 	lock := r.serverLock(server)
 	lock.Lock()
@@ -211,13 +265,19 @@ func (r *keyRing) fetch(ctx context.Context, server string) error {
 		switch {
 		case last.ended.After(asked):
 			return last.err // it ended while this caller waited
-		case last.err == nil && since < minRefetch:
+		case last.err == nil && since < minRefetch && !newKey:
 			return nil
+		case last.err == nil && since < minRefetch:
+			// The document fetched a moment ago lacks the key asked for:
+			// the server may have just rotated it (or a port been reused by
+			// another server), so wait until it may be fetched again rather
+			// than refuse what it signed for the rest of minRefetch.
+			if err := sleepCtx(ctx, minRefetch-since); err != nil {
+				return err
+			}
 		case last.err != nil && since < failedRefetch:
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(failedRefetch - since):
+			if err := sleepCtx(ctx, failedRefetch-since); err != nil {
+				return err
 			}
 		}
 	}
@@ -226,6 +286,18 @@ func (r *keyRing) fetch(ctx context.Context, server string) error {
 	r.lastFetch[server] = fetchOutcome{ended: r.s.now(), err: err}
 	r.mu.Unlock()
 	return err
+}
+
+// sleepCtx waits d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // fetchNow asks server for its keys, then the notaries.
@@ -402,7 +474,7 @@ func (r *keyRing) document(ctx context.Context, server string, keyIDs []string, 
 	if err != nil || enough {
 		return doc, err
 	}
-	if err := r.fetch(ctx, server); err != nil {
+	if err := r.fetch(ctx, server, false); err != nil {
 		r.s.log.Debug("notary: fetching keys failed", "server", server, "err", err)
 	}
 	doc, _, err = read()
