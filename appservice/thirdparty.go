@@ -108,6 +108,23 @@ func (s *Server) thirdPartyGet(ctx context.Context, reg *Registration, path stri
 	return true
 }
 
+// askEach calls ask for each of items at once and returns the answers in
+// items' order (the zero value where ask reported false): one slow
+// service delays the answer by its timeout, not by the sum of them.
+func askEach[T, A any](items []T, ask func(T) (A, bool)) []A {
+	answers := make([]A, len(items))
+	var wg sync.WaitGroup
+	for i, item := range items {
+		wg.Go(func() {
+			if a, ok := ask(item); ok {
+				answers[i] = a
+			}
+		})
+	}
+	wg.Wait()
+	return answers
+}
+
 // protocolAnswer is a service's protocol object: the fields the
 // homeserver reads, and every field as sent, to pass on.
 type protocolAnswer struct {
@@ -158,18 +175,9 @@ func (s *Server) fetchProtocol(ctx context.Context, reg *Registration, protocol 
 // and definitions/protocol.yaml (instances "modified by the homeserver ...
 // to include an instance_id").
 func (s *Server) Protocol(ctx context.Context, protocol string) (map[string]any, bool) {
-	regs := s.protocolServices(protocol)
-	answers := make([]*protocolAnswer, len(regs))
-	var wg sync.WaitGroup
-	for i, reg := range regs {
-		wg.Go(func() {
-			if a, ok := s.fetchProtocol(ctx, reg, protocol); ok {
-				answers[i] = a
-			}
-		})
-	}
-	wg.Wait()
-	return mergeProtocol(answers)
+	return mergeProtocol(askEach(s.protocolServices(protocol), func(reg *Registration) (*protocolAnswer, bool) {
+		return s.fetchProtocol(ctx, reg, protocol)
+	}))
 }
 
 // mergeProtocol merges the answers of one protocol's services (nil for a
@@ -213,16 +221,7 @@ func (s *Server) Protocols(ctx context.Context) map[string]map[string]any {
 			}
 		}
 	}
-	results := make([]map[string]any, len(names))
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Go(func() {
-			if p, ok := s.Protocol(ctx, name); ok {
-				results[i] = p
-			}
-		})
-	}
-	wg.Wait()
+	results := askEach(names, func(name string) (map[string]any, bool) { return s.Protocol(ctx, name) })
 	out := map[string]map[string]any{}
 	for i, name := range names {
 		if results[i] != nil {
@@ -257,17 +256,11 @@ func (s *Server) ThirdPartyLookup(ctx context.Context, kind ThirdPartyKind, prot
 			}
 		}
 	}
-	answers := make([][]map[string]any, len(regs))
-	var wg sync.WaitGroup
-	for i, reg := range regs {
-		wg.Go(func() {
-			var list []map[string]any
-			if s.thirdPartyGet(ctx, reg, path, fields, &list) {
-				answers[i] = list
-			}
-		})
-	}
-	wg.Wait()
+	answers := askEach(regs, func(reg *Registration) ([]map[string]any, bool) {
+		var list []map[string]any
+		ok := s.thirdPartyGet(ctx, reg, path, fields, &list)
+		return list, ok
+	})
 	results = []map[string]any{}
 	for i, list := range answers {
 		for _, item := range list {

@@ -331,8 +331,8 @@ func (s *Server) authoriseLocal(ctx context.Context, room *roomRow, pdu gomatrix
 	return p, nil
 }
 
-// writeSend is a send's write: its transaction-ID row, the duplicate
-// annotation check (annotations.go), then the event.
+// writeSend is a send's write: the duplicate annotation check
+// (annotations.go), then the event, its row carrying the transaction ID.
 func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, txn *TxnID) error {
 	if txn != nil {
 		// Stored in the event's row; roomserver_events_txn refuses a
