@@ -74,6 +74,9 @@ type Server struct {
 	client *http.Client
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
+	// legacy remembers the services answering on legacy routes only
+	// (legacy.go).
+	legacy legacyMemory
 }
 
 // New runs the migrations and starts one sender per registered service

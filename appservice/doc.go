@@ -32,6 +32,10 @@
 //     and location lookups whose results from every service are
 //     concatenated, a failing service skipped.
 //
+// Each of these requests but the ping falls back to the route older drafts
+// of the spec used when the service answers the /_matrix/app/v1 path with
+// a status that is not a success (legacy.go).
+//
 // Concurrency: the Registry is immutable after Load. Server methods are
 // safe for concurrent use; each sender goroutine is the only writer of its
 // service's rows.

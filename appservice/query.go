@@ -40,7 +40,7 @@ func (s *Server) QueryUser(ctx context.Context, userID string) bool {
 		if reg.URL == "" || !matchAny(reg.Namespaces.Users, userID, false) {
 			continue
 		}
-		if s.query(ctx, reg, reg.URL+"/_matrix/app/v1/users/"+url.PathEscape(userID)) {
+		if s.query(ctx, reg, familyUsers, "/users/"+url.PathEscape(userID)) {
 			return true
 		}
 	}
@@ -56,17 +56,19 @@ func (s *Server) QueryAlias(ctx context.Context, alias string) bool {
 		if reg.URL == "" || !reg.OwnsAlias(alias) {
 			continue
 		}
-		if s.query(ctx, reg, reg.URL+"/_matrix/app/v1/rooms/"+url.PathEscape(alias)) {
+		if s.query(ctx, reg, familyRooms, "/rooms/"+url.PathEscape(alias)) {
 			return true
 		}
 	}
 	return false
 }
 
-func (s *Server) query(ctx context.Context, reg *Registration, u string) bool {
+// query asks reg GET /_matrix/app/v1{path}, falling back to the legacy
+// route {path} (legacy.go), and reports whether it answered 200.
+func (s *Server) query(ctx context.Context, reg *Registration, family legacyFamily, path string) bool {
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	resp, err := s.do(ctx, reg, http.MethodGet, u, nil)
+	resp, err := s.doVersioned(ctx, reg, family, http.MethodGet, "/_matrix/app/v1"+path, path, nil, nil)
 	if err != nil {
 		s.log.Warn("application service query failed", "appservice", reg.ID, "err", err)
 		return false

@@ -398,8 +398,9 @@ func clientEvent(ev *roomserver.Event) map[string]any {
 // push sends one transaction. Only a 200 counts as delivered.
 // Spec: application-service-api, "PUT /_matrix/app/v1/transactions/{txnId}".
 func (snd *sender) push(ctx context.Context, txnID int64, body []byte) error {
-	u := snd.reg.URL + "/_matrix/app/v1/transactions/" + url.PathEscape(strconv.FormatInt(txnID, 10))
-	resp, err := snd.s.do(ctx, snd.reg, http.MethodPut, u, body)
+	// Falls back to the legacy route /transactions/{txnId} (legacy.go).
+	path := "/transactions/" + url.PathEscape(strconv.FormatInt(txnID, 10))
+	resp, err := snd.s.doVersioned(ctx, snd.reg, familyTransactions, http.MethodPut, "/_matrix/app/v1"+path, path, nil, body)
 	if err != nil {
 		return err
 	}

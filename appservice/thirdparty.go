@@ -72,18 +72,17 @@ func (s *Server) protocolServices(protocol string) []*Registration {
 	return out
 }
 
-// thirdPartyGet asks one service; it returns the decoded JSON answer of a
-// 200, or false (logged) when the service failed, timed out, answered
-// another status or something that is not JSON. A failing service never
-// fails the client's request: the others still answer.
+// thirdPartyGet asks one service GET /_matrix/app/v1/thirdparty{path},
+// falling back to /_matrix/app/unstable/thirdparty{path} (legacy.go); it
+// returns the decoded JSON answer of a 200, or false (logged) when the
+// service failed, timed out, answered another status or something that
+// is not JSON. A failing service never fails the client's request: the
+// others still answer.
 func (s *Server) thirdPartyGet(ctx context.Context, reg *Registration, path string, query url.Values, out any) bool {
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	u := reg.URL + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	resp, err := s.do(ctx, reg, http.MethodGet, u, nil)
+	resp, err := s.doVersioned(ctx, reg, familyThirdParty, http.MethodGet,
+		"/_matrix/app/v1/thirdparty"+path, "/_matrix/app/unstable/thirdparty"+path, query, nil)
 	if err != nil {
 		s.log.Warn("application service third-party query failed", "appservice", reg.ID, "path", path, "err", err)
 		return false
@@ -136,7 +135,7 @@ type protocolAnswer struct {
 // Spec: application-service-api, "GET /_matrix/app/v1/thirdparty/protocol/{protocol}".
 func (s *Server) fetchProtocol(ctx context.Context, reg *Registration, protocol string) (*protocolAnswer, bool) {
 	var raw map[string]json.RawMessage
-	if !s.thirdPartyGet(ctx, reg, "/_matrix/app/v1/thirdparty/protocol/"+url.PathEscape(protocol), nil, &raw) || raw == nil {
+	if !s.thirdPartyGet(ctx, reg, "/protocol/"+url.PathEscape(protocol), nil, &raw) || raw == nil {
 		return nil, false
 	}
 	a := &protocolAnswer{raw: raw}
@@ -245,7 +244,7 @@ func (s *Server) Protocols(ctx context.Context) map[string]map[string]any {
 // shapes are definitions/user.yaml and location.yaml.
 func (s *Server) ThirdPartyLookup(ctx context.Context, kind ThirdPartyKind, protocol string, fields url.Values) (results []map[string]any, known bool) {
 	var regs []*Registration
-	path := "/_matrix/app/v1/thirdparty/" + string(kind)
+	path := "/" + string(kind)
 	if protocol != "" {
 		regs = s.protocolServices(protocol)
 		path += "/" + url.PathEscape(protocol)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -73,11 +74,19 @@ func newTPService(t *testing.T, id string, protocols []string, answers map[strin
 	return f
 }
 
-// requests returns and forgets the requests seen so far.
+// requests returns the requests seen so far on /_matrix/app/v1 paths, and
+// forgets every request seen. The others are the spec's fallbacks to the
+// legacy routes after a v1 answer that is not a success (this service
+// answers them 404, knowing none; legacy_test.go tests them).
 func (f *tpService) requests() []tpRequest {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := f.seen
+	var out []tpRequest
+	for _, r := range f.seen {
+		if strings.HasPrefix(r.path, "/_matrix/app/v1/") {
+			out = append(out, r)
+		}
+	}
 	f.seen = nil
 	return out
 }
