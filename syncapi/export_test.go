@@ -190,3 +190,26 @@ func (s *Server) HoldMemberships() (waiting func() int, release func()) {
 	release = func() { m.reads.finish(context.Background(), struct{}{}, m.read) }
 	return waiting, release
 }
+
+// SlidingConnsHeld counts the connections conns of userID's device
+// deviceID that the store holds: in memory, or in Redis (their hashes).
+func (s *Server) SlidingConnsHeld(ctx context.Context, userID, deviceID string, conns ...string) (int, error) {
+	n := 0
+	for _, conn := range conns {
+		k := connKey{userID, deviceID, conn}
+		if s.slidingRedis != nil {
+			found, err := s.slidingRedis.client.Exists(ctx, s.slidingRedis.key(k)).Result()
+			if err != nil {
+				return 0, err
+			}
+			n += int(found)
+			continue
+		}
+		s.sliding.mu.Lock()
+		if s.sliding.conns[k] != nil {
+			n++
+		}
+		s.sliding.mu.Unlock()
+	}
+	return n, nil
+}

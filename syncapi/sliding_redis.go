@@ -191,6 +191,32 @@ func (c *redisConns) save(ctx context.Context, k connKey, from int64, st *connSt
 	return seq, nil
 }
 
+// dropScript deletes every connection of the device whose set of
+// connections (deviceKey) is KEYS[1], and the set. The set names each
+// connection that can still be there: a connection leaves it only when
+// deleted, or unused for longer than the expiry, its hash then expired;
+// and the set expires no earlier than the hashes it names. A request of
+// the device in flight that saves afterwards finds its connection gone
+// (saveScript returns 0): its pos is unknown.
+var dropScript = redis.NewScript(`
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  redis.call('DEL', m)
+end
+return redis.call('DEL', KEYS[1])
+`)
+
+// dropDevices deletes every connection of userID's devices deviceIDs.
+func (c *redisConns) dropDevices(ctx context.Context, userID string, deviceIDs ...string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redisConnTimeout)
+	defer cancel()
+	for _, d := range deviceIDs {
+		if err := dropScript.Run(ctx, c.client, []string{c.deviceKey(connKey{user: userID, device: d})}).Err(); err != nil {
+			return fmt.Errorf("syncapi: dropping the sliding sync connections of %s's device %s: %w", userID, d, err)
+		}
+	}
+	return nil
+}
+
 // storedConn is connState as stored: heads as its token string, each
 // room as [pos, timeline_limit, index into sigs] (required_state
 // signatures repeat across rooms, so each is stored once).

@@ -248,6 +248,27 @@ func (c *slidingConns) get(k connKey, fresh bool) *slidingConn {
 	return conn
 }
 
+// dropDevices forgets every connection of userID's devices deviceIDs
+// (deleted devices, sliding_devices.go). A request of one of them in
+// flight stores its state in a connection no longer held, so its pos is
+// unknown.
+func (c *slidingConns) dropDevices(userID string, deviceIDs ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range deviceIDs {
+		dk := deviceKey{userID, d}
+		ids, ok := c.byDevice[dk]
+		if !ok {
+			continue
+		}
+		for _, id := range ids {
+			delete(c.conns, connKey{userID, d, id})
+		}
+		delete(c.byDevice, dk)
+		c.order = slices.DeleteFunc(c.order, func(o connKey) bool { return o.user == userID && o.device == d })
+	}
+}
+
 // forgetDeviceConn removes k from its device's list; c.mu is held.
 func (c *slidingConns) forgetDeviceConn(k connKey) {
 	dk := deviceKey{k.user, k.device}

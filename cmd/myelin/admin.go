@@ -16,6 +16,7 @@ import (
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/internal/homeserver"
 	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/syncapi"
 )
 
 // stdin is where password prompts read from (replaced in tests).
@@ -238,8 +239,34 @@ func openAccounts(ctx context.Context, configPath string, stdout io.Writer) (*cl
 	// to-device inbox and pushers go and a device-list change is
 	// recorded. No one here to notify: a running server reads the
 	// change from the database (see docs/features.md, admin CLI).
-	accounts.SetDevicesDeletedHook(homeserver.DevicesDeletedHook(db, nil, nil))
-	return accounts, func() { db.Close() }, nil
+	hook := homeserver.DevicesDeletedHook(db, nil, nil)
+	closeAll := func() { db.Close() }
+	if cfg.Global.RedisURL != "" {
+		// Split mode: the devices' sliding sync connections are in
+		// Redis, dropped once the deletion commits (a single server's,
+		// in its memory, are dropped when a device of the ID is created
+		// again).
+		conns, err := syncapi.NewRedisSlidingConns(cfg.Global.RedisURL, cfg.Global.RedisPrefix)
+		if err != nil {
+			db.Close()
+			return nil, nil, err
+		}
+		deleted := hook
+		hook = func(ctx context.Context, tx storage.Tx, userID string, deviceIDs []string) error {
+			if err := deleted(ctx, tx, userID, deviceIDs); err != nil {
+				return err
+			}
+			tx.AfterCommit(func() {
+				if err := conns.DropDeviceConns(ctx, userID, deviceIDs...); err != nil {
+					fmt.Fprintf(stdout, "Warning: %v; they expire within the hour.\n", err)
+				}
+			})
+			return nil
+		}
+		closeAll = func() { conns.Close(); db.Close() }
+	}
+	accounts.SetDevicesDeletedHook(hook)
+	return accounts, closeAll, nil
 }
 
 // passwordFrom returns the flag's password, or reads one line from stdin

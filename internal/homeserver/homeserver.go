@@ -280,22 +280,42 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if cfg.Federation.Enabled {
 		remote = &remoteServers{fed: &federation}
 	}
+	var syncServer *syncapi.Server // set below; hooks read it only after New returns
+	drops := &slidingDrops{sync: &syncServer, log: logger}
+	if cfg.Global.RedisURL != "" && !runs("syncapi") {
+		if drops.redis, err = syncapi.NewRedisSlidingConns(cfg.Global.RedisURL, cfg.Global.RedisPrefix); err != nil {
+			return nil, err
+		}
+		go func() {
+			<-baseCtx.Done()
+			drops.redis.Close()
+		}()
+	}
 	client, err = clientapi.New(ctx, clientapi.Deps{NoBackground: !runs("clientapi") || leased, TypingLog: sharedTyping, Shared: cfg.Global.RedisURL != "", Config: cfg, DB: db, Key: key, Logger: logger, ClientIP: clientIP,
 		Notify: notify.Notify, Wake: notify, Rooms: rooms, Federation: remote.clientAPI(),
 		EndPendingMemberships: federationapi.EndPendingMembershipsInTx,
 		AppServices:           asRegistry, AppServiceQueries: asQueries{&appServices},
 		// Deleting a device deletes its keys and pushers in the same
-		// transaction (and wakes the key server's device-list update sender).
-		OnDevicesDeleted: DevicesDeletedHook(db, keyCounts, func(stream string, pos int64) {
+		// transaction (and wakes the key server's device-list update
+		// sender); its sliding sync connections are dropped once it
+		// commits.
+		OnDevicesDeleted: devicesDeleted(DevicesDeletedHook(db, keyCounts, func(stream string, pos int64) {
 			notify.Notify(stream, pos)
 			if keys != nil {
 				keys.Notified(stream, pos)
 			}
-		}),
-		// A new device's key counts are read afresh: another process (the
-		// `myelin user` commands) may have deleted an earlier device of
-		// that ID, and its keys, behind the key server's count memo.
-		OnDeviceCreated: keyserver.DeviceCreatedHook(keyCounts),
+		}), drops.devicesDeleted),
+		// A new device's key counts are read afresh, and sliding sync
+		// connections of its ID dropped: another process (the `myelin
+		// user` commands) may have deleted an earlier device of that ID,
+		// and its keys, behind the key server's count memo and this
+		// process's connections.
+		OnDeviceCreated: func(ctx context.Context, tx storage.Tx, userID, deviceID string) error {
+			if err := keyserver.DeviceCreatedHook(keyCounts)(ctx, tx, userID, deviceID); err != nil {
+				return err
+			}
+			return drops.deviceCreated(ctx, tx, userID, deviceID)
+		},
 		// The dehydrated device (MSC3814) never logs in.
 		SessionlessDevice: keyserver.IsDehydratedDevice,
 		// Renaming a device is a device-list change, recorded with the rename.
@@ -333,7 +353,6 @@ func assemble(ctx context.Context, cfg *config.Config, logger *slog.Logger, db *
 	if typingLog != nil {
 		syncEph = &sharedEphemeral{ephemeral: eph, log: typingLog}
 	}
-	var syncServer *syncapi.Server
 	if runs("syncapi") {
 		syncServer, err = syncapi.New(baseCtx, syncapi.Deps{Rooms: rooms, AccountData: client, Filters: client,
 			Ephemeral: syncEph, Invites: remote.syncAPI(), Push: syncPush{push: push}, Threads: client, Aggregations: client, Notifier: notify, Verifier: client, Logger: logger, E2EE: e2ee,
