@@ -438,25 +438,23 @@ func (p *oidcProvider) verifyIDToken(ctx context.Context, meta *oidcMetadata, to
 }
 
 // audienceHolds reports whether aud (a string or an array) holds
-// clientID, and azp names it when present (Core 1.0, 3.1.3.7 items 3–5).
+// clientID and, when there are several audiences or an azp claim, azp
+// is clientID (Core 1.0, 3.1.3.7 items 3–5).
 func audienceHolds(claims map[string]any, clientID string) bool {
-	found := false
+	found, several := false, false
 	switch aud := claims["aud"].(type) {
 	case string:
 		found = aud == clientID
 	case []any:
+		several = len(aud) > 1
 		for _, a := range aud {
 			if s, _ := a.(string); s == clientID {
 				found = true
 			}
 		}
-		if len(aud) > 1 {
-			if azp, _ := claims["azp"].(string); azp != clientID {
-				return false
-			}
-		}
 	}
-	if azp, ok := claims["azp"].(string); ok && azp != clientID {
+	azp, hasAZP := claims["azp"].(string)
+	if (several || hasAZP) && azp != clientID {
 		return false
 	}
 	return found

@@ -203,7 +203,7 @@ func (f *fakeOIDC) token(w http.ResponseWriter, r *http.Request) {
 func (f *fakeOIDC) sign(claims map[string]any) string {
 	header := map[string]any{"alg": f.alg, "typ": "JWT"}
 	switch f.alg {
-	case "RS256":
+	case "RS256", "none":
 		header["kid"] = "rsa-1"
 	case "ES256":
 		header["kid"] = "ec-1"

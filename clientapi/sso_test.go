@@ -347,6 +347,10 @@ func TestSSOCallbackFailures(t *testing.T) {
 			{"aud list with wrong azp", func(f *fakeOIDC) {
 				f.mutate = func(c map[string]any) { c["aud"], c["azp"] = []string{f.clientID, "other"}, "other" }
 			}},
+			{"aud list without azp", func(f *fakeOIDC) {
+				f.mutate = func(c map[string]any) { c["aud"] = []string{f.clientID, "other"} }
+			}},
+			{"azp of another client", func(f *fakeOIDC) { f.mutate = func(c map[string]any) { c["azp"] = "other" } }},
 			{"wrong nonce", func(f *fakeOIDC) { f.mutate = func(c map[string]any) { c["nonce"] = "not-the-nonce" } }},
 			{"no nonce", func(f *fakeOIDC) { f.mutate = func(c map[string]any) { delete(c, "nonce") } }},
 			{"expired", func(f *fakeOIDC) {
@@ -387,6 +391,9 @@ func TestSSOCallbackFailures(t *testing.T) {
 		// of its own) is refused, and does not use the flow up.
 		st, page, confirmation = newBrowser(t).callback(callback)
 		expectPage("missing cookie", st, page, confirmation, http.StatusBadRequest)
+		if !strings.Contains(page, "cookie is missing") {
+			t.Fatalf("missing cookie: the page does not say so: %s", page)
+		}
 		other := newBrowser(t)
 		other.get(srv.URL + ssoRedirectPath + "?redirectUrl=" + url.QueryEscape(clientRedirect))
 		st, page, confirmation = other.callback(callback)
