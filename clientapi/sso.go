@@ -72,6 +72,7 @@ func (s *Server) ssoRoutes(r chi.Router) {
 	handle(r, http.MethodGet, v3+"/login/sso/redirect/{idpId}", s.ssoRedirect)
 	r.Method(http.MethodGet, ssoCallbackPath, http.HandlerFunc(s.ssoCallback))
 	r.Method(http.MethodPost, ssoConfirmPath, http.HandlerFunc(s.ssoConfirm))
+	s.ssoUIARoutes(r)
 }
 
 // ssoLoginFlow is the m.login.sso flow of GET /login; nil without
@@ -133,6 +134,13 @@ func (s *Server) ssoRedirect(w http.ResponseWriter, r *http.Request) error {
 		s.ssoChooserPage(w, r, redirectURL)
 		return nil
 	}
+	return s.startSSOFlow(w, r, p, redirectURL, "")
+}
+
+// startSSOFlow stores a flow row for p, bound to the browser, and sends
+// the browser to p's authorization endpoint. uiaSession is the UIA
+// session the sign-in is for ("" for a login to redirectURL).
+func (s *Server) startSSOFlow(w http.ResponseWriter, r *http.Request, p *oidcProvider, redirectURL, uiaSession string) error {
 	// Each start writes a row: limited like login attempts (security
 	// case 29, keyed on the trusted client IP).
 	if err := s.loginLimit.Allow(s.clientIP.ClientIP(r)); err != nil {
@@ -149,9 +157,9 @@ func (s *Server) ssoRedirect(w http.ResponseWriter, r *http.Request) error {
 	expires := time.Now().Add(s.cfg.ClientAPI.SSO.FlowLifetime.D())
 	err = s.db.Write(ctx, func(tx storage.Tx) error {
 		_, err := tx.Exec(ctx, `
-			INSERT INTO sso_flows (state_hash, browser_hash, idp_id, nonce, code_verifier, redirect_url, expires_ts)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			hashToken(state), hashToken(browser), p.cfg.ID, nonce, verifier, redirectURL, expires.UnixMilli())
+			INSERT INTO sso_flows (state_hash, browser_hash, idp_id, nonce, code_verifier, redirect_url, uia_session, expires_ts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			hashToken(state), hashToken(browser), p.cfg.ID, nonce, verifier, redirectURL, uiaSession, expires.UnixMilli())
 		return err
 	})
 	if err != nil {
@@ -282,16 +290,16 @@ func (s *Server) ssoCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var (
-		idpID, nonce, verifier, redirectURL string
-		expires                             int64
+		idpID, nonce, verifier, redirectURL, uiaSession string
+		expires                                         int64
 	)
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		// Deleting as it is read makes the state single-use; only the
 		// browser that started the flow can take it.
 		return tx.QueryRow(ctx, `
 			DELETE FROM sso_flows WHERE state_hash = $1 AND browser_hash = $2
-			RETURNING idp_id, nonce, code_verifier, redirect_url, expires_ts`,
-			hashToken(state), browser).Scan(&idpID, &nonce, &verifier, &redirectURL, &expires)
+			RETURNING idp_id, nonce, code_verifier, redirect_url, uia_session, expires_ts`,
+			hashToken(state), browser).Scan(&idpID, &nonce, &verifier, &redirectURL, &uiaSession, &expires)
 	})
 	if storage.IsNoRows(err) {
 		s.ssoErrorPage(w, http.StatusBadRequest, "This sign-in is unknown, was already used, or was started in another browser. Start signing in again from your Matrix client.")
@@ -324,6 +332,10 @@ func (s *Server) ssoCallback(w http.ResponseWriter, r *http.Request) {
 	claims, err := s.ssoAuthenticate(ctx, p, code, verifier, nonce)
 	if err != nil {
 		s.ssoProviderFailed(w, r, p, err)
+		return
+	}
+	if uiaSession != "" {
+		s.ssoUIACallback(w, r, p, claims, browser, uiaSession)
 		return
 	}
 	client, err := parseClientRedirect(redirectURL)
@@ -408,15 +420,15 @@ func (s *Server) ssoConfirm(w http.ResponseWriter, r *http.Request) {
 	}
 	token := newToken(loginTokenPrefix)
 	var (
-		localpart, redirectURL string
-		expires                int64
-		deactivated            bool
+		localpart, redirectURL, uiaSession string
+		expires                            int64
+		deactivated, uiaDone               bool
 	)
 	err := s.db.Write(ctx, func(tx storage.Tx) error {
 		err := tx.QueryRow(ctx, `
 			DELETE FROM sso_confirmations WHERE confirm_hash = $1 AND browser_hash = $2
-			RETURNING localpart, redirect_url, expires_ts`,
-			hashToken(confirm), browser).Scan(&localpart, &redirectURL, &expires)
+			RETURNING localpart, redirect_url, uia_session, expires_ts`,
+			hashToken(confirm), browser).Scan(&localpart, &redirectURL, &uiaSession, &expires)
 		if err != nil {
 			return err
 		}
@@ -426,6 +438,10 @@ func (s *Server) ssoConfirm(w http.ResponseWriter, r *http.Request) {
 		}
 		if deactivated = !ok || acct.deactivated; deactivated || time.Now().UnixMilli() >= expires {
 			return nil // the row goes; no token
+		}
+		if uiaSession != "" {
+			uiaDone, err = completeSSOStage(ctx, tx, uiaSession, localpart)
+			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO login_tokens (token_hash, localpart, expires_ts) VALUES ($1, $2, $3)`,
 			hashToken(token), localpart, time.Now().Add(s.cfg.ClientAPI.SSO.LoginTokenLifetime.D()).UnixMilli())
@@ -440,6 +456,10 @@ func (s *Server) ssoConfirm(w http.ResponseWriter, r *http.Request) {
 		s.ssoErrorPage(w, http.StatusForbidden, "This account has been deactivated.")
 	case time.Now().UnixMilli() >= expires:
 		s.ssoErrorPage(w, http.StatusBadRequest, "This confirmation has expired. Start signing in again from your Matrix client.")
+	case uiaSession != "" && !uiaDone:
+		s.ssoErrorPage(w, http.StatusBadRequest, "The client's request has expired or was already done. Try again from your Matrix client.")
+	case uiaSession != "":
+		s.renderPage(w, http.StatusOK, uiaDonePage, nil)
 	default:
 		u, err := parseClientRedirect(redirectURL)
 		if err != nil {
@@ -501,7 +521,9 @@ func (s *Server) renderPage(w http.ResponseWriter, status int, page *template.Te
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	// The one script allowed is the UIA fallback's completion script
+	// (by its hash); the pages load nothing else.
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src '"+uiaDoneScriptHash+"'; frame-ancestors 'none'")
 	h.Set("Referrer-Policy", "no-referrer")
 	w.WriteHeader(status)
 	_, _ = w.Write(b.Bytes())

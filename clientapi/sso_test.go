@@ -2,6 +2,8 @@ package clientapi_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"html"
 	"io"
@@ -518,6 +520,100 @@ func TestSSOAccountRules(t *testing.T) {
 		}
 		if _, err := cli.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
 			t.Fatalf("deactivated user's token: %v", err)
+		}
+	})
+}
+
+// Spec: client-server-api, "SSO during User-Interactive Authentication":
+// a user who signs in only through SSO is offered the m.login.sso stage,
+// completes it through the fallback page (provider, then a confirmation
+// naming the operation) and retries with the session only.
+func TestSSOUserInteractiveAuth(t *testing.T) {
+	fake := newFakeOIDC(t)
+	testserver.ForEachEngine(t, ssoConfig(fake), func(t *testing.T, srv *testserver.Server) {
+		fake.reset()
+		ctx := context.Background()
+		login := func() *mautrix.Client {
+			cli := client(t, srv, "", "")
+			if _, err := cli.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypeToken,
+				Token: newBrowser(t).login(srv, ssoRedirectPath), StoreCredentials: true}); err != nil {
+				t.Fatal(err)
+			}
+			return cli
+		}
+		a, b := login(), login()
+		deleteB := func(auth any) (int, map[string]any) {
+			body := map[string]any{"devices": []string{b.DeviceID.String()}}
+			if auth != nil {
+				body["auth"] = auth
+			}
+			return call(t, "POST", srv.URL+"/_matrix/client/v3/delete_devices", a.AccessToken, body)
+		}
+		st, body := deleteB(nil)
+		session, _ := body["session"].(string)
+		flows, _ := body["flows"].([]any)
+		if st != 401 || session == "" || len(flows) != 1 || len(flows[0].(map[string]any)["stages"].([]any)) != 1 ||
+			flows[0].(map[string]any)["stages"].([]any)[0] != "m.login.sso" {
+			t.Fatalf("challenge for an SSO-only user: %d %v", st, body)
+		}
+		// A password user is offered the password stage only.
+		pw := registerUser(t, srv, "carol")
+		st, body = call(t, "POST", srv.URL+"/_matrix/client/v3/delete_devices", pw.AccessToken, map[string]any{"devices": []string{"X"}})
+		if st != 401 || len(body["flows"].([]any)) != 1 || body["flows"].([]any)[0].(map[string]any)["stages"].([]any)[0] != "m.login.password" {
+			t.Fatalf("challenge for a password user: %d %v", st, body)
+		}
+		// The stage cannot be passed by posting it.
+		st, body = deleteB(map[string]any{"type": "m.login.sso", "session": session})
+		if st != 401 || body["errcode"] != "M_FORBIDDEN" {
+			t.Fatalf("posting m.login.sso: %d %v", st, body)
+		}
+		fallback := srv.URL + "/_matrix/client/v3/auth/m.login.sso/fallback/web?session=" + url.QueryEscape(session)
+		walk := func(br *browser) (int, string, string) {
+			st, h, page := br.get(fallback)
+			if st != http.StatusFound {
+				t.Fatalf("fallback page: %d %s", st, page)
+			}
+			st, h, page = br.get(h.Get("Location"))
+			if st != http.StatusFound {
+				t.Fatalf("provider: %d %s", st, page)
+			}
+			return br.callback(h.Get("Location"))
+		}
+		if st, _, page := newBrowser(t).get(srv.URL + "/_matrix/client/v3/auth/m.login.sso/fallback/web?session=nope"); st != 400 {
+			t.Fatalf("unknown session: %d %s", st, page)
+		}
+
+		// Someone else signing in at the provider does not pass it.
+		fake.set(func(f *fakeOIDC) { f.sub = "subject-mallory" })
+		if st, page, confirmation := walk(newBrowser(t)); st != http.StatusForbidden || confirmation != "" {
+			t.Fatalf("another subject: %d %s", st, page)
+		}
+		fake.set(func(f *fakeOIDC) { f.sub = "subject-1" })
+		br := newBrowser(t)
+		st, page, confirmation := walk(br)
+		if st != 200 || confirmation == "" || !strings.Contains(page, "sign devices out") {
+			t.Fatalf("confirmation page: %d %s", st, page)
+		}
+		// Signing in at the provider is not enough: the user confirms.
+		if st, body := deleteB(map[string]any{"session": session}); st != 401 {
+			t.Fatalf("before the confirmation: %d %v", st, body)
+		}
+		st, h, page := br.postForm(srv.URL+ssoConfirmPath, url.Values{"confirmation": {confirmation}})
+		if st != 200 || !strings.Contains(page, `window.opener.postMessage("authDone", "*")`) ||
+			!strings.Contains(h.Get("Content-Security-Policy"), "script-src 'sha256-") {
+			t.Fatalf("completion page: %d %v %s", st, h, page)
+		}
+		// The page's script is the one its Content-Security-Policy allows.
+		script := page[strings.Index(page, "<script>")+len("<script>") : strings.Index(page, "</script>")]
+		sum := sha256.Sum256([]byte(script))
+		if !strings.Contains(h.Get("Content-Security-Policy"), "'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'") {
+			t.Fatalf("the completion script's hash is not in %q", h.Get("Content-Security-Policy"))
+		}
+		if st, body := deleteB(map[string]any{"session": session}); st != 200 {
+			t.Fatalf("retry with the session: %d %v", st, body)
+		}
+		if _, err := b.Whoami(ctx); !errors.Is(err, mautrix.MUnknownToken) {
+			t.Fatalf("the deleted device's token: %v", err)
 		}
 	})
 }
