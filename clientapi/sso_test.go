@@ -583,10 +583,16 @@ func TestSSOUserInteractiveAuth(t *testing.T) {
 			t.Fatalf("unknown session: %d %s", st, page)
 		}
 
-		// Someone else signing in at the provider does not pass it.
+		// Someone else signing in at the provider does not pass it: a
+		// user of this server (mallory, @alice2) or a stranger.
 		fake.set(func(f *fakeOIDC) { f.sub = "subject-mallory" })
+		tokenLogin(t, srv, newBrowser(t).login(srv, ssoRedirectPath), "@alice2:localhost")
 		if st, page, confirmation := walk(newBrowser(t)); st != http.StatusForbidden || confirmation != "" {
-			t.Fatalf("another subject: %d %s", st, page)
+			t.Fatalf("another user: %d %s", st, page)
+		}
+		fake.set(func(f *fakeOIDC) { f.sub = "subject-stranger" })
+		if st, page, confirmation := walk(newBrowser(t)); st != http.StatusForbidden || confirmation != "" {
+			t.Fatalf("a stranger: %d %s", st, page)
 		}
 		fake.set(func(f *fakeOIDC) { f.sub = "subject-1" })
 		br := newBrowser(t)
