@@ -410,8 +410,12 @@ func TestSSOCallbackFailures(t *testing.T) {
 		if st != http.StatusBadRequest || again != "" {
 			t.Fatalf("reused state: %d %s", st, page)
 		}
-		// A confirmation needs the browser's cookie too.
+		// A confirmation needs the browser's cookie too: none, or another
+		// browser's, is refused (and does not use it up).
 		if st, _ := newBrowser(t).confirm(srv, confirmation); st != http.StatusBadRequest {
+			t.Fatalf("confirmation without a cookie: %d", st)
+		}
+		if st, _ := other.confirm(srv, confirmation); st != http.StatusBadRequest {
 			t.Fatalf("confirmation from another browser: %d", st)
 		}
 		if st, location := b.confirm(srv, confirmation); st != http.StatusSeeOther || !strings.Contains(location, "loginToken=") {
