@@ -144,6 +144,8 @@ type Server struct {
 	// asQueries asks them about unknown users and aliases; nil-safe
 	// via appservice.go.
 	asQueries AppServiceQueries
+	// sso is single sign-on through OpenID Connect providers (sso.go).
+	sso ssoState
 }
 
 // New runs clientapi's migrations, starts the background sweep of
@@ -207,6 +209,7 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	accounts.onDeviceCreated = deps.OnDeviceCreated
 	accounts.sessionless = deps.SessionlessDevice
 	s.onDeviceRenamed = deps.OnDeviceRenamed
+	s.initSSO()
 	if err := s.ensureAppServiceSenders(ctx); err != nil {
 		return nil, err
 	}
@@ -331,6 +334,7 @@ func (s *Server) publicRoutes(r chi.Router) {
 	}
 	handle(r, http.MethodGet, "/_synapse/admin/v1/register", s.adminRegisterNonce)
 	handle(r, http.MethodPost, "/_synapse/admin/v1/register", s.adminRegister)
+	s.ssoRoutes(r)
 }
 
 // authedRoutes registers the endpoints that require an access token.

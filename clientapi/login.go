@@ -63,12 +63,19 @@ func (s *Server) identifiedLocalpart(id *userIdentifier, user string) (string, e
 
 // loginFlows answers GET /login.
 // Spec: client-server-api, "GET /_matrix/client/v3/login".
+// With identity providers configured, m.login.sso lists them
+// (sso_login_flow.yaml); m.login.token, which ends an SSO login, is
+// listed either way.
 func (s *Server) loginFlows(w http.ResponseWriter, r *http.Request) error {
-	return httpx.OK(w, map[string]any{"flows": []map[string]any{
+	flows := []map[string]any{
 		{"type": loginPassword},
 		{"type": loginToken, "get_login_token": true},
 		{"type": loginTypeAppService},
-	}})
+	}
+	if sso := s.ssoLoginFlow(); sso != nil {
+		flows = append(flows, sso)
+	}
+	return httpx.OK(w, map[string]any{"flows": flows})
 }
 
 type loginRequest struct {

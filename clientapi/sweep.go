@@ -30,7 +30,8 @@ func (s *Server) runSweeper(ctx context.Context) {
 // sweep forgets last-seen IP addresses and user agents older than
 // client_api.ip_retention (all of them when it is 0), and deletes expired
 // UIA sessions (releasing their registration-token uses), login and
-// OpenID tokens, and shared-secret nonces.
+// OpenID tokens, single sign-on flows and confirmations, and
+// shared-secret nonces.
 func (a *Accounts) sweep(ctx context.Context, now time.Time) error {
 	return a.db.Write(ctx, func(tx storage.Tx) error {
 		cutoff := now.Add(-a.cfg.IPRetention.D()).UnixMilli()
@@ -49,6 +50,12 @@ func (a *Accounts) sweep(ctx context.Context, now time.Time) error {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM openid_tokens WHERE expires_ts <= $1`, now.UnixMilli()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM sso_flows WHERE expires_ts <= $1`, now.UnixMilli()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM sso_confirmations WHERE expires_ts <= $1`, now.UnixMilli()); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `DELETE FROM admin_register_nonces WHERE created_ts < $1`, now.Add(-adminNonceLifetime).UnixMilli())

@@ -30,6 +30,8 @@ const (
 	stagePassword          = "m.login.password"
 	stageDummy             = "m.login.dummy"
 	stageRegistrationToken = "m.login.registration_token"
+	// stageSSO is completed only through its fallback page (sso_uia.go).
+	stageSSO = "m.login.sso"
 )
 
 // uiaSessionLifetime bounds how long a client may take to finish a flow.
@@ -89,6 +91,10 @@ type storedSession struct {
 // performs the operation and calls consumeUIASession in the same write.
 func (s *Server) userInteractiveAuth(ctx context.Context, spec uiaSpec, raw json.RawMessage) (*uiaSession, error) {
 	now := time.Now()
+	spec, err := s.withSSOStage(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
 	if len(raw) == 0 || string(raw) == "null" {
 		// Spec: a request to a UIA endpoint never succeeds without auth.
 		sess, err := s.newUIASession(ctx, spec, now)
@@ -228,6 +234,11 @@ func (s *Server) runStage(ctx context.Context, spec uiaSpec, sess *storedSession
 			tx.AfterCommit(func() { sess.completed = completed })
 			return nil
 		})
+	case stageSSO:
+		// Spec: "SSO during User-Interactive Authentication": the stage
+		// is done in a browser, through the fallback page; the client
+		// then retries with the session only.
+		return mxerr.New(mxerr.Forbidden, "complete m.login.sso through /_matrix/client/v3/auth/m.login.sso/fallback/web?session=%s", sess.id)
 	default:
 		return mxerr.New(mxerr.Forbidden, "authentication type %q is not supported", auth.Type)
 	}

@@ -23,6 +23,8 @@ type ClientAPI struct {
 	DelayedEvents DelayedEvents `yaml:"delayed_events" doc:"Delayed events (MSC4140): events the server sends for a client after a delay the client can restart or cancel."`
 	// Spec: client-server-api, "Voice over IP", GET /voip/turnServer.
 	TURN TURN `yaml:"turn" doc:"The TURN server handed to clients for VoIP calls (GET /_matrix/client/v3/voip/turnServer)."`
+	// Spec: client-server-api, "SSO client login/authentication".
+	SSO SSO `yaml:"sso" doc:"Single sign-on (m.login.sso) through upstream OpenID Connect providers (Keycloak, Authentik, GitLab, Google, ...): Myelin is the relying party."`
 }
 
 func (ClientAPI) Defaults() ClientAPI {
@@ -37,6 +39,7 @@ func (ClientAPI) Defaults() ClientAPI {
 		ServerNotices: ServerNotices{}.Defaults(),
 		DelayedEvents: DelayedEvents{}.Defaults(),
 		TURN:          TURN{}.Defaults(),
+		SSO:           SSO{}.Defaults(),
 	}
 }
 
@@ -69,6 +72,9 @@ func (c ClientAPI) Validate() error {
 		errs = append(errs, fieldError("client_api.delayed_events", "max_delay must not be negative and max_per_user must be at least 1", "e.g. max_delay: 24h, max_per_user: 100"))
 	}
 	if err := c.TURN.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.SSO.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return joinErrs(errs)
