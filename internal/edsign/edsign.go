@@ -177,6 +177,25 @@ func (s *Signer) refill() {
 	}
 }
 
+// Fill fills the pool to full in the caller's goroutine: for a caller
+// (a test) that needs the next signatures to come from the pool.
+func (s *Signer) Fill() {
+	for {
+		var n nonce
+		newNonce(&n)
+		s.mu.Lock()
+		if len(s.pool) < cap(s.pool) {
+			s.pool = append(s.pool, n)
+		}
+		full := len(s.pool) == cap(s.pool)
+		s.mu.Unlock()
+		n = nonce{}
+		if full {
+			return
+		}
+	}
+}
+
 // Counts returns how many signatures were made with a pooled nonce and
 // how many by ed25519.Sign because the pool was empty.
 func (s *Signer) Counts() (pooled, direct uint64) {
