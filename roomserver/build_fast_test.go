@@ -16,8 +16,11 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/edsign"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 // filledSigner returns a signer for key whose pool holds size nonces, so
@@ -377,4 +380,65 @@ func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
 // and unstable, sorted.
 func everyRoomVersion() []string {
 	return append(slices.Sorted(maps.Keys(supportedVersions)), UnstableRoomVersions()...)
+}
+
+// TestSendSignsWithPooledNonce: events a send stores carry the server
+// key's signature made with the roomserver's nonce pool (not
+// ed25519.Sign's), which passes gomatrixserverlib's event signature
+// check of the parsed stored event (hashes and event ID recomputed).
+func TestSendSignsWithPooledNonce(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		roomID := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
+		s.signer.Fill()
+		pooledBefore, _ := s.signer.Counts()
+		impl, err := roomVersion("12")
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := s.key.PrivateKey
+		verifier := oneKeyVerifier{testServer, gomatrixserverlib.KeyID(s.key.ID), key.Public().(ed25519.PublicKey)}
+		const sends = 20
+		for i := range sends {
+			eventID := mustSend(t, s, roomID, alice, "m.room.message", nil, fmt.Sprintf(`{"msgtype":"m.text","body":"message %d"}`, i))
+			e, err := s.Event(ctx, alice, eventID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pdu, err := impl.NewEventFromUntrustedJSON(e.JSON)
+			if err != nil {
+				t.Fatalf("stored event %s does not parse: %v", eventID, err)
+			}
+			if pdu.EventID() != eventID {
+				t.Fatalf("stored event's ID %s, want %s", pdu.EventID(), eventID)
+			}
+			if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdu, verifier, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
+				return spec.NewUserID(string(sender), true)
+			}); err != nil {
+				t.Fatalf("stored event %s: %v", eventID, err)
+			}
+			redacted, err := impl.RedactEventJSON(pdu.JSON())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the signature covers (server-server-api, "Signing
+			// JSON"): the redacted event without "signatures", canonical.
+			redacted, err = sjson.DeleteBytes(redacted, "signatures")
+			if err != nil {
+				t.Fatal(err)
+			}
+			unsigned, err := gomatrixserverlib.CanonicalJSON(redacted)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig := gjson.GetBytes(pdu.JSON(), "signatures."+gjson.Escape(testServer)+"."+gjson.Escape(s.key.ID)).Str
+			if sig == base64.RawStdEncoding.EncodeToString(ed25519.Sign(key, unsigned)) {
+				t.Fatalf("stored event %s carries ed25519.Sign's signature", eventID)
+			}
+		}
+		if pooled, _ := s.signer.Counts(); pooled-pooledBefore != sends {
+			t.Errorf("%d signatures from the pool for %d sends", pooled-pooledBefore, sends)
+		}
+	})
 }
