@@ -125,10 +125,10 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 			return nil, err
 		}
 	}
-	// Spec: server-server-api, "Signing JSON": the signature of the
-	// redacted event's canonical JSON, made with a nonce computed before
-	// the request came (edsign), so only a hash and a scalar
-	// multiply-add are left for it.
+	// Spec: appendices, "Signing JSON"; server-server-api, "Signing
+	// Events": the signature of the redacted event's canonical JSON,
+	// made with a nonce computed before the request came (edsign), so
+	// only a hash and a scalar multiply-add are left for it.
 	signature := signer.Sign(redacted)
 	reference := sha256.Sum256(redacted)
 	eventID := "$" + idEncoding.EncodeToString(reference[:])

@@ -422,8 +422,8 @@ func TestSendSignsWithPooledNonce(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// What the signature covers (server-server-api, "Signing
-			// JSON"): the redacted event without "signatures", canonical.
+			// What the signature covers (appendices, "Signing JSON"):
+			// the redacted event without "signatures", canonical.
 			redacted, err = sjson.DeleteBytes(redacted, "signatures")
 			if err != nil {
 				t.Fatal(err)

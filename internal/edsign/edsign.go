@@ -19,7 +19,7 @@
 // program clear memory), and derives a and A from the seed as §5.1.5
 // says. Matrix does not need deterministic signatures: an event's ID and
 // content hash are computed without its "signatures" (server-server-api,
-// "Signing events" and "Calculating the reference hash for an event"),
+// "Signing Events" and "Calculating the reference hash for an event"),
 // so two signatures of the same event would differ only there.
 //
 // The pool is fixed in size. When it runs below half, one goroutine
