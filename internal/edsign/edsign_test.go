@@ -41,42 +41,56 @@ func waitFull(t testing.TB, s *Signer) {
 	}
 }
 
-// TestSignVerifies signs random messages of every length up to 300 bytes
-// with many keys, each from the pool: every signature verifies with
-// crypto/ed25519.Verify, fails for a changed message or another key, and
-// is not ed25519.Sign's (whose deterministic r the pool does not use).
+// TestSignVerifies signs random messages of lengths up to 1,000 bytes
+// with many keys (1,040 keys, 8,000 signatures), each from the pool:
+// every signature verifies with crypto/ed25519.Verify, fails for a
+// changed message or another key, and is not ed25519.Sign's (whose
+// deterministic r the pool does not use).
 func TestSignVerifies(t *testing.T) {
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
 	otherPub := other.Public().(ed25519.PublicKey)
 	signed := 0
-	for key := range 40 {
-		s, pub := newFilled(t, 128)
-		for i := range 100 {
-			msg := make([]byte, (key*100+i)%301)
-			rand.Read(msg)
-			sig := s.Sign(msg)
-			if !ed25519.Verify(pub, msg, sig) {
-				t.Fatalf("key %d message %d (%d bytes): the signature does not verify", key, i, len(msg))
+	for _, c := range []struct{ keys, perKey, pool int }{
+		{40, 100, 128}, // a pool used down below half, refilling meanwhile
+		{1000, 4, 8},   // many keys
+	} {
+		for key := range c.keys {
+			pub, priv, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if bytes.Equal(sig, ed25519.Sign(s.key, msg)) {
-				t.Fatalf("key %d message %d: the deterministic signature, not a pooled nonce's", key, i)
+			s, err := New(priv, c.pool)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if ed25519.Verify(otherPub, msg, sig) {
-				t.Fatalf("key %d message %d: verifies with another key", key, i)
-			}
-			if len(msg) > 0 {
-				msg[0] ^= 1
-				if ed25519.Verify(pub, msg, sig) {
-					t.Fatalf("key %d message %d: verifies for a changed message", key, i)
+			s.Fill() // perKey < pool: every signature below is a pooled one
+			for i := range c.perKey {
+				msg := make([]byte, (key*c.perKey+i)%1001)
+				rand.Read(msg)
+				sig := s.Sign(msg)
+				if !ed25519.Verify(pub, msg, sig) {
+					t.Fatalf("key %d message %d (%d bytes): the signature does not verify", key, i, len(msg))
 				}
+				if bytes.Equal(sig, ed25519.Sign(priv, msg)) {
+					t.Fatalf("key %d message %d: the deterministic signature, not a pooled nonce's", key, i)
+				}
+				if ed25519.Verify(otherPub, msg, sig) {
+					t.Fatalf("key %d message %d: verifies with another key", key, i)
+				}
+				if len(msg) > 0 {
+					msg[len(msg)/2] ^= 1
+					if ed25519.Verify(pub, msg, sig) {
+						t.Fatalf("key %d message %d: verifies for a changed message", key, i)
+					}
+				}
+				signed++
 			}
-			signed++ // 100 signatures never empty a full pool of 128
-		}
-		if pooled, direct := s.Counts(); pooled != 100 || direct != 0 {
-			t.Fatalf("key %d: %d pooled and %d direct signatures, want 100 and 0", key, pooled, direct)
+			if pooled, direct := s.Counts(); pooled != uint64(c.perKey) || direct != 0 {
+				t.Fatalf("key %d: %d pooled and %d direct signatures, want %d and 0", key, pooled, direct, c.perKey)
+			}
 		}
 	}
-	if signed != 4000 {
+	if signed != 8000 {
 		t.Fatalf("signed %d", signed)
 	}
 }
