@@ -1,7 +1,6 @@
 package roomserver
 
 import (
-	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -15,6 +14,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
+
+	"github.com/myelin-chat/myelin/internal/edsign"
 )
 
 // Building a local event the way gomatrixserverlib's EventBuilder.Build
@@ -27,7 +28,11 @@ import (
 // computed over the redacted event without "signatures" and "unsigned"
 // (server-server-api, "Signing events" and "Calculating the reference
 // hash for an event"). TestBuildSignedMatchesBuilder checks, byte for
-// byte, that the output is what EventBuilder.Build makes. For the usual
+// byte, that the output is what EventBuilder.Build makes but for the
+// signature's value, which it verifies: the signer uses a precomputed
+// random nonce where Build's ed25519.Sign derives it from the message
+// (RFC 8032 §5.1.6; internal/edsign says why that is as safe, and the
+// event ID and hashes never cover "signatures"). For the usual
 // event (plain strings outside the content) the members are written in
 // their sorted order from the fields (appendEvent), the redacted form too
 // for types whose content redaction empties, and the result is a
@@ -57,7 +62,7 @@ var errNoFastPath = errors.New("event needs the general builder")
 // the event shape every local send after room creation has (room
 // versions with hash event IDs and no state DAG, no preset signatures or
 // unsigned data, not a create event); errNoFastPath for any other.
-func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.EventBuilder, now time.Time, origin spec.ServerName, keyID gomatrixserverlib.KeyID, key ed25519.PrivateKey) (gomatrixserverlib.PDU, error) {
+func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.EventBuilder, now time.Time, origin spec.ServerName, keyID gomatrixserverlib.KeyID, signer *edsign.Signer) (gomatrixserverlib.PDU, error) {
 	prev, prevOK := eb.PrevEvents.([]string)
 	auth, authOK := eb.AuthEvents.([]string)
 	var idEncoding *base64.Encoding
@@ -120,7 +125,11 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 			return nil, err
 		}
 	}
-	signature := ed25519.Sign(key, redacted)
+	// Spec: appendices, "Signing JSON"; server-server-api, "Signing
+	// Events": the signature of the redacted event's canonical JSON,
+	// made with a nonce computed before the request came (edsign), so
+	// only a hash and a scalar multiply-add are left for it.
+	signature := signer.Sign(redacted)
 	reference := sha256.Sum256(redacted)
 	eventID := "$" + idEncoding.EncodeToString(reference[:])
 	var signed []byte

@@ -1,9 +1,12 @@
 package roomserver
 
 import (
+	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -13,17 +16,86 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
+
+	"github.com/myelin-chat/myelin/internal/edsign"
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
 )
+
+// filledSigner returns a signer for key whose pool holds size nonces, so
+// that the next size signatures are made with pooled nonces.
+func filledSigner(t testing.TB, key ed25519.PrivateKey, size int) *edsign.Signer {
+	t.Helper()
+	signer, err := edsign.New(key, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer.Fill()
+	return signer
+}
+
+// oneKeyVerifier is a gomatrixserverlib.JSONVerifier that knows one
+// server's one key.
+type oneKeyVerifier struct {
+	server spec.ServerName
+	keyID  gomatrixserverlib.KeyID
+	public ed25519.PublicKey
+}
+
+func (v oneKeyVerifier) VerifyJSONs(_ context.Context, reqs []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
+	results := make([]gomatrixserverlib.VerifyJSONResult, len(reqs))
+	for i, req := range reqs {
+		if req.ServerName != v.server {
+			results[i].Error = fmt.Errorf("no key for %s", req.ServerName)
+			continue
+		}
+		results[i].Error = gomatrixserverlib.VerifyJSON(string(v.server), v.keyID, v.public, req.Message)
+	}
+	return results, nil
+}
+
+// sameButSignature reports (as test errors) how got, made by
+// buildSigned, differs from want, made by EventBuilder.Build with the
+// same key: the bytes must be equal except for the value of origin's
+// keyID signature, which must be another (a pooled random nonce, not
+// ed25519.Sign's) and pass gomatrixserverlib's event signature check.
+func sameButSignature(t *testing.T, what string, got, want gomatrixserverlib.PDU, origin spec.ServerName, keyID gomatrixserverlib.KeyID, key ed25519.PrivateKey) {
+	t.Helper()
+	path := "signatures." + gjson.Escape(string(origin)) + "." + gjson.Escape(string(keyID))
+	gotSig, wantSig := gjson.GetBytes(got.JSON(), path).Str, gjson.GetBytes(want.JSON(), path).Str
+	if raw, err := base64.RawStdEncoding.DecodeString(gotSig); err != nil || len(raw) != ed25519.SignatureSize {
+		t.Errorf("%s: signature %q is not 64 bytes of unpadded base64 (%v)\n got %s", what, gotSig, err, got.JSON())
+		return
+	}
+	if gotSig == wantSig {
+		t.Errorf("%s: the signature is ed25519.Sign's, not made with a pooled nonce", what)
+	}
+	if n := strings.Count(string(got.JSON()), `"`+gotSig+`"`); n != 1 {
+		t.Errorf("%s: the signature appears %d times in %s", what, n, got.JSON())
+	}
+	if swapped := strings.Replace(string(got.JSON()), `"`+gotSig+`"`, `"`+wantSig+`"`, 1); swapped != string(want.JSON()) {
+		t.Errorf("%s (signature aside):\n got  %s\n want %s", what, got.JSON(), want.JSON())
+	}
+	verifier := oneKeyVerifier{origin, keyID, key.Public().(ed25519.PublicKey)}
+	if err := gomatrixserverlib.VerifyEventSignatures(context.Background(), got, verifier, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
+		return spec.NewUserID(string(sender), true)
+	}); err != nil {
+		t.Errorf("%s: the event's signature does not verify: %v\n%s", what, err, got.JSON())
+	}
+}
 
 // TestBuildSignedMatchesBuilder: for every room version and a spread of
 // event shapes, buildSigned yields exactly the bytes and event ID that
-// gomatrixserverlib's EventBuilder.Build yields (ed25519 signatures are
-// deterministic), or declines so that Build is used.
+// gomatrixserverlib's EventBuilder.Build yields but for the signature's
+// value, which verifies (sameButSignature), or declines so that Build is
+// used.
 func TestBuildSignedMatchesBuilder(t *testing.T) {
 	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer := filledSigner(t, key, 1024)
 	empty, topic, member := "", "", "@bob:example.org"
 	events := []struct {
 		name     string
@@ -68,7 +140,7 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 				eb := impl.NewEventBuilderFromProtoEvent(proto)
 				eb.AuthEvents = []string{"$create", "$pl", "$member"}
 				want, wantErr := eb.Build(ts, "example.org", "ed25519:k1", key)
-				got, gotErr := buildSigned(impl, eb, ts, "example.org", "ed25519:k1", key)
+				got, gotErr := buildSigned(impl, eb, ts, "example.org", "ed25519:k1", signer)
 				if errors.Is(gotErr, errNoFastPath) {
 					continue
 				}
@@ -80,9 +152,7 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 					continue
 				}
 				fast++
-				if string(got.JSON()) != string(want.JSON()) {
-					t.Errorf("v%s %s %s:\n got  %s\n want %s", v, e.name, roomID, got.JSON(), want.JSON())
-				}
+				sameButSignature(t, fmt.Sprintf("v%s %s %s", v, e.name, roomID), got, want, "example.org", "ed25519:k1", key)
 				if got.EventID() != want.EventID() {
 					t.Errorf("v%s %s %s: event ID %s, want %s", v, e.name, roomID, got.EventID(), want.EventID())
 				}
@@ -93,10 +163,13 @@ func TestBuildSignedMatchesBuilder(t *testing.T) {
 	if fast < 10*len(events) {
 		t.Errorf("only %d events took the fast path", fast)
 	}
+	if pooled, direct := signer.Counts(); pooled != uint64(fast) || direct != 0 {
+		t.Errorf("%d pooled and %d direct signatures for %d fast-path events", pooled, direct, fast)
+	}
 	// Versions 1 and 2 (random event IDs) must not.
 	impl, _ := roomVersion("1")
 	eb := impl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: "@a:example.org", RoomID: "!r:example.org", Type: "m.room.message", Content: []byte(`{}`)})
-	if _, err := buildSigned(impl, eb, ts, spec.ServerName("example.org"), "ed25519:k1", key); !errors.Is(err, errNoFastPath) {
+	if _, err := buildSigned(impl, eb, ts, spec.ServerName("example.org"), "ed25519:k1", signer); !errors.Is(err, errNoFastPath) {
 		t.Errorf("room v1: buildSigned error %v, want errNoFastPath", err)
 	}
 }
@@ -206,12 +279,14 @@ func TestRedactStrippedMatchesAlgorithm(t *testing.T) {
 // TestBuildSignedKeyIDNotPlain: with a key ID that JSON must escape the
 // signatures are marshalled and inserted into the hashed event, which
 // buildSigned then writes for that purpose alone; the bytes are still
-// Build's, and the fast path is still taken.
+// Build's but for the signature's value, which verifies, and the fast
+// path is still taken.
 func TestBuildSignedKeyIDNotPlain(t *testing.T) {
 	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer := filledSigner(t, key, 64)
 	ts := time.UnixMilli(1_700_000_000_123)
 	for _, v := range []string{"10", "12"} {
 		impl, err := roomVersion(v)
@@ -235,12 +310,13 @@ func TestBuildSignedKeyIDNotPlain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := buildSigned(impl, impl.NewEventBuilderFromProtoEvent(proto), ts, "example.org", keyID, key)
+			got, err := buildSigned(impl, impl.NewEventBuilderFromProtoEvent(proto), ts, "example.org", keyID, signer)
 			if err != nil {
 				t.Fatalf("v%s %s: %v", v, typ, err)
 			}
-			if string(got.JSON()) != string(want.JSON()) || got.EventID() != want.EventID() {
-				t.Errorf("v%s %s:\n got  %s %s\n want %s %s", v, typ, got.EventID(), got.JSON(), want.EventID(), want.JSON())
+			sameButSignature(t, fmt.Sprintf("v%s %s", v, typ), got, want, "example.org", keyID, key)
+			if got.EventID() != want.EventID() {
+				t.Errorf("v%s %s: event ID %s, want %s", v, typ, got.EventID(), want.EventID())
 			}
 		}
 	}
@@ -250,12 +326,14 @@ func TestBuildSignedKeyIDNotPlain(t *testing.T) {
 // or past 2^53 − 1, and a room ID longer than 255 bytes, are refused by
 // buildSigned exactly when Build refuses them (a negative time once
 // wrapped into a small negative number and was written as such), and what
-// both accept is the same event.
+// both accept is the same event (but for the signature's value, which
+// verifies).
 func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
 	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer := filledSigner(t, key, 64)
 	longRoom := "!" + strings.Repeat("r", 243) + ":example.org" // 256 bytes
 	cases := []struct {
 		name   string
@@ -282,7 +360,7 @@ func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
 				return eb
 			}
 			want, wantErr := newBuilder().Build(c.ts, "example.org", "ed25519:k1", key)
-			got, gotErr := buildSigned(impl, newBuilder(), c.ts, "example.org", "ed25519:k1", key)
+			got, gotErr := buildSigned(impl, newBuilder(), c.ts, "example.org", "ed25519:k1", signer)
 			if (wantErr == nil) != (gotErr == nil) {
 				t.Errorf("v%s %s: Build error %v, buildSigned error %v", v, c.name, wantErr, gotErr)
 				continue
@@ -290,8 +368,9 @@ func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
 			if wantErr != nil {
 				continue
 			}
-			if string(got.JSON()) != string(want.JSON()) || got.OriginServerTS() != want.OriginServerTS() {
-				t.Errorf("v%s %s:\n got  %s\n want %s", v, c.name, got.JSON(), want.JSON())
+			sameButSignature(t, fmt.Sprintf("v%s %s", v, c.name), got, want, "example.org", "ed25519:k1", key)
+			if got.OriginServerTS() != want.OriginServerTS() || got.EventID() != want.EventID() {
+				t.Errorf("v%s %s: origin_server_ts %d, event ID %s; want %d, %s", v, c.name, got.OriginServerTS(), got.EventID(), want.OriginServerTS(), want.EventID())
 			}
 		}
 	}
@@ -301,4 +380,65 @@ func TestBuildSignedRefusesWhatBuildRefuses(t *testing.T) {
 // and unstable, sorted.
 func everyRoomVersion() []string {
 	return append(slices.Sorted(maps.Keys(supportedVersions)), UnstableRoomVersions()...)
+}
+
+// TestSendSignsWithPooledNonce: events a send stores carry the server
+// key's signature made with the roomserver's nonce pool (not
+// ed25519.Sign's), which passes gomatrixserverlib's event signature
+// check of the parsed stored event (hashes and event ID recomputed).
+func TestSendSignsWithPooledNonce(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		roomID := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
+		s.signer.Fill()
+		pooledBefore, _ := s.signer.Counts()
+		impl, err := roomVersion("12")
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := s.key.PrivateKey
+		verifier := oneKeyVerifier{testServer, gomatrixserverlib.KeyID(s.key.ID), key.Public().(ed25519.PublicKey)}
+		const sends = 20
+		for i := range sends {
+			eventID := mustSend(t, s, roomID, alice, "m.room.message", nil, fmt.Sprintf(`{"msgtype":"m.text","body":"message %d"}`, i))
+			e, err := s.Event(ctx, alice, eventID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pdu, err := impl.NewEventFromUntrustedJSON(e.JSON)
+			if err != nil {
+				t.Fatalf("stored event %s does not parse: %v", eventID, err)
+			}
+			if pdu.EventID() != eventID {
+				t.Fatalf("stored event's ID %s, want %s", pdu.EventID(), eventID)
+			}
+			if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdu, verifier, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
+				return spec.NewUserID(string(sender), true)
+			}); err != nil {
+				t.Fatalf("stored event %s: %v", eventID, err)
+			}
+			redacted, err := impl.RedactEventJSON(pdu.JSON())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the signature covers (appendices, "Signing JSON"):
+			// the redacted event without "signatures", canonical.
+			redacted, err = sjson.DeleteBytes(redacted, "signatures")
+			if err != nil {
+				t.Fatal(err)
+			}
+			unsigned, err := gomatrixserverlib.CanonicalJSON(redacted)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig := gjson.GetBytes(pdu.JSON(), "signatures."+gjson.Escape(testServer)+"."+gjson.Escape(s.key.ID)).Str
+			if sig == base64.RawStdEncoding.EncodeToString(ed25519.Sign(key, unsigned)) {
+				t.Fatalf("stored event %s carries ed25519.Sign's signature", eventID)
+			}
+		}
+		if pooled, _ := s.signer.Counts(); pooled-pooledBefore != sends {
+			t.Errorf("%d signatures from the pool for %d sends", pooled-pooledBefore, sends)
+		}
+	})
 }

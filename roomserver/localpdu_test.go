@@ -73,6 +73,7 @@ func TestLocalPDUMatchesParsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer := filledSigner(t, key, 256)
 	empty, member := "", "@bob:example.org"
 	events := []struct {
 		name     string
@@ -111,7 +112,7 @@ func TestLocalPDUMatchesParsed(t *testing.T) {
 					Content: []byte(e.content), Redacts: e.redacts, Depth: 7,
 					PrevEvents: []string{"$prev1", "$prev2"}, AuthEvents: []string{"$pl", "$member"},
 				})
-				pdu, err := buildSigned(impl, eb, ts, "example.org", "ed25519:k1", key)
+				pdu, err := buildSigned(impl, eb, ts, "example.org", "ed25519:k1", signer)
 				if errors.Is(err, errNoFastPath) {
 					return nil // versions 1 and 2: EventBuilder.Build
 				}
@@ -304,6 +305,7 @@ func TestListsImpliedCreateLocal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	signer := filledSigner(t, key, 4)
 	impl, err := roomVersion("12")
 	if err != nil {
 		t.Fatal(err)
@@ -320,7 +322,7 @@ func TestListsImpliedCreateLocal(t *testing.T) {
 			SenderID: "@alice:example.org", RoomID: roomID, Type: "m.room.message",
 			Content: []byte(`{}`), Depth: 3, PrevEvents: []string{"$p"}, AuthEvents: c.auth,
 		})
-		pdu, err := buildSigned(impl, eb, time.UnixMilli(1_700_000_000_123), "example.org", "ed25519:k1", key)
+		pdu, err := buildSigned(impl, eb, time.UnixMilli(1_700_000_000_123), "example.org", "ed25519:k1", signer)
 		if err != nil {
 			t.Fatal(err)
 		}

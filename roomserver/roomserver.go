@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/myelin-chat/myelin/config"
+	"github.com/myelin-chat/myelin/internal/edsign"
 	"github.com/myelin-chat/myelin/internal/mxerr"
 	"github.com/myelin-chat/myelin/internal/signing"
 	"github.com/myelin-chat/myelin/storage"
@@ -80,6 +81,7 @@ type Server struct {
 	serverName spec.ServerName
 	keyID      gomatrixserverlib.KeyID
 	key        *signing.Key
+	signer     *edsign.Signer // key's, for buildSigned; immutable
 	cfg        config.RoomServer
 	notify     func(string, int64)
 	now        func() time.Time
@@ -229,11 +231,16 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
+	signer, err := edsign.New(deps.Key.PrivateKey, edsign.DefaultPoolSize)
+	if err != nil {
+		return nil, fmt.Errorf("roomserver: signing key: %w", err)
+	}
 	s := &Server{
 		db:                   deps.DB,
 		serverName:           spec.ServerName(deps.ServerName),
 		keyID:                gomatrixserverlib.KeyID(deps.Key.ID),
 		key:                  deps.Key,
+		signer:               signer,
 		cfg:                  deps.Config,
 		notify:               deps.Notify,
 		onTimeline:           deps.OnTimeline,

@@ -437,7 +437,7 @@ func (s *Server) sign(ctx context.Context, impl gomatrixserverlib.IRoomVersion, 
 	if eb.Type == "m.room.create" && eb.RoomID == "" {
 		ts = s.createTime(ts)
 	}
-	pdu, err := buildSigned(impl, eb, ts, s.serverName, s.keyID, s.key.PrivateKey)
+	pdu, err := buildSigned(impl, eb, ts, s.serverName, s.keyID, s.signer)
 	if err != nil {
 		if pdu, err = eb.Build(ts, s.serverName, s.keyID, s.key.PrivateKey); err != nil {
 			return nil, buildError(err)
