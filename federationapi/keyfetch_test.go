@@ -1,11 +1,16 @@
 package federationapi_test
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/internal/signing"
 )
@@ -227,6 +232,176 @@ func TestKeyRotatedRightAfterFetch(t *testing.T) {
 		}
 		if got, took := f.count(keyPath)-before, time.Since(start); got != 0 || took >= 2*time.Second {
 			t.Errorf("the second request naming the missing key made %d fetches and took %v; want none, refused at once", got, took)
+		}
+	})
+}
+
+// TestKeyRotatedDuringFetch: a request signed with a key the server
+// starts serving while A's fetch of its keys is under way (A read the
+// document before the key existed) waits for the next fetch and is
+// accepted, rather than taking that fetch's outcome and being refused;
+// the request that started the fetch, naming a key never served, is
+// refused. Two fetches in all, and the per-server fetch lock is
+// forgotten once nobody holds it. Spec: server-server-api, "Retrieving
+// server keys".
+func TestKeyRotatedDuringFetch(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		const keyPath = "/_matrix/key/v2/server"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		a.HS.Federation.ForgetKeyFetches() // the next fetch is made at once
+		madeUp, err := signing.Generate()  // never served
+		if err != nil {
+			t.Fatal(err)
+		}
+		rotated, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		f.mu.Lock()
+		f.keyGate = func() { // only the first fetch waits, with the old key chosen
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		f.mu.Unlock()
+		before := f.count(keyPath)
+
+		statusA, statusB := make(chan int, 1), make(chan int, 1)
+		go func() {
+			status, _ := n.request(a, f.name, madeUp, a.Name, http.MethodGet, uri, nil)
+			statusA <- status
+		}()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatal("the request signed with an unknown key made no fetch")
+		}
+		f.mu.Lock()
+		f.key = rotated // served from the next fetch on
+		f.mu.Unlock()
+		go func() {
+			status, _ := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil)
+			statusB <- status
+		}()
+		for deadline := time.Now().Add(10 * time.Second); a.HS.Federation.KeyFetchCallers(f.name) < 2; {
+			if time.Now().After(deadline) {
+				close(release)
+				t.Fatal("the request signed with the new key never waited for the fetch under way")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(release)
+		if status := <-statusA; status != http.StatusUnauthorized {
+			t.Errorf("request signed with a key never served: %d, want 401", status)
+		}
+		if status := <-statusB; status != http.StatusNotFound {
+			t.Errorf("request signed with the key added during A's fetch: %d, want it accepted after the next fetch (404 for the unknown event)", status)
+		}
+		if got := f.count(keyPath) - before; got != 2 {
+			t.Errorf("A fetched the keys %d times, want twice (the fetch under way, then the next)", got)
+		}
+		if got := a.HS.Federation.KeyFetchCallers(f.name); got != 0 {
+			t.Errorf("%d callers still hold the fetch lock of %s, want it forgotten", got, f.name)
+		}
+	})
+}
+
+// TestKeyFetchOutlivesCaller: a request whose fetch of the origin's keys
+// is under way when its client goes away does not end that fetch: a
+// request that waited for it meanwhile takes its real outcome (here a
+// document lacking its new key, so it waits for the next fetch and is
+// accepted), not a failure the server did not cause. Otherwise anyone
+// could name a server with a made-up key, hang up, and have the
+// server's own requests that waited refused. Spec: server-server-api,
+// "Retrieving server keys".
+func TestKeyFetchOutlivesCaller(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		a.HS.Federation.ForgetKeyFetches()
+		madeUp, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rotated, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		f.mu.Lock()
+		f.keyGate = func() {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		f.mu.Unlock()
+		defer func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		}()
+
+		// The forged request, sent with a context the test cancels.
+		fr := fclient.NewFederationRequest(http.MethodGet, spec.ServerName(f.name), spec.ServerName(a.Name), uri)
+		if err := fr.Sign(spec.ServerName(f.name), gomatrixserverlib.KeyID(madeUp.ID), madeUp.PrivateKey); err != nil {
+			t.Fatal(err)
+		}
+		req, err := fr.HTTPRequest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Scheme, req.URL.Host = "https", a.Name
+		ctx, hangUp := context.WithCancel(context.Background())
+		forged := make(chan error, 1)
+		go func() {
+			resp, err := n.httpClient().Do(req.WithContext(ctx))
+			if err == nil {
+				resp.Body.Close()
+			}
+			forged <- err
+		}()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the forged request made no fetch")
+		}
+		f.mu.Lock()
+		f.key = rotated
+		f.mu.Unlock()
+		statusB := make(chan int, 1)
+		go func() {
+			status, _ := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil)
+			statusB <- status
+		}()
+		for deadline := time.Now().Add(10 * time.Second); a.HS.Federation.KeyFetchCallers(f.name) < 2; {
+			if time.Now().After(deadline) {
+				t.Fatal("the request signed with the new key never waited for the fetch under way")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		hangUp()
+		<-forged
+		time.Sleep(200 * time.Millisecond) // the server sees the client gone
+		close(release)
+		if status := <-statusB; status != http.StatusNotFound {
+			t.Errorf("request signed with the new key, after the forged request's client hung up during the fetch it waited for: %d, want it accepted (404 for the unknown event)", status)
 		}
 	})
 }
