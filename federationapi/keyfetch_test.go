@@ -405,3 +405,51 @@ func TestKeyFetchOutlivesCaller(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyFloodOfMadeUpKeyIDs: requests signed with key IDs the server
+// never served, each a new one, do not make a fetch per request: the
+// first, right after a fetch, waits minRefetch (5 s) for the next one
+// rather than fetching at once, and a burst of them, all waiting, shares
+// that one fetch and is refused. Spec: server-server-api, "Retrieving
+// server keys"; SECURITY-CASES (a forged request must not make us hammer
+// the server it names).
+func TestKeyFloodOfMadeUpKeyIDs(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		const keyPath = "/_matrix/key/v2/server"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		fetched := time.Now()
+		before := f.count(keyPath)
+		var wg sync.WaitGroup
+		flood := func(count int) {
+			for range count {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					madeUp, err := signing.Generate()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if status, body := n.request(a, f.name, madeUp, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+						t.Errorf("request signed with a made-up key: %d %s, want 401", status, body)
+					}
+				}()
+			}
+		}
+		flood(1)
+		time.Sleep(time.Second)
+		if got := f.count(keyPath) - before; got != 0 && time.Since(fetched) < 4*time.Second {
+			t.Errorf("a request signed with a made-up key right after a fetch made %d fetches at once, want it to wait for the next fetch", got)
+		}
+		flood(20)
+		wg.Wait()
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("21 requests signed with made-up keys, right after a fetch, made %d fetches in %v, want 1", got, time.Since(fetched))
+		}
+	})
+}
