@@ -2,6 +2,8 @@ package federationapi_test
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -450,6 +452,68 @@ func TestKeyFloodOfMadeUpKeyIDs(t *testing.T) {
 		wg.Wait()
 		if got := f.count(keyPath) - before; got != 1 {
 			t.Errorf("21 requests signed with made-up keys, right after a fetch, made %d fetches in %v, want 1", got, time.Since(fetched))
+		}
+	})
+}
+
+// TestNotaryQueryNamesKeyAndMinimumValidity: a key fetched through a
+// notary is asked for by its key ID with minimum_valid_until_ts set to
+// the time the key must be valid at (now, for a request's signature), so
+// that a notary holding an older copy refreshes it. Spec: rooms v5,
+// "Signing key validity period" (servers MUST set
+// minimum_valid_until_ts when using /query); server-server-api,
+// "Querying Keys Through Another Server".
+func TestNotaryQueryNamesKeyAndMinimumValidity(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		f := newFakeRemote(t, n)
+		notary := newFakeRemote(t, n)
+		var mu sync.Mutex
+		var asked []json.RawMessage
+		notary.mux.HandleFunc("/_matrix/key/v2/query", func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			asked = append(asked, body)
+			mu.Unlock()
+			doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+				"verify_keys": map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()}}})
+			signed, err := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey, doc)
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(notary.name, gomatrixserverlib.KeyID(notary.key.ID), notary.key.PrivateKey, signed)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_, _ = w.Write(mustJSON(map[string]any{"server_keys": []json.RawMessage{signed}}))
+		})
+		n.trustedNotary = []string{notary.name + " " + notary.key.ID + " " + notary.key.PublicBase64()}
+		a := n.start()
+		n.trustedNotary = nil
+		f.mu.Lock()
+		f.hideKeys = true
+		f.mu.Unlock()
+
+		sent := time.Now().UnixMilli()
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, "/_matrix/federation/v1/event/$nope", nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with a key only the notary serves: %d %s, want it accepted (404 for the unknown event)", status, body)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(asked) != 1 {
+			t.Fatalf("the notary was asked %d times, want once", len(asked))
+		}
+		var q struct {
+			ServerKeys map[string]map[string]struct {
+				MinimumValidUntilTS *int64 `json:"minimum_valid_until_ts"`
+			} `json:"server_keys"`
+		}
+		if err := json.Unmarshal(asked[0], &q); err != nil {
+			t.Fatal(err)
+		}
+		criteria, ok := q.ServerKeys[f.name][f.key.ID]
+		if !ok || criteria.MinimumValidUntilTS == nil || *criteria.MinimumValidUntilTS < sent {
+			t.Errorf("notary query %s: want %s's key %s asked for with minimum_valid_until_ts at least %d (the request's time)",
+				asked[0], f.name, f.key.ID, sent)
 		}
 	})
 }

@@ -203,7 +203,7 @@ func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timesta
 	if !ok && r.knownMissing(server, keyID) {
 		return nil, fmt.Errorf("unknown key %s of %s", keyID, server)
 	}
-	fetchErr := r.fetch(ctx, server, !ok)
+	fetchErr := r.fetch(ctx, server, !ok, []string{keyID}, int64(at))
 	if fetchErr != nil {
 		r.s.log.Debug("fetching server keys failed", "server", server, "err", fetchErr)
 	}
@@ -285,7 +285,12 @@ func (r *keyRing) noteMissing(server, keyID string) {
 // newKey (it asks for a key ID the cache lacks) or after a failure, and
 // otherwise (a cached key not valid at the time asked) returns at once.
 // Spec: server-server-api, "Retrieving server keys".
-func (r *keyRing) fetch(ctx context.Context, server string, newKey bool) error {
+//
+// keyIDs and minValidUntil are what the caller needs (the key IDs, the
+// time they must be valid at), asked of a notary; a fetch a caller takes
+// the outcome of may have been made for other keys of the same server,
+// but a notary answers with the server's whole key document.
+func (r *keyRing) fetch(ctx context.Context, server string, newKey bool, keyIDs []string, minValidUntil int64) error {
 	asked := r.s.now()
 	lock := r.lockServer(server)
 	defer r.unlockServer(server, lock)
@@ -326,7 +331,7 @@ func (r *keyRing) fetch(ctx context.Context, server string, newKey bool) error {
 	// (refusing the requests that waited for the fetch) nor leave no
 	// outcome (letting its next request fetch again at once).
 	started := r.s.now()
-	err := r.fetchNow(context.WithoutCancel(ctx), server)
+	err := r.fetchNow(context.WithoutCancel(ctx), server, keyIDs, minValidUntil)
 	r.noteFetch(server, fetchOutcome{started: started, ended: r.s.now(), err: err})
 	return err
 }
@@ -360,8 +365,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// fetchNow asks server for its keys, then the notaries.
-func (r *keyRing) fetchNow(ctx context.Context, server string) error {
+// fetchNow asks server for its keys, then the notaries (for keyIDs,
+// valid until at least minValidUntil).
+func (r *keyRing) fetchNow(ctx context.Context, server string, keyIDs []string, minValidUntil int64) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	var errs []error
@@ -371,7 +377,7 @@ func (r *keyRing) fetchNow(ctx context.Context, server string) error {
 	}
 	errs = append(errs, fmt.Errorf("direct: %w", err))
 	for _, notary := range r.notaries {
-		docs, err := r.fetchFromNotary(ctx, notary, server)
+		docs, err := r.fetchFromNotary(ctx, notary, server, keyIDs, minValidUntil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("notary %s: %w", notary.ServerName, err))
 			continue
@@ -397,11 +403,20 @@ func (r *keyRing) fetchDirect(ctx context.Context, server string) (gomatrixserve
 	return checkKeyDocument(server, raw, r.s.now())
 }
 
-// fetchFromNotary asks a notary for server's keys. The response must be
-// signed by the notary with the pinned key and each document by its own
-// server.
-func (r *keyRing) fetchFromNotary(ctx context.Context, notary config.TrustedKeyServer, server string) ([]gomatrixserverlib.ServerKeys, error) {
-	body := map[string]any{"server_keys": map[string]any{server: map[string]any{}}}
+// fetchFromNotary asks a notary for server's keys: keyIDs, each with
+// minimum_valid_until_ts minValidUntil so that a notary whose copy
+// expires sooner fetches a fresh one (no key IDs: all of them). The
+// response must be signed by the notary with the pinned key and each
+// document by its own server.
+// Spec: server-server-api, "Querying Keys Through Another Server"; rooms
+// v5, "Signing key validity period" (servers MUST set
+// minimum_valid_until_ts when using /query).
+func (r *keyRing) fetchFromNotary(ctx context.Context, notary config.TrustedKeyServer, server string, keyIDs []string, minValidUntil int64) ([]gomatrixserverlib.ServerKeys, error) {
+	criteria := map[string]any{}
+	for _, id := range keyIDs {
+		criteria[id] = map[string]int64{"minimum_valid_until_ts": minValidUntil}
+	}
+	body := map[string]any{"server_keys": map[string]any{server: criteria}}
 	var resp struct {
 		ServerKeys []json.RawMessage `json:"server_keys"`
 	}
@@ -534,7 +549,7 @@ func (r *keyRing) document(ctx context.Context, server string, keyIDs []string, 
 	if err != nil || enough {
 		return doc, err
 	}
-	if err := r.fetch(ctx, server, false); err != nil {
+	if err := r.fetch(ctx, server, false, keyIDs, minValidUntil); err != nil {
 		r.s.log.Debug("notary: fetching keys failed", "server", server, "err", err)
 	}
 	doc, _, err = read()
