@@ -46,7 +46,8 @@ type fakeRemote struct {
 	hideKeys    bool
 	keyValidity time.Duration
 	// keyGate, if set, runs in GET /_matrix/key/v2/server after the
-	// document's key is chosen and before it is sent (it may block).
+	// document's key is chosen and before it answers (the document, or
+	// 404 when hideKeys); it may block.
 	// Guarded by mu.
 	keyGate func()
 }

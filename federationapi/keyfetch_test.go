@@ -517,3 +517,65 @@ func TestNotaryQueryNamesKeyAndMinimumValidity(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyFetchFailureSharedWithWaiters: a request that starts waiting
+// while a fetch of the origin's keys is under way, and that fetch fails
+// (the server unreachable), takes that failure at once instead of
+// waiting for another fetch on top: one fetch for both. Spec:
+// server-server-api, "Retrieving server keys"; SECURITY-CASES (no
+// thundering herd on a server that is down).
+func TestKeyFetchFailureSharedWithWaiters(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope"
+		const keyPath = "/_matrix/key/v2/server"
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		f.mu.Lock()
+		f.hideKeys = true // the gate holds the first 404
+		f.keyGate = func() {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		f.mu.Unlock()
+		before := f.count(keyPath)
+		status := make(chan int, 2)
+		send := func() {
+			k, err := signing.Generate()
+			if err != nil {
+				t.Error(err)
+				status <- 0
+				return
+			}
+			s, _ := n.request(a, f.name, k, a.Name, http.MethodGet, uri, nil)
+			status <- s
+		}
+		go send()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatal("the request made no fetch")
+		}
+		go send()
+		for deadline := time.Now().Add(10 * time.Second); a.HS.Federation.KeyFetchCallers(f.name) < 2; {
+			if time.Now().After(deadline) {
+				close(release)
+				t.Fatal("the second request never waited for the fetch under way")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(release)
+		for range 2 {
+			if s := <-status; s != http.StatusUnauthorized {
+				t.Errorf("request signed with a key of an unreachable server: %d, want 401", s)
+			}
+		}
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("the server's keys were fetched %d times, want once (the waiter takes the failure)", got)
+		}
+	})
+}
