@@ -579,3 +579,72 @@ func TestKeyFetchFailureSharedWithWaiters(t *testing.T) {
 		}
 	})
 }
+
+// TestNotaryKeepsNewestDocument: a server's key document that this
+// server serves as a notary is not replaced by an older one (valid until
+// sooner) that a notary of its own answered with later, when the server
+// itself could not be reached: the notary endpoint goes on serving the
+// newer one. Spec: server-server-api, "Querying Keys Through Another
+// Server" (notaries answer with cached responses).
+func TestNotaryKeepsNewestDocument(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		f := newFakeRemote(t, n)
+		f.mu.Lock()
+		f.keyValidity = 3 * time.Hour
+		f.mu.Unlock()
+		notary := newFakeRemote(t, n)
+		notary.mux.HandleFunc("/_matrix/key/v2/query", func(w http.ResponseWriter, r *http.Request) {
+			doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+				"verify_keys": map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()}}})
+			signed, err := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey, doc)
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(notary.name, gomatrixserverlib.KeyID(notary.key.ID), notary.key.PrivateKey, signed)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_, _ = w.Write(mustJSON(map[string]any{"server_keys": []json.RawMessage{signed}}))
+		})
+		n.trustedNotary = []string{notary.name + " " + notary.key.ID + " " + notary.key.PublicBase64()}
+		a := n.start()
+		n.trustedNotary = nil
+		uri := "/_matrix/federation/v1/event/$nope"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		validUntil := func() int64 {
+			t.Helper()
+			status, body := n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/key/v2/query/"+f.name, nil)
+			var resp struct {
+				ServerKeys []struct {
+					ValidUntilTS int64 `json:"valid_until_ts"`
+				} `json:"server_keys"`
+			}
+			if err := json.Unmarshal(body, &resp); status != http.StatusOK || err != nil || len(resp.ServerKeys) != 1 {
+				t.Fatalf("A's notary answer for %s: %d %s (%v)", f.name, status, body, err)
+			}
+			return resp.ServerKeys[0].ValidUntilTS
+		}
+		newest := validUntil()
+		if newest < time.Now().Add(2*time.Hour).UnixMilli() {
+			t.Fatalf("A serves %s's document valid until %d, want the one fetched from it (3 h)", f.name, newest)
+		}
+		// f unreachable; a request signed with a key A lacks makes A fetch
+		// again, from the notary, whose copy is valid for one hour.
+		f.mu.Lock()
+		f.hideKeys = true
+		f.mu.Unlock()
+		a.HS.Federation.ForgetKeyFetches()
+		other, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key neither f nor the notary serves: %d %s, want 401", status, body)
+		}
+		if got := validUntil(); got != newest {
+			t.Errorf("after the notary's older copy, A serves %s's document valid until %d, want the newer one's %d", f.name, got, newest)
+		}
+	})
+}
