@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // TestKeyRingMemoryBound: a flood of requests from many made-up servers,
@@ -66,5 +68,20 @@ func TestKeyRingMemoryBound(t *testing.T) {
 	}
 	if len(r.missing) > maxMissing {
 		t.Errorf("%d missing keys remembered after a burst of %d at one moment, want at most %d", len(r.missing), 2*maxMissing, maxMissing)
+	}
+}
+
+// TestOldKeyValidBeforeExpiry: a key of old_verify_keys verifies what
+// was signed before its expired_ts, not at or after it (the time it
+// stopped being used), whatever the validity rule for current keys.
+// Spec: server-server-api, "Publishing Keys" (old_verify_keys,
+// expired_ts).
+func TestOldKeyValidBeforeExpiry(t *testing.T) {
+	always := func(_, _ spec.Timestamp) bool { return true }
+	old := cachedKey{expiredTS: 1_000}
+	for at, want := range map[spec.Timestamp]bool{999: true, 1_000: false, 1_001: false} {
+		if got := old.validAt(at, always); got != want {
+			t.Errorf("old key expired at 1000, signature at %d: valid %v, want %v", at, got, want)
+		}
 	}
 }
