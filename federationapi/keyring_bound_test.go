@@ -85,3 +85,25 @@ func TestOldKeyValidBeforeExpiry(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingKeyForgottenAfterMinRefetch: a key a fetch lacked is
+// refused at once only for minRefetch; after that a request naming it
+// may make the next fetch again (the server may have published it
+// since). Spec: server-server-api, "Retrieving server keys".
+func TestMissingKeyForgottenAfterMinRefetch(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	r := &keyRing{s: &Server{now: func() time.Time { return now }},
+		lastFetch: map[string]fetchOutcome{}, fetching: map[string]*serverFetch{}, missing: map[string]time.Time{}}
+	r.noteMissing("s.example", "ed25519:k")
+	now = now.Add(minRefetch - time.Millisecond)
+	if !r.knownMissing("s.example", "ed25519:k") {
+		t.Error("a key noted missing is forgotten before minRefetch")
+	}
+	if r.knownMissing("s.example", "ed25519:other") || r.knownMissing("t.example", "ed25519:k") {
+		t.Error("another key, or the same ID of another server, is taken as missing")
+	}
+	now = now.Add(time.Millisecond)
+	if r.knownMissing("s.example", "ed25519:k") {
+		t.Error("a key noted missing minRefetch ago is still refused at once")
+	}
+}
