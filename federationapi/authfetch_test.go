@@ -45,6 +45,11 @@ type fakeRemote struct {
 	// Guarded by mu.
 	hideKeys    bool
 	keyValidity time.Duration
+	// keyGate, if set, runs in GET /_matrix/key/v2/server after the
+	// document's key is chosen and before it answers (the document, or
+	// 404 when hideKeys); it may block.
+	// Guarded by mu.
+	keyGate func()
 }
 
 // fakeTxn is one /send attempt a fakeRemote saw.
@@ -66,8 +71,11 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 	f := &fakeRemote{name: "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), key: key, mux: http.NewServeMux(), hits: map[string]int{}}
 	f.mux.HandleFunc("/_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
-		hide, validity, key := f.hideKeys, f.keyValidity, f.key
+		hide, validity, key, gate := f.hideKeys, f.keyValidity, f.key, f.keyGate
 		f.mu.Unlock()
+		if gate != nil {
+			gate()
+		}
 		if hide {
 			http.Error(w, `{"errcode":"M_NOT_FOUND"}`, http.StatusNotFound)
 			return

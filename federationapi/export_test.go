@@ -61,6 +61,17 @@ func (s *Server) ForgetKeyFetches() {
 	clear(s.keys.missing)
 }
 
+// KeyFetchCallers is how many callers hold or wait for the lock of
+// server's key fetches (0 once none does: the lock is forgotten).
+func (s *Server) KeyFetchCallers(server string) int {
+	s.keys.mu.Lock()
+	defer s.keys.mu.Unlock()
+	if m := s.keys.fetching[server]; m != nil {
+		return m.users
+	}
+	return 0
+}
+
 // ServeFullStateJoins makes s answer every send_join with the full
 // state, omit_members or not (a server without partial-state joins).
 func (s *Server) ServeFullStateJoins(on bool) {

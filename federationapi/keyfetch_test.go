@@ -1,11 +1,18 @@
 package federationapi_test
 
 import (
+	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/internal/signing"
 )
@@ -227,6 +234,417 @@ func TestKeyRotatedRightAfterFetch(t *testing.T) {
 		}
 		if got, took := f.count(keyPath)-before, time.Since(start); got != 0 || took >= 2*time.Second {
 			t.Errorf("the second request naming the missing key made %d fetches and took %v; want none, refused at once", got, took)
+		}
+	})
+}
+
+// TestKeyRotatedDuringFetch: a request signed with a key the server
+// starts serving while A's fetch of its keys is under way (A read the
+// document before the key existed) waits for the next fetch and is
+// accepted, rather than taking that fetch's outcome and being refused;
+// the request that started the fetch, naming a key never served, is
+// refused. Two fetches in all, and the per-server fetch lock is
+// forgotten once nobody holds it. Spec: server-server-api, "Retrieving
+// server keys".
+func TestKeyRotatedDuringFetch(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		const keyPath = "/_matrix/key/v2/server"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		a.HS.Federation.ForgetKeyFetches() // the next fetch is made at once
+		madeUp, err := signing.Generate()  // never served
+		if err != nil {
+			t.Fatal(err)
+		}
+		rotated, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		f.mu.Lock()
+		f.keyGate = func() { // only the first fetch waits, with the old key chosen
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		f.mu.Unlock()
+		before := f.count(keyPath)
+
+		statusA, statusB := make(chan int, 1), make(chan int, 1)
+		go func() {
+			status, _ := n.request(a, f.name, madeUp, a.Name, http.MethodGet, uri, nil)
+			statusA <- status
+		}()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatal("the request signed with an unknown key made no fetch")
+		}
+		f.mu.Lock()
+		f.key = rotated // served from the next fetch on
+		f.mu.Unlock()
+		go func() {
+			status, _ := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil)
+			statusB <- status
+		}()
+		for deadline := time.Now().Add(10 * time.Second); a.HS.Federation.KeyFetchCallers(f.name) < 2; {
+			if time.Now().After(deadline) {
+				close(release)
+				t.Fatal("the request signed with the new key never waited for the fetch under way")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(release)
+		if status := <-statusA; status != http.StatusUnauthorized {
+			t.Errorf("request signed with a key never served: %d, want 401", status)
+		}
+		if status := <-statusB; status != http.StatusNotFound {
+			t.Errorf("request signed with the key added during A's fetch: %d, want it accepted after the next fetch (404 for the unknown event)", status)
+		}
+		if got := f.count(keyPath) - before; got != 2 {
+			t.Errorf("A fetched the keys %d times, want twice (the fetch under way, then the next)", got)
+		}
+		if got := a.HS.Federation.KeyFetchCallers(f.name); got != 0 {
+			t.Errorf("%d callers still hold the fetch lock of %s, want it forgotten", got, f.name)
+		}
+	})
+}
+
+// TestKeyFetchOutlivesCaller: a request whose fetch of the origin's keys
+// is under way when its client goes away does not end that fetch: a
+// request that waited for it meanwhile takes its real outcome (here a
+// document lacking its new key, so it waits for the next fetch and is
+// accepted), not a failure the server did not cause. Otherwise anyone
+// could name a server with a made-up key, hang up, and have the
+// server's own requests that waited refused. Spec: server-server-api,
+// "Retrieving server keys".
+func TestKeyFetchOutlivesCaller(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		a.HS.Federation.ForgetKeyFetches()
+		madeUp, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rotated, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		f.mu.Lock()
+		f.keyGate = func() {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		f.mu.Unlock()
+		defer func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		}()
+
+		// The forged request, sent with a context the test cancels.
+		fr := fclient.NewFederationRequest(http.MethodGet, spec.ServerName(f.name), spec.ServerName(a.Name), uri)
+		if err := fr.Sign(spec.ServerName(f.name), gomatrixserverlib.KeyID(madeUp.ID), madeUp.PrivateKey); err != nil {
+			t.Fatal(err)
+		}
+		req, err := fr.HTTPRequest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Scheme, req.URL.Host = "https", a.Name
+		ctx, hangUp := context.WithCancel(context.Background())
+		forged := make(chan error, 1)
+		go func() {
+			resp, err := n.httpClient().Do(req.WithContext(ctx))
+			if err == nil {
+				resp.Body.Close()
+			}
+			forged <- err
+		}()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the forged request made no fetch")
+		}
+		f.mu.Lock()
+		f.key = rotated
+		f.mu.Unlock()
+		statusB := make(chan int, 1)
+		go func() {
+			status, _ := n.request(a, f.name, rotated, a.Name, http.MethodGet, uri, nil)
+			statusB <- status
+		}()
+		for deadline := time.Now().Add(10 * time.Second); a.HS.Federation.KeyFetchCallers(f.name) < 2; {
+			if time.Now().After(deadline) {
+				t.Fatal("the request signed with the new key never waited for the fetch under way")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		hangUp()
+		<-forged
+		time.Sleep(200 * time.Millisecond) // the server sees the client gone
+		close(release)
+		if status := <-statusB; status != http.StatusNotFound {
+			t.Errorf("request signed with the new key, after the forged request's client hung up during the fetch it waited for: %d, want it accepted (404 for the unknown event)", status)
+		}
+	})
+}
+
+// TestKeyFloodOfMadeUpKeyIDs: requests signed with key IDs the server
+// never served, each a new one, do not make a fetch per request: the
+// first, right after a fetch, waits minRefetch (5 s) for the next one
+// rather than fetching at once, and a burst of them, all waiting, shares
+// that one fetch and is refused. Spec: server-server-api, "Retrieving
+// server keys"; SECURITY-CASES (a forged request must not make us hammer
+// the server it names).
+func TestKeyFloodOfMadeUpKeyIDs(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		const keyPath = "/_matrix/key/v2/server"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		fetched := time.Now()
+		before := f.count(keyPath)
+		var wg sync.WaitGroup
+		flood := func(count int) {
+			for range count {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					madeUp, err := signing.Generate()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if status, body := n.request(a, f.name, madeUp, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+						t.Errorf("request signed with a made-up key: %d %s, want 401", status, body)
+					}
+				}()
+			}
+		}
+		flood(1)
+		time.Sleep(time.Second)
+		if got := f.count(keyPath) - before; got != 0 && time.Since(fetched) < 4*time.Second {
+			t.Errorf("a request signed with a made-up key right after a fetch made %d fetches at once, want it to wait for the next fetch", got)
+		}
+		flood(20)
+		wg.Wait()
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("21 requests signed with made-up keys, right after a fetch, made %d fetches in %v, want 1", got, time.Since(fetched))
+		}
+	})
+}
+
+// TestNotaryQueryNamesKeyAndMinimumValidity: a key fetched through a
+// notary is asked for by its key ID with minimum_valid_until_ts set to
+// the time the key must be valid at (now, for a request's signature), so
+// that a notary holding an older copy refreshes it. Spec: rooms v5,
+// "Signing key validity period" (servers MUST set
+// minimum_valid_until_ts when using /query); server-server-api,
+// "Querying Keys Through Another Server".
+func TestNotaryQueryNamesKeyAndMinimumValidity(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		f := newFakeRemote(t, n)
+		notary := newFakeRemote(t, n)
+		var mu sync.Mutex
+		var asked []json.RawMessage
+		notary.mux.HandleFunc("/_matrix/key/v2/query", func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			asked = append(asked, body)
+			mu.Unlock()
+			doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+				"verify_keys": map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()}}})
+			signed, err := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey, doc)
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(notary.name, gomatrixserverlib.KeyID(notary.key.ID), notary.key.PrivateKey, signed)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_, _ = w.Write(mustJSON(map[string]any{"server_keys": []json.RawMessage{signed}}))
+		})
+		n.trustedNotary = []string{notary.name + " " + notary.key.ID + " " + notary.key.PublicBase64()}
+		a := n.start()
+		n.trustedNotary = nil
+		f.mu.Lock()
+		f.hideKeys = true
+		f.mu.Unlock()
+
+		sent := time.Now().UnixMilli()
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, "/_matrix/federation/v1/event/$nope", nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with a key only the notary serves: %d %s, want it accepted (404 for the unknown event)", status, body)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(asked) != 1 {
+			t.Fatalf("the notary was asked %d times, want once", len(asked))
+		}
+		var q struct {
+			ServerKeys map[string]map[string]struct {
+				MinimumValidUntilTS *int64 `json:"minimum_valid_until_ts"`
+			} `json:"server_keys"`
+		}
+		if err := json.Unmarshal(asked[0], &q); err != nil {
+			t.Fatal(err)
+		}
+		criteria, ok := q.ServerKeys[f.name][f.key.ID]
+		if !ok || criteria.MinimumValidUntilTS == nil || *criteria.MinimumValidUntilTS < sent {
+			t.Errorf("notary query %s: want %s's key %s asked for with minimum_valid_until_ts at least %d (the request's time)",
+				asked[0], f.name, f.key.ID, sent)
+		}
+	})
+}
+
+// TestKeyFetchFailureSharedWithWaiters: a request that starts waiting
+// while a fetch of the origin's keys is under way, and that fetch fails
+// (the server unreachable), takes that failure at once instead of
+// waiting for another fetch on top: one fetch for both. Spec:
+// server-server-api, "Retrieving server keys"; SECURITY-CASES (no
+// thundering herd on a server that is down).
+func TestKeyFetchFailureSharedWithWaiters(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		uri := "/_matrix/federation/v1/event/$nope"
+		const keyPath = "/_matrix/key/v2/server"
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		f.mu.Lock()
+		f.hideKeys = true // the gate holds the first 404
+		f.keyGate = func() {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		f.mu.Unlock()
+		before := f.count(keyPath)
+		status := make(chan int, 2)
+		send := func() {
+			k, err := signing.Generate()
+			if err != nil {
+				t.Error(err)
+				status <- 0
+				return
+			}
+			s, _ := n.request(a, f.name, k, a.Name, http.MethodGet, uri, nil)
+			status <- s
+		}
+		go send()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatal("the request made no fetch")
+		}
+		go send()
+		for deadline := time.Now().Add(10 * time.Second); a.HS.Federation.KeyFetchCallers(f.name) < 2; {
+			if time.Now().After(deadline) {
+				close(release)
+				t.Fatal("the second request never waited for the fetch under way")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(release)
+		for range 2 {
+			if s := <-status; s != http.StatusUnauthorized {
+				t.Errorf("request signed with a key of an unreachable server: %d, want 401", s)
+			}
+		}
+		if got := f.count(keyPath) - before; got != 1 {
+			t.Errorf("the server's keys were fetched %d times, want once (the waiter takes the failure)", got)
+		}
+	})
+}
+
+// TestNotaryKeepsNewestDocument: a server's key document that this
+// server serves as a notary is not replaced by an older one (valid until
+// sooner) that a notary of its own answered with later, when the server
+// itself could not be reached: the notary endpoint goes on serving the
+// newer one. Spec: server-server-api, "Querying Keys Through Another
+// Server" (notaries answer with cached responses).
+func TestNotaryKeepsNewestDocument(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		f := newFakeRemote(t, n)
+		f.mu.Lock()
+		f.keyValidity = 3 * time.Hour
+		f.mu.Unlock()
+		notary := newFakeRemote(t, n)
+		notary.mux.HandleFunc("/_matrix/key/v2/query", func(w http.ResponseWriter, r *http.Request) {
+			doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+				"verify_keys": map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()}}})
+			signed, err := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey, doc)
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(notary.name, gomatrixserverlib.KeyID(notary.key.ID), notary.key.PrivateKey, signed)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_, _ = w.Write(mustJSON(map[string]any{"server_keys": []json.RawMessage{signed}}))
+		})
+		n.trustedNotary = []string{notary.name + " " + notary.key.ID + " " + notary.key.PublicBase64()}
+		a := n.start()
+		n.trustedNotary = nil
+		uri := "/_matrix/federation/v1/event/$nope"
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("first request: %d %s", status, body)
+		}
+		validUntil := func() int64 {
+			t.Helper()
+			status, body := n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/key/v2/query/"+f.name, nil)
+			var resp struct {
+				ServerKeys []struct {
+					ValidUntilTS int64 `json:"valid_until_ts"`
+				} `json:"server_keys"`
+			}
+			if err := json.Unmarshal(body, &resp); status != http.StatusOK || err != nil || len(resp.ServerKeys) != 1 {
+				t.Fatalf("A's notary answer for %s: %d %s (%v)", f.name, status, body, err)
+			}
+			return resp.ServerKeys[0].ValidUntilTS
+		}
+		newest := validUntil()
+		if newest < time.Now().Add(2*time.Hour).UnixMilli() {
+			t.Fatalf("A serves %s's document valid until %d, want the one fetched from it (3 h)", f.name, newest)
+		}
+		// f unreachable; a request signed with a key A lacks makes A fetch
+		// again, from the notary, whose copy is valid for one hour.
+		f.mu.Lock()
+		f.hideKeys = true
+		f.mu.Unlock()
+		a.HS.Federation.ForgetKeyFetches()
+		other, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key neither f nor the notary serves: %d %s, want 401", status, body)
+		}
+		if got := validUntil(); got != newest {
+			t.Errorf("after the notary's older copy, A serves %s's document valid until %d, want the newer one's %d", f.name, got, newest)
 		}
 	})
 }

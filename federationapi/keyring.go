@@ -33,16 +33,31 @@ type keyRing struct {
 
 	mu sync.Mutex
 	// lastFetch is the last fetch of each server's keys, so an unknown
-	// key ID in a forged request cannot make us hammer a server. Guarded
-	// by mu.
+	// key ID in a forged request cannot make us hammer a server. Entries
+	// older than minRefetch no longer count and are dropped at most once
+	// per minRefetch (lastSwept), so requests naming many servers do not
+	// grow it beyond the fetches of about minRefetch. Guarded by mu.
 	lastFetch map[string]fetchOutcome
-	// fetching serialises fetches per server. Guarded by mu.
-	fetching map[string]*sync.Mutex
+	lastSwept time.Time
+	// fetching serialises fetches per server; an entry lives while a
+	// caller holds or waits for it. Guarded by mu.
+	fetching map[string]*serverFetch
 	// missing remembers, for minRefetch, the keys a fetch made after they
 	// were asked for did not bring (server + "\x00" + key ID → when it
 	// ended), so that the next request naming one is refused at once
 	// instead of waiting for yet another fetch. Guarded by mu.
 	missing map[string]time.Time
+	// missingSwept is when missing, full, was last swept: it is swept at
+	// most once per minRefetch, not on every request while it stays full
+	// (10,000 entries walked under mu each time). Guarded by mu.
+	missingSwept time.Time
+}
+
+// serverFetch is the lock of one server's fetches and how many callers
+// hold or wait for it (guarded by keyRing.mu).
+type serverFetch struct {
+	sync.Mutex
+	users int
 }
 
 // maxMissing bounds keyRing.missing (requests naming made-up key IDs):
@@ -52,8 +67,9 @@ const maxMissing = 10000
 
 // fetchOutcome is how a fetch of one server's keys ended.
 type fetchOutcome struct {
-	ended time.Time
-	err   error // nil: the server's (or a notary's) document was stored
+	started time.Time
+	ended   time.Time
+	err     error // nil: the server's (or a notary's) document was stored
 }
 
 // minRefetch is how soon a server's keys may be fetched again after a
@@ -90,15 +106,28 @@ func (k cachedKey) validAt(at spec.Timestamp, check gomatrixserverlib.SignatureV
 	return check(at, spec.Timestamp(k.validUntilTS))
 }
 
-func (r *keyRing) serverLock(server string) *sync.Mutex {
+// lockServer takes the lock of server's fetches; unlockServer releases
+// it and forgets it when no other caller holds or waits for it.
+func (r *keyRing) lockServer(server string) *serverFetch {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	m := r.fetching[server]
 	if m == nil {
-		m = &sync.Mutex{}
+		m = &serverFetch{}
 		r.fetching[server] = m
 	}
+	m.users++
+	r.mu.Unlock()
+	m.Lock()
 	return m
+}
+
+func (r *keyRing) unlockServer(server string, m *serverFetch) {
+	m.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m.users--; m.users == 0 {
+		delete(r.fetching, server)
+	}
 }
 
 // VerifyJSONs implements gomatrixserverlib.JSONVerifier: a message is
@@ -174,7 +203,7 @@ func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timesta
 	if !ok && r.knownMissing(server, keyID) {
 		return nil, fmt.Errorf("unknown key %s of %s", keyID, server)
 	}
-	fetchErr := r.fetch(ctx, server, !ok)
+	fetchErr := r.fetch(ctx, server, !ok, []string{keyID}, int64(at))
 	if fetchErr != nil {
 		r.s.log.Debug("fetching server keys failed", "server", server, "err", fetchErr)
 	}
@@ -213,12 +242,6 @@ func (r *keyRing) cached(ctx context.Context, server, keyID string) (cachedKey, 
 	return k, true, nil
 }
 
-// fetch asks server for its keys, then the notaries, storing what
-// verifies. At most one fetch per server runs at a time; a caller that
-// waited for a fetch to end takes its outcome instead of fetching again;
-// a server is not asked again within minRefetch of a fetch that
-// succeeded, and one that failed delays the next by failedRefetch.
-// Spec: server-server-api, "Retrieving server keys".
 // knownMissing reports whether a fetch of server's keys that ended less
 // than minRefetch ago, after keyID was asked for, lacked it.
 func (r *keyRing) knownMissing(server, keyID string) bool {
@@ -235,6 +258,10 @@ func (r *keyRing) noteMissing(server, keyID string) {
 	defer r.mu.Unlock()
 	now := r.s.now()
 	if len(r.missing) >= maxMissing {
+		if now.Sub(r.missingSwept) < minRefetch {
+			return
+		}
+		r.missingSwept = now
 		for k, at := range r.missing {
 			if now.Sub(at) >= minRefetch {
 				delete(r.missing, k)
@@ -247,24 +274,38 @@ func (r *keyRing) noteMissing(server, keyID string) {
 	r.missing[server+"\x00"+keyID] = now
 }
 
-// fetch fetches server's keys, at most once per minRefetch after a
-// fetch that succeeded and once per failedRefetch after one that failed;
-// a caller that comes sooner waits for the next fetch when newKey (it
-// asks for a key ID the cache lacks) or after a failure, and otherwise
-// (a cached key not valid at the time asked) returns at once.
-func (r *keyRing) fetch(ctx context.Context, server string, newKey bool) error {
+// fetch asks server for its keys, then the notaries, storing what
+// verifies. At most one fetch per server runs at a time. A caller takes
+// the outcome of a fetch that started after it asked, or of one that
+// failed while it waited; a fetch that started before it asked may have
+// read the document before a key the caller names was added, so it does
+// not count as one that lacks it. A server is not asked again within
+// minRefetch of a fetch that succeeded, nor within failedRefetch of one
+// that failed: a caller that comes sooner waits for the next fetch when
+// newKey (it asks for a key ID the cache lacks) or after a failure, and
+// otherwise (a cached key not valid at the time asked) returns at once.
+// Spec: server-server-api, "Retrieving server keys".
+//
+// keyIDs and minValidUntil are what the caller needs (the key IDs, the
+// time they must be valid at), asked of a notary; a fetch a caller takes
+// the outcome of may have been made for other keys of the same server,
+// but a notary answers with the server's whole key document.
+func (r *keyRing) fetch(ctx context.Context, server string, newKey bool, keyIDs []string, minValidUntil int64) error {
 	asked := r.s.now()
-	lock := r.serverLock(server)
-	lock.Lock()
-	defer lock.Unlock()
+	lock := r.lockServer(server)
+	defer r.unlockServer(server, lock)
 	r.mu.Lock()
 	last, fetched := r.lastFetch[server]
 	r.mu.Unlock()
 	if fetched {
 		since := r.s.now().Sub(last.ended)
 		switch {
-		case last.ended.After(asked):
-			return last.err // it ended while this caller waited
+		case last.started.After(asked):
+			return last.err // it started, and ended, while this caller waited
+		case last.err != nil && last.ended.After(asked):
+			// It failed while this caller waited: the server is down now,
+			// so no second fetch (and its timeout) on top.
+			return last.err
 		case last.err == nil && since < minRefetch && !newKey:
 			return nil
 		case last.err == nil && since < minRefetch:
@@ -281,11 +322,35 @@ func (r *keyRing) fetch(ctx context.Context, server string, newKey bool) error {
 			}
 		}
 	}
-	err := r.fetchNow(ctx, server)
-	r.mu.Lock()
-	r.lastFetch[server] = fetchOutcome{ended: r.s.now(), err: err}
-	r.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err // given up while waiting: no fetch, nothing to record
+	}
+	// The fetch outlives this caller's request (bounded by fetchNow's
+	// own timeout): others waiting take its outcome, and a request that
+	// ends at once must not record a failure the server did not cause
+	// (refusing the requests that waited for the fetch) nor leave no
+	// outcome (letting its next request fetch again at once).
+	started := r.s.now()
+	err := r.fetchNow(context.WithoutCancel(ctx), server, keyIDs, minValidUntil)
+	r.noteFetch(server, fetchOutcome{started: started, ended: r.s.now(), err: err})
 	return err
+}
+
+// noteFetch records how a fetch of server's keys went, first dropping,
+// at most once per minRefetch, the outcomes too old to count (those that
+// ended minRefetch ago or more; failedRefetch is shorter).
+func (r *keyRing) noteFetch(server string, o fetchOutcome) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if o.ended.Sub(r.lastSwept) >= minRefetch {
+		r.lastSwept = o.ended
+		for s, last := range r.lastFetch {
+			if o.ended.Sub(last.ended) >= minRefetch {
+				delete(r.lastFetch, s)
+			}
+		}
+	}
+	r.lastFetch[server] = o
 }
 
 // sleepCtx waits d, or until ctx ends.
@@ -300,8 +365,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// fetchNow asks server for its keys, then the notaries.
-func (r *keyRing) fetchNow(ctx context.Context, server string) error {
+// fetchNow asks server for its keys, then the notaries (for keyIDs,
+// valid until at least minValidUntil).
+func (r *keyRing) fetchNow(ctx context.Context, server string, keyIDs []string, minValidUntil int64) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	var errs []error
@@ -311,7 +377,7 @@ func (r *keyRing) fetchNow(ctx context.Context, server string) error {
 	}
 	errs = append(errs, fmt.Errorf("direct: %w", err))
 	for _, notary := range r.notaries {
-		docs, err := r.fetchFromNotary(ctx, notary, server)
+		docs, err := r.fetchFromNotary(ctx, notary, server, keyIDs, minValidUntil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("notary %s: %w", notary.ServerName, err))
 			continue
@@ -337,11 +403,20 @@ func (r *keyRing) fetchDirect(ctx context.Context, server string) (gomatrixserve
 	return checkKeyDocument(server, raw, r.s.now())
 }
 
-// fetchFromNotary asks a notary for server's keys. The response must be
-// signed by the notary with the pinned key and each document by its own
-// server.
-func (r *keyRing) fetchFromNotary(ctx context.Context, notary config.TrustedKeyServer, server string) ([]gomatrixserverlib.ServerKeys, error) {
-	body := map[string]any{"server_keys": map[string]any{server: map[string]any{}}}
+// fetchFromNotary asks a notary for server's keys: keyIDs, each with
+// minimum_valid_until_ts minValidUntil so that a notary whose copy
+// expires sooner fetches a fresh one (no key IDs: all of them). The
+// response must be signed by the notary with the pinned key and each
+// document by its own server.
+// Spec: server-server-api, "Querying Keys Through Another Server"; rooms
+// v5, "Signing key validity period" (servers MUST set
+// minimum_valid_until_ts when using /query).
+func (r *keyRing) fetchFromNotary(ctx context.Context, notary config.TrustedKeyServer, server string, keyIDs []string, minValidUntil int64) ([]gomatrixserverlib.ServerKeys, error) {
+	criteria := map[string]any{}
+	for _, id := range keyIDs {
+		criteria[id] = map[string]int64{"minimum_valid_until_ts": minValidUntil}
+	}
+	body := map[string]any{"server_keys": map[string]any{server: criteria}}
 	var resp struct {
 		ServerKeys []json.RawMessage `json:"server_keys"`
 	}
@@ -474,7 +549,7 @@ func (r *keyRing) document(ctx context.Context, server string, keyIDs []string, 
 	if err != nil || enough {
 		return doc, err
 	}
-	if err := r.fetch(ctx, server, false); err != nil {
+	if err := r.fetch(ctx, server, false, keyIDs, minValidUntil); err != nil {
 		r.s.log.Debug("notary: fetching keys failed", "server", server, "err", err)
 	}
 	doc, _, err = read()

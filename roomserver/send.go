@@ -124,7 +124,13 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 			return resp, err
 		}
 	}
-	id, lookupErr := lookupTxn(ctx, s.db.Reader(), roomID, proto.SenderID, txn)
+	// The row's redacts as redactsOf will set it: the target named in the
+	// path (redact), or content.redacts of a redaction sent with /send.
+	rowRedacts := redacts
+	if rowRedacts == "" && proto.Type == "m.room.redaction" {
+		rowRedacts = gjson.GetBytes(proto.Content, "redacts").Str
+	}
+	id, lookupErr := lookupTxn(ctx, s.db.Reader(), roomID, proto.SenderID, proto.Type, rowRedacts, txn)
 	if lookupErr != nil {
 		return nil, lookupErr
 	}

@@ -595,14 +595,19 @@ func currentStateNIDs(ctx context.Context, q storage.Querier, roomID string, key
 	return out, nil
 }
 
-// lookupTxn returns the event userID sent in roomID with txn, "" if none.
-// The partial unique index roomserver_events_txn (migration 013) answers
-// it; txn_id = $1 implies the index's txn_id IS NOT NULL on both engines.
-func lookupTxn(ctx context.Context, q storage.Querier, roomID, userID string, txn *TxnID) (string, error) {
+// lookupTxn returns the event userID sent in roomID with txn, "" if none,
+// through the same endpoint: an event of type evType whose redacts
+// column (the target of a redaction, redactsOf) is redacts, "" for
+// none. The partial unique index roomserver_events_txn (migrations 013,
+// 014) answers it; txn_id = $1 implies the index's txn_id IS NOT NULL on
+// both engines.
+// Spec: client-server-api, "Transaction identifiers" (scoped to a device
+// and an endpoint; a retransmission has the path of the first request).
+func lookupTxn(ctx context.Context, q storage.Querier, roomID, userID, evType, redacts string, txn *TxnID) (string, error) {
 	var eventID string
 	err := q.QueryRow(ctx, `SELECT event_id FROM roomserver_events
-		WHERE txn_id = $1 AND txn_device = $2 AND sender = $3 AND room_id = $4`,
-		txn.TxnID, txn.DeviceID, userID, roomID).Scan(&eventID)
+		WHERE txn_id = $1 AND txn_device = $2 AND sender = $3 AND room_id = $4 AND type = $5 AND COALESCE(redacts, '') = $6`,
+		txn.TxnID, txn.DeviceID, userID, roomID, evType, redacts).Scan(&eventID)
 	if storage.IsNoRows(err) {
 		return "", nil
 	}

@@ -83,13 +83,13 @@ func TestTxnIDsMoveIntoEventRows(t *testing.T) {
 
 		s := newTestServer(t, db) // runs the remaining migrations
 		for _, r := range old {
-			got, err := lookupTxn(ctx, db.Reader(), r.room, r.user, &TxnID{DeviceID: r.device, TxnID: r.txn})
+			got, err := lookupTxn(ctx, db.Reader(), r.room, r.user, "m.room.message", "", &TxnID{DeviceID: r.device, TxnID: r.txn})
 			if err != nil || got != r.event {
 				t.Fatalf("after the migration %v maps to %q, %v; want %s", r, got, err, r.event)
 			}
 		}
 		for _, txn := range []string{"t3", "t9"} {
-			if got, err := lookupTxn(ctx, db.Reader(), "!a:test", alice, &TxnID{DeviceID: "DEV", TxnID: txn}); err != nil || got != "" {
+			if got, err := lookupTxn(ctx, db.Reader(), "!a:test", alice, "m.room.message", "", &TxnID{DeviceID: "DEV", TxnID: txn}); err != nil || got != "" {
 				t.Fatalf("txnId %s maps to %q, %v; want none", txn, got, err)
 			}
 		}
@@ -151,4 +151,96 @@ func tableExistsQuery(db *storage.DB) string {
 		return `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1`
 	}
 	return `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1`
+}
+
+// TestTxnIDScopedToEndpoint: a transaction ID is scoped to a device and
+// an endpoint, and a request is a retransmission only when its path is
+// that of the first. The same ID used for a message, a message of
+// another type (another /send path), a redaction (PUT /redact) and a
+// redaction of another event each makes its own event, and each retry
+// returns its own first event, also through a new Server on the same
+// database (a restart); another device or another room is a new
+// request too. A redaction sent through /send (content.redacts) is found
+// again on its retry. Spec: client-server-api, "Transaction
+// identifiers".
+func TestTxnIDScopedToEndpoint(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+		other := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+		target := mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"to redact"}`)
+		txn := func(device string) *TxnID { return &TxnID{DeviceID: device, TxnID: "t1"} }
+		reqs := []struct {
+			name string
+			req  SendEventRequest
+		}{
+			{"message", SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
+				Content: json.RawMessage(`{"body":"one"}`), TxnID: txn("DEV")}},
+			{"another type", SendEventRequest{RoomID: room, Sender: alice, Type: "org.example.other",
+				Content: json.RawMessage(`{"body":"two"}`), TxnID: txn("DEV")}},
+			{"redaction", SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.redaction",
+				Content: json.RawMessage(`{}`), Redacts: target, TxnID: txn("DEV")}},
+			{"another device", SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.message",
+				Content: json.RawMessage(`{"body":"three"}`), TxnID: txn("DEV2")}},
+			{"another room", SendEventRequest{RoomID: other, Sender: alice, Type: "m.room.message",
+				Content: json.RawMessage(`{"body":"four"}`), TxnID: txn("DEV")}},
+		}
+		first := map[string]string{}
+		seen := map[string]string{}
+		for _, r := range reqs {
+			resp, err := s.SendEvent(ctx, r.req)
+			if err != nil {
+				t.Fatalf("%s with a transaction ID used by another endpoint: %v", r.name, err)
+			}
+			if prev, ok := seen[resp.EventID]; ok {
+				t.Fatalf("%s answered with %s, the event of %s: a new request taken for a retry", r.name, resp.EventID, prev)
+			}
+			first[r.name], seen[resp.EventID] = resp.EventID, r.name
+		}
+		// The redaction of another event, with the same ID: new too.
+		target2 := mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"to redact too"}`)
+		resp, err := s.SendEvent(ctx, SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.redaction",
+			Content: json.RawMessage(`{}`), Redacts: target2, TxnID: txn("DEV")})
+		if err != nil || resp.EventID == first["redaction"] {
+			t.Fatalf("the redaction of another event with the same transaction ID gave %+v, %v; want a new event", resp, err)
+		}
+		reqs = append(reqs, struct {
+			name string
+			req  SendEventRequest
+		}{"redaction of another event", SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.redaction",
+			Content: json.RawMessage(`{}`), Redacts: target2, TxnID: txn("DEV")}})
+		first["redaction of another event"] = resp.EventID
+		for _, id := range []string{target, target2} {
+			ev, err := s.Event(ctx, alice, id)
+			if err != nil || ev.RedactedBecause == "" {
+				t.Fatalf("%s after its redaction: %+v, %v; want it redacted", id, ev, err)
+			}
+		}
+		// A redaction sent through /send names its target in content.
+		viaSend := SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.redaction",
+			Content: json.RawMessage(`{"redacts":"` + first["message"] + `"}`), TxnID: &TxnID{DeviceID: "DEV", TxnID: "t5"}}
+		resp, err = s.SendEvent(ctx, viaSend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first["redaction through /send"] = resp.EventID
+		reqs = append(reqs, struct {
+			name string
+			req  SendEventRequest
+		}{"redaction through /send", viaSend})
+
+		n := countRows(t, db, "roomserver_events")
+		for _, srv := range []*Server{s, newTestServer(t, db)} {
+			for _, r := range reqs {
+				again, err := srv.SendEvent(ctx, r.req)
+				if err != nil || again.EventID != first[r.name] {
+					t.Errorf("retry of the %s gave %+v, %v; want its first event %s", r.name, again, err, first[r.name])
+				}
+			}
+		}
+		if got := countRows(t, db, "roomserver_events"); got != n {
+			t.Errorf("the retries stored %d events, want none", got-n)
+		}
+	})
 }

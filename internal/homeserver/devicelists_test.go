@@ -119,6 +119,51 @@ func TestUntrackOnLeave(t *testing.T) {
 	})
 }
 
+// TestUntrackOnKickAndBan: a remote member kicked or banned by a local
+// one stops being tracked when that was the last room they shared with
+// a local user; one kicked who still shares another room keeps their
+// cache. Spec: client-server-api, "Tracking the device list for a user"
+// (kicks and bans end the sharing as leaves do).
+func TestUntrackOnKickAndBan(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		rooms := untrackingRooms(t, db, nil)
+		const alice, carol = "@alice:test.local", "@carol:test.local"
+		const kicked, banned, sharer = "@kicked:remote.example", "@banned:remote.example", "@sharer:remote.example"
+		room, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: alice, Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{Creator: carol, Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		remoteKey, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{kicked, banned, sharer} {
+			inputEvent(t, rooms, remoteKey, room.RoomID, u, "m.room.member", u, `{"membership":"join"}`, nil)
+		}
+		inputEvent(t, rooms, remoteKey, other.RoomID, sharer, "m.room.member", sharer, `{"membership":"join"}`, nil)
+		cacheDeviceLists(t, db, kicked, banned, sharer)
+
+		for _, u := range []string{kicked, sharer} {
+			if _, err := rooms.Kick(ctx, roomserver.MembershipRequest{RoomID: room.RoomID, Sender: alice, Target: u}); err != nil {
+				t.Fatalf("kicking %s: %v", u, err)
+			}
+		}
+		if _, err := rooms.Ban(ctx, roomserver.MembershipRequest{RoomID: room.RoomID, Sender: alice, Target: banned}); err != nil {
+			t.Fatalf("banning %s: %v", banned, err)
+		}
+		for u, want := range map[string]bool{kicked: false, banned: false, sharer: true} {
+			if got := cachedFresh(t, db, u); got != want {
+				t.Errorf("%s: cache kept %v, want %v", u, got, want)
+			}
+		}
+	})
+}
+
 // inputEvent builds an event of sender's on prevs (nil: the room's
 // forward extremities), with its auth events taken from the room's
 // current state, and inputs it as a PDU from sender's server, signed with
