@@ -2,10 +2,13 @@ package roomserver
 
 import (
 	"bytes"
+	"math/rand"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // plainContents are content bodies canonicalPlain must take; notPlain
@@ -91,6 +94,92 @@ func TestCanonicalContentMatchesLibrary(t *testing.T) {
 			if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
 				t.Errorf("v%s %q:\n got  %q, %v\n want %q, %v", impl.Version(), s, got, err, want, wantErr)
 			}
+		}
+	}
+}
+
+// TestCanonicalPlainRandomised: over many random mutations of the
+// tables above and of the client-JSON checks' edge cases, whatever
+// canonicalPlain takes is what gomatrixserverlib writes in every room
+// version, and, when valid UTF-8, passes validateClientJSON (which
+// checkSendRequest then skips).
+func TestCanonicalPlainRandomised(t *testing.T) {
+	if maxPlainDepth >= maxJSONDepth {
+		t.Fatalf("maxPlainDepth %d must stay below validateClientJSON's maxJSONDepth %d", maxPlainDepth, maxJSONDepth)
+	}
+	seeds := append(append([]string{}, plainContents...), notPlain...)
+	seeds = append(seeds, `{"n":-9007199254740991}`, `{"a":"x","\u0061":"y"}`, `{"a":"\ud83d"}`, "{\"a\":\"\xc3\x28\"}")
+	alphabet := []byte(`{}[]":,.-+0123456789eEtruefalsnl \ab/u"` + "\x00\x1f\xff\xc3\xa9")
+	versions := gomatrixserverlib.RoomVersions()
+	rng := rand.New(rand.NewSource(1))
+	taken := 0
+	for i := 0; i < 30000; i++ {
+		b := []byte(seeds[rng.Intn(len(seeds))])
+		for n := rng.Intn(3) + 1; n > 0; n-- {
+			switch op := rng.Intn(3); {
+			case op == 0 && len(b) > 0:
+				b[rng.Intn(len(b))] = alphabet[rng.Intn(len(alphabet))]
+			case op == 1:
+				p := rng.Intn(len(b) + 1)
+				b = append(b[:p], append([]byte{alphabet[rng.Intn(len(alphabet))]}, b[p:]...)...)
+			case len(b) > 0:
+				p := rng.Intn(len(b))
+				b = append(b[:p], b[p+1:]...)
+			}
+		}
+		out, ok := canonicalPlain(b)
+		if !ok {
+			continue
+		}
+		taken++
+		for _, impl := range versions {
+			want, err := gomatrixserverlib.EnforcedCanonicalJSON(b, impl.Version())
+			if err != nil || !bytes.Equal(out, want) {
+				t.Fatalf("v%s %q:\n fast %q\n want %q, %v", impl.Version(), b, out, want, err)
+			}
+		}
+		if err := validateClientJSON(b); utf8.Valid(b) && err != nil {
+			t.Fatalf("%q: taken by canonicalPlain, valid UTF-8, refused by validateClientJSON: %v", b, err)
+		}
+	}
+	if taken < 1000 {
+		t.Fatalf("only %d of the mutations were plain: the test checks too little", taken)
+	}
+}
+
+// TestCheckSendRequestContent: checkSendRequest refuses exactly the
+// content validateClientJSON refuses, and hands on plain content in its
+// canonical form, other content as it came.
+func TestCheckSendRequestContent(t *testing.T) {
+	s := &Server{serverName: spec.ServerName("hs")}
+	impl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersionV11)
+	for _, content := range append(append([]string{
+		"{\"body\":\"\xff\"}", "{\"\xc3\":\"x\"}", `{"body":"\ud800"}`, `{"n":1e3}`, `{"a":1,"a":1}`,
+		`{"n":9007199254740992}`, `{"n":9007199254740991}`, `{"a" : "spaced"}`,
+	}, plainContents...), notPlain...) {
+		if content == "" || content[0] != '{' {
+			continue // refused before the JSON checks
+		}
+		req := SendEventRequest{RoomID: "!r:hs", Sender: "@a:hs", Type: "m.room.message", Content: []byte(content)}
+		err := s.checkSendRequest(&req)
+		wantErr := validateClientJSON([]byte(content))
+		if (err != nil) != (wantErr != nil) {
+			t.Errorf("%q: checkSendRequest says %v, validateClientJSON %v", content, err, wantErr)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		want := content
+		if _, ok := canonicalPlain([]byte(content)); ok {
+			canonical, err := gomatrixserverlib.EnforcedCanonicalJSON([]byte(content), impl.Version())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = string(canonical)
+		}
+		if string(req.Content) != want {
+			t.Errorf("%q: content handed on as %q, want %q", content, req.Content, want)
 		}
 	}
 }
