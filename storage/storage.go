@@ -466,8 +466,17 @@ func (p poolQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.R
 	return p.db.QueryRowContext(ctx, p.rewrite(q), args...)
 }
 
+// sqlRunner is what txQuerier runs statements on: a *sql.Tx, or the
+// SQLite writer's *sql.Conn inside the transaction it began
+// (commitBatch).
+type sqlRunner interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
 type txQuerier struct {
-	tx      *sql.Tx
+	tx      sqlRunner
 	rewrite func(string) string
 	// uncancellable runs statements without the caller's cancellation:
 	// set in the SQLite writer, where a write function that has started
