@@ -488,7 +488,7 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 			req.failed = true
 			continue
 		}
-		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
+		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}, tracked: true}
 		req.tx = tx
 		if i == 0 {
 			// The first write of the transaction needs no savepoint of
@@ -496,7 +496,9 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 			// transaction, so the whole of it is rolled back and the
 			// write answered; the writer then starts afresh with
 			// whatever is queued. (Half the statements of a lone write.)
-			if err := callWrite(req.fn, tx); err != nil {
+			err := callWrite(req.fn, tx)
+			tx.closeRows()
+			if err != nil {
 				rollbackWrite(sqlTx)
 				req.finish(err)
 				return batch, nil, false
@@ -508,7 +510,9 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 			req.failed = true
 			continue
 		}
-		if err := callWrite(req.fn, tx); err != nil {
+		err := callWrite(req.fn, tx)
+		tx.closeRows()
+		if err != nil {
 			results[i] = err
 			req.failed = true
 			if _, rbErr := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); rbErr != nil {

@@ -104,3 +104,42 @@ func TestWriterSurvivesTransactionEndedByWrite(t *testing.T) {
 		t.Errorf("rows %v, want [1 2]", got)
 	}
 }
+
+// TestWriterClosesRowsLeftOpen: rows a write function leaves open (a
+// missing rows.Close) are closed by the writer once the function
+// returns, so its connection goes back for the next batch: the next
+// writes commit.
+func TestWriterClosesRowsLeftOpen(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	ctx := context.Background()
+	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+	exec(t, db, `INSERT INTO t (id) VALUES (1), (2), (3)`)
+	for i, fail := range []bool{false, true} {
+		var err error
+		within(t, 10*time.Second, "a write leaving rows open", func() {
+			err = db.Write(ctx, func(tx storage.Tx) error {
+				rows, err := tx.Query(ctx, `SELECT id FROM t`)
+				if err != nil {
+					return err
+				}
+				rows.Next() // and never closed
+				if _, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES ($1)`, 10+i); err != nil {
+					return err
+				}
+				if fail {
+					return errors.New("boom")
+				}
+				return nil
+			})
+		})
+		if (err != nil) != fail {
+			t.Fatalf("fail=%v: Write returned %v", fail, err)
+		}
+		within(t, 10*time.Second, "the next write", func() {
+			exec(t, db, `INSERT INTO t (id) VALUES ($1)`, 20+i)
+		})
+	}
+	if got := int64s(t, db.Reader(), `SELECT id FROM t ORDER BY id`); len(got) != 6 || got[3] != 10 || got[4] != 20 || got[5] != 21 {
+		t.Errorf("rows %v, want [1 2 3 10 20 21]", got)
+	}
+}
