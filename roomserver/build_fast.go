@@ -183,7 +183,7 @@ func buildSigned(impl gomatrixserverlib.IRoomVersion, eb *gomatrixserverlib.Even
 func canonicalEvent(impl gomatrixserverlib.IRoomVersion, ev *fastEvent) ([]byte, bool, error) {
 	if eventStringsPlain(ev) && ev.Depth >= -maxSafeInt && ev.Depth <= maxSafeInt &&
 		uint64(ev.OriginServerTS) <= maxSafeInt {
-		content, err := gomatrixserverlib.EnforcedCanonicalJSON(ev.Content, impl.Version())
+		content, err := canonicalContent(impl, ev.Content)
 		if err != nil {
 			return nil, false, err
 		}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/tidwall/gjson"
@@ -85,6 +86,16 @@ func (s *Server) checkSendRequest(req *SendEventRequest) error {
 	}
 	if req.Content[0] != '{' {
 		return mxerr.New(mxerr.BadJSON, "content must be a JSON object")
+	}
+	// Content in the shape clients send passes validateClientJSON when
+	// canonicalPlain takes it and it is valid UTF-8: it holds no escape
+	// (so no lone surrogate), no repeated key, only integers of up to 15
+	// digits, and nests at most maxPlainDepth (< maxJSONDepth) deep. The
+	// one walk also sorts it: its canonical form, which build makes of
+	// the content anyway, replaces it.
+	if canonical, ok := canonicalPlain(req.Content); ok && utf8.Valid(req.Content) {
+		req.Content = canonical
+		return nil
 	}
 	return validateClientJSON(req.Content)
 }

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"time"
 )
@@ -358,24 +359,39 @@ func (db *DB) awaitAnnounced(batch []*writeRequest, hold time.Duration) []*write
 // commitBatch runs batch and whatever joins it (runBatch) in one
 // transaction and commits once; then every request's outcome is known.
 // results is scratch space of capacity maxBatch, the writer's own.
+//
+// The transaction is BEGIN IMMEDIATE … COMMIT run on the writer's one
+// connection, taken as a *sql.Conn, not a *sql.Tx: database/sql starts a
+// goroutine for every *sql.Tx (to roll it back if its context ends) and
+// one more for every query run in it (to close the rows if the
+// transaction ends), each started and woken again when the rows close —
+// about nine goroutines per commit of eight messages, each message's
+// write running queries. On a *sql.Conn with an uncancellable context it
+// starts none. What the *sql.Tx did besides is done here: the statements
+// run only on this goroutine, and a failed COMMIT is followed by a
+// ROLLBACK (as go-sqlite3's Tx.Commit does: SQLite may leave the
+// transaction open); a connection whose ROLLBACK fails is in an unknown
+// state and is closed rather than used again (discardConn).
 func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	ctx := context.Background()
 	start := time.Now()
-	sqlTx, err := db.writer.BeginTx(ctx, nil) // BEGIN IMMEDIATE via _txlock
+	conn, err := db.beginWrite(ctx)
 	if err != nil {
 		for _, req := range takeWaiting(batch, db.queue) {
 			req.finish(fmt.Errorf("storage: begin write: %w", err))
 		}
 		return
 	}
-	batch, results, ok := db.runBatch(ctx, sqlTx, start, batch, results)
+	defer conn.Close() // back to the pool, for the next batch
+	batch, results, ok := db.runBatch(ctx, conn, start, batch, results)
 	defer clear(results) // no error kept alive until the slot is reused
 	if !ok {
 		return // runBatch finished every request
 	}
 	committing := time.Now()
-	err = sqlTx.Commit()
+	_, err = conn.ExecContext(ctx, "COMMIT")
 	if err != nil {
+		rollbackWrite(conn)
 		for i, req := range batch {
 			if results[i] == nil {
 				results[i] = fmt.Errorf("storage: commit: %w", err)
@@ -406,7 +422,40 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 	db.answered, db.answeredAt = countAnnounced(batch), time.Now()
 }
 
-// runBatch runs the requests of batch in order in sqlTx, each after the
+// beginWrite takes the writer's connection and begins a write
+// transaction on it (IMMEDIATE: the write lock now, so that no statement
+// of the batch meets SQLITE_BUSY half-way).
+func (db *DB) beginWrite(ctx context.Context) (*sql.Conn, error) {
+	conn, err := db.writer.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		// SQLITE_BUSY past busy_timeout (another process writing), say:
+		// no transaction is open (a ROLLBACK that failed closed its
+		// connection), so the connection serves the next batch.
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// rollbackWrite ends the transaction on conn without its writes.
+func rollbackWrite(conn *sql.Conn) {
+	if _, err := conn.ExecContext(context.Background(), "ROLLBACK"); err != nil {
+		discardConn(conn)
+	}
+}
+
+// discardConn closes conn's connection instead of handing it back to
+// the pool (database/sql closes a connection whose Raw call reports
+// driver.ErrBadConn); the next batch opens a fresh one.
+func discardConn(conn *sql.Conn) {
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+}
+
+// runBatch runs the requests of batch in order in the transaction open
+// on sqlTx (beginWrite), each after the
 // first in its own savepoint (see below for the first). Before it commits, it takes in the requests queued while it ran
 // (up to maxBatch in all), and runs them too: a write that arrives while
 // a batch is still running shares that batch's commit instead of waiting
@@ -414,7 +463,7 @@ func (db *DB) commitBatch(batch []*writeRequest, results []error) {
 // here, so no request is answered before the commit that holds it. It
 // returns the whole batch and each request's outcome so far; ok is false
 // when the transaction was rolled back and every request finished.
-func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, start time.Time, batch []*writeRequest, results []error) (_ []*writeRequest, _ []error, ok bool) {
+func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, batch []*writeRequest, results []error) (_ []*writeRequest, _ []error, ok bool) {
 	results = results[:0]
 	for i := 0; ; i++ {
 		if i == len(batch) {
@@ -439,7 +488,7 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, start time.Time, batc
 			req.failed = true
 			continue
 		}
-		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}}
+		tx := &writeTx{txQuerier: txQuerier{tx: sqlTx, rewrite: db.rewrite, uncancellable: true}, tracked: true}
 		req.tx = tx
 		if i == 0 {
 			// The first write of the transaction needs no savepoint of
@@ -447,8 +496,10 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, start time.Time, batc
 			// transaction, so the whole of it is rolled back and the
 			// write answered; the writer then starts afresh with
 			// whatever is queued. (Half the statements of a lone write.)
-			if err := callWrite(req.fn, tx); err != nil {
-				_ = sqlTx.Rollback()
+			err := callWrite(req.fn, tx)
+			tx.closeRows()
+			if err != nil {
+				rollbackWrite(sqlTx)
 				req.finish(err)
 				return batch, nil, false
 			}
@@ -459,12 +510,14 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Tx, start time.Time, batc
 			req.failed = true
 			continue
 		}
-		if err := callWrite(req.fn, tx); err != nil {
+		err := callWrite(req.fn, tx)
+		tx.closeRows()
+		if err != nil {
 			results[i] = err
 			req.failed = true
 			if _, rbErr := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); rbErr != nil {
 				// The transaction is in an unknown state: fail everyone.
-				_ = sqlTx.Rollback()
+				rollbackWrite(sqlTx)
 				for j, r := range batch {
 					if j < i && results[j] != nil {
 						r.finish(results[j])

@@ -466,8 +466,17 @@ func (p poolQuerier) QueryRow(ctx context.Context, q string, args ...any) *sql.R
 	return p.db.QueryRowContext(ctx, p.rewrite(q), args...)
 }
 
+// sqlRunner is what txQuerier runs statements on: a *sql.Tx, or the
+// SQLite writer's *sql.Conn inside the transaction it began
+// (commitBatch).
+type sqlRunner interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
 type txQuerier struct {
-	tx      *sql.Tx
+	tx      sqlRunner
 	rewrite func(string) string
 	// uncancellable runs statements without the caller's cancellation:
 	// set in the SQLite writer, where a write function that has started
@@ -501,6 +510,34 @@ type writeTx struct {
 	txQuerier
 	onCommit []func()
 	after    []func()
+	// tracked: the SQLite writer's, whose rows closeRows closes once the
+	// write function has returned (open holds them). On its *sql.Conn
+	// (commitBatch) rows left open would keep the connection from going
+	// back to the pool after the commit, and so stop the writer; in a
+	// *sql.Tx database/sql closed them when the transaction ended.
+	// (QueryRow's rows close in Scan, which every caller of QueryRow
+	// calls at once.)
+	tracked bool
+	open    []*sql.Rows
+}
+
+// Query is txQuerier's, the rows remembered when tracked.
+func (w *writeTx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	rows, err := w.txQuerier.Query(ctx, q, args...)
+	if err == nil && w.tracked {
+		w.open = append(w.open, rows)
+	}
+	return rows, err
+}
+
+// closeRows closes the rows of every Query the write function made
+// (Close is a no-op on rows already closed).
+func (w *writeTx) closeRows() {
+	for _, rows := range w.open {
+		_ = rows.Close()
+	}
+	clear(w.open)
+	w.open = w.open[:0]
 }
 
 // execOnce runs q, already in the engine's dialect, without the rewriter's

@@ -1,0 +1,145 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
+)
+
+// goroutinesCreated is the process's count of goroutines started so far.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// TestWriterStartsNoGoroutinePerQuery: the SQLite writer runs a write's
+// queries without database/sql starting a goroutine for each (it does for
+// every query inside a *sql.Tx: commitBatch runs the transaction on a
+// *sql.Conn), nor one per transaction.
+func TestWriterStartsNoGoroutinePerQuery(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	ctx := context.Background()
+	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+	const queries = 50
+	write := func() {
+		err := db.Write(ctx, func(tx storage.Tx) error {
+			for i := range queries {
+				if _, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, i); err != nil {
+					return err
+				}
+				rows, err := tx.Query(ctx, `SELECT id FROM t WHERE id = $1`, i)
+				if err != nil {
+					return err
+				}
+				for rows.Next() {
+				}
+				if err := rows.Close(); err != nil {
+					return err
+				}
+				var id int64
+				if err := tx.QueryRow(ctx, `SELECT id FROM t WHERE id = $1`, i).Scan(&id); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	write() // the statements prepared, the connection warm
+	before := goroutinesCreated()
+	write()
+	write()
+	// Other goroutines of the process (the checkpointer's timers, the
+	// test's own) may start a few; a goroutine per query would be 200.
+	if n := goroutinesCreated() - before; n > 10 {
+		t.Errorf("%d goroutines started by two writes of %d queries each", n, 2*queries)
+	}
+}
+
+// TestWriterSurvivesTransactionEndedByWrite: a write function that ends
+// the transaction itself (its own ROLLBACK) fails its write, and so do
+// the COMMIT or ROLLBACK that follow; the writer's connection is then
+// replaced, and the next writes commit as usual (a leaked connection
+// would leave them waiting forever: the writer has one).
+func TestWriterSurvivesTransactionEndedByWrite(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	ctx := context.Background()
+	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+	errBoom := errors.New("boom")
+	for _, fail := range []bool{false, true} {
+		var err error
+		within(t, 10*time.Second, "a write ending its own transaction", func() {
+			err = db.Write(ctx, func(tx storage.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES (100)`); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `ROLLBACK`); err != nil {
+					return err
+				}
+				if fail {
+					return errBoom // rollbackWrite's ROLLBACK fails
+				}
+				return nil // the COMMIT fails
+			})
+		})
+		if err == nil {
+			t.Fatalf("fail=%v: a write whose transaction was gone was acknowledged", fail)
+		}
+		if fail && !errors.Is(err, errBoom) {
+			t.Errorf("fail=%v: Write returned %v, want the function's error", fail, err)
+		}
+		within(t, 10*time.Second, "the next write", func() {
+			exec(t, db, `INSERT INTO t (id) VALUES ($1)`, map[bool]int{false: 1, true: 2}[fail])
+		})
+	}
+	if got := int64s(t, db.Reader(), `SELECT id FROM t ORDER BY id`); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Errorf("rows %v, want [1 2]", got)
+	}
+}
+
+// TestWriterClosesRowsLeftOpen: rows a write function leaves open (a
+// missing rows.Close) are closed by the writer once the function
+// returns, so its connection goes back for the next batch: the next
+// writes commit.
+func TestWriterClosesRowsLeftOpen(t *testing.T) {
+	db := storagetest.OpenSQLite(t)
+	ctx := context.Background()
+	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+	exec(t, db, `INSERT INTO t (id) VALUES (1), (2), (3)`)
+	for i, fail := range []bool{false, true} {
+		var err error
+		within(t, 10*time.Second, "a write leaving rows open", func() {
+			err = db.Write(ctx, func(tx storage.Tx) error {
+				rows, err := tx.Query(ctx, `SELECT id FROM t`)
+				if err != nil {
+					return err
+				}
+				rows.Next() // and never closed
+				if _, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES ($1)`, 10+i); err != nil {
+					return err
+				}
+				if fail {
+					return errors.New("boom")
+				}
+				return nil
+			})
+		})
+		if (err != nil) != fail {
+			t.Fatalf("fail=%v: Write returned %v", fail, err)
+		}
+		within(t, 10*time.Second, "the next write", func() {
+			exec(t, db, `INSERT INTO t (id) VALUES ($1)`, 20+i)
+		})
+	}
+	if got := int64s(t, db.Reader(), `SELECT id FROM t ORDER BY id`); len(got) != 6 || got[3] != 10 || got[4] != 20 || got[5] != 21 {
+		t.Errorf("rows %v, want [1 2 3 10 20 21]", got)
+	}
+}
