@@ -161,42 +161,35 @@ func (s *Signer) startRefill() {
 // more than one nonce's computation; the work lands mostly when the
 // process would otherwise wait (on a COMMIT's fsync).
 func (s *Signer) refill() {
-	for {
-		var n nonce
-		newNonce(&n)
-		s.mu.Lock()
-		if len(s.pool) < cap(s.pool) {
-			s.pool = append(s.pool, n)
-		}
-		full := len(s.pool) == cap(s.pool)
-		if full {
-			s.refilling = false
-		}
-		s.mu.Unlock()
-		n = nonce{}
-		if full {
-			return
-		}
+	for !s.addOne(true) {
 		runtime.Gosched()
 	}
+}
+
+// addOne computes one nonce and adds it to the pool unless the pool is
+// full by then, and reports whether it is full now. fromRefill: the
+// caller is the refill goroutine, whose end (s.refilling) it records
+// under the same lock once the pool is full.
+func (s *Signer) addOne(fromRefill bool) bool {
+	var n nonce
+	newNonce(&n)
+	s.mu.Lock()
+	if len(s.pool) < cap(s.pool) {
+		s.pool = append(s.pool, n)
+	}
+	full := len(s.pool) == cap(s.pool)
+	if full && fromRefill {
+		s.refilling = false
+	}
+	s.mu.Unlock()
+	n = nonce{}
+	return full
 }
 
 // Fill fills the pool to full in the caller's goroutine: for a caller
 // (a test) that needs the next signatures to come from the pool.
 func (s *Signer) Fill() {
-	for {
-		var n nonce
-		newNonce(&n)
-		s.mu.Lock()
-		if len(s.pool) < cap(s.pool) {
-			s.pool = append(s.pool, n)
-		}
-		full := len(s.pool) == cap(s.pool)
-		s.mu.Unlock()
-		n = nonce{}
-		if full {
-			return
-		}
+	for !s.addOne(false) {
 	}
 }
 
