@@ -105,7 +105,7 @@ func (s *Server) verifyRequest(r *http.Request) (string, error) {
 	if err != nil {
 		return "", mxerr.Wrap(err, mxerr.BadJSON, "bad request")
 	}
-	err = s.keys.verify(r.Context(), origin, message, spec.AsTimestamp(s.now()), gomatrixserverlib.StrictValiditySignatureCheck)
+	err = s.keys.verify(r.Context(), origin, message, spec.AsTimestamp(s.now()), gomatrixserverlib.StrictValiditySignatureCheck, forRequests)
 	if err != nil {
 		return "", unauthorized("invalid signature: %v", err)
 	}

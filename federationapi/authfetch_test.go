@@ -26,10 +26,14 @@ import (
 type fakeRemote struct {
 	name string
 	key  *signing.Key
-	mux  *http.ServeMux
-	mu   sync.Mutex
-	hits map[string]int
-	edus []json.RawMessage // every EDU sent to it; guarded by mu
+	// oldKey, when set, is served in old_verify_keys with oldExpiredTS.
+	// Guarded by mu.
+	oldKey       *signing.Key
+	oldExpiredTS int64
+	mux          *http.ServeMux
+	mu           sync.Mutex
+	hits         map[string]int
+	edus         []json.RawMessage // every EDU sent to it; guarded by mu
 	// txns records every /send attempt, answered or not; guarded by mu.
 	txns []fakeTxn
 	// sendGate, if set, runs before a /send is answered and returns the
@@ -72,6 +76,7 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 	f.mux.HandleFunc("/_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		hide, validity, key, gate := f.hideKeys, f.keyValidity, f.key, f.keyGate
+		oldKey, oldExpiredTS := f.oldKey, f.oldExpiredTS
 		f.mu.Unlock()
 		if gate != nil {
 			gate()
@@ -83,8 +88,12 @@ func newFakeRemote(t *testing.T, n *network) *fakeRemote {
 		if validity == 0 {
 			validity = time.Hour
 		}
-		doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(validity).UnixMilli(),
-			"verify_keys": map[string]any{key.ID: map[string]string{"key": key.PublicBase64()}}})
+		fields := map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(validity).UnixMilli(),
+			"verify_keys": map[string]any{key.ID: map[string]string{"key": key.PublicBase64()}}}
+		if oldKey != nil {
+			fields["old_verify_keys"] = map[string]any{oldKey.ID: map[string]any{"key": oldKey.PublicBase64(), "expired_ts": oldExpiredTS}}
+		}
+		doc := mustJSON(fields)
 		signed, _ := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(key.ID), key.PrivateKey, doc)
 		_, _ = w.Write(signed)
 	})

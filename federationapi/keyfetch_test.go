@@ -648,3 +648,30 @@ func TestNotaryKeepsNewestDocument(t *testing.T) {
 		}
 	})
 }
+
+// TestOldKeyRefusedForRequests: a key the server lists in
+// old_verify_keys is "only valid for signing events" (server-server-api,
+// "Publishing Keys"), so a request signed with it is refused even while
+// its expired_ts lies ahead, when the same server's current key is
+// accepted; the key cache still holds it for events (TestKeyRotation,
+// TestOldKeyValidBeforeExpiry).
+func TestOldKeyRefusedForRequests(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		old, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		f.oldKey, f.oldExpiredTS = old, time.Now().Add(time.Hour).UnixMilli()
+		f.mu.Unlock()
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with the current key: %d %s, want it accepted (404 for the unknown event)", status, body)
+		}
+		if status, body := n.request(a, f.name, old, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key of old_verify_keys: %d %s, want 401", status, body)
+		}
+	})
+}

@@ -99,9 +99,14 @@ type cachedKey struct {
 // version's rule; for requests the strict one: signed no later than
 // valid_until_ts, capped at seven days from now).
 // Spec: rooms/v5, "Signing key validity period".
-func (k cachedKey) validAt(at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc) bool {
+//
+// A key of old_verify_keys signs events only, never requests: "a list
+// of verify_keys that are valid for signing federation requests ... and
+// for signing events ... old_verify_keys which are only valid for
+// signing events" (server-server-api, "Publishing Keys").
+func (k cachedKey) validAt(at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc, use keyUse) bool {
 	if k.expiredTS != 0 {
-		return int64(at) < k.expiredTS
+		return use == forEvents && int64(at) < k.expiredTS
 	}
 	return check(at, spec.Timestamp(k.validUntilTS))
 }
@@ -130,6 +135,16 @@ func (r *keyRing) unlockServer(server string, m *serverFetch) {
 	}
 }
 
+// keyUse is what a signature being checked signs: an event (any key
+// valid at the time, old_verify_keys included) or a federation request
+// (a current key only).
+type keyUse int
+
+const (
+	forEvents keyUse = iota
+	forRequests
+)
+
 // VerifyJSONs implements gomatrixserverlib.JSONVerifier: a message is
 // valid for a server if one of its signatures by that server verifies
 // with a key valid at AtTS.
@@ -140,13 +155,14 @@ func (r *keyRing) VerifyJSONs(ctx context.Context, reqs []gomatrixserverlib.Veri
 		if check == nil {
 			check = gomatrixserverlib.StrictValiditySignatureCheck
 		}
-		out[i].Error = r.verify(ctx, string(req.ServerName), req.Message, req.AtTS, check)
+		out[i].Error = r.verify(ctx, string(req.ServerName), req.Message, req.AtTS, check, forEvents)
 	}
 	return out, nil
 }
 
-// verify checks message's signature by server at time at.
-func (r *keyRing) verify(ctx context.Context, server string, message []byte, at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc) error {
+// verify checks message's signature by server at time at, with a key
+// good for use.
+func (r *keyRing) verify(ctx context.Context, server string, message []byte, at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc, use keyUse) error {
 	keyIDs, err := gomatrixserverlib.ListKeyIDs(server, message)
 	if err != nil {
 		return fmt.Errorf("reading signatures: %w", err)
@@ -159,7 +175,7 @@ func (r *keyRing) verify(ctx context.Context, server string, message []byte, at 
 		if !strings.HasPrefix(string(keyID), "ed25519:") {
 			continue
 		}
-		key, err := r.key(ctx, server, string(keyID), at, check)
+		key, err := r.key(ctx, server, string(keyID), at, check, use)
 		if err != nil {
 			lastErr = err
 			continue
@@ -178,13 +194,13 @@ func (r *keyRing) verify(ctx context.Context, server string, message []byte, at 
 
 // key returns server's key keyID if it is valid at at, fetching it when
 // the cache does not have a valid copy.
-func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc) (ed25519.PublicKey, error) {
+func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timestamp, check gomatrixserverlib.SignatureValidityCheckFunc, use keyUse) (ed25519.PublicKey, error) {
 	if server == r.s.serverName {
 		if keyID == r.s.key.ID {
 			return r.s.key.Public(), nil
 		}
 		for _, old := range r.s.oldKeys {
-			if old.KeyID == keyID && int64(at) < old.ExpiredTS {
+			if old.KeyID == keyID && use == forEvents && int64(at) < old.ExpiredTS {
 				return old.Key, nil
 			}
 		}
@@ -194,7 +210,7 @@ func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timesta
 	if err != nil {
 		return nil, err
 	}
-	if ok && k.validAt(at, check) {
+	if ok && k.validAt(at, check, use) {
 		return k.key, nil
 	}
 	// Not cached or not valid at that time: maybe the server has a newer
@@ -217,7 +233,7 @@ func (r *keyRing) key(ctx context.Context, server, keyID string, at spec.Timesta
 		}
 		return nil, fmt.Errorf("unknown key %s of %s", keyID, server)
 	}
-	if !k.validAt(at, check) {
+	if !k.validAt(at, check, use) {
 		return nil, fmt.Errorf("key %s of %s is not valid at %d", keyID, server, at)
 	}
 	return k.key, nil

@@ -80,9 +80,14 @@ func TestOldKeyValidBeforeExpiry(t *testing.T) {
 	always := func(_, _ spec.Timestamp) bool { return true }
 	old := cachedKey{expiredTS: 1_000}
 	for at, want := range map[spec.Timestamp]bool{999: true, 1_000: false, 1_001: false} {
-		if got := old.validAt(at, always); got != want {
+		if got := old.validAt(at, always, forEvents); got != want {
 			t.Errorf("old key expired at 1000, signature at %d: valid %v, want %v", at, got, want)
 		}
+	}
+	// Never for a request (server-server-api, "Publishing Keys":
+	// old_verify_keys "are only valid for signing events").
+	if old.validAt(999, always, forRequests) {
+		t.Error("an old key is valid for a request signed before its expired_ts")
 	}
 }
 

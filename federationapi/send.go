@@ -190,7 +190,7 @@ func (s *Server) checkPDUWith(ctx context.Context, raw json.RawMessage, version 
 		if rerr != nil {
 			return nil, eventID, rerr
 		}
-		err = s.keys.verify(ctx, domainOf(string(pdu.SenderID())), redacted, pdu.OriginServerTS(), impl.SignatureValidityCheck)
+		err = s.keys.verify(ctx, domainOf(string(pdu.SenderID())), redacted, pdu.OriginServerTS(), impl.SignatureValidityCheck, forEvents)
 	} else {
 		err = gomatrixserverlib.VerifyEventSignatures(ctx, pdu, s.keys, func(_ spec.RoomID, sender spec.SenderID) (*spec.UserID, error) {
 			return spec.NewUserID(string(sender), true)
