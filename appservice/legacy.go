@@ -84,15 +84,12 @@ func (m *legacyMemory) isLegacy(reg *Registration, family legacyFamily) bool {
 	return ok
 }
 
-// set remembers reg as legacy for family (legacy) or forgets it.
-func (m *legacyMemory) set(reg *Registration, family legacyFamily, legacy bool) {
+// remember marks reg as answering family's calls on the legacy routes,
+// for the next retry period.
+func (m *legacyMemory) remember(reg *Registration, family legacyFamily) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := legacyKey{reg.ID, family}
-	if !legacy {
-		delete(m.until, k)
-		return
-	}
 	if m.until == nil {
 		m.until = map[legacyKey]time.Time{}
 	}
@@ -130,7 +127,7 @@ func (s *Server) doVersioned(ctx context.Context, reg *Registration, family lega
 	if success(resp.StatusCode) {
 		s.log.Info("application service answered on its legacy route after the v1 path failed; using the legacy route for a while",
 			"appservice", reg.ID, "path", v1Path, "v1_status", v1Status, "legacy_path", legacyPath)
-		s.legacy.set(reg, family, true)
+		s.legacy.remember(reg, family)
 	}
 	return resp, nil
 }
