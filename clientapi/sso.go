@@ -1,10 +1,8 @@
 package clientapi
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"html/template"
 	"net/http"
 	"net/url"
 	"strings"
@@ -361,12 +359,7 @@ func (s *Server) ssoCallback(w http.ResponseWriter, r *http.Request) {
 		s.ssoInternalError(w, r, err)
 		return
 	}
-	s.renderPage(w, http.StatusOK, confirmPage, map[string]any{
-		"Client":       clientName(client),
-		"UserID":       s.userID(localpart),
-		"Action":       ssoConfirmPath,
-		"Confirmation": confirm,
-	})
+	s.renderPage(w, http.StatusOK, confirmPage(clientName(client), s.userID(localpart), ssoConfirmPath, confirm))
 }
 
 // ssoAuthenticate exchanges the code, verifies the ID token and, when
@@ -459,7 +452,7 @@ func (s *Server) ssoConfirm(w http.ResponseWriter, r *http.Request) {
 	case uiaSession != "" && !uiaDone:
 		s.ssoErrorPage(w, http.StatusBadRequest, "The client's request has expired or was already done. Try again from your Matrix client.")
 	case uiaSession != "":
-		s.renderPage(w, http.StatusOK, uiaDonePage, nil)
+		s.renderPage(w, http.StatusOK, uiaDonePage())
 	default:
 		u, err := parseClientRedirect(redirectURL)
 		if err != nil {
@@ -488,72 +481,23 @@ func (s *Server) ssoInternalError(w http.ResponseWriter, r *http.Request, err er
 }
 
 func (s *Server) ssoErrorPage(w http.ResponseWriter, status int, msg string) {
-	s.renderPage(w, status, errorPage, map[string]any{"Message": msg})
+	s.renderPage(w, status, errorPage(msg))
 }
 
 // ssoChooserPage lets the user pick a provider. Spec: "present a page
 // which lets the user select an IdP".
 func (s *Server) ssoChooserPage(w http.ResponseWriter, r *http.Request, redirectURL string) {
-	type choice struct{ Name, Href string }
-	var choices []choice
+	var choices []ssoChoice
 	q := url.Values{"redirectUrl": {redirectURL}}
 	if a := r.URL.Query().Get("action"); a != "" {
 		q.Set("action", a)
 	}
 	for _, p := range s.sso.providers {
-		choices = append(choices, choice{p.cfg.Name,
+		choices = append(choices, ssoChoice{p.cfg.Name,
 			"/_matrix/client/v3/login/sso/redirect/" + url.PathEscape(p.cfg.ID) + "?" + q.Encode()})
 	}
-	s.renderPage(w, http.StatusOK, chooserPage, map[string]any{"Choices": choices, "Server": s.serverName})
+	s.renderPage(w, http.StatusOK, chooserPage(s.serverName, choices))
 }
-
-// renderPage writes an HTML page. html/template escapes every value;
-// the page may not be framed (the confirmation button must not be
-// clickjacked) and loads nothing.
-func (s *Server) renderPage(w http.ResponseWriter, status int, page *template.Template, data map[string]any) {
-	var b bytes.Buffer
-	if err := page.Execute(&b, data); err != nil {
-		s.log.Error("rendering an SSO page", "err", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Frame-Options", "DENY")
-	// The one script allowed is the UIA fallback's completion script
-	// (by its hash); the pages load nothing else.
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src '"+uiaDoneScriptHash+"'; frame-ancestors 'none'")
-	h.Set("Referrer-Policy", "no-referrer")
-	w.WriteHeader(status)
-	_, _ = w.Write(b.Bytes())
-}
-
-const pageHead = `<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{block "title" .}}Sign in{{end}}</title>
-<style>body{font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em;line-height:1.5}
-button,a.choice{display:block;margin:.5em 0;padding:.6em 1em;font-size:1em}</style></head><body>
-`
-
-var (
-	confirmPage = template.Must(template.New("confirm").Parse(pageHead + `<h1>Continue to {{.Client}}?</h1>
-<p>You signed in as <strong>{{.UserID}}</strong>. <strong>{{.Client}}</strong> is asking for access to this Matrix account.</p>
-<p>Only continue if you started signing in there yourself. If you did not, close this page: someone may be trying to get into your account.</p>
-<form method="post" action="{{.Action}}"><input type="hidden" name="confirmation" value="{{.Confirmation}}">
-<button type="submit">Continue to {{.Client}}</button></form>
-</body></html>
-`))
-	errorPage = template.Must(template.New("error").Parse(pageHead + `<h1>Could not sign in</h1>
-<p>{{.Message}}</p>
-</body></html>
-`))
-	chooserPage = template.Must(template.New("chooser").Parse(pageHead + `<h1>Sign in to {{.Server}}</h1>
-<p>Choose how to sign in:</p>
-{{range .Choices}}<a class="choice" href="{{.Href}}">Continue with {{.Name}}</a>
-{{end}}</body></html>
-`))
-)
 
 // ssoRefusal is a login the server refuses (registration closed, a
 // deactivated account, no free user ID): an error page with status.

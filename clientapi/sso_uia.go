@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"html/template"
 	"net/http"
 	"net/url"
 	"slices"
@@ -113,12 +112,11 @@ func (s *Server) ssoUIAFallback(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if p == nil {
-			type choice struct{ Name, Href string }
-			var choices []choice
+			var choices []ssoChoice
 			for _, c := range idps {
-				choices = append(choices, choice{c.cfg.Name, r.URL.Path + "?" + url.Values{"session": {id}, "idp": {c.cfg.ID}}.Encode()})
+				choices = append(choices, ssoChoice{c.cfg.Name, r.URL.Path + "?" + url.Values{"session": {id}, "idp": {c.cfg.ID}}.Encode()})
 			}
-			s.renderPage(w, http.StatusOK, chooserPage, map[string]any{"Choices": choices, "Server": s.serverName})
+			s.renderPage(w, http.StatusOK, chooserPage(s.serverName, choices))
 			return
 		}
 	}
@@ -165,12 +163,7 @@ func (s *Server) ssoUIACallback(w http.ResponseWriter, r *http.Request, p *oidcP
 		s.ssoInternalError(w, r, err)
 		return
 	}
-	s.renderPage(w, http.StatusOK, uiaConfirmPage, map[string]any{
-		"UserID":       s.userID(localpart),
-		"Operation":    uiaOperation(sess.purpose),
-		"Action":       ssoConfirmPath,
-		"Confirmation": confirm,
-	})
+	s.renderPage(w, http.StatusOK, uiaConfirmPage(s.userID(localpart), uiaOperation(sess.purpose), ssoConfirmPath, confirm))
 }
 
 // completeSSOStage marks m.login.sso completed in the UIA session of
@@ -233,18 +226,3 @@ var uiaDoneScriptHash = func() string {
 	sum := sha256.Sum256([]byte(uiaDoneScript))
 	return "sha256-" + base64.StdEncoding.EncodeToString(sum[:])
 }()
-
-var (
-	uiaConfirmPage = template.Must(template.New("uia-confirm").Parse(pageHead + `<h1>Confirm: {{.Operation}}?</h1>
-<p>A client signed in as <strong>{{.UserID}}</strong> is asking to <strong>{{.Operation}}</strong>, and needs you to confirm.</p>
-<p>If you did not just ask for this, do not continue: someone may have access to your account. Close this page and sign your devices out.</p>
-<form method="post" action="{{.Action}}"><input type="hidden" name="confirmation" value="{{.Confirmation}}">
-<button type="submit">Confirm</button></form>
-</body></html>
-`))
-	uiaDonePage = template.Must(template.New("uia-done").Parse(pageHead + `<h1>Confirmed</h1>
-<p>You can close this page and go back to your Matrix client.</p>
-<script>` + uiaDoneScript + `</script>
-</body></html>
-`))
-)
