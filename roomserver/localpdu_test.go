@@ -381,3 +381,26 @@ func TestRoomIDMemo(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRoomIDMemo: a room version 12 room ID (no domain) parsed by
+// gomatrixserverlib and remembered by the memo (docs/benchmarks.md,
+// "perf25").
+func BenchmarkRoomIDMemo(b *testing.B) {
+	id := "!" + strings.Repeat("A", 42) + "_"
+	b.Run("NewRoomID", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := spec.NewRoomID(id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("memo", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := parsedRoomIDs.parse(id); !ok {
+				b.Fatal("refused")
+			}
+		}
+	})
+}

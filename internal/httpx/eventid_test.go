@@ -34,3 +34,24 @@ func TestWriteEventIDMatchesWriteJSON(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkWriteEventID: a send's response, against WriteJSON of the
+// map it replaced (docs/benchmarks.md, "perf25").
+func BenchmarkWriteEventID(b *testing.B) {
+	const id = "$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg"
+	w := httptest.NewRecorder()
+	b.Run("WriteEventID", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			w.Body.Reset()
+			_ = WriteEventID(w, id)
+		}
+	})
+	b.Run("WriteJSON", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			w.Body.Reset()
+			WriteJSON(w, 200, map[string]string{"event_id": id})
+		}
+	})
+}
