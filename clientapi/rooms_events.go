@@ -95,7 +95,7 @@ func (s *Server) sendMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]string{"event_id": resp.EventID})
+	return httpx.WriteEventID(w, resp.EventID)
 }
 
 // expectWrite announces the request's event write to the database's
@@ -167,7 +167,7 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 		current.Sender == me.UserID && sameJSON(current.Content, content) {
 		if m, _ := s.rooms.rooms.Membership(ctx, roomID, me.UserID); m == "join" {
 			done() // nothing to write: no held commit may wait for it
-			return httpx.OK(w, map[string]string{"event_id": current.EventID})
+			return httpx.WriteEventID(w, current.EventID)
 		}
 	}
 	ts, err := massagedTS(r, me)
@@ -180,7 +180,7 @@ func (s *Server) putStateEvent(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]string{"event_id": resp.EventID})
+	return httpx.WriteEventID(w, resp.EventID)
 }
 
 // sameJSON reports whether two JSON values are equal as values.
@@ -316,7 +316,7 @@ func (s *Server) redact(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]string{"event_id": resp.EventID})
+	return httpx.WriteEventID(w, resp.EventID)
 }
 
 // visibleEvent loads an event of roomID the caller may see; M_NOT_FOUND

@@ -141,7 +141,7 @@ func (s *Server) sendServerNotice(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	return httpx.OK(w, map[string]string{"event_id": resp.EventID})
+	return httpx.WriteEventID(w, resp.EventID)
 }
 
 // serverNoticeRoom returns userID's server notices room, creating it on

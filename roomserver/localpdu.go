@@ -57,11 +57,11 @@ func newLocalPDU(impl gomatrixserverlib.IRoomVersion, eventID string, raw []byte
 	if len(ev.RoomID) > maxRoomIDBytes {
 		return nil, false
 	}
-	roomID, err := spec.NewRoomID(ev.RoomID)
-	if err != nil {
+	roomID, ok := parsedRoomIDs.parse(ev.RoomID)
+	if !ok {
 		return nil, false
 	}
-	p := &localPDU{impl: impl, eventID: eventID, raw: raw, ev: *ev, roomID: *roomID}
+	p := &localPDU{impl: impl, eventID: eventID, raw: raw, ev: *ev, roomID: roomID}
 	// Own copies: the builder's slices and state key stay the caller's.
 	p.ev.AuthEvents = append([]string{}, ev.AuthEvents...)
 	p.ev.PrevEvents = append([]string{}, ev.PrevEvents...)
@@ -75,6 +75,47 @@ func newLocalPDU(impl gomatrixserverlib.IRoomVersion, eventID string, raw []byte
 		p.createID = "$" + ev.RoomID[1:]
 	}
 	return p, true
+}
+
+// roomIDMemo remembers spec.NewRoomID's answer for the room IDs it has
+// accepted: every local event parsed its room's ID again, and a room
+// version 12 ID (no domain) is checked by a regular expression — half a
+// percent of a send's CPU on the 8-sender benchmark (docs/benchmarks.md,
+// "perf25"). The answer depends on the string alone, so a remembered one
+// is never stale. Refused IDs are not remembered (they fail the send
+// anyway). At most maxRoomIDMemo entries; when full it is emptied.
+//
+// Concurrency: guarded by mu.
+type roomIDMemo struct {
+	mu  sync.Mutex
+	ids map[string]spec.RoomID
+}
+
+// maxRoomIDMemo bounds roomIDMemo: rooms with local sends, whose IDs are
+// at most maxRoomIDBytes each (~2.5 MiB when full).
+const maxRoomIDMemo = 10000
+
+var parsedRoomIDs = roomIDMemo{ids: make(map[string]spec.RoomID)}
+
+// parse returns spec.NewRoomID(id), or false when that fails.
+func (m *roomIDMemo) parse(id string) (spec.RoomID, bool) {
+	m.mu.Lock()
+	parsed, ok := m.ids[id]
+	m.mu.Unlock()
+	if ok {
+		return parsed, true
+	}
+	fresh, err := spec.NewRoomID(id)
+	if err != nil {
+		return spec.RoomID{}, false
+	}
+	m.mu.Lock()
+	if len(m.ids) >= maxRoomIDMemo {
+		clear(m.ids)
+	}
+	m.ids[id] = *fresh
+	m.mu.Unlock()
+	return *fresh, true
 }
 
 // full returns gomatrixserverlib's event of the same bytes, parsed once.

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
@@ -337,4 +339,68 @@ func TestListsImpliedCreateLocal(t *testing.T) {
 			t.Errorf("auth_events %v: localPDU %v, parsed %v, want %v", c.auth, got, fromParse, c.want)
 		}
 	}
+}
+
+// TestRoomIDMemo: the memo answers as spec.NewRoomID does, the first
+// time and from memory, for room IDs with and without a domain; what the
+// parse refuses it refuses every time and never keeps; and it stays
+// within its bound.
+func TestRoomIDMemo(t *testing.T) {
+	m := roomIDMemo{ids: make(map[string]spec.RoomID)}
+	valid := []string{"!abc:example.org", "!x:[::1]:8448", "!" + strings.Repeat("A", 42) + "_"}
+	invalid := []string{"", "!", "abc:example.org", "!:example.org", "!abc:", "!" + strings.Repeat("A", 42), "!abc:exa mple.org"}
+	for round := 0; round < 2; round++ {
+		for _, id := range valid {
+			want, err := spec.NewRoomID(id)
+			if err != nil {
+				t.Fatalf("%q: the library refuses it: %v", id, err)
+			}
+			got, ok := m.parse(id)
+			if !ok || got != *want {
+				t.Errorf("round %d, %q: got %#v, %v; want %#v", round, id, got, ok, *want)
+			}
+		}
+		for _, id := range invalid {
+			if _, err := spec.NewRoomID(id); err == nil {
+				t.Fatalf("%q: the library accepts it", id)
+			}
+			if got, ok := m.parse(id); ok {
+				t.Errorf("round %d, %q: accepted as %#v", round, id, got)
+			}
+			if _, kept := m.ids[id]; kept {
+				t.Errorf("round %d, %q: refused ID kept", round, id)
+			}
+		}
+	}
+	for i := 0; i < maxRoomIDMemo+10; i++ {
+		if _, ok := m.parse(fmt.Sprintf("!r%d:example.org", i)); !ok {
+			t.Fatalf("room %d refused", i)
+		}
+		if len(m.ids) > maxRoomIDMemo {
+			t.Fatalf("%d entries, bound %d", len(m.ids), maxRoomIDMemo)
+		}
+	}
+}
+
+// BenchmarkRoomIDMemo: a room version 12 room ID (no domain) parsed by
+// gomatrixserverlib and remembered by the memo (docs/benchmarks.md,
+// "perf25").
+func BenchmarkRoomIDMemo(b *testing.B) {
+	id := "!" + strings.Repeat("A", 42) + "_"
+	b.Run("NewRoomID", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := spec.NewRoomID(id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("memo", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := parsedRoomIDs.parse(id); !ok {
+				b.Fatal("refused")
+			}
+		}
+	})
 }

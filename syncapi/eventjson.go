@@ -3,6 +3,8 @@ package syncapi
 import (
 	"encoding/json"
 	"strconv"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
 )
 
 // appendClientEvent appends the JSON encoding of ce, byte for byte what
@@ -19,20 +21,20 @@ func appendClientEvent(dst []byte, ce *clientEvent) (out []byte, ok bool) {
 		return fail()
 	}
 	dst = append(dst, `,"event_id":`...)
-	dst = appendString(dst, ce.EventID)
+	dst = httpx.AppendJSONString(dst, ce.EventID)
 	dst = append(dst, `,"origin_server_ts":`...)
 	dst = strconv.AppendInt(dst, ce.OriginServerTS, 10)
 	dst = append(dst, `,"sender":`...)
-	dst = appendString(dst, ce.Sender)
+	dst = httpx.AppendJSONString(dst, ce.Sender)
 	if ce.StateKey != nil {
 		dst = append(dst, `,"state_key":`...)
-		dst = appendString(dst, *ce.StateKey)
+		dst = httpx.AppendJSONString(dst, *ce.StateKey)
 	}
 	dst = append(dst, `,"type":`...)
-	dst = appendString(dst, ce.Type)
+	dst = httpx.AppendJSONString(dst, ce.Type)
 	if ce.Redacts != "" {
 		dst = append(dst, `,"redacts":`...)
-		dst = appendString(dst, ce.Redacts)
+		dst = httpx.AppendJSONString(dst, ce.Redacts)
 	}
 	if u := ce.Unsigned; u != nil {
 		dst = append(dst, `,"unsigned":{"age":`...)
@@ -58,7 +60,7 @@ func appendClientEvent(dst []byte, ce *clientEvent) (out []byte, ok bool) {
 			dst = append(dst, f.name...)
 			dst = append(dst, '"', ':')
 			if !f.isRaw {
-				dst = appendString(dst, f.value)
+				dst = httpx.AppendJSONString(dst, f.value)
 			} else if dst, ok = appendRaw(dst, f.raw); !ok {
 				return fail()
 			}
@@ -66,21 +68,6 @@ func appendClientEvent(dst []byte, ce *clientEvent) (out []byte, ok bool) {
 		dst = append(dst, '}')
 	}
 	return append(dst, '}'), true
-}
-
-// appendString appends s as json.Marshal encodes a string (HTML
-// characters escaped): as is when every byte is printable ASCII that
-// needs no escape, else through json.Marshal.
-func appendString(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			enc, _ := json.Marshal(s) // a string always encodes
-			return append(dst, enc...)
-		}
-	}
-	dst = append(dst, '"')
-	dst = append(dst, s...)
-	return append(dst, '"')
 }
 
 // appendRaw appends raw JSON as json.Marshal does a json.RawMessage:

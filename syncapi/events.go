@@ -112,7 +112,7 @@ func (f *eventFormatter) format(e *roomserver.Event) json.RawMessage {
 // U+2028 and U+2029 escaped), so that the response's encoder need not
 // check and copy it again: true of the client format, which
 // appendClientEvent builds from parts in that form (content through
-// appendRaw, strings through appendString) or json.Marshal writes, or
+// appendRaw, strings through httpx.AppendJSONString) or json.Marshal writes, or
 // nil when both fail (written as null either way). The federation
 // format is the stored event's JSON, which is not.
 func (f *eventFormatter) marshalled() bool { return !f.federation }

@@ -35,7 +35,7 @@ func appendResponse(dst []byte, resp *syncResponse) ([]byte, error) {
 func appendResponseFields(b []byte, r *syncResponse) ([]byte, error) {
 	var err error
 	b = append(b, `{"next_batch":`...)
-	b = appendString(b, r.NextBatch)
+	b = httpx.AppendJSONString(b, r.NextBatch)
 	b = append(b, `,"rooms":{"join":`...)
 	if b, err = appendJoinedRooms(b, r.Rooms.Join); err != nil {
 		return b, err
@@ -94,7 +94,7 @@ func appendJoinedRooms(b []byte, rooms map[string]*joinedRoom) ([]byte, error) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, id)
+		b = httpx.AppendJSONString(b, id)
 		b = append(b, ':')
 		if b, err = appendJoinedRoom(b, rooms[id]); err != nil {
 			return b, err
@@ -141,7 +141,7 @@ func appendJoinedRoom(b []byte, jr *joinedRoom) ([]byte, error) {
 	b = strconv.AppendBool(b, jr.Timeline.Limited)
 	if jr.Timeline.PrevBatch != "" {
 		b = append(b, `,"prev_batch":`...)
-		b = appendString(b, jr.Timeline.PrevBatch)
+		b = httpx.AppendJSONString(b, jr.Timeline.PrevBatch)
 	}
 	b = append(b, `},"ephemeral":`...)
 	if b, err = appendEventList(b, jr.Ephemeral); err != nil {
@@ -216,7 +216,7 @@ func appendStrings(b []byte, ss []string) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, s)
+		b = httpx.AppendJSONString(b, s)
 	}
 	return append(b, ']')
 }
@@ -237,7 +237,7 @@ func appendCounts(b []byte, counts map[string]int) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, k)
+		b = httpx.AppendJSONString(b, k)
 		b = append(b, ':')
 		b = strconv.AppendInt(b, int64(counts[k]), 10)
 	}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"slices"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
 )
 
 // syncBody is json.Marshal(resp), byte for byte, for a response whose
@@ -69,7 +71,7 @@ func newSyncBody(resp *syncResponse) (*syncBody, error) {
 		if b.shells[i], err = joinedRoomShell(joined[id]); err != nil {
 			return nil, err
 		}
-		quoted = appendString(quoted[:0], id)
+		quoted = httpx.AppendJSONString(quoted[:0], id)
 		b.size += len(quoted) + 1 + b.shells[i].size() // "id":room
 	}
 	return b, nil
@@ -90,7 +92,7 @@ func (b *syncBody) writeTo(w io.Writer) error {
 		if i > 0 {
 			bw.WriteByte(',')
 		}
-		quoted = appendString(quoted[:0], id)
+		quoted = httpx.AppendJSONString(quoted[:0], id)
 		bw.Write(quoted)
 		bw.WriteByte(':')
 		b.shells[i].writeTo(bw)
