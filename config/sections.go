@@ -238,6 +238,8 @@ func (Metrics) Validate() error { return nil }
 type RoomServer struct {
 	DefaultRoomVersion  string `yaml:"default_room_version" doc:"Room version for new rooms when the client does not ask for one."`
 	EncryptPrivateRooms bool   `yaml:"encrypt_private_rooms" doc:"Turn on end-to-end encryption (m.room.encryption) in new private rooms and direct chats."`
+	// PrecomputedSignatureNonces: internal/edsign's nonce pool.
+	PrecomputedSignatureNonces bool `yaml:"precomputed_signature_nonces" doc:"Sign this server's events with Ed25519 nonces drawn at random and computed ahead of time (internal/edsign), which takes most of a signature's cost off the request that sends the event. Leave it off on a machine whose running memory can be copied and resumed twice: a virtual machine restored from a snapshot, a cloned VM, a process restored by CRIU. Two copies would sign different events with the same precomputed nonce, and two such signatures reveal the server's signing key. Off (the default): each signature's nonce is derived from the key and the event (RFC 8032), as crypto/ed25519 signs, and no copy of the process can leak the key."`
 }
 
 func (RoomServer) Defaults() RoomServer {

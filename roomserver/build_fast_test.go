@@ -18,6 +18,7 @@ import (
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
+	"github.com/myelin-chat/myelin/config"
 	"github.com/myelin-chat/myelin/internal/edsign"
 	"github.com/myelin-chat/myelin/storage"
 	"github.com/myelin-chat/myelin/storage/storagetest"
@@ -387,12 +388,31 @@ func everyRoomVersion() []string {
 // ed25519.Sign's), which passes gomatrixserverlib's event signature
 // check of the parsed stored event (hashes and event ID recomputed).
 func TestSendSignsWithPooledNonce(t *testing.T) {
+	testSendSignatures(t, true)
+}
+
+// TestSendSignsDeterministicByDefault: without
+// room_server.precomputed_signature_nonces, every stored signature is
+// ed25519.Sign's (RFC 8032's nonce from the key and the event), which a
+// copied process cannot reuse (edsign's package comment).
+func TestSendSignsDeterministicByDefault(t *testing.T) {
+	if config.Defaults().RoomServer.PrecomputedSignatureNonces {
+		t.Fatal("room_server.precomputed_signature_nonces is on by default")
+	}
+	testSendSignatures(t, false)
+}
+
+func testSendSignatures(t *testing.T, pooledNonces bool) {
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		s := newTestServer(t, db)
+		cfg := config.Defaults().RoomServer
+		cfg.PrecomputedSignatureNonces = pooledNonces
+		s, _ := newTestServerConfig(t, db, cfg)
 		roomID := mustCreate(t, s, CreateRoomRequest{Creator: alice, RoomVersion: "12", Preset: PresetPublicChat}).RoomID
-		s.signer.Fill()
-		pooledBefore, _ := s.signer.Counts()
+		if pooledNonces {
+			s.signer.Fill()
+		}
+		pooledBefore, directBefore := s.signer.Counts()
 		impl, err := roomVersion("12")
 		if err != nil {
 			t.Fatal(err)
@@ -433,12 +453,17 @@ func TestSendSignsWithPooledNonce(t *testing.T) {
 				t.Fatal(err)
 			}
 			sig := gjson.GetBytes(pdu.JSON(), "signatures."+gjson.Escape(testServer)+"."+gjson.Escape(s.key.ID)).Str
-			if sig == base64.RawStdEncoding.EncodeToString(ed25519.Sign(key, unsigned)) {
-				t.Fatalf("stored event %s carries ed25519.Sign's signature", eventID)
+			deterministic := sig == base64.RawStdEncoding.EncodeToString(ed25519.Sign(key, unsigned))
+			if deterministic == pooledNonces {
+				t.Fatalf("stored event %s: carries ed25519.Sign's signature: %v, want %v", eventID, deterministic, !pooledNonces)
 			}
 		}
-		if pooled, _ := s.signer.Counts(); pooled-pooledBefore != sends {
+		pooled, direct := s.signer.Counts()
+		if pooledNonces && pooled-pooledBefore != sends {
 			t.Errorf("%d signatures from the pool for %d sends", pooled-pooledBefore, sends)
+		}
+		if !pooledNonces && (pooled != 0 || direct-directBefore != sends) {
+			t.Errorf("%d signatures from a pool (want none), %d by ed25519.Sign for %d sends", pooled, direct-directBefore, sends)
 		}
 	})
 }

@@ -51,10 +51,15 @@ func newTestServer(t testing.TB, db *storage.DB) *Server {
 
 func newTestServerNotify(t testing.TB, db *storage.DB) (*Server, *notified) {
 	t.Helper()
+	return newTestServerConfig(t, db, config.RoomServer{DefaultRoomVersion: "12", EncryptPrivateRooms: true})
+}
+
+func newTestServerConfig(t testing.TB, db *storage.DB, cfg config.RoomServer) (*Server, *notified) {
+	t.Helper()
 	n := &notified{}
 	s, err := New(context.Background(), Deps{
 		DB: db, ServerName: testServer, Key: testKey(),
-		Config: config.RoomServer{DefaultRoomVersion: "12", EncryptPrivateRooms: true},
+		Config: cfg,
 		Notify: func(stream string, pos int64) {
 			if stream == Stream {
 				n.mu.Lock()

@@ -231,7 +231,14 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
-	signer, err := edsign.New(deps.Key.PrivateKey, edsign.DefaultPoolSize)
+	// Pooled nonces only when asked for (edsign's package comment: a
+	// copied process would reuse them).
+	var signer *edsign.Signer
+	if deps.Config.PrecomputedSignatureNonces {
+		signer, err = edsign.New(deps.Key.PrivateKey, edsign.DefaultPoolSize)
+	} else {
+		signer, err = edsign.NewDirect(deps.Key.PrivateKey)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: signing key: %w", err)
 	}

@@ -22,6 +22,16 @@
 // "Signing Events" and "Calculating the reference hash for an event"),
 // so two signatures of the same event would differ only there.
 //
+// The one risk this adds to RFC 8032's signing: a nonce exists before
+// the message it signs, so if the process's memory is copied and both
+// copies run on (a virtual machine restored twice from one snapshot, a
+// cloned VM, a process restored by CRIU), both copies sign their own next
+// messages with the same pooled r, and two signatures (R, S1), (R, S2) of
+// different messages give a = (S1 - S2)/(k1 - k2) mod L: the key. No
+// check inside the process can see such a copy happen, so the pool is
+// opt-in (config room_server.precomputed_signature_nonces, default off);
+// NewDirect makes a Signer that signs every message with ed25519.Sign.
+//
 // The pool is fixed in size. When it runs below half, one goroutine
 // refills it to full, one nonce per turn with a yield between, so that
 // request goroutines waiting to run go first; when it is empty a
@@ -90,6 +100,19 @@ func New(key ed25519.PrivateKey, size int) (*Signer, error) {
 	s.startRefill()
 	s.mu.Unlock()
 	return s, nil
+}
+
+// NewDirect returns a Signer without a pool: every signature is
+// crypto/ed25519.Sign's (RFC 8032's nonce, derived from the key and the
+// message). key's public half must be the one its seed derives.
+func NewDirect(key ed25519.PrivateKey) (*Signer, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("edsign: the private key is not 64 bytes")
+	}
+	if !ed25519.NewKeyFromSeed(key.Seed()).Equal(key) {
+		return nil, errors.New("edsign: the private key's public half is not its seed's")
+	}
+	return &Signer{key: key}, nil // cap(pool) == 0: Sign never refills
 }
 
 // Sign returns the Ed25519 signature of message, which

@@ -244,3 +244,40 @@ func BenchmarkSign(b *testing.B) {
 		}
 	})
 }
+
+// TestNewDirectSignsAsRFC8032: a Signer made by NewDirect has no pool:
+// every signature is crypto/ed25519.Sign's, byte for byte, and it refuses
+// a key whose public half is not its seed's.
+func TestNewDirectSignsAsRFC8032(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewDirect(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		msg := []byte(fmt.Sprintf("message %d", i))
+		if got, want := s.Sign(msg), ed25519.Sign(key, msg); !bytes.Equal(got, want) {
+			t.Fatalf("message %d: signature %x, want ed25519.Sign's %x", i, got, want)
+		}
+	}
+	if pooled, direct := s.Counts(); pooled != 0 || direct != 50 {
+		t.Errorf("counts: %d pooled, %d direct; want 0, 50", pooled, direct)
+	}
+	if s.refilling || cap(s.pool) != 0 {
+		t.Errorf("a direct signer has a pool (cap %d) or a refill running (%v)", cap(s.pool), s.refilling)
+	}
+	_, other, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixed := append(append(ed25519.PrivateKey{}, key[:32]...), other[32:]...)
+	if _, err := NewDirect(mixed); err == nil {
+		t.Error("NewDirect took a key whose public half is another key's")
+	}
+	if _, err := NewDirect(key[:40]); err == nil {
+		t.Error("NewDirect took a 40-byte key")
+	}
+}
