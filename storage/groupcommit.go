@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -498,6 +499,9 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 			// whatever is queued. (Half the statements of a lone write.)
 			err := callWrite(req.fn, tx)
 			tx.closeRows()
+			if err == nil && !inTransaction(sqlTx) {
+				err = errTransactionGone
+			}
 			if err != nil {
 				rollbackWrite(sqlTx)
 				req.finish(err)
@@ -528,11 +532,51 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 				return batch, nil, false
 			}
 		}
-		if _, err := sqlTx.ExecContext(ctx, "RELEASE w"); err != nil && results[i] == nil {
-			results[i] = fmt.Errorf("storage: release savepoint: %w", err)
-			req.failed = true
+		_, relErr := sqlTx.ExecContext(ctx, "RELEASE w")
+		if relErr != nil || !inTransaction(sqlTx) {
+			// The batch's transaction is gone: SQLite rolled it back
+			// itself (a disk full or I/O error, say, that the write
+			// function did not pass on), so the savepoint is gone too,
+			// or a SAVEPOINT after that rollback began a transaction of
+			// its own, which RELEASE just committed. Either way what the
+			// requests so far wrote is not in one transaction any more:
+			// fail them all rather than report a write failed that
+			// committed, or committed that was rolled back; and those
+			// taken in that have not run (as when ROLLBACK TO fails).
+			if relErr == nil {
+				relErr = errTransactionGone
+			}
+			rollbackWrite(sqlTx)
+			for j, r := range batch {
+				if j <= i && results[j] != nil {
+					r.finish(results[j])
+				} else {
+					r.finish(fmt.Errorf("storage: release savepoint: %w", relErr))
+				}
+			}
+			return batch, nil, false
 		}
 	}
+}
+
+// errTransactionGone: a write function returned but the batch's
+// transaction is no longer open (SQLite rolled it back).
+var errTransactionGone = errors.New("storage: the write transaction was rolled back by SQLite")
+
+// inTransaction reports whether conn is inside a transaction
+// (sqlite3_get_autocommit is 0): SQLite ends one by itself after some
+// errors (https://sqlite.org/lang_transaction.html, "Response To Errors
+// Within A Transaction"). A connection that cannot tell (a build without
+// cgo) is taken to be in one.
+func inTransaction(conn *sql.Conn) bool {
+	in := true
+	_ = conn.Raw(func(dc any) error {
+		if c, ok := dc.(interface{ AutoCommit() bool }); ok {
+			in = !c.AutoCommit()
+		}
+		return nil
+	})
+	return in
 }
 
 // PendingWrite is a write handed to the database by WriteQueued whose

@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime/metrics"
 	"testing"
 	"time"
@@ -142,4 +143,82 @@ func TestWriterClosesRowsLeftOpen(t *testing.T) {
 	if got := int64s(t, db.Reader(), `SELECT id FROM t ORDER BY id`); len(got) != 6 || got[3] != 10 || got[4] != 20 || got[5] != 21 {
 		t.Errorf("rows %v, want [1 2 3 10 20 21]", got)
 	}
+}
+
+// TestWriterOutcomeMatchesRowsAfterSQLiteRollback: when SQLite ends a
+// batch's transaction by itself (after a disk-full or I/O error, say) and
+// the write function does not pass the error on — simulated here by a
+// write that runs ROLLBACK and returns nil — every write is answered as
+// it ended: a write reported done has its row, a write reported failed
+// has none. Without the check, a SAVEPOINT after the rollback began a
+// transaction of its own, RELEASE committed it, and the batch's COMMIT
+// then failed: the later writes were reported failed with their rows
+// committed.
+func TestWriterOutcomeMatchesRowsAfterSQLiteRollback(t *testing.T) {
+	ctx := context.Background()
+	insert := func(id int) func(tx storage.Tx) error {
+		return func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES ($1)`, id)
+			return err
+		}
+	}
+	rolledBack := func(id int, wait func()) func(tx storage.Tx) error {
+		return func(tx storage.Tx) error {
+			if err := insert(id)(tx); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `ROLLBACK`); err != nil {
+				return err
+			}
+			wait()
+			return nil // the error SQLite rolled back for, swallowed
+		}
+	}
+	check := func(t *testing.T, db *storage.DB, pending map[int]*storage.PendingWrite) {
+		t.Helper()
+		outcome := map[int]error{}
+		for id, p := range pending {
+			within(t, 10*time.Second, fmt.Sprintf("write %d's outcome", id), func() { outcome[id] = p.Wait() })
+		}
+		present := map[int64]bool{}
+		for _, id := range int64s(t, db.Reader(), `SELECT id FROM t`) {
+			present[id] = true
+		}
+		for id, err := range outcome {
+			if (err == nil) != present[int64(id)] {
+				t.Errorf("write %d: reported %v, row present: %v", id, err, present[int64(id)])
+			}
+		}
+	}
+	t.Run("first write of the batch", func(t *testing.T) {
+		db := storagetest.OpenSQLite(t)
+		exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+		queued := make(chan struct{})
+		pending := map[int]*storage.PendingWrite{}
+		// Write 1 waits, after the rollback, until write 2 is queued, so
+		// that write 2 joins its batch.
+		pending[1] = db.WriteQueued(ctx, rolledBack(1, func() { <-queued }))
+		pending[2] = db.WriteQueued(ctx, insert(2))
+		close(queued)
+		check(t, db, pending)
+		if err := pending[2].Wait(); err != nil {
+			t.Errorf("write 2, after the rolled-back one, failed: %v", err)
+		}
+	})
+	t.Run("write in a savepoint", func(t *testing.T) {
+		db := storagetest.OpenSQLite(t)
+		exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+		gate, queued := make(chan struct{}), make(chan struct{})
+		pending := map[int]*storage.PendingWrite{}
+		// Write 0 holds the batch open until 1, 2 and 3 are queued; they
+		// join it, each in its own savepoint. (Write 3, taken in but not
+		// run when the transaction is found gone, fails with the batch.)
+		pending[0] = db.WriteQueued(ctx, func(tx storage.Tx) error { <-gate; return insert(0)(tx) })
+		pending[1] = db.WriteQueued(ctx, insert(1))
+		pending[2] = db.WriteQueued(ctx, rolledBack(2, func() { <-queued }))
+		pending[3] = db.WriteQueued(ctx, insert(3))
+		close(gate)
+		close(queued)
+		check(t, db, pending)
+	})
 }
