@@ -40,6 +40,13 @@ type fakeOIDC struct {
 	mutate func(claims map[string]any)
 	// badSignature flips a bit of the signature.
 	badSignature bool
+	// header, if set, edits the ID token's JWS header after the
+	// signing algorithm was chosen by alg.
+	header func(header map[string]any)
+	// signature, if set, replaces the ID token's signature bytes.
+	signature func(sig []byte) []byte
+	// discoveryEdit, if set, edits the discovery document.
+	discoveryEdit func(doc map[string]any)
 	// discoveryFailures is how many discovery reads fail with 500.
 	discoveryFailures int
 	// discoveryIssuer, if set, is the issuer the discovery document names.
@@ -95,6 +102,7 @@ func (f *fakeOIDC) reset() {
 	defer f.mu.Unlock()
 	f.sub, f.username, f.name = "subject-1", "Alice", "Alice Liddell"
 	f.alg, f.mutate, f.badSignature = "RS256", nil, false
+	f.header, f.signature, f.discoveryEdit = nil, nil, nil
 	f.discoveryFailures, f.discoveryIssuer, f.refuse = 0, "", ""
 	f.authMethod, f.userinfoClaims = "client_secret_basic", nil
 	f.codes, f.accessTokens = map[string]fakeGrant{}, map[string]string{}
@@ -121,7 +129,7 @@ func (f *fakeOIDC) discovery(w http.ResponseWriter, r *http.Request) {
 	if f.discoveryIssuer != "" {
 		iss = f.discoveryIssuer
 	}
-	writeJSON(w, map[string]any{
+	doc := map[string]any{
 		"issuer":                           iss,
 		"authorization_endpoint":           f.srv.URL + "/authorize",
 		"token_endpoint":                   f.srv.URL + "/token",
@@ -129,7 +137,11 @@ func (f *fakeOIDC) discovery(w http.ResponseWriter, r *http.Request) {
 		"userinfo_endpoint":                f.srv.URL + "/userinfo",
 		"response_types_supported":         []string{"code"},
 		"code_challenge_methods_supported": []string{"S256"},
-	})
+	}
+	if f.discoveryEdit != nil {
+		f.discoveryEdit(doc)
+	}
+	writeJSON(w, doc)
 }
 
 func (f *fakeOIDC) authorize(w http.ResponseWriter, r *http.Request) {
@@ -208,6 +220,9 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	case "ES256":
 		header["kid"] = "ec-1"
 	}
+	if f.header != nil {
+		f.header(header)
+	}
 	h, _ := json.Marshal(header)
 	c, _ := json.Marshal(claims)
 	input := base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(c)
@@ -224,6 +239,9 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	}
 	if f.badSignature && len(sig) > 0 {
 		sig[len(sig)/2] ^= 1
+	}
+	if f.signature != nil {
+		sig = f.signature(sig)
 	}
 	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
