@@ -47,6 +47,12 @@ type fakeOIDC struct {
 	signature func(sig []byte) []byte
 	// discoveryEdit, if set, edits the discovery document.
 	discoveryEdit func(doc map[string]any)
+	// rsaSigner and rsaKid, if set, sign RS256 tokens instead of rsaKey
+	// and name the key in the header; extraJWKs are published besides
+	// the two keys.
+	rsaSigner *rsa.PrivateKey
+	rsaKid    string
+	extraJWKs []map[string]any
 	// discoveryFailures is how many discovery reads fail with 500.
 	discoveryFailures int
 	// discoveryIssuer, if set, is the issuer the discovery document names.
@@ -103,6 +109,7 @@ func (f *fakeOIDC) reset() {
 	f.sub, f.username, f.name = "subject-1", "Alice", "Alice Liddell"
 	f.alg, f.mutate, f.badSignature = "RS256", nil, false
 	f.header, f.signature, f.discoveryEdit = nil, nil, nil
+	f.rsaSigner, f.rsaKid, f.extraJWKs = nil, "", nil
 	f.discoveryFailures, f.discoveryIssuer, f.refuse = 0, "", ""
 	f.authMethod, f.userinfoClaims = "client_secret_basic", nil
 	f.codes, f.accessTokens = map[string]fakeGrant{}, map[string]string{}
@@ -217,6 +224,9 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	switch f.alg {
 	case "RS256", "none":
 		header["kid"] = "rsa-1"
+		if f.rsaKid != "" {
+			header["kid"] = f.rsaKid
+		}
 	case "ES256":
 		header["kid"] = "ec-1"
 	}
@@ -230,7 +240,11 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	var sig []byte
 	switch f.alg {
 	case "RS256":
-		sig, _ = rsa.SignPKCS1v15(rand.Reader, f.rsaKey, crypto.SHA256, digest[:])
+		key := f.rsaKey
+		if f.rsaSigner != nil {
+			key = f.rsaSigner
+		}
+		sig, _ = rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, digest[:])
 	case "ES256":
 		r, s, _ := ecdsa.Sign(rand.Reader, f.ecKey, digest[:])
 		sig = make([]byte, 64)
@@ -247,15 +261,18 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 }
 
 func (f *fakeOIDC) jwks(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	b64 := func(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 	pub := f.ecKey.PublicKey
 	raw, _ := pub.Bytes() // 0x04 || X || Y
-	writeJSON(w, map[string]any{"keys": []map[string]any{
+	keys := []map[string]any{
 		{"kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256",
 			"n": b64(f.rsaKey.N.Bytes()), "e": b64(big.NewInt(int64(f.rsaKey.E)).Bytes())},
 		{"kty": "EC", "kid": "ec-1", "use": "sig", "alg": "ES256", "crv": "P-256",
 			"x": b64(raw[1:33]), "y": b64(raw[33:])},
-	}})
+	}
+	writeJSON(w, map[string]any{"keys": append(keys, f.extraJWKs...)})
 }
 
 func (f *fakeOIDC) userinfo(w http.ResponseWriter, r *http.Request) {

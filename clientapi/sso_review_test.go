@@ -2,8 +2,12 @@ package clientapi_test
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
 	"html"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -410,5 +414,44 @@ func TestSSOAccountHasNoPassword(t *testing.T) {
 			"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": password,
 		})
 		expectError(t, "password "+password, st, body, 403, "M_FORBIDDEN")
+	}
+}
+
+// Keys of the provider's JWKS that Myelin must not verify an ID token
+// with: an RSA key of fewer than 2048 bits, and a key published for
+// encryption (use "enc", RFC 7517 section 4.2). Each is the provider's
+// error page.
+func TestSSOUnusableProviderKeys(t *testing.T) {
+	small, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := func(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+	jwk := func(kid, use string, k *rsa.PrivateKey) map[string]any {
+		return map[string]any{"kty": "RSA", "kid": kid, "use": use, "alg": "RS256",
+			"n": b64(k.N.Bytes()), "e": b64(big.NewInt(int64(k.E)).Bytes())}
+	}
+	for _, tc := range []struct {
+		name string
+		set  func(f *fakeOIDC)
+	}{
+		{"1024-bit RSA key", func(f *fakeOIDC) {
+			f.extraJWKs = []map[string]any{jwk("rsa-small", "sig", small)}
+			f.rsaSigner, f.rsaKid = small, "rsa-small"
+		}},
+		{"encryption key", func(f *fakeOIDC) {
+			f.extraJWKs = []map[string]any{jwk("rsa-enc", "enc", f.rsaKey)}
+			f.rsaKid = "rsa-enc"
+		}},
+	} {
+		// A server each: the JWKS is read once and kept.
+		fake := newFakeOIDC(t)
+		fake.set(tc.set)
+		srv := testserver.Start(t, storage.SQLite, ssoConfig(fake))
+		b := newBrowser(t)
+		st, page, confirmation := b.callback(b.start(srv, ssoRedirectPath))
+		if st != http.StatusBadGateway || confirmation != "" {
+			t.Errorf("%s: %d (want 502) %s", tc.name, st, page)
+		}
 	}
 }
