@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -80,4 +81,41 @@ func TestLegacyRouteRetried(t *testing.T) {
 	upgraded.Store(true)
 	ask("@a_x:localhost", true, "/_matrix/app/v1/users/@a_x:localhost")
 	ask("@a_x:localhost", true, "/_matrix/app/v1/users/@a_x:localhost")
+}
+
+// A legacy request that fails in transport (the service answered the v1
+// path with 404, then dropped the connection of the legacy one) returns
+// an error without the access_token query parameter it carried: the
+// error is logged, and the hs_token must never be (DESIGN.md, "Errors,
+// logs, config").
+func TestLegacyTransportErrorHidesToken(t *testing.T) {
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/users/@a_x:localhost" {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer svc.Close()
+	reg, err := ParseRegistration(fmt.Appendf(nil, "id: a\nurl: %s\nas_token: a-as\nhs_token: secret-hs-token\nsender_localpart: a_bot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: \"@a_.*:localhost\"\n", svc.URL), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	registry, err := NewRegistry([]*Registration{reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{deps: Deps{Registry: registry}, log: slog.New(slog.DiscardHandler), client: svc.Client()}
+	resp, err := s.doVersioned(context.Background(), reg, familyUsers, http.MethodGet,
+		"/_matrix/app/v1/users/@a_x:localhost", "/users/@a_x:localhost", nil, nil)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("a dropped legacy request did not fail")
+	}
+	if strings.Contains(err.Error(), "secret-hs-token") {
+		t.Fatalf("the error names the hs_token: %v", err)
+	}
 }

@@ -40,6 +40,19 @@ type fakeOIDC struct {
 	mutate func(claims map[string]any)
 	// badSignature flips a bit of the signature.
 	badSignature bool
+	// header, if set, edits the ID token's JWS header after the
+	// signing algorithm was chosen by alg.
+	header func(header map[string]any)
+	// signature, if set, replaces the ID token's signature bytes.
+	signature func(sig []byte) []byte
+	// discoveryEdit, if set, edits the discovery document.
+	discoveryEdit func(doc map[string]any)
+	// rsaSigner and rsaKid, if set, sign RS256 tokens instead of rsaKey
+	// and name the key in the header; extraJWKs are published besides
+	// the two keys.
+	rsaSigner *rsa.PrivateKey
+	rsaKid    string
+	extraJWKs []map[string]any
 	// discoveryFailures is how many discovery reads fail with 500.
 	discoveryFailures int
 	// discoveryIssuer, if set, is the issuer the discovery document names.
@@ -95,6 +108,8 @@ func (f *fakeOIDC) reset() {
 	defer f.mu.Unlock()
 	f.sub, f.username, f.name = "subject-1", "Alice", "Alice Liddell"
 	f.alg, f.mutate, f.badSignature = "RS256", nil, false
+	f.header, f.signature, f.discoveryEdit = nil, nil, nil
+	f.rsaSigner, f.rsaKid, f.extraJWKs = nil, "", nil
 	f.discoveryFailures, f.discoveryIssuer, f.refuse = 0, "", ""
 	f.authMethod, f.userinfoClaims = "client_secret_basic", nil
 	f.codes, f.accessTokens = map[string]fakeGrant{}, map[string]string{}
@@ -121,7 +136,7 @@ func (f *fakeOIDC) discovery(w http.ResponseWriter, r *http.Request) {
 	if f.discoveryIssuer != "" {
 		iss = f.discoveryIssuer
 	}
-	writeJSON(w, map[string]any{
+	doc := map[string]any{
 		"issuer":                           iss,
 		"authorization_endpoint":           f.srv.URL + "/authorize",
 		"token_endpoint":                   f.srv.URL + "/token",
@@ -129,7 +144,11 @@ func (f *fakeOIDC) discovery(w http.ResponseWriter, r *http.Request) {
 		"userinfo_endpoint":                f.srv.URL + "/userinfo",
 		"response_types_supported":         []string{"code"},
 		"code_challenge_methods_supported": []string{"S256"},
-	})
+	}
+	if f.discoveryEdit != nil {
+		f.discoveryEdit(doc)
+	}
+	writeJSON(w, doc)
 }
 
 func (f *fakeOIDC) authorize(w http.ResponseWriter, r *http.Request) {
@@ -205,8 +224,14 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	switch f.alg {
 	case "RS256", "none":
 		header["kid"] = "rsa-1"
+		if f.rsaKid != "" {
+			header["kid"] = f.rsaKid
+		}
 	case "ES256":
 		header["kid"] = "ec-1"
+	}
+	if f.header != nil {
+		f.header(header)
 	}
 	h, _ := json.Marshal(header)
 	c, _ := json.Marshal(claims)
@@ -215,7 +240,11 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	var sig []byte
 	switch f.alg {
 	case "RS256":
-		sig, _ = rsa.SignPKCS1v15(rand.Reader, f.rsaKey, crypto.SHA256, digest[:])
+		key := f.rsaKey
+		if f.rsaSigner != nil {
+			key = f.rsaSigner
+		}
+		sig, _ = rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, digest[:])
 	case "ES256":
 		r, s, _ := ecdsa.Sign(rand.Reader, f.ecKey, digest[:])
 		sig = make([]byte, 64)
@@ -225,19 +254,25 @@ func (f *fakeOIDC) sign(claims map[string]any) string {
 	if f.badSignature && len(sig) > 0 {
 		sig[len(sig)/2] ^= 1
 	}
+	if f.signature != nil {
+		sig = f.signature(sig)
+	}
 	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
 func (f *fakeOIDC) jwks(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	b64 := func(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 	pub := f.ecKey.PublicKey
 	raw, _ := pub.Bytes() // 0x04 || X || Y
-	writeJSON(w, map[string]any{"keys": []map[string]any{
+	keys := []map[string]any{
 		{"kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256",
 			"n": b64(f.rsaKey.N.Bytes()), "e": b64(big.NewInt(int64(f.rsaKey.E)).Bytes())},
 		{"kty": "EC", "kid": "ec-1", "use": "sig", "alg": "ES256", "crv": "P-256",
 			"x": b64(raw[1:33]), "y": b64(raw[33:])},
-	}})
+	}
+	writeJSON(w, map[string]any{"keys": append(keys, f.extraJWKs...)})
 }
 
 func (f *fakeOIDC) userinfo(w http.ResponseWriter, r *http.Request) {

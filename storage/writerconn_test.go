@@ -2,9 +2,11 @@ package storage_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"runtime/metrics"
+	"strings"
 	"testing"
 	"time"
 
@@ -221,4 +223,55 @@ func TestWriterOutcomeMatchesRowsAfterSQLiteRollback(t *testing.T) {
 		close(queued)
 		check(t, db, pending)
 	})
+}
+
+// TestWriterSurvivesBusyBegin: when BEGIN IMMEDIATE fails (another
+// process — a `myelin user` command, a second server on the file —
+// holds SQLite's write lock past busy_timeout), the writes of that batch
+// fail and the writer's one connection goes back to its pool, so the
+// writes after the lock is released commit (a connection kept would
+// leave them waiting forever). Takes busy_timeout (10 s), run in
+// parallel.
+func TestWriterSurvivesBusyBegin(t *testing.T) {
+	t.Parallel()
+	opts := storagetest.SQLiteOptions(t)
+	db, err := storage.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ctx := context.Background()
+	exec(t, db, `CREATE TABLE t (id BIGINT PRIMARY KEY)`)
+
+	other, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	lock, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 30*time.Second, "a write while another process holds the write lock", func() {
+		err = db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES (1)`)
+			return err
+		})
+	})
+	if err == nil || !strings.Contains(err.Error(), "begin write") {
+		t.Fatalf("a write that could not begin: %v, want a begin error", err)
+	}
+	if _, err := lock.ExecContext(ctx, `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 10*time.Second, "the next write", func() {
+		exec(t, db, `INSERT INTO t (id) VALUES (2)`)
+	})
+	if got := int64s(t, db.Reader(), `SELECT id FROM t`); len(got) != 1 || got[0] != 2 {
+		t.Errorf("rows %v, want [2]", got)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"filippo.io/edwards25519"
 )
 
 // newFilled returns a Signer for a fresh key whose pool is full.
@@ -279,5 +281,40 @@ func TestNewDirectSignsAsRFC8032(t *testing.T) {
 	}
 	if _, err := NewDirect(key[:40]); err == nil {
 		t.Error("NewDirect took a 40-byte key")
+	}
+}
+
+// TestNoncesUseFullEntropy: r is drawn from 64 random bytes reduced mod
+// L, so each of the 31 low bytes of its encoding takes many values over
+// a few hundred nonces (the top byte is below 0x10, as L < 2^253). A
+// nonce drawn from fewer random bytes — a short read, a seed slice cut —
+// leaves whole bytes constant, and nonces of a few unknown bytes give
+// the secret key away from a handful of signatures (lattice attacks on
+// biased Schnorr nonces). Each R must be r·B.
+func TestNoncesUseFullEntropy(t *testing.T) {
+	const draws = 256
+	var distinct [32]map[byte]bool
+	for i := range distinct {
+		distinct[i] = map[byte]bool{}
+	}
+	for range draws {
+		var n nonce
+		newNonce(&n)
+		r := n.r.Bytes()
+		for i, b := range r {
+			distinct[i][b] = true
+		}
+		if R := new(edwards25519.Point).ScalarBaseMult(&n.r).Bytes(); !bytes.Equal(R, n.R[:]) {
+			t.Fatal("a nonce's R is not r·B")
+		}
+	}
+	// Uniform bytes take ~162 of 256 values over 256 draws (σ ≈ 5).
+	for i := range 31 {
+		if len(distinct[i]) < 100 {
+			t.Errorf("byte %d of r took %d values over %d nonces, want ~162", i, len(distinct[i]), draws)
+		}
+	}
+	if len(distinct[31]) < 8 {
+		t.Errorf("the top byte of r took %d values over %d nonces, want ~16", len(distinct[31]), draws)
 	}
 }
