@@ -675,3 +675,79 @@ func TestOldKeyRefusedForRequests(t *testing.T) {
 		}
 	})
 }
+
+// TestOlderKeyDocumentChangesNoKey: a key document older (valid until
+// sooner) than the one a server's keys were taken from, answered later
+// by a notary while the server cannot be reached, changes none of them:
+// it neither shortens a current key's validity nor makes a key the
+// newer document moved to old_verify_keys current again (so that a
+// request signed with it would pass). Spec: server-server-api,
+// "Retrieving server keys", "Querying Keys Through Another Server".
+func TestOlderKeyDocumentChangesNoKey(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		f := newFakeRemote(t, n)
+		retired, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		f.keyValidity = 3 * time.Hour
+		f.oldKey, f.oldExpiredTS = retired, time.Now().Add(time.Hour).UnixMilli()
+		f.mu.Unlock()
+		// The notary's copy is an older document of f's: valid for an
+		// hour, from before it retired the key, both keys current.
+		notary := newFakeRemote(t, n)
+		notary.mux.HandleFunc("/_matrix/key/v2/query", func(w http.ResponseWriter, r *http.Request) {
+			doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+				"verify_keys": map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()},
+					retired.ID: map[string]string{"key": retired.PublicBase64()}}})
+			signed, err := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey, doc)
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(retired.ID), retired.PrivateKey, signed)
+			}
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(notary.name, gomatrixserverlib.KeyID(notary.key.ID), notary.key.PrivateKey, signed)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_, _ = w.Write(mustJSON(map[string]any{"server_keys": []json.RawMessage{signed}}))
+		})
+		n.trustedNotary = []string{notary.name + " " + notary.key.ID + " " + notary.key.PublicBase64()}
+		a := n.start()
+		n.trustedNotary = nil
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with f's current key: %d %s, want 404", status, body)
+		}
+		ctx := context.Background()
+		before, _, ok, err := a.HS.Federation.CachedServerKey(ctx, f.name, f.key.ID)
+		if err != nil || !ok || before < time.Now().Add(2*time.Hour).UnixMilli() {
+			t.Fatalf("after the direct fetch, f's key cached valid until %d (cached %v, %v), want about 3 h ahead", before, ok, err)
+		}
+		// f unreachable; a request signed with a key A lacks makes A fetch
+		// again, from the notary.
+		f.mu.Lock()
+		f.hideKeys = true
+		f.mu.Unlock()
+		a.HS.Federation.ForgetKeyFetches()
+		other, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key neither f nor the notary serves: %d %s, want 401", status, body)
+		}
+		if got, expired, ok, err := a.HS.Federation.CachedServerKey(ctx, f.name, f.key.ID); err != nil || !ok || got != before || expired != 0 {
+			t.Errorf("after the notary's older document, f's key cached valid until %d (expired_ts %d, cached %v, %v), want %d as before",
+				got, expired, ok, err, before)
+		}
+		if _, expired, ok, err := a.HS.Federation.CachedServerKey(ctx, f.name, retired.ID); err != nil || !ok || expired == 0 {
+			t.Errorf("after the notary's older document, f's retired key cached with expired_ts %d (cached %v, %v), want it old still", expired, ok, err)
+		}
+		if status, body := n.request(a, f.name, retired, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Errorf("request signed with the key f retired, after the notary's older document listing it current: %d %s, want 401", status, body)
+		}
+	})
+}

@@ -490,16 +490,42 @@ func checkKeyDocument(server string, raw []byte, now time.Time) (gomatrixserverl
 
 // store caches a verified key document: its current keys, its old keys,
 // and the document itself for the notary endpoint.
+//
+// The newest document wins, key by key: a cached key is replaced only by
+// a document valid until at least as late as the one it was taken from
+// (document_valid_until_ts), so that an older document (a notary's
+// cached copy, a fetch answered late) neither shortens a key's
+// valid_until_ts, nor brings back a public key the server replaced, nor
+// makes a key it moved to old_verify_keys current again.
+// Spec: server-server-api, "Retrieving server keys", "Querying Keys
+// Through Another Server" (notaries answer with cached responses).
+//
+// valid_until_ts orders a server's documents, the spec giving them no
+// other order: it is when "the list of valid keys should be refreshed"
+// (server-server-api, "Publishing Keys"), so a document published later
+// is valid until later. A server that shortens it publishes a document
+// taken for older until its valid_until_ts passes that of the last one
+// cached, which vouched for its keys until then anyway. Of two documents
+// valid until the same time, the later stored wins, except that it never
+// makes an old key current again: a retired key is refused for requests
+// until a newer document says otherwise. A key the document does not
+// name keeps its row.
 func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) error {
 	now := r.s.now().UnixMilli()
 	server := string(doc.ServerName)
+	docValidUntil := int64(doc.ValidUntilTS)
 	return r.s.db.Write(ctx, func(tx storage.Tx) error {
 		upsert := func(keyID string, key spec.Base64Bytes, validUntil, expired int64) error {
-			_, err := tx.Exec(ctx, `INSERT INTO federation_server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts)
-				VALUES ($1, $2, $3, $4, $5, $6)
+			_, err := tx.Exec(ctx, `INSERT INTO federation_server_keys
+					(server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts, document_valid_until_ts)
+				VALUES ($1, $2, $3, $4, $5, $6, $7)
 				ON CONFLICT (server_name, key_id) DO UPDATE SET public_key = excluded.public_key,
-					valid_until_ts = excluded.valid_until_ts, expired_ts = excluded.expired_ts, fetched_ts = excluded.fetched_ts`,
-				server, keyID, base64.RawStdEncoding.EncodeToString(key), validUntil, expired, now)
+					valid_until_ts = excluded.valid_until_ts, expired_ts = excluded.expired_ts, fetched_ts = excluded.fetched_ts,
+					document_valid_until_ts = excluded.document_valid_until_ts
+				WHERE excluded.document_valid_until_ts > federation_server_keys.document_valid_until_ts
+					OR (excluded.document_valid_until_ts = federation_server_keys.document_valid_until_ts
+						AND (excluded.expired_ts <> 0 OR federation_server_keys.expired_ts = 0))`,
+				server, keyID, base64.RawStdEncoding.EncodeToString(key), validUntil, expired, now, docValidUntil)
 			return err
 		}
 		for keyID, vk := range doc.VerifyKeys {
