@@ -214,3 +214,11 @@ func (s *Server) CachedServerKey(ctx context.Context, server, keyID string) (val
 	k, ok, err := s.keys.cached(ctx, server, keyID)
 	return k.validUntilTS, k.expiredTS, ok, err
 }
+
+// SetKeyFetchLimit lets at most n fetches of server keys run at once, a
+// fetch waiting at most wait for a place (before s serves requests).
+func (s *Server) SetKeyFetchLimit(n int, wait time.Duration) {
+	s.keys.mu.Lock()
+	defer s.keys.mu.Unlock()
+	s.keys.slots, s.keys.slotWait = make(chan struct{}, n), wait
+}

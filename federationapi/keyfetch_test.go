@@ -751,3 +751,106 @@ func TestOlderKeyDocumentChangesNoKey(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyFetchGlobalBound: requests from many servers whose keys A
+// lacks start at most the global bound of key fetches at once, however
+// long those fetches hang; a request that finds no place in time is
+// answered 401 M_UNAUTHORIZED, not left waiting; a server whose keys A
+// holds is served all the while, and once the fetches end a server A
+// never saw is served too. Spec: server-server-api, "Retrieving server
+// keys", "Request Authentication" (401 M_UNAUTHORIZED); SECURITY-CASES:
+// unauthenticated input must not start unbounded outbound work.
+func TestKeyFetchGlobalBound(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		const bound, flood = 2, 6
+		a := n.start()
+		a.HS.Federation.SetKeyFetchLimit(bound, 500*time.Millisecond)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		known := newFakeRemote(t, n)
+		if status, body := n.request(a, known.name, known.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request from a server before the flood: %d %s, want 404", status, body)
+		}
+
+		var mu sync.Mutex
+		inFlight, most := 0, 0
+		release := make(chan struct{})
+		var once sync.Once
+		open := func() { once.Do(func() { close(release) }) }
+		fakes := make([]*fakeRemote, flood)
+		for i := range fakes {
+			f := newFakeRemote(t, n)
+			f.keyGate = func() { // each fetch of its keys hangs until release
+				mu.Lock()
+				inFlight++
+				most = max(most, inFlight)
+				mu.Unlock()
+				<-release
+				mu.Lock()
+				inFlight--
+				mu.Unlock()
+			}
+			fakes[i] = f
+		}
+		t.Cleanup(open) // before the fakes close: they wait for their handlers
+		type answer struct {
+			status int
+			body   []byte
+		}
+		answers := make(chan answer, flood)
+		for _, f := range fakes {
+			go func() {
+				status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil)
+				answers <- answer{status, body}
+			}()
+		}
+		// All but bound of them find no place for their fetch: answered
+		// 401 M_UNAUTHORIZED while the others still hang.
+		deadline := time.After(10 * time.Second)
+		for range flood - bound {
+			select {
+			case got := <-answers:
+				var e struct {
+					Errcode string `json:"errcode"`
+				}
+				if err := json.Unmarshal(got.body, &e); got.status != http.StatusUnauthorized || err != nil || e.Errcode != "M_UNAUTHORIZED" {
+					t.Errorf("request whose key fetch found no place: %d %s, want 401 M_UNAUTHORIZED", got.status, got.body)
+				}
+			case <-deadline:
+				mu.Lock()
+				hanging, peak := inFlight, most
+				mu.Unlock()
+				t.Fatalf("10 s into a flood of %d requests with %d key fetches allowed at once, fewer than %d answered (%d fetches in flight, %d at most)",
+					flood, bound, flood-bound, hanging, peak)
+			}
+		}
+		mu.Lock()
+		hanging, peak := inFlight, most
+		mu.Unlock()
+		if hanging != bound || peak != bound {
+			t.Errorf("key fetches in flight during the flood: %d now, %d at most, want %d (the bound) both", hanging, peak, bound)
+		}
+		if status, body := n.request(a, known.name, known.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Errorf("request from a server whose keys A holds, during the flood: %d %s, want 404", status, body)
+		}
+		open()
+		for range bound {
+			select {
+			case got := <-answers:
+				if got.status != http.StatusNotFound {
+					t.Errorf("request whose key fetch had a place, once the fetch ended: %d %s, want 404", got.status, got.body)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("requests whose key fetches had a place not answered 10 s after the fetches ended")
+			}
+		}
+		newcomer := newFakeRemote(t, n)
+		if status, body := n.request(a, newcomer.name, newcomer.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Errorf("request from a server A never saw, after the flood: %d %s, want 404", status, body)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if most > bound {
+			t.Errorf("%d key fetches in flight at once, want at most %d", most, bound)
+		}
+	})
+}

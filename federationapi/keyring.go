@@ -51,6 +51,11 @@ type keyRing struct {
 	// most once per minRefetch, not on every request while it stays full
 	// (10,000 entries walked under mu each time). Guarded by mu.
 	missingSwept time.Time
+	// slots bounds the fetches in flight across all servers: a fetch
+	// holds one of its maxKeyFetches places, and a caller waits at most
+	// slotWait for one. Guarded by mu (replaced only by tests).
+	slots    chan struct{}
+	slotWait time.Duration
 }
 
 // serverFetch is the lock of one server's fetches and how many callers
@@ -65,11 +70,25 @@ type serverFetch struct {
 // while it stays full (such a request then waits for a fetch again).
 const maxMissing = 10000
 
+// maxKeyFetches bounds the fetches of server keys in flight at once,
+// whatever the servers: requests naming many servers (made-up ones
+// whose fetches hang, say) cannot start more. keyFetchSlotWait is how
+// long a fetch waits for a place before it fails (the request it was
+// for then answered 401 M_UNAUTHORIZED, not left hanging).
+const (
+	maxKeyFetches    = 16
+	keyFetchSlotWait = 5 * time.Second
+)
+
 // fetchOutcome is how a fetch of one server's keys ended.
 type fetchOutcome struct {
 	started time.Time
 	ended   time.Time
 	err     error // nil: the server's (or a notary's) document was stored
+	// busy: the fetch found no place (maxKeyFetches) and asked nobody;
+	// the callers waiting for it take its error, but the server is not
+	// to blame, so the next fetch need not wait failedRefetch.
+	busy bool
 }
 
 // minRefetch is how soon a server's keys may be fetched again after a
@@ -332,7 +351,7 @@ func (r *keyRing) fetch(ctx context.Context, server string, newKey bool, keyIDs 
 			if err := sleepCtx(ctx, minRefetch-since); err != nil {
 				return err
 			}
-		case last.err != nil && since < failedRefetch:
+		case last.err != nil && !last.busy && since < failedRefetch:
 			if err := sleepCtx(ctx, failedRefetch-since); err != nil {
 				return err
 			}
@@ -346,10 +365,45 @@ func (r *keyRing) fetch(ctx context.Context, server string, newKey bool, keyIDs 
 	// ends at once must not record a failure the server did not cause
 	// (refusing the requests that waited for the fetch) nor leave no
 	// outcome (letting its next request fetch again at once).
+	//
+	// It first takes a place among the fetches in flight: one that finds
+	// none in time fails, and the callers waiting for it with it (each
+	// would have waited as long again).
+	release, err := r.takeSlot(ctx)
+	if err != nil {
+		if ctx.Err() == nil { // not given up by the caller
+			now := r.s.now()
+			r.noteFetch(server, fetchOutcome{started: now, ended: now, err: err, busy: true})
+		}
+		return err
+	}
 	started := r.s.now()
-	err := r.fetchNow(context.WithoutCancel(ctx), server, keyIDs, minValidUntil)
+	err = r.fetchNow(context.WithoutCancel(ctx), server, keyIDs, minValidUntil)
+	release()
 	r.noteFetch(server, fetchOutcome{started: started, ended: r.s.now(), err: err})
 	return err
+}
+
+// errKeyFetchesBusy is a fetch's error when maxKeyFetches others ran for
+// all of slotWait.
+var errKeyFetchesBusy = errors.New("too many key fetches in flight")
+
+// takeSlot waits, at most slotWait and while ctx lasts, for a place
+// among the fetches in flight, and returns the function giving it back.
+func (r *keyRing) takeSlot(ctx context.Context) (release func(), err error) {
+	r.mu.Lock()
+	slots, wait := r.slots, r.slotWait
+	r.mu.Unlock()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errKeyFetchesBusy
+	}
 }
 
 // noteFetch records how a fetch of server's keys went, first dropping,
