@@ -854,3 +854,42 @@ func TestKeyFetchGlobalBound(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyDocumentValidityCappedForOrder: a document valid for a year
+// does not hold back a server's later documents for that year: keys are
+// valid no further than seven days ahead whatever valid_until_ts says,
+// so a document fetched later, valid until after that horizon, replaces
+// its keys (here shortening the year to eight days). Spec: server-server-
+// api, "Publishing Keys" (valid_until_ts: "the lesser of this field and
+// 7 days into the future").
+func TestKeyDocumentValidityCappedForOrder(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		f.mu.Lock()
+		f.keyValidity = 365 * 24 * time.Hour
+		f.mu.Unlock()
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with f's key: %d %s, want 404", status, body)
+		}
+		// f's next document is valid for eight days; a request signed with
+		// a key A lacks makes A fetch it.
+		f.mu.Lock()
+		f.keyValidity = 8 * 24 * time.Hour
+		f.mu.Unlock()
+		a.HS.Federation.ForgetKeyFetches()
+		other, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key f does not publish: %d %s, want 401", status, body)
+		}
+		got, _, ok, err := a.HS.Federation.CachedServerKey(context.Background(), f.name, f.key.ID)
+		if want := time.Now().Add(9 * 24 * time.Hour).UnixMilli(); err != nil || !ok || got > want {
+			t.Errorf("after f's document valid for eight days, its key cached valid until %d (cached %v, %v), want at most %d (not the year of the first)",
+				got, ok, err, want)
+		}
+	})
+}

@@ -70,6 +70,12 @@ type serverFetch struct {
 // while it stays full (such a request then waits for a fetch again).
 const maxMissing = 10000
 
+// maxKeyValidity is how far ahead a key may be trusted, whatever the
+// valid_until_ts of its document: "Servers MUST use the lesser of this
+// field and 7 days into the future" (server-server-api, "Publishing
+// Keys"; gomatrixserverlib.StrictValiditySignatureCheck applies it).
+const maxKeyValidity = 7 * 24 * time.Hour
+
 // maxKeyFetches bounds the fetches of server keys in flight at once,
 // whatever the servers: requests naming many servers (made-up ones
 // whose fetches hang, say) cannot start more. keyFetchSlotWait is how
@@ -557,8 +563,13 @@ func checkKeyDocument(server string, raw []byte, now time.Time) (gomatrixserverl
 // valid_until_ts orders a server's documents, the spec giving them no
 // other order: it is when "the list of valid keys should be refreshed"
 // (server-server-api, "Publishing Keys"), so a document published later
-// is valid until later. A server that shortens it publishes a document
-// taken for older until its valid_until_ts passes that of the last one
+// is valid until later. It counts no further than maxKeyValidity past
+// the time the document was stored, as far as a key may be trusted
+// ahead whatever valid_until_ts says (server-server-api, "Publishing
+// Keys": "the lesser of this field and 7 days into the future"), so a
+// document valid for a year holds back the server's next ones a week at
+// most. A server that shortens its valid_until_ts publishes documents
+// taken for older until theirs pass that (capped) of the last one
 // cached, which vouched for its keys until then anyway. Of two documents
 // valid until the same time, the later stored wins, except that it never
 // makes an old key current again: a retired key is refused for requests
@@ -567,7 +578,7 @@ func checkKeyDocument(server string, raw []byte, now time.Time) (gomatrixserverl
 func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) error {
 	now := r.s.now().UnixMilli()
 	server := string(doc.ServerName)
-	docValidUntil := int64(doc.ValidUntilTS)
+	docValidUntil := min(int64(doc.ValidUntilTS), now+maxKeyValidity.Milliseconds())
 	return r.s.db.Write(ctx, func(tx storage.Tx) error {
 		upsert := func(keyID string, key spec.Base64Bytes, validUntil, expired int64) error {
 			_, err := tx.Exec(ctx, `INSERT INTO federation_server_keys
