@@ -859,9 +859,10 @@ func TestKeyFetchGlobalBound(t *testing.T) {
 // does not hold back a server's later documents for that year: keys are
 // valid no further than seven days ahead whatever valid_until_ts says,
 // so a document fetched later, valid until after that horizon, replaces
-// its keys (here shortening the year to eight days). Spec: server-server-
-// api, "Publishing Keys" (valid_until_ts: "the lesser of this field and
-// 7 days into the future").
+// its keys (here shortening the year to eight days), and is the one A's
+// notary endpoint serves. Spec: server-server-api, "Publishing Keys"
+// (valid_until_ts: "the lesser of this field and 7 days into the
+// future"), "Querying Keys Through Another Server".
 func TestKeyDocumentValidityCappedForOrder(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
@@ -890,6 +891,19 @@ func TestKeyDocumentValidityCappedForOrder(t *testing.T) {
 		if want := time.Now().Add(9 * 24 * time.Hour).UnixMilli(); err != nil || !ok || got > want {
 			t.Errorf("after f's document valid for eight days, its key cached valid until %d (cached %v, %v), want at most %d (not the year of the first)",
 				got, ok, err, want)
+		}
+		// A's notary endpoint serves that document too, not the first.
+		status, body := n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/key/v2/query/"+f.name, nil)
+		var resp struct {
+			ServerKeys []struct {
+				ValidUntilTS int64 `json:"valid_until_ts"`
+			} `json:"server_keys"`
+		}
+		if err := json.Unmarshal(body, &resp); status != http.StatusOK || err != nil || len(resp.ServerKeys) != 1 {
+			t.Fatalf("A's notary answer for %s: %d %s (%v)", f.name, status, body, err)
+		}
+		if got, want := resp.ServerKeys[0].ValidUntilTS, time.Now().Add(9*24*time.Hour).UnixMilli(); got > want {
+			t.Errorf("after f's document valid for eight days, A as a notary serves one valid until %d, want at most %d (not the year of the first)", got, want)
 		}
 	})
 }

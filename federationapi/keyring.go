@@ -603,10 +603,13 @@ func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) e
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO federation_key_documents (server_name, document, valid_until_ts) VALUES ($1, $2, $3)
-			ON CONFLICT (server_name) DO UPDATE SET document = excluded.document, valid_until_ts = excluded.valid_until_ts
-			WHERE excluded.valid_until_ts >= federation_key_documents.valid_until_ts`,
-			server, string(doc.Raw), int64(doc.ValidUntilTS))
+		// The document served as a notary, by the same order.
+		_, err := tx.Exec(ctx, `INSERT INTO federation_key_documents (server_name, document, valid_until_ts, document_valid_until_ts)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (server_name) DO UPDATE SET document = excluded.document, valid_until_ts = excluded.valid_until_ts,
+				document_valid_until_ts = excluded.document_valid_until_ts
+			WHERE excluded.document_valid_until_ts >= federation_key_documents.document_valid_until_ts`,
+			server, string(doc.Raw), int64(doc.ValidUntilTS), docValidUntil)
 		return err
 	})
 }
