@@ -62,5 +62,31 @@ func TestTxnIDScopeAcrossRefreshAndEndpoints(t *testing.T) {
 		if content, _ := body["content"].(map[string]any); st != 200 || len(content) != 0 {
 			t.Fatalf("the message after the redaction: %d %v; want its content gone", st, body)
 		}
+
+		// A redaction through /send (content.redacts) and one through
+		// /redact of the same event, with one transaction ID: two
+		// endpoints, two requests, each retry answered with its own.
+		st, body = call(t, "PUT", sendURL[:len(sendURL)-len("t1")]+"t2", token, map[string]any{"body": "again"})
+		if st != 200 {
+			t.Fatalf("send: %d %v", st, body)
+		}
+		target := body["event_id"].(string)
+		sendRedactionURL := srv.URL + "/_matrix/client/v3/rooms/" + room + "/send/m.room.redaction/t3"
+		redactURL = srv.URL + "/_matrix/client/v3/rooms/" + room + "/redact/" + url.PathEscape(target) + "/t3"
+		st, body = call(t, "PUT", sendRedactionURL, token, map[string]any{"redacts": target})
+		if st != 200 || body["event_id"] == nil {
+			t.Fatalf("redaction through /send: %d %v", st, body)
+		}
+		viaSend := body["event_id"]
+		st, body = call(t, "PUT", redactURL, token, map[string]any{})
+		if st != 200 || body["event_id"] == nil || body["event_id"] == viaSend {
+			t.Fatalf("redact with the transaction ID of a redaction sent through /send: %d %v; want a new event, not %v", st, body, viaSend)
+		}
+		viaRedact := body["event_id"]
+		for u, want := range map[string]any{sendRedactionURL: viaSend, redactURL: viaRedact} {
+			if st, body = call(t, "PUT", u, token, map[string]any{"redacts": target}); st != 200 || body["event_id"] != want {
+				t.Errorf("PUT %s retried: %d %v; want its first event %v", u, st, body, want)
+			}
+		}
 	})
 }

@@ -207,3 +207,18 @@ func (s *Server) BeforeLocalLeave(fn func()) {
 // CleanStalePending runs the once-only cleanup of pending rows now
 // (pending_cleanup.go), as a start would.
 func (s *Server) CleanStalePending(ctx context.Context) error { return s.cleanStalePending(ctx) }
+
+// CachedServerKey is the row the key cache holds for server's key keyID:
+// its valid_until_ts (current keys) and expired_ts (old keys).
+func (s *Server) CachedServerKey(ctx context.Context, server, keyID string) (validUntilTS, expiredTS int64, ok bool, err error) {
+	k, ok, err := s.keys.cached(ctx, server, keyID)
+	return k.validUntilTS, k.expiredTS, ok, err
+}
+
+// SetKeyFetchLimit lets at most n fetches of server keys run at once, a
+// fetch waiting at most wait for a place (before s serves requests).
+func (s *Server) SetKeyFetchLimit(n int, wait time.Duration) {
+	s.keys.mu.Lock()
+	defer s.keys.mu.Unlock()
+	s.keys.slots, s.keys.slotWait = make(chan struct{}, n), wait
+}

@@ -256,7 +256,8 @@ func New(ctx context.Context, deps Deps) (*Server, error) {
 	if tlsConfig == nil {
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	s.keys = &keyRing{s: s, notaries: notaries, lastFetch: map[string]fetchOutcome{}, fetching: map[string]*serverFetch{}, missing: map[string]time.Time{}}
+	s.keys = &keyRing{s: s, notaries: notaries, lastFetch: map[string]fetchOutcome{}, fetching: map[string]*serverFetch{}, missing: map[string]time.Time{},
+		slots: make(chan struct{}, maxKeyFetches), slotWait: keyFetchSlotWait}
 	s.client = newClient(s, tlsConfig, deps.Dial)
 	if deps.LookupSRV != nil {
 		s.client.resolver.lookupSRV = deps.LookupSRV

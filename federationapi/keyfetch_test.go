@@ -675,3 +675,235 @@ func TestOldKeyRefusedForRequests(t *testing.T) {
 		}
 	})
 }
+
+// TestOlderKeyDocumentChangesNoKey: a key document older (valid until
+// sooner) than the one a server's keys were taken from, answered later
+// by a notary while the server cannot be reached, changes none of them:
+// it neither shortens a current key's validity nor makes a key the
+// newer document moved to old_verify_keys current again (so that a
+// request signed with it would pass). Spec: server-server-api,
+// "Retrieving server keys", "Querying Keys Through Another Server".
+func TestOlderKeyDocumentChangesNoKey(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		f := newFakeRemote(t, n)
+		retired, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		f.keyValidity = 3 * time.Hour
+		f.oldKey, f.oldExpiredTS = retired, time.Now().Add(time.Hour).UnixMilli()
+		f.mu.Unlock()
+		// The notary's copy is an older document of f's: valid for an
+		// hour, from before it retired the key, both keys current.
+		notary := newFakeRemote(t, n)
+		notary.mux.HandleFunc("/_matrix/key/v2/query", func(w http.ResponseWriter, r *http.Request) {
+			doc := mustJSON(map[string]any{"server_name": f.name, "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+				"verify_keys": map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()},
+					retired.ID: map[string]string{"key": retired.PublicBase64()}}})
+			signed, err := gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(f.key.ID), f.key.PrivateKey, doc)
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(f.name, gomatrixserverlib.KeyID(retired.ID), retired.PrivateKey, signed)
+			}
+			if err == nil {
+				signed, err = gomatrixserverlib.SignJSON(notary.name, gomatrixserverlib.KeyID(notary.key.ID), notary.key.PrivateKey, signed)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			_, _ = w.Write(mustJSON(map[string]any{"server_keys": []json.RawMessage{signed}}))
+		})
+		n.trustedNotary = []string{notary.name + " " + notary.key.ID + " " + notary.key.PublicBase64()}
+		a := n.start()
+		n.trustedNotary = nil
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with f's current key: %d %s, want 404", status, body)
+		}
+		ctx := context.Background()
+		before, _, ok, err := a.HS.Federation.CachedServerKey(ctx, f.name, f.key.ID)
+		if err != nil || !ok || before < time.Now().Add(2*time.Hour).UnixMilli() {
+			t.Fatalf("after the direct fetch, f's key cached valid until %d (cached %v, %v), want about 3 h ahead", before, ok, err)
+		}
+		// f unreachable; a request signed with a key A lacks makes A fetch
+		// again, from the notary.
+		f.mu.Lock()
+		f.hideKeys = true
+		f.mu.Unlock()
+		a.HS.Federation.ForgetKeyFetches()
+		other, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key neither f nor the notary serves: %d %s, want 401", status, body)
+		}
+		if got, expired, ok, err := a.HS.Federation.CachedServerKey(ctx, f.name, f.key.ID); err != nil || !ok || got != before || expired != 0 {
+			t.Errorf("after the notary's older document, f's key cached valid until %d (expired_ts %d, cached %v, %v), want %d as before",
+				got, expired, ok, err, before)
+		}
+		if _, expired, ok, err := a.HS.Federation.CachedServerKey(ctx, f.name, retired.ID); err != nil || !ok || expired == 0 {
+			t.Errorf("after the notary's older document, f's retired key cached with expired_ts %d (cached %v, %v), want it old still", expired, ok, err)
+		}
+		if status, body := n.request(a, f.name, retired, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Errorf("request signed with the key f retired, after the notary's older document listing it current: %d %s, want 401", status, body)
+		}
+	})
+}
+
+// TestKeyFetchGlobalBound: requests from many servers whose keys A
+// lacks start at most the global bound of key fetches at once, however
+// long those fetches hang; a request that finds no place in time is
+// answered 401 M_UNAUTHORIZED, not left waiting; a server whose keys A
+// holds is served all the while, and once the fetches end a server A
+// never saw is served too. Spec: server-server-api, "Retrieving server
+// keys", "Request Authentication" (401 M_UNAUTHORIZED); SECURITY-CASES:
+// unauthenticated input must not start unbounded outbound work.
+func TestKeyFetchGlobalBound(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		const bound, flood = 2, 6
+		a := n.start()
+		a.HS.Federation.SetKeyFetchLimit(bound, 500*time.Millisecond)
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		known := newFakeRemote(t, n)
+		if status, body := n.request(a, known.name, known.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request from a server before the flood: %d %s, want 404", status, body)
+		}
+
+		var mu sync.Mutex
+		inFlight, most := 0, 0
+		release := make(chan struct{})
+		var once sync.Once
+		open := func() { once.Do(func() { close(release) }) }
+		fakes := make([]*fakeRemote, flood)
+		for i := range fakes {
+			f := newFakeRemote(t, n)
+			f.keyGate = func() { // each fetch of its keys hangs until release
+				mu.Lock()
+				inFlight++
+				most = max(most, inFlight)
+				mu.Unlock()
+				<-release
+				mu.Lock()
+				inFlight--
+				mu.Unlock()
+			}
+			fakes[i] = f
+		}
+		t.Cleanup(open) // before the fakes close: they wait for their handlers
+		type answer struct {
+			status int
+			body   []byte
+		}
+		answers := make(chan answer, flood)
+		for _, f := range fakes {
+			go func() {
+				status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil)
+				answers <- answer{status, body}
+			}()
+		}
+		// All but bound of them find no place for their fetch: answered
+		// 401 M_UNAUTHORIZED while the others still hang.
+		deadline := time.After(10 * time.Second)
+		for range flood - bound {
+			select {
+			case got := <-answers:
+				var e struct {
+					Errcode string `json:"errcode"`
+				}
+				if err := json.Unmarshal(got.body, &e); got.status != http.StatusUnauthorized || err != nil || e.Errcode != "M_UNAUTHORIZED" {
+					t.Errorf("request whose key fetch found no place: %d %s, want 401 M_UNAUTHORIZED", got.status, got.body)
+				}
+			case <-deadline:
+				mu.Lock()
+				hanging, peak := inFlight, most
+				mu.Unlock()
+				t.Fatalf("10 s into a flood of %d requests with %d key fetches allowed at once, fewer than %d answered (%d fetches in flight, %d at most)",
+					flood, bound, flood-bound, hanging, peak)
+			}
+		}
+		mu.Lock()
+		hanging, peak := inFlight, most
+		mu.Unlock()
+		if hanging != bound || peak != bound {
+			t.Errorf("key fetches in flight during the flood: %d now, %d at most, want %d (the bound) both", hanging, peak, bound)
+		}
+		if status, body := n.request(a, known.name, known.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Errorf("request from a server whose keys A holds, during the flood: %d %s, want 404", status, body)
+		}
+		open()
+		for range bound {
+			select {
+			case got := <-answers:
+				if got.status != http.StatusNotFound {
+					t.Errorf("request whose key fetch had a place, once the fetch ended: %d %s, want 404", got.status, got.body)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("requests whose key fetches had a place not answered 10 s after the fetches ended")
+			}
+		}
+		newcomer := newFakeRemote(t, n)
+		if status, body := n.request(a, newcomer.name, newcomer.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Errorf("request from a server A never saw, after the flood: %d %s, want 404", status, body)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if most > bound {
+			t.Errorf("%d key fetches in flight at once, want at most %d", most, bound)
+		}
+	})
+}
+
+// TestKeyDocumentValidityCappedForOrder: a document valid for a year
+// does not hold back a server's later documents for that year: keys are
+// valid no further than seven days ahead whatever valid_until_ts says,
+// so a document fetched later, valid until after that horizon, replaces
+// its keys (here shortening the year to eight days), and is the one A's
+// notary endpoint serves. Spec: server-server-api, "Publishing Keys"
+// (valid_until_ts: "the lesser of this field and 7 days into the
+// future"), "Querying Keys Through Another Server".
+func TestKeyDocumentValidityCappedForOrder(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, n *network) {
+		a := n.start()
+		f := newFakeRemote(t, n)
+		f.mu.Lock()
+		f.keyValidity = 365 * 24 * time.Hour
+		f.mu.Unlock()
+		uri := "/_matrix/federation/v1/event/$nope" // 404 once the request is authenticated
+		if status, body := n.request(a, f.name, f.key, a.Name, http.MethodGet, uri, nil); status != http.StatusNotFound {
+			t.Fatalf("request signed with f's key: %d %s, want 404", status, body)
+		}
+		// f's next document is valid for eight days; a request signed with
+		// a key A lacks makes A fetch it.
+		f.mu.Lock()
+		f.keyValidity = 8 * 24 * time.Hour
+		f.mu.Unlock()
+		a.HS.Federation.ForgetKeyFetches()
+		other, err := signing.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, body := n.request(a, f.name, other, a.Name, http.MethodGet, uri, nil); status != http.StatusUnauthorized {
+			t.Fatalf("request signed with a key f does not publish: %d %s, want 401", status, body)
+		}
+		got, _, ok, err := a.HS.Federation.CachedServerKey(context.Background(), f.name, f.key.ID)
+		if want := time.Now().Add(9 * 24 * time.Hour).UnixMilli(); err != nil || !ok || got > want {
+			t.Errorf("after f's document valid for eight days, its key cached valid until %d (cached %v, %v), want at most %d (not the year of the first)",
+				got, ok, err, want)
+		}
+		// A's notary endpoint serves that document too, not the first.
+		status, body := n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/key/v2/query/"+f.name, nil)
+		var resp struct {
+			ServerKeys []struct {
+				ValidUntilTS int64 `json:"valid_until_ts"`
+			} `json:"server_keys"`
+		}
+		if err := json.Unmarshal(body, &resp); status != http.StatusOK || err != nil || len(resp.ServerKeys) != 1 {
+			t.Fatalf("A's notary answer for %s: %d %s (%v)", f.name, status, body, err)
+		}
+		if got, want := resp.ServerKeys[0].ValidUntilTS, time.Now().Add(9*24*time.Hour).UnixMilli(); got > want {
+			t.Errorf("after f's document valid for eight days, A as a notary serves one valid until %d, want at most %d (not the year of the first)", got, want)
+		}
+	})
+}

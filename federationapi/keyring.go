@@ -51,6 +51,11 @@ type keyRing struct {
 	// most once per minRefetch, not on every request while it stays full
 	// (10,000 entries walked under mu each time). Guarded by mu.
 	missingSwept time.Time
+	// slots bounds the fetches in flight across all servers: a fetch
+	// holds one of its maxKeyFetches places, and a caller waits at most
+	// slotWait for one. Guarded by mu (replaced only by tests).
+	slots    chan struct{}
+	slotWait time.Duration
 }
 
 // serverFetch is the lock of one server's fetches and how many callers
@@ -65,11 +70,31 @@ type serverFetch struct {
 // while it stays full (such a request then waits for a fetch again).
 const maxMissing = 10000
 
+// maxKeyValidity is how far ahead a key may be trusted, whatever the
+// valid_until_ts of its document: "Servers MUST use the lesser of this
+// field and 7 days into the future" (server-server-api, "Publishing
+// Keys"; gomatrixserverlib.StrictValiditySignatureCheck applies it).
+const maxKeyValidity = 7 * 24 * time.Hour
+
+// maxKeyFetches bounds the fetches of server keys in flight at once,
+// whatever the servers: requests naming many servers (made-up ones
+// whose fetches hang, say) cannot start more. keyFetchSlotWait is how
+// long a fetch waits for a place before it fails (the request it was
+// for then answered 401 M_UNAUTHORIZED, not left hanging).
+const (
+	maxKeyFetches    = 16
+	keyFetchSlotWait = 5 * time.Second
+)
+
 // fetchOutcome is how a fetch of one server's keys ended.
 type fetchOutcome struct {
 	started time.Time
 	ended   time.Time
 	err     error // nil: the server's (or a notary's) document was stored
+	// busy: the fetch found no place (maxKeyFetches) and asked nobody;
+	// the callers waiting for it take its error, but the server is not
+	// to blame, so the next fetch need not wait failedRefetch.
+	busy bool
 }
 
 // minRefetch is how soon a server's keys may be fetched again after a
@@ -332,7 +357,7 @@ func (r *keyRing) fetch(ctx context.Context, server string, newKey bool, keyIDs 
 			if err := sleepCtx(ctx, minRefetch-since); err != nil {
 				return err
 			}
-		case last.err != nil && since < failedRefetch:
+		case last.err != nil && !last.busy && since < failedRefetch:
 			if err := sleepCtx(ctx, failedRefetch-since); err != nil {
 				return err
 			}
@@ -346,10 +371,45 @@ func (r *keyRing) fetch(ctx context.Context, server string, newKey bool, keyIDs 
 	// ends at once must not record a failure the server did not cause
 	// (refusing the requests that waited for the fetch) nor leave no
 	// outcome (letting its next request fetch again at once).
+	//
+	// It first takes a place among the fetches in flight: one that finds
+	// none in time fails, and the callers waiting for it with it (each
+	// would have waited as long again).
+	release, err := r.takeSlot(ctx)
+	if err != nil {
+		if ctx.Err() == nil { // not given up by the caller
+			now := r.s.now()
+			r.noteFetch(server, fetchOutcome{started: now, ended: now, err: err, busy: true})
+		}
+		return err
+	}
 	started := r.s.now()
-	err := r.fetchNow(context.WithoutCancel(ctx), server, keyIDs, minValidUntil)
+	err = r.fetchNow(context.WithoutCancel(ctx), server, keyIDs, minValidUntil)
+	release()
 	r.noteFetch(server, fetchOutcome{started: started, ended: r.s.now(), err: err})
 	return err
+}
+
+// errKeyFetchesBusy is a fetch's error when maxKeyFetches others ran for
+// all of slotWait.
+var errKeyFetchesBusy = errors.New("too many key fetches in flight")
+
+// takeSlot waits, at most slotWait and while ctx lasts, for a place
+// among the fetches in flight, and returns the function giving it back.
+func (r *keyRing) takeSlot(ctx context.Context) (release func(), err error) {
+	r.mu.Lock()
+	slots, wait := r.slots, r.slotWait
+	r.mu.Unlock()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errKeyFetchesBusy
+	}
 }
 
 // noteFetch records how a fetch of server's keys went, first dropping,
@@ -490,16 +550,47 @@ func checkKeyDocument(server string, raw []byte, now time.Time) (gomatrixserverl
 
 // store caches a verified key document: its current keys, its old keys,
 // and the document itself for the notary endpoint.
+//
+// The newest document wins, key by key: a cached key is replaced only by
+// a document valid until at least as late as the one it was taken from
+// (document_valid_until_ts), so that an older document (a notary's
+// cached copy, a fetch answered late) neither shortens a key's
+// valid_until_ts, nor brings back a public key the server replaced, nor
+// makes a key it moved to old_verify_keys current again.
+// Spec: server-server-api, "Retrieving server keys", "Querying Keys
+// Through Another Server" (notaries answer with cached responses).
+//
+// valid_until_ts orders a server's documents, the spec giving them no
+// other order: it is when "the list of valid keys should be refreshed"
+// (server-server-api, "Publishing Keys"), so a document published later
+// is valid until later. It counts no further than maxKeyValidity past
+// the time the document was stored, as far as a key may be trusted
+// ahead whatever valid_until_ts says (server-server-api, "Publishing
+// Keys": "the lesser of this field and 7 days into the future"), so a
+// document valid for a year holds back the server's next ones a week at
+// most. A server that shortens its valid_until_ts publishes documents
+// taken for older until theirs pass that (capped) of the last one
+// cached, which vouched for its keys until then anyway. Of two documents
+// valid until the same time, the later stored wins, except that it never
+// makes an old key current again: a retired key is refused for requests
+// until a newer document says otherwise. A key the document does not
+// name keeps its row.
 func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) error {
 	now := r.s.now().UnixMilli()
 	server := string(doc.ServerName)
+	docValidUntil := min(int64(doc.ValidUntilTS), now+maxKeyValidity.Milliseconds())
 	return r.s.db.Write(ctx, func(tx storage.Tx) error {
 		upsert := func(keyID string, key spec.Base64Bytes, validUntil, expired int64) error {
-			_, err := tx.Exec(ctx, `INSERT INTO federation_server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts)
-				VALUES ($1, $2, $3, $4, $5, $6)
+			_, err := tx.Exec(ctx, `INSERT INTO federation_server_keys
+					(server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts, document_valid_until_ts)
+				VALUES ($1, $2, $3, $4, $5, $6, $7)
 				ON CONFLICT (server_name, key_id) DO UPDATE SET public_key = excluded.public_key,
-					valid_until_ts = excluded.valid_until_ts, expired_ts = excluded.expired_ts, fetched_ts = excluded.fetched_ts`,
-				server, keyID, base64.RawStdEncoding.EncodeToString(key), validUntil, expired, now)
+					valid_until_ts = excluded.valid_until_ts, expired_ts = excluded.expired_ts, fetched_ts = excluded.fetched_ts,
+					document_valid_until_ts = excluded.document_valid_until_ts
+				WHERE excluded.document_valid_until_ts > federation_server_keys.document_valid_until_ts
+					OR (excluded.document_valid_until_ts = federation_server_keys.document_valid_until_ts
+						AND (excluded.expired_ts <> 0 OR federation_server_keys.expired_ts = 0))`,
+				server, keyID, base64.RawStdEncoding.EncodeToString(key), validUntil, expired, now, docValidUntil)
 			return err
 		}
 		for keyID, vk := range doc.VerifyKeys {
@@ -512,10 +603,13 @@ func (r *keyRing) store(ctx context.Context, doc gomatrixserverlib.ServerKeys) e
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO federation_key_documents (server_name, document, valid_until_ts) VALUES ($1, $2, $3)
-			ON CONFLICT (server_name) DO UPDATE SET document = excluded.document, valid_until_ts = excluded.valid_until_ts
-			WHERE excluded.valid_until_ts >= federation_key_documents.valid_until_ts`,
-			server, string(doc.Raw), int64(doc.ValidUntilTS))
+		// The document served as a notary, by the same order.
+		_, err := tx.Exec(ctx, `INSERT INTO federation_key_documents (server_name, document, valid_until_ts, document_valid_until_ts)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (server_name) DO UPDATE SET document = excluded.document, valid_until_ts = excluded.valid_until_ts,
+				document_valid_until_ts = excluded.document_valid_until_ts
+			WHERE excluded.document_valid_until_ts >= federation_key_documents.document_valid_until_ts`,
+			server, string(doc.Raw), int64(doc.ValidUntilTS), docValidUntil)
 		return err
 	})
 }

@@ -1,11 +1,17 @@
 package federationapi
 
 import (
+	"context"
+	"io/fs"
 	"strconv"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/storage"
+	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
 // TestKeyRingMemoryBound: a flood of requests from many made-up servers,
@@ -111,4 +117,90 @@ func TestMissingKeyForgottenAfterMinRefetch(t *testing.T) {
 	if r.knownMissing("s.example", "ed25519:k") {
 		t.Error("a key noted missing minRefetch ago is still refused at once")
 	}
+}
+
+// TestServerKeysDocumentValidityMigration: migration 010 gives the keys
+// cached before it the document validity their rows imply — a current
+// key its own valid_until_ts, an old key that of its server's newest
+// stored document (0 with none) — capped seven days past fetched_ts, and
+// each stored document its own valid_until_ts capped seven days past the
+// latest fetched_ts of its server's keys, so an older document cannot
+// replace them and a later one can.
+func TestServerKeysDocumentValidityMigration(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		all, err := fs.Sub(migrationFiles, "migrations")
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, err := fs.Glob(all, "*.sql")
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := fstest.MapFS{}
+		for _, name := range names {
+			if name < "010" {
+				data, err := fs.ReadFile(all, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				before[name] = &fstest.MapFile{Data: data}
+			}
+		}
+		if err := db.Migrate(ctx, "federationapi", before); err != nil {
+			t.Fatal(err)
+		}
+		const day = int64(24 * time.Hour / time.Millisecond)
+		const fetched = 1_800_000_000_000
+		rows := []struct {
+			server, keyID       string
+			validUntil, expired int64
+			want                int64
+		}{
+			{"a.example", "ed25519:cur", fetched + day, 0, fetched + day},
+			{"a.example", "ed25519:old", 0, fetched - day, fetched + 2*day}, // a.example's document
+			{"b.example", "ed25519:far", fetched + 365*day, 0, fetched + 7*day},
+			{"c.example", "ed25519:old", 0, fetched - day, 0}, // no document stored
+		}
+		docs := map[string]int64{"a.example": fetched + 2*day, "b.example": fetched + 365*day, "d.example": fetched + 365*day}
+		wantDocs := map[string]int64{"a.example": fetched + 2*day, "b.example": fetched + 7*day, "d.example": fetched + 365*day} // d: no key row
+		if err := db.Write(ctx, func(tx storage.Tx) error {
+			for _, r := range rows {
+				if _, err := tx.Exec(ctx, `INSERT INTO federation_server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts)
+					VALUES ($1, $2, 'AAAA', $3, $4, $5)`, r.server, r.keyID, r.validUntil, r.expired, int64(fetched)); err != nil {
+					return err
+				}
+			}
+			for server, validUntil := range docs {
+				if _, err := tx.Exec(ctx, `INSERT INTO federation_key_documents (server_name, document, valid_until_ts) VALUES ($1, '{}', $2)`,
+					server, validUntil); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		sub, err := fs.Sub(migrationFiles, "migrations")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Migrate(ctx, "federationapi", sub); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			var got int64
+			if err := db.Reader().QueryRow(ctx, `SELECT document_valid_until_ts FROM federation_server_keys WHERE server_name = $1 AND key_id = $2`,
+				r.server, r.keyID).Scan(&got); err != nil || got != r.want {
+				t.Errorf("%s %s after migration 010: document_valid_until_ts %d (%v), want %d", r.server, r.keyID, got, err, r.want)
+			}
+		}
+		for server, want := range wantDocs {
+			var got int64
+			if err := db.Reader().QueryRow(ctx, `SELECT document_valid_until_ts FROM federation_key_documents WHERE server_name = $1`,
+				server).Scan(&got); err != nil || got != want {
+				t.Errorf("the key document of %s after migration 010: document_valid_until_ts %d (%v), want %d", server, got, err, want)
+			}
+		}
+	})
 }

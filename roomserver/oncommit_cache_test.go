@@ -27,7 +27,7 @@ func queueSend(t *testing.T, s *Server, roomID, eventType, content, redacts stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, s.db.WriteQueued(ctx, func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, nil) })
+	return p, s.db.WriteQueued(ctx, func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, nil, "") })
 }
 
 // A sent event is in the parsed-event cache as soon as its write is

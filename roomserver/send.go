@@ -135,13 +135,9 @@ func (s *Server) sendProto(ctx context.Context, roomID string, proto *gomatrixse
 			return resp, err
 		}
 	}
-	// The row's redacts as redactsOf will set it: the target named in the
-	// path (redact), or content.redacts of a redaction sent with /send.
-	rowRedacts := redacts
-	if rowRedacts == "" && proto.Type == "m.room.redaction" {
-		rowRedacts = gjson.GetBytes(proto.Content, "redacts").Str
-	}
-	id, lookupErr := lookupTxn(ctx, s.db.Reader(), roomID, proto.SenderID, proto.Type, rowRedacts, txn)
+	// Looked up on the endpoint's path: redacts is the target named in
+	// the path of /redact, "" for /send (whatever content.redacts says).
+	id, lookupErr := lookupTxn(ctx, s.db.Reader(), roomID, proto.SenderID, proto.Type, redacts, txn)
 	if lookupErr != nil {
 		return nil, lookupErr
 	}
@@ -262,7 +258,7 @@ func (s *Server) buildAndQueueOnce(ctx context.Context, roomID string, proto *go
 			}
 			p.builtOn, p.builtOnChecked = builtOn, false
 		}
-		if err := s.writeSend(ctx, tx, p, txn); err != nil {
+		if err := s.writeSend(ctx, tx, p, txn, redacts); err != nil {
 			return err
 		}
 		if fromTail && !p.builtOnChecked {
@@ -303,7 +299,7 @@ func (s *Server) buildAndCommit(ctx context.Context, roomID string, proto *gomat
 	if err != nil {
 		return nil, err
 	}
-	if err := s.db.Write(storage.ForAnnouncedWrite(ctx), func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, txn) }); err != nil {
+	if err := s.db.Write(storage.ForAnnouncedWrite(ctx), func(tx storage.Tx) error { return s.writeSend(ctx, tx, p, txn, redacts) }); err != nil {
 		return nil, err
 	}
 	return &SendEventResponse{EventID: p.row.EventID, StreamPos: p.row.NID}, nil
@@ -349,12 +345,16 @@ func (s *Server) authoriseLocal(ctx context.Context, room *roomRow, pdu gomatrix
 }
 
 // writeSend is a send's write: the duplicate annotation check
-// (annotations.go), then the event, its row carrying the transaction ID.
-func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, txn *TxnID) error {
+// (annotations.go), then the event, its row carrying the transaction ID
+// and, for PUT /redact, the target its path names (redacts).
+func (s *Server) writeSend(ctx context.Context, tx storage.Tx, p *prepared, txn *TxnID, redacts string) error {
 	if txn != nil {
 		// Stored in the event's row; roomserver_events_txn refuses a
-		// retry at the event's INSERT (migration 013).
+		// retry at the event's INSERT (migrations 013, 015).
 		p.row.TxnDevice, p.row.TxnID = &txn.DeviceID, &txn.TxnID
+		if redacts != "" {
+			p.row.TxnRedacts = &redacts
+		}
 	}
 	// A retried annotation is refused here as a duplicate of the first;
 	// sendProto then finds the first by its transaction ID and returns it,

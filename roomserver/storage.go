@@ -179,6 +179,11 @@ type eventRow struct {
 	// back by eventColumns (lookupTxn, TxnIDs and TxnIDsOfEvents read
 	// them where they are wanted).
 	TxnDevice, TxnID *string
+	// TxnRedacts is, for a redaction sent through PUT /redact with a
+	// transaction ID, the event ID its path names (nil otherwise): with
+	// the type, the part of the endpoint's path the transaction ID is
+	// scoped to (lookupTxn, migration 015).
+	TxnRedacts *string
 }
 
 const eventColumns = `event_nid, event_id, room_id, type, state_key, sender, membership, depth,
@@ -207,14 +212,14 @@ const pgStreamLock = 4242101
 // insert ~7 µs (a third) slower per row than the same INSERT as an Exec
 // (docs/benchmarks.md, "send8").
 const insertEventQuery = `INSERT INTO roomserver_events (event_id, room_id, type, state_key, sender, membership,
-		depth, origin_server_ts, redacts, json, rejected, soft_failed, state_before, state_after, txn_device, txn_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`
+		depth, origin_server_ts, redacts, json, rejected, soft_failed, state_before, state_after, txn_device, txn_id, txn_redacts)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
 
 const insertEventReturningQuery = insertEventQuery + ` RETURNING event_nid`
 
 func (s *Server) insertEvent(ctx context.Context, tx storage.Tx, e *eventRow) (int64, error) {
 	args := []any{e.EventID, e.RoomID, e.Type, e.StateKey, e.Sender, e.Membership, e.Depth, e.OriginServerTS, e.Redacts,
-		e.JSON, e.Rejected, e.SoftFailed, e.StateBefore, e.StateAfter, e.TxnDevice, e.TxnID}
+		e.JSON, e.Rejected, e.SoftFailed, e.StateBefore, e.StateAfter, e.TxnDevice, e.TxnID, e.TxnRedacts}
 	var err error
 	if s.db.Engine() == storage.Postgres {
 		if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pgStreamLock); err != nil {
@@ -596,17 +601,18 @@ func currentStateNIDs(ctx context.Context, q storage.Querier, roomID string, key
 }
 
 // lookupTxn returns the event userID sent in roomID with txn, "" if none,
-// through the same endpoint: an event of type evType whose redacts
-// column (the target of a redaction, redactsOf) is redacts, "" for
-// none. The partial unique index roomserver_events_txn (migrations 013,
-// 014) answers it; txn_id = $1 implies the index's txn_id IS NOT NULL on
+// through the same endpoint: PUT /send/{evType} (redacts "") or, for a
+// redaction, PUT /redact/{redacts} (the txn_redacts of its row; a
+// redaction sent through /send has none, whatever its content.redacts).
+// The partial unique index roomserver_events_txn (migrations 013, 015)
+// answers it; txn_id = $1 implies the index's txn_id IS NOT NULL on
 // both engines.
 // Spec: client-server-api, "Transaction identifiers" (scoped to a device
 // and an endpoint; a retransmission has the path of the first request).
 func lookupTxn(ctx context.Context, q storage.Querier, roomID, userID, evType, redacts string, txn *TxnID) (string, error) {
 	var eventID string
 	err := q.QueryRow(ctx, `SELECT event_id FROM roomserver_events
-		WHERE txn_id = $1 AND txn_device = $2 AND sender = $3 AND room_id = $4 AND type = $5 AND COALESCE(redacts, '') = $6`,
+		WHERE txn_id = $1 AND txn_device = $2 AND sender = $3 AND room_id = $4 AND type = $5 AND COALESCE(txn_redacts, '') = $6`,
 		txn.TxnID, txn.DeviceID, userID, roomID, evType, redacts).Scan(&eventID)
 	if storage.IsNoRows(err) {
 		return "", nil

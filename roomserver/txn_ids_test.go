@@ -244,3 +244,115 @@ func TestTxnIDScopedToEndpoint(t *testing.T) {
 		}
 	})
 }
+
+// TestTxnIDRedactionThroughSendAndRedact: PUT /send/m.room.redaction
+// with content.redacts X and PUT /redact/X are two endpoints, so one
+// transaction ID used for both makes two redactions, in either order,
+// and each retry returns its own first event, also through a new Server
+// on the same database. The path of /send does not name the target, so
+// a retry of /send/m.room.redaction with the same transaction ID is a
+// retransmission whatever its content.redacts. Spec: client-server-api,
+// "Transaction identifiers" (scoped to a device and an endpoint; a
+// retransmission has the transaction ID and the path of the first).
+func TestTxnIDRedactionThroughSendAndRedact(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		s := newTestServer(t, db)
+		room := mustCreate(t, s, CreateRoomRequest{Creator: alice, Preset: PresetPublicChat}).RoomID
+		x := mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"x"}`)
+		y := mustSend(t, s, room, alice, "m.room.message", nil, `{"body":"y"}`)
+		viaSend := func(txnID, target string) SendEventRequest {
+			return SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.redaction",
+				Content: json.RawMessage(`{"redacts":"` + target + `"}`), TxnID: &TxnID{DeviceID: "DEV", TxnID: txnID}}
+		}
+		viaRedact := func(txnID, target string) SendEventRequest {
+			return SendEventRequest{RoomID: room, Sender: alice, Type: "m.room.redaction",
+				Content: json.RawMessage(`{}`), Redacts: target, TxnID: &TxnID{DeviceID: "DEV", TxnID: txnID}}
+		}
+		reqs := []struct {
+			name string
+			req  SendEventRequest
+		}{
+			{"/send first", viaSend("t1", x)},
+			{"/redact after /send", viaRedact("t1", x)},
+			{"/redact first", viaRedact("t2", y)},
+			{"/send after /redact", viaSend("t2", y)},
+		}
+		first := map[string]string{}
+		seen := map[string]string{}
+		for _, r := range reqs {
+			resp, err := s.SendEvent(ctx, r.req)
+			if err != nil {
+				t.Fatalf("%s: %v", r.name, err)
+			}
+			if prev, ok := seen[resp.EventID]; ok {
+				t.Errorf("%s answered with %s, the event of %s: a request to another endpoint taken for a retry", r.name, resp.EventID, prev)
+			}
+			first[r.name], seen[resp.EventID] = resp.EventID, r.name
+		}
+		// The same /send path and transaction ID, another content.redacts:
+		// a retransmission of the first.
+		reqs = append(reqs, struct {
+			name string
+			req  SendEventRequest
+		}{"/send first, retried naming another target", viaSend("t1", y)})
+		first["/send first, retried naming another target"] = first["/send first"]
+
+		n := countRows(t, db, "roomserver_events")
+		for _, srv := range []*Server{s, newTestServer(t, db)} {
+			for _, r := range reqs {
+				again, err := srv.SendEvent(ctx, r.req)
+				if err != nil || again.EventID != first[r.name] {
+					t.Errorf("retry of %s gave %+v, %v; want its first event %s", r.name, again, err, first[r.name])
+				}
+			}
+		}
+		if got := countRows(t, db, "roomserver_events"); got != n {
+			t.Errorf("the retries stored %d events, want none", got-n)
+		}
+	})
+}
+
+// Migration 015 keys transaction IDs on the target in the path of
+// /redact (txn_redacts) instead of the event's redacts. A redaction
+// stored before it, whose endpoint is not known, keeps its key: taken as
+// sent through /redact, its retry there returns it, and the unique index
+// still refuses a second row with that key; a message keeps its own.
+func TestTxnIDRedactPathMigration(t *testing.T) {
+	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		if err := db.Migrate(ctx, "roomserver", migrationsUpTo(t, "014")); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Write(ctx, func(tx storage.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json, txn_device, txn_id)
+				VALUES ('$msg', '!a:test', 'm.room.message', $1, 1, 1, '{}', 'DEV', 't1')`, alice); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json, redacts, txn_device, txn_id)
+				VALUES ('$red', '!a:test', 'm.room.redaction', $1, 2, 2, '{}', '$msg', 'DEV', 't1')`, alice)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		newTestServer(t, db) // runs the remaining migrations
+		txn := &TxnID{DeviceID: "DEV", TxnID: "t1"}
+		for _, c := range []struct{ evType, redacts, want string }{
+			{"m.room.message", "", "$msg"},
+			{"m.room.redaction", "$msg", "$red"}, // PUT /redact/$msg/t1
+			{"m.room.redaction", "", ""},         // PUT /send/m.room.redaction/t1
+		} {
+			if got, err := lookupTxn(ctx, db.Reader(), "!a:test", alice, c.evType, c.redacts, txn); err != nil || got != c.want {
+				t.Errorf("after migration 015, %s redacting %q with t1 maps to %q, %v; want %q", c.evType, c.redacts, got, err, c.want)
+			}
+		}
+		err := db.Write(ctx, func(tx storage.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO roomserver_events (event_id, room_id, type, sender, depth, origin_server_ts, json, redacts, txn_device, txn_id, txn_redacts)
+				VALUES ('$dup', '!a:test', 'm.room.redaction', $1, 3, 3, '{}', '$msg', 'DEV', 't1', '$msg')`, alice)
+			return err
+		})
+		if !storage.IsUniqueViolation(err) {
+			t.Errorf("a second redaction through /redact/$msg with t1 gave %v, want a unique violation", err)
+		}
+	})
+}
