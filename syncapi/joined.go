@@ -140,7 +140,12 @@ func (b *roomBuilder) build(ctx context.Context, memberships []roomserver.Member
 			// Rooms left since the token always appear, so the client
 			// learns it left; rooms left earlier only when asked for.
 			// Spec: client-server-api, "Leaving rooms" (include_leave).
-			if newSince || (b.initial() && b.roomFilter().IncludeLeave) {
+			// A ban is not the user leaving: an initial sync always
+			// shows it, so that a client whose first sync comes after
+			// the ban learns of it (as Synapse does; Complement
+			// TestUnbanViaInvite, when the ban reaches this server
+			// before the user's first sync).
+			if newSince || (b.initial() && (b.roomFilter().IncludeLeave || m.Membership == "ban")) {
 				var lr *leftRoom
 				if lr, err = b.left(ctx, m); err == nil && lr != nil {
 					out.Leave[m.RoomID] = lr

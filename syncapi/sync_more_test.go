@@ -376,3 +376,39 @@ func TestSyncTokenAheadOfSharedHeads(t *testing.T) {
 		}
 	})
 }
+
+// TestInitialSyncShowsBans: an initial sync without include_leave shows
+// the rooms the user was banned from (with the ban in the timeline), not
+// those the user left; with include_leave it shows both.
+func TestInitialSyncShowsBans(t *testing.T) {
+	testserver.ForEachEngine(t, nil, func(t *testing.T, srv *testserver.Server) {
+		ctx := context.Background()
+		alice := newUser(t, srv, "alice")
+		bob := newUser(t, srv, "bob")
+		banned := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat", Name: "Banned"})
+		left := createRoom(t, srv, alice, roomserver.CreateRoomRequest{Preset: "public_chat", Name: "Left"})
+		for _, roomID := range []string{banned, left} {
+			membership(t, srv, "join", bob, bob.id, roomID)
+		}
+		membership(t, srv, "ban", alice, bob.id, banned)
+		membership(t, srv, "leave", bob, bob.id, left)
+		s, err := bob.client.SyncRequest(ctx, 0, "", "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lr := s.Rooms.Leave[id.RoomID(banned)]
+		if lr == nil || len(s.Rooms.Leave) != 1 || len(s.Rooms.Join) != 0 {
+			t.Fatalf("initial sync: leave=%v join=%v, want only the room bob was banned from", s.Rooms.Leave, s.Rooms.Join)
+		}
+		tl := lr.Timeline.Events
+		if len(tl) == 0 || tl[len(tl)-1].Type != event.StateMember || tl[len(tl)-1].StateKey == nil ||
+			*tl[len(tl)-1].StateKey != bob.id || tl[len(tl)-1].Content.Raw["membership"] != "ban" {
+			t.Fatalf("the banned room's timeline does not end with the ban: %d events", len(tl))
+		}
+		code, body := rawSync(t, srv, bob, "filter="+url.QueryEscape(`{"room":{"include_leave":true}}`))
+		leave, _ := body["rooms"].(map[string]any)["leave"].(map[string]any)
+		if code != 200 || leave[banned] == nil || leave[left] == nil || len(leave) != 2 {
+			t.Fatalf("include_leave: %d %v", code, body["rooms"])
+		}
+	})
+}
