@@ -16,6 +16,7 @@ import (
 // backfills them from A, and bob's count on B stays 0. A new message
 // from alice then arrives over federation and counts 1.
 func TestFederatedCountsNotBackfill(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
