@@ -16,7 +16,8 @@ import (
 // backfills them from A, and bob's count on B stays 0. A new message
 // from alice then arrives over federation and counts 1.
 func TestFederatedCountsNotBackfill(t *testing.T) {
-	t.Parallel()
+	// Serial: in parallel it once found no unread_notifications for the
+	// room in B's /sync right after the backfill (postgres); not found why.
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
