@@ -21,6 +21,7 @@ import (
 // so the refusals are the ACL's doing.
 // Spec: server-server-api, "Server Access Control Lists (ACLs)".
 func TestServerACLEnforced(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a := n.start()

@@ -19,6 +19,7 @@ import (
 // room. B takes it from A and accepts the message, where it used to
 // answer the PDU with an error and lose it (C does not send it again).
 func TestAuthEventFromAnotherServer(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		cut := partitionable(n)
 		a, b, c := n.start(), n.start(), n.start()

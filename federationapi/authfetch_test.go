@@ -185,6 +185,7 @@ func (f *fakeRemote) serveEvents(events map[string]gomatrixserverlib.PDU, authOf
 // the PDU is then authorised. An outlier whose own auth events include a
 // rejected event is stored rejected, and so is every PDU naming it.
 func TestInboundFetchesMissingAuthEvents(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a := n.start()
 	f := newFakeRemote(t, n)

@@ -21,6 +21,7 @@ import (
 // Complement: TestMessagesOverFederation, "Visible shared history after
 // joining new room (backfill)".
 func TestBackfillOnMessages(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -87,6 +88,7 @@ func TestBackfillOnMessages(t *testing.T) {
 // Complement: TestMessagesOverFederation, "Visible shared history after
 // re-joining room (backfill)".
 func TestRejoinBackfillsTheGap(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -153,6 +155,7 @@ func TestRejoinBackfillsTheGap(t *testing.T) {
 // backfilled, m0.
 // Complement: TestJumpToDateEndpoint/parallel/federation.
 func TestTimestampToEventOverFederation(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

@@ -14,6 +14,7 @@ import (
 // sender's backoff only while its failures are recorded and retry_at_ts
 // is ahead; a server this process's sender holds healthy is not read.
 func TestDestinationBackingOff(t *testing.T) {
+	t.Parallel()
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
 		sub, err := fs.Sub(migrationFiles, "migrations")

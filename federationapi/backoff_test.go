@@ -13,6 +13,7 @@ import (
 // defaults (10 s, 24 h). Issue 7: "exponential backoff per destination
 // (capped)".
 func TestSenderBackoffIsCapped(t *testing.T) {
+	t.Parallel()
 	q := &sender{s: &Server{cfg: config.Federation{
 		MinBackoff: config.Duration(time.Second), MaxBackoff: config.Duration(time.Minute)}}}
 	want := map[int]time.Duration{

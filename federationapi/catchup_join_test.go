@@ -15,6 +15,7 @@ import (
 // own forward extremity (the hello), so C gets it; before, C never did,
 // as no later event named it.
 func TestLateJoinCaughtUp(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		cut := partitionable(n)
 		a, b, c := n.start(), n.start(), n.start()

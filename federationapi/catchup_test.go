@@ -11,6 +11,7 @@ import (
 // keeps sending, restarted, and receives everything (catch-up from the
 // stored queue); B got everything live. Security cases 35, 37.
 func TestThreeServersCatchUp(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, c := n.start(), n.start(), n.start()

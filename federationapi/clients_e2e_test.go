@@ -140,6 +140,7 @@ func (u *syncer) publicAliasedRoom(alias string) id.RoomID {
 // its alias, through B's client API; each then sees the other's message
 // in /sync.
 func TestClientJoinRemoteRoomByAlias(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -178,6 +179,7 @@ func TestClientJoinRemoteRoomByAlias(t *testing.T) {
 // TestClientJoinErrors: an unknown remote alias is the remote's 404, and
 // an unreachable server is 502, never 401 (security case 32).
 func TestClientJoinErrors(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	bob := b.register("bob")
@@ -204,6 +206,7 @@ func httpStatusIs(err error, status int) bool {
 // room; the invite reaches bob's /sync on B, bob joins through A, and
 // they talk.
 func TestClientInviteRemoteUser(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -239,6 +242,7 @@ func TestClientInviteRemoteUser(t *testing.T) {
 // TestClientRejectRemoteInvite: bob rejects an invite to a room only A
 // holds; A sees the leave.
 func TestClientRejectRemoteInvite(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	ctx := context.Background()
@@ -300,6 +304,7 @@ func clientPair(t *testing.T, n *network) (a, b *fedServer, alice, bob *syncer, 
 // TestClientEphemeralAcrossServers: alice's typing and read receipt on A
 // reach bob's /sync on B, and bob's typing reaches alice.
 func TestClientEphemeralAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		_, _, alice, bob, roomID := clientPair(t, n)
@@ -328,6 +333,7 @@ func TestClientEphemeralAcrossServers(t *testing.T) {
 // TestClientToDeviceAcrossServers: a to-device message from alice on A
 // reaches bob's device on B.
 func TestClientToDeviceAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -354,6 +360,7 @@ func TestClientToDeviceAcrossServers(t *testing.T) {
 // media endpoint what alice uploaded on A; B fetches it from A over the
 // federation media API, signed, and caches it.
 func TestClientRemoteMedia(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	n.editEachConfig = func(c *config.Config) {
 		c.MediaAPI.OutboundIPAllow = []string{"127.0.0.1/32"} // the test servers are on loopback
@@ -403,6 +410,7 @@ func TestClientRemoteMedia(t *testing.T) {
 // users and aliases by asking A over federation; A's public room list is
 // readable from B.
 func TestClientRemoteProfileAndDirectory(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	alice, bob := a.register("alice"), b.register("bob")
@@ -433,6 +441,7 @@ func TestClientRemoteProfileAndDirectory(t *testing.T) {
 // another server (there is none). Complement: TestRoomsInvite "Invited
 // user can reject invite for empty room".
 func TestClientRejectLocalInviteToEmptyRoom(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		alice, bob := a.register("alice"), a.register("bob")
@@ -458,6 +467,7 @@ func TestClientRejectLocalInviteToEmptyRoom(t *testing.T) {
 // invitee's sync shows it with its origin_server_ts and room_id.
 // Spec: MSC4311; Complement TestMSC4311FullCreateEventOnStrippedState.
 func TestClientRemoteInviteFullCreateEvent(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		alice, bob := a.register("alice"), b.register("bob")

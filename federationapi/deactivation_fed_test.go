@@ -19,6 +19,7 @@ import (
 // server-server-api, "Leaving Rooms (Rejecting Invites)" (a member's
 // leave is sent to the room's servers as any event is).
 func TestDeactivationLeaveReachesOtherServer(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

@@ -21,6 +21,7 @@ import (
 // work (clientapi/deactivation.go), not the request's.
 // Spec: client-server-api, "POST /_matrix/client/v3/account/deactivate".
 func TestDeactivationDoesNotWaitOnUnreachableInviter(t *testing.T) {
+	// Serial: asserts the deactivation takes under 5 s.
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

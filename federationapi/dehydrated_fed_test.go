@@ -18,6 +18,7 @@ import (
 // updates) shows it with its dehydrated flag, he can claim its one-time
 // key, and DELETE /dehydrated_device reaches B as a deleted device.
 func TestDehydratedDeviceAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		_, b, alice, bob, _ := clientPair(t, n)
 		alice.uploadDeviceKeys()

@@ -85,6 +85,7 @@ func devicesOf(resp keysQueryResp, userID string) []string {
 // deleted one: A fetched the list afresh. Before, A served the copy it
 // kept.
 func TestDeviceListUntrackedOnLeave(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		for _, how := range []string{"leave", "kick", "ban", "local leave"} {
 			t.Run(how, func(t *testing.T) {
@@ -184,6 +185,7 @@ func TestDeviceListUntrackedOnLeave(t *testing.T) {
 // bob still shares the third with alice, so A keeps his list, fresh, and
 // answers alice from it with B down (no fetch).
 func TestDeviceListKeptWhileStillShared(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

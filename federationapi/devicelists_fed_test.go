@@ -20,6 +20,7 @@ import (
 // when he took his token). Spec: client-server-api, "Tracking the device
 // list for a user". Complement: TestDeviceListsUpdateOverFederation.
 func TestDeviceListsOnRemoteJoin(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	ctx := context.Background()
@@ -59,6 +60,7 @@ func TestDeviceListsOnRemoteJoin(t *testing.T) {
 // device, though it shares no other room with her.
 // Complement: TestDeviceListsUpdateOverFederationOnRoomJoin.
 func TestDevicesAnnouncedOnRemoteJoin(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a := n.start()
 	f := newFakeRemote(t, n)

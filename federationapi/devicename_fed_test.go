@@ -21,6 +21,7 @@ import (
 // had no name yet. Spec: client-server-api, "Tracking the device list for
 // a user"; server-server-api, "Device Management".
 func TestDeviceNameAfterKeyUpload(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

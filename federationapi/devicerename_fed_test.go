@@ -20,6 +20,7 @@ import (
 // his /keys/query shows the new name. Spec: client-server-api, "Tracking
 // the device list for a user"; server-server-api, "Device Management".
 func TestDeviceRenameReachesOtherServer(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -77,6 +78,7 @@ func TestDeviceRenameReachesOtherServer(t *testing.T) {
 // it still names the previous one). A device without keys is not
 // "deleted". Spec: server-server-api, "Device Management".
 func TestDeviceRenameEDU(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)

@@ -22,6 +22,7 @@ import (
 // until someone queried her keys. Spec: server-server-api, "Device
 // Management".
 func TestDeviceListResyncRetriedAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		cut := partitionable(n)
 		a, b, alice, _, _ := clientPair(t, n)

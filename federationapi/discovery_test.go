@@ -13,6 +13,7 @@ import (
 // TestResolve follows server-server-api, "Resolving server names", step
 // by step, with fake DNS and a fake .well-known server.
 func TestResolve(t *testing.T) {
+	t.Parallel()
 	wk := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Host {
 		case "wk.example":
@@ -99,6 +100,7 @@ func TestResolve(t *testing.T) {
 // answer (or NXDOMAIN) stands for srvTTL, a failed lookup for
 // srvErrorTTL.
 func TestResolveCachesSRV(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_800_000_000, 0)
 	lookups := map[string]int{}
 	failing := map[string]bool{}
@@ -180,6 +182,7 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // Spec: server-server-api, "Resolving server names" (step 3: errors
 // cached for up to an hour, exponential back-off for repeated failures).
 func TestWellKnownFailuresCached(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_800_000_000, 0)
 	fetches := map[string]int{}
 	up := map[string]bool{}

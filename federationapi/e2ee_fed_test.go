@@ -102,6 +102,7 @@ func (c *olmClient) awaitText(t *testing.T, evID id.EventID, want string) {
 // keys cross through /keys/query and /keys/claim fan-out, the room keys
 // as m.direct_to_device EDUs; the servers hold only ciphertext.
 func TestE2EEAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		e2eeConversation(t, a, b, "alice", "bob")

@@ -16,6 +16,7 @@ import (
 // is still stored. Spec: server-server-api, "Receipts"; client-server-api,
 // "Receipts".
 func TestRemoteReceiptForEventOfAnotherRoom(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

@@ -58,6 +58,7 @@ func (r *recorder) RemoteSigningKeyUpdate(_ context.Context, userID string, _ js
 // it concerns belongs to the origin; a forged one is dropped whole with
 // no call at all (security case 15).
 func TestEDUOriginChecks(t *testing.T) {
+	t.Parallel()
 	rec := &recorder{}
 	s := &Server{serverName: "us.example", rooms: fakeRooms{}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		edus: EDUSinks{Typing: rec, Receipts: rec, Presence: rec, ToDevice: rec, DeviceLists: rec}}
@@ -88,6 +89,7 @@ func TestEDUOriginChecks(t *testing.T) {
 
 // TestACLMatching follows the spec's glob rules.
 func TestACLMatching(t *testing.T) {
+	t.Parallel()
 	acl := json.RawMessage(`{"allow":["*"],"deny":["*.evil.example","bad?.example"],"allow_ip_literals":false}`)
 	for server, want := range map[string]bool{
 		"good.example": true, "a.evil.example": false, "bad1.example": false, "bad12.example": true,

@@ -22,6 +22,7 @@ import (
 // device) and lists alice in bob's /sync device_lists.changed, and B's
 // keys/query answers alice's new master key.
 func TestPresenceAndSigningKeysAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

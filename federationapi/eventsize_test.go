@@ -23,6 +23,7 @@ import (
 // here) and refused in a version 12 room.
 // Complement: TestOutboundFederationEventSizeGetMissingEvents.
 func TestLongStateKeyInOldRoomVersions(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a := n.start()

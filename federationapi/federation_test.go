@@ -25,6 +25,7 @@ func forEachEngine(t *testing.T, fn func(t *testing.T, n *network)) {
 // TestRemoteJoinAndMessages: a user on B joins a room on A through A;
 // messages then flow both ways.
 func TestRemoteJoinAndMessages(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -59,6 +60,7 @@ func TestRemoteJoinAndMessages(t *testing.T) {
 // TestXMatrixAuthentication: unsigned, badly signed and misaddressed
 // requests are 401 M_UNAUTHORIZED; a good one passes.
 func TestXMatrixAuthentication(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	uri := "/_matrix/federation/v1/event/$nope"
@@ -93,6 +95,7 @@ func TestXMatrixAuthentication(t *testing.T) {
 // A's notary endpoint serves B's key document countersigned by A; C,
 // trusting A as notary, gets B's keys through it.
 func TestKeyFetchAndNotary(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	// B calls A: A must fetch B's key to verify.
@@ -126,6 +129,7 @@ func TestKeyFetchAndNotary(t *testing.T) {
 
 // TestVersion: GET /_matrix/federation/v1/version needs no signature.
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a := n.start()
 	status, body := n.request(a, "", nil, a.Name, http.MethodGet, "/_matrix/federation/v1/version", nil)
@@ -139,6 +143,7 @@ func TestVersion(t *testing.T) {
 // authentication middleware runs only for known routes), a known path
 // with the wrong method is 405, and known routes still need a signature.
 func TestUnknownFederationEndpoints(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	for _, uri := range []string{"/_matrix/federation/unknown", "/_matrix/federation/v1/unknown", "/_matrix/federation/v2/send_join"} {
@@ -164,6 +169,7 @@ func TestUnknownFederationEndpoints(t *testing.T) {
 // on), while B's later events, including a second local user's join,
 // go to A.
 func TestRemoteJoinNotSentBack(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	ctx := context.Background()

@@ -58,6 +58,7 @@ func initialSync(t *testing.T, u *syncer, filter string) *mautrix.RespSync {
 // (400 "The user has not left the room", example M_UNKNOWN); "Leaving
 // rooms" ("A user can also forget a room which they have left").
 func TestForgetRefusedWhileRemoteInviteOrKnockPending(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -124,6 +125,7 @@ func TestForgetRefusedWhileRemoteInviteOrKnockPending(t *testing.T) {
 // Spec: client-server-api, "Leaving rooms" (forgotten rooms never appear
 // in /sync "until the user re-joins, is re-invited, or knocks").
 func TestReinviteAndUnforgetOneCommit(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		_, b, alice, bob, roomID := forgottenRemoteInvite(t, n)
 		ctx := context.Background()
@@ -181,6 +183,7 @@ func TestReinviteAndUnforgetOneCommit(t *testing.T) {
 // Spec: client-server-api, "Leaving rooms" (forgotten "until the user
 // re-joins, is re-invited, or knocks").
 func TestRemoteJoinClearsForgottenMark(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, alice, bob, roomID := forgottenRemoteInvite(t, n)
 		ctx := context.Background()

@@ -50,6 +50,7 @@ const forgetRaceRounds = 400
 // re-joins, is re-invited, or knocks"), "POST
 // /_matrix/client/v3/rooms/{roomId}/forget" (400 while not left).
 func TestForgetRacesRemoteInviteAcrossProcesses(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(storagetest.PostgresEnv) == "" {
 		t.Skipf("PostgreSQL only (the forget lock orders processes sharing PostgreSQL): set %s to run it", storagetest.PostgresEnv)
 	}

@@ -155,6 +155,7 @@ func (g *gapScene) pending(t *testing.T) map[string][]string {
 // is accepted in the same /send, nothing is kept for a retry.
 // Spec: server-server-api, "Backfilling and retrieving missing events".
 func TestGapFilledByAnotherServer(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		g := newGapScene(t, n)
 		origin, other := g.peer(t), g.peer(t)
@@ -382,6 +383,7 @@ func (g *gapScene) setBackoff(t *testing.T, server string, failures int, retryAt
 // into backoff too: A asks the two healthy ones and the one out of
 // backoff, which answers.
 func TestGapFallbackSkipsServersInBackoff(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		g := newGapScene(t, n)
 		origin := g.peer(t)

@@ -42,6 +42,7 @@ func buildWithAuthAndPrev(t *testing.T, roomID, sender, eventType string, stateK
 // events are connected first (server-server-api, "Checks performed on
 // receipt of a PDU"). C is then in the timeline.
 func TestGapPrevEventsBeforeAuthEvents(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		ctx := context.Background()

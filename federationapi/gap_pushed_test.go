@@ -23,6 +23,7 @@ import (
 // (PDU Processing Result), "Checks performed on receipt of a PDU";
 // Complement TestOutboundFederationIgnoresMissingEventWithBadJSONForRoomVersion6.
 func TestPushedPDUWithUnfetchablePrevEventsRefused(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		o := newGapOrigin(t, n)
 		a, alice, roomID, mallory, join := o.a, o.alice, o.roomID, o.mallory, o.join

@@ -22,6 +22,7 @@ import (
 // PDU: they are in the timeline and the gap's member event is in A's
 // current state.
 func TestInboundGapFilledFromState(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		o := newGapOrigin(t, n)
 		a, alice, roomID, mallory := o.a, o.alice, o.roomID, o.mallory
@@ -134,6 +135,7 @@ func TestInboundGapFilledFromState(t *testing.T) {
 // Spec: server-server-api, "Checks performed on receipt of a PDU",
 // "Rejection", "PUT /_matrix/federation/v1/send/{txnId}".
 func TestGapWithUnobtainableAuthEvent(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		o := newGapOrigin(t, n)
 		a, alice, roomID, mallory, join := o.a, o.alice, o.roomID, o.mallory, o.join

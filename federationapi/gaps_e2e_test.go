@@ -17,6 +17,7 @@ import (
 // invite: [bob on B]; the invite goes to B over federation (invite v2),
 // reaches bob's /sync there, and bob joins through A.
 func TestClientCreateRoomInvitesRemoteUser(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -92,6 +93,7 @@ func knockStateHas(evs []*event.Event, t event.Type, want string) bool {
 // carol's knock leaves /sync's rooms.knock for rooms.leave. alice accepts
 // bob's by inviting him; bob joins and they talk.
 func TestClientKnockRemoteRoom(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -149,6 +151,7 @@ func TestClientKnockRemoteRoom(t *testing.T) {
 // TestClientKnockBadTemplate: a make_knock template that changes what we
 // asked for (here: the membership) aborts the knock (security case 14).
 func TestClientKnockBadTemplate(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	b := n.start()
 	bob := b.register("bob")

@@ -20,6 +20,7 @@ import (
 // healthy servers here sit past the first chunk, behind more than
 // storage.MaxInList servers in backoff.
 func TestGMEFallbacksReadsEveryCandidate(t *testing.T) {
+	t.Parallel()
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
 		sub, err := fs.Sub(migrationFiles, "migrations")

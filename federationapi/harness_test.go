@@ -30,6 +30,11 @@ import (
 	"github.com/myelin-chat/myelin/storage/storagetest"
 )
 
+// Tests run in parallel (t.Parallel) unless they set a hook of every
+// server of the process (ObserveResyncs, SetPendingLimits) or assert on
+// wall time: each server listens on a port of its own and has a database
+// (SQLite file, PostgreSQL schema) and Redis prefix of its own.
+
 // network is a private federation: one test CA that every server's
 // certificate comes from and every server trusts.
 type network struct {

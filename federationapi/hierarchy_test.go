@@ -65,6 +65,7 @@ func sameRooms(got []id.RoomID, want ...id.RoomID) bool {
 // member in the allowing room; never invite-only ones), and A filtering
 // per user.
 func TestFederatedSpaceHierarchy(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

@@ -43,6 +43,7 @@ type sendResponse struct {
 // TestSendMixedPDUs: in one transaction, good PDUs are accepted and each
 // bad one gets its own error (security cases 2, 5, 6, 9, 10).
 func TestSendMixedPDUs(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, roomID := joinedPair(t, n)
 		bob := b.user("bob")
@@ -115,6 +116,7 @@ func TestSendMixedPDUs(t *testing.T) {
 // whole with 400 M_BAD_JSON and none of it is processed.
 // Spec: server-server-api, "Transactions".
 func TestDuplicateTransaction(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, roomID := joinedPair(t, n)
 		bob := b.user("bob")
@@ -186,6 +188,7 @@ func TestDuplicateTransaction(t *testing.T) {
 // sender's server, or for a user of another server, is 403 and nothing
 // is signed (security case 13). A genuine invite is signed.
 func TestInviteForgery(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	ctx := context.Background()
@@ -230,6 +233,7 @@ func TestInviteForgery(t *testing.T) {
 // state key or a sender from another server is refused, nothing stored
 // (security case 12).
 func TestSendJoinValidation(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	roomID := publicRoom(t, a, a.user("alice"))
@@ -264,6 +268,7 @@ func TestSendJoinValidation(t *testing.T) {
 // anything we did not ask for aborts the join; send_join is never called
 // (security case 14).
 func TestTamperedTemplateAbortsJoin(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a := n.start()
 	for _, tamper := range []struct{ name, path, value string }{
@@ -355,6 +360,7 @@ func ptr(s string) *string { return &s }
 // the v2 validation (400 for anything but the right membership of the
 // sender itself) and answer a good event with the v1 shape [200, {...}].
 func TestSendMembershipV1(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	ctx := context.Background()

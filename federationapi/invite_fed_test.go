@@ -15,6 +15,7 @@ import (
 // Complement: TestFederationRoomsInvite "Invited user can reject invite
 // over federation for empty room".
 func TestClientRejectRemoteInviteToEmptyRoom(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	ctx := context.Background()
@@ -45,6 +46,7 @@ func TestClientRejectRemoteInviteToEmptyRoom(t *testing.T) {
 // Complement: TestFederationRoomsInvite "Non-invitee user cannot rescind
 // invite over federation".
 func TestRescindByOtherMemberIgnored(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	ctx := context.Background()
@@ -91,6 +93,7 @@ func TestRescindByOtherMemberIgnored(t *testing.T) {
 // Complement: TestFederationRoomsInvite "Invited user has 'is_direct'
 // flag in prev_content after joining".
 func TestRemoteJoinPrevContent(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b := n.start(), n.start()
 	ctx := context.Background()

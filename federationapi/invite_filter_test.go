@@ -15,6 +15,7 @@ import (
 // for alice but never reaches carol's /sync. dave on B allows alice by
 // name while blocking her server: his invite arrives.
 func TestClientInviteFilterAcrossServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

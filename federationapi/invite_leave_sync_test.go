@@ -33,6 +33,7 @@ const includeLeave = `{"room":{"include_leave":true}}`
 // Spec: client-server-api, "Leaving rooms" (include_leave; forgotten
 // rooms never appear in /sync).
 func TestEndedRemoteInvitesInInitialSync(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

@@ -30,6 +30,7 @@ func withInviteRoomState(t *testing.T, event []byte, stripped ...map[string]any)
 // hold (origin must be the sender's server, invitee must be B's), and
 // only room versions 1 and 2 are accepted.
 func TestInboundInviteV1(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -76,6 +77,7 @@ func TestInboundInviteV1(t *testing.T) {
 // 404 M_UNRECOGNIZED gets invites to room version 1 and 2 rooms through
 // v1 (with the stripped state in unsigned), and none for later versions.
 func TestOutboundInviteFallsBackToV1(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		old := newFakeRemote(t, n)

@@ -26,6 +26,7 @@ import (
 // (e2eeConversation); erin on C joins, C is stopped while alice keeps
 // sending, restarted, and erin receives everything.
 func TestThreeServerScenario(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, c := n.start(), n.start(), n.start()

@@ -14,6 +14,7 @@ import (
 // stored. Issue 7, "make_join from candidate servers in turn".
 // Spec: server-server-api, "Joining Rooms".
 func TestJoinTriesCandidateServersInTurn(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

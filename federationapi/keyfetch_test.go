@@ -23,6 +23,7 @@ import (
 // with another key is not trusted; with no notary, nothing is.
 // Spec: server-server-api, "Querying Keys Through Another Server".
 func TestKeysThroughTrustedNotary(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		notary := n.start()
 		wrongKey, err := signing.Generate()
@@ -69,6 +70,7 @@ func TestKeysThroughTrustedNotary(t *testing.T) {
 }
 
 func TestKeyCacheValidity(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -120,6 +122,7 @@ func TestKeyCacheValidity(t *testing.T) {
 // outcome of the fetch it waited for (at most one fetch a second).
 // Spec: server-server-api, "Retrieving server keys"; issue 7.
 func TestKeyFetchAfterOutage(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -193,6 +196,7 @@ func TestKeyFetchAfterOutage(t *testing.T) {
 // or making another fetch. Spec: server-server-api, "Retrieving server
 // keys".
 func TestKeyRotatedRightAfterFetch(t *testing.T) {
+	// Serial: asserts a request is answered within 2 s.
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -247,6 +251,7 @@ func TestKeyRotatedRightAfterFetch(t *testing.T) {
 // forgotten once nobody holds it. Spec: server-server-api, "Retrieving
 // server keys".
 func TestKeyRotatedDuringFetch(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -326,6 +331,7 @@ func TestKeyRotatedDuringFetch(t *testing.T) {
 // server's own requests that waited refused. Spec: server-server-api,
 // "Retrieving server keys".
 func TestKeyFetchOutlivesCaller(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -416,6 +422,7 @@ func TestKeyFetchOutlivesCaller(t *testing.T) {
 // server keys"; SECURITY-CASES (a forged request must not make us hammer
 // the server it names).
 func TestKeyFloodOfMadeUpKeyIDs(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -464,6 +471,7 @@ func TestKeyFloodOfMadeUpKeyIDs(t *testing.T) {
 // minimum_valid_until_ts when using /query); server-server-api,
 // "Querying Keys Through Another Server".
 func TestNotaryQueryNamesKeyAndMinimumValidity(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		f := newFakeRemote(t, n)
 		notary := newFakeRemote(t, n)
@@ -525,6 +533,7 @@ func TestNotaryQueryNamesKeyAndMinimumValidity(t *testing.T) {
 // server-server-api, "Retrieving server keys"; SECURITY-CASES (no
 // thundering herd on a server that is down).
 func TestKeyFetchFailureSharedWithWaiters(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)
@@ -587,6 +596,7 @@ func TestKeyFetchFailureSharedWithWaiters(t *testing.T) {
 // newer one. Spec: server-server-api, "Querying Keys Through Another
 // Server" (notaries answer with cached responses).
 func TestNotaryKeepsNewestDocument(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		f := newFakeRemote(t, n)
 		f.mu.Lock()
@@ -656,6 +666,7 @@ func TestNotaryKeepsNewestDocument(t *testing.T) {
 // accepted; the key cache still holds it for events (TestKeyRotation,
 // TestOldKeyValidBeforeExpiry).
 func TestOldKeyRefusedForRequests(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		f := newFakeRemote(t, n)

@@ -21,6 +21,7 @@ import (
 // once full), and no per-server fetch lock nobody holds.
 // SECURITY-CASES: unauthenticated input must not grow memory unbounded.
 func TestKeyRingMemoryBound(t *testing.T) {
+	t.Parallel()
 	now := time.UnixMilli(1_800_000_000_000)
 	r := &keyRing{s: &Server{now: func() time.Time { return now }},
 		lastFetch: map[string]fetchOutcome{}, fetching: map[string]*serverFetch{}, missing: map[string]time.Time{}}
@@ -83,6 +84,7 @@ func TestKeyRingMemoryBound(t *testing.T) {
 // Spec: server-server-api, "Publishing Keys" (old_verify_keys,
 // expired_ts).
 func TestOldKeyValidBeforeExpiry(t *testing.T) {
+	t.Parallel()
 	always := func(_, _ spec.Timestamp) bool { return true }
 	old := cachedKey{expiredTS: 1_000}
 	for at, want := range map[spec.Timestamp]bool{999: true, 1_000: false, 1_001: false} {
@@ -102,6 +104,7 @@ func TestOldKeyValidBeforeExpiry(t *testing.T) {
 // may make the next fetch again (the server may have published it
 // since). Spec: server-server-api, "Retrieving server keys".
 func TestMissingKeyForgottenAfterMinRefetch(t *testing.T) {
+	t.Parallel()
 	now := time.UnixMilli(1_800_000_000_000)
 	r := &keyRing{s: &Server{now: func() time.Time { return now }},
 		lastFetch: map[string]fetchOutcome{}, fetching: map[string]*serverFetch{}, missing: map[string]time.Time{}}

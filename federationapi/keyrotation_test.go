@@ -25,6 +25,7 @@ import (
 // Spec: server-server-api, "Publishing Keys" (old_verify_keys); rooms/v5,
 // "Signing key validity period".
 func TestKeyRotation(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, roomID := joinedPair(t, n)

@@ -18,6 +18,7 @@ import (
 // failures); issue 7, "remote device keys (keys/query/claim fan-out with
 // timeout and failures)".
 func TestKeysFanOutTimeout(t *testing.T) {
+	// Serial: asserts the answers come within their timeout.
 	forEachEngine(t, func(t *testing.T, n *network) {
 		_, _, alice, bob, _ := clientPair(t, n)
 		alice.uploadDeviceKeys()

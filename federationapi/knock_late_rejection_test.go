@@ -22,6 +22,7 @@ import (
 // Spec: server-server-api, "Auth events selection" (a member event's
 // auth events hold the target's current membership).
 func TestLateKnockRejectionKeepsNewKnock(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, alice, carol, roomID := carolKnocked(t, n)
 		ctx := context.Background()
@@ -66,6 +67,7 @@ func TestLateKnockRejectionKeepsNewKnock(t *testing.T) {
 // B writes the rejection: it must not replace the new knock (the check
 // that it answers the pending knock and the write are one step).
 func TestKnockRejectionRacingNewKnock(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, alice, carol, roomID := carolKnocked(t, n)
 		ctx := context.Background()

@@ -24,6 +24,7 @@ import (
 // every hello, not only the room's creation (roomserver
 // TestPromotedHistoryDoesNotHideNewerEvents).
 func TestLateKnownJoinerSeesEveryHello(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		cut := partitionable(n)
@@ -84,6 +85,7 @@ func TestLateKnownJoinerSeesEveryHello(t *testing.T) {
 // carol's join from C (get_missing_events) and must then send bob's
 // hello to C, which nothing else would ever make C fetch.
 func TestJoinPulledByMissingEventsCatchesUpJoinedServer(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		cut := partitionable(n)

@@ -66,6 +66,7 @@ func syncPath(section string, roomID id.RoomID) string {
 // Spec: client-server-api, "Leaving rooms", "POST
 // /_matrix/client/v3/rooms/{roomId}/leave", "POST .../forget".
 func TestRejectWhenInviterUnreachable(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -173,6 +174,7 @@ func TestRejectWhenInviterUnreachable(t *testing.T) {
 // and a room with no pending invite return their error and write
 // nothing.
 func TestLocalLeaveOnlyForTheOtherSidesFailures(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		b := n.start()
 		bob := b.user("bob")

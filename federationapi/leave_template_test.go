@@ -19,6 +19,7 @@ import (
 // tampering alone.
 // Spec: server-server-api, "Leaving Rooms (Rejecting Invites)".
 func TestTamperedLeaveTemplateAborts(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		for _, tamper := range []struct{ name, path, value string }{

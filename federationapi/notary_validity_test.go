@@ -22,6 +22,7 @@ import (
 // (POST /_matrix/key/v2/query: minimum_valid_until_ts; notaries serve
 // cached responses for offline servers).
 func TestNotaryMinimumValidUntil(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		notary := n.start()
 		f := newFakeRemote(t, n)

@@ -18,6 +18,7 @@ import (
 // her user ID, until it expires. The token is nothing else: not an
 // access token, and an access token is not an OpenID token.
 func TestOpenIDTokenExchange(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a := n.start()
 		ctx := context.Background()

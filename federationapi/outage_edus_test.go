@@ -18,6 +18,7 @@ import (
 // learns her new device without bob asking. Issue 7, "to-device and
 // device-list EDUs retried until acknowledged".
 func TestToDeviceAndDeviceListsAcrossOutage(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, alice, bob, _ := clientPair(t, n)

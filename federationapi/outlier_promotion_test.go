@@ -154,6 +154,7 @@ func newOutlierGap(t *testing.T, n *network) *outlierGap {
 // GET /event serves it, /messages and /sync show it exactly once, and a
 // second delivery changes nothing.
 func TestOutlierPromotedThroughSend(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		g := newOutlierGap(t, n)
 		ctx := context.Background()
@@ -207,6 +208,7 @@ func TestOutlierPromotedThroughSend(t *testing.T) {
 // place in the timeline, and the message is accepted (not checked
 // against an unknown state and rejected).
 func TestEventAfterOutlierFetchesIt(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		g := newOutlierGap(t, n)
 		alice := string(g.alice.id())

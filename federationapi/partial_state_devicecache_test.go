@@ -25,6 +25,7 @@ import (
 // server-server-api, "Device Management"; MSC3706 (device lists during
 // a partial-state join).
 func TestPartialStateJoinTracksMembersUpdatedMeanwhile(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

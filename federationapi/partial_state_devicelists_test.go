@@ -125,6 +125,7 @@ func remoteCacheHolds(t *testing.T, s *fedServer, userID string) bool {
 // believed to be in room when they rejoin after partial state join
 // completes".
 func TestPartialStateJoinStopsTrackingWrongMember(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -197,6 +198,7 @@ func deviceChangesAbout(t *testing.T, s *fedServer, userID string) int {
 // incorrectly kicked servers once partial state join completes even
 // though remote server left room".
 func TestPartialStateJoinDevicesReachWronglyKickedServer(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c, d := n.start(), n.start(), n.start(), n.start()
 		ctx := context.Background()

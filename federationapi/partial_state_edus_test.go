@@ -104,6 +104,7 @@ func searchUsers(t *testing.T, u *syncer, term string) []string {
 // spec's 255 bytes is dropped. Complement: msc3902
 // CanReceiveReceiptDuringPartialStateJoin.
 func TestPartialStateJoinReceipt(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		alice, bob := a.register("alice"), b.register("bob")
@@ -168,6 +169,7 @@ func TestPartialStateJoinReceipt(t *testing.T) {
 // correctly updated once state re-sync completes", "Room aliases can be
 // added and queried during a resync".
 func TestPartialStateJoinDirectories(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -261,6 +263,7 @@ func TestPartialStateJoinDirectories(t *testing.T) {
 // Management". Complement: msc3902 "Device list updates reach
 // incorrectly absent servers once partial state join completes".
 func TestPartialStateJoinDevicesReachMissedServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -332,6 +335,7 @@ func TestPartialStateJoinDevicesReachMissedServers(t *testing.T) {
 // no room with the member). Members who sent no update are not named.
 // Complement: msc3902 CanReceiveDeviceListUpdateDuringPartialStateJoin.
 func TestPartialStateJoinDeviceListUpdateOfUnseenMember(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

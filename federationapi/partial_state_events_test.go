@@ -21,6 +21,7 @@ import (
 // messages, and after the resync the event is still rejected and out of
 // the state.
 func TestPartialStateRejectedStaysRejected(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -87,6 +88,7 @@ func TestPartialStateRejectedStaysRejected(t *testing.T) {
 // can join through. After the resync the servers come from the state.
 // Spec: client-server-api, "GET /_matrix/client/v3/directory/room/{roomAlias}".
 func TestPartialStateAliasServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

@@ -56,6 +56,7 @@ func (a fedAnswer) short() string {
 // Spec: server-server-api, "GET /_matrix/federation/v1/state/{roomId}";
 // MSC3706 (a server with partial state cannot serve /state).
 func TestPartialStateReadsAfterPurge(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

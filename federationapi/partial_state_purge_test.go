@@ -73,6 +73,7 @@ func deliveredRows(t *testing.T, s *fedServer, roomID id.RoomID) int {
 // answers at once. A later join of bob goes through make_join/send_join
 // again, starts a new resync for that join, which completes.
 func TestPartialStatePurgedAfterLastLocalLeave(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -292,6 +293,7 @@ func TestPartialStateLeftBeforeRestart(t *testing.T) {
 // "Device list no longer tracked when failing to complete partial state
 // join" (the room is no longer shared with A's users).
 func TestPartialStateJoinGivenUp(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

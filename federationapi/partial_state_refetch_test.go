@@ -38,6 +38,7 @@ func rejoinAfterPurge(t *testing.T, p *partialStretch) string {
 // Spec: server-server-api, "Checks performed on receipt of a PDU";
 // MSC3706.
 func TestStretchStateRefetchRefusesALie(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		p := leftWhilePartial(t, n, a, b, unnamedPublicRoom(t))
@@ -134,6 +135,7 @@ func TestStretchStateRefetchRefusesALie(t *testing.T) {
 // until B has fetched the state at the leave again, then served.
 // Spec: MSC3706.
 func TestStretchMarkAfterRestart(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		p := leftWhilePartial(t, n, a, b, unnamedPublicRoom(t))
@@ -164,6 +166,7 @@ func TestStretchMarkAfterRestart(t *testing.T) {
 // idle.
 // Spec: MSC3706.
 func TestStretchRefetchWakesUp(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		p := leftWhilePartial(t, n, a, b, unnamedPublicRoom(t))

@@ -50,6 +50,7 @@ func sameCurrentState(t *testing.T, a, b *fedServer, roomID id.RoomID, onA, onB 
 // it too, and the resync then completes with both users joined and the
 // same state on A and B.
 func TestPartialStateSecondJoinThroughResident(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -131,6 +132,7 @@ func TestPartialStateSecondJoinThroughResident(t *testing.T) {
 // does not allow knocking is refused the same way. The resync still
 // completes and shows the ban.
 func TestPartialStateSecondJoinBanned(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -180,6 +182,7 @@ func TestPartialStateSecondJoinBanned(t *testing.T) {
 // msc3902 "Leave during resync/succeeds, then another user can join
 // without resync completing".
 func TestPartialStateJoinAfterLeaveDuringResync(t *testing.T) {
+	t.Parallel()
 	for _, missed := range []bool{false, true} {
 		name := "follows the leave"
 		if missed {
@@ -268,6 +271,7 @@ func TestPartialStateJoinAfterLeaveDuringResync(t *testing.T) {
 // during resync/can be triggered by remote kick", "can be triggered by
 // remote ban".
 func TestPartialStateRemoteKick(t *testing.T) {
+	t.Parallel()
 	// Room version 11 too: there the kick lists the create event among
 	// its auth events, as Complement's does (room version 12 forbids it:
 	// rooms/v12, auth rule 3.2, so such a kick is rejected there).
@@ -372,6 +376,7 @@ func TestPartialStateRemoteKick(t *testing.T) {
 // room) fails otherwise. Complement: TestKnocking "A user cannot knock on
 // a room they are already in" over federation.
 func TestPartialStateKnockRefusals(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()

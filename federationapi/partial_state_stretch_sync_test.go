@@ -39,6 +39,7 @@ import (
 // Spec: client-server-api, "GET /_matrix/client/v3/sync" (state: the
 // state updates since the token); MSC3706.
 func TestStretchCompletionToldToSync(t *testing.T) {
+	// Serial: the completion must wake a 10 s long poll in time.
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

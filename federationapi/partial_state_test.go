@@ -87,6 +87,7 @@ func stateKeys(t *testing.T, raw json.RawMessage) (keys, ids []string) {
 // does not repeat state events in the auth chain; without it the answer
 // is the full state.
 func TestSendJoinOmitMembers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -177,6 +178,7 @@ func TestSendJoinOmitMembers(t *testing.T) {
 // resumes the resync, after which the room has the full state and the
 // same current state as the resident server.
 func TestPartialStateJoinResync(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()
@@ -275,6 +277,7 @@ func containsErrcode(body []byte, code string) bool {
 // not hold, is rejected once the resync brings the full state (its
 // sender had left), and stays out of the room state.
 func TestPartialStateReplayRejects(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()

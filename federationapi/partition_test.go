@@ -132,6 +132,7 @@ func timeline(t testing.TB, s *fedServer, userID, roomID string) []*roomserver.E
 // the partition, newest first (Complement's
 // TestNetworkPartitionOrdering). Security case 38.
 func TestPartitionConvergence(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		cut := partitionable(n)

@@ -20,6 +20,7 @@ import (
 // than her current membership (a leave the state holds). The cleanup
 // runs once: a stale row written after it stays.
 func TestStalePendingRowsCleanedOnce(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -151,6 +152,7 @@ func TestStalePendingRowsCleanedOnce(t *testing.T) {
 // join followed, is kept while B holds the room with partial state (its
 // state is not yet the room's), and removed once the state is full.
 func TestStalePendingRowKeptWhilePartial(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

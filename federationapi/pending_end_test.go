@@ -24,6 +24,7 @@ import (
 // Spec: client-server-api, "Leaving rooms" (forgotten rooms "will never
 // appear in the response to the /sync API").
 func TestForgetEndsLeftPendingMembership(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -100,6 +101,7 @@ func TestForgetEndsLeftPendingMembership(t *testing.T) {
 // Spec: client-server-api, "POST /_matrix/client/v3/rooms/{roomId}/forget"
 // (400 only when "the user has not left the room").
 func TestLocalJoinEndsPendingInvite(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		a.HS.Federation.ServeFullStateJoins(true) // charlie's join: B then holds the whole room
@@ -155,6 +157,7 @@ func TestLocalJoinEndsPendingInvite(t *testing.T) {
 // Before, the invite was deleted in a transaction of its own after the
 // join's, whose failure was only logged.
 func TestRemoteJoinEndsPendingInviteInItsCommit(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -220,6 +223,7 @@ func TestRemoteJoinEndsPendingInviteInItsCommit(t *testing.T) {
 // Spec: client-server-api, "POST /_matrix/client/v3/account/deactivate"
 // (the server leaves the rooms as Synapse does: deactivation.go).
 func TestDeactivationEndsPendingMemberships(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

@@ -114,6 +114,7 @@ func (ps *fakePolicyServer) requests() (asked, origins []string) {
 // server refuses it, one with a valid signature is accepted.
 // Spec: server-server-api, "Policy Servers".
 func TestPolicyServerOverFederation(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a := n.start()
@@ -260,6 +261,7 @@ func TestPolicyServerOverFederation(t *testing.T) {
 // Spec: server-server-api, "PUT /_matrix/federation/v2/send_join" (the
 // event, signed by the resident server, in the answer).
 func TestPolicyServerRestrictedSendJoin(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a := n.start()

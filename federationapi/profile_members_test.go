@@ -16,6 +16,7 @@ import (
 // reads his new profile from A.
 // Spec: client-server-api, "Events on Change of Profile Information".
 func TestProfileChangeReachesRemoteRooms(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

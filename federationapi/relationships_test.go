@@ -106,6 +106,7 @@ func checkChildren(t *testing.T, what string, ev any, count float64, children ..
 // then sees children it lacks, asks A again and gets the rest.
 // Complement: TestEventRelationships.
 func TestFederatedEventRelationships(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()
@@ -172,6 +173,7 @@ func hasEventStored(t *testing.T, s *fedServer, eventID string) bool {
 // under joined history a server whose users joined later does not get
 // the events from before.
 func TestEventRelationshipsForServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, c := n.start(), n.start(), n.start()
 		ctx := context.Background()

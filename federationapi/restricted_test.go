@@ -90,6 +90,7 @@ func awaitMembership(t *testing.T, s *fedServer, roomID id.RoomID, userID id.Use
 // authorised by alice; after he leaves the allowed room, and when the
 // allow list is mangled, the join is refused.
 func TestRestrictedRoomRemoteJoin(t *testing.T) {
+	t.Parallel()
 	for _, rule := range []string{"restricted", "knock_restricted"} {
 		t.Run(rule, func(t *testing.T) {
 			n := newNetwork(t, "sqlite")
@@ -146,6 +147,7 @@ func TestRestrictedRoomRemoteJoin(t *testing.T) {
 // B and A, which authorises it; once B has left the allowed room it
 // cannot tell (400 M_UNABLE_TO_AUTHORISE_JOIN), and A still can.
 func TestRestrictedRoomJoinFailsOver(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	a, b, c := n.start(), n.start(), n.start()
 	alice, bob, charlie := a.register("alice"), b.register("bob"), c.register("charlie")
@@ -197,6 +199,7 @@ func TestRestrictedRoomJoinFailsOver(t *testing.T) {
 // invite (bob) as authoriser; and a server whose members may not invite
 // joins its user through a server that can.
 func TestRestrictedRoomLocalAuthoriser(t *testing.T) {
+	t.Parallel()
 	for _, version := range []string{"11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			n := newNetwork(t, "sqlite")

@@ -108,6 +108,7 @@ func (u *syncer) scrollBack(roomID id.RoomID) {
 // Spec: client-server-api, "Server Side Search" (the rooms the user has
 // been in, checked against history visibility) and "Redactions".
 func TestSearchBackfilledHistory(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -195,6 +196,7 @@ func TestSearchBackfilledHistory(t *testing.T) {
 // and /messages, /event and /context serve it with its content pruned.
 // Spec: client-server-api, "Redactions"; "Server Side Search".
 func TestBackfilledEventRedactedFirst(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

@@ -27,6 +27,7 @@ import (
 // protocol key in another case — is refused with its own error; the rest
 // of the transaction is processed.
 func TestPDUBytesAreNeverNormalised(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, roomID := joinedPair(t, n)
 		ctx := context.Background()
@@ -111,6 +112,7 @@ func TestPDUBytesAreNeverNormalised(t *testing.T) {
 // auth events of another room is rejected, and one whose prev_events are
 // in another room is not stored in either room.
 func TestAuthAndPrevEventsFromAnotherRoom(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b, roomID := joinedPair(t, n)
 	ctx := context.Background()
@@ -172,6 +174,7 @@ func TestAuthAndPrevEventsFromAnotherRoom(t *testing.T) {
 // by naming S in the path while citing R's events. Every answer is
 // 403/404, or (for walks from S) has none of R's events.
 func TestNonMemberServerGetsNothing(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b, roomR := joinedPair(t, n)
 	c := n.start()
@@ -242,6 +245,7 @@ func TestNonMemberServerGetsNothing(t *testing.T) {
 // stored with only its well-formed entries; the invitee's /sync keeps
 // working and shows the invite.
 func TestGarbageInviteRoomState(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	carol := a.register("carol")
@@ -352,6 +356,7 @@ func rawRequest(t *testing.T, n *network, s, origin *fedServer, method, uri stri
 // could deliver them and started again; when B returns it receives them
 // all, once. The queue is A's database, not its memory.
 func TestSenderRestartDeliversPersistedEvents(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b, roomID := joinedPair(t, n)
 		ctx := context.Background()

@@ -23,6 +23,7 @@ import (
 // Spec: server-server-api, "Transactions" (retrying is the sender's
 // choice; the destination is up).
 func TestSenderBackoffEndsWhenDestinationAnswers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		// A backoff far longer than the test: only the answer can end it.

@@ -24,6 +24,7 @@ import (
 // Spec: server-server-api, "Transactions"; issue 7, "The federation
 // sender".
 func TestSenderTransactionLimitsAndRetries(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, f, alice, roomID := fakeDestination(t, n)

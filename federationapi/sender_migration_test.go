@@ -20,6 +20,7 @@ import (
 // queues of destinations with no transaction in flight, stay unmarked.
 // Spec: server-server-api, "Transactions".
 func TestQueueMarksMigrationKeepsTheTransactionInFlight(t *testing.T) {
+	t.Parallel()
 	storagetest.ForEachEngine(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
 		all, err := fs.Sub(migrationFiles, "migrations")

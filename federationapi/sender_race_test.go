@@ -36,6 +36,7 @@ var heldAnswers = []struct {
 // position than m1. F gets m0 and m1 once each, and every txnId always
 // carries the same contents.
 func TestSenderKeepsPDUsQueuedBelowATransactionInFlight(t *testing.T) {
+	t.Parallel()
 	for _, answer := range heldAnswers {
 		t.Run(answer.name, func(t *testing.T) {
 			forEachEngine(t, func(t *testing.T, n *network) {
@@ -115,6 +116,7 @@ func TestSenderKeepsPDUsQueuedBelowATransactionInFlight(t *testing.T) {
 // leaves, with the id given. F gets both EDUs once each, and every txnId
 // always carries the same contents.
 func TestSenderKeepsEDUsCommittedBelowATransactionInFlight(t *testing.T) {
+	t.Parallel()
 	for _, answer := range heldAnswers {
 		t.Run(answer.name, func(t *testing.T) {
 			forEachEngine(t, func(t *testing.T, n *network) {

@@ -21,6 +21,7 @@ import (
 // (retry until a 200 before another txnId); security case 7 (a refused
 // transaction never wedges the queue).
 func TestSenderRefusalsByStatus(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, f, alice, roomID := fakeDestination(t, n)
 		// withEvent lists the attempts of transactions holding eventID.
@@ -122,6 +123,7 @@ func statuses(txns []fakeTxn) []int {
 // "Send-to-device messaging", "Device Management"; issue 7 (to-device and
 // device-list EDUs retried until acknowledged); security case 7.
 func TestSenderKeepsMustDeliverEDUsOfARefusedTransaction(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, f, alice, roomID := fakeDestination(t, n)

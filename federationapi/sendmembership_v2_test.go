@@ -21,6 +21,7 @@ import (
 // Spec: server-server-api, "PUT /_matrix/federation/v2/send_leave/...",
 // "PUT /_matrix/federation/v1/send_knock/...".
 func TestSendLeaveAndKnockV2Validation(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

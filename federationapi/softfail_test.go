@@ -19,6 +19,7 @@ import (
 // timeline and the forward extremities, and the current state unchanged
 // by it. Spec: server-server-api, "Soft failure".
 func TestSoftFailOverSend(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, roomID := joinedPair(t, n)

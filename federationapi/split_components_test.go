@@ -25,6 +25,7 @@ import (
 // without any event to carry it, found by the sender's read of the
 // queues).
 func TestSplitComponentsFederation(t *testing.T) {
+	t.Parallel()
 	n := postgresNetwork(t)
 	a := n.start()
 	useRedis := testserver.UseRedis(t)

@@ -64,6 +64,7 @@ func postgresNetwork(t *testing.T) *network {
 // the state at alice's merge. Before, only the queueing process's worker
 // was woken; the other slept until a retry it did not know of.
 func TestSplitModeStretchRefetchWakesOtherProcess(t *testing.T) {
+	t.Parallel()
 	n := postgresNetwork(t)
 	a := n.start()
 	b, other := splitServer(t, n)
@@ -128,6 +129,7 @@ func failures(t *testing.T, hs *homeserver.Homeserver, destination string) int {
 // that failed, but reads federation_destinations only then: none for
 // a destination that never failed, one to end the backoff, none after.
 func TestAnsweredReadsBackoffOnlyAfterFailure(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -169,6 +171,7 @@ func TestAnsweredReadsBackoffOnlyAfterFailure(t *testing.T) {
 // once, and with the other process's reading of the destinations with
 // failures held until A has answered).
 func TestSplitModeAnswerEndsBackoffOfOtherProcess(t *testing.T) {
+	t.Parallel()
 	n := postgresNetwork(t)
 	a := n.start()
 	b, other := splitServer(t, n)

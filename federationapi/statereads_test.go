@@ -27,6 +27,7 @@ import (
 // Spec: server-server-api, "GET /_matrix/federation/v1/state/{roomId}",
 // ".../state_ids/{roomId}", ".../event_auth/{roomId}/{eventId}".
 func TestStateReadsForServers(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, roomID := joinedPair(t, n)

@@ -22,6 +22,7 @@ import (
 // third_party_instance_id); client-server-api, "PUT
 // /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}".
 func TestClientRemoteNetworkDirectory(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, "sqlite")
 	cfg, ln := n.newConfig()
 	reg := filepath.Join(t.TempDir(), "irc.yaml")

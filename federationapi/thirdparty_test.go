@@ -80,6 +80,7 @@ func bindInvite(roomID id.RoomID, sender, mxid string, signed json.RawMessage) m
 // A directly. Forged signatures, a sender who did not make the
 // third-party invite, and exchanges by another server are refused.
 func TestThirdPartyInvites(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		ctx := context.Background()

@@ -19,6 +19,7 @@ import (
 // Spec: server-server-api, "GET /timestamp_to_event" ("it should try to
 // backfill this event ... so that it is available for a client to query").
 func TestTimestampToEventPromotesOutlier(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()
@@ -71,6 +72,7 @@ func TestTimestampToEventPromotesOutlier(t *testing.T) {
 // "GET /timestamp_to_event" and "Retrieving events" (a server sees
 // what its users may see).
 func TestTimestampToEventHistoryVisibility(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b := n.start(), n.start()

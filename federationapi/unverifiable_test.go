@@ -94,6 +94,7 @@ func (r *fakeRoom) serveJoins(create, powerLevels, joinRules gomatrixserverlib.P
 // join through; those events are dropped and the rest of the state kept.
 // Spec: server-server-api, "Checks performed on receipt of a PDU".
 func TestJoinWithUnverifiableEvents(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a := n.start()
 	f := newFakeRemote(t, n)

@@ -106,6 +106,7 @@ func cachedDevices(t testing.TB, s *fedServer, userID string) []string {
 // alice's new device and its deletion reach B's cache through
 // m.device_list_update EDUs, so B answers from the cache while A is down.
 func TestFederatedDeviceKeys(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		ctx := context.Background()
 		a, b, alice, bob, _ := clientPair(t, n)

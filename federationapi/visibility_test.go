@@ -20,6 +20,7 @@ import (
 // Spec: server-server-api, "Retrieving events"; client-server-api,
 // "History visibility".
 func TestHistoryVisibilityForServers(t *testing.T) {
+	t.Parallel()
 	n := newNetwork(t, storage.SQLite)
 	a, b := n.start(), n.start()
 	ctx := context.Background()

@@ -71,6 +71,7 @@ func signedThenSent(t *testing.T, n *network, s, origin *fedServer, method, sign
 // accepted: the signature is over canonical JSON, not bytes.
 // Spec: server-server-api, "Request Authentication".
 func TestXMatrixCoversBodyAndURI(t *testing.T) {
+	t.Parallel()
 	forEachEngine(t, func(t *testing.T, n *network) {
 		a, b := n.start(), n.start()
 		alice := a.register("alice")
