@@ -521,14 +521,7 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 			req.failed = true
 			if _, rbErr := sqlTx.ExecContext(ctx, "ROLLBACK TO w"); rbErr != nil {
 				// The transaction is in an unknown state: fail everyone.
-				rollbackWrite(sqlTx)
-				for j, r := range batch {
-					if j < i && results[j] != nil {
-						r.finish(results[j])
-					} else {
-						r.finish(fmt.Errorf("storage: rollback to savepoint: %w", rbErr))
-					}
-				}
+				abandonBatch(sqlTx, batch, results, fmt.Errorf("storage: rollback to savepoint: %w", rbErr))
 				return batch, nil, false
 			}
 		}
@@ -546,15 +539,23 @@ func (db *DB) runBatch(ctx context.Context, sqlTx *sql.Conn, start time.Time, ba
 			if relErr == nil {
 				relErr = errTransactionGone
 			}
-			rollbackWrite(sqlTx)
-			for j, r := range batch {
-				if j <= i && results[j] != nil {
-					r.finish(results[j])
-				} else {
-					r.finish(fmt.Errorf("storage: release savepoint: %w", relErr))
-				}
-			}
+			abandonBatch(sqlTx, batch, results, fmt.Errorf("storage: release savepoint: %w", relErr))
 			return batch, nil, false
+		}
+	}
+}
+
+// abandonBatch rolls back the transaction on conn and fails every
+// request of batch: with its own error where its write failed (results,
+// one per request run so far), else with err (what it wrote is rolled
+// back, or it never ran).
+func abandonBatch(conn *sql.Conn, batch []*writeRequest, results []error, err error) {
+	rollbackWrite(conn)
+	for j, r := range batch {
+		if j < len(results) && results[j] != nil {
+			r.finish(results[j])
+		} else {
+			r.finish(err)
 		}
 	}
 }
